@@ -1,0 +1,235 @@
+//! The typed, validated spec. Everything here has already been checked: names are legal
+//! interface names, addresses sit inside their subnets, references resolve. Derived values
+//! (bridge and port names, MACs) are filled in, so later layers never guess.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::Ipv4Addr;
+
+/// A position in the spec file, 1-based, as editors show it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Loc {
+    pub line: usize,
+    pub col: usize,
+}
+
+impl fmt::Display for Loc {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}", self.line, self.col)
+    }
+}
+
+/// An IPv4 address with a prefix length (`192.168.122.1/24`). The address keeps its host bits.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Ipv4Cidr {
+    pub addr: Ipv4Addr,
+    pub prefix: u8,
+}
+
+impl Ipv4Cidr {
+    pub fn new(addr: Ipv4Addr, prefix: u8) -> Self {
+        Ipv4Cidr { addr, prefix }
+    }
+    pub fn netmask(&self) -> u32 {
+        if self.prefix == 0 {
+            0
+        } else {
+            u32::MAX << (32 - u32::from(self.prefix))
+        }
+    }
+    /// The subnet this address belongs to, host bits cleared.
+    pub fn network(&self) -> Ipv4Cidr {
+        Ipv4Cidr::new(Ipv4Addr::from(u32::from(self.addr) & self.netmask()), self.prefix)
+    }
+    pub fn broadcast(&self) -> Ipv4Addr {
+        Ipv4Addr::from(u32::from(self.addr) | !self.netmask())
+    }
+    pub fn contains(&self, ip: Ipv4Addr) -> bool {
+        u32::from(ip) & self.netmask() == u32::from(self.addr) & self.netmask()
+    }
+    pub fn overlaps(&self, other: &Ipv4Cidr) -> bool {
+        let p = self.prefix.min(other.prefix);
+        let m = Ipv4Cidr::new(self.addr, p).netmask();
+        u32::from(self.addr) & m == u32::from(other.addr) & m
+    }
+}
+
+impl fmt::Display for Ipv4Cidr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.addr, self.prefix)
+    }
+}
+
+impl std::str::FromStr for Ipv4Cidr {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let (a, p) = s
+            .split_once('/')
+            .ok_or_else(|| format!("'{s}' is not an address with a prefix (like 10.0.0.1/24)"))?;
+        let addr: Ipv4Addr = a
+            .parse()
+            .map_err(|_| format!("'{a}' is not an IPv4 address"))?;
+        let prefix: u8 = p
+            .parse()
+            .ok()
+            .filter(|p| *p <= 32)
+            .ok_or_else(|| format!("'{p}' is not a prefix length between 0 and 32"))?;
+        Ok(Ipv4Cidr { addr, prefix })
+    }
+}
+
+/// An Ethernet address.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub struct Mac(pub [u8; 6]);
+
+impl Mac {
+    pub fn is_multicast(&self) -> bool {
+        self.0[0] & 1 == 1
+    }
+    pub fn is_zero(&self) -> bool {
+        self.0 == [0; 6]
+    }
+}
+
+impl fmt::Display for Mac {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let b = self.0;
+        write!(
+            f,
+            "{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}",
+            b[0], b[1], b[2], b[3], b[4], b[5]
+        )
+    }
+}
+
+impl std::str::FromStr for Mac {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let bad = || format!("'{s}' is not a MAC address (like 52:54:00:12:34:56)");
+        let parts: Vec<&str> = s.split(':').collect();
+        if parts.len() != 6 {
+            return Err(bad());
+        }
+        let mut out = [0u8; 6];
+        for (i, p) in parts.iter().enumerate() {
+            if p.len() != 2 {
+                return Err(bad());
+            }
+            out[i] = u8::from_str_radix(p, 16).map_err(|_| bad())?;
+        }
+        Ok(Mac(out))
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Mode {
+    Nat,
+    Routed,
+    Isolated,
+    Bridge,
+}
+
+impl Mode {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Mode::Nat => "nat",
+            Mode::Routed => "routed",
+            Mode::Isolated => "isolated",
+            Mode::Bridge => "bridge",
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Spec {
+    pub version: u32,
+    pub host: Host,
+    /// Keyed by network name.
+    pub networks: BTreeMap<String, Network>,
+    /// Keyed by VM name.
+    pub vms: BTreeMap<String, Vm>,
+    /// Where each field path (`networks.default.ipv4`, `vms.web1.ports[0].owner`) sits in the
+    /// file, so checks that need the live host (a missing uplink, an unknown user) can still
+    /// point at the line.
+    pub locs: BTreeMap<String, Loc>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Host {
+    /// sysctl key (dotted, `net.ipv4.ip_forward`) to value, as written.
+    pub sysctl: BTreeMap<String, String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Network {
+    pub name: String,
+    pub mode: Mode,
+    /// Bridge device name, given or derived.
+    pub bridge: String,
+    /// Gateway address on the bridge plus the subnet. Required for nat/routed/isolated;
+    /// absent for `bridge` mode.
+    pub ipv4: Option<Ipv4Cidr>,
+    pub mtu: Option<u32>,
+    /// `bridge` mode: the host interface enslaved to the bridge.
+    pub uplink: Option<String>,
+    /// `nat` mode: masquerade only when leaving through this interface (`nat.egress`).
+    pub nat_egress: Option<String>,
+    pub dhcp: Option<Dhcp>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Dhcp {
+    /// Pool for MACs the spec does not reserve, inclusive.
+    pub range: Option<(Ipv4Addr, Ipv4Addr)>,
+    /// `pool: false` serves reservations only.
+    pub pool: bool,
+    pub lease_time_secs: u64,
+    pub dns: Vec<Ipv4Addr>,
+    pub domain: Option<String>,
+    pub routes: Vec<DhcpRoute>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DhcpRoute {
+    pub to: Ipv4Cidr,
+    pub via: Ipv4Addr,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Vm {
+    pub name: String,
+    pub ports: Vec<Port>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PortKind {
+    Tap,
+    Veth,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Owner {
+    User(String),
+    Uid(u32),
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Port {
+    pub vm: String,
+    /// Position in the VM's `ports` list.
+    pub index: usize,
+    pub network: String,
+    /// Host-side device name, given or derived.
+    pub name: String,
+    pub kind: PortKind,
+    /// The VM's MAC (given or derived). The host end of the port uses the same address with
+    /// its first octet replaced by 0xfe, as libvirt does, so the bridge never takes it.
+    pub mac: Mac,
+    /// The VM's address with its prefix: the network's prefix on nat/routed/isolated networks,
+    /// the written prefix on `bridge` networks.
+    pub ipv4: Option<Ipv4Cidr>,
+    pub owner: Option<Owner>,
+    pub queues: u32,
+    /// veth: the namespace that receives the far end.
+    pub netns: Option<String>,
+}

@@ -1,0 +1,84 @@
+//! Stable derived names and MACs. Stable means: the same spec gives the same names on every
+//! host and every run, so re-applying never renames anything.
+
+use super::model::Mac;
+
+/// Linux's limit for interface names (IFNAMSIZ - 1).
+pub const IFNAME_MAX: usize = 15;
+
+/// FNV-1a: tiny, dependency-free, and fixed forever (std's hasher may change between releases).
+pub fn fnv1a(data: &[u8]) -> u64 {
+    let mut h: u64 = 0xcbf29ce484222325;
+    for b in data {
+        h ^= u64::from(*b);
+        h = h.wrapping_mul(0x100000001b3);
+    }
+    h
+}
+
+/// `prefix` + `body`, or when that is too long, `prefix` + as much of `body` as fits + a short
+/// hash of the whole body, so distinct long names stay distinct.
+fn fit(prefix: &str, body: &str) -> String {
+    let full = format!("{prefix}{body}");
+    if full.len() <= IFNAME_MAX {
+        return full;
+    }
+    let hash = format!("{:04x}", fnv1a(body.as_bytes()) & 0xffff);
+    let room = IFNAME_MAX - prefix.len() - hash.len() - 1;
+    let head: String = body.chars().take(room).collect();
+    format!("{prefix}{head}-{hash}")
+}
+
+pub fn bridge_name(network: &str) -> String {
+    fit("kvbr-", network)
+}
+
+pub fn port_name(vm: &str, index: usize) -> String {
+    fit("kv-", &format!("{vm}-{index}"))
+}
+
+/// 52:54:00 is the prefix QEMU and libvirt use for guest NICs (locally administered, unicast).
+pub fn vm_mac(vm: &str, port_name: &str) -> Mac {
+    let h = fnv1a(format!("{vm}/{port_name}").as_bytes()).to_be_bytes();
+    Mac([0x52, 0x54, 0x00, h[0], h[1], h[2]])
+}
+
+/// The host end of a port: the VM's MAC with 0xfe first, so a bridge (which takes the lowest
+/// port MAC unless told otherwise) never adopts it and the VM's own MAC stays unique on the L2.
+pub fn host_end_mac(vm_mac: Mac) -> Mac {
+    let mut b = vm_mac.0;
+    b[0] = 0xfe;
+    Mac(b)
+}
+
+/// A bridge's own MAC, fixed so it does not change as ports come and go.
+pub fn bridge_mac(network: &str) -> Mac {
+    let h = fnv1a(format!("bridge/{network}").as_bytes()).to_be_bytes();
+    Mac([0x52, 0x54, 0x00, h[0], h[1], h[2]])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_fit_and_stay_distinct() {
+        assert_eq!(bridge_name("default"), "kvbr-default");
+        assert_eq!(port_name("web1", 0), "kv-web1-0");
+        let a = bridge_name("a-very-long-network-name-1");
+        let b = bridge_name("a-very-long-network-name-2");
+        assert!(a.len() <= IFNAME_MAX && b.len() <= IFNAME_MAX);
+        assert_ne!(a, b);
+        let p = port_name("some-really-long-vm-name", 3);
+        assert!(p.len() <= IFNAME_MAX, "{p}");
+    }
+
+    #[test]
+    fn macs_are_unicast_and_local() {
+        let m = vm_mac("web1", "kv-web1-0");
+        assert!(!m.is_multicast());
+        assert_eq!(m.0[0] & 2, 2);
+        assert_eq!(host_end_mac(m).0[0], 0xfe);
+        assert_eq!(vm_mac("web1", "kv-web1-0"), m);
+    }
+}

@@ -1,0 +1,542 @@
+//! Runs a plan against the kernel. Steps run in order; consecutive steps of one sort are sent
+//! to the kernel together (pipelined netlink requests) because that is where the time goes
+//! with many ports. On any failure the steps already done are undone in reverse order.
+
+use std::collections::HashMap;
+
+use crate::backend::netlink::{NetlinkError, NewLinkKind, Netlink, Request, RouteInfo};
+use crate::backend::{netns, nftables, sysctl, tap};
+use crate::observe::netns_mark;
+use crate::plan::Step;
+use crate::state::{PortKind, PortLink, Route, guest_alias, parse_alias};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApplyError {
+    #[error(transparent)]
+    Netlink(#[from] NetlinkError),
+    #[error(transparent)]
+    Tap(#[from] tap::TapError),
+    #[error(transparent)]
+    Netns(#[from] netns::NetnsError),
+    #[error(transparent)]
+    Nft(#[from] nftables::NftError),
+    #[error(transparent)]
+    Sysctl(#[from] sysctl::SysctlError),
+    #[error("interface '{0}' not found")]
+    NoSuchLink(String),
+    #[error("refusing to delete '{0}': it does not carry kvmnet's mark")]
+    NotOurs(String),
+    #[error("injected failure after step {0} (KVMNET_FAIL_AFTER)")]
+    Injected(usize),
+}
+
+/// Something that can carry out steps. `run` returns the indices of the steps it completed;
+/// on error, the step that failed may be half done and gets its inverse tried as clean-up.
+pub trait Executor {
+    fn run(&mut self, steps: &[Step]) -> Result<(), (Vec<usize>, usize, ApplyError)>;
+}
+
+#[derive(Debug)]
+pub struct Failure {
+    pub step: usize,
+    pub error: ApplyError,
+    /// Errors met while undoing; empty when the rollback was clean.
+    pub rollback_errors: Vec<String>,
+}
+
+/// Runs `steps`, stopping with an injected failure after `fail_after` steps when set. On
+/// failure everything done is undone (in reverse) before returning.
+pub fn apply(
+    exec: &mut dyn Executor,
+    steps: &[Step],
+    fail_after: Option<usize>,
+) -> Result<(), Failure> {
+    let limit = fail_after.unwrap_or(usize::MAX).min(steps.len());
+    let outcome = exec.run(&steps[..limit]);
+    let (done, failed_at, error) = match outcome {
+        Ok(()) if fail_after.is_some_and(|k| k <= steps.len()) => {
+            ((0..limit).collect(), limit, ApplyError::Injected(limit))
+        }
+        Ok(()) => return Ok(()),
+        Err(e) => e,
+    };
+    let mut rollback_errors = Vec::new();
+    if failed_at < limit {
+        // Best effort: the failed step may have left something behind.
+        let _ = exec.run(&[steps[failed_at].inverse()]);
+    }
+    let mut done = done;
+    done.sort_unstable();
+    let undo: Vec<Step> = done.iter().rev().map(|i| steps[*i].inverse()).collect();
+    if let Err((_, at, e)) = exec.run(&undo) {
+        rollback_errors.push(format!("undo {}: {e}", undo[at]));
+        // Keep going: undo whatever else can be undone, reporting every error.
+        for s in &undo[at + 1..] {
+            if let Err((_, _, e)) = exec.run(std::slice::from_ref(s)) {
+                rollback_errors.push(format!("undo {s}: {e}"));
+            }
+        }
+    }
+    Err(Failure {
+        step: failed_at + 1,
+        error,
+        rollback_errors,
+    })
+}
+
+/// The real thing: netlink, tun ioctls, nft, /proc/sys.
+pub struct Kernel {
+    nl: Netlink,
+    scope: String,
+    guests: HashMap<String, Netlink>,
+    index: HashMap<String, u32>,
+    /// Links that carry kvmnet's mark, or that this run created: the only ones it may delete.
+    deletable: std::collections::HashSet<String>,
+}
+
+fn route_info(route: &Route, oif: u32) -> RouteInfo {
+    RouteInfo {
+        table: route.table,
+        dst: route.dst,
+        gateway: route.gateway,
+        oif: Some(oif),
+        protocol: route.protocol,
+        scope: route.scope,
+        route_type: 1,
+        priority: route.metric,
+        prefsrc: route.prefsrc,
+    }
+}
+
+impl Kernel {
+    pub fn new(scope: &str) -> Result<Kernel, ApplyError> {
+        Ok(Kernel {
+            nl: Netlink::open()?,
+            scope: scope.to_string(),
+            guests: HashMap::new(),
+            index: HashMap::new(),
+            deletable: Default::default(),
+        })
+    }
+
+    fn refresh_index(&mut self) -> Result<(), ApplyError> {
+        let links = self.nl.links()?;
+        for l in &links {
+            if l.alias.as_deref().and_then(parse_alias).is_some() {
+                self.deletable.insert(l.name.clone());
+            }
+        }
+        self.index = links.into_iter().map(|l| (l.name, l.index)).collect();
+        Ok(())
+    }
+
+    fn idx(&mut self, name: &str) -> Result<u32, ApplyError> {
+        if let Some(i) = self.index.get(name) {
+            return Ok(*i);
+        }
+        match self.nl.link_by_name(name)? {
+            Some(l) => {
+                self.index.insert(name.to_string(), l.index);
+                Ok(l.index)
+            }
+            None => Err(ApplyError::NoSuchLink(name.to_string())),
+        }
+    }
+
+    fn guest(&mut self, ns: &str) -> Result<&mut Netlink, ApplyError> {
+        if !self.guests.contains_key(ns) {
+            let nl = netns::with_netns(ns, Netlink::open)??;
+            self.guests.insert(ns.to_string(), nl);
+        }
+        Ok(self.guests.get_mut(ns).expect("just inserted"))
+    }
+
+    fn one(nl: &mut Netlink, req: Request) -> Result<(), ApplyError> {
+        nl.execute(std::slice::from_ref(&req))
+            .pop()
+            .unwrap_or(Ok(()))
+            .map_err(ApplyError::from)
+    }
+
+    fn master_index(&mut self, master: &Option<String>) -> Result<u32, ApplyError> {
+        match master {
+            Some(m) => self.idx(m),
+            None => Ok(0),
+        }
+    }
+
+    /// Sets the guest end of a veth port to `to`, from `from` when known.
+    fn configure_guest(
+        &mut self,
+        port: &PortLink,
+        from: Option<&PortLink>,
+    ) -> Result<(), ApplyError> {
+        let PortKind::Veth { netns: ns, guest } = &port.kind else {
+            return Ok(());
+        };
+        let old = from.and_then(|f| match &f.kind {
+            PortKind::Veth { guest, .. } => Some(guest.clone()),
+            PortKind::Tap { .. } => None,
+        });
+        let nl = self.guest(ns)?;
+        let link = nl
+            .link_by_name(&guest.name)?
+            .ok_or_else(|| ApplyError::NoSuchLink(format!("{ns}/{}", guest.name)))?;
+        let mut reqs = vec![Request::SetLink {
+            index: link.index,
+            name: None,
+            mac: Some(guest.mac),
+            mtu: Some(guest.mtu),
+            master: None,
+            up: Some(guest.up),
+            alias: Some(guest_alias(&port.name)),
+            netns_fd: None,
+        }];
+        let old_addr = old.as_ref().and_then(|g| g.addr);
+        let old_gw = old.as_ref().and_then(|g| g.gateway);
+        let default = |gw| RouteInfo {
+            table: 254,
+            dst: crate::spec::Ipv4Cidr::new(std::net::Ipv4Addr::UNSPECIFIED, 0),
+            gateway: Some(gw),
+            oif: Some(link.index),
+            protocol: 3,
+            scope: 0,
+            route_type: 1,
+            priority: None,
+            prefsrc: None,
+        };
+        if old_gw != guest.gateway {
+            if let Some(gw) = old_gw {
+                reqs.push(Request::DelRoute(default(gw)));
+            }
+        }
+        if old_addr != guest.addr {
+            if let Some(a) = old_addr {
+                reqs.push(Request::DelAddr {
+                    index: link.index,
+                    addr: a,
+                });
+            }
+            if let Some(a) = guest.addr {
+                reqs.push(Request::NewAddr {
+                    index: link.index,
+                    addr: a,
+                });
+            }
+        }
+        if old_gw != guest.gateway {
+            if let Some(gw) = guest.gateway {
+                reqs.push(Request::NewRoute(default(gw)));
+            }
+        }
+        for r in nl.execute(&reqs) {
+            r?;
+        }
+        Ok(())
+    }
+
+    fn create_ports(&mut self, ports: &[&PortLink]) -> Vec<Result<(), ApplyError>> {
+        // Taps: make every device first (ioctls), learn their indexes with one dump, then
+        // configure them all in one pipelined netlink batch.
+        let mut results: Vec<Result<(), ApplyError>> = Vec::with_capacity(ports.len());
+        for p in ports {
+            results.push(match &p.kind {
+                PortKind::Tap { owner, multi_queue } => {
+                    let r = tap::create_tap(&p.name, *owner, *multi_queue);
+                    if r.is_ok() {
+                        self.deletable.insert(p.name.clone());
+                    }
+                    r.map_err(ApplyError::from)
+                }
+                PortKind::Veth { .. } => Ok(()),
+            });
+        }
+        if let Err(e) = self.refresh_index() {
+            return ports.iter().map(|_| Err(ApplyError::NoSuchLink(e.to_string()))).collect();
+        }
+        let mut reqs = Vec::new();
+        let mut owners = Vec::new();
+        for (i, p) in ports.iter().enumerate() {
+            if results[i].is_err() {
+                continue;
+            }
+            let master = match self.master_index(&p.master) {
+                Ok(m) => m,
+                Err(e) => {
+                    results[i] = Err(e);
+                    continue;
+                }
+            };
+            match &p.kind {
+                PortKind::Tap { .. } => {
+                    let Some(index) = self.index.get(&p.name).copied() else {
+                        results[i] = Err(ApplyError::NoSuchLink(p.name.clone()));
+                        continue;
+                    };
+                    reqs.push(Request::SetLink {
+                        index,
+                        name: None,
+                        mac: Some(p.mac),
+                        mtu: Some(p.mtu),
+                        master: Some(master),
+                        up: Some(p.up),
+                        alias: Some(p.alias()),
+                        netns_fd: None,
+                    });
+                    owners.push(i);
+                }
+                PortKind::Veth { netns: ns, guest } => {
+                    let fd = match netns::open(ns) {
+                        Ok(fd) => fd,
+                        Err(e) => {
+                            results[i] = Err(e.into());
+                            continue;
+                        }
+                    };
+                    use std::os::fd::AsRawFd;
+                    let r = Self::one(
+                        &mut self.nl,
+                        Request::NewLink {
+                            name: p.name.clone(),
+                            kind: NewLinkKind::Veth {
+                                peer_name: guest.name.clone(),
+                                peer_mac: Some(guest.mac),
+                                peer_mtu: Some(guest.mtu),
+                                peer_alias: Some(guest_alias(&p.name)),
+                                peer_netns_fd: Some(fd.as_raw_fd()),
+                            },
+                            mac: Some(p.mac),
+                            mtu: Some(p.mtu),
+                            alias: Some(p.alias()),
+                            master: if master == 0 { None } else { Some(master) },
+                            up: p.up,
+                        },
+                    );
+                    if r.is_ok() {
+                        self.deletable.insert(p.name.clone());
+                    }
+                    results[i] = r.and_then(|()| self.configure_guest(p, None));
+                }
+            }
+        }
+        for (i, r) in owners.into_iter().zip(self.nl.execute(&reqs)) {
+            if let Err(e) = r {
+                results[i] = Err(e.into());
+            }
+        }
+        results
+    }
+
+    fn delete_links(&mut self, names: &[&str]) -> Vec<Result<(), ApplyError>> {
+        let mut results = Vec::with_capacity(names.len());
+        let mut reqs = Vec::new();
+        let mut owners = Vec::new();
+        if let Err(e) = self.refresh_index() {
+            return names.iter().map(|_| Err(ApplyError::NoSuchLink(e.to_string()))).collect();
+        }
+        for (i, n) in names.iter().enumerate() {
+            if !self.deletable.contains(*n) {
+                results.push(Err(if self.index.contains_key(*n) {
+                    ApplyError::NotOurs(n.to_string())
+                } else {
+                    ApplyError::NoSuchLink(n.to_string())
+                }));
+                continue;
+            }
+            match self.idx(n) {
+                Ok(index) => {
+                    reqs.push(Request::DelLink { index });
+                    owners.push(i);
+                    results.push(Ok(()));
+                }
+                Err(e) => results.push(Err(e)),
+            }
+        }
+        for (i, r) in owners.into_iter().zip(self.nl.execute(&reqs)) {
+            if let Err(e) = r {
+                results[i] = Err(e.into());
+            }
+        }
+        for n in names {
+            self.index.remove(*n);
+        }
+        results
+    }
+
+    fn run_single(&mut self, step: &Step) -> Result<(), ApplyError> {
+        match step {
+            Step::CreateNetns(n) => {
+                netns::create(n)?;
+                let mark = netns_mark(&self.scope);
+                netns::with_netns(n, || -> Result<(), ApplyError> {
+                    let mut nl = Netlink::open()?;
+                    let lo = nl
+                        .link_by_name("lo")?
+                        .ok_or_else(|| ApplyError::NoSuchLink("lo".into()))?;
+                    Self::one(
+                        &mut nl,
+                        Request::SetLink {
+                            index: lo.index,
+                            name: None,
+                            mac: None,
+                            mtu: None,
+                            master: None,
+                            up: Some(true),
+                            alias: Some(mark),
+                            netns_fd: None,
+                        },
+                    )
+                })??;
+                Ok(())
+            }
+            Step::DeleteNetns(n) => {
+                self.guests.remove(n);
+                netns::delete(n)?;
+                Ok(())
+            }
+            Step::CreateBridge(b) => {
+                Self::one(
+                    &mut self.nl,
+                    Request::NewLink {
+                        name: b.name.clone(),
+                        kind: NewLinkKind::Bridge,
+                        mac: Some(b.mac),
+                        mtu: Some(b.mtu),
+                        alias: Some(b.alias()),
+                        master: None,
+                        up: b.up,
+                    },
+                )?;
+                self.index.remove(&b.name);
+                self.deletable.insert(b.name.clone());
+                Ok(())
+            }
+            Step::DeleteBridge(b) => self.delete_links(&[&b.name]).pop().unwrap_or(Ok(())),
+            Step::UpdateBridge { to, .. } => {
+                let index = self.idx(&to.name)?;
+                Self::one(
+                    &mut self.nl,
+                    Request::SetLink {
+                        index,
+                        name: None,
+                        mac: Some(to.mac),
+                        mtu: Some(to.mtu),
+                        master: None,
+                        up: Some(to.up),
+                        alias: Some(to.alias()),
+                        netns_fd: None,
+                    },
+                )
+            }
+            Step::SetMaster { link, to, .. } => {
+                let index = self.idx(link)?;
+                let master = self.master_index(to)?;
+                Self::one(
+                    &mut self.nl,
+                    Request::SetLink {
+                        index,
+                        name: None,
+                        mac: None,
+                        mtu: None,
+                        master: Some(master),
+                        up: None,
+                        alias: None,
+                        netns_fd: None,
+                    },
+                )
+            }
+            Step::AddAddr { dev, addr } => {
+                let index = self.idx(dev)?;
+                Self::one(&mut self.nl, Request::NewAddr { index, addr: *addr })
+            }
+            Step::DelAddr { dev, addr } => {
+                let index = self.idx(dev)?;
+                Self::one(&mut self.nl, Request::DelAddr { index, addr: *addr })
+            }
+            Step::AddRoute { dev, route } => {
+                let index = self.idx(dev)?;
+                Self::one(&mut self.nl, Request::NewRoute(route_info(route, index)))
+            }
+            Step::DelRoute { dev, route } => {
+                let index = self.idx(dev)?;
+                Self::one(&mut self.nl, Request::DelRoute(route_info(route, index)))
+            }
+            Step::CreatePort(p) => self.create_ports(&[p]).pop().unwrap_or(Ok(())),
+            Step::DeletePort(p) => self.delete_links(&[&p.name]).pop().unwrap_or(Ok(())),
+            Step::UpdatePort { from, to } => {
+                let index = self.idx(&to.name)?;
+                let master = self.master_index(&to.master)?;
+                Self::one(
+                    &mut self.nl,
+                    Request::SetLink {
+                        index,
+                        name: None,
+                        mac: Some(to.mac),
+                        mtu: Some(to.mtu),
+                        master: Some(master),
+                        up: Some(to.up),
+                        alias: Some(to.alias()),
+                        netns_fd: None,
+                    },
+                )?;
+                self.configure_guest(to, Some(from))
+            }
+            Step::SetNft { to, .. } => Ok(nftables::replace(to.as_ref())?),
+            Step::SetSysctl { key, to, .. } => Ok(sysctl::write(key, to)?),
+        }
+    }
+}
+
+impl Executor for Kernel {
+    fn run(&mut self, steps: &[Step]) -> Result<(), (Vec<usize>, usize, ApplyError)> {
+        let mut done = Vec::new();
+        let mut i = 0;
+        while i < steps.len() {
+            // Batch runs of port creations and deletions: the bulk of any large apply.
+            let run_end = |pred: &dyn Fn(&Step) -> bool| {
+                let mut j = i;
+                while j < steps.len() && pred(&steps[j]) {
+                    j += 1;
+                }
+                j
+            };
+            let creates = run_end(&|s| matches!(s, Step::CreatePort(_)));
+            let deletes = run_end(&|s| matches!(s, Step::DeletePort(_)));
+            let results: Vec<Result<(), ApplyError>> = if creates > i + 1 {
+                let ports: Vec<&PortLink> = steps[i..creates]
+                    .iter()
+                    .map(|s| match s {
+                        Step::CreatePort(p) => p,
+                        _ => unreachable!("run of CreatePort"),
+                    })
+                    .collect();
+                self.create_ports(&ports)
+            } else if deletes > i + 1 {
+                let names: Vec<&str> = steps[i..deletes]
+                    .iter()
+                    .map(|s| match s {
+                        Step::DeletePort(p) => p.name.as_str(),
+                        _ => unreachable!("run of DeletePort"),
+                    })
+                    .collect();
+                self.delete_links(&names)
+            } else {
+                vec![self.run_single(&steps[i])]
+            };
+            let n = results.len();
+            let mut first_err = None;
+            for (k, r) in results.into_iter().enumerate() {
+                match r {
+                    Ok(()) => done.push(i + k),
+                    Err(e) if first_err.is_none() => first_err = Some((i + k, e)),
+                    Err(_) => {}
+                }
+            }
+            if let Some((at, e)) = first_err {
+                return Err((done, at, e));
+            }
+            i += n;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,7 @@
+//! Kernel I/O: thin wrappers, one per interface the kernel offers.
+
+pub mod netlink;
+pub mod netns;
+pub mod nftables;
+pub mod sysctl;
+pub mod tap;

@@ -1,0 +1,478 @@
+//! Spec + what the host looks like -> the exact objects kvmnet should own there. Pure.
+//!
+//! The host enters only where the spec points at things kvmnet does not own: a bridge-mode
+//! uplink (whose MAC, MTU, addresses and routes move to the bridge), user names of tap owners,
+//! guest namespaces that already exist, sysctls' current values. Conflicts with foreign objects
+//! come back as errors that point into the spec, like validation errors.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use crate::nft;
+use crate::snapshot::{LinkSnap, PROTO_KERNEL, RouteSnap, Snapshot, TABLE_LOCAL};
+use crate::spec::naming::{bridge_mac, host_end_mac};
+use crate::spec::{Loc, Mode, Owner, PortKind as SpecPortKind, Spec, SpecError};
+use crate::state::{
+    BridgeLink, GuestEnd, HostState, PortKind, PortLink, Route, UplinkLink,
+    guest_alias, guest_ifname, parse_alias,
+};
+
+pub const IP_FORWARD: &str = "net.ipv4.ip_forward";
+const DEFAULT_MTU: u32 = 1500;
+
+fn is_ours(l: &LinkSnap) -> bool {
+    l.alias.as_deref().and_then(parse_alias).is_some()
+}
+
+fn conflict(spec: &Spec, path: String, message: String) -> SpecError {
+    let loc = spec.locs.get(&path).copied().unwrap_or(Loc { line: 1, col: 1 });
+    SpecError { path, loc, message }
+}
+
+pub fn route_from(r: &RouteSnap) -> Route {
+    Route {
+        dst: r.dst,
+        gateway: r.gateway,
+        metric: r.metric,
+        table: r.table,
+        protocol: r.protocol,
+        scope: r.scope,
+        prefsrc: r.prefsrc,
+    }
+}
+
+/// Routes kvmnet moves with an address: everything through the device except what the kernel
+/// derives by itself from addresses.
+pub fn movable_routes(snap: &[RouteSnap], dev: &str) -> Vec<Route> {
+    snap.iter()
+        .filter(|r| r.dev == dev && r.protocol != PROTO_KERNEL && r.table != TABLE_LOCAL)
+        .map(route_from)
+        .collect()
+}
+
+pub fn addrs_of(snap: &Snapshot, dev: &str) -> Vec<crate::spec::Ipv4Cidr> {
+    snap.addrs
+        .iter()
+        .filter(|a| a.dev == dev)
+        .map(|a| a.addr)
+        .collect()
+}
+
+/// sysctl values are compared the way the kernel prints them: fields separated by blanks.
+pub fn normalize_sysctl(v: &str) -> String {
+    v.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+/// The sysctls kvmnet enforces for this spec (explicit and implied), without restores.
+pub fn managed_sysctls(spec: &Spec) -> BTreeMap<String, String> {
+    let mut out = BTreeMap::new();
+    if spec
+        .networks
+        .values()
+        .any(|n| matches!(n.mode, Mode::Nat | Mode::Routed))
+    {
+        out.insert(IP_FORWARD.to_string(), "1".to_string());
+    }
+    for (k, v) in &spec.host.sysctl {
+        out.insert(k.clone(), normalize_sysctl(v));
+    }
+    out
+}
+
+pub fn desired(spec: &Spec, snap: &Snapshot) -> Result<HostState, Vec<SpecError>> {
+    let mut errors = Vec::new();
+    let mut st = HostState::default();
+    let foreign = |name: &str| snap.link(name).filter(|l| !is_ours(l));
+
+    for net in spec.networks.values() {
+        let bpath = format!("networks.{}.bridge", net.name);
+        if foreign(&net.bridge).is_some() {
+            errors.push(conflict(
+                spec,
+                bpath.clone(),
+                format!(
+                    "interface '{}' already exists and is not managed by kvmnet; choose another bridge name",
+                    net.bridge
+                ),
+            ));
+        }
+        let mut mac = bridge_mac(&net.name);
+        let mut mtu = net.mtu.unwrap_or(DEFAULT_MTU);
+        let mut addrs = Vec::new();
+        let mut routes = Vec::new();
+        if let Some(gw) = net.ipv4 {
+            addrs.push(gw);
+        }
+        if let Some(up) = &net.uplink {
+            let upath = format!("networks.{}.uplink", net.name);
+            match snap.link(up) {
+                None => errors.push(conflict(
+                    spec,
+                    upath,
+                    format!("uplink '{up}' does not exist on this host"),
+                )),
+                Some(l) if is_ours(l) => errors.push(conflict(
+                    spec,
+                    upath,
+                    format!("uplink '{up}' is a device kvmnet created; name a host interface"),
+                )),
+                Some(l) if l.master.as_ref().is_some_and(|m| m != &net.bridge) => {
+                    errors.push(conflict(
+                        spec,
+                        upath,
+                        format!(
+                            "uplink '{up}' is already enslaved to '{}'; release it first",
+                            l.master.as_deref().unwrap_or_default()
+                        ),
+                    ))
+                }
+                Some(l) => {
+                    // The bridge takes over the uplink's identity so neighbours and DHCP
+                    // servers keep seeing the same host.
+                    if let Some(m) = l.mac {
+                        mac = m;
+                    }
+                    if net.mtu.is_none() {
+                        mtu = l.mtu;
+                    }
+                    let ours = snap.link(&net.bridge).is_some_and(is_ours);
+                    if ours {
+                        addrs.extend(addrs_of(snap, &net.bridge));
+                        routes.extend(movable_routes(&snap.routes, &net.bridge));
+                    }
+                    for a in addrs_of(snap, up) {
+                        if !addrs.contains(&a) {
+                            addrs.push(a);
+                        }
+                    }
+                    for r in movable_routes(&snap.routes, up) {
+                        if !routes.contains(&r) {
+                            routes.push(r);
+                        }
+                    }
+                    st.uplinks.insert(
+                        up.clone(),
+                        UplinkLink {
+                            name: up.clone(),
+                            master: Some(net.bridge.clone()),
+                        },
+                    );
+                    st.addrs.insert(up.clone(), Vec::new());
+                    st.routes.insert(up.clone(), Vec::new());
+                }
+            }
+        }
+        st.bridges.insert(
+            net.bridge.clone(),
+            BridgeLink {
+                name: net.bridge.clone(),
+                network: net.name.clone(),
+                mac,
+                mtu,
+                up: true,
+            },
+        );
+        st.addrs.insert(net.bridge.clone(), addrs);
+        st.routes.insert(net.bridge.clone(), routes);
+    }
+
+    // Uplinks of bridges that are going away (or that lost their uplink) are released and get
+    // back the addresses and routes the bridge took from them.
+    for l in &snap.links {
+        let Some(m) = l.master.as_deref() else { continue };
+        if is_ours(l) || st.uplinks.contains_key(&l.name) {
+            continue;
+        }
+        if !snap.link(m).is_some_and(|b| b.kind == "bridge" && is_ours(b)) {
+            continue;
+        }
+        let mut addrs = addrs_of(snap, &l.name);
+        let mut routes = movable_routes(&snap.routes, &l.name);
+        if !st.bridges.contains_key(m) {
+            addrs.extend(addrs_of(snap, m));
+            routes.extend(movable_routes(&snap.routes, m));
+        }
+        st.uplinks.insert(
+            l.name.clone(),
+            UplinkLink {
+                name: l.name.clone(),
+                master: None,
+            },
+        );
+        st.addrs.insert(l.name.clone(), addrs);
+        st.routes.insert(l.name.clone(), routes);
+    }
+
+    let mut guest_names = BTreeSet::new();
+    let mut routed_ns = BTreeSet::new();
+    for vm in spec.vms.values() {
+        for port in &vm.ports {
+            let ppath = format!("vms.{}.ports[{}]", vm.name, port.index);
+            let Some(net) = spec.networks.get(&port.network) else {
+                continue;
+            };
+            if foreign(&port.name).is_some() {
+                errors.push(conflict(
+                    spec,
+                    format!("{ppath}.name"),
+                    format!(
+                        "interface '{}' already exists and is not managed by kvmnet; choose another port name",
+                        port.name
+                    ),
+                ));
+            }
+            let mtu = st.bridges.get(&net.bridge).map_or(DEFAULT_MTU, |b| b.mtu);
+            let kind = match port.kind {
+                SpecPortKind::Tap => {
+                    let owner = match &port.owner {
+                        None => None,
+                        Some(Owner::Uid(u)) => Some(*u),
+                        Some(Owner::User(name)) => match snap.users.get(name) {
+                            Some(u) => Some(*u),
+                            None => {
+                                errors.push(conflict(
+                                    spec,
+                                    format!("{ppath}.owner"),
+                                    format!("no user '{name}' on this host"),
+                                ));
+                                None
+                            }
+                        },
+                    };
+                    PortKind::Tap {
+                        owner,
+                        multi_queue: port.queues > 1,
+                    }
+                }
+                SpecPortKind::Veth => {
+                    let ns = port.netns.clone().unwrap_or_default();
+                    let gname = guest_ifname(port.index);
+                    if !guest_names.insert((ns.clone(), gname.clone())) {
+                        errors.push(conflict(
+                            spec,
+                            format!("{ppath}.netns"),
+                            format!(
+                                "another veth port already puts its {gname} into namespace '{ns}'; give each VM its own namespace"
+                            ),
+                        ));
+                    }
+                    if let Some(g) = snap.netns.get(&ns) {
+                        let clash = g.links.iter().any(|l| {
+                            l.name == gname
+                                && l.alias.as_deref() != Some(guest_alias(&port.name).as_str())
+                        });
+                        if clash {
+                            errors.push(conflict(
+                                spec,
+                                format!("{ppath}.netns"),
+                                format!(
+                                    "namespace '{ns}' already has an {gname} that kvmnet did not create"
+                                ),
+                            ));
+                        }
+                        if g.owned {
+                            st.netns.insert(ns.clone());
+                        }
+                    } else {
+                        st.netns.insert(ns.clone());
+                    }
+                    // One default route per namespace: the first port that can have one.
+                    let gateway = match (net.ipv4, port.ipv4) {
+                        (Some(gw), Some(_)) if routed_ns.insert(ns.clone()) => Some(gw.addr),
+                        _ => None,
+                    };
+                    PortKind::Veth {
+                        netns: ns,
+                        guest: GuestEnd {
+                            name: gname,
+                            mac: port.mac,
+                            mtu,
+                            up: true,
+                            addr: port.ipv4,
+                            gateway,
+                        },
+                    }
+                }
+            };
+            st.ports.insert(
+                port.name.clone(),
+                PortLink {
+                    name: port.name.clone(),
+                    vm: vm.name.clone(),
+                    network: net.name.clone(),
+                    master: Some(net.bridge.clone()),
+                    mac: host_end_mac(port.mac),
+                    mtu,
+                    up: true,
+                    kind,
+                },
+            );
+        }
+    }
+
+    st.nft = nft::table_for(spec);
+
+    let managed = managed_sysctls(spec);
+    let in_netns = snap.scope != "host";
+    for (k, v) in &managed {
+        let path = format!("host.sysctl.{k}");
+        if in_netns && !k.starts_with("net.") {
+            errors.push(conflict(
+                spec,
+                path,
+                format!("'{k}' is not per network namespace; only net.* sysctls can be set with --netns"),
+            ));
+            continue;
+        }
+        match snap.sysctls.get(k) {
+            Some(Some(_)) => {
+                st.sysctls.insert(k.clone(), v.clone());
+            }
+            _ => errors.push(conflict(
+                spec,
+                path,
+                format!("no sysctl '{k}' here (/proc/sys/{} does not exist)", k.replace('.', "/")),
+            )),
+        }
+    }
+    for (k, orig) in &snap.sysctl_originals {
+        if !managed.contains_key(k) && matches!(snap.sysctls.get(k), Some(Some(_))) {
+            st.sysctls.insert(k.clone(), normalize_sysctl(orig));
+        }
+    }
+
+    if errors.is_empty() {
+        Ok(st)
+    } else {
+        errors.sort_by(|a, b| (a.loc, &a.path).cmp(&(b.loc, &b.path)));
+        Err(errors)
+    }
+}
+
+/// What kvmnet owns on the host now, read from a snapshot. `uplinks` names foreign interfaces
+/// the desired state enslaves; they are observed too, so their addresses can be moved.
+pub fn observed(
+    snap: &Snapshot,
+    uplinks: &BTreeSet<String>,
+    sysctl_keys: &BTreeSet<String>,
+) -> HostState {
+    let mut st = HostState::default();
+    for l in &snap.links {
+        let Some(alias) = l.alias.as_deref().and_then(parse_alias) else {
+            continue;
+        };
+        let mac = l.mac.unwrap_or_default();
+        if l.kind == "bridge" {
+            st.bridges.insert(
+                l.name.clone(),
+                BridgeLink {
+                    name: l.name.clone(),
+                    network: alias.network.clone().unwrap_or_default(),
+                    mac,
+                    mtu: l.mtu,
+                    up: l.up,
+                },
+            );
+            continue;
+        }
+        let kind = match l.kind.as_str() {
+            "tun" => PortKind::Tap {
+                owner: l.tun_owner,
+                multi_queue: l.tun_multi_queue,
+            },
+            "veth" => {
+                let netns = alias.netns.clone().unwrap_or_default();
+                let g = snap.netns.get(&netns).and_then(|g| {
+                    let mark = guest_alias(&l.name);
+                    let link = g.links.iter().find(|x| x.alias.as_deref() == Some(&mark))?;
+                    let addr = g
+                        .addrs
+                        .iter()
+                        .find(|a| a.dev == link.name)
+                        .map(|a| a.addr);
+                    let gateway = g
+                        .routes
+                        .iter()
+                        .find(|r| r.dev == link.name && r.dst.prefix == 0 && r.table == 254)
+                        .and_then(|r| r.gateway);
+                    Some(GuestEnd {
+                        name: link.name.clone(),
+                        mac: link.mac.unwrap_or_default(),
+                        mtu: link.mtu,
+                        up: link.up,
+                        addr,
+                        gateway,
+                    })
+                });
+                PortKind::Veth {
+                    netns,
+                    // A missing far end shows as MTU 0, which forces the port to be made again.
+                    guest: g.unwrap_or(GuestEnd {
+                        name: String::new(),
+                        mac: Default::default(),
+                        mtu: 0,
+                        up: false,
+                        addr: None,
+                        gateway: None,
+                    }),
+                }
+            }
+            // Something else wearing our mark (made by a newer kvmnet?): treat it as a port
+            // of unknown kind so that it is replaced or removed, never silently kept.
+            _ => PortKind::Tap {
+                owner: Some(u32::MAX),
+                multi_queue: false,
+            },
+        };
+        st.ports.insert(
+            l.name.clone(),
+            PortLink {
+                name: l.name.clone(),
+                vm: alias.vm.clone().unwrap_or_default(),
+                network: alias.network.clone().unwrap_or_default(),
+                master: l.master.clone(),
+                mac,
+                mtu: l.mtu,
+                up: l.up,
+                kind,
+            },
+        );
+    }
+    for l in &snap.links {
+        if is_ours(l) {
+            continue;
+        }
+        let enslaved = l.master.as_ref().is_some_and(|m| st.bridges.contains_key(m));
+        if enslaved || uplinks.contains(&l.name) {
+            st.uplinks.insert(
+                l.name.clone(),
+                UplinkLink {
+                    name: l.name.clone(),
+                    master: l.master.clone(),
+                },
+            );
+        }
+    }
+    let devs: Vec<String> = st
+        .bridges
+        .keys()
+        .chain(st.uplinks.keys())
+        .cloned()
+        .collect();
+    for d in devs {
+        st.addrs.insert(d.clone(), addrs_of(snap, &d));
+        st.routes.insert(d.clone(), movable_routes(&snap.routes, &d));
+    }
+    st.netns = snap
+        .netns
+        .iter()
+        .filter(|(_, g)| g.owned)
+        .map(|(n, _)| n.clone())
+        .collect();
+    st.nft = snap.nft.clone();
+    for k in sysctl_keys {
+        if let Some(Some(v)) = snap.sysctls.get(k) {
+            st.sysctls.insert(k.clone(), normalize_sysctl(v));
+        }
+    }
+    st
+}

@@ -1,0 +1,210 @@
+//! Reads the live host into a `Snapshot`: links, addresses and routes of the namespace kvmnet
+//! runs in, guest namespaces of interest, kvmnet's own nftables table, sysctls of interest.
+//! Read-only: observing never changes anything.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+use crate::backend::netlink::{LinkInfo, Netlink, NetlinkError};
+use crate::backend::{netns, nftables, sysctl, tap};
+use crate::desired::managed_sysctls;
+use crate::snapshot::{AddrSnap, LinkSnap, NetnsSnap, RouteSnap, Snapshot, Stats};
+use crate::spec::{Owner, PortKind, Spec};
+use crate::state::{MARK, parse_alias};
+use crate::statedir::{StateDir, StateError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ObserveError {
+    #[error(transparent)]
+    Netlink(#[from] NetlinkError),
+    #[error(transparent)]
+    Netns(#[from] netns::NetnsError),
+    #[error(transparent)]
+    Nft(#[from] nftables::NftError),
+    #[error(transparent)]
+    State(#[from] StateError),
+}
+
+/// The mark on a guest namespace's loopback that says kvmnet created it for `scope`.
+pub fn netns_mark(scope: &str) -> String {
+    format!("{MARK} guest-of={scope}")
+}
+
+/// Links, addresses and routes of the namespace the socket lives in.
+pub fn read_links(
+    nl: &mut Netlink,
+) -> Result<(Vec<LinkSnap>, Vec<AddrSnap>, Vec<RouteSnap>), NetlinkError> {
+    let links = nl.links()?;
+    let names: HashMap<u32, String> = links.iter().map(|l| (l.index, l.name.clone())).collect();
+    let snaps = links.iter().map(|l| link_snap(l, &names)).collect();
+    let addrs = nl
+        .addrs()?
+        .into_iter()
+        .filter_map(|a| {
+            Some(AddrSnap {
+                dev: names.get(&a.index)?.clone(),
+                addr: a.addr,
+            })
+        })
+        .collect();
+    let routes = nl
+        .routes()?
+        .into_iter()
+        .filter(|r| r.route_type == 1) // unicast only: local/broadcast are the kernel's
+        .filter_map(|r| {
+            Some(RouteSnap {
+                dev: names.get(&r.oif?)?.clone(),
+                dst: r.dst,
+                gateway: r.gateway,
+                metric: r.priority,
+                table: r.table,
+                protocol: r.protocol,
+                scope: r.scope,
+                prefsrc: r.prefsrc,
+            })
+        })
+        .collect();
+    Ok((snaps, addrs, routes))
+}
+
+fn link_snap(l: &LinkInfo, names: &HashMap<u32, String>) -> LinkSnap {
+    LinkSnap {
+        name: l.name.clone(),
+        kind: l.kind.clone().unwrap_or_default(),
+        mac: l.mac,
+        mtu: l.mtu,
+        master: l.master.and_then(|m| names.get(&m).cloned()),
+        up: l.admin_up,
+        oper_up: l.oper_up,
+        alias: l.alias.clone().filter(|a| !a.is_empty()),
+        tun_owner: l.tun.as_ref().and_then(|t| t.owner),
+        tun_multi_queue: l.tun.as_ref().is_some_and(|t| t.multi_queue),
+        stats: Some(Stats {
+            rx_bytes: l.stats.rx_bytes,
+            rx_packets: l.stats.rx_packets,
+            tx_bytes: l.stats.tx_bytes,
+            tx_packets: l.stats.tx_packets,
+        }),
+    }
+}
+
+fn read_netns(name: &str, scope: &str) -> Result<NetnsSnap, ObserveError> {
+    let (links, addrs, routes) = netns::with_netns(name, || -> Result<_, NetlinkError> {
+        let mut nl = Netlink::open()?;
+        read_links(&mut nl)
+    })??;
+    let mark = netns_mark(scope);
+    let owned = links
+        .iter()
+        .any(|l| l.name == "lo" && l.alias.as_deref() == Some(mark.as_str()));
+    Ok(NetnsSnap {
+        owned,
+        links,
+        addrs,
+        routes,
+    })
+}
+
+/// Names under /run/netns (the namespaces `ip netns` knows).
+fn named_namespaces() -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir("/run/netns")
+        .map(|rd| {
+            rd.filter_map(|e| e.ok())
+                .filter_map(|e| e.file_name().into_string().ok())
+                .collect()
+        })
+        .unwrap_or_default();
+    v.sort();
+    v
+}
+
+pub struct Observer {
+    pub scope: String,
+    pub state_dir: StateDir,
+}
+
+impl Observer {
+    pub fn new(scope: &str) -> Observer {
+        Observer {
+            scope: scope.to_string(),
+            state_dir: StateDir::for_scope(scope),
+        }
+    }
+
+    /// Everything the pure layers need to plan `spec` (or a destroy when `spec` is `None`).
+    pub fn snapshot(&self, spec: Option<&Spec>) -> Result<Snapshot, ObserveError> {
+        let mut nl = Netlink::open()?;
+        let (links, addrs, routes) = read_links(&mut nl)?;
+
+        // Guest namespaces: those the spec names, those our veth ports point to, and any
+        // namespace whose loopback carries our mark for this scope.
+        let mut guests: BTreeSet<String> = BTreeSet::new();
+        if let Some(spec) = spec {
+            for vm in spec.vms.values() {
+                for p in &vm.ports {
+                    if let Some(ns) = &p.netns {
+                        guests.insert(ns.clone());
+                    }
+                }
+            }
+        }
+        for l in &links {
+            if let Some(ns) = l.alias.as_deref().and_then(parse_alias).and_then(|a| a.netns) {
+                guests.insert(ns);
+            }
+        }
+        let current = if self.scope == "host" {
+            None
+        } else {
+            Some(self.scope.clone())
+        };
+        let mut netns_snaps = BTreeMap::new();
+        for ns in named_namespaces() {
+            if Some(&ns) == current.as_ref() {
+                continue;
+            }
+            // Reading another namespace is harmless, but only worth it for candidates: ones
+            // we reference, or ones whose mark we must check. The mark check needs a look.
+            match read_netns(&ns, &self.scope) {
+                Ok(s) => {
+                    if guests.contains(&ns) || s.owned {
+                        netns_snaps.insert(ns, s);
+                    }
+                }
+                Err(_) if !guests.contains(&ns) => {}
+                Err(e) => return Err(e),
+            }
+        }
+
+        let state = self.state_dir.load()?;
+        let mut keys: BTreeSet<String> = state.sysctl_originals.keys().cloned().collect();
+        let mut users = BTreeMap::new();
+        if let Some(spec) = spec {
+            keys.extend(managed_sysctls(spec).into_keys());
+            for vm in spec.vms.values() {
+                for p in &vm.ports {
+                    if let (PortKind::Tap, Some(Owner::User(u))) = (p.kind, &p.owner) {
+                        if let Some(uid) = tap::uid_of(u) {
+                            users.insert(u.clone(), uid);
+                        }
+                    }
+                }
+            }
+        }
+        let sysctls = keys.into_iter().map(|k| {
+            let v = sysctl::read(&k);
+            (k, v)
+        });
+
+        Ok(Snapshot {
+            scope: self.scope.clone(),
+            links,
+            addrs,
+            routes,
+            netns: netns_snaps,
+            nft: nftables::observe()?,
+            sysctls: sysctls.collect(),
+            sysctl_originals: state.sysctl_originals,
+            users,
+        })
+    }
+}

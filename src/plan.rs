@@ -1,0 +1,468 @@
+//! diff(desired, observed) -> ordered steps, each with its inverse. Pure.
+
+use std::collections::BTreeSet;
+use std::fmt;
+
+use serde_json::{Value, json};
+
+use crate::nft::NftTable;
+use crate::spec::Ipv4Cidr;
+use crate::state::{BridgeLink, HostState, PortKind, PortLink, Route};
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Step {
+    CreateNetns(String),
+    DeleteNetns(String),
+    CreateBridge(BridgeLink),
+    DeleteBridge(BridgeLink),
+    UpdateBridge { from: BridgeLink, to: BridgeLink },
+    /// Enslave a foreign uplink to a bridge, or release it.
+    SetMaster {
+        link: String,
+        from: Option<String>,
+        to: Option<String>,
+    },
+    AddAddr { dev: String, addr: Ipv4Cidr },
+    DelAddr { dev: String, addr: Ipv4Cidr },
+    AddRoute { dev: String, route: Route },
+    DelRoute { dev: String, route: Route },
+    CreatePort(PortLink),
+    DeletePort(PortLink),
+    UpdatePort { from: PortLink, to: PortLink },
+    SetNft {
+        from: Option<NftTable>,
+        to: Option<NftTable>,
+    },
+    SetSysctl { key: String, from: String, to: String },
+}
+
+impl Step {
+    pub fn inverse(&self) -> Step {
+        use Step::*;
+        match self.clone() {
+            CreateNetns(n) => DeleteNetns(n),
+            DeleteNetns(n) => CreateNetns(n),
+            CreateBridge(b) => DeleteBridge(b),
+            DeleteBridge(b) => CreateBridge(b),
+            UpdateBridge { from, to } => UpdateBridge { from: to, to: from },
+            SetMaster { link, from, to } => SetMaster {
+                link,
+                from: to,
+                to: from,
+            },
+            AddAddr { dev, addr } => DelAddr { dev, addr },
+            DelAddr { dev, addr } => AddAddr { dev, addr },
+            AddRoute { dev, route } => DelRoute { dev, route },
+            DelRoute { dev, route } => AddRoute { dev, route },
+            CreatePort(p) => DeletePort(p),
+            DeletePort(p) => CreatePort(p),
+            UpdatePort { from, to } => UpdatePort { from: to, to: from },
+            SetNft { from, to } => SetNft { from: to, to: from },
+            SetSysctl { key, from, to } => SetSysctl {
+                key,
+                from: to,
+                to: from,
+            },
+        }
+    }
+
+    pub fn op(&self) -> &'static str {
+        use Step::*;
+        match self {
+            CreateNetns(_) | CreateBridge(_) | CreatePort(_) => "create",
+            DeleteNetns(_) | DeleteBridge(_) | DeletePort(_) => "delete",
+            UpdateBridge { .. } | UpdatePort { .. } | SetMaster { .. } => "update",
+            AddAddr { .. } | AddRoute { .. } => "add",
+            DelAddr { .. } | DelRoute { .. } => "remove",
+            SetNft { to: None, .. } => "delete",
+            SetNft { from: None, .. } => "create",
+            SetNft { .. } | SetSysctl { .. } => "set",
+        }
+    }
+
+    pub fn kind(&self) -> &'static str {
+        use Step::*;
+        match self {
+            CreateNetns(_) | DeleteNetns(_) => "netns",
+            CreateBridge(_) | DeleteBridge(_) | UpdateBridge { .. } => "bridge",
+            SetMaster { .. } => "uplink",
+            AddAddr { .. } | DelAddr { .. } => "address",
+            AddRoute { .. } | DelRoute { .. } => "route",
+            CreatePort(p) | DeletePort(p) => p.kind_name(),
+            UpdatePort { to, .. } => to.kind_name(),
+            SetNft { .. } => "nftables",
+            SetSysctl { .. } => "sysctl",
+        }
+    }
+
+    pub fn name(&self) -> String {
+        use Step::*;
+        match self {
+            CreateNetns(n) | DeleteNetns(n) => n.clone(),
+            CreateBridge(b) | DeleteBridge(b) => b.name.clone(),
+            UpdateBridge { to, .. } => to.name.clone(),
+            SetMaster { link, .. } => link.clone(),
+            AddAddr { dev, addr } | DelAddr { dev, addr } => format!("{addr} dev {dev}"),
+            AddRoute { dev, route } | DelRoute { dev, route } => format!("{route} dev {dev}"),
+            CreatePort(p) | DeletePort(p) => p.name.clone(),
+            UpdatePort { to, .. } => to.name.clone(),
+            SetNft { .. } => format!("{} {}", crate::nft::FAMILY, crate::nft::TABLE),
+            SetSysctl { key, .. } => key.clone(),
+        }
+    }
+
+    /// One JSON object per step: `op`, `kind`, `name`, and what the step sets.
+    pub fn to_json(&self) -> Value {
+        use Step::*;
+        let mut v = json!({ "op": self.op(), "kind": self.kind(), "name": self.name() });
+        let o = v.as_object_mut().expect("object");
+        match self {
+            CreateBridge(b) | DeleteBridge(b) => {
+                o.insert("network".into(), json!(b.network));
+                o.insert("mac".into(), json!(b.mac.to_string()));
+                o.insert("mtu".into(), json!(b.mtu));
+            }
+            UpdateBridge { from, to } => {
+                o.insert("changes".into(), bridge_changes(from, to));
+            }
+            SetMaster { from, to, .. } => {
+                o.insert("from".into(), json!(from));
+                o.insert("to".into(), json!(to));
+            }
+            AddAddr { dev, addr } | DelAddr { dev, addr } => {
+                o.insert("dev".into(), json!(dev));
+                o.insert("address".into(), json!(addr.to_string()));
+            }
+            AddRoute { dev, route } | DelRoute { dev, route } => {
+                o.insert("dev".into(), json!(dev));
+                o.insert("route".into(), json!(route.to_string()));
+            }
+            CreatePort(p) | DeletePort(p) => {
+                o.insert("vm".into(), json!(p.vm));
+                o.insert("network".into(), json!(p.network));
+                o.insert("bridge".into(), json!(p.master));
+                o.insert("mac".into(), json!(p.mac.to_string()));
+                o.insert("mtu".into(), json!(p.mtu));
+                match &p.kind {
+                    PortKind::Tap { owner, multi_queue } => {
+                        o.insert("owner".into(), json!(owner));
+                        o.insert("multi_queue".into(), json!(multi_queue));
+                    }
+                    PortKind::Veth { netns, guest } => {
+                        o.insert("netns".into(), json!(netns));
+                        o.insert("guest_mac".into(), json!(guest.mac.to_string()));
+                        o.insert(
+                            "guest_ipv4".into(),
+                            json!(guest.addr.map(|a| a.to_string())),
+                        );
+                        o.insert(
+                            "guest_gateway".into(),
+                            json!(guest.gateway.map(|a| a.to_string())),
+                        );
+                    }
+                }
+            }
+            UpdatePort { from, to } => {
+                o.insert("changes".into(), port_changes(from, to));
+            }
+            SetNft { to, .. } => {
+                o.insert("rules".into(), json!(to.as_ref().map(|t| t.text.clone())));
+            }
+            SetSysctl { from, to, .. } => {
+                o.insert("from".into(), json!(from));
+                o.insert("to".into(), json!(to));
+            }
+            CreateNetns(_) | DeleteNetns(_) => {}
+        }
+        v
+    }
+}
+
+fn changes(pairs: Vec<(&str, String, String)>) -> Value {
+    let mut m = serde_json::Map::new();
+    for (k, a, b) in pairs {
+        if a != b {
+            m.insert(k.to_string(), json!({ "from": a, "to": b }));
+        }
+    }
+    Value::Object(m)
+}
+
+fn bridge_changes(a: &BridgeLink, b: &BridgeLink) -> Value {
+    changes(vec![
+        ("mac", a.mac.to_string(), b.mac.to_string()),
+        ("mtu", a.mtu.to_string(), b.mtu.to_string()),
+        ("up", a.up.to_string(), b.up.to_string()),
+        ("network", a.network.clone(), b.network.clone()),
+    ])
+}
+
+fn port_changes(a: &PortLink, b: &PortLink) -> Value {
+    let guest = |p: &PortLink| match &p.kind {
+        PortKind::Veth { guest, .. } => format!(
+            "mac {} mtu {} up {} ipv4 {} gateway {}",
+            guest.mac,
+            guest.mtu,
+            guest.up,
+            guest.addr.map_or("-".into(), |x| x.to_string()),
+            guest.gateway.map_or("-".into(), |x| x.to_string())
+        ),
+        PortKind::Tap { .. } => String::new(),
+    };
+    changes(vec![
+        ("mac", a.mac.to_string(), b.mac.to_string()),
+        ("mtu", a.mtu.to_string(), b.mtu.to_string()),
+        ("up", a.up.to_string(), b.up.to_string()),
+        (
+            "bridge",
+            a.master.clone().unwrap_or_default(),
+            b.master.clone().unwrap_or_default(),
+        ),
+        ("vm", a.vm.clone(), b.vm.clone()),
+        ("network", a.network.clone(), b.network.clone()),
+        ("guest", guest(a), guest(b)),
+    ])
+}
+
+impl fmt::Display for Step {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        use Step::*;
+        let sign = match self.op() {
+            "create" | "add" => '+',
+            "delete" | "remove" => '-',
+            _ => '~',
+        };
+        write!(f, "{sign} {} {}", self.kind(), self.name())?;
+        match self {
+            CreateBridge(b) => write!(f, " (network {}, mac {}, mtu {})", b.network, b.mac, b.mtu),
+            CreatePort(p) => {
+                write!(f, " (vm {}, bridge {}, mtu {}", p.vm, p.master.as_deref().unwrap_or("-"), p.mtu)?;
+                match &p.kind {
+                    PortKind::Tap { owner, multi_queue } => {
+                        if let Some(o) = owner {
+                            write!(f, ", owner uid {o}")?;
+                        }
+                        if *multi_queue {
+                            write!(f, ", multiqueue")?;
+                        }
+                    }
+                    PortKind::Veth { netns, guest } => {
+                        write!(f, ", guest {netns}/{} mac {}", guest.name, guest.mac)?;
+                        if let Some(a) = guest.addr {
+                            write!(f, " ipv4 {a}")?;
+                        }
+                    }
+                }
+                write!(f, ")")
+            }
+            UpdateBridge { from, to } => write_changes(f, &bridge_changes(from, to)),
+            UpdatePort { from, to } => write_changes(f, &port_changes(from, to)),
+            SetMaster { from, to, .. } => write!(
+                f,
+                ": master {} -> {}",
+                from.as_deref().unwrap_or("(none)"),
+                to.as_deref().unwrap_or("(none)")
+            ),
+            SetSysctl { from, to, .. } => write!(f, ": {from} -> {to}"),
+            SetNft { to: Some(t), .. } => {
+                let rules: usize = t.shape.iter().map(|(_, n)| n).sum();
+                write!(f, " ({rules} rules)")
+            }
+            _ => Ok(()),
+        }
+    }
+}
+
+fn write_changes(f: &mut fmt::Formatter<'_>, v: &Value) -> fmt::Result {
+    if let Some(m) = v.as_object() {
+        let parts: Vec<String> = m
+            .iter()
+            .map(|(k, c)| {
+                format!(
+                    "{k} {} -> {}",
+                    c["from"].as_str().unwrap_or(""),
+                    c["to"].as_str().unwrap_or("")
+                )
+            })
+            .collect();
+        write!(f, ": {}", parts.join(", "))?;
+    }
+    Ok(())
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Plan {
+    pub steps: Vec<Step>,
+}
+
+impl Plan {
+    pub fn is_empty(&self) -> bool {
+        self.steps.is_empty()
+    }
+
+    pub fn to_json(&self) -> Value {
+        json!({ "changes": self.steps.iter().map(Step::to_json).collect::<Vec<_>>() })
+    }
+
+    pub fn render(&self) -> String {
+        if self.steps.is_empty() {
+            return "No changes: the host matches the spec.\n".to_string();
+        }
+        let mut s = String::new();
+        let (mut add, mut change, mut del) = (0, 0, 0);
+        for st in &self.steps {
+            s.push_str(&format!("{st}\n"));
+            match st.op() {
+                "create" | "add" => add += 1,
+                "delete" | "remove" => del += 1,
+                _ => change += 1,
+            }
+        }
+        s.push_str(&format!(
+            "Plan: {add} to add, {change} to change, {del} to remove.\n"
+        ));
+        s
+    }
+}
+
+fn list_diff<T: Clone + PartialEq>(have: &[T], want: &[T]) -> (Vec<T>, Vec<T>) {
+    let del = have.iter().filter(|x| !want.contains(x)).cloned().collect();
+    let add = want.iter().filter(|x| !have.contains(x)).cloned().collect();
+    (del, add)
+}
+
+/// The ordered steps that turn `have` into `want`.
+///
+/// Order: namespaces and bridges first; uplinks enslaved or released; routes and addresses
+/// moved (old routes out before addresses move, new routes in after); the firewall before any
+/// port comes up; sysctls (forwarding) only once the firewall is in place; removals last, in
+/// reverse dependency order.
+pub fn diff(want: &HostState, have: &HostState) -> Plan {
+    let mut steps = Vec::new();
+
+    for n in want.netns.difference(&have.netns) {
+        steps.push(Step::CreateNetns(n.clone()));
+    }
+    for (name, b) in &want.bridges {
+        match have.bridges.get(name) {
+            None => steps.push(Step::CreateBridge(b.clone())),
+            Some(h) if h != b => steps.push(Step::UpdateBridge {
+                from: h.clone(),
+                to: b.clone(),
+            }),
+            _ => {}
+        }
+    }
+    for (name, u) in &want.uplinks {
+        let from = have.uplinks.get(name).and_then(|h| h.master.clone());
+        if from != u.master {
+            steps.push(Step::SetMaster {
+                link: name.clone(),
+                from,
+                to: u.master.clone(),
+            });
+        }
+    }
+
+    let devs: BTreeSet<&String> = want.addrs.keys().chain(have.addrs.keys()).collect();
+    let empty_a = Vec::new();
+    let empty_r = Vec::new();
+    let mut del_routes = Vec::new();
+    let mut add_routes = Vec::new();
+    let mut del_addrs = Vec::new();
+    let mut add_addrs = Vec::new();
+    let route_devs: BTreeSet<&String> = want.routes.keys().chain(have.routes.keys()).collect();
+    for dev in &route_devs {
+        let (d, a) = list_diff(
+            have.routes.get(*dev).unwrap_or(&empty_r),
+            want.routes.get(*dev).unwrap_or(&empty_r),
+        );
+        del_routes.extend(d.into_iter().map(|route| Step::DelRoute {
+            dev: (*dev).clone(),
+            route,
+        }));
+        add_routes.extend(a.into_iter().map(|route| Step::AddRoute {
+            dev: (*dev).clone(),
+            route,
+        }));
+    }
+    for dev in &devs {
+        let (d, a) = list_diff(
+            have.addrs.get(*dev).unwrap_or(&empty_a),
+            want.addrs.get(*dev).unwrap_or(&empty_a),
+        );
+        del_addrs.extend(d.into_iter().map(|addr| Step::DelAddr {
+            dev: (*dev).clone(),
+            addr,
+        }));
+        add_addrs.extend(a.into_iter().map(|addr| Step::AddAddr {
+            dev: (*dev).clone(),
+            addr,
+        }));
+    }
+    steps.extend(del_routes);
+    steps.extend(del_addrs);
+    steps.extend(add_addrs);
+    steps.extend(add_routes);
+
+    if !nft_same(&want.nft, &have.nft) {
+        steps.push(Step::SetNft {
+            from: have.nft.clone(),
+            to: want.nft.clone(),
+        });
+    }
+
+    for (name, p) in &want.ports {
+        match have.ports.get(name) {
+            None => steps.push(Step::CreatePort(p.clone())),
+            Some(h) if h.needs_replace(p) || guest_missing(h) => {
+                steps.push(Step::DeletePort(h.clone()));
+                steps.push(Step::CreatePort(p.clone()));
+            }
+            Some(h) if h != p => steps.push(Step::UpdatePort {
+                from: h.clone(),
+                to: p.clone(),
+            }),
+            _ => {}
+        }
+    }
+
+    for (k, v) in &want.sysctls {
+        if let Some(cur) = have.sysctls.get(k) {
+            if cur != v {
+                steps.push(Step::SetSysctl {
+                    key: k.clone(),
+                    from: cur.clone(),
+                    to: v.clone(),
+                });
+            }
+        }
+    }
+
+    for (name, p) in &have.ports {
+        if !want.ports.contains_key(name) {
+            steps.push(Step::DeletePort(p.clone()));
+        }
+    }
+    for (name, b) in &have.bridges {
+        if !want.bridges.contains_key(name) {
+            steps.push(Step::DeleteBridge(b.clone()));
+        }
+    }
+    for n in have.netns.difference(&want.netns) {
+        steps.push(Step::DeleteNetns(n.clone()));
+    }
+    Plan { steps }
+}
+
+fn guest_missing(p: &PortLink) -> bool {
+    matches!(&p.kind, PortKind::Veth { guest, .. } if guest.mtu == 0)
+}
+
+fn nft_same(a: &Option<NftTable>, b: &Option<NftTable>) -> bool {
+    match (a, b) {
+        (None, None) => true,
+        (Some(x), Some(y)) => x.same(y),
+        _ => false,
+    }
+}

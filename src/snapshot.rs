@@ -1,0 +1,109 @@
+//! What observation read from the kernel, as plain data. The pure layers (desired, observed
+//! state, plan) take a `Snapshot`, so golden tests can feed them one from a JSON file.
+
+use std::collections::BTreeMap;
+use std::net::Ipv4Addr;
+
+use serde::{Deserialize, Serialize};
+
+use crate::nft::NftTable;
+use crate::spec::{Ipv4Cidr, Mac};
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Snapshot {
+    /// `host` or the name of the namespace kvmnet runs in (`--netns`). Guest namespaces that
+    /// kvmnet creates are tagged with it, so two sandboxes never claim each other's.
+    pub scope: String,
+    pub links: Vec<LinkSnap>,
+    pub addrs: Vec<AddrSnap>,
+    pub routes: Vec<RouteSnap>,
+    /// Guest namespaces looked at: those the spec names and those kvmnet's ports point to.
+    pub netns: BTreeMap<String, NetnsSnap>,
+    pub nft: Option<NftTable>,
+    /// Current value of every sysctl of interest; `None` when the key does not exist here.
+    pub sysctls: BTreeMap<String, Option<String>>,
+    /// Values sysctls had before kvmnet first changed them (from the state directory).
+    pub sysctl_originals: BTreeMap<String, String>,
+    /// User names the spec uses as tap owners, resolved; absent when no such user.
+    pub users: BTreeMap<String, u32>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LinkSnap {
+    pub name: String,
+    /// Link kind as the kernel reports it (`bridge`, `tun`, `veth`, ...), empty for plain NICs.
+    pub kind: String,
+    pub mac: Option<Mac>,
+    pub mtu: u32,
+    pub master: Option<String>,
+    pub up: bool,
+    pub oper_up: bool,
+    pub alias: Option<String>,
+    pub tun_owner: Option<u32>,
+    pub tun_multi_queue: bool,
+    pub stats: Option<Stats>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Stats {
+    pub rx_bytes: u64,
+    pub rx_packets: u64,
+    pub tx_bytes: u64,
+    pub tx_packets: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AddrSnap {
+    pub dev: String,
+    pub addr: Ipv4Cidr,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteSnap {
+    pub dev: String,
+    pub dst: Ipv4Cidr,
+    #[serde(default)]
+    pub gateway: Option<Ipv4Addr>,
+    #[serde(default)]
+    pub metric: Option<u32>,
+    #[serde(default = "main_table")]
+    pub table: u32,
+    #[serde(default = "boot_proto")]
+    pub protocol: u8,
+    #[serde(default)]
+    pub scope: u8,
+    #[serde(default)]
+    pub prefsrc: Option<Ipv4Addr>,
+}
+
+fn main_table() -> u32 {
+    254
+}
+fn boot_proto() -> u8 {
+    3
+}
+
+/// RTPROT_KERNEL: routes the kernel derives from addresses; they follow the address.
+pub const PROTO_KERNEL: u8 = 2;
+/// The local table holds the kernel's own local/broadcast routes.
+pub const TABLE_LOCAL: u32 = 255;
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct NetnsSnap {
+    /// Created by kvmnet on behalf of this scope (its loopback carries kvmnet's mark).
+    pub owned: bool,
+    pub links: Vec<LinkSnap>,
+    pub addrs: Vec<AddrSnap>,
+    pub routes: Vec<RouteSnap>,
+}
+
+impl Snapshot {
+    pub fn link(&self, name: &str) -> Option<&LinkSnap> {
+        self.links.iter().find(|l| l.name == name)
+    }
+}

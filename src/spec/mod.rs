@@ -1,0 +1,152 @@
+//! Layer 1: YAML text -> typed, validated [`Spec`]. No I/O.
+//!
+//! Every error names the field path (`networks.default.ipv4`, `vms.web1.ports[0].mac`,
+//! `host.sysctl."net.core.somaxconn"`) and the line:column of the offending value, and all
+//! errors of a file are reported at once, sorted by position.
+//!
+//! Paths: mapping keys are joined with `.`; a key that is not a plain identifier
+//! (`[A-Za-z0-9_-]+`, e.g. a sysctl name or a network called `lan.2`) is written in double
+//! quotes; list items are `[i]`. Errors about the file as a whole use the path `(file)`.
+
+pub mod model;
+pub mod naming;
+mod validate;
+mod yaml;
+
+pub use model::*;
+
+/// The path used for errors about the whole file (empty, binary, YAML syntax).
+pub const FILE_PATH: &str = "(file)";
+
+/// One problem in a spec, for an operator: where it is and what to do about it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{loc}: {path}: {message}")]
+pub struct SpecError {
+    pub path: String,
+    pub loc: Loc,
+    pub message: String,
+}
+
+impl SpecError {
+    fn file(message: impl Into<String>) -> Self {
+        SpecError {
+            path: FILE_PATH.to_string(),
+            loc: Loc { line: 1, col: 1 },
+            message: message.into(),
+        }
+    }
+}
+
+/// Parse and validate. Returns every error found (sorted by line, col), not only the first.
+pub fn parse(text: &str) -> Result<Spec, Vec<SpecError>> {
+    let text = text.strip_prefix('\u{feff}').unwrap_or(text);
+    if text.trim().is_empty() {
+        return Err(vec![SpecError::file(
+            "the file is empty; a spec needs at least `version: 1`",
+        )]);
+    }
+    let (root, mut errors) = yaml::load(text);
+    let spec = match root {
+        Some(root) => validate::convert(&root, &mut errors),
+        None if errors.is_empty() => {
+            errors.push(SpecError::file(
+                "the file holds only comments; a spec needs at least `version: 1`",
+            ));
+            None
+        }
+        None => None,
+    };
+    match spec {
+        Some(spec) if errors.is_empty() => Ok(spec),
+        _ => {
+            if errors.is_empty() {
+                // Never reached when the validator is consistent; better an error than a panic.
+                errors.push(SpecError::file("internal error: the spec could not be built"));
+            }
+            for e in &mut errors {
+                if e.path.is_empty() {
+                    e.path = FILE_PATH.to_string();
+                }
+            }
+            errors.sort_by(|a, b| {
+                (a.loc, &a.path, &a.message).cmp(&(b.loc, &b.path, &b.message))
+            });
+            errors.dedup();
+            Err(errors)
+        }
+    }
+}
+
+/// Same, from raw file bytes: rejects empty/whitespace-only files and binary / non-UTF-8
+/// input (path `(file)`, loc 1:1).
+pub fn parse_bytes(bytes: &[u8]) -> Result<Spec, Vec<SpecError>> {
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        return Err(vec![SpecError::file(
+            "the file is empty; a spec needs at least `version: 1`",
+        )]);
+    }
+    if bytes.contains(&0) {
+        return Err(vec![SpecError::file(
+            "this is a binary file (it contains NUL bytes), not a YAML spec",
+        )]);
+    }
+    match std::str::from_utf8(bytes) {
+        Ok(text) => parse(text),
+        Err(e) => Err(vec![SpecError::file(format!(
+            "the file is not UTF-8 text (invalid byte at offset {}); save it as UTF-8",
+            e.valid_up_to()
+        ))]),
+    }
+}
+
+impl Spec {
+    /// Where `path` (or, for a value that was derived rather than written, its nearest
+    /// written parent) sits in the file; 1:1 when nothing on the path was written.
+    pub fn loc(&self, path: &str) -> Loc {
+        let mut p = path;
+        loop {
+            if let Some(l) = self.locs.get(p) {
+                return *l;
+            }
+            match parent_path(p) {
+                Some(q) => p = q,
+                None => return Loc { line: 1, col: 1 },
+            }
+        }
+    }
+}
+
+/// `a.b[2]` -> `a.b`, `a."x.y"` -> `a`, `a.b` -> `a`, `a` -> None.
+fn parent_path(p: &str) -> Option<&str> {
+    if p.ends_with(']') {
+        return p.rfind('[').map(|i| &p[..i]);
+    }
+    if p.ends_with('"') && p.len() > 1 {
+        // Find the opening quote: the last `."` or a leading `"`, skipping escaped quotes.
+        let body = &p[..p.len() - 1];
+        let mut i = body.len();
+        while let Some(j) = body[..i].rfind('"') {
+            let escaped = body[..j].chars().rev().take_while(|c| *c == '\\').count() % 2 == 1;
+            if !escaped {
+                return if j == 0 { None } else { Some(&p[..j - 1]) };
+            }
+            i = j;
+        }
+        return None;
+    }
+    p.rfind('.').map(|i| &p[..i])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parent_paths() {
+        assert_eq!(parent_path("vms.a.ports[3]"), Some("vms.a.ports"));
+        assert_eq!(parent_path("host.sysctl.\"net.core.x\""), Some("host.sysctl"));
+        assert_eq!(parent_path("networks.default.bridge"), Some("networks.default"));
+        assert_eq!(parent_path("version"), None);
+        assert_eq!(parent_path("\"a.b\""), None);
+    }
+}

@@ -1,0 +1,1759 @@
+//! From the located YAML tree to a checked `Spec`.
+//!
+//! Two passes: the first reads every field (types, formats, per-field rules, rules between
+//! fields of one network or port) and keeps going after a bad value; the second checks the
+//! rules that span the whole spec (unique names and MACs, overlapping subnets, shared
+//! uplinks, forwarding). A value that failed to parse is simply absent in the second pass,
+//! so one mistake gives one error, not a cascade.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::Ipv4Addr;
+
+use super::SpecError;
+use super::model::{
+    Dhcp, DhcpRoute, Host, Ipv4Cidr, Loc, Mac, Mode, Network, Owner, Port, PortKind, Spec, Vm,
+};
+use super::naming;
+use super::yaml::{Key, Kind, Node, index, join, show};
+
+const TOP_FIELDS: &[&str] = &["version", "host", "networks", "vms"];
+const HOST_FIELDS: &[&str] = &["sysctl"];
+const NET_FIELDS: &[&str] = &["mode", "bridge", "ipv4", "mtu", "uplink", "nat", "dhcp"];
+const NAT_FIELDS: &[&str] = &["egress"];
+const DHCP_FIELDS: &[&str] = &["range", "pool", "lease_time", "dns", "domain", "routes"];
+const ROUTE_FIELDS: &[&str] = &["to", "via"];
+const VM_FIELDS: &[&str] = &["ports"];
+const PORT_FIELDS: &[&str] = &[
+    "network", "name", "kind", "mac", "ipv4", "owner", "queues", "netns",
+];
+
+const MODES: &str = "nat, routed, isolated or bridge";
+const NAME_MAX: usize = 64;
+const MTU_MIN: i128 = 68;
+const MTU_MAX: i128 = 65535;
+const QUEUES_MAX: i128 = 256;
+const LEASE_MIN: u64 = 60;
+const LEASE_DEFAULT: u64 = 3600;
+
+struct Ctx {
+    errors: Vec<SpecError>,
+    locs: BTreeMap<String, Loc>,
+}
+
+impl Ctx {
+    fn err(&mut self, path: &str, loc: Loc, message: impl Into<String>) {
+        self.errors.push(SpecError {
+            path: path.to_string(),
+            loc,
+            message: message.into(),
+        });
+    }
+}
+
+/// A mapping being read: unknown keys are reported when it is opened.
+struct Obj<'a> {
+    path: String,
+    loc: Loc,
+    entries: &'a [(Key, Node)],
+}
+
+/// One value together with its path.
+struct Field<'a> {
+    path: String,
+    node: &'a Node,
+}
+
+impl Field<'_> {
+    fn loc(&self) -> Loc {
+        self.node.loc
+    }
+}
+
+fn obj<'a>(
+    cx: &mut Ctx,
+    node: &'a Node,
+    path: &str,
+    allowed: &[&str],
+    what: &str,
+) -> Option<Obj<'a>> {
+    match &node.kind {
+        Kind::Map(entries) => {
+            for (k, _) in entries {
+                if !allowed.contains(&k.text.as_str()) {
+                    cx.err(
+                        &join(path, &k.text),
+                        k.loc,
+                        format!(
+                            "unknown field '{}'; expected one of: {}",
+                            show(&k.text),
+                            allowed.join(", ")
+                        ),
+                    );
+                }
+            }
+            Some(Obj {
+                path: path.to_string(),
+                loc: node.loc,
+                entries,
+            })
+        }
+        // An empty value where a mapping goes (`vms:` with nothing under it) is an empty
+        // mapping, as most YAML tools read it.
+        Kind::Scalar(s) if s.is_null() => Some(Obj {
+            path: path.to_string(),
+            loc: node.loc,
+            entries: &[],
+        }),
+        Kind::Bad => None,
+        _ => {
+            cx.err(
+                path,
+                node.loc,
+                format!("expected {what}, found {}", node.describe()),
+            );
+            None
+        }
+    }
+}
+
+impl<'a> Obj<'a> {
+    fn get(&self, cx: &mut Ctx, name: &str) -> Option<Field<'a>> {
+        let (_, node) = self.entries.iter().find(|(k, _)| k.text == name)?;
+        let path = join(&self.path, name);
+        cx.locs.insert(path.clone(), node.loc);
+        Some(Field { path, node })
+    }
+
+    fn required(&self, cx: &mut Ctx, name: &str, hint: &str) -> Option<Field<'a>> {
+        let f = self.get(cx, name);
+        if f.is_none() {
+            cx.err(
+                &join(&self.path, name),
+                self.loc,
+                format!("missing required field '{name}'; {hint}"),
+            );
+        }
+        f
+    }
+
+    /// Entries of a name -> value mapping (networks, vms, sysctl), with their paths.
+    fn named(&self, cx: &mut Ctx) -> Vec<(&'a Key, Field<'a>)> {
+        self.entries
+            .iter()
+            .map(|(k, node)| {
+                let path = join(&self.path, &k.text);
+                cx.locs.insert(path.clone(), node.loc);
+                (k, Field { path, node })
+            })
+            .collect()
+    }
+}
+
+/// Any scalar, as written. `what` describes the expected value for messages.
+fn text(cx: &mut Ctx, f: &Field, what: &str) -> Option<String> {
+    match &f.node.kind {
+        Kind::Scalar(s) if s.is_null() => {
+            cx.err(&f.path, f.loc(), format!("missing value; expected {what}"));
+            None
+        }
+        Kind::Scalar(s) => Some(s.text.clone()),
+        Kind::Bad => None,
+        _ => {
+            cx.err(
+                &f.path,
+                f.loc(),
+                format!("expected {what}, found {}", f.node.describe()),
+            );
+            None
+        }
+    }
+}
+
+/// A whole number within `lo..=hi`.
+fn int_in(cx: &mut Ctx, f: &Field, what: &str, lo: i128, hi: i128) -> Option<i128> {
+    let Kind::Scalar(s) = &f.node.kind else {
+        if !matches!(f.node.kind, Kind::Bad) {
+            cx.err(
+                &f.path,
+                f.loc(),
+                format!("expected {what}, found {}", f.node.describe()),
+            );
+        }
+        return None;
+    };
+    let Some(n) = s.as_int() else {
+        cx.err(
+            &f.path,
+            f.loc(),
+            format!("expected {what}, found {}", f.node.describe()),
+        );
+        return None;
+    };
+    if n < lo || n > hi {
+        cx.err(
+            &f.path,
+            f.loc(),
+            format!("{n} is out of range; expected {what}"),
+        );
+        return None;
+    }
+    Some(n)
+}
+
+fn boolean(cx: &mut Ctx, f: &Field) -> Option<bool> {
+    if let Kind::Scalar(s) = &f.node.kind
+        && let Some(b) = s.as_bool()
+    {
+        return Some(b);
+    }
+    if !matches!(f.node.kind, Kind::Bad) {
+        cx.err(
+            &f.path,
+            f.loc(),
+            format!("expected true or false, found {}", f.node.describe()),
+        );
+    }
+    None
+}
+
+fn list<'a>(cx: &mut Ctx, f: &Field<'a>, what: &str) -> Option<Vec<Field<'a>>> {
+    match &f.node.kind {
+        Kind::Seq(items) => Some(
+            items
+                .iter()
+                .enumerate()
+                .map(|(i, node)| {
+                    let path = index(&f.path, i);
+                    cx.locs.insert(path.clone(), node.loc);
+                    Field { path, node }
+                })
+                .collect(),
+        ),
+        Kind::Scalar(s) if s.is_null() => Some(Vec::new()),
+        Kind::Bad => None,
+        _ => {
+            cx.err(
+                &f.path,
+                f.loc(),
+                format!("expected {what}, found {}", f.node.describe()),
+            );
+            None
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Names and formats
+
+fn name_chars_ok(s: &str) -> bool {
+    s.bytes()
+        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'))
+}
+
+/// A Linux interface name kvmnet creates or refers to.
+pub(crate) fn check_ifname(s: &str) -> Result<(), String> {
+    if s.is_empty() {
+        return Err("an interface name must not be empty".into());
+    }
+    if !name_chars_ok(s) {
+        return Err(format!(
+            "'{}' is not a valid interface name: use only letters, digits, '_', '.' and '-'",
+            show(s)
+        ));
+    }
+    if s.len() > naming::IFNAME_MAX {
+        return Err(format!(
+            "interface name '{s}' is {} characters long; Linux allows at most {}",
+            s.len(),
+            naming::IFNAME_MAX
+        ));
+    }
+    if s.starts_with('-') {
+        return Err(format!(
+            "interface name '{s}' must not start with '-' (tools would read it as an option)"
+        ));
+    }
+    if s == "." || s == ".." {
+        return Err(format!("'{s}' is not a valid interface name"));
+    }
+    if matches!(s, "lo" | "all" | "default") {
+        return Err(format!(
+            "interface name '{s}' is reserved by the kernel (loopback and /proc/sys/net/*/conf/{{all,default}})"
+        ));
+    }
+    Ok(())
+}
+
+/// Network and VM names: they appear in derived names, paths and state files.
+fn check_entity_name(s: &str, what: &str) -> Result<(), String> {
+    if s.is_empty() {
+        return Err(format!("a {what} name must not be empty"));
+    }
+    if !name_chars_ok(s) {
+        return Err(format!(
+            "'{}' is not a valid {what} name: use only letters, digits, '_', '.' and '-'",
+            show(s)
+        ));
+    }
+    if s.len() > NAME_MAX {
+        return Err(format!(
+            "{what} name '{s}' is {} characters long; at most {NAME_MAX} are allowed",
+            s.len()
+        ));
+    }
+    if s == "." || s == ".." {
+        return Err(format!("'{s}' is not a valid {what} name"));
+    }
+    Ok(())
+}
+
+fn check_netns(s: &str) -> Result<(), String> {
+    if s.is_empty() {
+        return Err("a network namespace name must not be empty".into());
+    }
+    if !name_chars_ok(s) {
+        return Err(format!(
+            "'{}' is not a valid network namespace name: use only letters, digits, '_', '.' and '-'",
+            show(s)
+        ));
+    }
+    if s.len() > NAME_MAX {
+        return Err(format!(
+            "network namespace name '{s}' is {} characters long; at most {NAME_MAX} are allowed",
+            s.len()
+        ));
+    }
+    if s == "." || s == ".." {
+        return Err(format!("'{s}' is not a valid network namespace name"));
+    }
+    Ok(())
+}
+
+fn check_sysctl_key(s: &str) -> Result<(), String> {
+    let shown = show(s);
+    if s.contains('/') {
+        return Err(format!(
+            "sysctl name '{shown}' contains '/'; write it dotted, like net.core.somaxconn"
+        ));
+    }
+    let segs: Vec<&str> = s.split('.').collect();
+    if segs.len() < 2 {
+        return Err(format!(
+            "'{shown}' is not a sysctl name; expected dotted segments like net.core.somaxconn"
+        ));
+    }
+    if segs.iter().any(|g| g.is_empty()) {
+        return Err(format!(
+            "sysctl name '{shown}' has an empty segment (a leading, trailing or double dot)"
+        ));
+    }
+    if !segs.iter().all(|g| {
+        g.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+    }) {
+        return Err(format!(
+            "sysctl name '{shown}' may contain only letters, digits, '_' and '-' between its dots"
+        ));
+    }
+    Ok(())
+}
+
+/// A DNS domain name (`example.test`), RFC 1123 labels.
+fn check_domain(s: &str) -> Result<(), String> {
+    let bad = |why: &str| Err(format!("'{}' is not a valid domain name: {why}", show(s)));
+    if s.is_empty() {
+        return bad("it is empty");
+    }
+    if s.len() > 253 {
+        return bad("it is longer than 253 characters");
+    }
+    for label in s.split('.') {
+        if label.is_empty() {
+            return bad("it has an empty label (a leading, trailing or double dot)");
+        }
+        if label.len() > 63 {
+            return bad("a label is longer than 63 characters");
+        }
+        if !label
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        {
+            return bad("labels may contain only letters, digits and '-'");
+        }
+        if label.starts_with('-') || label.ends_with('-') {
+            return bad("a label must not start or end with '-'");
+        }
+    }
+    Ok(())
+}
+
+/// A user name as `useradd` would accept it; uids are given as numbers.
+fn check_user(s: &str) -> Result<(), String> {
+    if s.is_empty() {
+        return Err("a user name must not be empty".into());
+    }
+    let body = s.strip_suffix('$').unwrap_or(s);
+    if body.is_empty()
+        || !body
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'))
+    {
+        return Err(format!(
+            "'{}' is not a valid user name: use letters, digits, '_', '.' and '-' (or give a numeric uid)",
+            show(s)
+        ));
+    }
+    if s.starts_with('-') {
+        return Err(format!("user name '{s}' must not start with '-'"));
+    }
+    if s.len() > 32 {
+        return Err(format!(
+            "user name '{s}' is longer than 32 characters"
+        ));
+    }
+    Ok(())
+}
+
+fn parse_ip(s: &str) -> Result<Ipv4Addr, String> {
+    let t = s.trim();
+    if !t.is_empty() && t.bytes().all(|b| b.is_ascii_digit() || b == b'.')
+        && let Ok(a) = t.parse()
+    {
+        return Ok(a);
+    }
+    Err(format!(
+        "'{}' is not an IPv4 address (like 192.0.2.10)",
+        show(s)
+    ))
+}
+
+/// `addr/prefix`, strictly: digits and dots, one slash, a decimal prefix.
+fn parse_cidr(s: &str) -> Result<Ipv4Cidr, String> {
+    let t = s.trim();
+    let Some((a, p)) = t.split_once('/') else {
+        return Err(format!(
+            "'{}' is not an address with a prefix (like 192.0.2.1/24)",
+            show(s)
+        ));
+    };
+    parse_ip(a)?;
+    if p.is_empty() || p.len() > 2 || !p.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(format!(
+            "'{}' is not a prefix length between 0 and 32",
+            show(p)
+        ));
+    }
+    t.parse::<Ipv4Cidr>()
+}
+
+fn parse_mac(s: &str) -> Result<Mac, String> {
+    let t = s.trim();
+    if t.bytes().all(|b| b.is_ascii_hexdigit() || b == b':') {
+        if let Ok(m) = t.parse::<Mac>() {
+            return Ok(m);
+        }
+    }
+    Err(format!(
+        "'{}' is not a MAC address (like 52:54:00:12:34:56)",
+        show(s)
+    ))
+}
+
+/// Seconds, or a number with s, m, h or d.
+fn parse_duration(f: &Field) -> Result<u64, String> {
+    let Kind::Scalar(s) = &f.node.kind else {
+        return Err(format!(
+            "expected a duration (seconds, or like 30m, 1h, 1d), found {}",
+            f.node.describe()
+        ));
+    };
+    let t = s.text.trim();
+    let (num, mult) = match t.as_bytes().last() {
+        Some(b's') => (&t[..t.len() - 1], 1),
+        Some(b'm') => (&t[..t.len() - 1], 60),
+        Some(b'h') => (&t[..t.len() - 1], 3600),
+        Some(b'd') => (&t[..t.len() - 1], 86400),
+        _ => (t, 1),
+    };
+    let bad = || {
+        format!(
+            "'{}' is not a duration; expected seconds or a number with s, m, h or d (like 1h)",
+            show(&s.text)
+        )
+    };
+    if num.is_empty() || num.len() > 12 || !num.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(bad());
+    }
+    let n: u64 = num.parse().map_err(|_| bad())?;
+    Ok(n * mult)
+}
+
+/// Addresses that can never be a gateway or a guest address.
+fn special(a: Ipv4Addr) -> Option<&'static str> {
+    if a.is_loopback() {
+        Some("a loopback address")
+    } else if a.is_multicast() {
+        Some("a multicast address")
+    } else if a.is_broadcast() || a.octets()[0] >= 240 {
+        Some("a reserved address")
+    } else if a.octets()[0] == 0 {
+        Some("in 0.0.0.0/8, which cannot be assigned")
+    } else {
+        None
+    }
+}
+
+fn host_hint(net: Ipv4Cidr) -> Ipv4Cidr {
+    Ipv4Cidr::new(
+        Ipv4Addr::from(u32::from(net.network().addr).wrapping_add(1)),
+        net.prefix,
+    )
+}
+
+// ---------------------------------------------------------------------------------------
+// First pass
+
+struct NetDraft {
+    name: String,
+    key_loc: Loc,
+    path: String,
+    mode: Option<Mode>,
+    /// Explicit or derived; `None` when the given name is invalid or the network name is.
+    bridge: Option<String>,
+    /// Where the bridge name was written, or the network's key when derived.
+    bridge_loc: Loc,
+    bridge_derived: bool,
+    /// Set only when the gateway passed every check.
+    ipv4: Option<Ipv4Cidr>,
+    ipv4_loc: Loc,
+    mtu: Option<u32>,
+    uplink: Option<(String, Loc)>,
+    egress: Option<(String, Loc)>,
+    dhcp: Option<Dhcp>,
+}
+
+struct PortDraft {
+    path: String,
+    vm: String,
+    index: usize,
+    network: Option<String>,
+    name: Option<String>,
+    name_loc: Loc,
+    name_derived: bool,
+    kind: Option<PortKind>,
+    mac: Option<Mac>,
+    mac_loc: Loc,
+    mac_derived: bool,
+    ipv4: Option<Ipv4Cidr>,
+    ipv4_loc: Loc,
+    owner: Option<Owner>,
+    queues: u32,
+    netns: Option<String>,
+}
+
+pub(crate) fn convert(root: &Node, errors: &mut Vec<SpecError>) -> Option<Spec> {
+    let mut cx = Ctx {
+        errors: Vec::new(),
+        locs: BTreeMap::new(),
+    };
+    let spec = convert_inner(&mut cx, root);
+    errors.append(&mut cx.errors);
+    if errors.is_empty() { spec } else { None }
+}
+
+fn convert_inner(cx: &mut Ctx, root: &Node) -> Option<Spec> {
+    let top = match &root.kind {
+        Kind::Map(_) => obj(cx, root, "", TOP_FIELDS, "")?,
+        Kind::Scalar(s) if s.is_null() => {
+            cx.err(
+                "",
+                root.loc,
+                "the spec is empty; it needs at least `version: 1`",
+            );
+            return None;
+        }
+        Kind::Bad => return None,
+        _ => {
+            cx.err(
+                "",
+                root.loc,
+                format!(
+                    "a spec must be a mapping with the fields version, host, networks and vms; found {}",
+                    root.describe()
+                ),
+            );
+            return None;
+        }
+    };
+
+    let version = match top.required(cx, "version", "start the spec with `version: 1`") {
+        Some(f) => read_version(cx, &f),
+        None => None,
+    };
+
+    let mut sysctl: Option<(BTreeMap<String, String>, BTreeMap<String, (Loc, String)>)> = None;
+    if let Some(f) = top.get(cx, "host")
+        && let Some(host) = obj(cx, f.node, &f.path, HOST_FIELDS, "a mapping (with sysctl)")
+    {
+        sysctl = host.get(cx, "sysctl").and_then(|f| read_sysctl(cx, &f));
+    }
+
+    // `None`: the networks field itself is broken, so references cannot be checked.
+    let mut nets: Option<Vec<NetDraft>> = Some(Vec::new());
+    if let Some(f) = top.get(cx, "networks") {
+        nets = obj_named(cx, &f, "a mapping of network names to networks").map(|o| {
+            let entries = o.named(cx);
+            entries
+                .iter()
+                .map(|(key, field)| read_network(cx, key, field))
+                .collect()
+        });
+    }
+
+    let mut ports: Vec<PortDraft> = Vec::new();
+    let mut vm_names: Vec<String> = Vec::new();
+    if let Some(f) = top.get(cx, "vms")
+        && let Some(o) = obj_named(cx, &f, "a mapping of VM names to VMs")
+    {
+        for (key, field) in o.named(cx) {
+            read_vm(cx, key, &field, nets.as_deref(), &mut ports);
+            vm_names.push(key.text.clone());
+        }
+    }
+
+    cross_checks(cx, nets.as_deref().unwrap_or(&[]), &ports, sysctl.as_ref());
+
+    if !cx.errors.is_empty() {
+        return None;
+    }
+    build(cx, version?, sysctl, nets?, ports, vm_names)
+}
+
+/// A name -> value mapping: the keys are free, so no unknown-field check.
+fn obj_named<'a>(cx: &mut Ctx, f: &Field<'a>, what: &str) -> Option<Obj<'a>> {
+    match &f.node.kind {
+        Kind::Map(e) => Some(Obj {
+            path: f.path.clone(),
+            loc: f.loc(),
+            entries: e,
+        }),
+        _ => obj(cx, f.node, &f.path, &[], what),
+    }
+}
+
+fn read_version(cx: &mut Ctx, f: &Field) -> Option<u32> {
+    if let Kind::Scalar(s) = &f.node.kind
+        && let Some(n) = s.as_int()
+    {
+        if n == 1 {
+            return Some(1);
+        }
+        cx.err(
+            &f.path,
+            f.loc(),
+            format!("unsupported spec version {n}; this kvmnet understands version 1"),
+        );
+        return None;
+    }
+    if !matches!(f.node.kind, Kind::Bad) {
+        cx.err(
+            &f.path,
+            f.loc(),
+            format!("expected the number 1, found {}", f.node.describe()),
+        );
+    }
+    None
+}
+
+type Sysctl = (BTreeMap<String, String>, BTreeMap<String, (Loc, String)>);
+
+fn read_sysctl(cx: &mut Ctx, f: &Field) -> Option<Sysctl> {
+    let o = obj_named(cx, f, "a mapping of sysctl names to values")?;
+    let mut values = BTreeMap::new();
+    let mut where_ = BTreeMap::new();
+    for (key, field) in o.named(cx) {
+        if let Err(m) = check_sysctl_key(&key.text) {
+            cx.err(&field.path, key.loc, m);
+            continue;
+        }
+        let Some(v) = text(cx, &field, "a value (a string or a number)") else {
+            continue;
+        };
+        if v.trim().is_empty() {
+            cx.err(
+                &field.path,
+                field.loc(),
+                "the value is empty; write the value to set, like \"1\"",
+            );
+            continue;
+        }
+        if v.contains(['\n', '\r']) {
+            cx.err(
+                &field.path,
+                field.loc(),
+                "the value spans several lines; a sysctl value must be a single line",
+            );
+            continue;
+        }
+        where_.insert(key.text.clone(), (field.loc(), field.path.clone()));
+        values.insert(key.text.clone(), v);
+    }
+    Some((values, where_))
+}
+
+fn read_ifname_field(cx: &mut Ctx, f: &Field, what: &str) -> Option<String> {
+    let name = text(cx, f, what)?;
+    match check_ifname(&name) {
+        Ok(()) => Some(name),
+        Err(m) => {
+            cx.err(&f.path, f.loc(), m);
+            None
+        }
+    }
+}
+
+fn read_network(cx: &mut Ctx, key: &Key, f: &Field) -> NetDraft {
+    let name_ok = match check_entity_name(&key.text, "network") {
+        Ok(()) => true,
+        Err(m) => {
+            cx.err(&f.path, key.loc, m);
+            false
+        }
+    };
+    let mut d = NetDraft {
+        name: key.text.clone(),
+        key_loc: key.loc,
+        path: f.path.clone(),
+        mode: None,
+        bridge: None,
+        bridge_loc: key.loc,
+        bridge_derived: false,
+        ipv4: None,
+        ipv4_loc: key.loc,
+        mtu: None,
+        uplink: None,
+        egress: None,
+        dhcp: None,
+    };
+    let Some(o) = obj(
+        cx,
+        f.node,
+        &f.path,
+        NET_FIELDS,
+        "a network (a mapping with mode and its settings)",
+    ) else {
+        return d;
+    };
+
+    let mut mode_known = false;
+    if let Some(mf) = o.required(cx, "mode", &format!("expected {MODES}"))
+        && let Some(m) = text(cx, &mf, MODES)
+    {
+        d.mode = match m.as_str() {
+            "nat" => Some(Mode::Nat),
+            "routed" => Some(Mode::Routed),
+            "isolated" => Some(Mode::Isolated),
+            "bridge" => Some(Mode::Bridge),
+            _ => {
+                cx.err(
+                    &mf.path,
+                    mf.loc(),
+                    format!("'{}' is not a network mode; expected {MODES}", show(&m)),
+                );
+                None
+            }
+        };
+        mode_known = d.mode.is_some();
+    }
+    let mode = d.mode;
+
+    if let Some(bf) = o.get(cx, "bridge") {
+        d.bridge_loc = bf.loc();
+        d.bridge = read_ifname_field(cx, &bf, "a bridge interface name");
+    } else if name_ok {
+        d.bridge = Some(naming::bridge_name(&key.text));
+        d.bridge_derived = true;
+    }
+
+    // ipv4
+    let ipf = o.get(cx, "ipv4");
+    match (&ipf, mode) {
+        (Some(ipf), Some(Mode::Bridge)) => {
+            cx.err(
+                &ipf.path,
+                ipf.loc(),
+                "a bridge network takes no ipv4: the host keeps its addresses on the uplink \
+                 (they move to the bridge); remove ipv4 or use mode nat, routed or isolated",
+            );
+        }
+        (None, Some(m)) if m != Mode::Bridge => {
+            cx.err(
+                &join(&f.path, "ipv4"),
+                o.loc,
+                format!(
+                    "missing required field 'ipv4'; a {} network needs the gateway address and subnet, like 192.168.122.1/24",
+                    m.as_str()
+                ),
+            );
+        }
+        (Some(ipf), _) => {
+            d.ipv4_loc = ipf.loc();
+            if let Some(t) = text(cx, ipf, "a gateway address with prefix, like 192.168.122.1/24") {
+                match parse_cidr(&t) {
+                    Err(m) => cx.err(&ipf.path, ipf.loc(), m),
+                    Ok(c) if mode.is_some() => match check_gateway(c) {
+                        Ok(()) => d.ipv4 = Some(c),
+                        Err(m) => cx.err(&ipf.path, ipf.loc(), m),
+                    },
+                    Ok(_) => {}
+                }
+            }
+        }
+        (None, _) => {}
+    }
+
+    if let Some(mf) = o.get(cx, "mtu")
+        && let Some(n) = int_in(
+            cx,
+            &mf,
+            &format!("an MTU between {MTU_MIN} and {MTU_MAX}"),
+            MTU_MIN,
+            MTU_MAX,
+        )
+    {
+        d.mtu = u32::try_from(n).ok();
+    }
+
+    match (o.get(cx, "uplink"), mode) {
+        (Some(uf), Some(m)) if m != Mode::Bridge => {
+            cx.err(
+                &uf.path,
+                uf.loc(),
+                format!(
+                    "uplink applies only to mode bridge; a {} network has no uplink (remove it)",
+                    m.as_str()
+                ),
+            );
+        }
+        (Some(uf), _) => {
+            if let Some(u) = read_ifname_field(cx, &uf, "the host interface to enslave, like eth0")
+            {
+                d.uplink = Some((u, uf.loc()));
+            }
+        }
+        (None, Some(Mode::Bridge)) => {
+            cx.err(
+                &join(&f.path, "uplink"),
+                o.loc,
+                "missing required field 'uplink'; a bridge network needs the host interface to enslave, like eth0",
+            );
+        }
+        (None, _) => {}
+    }
+
+    if let Some(nf) = o.get(cx, "nat") {
+        if let Some(m) = mode
+            && m != Mode::Nat
+        {
+            cx.err(
+                &nf.path,
+                nf.loc(),
+                format!(
+                    "nat settings apply only to mode nat; this network is mode {}",
+                    m.as_str()
+                ),
+            );
+        } else if let Some(no) = obj(cx, nf.node, &nf.path, NAT_FIELDS, "a mapping (with egress)")
+            && let Some(ef) = no.get(cx, "egress")
+            && let Some(e) = read_ifname_field(cx, &ef, "the host interface NAT leaves through")
+        {
+            d.egress = Some((e, ef.loc()));
+        }
+    }
+
+    if let Some(df) = o.get(cx, "dhcp") {
+        if mode == Some(Mode::Bridge) {
+            cx.err(
+                &df.path,
+                df.loc(),
+                "kvmnet serves no DHCP on a bridge network: its guests sit on the uplink's LAN \
+                 and use that LAN's DHCP server; remove dhcp",
+            );
+        } else {
+            // Checks against the subnet run only when mode and gateway are sound.
+            let subnet = if mode_known { d.ipv4 } else { None };
+            d.dhcp = read_dhcp(cx, &df, subnet);
+        }
+    }
+    d
+}
+
+fn check_gateway(c: Ipv4Cidr) -> Result<(), String> {
+    if let Some(what) = special(c.addr) {
+        return Err(format!("{} is {what}; pick a private subnet such as 192.168.122.1/24", c.addr));
+    }
+    if c.prefix >= 31 {
+        return Err(format!(
+            "a /{} subnet leaves no room for guests; nat, routed and isolated networks need /30 or shorter, like {}/24",
+            c.prefix, c.addr
+        ));
+    }
+    if c.prefix < 8 {
+        return Err(format!(
+            "a /{} subnet is far larger than any VM network needs and would capture other traffic; use /8 or longer",
+            c.prefix
+        ));
+    }
+    if c.addr == c.network().addr {
+        return Err(format!(
+            "{c} has no host bits: the gateway needs a host address like {}",
+            host_hint(c)
+        ));
+    }
+    if c.addr == c.broadcast() {
+        return Err(format!(
+            "{c} is the subnet's broadcast address: the gateway needs a host address like {}",
+            host_hint(c)
+        ));
+    }
+    Ok(())
+}
+
+/// Checks an address that must be a usable host address in `net` (gateway `net.addr`).
+fn check_in_subnet(a: Ipv4Addr, net: Ipv4Cidr, role: &str) -> Result<(), String> {
+    let subnet = net.network();
+    if !net.contains(a) {
+        return Err(format!("{role} {a} is outside the network's subnet {subnet}"));
+    }
+    if a == subnet.addr {
+        return Err(format!("{role} {a} is the network address of {subnet}"));
+    }
+    if a == net.broadcast() {
+        return Err(format!("{role} {a} is the broadcast address of {subnet}"));
+    }
+    Ok(())
+}
+
+fn read_dhcp(cx: &mut Ctx, f: &Field, subnet: Option<Ipv4Cidr>) -> Option<Dhcp> {
+    let o = obj(
+        cx,
+        f.node,
+        &f.path,
+        DHCP_FIELDS,
+        "a mapping of DHCP settings (use {} for defaults)",
+    )?;
+    let mut ok = true;
+    let mut dhcp = Dhcp {
+        range: None,
+        pool: true,
+        lease_time_secs: LEASE_DEFAULT,
+        dns: Vec::new(),
+        domain: None,
+        routes: Vec::new(),
+    };
+
+    if let Some(rf) = o.get(cx, "range") {
+        ok &= (|| {
+            let t = text(cx, &rf, "an address range like 192.168.122.100-192.168.122.254")?;
+            let r = parse_range(&t).and_then(|(a, b)| {
+                if let Some(net) = subnet {
+                    check_in_subnet(a, net, "range start")?;
+                    check_in_subnet(b, net, "range end")?;
+                    if (a..=b).contains(&net.addr) {
+                        return Err(format!(
+                            "the range {a}-{b} contains the gateway {}; keep the gateway out of the pool",
+                            net.addr
+                        ));
+                    }
+                }
+                Ok((a, b))
+            });
+            match r {
+                Ok(r) => {
+                    dhcp.range = Some(r);
+                    Some(())
+                }
+                Err(m) => {
+                    cx.err(&rf.path, rf.loc(), m);
+                    None
+                }
+            }
+        })()
+        .is_some();
+    }
+
+    if let Some(pf) = o.get(cx, "pool") {
+        match boolean(cx, &pf) {
+            Some(b) => dhcp.pool = b,
+            None => ok = false,
+        }
+    }
+
+    if let Some(lf) = o.get(cx, "lease_time") {
+        match parse_duration(&lf) {
+            Ok(s) if s < LEASE_MIN => {
+                cx.err(
+                    &lf.path,
+                    lf.loc(),
+                    format!("a lease of {s}s is too short; use at least 60s"),
+                );
+                ok = false;
+            }
+            Ok(s) if s > u64::from(u32::MAX - 1) => {
+                cx.err(
+                    &lf.path,
+                    lf.loc(),
+                    format!("a lease of {s}s is longer than DHCP can express (136 years)"),
+                );
+                ok = false;
+            }
+            Ok(s) => dhcp.lease_time_secs = s,
+            Err(m) => {
+                if !matches!(lf.node.kind, Kind::Bad) {
+                    cx.err(&lf.path, lf.loc(), m);
+                }
+                ok = false;
+            }
+        }
+    }
+
+    if let Some(df) = o.get(cx, "dns") {
+        match list(cx, &df, "a list of IPv4 addresses") {
+            Some(items) => {
+                for item in items {
+                    let Some(t) = text(cx, &item, "an IPv4 address") else {
+                        ok = false;
+                        continue;
+                    };
+                    match parse_ip(&t).and_then(|a| match special(a) {
+                        Some(w) if !a.is_loopback() => {
+                            Err(format!("DNS server {a} is {w}"))
+                        }
+                        _ if a.is_unspecified() => Err(format!("DNS server {a} is unspecified")),
+                        _ => Ok(a),
+                    }) {
+                        Ok(a) => dhcp.dns.push(a),
+                        Err(m) => {
+                            cx.err(&item.path, item.loc(), m);
+                            ok = false;
+                        }
+                    }
+                }
+            }
+            None => ok = false,
+        }
+    }
+
+    if let Some(nf) = o.get(cx, "domain") {
+        match text(cx, &nf, "a DNS domain name like example.test") {
+            Some(t) => match check_domain(&t) {
+                Ok(()) => dhcp.domain = Some(t),
+                Err(m) => {
+                    cx.err(&nf.path, nf.loc(), m);
+                    ok = false;
+                }
+            },
+            None => ok = false,
+        }
+    }
+
+    if let Some(rf) = o.get(cx, "routes") {
+        match list(cx, &rf, "a list of routes ({ to: NET/LEN, via: ADDR })") {
+            Some(items) => {
+                for item in items {
+                    match read_route(cx, &item, subnet) {
+                        Some(r) => dhcp.routes.push(r),
+                        None => ok = false,
+                    }
+                }
+            }
+            None => ok = false,
+        }
+    }
+    ok.then_some(dhcp)
+}
+
+fn parse_range(t: &str) -> Result<(Ipv4Addr, Ipv4Addr), String> {
+    let Some((a, b)) = t.split_once('-') else {
+        return Err(format!(
+            "'{}' is not an address range; expected START-END like 192.168.122.100-192.168.122.254",
+            show(t)
+        ));
+    };
+    let a = parse_ip(a)?;
+    let b = parse_ip(b)?;
+    if a > b {
+        return Err(format!(
+            "the range {a}-{b} is backwards; its start must not be after its end"
+        ));
+    }
+    Ok((a, b))
+}
+
+fn read_route(cx: &mut Ctx, f: &Field, subnet: Option<Ipv4Cidr>) -> Option<DhcpRoute> {
+    let o = obj(
+        cx,
+        f.node,
+        &f.path,
+        ROUTE_FIELDS,
+        "a route (a mapping with to and via)",
+    )?;
+    let to = o.required(cx, "to", "give the destination network, like 10.9.0.0/16");
+    let via = o.required(cx, "via", "give the router's address inside the subnet");
+    let to = to.and_then(|tf| {
+        let t = text(cx, &tf, "a destination network like 10.9.0.0/16")?;
+        let r = parse_cidr(&t).and_then(|c| {
+            if c.addr != c.network().addr {
+                Err(format!(
+                    "{c} has host bits set; a route destination is a network address like {}",
+                    c.network()
+                ))
+            } else {
+                Ok(c)
+            }
+        });
+        r.map_err(|m| cx.err(&tf.path, tf.loc(), m)).ok()
+    });
+    let via = via.and_then(|vf| {
+        let t = text(cx, &vf, "the router's IPv4 address")?;
+        let r = parse_ip(&t).and_then(|a| match subnet {
+            Some(net) => check_in_subnet(a, net, "router").map(|()| a),
+            None => Ok(a),
+        });
+        r.map_err(|m| cx.err(&vf.path, vf.loc(), m)).ok()
+    });
+    Some(DhcpRoute { to: to?, via: via? })
+}
+
+/// What a port needs to know about its network.
+struct NetRef {
+    mode: Option<Mode>,
+    ipv4: Option<Ipv4Cidr>,
+}
+
+fn read_vm(
+    cx: &mut Ctx,
+    key: &Key,
+    f: &Field,
+    nets: Option<&[NetDraft]>,
+    ports: &mut Vec<PortDraft>,
+) {
+    let name_ok = match check_entity_name(&key.text, "VM") {
+        Ok(()) => true,
+        Err(m) => {
+            cx.err(&f.path, key.loc, m);
+            false
+        }
+    };
+    let Some(o) = obj(cx, f.node, &f.path, VM_FIELDS, "a VM (a mapping with ports)") else {
+        return;
+    };
+    let Some(pf) = o.required(
+        cx,
+        "ports",
+        "list the VM's ports (ports: [] for none)",
+    ) else {
+        return;
+    };
+    let Some(items) = list(cx, &pf, "a list of ports") else {
+        return;
+    };
+    for (i, item) in items.iter().enumerate() {
+        if let Some(p) = read_port(cx, &key.text, name_ok, i, item, nets) {
+            ports.push(p);
+        }
+    }
+}
+
+fn read_port(
+    cx: &mut Ctx,
+    vm: &str,
+    vm_ok: bool,
+    index: usize,
+    f: &Field,
+    nets: Option<&[NetDraft]>,
+) -> Option<PortDraft> {
+    let o = obj(
+        cx,
+        f.node,
+        &f.path,
+        PORT_FIELDS,
+        "a port (a mapping with network and its settings)",
+    )?;
+    let mut d = PortDraft {
+        path: f.path.clone(),
+        vm: vm.to_string(),
+        index,
+        network: None,
+        name: None,
+        name_loc: f.loc(),
+        name_derived: false,
+        kind: Some(PortKind::Tap),
+        mac: None,
+        mac_loc: f.loc(),
+        mac_derived: false,
+        ipv4: None,
+        ipv4_loc: f.loc(),
+        owner: None,
+        queues: 1,
+        netns: None,
+    };
+
+    let mut net: Option<NetRef> = None;
+    if let Some(nf) = o.required(cx, "network", "name the network this port joins")
+        && let Some(n) = text(cx, &nf, "a network name")
+    {
+        match nets {
+            Some(nets) => match nets.iter().find(|x| x.name == n) {
+                Some(x) => {
+                    net = Some(NetRef {
+                        mode: x.mode,
+                        ipv4: x.ipv4,
+                    });
+                    d.network = Some(n);
+                }
+                None => {
+                    let known: Vec<&str> = nets.iter().map(|x| x.name.as_str()).collect();
+                    let hint = if known.is_empty() {
+                        "no networks are defined under networks".to_string()
+                    } else {
+                        format!("defined networks: {}", known.join(", "))
+                    };
+                    cx.err(
+                        &nf.path,
+                        nf.loc(),
+                        format!("unknown network '{}'; {hint}", show(&n)),
+                    );
+                }
+            },
+            None => d.network = Some(n),
+        }
+    }
+
+    if let Some(nf) = o.get(cx, "name") {
+        d.name_loc = nf.loc();
+        d.name = read_ifname_field(cx, &nf, "an interface name");
+    } else if vm_ok {
+        d.name = Some(naming::port_name(vm, index));
+        d.name_derived = true;
+    }
+
+    if let Some(kf) = o.get(cx, "kind") {
+        d.kind = text(cx, &kf, "tap or veth").and_then(|k| match k.as_str() {
+            "tap" => Some(PortKind::Tap),
+            "veth" => Some(PortKind::Veth),
+            _ => {
+                cx.err(
+                    &kf.path,
+                    kf.loc(),
+                    format!("'{}' is not a port kind; expected tap or veth", show(&k)),
+                );
+                None
+            }
+        });
+    }
+
+    if let Some(mf) = o.get(cx, "mac") {
+        d.mac_loc = mf.loc();
+        if let Some(t) = text(cx, &mf, "a MAC address like 52:54:00:12:34:56") {
+            match parse_mac(&t).and_then(check_vm_mac) {
+                Ok(m) => d.mac = Some(m),
+                Err(m) => cx.err(&mf.path, mf.loc(), m),
+            }
+        }
+    } else if let Some(name) = &d.name
+        && vm_ok
+    {
+        d.mac = Some(naming::vm_mac(vm, name));
+        d.mac_derived = true;
+    }
+
+    if let Some(af) = o.get(cx, "ipv4") {
+        d.ipv4_loc = af.loc();
+        if let Some(t) = text(cx, &af, "an IPv4 address") {
+            match port_ipv4(&t, net.as_ref(), d.network.as_deref().unwrap_or("")) {
+                Ok(a) => d.ipv4 = a,
+                Err(m) => cx.err(&af.path, af.loc(), m),
+            }
+        }
+    }
+
+    let kind = d.kind;
+    if let Some(of) = o.get(cx, "owner") {
+        if kind == Some(PortKind::Veth) {
+            cx.err(
+                &of.path,
+                of.loc(),
+                "owner applies only to tap ports; a veth port has no owner (remove it)",
+            );
+        } else {
+            d.owner = read_owner(cx, &of);
+        }
+    }
+    if let Some(qf) = o.get(cx, "queues") {
+        if kind == Some(PortKind::Veth) {
+            cx.err(
+                &qf.path,
+                qf.loc(),
+                "queues applies only to tap ports; a veth port has no queues setting (remove it)",
+            );
+        } else if let Some(q) = int_in(
+            cx,
+            &qf,
+            &format!("a queue count between 1 and {QUEUES_MAX}"),
+            1,
+            QUEUES_MAX,
+        ) {
+            d.queues = u32::try_from(q).unwrap_or(1);
+        }
+    }
+    match (o.get(cx, "netns"), kind) {
+        (Some(nf), Some(PortKind::Tap)) => {
+            cx.err(
+                &nf.path,
+                nf.loc(),
+                "netns applies only to veth ports; a tap port is opened by QEMU (use kind: veth, or remove netns)",
+            );
+        }
+        (Some(nf), _) => {
+            if let Some(n) = text(cx, &nf, "a network namespace name") {
+                match check_netns(&n) {
+                    Ok(()) => d.netns = Some(n),
+                    Err(m) => cx.err(&nf.path, nf.loc(), m),
+                }
+            }
+        }
+        (None, Some(PortKind::Veth)) => {
+            cx.err(
+                &join(&f.path, "netns"),
+                o.loc,
+                "missing required field 'netns'; a veth port needs the network namespace that receives its far end",
+            );
+        }
+        (None, _) => {}
+    }
+    Some(d)
+}
+
+fn check_vm_mac(m: Mac) -> Result<Mac, String> {
+    if m.is_zero() {
+        return Err(format!("{m} is the all-zero MAC address; give a unicast address like 52:54:00:12:34:56"));
+    }
+    if m.is_multicast() {
+        return Err(format!(
+            "{m} is a multicast address (lowest bit of the first octet set); a NIC needs a unicast address like 52:54:00:12:34:56"
+        ));
+    }
+    if m.0[0] == 0xfe {
+        return Err(format!(
+            "{m} starts with fe:, which kvmnet reserves for the host end of ports; use another prefix like 52:54:00"
+        ));
+    }
+    Ok(m)
+}
+
+fn port_ipv4(t: &str, net: Option<&NetRef>, net_name: &str) -> Result<Option<Ipv4Cidr>, String> {
+    let with_prefix = t.contains('/');
+    let parsed = if with_prefix {
+        parse_cidr(t)?
+    } else {
+        Ipv4Cidr::new(parse_ip(t)?, 32)
+    };
+    if let Some(w) = special(parsed.addr) {
+        return Err(format!("{} is {w}", parsed.addr));
+    }
+    let Some(net) = net else {
+        return Ok(None);
+    };
+    match (net.mode, net.ipv4) {
+        (Some(Mode::Bridge), _) => {
+            if !with_prefix {
+                return Err(format!(
+                    "on bridge network {net_name} there is no subnet to take a prefix from; write the address with its prefix, like {}/24",
+                    parsed.addr
+                ));
+            }
+            if parsed.prefix <= 30 {
+                if parsed.addr == parsed.network().addr {
+                    return Err(format!(
+                        "{parsed} has no host bits: it is the network address; give the guest's own address"
+                    ));
+                }
+                if parsed.addr == parsed.broadcast() {
+                    return Err(format!(
+                        "{parsed} is the broadcast address of its subnet; give the guest's own address"
+                    ));
+                }
+            }
+            Ok(Some(parsed))
+        }
+        (Some(_), Some(gw)) => {
+            if with_prefix && parsed.prefix != gw.prefix {
+                return Err(format!(
+                    "the prefix /{} differs from network {net_name}'s /{}; write the bare address {}",
+                    parsed.prefix, gw.prefix, parsed.addr
+                ));
+            }
+            let a = parsed.addr;
+            if a == gw.addr {
+                return Err(format!(
+                    "{a} is the gateway of network {net_name}; give the guest another address in {}",
+                    gw.network()
+                ));
+            }
+            check_in_subnet(a, gw, "address")?;
+            Ok(Some(Ipv4Cidr::new(a, gw.prefix)))
+        }
+        _ => Ok(None),
+    }
+}
+
+fn read_owner(cx: &mut Ctx, f: &Field) -> Option<Owner> {
+    let Kind::Scalar(s) = &f.node.kind else {
+        if !matches!(f.node.kind, Kind::Bad) {
+            cx.err(
+                &f.path,
+                f.loc(),
+                format!("expected a user name or a numeric uid, found {}", f.node.describe()),
+            );
+        }
+        return None;
+    };
+    if s.is_null() {
+        cx.err(
+            &f.path,
+            f.loc(),
+            "missing value; expected a user name or a numeric uid",
+        );
+        return None;
+    }
+    let digits = !s.text.is_empty() && s.text.bytes().all(|b| b.is_ascii_digit());
+    if s.as_int().is_some() || digits || s.text.starts_with('-') && s.as_int().is_some() {
+        return match s.text.trim_start_matches('+').parse::<u64>() {
+            Ok(n) if n < u64::from(u32::MAX) => Some(Owner::Uid(n as u32)),
+            _ => {
+                cx.err(
+                    &f.path,
+                    f.loc(),
+                    format!(
+                        "{} is not a valid uid; expected 0 to {}",
+                        show(&s.text),
+                        u32::MAX - 1
+                    ),
+                );
+                None
+            }
+        };
+    }
+    match check_user(&s.text) {
+        Ok(()) => Some(Owner::User(s.text.clone())),
+        Err(m) => {
+            cx.err(&f.path, f.loc(), m);
+            None
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Second pass: rules across the whole spec
+
+fn cross_checks(cx: &mut Ctx, nets: &[NetDraft], ports: &[PortDraft], sysctl: Option<&Sysctl>) {
+    // Every interface kvmnet creates needs a unique name.
+    struct Created<'a> {
+        name: &'a str,
+        loc: Loc,
+        path: String,
+        what: String,
+        derived: bool,
+    }
+    let mut created: Vec<Created> = Vec::new();
+    for n in nets {
+        if let Some(b) = &n.bridge {
+            created.push(Created {
+                name: b,
+                loc: n.bridge_loc,
+                path: join(&n.path, "bridge"),
+                what: format!("the bridge of network {}", n.name),
+                derived: n.bridge_derived,
+            });
+        }
+    }
+    for p in ports {
+        if let Some(name) = &p.name {
+            created.push(Created {
+                name,
+                loc: p.name_loc,
+                path: join(&p.path, "name"),
+                what: format!("port {} of VM {}", p.index, p.vm),
+                derived: p.name_derived,
+            });
+        }
+    }
+    created.sort_by(|a, b| (a.loc, &a.path).cmp(&(b.loc, &b.path)));
+    let mut first: HashMap<&str, usize> = HashMap::new();
+    for (i, c) in created.iter().enumerate() {
+        if let Some(&j) = first.get(c.name) {
+            let f = &created[j];
+            let how = if c.derived {
+                format!(
+                    "the derived interface name '{}' of {} is already used by {}",
+                    c.name, c.what, f.what
+                )
+            } else {
+                format!(
+                    "interface name '{}' is already used by {}",
+                    c.name, f.what
+                )
+            };
+            let fix = if c.derived {
+                "; set a name explicitly"
+            } else {
+                "; every bridge and port kvmnet creates needs its own name"
+            };
+            let (path, loc) = (c.path.clone(), c.loc);
+            cx.err(&path, loc, format!("{how}{}{fix}", if f.derived { " (derived)" } else { "" }));
+        } else {
+            first.insert(c.name, i);
+        }
+    }
+
+    // Uplinks: existing host interfaces, never one kvmnet creates, each enslaved once.
+    let mut uplinks: Vec<(&str, Loc, &NetDraft)> = nets
+        .iter()
+        .filter_map(|n| n.uplink.as_ref().map(|(u, l)| (u.as_str(), *l, n)))
+        .collect();
+    uplinks.sort_by_key(|u| u.1);
+    let mut seen_uplink: HashMap<&str, &NetDraft> = HashMap::new();
+    for (u, loc, n) in &uplinks {
+        let path = join(&n.path, "uplink");
+        if let Some(c) = created.iter().find(|c| c.name == *u) {
+            cx.err(
+                &path,
+                *loc,
+                format!(
+                    "uplink '{u}' is an interface kvmnet creates ({}); the uplink must be an existing host interface like eth0",
+                    c.what
+                ),
+            );
+        }
+        if let Some(other) = seen_uplink.get(u) {
+            cx.err(
+                &path,
+                *loc,
+                format!(
+                    "uplink '{u}' is already enslaved by bridge network {}; an interface can join only one bridge",
+                    other.name
+                ),
+            );
+        } else {
+            seen_uplink.insert(u, n);
+        }
+    }
+
+    // NAT egress: a host interface the traffic really leaves through.
+    for n in nets {
+        let Some((e, loc)) = &n.egress else { continue };
+        let path = join(&join(&n.path, "nat"), "egress");
+        if let Some(other) = seen_uplink.get(e.as_str()) {
+            let br = other.bridge.as_deref().unwrap_or("its bridge");
+            cx.err(
+                &path,
+                *loc,
+                format!(
+                    "'{e}' is enslaved to the bridge of network {}; traffic leaves through the bridge, so use egress: {br}",
+                    other.name
+                ),
+            );
+        } else if n.bridge.as_deref() == Some(e.as_str()) {
+            cx.err(
+                &path,
+                *loc,
+                format!("'{e}' is this network's own bridge; egress names the host interface towards the outside, like eth0"),
+            );
+        } else if let Some(c) = created.iter().find(|c| c.name == e && c.path.starts_with("vms")) {
+            cx.err(
+                &path,
+                *loc,
+                format!("'{e}' is {}; egress names the host interface towards the outside, like eth0", c.what),
+            );
+        }
+    }
+
+    // MACs: guests' and bridges' addresses must all differ.
+    let mut macs: Vec<(Mac, Loc, String, String, bool)> = Vec::new();
+    for n in nets {
+        if check_entity_name(&n.name, "network").is_ok() {
+            macs.push((
+                naming::bridge_mac(&n.name),
+                n.key_loc,
+                n.path.clone(),
+                format!("the bridge of network {}", n.name),
+                true,
+            ));
+        }
+    }
+    for p in ports {
+        if let Some(m) = p.mac {
+            macs.push((
+                m,
+                p.mac_loc,
+                join(&p.path, "mac"),
+                format!("port {} of VM {}", p.index, p.vm),
+                p.mac_derived,
+            ));
+        }
+    }
+    // Explicit MACs first, so a clash is blamed on the derived one (which the operator can
+    // fix by writing a MAC); then by position.
+    macs.sort_by(|a, b| (a.4, a.1, &a.2).cmp(&(b.4, b.1, &b.2)));
+    let mut seen_mac: HashMap<Mac, usize> = HashMap::new();
+    for (i, (m, loc, path, what, derived)) in macs.iter().enumerate() {
+        if let Some(&j) = seen_mac.get(m) {
+            let fix = if *derived && path.starts_with("vms") {
+                "; set mac explicitly"
+            } else {
+                "; every MAC must be unique"
+            };
+            let prefix = if *derived { "the derived MAC" } else { "MAC" };
+            cx.err(
+                path,
+                *loc,
+                format!("{prefix} {m} of {what} is already used by {}{fix}", macs[j].3),
+            );
+        } else {
+            seen_mac.insert(*m, i);
+        }
+    }
+
+    // Port addresses: unique within a network.
+    let mut addrs: Vec<&PortDraft> = ports.iter().filter(|p| p.ipv4.is_some()).collect();
+    addrs.sort_by_key(|p| p.ipv4_loc);
+    let mut seen_addr: HashMap<(&str, Ipv4Addr), &PortDraft> = HashMap::new();
+    for p in addrs {
+        let (Some(net), Some(a)) = (&p.network, p.ipv4) else {
+            continue;
+        };
+        if let Some(other) = seen_addr.get(&(net.as_str(), a.addr)) {
+            cx.err(
+                &join(&p.path, "ipv4"),
+                p.ipv4_loc,
+                format!(
+                    "{} is already assigned to port {} of VM {} on network {net}",
+                    a.addr, other.index, other.vm
+                ),
+            );
+        } else {
+            seen_addr.insert((net.as_str(), a.addr), p);
+        }
+    }
+
+    // Subnets of nat/routed/isolated networks must not overlap.
+    let mut subnets: Vec<(&NetDraft, Ipv4Cidr)> = nets
+        .iter()
+        .filter_map(|n| n.ipv4.map(|c| (n, c)))
+        .collect();
+    subnets.sort_by_key(|(n, _)| n.ipv4_loc);
+    for (i, (n, c)) in subnets.iter().enumerate() {
+        if let Some((other, oc)) = subnets[..i].iter().find(|(_, oc)| oc.overlaps(c)) {
+            cx.err(
+                &join(&n.path, "ipv4"),
+                n.ipv4_loc,
+                format!(
+                    "subnet {} overlaps {} of network {}; networks need separate subnets",
+                    c.network(),
+                    oc.network(),
+                    other.name
+                ),
+            );
+        }
+    }
+
+    // Forwarding: nat and routed networks need it.
+    if let Some((values, where_)) = sysctl {
+        let needs: Vec<String> = nets
+            .iter()
+            .filter(|n| matches!(n.mode, Some(Mode::Nat | Mode::Routed)))
+            .map(|n| format!("{} ({})", n.name, n.mode.map_or("", |m| m.as_str())))
+            .collect();
+        if !needs.is_empty() {
+            for key in ["net.ipv4.ip_forward", "net.ipv4.conf.all.forwarding"] {
+                if values.get(key).is_some_and(|v| v.trim() == "0")
+                    && let Some((loc, path)) = where_.get(key)
+                {
+                    cx.err(
+                        path,
+                        *loc,
+                        format!(
+                            "{key}=0 turns off IPv4 forwarding, but network{} {} need{} it; remove this setting or set it to 1",
+                            if needs.len() > 1 { "s" } else { "" },
+                            needs.join(", "),
+                            if needs.len() > 1 { "" } else { "s" },
+                        ),
+                    );
+                }
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+
+fn build(
+    cx: &mut Ctx,
+    version: u32,
+    sysctl: Option<Sysctl>,
+    nets: Vec<NetDraft>,
+    ports: Vec<PortDraft>,
+    vm_names: Vec<String>,
+) -> Option<Spec> {
+    let mut networks = BTreeMap::new();
+    for n in nets {
+        let network = Network {
+            mode: n.mode?,
+            bridge: n.bridge?,
+            ipv4: n.ipv4,
+            mtu: n.mtu,
+            uplink: n.uplink.map(|u| u.0),
+            nat_egress: n.egress.map(|e| e.0),
+            dhcp: n.dhcp,
+            name: n.name,
+        };
+        networks.insert(network.name.clone(), network);
+    }
+    let mut vms: BTreeMap<String, Vm> = vm_names
+        .into_iter()
+        .map(|name| {
+            (
+                name.clone(),
+                Vm {
+                    name,
+                    ports: Vec::new(),
+                },
+            )
+        })
+        .collect();
+    for p in ports {
+        let port = Port {
+            network: p.network?,
+            name: p.name?,
+            kind: p.kind?,
+            mac: p.mac?,
+            ipv4: p.ipv4,
+            owner: p.owner,
+            queues: p.queues,
+            netns: p.netns,
+            index: p.index,
+            vm: p.vm,
+        };
+        vms.get_mut(&port.vm)?.ports.push(port);
+    }
+    Some(Spec {
+        version,
+        host: Host {
+            sysctl: sysctl.map(|s| s.0).unwrap_or_default(),
+        },
+        networks,
+        vms,
+        locs: std::mem::take(&mut cx.locs),
+    })
+}

@@ -1,0 +1,527 @@
+//! A small YAML tree where every node and every mapping key remembers where it sits in the
+//! file. yaml-rust2's own `Yaml` type drops positions, so the tree is built from the parser's
+//! marked events.
+//!
+//! Deliberately strict: one document, no anchors/aliases (they make "where is this value"
+//! ambiguous and allow exponential blow-up), no tags (quote a value to make it a string),
+//! no duplicate keys, scalar keys only. Every such problem is reported with a path and a
+//! location and the load goes on, so the validator still reports the rest of the file.
+
+use yaml_rust2::parser::{Event, MarkedEventReceiver, Parser};
+use yaml_rust2::scanner::{Marker, TScalarStyle};
+
+use super::SpecError;
+use super::model::Loc;
+
+/// Deeper nesting than this is never a valid spec; stopping early also keeps recursive
+/// walking and dropping of the tree cheap.
+const MAX_DEPTH: usize = 64;
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct Node {
+    pub loc: Loc,
+    pub kind: Kind,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum Kind {
+    Scalar(Scalar),
+    Seq(Vec<Node>),
+    Map(Vec<(Key, Node)>),
+    /// A node that already produced an error (an alias, a value under a rejected key);
+    /// the validator skips it silently.
+    Bad,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct Scalar {
+    pub text: String,
+    /// Plain scalars are resolved by the YAML 1.2 core schema (`1500` is a number, `true` a
+    /// boolean, empty or `~` is null); quoted and block scalars are always strings.
+    pub plain: bool,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct Key {
+    pub text: String,
+    pub loc: Loc,
+}
+
+pub(crate) fn loc_of(m: &Marker) -> Loc {
+    // yaml-rust2's line is 1-based, its column 0-based (counted in characters).
+    Loc {
+        line: m.line().max(1),
+        col: m.col() + 1,
+    }
+}
+
+impl Scalar {
+    pub fn is_null(&self) -> bool {
+        self.plain && matches!(self.text.as_str(), "" | "~" | "null" | "Null" | "NULL")
+    }
+    pub fn as_bool(&self) -> Option<bool> {
+        if !self.plain {
+            return None;
+        }
+        match self.text.as_str() {
+            "true" | "True" | "TRUE" => Some(true),
+            "false" | "False" | "FALSE" => Some(false),
+            _ => None,
+        }
+    }
+    /// A plain decimal integer (`-5`, `+7`, `1500`), as the core schema reads it.
+    pub fn as_int(&self) -> Option<i128> {
+        if !self.plain {
+            return None;
+        }
+        let t = self.text.as_str();
+        let digits = t.strip_prefix(['+', '-']).unwrap_or(t);
+        if digits.is_empty() || digits.len() > 30 || !digits.bytes().all(|b| b.is_ascii_digit()) {
+            return None;
+        }
+        t.parse().ok()
+    }
+    fn looks_like_float(&self) -> bool {
+        if !self.plain {
+            return false;
+        }
+        let t = self.text.as_str();
+        let lower = t.to_ascii_lowercase();
+        if matches!(
+            lower.trim_start_matches(['+', '-']),
+            ".inf" | ".nan"
+        ) {
+            return true;
+        }
+        t.bytes().any(|b| b.is_ascii_digit())
+            && t.bytes()
+                .all(|b| b.is_ascii_digit() || matches!(b, b'.' | b'e' | b'E' | b'+' | b'-'))
+            && t.parse::<f64>().is_ok()
+    }
+}
+
+impl Node {
+    /// "a list", "the number 7": for messages like "expected a mapping, found a list".
+    pub fn describe(&self) -> String {
+        match &self.kind {
+            Kind::Map(_) => "a mapping".into(),
+            Kind::Seq(_) => "a list".into(),
+            Kind::Bad => "an invalid value".into(),
+            Kind::Scalar(s) if s.is_null() => "an empty value".into(),
+            Kind::Scalar(s) if s.as_bool().is_some() => format!("the boolean {}", s.text),
+            Kind::Scalar(s) if s.as_int().is_some() || s.looks_like_float() => {
+                format!("the number {}", s.text)
+            }
+            Kind::Scalar(s) if s.text.contains('\n') => "a multi-line string".into(),
+            Kind::Scalar(s) => format!("the string '{}'", show(&s.text)),
+        }
+    }
+}
+
+/// User text made safe and short for a message.
+pub(crate) fn show(s: &str) -> String {
+    let mut out: String = s.chars().take(64).flat_map(char::escape_debug).collect();
+    if s.chars().count() > 64 {
+        out.push('…');
+    }
+    out
+}
+
+/// One path segment: bare when it is a plain identifier, otherwise quoted
+/// (`host.sysctl."net.core.somaxconn"`, `networks."lan.2".mode`).
+pub(crate) fn seg(s: &str) -> String {
+    if !s.is_empty()
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+    {
+        s.to_string()
+    } else {
+        format!("{s:?}")
+    }
+}
+
+pub(crate) fn join(parent: &str, key: &str) -> String {
+    if parent.is_empty() {
+        seg(key)
+    } else {
+        format!("{parent}.{}", seg(key))
+    }
+}
+
+pub(crate) fn index(parent: &str, i: usize) -> String {
+    format!("{parent}[{i}]")
+}
+
+enum Frame {
+    Seq {
+        loc: Loc,
+        path: String,
+        items: Vec<Node>,
+    },
+    Map {
+        loc: Loc,
+        path: String,
+        entries: Vec<(Key, Node)>,
+        /// The key waiting for its value; `None` inside means the key was rejected
+        /// (duplicate or not a scalar) and its value is dropped.
+        pending: Option<Option<Key>>,
+    },
+}
+
+impl Frame {
+    /// The path of the node that arrives next in this frame.
+    fn child_path(&self) -> String {
+        match self {
+            Frame::Seq { path, items, .. } => index(path, items.len()),
+            Frame::Map {
+                path,
+                pending: Some(Some(k)),
+                ..
+            } => join(path, &k.text),
+            Frame::Map { path, .. } => path.clone(),
+        }
+    }
+}
+
+struct Builder {
+    stack: Vec<Frame>,
+    root: Option<Node>,
+    docs: usize,
+    errors: Vec<SpecError>,
+    /// Set when loading must stop (second document, nesting too deep).
+    stop: bool,
+}
+
+impl Builder {
+    fn err(&mut self, path: String, loc: Loc, message: String) {
+        self.errors.push(SpecError { path, loc, message });
+    }
+
+    fn next_path(&self) -> String {
+        self.stack.last().map(Frame::child_path).unwrap_or_default()
+    }
+
+    fn check_props(&mut self, anchor: usize, tag: bool, loc: Loc) -> bool {
+        let mut ok = true;
+        if anchor != 0 {
+            let p = self.next_path();
+            self.err(
+                p,
+                loc,
+                "YAML anchors (&name) are not supported in a kvmnet spec; write the value out".into(),
+            );
+            ok = false;
+        }
+        if tag {
+            let p = self.next_path();
+            self.err(
+                p,
+                loc,
+                "YAML tags (!tag) are not supported in a kvmnet spec; quote a value to make it a string"
+                    .into(),
+            );
+            ok = false;
+        }
+        ok
+    }
+
+    fn push(&mut self, frame: Frame) {
+        if self.stack.len() >= MAX_DEPTH {
+            let loc = match &frame {
+                Frame::Seq { loc, .. } | Frame::Map { loc, .. } => *loc,
+            };
+            let p = self.next_path();
+            self.err(
+                p,
+                loc,
+                format!("nesting deeper than {MAX_DEPTH} levels; a kvmnet spec is never this deep"),
+            );
+            self.stop = true;
+            return;
+        }
+        self.stack.push(frame);
+    }
+
+    /// Hand a finished node to its parent (or make it the document root).
+    fn attach(&mut self, mut node: Node) {
+        let mut dup: Option<(String, Loc, String)> = None;
+        match self.stack.last_mut() {
+            None => {
+                if self.root.is_none() {
+                    self.root = Some(node);
+                }
+            }
+            Some(Frame::Seq { items, .. }) => items.push(node),
+            Some(Frame::Map {
+                loc,
+                path,
+                entries,
+                pending,
+            }) => match pending.take() {
+                Some(Some(key)) => {
+                    // An empty value's marker points at whatever comes next (often the next
+                    // line); the key is the better place to point at.
+                    if let Kind::Scalar(s) = &node.kind
+                        && s.plain
+                        && s.text.is_empty()
+                    {
+                        node.loc = key.loc;
+                    }
+                    entries.push((key, node));
+                }
+                Some(None) => {}
+                None => {
+                    if entries.is_empty() && node.loc < *loc {
+                        // A block mapping's start marker sits after its first key.
+                        *loc = node.loc;
+                    }
+                    match node.kind {
+                        Kind::Scalar(s) => {
+                            if let Some((first, _)) = entries.iter().find(|(k, _)| k.text == s.text)
+                            {
+                                dup = Some((join(path, &s.text), node.loc, format!(
+                                    "duplicate key '{}' (first given at {}); each key may appear only once",
+                                    show(&s.text),
+                                    first.loc
+                                )));
+                                *pending = Some(None);
+                            } else {
+                                *pending = Some(Some(Key {
+                                    text: s.text,
+                                    loc: node.loc,
+                                }));
+                            }
+                        }
+                        Kind::Bad => *pending = Some(None),
+                        _ => {
+                            dup = Some((
+                                path.clone(),
+                                node.loc,
+                                format!(
+                                    "a mapping key must be a plain name, found {}",
+                                    node.describe()
+                                ),
+                            ));
+                            *pending = Some(None);
+                        }
+                    }
+                }
+            },
+        }
+        if let Some((p, l, m)) = dup {
+            self.err(p, l, m);
+        }
+    }
+}
+
+impl MarkedEventReceiver for Builder {
+    fn on_event(&mut self, ev: Event, mark: Marker) {
+        if self.stop {
+            return;
+        }
+        let loc = loc_of(&mark);
+        match ev {
+            Event::DocumentStart => {
+                self.docs += 1;
+                if self.docs > 1 {
+                    self.err(
+                        String::new(),
+                        loc,
+                        "a second YAML document (after ---) was found; a spec is one document"
+                            .into(),
+                    );
+                    self.stop = true;
+                }
+            }
+            Event::Scalar(text, style, anchor, tag) => {
+                let ok = self.check_props(anchor, tag.is_some(), loc);
+                let plain = matches!(style, TScalarStyle::Plain);
+                let kind = if ok || self.in_key_position() {
+                    Kind::Scalar(Scalar { text, plain })
+                } else {
+                    Kind::Bad
+                };
+                self.attach(Node { loc, kind });
+            }
+            Event::Alias(_) => {
+                let p = self.next_path();
+                self.err(
+                    p,
+                    loc,
+                    "YAML aliases (*name) are not supported in a kvmnet spec; write the value out"
+                        .into(),
+                );
+                self.attach(Node {
+                    loc,
+                    kind: Kind::Bad,
+                });
+            }
+            Event::SequenceStart(anchor, tag) => {
+                self.check_props(anchor, tag.is_some(), loc);
+                let path = self.next_path();
+                self.push(Frame::Seq {
+                    loc,
+                    path,
+                    items: Vec::new(),
+                });
+            }
+            Event::MappingStart(anchor, tag) => {
+                self.check_props(anchor, tag.is_some(), loc);
+                let path = self.next_path();
+                self.push(Frame::Map {
+                    loc,
+                    path,
+                    entries: Vec::new(),
+                    pending: None,
+                });
+            }
+            Event::SequenceEnd | Event::MappingEnd => {
+                let node = match self.stack.pop() {
+                    Some(Frame::Seq { loc, items, .. }) => Node {
+                        loc,
+                        kind: Kind::Seq(items),
+                    },
+                    Some(Frame::Map { loc, entries, .. }) => Node {
+                        loc,
+                        kind: Kind::Map(entries),
+                    },
+                    None => return,
+                };
+                self.attach(node);
+            }
+            Event::Nothing | Event::StreamStart | Event::StreamEnd | Event::DocumentEnd => {}
+        }
+    }
+}
+
+impl Builder {
+    /// A rejected key would otherwise leave its value without a key.
+    fn in_key_position(&self) -> bool {
+        matches!(self.stack.last(), Some(Frame::Map { pending: None, .. }))
+    }
+}
+
+/// Load one YAML document. `Ok(None)` means the stream holds no document at all (empty or
+/// only comments). Problems that do not stop loading come back in the error list alongside
+/// the tree; a syntax error stops loading and returns only errors.
+pub(crate) fn load(text: &str) -> (Option<Node>, Vec<SpecError>) {
+    let mut b = Builder {
+        stack: Vec::new(),
+        root: None,
+        docs: 0,
+        errors: Vec::new(),
+        stop: false,
+    };
+    let mut parser = Parser::new_from_str(text);
+    loop {
+        match parser.next_token() {
+            Ok((Event::StreamEnd, _)) => break,
+            Ok((ev, mark)) => {
+                b.on_event(ev, mark);
+                if b.stop {
+                    break;
+                }
+            }
+            Err(e) => {
+                b.err(
+                    String::new(),
+                    loc_of(e.marker()),
+                    format!("YAML syntax error: {}", e.info()),
+                );
+                return (None, b.errors);
+            }
+        }
+    }
+    if b.stop {
+        return (None, b.errors);
+    }
+    (b.root, b.errors)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn l(line: usize, col: usize) -> Loc {
+        Loc { line, col }
+    }
+
+    #[test]
+    fn locations_are_one_based() {
+        let (root, errs) = load("a: 1\nbb:\n  - x\n  - {k: 'v'}\nc:\n");
+        assert!(errs.is_empty(), "{errs:?}");
+        let root = root.unwrap();
+        assert_eq!(root.loc, l(1, 1));
+        let Kind::Map(m) = &root.kind else { panic!() };
+        assert_eq!(m[0].0.loc, l(1, 1));
+        assert_eq!(m[0].1.loc, l(1, 4));
+        assert_eq!(m[1].0.loc, l(2, 1));
+        assert_eq!(m[1].1.loc, l(3, 3));
+        let Kind::Seq(items) = &m[1].1.kind else { panic!() };
+        assert_eq!(items[0].loc, l(3, 5));
+        assert_eq!(items[1].loc, l(4, 5));
+        let Kind::Map(inner) = &items[1].kind else { panic!() };
+        assert_eq!(inner[0].0.loc, l(4, 6));
+        assert_eq!(inner[0].1.loc, l(4, 9));
+        // An empty value points at its key.
+        assert_eq!(m[2].1.loc, l(5, 1));
+    }
+
+    #[test]
+    fn block_mapping_in_sequence_starts_at_first_key() {
+        let (root, _) = load("- a: 1\n  b: 2\n");
+        let Kind::Seq(items) = &root.unwrap().kind else { panic!() };
+        assert_eq!(items[0].loc, l(1, 3));
+    }
+
+    #[test]
+    fn duplicate_keys_anchors_tags() {
+        let (_, errs) = load("a: 1\nb:\n  c: 1\n  c: 2\n");
+        assert_eq!(errs.len(), 1);
+        assert_eq!(errs[0].path, "b.c");
+        assert_eq!(errs[0].loc, l(4, 3));
+        let (_, errs) = load("a: &x 1\nb: *x\nc: !!str 3\n");
+        assert_eq!(errs.len(), 3, "{errs:?}");
+        assert_eq!(errs[1].path, "b");
+        assert_eq!(errs[1].loc, l(2, 4));
+        assert_eq!(errs[2].path, "c");
+    }
+
+    #[test]
+    fn syntax_errors_and_documents() {
+        let (root, errs) = load("a: [1, 2\n");
+        assert!(root.is_none());
+        assert_eq!(errs[0].loc, l(2, 1));
+        let (root, errs) = load("# nothing\n");
+        assert!(root.is_none() && errs.is_empty());
+        let (_, errs) = load("a: 1\n---\nb: 2\n");
+        assert_eq!(errs.len(), 1);
+        assert_eq!(errs[0].loc, l(2, 1));
+    }
+
+    #[test]
+    fn deep_nesting_stops() {
+        let text = "[".repeat(10_000);
+        let (root, errs) = load(&text);
+        assert!(root.is_none());
+        assert!(errs[0].message.contains("nesting"), "{errs:?}");
+    }
+
+    #[test]
+    fn scalar_resolution() {
+        let s = |t: &str, plain| Scalar {
+            text: t.into(),
+            plain,
+        };
+        assert_eq!(s("1500", true).as_int(), Some(1500));
+        assert_eq!(s("-3", true).as_int(), Some(-3));
+        assert_eq!(s("1500", false).as_int(), None);
+        assert_eq!(s("0x10", true).as_int(), None);
+        assert!(s("", true).is_null() && s("~", true).is_null());
+        assert!(!s("", false).is_null());
+        assert_eq!(s("True", true).as_bool(), Some(true));
+        assert_eq!(s("yes", true).as_bool(), None);
+        assert_eq!(seg("net.core.x"), "\"net.core.x\"");
+        assert_eq!(join("a", "b-c_1"), "a.b-c_1");
+    }
+}

@@ -1,0 +1,186 @@
+//! The objects kvmnet manages, as plain values. Both the desired state (from the spec) and the
+//! observed state (from the kernel) are a `HostState`, so planning is a diff of two values.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::Ipv4Addr;
+
+use serde::{Deserialize, Serialize};
+
+use crate::nft::NftTable;
+use crate::spec::{Ipv4Cidr, Mac};
+
+/// Every link kvmnet creates carries an alias starting with this word; that is how kvmnet
+/// recognises its own objects without any state file.
+pub const MARK: &str = "kvmnet";
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HostState {
+    /// Guest namespaces kvmnet created and therefore owns.
+    pub netns: BTreeSet<String>,
+    pub bridges: BTreeMap<String, BridgeLink>,
+    /// Foreign host interfaces kvmnet enslaves (bridge-mode uplinks). Only their master and
+    /// addresses are managed.
+    pub uplinks: BTreeMap<String, UplinkLink>,
+    pub ports: BTreeMap<String, PortLink>,
+    /// IPv4 addresses of bridges and uplinks, in the order they were added.
+    pub addrs: BTreeMap<String, Vec<Ipv4Cidr>>,
+    /// Non-kernel IPv4 routes through bridges and uplinks.
+    pub routes: BTreeMap<String, Vec<Route>>,
+    pub nft: Option<NftTable>,
+    pub sysctls: BTreeMap<String, String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BridgeLink {
+    pub name: String,
+    pub network: String,
+    pub mac: Mac,
+    pub mtu: u32,
+    pub up: bool,
+}
+
+impl BridgeLink {
+    pub fn alias(&self) -> String {
+        format!("{MARK} network={}", self.network)
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UplinkLink {
+    pub name: String,
+    pub master: Option<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PortLink {
+    pub name: String,
+    pub vm: String,
+    pub network: String,
+    /// The bridge this port is attached to.
+    pub master: Option<String>,
+    /// The host end's own MAC (the VM's MAC with 0xfe first).
+    pub mac: Mac,
+    pub mtu: u32,
+    pub up: bool,
+    pub kind: PortKind,
+}
+
+impl PortLink {
+    pub fn alias(&self) -> String {
+        match &self.kind {
+            PortKind::Tap { .. } => format!("{MARK} vm={} network={}", self.vm, self.network),
+            PortKind::Veth { netns, .. } => format!(
+                "{MARK} vm={} network={} netns={netns}",
+                self.vm, self.network
+            ),
+        }
+    }
+    pub fn kind_name(&self) -> &'static str {
+        match self.kind {
+            PortKind::Tap { .. } => "tap",
+            PortKind::Veth { .. } => "veth",
+        }
+    }
+    /// Differences that cannot be changed in place: the device must be made again.
+    pub fn needs_replace(&self, other: &PortLink) -> bool {
+        match (&self.kind, &other.kind) {
+            (PortKind::Tap { .. }, PortKind::Tap { .. }) => self.kind != other.kind,
+            (
+                PortKind::Veth { netns: a, guest: ga },
+                PortKind::Veth { netns: b, guest: gb },
+            ) => a != b || ga.name != gb.name || ga.mtu == 0,
+            _ => true,
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum PortKind {
+    Tap {
+        owner: Option<u32>,
+        multi_queue: bool,
+    },
+    Veth {
+        netns: String,
+        guest: GuestEnd,
+    },
+}
+
+/// The far end of a veth port, inside its namespace: the stand-in for a VM NIC.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GuestEnd {
+    /// `eth<N>`, N being the port's position in its VM's list: `eth0` for a VM's first port.
+    pub name: String,
+    pub mac: Mac,
+    pub mtu: u32,
+    pub up: bool,
+    pub addr: Option<Ipv4Cidr>,
+    pub gateway: Option<Ipv4Addr>,
+}
+
+pub fn guest_ifname(port_index: usize) -> String {
+    format!("eth{port_index}")
+}
+
+pub fn guest_alias(port: &str) -> String {
+    format!("{MARK} port={port}")
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct Route {
+    pub dst: Ipv4Cidr,
+    pub gateway: Option<Ipv4Addr>,
+    pub metric: Option<u32>,
+    pub table: u32,
+    pub protocol: u8,
+    pub scope: u8,
+    pub prefsrc: Option<Ipv4Addr>,
+}
+
+impl std::fmt::Display for Route {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.dst.prefix == 0 {
+            write!(f, "default")?;
+        } else {
+            write!(f, "{}", self.dst)?;
+        }
+        if let Some(gw) = self.gateway {
+            write!(f, " via {gw}")?;
+        }
+        if let Some(m) = self.metric {
+            write!(f, " metric {m}")?;
+        }
+        if self.table != 254 {
+            write!(f, " table {}", self.table)?;
+        }
+        Ok(())
+    }
+}
+
+/// What an alias written by kvmnet says about its link.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Alias {
+    pub network: Option<String>,
+    pub vm: Option<String>,
+    pub netns: Option<String>,
+    pub port: Option<String>,
+}
+
+/// `None` when the alias is not kvmnet's.
+pub fn parse_alias(alias: &str) -> Option<Alias> {
+    let mut words = alias.split_whitespace();
+    if words.next() != Some(MARK) {
+        return None;
+    }
+    let mut a = Alias::default();
+    for w in words {
+        match w.split_once('=') {
+            Some(("network", v)) => a.network = Some(v.to_string()),
+            Some(("vm", v)) => a.vm = Some(v.to_string()),
+            Some(("netns", v)) => a.netns = Some(v.to_string()),
+            Some(("port", v)) => a.port = Some(v.to_string()),
+            _ => {}
+        }
+    }
+    Some(a)
+}

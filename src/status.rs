@@ -1,0 +1,188 @@
+//! `kvmnet status`: what kvmnet owns here, with live state and counters. Needs no spec: every
+//! object is recognised by its mark.
+
+use serde_json::{Value, json};
+
+use crate::snapshot::{LinkSnap, Snapshot};
+use crate::state::{guest_alias, parse_alias};
+
+fn counters(l: &LinkSnap) -> Value {
+    let s = l.stats.clone().unwrap_or_default();
+    json!({ "rx_bytes": s.rx_bytes, "rx_packets": s.rx_packets, "tx_bytes": s.tx_bytes, "tx_packets": s.tx_packets })
+}
+
+fn state_word(l: &LinkSnap) -> &'static str {
+    match (l.up, l.oper_up) {
+        (true, true) => "up",
+        (true, false) => "no-carrier",
+        _ => "down",
+    }
+}
+
+pub fn status_json(snap: &Snapshot) -> Value {
+    let mut networks = Vec::new();
+    let mut ports = Vec::new();
+    for l in &snap.links {
+        let Some(a) = l.alias.as_deref().and_then(parse_alias) else {
+            continue;
+        };
+        let addrs: Vec<String> = snap
+            .addrs
+            .iter()
+            .filter(|x| x.dev == l.name)
+            .map(|x| x.addr.to_string())
+            .collect();
+        if l.kind == "bridge" {
+            let uplinks: Vec<&str> = snap
+                .links
+                .iter()
+                .filter(|x| x.master.as_deref() == Some(&l.name))
+                .filter(|x| x.alias.as_deref().and_then(parse_alias).is_none())
+                .map(|x| x.name.as_str())
+                .collect();
+            networks.push(json!({
+                "network": a.network, "bridge": l.name, "state": state_word(l),
+                "mac": l.mac.map(|m| m.to_string()), "mtu": l.mtu, "ipv4": addrs,
+                "uplinks": uplinks,
+                "ports": snap.links.iter().filter(|x| x.master.as_deref() == Some(&l.name)).count(),
+                "counters": counters(l),
+            }));
+        } else {
+            let kind = match l.kind.as_str() {
+                "tun" => "tap",
+                k => k,
+            };
+            let mut guest = Value::Null;
+            if let Some(ns) = &a.netns {
+                let mark = guest_alias(&l.name);
+                if let Some(g) = snap.netns.get(ns) {
+                    if let Some(gl) = g.links.iter().find(|x| x.alias.as_deref() == Some(&mark)) {
+                        let gaddrs: Vec<String> = g
+                            .addrs
+                            .iter()
+                            .filter(|x| x.dev == gl.name)
+                            .map(|x| x.addr.to_string())
+                            .collect();
+                        guest = json!({ "netns": ns, "name": gl.name, "state": state_word(gl),
+                            "mac": gl.mac.map(|m| m.to_string()), "ipv4": gaddrs });
+                    }
+                }
+            }
+            ports.push(json!({
+                "port": l.name, "vm": a.vm, "network": a.network, "kind": kind,
+                "bridge": l.master, "state": state_word(l),
+                "mac": l.mac.map(|m| m.to_string()), "mtu": l.mtu,
+                "owner": l.tun_owner, "multi_queue": l.tun_multi_queue,
+                "guest": guest, "counters": counters(l),
+            }));
+        }
+    }
+    json!({
+        "scope": snap.scope,
+        "networks": networks,
+        "ports": ports,
+        "nftables": snap.nft.as_ref().map(|t| json!({ "table": format!("{} {}", crate::nft::FAMILY, crate::nft::TABLE), "rules": t.shape.iter().map(|(_, n)| n).sum::<usize>() })),
+        "sysctls_changed": snap.sysctl_originals.keys().collect::<Vec<_>>(),
+    })
+}
+
+fn table(header: &[&str], rows: &[Vec<String>]) -> String {
+    let mut w: Vec<usize> = header.iter().map(|h| h.len()).collect();
+    for r in rows {
+        for (i, c) in r.iter().enumerate() {
+            w[i] = w[i].max(c.len());
+        }
+    }
+    let line = |cells: Vec<String>| {
+        let mut s = String::new();
+        for (i, c) in cells.iter().enumerate() {
+            if i + 1 == cells.len() {
+                s.push_str(c);
+            } else {
+                s.push_str(&format!("{c:<width$}  ", width = w[i]));
+            }
+        }
+        s.trim_end().to_string() + "\n"
+    };
+    let mut out = line(header.iter().map(|h| h.to_string()).collect());
+    for r in rows {
+        out.push_str(&line(r.clone()));
+    }
+    out
+}
+
+fn s(v: &Value) -> String {
+    match v {
+        Value::Null => "-".into(),
+        Value::String(x) => x.clone(),
+        Value::Array(a) if a.is_empty() => "-".into(),
+        Value::Array(a) => a.iter().map(s).collect::<Vec<_>>().join(","),
+        other => other.to_string(),
+    }
+}
+
+pub fn render(v: &Value) -> String {
+    let mut out = String::new();
+    let nets = v["networks"].as_array().cloned().unwrap_or_default();
+    let ports = v["ports"].as_array().cloned().unwrap_or_default();
+    if nets.is_empty() && ports.is_empty() {
+        return format!(
+            "kvmnet manages nothing in {}.\n",
+            v["scope"].as_str().unwrap_or("this namespace")
+        );
+    }
+    let rows: Vec<Vec<String>> = nets
+        .iter()
+        .map(|n| {
+            vec![
+                s(&n["network"]),
+                s(&n["bridge"]),
+                s(&n["state"]),
+                s(&n["ipv4"]),
+                s(&n["uplinks"]),
+                s(&n["mtu"]),
+                s(&n["ports"]),
+                format!("{}/{}", n["counters"]["rx_bytes"], n["counters"]["rx_packets"]),
+                format!("{}/{}", n["counters"]["tx_bytes"], n["counters"]["tx_packets"]),
+            ]
+        })
+        .collect();
+    out.push_str(&table(
+        &["NETWORK", "BRIDGE", "STATE", "IPV4", "UPLINK", "MTU", "PORTS", "RX BYTES/PKTS", "TX BYTES/PKTS"],
+        &rows,
+    ));
+    if !ports.is_empty() {
+        out.push('\n');
+        let rows: Vec<Vec<String>> = ports
+            .iter()
+            .map(|p| {
+                let (gmac, gip) = if p["guest"].is_null() {
+                    ("-".to_string(), "-".to_string())
+                } else {
+                    (s(&p["guest"]["mac"]), s(&p["guest"]["ipv4"]))
+                };
+                vec![
+                    s(&p["port"]),
+                    s(&p["vm"]),
+                    s(&p["network"]),
+                    s(&p["kind"]),
+                    s(&p["bridge"]),
+                    s(&p["state"]),
+                    s(&p["mac"]),
+                    gmac,
+                    gip,
+                    format!("{}/{}", p["counters"]["rx_bytes"], p["counters"]["rx_packets"]),
+                    format!("{}/{}", p["counters"]["tx_bytes"], p["counters"]["tx_packets"]),
+                ]
+            })
+            .collect();
+        out.push_str(&table(
+            &["PORT", "VM", "NETWORK", "KIND", "BRIDGE", "STATE", "HOST MAC", "GUEST MAC", "GUEST IPV4", "RX BYTES/PKTS", "TX BYTES/PKTS"],
+            &rows,
+        ));
+    }
+    if let Some(n) = v["nftables"].as_object() {
+        out.push_str(&format!("\nnftables: table {} with {} rules\n", s(&n["table"]), n["rules"]));
+    }
+    out
+}

@@ -1,0 +1,225 @@
+//! Golden tests for the pure layers: spec + observed snapshot -> plan. One folder per case
+//! under tests/golden/ with `spec.yaml`, an optional `snapshot.json` (the host as observed;
+//! empty host when absent) and `plan.txt` (the expected plan, or the expected errors).
+//! `UPDATE_GOLDEN=1 cargo test --test golden` rewrites the expectations; review the diff.
+
+use std::collections::BTreeSet;
+use std::path::Path;
+
+use kvmnet::desired;
+use kvmnet::plan;
+use kvmnet::snapshot::Snapshot;
+use kvmnet::spec;
+
+fn run_case(dir: &Path) -> String {
+    let text = std::fs::read_to_string(dir.join("spec.yaml")).expect("spec.yaml");
+    let spec = match spec::parse(&text) {
+        Ok(s) => s,
+        Err(errs) => {
+            return errs
+                .iter()
+                .map(|e| format!("error {e}\n"))
+                .collect::<String>();
+        }
+    };
+    let snap: Snapshot = match std::fs::read_to_string(dir.join("snapshot.json")) {
+        Ok(t) => serde_json::from_str(&t).expect("snapshot.json parses"),
+        Err(_) => Snapshot {
+            scope: "host".into(),
+            ..Default::default()
+        },
+    };
+    let want = match desired::desired(&spec, &snap) {
+        Ok(w) => w,
+        Err(errs) => {
+            return errs
+                .iter()
+                .map(|e| format!("conflict {e}\n"))
+                .collect::<String>();
+        }
+    };
+    let uplinks: BTreeSet<String> = want.uplinks.keys().cloned().collect();
+    let keys: BTreeSet<String> = want.sysctls.keys().cloned().collect();
+    let have = desired::observed(&snap, &uplinks, &keys);
+    let p = plan::diff(&want, &have);
+    let mut out = p.render();
+    // Every plan must be undoable: the inverse of the inverse is the step itself.
+    for s in &p.steps {
+        assert_eq!(&s.inverse().inverse(), s);
+    }
+    out.push_str("--- json\n");
+    out.push_str(&serde_json::to_string_pretty(&p.to_json()).unwrap());
+    out.push('\n');
+    out
+}
+
+#[test]
+fn golden_cases() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden");
+    let update = std::env::var_os("UPDATE_GOLDEN").is_some();
+    let mut dirs: Vec<_> = std::fs::read_dir(&root)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.is_dir())
+        .collect();
+    dirs.sort();
+    assert!(dirs.len() >= 8, "expected the golden cases under {root:?}");
+    let mut failures = Vec::new();
+    for dir in dirs {
+        let got = run_case(&dir);
+        let file = dir.join("plan.txt");
+        if update {
+            std::fs::write(&file, &got).unwrap();
+            continue;
+        }
+        let want = std::fs::read_to_string(&file).unwrap_or_default();
+        if got != want {
+            failures.push(format!(
+                "== {}\n-- expected\n{want}\n-- got\n{got}",
+                dir.display()
+            ));
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+/// Builds the snapshot a host would show once `want` is in place.
+fn synth(want: &kvmnet::state::HostState, base: &Snapshot) -> Snapshot {
+    use kvmnet::snapshot::{AddrSnap, LinkSnap, NetnsSnap, RouteSnap};
+    use kvmnet::state::{PortKind, guest_alias};
+    let mut s = Snapshot {
+        scope: base.scope.clone(),
+        users: base.users.clone(),
+        sysctl_originals: base.sysctl_originals.clone(),
+        ..Default::default()
+    };
+    for b in want.bridges.values() {
+        s.links.push(LinkSnap {
+            name: b.name.clone(),
+            kind: "bridge".into(),
+            mac: Some(b.mac),
+            mtu: b.mtu,
+            up: b.up,
+            alias: Some(b.alias()),
+            ..Default::default()
+        });
+    }
+    for u in want.uplinks.values() {
+        let mut l = base.link(&u.name).cloned().unwrap_or_default();
+        l.master = u.master.clone();
+        s.links.push(l);
+    }
+    for p in want.ports.values() {
+        let mut l = LinkSnap {
+            name: p.name.clone(),
+            mac: Some(p.mac),
+            mtu: p.mtu,
+            up: p.up,
+            master: p.master.clone(),
+            alias: Some(p.alias()),
+            ..Default::default()
+        };
+        match &p.kind {
+            PortKind::Tap { owner, multi_queue } => {
+                l.kind = "tun".into();
+                l.tun_owner = *owner;
+                l.tun_multi_queue = *multi_queue;
+            }
+            PortKind::Veth { netns, guest } => {
+                l.kind = "veth".into();
+                let g = s.netns.entry(netns.clone()).or_insert_with(NetnsSnap::default);
+                g.owned = want.netns.contains(netns);
+                g.links.push(LinkSnap {
+                    name: guest.name.clone(),
+                    kind: "veth".into(),
+                    mac: Some(guest.mac),
+                    mtu: guest.mtu,
+                    up: guest.up,
+                    alias: Some(guest_alias(&p.name)),
+                    ..Default::default()
+                });
+                if let Some(a) = guest.addr {
+                    g.addrs.push(AddrSnap { dev: guest.name.clone(), addr: a });
+                }
+                if let Some(gw) = guest.gateway {
+                    g.routes.push(RouteSnap {
+                        dev: guest.name.clone(),
+                        dst: "0.0.0.0/0".parse().unwrap(),
+                        gateway: Some(gw),
+                        metric: None,
+                        table: 254,
+                        protocol: 3,
+                        scope: 0,
+                        prefsrc: None,
+                    });
+                }
+            }
+        }
+        s.links.push(l);
+    }
+    for (dev, addrs) in &want.addrs {
+        for a in addrs {
+            s.addrs.push(AddrSnap { dev: dev.clone(), addr: *a });
+        }
+    }
+    for (dev, routes) in &want.routes {
+        for r in routes {
+            s.routes.push(RouteSnap {
+                dev: dev.clone(),
+                dst: r.dst,
+                gateway: r.gateway,
+                metric: r.metric,
+                table: r.table,
+                protocol: r.protocol,
+                scope: r.scope,
+                prefsrc: r.prefsrc,
+            });
+        }
+    }
+    s.nft = want.nft.clone();
+    s.sysctls = want.sysctls.iter().map(|(k, v)| (k.clone(), Some(v.clone()))).collect();
+    s
+}
+
+/// Observing a host that already matches the spec must plan nothing: apply is idempotent.
+#[test]
+fn applied_state_plans_no_changes() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden");
+    let mut checked = 0;
+    for e in std::fs::read_dir(&root).unwrap() {
+        let dir = e.unwrap().path();
+        let Ok(text) = std::fs::read_to_string(dir.join("spec.yaml")) else { continue };
+        let Ok(spec) = spec::parse(&text) else { continue };
+        let base: Snapshot = std::fs::read_to_string(dir.join("snapshot.json"))
+            .map(|t| serde_json::from_str(&t).unwrap())
+            .unwrap_or(Snapshot { scope: "host".into(), ..Default::default() });
+        let Ok(want) = desired::desired(&spec, &base) else { continue };
+        let after = synth(&want, &base);
+        let uplinks: BTreeSet<String> = want.uplinks.keys().cloned().collect();
+        let keys: BTreeSet<String> = want.sysctls.keys().cloned().collect();
+        let have = desired::observed(&after, &uplinks, &keys);
+        let p = plan::diff(&want, &have);
+        assert!(p.is_empty(), "{}: second plan not empty:\n{}", dir.display(), p.render());
+        // And planning again from the applied host (desired recomputed) is still empty.
+        let want2 = desired::desired(&spec, &after).expect("desired on applied host");
+        let uplinks2: BTreeSet<String> = want2.uplinks.keys().cloned().collect();
+        let have2 = desired::observed(&after, &uplinks2, &keys);
+        let p2 = plan::diff(&want2, &have2);
+        assert!(p2.is_empty(), "{}: re-plan not empty:\n{}", dir.display(), p2.render());
+        checked += 1;
+    }
+    assert!(checked >= 5);
+}
+
+/// `SYNTH_CASE=nat-fresh cargo test --test golden print_applied_snapshot -- --nocapture`
+/// prints the snapshot of a host after applying that case: a starting point for drift cases.
+#[test]
+fn print_applied_snapshot() {
+    let Ok(case) = std::env::var("SYNTH_CASE") else { return };
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden").join(case);
+    let spec = spec::parse(&std::fs::read_to_string(dir.join("spec.yaml")).unwrap()).unwrap();
+    let base: Snapshot =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("snapshot.json")).unwrap()).unwrap();
+    let want = desired::desired(&spec, &base).unwrap();
+    println!("{}", serde_json::to_string_pretty(&synth(&want, &base)).unwrap());
+}

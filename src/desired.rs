@@ -256,9 +256,14 @@ pub fn desired(spec: &Spec, snap: &Snapshot) -> Result<HostState, Vec<SpecError>
                         ));
                     }
                     if let Some(g) = snap.netns.get(&ns) {
+                        // A far end of another kvmnet port is fine: that port is either
+                        // this one or one being removed (removals run before creations).
                         let clash = g.links.iter().any(|l| {
                             l.name == gname
-                                && l.alias.as_deref() != Some(guest_alias(&port.name).as_str())
+                                && l.alias
+                                    .as_deref()
+                                    .and_then(parse_alias)
+                                    .is_none_or(|a| a.port.is_none())
                         });
                         if clash {
                             errors.push(conflict(

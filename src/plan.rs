@@ -335,8 +335,8 @@ fn list_diff<T: Clone + PartialEq>(have: &[T], want: &[T]) -> (Vec<T>, Vec<T>) {
 ///
 /// Order: namespaces and bridges first; uplinks enslaved or released; routes and addresses
 /// moved (old routes out before addresses move, new routes in after); the firewall before any
-/// port comes up; sysctls (forwarding) only once the firewall is in place; removals last, in
-/// reverse dependency order.
+/// port comes up; ports that go away before new ones are made; sysctls (forwarding) only once
+/// the firewall is in place; bridges and namespaces removed last.
 pub fn diff(want: &HostState, have: &HostState) -> Plan {
     let mut steps = Vec::new();
 
@@ -412,6 +412,12 @@ pub fn diff(want: &HostState, have: &HostState) -> Plan {
         });
     }
 
+    // Ports that go away leave first, so a new port may take the name their far end had.
+    for (name, p) in &have.ports {
+        if !want.ports.contains_key(name) {
+            steps.push(Step::DeletePort(p.clone()));
+        }
+    }
     for (name, p) in &want.ports {
         match have.ports.get(name) {
             None => steps.push(Step::CreatePort(p.clone())),
@@ -439,11 +445,6 @@ pub fn diff(want: &HostState, have: &HostState) -> Plan {
         }
     }
 
-    for (name, p) in &have.ports {
-        if !want.ports.contains_key(name) {
-            steps.push(Step::DeletePort(p.clone()));
-        }
-    }
     for (name, b) in &have.bridges {
         if !want.bridges.contains_key(name) {
             steps.push(Step::DeleteBridge(b.clone()));

@@ -43,7 +43,10 @@ fn expectations(bytes: &[u8]) -> Vec<Expect> {
 }
 
 fn matches(e: &SpecError, x: &Expect) -> bool {
-    e.path == x.path && e.loc.line == x.line && e.loc.col == x.col && e.message.contains(&x.substring)
+    e.path == x.path
+        && e.loc.line == x.line
+        && e.loc.col == x.col
+        && e.message.contains(&x.substring)
 }
 
 fn check(file: &PathBuf) -> Result<(), String> {

@@ -65,6 +65,8 @@ const IFLA_IFALIAS: u16 = 20;
 const IFLA_STATS64: u16 = 23;
 const IFLA_NET_NS_FD: u16 = 28;
 const IFLA_LINK_NETNSID: u16 = 37;
+const IFLA_EXT_MASK: u16 = 29;
+const RTEXT_FILTER_SKIP_STATS: u32 = 1 << 3;
 
 const IFLA_INFO_KIND: u16 = 1;
 const IFLA_INFO_DATA: u16 = 2;
@@ -572,10 +574,12 @@ fn check_alias(alias: &str) -> Result<(), String> {
     Ok(())
 }
 
-/// How the acks of a request's messages combine into its result.
+/// A message awaiting its answer: which request it belongs to; `sync` marks an RTM_GETLINK
+/// sent only for its side effect (its reply is the answer; its failure is not the request's).
 #[derive(Clone, Copy)]
 struct Pending {
     req: usize,
+    sync: bool,
 }
 
 // ---- parsing ----
@@ -842,6 +846,8 @@ pub struct Netlink {
     rbuf: Vec<u8>,
     /// Bytes we may put in one sendmsg.
     max_send: usize,
+    /// Requests per window.
+    window: usize,
 }
 
 fn sockopt(fd: RawFd, level: libc::c_int, opt: libc::c_int, val: libc::c_int) -> io::Result<()> {
@@ -930,6 +936,7 @@ impl Netlink {
             },
             rbuf: vec![0; RECV_BUF_LEN],
             max_send,
+            window: WINDOW,
         })
     }
 
@@ -953,6 +960,12 @@ impl Netlink {
             std::process::abort();
         }
         res
+    }
+
+    /// Requests per `sendmsg` in [`Netlink::execute`] (default 256; 1 means one round trip
+    /// per request).
+    pub fn set_window(&mut self, n: usize) {
+        self.window = n.max(1);
     }
 
     fn next_seq(&mut self) -> u32 {
@@ -1266,8 +1279,8 @@ impl Netlink {
                 return Err(format!("link index {i} is out of range"));
             }
         }
-        let seq = self.next_seq();
-        pending.insert(seq, Pending { req: idx });
+        let mut seq = self.next_seq();
+        pending.insert(seq, Pending { req: idx, sync: false });
         let b = &mut self.sbuf;
         match req {
             Request::NewLink {
@@ -1305,7 +1318,9 @@ impl Netlink {
                         b.attr_str(IFLA_INFO_KIND, "veth");
                         let data = b.nest_begin(IFLA_INFO_DATA);
                         let peer = b.nest_begin(VETH_INFO_PEER);
-                        b.ifinfomsg(0, flags, IFF_UP);
+                        // Not up yet: the kernel opens the peer before the pair is linked,
+                        // which fails with ENOTCONN. It is brought up afterwards.
+                        b.ifinfomsg(0, 0, 0);
                         b.attr_str(IFLA_IFNAME, peer_name);
                         if let Some(m) = peer_mac {
                             b.attr(IFLA_ADDRESS, &m.0);
@@ -1318,12 +1333,13 @@ impl Netlink {
                         }
                         b.nest_end(peer);
                         b.nest_end(data);
-                        if let Some(a) = peer_alias {
+                        if peer_alias.is_some() || *up {
                             deferred.push(Deferred {
                                 req: idx,
                                 netns_fd: *peer_netns_fd,
                                 name: peer_name.clone(),
-                                alias: a.clone(),
+                                alias: peer_alias.clone(),
+                                up: *up,
                             });
                         }
                     }
@@ -1336,7 +1352,8 @@ impl Netlink {
                         req: idx,
                         netns_fd: None,
                         name: name.clone(),
-                        alias: a.clone(),
+                        alias: Some(a.clone()),
+                        up: false,
                     });
                 }
             }
@@ -1350,6 +1367,23 @@ impl Netlink {
                 alias,
                 netns_fd,
             } => {
+                if master.is_some_and(|m| m != 0) || *up == Some(true) {
+                    // A carrier change the kernel has not yet folded into the operstate (a
+                    // freshly made tap lost its carrier when its creator closed it; linkwatch
+                    // catches up within a second) would make the bridge enable the port, arm
+                    // its STP/multicast timers and disable it again a moment later, which
+                    // makes attaching ~2x slower. An RTM_GETLINK of the link syncs linkwatch
+                    // first (`ip link set` gets this for free from its name lookup).
+                    let sync_seq = seq;
+                    pending.get_mut(&sync_seq).expect("just inserted").sync = true;
+                    let start = b.begin(RTM_GETLINK, NLM_F_REQUEST, sync_seq);
+                    b.ifinfomsg(*index, 0, 0);
+                    b.attr_u32(IFLA_EXT_MASK, RTEXT_FILTER_SKIP_STATS);
+                    b.end(start);
+                    seq = self.next_seq();
+                    pending.insert(seq, Pending { req: idx, sync: false });
+                }
+                let b = &mut self.sbuf;
                 let start = b.begin(RTM_SETLINK, ack, seq);
                 match up {
                     Some(true) => b.ifinfomsg(*index, IFF_UP, IFF_UP),
@@ -1449,7 +1483,7 @@ impl Netlink {
             let mut pending: HashMap<u32, Pending> = HashMap::new();
             let mut deferred = Vec::new();
             let mut count = 0;
-            while i < reqs.len() && count < WINDOW && self.sbuf.buf.len() < self.max_send {
+            while i < reqs.len() && count < self.window && self.sbuf.buf.len() < self.max_send {
                 let mark = self.sbuf.buf.len();
                 let dmark = deferred.len();
                 if let Err(reason) = self.encode(&reqs[i], i, &mut pending, &mut deferred) {
@@ -1516,8 +1550,9 @@ impl Netlink {
         self.collect_acks(pending, failures);
     }
 
-    /// Set the aliases of links created successfully in the last window: by name, through
-    /// this socket or, for a veth peer created in another namespace, one opened there.
+    /// Finish links created successfully in the last window (aliases, veth peers up): by
+    /// name, through this socket or, for a veth peer created in another namespace, one opened
+    /// there.
     fn set_deferred_aliases(&mut self, deferred: Vec<Deferred>, failures: &mut [Option<Failure>]) {
         let (local, remote): (Vec<_>, Vec<_>) = deferred
             .into_iter()
@@ -1528,8 +1563,8 @@ impl Netlink {
             let mut pending = HashMap::new();
             for d in &local {
                 let seq = self.next_seq();
-                pending.insert(seq, Pending { req: d.req });
-                alias_by_name(&mut self.sbuf, seq, &d.name, &d.alias);
+                pending.insert(seq, Pending { req: d.req, sync: false });
+                set_by_name(&mut self.sbuf, seq, d);
             }
             self.send_window(&mut pending, failures);
         }
@@ -1539,13 +1574,13 @@ impl Netlink {
                 Ok(mut nl) => {
                     nl.sbuf.buf.clear();
                     let seq = nl.next_seq();
-                    alias_by_name(&mut nl.sbuf, seq, &d.name, &d.alias);
-                    let mut pending = HashMap::from([(seq, Pending { req: d.req })]);
+                    set_by_name(&mut nl.sbuf, seq, &d);
+                    let mut pending = HashMap::from([(seq, Pending { req: d.req, sync: false })]);
                     nl.send_window(&mut pending, failures);
                 }
                 Err(e) => {
                     failures[d.req] = Some(Failure::Other(format!(
-                        "set alias of veth peer {} in its namespace: {e}",
+                        "configure veth peer {} in its namespace: {e}",
                         d.name
                     )));
                 }
@@ -1580,29 +1615,37 @@ impl Netlink {
                 }
             };
             for m in messages(&self.rbuf[..n]) {
-                if m.ty != NLMSG_ERROR {
-                    continue;
-                }
-                let Some((errno, seq, ext)) = parse_error(&m) else {
-                    continue;
-                };
-                let Some(p) = pending.remove(&seq) else {
-                    continue;
-                };
-                if errno != 0 {
-                    failures[p.req].get_or_insert(Failure::Kernel(errno, ext));
+                match m.ty {
+                    // The reply to a sync RTM_GETLINK.
+                    RTM_NEWLINK => {
+                        pending.remove(&m.seq);
+                    }
+                    NLMSG_ERROR => {
+                        let Some((errno, seq, ext)) = parse_error(&m) else {
+                            continue;
+                        };
+                        let Some(p) = pending.remove(&seq) else {
+                            continue;
+                        };
+                        if errno != 0 && !p.sync {
+                            failures[p.req].get_or_insert(Failure::Kernel(errno, ext));
+                        }
+                    }
+                    _ => {}
                 }
             }
         }
     }
 }
 
-/// An alias to set once its link exists.
+/// What RTM_NEWLINK cannot do itself (an alias, a veth peer's IFF_UP), done by name once the
+/// link exists.
 struct Deferred {
     req: usize,
     netns_fd: Option<RawFd>,
     name: String,
-    alias: String,
+    alias: Option<String>,
+    up: bool,
 }
 
 enum Failure {
@@ -1613,11 +1656,17 @@ enum Failure {
     Other(String),
 }
 
-/// RTM_SETLINK selecting the link by name, setting only its alias.
-fn alias_by_name(b: &mut MsgBuf, seq: u32, name: &str, alias: &str) {
+/// RTM_SETLINK selecting the link by name.
+fn set_by_name(b: &mut MsgBuf, seq: u32, d: &Deferred) {
     let start = b.begin(RTM_SETLINK, NLM_F_REQUEST | NLM_F_ACK, seq);
-    b.ifinfomsg(0, 0, 0);
-    b.attr_str(IFLA_IFNAME, name);
-    b.attr(IFLA_IFALIAS, alias.as_bytes());
+    if d.up {
+        b.ifinfomsg(0, IFF_UP, IFF_UP);
+    } else {
+        b.ifinfomsg(0, 0, 0);
+    }
+    b.attr_str(IFLA_IFNAME, &d.name);
+    if let Some(a) = &d.alias {
+        b.attr(IFLA_IFALIAS, a.as_bytes());
+    }
     b.end(start);
 }

@@ -61,16 +61,16 @@ pub fn parse(text: &str) -> Result<Spec, Vec<SpecError>> {
         _ => {
             if errors.is_empty() {
                 // Never reached when the validator is consistent; better an error than a panic.
-                errors.push(SpecError::file("internal error: the spec could not be built"));
+                errors.push(SpecError::file(
+                    "internal error: the spec could not be built",
+                ));
             }
             for e in &mut errors {
                 if e.path.is_empty() {
                     e.path = FILE_PATH.to_string();
                 }
             }
-            errors.sort_by(|a, b| {
-                (a.loc, &a.path, &a.message).cmp(&(b.loc, &b.path, &b.message))
-            });
+            errors.sort_by(|a, b| (a.loc, &a.path, &a.message).cmp(&(b.loc, &b.path, &b.message)));
             errors.dedup();
             Err(errors)
         }
@@ -99,13 +99,29 @@ pub fn parse_bytes(bytes: &[u8]) -> Result<Spec, Vec<SpecError>> {
     }
 }
 
+/// The path of `key` under `parent`, quoted as this module quotes paths:
+/// `path_join("host.sysctl", "net.core.somaxconn")` is `host.sysctl."net.core.somaxconn"`,
+/// `path_join("networks", "default")` is `networks.default`.
+pub fn path_join(parent: &str, key: &str) -> String {
+    yaml::join(parent, key)
+}
+
 impl Spec {
-    /// Where `path` (or, for a value that was derived rather than written, its nearest
-    /// written parent) sits in the file; 1:1 when nothing on the path was written.
+    /// Where `path` sits in the file. Accepts the quoted form (`host.sysctl."a.b"`) and, for
+    /// convenience, the same path without quotes (`host.sysctl.a.b`). A value that was derived
+    /// rather than written (a default bridge name) gets its nearest written parent's location;
+    /// 1:1 when nothing on the path was written.
     pub fn loc(&self, path: &str) -> Loc {
         let mut p = path;
         loop {
             if let Some(l) = self.locs.get(p) {
+                return *l;
+            }
+            if let Some((_, l)) = self
+                .locs
+                .iter()
+                .find(|(k, _)| k.contains('"') && k.replace('"', "") == p)
+            {
                 return *l;
             }
             match parent_path(p) {
@@ -144,8 +160,14 @@ mod tests {
     #[test]
     fn parent_paths() {
         assert_eq!(parent_path("vms.a.ports[3]"), Some("vms.a.ports"));
-        assert_eq!(parent_path("host.sysctl.\"net.core.x\""), Some("host.sysctl"));
-        assert_eq!(parent_path("networks.default.bridge"), Some("networks.default"));
+        assert_eq!(
+            parent_path("host.sysctl.\"net.core.x\""),
+            Some("host.sysctl")
+        );
+        assert_eq!(
+            parent_path("networks.default.bridge"),
+            Some("networks.default")
+        );
         assert_eq!(parent_path("version"), None);
         assert_eq!(parent_path("\"a.b\""), None);
     }

@@ -407,16 +407,15 @@ fn check_user(s: &str) -> Result<(), String> {
         return Err(format!("user name '{s}' must not start with '-'"));
     }
     if s.len() > 32 {
-        return Err(format!(
-            "user name '{s}' is longer than 32 characters"
-        ));
+        return Err(format!("user name '{s}' is longer than 32 characters"));
     }
     Ok(())
 }
 
 fn parse_ip(s: &str) -> Result<Ipv4Addr, String> {
     let t = s.trim();
-    if !t.is_empty() && t.bytes().all(|b| b.is_ascii_digit() || b == b'.')
+    if !t.is_empty()
+        && t.bytes().all(|b| b.is_ascii_digit() || b == b'.')
         && let Ok(a) = t.parse()
     {
         return Ok(a);
@@ -448,10 +447,10 @@ fn parse_cidr(s: &str) -> Result<Ipv4Cidr, String> {
 
 fn parse_mac(s: &str) -> Result<Mac, String> {
     let t = s.trim();
-    if t.bytes().all(|b| b.is_ascii_hexdigit() || b == b':') {
-        if let Ok(m) = t.parse::<Mac>() {
-            return Ok(m);
-        }
+    if t.bytes().all(|b| b.is_ascii_hexdigit() || b == b':')
+        && let Ok(m) = t.parse::<Mac>()
+    {
+        return Ok(m);
     }
     Err(format!(
         "'{}' is not a MAC address (like 52:54:00:12:34:56)",
@@ -591,7 +590,7 @@ fn convert_inner(cx: &mut Ctx, root: &Node) -> Option<Spec> {
         None => None,
     };
 
-    let mut sysctl: Option<(BTreeMap<String, String>, BTreeMap<String, (Loc, String)>)> = None;
+    let mut sysctl: Option<Sysctl> = None;
     if let Some(f) = top.get(cx, "host")
         && let Some(host) = obj(cx, f.node, &f.path, HOST_FIELDS, "a mapping (with sysctl)")
     {
@@ -665,6 +664,7 @@ fn read_version(cx: &mut Ctx, f: &Field) -> Option<u32> {
     None
 }
 
+/// The values, and for each key where its value sits (loc, path).
 type Sysctl = (BTreeMap<String, String>, BTreeMap<String, (Loc, String)>);
 
 fn read_sysctl(cx: &mut Ctx, f: &Field) -> Option<Sysctl> {
@@ -798,7 +798,11 @@ fn read_network(cx: &mut Ctx, key: &Key, f: &Field) -> NetDraft {
         }
         (Some(ipf), _) => {
             d.ipv4_loc = ipf.loc();
-            if let Some(t) = text(cx, ipf, "a gateway address with prefix, like 192.168.122.1/24") {
+            if let Some(t) = text(
+                cx,
+                ipf,
+                "a gateway address with prefix, like 192.168.122.1/24",
+            ) {
                 match parse_cidr(&t) {
                     Err(m) => cx.err(&ipf.path, ipf.loc(), m),
                     Ok(c) if mode.is_some() => match check_gateway(c) {
@@ -890,7 +894,10 @@ fn read_network(cx: &mut Ctx, key: &Key, f: &Field) -> NetDraft {
 
 fn check_gateway(c: Ipv4Cidr) -> Result<(), String> {
     if let Some(what) = special(c.addr) {
-        return Err(format!("{} is {what}; pick a private subnet such as 192.168.122.1/24", c.addr));
+        return Err(format!(
+            "{} is {what}; pick a private subnet such as 192.168.122.1/24",
+            c.addr
+        ));
     }
     if c.prefix >= 31 {
         return Err(format!(
@@ -923,7 +930,9 @@ fn check_gateway(c: Ipv4Cidr) -> Result<(), String> {
 fn check_in_subnet(a: Ipv4Addr, net: Ipv4Cidr, role: &str) -> Result<(), String> {
     let subnet = net.network();
     if !net.contains(a) {
-        return Err(format!("{role} {a} is outside the network's subnet {subnet}"));
+        return Err(format!(
+            "{role} {a} is outside the network's subnet {subnet}"
+        ));
     }
     if a == subnet.addr {
         return Err(format!("{role} {a} is the network address of {subnet}"));
@@ -1026,9 +1035,7 @@ fn read_dhcp(cx: &mut Ctx, f: &Field, subnet: Option<Ipv4Cidr>) -> Option<Dhcp> 
                         continue;
                     };
                     match parse_ip(&t).and_then(|a| match special(a) {
-                        Some(w) if !a.is_loopback() => {
-                            Err(format!("DNS server {a} is {w}"))
-                        }
+                        Some(w) if !a.is_loopback() => Err(format!("DNS server {a} is {w}")),
                         _ if a.is_unspecified() => Err(format!("DNS server {a} is unspecified")),
                         _ => Ok(a),
                     }) {
@@ -1145,14 +1152,16 @@ fn read_vm(
             false
         }
     };
-    let Some(o) = obj(cx, f.node, &f.path, VM_FIELDS, "a VM (a mapping with ports)") else {
+    let Some(o) = obj(
+        cx,
+        f.node,
+        &f.path,
+        VM_FIELDS,
+        "a VM (a mapping with ports)",
+    ) else {
         return;
     };
-    let Some(pf) = o.required(
-        cx,
-        "ports",
-        "list the VM's ports (ports: [] for none)",
-    ) else {
+    let Some(pf) = o.required(cx, "ports", "list the VM's ports (ports: [] for none)") else {
         return;
     };
     let Some(items) = list(cx, &pf, "a list of ports") else {
@@ -1337,7 +1346,9 @@ fn read_port(
 
 fn check_vm_mac(m: Mac) -> Result<Mac, String> {
     if m.is_zero() {
-        return Err(format!("{m} is the all-zero MAC address; give a unicast address like 52:54:00:12:34:56"));
+        return Err(format!(
+            "{m} is the all-zero MAC address; give a unicast address like 52:54:00:12:34:56"
+        ));
     }
     if m.is_multicast() {
         return Err(format!(
@@ -1414,7 +1425,10 @@ fn read_owner(cx: &mut Ctx, f: &Field) -> Option<Owner> {
             cx.err(
                 &f.path,
                 f.loc(),
-                format!("expected a user name or a numeric uid, found {}", f.node.describe()),
+                format!(
+                    "expected a user name or a numeric uid, found {}",
+                    f.node.describe()
+                ),
             );
         }
         return None;
@@ -1427,10 +1441,22 @@ fn read_owner(cx: &mut Ctx, f: &Field) -> Option<Owner> {
         );
         return None;
     }
+    if s.as_bool().is_some() || (s.as_int().is_none() && s.looks_like_float()) {
+        cx.err(
+            &f.path,
+            f.loc(),
+            format!(
+                "expected a user name or a numeric uid, found {}",
+                f.node.describe()
+            ),
+        );
+        return None;
+    }
+    // A quoted all-digit owner is a uid too: useradd refuses all-digit user names.
     let digits = !s.text.is_empty() && s.text.bytes().all(|b| b.is_ascii_digit());
-    if s.as_int().is_some() || digits || s.text.starts_with('-') && s.as_int().is_some() {
-        return match s.text.trim_start_matches('+').parse::<u64>() {
-            Ok(n) if n < u64::from(u32::MAX) => Some(Owner::Uid(n as u32)),
+    if s.as_int().is_some() || digits {
+        return match s.text.trim_start_matches('+').parse::<u32>() {
+            Ok(n) if n < u32::MAX => Some(Owner::Uid(n)),
             _ => {
                 cx.err(
                     &f.path,
@@ -1500,10 +1526,7 @@ fn cross_checks(cx: &mut Ctx, nets: &[NetDraft], ports: &[PortDraft], sysctl: Op
                     c.name, c.what, f.what
                 )
             } else {
-                format!(
-                    "interface name '{}' is already used by {}",
-                    c.name, f.what
-                )
+                format!("interface name '{}' is already used by {}", c.name, f.what)
             };
             let fix = if c.derived {
                 "; set a name explicitly"
@@ -1511,7 +1534,11 @@ fn cross_checks(cx: &mut Ctx, nets: &[NetDraft], ports: &[PortDraft], sysctl: Op
                 "; every bridge and port kvmnet creates needs its own name"
             };
             let (path, loc) = (c.path.clone(), c.loc);
-            cx.err(&path, loc, format!("{how}{}{fix}", if f.derived { " (derived)" } else { "" }));
+            cx.err(
+                &path,
+                loc,
+                format!("{how}{}{fix}", if f.derived { " (derived)" } else { "" }),
+            );
         } else {
             first.insert(c.name, i);
         }
@@ -1570,11 +1597,17 @@ fn cross_checks(cx: &mut Ctx, nets: &[NetDraft], ports: &[PortDraft], sysctl: Op
                 *loc,
                 format!("'{e}' is this network's own bridge; egress names the host interface towards the outside, like eth0"),
             );
-        } else if let Some(c) = created.iter().find(|c| c.name == e && c.path.starts_with("vms")) {
+        } else if let Some(c) = created
+            .iter()
+            .find(|c| c.name == e && c.path.starts_with("vms"))
+        {
             cx.err(
                 &path,
                 *loc,
-                format!("'{e}' is {}; egress names the host interface towards the outside, like eth0", c.what),
+                format!(
+                    "'{e}' is {}; egress names the host interface towards the outside, like eth0",
+                    c.what
+                ),
             );
         }
     }
@@ -1618,7 +1651,10 @@ fn cross_checks(cx: &mut Ctx, nets: &[NetDraft], ports: &[PortDraft], sysctl: Op
             cx.err(
                 path,
                 *loc,
-                format!("{prefix} {m} of {what} is already used by {}{fix}", macs[j].3),
+                format!(
+                    "{prefix} {m} of {what} is already used by {}{fix}",
+                    macs[j].3
+                ),
             );
         } else {
             seen_mac.insert(*m, i);
@@ -1648,10 +1684,8 @@ fn cross_checks(cx: &mut Ctx, nets: &[NetDraft], ports: &[PortDraft], sysctl: Op
     }
 
     // Subnets of nat/routed/isolated networks must not overlap.
-    let mut subnets: Vec<(&NetDraft, Ipv4Cidr)> = nets
-        .iter()
-        .filter_map(|n| n.ipv4.map(|c| (n, c)))
-        .collect();
+    let mut subnets: Vec<(&NetDraft, Ipv4Cidr)> =
+        nets.iter().filter_map(|n| n.ipv4.map(|c| (n, c))).collect();
     subnets.sort_by_key(|(n, _)| n.ipv4_loc);
     for (i, (n, c)) in subnets.iter().enumerate() {
         if let Some((other, oc)) = subnets[..i].iter().find(|(_, oc)| oc.overlaps(c)) {
@@ -1677,7 +1711,9 @@ fn cross_checks(cx: &mut Ctx, nets: &[NetDraft], ports: &[PortDraft], sysctl: Op
             .collect();
         if !needs.is_empty() {
             for key in ["net.ipv4.ip_forward", "net.ipv4.conf.all.forwarding"] {
-                if values.get(key).is_some_and(|v| v.trim() == "0")
+                if values
+                    .get(key)
+                    .is_some_and(|v| v.trim().parse::<i64>() == Ok(0))
                     && let Some((loc, path)) = where_.get(key)
                 {
                     cx.err(

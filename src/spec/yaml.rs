@@ -7,6 +7,8 @@
 //! no duplicate keys, scalar keys only. Every such problem is reported with a path and a
 //! location and the load goes on, so the validator still reports the rest of the file.
 
+use std::collections::HashMap;
+
 use yaml_rust2::parser::{Event, MarkedEventReceiver, Parser};
 use yaml_rust2::scanner::{Marker, TScalarStyle};
 
@@ -81,16 +83,13 @@ impl Scalar {
         }
         t.parse().ok()
     }
-    fn looks_like_float(&self) -> bool {
+    pub fn looks_like_float(&self) -> bool {
         if !self.plain {
             return false;
         }
         let t = self.text.as_str();
         let lower = t.to_ascii_lowercase();
-        if matches!(
-            lower.trim_start_matches(['+', '-']),
-            ".inf" | ".nan"
-        ) {
+        if matches!(lower.trim_start_matches(['+', '-']), ".inf" | ".nan") {
             return true;
         }
         t.bytes().any(|b| b.is_ascii_digit())
@@ -157,6 +156,9 @@ enum Frame {
         loc: Loc,
         path: String,
         items: Vec<Node>,
+        /// Anchor/tag complaints, reported when the collection closes and its location
+        /// (a block mapping's first key) is known.
+        props: Vec<String>,
     },
     Map {
         loc: Loc,
@@ -165,6 +167,9 @@ enum Frame {
         /// The key waiting for its value; `None` inside means the key was rejected
         /// (duplicate or not a scalar) and its value is dropped.
         pending: Option<Option<Key>>,
+        /// Keys seen so far and where, to report duplicates without a quadratic scan.
+        seen: HashMap<String, Loc>,
+        props: Vec<String>,
     },
 }
 
@@ -183,7 +188,9 @@ impl Frame {
     }
 }
 
-struct Builder {
+struct Builder<'a> {
+    /// The source, split at '\n', to find block scalar indicators.
+    lines: Vec<&'a str>,
     stack: Vec<Frame>,
     root: Option<Node>,
     docs: usize,
@@ -192,7 +199,7 @@ struct Builder {
     stop: bool,
 }
 
-impl Builder {
+impl Builder<'_> {
     fn err(&mut self, path: String, loc: Loc, message: String) {
         self.errors.push(SpecError { path, loc, message });
     }
@@ -201,28 +208,22 @@ impl Builder {
         self.stack.last().map(Frame::child_path).unwrap_or_default()
     }
 
-    fn check_props(&mut self, anchor: usize, tag: bool, loc: Loc) -> bool {
-        let mut ok = true;
+    /// Complaints about anchors and tags on the node that starts here.
+    fn props(anchor: usize, tag: bool) -> Vec<String> {
+        let mut out = Vec::new();
         if anchor != 0 {
-            let p = self.next_path();
-            self.err(
-                p,
-                loc,
-                "YAML anchors (&name) are not supported in a kvmnet spec; write the value out".into(),
+            out.push(
+                "YAML anchors (&name) are not supported in a kvmnet spec; write the value out"
+                    .to_string(),
             );
-            ok = false;
         }
         if tag {
-            let p = self.next_path();
-            self.err(
-                p,
-                loc,
+            out.push(
                 "YAML tags (!tag) are not supported in a kvmnet spec; quote a value to make it a string"
-                    .into(),
+                    .to_string(),
             );
-            ok = false;
         }
-        ok
+        out
     }
 
     fn push(&mut self, frame: Frame) {
@@ -251,12 +252,24 @@ impl Builder {
                     self.root = Some(node);
                 }
             }
-            Some(Frame::Seq { items, .. }) => items.push(node),
+            Some(Frame::Seq { items, .. }) => {
+                if let Kind::Scalar(sc) = &node.kind
+                    && sc.plain
+                    && sc.text.is_empty()
+                    && let Some(l) = dash_before(&self.lines, node.loc)
+                {
+                    // `-` with nothing after it: point at the dash, not at what follows.
+                    node.loc = l;
+                }
+                items.push(node)
+            }
             Some(Frame::Map {
                 loc,
                 path,
                 entries,
                 pending,
+                seen,
+                ..
             }) => match pending.take() {
                 Some(Some(key)) => {
                     // An empty value's marker points at whatever comes next (often the next
@@ -277,15 +290,19 @@ impl Builder {
                     }
                     match node.kind {
                         Kind::Scalar(s) => {
-                            if let Some((first, _)) = entries.iter().find(|(k, _)| k.text == s.text)
-                            {
-                                dup = Some((join(path, &s.text), node.loc, format!(
-                                    "duplicate key '{}' (first given at {}); each key may appear only once",
-                                    show(&s.text),
-                                    first.loc
-                                )));
+                            if let Some(first) = seen.get(&s.text) {
+                                dup = Some((
+                                    join(path, &s.text),
+                                    node.loc,
+                                    format!(
+                                        "duplicate key '{}' (first given at {}); each key may appear only once",
+                                        show(&s.text),
+                                        first
+                                    ),
+                                ));
                                 *pending = Some(None);
                             } else {
+                                seen.insert(s.text.clone(), node.loc);
                                 *pending = Some(Some(Key {
                                     text: s.text,
                                     loc: node.loc,
@@ -314,7 +331,28 @@ impl Builder {
     }
 }
 
-impl MarkedEventReceiver for Builder {
+/// The dash of an empty block sequence item whose marker sits at the next token `at`: the
+/// last `-` (followed by a blank or the line end) on the nearest line above.
+fn dash_before(lines: &[&str], at: Loc) -> Option<Loc> {
+    let before = at.line.checked_sub(1)?;
+    for i in (before.saturating_sub(50)..before).rev() {
+        let chars: Vec<char> = lines.get(i)?.trim_end_matches('\r').chars().collect();
+        let found = (0..chars.len()).rev().find(|&j| {
+            chars[j] == '-'
+                && (j == 0 || chars[j - 1].is_whitespace())
+                && chars.get(j + 1).is_none_or(|c| c.is_whitespace())
+        });
+        if let Some(j) = found {
+            return Some(Loc {
+                line: i + 1,
+                col: j + 1,
+            });
+        }
+    }
+    None
+}
+
+impl MarkedEventReceiver for Builder<'_> {
     fn on_event(&mut self, ev: Event, mark: Marker) {
         if self.stop {
             return;
@@ -334,7 +372,17 @@ impl MarkedEventReceiver for Builder {
                 }
             }
             Event::Scalar(text, style, anchor, tag) => {
-                let ok = self.check_props(anchor, tag.is_some(), loc);
+                let loc = if matches!(style, TScalarStyle::Literal | TScalarStyle::Folded) {
+                    self.block_indicator(loc).unwrap_or(loc)
+                } else {
+                    loc
+                };
+                let props = Self::props(anchor, tag.is_some());
+                let ok = props.is_empty();
+                let p = self.next_path();
+                for m in props {
+                    self.err(p.clone(), loc, m);
+                }
                 let plain = matches!(style, TScalarStyle::Plain);
                 let kind = if ok || self.in_key_position() {
                     Kind::Scalar(Scalar { text, plain })
@@ -357,36 +405,59 @@ impl MarkedEventReceiver for Builder {
                 });
             }
             Event::SequenceStart(anchor, tag) => {
-                self.check_props(anchor, tag.is_some(), loc);
                 let path = self.next_path();
                 self.push(Frame::Seq {
                     loc,
                     path,
                     items: Vec::new(),
+                    props: Self::props(anchor, tag.is_some()),
                 });
             }
             Event::MappingStart(anchor, tag) => {
-                self.check_props(anchor, tag.is_some(), loc);
                 let path = self.next_path();
                 self.push(Frame::Map {
                     loc,
                     path,
                     entries: Vec::new(),
                     pending: None,
+                    seen: HashMap::new(),
+                    props: Self::props(anchor, tag.is_some()),
                 });
             }
             Event::SequenceEnd | Event::MappingEnd => {
-                let node = match self.stack.pop() {
-                    Some(Frame::Seq { loc, items, .. }) => Node {
+                let (node, path, props) = match self.stack.pop() {
+                    Some(Frame::Seq {
                         loc,
-                        kind: Kind::Seq(items),
-                    },
-                    Some(Frame::Map { loc, entries, .. }) => Node {
+                        items,
+                        path,
+                        props,
+                    }) => (
+                        Node {
+                            loc,
+                            kind: Kind::Seq(items),
+                        },
+                        path,
+                        props,
+                    ),
+                    Some(Frame::Map {
                         loc,
-                        kind: Kind::Map(entries),
-                    },
+                        entries,
+                        path,
+                        props,
+                        ..
+                    }) => (
+                        Node {
+                            loc,
+                            kind: Kind::Map(entries),
+                        },
+                        path,
+                        props,
+                    ),
                     None => return,
                 };
+                for m in props {
+                    self.err(path.clone(), node.loc, m);
+                }
                 self.attach(node);
             }
             Event::Nothing | Event::StreamStart | Event::StreamEnd | Event::DocumentEnd => {}
@@ -394,7 +465,33 @@ impl MarkedEventReceiver for Builder {
     }
 }
 
-impl Builder {
+impl Builder<'_> {
+    /// A block scalar's marker points at its first content line; the operator looks for
+    /// the `|` or `>` that starts it, at the end of the nearest non-blank line above.
+    fn block_indicator(&self, content: Loc) -> Option<Loc> {
+        let mut i = content.line.checked_sub(1)?;
+        while i > 0 {
+            i -= 1;
+            let line = self.lines.get(i)?.trim_end_matches('\r');
+            if line.trim().is_empty() {
+                continue;
+            }
+            let chars: Vec<char> = line.chars().collect();
+            let col = (0..chars.len()).find(|&j| {
+                matches!(chars[j], '|' | '>')
+                    && (j == 0 || matches!(chars[j - 1], ' ' | '\t'))
+                    && chars
+                        .get(j + 1)
+                        .is_none_or(|c| c.is_ascii_digit() || matches!(c, '+' | '-' | ' ' | '\t'))
+            })?;
+            return Some(Loc {
+                line: i + 1,
+                col: col + 1,
+            });
+        }
+        None
+    }
+
     /// A rejected key would otherwise leave its value without a key.
     fn in_key_position(&self) -> bool {
         matches!(self.stack.last(), Some(Frame::Map { pending: None, .. }))
@@ -406,6 +503,7 @@ impl Builder {
 /// the tree; a syntax error stops loading and returns only errors.
 pub(crate) fn load(text: &str) -> (Option<Node>, Vec<SpecError>) {
     let mut b = Builder {
+        lines: text.split('\n').collect(),
         stack: Vec::new(),
         root: None,
         docs: 0,
@@ -457,20 +555,36 @@ mod tests {
         assert_eq!(m[0].1.loc, l(1, 4));
         assert_eq!(m[1].0.loc, l(2, 1));
         assert_eq!(m[1].1.loc, l(3, 3));
-        let Kind::Seq(items) = &m[1].1.kind else { panic!() };
+        let Kind::Seq(items) = &m[1].1.kind else {
+            panic!()
+        };
         assert_eq!(items[0].loc, l(3, 5));
         assert_eq!(items[1].loc, l(4, 5));
-        let Kind::Map(inner) = &items[1].kind else { panic!() };
+        let Kind::Map(inner) = &items[1].kind else {
+            panic!()
+        };
         assert_eq!(inner[0].0.loc, l(4, 6));
         assert_eq!(inner[0].1.loc, l(4, 9));
         // An empty value points at its key.
         assert_eq!(m[2].1.loc, l(5, 1));
+        // An empty list item points at its dash.
+        let (root, _) = load("a:\n  -\n  - x\n  - \n");
+        let Kind::Map(m) = &root.unwrap().kind else {
+            panic!()
+        };
+        let Kind::Seq(items) = &m[0].1.kind else {
+            panic!()
+        };
+        assert_eq!(items[0].loc, l(2, 3));
+        assert_eq!(items[2].loc, l(4, 3));
     }
 
     #[test]
     fn block_mapping_in_sequence_starts_at_first_key() {
         let (root, _) = load("- a: 1\n  b: 2\n");
-        let Kind::Seq(items) = &root.unwrap().kind else { panic!() };
+        let Kind::Seq(items) = &root.unwrap().kind else {
+            panic!()
+        };
         assert_eq!(items[0].loc, l(1, 3));
     }
 
@@ -501,10 +615,13 @@ mod tests {
 
     #[test]
     fn deep_nesting_stops() {
-        let text = "[".repeat(10_000);
+        let text = format!("a: {}1{}\n", "[".repeat(100), "]".repeat(100));
         let (root, errs) = load(&text);
         assert!(root.is_none());
         assert!(errs[0].message.contains("nesting"), "{errs:?}");
+        // Far deeper input trips yaml-rust2's own limit first: still an error, no overflow.
+        let (root, errs) = load(&"[".repeat(100_000));
+        assert!(root.is_none() && !errs.is_empty());
     }
 
     #[test]

@@ -1,0 +1,244 @@
+//! Shared helpers for the privileged tests: throwaway namespaces that are always removed,
+//! running kvmnet, and a fingerprint of everything a namespace contains.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+/// True when the test may run. Without root it skips, unless CI is set: there a skip would
+/// hide a broken setup, so it fails.
+pub fn privileged() -> bool {
+    let root = unsafe { libc::geteuid() } == 0;
+    if !root {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "this test needs root, and CI must not skip it"
+        );
+        eprintln!("skipping: needs root");
+    }
+    root
+}
+
+static COUNTER: AtomicUsize = AtomicUsize::new(0);
+
+/// A unique, short name for this test process (namespace names end up in interface-free
+/// places only, but keep them short for readability in `ip netns`).
+pub fn unique(tag: &str) -> String {
+    let n = COUNTER.fetch_add(1, Ordering::SeqCst);
+    format!("kvt{}{}-{tag}", std::process::id() % 100000, n)
+}
+
+pub fn sh(cmd: &str) -> Output {
+    Command::new("sh").arg("-c").arg(cmd).output().expect("sh runs")
+}
+
+/// Runs a shell command and panics with its output when it fails.
+pub fn ok(cmd: &str) -> String {
+    let o = sh(cmd);
+    assert!(
+        o.status.success(),
+        "command failed: {cmd}\nstdout: {}\nstderr: {}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+pub fn in_ns(ns: &str, cmd: &str) -> Output {
+    sh(&format!("ip netns exec {ns} sh -c '{}'", cmd.replace('\'', r"'\''")))
+}
+
+pub fn ok_in(ns: &str, cmd: &str) -> String {
+    ok(&format!("ip netns exec {ns} sh -c '{}'", cmd.replace('\'', r"'\''")))
+}
+
+/// Namespaces that are deleted when the guard drops, test passed or not.
+pub struct Namespaces {
+    pub names: Vec<String>,
+    pub state_dir: PathBuf,
+}
+
+impl Namespaces {
+    pub fn new() -> Namespaces {
+        let state_dir = std::env::temp_dir().join(unique("state"));
+        Namespaces {
+            names: Vec::new(),
+            state_dir,
+        }
+    }
+
+    /// Creates a namespace with loopback up.
+    pub fn add(&mut self, tag: &str) -> String {
+        let n = unique(tag);
+        ok(&format!("ip netns add {n} && ip -n {n} link set lo up"));
+        self.names.push(n.clone());
+        n
+    }
+
+    /// A name to hand to kvmnet (it creates the namespace); removed at the end if it exists.
+    pub fn reserve(&mut self, tag: &str) -> String {
+        let n = unique(tag);
+        self.names.push(n.clone());
+        n
+    }
+
+    /// Runs the kvmnet binary with this test's state directory.
+    pub fn kvmnet(&self, args: &[&str]) -> Output {
+        self.kvmnet_env(args, &[])
+    }
+
+    pub fn kvmnet_env(&self, args: &[&str], env: &[(&str, &str)]) -> Output {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_kvmnet"));
+        c.args(args).env("KVMNET_STATE_DIR", &self.state_dir);
+        for (k, v) in env {
+            c.env(k, v);
+        }
+        c.output().expect("kvmnet runs")
+    }
+
+    /// kvmnet that must succeed; returns stdout.
+    pub fn kvmnet_ok(&self, args: &[&str]) -> String {
+        let o = self.kvmnet(args);
+        assert!(
+            o.status.success(),
+            "kvmnet {args:?} failed ({:?})\nstdout: {}\nstderr: {}",
+            o.status.code(),
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        );
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    }
+}
+
+impl Drop for Namespaces {
+    fn drop(&mut self) {
+        for n in self.names.iter().rev() {
+            let _ = sh(&format!("ip netns del {n} 2>/dev/null"));
+        }
+        let _ = std::fs::remove_dir_all(&self.state_dir);
+    }
+}
+
+/// Writes a spec into a temporary file that lives as long as the returned guard.
+pub struct SpecFile(pub PathBuf);
+
+impl SpecFile {
+    pub fn new(text: &str) -> SpecFile {
+        let p = std::env::temp_dir().join(format!("{}.yaml", unique("spec")));
+        std::fs::write(&p, text).unwrap();
+        SpecFile(p)
+    }
+    pub fn path(&self) -> &str {
+        self.0.to_str().unwrap()
+    }
+}
+
+impl Drop for SpecFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+fn strip_volatile(v: &mut serde_json::Value) {
+    match v {
+        serde_json::Value::Object(m) => {
+            // Counters, indexes and timers change on their own or when a device is made
+            // again; everything an operator configures is kept.
+            for k in [
+                "ifindex", "stats64", "stats", "link_index", "inet6_addr_gen_mode",
+                "num_tx_queues", "num_rx_queues", "valid_life_time", "preferred_life_time",
+                "hello_timer", "tcn_timer", "topology_change_timer", "gc_timer",
+                "link_netnsid", "operstate", "flags", "addr_info6",
+            ] {
+                m.remove(k);
+            }
+            m.retain(|k, _| !k.ends_with("_timer"));
+            for (_, x) in m.iter_mut() {
+                strip_volatile(x);
+            }
+        }
+        serde_json::Value::Array(a) => a.iter_mut().for_each(strip_volatile),
+        _ => {}
+    }
+}
+
+fn json_of(cmd: &str) -> serde_json::Value {
+    let o = sh(cmd);
+    let mut v: serde_json::Value =
+        serde_json::from_slice(&o.stdout).unwrap_or(serde_json::Value::Null);
+    strip_volatile(&mut v);
+    // A device made again gets a new index and so a new place in dumps; order by name.
+    if let Some(a) = v.as_array_mut() {
+        a.sort_by_key(|x| x["ifname"].as_str().unwrap_or("").to_string());
+    }
+    v
+}
+
+/// Everything in a namespace that kvmnet could change: links with their details, IPv4
+/// addresses, routes of all tables, the whole nftables ruleset, the sysctls named.
+pub fn fingerprint(ns: &str, sysctls: &[&str]) -> String {
+    let links = json_of(&format!("ip -n {ns} -d -j link show"));
+    let addrs = json_of(&format!("ip -n {ns} -4 -j addr show"));
+    let routes = json_of(&format!("ip -n {ns} -4 -j route show table all"));
+    let nft = sh(&format!("ip netns exec {ns} nft list ruleset"));
+    let mut s = format!(
+        "links {}\naddrs {}\nroutes {}\nnft {}\n",
+        serde_json::to_string_pretty(&links).unwrap(),
+        serde_json::to_string_pretty(&addrs).unwrap(),
+        serde_json::to_string_pretty(&routes).unwrap(),
+        String::from_utf8_lossy(&nft.stdout)
+    );
+    for k in sysctls {
+        let o = sh(&format!("ip netns exec {ns} sysctl -n {k}"));
+        s.push_str(&format!("sysctl {k} = {}", String::from_utf8_lossy(&o.stdout)));
+    }
+    s
+}
+
+/// Names of all namespaces whose name starts with `prefix`.
+pub fn namespaces_with(prefix: &str) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir("/run/netns")
+        .map(|rd| {
+            rd.filter_map(|e| e.ok()?.file_name().into_string().ok())
+                .filter(|n| n.starts_with(prefix))
+                .collect()
+        })
+        .unwrap_or_default();
+    v.sort();
+    v
+}
+
+pub fn manifest_dir() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// Sends a UDP datagram from `client_ns` to `server_ip` (a UDP echo that answers with the
+/// source address it saw, run in `server_ns`). Returns that address: how the far side sees
+/// the client (NAT or not).
+pub fn source_seen(server_ns: &str, server_ip: &str, client_ns: &str) -> String {
+    let port = 20000 + (COUNTER.fetch_add(1, Ordering::SeqCst) % 20000);
+    let server = format!(
+        "import socket\ns=socket.socket(socket.AF_INET,socket.SOCK_DGRAM)\ns.bind(('0.0.0.0',{port}))\ns.settimeout(20)\nd,a=s.recvfrom(100)\ns.sendto(a[0].encode(),a)\n"
+    );
+    let mut child = Command::new("ip")
+        .args(["netns", "exec", server_ns, "python3", "-c", &server])
+        .spawn()
+        .expect("python3 runs");
+    let client = format!(
+        "import socket,sys\ns=socket.socket(socket.AF_INET,socket.SOCK_DGRAM)\ns.settimeout(1)\nfor i in range(10):\n  s.sendto(b'x',('{server_ip}',{port}))\n  try:\n    print(s.recvfrom(100)[0].decode()); sys.exit(0)\n  except socket.timeout:\n    pass\nsys.exit(1)\n"
+    );
+    let o = Command::new("ip")
+        .args(["netns", "exec", client_ns, "python3", "-c", &client])
+        .output()
+        .expect("python3 runs");
+    let _ = child.kill();
+    let _ = child.wait();
+    String::from_utf8_lossy(&o.stdout).trim().to_string()
+}
+
+pub fn pings(ns: &str, ip: &str) -> bool {
+    in_ns(ns, &format!("ping -c1 -W1 {ip} >/dev/null 2>&1 || ping -c2 -W1 {ip}"))
+        .status
+        .success()
+}

@@ -10,7 +10,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use crate::nft;
 use crate::snapshot::{LinkSnap, PROTO_KERNEL, RouteSnap, Snapshot, TABLE_LOCAL};
 use crate::spec::naming::{bridge_mac, host_end_mac};
-use crate::spec::{Loc, Mode, Owner, PortKind as SpecPortKind, Spec, SpecError};
+use crate::spec::{Mode, Owner, PortKind as SpecPortKind, Spec, SpecError, path_join};
 use crate::state::{
     BridgeLink, GuestEnd, HostState, PortKind, PortLink, Route, UplinkLink,
     guest_alias, guest_ifname, parse_alias,
@@ -24,7 +24,7 @@ fn is_ours(l: &LinkSnap) -> bool {
 }
 
 fn conflict(spec: &Spec, path: String, message: String) -> SpecError {
-    let loc = spec.locs.get(&path).copied().unwrap_or(Loc { line: 1, col: 1 });
+    let loc = spec.loc(&path);
     SpecError { path, loc, message }
 }
 
@@ -84,7 +84,8 @@ pub fn desired(spec: &Spec, snap: &Snapshot) -> Result<HostState, Vec<SpecError>
     let foreign = |name: &str| snap.link(name).filter(|l| !is_ours(l));
 
     for net in spec.networks.values() {
-        let bpath = format!("networks.{}.bridge", net.name);
+        let npath = path_join("networks", &net.name);
+        let bpath = path_join(&npath, "bridge");
         if foreign(&net.bridge).is_some() {
             errors.push(conflict(
                 spec,
@@ -103,7 +104,7 @@ pub fn desired(spec: &Spec, snap: &Snapshot) -> Result<HostState, Vec<SpecError>
             addrs.push(gw);
         }
         if let Some(up) = &net.uplink {
-            let upath = format!("networks.{}.uplink", net.name);
+            let upath = path_join(&npath, "uplink");
             match snap.link(up) {
                 None => errors.push(conflict(
                     spec,
@@ -206,7 +207,7 @@ pub fn desired(spec: &Spec, snap: &Snapshot) -> Result<HostState, Vec<SpecError>
     let mut routed_ns = BTreeSet::new();
     for vm in spec.vms.values() {
         for port in &vm.ports {
-            let ppath = format!("vms.{}.ports[{}]", vm.name, port.index);
+            let ppath = format!("{}[{}]", path_join(&path_join("vms", &vm.name), "ports"), port.index);
             let Some(net) = spec.networks.get(&port.network) else {
                 continue;
             };
@@ -319,7 +320,7 @@ pub fn desired(spec: &Spec, snap: &Snapshot) -> Result<HostState, Vec<SpecError>
     let managed = managed_sysctls(spec);
     let in_netns = snap.scope != "host";
     for (k, v) in &managed {
-        let path = format!("host.sysctl.{k}");
+        let path = path_join("host.sysctl", k);
         if in_netns && !k.starts_with("net.") {
             errors.push(conflict(
                 spec,

@@ -5,6 +5,13 @@
 //! synchronously inside that call and queues one ack per message, so a window of requests costs
 //! one `sendmsg` plus reading the acks, instead of a send/receive round trip per request. The
 //! window is bounded so the queued acks always fit the (enlarged) receive buffer.
+//!
+//! Two kernel costs dominate at scale and are dodged here: a bridge enabling a port whose stale
+//! operstate still says "up" (see the sync RTM_GETLINK in `encode`), and the RCU barrier every
+//! single RTM_DELLINK pays ([`Netlink::delete_links`] deletes many links in one go).
+
+// An API module: the binary need not use every item.
+#![allow(dead_code)]
 
 use std::collections::HashMap;
 use std::fmt::Write as _;
@@ -66,6 +73,7 @@ const IFLA_STATS64: u16 = 23;
 const IFLA_NET_NS_FD: u16 = 28;
 const IFLA_LINK_NETNSID: u16 = 37;
 const IFLA_EXT_MASK: u16 = 29;
+const IFLA_GROUP: u16 = 27;
 const RTEXT_FILTER_SKIP_STATS: u32 = 1 << 3;
 
 const IFLA_INFO_KIND: u16 = 1;
@@ -122,9 +130,12 @@ pub const RTN_PROHIBIT: u8 = 8;
 pub const RT_TABLE_MAIN: u32 = 254;
 pub const RT_TABLE_LOCAL: u32 = 255;
 
-/// Requests per window in [`Netlink::execute`]. Each queued ack costs well under 1 KiB of
-/// receive buffer; 256 of them fit even the default buffer, and we ask for far more.
+/// Requests per window in [`Netlink::execute`], at most. Fewer when the receive buffer is
+/// small: see [`RCVBUF_PER_REQUEST`].
 const WINDOW: usize = 256;
+/// Receive buffer one request of a window may need for its answers (an ack of ~0.5-1 KiB
+/// truesize, plus for some SetLinks the reply to a sync RTM_GETLINK of ~2-3 KiB).
+const RCVBUF_PER_REQUEST: usize = 4096;
 /// Bytes per window (one `sendmsg`); kept under half the send buffer.
 const WINDOW_BYTES: usize = 128 * 1024;
 const SNDBUF: libc::c_int = 1 << 20;
@@ -461,7 +472,11 @@ fn describe_route(r: &RouteInfo, oif_name: Option<&str>) -> String {
             }
         }
     }
-    let _ = write!(s, " table {}", if r.table == 0 { RT_TABLE_MAIN } else { r.table });
+    let _ = write!(
+        s,
+        " table {}",
+        if r.table == 0 { RT_TABLE_MAIN } else { r.table }
+    );
     if let Some(p) = r.priority {
         let _ = write!(s, " metric {p}");
     }
@@ -476,7 +491,7 @@ struct MsgBuf {
 
 impl MsgBuf {
     fn align(&mut self) {
-        while self.buf.len() % 4 != 0 {
+        while !self.buf.len().is_multiple_of(4) {
             self.buf.push(0);
         }
     }
@@ -713,11 +728,7 @@ fn parse_link(p: &[u8]) -> Option<LinkInfo> {
             }
             IFLA_MTU => li.mtu = attr_u32(v).unwrap_or(0),
             IFLA_MASTER => li.master = attr_u32(v).filter(|&m| m != 0),
-            IFLA_OPERSTATE => {
-                if attr_u8(v) == Some(IF_OPER_UP) {
-                    li.oper_up = true;
-                }
-            }
+            IFLA_OPERSTATE if attr_u8(v) == Some(IF_OPER_UP) => li.oper_up = true,
             IFLA_IFALIAS => {
                 let a = attr_string(v);
                 li.alias = (!a.is_empty()).then_some(a);
@@ -755,9 +766,7 @@ fn parse_link(p: &[u8]) -> Option<LinkInfo> {
                             IFLA_TUN_GROUP => tun.group = attr_u32(d),
                             IFLA_TUN_TYPE => tun.tap = attr_u8(d) == Some(IFF_TAP),
                             IFLA_TUN_PERSIST => tun.persist = attr_u8(d).unwrap_or(0) != 0,
-                            IFLA_TUN_MULTI_QUEUE => {
-                                tun.multi_queue = attr_u8(d).unwrap_or(0) != 0
-                            }
+                            IFLA_TUN_MULTI_QUEUE => tun.multi_queue = attr_u8(d).unwrap_or(0) != 0,
                             _ => {}
                         }
                     }
@@ -871,7 +880,15 @@ fn getsockopt_int(fd: RawFd, level: libc::c_int, opt: libc::c_int) -> Option<lib
     let mut val: libc::c_int = 0;
     let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
     // SAFETY: val and len are valid for writing.
-    let r = unsafe { libc::getsockopt(fd, level, opt, (&mut val as *mut libc::c_int).cast(), &mut len) };
+    let r = unsafe {
+        libc::getsockopt(
+            fd,
+            level,
+            opt,
+            (&mut val as *mut libc::c_int).cast(),
+            &mut len,
+        )
+    };
     (r == 0).then_some(val)
 }
 
@@ -925,6 +942,8 @@ impl Netlink {
         }
         let sndbuf = getsockopt_int(raw, libc::SOL_SOCKET, libc::SO_SNDBUF).unwrap_or(200_000);
         let max_send = (sndbuf.max(65536) as usize / 2).min(WINDOW_BYTES);
+        let rcvbuf = getsockopt_int(raw, libc::SOL_SOCKET, libc::SO_RCVBUF).unwrap_or(200_000);
+        let window = (rcvbuf.max(0) as usize / RCVBUF_PER_REQUEST).clamp(8, WINDOW);
         Ok(Netlink {
             fd,
             seq: std::time::SystemTime::now()
@@ -936,7 +955,7 @@ impl Netlink {
             },
             rbuf: vec![0; RECV_BUF_LEN],
             max_send,
-            window: WINDOW,
+            window,
         })
     }
 
@@ -962,8 +981,8 @@ impl Netlink {
         res
     }
 
-    /// Requests per `sendmsg` in [`Netlink::execute`] (default 256; 1 means one round trip
-    /// per request).
+    /// Requests per `sendmsg` in [`Netlink::execute`] (default 256, less with a small
+    /// receive buffer; 1 means one round trip per request).
     pub fn set_window(&mut self, n: usize) {
         self.window = n.max(1);
     }
@@ -1129,7 +1148,12 @@ impl Netlink {
     }
 
     /// One RTM_GETLINK by name or index; Ok(None) if there is no such link.
-    fn get_link(&mut self, op: &str, index: u32, name: Option<&str>) -> Result<Option<LinkInfo>, NetlinkError> {
+    fn get_link(
+        &mut self,
+        op: &str,
+        index: u32,
+        name: Option<&str>,
+    ) -> Result<Option<LinkInfo>, NetlinkError> {
         let seq = self.next_seq();
         self.sbuf.buf.clear();
         let start = self.sbuf.begin(RTM_GETLINK, NLM_F_REQUEST, seq);
@@ -1153,10 +1177,11 @@ impl Netlink {
                 }
                 match m.ty {
                     NLMSG_ERROR => {
-                        let (errno, _, ext) = parse_error(&m).ok_or_else(|| NetlinkError::Protocol {
-                            op: op.to_string(),
-                            reason: "short error message".into(),
-                        })?;
+                        let (errno, _, ext) =
+                            parse_error(&m).ok_or_else(|| NetlinkError::Protocol {
+                                op: op.to_string(),
+                                reason: "short error message".into(),
+                            })?;
                         return match errno {
                             libc::ENODEV => Ok(None),
                             0 => Err(NetlinkError::Protocol {
@@ -1274,13 +1299,19 @@ impl Netlink {
             }
             Request::DelLink { .. } => {}
         }
-        if let Some(i) = req.link_index() {
-            if i > i32::MAX as u32 {
-                return Err(format!("link index {i} is out of range"));
-            }
+        if let Some(i) = req.link_index()
+            && i > i32::MAX as u32
+        {
+            return Err(format!("link index {i} is out of range"));
         }
         let mut seq = self.next_seq();
-        pending.insert(seq, Pending { req: idx, sync: false });
+        pending.insert(
+            seq,
+            Pending {
+                req: idx,
+                sync: false,
+            },
+        );
         let b = &mut self.sbuf;
         match req {
             Request::NewLink {
@@ -1381,7 +1412,13 @@ impl Netlink {
                     b.attr_u32(IFLA_EXT_MASK, RTEXT_FILTER_SKIP_STATS);
                     b.end(start);
                     seq = self.next_seq();
-                    pending.insert(seq, Pending { req: idx, sync: false });
+                    pending.insert(
+                        seq,
+                        Pending {
+                            req: idx,
+                            sync: false,
+                        },
+                    );
                 }
                 let b = &mut self.sbuf;
                 let start = b.begin(RTM_SETLINK, ack, seq);
@@ -1496,8 +1533,17 @@ impl Netlink {
                 i += 1;
             }
             self.send_window(&mut pending, &mut failures);
-            self.set_deferred_aliases(deferred, &mut failures);
+            self.finish_new_links(deferred, &mut failures);
         }
+        self.render(reqs, failures)
+    }
+
+    /// Turn per-request failures into results whose messages name the objects.
+    fn render(
+        &mut self,
+        reqs: &[Request],
+        failures: Vec<Option<Failure>>,
+    ) -> Vec<Result<(), NetlinkError>> {
         let mut names: HashMap<u32, Option<String>> = HashMap::new();
         let mut out = Vec::with_capacity(reqs.len());
         for (req, f) in reqs.iter().zip(failures) {
@@ -1509,18 +1555,16 @@ impl Netlink {
             let name = match req.link_index() {
                 Some(ix) => names
                     .entry(ix)
-                    .or_insert_with(|| {
-                        self.link_by_index(ix)
-                            .ok()
-                            .flatten()
-                            .map(|l| l.name)
-                    })
+                    .or_insert_with(|| self.link_by_index(ix).ok().flatten().map(|l| l.name))
                     .clone(),
                 None => None,
             };
             let op = req.describe(name.as_deref());
             out.push(Err(match f {
-                Failure::Kernel(errno, ext) => kernel_err(op, errno, ext),
+                Failure::Kernel(errno, ext, None) => kernel_err(op, errno, ext),
+                Failure::Kernel(errno, ext, Some(context)) => {
+                    kernel_err(format!("{op}: {context}"), errno, ext)
+                }
                 Failure::Send(errno) => NetlinkError::Kernel {
                     op: format!("{op}: send"),
                     source: io::Error::from_raw_os_error(errno),
@@ -1534,8 +1578,126 @@ impl Netlink {
         out
     }
 
+    /// Delete many links at once. One RTM_DELLINK per link costs the kernel an RCU barrier
+    /// each (~30 ms: 1,000 taps take half a minute); instead this tags the links with a
+    /// scratch link group (pipelined) and deletes that group with one RTM_DELLINK, which
+    /// unregisters them together. If the kernel refuses the group delete, falls back to one
+    /// DelLink per link. One result per index, in order; messages as for DelLink.
+    pub fn delete_links(&mut self, indexes: &[u32]) -> Vec<Result<(), NetlinkError>> {
+        let dels: Vec<Request> = indexes
+            .iter()
+            .map(|&index| Request::DelLink { index })
+            .collect();
+        if indexes.len() < 4 {
+            return self.execute(&dels);
+        }
+        let mut groups: HashMap<u32, u32> = HashMap::new();
+        let mut hdr = MsgBuf { buf: Vec::new() };
+        hdr.ifinfomsg(0, 0, 0);
+        let dumped = self.dump("list links", RTM_GETLINK, &hdr.buf, |p| {
+            if p.len() >= 16 {
+                let index = u32_at(p, 4);
+                let group = attrs(&p[16..])
+                    .find(|(t, _)| *t == IFLA_GROUP)
+                    .and_then(|(_, v)| attr_u32(v))
+                    .unwrap_or(0);
+                groups.insert(index, group);
+            }
+        });
+        if dumped.is_err() {
+            return self.execute(&dels);
+        }
+        let used: std::collections::HashSet<u32> = groups.values().copied().collect();
+        let mut group = 0x6b76_0000 | (std::process::id() & 0xffff);
+        while group == 0 || used.contains(&group) {
+            group = group.wrapping_add(1);
+        }
+        // Tag.
+        let mut failures: Vec<Option<Failure>> = (0..indexes.len()).map(|_| None).collect();
+        let mut i = 0;
+        while i < indexes.len() {
+            self.sbuf.buf.clear();
+            let mut pending = HashMap::new();
+            let mut count = 0;
+            while i < indexes.len() && count < self.window && self.sbuf.buf.len() < self.max_send {
+                let index = indexes[i];
+                if index == 0 || index > i32::MAX as u32 {
+                    failures[i] = Some(Failure::Invalid(format!(
+                        "link index {index} is out of range"
+                    )));
+                } else {
+                    let seq = self.next_seq();
+                    pending.insert(
+                        seq,
+                        Pending {
+                            req: i,
+                            sync: false,
+                        },
+                    );
+                    let start = self.sbuf.begin(RTM_SETLINK, NLM_F_REQUEST | NLM_F_ACK, seq);
+                    self.sbuf.ifinfomsg(index, 0, 0);
+                    self.sbuf.attr_u32(IFLA_GROUP, group);
+                    self.sbuf.end(start);
+                }
+                count += 1;
+                i += 1;
+            }
+            self.send_window(&mut pending, &mut failures);
+        }
+        // Delete the group.
+        let mut group_failure = vec![None];
+        self.sbuf.buf.clear();
+        let seq = self.next_seq();
+        let start = self.sbuf.begin(RTM_DELLINK, NLM_F_REQUEST | NLM_F_ACK, seq);
+        self.sbuf.ifinfomsg(0, 0, 0);
+        self.sbuf.attr_u32(IFLA_GROUP, group);
+        self.sbuf.end(start);
+        let mut pending = HashMap::from([(
+            seq,
+            Pending {
+                req: 0,
+                sync: false,
+            },
+        )]);
+        self.send_window(&mut pending, &mut group_failure);
+        let mut out = self.render(&dels, failures);
+        if group_failure[0].is_some() {
+            // One by one; put back the group of any link that still exists afterwards.
+            let tagged: Vec<usize> = (0..indexes.len()).filter(|&i| out[i].is_ok()).collect();
+            let reqs: Vec<Request> = tagged.iter().map(|&i| dels[i].clone()).collect();
+            let res = self.execute(&reqs);
+            self.sbuf.buf.clear();
+            let mut pending = HashMap::new();
+            for (&i, r) in tagged.iter().zip(res) {
+                if r.is_err() {
+                    let seq = self.next_seq();
+                    pending.insert(
+                        seq,
+                        Pending {
+                            req: i,
+                            sync: false,
+                        },
+                    );
+                    let start = self.sbuf.begin(RTM_SETLINK, NLM_F_REQUEST | NLM_F_ACK, seq);
+                    self.sbuf.ifinfomsg(indexes[i], 0, 0);
+                    let old = groups.get(&indexes[i]).copied().unwrap_or(0);
+                    self.sbuf.attr_u32(IFLA_GROUP, old);
+                    self.sbuf.end(start);
+                }
+                out[i] = r;
+            }
+            let mut ignore: Vec<Option<Failure>> = (0..indexes.len()).map(|_| None).collect();
+            self.send_window(&mut pending, &mut ignore);
+        }
+        out
+    }
+
     /// Send `sbuf` (the messages in `pending`) and collect the acks.
-    fn send_window(&mut self, pending: &mut HashMap<u32, Pending>, failures: &mut [Option<Failure>]) {
+    fn send_window(
+        &mut self,
+        pending: &mut HashMap<u32, Pending>,
+        failures: &mut [Option<Failure>],
+    ) {
         if pending.is_empty() {
             return;
         }
@@ -1551,38 +1713,67 @@ impl Netlink {
     }
 
     /// Finish links created successfully in the last window (aliases, veth peers up): by
-    /// name, through this socket or, for a veth peer created in another namespace, one opened
-    /// there.
-    fn set_deferred_aliases(&mut self, deferred: Vec<Deferred>, failures: &mut [Option<Failure>]) {
-        let (local, remote): (Vec<_>, Vec<_>) = deferred
-            .into_iter()
-            .filter(|d| failures[d.req].is_none())
-            .partition(|d| d.netns_fd.is_none());
-        if !local.is_empty() {
-            self.sbuf.buf.clear();
-            let mut pending = HashMap::new();
-            for d in &local {
-                let seq = self.next_seq();
-                pending.insert(seq, Pending { req: d.req, sync: false });
-                set_by_name(&mut self.sbuf, seq, d);
+    /// name, through this socket or, for a veth peer created in another namespace, through one
+    /// opened there (one per namespace).
+    fn finish_new_links(&mut self, deferred: Vec<Deferred>, failures: &mut [Option<Failure>]) {
+        let mut by_ns: Vec<(Option<RawFd>, Vec<Deferred>)> = Vec::new();
+        for d in deferred.into_iter().filter(|d| failures[d.req].is_none()) {
+            match by_ns.iter_mut().find(|(fd, _)| *fd == d.netns_fd) {
+                Some((_, v)) => v.push(d),
+                None => by_ns.push((d.netns_fd, vec![d])),
             }
-            self.send_window(&mut pending, failures);
         }
-        for d in remote {
-            let fd = d.netns_fd.unwrap_or(-1);
-            match Netlink::open_in(fd) {
-                Ok(mut nl) => {
-                    nl.sbuf.buf.clear();
-                    let seq = nl.next_seq();
-                    set_by_name(&mut nl.sbuf, seq, &d);
-                    let mut pending = HashMap::from([(seq, Pending { req: d.req, sync: false })]);
-                    nl.send_window(&mut pending, failures);
-                }
-                Err(e) => {
-                    failures[d.req] = Some(Failure::Other(format!(
-                        "configure veth peer {} in its namespace: {e}",
-                        d.name
-                    )));
+        for (fd, items) in by_ns {
+            let mut other;
+            let nl = match fd {
+                None => &mut *self,
+                Some(fd) => match Netlink::open_in(fd) {
+                    Ok(n) => {
+                        other = n;
+                        &mut other
+                    }
+                    Err(e) => {
+                        for d in items {
+                            failures[d.req] = Some(Failure::Other(format!(
+                                "created, but cannot reach the namespace of veth peer {} to \
+                                 {}: {e}",
+                                d.name,
+                                d.what()
+                            )));
+                        }
+                        continue;
+                    }
+                },
+            };
+            nl.sbuf.buf.clear();
+            let mut pending = HashMap::new();
+            for d in &items {
+                let seq = nl.next_seq();
+                pending.insert(
+                    seq,
+                    Pending {
+                        req: d.req,
+                        sync: false,
+                    },
+                );
+                set_by_name(&mut nl.sbuf, seq, d);
+            }
+            let mut scratch: Vec<Option<Failure>> = (0..failures.len()).map(|_| None).collect();
+            nl.send_window(&mut pending, &mut scratch);
+            for d in &items {
+                if let Some(f) = scratch[d.req].take() {
+                    let context =
+                        format!("created, but could not {} {} afterwards", d.what(), d.name);
+                    failures[d.req] = Some(match f {
+                        Failure::Kernel(errno, ext, _) => {
+                            Failure::Kernel(errno, ext, Some(context))
+                        }
+                        Failure::Send(errno) => Failure::Kernel(errno, None, Some(context)),
+                        Failure::Lost => Failure::Other(format!(
+                            "{context}: no acknowledgement (receive buffer overrun)"
+                        )),
+                        other => other,
+                    });
                 }
             }
         }
@@ -1591,7 +1782,11 @@ impl Netlink {
     /// Read acks until every sequence number in `pending` is answered. The kernel has already
     /// processed the whole window when `sendmsg` returned, so on an overrun the missing acks
     /// are gone for good: drain what is queued and mark the rest as lost.
-    fn collect_acks(&mut self, pending: &mut HashMap<u32, Pending>, failures: &mut [Option<Failure>]) {
+    fn collect_acks(
+        &mut self,
+        pending: &mut HashMap<u32, Pending>,
+        failures: &mut [Option<Failure>],
+    ) {
         let mut overrun = false;
         while !pending.is_empty() {
             let n = match self.recv(overrun) {
@@ -1628,7 +1823,7 @@ impl Netlink {
                             continue;
                         };
                         if errno != 0 && !p.sync {
-                            failures[p.req].get_or_insert(Failure::Kernel(errno, ext));
+                            failures[p.req].get_or_insert(Failure::Kernel(errno, ext, None));
                         }
                     }
                     _ => {}
@@ -1648,8 +1843,19 @@ struct Deferred {
     up: bool,
 }
 
+impl Deferred {
+    fn what(&self) -> &'static str {
+        match (&self.alias, self.up) {
+            (Some(_), true) => "set the alias of and bring up",
+            (Some(_), false) => "set the alias of",
+            _ => "bring up",
+        }
+    }
+}
+
 enum Failure {
-    Kernel(i32, Option<String>),
+    /// errno, extended ack, what had already happened (for a deferred step).
+    Kernel(i32, Option<String>, Option<String>),
     Send(i32),
     Lost,
     Invalid(String),

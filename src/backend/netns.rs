@@ -5,6 +5,9 @@
 //! the calling thread for good, [`with_netns`] moves it for the span of a closure. A netlink or
 //! tun file descriptor opened inside stays bound to that namespace after switching back.
 
+// An API module: the binary need not use every item.
+#![allow(dead_code)]
+
 use std::ffi::CString;
 use std::fs::{File, OpenOptions};
 use std::io;
@@ -78,7 +81,10 @@ fn last_err() -> io::Error {
 fn prepare_run_dir() -> Result<(), NetnsError> {
     let dir = Path::new(NETNS_RUN_DIR);
     if let Err(e) = std::fs::create_dir_all(dir) {
-        return Err(NetnsError::sys(format!("create directory {NETNS_RUN_DIR}"), e));
+        return Err(NetnsError::sys(
+            format!("create directory {NETNS_RUN_DIR}"),
+            e,
+        ));
     }
     let c = cpath(dir);
     let none = c"none";
@@ -138,13 +144,15 @@ pub fn create(name: &str) -> Result<(), NetnsError> {
         .read(true)
         .write(true)
         .create_new(true)
-        .mode(0)
+        .mode(0o0)
         .custom_flags(libc::O_CLOEXEC)
         .open(&p)
     {
         Ok(f) => drop(f),
         Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
-            return Err(NetnsError::Exists { name: name.to_string() });
+            return Err(NetnsError::Exists {
+                name: name.to_string(),
+            });
         }
         Err(e) => {
             return Err(NetnsError::sys(
@@ -240,7 +248,9 @@ pub fn delete(name: &str) -> Result<(), NetnsError> {
     check_name(name)?;
     let p = path(name);
     if !p.exists() {
-        return Err(NetnsError::NotFound { name: name.to_string() });
+        return Err(NetnsError::NotFound {
+            name: name.to_string(),
+        });
     }
     let c = cpath(&p);
     // SAFETY: valid C string.
@@ -268,7 +278,9 @@ pub fn open(name: &str) -> Result<OwnedFd, NetnsError> {
     let p = path(name);
     match File::open(&p) {
         Ok(f) => Ok(f.into()),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Err(NetnsError::NotFound { name: name.to_string() }),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Err(NetnsError::NotFound {
+            name: name.to_string(),
+        }),
         Err(e) => Err(NetnsError::sys(
             format!("open network namespace {name} ({})", p.display()),
             e,

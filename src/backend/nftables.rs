@@ -18,7 +18,9 @@ pub enum NftError {
 
 fn nft() -> Command {
     let mut c = Command::new("nft");
-    c.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
+    c.stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
     c
 }
 

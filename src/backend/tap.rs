@@ -3,6 +3,9 @@
 //! `-netdev tap,ifname=NAME,script=no,downscript=no[,queues=N]`; it must ask for multi-queue
 //! exactly when the tap was created multi-queue (QEMU does so for `queues` > 1).
 
+// An API module: the binary need not use every item.
+#![allow(dead_code)]
+
 use std::ffi::CString;
 use std::fs::OpenOptions;
 use std::io;

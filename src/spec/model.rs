@@ -39,7 +39,10 @@ impl Ipv4Cidr {
     }
     /// The subnet this address belongs to, host bits cleared.
     pub fn network(&self) -> Ipv4Cidr {
-        Ipv4Cidr::new(Ipv4Addr::from(u32::from(self.addr) & self.netmask()), self.prefix)
+        Ipv4Cidr::new(
+            Ipv4Addr::from(u32::from(self.addr) & self.netmask()),
+            self.prefix,
+        )
     }
     pub fn broadcast(&self) -> Ipv4Addr {
         Ipv4Addr::from(u32::from(self.addr) | !self.netmask())
@@ -69,9 +72,11 @@ impl std::str::FromStr for Ipv4Cidr {
         let addr: Ipv4Addr = a
             .parse()
             .map_err(|_| format!("'{a}' is not an IPv4 address"))?;
+        let digits = !p.is_empty() && p.len() <= 2 && p.bytes().all(|b| b.is_ascii_digit());
         let prefix: u8 = p
             .parse()
             .ok()
+            .filter(|_| digits && !(p.len() > 1 && p.starts_with('0')))
             .filter(|p| *p <= 32)
             .ok_or_else(|| format!("'{p}' is not a prefix length between 0 and 32"))?;
         Ok(Ipv4Cidr { addr, prefix })
@@ -112,7 +117,7 @@ impl std::str::FromStr for Mac {
         }
         let mut out = [0u8; 6];
         for (i, p) in parts.iter().enumerate() {
-            if p.len() != 2 {
+            if p.len() != 2 || !p.bytes().all(|b| b.is_ascii_hexdigit()) {
                 return Err(bad());
             }
             out[i] = u8::from_str_radix(p, 16).map_err(|_| bad())?;
@@ -232,4 +237,25 @@ pub struct Port {
     pub queues: u32,
     /// veth: the namespace that receives the far end.
     pub netns: Option<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn strict_address_forms() {
+        assert!("10.0.0.1/24".parse::<Ipv4Cidr>().is_ok());
+        for bad in ["10.0.0.1/+24", "10.0.0.1/024", "10.0.0.1/33", "10.0.0.1/", "10.0.0.1"] {
+            assert!(bad.parse::<Ipv4Cidr>().is_err(), "{bad}");
+        }
+        assert!("52:54:00:aa:bb:cc".parse::<Mac>().is_ok());
+        for bad in ["52:54:00:aa:bb:+c", "52:54:00:aa:bb", "52-54-00-aa-bb-cc"] {
+            assert!(bad.parse::<Mac>().is_err(), "{bad}");
+        }
+        let c: Ipv4Cidr = "192.168.122.77/24".parse().unwrap();
+        assert_eq!(c.network().to_string(), "192.168.122.0/24");
+        assert_eq!(c.broadcast().to_string(), "192.168.122.255");
+        assert!(c.overlaps(&"192.168.0.0/16".parse().unwrap()));
+    }
 }

@@ -109,7 +109,9 @@ fn main() {
         kv_noop.push(timed(&mut run(&["apply", sp, "--netns", &ns])));
         if nft_text.is_empty() {
             let o = Command::new("ip")
-                .args(["netns", "exec", &ns, "nft", "list", "table", "inet", "kvmnet"])
+                .args([
+                    "netns", "exec", &ns, "nft", "list", "table", "inet", "kvmnet",
+                ])
                 .output()
                 .unwrap();
             nft_text = String::from_utf8_lossy(&o.stdout).into_owned();
@@ -134,14 +136,30 @@ fn main() {
         sh(&format!("ip netns del {ns}"));
     }
     let _ = std::fs::remove_dir_all(&dir);
-    let (a, n, d, b) = (median(kv_apply), median(kv_noop), median(kv_destroy), median(base));
-    println!("apply of one NAT network with {ports} tap ports, median of {rounds} rounds, fresh namespace each");
+    let (a, n, d, b) = (
+        median(kv_apply),
+        median(kv_noop),
+        median(kv_destroy),
+        median(base),
+    );
+    println!(
+        "apply of one NAT network with {ports} tap ports, median of {rounds} rounds, fresh namespace each"
+    );
     println!();
     println!("| what | time |");
     println!("|---|---|");
-    println!("| `ip -batch` + `nft -f` (lower bound) | {:.1} ms |", b.as_secs_f64() * 1e3);
+    println!(
+        "| `ip -batch` + `nft -f` (lower bound) | {:.1} ms |",
+        b.as_secs_f64() * 1e3
+    );
     println!("| `kvmnet apply` | {:.1} ms |", a.as_secs_f64() * 1e3);
-    println!("| ratio kvmnet / lower bound | {:.2}x |", a.as_secs_f64() / b.as_secs_f64());
-    println!("| `kvmnet apply` again, nothing to change | {:.1} ms |", n.as_secs_f64() * 1e3);
+    println!(
+        "| ratio kvmnet / lower bound | {:.2}x |",
+        a.as_secs_f64() / b.as_secs_f64()
+    );
+    println!(
+        "| `kvmnet apply` again, nothing to change | {:.1} ms |",
+        n.as_secs_f64() * 1e3
+    );
     println!("| `kvmnet destroy` | {:.1} ms |", d.as_secs_f64() * 1e3);
 }

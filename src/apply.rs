@@ -4,11 +4,11 @@
 
 use std::collections::HashMap;
 
-use crate::backend::netlink::{NetlinkError, NewLinkKind, Netlink, Request, RouteInfo};
+use crate::backend::netlink::{Netlink, NetlinkError, NewLinkKind, Request, RouteInfo};
 use crate::backend::{netns, nftables, sysctl, tap};
 use crate::observe::netns_mark;
 use crate::plan::Step;
-use crate::state::{PortKind, PortLink, Route, guest_alias, parse_alias};
+use crate::state::{Addr, PortKind, PortLink, Route, guest_alias, parse_alias};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApplyError {
@@ -205,10 +205,10 @@ impl Kernel {
             priority: None,
             prefsrc: None,
         };
-        if old_gw != guest.gateway {
-            if let Some(gw) = old_gw {
-                reqs.push(Request::DelRoute(default(gw)));
-            }
+        if old_gw != guest.gateway
+            && let Some(gw) = old_gw
+        {
+            reqs.push(Request::DelRoute(default(gw)));
         }
         if old_addr != guest.addr {
             if let Some(a) = old_addr {
@@ -221,13 +221,14 @@ impl Kernel {
                 reqs.push(Request::NewAddr {
                     index: link.index,
                     addr: a,
+                    broadcast: Addr::with_standard_broadcast(a).broadcast,
                 });
             }
         }
-        if old_gw != guest.gateway {
-            if let Some(gw) = guest.gateway {
-                reqs.push(Request::NewRoute(default(gw)));
-            }
+        if old_gw != guest.gateway
+            && let Some(gw) = guest.gateway
+        {
+            reqs.push(Request::NewRoute(default(gw)));
         }
         for r in nl.execute(&reqs) {
             r?;
@@ -252,7 +253,10 @@ impl Kernel {
             });
         }
         if let Err(e) = self.refresh_index() {
-            return ports.iter().map(|_| Err(ApplyError::NoSuchLink(e.to_string()))).collect();
+            return ports
+                .iter()
+                .map(|_| Err(ApplyError::NoSuchLink(e.to_string())))
+                .collect();
         }
         let mut reqs = Vec::new();
         let mut owners = Vec::new();
@@ -332,7 +336,10 @@ impl Kernel {
         let mut reqs = Vec::new();
         let mut owners = Vec::new();
         if let Err(e) = self.refresh_index() {
-            return names.iter().map(|_| Err(ApplyError::NoSuchLink(e.to_string()))).collect();
+            return names
+                .iter()
+                .map(|_| Err(ApplyError::NoSuchLink(e.to_string())))
+                .collect();
         }
         for (i, n) in names.iter().enumerate() {
             if !self.deletable.contains(*n) {
@@ -345,14 +352,16 @@ impl Kernel {
             }
             match self.idx(n) {
                 Ok(index) => {
-                    reqs.push(Request::DelLink { index });
+                    reqs.push(index);
                     owners.push(i);
                     results.push(Ok(()));
                 }
                 Err(e) => results.push(Err(e)),
             }
         }
-        for (i, r) in owners.into_iter().zip(self.nl.execute(&reqs)) {
+        // One group delete instead of one request per link: the kernel then waits for RCU
+        // once, not once per device (1,000 ports: well under a second instead of ~20 s).
+        for (i, r) in owners.into_iter().zip(self.nl.delete_links(&reqs)) {
             if let Err(e) = r {
                 results[i] = Err(e.into());
             }
@@ -447,11 +456,24 @@ impl Kernel {
             }
             Step::AddAddr { dev, addr } => {
                 let index = self.idx(dev)?;
-                Self::one(&mut self.nl, Request::NewAddr { index, addr: *addr })
+                Self::one(
+                    &mut self.nl,
+                    Request::NewAddr {
+                        index,
+                        addr: addr.cidr,
+                        broadcast: addr.broadcast,
+                    },
+                )
             }
             Step::DelAddr { dev, addr } => {
                 let index = self.idx(dev)?;
-                Self::one(&mut self.nl, Request::DelAddr { index, addr: *addr })
+                Self::one(
+                    &mut self.nl,
+                    Request::DelAddr {
+                        index,
+                        addr: addr.cidr,
+                    },
+                )
             }
             Step::AddRoute { dev, route } => {
                 let index = self.idx(dev)?;

@@ -17,7 +17,11 @@ use crate::spec::{self, Spec, SpecError};
 use crate::status;
 
 #[derive(Parser)]
-#[command(name = "kvmnet", version, about = "Declarative networking for KVM hosts")]
+#[command(
+    name = "kvmnet",
+    version,
+    about = "Declarative networking for KVM hosts"
+)]
 pub struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -73,7 +77,10 @@ enum Fail {
 
 fn print_errors(file: &str, errors: &[SpecError], as_json: bool) {
     for e in errors {
-        eprintln!("{file}:{}:{}: {}: {}", e.loc.line, e.loc.col, e.path, e.message);
+        eprintln!(
+            "{file}:{}:{}: {}: {}",
+            e.loc.line, e.loc.col, e.path, e.message
+        );
     }
     if as_json {
         let v: Vec<_> = errors
@@ -191,10 +198,13 @@ fn execute(p: Planned, scope: &str, as_json: bool) -> Result<(), Fail> {
     let before = sd.load().map_err(|e| Fail::Runtime(e.to_string()))?;
     let mut during = before.clone();
     for s in &p.plan.steps {
-        if let Step::SetSysctl { key, from, .. } = s {
-            if p.managed.contains(key) {
-                during.sysctl_originals.entry(key.clone()).or_insert(from.clone());
-            }
+        if let Step::SetSysctl { key, from, .. } = s
+            && p.managed.contains(key)
+        {
+            during
+                .sysctl_originals
+                .entry(key.clone())
+                .or_insert(from.clone());
         }
     }
     if during != before {
@@ -223,7 +233,10 @@ fn execute(p: Planned, scope: &str, as_json: bool) -> Result<(), Fail> {
             let mut msg = format!(
                 "step {} ({}) failed: {}; the {} steps before it were rolled back",
                 f.step,
-                p.plan.steps.get(f.step.saturating_sub(1)).map_or(String::new(), |s| s.to_string()),
+                p.plan
+                    .steps
+                    .get(f.step.saturating_sub(1))
+                    .map_or(String::new(), |s| s.to_string()),
                 f.error,
                 f.step.saturating_sub(1)
             );

@@ -12,8 +12,8 @@ use crate::snapshot::{LinkSnap, PROTO_KERNEL, RouteSnap, Snapshot, TABLE_LOCAL};
 use crate::spec::naming::{bridge_mac, host_end_mac};
 use crate::spec::{Mode, Owner, PortKind as SpecPortKind, Spec, SpecError, path_join};
 use crate::state::{
-    BridgeLink, GuestEnd, HostState, PortKind, PortLink, Route, UplinkLink,
-    guest_alias, guest_ifname, parse_alias,
+    Addr, BridgeLink, GuestEnd, HostState, PortKind, PortLink, Route, UplinkLink, guest_alias,
+    guest_ifname, parse_alias,
 };
 
 pub const IP_FORWARD: &str = "net.ipv4.ip_forward";
@@ -49,11 +49,14 @@ pub fn movable_routes(snap: &[RouteSnap], dev: &str) -> Vec<Route> {
         .collect()
 }
 
-pub fn addrs_of(snap: &Snapshot, dev: &str) -> Vec<crate::spec::Ipv4Cidr> {
+pub fn addrs_of(snap: &Snapshot, dev: &str) -> Vec<Addr> {
     snap.addrs
         .iter()
         .filter(|a| a.dev == dev)
-        .map(|a| a.addr)
+        .map(|a| Addr {
+            cidr: a.addr,
+            broadcast: a.broadcast,
+        })
         .collect()
 }
 
@@ -101,7 +104,7 @@ pub fn desired(spec: &Spec, snap: &Snapshot) -> Result<HostState, Vec<SpecError>
         let mut addrs = Vec::new();
         let mut routes = Vec::new();
         if let Some(gw) = net.ipv4 {
-            addrs.push(gw);
+            addrs.push(Addr::with_standard_broadcast(gw));
         }
         if let Some(up) = &net.uplink {
             let upath = path_join(&npath, "uplink");
@@ -179,11 +182,16 @@ pub fn desired(spec: &Spec, snap: &Snapshot) -> Result<HostState, Vec<SpecError>
     // Uplinks of bridges that are going away (or that lost their uplink) are released and get
     // back the addresses and routes the bridge took from them.
     for l in &snap.links {
-        let Some(m) = l.master.as_deref() else { continue };
+        let Some(m) = l.master.as_deref() else {
+            continue;
+        };
         if is_ours(l) || st.uplinks.contains_key(&l.name) {
             continue;
         }
-        if !snap.link(m).is_some_and(|b| b.kind == "bridge" && is_ours(b)) {
+        if !snap
+            .link(m)
+            .is_some_and(|b| b.kind == "bridge" && is_ours(b))
+        {
             continue;
         }
         let mut addrs = addrs_of(snap, &l.name);
@@ -207,7 +215,11 @@ pub fn desired(spec: &Spec, snap: &Snapshot) -> Result<HostState, Vec<SpecError>
     let mut routed_ns = BTreeSet::new();
     for vm in spec.vms.values() {
         for port in &vm.ports {
-            let ppath = format!("{}[{}]", path_join(&path_join("vms", &vm.name), "ports"), port.index);
+            let ppath = format!(
+                "{}[{}]",
+                path_join(&path_join("vms", &vm.name), "ports"),
+                port.index
+            );
             let Some(net) = spec.networks.get(&port.network) else {
                 continue;
             };
@@ -325,7 +337,9 @@ pub fn desired(spec: &Spec, snap: &Snapshot) -> Result<HostState, Vec<SpecError>
             errors.push(conflict(
                 spec,
                 path,
-                format!("'{k}' is not per network namespace; only net.* sysctls can be set with --netns"),
+                format!(
+                    "'{k}' is not per network namespace; only net.* sysctls can be set with --netns"
+                ),
             ));
             continue;
         }
@@ -336,7 +350,10 @@ pub fn desired(spec: &Spec, snap: &Snapshot) -> Result<HostState, Vec<SpecError>
             _ => errors.push(conflict(
                 spec,
                 path,
-                format!("no sysctl '{k}' here (/proc/sys/{} does not exist)", k.replace('.', "/")),
+                format!(
+                    "no sysctl '{k}' here (/proc/sys/{} does not exist)",
+                    k.replace('.', "/")
+                ),
             )),
         }
     }
@@ -390,11 +407,7 @@ pub fn observed(
                 let g = snap.netns.get(&netns).and_then(|g| {
                     let mark = guest_alias(&l.name);
                     let link = g.links.iter().find(|x| x.alias.as_deref() == Some(&mark))?;
-                    let addr = g
-                        .addrs
-                        .iter()
-                        .find(|a| a.dev == link.name)
-                        .map(|a| a.addr);
+                    let addr = g.addrs.iter().find(|a| a.dev == link.name).map(|a| a.addr);
                     let gateway = g
                         .routes
                         .iter()
@@ -447,7 +460,10 @@ pub fn observed(
         if is_ours(l) {
             continue;
         }
-        let enslaved = l.master.as_ref().is_some_and(|m| st.bridges.contains_key(m));
+        let enslaved = l
+            .master
+            .as_ref()
+            .is_some_and(|m| st.bridges.contains_key(m));
         if enslaved || uplinks.contains(&l.name) {
             st.uplinks.insert(
                 l.name.clone(),
@@ -466,7 +482,8 @@ pub fn observed(
         .collect();
     for d in devs {
         st.addrs.insert(d.clone(), addrs_of(snap, &d));
-        st.routes.insert(d.clone(), movable_routes(&snap.routes, &d));
+        st.routes
+            .insert(d.clone(), movable_routes(&snap.routes, &d));
     }
     st.netns = snap
         .netns

@@ -145,13 +145,12 @@ pub fn parse_listing(text: &str) -> NftTable {
     for line in text.lines() {
         let t = line.trim();
         if let Some(rest) = t.strip_prefix("comment \"") {
-            if !in_chain {
-                if let Some(h) = rest
+            if !in_chain
+                && let Some(h) = rest
                     .trim_end_matches('"')
                     .strip_prefix(&format!("{TABLE} "))
-                {
-                    hash = h.to_string();
-                }
+            {
+                hash = h.to_string();
             }
         } else if let Some(rest) = t.strip_prefix("chain ") {
             let name = rest.trim_end_matches('{').trim().to_string();
@@ -164,10 +163,9 @@ pub fn parse_listing(text: &str) -> NftTable {
             && !t.starts_with("type ")
             && !t.starts_with("policy ")
             && !t.starts_with("comment ")
+            && let Some(last) = shape.last_mut()
         {
-            if let Some(last) = shape.last_mut() {
-                last.1 += 1;
-            }
+            last.1 += 1;
         }
     }
     NftTable {

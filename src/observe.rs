@@ -29,10 +29,8 @@ pub fn netns_mark(scope: &str) -> String {
     format!("{MARK} guest-of={scope}")
 }
 
-/// Links, addresses and routes of the namespace the socket lives in.
-pub fn read_links(
-    nl: &mut Netlink,
-) -> Result<(Vec<LinkSnap>, Vec<AddrSnap>, Vec<RouteSnap>), NetlinkError> {
+/// Links, addresses and routes of the namespace the socket lives in (`owned` left false).
+pub fn read_links(nl: &mut Netlink) -> Result<NetnsSnap, NetlinkError> {
     let links = nl.links()?;
     let names: HashMap<u32, String> = links.iter().map(|l| (l.index, l.name.clone())).collect();
     let snaps = links.iter().map(|l| link_snap(l, &names)).collect();
@@ -43,6 +41,7 @@ pub fn read_links(
             Some(AddrSnap {
                 dev: names.get(&a.index)?.clone(),
                 addr: a.addr,
+                broadcast: a.broadcast,
             })
         })
         .collect();
@@ -63,7 +62,12 @@ pub fn read_links(
             })
         })
         .collect();
-    Ok((snaps, addrs, routes))
+    Ok(NetnsSnap {
+        owned: false,
+        links: snaps,
+        addrs,
+        routes,
+    })
 }
 
 fn link_snap(l: &LinkInfo, names: &HashMap<u32, String>) -> LinkSnap {
@@ -88,20 +92,16 @@ fn link_snap(l: &LinkInfo, names: &HashMap<u32, String>) -> LinkSnap {
 }
 
 fn read_netns(name: &str, scope: &str) -> Result<NetnsSnap, ObserveError> {
-    let (links, addrs, routes) = netns::with_netns(name, || -> Result<_, NetlinkError> {
+    let mut snap = netns::with_netns(name, || -> Result<_, NetlinkError> {
         let mut nl = Netlink::open()?;
         read_links(&mut nl)
     })??;
     let mark = netns_mark(scope);
-    let owned = links
+    snap.owned = snap
+        .links
         .iter()
         .any(|l| l.name == "lo" && l.alias.as_deref() == Some(mark.as_str()));
-    Ok(NetnsSnap {
-        owned,
-        links,
-        addrs,
-        routes,
-    })
+    Ok(snap)
 }
 
 /// Names under /run/netns (the namespaces `ip netns` knows).
@@ -133,7 +133,12 @@ impl Observer {
     /// Everything the pure layers need to plan `spec` (or a destroy when `spec` is `None`).
     pub fn snapshot(&self, spec: Option<&Spec>) -> Result<Snapshot, ObserveError> {
         let mut nl = Netlink::open()?;
-        let (links, addrs, routes) = read_links(&mut nl)?;
+        let NetnsSnap {
+            links,
+            addrs,
+            routes,
+            ..
+        } = read_links(&mut nl)?;
 
         // Guest namespaces: those the spec names, those our veth ports point to, and any
         // namespace whose loopback carries our mark for this scope.
@@ -148,7 +153,12 @@ impl Observer {
             }
         }
         for l in &links {
-            if let Some(ns) = l.alias.as_deref().and_then(parse_alias).and_then(|a| a.netns) {
+            if let Some(ns) = l
+                .alias
+                .as_deref()
+                .and_then(parse_alias)
+                .and_then(|a| a.netns)
+            {
                 guests.insert(ns);
             }
         }
@@ -182,10 +192,10 @@ impl Observer {
             keys.extend(managed_sysctls(spec).into_keys());
             for vm in spec.vms.values() {
                 for p in &vm.ports {
-                    if let (PortKind::Tap, Some(Owner::User(u))) = (p.kind, &p.owner) {
-                        if let Some(uid) = tap::uid_of(u) {
-                            users.insert(u.clone(), uid);
-                        }
+                    if let (PortKind::Tap, Some(Owner::User(u))) = (p.kind, &p.owner)
+                        && let Some(uid) = tap::uid_of(u)
+                    {
+                        users.insert(u.clone(), uid);
                     }
                 }
             }

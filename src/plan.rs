@@ -6,8 +6,7 @@ use std::fmt;
 use serde_json::{Value, json};
 
 use crate::nft::NftTable;
-use crate::spec::Ipv4Cidr;
-use crate::state::{BridgeLink, HostState, PortKind, PortLink, Route};
+use crate::state::{Addr, BridgeLink, HostState, PortKind, PortLink, Route};
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Step {
@@ -15,25 +14,47 @@ pub enum Step {
     DeleteNetns(String),
     CreateBridge(BridgeLink),
     DeleteBridge(BridgeLink),
-    UpdateBridge { from: BridgeLink, to: BridgeLink },
+    UpdateBridge {
+        from: BridgeLink,
+        to: BridgeLink,
+    },
     /// Enslave a foreign uplink to a bridge, or release it.
     SetMaster {
         link: String,
         from: Option<String>,
         to: Option<String>,
     },
-    AddAddr { dev: String, addr: Ipv4Cidr },
-    DelAddr { dev: String, addr: Ipv4Cidr },
-    AddRoute { dev: String, route: Route },
-    DelRoute { dev: String, route: Route },
+    AddAddr {
+        dev: String,
+        addr: Addr,
+    },
+    DelAddr {
+        dev: String,
+        addr: Addr,
+    },
+    AddRoute {
+        dev: String,
+        route: Route,
+    },
+    DelRoute {
+        dev: String,
+        route: Route,
+    },
     CreatePort(PortLink),
     DeletePort(PortLink),
-    UpdatePort { from: PortLink, to: PortLink },
+    UpdatePort {
+        from: PortLink,
+        to: PortLink,
+    },
     SetNft {
         from: Option<NftTable>,
         to: Option<NftTable>,
     },
-    SetSysctl { key: String, from: String, to: String },
+    SetSysctl {
+        key: String,
+        from: String,
+        to: String,
+    },
 }
 
 impl Step {
@@ -102,7 +123,7 @@ impl Step {
             CreateBridge(b) | DeleteBridge(b) => b.name.clone(),
             UpdateBridge { to, .. } => to.name.clone(),
             SetMaster { link, .. } => link.clone(),
-            AddAddr { dev, addr } | DelAddr { dev, addr } => format!("{addr} dev {dev}"),
+            AddAddr { dev, addr } | DelAddr { dev, addr } => format!("{} dev {dev}", addr.cidr),
             AddRoute { dev, route } | DelRoute { dev, route } => format!("{route} dev {dev}"),
             CreatePort(p) | DeletePort(p) => p.name.clone(),
             UpdatePort { to, .. } => to.name.clone(),
@@ -131,7 +152,11 @@ impl Step {
             }
             AddAddr { dev, addr } | DelAddr { dev, addr } => {
                 o.insert("dev".into(), json!(dev));
-                o.insert("address".into(), json!(addr.to_string()));
+                o.insert("address".into(), json!(addr.cidr.to_string()));
+                o.insert(
+                    "broadcast".into(),
+                    json!(addr.broadcast.map(|b| b.to_string())),
+                );
             }
             AddRoute { dev, route } | DelRoute { dev, route } => {
                 o.insert("dev".into(), json!(dev));
@@ -236,7 +261,13 @@ impl fmt::Display for Step {
         match self {
             CreateBridge(b) => write!(f, " (network {}, mac {}, mtu {})", b.network, b.mac, b.mtu),
             CreatePort(p) => {
-                write!(f, " (vm {}, bridge {}, mtu {}", p.vm, p.master.as_deref().unwrap_or("-"), p.mtu)?;
+                write!(
+                    f,
+                    " (vm {}, bridge {}, mtu {}",
+                    p.vm,
+                    p.master.as_deref().unwrap_or("-"),
+                    p.mtu
+                )?;
                 match &p.kind {
                     PortKind::Tap { owner, multi_queue } => {
                         if let Some(o) = owner {
@@ -264,6 +295,13 @@ impl fmt::Display for Step {
                 to.as_deref().unwrap_or("(none)")
             ),
             SetSysctl { from, to, .. } => write!(f, ": {from} -> {to}"),
+            AddAddr { addr, .. } | DelAddr { addr, .. } => {
+                let full = addr.to_string();
+                match full.strip_prefix(&addr.cidr.to_string()) {
+                    Some(extra) if !extra.is_empty() => write!(f, "{extra}"),
+                    _ => Ok(()),
+                }
+            }
             SetNft { to: Some(t), .. } => {
                 let rules: usize = t.shape.iter().map(|(_, n)| n).sum();
                 write!(f, " ({rules} rules)")
@@ -434,14 +472,14 @@ pub fn diff(want: &HostState, have: &HostState) -> Plan {
     }
 
     for (k, v) in &want.sysctls {
-        if let Some(cur) = have.sysctls.get(k) {
-            if cur != v {
-                steps.push(Step::SetSysctl {
-                    key: k.clone(),
-                    from: cur.clone(),
-                    to: v.clone(),
-                });
-            }
+        if let Some(cur) = have.sysctls.get(k)
+            && cur != v
+        {
+            steps.push(Step::SetSysctl {
+                key: k.clone(),
+                from: cur.clone(),
+                to: v.clone(),
+            });
         }
     }
 

@@ -59,6 +59,8 @@ pub struct Stats {
 pub struct AddrSnap {
     pub dev: String,
     pub addr: Ipv4Cidr,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub broadcast: Option<Ipv4Addr>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -23,7 +23,7 @@ pub struct HostState {
     pub uplinks: BTreeMap<String, UplinkLink>,
     pub ports: BTreeMap<String, PortLink>,
     /// IPv4 addresses of bridges and uplinks, in the order they were added.
-    pub addrs: BTreeMap<String, Vec<Ipv4Cidr>>,
+    pub addrs: BTreeMap<String, Vec<Addr>>,
     /// Non-kernel IPv4 routes through bridges and uplinks.
     pub routes: BTreeMap<String, Vec<Route>>,
     pub nft: Option<NftTable>,
@@ -86,8 +86,14 @@ impl PortLink {
         match (&self.kind, &other.kind) {
             (PortKind::Tap { .. }, PortKind::Tap { .. }) => self.kind != other.kind,
             (
-                PortKind::Veth { netns: a, guest: ga },
-                PortKind::Veth { netns: b, guest: gb },
+                PortKind::Veth {
+                    netns: a,
+                    guest: ga,
+                },
+                PortKind::Veth {
+                    netns: b,
+                    guest: gb,
+                },
             ) => a != b || ga.name != gb.name || ga.mtu == 0,
             _ => true,
         }
@@ -116,6 +122,36 @@ pub struct GuestEnd {
     pub up: bool,
     pub addr: Option<Ipv4Cidr>,
     pub gateway: Option<Ipv4Addr>,
+}
+
+/// An interface address as the kernel holds it. The broadcast address is kept as found, so an
+/// address moved to a bridge and back comes back exactly as it was.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct Addr {
+    pub cidr: Ipv4Cidr,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub broadcast: Option<Ipv4Addr>,
+}
+
+impl Addr {
+    /// What `ip addr add A/P brd +` makes: the subnet's broadcast, none on /31 and /32.
+    pub fn with_standard_broadcast(cidr: Ipv4Cidr) -> Addr {
+        Addr {
+            cidr,
+            broadcast: (cidr.prefix < 31).then(|| cidr.broadcast()),
+        }
+    }
+}
+
+impl std::fmt::Display for Addr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.cidr)?;
+        match self.broadcast {
+            None if self.cidr.prefix < 31 => write!(f, " (no broadcast)"),
+            Some(b) if b != self.cidr.broadcast() => write!(f, " brd {b}"),
+            _ => Ok(()),
+        }
+    }
 }
 
 pub fn guest_ifname(port_index: usize) -> String {

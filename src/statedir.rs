@@ -44,7 +44,9 @@ impl StateDir {
         } else {
             format!("netns-{scope}")
         };
-        StateDir { dir: base.join(sub) }
+        StateDir {
+            dir: base.join(sub),
+        }
     }
 
     fn file(&self) -> PathBuf {

@@ -55,17 +55,17 @@ pub fn status_json(snap: &Snapshot) -> Value {
             let mut guest = Value::Null;
             if let Some(ns) = &a.netns {
                 let mark = guest_alias(&l.name);
-                if let Some(g) = snap.netns.get(ns) {
-                    if let Some(gl) = g.links.iter().find(|x| x.alias.as_deref() == Some(&mark)) {
-                        let gaddrs: Vec<String> = g
-                            .addrs
-                            .iter()
-                            .filter(|x| x.dev == gl.name)
-                            .map(|x| x.addr.to_string())
-                            .collect();
-                        guest = json!({ "netns": ns, "name": gl.name, "state": state_word(gl),
+                if let Some(g) = snap.netns.get(ns)
+                    && let Some(gl) = g.links.iter().find(|x| x.alias.as_deref() == Some(&mark))
+                {
+                    let gaddrs: Vec<String> = g
+                        .addrs
+                        .iter()
+                        .filter(|x| x.dev == gl.name)
+                        .map(|x| x.addr.to_string())
+                        .collect();
+                    guest = json!({ "netns": ns, "name": gl.name, "state": state_word(gl),
                             "mac": gl.mac.map(|m| m.to_string()), "ipv4": gaddrs });
-                    }
                 }
             }
             ports.push(json!({
@@ -142,13 +142,29 @@ pub fn render(v: &Value) -> String {
                 s(&n["uplinks"]),
                 s(&n["mtu"]),
                 s(&n["ports"]),
-                format!("{}/{}", n["counters"]["rx_bytes"], n["counters"]["rx_packets"]),
-                format!("{}/{}", n["counters"]["tx_bytes"], n["counters"]["tx_packets"]),
+                format!(
+                    "{}/{}",
+                    n["counters"]["rx_bytes"], n["counters"]["rx_packets"]
+                ),
+                format!(
+                    "{}/{}",
+                    n["counters"]["tx_bytes"], n["counters"]["tx_packets"]
+                ),
             ]
         })
         .collect();
     out.push_str(&table(
-        &["NETWORK", "BRIDGE", "STATE", "IPV4", "UPLINK", "MTU", "PORTS", "RX BYTES/PKTS", "TX BYTES/PKTS"],
+        &[
+            "NETWORK",
+            "BRIDGE",
+            "STATE",
+            "IPV4",
+            "UPLINK",
+            "MTU",
+            "PORTS",
+            "RX BYTES/PKTS",
+            "TX BYTES/PKTS",
+        ],
         &rows,
     ));
     if !ports.is_empty() {
@@ -171,18 +187,40 @@ pub fn render(v: &Value) -> String {
                     s(&p["mac"]),
                     gmac,
                     gip,
-                    format!("{}/{}", p["counters"]["rx_bytes"], p["counters"]["rx_packets"]),
-                    format!("{}/{}", p["counters"]["tx_bytes"], p["counters"]["tx_packets"]),
+                    format!(
+                        "{}/{}",
+                        p["counters"]["rx_bytes"], p["counters"]["rx_packets"]
+                    ),
+                    format!(
+                        "{}/{}",
+                        p["counters"]["tx_bytes"], p["counters"]["tx_packets"]
+                    ),
                 ]
             })
             .collect();
         out.push_str(&table(
-            &["PORT", "VM", "NETWORK", "KIND", "BRIDGE", "STATE", "HOST MAC", "GUEST MAC", "GUEST IPV4", "RX BYTES/PKTS", "TX BYTES/PKTS"],
+            &[
+                "PORT",
+                "VM",
+                "NETWORK",
+                "KIND",
+                "BRIDGE",
+                "STATE",
+                "HOST MAC",
+                "GUEST MAC",
+                "GUEST IPV4",
+                "RX BYTES/PKTS",
+                "TX BYTES/PKTS",
+            ],
             &rows,
         ));
     }
     if let Some(n) = v["nftables"].as_object() {
-        out.push_str(&format!("\nnftables: table {} with {} rules\n", s(&n["table"]), n["rules"]));
+        out.push_str(&format!(
+            "\nnftables: table {} with {} rules\n",
+            s(&n["table"]),
+            n["rules"]
+        ));
     }
     out
 }

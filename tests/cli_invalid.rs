@@ -34,11 +34,16 @@ fn catalogue_is_refused_with_exit_2_and_changes_nothing() {
     }
     let mut ns = Namespaces::new();
     let host = ns.add("inv");
-    ok(&format!("ip -n {host} link add eth0 type veth peer name eth0p && ip -n {host} link add virbr0 type bridge"));
+    ok(&format!(
+        "ip -n {host} link add eth0 type veth peer name eth0p && ip -n {host} link add virbr0 type bridge"
+    ));
     let before = fingerprint(&host, &["net.ipv4.ip_forward"]);
 
     let dir = manifest_dir().join("tests/invalid");
-    let mut files: Vec<_> = std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().path()).collect();
+    let mut files: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
     files.sort();
     assert!(files.len() >= 30, "the catalogue needs at least 30 cases");
     for f in &files {
@@ -57,7 +62,8 @@ fn catalogue_is_refused_with_exit_2_and_changes_nothing() {
             for e in &exp {
                 let head = format!("{fname}:{}: {}: ", e.loc, e.path);
                 assert!(
-                    err.lines().any(|l| l.starts_with(&head) && l.contains(&e.text)),
+                    err.lines()
+                        .any(|l| l.starts_with(&head) && l.contains(&e.text)),
                     "{args:?}: expected a line starting {head:?} containing {:?}, got:\n{err}",
                     e.text
                 );
@@ -66,19 +72,49 @@ fn catalogue_is_refused_with_exit_2_and_changes_nothing() {
         }
     }
     // --json gives the errors as data too.
-    let o = ns.kvmnet(&["apply", files[0].to_str().unwrap(), "--netns", &host, "--json"]);
+    let o = ns.kvmnet(&[
+        "apply",
+        files[0].to_str().unwrap(),
+        "--netns",
+        &host,
+        "--json",
+    ]);
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!(v["changes"], serde_json::json!([]));
     assert!(v["errors"][0]["line"].as_u64().unwrap() > 0);
 
     // Valid specs that clash with foreign objects: refused before anything changes.
     let clashes = [
-        ("networks:\n  n:\n    mode: nat\n    bridge: virbr0\n    ipv4: 10.0.5.1/24\n", "networks.n.bridge", "not managed by kvmnet"),
-        ("networks:\n  n:\n    mode: nat\n    ipv4: 10.0.5.1/24\nvms:\n  v:\n    ports: [ { network: n, name: eth0 } ]\n", "vms.v.ports[0].name", "not managed by kvmnet"),
-        ("networks:\n  lan:\n    mode: bridge\n    uplink: eth7\n", "networks.lan.uplink", "does not exist"),
-        ("networks:\n  n:\n    mode: nat\n    ipv4: 10.0.5.1/24\nvms:\n  v:\n    ports: [ { network: n, owner: no-such-user-here } ]\n", "vms.v.ports[0].owner", "no user"),
-        ("host:\n  sysctl:\n    kernel.pid_max: \"99999\"\n", "host.sysctl.\"kernel.pid_max\"", "--netns"),
-        ("host:\n  sysctl:\n    net.ipv4.no_such_knob: \"1\"\n", "host.sysctl.\"net.ipv4.no_such_knob\"", "no sysctl"),
+        (
+            "networks:\n  n:\n    mode: nat\n    bridge: virbr0\n    ipv4: 10.0.5.1/24\n",
+            "networks.n.bridge",
+            "not managed by kvmnet",
+        ),
+        (
+            "networks:\n  n:\n    mode: nat\n    ipv4: 10.0.5.1/24\nvms:\n  v:\n    ports: [ { network: n, name: eth0 } ]\n",
+            "vms.v.ports[0].name",
+            "not managed by kvmnet",
+        ),
+        (
+            "networks:\n  lan:\n    mode: bridge\n    uplink: eth7\n",
+            "networks.lan.uplink",
+            "does not exist",
+        ),
+        (
+            "networks:\n  n:\n    mode: nat\n    ipv4: 10.0.5.1/24\nvms:\n  v:\n    ports: [ { network: n, owner: no-such-user-here } ]\n",
+            "vms.v.ports[0].owner",
+            "no user",
+        ),
+        (
+            "host:\n  sysctl:\n    kernel.pid_max: \"99999\"\n",
+            "host.sysctl.\"kernel.pid_max\"",
+            "--netns",
+        ),
+        (
+            "host:\n  sysctl:\n    net.ipv4.no_such_knob: \"1\"\n",
+            "host.sysctl.\"net.ipv4.no_such_knob\"",
+            "no sysctl",
+        ),
     ];
     for (body, path, text) in clashes {
         let spec = SpecFile::new(&format!("version: 1\n{body}"));
@@ -86,13 +122,25 @@ fn catalogue_is_refused_with_exit_2_and_changes_nothing() {
             let o = ns.kvmnet(&[cmd, spec.path(), "--netns", &host]);
             let err = String::from_utf8_lossy(&o.stderr);
             assert_eq!(o.status.code(), Some(2), "{cmd} {body}\n{err}");
-            assert!(err.contains(&format!(": {path}: ")) && err.contains(text), "{cmd}: {err}");
+            assert!(
+                err.contains(&format!(": {path}: ")) && err.contains(text),
+                "{cmd}: {err}"
+            );
         }
     }
     // Usage errors are exit 2 as well.
     assert_eq!(ns.kvmnet(&["apply"]).status.code(), Some(2));
     assert_eq!(ns.kvmnet(&["frobnicate"]).status.code(), Some(2));
-    assert_eq!(ns.kvmnet(&["validate", "/nonexistent/spec.yaml"]).status.code(), Some(2));
+    assert_eq!(
+        ns.kvmnet(&["validate", "/nonexistent/spec.yaml"])
+            .status
+            .code(),
+        Some(2)
+    );
 
-    assert_eq!(fingerprint(&host, &["net.ipv4.ip_forward"]), before, "something changed");
+    assert_eq!(
+        fingerprint(&host, &["net.ipv4.ip_forward"]),
+        before,
+        "something changed"
+    );
 }

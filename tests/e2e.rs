@@ -19,8 +19,14 @@ fn nat_routed_isolated_networks() {
     let host = ns.add("host");
     let wan = ns.add("wan");
     let g = ns.reserve("g");
-    let (n1, r1, i1, i2) = (format!("{g}n1"), format!("{g}r1"), format!("{g}i1"), format!("{g}i2"));
-    ns.names.extend([n1.clone(), r1.clone(), i1.clone(), i2.clone()]);
+    let (n1, r1, i1, i2) = (
+        format!("{g}n1"),
+        format!("{g}r1"),
+        format!("{g}i1"),
+        format!("{g}i2"),
+    );
+    ns.names
+        .extend([n1.clone(), r1.clone(), i1.clone(), i2.clone()]);
     ok(&format!(
         "ip link add up0 netns {host} type veth peer name eth0 netns {wan} && \
          ip -n {host} addr add 203.0.113.1/24 dev up0 && ip -n {host} link set up0 up && \
@@ -71,57 +77,101 @@ vms:
     assert_eq!(source_seen(&wan, "203.0.113.2", &n1), "203.0.113.1");
     // ...but the wan cannot open connections to it.
     ok_in(&wan, "ip route add 10.81.0.0/24 via 203.0.113.1");
-    assert!(!pings(&wan, "10.81.0.10"), "nat guest reachable from the wan");
+    assert!(
+        !pings(&wan, "10.81.0.10"),
+        "nat guest reachable from the wan"
+    );
 
     // Routed: reachable from the wan by a route, no translation either way.
     ok_in(&wan, "ip route add 198.51.100.0/24 via 203.0.113.1");
-    assert!(pings(&wan, "198.51.100.10"), "routed guest unreachable from the wan");
+    assert!(
+        pings(&wan, "198.51.100.10"),
+        "routed guest unreachable from the wan"
+    );
     assert_eq!(source_seen(&r1, "198.51.100.10", &wan), "203.0.113.2");
     assert_eq!(source_seen(&wan, "203.0.113.2", &r1), "198.51.100.10");
 
     // Isolated: each other and the gateway, nothing beyond.
-    assert!(pings(&i1, "10.82.0.11"), "isolated guests cannot reach each other");
-    assert!(pings(&i1, "10.82.0.1"), "isolated guest cannot reach its gateway");
+    assert!(
+        pings(&i1, "10.82.0.11"),
+        "isolated guests cannot reach each other"
+    );
+    assert!(
+        pings(&i1, "10.82.0.1"),
+        "isolated guest cannot reach its gateway"
+    );
     assert!(!pings(&i1, "203.0.113.2"), "isolated guest reaches the wan");
-    assert!(!pings(&i1, "10.81.0.10"), "isolated guest reaches another network");
+    assert!(
+        !pings(&i1, "10.81.0.10"),
+        "isolated guest reaches another network"
+    );
 
     // Tap port: persistent, multiqueue, on its bridge, up.
     let tap = ok(&format!("ip -n {host} -d link show e2e-tap"));
-    assert!(tap.contains("tun type tap") && tap.contains("multi_queue"), "{tap}");
+    assert!(
+        tap.contains("tun type tap") && tap.contains("multi_queue"),
+        "{tap}"
+    );
     assert!(tap.contains("master e2e-nat"), "{tap}");
 
     // Idempotent.
     let again = ns.kvmnet_ok(&["apply", spec.path(), "--netns", &host, "--json"]);
-    assert_eq!(serde_json::from_str::<serde_json::Value>(&again).unwrap()["changes"], serde_json::json!([]));
+    assert_eq!(
+        serde_json::from_str::<serde_json::Value>(&again).unwrap()["changes"],
+        serde_json::json!([])
+    );
 
     // Drift: a port deleted by hand shows in plan and apply repairs it.
     ok(&format!("ip -n {host} link del e2e-n1"));
     let plan = ns.kvmnet_ok(&["plan", spec.path(), "--netns", &host, "--json"]);
     let pv: serde_json::Value = serde_json::from_str(&plan).unwrap();
     assert!(
-        pv["changes"].as_array().unwrap().iter().any(|c| c["name"] == "e2e-n1" && c["op"] == "create"),
+        pv["changes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|c| c["name"] == "e2e-n1" && c["op"] == "create"),
         "{plan}"
     );
     ns.kvmnet_ok(&["apply", spec.path(), "--netns", &host]);
-    assert!(pings(&n1, "203.0.113.2"), "repaired nat guest cannot reach the wan");
+    assert!(
+        pings(&n1, "203.0.113.2"),
+        "repaired nat guest cannot reach the wan"
+    );
 
     // Status shows networks and ports with live counters.
     let st: serde_json::Value =
         serde_json::from_str(&ns.kvmnet_ok(&["status", "--netns", &host, "--json"])).unwrap();
     assert_eq!(st["networks"].as_array().unwrap().len(), 3);
-    let n1port = st["ports"].as_array().unwrap().iter().find(|p| p["port"] == "e2e-n1").unwrap().clone();
+    let n1port = st["ports"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["port"] == "e2e-n1")
+        .unwrap()
+        .clone();
     assert_eq!(n1port["guest"]["ipv4"][0], "10.81.0.10/24");
     assert!(n1port["counters"]["rx_packets"].as_u64().unwrap() > 0);
     let text = ns.kvmnet_ok(&["status", "--netns", &host]);
-    assert!(text.contains("e2e-i2") && text.contains("NETWORK"), "{text}");
+    assert!(
+        text.contains("e2e-i2") && text.contains("NETWORK"),
+        "{text}"
+    );
 
     // Destroy: the namespace as found, foreign objects byte-identical, guests gone.
     ns.kvmnet_ok(&["destroy", "--netns", &host]);
     assert_eq!(foreign_objects(&host), foreign);
     assert_eq!(fingerprint(&host, &["net.ipv4.ip_forward"]), initial);
-    assert!(namespaces_with(&g).is_empty(), "guest namespaces left: {:?}", namespaces_with(&g));
+    assert!(
+        namespaces_with(&g).is_empty(),
+        "guest namespaces left: {:?}",
+        namespaces_with(&g)
+    );
     let again = ns.kvmnet_ok(&["destroy", "--netns", &host, "--json"]);
-    assert_eq!(serde_json::from_str::<serde_json::Value>(&again).unwrap()["changes"], serde_json::json!([]));
+    assert_eq!(
+        serde_json::from_str::<serde_json::Value>(&again).unwrap()["changes"],
+        serde_json::json!([])
+    );
 }
 
 #[test]
@@ -158,19 +208,41 @@ vms:
     let addrs = ok(&format!("ip -n {host} -4 addr show br-lan"));
     assert!(addrs.contains("192.0.2.2/24"), "{addrs}");
     let routes = ok(&format!("ip -n {host} route"));
-    assert!(routes.contains("default via 192.0.2.1 dev br-lan"), "{routes}");
-    assert!(routes.contains("10.99.0.0/16 via 192.0.2.1 dev br-lan"), "{routes}");
+    assert!(
+        routes.contains("default via 192.0.2.1 dev br-lan"),
+        "{routes}"
+    );
+    assert!(
+        routes.contains("10.99.0.0/16 via 192.0.2.1 dev br-lan"),
+        "{routes}"
+    );
     assert!(ok(&format!("ip -n {host} link show up0")).contains("master br-lan"));
     assert!(pings(&host, "192.0.2.1"), "host lost its connectivity");
     // The guest sits on the wan's segment: same subnet, reached directly both ways.
-    assert!(pings(&guest, "192.0.2.1"), "bridged guest cannot reach the wan");
-    assert!(pings(&wan, "192.0.2.10"), "wan cannot reach the bridged guest");
+    assert!(
+        pings(&guest, "192.0.2.1"),
+        "bridged guest cannot reach the wan"
+    );
+    assert!(
+        pings(&wan, "192.0.2.10"),
+        "wan cannot reach the bridged guest"
+    );
     let neigh = ok_in(&wan, "ip neigh show 192.0.2.10");
-    assert!(neigh.contains("52:54:00"), "guest MAC not learnt on the wan segment: {neigh}");
+    assert!(
+        neigh.contains("52:54:00"),
+        "guest MAC not learnt on the wan segment: {neigh}"
+    );
 
-    assert_eq!(ns.kvmnet_ok(&["plan", spec.path(), "--netns", &host]).trim(), "No changes: the host matches the spec.");
+    assert_eq!(
+        ns.kvmnet_ok(&["plan", spec.path(), "--netns", &host])
+            .trim(),
+        "No changes: the host matches the spec."
+    );
     ns.kvmnet_ok(&["destroy", "--netns", &host]);
     assert_eq!(fingerprint(&host, &["net.ipv4.ip_forward"]), initial);
-    assert!(pings(&host, "192.0.2.1"), "host lost its connectivity after destroy");
+    assert!(
+        pings(&host, "192.0.2.1"),
+        "host lost its connectivity after destroy"
+    );
     assert!(namespaces_with(&guest).is_empty());
 }

@@ -85,7 +85,7 @@ fn golden_cases() {
 
 /// Builds the snapshot a host would show once `want` is in place.
 fn synth(want: &kvmnet::state::HostState, base: &Snapshot) -> Snapshot {
-    use kvmnet::snapshot::{AddrSnap, LinkSnap, NetnsSnap, RouteSnap};
+    use kvmnet::snapshot::{AddrSnap, LinkSnap, RouteSnap};
     use kvmnet::state::{PortKind, guest_alias};
     let mut s = Snapshot {
         scope: base.scope.clone(),
@@ -127,7 +127,7 @@ fn synth(want: &kvmnet::state::HostState, base: &Snapshot) -> Snapshot {
             }
             PortKind::Veth { netns, guest } => {
                 l.kind = "veth".into();
-                let g = s.netns.entry(netns.clone()).or_insert_with(NetnsSnap::default);
+                let g = s.netns.entry(netns.clone()).or_default();
                 g.owned = want.netns.contains(netns);
                 g.links.push(LinkSnap {
                     name: guest.name.clone(),
@@ -139,7 +139,11 @@ fn synth(want: &kvmnet::state::HostState, base: &Snapshot) -> Snapshot {
                     ..Default::default()
                 });
                 if let Some(a) = guest.addr {
-                    g.addrs.push(AddrSnap { dev: guest.name.clone(), addr: a });
+                    g.addrs.push(AddrSnap {
+                        dev: guest.name.clone(),
+                        addr: a,
+                        broadcast: kvmnet::state::Addr::with_standard_broadcast(a).broadcast,
+                    });
                 }
                 if let Some(gw) = guest.gateway {
                     g.routes.push(RouteSnap {
@@ -159,7 +163,11 @@ fn synth(want: &kvmnet::state::HostState, base: &Snapshot) -> Snapshot {
     }
     for (dev, addrs) in &want.addrs {
         for a in addrs {
-            s.addrs.push(AddrSnap { dev: dev.clone(), addr: *a });
+            s.addrs.push(AddrSnap {
+                dev: dev.clone(),
+                addr: a.cidr,
+                broadcast: a.broadcast,
+            });
         }
     }
     for (dev, routes) in &want.routes {
@@ -177,7 +185,11 @@ fn synth(want: &kvmnet::state::HostState, base: &Snapshot) -> Snapshot {
         }
     }
     s.nft = want.nft.clone();
-    s.sysctls = want.sysctls.iter().map(|(k, v)| (k.clone(), Some(v.clone()))).collect();
+    s.sysctls = want
+        .sysctls
+        .iter()
+        .map(|(k, v)| (k.clone(), Some(v.clone())))
+        .collect();
     s
 }
 
@@ -188,24 +200,43 @@ fn applied_state_plans_no_changes() {
     let mut checked = 0;
     for e in std::fs::read_dir(&root).unwrap() {
         let dir = e.unwrap().path();
-        let Ok(text) = std::fs::read_to_string(dir.join("spec.yaml")) else { continue };
-        let Ok(spec) = spec::parse(&text) else { continue };
+        let Ok(text) = std::fs::read_to_string(dir.join("spec.yaml")) else {
+            continue;
+        };
+        let Ok(spec) = spec::parse(&text) else {
+            continue;
+        };
         let base: Snapshot = std::fs::read_to_string(dir.join("snapshot.json"))
             .map(|t| serde_json::from_str(&t).unwrap())
-            .unwrap_or(Snapshot { scope: "host".into(), ..Default::default() });
-        let Ok(want) = desired::desired(&spec, &base) else { continue };
+            .unwrap_or(Snapshot {
+                scope: "host".into(),
+                ..Default::default()
+            });
+        let Ok(want) = desired::desired(&spec, &base) else {
+            continue;
+        };
         let after = synth(&want, &base);
         let uplinks: BTreeSet<String> = want.uplinks.keys().cloned().collect();
         let keys: BTreeSet<String> = want.sysctls.keys().cloned().collect();
         let have = desired::observed(&after, &uplinks, &keys);
         let p = plan::diff(&want, &have);
-        assert!(p.is_empty(), "{}: second plan not empty:\n{}", dir.display(), p.render());
+        assert!(
+            p.is_empty(),
+            "{}: second plan not empty:\n{}",
+            dir.display(),
+            p.render()
+        );
         // And planning again from the applied host (desired recomputed) is still empty.
         let want2 = desired::desired(&spec, &after).expect("desired on applied host");
         let uplinks2: BTreeSet<String> = want2.uplinks.keys().cloned().collect();
         let have2 = desired::observed(&after, &uplinks2, &keys);
         let p2 = plan::diff(&want2, &have2);
-        assert!(p2.is_empty(), "{}: re-plan not empty:\n{}", dir.display(), p2.render());
+        assert!(
+            p2.is_empty(),
+            "{}: re-plan not empty:\n{}",
+            dir.display(),
+            p2.render()
+        );
         checked += 1;
     }
     assert!(checked >= 5);
@@ -215,11 +246,18 @@ fn applied_state_plans_no_changes() {
 /// prints the snapshot of a host after applying that case: a starting point for drift cases.
 #[test]
 fn print_applied_snapshot() {
-    let Ok(case) = std::env::var("SYNTH_CASE") else { return };
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden").join(case);
+    let Ok(case) = std::env::var("SYNTH_CASE") else {
+        return;
+    };
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/golden")
+        .join(case);
     let spec = spec::parse(&std::fs::read_to_string(dir.join("spec.yaml")).unwrap()).unwrap();
     let base: Snapshot =
         serde_json::from_str(&std::fs::read_to_string(dir.join("snapshot.json")).unwrap()).unwrap();
     let want = desired::desired(&spec, &base).unwrap();
-    println!("{}", serde_json::to_string_pretty(&synth(&want, &base)).unwrap());
+    println!(
+        "{}",
+        serde_json::to_string_pretty(&synth(&want, &base)).unwrap()
+    );
 }

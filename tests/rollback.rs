@@ -98,7 +98,10 @@ fn check_every_k(ns: &Namespaces, spec: &str, host: &str, guest: &str) {
                 .take(10)
                 .map(|(a, b)| format!("- {a}\n+ {b}"))
                 .collect();
-            panic!("K={k} of {n}: host differs after rollback:\n{}", diff.join("\n"));
+            panic!(
+                "K={k} of {n}: host differs after rollback:\n{}",
+                diff.join("\n")
+            );
         }
     }
     // And without the failure the same plan goes through.
@@ -131,5 +134,8 @@ fn rollback_from_empty_and_from_older_spec() {
     check_every_k(&ns, new.path(), &host, &guest);
 
     ns.kvmnet_ok(&["destroy", "--netns", &host]);
-    assert!(namespaces_with(&guest).is_empty(), "guest namespaces left behind");
+    assert!(
+        namespaces_with(&guest).is_empty(),
+        "guest namespaces left behind"
+    );
 }

@@ -253,6 +253,7 @@ pub struct LinkInfo {
 pub struct AddrInfo {
     pub index: u32,
     pub addr: Ipv4Cidr,
+    pub broadcast: Option<Ipv4Addr>,
     pub permanent: bool,
     /// Seconds left; None if forever.
     pub valid_lft: Option<u32>,
@@ -324,8 +325,10 @@ pub enum NewLinkKind {
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Request {
-    /// Create a bridge or veth pair (NLM_F_CREATE|NLM_F_EXCL). `up` brings up both ends of a
-    /// veth.
+    /// Create a bridge or veth pair (NLM_F_CREATE|NLM_F_EXCL). `up` applies to `name` only: a
+    /// veth peer starts down (bring it up with a SetLink where it lives; the kernel cannot
+    /// create a peer up: ENOTCONN). `alias` and `peer_alias`, which RTM_NEWLINK ignores, are
+    /// set by a follow-up RTM_SETLINK once the creation succeeded.
     NewLink {
         name: String,
         kind: NewLinkKind,
@@ -352,9 +355,11 @@ pub enum Request {
     DelLink {
         index: u32,
     },
+    /// `broadcast: None` adds the address without a broadcast address.
     NewAddr {
         index: u32,
         addr: Ipv4Cidr,
+        broadcast: Option<Ipv4Addr>,
     },
     DelAddr {
         index: u32,
@@ -441,7 +446,7 @@ impl Request {
                 format!("set link {} [{}]", link(*index), what.join(", "))
             }
             Request::DelLink { index } => format!("delete link {}", link(*index)),
-            Request::NewAddr { index, addr } => {
+            Request::NewAddr { index, addr, .. } => {
                 format!("add address {addr} to link {}", link(*index))
             }
             Request::DelAddr { index, addr } => {
@@ -786,11 +791,12 @@ fn parse_addr(p: &[u8]) -> Option<AddrInfo> {
     let prefix = p[1];
     let mut flags = u32::from(p[2]);
     let index = u32_at(p, 4);
-    let (mut local, mut address) = (None, None);
+    let (mut local, mut address, mut broadcast) = (None, None, None);
     let (mut valid, mut preferred) = (None, None);
     for (ty, v) in attrs(&p[8..]) {
         match ty {
             IFA_LOCAL => local = attr_ipv4(v),
+            IFA_BROADCAST => broadcast = attr_ipv4(v),
             IFA_ADDRESS => address = attr_ipv4(v),
             IFA_FLAGS => flags = attr_u32(v).unwrap_or(flags),
             IFA_CACHEINFO if v.len() >= 8 => {
@@ -807,6 +813,7 @@ fn parse_addr(p: &[u8]) -> Option<AddrInfo> {
     Some(AddrInfo {
         index,
         addr: Ipv4Cidr::new(addr, prefix),
+        broadcast,
         permanent: flags & IFA_F_PERMANENT != 0,
         valid_lft: valid,
         preferred_lft: preferred,
@@ -1349,8 +1356,8 @@ impl Netlink {
                         b.attr_str(IFLA_INFO_KIND, "veth");
                         let data = b.nest_begin(IFLA_INFO_DATA);
                         let peer = b.nest_begin(VETH_INFO_PEER);
-                        // Not up yet: the kernel opens the peer before the pair is linked,
-                        // which fails with ENOTCONN. It is brought up afterwards.
+                        // Never up here: the kernel opens the peer before the pair is
+                        // linked, which fails with ENOTCONN.
                         b.ifinfomsg(0, 0, 0);
                         b.attr_str(IFLA_IFNAME, peer_name);
                         if let Some(m) = peer_mac {
@@ -1364,13 +1371,12 @@ impl Netlink {
                         }
                         b.nest_end(peer);
                         b.nest_end(data);
-                        if peer_alias.is_some() || *up {
+                        if let Some(a) = peer_alias {
                             deferred.push(Deferred {
                                 req: idx,
                                 netns_fd: *peer_netns_fd,
                                 name: peer_name.clone(),
-                                alias: peer_alias.clone(),
-                                up: *up,
+                                alias: a.clone(),
                             });
                         }
                     }
@@ -1383,8 +1389,7 @@ impl Netlink {
                         req: idx,
                         netns_fd: None,
                         name: name.clone(),
-                        alias: Some(a.clone()),
-                        up: false,
+                        alias: a.clone(),
                     });
                 }
             }
@@ -1453,7 +1458,7 @@ impl Netlink {
                 b.ifinfomsg(*index, 0, 0);
                 b.end(start);
             }
-            Request::NewAddr { index, addr } | Request::DelAddr { index, addr } => {
+            Request::NewAddr { index, addr, .. } | Request::DelAddr { index, addr } => {
                 let (ty, flags) = match req {
                     Request::NewAddr { .. } => (RTM_NEWADDR, create),
                     _ => (RTM_DELADDR, ack),
@@ -1462,8 +1467,12 @@ impl Netlink {
                 b.ifaddrmsg(addr.prefix, *index);
                 b.attr(IFA_LOCAL, &addr.addr.octets());
                 b.attr(IFA_ADDRESS, &addr.addr.octets());
-                if ty == RTM_NEWADDR && addr.prefix < 31 {
-                    b.attr(IFA_BROADCAST, &addr.broadcast().octets());
+                if let Request::NewAddr {
+                    broadcast: Some(brd),
+                    ..
+                } = req
+                {
+                    b.attr(IFA_BROADCAST, &brd.octets());
                 }
                 b.end(start);
             }
@@ -1533,7 +1542,7 @@ impl Netlink {
                 i += 1;
             }
             self.send_window(&mut pending, &mut failures);
-            self.finish_new_links(deferred, &mut failures);
+            self.set_new_aliases(deferred, &mut failures);
         }
         self.render(reqs, failures)
     }
@@ -1545,6 +1554,18 @@ impl Netlink {
         failures: Vec<Option<Failure>>,
     ) -> Vec<Result<(), NetlinkError>> {
         let mut names: HashMap<u32, Option<String>> = HashMap::new();
+        let failed = failures.iter().filter(|f| f.is_some()).count();
+        if failed > 16 {
+            // One dump beats many lookups.
+            if let Ok(links) = self.links() {
+                names = links.into_iter().map(|l| (l.index, Some(l.name))).collect();
+                for r in reqs {
+                    if let Some(ix) = r.link_index() {
+                        names.entry(ix).or_insert(None);
+                    }
+                }
+            }
+        }
         let mut out = Vec::with_capacity(reqs.len());
         for (req, f) in reqs.iter().zip(failures) {
             let Some(f) = f else {
@@ -1712,10 +1733,9 @@ impl Netlink {
         self.collect_acks(pending, failures);
     }
 
-    /// Finish links created successfully in the last window (aliases, veth peers up): by
-    /// name, through this socket or, for a veth peer created in another namespace, through one
+    /// Set the aliases of links created successfully in the last window: by name, through this socket or, for a veth peer created in another namespace, through one
     /// opened there (one per namespace).
-    fn finish_new_links(&mut self, deferred: Vec<Deferred>, failures: &mut [Option<Failure>]) {
+    fn set_new_aliases(&mut self, deferred: Vec<Deferred>, failures: &mut [Option<Failure>]) {
         let mut by_ns: Vec<(Option<RawFd>, Vec<Deferred>)> = Vec::new();
         for d in deferred.into_iter().filter(|d| failures[d.req].is_none()) {
             match by_ns.iter_mut().find(|(fd, _)| *fd == d.netns_fd) {
@@ -1736,9 +1756,8 @@ impl Netlink {
                         for d in items {
                             failures[d.req] = Some(Failure::Other(format!(
                                 "created, but cannot reach the namespace of veth peer {} to \
-                                 {}: {e}",
-                                d.name,
-                                d.what()
+                                 set its alias: {e}",
+                                d.name
                             )));
                         }
                         continue;
@@ -1762,8 +1781,10 @@ impl Netlink {
             nl.send_window(&mut pending, &mut scratch);
             for d in &items {
                 if let Some(f) = scratch[d.req].take() {
-                    let context =
-                        format!("created, but could not {} {} afterwards", d.what(), d.name);
+                    let context = format!(
+                        "created, but could not set the alias of {} afterwards",
+                        d.name
+                    );
                     failures[d.req] = Some(match f {
                         Failure::Kernel(errno, ext, _) => {
                             Failure::Kernel(errno, ext, Some(context))
@@ -1833,24 +1854,12 @@ impl Netlink {
     }
 }
 
-/// What RTM_NEWLINK cannot do itself (an alias, a veth peer's IFF_UP), done by name once the
-/// link exists.
+/// An alias RTM_NEWLINK ignores, set by name once the link exists.
 struct Deferred {
     req: usize,
     netns_fd: Option<RawFd>,
     name: String,
-    alias: Option<String>,
-    up: bool,
-}
-
-impl Deferred {
-    fn what(&self) -> &'static str {
-        match (&self.alias, self.up) {
-            (Some(_), true) => "set the alias of and bring up",
-            (Some(_), false) => "set the alias of",
-            _ => "bring up",
-        }
-    }
+    alias: String,
 }
 
 enum Failure {
@@ -1862,17 +1871,119 @@ enum Failure {
     Other(String),
 }
 
-/// RTM_SETLINK selecting the link by name.
+/// RTM_SETLINK selecting the link by name, setting its alias.
 fn set_by_name(b: &mut MsgBuf, seq: u32, d: &Deferred) {
     let start = b.begin(RTM_SETLINK, NLM_F_REQUEST | NLM_F_ACK, seq);
-    if d.up {
-        b.ifinfomsg(0, IFF_UP, IFF_UP);
-    } else {
-        b.ifinfomsg(0, 0, 0);
-    }
+    b.ifinfomsg(0, 0, 0);
     b.attr_str(IFLA_IFNAME, &d.name);
-    if let Some(a) = &d.alias {
-        b.attr(IFLA_IFALIAS, a.as_bytes());
-    }
+    b.attr(IFLA_IFALIAS, d.alias.as_bytes());
     b.end(start);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn msg(ty: u16, flags: u16, payload: &[u8]) -> Vec<u8> {
+        let mut b = MsgBuf { buf: Vec::new() };
+        let start = b.begin(ty, flags, 7);
+        b.buf.extend_from_slice(payload);
+        b.end(start);
+        b.buf
+    }
+
+    #[test]
+    fn error_ack_with_extended_message() {
+        // nlmsgerr: error, the original header (capped), then NLMSGERR_ATTR_MSG.
+        let mut p = Vec::new();
+        p.extend_from_slice(&(-libc::EEXIST).to_ne_bytes());
+        let orig = msg(RTM_NEWLINK, NLM_F_REQUEST, &[]);
+        p.extend_from_slice(&orig[..16]);
+        let mut tlv = MsgBuf { buf: Vec::new() };
+        tlv.attr_str(NLMSGERR_ATTR_MSG, "Address already assigned");
+        p.extend_from_slice(&tlv.buf);
+        let buf = msg(NLMSG_ERROR, NLM_F_CAPPED | NLM_F_ACK_TLVS, &p);
+        let m = messages(&buf).next().unwrap();
+        let (errno, seq, ext) = parse_error(&m).unwrap();
+        assert_eq!(errno, libc::EEXIST);
+        assert_eq!(seq, 7);
+        assert_eq!(ext.as_deref(), Some("Address already assigned"));
+        let e = kernel_err("create link x".into(), errno, ext);
+        assert_eq!(
+            e.to_string(),
+            "create link x: File exists (os error 17) (kernel: Address already assigned)"
+        );
+        assert_eq!(e.errno(), Some(libc::EEXIST));
+    }
+
+    #[test]
+    fn veth_request_nests_the_peer() {
+        let mut nl = Netlink::open().expect("netlink socket");
+        let req = Request::NewLink {
+            name: "a0".into(),
+            kind: NewLinkKind::Veth {
+                peer_name: "eth0".into(),
+                peer_mac: Some(Mac([2, 0, 0, 0, 0, 1])),
+                peer_mtu: None,
+                peer_alias: Some("p".into()),
+                peer_netns_fd: Some(9),
+            },
+            mac: None,
+            mtu: Some(1400),
+            alias: None,
+            master: None,
+            up: true,
+        };
+        let mut pending = HashMap::new();
+        let mut deferred = Vec::new();
+        nl.sbuf.buf.clear();
+        nl.encode(&req, 0, &mut pending, &mut deferred).unwrap();
+        assert_eq!(pending.len(), 1);
+        assert_eq!(deferred.len(), 1);
+        assert_eq!(deferred[0].netns_fd, Some(9));
+        let buf = nl.sbuf.buf.clone();
+        let m = messages(&buf).next().unwrap();
+        assert_eq!(m.ty, RTM_NEWLINK);
+        assert_eq!(
+            m.flags,
+            NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL
+        );
+        assert_eq!(u32_at(m.payload, 8), IFF_UP);
+        let (_, linkinfo) = attrs(&m.payload[16..])
+            .find(|(t, _)| *t == IFLA_LINKINFO)
+            .unwrap();
+        let (_, data) = attrs(linkinfo).find(|(t, _)| *t == IFLA_INFO_DATA).unwrap();
+        let (_, peer) = attrs(data).find(|(t, _)| *t == VETH_INFO_PEER).unwrap();
+        assert_eq!(u32_at(peer, 8), 0, "peer created down");
+        let pa: HashMap<u16, &[u8]> = attrs(&peer[16..]).collect();
+        assert_eq!(attr_string(pa[&IFLA_IFNAME]), "eth0");
+        assert_eq!(pa[&IFLA_ADDRESS], &[2, 0, 0, 0, 0, 1]);
+        assert_eq!(attr_u32(pa[&IFLA_MTU]), Some(1400), "peer mtu follows mtu");
+        assert_eq!(attr_u32(pa[&IFLA_NET_NS_FD]), Some(9));
+    }
+
+    #[test]
+    fn descriptions_name_the_object() {
+        let r = RouteInfo {
+            priority: Some(10),
+            ..RouteInfo::via("10.0.0.0/8".parse().unwrap(), Ipv4Addr::new(192, 168, 1, 1))
+        };
+        assert_eq!(
+            Request::NewRoute(r).describe(None),
+            "add route 10.0.0.0/8 via 192.168.1.1 table 254 metric 10"
+        );
+        let mut s = Request::set_link(5);
+        if let Request::SetLink { master, up, .. } = &mut s {
+            *master = Some(0);
+            *up = Some(false);
+        }
+        assert_eq!(
+            s.describe(Some("t0")),
+            "set link t0 (index 5) [nomaster, down]"
+        );
+        assert_eq!(
+            Request::DelLink { index: 9 }.describe(None),
+            "delete link index 9"
+        );
+    }
 }

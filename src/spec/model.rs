@@ -246,7 +246,13 @@ mod tests {
     #[test]
     fn strict_address_forms() {
         assert!("10.0.0.1/24".parse::<Ipv4Cidr>().is_ok());
-        for bad in ["10.0.0.1/+24", "10.0.0.1/024", "10.0.0.1/33", "10.0.0.1/", "10.0.0.1"] {
+        for bad in [
+            "10.0.0.1/+24",
+            "10.0.0.1/024",
+            "10.0.0.1/33",
+            "10.0.0.1/",
+            "10.0.0.1",
+        ] {
             assert!(bad.parse::<Ipv4Cidr>().is_err(), "{bad}");
         }
         assert!("52:54:00:aa:bb:cc".parse::<Mac>().is_ok());

@@ -30,7 +30,11 @@ pub fn unique(tag: &str) -> String {
 }
 
 pub fn sh(cmd: &str) -> Output {
-    Command::new("sh").arg("-c").arg(cmd).output().expect("sh runs")
+    Command::new("sh")
+        .arg("-c")
+        .arg(cmd)
+        .output()
+        .expect("sh runs")
 }
 
 /// Runs a shell command and panics with its output when it fails.
@@ -46,11 +50,17 @@ pub fn ok(cmd: &str) -> String {
 }
 
 pub fn in_ns(ns: &str, cmd: &str) -> Output {
-    sh(&format!("ip netns exec {ns} sh -c '{}'", cmd.replace('\'', r"'\''")))
+    sh(&format!(
+        "ip netns exec {ns} sh -c '{}'",
+        cmd.replace('\'', r"'\''")
+    ))
 }
 
 pub fn ok_in(ns: &str, cmd: &str) -> String {
-    ok(&format!("ip netns exec {ns} sh -c '{}'", cmd.replace('\'', r"'\''")))
+    ok(&format!(
+        "ip netns exec {ns} sh -c '{}'",
+        cmd.replace('\'', r"'\''")
+    ))
 }
 
 /// Namespaces that are deleted when the guard drops, test passed or not.
@@ -146,10 +156,23 @@ fn strip_volatile(v: &mut serde_json::Value) {
             // Counters, indexes and timers change on their own or when a device is made
             // again; everything an operator configures is kept.
             for k in [
-                "ifindex", "stats64", "stats", "link_index", "inet6_addr_gen_mode",
-                "num_tx_queues", "num_rx_queues", "valid_life_time", "preferred_life_time",
-                "hello_timer", "tcn_timer", "topology_change_timer", "gc_timer",
-                "link_netnsid", "operstate", "flags", "addr_info6",
+                "ifindex",
+                "stats64",
+                "stats",
+                "link_index",
+                "inet6_addr_gen_mode",
+                "num_tx_queues",
+                "num_rx_queues",
+                "valid_life_time",
+                "preferred_life_time",
+                "hello_timer",
+                "tcn_timer",
+                "topology_change_timer",
+                "gc_timer",
+                "link_netnsid",
+                "operstate",
+                "flags",
+                "addr_info6",
             ] {
                 m.remove(k);
             }
@@ -191,7 +214,10 @@ pub fn fingerprint(ns: &str, sysctls: &[&str]) -> String {
     );
     for k in sysctls {
         let o = sh(&format!("ip netns exec {ns} sysctl -n {k}"));
-        s.push_str(&format!("sysctl {k} = {}", String::from_utf8_lossy(&o.stdout)));
+        s.push_str(&format!(
+            "sysctl {k} = {}",
+            String::from_utf8_lossy(&o.stdout)
+        ));
     }
     s
 }
@@ -238,7 +264,10 @@ pub fn source_seen(server_ns: &str, server_ip: &str, client_ns: &str) -> String 
 }
 
 pub fn pings(ns: &str, ip: &str) -> bool {
-    in_ns(ns, &format!("ping -c1 -W1 {ip} >/dev/null 2>&1 || ping -c2 -W1 {ip}"))
-        .status
-        .success()
+    in_ns(
+        ns,
+        &format!("ping -c1 -W1 {ip} >/dev/null 2>&1 || ping -c2 -W1 {ip}"),
+    )
+    .status
+    .success()
 }

@@ -140,10 +140,16 @@ struct Planned {
     /// sysctls the spec enforces (the rest of the sysctl steps are restores).
     managed: BTreeSet<String>,
     observer: Observer,
+    /// Held from observation to the end of apply.
+    _lock: std::fs::File,
 }
 
 fn make_plan(spec: Option<&Spec>, scope: &str, file: &str) -> Result<Planned, Fail> {
     let observer = Observer::new(scope);
+    let lock = observer
+        .state_dir
+        .lock()
+        .map_err(|e| Fail::Runtime(e.to_string()))?;
     let snap = observer
         .snapshot(spec)
         .map_err(|e| Fail::Runtime(format!("cannot read the host: {e}")))?;
@@ -163,6 +169,7 @@ fn make_plan(spec: Option<&Spec>, scope: &str, file: &str) -> Result<Planned, Fa
         plan: plan::diff(&want, &have),
         managed: managed_sysctls(spec).into_keys().collect(),
         observer,
+        _lock: lock,
     })
 }
 

@@ -49,6 +49,29 @@ impl StateDir {
         }
     }
 
+    /// Holds an exclusive lock on this scope until the returned file is dropped, so two
+    /// kvmnet processes never plan and apply over each other.
+    pub fn lock(&self) -> Result<std::fs::File, StateError> {
+        use std::os::fd::AsRawFd;
+        let path = self.dir.join("lock");
+        let io = |source| StateError::Io {
+            path: path.display().to_string(),
+            source,
+        };
+        std::fs::create_dir_all(&self.dir).map_err(io)?;
+        let f = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .map_err(io)?;
+        // SAFETY: flock on a descriptor we own; blocks until the other holder finishes.
+        if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX) } != 0 {
+            return Err(io(std::io::Error::last_os_error()));
+        }
+        Ok(f)
+    }
+
     fn file(&self) -> PathBuf {
         self.dir.join("state.json")
     }

@@ -1,19 +1,20 @@
 //! The command line: parse arguments, call the library, render text or JSON. Exit status:
 //! 0 success, 1 runtime failure (after rollback), 2 invalid spec or usage (nothing changed).
+//! When a daemon runs for the scope, changing commands go through its API, so the daemon
+//! enforces what was applied instead of repairing it away.
 
-use std::collections::BTreeSet;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use serde_json::json;
+use serde_json::{Value, json};
 
-use crate::apply::{self, Kernel};
 use crate::backend::netns;
-use crate::desired::{self, managed_sysctls};
+use crate::daemon::{self, api};
+use crate::engine::{self, EngineError, Pending};
 use crate::observe::Observer;
-use crate::plan::{self, Plan, Step};
-use crate::spec::{self, Spec, SpecError};
+use crate::plan::Plan;
+use crate::statedir::StateDir;
 use crate::status;
 
 #[derive(Parser)]
@@ -53,6 +54,15 @@ enum Command {
         file: PathBuf,
         #[command(flatten)]
         scope: Scope,
+        /// Revert to the exact previous state unless `kvmnet confirm` comes within this
+        /// time (e.g. 60s, 5m): for changes that may cut your own connection.
+        #[arg(long, value_name = "DURATION")]
+        confirm_within: Option<String>,
+    },
+    /// Keep a change applied with --confirm-within.
+    Confirm {
+        #[arg(long, value_name = "NS")]
+        netns: Option<String>,
     },
     /// Remove everything kvmnet created, give moved addresses back, restore sysctls.
     Destroy {
@@ -64,50 +74,33 @@ enum Command {
         #[command(flatten)]
         scope: Scope,
     },
+    /// DHCP leases.
+    Leases {
+        #[command(flatten)]
+        scope: Scope,
+    },
+    /// Apply the spec, then keep the host converged, serve DHCP and the local API.
+    Daemon {
+        #[arg(long, value_name = "FILE")]
+        spec: PathBuf,
+        #[arg(long, value_name = "NS")]
+        netns: Option<String>,
+    },
+    /// (internal) The timer behind --confirm-within when no daemon runs.
+    #[command(hide = true)]
+    RevertTimer {
+        #[arg(long)]
+        netns: Option<String>,
+        #[arg(long)]
+        token: String,
+    },
 }
 
 const EXIT_RUNTIME: u8 = 1;
 const EXIT_INVALID: u8 = 2;
 
-enum Fail {
-    /// Bad input: nothing was changed.
-    Invalid(String, Vec<SpecError>),
-    Runtime(String),
-}
-
-fn print_errors(file: &str, errors: &[SpecError], as_json: bool) {
-    for e in errors {
-        eprintln!(
-            "{file}:{}:{}: {}: {}",
-            e.loc.line, e.loc.col, e.path, e.message
-        );
-    }
-    if as_json {
-        let v: Vec<_> = errors
-            .iter()
-            .map(|e| json!({ "path": e.path, "line": e.loc.line, "column": e.loc.col, "message": e.message }))
-            .collect();
-        println!("{}", json!({ "changes": [], "errors": v }));
-    }
-}
-
-fn load(file: &Path) -> Result<Spec, Fail> {
-    let name = file.display().to_string();
-    let bytes = std::fs::read(file).map_err(|e| {
-        Fail::Invalid(
-            name.clone(),
-            vec![SpecError {
-                path: String::new(),
-                loc: spec::Loc { line: 1, col: 1 },
-                message: format!("cannot read the spec: {e}"),
-            }],
-        )
-    })?;
-    spec::parse_bytes(&bytes).map_err(|errs| Fail::Invalid(name, errs))
-}
-
 /// Switch this (still single-threaded) process into the sandbox namespace.
-fn enter(ns: &Option<String>) -> Result<String, Fail> {
+fn enter(ns: &Option<String>) -> Result<String, EngineError> {
     let Some(ns) = ns else {
         return Ok("host".to_string());
     };
@@ -119,155 +112,193 @@ fn enter(ns: &Option<String>) -> Result<String, Fail> {
             .chars()
             .all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c));
     if !valid {
-        return Err(Fail::Invalid(
-            "--netns".into(),
-            vec![SpecError {
-                path: "--netns".into(),
-                loc: spec::Loc { line: 0, col: 0 },
-                message: format!("'{ns}' is not a namespace name ([A-Za-z0-9_.-], at most 64)"),
-            }],
+        return Err(engine::invalid(
+            "--netns",
+            "--netns",
+            format!("'{ns}' is not a namespace name ([A-Za-z0-9_.-], at most 64)"),
         ));
     }
     if !netns::exists(ns) {
-        netns::create(ns).map_err(|e| Fail::Runtime(e.to_string()))?;
+        netns::create(ns).map_err(|e| EngineError::Runtime(e.to_string()))?;
     }
-    netns::enter(ns).map_err(|e| Fail::Runtime(e.to_string()))?;
+    netns::enter(ns).map_err(|e| EngineError::Runtime(e.to_string()))?;
     Ok(ns.clone())
 }
 
-struct Planned {
-    plan: Plan,
-    /// sysctls the spec enforces (the rest of the sysctl steps are restores).
-    managed: BTreeSet<String>,
-    observer: Observer,
-    /// Held from observation to the end of apply.
-    _lock: std::fs::File,
-}
-
-fn make_plan(spec: Option<&Spec>, scope: &str, file: &str) -> Result<Planned, Fail> {
-    let observer = Observer::new(scope);
-    let lock = observer
-        .state_dir
-        .lock()
-        .map_err(|e| Fail::Runtime(e.to_string()))?;
-    let snap = observer
-        .snapshot(spec)
-        .map_err(|e| Fail::Runtime(format!("cannot read the host: {e}")))?;
-    let empty = Spec {
-        version: 1,
-        host: Default::default(),
-        networks: Default::default(),
-        vms: Default::default(),
-        locs: Default::default(),
-    };
-    let spec = spec.unwrap_or(&empty);
-    let want = desired::desired(spec, &snap).map_err(|e| Fail::Invalid(file.to_string(), e))?;
-    let uplinks: BTreeSet<String> = want.uplinks.keys().cloned().collect();
-    let keys: BTreeSet<String> = want.sysctls.keys().cloned().collect();
-    let have = desired::observed(&snap, &uplinks, &keys);
-    Ok(Planned {
-        plan: plan::diff(&want, &have),
-        managed: managed_sysctls(spec).into_keys().collect(),
-        observer,
-        _lock: lock,
-    })
-}
-
-fn fail_after() -> Result<Option<usize>, Fail> {
+fn fail_after() -> Result<Option<usize>, EngineError> {
     match std::env::var("KVMNET_FAIL_AFTER") {
         Err(_) => Ok(None),
         Ok(v) => v.trim().parse().map(Some).map_err(|_| {
-            Fail::Invalid(
-                "KVMNET_FAIL_AFTER".into(),
-                vec![SpecError {
-                    path: "KVMNET_FAIL_AFTER".into(),
-                    loc: spec::Loc { line: 0, col: 0 },
-                    message: format!("'{v}' is not a step number"),
-                }],
+            engine::invalid(
+                "KVMNET_FAIL_AFTER",
+                "KVMNET_FAIL_AFTER",
+                format!("'{v}' is not a step number"),
             )
         }),
     }
 }
 
-fn execute(p: Planned, scope: &str, as_json: bool) -> Result<(), Fail> {
-    let fail_after = fail_after()?;
-    if p.plan.is_empty() {
-        if as_json {
-            println!("{}", p.plan.to_json());
-        } else {
-            print!("{}", p.plan.render());
-        }
-        return Ok(());
-    }
-    // Remember first values of sysctls before touching them: written (and synced) before
-    // the change, so even a crash mid-apply cannot lose them.
-    let sd = &p.observer.state_dir;
-    let before = sd.load().map_err(|e| Fail::Runtime(e.to_string()))?;
-    let mut during = before.clone();
-    for s in &p.plan.steps {
-        if let Step::SetSysctl { key, from, .. } = s
-            && p.managed.contains(key)
-        {
-            during
-                .sysctl_originals
-                .entry(key.clone())
-                .or_insert(from.clone());
-        }
-    }
-    if during != before {
-        sd.save(&during).map_err(|e| Fail::Runtime(e.to_string()))?;
-    }
-    let mut kernel = Kernel::new(scope).map_err(|e| Fail::Runtime(e.to_string()))?;
-    match apply::apply(&mut kernel, &p.plan.steps, fail_after) {
-        Ok(()) => {
-            let mut after = during.clone();
-            after.sysctl_originals.retain(|k, _| p.managed.contains(k));
-            if after != during {
-                sd.save(&after).map_err(|e| Fail::Runtime(e.to_string()))?;
-            }
-            if as_json {
-                println!("{}", p.plan.to_json());
-            } else {
-                print!("{}", p.plan.render());
-                println!("Applied {} changes.", p.plan.steps.len());
-            }
-            Ok(())
-        }
-        Err(f) => {
-            if during != before {
-                let _ = sd.save(&before);
-            }
-            let mut msg = format!(
-                "step {} ({}) failed: {}; the {} steps before it were rolled back",
-                f.step,
-                p.plan
-                    .steps
-                    .get(f.step.saturating_sub(1))
-                    .map_or(String::new(), |s| s.to_string()),
-                f.error,
-                f.step.saturating_sub(1)
-            );
-            if !f.rollback_errors.is_empty() {
-                msg.push_str(&format!(
-                    "; ROLLBACK INCOMPLETE, check the host: {}",
-                    f.rollback_errors.join("; ")
-                ));
-            }
-            if as_json {
-                println!(
-                    "{}",
-                    json!({ "changes": [], "error": msg, "rolled_back": f.rollback_errors.is_empty() })
-                );
-            }
-            Err(Fail::Runtime(msg))
+fn print_plan(plan: &Plan, as_json: bool, applied: bool) {
+    if as_json {
+        println!("{}", plan.to_json());
+    } else {
+        print!("{}", plan.render());
+        if applied && !plan.is_empty() {
+            println!("Applied {} changes.", plan.steps.len());
         }
     }
 }
 
-fn run(cli: Cli) -> Result<(), (Fail, bool)> {
+/// Asks the scope's daemon, if one runs. A 422 answer carries validation errors.
+fn via_daemon(
+    scope: &str,
+    method: &str,
+    path: &str,
+    body: &Value,
+) -> Option<Result<Value, EngineError>> {
+    let sd = StateDir::for_scope(scope);
+    let r = api::call(&sd.dir, method, path, body)?;
+    Some(match r {
+        Ok(v) if v.get("errors").is_some() => Err(EngineError::Invalid {
+            source: v["source"].as_str().unwrap_or("spec").to_string(),
+            errors: v["errors"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|e| crate::spec::SpecError {
+                    path: e["path"].as_str().unwrap_or("").to_string(),
+                    loc: crate::spec::Loc {
+                        line: e["line"].as_u64().unwrap_or(1) as usize,
+                        col: e["column"].as_u64().unwrap_or(1) as usize,
+                    },
+                    message: e["message"].as_str().unwrap_or("").to_string(),
+                })
+                .collect(),
+        }),
+        Ok(v) => Ok(v),
+        Err(e) => Err(EngineError::Runtime(e.to_string())),
+    })
+}
+
+fn print_changes(v: &Value, as_json: bool) {
+    if as_json {
+        println!("{v}");
+    } else {
+        let changes = v["changes"].as_array().cloned().unwrap_or_default();
+        if changes.is_empty() {
+            println!("No changes: the host matches the spec.");
+        }
+        for c in &changes {
+            println!(
+                "{} {} {}",
+                match c["op"].as_str() {
+                    Some("create" | "add") => "+",
+                    Some("delete" | "remove") => "-",
+                    _ => "~",
+                },
+                c["kind"].as_str().unwrap_or(""),
+                c["name"].as_str().unwrap_or("")
+            );
+        }
+        if !changes.is_empty() {
+            println!("Applied {} changes (through the daemon).", changes.len());
+        }
+    }
+}
+
+/// Starts the detached process that reverts an unconfirmed change at its deadline.
+fn spawn_revert_timer(netns: &Option<String>, token: &str) -> Result<(), EngineError> {
+    use std::os::unix::process::CommandExt;
+    let exe = std::env::current_exe().map_err(|e| EngineError::Runtime(e.to_string()))?;
+    let mut c = std::process::Command::new(exe);
+    c.arg("revert-timer").arg("--token").arg(token);
+    if let Some(ns) = netns {
+        c.arg("--netns").arg(ns);
+    }
+    c.stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null());
+    // SAFETY: setsid in the child before exec: the timer outlives this command and the
+    // operator's session (an SSH connection that drops is the case it exists for).
+    unsafe {
+        c.pre_exec(|| {
+            libc::setsid();
+            Ok(())
+        });
+    }
+    c.spawn()
+        .map(|_| ())
+        .map_err(|e| EngineError::Runtime(format!("cannot start the revert timer: {e}")))
+}
+
+fn apply_cmd(
+    file: PathBuf,
+    scope: Scope,
+    confirm_within: Option<String>,
+) -> Result<(), (EngineError, bool)> {
+    let j = scope.json;
+    let fail = fail_after().map_err(|e| (e, j))?;
+    let confirm = match &confirm_within {
+        None => None,
+        Some(d) => Some(engine::parse_duration(d).ok_or_else(|| {
+            (
+                engine::invalid(
+                    "--confirm-within",
+                    "--confirm-within",
+                    format!("'{d}' is not a duration (like 60s, 5m)"),
+                ),
+                j,
+            )
+        })?),
+    };
+    let (spec, text) = engine::load(&file).map_err(|e| (e, j))?;
+    let s = enter(&scope.netns).map_err(|e| (e, j))?;
+    let source = file.display().to_string();
+    let body = json!({
+        "spec": String::from_utf8_lossy(&text), "source": source,
+        "confirm_within": confirm, "fail_after": fail,
+    });
+    if let Some(r) = via_daemon(&s, "POST", "/v1/apply", &body) {
+        print_changes(&r.map_err(|e| (e, j))?, j);
+        return Ok(());
+    }
+    let p = engine::plan(Some(&spec), &s, &source).map_err(|e| (e, j))?;
+    let previous_state = p
+        .state_dir
+        .load()
+        .map_err(|e| (EngineError::Runtime(e.to_string()), j))?;
+    let hash = engine::spec_hash(&text);
+    engine::execute(&p, "apply", &hash, fail).map_err(|e| (e, j))?;
+    print_plan(&p.plan, j, true);
+    if let Some(secs) = confirm {
+        let token = format!("{:x}{:x}", crate::audit::now_unix(), std::process::id());
+        let pending = Pending {
+            token: token.clone(),
+            deadline_unix: crate::audit::now_unix() + secs,
+            previous: p.previous.clone(),
+            previous_state,
+            previous_spec: None,
+            spec_hash: hash,
+        };
+        engine::save_pending(&p.state_dir, &pending).map_err(|e| (e, j))?;
+        spawn_revert_timer(&scope.netns, &token).map_err(|e| (e, j))?;
+        if !j {
+            println!(
+                "This change reverts in {secs}s unless confirmed: kvmnet confirm{}",
+                scope
+                    .netns
+                    .as_ref()
+                    .map_or(String::new(), |n| format!(" --netns {n}"))
+            );
+        }
+    }
+    Ok(())
+}
+
+fn run(cli: Cli) -> Result<(), (EngineError, bool)> {
     match cli.command {
         Command::Validate { file } => {
-            let spec = load(&file).map_err(|f| (f, false))?;
+            let (spec, _) = engine::load(&file).map_err(|e| (e, false))?;
             let ports: usize = spec.vms.values().map(|v| v.ports.len()).sum();
             println!(
                 "{}: valid ({} networks, {} VMs, {} ports)",
@@ -280,42 +311,117 @@ fn run(cli: Cli) -> Result<(), (Fail, bool)> {
         }
         Command::Plan { file, scope } => {
             let j = scope.json;
-            let spec = load(&file).map_err(|f| (f, j))?;
-            let s = enter(&scope.netns).map_err(|f| (f, j))?;
-            let p = make_plan(Some(&spec), &s, &file.display().to_string()).map_err(|f| (f, j))?;
-            if j {
-                println!("{}", p.plan.to_json());
-            } else {
-                print!("{}", p.plan.render());
-            }
+            let (spec, _) = engine::load(&file).map_err(|e| (e, j))?;
+            let s = enter(&scope.netns).map_err(|e| (e, j))?;
+            let p =
+                engine::plan(Some(&spec), &s, &file.display().to_string()).map_err(|e| (e, j))?;
+            print_plan(&p.plan, j, false);
             Ok(())
         }
-        Command::Apply { file, scope } => {
-            let j = scope.json;
-            let spec = load(&file).map_err(|f| (f, j))?;
-            let s = enter(&scope.netns).map_err(|f| (f, j))?;
-            let p = make_plan(Some(&spec), &s, &file.display().to_string()).map_err(|f| (f, j))?;
-            execute(p, &s, j).map_err(|f| (f, j))
+        Command::Apply {
+            file,
+            scope,
+            confirm_within,
+        } => apply_cmd(file, scope, confirm_within),
+        Command::Confirm { netns } => {
+            let s = enter(&netns).map_err(|e| (e, false))?;
+            let confirmed = match via_daemon(&s, "POST", "/v1/confirm", &Value::Null) {
+                Some(r) => r.map_err(|e| (e, false))?["confirmed"]
+                    .as_bool()
+                    .unwrap_or(false),
+                None => engine::confirm(&s).map_err(|e| (e, false))?,
+            };
+            println!(
+                "{}",
+                if confirmed {
+                    "Confirmed: the change stays."
+                } else {
+                    "Nothing to confirm."
+                }
+            );
+            Ok(())
         }
         Command::Destroy { scope } => {
             let j = scope.json;
-            let s = enter(&scope.netns).map_err(|f| (f, j))?;
-            let p = make_plan(None, &s, "(destroy)").map_err(|f| (f, j))?;
-            execute(p, &s, j).map_err(|f| (f, j))
+            let s = enter(&scope.netns).map_err(|e| (e, j))?;
+            let body =
+                json!({ "spec": "version: 1\n", "source": "(destroy)", "action": "destroy" });
+            if let Some(r) = via_daemon(&s, "POST", "/v1/apply", &body) {
+                print_changes(&r.map_err(|e| (e, j))?, j);
+                return Ok(());
+            }
+            let p = engine::plan(None, &s, "(destroy)").map_err(|e| (e, j))?;
+            engine::execute(&p, "destroy", "", fail_after().map_err(|e| (e, j))?)
+                .map_err(|e| (e, j))?;
+            print_plan(&p.plan, j, true);
+            Ok(())
         }
         Command::Status { scope } => {
             let j = scope.json;
-            let s = enter(&scope.netns).map_err(|f| (f, j))?;
-            let snap = Observer::new(&s)
-                .snapshot(None)
-                .map_err(|e| (Fail::Runtime(format!("cannot read the host: {e}")), j))?;
-            let v = status::status_json(&snap);
+            let s = enter(&scope.netns).map_err(|e| (e, j))?;
+            let v = match via_daemon(&s, "GET", "/v1/status", &Value::Null) {
+                Some(r) => r.map_err(|e| (e, j))?,
+                None => {
+                    let snap = Observer::new(&s).snapshot(None).map_err(|e| {
+                        (
+                            EngineError::Runtime(format!("cannot read the host: {e}")),
+                            j,
+                        )
+                    })?;
+                    status::status_json(&snap)
+                }
+            };
             if j {
                 println!("{v}");
             } else {
                 print!("{}", status::render(&v));
             }
             Ok(())
+        }
+        Command::Leases { scope } => {
+            let j = scope.json;
+            let s = enter(&scope.netns).map_err(|e| (e, j))?;
+            let v = match via_daemon(&s, "GET", "/v1/leases", &Value::Null) {
+                Some(r) => r.map_err(|e| (e, j))?,
+                None => json!({ "leases": [] }),
+            };
+            if j {
+                println!("{v}");
+            } else {
+                let leases = v["leases"].as_array().cloned().unwrap_or_default();
+                if leases.is_empty() {
+                    println!("No leases.");
+                }
+                for l in leases {
+                    println!("{l}");
+                }
+            }
+            Ok(())
+        }
+        Command::Daemon { spec, netns } => {
+            let s = enter(&netns).map_err(|e| (e, false))?;
+            daemon::run(&s, &spec).map_err(|e| (e, false))
+        }
+        Command::RevertTimer { netns, token } => {
+            let s = enter(&netns).map_err(|e| (e, false))?;
+            loop {
+                let sd = StateDir::for_scope(&s);
+                match engine::load_pending(&sd).map_err(|e| (e, false))? {
+                    Some(p) if p.token == token => {
+                        let now = crate::audit::now_unix();
+                        if now >= p.deadline_unix {
+                            engine::revert_if_due(&s, Some(&token), false)
+                                .map_err(|e| (e, false))?;
+                            return Ok(());
+                        }
+                        std::thread::sleep(std::time::Duration::from_secs(
+                            (p.deadline_unix - now).min(1),
+                        ));
+                    }
+                    // Confirmed, or replaced by a newer change with its own timer.
+                    _ => return Ok(()),
+                }
+            }
         }
     }
 }
@@ -324,12 +430,27 @@ pub fn main() -> ExitCode {
     let cli = Cli::parse();
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
-        Err((Fail::Invalid(file, errors), as_json)) => {
-            print_errors(&file, &errors, as_json);
+        Err((EngineError::Invalid { source, errors }, as_json)) => {
+            for e in &errors {
+                eprintln!(
+                    "{source}:{}:{}: {}: {}",
+                    e.loc.line, e.loc.col, e.path, e.message
+                );
+            }
+            if as_json {
+                let v: Vec<_> = errors
+                    .iter()
+                    .map(|e| json!({ "path": e.path, "line": e.loc.line, "column": e.loc.col, "message": e.message }))
+                    .collect();
+                println!("{}", json!({ "changes": [], "errors": v }));
+            }
             ExitCode::from(EXIT_INVALID)
         }
-        Err((Fail::Runtime(msg), _)) => {
+        Err((EngineError::Runtime(msg), as_json)) => {
             eprintln!("kvmnet: {msg}");
+            if as_json {
+                println!("{}", json!({ "changes": [], "error": msg }));
+            }
             ExitCode::from(EXIT_RUNTIME)
         }
     }

@@ -5,9 +5,12 @@
 //! `backend`s, rolled back on failure). `observe` reads the live host into a `Snapshot`.
 
 pub mod apply;
+pub mod audit;
 pub mod backend;
 pub mod cli;
+pub mod daemon;
 pub mod desired;
+pub mod engine;
 pub mod nft;
 pub mod observe;
 pub mod plan;

@@ -132,6 +132,16 @@ impl Observer {
 
     /// Everything the pure layers need to plan `spec` (or a destroy when `spec` is `None`).
     pub fn snapshot(&self, spec: Option<&Spec>) -> Result<Snapshot, ObserveError> {
+        self.snapshot_with(spec, &BTreeSet::new())
+    }
+
+    /// Like `snapshot`, also reading the sysctls in `extra_sysctls` (a revert needs the ones
+    /// the state it goes back to had).
+    pub fn snapshot_with(
+        &self,
+        spec: Option<&Spec>,
+        extra_sysctls: &BTreeSet<String>,
+    ) -> Result<Snapshot, ObserveError> {
         let mut nl = Netlink::open()?;
         let NetnsSnap {
             links,
@@ -187,6 +197,7 @@ impl Observer {
 
         let state = self.state_dir.load()?;
         let mut keys: BTreeSet<String> = state.sysctl_originals.keys().cloned().collect();
+        keys.extend(extra_sysctls.iter().cloned());
         let mut users = BTreeMap::new();
         if let Some(spec) = spec {
             keys.extend(managed_sysctls(spec).into_keys());

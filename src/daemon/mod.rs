@@ -1,0 +1,283 @@
+//! `kvmnet daemon`: applies the spec at start, keeps the host converged (drift is repaired
+//! within a reconcile interval and each repair is logged), re-applies on SIGHUP or an API
+//! request, reverts unconfirmed changes when their time is up, and serves the local API.
+//! Stopping the daemon leaves the networking in place: VMs keep working.
+
+pub mod api;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+use crate::engine::{self, EngineError, Pending};
+use crate::observe::Observer;
+use crate::spec::Spec;
+use crate::statedir::StateDir;
+use crate::status;
+
+/// The spec the daemon enforces now.
+struct Active {
+    spec: Spec,
+    text: Vec<u8>,
+}
+
+struct Shared {
+    scope: String,
+    spec_path: std::path::PathBuf,
+    active: Mutex<Active>,
+    stop: AtomicBool,
+    reload: AtomicBool,
+}
+
+fn log(msg: &str) {
+    eprintln!("kvmnet: {msg}");
+}
+
+fn notify(state: &str) {
+    let Some(path) = std::env::var_os("NOTIFY_SOCKET") else {
+        return;
+    };
+    let sock = match std::os::unix::net::UnixDatagram::unbound() {
+        Ok(s) => s,
+        Err(_) => return,
+    };
+    let p = path.to_string_lossy();
+    let _ = if let Some(name) = p.strip_prefix('@') {
+        use std::os::linux::net::SocketAddrExt;
+        std::os::unix::net::SocketAddr::from_abstract_name(name.as_bytes())
+            .and_then(|a| sock.send_to_addr(state.as_bytes(), &a))
+    } else {
+        sock.send_to(state.as_bytes(), &*p)
+    };
+}
+
+fn block_signals() -> libc::sigset_t {
+    // SAFETY: plain signal-set manipulation on a local set.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        for s in [libc::SIGHUP, libc::SIGTERM, libc::SIGINT] {
+            libc::sigaddset(&mut set, s);
+        }
+        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+        set
+    }
+}
+
+fn apply_active(sh: &Shared, action: &str) -> Result<usize, EngineError> {
+    let active = sh.active.lock().expect("lock");
+    let p = engine::plan(
+        Some(&active.spec),
+        &sh.scope,
+        &sh.spec_path.display().to_string(),
+    )?;
+    let n = p.plan.steps.len();
+    if n == 0 && action == "repair" {
+        return Ok(0);
+    }
+    if action == "repair" {
+        for s in &p.plan.steps {
+            log(&format!("repair: {s}"));
+        }
+    }
+    engine::execute(&p, action, &engine::spec_hash(&active.text), None)?;
+    Ok(n)
+}
+
+fn reload(sh: &Shared) {
+    match engine::load(&sh.spec_path) {
+        Ok((spec, text)) => {
+            *sh.active.lock().expect("lock") = Active { spec, text };
+            match apply_active(sh, "apply") {
+                Ok(n) => log(&format!("reloaded {}: {n} changes", sh.spec_path.display())),
+                Err(e) => log(&format!("reload failed: {e}")),
+            }
+        }
+        Err(e) => log(&format!("reload refused, keeping the current spec:\n{e}")),
+    }
+}
+
+fn handle(sh: &Shared, req: api::Request) -> api::Response {
+    match (req.method.as_str(), req.path.as_str()) {
+        ("GET", "/v1/status") => match Observer::new(&sh.scope).snapshot(None) {
+            Ok(snap) => api::Response::ok(status::status_json(&snap)),
+            Err(e) => api::Response::error(500, e.to_string()),
+        },
+        ("GET", "/v1/leases") => api::Response::ok(json!({ "leases": [] })),
+        ("POST", "/v1/reload") => {
+            sh.reload.store(true, Ordering::SeqCst);
+            api::Response::ok(json!({ "reload": "scheduled" }))
+        }
+        ("POST", "/v1/confirm") => match engine::confirm(&sh.scope) {
+            Ok(c) => api::Response::ok(json!({ "confirmed": c })),
+            Err(e) => api::Response::error(500, e.to_string()),
+        },
+        ("POST", "/v1/apply") => apply_request(sh, &req.body),
+        _ => api::Response::error(
+            404,
+            format!("no such endpoint: {} {}", req.method, req.path),
+        ),
+    }
+}
+
+/// `POST /v1/apply {"spec": TEXT, "source": NAME, "confirm_within": SECS?}`: the daemon
+/// validates, applies and from then on enforces that spec.
+fn apply_request(sh: &Shared, body: &Value) -> api::Response {
+    let Some(text) = body["spec"].as_str() else {
+        return api::Response::error(400, "body needs \"spec\"");
+    };
+    let source = body["source"].as_str().unwrap_or("(api)").to_string();
+    let confirm = body["confirm_within"].as_u64();
+    let spec = match engine::parse(&source, text.as_bytes()) {
+        Ok(s) => s,
+        Err(e) => return invalid_response(e),
+    };
+    let mut active = sh.active.lock().expect("lock");
+    let p = match engine::plan(Some(&spec), &sh.scope, &source) {
+        Ok(p) => p,
+        Err(e) => return invalid_response(e),
+    };
+    let hash = engine::spec_hash(text.as_bytes());
+    let previous_state = match p.state_dir.load() {
+        Ok(s) => s,
+        Err(e) => return api::Response::error(500, e.to_string()),
+    };
+    let action = body["action"].as_str().unwrap_or("apply");
+    let fail_after = body["fail_after"].as_u64().map(|k| k as usize);
+    if let Err(e) = engine::execute(&p, action, &hash, fail_after) {
+        return invalid_response(e);
+    }
+    let changes = p.plan.to_json();
+    if let Some(secs) = confirm {
+        let pending = Pending {
+            token: format!(
+                "{:x}",
+                crate::audit::now_unix() ^ u64::from(std::process::id())
+            ),
+            deadline_unix: crate::audit::now_unix() + secs,
+            previous: p.previous.clone(),
+            previous_state,
+            previous_spec: Some(String::from_utf8_lossy(&active.text).into_owned()),
+            spec_hash: hash,
+        };
+        if let Err(e) = engine::save_pending(&p.state_dir, &pending) {
+            return api::Response::error(500, e.to_string());
+        }
+    }
+    *active = Active {
+        spec,
+        text: text.as_bytes().to_vec(),
+    };
+    api::Response::ok(changes)
+}
+
+fn invalid_response(e: EngineError) -> api::Response {
+    match e {
+        EngineError::Invalid { source, errors } => api::Response {
+            status: 422,
+            body: json!({
+                "changes": [],
+                "source": source,
+                "errors": errors.iter().map(|e| json!({
+                    "path": e.path, "line": e.loc.line, "column": e.loc.col, "message": e.message
+                })).collect::<Vec<_>>()
+            }),
+        },
+        EngineError::Runtime(m) => api::Response::error(500, m),
+    }
+}
+
+/// Runs the daemon until SIGTERM/SIGINT. The caller has already entered the namespace.
+pub fn run(scope: &str, spec_path: &std::path::Path) -> Result<(), EngineError> {
+    let sigset = block_signals();
+    let (spec, text) = engine::load(spec_path)?;
+    let sh = Arc::new(Shared {
+        scope: scope.to_string(),
+        spec_path: spec_path.to_path_buf(),
+        active: Mutex::new(Active { spec, text }),
+        stop: AtomicBool::new(false),
+        reload: AtomicBool::new(false),
+    });
+    let n = apply_active(&sh, "apply")?;
+    log(&format!("applied {}: {n} changes", spec_path.display()));
+
+    let state_dir = StateDir::for_scope(scope);
+    let listener = api::bind(&state_dir.dir).map_err(|e| EngineError::Runtime(e.to_string()))?;
+
+    let api_sh = Arc::clone(&sh);
+    let api_thread = std::thread::spawn(move || {
+        while !api_sh.stop.load(Ordering::SeqCst) {
+            match listener.accept() {
+                Ok((s, _)) => api::serve_one(s, &mut |req| handle(&api_sh, req)),
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+                Err(e) => {
+                    log(&format!("API: {e}"));
+                    std::thread::sleep(Duration::from_millis(200));
+                }
+            }
+        }
+    });
+
+    let sig_sh = Arc::clone(&sh);
+    std::thread::spawn(move || {
+        loop {
+            let mut sig: libc::c_int = 0;
+            // SAFETY: waits for one of the signals blocked above.
+            if unsafe { libc::sigwait(&sigset, &mut sig) } != 0 {
+                continue;
+            }
+            if sig == libc::SIGHUP {
+                sig_sh.reload.store(true, Ordering::SeqCst);
+            } else {
+                sig_sh.stop.store(true, Ordering::SeqCst);
+                break;
+            }
+        }
+    });
+
+    notify("READY=1");
+    let interval = Duration::from_millis(
+        std::env::var("KVMNET_RECONCILE_MS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(2000),
+    );
+    let mut next = Instant::now() + interval;
+    while !sh.stop.load(Ordering::SeqCst) {
+        if sh.reload.swap(false, Ordering::SeqCst) {
+            reload(&sh);
+            next = Instant::now() + interval;
+        }
+        if Instant::now() >= next {
+            match engine::revert_if_due(scope, None, false) {
+                Ok(Some(p)) => {
+                    log("confirmation did not come in time: reverted the last change");
+                    if let Some(text) = p.previous_spec
+                        && let Ok(spec) = engine::parse("(previous spec)", text.as_bytes())
+                    {
+                        *sh.active.lock().expect("lock") = Active {
+                            spec,
+                            text: text.into_bytes(),
+                        };
+                    }
+                }
+                Ok(None) => {}
+                Err(e) => log(&format!("revert failed: {e}")),
+            }
+            if let Err(e) = apply_active(&sh, "repair") {
+                log(&format!("repair failed: {e}"));
+            }
+            next = Instant::now() + interval;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    notify("STOPPING=1");
+    let _ = api_thread.join();
+    let _ = std::fs::remove_file(api::socket_path(&state_dir.dir));
+    log("stopped; networking left in place");
+    Ok(())
+}

@@ -1,0 +1,328 @@
+//! Plan and apply as a library: the one path the CLI, the daemon and the confirm timer share.
+//! Observation, planning and execution of one change all happen under the scope's lock.
+
+use std::collections::BTreeSet;
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+use crate::apply::{self, Kernel};
+use crate::audit;
+use crate::desired::{self, managed_sysctls};
+use crate::observe::Observer;
+use crate::plan::{self, Plan, Step};
+use crate::spec::naming::fnv1a;
+use crate::spec::{self, Loc, Spec, SpecError};
+use crate::state::HostState;
+use crate::statedir::{State, StateDir};
+
+#[derive(Debug)]
+pub enum EngineError {
+    /// Bad input or a conflict with objects kvmnet does not own: nothing was changed.
+    Invalid {
+        source: String,
+        errors: Vec<SpecError>,
+    },
+    /// A failure while reading or changing the host; changes were rolled back.
+    Runtime(String),
+}
+
+impl std::fmt::Display for EngineError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            EngineError::Invalid { source, errors } => {
+                for e in errors {
+                    writeln!(
+                        f,
+                        "{source}:{}:{}: {}: {}",
+                        e.loc.line, e.loc.col, e.path, e.message
+                    )?;
+                }
+                Ok(())
+            }
+            EngineError::Runtime(m) => write!(f, "{m}"),
+        }
+    }
+}
+
+fn runtime(e: impl std::fmt::Display) -> EngineError {
+    EngineError::Runtime(e.to_string())
+}
+
+pub fn invalid(source: &str, path: &str, message: String) -> EngineError {
+    EngineError::Invalid {
+        source: source.to_string(),
+        errors: vec![SpecError {
+            path: path.to_string(),
+            loc: Loc { line: 1, col: 1 },
+            message,
+        }],
+    }
+}
+
+pub fn empty_spec() -> Spec {
+    Spec {
+        version: 1,
+        host: Default::default(),
+        networks: Default::default(),
+        vms: Default::default(),
+        locs: Default::default(),
+    }
+}
+
+pub fn spec_hash(text: &[u8]) -> String {
+    format!("{:016x}", fnv1a(text))
+}
+
+pub fn parse(source: &str, bytes: &[u8]) -> Result<Spec, EngineError> {
+    spec::parse_bytes(bytes).map_err(|errors| EngineError::Invalid {
+        source: source.to_string(),
+        errors,
+    })
+}
+
+/// Reads and validates a spec file; returns it with its raw text.
+pub fn load(path: &Path) -> Result<(Spec, Vec<u8>), EngineError> {
+    let source = path.display().to_string();
+    let bytes = std::fs::read(path)
+        .map_err(|e| invalid(&source, "", format!("cannot read the spec: {e}")))?;
+    Ok((parse(&source, &bytes)?, bytes))
+}
+
+pub struct Planned {
+    pub plan: Plan,
+    /// What kvmnet owned before (observed), for reverting a change exactly.
+    pub previous: HostState,
+    /// sysctls the spec enforces (the other sysctl steps are restores).
+    managed: BTreeSet<String>,
+    pub state_dir: StateDir,
+    scope: String,
+    /// Held from observation to the end of execution.
+    _lock: std::fs::File,
+}
+
+/// Observes the host and plans `spec` (a destroy when `None`).
+pub fn plan(spec: Option<&Spec>, scope: &str, source: &str) -> Result<Planned, EngineError> {
+    let observer = Observer::new(scope);
+    let lock = observer.state_dir.lock().map_err(runtime)?;
+    let snap = observer
+        .snapshot(spec)
+        .map_err(|e| runtime(format!("cannot read the host: {e}")))?;
+    let empty = empty_spec();
+    let spec = spec.unwrap_or(&empty);
+    let want = desired::desired(spec, &snap).map_err(|errors| EngineError::Invalid {
+        source: source.to_string(),
+        errors,
+    })?;
+    let uplinks: BTreeSet<String> = want.uplinks.keys().cloned().collect();
+    let keys: BTreeSet<String> = want.sysctls.keys().cloned().collect();
+    let have = desired::observed(&snap, &uplinks, &keys);
+    Ok(Planned {
+        plan: plan::diff(&want, &have),
+        previous: have,
+        managed: managed_sysctls(spec).into_keys().collect(),
+        state_dir: observer.state_dir,
+        scope: scope.to_string(),
+        _lock: lock,
+    })
+}
+
+/// The steps of a failed execution and what became of them.
+fn failure_message(steps: &[Step], f: &apply::Failure) -> String {
+    let mut msg = format!(
+        "step {} ({}) failed: {}; the {} steps before it were rolled back",
+        f.step,
+        steps
+            .get(f.step.saturating_sub(1))
+            .map_or(String::new(), |s| s.to_string()),
+        f.error,
+        f.step.saturating_sub(1)
+    );
+    if !f.rollback_errors.is_empty() {
+        msg.push_str(&format!(
+            "; ROLLBACK INCOMPLETE, check the host: {}",
+            f.rollback_errors.join("; ")
+        ));
+    }
+    msg
+}
+
+/// Runs a plan, rolling back on failure, and records it in the audit log. `action` names it
+/// there (apply, destroy, repair, revert).
+pub fn execute(
+    p: &Planned,
+    action: &str,
+    spec_hash: &str,
+    fail_after: Option<usize>,
+) -> Result<(), EngineError> {
+    if p.plan.is_empty() {
+        return audit::append(
+            &p.state_dir,
+            &audit::Entry {
+                action,
+                spec_hash,
+                changes: serde_json::json!([]),
+                result: Ok(()),
+            },
+        )
+        .map_err(runtime);
+    }
+    // Remember first values of sysctls before touching them: written (and synced) before
+    // the change, so even a crash mid-apply cannot lose them.
+    let sd = &p.state_dir;
+    let before = sd.load().map_err(runtime)?;
+    let mut during = before.clone();
+    for s in &p.plan.steps {
+        if let Step::SetSysctl { key, from, .. } = s
+            && p.managed.contains(key)
+        {
+            during
+                .sysctl_originals
+                .entry(key.clone())
+                .or_insert(from.clone());
+        }
+    }
+    if during != before {
+        sd.save(&during).map_err(runtime)?;
+    }
+    let mut kernel = Kernel::new(&p.scope).map_err(runtime)?;
+    let result = apply::apply(&mut kernel, &p.plan.steps, fail_after);
+    let outcome = match &result {
+        Ok(()) => {
+            let mut after = during.clone();
+            after.sysctl_originals.retain(|k, _| p.managed.contains(k));
+            if after != during {
+                sd.save(&after).map_err(runtime)?;
+            }
+            Ok(())
+        }
+        Err(f) => {
+            if during != before {
+                let _ = sd.save(&before);
+            }
+            Err(failure_message(&p.plan.steps, f))
+        }
+    };
+    audit::append(
+        sd,
+        &audit::Entry {
+            action,
+            spec_hash,
+            changes: p.plan.to_json()["changes"].clone(),
+            result: outcome.as_ref().map(|_| ()).map_err(String::as_str),
+        },
+    )
+    .map_err(runtime)?;
+    outcome.map_err(EngineError::Runtime)
+}
+
+/// A change applied with `--confirm-within`: what to go back to if no confirmation comes.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Pending {
+    pub token: String,
+    pub deadline_unix: u64,
+    pub previous: HostState,
+    pub previous_state: State,
+    /// The spec a daemon enforced before (it goes back to enforcing it on revert).
+    pub previous_spec: Option<String>,
+    pub spec_hash: String,
+}
+
+fn pending_path(sd: &StateDir) -> std::path::PathBuf {
+    sd.dir.join("pending-confirm.json")
+}
+
+pub fn save_pending(sd: &StateDir, p: &Pending) -> Result<(), EngineError> {
+    let path = pending_path(sd);
+    let tmp = sd.dir.join("pending-confirm.json.tmp");
+    std::fs::write(&tmp, serde_json::to_vec(p).expect("serializes")).map_err(runtime)?;
+    std::fs::File::open(&tmp)
+        .and_then(|f| f.sync_all())
+        .map_err(runtime)?;
+    std::fs::rename(&tmp, path).map_err(runtime)
+}
+
+pub fn load_pending(sd: &StateDir) -> Result<Option<Pending>, EngineError> {
+    match std::fs::read(pending_path(sd)) {
+        Ok(b) => serde_json::from_slice(&b)
+            .map(Some)
+            .map_err(|e| runtime(format!("pending confirmation file is damaged: {e}"))),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(runtime(e)),
+    }
+}
+
+/// Confirms the pending change, if any. Returns whether there was one.
+pub fn confirm(scope: &str) -> Result<bool, EngineError> {
+    let sd = StateDir::for_scope(scope);
+    let _lock = sd.lock().map_err(runtime)?;
+    let Some(p) = load_pending(&sd)? else {
+        return Ok(false);
+    };
+    std::fs::remove_file(pending_path(&sd)).map_err(runtime)?;
+    audit::append(
+        &sd,
+        &audit::Entry {
+            action: "confirm",
+            spec_hash: &p.spec_hash,
+            changes: serde_json::json!([]),
+            result: Ok(()),
+        },
+    )
+    .map_err(runtime)?;
+    Ok(true)
+}
+
+/// Reverts the pending change when its deadline has passed (or at once with `force`), and
+/// only if it is still the one with `token` (when given). Returns the reverted change.
+pub fn revert_if_due(
+    scope: &str,
+    token: Option<&str>,
+    force: bool,
+) -> Result<Option<Pending>, EngineError> {
+    let observer = Observer::new(scope);
+    let lock = observer.state_dir.lock().map_err(runtime)?;
+    let Some(pending) = load_pending(&observer.state_dir)? else {
+        return Ok(None);
+    };
+    if token.is_some_and(|t| t != pending.token)
+        || (!force && audit::now_unix() < pending.deadline_unix)
+    {
+        return Ok(None);
+    }
+    let prev = &pending.previous;
+    let keys: BTreeSet<String> = prev.sysctls.keys().cloned().collect();
+    let snap = observer
+        .snapshot_with(None, &keys)
+        .map_err(|e| runtime(format!("cannot read the host: {e}")))?;
+    let uplinks: BTreeSet<String> = prev.uplinks.keys().cloned().collect();
+    let have = desired::observed(&snap, &uplinks, &keys);
+    let planned = Planned {
+        plan: plan::diff(prev, &have),
+        previous: have,
+        managed: BTreeSet::new(),
+        state_dir: observer.state_dir,
+        scope: scope.to_string(),
+        _lock: lock,
+    };
+    execute(&planned, "revert", &pending.spec_hash, None)?;
+    planned
+        .state_dir
+        .save(&pending.previous_state)
+        .map_err(runtime)?;
+    std::fs::remove_file(pending_path(&planned.state_dir)).map_err(runtime)?;
+    Ok(Some(pending))
+}
+
+/// Parses `60s`, `2m`, `90` (seconds) for `--confirm-within`.
+pub fn parse_duration(s: &str) -> Option<u64> {
+    let s = s.trim();
+    let (num, mult) = match s.char_indices().last()? {
+        (i, 's') => (&s[..i], 1),
+        (i, 'm') => (&s[..i], 60),
+        (i, 'h') => (&s[..i], 3600),
+        _ => (s, 1),
+    };
+    let n: u64 = num.parse().ok()?;
+    (n > 0).then(|| n * mult)
+}

@@ -1,0 +1,233 @@
+//! The daemon keeps the host converged and serves the CLI; unconfirmed changes revert to the
+//! exact previous state, with or without a daemon; every change lands in the audit log.
+
+mod common;
+use common::*;
+
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+struct Daemon(Child);
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        unsafe { libc::kill(self.0.id() as i32, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.0.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn start_daemon(ns: &Namespaces, spec: &str, host: &str) -> Daemon {
+    let child = Command::new(env!("CARGO_BIN_EXE_kvmnet"))
+        .args(["daemon", "--spec", spec, "--netns", host])
+        .env("KVMNET_STATE_DIR", &ns.state_dir)
+        .env("KVMNET_RECONCILE_MS", "300")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let sock = ns.state_dir.join(format!("netns-{host}")).join("api.sock");
+    wait_until("daemon API socket", || sock.exists());
+    Daemon(child)
+}
+
+fn wait_until(what: &str, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline {
+        if f() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    panic!("timed out waiting for {what}");
+}
+
+fn link_exists(host: &str, name: &str) -> bool {
+    sh(&format!("ip -n {host} link show {name}"))
+        .status
+        .success()
+}
+
+fn audit(ns: &Namespaces, host: &str) -> Vec<serde_json::Value> {
+    let p = ns.state_dir.join(format!("netns-{host}")).join("audit.log");
+    std::fs::read_to_string(p)
+        .unwrap_or_default()
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("audit lines are JSON"))
+        .collect()
+}
+
+fn spec_text(extra_port: bool) -> String {
+    let mut s = String::from(
+        "version: 1\nnetworks:\n  nat:\n    mode: nat\n    bridge: d-nat\n    ipv4: 10.91.0.1/24\nvms:\n  a:\n    ports: [ { network: nat, name: d-a } ]\n",
+    );
+    if extra_port {
+        s.push_str("  b:\n    ports: [ { network: nat, name: d-b } ]\n");
+    }
+    s
+}
+
+#[test]
+fn daemon_repairs_drift_and_serves_the_cli() {
+    if !privileged() {
+        return;
+    }
+    let mut ns = Namespaces::new();
+    let host = ns.add("dmn");
+    let spec = SpecFile::new(&spec_text(false));
+    let d = start_daemon(&ns, spec.path(), &host);
+    assert!(link_exists(&host, "d-a"));
+
+    // A port deleted by hand comes back.
+    ok(&format!("ip -n {host} link del d-a"));
+    wait_until("port repaired", || link_exists(&host, "d-a"));
+    // kvmnet's table deleted, or flushed by a firewall reload, comes back.
+    ok(&format!(
+        "ip netns exec {host} nft delete table inet kvmnet"
+    ));
+    wait_until("table repaired", || {
+        sh(&format!("ip netns exec {host} nft list table inet kvmnet"))
+            .status
+            .success()
+    });
+    ok(&format!("ip netns exec {host} nft flush table inet kvmnet"));
+    wait_until("flushed table repaired", || {
+        String::from_utf8_lossy(
+            &sh(&format!("ip netns exec {host} nft list table inet kvmnet")).stdout,
+        )
+        .contains("masquerade")
+    });
+    let repairs = audit(&ns, &host)
+        .into_iter()
+        .filter(|e| e["action"] == "repair")
+        .count();
+    assert!(repairs >= 3, "each repair is audited");
+
+    // The CLI goes through the daemon: status, and apply (the daemon then enforces it).
+    let st: serde_json::Value =
+        serde_json::from_str(&ns.kvmnet_ok(&["status", "--netns", &host, "--json"])).unwrap();
+    assert_eq!(st["networks"][0]["bridge"], "d-nat");
+    let spec2 = SpecFile::new(&spec_text(true));
+    ns.kvmnet_ok(&["apply", spec2.path(), "--netns", &host]);
+    assert!(link_exists(&host, "d-b"));
+    ok(&format!("ip -n {host} link del d-b"));
+    wait_until("new spec enforced", || link_exists(&host, "d-b"));
+    // Invalid specs are refused through the daemon too, with exit 2.
+    let bad = SpecFile::new("version: 1\nnetworks:\n  x:\n    mode: natt\n");
+    let o = ns.kvmnet(&["apply", bad.path(), "--netns", &host]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("networks.x.mode"));
+
+    // SIGHUP re-reads the spec file the daemon was started with.
+    std::fs::write(&spec.0, spec_text(false)).unwrap();
+    unsafe { libc::kill(d.0.id() as i32, libc::SIGHUP) };
+    wait_until("reload removes d-b", || !link_exists(&host, "d-b"));
+
+    // Stopping the daemon leaves networking in place.
+    drop(d);
+    assert!(link_exists(&host, "d-a") && link_exists(&host, "d-nat"));
+    ns.kvmnet_ok(&["destroy", "--netns", &host]);
+    let actions: Vec<String> = audit(&ns, &host)
+        .iter()
+        .map(|e| e["action"].as_str().unwrap().to_string())
+        .collect();
+    assert!(
+        actions.contains(&"apply".to_string()) && actions.last().unwrap() == "destroy",
+        "{actions:?}"
+    );
+}
+
+/// A bridge-mode uplink change is the case --confirm-within exists for.
+fn uplink_setup(ns: &mut Namespaces) -> (String, String) {
+    let host = ns.add("cfh");
+    let wan = ns.add("cfw");
+    ok(&format!(
+        "ip link add up0 netns {host} type veth peer name eth0 netns {wan} && \
+         ip -n {host} addr add 192.0.2.2/24 dev up0 && ip -n {host} link set up0 up && \
+         ip -n {wan} addr add 192.0.2.1/24 dev eth0 && ip -n {wan} link set eth0 up && \
+         ip -n {host} route add default via 192.0.2.1"
+    ));
+    (host, wan)
+}
+
+const BRIDGED: &str = "version: 1\nhost:\n  sysctl:\n    net.core.somaxconn: \"777\"\nnetworks:\n  lan:\n    mode: bridge\n    bridge: br-lan\n    uplink: up0\n";
+const SYSCTLS: &[&str] = &["net.core.somaxconn", "net.ipv4.ip_forward"];
+
+fn confirm_cycle(ns: &Namespaces, host: &str) {
+    let before = fingerprint(host, SYSCTLS);
+    let spec = SpecFile::new(BRIDGED);
+    // Unconfirmed: back to exactly what was there.
+    ns.kvmnet_ok(&[
+        "apply",
+        spec.path(),
+        "--netns",
+        host,
+        "--confirm-within",
+        "2s",
+    ]);
+    assert!(link_exists(host, "br-lan"));
+    wait_until("revert", || !link_exists(host, "br-lan"));
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(fingerprint(host, SYSCTLS), before, "revert is not exact");
+    // Confirmed: stays.
+    ns.kvmnet_ok(&[
+        "apply",
+        spec.path(),
+        "--netns",
+        host,
+        "--confirm-within",
+        "2s",
+    ]);
+    assert!(
+        ns.kvmnet_ok(&["confirm", "--netns", host])
+            .contains("Confirmed")
+    );
+    std::thread::sleep(Duration::from_secs(3));
+    assert!(
+        link_exists(host, "br-lan"),
+        "a confirmed change was reverted"
+    );
+    assert!(
+        ns.kvmnet_ok(&["confirm", "--netns", host])
+            .contains("Nothing to confirm")
+    );
+    ns.kvmnet_ok(&["destroy", "--netns", host]);
+    assert_eq!(fingerprint(host, SYSCTLS), before);
+}
+
+#[test]
+fn unconfirmed_change_reverts_without_a_daemon() {
+    if !privileged() {
+        return;
+    }
+    let mut ns = Namespaces::new();
+    let (host, _wan) = uplink_setup(&mut ns);
+    confirm_cycle(&ns, &host);
+    let actions: Vec<String> = audit(&ns, &host)
+        .iter()
+        .map(|e| e["action"].as_str().unwrap().to_string())
+        .collect();
+    assert!(
+        actions.contains(&"revert".to_string()) && actions.contains(&"confirm".to_string()),
+        "{actions:?}"
+    );
+}
+
+#[test]
+fn unconfirmed_change_reverts_with_a_daemon() {
+    if !privileged() {
+        return;
+    }
+    let mut ns = Namespaces::new();
+    let (host, _wan) = uplink_setup(&mut ns);
+    let empty = SpecFile::new("version: 1\n");
+    let _d = start_daemon(&ns, empty.path(), &host);
+    confirm_cycle(&ns, &host);
+}

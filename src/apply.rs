@@ -328,6 +328,28 @@ impl Kernel {
                 results[i] = Err(e.into());
             }
         }
+        // Bridge-port flags exist only once a port is enslaved.
+        let mut reqs = Vec::new();
+        let mut owners = Vec::new();
+        for (i, p) in ports.iter().enumerate() {
+            if results[i].is_ok() && p.isolated && p.master.is_some() {
+                match self.idx(&p.name) {
+                    Ok(index) => {
+                        reqs.push(Request::SetBridgePort {
+                            index,
+                            isolated: true,
+                        });
+                        owners.push(i);
+                    }
+                    Err(e) => results[i] = Err(e),
+                }
+            }
+        }
+        for (i, r) in owners.into_iter().zip(self.nl.execute(&reqs)) {
+            if let Err(e) = r {
+                results[i] = Err(e.into());
+            }
+        }
         results
     }
 
@@ -501,6 +523,16 @@ impl Kernel {
                         netns_fd: None,
                     },
                 )?;
+                if to.master.is_some() && (to.isolated != from.isolated || to.master != from.master)
+                {
+                    Self::one(
+                        &mut self.nl,
+                        Request::SetBridgePort {
+                            index,
+                            isolated: to.isolated,
+                        },
+                    )?;
+                }
                 self.configure_guest(to, Some(from))
             }
             Step::SetNft { to, .. } => Ok(nftables::replace(to.as_ref())?),

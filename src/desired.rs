@@ -305,8 +305,9 @@ pub fn desired(spec: &Spec, snap: &Snapshot) -> Result<HostState, Vec<SpecError>
                             mac: port.mac,
                             mtu,
                             up: true,
-                            addr: port.ipv4,
-                            gateway,
+                            // A DHCP client in the namespace configures it instead.
+                            addr: port.ipv4.filter(|_| !port.dhcp_client),
+                            gateway: gateway.filter(|_| !port.dhcp_client),
                         },
                     }
                 }
@@ -321,6 +322,7 @@ pub fn desired(spec: &Spec, snap: &Snapshot) -> Result<HostState, Vec<SpecError>
                     mac: host_end_mac(port.mac),
                     mtu,
                     up: true,
+                    isolated: net.isolate_ports,
                     kind,
                 },
             );
@@ -452,6 +454,7 @@ pub fn observed(
                 mac,
                 mtu: l.mtu,
                 up: l.up,
+                isolated: l.isolated,
                 kind,
             },
         );

@@ -1,9 +1,10 @@
-//! kvmnet's nftables table: what the networks of a spec need, as an nft script.
+//! kvmnet's nftables ruleset: what the networks and ports of a spec need, as an nft script.
 //!
-//! kvmnet owns exactly one table, `inet kvmnet`, and never lists, changes or deletes any other.
-//! The table is replaced as a whole in one nft transaction (`add; delete; define`), so a
-//! half-written firewall is never visible. Its comment carries a hash of its definition, which
-//! is how a later run tells whether the live table still is what kvmnet wrote.
+//! kvmnet owns exactly two tables, `inet kvmnet` (forwarding policy, NAT) and `bridge kvmnet`
+//! (anti-spoofing at the bridge), and never lists, changes or deletes any other. Both are
+//! replaced together in one nft transaction (`add; delete; define`), so a half-written
+//! firewall is never visible. Their comments carry a hash of the definition, which is how a
+//! later run tells whether the live tables still are what kvmnet wrote.
 
 use std::fmt::Write as _;
 
@@ -13,6 +14,7 @@ use crate::spec::naming::fnv1a;
 use crate::spec::{Mode, Spec};
 
 pub const FAMILY: &str = "inet";
+pub const BRIDGE_FAMILY: &str = "bridge";
 pub const TABLE: &str = "kvmnet";
 
 /// A table definition with the rule count of each chain. `shape` lets observation notice a
@@ -35,22 +37,68 @@ impl NftTable {
 
 struct Chain {
     name: &'static str,
-    header: &'static str,
+    /// Base chains have a hook line; regular chains (jump targets) none.
+    header: Option<&'static str>,
     rules: Vec<String>,
 }
 
-/// The table the spec's networks need, or `None` when no network needs any rule.
-pub fn table_for(spec: &Spec) -> Option<NftTable> {
-    let mut forward = Chain {
-        name: "forward",
-        header: "type filter hook forward priority filter; policy accept;",
-        rules: Vec::new(),
-    };
-    let mut postrouting = Chain {
-        name: "postrouting",
-        header: "type nat hook postrouting priority srcnat; policy accept;",
-        rules: Vec::new(),
-    };
+impl Chain {
+    fn base(name: &'static str, header: &'static str) -> Chain {
+        Chain {
+            name,
+            header: Some(header),
+            rules: Vec::new(),
+        }
+    }
+    fn regular(name: &'static str) -> Chain {
+        Chain {
+            name,
+            header: None,
+            rules: Vec::new(),
+        }
+    }
+}
+
+/// A named set with its type and elements, written inline in its table.
+struct Set {
+    name: &'static str,
+    ty: &'static str,
+    elements: Vec<String>,
+}
+
+fn render_table(family: &str, sets: &[Set], chains: &[Chain], hash: &str) -> String {
+    let mut t = format!("table {family} {TABLE} {{\n\tcomment \"{TABLE} {hash}\"\n");
+    for s in sets {
+        let _ = writeln!(t, "\tset {} {{\n\t\ttype {}", s.name, s.ty);
+        if !s.elements.is_empty() {
+            let _ = writeln!(t, "\t\telements = {{ {} }}", s.elements.join(", "));
+        }
+        let _ = writeln!(t, "\t}}");
+    }
+    for c in chains {
+        let _ = writeln!(t, "\tchain {} {{", c.name);
+        if let Some(h) = c.header {
+            let _ = writeln!(t, "\t\t{h}");
+        }
+        for r in &c.rules {
+            let _ = writeln!(t, "\t\t{r}");
+        }
+        let _ = writeln!(t, "\t}}");
+    }
+    t.push_str("}\n");
+    t
+}
+
+/// The inet table: forwarding policy and NAT of each network.
+fn inet_chains(spec: &Spec) -> Vec<Chain> {
+    let mut forward = Chain::base(
+        "forward",
+        "type filter hook forward priority filter; policy accept;",
+    );
+    let mut postrouting = Chain::base(
+        "postrouting",
+        "type nat hook postrouting priority srcnat; policy accept;",
+    );
     for net in spec.networks.values() {
         let Some(gw) = net.ipv4 else { continue };
         let br = &net.bridge;
@@ -99,45 +147,133 @@ pub fn table_for(spec: &Spec) -> Option<NftTable> {
             ));
         }
     }
-    let chains: Vec<Chain> = [forward, postrouting]
+    vec![forward, postrouting]
+}
+
+/// The bridge table: anti-spoofing at the bridge, before the bridge learns or forwards
+/// anything. Per-port data lives in sets, so the per-packet cost does not grow with the
+/// number of ports.
+fn bridge_parts(spec: &Spec) -> (Vec<Set>, Vec<Chain>) {
+    let mut guarded = Set {
+        name: "guarded",
+        ty: "ifname",
+        elements: Vec::new(),
+    };
+    let mut port_mac = Set {
+        name: "port_mac",
+        ty: "ifname . ether_addr",
+        elements: Vec::new(),
+    };
+    let mut ip_guarded = Set {
+        name: "ip_guarded",
+        ty: "ifname",
+        elements: Vec::new(),
+    };
+    let mut port_ip = Set {
+        name: "port_ip",
+        ty: "ifname . ipv4_addr",
+        elements: Vec::new(),
+    };
+    for vm in spec.vms.values() {
+        for p in vm.ports.iter().filter(|p| p.antispoof) {
+            guarded.elements.push(format!(r#""{}""#, p.name));
+            port_mac
+                .elements
+                .push(format!(r#""{}" . {}"#, p.name, p.mac));
+            if let Some(a) = p.ipv4 {
+                ip_guarded.elements.push(format!(r#""{}""#, p.name));
+                port_ip
+                    .elements
+                    .push(format!(r#""{}" . {}"#, p.name, a.addr));
+            }
+        }
+    }
+    if guarded.elements.is_empty() {
+        return (Vec::new(), Vec::new());
+    }
+    let mut pre = Chain::base(
+        "prerouting",
+        "type filter hook prerouting priority -300; policy accept;",
+    );
+    pre.rules.push("iifname @guarded jump antispoof".into());
+    let mut a = Chain::regular("antispoof");
+    a.rules.extend(
+        [
+            // Only the port's own MAC, in the frame and in ARP.
+            "iifname . ether saddr != @port_mac counter drop",
+            "ether type arp iifname . arp saddr ether != @port_mac counter drop",
+            // ARP probes (sender 0.0.0.0) are how a guest checks an address is free.
+            "ether type arp arp saddr ip 0.0.0.0 accept",
+            "ether type arp iifname @ip_guarded iifname . arp saddr ip != @port_ip counter drop",
+            // A VM never answers as a DHCP server, nor advertises itself as an IPv6 router.
+            "ether type ip udp sport 67 udp dport 68 counter drop",
+            "ether type ip6 icmpv6 type nd-router-advert counter drop",
+            // DHCP from an unconfigured client, then only the port's own address.
+            "ether type ip ip saddr 0.0.0.0 udp sport 68 udp dport 67 accept",
+            "ether type ip iifname @ip_guarded iifname . ip saddr != @port_ip counter drop",
+        ]
+        .map(String::from),
+    );
+    (vec![guarded, port_mac, ip_guarded, port_ip], vec![pre, a])
+}
+
+/// kvmnet's whole ruleset (its `inet` and `bridge` tables) for a spec, or `None` when the
+/// spec needs no rule. Both tables carry the same hash in their comment.
+pub fn table_for(spec: &Spec) -> Option<NftTable> {
+    let inet: Vec<Chain> = inet_chains(spec)
         .into_iter()
         .filter(|c| !c.rules.is_empty())
         .collect();
-    if chains.is_empty() {
+    let (bsets, bchains) = bridge_parts(spec);
+    if inet.is_empty() && bchains.is_empty() {
         return None;
     }
+    // The hash covers everything but itself: render once with a placeholder.
     let mut body = String::new();
-    for c in &chains {
-        let _ = writeln!(body, "\tchain {} {{\n\t\t{}", c.name, c.header);
-        for r in &c.rules {
-            let _ = writeln!(body, "\t\t{r}");
-        }
-        let _ = writeln!(body, "\t}}");
+    if !inet.is_empty() {
+        body.push_str(&render_table(FAMILY, &[], &inet, ""));
+    }
+    if !bchains.is_empty() {
+        body.push_str(&render_table(BRIDGE_FAMILY, &bsets, &bchains, ""));
     }
     let hash = format!("{:016x}", fnv1a(body.as_bytes()));
-    let text = format!("table {FAMILY} {TABLE} {{\n\tcomment \"{TABLE} {hash}\"\n{body}}}\n");
-    Some(NftTable {
-        hash,
-        shape: chains
-            .iter()
-            .map(|c| (c.name.to_string(), c.rules.len()))
-            .collect(),
-        text,
-    })
+    let mut text = String::new();
+    let mut shape = Vec::new();
+    if !inet.is_empty() {
+        text.push_str(&render_table(FAMILY, &[], &inet, &hash));
+        shape.extend(
+            inet.iter()
+                .map(|c| (format!("{FAMILY} {}", c.name), c.rules.len())),
+        );
+    }
+    if !bchains.is_empty() {
+        text.push_str(&render_table(BRIDGE_FAMILY, &bsets, &bchains, &hash));
+        shape.extend(
+            bchains
+                .iter()
+                .map(|c| (format!("{BRIDGE_FAMILY} {}", c.name), c.rules.len())),
+        );
+    }
+    Some(NftTable { hash, shape, text })
 }
 
 /// The nft script that turns whatever table is live into `to` (or removes it), in one
 /// transaction. `add` first so `delete` cannot fail on a missing table.
 pub fn replace_script(to: Option<&NftTable>) -> String {
-    let mut s = format!("add table {FAMILY} {TABLE}\ndelete table {FAMILY} {TABLE}\n");
+    let mut s = String::new();
+    for fam in [FAMILY, BRIDGE_FAMILY] {
+        s.push_str(&format!(
+            "add table {fam} {TABLE}\ndelete table {fam} {TABLE}\n"
+        ));
+    }
     if let Some(t) = to {
         s.push_str(&t.text);
     }
     s
 }
 
-/// Reads nft's listing of our table back into an `NftTable`. Tolerant: anything it cannot
-/// recognise makes the table look different, which only causes a rewrite.
+/// Reads nft's listing of one of our tables back. Tolerant: anything it cannot recognise
+/// makes the table look different, which only causes a rewrite.
 pub fn parse_listing(text: &str) -> NftTable {
     let mut hash = String::new();
     let mut shape: Vec<(String, usize)> = Vec::new();
@@ -173,6 +309,37 @@ pub fn parse_listing(text: &str) -> NftTable {
         shape,
         text: text.to_string(),
     }
+}
+
+/// Combines the listings of our tables (by family) into one observed ruleset; `None` when
+/// none of them exists. Tables whose hashes disagree were not written together: the result
+/// then matches nothing and gets rewritten.
+pub fn parse_listings(listings: &[(&str, String)]) -> Option<NftTable> {
+    if listings.is_empty() {
+        return None;
+    }
+    let mut hash: Option<String> = None;
+    let mut shape = Vec::new();
+    let mut text = String::new();
+    for (family, listing) in listings {
+        let t = parse_listing(listing);
+        hash = match hash {
+            None => Some(t.hash.clone()),
+            Some(h) if h == t.hash => Some(h),
+            Some(_) => Some(String::from("(mismatch)")),
+        };
+        shape.extend(
+            t.shape
+                .into_iter()
+                .map(|(c, n)| (format!("{family} {c}"), n)),
+        );
+        text.push_str(listing);
+    }
+    Some(NftTable {
+        hash: hash.unwrap_or_default(),
+        shape,
+        text,
+    })
 }
 
 #[cfg(test)]

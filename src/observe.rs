@@ -82,6 +82,7 @@ fn link_snap(l: &LinkInfo, names: &HashMap<u32, String>) -> LinkSnap {
         alias: l.alias.clone().filter(|a| !a.is_empty()),
         tun_owner: l.tun.as_ref().and_then(|t| t.owner),
         tun_multi_queue: l.tun.as_ref().is_some_and(|t| t.multi_queue),
+        isolated: l.brport_isolated.unwrap_or(false),
         stats: Some(Stats {
             rx_bytes: l.stats.rx_bytes,
             rx_packets: l.stats.rx_packets,

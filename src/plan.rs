@@ -128,7 +128,7 @@ impl Step {
             AddRoute { dev, route } | DelRoute { dev, route } => format!("{route} dev {dev}"),
             CreatePort(p) | DeletePort(p) => p.name.clone(),
             UpdatePort { to, .. } => to.name.clone(),
-            SetNft { .. } => format!("{} {}", crate::nft::FAMILY, crate::nft::TABLE),
+            SetNft { .. } => crate::nft::TABLE.to_string(),
             SetSysctl { key, .. } => key.clone(),
         }
     }
@@ -239,6 +239,7 @@ fn port_changes(a: &PortLink, b: &PortLink) -> Value {
         ("mac", a.mac.to_string(), b.mac.to_string()),
         ("mtu", a.mtu.to_string(), b.mtu.to_string()),
         ("up", a.up.to_string(), b.up.to_string()),
+        ("isolated", a.isolated.to_string(), b.isolated.to_string()),
         (
             "bridge",
             a.master.clone().unwrap_or_default(),

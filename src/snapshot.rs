@@ -43,6 +43,8 @@ pub struct LinkSnap {
     pub alias: Option<String>,
     pub tun_owner: Option<u32>,
     pub tun_multi_queue: bool,
+    /// Bridge port isolation flag, for links enslaved to a bridge.
+    pub isolated: bool,
     pub stats: Option<Stats>,
 }
 

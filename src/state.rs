@@ -62,6 +62,9 @@ pub struct PortLink {
     pub mac: Mac,
     pub mtu: u32,
     pub up: bool,
+    /// Bridge port isolation: no traffic to other isolated ports of the bridge.
+    #[serde(default)]
+    pub isolated: bool,
     pub kind: PortKind,
 }
 

@@ -115,6 +115,7 @@ fn synth(want: &kvmnet::state::HostState, base: &Snapshot) -> Snapshot {
             mac: Some(p.mac),
             mtu: p.mtu,
             up: p.up,
+            isolated: p.isolated,
             master: p.master.clone(),
             alias: Some(p.alias()),
             ..Default::default()

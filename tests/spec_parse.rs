@@ -128,6 +128,7 @@ fn full_example() {
                 via: ip("192.168.122.5"),
             }],
         }),
+        isolate_ports: false,
     };
     let routed = Network {
         name: "routed1".into(),
@@ -145,6 +146,7 @@ fn full_example() {
             domain: None,
             routes: vec![],
         }),
+        isolate_ports: false,
     };
     let hostonly = Network {
         name: "hostonly".into(),
@@ -155,6 +157,7 @@ fn full_example() {
         uplink: None,
         nat_egress: None,
         dhcp: None,
+        isolate_ports: false,
     };
     let lan = Network {
         name: "lan".into(),
@@ -165,6 +168,7 @@ fn full_example() {
         uplink: Some("eth1".into()),
         nat_egress: None,
         dhcp: None,
+        isolate_ports: false,
     };
     assert_eq!(
         spec.networks.keys().collect::<Vec<_>>(),
@@ -191,6 +195,8 @@ fn full_example() {
                 owner: Some(Owner::User("libvirt-qemu".into())),
                 queues: 4,
                 netns: None,
+                antispoof: true,
+                dhcp_client: false,
             },
             Port {
                 vm: "web1".into(),
@@ -203,6 +209,8 @@ fn full_example() {
                 owner: Some(Owner::Uid(64055)),
                 queues: 1,
                 netns: None,
+                antispoof: true,
+                dhcp_client: false,
             },
         ]
     );
@@ -221,6 +229,8 @@ fn full_example() {
                 owner: None,
                 queues: 1,
                 netns: Some("guest1".into()),
+                antispoof: true,
+                dhcp_client: false,
             },
             Port {
                 vm: "test1".into(),
@@ -234,6 +244,8 @@ fn full_example() {
                 owner: None,
                 queues: 1,
                 netns: None,
+                antispoof: true,
+                dhcp_client: false,
             },
         ]
     );
@@ -354,7 +366,7 @@ fn error_shape_and_order() {
     assert_eq!(
         e.iter().map(ToString::to_string).collect::<Vec<_>>(),
         [
-            "4:5: networks.default.mdoe: unknown field 'mdoe'; expected one of: mode, bridge, ipv4, mtu, uplink, nat, dhcp",
+            "4:5: networks.default.mdoe: unknown field 'mdoe'; expected one of: mode, bridge, ipv4, mtu, uplink, nat, dhcp, isolate_ports",
             "4:5: networks.default.mode: missing required field 'mode'; expected nat, routed, isolated or bridge",
             // The mode is unknown, so the gateway is only checked for syntax.
         ]

@@ -78,6 +78,9 @@ const RTEXT_FILTER_SKIP_STATS: u32 = 1 << 3;
 
 const IFLA_INFO_KIND: u16 = 1;
 const IFLA_INFO_DATA: u16 = 2;
+const IFLA_INFO_SLAVE_KIND: u16 = 4;
+const IFLA_INFO_SLAVE_DATA: u16 = 5;
+const IFLA_BRPORT_ISOLATED: u16 = 33;
 const VETH_INFO_PEER: u16 = 1;
 
 const IFLA_TUN_OWNER: u16 = 1;
@@ -229,6 +232,8 @@ pub struct TunInfo {
 pub struct LinkInfo {
     pub index: u32,
     pub name: String,
+    /// For a bridge port: whether it is isolated (`IFLA_BRPORT_ISOLATED`).
+    pub brport_isolated: Option<bool>,
     /// `IFLA_INFO_KIND`: "bridge", "veth", "tun", ...; None for devices without one (lo, most
     /// physical NICs).
     pub kind: Option<String>,
@@ -355,6 +360,11 @@ pub enum Request {
     DelLink {
         index: u32,
     },
+    /// Bridge-port flags of a link enslaved to a bridge.
+    SetBridgePort {
+        index: u32,
+        isolated: bool,
+    },
     /// `broadcast: None` adds the address without a broadcast address.
     NewAddr {
         index: u32,
@@ -389,6 +399,7 @@ impl Request {
         match self {
             Request::SetLink { index, .. }
             | Request::DelLink { index }
+            | Request::SetBridgePort { index, .. }
             | Request::NewAddr { index, .. }
             | Request::DelAddr { index, .. } => Some(*index),
             Request::NewRoute(r) | Request::DelRoute(r) => r.oif,
@@ -446,6 +457,9 @@ impl Request {
                 format!("set link {} [{}]", link(*index), what.join(", "))
             }
             Request::DelLink { index } => format!("delete link {}", link(*index)),
+            Request::SetBridgePort { index, isolated } => {
+                format!("set bridge port {} [isolated {isolated}]", link(*index))
+            }
             Request::NewAddr { index, addr, .. } => {
                 format!("add address {addr} to link {}", link(*index))
             }
@@ -713,6 +727,7 @@ fn parse_link(p: &[u8]) -> Option<LinkInfo> {
     let mut li = LinkInfo {
         index,
         name: String::new(),
+        brport_isolated: None,
         kind: None,
         mac: None,
         mtu: 0,
@@ -756,12 +771,25 @@ fn parse_link(p: &[u8]) -> Option<LinkInfo> {
             }
             IFLA_LINKINFO => {
                 let mut data = None;
+                let mut slave_kind = None;
+                let mut slave_data = None;
                 for (t, d) in attrs(v) {
                     match t {
                         IFLA_INFO_KIND => li.kind = Some(attr_string(d)),
                         IFLA_INFO_DATA => data = Some(d),
+                        IFLA_INFO_SLAVE_KIND => slave_kind = Some(attr_string(d)),
+                        IFLA_INFO_SLAVE_DATA => slave_data = Some(d),
                         _ => {}
                     }
+                }
+                if slave_kind.as_deref() == Some("bridge") {
+                    li.brport_isolated = Some(
+                        attrs(slave_data.unwrap_or(&[]))
+                            .find(|(t, _)| *t == IFLA_BRPORT_ISOLATED)
+                            .and_then(|(_, d)| attr_u8(d))
+                            .unwrap_or(0)
+                            != 0,
+                    );
                 }
                 if li.kind.as_deref() == Some("tun") {
                     let mut tun = TunInfo::default();
@@ -1304,7 +1332,7 @@ impl Netlink {
                     return Err(format!("prefix length {} is over 32", r.dst.prefix));
                 }
             }
-            Request::DelLink { .. } => {}
+            Request::DelLink { .. } | Request::SetBridgePort { .. } => {}
         }
         if let Some(i) = req.link_index()
             && i > i32::MAX as u32
@@ -1456,6 +1484,18 @@ impl Netlink {
             Request::DelLink { index } => {
                 let start = b.begin(RTM_DELLINK, ack, seq);
                 b.ifinfomsg(*index, 0, 0);
+                b.end(start);
+            }
+            Request::SetBridgePort { index, isolated } => {
+                // Like `ip link set dev X type bridge_slave isolated on`.
+                let start = b.begin(RTM_NEWLINK, ack, seq);
+                b.ifinfomsg(*index, 0, 0);
+                let li = b.nest_begin(IFLA_LINKINFO);
+                b.attr_str(IFLA_INFO_SLAVE_KIND, "bridge");
+                let data = b.nest_begin(IFLA_INFO_SLAVE_DATA);
+                b.attr(IFLA_BRPORT_ISOLATED, &[u8::from(*isolated)]);
+                b.nest_end(data);
+                b.nest_end(li);
                 b.end(start);
             }
             Request::NewAddr { index, addr, .. } | Request::DelAddr { index, addr } => {

@@ -10,9 +10,9 @@ use crate::nft::{self, NftTable};
 pub enum NftError {
     #[error("cannot run nft ({0}); install the nftables package")]
     Missing(std::io::Error),
-    #[error("nft rejected kvmnet's table: {0}")]
+    #[error("nft rejected kvmnet's tables: {0}")]
     Rejected(String),
-    #[error("nft list table inet kvmnet: {0}")]
+    #[error("nft list table: {0}")]
     List(String),
 }
 
@@ -33,11 +33,9 @@ pub fn available() -> bool {
         .is_ok_and(|s| s.success())
 }
 
-/// kvmnet's table as it is now, or `None` when there is none (or no nft on this host: then
-/// there cannot be one either).
-pub fn observe() -> Result<Option<NftTable>, NftError> {
+fn list(family: &str) -> Result<Option<String>, NftError> {
     let out = match nft()
-        .args(["list", "table", nft::FAMILY, nft::TABLE])
+        .args(["list", "table", family, nft::TABLE])
         .stdin(Stdio::null())
         .output()
     {
@@ -46,9 +44,7 @@ pub fn observe() -> Result<Option<NftTable>, NftError> {
         Err(e) => return Err(NftError::Missing(e)),
     };
     if out.status.success() {
-        return Ok(Some(nft::parse_listing(&String::from_utf8_lossy(
-            &out.stdout,
-        ))));
+        return Ok(Some(String::from_utf8_lossy(&out.stdout).into_owned()));
     }
     let err = String::from_utf8_lossy(&out.stderr);
     if err.contains("No such file or directory") {
@@ -56,6 +52,18 @@ pub fn observe() -> Result<Option<NftTable>, NftError> {
     } else {
         Err(NftError::List(err.trim().to_string()))
     }
+}
+
+/// kvmnet's tables as they are now, or `None` when there are none (or no nft on this host:
+/// then there cannot be any either).
+pub fn observe() -> Result<Option<NftTable>, NftError> {
+    let mut listings = Vec::new();
+    for family in [nft::FAMILY, nft::BRIDGE_FAMILY] {
+        if let Some(text) = list(family)? {
+            listings.push((family, text));
+        }
+    }
+    Ok(nft::parse_listings(&listings))
 }
 
 /// Replace kvmnet's table with `to` (or remove it) in one transaction.

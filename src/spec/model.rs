@@ -180,6 +180,8 @@ pub struct Network {
     /// `nat` mode: masquerade only when leaving through this interface (`nat.egress`).
     pub nat_egress: Option<String>,
     pub dhcp: Option<Dhcp>,
+    /// Ports reach the gateway and the outside but not each other (bridge port isolation).
+    pub isolate_ports: bool,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -237,6 +239,11 @@ pub struct Port {
     pub queues: u32,
     /// veth: the namespace that receives the far end.
     pub netns: Option<String>,
+    /// Drop frames from this port whose MAC, IPv4 or ARP sender is not the port's, DHCP
+    /// server replies and IPv6 router advertisements (default true).
+    pub antispoof: bool,
+    /// veth: leave the far end unaddressed, for a DHCP client in the namespace.
+    pub dhcp_client: bool,
 }
 
 #[cfg(test)]

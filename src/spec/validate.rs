@@ -18,13 +18,31 @@ use super::yaml::{Key, Kind, Node, index, join, show};
 
 const TOP_FIELDS: &[&str] = &["version", "host", "networks", "vms"];
 const HOST_FIELDS: &[&str] = &["sysctl"];
-const NET_FIELDS: &[&str] = &["mode", "bridge", "ipv4", "mtu", "uplink", "nat", "dhcp"];
+const NET_FIELDS: &[&str] = &[
+    "mode",
+    "bridge",
+    "ipv4",
+    "mtu",
+    "uplink",
+    "nat",
+    "dhcp",
+    "isolate_ports",
+];
 const NAT_FIELDS: &[&str] = &["egress"];
 const DHCP_FIELDS: &[&str] = &["range", "pool", "lease_time", "dns", "domain", "routes"];
 const ROUTE_FIELDS: &[&str] = &["to", "via"];
 const VM_FIELDS: &[&str] = &["ports"];
 const PORT_FIELDS: &[&str] = &[
-    "network", "name", "kind", "mac", "ipv4", "owner", "queues", "netns",
+    "network",
+    "name",
+    "kind",
+    "mac",
+    "ipv4",
+    "owner",
+    "queues",
+    "netns",
+    "antispoof",
+    "dhcp_client",
 ];
 
 const MODES: &str = "nat, routed, isolated or bridge";
@@ -529,6 +547,7 @@ struct NetDraft {
     uplink: Option<(String, Loc)>,
     egress: Option<(String, Loc)>,
     dhcp: Option<Dhcp>,
+    isolate_ports: bool,
 }
 
 struct PortDraft {
@@ -548,6 +567,8 @@ struct PortDraft {
     owner: Option<Owner>,
     queues: u32,
     netns: Option<String>,
+    antispoof: bool,
+    dhcp_client: bool,
 }
 
 pub(crate) fn convert(root: &Node, errors: &mut Vec<SpecError>) -> Option<Spec> {
@@ -734,6 +755,7 @@ fn read_network(cx: &mut Ctx, key: &Key, f: &Field) -> NetDraft {
         uplink: None,
         egress: None,
         dhcp: None,
+        isolate_ports: false,
     };
     let Some(o) = obj(
         cx,
@@ -888,6 +910,11 @@ fn read_network(cx: &mut Ctx, key: &Key, f: &Field) -> NetDraft {
             let subnet = if mode_known { d.ipv4 } else { None };
             d.dhcp = read_dhcp(cx, &df, subnet);
         }
+    }
+    if let Some(isf) = o.get(cx, "isolate_ports")
+        && let Some(b) = boolean(cx, &isf)
+    {
+        d.isolate_ports = b;
     }
     d
 }
@@ -1206,6 +1233,8 @@ fn read_port(
         owner: None,
         queues: 1,
         netns: None,
+        antispoof: true,
+        dhcp_client: false,
     };
 
     let mut net: Option<NetRef> = None;
@@ -1314,6 +1343,22 @@ fn read_port(
             QUEUES_MAX,
         ) {
             d.queues = u32::try_from(q).unwrap_or(1);
+        }
+    }
+    if let Some(af) = o.get(cx, "antispoof")
+        && let Some(b) = boolean(cx, &af)
+    {
+        d.antispoof = b;
+    }
+    if let Some(cf) = o.get(cx, "dhcp_client") {
+        if kind == Some(PortKind::Tap) {
+            cx.err(
+                &cf.path,
+                cf.loc(),
+                "dhcp_client applies only to veth ports; a VM behind a tap runs its own DHCP client (remove it)",
+            );
+        } else if let Some(b) = boolean(cx, &cf) {
+            d.dhcp_client = b;
         }
     }
     match (o.get(cx, "netns"), kind) {
@@ -1752,6 +1797,7 @@ fn build(
             uplink: n.uplink.map(|u| u.0),
             nat_egress: n.egress.map(|e| e.0),
             dhcp: n.dhcp,
+            isolate_ports: n.isolate_ports,
             name: n.name,
         };
         networks.insert(network.name.clone(), network);
@@ -1778,6 +1824,8 @@ fn build(
             owner: p.owner,
             queues: p.queues,
             netns: p.netns,
+            antispoof: p.antispoof,
+            dhcp_client: p.dhcp_client,
             index: p.index,
             vm: p.vm,
         };

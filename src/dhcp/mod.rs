@@ -1,0 +1,527 @@
+//! kvmnet's built-in DHCPv4 server (RFC 2131/2132, relay per RFC 1542/3046, classless routes
+//! per RFC 3442).
+//!
+//! - [`scopes`] turns a spec into one [`Scope`] per network with `dhcp:` and a gateway: pure.
+//! - [`Server`] serves them: one UDP socket per bridge (bound to 0.0.0.0:67 on that device)
+//!   plus a send-only packet socket for answers to clients that have no address yet.
+//! - Leases live in `STATE_DIR/leases.journal` (see `store`): every binding is on disk before
+//!   its DHCPACK is sent, so a `kill -9` loses none and never hands an address out twice.
+//!
+//! Who a client is: its Ethernet address (`chaddr`). The client identifier (option 61) is
+//! echoed but not used as the key: a VM's port is its identity here, and reservations are
+//! written by MAC.
+//!
+//! The server is authoritative for its scopes: a request for an address it did not hand out
+//! is answered (ACK when the address is free for that client, NAK otherwise) instead of
+//! ignored, so clients recover at once when the server's state was lost or the spec changed.
+//!
+//! Flood protection (see [`Limits`]): token buckets per client MAC and per source (bridge, or
+//! relay address); clients with a reservation skip the per-source bucket, so a flood of
+//! random MACs cannot crowd them out, and their addresses are never in the pool. Pool offers
+//! are capped (the oldest is recycled), and when the pool runs low new pool clients are
+//! admitted slowly.
+
+mod engine;
+mod net;
+pub mod packet;
+mod store;
+
+use std::net::Ipv4Addr;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+
+use crate::spec::{Ipv4Cidr, Mac, Spec};
+use engine::Engine;
+
+/// What the server hands out on one network (one bridge).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Scope {
+    pub network: String,
+    /// The bridge the server listens on.
+    pub interface: String,
+    /// The server identifier: the gateway address on the bridge.
+    pub server_ip: Ipv4Addr,
+    /// Network address and prefix.
+    pub subnet: Ipv4Cidr,
+    pub router: Option<Ipv4Addr>,
+    pub dns: Vec<Ipv4Addr>,
+    pub domain: Option<String>,
+    pub mtu: Option<u32>,
+    /// `u32::MAX` means infinite.
+    pub lease_secs: u32,
+    /// Classless static routes (option 121): destination, router.
+    pub routes: Vec<(Ipv4Cidr, Ipv4Addr)>,
+    /// Pool for MACs without a reservation, inclusive; `None` serves reservations only.
+    pub pool: Option<(Ipv4Addr, Ipv4Addr)>,
+    pub reservations: Vec<Reservation>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Reservation {
+    pub mac: Mac,
+    pub ip: Ipv4Addr,
+    /// The port (host-side device) the reservation comes from, for messages.
+    pub port: String,
+}
+
+/// The scopes a spec asks for: networks with `dhcp:` and a gateway address; reservations
+/// from the ports on that network that have an `ipv4`. Pure and deterministic (networks by
+/// name, ports in VM and list order).
+pub fn scopes(spec: &Spec) -> Vec<Scope> {
+    let mut out = Vec::new();
+    for (name, net) in &spec.networks {
+        let (Some(dhcp), Some(gw)) = (&net.dhcp, net.ipv4) else {
+            continue;
+        };
+        let reservations = spec
+            .vms
+            .values()
+            .flat_map(|vm| vm.ports.iter())
+            .filter(|p| &p.network == name)
+            .filter_map(|p| {
+                p.ipv4.map(|ip| Reservation {
+                    mac: p.mac,
+                    ip: ip.addr,
+                    port: p.name.clone(),
+                })
+            })
+            .collect();
+        out.push(Scope {
+            network: name.clone(),
+            interface: net.bridge.clone(),
+            server_ip: gw.addr,
+            subnet: gw.network(),
+            router: Some(gw.addr),
+            dns: dhcp.dns.clone(),
+            domain: dhcp.domain.clone(),
+            mtu: net.mtu,
+            lease_secs: u32::try_from(dhcp.lease_time_secs).unwrap_or(u32::MAX),
+            routes: dhcp.routes.iter().map(|r| (r.to, r.via)).collect(),
+            pool: if dhcp.pool { dhcp.range } else { None },
+            reservations,
+        });
+    }
+    out
+}
+
+/// One lease as kept in the journal and shown to operators.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub struct Lease {
+    pub mac: String,
+    pub ip: Ipv4Addr,
+    pub network: String,
+    /// Unix seconds (for `released`: when it was released). `u64::MAX`: infinite.
+    pub expires_unix: u64,
+    pub hostname: Option<String>,
+    /// "offered" | "bound" | "declined" | "released"
+    pub state: String,
+    /// The address is this MAC's reservation in the spec.
+    pub reserved: bool,
+}
+
+/// Counters since start. Message counters count requests received and replies sent.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+pub struct ServerStats {
+    pub received: u64,
+    pub discover: u64,
+    pub request: u64,
+    pub decline: u64,
+    pub release: u64,
+    pub inform: u64,
+    /// DHCPREQUEST by client state (RFC 2131 4.3.2).
+    pub request_selecting: u64,
+    pub request_init_reboot: u64,
+    pub request_renewing: u64,
+    pub request_rebinding: u64,
+    pub relayed: u64,
+    pub offer: u64,
+    pub ack: u64,
+    pub nak: u64,
+    /// Not a well-formed DHCP request from an Ethernet client.
+    pub dropped_malformed: u64,
+    /// Relayed from an address no scope covers.
+    pub dropped_no_scope: u64,
+    /// Over the per-MAC rate.
+    pub dropped_rate_mac: u64,
+    /// Over the per-interface (or per-relay) rate.
+    pub dropped_rate_interface: u64,
+    /// No free pool address (or no pool) for a client without a reservation.
+    pub dropped_pool_exhausted: u64,
+    /// Pool nearly full: a new client over the admission rate.
+    pub dropped_pool_guard: u64,
+    /// Meant for another server, or a DECLINE/RELEASE for an address the client does not hold.
+    pub ignored: u64,
+    /// Outstanding offers recycled because of the offer cap.
+    pub offers_evicted: u64,
+    pub send_errors: u64,
+    pub journal_syncs: u64,
+    pub journal_errors: u64,
+    pub journal_compactions: u64,
+    /// Interfaces of scopes that do not exist (yet); retried every second.
+    pub interfaces_waiting: Vec<String>,
+}
+
+/// Rate limits and pool guards. Rates are packets per second.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Limits {
+    pub per_mac_rate: f64,
+    pub per_mac_burst: f64,
+    /// Per bridge, or per relay address for relayed requests. Reserved clients skip it.
+    pub per_interface_rate: f64,
+    pub per_interface_burst: f64,
+    /// How long an offered address is held for the client's REQUEST.
+    pub offer_hold_secs: u32,
+    /// How long a declined address stays out of use.
+    pub decline_hold_secs: u32,
+    /// At most this share of the pool (percent, at least 8 addresses) is tied up in offers;
+    /// beyond it the oldest offer is recycled.
+    pub max_offers_percent: u32,
+    /// Below this share of free pool addresses (percent) ...
+    pub low_pool_percent: u32,
+    /// ... clients that hold nothing are admitted at this rate per network.
+    pub low_pool_admit_rate: f64,
+}
+
+impl Default for Limits {
+    fn default() -> Limits {
+        Limits {
+            per_mac_rate: 4.0,
+            per_mac_burst: 16.0,
+            per_interface_rate: 5000.0,
+            per_interface_burst: 10000.0,
+            offer_hold_secs: 30,
+            decline_hold_secs: 600,
+            max_offers_percent: 25,
+            low_pool_percent: 10,
+            low_pool_admit_rate: 2.0,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DhcpError {
+    #[error("DHCP lease state {path}: {source}")]
+    State {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("DHCP lease state {path} is in use by another kvmnet DHCP server; stop it first")]
+    Locked { path: String },
+    #[error("DHCP socket on {interface}: {op}: {source}")]
+    Socket {
+        interface: String,
+        op: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("DHCP scope for network {network}: {message}")]
+    Scope { network: String, message: String },
+    #[error("DHCP server: {op}: {source}")]
+    Io {
+        op: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+fn check_scopes(scopes: &[Scope]) -> Result<(), DhcpError> {
+    let bad = |s: &Scope, m: String| {
+        Err(DhcpError::Scope {
+            network: s.network.clone(),
+            message: m,
+        })
+    };
+    for (i, s) in scopes.iter().enumerate() {
+        if s.interface.is_empty() || s.interface.len() > 15 {
+            return bad(s, format!("'{}' is not an interface name", s.interface));
+        }
+        if !s.subnet.contains(s.server_ip) {
+            return bad(s, format!("server address {} is outside {}", s.server_ip, s.subnet));
+        }
+        if s.lease_secs == 0 {
+            return bad(s, "lease time is 0".into());
+        }
+        if let Some((a, b)) = s.pool
+            && (a > b || !s.subnet.contains(a) || !s.subnet.contains(b))
+        {
+            return bad(s, format!("pool {a}-{b} is not a range inside {}", s.subnet));
+        }
+        for o in &scopes[..i] {
+            if o.network == s.network || o.interface == s.interface {
+                return bad(
+                    s,
+                    format!(
+                        "shares its name or interface {} with network {}",
+                        s.interface, o.network
+                    ),
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
+fn now_unix() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// A running DHCP server. Create it in the network namespace whose bridges it serves.
+pub struct Server {
+    shared: Arc<Mutex<Engine>>,
+    sockets: net::Sockets,
+    last_tick: Instant,
+}
+
+/// Read-only access to a server's leases and counters from another thread while
+/// [`Server::run`] blocks.
+#[derive(Clone)]
+pub struct ServerHandle {
+    shared: Arc<Mutex<Engine>>,
+}
+
+fn lock(m: &Mutex<Engine>) -> MutexGuard<'_, Engine> {
+    // A panic while holding the lock leaves the engine usable: its state is updated in steps
+    // that each keep the table consistent.
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl ServerHandle {
+    pub fn leases(&self) -> Vec<Lease> {
+        lock(&self.shared).leases(now_unix())
+    }
+    pub fn stats(&self) -> ServerStats {
+        lock(&self.shared).stats.clone()
+    }
+}
+
+impl Server {
+    /// Opens one UDP socket per scope, bound to 0.0.0.0:67 with SO_BINDTODEVICE=interface,
+    /// SO_BROADCAST, SO_REUSEADDR; loads leases from `state_dir/leases.journal`. The sockets
+    /// belong to the calling thread's network namespace. A scope whose interface does not
+    /// exist yet is retried every second (see [`ServerStats::interfaces_waiting`]).
+    pub fn start(scopes: Vec<Scope>, state_dir: &Path) -> Result<Server, DhcpError> {
+        check_scopes(&scopes)?;
+        let mut engine = Engine::open(state_dir, now_unix())?;
+        let mut sockets = net::Sockets::default();
+        sockets.sync(&scopes)?;
+        engine.set_scopes(scopes, now_unix());
+        engine.stats.interfaces_waiting = sockets.waiting();
+        Ok(Server {
+            shared: Arc::new(Mutex::new(engine)),
+            sockets,
+            last_tick: Instant::now(),
+        })
+    }
+
+    /// Serve until `stop` is set (checked at least every 100 ms).
+    pub fn run(&mut self, stop: &AtomicBool) -> Result<(), DhcpError> {
+        let mut batch = net::Batch::default();
+        while !stop.load(Ordering::Relaxed) {
+            self.sockets.poll(Duration::from_millis(100), &mut batch)?;
+            if !batch.is_empty() {
+                self.serve(&mut batch);
+            }
+            if self.last_tick.elapsed() >= Duration::from_secs(1) {
+                self.tick();
+            }
+        }
+        Ok(())
+    }
+
+    /// Answer one batch of received packets: decide, make the bindings durable with one
+    /// sync, then send.
+    fn serve(&mut self, batch: &mut net::Batch) {
+        let now = now_unix();
+        let mono = Instant::now();
+        let mut out = Vec::with_capacity(batch.len());
+        let durable = {
+            let mut e = lock(&self.shared);
+            for rx in batch.drain() {
+                let iface = self.sockets.interface(rx.socket);
+                if let Some(o) = e.handle(iface, rx.socket, &rx, now, mono) {
+                    out.push(o);
+                }
+            }
+            e.commit()
+        };
+        let mut errors = 0;
+        for o in &out {
+            if o.needs_sync && !durable {
+                continue; // not on disk: the client retries
+            }
+            if self.sockets.send(o).is_err() {
+                errors += 1;
+            }
+        }
+        if errors > 0 {
+            lock(&self.shared).stats.send_errors += errors;
+        }
+    }
+
+    fn tick(&mut self) {
+        self.last_tick = Instant::now();
+        let mut e = lock(&self.shared);
+        e.tick(now_unix(), Instant::now());
+        if let Err(err) = self.sockets.sync(e.scopes()) {
+            eprintln!("kvmnet dhcp: {err}");
+        }
+        e.stats.interfaces_waiting = self.sockets.waiting();
+    }
+
+    /// Replace the scopes (spec re-applied): open and close sockets as needed, keep leases.
+    pub fn update(&mut self, scopes: Vec<Scope>) -> Result<(), DhcpError> {
+        check_scopes(&scopes)?;
+        self.sockets.sync(&scopes)?;
+        let mut e = lock(&self.shared);
+        e.set_scopes(scopes, now_unix());
+        e.stats.interfaces_waiting = self.sockets.waiting();
+        Ok(())
+    }
+
+    pub fn set_limits(&mut self, limits: Limits) {
+        lock(&self.shared).limits = limits;
+    }
+
+    pub fn leases(&self) -> Vec<Lease> {
+        self.handle().leases()
+    }
+
+    pub fn stats(&self) -> ServerStats {
+        self.handle().stats()
+    }
+
+    pub fn handle(&self) -> ServerHandle {
+        ServerHandle {
+            shared: self.shared.clone(),
+        }
+    }
+}
+
+/// Read the leases from a state directory without a running server (for `kvmnet leases`):
+/// the last record per address, without expired ones, sorted by network and address.
+pub fn read_leases(state_dir: &Path) -> Result<Vec<Lease>, DhcpError> {
+    let now = now_unix();
+    let mut last: std::collections::BTreeMap<(String, Ipv4Addr), Lease> = Default::default();
+    for l in store::read_journal(state_dir)? {
+        last.insert((l.network.clone(), l.ip), l);
+    }
+    Ok(last
+        .into_values()
+        .filter(|l| match l.state.as_str() {
+            "bound" | "offered" | "declined" => l.expires_unix > now,
+            "released" => true,
+            _ => false,
+        })
+        .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::spec::*;
+    use std::collections::BTreeMap;
+
+    #[test]
+    fn scopes_from_spec() {
+        let gw: Ipv4Cidr = "10.9.0.1/24".parse().unwrap();
+        let mut networks = BTreeMap::new();
+        networks.insert(
+            "lan".to_string(),
+            Network {
+                name: "lan".into(),
+                mode: Mode::Nat,
+                bridge: "kvbr-lan".into(),
+                ipv4: Some(gw),
+                mtu: Some(1400),
+                uplink: None,
+                nat_egress: None,
+                dhcp: Some(Dhcp {
+                    range: Some((Ipv4Addr::new(10, 9, 0, 100), Ipv4Addr::new(10, 9, 0, 199))),
+                    pool: true,
+                    lease_time_secs: 3600,
+                    dns: vec![Ipv4Addr::new(10, 9, 0, 53)],
+                    domain: Some("lan.example".into()),
+                    routes: vec![DhcpRoute {
+                        to: "198.51.100.0/24".parse().unwrap(),
+                        via: Ipv4Addr::new(10, 9, 0, 254),
+                    }],
+                }),
+            },
+        );
+        networks.insert(
+            "plain".to_string(),
+            Network {
+                name: "plain".into(),
+                mode: Mode::Isolated,
+                bridge: "kvbr-plain".into(),
+                ipv4: Some("10.8.0.1/24".parse().unwrap()),
+                mtu: None,
+                uplink: None,
+                nat_egress: None,
+                dhcp: None,
+            },
+        );
+        let port = |vm: &str, net: &str, m: u8, ip: Option<&str>| Port {
+            vm: vm.into(),
+            index: 0,
+            network: net.into(),
+            name: format!("{vm}-eth0"),
+            kind: PortKind::Tap,
+            mac: Mac([0x52, 0x54, 0, 0, 0, m]),
+            ipv4: ip.map(|s| s.parse().unwrap()),
+            owner: None,
+            queues: 1,
+            netns: None,
+        };
+        let mut vms = BTreeMap::new();
+        for (name, p) in [
+            ("a", port("a", "lan", 1, Some("10.9.0.10/24"))),
+            ("b", port("b", "lan", 2, None)),
+            ("c", port("c", "plain", 3, Some("10.8.0.10/24"))),
+        ] {
+            vms.insert(
+                name.to_string(),
+                Vm {
+                    name: name.into(),
+                    ports: vec![p],
+                },
+            );
+        }
+        let spec = Spec {
+            version: 1,
+            host: Host::default(),
+            networks,
+            vms,
+            locs: BTreeMap::new(),
+        };
+        let s = scopes(&spec);
+        assert_eq!(s.len(), 1);
+        let s = &s[0];
+        assert_eq!(s.interface, "kvbr-lan");
+        assert_eq!(s.server_ip, Ipv4Addr::new(10, 9, 0, 1));
+        assert_eq!(s.subnet.to_string(), "10.9.0.0/24");
+        assert_eq!(s.router, Some(Ipv4Addr::new(10, 9, 0, 1)));
+        assert_eq!(s.mtu, Some(1400));
+        assert_eq!(s.lease_secs, 3600);
+        assert_eq!(s.routes.len(), 1);
+        assert_eq!(
+            s.reservations,
+            vec![Reservation {
+                mac: Mac([0x52, 0x54, 0, 0, 0, 1]),
+                ip: Ipv4Addr::new(10, 9, 0, 10),
+                port: "a-eth0".into(),
+            }]
+        );
+        assert!(check_scopes(std::slice::from_ref(s)).is_ok());
+        let mut twice = vec![s.clone(), s.clone()];
+        twice[1].network = "other".into();
+        assert!(check_scopes(&twice).is_err());
+    }
+}

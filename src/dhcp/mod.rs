@@ -425,92 +425,66 @@ pub fn read_leases(state_dir: &Path) -> Result<Vec<Lease>, DhcpError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::spec::*;
-    use std::collections::BTreeMap;
+
+    const SPEC: &str = r#"
+version: 1
+networks:
+  lan:
+    mode: nat
+    bridge: kvbr-lan
+    ipv4: 10.9.0.1/24
+    mtu: 1400
+    dhcp:
+      range: 10.9.0.100-10.9.0.199
+      lease_time: 1h
+      dns: [10.9.0.53]
+      domain: lan.example
+      routes: [{ to: 198.51.100.0/24, via: 10.9.0.254 }]
+  plain:
+    mode: isolated
+    ipv4: 10.8.0.1/24
+  nopool:
+    mode: isolated
+    ipv4: 10.7.0.1/24
+    dhcp: { range: 10.7.0.100-10.7.0.110, pool: false }
+vms:
+  a:
+    ports:
+      - { network: lan, name: a-eth0, mac: "52:54:00:00:00:01", ipv4: 10.9.0.10 }
+  b:
+    ports:
+      - { network: lan, mac: "52:54:00:00:00:02" }
+      - { network: plain, ipv4: 10.8.0.10 }
+"#;
 
     #[test]
     fn scopes_from_spec() {
-        let gw: Ipv4Cidr = "10.9.0.1/24".parse().unwrap();
-        let mut networks = BTreeMap::new();
-        networks.insert(
-            "lan".to_string(),
-            Network {
-                name: "lan".into(),
-                mode: Mode::Nat,
-                bridge: "kvbr-lan".into(),
-                ipv4: Some(gw),
-                mtu: Some(1400),
-                uplink: None,
-                nat_egress: None,
-                dhcp: Some(Dhcp {
-                    range: Some((Ipv4Addr::new(10, 9, 0, 100), Ipv4Addr::new(10, 9, 0, 199))),
-                    pool: true,
-                    lease_time_secs: 3600,
-                    dns: vec![Ipv4Addr::new(10, 9, 0, 53)],
-                    domain: Some("lan.example".into()),
-                    routes: vec![DhcpRoute {
-                        to: "198.51.100.0/24".parse().unwrap(),
-                        via: Ipv4Addr::new(10, 9, 0, 254),
-                    }],
-                }),
-            },
+        let spec = crate::spec::parse(SPEC).expect("valid spec");
+        let all = scopes(&spec);
+        assert_eq!(
+            all.iter().map(|s| s.network.as_str()).collect::<Vec<_>>(),
+            ["lan", "nopool"]
         );
-        networks.insert(
-            "plain".to_string(),
-            Network {
-                name: "plain".into(),
-                mode: Mode::Isolated,
-                bridge: "kvbr-plain".into(),
-                ipv4: Some("10.8.0.1/24".parse().unwrap()),
-                mtu: None,
-                uplink: None,
-                nat_egress: None,
-                dhcp: None,
-            },
-        );
-        let port = |vm: &str, net: &str, m: u8, ip: Option<&str>| Port {
-            vm: vm.into(),
-            index: 0,
-            network: net.into(),
-            name: format!("{vm}-eth0"),
-            kind: PortKind::Tap,
-            mac: Mac([0x52, 0x54, 0, 0, 0, m]),
-            ipv4: ip.map(|s| s.parse().unwrap()),
-            owner: None,
-            queues: 1,
-            netns: None,
-        };
-        let mut vms = BTreeMap::new();
-        for (name, p) in [
-            ("a", port("a", "lan", 1, Some("10.9.0.10/24"))),
-            ("b", port("b", "lan", 2, None)),
-            ("c", port("c", "plain", 3, Some("10.8.0.10/24"))),
-        ] {
-            vms.insert(
-                name.to_string(),
-                Vm {
-                    name: name.into(),
-                    ports: vec![p],
-                },
-            );
-        }
-        let spec = Spec {
-            version: 1,
-            host: Host::default(),
-            networks,
-            vms,
-            locs: BTreeMap::new(),
-        };
-        let s = scopes(&spec);
-        assert_eq!(s.len(), 1);
-        let s = &s[0];
-        assert_eq!(s.interface, "kvbr-lan");
+        let s = &all[0];
+        assert_eq!(s.interface, spec.networks["lan"].bridge);
         assert_eq!(s.server_ip, Ipv4Addr::new(10, 9, 0, 1));
         assert_eq!(s.subnet.to_string(), "10.9.0.0/24");
         assert_eq!(s.router, Some(Ipv4Addr::new(10, 9, 0, 1)));
+        assert_eq!(s.dns, vec![Ipv4Addr::new(10, 9, 0, 53)]);
+        assert_eq!(s.domain.as_deref(), Some("lan.example"));
         assert_eq!(s.mtu, Some(1400));
         assert_eq!(s.lease_secs, 3600);
-        assert_eq!(s.routes.len(), 1);
+        assert_eq!(
+            s.pool,
+            Some((Ipv4Addr::new(10, 9, 0, 100), Ipv4Addr::new(10, 9, 0, 199)))
+        );
+        assert_eq!(
+            s.routes,
+            vec![(
+                "198.51.100.0/24".parse().unwrap(),
+                Ipv4Addr::new(10, 9, 0, 254)
+            )]
+        );
         assert_eq!(
             s.reservations,
             vec![Reservation {
@@ -519,7 +493,8 @@ mod tests {
                 port: "a-eth0".into(),
             }]
         );
-        assert!(check_scopes(std::slice::from_ref(s)).is_ok());
+        assert_eq!(all[1].pool, None, "pool: false");
+        assert!(check_scopes(&all).is_ok());
         let mut twice = vec![s.clone(), s.clone()];
         twice[1].network = "other".into();
         assert!(check_scopes(&twice).is_err());

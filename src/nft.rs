@@ -99,6 +99,14 @@ fn inet_chains(spec: &Spec) -> Vec<Chain> {
         "postrouting",
         "type nat hook postrouting priority srcnat; policy accept;",
     );
+    let mut prerouting = Chain::base(
+        "prerouting",
+        "type nat hook prerouting priority dstnat; policy accept;",
+    );
+    let mut output = Chain::base(
+        "output",
+        "type nat hook output priority -100; policy accept;",
+    );
     for net in spec.networks.values() {
         let Some(gw) = net.ipv4 else { continue };
         let br = &net.bridge;
@@ -130,6 +138,24 @@ fn inet_chains(spec: &Spec) -> Vec<Chain> {
             }
             Mode::Isolated | Mode::Bridge => {}
         }
+        if !net.forwards.is_empty() {
+            // Forwarded ports: connections translated towards a guest may come in.
+            f.push(format!(
+                r#"oifname "{br}" ip daddr {subnet} ct status dnat accept"#
+            ));
+        }
+        for fw in &net.forwards {
+            // To any of the host's own addresses, from outside and from the host itself.
+            let rule = format!(
+                "fib daddr type local {} dport {} dnat ip to {}:{}",
+                fw.proto.as_str(),
+                fw.port,
+                fw.to_ip,
+                fw.to_port
+            );
+            prerouting.rules.push(rule.clone());
+            output.rules.push(rule);
+        }
         f.push(format!(r#"iifname "{br}" reject"#));
         f.push(format!(r#"oifname "{br}" reject"#));
 
@@ -145,9 +171,16 @@ fn inet_chains(spec: &Spec) -> Vec<Chain> {
             p.push(format!(
                 "ip saddr {subnet} ip daddr != {subnet} {out} masquerade"
             ));
+            if !net.forwards.is_empty() {
+                // A guest reaching a forward of its own network (hairpin): the answer
+                // must come back through the host, not straight from the other guest.
+                p.push(format!(
+                    r#"ip saddr {subnet} oifname "{br}" ct status dnat masquerade"#
+                ));
+            }
         }
     }
-    vec![forward, postrouting]
+    vec![forward, postrouting, prerouting, output]
 }
 
 /// The bridge table: anti-spoofing at the bridge, before the bridge learns or forwards

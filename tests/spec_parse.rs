@@ -129,6 +129,7 @@ fn full_example() {
             }],
         }),
         isolate_ports: false,
+        forwards: vec![],
     };
     let routed = Network {
         name: "routed1".into(),
@@ -147,6 +148,7 @@ fn full_example() {
             routes: vec![],
         }),
         isolate_ports: false,
+        forwards: vec![],
     };
     let hostonly = Network {
         name: "hostonly".into(),
@@ -158,6 +160,7 @@ fn full_example() {
         nat_egress: None,
         dhcp: None,
         isolate_ports: false,
+        forwards: vec![],
     };
     let lan = Network {
         name: "lan".into(),
@@ -169,6 +172,7 @@ fn full_example() {
         nat_egress: None,
         dhcp: None,
         isolate_ports: false,
+        forwards: vec![],
     };
     assert_eq!(
         spec.networks.keys().collect::<Vec<_>>(),

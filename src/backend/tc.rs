@@ -35,6 +35,8 @@ use std::fs::File;
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 
+use super::netlink::{Netlink, NetlinkError};
+
 // ---- protocol constants (linux/netlink.h, rtnetlink.h, pkt_sched.h, pkt_cls.h, ...) ----
 
 const NLMSG_HDRLEN: usize = 16;
@@ -184,6 +186,13 @@ pub enum TcError {
     /// Something already in place that kvmnet will not touch.
     #[error("{0}")]
     Conflict(String),
+    /// A link change through [`Netlink`] failed.
+    #[error("{op}: {source}")]
+    Link {
+        op: String,
+        #[source]
+        source: NetlinkError,
+    },
     #[error("{op}: unexpected netlink reply: {reason}")]
     Protocol { op: String, reason: String },
     #[error("{}", .0.iter().map(|e| e.to_string()).collect::<Vec<_>>().join("; "))]
@@ -197,6 +206,7 @@ impl TcError {
             TcError::Socket { source, .. } | TcError::Kernel { source, .. } => {
                 source.raw_os_error()
             }
+            TcError::Link { source, .. } => source.errno(),
             _ => None,
         }
     }
@@ -1724,6 +1734,8 @@ fn kernel_addr() -> libc::sockaddr_nl {
 /// A tc client: an rtnetlink socket bound in one network namespace.
 pub struct Tc {
     fd: OwnedFd,
+    /// The network namespace the socket lives in, to open a [`Netlink`] there.
+    netns: File,
     seq: u32,
     rbuf: Vec<u8>,
     clock: Psched,
@@ -1767,8 +1779,11 @@ impl Tc {
         if r != 0 {
             return Err(sock("bind", io::Error::last_os_error()));
         }
+        let netns = File::open("/proc/thread-self/ns/net")
+            .map_err(|e| sock("open the current network namespace", e))?;
         Ok(Tc {
             fd,
+            netns,
             seq: std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .map(|d| d.as_secs() as u32)
@@ -2090,29 +2105,39 @@ impl Tc {
 
     /// What [`plan`] needs for `port`.
     pub fn observe(&mut self, port: &PortTc) -> Result<TcObserved, TcError> {
-        let mut qdiscs = self.all_qdiscs()?;
-        let mut get = |tc: &mut Tc, name: &str| -> Result<Option<DevTc>, TcError> {
-            let Some(mut d) = tc.link(name)? else {
-                return Ok(None);
+        Ok(self.observe_many(std::slice::from_ref(port))?.remove(0))
+    }
+
+    /// [`Tc::observe`] for many ports at once: the kernel dumps the qdiscs of every device
+    /// whatever the request says, so this dumps them once for all ports.
+    pub fn observe_many(&mut self, ports: &[PortTc]) -> Result<Vec<TcObserved>, TcError> {
+        let qdiscs = self.all_qdiscs()?;
+        let mut out = Vec::with_capacity(ports.len());
+        for port in ports {
+            let get = |tc: &mut Tc, name: &str| -> Result<Option<DevTc>, TcError> {
+                let Some(mut d) = tc.link(name)? else {
+                    return Ok(None);
+                };
+                d.qdiscs = qdiscs.get(&d.ifindex).cloned().unwrap_or_default();
+                tc.fill_dev(&mut d)?;
+                Ok(Some(d))
             };
-            d.qdiscs = qdiscs.remove(&d.ifindex).unwrap_or_default();
-            tc.fill_dev(&mut d)?;
-            Ok(Some(d))
-        };
-        let dev = get(self, &port.dev)?;
-        let ifb = get(self, &port.ifb_dev())?;
-        let mut links = BTreeMap::new();
-        if let Some(m) = &port.mirror_to
-            && let Some(l) = self.link(m)?
-        {
-            links.insert(m.clone(), l.ifindex);
+            let dev = get(self, &port.dev)?;
+            let ifb = get(self, &port.ifb_dev())?;
+            let mut links = BTreeMap::new();
+            if let Some(m) = &port.mirror_to
+                && let Some(l) = self.link(m)?
+            {
+                links.insert(m.clone(), l.ifindex);
+            }
+            out.push(TcObserved {
+                dev,
+                ifb,
+                links,
+                clock: self.clock,
+            });
         }
-        Ok(TcObserved {
-            dev,
-            ifb,
-            links,
-            clock: self.clock,
-        })
+        Ok(out)
     }
 
     /// Run `ops` in three pipelined rounds: link creations, tc changes, link deletions (the
@@ -2176,11 +2201,35 @@ impl Tc {
             }
             self.transact(&b, pending, &mut errors)?;
         }
-        // Round 3: IFBs to delete.
-        let round3: Vec<usize> = (0..ops.len())
-            .filter(|&i| matches!(ops[i], TcOp::DeleteIfb { .. }))
-            .collect();
-        self.run_link_ops(ops, &round3, &mut errors)?;
+        // Round 3: IFBs to delete, all in one go: one RTM_DELLINK each would cost an RCU
+        // barrier each (~20 ms). One already gone counts as deleted.
+        let mut doomed = Vec::new();
+        for (k, op) in ops.iter().enumerate() {
+            if let TcOp::DeleteIfb { name } = op
+                && let Some(l) = self.link(name)?
+            {
+                doomed.push((k, l.ifindex));
+            }
+        }
+        if !doomed.is_empty() {
+            let indexes: Vec<u32> = doomed.iter().map(|&(_, ix)| ix).collect();
+            match Netlink::open_in(self.netns.as_raw_fd()) {
+                Ok(mut nl) => {
+                    for (&(k, _), r) in doomed.iter().zip(nl.delete_links(&indexes)) {
+                        if let Err(source) = r {
+                            early.push(TcError::Link {
+                                op: ops[k].to_string(),
+                                source,
+                            });
+                        }
+                    }
+                }
+                Err(source) => early.push(TcError::Link {
+                    op: "delete IFBs".into(),
+                    source,
+                }),
+            }
+        }
         let mut all = early;
         for (op, e) in ops.iter().zip(errors) {
             if let Some((errno, ext)) = e {
@@ -2213,10 +2262,25 @@ impl Tc {
     }
 
     /// Make the port's tc match `port` (replace semantics: only what differs changes). Returns
-    /// the ops it ran.
+    /// the ops it ran. After a failure the port may be half-changed; applying the previous
+    /// `PortTc` again is the way back (plans are computed from what is there).
     pub fn apply(&mut self, port: &PortTc) -> Result<Vec<TcOp>, TcError> {
-        let obs = self.observe(port)?;
-        let ops = plan(port, &obs)?;
+        self.apply_many(std::slice::from_ref(port))
+    }
+
+    /// [`Tc::apply`] for many ports: one observation, one pipelined execution. Nothing runs
+    /// if any port cannot be planned.
+    pub fn apply_many(&mut self, ports: &[PortTc]) -> Result<Vec<TcOp>, TcError> {
+        let observed = self.observe_many(ports)?;
+        let mut ops = Vec::new();
+        let mut errors = Vec::new();
+        for (port, obs) in ports.iter().zip(&observed) {
+            match plan(port, obs) {
+                Ok(o) => ops.extend(o),
+                Err(e) => errors.push(e),
+            }
+        }
+        TcError::from_list(errors)?;
         self.execute(&ops)?;
         Ok(ops)
     }
@@ -2225,25 +2289,52 @@ impl Tc {
     /// filters) and its IFB — `ifb`, or [`ifb_name`] of `dev` when None; the IFB is deleted
     /// only if it is an IFB. Missing things are fine; keeps going and reports every error.
     pub fn clear(&mut self, dev: &str, ifb: Option<&str>) -> Result<(), TcError> {
-        let mut port = PortTc::new(dev);
-        port.ifb = ifb.map(str::to_string);
-        let obs = self.observe(&port)?;
+        self.clear_many(&[(dev, ifb)])
+    }
+
+    /// [`Tc::clear`] for many ports at once (IFBs deleted together).
+    pub fn clear_many(&mut self, ports: &[(&str, Option<&str>)]) -> Result<(), TcError> {
+        let ports: Vec<PortTc> = ports
+            .iter()
+            .map(|(dev, ifb)| PortTc {
+                ifb: ifb.map(str::to_string),
+                ..PortTc::new(dev)
+            })
+            .collect();
+        let observed = self.observe_many(&ports)?;
         let mut ops = Vec::new();
-        if let Some(d) = &obs.dev {
-            if d.root().is_some_and(|q| !q.is_default()) {
-                ops.push(TcOp::DeleteRoot { dev: dev.into() });
-            }
-            if d.ingress().is_some() {
-                ops.push(TcOp::DeleteIngress { dev: dev.into() });
-            }
-        }
-        if obs.ifb.as_ref().is_some_and(|i| i.kind.as_deref() == Some("ifb")) {
-            ops.push(TcOp::DeleteIfb {
-                name: port.ifb_dev(),
-            });
+        for (port, obs) in ports.iter().zip(&observed) {
+            ops.extend(clear_ops(port, obs));
         }
         self.execute(&ops)
     }
+}
+
+/// What removing everything tc from `port` takes. Pure.
+pub fn clear_ops(port: &PortTc, obs: &TcObserved) -> Vec<TcOp> {
+    let mut ops = Vec::new();
+    if let Some(d) = &obs.dev {
+        if d.root().is_some_and(|q| !q.is_default()) {
+            ops.push(TcOp::DeleteRoot {
+                dev: port.dev.clone(),
+            });
+        }
+        if d.ingress().is_some() {
+            ops.push(TcOp::DeleteIngress {
+                dev: port.dev.clone(),
+            });
+        }
+    }
+    if obs
+        .ifb
+        .as_ref()
+        .is_some_and(|i| i.kind.as_deref() == Some("ifb"))
+    {
+        ops.push(TcOp::DeleteIfb {
+            name: port.ifb_dev(),
+        });
+    }
+    ops
 }
 
 /// [`Tc::observe_dev`] in the calling thread's namespace.

@@ -182,6 +182,34 @@ pub struct Network {
     pub dhcp: Option<Dhcp>,
     /// Ports reach the gateway and the outside but not each other (bridge port isolation).
     pub isolate_ports: bool,
+    /// `nat` mode: host ports forwarded to a VM (DNAT), also from the host itself.
+    pub forwards: Vec<Forward>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Proto {
+    Tcp,
+    Udp,
+}
+
+impl Proto {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Proto::Tcp => "tcp",
+            Proto::Udp => "udp",
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Forward {
+    pub proto: Proto,
+    /// The port on the host's addresses.
+    pub port: u16,
+    /// The VM it goes to, and the address of that VM's port on this network.
+    pub to: String,
+    pub to_ip: Ipv4Addr,
+    pub to_port: u16,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -11,7 +11,8 @@ use std::net::Ipv4Addr;
 
 use super::SpecError;
 use super::model::{
-    Dhcp, DhcpRoute, Host, Ipv4Cidr, Loc, Mac, Mode, Network, Owner, Port, PortKind, Spec, Vm,
+    Dhcp, DhcpRoute, Forward, Host, Ipv4Cidr, Loc, Mac, Mode, Network, Owner, Port, PortKind,
+    Proto, Spec, Vm,
 };
 use super::naming;
 use super::yaml::{Key, Kind, Node, index, join, show};
@@ -27,7 +28,9 @@ const NET_FIELDS: &[&str] = &[
     "nat",
     "dhcp",
     "isolate_ports",
+    "forwards",
 ];
+const FORWARD_FIELDS: &[&str] = &["proto", "port", "to", "to_port"];
 const NAT_FIELDS: &[&str] = &["egress"];
 const DHCP_FIELDS: &[&str] = &["range", "pool", "lease_time", "dns", "domain", "routes"];
 const ROUTE_FIELDS: &[&str] = &["to", "via"];
@@ -548,6 +551,16 @@ struct NetDraft {
     egress: Option<(String, Loc)>,
     dhcp: Option<Dhcp>,
     isolate_ports: bool,
+    forwards: Vec<ForwardDraft>,
+}
+
+struct ForwardDraft {
+    path: String,
+    proto: Proto,
+    port: u16,
+    to: String,
+    to_loc: Loc,
+    to_port: u16,
 }
 
 struct PortDraft {
@@ -756,6 +769,7 @@ fn read_network(cx: &mut Ctx, key: &Key, f: &Field) -> NetDraft {
         egress: None,
         dhcp: None,
         isolate_ports: false,
+        forwards: Vec::new(),
     };
     let Some(o) = obj(
         cx,
@@ -916,7 +930,81 @@ fn read_network(cx: &mut Ctx, key: &Key, f: &Field) -> NetDraft {
     {
         d.isolate_ports = b;
     }
+    if let Some(ff) = o.get(cx, "forwards") {
+        if mode_known && mode != Some(Mode::Nat) {
+            cx.err(
+                &ff.path,
+                ff.loc(),
+                "forwards apply only to nat networks; guests of other modes are reached directly",
+            );
+        } else if let Some(items) = list(cx, &ff, "a list of forwards") {
+            let mut seen = BTreeMap::new();
+            for item in items {
+                if let Some(fw) = read_forward(cx, &item) {
+                    if let Some(first) = seen.insert((fw.proto, fw.port), fw.path.clone()) {
+                        cx.err(
+                            &fw.path,
+                            item.loc(),
+                            format!(
+                                "{} port {} is already forwarded by {first}",
+                                fw.proto.as_str(),
+                                fw.port
+                            ),
+                        );
+                    }
+                    d.forwards.push(fw);
+                }
+            }
+        }
+    }
     d
+}
+
+fn read_forward(cx: &mut Ctx, f: &Field) -> Option<ForwardDraft> {
+    let o = obj(
+        cx,
+        f.node,
+        &f.path,
+        FORWARD_FIELDS,
+        "a forward (a mapping with proto, port, to and to_port)",
+    )?;
+    let mut proto = Some(Proto::Tcp);
+    if let Some(pf) = o.get(cx, "proto") {
+        proto = text(cx, &pf, "tcp or udp").and_then(|p| match p.as_str() {
+            "tcp" => Some(Proto::Tcp),
+            "udp" => Some(Proto::Udp),
+            _ => {
+                cx.err(
+                    &pf.path,
+                    pf.loc(),
+                    format!(
+                        "'{}' is not a forwardable protocol; expected tcp or udp",
+                        show(&p)
+                    ),
+                );
+                None
+            }
+        });
+    }
+    let port = o
+        .required(cx, "port", "the port on the host to forward")
+        .and_then(|pf| int_in(cx, &pf, "a port between 1 and 65535", 1, 65535));
+    let to = o
+        .required(cx, "to", "the VM that receives the traffic")
+        .and_then(|tf| text(cx, &tf, "a VM name").map(|t| (t, tf.loc())));
+    let to_port = match o.get(cx, "to_port") {
+        Some(tf) => int_in(cx, &tf, "a port between 1 and 65535", 1, 65535),
+        None => port,
+    };
+    let (to, to_loc) = to?;
+    Some(ForwardDraft {
+        path: f.path.clone(),
+        proto: proto?,
+        port: u16::try_from(port?).ok()?,
+        to,
+        to_loc,
+        to_port: u16::try_from(to_port?).ok()?,
+    })
 }
 
 fn check_gateway(c: Ipv4Cidr) -> Result<(), String> {
@@ -1747,6 +1835,31 @@ fn cross_checks(cx: &mut Ctx, nets: &[NetDraft], ports: &[PortDraft], sysctl: Op
         }
     }
 
+    // A forward needs a VM with an address on its network.
+    for n in nets {
+        for fw in &n.forwards {
+            let target = ports.iter().find(|p| {
+                p.vm == fw.to && p.network.as_deref() == Some(n.name.as_str()) && p.ipv4.is_some()
+            });
+            if target.is_none() {
+                let exists = ports.iter().any(|p| p.vm == fw.to);
+                cx.err(
+                    &join(&fw.path, "to"),
+                    fw.to_loc,
+                    if exists {
+                        format!(
+                            "VM '{}' has no port with an ipv4 on network {}; a forward needs the address it goes to",
+                            show(&fw.to),
+                            n.name
+                        )
+                    } else {
+                        format!("unknown VM '{}'", show(&fw.to))
+                    },
+                );
+            }
+        }
+    }
+
     // Forwarding: nat and routed networks need it.
     if let Some((values, where_)) = sysctl {
         let needs: Vec<String> = nets
@@ -1798,6 +1911,28 @@ fn build(
             nat_egress: n.egress.map(|e| e.0),
             dhcp: n.dhcp,
             isolate_ports: n.isolate_ports,
+            forwards: n
+                .forwards
+                .iter()
+                .map(|f| {
+                    let to_ip = ports
+                        .iter()
+                        .find(|p| {
+                            p.vm == f.to
+                                && p.network.as_deref() == Some(n.name.as_str())
+                                && p.ipv4.is_some()
+                        })
+                        .and_then(|p| p.ipv4)
+                        .map(|a| a.addr)?;
+                    Some(Forward {
+                        proto: f.proto,
+                        port: f.port,
+                        to: f.to.clone(),
+                        to_ip,
+                        to_port: f.to_port,
+                    })
+                })
+                .collect::<Option<Vec<_>>>()?,
             name: n.name,
         };
         networks.insert(network.name.clone(), network);

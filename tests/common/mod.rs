@@ -271,3 +271,31 @@ pub fn pings(ns: &str, ip: &str) -> bool {
     .status
     .success()
 }
+
+/// Serves TCP on `port` in `server_ns` (answering each connection with the peer address it
+/// saw) while `client_ns` connects to `ip:dport`. Returns the answer, empty when none came.
+pub fn tcp_source_seen(
+    server_ns: &str,
+    port: u16,
+    client_ns: &str,
+    ip: &str,
+    dport: u16,
+) -> String {
+    let server = format!(
+        "import socket\ns=socket.socket()\ns.setsockopt(socket.SOL_SOCKET,socket.SO_REUSEADDR,1)\ns.bind(('0.0.0.0',{port}))\ns.listen(4)\ns.settimeout(8)\ntry:\n  c,a=s.accept(); c.sendall(a[0].encode()); c.close()\nexcept socket.timeout:\n  pass\n"
+    );
+    let mut child = Command::new("ip")
+        .args(["netns", "exec", server_ns, "python3", "-c", &server])
+        .spawn()
+        .expect("python3 runs");
+    let client = format!(
+        "import socket,time,sys\nfor i in range(20):\n  try:\n    c=socket.create_connection(('{ip}',{dport}),timeout=1); print(c.recv(100).decode()); sys.exit(0)\n  except OSError:\n    time.sleep(0.2)\nsys.exit(1)\n"
+    );
+    let o = Command::new("ip")
+        .args(["netns", "exec", client_ns, "python3", "-c", &client])
+        .output()
+        .expect("python3 runs");
+    let _ = child.kill();
+    let _ = child.wait();
+    String::from_utf8_lossy(&o.stdout).trim().to_string()
+}

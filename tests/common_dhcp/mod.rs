@@ -97,7 +97,7 @@ impl Topo {
         let cidr: Ipv4Cidr = gw_cidr.parse().expect("cidr");
         let server_ns = unique(&format!("{tag}s"));
         let state_dir = std::env::temp_dir().join(unique(&format!("{tag}state")));
-        let mut t = Topo {
+        let t = Topo {
             server_ns: server_ns.clone(),
             gw: cidr.addr,
             cidr,

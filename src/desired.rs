@@ -17,6 +17,8 @@ use crate::state::{
 };
 
 pub const IP_FORWARD: &str = "net.ipv4.ip_forward";
+/// Per-port firewalls see bridged traffic only when the bridge hands it to the IP hooks.
+pub const BRIDGE_NF: &str = "net.bridge.bridge-nf-call-iptables";
 const DEFAULT_MTU: u32 = 1500;
 
 fn is_ours(l: &LinkSnap) -> bool {
@@ -74,6 +76,14 @@ pub fn managed_sysctls(spec: &Spec) -> BTreeMap<String, String> {
         .any(|n| matches!(n.mode, Mode::Nat | Mode::Routed))
     {
         out.insert(IP_FORWARD.to_string(), "1".to_string());
+    }
+    if spec
+        .vms
+        .values()
+        .flat_map(|v| &v.ports)
+        .any(|p| p.firewall.is_some())
+    {
+        out.insert(BRIDGE_NF.to_string(), "1".to_string());
     }
     for (k, v) in &spec.host.sysctl {
         out.insert(k.clone(), normalize_sysctl(v));

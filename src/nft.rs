@@ -11,7 +11,7 @@ use std::fmt::Write as _;
 use serde::{Deserialize, Serialize};
 
 use crate::spec::naming::fnv1a;
-use crate::spec::{Mode, Spec};
+use crate::spec::{FirewallDirection, Mode, Port, RuleAction, RuleProto, Spec};
 
 pub const FAMILY: &str = "inet";
 pub const BRIDGE_FAMILY: &str = "bridge";
@@ -36,7 +36,7 @@ impl NftTable {
 }
 
 struct Chain {
-    name: &'static str,
+    name: String,
     /// Base chains have a hook line; regular chains (jump targets) none.
     header: Option<&'static str>,
     rules: Vec<String>,
@@ -45,12 +45,12 @@ struct Chain {
 impl Chain {
     fn base(name: &'static str, header: &'static str) -> Chain {
         Chain {
-            name,
+            name: name.to_string(),
             header: Some(header),
             rules: Vec::new(),
         }
     }
-    fn regular(name: &'static str) -> Chain {
+    fn regular(name: String) -> Chain {
         Chain {
             name,
             header: None,
@@ -68,14 +68,10 @@ struct Set {
 
 fn render_table(family: &str, sets: &[Set], chains: &[Chain], hash: &str) -> String {
     let mut t = format!("table {family} {TABLE} {{\n\tcomment \"{TABLE} {hash}\"\n");
-    for s in sets {
-        let _ = writeln!(t, "\tset {} {{\n\t\ttype {}", s.name, s.ty);
-        if !s.elements.is_empty() {
-            let _ = writeln!(t, "\t\telements = {{ {} }}", s.elements.join(", "));
-        }
-        let _ = writeln!(t, "\t}}");
-    }
-    for c in chains {
+    // Jump targets first, then the maps that name them, then the hooks that use the maps.
+    let (regular, base): (Vec<&Chain>, Vec<&Chain>) =
+        chains.iter().partition(|c| c.header.is_none());
+    let chain = |t: &mut String, c: &Chain| {
         let _ = writeln!(t, "\tchain {} {{", c.name);
         if let Some(h) = c.header {
             let _ = writeln!(t, "\t\t{h}");
@@ -84,17 +80,187 @@ fn render_table(family: &str, sets: &[Set], chains: &[Chain], hash: &str) -> Str
             let _ = writeln!(t, "\t\t{r}");
         }
         let _ = writeln!(t, "\t}}");
+    };
+    for c in &regular {
+        chain(&mut t, c);
+    }
+    for s in sets {
+        let keyword = if s.ty.contains(" : ") { "map" } else { "set" };
+        let _ = writeln!(t, "\t{keyword} {} {{\n\t\ttype {}", s.name, s.ty);
+        if !s.elements.is_empty() {
+            let _ = writeln!(t, "\t\telements = {{ {} }}", s.elements.join(", "));
+        }
+        let _ = writeln!(t, "\t}}");
+    }
+    for c in &base {
+        chain(&mut t, c);
     }
     t.push_str("}\n");
     t
 }
 
-/// The inet table: forwarding policy and NAT of each network.
-fn inet_chains(spec: &Spec) -> Vec<Chain> {
+fn rule_matches(r: &crate::spec::FirewallRule) -> String {
+    let mut m = Vec::new();
+    if let Some(f) = r.from {
+        m.push(format!("ip saddr {f}"));
+    }
+    if let Some(t) = r.to {
+        m.push(format!("ip daddr {t}"));
+    }
+    let l4 = match r.proto {
+        RuleProto::Tcp => Some("tcp"),
+        RuleProto::Udp => Some("udp"),
+        RuleProto::Icmp => None,
+        RuleProto::Any => None,
+    };
+    if let Some(p) = l4 {
+        if r.ports.is_empty() {
+            m.push(format!("meta l4proto {p}"));
+        } else {
+            let ports: Vec<String> = r
+                .ports
+                .iter()
+                .map(|(a, b)| {
+                    if a == b {
+                        a.to_string()
+                    } else {
+                        format!("{a}-{b}")
+                    }
+                })
+                .collect();
+            m.push(format!("{p} dport {{ {} }}", ports.join(", ")));
+        }
+    }
+    if r.proto == RuleProto::Icmp {
+        if r.icmp_types.is_empty() {
+            m.push("meta l4proto icmp".into());
+        } else {
+            m.push(format!("icmp type {{ {} }}", r.icmp_types.join(", ")));
+        }
+    }
+    m.join(" ")
+}
+
+/// One direction of one port's firewall, as a chain jumped to from the hooks. Allowing is
+/// `return`, not `accept`: the network's own policy still applies afterwards.
+fn firewall_chain(name: String, port: &Port, dir: &FirewallDirection, inbound: bool) -> Chain {
+    let mut c = Chain::regular(name);
+    let r = &mut c.rules;
+    // ICMP has no connections to speak of (every echo of one ping is "established"), so its
+    // rate limits apply to all matching packets; for tcp/udp they limit new connections.
+    for rule in dir.rules.iter().filter(|x| x.proto == RuleProto::Icmp) {
+        if let Some((n, unit)) = &rule.rate {
+            r.push(format!(
+                "{} limit rate over {n}/{unit} burst {n} packets counter drop",
+                rule_matches(rule)
+            ));
+        }
+    }
+    r.push("ct state established,related return".into());
+    r.push("ct state invalid drop".into());
+    if !inbound {
+        // The VM must always be able to ask for (and renew) its address.
+        r.push("udp dport 67 return".into());
+    }
+    let word = if inbound { "in" } else { "out" };
+    for rule in &dir.rules {
+        let m = rule_matches(rule);
+        let sep = if m.is_empty() { "" } else { " " };
+        if let Some(n) = rule.connlimit {
+            r.push(format!(
+                "{m}{sep}ct state new ct count over {n} counter reject"
+            ));
+        }
+        if let Some((n, unit)) = &rule.rate
+            && rule.proto != RuleProto::Icmp
+        {
+            r.push(format!(
+                "{m}{sep}ct state new limit rate over {n}/{unit} burst {n} packets counter drop"
+            ));
+        }
+        if rule.log {
+            let prefix: String = format!("kvmnet {}/{} {word}: ", port.vm, port.name)
+                .chars()
+                .take(120)
+                .collect();
+            r.push(format!(
+                r#"{m}{sep}limit rate 10/second burst 20 packets log prefix "{prefix}" level info"#
+            ));
+        }
+        let verdict = match rule.action {
+            RuleAction::Accept => "return",
+            RuleAction::Drop => "drop",
+            RuleAction::Reject => "reject",
+        };
+        r.push(format!("{m}{sep}counter {verdict}"));
+    }
+    if !dir.accept_by_default {
+        r.push("counter drop".into());
+    }
+    c
+}
+
+/// Per-port firewalls: a chain per port and direction, found through maps keyed by the VM's
+/// address (anti-spoofing makes the source address a reliable name for the port), so the
+/// per-packet cost is one lookup however many ports there are.
+fn firewall_parts(spec: &Spec) -> (Vec<Set>, Vec<Chain>) {
+    let mut fw_in = Set {
+        name: "fw_in",
+        ty: "ipv4_addr : verdict",
+        elements: Vec::new(),
+    };
+    let mut fw_out = Set {
+        name: "fw_out",
+        ty: "ipv4_addr : verdict",
+        elements: Vec::new(),
+    };
+    let mut chains = Vec::new();
+    for vm in spec.vms.values() {
+        for p in &vm.ports {
+            let (Some(fw), Some(addr)) = (&p.firewall, p.ipv4) else {
+                continue;
+            };
+            if let Some(d) = &fw.inbound {
+                let name = format!("in-{}", p.name);
+                fw_in.elements.push(format!("{} : jump {name}", addr.addr));
+                chains.push(firewall_chain(name, p, d, true));
+            }
+            if let Some(d) = &fw.outbound {
+                let name = format!("out-{}", p.name);
+                fw_out.elements.push(format!("{} : jump {name}", addr.addr));
+                chains.push(firewall_chain(name, p, d, false));
+            }
+        }
+    }
+    if chains.is_empty() {
+        return (Vec::new(), Vec::new());
+    }
+    let mut input = Chain::base(
+        "input",
+        "type filter hook input priority filter; policy accept;",
+    );
+    input.rules.push("ip saddr vmap @fw_out".into());
+    let mut output = Chain::base(
+        "output-filter",
+        "type filter hook output priority filter; policy accept;",
+    );
+    output.rules.push("ip daddr vmap @fw_in".into());
+    chains.push(input);
+    chains.push(output);
+    (vec![fw_in, fw_out], chains)
+}
+
+/// The inet table: per-port firewalls, then forwarding policy and NAT of each network.
+fn inet_parts(spec: &Spec) -> (Vec<Set>, Vec<Chain>) {
+    let (sets, mut chains) = firewall_parts(spec);
     let mut forward = Chain::base(
         "forward",
         "type filter hook forward priority filter; policy accept;",
     );
+    if !sets.is_empty() {
+        forward.rules.push("ip saddr vmap @fw_out".into());
+        forward.rules.push("ip daddr vmap @fw_in".into());
+    }
     let mut postrouting = Chain::base(
         "postrouting",
         "type nat hook postrouting priority srcnat; policy accept;",
@@ -180,7 +346,8 @@ fn inet_chains(spec: &Spec) -> Vec<Chain> {
             }
         }
     }
-    vec![forward, postrouting, prerouting, output]
+    chains.extend([forward, postrouting, prerouting, output]);
+    (sets, chains)
 }
 
 /// The bridge table: anti-spoofing at the bridge, before the bridge learns or forwards
@@ -229,7 +396,7 @@ fn bridge_parts(spec: &Spec) -> (Vec<Set>, Vec<Chain>) {
         "type filter hook prerouting priority -300; policy accept;",
     );
     pre.rules.push("iifname @guarded jump antispoof".into());
-    let mut a = Chain::regular("antispoof");
+    let mut a = Chain::regular("antispoof".to_string());
     a.rules.extend(
         [
             // Only the port's own MAC, in the frame and in ARP.
@@ -253,7 +420,8 @@ fn bridge_parts(spec: &Spec) -> (Vec<Set>, Vec<Chain>) {
 /// kvmnet's whole ruleset (its `inet` and `bridge` tables) for a spec, or `None` when the
 /// spec needs no rule. Both tables carry the same hash in their comment.
 pub fn table_for(spec: &Spec) -> Option<NftTable> {
-    let inet: Vec<Chain> = inet_chains(spec)
+    let (isets, ichains) = inet_parts(spec);
+    let inet: Vec<Chain> = ichains
         .into_iter()
         .filter(|c| !c.rules.is_empty())
         .collect();
@@ -264,7 +432,7 @@ pub fn table_for(spec: &Spec) -> Option<NftTable> {
     // The hash covers everything but itself: render once with a placeholder.
     let mut body = String::new();
     if !inet.is_empty() {
-        body.push_str(&render_table(FAMILY, &[], &inet, ""));
+        body.push_str(&render_table(FAMILY, &isets, &inet, ""));
     }
     if !bchains.is_empty() {
         body.push_str(&render_table(BRIDGE_FAMILY, &bsets, &bchains, ""));
@@ -273,7 +441,7 @@ pub fn table_for(spec: &Spec) -> Option<NftTable> {
     let mut text = String::new();
     let mut shape = Vec::new();
     if !inet.is_empty() {
-        text.push_str(&render_table(FAMILY, &[], &inet, &hash));
+        text.push_str(&render_table(FAMILY, &isets, &inet, &hash));
         shape.extend(
             inet.iter()
                 .map(|c| (format!("{FAMILY} {}", c.name), c.rules.len())),
@@ -287,6 +455,7 @@ pub fn table_for(spec: &Spec) -> Option<NftTable> {
                 .map(|c| (format!("{BRIDGE_FAMILY} {}", c.name), c.rules.len())),
         );
     }
+    shape.sort();
     Some(NftTable { hash, shape, text })
 }
 
@@ -368,6 +537,7 @@ pub fn parse_listings(listings: &[(&str, String)]) -> Option<NftTable> {
         );
         text.push_str(listing);
     }
+    shape.sort();
     Some(NftTable {
         hash: hash.unwrap_or_default(),
         shape,

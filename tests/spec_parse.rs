@@ -201,6 +201,7 @@ fn full_example() {
                 netns: None,
                 antispoof: true,
                 dhcp_client: false,
+                firewall: None,
             },
             Port {
                 vm: "web1".into(),
@@ -215,6 +216,7 @@ fn full_example() {
                 netns: None,
                 antispoof: true,
                 dhcp_client: false,
+                firewall: None,
             },
         ]
     );
@@ -235,6 +237,7 @@ fn full_example() {
                 netns: Some("guest1".into()),
                 antispoof: true,
                 dhcp_client: false,
+                firewall: None,
             },
             Port {
                 vm: "test1".into(),
@@ -250,6 +253,7 @@ fn full_example() {
                 netns: None,
                 antispoof: true,
                 dhcp_client: false,
+                firewall: None,
             },
         ]
     );

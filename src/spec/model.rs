@@ -272,6 +272,58 @@ pub struct Port {
     pub antispoof: bool,
     /// veth: leave the far end unaddressed, for a DHCP client in the namespace.
     pub dhcp_client: bool,
+    /// Stateful per-port firewall, directions as the VM sees them.
+    pub firewall: Option<Firewall>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Firewall {
+    /// Traffic to the VM.
+    pub inbound: Option<FirewallDirection>,
+    /// Traffic from the VM.
+    pub outbound: Option<FirewallDirection>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FirewallDirection {
+    /// What happens to traffic no rule decides: `true` accept, `false` drop.
+    pub accept_by_default: bool,
+    pub rules: Vec<FirewallRule>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RuleProto {
+    Tcp,
+    Udp,
+    Icmp,
+    Any,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RuleAction {
+    Accept,
+    Drop,
+    Reject,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FirewallRule {
+    pub proto: RuleProto,
+    /// Destination ports (inclusive ranges), tcp/udp only.
+    pub ports: Vec<(u16, u16)>,
+    /// Source and destination address matches (`from` is the remote side of inbound
+    /// traffic, `to` the remote side of outbound traffic).
+    pub from: Option<Ipv4Cidr>,
+    pub to: Option<Ipv4Cidr>,
+    /// ICMP type names as nft knows them (echo-request, ...).
+    pub icmp_types: Vec<String>,
+    /// At most this many connections at once match the rule; more are rejected.
+    pub connlimit: Option<u32>,
+    /// Beyond this rate (`10/second`) matching new connections are dropped; for ICMP, which
+    /// has no real connections, matching packets are.
+    pub rate: Option<(u32, String)>,
+    pub action: RuleAction,
+    pub log: bool,
 }
 
 #[cfg(test)]

@@ -11,8 +11,8 @@ use std::net::Ipv4Addr;
 
 use super::SpecError;
 use super::model::{
-    Dhcp, DhcpRoute, Forward, Host, Ipv4Cidr, Loc, Mac, Mode, Network, Owner, Port, PortKind,
-    Proto, Spec, Vm,
+    Dhcp, DhcpRoute, Firewall, FirewallDirection, FirewallRule, Forward, Host, Ipv4Cidr, Loc, Mac,
+    Mode, Network, Owner, Port, PortKind, Proto, RuleAction, RuleProto, Spec, Vm,
 };
 use super::naming;
 use super::yaml::{Key, Kind, Node, index, join, show};
@@ -46,6 +46,7 @@ const PORT_FIELDS: &[&str] = &[
     "netns",
     "antispoof",
     "dhcp_client",
+    "firewall",
 ];
 
 const MODES: &str = "nat, routed, isolated or bridge";
@@ -582,6 +583,7 @@ struct PortDraft {
     netns: Option<String>,
     antispoof: bool,
     dhcp_client: bool,
+    firewall: Option<Firewall>,
 }
 
 pub(crate) fn convert(root: &Node, errors: &mut Vec<SpecError>) -> Option<Spec> {
@@ -1323,6 +1325,7 @@ fn read_port(
         netns: None,
         antispoof: true,
         dhcp_client: false,
+        firewall: None,
     };
 
     let mut net: Option<NetRef> = None;
@@ -1447,6 +1450,25 @@ fn read_port(
             );
         } else if let Some(b) = boolean(cx, &cf) {
             d.dhcp_client = b;
+        }
+    }
+    if let Some(ff) = o.get(cx, "firewall") {
+        d.firewall = read_firewall(cx, &ff);
+        if let Some(fw) = &d.firewall {
+            if d.ipv4.is_none() && !cx.errors.iter().any(|e| e.path.starts_with(&d.path)) {
+                cx.err(
+                    &ff.path,
+                    ff.loc(),
+                    "a firewall needs the port's ipv4: kvmnet finds the port's traffic by its address",
+                );
+            }
+            if fw.outbound.is_some() && !d.antispoof {
+                cx.err(
+                    &ff.path,
+                    ff.loc(),
+                    "an outbound firewall needs antispoof: without it the VM could send from another address and bypass its rules",
+                );
+            }
         }
     }
     match (o.get(cx, "netns"), kind) {
@@ -1961,6 +1983,7 @@ fn build(
             netns: p.netns,
             antispoof: p.antispoof,
             dhcp_client: p.dhcp_client,
+            firewall: p.firewall,
             index: p.index,
             vm: p.vm,
         };
@@ -1975,4 +1998,270 @@ fn build(
         vms,
         locs: std::mem::take(&mut cx.locs),
     })
+}
+
+// ---------------------------------------------------------------------------------------
+// Per-port firewall
+
+const FIREWALL_FIELDS: &[&str] = &["inbound", "outbound"];
+const DIRECTION_FIELDS: &[&str] = &["policy", "rules"];
+const RULE_FIELDS: &[&str] = &[
+    "proto",
+    "ports",
+    "from",
+    "to",
+    "icmp_types",
+    "connlimit",
+    "rate",
+    "action",
+    "log",
+];
+const ICMP_TYPES: &[&str] = &[
+    "echo-reply",
+    "destination-unreachable",
+    "source-quench",
+    "redirect",
+    "echo-request",
+    "router-advertisement",
+    "router-solicitation",
+    "time-exceeded",
+    "parameter-problem",
+    "timestamp-request",
+    "timestamp-reply",
+    "info-request",
+    "info-reply",
+    "address-mask-request",
+    "address-mask-reply",
+];
+
+fn read_firewall(cx: &mut Ctx, f: &Field) -> Option<Firewall> {
+    let o = obj(
+        cx,
+        f.node,
+        &f.path,
+        FIREWALL_FIELDS,
+        "a firewall (a mapping with inbound and/or outbound)",
+    )?;
+    let mut fw = Firewall::default();
+    let mut ok = true;
+    for (name, slot) in [("inbound", &mut fw.inbound), ("outbound", &mut fw.outbound)] {
+        if let Some(df) = o.get(cx, name) {
+            match read_direction(cx, &df) {
+                Some(d) => *slot = Some(d),
+                None => ok = false,
+            }
+        }
+    }
+    ok.then_some(fw)
+}
+
+fn read_direction(cx: &mut Ctx, f: &Field) -> Option<FirewallDirection> {
+    let o = obj(
+        cx,
+        f.node,
+        &f.path,
+        DIRECTION_FIELDS,
+        "a direction (a mapping with policy and rules)",
+    )?;
+    let mut d = FirewallDirection {
+        accept_by_default: true,
+        rules: Vec::new(),
+    };
+    let mut ok = true;
+    if let Some(pf) = o.get(cx, "policy") {
+        match text(cx, &pf, "accept or drop").as_deref() {
+            Some("accept") => d.accept_by_default = true,
+            Some("drop") => d.accept_by_default = false,
+            Some(p) => {
+                cx.err(
+                    &pf.path,
+                    pf.loc(),
+                    format!("'{}' is not a policy; expected accept or drop", show(p)),
+                );
+                ok = false;
+            }
+            None => ok = false,
+        }
+    }
+    if let Some(rf) = o.get(cx, "rules") {
+        match list(cx, &rf, "a list of rules") {
+            Some(items) => {
+                for item in items {
+                    match read_rule(cx, &item) {
+                        Some(r) => d.rules.push(r),
+                        None => ok = false,
+                    }
+                }
+            }
+            None => ok = false,
+        }
+    }
+    ok.then_some(d)
+}
+
+fn read_port_range(cx: &mut Ctx, f: &Field) -> Option<(u16, u16)> {
+    let t = text(cx, f, "a port or a range like 8000-8100")?;
+    let parse = |s: &str| s.trim().parse::<u16>().ok().filter(|p| *p > 0);
+    let r = match t.split_once('-') {
+        Some((a, b)) => parse(a).zip(parse(b)).filter(|(a, b)| a <= b),
+        None => parse(&t).map(|p| (p, p)),
+    };
+    if r.is_none() {
+        cx.err(
+            &f.path,
+            f.loc(),
+            format!(
+                "'{}' is not a port (1-65535) or a range low-high like 8000-8100",
+                show(&t)
+            ),
+        );
+    }
+    r
+}
+
+fn read_rule(cx: &mut Ctx, f: &Field) -> Option<FirewallRule> {
+    let o = obj(
+        cx,
+        f.node,
+        &f.path,
+        RULE_FIELDS,
+        "a rule (a mapping with proto, ports, from, to, action, ...)",
+    )?;
+    let errors_before = cx.errors.len();
+    let mut r = FirewallRule {
+        proto: RuleProto::Any,
+        ports: Vec::new(),
+        from: None,
+        to: None,
+        icmp_types: Vec::new(),
+        connlimit: None,
+        rate: None,
+        action: RuleAction::Accept,
+        log: false,
+    };
+    if let Some(pf) = o.get(cx, "proto") {
+        match text(cx, &pf, "tcp, udp, icmp or any").as_deref() {
+            Some("tcp") => r.proto = RuleProto::Tcp,
+            Some("udp") => r.proto = RuleProto::Udp,
+            Some("icmp") => r.proto = RuleProto::Icmp,
+            Some("any") => r.proto = RuleProto::Any,
+            Some(p) => cx.err(
+                &pf.path,
+                pf.loc(),
+                format!(
+                    "'{}' is not a protocol; expected tcp, udp, icmp or any",
+                    show(p)
+                ),
+            ),
+            None => {}
+        }
+    }
+    if let Some(pf) = o.get(cx, "ports") {
+        if !matches!(r.proto, RuleProto::Tcp | RuleProto::Udp) {
+            cx.err(&pf.path, pf.loc(), "ports need proto: tcp or proto: udp");
+        } else if let Some(items) = list(cx, &pf, "a list of ports") {
+            for item in items {
+                if let Some(p) = read_port_range(cx, &item) {
+                    r.ports.push(p);
+                }
+            }
+        }
+    }
+    for (name, slot) in [("from", &mut r.from), ("to", &mut r.to)] {
+        if let Some(af) = o.get(cx, name)
+            && let Some(t) = text(cx, &af, "an IPv4 network like 10.0.0.0/8")
+        {
+            let parsed = if t.contains('/') {
+                parse_cidr(&t)
+            } else {
+                parse_ip(&t).map(|a| Ipv4Cidr::new(a, 32))
+            };
+            match parsed {
+                Ok(c) if c.network() == c => *slot = Some(c),
+                Ok(c) => cx.err(
+                    &af.path,
+                    af.loc(),
+                    format!("{c} has host bits set; did you mean {}?", c.network()),
+                ),
+                Err(m) => cx.err(&af.path, af.loc(), m),
+            }
+        }
+    }
+    if let Some(tf) = o.get(cx, "icmp_types") {
+        if r.proto != RuleProto::Icmp {
+            cx.err(&tf.path, tf.loc(), "icmp_types need proto: icmp");
+        } else if let Some(items) = list(cx, &tf, "a list of ICMP type names") {
+            for item in items {
+                if let Some(t) = text(cx, &item, "an ICMP type name") {
+                    if ICMP_TYPES.contains(&t.as_str()) {
+                        r.icmp_types.push(t);
+                    } else {
+                        cx.err(
+                            &item.path,
+                            item.loc(),
+                            format!(
+                                "'{}' is not an ICMP type; expected one of: {}",
+                                show(&t),
+                                ICMP_TYPES.join(", ")
+                            ),
+                        );
+                    }
+                }
+            }
+        }
+    }
+    if let Some(cf) = o.get(cx, "connlimit") {
+        r.connlimit = int_in(
+            cx,
+            &cf,
+            "a connection count between 1 and 1000000",
+            1,
+            1_000_000,
+        )
+        .map(|n| n as u32);
+    }
+    if let Some(rf) = o.get(cx, "rate")
+        && let Some(t) = text(cx, &rf, "a rate like 10/second")
+    {
+        let parsed = t.split_once('/').and_then(|(n, u)| {
+            let n: u32 = n.trim().parse().ok().filter(|n| *n > 0)?;
+            let u = u.trim();
+            ["second", "minute", "hour", "day"]
+                .contains(&u)
+                .then(|| (n, u.to_string()))
+        });
+        match parsed {
+            Some(p) => r.rate = Some(p),
+            None => cx.err(
+                &rf.path,
+                rf.loc(),
+                format!(
+                    "'{}' is not a rate; expected N/second, N/minute, N/hour or N/day",
+                    show(&t)
+                ),
+            ),
+        }
+    }
+    if let Some(af) = o.get(cx, "action") {
+        match text(cx, &af, "accept, drop or reject").as_deref() {
+            Some("accept") => r.action = RuleAction::Accept,
+            Some("drop") => r.action = RuleAction::Drop,
+            Some("reject") => r.action = RuleAction::Reject,
+            Some(a) => cx.err(
+                &af.path,
+                af.loc(),
+                format!(
+                    "'{}' is not an action; expected accept, drop or reject",
+                    show(a)
+                ),
+            ),
+            None => {}
+        }
+    }
+    if let Some(lf) = o.get(cx, "log")
+        && let Some(b) = boolean(cx, &lf)
+    {
+        r.log = b;
+    }
+    (cx.errors.len() == errors_before).then_some(r)
 }

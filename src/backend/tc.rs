@@ -793,23 +793,22 @@ pub fn plan(port: &PortTc, obs: &TcObserved) -> Result<Vec<TcOp>, TcError> {
         .outbound
         .map(|r| r.htb_params(&obs.clock))
         .transpose()?;
-    if let Some(i) = &obs.ifb {
-        if i.kind.as_deref() != Some("ifb") {
-            if outbound.is_some() {
-                return Err(TcError::Conflict(format!(
-                    "{ifb}, the IFB name of port {}, is taken by a link of kind {}",
-                    port.dev,
-                    i.kind.as_deref().unwrap_or("none")
-                )));
-            }
-        } else if let Some(a) = &i.alias
-            && a.starts_with("kvmnet ifb of ")
-            && *a != ifb_alias(&port.dev)
-        {
-            return Err(TcError::Conflict(format!(
-                "IFB {ifb} belongs to another port ({a})"
-            )));
-        }
+    let ifb_ours = obs.ifb.as_ref().is_some_and(|i| ifb_is_ours(i, &port.dev));
+    if let Some(i) = &obs.ifb
+        && outbound.is_some()
+        && !ifb_ours
+    {
+        return Err(TcError::Conflict(match i.kind.as_deref() {
+            Some("ifb") => format!(
+                "IFB {ifb} belongs to another port ({})",
+                i.alias.as_deref().unwrap_or_default()
+            ),
+            kind => format!(
+                "{ifb}, the IFB name of port {}, is taken by a link of kind {}",
+                port.dev,
+                kind.unwrap_or("none")
+            ),
+        }));
     }
 
     let mut ops = Vec::new();
@@ -871,13 +870,20 @@ pub fn plan(port: &PortTc, obs: &TcObserved) -> Result<Vec<TcOp>, TcError> {
     };
     clsact_ops(&port.dev, &want, dev, &mut index_of, &mut ops);
     // 4. An IFB no longer needed, once nothing redirects to it.
-    if outbound.is_none()
-        && let Some(i) = &obs.ifb
-        && i.kind.as_deref() == Some("ifb")
-    {
+    if outbound.is_none() && ifb_ours {
         ops.push(TcOp::DeleteIfb { name: ifb });
     }
     Ok(ops)
+}
+
+/// An IFB kvmnet may use and delete for `port`: an IFB that does not name another port in
+/// its alias (one made by hand with the derived name counts as the port's).
+fn ifb_is_ours(link: &DevTc, port: &str) -> bool {
+    link.kind.as_deref() == Some("ifb")
+        && link
+            .alias
+            .as_ref()
+            .is_none_or(|a| !a.starts_with("kvmnet ifb of ") || *a == ifb_alias(port))
 }
 
 /// Whether the live state is exactly what `port` asks for.
@@ -2333,7 +2339,8 @@ impl Tc {
 
     /// Remove a port's tc: its root and ingress/clsact qdiscs (with their classes and
     /// filters) and its IFB — `ifb`, or [`ifb_name`] of `dev` when None; the IFB is deleted
-    /// only if it is an IFB. Missing things are fine; keeps going and reports every error.
+    /// only if it is an IFB not marked as another port's. Missing things are fine; keeps
+    /// going and reports every error.
     pub fn clear(&mut self, dev: &str, ifb: Option<&str>) -> Result<(), TcError> {
         self.clear_many(&[(dev, ifb)])
     }
@@ -2371,11 +2378,7 @@ pub fn clear_ops(port: &PortTc, obs: &TcObserved) -> Vec<TcOp> {
             });
         }
     }
-    if obs
-        .ifb
-        .as_ref()
-        .is_some_and(|i| i.kind.as_deref() == Some("ifb"))
-    {
+    if obs.ifb.as_ref().is_some_and(|i| ifb_is_ours(i, &port.dev)) {
         ops.push(TcOp::DeleteIfb {
             name: port.ifb_dev(),
         });
@@ -2530,8 +2533,17 @@ mod tests {
             alias: Some(ifb_alias("pb")),
             ..fresh("ifb-pa", 6)
         };
-        let e = plan(&port, &observed(Some(fresh("pa", 5)), Some(other))).unwrap_err();
+        let e = plan(&port, &observed(Some(fresh("pa", 5)), Some(other.clone()))).unwrap_err();
         assert!(e.to_string().contains("belongs to another port"), "{e}");
+        // ... and is neither deleted when the port needs no IFB, nor cleared.
+        let obs = observed(Some(fresh("pa", 5)), Some(other));
+        assert!(
+            plan(&no_out, &obs)
+                .unwrap()
+                .iter()
+                .all(|o| !matches!(o, TcOp::DeleteIfb { .. }))
+        );
+        assert!(clear_ops(&no_out, &obs).is_empty());
         let looped = PortTc {
             mirror_to: Some("ifb-pa".into()),
             ..port

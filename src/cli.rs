@@ -383,7 +383,7 @@ fn run(cli: Cli) -> Result<(), (EngineError, bool)> {
             let s = enter(&scope.netns).map_err(|e| (e, j))?;
             let v = match via_daemon(&s, "GET", "/v1/leases", &Value::Null) {
                 Some(r) => r.map_err(|e| (e, j))?,
-                None => json!({ "leases": [] }),
+                None => daemon::read_leases(&s).map_err(|e| (e, j))?,
             };
             if j {
                 println!("{v}");
@@ -391,9 +391,29 @@ fn run(cli: Cli) -> Result<(), (EngineError, bool)> {
                 let leases = v["leases"].as_array().cloned().unwrap_or_default();
                 if leases.is_empty() {
                     println!("No leases.");
+                } else {
+                    println!(
+                        "{:<12} {:<16} {:<18} {:<9} {:<8} {:<10} HOSTNAME",
+                        "NETWORK", "IPV4", "MAC", "STATE", "RESERVED", "EXPIRES"
+                    );
                 }
+                let now = crate::audit::now_unix();
                 for l in leases {
-                    println!("{l}");
+                    let left = l["expires_unix"].as_u64().unwrap_or(0).saturating_sub(now);
+                    println!(
+                        "{:<12} {:<16} {:<18} {:<9} {:<8} {:<10} {}",
+                        l["network"].as_str().unwrap_or("-"),
+                        l["ip"].as_str().unwrap_or("-"),
+                        l["mac"].as_str().unwrap_or("-"),
+                        l["state"].as_str().unwrap_or("-"),
+                        if l["reserved"].as_bool().unwrap_or(false) {
+                            "yes"
+                        } else {
+                            "no"
+                        },
+                        format!("{left}s"),
+                        l["hostname"].as_str().unwrap_or("-"),
+                    );
                 }
             }
             Ok(())

@@ -10,6 +10,7 @@ pub mod backend;
 pub mod cli;
 pub mod daemon;
 pub mod desired;
+pub mod dhcp;
 pub mod engine;
 pub mod nft;
 pub mod observe;

@@ -231,3 +231,85 @@ fn unconfirmed_change_reverts_with_a_daemon() {
     let _d = start_daemon(&ns, empty.path(), &host);
     confirm_cycle(&ns, &host);
 }
+
+#[test]
+fn daemon_serves_dhcp_reservations_and_pool() {
+    if !privileged() {
+        return;
+    }
+    let mut ns = Namespaces::new();
+    let host = ns.add("dhd");
+    let g = ns.reserve("dg");
+    let (a, b) = (format!("{g}a"), format!("{g}b"));
+    ns.names.extend([a.clone(), b.clone()]);
+    let spec = SpecFile::new(&format!(
+        r#"version: 1
+networks:
+  n:
+    mode: nat
+    bridge: h-n
+    ipv4: 10.93.0.1/24
+    dhcp: {{ range: 10.93.0.100-10.93.0.110, lease_time: 10m, dns: [10.93.0.1], domain: lab.test }}
+vms:
+  a: {{ ports: [ {{ network: n, name: h-a, kind: veth, netns: {a}, mac: "52:54:00:93:00:0a", ipv4: 10.93.0.10, dhcp_client: true }} ] }}
+  b: {{ ports: [ {{ network: n, name: h-b, kind: veth, netns: {b}, mac: "52:54:00:93:00:0b", dhcp_client: true }} ] }}
+"#
+    ));
+    let _d = start_daemon(&ns, spec.path(), &host);
+    // The far ends come up unaddressed; a real client gets the address.
+    assert!(!ok_in(&a, "ip -4 addr show eth0").contains("inet "));
+    let script = std::env::temp_dir().join(format!("{}.sh", unique("udhcpc")));
+    std::fs::write(
+        &script,
+        "#!/bin/sh\ncase \"$1\" in bound|renew) ip addr flush dev \"$interface\"; ip addr add \"$ip/$mask\" dev \"$interface\"; [ -n \"$router\" ] && ip route replace default via $router; echo \"LEASE $ip $router $dns $domain\" ;; esac\n",
+    )
+    .unwrap();
+    ok(&format!("chmod +x {}", script.display()));
+    let run = |n: &str| {
+        ok_in(
+            n,
+            &format!(
+                "busybox udhcpc -i eth0 -n -q -t 5 -T 1 -s {}",
+                script.display()
+            ),
+        )
+    };
+    let out_a = run(&a);
+    assert!(
+        out_a.contains("LEASE 10.93.0.10 10.93.0.1 10.93.0.1 lab.test"),
+        "{out_a}"
+    );
+    let out_b = run(&b);
+    let ip_b = out_b
+        .lines()
+        .find_map(|l| l.strip_prefix("LEASE "))
+        .and_then(|l| l.split_whitespace().next())
+        .unwrap_or_default()
+        .to_string();
+    let last: u8 = ip_b.rsplit('.').next().unwrap().parse().unwrap();
+    assert!(
+        (100..=110).contains(&last),
+        "pool address expected, got {out_b}"
+    );
+    // Both are on the network and NAT works for the configured one.
+    assert!(pings(&a, "10.93.0.1") && pings(&b, "10.93.0.1"));
+    // `kvmnet leases` lists both, through the daemon and without it.
+    let v: serde_json::Value =
+        serde_json::from_str(&ns.kvmnet_ok(&["leases", "--netns", &host, "--json"])).unwrap();
+    let leases = v["leases"].as_array().unwrap();
+    assert!(
+        leases
+            .iter()
+            .any(|l| l["ip"] == "10.93.0.10" && l["reserved"] == true),
+        "{v}"
+    );
+    assert!(leases.iter().any(|l| l["ip"] == ip_b.as_str()), "{v}");
+    drop(_d);
+    let text = ns.kvmnet_ok(&["leases", "--netns", &host]);
+    assert!(
+        text.contains("10.93.0.10") && text.contains(&ip_b),
+        "{text}"
+    );
+    let _ = std::fs::remove_file(script);
+    ns.kvmnet_ok(&["destroy", "--netns", &host]);
+}

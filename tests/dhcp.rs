@@ -90,7 +90,11 @@ fn real_clients_get_reservations_pool_and_options() {
     let ns_p = t.add_client("p", m_p);
     let mut scope = t.scope(
         Some(("10.71.0.100", "10.71.0.150")),
-        &[(m_u, "10.71.0.11"), (m_d, "10.71.0.12"), (m_c, "10.71.0.13")],
+        &[
+            (m_u, "10.71.0.11"),
+            (m_d, "10.71.0.12"),
+            (m_c, "10.71.0.13"),
+        ],
     );
     scope.dns = vec![Ipv4Addr::new(10, 71, 0, 53), Ipv4Addr::new(10, 71, 0, 54)];
     scope.domain = Some("kvm.example".into());
@@ -106,7 +110,10 @@ fn real_clients_get_reservations_pool_and_options() {
     let w = work.display().to_string();
 
     // busybox udhcpc: its script receives the options as variables; it applies nothing.
-    write_script(&work.join("udhcpc.sh"), &format!("env > {w}/udhcpc-$(cat {w}/tag).$1"));
+    write_script(
+        &work.join("udhcpc.sh"),
+        &format!("env > {w}/udhcpc-$(cat {w}/tag).$1"),
+    );
     let udhcpc = |ns: &str, tag: &str| {
         std::fs::write(work.join("tag"), tag).unwrap();
         let o = in_ns(
@@ -133,8 +140,7 @@ fn real_clients_get_reservations_pool_and_options() {
     assert_eq!(u["lease"], "900");
     assert_eq!(u["serverid"], "10.71.0.1");
     assert_eq!(
-        u["staticroutes"],
-        "198.51.100.0/24 10.71.0.254 0.0.0.0/0 10.71.0.1",
+        u["staticroutes"], "198.51.100.0/24 10.71.0.254 0.0.0.0/0 10.71.0.1",
         "RFC 3442: the default route rides along in option 121"
     );
 
@@ -229,7 +235,10 @@ fn real_clients_get_reservations_pool_and_options() {
         (m_p, p["ip"].as_str(), false),
     ] {
         let l = find(m);
-        assert_eq!((l.ip.to_string().as_str(), l.state.as_str(), l.reserved), (ip, "bound", reserved));
+        assert_eq!(
+            (l.ip.to_string().as_str(), l.state.as_str(), l.reserved),
+            (ip, "bound", reserved)
+        );
         assert_eq!(l.network, "test");
     }
     assert_eq!(find(m_u).hostname.as_deref(), Some("vmu"));
@@ -239,6 +248,380 @@ fn real_clients_get_reservations_pool_and_options() {
     let server = server.stop();
     // The journal has the same bindings.
     let on_disk = kvmnet::dhcp::read_leases(&t.state_dir).unwrap();
-    assert_eq!(on_disk.iter().filter(|l| l.state == "bound").count(), 4, "{on_disk:?}");
+    assert_eq!(
+        on_disk.iter().filter(|l| l.state == "bound").count(),
+        4,
+        "{on_disk:?}"
+    );
+    drop(server);
+}
+
+fn bound_ip(h: &kvmnet::dhcp::ServerHandle, mac: &str) -> Option<(Ipv4Addr, String, u64)> {
+    h.leases()
+        .into_iter()
+        .find(|l| l.mac == mac)
+        .map(|l| (l.ip, l.state, l.expires_unix))
+}
+
+/// Test 2: the RFC 2131 states with a raw client: SELECTING (ours, another server's, the
+/// wrong address), INIT-REBOOT, RENEWING (unicast), REBINDING (broadcast), INFORM,
+/// reservations, DECLINE, RELEASE and a relayed exchange.
+#[test]
+fn raw_client_walks_rfc2131_states() {
+    if !privileged() {
+        return;
+    }
+    let mut t = Topo::new("rw", "10.72.0.1/24");
+    let (ma, mb, mr) = (
+        "52:54:00:72:00:0a",
+        "52:54:00:72:00:0b",
+        "52:54:00:72:00:09",
+    );
+    let ns_a = t.add_client("a", ma);
+    let ns_b = t.add_client("b", mb);
+    let ns_r = t.add_client("r", mr);
+    let mut scope = t.scope(Some(("10.72.0.100", "10.72.0.104")), &[(mr, "10.72.0.9")]);
+    scope.dns = vec![Ipv4Addr::new(10, 72, 0, 53)];
+    scope.domain = Some("raw.example".into());
+    let server = ServerThread::start(&t.server_ns, vec![scope], &t.state_dir, None);
+    let h = server.handle.clone();
+    let gw = t.gw;
+    let (mut a, mut b, mut r) = (
+        RawClient::new(&ns_a, ma),
+        RawClient::new(&ns_b, mb),
+        RawClient::new(&ns_r, mr),
+    );
+    let wait = Duration::from_millis(800);
+
+    // SELECTING.
+    let (ip_a, ack) = a.dora(gw).expect("A gets an address");
+    assert!(ip_a.octets()[3] >= 100, "{ip_a}");
+    assert_eq!(ack.get_u32(opt::LEASE_TIME), Some(600));
+    assert_eq!(ack.get_u32(opt::RENEWAL_T1), Some(300));
+    assert_eq!(ack.get_u32(opt::REBINDING_T2), Some(525));
+    assert_eq!(ack.get_ip(opt::SERVER_ID), Some(gw));
+    assert_eq!(ack.get_ip(opt::ROUTER), Some(gw));
+    assert_eq!(
+        ack.get_ip(opt::SUBNET_MASK),
+        Some(Ipv4Addr::new(255, 255, 255, 0))
+    );
+    assert_eq!(
+        ack.get_ip(opt::BROADCAST),
+        Some(Ipv4Addr::new(10, 72, 0, 255))
+    );
+    assert_eq!(bound_ip(&h, ma).unwrap().1, "bound");
+
+    let mut d = b.packet(MessageType::Discover);
+    d.flags = 0x8000;
+    let offer_b = b.exchange(&d, Ipv4Addr::BROADCAST).expect("offer to B");
+    let ip_b = offer_b.yiaddr;
+    assert_ne!(ip_b, ip_a);
+    assert_eq!(bound_ip(&h, mb).unwrap().1, "offered");
+    // B asks for A's address: NAK, broadcast.
+    let mut req = b.packet(MessageType::Request);
+    req.flags = 0x8000;
+    req.set(opt::SERVER_ID, gw.octets().to_vec());
+    req.set(opt::REQUESTED_IP, ip_a.octets().to_vec());
+    let nak = b.exchange(&req, Ipv4Addr::BROADCAST).expect("NAK");
+    assert_eq!(nak.message_type(), Some(MessageType::Nak));
+    assert!(nak.yiaddr.is_unspecified());
+    // B chooses another server: silence.
+    let mut other = b.packet(MessageType::Request);
+    other.flags = 0x8000;
+    other.set(opt::SERVER_ID, vec![10, 72, 0, 99]);
+    other.set(opt::REQUESTED_IP, ip_b.octets().to_vec());
+    b.broadcast(&other);
+    assert!(
+        b.recv(other.xid, wait).is_none(),
+        "no answer for another server"
+    );
+    assert_eq!(h.stats().ignored, 1);
+    assert!(bound_ip(&h, mb).is_none(), "offer withdrawn");
+    let (got_b, _) = b.dora(gw).expect("B gets an address");
+    assert_ne!(got_b, ip_a);
+
+    // INIT-REBOOT: right address, someone else's, another network.
+    for (want, ok) in [
+        (ip_a, true),
+        (got_b, false),
+        (Ipv4Addr::new(192, 0, 2, 10), false),
+    ] {
+        let mut p = a.packet(MessageType::Request);
+        p.flags = 0x8000;
+        p.set(opt::REQUESTED_IP, want.octets().to_vec());
+        let rep = a
+            .exchange(&p, Ipv4Addr::BROADCAST)
+            .expect("INIT-REBOOT answered");
+        let kind = if ok {
+            MessageType::Ack
+        } else {
+            MessageType::Nak
+        };
+        assert_eq!(rep.message_type(), Some(kind), "INIT-REBOOT for {want}");
+    }
+
+    // RENEWING: A has its address now and unicasts to the server; the ACK comes back to
+    // ciaddr, and the lease is extended.
+    ok(&format!("ip -n {ns_a} addr add {ip_a}/24 dev eth0"));
+    let before = bound_ip(&h, ma).unwrap().2;
+    std::thread::sleep(Duration::from_millis(1100));
+    let mut renew = a.packet(MessageType::Request);
+    renew.ciaddr = ip_a;
+    let ack = a.exchange(&renew, gw).expect("renew answered");
+    assert_eq!(ack.message_type(), Some(MessageType::Ack));
+    assert_eq!((ack.ciaddr, ack.yiaddr), (ip_a, ip_a));
+    assert!(bound_ip(&h, ma).unwrap().2 > before, "lease extended");
+    assert_eq!(h.stats().request_renewing, 1);
+    // REBINDING: the same, broadcast.
+    let mut rebind = a.packet(MessageType::Request);
+    rebind.ciaddr = ip_a;
+    let ack = a
+        .exchange(&rebind, Ipv4Addr::BROADCAST)
+        .expect("rebind answered");
+    assert_eq!(ack.message_type(), Some(MessageType::Ack));
+    assert_eq!(h.stats().request_rebinding, 1);
+    // RENEWING an address that is not ours: NAK.
+    let mut wrong = a.packet(MessageType::Request);
+    wrong.ciaddr = got_b;
+    let nak = a.exchange(&wrong, gw).expect("answered");
+    assert_eq!(nak.message_type(), Some(MessageType::Nak));
+
+    // INFORM: options, no address, no lease time, unicast to ciaddr.
+    let mut inf = a.packet(MessageType::Inform);
+    inf.ciaddr = ip_a;
+    let ack = a.exchange(&inf, gw).expect("INFORM answered");
+    assert_eq!(ack.message_type(), Some(MessageType::Ack));
+    assert!(ack.yiaddr.is_unspecified());
+    assert_eq!(ack.get(opt::LEASE_TIME), None);
+    assert_eq!(ack.get(opt::RENEWAL_T1), None);
+    assert_eq!(ack.get_ips(opt::DNS), vec![Ipv4Addr::new(10, 72, 0, 53)]);
+    assert_eq!(ack.get(opt::DOMAIN), Some(&b"raw.example"[..]));
+    assert_eq!(ack.get_ip(opt::ROUTER), Some(gw));
+
+    // The reservation wins over what the client asks for.
+    let mut d = r.packet(MessageType::Discover);
+    d.flags = 0x8000;
+    d.set(opt::REQUESTED_IP, vec![10, 72, 0, 104]);
+    let offer = r.exchange(&d, Ipv4Addr::BROADCAST).expect("offer to R");
+    assert_eq!(offer.yiaddr, Ipv4Addr::new(10, 72, 0, 9));
+    let (ip_r, _) = r.dora(gw).expect("R bound");
+    assert_eq!(ip_r, Ipv4Addr::new(10, 72, 0, 9));
+    let mut p = r.packet(MessageType::Request);
+    p.flags = 0x8000;
+    p.set(opt::REQUESTED_IP, vec![10, 72, 0, 104]);
+    let nak = r.exchange(&p, Ipv4Addr::BROADCAST).unwrap();
+    assert_eq!(nak.message_type(), Some(MessageType::Nak));
+    let lr = h.leases().into_iter().find(|l| l.mac == mr).unwrap();
+    assert!(lr.reserved && lr.state == "bound", "{lr:?}");
+
+    // DECLINE: quarantined, and B is offered something else next.
+    let mut dec = b.packet(MessageType::Decline);
+    dec.set(opt::SERVER_ID, gw.octets().to_vec());
+    dec.set(opt::REQUESTED_IP, got_b.octets().to_vec());
+    b.broadcast(&dec);
+    wait_for("declined", Duration::from_secs(3), || {
+        h.leases()
+            .iter()
+            .any(|l| l.ip == got_b && l.state == "declined")
+    });
+    let mut d = b.packet(MessageType::Discover);
+    d.flags = 0x8000;
+    let offer = b.exchange(&d, Ipv4Addr::BROADCAST).unwrap();
+    assert_ne!(
+        offer.yiaddr, got_b,
+        "a declined address is not offered again"
+    );
+    assert_ne!(offer.yiaddr, ip_a);
+
+    // RELEASE: A gives its address back (unicast, from its address).
+    let mut rel = a.packet(MessageType::Release);
+    rel.ciaddr = ip_a;
+    rel.set(opt::SERVER_ID, gw.octets().to_vec());
+    a.send(&rel, gw);
+    wait_for("released", Duration::from_secs(3), || {
+        h.leases()
+            .iter()
+            .any(|l| l.ip == ip_a && l.state == "released")
+    });
+    // The released address is free again: asking for it in INIT-REBOOT is granted to a
+    // new client.
+    let mut c = RawClient::new(&ns_b, "52:54:00:72:00:0c");
+    let mut p = c.packet(MessageType::Request);
+    p.flags = 0x8000;
+    p.set(opt::REQUESTED_IP, ip_a.octets().to_vec());
+    let ack = c.exchange(&p, Ipv4Addr::BROADCAST).unwrap();
+    assert_eq!(ack.message_type(), Some(MessageType::Ack));
+    assert_eq!(ack.yiaddr, ip_a);
+
+    // Relayed: B's namespace plays a relay at 10.72.0.50:67 for a client it invents.
+    ok(&format!("ip -n {ns_b} addr add 10.72.0.50/24 dev eth0"));
+    let mut relay = RawClient::bind(&ns_b, "52:54:00:72:00:0d", 67);
+    let mut d = relay.packet(MessageType::Discover);
+    d.giaddr = Ipv4Addr::new(10, 72, 0, 50);
+    d.hops = 1;
+    d.set(opt::RELAY_AGENT_INFO, vec![1, 4, b'p', b'o', b'r', b't']);
+    let offer = relay.exchange(&d, gw).expect("relayed offer");
+    assert_eq!(offer.message_type(), Some(MessageType::Offer));
+    assert_eq!(offer.giaddr, Ipv4Addr::new(10, 72, 0, 50));
+    assert_eq!(
+        offer.get(opt::RELAY_AGENT_INFO),
+        Some(&[1, 4, b'p', b'o', b'r', b't'][..])
+    );
+    assert_eq!(
+        offer.options.last().map(|o| o.0),
+        Some(opt::RELAY_AGENT_INFO),
+        "RFC 3046: option 82 comes last"
+    );
+    let st = h.stats();
+    assert!(
+        st.relayed >= 1 && st.decline == 1 && st.release == 1 && st.inform == 1,
+        "{st:?}"
+    );
+    assert!(st.nak >= 5, "{st:?}");
+    assert!(st.request_init_reboot >= 4, "{st:?}");
+    drop(server);
+}
+
+/// Test 2, continued: leases and offers run out, and the address goes to someone else.
+#[test]
+fn leases_and_offers_expire() {
+    if !privileged() {
+        return;
+    }
+    let mut t = Topo::new("ex", "10.75.0.1/24");
+    let (ma, mb) = ("52:54:00:75:00:0a", "52:54:00:75:00:0b");
+    let ns_a = t.add_client("a", ma);
+    let ns_b = t.add_client("b", mb);
+    let mut scope = t.scope(Some(("10.75.0.100", "10.75.0.100")), &[]);
+    scope.lease_secs = 2;
+    let limits = Limits {
+        offer_hold_secs: 1,
+        ..Limits::default()
+    };
+    let server = ServerThread::start(&t.server_ns, vec![scope], &t.state_dir, Some(limits));
+    let h = server.handle.clone();
+    let (mut a, mut b) = (RawClient::new(&ns_a, ma), RawClient::new(&ns_b, mb));
+    let one = Ipv4Addr::new(10, 75, 0, 100);
+
+    // An offer that is never requested runs out after offer_hold_secs.
+    let mut d = b.packet(MessageType::Discover);
+    d.flags = 0x8000;
+    assert_eq!(b.exchange(&d, Ipv4Addr::BROADCAST).unwrap().yiaddr, one);
+    let mut d = a.packet(MessageType::Discover);
+    d.flags = 0x8000;
+    a.broadcast(&d);
+    assert!(
+        a.recv(d.xid, Duration::from_millis(500)).is_none(),
+        "pool is held by B's offer"
+    );
+    std::thread::sleep(Duration::from_millis(1600));
+    let (ip, _) = a
+        .dora(t.gw)
+        .expect("A gets the address after B's offer ran out");
+    assert_eq!(ip, one);
+    let mut d = b.packet(MessageType::Discover);
+    d.flags = 0x8000;
+    b.broadcast(&d);
+    assert!(
+        b.recv(d.xid, Duration::from_millis(500)).is_none(),
+        "pool is bound to A"
+    );
+    assert!(h.stats().dropped_pool_exhausted >= 2);
+
+    // A's 2 s lease expires: gone from the table, and B can have the address.
+    wait_for("A's lease to expire", Duration::from_secs(5), || {
+        bound_ip(&h, ma).is_none()
+    });
+    let (ip, _) = b.dora(t.gw).expect("B gets the expired address");
+    assert_eq!(ip, one);
+    // A coming back with its old address is refused.
+    let mut p = a.packet(MessageType::Request);
+    p.flags = 0x8000;
+    p.set(opt::REQUESTED_IP, one.octets().to_vec());
+    let nak = a.exchange(&p, Ipv4Addr::BROADCAST).unwrap();
+    assert_eq!(nak.message_type(), Some(MessageType::Nak));
+    drop(server);
+}
+
+/// Sends DISCOVERs with random client MACs from `ns` as fast as it can until `stop`;
+/// returns how many it sent. Like dhcpstarv, minus the spoofed Ethernet source (the server
+/// sees only chaddr either way).
+fn flood(
+    ns: &str,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> std::thread::JoinHandle<u64> {
+    let c = RawClient::new(ns, "52:54:00:ff:ff:ff");
+    std::thread::spawn(move || {
+        let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+        let mut n = 0u64;
+        let dst = std::net::SocketAddrV4::new(Ipv4Addr::BROADCAST, 67);
+        while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+            let r = rng.next().to_be_bytes();
+            let m = kvmnet::spec::Mac([0x02, r[1], r[2], r[3], r[4], r[5]]);
+            let p = kvmnet::dhcp::packet::Packet::request(m, r[6] as u32, MessageType::Discover);
+            if c.sock.send_to(&p.encode(), dst).is_ok() {
+                n += 1;
+            }
+        }
+        n
+    })
+}
+
+/// Test 5: a DISCOVER flood with random MACs from one guest neither keeps another guest
+/// from its reservation nor ties up the pool in offers.
+#[test]
+fn discover_flood_does_not_starve_reservations() {
+    if !privileged() || !have("busybox") {
+        return;
+    }
+    let mut t = Topo::new("fl", "10.76.0.1/24");
+    let mg = "52:54:00:76:00:10";
+    let ns_f = t.add_client("f", "52:54:00:76:00:f0");
+    let ns_g = t.add_client("g", mg);
+    let scope = t.scope(Some(("10.76.0.100", "10.76.0.139")), &[(mg, "10.76.0.10")]);
+    let lim = std::env::var("FLOODLIM").ok().map(|v| Limits {
+        per_interface_rate: v.parse().unwrap(),
+        per_interface_burst: 2.0 * v.parse::<f64>().unwrap(),
+        ..Limits::default()
+    });
+    let server = ServerThread::start(&t.server_ns, vec![scope], &t.state_dir, lim);
+    let h = server.handle.clone();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let flooder = flood(&ns_f, stop.clone());
+    std::thread::sleep(Duration::from_secs(1));
+
+    let work = t.state_dir.join("clients");
+    std::fs::create_dir_all(&work).unwrap();
+    let w = work.display().to_string();
+    write_script(&work.join("udhcpc.sh"), &format!("env > {w}/udhcpc.$1"));
+    let t0 = std::time::Instant::now();
+    let o = in_ns(
+        &ns_g,
+        &format!("busybox udhcpc -f -q -n -t 10 -T 1 -i eth0 -s {w}/udhcpc.sh"),
+    );
+    let took = t0.elapsed();
+    let offers_during = h
+        .leases()
+        .iter()
+        .filter(|l| l.state == "offered" && !l.reserved)
+        .count();
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let sent = flooder.join().unwrap();
+    eprintln!("flood: {sent} sent; {:?}", h.stats());
+    assert!(
+        o.status.success(),
+        "the reserved guest got no lease under flood: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let g = env_file(&work.join("udhcpc.bound"));
+    assert_eq!(g["ip"], "10.76.0.10");
+    let st = h.stats();
+    eprintln!("flood: {sent} DISCOVERs sent, reserved guest bound in {took:?}; {st:?}");
+    assert!(sent > 20_000, "the flood was a flood ({sent})");
+    assert!(st.dropped_rate_interface > 0, "{st:?}");
+    assert!(
+        offers_during <= 10,
+        "offers are capped (25% of 40), found {offers_during}"
+    );
     drop(server);
 }

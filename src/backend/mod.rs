@@ -4,5 +4,5 @@ pub mod netlink;
 pub mod netns;
 pub mod nftables;
 pub mod sysctl;
-pub mod tc;
 pub mod tap;
+pub mod tc;

@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
+use crate::dhcp;
 use crate::engine::{self, EngineError, Pending};
 use crate::observe::Observer;
 use crate::spec::Spec;
@@ -29,6 +30,53 @@ struct Shared {
     active: Mutex<Active>,
     stop: AtomicBool,
     reload: AtomicBool,
+    /// DHCP scopes waiting for the DHCP thread, which `dhcp_kick` wakes.
+    dhcp_pending: Mutex<Option<Vec<dhcp::Scope>>>,
+    dhcp_kick: AtomicBool,
+    dhcp: Mutex<Option<dhcp::ServerHandle>>,
+}
+
+impl Shared {
+    /// Enforce `spec` from now on, and serve the DHCP it declares.
+    fn set_active(&self, active: &mut Active, spec: Spec, text: Vec<u8>) {
+        *self.dhcp_pending.lock().expect("lock") = Some(dhcp::scopes(&spec));
+        self.dhcp_kick.store(true, Ordering::SeqCst);
+        *active = Active { spec, text };
+    }
+}
+
+fn dhcp_dir(scope: &str) -> std::path::PathBuf {
+    StateDir::for_scope(scope).dir.join("dhcp")
+}
+
+/// The DHCP server's thread: serves until stopped, taking new scopes when kicked.
+fn dhcp_thread(sh: Arc<Shared>, mut server: dhcp::Server) {
+    loop {
+        if let Err(e) = server.run(&sh.dhcp_kick) {
+            log(&format!("dhcp: {e}"));
+            std::thread::sleep(Duration::from_millis(500));
+        }
+        if sh.stop.load(Ordering::SeqCst) {
+            return;
+        }
+        sh.dhcp_kick.store(false, Ordering::SeqCst);
+        if let Some(scopes) = sh.dhcp_pending.lock().expect("lock").take()
+            && let Err(e) = server.update(scopes)
+        {
+            log(&format!("dhcp: {e}"));
+        }
+    }
+}
+
+/// Leases from the running server, or from the journal when no daemon runs.
+pub fn leases_json(leases: &[dhcp::Lease]) -> Value {
+    json!({ "leases": leases })
+}
+
+pub fn read_leases(scope: &str) -> Result<Value, EngineError> {
+    dhcp::read_leases(&dhcp_dir(scope))
+        .map(|l| leases_json(&l))
+        .map_err(|e| EngineError::Runtime(e.to_string()))
 }
 
 fn log(msg: &str) {
@@ -89,7 +137,7 @@ fn apply_active(sh: &Shared, action: &str) -> Result<usize, EngineError> {
 fn reload(sh: &Shared) {
     match engine::load(&sh.spec_path) {
         Ok((spec, text)) => {
-            *sh.active.lock().expect("lock") = Active { spec, text };
+            sh.set_active(&mut sh.active.lock().expect("lock"), spec, text);
             match apply_active(sh, "apply") {
                 Ok(n) => log(&format!("reloaded {}: {n} changes", sh.spec_path.display())),
                 Err(e) => log(&format!("reload failed: {e}")),
@@ -105,7 +153,13 @@ fn handle(sh: &Shared, req: api::Request) -> api::Response {
             Ok(snap) => api::Response::ok(status::status_json(&snap)),
             Err(e) => api::Response::error(500, e.to_string()),
         },
-        ("GET", "/v1/leases") => api::Response::ok(json!({ "leases": [] })),
+        ("GET", "/v1/leases") => match sh.dhcp.lock().expect("lock").as_ref() {
+            Some(h) => api::Response::ok(leases_json(&h.leases())),
+            None => match read_leases(&sh.scope) {
+                Ok(v) => api::Response::ok(v),
+                Err(e) => api::Response::error(500, e.to_string()),
+            },
+        },
         ("POST", "/v1/reload") => {
             sh.reload.store(true, Ordering::SeqCst);
             api::Response::ok(json!({ "reload": "scheduled" }))
@@ -166,10 +220,7 @@ fn apply_request(sh: &Shared, body: &Value) -> api::Response {
             return api::Response::error(500, e.to_string());
         }
     }
-    *active = Active {
-        spec,
-        text: text.as_bytes().to_vec(),
-    };
+    sh.set_active(&mut active, spec, text.as_bytes().to_vec());
     api::Response::ok(changes)
 }
 
@@ -193,15 +244,26 @@ fn invalid_response(e: EngineError) -> api::Response {
 pub fn run(scope: &str, spec_path: &std::path::Path) -> Result<(), EngineError> {
     let sigset = block_signals();
     let (spec, text) = engine::load(spec_path)?;
+    let scopes = dhcp::scopes(&spec);
     let sh = Arc::new(Shared {
         scope: scope.to_string(),
         spec_path: spec_path.to_path_buf(),
         active: Mutex::new(Active { spec, text }),
         stop: AtomicBool::new(false),
         reload: AtomicBool::new(false),
+        dhcp_pending: Mutex::new(None),
+        dhcp_kick: AtomicBool::new(false),
+        dhcp: Mutex::new(None),
     });
     let n = apply_active(&sh, "apply")?;
     log(&format!("applied {}: {n} changes", spec_path.display()));
+
+    // DHCP, on the bridges the spec just made (threads inherit this thread's namespace).
+    let server = dhcp::Server::start(scopes, &dhcp_dir(scope))
+        .map_err(|e| EngineError::Runtime(format!("dhcp: {e}")))?;
+    *sh.dhcp.lock().expect("lock") = Some(server.handle());
+    let dhcp_sh = Arc::clone(&sh);
+    let dhcp_thread = std::thread::spawn(move || dhcp_thread(dhcp_sh, server));
 
     let state_dir = StateDir::for_scope(scope);
     let listener = api::bind(&state_dir.dir).map_err(|e| EngineError::Runtime(e.to_string()))?;
@@ -259,10 +321,11 @@ pub fn run(scope: &str, spec_path: &std::path::Path) -> Result<(), EngineError> 
                     if let Some(text) = p.previous_spec
                         && let Ok(spec) = engine::parse("(previous spec)", text.as_bytes())
                     {
-                        *sh.active.lock().expect("lock") = Active {
+                        sh.set_active(
+                            &mut sh.active.lock().expect("lock"),
                             spec,
-                            text: text.into_bytes(),
-                        };
+                            text.into_bytes(),
+                        );
                     }
                 }
                 Ok(None) => {}
@@ -276,6 +339,8 @@ pub fn run(scope: &str, spec_path: &std::path::Path) -> Result<(), EngineError> 
         std::thread::sleep(Duration::from_millis(50));
     }
     notify("STOPPING=1");
+    sh.dhcp_kick.store(true, Ordering::SeqCst);
+    let _ = dhcp_thread.join();
     let _ = api_thread.join();
     let _ = std::fs::remove_file(api::socket_path(&state_dir.dir));
     log("stopped; networking left in place");

@@ -22,7 +22,10 @@ struct Bucket {
 
 impl Bucket {
     fn full(burst: f64, now: Instant) -> Bucket {
-        Bucket { tokens: burst, last: now }
+        Bucket {
+            tokens: burst,
+            last: now,
+        }
     }
 
     fn take(&mut self, now: Instant, rate: f64, burst: f64) -> bool {
@@ -55,7 +58,9 @@ fn take<K: Hash + Eq>(
 
 /// Forget buckets that have refilled: they would start full anyway.
 fn prune<K>(map: &mut HashMap<K, Bucket>, now: Instant, rate: f64, burst: f64) {
-    map.retain(|_, b| b.tokens + now.saturating_duration_since(b.last).as_secs_f64() * rate < burst);
+    map.retain(|_, b| {
+        b.tokens + now.saturating_duration_since(b.last).as_secs_f64() * rate < burst
+    });
 }
 
 pub(crate) struct Engine {
@@ -400,7 +405,10 @@ impl Cx<'_> {
             if s.lease_secs != u32::MAX {
                 let t = u64::from(s.lease_secs);
                 p.set(opt::RENEWAL_T1, ((t / 2) as u32).to_be_bytes().to_vec());
-                p.set(opt::REBINDING_T2, ((t * 7 / 8) as u32).to_be_bytes().to_vec());
+                p.set(
+                    opt::REBINDING_T2,
+                    ((t * 7 / 8) as u32).to_be_bytes().to_vec(),
+                );
             }
         }
         p.set(opt::SUBNET_MASK, s.subnet.netmask().to_be_bytes().to_vec());
@@ -628,7 +636,10 @@ impl Cx<'_> {
         if !self.for_us() {
             return;
         }
-        match self.table.release(ip32(self.req.ciaddr), &self.mac, self.now) {
+        match self
+            .table
+            .release(ip32(self.req.ciaddr), &self.mac, self.now)
+        {
             Some(rec) => self.journal.append(&rec),
             None => self.stats.ignored += 1,
         }
@@ -698,7 +709,8 @@ mod tests {
     }
 
     fn engine(tag: &str) -> T {
-        let dir = std::env::temp_dir().join(format!("kvmnet-dhcp-unit-{tag}-{}", std::process::id()));
+        let dir =
+            std::env::temp_dir().join(format!("kvmnet-dhcp-unit-{tag}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         let mut e = Engine::open(&dir, 1000).unwrap();
         e.set_scopes(vec![scope()], 1000);
@@ -740,7 +752,10 @@ mod tests {
         assert_eq!(offer.get_u32(opt::LEASE_TIME), Some(100));
         assert_eq!(offer.get_u32(opt::RENEWAL_T1), Some(50));
         assert_eq!(offer.get_u32(opt::REBINDING_T2), Some(87));
-        assert_eq!(offer.get_ip(opt::SUBNET_MASK), Some(Ipv4Addr::new(255, 255, 255, 0)));
+        assert_eq!(
+            offer.get_ip(opt::SUBNET_MASK),
+            Some(Ipv4Addr::new(255, 255, 255, 0))
+        );
         assert_eq!(offer.get_u16(opt::MTU), Some(1400));
         let routes = super::super::packet::decode_classless_routes(
             offer.get(opt::CLASSLESS_ROUTES).unwrap(),
@@ -783,18 +798,26 @@ mod tests {
         rel.ciaddr = ip;
         rel.set(opt::SERVER_ID, vec![10, 0, 0, 1]);
         assert!(t.send(&rel).is_none());
-        assert!(t.e.leases(t.now).iter().any(|l| l.ip == ip && l.state == "released"));
+        assert!(
+            t.e.leases(t.now)
+                .iter()
+                .any(|l| l.ip == ip && l.state == "released")
+        );
         // Restart on the same journal: the release survives, the offer to 2 does not.
         let (dir, now) = (t.dir.clone(), t.now);
         let T { e, .. } = &mut t;
-        let placeholder = std::env::temp_dir().join(format!("kvmnet-dhcp-unit-ph-{}", std::process::id()));
+        let placeholder =
+            std::env::temp_dir().join(format!("kvmnet-dhcp-unit-ph-{}", std::process::id()));
         let old = std::mem::replace(e, Engine::open(&placeholder, now).unwrap());
         drop(old); // releases the lock on `dir`
         let _ = std::fs::remove_dir_all(&placeholder);
         let mut e = Engine::open(&dir, now).unwrap();
         e.set_scopes(vec![scope()], now);
         let ls = e.leases(now);
-        assert!(ls.iter().any(|l| l.ip == ip && l.state == "released"), "{ls:?}");
+        assert!(
+            ls.iter().any(|l| l.ip == ip && l.state == "released"),
+            "{ls:?}"
+        );
         assert!(!ls.iter().any(|l| l.state == "offered"));
     }
 

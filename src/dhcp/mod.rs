@@ -241,7 +241,10 @@ fn check_scopes(scopes: &[Scope]) -> Result<(), DhcpError> {
             return bad(s, format!("'{}' is not an interface name", s.interface));
         }
         if !s.subnet.contains(s.server_ip) {
-            return bad(s, format!("server address {} is outside {}", s.server_ip, s.subnet));
+            return bad(
+                s,
+                format!("server address {} is outside {}", s.server_ip, s.subnet),
+            );
         }
         if s.lease_secs == 0 {
             return bad(s, "lease time is 0".into());
@@ -249,7 +252,10 @@ fn check_scopes(scopes: &[Scope]) -> Result<(), DhcpError> {
         if let Some((a, b)) = s.pool
             && (a > b || !s.subnet.contains(a) || !s.subnet.contains(b))
         {
-            return bad(s, format!("pool {a}-{b} is not a range inside {}", s.subnet));
+            return bad(
+                s,
+                format!("pool {a}-{b} is not a range inside {}", s.subnet),
+            );
         }
         for o in &scopes[..i] {
             if o.network == s.network || o.interface == s.interface {

@@ -55,7 +55,11 @@ pub(crate) enum Dest {
     /// 255.255.255.255:68 on the bridge.
     Broadcast,
     /// A client without an address: Ethernet unicast to `mac`, IP to `ip`, from `src`.
-    Hardware { ip: Ipv4Addr, mac: Mac, src: Ipv4Addr },
+    Hardware {
+        ip: Ipv4Addr,
+        mac: Mac,
+        src: Ipv4Addr,
+    },
 }
 
 pub(crate) struct Outgoing {
@@ -136,8 +140,10 @@ fn open(interface: &str) -> Result<Option<Sock>, DhcpError> {
     // SAFETY: fresh descriptor.
     let udp = unsafe { OwnedFd::from_raw_fd(fd) };
     let one: libc::c_int = 1;
-    setopt(fd, libc::SOL_SOCKET, libc::SO_REUSEADDR, &one).map_err(err(interface, "SO_REUSEADDR"))?;
-    setopt(fd, libc::SOL_SOCKET, libc::SO_BROADCAST, &one).map_err(err(interface, "SO_BROADCAST"))?;
+    setopt(fd, libc::SOL_SOCKET, libc::SO_REUSEADDR, &one)
+        .map_err(err(interface, "SO_REUSEADDR"))?;
+    setopt(fd, libc::SOL_SOCKET, libc::SO_BROADCAST, &one)
+        .map_err(err(interface, "SO_BROADCAST"))?;
     setopt(fd, libc::IPPROTO_IP, libc::IP_PKTINFO, &one).map_err(err(interface, "IP_PKTINFO"))?;
     if setopt(fd, libc::SOL_SOCKET, libc::SO_RCVBUFFORCE, &RCVBUF).is_err() {
         let _ = setopt(fd, libc::SOL_SOCKET, libc::SO_RCVBUF, &RCVBUF);
@@ -266,7 +272,10 @@ impl Sockets {
             if e.kind() == io::ErrorKind::Interrupted {
                 return Ok(());
             }
-            return Err(DhcpError::Io { op: "poll", source: e });
+            return Err(DhcpError::Io {
+                op: "poll",
+                source: e,
+            });
         }
         for (p, &i) in fds.iter().zip(&idx) {
             if p.revents == 0 {
@@ -481,12 +490,7 @@ mod tests {
         );
         assert_eq!(checksum(&[&f[..20]]), 0, "IP header sums to zero");
         let udp = &f[20..];
-        let pseudo = [
-            &f[12..20],
-            &[0, 17],
-            &(udp.len() as u16).to_be_bytes()[..],
-        ]
-        .concat();
+        let pseudo = [&f[12..20], &[0, 17], &(udp.len() as u16).to_be_bytes()[..]].concat();
         assert_eq!(checksum(&[&pseudo, udp]), 0, "UDP sums to zero");
     }
 }

@@ -293,8 +293,7 @@ impl Packet {
 
     /// Whether the client listed `code` in its parameter request list (option 55).
     pub fn requested(&self, code: u8) -> bool {
-        self.get(opt::PARAM_LIST)
-            .is_some_and(|l| l.contains(&code))
+        self.get(opt::PARAM_LIST).is_some_and(|l| l.contains(&code))
     }
 }
 
@@ -368,7 +367,10 @@ mod tests {
         assert_eq!(q, p);
         assert_eq!(q.mac(), Some(mac));
         assert_eq!(q.message_type(), Some(MessageType::Discover));
-        assert_eq!(q.get_ip(opt::REQUESTED_IP), Some(Ipv4Addr::new(10, 0, 0, 5)));
+        assert_eq!(
+            q.get_ip(opt::REQUESTED_IP),
+            Some(Ipv4Addr::new(10, 0, 0, 5))
+        );
         assert_eq!(q.get(opt::DNS).unwrap(), long.as_slice());
         assert!(q.broadcast_flag());
     }
@@ -382,7 +384,10 @@ mod tests {
         b[108..114].copy_from_slice(&[opt::REQUESTED_IP, 4, 10, 1, 2, 3]);
         b[114] = opt::END;
         let q = Packet::parse(&b).unwrap();
-        assert_eq!(q.get_ip(opt::REQUESTED_IP), Some(Ipv4Addr::new(10, 1, 2, 3)));
+        assert_eq!(
+            q.get_ip(opt::REQUESTED_IP),
+            Some(Ipv4Addr::new(10, 1, 2, 3))
+        );
         let mut t = p.encode();
         let end = t.iter().rposition(|&x| x == opt::END).unwrap();
         t.truncate(end);
@@ -399,7 +404,10 @@ mod tests {
                 "198.51.100.0/24".parse().unwrap(),
                 Ipv4Addr::new(10, 0, 0, 254),
             ),
-            ("10.17.0.0/16".parse().unwrap(), Ipv4Addr::new(10, 0, 0, 253)),
+            (
+                "10.17.0.0/16".parse().unwrap(),
+                Ipv4Addr::new(10, 0, 0, 253),
+            ),
             ("0.0.0.0/0".parse().unwrap(), Ipv4Addr::new(10, 0, 0, 1)),
         ];
         let b = encode_classless_routes(&r);

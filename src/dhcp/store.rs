@@ -325,10 +325,9 @@ impl Table {
         }
         if let Some(&ip) = self.by_mac.get(mac)
             && self.is_pool_ip(ip)
-            && self
-                .entries
-                .get(&ip)
-                .is_some_and(|e| e.mac == *mac && matches!(e.state, State::Released | State::Expired))
+            && self.entries.get(&ip).is_some_and(|e| {
+                e.mac == *mac && matches!(e.state, State::Released | State::Expired)
+            })
         {
             return Some(ip);
         }
@@ -732,7 +731,9 @@ mod tests {
         let b = t.allocate(&mac(2), None, now).unwrap();
         assert_eq!(b, ip(12));
         t.bind(b, mac(2), None, now + 100, now);
-        let c = t.allocate(&mac(3), Some(Ipv4Addr::new(10, 0, 0, 12)), now).unwrap();
+        let c = t
+            .allocate(&mac(3), Some(Ipv4Addr::new(10, 0, 0, 12)), now)
+            .unwrap();
         assert_eq!(c, ip(13), "a held address is not given on request");
         t.offer(c, mac(3), None, now + 30, now);
         assert_eq!(t.free_count(), 0);
@@ -754,7 +755,10 @@ mod tests {
         assert_ne!(t.allocate(&mac(5), None, now + 43), Some(ip(10)));
         let mut ls = Vec::new();
         t.leases(now + 43, &mut ls);
-        assert!(ls.iter().any(|l| l.state == "declined" && l.ip == Ipv4Addr::new(10, 0, 0, 10)));
+        assert!(
+            ls.iter()
+                .any(|l| l.state == "declined" && l.ip == Ipv4Addr::new(10, 0, 0, 10))
+        );
     }
 
     #[test]

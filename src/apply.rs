@@ -5,10 +5,10 @@
 use std::collections::HashMap;
 
 use crate::backend::netlink::{Netlink, NetlinkError, NewLinkKind, Request, RouteInfo};
-use crate::backend::{netns, nftables, sysctl, tap};
+use crate::backend::{netns, nftables, sysctl, tap, tc};
 use crate::observe::netns_mark;
 use crate::plan::Step;
-use crate::state::{Addr, PortKind, PortLink, Route, guest_alias, parse_alias};
+use crate::state::{Addr, PortKind, PortLink, Route, ShapeState, guest_alias, parse_alias};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApplyError {
@@ -22,6 +22,10 @@ pub enum ApplyError {
     Nft(#[from] nftables::NftError),
     #[error(transparent)]
     Sysctl(#[from] sysctl::SysctlError),
+    #[error(transparent)]
+    Tc(#[from] tc::TcError),
+    #[error("traffic control: {0}")]
+    TrafficControl(String),
     #[error("interface '{0}' not found")]
     NoSuchLink(String),
     #[error("refusing to delete '{0}': it does not carry kvmnet's mark")]
@@ -92,6 +96,32 @@ pub struct Kernel {
     index: HashMap<String, u32>,
     /// Links that carry kvmnet's mark, or that this run created: the only ones it may delete.
     deletable: std::collections::HashSet<String>,
+}
+
+/// The traffic control a port's record asks for, in the tc backend's terms.
+pub fn port_tc(
+    dev: &str,
+    qos_in: Option<ShapeState>,
+    qos_out: Option<ShapeState>,
+    mirror: Option<String>,
+) -> tc::PortTc {
+    let rate = |s: ShapeState| tc::Rate {
+        bits_per_sec: s.rate,
+        ceil_bits_per_sec: (s.ceil > 0).then_some(s.ceil),
+        burst_bytes: (s.burst > 0).then_some(s.burst),
+        cburst_bytes: None,
+    };
+    tc::PortTc {
+        dev: dev.to_string(),
+        inbound: qos_in.map(rate),
+        outbound: qos_out.map(rate),
+        ifb: None,
+        mirror_to: mirror,
+    }
+}
+
+fn link_tc(p: &PortLink) -> tc::PortTc {
+    port_tc(&p.name, p.qos_in, p.qos_out, p.mirror.clone())
 }
 
 fn route_info(route: &Route, oif: u32) -> RouteInfo {
@@ -328,6 +358,19 @@ impl Kernel {
                 results[i] = Err(e.into());
             }
         }
+        // Traffic control once every port of the batch exists (a mirror needs its target).
+        let shaped: Vec<usize> = (0..ports.len())
+            .filter(|&i| results[i].is_ok() && ports[i].has_tc())
+            .collect();
+        if !shaped.is_empty() {
+            let want: Vec<tc::PortTc> = shaped.iter().map(|&i| link_tc(ports[i])).collect();
+            if let Err(e) = tc::Tc::open().and_then(|mut t| t.apply_many(&want).map(|_| ())) {
+                let msg = e.to_string();
+                for i in shaped {
+                    results[i] = Err(ApplyError::TrafficControl(msg.clone()));
+                }
+            }
+        }
         // Bridge-port flags exist only once a port is enslaved.
         let mut reqs = Vec::new();
         let mut owners = Vec::new();
@@ -392,6 +435,20 @@ impl Kernel {
             self.index.remove(*n);
         }
         results
+    }
+
+    /// The IFBs that shaped deleted ports' outbound traffic go with them.
+    fn delete_ifbs(&mut self, ports: &[&PortLink]) {
+        let ifbs: Vec<String> = ports
+            .iter()
+            .filter(|p| p.qos_out.is_some())
+            .map(|p| tc::ifb_name(&p.name))
+            .filter(|n| self.index.contains_key(n) || self.idx(n).is_ok())
+            .collect();
+        if !ifbs.is_empty() {
+            let names: Vec<&str> = ifbs.iter().map(String::as_str).collect();
+            let _ = self.delete_links(&names);
+        }
     }
 
     fn run_single(&mut self, step: &Step) -> Result<(), ApplyError> {
@@ -506,7 +563,11 @@ impl Kernel {
                 Self::one(&mut self.nl, Request::DelRoute(route_info(route, index)))
             }
             Step::CreatePort(p) => self.create_ports(&[p]).pop().unwrap_or(Ok(())),
-            Step::DeletePort(p) => self.delete_links(&[&p.name]).pop().unwrap_or(Ok(())),
+            Step::DeletePort(p) => {
+                let r = self.delete_links(&[&p.name]).pop().unwrap_or(Ok(()));
+                self.delete_ifbs(&[p]);
+                r
+            }
             Step::UpdatePort { from, to } => {
                 let index = self.idx(&to.name)?;
                 let master = self.master_index(&to.master)?;
@@ -532,6 +593,17 @@ impl Kernel {
                             isolated: to.isolated,
                         },
                     )?;
+                }
+                if to.has_tc()
+                    && (!from.tc_ok
+                        || from.qos_in != to.qos_in
+                        || from.qos_out != to.qos_out
+                        || from.mirror != to.mirror)
+                {
+                    tc::Tc::open()?.apply(&link_tc(to))?;
+                } else if !to.has_tc() && from.has_tc() {
+                    let ifb = from.qos_out.map(|_| tc::ifb_name(&from.name));
+                    tc::Tc::open()?.clear(&from.name, ifb.as_deref())?;
                 }
                 self.configure_guest(to, Some(from))
             }
@@ -566,14 +638,17 @@ impl Executor for Kernel {
                     .collect();
                 self.create_ports(&ports)
             } else if deletes > i + 1 {
-                let names: Vec<&str> = steps[i..deletes]
+                let ports: Vec<&PortLink> = steps[i..deletes]
                     .iter()
                     .map(|s| match s {
-                        Step::DeletePort(p) => p.name.as_str(),
+                        Step::DeletePort(p) => p,
                         _ => unreachable!("run of DeletePort"),
                     })
                     .collect();
-                self.delete_links(&names)
+                let names: Vec<&str> = ports.iter().map(|p| p.name.as_str()).collect();
+                let r = self.delete_links(&names);
+                self.delete_ifbs(&ports);
+                r
             } else {
                 vec![self.run_single(&steps[i])]
             };

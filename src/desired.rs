@@ -12,8 +12,8 @@ use crate::snapshot::{LinkSnap, PROTO_KERNEL, RouteSnap, Snapshot, TABLE_LOCAL};
 use crate::spec::naming::{bridge_mac, host_end_mac};
 use crate::spec::{Mode, Owner, PortKind as SpecPortKind, Spec, SpecError, path_join};
 use crate::state::{
-    Addr, BridgeLink, GuestEnd, HostState, PortKind, PortLink, Route, UplinkLink, guest_alias,
-    guest_ifname, parse_alias,
+    Addr, BridgeLink, GuestEnd, HostState, PortKind, PortLink, Route, ShapeState, UplinkLink,
+    guest_alias, guest_ifname, parse_alias,
 };
 
 pub const IP_FORWARD: &str = "net.ipv4.ip_forward";
@@ -333,6 +333,18 @@ pub fn desired(spec: &Spec, snap: &Snapshot) -> Result<HostState, Vec<SpecError>
                     mtu,
                     up: true,
                     isolated: net.isolate_ports,
+                    qos_in: port
+                        .qos
+                        .as_ref()
+                        .and_then(|q| q.inbound.as_ref())
+                        .map(ShapeState::from_shape),
+                    qos_out: port
+                        .qos
+                        .as_ref()
+                        .and_then(|q| q.outbound.as_ref())
+                        .map(ShapeState::from_shape),
+                    mirror: port.mirror.clone(),
+                    tc_ok: true,
                     kind,
                 },
             );
@@ -395,6 +407,13 @@ pub fn observed(
         let Some(alias) = l.alias.as_deref().and_then(parse_alias) else {
             continue;
         };
+        // An IFB belongs to its port's traffic control; only an orphan is an object of its
+        // own (and then one to remove).
+        if let Some(port) = &alias.ifb_of
+            && snap.links.iter().any(|x| &x.name == port)
+        {
+            continue;
+        }
         let mac = l.mac.unwrap_or_default();
         if l.kind == "bridge" {
             st.bridges.insert(
@@ -465,6 +484,10 @@ pub fn observed(
                 mtu: l.mtu,
                 up: l.up,
                 isolated: l.isolated,
+                qos_in: alias.qos_in,
+                qos_out: alias.qos_out,
+                mirror: alias.mirror.clone(),
+                tc_ok: !l.tc_drift,
                 kind,
             },
         );

@@ -22,6 +22,36 @@ pub enum ObserveError {
     Nft(#[from] nftables::NftError),
     #[error(transparent)]
     State(#[from] StateError),
+    #[error(transparent)]
+    Tc(#[from] crate::backend::tc::TcError),
+}
+
+/// Marks ports whose live traffic control is not what their mark records.
+fn check_tc(links: &mut [LinkSnap]) -> Result<(), ObserveError> {
+    let mut wanted = Vec::new();
+    let mut at = Vec::new();
+    for (i, l) in links.iter().enumerate() {
+        if let Some(a) = l.alias.as_deref().and_then(parse_alias)
+            && (a.qos_in.is_some() || a.qos_out.is_some() || a.mirror.is_some())
+        {
+            wanted.push(crate::apply::port_tc(
+                &l.name,
+                a.qos_in,
+                a.qos_out,
+                a.mirror.clone(),
+            ));
+            at.push(i);
+        }
+    }
+    if wanted.is_empty() {
+        return Ok(());
+    }
+    let mut tc = crate::backend::tc::Tc::open()?;
+    let live = tc.observe_many(&wanted)?;
+    for ((i, w), o) in at.into_iter().zip(&wanted).zip(&live) {
+        links[i].tc_drift = !crate::backend::tc::matches(w, o);
+    }
+    Ok(())
 }
 
 /// The mark on a guest namespace's loopback that says kvmnet created it for `scope`.
@@ -83,6 +113,7 @@ fn link_snap(l: &LinkInfo, names: &HashMap<u32, String>) -> LinkSnap {
         tun_owner: l.tun.as_ref().and_then(|t| t.owner),
         tun_multi_queue: l.tun.as_ref().is_some_and(|t| t.multi_queue),
         isolated: l.brport_isolated.unwrap_or(false),
+        tc_drift: false,
         stats: Some(Stats {
             rx_bytes: l.stats.rx_bytes,
             rx_packets: l.stats.rx_packets,
@@ -145,11 +176,12 @@ impl Observer {
     ) -> Result<Snapshot, ObserveError> {
         let mut nl = Netlink::open()?;
         let NetnsSnap {
-            links,
+            mut links,
             addrs,
             routes,
             ..
         } = read_links(&mut nl)?;
+        check_tc(&mut links)?;
 
         // Guest namespaces: those the spec names, those our veth ports point to, and any
         // namespace whose loopback carries our mark for this scope.

@@ -9,6 +9,8 @@ use serde_json::{Value, json};
 use crate::nft::NftTable;
 use crate::state::{Addr, BridgeLink, HostState, PortKind, PortLink, Route};
 
+// Steps are built once per plan and moved little: boxing the large variants buys nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Step {
     CreateNetns(String),
@@ -223,6 +225,26 @@ fn bridge_changes(a: &BridgeLink, b: &BridgeLink) -> Value {
     ])
 }
 
+fn qos_word(p: &PortLink) -> String {
+    let s = |q: &Option<crate::state::ShapeState>| {
+        q.map_or("-".to_string(), |q| {
+            let mut w = format!("{}bit", q.rate);
+            if q.ceil > 0 {
+                w.push_str(&format!(" ceil {}bit", q.ceil));
+            }
+            if q.burst > 0 {
+                w.push_str(&format!(" burst {}b", q.burst));
+            }
+            w
+        })
+    };
+    let mut w = format!("in {} out {}", s(&p.qos_in), s(&p.qos_out));
+    if !p.tc_ok {
+        w.push_str(" (live tc differs)");
+    }
+    w
+}
+
 fn port_changes(a: &PortLink, b: &PortLink) -> Value {
     let guest = |p: &PortLink| match &p.kind {
         PortKind::Veth { guest, .. } => format!(
@@ -240,6 +262,12 @@ fn port_changes(a: &PortLink, b: &PortLink) -> Value {
         ("mtu", a.mtu.to_string(), b.mtu.to_string()),
         ("up", a.up.to_string(), b.up.to_string()),
         ("isolated", a.isolated.to_string(), b.isolated.to_string()),
+        ("qos", qos_word(a), qos_word(b)),
+        (
+            "mirror",
+            a.mirror.clone().unwrap_or("-".into()),
+            b.mirror.clone().unwrap_or("-".into()),
+        ),
         (
             "bridge",
             a.master.clone().unwrap_or_default(),

@@ -45,6 +45,8 @@ pub struct LinkSnap {
     pub tun_multi_queue: bool,
     /// Bridge port isolation flag, for links enslaved to a bridge.
     pub isolated: bool,
+    /// The live traffic control differs from what this port's mark records.
+    pub tc_drift: bool,
     pub stats: Option<Stats>,
 }
 

@@ -65,18 +65,78 @@ pub struct PortLink {
     /// Bridge port isolation: no traffic to other isolated ports of the bridge.
     #[serde(default)]
     pub isolated: bool,
+    /// Shaping of traffic to the VM (at this device's root) and from it (through an IFB).
+    #[serde(default)]
+    pub qos_in: Option<ShapeState>,
+    #[serde(default)]
+    pub qos_out: Option<ShapeState>,
+    /// The port that receives a copy of this port's traffic.
+    #[serde(default)]
+    pub mirror: Option<String>,
+    /// Whether the live tc setup is what the fields above say (always true when desired).
+    #[serde(default = "yes")]
+    pub tc_ok: bool,
     pub kind: PortKind,
 }
 
-impl PortLink {
-    pub fn alias(&self) -> String {
-        match &self.kind {
-            PortKind::Tap { .. } => format!("{MARK} vm={} network={}", self.vm, self.network),
-            PortKind::Veth { netns, .. } => format!(
-                "{MARK} vm={} network={} netns={netns}",
-                self.vm, self.network
-            ),
+fn yes() -> bool {
+    true
+}
+
+/// A shaping rate as kvmnet records it: bits/s, ceiling bits/s (0: none), burst bytes (0:
+/// default).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ShapeState {
+    pub rate: u64,
+    pub ceil: u64,
+    pub burst: u32,
+}
+
+impl ShapeState {
+    pub fn from_shape(s: &crate::spec::Shape) -> ShapeState {
+        ShapeState {
+            rate: s.rate_bps,
+            ceil: s.ceil_bps.unwrap_or(0),
+            burst: s.burst_bytes.unwrap_or(0),
         }
+    }
+    fn word(&self) -> String {
+        format!("{}/{}/{}", self.rate, self.ceil, self.burst)
+    }
+    fn parse(w: &str) -> Option<ShapeState> {
+        let mut it = w.split('/').map(|x| x.parse::<u64>().ok());
+        let (rate, ceil, burst) = (it.next()??, it.next()??, it.next()??);
+        Some(ShapeState {
+            rate,
+            ceil,
+            burst: u32::try_from(burst).ok()?,
+        })
+    }
+}
+
+impl PortLink {
+    /// The mark on the host end. Shaping and mirroring are recorded in it too: tc objects
+    /// carry no marks of their own, and this is what lets a rollback or a revert put back
+    /// exactly the traffic control kvmnet had set.
+    pub fn alias(&self) -> String {
+        let mut a = format!("{MARK} vm={} network={}", self.vm, self.network);
+        if let PortKind::Veth { netns, .. } = &self.kind {
+            a.push_str(&format!(" netns={netns}"));
+        }
+        if let Some(q) = &self.qos_in {
+            a.push_str(&format!(" qin={}", q.word()));
+        }
+        if let Some(q) = &self.qos_out {
+            a.push_str(&format!(" qout={}", q.word()));
+        }
+        if let Some(m) = &self.mirror {
+            a.push_str(&format!(" mirror={m}"));
+        }
+        a
+    }
+
+    pub fn has_tc(&self) -> bool {
+        self.qos_in.is_some() || self.qos_out.is_some() || self.mirror.is_some()
     }
     pub fn kind_name(&self) -> &'static str {
         match self.kind {
@@ -203,6 +263,11 @@ pub struct Alias {
     pub vm: Option<String>,
     pub netns: Option<String>,
     pub port: Option<String>,
+    pub qos_in: Option<ShapeState>,
+    pub qos_out: Option<ShapeState>,
+    pub mirror: Option<String>,
+    /// `kvmnet ifb of PORT`: the IFB that shapes PORT's outbound traffic.
+    pub ifb_of: Option<String>,
 }
 
 /// `None` when the alias is not kvmnet's.
@@ -212,12 +277,20 @@ pub fn parse_alias(alias: &str) -> Option<Alias> {
         return None;
     }
     let mut a = Alias::default();
+    let words: Vec<&str> = words.collect();
+    if let ["ifb", "of", port] = words.as_slice() {
+        a.ifb_of = Some(port.to_string());
+        return Some(a);
+    }
     for w in words {
         match w.split_once('=') {
             Some(("network", v)) => a.network = Some(v.to_string()),
             Some(("vm", v)) => a.vm = Some(v.to_string()),
             Some(("netns", v)) => a.netns = Some(v.to_string()),
             Some(("port", v)) => a.port = Some(v.to_string()),
+            Some(("qin", v)) => a.qos_in = ShapeState::parse(v),
+            Some(("qout", v)) => a.qos_out = ShapeState::parse(v),
+            Some(("mirror", v)) => a.mirror = Some(v.to_string()),
             _ => {}
         }
     }

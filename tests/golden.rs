@@ -116,6 +116,7 @@ fn synth(want: &kvmnet::state::HostState, base: &Snapshot) -> Snapshot {
             mtu: p.mtu,
             up: p.up,
             isolated: p.isolated,
+            tc_drift: !p.tc_ok,
             master: p.master.clone(),
             alias: Some(p.alias()),
             ..Default::default()

@@ -24,7 +24,7 @@ networks:
 vms:
   a:
     ports:
-      - {{ network: default, name: ra0, queues: 2 }}
+      - {{ network: default, name: ra0, queues: 2, mirror: rb0, qos: {{ inbound: {{ rate: 10mbit }}, outbound: {{ rate: 5mbit }} }} }}
       - {{ network: iso, name: ra1, kind: veth, netns: {guest}, ipv4: 10.72.0.10 }}
   b:
     ports:

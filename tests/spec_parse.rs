@@ -202,6 +202,8 @@ fn full_example() {
                 antispoof: true,
                 dhcp_client: false,
                 firewall: None,
+                qos: None,
+                mirror: None,
             },
             Port {
                 vm: "web1".into(),
@@ -217,6 +219,8 @@ fn full_example() {
                 antispoof: true,
                 dhcp_client: false,
                 firewall: None,
+                qos: None,
+                mirror: None,
             },
         ]
     );
@@ -238,6 +242,8 @@ fn full_example() {
                 antispoof: true,
                 dhcp_client: false,
                 firewall: None,
+                qos: None,
+                mirror: None,
             },
             Port {
                 vm: "test1".into(),
@@ -254,6 +260,8 @@ fn full_example() {
                 antispoof: true,
                 dhcp_client: false,
                 firewall: None,
+                qos: None,
+                mirror: None,
             },
         ]
     );

@@ -274,6 +274,26 @@ pub struct Port {
     pub dhcp_client: bool,
     /// Stateful per-port firewall, directions as the VM sees them.
     pub firewall: Option<Firewall>,
+    /// Traffic shaping, directions as the VM sees them.
+    pub qos: Option<Qos>,
+    /// Copy this port's traffic, both ways, to the port with this (host-side) name.
+    pub mirror: Option<String>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Qos {
+    /// Traffic to the VM.
+    pub inbound: Option<Shape>,
+    /// Traffic from the VM.
+    pub outbound: Option<Shape>,
+}
+
+/// A shaping rate: HTB rate, optional ceiling and burst.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Shape {
+    pub rate_bps: u64,
+    pub ceil_bps: Option<u64>,
+    pub burst_bytes: Option<u32>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq)]

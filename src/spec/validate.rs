@@ -12,7 +12,7 @@ use std::net::Ipv4Addr;
 use super::SpecError;
 use super::model::{
     Dhcp, DhcpRoute, Firewall, FirewallDirection, FirewallRule, Forward, Host, Ipv4Cidr, Loc, Mac,
-    Mode, Network, Owner, Port, PortKind, Proto, RuleAction, RuleProto, Spec, Vm,
+    Mode, Network, Owner, Port, PortKind, Proto, Qos, RuleAction, RuleProto, Shape, Spec, Vm,
 };
 use super::naming;
 use super::yaml::{Key, Kind, Node, index, join, show};
@@ -47,6 +47,8 @@ const PORT_FIELDS: &[&str] = &[
     "antispoof",
     "dhcp_client",
     "firewall",
+    "qos",
+    "mirror",
 ];
 
 const MODES: &str = "nat, routed, isolated or bridge";
@@ -584,6 +586,8 @@ struct PortDraft {
     antispoof: bool,
     dhcp_client: bool,
     firewall: Option<Firewall>,
+    qos: Option<Qos>,
+    mirror: Option<(String, Loc, String)>,
 }
 
 pub(crate) fn convert(root: &Node, errors: &mut Vec<SpecError>) -> Option<Spec> {
@@ -1326,6 +1330,8 @@ fn read_port(
         antispoof: true,
         dhcp_client: false,
         firewall: None,
+        qos: None,
+        mirror: None,
     };
 
     let mut net: Option<NetRef> = None;
@@ -1470,6 +1476,14 @@ fn read_port(
                 );
             }
         }
+    }
+    if let Some(qf) = o.get(cx, "qos") {
+        d.qos = read_qos(cx, &qf);
+    }
+    if let Some(mf) = o.get(cx, "mirror")
+        && let Some(m) = read_ifname_field(cx, &mf, "the name of the port that receives the copy")
+    {
+        d.mirror = Some((m, mf.loc(), mf.path.clone()));
     }
     match (o.get(cx, "netns"), kind) {
         (Some(nf), Some(PortKind::Tap)) => {
@@ -1857,6 +1871,24 @@ fn cross_checks(cx: &mut Ctx, nets: &[NetDraft], ports: &[PortDraft], sysctl: Op
         }
     }
 
+    // A mirror copies to another port of the spec.
+    for p in ports {
+        if let Some((m, loc, path)) = &p.mirror {
+            if p.name.as_deref() == Some(m.as_str()) {
+                cx.err(path, *loc, "a port cannot mirror to itself");
+            } else if !ports.iter().any(|q| q.name.as_deref() == Some(m.as_str())) {
+                cx.err(
+                    path,
+                    *loc,
+                    format!(
+                        "no port named '{}' to mirror to; name a port of this spec",
+                        show(m)
+                    ),
+                );
+            }
+        }
+    }
+
     // A forward needs a VM with an address on its network.
     for n in nets {
         for fw in &n.forwards {
@@ -1984,6 +2016,8 @@ fn build(
             antispoof: p.antispoof,
             dhcp_client: p.dhcp_client,
             firewall: p.firewall,
+            qos: p.qos,
+            mirror: p.mirror.map(|m| m.0),
             index: p.index,
             vm: p.vm,
         };
@@ -2264,4 +2298,138 @@ fn read_rule(cx: &mut Ctx, f: &Field) -> Option<FirewallRule> {
         r.log = b;
     }
     (cx.errors.len() == errors_before).then_some(r)
+}
+
+// ---------------------------------------------------------------------------------------
+// Traffic shaping
+
+const QOS_FIELDS: &[&str] = &["inbound", "outbound"];
+const SHAPE_FIELDS: &[&str] = &["rate", "ceil", "burst"];
+
+/// `100mbit`, `1gbit`, `500kbit`, `64000bit`; `bps` units are bytes per second, as in tc.
+pub(crate) fn parse_rate(t: &str) -> Result<u64, String> {
+    let t = t.trim().to_ascii_lowercase();
+    let split = t
+        .find(|c: char| !c.is_ascii_digit() && c != '.')
+        .unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: f64 = num
+        .parse()
+        .map_err(|_| format!("'{t}' is not a rate; expected a number and a unit, like 100mbit"))?;
+    let mult: f64 = match unit {
+        "bit" => 1.0,
+        "kbit" => 1e3,
+        "mbit" => 1e6,
+        "gbit" => 1e9,
+        "tbit" => 1e12,
+        "bps" => 8.0,
+        "kbps" => 8e3,
+        "mbps" => 8e6,
+        "gbps" => 8e9,
+        _ => {
+            return Err(format!(
+                "'{t}' has no known unit; use bit, kbit, mbit, gbit, tbit (or bps, kbps, mbps, gbps for bytes per second)"
+            ));
+        }
+    };
+    let v = n * mult;
+    if !(8.0..=1.6e13).contains(&v) {
+        return Err(format!("{t} is out of range (8bit to 16tbit)"));
+    }
+    Ok(v as u64)
+}
+
+/// `15k`, `1m`, `1600` (bytes).
+fn parse_size(t: &str) -> Result<u32, String> {
+    let t = t.trim().to_ascii_lowercase();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("'{t}' is not a size; expected bytes like 1600, 15k or 1m"))?;
+    let mult = match unit {
+        "" | "b" => 1,
+        "k" | "kb" => 1024,
+        "m" | "mb" => 1024 * 1024,
+        _ => return Err(format!("'{t}' has no known unit; use b, k or m")),
+    };
+    u32::try_from(n * mult)
+        .ok()
+        .filter(|v| *v >= 64)
+        .ok_or_else(|| format!("{t} is out of range (64 bytes to 4g)"))
+}
+
+fn read_shape(cx: &mut Ctx, f: &Field) -> Option<Shape> {
+    let o = obj(
+        cx,
+        f.node,
+        &f.path,
+        SHAPE_FIELDS,
+        "a rate (a mapping with rate and optional ceil and burst)",
+    )?;
+    let errors_before = cx.errors.len();
+    let read = |cx: &mut Ctx, name: &str, what: &str| -> Option<u64> {
+        let rf = o.get(cx, name)?;
+        let t = text(cx, &rf, what)?;
+        match parse_rate(&t) {
+            Ok(v) => Some(v),
+            Err(m) => {
+                cx.err(&rf.path, rf.loc(), m);
+                None
+            }
+        }
+    };
+    let rate = read(cx, "rate", "a rate like 100mbit");
+    let ceil = read(cx, "ceil", "a rate like 200mbit");
+    let mut burst = None;
+    if let Some(bf) = o.get(cx, "burst")
+        && let Some(t) = text(cx, &bf, "a size like 15k")
+    {
+        match parse_size(&t) {
+            Ok(v) => burst = Some(v),
+            Err(m) => cx.err(&bf.path, bf.loc(), m),
+        }
+    }
+    if rate.is_none() && cx.errors.len() == errors_before {
+        cx.err(
+            &join(&f.path, "rate"),
+            o.loc,
+            "missing required field 'rate'; give the shaping rate, like 100mbit",
+        );
+    }
+    let rate = rate?;
+    if let Some(c) = ceil
+        && c < rate
+    {
+        let cf = o.get(cx, "ceil").expect("ceil was read");
+        cx.err(
+            &cf.path,
+            cf.loc(),
+            "ceil is below rate; it must be at least the rate",
+        );
+        return None;
+    }
+    (cx.errors.len() == errors_before).then_some(Shape {
+        rate_bps: rate,
+        ceil_bps: ceil,
+        burst_bytes: burst,
+    })
+}
+
+fn read_qos(cx: &mut Ctx, f: &Field) -> Option<Qos> {
+    let o = obj(
+        cx,
+        f.node,
+        &f.path,
+        QOS_FIELDS,
+        "qos (a mapping with inbound and/or outbound)",
+    )?;
+    let mut q = Qos::default();
+    if let Some(i) = o.get(cx, "inbound") {
+        q.inbound = Some(read_shape(cx, &i)?);
+    }
+    if let Some(i) = o.get(cx, "outbound") {
+        q.outbound = Some(read_shape(cx, &i)?);
+    }
+    Some(q)
 }

@@ -198,7 +198,7 @@ impl GuestBuilder {
     pub fn share(mut self, tag: &str, host_path: &str, guest_path: &str) -> Self {
         self.qemu_args.push("-virtfs".into());
         self.qemu_args.push(format!(
-            "local,path={host_path},mount_tag={tag},security_model=none,readonly=on"
+            "local,path={host_path},mount_tag={tag},security_model=none,readonly=on,multidevs=remap"
         ));
         self.append(&format!("kvmnet.9p={tag}:{guest_path}"))
     }
@@ -207,8 +207,10 @@ impl GuestBuilder {
     /// /run mounted inside, so `chroot /host CMD` runs host programs on the guest's kernel.
     pub fn host_root(mut self) -> Self {
         self.qemu_args.push("-virtfs".into());
-        self.qemu_args
-            .push("local,path=/,mount_tag=hostroot,security_model=none,readonly=on".into());
+        self.qemu_args.push(
+            "local,path=/,mount_tag=hostroot,security_model=none,readonly=on,multidevs=remap"
+                .into(),
+        );
         self.append("kvmnet.hostroot=hostroot")
     }
 
@@ -639,17 +641,16 @@ fn clean(s: &str) -> String {
     let mut it = s.chars().peekable();
     while let Some(c) = it.next() {
         match c {
-            '\x1b' => match it.next() {
-                Some('[') => {
-                    while let Some(&d) = it.peek() {
-                        it.next();
+            '\x1b' => {
+                // Skip a CSI sequence up to its final byte, or one character otherwise.
+                if it.next() == Some('[') {
+                    for d in it.by_ref() {
                         if ('@'..='~').contains(&d) {
                             break;
                         }
                     }
                 }
-                Some(_) | None => {}
-            },
+            }
             '\r' | '\n' => {}
             c => out.push(c),
         }

@@ -205,12 +205,22 @@ pub fn fingerprint(ns: &str, sysctls: &[&str]) -> String {
     let addrs = json_of(&format!("ip -n {ns} -4 -j addr show"));
     let routes = json_of(&format!("ip -n {ns} -4 -j route show table all"));
     let nft = sh(&format!("ip netns exec {ns} nft list ruleset"));
+    let tc = sh(&format!("ip netns exec {ns} tc qdisc show"));
     let mut s = format!(
-        "links {}\naddrs {}\nroutes {}\nnft {}\n",
+        "links {}\naddrs {}\nroutes {}\nnft {}\ntc {}\n",
         serde_json::to_string_pretty(&links).unwrap(),
         serde_json::to_string_pretty(&addrs).unwrap(),
         serde_json::to_string_pretty(&routes).unwrap(),
-        String::from_utf8_lossy(&nft.stdout)
+        String::from_utf8_lossy(&nft.stdout),
+        {
+            // Listed in device-index order, which re-created devices change.
+            let mut lines: Vec<String> = String::from_utf8_lossy(&tc.stdout)
+                .lines()
+                .map(String::from)
+                .collect();
+            lines.sort();
+            lines.join("\n")
+        }
     );
     for k in sysctls {
         let o = sh(&format!("ip netns exec {ns} sysctl -n {k}"));

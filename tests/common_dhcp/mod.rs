@@ -51,6 +51,15 @@ pub fn have(tool: &str) -> bool {
 
 static COUNTER: AtomicUsize = AtomicUsize::new(0);
 
+/// Tests that load the machine (the flood, perfdhcp, kill -9 under load) take this, so a
+/// flood's broadcast storm never counts as another test's packet loss: the kernel's
+/// per-CPU backlog is shared by all namespaces.
+pub static LOAD: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+pub fn load_lock() -> std::sync::MutexGuard<'static, ()> {
+    LOAD.lock().unwrap_or_else(|p| p.into_inner())
+}
+
 pub fn unique(tag: &str) -> String {
     let n = COUNTER.fetch_add(1, Ordering::SeqCst);
     format!("kvd{}{}{tag}", std::process::id() % 100000, n)

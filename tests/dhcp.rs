@@ -668,7 +668,9 @@ fn perf_scope(t: &Topo, net: &str) -> Scope {
 fn perfdhcp(ns: &str, rate: u32, secs: u32, clients: u32, server: Ipv4Addr) -> (Perf, String) {
     let o = in_ns(
         ns,
-        &format!("perfdhcp -4 -r {rate} -p {secs} -R {clients} {server} 2>&1"),
+        // -W: after the last send, wait for answers still in flight (else they count as
+        // drops).
+        &format!("perfdhcp -4 -r {rate} -p {secs} -R {clients} -W 1000000 {server} 2>&1"),
     );
     let out = String::from_utf8_lossy(&o.stdout).into_owned();
     (parse_perfdhcp(&out), out)
@@ -689,11 +691,11 @@ fn perfdhcp_relay_no_loss() {
         None,
     );
     let (p, out) = perfdhcp(&ns, 200, 10, 20_000, t.gw);
+    let st = server.handle.stats();
     eprintln!("{p:?}");
     assert!(p.sent[0] >= 1900 && p.sent[1] >= 1900, "{out}");
-    assert_eq!(p.drops, [0, 0], "{out}");
-    assert_eq!(p.received, p.sent, "{out}");
-    let st = server.handle.stats();
+    assert_eq!(p.drops, [0, 0], "{out}\n{st:?}");
+    assert_eq!(p.received, p.sent, "{out}\n{st:?}");
     assert_eq!(st.relayed, st.received, "{st:?}");
     assert_eq!(st.nak, 0, "{st:?}");
     let bound = server

@@ -60,7 +60,8 @@ fn write_script(path: &std::path::Path, body: &str) {
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755)).unwrap();
 }
 
-/// `KEY=value` lines of a file a client script wrote.
+/// `KEY=value` lines of a file a client script wrote (scripts write a temporary file and
+/// rename it, so a file that exists is complete).
 fn env_file(path: &std::path::Path) -> std::collections::BTreeMap<String, String> {
     std::fs::read_to_string(path)
         .unwrap_or_default()
@@ -155,7 +156,9 @@ fn real_clients_get_reservations_pool_and_options() {
     // ISC dhclient, with Debian's dhclient.conf (it asks for mtu and option 121).
     write_script(
         &work.join("dhclient.sh"),
-        &format!("env | grep -E '^(reason|new_)' > {w}/dhclient.$reason"),
+        &format!(
+            "env | grep -E '^(reason|new_)' > {w}/dhc.tmp; mv {w}/dhc.tmp {w}/dhclient.$reason"
+        ),
     );
     let d = t.adopt(spawn_in(
         &ns_d,
@@ -599,7 +602,9 @@ fn discover_flood_does_not_starve_reservations() {
     let w = work.display().to_string();
     write_script(
         &work.join("dhclient.sh"),
-        &format!("env | grep -E '^(reason|new_)' > {w}/dhclient.$reason"),
+        &format!(
+            "env | grep -E '^(reason|new_)' > {w}/dhc.tmp; mv {w}/dhc.tmp {w}/dhclient.$reason"
+        ),
     );
     let t0 = std::time::Instant::now();
     let d = t.adopt(spawn_in(
@@ -860,5 +865,110 @@ fn kill_9_under_load_keeps_every_acked_lease() {
     let by_ip2: HashMap<Ipv4Addr, &kvmnet::dhcp::Lease> = disk2.iter().map(|l| (l.ip, l)).collect();
     for (m, ip) in acked.iter().chain(&after) {
         assert_eq!(by_ip2.get(ip).map(|l| &l.mac), Some(m), "{ip}");
+    }
+}
+
+/// Not run by default: the highest perfdhcp rate with no lost exchange, for this server and
+/// for dnsmasq on the same topology. Run as root:
+/// `cargo test --release --test dhcp -- --ignored bench_perfdhcp --nocapture`
+/// (`KVMNET_BENCH_RATES=500,1000,...`, `KVMNET_BENCH_SECS=10` to vary).
+#[test]
+#[ignore]
+fn bench_perfdhcp() {
+    if !privileged() || !have("perfdhcp") || !have("dnsmasq") {
+        return;
+    }
+    let _load = load_lock();
+    let rates: Vec<u32> = std::env::var("KVMNET_BENCH_RATES")
+        .unwrap_or_else(|_| "500,1000,2000,3000,4000,6000,8000,12000".into())
+        .split(',')
+        .map(|r| r.trim().parse().unwrap())
+        .collect();
+    let secs: u32 = std::env::var("KVMNET_BENCH_SECS").map_or(10, |s| s.parse().unwrap());
+    let clients = 50_000;
+    let (t, ns) = perf_topo("bn", "10.77");
+    let dir = t.state_dir.clone();
+    let unlimited = Limits {
+        per_mac_rate: f64::INFINITY,
+        per_interface_rate: f64::INFINITY,
+        ..Limits::default()
+    };
+    let contenders = ["kvmnet", "kvmnet (no rate limits)", "dnsmasq"];
+    let mut best = vec![None; contenders.len()];
+    let only = std::env::var("KVMNET_BENCH_ONLY").ok();
+    for (ci, name) in contenders.iter().enumerate() {
+        if only.as_deref().is_some_and(|o| !name.starts_with(o)) {
+            continue;
+        }
+        for &rate in &rates {
+            let _ = std::fs::remove_dir_all(&dir);
+            std::fs::create_dir_all(&dir).unwrap();
+            let mut server = None;
+            let mut dnsmasq = None;
+            match ci {
+                0 => {
+                    server = Some(ServerThread::start(
+                        &t.server_ns,
+                        vec![perf_scope(&t, "10.77")],
+                        &dir,
+                        None,
+                    ))
+                }
+                1 => {
+                    server = Some(ServerThread::start(
+                        &t.server_ns,
+                        vec![perf_scope(&t, "10.77")],
+                        &dir,
+                        Some(unlimited.clone()),
+                    ))
+                }
+                _ => {
+                    let cmd = format!(
+                        "exec dnsmasq --no-daemon --conf-file=/dev/null --port=0 --interface=br0 \
+                         --bind-interfaces --dhcp-authoritative --quiet-dhcp --no-ping \
+                         --dhcp-range=10.77.1.0,10.77.254.254,1h --dhcp-lease-max=100000 \
+                         --dhcp-leasefile={}/dnsmasq.leases --pid-file= 2>/dev/null",
+                        dir.display()
+                    );
+                    if rate == rates[0] {
+                        println!("dnsmasq: ip netns exec SERVER_NS {}", &cmd[5..]);
+                    }
+                    dnsmasq = Some(spawn_in(&t.server_ns, &cmd));
+                    std::thread::sleep(Duration::from_millis(500));
+                }
+            }
+            let (p, _) = perfdhcp(&ns, rate, secs, clients, t.gw);
+            let lost = p.sent[0] - p.received[0] + p.sent[1] - p.received[1];
+            println!(
+                "{name:>24} rate {rate:>6}/s: DO {}/{} RA {}/{} lost {lost}, avg delay DO {:.3} ms RA {:.3} ms",
+                p.received[0],
+                p.sent[0],
+                p.received[1],
+                p.sent[1],
+                p.avg_delay_ms[0],
+                p.avg_delay_ms[1]
+            );
+            drop(server);
+            if let Some(mut d) = dnsmasq {
+                let _ = d.kill();
+                let _ = d.wait();
+            }
+            if lost > 0 || p.sent[0] < u64::from(rate * secs) * 9 / 10 {
+                break;
+            }
+            best[ci] = Some((rate, p.avg_delay_ms));
+        }
+    }
+    println!(
+        "perfdhcp: ip netns exec CLIENT_NS perfdhcp -4 -r RATE -p {secs} -R {clients} -W 1000000 10.77.0.1"
+    );
+    for (name, b) in contenders.iter().zip(best) {
+        match b {
+            Some((r, d)) => println!(
+                "{name:>24}: highest zero-loss rate {r}/s, avg delay DO {:.3} ms RA {:.3} ms",
+                d[0], d[1]
+            ),
+            None => println!("{name:>24}: lost exchanges at every rate tried"),
+        }
     }
 }

@@ -12,6 +12,17 @@ use common_dhcp::*;
 use kvmnet::dhcp::packet::{MessageType, opt};
 use kvmnet::dhcp::{Limits, Scope, Server};
 
+/// Reservation number `i` of a synthetic scope: MAC 02:00:00:00:hi:lo, address in the
+/// gateway's /16 at .100.0 upwards.
+fn reserved_host(gw: kvmnet::spec::Ipv4Cidr, i: u32) -> kvmnet::dhcp::Reservation {
+    let o = gw.addr.octets();
+    kvmnet::dhcp::Reservation {
+        mac: kvmnet::spec::Mac([2, 0, 0, 0, (i >> 8) as u8, i as u8]),
+        ip: Ipv4Addr::new(o[0], o[1], 100 + (i / 250) as u8, 1 + (i % 250) as u8),
+        port: format!("vm{i}"),
+    }
+}
+
 /// Not a test on its own: with `KVMNET_DHCP_TEST_SERVER` set (by the kill -9 test, which
 /// re-executes this binary), it becomes the server process. The value is JSON:
 /// `{"ns": .., "dir": .., "scope": {"gw": "10.1.0.1/16", "pool": [a, b], "lease": secs}}`.
@@ -38,7 +49,9 @@ fn server_child() {
             v["pool"][0].as_str().unwrap().parse().unwrap(),
             v["pool"][1].as_str().unwrap().parse().unwrap(),
         )),
-        reservations: vec![],
+        reservations: (0..v["reservations"].as_u64().unwrap_or(0) as u32)
+            .map(|i| reserved_host(gw, i))
+            .collect(),
     };
     kvmnet::backend::netns::enter(&s("ns")).expect("enter namespace");
     let mut server = Server::start(vec![scope], std::path::Path::new(&s("dir"))).expect("start");
@@ -715,6 +728,10 @@ fn perfdhcp_relay_no_loss() {
 
 /// The server as a child process (this test binary re-executed), for kill -9.
 fn spawn_server_process(t: &mut Topo, gw: &str, pool: (&str, &str)) -> usize {
+    spawn_server_process_with(t, gw, pool, 0)
+}
+
+fn spawn_server_process_with(t: &mut Topo, gw: &str, pool: (&str, &str), reservations: u32) -> usize {
     use std::io::BufRead;
     let cfg = serde_json::json!({
         "ns": t.server_ns,
@@ -722,6 +739,7 @@ fn spawn_server_process(t: &mut Topo, gw: &str, pool: (&str, &str)) -> usize {
         "gw": gw,
         "pool": [pool.0, pool.1],
         "lease": 3600,
+        "reservations": reservations,
     });
     let mut c = std::process::Command::new(std::env::current_exe().unwrap())
         .args(["server_child", "--exact", "--nocapture", "--test-threads=1"])
@@ -971,4 +989,81 @@ fn bench_perfdhcp() {
             None => println!("{name:>24}: lost exchanges at every rate tried"),
         }
     }
+}
+
+fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap()
+}
+
+/// Not run by default: resident memory of the server process with 1,000 reservations (all
+/// bound) and 1,000 pool leases, and of dnsmasq with the same. Run as root:
+/// `cargo test --release --test dhcp -- --ignored bench_memory --nocapture`
+#[test]
+#[ignore]
+fn bench_memory() {
+    if !privileged() || !have("perfdhcp") || !have("dnsmasq") {
+        return;
+    }
+    let _load = load_lock();
+    let (mut t, ns_p) = perf_topo("mem", "10.79");
+    let ns_a = t.add_client("a", "52:54:00:79:00:0a");
+    let gw: kvmnet::spec::Ipv4Cidr = "10.79.0.1/16".parse().unwrap();
+    let srv = spawn_server_process_with(&mut t, "10.79.0.1/16", ("10.79.1.0", "10.79.99.255"), 1000);
+    let pid = t.child(srv).id();
+    let start = rss_kib(pid);
+    // Bind every reservation (raw clients with the reserved MACs) ...
+    let mut c = RawClient::new(&ns_a, "52:54:00:00:00:01");
+    for i in 0..1000 {
+        let r = reserved_host(gw, i);
+        c.mac = r.mac;
+        let (ip, _) = c.dora(t.gw).expect("reservation bound");
+        assert_eq!(ip, r.ip);
+    }
+    // ... and 1,000 pool leases (perfdhcp with 1,000 client MACs, enough rounds to use all).
+    let _ = in_ns(&ns_p, "perfdhcp -4 -r 2000 -p 5 -R 1000 -W 1000000 10.79.0.1 >/dev/null 2>&1");
+    let leases = kvmnet::dhcp::read_leases(&t.state_dir).unwrap();
+    let reserved = leases.iter().filter(|l| l.reserved && l.state == "bound").count();
+    let pool = leases.iter().filter(|l| !l.reserved && l.state == "bound").count();
+    let full = rss_kib(pid);
+    println!("kvmnet: RSS {start} KiB at start (1000 reservations), {full} KiB with {reserved} reserved + {pool} pool leases bound");
+    let _ = t.child(srv).kill();
+    let _ = t.child(srv).wait();
+
+    // dnsmasq with the same reservations (dhcp-host lines) and the same load.
+    let dir = t.state_dir.join("dnsmasq");
+    std::fs::create_dir_all(&dir).unwrap();
+    let hosts: String = (0..1000)
+        .map(|i| {
+            let r = reserved_host(gw, i);
+            format!("{},{}\n", r.mac, r.ip)
+        })
+        .collect();
+    std::fs::write(dir.join("hosts"), hosts).unwrap();
+    let d = t.adopt(spawn_in(
+        &t.server_ns,
+        &format!(
+            "exec dnsmasq --no-daemon --conf-file=/dev/null --port=0 --interface=br0 \
+             --bind-interfaces --dhcp-authoritative --quiet-dhcp --no-ping \
+             --dhcp-range=10.79.1.0,10.79.99.255,1h --dhcp-lease-max=100000 \
+             --dhcp-hostsfile={0}/hosts --dhcp-leasefile={0}/leases --pid-file= 2>/dev/null",
+            dir.display()
+        ),
+    ));
+    std::thread::sleep(Duration::from_millis(500));
+    // `ip netns exec` execs dnsmasq: same pid.
+    let pid = t.child(d).id();
+    let start = rss_kib(pid);
+    let mut c = RawClient::new(&ns_a, "52:54:00:00:00:01");
+    for i in 0..1000 {
+        c.mac = reserved_host(gw, i).mac;
+        c.dora(t.gw).expect("dnsmasq: reservation bound");
+    }
+    let _ = in_ns(&ns_p, "perfdhcp -4 -r 200 -p 25 -R 1000 -W 1000000 10.79.0.1 >/dev/null 2>&1");
+    let n = std::fs::read_to_string(dir.join("leases")).unwrap().lines().count();
+    println!("dnsmasq: RSS {start} KiB at start (1000 dhcp-host), {} KiB with {n} leases", rss_kib(pid));
 }

@@ -346,26 +346,25 @@ impl Server {
     fn serve(&mut self, batch: &mut net::Batch) {
         let now = now_unix();
         let mono = Instant::now();
-        let mut out = Vec::with_capacity(batch.len());
-        let durable = {
-            let mut e = lock(&self.shared);
-            for rx in batch.drain() {
-                let iface = self.sockets.interface(rx.socket);
-                if let Some(o) = e.handle(iface, rx.socket, &rx, now, mono) {
-                    out.push(o);
-                }
-            }
-            e.commit()
-        };
+        let mut acks = Vec::with_capacity(batch.len());
         let mut errors = 0;
-        for o in &out {
-            if o.needs_sync && !durable {
-                continue; // not on disk: the client retries
-            }
-            if self.sockets.send(o).is_err() {
-                errors += 1;
+        let mut e = lock(&self.shared);
+        for rx in batch.drain() {
+            let iface = self.sockets.interface(rx.socket);
+            match e.handle(iface, rx.socket, &rx, now, mono) {
+                Some(o) if o.needs_sync => acks.push(o),
+                // Offers, NAKs and INFORM answers promise nothing: out at once.
+                Some(o) => errors += u64::from(self.sockets.send(&o).is_err()),
+                None => {}
             }
         }
+        let durable = e.commit();
+        drop(e);
+        if durable {
+            for o in &acks {
+                errors += u64::from(self.sockets.send(o).is_err());
+            }
+        } // else: not on disk, so not acknowledged; the clients retry
         if errors > 0 {
             lock(&self.shared).stats.send_errors += errors;
         }

@@ -67,9 +67,28 @@ pub fn normalize_sysctl(v: &str) -> String {
     v.split_whitespace().collect::<Vec<_>>().join(" ")
 }
 
-/// The sysctls kvmnet enforces for this spec (explicit and implied), without restores.
+/// sysctls that come only from the tuning profile: skipped where this host (or namespace)
+/// does not have them, rather than refused.
+fn tuning_only(spec: &Spec) -> BTreeSet<String> {
+    spec.host
+        .tuning
+        .map(|t| t.sysctls())
+        .unwrap_or_default()
+        .iter()
+        .map(|(k, _)| k.to_string())
+        .filter(|k| !spec.host.sysctl.contains_key(k))
+        .collect()
+}
+
+/// The sysctls kvmnet enforces for this spec (profile, implied, explicit: later wins),
+/// without restores.
 pub fn managed_sysctls(spec: &Spec) -> BTreeMap<String, String> {
     let mut out = BTreeMap::new();
+    if let Some(t) = spec.host.tuning {
+        for (k, v) in t.sysctls() {
+            out.insert(k.to_string(), v.to_string());
+        }
+    }
     if spec
         .networks
         .values()
@@ -354,8 +373,14 @@ pub fn desired(spec: &Spec, snap: &Snapshot) -> Result<HostState, Vec<SpecError>
     st.nft = nft::table_for(spec);
 
     let managed = managed_sysctls(spec);
+    let optional = tuning_only(spec);
     let in_netns = snap.scope != "host";
     for (k, v) in &managed {
+        let usable =
+            matches!(snap.sysctls.get(k), Some(Some(_))) && !snap.sysctl_readonly.contains(k);
+        if optional.contains(k) && !usable {
+            continue;
+        }
         let path = path_join("host.sysctl", k);
         if in_netns && !k.starts_with("net.") {
             errors.push(conflict(
@@ -368,6 +393,11 @@ pub fn desired(spec: &Spec, snap: &Snapshot) -> Result<HostState, Vec<SpecError>
             continue;
         }
         match snap.sysctls.get(k) {
+            Some(Some(_)) if snap.sysctl_readonly.contains(k) => errors.push(conflict(
+                spec,
+                path,
+                format!("sysctl '{k}' is read-only here (only the host's initial namespace can change it)"),
+            )),
             Some(Some(_)) => {
                 st.sysctls.insert(k.clone(), v.clone());
             }

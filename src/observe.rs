@@ -244,6 +244,11 @@ impl Observer {
                 }
             }
         }
+        let sysctl_readonly = keys
+            .iter()
+            .filter(|k| !sysctl::writable(k))
+            .cloned()
+            .collect();
         let sysctls = keys.into_iter().map(|k| {
             let v = sysctl::read(&k);
             (k, v)
@@ -257,6 +262,7 @@ impl Observer {
             netns: netns_snaps,
             nft: nftables::observe()?,
             sysctls: sysctls.collect(),
+            sysctl_readonly,
             sysctl_originals: state.sysctl_originals,
             users,
         })

@@ -23,6 +23,8 @@ pub struct Snapshot {
     pub nft: Option<NftTable>,
     /// Current value of every sysctl of interest; `None` when the key does not exist here.
     pub sysctls: BTreeMap<String, Option<String>>,
+    /// sysctls that exist here but cannot be changed here (read-only in this namespace).
+    pub sysctl_readonly: std::collections::BTreeSet<String>,
     /// Values sysctls had before kvmnet first changed them (from the state directory).
     pub sysctl_originals: BTreeMap<String, String>,
     /// User names the spec uses as tap owners, resolved; absent when no such user.

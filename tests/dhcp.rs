@@ -731,7 +731,12 @@ fn spawn_server_process(t: &mut Topo, gw: &str, pool: (&str, &str)) -> usize {
     spawn_server_process_with(t, gw, pool, 0)
 }
 
-fn spawn_server_process_with(t: &mut Topo, gw: &str, pool: (&str, &str), reservations: u32) -> usize {
+fn spawn_server_process_with(
+    t: &mut Topo,
+    gw: &str,
+    pool: (&str, &str),
+    reservations: u32,
+) -> usize {
     use std::io::BufRead;
     let cfg = serde_json::json!({
         "ns": t.server_ns,
@@ -1013,7 +1018,8 @@ fn bench_memory() {
     let (mut t, ns_p) = perf_topo("mem", "10.79");
     let ns_a = t.add_client("a", "52:54:00:79:00:0a");
     let gw: kvmnet::spec::Ipv4Cidr = "10.79.0.1/16".parse().unwrap();
-    let srv = spawn_server_process_with(&mut t, "10.79.0.1/16", ("10.79.1.0", "10.79.99.255"), 1000);
+    let srv =
+        spawn_server_process_with(&mut t, "10.79.0.1/16", ("10.79.1.0", "10.79.99.255"), 1000);
     let pid = t.child(srv).id();
     let start = rss_kib(pid);
     // Bind every reservation (raw clients with the reserved MACs) ...
@@ -1025,12 +1031,23 @@ fn bench_memory() {
         assert_eq!(ip, r.ip);
     }
     // ... and 1,000 pool leases (perfdhcp with 1,000 client MACs, enough rounds to use all).
-    let _ = in_ns(&ns_p, "perfdhcp -4 -r 2000 -p 5 -R 1000 -W 1000000 10.79.0.1 >/dev/null 2>&1");
+    let _ = in_ns(
+        &ns_p,
+        "perfdhcp -4 -r 2000 -p 5 -R 1000 -W 1000000 10.79.0.1 >/dev/null 2>&1",
+    );
     let leases = kvmnet::dhcp::read_leases(&t.state_dir).unwrap();
-    let reserved = leases.iter().filter(|l| l.reserved && l.state == "bound").count();
-    let pool = leases.iter().filter(|l| !l.reserved && l.state == "bound").count();
+    let reserved = leases
+        .iter()
+        .filter(|l| l.reserved && l.state == "bound")
+        .count();
+    let pool = leases
+        .iter()
+        .filter(|l| !l.reserved && l.state == "bound")
+        .count();
     let full = rss_kib(pid);
-    println!("kvmnet: RSS {start} KiB at start (1000 reservations), {full} KiB with {reserved} reserved + {pool} pool leases bound");
+    println!(
+        "kvmnet: RSS {start} KiB at start (1000 reservations), {full} KiB with {reserved} reserved + {pool} pool leases bound"
+    );
     let _ = t.child(srv).kill();
     let _ = t.child(srv).wait();
 
@@ -1063,7 +1080,16 @@ fn bench_memory() {
         c.mac = reserved_host(gw, i).mac;
         c.dora(t.gw).expect("dnsmasq: reservation bound");
     }
-    let _ = in_ns(&ns_p, "perfdhcp -4 -r 200 -p 25 -R 1000 -W 1000000 10.79.0.1 >/dev/null 2>&1");
-    let n = std::fs::read_to_string(dir.join("leases")).unwrap().lines().count();
-    println!("dnsmasq: RSS {start} KiB at start (1000 dhcp-host), {} KiB with {n} leases", rss_kib(pid));
+    let _ = in_ns(
+        &ns_p,
+        "perfdhcp -4 -r 200 -p 25 -R 1000 -W 1000000 10.79.0.1 >/dev/null 2>&1",
+    );
+    let n = std::fs::read_to_string(dir.join("leases"))
+        .unwrap()
+        .lines()
+        .count();
+    println!(
+        "dnsmasq: RSS {start} KiB at start (1000 dhcp-host), {} KiB with {n} leases",
+        rss_kib(pid)
+    );
 }

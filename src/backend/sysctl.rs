@@ -23,6 +23,13 @@ pub fn read(key: &str) -> Option<String> {
         .map(|s| s.trim_end().to_string())
 }
 
+/// Some keys exist in a network namespace but only the initial namespace may change them
+/// (their file is read-only there).
+pub fn writable(key: &str) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(path(key)).is_ok_and(|m| m.permissions().mode() & 0o200 != 0)
+}
+
 pub fn write(key: &str, value: &str) -> Result<(), SysctlError> {
     std::fs::write(path(key), value).map_err(|source| SysctlError::Write {
         key: key.to_string(),

@@ -163,6 +163,46 @@ pub struct Spec {
 pub struct Host {
     /// sysctl key (dotted, `net.ipv4.ip_forward`) to value, as written.
     pub sysctl: BTreeMap<String, String>,
+    /// A named sysctl profile; `sysctl` entries override its values.
+    pub tuning: Option<Tuning>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Tuning {
+    Throughput,
+    Latency,
+}
+
+impl Tuning {
+    /// The documented sysctl set of each profile (see the README).
+    pub fn sysctls(&self) -> &'static [(&'static str, &'static str)] {
+        match self {
+            Tuning::Throughput => &[
+                ("net.core.rmem_max", "134217728"),
+                ("net.core.wmem_max", "134217728"),
+                ("net.core.rmem_default", "1048576"),
+                ("net.core.wmem_default", "1048576"),
+                ("net.ipv4.tcp_rmem", "4096 1048576 134217728"),
+                ("net.ipv4.tcp_wmem", "4096 1048576 134217728"),
+                ("net.ipv4.tcp_moderate_rcvbuf", "1"),
+                ("net.ipv4.tcp_window_scaling", "1"),
+                ("net.ipv4.tcp_mtu_probing", "1"),
+                ("net.core.netdev_max_backlog", "250000"),
+                ("net.core.netdev_budget", "600"),
+                ("net.core.somaxconn", "8192"),
+                ("net.ipv4.tcp_max_syn_backlog", "8192"),
+            ],
+            Tuning::Latency => &[
+                ("net.core.busy_poll", "50"),
+                ("net.core.busy_read", "50"),
+                ("net.ipv4.tcp_fastopen", "3"),
+                ("net.ipv4.tcp_slow_start_after_idle", "0"),
+                ("net.ipv4.tcp_notsent_lowat", "16384"),
+                ("net.core.netdev_budget", "300"),
+                ("net.core.somaxconn", "4096"),
+            ],
+        }
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -12,13 +12,14 @@ use std::net::Ipv4Addr;
 use super::SpecError;
 use super::model::{
     Dhcp, DhcpRoute, Firewall, FirewallDirection, FirewallRule, Forward, Host, Ipv4Cidr, Loc, Mac,
-    Mode, Network, Owner, Port, PortKind, Proto, Qos, RuleAction, RuleProto, Shape, Spec, Vm,
+    Mode, Network, Owner, Port, PortKind, Proto, Qos, RuleAction, RuleProto, Shape, Spec, Tuning,
+    Vm,
 };
 use super::naming;
 use super::yaml::{Key, Kind, Node, index, join, show};
 
 const TOP_FIELDS: &[&str] = &["version", "host", "networks", "vms"];
-const HOST_FIELDS: &[&str] = &["sysctl"];
+const HOST_FIELDS: &[&str] = &["sysctl", "tuning"];
 const NET_FIELDS: &[&str] = &[
     "mode",
     "bridge",
@@ -631,10 +632,26 @@ fn convert_inner(cx: &mut Ctx, root: &Node) -> Option<Spec> {
     };
 
     let mut sysctl: Option<Sysctl> = None;
+    let mut tuning = None;
     if let Some(f) = top.get(cx, "host")
         && let Some(host) = obj(cx, f.node, &f.path, HOST_FIELDS, "a mapping (with sysctl)")
     {
         sysctl = host.get(cx, "sysctl").and_then(|f| read_sysctl(cx, &f));
+        if let Some(tf) = host.get(cx, "tuning") {
+            match text(cx, &tf, "throughput, latency or default").as_deref() {
+                Some("throughput") => tuning = Some(Tuning::Throughput),
+                Some("latency") => tuning = Some(Tuning::Latency),
+                Some("default") | None => {}
+                Some(t) => cx.err(
+                    &tf.path,
+                    tf.loc(),
+                    format!(
+                        "'{}' is not a tuning profile; expected throughput, latency or default",
+                        show(t)
+                    ),
+                ),
+            }
+        }
     }
 
     // `None`: the networks field itself is broken, so references cannot be checked.
@@ -665,7 +682,9 @@ fn convert_inner(cx: &mut Ctx, root: &Node) -> Option<Spec> {
     if !cx.errors.is_empty() {
         return None;
     }
-    build(cx, version?, sysctl, nets?, ports, vm_names)
+    let mut spec = build(cx, version?, sysctl, nets?, ports, vm_names)?;
+    spec.host.tuning = tuning;
+    Some(spec)
 }
 
 /// A name -> value mapping: the keys are free, so no unknown-field check.
@@ -2027,6 +2046,7 @@ fn build(
         version,
         host: Host {
             sysctl: sysctl.map(|s| s.0).unwrap_or_default(),
+            tuning: None,
         },
         networks,
         vms,

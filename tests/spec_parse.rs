@@ -130,6 +130,7 @@ fn full_example() {
         }),
         isolate_ports: false,
         forwards: vec![],
+        vxlan: None,
     };
     let routed = Network {
         name: "routed1".into(),
@@ -149,6 +150,7 @@ fn full_example() {
         }),
         isolate_ports: false,
         forwards: vec![],
+        vxlan: None,
     };
     let hostonly = Network {
         name: "hostonly".into(),
@@ -161,6 +163,7 @@ fn full_example() {
         dhcp: None,
         isolate_ports: false,
         forwards: vec![],
+        vxlan: None,
     };
     let lan = Network {
         name: "lan".into(),
@@ -173,6 +176,7 @@ fn full_example() {
         dhcp: None,
         isolate_ports: false,
         forwards: vec![],
+        vxlan: None,
     };
     assert_eq!(
         spec.networks.keys().collect::<Vec<_>>(),

@@ -33,6 +33,11 @@ pub fn bridge_name(network: &str) -> String {
     fit("kvbr-", network)
 }
 
+/// The VXLAN device of a `vxlan` network.
+pub fn vxlan_name(network: &str) -> String {
+    fit("vx-", network)
+}
+
 pub fn port_name(vm: &str, index: usize) -> String {
     fit("kv-", &format!("{vm}-{index}"))
 }

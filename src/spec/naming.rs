@@ -62,6 +62,13 @@ pub fn bridge_mac(network: &str) -> Mac {
     Mac([0x52, 0x54, 0x00, h[0], h[1], h[2]])
 }
 
+/// The bridge of a `vxlan` network: the segment spans hosts, so its MAC also depends on this
+/// host's tunnel endpoint (two hosts' bridges must never share one).
+pub fn overlay_bridge_mac(network: &str, local: std::net::Ipv4Addr) -> Mac {
+    let h = fnv1a(format!("bridge/{network}/{local}").as_bytes()).to_be_bytes();
+    Mac([0x52, 0x54, 0x00, h[0], h[1], h[2]])
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -12,8 +12,8 @@ use std::net::Ipv4Addr;
 use super::SpecError;
 use super::model::{
     Dhcp, DhcpRoute, Firewall, FirewallDirection, FirewallRule, Forward, Host, Ipv4Cidr, Loc, Mac,
-    Mode, Network, Owner, VXLAN_PORT, Vxlan, Port, PortKind, Proto, Qos, RuleAction, RuleProto, Shape, Spec, Tuning,
-    Vm,
+    Mode, Network, Owner, Port, PortKind, Proto, Qos, RuleAction, RuleProto, Shape, Spec, Tuning,
+    VXLAN_PORT, Vm, Vxlan,
 };
 use super::naming;
 use super::yaml::{Key, Kind, Node, index, join, show};

@@ -1104,8 +1104,10 @@ fn read_vxlan(cx: &mut Ctx, o: &Obj, path: &str, network: &str) -> Option<Vxlan>
             o.loc,
             "a vxlan network needs its peers: remotes (a list of the other hosts' IPv4 addresses) or group (a multicast address)",
         );
-    } else if remotes.is_empty() && cx.errors.len() == before {
-        let rf = rf.as_ref().expect("remotes given");
+    } else if let Some(rf) = &rf
+        && remotes.is_empty()
+        && cx.errors.len() == before
+    {
         cx.err(
             &rf.path,
             rf.loc(),

@@ -609,6 +609,43 @@ impl Kernel {
             }
             Step::SetNft { to, .. } => Ok(nftables::replace(to.as_ref())?),
             Step::SetSysctl { key, to, .. } => Ok(sysctl::write(key, to)?),
+            Step::CreateVxlan(v) => {
+                let link = self.idx(&v.underlay)?;
+                let master = self.master_index(&v.master)?;
+                Self::one(
+                    &mut self.nl,
+                    Request::NewLink {
+                        name: v.name.clone(),
+                        kind: NewLinkKind::Vxlan {
+                            vni: v.vni,
+                            local: Some(v.local),
+                            link: Some(link),
+                            port: v.port,
+                            group: v.group,
+                            learning: v.learning,
+                        },
+                        mac: None,
+                        mtu: Some(v.mtu),
+                        alias: Some(v.alias()),
+                        master: (master != 0).then_some(master),
+                        up: v.up,
+                    },
+                )?;
+                self.index.remove(&v.name);
+                self.deletable.insert(v.name.clone());
+                Ok(())
+            }
+            Step::DeleteVxlan(v) => self.delete_links(&[&v.name]).pop().unwrap_or(Ok(())),
+            Step::AddFdb { dev, dst } | Step::DelFdb { dev, dst } => {
+                let index = self.idx(dev)?;
+                let (mac, dst) = (crate::spec::Mac::default(), *dst);
+                let req = if matches!(step, Step::AddFdb { .. }) {
+                    Request::NewFdb { index, mac, dst }
+                } else {
+                    Request::DelFdb { index, mac, dst }
+                };
+                Self::one(&mut self.nl, req)
+            }
         }
     }
 }

@@ -9,11 +9,14 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use crate::nft;
 use crate::snapshot::{LinkSnap, PROTO_KERNEL, RouteSnap, Snapshot, TABLE_LOCAL};
-use crate::spec::naming::{bridge_mac, host_end_mac};
-use crate::spec::{Mode, Owner, PortKind as SpecPortKind, Spec, SpecError, path_join};
+use crate::spec::naming::{bridge_mac, host_end_mac, overlay_bridge_mac};
+use crate::spec::{
+    Mode, Network, Owner, PortKind as SpecPortKind, Spec, SpecError, VXLAN_OVERHEAD, Vxlan,
+    path_join,
+};
 use crate::state::{
     Addr, BridgeLink, GuestEnd, HostState, PortKind, PortLink, Route, ShapeState, UplinkLink,
-    guest_alias, guest_ifname, parse_alias,
+    VxlanLink, guest_alias, guest_ifname, parse_alias,
 };
 
 pub const IP_FORWARD: &str = "net.ipv4.ip_forward";
@@ -110,6 +113,94 @@ pub fn managed_sysctls(spec: &Spec) -> BTreeMap<String, String> {
     out
 }
 
+/// The VXLAN device of a `vxlan` network, from its underlay as the host has it: the local
+/// endpoint is the underlay's first IPv4 address and the MTU, unless the spec sets one, the
+/// underlay's minus the encapsulation.
+fn vxlan_link(
+    spec: &Spec,
+    snap: &Snapshot,
+    net: &Network,
+    vx: &Vxlan,
+    npath: &str,
+) -> Result<VxlanLink, Vec<SpecError>> {
+    let mut errors = Vec::new();
+    if snap.link(&vx.device).is_some_and(|l| !is_ours(l)) {
+        errors.push(conflict(
+            spec,
+            npath.to_string(),
+            format!(
+                "interface '{}' (this network's vxlan device) already exists and is not managed by kvmnet",
+                vx.device
+            ),
+        ));
+    }
+    let upath = path_join(npath, "underlay");
+    let u = &vx.underlay;
+    let Some(ul) = snap.link(u) else {
+        errors.push(conflict(
+            spec,
+            upath,
+            format!("underlay '{u}' does not exist on this host"),
+        ));
+        return Err(errors);
+    };
+    if is_ours(ul) {
+        errors.push(conflict(
+            spec,
+            upath.clone(),
+            format!("underlay '{u}' is a device kvmnet created; name the host interface that carries the tunnel"),
+        ));
+    }
+    let local = snap.addrs.iter().find(|a| &a.dev == u).map(|a| a.addr.addr);
+    if local.is_none() {
+        errors.push(conflict(
+            spec,
+            upath,
+            format!("underlay '{u}' has no IPv4 address to use as the tunnel's local endpoint"),
+        ));
+    }
+    let room = ul.mtu.saturating_sub(VXLAN_OVERHEAD);
+    if let Some(m) = net.mtu
+        && m > room
+    {
+        errors.push(conflict(
+            spec,
+            path_join(npath, "mtu"),
+            format!(
+                "mtu {m} does not fit over underlay '{u}' (mtu {}): VXLAN adds {VXLAN_OVERHEAD} bytes, so at most {room}",
+                ul.mtu
+            ),
+        ));
+    }
+    let mtu = net.mtu.unwrap_or(room);
+    if mtu < 68 {
+        errors.push(conflict(
+            spec,
+            path_join(npath, "underlay"),
+            format!(
+                "underlay '{u}' (mtu {}) leaves no room for VXLAN frames",
+                ul.mtu
+            ),
+        ));
+    }
+    match (errors.is_empty(), local) {
+        (true, Some(local)) => Ok(VxlanLink {
+            name: vx.device.clone(),
+            network: net.name.clone(),
+            vni: vx.vni,
+            underlay: u.clone(),
+            local,
+            port: vx.port,
+            group: vx.group,
+            learning: true,
+            master: Some(net.bridge.clone()),
+            mtu,
+            up: true,
+        }),
+        _ => Err(errors),
+    }
+}
+
 pub fn desired(spec: &Spec, snap: &Snapshot) -> Result<HostState, Vec<SpecError>> {
     let mut errors = Vec::new();
     let mut st = HostState::default();
@@ -130,6 +221,19 @@ pub fn desired(spec: &Spec, snap: &Snapshot) -> Result<HostState, Vec<SpecError>
         }
         let mut mac = bridge_mac(&net.name);
         let mut mtu = net.mtu.unwrap_or(DEFAULT_MTU);
+        if let Some(vx) = &net.vxlan {
+            match vxlan_link(spec, snap, net, vx, &npath) {
+                Ok(v) => {
+                    mtu = v.mtu;
+                    mac = overlay_bridge_mac(&net.name, v.local);
+                    let mut fdb = vx.remotes.clone();
+                    fdb.sort();
+                    st.fdb.insert(v.name.clone(), fdb);
+                    st.vxlans.insert(v.name.clone(), v);
+                }
+                Err(mut e) => errors.append(&mut e),
+            }
+        }
         let mut addrs = Vec::new();
         let mut routes = Vec::new();
         if let Some(gw) = net.ipv4 {
@@ -456,6 +560,26 @@ pub fn observed(
                     up: l.up,
                 },
             );
+            continue;
+        }
+        if let Some(v) = l.vxlan.as_ref().filter(|_| l.kind == "vxlan") {
+            st.vxlans.insert(
+                l.name.clone(),
+                VxlanLink {
+                    name: l.name.clone(),
+                    network: alias.network.clone().unwrap_or_default(),
+                    vni: v.vni,
+                    underlay: v.link.clone().unwrap_or_default(),
+                    local: v.local.unwrap_or(std::net::Ipv4Addr::UNSPECIFIED),
+                    port: v.port,
+                    group: v.group,
+                    learning: v.learning,
+                    master: l.master.clone(),
+                    mtu: l.mtu,
+                    up: l.up,
+                },
+            );
+            st.fdb.insert(l.name.clone(), l.fdb.clone());
             continue;
         }
         let kind = match l.kind.as_str() {

@@ -274,6 +274,10 @@ fn inet_parts(spec: &Spec) -> (Vec<Set>, Vec<Chain>) {
         "type nat hook output priority -100; policy accept;",
     );
     for net in spec.networks.values() {
+        if net.mode == Mode::Vxlan {
+            // An L2 segment across hosts: no routing, NAT or forwarding rules of its own.
+            continue;
+        }
         let Some(gw) = net.ipv4 else { continue };
         let br = &net.bridge;
         let subnet = gw.network();
@@ -302,7 +306,7 @@ fn inet_parts(spec: &Spec) -> (Vec<Set>, Vec<Chain>) {
                 f.push(format!(r#"iifname "{br}" ip saddr {subnet} accept"#));
                 f.push(format!(r#"oifname "{br}" ip daddr {subnet} accept"#));
             }
-            Mode::Isolated | Mode::Bridge => {}
+            Mode::Isolated | Mode::Bridge | Mode::Vxlan => {}
         }
         if !net.forwards.is_empty() {
             // Forwarded ports: connections translated towards a guest may come in.

@@ -7,7 +7,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use crate::backend::netlink::{LinkInfo, Netlink, NetlinkError};
 use crate::backend::{netns, nftables, sysctl, tap};
 use crate::desired::managed_sysctls;
-use crate::snapshot::{AddrSnap, LinkSnap, NetnsSnap, RouteSnap, Snapshot, Stats};
+use crate::snapshot::{AddrSnap, LinkSnap, NetnsSnap, RouteSnap, Snapshot, Stats, VxlanSnap};
 use crate::spec::{Owner, PortKind, Spec};
 use crate::state::{MARK, parse_alias};
 use crate::statedir::{StateDir, StateError};
@@ -120,7 +120,42 @@ fn link_snap(l: &LinkInfo, names: &HashMap<u32, String>) -> LinkSnap {
             tx_bytes: l.stats.tx_bytes,
             tx_packets: l.stats.tx_packets,
         }),
+        vxlan: l.vxlan.as_ref().map(|v| VxlanSnap {
+            vni: v.vni,
+            link: v.link.and_then(|i| names.get(&i).cloned()),
+            local: v.local,
+            group: v.group,
+            port: v.port,
+            learning: v.learning,
+        }),
+        fdb: Vec::new(),
     }
+}
+
+/// The flood entries (all-zeros MAC, with a destination) of kvmnet's VXLAN devices, except
+/// the one the kernel keeps for a device's own group.
+fn read_fdb(nl: &mut Netlink, links: &mut [LinkSnap]) -> Result<(), NetlinkError> {
+    let ours =
+        |l: &LinkSnap| l.vxlan.is_some() && l.alias.as_deref().and_then(parse_alias).is_some();
+    if !links.iter().any(ours) {
+        return Ok(());
+    }
+    let index: HashMap<String, u32> = nl.links()?.into_iter().map(|l| (l.name, l.index)).collect();
+    let entries = nl.fdb()?;
+    for l in links.iter_mut().filter(|l| ours(l)) {
+        let Some(&i) = index.get(&l.name) else {
+            continue;
+        };
+        let group = l.vxlan.as_ref().and_then(|v| v.group);
+        l.fdb = entries
+            .iter()
+            .filter(|e| e.index == i && e.mac.is_zero())
+            .filter_map(|e| e.dst)
+            .filter(|d| Some(*d) != group)
+            .collect();
+        l.fdb.sort();
+    }
+    Ok(())
 }
 
 fn read_netns(name: &str, scope: &str) -> Result<NetnsSnap, ObserveError> {
@@ -182,6 +217,7 @@ impl Observer {
             ..
         } = read_links(&mut nl)?;
         check_tc(&mut links)?;
+        read_fdb(&mut nl, &mut links)?;
 
         // Guest namespaces: those the spec names, those our veth ports point to, and any
         // namespace whose loopback carries our mark for this scope.

@@ -7,7 +7,9 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
 use crate::nft::NftTable;
-use crate::state::{Addr, BridgeLink, HostState, PortKind, PortLink, Route};
+use std::net::Ipv4Addr;
+
+use crate::state::{Addr, BridgeLink, HostState, PortKind, PortLink, Route, VxlanLink};
 
 // Steps are built once per plan and moved little: boxing the large variants buys nothing.
 #[allow(clippy::large_enum_variant)]
@@ -58,6 +60,17 @@ pub enum Step {
         from: String,
         to: String,
     },
+    CreateVxlan(VxlanLink),
+    DeleteVxlan(VxlanLink),
+    /// A flood entry (all-zeros MAC) of a VXLAN device towards one remote.
+    AddFdb {
+        dev: String,
+        dst: Ipv4Addr,
+    },
+    DelFdb {
+        dev: String,
+        dst: Ipv4Addr,
+    },
 }
 
 impl Step {
@@ -87,17 +100,21 @@ impl Step {
                 from: to,
                 to: from,
             },
+            CreateVxlan(v) => DeleteVxlan(v),
+            DeleteVxlan(v) => CreateVxlan(v),
+            AddFdb { dev, dst } => DelFdb { dev, dst },
+            DelFdb { dev, dst } => AddFdb { dev, dst },
         }
     }
 
     pub fn op(&self) -> &'static str {
         use Step::*;
         match self {
-            CreateNetns(_) | CreateBridge(_) | CreatePort(_) => "create",
-            DeleteNetns(_) | DeleteBridge(_) | DeletePort(_) => "delete",
+            CreateNetns(_) | CreateBridge(_) | CreatePort(_) | CreateVxlan(_) => "create",
+            DeleteNetns(_) | DeleteBridge(_) | DeletePort(_) | DeleteVxlan(_) => "delete",
             UpdateBridge { .. } | UpdatePort { .. } | SetMaster { .. } => "update",
-            AddAddr { .. } | AddRoute { .. } => "add",
-            DelAddr { .. } | DelRoute { .. } => "remove",
+            AddAddr { .. } | AddRoute { .. } | AddFdb { .. } => "add",
+            DelAddr { .. } | DelRoute { .. } | DelFdb { .. } => "remove",
             SetNft { to: None, .. } => "delete",
             SetNft { from: None, .. } => "create",
             SetNft { .. } | SetSysctl { .. } => "set",
@@ -116,6 +133,8 @@ impl Step {
             UpdatePort { to, .. } => to.kind_name(),
             SetNft { .. } => "nftables",
             SetSysctl { .. } => "sysctl",
+            CreateVxlan(_) | DeleteVxlan(_) => "vxlan",
+            AddFdb { .. } | DelFdb { .. } => "fdb",
         }
     }
 
@@ -132,6 +151,8 @@ impl Step {
             UpdatePort { to, .. } => to.name.clone(),
             SetNft { .. } => crate::nft::TABLE.to_string(),
             SetSysctl { key, .. } => key.clone(),
+            CreateVxlan(v) | DeleteVxlan(v) => v.name.clone(),
+            AddFdb { dev, dst } | DelFdb { dev, dst } => format!("{dst} dev {dev}"),
         }
     }
 
@@ -199,6 +220,21 @@ impl Step {
             SetSysctl { from, to, .. } => {
                 o.insert("from".into(), json!(from));
                 o.insert("to".into(), json!(to));
+            }
+            CreateVxlan(x) | DeleteVxlan(x) => {
+                o.insert("network".into(), json!(x.network));
+                o.insert("vni".into(), json!(x.vni));
+                o.insert("underlay".into(), json!(x.underlay));
+                o.insert("local".into(), json!(x.local.to_string()));
+                o.insert("port".into(), json!(x.port));
+                o.insert("group".into(), json!(x.group.map(|g| g.to_string())));
+                o.insert("bridge".into(), json!(x.master));
+                o.insert("mtu".into(), json!(x.mtu));
+            }
+            AddFdb { dev, dst } | DelFdb { dev, dst } => {
+                o.insert("dev".into(), json!(dev));
+                o.insert("mac".into(), json!("00:00:00:00:00:00"));
+                o.insert("dst".into(), json!(dst.to_string()));
             }
             CreateNetns(_) | DeleteNetns(_) => {}
         }
@@ -290,6 +326,23 @@ impl fmt::Display for Step {
         write!(f, "{sign} {} {}", self.kind(), self.name())?;
         match self {
             CreateBridge(b) => write!(f, " (network {}, mac {}, mtu {})", b.network, b.mac, b.mtu),
+            CreateVxlan(v) => {
+                write!(
+                    f,
+                    " (network {}, vni {}, local {} dev {}, port {}, bridge {}, mtu {}",
+                    v.network,
+                    v.vni,
+                    v.local,
+                    v.underlay,
+                    v.port,
+                    v.master.as_deref().unwrap_or("-"),
+                    v.mtu
+                )?;
+                if let Some(g) = v.group {
+                    write!(f, ", group {g}")?;
+                }
+                write!(f, ")")
+            }
             CreatePort(p) => {
                 write!(
                     f,
@@ -498,6 +551,49 @@ pub fn diff(want: &HostState, have: &HostState) -> Plan {
                 to: p.clone(),
             }),
             _ => {}
+        }
+    }
+
+    // VXLAN devices (after the bridges they join exist). Their settings cannot change in
+    // place: a device that differs is made again, its flood entries removed first and added
+    // back after, so every step has an exact inverse.
+    let no_fdb = Vec::new();
+    for (name, h) in &have.vxlans {
+        let w = want.vxlans.get(name);
+        if w != Some(h) {
+            for dst in have.fdb.get(name).unwrap_or(&no_fdb) {
+                steps.push(Step::DelFdb {
+                    dev: name.clone(),
+                    dst: *dst,
+                });
+            }
+            steps.push(Step::DeleteVxlan(h.clone()));
+        }
+    }
+    for (name, w) in &want.vxlans {
+        let want_fdb = want.fdb.get(name).unwrap_or(&no_fdb);
+        if have.vxlans.get(name) != Some(w) {
+            steps.push(Step::CreateVxlan(w.clone()));
+            for dst in want_fdb {
+                steps.push(Step::AddFdb {
+                    dev: name.clone(),
+                    dst: *dst,
+                });
+            }
+            continue;
+        }
+        let (del, add) = list_diff(have.fdb.get(name).unwrap_or(&no_fdb), want_fdb);
+        for dst in del {
+            steps.push(Step::DelFdb {
+                dev: name.clone(),
+                dst,
+            });
+        }
+        for dst in add {
+            steps.push(Step::AddFdb {
+                dev: name.clone(),
+                dst,
+            });
         }
     }
 

@@ -50,6 +50,22 @@ pub struct LinkSnap {
     /// The live traffic control differs from what this port's mark records.
     pub tc_drift: bool,
     pub stats: Option<Stats>,
+    /// Settings of a VXLAN device.
+    pub vxlan: Option<VxlanSnap>,
+    /// Destinations of a VXLAN device's all-zeros (flood) FDB entries.
+    pub fdb: Vec<Ipv4Addr>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct VxlanSnap {
+    pub vni: u32,
+    /// The underlay device's name.
+    pub link: Option<String>,
+    pub local: Option<Ipv4Addr>,
+    pub group: Option<Ipv4Addr>,
+    pub port: u16,
+    pub learning: bool,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]

@@ -28,6 +28,37 @@ pub struct HostState {
     pub routes: BTreeMap<String, Vec<Route>>,
     pub nft: Option<NftTable>,
     pub sysctls: BTreeMap<String, String>,
+    /// VXLAN devices of `vxlan` networks.
+    #[serde(default)]
+    pub vxlans: BTreeMap<String, VxlanLink>,
+    /// Flood entries (all-zeros MAC) of each VXLAN device: the unicast remotes.
+    #[serde(default)]
+    pub fdb: BTreeMap<String, Vec<Ipv4Addr>>,
+}
+
+/// A VXLAN device, enslaved to its network's bridge. Its settings cannot change in place:
+/// any difference makes it again.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VxlanLink {
+    pub name: String,
+    pub network: String,
+    pub vni: u32,
+    /// The underlay interface (IFLA_VXLAN_LINK) and its address (IFLA_VXLAN_LOCAL).
+    pub underlay: String,
+    pub local: Ipv4Addr,
+    pub port: u16,
+    /// Multicast group; unicast remotes are FDB entries instead.
+    pub group: Option<Ipv4Addr>,
+    pub learning: bool,
+    pub master: Option<String>,
+    pub mtu: u32,
+    pub up: bool,
+}
+
+impl VxlanLink {
+    pub fn alias(&self) -> String {
+        format!("{MARK} network={}", self.network)
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -163,6 +163,34 @@ fn synth(want: &kvmnet::state::HostState, base: &Snapshot) -> Snapshot {
         }
         s.links.push(l);
     }
+    for v in want.vxlans.values() {
+        // The underlay stays as it was.
+        if s.link(&v.underlay).is_none()
+            && let Some(u) = base.link(&v.underlay)
+        {
+            s.links.push(u.clone());
+            s.addrs
+                .extend(base.addrs.iter().filter(|a| a.dev == v.underlay).cloned());
+        }
+        s.links.push(LinkSnap {
+            name: v.name.clone(),
+            kind: "vxlan".into(),
+            mtu: v.mtu,
+            up: v.up,
+            master: v.master.clone(),
+            alias: Some(v.alias()),
+            vxlan: Some(kvmnet::snapshot::VxlanSnap {
+                vni: v.vni,
+                link: Some(v.underlay.clone()),
+                local: Some(v.local),
+                group: v.group,
+                port: v.port,
+                learning: v.learning,
+            }),
+            fdb: want.fdb.get(&v.name).cloned().unwrap_or_default(),
+            ..Default::default()
+        });
+    }
     for (dev, addrs) in &want.addrs {
         for a in addrs {
             s.addrs.push(AddrSnap {

@@ -130,6 +130,7 @@ fn full_example() {
         }),
         isolate_ports: false,
         forwards: vec![],
+        vxlan: None,
     };
     let routed = Network {
         name: "routed1".into(),
@@ -149,6 +150,7 @@ fn full_example() {
         }),
         isolate_ports: false,
         forwards: vec![],
+        vxlan: None,
     };
     let hostonly = Network {
         name: "hostonly".into(),
@@ -161,6 +163,7 @@ fn full_example() {
         dhcp: None,
         isolate_ports: false,
         forwards: vec![],
+        vxlan: None,
     };
     let lan = Network {
         name: "lan".into(),
@@ -173,6 +176,7 @@ fn full_example() {
         dhcp: None,
         isolate_ports: false,
         forwards: vec![],
+        vxlan: None,
     };
     assert_eq!(
         spec.networks.keys().collect::<Vec<_>>(),
@@ -382,8 +386,8 @@ fn error_shape_and_order() {
     assert_eq!(
         e.iter().map(ToString::to_string).collect::<Vec<_>>(),
         [
-            "4:5: networks.default.mdoe: unknown field 'mdoe'; expected one of: mode, bridge, ipv4, mtu, uplink, nat, dhcp, isolate_ports, forwards",
-            "4:5: networks.default.mode: missing required field 'mode'; expected nat, routed, isolated or bridge",
+            "4:5: networks.default.mdoe: unknown field 'mdoe'; expected one of: mode, bridge, ipv4, mtu, uplink, nat, dhcp, isolate_ports, forwards, vni, underlay, remotes, group, port",
+            "4:5: networks.default.mode: missing required field 'mode'; expected nat, routed, isolated, bridge or vxlan",
             // The mode is unknown, so the gateway is only checked for syntax.
         ]
     );

@@ -56,6 +56,23 @@ const RTM_GETADDR: u16 = 22;
 const RTM_NEWROUTE: u16 = 24;
 const RTM_DELROUTE: u16 = 25;
 const RTM_GETROUTE: u16 = 26;
+const RTM_NEWNEIGH: u16 = 28;
+const RTM_DELNEIGH: u16 = 29;
+const RTM_GETNEIGH: u16 = 30;
+const NLM_F_APPEND: u16 = 0x800;
+const AF_BRIDGE: u8 = 7;
+const NDA_DST: u16 = 1;
+const NDA_LLADDR: u16 = 2;
+const NTF_SELF: u8 = 0x02;
+const NUD_NOARP: u16 = 0x40;
+const NUD_PERMANENT: u16 = 0x80;
+
+const IFLA_VXLAN_ID: u16 = 1;
+const IFLA_VXLAN_GROUP: u16 = 2;
+const IFLA_VXLAN_LINK: u16 = 3;
+const IFLA_VXLAN_LOCAL: u16 = 4;
+const IFLA_VXLAN_LEARNING: u16 = 7;
+const IFLA_VXLAN_PORT: u16 = 15;
 
 const NLA_HDRLEN: usize = 4;
 const NLA_F_NESTED: u16 = 0x8000;
@@ -228,6 +245,31 @@ pub struct TunInfo {
     pub persist: bool,
 }
 
+/// What the kernel reports for a VXLAN device (`IFLA_INFO_DATA` of kind "vxlan").
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct VxlanInfo {
+    pub vni: u32,
+    /// IFLA_VXLAN_GROUP: the multicast group (or single remote).
+    pub group: Option<Ipv4Addr>,
+    /// IFLA_VXLAN_LINK: the underlay's index.
+    pub link: Option<u32>,
+    pub local: Option<Ipv4Addr>,
+    pub learning: bool,
+    /// Destination UDP port, host order.
+    pub port: u16,
+}
+
+/// One bridge-family FDB entry (`bridge fdb show`), IPv4 destination only.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FdbEntry {
+    pub index: u32,
+    pub mac: Mac,
+    /// NDA_DST: for a VXLAN device, the remote endpoint.
+    pub dst: Option<Ipv4Addr>,
+    pub flags: u8,
+    pub state: u16,
+}
+
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct LinkInfo {
     pub index: u32,
@@ -246,6 +288,7 @@ pub struct LinkInfo {
     pub oper_up: bool,
     pub alias: Option<String>,
     pub tun: Option<TunInfo>,
+    pub vxlan: Option<VxlanInfo>,
     /// `IFLA_LINK`: for a veth, the peer's index (in the peer's namespace).
     pub peer_index: Option<u32>,
     /// `IFLA_LINK_NETNSID`: for a veth whose peer lives in another namespace, that namespace's
@@ -326,6 +369,15 @@ pub enum NewLinkKind {
         peer_alias: Option<String>,
         peer_netns_fd: Option<RawFd>,
     },
+    /// `ip link add NAME type vxlan id VNI local LOCAL dev LINK dstport PORT [group GROUP]`.
+    Vxlan {
+        vni: u32,
+        local: Option<Ipv4Addr>,
+        link: Option<u32>,
+        port: u16,
+        group: Option<Ipv4Addr>,
+        learning: bool,
+    },
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -377,6 +429,19 @@ pub enum Request {
     },
     NewRoute(RouteInfo),
     DelRoute(RouteInfo),
+    /// `bridge fdb append MAC dev LINK dst DST self permanent` (NLM_F_CREATE|NLM_F_APPEND:
+    /// the all-zeros MAC may carry many destinations).
+    NewFdb {
+        index: u32,
+        mac: Mac,
+        dst: Ipv4Addr,
+    },
+    /// `bridge fdb del MAC dev LINK dst DST self`: that one destination.
+    DelFdb {
+        index: u32,
+        mac: Mac,
+        dst: Ipv4Addr,
+    },
 }
 
 impl Request {
@@ -401,7 +466,9 @@ impl Request {
             | Request::DelLink { index }
             | Request::SetBridgePort { index, .. }
             | Request::NewAddr { index, .. }
-            | Request::DelAddr { index, .. } => Some(*index),
+            | Request::DelAddr { index, .. }
+            | Request::NewFdb { index, .. }
+            | Request::DelFdb { index, .. } => Some(*index),
             Request::NewRoute(r) | Request::DelRoute(r) => r.oif,
             Request::NewLink { .. } => None,
         }
@@ -419,6 +486,7 @@ impl Request {
                 NewLinkKind::Veth { peer_name, .. } => {
                     format!("create link {name} (veth, peer {peer_name})")
                 }
+                NewLinkKind::Vxlan { vni, .. } => format!("create link {name} (vxlan id {vni})"),
             },
             Request::SetLink {
                 index,
@@ -468,6 +536,15 @@ impl Request {
             }
             Request::NewRoute(r) => format!("add route {}", describe_route(r, name)),
             Request::DelRoute(r) => format!("delete route {}", describe_route(r, name)),
+            Request::NewFdb { index, mac, dst } => {
+                format!("add fdb entry {mac} dst {dst} to link {}", link(*index))
+            }
+            Request::DelFdb { index, mac, dst } => {
+                format!(
+                    "delete fdb entry {mac} dst {dst} from link {}",
+                    link(*index)
+                )
+            }
         }
     }
 }
@@ -555,6 +632,13 @@ impl MsgBuf {
             ty,
         ]);
         self.buf.extend_from_slice(&0u32.to_ne_bytes());
+    }
+    /// struct ndmsg: family, pad, pad, ifindex, state, flags, type.
+    fn ndmsg(&mut self, family: u8, index: u32, state: u16, flags: u8) {
+        self.buf.extend_from_slice(&[family, 0, 0, 0]);
+        self.buf.extend_from_slice(&index.to_ne_bytes());
+        self.buf.extend_from_slice(&state.to_ne_bytes());
+        self.buf.extend_from_slice(&[flags, 0]);
     }
     fn attr(&mut self, ty: u16, data: &[u8]) {
         self.align();
@@ -736,6 +820,7 @@ fn parse_link(p: &[u8]) -> Option<LinkInfo> {
         oper_up: flags & IFF_LOWER_UP != 0,
         alias: None,
         tun: None,
+        vxlan: None,
         peer_index: None,
         link_netnsid: None,
         stats: LinkStats::default(),
@@ -805,11 +890,49 @@ fn parse_link(p: &[u8]) -> Option<LinkInfo> {
                     }
                     li.tun = Some(tun);
                 }
+                if li.kind.as_deref() == Some("vxlan") {
+                    let mut vx = VxlanInfo::default();
+                    for (t, d) in attrs(data.unwrap_or(&[])) {
+                        match t {
+                            IFLA_VXLAN_ID => vx.vni = attr_u32(d).unwrap_or(0),
+                            IFLA_VXLAN_GROUP => vx.group = attr_ipv4(d),
+                            IFLA_VXLAN_LINK => vx.link = attr_u32(d).filter(|&l| l != 0),
+                            IFLA_VXLAN_LOCAL => vx.local = attr_ipv4(d),
+                            IFLA_VXLAN_LEARNING => vx.learning = attr_u8(d).unwrap_or(0) != 0,
+                            IFLA_VXLAN_PORT if d.len() >= 2 => {
+                                vx.port = u16::from_be_bytes([d[0], d[1]]);
+                            }
+                            _ => {}
+                        }
+                    }
+                    li.vxlan = Some(vx);
+                }
             }
             _ => {}
         }
     }
     Some(li)
+}
+
+fn parse_fdb(p: &[u8]) -> Option<FdbEntry> {
+    if p.len() < 12 || p[0] != AF_BRIDGE {
+        return None;
+    }
+    let mut e = FdbEntry {
+        index: u32_at(p, 4),
+        mac: Mac::default(),
+        dst: None,
+        flags: p[10],
+        state: u16_at(p, 8),
+    };
+    for (ty, v) in attrs(&p[12..]) {
+        match ty {
+            NDA_LLADDR if v.len() == 6 => e.mac = Mac(v.try_into().unwrap()),
+            NDA_DST => e.dst = attr_ipv4(v),
+            _ => {}
+        }
+    }
+    Some(e)
 }
 
 fn parse_addr(p: &[u8]) -> Option<AddrInfo> {
@@ -1282,6 +1405,19 @@ impl Netlink {
         Ok(out)
     }
 
+    /// All bridge-family FDB entries with an IPv4 destination or none (`bridge fdb show`).
+    pub fn fdb(&mut self) -> Result<Vec<FdbEntry>, NetlinkError> {
+        let mut hdr = MsgBuf { buf: Vec::new() };
+        hdr.ndmsg(AF_BRIDGE, 0, 0, 0);
+        let mut out = Vec::new();
+        self.dump("list fdb entries", RTM_GETNEIGH, &hdr.buf, |p| {
+            if let Some(e) = parse_fdb(p) {
+                out.push(e);
+            }
+        })?;
+        Ok(out)
+    }
+
     /// Append the message for `req` to `sbuf`, recording its sequence number; aliases of
     /// created links go to `deferred`.
     fn encode(
@@ -1332,7 +1468,10 @@ impl Netlink {
                     return Err(format!("prefix length {} is over 32", r.dst.prefix));
                 }
             }
-            Request::DelLink { .. } | Request::SetBridgePort { .. } => {}
+            Request::DelLink { .. }
+            | Request::SetBridgePort { .. }
+            | Request::NewFdb { .. }
+            | Request::DelFdb { .. } => {}
         }
         if let Some(i) = req.link_index()
             && i > i32::MAX as u32
@@ -1407,6 +1546,30 @@ impl Netlink {
                                 alias: a.clone(),
                             });
                         }
+                    }
+                    NewLinkKind::Vxlan {
+                        vni,
+                        local,
+                        link,
+                        port,
+                        group,
+                        learning,
+                    } => {
+                        b.attr_str(IFLA_INFO_KIND, "vxlan");
+                        let data = b.nest_begin(IFLA_INFO_DATA);
+                        b.attr_u32(IFLA_VXLAN_ID, *vni);
+                        if let Some(g) = group {
+                            b.attr(IFLA_VXLAN_GROUP, &g.octets());
+                        }
+                        if let Some(l) = link {
+                            b.attr_u32(IFLA_VXLAN_LINK, *l);
+                        }
+                        if let Some(l) = local {
+                            b.attr(IFLA_VXLAN_LOCAL, &l.octets());
+                        }
+                        b.attr(IFLA_VXLAN_LEARNING, &[u8::from(*learning)]);
+                        b.attr(IFLA_VXLAN_PORT, &port.to_be_bytes());
+                        b.nest_end(data);
                     }
                 }
                 b.nest_end(li);
@@ -1514,6 +1677,21 @@ impl Netlink {
                 {
                     b.attr(IFA_BROADCAST, &brd.octets());
                 }
+                b.end(start);
+            }
+            Request::NewFdb { index, mac, dst } | Request::DelFdb { index, mac, dst } => {
+                let (ty, flags, state) = match req {
+                    Request::NewFdb { .. } => (
+                        RTM_NEWNEIGH,
+                        ack | NLM_F_CREATE | NLM_F_APPEND,
+                        NUD_NOARP | NUD_PERMANENT,
+                    ),
+                    _ => (RTM_DELNEIGH, ack, 0),
+                };
+                let start = b.begin(ty, flags, seq);
+                b.ndmsg(AF_BRIDGE, *index, state, NTF_SELF);
+                b.attr(NDA_LLADDR, &mac.0);
+                b.attr(NDA_DST, &dst.octets());
                 b.end(start);
             }
             Request::NewRoute(r) | Request::DelRoute(r) => {

@@ -132,6 +132,8 @@ pub enum Mode {
     Routed,
     Isolated,
     Bridge,
+    /// An L2 overlay across hosts: a VXLAN device on the network's bridge.
+    Vxlan,
 }
 
 impl Mode {
@@ -141,6 +143,7 @@ impl Mode {
             Mode::Routed => "routed",
             Mode::Isolated => "isolated",
             Mode::Bridge => "bridge",
+            Mode::Vxlan => "vxlan",
         }
     }
 }
@@ -224,6 +227,28 @@ pub struct Network {
     pub isolate_ports: bool,
     /// `nat` mode: host ports forwarded to a VM (DNAT), also from the host itself.
     pub forwards: Vec<Forward>,
+    /// `vxlan` mode: the overlay's settings.
+    pub vxlan: Option<Vxlan>,
+}
+
+/// VXLAN default UDP port (IANA).
+pub const VXLAN_PORT: u16 = 4789;
+/// Bytes VXLAN over IPv4 adds to each frame: outer IPv4 (20) + UDP (8) + VXLAN (8) + inner
+/// Ethernet (14).
+pub const VXLAN_OVERHEAD: u32 = 50;
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Vxlan {
+    /// The VXLAN device's name (derived from the network name).
+    pub device: String,
+    pub vni: u32,
+    /// The host interface whose first IPv4 address is the local tunnel endpoint.
+    pub underlay: String,
+    /// Unicast peers (flooded to through all-zeros FDB entries); empty with `group`.
+    pub remotes: Vec<Ipv4Addr>,
+    /// Multicast group for flooding; `None` with `remotes`.
+    pub group: Option<Ipv4Addr>,
+    pub port: u16,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]

@@ -33,6 +33,11 @@ pub fn bridge_name(network: &str) -> String {
     fit("kvbr-", network)
 }
 
+/// The VXLAN device of a `vxlan` network.
+pub fn vxlan_name(network: &str) -> String {
+    fit("vx-", network)
+}
+
 pub fn port_name(vm: &str, index: usize) -> String {
     fit("kv-", &format!("{vm}-{index}"))
 }
@@ -54,6 +59,13 @@ pub fn host_end_mac(vm_mac: Mac) -> Mac {
 /// A bridge's own MAC, fixed so it does not change as ports come and go.
 pub fn bridge_mac(network: &str) -> Mac {
     let h = fnv1a(format!("bridge/{network}").as_bytes()).to_be_bytes();
+    Mac([0x52, 0x54, 0x00, h[0], h[1], h[2]])
+}
+
+/// The bridge of a `vxlan` network: the segment spans hosts, so its MAC also depends on this
+/// host's tunnel endpoint (two hosts' bridges must never share one).
+pub fn overlay_bridge_mac(network: &str, local: std::net::Ipv4Addr) -> Mac {
+    let h = fnv1a(format!("bridge/{network}/{local}").as_bytes()).to_be_bytes();
     Mac([0x52, 0x54, 0x00, h[0], h[1], h[2]])
 }
 

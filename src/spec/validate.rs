@@ -13,7 +13,7 @@ use super::SpecError;
 use super::model::{
     Dhcp, DhcpRoute, Firewall, FirewallDirection, FirewallRule, Forward, Host, Ipv4Cidr, Loc, Mac,
     Mode, Network, Owner, Port, PortKind, Proto, Qos, RuleAction, RuleProto, Shape, Spec, Tuning,
-    Vm,
+    VXLAN_PORT, Vm, Vxlan,
 };
 use super::naming;
 use super::yaml::{Key, Kind, Node, index, join, show};
@@ -30,7 +30,14 @@ const NET_FIELDS: &[&str] = &[
     "dhcp",
     "isolate_ports",
     "forwards",
+    "vni",
+    "underlay",
+    "remotes",
+    "group",
+    "port",
 ];
+const VXLAN_FIELDS: &[&str] = &["vni", "underlay", "remotes", "group", "port"];
+const VNI_MAX: i128 = 16_777_215;
 const FORWARD_FIELDS: &[&str] = &["proto", "port", "to", "to_port"];
 const NAT_FIELDS: &[&str] = &["egress"];
 const DHCP_FIELDS: &[&str] = &["range", "pool", "lease_time", "dns", "domain", "routes"];
@@ -52,7 +59,7 @@ const PORT_FIELDS: &[&str] = &[
     "mirror",
 ];
 
-const MODES: &str = "nat, routed, isolated or bridge";
+const MODES: &str = "nat, routed, isolated, bridge or vxlan";
 const NAME_MAX: usize = 64;
 const MTU_MIN: i128 = 68;
 const MTU_MAX: i128 = 65535;
@@ -556,6 +563,8 @@ struct NetDraft {
     dhcp: Option<Dhcp>,
     isolate_ports: bool,
     forwards: Vec<ForwardDraft>,
+    /// `vxlan` mode, set only when every vxlan field passed its checks.
+    vxlan: Option<Vxlan>,
 }
 
 struct ForwardDraft {
@@ -795,6 +804,7 @@ fn read_network(cx: &mut Ctx, key: &Key, f: &Field) -> NetDraft {
         dhcp: None,
         isolate_ports: false,
         forwards: Vec::new(),
+        vxlan: None,
     };
     let Some(o) = obj(
         cx,
@@ -815,6 +825,7 @@ fn read_network(cx: &mut Ctx, key: &Key, f: &Field) -> NetDraft {
             "routed" => Some(Mode::Routed),
             "isolated" => Some(Mode::Isolated),
             "bridge" => Some(Mode::Bridge),
+            "vxlan" => Some(Mode::Vxlan),
             _ => {
                 cx.err(
                     &mf.path,
@@ -847,7 +858,7 @@ fn read_network(cx: &mut Ctx, key: &Key, f: &Field) -> NetDraft {
                  (they move to the bridge); remove ipv4 or use mode nat, routed or isolated",
             );
         }
-        (None, Some(m)) if m != Mode::Bridge => {
+        (None, Some(m)) if !matches!(m, Mode::Bridge | Mode::Vxlan) => {
             cx.err(
                 &join(&f.path, "ipv4"),
                 o.loc,
@@ -944,6 +955,13 @@ fn read_network(cx: &mut Ctx, key: &Key, f: &Field) -> NetDraft {
                 "kvmnet serves no DHCP on a bridge network: its guests sit on the uplink's LAN \
                  and use that LAN's DHCP server; remove dhcp",
             );
+        } else if mode == Some(Mode::Vxlan) && ipf.is_none() {
+            cx.err(
+                &df.path,
+                df.loc(),
+                "kvmnet serves DHCP on a vxlan network only from the host's address on it; \
+                 set ipv4 (like 10.70.0.1/24) or remove dhcp",
+            );
         } else {
             // Checks against the subnet run only when mode and gateway are sound.
             let subnet = if mode_known { d.ipv4 } else { None };
@@ -982,7 +1000,131 @@ fn read_network(cx: &mut Ctx, key: &Key, f: &Field) -> NetDraft {
             }
         }
     }
+    if mode == Some(Mode::Vxlan) {
+        if name_ok {
+            d.vxlan = read_vxlan(cx, &o, &f.path, &key.text);
+        }
+    } else if let Some(m) = mode {
+        for k in VXLAN_FIELDS {
+            if let Some(vf) = o.get(cx, k) {
+                cx.err(
+                    &vf.path,
+                    vf.loc(),
+                    format!(
+                        "{k} applies only to mode vxlan; a {} network has no {k} (remove it)",
+                        m.as_str()
+                    ),
+                );
+            }
+        }
+    }
     d
+}
+
+/// The vxlan settings of a `mode: vxlan` network; `None` if any of them is wrong (each
+/// problem reported).
+fn read_vxlan(cx: &mut Ctx, o: &Obj, path: &str, network: &str) -> Option<Vxlan> {
+    let before = cx.errors.len();
+    let vni = o
+        .required(
+            cx,
+            "vni",
+            "a vxlan network needs its VXLAN network identifier (1 to 16777215), like vni: 4242",
+        )
+        .and_then(|vf| {
+            int_in(
+                cx,
+                &vf,
+                &format!("a VNI between 1 and {VNI_MAX}"),
+                1,
+                VNI_MAX,
+            )
+        });
+    let underlay = o
+        .required(
+            cx,
+            "underlay",
+            "a vxlan network needs the host interface that carries the tunnel, like eth0",
+        )
+        .and_then(|uf| read_ifname_field(cx, &uf, "the host interface that carries the tunnel"));
+    let port = match o.get(cx, "port") {
+        Some(pf) => int_in(cx, &pf, "a UDP port between 1 and 65535", 1, 65535),
+        None => Some(i128::from(VXLAN_PORT)),
+    };
+    let mut remotes = Vec::new();
+    let rf = o.get(cx, "remotes");
+    if let Some(rf) = &rf
+        && let Some(items) = list(cx, rf, "a list of IPv4 addresses of the other hosts")
+    {
+        for item in items {
+            let Some(t) = text(cx, &item, "an IPv4 address") else {
+                continue;
+            };
+            match parse_ip(&t).and_then(|a| match special(a) {
+                Some(w) => Err(format!(
+                    "remote {a} is {w}; a remote is the unicast IPv4 address of another host"
+                )),
+                None => Ok(a),
+            }) {
+                Ok(a) if remotes.contains(&a) => cx.err(
+                    &item.path,
+                    item.loc(),
+                    format!("remote {a} is listed twice"),
+                ),
+                Ok(a) => remotes.push(a),
+                Err(m) => cx.err(&item.path, item.loc(), m),
+            }
+        }
+    }
+    let mut group = None;
+    let gf = o.get(cx, "group");
+    if let Some(gf) = &gf {
+        if rf.is_some() {
+            cx.err(
+                &gf.path,
+                gf.loc(),
+                "give either remotes (unicast peers) or group (multicast), not both",
+            );
+        } else if let Some(t) = text(cx, gf, "a multicast IPv4 address like 239.1.1.1") {
+            match parse_ip(&t) {
+                Ok(a) if a.is_multicast() => group = Some(a),
+                Ok(a) => cx.err(
+                    &gf.path,
+                    gf.loc(),
+                    format!(
+                        "{a} is not a multicast address; a group is in 224.0.0.0/4, like 239.1.1.1 (for unicast peers use remotes)"
+                    ),
+                ),
+                Err(m) => cx.err(&gf.path, gf.loc(), m),
+            }
+        }
+    } else if rf.is_none() {
+        cx.err(
+            &join(path, "remotes"),
+            o.loc,
+            "a vxlan network needs its peers: remotes (a list of the other hosts' IPv4 addresses) or group (a multicast address)",
+        );
+    } else if let Some(rf) = &rf
+        && remotes.is_empty()
+        && cx.errors.len() == before
+    {
+        cx.err(
+            &rf.path,
+            rf.loc(),
+            "remotes is empty; list the other hosts' IPv4 addresses",
+        );
+    }
+    if cx.errors.len() != before {
+        return None;
+    }
+    Some(Vxlan {
+        device: naming::vxlan_name(network),
+        vni: u32::try_from(vni?).ok()?,
+        underlay: underlay?,
+        remotes,
+        group,
+        port: u16::try_from(port?).ok()?,
+    })
 }
 
 fn read_forward(cx: &mut Ctx, f: &Field) -> Option<ForwardDraft> {
@@ -1565,10 +1707,11 @@ fn port_ipv4(t: &str, net: Option<&NetRef>, net_name: &str) -> Result<Option<Ipv
         return Ok(None);
     };
     match (net.mode, net.ipv4) {
-        (Some(Mode::Bridge), _) => {
+        (Some(m @ Mode::Bridge), _) | (Some(m @ Mode::Vxlan), None) => {
             if !with_prefix {
                 return Err(format!(
-                    "on bridge network {net_name} there is no subnet to take a prefix from; write the address with its prefix, like {}/24",
+                    "on {} network {net_name} there is no subnet to take a prefix from; write the address with its prefix, like {}/24",
+                    m.as_str(),
                     parsed.addr
                 ));
             }
@@ -1690,6 +1833,36 @@ fn cross_checks(cx: &mut Ctx, nets: &[NetDraft], ports: &[PortDraft], sysctl: Op
                 what: format!("the bridge of network {}", n.name),
                 derived: n.bridge_derived,
             });
+        }
+    }
+    for n in nets {
+        if let Some(v) = &n.vxlan {
+            created.push(Created {
+                name: &v.device,
+                loc: n.key_loc,
+                path: n.path.clone(),
+                what: format!("the vxlan device of network {}", n.name),
+                derived: true,
+            });
+        }
+    }
+    // One VNI per UDP port on a host: the kernel refuses a second device for it.
+    let mut vnis: HashMap<(u32, u16), &NetDraft> = HashMap::new();
+    for n in nets {
+        let Some(v) = &n.vxlan else { continue };
+        if let Some(other) = vnis.get(&(v.vni, v.port)) {
+            let path = join(&n.path, "vni");
+            let loc = cx.locs.get(&path).copied().unwrap_or(n.key_loc);
+            cx.err(
+                &path,
+                loc,
+                format!(
+                    "vni {} on port {} is already used by network {}; every vxlan network needs its own VNI",
+                    v.vni, v.port, other.name
+                ),
+            );
+        } else {
+            vnis.insert((v.vni, v.port), n);
         }
     }
     for p in ports {
@@ -1975,6 +2148,9 @@ fn build(
 ) -> Option<Spec> {
     let mut networks = BTreeMap::new();
     for n in nets {
+        if n.mode == Some(Mode::Vxlan) && n.vxlan.is_none() {
+            return None;
+        }
         let network = Network {
             mode: n.mode?,
             bridge: n.bridge?,
@@ -1984,6 +2160,7 @@ fn build(
             nat_egress: n.egress.map(|e| e.0),
             dhcp: n.dhcp,
             isolate_ports: n.isolate_ports,
+            vxlan: n.vxlan,
             forwards: n
                 .forwards
                 .iter()

@@ -1093,3 +1093,97 @@ fn bench_memory() {
         rss_kib(pid)
     );
 }
+
+/// A bridge that appears after start gets served; `update` (called from a thread in another
+/// namespace) reopens a recreated bridge's socket in the server's namespace, applies a new
+/// reservation and keeps the leases.
+#[test]
+fn late_bridge_and_update_keep_leases() {
+    if !privileged() {
+        return;
+    }
+    let mut t = Topo::new("up", "10.80.0.1/24");
+    let (mc, md) = ("52:54:00:80:00:0c", "52:54:00:81:00:0d");
+    let ns_c = t.add_client("c", mc);
+    let s = t.server_ns.clone();
+    let scope1 = t.scope(Some(("10.80.0.100", "10.80.0.110")), &[]);
+    let mut scope2 = t.scope(Some(("10.81.0.100", "10.81.0.110")), &[]);
+    scope2.network = "late".into();
+    scope2.interface = "br1".into();
+    scope2.server_ip = Ipv4Addr::new(10, 81, 0, 1);
+    scope2.router = Some(scope2.server_ip);
+    scope2.subnet = "10.81.0.0/24".parse().unwrap();
+    let st = ServerThread::start(&s, vec![scope1.clone(), scope2.clone()], &t.state_dir, None);
+    assert_eq!(
+        st.handle.stats().interfaces_waiting,
+        vec!["br1".to_string()]
+    );
+    let mut c = RawClient::new(&ns_c, mc);
+    let (ip_c, _) = c.dora(t.gw).expect("C served on br0");
+
+    let make_br1 = || {
+        ok(&format!(
+            "ip -n {s} link add br1 type bridge && ip -n {s} link set br1 up && \
+             ip -n {s} addr add 10.81.0.1/24 dev br1"
+        ))
+    };
+    make_br1();
+    let ns_d = t.add_client_on("d", md, "br1");
+    wait_for("br1 to be served", Duration::from_secs(3), || {
+        st.handle.stats().interfaces_waiting.is_empty()
+    });
+    let mut d = RawClient::new(&ns_d, md);
+    let (ip_d, _) = d
+        .dora(Ipv4Addr::new(10, 81, 0, 1))
+        .expect("D served on br1");
+    assert_eq!(ip_d, Ipv4Addr::new(10, 81, 0, 100));
+
+    // Recreate br1 (new ifindex), then update from this thread (host namespace).
+    let mut server = st.stop();
+    ok(&format!(
+        "ip -n {s} link del br1 && ip -n {s} link add br1 type bridge && \
+         ip -n {s} link set br1 up && ip -n {s} addr add 10.81.0.1/24 dev br1 && \
+         ip -n {s} link set h1 master br1"
+    ));
+    let mut scope1b = scope1.clone();
+    scope1b.reservations = t.scope(None, &[(mc, "10.80.0.5")]).reservations;
+    server
+        .update(vec![scope1b, scope2])
+        .expect("update reopens br1's socket in the server's namespace");
+    assert!(server.stats().interfaces_waiting.is_empty());
+    let leases = server.leases();
+    assert!(
+        leases.iter().any(|l| l.mac == mc && l.ip == ip_c),
+        "{leases:?}"
+    );
+    assert!(
+        leases.iter().any(|l| l.mac == md && l.ip == ip_d),
+        "{leases:?}"
+    );
+    let st = ServerThread::resume(&s, server);
+
+    // C's pool address is no longer its to renew: NAK, then the reservation.
+    let mut p = c.packet(MessageType::Request);
+    p.flags = 0x8000;
+    p.set(opt::REQUESTED_IP, ip_c.octets().to_vec());
+    let nak = c.exchange(&p, Ipv4Addr::BROADCAST).unwrap();
+    assert_eq!(nak.message_type(), Some(MessageType::Nak));
+    let (ip, _) = c.dora(t.gw).unwrap();
+    assert_eq!(ip, Ipv4Addr::new(10, 80, 0, 5));
+    let l = st.handle.leases();
+    assert!(
+        l.iter()
+            .any(|l| l.mac == mc && l.reserved && l.state == "bound"),
+        "{l:?}"
+    );
+    assert!(
+        l.iter().any(|l| l.ip == ip_c && l.state == "released"),
+        "the old pool address was given back: {l:?}"
+    );
+    // D, on the recreated bridge, keeps its address.
+    let (ip, _) = d
+        .dora(Ipv4Addr::new(10, 81, 0, 1))
+        .expect("D served on the new br1");
+    assert_eq!(ip, ip_d);
+    drop(st);
+}

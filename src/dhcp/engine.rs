@@ -236,14 +236,18 @@ impl Engine {
             return None;
         }
         let relayed = !req.giaddr.is_unspecified();
+        let here = self.by_iface.get(iface).copied();
         let si = if relayed {
             self.stats.relayed += 1;
-            // The relay's address names the client's subnet.
+            // The relay's address names the client's subnet. Every scope is a local bridge,
+            // so a real relay for it sits on that bridge: one that names another network
+            // is a guest forging giaddr to reach another pool.
             self.scopes
                 .iter()
                 .position(|s| s.subnet.contains(req.giaddr))
+                .filter(|&si| Some(si) == here)
         } else {
-            self.by_iface.get(iface).copied()
+            here
         };
         let Some(si) = si else {
             self.stats.dropped_no_scope += 1;
@@ -819,6 +823,39 @@ mod tests {
             "{ls:?}"
         );
         assert!(!ls.iter().any(|l| l.state == "offered"));
+    }
+
+    #[test]
+    fn relayed_only_from_its_own_bridge() {
+        let mut t = engine("relay");
+        let mut other = scope();
+        other.network = "other".into();
+        other.interface = "br1".into();
+        other.server_ip = Ipv4Addr::new(10, 1, 0, 1);
+        other.router = Some(other.server_ip);
+        other.subnet = "10.1.0.0/24".parse().unwrap();
+        other.pool = Some((Ipv4Addr::new(10, 1, 0, 100), Ipv4Addr::new(10, 1, 0, 110)));
+        other.reservations.clear();
+        t.e.set_scopes(vec![scope(), other], t.now);
+        let mut d = req(1, MessageType::Discover);
+        d.giaddr = Ipv4Addr::new(10, 0, 0, 7);
+        d.set(opt::RELAY_AGENT_INFO, vec![1, 1, 7]);
+        let (offer, dest) = t.send(&d).unwrap();
+        assert_eq!(dest, Dest::Relay(Ipv4Addr::new(10, 0, 0, 7)));
+        assert_eq!(offer.giaddr, Ipv4Addr::new(10, 0, 0, 7));
+        assert_eq!(offer.options.last().unwrap().0, opt::RELAY_AGENT_INFO);
+        // A guest on br0 claiming to relay for br1's subnet gets nothing from br1's pool.
+        d.giaddr = Ipv4Addr::new(10, 1, 0, 7);
+        assert!(t.send(&d).is_none());
+        assert_eq!(t.e.stats.dropped_no_scope, 1);
+        // A NAK to a relay carries the broadcast bit.
+        let mut r = req(2, MessageType::Request);
+        r.giaddr = Ipv4Addr::new(10, 0, 0, 7);
+        r.set(opt::REQUESTED_IP, vec![192, 0, 2, 1]);
+        let (nak, dest) = t.send(&r).unwrap();
+        assert_eq!(nak.message_type(), Some(MessageType::Nak));
+        assert!(nak.broadcast_flag());
+        assert_eq!(dest, Dest::Relay(Ipv4Addr::new(10, 0, 0, 7)));
     }
 
     #[test]

@@ -26,6 +26,7 @@ mod net;
 pub mod packet;
 mod store;
 
+use std::collections::HashSet;
 use std::net::Ipv4Addr;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -143,7 +144,8 @@ pub struct ServerStats {
     pub nak: u64,
     /// Not a well-formed DHCP request from an Ethernet client.
     pub dropped_malformed: u64,
-    /// Relayed from an address no scope covers.
+    /// Relayed with a giaddr no scope covers, or that names another network than the bridge
+    /// it came in on (a guest cannot draw from another network's pool by forging giaddr).
     pub dropped_no_scope: u64,
     /// Over the per-MAC rate.
     pub dropped_rate_mac: u64,
@@ -257,6 +259,28 @@ fn check_scopes(scopes: &[Scope]) -> Result<(), DhcpError> {
                 format!("pool {a}-{b} is not a range inside {}", s.subnet),
             );
         }
+        let (mut macs, mut ips) = (HashSet::new(), HashSet::new());
+        for r in &s.reservations {
+            let host = s.subnet.contains(r.ip)
+                && r.ip != s.server_ip
+                && r.ip != s.subnet.network().addr
+                && r.ip != s.subnet.broadcast();
+            if !host {
+                return bad(
+                    s,
+                    format!(
+                        "reservation {} for {} is not a host address of {}",
+                        r.ip, r.mac, s.subnet
+                    ),
+                );
+            }
+            if !macs.insert(r.mac) || !ips.insert(r.ip) {
+                return bad(
+                    s,
+                    format!("reservation {} for {} is given twice", r.ip, r.mac),
+                );
+            }
+        }
         for o in &scopes[..i] {
             if o.network == s.network || o.interface == s.interface {
                 return bad(
@@ -283,6 +307,8 @@ pub struct Server {
     shared: Arc<Mutex<Engine>>,
     sockets: net::Sockets,
     last_tick: Instant,
+    /// The last socket error reported, so a lasting one is logged once.
+    last_error: Option<String>,
 }
 
 /// Read-only access to a server's leases and counters from another thread while
@@ -315,7 +341,7 @@ impl Server {
     pub fn start(scopes: Vec<Scope>, state_dir: &Path) -> Result<Server, DhcpError> {
         check_scopes(&scopes)?;
         let mut engine = Engine::open(state_dir, now_unix())?;
-        let mut sockets = net::Sockets::default();
+        let mut sockets = net::Sockets::new()?;
         sockets.sync(&scopes)?;
         engine.set_scopes(scopes, now_unix());
         engine.stats.interfaces_waiting = sockets.waiting();
@@ -323,10 +349,13 @@ impl Server {
             shared: Arc::new(Mutex::new(engine)),
             sockets,
             last_tick: Instant::now(),
+            last_error: None,
         })
     }
 
-    /// Serve until `stop` is set (checked at least every 100 ms).
+    /// Serve until `stop` is set (checked at least every 100 ms). Once a second: leases
+    /// expire, idle rate buckets are forgotten, the journal is compacted when it has grown,
+    /// and missing or recreated bridges get their socket (re)opened.
     pub fn run(&mut self, stop: &AtomicBool) -> Result<(), DhcpError> {
         let mut batch = net::Batch::default();
         while !stop.load(Ordering::Relaxed) {
@@ -374,20 +403,25 @@ impl Server {
         self.last_tick = Instant::now();
         let mut e = lock(&self.shared);
         e.tick(now_unix(), Instant::now());
-        if let Err(err) = self.sockets.sync(e.scopes()) {
-            eprintln!("kvmnet dhcp: {err}");
+        let err = self.sockets.sync(e.scopes()).err().map(|e| e.to_string());
+        if err.is_some() && err != self.last_error {
+            eprintln!("kvmnet dhcp: {}", err.as_deref().unwrap_or_default());
         }
+        self.last_error = err;
         e.stats.interfaces_waiting = self.sockets.waiting();
     }
 
     /// Replace the scopes (spec re-applied): open and close sockets as needed, keep leases.
+    /// New sockets go into the namespace the server was started in, whichever thread calls.
+    /// On a socket error the new scopes are still in force (the failed interface is retried
+    /// every second) and the error is returned.
     pub fn update(&mut self, scopes: Vec<Scope>) -> Result<(), DhcpError> {
         check_scopes(&scopes)?;
-        self.sockets.sync(&scopes)?;
+        let r = self.sockets.sync(&scopes);
         let mut e = lock(&self.shared);
         e.set_scopes(scopes, now_unix());
         e.stats.interfaces_waiting = self.sockets.waiting();
-        Ok(())
+        r
     }
 
     pub fn set_limits(&mut self, limits: Limits) {
@@ -410,7 +444,8 @@ impl Server {
 }
 
 /// Read the leases from a state directory without a running server (for `kvmnet leases`):
-/// the last record per address, without expired ones, sorted by network and address.
+/// the last record per address, without expired ones (releases of the last day stay),
+/// sorted by network and address. Offers are never on disk.
 pub fn read_leases(state_dir: &Path) -> Result<Vec<Lease>, DhcpError> {
     let now = now_unix();
     let mut last: std::collections::BTreeMap<(String, Ipv4Addr), Lease> = Default::default();
@@ -421,7 +456,7 @@ pub fn read_leases(state_dir: &Path) -> Result<Vec<Lease>, DhcpError> {
         .into_values()
         .filter(|l| match l.state.as_str() {
             "bound" | "offered" | "declined" => l.expires_unix > now,
-            "released" => true,
+            "released" => l.expires_unix.saturating_add(store::KEEP_FREED_SECS) > now,
             _ => false,
         })
         .collect())

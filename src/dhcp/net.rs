@@ -82,9 +82,23 @@ struct Slot {
 }
 
 /// The open sockets, one slot per scope interface (`None` while the interface is missing).
-#[derive(Default)]
 pub(crate) struct Sockets {
     slots: Vec<Slot>,
+    /// The network namespace the server was started in: sockets opened later (a bridge that
+    /// appears, `update`) go there too, whichever thread asks.
+    home: OwnedFd,
+    home_id: (u64, u64),
+}
+
+fn ns_id(fd: RawFd) -> io::Result<(u64, u64)> {
+    // SAFETY: zeroed stat is valid; fstat fills it.
+    let mut st: libc::stat = unsafe { zeroed() };
+    cvt(unsafe { libc::fstat(fd, &mut st) })?;
+    Ok((st.st_dev, st.st_ino))
+}
+
+fn current_ns() -> io::Result<OwnedFd> {
+    Ok(std::fs::File::open("/proc/thread-self/ns/net")?.into())
 }
 
 fn err<'a>(interface: &'a str, op: &'static str) -> impl FnOnce(io::Error) -> DhcpError + 'a {
@@ -200,10 +214,56 @@ fn sockaddr_in(a: SocketAddrV4) -> libc::sockaddr_in {
 }
 
 impl Sockets {
+    /// No sockets yet; they will live in the calling thread's network namespace.
+    pub fn new() -> Result<Sockets, DhcpError> {
+        let io = |source| DhcpError::Io {
+            op: "open the current network namespace",
+            source,
+        };
+        let home = current_ns().map_err(io)?;
+        let home_id = ns_id(home.as_raw_fd()).map_err(io)?;
+        Ok(Sockets {
+            slots: Vec::new(),
+            home,
+            home_id,
+        })
+    }
+
+    /// Run `f` in the home namespace: right here when this thread is there, else on a
+    /// short-lived thread that enters it (setns moves only the calling thread).
+    fn at_home<T: Send>(&self, f: impl FnOnce() -> T + Send) -> Result<T, DhcpError> {
+        let here = current_ns().and_then(|fd| ns_id(fd.as_raw_fd()));
+        if here.is_ok_and(|id| id == self.home_id) {
+            return Ok(f());
+        }
+        let home = self.home.as_raw_fd();
+        std::thread::scope(|sc| {
+            sc.spawn(move || {
+                // SAFETY: plain syscall on a descriptor that outlives this scope.
+                if unsafe { libc::setns(home, libc::CLONE_NEWNET) } != 0 {
+                    return Err(DhcpError::Io {
+                        op: "enter the server's network namespace",
+                        source: io::Error::last_os_error(),
+                    });
+                }
+                Ok(f())
+            })
+            .join()
+            .unwrap_or_else(|p| std::panic::resume_unwind(p))
+        })
+    }
+
     /// Make the slots match the scopes' interfaces: keep sockets whose interface still has
     /// the same index, reopen those whose interface was recreated, open new ones.
     pub fn sync(&mut self, scopes: &[Scope]) -> Result<(), DhcpError> {
-        let mut old: Vec<Slot> = std::mem::take(&mut self.slots);
+        let mut slots = std::mem::take(&mut self.slots);
+        let r = self.at_home(|| Self::sync_here(&mut slots, scopes));
+        self.slots = slots;
+        r?
+    }
+
+    fn sync_here(slots: &mut Vec<Slot>, scopes: &[Scope]) -> Result<(), DhcpError> {
+        let mut old: Vec<Slot> = std::mem::take(slots);
         let mut first_err = None;
         for s in scopes {
             let kept = old
@@ -222,7 +282,7 @@ impl Sockets {
                     }
                 },
             };
-            self.slots.push(Slot {
+            slots.push(Slot {
                 interface: s.interface.clone(),
                 sock,
             });

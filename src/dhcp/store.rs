@@ -20,10 +20,10 @@ use super::{DhcpError, Lease, Scope};
 use crate::spec::Mac;
 
 pub(crate) const JOURNAL: &str = "leases.journal";
+/// How long released and expired records are kept (in the journal, and shown as released),
+/// so a client that comes back gets its old address again, also after a restart.
+pub(crate) const KEEP_FREED_SECS: u64 = 86_400;
 const LOCK: &str = "leases.lock";
-/// Released and expired records stay in the journal this long after they end, so a client
-/// that comes back gets its old address again after a restart too.
-const KEEP_FREED_SECS: u64 = 86_400;
 const COMPACT_MIN_LINES: u64 = 4096;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -89,7 +89,9 @@ impl Entry {
 pub(crate) struct Table {
     pub network: String,
     entries: HashMap<u32, Entry>,
-    by_mac: HashMap<Mac, u32>,
+    /// The addresses whose entry names each MAC (usually one; a second while a client moves,
+    /// declined or expired ones it left behind).
+    by_mac: HashMap<Mac, Vec<u32>>,
     pool: Option<(u32, u32)>,
     reserved_ip: HashMap<u32, Mac>,
     excluded: [u32; 3],
@@ -131,22 +133,11 @@ impl Table {
             state = State::Expired;
         }
         let ip = u32::from(l.ip);
-        if let Some(old) = self.entries.get(&ip)
-            && old.mac != mac
-            && self.by_mac.get(&old.mac) == Some(&ip)
-        {
-            self.by_mac.remove(&old.mac);
+        if let Some(old) = self.entries.get(&ip) {
+            let old_mac = old.mac;
+            self.forget_owner(old_mac, ip);
         }
-        // A MAC's pointer moves to its newest address only if that one holds (or nothing
-        // better is known).
-        let keep_old = self
-            .by_mac
-            .get(&mac)
-            .and_then(|o| self.entries.get(o).map(|e| (*o, e)))
-            .is_some_and(|(o, e)| o != ip && e.mac == mac && e.holds_at(now) && !state.holds());
-        if !keep_old {
-            self.by_mac.insert(mac, ip);
-        }
+        self.add_owner(mac, ip);
         self.entries.insert(
             ip,
             Entry {
@@ -256,8 +247,8 @@ impl Table {
         match self.entries.remove(&ip) {
             Some(old) => {
                 self.unindex(ip, &old);
-                if old.mac != new.mac && self.by_mac.get(&old.mac) == Some(&ip) {
-                    self.by_mac.remove(&old.mac);
+                if old.mac != new.mac {
+                    self.forget_owner(old.mac, ip);
                 }
             }
             None => {
@@ -267,8 +258,39 @@ impl Table {
             }
         }
         self.index(ip, &new);
-        self.by_mac.insert(new.mac, ip);
+        self.add_owner(new.mac, ip);
         self.entries.insert(ip, new);
+    }
+
+    fn add_owner(&mut self, mac: Mac, ip: u32) {
+        let v = self.by_mac.entry(mac).or_default();
+        if !v.contains(&ip) {
+            v.push(ip);
+        }
+    }
+
+    fn forget_owner(&mut self, mac: Mac, ip: u32) {
+        if let Some(v) = self.by_mac.get_mut(&mac) {
+            v.retain(|&x| x != ip);
+            if v.is_empty() {
+                self.by_mac.remove(&mac);
+            }
+        }
+    }
+
+    /// The entries naming `mac`, with their addresses.
+    fn owned<'a>(&'a self, mac: &Mac) -> impl Iterator<Item = (u32, &'a Entry)> + 'a {
+        let mac = *mac;
+        self.by_mac
+            .get(&mac)
+            .into_iter()
+            .flatten()
+            .filter_map(move |ip| {
+                self.entries
+                    .get(ip)
+                    .filter(|e| e.mac == mac)
+                    .map(|e| (*ip, e))
+            })
     }
 
     fn change_state(&mut self, ip: u32, state: State, expires: u64) {
@@ -302,13 +324,13 @@ impl Table {
 
     /// The pool address `mac` holds now (offered or bound), if any.
     pub fn held_pool_ip(&self, mac: &Mac, now: u64) -> Option<u32> {
-        let ip = *self.by_mac.get(mac)?;
-        let e = self.entries.get(&ip)?;
-        (e.mac == *mac
-            && self.is_pool_ip(ip)
-            && matches!(e.state, State::Offered | State::Bound)
-            && e.expires > now)
-            .then_some(ip)
+        self.owned(mac)
+            .find(|(ip, e)| {
+                self.is_pool_ip(*ip)
+                    && matches!(e.state, State::Offered | State::Bound)
+                    && e.expires > now
+            })
+            .map(|(ip, _)| ip)
     }
 
     /// Pick a pool address for `mac`: the one it holds, else the one it asks for if free,
@@ -323,11 +345,13 @@ impl Table {
         {
             return Some(r);
         }
-        if let Some(&ip) = self.by_mac.get(mac)
-            && self.is_pool_ip(ip)
-            && self.entries.get(&ip).is_some_and(|e| {
-                e.mac == *mac && matches!(e.state, State::Released | State::Expired)
+        // Its previous address, the most recently freed one first.
+        if let Some((ip, _)) = self
+            .owned(mac)
+            .filter(|(ip, e)| {
+                self.is_pool_ip(*ip) && matches!(e.state, State::Released | State::Expired)
             })
+            .max_by_key(|(_, e)| e.expires)
         {
             return Some(ip);
         }
@@ -391,18 +415,18 @@ impl Table {
 
     /// The client chose another server: free what we offered it.
     pub fn drop_offer(&mut self, mac: &Mac, now: u64) {
-        if let Some(&ip) = self.by_mac.get(mac)
-            && self
-                .entries
-                .get(&ip)
-                .is_some_and(|e| e.mac == *mac && e.state == State::Offered)
-        {
+        let offered: Vec<u32> = self
+            .owned(mac)
+            .filter(|(_, e)| e.state == State::Offered)
+            .map(|(ip, _)| ip)
+            .collect();
+        for ip in offered {
             self.change_state(ip, State::Expired, now);
         }
     }
 
-    /// Bind `ip` to `mac`; returns the journal records (the binding, and the release of the
-    /// address the MAC held before, if it moves).
+    /// Bind `ip` to `mac`; returns the journal records (the binding, and the release of what
+    /// else the MAC held: a client has one address per network).
     pub fn bind(
         &mut self,
         ip: u32,
@@ -412,13 +436,13 @@ impl Table {
         now: u64,
     ) -> Vec<Lease> {
         let mut out = Vec::with_capacity(1);
-        if let Some(&old) = self.by_mac.get(&mac)
-            && old != ip
-            && self
-                .entries
-                .get(&old)
-                .is_some_and(|e| e.mac == mac && e.holds_at(now) && e.state != State::Declined)
-        {
+        let others: Vec<u32> = self
+            .owned(&mac)
+            .filter(|(o, e)| *o != ip && matches!(e.state, State::Offered | State::Bound))
+            .filter(|(_, e)| e.expires > now)
+            .map(|(o, _)| o)
+            .collect();
+        for old in others {
             self.change_state(old, State::Released, now);
             out.push(self.lease(old).expect("just set"));
         }
@@ -475,13 +499,14 @@ impl Table {
         })
     }
 
-    /// What an operator sees: everything but expired entries.
+    /// What an operator sees: offers, bindings and quarantines that still run, and releases
+    /// of the last day.
     pub fn leases(&self, now: u64, out: &mut Vec<Lease>) {
         for (&ip, e) in &self.entries {
             let live = match e.state {
                 State::Expired => false,
                 s if s.holds() => e.expires > now,
-                _ => true,
+                _ => e.expires.saturating_add(KEEP_FREED_SECS) > now,
             };
             if live && let Some(l) = self.lease(ip) {
                 out.push(l);
@@ -785,6 +810,41 @@ mod tests {
         assert_eq!(u.free_count(), 9);
         assert!(!u.can_assign(&mac(3), ip(11), 2));
         assert!(u.can_assign(&mac(3), ip(11), 100), "expired at 100");
+    }
+
+    #[test]
+    fn journal_compacts_and_replays() {
+        let dir = std::env::temp_dir().join(format!("kvmnet-dhcp-journal-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let lease = |i: u32, state: &str| Lease {
+            mac: format!("02:00:00:00:00:{:02x}", i % 4),
+            ip: Ipv4Addr::new(10, 0, 0, 10 + (i % 4) as u8),
+            network: "n".into(),
+            expires_unix: 1000 + u64::from(i),
+            hostname: None,
+            state: state.into(),
+            reserved: false,
+        };
+        {
+            let (mut j, recs) = Journal::open(&dir).unwrap();
+            assert!(recs.is_empty());
+            assert!(matches!(Journal::open(&dir), Err(DhcpError::Locked { .. })));
+            for i in 0..5000 {
+                j.append(&lease(i, "bound"));
+            }
+            j.flush(true).unwrap();
+            assert!(j.wants_compaction(4));
+            let live: Vec<Lease> = (4996..5000).map(|i| lease(i, "bound")).collect();
+            j.compact(&live).unwrap();
+            assert!(!j.wants_compaction(4));
+            j.append(&lease(5000, "released"));
+            j.flush(true).unwrap();
+        }
+        let (_j, recs) = Journal::open(&dir).unwrap();
+        assert_eq!(recs.len(), 5);
+        assert_eq!(recs[4], lease(5000, "released"));
+        assert_eq!(read_journal(&dir).unwrap(), recs);
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]

@@ -126,6 +126,11 @@ impl Topo {
 
     /// A client namespace whose `eth0` has `mac`; returns its name.
     pub fn add_client(&mut self, tag: &str, mac: &str) -> String {
+        self.add_client_on(tag, mac, "br0")
+    }
+
+    /// The same on another bridge of the server namespace.
+    pub fn add_client_on(&mut self, tag: &str, mac: &str, bridge: &str) -> String {
         let ns = unique(tag);
         netns::create(&ns).expect("create client namespace");
         self.names.push(ns.clone());
@@ -134,7 +139,7 @@ impl Topo {
         ok(&format!(
             "ip -n {s} link add {host} type veth peer name eth0 netns {ns} && \
              ip -n {ns} link set eth0 address {mac} && \
-             ip -n {s} link set {host} master br0 && \
+             ip -n {s} link set {host} master {bridge} && \
              ip -n {s} link set {host} up && ip -n {ns} link set eth0 up"
         ));
         self.clients.push(ns.clone());
@@ -226,6 +231,23 @@ impl ServerThread {
             .recv()
             .expect("server thread answers")
             .unwrap_or_else(|e| panic!("server start: {e}"));
+        ServerThread {
+            stop,
+            join: Some(join),
+            handle,
+        }
+    }
+
+    /// Run a stopped server again (on a thread in `ns`, like the first time).
+    pub fn resume(ns: &str, mut server: Server) -> ServerThread {
+        let stop = Arc::new(AtomicBool::new(false));
+        let handle = server.handle();
+        let (ns, st) = (ns.to_string(), stop.clone());
+        let join = std::thread::spawn(move || {
+            netns::enter(&ns).expect("enter server namespace");
+            server.run(&st).expect("server runs");
+            server
+        });
         ServerThread {
             stop,
             join: Some(join),

@@ -57,7 +57,7 @@ fn sweep(perf_ns: &str, name: &str) -> (u32, f64) {
     let mut best = (0, 0.0);
     for &rate in RATES {
         let out = sh(&format!(
-            "ip netns exec {perf_ns} perfdhcp -4 -r {rate} -p {SECS} -R 1000000 10.170.0.1 2>&1"
+            "ip netns exec {perf_ns} perfdhcp -4 -r {rate} -p {SECS} -R 1000000 -W 1000000 10.170.0.1 2>&1"
         ));
         let p = parse(&out);
         eprintln!(

@@ -275,6 +275,19 @@ pub fn desired(spec: &Spec, snap: &Snapshot) -> Result<HostState, Vec<SpecError>
                     if ours {
                         addrs.extend(addrs_of(snap, &net.bridge));
                         routes.extend(movable_routes(&snap.routes, &net.bridge));
+                        // What was moved and has since been deleted by hand comes back.
+                        if let Some(m) = snap.moved.get(&net.bridge) {
+                            for a in &m.addrs {
+                                if !addrs.contains(a) {
+                                    addrs.push(*a);
+                                }
+                            }
+                            for r in &m.routes {
+                                if !routes.contains(r) {
+                                    routes.push(r.clone());
+                                }
+                            }
+                        }
                     }
                     for a in addrs_of(snap, up) {
                         if !addrs.contains(&a) {
@@ -332,6 +345,18 @@ pub fn desired(spec: &Spec, snap: &Snapshot) -> Result<HostState, Vec<SpecError>
         if !st.bridges.contains_key(m) {
             addrs.extend(addrs_of(snap, m));
             routes.extend(movable_routes(&snap.routes, m));
+            if let Some(moved) = snap.moved.get(m) {
+                for a in &moved.addrs {
+                    if !addrs.contains(a) {
+                        addrs.push(*a);
+                    }
+                }
+                for r in &moved.routes {
+                    if !routes.contains(r) {
+                        routes.push(r.clone());
+                    }
+                }
+            }
         }
         st.uplinks.insert(
             l.name.clone(),

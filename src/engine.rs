@@ -1,7 +1,7 @@
 //! Plan and apply as a library: the one path the CLI, the daemon and the confirm timer share.
 //! Observation, planning and execution of one change all happen under the scope's lock.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 
 use serde::{Deserialize, Serialize};
@@ -14,7 +14,7 @@ use crate::plan::{self, Plan, Step};
 use crate::spec::naming::fnv1a;
 use crate::spec::{self, Loc, Spec, SpecError};
 use crate::state::HostState;
-use crate::statedir::{State, StateDir};
+use crate::statedir::{Moved, State, StateDir};
 
 #[derive(Debug)]
 pub enum EngineError {
@@ -95,6 +95,8 @@ pub struct Planned {
     pub previous: HostState,
     /// sysctls the spec enforces (the other sysctl steps are restores).
     managed: BTreeSet<String>,
+    /// What bridge-mode bridges hold from their uplinks once this plan is applied.
+    moved: BTreeMap<String, Moved>,
     pub state_dir: StateDir,
     scope: String,
     /// Held from observation to the end of execution.
@@ -117,10 +119,23 @@ pub fn plan(spec: Option<&Spec>, scope: &str, source: &str) -> Result<Planned, E
     let uplinks: BTreeSet<String> = want.uplinks.keys().cloned().collect();
     let keys: BTreeSet<String> = want.sysctls.keys().cloned().collect();
     let have = desired::observed(&snap, &uplinks, &keys);
+    let moved = want
+        .uplinks
+        .values()
+        .filter_map(|u| u.master.clone())
+        .map(|b| {
+            let m = Moved {
+                addrs: want.addrs.get(&b).cloned().unwrap_or_default(),
+                routes: want.routes.get(&b).cloned().unwrap_or_default(),
+            };
+            (b, m)
+        })
+        .collect();
     Ok(Planned {
         plan: plan::diff(&want, &have),
         previous: have,
         managed: managed_sysctls(spec).into_keys().collect(),
+        moved,
         state_dir: observer.state_dir,
         scope: scope.to_string(),
         _lock: lock,
@@ -156,6 +171,12 @@ pub fn execute(
     fail_after: Option<usize>,
 ) -> Result<(), EngineError> {
     if p.plan.is_empty() {
+        let st = p.state_dir.load().map_err(runtime)?;
+        if st.moved != p.moved {
+            let mut st = st;
+            st.moved = p.moved.clone();
+            p.state_dir.save(&st).map_err(runtime)?;
+        }
         return audit::append(
             &p.state_dir,
             &audit::Entry {
@@ -191,6 +212,7 @@ pub fn execute(
         Ok(()) => {
             let mut after = during.clone();
             after.sysctl_originals.retain(|k, _| p.managed.contains(k));
+            after.moved = p.moved.clone();
             if after != during {
                 sd.save(&after).map_err(runtime)?;
             }
@@ -301,6 +323,7 @@ pub fn revert_if_due(
         plan: plan::diff(prev, &have),
         previous: have,
         managed: BTreeSet::new(),
+        moved: BTreeMap::new(),
         state_dir: observer.state_dir,
         scope: scope.to_string(),
         _lock: lock,

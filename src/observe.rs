@@ -300,6 +300,7 @@ impl Observer {
             sysctls: sysctls.collect(),
             sysctl_readonly,
             sysctl_originals: state.sysctl_originals,
+            moved: state.moved,
             users,
         })
     }

@@ -27,6 +27,8 @@ pub struct Snapshot {
     pub sysctl_readonly: std::collections::BTreeSet<String>,
     /// Values sysctls had before kvmnet first changed them (from the state directory).
     pub sysctl_originals: BTreeMap<String, String>,
+    /// What kvmnet moved from uplinks onto bridges (from the state directory).
+    pub moved: BTreeMap<String, crate::statedir::Moved>,
     /// User names the spec uses as tap owners, resolved; absent when no such user.
     pub users: BTreeMap<String, u32>,
 }

@@ -26,6 +26,17 @@ pub enum StateError {
 #[serde(default)]
 pub struct State {
     pub sysctl_originals: BTreeMap<String, String>,
+    /// Per bridge of a bridge-mode network: the uplink addresses and routes kvmnet moved onto
+    /// it, so one deleted by hand is put back (and returned to the uplink on destroy).
+    #[serde(default)]
+    pub moved: BTreeMap<String, Moved>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Moved {
+    pub addrs: Vec<crate::state::Addr>,
+    pub routes: Vec<crate::state::Route>,
 }
 
 pub struct StateDir {

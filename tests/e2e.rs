@@ -238,6 +238,15 @@ vms:
             .trim(),
         "No changes: the host matches the spec."
     );
+    // A moved route deleted by hand is drift too.
+    ok(&format!("ip -n {host} route del 10.99.0.0/16"));
+    let plan = ns.kvmnet_ok(&["plan", spec.path(), "--netns", &host]);
+    assert!(
+        plan.contains("+ route 10.99.0.0/16 via 192.0.2.1 dev br-lan"),
+        "{plan}"
+    );
+    ns.kvmnet_ok(&["apply", spec.path(), "--netns", &host]);
+    assert!(ok(&format!("ip -n {host} route")).contains("10.99.0.0/16 via 192.0.2.1 dev br-lan"));
     ns.kvmnet_ok(&["destroy", "--netns", &host]);
     assert_eq!(fingerprint(&host, &["net.ipv4.ip_forward"]), initial);
     assert!(

@@ -466,6 +466,7 @@ pub fn desired(spec: &Spec, snap: &Snapshot) -> Result<HostState, Vec<SpecError>
                             // A DHCP client in the namespace configures it instead.
                             addr: port.ipv4.filter(|_| !port.dhcp_client),
                             gateway: gateway.filter(|_| !port.dhcp_client),
+                            dhcp: port.dhcp_client,
                         },
                     }
                 }
@@ -628,8 +629,9 @@ pub fn observed(
                         mac: link.mac.unwrap_or_default(),
                         mtu: link.mtu,
                         up: link.up,
-                        addr,
-                        gateway,
+                        addr: addr.filter(|_| !alias.dhcp),
+                        gateway: gateway.filter(|_| !alias.dhcp),
+                        dhcp: alias.dhcp,
                     })
                 });
                 PortKind::Veth {
@@ -642,6 +644,7 @@ pub fn observed(
                         up: false,
                         addr: None,
                         gateway: None,
+                        dhcp: alias.dhcp,
                     }),
                 }
             }

@@ -151,8 +151,11 @@ impl PortLink {
     /// exactly the traffic control kvmnet had set.
     pub fn alias(&self) -> String {
         let mut a = format!("{MARK} vm={} network={}", self.vm, self.network);
-        if let PortKind::Veth { netns, .. } = &self.kind {
+        if let PortKind::Veth { netns, guest } = &self.kind {
             a.push_str(&format!(" netns={netns}"));
+            if guest.dhcp {
+                a.push_str(" dhcp=1");
+            }
         }
         if let Some(q) = &self.qos_in {
             a.push_str(&format!(" qin={}", q.word()));
@@ -216,6 +219,10 @@ pub struct GuestEnd {
     pub up: bool,
     pub addr: Option<Ipv4Cidr>,
     pub gateway: Option<Ipv4Addr>,
+    /// A DHCP client in the namespace owns the address and default route: kvmnet leaves
+    /// them alone (and so does not observe them either).
+    #[serde(default)]
+    pub dhcp: bool,
 }
 
 /// An interface address as the kernel holds it. The broadcast address is kept as found, so an
@@ -297,6 +304,8 @@ pub struct Alias {
     pub qos_in: Option<ShapeState>,
     pub qos_out: Option<ShapeState>,
     pub mirror: Option<String>,
+    /// The far end is configured by a DHCP client, not by kvmnet.
+    pub dhcp: bool,
     /// `kvmnet ifb of PORT`: the IFB that shapes PORT's outbound traffic.
     pub ifb_of: Option<String>,
 }
@@ -322,6 +331,7 @@ pub fn parse_alias(alias: &str) -> Option<Alias> {
             Some(("qin", v)) => a.qos_in = ShapeState::parse(v),
             Some(("qout", v)) => a.qos_out = ShapeState::parse(v),
             Some(("mirror", v)) => a.mirror = Some(v.to_string()),
+            Some(("dhcp", v)) => a.dhcp = v == "1",
             _ => {}
         }
     }

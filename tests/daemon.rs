@@ -291,7 +291,16 @@ vms:
         (100..=110).contains(&last),
         "pool address expected, got {out_b}"
     );
-    // Both are on the network and NAT works for the configured one.
+    // The daemon leaves what the DHCP client configured alone (reconcile runs every 300 ms).
+    std::thread::sleep(std::time::Duration::from_millis(1200));
+    assert!(
+        ok_in(&a, "ip -4 addr show eth0").contains("10.93.0.10/24"),
+        "address taken away"
+    );
+    assert!(
+        ok_in(&a, "ip route").contains("default via 10.93.0.1"),
+        "route taken away"
+    );
     assert!(pings(&a, "10.93.0.1") && pings(&b, "10.93.0.1"));
     // `kvmnet leases` lists both, through the daemon and without it.
     let v: serde_json::Value =

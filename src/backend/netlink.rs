@@ -702,25 +702,26 @@ struct Pending {
 
 // ---- parsing ----
 
-struct Msg<'a> {
-    ty: u16,
-    flags: u16,
-    seq: u32,
-    payload: &'a [u8],
+/// One netlink message of a received buffer (shared with the tc backend).
+pub(crate) struct Msg<'a> {
+    pub(crate) ty: u16,
+    pub(crate) flags: u16,
+    pub(crate) seq: u32,
+    pub(crate) payload: &'a [u8],
 }
 
-fn u16_at(b: &[u8], off: usize) -> u16 {
+pub(crate) fn u16_at(b: &[u8], off: usize) -> u16 {
     u16::from_ne_bytes([b[off], b[off + 1]])
 }
-fn u32_at(b: &[u8], off: usize) -> u32 {
+pub(crate) fn u32_at(b: &[u8], off: usize) -> u32 {
     u32::from_ne_bytes(b[off..off + 4].try_into().unwrap())
 }
-fn u64_at(b: &[u8], off: usize) -> u64 {
+pub(crate) fn u64_at(b: &[u8], off: usize) -> u64 {
     u64::from_ne_bytes(b[off..off + 8].try_into().unwrap())
 }
 
 /// Split a datagram into messages. Stops at the first malformed header.
-fn messages(mut buf: &[u8]) -> impl Iterator<Item = Msg<'_>> {
+pub(crate) fn messages(mut buf: &[u8]) -> impl Iterator<Item = Msg<'_>> {
     std::iter::from_fn(move || {
         if buf.len() < NLMSG_HDRLEN {
             return None;
@@ -742,7 +743,7 @@ fn messages(mut buf: &[u8]) -> impl Iterator<Item = Msg<'_>> {
 }
 
 /// Iterate attributes: (type without flags, payload).
-fn attrs(mut buf: &[u8]) -> impl Iterator<Item = (u16, &[u8])> {
+pub(crate) fn attrs(mut buf: &[u8]) -> impl Iterator<Item = (u16, &[u8])> {
     std::iter::from_fn(move || {
         if buf.len() < NLA_HDRLEN {
             return None;
@@ -758,11 +759,11 @@ fn attrs(mut buf: &[u8]) -> impl Iterator<Item = (u16, &[u8])> {
     })
 }
 
-fn attr_string(p: &[u8]) -> String {
+pub(crate) fn attr_string(p: &[u8]) -> String {
     let end = p.iter().position(|&b| b == 0).unwrap_or(p.len());
     String::from_utf8_lossy(&p[..end]).into_owned()
 }
-fn attr_u32(p: &[u8]) -> Option<u32> {
+pub(crate) fn attr_u32(p: &[u8]) -> Option<u32> {
     (p.len() >= 4).then(|| u32_at(p, 0))
 }
 fn attr_u8(p: &[u8]) -> Option<u8> {
@@ -774,7 +775,7 @@ fn attr_ipv4(p: &[u8]) -> Option<Ipv4Addr> {
 
 /// An NLMSG_ERROR payload: (errno as a positive number or 0 for an ack, the original seq,
 /// the extended-ack message).
-fn parse_error(m: &Msg<'_>) -> Option<(i32, u32, Option<String>)> {
+pub(crate) fn parse_error(m: &Msg<'_>) -> Option<(i32, u32, Option<String>)> {
     let p = m.payload;
     if p.len() < 4 + NLMSG_HDRLEN {
         return None;

@@ -29,6 +29,7 @@
 // An API module: the binary need not use every item.
 #![allow(dead_code)]
 
+use super::netlink::{attr_string, attr_u32, attrs, messages, parse_error, u32_at, u64_at};
 use std::collections::hash_map::Entry;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt;
@@ -1396,97 +1397,8 @@ impl TcOp {
 
 // ---- parsing ----
 
-struct Msg<'a> {
-    ty: u16,
-    flags: u16,
-    seq: u32,
-    payload: &'a [u8],
-}
-
-fn u16_at(b: &[u8], off: usize) -> u16 {
-    u16::from_ne_bytes([b[off], b[off + 1]])
-}
-fn u32_at(b: &[u8], off: usize) -> u32 {
-    u32::from_ne_bytes(b[off..off + 4].try_into().unwrap())
-}
 fn i32_at(b: &[u8], off: usize) -> i32 {
     i32::from_ne_bytes(b[off..off + 4].try_into().unwrap())
-}
-fn u64_at(b: &[u8], off: usize) -> u64 {
-    u64::from_ne_bytes(b[off..off + 8].try_into().unwrap())
-}
-
-fn messages(mut buf: &[u8]) -> impl Iterator<Item = Msg<'_>> {
-    std::iter::from_fn(move || {
-        if buf.len() < NLMSG_HDRLEN {
-            return None;
-        }
-        let len = u32_at(buf, 0) as usize;
-        if len < NLMSG_HDRLEN || len > buf.len() {
-            return None;
-        }
-        let m = Msg {
-            ty: u16_at(buf, 4),
-            flags: u16_at(buf, 6),
-            seq: u32_at(buf, 8),
-            payload: &buf[NLMSG_HDRLEN..len],
-        };
-        let next = (len + 3) & !3;
-        buf = if next >= buf.len() { &[] } else { &buf[next..] };
-        Some(m)
-    })
-}
-
-fn attrs(mut buf: &[u8]) -> impl Iterator<Item = (u16, &[u8])> {
-    std::iter::from_fn(move || {
-        if buf.len() < NLA_HDRLEN {
-            return None;
-        }
-        let len = u16_at(buf, 0) as usize;
-        if len < NLA_HDRLEN || len > buf.len() {
-            return None;
-        }
-        let item = (u16_at(buf, 2) & NLA_TYPE_MASK, &buf[NLA_HDRLEN..len]);
-        let next = (len + 3) & !3;
-        buf = if next >= buf.len() { &[] } else { &buf[next..] };
-        Some(item)
-    })
-}
-
-fn attr_string(p: &[u8]) -> String {
-    let end = p.iter().position(|&b| b == 0).unwrap_or(p.len());
-    String::from_utf8_lossy(&p[..end]).into_owned()
-}
-fn attr_u32(p: &[u8]) -> Option<u32> {
-    (p.len() >= 4).then(|| u32_at(p, 0))
-}
-
-fn parse_error(m: &Msg<'_>) -> Option<(i32, u32, Option<String>)> {
-    let p = m.payload;
-    if p.len() < 4 + NLMSG_HDRLEN {
-        return None;
-    }
-    let err = i32_at(p, 0);
-    let seq = u32_at(p, 4 + 8);
-    let mut ext = None;
-    if m.flags & NLM_F_ACK_TLVS != 0 {
-        let tlv_off = if m.flags & NLM_F_CAPPED != 0 {
-            4 + NLMSG_HDRLEN
-        } else {
-            4 + ((u32_at(p, 4) as usize + 3) & !3)
-        };
-        if tlv_off <= p.len() {
-            for (ty, v) in attrs(&p[tlv_off..]) {
-                if ty == NLMSGERR_ATTR_MSG {
-                    let s = attr_string(v);
-                    if !s.is_empty() {
-                        ext = Some(s);
-                    }
-                }
-            }
-        }
-    }
-    Some((-err, seq, ext))
 }
 
 /// The common part of RTM_NEWQDISC/NEWTCLASS/NEWTFILTER: (ifindex, handle, parent, info,

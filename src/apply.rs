@@ -124,6 +124,32 @@ fn link_tc(p: &PortLink) -> tc::PortTc {
     port_tc(&p.name, p.qos_in, p.qos_out, p.mirror.clone())
 }
 
+/// A link's full configuration in one request: what every kvmnet-made link gets set.
+fn configure(
+    index: u32,
+    mac: crate::spec::Mac,
+    mtu: u32,
+    master: Option<u32>,
+    up: bool,
+    alias: String,
+) -> Request {
+    Request::SetLink {
+        index,
+        name: None,
+        mac: Some(mac),
+        mtu: Some(mtu),
+        master,
+        up: Some(up),
+        alias: Some(alias),
+        netns_fd: None,
+    }
+}
+
+/// The host end of a port, attached to bridge `master` (0: released).
+fn configure_port(p: &PortLink, index: u32, master: u32) -> Request {
+    configure(index, p.mac, p.mtu, Some(master), p.up, p.alias())
+}
+
 fn route_info(route: &Route, oif: u32) -> RouteInfo {
     RouteInfo {
         table: route.table,
@@ -212,16 +238,14 @@ impl Kernel {
         let link = nl
             .link_by_name(&guest.name)?
             .ok_or_else(|| ApplyError::NoSuchLink(format!("{ns}/{}", guest.name)))?;
-        let mut reqs = vec![Request::SetLink {
-            index: link.index,
-            name: None,
-            mac: Some(guest.mac),
-            mtu: Some(guest.mtu),
-            master: None,
-            up: Some(guest.up),
-            alias: Some(guest_alias(&port.name)),
-            netns_fd: None,
-        }];
+        let mut reqs = vec![configure(
+            link.index,
+            guest.mac,
+            guest.mtu,
+            None,
+            guest.up,
+            guest_alias(&port.name),
+        )];
         let old_addr = old.as_ref().and_then(|g| g.addr);
         let old_gw = old.as_ref().and_then(|g| g.gateway);
         let default = |gw| RouteInfo {
@@ -307,16 +331,7 @@ impl Kernel {
                         results[i] = Err(ApplyError::NoSuchLink(p.name.clone()));
                         continue;
                     };
-                    reqs.push(Request::SetLink {
-                        index,
-                        name: None,
-                        mac: Some(p.mac),
-                        mtu: Some(p.mtu),
-                        master: Some(master),
-                        up: Some(p.up),
-                        alias: Some(p.alias()),
-                        netns_fd: None,
-                    });
+                    reqs.push(configure_port(p, index, master));
                     owners.push(i);
                 }
                 PortKind::Veth { netns: ns, guest } => {
@@ -504,16 +519,7 @@ impl Kernel {
                 let index = self.idx(&to.name)?;
                 Self::one(
                     &mut self.nl,
-                    Request::SetLink {
-                        index,
-                        name: None,
-                        mac: Some(to.mac),
-                        mtu: Some(to.mtu),
-                        master: None,
-                        up: Some(to.up),
-                        alias: Some(to.alias()),
-                        netns_fd: None,
-                    },
+                    configure(index, to.mac, to.mtu, None, to.up, to.alias()),
                 )
             }
             Step::SetMaster { link, to, .. } => {
@@ -571,19 +577,7 @@ impl Kernel {
             Step::UpdatePort { from, to } => {
                 let index = self.idx(&to.name)?;
                 let master = self.master_index(&to.master)?;
-                Self::one(
-                    &mut self.nl,
-                    Request::SetLink {
-                        index,
-                        name: None,
-                        mac: Some(to.mac),
-                        mtu: Some(to.mtu),
-                        master: Some(master),
-                        up: Some(to.up),
-                        alias: Some(to.alias()),
-                        netns_fd: None,
-                    },
-                )?;
+                Self::one(&mut self.nl, configure_port(to, index, master))?;
                 if to.master.is_some() && (to.isolated != from.isolated || to.master != from.master)
                 {
                     Self::one(

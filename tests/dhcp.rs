@@ -3,6 +3,7 @@
 //! and a DISCOVER flood. Each test builds its own namespaces (removed on drop) and runs as
 //! root; without root it skips, unless CI is set.
 
+mod common;
 mod common_dhcp;
 
 use std::net::Ipv4Addr;

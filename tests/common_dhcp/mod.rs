@@ -17,20 +17,8 @@ use kvmnet::dhcp::packet::{MessageType, Packet, opt};
 use kvmnet::dhcp::{Limits, Reservation, Scope, Server, ServerHandle};
 use kvmnet::spec::{Ipv4Cidr, Mac};
 
-/// True when the test may run: root. Without root it skips, unless CI is set (a skip there
-/// would hide a broken setup).
-pub fn privileged() -> bool {
-    // SAFETY: plain syscall.
-    let root = unsafe { libc::geteuid() } == 0;
-    if !root {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "this test needs root, and CI must not skip it"
-        );
-        eprintln!("skipping: needs root");
-    }
-    root
-}
+// Root check and shell helpers are the suite's common ones.
+pub use crate::common::{ok, privileged, sh};
 
 /// A tool the test needs; with CI set it must be installed.
 pub fn have(tool: &str) -> bool {
@@ -63,25 +51,6 @@ pub fn load_lock() -> std::sync::MutexGuard<'static, ()> {
 pub fn unique(tag: &str) -> String {
     let n = COUNTER.fetch_add(1, Ordering::SeqCst);
     format!("kvd{}{}{tag}", std::process::id() % 100000, n)
-}
-
-pub fn sh(cmd: &str) -> Output {
-    Command::new("sh")
-        .arg("-c")
-        .arg(cmd)
-        .output()
-        .expect("sh runs")
-}
-
-pub fn ok(cmd: &str) -> String {
-    let o = sh(cmd);
-    assert!(
-        o.status.success(),
-        "command failed: {cmd}\nstdout: {}\nstderr: {}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    );
-    String::from_utf8_lossy(&o.stdout).into_owned()
 }
 
 pub fn mac(s: &str) -> Mac {

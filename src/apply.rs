@@ -601,6 +601,11 @@ impl Kernel {
                 }
                 self.configure_guest(to, Some(from))
             }
+            Step::SetShaping { bridge, to, .. } => {
+                let want = to.as_ref().map(|s| s.tc(bridge));
+                tc::Tc::open()?.apply_shaping(bridge, want.as_ref())?;
+                Ok(())
+            }
             Step::SetNft { to, .. } => Ok(nftables::replace(to.as_ref())?),
             Step::SetSysctl { key, to, .. } => Ok(sysctl::write(key, to)?),
             Step::CreateVxlan(v) => {

@@ -7,16 +7,17 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use crate::backend::tc::FLOOR_CLASS_MIN;
 use crate::nft;
 use crate::snapshot::{LinkSnap, PROTO_KERNEL, RouteSnap, Snapshot, TABLE_LOCAL};
 use crate::spec::naming::{bridge_mac, host_end_mac, overlay_bridge_mac};
 use crate::spec::{
-    Mode, Network, Owner, PortKind as SpecPortKind, Spec, SpecError, VXLAN_OVERHEAD, Vxlan,
+    Mac, Mode, Network, Owner, PortKind as SpecPortKind, Spec, SpecError, VXLAN_OVERHEAD, Vxlan,
     path_join,
 };
 use crate::state::{
-    Addr, BridgeLink, GuestEnd, HostState, PortKind, PortLink, Route, ShapeState, UplinkLink,
-    VxlanLink, guest_alias, guest_ifname, parse_alias,
+    Addr, BridgeLink, FloorClass, GuestEnd, HostState, PortKind, PortLink, Route, ShapeState,
+    Shaping, UplinkLink, VxlanLink, guest_alias, guest_ifname, parse_alias,
 };
 
 pub const IP_FORWARD: &str = "net.ipv4.ip_forward";
@@ -502,6 +503,14 @@ pub fn desired(spec: &Spec, snap: &Snapshot) -> Result<HostState, Vec<SpecError>
 
     st.nft = nft::table_for(spec);
 
+    for net in spec.networks.values() {
+        if let Some(bandwidth) = net.bandwidth_bps {
+            let live = snap.link(&net.bridge).and_then(|l| l.shaping.as_ref());
+            st.shaping
+                .insert(net.bridge.clone(), shaping(spec, net, bandwidth, live));
+        }
+    }
+
     let managed = managed_sysctls(spec);
     let optional = tuning_only(spec);
     let in_netns = snap.scope != "host";
@@ -555,6 +564,54 @@ pub fn desired(spec: &Spec, snap: &Snapshot) -> Result<HostState, Vec<SpecError>
     }
 }
 
+/// A network's shaping. A VM keeps the class it has on the live tree; a new floor takes the
+/// lowest free one, so adding or removing a VM never renumbers the others.
+fn shaping(
+    spec: &Spec,
+    net: &crate::spec::Network,
+    bandwidth: u64,
+    live: Option<&Shaping>,
+) -> Shaping {
+    let bytes = |bps: u64| bps / 8 * 8;
+    let wanted: BTreeMap<Mac, u64> = spec
+        .vms
+        .values()
+        .flat_map(|vm| &vm.ports)
+        .filter(|p| p.network == net.name)
+        .filter_map(|p| Some((p.mac, bytes(p.qos.as_ref()?.floor_bps?))))
+        .collect();
+    let kept: BTreeMap<Mac, u16> = live
+        .map(|l| {
+            l.floors
+                .iter()
+                .filter(|(mac, _)| wanted.contains_key(mac))
+                .map(|(mac, f)| (*mac, f.class))
+                .collect()
+        })
+        .unwrap_or_default();
+    let mut used: BTreeSet<u16> = kept.values().copied().collect();
+    let mut next = FLOOR_CLASS_MIN;
+    let mut floors = BTreeMap::new();
+    for (mac, rate) in wanted {
+        let class = match kept.get(&mac) {
+            Some(c) => *c,
+            None => {
+                while used.contains(&next) {
+                    next += 1;
+                }
+                used.insert(next);
+                next
+            }
+        };
+        floors.insert(mac, FloorClass { rate, class });
+    }
+    Shaping {
+        bandwidth: bytes(bandwidth),
+        floors,
+        intact: true,
+    }
+}
+
 /// What kvmnet owns on the host now, read from a snapshot. `uplinks` names foreign interfaces
 /// the desired state enslaves; they are observed too, so their addresses can be moved.
 pub fn observed(
@@ -576,6 +633,9 @@ pub fn observed(
         }
         let mac = l.mac.unwrap_or_default();
         if l.kind == "bridge" {
+            if let Some(sh) = &l.shaping {
+                st.shaping.insert(l.name.clone(), sh.clone());
+            }
             st.bridges.insert(
                 l.name.clone(),
                 BridgeLink {

@@ -54,6 +54,33 @@ fn check_tc(links: &mut [LinkSnap]) -> Result<(), ObserveError> {
     Ok(())
 }
 
+/// Reads back the shaping tree of every kvmnet bridge that has one (bridges are few: one
+/// class and filter dump each).
+fn read_shaping(links: &mut [LinkSnap]) -> Result<(), ObserveError> {
+    use crate::backend::tc;
+    let bridges: Vec<&str> = links
+        .iter()
+        .filter(|l| l.kind == "bridge" && l.alias.as_deref().and_then(parse_alias).is_some())
+        .map(|l| l.name.as_str())
+        .collect();
+    if bridges.is_empty() {
+        return Ok(());
+    }
+    let mut t = tc::Tc::open()?;
+    let clock = t.clock();
+    let devs = t.observe_devs(&bridges)?;
+    for dev in devs {
+        let Some(sh) = tc::read_shaping(&dev) else {
+            continue;
+        };
+        let intact = tc::plan_shaping(Some(&sh), &dev, &clock).is_ok_and(|ops| ops.is_empty());
+        if let Some(l) = links.iter_mut().find(|l| l.name == dev.name) {
+            l.shaping = Some(crate::state::Shaping::from_tc(&sh, intact));
+        }
+    }
+    Ok(())
+}
+
 /// The mark on a guest namespace's loopback that says kvmnet created it for `scope`.
 pub fn netns_mark(scope: &str) -> String {
     format!("{MARK} guest-of={scope}")
@@ -129,6 +156,7 @@ fn link_snap(l: &LinkInfo, names: &HashMap<u32, String>) -> LinkSnap {
             learning: v.learning,
         }),
         fdb: Vec::new(),
+        shaping: None,
     }
 }
 
@@ -217,6 +245,7 @@ impl Observer {
             ..
         } = read_links(&mut nl)?;
         check_tc(&mut links)?;
+        read_shaping(&mut links)?;
         read_fdb(&mut nl, &mut links)?;
 
         // Guest namespaces: those the spec names, those our veth ports point to, and any

@@ -9,7 +9,7 @@ use serde_json::{Value, json};
 use crate::nft::NftTable;
 use std::net::Ipv4Addr;
 
-use crate::state::{Addr, BridgeLink, HostState, PortKind, PortLink, Route, VxlanLink};
+use crate::state::{Addr, BridgeLink, HostState, PortKind, PortLink, Route, Shaping, VxlanLink};
 
 // Steps are built once per plan and moved little: boxing the large variants buys nothing.
 #[allow(clippy::large_enum_variant)]
@@ -71,6 +71,12 @@ pub enum Step {
         dev: String,
         dst: Ipv4Addr,
     },
+    /// A network's bandwidth and floors, at its bridge.
+    SetShaping {
+        bridge: String,
+        from: Option<Shaping>,
+        to: Option<Shaping>,
+    },
 }
 
 impl Step {
@@ -104,6 +110,11 @@ impl Step {
             DeleteVxlan(v) => CreateVxlan(v),
             AddFdb { dev, dst } => DelFdb { dev, dst },
             DelFdb { dev, dst } => AddFdb { dev, dst },
+            SetShaping { bridge, from, to } => SetShaping {
+                bridge,
+                from: to,
+                to: from,
+            },
         }
     }
 
@@ -115,9 +126,9 @@ impl Step {
             UpdateBridge { .. } | UpdatePort { .. } | SetMaster { .. } => "update",
             AddAddr { .. } | AddRoute { .. } | AddFdb { .. } => "add",
             DelAddr { .. } | DelRoute { .. } | DelFdb { .. } => "remove",
-            SetNft { to: None, .. } => "delete",
-            SetNft { from: None, .. } => "create",
-            SetNft { .. } | SetSysctl { .. } => "set",
+            SetNft { to: None, .. } | SetShaping { to: None, .. } => "delete",
+            SetNft { from: None, .. } | SetShaping { from: None, .. } => "create",
+            SetNft { .. } | SetSysctl { .. } | SetShaping { .. } => "set",
         }
     }
 
@@ -135,6 +146,7 @@ impl Step {
             SetSysctl { .. } => "sysctl",
             CreateVxlan(_) | DeleteVxlan(_) => "vxlan",
             AddFdb { .. } | DelFdb { .. } => "fdb",
+            SetShaping { .. } => "shaping",
         }
     }
 
@@ -153,6 +165,7 @@ impl Step {
             SetSysctl { key, .. } => key.clone(),
             CreateVxlan(v) | DeleteVxlan(v) => v.name.clone(),
             AddFdb { dev, dst } | DelFdb { dev, dst } => format!("{dst} dev {dev}"),
+            SetShaping { bridge, .. } => bridge.clone(),
         }
     }
 
@@ -236,10 +249,33 @@ impl Step {
                 o.insert("mac".into(), json!("00:00:00:00:00:00"));
                 o.insert("dst".into(), json!(dst.to_string()));
             }
+            SetShaping { from, to, .. } => {
+                o.insert("from".into(), json!(from.as_ref().map(shaping_word)));
+                o.insert("to".into(), json!(to.as_ref().map(shaping_word)));
+            }
             CreateNetns(_) | DeleteNetns(_) => {}
         }
         v
     }
+}
+
+/// "bandwidth 1gbit, floors 52:54:00:00:00:01 100mbit (1:10)"; "(damaged)" when the live
+/// tree is not what its classes say.
+fn shaping_word(s: &Shaping) -> String {
+    let rate = crate::spec::show_rate;
+    let mut w = format!("bandwidth {}", rate(s.bandwidth));
+    if !s.floors.is_empty() {
+        let floors: Vec<String> = s
+            .floors
+            .iter()
+            .map(|(mac, f)| format!("{mac} {} (1:{:x})", rate(f.rate), f.class))
+            .collect();
+        w.push_str(&format!(", floors {}", floors.join(", ")));
+    }
+    if !s.intact {
+        w.push_str(" (damaged)");
+    }
+    w
 }
 
 fn changes(pairs: Vec<(&str, String, String)>) -> Value {
@@ -385,6 +421,11 @@ impl fmt::Display for Step {
                     _ => Ok(()),
                 }
             }
+            SetShaping { from, to, .. } => match (from, to) {
+                (_, Some(t)) => write!(f, ": {}", shaping_word(t)),
+                (Some(h), None) => write!(f, " (was {})", shaping_word(h)),
+                (None, None) => Ok(()),
+            },
             SetNft { to: Some(t), .. } => {
                 let rules: usize = t.shape.iter().map(|(_, n)| n).sum();
                 write!(f, " ({rules} rules)")
@@ -593,6 +634,20 @@ pub fn diff(want: &HostState, have: &HostState) -> Plan {
             steps.push(Step::AddFdb {
                 dev: name.clone(),
                 dst,
+            });
+        }
+    }
+
+    // Shaping, once the bridges exist; removed before a bridge goes, so that undoing the
+    // removal puts it back exactly.
+    let bridges: BTreeSet<&String> = want.shaping.keys().chain(have.shaping.keys()).collect();
+    for bridge in bridges {
+        let (w, h) = (want.shaping.get(bridge), have.shaping.get(bridge));
+        if w != h {
+            steps.push(Step::SetShaping {
+                bridge: bridge.clone(),
+                from: h.cloned(),
+                to: w.cloned(),
             });
         }
     }

@@ -56,6 +56,8 @@ pub struct LinkSnap {
     pub vxlan: Option<VxlanSnap>,
     /// Destinations of a VXLAN device's all-zeros (flood) FDB entries.
     pub fdb: Vec<Ipv4Addr>,
+    /// A kvmnet bridge's shaping tree, read back (network bandwidth and floors).
+    pub shaping: Option<crate::state::Shaping>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]

@@ -34,6 +34,71 @@ pub struct HostState {
     /// Flood entries (all-zeros MAC) of each VXLAN device: the unicast remotes.
     #[serde(default)]
     pub fdb: BTreeMap<String, Vec<Ipv4Addr>>,
+    /// Shaping of the traffic the host sends into a network, at its bridge (by bridge name).
+    #[serde(default)]
+    pub shaping: BTreeMap<String, Shaping>,
+}
+
+/// A network's `bandwidth` and its VMs' floors, as the HTB tree on its bridge holds them.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Shaping {
+    /// bits/s (a multiple of 8: the kernel keeps bytes/s).
+    pub bandwidth: u64,
+    /// Guaranteed rates by destination VM MAC.
+    #[serde(default)]
+    pub floors: BTreeMap<Mac, FloorClass>,
+    /// Whether the live tree is exactly what the fields above describe (always true when
+    /// desired).
+    #[serde(default = "yes")]
+    pub intact: bool,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FloorClass {
+    /// bits/s (a multiple of 8).
+    pub rate: u64,
+    /// The HTB class minor (1:CLASS); also its filter's priority.
+    pub class: u16,
+}
+
+impl Shaping {
+    /// What the tc backend builds for this shaping on `bridge`.
+    pub fn tc(&self, bridge: &str) -> crate::backend::tc::Shaping {
+        crate::backend::tc::Shaping {
+            dev: bridge.to_string(),
+            bandwidth: self.bandwidth,
+            floors: self
+                .floors
+                .iter()
+                .map(|(mac, f)| crate::backend::tc::FloorTc {
+                    mac: mac.0,
+                    rate: f.rate,
+                    class: f.class,
+                })
+                .collect(),
+        }
+    }
+
+    /// The shaping a live tree holds, as the backend read it back.
+    pub fn from_tc(tc: &crate::backend::tc::Shaping, intact: bool) -> Shaping {
+        Shaping {
+            bandwidth: tc.bandwidth,
+            floors: tc
+                .floors
+                .iter()
+                .map(|f| {
+                    (
+                        Mac(f.mac),
+                        FloorClass {
+                            rate: f.rate,
+                            class: f.class,
+                        },
+                    )
+                })
+                .collect(),
+            intact,
+        }
+    }
 }
 
 /// A VXLAN device, enslaved to its network's bridge. Its settings cannot change in place:

@@ -101,6 +101,7 @@ fn synth(want: &kvmnet::state::HostState, base: &Snapshot) -> Snapshot {
             mtu: b.mtu,
             up: b.up,
             alias: Some(b.alias()),
+            shaping: want.shaping.get(&b.name).cloned(),
             ..Default::default()
         });
     }

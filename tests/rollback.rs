@@ -21,11 +21,12 @@ networks:
     mode: isolated
     ipv4: 10.72.0.1/24
     mtu: 9000
+    bandwidth: 50mbit
 vms:
   a:
     ports:
       - {{ network: default, name: ra0, queues: 2, mirror: rb0, qos: {{ inbound: {{ rate: 10mbit }}, outbound: {{ rate: 5mbit }} }} }}
-      - {{ network: iso, name: ra1, kind: veth, netns: {guest}, ipv4: 10.72.0.10 }}
+      - {{ network: iso, name: ra1, kind: veth, netns: {guest}, ipv4: 10.72.0.10, qos: {{ floor: 20mbit }} }}
   b:
     ports:
       - {{ network: default, name: rb0, kind: veth, netns: {guest}b, ipv4: 10.71.0.11 }}
@@ -42,13 +43,14 @@ networks:
     bridge: rbr0
     ipv4: 10.71.0.1/24
     mtu: 1400
+    bandwidth: 30mbit
   gone:
     mode: routed
     ipv4: 10.73.0.1/24
 vms:
   a:
     ports:
-      - {{ network: default, name: ra0 }}
+      - {{ network: default, name: ra0, qos: {{ floor: 10mbit }} }}
       - {{ network: gone, name: rg0, kind: veth, netns: {guest}, ipv4: 10.73.0.10 }}
   old:
     ports:

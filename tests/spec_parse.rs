@@ -131,6 +131,7 @@ fn full_example() {
         isolate_ports: false,
         forwards: vec![],
         vxlan: None,
+        bandwidth_bps: None,
     };
     let routed = Network {
         name: "routed1".into(),
@@ -151,6 +152,7 @@ fn full_example() {
         isolate_ports: false,
         forwards: vec![],
         vxlan: None,
+        bandwidth_bps: None,
     };
     let hostonly = Network {
         name: "hostonly".into(),
@@ -164,6 +166,7 @@ fn full_example() {
         isolate_ports: false,
         forwards: vec![],
         vxlan: None,
+        bandwidth_bps: None,
     };
     let lan = Network {
         name: "lan".into(),
@@ -177,6 +180,7 @@ fn full_example() {
         isolate_ports: false,
         forwards: vec![],
         vxlan: None,
+        bandwidth_bps: None,
     };
     assert_eq!(
         spec.networks.keys().collect::<Vec<_>>(),
@@ -386,7 +390,7 @@ fn error_shape_and_order() {
     assert_eq!(
         e.iter().map(ToString::to_string).collect::<Vec<_>>(),
         [
-            "4:5: networks.default.mdoe: unknown field 'mdoe'; expected one of: mode, bridge, ipv4, mtu, uplink, nat, dhcp, isolate_ports, forwards, vni, underlay, remotes, group, port",
+            "4:5: networks.default.mdoe: unknown field 'mdoe'; expected one of: mode, bridge, ipv4, mtu, uplink, nat, dhcp, isolate_ports, forwards, vni, underlay, remotes, group, port, bandwidth",
             "4:5: networks.default.mode: missing required field 'mode'; expected nat, routed, isolated, bridge or vxlan",
             // The mode is unknown, so the gateway is only checked for syntax.
         ]

@@ -691,6 +691,34 @@ pub enum TcOp {
         parent: u32,
         prio: u16,
     },
+    /// `qdisc add dev D root handle 1: htb default 2`: a network's shaping tree.
+    AddShapingRoot {
+        dev: String,
+    },
+    /// `class replace dev D parent P classid 1:C htb ...`: create or change.
+    SetClass {
+        dev: String,
+        class: u16,
+        parent: u32,
+        params: HtbParams,
+    },
+    /// `qdisc replace dev D parent 1:C handle C: pfifo limit 1000`.
+    SetClassLeaf {
+        dev: String,
+        class: u16,
+    },
+    /// `class del dev D classid 1:C` (its leaf goes with it).
+    DeleteClass {
+        dev: String,
+        class: u16,
+    },
+    /// `filter add dev D parent 1: prio C protocol all u32 match ether dst MAC classid 1:C`.
+    AddClassifier {
+        dev: String,
+        prio: u16,
+        dst_mac: [u8; 6],
+        class: u16,
+    },
 }
 
 fn parent_name(p: u32) -> String {
@@ -753,6 +781,37 @@ impl fmt::Display for TcOp {
                     parent_name(*parent)
                 )
             }
+            TcOp::AddShapingRoot { dev } => {
+                write!(
+                    f,
+                    "add qdisc htb 1: (default class 1:2) at the root of {dev}"
+                )
+            }
+            TcOp::SetClass {
+                dev, class, params, ..
+            } => write!(
+                f,
+                "set htb class 1:{class:x} of {dev} (rate {} bit/s, ceil {} bit/s)",
+                params.rate * 8,
+                params.ceil * 8
+            ),
+            TcOp::SetClassLeaf { dev, class } => {
+                write!(
+                    f,
+                    "set qdisc pfifo {class:x}: under class 1:{class:x} of {dev}"
+                )
+            }
+            TcOp::DeleteClass { dev, class } => write!(f, "delete class 1:{class:x} of {dev}"),
+            TcOp::AddClassifier {
+                dev,
+                prio,
+                dst_mac,
+                class,
+            } => write!(
+                f,
+                "add filter 1: prio {prio} of {dev}: destination {} to class 1:{class:x}",
+                crate::spec::Mac(*dst_mac)
+            ),
         }
     }
 }
@@ -1310,6 +1369,69 @@ fn encode_tc(b: &mut MsgBuf, op: &TcOp, ifindex: u32, target: u32, seq: u32, clo
             b.tcmsg(ifindex, 0, *parent, filter_info(*prio, 0));
             b.end(s);
         }
+        TcOp::AddShapingRoot { .. } => {
+            let s = b.begin(RTM_NEWQDISC, create, seq);
+            b.tcmsg(ifindex, HTB_HANDLE, TC_H_ROOT, 0);
+            b.attr_str(TCA_KIND, "htb");
+            let o = b.nest_begin(TCA_OPTIONS);
+            let mut g = Vec::with_capacity(20);
+            for v in [HTB_VERSION, HTB_R2Q, u32::from(SHAPING_DEFAULT_CLASS), 0, 0] {
+                g.extend_from_slice(&v.to_ne_bytes());
+            }
+            b.attr(TCA_HTB_INIT, &g);
+            b.nest_end(o);
+            b.end(s);
+        }
+        TcOp::SetClass {
+            class,
+            parent,
+            params,
+            ..
+        } => {
+            let s = b.begin(RTM_NEWTCLASS, ack | NLM_F_CREATE, seq);
+            b.tcmsg(ifindex, class_handle(*class), *parent, 0);
+            b.attr_str(TCA_KIND, "htb");
+            htb_class_options(b, params, clock);
+            b.end(s);
+        }
+        TcOp::SetClassLeaf { class, .. } => {
+            let s = b.begin(RTM_NEWQDISC, ack | NLM_F_CREATE | NLM_F_REPLACE, seq);
+            b.tcmsg(ifindex, u32::from(*class) << 16, class_handle(*class), 0);
+            b.attr_str(TCA_KIND, "pfifo");
+            b.attr_u32(TCA_OPTIONS, LEAF_LIMIT);
+            b.end(s);
+        }
+        TcOp::DeleteClass { class, .. } => {
+            let s = b.begin(RTM_DELTCLASS, ack, seq);
+            b.tcmsg(ifindex, class_handle(*class), 0, 0);
+            b.end(s);
+        }
+        TcOp::AddClassifier {
+            prio,
+            dst_mac,
+            class,
+            ..
+        } => {
+            let s = b.begin(RTM_NEWTFILTER, create, seq);
+            b.tcmsg(ifindex, 0, HTB_HANDLE, filter_info(*prio, ETH_P_ALL));
+            b.attr_str(TCA_KIND, "u32");
+            let opts = b.nest_begin(TCA_OPTIONS);
+            b.attr_u32(TCA_U32_CLASSID, class_handle(*class));
+            let keys = dst_mac_keys(dst_mac);
+            // struct tc_u32_sel (16 bytes) + the keys (16 bytes each).
+            let mut sel = vec![0u8; 16];
+            sel[0] = TC_U32_TERMINAL;
+            sel[2] = keys.len() as u8;
+            for k in keys {
+                sel.extend_from_slice(&k.mask.to_be_bytes());
+                sel.extend_from_slice(&k.val.to_be_bytes());
+                sel.extend_from_slice(&k.off.to_ne_bytes());
+                sel.extend_from_slice(&k.offmask.to_ne_bytes());
+            }
+            b.attr(TCA_U32_SEL, &sel);
+            b.nest_end(opts);
+            b.end(s);
+        }
         TcOp::CreateIfb { .. } | TcOp::SetUp { .. } | TcOp::DeleteIfb { .. } => {
             unreachable!("link ops are encoded by encode_link")
         }
@@ -1390,7 +1512,12 @@ impl TcOp {
             | TcOp::AddClsact { dev }
             | TcOp::DeleteIngress { dev }
             | TcOp::AddFilter { dev, .. }
-            | TcOp::DeleteFilter { dev, .. } => dev,
+            | TcOp::DeleteFilter { dev, .. }
+            | TcOp::AddShapingRoot { dev }
+            | TcOp::SetClass { dev, .. }
+            | TcOp::SetClassLeaf { dev, .. }
+            | TcOp::DeleteClass { dev, .. }
+            | TcOp::AddClassifier { dev, .. } => dev,
         }
     }
 }
@@ -2316,6 +2443,386 @@ pub fn apply(port: &PortTc) -> Result<Vec<TcOp>, TcError> {
 /// [`Tc::clear`] in the calling thread's namespace.
 pub fn clear(dev: &str, ifb: Option<&str>) -> Result<(), TcError> {
     Tc::open()?.clear(dev, ifb)
+}
+
+// ---- network shaping: a network's bandwidth and its VMs' floors, at its bridge ----
+//
+// Traffic the host routes into a nat/routed/isolated network leaves through the bridge
+// device, so the bridge's root is where the network's total is capped and where a VM's floor
+// can be guaranteed against its neighbours (libvirt's `floor` works the same way):
+//
+//   1: htb default 2
+//   └─ 1:1   rate = ceil = bandwidth
+//      ├─ 1:2   rate = what the floors leave (at least 1%), ceil = bandwidth  (everyone else)
+//      └─ 1:C   rate = floor, ceil = bandwidth, one per VM with a floor (C >= 0x10)
+//   each leaf class with a `C: pfifo`, and a u32 filter at prio C sending frames for the VM's
+//   MAC to 1:C.
+//
+// One filter per floor means a lookup per floor per packet; floors are few (they are
+// guarantees, which must add up to no more than the network's bandwidth).
+
+/// The class of traffic to VMs without a floor.
+pub const SHAPING_DEFAULT_CLASS: u16 = 2;
+/// Floor classes (and their filters' priorities) are numbered from here.
+pub const FLOOR_CLASS_MIN: u16 = 0x10;
+
+/// The wanted shaping tree of a bridge.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Shaping {
+    pub dev: String,
+    /// bits/s.
+    pub bandwidth: u64,
+    pub floors: Vec<FloorTc>,
+}
+
+/// One VM's guaranteed share.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct FloorTc {
+    /// The VM's MAC: the destination of the frames the class carries.
+    pub mac: [u8; 6],
+    /// bits/s.
+    pub rate: u64,
+    pub class: u16,
+}
+
+impl Shaping {
+    /// The default class's guaranteed rate: the bandwidth the floors leave, but never less
+    /// than 1% of it, so VMs without a floor always get through.
+    pub fn default_rate(&self) -> u64 {
+        let floors: u64 = self.floors.iter().map(|f| f.rate).sum();
+        self.bandwidth
+            .saturating_sub(floors)
+            .max(self.bandwidth / 100)
+            .max(8)
+    }
+
+    /// Every class with its parent and parameters, the root's child first.
+    fn classes(&self, clock: &Psched) -> Result<Vec<(u16, u32, HtbParams)>, TcError> {
+        let class = |rate: u64| Rate {
+            bits_per_sec: rate,
+            ceil_bits_per_sec: Some(self.bandwidth.max(rate)),
+            burst_bytes: None,
+            cburst_bytes: None,
+        };
+        let mut out = vec![
+            (1, TC_H_ROOT, Rate::bits(self.bandwidth).htb_params(clock)?),
+            (
+                SHAPING_DEFAULT_CLASS,
+                HTB_CLASS,
+                class(self.default_rate()).htb_params(clock)?,
+            ),
+        ];
+        for f in &self.floors {
+            if f.class < FLOOR_CLASS_MIN {
+                return Err(TcError::Invalid {
+                    what: format!("floor class 1:{:x} of {}", f.class, self.dev),
+                    reason: format!("floor classes start at 1:{FLOOR_CLASS_MIN:x}"),
+                });
+            }
+            out.push((f.class, HTB_CLASS, class(f.rate).htb_params(clock)?));
+        }
+        Ok(out)
+    }
+}
+
+fn class_handle(class: u16) -> u32 {
+    HTB_HANDLE | u32::from(class)
+}
+
+/// `match ether dst MAC` as iproute2 packs it: offsets relative to the network header, kept
+/// 4-byte aligned (-16: two bytes before the Ethernet header and the MAC's first two; -12:
+/// the other four).
+fn dst_mac_keys(mac: &[u8; 6]) -> [U32Key; 2] {
+    [
+        U32Key {
+            mask: 0x0000_ffff,
+            val: u32::from_be_bytes([0, 0, mac[0], mac[1]]),
+            off: -16,
+            offmask: 0,
+        },
+        U32Key {
+            mask: 0xffff_ffff,
+            val: u32::from_be_bytes([mac[2], mac[3], mac[4], mac[5]]),
+            off: -12,
+            offmask: 0,
+        },
+    ]
+}
+
+/// The MAC a classifier's keys match, if they are exactly [`dst_mac_keys`].
+fn keys_dst_mac(keys: &[U32Key]) -> Option<[u8; 6]> {
+    let [a, b] = keys else { return None };
+    let (x, y) = (a.val.to_be_bytes(), b.val.to_be_bytes());
+    let mac = [x[2], x[3], y[0], y[1], y[2], y[3]];
+    (dst_mac_keys(&mac) == [*a, *b]).then_some(mac)
+}
+
+/// Whether `dev`'s root is a shaping tree (whatever is in it).
+fn is_shaping_root(dev: &DevTc) -> bool {
+    dev.root().is_some_and(|q| {
+        q.kind == "htb"
+            && q.handle == HTB_HANDLE
+            && matches!(q.options, QdiscOptions::Htb { r2q, defcls, .. }
+                if r2q == HTB_R2Q && defcls == u32::from(SHAPING_DEFAULT_CLASS))
+    })
+}
+
+/// The classifier node of the filter at `prio` under 1:, if that priority holds exactly one.
+fn classifier_at(dev: &DevTc, prio: u16) -> Option<&U32Node> {
+    let mut nodes = dev.entries_at(HTB_HANDLE, prio).filter_map(|f| {
+        f.u32
+            .as_ref()
+            .filter(|_| f.kind == "u32" && f.protocol == ETH_P_ALL)
+    });
+    let node = nodes.next()?;
+    nodes.next().is_none().then_some(node)
+}
+
+/// The shaping `dev` carries, read back from its tree: `None` when its root is not one.
+/// Floors whose class or filter is missing are left out; [`plan_shaping`] of the result
+/// against `dev` is empty exactly when the tree is intact.
+pub fn read_shaping(dev: &DevTc) -> Option<Shaping> {
+    if !is_shaping_root(dev) {
+        return None;
+    }
+    let class = |c: u16| {
+        dev.classes
+            .iter()
+            .find(|k| k.handle == class_handle(c) && k.kind == "htb")
+            .and_then(|k| k.htb)
+    };
+    let bandwidth = class(1).map_or(0, |p| p.ceil * 8);
+    let prios: BTreeSet<u16> = dev
+        .filters
+        .iter()
+        .filter(|f| f.parent == HTB_HANDLE)
+        .map(|f| f.prio)
+        .collect();
+    let mut floors = Vec::new();
+    for prio in prios {
+        let Some(node) = classifier_at(dev, prio) else {
+            continue;
+        };
+        let (Some(mac), Some(classid)) = (keys_dst_mac(&node.keys), node.classid) else {
+            continue;
+        };
+        let c = (classid & 0xffff) as u16;
+        if classid >> 16 != HTB_HANDLE >> 16 || c != prio {
+            continue;
+        }
+        if let Some(p) = class(c) {
+            floors.push(FloorTc {
+                mac,
+                rate: p.rate * 8,
+                class: c,
+            });
+        }
+    }
+    Some(Shaping {
+        dev: dev.name.clone(),
+        bandwidth,
+        floors,
+    })
+}
+
+/// The ops that give `dev` the tree `want` (none: no shaping), changing only what differs:
+/// adding a VM's floor adds its class, leaf and filter and retunes the default class. Pure.
+pub fn plan_shaping(
+    want: Option<&Shaping>,
+    dev: &DevTc,
+    clock: &Psched,
+) -> Result<Vec<TcOp>, TcError> {
+    let name = dev.name.clone();
+    let root = dev.root().filter(|q| !q.is_default());
+    let mut ops = Vec::new();
+    let Some(want) = want else {
+        if is_shaping_root(dev) {
+            ops.push(TcOp::DeleteRoot { dev: name });
+        }
+        return Ok(ops);
+    };
+    let classes = want.classes(clock)?;
+    let filters: BTreeMap<u16, [u8; 6]> = want.floors.iter().map(|f| (f.class, f.mac)).collect();
+    if filters.len() != want.floors.len() {
+        return Err(TcError::Invalid {
+            what: format!("shaping of {name}"),
+            reason: "two floors share a class".into(),
+        });
+    }
+    let build = |ops: &mut Vec<TcOp>| {
+        ops.push(TcOp::AddShapingRoot { dev: name.clone() });
+        for (class, parent, params) in &classes {
+            ops.push(TcOp::SetClass {
+                dev: name.clone(),
+                class: *class,
+                parent: *parent,
+                params: *params,
+            });
+        }
+        for (class, _, _) in classes.iter().skip(1) {
+            ops.push(TcOp::SetClassLeaf {
+                dev: name.clone(),
+                class: *class,
+            });
+        }
+        for (class, mac) in &filters {
+            ops.push(TcOp::AddClassifier {
+                dev: name.clone(),
+                prio: *class,
+                dst_mac: *mac,
+                class: *class,
+            });
+        }
+    };
+    if !is_shaping_root(dev) {
+        if root.is_some() {
+            ops.push(TcOp::DeleteRoot { dev: name.clone() });
+        }
+        build(&mut ops);
+        return Ok(ops);
+    }
+    // Filters: at 1: only our classifiers, one per floor; none anywhere else in the tree.
+    let mut stray: BTreeSet<(u32, u16)> = dev
+        .filters
+        .iter()
+        .filter(|f| f.parent >> 16 == HTB_HANDLE >> 16)
+        .map(|f| (f.parent, f.prio))
+        .filter(|(parent, prio)| {
+            *parent != HTB_HANDLE
+                || !filters.get(prio).is_some_and(|mac| {
+                    classifier_at(dev, *prio).is_some_and(|n| {
+                        keys_dst_mac(&n.keys) == Some(*mac)
+                            && n.classid == Some(class_handle(*prio))
+                            && n.sel_rest == [0; 13]
+                    })
+                })
+        })
+        .collect();
+    // Classes: a class under the wrong parent cannot move; it is deleted and made again.
+    let wanted: BTreeMap<u16, (u32, HtbParams)> =
+        classes.iter().map(|(c, p, h)| (*c, (*p, *h))).collect();
+    let mut delete_classes = Vec::new();
+    let mut set_classes = Vec::new();
+    for c in &dev.classes {
+        if c.handle >> 16 != HTB_HANDLE >> 16 {
+            continue;
+        }
+        let minor = (c.handle & 0xffff) as u16;
+        match wanted.get(&minor) {
+            Some((parent, _)) if *parent == c.parent && c.kind == "htb" => {}
+            _ if minor == 1 => {
+                // The top class is wrong: rebuild the whole tree.
+                ops.push(TcOp::DeleteRoot { dev: name.clone() });
+                build(&mut ops);
+                return Ok(ops);
+            }
+            _ => delete_classes.push(minor),
+        }
+    }
+    // A class with filters pointing at it cannot be deleted: those filters go first.
+    for f in dev
+        .filters
+        .iter()
+        .filter(|f| f.parent >> 16 == HTB_HANDLE >> 16)
+    {
+        let target = f.u32.as_ref().and_then(|n| n.classid);
+        if target.is_some_and(|t| delete_classes.iter().any(|c| class_handle(*c) == t)) {
+            stray.insert((f.parent, f.prio));
+        }
+    }
+    for (parent, prio) in &stray {
+        ops.push(TcOp::DeleteFilter {
+            dev: name.clone(),
+            parent: *parent,
+            prio: *prio,
+        });
+    }
+    for c in &delete_classes {
+        ops.push(TcOp::DeleteClass {
+            dev: name.clone(),
+            class: *c,
+        });
+    }
+    for (class, parent, params) in &classes {
+        let live = dev
+            .classes
+            .iter()
+            .find(|k| k.handle == class_handle(*class) && !delete_classes.contains(class));
+        if live.is_none_or(|k| k.htb.as_ref() != Some(params)) {
+            set_classes.push(TcOp::SetClass {
+                dev: name.clone(),
+                class: *class,
+                parent: *parent,
+                params: *params,
+            });
+        }
+    }
+    ops.extend(set_classes);
+    for (class, _, _) in classes.iter().skip(1) {
+        let leaf_ok = !delete_classes.contains(class)
+            && dev.qdiscs.iter().any(|q| {
+                q.parent == class_handle(*class)
+                    && q.handle == u32::from(*class) << 16
+                    && q.kind == "pfifo"
+                    && q.options == QdiscOptions::Fifo { limit: LEAF_LIMIT }
+            });
+        if !leaf_ok {
+            ops.push(TcOp::SetClassLeaf {
+                dev: name.clone(),
+                class: *class,
+            });
+        }
+    }
+    for (class, mac) in &filters {
+        let present = !stray.contains(&(HTB_HANDLE, *class))
+            && dev.entries_at(HTB_HANDLE, *class).next().is_some();
+        if !present {
+            ops.push(TcOp::AddClassifier {
+                dev: name.clone(),
+                prio: *class,
+                dst_mac: *mac,
+                class: *class,
+            });
+        }
+    }
+    Ok(ops)
+}
+
+impl Tc {
+    /// The tc state of each named device that exists.
+    pub fn observe_devs(&mut self, names: &[&str]) -> Result<Vec<DevTc>, TcError> {
+        let mut qdiscs = self.all_qdiscs()?;
+        let mut out = Vec::new();
+        for name in names {
+            let Some(mut dev) = self.link(name)? else {
+                continue;
+            };
+            dev.qdiscs = qdiscs.remove(&dev.ifindex).unwrap_or_default();
+            self.fill_dev(&mut dev)?;
+            out.push(dev);
+        }
+        Ok(out)
+    }
+
+    /// Give `dev` the shaping `want` (none: remove it). Returns the ops it ran.
+    pub fn apply_shaping(
+        &mut self,
+        dev: &str,
+        want: Option<&Shaping>,
+    ) -> Result<Vec<TcOp>, TcError> {
+        let Some(live) = self.observe_dev(dev)? else {
+            if want.is_none() {
+                return Ok(Vec::new());
+            }
+            return Err(TcError::NoDevice {
+                what: "bridge",
+                name: dev.to_string(),
+            });
+        };
+        let ops = plan_shaping(want, &live, &self.clock)?;
+        self.execute(&ops)?;
+        Ok(ops)
+    }
 }
 
 #[cfg(test)]

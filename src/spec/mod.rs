@@ -14,6 +14,7 @@ mod validate;
 mod yaml;
 
 pub use model::*;
+pub use validate::show_rate;
 
 /// The path used for errors about the whole file (empty, binary, YAML syntax).
 pub const FILE_PATH: &str = "(file)";

@@ -229,6 +229,9 @@ pub struct Network {
     pub forwards: Vec<Forward>,
     /// `vxlan` mode: the overlay's settings.
     pub vxlan: Option<Vxlan>,
+    /// Total rate of traffic the host sends into the network (bits/s): the bridge is shaped to
+    /// it, and ports' `qos.floor` guarantees are shares of it.
+    pub bandwidth_bps: Option<u64>,
 }
 
 /// VXLAN default UDP port (IANA).
@@ -351,6 +354,9 @@ pub struct Qos {
     pub inbound: Option<Shape>,
     /// Traffic from the VM.
     pub outbound: Option<Shape>,
+    /// Guaranteed minimum (bits/s) of the traffic the host routes to the VM, out of its
+    /// network's `bandwidth`.
+    pub floor_bps: Option<u64>,
 }
 
 /// A shaping rate: HTB rate, optional ceiling and burst.

@@ -35,6 +35,7 @@ const NET_FIELDS: &[&str] = &[
     "remotes",
     "group",
     "port",
+    "bandwidth",
 ];
 const VXLAN_FIELDS: &[&str] = &["vni", "underlay", "remotes", "group", "port"];
 const VNI_MAX: i128 = 16_777_215;
@@ -565,6 +566,8 @@ struct NetDraft {
     forwards: Vec<ForwardDraft>,
     /// `vxlan` mode, set only when every vxlan field passed its checks.
     vxlan: Option<Vxlan>,
+    /// bits/s, with where it was written.
+    bandwidth: Option<(u64, Loc)>,
 }
 
 struct ForwardDraft {
@@ -805,6 +808,7 @@ fn read_network(cx: &mut Ctx, key: &Key, f: &Field) -> NetDraft {
         isolate_ports: false,
         forwards: Vec::new(),
         vxlan: None,
+        bandwidth: None,
     };
     let Some(o) = obj(
         cx,
@@ -972,6 +976,24 @@ fn read_network(cx: &mut Ctx, key: &Key, f: &Field) -> NetDraft {
         && let Some(b) = boolean(cx, &isf)
     {
         d.isolate_ports = b;
+    }
+    if let Some(bf) = o.get(cx, "bandwidth")
+        && let Some(t) = text(cx, &bf, "a rate like 1gbit")
+    {
+        match (parse_rate(&t), mode) {
+            (Err(m), _) => cx.err(&bf.path, bf.loc(), m),
+            (Ok(_), Some(m)) if mode_known && !matches!(m, Mode::Nat | Mode::Routed | Mode::Isolated) => {
+                cx.err(
+                    &bf.path,
+                    bf.loc(),
+                    format!(
+                        "bandwidth applies to nat, routed and isolated networks, where the host routes traffic into the network; on a {} network traffic to the VMs is switched past the host",
+                        m.as_str()
+                    ),
+                )
+            }
+            (Ok(v), _) => d.bandwidth = Some((v, bf.loc())),
+        }
     }
     if let Some(ff) = o.get(cx, "forwards") {
         if mode_known && mode != Some(Mode::Nat) {
@@ -1815,6 +1837,7 @@ fn read_owner(cx: &mut Ctx, f: &Field) -> Option<Owner> {
 // Second pass: rules across the whole spec
 
 fn cross_checks(cx: &mut Ctx, nets: &[NetDraft], ports: &[PortDraft], sysctl: Option<&Sysctl>) {
+    check_floors(cx, nets, ports);
     // Every interface kvmnet creates needs a unique name.
     struct Created<'a> {
         name: &'a str,
@@ -2136,6 +2159,85 @@ fn cross_checks(cx: &mut Ctx, nets: &[NetDraft], ports: &[PortDraft], sysctl: Op
     }
 }
 
+/// `qos.floor` guarantees are shares of their network's `bandwidth`: the network must declare
+/// one, and the floors on it must fit in it.
+fn check_floors(cx: &mut Ctx, nets: &[NetDraft], ports: &[PortDraft]) {
+    let mut sums: HashMap<&str, u64> = HashMap::new();
+    for p in ports {
+        let Some(floor) = p.qos.as_ref().and_then(|q| q.floor_bps) else {
+            continue;
+        };
+        let Some(net) = p
+            .network
+            .as_deref()
+            .and_then(|n| nets.iter().find(|d| d.name == n))
+        else {
+            continue;
+        };
+        let path = join(&join(&p.path, "qos"), "floor");
+        let loc = cx.locs.get(&path).copied().unwrap_or(p.name_loc);
+        let Some((bandwidth, _)) = net.bandwidth else {
+            let msg = match net.mode {
+                Some(Mode::Nat | Mode::Routed | Mode::Isolated) | None => format!(
+                    "a floor is a share of its network's bandwidth; set networks.{}.bandwidth (the total rate the host sends into the network, like 1gbit)",
+                    net.name
+                ),
+                Some(m) => format!(
+                    "floors apply on nat, routed and isolated networks, where the host routes traffic into the network; on network {} ({}) traffic to the VMs is switched past the host",
+                    net.name,
+                    m.as_str()
+                ),
+            };
+            cx.err(&path, loc, msg);
+            continue;
+        };
+        if let Some(inbound) = p.qos.as_ref().and_then(|q| q.inbound) {
+            let cap = inbound.ceil_bps.unwrap_or(inbound.rate_bps);
+            if floor > cap {
+                cx.err(
+                    &path,
+                    loc,
+                    format!(
+                        "the floor ({}) is above this port's own inbound limit ({}); lower the floor or raise qos.inbound",
+                        show_rate(floor),
+                        show_rate(cap)
+                    ),
+                );
+                continue;
+            }
+        }
+        let sum = sums.entry(net.name.as_str()).or_default();
+        *sum += floor;
+        if *sum > bandwidth {
+            cx.err(
+                &path,
+                loc,
+                format!(
+                    "the floors on network {} add up to {} with this one, more than its bandwidth of {}; lower a floor or raise the bandwidth",
+                    net.name,
+                    show_rate(*sum),
+                    show_rate(bandwidth)
+                ),
+            );
+        }
+    }
+}
+
+/// A rate in the largest unit that divides it: 1gbit, 250mbit, 1500kbit, 12bit.
+pub fn show_rate(bps: u64) -> String {
+    for (unit, scale) in [
+        ("tbit", 1_000_000_000_000),
+        ("gbit", 1_000_000_000),
+        ("mbit", 1_000_000),
+        ("kbit", 1_000),
+    ] {
+        if bps >= scale && bps.is_multiple_of(scale) {
+            return format!("{}{unit}", bps / scale);
+        }
+    }
+    format!("{bps}bit")
+}
+
 // ---------------------------------------------------------------------------------------
 
 fn build(
@@ -2161,6 +2263,7 @@ fn build(
             dhcp: n.dhcp,
             isolate_ports: n.isolate_ports,
             vxlan: n.vxlan,
+            bandwidth_bps: n.bandwidth.map(|b| b.0),
             forwards: n
                 .forwards
                 .iter()
@@ -2500,7 +2603,7 @@ fn read_rule(cx: &mut Ctx, f: &Field) -> Option<FirewallRule> {
 // ---------------------------------------------------------------------------------------
 // Traffic shaping
 
-const QOS_FIELDS: &[&str] = &["inbound", "outbound"];
+const QOS_FIELDS: &[&str] = &["inbound", "outbound", "floor"];
 const SHAPE_FIELDS: &[&str] = &["rate", "ceil", "burst"];
 
 /// `100mbit`, `1gbit`, `500kbit`, `64000bit`; `bps` units are bytes per second, as in tc.
@@ -2627,6 +2730,16 @@ fn read_qos(cx: &mut Ctx, f: &Field) -> Option<Qos> {
     }
     if let Some(i) = o.get(cx, "outbound") {
         q.outbound = Some(read_shape(cx, &i)?);
+    }
+    if let Some(ff) = o.get(cx, "floor") {
+        let t = text(cx, &ff, "a rate like 100mbit")?;
+        match parse_rate(&t) {
+            Ok(v) => q.floor_bps = Some(v),
+            Err(m) => {
+                cx.err(&ff.path, ff.loc(), m);
+                return None;
+            }
+        }
     }
     Some(q)
 }

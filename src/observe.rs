@@ -54,13 +54,14 @@ fn check_tc(links: &mut [LinkSnap]) -> Result<(), ObserveError> {
     Ok(())
 }
 
-/// Reads back the shaping tree of every kvmnet bridge that has one (bridges are few: one
-/// class and filter dump each).
+/// Reads back the shaping tree of every kvmnet bridge that has one. A bridge without a root
+/// qdisc of its own (`noqueue`, the default) costs nothing.
 fn read_shaping(links: &mut [LinkSnap]) -> Result<(), ObserveError> {
     use crate::backend::tc;
     let bridges: Vec<&str> = links
         .iter()
-        .filter(|l| l.kind == "bridge" && l.alias.as_deref().and_then(parse_alias).is_some())
+        .filter(|l| l.kind == "bridge" && l.qdisc.is_some())
+        .filter(|l| l.alias.as_deref().and_then(parse_alias).is_some())
         .map(|l| l.name.as_str())
         .collect();
     if bridges.is_empty() {
@@ -156,6 +157,7 @@ fn link_snap(l: &LinkInfo, names: &HashMap<u32, String>) -> LinkSnap {
             learning: v.learning,
         }),
         fdb: Vec::new(),
+        qdisc: l.qdisc.clone().filter(|q| q != "noqueue"),
         shaping: None,
     }
 }

@@ -56,6 +56,9 @@ pub struct LinkSnap {
     pub vxlan: Option<VxlanSnap>,
     /// Destinations of a VXLAN device's all-zeros (flood) FDB entries.
     pub fdb: Vec<Ipv4Addr>,
+    /// The kind of the root qdisc, when it has one of its own (not `noqueue`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub qdisc: Option<String>,
     /// A kvmnet bridge's shaping tree, read back (network bandwidth and floors).
     pub shaping: Option<crate::state::Shaping>,
 }

@@ -83,6 +83,7 @@ const IFLA_IFNAME: u16 = 3;
 const IFLA_MTU: u16 = 4;
 const IFLA_LINK: u16 = 5;
 const IFLA_MASTER: u16 = 10;
+const IFLA_QDISC: u16 = 6;
 const IFLA_OPERSTATE: u16 = 16;
 const IFLA_LINKINFO: u16 = 18;
 const IFLA_IFALIAS: u16 = 20;
@@ -295,6 +296,8 @@ pub struct LinkInfo {
     /// id as seen from here.
     pub link_netnsid: Option<i32>,
     pub stats: LinkStats,
+    /// `IFLA_QDISC`: the kind of the root qdisc ("noqueue", "htb", ...).
+    pub qdisc: Option<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -825,6 +828,7 @@ fn parse_link(p: &[u8]) -> Option<LinkInfo> {
         peer_index: None,
         link_netnsid: None,
         stats: LinkStats::default(),
+        qdisc: None,
     };
     for (ty, v) in attrs(&p[16..]) {
         match ty {
@@ -840,6 +844,7 @@ fn parse_link(p: &[u8]) -> Option<LinkInfo> {
                 li.alias = (!a.is_empty()).then_some(a);
             }
             IFLA_LINK => li.peer_index = attr_u32(v),
+            IFLA_QDISC => li.qdisc = Some(attr_string(v)),
             IFLA_LINK_NETNSID => li.link_netnsid = attr_u32(v).map(|n| n as i32),
             IFLA_STATS64 if v.len() >= 64 => {
                 // struct rtnl_link_stats64: rx_packets, tx_packets, rx_bytes, tx_bytes,

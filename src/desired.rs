@@ -11,7 +11,7 @@ use crate::nft;
 use crate::snapshot::{LinkSnap, PROTO_KERNEL, RouteSnap, Snapshot, TABLE_LOCAL};
 use crate::spec::naming::{bridge_mac, host_end_mac, overlay_bridge_mac};
 use crate::spec::{
-    Mode, Network, Owner, PortKind as SpecPortKind, Spec, SpecError, VXLAN_OVERHEAD, Vxlan,
+    DirectMode, Mode, Network, Owner, PortKind as SpecPortKind, Spec, SpecError, VXLAN_OVERHEAD, Vxlan,
     path_join,
 };
 use crate::state::{
@@ -201,13 +201,108 @@ fn vxlan_link(
     }
 }
 
+/// What the ports of a direct network need from its uplink.
+struct DirectNet {
+    uplink: String,
+    mode: DirectMode,
+    mtu: u32,
+    /// Passthrough: the macvtap inherits the uplink's MAC.
+    passthrough_mac: Option<crate::spec::Mac>,
+}
+
+/// A direct network's uplink as the host has it: an existing interface kvmnet does not own,
+/// in no bridge or bond (the kernel gives a device's receive path to one of them only), with
+/// room for the network's MTU. The uplink itself is never changed.
+fn direct_net(
+    spec: &Spec,
+    snap: &Snapshot,
+    net: &Network,
+    npath: &str,
+) -> Result<DirectNet, SpecError> {
+    let upath = path_join(npath, "uplink");
+    let up = net.uplink.clone().unwrap_or_default();
+    let mode = net.direct_mode.unwrap_or(DirectMode::Bridge);
+    let l = match snap.link(&up) {
+        None => {
+            return Err(conflict(
+                spec,
+                upath,
+                format!("uplink '{up}' does not exist on this host"),
+            ));
+        }
+        Some(l) if is_ours(l) => {
+            return Err(conflict(
+                spec,
+                upath,
+                format!("uplink '{up}' is a device kvmnet created; name a host interface"),
+            ));
+        }
+        Some(l) => l,
+    };
+    if let Some(m) = &l.master {
+        return Err(conflict(
+            spec,
+            upath,
+            format!(
+                "uplink '{up}' is enslaved to '{m}'; macvtap ports need a device that is in no bridge or bond (use '{m}' itself, or release '{up}')"
+            ),
+        ));
+    }
+    if mode == DirectMode::Passthrough
+        && let Some(other) = snap.links.iter().find(|o| {
+            o.macvtap.as_ref().is_some_and(|m| m.link.as_deref() == Some(&up))
+                && !o.alias.as_deref().and_then(parse_alias).is_some_and(|a| {
+                    a.network.as_deref() == Some(net.name.as_str())
+                })
+        })
+    {
+        return Err(conflict(
+            spec,
+            path_join(npath, "direct_mode"),
+            format!(
+                "passthrough needs uplink '{up}' for itself, but macvtap '{}' already sits on it",
+                other.name
+            ),
+        ));
+    }
+    if let Some(m) = net.mtu
+        && m > l.mtu
+    {
+        return Err(conflict(
+            spec,
+            path_join(npath, "mtu"),
+            format!(
+                "mtu {m} is more than uplink '{up}' carries ({}); a macvtap cannot exceed its uplink",
+                l.mtu
+            ),
+        ));
+    }
+    Ok(DirectNet {
+        uplink: up,
+        mode,
+        mtu: net.mtu.unwrap_or(l.mtu),
+        passthrough_mac: l.mac.filter(|_| mode == DirectMode::Passthrough),
+    })
+}
+
 pub fn desired(spec: &Spec, snap: &Snapshot) -> Result<HostState, Vec<SpecError>> {
     let mut errors = Vec::new();
     let mut st = HostState::default();
     let foreign = |name: &str| snap.link(name).filter(|l| !is_ours(l));
+    // Per direct network: its uplink, mode, MTU and (passthrough) the uplink's MAC.
+    let mut direct: BTreeMap<&str, DirectNet> = BTreeMap::new();
 
     for net in spec.networks.values() {
         let npath = path_join("networks", &net.name);
+        if net.mode == Mode::Direct {
+            match direct_net(spec, snap, net, &npath) {
+                Ok(d) => {
+                    direct.insert(net.name.as_str(), d);
+                }
+                Err(e) => errors.push(e),
+            }
+            continue;
+        }
         let bpath = path_join(&npath, "bridge");
         if foreign(&net.bridge).is_some() {
             errors.push(conflict(
@@ -391,27 +486,39 @@ pub fn desired(spec: &Spec, snap: &Snapshot) -> Result<HostState, Vec<SpecError>
                     ),
                 ));
             }
-            let mtu = st.bridges.get(&net.bridge).map_or(DEFAULT_MTU, |b| b.mtu);
+            let dnet = direct.get(net.name.as_str());
+            let mtu = match dnet {
+                Some(d) => d.mtu,
+                None => st.bridges.get(&net.bridge).map_or(DEFAULT_MTU, |b| b.mtu),
+            };
+            let owner = match &port.owner {
+                None => None,
+                Some(Owner::Uid(u)) => Some(*u),
+                Some(Owner::User(name)) => match snap.users.get(name) {
+                    Some(u) => Some(*u),
+                    None => {
+                        errors.push(conflict(
+                            spec,
+                            format!("{ppath}.owner"),
+                            format!("no user '{name}' on this host"),
+                        ));
+                        None
+                    }
+                },
+            };
             let kind = match port.kind {
-                SpecPortKind::Tap => {
-                    let owner = match &port.owner {
-                        None => None,
-                        Some(Owner::Uid(u)) => Some(*u),
-                        Some(Owner::User(name)) => match snap.users.get(name) {
-                            Some(u) => Some(*u),
-                            None => {
-                                errors.push(conflict(
-                                    spec,
-                                    format!("{ppath}.owner"),
-                                    format!("no user '{name}' on this host"),
-                                ));
-                                None
-                            }
-                        },
-                    };
-                    PortKind::Tap {
-                        owner,
-                        multi_queue: port.queues > 1,
+                SpecPortKind::Tap => PortKind::Tap {
+                    owner,
+                    multi_queue: port.queues > 1,
+                },
+                SpecPortKind::Macvtap => {
+                    // A network whose uplink failed its checks has already said so.
+                    let Some(d) = dnet else { continue };
+                    PortKind::Macvtap {
+                        uplink: d.uplink.clone(),
+                        mode: d.mode,
+                        // The kernel makes the node root's; root is what no owner means.
+                        owner: Some(owner.unwrap_or(0)),
                     }
                 }
                 SpecPortKind::Veth => {
@@ -477,8 +584,13 @@ pub fn desired(spec: &Spec, snap: &Snapshot) -> Result<HostState, Vec<SpecError>
                     name: port.name.clone(),
                     vm: vm.name.clone(),
                     network: net.name.clone(),
-                    master: Some(net.bridge.clone()),
-                    mac: host_end_mac(port.mac),
+                    master: dnet.is_none().then(|| net.bridge.clone()),
+                    // A macvtap is the VM's NIC itself on the uplink's segment: it carries
+                    // the VM's MAC (in passthrough, the uplink's, which it inherits).
+                    mac: match dnet {
+                        Some(d) => d.passthrough_mac.unwrap_or(port.mac),
+                        None => host_end_mac(port.mac),
+                    },
                     mtu,
                     up: true,
                     isolated: net.isolate_ports,
@@ -609,6 +721,15 @@ pub fn observed(
             continue;
         }
         let kind = match l.kind.as_str() {
+            "macvtap" => {
+                let m = l.macvtap.clone().unwrap_or_default();
+                PortKind::Macvtap {
+                    // A mode kvmnet does not make shows as no uplink: the port is made again.
+                    uplink: m.link.filter(|_| m.mode.is_some()).unwrap_or_default(),
+                    mode: m.mode.unwrap_or(DirectMode::Bridge),
+                    owner: m.dev_owner,
+                }
+            }
             "tun" => PortKind::Tap {
                 owner: l.tun_owner,
                 multi_queue: l.tun_multi_queue,

@@ -7,8 +7,10 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use crate::backend::netlink::{LinkInfo, Netlink, NetlinkError};
 use crate::backend::{netns, nftables, sysctl, tap};
 use crate::desired::managed_sysctls;
-use crate::snapshot::{AddrSnap, LinkSnap, NetnsSnap, RouteSnap, Snapshot, Stats, VxlanSnap};
-use crate::spec::{Owner, PortKind, Spec};
+use crate::snapshot::{
+    AddrSnap, LinkSnap, MacvtapSnap, NetnsSnap, RouteSnap, Snapshot, Stats, VxlanSnap,
+};
+use crate::spec::{DirectMode, Owner, PortKind, Spec};
 use crate::state::{MARK, parse_alias};
 use crate::statedir::{StateDir, StateError};
 
@@ -129,6 +131,11 @@ fn link_snap(l: &LinkInfo, names: &HashMap<u32, String>) -> LinkSnap {
             learning: v.learning,
         }),
         fdb: Vec::new(),
+        macvtap: (l.kind.as_deref() == Some("macvtap")).then(|| MacvtapSnap {
+            link: l.peer_index.and_then(|i| names.get(&i).cloned()),
+            mode: l.macvlan_mode.and_then(DirectMode::from_kernel),
+            dev_owner: crate::backend::macvtap::node_owner(&l.name, l.index),
+        }),
     }
 }
 
@@ -272,7 +279,8 @@ impl Observer {
             keys.extend(managed_sysctls(spec).into_keys());
             for vm in spec.vms.values() {
                 for p in &vm.ports {
-                    if let (PortKind::Tap, Some(Owner::User(u))) = (p.kind, &p.owner)
+                    if let (PortKind::Tap | PortKind::Macvtap, Some(Owner::User(u))) =
+                        (p.kind, &p.owner)
                         && let Some(uid) = tap::uid_of(u)
                     {
                         users.insert(u.clone(), uid);

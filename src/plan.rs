@@ -197,6 +197,15 @@ impl Step {
                         o.insert("owner".into(), json!(owner));
                         o.insert("multi_queue".into(), json!(multi_queue));
                     }
+                    PortKind::Macvtap {
+                        uplink,
+                        mode,
+                        owner,
+                    } => {
+                        o.insert("uplink".into(), json!(uplink));
+                        o.insert("direct_mode".into(), json!(mode.as_str()));
+                        o.insert("owner".into(), json!(owner));
+                    }
                     PortKind::Veth { netns, guest } => {
                         o.insert("netns".into(), json!(netns));
                         o.insert("guest_mac".into(), json!(guest.mac.to_string()));
@@ -291,7 +300,11 @@ fn port_changes(a: &PortLink, b: &PortLink) -> Value {
             guest.addr.map_or("-".into(), |x| x.to_string()),
             guest.gateway.map_or("-".into(), |x| x.to_string())
         ),
-        PortKind::Tap { .. } => String::new(),
+        PortKind::Tap { .. } | PortKind::Macvtap { .. } => String::new(),
+    };
+    let device_owner = |p: &PortLink| match &p.kind {
+        PortKind::Macvtap { owner, .. } => owner.map_or("-".into(), |o| format!("uid {o}")),
+        _ => String::new(),
     };
     changes(vec![
         ("mac", a.mac.to_string(), b.mac.to_string()),
@@ -312,6 +325,7 @@ fn port_changes(a: &PortLink, b: &PortLink) -> Value {
         ("vm", a.vm.clone(), b.vm.clone()),
         ("network", a.network.clone(), b.network.clone()),
         ("guest", guest(a), guest(b)),
+        ("device owner", device_owner(a), device_owner(b)),
     ])
 }
 
@@ -343,6 +357,27 @@ impl fmt::Display for Step {
                 }
                 write!(f, ")")
             }
+            CreatePort(p) if matches!(p.kind, PortKind::Macvtap { .. }) => {
+                if let PortKind::Macvtap {
+                    uplink,
+                    mode,
+                    owner,
+                } = &p.kind
+                {
+                    write!(
+                        f,
+                        " (vm {}, on {uplink} mode {}, mac {}, mtu {}",
+                        p.vm,
+                        mode.as_str(),
+                        p.mac,
+                        p.mtu
+                    )?;
+                    if let Some(o) = owner {
+                        write!(f, ", owner uid {o}")?;
+                    }
+                }
+                write!(f, ")")
+            }
             CreatePort(p) => {
                 write!(
                     f,
@@ -360,6 +395,7 @@ impl fmt::Display for Step {
                             write!(f, ", multiqueue")?;
                         }
                     }
+                    PortKind::Macvtap { .. } => {}
                     PortKind::Veth { netns, guest } => {
                         write!(f, ", guest {netns}/{} mac {}", guest.name, guest.mac)?;
                         if let Some(a) = guest.addr {

@@ -56,6 +56,19 @@ pub struct LinkSnap {
     pub vxlan: Option<VxlanSnap>,
     /// Destinations of a VXLAN device's all-zeros (flood) FDB entries.
     pub fdb: Vec<Ipv4Addr>,
+    /// Settings of a macvtap device.
+    pub macvtap: Option<MacvtapSnap>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MacvtapSnap {
+    /// The lower device's name.
+    pub link: Option<String>,
+    /// `None` for a macvlan mode kvmnet does not use (source).
+    pub mode: Option<crate::spec::DirectMode>,
+    /// Owner of its character device `/dev/tapIFINDEX`; `None` when there is none.
+    pub dev_owner: Option<u32>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]

@@ -176,6 +176,7 @@ impl PortLink {
         match self.kind {
             PortKind::Tap { .. } => "tap",
             PortKind::Veth { .. } => "veth",
+            PortKind::Macvtap { .. } => "macvtap",
         }
     }
     /// Differences that cannot be changed in place: the device must be made again.
@@ -192,6 +193,20 @@ impl PortLink {
                     guest: gb,
                 },
             ) => a != b || ga.name != gb.name || ga.mtu == 0,
+            // The lower device and the mode are fixed when a macvlan is made; the owner of
+            // its /dev/tapN changes in place.
+            (
+                PortKind::Macvtap {
+                    uplink: a,
+                    mode: ma,
+                    ..
+                },
+                PortKind::Macvtap {
+                    uplink: b,
+                    mode: mb,
+                    ..
+                },
+            ) => a != b || ma != mb,
             _ => true,
         }
     }
@@ -206,6 +221,14 @@ pub enum PortKind {
     Veth {
         netns: String,
         guest: GuestEnd,
+    },
+    /// A port of a `direct` network: a macvtap on `uplink` whose MAC is the VM's own. QEMU
+    /// opens its character device `/dev/tapIFINDEX`, which belongs to `owner` (uid; `None`
+    /// when it is missing, as observed).
+    Macvtap {
+        uplink: String,
+        mode: crate::spec::DirectMode,
+        owner: Option<u32>,
     },
 }
 

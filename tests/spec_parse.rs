@@ -131,6 +131,7 @@ fn full_example() {
         isolate_ports: false,
         forwards: vec![],
         vxlan: None,
+        direct_mode: None,
     };
     let routed = Network {
         name: "routed1".into(),
@@ -151,6 +152,7 @@ fn full_example() {
         isolate_ports: false,
         forwards: vec![],
         vxlan: None,
+        direct_mode: None,
     };
     let hostonly = Network {
         name: "hostonly".into(),
@@ -164,6 +166,7 @@ fn full_example() {
         isolate_ports: false,
         forwards: vec![],
         vxlan: None,
+        direct_mode: None,
     };
     let lan = Network {
         name: "lan".into(),
@@ -177,6 +180,7 @@ fn full_example() {
         isolate_ports: false,
         forwards: vec![],
         vxlan: None,
+        direct_mode: None,
     };
     assert_eq!(
         spec.networks.keys().collect::<Vec<_>>(),

@@ -134,6 +134,8 @@ pub enum Mode {
     Bridge,
     /// An L2 overlay across hosts: a VXLAN device on the network's bridge.
     Vxlan,
+    /// Guests directly on an uplink's segment through macvtap devices: no bridge.
+    Direct,
 }
 
 impl Mode {
@@ -144,6 +146,7 @@ impl Mode {
             Mode::Isolated => "isolated",
             Mode::Bridge => "bridge",
             Mode::Vxlan => "vxlan",
+            Mode::Direct => "direct",
         }
     }
 }
@@ -212,7 +215,7 @@ impl Tuning {
 pub struct Network {
     pub name: String,
     pub mode: Mode,
-    /// Bridge device name, given or derived.
+    /// Bridge device name, given or derived; empty on `direct` networks, which have none.
     pub bridge: String,
     /// Gateway address on the bridge plus the subnet. Required for nat/routed/isolated;
     /// absent for `bridge` mode.
@@ -229,6 +232,63 @@ pub struct Network {
     pub forwards: Vec<Forward>,
     /// `vxlan` mode: the overlay's settings.
     pub vxlan: Option<Vxlan>,
+    /// `direct` mode: the macvtap mode of its ports (`uplink` is their lower device).
+    pub direct_mode: Option<DirectMode>,
+}
+
+/// How macvtap ports on one uplink reach each other (the kernel's macvlan modes).
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum DirectMode {
+    /// Ports reach each other inside the host, and the uplink's segment.
+    Bridge,
+    /// Everything goes out through the uplink; port-to-port only if the switch hairpins.
+    Vepa,
+    /// Ports never reach each other, only the uplink's segment.
+    Private,
+    /// One port takes over the uplink (its MAC and promiscuity).
+    Passthrough,
+}
+
+impl DirectMode {
+    /// The spec's word for it.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            DirectMode::Bridge => "bridge",
+            DirectMode::Vepa => "vepa",
+            DirectMode::Private => "private",
+            DirectMode::Passthrough => "passthrough",
+        }
+    }
+    /// `IFLA_MACVLAN_MODE` values (linux/if_link.h).
+    pub fn kernel_value(&self) -> u32 {
+        match self {
+            DirectMode::Private => 1,
+            DirectMode::Vepa => 2,
+            DirectMode::Bridge => 4,
+            DirectMode::Passthrough => 8,
+        }
+    }
+    pub fn from_kernel(v: u32) -> Option<DirectMode> {
+        Some(match v {
+            1 => DirectMode::Private,
+            2 => DirectMode::Vepa,
+            4 => DirectMode::Bridge,
+            8 => DirectMode::Passthrough,
+            _ => return None,
+        })
+    }
+    pub fn parse(s: &str) -> Option<DirectMode> {
+        Some(match s {
+            "bridge" => DirectMode::Bridge,
+            "vepa" => DirectMode::Vepa,
+            "private" => DirectMode::Private,
+            "passthrough" => DirectMode::Passthrough,
+            _ => return None,
+        })
+    }
 }
 
 /// VXLAN default UDP port (IANA).
@@ -305,6 +365,8 @@ pub struct Vm {
 pub enum PortKind {
     Tap,
     Veth,
+    /// Every port of a `direct` network: a macvtap device on the network's uplink.
+    Macvtap,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]

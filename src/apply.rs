@@ -16,8 +16,10 @@ pub enum ApplyError {
     Netlink(#[from] NetlinkError),
     #[error(transparent)]
     Tap(#[from] tap::TapError),
+    /// Boxed: its messages carry paths, and every `Result` of this module pays for the
+    /// largest variant.
     #[error(transparent)]
-    Macvtap(#[from] macvtap::MacvtapError),
+    Macvtap(Box<macvtap::MacvtapError>),
     #[error(transparent)]
     Netns(#[from] netns::NetnsError),
     #[error(transparent)]
@@ -34,6 +36,12 @@ pub enum ApplyError {
     NotOurs(String),
     #[error("injected failure after step {0} (KVMNET_FAIL_AFTER)")]
     Injected(usize),
+}
+
+impl From<macvtap::MacvtapError> for ApplyError {
+    fn from(e: macvtap::MacvtapError) -> Self {
+        ApplyError::Macvtap(Box::new(e))
+    }
 }
 
 /// Something that can carry out steps. `run` returns the indices of the steps it completed;

@@ -11,8 +11,8 @@ use crate::nft;
 use crate::snapshot::{LinkSnap, PROTO_KERNEL, RouteSnap, Snapshot, TABLE_LOCAL};
 use crate::spec::naming::{bridge_mac, host_end_mac, overlay_bridge_mac};
 use crate::spec::{
-    DirectMode, Mode, Network, Owner, PortKind as SpecPortKind, Spec, SpecError, VXLAN_OVERHEAD, Vxlan,
-    path_join,
+    DirectMode, Mode, Network, Owner, PortKind as SpecPortKind, Spec, SpecError, VXLAN_OVERHEAD,
+    Vxlan, path_join,
 };
 use crate::state::{
     Addr, BridgeLink, GuestEnd, HostState, PortKind, PortLink, Route, ShapeState, UplinkLink,
@@ -250,10 +250,13 @@ fn direct_net(
     }
     if mode == DirectMode::Passthrough
         && let Some(other) = snap.links.iter().find(|o| {
-            o.macvtap.as_ref().is_some_and(|m| m.link.as_deref() == Some(&up))
-                && !o.alias.as_deref().and_then(parse_alias).is_some_and(|a| {
-                    a.network.as_deref() == Some(net.name.as_str())
-                })
+            o.macvtap
+                .as_ref()
+                .is_some_and(|m| m.link.as_deref() == Some(&up))
+                && o.alias
+                    .as_deref()
+                    .and_then(parse_alias)
+                    .is_none_or(|a| a.network.as_deref() != Some(net.name.as_str()))
         })
     {
         return Err(conflict(

@@ -127,6 +127,24 @@ fn synth(want: &kvmnet::state::HostState, base: &Snapshot) -> Snapshot {
                 l.tun_owner = *owner;
                 l.tun_multi_queue = *multi_queue;
             }
+            PortKind::Macvtap {
+                uplink,
+                mode,
+                owner,
+            } => {
+                l.kind = "macvtap".into();
+                l.macvtap = Some(kvmnet::snapshot::MacvtapSnap {
+                    link: Some(uplink.clone()),
+                    mode: Some(*mode),
+                    dev_owner: *owner,
+                });
+                // The uplink stays as it was.
+                if s.link(uplink).is_none()
+                    && let Some(u) = base.link(uplink)
+                {
+                    s.links.push(u.clone());
+                }
+            }
             PortKind::Veth { netns, guest } => {
                 l.kind = "veth".into();
                 let g = s.netns.entry(netns.clone()).or_default();

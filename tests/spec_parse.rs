@@ -390,8 +390,8 @@ fn error_shape_and_order() {
     assert_eq!(
         e.iter().map(ToString::to_string).collect::<Vec<_>>(),
         [
-            "4:5: networks.default.mdoe: unknown field 'mdoe'; expected one of: mode, bridge, ipv4, mtu, uplink, nat, dhcp, isolate_ports, forwards, vni, underlay, remotes, group, port",
-            "4:5: networks.default.mode: missing required field 'mode'; expected nat, routed, isolated, bridge or vxlan",
+            "4:5: networks.default.mdoe: unknown field 'mdoe'; expected one of: mode, bridge, ipv4, mtu, uplink, nat, dhcp, isolate_ports, forwards, vni, underlay, remotes, group, port, direct_mode",
+            "4:5: networks.default.mode: missing required field 'mode'; expected nat, routed, isolated, bridge, vxlan or direct",
             // The mode is unknown, so the gateway is only checked for syntax.
         ]
     );

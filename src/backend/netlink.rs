@@ -382,7 +382,10 @@ pub enum NewLinkKind {
         learning: bool,
     },
     /// `ip link add NAME link LOWER type macvtap mode MODE`: MODE an `IFLA_MACVLAN_MODE` value.
-    Macvtap { lower: u32, mode: u32 },
+    Macvtap {
+        lower: u32,
+        mode: u32,
+    },
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -11,9 +11,9 @@ use std::net::Ipv4Addr;
 
 use super::SpecError;
 use super::model::{
-    Dhcp, DhcpRoute, Firewall, FirewallDirection, FirewallRule, Forward, Host, Ipv4Cidr, Loc, Mac,
-    DirectMode, Mode, Network, Owner, Port, PortKind, Proto, Qos, RuleAction, RuleProto, Shape, Spec, Tuning,
-    VXLAN_PORT, Vm, Vxlan,
+    Dhcp, DhcpRoute, DirectMode, Firewall, FirewallDirection, FirewallRule, Forward, Host,
+    Ipv4Cidr, Loc, Mac, Mode, Network, Owner, Port, PortKind, Proto, Qos, RuleAction, RuleProto,
+    Shape, Spec, Tuning, VXLAN_PORT, Vm, Vxlan,
 };
 use super::naming;
 use super::yaml::{Key, Kind, Node, index, join, show};

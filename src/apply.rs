@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 
 use crate::backend::netlink::{Netlink, NetlinkError, NewLinkKind, Request, RouteInfo};
-use crate::backend::{macvtap, netns, nftables, sysctl, tap, tc};
+use crate::backend::{ethtool, macvtap, netns, nftables, sysctl, tap, tc};
 use crate::observe::netns_mark;
 use crate::plan::Step;
 use crate::state::{Addr, PortKind, PortLink, Route, ShapeState, guest_alias, parse_alias};
@@ -16,6 +16,9 @@ pub enum ApplyError {
     Netlink(#[from] NetlinkError),
     #[error(transparent)]
     Tap(#[from] tap::TapError),
+    /// Boxed, like the next: its messages carry names and an OS error.
+    #[error(transparent)]
+    Ethtool(Box<ethtool::EthtoolError>),
     /// Boxed: its messages carry paths, and every `Result` of this module pays for the
     /// largest variant.
     #[error(transparent)]
@@ -36,6 +39,12 @@ pub enum ApplyError {
     NotOurs(String),
     #[error("injected failure after step {0} (KVMNET_FAIL_AFTER)")]
     Injected(usize),
+}
+
+impl From<ethtool::EthtoolError> for ApplyError {
+    fn from(e: ethtool::EthtoolError) -> Self {
+        ApplyError::Ethtool(Box::new(e))
+    }
 }
 
 impl From<macvtap::MacvtapError> for ApplyError {
@@ -664,6 +673,9 @@ impl Kernel {
             }
             Step::SetNft { to, .. } => Ok(nftables::replace(to.as_ref())?),
             Step::SetSysctl { key, to, .. } => Ok(sysctl::write(key, to)?),
+            // Undoing settings of a device made by the same plan: its removal takes them.
+            Step::SetEthtool { to, .. } if to.is_empty() => Ok(()),
+            Step::SetEthtool { dev, to, .. } => Ok(ethtool::set(dev, to)?),
             Step::CreateVxlan(v) => {
                 let link = self.idx(&v.underlay)?;
                 let master = self.master_index(&v.master)?;

@@ -95,6 +95,9 @@ pub struct Planned {
     pub previous: HostState,
     /// sysctls the spec enforces (the other sysctl steps are restores).
     managed: BTreeSet<String>,
+    /// ethtool settings the spec makes on foreign interfaces (interface -> keys): their
+    /// previous values are recorded before the first change.
+    managed_ethtool: BTreeMap<String, BTreeSet<String>>,
     /// What bridge-mode bridges hold from their uplinks once this plan is applied.
     moved: BTreeMap<String, Moved>,
     pub state_dir: StateDir,
@@ -135,11 +138,54 @@ pub fn plan(spec: Option<&Spec>, scope: &str, source: &str) -> Result<Planned, E
         plan: plan::diff(&want, &have),
         previous: have,
         managed: managed_sysctls(spec).into_keys().collect(),
+        managed_ethtool: managed_ethtool(spec),
         moved,
         state_dir: observer.state_dir,
         scope: scope.to_string(),
         _lock: lock,
     })
+}
+
+/// The ethtool settings a spec makes on interfaces kvmnet does not own.
+pub fn managed_ethtool(spec: &Spec) -> BTreeMap<String, BTreeSet<String>> {
+    spec.host
+        .ethtool
+        .iter()
+        .map(|(dev, e)| (dev.clone(), e.settings.keys().cloned().collect()))
+        .collect()
+}
+
+/// Adds to `originals` the previous values of the foreign ethtool settings `steps` change,
+/// keeping any value recorded before (the first one is the original).
+pub fn record_ethtool_originals(
+    steps: &[Step],
+    managed: &BTreeMap<String, BTreeSet<String>>,
+    originals: &mut BTreeMap<String, BTreeMap<String, u32>>,
+) {
+    for s in steps {
+        if let Step::SetEthtool { dev, from, .. } = s
+            && let Some(keys) = managed.get(dev)
+        {
+            for (k, v) in from.iter().filter(|(k, _)| keys.contains(*k)) {
+                originals
+                    .entry(dev.clone())
+                    .or_default()
+                    .entry(k.clone())
+                    .or_insert(*v);
+            }
+        }
+    }
+}
+
+/// Keeps only the originals of settings the spec still makes (the others were restored).
+pub fn retain_ethtool_originals(
+    managed: &BTreeMap<String, BTreeSet<String>>,
+    originals: &mut BTreeMap<String, BTreeMap<String, u32>>,
+) {
+    originals.retain(|dev, vals| {
+        vals.retain(|k, _| managed.get(dev).is_some_and(|m| m.contains(k)));
+        !vals.is_empty()
+    });
 }
 
 /// The steps of a failed execution and what became of them.
@@ -203,6 +249,11 @@ pub fn execute(
                 .or_insert(from.clone());
         }
     }
+    record_ethtool_originals(
+        &p.plan.steps,
+        &p.managed_ethtool,
+        &mut during.ethtool_originals,
+    );
     if during != before {
         sd.save(&during).map_err(runtime)?;
     }
@@ -212,6 +263,7 @@ pub fn execute(
         Ok(()) => {
             let mut after = during.clone();
             after.sysctl_originals.retain(|k, _| p.managed.contains(k));
+            retain_ethtool_originals(&p.managed_ethtool, &mut after.ethtool_originals);
             after.moved = p.moved.clone();
             if after != during {
                 sd.save(&after).map_err(runtime)?;
@@ -323,6 +375,7 @@ pub fn revert_if_due(
         plan: plan::diff(prev, &have),
         previous: have,
         managed: BTreeSet::new(),
+        managed_ethtool: BTreeMap::new(),
         moved: BTreeMap::new(),
         state_dir: observer.state_dir,
         scope: scope.to_string(),

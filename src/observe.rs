@@ -8,7 +8,7 @@ use crate::backend::netlink::{LinkInfo, Netlink, NetlinkError};
 use crate::backend::{netns, nftables, sysctl, tap};
 use crate::desired::managed_sysctls;
 use crate::snapshot::{
-    AddrSnap, LinkSnap, MacvtapSnap, NetnsSnap, RouteSnap, Snapshot, Stats, VxlanSnap,
+    AddrSnap, EthtoolSnap, LinkSnap, MacvtapSnap, NetnsSnap, RouteSnap, Snapshot, Stats, VxlanSnap,
 };
 use crate::spec::{DirectMode, Owner, PortKind, Spec};
 use crate::state::{MARK, parse_alias};
@@ -272,6 +272,30 @@ impl Observer {
         }
 
         let state = self.state_dir.load()?;
+        // ethtool: what the spec configures, and foreign interfaces with recorded originals.
+        let mut ethtool_devs: BTreeSet<String> = state.ethtool_originals.keys().cloned().collect();
+        if let Some(spec) = spec {
+            ethtool_devs.extend(spec.host.ethtool.keys().cloned());
+            for vm in spec.vms.values() {
+                for p in vm.ports.iter().filter(|p| p.ethtool.is_some()) {
+                    ethtool_devs.insert(p.name.clone());
+                }
+            }
+        }
+        let mut ethtool = BTreeMap::new();
+        for dev in ethtool_devs {
+            if links.iter().any(|l| l.name == dev)
+                && let Ok(r) = crate::backend::ethtool::read(&dev)
+            {
+                ethtool.insert(
+                    dev,
+                    EthtoolSnap {
+                        values: r.values,
+                        max: r.max,
+                    },
+                );
+            }
+        }
         let mut keys: BTreeSet<String> = state.sysctl_originals.keys().cloned().collect();
         keys.extend(extra_sysctls.iter().cloned());
         let mut users = BTreeMap::new();
@@ -310,6 +334,8 @@ impl Observer {
             sysctl_originals: state.sysctl_originals,
             moved: state.moved,
             users,
+            ethtool,
+            ethtool_originals: state.ethtool_originals,
         })
     }
 }

@@ -9,7 +9,9 @@ use serde_json::{Value, json};
 use crate::nft::NftTable;
 use std::net::Ipv4Addr;
 
-use crate::state::{Addr, BridgeLink, HostState, PortKind, PortLink, Route, VxlanLink};
+use crate::state::{
+    Addr, BridgeLink, EthtoolValues, HostState, PortKind, PortLink, Route, VxlanLink,
+};
 
 // Steps are built once per plan and moved little: boxing the large variants buys nothing.
 #[allow(clippy::large_enum_variant)]
@@ -71,6 +73,13 @@ pub enum Step {
         dev: String,
         dst: Ipv4Addr,
     },
+    /// ethtool settings of one interface: `to` is set; `from` holds the values they had
+    /// (missing for a device this plan makes, whose removal takes its settings with it).
+    SetEthtool {
+        dev: String,
+        from: EthtoolValues,
+        to: EthtoolValues,
+    },
 }
 
 impl Step {
@@ -104,6 +113,11 @@ impl Step {
             DeleteVxlan(v) => CreateVxlan(v),
             AddFdb { dev, dst } => DelFdb { dev, dst },
             DelFdb { dev, dst } => AddFdb { dev, dst },
+            SetEthtool { dev, from, to } => SetEthtool {
+                dev,
+                from: to,
+                to: from,
+            },
         }
     }
 
@@ -117,7 +131,7 @@ impl Step {
             DelAddr { .. } | DelRoute { .. } | DelFdb { .. } => "remove",
             SetNft { to: None, .. } => "delete",
             SetNft { from: None, .. } => "create",
-            SetNft { .. } | SetSysctl { .. } => "set",
+            SetNft { .. } | SetSysctl { .. } | SetEthtool { .. } => "set",
         }
     }
 
@@ -135,6 +149,7 @@ impl Step {
             SetSysctl { .. } => "sysctl",
             CreateVxlan(_) | DeleteVxlan(_) => "vxlan",
             AddFdb { .. } | DelFdb { .. } => "fdb",
+            SetEthtool { .. } => "ethtool",
         }
     }
 
@@ -153,6 +168,7 @@ impl Step {
             SetSysctl { key, .. } => key.clone(),
             CreateVxlan(v) | DeleteVxlan(v) => v.name.clone(),
             AddFdb { dev, dst } | DelFdb { dev, dst } => format!("{dst} dev {dev}"),
+            SetEthtool { dev, .. } => dev.clone(),
         }
     }
 
@@ -244,6 +260,10 @@ impl Step {
                 o.insert("dev".into(), json!(dev));
                 o.insert("mac".into(), json!("00:00:00:00:00:00"));
                 o.insert("dst".into(), json!(dst.to_string()));
+            }
+            SetEthtool { from, to, .. } => {
+                o.insert("from".into(), json!(from));
+                o.insert("to".into(), json!(to));
             }
             CreateNetns(_) | DeleteNetns(_) => {}
         }
@@ -414,6 +434,25 @@ impl fmt::Display for Step {
                 to.as_deref().unwrap_or("(none)")
             ),
             SetSysctl { from, to, .. } => write!(f, ": {from} -> {to}"),
+            SetEthtool { from, to, .. } => {
+                let word = |k: &str, v: u32| {
+                    if k.contains('.') {
+                        v.to_string()
+                    } else if v != 0 {
+                        "on".to_string()
+                    } else {
+                        "off".to_string()
+                    }
+                };
+                let parts: Vec<String> = to
+                    .iter()
+                    .map(|(k, v)| match from.get(k) {
+                        Some(old) => format!("{k} {} -> {}", word(k, *old), word(k, *v)),
+                        None => format!("{k} -> {}", word(k, *v)),
+                    })
+                    .collect();
+                write!(f, ": {}", parts.join(", "))
+            }
             AddAddr { addr, .. } | DelAddr { addr, .. } => {
                 let full = addr.to_string();
                 match full.strip_prefix(&addr.cidr.to_string()) {
@@ -629,6 +668,37 @@ pub fn diff(want: &HostState, have: &HostState) -> Plan {
             steps.push(Step::AddFdb {
                 dev: name.clone(),
                 dst,
+            });
+        }
+    }
+
+    // ethtool settings once every device exists. A device this plan makes starts from its
+    // defaults, whatever the device it replaces had.
+    let fresh: BTreeSet<String> = steps
+        .iter()
+        .filter_map(|s| match s {
+            Step::CreatePort(p) => Some(p.name.clone()),
+            _ => None,
+        })
+        .collect();
+    for (dev, w) in &want.ethtool {
+        let h = have.ethtool.get(dev).filter(|_| !fresh.contains(dev));
+        let mut from = EthtoolValues::new();
+        let mut to = EthtoolValues::new();
+        for (k, v) in w {
+            let cur = h.and_then(|h| h.get(k));
+            if cur != Some(v) {
+                to.insert(k.clone(), *v);
+                if let Some(c) = cur {
+                    from.insert(k.clone(), *c);
+                }
+            }
+        }
+        if !to.is_empty() {
+            steps.push(Step::SetEthtool {
+                dev: dev.clone(),
+                from,
+                to,
             });
         }
     }

@@ -34,7 +34,15 @@ pub struct HostState {
     /// Flood entries (all-zeros MAC) of each VXLAN device: the unicast remotes.
     #[serde(default)]
     pub fdb: BTreeMap<String, Vec<Ipv4Addr>>,
+    /// ethtool settings by interface (kvmnet's ports or foreign interfaces), only the keys
+    /// that matter: desired, those the spec sets (or restores); observed, what the device
+    /// reports.
+    #[serde(default)]
+    pub ethtool: BTreeMap<String, EthtoolValues>,
 }
+
+/// ethtool setting key (`tso`, `rings.rx`, ...) to value (offloads 0/1).
+pub type EthtoolValues = BTreeMap<String, u32>;
 
 /// A VXLAN device, enslaved to its network's bridge. Its settings cannot change in place:
 /// any difference makes it again.

@@ -212,6 +212,7 @@ fn full_example() {
                 firewall: None,
                 qos: None,
                 mirror: None,
+                ethtool: None,
             },
             Port {
                 vm: "web1".into(),
@@ -229,6 +230,7 @@ fn full_example() {
                 firewall: None,
                 qos: None,
                 mirror: None,
+                ethtool: None,
             },
         ]
     );
@@ -252,6 +254,7 @@ fn full_example() {
                 firewall: None,
                 qos: None,
                 mirror: None,
+                ethtool: None,
             },
             Port {
                 vm: "test1".into(),
@@ -270,6 +273,7 @@ fn full_example() {
                 firewall: None,
                 qos: None,
                 mirror: None,
+                ethtool: None,
             },
         ]
     );

@@ -171,6 +171,31 @@ pub struct Host {
     pub sysctl: BTreeMap<String, String>,
     /// A named sysctl profile; `sysctl` entries override its values.
     pub tuning: Option<Tuning>,
+    /// ethtool settings of host interfaces kvmnet does not own, by interface name (from the
+    /// uplink section of a spec); their previous values are restored on destroy.
+    pub ethtool: BTreeMap<String, Ethtool>,
+}
+
+/// ethtool settings of one interface: only the keys the spec sets, each by kvmnet's name
+/// (`tso`, `gso`, `gro`, `lro`, `rx_checksum`, `tx_checksum`, `rings.rx`, `rings.tx`,
+/// `channels.combined`, `channels.rx`, `channels.tx`) with its value (offloads 0 or 1).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Ethtool {
+    pub settings: BTreeMap<String, u32>,
+    /// The spec path of the `ethtool` mapping, so a problem found on the host can point at
+    /// the line of the setting (see [`Ethtool::field_path`]).
+    pub path: String,
+}
+
+impl Ethtool {
+    /// Where setting `key` sits in the spec: offloads are under `offloads.`.
+    pub fn field_path(&self, key: &str) -> String {
+        if key.contains('.') {
+            format!("{}.{key}", self.path)
+        } else {
+            format!("{}.offloads.{key}", self.path)
+        }
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -405,6 +430,8 @@ pub struct Port {
     pub qos: Option<Qos>,
     /// Copy this port's traffic, both ways, to the port with this (host-side) name.
     pub mirror: Option<String>,
+    /// Offloads, rings and channels of the port's host-side device.
+    pub ethtool: Option<Ethtool>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq)]

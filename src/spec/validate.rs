@@ -11,7 +11,7 @@ use std::net::Ipv4Addr;
 
 use super::SpecError;
 use super::model::{
-    Dhcp, DhcpRoute, DirectMode, Firewall, FirewallDirection, FirewallRule, Forward, Host,
+    Dhcp, DhcpRoute, DirectMode, Ethtool, Firewall, FirewallDirection, FirewallRule, Forward, Host,
     Ipv4Cidr, Loc, Mac, Mode, Network, Owner, Port, PortKind, Proto, Qos, RuleAction, RuleProto,
     Shape, Spec, Tuning, VXLAN_PORT, Vm, Vxlan,
 };
@@ -58,7 +58,14 @@ const PORT_FIELDS: &[&str] = &[
     "firewall",
     "qos",
     "mirror",
+    "ethtool",
 ];
+const ETHTOOL_FIELDS: &[&str] = &["offloads", "rings", "channels"];
+const OFFLOAD_FIELDS: &[&str] = &["tso", "gso", "gro", "lro", "rx_checksum", "tx_checksum"];
+const RING_FIELDS: &[&str] = &["rx", "tx"];
+const CHANNEL_FIELDS: &[&str] = &["combined", "rx", "tx"];
+const RING_MAX: i128 = 1 << 20;
+const CHANNEL_MAX: i128 = 4096;
 
 const MODES: &str = "nat, routed, isolated, bridge, vxlan or direct";
 const DIRECT_MODES: &str = "bridge, vepa, private or passthrough";
@@ -602,6 +609,7 @@ struct PortDraft {
     firewall: Option<Firewall>,
     qos: Option<Qos>,
     mirror: Option<(String, Loc, String)>,
+    ethtool: Option<Ethtool>,
 }
 
 pub(crate) fn convert(root: &Node, errors: &mut Vec<SpecError>) -> Option<Spec> {
@@ -1559,6 +1567,7 @@ fn read_port(
         firewall: None,
         qos: None,
         mirror: None,
+        ethtool: None,
     };
 
     let mut net: Option<NetRef> = None;
@@ -1795,6 +1804,9 @@ fn read_port(
         && let Some(m) = read_ifname_field(cx, &mf, "the name of the port that receives the copy")
     {
         d.mirror = Some((m, mf.loc(), mf.path.clone()));
+    }
+    if let Some(ef) = o.get(cx, "ethtool") {
+        d.ethtool = read_ethtool(cx, &ef);
     }
     match (o.get(cx, "netns"), kind) {
         (Some(nf), Some(PortKind::Tap)) => {
@@ -2476,6 +2488,7 @@ fn build(
             firewall: p.firewall,
             qos: p.qos,
             mirror: p.mirror.map(|m| m.0),
+            ethtool: p.ethtool,
             index: p.index,
             vm: p.vm,
         };
@@ -2486,10 +2499,72 @@ fn build(
         host: Host {
             sysctl: sysctl.map(|s| s.0).unwrap_or_default(),
             tuning: None,
+            ethtool: BTreeMap::new(),
         },
         networks,
         vms,
         locs: std::mem::take(&mut cx.locs),
+    })
+}
+
+// ---------------------------------------------------------------------------------------
+// ethtool settings
+
+/// An `ethtool` mapping (offloads, rings, channels) of a port or a host interface; `None` if
+/// any of it is wrong (each problem reported at its line).
+fn read_ethtool(cx: &mut Ctx, f: &Field) -> Option<Ethtool> {
+    let before = cx.errors.len();
+    let o = obj(
+        cx,
+        f.node,
+        &f.path,
+        ETHTOOL_FIELDS,
+        "a mapping with offloads, rings and channels",
+    )?;
+    let mut settings = BTreeMap::new();
+    if let Some(of) = o.get(cx, "offloads")
+        && let Some(oo) = obj(
+            cx,
+            of.node,
+            &of.path,
+            OFFLOAD_FIELDS,
+            "a mapping of offloads to true or false, like { tso: false }",
+        )
+    {
+        for key in OFFLOAD_FIELDS {
+            if let Some(kf) = oo.get(cx, key)
+                && let Some(b) = boolean(cx, &kf)
+            {
+                settings.insert(key.to_string(), u32::from(b));
+            }
+        }
+    }
+    for (group, fields, max) in [
+        ("rings", RING_FIELDS, RING_MAX),
+        ("channels", CHANNEL_FIELDS, CHANNEL_MAX),
+    ] {
+        let Some(gf) = o.get(cx, group) else { continue };
+        let what = format!("a mapping with {}", fields.join(", "));
+        let Some(go) = obj(cx, gf.node, &gf.path, fields, &what) else {
+            continue;
+        };
+        for key in fields {
+            if let Some(kf) = go.get(cx, key)
+                && let Some(n) = int_in(
+                    cx,
+                    &kf,
+                    &format!("a {group} count between 1 and {max}"),
+                    1,
+                    max,
+                )
+            {
+                settings.insert(format!("{group}.{key}"), n as u32);
+            }
+        }
+    }
+    (cx.errors.len() == before).then(|| Ethtool {
+        settings,
+        path: f.path.clone(),
     })
 }
 

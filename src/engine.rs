@@ -402,3 +402,60 @@ pub fn parse_duration(s: &str) -> Option<u64> {
     let n: u64 = num.parse().ok()?;
     (n > 0).then(|| n * mult)
 }
+
+#[cfg(test)]
+mod ethtool_originals_tests {
+    use super::*;
+
+    fn vals(pairs: &[(&str, u32)]) -> BTreeMap<String, u32> {
+        pairs.iter().map(|(k, v)| (k.to_string(), *v)).collect()
+    }
+
+    /// A foreign interface's first values are kept across applies, ports' never recorded, and
+    /// what the spec stops setting is forgotten once restored.
+    #[test]
+    fn first_values_of_foreign_settings_are_kept_until_restored() {
+        let managed = BTreeMap::from([(
+            "eth1".to_string(),
+            BTreeSet::from(["tso".to_string(), "rings.rx".to_string()]),
+        )]);
+        let step = |dev: &str, from: &[(&str, u32)], to: &[(&str, u32)]| Step::SetEthtool {
+            dev: dev.into(),
+            from: vals(from),
+            to: vals(to),
+        };
+        let mut originals = BTreeMap::new();
+        record_ethtool_originals(
+            &[
+                step(
+                    "eth1",
+                    &[("tso", 1), ("rings.rx", 512)],
+                    &[("tso", 0), ("rings.rx", 4096)],
+                ),
+                step("web0", &[("gro", 0)], &[("gro", 1)]),
+            ],
+            &managed,
+            &mut originals,
+        );
+        assert_eq!(
+            originals,
+            BTreeMap::from([("eth1".to_string(), vals(&[("tso", 1), ("rings.rx", 512)]))])
+        );
+        // A later change (drift repair, new value) does not overwrite the original.
+        record_ethtool_originals(
+            &[step("eth1", &[("rings.rx", 4096)], &[("rings.rx", 2048)])],
+            &managed,
+            &mut originals,
+        );
+        assert_eq!(originals["eth1"]["rings.rx"], 512);
+        // The spec keeps only tso: rings.rx was restored by the same apply and is forgotten.
+        let now = BTreeMap::from([("eth1".to_string(), BTreeSet::from(["tso".to_string()]))]);
+        retain_ethtool_originals(&now, &mut originals);
+        assert_eq!(
+            originals,
+            BTreeMap::from([("eth1".to_string(), vals(&[("tso", 1)]))])
+        );
+        retain_ethtool_originals(&BTreeMap::new(), &mut originals);
+        assert!(originals.is_empty());
+    }
+}

@@ -232,6 +232,20 @@ fn synth(want: &kvmnet::state::HostState, base: &Snapshot) -> Snapshot {
             });
         }
     }
+    for (dev, vals) in &want.ethtool {
+        let mut e = base.ethtool.get(dev).cloned().unwrap_or_default();
+        e.values.extend(vals.iter().map(|(k, v)| (k.clone(), *v)));
+        for (k, v) in vals.iter().filter(|(k, _)| k.contains('.')) {
+            e.max.entry(k.clone()).or_insert(*v);
+        }
+        s.ethtool.insert(dev.clone(), e);
+        // A foreign interface whose settings are restored stays as it was.
+        if s.link(dev).is_none()
+            && let Some(l) = base.link(dev)
+        {
+            s.links.push(l.clone());
+        }
+    }
     s.nft = want.nft.clone();
     s.sysctls = want
         .sysctls

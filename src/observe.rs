@@ -131,10 +131,13 @@ fn link_snap(l: &LinkInfo, names: &HashMap<u32, String>) -> LinkSnap {
             learning: v.learning,
         }),
         fdb: Vec::new(),
-        macvtap: (l.kind.as_deref() == Some("macvtap")).then(|| MacvtapSnap {
+        // Foreign macvlans count too: a passthrough port needs its uplink alone.
+        macvtap: matches!(l.kind.as_deref(), Some("macvtap" | "macvlan")).then(|| MacvtapSnap {
             link: l.peer_index.and_then(|i| names.get(&i).cloned()),
             mode: l.macvlan_mode.and_then(DirectMode::from_kernel),
-            dev_owner: crate::backend::macvtap::node_owner(&l.name, l.index),
+            dev_owner: (l.kind.as_deref() == Some("macvtap"))
+                .then(|| crate::backend::macvtap::node_owner(&l.name, l.index))
+                .flatten(),
         }),
     }
 }

@@ -70,7 +70,7 @@ pub struct LinkSnap {
     pub vxlan: Option<VxlanSnap>,
     /// Destinations of a VXLAN device's all-zeros (flood) FDB entries.
     pub fdb: Vec<Ipv4Addr>,
-    /// Settings of a macvtap device.
+    /// Settings of a macvtap (or macvlan) device.
     pub macvtap: Option<MacvtapSnap>,
 }
 

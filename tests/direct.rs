@@ -1,7 +1,8 @@
 //! Direct networks: ports are macvtap devices on an uplink. Real frames go through the
 //! macvtaps' character devices, as QEMU would send them: guest to guest (bridge mode), guest
 //! to a peer on the uplink's segment, and not guest to guest in private mode. Idempotence,
-//! destroy that leaves the uplink and a foreign macvlan alone, and rollback at every step.
+//! owner drift, destroy that leaves the uplink and a foreign macvlan alone, rollback at every
+//! step, and a /dev/tapN name clash with another namespace's macvtap refused.
 
 mod common;
 use common::*;
@@ -354,6 +355,8 @@ fn direct_network_macvtap_ports() {
         65534
     );
 
+    collision_with_another_namespace(&mut ns, idx);
+
     {
         let mut a = open_nic(&host, "dva");
         let mut b = open_nic(&host, "dvb");
@@ -393,4 +396,45 @@ fn direct_network_macvtap_ports() {
         "foreign macvlan changed"
     );
     assert_eq!(fingerprint(&host, &[]), pristine, "destroy left something");
+}
+
+/// A macvtap in another namespace with the same interface index as `taken` (whose
+/// /dev/tapN, owned by uid 65534, belongs to a port of the first namespace): kvmnet must not
+/// give that node away, and must say why.
+fn collision_with_another_namespace(ns: &mut Namespaces, taken: u32) {
+    let other = ns.add("dx");
+    ok(&format!(
+        "ip -n {other} link add xu0 type veth peer name xu0p && ip -n {other} link set xu0 up"
+    ));
+    // Interface indexes grow one by one in a namespace: fill up to just below `taken`.
+    // `n`: the highest index made so far.
+    let mut n = ifindex(&other, "xu0p").max(ifindex(&other, "xu0"));
+    loop {
+        let next = n + 1;
+        assert!(next <= taken, "cannot line up indexes ({next} > {taken})");
+        if next == taken {
+            break;
+        }
+        ok(&format!(
+            "ip -n {other} link add link xu0 name fill{next} type macvlan"
+        ));
+        n = ifindex(&other, &format!("fill{next}"));
+    }
+    let s = SpecFile::new(
+        "version: 1\nnetworks:\n  lan: { mode: direct, uplink: xu0 }\nvms:\n  x:\n    ports:\n      - { network: lan, name: dvx, owner: 1234 }\n",
+    );
+    let before = fingerprint(&other, &[]);
+    let o = ns.kvmnet(&["apply", s.path(), "--netns", &other]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains(&format!(
+            "/dev/tap{taken} is not the character device of macvtap 'dvx'"
+        )),
+        "{err}"
+    );
+    assert!(!err.contains("ROLLBACK INCOMPLETE"), "{err}");
+    assert_eq!(fingerprint(&other, &[]), before, "not rolled back");
+    let md = std::fs::metadata(format!("/dev/tap{taken}")).unwrap();
+    assert_eq!(md.uid(), 65534, "the other namespace's node was given away");
 }

@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 
 use crate::backend::netlink::{Netlink, NetlinkError, NewLinkKind, Request, RouteInfo};
-use crate::backend::{netns, nftables, sysctl, tap, tc};
+use crate::backend::{ethtool, macvtap, netns, nftables, sysctl, tap, tc};
 use crate::observe::netns_mark;
 use crate::plan::Step;
 use crate::state::{Addr, PortKind, PortLink, Route, ShapeState, guest_alias, parse_alias};
@@ -16,6 +16,13 @@ pub enum ApplyError {
     Netlink(#[from] NetlinkError),
     #[error(transparent)]
     Tap(#[from] tap::TapError),
+    /// Boxed, like the next: its messages carry names and an OS error.
+    #[error(transparent)]
+    Ethtool(Box<ethtool::EthtoolError>),
+    /// Boxed: its messages carry paths, and every `Result` of this module pays for the
+    /// largest variant.
+    #[error(transparent)]
+    Macvtap(Box<macvtap::MacvtapError>),
     #[error(transparent)]
     Netns(#[from] netns::NetnsError),
     #[error(transparent)]
@@ -32,6 +39,18 @@ pub enum ApplyError {
     NotOurs(String),
     #[error("injected failure after step {0} (KVMNET_FAIL_AFTER)")]
     Injected(usize),
+}
+
+impl From<ethtool::EthtoolError> for ApplyError {
+    fn from(e: ethtool::EthtoolError) -> Self {
+        ApplyError::Ethtool(Box::new(e))
+    }
+}
+
+impl From<macvtap::MacvtapError> for ApplyError {
+    fn from(e: macvtap::MacvtapError) -> Self {
+        ApplyError::Macvtap(Box::new(e))
+    }
 }
 
 /// Something that can carry out steps. `run` returns the indices of the steps it completed;
@@ -232,7 +251,7 @@ impl Kernel {
         };
         let old = from.and_then(|f| match &f.kind {
             PortKind::Veth { guest, .. } => Some(guest.clone()),
-            PortKind::Tap { .. } => None,
+            PortKind::Tap { .. } | PortKind::Macvtap { .. } => None,
         });
         let nl = self.guest(ns)?;
         let link = nl
@@ -303,7 +322,7 @@ impl Kernel {
                     }
                     r.map_err(ApplyError::from)
                 }
-                PortKind::Veth { .. } => Ok(()),
+                PortKind::Veth { .. } | PortKind::Macvtap { .. } => Ok(()),
             });
         }
         if let Err(e) = self.refresh_index() {
@@ -333,6 +352,13 @@ impl Kernel {
                     };
                     reqs.push(configure_port(p, index, master));
                     owners.push(i);
+                }
+                PortKind::Macvtap {
+                    uplink,
+                    mode,
+                    owner,
+                } => {
+                    results[i] = self.create_macvtap(p, uplink, *mode, *owner);
                 }
                 PortKind::Veth { netns: ns, guest } => {
                     let fd = match netns::open(ns) {
@@ -409,6 +435,40 @@ impl Kernel {
             }
         }
         results
+    }
+
+    /// A macvtap on `uplink`, up, with the VM's MAC, and its character device given to
+    /// `owner`.
+    fn create_macvtap(
+        &mut self,
+        p: &PortLink,
+        uplink: &str,
+        mode: crate::spec::DirectMode,
+        owner: Option<u32>,
+    ) -> Result<(), ApplyError> {
+        let lower = self.idx(uplink)?;
+        Self::one(
+            &mut self.nl,
+            Request::NewLink {
+                name: p.name.clone(),
+                kind: NewLinkKind::Macvtap {
+                    lower,
+                    mode: mode.kernel_value(),
+                },
+                mac: Some(p.mac),
+                mtu: Some(p.mtu),
+                alias: Some(p.alias()),
+                master: None,
+                up: p.up,
+            },
+        )?;
+        self.index.remove(&p.name);
+        self.deletable.insert(p.name.clone());
+        if let Some(uid) = owner {
+            let index = self.idx(&p.name)?;
+            macvtap::set_owner(&p.name, index, uid)?;
+        }
+        Ok(())
     }
 
     fn delete_links(&mut self, names: &[&str]) -> Vec<Result<(), ApplyError>> {
@@ -599,6 +659,16 @@ impl Kernel {
                     let ifb = from.qos_out.map(|_| tc::ifb_name(&from.name));
                     tc::Tc::open()?.clear(&from.name, ifb.as_deref())?;
                 }
+                if let (
+                    PortKind::Macvtap { owner: old, .. },
+                    PortKind::Macvtap {
+                        owner: Some(uid), ..
+                    },
+                ) = (&from.kind, &to.kind)
+                    && *old != Some(*uid)
+                {
+                    macvtap::set_owner(&to.name, index, *uid)?;
+                }
                 self.configure_guest(to, Some(from))
             }
             Step::SetShaping { bridge, to, .. } => {
@@ -608,6 +678,9 @@ impl Kernel {
             }
             Step::SetNft { to, .. } => Ok(nftables::replace(to.as_ref())?),
             Step::SetSysctl { key, to, .. } => Ok(sysctl::write(key, to)?),
+            // Undoing settings of a device made by the same plan: its removal takes them.
+            Step::SetEthtool { to, .. } if to.is_empty() => Ok(()),
+            Step::SetEthtool { dev, to, .. } => Ok(ethtool::set(dev, to)?),
             Step::CreateVxlan(v) => {
                 let link = self.idx(&v.underlay)?;
                 let master = self.master_index(&v.master)?;

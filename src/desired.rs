@@ -12,8 +12,8 @@ use crate::nft;
 use crate::snapshot::{LinkSnap, PROTO_KERNEL, RouteSnap, Snapshot, TABLE_LOCAL};
 use crate::spec::naming::{bridge_mac, host_end_mac, overlay_bridge_mac};
 use crate::spec::{
-    Mac, Mode, Network, Owner, PortKind as SpecPortKind, Spec, SpecError, VXLAN_OVERHEAD, Vxlan,
-    path_join,
+    DirectMode, Mac, Mode, Network, Owner, PortKind as SpecPortKind, Spec, SpecError,
+    VXLAN_OVERHEAD, Vxlan, path_join,
 };
 use crate::state::{
     Addr, BridgeLink, FloorClass, GuestEnd, HostState, PortKind, PortLink, Route, ShapeState,
@@ -202,13 +202,147 @@ fn vxlan_link(
     }
 }
 
+/// Settings a device cannot take, found before anything changes: ring and channel counts
+/// beyond what it reports (or of a kind it has none of), offloads it does not report.
+fn check_ethtool(
+    spec: &Spec,
+    snap: &Snapshot,
+    dev: &str,
+    e: &crate::spec::Ethtool,
+    errors: &mut Vec<SpecError>,
+) {
+    let Some(have) = snap.ethtool.get(dev) else {
+        return;
+    };
+    for (k, v) in &e.settings {
+        let msg = if k.contains('.') {
+            match have.max.get(k) {
+                None => Some(format!(
+                    "'{dev}' does not support {} settings (the kernel refuses them for this device)",
+                    k.split('.').next().unwrap_or(k)
+                )),
+                Some(0) => Some(format!("'{dev}' has no {k} to set (its maximum is 0)")),
+                Some(m) if v > m => Some(format!(
+                    "{k} {v} is more than '{dev}' supports (at most {m})"
+                )),
+                Some(_) => None,
+            }
+        } else if !have.values.contains_key(k) {
+            Some(format!("'{dev}' does not report the {k} offload"))
+        } else {
+            None
+        };
+        if let Some(m) = msg {
+            errors.push(conflict(spec, e.field_path(k), m));
+        }
+    }
+}
+
+/// What the ports of a direct network need from its uplink.
+struct DirectNet {
+    uplink: String,
+    mode: DirectMode,
+    mtu: u32,
+    /// Passthrough: the macvtap inherits the uplink's MAC.
+    passthrough_mac: Option<crate::spec::Mac>,
+}
+
+/// A direct network's uplink as the host has it: an existing interface kvmnet does not own,
+/// in no bridge or bond (the kernel gives a device's receive path to one of them only), with
+/// room for the network's MTU. The uplink itself is never changed.
+fn direct_net(
+    spec: &Spec,
+    snap: &Snapshot,
+    net: &Network,
+    npath: &str,
+) -> Result<DirectNet, SpecError> {
+    let upath = path_join(npath, "uplink");
+    let up = net.uplink.clone().unwrap_or_default();
+    let mode = net.direct_mode.unwrap_or(DirectMode::Bridge);
+    let l = match snap.link(&up) {
+        None => {
+            return Err(conflict(
+                spec,
+                upath,
+                format!("uplink '{up}' does not exist on this host"),
+            ));
+        }
+        Some(l) if is_ours(l) => {
+            return Err(conflict(
+                spec,
+                upath,
+                format!("uplink '{up}' is a device kvmnet created; name a host interface"),
+            ));
+        }
+        Some(l) => l,
+    };
+    if let Some(m) = &l.master {
+        return Err(conflict(
+            spec,
+            upath,
+            format!(
+                "uplink '{up}' is enslaved to '{m}'; macvtap ports need a device that is in no bridge or bond (use '{m}' itself, or release '{up}')"
+            ),
+        ));
+    }
+    if mode == DirectMode::Passthrough
+        && let Some(other) = snap.links.iter().find(|o| {
+            o.macvtap
+                .as_ref()
+                .is_some_and(|m| m.link.as_deref() == Some(&up))
+                && o.alias
+                    .as_deref()
+                    .and_then(parse_alias)
+                    .is_none_or(|a| a.network.as_deref() != Some(net.name.as_str()))
+        })
+    {
+        return Err(conflict(
+            spec,
+            path_join(npath, "direct_mode"),
+            format!(
+                "passthrough needs uplink '{up}' for itself, but macvtap '{}' already sits on it",
+                other.name
+            ),
+        ));
+    }
+    if let Some(m) = net.mtu
+        && m > l.mtu
+    {
+        return Err(conflict(
+            spec,
+            path_join(npath, "mtu"),
+            format!(
+                "mtu {m} is more than uplink '{up}' carries ({}); a macvtap cannot exceed its uplink",
+                l.mtu
+            ),
+        ));
+    }
+    Ok(DirectNet {
+        uplink: up,
+        mode,
+        mtu: net.mtu.unwrap_or(l.mtu),
+        passthrough_mac: l.mac.filter(|_| mode == DirectMode::Passthrough),
+    })
+}
+
 pub fn desired(spec: &Spec, snap: &Snapshot) -> Result<HostState, Vec<SpecError>> {
     let mut errors = Vec::new();
     let mut st = HostState::default();
     let foreign = |name: &str| snap.link(name).filter(|l| !is_ours(l));
+    // Per direct network: its uplink, mode, MTU and (passthrough) the uplink's MAC.
+    let mut direct: BTreeMap<&str, DirectNet> = BTreeMap::new();
 
     for net in spec.networks.values() {
         let npath = path_join("networks", &net.name);
+        if net.mode == Mode::Direct {
+            match direct_net(spec, snap, net, &npath) {
+                Ok(d) => {
+                    direct.insert(net.name.as_str(), d);
+                }
+                Err(e) => errors.push(e),
+            }
+            continue;
+        }
         let bpath = path_join(&npath, "bridge");
         if foreign(&net.bridge).is_some() {
             errors.push(conflict(
@@ -392,27 +526,39 @@ pub fn desired(spec: &Spec, snap: &Snapshot) -> Result<HostState, Vec<SpecError>
                     ),
                 ));
             }
-            let mtu = st.bridges.get(&net.bridge).map_or(DEFAULT_MTU, |b| b.mtu);
+            let dnet = direct.get(net.name.as_str());
+            let mtu = match dnet {
+                Some(d) => d.mtu,
+                None => st.bridges.get(&net.bridge).map_or(DEFAULT_MTU, |b| b.mtu),
+            };
+            let owner = match &port.owner {
+                None => None,
+                Some(Owner::Uid(u)) => Some(*u),
+                Some(Owner::User(name)) => match snap.users.get(name) {
+                    Some(u) => Some(*u),
+                    None => {
+                        errors.push(conflict(
+                            spec,
+                            format!("{ppath}.owner"),
+                            format!("no user '{name}' on this host"),
+                        ));
+                        None
+                    }
+                },
+            };
             let kind = match port.kind {
-                SpecPortKind::Tap => {
-                    let owner = match &port.owner {
-                        None => None,
-                        Some(Owner::Uid(u)) => Some(*u),
-                        Some(Owner::User(name)) => match snap.users.get(name) {
-                            Some(u) => Some(*u),
-                            None => {
-                                errors.push(conflict(
-                                    spec,
-                                    format!("{ppath}.owner"),
-                                    format!("no user '{name}' on this host"),
-                                ));
-                                None
-                            }
-                        },
-                    };
-                    PortKind::Tap {
-                        owner,
-                        multi_queue: port.queues > 1,
+                SpecPortKind::Tap => PortKind::Tap {
+                    owner,
+                    multi_queue: port.queues > 1,
+                },
+                SpecPortKind::Macvtap => {
+                    // A network whose uplink failed its checks has already said so.
+                    let Some(d) = dnet else { continue };
+                    PortKind::Macvtap {
+                        uplink: d.uplink.clone(),
+                        mode: d.mode,
+                        // The kernel makes the node root's; root is what no owner means.
+                        owner: Some(owner.unwrap_or(0)),
                     }
                 }
                 SpecPortKind::Veth => {
@@ -478,8 +624,13 @@ pub fn desired(spec: &Spec, snap: &Snapshot) -> Result<HostState, Vec<SpecError>
                     name: port.name.clone(),
                     vm: vm.name.clone(),
                     network: net.name.clone(),
-                    master: Some(net.bridge.clone()),
-                    mac: host_end_mac(port.mac),
+                    master: dnet.is_none().then(|| net.bridge.clone()),
+                    // A macvtap is the VM's NIC itself on the uplink's segment: it carries
+                    // the VM's MAC (in passthrough, the uplink's, which it inherits).
+                    mac: match dnet {
+                        Some(d) => d.passthrough_mac.unwrap_or(port.mac),
+                        None => host_end_mac(port.mac),
+                    },
                     mtu,
                     up: true,
                     isolated: net.isolate_ports,
@@ -498,6 +649,50 @@ pub fn desired(spec: &Spec, snap: &Snapshot) -> Result<HostState, Vec<SpecError>
                     kind,
                 },
             );
+        }
+    }
+
+    // ethtool: ports' settings, foreign interfaces' settings, and the originals of foreign
+    // settings the spec no longer makes (restored).
+    for vm in spec.vms.values() {
+        for port in &vm.ports {
+            let Some(e) = &port.ethtool else { continue };
+            let kind = match port.kind {
+                SpecPortKind::Tap => "tun",
+                SpecPortKind::Veth => "veth",
+                SpecPortKind::Macvtap => "macvtap",
+            };
+            // What an existing device of the same kind reports is what the new one will.
+            if snap.link(&port.name).is_some_and(|l| l.kind == kind) {
+                check_ethtool(spec, snap, &port.name, e, &mut errors);
+            }
+            st.ethtool.insert(port.name.clone(), e.settings.clone());
+        }
+    }
+    for (dev, e) in &spec.host.ethtool {
+        match snap.link(dev) {
+            None => errors.push(conflict(
+                spec,
+                e.path.clone(),
+                format!("interface '{dev}' does not exist on this host"),
+            )),
+            Some(l) if is_ours(l) => errors.push(conflict(
+                spec,
+                e.path.clone(),
+                format!("'{dev}' is a device kvmnet created; set ethtool on its port instead"),
+            )),
+            Some(_) => {
+                check_ethtool(spec, snap, dev, e, &mut errors);
+                st.ethtool.insert(dev.clone(), e.settings.clone());
+            }
+        }
+    }
+    for (dev, orig) in &snap.ethtool_originals {
+        if snap.link(dev).is_some() {
+            let w = st.ethtool.entry(dev.clone()).or_default();
+            for (k, v) in orig {
+                w.entry(k.clone()).or_insert(*v);
+            }
         }
     }
 
@@ -669,6 +864,15 @@ pub fn observed(
             continue;
         }
         let kind = match l.kind.as_str() {
+            "macvtap" => {
+                let m = l.macvtap.clone().unwrap_or_default();
+                PortKind::Macvtap {
+                    // A mode kvmnet does not make shows as no uplink: the port is made again.
+                    uplink: m.link.filter(|_| m.mode.is_some()).unwrap_or_default(),
+                    mode: m.mode.unwrap_or(DirectMode::Bridge),
+                    owner: m.dev_owner,
+                }
+            }
             "tun" => PortKind::Tap {
                 owner: l.tun_owner,
                 multi_queue: l.tun_multi_queue,
@@ -770,6 +974,11 @@ pub fn observed(
         .map(|(n, _)| n.clone())
         .collect();
     st.nft = snap.nft.clone();
+    st.ethtool = snap
+        .ethtool
+        .iter()
+        .map(|(d, e)| (d.clone(), e.values.clone()))
+        .collect();
     for k in sysctl_keys {
         if let Some(Some(v)) = snap.sysctls.get(k) {
             st.sysctls.insert(k.clone(), normalize_sysctl(v));

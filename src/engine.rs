@@ -95,6 +95,9 @@ pub struct Planned {
     pub previous: HostState,
     /// sysctls the spec enforces (the other sysctl steps are restores).
     managed: BTreeSet<String>,
+    /// ethtool settings the spec makes on foreign interfaces (interface -> keys): their
+    /// previous values are recorded before the first change.
+    managed_ethtool: BTreeMap<String, BTreeSet<String>>,
     /// What bridge-mode bridges hold from their uplinks once this plan is applied.
     moved: BTreeMap<String, Moved>,
     pub state_dir: StateDir,
@@ -135,11 +138,54 @@ pub fn plan(spec: Option<&Spec>, scope: &str, source: &str) -> Result<Planned, E
         plan: plan::diff(&want, &have),
         previous: have,
         managed: managed_sysctls(spec).into_keys().collect(),
+        managed_ethtool: managed_ethtool(spec),
         moved,
         state_dir: observer.state_dir,
         scope: scope.to_string(),
         _lock: lock,
     })
+}
+
+/// The ethtool settings a spec makes on interfaces kvmnet does not own.
+pub fn managed_ethtool(spec: &Spec) -> BTreeMap<String, BTreeSet<String>> {
+    spec.host
+        .ethtool
+        .iter()
+        .map(|(dev, e)| (dev.clone(), e.settings.keys().cloned().collect()))
+        .collect()
+}
+
+/// Adds to `originals` the previous values of the foreign ethtool settings `steps` change,
+/// keeping any value recorded before (the first one is the original).
+pub fn record_ethtool_originals(
+    steps: &[Step],
+    managed: &BTreeMap<String, BTreeSet<String>>,
+    originals: &mut BTreeMap<String, BTreeMap<String, u32>>,
+) {
+    for s in steps {
+        if let Step::SetEthtool { dev, from, .. } = s
+            && let Some(keys) = managed.get(dev)
+        {
+            for (k, v) in from.iter().filter(|(k, _)| keys.contains(*k)) {
+                originals
+                    .entry(dev.clone())
+                    .or_default()
+                    .entry(k.clone())
+                    .or_insert(*v);
+            }
+        }
+    }
+}
+
+/// Keeps only the originals of settings the spec still makes (the others were restored).
+pub fn retain_ethtool_originals(
+    managed: &BTreeMap<String, BTreeSet<String>>,
+    originals: &mut BTreeMap<String, BTreeMap<String, u32>>,
+) {
+    originals.retain(|dev, vals| {
+        vals.retain(|k, _| managed.get(dev).is_some_and(|m| m.contains(k)));
+        !vals.is_empty()
+    });
 }
 
 /// The steps of a failed execution and what became of them.
@@ -203,6 +249,11 @@ pub fn execute(
                 .or_insert(from.clone());
         }
     }
+    record_ethtool_originals(
+        &p.plan.steps,
+        &p.managed_ethtool,
+        &mut during.ethtool_originals,
+    );
     if during != before {
         sd.save(&during).map_err(runtime)?;
     }
@@ -212,6 +263,7 @@ pub fn execute(
         Ok(()) => {
             let mut after = during.clone();
             after.sysctl_originals.retain(|k, _| p.managed.contains(k));
+            retain_ethtool_originals(&p.managed_ethtool, &mut after.ethtool_originals);
             after.moved = p.moved.clone();
             if after != during {
                 sd.save(&after).map_err(runtime)?;
@@ -323,6 +375,7 @@ pub fn revert_if_due(
         plan: plan::diff(prev, &have),
         previous: have,
         managed: BTreeSet::new(),
+        managed_ethtool: BTreeMap::new(),
         moved: BTreeMap::new(),
         state_dir: observer.state_dir,
         scope: scope.to_string(),
@@ -348,4 +401,61 @@ pub fn parse_duration(s: &str) -> Option<u64> {
     };
     let n: u64 = num.parse().ok()?;
     (n > 0).then(|| n * mult)
+}
+
+#[cfg(test)]
+mod ethtool_originals_tests {
+    use super::*;
+
+    fn vals(pairs: &[(&str, u32)]) -> BTreeMap<String, u32> {
+        pairs.iter().map(|(k, v)| (k.to_string(), *v)).collect()
+    }
+
+    /// A foreign interface's first values are kept across applies, ports' never recorded, and
+    /// what the spec stops setting is forgotten once restored.
+    #[test]
+    fn first_values_of_foreign_settings_are_kept_until_restored() {
+        let managed = BTreeMap::from([(
+            "eth1".to_string(),
+            BTreeSet::from(["tso".to_string(), "rings.rx".to_string()]),
+        )]);
+        let step = |dev: &str, from: &[(&str, u32)], to: &[(&str, u32)]| Step::SetEthtool {
+            dev: dev.into(),
+            from: vals(from),
+            to: vals(to),
+        };
+        let mut originals = BTreeMap::new();
+        record_ethtool_originals(
+            &[
+                step(
+                    "eth1",
+                    &[("tso", 1), ("rings.rx", 512)],
+                    &[("tso", 0), ("rings.rx", 4096)],
+                ),
+                step("web0", &[("gro", 0)], &[("gro", 1)]),
+            ],
+            &managed,
+            &mut originals,
+        );
+        assert_eq!(
+            originals,
+            BTreeMap::from([("eth1".to_string(), vals(&[("tso", 1), ("rings.rx", 512)]))])
+        );
+        // A later change (drift repair, new value) does not overwrite the original.
+        record_ethtool_originals(
+            &[step("eth1", &[("rings.rx", 4096)], &[("rings.rx", 2048)])],
+            &managed,
+            &mut originals,
+        );
+        assert_eq!(originals["eth1"]["rings.rx"], 512);
+        // The spec keeps only tso: rings.rx was restored by the same apply and is forgotten.
+        let now = BTreeMap::from([("eth1".to_string(), BTreeSet::from(["tso".to_string()]))]);
+        retain_ethtool_originals(&now, &mut originals);
+        assert_eq!(
+            originals,
+            BTreeMap::from([("eth1".to_string(), vals(&[("tso", 1)]))])
+        );
+        retain_ethtool_originals(&BTreeMap::new(), &mut originals);
+        assert!(originals.is_empty());
+    }
 }

@@ -274,8 +274,9 @@ fn inet_parts(spec: &Spec) -> (Vec<Set>, Vec<Chain>) {
         "type nat hook output priority -100; policy accept;",
     );
     for net in spec.networks.values() {
-        if net.mode == Mode::Vxlan {
-            // An L2 segment across hosts: no routing, NAT or forwarding rules of its own.
+        if matches!(net.mode, Mode::Vxlan | Mode::Direct) {
+            // L2 segments (an overlay across hosts, an uplink's LAN): no routing, NAT or
+            // forwarding rules of their own.
             continue;
         }
         let Some(gw) = net.ipv4 else { continue };
@@ -306,7 +307,7 @@ fn inet_parts(spec: &Spec) -> (Vec<Set>, Vec<Chain>) {
                 f.push(format!(r#"iifname "{br}" ip saddr {subnet} accept"#));
                 f.push(format!(r#"oifname "{br}" ip daddr {subnet} accept"#));
             }
-            Mode::Isolated | Mode::Bridge | Mode::Vxlan => {}
+            Mode::Isolated | Mode::Bridge | Mode::Vxlan | Mode::Direct => {}
         }
         if !net.forwards.is_empty() {
             // Forwarded ports: connections translated towards a guest may come in.

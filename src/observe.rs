@@ -7,8 +7,10 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use crate::backend::netlink::{LinkInfo, Netlink, NetlinkError};
 use crate::backend::{netns, nftables, sysctl, tap};
 use crate::desired::managed_sysctls;
-use crate::snapshot::{AddrSnap, LinkSnap, NetnsSnap, RouteSnap, Snapshot, Stats, VxlanSnap};
-use crate::spec::{Owner, PortKind, Spec};
+use crate::snapshot::{
+    AddrSnap, EthtoolSnap, LinkSnap, MacvtapSnap, NetnsSnap, RouteSnap, Snapshot, Stats, VxlanSnap,
+};
+use crate::spec::{DirectMode, Owner, PortKind, Spec};
 use crate::state::{MARK, parse_alias};
 use crate::statedir::{StateDir, StateError};
 
@@ -159,6 +161,14 @@ fn link_snap(l: &LinkInfo, names: &HashMap<u32, String>) -> LinkSnap {
         fdb: Vec::new(),
         qdisc: l.qdisc.clone().filter(|q| q != "noqueue"),
         shaping: None,
+        // Foreign macvlans count too: a passthrough port needs its uplink alone.
+        macvtap: matches!(l.kind.as_deref(), Some("macvtap" | "macvlan")).then(|| MacvtapSnap {
+            link: l.peer_index.and_then(|i| names.get(&i).cloned()),
+            mode: l.macvlan_mode.and_then(DirectMode::from_kernel),
+            dev_owner: (l.kind.as_deref() == Some("macvtap"))
+                .then(|| crate::backend::macvtap::node_owner(&l.name, l.index))
+                .flatten(),
+        }),
     }
 }
 
@@ -296,6 +306,30 @@ impl Observer {
         }
 
         let state = self.state_dir.load()?;
+        // ethtool: what the spec configures, and foreign interfaces with recorded originals.
+        let mut ethtool_devs: BTreeSet<String> = state.ethtool_originals.keys().cloned().collect();
+        if let Some(spec) = spec {
+            ethtool_devs.extend(spec.host.ethtool.keys().cloned());
+            for vm in spec.vms.values() {
+                for p in vm.ports.iter().filter(|p| p.ethtool.is_some()) {
+                    ethtool_devs.insert(p.name.clone());
+                }
+            }
+        }
+        let mut ethtool = BTreeMap::new();
+        for dev in ethtool_devs {
+            if links.iter().any(|l| l.name == dev)
+                && let Ok(r) = crate::backend::ethtool::read(&dev)
+            {
+                ethtool.insert(
+                    dev,
+                    EthtoolSnap {
+                        values: r.values,
+                        max: r.max,
+                    },
+                );
+            }
+        }
         let mut keys: BTreeSet<String> = state.sysctl_originals.keys().cloned().collect();
         keys.extend(extra_sysctls.iter().cloned());
         let mut users = BTreeMap::new();
@@ -303,7 +337,8 @@ impl Observer {
             keys.extend(managed_sysctls(spec).into_keys());
             for vm in spec.vms.values() {
                 for p in &vm.ports {
-                    if let (PortKind::Tap, Some(Owner::User(u))) = (p.kind, &p.owner)
+                    if let (PortKind::Tap | PortKind::Macvtap, Some(Owner::User(u))) =
+                        (p.kind, &p.owner)
                         && let Some(uid) = tap::uid_of(u)
                     {
                         users.insert(u.clone(), uid);
@@ -333,6 +368,8 @@ impl Observer {
             sysctl_originals: state.sysctl_originals,
             moved: state.moved,
             users,
+            ethtool,
+            ethtool_originals: state.ethtool_originals,
         })
     }
 }

@@ -9,7 +9,9 @@ use serde_json::{Value, json};
 use crate::nft::NftTable;
 use std::net::Ipv4Addr;
 
-use crate::state::{Addr, BridgeLink, HostState, PortKind, PortLink, Route, Shaping, VxlanLink};
+use crate::state::{
+    Addr, BridgeLink, EthtoolValues, HostState, PortKind, PortLink, Route, Shaping, VxlanLink,
+};
 
 // Steps are built once per plan and moved little: boxing the large variants buys nothing.
 #[allow(clippy::large_enum_variant)]
@@ -77,6 +79,13 @@ pub enum Step {
         from: Option<Shaping>,
         to: Option<Shaping>,
     },
+    /// ethtool settings of one interface: `to` is set; `from` holds the values they had
+    /// (missing for a device this plan makes, whose removal takes its settings with it).
+    SetEthtool {
+        dev: String,
+        from: EthtoolValues,
+        to: EthtoolValues,
+    },
 }
 
 impl Step {
@@ -115,6 +124,11 @@ impl Step {
                 from: to,
                 to: from,
             },
+            SetEthtool { dev, from, to } => SetEthtool {
+                dev,
+                from: to,
+                to: from,
+            },
         }
     }
 
@@ -128,7 +142,7 @@ impl Step {
             DelAddr { .. } | DelRoute { .. } | DelFdb { .. } => "remove",
             SetNft { to: None, .. } | SetShaping { to: None, .. } => "delete",
             SetNft { from: None, .. } | SetShaping { from: None, .. } => "create",
-            SetNft { .. } | SetSysctl { .. } | SetShaping { .. } => "set",
+            SetNft { .. } | SetSysctl { .. } | SetShaping { .. } | SetEthtool { .. } => "set",
         }
     }
 
@@ -147,6 +161,7 @@ impl Step {
             CreateVxlan(_) | DeleteVxlan(_) => "vxlan",
             AddFdb { .. } | DelFdb { .. } => "fdb",
             SetShaping { .. } => "shaping",
+            SetEthtool { .. } => "ethtool",
         }
     }
 
@@ -166,6 +181,7 @@ impl Step {
             CreateVxlan(v) | DeleteVxlan(v) => v.name.clone(),
             AddFdb { dev, dst } | DelFdb { dev, dst } => format!("{dst} dev {dev}"),
             SetShaping { bridge, .. } => bridge.clone(),
+            SetEthtool { dev, .. } => dev.clone(),
         }
     }
 
@@ -210,6 +226,15 @@ impl Step {
                         o.insert("owner".into(), json!(owner));
                         o.insert("multi_queue".into(), json!(multi_queue));
                     }
+                    PortKind::Macvtap {
+                        uplink,
+                        mode,
+                        owner,
+                    } => {
+                        o.insert("uplink".into(), json!(uplink));
+                        o.insert("direct_mode".into(), json!(mode.as_str()));
+                        o.insert("owner".into(), json!(owner));
+                    }
                     PortKind::Veth { netns, guest } => {
                         o.insert("netns".into(), json!(netns));
                         o.insert("guest_mac".into(), json!(guest.mac.to_string()));
@@ -252,6 +277,10 @@ impl Step {
             SetShaping { from, to, .. } => {
                 o.insert("from".into(), json!(from.as_ref().map(shaping_word)));
                 o.insert("to".into(), json!(to.as_ref().map(shaping_word)));
+            }
+            SetEthtool { from, to, .. } => {
+                o.insert("from".into(), json!(from));
+                o.insert("to".into(), json!(to));
             }
             CreateNetns(_) | DeleteNetns(_) => {}
         }
@@ -327,7 +356,11 @@ fn port_changes(a: &PortLink, b: &PortLink) -> Value {
             guest.addr.map_or("-".into(), |x| x.to_string()),
             guest.gateway.map_or("-".into(), |x| x.to_string())
         ),
-        PortKind::Tap { .. } => String::new(),
+        PortKind::Tap { .. } | PortKind::Macvtap { .. } => String::new(),
+    };
+    let device_owner = |p: &PortLink| match &p.kind {
+        PortKind::Macvtap { owner, .. } => owner.map_or("-".into(), |o| format!("uid {o}")),
+        _ => String::new(),
     };
     changes(vec![
         ("mac", a.mac.to_string(), b.mac.to_string()),
@@ -348,6 +381,7 @@ fn port_changes(a: &PortLink, b: &PortLink) -> Value {
         ("vm", a.vm.clone(), b.vm.clone()),
         ("network", a.network.clone(), b.network.clone()),
         ("guest", guest(a), guest(b)),
+        ("device owner", device_owner(a), device_owner(b)),
     ])
 }
 
@@ -379,6 +413,27 @@ impl fmt::Display for Step {
                 }
                 write!(f, ")")
             }
+            CreatePort(p) if matches!(p.kind, PortKind::Macvtap { .. }) => {
+                if let PortKind::Macvtap {
+                    uplink,
+                    mode,
+                    owner,
+                } = &p.kind
+                {
+                    write!(
+                        f,
+                        " (vm {}, on {uplink} mode {}, mac {}, mtu {}",
+                        p.vm,
+                        mode.as_str(),
+                        p.mac,
+                        p.mtu
+                    )?;
+                    if let Some(o) = owner {
+                        write!(f, ", owner uid {o}")?;
+                    }
+                }
+                write!(f, ")")
+            }
             CreatePort(p) => {
                 write!(
                     f,
@@ -396,6 +451,7 @@ impl fmt::Display for Step {
                             write!(f, ", multiqueue")?;
                         }
                     }
+                    PortKind::Macvtap { .. } => {}
                     PortKind::Veth { netns, guest } => {
                         write!(f, ", guest {netns}/{} mac {}", guest.name, guest.mac)?;
                         if let Some(a) = guest.addr {
@@ -414,6 +470,25 @@ impl fmt::Display for Step {
                 to.as_deref().unwrap_or("(none)")
             ),
             SetSysctl { from, to, .. } => write!(f, ": {from} -> {to}"),
+            SetEthtool { from, to, .. } => {
+                let word = |k: &str, v: u32| {
+                    if k.contains('.') {
+                        v.to_string()
+                    } else if v != 0 {
+                        "on".to_string()
+                    } else {
+                        "off".to_string()
+                    }
+                };
+                let parts: Vec<String> = to
+                    .iter()
+                    .map(|(k, v)| match from.get(k) {
+                        Some(old) => format!("{k} {} -> {}", word(k, *old), word(k, *v)),
+                        None => format!("{k} -> {}", word(k, *v)),
+                    })
+                    .collect();
+                write!(f, ": {}", parts.join(", "))
+            }
             AddAddr { addr, .. } | DelAddr { addr, .. } => {
                 let full = addr.to_string();
                 match full.strip_prefix(&addr.cidr.to_string()) {
@@ -648,6 +723,37 @@ pub fn diff(want: &HostState, have: &HostState) -> Plan {
                 bridge: bridge.clone(),
                 from: h.cloned(),
                 to: w.cloned(),
+            });
+        }
+    }
+
+    // ethtool settings once every device exists. A device this plan makes starts from its
+    // defaults, whatever the device it replaces had.
+    let fresh: BTreeSet<String> = steps
+        .iter()
+        .filter_map(|s| match s {
+            Step::CreatePort(p) => Some(p.name.clone()),
+            _ => None,
+        })
+        .collect();
+    for (dev, w) in &want.ethtool {
+        let h = have.ethtool.get(dev).filter(|_| !fresh.contains(dev));
+        let mut from = EthtoolValues::new();
+        let mut to = EthtoolValues::new();
+        for (k, v) in w {
+            let cur = h.and_then(|h| h.get(k));
+            if cur != Some(v) {
+                to.insert(k.clone(), *v);
+                if let Some(c) = cur {
+                    from.insert(k.clone(), *c);
+                }
+            }
+        }
+        if !to.is_empty() {
+            steps.push(Step::SetEthtool {
+                dev: dev.clone(),
+                from,
+                to,
             });
         }
     }

@@ -31,6 +31,20 @@ pub struct Snapshot {
     pub moved: BTreeMap<String, crate::statedir::Moved>,
     /// User names the spec uses as tap owners, resolved; absent when no such user.
     pub users: BTreeMap<String, u32>,
+    /// ethtool settings of the interfaces of interest (those the spec configures and those
+    /// with recorded originals), as the devices report them.
+    pub ethtool: BTreeMap<String, EthtoolSnap>,
+    /// Values ethtool settings of foreign interfaces had before kvmnet first changed them.
+    pub ethtool_originals: BTreeMap<String, BTreeMap<String, u32>>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EthtoolSnap {
+    /// Every setting the device reports.
+    pub values: BTreeMap<String, u32>,
+    /// Upper bounds of rings and channels.
+    pub max: BTreeMap<String, u32>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -61,6 +75,19 @@ pub struct LinkSnap {
     pub qdisc: Option<String>,
     /// A kvmnet bridge's shaping tree, read back (network bandwidth and floors).
     pub shaping: Option<crate::state::Shaping>,
+    /// Settings of a macvtap (or macvlan) device.
+    pub macvtap: Option<MacvtapSnap>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MacvtapSnap {
+    /// The lower device's name.
+    pub link: Option<String>,
+    /// `None` for a macvlan mode kvmnet does not use (source).
+    pub mode: Option<crate::spec::DirectMode>,
+    /// Owner of its character device `/dev/tapIFINDEX`; `None` when there is none.
+    pub dev_owner: Option<u32>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]

@@ -37,6 +37,11 @@ pub struct HostState {
     /// Shaping of the traffic the host sends into a network, at its bridge (by bridge name).
     #[serde(default)]
     pub shaping: BTreeMap<String, Shaping>,
+    /// ethtool settings by interface (kvmnet's ports or foreign interfaces), only the keys
+    /// that matter: desired, those the spec sets (or restores); observed, what the device
+    /// reports.
+    #[serde(default)]
+    pub ethtool: BTreeMap<String, EthtoolValues>,
 }
 
 /// A network's `bandwidth` and its VMs' floors, as the HTB tree on its bridge holds them.
@@ -100,6 +105,9 @@ impl Shaping {
         }
     }
 }
+
+/// ethtool setting key (`tso`, `rings.rx`, ...) to value (offloads 0/1).
+pub type EthtoolValues = BTreeMap<String, u32>;
 
 /// A VXLAN device, enslaved to its network's bridge. Its settings cannot change in place:
 /// any difference makes it again.
@@ -241,6 +249,7 @@ impl PortLink {
         match self.kind {
             PortKind::Tap { .. } => "tap",
             PortKind::Veth { .. } => "veth",
+            PortKind::Macvtap { .. } => "macvtap",
         }
     }
     /// Differences that cannot be changed in place: the device must be made again.
@@ -257,6 +266,20 @@ impl PortLink {
                     guest: gb,
                 },
             ) => a != b || ga.name != gb.name || ga.mtu == 0,
+            // The lower device and the mode are fixed when a macvlan is made; the owner of
+            // its /dev/tapN changes in place.
+            (
+                PortKind::Macvtap {
+                    uplink: a,
+                    mode: ma,
+                    ..
+                },
+                PortKind::Macvtap {
+                    uplink: b,
+                    mode: mb,
+                    ..
+                },
+            ) => a != b || ma != mb,
             _ => true,
         }
     }
@@ -271,6 +294,14 @@ pub enum PortKind {
     Veth {
         netns: String,
         guest: GuestEnd,
+    },
+    /// A port of a `direct` network: a macvtap on `uplink` whose MAC is the VM's own. QEMU
+    /// opens its character device `/dev/tapIFINDEX`, which belongs to `owner` (uid; `None`
+    /// when it is missing, as observed).
+    Macvtap {
+        uplink: String,
+        mode: crate::spec::DirectMode,
+        owner: Option<u32>,
     },
 }
 

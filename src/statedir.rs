@@ -30,6 +30,10 @@ pub struct State {
     /// it, so one deleted by hand is put back (and returned to the uplink on destroy).
     #[serde(default)]
     pub moved: BTreeMap<String, Moved>,
+    /// Per foreign interface: the value each ethtool setting had before kvmnet first changed
+    /// it, given back on destroy.
+    #[serde(default)]
+    pub ethtool_originals: BTreeMap<String, BTreeMap<String, u32>>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]

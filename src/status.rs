@@ -72,7 +72,9 @@ pub fn status_json(snap: &Snapshot) -> Value {
                 "port": l.name, "vm": a.vm, "network": a.network, "kind": kind,
                 "bridge": l.master, "state": state_word(l),
                 "mac": l.mac.map(|m| m.to_string()), "mtu": l.mtu,
-                "owner": l.tun_owner, "multi_queue": l.tun_multi_queue,
+                "owner": l.tun_owner.or(l.macvtap.as_ref().and_then(|m| m.dev_owner)),
+                "multi_queue": l.tun_multi_queue,
+                "uplink": l.macvtap.as_ref().and_then(|m| m.link.clone()),
                 "guest": guest, "counters": counters(l),
             }));
         }

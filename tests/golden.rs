@@ -128,6 +128,24 @@ fn synth(want: &kvmnet::state::HostState, base: &Snapshot) -> Snapshot {
                 l.tun_owner = *owner;
                 l.tun_multi_queue = *multi_queue;
             }
+            PortKind::Macvtap {
+                uplink,
+                mode,
+                owner,
+            } => {
+                l.kind = "macvtap".into();
+                l.macvtap = Some(kvmnet::snapshot::MacvtapSnap {
+                    link: Some(uplink.clone()),
+                    mode: Some(*mode),
+                    dev_owner: *owner,
+                });
+                // The uplink stays as it was.
+                if s.link(uplink).is_none()
+                    && let Some(u) = base.link(uplink)
+                {
+                    s.links.push(u.clone());
+                }
+            }
             PortKind::Veth { netns, guest } => {
                 l.kind = "veth".into();
                 let g = s.netns.entry(netns.clone()).or_default();
@@ -213,6 +231,20 @@ fn synth(want: &kvmnet::state::HostState, base: &Snapshot) -> Snapshot {
                 scope: r.scope,
                 prefsrc: r.prefsrc,
             });
+        }
+    }
+    for (dev, vals) in &want.ethtool {
+        let mut e = base.ethtool.get(dev).cloned().unwrap_or_default();
+        e.values.extend(vals.iter().map(|(k, v)| (k.clone(), *v)));
+        for (k, v) in vals.iter().filter(|(k, _)| k.contains('.')) {
+            e.max.entry(k.clone()).or_insert(*v);
+        }
+        s.ethtool.insert(dev.clone(), e);
+        // A foreign interface whose settings are restored stays as it was.
+        if s.link(dev).is_none()
+            && let Some(l) = base.link(dev)
+        {
+            s.links.push(l.clone());
         }
     }
     s.nft = want.nft.clone();

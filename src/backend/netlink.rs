@@ -96,6 +96,7 @@ const RTEXT_FILTER_SKIP_STATS: u32 = 1 << 3;
 
 const IFLA_INFO_KIND: u16 = 1;
 const IFLA_INFO_DATA: u16 = 2;
+const IFLA_MACVLAN_MODE: u16 = 1;
 const IFLA_INFO_SLAVE_KIND: u16 = 4;
 const IFLA_INFO_SLAVE_DATA: u16 = 5;
 const IFLA_BRPORT_ISOLATED: u16 = 33;
@@ -290,7 +291,9 @@ pub struct LinkInfo {
     pub alias: Option<String>,
     pub tun: Option<TunInfo>,
     pub vxlan: Option<VxlanInfo>,
-    /// `IFLA_LINK`: for a veth, the peer's index (in the peer's namespace).
+    /// `IFLA_MACVLAN_MODE` of a macvlan or macvtap (whose lower device is `peer_index`).
+    pub macvlan_mode: Option<u32>,
+    /// `IFLA_LINK`: for a macvlan or macvtap, the lower device's index; for a veth, the peer's index (in the peer's namespace).
     pub peer_index: Option<u32>,
     /// `IFLA_LINK_NETNSID`: for a veth whose peer lives in another namespace, that namespace's
     /// id as seen from here.
@@ -380,6 +383,11 @@ pub enum NewLinkKind {
         port: u16,
         group: Option<Ipv4Addr>,
         learning: bool,
+    },
+    /// `ip link add NAME link LOWER type macvtap mode MODE`: MODE an `IFLA_MACVLAN_MODE` value.
+    Macvtap {
+        lower: u32,
+        mode: u32,
     },
 }
 
@@ -490,6 +498,9 @@ impl Request {
                     format!("create link {name} (veth, peer {peer_name})")
                 }
                 NewLinkKind::Vxlan { vni, .. } => format!("create link {name} (vxlan id {vni})"),
+                NewLinkKind::Macvtap { lower, .. } => {
+                    format!("create link {name} (macvtap on index {lower})")
+                }
             },
             Request::SetLink {
                 index,
@@ -825,6 +836,7 @@ fn parse_link(p: &[u8]) -> Option<LinkInfo> {
         alias: None,
         tun: None,
         vxlan: None,
+        macvlan_mode: None,
         peer_index: None,
         link_netnsid: None,
         stats: LinkStats::default(),
@@ -895,6 +907,11 @@ fn parse_link(p: &[u8]) -> Option<LinkInfo> {
                         }
                     }
                     li.tun = Some(tun);
+                }
+                if matches!(li.kind.as_deref(), Some("macvtap" | "macvlan")) {
+                    li.macvlan_mode = attrs(data.unwrap_or(&[]))
+                        .find(|(t, _)| *t == IFLA_MACVLAN_MODE)
+                        .and_then(|(_, d)| attr_u32(d));
                 }
                 if li.kind.as_deref() == Some("vxlan") {
                     let mut vx = VxlanInfo::default();
@@ -1516,6 +1533,9 @@ impl Netlink {
                 if let Some(m) = master {
                     b.attr_u32(IFLA_MASTER, *m);
                 }
+                if let NewLinkKind::Macvtap { lower, .. } = kind {
+                    b.attr_u32(IFLA_LINK, *lower);
+                }
                 let li = b.nest_begin(IFLA_LINKINFO);
                 match kind {
                     NewLinkKind::Bridge => b.attr_str(IFLA_INFO_KIND, "bridge"),
@@ -1575,6 +1595,12 @@ impl Netlink {
                         }
                         b.attr(IFLA_VXLAN_LEARNING, &[u8::from(*learning)]);
                         b.attr(IFLA_VXLAN_PORT, &port.to_be_bytes());
+                        b.nest_end(data);
+                    }
+                    NewLinkKind::Macvtap { mode, .. } => {
+                        b.attr_str(IFLA_INFO_KIND, "macvtap");
+                        let data = b.nest_begin(IFLA_INFO_DATA);
+                        b.attr_u32(IFLA_MACVLAN_MODE, *mode);
                         b.nest_end(data);
                     }
                 }

@@ -134,6 +134,8 @@ pub enum Mode {
     Bridge,
     /// An L2 overlay across hosts: a VXLAN device on the network's bridge.
     Vxlan,
+    /// Guests directly on an uplink's segment through macvtap devices: no bridge.
+    Direct,
 }
 
 impl Mode {
@@ -144,6 +146,7 @@ impl Mode {
             Mode::Isolated => "isolated",
             Mode::Bridge => "bridge",
             Mode::Vxlan => "vxlan",
+            Mode::Direct => "direct",
         }
     }
 }
@@ -168,6 +171,31 @@ pub struct Host {
     pub sysctl: BTreeMap<String, String>,
     /// A named sysctl profile; `sysctl` entries override its values.
     pub tuning: Option<Tuning>,
+    /// ethtool settings of host interfaces kvmnet does not own, by interface name (from the
+    /// uplink section of a spec); their previous values are restored on destroy.
+    pub ethtool: BTreeMap<String, Ethtool>,
+}
+
+/// ethtool settings of one interface: only the keys the spec sets, each by kvmnet's name
+/// (`tso`, `gso`, `gro`, `lro`, `rx_checksum`, `tx_checksum`, `rings.rx`, `rings.tx`,
+/// `channels.combined`, `channels.rx`, `channels.tx`) with its value (offloads 0 or 1).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Ethtool {
+    pub settings: BTreeMap<String, u32>,
+    /// The spec path of the `ethtool` mapping, so a problem found on the host can point at
+    /// the line of the setting (see [`Ethtool::field_path`]).
+    pub path: String,
+}
+
+impl Ethtool {
+    /// Where setting `key` sits in the spec: offloads are under `offloads.`.
+    pub fn field_path(&self, key: &str) -> String {
+        if key.contains('.') {
+            format!("{}.{key}", self.path)
+        } else {
+            format!("{}.offloads.{key}", self.path)
+        }
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -212,7 +240,7 @@ impl Tuning {
 pub struct Network {
     pub name: String,
     pub mode: Mode,
-    /// Bridge device name, given or derived.
+    /// Bridge device name, given or derived; empty on `direct` networks, which have none.
     pub bridge: String,
     /// Gateway address on the bridge plus the subnet. Required for nat/routed/isolated;
     /// absent for `bridge` mode.
@@ -232,6 +260,63 @@ pub struct Network {
     /// Total rate of traffic the host sends into the network (bits/s): the bridge is shaped to
     /// it, and ports' `qos.floor` guarantees are shares of it.
     pub bandwidth_bps: Option<u64>,
+    /// `direct` mode: the macvtap mode of its ports (`uplink` is their lower device).
+    pub direct_mode: Option<DirectMode>,
+}
+
+/// How macvtap ports on one uplink reach each other (the kernel's macvlan modes).
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum DirectMode {
+    /// Ports reach each other inside the host, and the uplink's segment.
+    Bridge,
+    /// Everything goes out through the uplink; port-to-port only if the switch hairpins.
+    Vepa,
+    /// Ports never reach each other, only the uplink's segment.
+    Private,
+    /// One port takes over the uplink (its MAC and promiscuity).
+    Passthrough,
+}
+
+impl DirectMode {
+    /// The spec's word for it.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            DirectMode::Bridge => "bridge",
+            DirectMode::Vepa => "vepa",
+            DirectMode::Private => "private",
+            DirectMode::Passthrough => "passthrough",
+        }
+    }
+    /// `IFLA_MACVLAN_MODE` values (linux/if_link.h).
+    pub fn kernel_value(&self) -> u32 {
+        match self {
+            DirectMode::Private => 1,
+            DirectMode::Vepa => 2,
+            DirectMode::Bridge => 4,
+            DirectMode::Passthrough => 8,
+        }
+    }
+    pub fn from_kernel(v: u32) -> Option<DirectMode> {
+        Some(match v {
+            1 => DirectMode::Private,
+            2 => DirectMode::Vepa,
+            4 => DirectMode::Bridge,
+            8 => DirectMode::Passthrough,
+            _ => return None,
+        })
+    }
+    pub fn parse(s: &str) -> Option<DirectMode> {
+        Some(match s {
+            "bridge" => DirectMode::Bridge,
+            "vepa" => DirectMode::Vepa,
+            "private" => DirectMode::Private,
+            "passthrough" => DirectMode::Passthrough,
+            _ => return None,
+        })
+    }
 }
 
 /// VXLAN default UDP port (IANA).
@@ -308,6 +393,8 @@ pub struct Vm {
 pub enum PortKind {
     Tap,
     Veth,
+    /// Every port of a `direct` network: a macvtap device on the network's uplink.
+    Macvtap,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -346,6 +433,8 @@ pub struct Port {
     pub qos: Option<Qos>,
     /// Copy this port's traffic, both ways, to the port with this (host-side) name.
     pub mirror: Option<String>,
+    /// Offloads, rings and channels of the port's host-side device.
+    pub ethtool: Option<Ethtool>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq)]

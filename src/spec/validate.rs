@@ -11,9 +11,9 @@ use std::net::Ipv4Addr;
 
 use super::SpecError;
 use super::model::{
-    Dhcp, DhcpRoute, Firewall, FirewallDirection, FirewallRule, Forward, Host, Ipv4Cidr, Loc, Mac,
-    Mode, Network, Owner, Port, PortKind, Proto, Qos, RuleAction, RuleProto, Shape, Spec, Tuning,
-    VXLAN_PORT, Vm, Vxlan,
+    Dhcp, DhcpRoute, DirectMode, Ethtool, Firewall, FirewallDirection, FirewallRule, Forward, Host,
+    Ipv4Cidr, Loc, Mac, Mode, Network, Owner, Port, PortKind, Proto, Qos, RuleAction, RuleProto,
+    Shape, Spec, Tuning, VXLAN_PORT, Vm, Vxlan,
 };
 use super::naming;
 use super::yaml::{Key, Kind, Node, index, join, show};
@@ -36,6 +36,7 @@ const NET_FIELDS: &[&str] = &[
     "group",
     "port",
     "bandwidth",
+    "direct_mode",
 ];
 const VXLAN_FIELDS: &[&str] = &["vni", "underlay", "remotes", "group", "port"];
 const VNI_MAX: i128 = 16_777_215;
@@ -58,9 +59,17 @@ const PORT_FIELDS: &[&str] = &[
     "firewall",
     "qos",
     "mirror",
+    "ethtool",
 ];
+const ETHTOOL_FIELDS: &[&str] = &["offloads", "rings", "channels"];
+const OFFLOAD_FIELDS: &[&str] = &["tso", "gso", "gro", "lro", "rx_checksum", "tx_checksum"];
+const RING_FIELDS: &[&str] = &["rx", "tx"];
+const CHANNEL_FIELDS: &[&str] = &["combined", "rx", "tx"];
+const RING_MAX: i128 = 1 << 20;
+const CHANNEL_MAX: i128 = 4096;
 
-const MODES: &str = "nat, routed, isolated, bridge or vxlan";
+const MODES: &str = "nat, routed, isolated, bridge, vxlan or direct";
+const DIRECT_MODES: &str = "bridge, vepa, private or passthrough";
 const NAME_MAX: usize = 64;
 const MTU_MIN: i128 = 68;
 const MTU_MAX: i128 = 65535;
@@ -568,6 +577,8 @@ struct NetDraft {
     vxlan: Option<Vxlan>,
     /// bits/s, with where it was written.
     bandwidth: Option<(u64, Loc)>,
+    /// `direct` mode: how its macvtap ports reach each other.
+    direct_mode: Option<(DirectMode, Loc)>,
 }
 
 struct ForwardDraft {
@@ -601,6 +612,7 @@ struct PortDraft {
     firewall: Option<Firewall>,
     qos: Option<Qos>,
     mirror: Option<(String, Loc, String)>,
+    ethtool: Option<Ethtool>,
 }
 
 pub(crate) fn convert(root: &Node, errors: &mut Vec<SpecError>) -> Option<Spec> {
@@ -809,6 +821,7 @@ fn read_network(cx: &mut Ctx, key: &Key, f: &Field) -> NetDraft {
         forwards: Vec::new(),
         vxlan: None,
         bandwidth: None,
+        direct_mode: None,
     };
     let Some(o) = obj(
         cx,
@@ -830,6 +843,7 @@ fn read_network(cx: &mut Ctx, key: &Key, f: &Field) -> NetDraft {
             "isolated" => Some(Mode::Isolated),
             "bridge" => Some(Mode::Bridge),
             "vxlan" => Some(Mode::Vxlan),
+            "direct" => Some(Mode::Direct),
             _ => {
                 cx.err(
                     &mf.path,
@@ -843,7 +857,17 @@ fn read_network(cx: &mut Ctx, key: &Key, f: &Field) -> NetDraft {
     }
     let mode = d.mode;
 
-    if let Some(bf) = o.get(cx, "bridge") {
+    if mode == Some(Mode::Direct) {
+        // No bridge at all: the ports are macvtap devices on the uplink.
+        d.bridge = Some(String::new());
+        if let Some(bf) = o.get(cx, "bridge") {
+            cx.err(
+                &bf.path,
+                bf.loc(),
+                "a direct network has no bridge: its ports are macvtap devices on the uplink (remove bridge, or use mode bridge)",
+            );
+        }
+    } else if let Some(bf) = o.get(cx, "bridge") {
         d.bridge_loc = bf.loc();
         d.bridge = read_ifname_field(cx, &bf, "a bridge interface name");
     } else if name_ok {
@@ -854,6 +878,13 @@ fn read_network(cx: &mut Ctx, key: &Key, f: &Field) -> NetDraft {
     // ipv4
     let ipf = o.get(cx, "ipv4");
     match (&ipf, mode) {
+        (Some(ipf), Some(Mode::Direct)) => {
+            cx.err(
+                &ipf.path,
+                ipf.loc(),
+                "a direct network takes no ipv4: the host has no address on it (its guests sit on the uplink's segment and use that network's gateway); remove ipv4",
+            );
+        }
         (Some(ipf), Some(Mode::Bridge)) => {
             cx.err(
                 &ipf.path,
@@ -862,7 +893,7 @@ fn read_network(cx: &mut Ctx, key: &Key, f: &Field) -> NetDraft {
                  (they move to the bridge); remove ipv4 or use mode nat, routed or isolated",
             );
         }
-        (None, Some(m)) if !matches!(m, Mode::Bridge | Mode::Vxlan) => {
+        (None, Some(m)) if !matches!(m, Mode::Bridge | Mode::Vxlan | Mode::Direct) => {
             cx.err(
                 &join(&f.path, "ipv4"),
                 o.loc,
@@ -905,12 +936,12 @@ fn read_network(cx: &mut Ctx, key: &Key, f: &Field) -> NetDraft {
     }
 
     match (o.get(cx, "uplink"), mode) {
-        (Some(uf), Some(m)) if m != Mode::Bridge => {
+        (Some(uf), Some(m)) if !matches!(m, Mode::Bridge | Mode::Direct) => {
             cx.err(
                 &uf.path,
                 uf.loc(),
                 format!(
-                    "uplink applies only to mode bridge; a {} network has no uplink (remove it)",
+                    "uplink applies only to modes bridge and direct; a {} network has no uplink (remove it)",
                     m.as_str()
                 ),
             );
@@ -926,6 +957,13 @@ fn read_network(cx: &mut Ctx, key: &Key, f: &Field) -> NetDraft {
                 &join(&f.path, "uplink"),
                 o.loc,
                 "missing required field 'uplink'; a bridge network needs the host interface to enslave, like eth0",
+            );
+        }
+        (None, Some(Mode::Direct)) => {
+            cx.err(
+                &join(&f.path, "uplink"),
+                o.loc,
+                "missing required field 'uplink'; a direct network needs the host interface its macvtap ports sit on, like eth0",
             );
         }
         (None, _) => {}
@@ -952,7 +990,13 @@ fn read_network(cx: &mut Ctx, key: &Key, f: &Field) -> NetDraft {
     }
 
     if let Some(df) = o.get(cx, "dhcp") {
-        if mode == Some(Mode::Bridge) {
+        if mode == Some(Mode::Direct) {
+            cx.err(
+                &df.path,
+                df.loc(),
+                "kvmnet serves no DHCP on a direct network: the host has no address there; its guests use the uplink segment's DHCP server (remove dhcp)",
+            );
+        } else if mode == Some(Mode::Bridge) {
             cx.err(
                 &df.path,
                 df.loc(),
@@ -972,10 +1016,40 @@ fn read_network(cx: &mut Ctx, key: &Key, f: &Field) -> NetDraft {
             d.dhcp = read_dhcp(cx, &df, subnet);
         }
     }
-    if let Some(isf) = o.get(cx, "isolate_ports")
-        && let Some(b) = boolean(cx, &isf)
-    {
-        d.isolate_ports = b;
+    if let Some(isf) = o.get(cx, "isolate_ports") {
+        if mode == Some(Mode::Direct) {
+            cx.err(
+                &isf.path,
+                isf.loc(),
+                "isolate_ports is a bridge setting; on a direct network use direct_mode: private (ports reach the uplink's segment, not each other)",
+            );
+        } else if let Some(b) = boolean(cx, &isf) {
+            d.isolate_ports = b;
+        }
+    }
+    match (o.get(cx, "direct_mode"), mode) {
+        (Some(df), Some(m)) if m != Mode::Direct => cx.err(
+            &df.path,
+            df.loc(),
+            format!(
+                "direct_mode applies only to mode direct; a {} network has no direct_mode (remove it)",
+                m.as_str()
+            ),
+        ),
+        (Some(df), _) => {
+            if let Some(t) = text(cx, &df, DIRECT_MODES) {
+                match DirectMode::parse(&t) {
+                    Some(dm) => d.direct_mode = Some((dm, df.loc())),
+                    None => cx.err(
+                        &df.path,
+                        df.loc(),
+                        format!("'{}' is not a direct mode; expected {DIRECT_MODES}", show(&t)),
+                    ),
+                }
+            }
+        }
+        (None, Some(Mode::Direct)) => d.direct_mode = Some((DirectMode::Bridge, o.loc)),
+        (None, _) => {}
     }
     if let Some(bf) = o.get(cx, "bandwidth")
         && let Some(t) = text(cx, &bf, "a rate like 1gbit")
@@ -1515,6 +1589,7 @@ fn read_port(
         firewall: None,
         qos: None,
         mirror: None,
+        ethtool: None,
     };
 
     let mut net: Option<NetRef> = None;
@@ -1556,19 +1631,54 @@ fn read_port(
         d.name_derived = true;
     }
 
+    let direct = net.as_ref().is_some_and(|n| n.mode == Some(Mode::Direct));
+    if direct {
+        d.kind = Some(PortKind::Macvtap);
+        // Nothing on a direct port goes through a bridge, so the bridge-based guard has
+        // nothing to hook into (see the README).
+        d.antispoof = false;
+    }
     if let Some(kf) = o.get(cx, "kind") {
-        d.kind = text(cx, &kf, "tap or veth").and_then(|k| match k.as_str() {
+        let k = text(cx, &kf, "tap, veth or macvtap").and_then(|k| match k.as_str() {
             "tap" => Some(PortKind::Tap),
             "veth" => Some(PortKind::Veth),
+            "macvtap" => Some(PortKind::Macvtap),
             _ => {
                 cx.err(
                     &kf.path,
                     kf.loc(),
-                    format!("'{}' is not a port kind; expected tap or veth", show(&k)),
+                    format!(
+                        "'{}' is not a port kind; expected tap, veth or macvtap",
+                        show(&k)
+                    ),
                 );
                 None
             }
         });
+        match k {
+            Some(PortKind::Macvtap) if !direct && net.is_some() => {
+                cx.err(
+                    &kf.path,
+                    kf.loc(),
+                    "macvtap ports exist only on direct networks (mode: direct); use tap or veth here",
+                );
+                d.kind = None;
+            }
+            Some(k @ (PortKind::Tap | PortKind::Veth)) if direct => {
+                cx.err(
+                    &kf.path,
+                    kf.loc(),
+                    format!(
+                        "a port on direct network {} is a macvtap device on its uplink, not a {}; remove kind (or write kind: macvtap)",
+                        d.network.as_deref().unwrap_or(""),
+                        if k == PortKind::Tap { "tap" } else { "veth" }
+                    ),
+                );
+                d.kind = None;
+            }
+            k if !direct => d.kind = k,
+            _ => {}
+        }
     }
 
     if let Some(mf) = o.get(cx, "mac") {
@@ -1597,6 +1707,45 @@ fn read_port(
     }
 
     let kind = d.kind;
+    if kind == Some(PortKind::Macvtap) {
+        // What a macvtap port cannot do, field by field, each with its reason.
+        let refuse: [(&str, &str); 5] = [
+            (
+                "queues",
+                "a macvtap port needs no queues setting: QEMU opens /dev/tapN once per queue (remove it)",
+            ),
+            (
+                "firewall",
+                "a port on a direct network cannot have a firewall: its traffic never passes through the host's IP or bridge hooks (use a bridge network, or filter in the guest)",
+            ),
+            (
+                "qos",
+                "qos is not supported on direct (macvtap) ports in this version; use a bridge network for shaped ports",
+            ),
+            (
+                "mirror",
+                "mirror is not supported on direct (macvtap) ports in this version; use a bridge network",
+            ),
+            (
+                "dhcp_client",
+                "dhcp_client applies only to veth ports; a VM on a macvtap runs its own DHCP client (remove it)",
+            ),
+        ];
+        for (key, why) in refuse {
+            if let Some(f) = o.get(cx, key) {
+                cx.err(&f.path, f.loc(), why);
+            }
+        }
+        if let Some(af) = o.get(cx, "antispoof")
+            && boolean(cx, &af) == Some(true)
+        {
+            cx.err(
+                &af.path,
+                af.loc(),
+                "anti-spoofing is not enforced on direct (macvtap) ports: their frames never cross a bridge kvmnet guards; remove antispoof (or use a bridge network)",
+            );
+        }
+    }
     if let Some(of) = o.get(cx, "owner") {
         if kind == Some(PortKind::Veth) {
             cx.err(
@@ -1608,7 +1757,9 @@ fn read_port(
             d.owner = read_owner(cx, &of);
         }
     }
-    if let Some(qf) = o.get(cx, "queues") {
+    if let Some(qf) = o.get(cx, "queues")
+        && kind != Some(PortKind::Macvtap)
+    {
         if kind == Some(PortKind::Veth) {
             cx.err(
                 &qf.path,
@@ -1626,11 +1777,14 @@ fn read_port(
         }
     }
     if let Some(af) = o.get(cx, "antispoof")
+        && kind != Some(PortKind::Macvtap)
         && let Some(b) = boolean(cx, &af)
     {
         d.antispoof = b;
     }
-    if let Some(cf) = o.get(cx, "dhcp_client") {
+    if let Some(cf) = o.get(cx, "dhcp_client")
+        && kind != Some(PortKind::Macvtap)
+    {
         if kind == Some(PortKind::Tap) {
             cx.err(
                 &cf.path,
@@ -1641,7 +1795,9 @@ fn read_port(
             d.dhcp_client = b;
         }
     }
-    if let Some(ff) = o.get(cx, "firewall") {
+    if let Some(ff) = o.get(cx, "firewall")
+        && kind != Some(PortKind::Macvtap)
+    {
         d.firewall = read_firewall(cx, &ff);
         if let Some(fw) = &d.firewall {
             if d.ipv4.is_none() && !cx.errors.iter().any(|e| e.path.starts_with(&d.path)) {
@@ -1660,13 +1816,19 @@ fn read_port(
             }
         }
     }
-    if let Some(qf) = o.get(cx, "qos") {
+    if let Some(qf) = o.get(cx, "qos")
+        && kind != Some(PortKind::Macvtap)
+    {
         d.qos = read_qos(cx, &qf);
     }
     if let Some(mf) = o.get(cx, "mirror")
+        && kind != Some(PortKind::Macvtap)
         && let Some(m) = read_ifname_field(cx, &mf, "the name of the port that receives the copy")
     {
         d.mirror = Some((m, mf.loc(), mf.path.clone()));
+    }
+    if let Some(ef) = o.get(cx, "ethtool") {
+        d.ethtool = read_ethtool(cx, &ef);
     }
     match (o.get(cx, "netns"), kind) {
         (Some(nf), Some(PortKind::Tap)) => {
@@ -1674,6 +1836,13 @@ fn read_port(
                 &nf.path,
                 nf.loc(),
                 "netns applies only to veth ports; a tap port is opened by QEMU (use kind: veth, or remove netns)",
+            );
+        }
+        (Some(nf), Some(PortKind::Macvtap)) => {
+            cx.err(
+                &nf.path,
+                nf.loc(),
+                "netns applies only to veth ports; a macvtap port is opened by QEMU through /dev/tapN (remove netns)",
             );
         }
         (Some(nf), _) => {
@@ -1729,7 +1898,7 @@ fn port_ipv4(t: &str, net: Option<&NetRef>, net_name: &str) -> Result<Option<Ipv
         return Ok(None);
     };
     match (net.mode, net.ipv4) {
-        (Some(m @ Mode::Bridge), _) | (Some(m @ Mode::Vxlan), None) => {
+        (Some(m @ (Mode::Bridge | Mode::Direct)), _) | (Some(m @ Mode::Vxlan), None) => {
             if !with_prefix {
                 return Err(format!(
                     "on {} network {net_name} there is no subnet to take a prefix from; write the address with its prefix, like {}/24",
@@ -1846,9 +2015,14 @@ fn cross_checks(cx: &mut Ctx, nets: &[NetDraft], ports: &[PortDraft], sysctl: Op
         what: String,
         derived: bool,
     }
+    impl CreatedName for Created<'_> {
+        fn created_as(&self, name: &str) -> Option<String> {
+            (self.name == name).then(|| self.what.clone())
+        }
+    }
     let mut created: Vec<Created> = Vec::new();
     for n in nets {
-        if let Some(b) = &n.bridge {
+        if let Some(b) = n.bridge.as_ref().filter(|b| !b.is_empty()) {
             created.push(Created {
                 name: b,
                 loc: n.bridge_loc,
@@ -1931,6 +2105,7 @@ fn cross_checks(cx: &mut Ctx, nets: &[NetDraft], ports: &[PortDraft], sysctl: Op
     // Uplinks: existing host interfaces, never one kvmnet creates, each enslaved once.
     let mut uplinks: Vec<(&str, Loc, &NetDraft)> = nets
         .iter()
+        .filter(|n| n.mode != Some(Mode::Direct))
         .filter_map(|n| n.uplink.as_ref().map(|(u, l)| (u.as_str(), *l, n)))
         .collect();
     uplinks.sort_by_key(|u| u.1);
@@ -1960,6 +2135,8 @@ fn cross_checks(cx: &mut Ctx, nets: &[NetDraft], ports: &[PortDraft], sysctl: Op
             seen_uplink.insert(u, n);
         }
     }
+
+    direct_checks(cx, nets, ports, &created, &seen_uplink);
 
     // NAT egress: a host interface the traffic really leaves through.
     for n in nets {
@@ -1999,7 +2176,7 @@ fn cross_checks(cx: &mut Ctx, nets: &[NetDraft], ports: &[PortDraft], sysctl: Op
     // MACs: guests' and bridges' addresses must all differ.
     let mut macs: Vec<(Mac, Loc, String, String, bool)> = Vec::new();
     for n in nets {
-        if check_entity_name(&n.name, "network").is_ok() {
+        if check_entity_name(&n.name, "network").is_ok() && n.mode != Some(Mode::Direct) {
             macs.push((
                 naming::bridge_mac(&n.name),
                 n.key_loc,
@@ -2089,8 +2266,18 @@ fn cross_checks(cx: &mut Ctx, nets: &[NetDraft], ports: &[PortDraft], sysctl: Op
     // A mirror copies to another port of the spec.
     for p in ports {
         if let Some((m, loc, path)) = &p.mirror {
+            let target = ports.iter().find(|q| q.name.as_deref() == Some(m.as_str()));
             if p.name.as_deref() == Some(m.as_str()) {
                 cx.err(path, *loc, "a port cannot mirror to itself");
+            } else if target.is_some_and(|t| t.kind == Some(PortKind::Macvtap)) {
+                cx.err(
+                    path,
+                    *loc,
+                    format!(
+                        "'{}' is a port on a direct network: a copy sent to a macvtap leaves through its uplink instead of reaching the VM; mirror to a tap or veth port",
+                        show(m)
+                    ),
+                );
             } else if !ports.iter().any(|q| q.name.as_deref() == Some(m.as_str())) {
                 cx.err(
                     path,
@@ -2223,6 +2410,86 @@ fn check_floors(cx: &mut Ctx, nets: &[NetDraft], ports: &[PortDraft]) {
     }
 }
 
+/// Direct networks: the uplink is a host interface no bridge of the spec takes (the kernel
+/// gives a device to a bridge or to macvlans, not both), and passthrough has the uplink to
+/// itself: one network, one port.
+fn direct_checks(
+    cx: &mut Ctx,
+    nets: &[NetDraft],
+    ports: &[PortDraft],
+    created: &[impl CreatedName],
+    bridged: &HashMap<&str, &NetDraft>,
+) {
+    let mut direct: Vec<&NetDraft> = nets
+        .iter()
+        .filter(|n| n.mode == Some(Mode::Direct) && n.uplink.is_some())
+        .collect();
+    direct.sort_by_key(|n| n.uplink.as_ref().map(|u| u.1));
+    for (i, n) in direct.iter().enumerate() {
+        let Some((u, loc)) = &n.uplink else { continue };
+        let path = join(&n.path, "uplink");
+        if let Some(what) = created.iter().find_map(|c| c.created_as(u)) {
+            cx.err(
+                &path,
+                *loc,
+                format!(
+                    "uplink '{u}' is an interface kvmnet creates ({what}); the uplink must be an existing host interface like eth0"
+                ),
+            );
+            continue;
+        }
+        if let Some(b) = bridged.get(u.as_str()) {
+            cx.err(
+                &path,
+                *loc,
+                format!(
+                    "uplink '{u}' is enslaved by bridge network {}; a device serves a bridge or macvtap ports, not both (attach this network's VMs to {} instead)",
+                    b.name, b.name
+                ),
+            );
+            continue;
+        }
+        let mode = n.direct_mode.map(|m| m.0);
+        let earlier = direct[..i]
+            .iter()
+            .find(|o| o.uplink.as_ref().map(|x| &x.0) == Some(u));
+        if let Some(o) = earlier {
+            let om = o.direct_mode.map(|m| m.0);
+            if mode == Some(DirectMode::Passthrough) || om == Some(DirectMode::Passthrough) {
+                let dpath = join(&n.path, "direct_mode");
+                let dloc = n.direct_mode.map_or(*loc, |m| m.1);
+                cx.err(
+                    if mode == Some(DirectMode::Passthrough) { &dpath } else { &path },
+                    if mode == Some(DirectMode::Passthrough) { dloc } else { *loc },
+                    format!(
+                        "uplink '{u}' is already used by direct network {}; a passthrough network takes its uplink for itself, so no other direct network can share it",
+                        o.name
+                    ),
+                );
+            }
+        }
+        if mode == Some(DirectMode::Passthrough) {
+            let mine: Vec<&PortDraft> = ports
+                .iter()
+                .filter(|p| p.network.as_deref() == Some(n.name.as_str()))
+                .collect();
+            if let Some(second) = mine.get(1) {
+                cx.err(
+                    &join(&second.path, "network"),
+                    cx.locs
+                        .get(&join(&second.path, "network"))
+                        .copied()
+                        .unwrap_or(second.name_loc),
+                    format!(
+                        "network {} is in passthrough mode, which gives its uplink '{u}' to exactly one port, and port {} of VM {} already has it; use direct_mode bridge for several ports",
+                        n.name, mine[0].index, mine[0].vm
+                    ),
+                );
+            }
+        }
+    }
+}
+
 /// A rate in the largest unit that divides it: 1gbit, 250mbit, 1500kbit, 12bit.
 pub fn show_rate(bps: u64) -> String {
     for (unit, scale) in [
@@ -2236,6 +2503,12 @@ pub fn show_rate(bps: u64) -> String {
         }
     }
     format!("{bps}bit")
+}
+
+/// Lets the direct-network checks look at the names the spec creates without knowing the
+/// first pass's local types.
+trait CreatedName {
+    fn created_as(&self, name: &str) -> Option<String>;
 }
 
 // ---------------------------------------------------------------------------------------
@@ -2264,6 +2537,7 @@ fn build(
             isolate_ports: n.isolate_ports,
             vxlan: n.vxlan,
             bandwidth_bps: n.bandwidth.map(|b| b.0),
+            direct_mode: n.direct_mode.map(|m| m.0),
             forwards: n
                 .forwards
                 .iter()
@@ -2317,6 +2591,7 @@ fn build(
             firewall: p.firewall,
             qos: p.qos,
             mirror: p.mirror.map(|m| m.0),
+            ethtool: p.ethtool,
             index: p.index,
             vm: p.vm,
         };
@@ -2327,10 +2602,72 @@ fn build(
         host: Host {
             sysctl: sysctl.map(|s| s.0).unwrap_or_default(),
             tuning: None,
+            ethtool: BTreeMap::new(),
         },
         networks,
         vms,
         locs: std::mem::take(&mut cx.locs),
+    })
+}
+
+// ---------------------------------------------------------------------------------------
+// ethtool settings
+
+/// An `ethtool` mapping (offloads, rings, channels) of a port or a host interface; `None` if
+/// any of it is wrong (each problem reported at its line).
+fn read_ethtool(cx: &mut Ctx, f: &Field) -> Option<Ethtool> {
+    let before = cx.errors.len();
+    let o = obj(
+        cx,
+        f.node,
+        &f.path,
+        ETHTOOL_FIELDS,
+        "a mapping with offloads, rings and channels",
+    )?;
+    let mut settings = BTreeMap::new();
+    if let Some(of) = o.get(cx, "offloads")
+        && let Some(oo) = obj(
+            cx,
+            of.node,
+            &of.path,
+            OFFLOAD_FIELDS,
+            "a mapping of offloads to true or false, like { tso: false }",
+        )
+    {
+        for key in OFFLOAD_FIELDS {
+            if let Some(kf) = oo.get(cx, key)
+                && let Some(b) = boolean(cx, &kf)
+            {
+                settings.insert(key.to_string(), u32::from(b));
+            }
+        }
+    }
+    for (group, fields, max) in [
+        ("rings", RING_FIELDS, RING_MAX),
+        ("channels", CHANNEL_FIELDS, CHANNEL_MAX),
+    ] {
+        let Some(gf) = o.get(cx, group) else { continue };
+        let what = format!("a mapping with {}", fields.join(", "));
+        let Some(go) = obj(cx, gf.node, &gf.path, fields, &what) else {
+            continue;
+        };
+        for key in fields {
+            if let Some(kf) = go.get(cx, key)
+                && let Some(n) = int_in(
+                    cx,
+                    &kf,
+                    &format!("a {group} count between 1 and {max}"),
+                    1,
+                    max,
+                )
+            {
+                settings.insert(format!("{group}.{key}"), n as u32);
+            }
+        }
+    }
+    (cx.errors.len() == before).then(|| Ethtool {
+        settings,
+        path: f.path.clone(),
     })
 }
 

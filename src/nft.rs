@@ -274,8 +274,9 @@ fn inet_parts(spec: &Spec) -> (Vec<Set>, Vec<Chain>) {
         "type nat hook output priority -100; policy accept;",
     );
     for net in spec.networks.values() {
-        if net.mode == Mode::Vxlan {
-            // An L2 segment across hosts: no routing, NAT or forwarding rules of its own.
+        if matches!(net.mode, Mode::Vxlan | Mode::Vlan) {
+            // An L2 segment reaching beyond this host: no routing, NAT or forwarding rules
+            // of its own.
             continue;
         }
         let Some(gw) = net.ipv4 else { continue };
@@ -306,7 +307,7 @@ fn inet_parts(spec: &Spec) -> (Vec<Set>, Vec<Chain>) {
                 f.push(format!(r#"iifname "{br}" ip saddr {subnet} accept"#));
                 f.push(format!(r#"oifname "{br}" ip daddr {subnet} accept"#));
             }
-            Mode::Isolated | Mode::Bridge | Mode::Vxlan => {}
+            Mode::Isolated | Mode::Bridge | Mode::Vxlan | Mode::Vlan => {}
         }
         if !net.forwards.is_empty() {
             // Forwarded ports: connections translated towards a guest may come in.
@@ -380,15 +381,18 @@ fn bridge_parts(spec: &Spec) -> (Vec<Set>, Vec<Chain>) {
     };
     for vm in spec.vms.values() {
         for p in vm.ports.iter().filter(|p| p.antispoof) {
-            guarded.elements.push(format!(r#""{}""#, p.name));
-            port_mac
-                .elements
-                .push(format!(r#""{}" . {}"#, p.name, p.mac));
+            // A trunk port's VLANs reach their bridges through its sub-interfaces: the VM's
+            // MAC holds on every one of them, its address on the one of its own network.
+            let ifaces =
+                std::iter::once(p.name.as_str()).chain(p.trunk.iter().map(|t| t.device.as_str()));
+            for i in ifaces {
+                guarded.elements.push(format!(r#""{i}""#));
+                port_mac.elements.push(format!(r#""{i}" . {}"#, p.mac));
+            }
             if let Some(a) = p.ipv4 {
-                ip_guarded.elements.push(format!(r#""{}""#, p.name));
-                port_ip
-                    .elements
-                    .push(format!(r#""{}" . {}"#, p.name, a.addr));
+                let own = p.own_interface();
+                ip_guarded.elements.push(format!(r#""{own}""#));
+                port_ip.elements.push(format!(r#""{own}" . {}"#, a.addr));
             }
         }
     }

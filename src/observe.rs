@@ -7,7 +7,9 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use crate::backend::netlink::{LinkInfo, Netlink, NetlinkError};
 use crate::backend::{netns, nftables, sysctl, tap};
 use crate::desired::managed_sysctls;
-use crate::snapshot::{AddrSnap, LinkSnap, NetnsSnap, RouteSnap, Snapshot, Stats, VxlanSnap};
+use crate::snapshot::{
+    AddrSnap, LinkSnap, NetnsSnap, RouteSnap, Snapshot, Stats, VlanSnap, VxlanSnap,
+};
 use crate::spec::{Owner, PortKind, Spec};
 use crate::state::{MARK, parse_alias};
 use crate::statedir::{StateDir, StateError};
@@ -129,6 +131,10 @@ fn link_snap(l: &LinkInfo, names: &HashMap<u32, String>) -> LinkSnap {
             learning: v.learning,
         }),
         fdb: Vec::new(),
+        vlan: l.vlan_id.map(|id| VlanSnap {
+            id,
+            link: l.peer_index.and_then(|i| names.get(&i).cloned()),
+        }),
     }
 }
 

@@ -56,6 +56,16 @@ pub struct LinkSnap {
     pub vxlan: Option<VxlanSnap>,
     /// Destinations of a VXLAN device's all-zeros (flood) FDB entries.
     pub fdb: Vec<Ipv4Addr>,
+    /// Settings of an 802.1Q VLAN device.
+    pub vlan: Option<VlanSnap>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct VlanSnap {
+    pub id: u16,
+    /// The lower device's name.
+    pub link: Option<String>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]

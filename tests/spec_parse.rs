@@ -131,6 +131,7 @@ fn full_example() {
         isolate_ports: false,
         forwards: vec![],
         vxlan: None,
+        vlan: None,
     };
     let routed = Network {
         name: "routed1".into(),
@@ -151,6 +152,7 @@ fn full_example() {
         isolate_ports: false,
         forwards: vec![],
         vxlan: None,
+        vlan: None,
     };
     let hostonly = Network {
         name: "hostonly".into(),
@@ -164,6 +166,7 @@ fn full_example() {
         isolate_ports: false,
         forwards: vec![],
         vxlan: None,
+        vlan: None,
     };
     let lan = Network {
         name: "lan".into(),
@@ -177,6 +180,7 @@ fn full_example() {
         isolate_ports: false,
         forwards: vec![],
         vxlan: None,
+        vlan: None,
     };
     assert_eq!(
         spec.networks.keys().collect::<Vec<_>>(),
@@ -208,6 +212,7 @@ fn full_example() {
                 firewall: None,
                 qos: None,
                 mirror: None,
+                trunk: vec![],
             },
             Port {
                 vm: "web1".into(),
@@ -225,6 +230,7 @@ fn full_example() {
                 firewall: None,
                 qos: None,
                 mirror: None,
+                trunk: vec![],
             },
         ]
     );
@@ -248,6 +254,7 @@ fn full_example() {
                 firewall: None,
                 qos: None,
                 mirror: None,
+                trunk: vec![],
             },
             Port {
                 vm: "test1".into(),
@@ -266,6 +273,7 @@ fn full_example() {
                 firewall: None,
                 qos: None,
                 mirror: None,
+                trunk: vec![],
             },
         ]
     );

@@ -68,6 +68,7 @@ const NUD_NOARP: u16 = 0x40;
 const NUD_PERMANENT: u16 = 0x80;
 
 const IFLA_VXLAN_ID: u16 = 1;
+const IFLA_VLAN_ID: u16 = 1;
 const IFLA_VXLAN_GROUP: u16 = 2;
 const IFLA_VXLAN_LINK: u16 = 3;
 const IFLA_VXLAN_LOCAL: u16 = 4;
@@ -289,7 +290,10 @@ pub struct LinkInfo {
     pub alias: Option<String>,
     pub tun: Option<TunInfo>,
     pub vxlan: Option<VxlanInfo>,
-    /// `IFLA_LINK`: for a veth, the peer's index (in the peer's namespace).
+    /// `IFLA_VLAN_ID` of an 802.1Q device (kind "vlan"); its lower device is `peer_index`.
+    pub vlan_id: Option<u16>,
+    /// `IFLA_LINK`: for a veth, the peer's index (in the peer's namespace); for a VLAN device,
+    /// its lower device.
     pub peer_index: Option<u32>,
     /// `IFLA_LINK_NETNSID`: for a veth whose peer lives in another namespace, that namespace's
     /// id as seen from here.
@@ -368,6 +372,11 @@ pub enum NewLinkKind {
         peer_mtu: Option<u32>,
         peer_alias: Option<String>,
         peer_netns_fd: Option<RawFd>,
+    },
+    /// `ip link add link LINK name NAME type vlan id ID` (802.1Q).
+    Vlan {
+        id: u16,
+        link: u32,
     },
     /// `ip link add NAME type vxlan id VNI local LOCAL dev LINK dstport PORT [group GROUP]`.
     Vxlan {
@@ -487,6 +496,7 @@ impl Request {
                     format!("create link {name} (veth, peer {peer_name})")
                 }
                 NewLinkKind::Vxlan { vni, .. } => format!("create link {name} (vxlan id {vni})"),
+                NewLinkKind::Vlan { id, .. } => format!("create link {name} (vlan id {id})"),
             },
             Request::SetLink {
                 index,
@@ -822,6 +832,7 @@ fn parse_link(p: &[u8]) -> Option<LinkInfo> {
         alias: None,
         tun: None,
         vxlan: None,
+        vlan_id: None,
         peer_index: None,
         link_netnsid: None,
         stats: LinkStats::default(),
@@ -890,6 +901,13 @@ fn parse_link(p: &[u8]) -> Option<LinkInfo> {
                         }
                     }
                     li.tun = Some(tun);
+                }
+                if li.kind.as_deref() == Some("vlan") {
+                    li.vlan_id = attrs(data.unwrap_or(&[]))
+                        .find(|(t, _)| *t == IFLA_VLAN_ID)
+                        .and_then(|(_, d)| {
+                            (d.len() >= 2).then(|| u16::from_ne_bytes([d[0], d[1]]))
+                        });
                 }
                 if li.kind.as_deref() == Some("vxlan") {
                     let mut vx = VxlanInfo::default();
@@ -1511,9 +1529,18 @@ impl Netlink {
                 if let Some(m) = master {
                     b.attr_u32(IFLA_MASTER, *m);
                 }
+                if let NewLinkKind::Vlan { link, .. } = kind {
+                    b.attr_u32(IFLA_LINK, *link);
+                }
                 let li = b.nest_begin(IFLA_LINKINFO);
                 match kind {
                     NewLinkKind::Bridge => b.attr_str(IFLA_INFO_KIND, "bridge"),
+                    NewLinkKind::Vlan { id, .. } => {
+                        b.attr_str(IFLA_INFO_KIND, "vlan");
+                        let data = b.nest_begin(IFLA_INFO_DATA);
+                        b.attr(IFLA_VLAN_ID, &id.to_ne_bytes());
+                        b.nest_end(data);
+                    }
                     NewLinkKind::Veth {
                         peer_name,
                         peer_mac,

@@ -134,6 +134,9 @@ pub enum Mode {
     Bridge,
     /// An L2 overlay across hosts: a VXLAN device on the network's bridge.
     Vxlan,
+    /// One 802.1Q VLAN of a host uplink: a VLAN sub-interface of the uplink on the
+    /// network's bridge.
+    Vlan,
 }
 
 impl Mode {
@@ -144,6 +147,7 @@ impl Mode {
             Mode::Isolated => "isolated",
             Mode::Bridge => "bridge",
             Mode::Vxlan => "vxlan",
+            Mode::Vlan => "vlan",
         }
     }
 }
@@ -229,6 +233,30 @@ pub struct Network {
     pub forwards: Vec<Forward>,
     /// `vxlan` mode: the overlay's settings.
     pub vxlan: Option<Vxlan>,
+    /// `vlan` mode: the VLAN and the uplink that carries it.
+    pub vlan: Option<Vlan>,
+}
+
+/// Highest usable 802.1Q VLAN id (4095 is reserved).
+pub const VLAN_ID_MAX: u16 = 4094;
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Vlan {
+    pub id: u16,
+    /// The host interface (foreign: kvmnet only brings it up) that carries the tagged frames.
+    pub uplink: String,
+    /// The 802.1Q sub-interface of the uplink, enslaved to the network's bridge
+    /// (`UPLINK.ID`, or a derived short name when that exceeds 15 characters).
+    pub device: String,
+}
+
+/// One tagged VLAN of a trunk port: an 802.1Q sub-interface of the port's host end,
+/// enslaved to the bridge of the vlan network that serves that VLAN.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Trunk {
+    pub vid: u16,
+    pub network: String,
+    pub device: String,
 }
 
 /// VXLAN default UDP port (IANA).
@@ -343,6 +371,26 @@ pub struct Port {
     pub qos: Option<Qos>,
     /// Copy this port's traffic, both ways, to the port with this (host-side) name.
     pub mirror: Option<String>,
+    /// Trunk port: the VLANs it carries tagged (`vlans`), in the order written. Empty for an
+    /// access port.
+    pub trunk: Vec<Trunk>,
+}
+
+impl Port {
+    /// Whether the port's own network reaches the VM untagged: always on an access port, and
+    /// on a trunk port unless its own VLAN is listed in `vlans`.
+    pub fn has_native(&self) -> bool {
+        !self.trunk.iter().any(|t| t.network == self.network)
+    }
+
+    /// The host-side interface that carries the port's own network: the port itself, or the
+    /// sub-interface of its own VLAN on a trunk that tags it.
+    pub fn own_interface(&self) -> &str {
+        self.trunk
+            .iter()
+            .find(|t| t.network == self.network)
+            .map_or(self.name.as_str(), |t| t.device.as_str())
+    }
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq)]

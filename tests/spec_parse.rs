@@ -395,7 +395,7 @@ fn error_shape_and_order() {
         e.iter().map(ToString::to_string).collect::<Vec<_>>(),
         [
             "4:5: networks.default.mdoe: unknown field 'mdoe'; expected one of: mode, bridge, ipv4, mtu, uplink, nat, dhcp, isolate_ports, forwards, vni, underlay, remotes, group, port",
-            "4:5: networks.default.mode: missing required field 'mode'; expected nat, routed, isolated, bridge or vxlan",
+            "4:5: networks.default.mode: missing required field 'mode'; expected nat, routed, isolated, bridge, vlan or vxlan",
             // The mode is unknown, so the gateway is only checked for syntax.
         ]
     );

@@ -422,6 +422,15 @@ fn bridge_parts(spec: &Spec) -> (Vec<Set>, Vec<Chain>) {
         ]
         .map(String::from),
     );
+    if spec.networks.values().any(|n| n.mode == Mode::Vlan) {
+        // Without VLAN filtering a bridge forwards tagged frames as they are: a VM could
+        // reach another VLAN (a trunk port's sub-interface on this bridge, or a double tag
+        // on the wire) and would bypass the address checks above. A guarded port's VLANs
+        // reach their bridges untagged (trunk sub-interfaces pop the tag first), so any tag
+        // seen here is a VM trying to leave its VLAN.
+        a.rules
+            .insert(0, "ether type { vlan, 8021ad } counter drop".to_string());
+    }
     (vec![guarded, port_mac, ip_guarded, port_ip], vec![pre, a])
 }
 

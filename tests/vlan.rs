@@ -242,6 +242,35 @@ fn vlans_between_two_hypervisors() {
         inside.contains("vlan 20,"),
         "trunk: no tag on the VM's NIC:\n{inside}"
     );
+    // A VM on an access port cannot hop to VLAN 20 by tagging its frames itself: neither to
+    // the trunk on its own host nor across the wire. The anti-spoofing rule for tagged frames
+    // is what stops it.
+    let tag_drops = |hv: &mut Hv| -> u64 {
+        let chain = hv.ok("host nft list chain bridge kvmnet antispoof");
+        let line = chain
+            .lines()
+            .find(|l| l.contains("8021ad"))
+            .unwrap_or_else(|| panic!("no rule for tagged frames:\n{chain}"));
+        line.split("counter packets ")
+            .nth(1)
+            .and_then(|r| r.split_whitespace().next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("no counter in {line}"))
+    };
+    let drops_before = tag_drops(&mut hv1);
+    hv1.ok(
+        "host ip -n a route del 10.20.0.0/24 dev eth0 && \
+         host ip -n a link add link eth0 name eth0.20 type vlan id 20 && \
+         host ip -n a addr add 10.20.0.98/24 dev eth0.20 && host ip -n a link set eth0.20 up",
+    );
+    assert!(!hv1.pings("a", "10.20.0.50"), "access port hopped to the trunk's VLAN 20");
+    assert!(!hv1.pings("a", "10.20.0.12"), "access port hopped to VLAN 20 on hv2");
+    assert!(
+        tag_drops(&mut hv1) > drops_before,
+        "the tagged frames were not dropped by the anti-spoofing rule"
+    );
+    assert!(hv1.pings("a", "10.10.0.12"), "VLAN 10 broke");
+
     // Anti-spoofing holds on the tagged VLAN too: another MAC on eth0.20 is dropped.
     hv1.ok("host ip -n r link set eth0.20 address 52:54:00:99:99:99");
     assert!(

@@ -394,7 +394,7 @@ fn error_shape_and_order() {
     assert_eq!(
         e.iter().map(ToString::to_string).collect::<Vec<_>>(),
         [
-            "4:5: networks.default.mdoe: unknown field 'mdoe'; expected one of: mode, bridge, ipv4, mtu, uplink, nat, dhcp, isolate_ports, forwards, vni, underlay, remotes, group, port",
+            "4:5: networks.default.mdoe: unknown field 'mdoe'; expected one of: mode, bridge, ipv4, mtu, uplink, nat, dhcp, isolate_ports, forwards, vni, underlay, remotes, group, port, vlan",
             "4:5: networks.default.mode: missing required field 'mode'; expected nat, routed, isolated, bridge, vlan or vxlan",
             // The mode is unknown, so the gateway is only checked for syntax.
         ]
@@ -586,4 +586,43 @@ fn no_panics_on_deep_or_large_input() {
         big.push_str(&format!("  vm{i}:\n    ports: []\n"));
     }
     assert_eq!(ok(&big).vms.len(), 2000);
+}
+
+#[test]
+fn vlan_networks_and_trunk_ports() {
+    let spec = ok(r#"version: 1
+networks:
+  v10: { mode: vlan, uplink: eth1, vlan: 10, ipv4: 10.10.0.1/24 }
+  v20: { mode: vlan, uplink: eth1, vlan: 20 }
+  far: { mode: vlan, uplink: enx0123456789ab, vlan: 4094 }
+vms:
+  router:
+    ports:
+      - { network: v10, name: rt, ipv4: 10.10.0.2, vlans: [20, 10] }
+      - { network: v20, ipv4: 10.20.0.2/24 }
+"#);
+    let v10 = spec.networks["v10"].vlan.as_ref().unwrap();
+    assert_eq!(
+        (v10.id, v10.uplink.as_str(), v10.device.as_str()),
+        (10, "eth1", "eth1.10")
+    );
+    let far = spec.networks["far"].vlan.as_ref().unwrap();
+    assert!(
+        far.device.starts_with("vl4094-") && far.device.len() <= 15,
+        "{}",
+        far.device
+    );
+    let rt = &spec.vms["router"].ports[0];
+    let trunk: Vec<(u16, &str, &str)> = rt
+        .trunk
+        .iter()
+        .map(|t| (t.vid, t.network.as_str(), t.device.as_str()))
+        .collect();
+    assert_eq!(trunk, [(20, "v20", "rt.20"), (10, "v10", "rt.10")]);
+    // Its own VLAN listed: no native VLAN, the address belongs to the tagged sub-interface.
+    assert!(!rt.has_native());
+    assert_eq!(rt.own_interface(), "rt.10");
+    let access = &spec.vms["router"].ports[1];
+    assert!(access.trunk.is_empty() && access.has_native());
+    assert_eq!(access.own_interface(), access.name);
 }

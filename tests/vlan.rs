@@ -173,6 +173,32 @@ fn vlans_between_two_hypervisors() {
                 plan.contains("+ vlan r-trunk.20 (network v20, vlan 20 on r-trunk"),
                 "{plan}"
             );
+        } else {
+            // Rollback: fail just before the last step (a VLAN sub-interface), after the
+            // first one was made; everything is undone and the uplink is as it was.
+            let steps = plan.lines().filter(|l| l.starts_with("+ ")).count();
+            let fail = format!(
+                "{} apply /tmp/vlan.yaml 2>&1",
+                hv.kvmnet.replacen(
+                    "host env ",
+                    &format!("host env KVMNET_FAIL_AFTER={} ", steps - 1),
+                    1
+                )
+            );
+            let (code, out) = hv.sh(&fail);
+            assert_eq!(code, 1, "injected failure: {out}");
+            assert_eq!(
+                hv.uplink(),
+                before2,
+                "rollback left the uplink changed: {out}"
+            );
+            let left =
+                hv.ok("host ip -o link show type bridge | wc -l; host ip netns list | wc -l");
+            assert_eq!(
+                left.split_whitespace().collect::<Vec<_>>(),
+                ["0", "0"],
+                "rollback left objects: {out}"
+            );
         }
         hv.kvmnet("apply /tmp/vlan.yaml");
         // Idempotent: the applied host plans nothing.
@@ -258,13 +284,17 @@ fn vlans_between_two_hypervisors() {
             .unwrap_or_else(|| panic!("no counter in {line}"))
     };
     let drops_before = tag_drops(&mut hv1);
-    hv1.ok(
-        "host ip -n a route del 10.20.0.0/24 dev eth0 && \
+    hv1.ok("host ip -n a route del 10.20.0.0/24 dev eth0 && \
          host ip -n a link add link eth0 name eth0.20 type vlan id 20 && \
-         host ip -n a addr add 10.20.0.98/24 dev eth0.20 && host ip -n a link set eth0.20 up",
+         host ip -n a addr add 10.20.0.98/24 dev eth0.20 && host ip -n a link set eth0.20 up");
+    assert!(
+        !hv1.pings("a", "10.20.0.50"),
+        "access port hopped to the trunk's VLAN 20"
     );
-    assert!(!hv1.pings("a", "10.20.0.50"), "access port hopped to the trunk's VLAN 20");
-    assert!(!hv1.pings("a", "10.20.0.12"), "access port hopped to VLAN 20 on hv2");
+    assert!(
+        !hv1.pings("a", "10.20.0.12"),
+        "access port hopped to VLAN 20 on hv2"
+    );
     assert!(
         tag_drops(&mut hv1) > drops_before,
         "the tagged frames were not dropped by the anti-spoofing rule"

@@ -2209,6 +2209,38 @@ mod tests {
     }
 
     #[test]
+    fn vlan_request_names_its_lower_device_and_id() {
+        let mut nl = Netlink::open().expect("netlink socket");
+        let req = Request::NewLink {
+            name: "eth1.10".into(),
+            kind: NewLinkKind::Vlan { id: 10, link: 4 },
+            mac: None,
+            mtu: Some(1500),
+            alias: Some("kvmnet network=v10".into()),
+            master: Some(7),
+            up: true,
+        };
+        let mut pending = HashMap::new();
+        let mut deferred = Vec::new();
+        nl.sbuf.buf.clear();
+        nl.encode(&req, 0, &mut pending, &mut deferred).unwrap();
+        assert_eq!(deferred.len(), 1, "the alias follows the creation");
+        let buf = nl.sbuf.buf.clone();
+        let m = messages(&buf).next().unwrap();
+        let top: HashMap<u16, &[u8]> = attrs(&m.payload[16..]).collect();
+        assert_eq!(
+            attr_u32(top[&IFLA_LINK]),
+            Some(4),
+            "IFLA_LINK at the top level"
+        );
+        assert_eq!(attr_u32(top[&IFLA_MASTER]), Some(7));
+        let li: HashMap<u16, &[u8]> = attrs(top[&IFLA_LINKINFO]).collect();
+        assert_eq!(attr_string(li[&IFLA_INFO_KIND]), "vlan");
+        let data: HashMap<u16, &[u8]> = attrs(li[&IFLA_INFO_DATA]).collect();
+        assert_eq!(data[&IFLA_VLAN_ID], &10u16.to_ne_bytes());
+    }
+
+    #[test]
     fn descriptions_name_the_object() {
         let r = RouteInfo {
             priority: Some(10),

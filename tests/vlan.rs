@@ -232,6 +232,20 @@ fn vlans_between_two_hypervisors() {
         "no VLAN 20 tag on the wire:\n{seen}"
     );
 
+    // Drift: a VLAN sub-interface deleted by hand is planned and made again.
+    hv2.ok("host ip link del eth1.20");
+    assert!(
+        !hv2.pings("b", "10.20.0.11"),
+        "VLAN 20 works without its sub-interface"
+    );
+    let plan = hv2.kvmnet("plan /tmp/vlan.yaml");
+    assert!(
+        plan.contains("+ vlan eth1.20 (network v20") && plan.contains("Plan: 1 to add"),
+        "{plan}"
+    );
+    hv2.kvmnet("apply /tmp/vlan.yaml");
+    assert!(hv2.pings("b", "10.20.0.11"), "VLAN 20 not repaired");
+
     // VLAN 10 does not reach VLAN 20: with VLAN 20's subnet on-link, the VLAN 10 VM's ARP
     // stays in VLAN 10 and nobody answers.
     hv1.ok("host ip -n a route add 10.20.0.0/24 dev eth0");

@@ -708,6 +708,44 @@ impl Kernel {
                 Ok(())
             }
             Step::DeleteVxlan(v) => self.delete_links(&[&v.name]).pop().unwrap_or(Ok(())),
+            Step::CreateVlan(v) => {
+                let link = self.idx(&v.parent)?;
+                let master = self.master_index(&v.master)?;
+                Self::one(
+                    &mut self.nl,
+                    Request::NewLink {
+                        name: v.name.clone(),
+                        kind: NewLinkKind::Vlan { id: v.vid, link },
+                        mac: None,
+                        mtu: Some(v.mtu),
+                        alias: Some(v.alias()),
+                        master: (master != 0).then_some(master),
+                        up: v.up,
+                    },
+                )?;
+                self.index.remove(&v.name);
+                self.deletable.insert(v.name.clone());
+                if v.isolated && master != 0 {
+                    let index = self.idx(&v.name)?;
+                    Self::one(
+                        &mut self.nl,
+                        Request::SetBridgePort {
+                            index,
+                            isolated: true,
+                        },
+                    )?;
+                }
+                Ok(())
+            }
+            Step::DeleteVlan(v) => self.delete_links(&[&v.name]).pop().unwrap_or(Ok(())),
+            Step::SetUp { link, to, .. } => {
+                let index = self.idx(link)?;
+                let mut req = Request::set_link(index);
+                if let Request::SetLink { up, .. } = &mut req {
+                    *up = Some(*to);
+                }
+                Self::one(&mut self.nl, req)
+            }
             Step::AddFdb { dev, dst } | Step::DelFdb { dev, dst } => {
                 let index = self.idx(dev)?;
                 let (mac, dst) = (crate::spec::Mac::default(), *dst);

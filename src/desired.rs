@@ -10,14 +10,14 @@ use std::collections::{BTreeMap, BTreeSet};
 use crate::backend::tc::FLOOR_CLASS_MIN;
 use crate::nft;
 use crate::snapshot::{LinkSnap, PROTO_KERNEL, RouteSnap, Snapshot, TABLE_LOCAL};
-use crate::spec::naming::{bridge_mac, host_end_mac, overlay_bridge_mac};
+use crate::spec::naming::{bridge_mac, host_end_mac, overlay_bridge_mac, vlan_bridge_mac};
 use crate::spec::{
     DirectMode, Mac, Mode, Network, Owner, PortKind as SpecPortKind, Spec, SpecError,
-    VXLAN_OVERHEAD, Vxlan, path_join,
+    VXLAN_OVERHEAD, Vlan, Vxlan, path_join,
 };
 use crate::state::{
     Addr, BridgeLink, FloorClass, GuestEnd, HostState, PortKind, PortLink, Route, ShapeState,
-    Shaping, UplinkLink, VxlanLink, guest_alias, guest_ifname, parse_alias,
+    Shaping, UplinkLink, VlanLink, VxlanLink, guest_alias, guest_ifname, parse_alias,
 };
 
 pub const IP_FORWARD: &str = "net.ipv4.ip_forward";
@@ -325,6 +325,89 @@ fn direct_net(
     })
 }
 
+/// The host interface a vlan network's uplink names, if this host has one kvmnet may use.
+/// Every check of "does this uplink exist" goes through here, so that other kinds of uplink
+/// (a bond kvmnet builds from the spec) need teaching in one place only.
+fn vlan_uplink<'a>(
+    spec: &Spec,
+    snap: &'a Snapshot,
+    uplink: &str,
+    upath: &str,
+) -> Result<&'a LinkSnap, SpecError> {
+    match snap.link(uplink) {
+        None => Err(conflict(
+            spec,
+            upath.to_string(),
+            format!("uplink '{uplink}' does not exist on this host"),
+        )),
+        Some(l) if is_ours(l) => Err(conflict(
+            spec,
+            upath.to_string(),
+            format!(
+                "uplink '{uplink}' is a device kvmnet created; name the host interface that carries the VLANs"
+            ),
+        )),
+        Some(l) => Ok(l),
+    }
+}
+
+/// The 802.1Q sub-interface of a `vlan` network on its uplink, and whether the uplink must
+/// be brought up. Its MTU is the uplink's unless the spec sets a smaller one.
+fn vlan_link(
+    spec: &Spec,
+    snap: &Snapshot,
+    net: &Network,
+    v: &Vlan,
+    npath: &str,
+) -> Result<(VlanLink, crate::spec::Mac, bool), Vec<SpecError>> {
+    let mut errors = Vec::new();
+    if snap.link(&v.device).is_some_and(|l| !is_ours(l)) {
+        errors.push(conflict(
+            spec,
+            path_join(npath, "vlan"),
+            format!(
+                "interface '{}' (the VLAN {} sub-interface of uplink '{}') already exists and is not managed by kvmnet",
+                v.device, v.id, v.uplink
+            ),
+        ));
+    }
+    let upath = path_join(npath, "uplink");
+    let ul = match vlan_uplink(spec, snap, &v.uplink, &upath) {
+        Ok(l) => l,
+        Err(e) => {
+            errors.push(e);
+            return Err(errors);
+        }
+    };
+    if let Some(m) = net.mtu
+        && m > ul.mtu
+    {
+        errors.push(conflict(
+            spec,
+            path_join(npath, "mtu"),
+            format!(
+                "mtu {m} is larger than uplink '{}' allows (mtu {}); a VLAN sub-interface cannot exceed its uplink's MTU",
+                v.uplink, ul.mtu
+            ),
+        ));
+    }
+    if !errors.is_empty() {
+        return Err(errors);
+    }
+    let link = VlanLink {
+        name: v.device.clone(),
+        network: net.name.clone(),
+        parent: v.uplink.clone(),
+        vid: v.id,
+        port: None,
+        master: Some(net.bridge.clone()),
+        mtu: net.mtu.unwrap_or(ul.mtu),
+        up: true,
+        isolated: false,
+    };
+    Ok((link, ul.mac.unwrap_or_default(), !ul.up))
+}
+
 pub fn desired(spec: &Spec, snap: &Snapshot) -> Result<HostState, Vec<SpecError>> {
     let mut errors = Vec::new();
     let mut st = HostState::default();
@@ -365,6 +448,19 @@ pub fn desired(spec: &Spec, snap: &Snapshot) -> Result<HostState, Vec<SpecError>
                     fdb.sort();
                     st.fdb.insert(v.name.clone(), fdb);
                     st.vxlans.insert(v.name.clone(), v);
+                }
+                Err(mut e) => errors.append(&mut e),
+            }
+        }
+        if let Some(v) = &net.vlan {
+            match vlan_link(spec, snap, net, v, &npath) {
+                Ok((l, uplink_mac, raise)) => {
+                    mtu = l.mtu;
+                    mac = vlan_bridge_mac(&net.name, uplink_mac);
+                    if raise {
+                        st.raise.insert(v.uplink.clone());
+                    }
+                    st.vlans.insert(l.name.clone(), l);
                 }
                 Err(mut e) => errors.append(&mut e),
             }
@@ -603,6 +699,9 @@ pub fn desired(spec: &Spec, snap: &Snapshot) -> Result<HostState, Vec<SpecError>
                         (Some(gw), Some(_)) if routed_ns.insert(ns.clone()) => Some(gw.addr),
                         _ => None,
                     };
+                    // A trunk that tags its own VLAN carries nothing untagged: the VM
+                    // addresses its VLAN sub-interfaces itself.
+                    let configured = !port.dhcp_client && port.has_native();
                     PortKind::Veth {
                         netns: ns,
                         guest: GuestEnd {
@@ -611,20 +710,53 @@ pub fn desired(spec: &Spec, snap: &Snapshot) -> Result<HostState, Vec<SpecError>
                             mtu,
                             up: true,
                             // A DHCP client in the namespace configures it instead.
-                            addr: port.ipv4.filter(|_| !port.dhcp_client),
-                            gateway: gateway.filter(|_| !port.dhcp_client),
+                            addr: port.ipv4.filter(|_| configured),
+                            gateway: gateway.filter(|_| configured),
                             dhcp: port.dhcp_client,
                         },
                     }
                 }
             };
+            // Trunk ports: one sub-interface per tagged VLAN, on that VLAN's bridge.
+            for (i, t) in port.trunk.iter().enumerate() {
+                let Some(tnet) = spec.networks.get(&t.network) else {
+                    continue;
+                };
+                if foreign(&t.device).is_some() {
+                    errors.push(conflict(
+                        spec,
+                        format!("{ppath}.vlans[{i}]"),
+                        format!(
+                            "interface '{}' (this port's VLAN {} sub-interface) already exists and is not managed by kvmnet",
+                            t.device, t.vid
+                        ),
+                    ));
+                }
+                let tmtu = st.bridges.get(&tnet.bridge).map_or(DEFAULT_MTU, |b| b.mtu);
+                st.vlans.insert(
+                    t.device.clone(),
+                    VlanLink {
+                        name: t.device.clone(),
+                        network: tnet.name.clone(),
+                        parent: port.name.clone(),
+                        vid: t.vid,
+                        port: Some(port.name.clone()),
+                        master: Some(tnet.bridge.clone()),
+                        // A VLAN device never exceeds its lower device's MTU.
+                        mtu: tmtu.min(mtu),
+                        up: true,
+                        isolated: tnet.isolate_ports,
+                    },
+                );
+            }
+            let native = port.has_native();
             st.ports.insert(
                 port.name.clone(),
                 PortLink {
                     name: port.name.clone(),
                     vm: vm.name.clone(),
                     network: net.name.clone(),
-                    master: dnet.is_none().then(|| net.bridge.clone()),
+                    master: (dnet.is_none() && native).then(|| net.bridge.clone()),
                     // A macvtap is the VM's NIC itself on the uplink's segment: it carries
                     // the VM's MAC (in passthrough, the uplink's, which it inherits).
                     mac: match dnet {
@@ -633,7 +765,7 @@ pub fn desired(spec: &Spec, snap: &Snapshot) -> Result<HostState, Vec<SpecError>
                     },
                     mtu,
                     up: true,
-                    isolated: net.isolate_ports,
+                    isolated: net.isolate_ports && native,
                     qos_in: port
                         .qos
                         .as_ref()
@@ -839,6 +971,23 @@ pub fn observed(
                     mac,
                     mtu: l.mtu,
                     up: l.up,
+                },
+            );
+            continue;
+        }
+        if let Some(v) = l.vlan.as_ref().filter(|_| l.kind == "vlan") {
+            st.vlans.insert(
+                l.name.clone(),
+                VlanLink {
+                    name: l.name.clone(),
+                    network: alias.network.clone().unwrap_or_default(),
+                    parent: v.link.clone().unwrap_or_default(),
+                    vid: v.id,
+                    port: alias.trunk.clone(),
+                    master: l.master.clone(),
+                    mtu: l.mtu,
+                    up: l.up,
+                    isolated: l.isolated,
                 },
             );
             continue;

@@ -274,9 +274,9 @@ fn inet_parts(spec: &Spec) -> (Vec<Set>, Vec<Chain>) {
         "type nat hook output priority -100; policy accept;",
     );
     for net in spec.networks.values() {
-        if matches!(net.mode, Mode::Vxlan | Mode::Direct) {
-            // L2 segments (an overlay across hosts, an uplink's LAN): no routing, NAT or
-            // forwarding rules of their own.
+        if matches!(net.mode, Mode::Vxlan | Mode::Direct | Mode::Vlan) {
+            // L2 segments (an overlay across hosts, an uplink's LAN, a VLAN): no routing, NAT
+            // or forwarding rules of their own.
             continue;
         }
         let Some(gw) = net.ipv4 else { continue };
@@ -307,7 +307,7 @@ fn inet_parts(spec: &Spec) -> (Vec<Set>, Vec<Chain>) {
                 f.push(format!(r#"iifname "{br}" ip saddr {subnet} accept"#));
                 f.push(format!(r#"oifname "{br}" ip daddr {subnet} accept"#));
             }
-            Mode::Isolated | Mode::Bridge | Mode::Vxlan | Mode::Direct => {}
+            Mode::Isolated | Mode::Bridge | Mode::Vxlan | Mode::Direct | Mode::Vlan => {}
         }
         if !net.forwards.is_empty() {
             // Forwarded ports: connections translated towards a guest may come in.
@@ -381,15 +381,18 @@ fn bridge_parts(spec: &Spec) -> (Vec<Set>, Vec<Chain>) {
     };
     for vm in spec.vms.values() {
         for p in vm.ports.iter().filter(|p| p.antispoof) {
-            guarded.elements.push(format!(r#""{}""#, p.name));
-            port_mac
-                .elements
-                .push(format!(r#""{}" . {}"#, p.name, p.mac));
+            // A trunk port's VLANs reach their bridges through its sub-interfaces: the VM's
+            // MAC holds on every one of them, its address on the one of its own network.
+            let ifaces =
+                std::iter::once(p.name.as_str()).chain(p.trunk.iter().map(|t| t.device.as_str()));
+            for i in ifaces {
+                guarded.elements.push(format!(r#""{i}""#));
+                port_mac.elements.push(format!(r#""{i}" . {}"#, p.mac));
+            }
             if let Some(a) = p.ipv4 {
-                ip_guarded.elements.push(format!(r#""{}""#, p.name));
-                port_ip
-                    .elements
-                    .push(format!(r#""{}" . {}"#, p.name, a.addr));
+                let own = p.own_interface();
+                ip_guarded.elements.push(format!(r#""{own}""#));
+                port_ip.elements.push(format!(r#""{own}" . {}"#, a.addr));
             }
         }
     }
@@ -419,6 +422,15 @@ fn bridge_parts(spec: &Spec) -> (Vec<Set>, Vec<Chain>) {
         ]
         .map(String::from),
     );
+    if spec.networks.values().any(|n| n.mode == Mode::Vlan) {
+        // Without VLAN filtering a bridge forwards tagged frames as they are: a VM could
+        // reach another VLAN (a trunk port's sub-interface on this bridge, or a double tag
+        // on the wire) and would bypass the address checks above. A guarded port's VLANs
+        // reach their bridges untagged (trunk sub-interfaces pop the tag first), so any tag
+        // seen here is a VM trying to leave its VLAN.
+        a.rules
+            .insert(0, "ether type { vlan, 8021ad } counter drop".to_string());
+    }
     (vec![guarded, port_mac, ip_guarded, port_ip], vec![pre, a])
 }
 

@@ -8,7 +8,8 @@ use crate::backend::netlink::{LinkInfo, Netlink, NetlinkError};
 use crate::backend::{netns, nftables, sysctl, tap};
 use crate::desired::managed_sysctls;
 use crate::snapshot::{
-    AddrSnap, EthtoolSnap, LinkSnap, MacvtapSnap, NetnsSnap, RouteSnap, Snapshot, Stats, VxlanSnap,
+    AddrSnap, EthtoolSnap, LinkSnap, MacvtapSnap, NetnsSnap, RouteSnap, Snapshot, Stats, VlanSnap,
+    VxlanSnap,
 };
 use crate::spec::{DirectMode, Owner, PortKind, Spec};
 use crate::state::{MARK, parse_alias};
@@ -168,6 +169,10 @@ fn link_snap(l: &LinkInfo, names: &HashMap<u32, String>) -> LinkSnap {
             dev_owner: (l.kind.as_deref() == Some("macvtap"))
                 .then(|| crate::backend::macvtap::node_owner(&l.name, l.index))
                 .flatten(),
+        }),
+        vlan: l.vlan_id.map(|id| VlanSnap {
+            id,
+            link: l.peer_index.and_then(|i| names.get(&i).cloned()),
         }),
     }
 }

@@ -10,7 +10,8 @@ use crate::nft::NftTable;
 use std::net::Ipv4Addr;
 
 use crate::state::{
-    Addr, BridgeLink, EthtoolValues, HostState, PortKind, PortLink, Route, Shaping, VxlanLink,
+    Addr, BridgeLink, EthtoolValues, HostState, PortKind, PortLink, Route, Shaping, VlanLink,
+    VxlanLink,
 };
 
 // Steps are built once per plan and moved little: boxing the large variants buys nothing.
@@ -86,6 +87,14 @@ pub enum Step {
         from: EthtoolValues,
         to: EthtoolValues,
     },
+    CreateVlan(VlanLink),
+    DeleteVlan(VlanLink),
+    /// Bring a foreign interface (a vlan network's uplink) up, or back down.
+    SetUp {
+        link: String,
+        from: bool,
+        to: bool,
+    },
 }
 
 impl Step {
@@ -129,15 +138,26 @@ impl Step {
                 from: to,
                 to: from,
             },
+            CreateVlan(v) => DeleteVlan(v),
+            DeleteVlan(v) => CreateVlan(v),
+            SetUp { link, from, to } => SetUp {
+                link,
+                from: to,
+                to: from,
+            },
         }
     }
 
     pub fn op(&self) -> &'static str {
         use Step::*;
         match self {
-            CreateNetns(_) | CreateBridge(_) | CreatePort(_) | CreateVxlan(_) => "create",
-            DeleteNetns(_) | DeleteBridge(_) | DeletePort(_) | DeleteVxlan(_) => "delete",
-            UpdateBridge { .. } | UpdatePort { .. } | SetMaster { .. } => "update",
+            CreateNetns(_) | CreateBridge(_) | CreatePort(_) | CreateVxlan(_) | CreateVlan(_) => {
+                "create"
+            }
+            DeleteNetns(_) | DeleteBridge(_) | DeletePort(_) | DeleteVxlan(_) | DeleteVlan(_) => {
+                "delete"
+            }
+            UpdateBridge { .. } | UpdatePort { .. } | SetMaster { .. } | SetUp { .. } => "update",
             AddAddr { .. } | AddRoute { .. } | AddFdb { .. } => "add",
             DelAddr { .. } | DelRoute { .. } | DelFdb { .. } => "remove",
             SetNft { to: None, .. } | SetShaping { to: None, .. } => "delete",
@@ -151,7 +171,7 @@ impl Step {
         match self {
             CreateNetns(_) | DeleteNetns(_) => "netns",
             CreateBridge(_) | DeleteBridge(_) | UpdateBridge { .. } => "bridge",
-            SetMaster { .. } => "uplink",
+            SetMaster { .. } | SetUp { .. } => "uplink",
             AddAddr { .. } | DelAddr { .. } => "address",
             AddRoute { .. } | DelRoute { .. } => "route",
             CreatePort(p) | DeletePort(p) => p.kind_name(),
@@ -162,6 +182,7 @@ impl Step {
             AddFdb { .. } | DelFdb { .. } => "fdb",
             SetShaping { .. } => "shaping",
             SetEthtool { .. } => "ethtool",
+            CreateVlan(_) | DeleteVlan(_) => "vlan",
         }
     }
 
@@ -182,6 +203,8 @@ impl Step {
             AddFdb { dev, dst } | DelFdb { dev, dst } => format!("{dst} dev {dev}"),
             SetShaping { bridge, .. } => bridge.clone(),
             SetEthtool { dev, .. } => dev.clone(),
+            CreateVlan(v) | DeleteVlan(v) => v.name.clone(),
+            SetUp { link, .. } => link.clone(),
         }
     }
 
@@ -281,6 +304,18 @@ impl Step {
             SetEthtool { from, to, .. } => {
                 o.insert("from".into(), json!(from));
                 o.insert("to".into(), json!(to));
+            }
+            CreateVlan(v) | DeleteVlan(v) => {
+                o.insert("network".into(), json!(v.network));
+                o.insert("vlan".into(), json!(v.vid));
+                o.insert("link".into(), json!(v.parent));
+                o.insert("port".into(), json!(v.port));
+                o.insert("bridge".into(), json!(v.master));
+                o.insert("mtu".into(), json!(v.mtu));
+            }
+            SetUp { from, to, .. } => {
+                o.insert("from".into(), json!(if *from { "up" } else { "down" }));
+                o.insert("to".into(), json!(if *to { "up" } else { "down" }));
             }
             CreateNetns(_) | DeleteNetns(_) => {}
         }
@@ -434,6 +469,27 @@ impl fmt::Display for Step {
                 }
                 write!(f, ")")
             }
+            CreateVlan(v) => {
+                write!(
+                    f,
+                    " (network {}, vlan {} on {}, bridge {}, mtu {}",
+                    v.network,
+                    v.vid,
+                    v.parent,
+                    v.master.as_deref().unwrap_or("-"),
+                    v.mtu
+                )?;
+                if v.isolated {
+                    write!(f, ", isolated")?;
+                }
+                write!(f, ")")
+            }
+            SetUp { from, to, .. } => write!(
+                f,
+                ": {} -> {}",
+                if *from { "up" } else { "down" },
+                if *to { "up" } else { "down" }
+            ),
             CreatePort(p) => {
                 write!(
                     f,
@@ -650,23 +706,52 @@ pub fn diff(want: &HostState, have: &HostState) -> Plan {
     }
 
     // Ports that go away leave first, so a new port may take the name their far end had.
+    let mut port_steps = Vec::new();
+    // Ports deleted (for good or to be made again): the kernel takes their VLAN
+    // sub-interfaces with them, so the plan removes those first and makes them again after.
+    let mut remade: BTreeSet<&String> = BTreeSet::new();
     for (name, p) in &have.ports {
         if !want.ports.contains_key(name) {
-            steps.push(Step::DeletePort(p.clone()));
+            port_steps.push(Step::DeletePort(p.clone()));
+            remade.insert(name);
         }
     }
     for (name, p) in &want.ports {
         match have.ports.get(name) {
-            None => steps.push(Step::CreatePort(p.clone())),
+            None => port_steps.push(Step::CreatePort(p.clone())),
             Some(h) if h.needs_replace(p) || guest_missing(h) => {
-                steps.push(Step::DeletePort(h.clone()));
-                steps.push(Step::CreatePort(p.clone()));
+                port_steps.push(Step::DeletePort(h.clone()));
+                port_steps.push(Step::CreatePort(p.clone()));
+                remade.insert(name);
             }
-            Some(h) if h != p => steps.push(Step::UpdatePort {
+            Some(h) if h != p => port_steps.push(Step::UpdatePort {
                 from: h.clone(),
                 to: p.clone(),
             }),
             _ => {}
+        }
+    }
+    // VLAN sub-interfaces: an id, lower device or setting that differs makes one again. They
+    // leave before the ports and bridges they hang on, and come after them.
+    let vlan_stale =
+        |name: &String, v: &VlanLink| want.vlans.get(name) != Some(v) || remade.contains(&v.parent);
+    for (name, h) in &have.vlans {
+        if vlan_stale(name, h) {
+            steps.push(Step::DeleteVlan(h.clone()));
+        }
+    }
+    steps.extend(port_steps);
+    for link in &want.raise {
+        steps.push(Step::SetUp {
+            link: link.clone(),
+            from: false,
+            to: true,
+        });
+    }
+    for (name, w) in &want.vlans {
+        match have.vlans.get(name) {
+            Some(h) if !vlan_stale(name, h) => {}
+            _ => steps.push(Step::CreateVlan(w.clone())),
         }
     }
 

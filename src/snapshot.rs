@@ -77,6 +77,8 @@ pub struct LinkSnap {
     pub shaping: Option<crate::state::Shaping>,
     /// Settings of a macvtap (or macvlan) device.
     pub macvtap: Option<MacvtapSnap>,
+    /// Settings of an 802.1Q VLAN device.
+    pub vlan: Option<VlanSnap>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -88,6 +90,14 @@ pub struct MacvtapSnap {
     pub mode: Option<crate::spec::DirectMode>,
     /// Owner of its character device `/dev/tapIFINDEX`; `None` when there is none.
     pub dev_owner: Option<u32>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct VlanSnap {
+    pub id: u16,
+    /// The lower device's name.
+    pub link: Option<String>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]

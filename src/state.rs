@@ -42,6 +42,42 @@ pub struct HostState {
     /// reports.
     #[serde(default)]
     pub ethtool: BTreeMap<String, EthtoolValues>,
+    /// 802.1Q sub-interfaces: of vlan networks' uplinks, and of trunk ports.
+    #[serde(default)]
+    pub vlans: BTreeMap<String, VlanLink>,
+    /// Foreign interfaces found down that must be up: the uplinks of vlan networks (a VLAN
+    /// sub-interface cannot come up on a lower device that is down). Only a desired state
+    /// holds any; once up, there is nothing left to do.
+    #[serde(default)]
+    pub raise: BTreeSet<String>,
+}
+
+/// An 802.1Q VLAN sub-interface, enslaved to the bridge of the network that serves its VLAN.
+/// Its id and lower device cannot change in place: any difference makes it again.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VlanLink {
+    pub name: String,
+    pub network: String,
+    /// The lower device (IFLA_LINK): a vlan network's uplink, or a trunk port.
+    pub parent: String,
+    pub vid: u16,
+    /// Set for the sub-interfaces of a trunk port: they belong to that port.
+    pub port: Option<String>,
+    pub master: Option<String>,
+    pub mtu: u32,
+    pub up: bool,
+    /// Bridge port isolation (a trunk sub-interface on an `isolate_ports` network).
+    #[serde(default)]
+    pub isolated: bool,
+}
+
+impl VlanLink {
+    pub fn alias(&self) -> String {
+        match &self.port {
+            Some(p) => format!("{MARK} network={} trunk={p}", self.network),
+            None => format!("{MARK} network={}", self.network),
+        }
+    }
 }
 
 /// A network's `bandwidth` and its VMs' floors, as the HTB tree on its bridge holds them.
@@ -404,6 +440,8 @@ pub struct Alias {
     pub dhcp: bool,
     /// `kvmnet ifb of PORT`: the IFB that shapes PORT's outbound traffic.
     pub ifb_of: Option<String>,
+    /// A trunk port's VLAN sub-interface: the port it belongs to.
+    pub trunk: Option<String>,
 }
 
 /// `None` when the alias is not kvmnet's.
@@ -428,6 +466,7 @@ pub fn parse_alias(alias: &str) -> Option<Alias> {
             Some(("qout", v)) => a.qos_out = ShapeState::parse(v),
             Some(("mirror", v)) => a.mirror = Some(v.to_string()),
             Some(("dhcp", v)) => a.dhcp = v == "1",
+            Some(("trunk", v)) => a.trunk = Some(v.to_string()),
             _ => {}
         }
     }

@@ -32,6 +32,10 @@ pub fn status_json(snap: &Snapshot) -> Value {
             .filter(|x| x.dev == l.name)
             .map(|x| x.addr.to_string())
             .collect();
+        if l.kind == "vlan" {
+            // VLAN sub-interfaces show as the bridges' members, not as ports.
+            continue;
+        }
         if l.kind == "bridge" {
             let uplinks: Vec<&str> = snap
                 .links

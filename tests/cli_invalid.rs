@@ -35,7 +35,7 @@ fn catalogue_is_refused_with_exit_2_and_changes_nothing() {
     let mut ns = Namespaces::new();
     let host = ns.add("inv");
     ok(&format!(
-        "ip -n {host} link add eth0 type veth peer name eth0p && ip -n {host} link add virbr0 type bridge"
+        "ip -n {host} link add eth0 type veth peer name eth0p && ip -n {host} link add virbr0 type bridge && ip -n {host} link add eth0.10 type bridge"
     ));
     let before = fingerprint(&host, &["net.ipv4.ip_forward"]);
 
@@ -99,6 +99,17 @@ fn catalogue_is_refused_with_exit_2_and_changes_nothing() {
             "networks:\n  lan:\n    mode: bridge\n    uplink: eth7\n",
             "networks.lan.uplink",
             "does not exist",
+        ),
+        (
+            "networks:\n  v10:\n    mode: vlan\n    uplink: eth7\n    vlan: 10\n",
+            "networks.v10.uplink",
+            "uplink 'eth7' does not exist",
+        ),
+        (
+            // A foreign interface already has the name of the VLAN sub-interface.
+            "networks:\n  v10:\n    mode: vlan\n    uplink: eth0\n    vlan: 10\n",
+            "networks.v10.vlan",
+            "'eth0.10' (the VLAN 10 sub-interface of uplink 'eth0') already exists",
         ),
         (
             "networks:\n  n:\n    mode: nat\n    ipv4: 10.0.5.1/24\nvms:\n  v:\n    ports: [ { network: n, owner: no-such-user-here } ]\n",

@@ -1,5 +1,8 @@
 //! The example specs work as the README says: each applies in a sandbox namespace, a second
 //! apply changes nothing, and destroy leaves the sandbox as it was.
+//!
+//! Examples that need kernel modules a test host may lack are only planned here: their
+//! behaviour is tested where those modules exist (QEMU guests, see tests/vlan.rs).
 
 mod common;
 use common::*;
@@ -33,6 +36,17 @@ fn every_example_applies_idempotently_and_destroys_cleanly() {
         );
         let spec = f.to_str().unwrap();
         ns.kvmnet_ok(&["validate", spec]);
+        if f.file_name().is_some_and(|n| n == "vlan.yaml") && !has_8021q() {
+            // 802.1Q devices cannot be made on a kernel without 8021q: plan only.
+            eprintln!("{spec}: no 8021q in this kernel, planned but not applied");
+            let plan = ns.kvmnet_ok(&["plan", spec, "--netns", &host]);
+            assert!(plan.contains("+ vlan eth0.10 (network office"), "{plan}");
+            assert!(
+                plan.contains("+ vlan router-trunk.20 (network lab"),
+                "{plan}"
+            );
+            continue;
+        }
         ns.kvmnet_ok(&["apply", spec, "--netns", &host]);
         let again = ns.kvmnet_ok(&["plan", spec, "--netns", &host, "--json"]);
         assert!(again.contains(r#""changes":[]"#), "{spec}: {again}");
@@ -48,4 +62,9 @@ fn every_example_applies_idempotently_and_destroys_cleanly() {
             "{spec}: destroy did not restore the sandbox"
         );
     }
+}
+
+/// Whether this kernel can make 802.1Q VLAN devices (8021q built in or loadable).
+fn has_8021q() -> bool {
+    std::path::Path::new("/proc/net/vlan").exists() || sh("modprobe -q 8021q").status.success()
 }

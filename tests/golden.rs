@@ -210,6 +210,33 @@ fn synth(want: &kvmnet::state::HostState, base: &Snapshot) -> Snapshot {
             ..Default::default()
         });
     }
+    for v in want.vlans.values() {
+        // A vlan network's uplink stays as it was, except that it is up.
+        if v.port.is_none()
+            && s.link(&v.parent).is_none()
+            && let Some(u) = base.link(&v.parent)
+        {
+            let mut u = u.clone();
+            u.up = true;
+            s.links.push(u);
+            s.addrs
+                .extend(base.addrs.iter().filter(|a| a.dev == v.parent).cloned());
+        }
+        s.links.push(LinkSnap {
+            name: v.name.clone(),
+            kind: "vlan".into(),
+            mtu: v.mtu,
+            up: v.up,
+            master: v.master.clone(),
+            isolated: v.isolated,
+            alias: Some(v.alias()),
+            vlan: Some(kvmnet::snapshot::VlanSnap {
+                id: v.vid,
+                link: Some(v.parent.clone()),
+            }),
+            ..Default::default()
+        });
+    }
     for (dev, addrs) in &want.addrs {
         for a in addrs {
             s.addrs.push(AddrSnap {
@@ -279,6 +306,9 @@ fn applied_state_plans_no_changes() {
             continue;
         };
         let after = synth(&want, &base);
+        // Bringing an uplink up is a one-time action, planned only while it is down.
+        let mut want = want;
+        want.raise.retain(|l| after.link(l).is_some_and(|x| !x.up));
         let uplinks: BTreeSet<String> = want.uplinks.keys().cloned().collect();
         let keys: BTreeSet<String> = want.sysctls.keys().cloned().collect();
         let have = desired::observed(&after, &uplinks, &keys);

@@ -133,6 +133,7 @@ fn full_example() {
         vxlan: None,
         bandwidth_bps: None,
         direct_mode: None,
+        vlan: None,
     };
     let routed = Network {
         name: "routed1".into(),
@@ -155,6 +156,7 @@ fn full_example() {
         vxlan: None,
         bandwidth_bps: None,
         direct_mode: None,
+        vlan: None,
     };
     let hostonly = Network {
         name: "hostonly".into(),
@@ -170,6 +172,7 @@ fn full_example() {
         vxlan: None,
         bandwidth_bps: None,
         direct_mode: None,
+        vlan: None,
     };
     let lan = Network {
         name: "lan".into(),
@@ -185,6 +188,7 @@ fn full_example() {
         vxlan: None,
         bandwidth_bps: None,
         direct_mode: None,
+        vlan: None,
     };
     assert_eq!(
         spec.networks.keys().collect::<Vec<_>>(),
@@ -217,6 +221,7 @@ fn full_example() {
                 qos: None,
                 mirror: None,
                 ethtool: None,
+                trunk: vec![],
             },
             Port {
                 vm: "web1".into(),
@@ -235,6 +240,7 @@ fn full_example() {
                 qos: None,
                 mirror: None,
                 ethtool: None,
+                trunk: vec![],
             },
         ]
     );
@@ -259,6 +265,7 @@ fn full_example() {
                 qos: None,
                 mirror: None,
                 ethtool: None,
+                trunk: vec![],
             },
             Port {
                 vm: "test1".into(),
@@ -278,6 +285,7 @@ fn full_example() {
                 qos: None,
                 mirror: None,
                 ethtool: None,
+                trunk: vec![],
             },
         ]
     );
@@ -598,4 +606,43 @@ fn no_panics_on_deep_or_large_input() {
         big.push_str(&format!("  vm{i}:\n    ports: []\n"));
     }
     assert_eq!(ok(&big).vms.len(), 2000);
+}
+
+#[test]
+fn vlan_networks_and_trunk_ports() {
+    let spec = ok(r#"version: 1
+networks:
+  v10: { mode: vlan, uplink: eth1, vlan: 10, ipv4: 10.10.0.1/24 }
+  v20: { mode: vlan, uplink: eth1, vlan: 20 }
+  far: { mode: vlan, uplink: enx0123456789ab, vlan: 4094 }
+vms:
+  router:
+    ports:
+      - { network: v10, name: rt, ipv4: 10.10.0.2, vlans: [20, 10] }
+      - { network: v20, ipv4: 10.20.0.2/24 }
+"#);
+    let v10 = spec.networks["v10"].vlan.as_ref().unwrap();
+    assert_eq!(
+        (v10.id, v10.uplink.as_str(), v10.device.as_str()),
+        (10, "eth1", "eth1.10")
+    );
+    let far = spec.networks["far"].vlan.as_ref().unwrap();
+    assert!(
+        far.device.starts_with("vl4094-") && far.device.len() <= 15,
+        "{}",
+        far.device
+    );
+    let rt = &spec.vms["router"].ports[0];
+    let trunk: Vec<(u16, &str, &str)> = rt
+        .trunk
+        .iter()
+        .map(|t| (t.vid, t.network.as_str(), t.device.as_str()))
+        .collect();
+    assert_eq!(trunk, [(20, "v20", "rt.20"), (10, "v10", "rt.10")]);
+    // Its own VLAN listed: no native VLAN, the address belongs to the tagged sub-interface.
+    assert!(!rt.has_native());
+    assert_eq!(rt.own_interface(), "rt.10");
+    let access = &spec.vms["router"].ports[1];
+    assert!(access.trunk.is_empty() && access.has_native());
+    assert_eq!(access.own_interface(), access.name);
 }

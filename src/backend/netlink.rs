@@ -68,6 +68,7 @@ const NUD_NOARP: u16 = 0x40;
 const NUD_PERMANENT: u16 = 0x80;
 
 const IFLA_VXLAN_ID: u16 = 1;
+const IFLA_VLAN_ID: u16 = 1;
 const IFLA_VXLAN_GROUP: u16 = 2;
 const IFLA_VXLAN_LINK: u16 = 3;
 const IFLA_VXLAN_LOCAL: u16 = 4;
@@ -293,7 +294,10 @@ pub struct LinkInfo {
     pub vxlan: Option<VxlanInfo>,
     /// `IFLA_MACVLAN_MODE` of a macvlan or macvtap (whose lower device is `peer_index`).
     pub macvlan_mode: Option<u32>,
-    /// `IFLA_LINK`: for a macvlan or macvtap, the lower device's index; for a veth, the peer's index (in the peer's namespace).
+    /// `IFLA_VLAN_ID` of an 802.1Q device (kind "vlan"); its lower device is `peer_index`.
+    pub vlan_id: Option<u16>,
+    /// `IFLA_LINK`: for a macvlan, macvtap or VLAN device, the lower device's index; for a
+    /// veth, the peer's index (in the peer's namespace).
     pub peer_index: Option<u32>,
     /// `IFLA_LINK_NETNSID`: for a veth whose peer lives in another namespace, that namespace's
     /// id as seen from here.
@@ -374,6 +378,11 @@ pub enum NewLinkKind {
         peer_mtu: Option<u32>,
         peer_alias: Option<String>,
         peer_netns_fd: Option<RawFd>,
+    },
+    /// `ip link add link LINK name NAME type vlan id ID` (802.1Q).
+    Vlan {
+        id: u16,
+        link: u32,
     },
     /// `ip link add NAME type vxlan id VNI local LOCAL dev LINK dstport PORT [group GROUP]`.
     Vxlan {
@@ -501,6 +510,7 @@ impl Request {
                 NewLinkKind::Macvtap { lower, .. } => {
                     format!("create link {name} (macvtap on index {lower})")
                 }
+                NewLinkKind::Vlan { id, .. } => format!("create link {name} (vlan id {id})"),
             },
             Request::SetLink {
                 index,
@@ -837,6 +847,7 @@ fn parse_link(p: &[u8]) -> Option<LinkInfo> {
         tun: None,
         vxlan: None,
         macvlan_mode: None,
+        vlan_id: None,
         peer_index: None,
         link_netnsid: None,
         stats: LinkStats::default(),
@@ -912,6 +923,13 @@ fn parse_link(p: &[u8]) -> Option<LinkInfo> {
                     li.macvlan_mode = attrs(data.unwrap_or(&[]))
                         .find(|(t, _)| *t == IFLA_MACVLAN_MODE)
                         .and_then(|(_, d)| attr_u32(d));
+                }
+                if li.kind.as_deref() == Some("vlan") {
+                    li.vlan_id = attrs(data.unwrap_or(&[]))
+                        .find(|(t, _)| *t == IFLA_VLAN_ID)
+                        .and_then(|(_, d)| {
+                            (d.len() >= 2).then(|| u16::from_ne_bytes([d[0], d[1]]))
+                        });
                 }
                 if li.kind.as_deref() == Some("vxlan") {
                     let mut vx = VxlanInfo::default();
@@ -1536,9 +1554,18 @@ impl Netlink {
                 if let NewLinkKind::Macvtap { lower, .. } = kind {
                     b.attr_u32(IFLA_LINK, *lower);
                 }
+                if let NewLinkKind::Vlan { link, .. } = kind {
+                    b.attr_u32(IFLA_LINK, *link);
+                }
                 let li = b.nest_begin(IFLA_LINKINFO);
                 match kind {
                     NewLinkKind::Bridge => b.attr_str(IFLA_INFO_KIND, "bridge"),
+                    NewLinkKind::Vlan { id, .. } => {
+                        b.attr_str(IFLA_INFO_KIND, "vlan");
+                        let data = b.nest_begin(IFLA_INFO_DATA);
+                        b.attr(IFLA_VLAN_ID, &id.to_ne_bytes());
+                        b.nest_end(data);
+                    }
                     NewLinkKind::Veth {
                         peer_name,
                         peer_mac,
@@ -2210,6 +2237,38 @@ mod tests {
         assert_eq!(pa[&IFLA_ADDRESS], &[2, 0, 0, 0, 0, 1]);
         assert_eq!(attr_u32(pa[&IFLA_MTU]), Some(1400), "peer mtu follows mtu");
         assert_eq!(attr_u32(pa[&IFLA_NET_NS_FD]), Some(9));
+    }
+
+    #[test]
+    fn vlan_request_names_its_lower_device_and_id() {
+        let mut nl = Netlink::open().expect("netlink socket");
+        let req = Request::NewLink {
+            name: "eth1.10".into(),
+            kind: NewLinkKind::Vlan { id: 10, link: 4 },
+            mac: None,
+            mtu: Some(1500),
+            alias: Some("kvmnet network=v10".into()),
+            master: Some(7),
+            up: true,
+        };
+        let mut pending = HashMap::new();
+        let mut deferred = Vec::new();
+        nl.sbuf.buf.clear();
+        nl.encode(&req, 0, &mut pending, &mut deferred).unwrap();
+        assert_eq!(deferred.len(), 1, "the alias follows the creation");
+        let buf = nl.sbuf.buf.clone();
+        let m = messages(&buf).next().unwrap();
+        let top: HashMap<u16, &[u8]> = attrs(&m.payload[16..]).collect();
+        assert_eq!(
+            attr_u32(top[&IFLA_LINK]),
+            Some(4),
+            "IFLA_LINK at the top level"
+        );
+        assert_eq!(attr_u32(top[&IFLA_MASTER]), Some(7));
+        let li: HashMap<u16, &[u8]> = attrs(top[&IFLA_LINKINFO]).collect();
+        assert_eq!(attr_string(li[&IFLA_INFO_KIND]), "vlan");
+        let data: HashMap<u16, &[u8]> = attrs(li[&IFLA_INFO_DATA]).collect();
+        assert_eq!(data[&IFLA_VLAN_ID], &10u16.to_ne_bytes());
     }
 
     #[test]

@@ -136,6 +136,9 @@ pub enum Mode {
     Vxlan,
     /// Guests directly on an uplink's segment through macvtap devices: no bridge.
     Direct,
+    /// One 802.1Q VLAN of a host uplink: a VLAN sub-interface of the uplink on the
+    /// network's bridge.
+    Vlan,
 }
 
 impl Mode {
@@ -147,6 +150,7 @@ impl Mode {
             Mode::Bridge => "bridge",
             Mode::Vxlan => "vxlan",
             Mode::Direct => "direct",
+            Mode::Vlan => "vlan",
         }
     }
 }
@@ -262,6 +266,8 @@ pub struct Network {
     pub bandwidth_bps: Option<u64>,
     /// `direct` mode: the macvtap mode of its ports (`uplink` is their lower device).
     pub direct_mode: Option<DirectMode>,
+    /// `vlan` mode: the VLAN and the uplink that carries it.
+    pub vlan: Option<Vlan>,
 }
 
 /// How macvtap ports on one uplink reach each other (the kernel's macvlan modes).
@@ -317,6 +323,28 @@ impl DirectMode {
             _ => return None,
         })
     }
+}
+
+/// Highest usable 802.1Q VLAN id (4095 is reserved).
+pub const VLAN_ID_MAX: u16 = 4094;
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Vlan {
+    pub id: u16,
+    /// The host interface (foreign: kvmnet only brings it up) that carries the tagged frames.
+    pub uplink: String,
+    /// The 802.1Q sub-interface of the uplink, enslaved to the network's bridge
+    /// (`UPLINK.ID`, or a derived short name when that exceeds 15 characters).
+    pub device: String,
+}
+
+/// One tagged VLAN of a trunk port: an 802.1Q sub-interface of the port's host end,
+/// enslaved to the bridge of the vlan network that serves that VLAN.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Trunk {
+    pub vid: u16,
+    pub network: String,
+    pub device: String,
 }
 
 /// VXLAN default UDP port (IANA).
@@ -435,6 +463,26 @@ pub struct Port {
     pub mirror: Option<String>,
     /// Offloads, rings and channels of the port's host-side device.
     pub ethtool: Option<Ethtool>,
+    /// Trunk port: the VLANs it carries tagged (`vlans`), in the order written. Empty for an
+    /// access port.
+    pub trunk: Vec<Trunk>,
+}
+
+impl Port {
+    /// Whether the port's own network reaches the VM untagged: always on an access port, and
+    /// on a trunk port unless its own VLAN is listed in `vlans`.
+    pub fn has_native(&self) -> bool {
+        !self.trunk.iter().any(|t| t.network == self.network)
+    }
+
+    /// The host-side interface that carries the port's own network: the port itself, or the
+    /// sub-interface of its own VLAN on a trunk that tags it.
+    pub fn own_interface(&self) -> &str {
+        self.trunk
+            .iter()
+            .find(|t| t.network == self.network)
+            .map_or(self.name.as_str(), |t| t.device.as_str())
+    }
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq)]

@@ -38,6 +38,27 @@ pub fn vxlan_name(network: &str) -> String {
     fit("vx-", network)
 }
 
+/// An 802.1Q sub-interface of `parent` (an uplink or a trunk port): `PARENT.VID`, the name
+/// `ip link` users expect, or when that exceeds 15 characters `PREFIX` + VID + a hash of the
+/// parent, so it stays stable and distinct.
+pub fn vlan_name(prefix: &str, parent: &str, vid: u16) -> String {
+    let full = format!("{parent}.{vid}");
+    if full.len() <= IFNAME_MAX {
+        return full;
+    }
+    format!("{prefix}{vid}-{:06x}", fnv1a(parent.as_bytes()) & 0xff_ffff)
+}
+
+/// The sub-interface of a vlan network's uplink.
+pub fn uplink_vlan_name(uplink: &str, vid: u16) -> String {
+    vlan_name("vl", uplink, vid)
+}
+
+/// The sub-interface of a trunk port for one of its VLANs.
+pub fn trunk_vlan_name(port: &str, vid: u16) -> String {
+    vlan_name("vt", port, vid)
+}
+
 pub fn port_name(vm: &str, index: usize) -> String {
     fit("kv-", &format!("{vm}-{index}"))
 }
@@ -69,6 +90,13 @@ pub fn overlay_bridge_mac(network: &str, local: std::net::Ipv4Addr) -> Mac {
     Mac([0x52, 0x54, 0x00, h[0], h[1], h[2]])
 }
 
+/// The bridge of a `vlan` network: the VLAN spans hosts, so its MAC also depends on this
+/// host's uplink (two hosts' bridges on one VLAN must never share one).
+pub fn vlan_bridge_mac(network: &str, uplink_mac: Mac) -> Mac {
+    let h = fnv1a(format!("bridge/{network}/{uplink_mac}").as_bytes()).to_be_bytes();
+    Mac([0x52, 0x54, 0x00, h[0], h[1], h[2]])
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -83,6 +111,17 @@ mod tests {
         assert_ne!(a, b);
         let p = port_name("some-really-long-vm-name", 3);
         assert!(p.len() <= IFNAME_MAX, "{p}");
+    }
+
+    #[test]
+    fn vlan_names_fit() {
+        assert_eq!(uplink_vlan_name("eth1", 10), "eth1.10");
+        assert_eq!(trunk_vlan_name("web1-eth0", 4094), "web1-eth0.4094");
+        let a = uplink_vlan_name("enp0s31f6-long", 4094);
+        let b = uplink_vlan_name("enp0s31f6-lonh", 4094);
+        assert!(a.len() <= IFNAME_MAX && a.starts_with("vl4094-"), "{a}");
+        assert_ne!(a, b);
+        assert!(trunk_vlan_name("a-fifteen-chars", 20).starts_with("vt20-"));
     }
 
     #[test]

@@ -13,7 +13,7 @@ use super::SpecError;
 use super::model::{
     Dhcp, DhcpRoute, DirectMode, Ethtool, Firewall, FirewallDirection, FirewallRule, Forward, Host,
     Ipv4Cidr, Loc, Mac, Mode, Network, Owner, Port, PortKind, Proto, Qos, RuleAction, RuleProto,
-    Shape, Spec, Tuning, VXLAN_PORT, Vm, Vxlan,
+    Shape, Spec, Trunk, Tuning, VLAN_ID_MAX, VXLAN_PORT, Vlan, Vm, Vxlan,
 };
 use super::naming;
 use super::yaml::{Key, Kind, Node, index, join, show};
@@ -37,6 +37,7 @@ const NET_FIELDS: &[&str] = &[
     "port",
     "bandwidth",
     "direct_mode",
+    "vlan",
 ];
 const VXLAN_FIELDS: &[&str] = &["vni", "underlay", "remotes", "group", "port"];
 const VNI_MAX: i128 = 16_777_215;
@@ -60,6 +61,7 @@ const PORT_FIELDS: &[&str] = &[
     "qos",
     "mirror",
     "ethtool",
+    "vlans",
 ];
 const ETHTOOL_FIELDS: &[&str] = &["offloads", "rings", "channels"];
 const OFFLOAD_FIELDS: &[&str] = &["tso", "gso", "gro", "lro", "rx_checksum", "tx_checksum"];
@@ -68,7 +70,7 @@ const CHANNEL_FIELDS: &[&str] = &["combined", "rx", "tx"];
 const RING_MAX: i128 = 1 << 20;
 const CHANNEL_MAX: i128 = 4096;
 
-const MODES: &str = "nat, routed, isolated, bridge, vxlan or direct";
+const MODES: &str = "nat, routed, isolated, bridge, vlan, vxlan or direct";
 const DIRECT_MODES: &str = "bridge, vepa, private or passthrough";
 const NAME_MAX: usize = 64;
 const MTU_MIN: i128 = 68;
@@ -579,6 +581,10 @@ struct NetDraft {
     bandwidth: Option<(u64, Loc)>,
     /// `direct` mode: how its macvtap ports reach each other.
     direct_mode: Option<(DirectMode, Loc)>,
+    /// `vlan` mode, set only when the VLAN id and the uplink passed their checks.
+    vlan: Option<Vlan>,
+    vlan_loc: Loc,
+    vlan_uplink_loc: Loc,
 }
 
 struct ForwardDraft {
@@ -613,6 +619,8 @@ struct PortDraft {
     qos: Option<Qos>,
     mirror: Option<(String, Loc, String)>,
     ethtool: Option<Ethtool>,
+    /// `vlans`: each VID with where it was written and its path.
+    vlans: Vec<(u16, Loc, String)>,
 }
 
 pub(crate) fn convert(root: &Node, errors: &mut Vec<SpecError>) -> Option<Spec> {
@@ -822,6 +830,9 @@ fn read_network(cx: &mut Ctx, key: &Key, f: &Field) -> NetDraft {
         vxlan: None,
         bandwidth: None,
         direct_mode: None,
+        vlan: None,
+        vlan_loc: key.loc,
+        vlan_uplink_loc: key.loc,
     };
     let Some(o) = obj(
         cx,
@@ -844,6 +855,7 @@ fn read_network(cx: &mut Ctx, key: &Key, f: &Field) -> NetDraft {
             "bridge" => Some(Mode::Bridge),
             "vxlan" => Some(Mode::Vxlan),
             "direct" => Some(Mode::Direct),
+            "vlan" => Some(Mode::Vlan),
             _ => {
                 cx.err(
                     &mf.path,
@@ -893,7 +905,7 @@ fn read_network(cx: &mut Ctx, key: &Key, f: &Field) -> NetDraft {
                  (they move to the bridge); remove ipv4 or use mode nat, routed or isolated",
             );
         }
-        (None, Some(m)) if !matches!(m, Mode::Bridge | Mode::Vxlan | Mode::Direct) => {
+        (None, Some(m)) if !matches!(m, Mode::Bridge | Mode::Vxlan | Mode::Direct | Mode::Vlan) => {
             cx.err(
                 &join(&f.path, "ipv4"),
                 o.loc,
@@ -935,15 +947,31 @@ fn read_network(cx: &mut Ctx, key: &Key, f: &Field) -> NetDraft {
         d.mtu = u32::try_from(n).ok();
     }
 
+    let mut vlan_uplink = None;
     match (o.get(cx, "uplink"), mode) {
-        (Some(uf), Some(m)) if !matches!(m, Mode::Bridge | Mode::Direct) => {
+        (Some(uf), Some(m)) if !matches!(m, Mode::Bridge | Mode::Direct | Mode::Vlan) => {
             cx.err(
                 &uf.path,
                 uf.loc(),
                 format!(
-                    "uplink applies only to modes bridge and direct; a {} network has no uplink (remove it)",
+                    "uplink applies only to modes bridge, vlan and direct; a {} network has no uplink (remove it)",
                     m.as_str()
                 ),
+            );
+        }
+        (Some(uf), Some(Mode::Vlan)) => {
+            d.vlan_uplink_loc = uf.loc();
+            vlan_uplink = read_ifname_field(
+                cx,
+                &uf,
+                "the host interface that carries the VLAN tagged, like eth1",
+            );
+        }
+        (None, Some(Mode::Vlan)) => {
+            cx.err(
+                &join(&f.path, "uplink"),
+                o.loc,
+                "missing required field 'uplink'; a vlan network needs the host interface that carries its tagged frames, like eth1",
             );
         }
         (Some(uf), _) => {
@@ -1003,12 +1031,17 @@ fn read_network(cx: &mut Ctx, key: &Key, f: &Field) -> NetDraft {
                 "kvmnet serves no DHCP on a bridge network: its guests sit on the uplink's LAN \
                  and use that LAN's DHCP server; remove dhcp",
             );
-        } else if mode == Some(Mode::Vxlan) && ipf.is_none() {
+        } else if let Some(m @ (Mode::Vxlan | Mode::Vlan)) = mode
+            && ipf.is_none()
+        {
             cx.err(
                 &df.path,
                 df.loc(),
-                "kvmnet serves DHCP on a vxlan network only from the host's address on it; \
-                 set ipv4 (like 10.70.0.1/24) or remove dhcp",
+                format!(
+                    "kvmnet serves DHCP on a {} network only from the host's address on it; \
+                     set ipv4 (like 10.70.0.1/24) or remove dhcp",
+                    m.as_str()
+                ),
             );
         } else {
             // Checks against the subnet run only when mode and gateway are sound.
@@ -1095,6 +1128,46 @@ fn read_network(cx: &mut Ctx, key: &Key, f: &Field) -> NetDraft {
                 }
             }
         }
+    }
+    match (o.get(cx, "vlan"), mode) {
+        (Some(vf), Some(Mode::Vlan)) => {
+            d.vlan_loc = vf.loc();
+            let id = int_in(
+                cx,
+                &vf,
+                &format!("a VLAN id between 1 and {VLAN_ID_MAX}"),
+                1,
+                i128::from(VLAN_ID_MAX),
+            )
+            .and_then(|n| u16::try_from(n).ok());
+            if let (Some(id), Some(uplink)) = (id, vlan_uplink) {
+                d.vlan = Some(Vlan {
+                    id,
+                    device: naming::uplink_vlan_name(&uplink, id),
+                    uplink,
+                });
+            }
+        }
+        (None, Some(Mode::Vlan)) => {
+            cx.err(
+                &join(&f.path, "vlan"),
+                o.loc,
+                format!(
+                    "missing required field 'vlan'; a vlan network needs its 802.1Q VLAN id (1 to {VLAN_ID_MAX}), like vlan: 10"
+                ),
+            );
+        }
+        (Some(vf), Some(m)) => {
+            cx.err(
+                &vf.path,
+                vf.loc(),
+                format!(
+                    "vlan applies only to mode vlan; a {} network has no VLAN id (remove it, or use mode: vlan)",
+                    m.as_str()
+                ),
+            );
+        }
+        _ => {}
     }
     if mode == Some(Mode::Vxlan) {
         if name_ok {
@@ -1590,6 +1663,7 @@ fn read_port(
         qos: None,
         mirror: None,
         ethtool: None,
+        vlans: Vec::new(),
     };
 
     let mut net: Option<NetRef> = None;
@@ -1830,6 +1904,44 @@ fn read_port(
     if let Some(ef) = o.get(cx, "ethtool") {
         d.ethtool = read_ethtool(cx, &ef);
     }
+    if let Some(vf) = o.get(cx, "vlans") {
+        match net.as_ref().and_then(|n| n.mode) {
+            Some(m) if m != Mode::Vlan => cx.err(
+                &vf.path,
+                vf.loc(),
+                format!(
+                    "vlans (a trunk port) applies only to ports of vlan networks; network {} is mode {} (remove vlans)",
+                    d.network.as_deref().unwrap_or(""),
+                    m.as_str()
+                ),
+            ),
+            _ => {
+                if let Some(items) = list(cx, &vf, "a list of VLAN ids, like [10, 20]") {
+                    for item in items {
+                        let Some(id) = int_in(
+                            cx,
+                            &item,
+                            &format!("a VLAN id between 1 and {VLAN_ID_MAX}"),
+                            1,
+                            i128::from(VLAN_ID_MAX),
+                        )
+                        .and_then(|n| u16::try_from(n).ok()) else {
+                            continue;
+                        };
+                        if let Some((_, _, first)) = d.vlans.iter().find(|v| v.0 == id) {
+                            cx.err(
+                                &item.path,
+                                item.loc(),
+                                format!("VLAN {id} is already listed at {first}"),
+                            );
+                            continue;
+                        }
+                        d.vlans.push((id, item.loc(), item.path.clone()));
+                    }
+                }
+            }
+        }
+    }
     match (o.get(cx, "netns"), kind) {
         (Some(nf), Some(PortKind::Tap)) => {
             cx.err(
@@ -1898,7 +2010,8 @@ fn port_ipv4(t: &str, net: Option<&NetRef>, net_name: &str) -> Result<Option<Ipv
         return Ok(None);
     };
     match (net.mode, net.ipv4) {
-        (Some(m @ (Mode::Bridge | Mode::Direct)), _) | (Some(m @ Mode::Vxlan), None) => {
+        (Some(m @ (Mode::Bridge | Mode::Direct)), _)
+        | (Some(m @ (Mode::Vxlan | Mode::Vlan)), None) => {
             if !with_prefix {
                 return Err(format!(
                     "on {} network {net_name} there is no subnet to take a prefix from; write the address with its prefix, like {}/24",
@@ -2008,14 +2121,14 @@ fn read_owner(cx: &mut Ctx, f: &Field) -> Option<Owner> {
 fn cross_checks(cx: &mut Ctx, nets: &[NetDraft], ports: &[PortDraft], sysctl: Option<&Sysctl>) {
     check_floors(cx, nets, ports);
     // Every interface kvmnet creates needs a unique name.
-    struct Created<'a> {
-        name: &'a str,
+    struct Created {
+        name: String,
         loc: Loc,
         path: String,
         what: String,
         derived: bool,
     }
-    impl CreatedName for Created<'_> {
+    impl CreatedName for Created {
         fn created_as(&self, name: &str) -> Option<String> {
             (self.name == name).then(|| self.what.clone())
         }
@@ -2024,7 +2137,7 @@ fn cross_checks(cx: &mut Ctx, nets: &[NetDraft], ports: &[PortDraft], sysctl: Op
     for n in nets {
         if let Some(b) = n.bridge.as_ref().filter(|b| !b.is_empty()) {
             created.push(Created {
-                name: b,
+                name: b.clone(),
                 loc: n.bridge_loc,
                 path: join(&n.path, "bridge"),
                 what: format!("the bridge of network {}", n.name),
@@ -2035,12 +2148,73 @@ fn cross_checks(cx: &mut Ctx, nets: &[NetDraft], ports: &[PortDraft], sysctl: Op
     for n in nets {
         if let Some(v) = &n.vxlan {
             created.push(Created {
-                name: &v.device,
+                name: v.device.clone(),
                 loc: n.key_loc,
                 path: n.path.clone(),
                 what: format!("the vxlan device of network {}", n.name),
                 derived: true,
             });
+        }
+    }
+    // One vlan network per VLAN of an uplink; each sub-interface is an interface kvmnet makes.
+    let mut vlan_ids: HashMap<(&str, u16), &NetDraft> = HashMap::new();
+    for n in nets {
+        let Some(v) = &n.vlan else { continue };
+        if let Some(other) = vlan_ids.get(&(v.uplink.as_str(), v.id)) {
+            cx.err(
+                &join(&n.path, "vlan"),
+                n.vlan_loc,
+                format!(
+                    "VLAN {} of uplink '{}' is already network {}; one network per VLAN (ports of both belong on that network)",
+                    v.id, v.uplink, other.name
+                ),
+            );
+            continue;
+        }
+        vlan_ids.insert((v.uplink.as_str(), v.id), n);
+        created.push(Created {
+            name: v.device.clone(),
+            loc: n.vlan_loc,
+            path: join(&n.path, "vlan"),
+            what: format!("the VLAN {} sub-interface of network {}", v.id, n.name),
+            derived: true,
+        });
+    }
+    // A trunk port's VLANs: each one served by a vlan network on its own network's uplink.
+    for p in ports {
+        if p.vlans.is_empty() {
+            continue;
+        }
+        let Some(own) = p
+            .network
+            .as_ref()
+            .and_then(|name| nets.iter().find(|n| &n.name == name))
+        else {
+            continue;
+        };
+        let Some(ov) = &own.vlan else { continue };
+        for (vid, loc, path) in &p.vlans {
+            if !vlan_ids.contains_key(&(ov.uplink.as_str(), *vid)) {
+                cx.err(
+                    path,
+                    *loc,
+                    format!(
+                        "no vlan network serves VLAN {vid} on uplink '{}'; define one (mode: vlan, uplink: {}, vlan: {vid}) or remove {vid} from vlans",
+                        ov.uplink, ov.uplink
+                    ),
+                );
+            } else if let Some(name) = &p.name {
+                created.push(Created {
+                    name: naming::trunk_vlan_name(name, *vid),
+                    loc: *loc,
+                    path: path.clone(),
+                    what: format!(
+                        "the VLAN {vid} sub-interface of port {} of VM {}",
+                        p.index, p.vm
+                    ),
+                    derived: true,
+                });
+            }
         }
     }
     // One VNI per UDP port on a host: the kernel refuses a second device for it.
@@ -2065,7 +2239,7 @@ fn cross_checks(cx: &mut Ctx, nets: &[NetDraft], ports: &[PortDraft], sysctl: Op
     for p in ports {
         if let Some(name) = &p.name {
             created.push(Created {
-                name,
+                name: name.clone(),
                 loc: p.name_loc,
                 path: join(&p.path, "name"),
                 what: format!("port {} of VM {}", p.index, p.vm),
@@ -2076,7 +2250,7 @@ fn cross_checks(cx: &mut Ctx, nets: &[NetDraft], ports: &[PortDraft], sysctl: Op
     created.sort_by(|a, b| (a.loc, &a.path).cmp(&(b.loc, &b.path)));
     let mut first: HashMap<&str, usize> = HashMap::new();
     for (i, c) in created.iter().enumerate() {
-        if let Some(&j) = first.get(c.name) {
+        if let Some(&j) = first.get(c.name.as_str()) {
             let f = &created[j];
             let how = if c.derived {
                 format!(
@@ -2098,7 +2272,7 @@ fn cross_checks(cx: &mut Ctx, nets: &[NetDraft], ports: &[PortDraft], sysctl: Op
                 format!("{how}{}{fix}", if f.derived { " (derived)" } else { "" }),
             );
         } else {
-            first.insert(c.name, i);
+            first.insert(c.name.as_str(), i);
         }
     }
 
@@ -2137,6 +2311,19 @@ fn cross_checks(cx: &mut Ctx, nets: &[NetDraft], ports: &[PortDraft], sysctl: Op
     }
 
     direct_checks(cx, nets, ports, &created, &seen_uplink);
+    for n in nets {
+        let Some(v) = &n.vlan else { continue };
+        if let Some(c) = created.iter().find(|c| c.name == v.uplink) {
+            cx.err(
+                &join(&n.path, "uplink"),
+                n.vlan_uplink_loc,
+                format!(
+                    "uplink '{}' is an interface kvmnet creates ({}); a vlan network's uplink must be an existing host interface like eth1",
+                    v.uplink, c.what
+                ),
+            );
+        }
+    }
 
     // NAT egress: a host interface the traffic really leaves through.
     for n in nets {
@@ -2160,7 +2347,7 @@ fn cross_checks(cx: &mut Ctx, nets: &[NetDraft], ports: &[PortDraft], sysctl: Op
             );
         } else if let Some(c) = created
             .iter()
-            .find(|c| c.name == e && c.path.starts_with("vms"))
+            .find(|c| &c.name == e && c.path.starts_with("vms"))
         {
             cx.err(
                 &path,
@@ -2521,9 +2708,24 @@ fn build(
     ports: Vec<PortDraft>,
     vm_names: Vec<String>,
 ) -> Option<Spec> {
+    // (uplink, VLAN id) -> the vlan network serving it; network -> its uplink.
+    let vlan_nets: HashMap<(String, u16), String> = nets
+        .iter()
+        .filter_map(|n| {
+            let v = n.vlan.as_ref()?;
+            Some(((v.uplink.clone(), v.id), n.name.clone()))
+        })
+        .collect();
+    let net_uplink: HashMap<String, String> = nets
+        .iter()
+        .filter_map(|n| Some((n.name.clone(), n.vlan.as_ref()?.uplink.clone())))
+        .collect();
     let mut networks = BTreeMap::new();
     for n in nets {
         if n.mode == Some(Mode::Vxlan) && n.vxlan.is_none() {
+            return None;
+        }
+        if n.mode == Some(Mode::Vlan) && n.vlan.is_none() {
             return None;
         }
         let network = Network {
@@ -2535,7 +2737,8 @@ fn build(
             nat_egress: n.egress.map(|e| e.0),
             dhcp: n.dhcp,
             isolate_ports: n.isolate_ports,
-            vxlan: n.vxlan,
+            vxlan: n.vxlan.clone(),
+            vlan: n.vlan.clone(),
             bandwidth_bps: n.bandwidth.map(|b| b.0),
             direct_mode: n.direct_mode.map(|m| m.0),
             forwards: n
@@ -2577,9 +2780,21 @@ fn build(
         })
         .collect();
     for p in ports {
+        let name = p.name?;
+        let network = p.network?;
+        let mut trunk = Vec::new();
+        for (vid, _, _) in &p.vlans {
+            let uplink = net_uplink.get(&network)?;
+            trunk.push(Trunk {
+                vid: *vid,
+                network: vlan_nets.get(&(uplink.clone(), *vid))?.clone(),
+                device: naming::trunk_vlan_name(&name, *vid),
+            });
+        }
         let port = Port {
-            network: p.network?,
-            name: p.name?,
+            trunk,
+            network,
+            name,
             kind: p.kind?,
             mac: p.mac?,
             ipv4: p.ipv4,

@@ -602,6 +602,7 @@ impl Kernel {
                 self.configure_guest(to, Some(from))
             }
             Step::SetNft { to, .. } => Ok(nftables::replace(to.as_ref())?),
+            Step::Nft(c) => Ok(nftables::change(&[c])?),
             Step::SetSysctl { key, to, .. } => Ok(sysctl::write(key, to)?),
             Step::CreateVxlan(v) => {
                 let link = self.idx(&v.underlay)?;
@@ -659,7 +660,23 @@ impl Executor for Kernel {
             };
             let creates = run_end(&|s| matches!(s, Step::CreatePort(_)));
             let deletes = run_end(&|s| matches!(s, Step::DeletePort(_)));
-            let results: Vec<Result<(), ApplyError>> = if creates > i + 1 {
+            // Changes to kvmnet's nftables tables: one transaction, all or nothing.
+            let nft_end = run_end(&|s| matches!(s, Step::Nft(_)));
+            let results: Vec<Result<(), ApplyError>> = if nft_end > i + 1 {
+                let changes: Vec<&crate::nft::NftChange> = steps[i..nft_end]
+                    .iter()
+                    .map(|s| match s {
+                        Step::Nft(c) => c,
+                        _ => unreachable!("run of Nft"),
+                    })
+                    .collect();
+                match nftables::change(&changes) {
+                    Ok(()) => changes.iter().map(|_| Ok(())).collect(),
+                    // Nothing of the transaction happened: the first change is the one that
+                    // failed, the others were not done.
+                    Err(e) => vec![Err(e.into())],
+                }
+            } else if creates > i + 1 {
                 let ports: Vec<&PortLink> = steps[i..creates]
                     .iter()
                     .map(|s| match s {

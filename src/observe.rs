@@ -296,7 +296,7 @@ impl Observer {
             addrs,
             routes,
             netns: netns_snaps,
-            nft: nftables::observe()?,
+            nft: nftables::observe(spec.and_then(crate::nft::table_for).as_ref())?,
             sysctls: sysctls.collect(),
             sysctl_readonly,
             sysctl_originals: state.sysctl_originals,

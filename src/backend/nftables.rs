@@ -620,16 +620,46 @@ fn read_table(
         });
     }
 
-    // Chains: those with rules and those wanted (which may be there empty), one request each.
-    let mut names: BTreeSet<String> = rules.keys().cloned().collect();
-    if let Some(w) = want {
-        names.extend(
+    // Chains with rules exist; a chain cannot gain a hook after it is made, so those kvmnet
+    // wants as jump targets need no further look. Asked for, one request each: wanted base
+    // chains (their hooks), wanted chains without rules (they may be there empty), and the
+    // unwanted ones (their hooks, to put them back on a rollback).
+    let wanted: BTreeMap<&str, &NftChain> = want
+        .map(|w| {
             w.chains
                 .values()
                 .filter(|c| c.family == family)
-                .map(|c| c.name.clone()),
-        );
+                .map(|c| (c.name.as_str(), c))
+                .collect()
+        })
+        .unwrap_or_default();
+    let mut names: BTreeSet<String> = BTreeSet::new();
+    for (name, r) in std::mem::take(&mut rules) {
+        match wanted.get(name.as_str()) {
+            Some(w) if w.hook.is_none() => {
+                out.chains.insert(
+                    format!("{family} {name}"),
+                    NftChain {
+                        family: family.to_string(),
+                        name,
+                        hook: None,
+                        rules: r,
+                    },
+                );
+            }
+            _ => {
+                names.insert(name.clone());
+                rules.insert(name, r);
+            }
+        }
     }
+    let mut chains = out.chains.values().filter(|c| c.family == family).count() as u32;
+    names.extend(
+        wanted
+            .keys()
+            .filter(|n| !out.chains.contains_key(&format!("{family} {n}")))
+            .map(|n| n.to_string()),
+    );
     let mut buf = Vec::new();
     let mut asked = Vec::new();
     for n in &names {
@@ -644,7 +674,6 @@ fn read_table(
     }
     let seqs: Vec<u32> = asked.iter().map(|(s, _)| *s).collect();
     let mut answers = sock.exchange(&buf, &seqs)?;
-    let mut chains = 0u32;
     for (seq, name) in asked {
         match answers.remove(&seq) {
             Some(Ok(p)) => {

@@ -176,7 +176,7 @@ impl Kernel {
     }
 
     fn refresh_index(&mut self) -> Result<(), ApplyError> {
-        let links = self.nl.links()?;
+        let links = self.nl.links_without_stats()?;
         for l in &links {
             if l.alias.as_deref().and_then(parse_alias).is_some() {
                 self.deletable.insert(l.name.clone());

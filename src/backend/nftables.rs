@@ -580,7 +580,8 @@ fn read_table(
     );
     let t = match sock.exchange(&buf, &[seq])?.remove(&seq) {
         Some(Ok(t)) => t,
-        Some(Err(libc::ENOENT)) | None => return Ok(false),
+        // No nf_tables here at all: then there is no table either.
+        Some(Err(libc::ENOENT | libc::EOPNOTSUPP | libc::EAFNOSUPPORT)) | None => return Ok(false),
         Some(Err(e)) => {
             return Err(NftError::Kernel {
                 op: format!("read table {family} {table}"),
@@ -792,7 +793,16 @@ fn read_texts(t: &mut NftTable, which: Option<Vec<String>>) -> Result<(), NftErr
 /// kvmnet's tables as they are now, or `None` when there are none. `want` (what the spec
 /// asks for) decides which rules are worth reading back as text.
 pub fn observe(want: Option<&NftTable>) -> Result<Option<NftTable>, NftError> {
-    let mut sock = Socket::open()?;
+    let mut sock = match Socket::open() {
+        Ok(s) => s,
+        // A kernel without nfnetlink has no tables of ours.
+        Err(NftError::Socket { source, .. })
+            if source.raw_os_error() == Some(libc::EPROTONOSUPPORT) =>
+        {
+            return Ok(None);
+        }
+        Err(e) => return Err(e),
+    };
     let mut t = NftTable {
         families: BTreeSet::new(),
         chains: BTreeMap::new(),

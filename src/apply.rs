@@ -195,7 +195,7 @@ impl Kernel {
     }
 
     fn refresh_index(&mut self) -> Result<(), ApplyError> {
-        let links = self.nl.links()?;
+        let links = self.nl.links_without_stats()?;
         for l in &links {
             if l.alias.as_deref().and_then(parse_alias).is_some() {
                 self.deletable.insert(l.name.clone());
@@ -677,6 +677,7 @@ impl Kernel {
                 Ok(())
             }
             Step::SetNft { to, .. } => Ok(nftables::replace(to.as_ref())?),
+            Step::Nft(c) => Ok(nftables::change(&[c])?),
             Step::SetSysctl { key, to, .. } => Ok(sysctl::write(key, to)?),
             // Undoing settings of a device made by the same plan: its removal takes them.
             Step::SetEthtool { to, .. } if to.is_empty() => Ok(()),
@@ -775,7 +776,23 @@ impl Executor for Kernel {
             };
             let creates = run_end(&|s| matches!(s, Step::CreatePort(_)));
             let deletes = run_end(&|s| matches!(s, Step::DeletePort(_)));
-            let results: Vec<Result<(), ApplyError>> = if creates > i + 1 {
+            // Changes to kvmnet's nftables tables: one transaction, all or nothing.
+            let nft_end = run_end(&|s| matches!(s, Step::Nft(_)));
+            let results: Vec<Result<(), ApplyError>> = if nft_end > i + 1 {
+                let changes: Vec<&crate::nft::NftChange> = steps[i..nft_end]
+                    .iter()
+                    .map(|s| match s {
+                        Step::Nft(c) => c,
+                        _ => unreachable!("run of Nft"),
+                    })
+                    .collect();
+                match nftables::change(&changes) {
+                    Ok(()) => changes.iter().map(|_| Ok(())).collect(),
+                    // Nothing of the transaction happened: the first change is the one that
+                    // failed, the others were not done.
+                    Err(e) => vec![Err(e.into())],
+                }
+            } else if creates > i + 1 {
                 let ports: Vec<&PortLink> = steps[i..creates]
                     .iter()
                     .map(|s| match s {

@@ -108,7 +108,8 @@ pub struct Planned {
 
 /// Observes the host and plans `spec` (a destroy when `None`).
 pub fn plan(spec: Option<&Spec>, scope: &str, source: &str) -> Result<Planned, EngineError> {
-    let observer = Observer::new(scope);
+    let mut observer = Observer::new(scope);
+    observer.counters = false;
     let lock = observer.state_dir.lock().map_err(runtime)?;
     let snap = observer
         .snapshot(spec)

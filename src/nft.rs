@@ -1,11 +1,17 @@
-//! kvmnet's nftables ruleset: what the networks and ports of a spec need, as an nft script.
+//! kvmnet's nftables ruleset: what the networks and ports of a spec need, as plain values,
+//! and the nft scripts that make the live tables match them.
 //!
-//! kvmnet owns exactly two tables, `inet kvmnet` (forwarding policy, NAT) and `bridge kvmnet`
-//! (anti-spoofing at the bridge), and never lists, changes or deletes any other. Both are
-//! replaced together in one nft transaction (`add; delete; define`), so a half-written
-//! firewall is never visible. Their comments carry a hash of the definition, which is how a
-//! later run tells whether the live tables still are what kvmnet wrote.
+//! kvmnet owns exactly two tables, `inet kvmnet` (forwarding policy, NAT, firewalls) and
+//! `bridge kvmnet` (anti-spoofing at the bridge), and never lists, changes or deletes any other.
+//! A table is kvmnet's when its comment is [`OWNER_COMMENT`]. Every rule carries a comment
+//! with a hash of its own text, so a later run sees which rules are still what kvmnet wrote
+//! without reading them back as text: a rule deleted, added or replaced by hand changes the
+//! chain's list of hashes. When the tables are kvmnet's, a change touches only the chains,
+//! sets and set elements that differ (adding a port adds its own chains and elements, nothing
+//! else); when they are missing or not recognisable, both are replaced together. Either way it
+//! is one nft transaction, so a half-written firewall is never visible.
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
 
 use serde::{Deserialize, Serialize};
@@ -16,87 +22,189 @@ use crate::spec::{FirewallDirection, Mode, Port, RuleAction, RuleProto, Spec};
 pub const FAMILY: &str = "inet";
 pub const BRIDGE_FAMILY: &str = "bridge";
 pub const TABLE: &str = "kvmnet";
+/// The comment of both tables: how kvmnet recognises them. Table comments cannot change after
+/// creation, so it carries no hash; tables from older versions (`kvmnet <hash>`) are not
+/// recognised and get replaced whole.
+pub const OWNER_COMMENT: &str = "kvmnet v2";
 
-/// A table definition with the rule count of each chain. `shape` lets observation notice a
-/// table whose comment survived but whose rules were flushed by hand.
+/// One rule: its text as nft reads it and the hash kept in its comment. Observed rules have
+/// an empty text unless it was read back (only when the rule has to be restored).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct NftTable {
+pub struct NftRule {
     pub hash: String,
-    pub shape: Vec<(String, usize)>,
-    /// The full `table inet kvmnet { ... }` text: ours when desired, nft's listing when observed.
     pub text: String,
 }
 
-impl NftTable {
-    /// Whether the live table matches this one. Text is not compared: nft rewrites rules in
-    /// its own canonical form when listing them.
-    pub fn same(&self, other: &NftTable) -> bool {
-        self.hash == other.hash && self.shape == other.shape
+impl NftRule {
+    pub fn new(text: String) -> NftRule {
+        NftRule {
+            hash: rule_hash(&text),
+            text,
+        }
     }
 }
 
+pub fn rule_hash(text: &str) -> String {
+    format!("{:016x}", fnv1a(text.as_bytes()))
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NftChain {
+    pub family: String,
+    pub name: String,
+    /// Base chains: `type filter hook forward priority 0; policy accept;`. Regular chains
+    /// (jump targets) have none.
+    pub hook: Option<String>,
+    pub rules: Vec<NftRule>,
+}
+
+impl NftChain {
+    /// Same hook and the same rules in the same order (by hash: observed text may be absent).
+    pub fn same(&self, other: &NftChain) -> bool {
+        self.hook == other.hook
+            && self.rules.len() == other.rules.len()
+            && self
+                .rules
+                .iter()
+                .zip(&other.rules)
+                .all(|(a, b)| a.hash == b.hash)
+    }
+}
+
+/// A named set or verdict map with its elements, as nft writes them (`"port"`,
+/// `"port" . 52:54:00:aa:00:10`, `192.0.2.10 : jump in-port`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NftSet {
+    pub family: String,
+    pub name: String,
+    /// `ifname . ether_addr`, `ipv4_addr : verdict`, ...
+    pub ty: String,
+    pub elements: BTreeSet<String>,
+}
+
+impl NftSet {
+    fn keyword(&self) -> &'static str {
+        if self.ty.contains(" : ") {
+            "map"
+        } else {
+            "set"
+        }
+    }
+}
+
+/// kvmnet's ruleset: both tables, keyed by `family name`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NftTable {
+    /// Families whose table exists (observed) or is needed (desired).
+    pub families: BTreeSet<String>,
+    pub chains: BTreeMap<String, NftChain>,
+    pub sets: BTreeMap<String, NftSet>,
+    /// Observed: every table carries kvmnet's mark and holds only objects kvmnet could read
+    /// (nothing hidden, such as a chain emptied by hand): safe to change in place.
+    #[serde(default = "yes")]
+    pub intact: bool,
+    /// Observed: nft's own listing of the tables when it was read (whole-table changes need
+    /// it to put the tables back exactly).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub listing: Option<String>,
+}
+
+fn yes() -> bool {
+    true
+}
+
+fn key(family: &str, name: &str) -> String {
+    format!("{family} {name}")
+}
+
+impl NftTable {
+    pub fn rule_count(&self) -> usize {
+        self.chains.values().map(|c| c.rules.len()).sum()
+    }
+
+    /// The tables as one nft script: nft's listing when it was read, else rendered.
+    pub fn text(&self) -> String {
+        if let Some(l) = &self.listing {
+            return l.clone();
+        }
+        let mut t = String::new();
+        for fam in [FAMILY, BRIDGE_FAMILY] {
+            if !self.families.contains(fam) {
+                continue;
+            }
+            let _ = writeln!(t, "table {fam} {TABLE} {{\n\tcomment \"{OWNER_COMMENT}\"");
+            let chains: Vec<&NftChain> = self.chains.values().filter(|c| c.family == fam).collect();
+            // Jump targets first, then the maps that name them, then the hooks that use them.
+            for c in chains.iter().filter(|c| c.hook.is_none()) {
+                render_chain(&mut t, c);
+            }
+            for s in self.sets.values().filter(|s| s.family == fam) {
+                let _ = writeln!(t, "\t{} {} {{\n\t\ttype {}", s.keyword(), s.name, s.ty);
+                if !s.elements.is_empty() {
+                    let e: Vec<&str> = s.elements.iter().map(String::as_str).collect();
+                    let _ = writeln!(t, "\t\telements = {{ {} }}", e.join(", "));
+                }
+                let _ = writeln!(t, "\t}}");
+            }
+            for c in chains.iter().filter(|c| c.hook.is_some()) {
+                render_chain(&mut t, c);
+            }
+            t.push_str("}\n");
+        }
+        t
+    }
+}
+
+fn rule_line(r: &NftRule) -> String {
+    format!("{} comment \"{}\"", r.text, r.hash)
+}
+
+fn render_chain(t: &mut String, c: &NftChain) {
+    let _ = writeln!(t, "\tchain {} {{", c.name);
+    if let Some(h) = &c.hook {
+        let _ = writeln!(t, "\t\t{h}");
+    }
+    for r in &c.rules {
+        let _ = writeln!(t, "\t\t{}", rule_line(r));
+    }
+    let _ = writeln!(t, "\t}}");
+}
+
+/// A chain being built: rules as text until they get their hashes.
 struct Chain {
     name: String,
-    /// Base chains have a hook line; regular chains (jump targets) none.
-    header: Option<&'static str>,
+    hook: Option<String>,
     rules: Vec<String>,
 }
 
 impl Chain {
-    fn base(name: &'static str, header: &'static str) -> Chain {
+    fn base(name: &'static str, ty: &str, hook: &str, priority: i32) -> Chain {
         Chain {
             name: name.to_string(),
-            header: Some(header),
+            hook: Some(hook_line(ty, hook, priority, true)),
             rules: Vec::new(),
         }
     }
     fn regular(name: String) -> Chain {
         Chain {
             name,
-            header: None,
+            hook: None,
             rules: Vec::new(),
         }
     }
 }
 
-/// A named set with its type and elements, written inline in its table.
+/// A base chain's header as kvmnet writes it, and as observation rebuilds it from the kernel.
+pub fn hook_line(ty: &str, hook: &str, priority: i32, accept: bool) -> String {
+    let policy = if accept { "accept" } else { "drop" };
+    format!("type {ty} hook {hook} priority {priority}; policy {policy};")
+}
+
+/// A named set with its type and elements.
 struct Set {
     name: &'static str,
     ty: &'static str,
     elements: Vec<String>,
-}
-
-fn render_table(family: &str, sets: &[Set], chains: &[Chain], hash: &str) -> String {
-    let mut t = format!("table {family} {TABLE} {{\n\tcomment \"{TABLE} {hash}\"\n");
-    // Jump targets first, then the maps that name them, then the hooks that use the maps.
-    let (regular, base): (Vec<&Chain>, Vec<&Chain>) =
-        chains.iter().partition(|c| c.header.is_none());
-    let chain = |t: &mut String, c: &Chain| {
-        let _ = writeln!(t, "\tchain {} {{", c.name);
-        if let Some(h) = c.header {
-            let _ = writeln!(t, "\t\t{h}");
-        }
-        for r in &c.rules {
-            let _ = writeln!(t, "\t\t{r}");
-        }
-        let _ = writeln!(t, "\t}}");
-    };
-    for c in &regular {
-        chain(&mut t, c);
-    }
-    for s in sets {
-        let keyword = if s.ty.contains(" : ") { "map" } else { "set" };
-        let _ = writeln!(t, "\t{keyword} {} {{\n\t\ttype {}", s.name, s.ty);
-        if !s.elements.is_empty() {
-            let _ = writeln!(t, "\t\telements = {{ {} }}", s.elements.join(", "));
-        }
-        let _ = writeln!(t, "\t}}");
-    }
-    for c in &base {
-        chain(&mut t, c);
-    }
-    t.push_str("}\n");
-    t
 }
 
 fn rule_matches(r: &crate::spec::FirewallRule) -> String {
@@ -235,15 +343,9 @@ fn firewall_parts(spec: &Spec) -> (Vec<Set>, Vec<Chain>) {
     if chains.is_empty() {
         return (Vec::new(), Vec::new());
     }
-    let mut input = Chain::base(
-        "input",
-        "type filter hook input priority filter; policy accept;",
-    );
+    let mut input = Chain::base("input", "filter", "input", 0);
     input.rules.push("ip saddr vmap @fw_out".into());
-    let mut output = Chain::base(
-        "output-filter",
-        "type filter hook output priority filter; policy accept;",
-    );
+    let mut output = Chain::base("output-filter", "filter", "output", 0);
     output.rules.push("ip daddr vmap @fw_in".into());
     chains.push(input);
     chains.push(output);
@@ -253,26 +355,14 @@ fn firewall_parts(spec: &Spec) -> (Vec<Set>, Vec<Chain>) {
 /// The inet table: per-port firewalls, then forwarding policy and NAT of each network.
 fn inet_parts(spec: &Spec) -> (Vec<Set>, Vec<Chain>) {
     let (sets, mut chains) = firewall_parts(spec);
-    let mut forward = Chain::base(
-        "forward",
-        "type filter hook forward priority filter; policy accept;",
-    );
+    let mut forward = Chain::base("forward", "filter", "forward", 0);
     if !sets.is_empty() {
         forward.rules.push("ip saddr vmap @fw_out".into());
         forward.rules.push("ip daddr vmap @fw_in".into());
     }
-    let mut postrouting = Chain::base(
-        "postrouting",
-        "type nat hook postrouting priority srcnat; policy accept;",
-    );
-    let mut prerouting = Chain::base(
-        "prerouting",
-        "type nat hook prerouting priority dstnat; policy accept;",
-    );
-    let mut output = Chain::base(
-        "output",
-        "type nat hook output priority -100; policy accept;",
-    );
+    let mut postrouting = Chain::base("postrouting", "nat", "postrouting", 100);
+    let mut prerouting = Chain::base("prerouting", "nat", "prerouting", -100);
+    let mut output = Chain::base("output", "nat", "output", -100);
     for net in spec.networks.values() {
         if matches!(net.mode, Mode::Vxlan | Mode::Direct | Mode::Vlan) {
             // L2 segments (an overlay across hosts, an uplink's LAN, a VLAN): no routing, NAT
@@ -399,10 +489,7 @@ fn bridge_parts(spec: &Spec) -> (Vec<Set>, Vec<Chain>) {
     if guarded.elements.is_empty() {
         return (Vec::new(), Vec::new());
     }
-    let mut pre = Chain::base(
-        "prerouting",
-        "type filter hook prerouting priority -300; policy accept;",
-    );
+    let mut pre = Chain::base("prerouting", "filter", "prerouting", -300);
     pre.rules.push("iifname @guarded jump antispoof".into());
     let mut a = Chain::regular("antispoof".to_string());
     a.rules.extend(
@@ -434,8 +521,36 @@ fn bridge_parts(spec: &Spec) -> (Vec<Set>, Vec<Chain>) {
     (vec![guarded, port_mac, ip_guarded, port_ip], vec![pre, a])
 }
 
+fn build_chains(family: &str, chains: Vec<Chain>) -> impl Iterator<Item = (String, NftChain)> {
+    chains.into_iter().map(move |c| {
+        (
+            key(family, &c.name),
+            NftChain {
+                family: family.to_string(),
+                name: c.name,
+                hook: c.hook,
+                rules: c.rules.into_iter().map(NftRule::new).collect(),
+            },
+        )
+    })
+}
+
+fn build_sets(family: &str, sets: Vec<Set>) -> impl Iterator<Item = (String, NftSet)> {
+    sets.into_iter().map(move |s| {
+        (
+            key(family, s.name),
+            NftSet {
+                family: family.to_string(),
+                name: s.name.to_string(),
+                ty: s.ty.to_string(),
+                elements: s.elements.into_iter().collect(),
+            },
+        )
+    })
+}
+
 /// kvmnet's whole ruleset (its `inet` and `bridge` tables) for a spec, or `None` when the
-/// spec needs no rule. Both tables carry the same hash in their comment.
+/// spec needs no rule.
 pub fn table_for(spec: &Spec) -> Option<NftTable> {
     let (isets, ichains) = inet_parts(spec);
     let inet: Vec<Chain> = ichains
@@ -446,37 +561,27 @@ pub fn table_for(spec: &Spec) -> Option<NftTable> {
     if inet.is_empty() && bchains.is_empty() {
         return None;
     }
-    // The hash covers everything but itself: render once with a placeholder.
-    let mut body = String::new();
+    let mut t = NftTable {
+        families: BTreeSet::new(),
+        chains: BTreeMap::new(),
+        sets: BTreeMap::new(),
+        intact: true,
+        listing: None,
+    };
     if !inet.is_empty() {
-        body.push_str(&render_table(FAMILY, &isets, &inet, ""));
+        t.families.insert(FAMILY.to_string());
+        t.chains.extend(build_chains(FAMILY, inet));
+        t.sets.extend(build_sets(FAMILY, isets));
     }
     if !bchains.is_empty() {
-        body.push_str(&render_table(BRIDGE_FAMILY, &bsets, &bchains, ""));
+        t.families.insert(BRIDGE_FAMILY.to_string());
+        t.chains.extend(build_chains(BRIDGE_FAMILY, bchains));
+        t.sets.extend(build_sets(BRIDGE_FAMILY, bsets));
     }
-    let hash = format!("{:016x}", fnv1a(body.as_bytes()));
-    let mut text = String::new();
-    let mut shape = Vec::new();
-    if !inet.is_empty() {
-        text.push_str(&render_table(FAMILY, &isets, &inet, &hash));
-        shape.extend(
-            inet.iter()
-                .map(|c| (format!("{FAMILY} {}", c.name), c.rules.len())),
-        );
-    }
-    if !bchains.is_empty() {
-        text.push_str(&render_table(BRIDGE_FAMILY, &bsets, &bchains, &hash));
-        shape.extend(
-            bchains
-                .iter()
-                .map(|c| (format!("{BRIDGE_FAMILY} {}", c.name), c.rules.len())),
-        );
-    }
-    shape.sort();
-    Some(NftTable { hash, shape, text })
+    Some(t)
 }
 
-/// The nft script that turns whatever table is live into `to` (or removes it), in one
+/// The nft script that turns whatever tables are live into `to` (or removes them), in one
 /// transaction. `add` first so `delete` cannot fail on a missing table.
 pub fn replace_script(to: Option<&NftTable>) -> String {
     let mut s = String::new();
@@ -486,80 +591,401 @@ pub fn replace_script(to: Option<&NftTable>) -> String {
         ));
     }
     if let Some(t) = to {
-        s.push_str(&t.text);
+        s.push_str(&t.text());
     }
     s
 }
 
-/// Reads nft's listing of one of our tables back. Tolerant: anything it cannot recognise
-/// makes the table look different, which only causes a rewrite.
-pub fn parse_listing(text: &str) -> NftTable {
-    let mut hash = String::new();
-    let mut shape: Vec<(String, usize)> = Vec::new();
-    let mut in_chain = false;
+/// One change to one object of kvmnet's tables, when the tables are kvmnet's and only part
+/// of them differs. Sets are made and removed empty; their elements are changes of their own,
+/// so every change has an exact inverse and the order in [`diff`] holds both ways.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum NftChange {
+    AddChain(NftChain),
+    DelChain(NftChain),
+    /// Same chain, other rules (or another hook): its rules are replaced.
+    UpdateChain {
+        from: NftChain,
+        to: NftChain,
+    },
+    AddSet(NftSet),
+    DelSet(NftSet),
+    AddElement {
+        family: String,
+        set: String,
+        element: String,
+    },
+    DelElement {
+        family: String,
+        set: String,
+        element: String,
+    },
+}
+
+impl NftChange {
+    pub fn inverse(&self) -> NftChange {
+        use NftChange::*;
+        match self.clone() {
+            AddChain(c) => DelChain(c),
+            DelChain(c) => AddChain(c),
+            UpdateChain { from, to } => UpdateChain { from: to, to: from },
+            AddSet(s) => DelSet(s),
+            DelSet(s) => AddSet(s),
+            AddElement {
+                family,
+                set,
+                element,
+            } => DelElement {
+                family,
+                set,
+                element,
+            },
+            DelElement {
+                family,
+                set,
+                element,
+            } => AddElement {
+                family,
+                set,
+                element,
+            },
+        }
+    }
+
+    pub fn op(&self) -> &'static str {
+        use NftChange::*;
+        match self {
+            AddChain(_) | AddSet(_) => "create",
+            DelChain(_) | DelSet(_) => "delete",
+            UpdateChain { .. } => "update",
+            AddElement { .. } => "add",
+            DelElement { .. } => "remove",
+        }
+    }
+
+    pub fn object(&self) -> &'static str {
+        use NftChange::*;
+        match self {
+            AddChain(_) | DelChain(_) | UpdateChain { .. } => "chain",
+            AddSet(s) | DelSet(s) => s.keyword(),
+            AddElement { .. } | DelElement { .. } => "element",
+        }
+    }
+
+    pub fn family(&self) -> &str {
+        use NftChange::*;
+        match self {
+            AddChain(c) | DelChain(c) | UpdateChain { to: c, .. } => &c.family,
+            AddSet(s) | DelSet(s) => &s.family,
+            AddElement { family, .. } | DelElement { family, .. } => family,
+        }
+    }
+
+    /// `chain inet in-web1`, `map inet fw_in`, `element bridge guarded "web1"`.
+    pub fn name(&self) -> String {
+        use NftChange::*;
+        let what = match self {
+            AddChain(c) | DelChain(c) | UpdateChain { to: c, .. } => c.name.clone(),
+            AddSet(s) | DelSet(s) => s.name.clone(),
+            AddElement { set, element, .. } | DelElement { set, element, .. } => {
+                format!("{set} {element}")
+            }
+        };
+        format!("{} {} {what}", self.object(), self.family())
+    }
+
+    /// What the plan line adds after the name.
+    pub fn detail(&self) -> String {
+        use NftChange::*;
+        match self {
+            AddChain(c) => format!(" ({} rules)", c.rules.len()),
+            UpdateChain { from, to } => {
+                format!(": {} -> {} rules", from.rules.len(), to.rules.len())
+            }
+            AddSet(s) => format!(" (type {})", s.ty),
+            _ => String::new(),
+        }
+    }
+
+    /// The fields a JSON plan shows besides op, kind and name.
+    pub fn json_fields(&self) -> Vec<(&'static str, serde_json::Value)> {
+        use NftChange::*;
+        use serde_json::json;
+        let rules =
+            |c: &NftChain| json!(c.rules.iter().map(|r| r.text.clone()).collect::<Vec<_>>());
+        let mut v = vec![
+            ("object", json!(self.object())),
+            ("family", json!(self.family())),
+        ];
+        match self {
+            AddChain(c) | DelChain(c) => {
+                v.push(("chain", json!(c.name)));
+                v.push(("hook", json!(c.hook)));
+                v.push(("rules", rules(c)));
+            }
+            UpdateChain { from, to } => {
+                v.push(("chain", json!(to.name)));
+                v.push(("hook", json!(to.hook)));
+                v.push(("rules", rules(to)));
+                v.push(("previous_rules", json!(from.rules.len())));
+            }
+            AddSet(s) | DelSet(s) => {
+                v.push(("set", json!(s.name)));
+                v.push(("type", json!(s.ty)));
+            }
+            AddElement { set, element, .. } | DelElement { set, element, .. } => {
+                v.push(("set", json!(set)));
+                v.push(("element", json!(element)));
+            }
+        }
+        v
+    }
+
+    /// This change as nft commands. Adding a chain empties it first and removing one makes
+    /// sure it exists, so a change retried after a failed transaction does not double rules.
+    pub fn script(&self, s: &mut String) {
+        use NftChange::*;
+        let add_rules = |s: &mut String, c: &NftChain| {
+            for r in &c.rules {
+                let _ = writeln!(
+                    s,
+                    "add rule {} {TABLE} {} {}",
+                    c.family,
+                    c.name,
+                    rule_line(r)
+                );
+            }
+        };
+        let add_chain = |s: &mut String, c: &NftChain| {
+            match &c.hook {
+                Some(h) => {
+                    let _ = writeln!(s, "add chain {} {TABLE} {} {{ {h} }}", c.family, c.name);
+                }
+                None => {
+                    let _ = writeln!(s, "add chain {} {TABLE} {}", c.family, c.name);
+                }
+            }
+            let _ = writeln!(s, "flush chain {} {TABLE} {}", c.family, c.name);
+            add_rules(s, c);
+        };
+        let del_chain = |s: &mut String, c: &NftChain| {
+            let _ = writeln!(s, "add chain {} {TABLE} {}", c.family, c.name);
+            let _ = writeln!(s, "flush chain {} {TABLE} {}", c.family, c.name);
+            let _ = writeln!(s, "delete chain {} {TABLE} {}", c.family, c.name);
+        };
+        match self {
+            AddChain(c) => add_chain(s, c),
+            DelChain(c) => del_chain(s, c),
+            UpdateChain { from, to } if from.hook == to.hook => {
+                let _ = writeln!(s, "flush chain {} {TABLE} {}", to.family, to.name);
+                add_rules(s, to);
+            }
+            UpdateChain { from, to } => {
+                del_chain(s, from);
+                add_chain(s, to);
+            }
+            AddSet(set) => {
+                let _ = writeln!(
+                    s,
+                    "add {} {} {TABLE} {} {{ type {}; }}",
+                    set.keyword(),
+                    set.family,
+                    set.name,
+                    set.ty
+                );
+                if !set.elements.is_empty() {
+                    let e: Vec<&str> = set.elements.iter().map(String::as_str).collect();
+                    let _ = writeln!(
+                        s,
+                        "add element {} {TABLE} {} {{ {} }}",
+                        set.family,
+                        set.name,
+                        e.join(", ")
+                    );
+                }
+            }
+            DelSet(set) => {
+                let _ = writeln!(
+                    s,
+                    "delete {} {} {TABLE} {}",
+                    set.keyword(),
+                    set.family,
+                    set.name
+                );
+            }
+            AddElement {
+                family,
+                set,
+                element,
+            } => {
+                let _ = writeln!(s, "add element {family} {TABLE} {set} {{ {element} }}");
+            }
+            DelElement {
+                family,
+                set,
+                element,
+            } => {
+                // A map element is named by its key alone.
+                let k = element.split(" : ").next().unwrap_or(element);
+                let _ = writeln!(s, "delete element {family} {TABLE} {set} {{ {k} }}");
+            }
+        }
+    }
+}
+
+impl std::fmt::Display for NftChange {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}{}", self.name(), self.detail())
+    }
+}
+
+/// How the live tables become the wanted ones.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum NftPlan {
+    Nothing,
+    /// Replace both tables whole: they are missing, not kvmnet's, or go away.
+    Replace,
+    /// Change only what differs.
+    Changes(Vec<NftChange>),
+}
+
+/// Whether `have` can be changed in place into `want`.
+fn incremental(want: &NftTable, have: &NftTable) -> bool {
+    have.intact
+        && want.families == have.families
+        && want
+            .sets
+            .iter()
+            .all(|(k, s)| have.sets.get(k).is_none_or(|h| h.ty == s.ty))
+}
+
+pub fn diff(want: Option<&NftTable>, have: Option<&NftTable>) -> NftPlan {
+    let (want, have) = match (want, have) {
+        (None, None) => return NftPlan::Nothing,
+        (Some(w), Some(h)) if incremental(w, h) => (w, h),
+        _ => return NftPlan::Replace,
+    };
+    let empty = BTreeSet::new();
+    let mut del_elements = Vec::new();
+    let mut add_elements = Vec::new();
+    let keys: BTreeSet<&String> = want.sets.keys().chain(have.sets.keys()).collect();
+    for k in &keys {
+        let (w, h) = (want.sets.get(*k), have.sets.get(*k));
+        let set = w.or(h).expect("in one of them");
+        let we = w.map_or(&empty, |s| &s.elements);
+        let he = h.map_or(&empty, |s| &s.elements);
+        for e in he.difference(we) {
+            del_elements.push(NftChange::DelElement {
+                family: set.family.clone(),
+                set: set.name.clone(),
+                element: e.clone(),
+            });
+        }
+        for e in we.difference(he) {
+            add_elements.push(NftChange::AddElement {
+                family: set.family.clone(),
+                set: set.name.clone(),
+                element: e.clone(),
+            });
+        }
+    }
+    let bare = |s: &NftSet| NftSet {
+        elements: BTreeSet::new(),
+        ..s.clone()
+    };
+    let add_sets = want
+        .sets
+        .iter()
+        .filter(|(k, _)| !have.sets.contains_key(*k))
+        .map(|(_, s)| NftChange::AddSet(bare(s)));
+    let del_sets = have
+        .sets
+        .iter()
+        .filter(|(k, _)| !want.sets.contains_key(*k))
+        .map(|(_, s)| NftChange::DelSet(bare(s)));
+    let mut add_chains: Vec<&NftChain> = want
+        .chains
+        .iter()
+        .filter(|(k, _)| !have.chains.contains_key(*k))
+        .map(|(_, c)| c)
+        .collect();
+    // Jump targets before the chains that jump; removed in the opposite order.
+    add_chains.sort_by_key(|c| c.hook.is_some());
+    let mut del_chains: Vec<&NftChain> = have
+        .chains
+        .iter()
+        .filter(|(k, _)| !want.chains.contains_key(*k))
+        .map(|(_, c)| c)
+        .collect();
+    del_chains.sort_by_key(|c| c.hook.is_none());
+    let updates = want.chains.iter().filter_map(|(k, w)| {
+        let h = have.chains.get(k)?;
+        (!w.same(h)).then(|| NftChange::UpdateChain {
+            from: h.clone(),
+            to: w.clone(),
+        })
+    });
+    let mut out = del_elements;
+    out.extend(add_sets);
+    out.extend(add_chains.into_iter().cloned().map(NftChange::AddChain));
+    out.extend(updates);
+    out.extend(del_chains.into_iter().cloned().map(NftChange::DelChain));
+    out.extend(del_sets);
+    out.extend(add_elements);
+    if out.is_empty() {
+        NftPlan::Nothing
+    } else {
+        NftPlan::Changes(out)
+    }
+}
+
+/// Which observed chains must be read back as text, for `want` to be reachable and every
+/// change undoable: all of them when the tables get replaced whole (`None`), else the ones
+/// that change or go away.
+pub fn chains_to_read(want: Option<&NftTable>, have: &NftTable) -> Option<Vec<String>> {
+    let want = want.filter(|w| incremental(w, have))?;
+    Some(
+        have.chains
+            .iter()
+            .filter(|(k, h)| want.chains.get(*k).is_none_or(|w| !w.same(h)))
+            .map(|(k, _)| k.clone())
+            .collect(),
+    )
+}
+
+/// The rules of each chain in nft's listing of one table, with the hashes their comments
+/// carry (empty for a rule without one).
+pub fn parse_listing(text: &str) -> BTreeMap<String, Vec<NftRule>> {
+    let mut out: BTreeMap<String, Vec<NftRule>> = BTreeMap::new();
+    let mut chain: Option<String> = None;
     for line in text.lines() {
         let t = line.trim();
-        if let Some(rest) = t.strip_prefix("comment \"") {
-            if !in_chain
-                && let Some(h) = rest
-                    .trim_end_matches('"')
-                    .strip_prefix(&format!("{TABLE} "))
-            {
-                hash = h.to_string();
-            }
-        } else if let Some(rest) = t.strip_prefix("chain ") {
+        if let Some(rest) = t.strip_prefix("chain ") {
             let name = rest.trim_end_matches('{').trim().to_string();
-            shape.push((name, 0));
-            in_chain = true;
+            out.entry(name.clone()).or_default();
+            chain = Some(name);
         } else if t == "}" {
-            in_chain = false;
-        } else if in_chain
+            chain = None;
+        } else if let Some(c) = &chain
             && !t.is_empty()
             && !t.starts_with("type ")
             && !t.starts_with("policy ")
             && !t.starts_with("comment ")
-            && let Some(last) = shape.last_mut()
         {
-            last.1 += 1;
+            let rule = match t.rfind(" comment \"") {
+                Some(i) if t.ends_with('"') => NftRule {
+                    hash: t[i + 10..t.len() - 1].to_string(),
+                    text: t[..i].to_string(),
+                },
+                _ => NftRule {
+                    hash: String::new(),
+                    text: t.to_string(),
+                },
+            };
+            out.entry(c.clone()).or_default().push(rule);
         }
     }
-    NftTable {
-        hash,
-        shape,
-        text: text.to_string(),
-    }
-}
-
-/// Combines the listings of our tables (by family) into one observed ruleset; `None` when
-/// none of them exists. Tables whose hashes disagree were not written together: the result
-/// then matches nothing and gets rewritten.
-pub fn parse_listings(listings: &[(&str, String)]) -> Option<NftTable> {
-    if listings.is_empty() {
-        return None;
-    }
-    let mut hash: Option<String> = None;
-    let mut shape = Vec::new();
-    let mut text = String::new();
-    for (family, listing) in listings {
-        let t = parse_listing(listing);
-        hash = match hash {
-            None => Some(t.hash.clone()),
-            Some(h) if h == t.hash => Some(h),
-            Some(_) => Some(String::from("(mismatch)")),
-        };
-        shape.extend(
-            t.shape
-                .into_iter()
-                .map(|(c, n)| (format!("{family} {c}"), n)),
-        );
-        text.push_str(listing);
-    }
-    shape.sort();
-    Some(NftTable {
-        hash: hash.unwrap_or_default(),
-        shape,
-        text,
-    })
+    out
 }
 
 #[cfg(test)]
@@ -567,13 +993,74 @@ mod tests {
     use super::*;
 
     #[test]
-    fn listing_round_trip_shape() {
-        let listing = "table inet kvmnet {\n\tcomment \"kvmnet abc\"\n\tchain forward {\n\t\ttype filter hook forward priority filter; policy accept;\n\t\tiifname \"b\" accept\n\t\toifname \"b\" reject\n\t}\n\tchain postrouting {\n\t\ttype nat hook postrouting priority srcnat; policy accept;\n\t}\n}\n";
-        let t = parse_listing(listing);
-        assert_eq!(t.hash, "abc");
+    fn listing_rules_and_hashes() {
+        let listing = "table inet kvmnet {\n\tcomment \"kvmnet v2\"\n\tchain forward {\n\t\ttype filter hook forward priority filter; policy accept;\n\t\tiifname \"b\" accept comment \"00aa\"\n\t\toifname \"b\" reject\n\t}\n\tmap fw_in {\n\t\ttype ipv4_addr : verdict\n\t\telements = { 10.0.0.2 : jump in-x }\n\t}\n}\n";
+        let rules = parse_listing(listing);
         assert_eq!(
-            t.shape,
-            vec![("forward".to_string(), 2), ("postrouting".to_string(), 0)]
+            rules["forward"],
+            vec![
+                NftRule {
+                    hash: "00aa".into(),
+                    text: "iifname \"b\" accept".into()
+                },
+                NftRule {
+                    hash: String::new(),
+                    text: "oifname \"b\" reject".into()
+                }
+            ]
         );
+        assert_eq!(rules.len(), 1);
+    }
+
+    fn chain(name: &str, rules: &[&str]) -> NftChain {
+        NftChain {
+            family: FAMILY.into(),
+            name: name.into(),
+            hook: None,
+            rules: rules.iter().map(|r| NftRule::new(r.to_string())).collect(),
+        }
+    }
+
+    #[test]
+    fn diff_touches_only_what_differs() {
+        let mut t = NftTable {
+            families: [FAMILY.to_string()].into(),
+            chains: BTreeMap::new(),
+            sets: BTreeMap::new(),
+            intact: true,
+            listing: None,
+        };
+        t.chains
+            .insert("inet in-a".into(), chain("in-a", &["counter drop"]));
+        t.sets.insert(
+            "inet fw_in".into(),
+            NftSet {
+                family: FAMILY.into(),
+                name: "fw_in".into(),
+                ty: "ipv4_addr : verdict".into(),
+                elements: ["10.0.0.2 : jump in-a".to_string()].into(),
+            },
+        );
+        let mut w = t.clone();
+        w.chains
+            .insert("inet in-b".into(), chain("in-b", &["counter drop"]));
+        w.sets
+            .get_mut("inet fw_in")
+            .unwrap()
+            .elements
+            .insert("10.0.0.3 : jump in-b".into());
+        let NftPlan::Changes(c) = diff(Some(&w), Some(&t)) else {
+            panic!("expected changes");
+        };
+        assert_eq!(c.len(), 2);
+        assert!(matches!(&c[0], NftChange::AddChain(x) if x.name == "in-b"));
+        assert!(matches!(&c[1], NftChange::AddElement { element, .. } if element.contains("in-b")));
+        let mut s = String::new();
+        c[0].script(&mut s);
+        assert!(s.contains("add rule inet kvmnet in-b counter drop comment"));
+        assert_eq!(diff(Some(&t), Some(&t)), NftPlan::Nothing);
+        let mut broken = t.clone();
+        broken.intact = false;
+        assert_eq!(diff(Some(&t), Some(&broken)), NftPlan::Replace);
     }
 }

@@ -92,9 +92,27 @@ pub fn netns_mark(scope: &str) -> String {
 
 /// Links, addresses and routes of the namespace the socket lives in (`owned` left false).
 pub fn read_links(nl: &mut Netlink) -> Result<NetnsSnap, NetlinkError> {
-    let links = nl.links()?;
+    read_links_with(nl, true)
+}
+
+/// [`read_links`]; without `counters` the links carry no traffic counters (cheaper to read).
+fn read_links_with(nl: &mut Netlink, counters: bool) -> Result<NetnsSnap, NetlinkError> {
+    let links = if counters {
+        nl.links()?
+    } else {
+        nl.links_without_stats()?
+    };
     let names: HashMap<u32, String> = links.iter().map(|l| (l.index, l.name.clone())).collect();
-    let snaps = links.iter().map(|l| link_snap(l, &names)).collect();
+    let snaps = links
+        .iter()
+        .map(|l| {
+            let mut s = link_snap(l, &names);
+            if !counters {
+                s.stats = None;
+            }
+            s
+        })
+        .collect();
     let addrs = nl
         .addrs()?
         .into_iter()
@@ -185,7 +203,11 @@ fn read_fdb(nl: &mut Netlink, links: &mut [LinkSnap]) -> Result<(), NetlinkError
     if !links.iter().any(ours) {
         return Ok(());
     }
-    let index: HashMap<String, u32> = nl.links()?.into_iter().map(|l| (l.name, l.index)).collect();
+    let index: HashMap<String, u32> = nl
+        .links_without_stats()?
+        .into_iter()
+        .map(|l| (l.name, l.index))
+        .collect();
     let entries = nl.fdb()?;
     for l in links.iter_mut().filter(|l| ours(l)) {
         let Some(&i) = index.get(&l.name) else {
@@ -232,6 +254,8 @@ fn named_namespaces() -> Vec<String> {
 pub struct Observer {
     pub scope: String,
     pub state_dir: StateDir,
+    /// Whether links carry traffic counters: status shows them, planning needs none.
+    pub counters: bool,
 }
 
 impl Observer {
@@ -239,6 +263,7 @@ impl Observer {
         Observer {
             scope: scope.to_string(),
             state_dir: StateDir::for_scope(scope),
+            counters: true,
         }
     }
 
@@ -260,7 +285,7 @@ impl Observer {
             addrs,
             routes,
             ..
-        } = read_links(&mut nl)?;
+        } = read_links_with(&mut nl, self.counters)?;
         check_tc(&mut links)?;
         read_shaping(&mut links)?;
         read_fdb(&mut nl, &mut links)?;
@@ -367,7 +392,7 @@ impl Observer {
             addrs,
             routes,
             netns: netns_snaps,
-            nft: nftables::observe()?,
+            nft: nftables::observe(spec.and_then(crate::nft::table_for).as_ref())?,
             sysctls: sysctls.collect(),
             sysctl_readonly,
             sysctl_originals: state.sysctl_originals,

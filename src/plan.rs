@@ -6,7 +6,7 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
-use crate::nft::NftTable;
+use crate::nft::{NftChange, NftPlan, NftTable};
 use std::net::Ipv4Addr;
 
 use crate::state::{
@@ -58,6 +58,8 @@ pub enum Step {
         from: Option<NftTable>,
         to: Option<NftTable>,
     },
+    /// One object of kvmnet's nftables tables; consecutive ones run as one transaction.
+    Nft(NftChange),
     SetSysctl {
         key: String,
         from: String,
@@ -119,6 +121,7 @@ impl Step {
             DeletePort(p) => CreatePort(p),
             UpdatePort { from, to } => UpdatePort { from: to, to: from },
             SetNft { from, to } => SetNft { from: to, to: from },
+            Nft(c) => Nft(c.inverse()),
             SetSysctl { key, from, to } => SetSysctl {
                 key,
                 from: to,
@@ -163,6 +166,7 @@ impl Step {
             SetNft { to: None, .. } | SetShaping { to: None, .. } => "delete",
             SetNft { from: None, .. } | SetShaping { from: None, .. } => "create",
             SetNft { .. } | SetSysctl { .. } | SetShaping { .. } | SetEthtool { .. } => "set",
+            Nft(c) => c.op(),
         }
     }
 
@@ -176,7 +180,7 @@ impl Step {
             AddRoute { .. } | DelRoute { .. } => "route",
             CreatePort(p) | DeletePort(p) => p.kind_name(),
             UpdatePort { to, .. } => to.kind_name(),
-            SetNft { .. } => "nftables",
+            SetNft { .. } | Nft(_) => "nftables",
             SetSysctl { .. } => "sysctl",
             CreateVxlan(_) | DeleteVxlan(_) => "vxlan",
             AddFdb { .. } | DelFdb { .. } => "fdb",
@@ -198,6 +202,7 @@ impl Step {
             CreatePort(p) | DeletePort(p) => p.name.clone(),
             UpdatePort { to, .. } => to.name.clone(),
             SetNft { .. } => crate::nft::TABLE.to_string(),
+            Nft(c) => c.name(),
             SetSysctl { key, .. } => key.clone(),
             CreateVxlan(v) | DeleteVxlan(v) => v.name.clone(),
             AddFdb { dev, dst } | DelFdb { dev, dst } => format!("{dst} dev {dev}"),
@@ -276,7 +281,12 @@ impl Step {
                 o.insert("changes".into(), port_changes(from, to));
             }
             SetNft { to, .. } => {
-                o.insert("rules".into(), json!(to.as_ref().map(|t| t.text.clone())));
+                o.insert("rules".into(), json!(to.as_ref().map(|t| t.text())));
+            }
+            Nft(c) => {
+                for (k, v) in c.json_fields() {
+                    o.insert(k.into(), v);
+                }
             }
             SetSysctl { from, to, .. } => {
                 o.insert("from".into(), json!(from));
@@ -557,10 +567,8 @@ impl fmt::Display for Step {
                 (Some(h), None) => write!(f, " (was {})", shaping_word(h)),
                 (None, None) => Ok(()),
             },
-            SetNft { to: Some(t), .. } => {
-                let rules: usize = t.shape.iter().map(|(_, n)| n).sum();
-                write!(f, " ({rules} rules)")
-            }
+            SetNft { to: Some(t), .. } => write!(f, " ({} rules)", t.rule_count()),
+            Nft(c) => write!(f, "{}", c.detail()),
             _ => Ok(()),
         }
     }
@@ -698,11 +706,13 @@ pub fn diff(want: &HostState, have: &HostState) -> Plan {
     steps.extend(add_addrs);
     steps.extend(add_routes);
 
-    if !nft_same(&want.nft, &have.nft) {
-        steps.push(Step::SetNft {
+    match crate::nft::diff(want.nft.as_ref(), have.nft.as_ref()) {
+        NftPlan::Nothing => {}
+        NftPlan::Replace => steps.push(Step::SetNft {
             from: have.nft.clone(),
             to: want.nft.clone(),
-        });
+        }),
+        NftPlan::Changes(c) => steps.extend(c.into_iter().map(Step::Nft)),
     }
 
     // Ports that go away leave first, so a new port may take the name their far end had.
@@ -868,12 +878,4 @@ pub fn diff(want: &HostState, have: &HostState) -> Plan {
 
 fn guest_missing(p: &PortLink) -> bool {
     matches!(&p.kind, PortKind::Veth { guest, .. } if guest.mtu == 0)
-}
-
-fn nft_same(a: &Option<NftTable>, b: &Option<NftTable>) -> bool {
-    match (a, b) {
-        (None, None) => true,
-        (Some(x), Some(y)) => x.same(y),
-        _ => false,
-    }
 }

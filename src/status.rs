@@ -87,7 +87,7 @@ pub fn status_json(snap: &Snapshot) -> Value {
         "scope": snap.scope,
         "networks": networks,
         "ports": ports,
-        "nftables": snap.nft.as_ref().map(|t| json!({ "table": format!("{} {}", crate::nft::FAMILY, crate::nft::TABLE), "rules": t.shape.iter().map(|(_, n)| n).sum::<usize>() })),
+        "nftables": snap.nft.as_ref().map(|t| json!({ "table": format!("{} {}", crate::nft::FAMILY, crate::nft::TABLE), "rules": t.rule_count() })),
         "sysctls_changed": snap.sysctl_originals.keys().collect::<Vec<_>>(),
     })
 }

@@ -1346,6 +1346,21 @@ impl Netlink {
         Ok(out)
     }
 
+    /// [`Netlink::links`] without traffic counters: much less for the kernel to fill in when
+    /// only names, indexes and marks matter.
+    pub fn links_without_stats(&mut self) -> Result<Vec<LinkInfo>, NetlinkError> {
+        let mut hdr = MsgBuf { buf: Vec::new() };
+        hdr.ifinfomsg(0, 0, 0);
+        hdr.attr_u32(IFLA_EXT_MASK, RTEXT_FILTER_SKIP_STATS);
+        let mut out = Vec::new();
+        self.dump("list links", RTM_GETLINK, &hdr.buf, |p| {
+            if let Some(l) = parse_link(p) {
+                out.push(l);
+            }
+        })?;
+        Ok(out)
+    }
+
     /// One RTM_GETLINK by name or index; Ok(None) if there is no such link.
     fn get_link(
         &mut self,

@@ -1,10 +1,18 @@
-//! The nft command, used for kvmnet's own table only: `nft list table inet kvmnet` to observe,
-//! one `nft -f -` script per change so every change is a single transaction.
+//! kvmnet's two nftables tables, and only those. Changes go through `nft -f -`, one script per
+//! change so every change is a single transaction. Observation reads the tables through our
+//! own nfnetlink socket (table comment and object count, rule comments, sets and their
+//! elements, base chain hooks): binary dumps of exactly kvmnet's tables, cheap even with
+//! thousands of rules. Rules are read back as text (`nft list`) only where a change has to be
+//! undoable: the chains that change or go away, or everything when the tables get replaced.
 
-use std::io::Write as _;
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::{self, Write as _};
+use std::net::Ipv4Addr;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::process::{Command, Stdio};
 
-use crate::nft::{self, NftTable};
+use crate::backend::netlink::{Msg, attr_string, attrs, messages, parse_error};
+use crate::nft::{self, NftChain, NftChange, NftRule, NftSet, NftTable};
 
 #[derive(Debug, thiserror::Error)]
 pub enum NftError {
@@ -12,8 +20,16 @@ pub enum NftError {
     Missing(std::io::Error),
     #[error("nft rejected kvmnet's tables: {0}")]
     Rejected(String),
-    #[error("nft list table: {0}")]
+    #[error("nft list: {0}")]
     List(String),
+    #[error("nftables netlink: {op}: {source}")]
+    Socket {
+        op: &'static str,
+        #[source]
+        source: io::Error,
+    },
+    #[error("nftables netlink: {op}: {message}")]
+    Kernel { op: String, message: String },
 }
 
 fn nft() -> Command {
@@ -33,14 +49,10 @@ pub fn available() -> bool {
         .is_ok_and(|s| s.success())
 }
 
-fn list(family: &str) -> Result<Option<String>, NftError> {
-    let out = match nft()
-        .args(["list", "table", family, nft::TABLE])
-        .stdin(Stdio::null())
-        .output()
-    {
+/// `nft list ARGS`: `None` when the object does not exist.
+fn list(args: &[&str]) -> Result<Option<String>, NftError> {
+    let out = match nft().arg("list").args(args).stdin(Stdio::null()).output() {
         Ok(o) => o,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(NftError::Missing(e)),
     };
     if out.status.success() {
@@ -54,21 +66,7 @@ fn list(family: &str) -> Result<Option<String>, NftError> {
     }
 }
 
-/// kvmnet's tables as they are now, or `None` when there are none (or no nft on this host:
-/// then there cannot be any either).
-pub fn observe() -> Result<Option<NftTable>, NftError> {
-    let mut listings = Vec::new();
-    for family in [nft::FAMILY, nft::BRIDGE_FAMILY] {
-        if let Some(text) = list(family)? {
-            listings.push((family, text));
-        }
-    }
-    Ok(nft::parse_listings(&listings))
-}
-
-/// Replace kvmnet's table with `to` (or remove it) in one transaction.
-pub fn replace(to: Option<&NftTable>) -> Result<(), NftError> {
-    let script = nft::replace_script(to);
+fn run_script(script: &str) -> Result<(), NftError> {
     let mut child = nft().args(["-f", "-"]).spawn().map_err(NftError::Missing)?;
     child
         .stdin
@@ -83,5 +81,772 @@ pub fn replace(to: Option<&NftTable>) -> Result<(), NftError> {
         Err(NftError::Rejected(
             String::from_utf8_lossy(&out.stderr).trim().to_string(),
         ))
+    }
+}
+
+/// Replace kvmnet's tables with `to` (or remove them) in one transaction.
+pub fn replace(to: Option<&NftTable>) -> Result<(), NftError> {
+    run_script(&nft::replace_script(to))
+}
+
+/// Make the changes, all in one transaction: all of them happen or none.
+pub fn change(changes: &[&NftChange]) -> Result<(), NftError> {
+    let mut script = String::new();
+    for c in changes {
+        c.script(&mut script);
+    }
+    run_script(&script)
+}
+
+// ---- nfnetlink ----
+
+const NETLINK_NETFILTER: libc::c_int = 12;
+const NFNL_SUBSYS_NFTABLES: u16 = 10;
+const NFT_MSG_GETTABLE: u16 = 1;
+const NFT_MSG_GETCHAIN: u16 = 4;
+const NFT_MSG_GETRULE: u16 = 7;
+const NFT_MSG_GETSET: u16 = 10;
+const NFT_MSG_GETSETELEM: u16 = 13;
+const NLM_F_REQUEST: u16 = 0x1;
+const NLM_F_DUMP: u16 = 0x300;
+const NLMSG_ERROR: u16 = 2;
+const NLMSG_DONE: u16 = 3;
+const NLM_F_DUMP_INTR: u16 = 0x10;
+const NFPROTO_INET: u8 = 1;
+const NFPROTO_BRIDGE: u8 = 7;
+
+const NFTA_TABLE_NAME: u16 = 1;
+const NFTA_TABLE_USE: u16 = 3;
+const NFTA_TABLE_USERDATA: u16 = 6;
+const NFTA_CHAIN_TABLE: u16 = 1;
+const NFTA_CHAIN_NAME: u16 = 3;
+const NFTA_CHAIN_HOOK: u16 = 4;
+const NFTA_CHAIN_POLICY: u16 = 5;
+const NFTA_CHAIN_TYPE: u16 = 7;
+const NFTA_HOOK_HOOKNUM: u16 = 1;
+const NFTA_HOOK_PRIORITY: u16 = 2;
+const NFTA_RULE_TABLE: u16 = 1;
+const NFTA_RULE_CHAIN: u16 = 2;
+const NFTA_RULE_USERDATA: u16 = 7;
+const NFTA_SET_TABLE: u16 = 1;
+const NFTA_SET_NAME: u16 = 2;
+const NFTA_SET_FLAGS: u16 = 3;
+const NFTA_SET_KEY_TYPE: u16 = 4;
+const NFTA_SET_DATA_TYPE: u16 = 6;
+const NFTA_SET_ELEM_LIST_TABLE: u16 = 1;
+const NFTA_SET_ELEM_LIST_SET: u16 = 2;
+const NFTA_SET_ELEM_LIST_ELEMENTS: u16 = 3;
+const NFTA_SET_ELEM_KEY: u16 = 1;
+const NFTA_SET_ELEM_DATA: u16 = 2;
+const NFTA_SET_ELEM_FLAGS: u16 = 3;
+const NFTA_DATA_VALUE: u16 = 1;
+const NFTA_DATA_VERDICT: u16 = 2;
+const NFTA_VERDICT_CODE: u16 = 1;
+const NFTA_VERDICT_CHAIN: u16 = 2;
+const NFT_SET_ANONYMOUS: u32 = 0x1;
+const NFT_SET_ELEM_INTERVAL_END: u32 = 0x1;
+/// The data type nft gives verdict maps' values.
+const NFT_DATA_VERDICT: u32 = 0xffff_ff00;
+/// libnftnl's user data: (type, length, value) triples; type 0 is the comment everywhere.
+const UDATA_COMMENT: u8 = 0;
+/// nft data types of the set keys kvmnet uses, and how concatenations combine them.
+const TYPE_IPADDR: u32 = 7;
+const TYPE_ETHERADDR: u32 = 9;
+const TYPE_IFNAME: u32 = 41;
+const TYPE_BITS: u32 = 6;
+
+fn be32(p: &[u8]) -> Option<u32> {
+    Some(u32::from_be_bytes(p.get(..4)?.try_into().ok()?))
+}
+
+fn comment(udata: &[u8]) -> Option<String> {
+    let mut p = udata;
+    while p.len() >= 2 {
+        let (ty, len) = (p[0], p[1] as usize);
+        let v = p.get(2..2 + len)?;
+        if ty == UDATA_COMMENT {
+            return Some(attr_string(v));
+        }
+        p = &p[2 + len..];
+    }
+    None
+}
+
+struct Socket {
+    fd: OwnedFd,
+    seq: u32,
+    rbuf: Vec<u8>,
+}
+
+fn sock_err(op: &'static str) -> impl FnOnce(io::Error) -> NftError {
+    move |source| NftError::Socket { op, source }
+}
+
+impl Socket {
+    fn open() -> Result<Socket, NftError> {
+        // SAFETY: plain syscall; the fd is wrapped right away.
+        let fd = unsafe {
+            libc::socket(
+                libc::AF_NETLINK,
+                libc::SOCK_RAW | libc::SOCK_CLOEXEC,
+                NETLINK_NETFILTER,
+            )
+        };
+        if fd < 0 {
+            return Err(sock_err("socket")(io::Error::last_os_error()));
+        }
+        // SAFETY: fresh descriptor we own.
+        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+        // Replies to a whole pipeline of requests queue up before we read them.
+        let size: libc::c_int = 8 << 20;
+        for opt in [libc::SO_RCVBUFFORCE, libc::SO_RCVBUF] {
+            // SAFETY: valid option value of the right size.
+            let r = unsafe {
+                libc::setsockopt(
+                    fd.as_raw_fd(),
+                    libc::SOL_SOCKET,
+                    opt,
+                    (&size as *const libc::c_int).cast(),
+                    std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+                )
+            };
+            if r == 0 {
+                break;
+            }
+        }
+        // SAFETY: zeroed sockaddr_nl is a valid "any" address.
+        let mut sa: libc::sockaddr_nl = unsafe { std::mem::zeroed() };
+        sa.nl_family = libc::AF_NETLINK as u16;
+        // SAFETY: sa is a valid sockaddr_nl.
+        let r = unsafe {
+            libc::bind(
+                fd.as_raw_fd(),
+                (&sa as *const libc::sockaddr_nl).cast(),
+                std::mem::size_of::<libc::sockaddr_nl>() as libc::socklen_t,
+            )
+        };
+        if r != 0 {
+            return Err(sock_err("bind")(io::Error::last_os_error()));
+        }
+        Ok(Socket {
+            fd,
+            seq: 0,
+            rbuf: vec![0; 1 << 20],
+        })
+    }
+
+    /// Appends one request to `buf`; returns its sequence number.
+    fn request(
+        &mut self,
+        buf: &mut Vec<u8>,
+        msg: u16,
+        flags: u16,
+        family: u8,
+        attrs: &[(u16, &str)],
+    ) -> u32 {
+        self.seq += 1;
+        let start = buf.len();
+        buf.extend_from_slice(&0u32.to_ne_bytes());
+        buf.extend_from_slice(&((NFNL_SUBSYS_NFTABLES << 8) | msg).to_ne_bytes());
+        buf.extend_from_slice(&(NLM_F_REQUEST | flags).to_ne_bytes());
+        buf.extend_from_slice(&self.seq.to_ne_bytes());
+        buf.extend_from_slice(&0u32.to_ne_bytes());
+        // nfgenmsg: family, version 0, resource id 0.
+        buf.extend_from_slice(&[family, 0, 0, 0]);
+        for (ty, v) in attrs {
+            let len = 4 + v.len() + 1;
+            buf.extend_from_slice(&(len as u16).to_ne_bytes());
+            buf.extend_from_slice(&ty.to_ne_bytes());
+            buf.extend_from_slice(v.as_bytes());
+            buf.push(0);
+            while !buf.len().is_multiple_of(4) {
+                buf.push(0);
+            }
+        }
+        let len = (buf.len() - start) as u32;
+        buf[start..start + 4].copy_from_slice(&len.to_ne_bytes());
+        self.seq
+    }
+
+    fn send(&self, buf: &[u8]) -> Result<(), NftError> {
+        // SAFETY: zeroed sockaddr_nl addresses the kernel.
+        let mut sa: libc::sockaddr_nl = unsafe { std::mem::zeroed() };
+        sa.nl_family = libc::AF_NETLINK as u16;
+        loop {
+            // SAFETY: buffer and address are valid for the given lengths.
+            let r = unsafe {
+                libc::sendto(
+                    self.fd.as_raw_fd(),
+                    buf.as_ptr().cast(),
+                    buf.len(),
+                    0,
+                    (&sa as *const libc::sockaddr_nl).cast(),
+                    std::mem::size_of::<libc::sockaddr_nl>() as libc::socklen_t,
+                )
+            };
+            if r >= 0 {
+                return Ok(());
+            }
+            let e = io::Error::last_os_error();
+            if e.kind() != io::ErrorKind::Interrupted {
+                return Err(sock_err("send")(e));
+            }
+        }
+    }
+
+    fn recv(&mut self) -> Result<usize, NftError> {
+        loop {
+            // SAFETY: rbuf is valid for writing rbuf.len() bytes.
+            let r = unsafe {
+                libc::recv(
+                    self.fd.as_raw_fd(),
+                    self.rbuf.as_mut_ptr().cast(),
+                    self.rbuf.len(),
+                    libc::MSG_TRUNC,
+                )
+            };
+            if r >= 0 {
+                let n = r as usize;
+                if n > self.rbuf.len() {
+                    return Err(sock_err("receive")(io::Error::new(
+                        io::ErrorKind::InvalidData,
+                        "message truncated",
+                    )));
+                }
+                return Ok(n);
+            }
+            let e = io::Error::last_os_error();
+            if e.kind() != io::ErrorKind::Interrupted {
+                return Err(sock_err("receive")(e));
+            }
+        }
+    }
+
+    /// Sends requests already in `buf` (sequence numbers `seqs`, none of them dumps) and
+    /// collects each one's answer: its attributes, or the errno it failed with.
+    fn exchange(
+        &mut self,
+        buf: &[u8],
+        seqs: &[u32],
+    ) -> Result<BTreeMap<u32, Result<Vec<u8>, i32>>, NftError> {
+        let mut out = BTreeMap::new();
+        if seqs.is_empty() {
+            return Ok(out);
+        }
+        self.send(buf)?;
+        while out.len() < seqs.len() {
+            let n = self.recv()?;
+            for m in messages(&self.rbuf[..n]) {
+                if !seqs.contains(&m.seq) {
+                    continue;
+                }
+                if m.ty == NLMSG_ERROR {
+                    let errno = parse_error(&m).map_or(libc::EIO, |e| e.0);
+                    if errno != 0 {
+                        out.insert(m.seq, Err(errno));
+                    }
+                } else {
+                    out.insert(m.seq, Ok(body(&m).to_vec()));
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// One dump: the attributes of every message. `None` when the object asked about does
+    /// not exist.
+    fn dump(
+        &mut self,
+        op: &str,
+        msg: u16,
+        family: u8,
+        filter: &[(u16, &str)],
+    ) -> Result<Option<Vec<Vec<u8>>>, NftError> {
+        'retry: for _ in 0..5 {
+            let mut buf = Vec::new();
+            let seq = self.request(&mut buf, msg, NLM_F_DUMP, family, filter);
+            self.send(&buf)?;
+            let mut out = Vec::new();
+            loop {
+                let n = self.recv()?;
+                let mut done = false;
+                let mut interrupted = false;
+                for m in messages(&self.rbuf[..n]) {
+                    if m.seq != seq {
+                        continue;
+                    }
+                    interrupted |= m.flags & NLM_F_DUMP_INTR != 0;
+                    match m.ty {
+                        NLMSG_DONE => done = true,
+                        NLMSG_ERROR => {
+                            let errno = parse_error(&m).map_or(libc::EIO, |e| e.0);
+                            if errno == libc::ENOENT {
+                                return Ok(None);
+                            }
+                            if errno != 0 {
+                                return Err(NftError::Kernel {
+                                    op: op.to_string(),
+                                    message: io::Error::from_raw_os_error(errno).to_string(),
+                                });
+                            }
+                            done = true;
+                        }
+                        _ => out.push(body(&m).to_vec()),
+                    }
+                }
+                if done {
+                    if interrupted {
+                        // The tables changed while being read: read them again.
+                        continue 'retry;
+                    }
+                    return Ok(Some(out));
+                }
+            }
+        }
+        Err(NftError::Kernel {
+            op: op.to_string(),
+            message: "the ruleset kept changing while being read".into(),
+        })
+    }
+}
+
+/// A message's attributes, after the nfgenmsg header.
+fn body<'a>(m: &Msg<'a>) -> &'a [u8] {
+    m.payload.get(4..).unwrap_or(&[])
+}
+
+fn attr(p: &[u8], ty: u16) -> Option<&[u8]> {
+    attrs(p).find(|(t, _)| *t == ty).map(|(_, v)| v)
+}
+
+fn hook_name(family: u8, num: u32) -> String {
+    // The bridge family numbers its hooks like inet (NF_BR_PRE_ROUTING = 0, ...).
+    let _ = family;
+    match num {
+        0 => "prerouting",
+        1 => "input",
+        2 => "forward",
+        3 => "output",
+        4 => "postrouting",
+        5 => "ingress",
+        _ => return format!("hook{num}"),
+    }
+    .to_string()
+}
+
+/// A base chain's header rebuilt from the kernel's answer, in [`nft::hook_line`]'s words.
+fn chain_hook(family: u8, p: &[u8]) -> Option<String> {
+    let hook = attr(p, NFTA_CHAIN_HOOK)?;
+    let num = be32(attr(hook, NFTA_HOOK_HOOKNUM)?)?;
+    let prio = be32(attr(hook, NFTA_HOOK_PRIORITY)?)? as i32;
+    let ty = attr(p, NFTA_CHAIN_TYPE).map_or("filter".to_string(), attr_string);
+    let accept = attr(p, NFTA_CHAIN_POLICY)
+        .and_then(be32)
+        .is_none_or(|v| v == 1);
+    Some(nft::hook_line(&ty, &hook_name(family, num), prio, accept))
+}
+
+fn type_names(mut ty: u32) -> Option<Vec<u32>> {
+    let mut v = Vec::new();
+    while ty != 0 {
+        v.push(ty & ((1 << TYPE_BITS) - 1));
+        ty >>= TYPE_BITS;
+    }
+    v.reverse();
+    (!v.is_empty()).then_some(v)
+}
+
+fn type_word(t: u32) -> Option<&'static str> {
+    match t {
+        TYPE_IPADDR => Some("ipv4_addr"),
+        TYPE_ETHERADDR => Some("ether_addr"),
+        TYPE_IFNAME => Some("ifname"),
+        _ => None,
+    }
+}
+
+/// A set's type in nft's words; `type N` for types kvmnet does not use.
+fn set_type(key: u32, data: Option<u32>) -> String {
+    let k = match type_names(key) {
+        Some(parts) => parts
+            .iter()
+            .map(|t| type_word(*t).map_or(format!("type {t}"), str::to_string))
+            .collect::<Vec<_>>()
+            .join(" . "),
+        None => format!("type {key}"),
+    };
+    match data {
+        Some(NFT_DATA_VERDICT) => format!("{k} : verdict"),
+        Some(d) => format!("{k} : type {d}"),
+        None => k,
+    }
+}
+
+/// A key in nft's words, field by field (each field padded to 4 bytes); hex when unknown.
+fn key_text(key: u32, v: &[u8]) -> String {
+    let hex = || v.iter().map(|b| format!("{b:02x}")).collect::<String>();
+    let Some(parts) = type_names(key) else {
+        return hex();
+    };
+    let mut out = Vec::new();
+    let mut at = 0;
+    for t in parts {
+        let len = match t {
+            TYPE_IPADDR => 4,
+            TYPE_ETHERADDR => 6,
+            TYPE_IFNAME => 16,
+            _ => return hex(),
+        };
+        let Some(f) = v.get(at..at + len) else {
+            return hex();
+        };
+        out.push(match t {
+            TYPE_IPADDR => Ipv4Addr::new(f[0], f[1], f[2], f[3]).to_string(),
+            TYPE_ETHERADDR => f
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect::<Vec<_>>()
+                .join(":"),
+            _ => format!("\"{}\"", attr_string(f)),
+        });
+        at += len.div_ceil(4) * 4;
+    }
+    if at != v.len() {
+        return hex();
+    }
+    out.join(" . ")
+}
+
+fn verdict_text(p: &[u8]) -> String {
+    let code = attr(p, NFTA_VERDICT_CODE).and_then(be32).map(|c| c as i32);
+    let chain = attr(p, NFTA_VERDICT_CHAIN).map(attr_string);
+    match (code, chain) {
+        (Some(-3), Some(c)) => format!("jump {c}"),
+        (Some(-4), Some(c)) => format!("goto {c}"),
+        (Some(0), _) => "drop".into(),
+        (Some(1), _) => "accept".into(),
+        (Some(-5), _) => "return".into(),
+        (Some(-1), _) => "continue".into(),
+        (c, _) => format!("verdict {c:?}"),
+    }
+}
+
+fn elements(key: u32, dumps: &[Vec<u8>]) -> BTreeSet<String> {
+    let mut out = BTreeSet::new();
+    for p in dumps {
+        let Some(list) = attr(p, NFTA_SET_ELEM_LIST_ELEMENTS) else {
+            continue;
+        };
+        for (_, e) in attrs(list) {
+            if attr(e, NFTA_SET_ELEM_FLAGS)
+                .and_then(be32)
+                .is_some_and(|f| f & NFT_SET_ELEM_INTERVAL_END != 0)
+            {
+                continue;
+            }
+            let Some(k) = attr(e, NFTA_SET_ELEM_KEY).and_then(|k| attr(k, NFTA_DATA_VALUE)) else {
+                continue;
+            };
+            let mut text = key_text(key, k);
+            if let Some(v) = attr(e, NFTA_SET_ELEM_DATA).and_then(|d| attr(d, NFTA_DATA_VERDICT)) {
+                text = format!("{text} : {}", verdict_text(v));
+            }
+            out.insert(text);
+        }
+    }
+    out
+}
+
+/// One of kvmnet's tables as the kernel has it, or `None` when it does not exist.
+fn read_table(
+    sock: &mut Socket,
+    family: &str,
+    want: Option<&NftTable>,
+    out: &mut NftTable,
+) -> Result<bool, NftError> {
+    let fam = if family == nft::FAMILY {
+        NFPROTO_INET
+    } else {
+        NFPROTO_BRIDGE
+    };
+    let table = nft::TABLE;
+    let mut buf = Vec::new();
+    let seq = sock.request(
+        &mut buf,
+        NFT_MSG_GETTABLE,
+        0,
+        fam,
+        &[(NFTA_TABLE_NAME, table)],
+    );
+    let t = match sock.exchange(&buf, &[seq])?.remove(&seq) {
+        Some(Ok(t)) => t,
+        // No nf_tables here at all: then there is no table either.
+        Some(Err(libc::ENOENT | libc::EOPNOTSUPP | libc::EAFNOSUPPORT)) | None => return Ok(false),
+        Some(Err(e)) => {
+            return Err(NftError::Kernel {
+                op: format!("read table {family} {table}"),
+                message: io::Error::from_raw_os_error(e).to_string(),
+            });
+        }
+    };
+    let mark = attr(&t, NFTA_TABLE_USERDATA).and_then(comment);
+    let uses = attr(&t, NFTA_TABLE_USE).and_then(be32).unwrap_or(0);
+    if mark.as_deref() != Some(nft::OWNER_COMMENT) {
+        out.intact = false;
+    }
+
+    // Rules, in chain order, with the hashes their comments carry.
+    let mut rules: BTreeMap<String, Vec<NftRule>> = BTreeMap::new();
+    for p in sock
+        .dump(
+            "list rules",
+            NFT_MSG_GETRULE,
+            fam,
+            &[(NFTA_RULE_TABLE, table)],
+        )?
+        .unwrap_or_default()
+    {
+        if attr(&p, NFTA_RULE_TABLE).map(attr_string).as_deref() != Some(table) {
+            continue;
+        }
+        let Some(chain) = attr(&p, NFTA_RULE_CHAIN).map(attr_string) else {
+            continue;
+        };
+        let hash = attr(&p, NFTA_RULE_USERDATA)
+            .and_then(comment)
+            .unwrap_or_default();
+        rules.entry(chain).or_default().push(NftRule {
+            hash,
+            text: String::new(),
+        });
+    }
+
+    // Chains with rules exist; a chain cannot gain a hook after it is made, so those kvmnet
+    // wants as jump targets need no further look. Asked for, one request each: wanted base
+    // chains (their hooks), wanted chains without rules (they may be there empty), and the
+    // unwanted ones (their hooks, to put them back on a rollback).
+    let wanted: BTreeMap<&str, &NftChain> = want
+        .map(|w| {
+            w.chains
+                .values()
+                .filter(|c| c.family == family)
+                .map(|c| (c.name.as_str(), c))
+                .collect()
+        })
+        .unwrap_or_default();
+    let mut names: BTreeSet<String> = BTreeSet::new();
+    for (name, r) in std::mem::take(&mut rules) {
+        match wanted.get(name.as_str()) {
+            Some(w) if w.hook.is_none() => {
+                out.chains.insert(
+                    format!("{family} {name}"),
+                    NftChain {
+                        family: family.to_string(),
+                        name,
+                        hook: None,
+                        rules: r,
+                    },
+                );
+            }
+            _ => {
+                names.insert(name.clone());
+                rules.insert(name, r);
+            }
+        }
+    }
+    let mut chains = out.chains.values().filter(|c| c.family == family).count() as u32;
+    names.extend(
+        wanted
+            .keys()
+            .filter(|n| !out.chains.contains_key(&format!("{family} {n}")))
+            .map(|n| n.to_string()),
+    );
+    let mut buf = Vec::new();
+    let mut asked = Vec::new();
+    for n in &names {
+        let seq = sock.request(
+            &mut buf,
+            NFT_MSG_GETCHAIN,
+            0,
+            fam,
+            &[(NFTA_CHAIN_TABLE, table), (NFTA_CHAIN_NAME, n)],
+        );
+        asked.push((seq, n));
+    }
+    let seqs: Vec<u32> = asked.iter().map(|(s, _)| *s).collect();
+    let mut answers = sock.exchange(&buf, &seqs)?;
+    for (seq, name) in asked {
+        match answers.remove(&seq) {
+            Some(Ok(p)) => {
+                chains += 1;
+                out.chains.insert(
+                    format!("{family} {name}"),
+                    NftChain {
+                        family: family.to_string(),
+                        name: name.clone(),
+                        hook: chain_hook(fam, &p),
+                        rules: rules.remove(name).unwrap_or_default(),
+                    },
+                );
+            }
+            Some(Err(libc::ENOENT)) | None => {}
+            Some(Err(e)) => {
+                return Err(NftError::Kernel {
+                    op: format!("read chain {family} {table} {name}"),
+                    message: io::Error::from_raw_os_error(e).to_string(),
+                });
+            }
+        }
+    }
+
+    // Sets and their elements; anonymous sets belong to rules (they are not the table's).
+    let mut sets = 0u32;
+    for p in sock
+        .dump("list sets", NFT_MSG_GETSET, fam, &[(NFTA_SET_TABLE, table)])?
+        .unwrap_or_default()
+    {
+        if attr(&p, NFTA_SET_TABLE).map(attr_string).as_deref() != Some(table) {
+            continue;
+        }
+        let flags = attr(&p, NFTA_SET_FLAGS).and_then(be32).unwrap_or(0);
+        if flags & NFT_SET_ANONYMOUS != 0 {
+            continue;
+        }
+        sets += 1;
+        let Some(name) = attr(&p, NFTA_SET_NAME).map(attr_string) else {
+            continue;
+        };
+        let key = attr(&p, NFTA_SET_KEY_TYPE).and_then(be32).unwrap_or(0);
+        let data = attr(&p, NFTA_SET_DATA_TYPE).and_then(be32);
+        let dumps = sock
+            .dump(
+                "list set elements",
+                NFT_MSG_GETSETELEM,
+                fam,
+                &[
+                    (NFTA_SET_ELEM_LIST_TABLE, table),
+                    (NFTA_SET_ELEM_LIST_SET, &name),
+                ],
+            )?
+            .unwrap_or_default();
+        out.sets.insert(
+            format!("{family} {name}"),
+            NftSet {
+                family: family.to_string(),
+                name,
+                ty: set_type(key, data),
+                elements: elements(key, &dumps),
+            },
+        );
+    }
+    // Everything the table holds is a chain or a set we have seen; anything else (a chain
+    // emptied by hand that kvmnet does not want, a stateful object) makes it unrecognised.
+    if uses != chains + sets {
+        out.intact = false;
+    }
+    Ok(true)
+}
+
+/// Puts nft's own text of the rules into `t`: for the chains named, or for all of them
+/// (keeping the whole listing) when `None`.
+fn read_texts(t: &mut NftTable, which: Option<Vec<String>>) -> Result<(), NftError> {
+    let families: Vec<String> = t.families.iter().cloned().collect();
+    let whole = |t: &mut NftTable, keep: bool| -> Result<(), NftError> {
+        let mut all = String::new();
+        for fam in &families {
+            let Some(text) = list(&["table", fam, nft::TABLE])? else {
+                continue;
+            };
+            for (name, rules) in nft::parse_listing(&text) {
+                if let Some(c) = t.chains.get_mut(&format!("{fam} {name}")) {
+                    c.rules = rules;
+                }
+            }
+            all.push_str(&text);
+        }
+        if keep {
+            t.listing = Some(all);
+        }
+        Ok(())
+    };
+    match which {
+        None => whole(t, true),
+        // Past a handful, one listing per table is cheaper than one per chain.
+        Some(keys) if keys.len() > 8 => whole(t, false),
+        Some(keys) => {
+            for k in keys {
+                let Some((fam, name)) = k.split_once(' ') else {
+                    continue;
+                };
+                if let Some(text) = list(&["chain", fam, nft::TABLE, name])?
+                    && let Some(rules) = nft::parse_listing(&text).remove(name)
+                    && let Some(c) = t.chains.get_mut(&k)
+                {
+                    c.rules = rules;
+                }
+            }
+            Ok(())
+        }
+    }
+}
+
+/// kvmnet's tables as they are now, or `None` when there are none. `want` (what the spec
+/// asks for) decides which rules are worth reading back as text.
+pub fn observe(want: Option<&NftTable>) -> Result<Option<NftTable>, NftError> {
+    let mut sock = match Socket::open() {
+        Ok(s) => s,
+        // A kernel without nfnetlink has no tables of ours.
+        Err(NftError::Socket { source, .. })
+            if source.raw_os_error() == Some(libc::EPROTONOSUPPORT) =>
+        {
+            return Ok(None);
+        }
+        Err(e) => return Err(e),
+    };
+    let mut t = NftTable {
+        families: BTreeSet::new(),
+        chains: BTreeMap::new(),
+        sets: BTreeMap::new(),
+        intact: true,
+        listing: None,
+    };
+    for family in [nft::FAMILY, nft::BRIDGE_FAMILY] {
+        if read_table(&mut sock, family, want, &mut t)? {
+            t.families.insert(family.to_string());
+        }
+    }
+    if t.families.is_empty() {
+        return Ok(None);
+    }
+    let which = nft::chains_to_read(want, &t);
+    if which.as_ref().is_none_or(|w| !w.is_empty()) {
+        if !available() {
+            return Err(NftError::Missing(io::Error::new(
+                io::ErrorKind::NotFound,
+                "nft",
+            )));
+        }
+        read_texts(&mut t, which)?;
+    }
+    Ok(Some(t))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_in_nft_words() {
+        let ifname_ether = (TYPE_IFNAME << TYPE_BITS) | TYPE_ETHERADDR;
+        assert_eq!(set_type(ifname_ether, None), "ifname . ether_addr");
+        assert_eq!(
+            set_type(TYPE_IPADDR, Some(NFT_DATA_VERDICT)),
+            "ipv4_addr : verdict"
+        );
+        let mut k = vec![0u8; 24];
+        k[..3].copy_from_slice(b"vm1");
+        k[16..22].copy_from_slice(&[0x52, 0x54, 0, 0xaa, 0, 0x10]);
+        assert_eq!(key_text(ifname_ether, &k), "\"vm1\" . 52:54:00:aa:00:10");
+        assert_eq!(key_text(TYPE_IPADDR, &[192, 0, 2, 1]), "192.0.2.1");
     }
 }

@@ -65,6 +65,8 @@ const NETLINK_EXT_ACK: libc::c_int = 11;
 const RTM_NEWLINK: u16 = 16;
 const RTM_DELLINK: u16 = 17;
 const RTM_GETLINK: u16 = 18;
+const IFLA_EXT_MASK: u16 = 29;
+const RTEXT_FILTER_SKIP_STATS: u32 = 1 << 3;
 const RTM_SETLINK: u16 = 19;
 const RTM_NEWQDISC: u16 = 36;
 const RTM_DELQDISC: u16 = 37;
@@ -2142,8 +2144,29 @@ impl Tc {
         Ok(out)
     }
 
+    /// Every link, by name, from one dump: cheaper than a lookup per name for many ports.
+    fn all_links(&mut self) -> Result<HashMap<String, DevTc>, TcError> {
+        let mut hdr = MsgBuf::new();
+        hdr.ifinfomsg(0, 0, 0);
+        // No counters: the kernel's costliest part of a link message.
+        hdr.attr_u32(IFLA_EXT_MASK, RTEXT_FILTER_SKIP_STATS);
+        Ok(self
+            .dump("list links", RTM_GETLINK, &hdr.buf)?
+            .iter()
+            .filter_map(|p| parse_link(p))
+            .map(|d| (d.name.clone(), d))
+            .collect())
+    }
+
     /// Classes and filters of a device whose link facts and qdiscs are known.
     fn fill_dev(&mut self, dev: &mut DevTc) -> Result<(), TcError> {
+        self.fill_dev_at(dev, false)
+    }
+
+    /// [`Tc::fill_dev`]; with `planned`, filters only where [`plan`] looks (kvmnet's HTB,
+    /// its class, the clsact hooks): a classless leaf has no filters to read, and other
+    /// classes are replaced with the whole tree anyway.
+    fn fill_dev_at(&mut self, dev: &mut DevTc, planned: bool) -> Result<(), TcError> {
         let mut hdr = MsgBuf::new();
         hdr.tcmsg(dev.ifindex, 0, 0, 0);
         let op = format!("list classes of {}", dev.name);
@@ -2161,10 +2184,16 @@ impl Tc {
             match q.kind.as_str() {
                 "clsact" => parents.extend([PARENT_INGRESS, PARENT_EGRESS]),
                 "ingress" => parents.push(CLSACT_HANDLE),
+                _ if planned && q.handle != HTB_HANDLE => {}
                 _ => parents.push(q.handle),
             }
         }
-        parents.extend(dev.classes.iter().map(|c| c.handle));
+        parents.extend(
+            dev.classes
+                .iter()
+                .map(|c| c.handle)
+                .filter(|h| !planned || *h == HTB_CLASS),
+        );
         let mut filters = Vec::new();
         for parent in parents {
             let mut hdr = MsgBuf::new();
@@ -2203,21 +2232,33 @@ impl Tc {
     /// whatever the request says, so this dumps them once for all ports.
     pub fn observe_many(&mut self, ports: &[PortTc]) -> Result<Vec<TcObserved>, TcError> {
         let qdiscs = self.all_qdiscs()?;
+        // Many ports: one link dump instead of a lookup per device.
+        let all = if ports.len() > 4 {
+            Some(self.all_links()?)
+        } else {
+            None
+        };
+        let link = |tc: &mut Tc, name: &str| -> Result<Option<DevTc>, TcError> {
+            match &all {
+                Some(m) => Ok(m.get(name).cloned()),
+                None => tc.link(name),
+            }
+        };
         let mut out = Vec::with_capacity(ports.len());
         for port in ports {
             let get = |tc: &mut Tc, name: &str| -> Result<Option<DevTc>, TcError> {
-                let Some(mut d) = tc.link(name)? else {
+                let Some(mut d) = link(tc, name)? else {
                     return Ok(None);
                 };
                 d.qdiscs = qdiscs.get(&d.ifindex).cloned().unwrap_or_default();
-                tc.fill_dev(&mut d)?;
+                tc.fill_dev_at(&mut d, true)?;
                 Ok(Some(d))
             };
             let dev = get(self, &port.dev)?;
             let ifb = get(self, &port.ifb_dev())?;
             let mut links = BTreeMap::new();
             if let Some(m) = &port.mirror_to
-                && let Some(l) = self.link(m)?
+                && let Some(l) = link(self, m)?
             {
                 links.insert(m.clone(), l.ifindex);
             }

@@ -1,0 +1,202 @@
+//! Adding or removing one port changes only that port's nftables objects: every other chain,
+//! rule and set keeps its kernel handle (a rewrite would renumber them all), connections of
+//! other ports carry on, and drift of a single element or chain is repaired on its own.
+
+mod common;
+use common::*;
+
+use std::collections::BTreeMap;
+
+/// Every chain, rule and set of kvmnet's two tables with its handle: `inet chain in-x` ->
+/// handle, `inet rule in-x 2` -> handle of the chain's second rule.
+fn handles(host: &str) -> BTreeMap<String, String> {
+    let mut out = BTreeMap::new();
+    for fam in ["inet", "bridge"] {
+        let text = ok(&format!(
+            "ip netns exec {host} nft -a list table {fam} kvmnet"
+        ));
+        let mut chain = String::new();
+        let mut n = 0;
+        for line in text.lines() {
+            let t = line.trim();
+            let Some((body, handle)) = t.rsplit_once("# handle ") else {
+                continue;
+            };
+            let body = body.trim();
+            if let Some(c) = body.strip_prefix("chain ") {
+                chain = c.trim_end_matches('{').trim().to_string();
+                n = 0;
+                out.insert(format!("{fam} chain {chain}"), handle.to_string());
+            } else if let Some(s) = body
+                .strip_prefix("set ")
+                .or_else(|| body.strip_prefix("map "))
+            {
+                chain.clear();
+                let s = s.trim_end_matches('{').trim();
+                out.insert(format!("{fam} set {s}"), handle.to_string());
+            } else if !chain.is_empty() {
+                n += 1;
+                out.insert(format!("{fam} rule {chain} {n}"), handle.to_string());
+            }
+        }
+    }
+    out
+}
+
+fn listing(host: &str) -> String {
+    ok(&format!(
+        "ip netns exec {host} nft list table inet kvmnet; ip netns exec {host} nft list table bridge kvmnet"
+    ))
+}
+
+fn spec(a: &str, b: &str, with_new: bool) -> String {
+    let fw = "firewall: { inbound: { policy: drop, rules: [ { proto: tcp, ports: [5001] } ] } }";
+    let mut s = format!(
+        r#"version: 1
+networks:
+  n: {{ mode: nat, bridge: ni-n, ipv4: 10.66.0.1/24 }}
+vms:
+  a: {{ ports: [ {{ network: n, name: ni-a, kind: veth, netns: {a}, ipv4: 10.66.0.10, {fw} }} ] }}
+  b: {{ ports: [ {{ network: n, name: ni-b, kind: veth, netns: {b}, ipv4: 10.66.0.11, {fw} }} ] }}
+  c: {{ ports: [ {{ network: n, name: ni-c, ipv4: 10.66.0.12, {fw} }} ] }}
+"#
+    );
+    if with_new {
+        s.push_str(&format!(
+            "  new: {{ ports: [ {{ network: n, name: ni-new, ipv4: 10.66.0.20, {fw} }} ] }}\n"
+        ));
+    }
+    s
+}
+
+/// Every handle of `before` is still there with the same number.
+fn assert_kept(before: &BTreeMap<String, String>, after: &BTreeMap<String, String>, when: &str) {
+    for (k, h) in before {
+        assert_eq!(
+            after.get(k),
+            Some(h),
+            "{when}: {k} changed handle (was {h}): the table was rewritten"
+        );
+    }
+}
+
+#[test]
+fn one_port_changes_only_its_own_objects() {
+    if !privileged() {
+        return;
+    }
+    let mut ns = Namespaces::new();
+    let host = ns.add("nfti");
+    let g = ns.reserve("ni");
+    let (a, b) = (format!("{g}a"), format!("{g}b"));
+    ns.names.extend([a.clone(), b.clone()]);
+    let base = SpecFile::new(&spec(&a, &b, false));
+    let plus = SpecFile::new(&spec(&a, &b, true));
+    ns.kvmnet_ok(&["apply", base.path(), "--netns", &host]);
+    let before = handles(&host);
+    assert!(before.contains_key("inet chain in-ni-a"), "{before:?}");
+    assert!(before.contains_key("bridge set port_mac"), "{before:?}");
+
+    // A connection to port a, open across the changes that follow.
+    let mut server = std::process::Command::new("ip")
+        .args([
+            "netns", "exec", &a, "python3", "-c",
+            "import socket\ns=socket.socket(); s.setsockopt(socket.SOL_SOCKET,socket.SO_REUSEADDR,1); s.bind(('0.0.0.0',5001)); s.listen(4)\nc,_=s.accept()\nwhile True:\n  d=c.recv(100)\n  if not d: break\n  c.sendall(d)\n",
+        ])
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let client = std::process::Command::new("ip")
+        .args([
+            "netns", "exec", &b, "python3", "-c",
+            "import socket,time\nc=socket.create_connection(('10.66.0.10',5001),timeout=3)\nc.sendall(b'x'); assert c.recv(1)==b'x'\ntime.sleep(4)\nc.sendall(b'y'); print('kept' if c.recv(1)==b'y' else 'lost')\n",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(500));
+
+    // Adding a port: the plan names its own chain and elements, nothing else of nftables.
+    let plan = ns.kvmnet_ok(&["plan", plus.path(), "--netns", &host]);
+    let nft_lines: Vec<&str> = plan.lines().filter(|l| l.contains("nftables")).collect();
+    assert!(!nft_lines.is_empty(), "{plan}");
+    assert!(
+        nft_lines
+            .iter()
+            .all(|l| l.starts_with('+') && l.contains("ni-new")),
+        "adding a port touches other nftables objects:\n{plan}"
+    );
+    ns.kvmnet_ok(&["apply", plus.path(), "--netns", &host]);
+    let added = handles(&host);
+    assert_kept(&before, &added, "adding a port");
+    assert!(added.contains_key("inet chain in-ni-new"), "{added:?}");
+    let text = listing(&host);
+    assert!(text.contains("10.66.0.20 : jump in-ni-new"), "{text}");
+    assert!(text.contains("\"ni-new\""), "{text}");
+    let again = ns.kvmnet_ok(&["plan", plus.path(), "--netns", &host]);
+    assert!(again.starts_with("No changes"), "{again}");
+
+    // Removing it again: its objects go, everything else stays as it was.
+    ns.kvmnet_ok(&["apply", base.path(), "--netns", &host]);
+    let removed = handles(&host);
+    assert_kept(&before, &removed, "removing a port");
+    assert!(!removed.keys().any(|k| k.contains("ni-new")), "{removed:?}");
+    let text = listing(&host);
+    assert!(
+        !text.contains("ni-new") && !text.contains("10.66.0.20"),
+        "{text}"
+    );
+
+    let out = client.wait_with_output().unwrap();
+    let _ = server.kill();
+    let _ = server.wait();
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "kept",
+        "a connection of another port did not survive"
+    );
+
+    // Drift of one element and one chain: each repaired on its own.
+    ok(&format!(
+        "ip netns exec {host} nft delete element bridge kvmnet guarded '{{ \"ni-b\" }}' && \
+         ip netns exec {host} nft flush chain inet kvmnet in-ni-c"
+    ));
+    let plan = ns.kvmnet_ok(&["plan", base.path(), "--netns", &host]);
+    let nft_lines: Vec<&str> = plan.lines().filter(|l| l.contains("nftables")).collect();
+    assert_eq!(nft_lines.len(), 2, "{plan}");
+    assert!(
+        nft_lines
+            .iter()
+            .any(|l| l.starts_with("+ nftables element bridge guarded \"ni-b\"")),
+        "{plan}"
+    );
+    assert!(
+        nft_lines
+            .iter()
+            .any(|l| l.starts_with("~ nftables chain inet in-ni-c: 0 -> ")),
+        "{plan}"
+    );
+    ns.kvmnet_ok(&["apply", base.path(), "--netns", &host]);
+    let repaired = handles(&host);
+    let untouched: BTreeMap<String, String> = before
+        .into_iter()
+        .filter(|(k, _)| !k.contains("in-ni-c"))
+        .collect();
+    assert_kept(&untouched, &repaired, "repairing drift");
+    let again = ns.kvmnet_ok(&["plan", base.path(), "--netns", &host]);
+    assert!(again.starts_with("No changes"), "{again}");
+
+    // A rule edited by hand (its comment gone) is drift too.
+    let rule = repaired["inet rule in-ni-a 1"].clone();
+    ok(&format!(
+        "ip netns exec {host} nft replace rule inet kvmnet in-ni-a handle {rule} ct state established,related return"
+    ));
+    let plan = ns.kvmnet_ok(&["plan", base.path(), "--netns", &host]);
+    assert!(
+        plan.lines()
+            .any(|l| l.starts_with("~ nftables chain inet in-ni-a")),
+        "{plan}"
+    );
+    ns.kvmnet_ok(&["apply", base.path(), "--netns", &host]);
+    ns.kvmnet_ok(&["destroy", "--netns", &host]);
+}

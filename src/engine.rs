@@ -95,6 +95,8 @@ pub struct Planned {
     pub previous: HostState,
     /// sysctls the spec enforces (the other sysctl steps are restores).
     managed: BTreeSet<String>,
+    /// Interfaces whose MTU the spec sets (the other MTU steps are restores).
+    managed_mtus: BTreeSet<String>,
     /// What bridge-mode bridges hold from their uplinks once this plan is applied.
     moved: BTreeMap<String, Moved>,
     pub state_dir: StateDir,
@@ -116,13 +118,12 @@ pub fn plan(spec: Option<&Spec>, scope: &str, source: &str) -> Result<Planned, E
         source: source.to_string(),
         errors,
     })?;
-    let uplinks: BTreeSet<String> = want.uplinks.keys().cloned().collect();
-    let keys: BTreeSet<String> = want.sysctls.keys().cloned().collect();
-    let have = desired::observed(&snap, &uplinks, &keys);
+    let have = desired::observed(&snap, &desired::Interest::of(&want));
     let moved = want
         .uplinks
         .values()
         .filter_map(|u| u.master.clone())
+        .chain(want.bonds.keys().cloned())
         .map(|b| {
             let m = Moved {
                 addrs: want.addrs.get(&b).cloned().unwrap_or_default(),
@@ -135,6 +136,13 @@ pub fn plan(spec: Option<&Spec>, scope: &str, source: &str) -> Result<Planned, E
         plan: plan::diff(&want, &have),
         previous: have,
         managed: managed_sysctls(spec).into_keys().collect(),
+        managed_mtus: spec
+            .host
+            .uplinks
+            .values()
+            .filter(|u| u.bond.is_none() && u.mtu.is_some())
+            .map(|u| u.name.clone())
+            .collect(),
         moved,
         state_dir: observer.state_dir,
         scope: scope.to_string(),
@@ -202,6 +210,11 @@ pub fn execute(
                 .entry(key.clone())
                 .or_insert(from.clone());
         }
+        if let Step::SetMtu { link, from, .. } = s
+            && p.managed_mtus.contains(link)
+        {
+            during.mtu_originals.entry(link.clone()).or_insert(*from);
+        }
     }
     if during != before {
         sd.save(&during).map_err(runtime)?;
@@ -212,6 +225,9 @@ pub fn execute(
         Ok(()) => {
             let mut after = during.clone();
             after.sysctl_originals.retain(|k, _| p.managed.contains(k));
+            after
+                .mtu_originals
+                .retain(|k, _| p.managed_mtus.contains(k));
             after.moved = p.moved.clone();
             if after != during {
                 sd.save(&after).map_err(runtime)?;
@@ -317,12 +333,12 @@ pub fn revert_if_due(
     let snap = observer
         .snapshot_with(None, &keys)
         .map_err(|e| runtime(format!("cannot read the host: {e}")))?;
-    let uplinks: BTreeSet<String> = prev.uplinks.keys().cloned().collect();
-    let have = desired::observed(&snap, &uplinks, &keys);
+    let have = desired::observed(&snap, &desired::Interest::of(prev));
     let planned = Planned {
         plan: plan::diff(prev, &have),
         previous: have,
         managed: BTreeSet::new(),
+        managed_mtus: BTreeSet::new(),
         moved: BTreeMap::new(),
         state_dir: observer.state_dir,
         scope: scope.to_string(),

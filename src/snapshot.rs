@@ -31,6 +31,8 @@ pub struct Snapshot {
     pub moved: BTreeMap<String, crate::statedir::Moved>,
     /// User names the spec uses as tap owners, resolved; absent when no such user.
     pub users: BTreeMap<String, u32>,
+    /// MTUs host interfaces had before kvmnet first changed them (from the state directory).
+    pub mtu_originals: BTreeMap<String, u32>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -56,6 +58,20 @@ pub struct LinkSnap {
     pub vxlan: Option<VxlanSnap>,
     /// Destinations of a VXLAN device's all-zeros (flood) FDB entries.
     pub fdb: Vec<Ipv4Addr>,
+    /// Settings of a bond.
+    pub bond: Option<BondSnap>,
+}
+
+/// A bond's options by their kernel names; `lacp_rate` empty outside 802.3ad.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BondSnap {
+    pub mode: String,
+    pub miimon: u32,
+    pub lacp_rate: String,
+    pub xmit_hash_policy: String,
+    pub min_links: u32,
+    pub primary: Option<String>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]

@@ -73,6 +73,13 @@ const IFLA_VXLAN_LINK: u16 = 3;
 const IFLA_VXLAN_LOCAL: u16 = 4;
 const IFLA_VXLAN_LEARNING: u16 = 7;
 const IFLA_VXLAN_PORT: u16 = 15;
+// IFLA_BOND_* (linux/if_link.h), inside IFLA_INFO_DATA of kind "bond".
+const IFLA_BOND_MODE: u16 = 1;
+const IFLA_BOND_MIIMON: u16 = 3;
+const IFLA_BOND_PRIMARY: u16 = 11;
+const IFLA_BOND_XMIT_HASH_POLICY: u16 = 14;
+const IFLA_BOND_MIN_LINKS: u16 = 18;
+const IFLA_BOND_AD_LACP_RATE: u16 = 21;
 
 const NLA_HDRLEN: usize = 4;
 const NLA_F_NESTED: u16 = 0x8000;
@@ -259,6 +266,65 @@ pub struct VxlanInfo {
     pub port: u16,
 }
 
+/// A bond's options: what the kernel reports in `IFLA_INFO_DATA` of kind "bond", and what a
+/// request sets (`None`: leave as is). The kernel refuses options its mode does not have
+/// (lacp_rate outside 802.3ad, primary in 802.3ad), so a request carries only those.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct BondOptions {
+    /// IFLA_BOND_MODE: 0 balance-rr .. 4 802.3ad .. 6 balance-alb.
+    pub mode: Option<u8>,
+    pub miimon: Option<u32>,
+    /// 0 slow, 1 fast.
+    pub lacp_rate: Option<u8>,
+    /// 0 layer2, 1 layer3+4, 2 layer2+3, 3 encap2+3, 4 encap3+4.
+    pub xmit_hash_policy: Option<u8>,
+    pub min_links: Option<u32>,
+    /// The primary member's index; Some(0) clears it.
+    pub primary: Option<u32>,
+}
+
+impl BondOptions {
+    fn encode(&self, b: &mut MsgBuf) {
+        b.attr_str(IFLA_INFO_KIND, "bond");
+        let data = b.nest_begin(IFLA_INFO_DATA);
+        if let Some(m) = self.mode {
+            b.attr(IFLA_BOND_MODE, &[m]);
+        }
+        if let Some(m) = self.miimon {
+            b.attr_u32(IFLA_BOND_MIIMON, m);
+        }
+        if let Some(r) = self.lacp_rate {
+            b.attr(IFLA_BOND_AD_LACP_RATE, &[r]);
+        }
+        if let Some(x) = self.xmit_hash_policy {
+            b.attr(IFLA_BOND_XMIT_HASH_POLICY, &[x]);
+        }
+        if let Some(m) = self.min_links {
+            b.attr_u32(IFLA_BOND_MIN_LINKS, m);
+        }
+        if let Some(p) = self.primary {
+            b.attr_u32(IFLA_BOND_PRIMARY, p);
+        }
+        b.nest_end(data);
+    }
+
+    fn parse(data: &[u8]) -> BondOptions {
+        let mut o = BondOptions::default();
+        for (t, d) in attrs(data) {
+            match t {
+                IFLA_BOND_MODE => o.mode = attr_u8(d),
+                IFLA_BOND_MIIMON => o.miimon = attr_u32(d),
+                IFLA_BOND_AD_LACP_RATE => o.lacp_rate = attr_u8(d),
+                IFLA_BOND_XMIT_HASH_POLICY => o.xmit_hash_policy = attr_u8(d),
+                IFLA_BOND_MIN_LINKS => o.min_links = attr_u32(d),
+                IFLA_BOND_PRIMARY => o.primary = attr_u32(d).filter(|&p| p != 0),
+                _ => {}
+            }
+        }
+        o
+    }
+}
+
 /// One bridge-family FDB entry (`bridge fdb show`), IPv4 destination only.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct FdbEntry {
@@ -289,6 +355,7 @@ pub struct LinkInfo {
     pub alias: Option<String>,
     pub tun: Option<TunInfo>,
     pub vxlan: Option<VxlanInfo>,
+    pub bond: Option<BondOptions>,
     /// `IFLA_LINK`: for a veth, the peer's index (in the peer's namespace).
     pub peer_index: Option<u32>,
     /// `IFLA_LINK_NETNSID`: for a veth whose peer lives in another namespace, that namespace's
@@ -378,6 +445,8 @@ pub enum NewLinkKind {
         group: Option<Ipv4Addr>,
         learning: bool,
     },
+    /// `ip link add NAME type bond mode MODE ...`.
+    Bond(BondOptions),
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -411,6 +480,11 @@ pub enum Request {
     },
     DelLink {
         index: u32,
+    },
+    /// Change options of an existing bond (`ip link set BOND type bond ...`).
+    SetBond {
+        index: u32,
+        options: BondOptions,
     },
     /// Bridge-port flags of a link enslaved to a bridge.
     SetBridgePort {
@@ -465,6 +539,7 @@ impl Request {
             Request::SetLink { index, .. }
             | Request::DelLink { index }
             | Request::SetBridgePort { index, .. }
+            | Request::SetBond { index, .. }
             | Request::NewAddr { index, .. }
             | Request::DelAddr { index, .. }
             | Request::NewFdb { index, .. }
@@ -487,6 +562,7 @@ impl Request {
                     format!("create link {name} (veth, peer {peer_name})")
                 }
                 NewLinkKind::Vxlan { vni, .. } => format!("create link {name} (vxlan id {vni})"),
+                NewLinkKind::Bond(o) => format!("create link {name} (bond {o:?})"),
             },
             Request::SetLink {
                 index,
@@ -525,6 +601,9 @@ impl Request {
                 format!("set link {} [{}]", link(*index), what.join(", "))
             }
             Request::DelLink { index } => format!("delete link {}", link(*index)),
+            Request::SetBond { index, options } => {
+                format!("set bond {} [{options:?}]", link(*index))
+            }
             Request::SetBridgePort { index, isolated } => {
                 format!("set bridge port {} [isolated {isolated}]", link(*index))
             }
@@ -822,6 +901,7 @@ fn parse_link(p: &[u8]) -> Option<LinkInfo> {
         alias: None,
         tun: None,
         vxlan: None,
+        bond: None,
         peer_index: None,
         link_netnsid: None,
         stats: LinkStats::default(),
@@ -890,6 +970,9 @@ fn parse_link(p: &[u8]) -> Option<LinkInfo> {
                         }
                     }
                     li.tun = Some(tun);
+                }
+                if li.kind.as_deref() == Some("bond") {
+                    li.bond = Some(BondOptions::parse(data.unwrap_or(&[])));
                 }
                 if li.kind.as_deref() == Some("vxlan") {
                     let mut vx = VxlanInfo::default();
@@ -1471,6 +1554,7 @@ impl Netlink {
             }
             Request::DelLink { .. }
             | Request::SetBridgePort { .. }
+            | Request::SetBond { .. }
             | Request::NewFdb { .. }
             | Request::DelFdb { .. } => {}
         }
@@ -1572,6 +1656,7 @@ impl Netlink {
                         b.attr(IFLA_VXLAN_PORT, &port.to_be_bytes());
                         b.nest_end(data);
                     }
+                    NewLinkKind::Bond(o) => o.encode(b),
                 }
                 b.nest_end(li);
                 b.end(start);
@@ -1648,6 +1733,14 @@ impl Netlink {
             Request::DelLink { index } => {
                 let start = b.begin(RTM_DELLINK, ack, seq);
                 b.ifinfomsg(*index, 0, 0);
+                b.end(start);
+            }
+            Request::SetBond { index, options } => {
+                let start = b.begin(RTM_NEWLINK, ack, seq);
+                b.ifinfomsg(*index, 0, 0);
+                let li = b.nest_begin(IFLA_LINKINFO);
+                options.encode(b);
+                b.nest_end(li);
                 b.end(start);
             }
             Request::SetBridgePort { index, isolated } => {

@@ -97,7 +97,8 @@ fn synth(want: &kvmnet::state::HostState, base: &Snapshot) -> Snapshot {
         base: &Snapshot,
         name: &str,
     ) -> Option<&'a mut LinkSnap> {
-        let l = base.link(name)?.clone();
+        // kvmnet's own links are rebuilt from `want` (or gone), never carried over.
+        let l = base.link(name).filter(|l| l.alias.is_none())?.clone();
         Some(touched.entry(name.to_string()).or_insert(l))
     }
     for m in want.members.values() {
@@ -116,7 +117,11 @@ fn synth(want: &kvmnet::state::HostState, base: &Snapshot) -> Snapshot {
             l.mtu = *mtu;
         }
     }
-    for u in want.uplinks.values() {
+    for u in want
+        .uplinks
+        .values()
+        .filter(|u| !want.bonds.contains_key(&u.name))
+    {
         if let Some(l) = foreign(&mut touched, base, &u.name) {
             l.master = u.master.clone();
         }

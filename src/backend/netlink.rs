@@ -562,7 +562,10 @@ impl Request {
                     format!("create link {name} (veth, peer {peer_name})")
                 }
                 NewLinkKind::Vxlan { vni, .. } => format!("create link {name} (vxlan id {vni})"),
-                NewLinkKind::Bond(o) => format!("create link {name} (bond {o:?})"),
+                NewLinkKind::Bond(o) => format!(
+                    "create link {name} (bond mode {})",
+                    o.mode.unwrap_or_default()
+                ),
             },
             Request::SetLink {
                 index,

@@ -339,7 +339,7 @@ fn vxlan_link(
             (0, None)
         }
         HostLink::Foreign(ul) => (
-            ul.mtu,
+            st.mtus.get(u).copied().unwrap_or(ul.mtu),
             snap.addrs.iter().find(|a| &a.dev == u).map(|a| a.addr.addr),
         ),
     };
@@ -465,7 +465,7 @@ pub fn desired(spec: &Spec, snap: &Snapshot) -> Result<HostState, Vec<SpecError>
                 }
                 HostLink::Foreign(l) => Some((
                     l.mac,
-                    l.mtu,
+                    st.mtus.get(up).copied().unwrap_or(l.mtu),
                     addrs_of(snap, up),
                     movable_routes(&snap.routes, up),
                 )),

@@ -575,6 +575,19 @@ pub fn diff(want: &HostState, have: &HostState) -> Plan {
         steps.push(Step::CreateNetns(n.clone()));
     }
 
+    // NIC MTUs first: a bridge or VXLAN device on top was planned with the new MTU.
+    for (name, mtu) in &want.mtus {
+        if let Some(cur) = have.mtus.get(name)
+            && cur != mtu
+        {
+            steps.push(Step::SetMtu {
+                link: name.clone(),
+                from: *cur,
+                to: *mtu,
+            });
+        }
+    }
+
     // A bond of another mode is made again: everything comes off the old one first, and the
     // rest of the plan then sees no bond and builds it like a new one.
     let replaced: Vec<BondLink> = have
@@ -693,18 +706,6 @@ pub fn diff(want: &HostState, have: &HostState) -> Plan {
             });
         }
     }
-    for (name, mtu) in &want.mtus {
-        if let Some(cur) = have.mtus.get(name)
-            && cur != mtu
-        {
-            steps.push(Step::SetMtu {
-                link: name.clone(),
-                from: *cur,
-                to: *mtu,
-            });
-        }
-    }
-
     steps.extend(add_addrs);
     steps.extend(add_routes);
 

@@ -201,6 +201,26 @@ fn lacp_and_active_backup_bonds_between_two_guests() {
         s.g.run_ok("ip link del bond0 2>/dev/null; true", T);
     }
 
+    // A failure in the middle (after both members joined) rolls everything back.
+    a.g.write_file("/host/tmp/spec.yaml", LACP.as_bytes(), T);
+    let (code, out) = a.g.run(
+        &format!(
+            "KVMNET_FAIL_AFTER=4 KVMNET_STATE_DIR=/tmp/kvmnet-state host {KVMNET} apply /tmp/spec.yaml 2>&1"
+        ),
+        T,
+    );
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("rolled back"), "{out}");
+    let (code, _) = a.g.run("test -e /sys/class/net/bond0", T);
+    assert_ne!(code, 0, "bond0 survived the rollback");
+    let addrs = a.g.run_ok("ip -4 -o addr show dev eth0", T);
+    assert!(
+        addrs.contains("10.88.0.1/24"),
+        "eth0 lost its address:\n{addrs}"
+    );
+    let out = a.g.run_ok("ping -c 2 -W 2 10.88.0.2", T);
+    assert!(out.contains("2 packets received"), "{out}");
+
     // 802.3ad: the first member's address moves to the bond; LACP aggregates both ports.
     for s in [&mut a, &mut b] {
         let plan = s.apply(LACP);
@@ -234,6 +254,12 @@ fn lacp_and_active_backup_bonds_between_two_guests() {
         assert!(info.contains("Transmit Hash Policy: layer3+4"), "{info}");
         assert!(info.contains("MII Polling Interval (ms): 100"), "{info}");
     }
+    let st = a.kvmnet_ok("status");
+    assert!(
+        st.lines()
+            .any(|l| l.starts_with("bond0") && l.contains("802.3ad") && l.contains("eth0,eth1")),
+        "{st}"
+    );
     let out = a.g.run_ok("ping -c 3 -W 2 10.88.0.2", T);
     assert!(
         out.contains("3 packets received"),

@@ -2232,6 +2232,44 @@ mod tests {
     }
 
     #[test]
+    fn bond_options_round_trip_through_info_data() {
+        let o = BondOptions {
+            mode: Some(4),
+            miimon: Some(100),
+            lacp_rate: Some(1),
+            xmit_hash_policy: Some(1),
+            min_links: Some(2),
+            primary: None,
+        };
+        let mut b = MsgBuf { buf: Vec::new() };
+        let li = b.nest_begin(IFLA_LINKINFO);
+        o.encode(&mut b);
+        b.nest_end(li);
+        let (_, linkinfo) = attrs(&b.buf).find(|(t, _)| *t == IFLA_LINKINFO).unwrap();
+        let kind = attrs(linkinfo)
+            .find(|(t, _)| *t == IFLA_INFO_KIND)
+            .unwrap()
+            .1;
+        assert_eq!(attr_string(kind), "bond");
+        let (_, data) = attrs(linkinfo).find(|(t, _)| *t == IFLA_INFO_DATA).unwrap();
+        let a: HashMap<u16, &[u8]> = attrs(data).collect();
+        assert_eq!(a[&IFLA_BOND_MODE], &[4], "mode is a u8");
+        assert_eq!(a[&IFLA_BOND_AD_LACP_RATE], &[1]);
+        assert!(!a.contains_key(&IFLA_BOND_PRIMARY), "no primary on 802.3ad");
+        assert_eq!(BondOptions::parse(data), o);
+        // Some(0) clears the primary; reading back, 0 means none.
+        let clear = BondOptions {
+            primary: Some(0),
+            ..Default::default()
+        };
+        let mut b = MsgBuf { buf: Vec::new() };
+        clear.encode(&mut b);
+        let (_, data) = attrs(&b.buf).find(|(t, _)| *t == IFLA_INFO_DATA).unwrap();
+        assert_eq!(attr_u32(attrs(data).next().unwrap().1), Some(0));
+        assert_eq!(BondOptions::parse(data).primary, None);
+    }
+
+    #[test]
     fn veth_request_nests_the_peer() {
         let mut nl = Netlink::open().expect("netlink socket");
         let req = Request::NewLink {

@@ -118,14 +118,25 @@ fn bond_state(
                 mpath,
                 format!("member '{m}' is a device kvmnet created; name a host interface"),
             )),
-            Some(l) if l.master.as_ref().is_some_and(|x| x != &u.name) => errors.push(conflict(
-                spec,
-                mpath,
-                format!(
-                    "member '{m}' is already enslaved to '{}'; release it first",
-                    l.master.as_deref().unwrap_or_default()
-                ),
-            )),
+            // A former bridge-mode uplink of kvmnet's may move into a bond: it is released
+            // from that bridge first.
+            Some(l)
+                if l.master.as_ref().is_some_and(|x| {
+                    x != &u.name
+                        && !snap
+                            .link(x)
+                            .is_some_and(|m| m.kind == "bridge" && is_ours(m))
+                }) =>
+            {
+                errors.push(conflict(
+                    spec,
+                    mpath,
+                    format!(
+                        "member '{m}' is already enslaved to '{}'; release it first",
+                        l.master.as_deref().unwrap_or_default()
+                    ),
+                ))
+            }
             Some(_) => {
                 push_new(&mut addrs, &addrs_of(snap, m));
                 push_new(&mut routes, &movable_routes(&snap.routes, m));
@@ -1032,7 +1043,7 @@ pub fn observed(snap: &Snapshot, interest: &Interest) -> HostState {
                 l.name.clone(),
                 MemberLink {
                     name: l.name.clone(),
-                    bond: l.master.clone(),
+                    bond: l.master.clone().filter(|m| st.bonds.contains_key(m)),
                 },
             );
         }

@@ -625,7 +625,12 @@ pub fn diff(want: &HostState, have: &HostState) -> Plan {
     }
     for (name, u) in &want.uplinks {
         let from = have.uplinks.get(name).and_then(|h| h.master.clone());
-        if from != u.master {
+        // A former bridge uplink that joins a bond is released from its bridge here; once
+        // in its bond, the bond-member steps own its master.
+        let in_bond = u.master.is_none()
+            && want.members.get(name).is_some_and(|m| m.bond.is_some())
+            && from.as_ref().is_some_and(|f| !have.bridges.contains_key(f));
+        if from != u.master && !in_bond {
             steps.push(Step::SetMaster {
                 link: name.clone(),
                 from,

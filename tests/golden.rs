@@ -101,17 +101,6 @@ fn synth(want: &kvmnet::state::HostState, base: &Snapshot) -> Snapshot {
         let l = base.link(name).filter(|l| l.alias.is_none())?.clone();
         Some(touched.entry(name.to_string()).or_insert(l))
     }
-    for m in want.members.values() {
-        let mtu = m
-            .bond
-            .as_ref()
-            .and_then(|b| want.bonds.get(b))
-            .map(|b| b.mtu);
-        if let Some(l) = foreign(&mut touched, base, &m.name) {
-            l.master = m.bond.clone();
-            l.mtu = mtu.unwrap_or(l.mtu);
-        }
-    }
     for (name, mtu) in &want.mtus {
         if let Some(l) = foreign(&mut touched, base, name) {
             l.mtu = *mtu;
@@ -124,6 +113,18 @@ fn synth(want: &kvmnet::state::HostState, base: &Snapshot) -> Snapshot {
     {
         if let Some(l) = foreign(&mut touched, base, &u.name) {
             l.master = u.master.clone();
+        }
+    }
+    // Members join bonds after leaving a bridge, as the plan orders it.
+    for m in want.members.values() {
+        let mtu = m
+            .bond
+            .as_ref()
+            .and_then(|b| want.bonds.get(b))
+            .map(|b| b.mtu);
+        if let Some(l) = foreign(&mut touched, base, &m.name) {
+            l.master = m.bond.clone();
+            l.mtu = mtu.unwrap_or(l.mtu);
         }
     }
     for b in want.bonds.values() {

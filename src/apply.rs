@@ -4,10 +4,14 @@
 
 use std::collections::HashMap;
 
-use crate::backend::netlink::{Netlink, NetlinkError, NewLinkKind, Request, RouteInfo};
+use crate::backend::netlink::{
+    BondOptions, Netlink, NetlinkError, NewLinkKind, Request, RouteInfo,
+};
 use crate::backend::{ethtool, macvtap, netns, nftables, sysctl, tap, tc};
 use crate::observe::netns_mark;
 use crate::plan::Step;
+use crate::spec::{BondMode, LACP_RATES, XMIT_HASH_POLICIES};
+use crate::state::BondLink;
 use crate::state::{Addr, PortKind, PortLink, Route, ShapeState, guest_alias, parse_alias};
 
 #[derive(Debug, thiserror::Error)]
@@ -37,6 +41,8 @@ pub enum ApplyError {
     NoSuchLink(String),
     #[error("refusing to delete '{0}': it does not carry kvmnet's mark")]
     NotOurs(String),
+    #[error("bond {0}: unknown {1} '{2}'")]
+    BondOption(String, &'static str, String),
     #[error("injected failure after step {0} (KVMNET_FAIL_AFTER)")]
     Injected(usize),
 }
@@ -167,6 +173,44 @@ fn configure(
 /// The host end of a port, attached to bridge `master` (0: released).
 fn configure_port(p: &PortLink, index: u32, master: u32) -> Request {
     configure(index, p.mac, p.mtu, Some(master), p.up, p.alias())
+}
+
+/// A bond's options as netlink numbers, only those its mode has (the kernel refuses the
+/// others). `primary`: None on creation (no members yet), else the member's index or 0.
+fn bond_options(
+    b: &BondLink,
+    create: bool,
+    primary: Option<u32>,
+) -> Result<BondOptions, ApplyError> {
+    let bad = |what, v: &str| ApplyError::BondOption(b.name.clone(), what, v.to_string());
+    let mode = BondMode::parse(&b.mode).ok_or_else(|| bad("mode", &b.mode))?;
+    let pos = |list: &[&str], v: &str, what| {
+        list.iter()
+            .position(|x| *x == v)
+            .map(|i| i as u8)
+            .ok_or_else(|| bad(what, v))
+    };
+    let lacp = mode == BondMode::Lacp;
+    Ok(BondOptions {
+        mode: create.then(|| mode.number()),
+        miimon: Some(b.miimon),
+        lacp_rate: if lacp {
+            Some(pos(&LACP_RATES, &b.lacp_rate, "lacp_rate")?)
+        } else {
+            None
+        },
+        xmit_hash_policy: if mode.hashes() {
+            Some(pos(
+                &XMIT_HASH_POLICIES,
+                &b.xmit_hash_policy,
+                "xmit_hash_policy",
+            )?)
+        } else {
+            None
+        },
+        min_links: lacp.then_some(b.min_links),
+        primary: primary.filter(|_| mode.has_primary()),
+    })
 }
 
 fn route_info(route: &Route, oif: u32) -> RouteInfo {
@@ -746,6 +790,77 @@ impl Kernel {
                     *up = Some(*to);
                 }
                 Self::one(&mut self.nl, req)
+            }
+            Step::CreateBond(b) => {
+                Self::one(
+                    &mut self.nl,
+                    Request::NewLink {
+                        name: b.name.clone(),
+                        kind: NewLinkKind::Bond(bond_options(b, true, None)?),
+                        mac: None,
+                        mtu: Some(b.mtu),
+                        alias: Some(b.alias()),
+                        master: None,
+                        up: b.up,
+                    },
+                )?;
+                self.index.remove(&b.name);
+                self.deletable.insert(b.name.clone());
+                Ok(())
+            }
+            Step::DeleteBond(b) => self.delete_links(&[&b.name]).pop().unwrap_or(Ok(())),
+            Step::UpdateBond { from, to } => {
+                let index = self.idx(&to.name)?;
+                let primary = match &to.primary {
+                    Some(p) => self.idx(p)?,
+                    None => 0,
+                };
+                let options = bond_options(to, false, Some(primary))?;
+                // The kernel changes lacp_rate only while the bond is down.
+                let bounce = from.lacp_rate != to.lacp_rate && options.lacp_rate.is_some();
+                if bounce {
+                    let mut down = Request::set_link(index);
+                    if let Request::SetLink { up, .. } = &mut down {
+                        *up = Some(false);
+                    }
+                    Self::one(&mut self.nl, down)?;
+                }
+                Self::one(&mut self.nl, Request::SetBond { index, options })?;
+                let mut set = Request::set_link(index);
+                if let Request::SetLink { mtu, up, alias, .. } = &mut set {
+                    *mtu = Some(to.mtu);
+                    *up = Some(to.up);
+                    *alias = Some(to.alias());
+                }
+                Self::one(&mut self.nl, set)
+            }
+            Step::SetBondMember { link, to, .. } => {
+                let index = self.idx(link)?;
+                let master = self.master_index(to)?;
+                // A member joins or leaves down (the bonding driver refuses to enslave an
+                // interface that is up on older kernels), and comes back up after.
+                for (m, u) in [(None, false), (Some(master), false), (None, true)] {
+                    let mut r = Request::set_link(index);
+                    if let Request::SetLink {
+                        master: rm, up: ru, ..
+                    } = &mut r
+                    {
+                        *rm = m;
+                        if m.is_none() {
+                            *ru = Some(u);
+                        }
+                    }
+                    Self::one(&mut self.nl, r)?;
+                }
+                Ok(())
+            }
+            Step::SetMtu { link, to, .. } => {
+                let index = self.idx(link)?;
+                let mut r = Request::set_link(index);
+                if let Request::SetLink { mtu, .. } = &mut r {
+                    *mtu = Some(*to);
+                }
+                Self::one(&mut self.nl, r)
             }
             Step::AddFdb { dev, dst } | Step::DelFdb { dev, dst } => {
                 let index = self.idx(dev)?;

@@ -12,12 +12,13 @@ use crate::nft;
 use crate::snapshot::{LinkSnap, PROTO_KERNEL, RouteSnap, Snapshot, TABLE_LOCAL};
 use crate::spec::naming::{bridge_mac, host_end_mac, overlay_bridge_mac, vlan_bridge_mac};
 use crate::spec::{
-    DirectMode, Mac, Mode, Network, Owner, PortKind as SpecPortKind, Spec, SpecError,
-    VXLAN_OVERHEAD, Vlan, Vxlan, path_join,
+    BondMode, DirectMode, MIIMON_DEFAULT, Mac, Mode, Network, Owner, PortKind as SpecPortKind,
+    Spec, SpecError, Uplink, VXLAN_OVERHEAD, Vlan, Vxlan, path_join,
 };
 use crate::state::{
-    Addr, BridgeLink, FloorClass, GuestEnd, HostState, PortKind, PortLink, Route, ShapeState,
-    Shaping, UplinkLink, VlanLink, VxlanLink, guest_alias, guest_ifname, parse_alias,
+    Addr, BondLink, BridgeLink, FloorClass, GuestEnd, HostState, MemberLink, PortKind, PortLink,
+    Route, ShapeState, Shaping, UplinkLink, VlanLink, VxlanLink, guest_alias, guest_ifname,
+    parse_alias,
 };
 
 pub const IP_FORWARD: &str = "net.ipv4.ip_forward";
@@ -27,6 +28,193 @@ const DEFAULT_MTU: u32 = 1500;
 
 fn is_ours(l: &LinkSnap) -> bool {
     l.alias.as_deref().and_then(parse_alias).is_some()
+}
+
+fn is_our_bond(l: &LinkSnap) -> bool {
+    l.kind == "bond"
+        && l.alias
+            .as_deref()
+            .and_then(parse_alias)
+            .is_some_and(|a| a.bond)
+}
+
+/// What a network's `uplink` (or `underlay`, or a later mode's parent interface) names.
+pub enum HostLink<'a> {
+    /// A host interface kvmnet does not own.
+    Foreign(&'a LinkSnap),
+    /// A bond of `host.uplinks`: kvmnet makes it before anything that uses it, so it may not
+    /// exist yet; `desired` holds what it will be.
+    DeclaredBond,
+    /// Something kvmnet created for another purpose (a bridge, a port).
+    Ours,
+    Missing,
+}
+
+/// The one place that decides whether an interface named as an uplink is usable: a foreign
+/// host interface, or a bond the spec declares (existing or not).
+pub fn resolve_uplink<'a>(spec: &Spec, snap: &'a Snapshot, name: &str) -> HostLink<'a> {
+    if spec.declared_bond(name).is_some() {
+        return HostLink::DeclaredBond;
+    }
+    match snap.link(name) {
+        None => HostLink::Missing,
+        Some(l) if is_ours(l) => HostLink::Ours,
+        Some(l) => HostLink::Foreign(l),
+    }
+}
+
+fn push_new<T: PartialEq + Clone>(into: &mut Vec<T>, from: &[T]) {
+    for x in from {
+        if !into.contains(x) {
+            into.push(x.clone());
+        }
+    }
+}
+
+/// A bond of `host.uplinks` and what it takes from its members: their addresses and routes
+/// (as a bridge takes its uplink's), plus what it holds already and what was moved onto it
+/// before and has since been deleted by hand.
+fn bond_state(
+    spec: &Spec,
+    snap: &Snapshot,
+    u: &Uplink,
+    st: &mut HostState,
+    errors: &mut Vec<SpecError>,
+) {
+    let Some(b) = &u.bond else { return };
+    let path = path_join("host.uplinks", &u.name);
+    let before = errors.len();
+    let existing = snap.link(&u.name);
+    if let Some(l) = existing
+        && !is_our_bond(l)
+    {
+        errors.push(conflict(
+            spec,
+            path.clone(),
+            format!(
+                "interface '{}' already exists and is not a bond managed by kvmnet; choose another bond name",
+                u.name
+            ),
+        ));
+    }
+    let mut addrs = Vec::new();
+    let mut routes = Vec::new();
+    if existing.is_some_and(is_our_bond) {
+        addrs = addrs_of(snap, &u.name);
+        routes = movable_routes(&snap.routes, &u.name);
+        if let Some(m) = snap.moved.get(&u.name) {
+            push_new(&mut addrs, &m.addrs);
+            push_new(&mut routes, &m.routes);
+        }
+    }
+    for (i, m) in b.members.iter().enumerate() {
+        let mpath = format!("{}[{i}]", path_join(&path, "members"));
+        match snap.link(m) {
+            None => errors.push(conflict(
+                spec,
+                mpath,
+                format!("member '{m}' does not exist on this host"),
+            )),
+            Some(l) if is_ours(l) => errors.push(conflict(
+                spec,
+                mpath,
+                format!("member '{m}' is a device kvmnet created; name a host interface"),
+            )),
+            // A former bridge-mode uplink of kvmnet's may move into a bond: it is released
+            // from that bridge first.
+            Some(l)
+                if l.master.as_ref().is_some_and(|x| {
+                    x != &u.name
+                        && !snap
+                            .link(x)
+                            .is_some_and(|m| m.kind == "bridge" && is_ours(m))
+                }) =>
+            {
+                errors.push(conflict(
+                    spec,
+                    mpath,
+                    format!(
+                        "member '{m}' is already enslaved to '{}'; release it first",
+                        l.master.as_deref().unwrap_or_default()
+                    ),
+                ))
+            }
+            Some(_) => {
+                push_new(&mut addrs, &addrs_of(snap, m));
+                push_new(&mut routes, &movable_routes(&snap.routes, m));
+                st.members.insert(
+                    m.clone(),
+                    MemberLink {
+                        name: m.clone(),
+                        bond: Some(u.name.clone()),
+                    },
+                );
+                st.addrs.insert(m.clone(), Vec::new());
+                st.routes.insert(m.clone(), Vec::new());
+            }
+        }
+    }
+    if errors.len() != before {
+        return;
+    }
+    st.bonds.insert(
+        u.name.clone(),
+        BondLink {
+            name: u.name.clone(),
+            mode: b.mode.as_str().to_string(),
+            miimon: b.miimon.unwrap_or(MIIMON_DEFAULT),
+            lacp_rate: if b.mode == BondMode::Lacp {
+                b.lacp_rate.clone().unwrap_or_else(|| "slow".to_string())
+            } else {
+                String::new()
+            },
+            xmit_hash_policy: b
+                .xmit_hash_policy
+                .clone()
+                .unwrap_or_else(|| "layer2".to_string()),
+            min_links: b.min_links.unwrap_or(0),
+            primary: b.primary.clone(),
+            mtu: u.mtu.unwrap_or(DEFAULT_MTU),
+            home: b.members[0].clone(),
+            up: true,
+        },
+    );
+    st.addrs.insert(u.name.clone(), addrs);
+    st.routes.insert(u.name.clone(), routes);
+}
+
+/// An existing NIC that `host.uplinks` only tunes.
+fn nic_state(
+    spec: &Spec,
+    snap: &Snapshot,
+    u: &Uplink,
+    st: &mut HostState,
+    errors: &mut Vec<SpecError>,
+) {
+    if u.bond.is_some() {
+        return;
+    }
+    let path = path_join("host.uplinks", &u.name);
+    match snap.link(&u.name) {
+        None => errors.push(conflict(
+            spec,
+            path,
+            format!("interface '{}' does not exist on this host", u.name),
+        )),
+        Some(l) if is_ours(l) => errors.push(conflict(
+            spec,
+            path,
+            format!(
+                "'{}' is a device kvmnet created; host.uplinks tunes host interfaces",
+                u.name
+            ),
+        )),
+        Some(_) => {
+            if let Some(m) = u.mtu {
+                st.mtus.insert(u.name.clone(), m);
+            }
+        }
+    }
 }
 
 fn conflict(spec: &Spec, path: String, message: String) -> SpecError {
@@ -120,6 +308,7 @@ pub fn managed_sysctls(spec: &Spec) -> BTreeMap<String, String> {
 fn vxlan_link(
     spec: &Spec,
     snap: &Snapshot,
+    st: &HostState,
     net: &Network,
     vx: &Vxlan,
     npath: &str,
@@ -137,22 +326,36 @@ fn vxlan_link(
     }
     let upath = path_join(npath, "underlay");
     let u = &vx.underlay;
-    let Some(ul) = snap.link(u) else {
-        errors.push(conflict(
-            spec,
-            upath,
-            format!("underlay '{u}' does not exist on this host"),
-        ));
-        return Err(errors);
+    let (underlay_mtu, local) = match resolve_uplink(spec, snap, u) {
+        HostLink::Missing => {
+            errors.push(conflict(
+                spec,
+                upath,
+                format!("underlay '{u}' does not exist on this host"),
+            ));
+            return Err(errors);
+        }
+        HostLink::DeclaredBond => match st.bonds.get(u) {
+            Some(b) => (
+                b.mtu,
+                st.addrs.get(u).and_then(|a| a.first()).map(|a| a.cidr.addr),
+            ),
+            // The bond itself is in error; that error says why.
+            None => return Err(errors),
+        },
+        HostLink::Ours => {
+            errors.push(conflict(
+                spec,
+                upath.clone(),
+                format!("underlay '{u}' is a device kvmnet created; name the host interface that carries the tunnel"),
+            ));
+            (0, None)
+        }
+        HostLink::Foreign(ul) => (
+            st.mtus.get(u).copied().unwrap_or(ul.mtu),
+            snap.addrs.iter().find(|a| &a.dev == u).map(|a| a.addr.addr),
+        ),
     };
-    if is_ours(ul) {
-        errors.push(conflict(
-            spec,
-            upath.clone(),
-            format!("underlay '{u}' is a device kvmnet created; name the host interface that carries the tunnel"),
-        ));
-    }
-    let local = snap.addrs.iter().find(|a| &a.dev == u).map(|a| a.addr.addr);
     if local.is_none() {
         errors.push(conflict(
             spec,
@@ -160,7 +363,7 @@ fn vxlan_link(
             format!("underlay '{u}' has no IPv4 address to use as the tunnel's local endpoint"),
         ));
     }
-    let room = ul.mtu.saturating_sub(VXLAN_OVERHEAD);
+    let room = underlay_mtu.saturating_sub(VXLAN_OVERHEAD);
     if let Some(m) = net.mtu
         && m > room
     {
@@ -168,8 +371,7 @@ fn vxlan_link(
             spec,
             path_join(npath, "mtu"),
             format!(
-                "mtu {m} does not fit over underlay '{u}' (mtu {}): VXLAN adds {VXLAN_OVERHEAD} bytes, so at most {room}",
-                ul.mtu
+                "mtu {m} does not fit over underlay '{u}' (mtu {underlay_mtu}): VXLAN adds {VXLAN_OVERHEAD} bytes, so at most {room}",
             ),
         ));
     }
@@ -178,10 +380,7 @@ fn vxlan_link(
         errors.push(conflict(
             spec,
             path_join(npath, "underlay"),
-            format!(
-                "underlay '{u}' (mtu {}) leaves no room for VXLAN frames",
-                ul.mtu
-            ),
+            format!("underlay '{u}' (mtu {underlay_mtu}) leaves no room for VXLAN frames"),
         ));
     }
     match (errors.is_empty(), local) {
@@ -325,37 +524,12 @@ fn direct_net(
     })
 }
 
-/// The host interface a vlan network's uplink names, if this host has one kvmnet may use.
-/// Every check of "does this uplink exist" goes through here, so that other kinds of uplink
-/// (a bond kvmnet builds from the spec) need teaching in one place only.
-fn vlan_uplink<'a>(
-    spec: &Spec,
-    snap: &'a Snapshot,
-    uplink: &str,
-    upath: &str,
-) -> Result<&'a LinkSnap, SpecError> {
-    match snap.link(uplink) {
-        None => Err(conflict(
-            spec,
-            upath.to_string(),
-            format!("uplink '{uplink}' does not exist on this host"),
-        )),
-        Some(l) if is_ours(l) => Err(conflict(
-            spec,
-            upath.to_string(),
-            format!(
-                "uplink '{uplink}' is a device kvmnet created; name the host interface that carries the VLANs"
-            ),
-        )),
-        Some(l) => Ok(l),
-    }
-}
-
 /// The 802.1Q sub-interface of a `vlan` network on its uplink, and whether the uplink must
 /// be brought up. Its MTU is the uplink's unless the spec sets a smaller one.
 fn vlan_link(
     spec: &Spec,
     snap: &Snapshot,
+    st: &HostState,
     net: &Network,
     v: &Vlan,
     npath: &str,
@@ -372,22 +546,51 @@ fn vlan_link(
         ));
     }
     let upath = path_join(npath, "uplink");
-    let ul = match vlan_uplink(spec, snap, &v.uplink, &upath) {
-        Ok(l) => l,
-        Err(e) => {
-            errors.push(e);
+    let uplink = &v.uplink;
+    // The uplink's MTU, MAC and whether it is up: a host interface as found, or a bond of
+    // host.uplinks as it will be (up, with its first member's MAC until it has its own).
+    let (ul_mtu, ul_mac, ul_up) = match resolve_uplink(spec, snap, uplink) {
+        HostLink::Foreign(l) => (l.mtu, l.mac.unwrap_or_default(), l.up),
+        HostLink::DeclaredBond => match st.bonds.get(uplink) {
+            Some(b) => {
+                let mac = snap
+                    .link(uplink)
+                    .or_else(|| snap.link(&b.home))
+                    .and_then(|l| l.mac)
+                    .unwrap_or_default();
+                (b.mtu, mac, true)
+            }
+            // The bond itself is in error; that error says why.
+            None => return Err(errors),
+        },
+        HostLink::Missing => {
+            errors.push(conflict(
+                spec,
+                upath,
+                format!("uplink '{uplink}' does not exist on this host"),
+            ));
+            return Err(errors);
+        }
+        HostLink::Ours => {
+            errors.push(conflict(
+                spec,
+                upath,
+                format!(
+                    "uplink '{uplink}' is a device kvmnet created; name the host interface (or a bond of host.uplinks) that carries the VLANs"
+                ),
+            ));
             return Err(errors);
         }
     };
     if let Some(m) = net.mtu
-        && m > ul.mtu
+        && m > ul_mtu
     {
         errors.push(conflict(
             spec,
             path_join(npath, "mtu"),
             format!(
-                "mtu {m} is larger than uplink '{}' allows (mtu {}); a VLAN sub-interface cannot exceed its uplink's MTU",
-                v.uplink, ul.mtu
+                "mtu {m} is larger than uplink '{}' allows (mtu {ul_mtu}); a VLAN sub-interface cannot exceed its uplink's MTU",
+                v.uplink
             ),
         ));
     }
@@ -401,11 +604,11 @@ fn vlan_link(
         vid: v.id,
         port: None,
         master: Some(net.bridge.clone()),
-        mtu: net.mtu.unwrap_or(ul.mtu),
+        mtu: net.mtu.unwrap_or(ul_mtu),
         up: true,
         isolated: false,
     };
-    Ok((link, ul.mac.unwrap_or_default(), !ul.up))
+    Ok((link, ul_mac, !ul_up))
 }
 
 pub fn desired(spec: &Spec, snap: &Snapshot) -> Result<HostState, Vec<SpecError>> {
@@ -414,6 +617,12 @@ pub fn desired(spec: &Spec, snap: &Snapshot) -> Result<HostState, Vec<SpecError>
     let foreign = |name: &str| snap.link(name).filter(|l| !is_ours(l));
     // Per direct network: its uplink, mode, MTU and (passthrough) the uplink's MAC.
     let mut direct: BTreeMap<&str, DirectNet> = BTreeMap::new();
+
+    // Bonds first: networks may use them as uplinks and take their addresses.
+    for u in spec.host.uplinks.values() {
+        bond_state(spec, snap, u, &mut st, &mut errors);
+        nic_state(spec, snap, u, &mut st, &mut errors);
+    }
 
     for net in spec.networks.values() {
         let npath = path_join("networks", &net.name);
@@ -440,7 +649,7 @@ pub fn desired(spec: &Spec, snap: &Snapshot) -> Result<HostState, Vec<SpecError>
         let mut mac = bridge_mac(&net.name);
         let mut mtu = net.mtu.unwrap_or(DEFAULT_MTU);
         if let Some(vx) = &net.vxlan {
-            match vxlan_link(spec, snap, net, vx, &npath) {
+            match vxlan_link(spec, snap, &st, net, vx, &npath) {
                 Ok(v) => {
                     mtu = v.mtu;
                     mac = overlay_bridge_mac(&net.name, v.local);
@@ -453,7 +662,7 @@ pub fn desired(spec: &Spec, snap: &Snapshot) -> Result<HostState, Vec<SpecError>
             }
         }
         if let Some(v) = &net.vlan {
-            match vlan_link(spec, snap, net, v, &npath) {
+            match vlan_link(spec, snap, &st, net, v, &npath) {
                 Ok((l, uplink_mac, raise)) => {
                     mtu = l.mtu;
                     mac = vlan_bridge_mac(&net.name, uplink_mac);
@@ -472,18 +681,25 @@ pub fn desired(spec: &Spec, snap: &Snapshot) -> Result<HostState, Vec<SpecError>
         }
         if let Some(up) = &net.uplink {
             let upath = path_join(&npath, "uplink");
-            match snap.link(up) {
-                None => errors.push(conflict(
-                    spec,
-                    upath,
-                    format!("uplink '{up}' does not exist on this host"),
-                )),
-                Some(l) if is_ours(l) => errors.push(conflict(
-                    spec,
-                    upath,
-                    format!("uplink '{up}' is a device kvmnet created; name a host interface"),
-                )),
-                Some(l) if l.master.as_ref().is_some_and(|m| m != &net.bridge) => {
+            // What the uplink brings: MAC, MTU, addresses and routes.
+            let taken = match resolve_uplink(spec, snap, up) {
+                HostLink::Missing => {
+                    errors.push(conflict(
+                        spec,
+                        upath,
+                        format!("uplink '{up}' does not exist on this host"),
+                    ));
+                    None
+                }
+                HostLink::Ours => {
+                    errors.push(conflict(
+                        spec,
+                        upath,
+                        format!("uplink '{up}' is a device kvmnet created; name a host interface"),
+                    ));
+                    None
+                }
+                HostLink::Foreign(l) if l.master.as_ref().is_some_and(|m| m != &net.bridge) => {
                     errors.push(conflict(
                         spec,
                         upath,
@@ -491,55 +707,60 @@ pub fn desired(spec: &Spec, snap: &Snapshot) -> Result<HostState, Vec<SpecError>
                             "uplink '{up}' is already enslaved to '{}'; release it first",
                             l.master.as_deref().unwrap_or_default()
                         ),
-                    ))
+                    ));
+                    None
                 }
-                Some(l) => {
-                    // The bridge takes over the uplink's identity so neighbours and DHCP
-                    // servers keep seeing the same host.
-                    if let Some(m) = l.mac {
-                        mac = m;
-                    }
-                    if net.mtu.is_none() {
-                        mtu = l.mtu;
-                    }
-                    let ours = snap.link(&net.bridge).is_some_and(is_ours);
-                    if ours {
-                        addrs.extend(addrs_of(snap, &net.bridge));
-                        routes.extend(movable_routes(&snap.routes, &net.bridge));
-                        // What was moved and has since been deleted by hand comes back.
-                        if let Some(m) = snap.moved.get(&net.bridge) {
-                            for a in &m.addrs {
-                                if !addrs.contains(a) {
-                                    addrs.push(*a);
-                                }
-                            }
-                            for r in &m.routes {
-                                if !routes.contains(r) {
-                                    routes.push(r.clone());
-                                }
-                            }
-                        }
-                    }
-                    for a in addrs_of(snap, up) {
-                        if !addrs.contains(&a) {
-                            addrs.push(a);
-                        }
-                    }
-                    for r in movable_routes(&snap.routes, up) {
-                        if !routes.contains(&r) {
-                            routes.push(r);
-                        }
-                    }
-                    st.uplinks.insert(
-                        up.clone(),
-                        UplinkLink {
-                            name: up.clone(),
-                            master: Some(net.bridge.clone()),
-                        },
-                    );
-                    st.addrs.insert(up.clone(), Vec::new());
-                    st.routes.insert(up.clone(), Vec::new());
+                HostLink::Foreign(l) => Some((
+                    l.mac,
+                    st.mtus.get(up).copied().unwrap_or(l.mtu),
+                    addrs_of(snap, up),
+                    movable_routes(&snap.routes, up),
+                )),
+                HostLink::DeclaredBond => st.bonds.get(up).map(|b| {
+                    // A bond takes its first member's MAC when that member joins.
+                    let mac = snap
+                        .link(up)
+                        .filter(|_| snap.links.iter().any(|m| m.master.as_ref() == Some(up)))
+                        .or_else(|| snap.link(&b.home))
+                        .and_then(|l| l.mac);
+                    (
+                        mac,
+                        b.mtu,
+                        st.addrs.get(up).cloned().unwrap_or_default(),
+                        st.routes.get(up).cloned().unwrap_or_default(),
+                    )
+                }),
+            };
+            if let Some((umac, umtu, uaddrs, uroutes)) = taken {
+                // The bridge takes over the uplink's identity so neighbours and DHCP
+                // servers keep seeing the same host.
+                if let Some(m) = umac {
+                    mac = m;
                 }
+                if net.mtu.is_none() {
+                    mtu = umtu;
+                }
+                let ours = snap.link(&net.bridge).is_some_and(is_ours);
+                if ours {
+                    addrs.extend(addrs_of(snap, &net.bridge));
+                    routes.extend(movable_routes(&snap.routes, &net.bridge));
+                    // What was moved and has since been deleted by hand comes back.
+                    if let Some(m) = snap.moved.get(&net.bridge) {
+                        push_new(&mut addrs, &m.addrs);
+                        push_new(&mut routes, &m.routes);
+                    }
+                }
+                push_new(&mut addrs, &uaddrs);
+                push_new(&mut routes, &uroutes);
+                st.uplinks.insert(
+                    up.clone(),
+                    UplinkLink {
+                        name: up.clone(),
+                        master: Some(net.bridge.clone()),
+                    },
+                );
+                st.addrs.insert(up.clone(), Vec::new());
+                st.routes.insert(up.clone(), Vec::new());
             }
         }
         st.bridges.insert(
@@ -562,7 +783,7 @@ pub fn desired(spec: &Spec, snap: &Snapshot) -> Result<HostState, Vec<SpecError>
         let Some(m) = l.master.as_deref() else {
             continue;
         };
-        if is_ours(l) || st.uplinks.contains_key(&l.name) {
+        if (is_ours(l) && !is_our_bond(l)) || st.uplinks.contains_key(&l.name) {
             continue;
         }
         if !snap
@@ -571,8 +792,17 @@ pub fn desired(spec: &Spec, snap: &Snapshot) -> Result<HostState, Vec<SpecError>
         {
             continue;
         }
-        let mut addrs = addrs_of(snap, &l.name);
-        let mut routes = movable_routes(&snap.routes, &l.name);
+        // A bond that stays has its own addresses worked out already.
+        let mut addrs = st
+            .addrs
+            .get(&l.name)
+            .cloned()
+            .unwrap_or_else(|| addrs_of(snap, &l.name));
+        let mut routes = st
+            .routes
+            .get(&l.name)
+            .cloned()
+            .unwrap_or_else(|| movable_routes(&snap.routes, &l.name));
         if !st.bridges.contains_key(m) {
             addrs.extend(addrs_of(snap, m));
             routes.extend(movable_routes(&snap.routes, m));
@@ -598,6 +828,82 @@ pub fn desired(spec: &Spec, snap: &Snapshot) -> Result<HostState, Vec<SpecError>
         );
         st.addrs.insert(l.name.clone(), addrs);
         st.routes.insert(l.name.clone(), routes);
+    }
+
+    // Bonds that go away: their members are released, and the first one (recorded in the
+    // bond's mark) gets back what the bond held. Members dropped from a bond that stays are
+    // released too; the bond keeps the addresses.
+    for l in &snap.links {
+        let Some(m) = l.master.as_deref() else {
+            continue;
+        };
+        if is_ours(l) || st.members.contains_key(&l.name) {
+            continue;
+        }
+        if snap.link(m).is_some_and(is_our_bond) {
+            st.members.insert(
+                l.name.clone(),
+                MemberLink {
+                    name: l.name.clone(),
+                    bond: None,
+                },
+            );
+            st.addrs
+                .entry(l.name.clone())
+                .or_insert_with(|| addrs_of(snap, &l.name));
+            st.routes
+                .entry(l.name.clone())
+                .or_insert_with(|| movable_routes(&snap.routes, &l.name));
+        }
+    }
+    for b in snap.links.iter().filter(|l| is_our_bond(l)) {
+        if st.bonds.contains_key(&b.name) {
+            continue;
+        }
+        let held = st.addrs.remove(&b.name);
+        let held_routes = st.routes.remove(&b.name);
+        let home = b
+            .alias
+            .as_deref()
+            .and_then(parse_alias)
+            .and_then(|a| a.home);
+        let Some(home) = home.filter(|h| snap.link(h).is_some_and(|l| !is_ours(l))) else {
+            continue;
+        };
+        let mut addrs = st
+            .addrs
+            .get(&home)
+            .cloned()
+            .unwrap_or_else(|| addrs_of(snap, &home));
+        let mut routes = st
+            .routes
+            .get(&home)
+            .cloned()
+            .unwrap_or_else(|| movable_routes(&snap.routes, &home));
+        push_new(&mut addrs, &held.unwrap_or_else(|| addrs_of(snap, &b.name)));
+        push_new(
+            &mut routes,
+            &held_routes.unwrap_or_else(|| movable_routes(&snap.routes, &b.name)),
+        );
+        if let Some(moved) = snap.moved.get(&b.name) {
+            push_new(&mut addrs, &moved.addrs);
+            push_new(&mut routes, &moved.routes);
+        }
+        st.members.entry(home.clone()).or_insert(MemberLink {
+            name: home.clone(),
+            bond: None,
+        });
+        st.addrs.insert(home.clone(), addrs);
+        st.routes.insert(home.clone(), routes);
+        st.addrs.insert(b.name.clone(), Vec::new());
+        st.routes.insert(b.name.clone(), Vec::new());
+    }
+
+    // MTUs kvmnet changed and no longer manages go back to what they were.
+    for (k, orig) in &snap.mtu_originals {
+        if !st.mtus.contains_key(k) && snap.link(k).is_some_and(|l| !is_ours(l)) {
+            st.mtus.insert(k.clone(), *orig);
+        }
     }
 
     let mut guest_names = BTreeSet::new();
@@ -939,18 +1245,60 @@ fn shaping(
     }
 }
 
-/// What kvmnet owns on the host now, read from a snapshot. `uplinks` names foreign interfaces
-/// the desired state enslaves; they are observed too, so their addresses can be moved.
-pub fn observed(
-    snap: &Snapshot,
-    uplinks: &BTreeSet<String>,
-    sysctl_keys: &BTreeSet<String>,
-) -> HostState {
+/// Foreign interfaces the desired state touches, so that observation looks at them too.
+#[derive(Clone, Debug, Default)]
+pub struct Interest {
+    /// Enslaved to bridges or bonds (their addresses move).
+    pub uplinks: BTreeSet<String>,
+    pub members: BTreeSet<String>,
+    /// Whose MTU is set.
+    pub mtus: BTreeSet<String>,
+    pub sysctls: BTreeSet<String>,
+}
+
+impl Interest {
+    pub fn of(st: &HostState) -> Interest {
+        Interest {
+            uplinks: st.uplinks.keys().cloned().collect(),
+            members: st.members.keys().cloned().collect(),
+            mtus: st.mtus.keys().cloned().collect(),
+            sysctls: st.sysctls.keys().cloned().collect(),
+        }
+    }
+}
+
+/// What kvmnet owns on the host now, read from a snapshot, plus the foreign interfaces of
+/// `interest` (the desired state enslaves them or sets their MTU).
+pub fn observed(snap: &Snapshot, interest: &Interest) -> HostState {
+    let uplinks = &interest.uplinks;
+    let sysctl_keys = &interest.sysctls;
     let mut st = HostState::default();
     for l in &snap.links {
         let Some(alias) = l.alias.as_deref().and_then(parse_alias) else {
             continue;
         };
+        if let Some(b) = l.bond.as_ref().filter(|_| is_our_bond(l)) {
+            st.bonds.insert(
+                l.name.clone(),
+                BondLink {
+                    name: l.name.clone(),
+                    mode: b.mode.clone(),
+                    miimon: b.miimon,
+                    lacp_rate: if b.mode == BondMode::Lacp.as_str() {
+                        b.lacp_rate.clone()
+                    } else {
+                        String::new()
+                    },
+                    xmit_hash_policy: b.xmit_hash_policy.clone(),
+                    min_links: b.min_links,
+                    primary: b.primary.clone(),
+                    mtu: l.mtu,
+                    home: alias.home.clone().unwrap_or_default(),
+                    up: l.up,
+                },
+            );
+            continue;
+        }
         // An IFB belongs to its port's traffic control; only an orphan is an object of its
         // own (and then one to remove).
         if let Some(port) = &alias.ifb_of
@@ -1088,7 +1436,7 @@ pub fn observed(
         );
     }
     for l in &snap.links {
-        if is_ours(l) {
+        if is_ours(l) && !is_our_bond(l) {
             continue;
         }
         let enslaved = l
@@ -1104,11 +1452,29 @@ pub fn observed(
                 },
             );
         }
+        if is_ours(l) {
+            continue;
+        }
+        let member = l.master.as_ref().is_some_and(|m| st.bonds.contains_key(m));
+        if member || interest.members.contains(&l.name) {
+            st.members.insert(
+                l.name.clone(),
+                MemberLink {
+                    name: l.name.clone(),
+                    bond: l.master.clone().filter(|m| st.bonds.contains_key(m)),
+                },
+            );
+        }
+        if interest.mtus.contains(&l.name) {
+            st.mtus.insert(l.name.clone(), l.mtu);
+        }
     }
-    let devs: Vec<String> = st
+    let devs: BTreeSet<String> = st
         .bridges
         .keys()
         .chain(st.uplinks.keys())
+        .chain(st.bonds.keys())
+        .chain(st.members.keys())
         .cloned()
         .collect();
     for d in devs {

@@ -98,6 +98,8 @@ pub struct Planned {
     /// ethtool settings the spec makes on foreign interfaces (interface -> keys): their
     /// previous values are recorded before the first change.
     managed_ethtool: BTreeMap<String, BTreeSet<String>>,
+    /// Interfaces whose MTU the spec sets (the other MTU steps are restores).
+    managed_mtus: BTreeSet<String>,
     /// What bridge-mode bridges hold from their uplinks once this plan is applied.
     moved: BTreeMap<String, Moved>,
     pub state_dir: StateDir,
@@ -120,13 +122,12 @@ pub fn plan(spec: Option<&Spec>, scope: &str, source: &str) -> Result<Planned, E
         source: source.to_string(),
         errors,
     })?;
-    let uplinks: BTreeSet<String> = want.uplinks.keys().cloned().collect();
-    let keys: BTreeSet<String> = want.sysctls.keys().cloned().collect();
-    let have = desired::observed(&snap, &uplinks, &keys);
+    let have = desired::observed(&snap, &desired::Interest::of(&want));
     let moved = want
         .uplinks
         .values()
         .filter_map(|u| u.master.clone())
+        .chain(want.bonds.keys().cloned())
         .map(|b| {
             let m = Moved {
                 addrs: want.addrs.get(&b).cloned().unwrap_or_default(),
@@ -140,6 +141,13 @@ pub fn plan(spec: Option<&Spec>, scope: &str, source: &str) -> Result<Planned, E
         previous: have,
         managed: managed_sysctls(spec).into_keys().collect(),
         managed_ethtool: managed_ethtool(spec),
+        managed_mtus: spec
+            .host
+            .uplinks
+            .values()
+            .filter(|u| u.bond.is_none() && u.mtu.is_some())
+            .map(|u| u.name.clone())
+            .collect(),
         moved,
         state_dir: observer.state_dir,
         scope: scope.to_string(),
@@ -249,6 +257,11 @@ pub fn execute(
                 .entry(key.clone())
                 .or_insert(from.clone());
         }
+        if let Step::SetMtu { link, from, .. } = s
+            && p.managed_mtus.contains(link)
+        {
+            during.mtu_originals.entry(link.clone()).or_insert(*from);
+        }
     }
     record_ethtool_originals(
         &p.plan.steps,
@@ -265,6 +278,9 @@ pub fn execute(
             let mut after = during.clone();
             after.sysctl_originals.retain(|k, _| p.managed.contains(k));
             retain_ethtool_originals(&p.managed_ethtool, &mut after.ethtool_originals);
+            after
+                .mtu_originals
+                .retain(|k, _| p.managed_mtus.contains(k));
             after.moved = p.moved.clone();
             if after != during {
                 sd.save(&after).map_err(runtime)?;
@@ -370,13 +386,13 @@ pub fn revert_if_due(
     let snap = observer
         .snapshot_with(None, &keys)
         .map_err(|e| runtime(format!("cannot read the host: {e}")))?;
-    let uplinks: BTreeSet<String> = prev.uplinks.keys().cloned().collect();
-    let have = desired::observed(&snap, &uplinks, &keys);
+    let have = desired::observed(&snap, &desired::Interest::of(prev));
     let planned = Planned {
         plan: plan::diff(prev, &have),
         previous: have,
         managed: BTreeSet::new(),
         managed_ethtool: BTreeMap::new(),
+        managed_mtus: BTreeSet::new(),
         moved: BTreeMap::new(),
         state_dir: observer.state_dir,
         scope: scope.to_string(),

@@ -4,14 +4,14 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
-use crate::backend::netlink::{LinkInfo, Netlink, NetlinkError};
+use crate::backend::netlink::{BondOptions, LinkInfo, Netlink, NetlinkError};
 use crate::backend::{netns, nftables, sysctl, tap};
 use crate::desired::managed_sysctls;
 use crate::snapshot::{
-    AddrSnap, EthtoolSnap, LinkSnap, MacvtapSnap, NetnsSnap, RouteSnap, Snapshot, Stats, VlanSnap,
-    VxlanSnap,
+    AddrSnap, BondSnap, EthtoolSnap, LinkSnap, MacvtapSnap, NetnsSnap, RouteSnap, Snapshot, Stats,
+    VlanSnap, VxlanSnap,
 };
-use crate::spec::{DirectMode, Owner, PortKind, Spec};
+use crate::spec::{BondMode, DirectMode, LACP_RATES, Owner, PortKind, Spec, XMIT_HASH_POLICIES};
 use crate::state::{MARK, parse_alias};
 use crate::statedir::{StateDir, StateError};
 
@@ -192,6 +192,26 @@ fn link_snap(l: &LinkInfo, names: &HashMap<u32, String>) -> LinkSnap {
             id,
             link: l.peer_index.and_then(|i| names.get(&i).cloned()),
         }),
+        bond: l.bond.as_ref().map(|b| bond_snap(b, names)),
+    }
+}
+
+/// Option numbers as their kernel names; lacp_rate only where the kernel reports it.
+fn bond_snap(b: &BondOptions, names: &HashMap<u32, String>) -> BondSnap {
+    let name = |list: &[&str], n: Option<u8>| {
+        n.and_then(|n| list.get(usize::from(n)))
+            .map_or(String::new(), |s| s.to_string())
+    };
+    BondSnap {
+        mode: b
+            .mode
+            .and_then(BondMode::from_number)
+            .map_or(String::new(), |m| m.as_str().to_string()),
+        miimon: b.miimon.unwrap_or(0),
+        lacp_rate: name(&LACP_RATES, b.lacp_rate),
+        xmit_hash_policy: name(&XMIT_HASH_POLICIES, b.xmit_hash_policy),
+        min_links: b.min_links.unwrap_or(0),
+        primary: b.primary.and_then(|i| names.get(&i).cloned()),
     }
 }
 
@@ -397,6 +417,7 @@ impl Observer {
             sysctl_readonly,
             sysctl_originals: state.sysctl_originals,
             moved: state.moved,
+            mtu_originals: state.mtu_originals,
             users,
             ethtool,
             ethtool_originals: state.ethtool_originals,

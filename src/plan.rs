@@ -10,8 +10,8 @@ use crate::nft::{NftChange, NftPlan, NftTable};
 use std::net::Ipv4Addr;
 
 use crate::state::{
-    Addr, BridgeLink, EthtoolValues, HostState, PortKind, PortLink, Route, Shaping, VlanLink,
-    VxlanLink,
+    Addr, BondLink, BridgeLink, EthtoolValues, HostState, PortKind, PortLink, Route, Shaping,
+    VlanLink, VxlanLink,
 };
 
 // Steps are built once per plan and moved little: boxing the large variants buys nothing.
@@ -97,6 +97,26 @@ pub enum Step {
         from: bool,
         to: bool,
     },
+    /// A bond is made without a primary (the kernel takes the primary as an interface index,
+    /// so it is set by an UpdateBond once that member is enslaved).
+    CreateBond(BondLink),
+    DeleteBond(BondLink),
+    UpdateBond {
+        from: BondLink,
+        to: BondLink,
+    },
+    /// Enslave a host interface to a bond, or release it (taken down around the change).
+    SetBondMember {
+        link: String,
+        from: Option<String>,
+        to: Option<String>,
+    },
+    /// MTU of a host interface that `host.uplinks` tunes.
+    SetMtu {
+        link: String,
+        from: u32,
+        to: u32,
+    },
 }
 
 impl Step {
@@ -148,19 +168,36 @@ impl Step {
                 from: to,
                 to: from,
             },
+            CreateBond(b) => DeleteBond(b),
+            DeleteBond(b) => CreateBond(b),
+            UpdateBond { from, to } => UpdateBond { from: to, to: from },
+            SetBondMember { link, from, to } => SetBondMember {
+                link,
+                from: to,
+                to: from,
+            },
+            SetMtu { link, from, to } => SetMtu {
+                link,
+                from: to,
+                to: from,
+            },
         }
     }
 
     pub fn op(&self) -> &'static str {
         use Step::*;
         match self {
-            CreateNetns(_) | CreateBridge(_) | CreatePort(_) | CreateVxlan(_) | CreateVlan(_) => {
-                "create"
-            }
-            DeleteNetns(_) | DeleteBridge(_) | DeletePort(_) | DeleteVxlan(_) | DeleteVlan(_) => {
-                "delete"
-            }
-            UpdateBridge { .. } | UpdatePort { .. } | SetMaster { .. } | SetUp { .. } => "update",
+            CreateNetns(_) | CreateBridge(_) | CreatePort(_) | CreateVxlan(_) | CreateVlan(_)
+            | CreateBond(_) => "create",
+            DeleteNetns(_) | DeleteBridge(_) | DeletePort(_) | DeleteVxlan(_) | DeleteVlan(_)
+            | DeleteBond(_) => "delete",
+            UpdateBridge { .. }
+            | UpdatePort { .. }
+            | SetMaster { .. }
+            | SetUp { .. }
+            | UpdateBond { .. }
+            | SetBondMember { .. } => "update",
+            SetMtu { .. } => "set",
             AddAddr { .. } | AddRoute { .. } | AddFdb { .. } => "add",
             DelAddr { .. } | DelRoute { .. } | DelFdb { .. } => "remove",
             SetNft { to: None, .. } | SetShaping { to: None, .. } => "delete",
@@ -187,6 +224,9 @@ impl Step {
             SetShaping { .. } => "shaping",
             SetEthtool { .. } => "ethtool",
             CreateVlan(_) | DeleteVlan(_) => "vlan",
+            CreateBond(_) | DeleteBond(_) | UpdateBond { .. } => "bond",
+            SetBondMember { .. } => "bond-member",
+            SetMtu { .. } => "mtu",
         }
     }
 
@@ -210,6 +250,9 @@ impl Step {
             SetEthtool { dev, .. } => dev.clone(),
             CreateVlan(v) | DeleteVlan(v) => v.name.clone(),
             SetUp { link, .. } => link.clone(),
+            CreateBond(b) | DeleteBond(b) => b.name.clone(),
+            UpdateBond { to, .. } => to.name.clone(),
+            SetBondMember { link, .. } | SetMtu { link, .. } => link.clone(),
         }
     }
 
@@ -327,6 +370,26 @@ impl Step {
                 o.insert("from".into(), json!(if *from { "up" } else { "down" }));
                 o.insert("to".into(), json!(if *to { "up" } else { "down" }));
             }
+            CreateBond(b) | DeleteBond(b) => {
+                o.insert("mode".into(), json!(b.mode));
+                o.insert("miimon".into(), json!(b.miimon));
+                o.insert("lacp_rate".into(), json!(b.lacp_rate));
+                o.insert("xmit_hash_policy".into(), json!(b.xmit_hash_policy));
+                o.insert("min_links".into(), json!(b.min_links));
+                o.insert("primary".into(), json!(b.primary));
+                o.insert("mtu".into(), json!(b.mtu));
+            }
+            UpdateBond { from, to } => {
+                o.insert("changes".into(), bond_changes(from, to));
+            }
+            SetBondMember { from, to, .. } => {
+                o.insert("from".into(), json!(from));
+                o.insert("to".into(), json!(to));
+            }
+            SetMtu { from, to, .. } => {
+                o.insert("from".into(), json!(from));
+                o.insert("to".into(), json!(to));
+            }
             CreateNetns(_) | DeleteNetns(_) => {}
         }
         v
@@ -368,6 +431,29 @@ fn bridge_changes(a: &BridgeLink, b: &BridgeLink) -> Value {
         ("mtu", a.mtu.to_string(), b.mtu.to_string()),
         ("up", a.up.to_string(), b.up.to_string()),
         ("network", a.network.clone(), b.network.clone()),
+    ])
+}
+
+fn bond_changes(a: &BondLink, b: &BondLink) -> Value {
+    let opt = |o: &Option<String>| o.clone().unwrap_or_else(|| "-".into());
+    changes(vec![
+        ("mode", a.mode.clone(), b.mode.clone()),
+        ("miimon", a.miimon.to_string(), b.miimon.to_string()),
+        ("lacp_rate", a.lacp_rate.clone(), b.lacp_rate.clone()),
+        (
+            "xmit_hash_policy",
+            a.xmit_hash_policy.clone(),
+            b.xmit_hash_policy.clone(),
+        ),
+        (
+            "min_links",
+            a.min_links.to_string(),
+            b.min_links.to_string(),
+        ),
+        ("primary", opt(&a.primary), opt(&b.primary)),
+        ("mtu", a.mtu.to_string(), b.mtu.to_string()),
+        ("home", a.home.clone(), b.home.clone()),
+        ("up", a.up.to_string(), b.up.to_string()),
     ])
 }
 
@@ -527,6 +613,25 @@ impl fmt::Display for Step {
                 }
                 write!(f, ")")
             }
+            CreateBond(b) => {
+                write!(f, " (mode {}, miimon {}", b.mode, b.miimon)?;
+                if !b.lacp_rate.is_empty() {
+                    write!(f, ", lacp_rate {}", b.lacp_rate)?;
+                }
+                write!(
+                    f,
+                    ", xmit_hash_policy {}, min_links {}, mtu {})",
+                    b.xmit_hash_policy, b.min_links, b.mtu
+                )
+            }
+            UpdateBond { from, to } => write_changes(f, &bond_changes(from, to)),
+            SetBondMember { from, to, .. } => write!(
+                f,
+                ": bond {} -> {}",
+                from.as_deref().unwrap_or("(none)"),
+                to.as_deref().unwrap_or("(none)")
+            ),
+            SetMtu { from, to, .. } => write!(f, ": {from} -> {to}"),
             UpdateBridge { from, to } => write_changes(f, &bridge_changes(from, to)),
             UpdatePort { from, to } => write_changes(f, &port_changes(from, to)),
             SetMaster { from, to, .. } => write!(
@@ -644,6 +749,45 @@ pub fn diff(want: &HostState, have: &HostState) -> Plan {
     for n in want.netns.difference(&have.netns) {
         steps.push(Step::CreateNetns(n.clone()));
     }
+
+    // NIC MTUs first: a bridge or VXLAN device on top was planned with the new MTU.
+    for (name, mtu) in &want.mtus {
+        if let Some(cur) = have.mtus.get(name)
+            && cur != mtu
+        {
+            steps.push(Step::SetMtu {
+                link: name.clone(),
+                from: *cur,
+                to: *mtu,
+            });
+        }
+    }
+
+    // A bond of another mode is made again: everything comes off the old one first, and the
+    // rest of the plan then sees no bond and builds it like a new one.
+    let replaced: Vec<BondLink> = have
+        .bonds
+        .values()
+        .filter(|h| want.bonds.get(&h.name).is_some_and(|w| h.needs_replace(w)))
+        .cloned()
+        .collect();
+    let rest;
+    let have = if replaced.is_empty() {
+        have
+    } else {
+        let mut h2 = have.clone();
+        for old in &replaced {
+            steps.extend(take_down_bond(&mut h2, old));
+        }
+        rest = h2;
+        &rest
+    };
+    // New bonds exist before anything that uses them (a bridge enslaving one).
+    for (name, b) in &want.bonds {
+        if !have.bonds.contains_key(name) {
+            steps.push(Step::CreateBond(b.without_primary()));
+        }
+    }
     for (name, b) in &want.bridges {
         match have.bridges.get(name) {
             None => steps.push(Step::CreateBridge(b.clone())),
@@ -656,7 +800,12 @@ pub fn diff(want: &HostState, have: &HostState) -> Plan {
     }
     for (name, u) in &want.uplinks {
         let from = have.uplinks.get(name).and_then(|h| h.master.clone());
-        if from != u.master {
+        // A former bridge uplink that joins a bond is released from its bridge here; once
+        // in its bond, the bond-member steps own its master.
+        let in_bond = u.master.is_none()
+            && want.members.get(name).is_some_and(|m| m.bond.is_some())
+            && from.as_ref().is_some_and(|f| !have.bridges.contains_key(f));
+        if from != u.master && !in_bond {
             steps.push(Step::SetMaster {
                 link: name.clone(),
                 from,
@@ -703,6 +852,40 @@ pub fn diff(want: &HostState, have: &HostState) -> Plan {
     }
     steps.extend(del_routes);
     steps.extend(del_addrs);
+
+    // Members join or leave bonds once their addresses and routes are off them (taking a
+    // member down would drop its routes); a primary is cleared before its bond loses it.
+    for (name, h) in &have.bonds {
+        if !want.bonds.contains_key(name) && h.primary.is_some() {
+            steps.push(Step::UpdateBond {
+                from: h.clone(),
+                to: h.without_primary(),
+            });
+        }
+    }
+    for (name, m) in &want.members {
+        let from = have.members.get(name).and_then(|h| h.bond.clone());
+        if from != m.bond {
+            steps.push(Step::SetBondMember {
+                link: name.clone(),
+                from,
+                to: m.bond.clone(),
+            });
+        }
+    }
+    for (name, b) in &want.bonds {
+        let from = have
+            .bonds
+            .get(name)
+            .cloned()
+            .unwrap_or_else(|| b.without_primary());
+        if &from != b {
+            steps.push(Step::UpdateBond {
+                from,
+                to: b.clone(),
+            });
+        }
+    }
     steps.extend(add_addrs);
     steps.extend(add_routes);
 
@@ -870,10 +1053,61 @@ pub fn diff(want: &HostState, have: &HostState) -> Plan {
             steps.push(Step::DeleteBridge(b.clone()));
         }
     }
+    for (name, b) in &have.bonds {
+        if !want.bonds.contains_key(name) {
+            steps.push(Step::DeleteBond(b.without_primary()));
+        }
+    }
     for n in have.netns.difference(&want.netns) {
         steps.push(Step::DeleteNetns(n.clone()));
     }
     Plan { steps }
+}
+
+/// The steps that take `old` apart (addresses and routes off, out of its bridge, members
+/// released, deleted), and `have` updated as if they had run.
+fn take_down_bond(have: &mut HostState, old: &BondLink) -> Vec<Step> {
+    let name = &old.name;
+    let mut steps = Vec::new();
+    for route in have.routes.remove(name).unwrap_or_default() {
+        steps.push(Step::DelRoute {
+            dev: name.clone(),
+            route,
+        });
+    }
+    for addr in have.addrs.remove(name).unwrap_or_default() {
+        steps.push(Step::DelAddr {
+            dev: name.clone(),
+            addr,
+        });
+    }
+    if let Some(u) = have.uplinks.get_mut(name)
+        && u.master.is_some()
+    {
+        steps.push(Step::SetMaster {
+            link: name.clone(),
+            from: u.master.take(),
+            to: None,
+        });
+    }
+    if old.primary.is_some() {
+        steps.push(Step::UpdateBond {
+            from: old.clone(),
+            to: old.without_primary(),
+        });
+    }
+    for m in have.members.values_mut() {
+        if m.bond.as_ref() == Some(name) {
+            steps.push(Step::SetBondMember {
+                link: m.name.clone(),
+                from: m.bond.take(),
+                to: None,
+            });
+        }
+    }
+    steps.push(Step::DeleteBond(old.without_primary()));
+    have.bonds.remove(name);
+    steps
 }
 
 fn guest_missing(p: &PortLink) -> bool {

@@ -36,6 +36,8 @@ pub struct Snapshot {
     pub ethtool: BTreeMap<String, EthtoolSnap>,
     /// Values ethtool settings of foreign interfaces had before kvmnet first changed them.
     pub ethtool_originals: BTreeMap<String, BTreeMap<String, u32>>,
+    /// MTUs host interfaces had before kvmnet first changed them (from the state directory).
+    pub mtu_originals: BTreeMap<String, u32>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -79,6 +81,8 @@ pub struct LinkSnap {
     pub macvtap: Option<MacvtapSnap>,
     /// Settings of an 802.1Q VLAN device.
     pub vlan: Option<VlanSnap>,
+    /// Settings of a bond.
+    pub bond: Option<BondSnap>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -98,6 +102,18 @@ pub struct VlanSnap {
     pub id: u16,
     /// The lower device's name.
     pub link: Option<String>,
+}
+
+/// A bond's options by their kernel names; `lacp_rate` empty outside 802.3ad.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BondSnap {
+    pub mode: String,
+    pub miimon: u32,
+    pub lacp_rate: String,
+    pub xmit_hash_policy: String,
+    pub min_links: u32,
+    pub primary: Option<String>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]

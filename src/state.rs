@@ -50,6 +50,58 @@ pub struct HostState {
     /// holds any; once up, there is nothing left to do.
     #[serde(default)]
     pub raise: BTreeSet<String>,
+    /// Bonds of `host.uplinks`.
+    #[serde(default)]
+    pub bonds: BTreeMap<String, BondLink>,
+    /// Foreign host interfaces kvmnet enslaves to its bonds (or releases from them). Only
+    /// their master and addresses are managed.
+    #[serde(default)]
+    pub members: BTreeMap<String, MemberLink>,
+    /// MTUs of foreign host interfaces that `host.uplinks` tunes (or whose original MTU is
+    /// being restored).
+    #[serde(default)]
+    pub mtus: BTreeMap<String, u32>,
+}
+
+/// A bond. Options are kept by their kernel names; ones a mode does not have are empty (the
+/// kernel reports no lacp_rate outside 802.3ad) so desired and observed compare equal.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BondLink {
+    pub name: String,
+    pub mode: String,
+    pub miimon: u32,
+    pub lacp_rate: String,
+    pub xmit_hash_policy: String,
+    pub min_links: u32,
+    /// Set only once its member is enslaved (the kernel takes it as an interface index).
+    pub primary: Option<String>,
+    pub mtu: u32,
+    /// The member that gets the bond's addresses back when the bond goes: its first one.
+    pub home: String,
+    pub up: bool,
+}
+
+impl BondLink {
+    pub fn alias(&self) -> String {
+        format!("{MARK} bond home={}", self.home)
+    }
+    /// The kernel changes a bond's mode only while it has no members and is down: a bond
+    /// of another mode is made again.
+    pub fn needs_replace(&self, other: &BondLink) -> bool {
+        self.mode != other.mode
+    }
+    pub fn without_primary(&self) -> BondLink {
+        BondLink {
+            primary: None,
+            ..self.clone()
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MemberLink {
+    pub name: String,
+    pub bond: Option<String>,
 }
 
 /// An 802.1Q VLAN sub-interface, enslaved to the bridge of the network that serves its VLAN.
@@ -442,6 +494,9 @@ pub struct Alias {
     pub ifb_of: Option<String>,
     /// A trunk port's VLAN sub-interface: the port it belongs to.
     pub trunk: Option<String>,
+    /// `kvmnet bond home=MEMBER`: a bond of `host.uplinks`.
+    pub bond: bool,
+    pub home: Option<String>,
 }
 
 /// `None` when the alias is not kvmnet's.
@@ -467,6 +522,8 @@ pub fn parse_alias(alias: &str) -> Option<Alias> {
             Some(("mirror", v)) => a.mirror = Some(v.to_string()),
             Some(("dhcp", v)) => a.dhcp = v == "1",
             Some(("trunk", v)) => a.trunk = Some(v.to_string()),
+            Some(("home", v)) => a.home = Some(v.to_string()),
+            None if w == "bond" => a.bond = true,
             _ => {}
         }
     }

@@ -26,7 +26,7 @@ pub enum StateError {
 #[serde(default)]
 pub struct State {
     pub sysctl_originals: BTreeMap<String, String>,
-    /// Per bridge of a bridge-mode network: the uplink addresses and routes kvmnet moved onto
+    /// Per bridge of a bridge-mode network and per bond: the uplink or member addresses and routes kvmnet moved onto
     /// it, so one deleted by hand is put back (and returned to the uplink on destroy).
     #[serde(default)]
     pub moved: BTreeMap<String, Moved>,
@@ -34,6 +34,9 @@ pub struct State {
     /// it, given back on destroy.
     #[serde(default)]
     pub ethtool_originals: BTreeMap<String, BTreeMap<String, u32>>,
+    /// MTUs host interfaces had before `host.uplinks` first changed them.
+    #[serde(default)]
+    pub mtu_originals: BTreeMap<String, u32>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]

@@ -22,6 +22,7 @@ fn state_word(l: &LinkSnap) -> &'static str {
 pub fn status_json(snap: &Snapshot) -> Value {
     let mut networks = Vec::new();
     let mut ports = Vec::new();
+    let mut bonds = Vec::new();
     for l in &snap.links {
         let Some(a) = l.alias.as_deref().and_then(parse_alias) else {
             continue;
@@ -36,12 +37,29 @@ pub fn status_json(snap: &Snapshot) -> Value {
             // VLAN sub-interfaces show as the bridges' members, not as ports.
             continue;
         }
-        if l.kind == "bridge" {
+        if a.bond {
+            let members: Vec<&str> = snap
+                .links
+                .iter()
+                .filter(|x| x.master.as_deref() == Some(&l.name))
+                .map(|x| x.name.as_str())
+                .collect();
+            bonds.push(json!({
+                "bond": l.name, "mode": l.bond.as_ref().map(|b| b.mode.clone()),
+                "state": state_word(l), "members": members, "ipv4": addrs,
+                "mtu": l.mtu, "bridge": l.master, "counters": counters(l),
+            }));
+        } else if l.kind == "bridge" {
             let uplinks: Vec<&str> = snap
                 .links
                 .iter()
                 .filter(|x| x.master.as_deref() == Some(&l.name))
-                .filter(|x| x.alias.as_deref().and_then(parse_alias).is_none())
+                .filter(|x| {
+                    x.alias
+                        .as_deref()
+                        .and_then(parse_alias)
+                        .is_none_or(|a| a.bond)
+                })
                 .map(|x| x.name.as_str())
                 .collect();
             networks.push(json!({
@@ -87,6 +105,7 @@ pub fn status_json(snap: &Snapshot) -> Value {
         "scope": snap.scope,
         "networks": networks,
         "ports": ports,
+        "bonds": bonds,
         "nftables": snap.nft.as_ref().map(|t| json!({ "table": format!("{} {}", crate::nft::FAMILY, crate::nft::TABLE), "rules": t.rule_count() })),
         "sysctls_changed": snap.sysctl_originals.keys().collect::<Vec<_>>(),
     })
@@ -131,7 +150,8 @@ pub fn render(v: &Value) -> String {
     let mut out = String::new();
     let nets = v["networks"].as_array().cloned().unwrap_or_default();
     let ports = v["ports"].as_array().cloned().unwrap_or_default();
-    if nets.is_empty() && ports.is_empty() {
+    let bonds = v["bonds"].as_array().cloned().unwrap_or_default();
+    if nets.is_empty() && ports.is_empty() && bonds.is_empty() {
         return format!(
             "kvmnet manages nothing in {}.\n",
             v["scope"].as_str().unwrap_or("this namespace")
@@ -218,6 +238,27 @@ pub fn render(v: &Value) -> String {
                 "RX BYTES/PKTS",
                 "TX BYTES/PKTS",
             ],
+            &rows,
+        ));
+    }
+    if !bonds.is_empty() {
+        out.push('\n');
+        let rows: Vec<Vec<String>> = bonds
+            .iter()
+            .map(|b| {
+                vec![
+                    s(&b["bond"]),
+                    s(&b["mode"]),
+                    s(&b["state"]),
+                    s(&b["members"]),
+                    s(&b["ipv4"]),
+                    s(&b["mtu"]),
+                    s(&b["bridge"]),
+                ]
+            })
+            .collect();
+        out.push_str(&table(
+            &["BOND", "MODE", "STATE", "MEMBERS", "IPV4", "MTU", "BRIDGE"],
             &rows,
         ));
     }

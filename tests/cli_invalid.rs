@@ -35,7 +35,9 @@ fn catalogue_is_refused_with_exit_2_and_changes_nothing() {
     let mut ns = Namespaces::new();
     let host = ns.add("inv");
     ok(&format!(
-        "ip -n {host} link add eth0 type veth peer name eth0p && ip -n {host} link add virbr0 type bridge && ip -n {host} link add eth0.10 type bridge"
+        "ip -n {host} link add eth0 type veth peer name eth0p && ip -n {host} link add virbr0 type bridge \
+         && ip -n {host} link add eth0.10 type bridge \
+         && ip -n {host} link add br0p type veth peer name br0q && ip -n {host} link set br0p master virbr0"
     ));
     let before = fingerprint(&host, &["net.ipv4.ip_forward"]);
 
@@ -125,6 +127,26 @@ fn catalogue_is_refused_with_exit_2_and_changes_nothing() {
             "host:\n  sysctl:\n    net.ipv4.no_such_knob: \"1\"\n",
             "host.sysctl.\"net.ipv4.no_such_knob\"",
             "no sysctl",
+        ),
+        (
+            "host:\n  uplinks:\n    bond0:\n      mode: 802.3ad\n      members: [eth0, eth8]\n",
+            "host.uplinks.bond0.members[1]",
+            "member 'eth8' does not exist",
+        ),
+        (
+            "host:\n  uplinks:\n    bond0:\n      mode: active-backup\n      members: [eth0, br0p]\n",
+            "host.uplinks.bond0.members[1]",
+            "already enslaved to 'virbr0'",
+        ),
+        (
+            "host:\n  uplinks:\n    virbr0:\n      mode: active-backup\n      members: [eth0]\n",
+            "host.uplinks.virbr0",
+            "not a bond managed by kvmnet",
+        ),
+        (
+            "host:\n  uplinks:\n    eth6:\n      mtu: 9000\n",
+            "host.uplinks.eth6",
+            "does not exist",
         ),
     ];
     for (body, path, text) in clashes {

@@ -7,8 +7,6 @@
 mod common;
 use common::*;
 
-use std::collections::BTreeMap;
-
 fn spec(guest: &str, extra: &str) -> String {
     format!(
         r#"version: 1
@@ -123,7 +121,7 @@ fn ethtool_on_ports_and_foreign_interfaces() {
     assert!(!err.contains("ROLLBACK INCOMPLETE"), "{err}");
     assert_eq!(fingerprint(&host, &[]), before, "not rolled back");
 
-    // A foreign interface (the stand-in for a host uplink): settings through the engine,
+    // A foreign interface (the stand-in for a host uplink): settings from host.uplinks,
     // originals recorded, and destroy gives them back.
     ok(&format!(
         "ip -n {host} link add up0 numtxqueues 4 numrxqueues 4 type veth peer name up0p \
@@ -132,35 +130,22 @@ fn ethtool_on_ports_and_foreign_interfaces() {
     let k_before = ok_in(&host, "ethtool -k up0");
     let l_before = ok_in(&host, "ethtool -l up0");
     assert_eq!(feature(&host, "up0", "generic-receive-offload"), "off");
-    let state_dir = ns.state_dir.clone();
-    let scope = host.clone();
-    let text = std::fs::read_to_string(s.path()).unwrap();
-    std::thread::spawn(move || {
-        // SAFETY: the only test of this binary; nothing reads the environment concurrently.
-        unsafe { std::env::set_var("KVMNET_STATE_DIR", &state_dir) };
-        kvmnet::backend::netns::enter(&scope).unwrap();
-        let mut spec = kvmnet::spec::parse(&text).unwrap();
-        spec.host.ethtool.insert(
-            "up0".into(),
-            kvmnet::spec::Ethtool {
-                settings: BTreeMap::from([
-                    ("gro".to_string(), 1),
-                    ("tso".to_string(), 0),
-                    ("channels.rx".to_string(), 1),
-                ]),
-                path: "host.uplinks.up0.ethtool".into(),
-            },
-        );
-        let planned = kvmnet::engine::plan(Some(&spec), &scope, "test").unwrap();
-        let text = planned.plan.render();
-        assert!(
-            text.contains("~ ethtool up0: channels.rx 4 -> 1, gro off -> on, tso on -> off"),
-            "{text}"
-        );
-        kvmnet::engine::execute(&planned, "apply", "test", None).unwrap();
-    })
-    .join()
-    .unwrap();
+    // Through the spec: host.uplinks names the interface and its ethtool settings.
+    let text = format!(
+        "host:\n  uplinks:\n    up0:\n      ethtool: {{ offloads: {{ gro: true, tso: false }}, channels: {{ rx: 1 }} }}\n{}",
+        std::fs::read_to_string(s.path()).unwrap()
+    );
+    let up = SpecFile::new(&text);
+    let planned = ns.kvmnet_ok(&["plan", up.path(), "--netns", &host]);
+    assert!(
+        planned.contains("~ ethtool up0: channels.rx 4 -> 1, gro off -> on, tso on -> off"),
+        "{planned}"
+    );
+    ns.kvmnet_ok(&["apply", up.path(), "--netns", &host]);
+    assert!(
+        ns.kvmnet_ok(&["plan", up.path(), "--netns", &host])
+            .starts_with("No changes")
+    );
     assert_eq!(feature(&host, "up0", "generic-receive-offload"), "on");
     assert_eq!(feature(&host, "up0", "tx-tcp-segmentation"), "off");
     assert_eq!(channels(&host, "up0").0, "1");

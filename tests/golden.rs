@@ -3,12 +3,11 @@
 //! empty host when absent) and `plan.txt` (the expected plan, or the expected errors).
 //! `UPDATE_GOLDEN=1 cargo test --test golden` rewrites the expectations; review the diff.
 
-use std::collections::BTreeSet;
 use std::path::Path;
 
 use kvmnet::desired;
 use kvmnet::plan;
-use kvmnet::snapshot::Snapshot;
+use kvmnet::snapshot::{AddrSnap, LinkSnap, RouteSnap, Snapshot};
 use kvmnet::spec;
 
 fn run_case(dir: &Path) -> String {
@@ -38,9 +37,7 @@ fn run_case(dir: &Path) -> String {
                 .collect::<String>();
         }
     };
-    let uplinks: BTreeSet<String> = want.uplinks.keys().cloned().collect();
-    let keys: BTreeSet<String> = want.sysctls.keys().cloned().collect();
-    let have = desired::observed(&snap, &uplinks, &keys);
+    let have = desired::observed(&snap, &desired::Interest::of(&want));
     let p = plan::diff(&want, &have);
     let mut out = p.render();
     // Every plan must be undoable: the inverse of the inverse is the step itself.
@@ -85,14 +82,72 @@ fn golden_cases() {
 
 /// Builds the snapshot a host would show once `want` is in place.
 fn synth(want: &kvmnet::state::HostState, base: &Snapshot) -> Snapshot {
-    use kvmnet::snapshot::{AddrSnap, LinkSnap, RouteSnap};
     use kvmnet::state::{PortKind, guest_alias};
     let mut s = Snapshot {
         scope: base.scope.clone(),
         users: base.users.clone(),
         sysctl_originals: base.sysctl_originals.clone(),
+        mtu_originals: base.mtu_originals.clone(),
         ..Default::default()
     };
+    // Foreign interfaces kvmnet touches, as they end up.
+    let mut touched: std::collections::BTreeMap<String, LinkSnap> = Default::default();
+    fn foreign<'a>(
+        touched: &'a mut std::collections::BTreeMap<String, LinkSnap>,
+        base: &Snapshot,
+        name: &str,
+    ) -> Option<&'a mut LinkSnap> {
+        // kvmnet's own links are rebuilt from `want` (or gone), never carried over.
+        let l = base.link(name).filter(|l| l.alias.is_none())?.clone();
+        Some(touched.entry(name.to_string()).or_insert(l))
+    }
+    for (name, mtu) in &want.mtus {
+        if let Some(l) = foreign(&mut touched, base, name) {
+            l.mtu = *mtu;
+        }
+    }
+    for u in want
+        .uplinks
+        .values()
+        .filter(|u| !want.bonds.contains_key(&u.name))
+    {
+        if let Some(l) = foreign(&mut touched, base, &u.name) {
+            l.master = u.master.clone();
+        }
+    }
+    // Members join bonds after leaving a bridge, as the plan orders it.
+    for m in want.members.values() {
+        let mtu = m
+            .bond
+            .as_ref()
+            .and_then(|b| want.bonds.get(b))
+            .map(|b| b.mtu);
+        if let Some(l) = foreign(&mut touched, base, &m.name) {
+            l.master = m.bond.clone();
+            l.mtu = mtu.unwrap_or(l.mtu);
+        }
+    }
+    for b in want.bonds.values() {
+        s.links.push(LinkSnap {
+            name: b.name.clone(),
+            kind: "bond".into(),
+            mac: base.link(&b.home).and_then(|l| l.mac),
+            mtu: b.mtu,
+            up: b.up,
+            master: want.uplinks.get(&b.name).and_then(|u| u.master.clone()),
+            alias: Some(b.alias()),
+            bond: Some(kvmnet::snapshot::BondSnap {
+                mode: b.mode.clone(),
+                miimon: b.miimon,
+                lacp_rate: b.lacp_rate.clone(),
+                xmit_hash_policy: b.xmit_hash_policy.clone(),
+                min_links: b.min_links,
+                primary: b.primary.clone(),
+            }),
+            ..Default::default()
+        });
+    }
+    s.links.extend(touched.into_values());
     for b in want.bridges.values() {
         s.links.push(LinkSnap {
             name: b.name.clone(),
@@ -104,11 +159,6 @@ fn synth(want: &kvmnet::state::HostState, base: &Snapshot) -> Snapshot {
             shaping: want.shaping.get(&b.name).cloned(),
             ..Default::default()
         });
-    }
-    for u in want.uplinks.values() {
-        let mut l = base.link(&u.name).cloned().unwrap_or_default();
-        l.master = u.master.clone();
-        s.links.push(l);
     }
     for p in want.ports.values() {
         let mut l = LinkSnap {
@@ -309,9 +359,7 @@ fn applied_state_plans_no_changes() {
         // Bringing an uplink up is a one-time action, planned only while it is down.
         let mut want = want;
         want.raise.retain(|l| after.link(l).is_some_and(|x| !x.up));
-        let uplinks: BTreeSet<String> = want.uplinks.keys().cloned().collect();
-        let keys: BTreeSet<String> = want.sysctls.keys().cloned().collect();
-        let have = desired::observed(&after, &uplinks, &keys);
+        let have = desired::observed(&after, &desired::Interest::of(&want));
         let p = plan::diff(&want, &have);
         assert!(
             p.is_empty(),
@@ -321,8 +369,7 @@ fn applied_state_plans_no_changes() {
         );
         // And planning again from the applied host (desired recomputed) is still empty.
         let want2 = desired::desired(&spec, &after).expect("desired on applied host");
-        let uplinks2: BTreeSet<String> = want2.uplinks.keys().cloned().collect();
-        let have2 = desired::observed(&after, &uplinks2, &keys);
+        let have2 = desired::observed(&after, &desired::Interest::of(&want2));
         let p2 = plan::diff(&want2, &have2);
         assert!(
             p2.is_empty(),

@@ -646,3 +646,43 @@ vms:
     assert!(access.trunk.is_empty() && access.has_native());
     assert_eq!(access.own_interface(), access.name);
 }
+
+#[test]
+fn host_uplinks_bonds_and_tuned_nics() {
+    let s = ok("version: 1
+host:
+  uplinks:
+    bond0:
+      mode: 802.3ad
+      members: [eth1, eth2]
+      lacp_rate: fast
+      xmit_hash_policy: layer3+4
+      min_links: 1
+      mtu: 9000
+    bond1:
+      mode: active-backup
+      members: [eth4, eth5]
+      primary: eth5
+    eth3:
+      mtu: 9000
+networks:
+  lan:
+    mode: bridge
+    uplink: bond0
+");
+    let u = &s.host.uplinks;
+    let b = u["bond0"].bond.as_ref().unwrap();
+    assert_eq!(b.mode, kvmnet::spec::BondMode::Lacp);
+    assert_eq!(b.members, ["eth1", "eth2"]);
+    assert_eq!(b.lacp_rate.as_deref(), Some("fast"));
+    assert_eq!(b.xmit_hash_policy.as_deref(), Some("layer3+4"));
+    assert_eq!((b.min_links, b.miimon), (Some(1), None));
+    assert_eq!(u["bond0"].mtu, Some(9000));
+    let b1 = u["bond1"].bond.as_ref().unwrap();
+    assert_eq!(b1.primary.as_deref(), Some("eth5"));
+    assert_eq!(u["eth3"].bond, None);
+    assert_eq!(u["eth3"].mtu, Some(9000));
+    assert!(s.declared_bond("bond0").is_some());
+    assert!(s.declared_bond("eth3").is_none());
+    assert_eq!(s.networks["lan"].uplink.as_deref(), Some("bond0"));
+}

@@ -74,6 +74,13 @@ const IFLA_VXLAN_LINK: u16 = 3;
 const IFLA_VXLAN_LOCAL: u16 = 4;
 const IFLA_VXLAN_LEARNING: u16 = 7;
 const IFLA_VXLAN_PORT: u16 = 15;
+// IFLA_BOND_* (linux/if_link.h), inside IFLA_INFO_DATA of kind "bond".
+const IFLA_BOND_MODE: u16 = 1;
+const IFLA_BOND_MIIMON: u16 = 3;
+const IFLA_BOND_PRIMARY: u16 = 11;
+const IFLA_BOND_XMIT_HASH_POLICY: u16 = 14;
+const IFLA_BOND_MIN_LINKS: u16 = 18;
+const IFLA_BOND_AD_LACP_RATE: u16 = 21;
 
 const NLA_HDRLEN: usize = 4;
 const NLA_F_NESTED: u16 = 0x8000;
@@ -262,6 +269,65 @@ pub struct VxlanInfo {
     pub port: u16,
 }
 
+/// A bond's options: what the kernel reports in `IFLA_INFO_DATA` of kind "bond", and what a
+/// request sets (`None`: leave as is). The kernel refuses options its mode does not have
+/// (lacp_rate outside 802.3ad, primary in 802.3ad), so a request carries only those.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct BondOptions {
+    /// IFLA_BOND_MODE: 0 balance-rr .. 4 802.3ad .. 6 balance-alb.
+    pub mode: Option<u8>,
+    pub miimon: Option<u32>,
+    /// 0 slow, 1 fast.
+    pub lacp_rate: Option<u8>,
+    /// 0 layer2, 1 layer3+4, 2 layer2+3, 3 encap2+3, 4 encap3+4.
+    pub xmit_hash_policy: Option<u8>,
+    pub min_links: Option<u32>,
+    /// The primary member's index; Some(0) clears it.
+    pub primary: Option<u32>,
+}
+
+impl BondOptions {
+    fn encode(&self, b: &mut MsgBuf) {
+        b.attr_str(IFLA_INFO_KIND, "bond");
+        let data = b.nest_begin(IFLA_INFO_DATA);
+        if let Some(m) = self.mode {
+            b.attr(IFLA_BOND_MODE, &[m]);
+        }
+        if let Some(m) = self.miimon {
+            b.attr_u32(IFLA_BOND_MIIMON, m);
+        }
+        if let Some(r) = self.lacp_rate {
+            b.attr(IFLA_BOND_AD_LACP_RATE, &[r]);
+        }
+        if let Some(x) = self.xmit_hash_policy {
+            b.attr(IFLA_BOND_XMIT_HASH_POLICY, &[x]);
+        }
+        if let Some(m) = self.min_links {
+            b.attr_u32(IFLA_BOND_MIN_LINKS, m);
+        }
+        if let Some(p) = self.primary {
+            b.attr_u32(IFLA_BOND_PRIMARY, p);
+        }
+        b.nest_end(data);
+    }
+
+    fn parse(data: &[u8]) -> BondOptions {
+        let mut o = BondOptions::default();
+        for (t, d) in attrs(data) {
+            match t {
+                IFLA_BOND_MODE => o.mode = attr_u8(d),
+                IFLA_BOND_MIIMON => o.miimon = attr_u32(d),
+                IFLA_BOND_AD_LACP_RATE => o.lacp_rate = attr_u8(d),
+                IFLA_BOND_XMIT_HASH_POLICY => o.xmit_hash_policy = attr_u8(d),
+                IFLA_BOND_MIN_LINKS => o.min_links = attr_u32(d),
+                IFLA_BOND_PRIMARY => o.primary = attr_u32(d).filter(|&p| p != 0),
+                _ => {}
+            }
+        }
+        o
+    }
+}
+
 /// One bridge-family FDB entry (`bridge fdb show`), IPv4 destination only.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct FdbEntry {
@@ -296,6 +362,7 @@ pub struct LinkInfo {
     pub macvlan_mode: Option<u32>,
     /// `IFLA_VLAN_ID` of an 802.1Q device (kind "vlan"); its lower device is `peer_index`.
     pub vlan_id: Option<u16>,
+    pub bond: Option<BondOptions>,
     /// `IFLA_LINK`: for a macvlan, macvtap or VLAN device, the lower device's index; for a
     /// veth, the peer's index (in the peer's namespace).
     pub peer_index: Option<u32>,
@@ -398,6 +465,8 @@ pub enum NewLinkKind {
         lower: u32,
         mode: u32,
     },
+    /// `ip link add NAME type bond mode MODE ...`.
+    Bond(BondOptions),
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -431,6 +500,11 @@ pub enum Request {
     },
     DelLink {
         index: u32,
+    },
+    /// Change options of an existing bond (`ip link set BOND type bond ...`).
+    SetBond {
+        index: u32,
+        options: BondOptions,
     },
     /// Bridge-port flags of a link enslaved to a bridge.
     SetBridgePort {
@@ -485,6 +559,7 @@ impl Request {
             Request::SetLink { index, .. }
             | Request::DelLink { index }
             | Request::SetBridgePort { index, .. }
+            | Request::SetBond { index, .. }
             | Request::NewAddr { index, .. }
             | Request::DelAddr { index, .. }
             | Request::NewFdb { index, .. }
@@ -511,6 +586,10 @@ impl Request {
                     format!("create link {name} (macvtap on index {lower})")
                 }
                 NewLinkKind::Vlan { id, .. } => format!("create link {name} (vlan id {id})"),
+                NewLinkKind::Bond(o) => format!(
+                    "create link {name} (bond mode {})",
+                    o.mode.unwrap_or_default()
+                ),
             },
             Request::SetLink {
                 index,
@@ -549,6 +628,9 @@ impl Request {
                 format!("set link {} [{}]", link(*index), what.join(", "))
             }
             Request::DelLink { index } => format!("delete link {}", link(*index)),
+            Request::SetBond { index, options } => {
+                format!("set bond {} [{options:?}]", link(*index))
+            }
             Request::SetBridgePort { index, isolated } => {
                 format!("set bridge port {} [isolated {isolated}]", link(*index))
             }
@@ -848,6 +930,7 @@ fn parse_link(p: &[u8]) -> Option<LinkInfo> {
         vxlan: None,
         macvlan_mode: None,
         vlan_id: None,
+        bond: None,
         peer_index: None,
         link_netnsid: None,
         stats: LinkStats::default(),
@@ -930,6 +1013,9 @@ fn parse_link(p: &[u8]) -> Option<LinkInfo> {
                         .and_then(|(_, d)| {
                             (d.len() >= 2).then(|| u16::from_ne_bytes([d[0], d[1]]))
                         });
+                }
+                if li.kind.as_deref() == Some("bond") {
+                    li.bond = Some(BondOptions::parse(data.unwrap_or(&[])));
                 }
                 if li.kind.as_deref() == Some("vxlan") {
                     let mut vx = VxlanInfo::default();
@@ -1526,6 +1612,7 @@ impl Netlink {
             }
             Request::DelLink { .. }
             | Request::SetBridgePort { .. }
+            | Request::SetBond { .. }
             | Request::NewFdb { .. }
             | Request::DelFdb { .. } => {}
         }
@@ -1645,6 +1732,7 @@ impl Netlink {
                         b.attr_u32(IFLA_MACVLAN_MODE, *mode);
                         b.nest_end(data);
                     }
+                    NewLinkKind::Bond(o) => o.encode(b),
                 }
                 b.nest_end(li);
                 b.end(start);
@@ -1721,6 +1809,14 @@ impl Netlink {
             Request::DelLink { index } => {
                 let start = b.begin(RTM_DELLINK, ack, seq);
                 b.ifinfomsg(*index, 0, 0);
+                b.end(start);
+            }
+            Request::SetBond { index, options } => {
+                let start = b.begin(RTM_NEWLINK, ack, seq);
+                b.ifinfomsg(*index, 0, 0);
+                let li = b.nest_begin(IFLA_LINKINFO);
+                options.encode(b);
+                b.nest_end(li);
                 b.end(start);
             }
             Request::SetBridgePort { index, isolated } => {
@@ -2206,6 +2302,44 @@ mod tests {
             "create link x: File exists (os error 17) (kernel: Address already assigned)"
         );
         assert_eq!(e.errno(), Some(libc::EEXIST));
+    }
+
+    #[test]
+    fn bond_options_round_trip_through_info_data() {
+        let o = BondOptions {
+            mode: Some(4),
+            miimon: Some(100),
+            lacp_rate: Some(1),
+            xmit_hash_policy: Some(1),
+            min_links: Some(2),
+            primary: None,
+        };
+        let mut b = MsgBuf { buf: Vec::new() };
+        let li = b.nest_begin(IFLA_LINKINFO);
+        o.encode(&mut b);
+        b.nest_end(li);
+        let (_, linkinfo) = attrs(&b.buf).find(|(t, _)| *t == IFLA_LINKINFO).unwrap();
+        let kind = attrs(linkinfo)
+            .find(|(t, _)| *t == IFLA_INFO_KIND)
+            .unwrap()
+            .1;
+        assert_eq!(attr_string(kind), "bond");
+        let (_, data) = attrs(linkinfo).find(|(t, _)| *t == IFLA_INFO_DATA).unwrap();
+        let a: HashMap<u16, &[u8]> = attrs(data).collect();
+        assert_eq!(a[&IFLA_BOND_MODE], &[4], "mode is a u8");
+        assert_eq!(a[&IFLA_BOND_AD_LACP_RATE], &[1]);
+        assert!(!a.contains_key(&IFLA_BOND_PRIMARY), "no primary on 802.3ad");
+        assert_eq!(BondOptions::parse(data), o);
+        // Some(0) clears the primary; reading back, 0 means none.
+        let clear = BondOptions {
+            primary: Some(0),
+            ..Default::default()
+        };
+        let mut b = MsgBuf { buf: Vec::new() };
+        clear.encode(&mut b);
+        let (_, data) = attrs(&b.buf).find(|(t, _)| *t == IFLA_INFO_DATA).unwrap();
+        assert_eq!(attr_u32(attrs(data).next().unwrap().1), Some(0));
+        assert_eq!(BondOptions::parse(data).primary, None);
     }
 
     #[test]

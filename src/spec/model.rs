@@ -169,6 +169,15 @@ pub struct Spec {
     pub locs: BTreeMap<String, Loc>,
 }
 
+impl Spec {
+    /// The bond `name` if the spec declares one: such an uplink may not exist yet, since kvmnet
+    /// creates it before anything that uses it. Every "does this uplink exist" check asks
+    /// this first.
+    pub fn declared_bond(&self, name: &str) -> Option<&Bond> {
+        self.host.uplinks.get(name).and_then(|u| u.bond.as_ref())
+    }
+}
+
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Host {
     /// sysctl key (dotted, `net.ipv4.ip_forward`) to value, as written.
@@ -178,6 +187,8 @@ pub struct Host {
     /// ethtool settings of host interfaces kvmnet does not own, by interface name (from the
     /// uplink section of a spec); their previous values are restored on destroy.
     pub ethtool: BTreeMap<String, Ethtool>,
+    /// Host uplinks kvmnet builds (bonds) or tunes (existing NICs), keyed by interface name.
+    pub uplinks: BTreeMap<String, Uplink>,
 }
 
 /// ethtool settings of one interface: only the keys the spec sets, each by kvmnet's name
@@ -200,6 +211,93 @@ impl Ethtool {
             format!("{}.offloads.{key}", self.path)
         }
     }
+}
+
+/// One entry of `host.uplinks`: a bond kvmnet creates (`bond` set) or an existing NIC it only
+/// tunes. Later settings (offloads, rings) join as further optional fields.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Uplink {
+    pub name: String,
+    pub bond: Option<Bond>,
+    pub mtu: Option<u32>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum BondMode {
+    BalanceRr,
+    ActiveBackup,
+    BalanceXor,
+    Broadcast,
+    Lacp,
+    BalanceTlb,
+    BalanceAlb,
+}
+
+impl BondMode {
+    pub const ALL: [BondMode; 7] = [
+        BondMode::BalanceRr,
+        BondMode::ActiveBackup,
+        BondMode::BalanceXor,
+        BondMode::Broadcast,
+        BondMode::Lacp,
+        BondMode::BalanceTlb,
+        BondMode::BalanceAlb,
+    ];
+    /// The name the kernel and iproute2 use.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            BondMode::BalanceRr => "balance-rr",
+            BondMode::ActiveBackup => "active-backup",
+            BondMode::BalanceXor => "balance-xor",
+            BondMode::Broadcast => "broadcast",
+            BondMode::Lacp => "802.3ad",
+            BondMode::BalanceTlb => "balance-tlb",
+            BondMode::BalanceAlb => "balance-alb",
+        }
+    }
+    /// IFLA_BOND_MODE value.
+    pub fn number(&self) -> u8 {
+        Self::ALL.iter().position(|m| m == self).unwrap_or(0) as u8
+    }
+    pub fn from_number(n: u8) -> Option<BondMode> {
+        Self::ALL.get(usize::from(n)).copied()
+    }
+    pub fn parse(s: &str) -> Option<BondMode> {
+        Self::ALL.into_iter().find(|m| m.as_str() == s)
+    }
+    /// Modes that balance by a hash of the packet headers.
+    pub fn hashes(&self) -> bool {
+        matches!(self, BondMode::Lacp | BondMode::BalanceXor)
+    }
+    /// Modes with one active member that a `primary` may name.
+    pub fn has_primary(&self) -> bool {
+        matches!(
+            self,
+            BondMode::ActiveBackup | BondMode::BalanceTlb | BondMode::BalanceAlb
+        )
+    }
+}
+
+/// xmit_hash_policy names, in IFLA_BOND_XMIT_HASH_POLICY order.
+pub const XMIT_HASH_POLICIES: [&str; 5] =
+    ["layer2", "layer3+4", "layer2+3", "encap2+3", "encap3+4"];
+/// lacp_rate names, in IFLA_BOND_AD_LACP_RATE order.
+pub const LACP_RATES: [&str; 2] = ["slow", "fast"];
+/// Link monitoring interval kvmnet sets when the spec gives none: without it the bond never
+/// notices a dead member.
+pub const MIIMON_DEFAULT: u32 = 100;
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Bond {
+    pub mode: BondMode,
+    /// In the order written: the first one's addresses move to the bond and come back to it.
+    pub members: Vec<String>,
+    /// `fast` (LACPDUs every second) or `slow` (every 30 s); 802.3ad only.
+    pub lacp_rate: Option<String>,
+    pub xmit_hash_policy: Option<String>,
+    pub miimon: Option<u32>,
+    pub min_links: Option<u32>,
+    pub primary: Option<String>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -119,6 +119,10 @@ pub struct Nic {
     pub mac: String,
     /// >1: a multiqueue tap (created with `multi_queue`) and a multiqueue virtio NIC.
     pub queues: u32,
+    /// A QEMU netdev backend other than the tap (`socket,udp=...`); `tap` is then unused.
+    pub backend: Option<String>,
+    /// More properties of the virtio-net device (`speed=10000,duplex=full`).
+    pub device_opts: Option<String>,
 }
 
 impl Nic {
@@ -127,7 +131,29 @@ impl Nic {
             tap: tap.to_string(),
             mac: mac.to_string(),
             queues: 1,
+            backend: None,
+            device_opts: None,
         }
+    }
+
+    /// A NIC on another QEMU netdev backend, given without its id: e.g.
+    /// `socket,udp=127.0.0.1:5001,localaddr=127.0.0.1:5000`, a point-to-point wire to another
+    /// guest that forwards every frame (a bridge would drop LACP's slow-protocol frames).
+    pub fn backend(backend: &str, mac: &str) -> Nic {
+        Nic {
+            tap: String::new(),
+            mac: mac.to_string(),
+            queues: 1,
+            backend: Some(backend.to_string()),
+            device_opts: None,
+        }
+    }
+
+    /// Extra virtio-net properties; `speed=10000,duplex=full` gives the NIC a link speed and
+    /// duplex, which 802.3ad needs to aggregate it.
+    pub fn device_opts(mut self, opts: &str) -> Nic {
+        self.device_opts = Some(opts.to_string());
+        self
     }
 
     pub fn queues(mut self, n: u32) -> Nic {
@@ -230,6 +256,15 @@ impl GuestBuilder {
         self
     }
 
+    /// A QMP socket at `path` (see [`qmp`]); NIC i's netdev is `n<i>` there, so
+    /// `set_link n1 off` pulls the cable of the second NIC.
+    pub fn qmp(mut self, path: &Path) -> Self {
+        self.qemu_args.push("-qmp".into());
+        self.qemu_args
+            .push(format!("unix:{},server=on,wait=off", path.display()));
+        self
+    }
+
     /// Where the console log goes (default: the system temp dir).
     pub fn log_dir(mut self, dir: &Path) -> Self {
         self.log_dir = Some(dir.to_path_buf());
@@ -281,9 +316,16 @@ impl GuestBuilder {
             c.extend(["-cpu".into(), "host".into()]);
         }
         for (i, n) in self.nics.iter().enumerate() {
-            let mut netdev = format!("tap,id=n{i},ifname={},script=no,downscript=no", n.tap);
+            let mut netdev = match &n.backend {
+                Some(b) => format!("{b},id=n{i}"),
+                None => format!("tap,id=n{i},ifname={},script=no,downscript=no", n.tap),
+            };
             // romfile=: no iPXE option ROM to load (none is needed to boot -kernel).
             let mut dev = format!("virtio-net-pci,netdev=n{i},mac={},romfile=", n.mac);
+            if let Some(o) = &n.device_opts {
+                dev.push(',');
+                dev.push_str(o);
+            }
             if n.queues > 1 {
                 netdev.push_str(&format!(",queues={}", n.queues));
                 dev.push_str(&format!(",mq=on,vectors={}", 2 * n.queues + 2));
@@ -659,6 +701,38 @@ fn clean(s: &str) -> String {
 }
 
 /// `key=value` from a marker line (`field(line, "ip")` on `KVMNET-GUEST-READY ip=... mac=...`).
+/// Runs one QMP command (a JSON object) on the socket a guest was booted with (`.qmp`) and
+/// returns QEMU's reply line; panics on an error reply.
+pub fn qmp(path: &Path, command: &str) -> String {
+    use std::os::unix::net::UnixStream;
+    let s = UnixStream::connect(path)
+        .unwrap_or_else(|e| panic!("cannot connect to QMP {}: {e}", path.display()));
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let mut w = s.try_clone().unwrap();
+    let mut r = BufReader::new(s);
+    let mut reply = |w: &mut UnixStream, msg: Option<&str>| -> String {
+        if let Some(m) = msg {
+            w.write_all(m.as_bytes()).unwrap();
+            w.write_all(b"\n").unwrap();
+        }
+        loop {
+            let mut line = String::new();
+            if r.read_line(&mut line).unwrap_or(0) == 0 {
+                panic!("QMP {} closed", path.display());
+            }
+            // Events may come before the reply.
+            if !line.contains("\"event\"") {
+                return line;
+            }
+        }
+    };
+    reply(&mut w, None);
+    reply(&mut w, Some(r#"{"execute":"qmp_capabilities"}"#));
+    let out = reply(&mut w, Some(command));
+    assert!(!out.contains("\"error\""), "QMP {command}: {out}");
+    out
+}
+
 pub fn field(line: &str, key: &str) -> Option<String> {
     let k = format!("{key}=");
     line.split_whitespace()

@@ -95,8 +95,12 @@ impl Hv {
     }
 
     /// The guest's own view of its uplink: everything but counters.
+    /// The uplink as kvmnet could change it. The kernel's own IPv6 duplicate address
+    /// detection flips a fresh link-local address from `tentative` to settled on its own
+    /// schedule, so that flag is left out.
     fn uplink(&mut self) -> String {
         self.ok("host ip -d -o link show eth1; host ip -o addr show dev eth1; host ip -o link show type vlan")
+            .replace(" tentative", "")
     }
 
     fn pings(&mut self, ns: &str, ip: &str) -> bool {

@@ -452,6 +452,7 @@ struct DirectNet {
 fn direct_net(
     spec: &Spec,
     snap: &Snapshot,
+    st: &HostState,
     net: &Network,
     npath: &str,
 ) -> Result<DirectNet, SpecError> {
@@ -504,22 +505,24 @@ fn direct_net(
             ),
         ));
     }
+    // An MTU host.uplinks sets is in place before the macvtap is made.
+    let ul_mtu = st.mtus.get(&up).copied().unwrap_or(l.mtu);
     if let Some(m) = net.mtu
-        && m > l.mtu
+        && m > ul_mtu
     {
         return Err(conflict(
             spec,
             path_join(npath, "mtu"),
             format!(
                 "mtu {m} is more than uplink '{up}' carries ({}); a macvtap cannot exceed its uplink",
-                l.mtu
+                ul_mtu
             ),
         ));
     }
     Ok(DirectNet {
         uplink: up,
         mode,
-        mtu: net.mtu.unwrap_or(l.mtu),
+        mtu: net.mtu.unwrap_or(ul_mtu),
         passthrough_mac: l.mac.filter(|_| mode == DirectMode::Passthrough),
     })
 }
@@ -550,7 +553,12 @@ fn vlan_link(
     // The uplink's MTU, MAC and whether it is up: a host interface as found, or a bond of
     // host.uplinks as it will be (up, with its first member's MAC until it has its own).
     let (ul_mtu, ul_mac, ul_up) = match resolve_uplink(spec, snap, uplink) {
-        HostLink::Foreign(l) => (l.mtu, l.mac.unwrap_or_default(), l.up),
+        // An MTU host.uplinks sets is in place before the sub-interface is made.
+        HostLink::Foreign(l) => (
+            st.mtus.get(uplink).copied().unwrap_or(l.mtu),
+            l.mac.unwrap_or_default(),
+            l.up,
+        ),
         HostLink::DeclaredBond => match st.bonds.get(uplink) {
             Some(b) => {
                 let mac = snap
@@ -627,7 +635,7 @@ pub fn desired(spec: &Spec, snap: &Snapshot) -> Result<HostState, Vec<SpecError>
     for net in spec.networks.values() {
         let npath = path_join("networks", &net.name);
         if net.mode == Mode::Direct {
-            match direct_net(spec, snap, net, &npath) {
+            match direct_net(spec, snap, &st, net, &npath) {
                 Ok(d) => {
                     direct.insert(net.name.as_str(), d);
                 }

@@ -863,7 +863,17 @@ pub fn diff(want: &HostState, have: &HostState) -> Plan {
             });
         }
     }
-    for (name, m) in &want.members {
+    // A new bond takes the MAC of the first member it gets: its home member joins first.
+    let mut joins: Vec<(&String, &crate::state::MemberLink)> = want.members.iter().collect();
+    joins.sort_by_key(|(name, m)| {
+        let home = m
+            .bond
+            .as_ref()
+            .and_then(|b| want.bonds.get(b))
+            .is_some_and(|b| b.home == **name);
+        (!home, *name)
+    });
+    for (name, m) in joins {
         let from = have.members.get(name).and_then(|h| h.bond.clone());
         if from != m.bond {
             steps.push(Step::SetBondMember {
@@ -1069,6 +1079,36 @@ pub fn diff(want: &HostState, have: &HostState) -> Plan {
 fn take_down_bond(have: &mut HostState, old: &BondLink) -> Vec<Step> {
     let name = &old.name;
     let mut steps = Vec::new();
+    // Devices stacked on the bond die with it: they go first, explicitly, so that the rest
+    // of the plan makes them again on the new bond and undoing puts them back.
+    let vlans: Vec<String> = have
+        .vlans
+        .values()
+        .filter(|v| v.parent == *name)
+        .map(|v| v.name.clone())
+        .collect();
+    for v in vlans {
+        if let Some(link) = have.vlans.remove(&v) {
+            steps.push(Step::DeleteVlan(link));
+        }
+    }
+    let vxlans: Vec<String> = have
+        .vxlans
+        .values()
+        .filter(|v| v.underlay == *name)
+        .map(|v| v.name.clone())
+        .collect();
+    for v in vxlans {
+        for dst in have.fdb.remove(&v).unwrap_or_default() {
+            steps.push(Step::DelFdb {
+                dev: v.clone(),
+                dst,
+            });
+        }
+        if let Some(link) = have.vxlans.remove(&v) {
+            steps.push(Step::DeleteVxlan(link));
+        }
+    }
     for route in have.routes.remove(name).unwrap_or_default() {
         steps.push(Step::DelRoute {
             dev: name.clone(),

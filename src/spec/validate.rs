@@ -1074,6 +1074,27 @@ fn uplink_checks(cx: &mut Ctx, nets: &[NetDraft], ports: &[PortDraft], uplinks: 
             let loc = cx.locs.get(&path).copied().unwrap_or(n.key_loc);
             used(cx, &v.underlay, &path, loc, "the underlay");
         }
+        if let Some(v) = n.vlan.as_ref().filter(|_| n.uplink.is_none()) {
+            used(
+                cx,
+                &v.uplink,
+                &join(&n.path, "uplink"),
+                n.vlan_uplink_loc,
+                "the uplink",
+            );
+        }
+        if n.mode == Some(Mode::Direct)
+            && let Some((u, loc)) = &n.uplink
+            && uplinks.iter().any(|x| x.is_bond && x.name == *u)
+        {
+            cx.err(
+                &join(&n.path, "uplink"),
+                *loc,
+                format!(
+                    "'{u}' is a bond of host.uplinks; macvtap ports on a bond kvmnet builds are not supported (use a bridge or vlan network on the bond, or a host interface)"
+                ),
+            );
+        }
     }
 }
 

@@ -237,7 +237,17 @@ impl GuestBuilder {
             "local,path=/,mount_tag=hostroot,security_model=none,readonly=on,multidevs=remap"
                 .into(),
         );
-        self.append("kvmnet.hostroot=hostroot")
+        let mut b = self.append("kvmnet.hostroot=hostroot");
+        // The tree under test may live where the guest mounts its own tmpfs (a checkout
+        // under /tmp or /run): its binaries are shared again at the same path inside /host,
+        // so `host /path/to/kvmnet` works wherever the checkout is.
+        let bin = Path::new(env!("CARGO_BIN_EXE_kvmnet"));
+        if let Some(dir) = bin.parent().and_then(Path::to_str)
+            && (dir.starts_with("/tmp/") || dir.starts_with("/run/"))
+        {
+            b = b.share("kvmnetbin", dir, &format!("/host{dir}"));
+        }
+        b
     }
 
     pub fn memory_mb(mut self, mb: u32) -> Self {

@@ -491,27 +491,34 @@ impl Kernel {
         owner: Option<u32>,
     ) -> Result<(), ApplyError> {
         let lower = self.idx(uplink)?;
-        Self::one(
-            &mut self.nl,
-            Request::NewLink {
-                name: p.name.clone(),
-                kind: NewLinkKind::Macvtap {
-                    lower,
-                    mode: mode.kernel_value(),
-                },
-                mac: Some(p.mac),
-                mtu: Some(p.mtu),
-                alias: Some(p.alias()),
-                master: None,
-                up: p.up,
+        self.create_link(Request::NewLink {
+            name: p.name.clone(),
+            kind: NewLinkKind::Macvtap {
+                lower,
+                mode: mode.kernel_value(),
             },
-        )?;
-        self.index.remove(&p.name);
-        self.deletable.insert(p.name.clone());
+            mac: Some(p.mac),
+            mtu: Some(p.mtu),
+            alias: Some(p.alias()),
+            master: None,
+            up: p.up,
+        })?;
         if let Some(uid) = owner {
             let index = self.idx(&p.name)?;
             macvtap::set_owner(&p.name, index, uid)?;
         }
+        Ok(())
+    }
+
+    /// Makes a link kvmnet owns from `RTM_NEWLINK` (which, made here, an undo may delete).
+    fn create_link(&mut self, req: Request) -> Result<(), ApplyError> {
+        let Request::NewLink { name, .. } = &req else {
+            unreachable!("create_link takes a NewLink request");
+        };
+        let name = name.clone();
+        Self::one(&mut self.nl, req)?;
+        self.index.remove(&name);
+        self.deletable.insert(name);
         Ok(())
     }
 
@@ -602,20 +609,15 @@ impl Kernel {
                 Ok(())
             }
             Step::CreateBridge(b) => {
-                Self::one(
-                    &mut self.nl,
-                    Request::NewLink {
-                        name: b.name.clone(),
-                        kind: NewLinkKind::Bridge,
-                        mac: Some(b.mac),
-                        mtu: Some(b.mtu),
-                        alias: Some(b.alias()),
-                        master: None,
-                        up: b.up,
-                    },
-                )?;
-                self.index.remove(&b.name);
-                self.deletable.insert(b.name.clone());
+                self.create_link(Request::NewLink {
+                    name: b.name.clone(),
+                    kind: NewLinkKind::Bridge,
+                    mac: Some(b.mac),
+                    mtu: Some(b.mtu),
+                    alias: Some(b.alias()),
+                    master: None,
+                    up: b.up,
+                })?;
                 Ok(())
             }
             Step::DeleteBridge(b) => self.delete_links(&[&b.name]).pop().unwrap_or(Ok(())),
@@ -729,47 +731,37 @@ impl Kernel {
             Step::CreateVxlan(v) => {
                 let link = self.idx(&v.underlay)?;
                 let master = self.master_index(&v.master)?;
-                Self::one(
-                    &mut self.nl,
-                    Request::NewLink {
-                        name: v.name.clone(),
-                        kind: NewLinkKind::Vxlan {
-                            vni: v.vni,
-                            local: Some(v.local),
-                            link: Some(link),
-                            port: v.port,
-                            group: v.group,
-                            learning: v.learning,
-                        },
-                        mac: None,
-                        mtu: Some(v.mtu),
-                        alias: Some(v.alias()),
-                        master: (master != 0).then_some(master),
-                        up: v.up,
+                self.create_link(Request::NewLink {
+                    name: v.name.clone(),
+                    kind: NewLinkKind::Vxlan {
+                        vni: v.vni,
+                        local: Some(v.local),
+                        link: Some(link),
+                        port: v.port,
+                        group: v.group,
+                        learning: v.learning,
                     },
-                )?;
-                self.index.remove(&v.name);
-                self.deletable.insert(v.name.clone());
+                    mac: None,
+                    mtu: Some(v.mtu),
+                    alias: Some(v.alias()),
+                    master: (master != 0).then_some(master),
+                    up: v.up,
+                })?;
                 Ok(())
             }
             Step::DeleteVxlan(v) => self.delete_links(&[&v.name]).pop().unwrap_or(Ok(())),
             Step::CreateVlan(v) => {
                 let link = self.idx(&v.parent)?;
                 let master = self.master_index(&v.master)?;
-                Self::one(
-                    &mut self.nl,
-                    Request::NewLink {
-                        name: v.name.clone(),
-                        kind: NewLinkKind::Vlan { id: v.vid, link },
-                        mac: None,
-                        mtu: Some(v.mtu),
-                        alias: Some(v.alias()),
-                        master: (master != 0).then_some(master),
-                        up: v.up,
-                    },
-                )?;
-                self.index.remove(&v.name);
-                self.deletable.insert(v.name.clone());
+                self.create_link(Request::NewLink {
+                    name: v.name.clone(),
+                    kind: NewLinkKind::Vlan { id: v.vid, link },
+                    mac: None,
+                    mtu: Some(v.mtu),
+                    alias: Some(v.alias()),
+                    master: (master != 0).then_some(master),
+                    up: v.up,
+                })?;
                 if v.isolated && master != 0 {
                     let index = self.idx(&v.name)?;
                     Self::one(
@@ -792,20 +784,15 @@ impl Kernel {
                 Self::one(&mut self.nl, req)
             }
             Step::CreateBond(b) => {
-                Self::one(
-                    &mut self.nl,
-                    Request::NewLink {
-                        name: b.name.clone(),
-                        kind: NewLinkKind::Bond(bond_options(b, true, None)?),
-                        mac: None,
-                        mtu: Some(b.mtu),
-                        alias: Some(b.alias()),
-                        master: None,
-                        up: b.up,
-                    },
-                )?;
-                self.index.remove(&b.name);
-                self.deletable.insert(b.name.clone());
+                self.create_link(Request::NewLink {
+                    name: b.name.clone(),
+                    kind: NewLinkKind::Bond(bond_options(b, true, None)?),
+                    mac: None,
+                    mtu: Some(b.mtu),
+                    alias: Some(b.alias()),
+                    master: None,
+                    up: b.up,
+                })?;
                 Ok(())
             }
             Step::DeleteBond(b) => self.delete_links(&[&b.name]).pop().unwrap_or(Ok(())),

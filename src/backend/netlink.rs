@@ -1282,27 +1282,7 @@ impl Netlink {
 
     /// Send the whole of `sbuf` as one datagram.
     fn send_buf(&mut self) -> io::Result<()> {
-        let sa = kernel_addr();
-        loop {
-            // SAFETY: buffer and address are valid for the given lengths.
-            let r = unsafe {
-                libc::sendto(
-                    self.fd.as_raw_fd(),
-                    self.sbuf.buf.as_ptr().cast(),
-                    self.sbuf.buf.len(),
-                    0,
-                    (&sa as *const libc::sockaddr_nl).cast(),
-                    std::mem::size_of::<libc::sockaddr_nl>() as libc::socklen_t,
-                )
-            };
-            if r >= 0 {
-                return Ok(());
-            }
-            let e = io::Error::last_os_error();
-            if e.kind() != io::ErrorKind::Interrupted {
-                return Err(e);
-            }
-        }
+        send_to_kernel(self.fd.as_raw_fd(), &self.sbuf.buf)
     }
 
     /// Receive one datagram into `rbuf`; returns its length.
@@ -2266,6 +2246,32 @@ fn set_by_name(b: &mut MsgBuf, seq: u32, d: &Deferred) {
     b.attr_str(IFLA_IFNAME, &d.name);
     b.attr(IFLA_IFALIAS, d.alias.as_bytes());
     b.end(start);
+}
+
+/// Sends `buf` as one datagram to the kernel on netlink socket `fd` (any netlink family),
+/// retrying when a signal interrupts it.
+pub(crate) fn send_to_kernel(fd: std::os::fd::RawFd, buf: &[u8]) -> io::Result<()> {
+    let sa = kernel_addr();
+    loop {
+        // SAFETY: buffer and address are valid for the given lengths.
+        let r = unsafe {
+            libc::sendto(
+                fd,
+                buf.as_ptr().cast(),
+                buf.len(),
+                0,
+                (&sa as *const libc::sockaddr_nl).cast(),
+                std::mem::size_of::<libc::sockaddr_nl>() as libc::socklen_t,
+            )
+        };
+        if r >= 0 {
+            return Ok(());
+        }
+        let e = io::Error::last_os_error();
+        if e.kind() != io::ErrorKind::Interrupted {
+            return Err(e);
+        }
+    }
 }
 
 #[cfg(test)]

@@ -269,29 +269,7 @@ impl Socket {
     }
 
     fn send(&self, buf: &[u8]) -> Result<(), NftError> {
-        // SAFETY: zeroed sockaddr_nl addresses the kernel.
-        let mut sa: libc::sockaddr_nl = unsafe { std::mem::zeroed() };
-        sa.nl_family = libc::AF_NETLINK as u16;
-        loop {
-            // SAFETY: buffer and address are valid for the given lengths.
-            let r = unsafe {
-                libc::sendto(
-                    self.fd.as_raw_fd(),
-                    buf.as_ptr().cast(),
-                    buf.len(),
-                    0,
-                    (&sa as *const libc::sockaddr_nl).cast(),
-                    std::mem::size_of::<libc::sockaddr_nl>() as libc::socklen_t,
-                )
-            };
-            if r >= 0 {
-                return Ok(());
-            }
-            let e = io::Error::last_os_error();
-            if e.kind() != io::ErrorKind::Interrupted {
-                return Err(sock_err("send")(e));
-            }
-        }
+        super::netlink::send_to_kernel(self.fd.as_raw_fd(), buf).map_err(sock_err("send"))
     }
 
     fn recv(&mut self) -> Result<usize, NftError> {

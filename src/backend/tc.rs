@@ -1927,27 +1927,7 @@ impl Tc {
     }
 
     fn send(&self, buf: &[u8]) -> io::Result<()> {
-        let sa = kernel_addr();
-        loop {
-            // SAFETY: buffer and address are valid for the given lengths.
-            let r = unsafe {
-                libc::sendto(
-                    self.fd.as_raw_fd(),
-                    buf.as_ptr().cast(),
-                    buf.len(),
-                    0,
-                    (&sa as *const libc::sockaddr_nl).cast(),
-                    std::mem::size_of::<libc::sockaddr_nl>() as libc::socklen_t,
-                )
-            };
-            if r >= 0 {
-                return Ok(());
-            }
-            let e = io::Error::last_os_error();
-            if e.kind() != io::ErrorKind::Interrupted {
-                return Err(e);
-            }
-        }
+        super::netlink::send_to_kernel(self.fd.as_raw_fd(), buf)
     }
 
     fn recv(&mut self) -> io::Result<usize> {

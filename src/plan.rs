@@ -919,6 +919,8 @@ pub fn diff(want: &HostState, have: &HostState) -> Plan {
             remade.insert(name);
         }
     }
+    // Changed ports come after the new ones: a change may mirror to a port made here.
+    let mut updates = Vec::new();
     for (name, p) in &want.ports {
         match have.ports.get(name) {
             None => port_steps.push(Step::CreatePort(p.clone())),
@@ -927,13 +929,14 @@ pub fn diff(want: &HostState, have: &HostState) -> Plan {
                 port_steps.push(Step::CreatePort(p.clone()));
                 remade.insert(name);
             }
-            Some(h) if h != p => port_steps.push(Step::UpdatePort {
+            Some(h) if h != p => updates.push(Step::UpdatePort {
                 from: h.clone(),
                 to: p.clone(),
             }),
             _ => {}
         }
     }
+    port_steps.extend(updates);
     // VLAN sub-interfaces: an id, lower device or setting that differs makes one again. They
     // leave before the ports and bridges they hang on, and come after them.
     let vlan_stale =

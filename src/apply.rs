@@ -238,6 +238,24 @@ impl Kernel {
         })
     }
 
+    /// Learns afresh the indexes of `names` (and whether kvmnet marked them): one lookup each
+    /// for a few, one dump of every link for many.
+    fn refresh_names(&mut self, names: &[&str]) -> Result<(), ApplyError> {
+        if names.len() > 32 {
+            return self.refresh_index();
+        }
+        for n in names {
+            self.index.remove(*n);
+            if let Some(l) = self.nl.link_by_name(n)? {
+                if l.alias.as_deref().and_then(parse_alias).is_some() {
+                    self.deletable.insert(l.name.clone());
+                }
+                self.index.insert(l.name, l.index);
+            }
+        }
+        Ok(())
+    }
+
     fn refresh_index(&mut self) -> Result<(), ApplyError> {
         let links = self.nl.links_without_stats()?;
         for l in &links {
@@ -369,7 +387,8 @@ impl Kernel {
                 PortKind::Veth { .. } | PortKind::Macvtap { .. } => Ok(()),
             });
         }
-        if let Err(e) = self.refresh_index() {
+        let names: Vec<&str> = ports.iter().map(|p| p.name.as_str()).collect();
+        if let Err(e) = self.refresh_names(&names) {
             return ports
                 .iter()
                 .map(|_| Err(ApplyError::NoSuchLink(e.to_string())))
@@ -526,7 +545,7 @@ impl Kernel {
         let mut results = Vec::with_capacity(names.len());
         let mut reqs = Vec::new();
         let mut owners = Vec::new();
-        if let Err(e) = self.refresh_index() {
+        if let Err(e) = self.refresh_names(names) {
             return names
                 .iter()
                 .map(|_| Err(ApplyError::NoSuchLink(e.to_string())))

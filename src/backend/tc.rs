@@ -71,6 +71,7 @@ const RTM_SETLINK: u16 = 19;
 const RTM_NEWQDISC: u16 = 36;
 const RTM_DELQDISC: u16 = 37;
 const RTM_GETQDISC: u16 = 38;
+const NLM_F_ECHO: u16 = 0x8;
 const RTM_NEWTCLASS: u16 = 40;
 const RTM_DELTCLASS: u16 = 41;
 const RTM_GETTCLASS: u16 = 42;
@@ -1891,6 +1892,22 @@ impl Tc {
         })
     }
 
+    /// The socket's netlink port: notifications this socket's requests cause carry it.
+    pub fn portid(&self) -> u32 {
+        // SAFETY: zeroed sockaddr_nl is valid; getsockname fills at most `len` bytes.
+        let mut sa: libc::sockaddr_nl = unsafe { std::mem::zeroed() };
+        let mut len = std::mem::size_of::<libc::sockaddr_nl>() as libc::socklen_t;
+        // SAFETY: as above, on a descriptor we own.
+        let r = unsafe {
+            libc::getsockname(
+                self.fd.as_raw_fd(),
+                (&mut sa as *mut libc::sockaddr_nl).cast(),
+                &mut len,
+            )
+        };
+        if r == 0 { sa.nl_pid } else { 0 }
+    }
+
     /// A socket in the namespace `netns_fd` refers to (the calling thread switches there for
     /// the `socket` call and back).
     pub fn open_in(netns_fd: RawFd) -> Result<Tc, TcError> {
@@ -2111,6 +2128,125 @@ impl Tc {
         }
     }
 
+    /// One request that is not a dump; `None` when the kernel has no such object. The kernel
+    /// answers a qdisc request as a notification to every tc listener, and to the asker only
+    /// when it asks for an echo (those listeners see this socket's port on it).
+    fn get_one(&mut self, op: &str, ty: u16, header: &[u8]) -> Result<Option<Vec<u8>>, TcError> {
+        let seq = self.next_seq();
+        let mut b = MsgBuf::new();
+        // With an ack asked for, an answer always ends: the kernel sends nothing at all for
+        // an object it would not dump (the placeholder on an unused ingress hook).
+        let start = b.begin(ty, NLM_F_REQUEST | NLM_F_ECHO | NLM_F_ACK, seq);
+        b.buf.extend_from_slice(header);
+        b.end(start);
+        self.send(&b.buf).map_err(|e| TcError::Socket {
+            op: "send request",
+            source: e,
+        })?;
+        let mut answer = None;
+        loop {
+            let n = self.recv().map_err(|e| TcError::Socket {
+                op: "receive reply",
+                source: e,
+            })?;
+            for m in messages(&self.rbuf[..n]) {
+                if m.seq != seq {
+                    continue;
+                }
+                if m.ty != NLMSG_ERROR {
+                    answer = Some(m.payload.to_vec());
+                    continue;
+                }
+                let (errno, _, ext) = parse_error(&m).ok_or_else(|| TcError::Protocol {
+                    op: op.to_string(),
+                    reason: "short error message".into(),
+                })?;
+                return match errno {
+                    0 => Ok(answer),
+                    libc::ENOENT | libc::EINVAL | libc::ENODEV => Ok(None),
+                    e => Err(kernel_err(op.to_string(), e, ext)),
+                };
+            }
+        }
+    }
+
+    /// One device's qdiscs, asked for where they can sit (the root, the ingress hook and the
+    /// leaf of each class) rather than dumped: the kernel dumps every device's qdiscs
+    /// whatever the request says, which costs milliseconds on a host with 1,000 ports.
+    fn qdiscs_of(&mut self, ifindex: u32, name: &str) -> Result<Vec<Qdisc>, TcError> {
+        let mut hdr = MsgBuf::new();
+        hdr.tcmsg(ifindex, 0, 0, 0);
+        let classes: Vec<Class> = self
+            .dump(&format!("list classes of {name}"), RTM_GETTCLASS, &hdr.buf)?
+            .iter()
+            .filter_map(|p| parse_class(p))
+            .collect();
+        let mut parents = vec![TC_H_ROOT, TC_H_INGRESS];
+        parents.extend(classes.iter().map(|c| c.handle));
+        let mut out: Vec<Qdisc> = Vec::new();
+        for parent in parents {
+            let mut hdr = MsgBuf::new();
+            hdr.tcmsg(ifindex, 0, parent, 0);
+            let op = format!("read the qdisc of {name} at {}", parent_name(parent));
+            let Some(p) = self.get_one(&op, RTM_GETQDISC, &hdr.buf)? else {
+                continue;
+            };
+            // The placeholder on an unused hook is not a qdisc a dump would show.
+            if let Some((_, q)) = parse_qdisc(&p)
+                && q.kind != "noop"
+                && !out
+                    .iter()
+                    .any(|o| o.handle == q.handle && o.parent == q.parent)
+            {
+                out.push(q);
+            }
+        }
+        Ok(out)
+    }
+
+    /// A device's tc state, read device by device (see [`Tc::qdiscs_of`]).
+    fn observe_one(&mut self, name: &str, planned: bool) -> Result<Option<DevTc>, TcError> {
+        let Some(mut d) = self.link(name)? else {
+            return Ok(None);
+        };
+        d.qdiscs = self.qdiscs_of(d.ifindex, name)?;
+        self.fill_dev_at(&mut d, planned)?;
+        Ok(Some(d))
+    }
+
+    /// [`Tc::observe_many`] for a few ports on a host with many: nothing read for all devices.
+    pub fn observe_few(&mut self, ports: &[PortTc]) -> Result<Vec<TcObserved>, TcError> {
+        let mut out = Vec::with_capacity(ports.len());
+        for port in ports {
+            let dev = self.observe_one(&port.dev, true)?;
+            let ifb = self.observe_one(&port.ifb_dev(), true)?;
+            let mut links = BTreeMap::new();
+            if let Some(m) = &port.mirror_to
+                && let Some(l) = self.link(m)?
+            {
+                links.insert(m.clone(), l.ifindex);
+            }
+            out.push(TcObserved {
+                dev,
+                ifb,
+                links,
+                clock: self.clock,
+            });
+        }
+        Ok(out)
+    }
+
+    /// [`Tc::observe_devs`], device by device.
+    pub fn observe_devs_few(&mut self, names: &[&str]) -> Result<Vec<DevTc>, TcError> {
+        let mut out = Vec::new();
+        for name in names {
+            if let Some(d) = self.observe_one(name, false)? {
+                out.push(d);
+            }
+        }
+        Ok(out)
+    }
+
     /// Qdiscs of every device, by ifindex (the kernel dumps them all at once).
     fn all_qdiscs(&mut self) -> Result<HashMap<u32, Vec<Qdisc>>, TcError> {
         let mut hdr = MsgBuf::new();
@@ -2195,12 +2331,7 @@ impl Tc {
 
     /// The tc state of one device; None if it does not exist.
     pub fn observe_dev(&mut self, name: &str) -> Result<Option<DevTc>, TcError> {
-        let Some(mut dev) = self.link(name)? else {
-            return Ok(None);
-        };
-        dev.qdiscs = self.all_qdiscs()?.remove(&dev.ifindex).unwrap_or_default();
-        self.fill_dev(&mut dev)?;
-        Ok(Some(dev))
+        self.observe_one(name, false)
     }
 
     /// What [`plan`] needs for `port`.
@@ -2211,6 +2342,10 @@ impl Tc {
     /// [`Tc::observe`] for many ports at once: the kernel dumps the qdiscs of every device
     /// whatever the request says, so this dumps them once for all ports.
     pub fn observe_many(&mut self, ports: &[PortTc]) -> Result<Vec<TcObserved>, TcError> {
+        // A few ports: asking about their devices beats dumping every device's qdiscs.
+        if ports.len() <= 4 {
+            return self.observe_few(ports);
+        }
         let qdiscs = self.all_qdiscs()?;
         // Many ports: one link dump instead of a lookup per device.
         let all = if ports.len() > 4 {
@@ -2812,6 +2947,9 @@ pub fn plan_shaping(
 impl Tc {
     /// The tc state of each named device that exists.
     pub fn observe_devs(&mut self, names: &[&str]) -> Result<Vec<DevTc>, TcError> {
+        if names.len() <= 4 {
+            return self.observe_devs_few(names);
+        }
         let mut qdiscs = self.all_qdiscs()?;
         let mut out = Vec::new();
         for name in names {

@@ -535,150 +535,244 @@ fn elements(key: u32, dumps: &[Vec<u8>]) -> BTreeSet<String> {
     out
 }
 
-/// One of kvmnet's tables as the kernel has it, or `None` when it does not exist.
-fn read_table(
-    sock: &mut Socket,
-    family: &str,
-    want: Option<&NftTable>,
-    out: &mut NftTable,
-) -> Result<bool, NftError> {
-    let fam = if family == nft::FAMILY {
+/// What the kernel holds in one of kvmnet's tables, as read over nfnetlink: the table's mark
+/// and object count, every chain (with its hook), the rule hashes of each chain, and the
+/// named sets with their elements.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct FamilyRaw {
+    mark: Option<String>,
+    uses: u32,
+    chains: BTreeMap<String, Option<String>>,
+    rules: BTreeMap<String, Vec<NftRule>>,
+    sets: BTreeMap<String, SetRaw>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct SetRaw {
+    key: u32,
+    data: Option<u32>,
+    flags: u32,
+    elements: BTreeSet<String>,
+}
+
+/// Interval sets keep an element as two entries, and timed elements leave silently: those
+/// sets are read again rather than followed element by element.
+const NFT_SET_INTERVAL: u32 = 0x4;
+const NFT_SET_TIMEOUT: u32 = 0x10;
+
+fn family_number(family: &str) -> u8 {
+    if family == nft::FAMILY {
         NFPROTO_INET
     } else {
         NFPROTO_BRIDGE
-    };
-    let table = nft::TABLE;
+    }
+}
+
+fn kernel_error(op: String, errno: i32) -> NftError {
+    NftError::Kernel {
+        op,
+        message: io::Error::from_raw_os_error(errno).to_string(),
+    }
+}
+
+/// The table's mark and object count; `None` when it does not exist.
+fn read_table_head(
+    sock: &mut Socket,
+    family: &str,
+) -> Result<Option<(Option<String>, u32)>, NftError> {
     let mut buf = Vec::new();
     let seq = sock.request(
         &mut buf,
         NFT_MSG_GETTABLE,
         0,
-        fam,
-        &[(NFTA_TABLE_NAME, table)],
+        family_number(family),
+        &[(NFTA_TABLE_NAME, nft::TABLE)],
     );
-    let t = match sock.exchange(&buf, &[seq])?.remove(&seq) {
-        Some(Ok(t)) => t,
+    match sock.exchange(&buf, &[seq])?.remove(&seq) {
+        Some(Ok(t)) => Ok(Some((
+            attr(&t, NFTA_TABLE_USERDATA).and_then(comment),
+            attr(&t, NFTA_TABLE_USE).and_then(be32).unwrap_or(0),
+        ))),
         // No nf_tables here at all: then there is no table either.
-        Some(Err(libc::ENOENT | libc::EOPNOTSUPP | libc::EAFNOSUPPORT)) | None => return Ok(false),
-        Some(Err(e)) => {
-            return Err(NftError::Kernel {
-                op: format!("read table {family} {table}"),
-                message: io::Error::from_raw_os_error(e).to_string(),
-            });
-        }
-    };
-    let mark = attr(&t, NFTA_TABLE_USERDATA).and_then(comment);
-    let uses = attr(&t, NFTA_TABLE_USE).and_then(be32).unwrap_or(0);
-    if mark.as_deref() != Some(nft::OWNER_COMMENT) {
-        out.intact = false;
+        Some(Err(libc::ENOENT | libc::EOPNOTSUPP | libc::EAFNOSUPPORT)) | None => Ok(None),
+        Some(Err(e)) => Err(kernel_error(
+            format!("read table {family} {}", nft::TABLE),
+            e,
+        )),
     }
+}
 
-    // Rules, in chain order, with the hashes their comments carry.
+/// Rules of the table (or of one chain), grouped by chain, in order.
+fn read_rules(
+    sock: &mut Socket,
+    family: &str,
+    chain: Option<&str>,
+) -> Result<BTreeMap<String, Vec<NftRule>>, NftError> {
+    let table = nft::TABLE;
+    let mut filter = vec![(NFTA_RULE_TABLE, table)];
+    if let Some(c) = chain {
+        filter.push((NFTA_RULE_CHAIN, c));
+    }
     let mut rules: BTreeMap<String, Vec<NftRule>> = BTreeMap::new();
     for p in sock
         .dump(
             "list rules",
             NFT_MSG_GETRULE,
-            fam,
-            &[(NFTA_RULE_TABLE, table)],
+            family_number(family),
+            &filter,
         )?
         .unwrap_or_default()
     {
         if attr(&p, NFTA_RULE_TABLE).map(attr_string).as_deref() != Some(table) {
             continue;
         }
-        let Some(chain) = attr(&p, NFTA_RULE_CHAIN).map(attr_string) else {
+        let Some(name) = attr(&p, NFTA_RULE_CHAIN).map(attr_string) else {
             continue;
         };
+        if chain.is_some_and(|c| c != name) {
+            continue;
+        }
         let hash = attr(&p, NFTA_RULE_USERDATA)
             .and_then(comment)
             .unwrap_or_default();
-        rules.entry(chain).or_default().push(NftRule {
+        rules.entry(name).or_default().push(NftRule {
             hash,
             text: String::new(),
         });
     }
+    Ok(rules)
+}
 
-    // Chains with rules exist; a chain cannot gain a hook after it is made, so those kvmnet
-    // wants as jump targets need no further look. Asked for, one request each: wanted base
-    // chains (their hooks), wanted chains without rules (they may be there empty), and the
-    // unwanted ones (their hooks, to put them back on a rollback).
-    let wanted: BTreeMap<&str, &NftChain> = want
-        .map(|w| {
-            w.chains
-                .values()
-                .filter(|c| c.family == family)
-                .map(|c| (c.name.as_str(), c))
-                .collect()
-        })
-        .unwrap_or_default();
-    let mut names: BTreeSet<String> = BTreeSet::new();
-    for (name, r) in std::mem::take(&mut rules) {
-        match wanted.get(name.as_str()) {
-            Some(w) if w.hook.is_none() => {
-                out.chains.insert(
-                    format!("{family} {name}"),
-                    NftChain {
-                        family: family.to_string(),
-                        name,
-                        hook: None,
-                        rules: r,
-                    },
-                );
-            }
-            _ => {
-                names.insert(name.clone());
-                rules.insert(name, r);
-            }
-        }
-    }
-    let mut chains = out.chains.values().filter(|c| c.family == family).count() as u32;
-    names.extend(
-        wanted
-            .keys()
-            .filter(|n| !out.chains.contains_key(&format!("{family} {n}")))
-            .map(|n| n.to_string()),
-    );
+/// One chain's hook (`Some(None)` for a regular chain); `None` when there is no such chain.
+fn read_chain(
+    sock: &mut Socket,
+    family: &str,
+    name: &str,
+) -> Result<Option<Option<String>>, NftError> {
+    let fam = family_number(family);
     let mut buf = Vec::new();
-    let mut asked = Vec::new();
-    for n in &names {
-        let seq = sock.request(
-            &mut buf,
-            NFT_MSG_GETCHAIN,
-            0,
-            fam,
-            &[(NFTA_CHAIN_TABLE, table), (NFTA_CHAIN_NAME, n)],
-        );
-        asked.push((seq, n));
+    let seq = sock.request(
+        &mut buf,
+        NFT_MSG_GETCHAIN,
+        0,
+        fam,
+        &[(NFTA_CHAIN_TABLE, nft::TABLE), (NFTA_CHAIN_NAME, name)],
+    );
+    match sock.exchange(&buf, &[seq])?.remove(&seq) {
+        Some(Ok(p)) => Ok(Some(chain_hook(fam, &p))),
+        Some(Err(libc::ENOENT)) | None => Ok(None),
+        Some(Err(e)) => Err(kernel_error(
+            format!("read chain {family} {} {name}", nft::TABLE),
+            e,
+        )),
     }
-    let seqs: Vec<u32> = asked.iter().map(|(s, _)| *s).collect();
-    let mut answers = sock.exchange(&buf, &seqs)?;
-    for (seq, name) in asked {
-        match answers.remove(&seq) {
-            Some(Ok(p)) => {
-                chains += 1;
-                out.chains.insert(
-                    format!("{family} {name}"),
-                    NftChain {
-                        family: family.to_string(),
-                        name: name.clone(),
-                        hook: chain_hook(fam, &p),
-                        rules: rules.remove(name).unwrap_or_default(),
-                    },
-                );
-            }
-            Some(Err(libc::ENOENT)) | None => {}
-            Some(Err(e)) => {
-                return Err(NftError::Kernel {
-                    op: format!("read chain {family} {table} {name}"),
-                    message: io::Error::from_raw_os_error(e).to_string(),
-                });
-            }
+}
+
+/// A named set's type and elements; `None` for an anonymous set (they belong to rules).
+fn set_raw(
+    sock: &mut Socket,
+    family: &str,
+    p: &[u8],
+) -> Result<Option<(String, SetRaw)>, NftError> {
+    let flags = attr(p, NFTA_SET_FLAGS).and_then(be32).unwrap_or(0);
+    if flags & NFT_SET_ANONYMOUS != 0 {
+        return Ok(None);
+    }
+    let Some(name) = attr(p, NFTA_SET_NAME).map(attr_string) else {
+        return Ok(None);
+    };
+    let key = attr(p, NFTA_SET_KEY_TYPE).and_then(be32).unwrap_or(0);
+    let data = attr(p, NFTA_SET_DATA_TYPE).and_then(be32);
+    let elements = read_elements(sock, family, &name, key)?;
+    Ok(Some((
+        name,
+        SetRaw {
+            key,
+            data,
+            flags,
+            elements,
+        },
+    )))
+}
+
+fn read_elements(
+    sock: &mut Socket,
+    family: &str,
+    set: &str,
+    key: u32,
+) -> Result<BTreeSet<String>, NftError> {
+    let dumps = sock
+        .dump(
+            "list set elements",
+            NFT_MSG_GETSETELEM,
+            family_number(family),
+            &[
+                (NFTA_SET_ELEM_LIST_TABLE, nft::TABLE),
+                (NFTA_SET_ELEM_LIST_SET, set),
+            ],
+        )?
+        .unwrap_or_default();
+    Ok(elements(key, &dumps))
+}
+
+/// One named set, read again; `None` when it is gone (or anonymous).
+fn read_set(sock: &mut Socket, family: &str, name: &str) -> Result<Option<SetRaw>, NftError> {
+    let mut buf = Vec::new();
+    let seq = sock.request(
+        &mut buf,
+        NFT_MSG_GETSET,
+        0,
+        family_number(family),
+        &[(NFTA_SET_TABLE, nft::TABLE), (NFTA_SET_NAME, name)],
+    );
+    match sock.exchange(&buf, &[seq])?.remove(&seq) {
+        Some(Ok(p)) => Ok(set_raw(sock, family, &p)?.map(|(_, s)| s)),
+        Some(Err(libc::ENOENT)) | None => Ok(None),
+        Some(Err(e)) => Err(kernel_error(
+            format!("read set {family} {} {name}", nft::TABLE),
+            e,
+        )),
+    }
+}
+
+/// The keys of the elements in a set-element message, in nft's words.
+fn element_keys(key: u32, body: &[u8]) -> Vec<String> {
+    let Some(list) = attr(body, NFTA_SET_ELEM_LIST_ELEMENTS) else {
+        return Vec::new();
+    };
+    attrs(list)
+        .filter_map(|(_, e)| attr(e, NFTA_SET_ELEM_KEY).and_then(|k| attr(k, NFTA_DATA_VALUE)))
+        .map(|k| key_text(key, k))
+        .collect()
+}
+
+/// One of kvmnet's tables as the kernel has it, or `None` when it does not exist.
+fn read_family(sock: &mut Socket, family: &str) -> Result<Option<FamilyRaw>, NftError> {
+    let Some((mark, uses)) = read_table_head(sock, family)? else {
+        return Ok(None);
+    };
+    let fam = family_number(family);
+    let table = nft::TABLE;
+    // The kernel dumps the chains of every table of the family; ours are picked out.
+    let mut chains = BTreeMap::new();
+    for p in sock
+        .dump(
+            "list chains",
+            NFT_MSG_GETCHAIN,
+            fam,
+            &[(NFTA_CHAIN_TABLE, table)],
+        )?
+        .unwrap_or_default()
+    {
+        if attr(&p, NFTA_CHAIN_TABLE).map(attr_string).as_deref() != Some(table) {
+            continue;
+        }
+        if let Some(name) = attr(&p, NFTA_CHAIN_NAME).map(attr_string) {
+            chains.insert(name, chain_hook(fam, &p));
         }
     }
-
-    // Sets and their elements; anonymous sets belong to rules (they are not the table's).
-    let mut sets = 0u32;
+    let rules = read_rules(sock, family, None)?;
+    let mut sets = BTreeMap::new();
     for p in sock
         .dump("list sets", NFT_MSG_GETSET, fam, &[(NFTA_SET_TABLE, table)])?
         .unwrap_or_default()
@@ -686,43 +780,248 @@ fn read_table(
         if attr(&p, NFTA_SET_TABLE).map(attr_string).as_deref() != Some(table) {
             continue;
         }
-        let flags = attr(&p, NFTA_SET_FLAGS).and_then(be32).unwrap_or(0);
-        if flags & NFT_SET_ANONYMOUS != 0 {
-            continue;
+        if let Some((name, s)) = set_raw(sock, family, &p)? {
+            sets.insert(name, s);
         }
-        sets += 1;
-        let Some(name) = attr(&p, NFTA_SET_NAME).map(attr_string) else {
-            continue;
+    }
+    Ok(Some(FamilyRaw {
+        mark,
+        uses,
+        chains,
+        rules,
+        sets,
+    }))
+}
+
+/// kvmnet's tables as last read, kept current by [`NftCache::update`] from the kernel's
+/// notifications: one changed chain or set is read again, not the whole tables.
+#[derive(Debug, PartialEq, Eq)]
+pub struct NftCache {
+    /// By family name; `None` when the kernel has no nftables at all.
+    families: Option<BTreeMap<&'static str, Option<FamilyRaw>>>,
+}
+
+fn open_socket() -> Result<Option<Socket>, NftError> {
+    match Socket::open() {
+        Ok(s) => Ok(Some(s)),
+        // A kernel without nfnetlink has no tables of ours.
+        Err(NftError::Socket { source, .. })
+            if source.raw_os_error() == Some(libc::EPROTONOSUPPORT) =>
+        {
+            Ok(None)
+        }
+        Err(e) => Err(e),
+    }
+}
+
+impl NftCache {
+    /// Reads both of kvmnet's tables.
+    pub fn read() -> Result<NftCache, NftError> {
+        let Some(mut sock) = open_socket()? else {
+            return Ok(NftCache { families: None });
         };
-        let key = attr(&p, NFTA_SET_KEY_TYPE).and_then(be32).unwrap_or(0);
-        let data = attr(&p, NFTA_SET_DATA_TYPE).and_then(be32);
-        let dumps = sock
-            .dump(
-                "list set elements",
-                NFT_MSG_GETSETELEM,
-                fam,
-                &[
-                    (NFTA_SET_ELEM_LIST_TABLE, table),
-                    (NFTA_SET_ELEM_LIST_SET, &name),
-                ],
-            )?
-            .unwrap_or_default();
-        out.sets.insert(
-            format!("{family} {name}"),
-            NftSet {
-                family: family.to_string(),
-                name,
-                ty: set_type(key, data),
-                elements: elements(key, &dumps),
-            },
-        );
+        let mut families = BTreeMap::new();
+        for family in [nft::FAMILY, nft::BRIDGE_FAMILY] {
+            families.insert(family, read_family(&mut sock, family)?);
+        }
+        Ok(NftCache {
+            families: Some(families),
+        })
     }
-    // Everything the table holds is a chain or a set we have seen; anything else (a chain
-    // emptied by hand that kvmnet does not want, a stateful object) makes it unrecognised.
-    if uses != chains + sets {
-        out.intact = false;
+
+    /// Reads again what `changes` (notifications: family number, table, object) touched.
+    pub fn update(
+        &mut self,
+        changes: &BTreeSet<(u8, String, crate::backend::events::NftObject)>,
+        element_changes: &[crate::backend::events::ElementChange],
+    ) -> Result<(), NftError> {
+        use crate::backend::events::NftObject;
+        let Some(families) = self.families.as_mut() else {
+            return Ok(());
+        };
+        // Element changes of a set that cannot be followed count as a change of the set.
+        let mut changes = changes.clone();
+        let mut followed = Vec::new();
+        for e in element_changes.iter().filter(|e| e.table == nft::TABLE) {
+            let family = if e.family == NFPROTO_INET {
+                nft::FAMILY
+            } else {
+                nft::BRIDGE_FAMILY
+            };
+            let plain = families
+                .get(family)
+                .and_then(|f| f.as_ref())
+                .and_then(|f| f.sets.get(&e.set))
+                .is_some_and(|s| s.flags & (NFT_SET_INTERVAL | NFT_SET_TIMEOUT) == 0);
+            if plain {
+                followed.push((family, e));
+            } else {
+                changes.insert((e.family, e.table.clone(), NftObject::Set(e.set.clone())));
+            }
+        }
+        let ours: Vec<&(u8, String, NftObject)> =
+            changes.iter().filter(|(_, t, _)| t == nft::TABLE).collect();
+        let reread: BTreeSet<(u8, &str)> = ours
+            .iter()
+            .filter_map(|(f, _, o)| match o {
+                NftObject::Set(s) => Some((*f, s.as_str())),
+                _ => None,
+            })
+            .collect();
+        // Followed element by element, unless the set (or its table) is read again below.
+        for (family, e) in followed {
+            let fam = family_number(family);
+            let whole = ours
+                .iter()
+                .any(|(f, _, o)| *f == fam && matches!(o, NftObject::Table | NftObject::Other));
+            if whole || reread.contains(&(fam, e.set.as_str())) {
+                continue;
+            }
+            let Some(set) = families
+                .get_mut(family)
+                .and_then(|f| f.as_mut())
+                .and_then(|f| f.sets.get_mut(&e.set))
+            else {
+                continue;
+            };
+            if e.added {
+                set.elements
+                    .extend(elements(set.key, std::slice::from_ref(&e.body)));
+            } else {
+                for k in element_keys(set.key, &e.body) {
+                    let with_data = format!("{k} : ");
+                    set.elements
+                        .retain(|x| *x != k && !x.starts_with(&with_data));
+                }
+            }
+        }
+        if ours.is_empty() {
+            return Ok(());
+        }
+        let Some(mut sock) = open_socket()? else {
+            return Ok(());
+        };
+        for family in [nft::FAMILY, nft::BRIDGE_FAMILY] {
+            let fam = family_number(family);
+            let objs: Vec<&NftObject> = ours
+                .iter()
+                .filter(|(f, _, _)| *f == fam)
+                .map(|(_, _, o)| o)
+                .collect();
+            if objs.is_empty() {
+                continue;
+            }
+            let slot = families.entry(family).or_insert(None);
+            let whole = objs
+                .iter()
+                .any(|o| matches!(o, NftObject::Table | NftObject::Other));
+            let Some(raw) = slot.as_mut().filter(|_| !whole) else {
+                *slot = read_family(&mut sock, family)?;
+                continue;
+            };
+            let Some((mark, uses)) = read_table_head(&mut sock, family)? else {
+                *slot = None;
+                continue;
+            };
+            raw.mark = mark;
+            raw.uses = uses;
+            for o in &objs {
+                match o {
+                    NftObject::Chain(name) => match read_chain(&mut sock, family, name)? {
+                        Some(hook) => {
+                            raw.chains.insert(name.clone(), hook);
+                        }
+                        None => {
+                            raw.chains.remove(name);
+                            raw.rules.remove(name);
+                        }
+                    },
+                    NftObject::Set(name) => match read_set(&mut sock, family, name)? {
+                        Some(s) => {
+                            raw.sets.insert(name.clone(), s);
+                        }
+                        None => {
+                            raw.sets.remove(name);
+                        }
+                    },
+                    _ => {}
+                }
+            }
+            for o in &objs {
+                match o {
+                    NftObject::Rules(chain) => {
+                        match read_rules(&mut sock, family, Some(chain))?.remove(chain.as_str()) {
+                            Some(r) => {
+                                raw.rules.insert(chain.clone(), r);
+                            }
+                            None => {
+                                raw.rules.remove(chain.as_str());
+                            }
+                        }
+                    }
+                    NftObject::Elements(set) if !objs.contains(&&NftObject::Set(set.clone())) => {
+                        if let Some(s) = raw.sets.get_mut(set.as_str()) {
+                            s.elements = read_elements(&mut sock, family, set, s.key)?;
+                        }
+                    }
+                    _ => {}
+                }
+            }
+        }
+        Ok(())
     }
-    Ok(true)
+
+    /// The tables in kvmnet's terms (rule texts not read), or `None` when there are none.
+    pub fn table(&self) -> Option<NftTable> {
+        let mut t = NftTable {
+            families: BTreeSet::new(),
+            chains: BTreeMap::new(),
+            sets: BTreeMap::new(),
+            intact: true,
+            listing: None,
+        };
+        for (family, raw) in self.families.as_ref()? {
+            let Some(raw) = raw else {
+                continue;
+            };
+            t.families.insert(family.to_string());
+            if raw.mark.as_deref() != Some(nft::OWNER_COMMENT) {
+                t.intact = false;
+            }
+            // Everything the table holds is a chain or a set we have seen; anything else (a
+            // stateful object, a flowtable) makes it unrecognised.
+            if raw.uses as usize != raw.chains.len() + raw.sets.len() {
+                t.intact = false;
+            }
+            for (name, hook) in &raw.chains {
+                t.chains.insert(
+                    format!("{family} {name}"),
+                    NftChain {
+                        family: family.to_string(),
+                        name: name.clone(),
+                        hook: hook.clone(),
+                        rules: raw.rules.get(name).cloned().unwrap_or_default(),
+                    },
+                );
+            }
+            // Rules in a chain the chain dump did not show: the tables changed mid-read.
+            if raw.rules.keys().any(|c| !raw.chains.contains_key(c)) {
+                t.intact = false;
+            }
+            for (name, s) in &raw.sets {
+                t.sets.insert(
+                    format!("{family} {name}"),
+                    NftSet {
+                        family: family.to_string(),
+                        name: name.clone(),
+                        ty: set_type(s.key, s.data),
+                        elements: s.elements.clone(),
+                    },
+                );
+            }
+        }
+        (!t.families.is_empty()).then_some(t)
+    }
 }
 
 /// Puts nft's own text of the rules into `t`: for the chains named, or for all of them
@@ -771,31 +1070,17 @@ fn read_texts(t: &mut NftTable, which: Option<Vec<String>>) -> Result<(), NftErr
 /// kvmnet's tables as they are now, or `None` when there are none. `want` (what the spec
 /// asks for) decides which rules are worth reading back as text.
 pub fn observe(want: Option<&NftTable>) -> Result<Option<NftTable>, NftError> {
-    let mut sock = match Socket::open() {
-        Ok(s) => s,
-        // A kernel without nfnetlink has no tables of ours.
-        Err(NftError::Socket { source, .. })
-            if source.raw_os_error() == Some(libc::EPROTONOSUPPORT) =>
-        {
-            return Ok(None);
-        }
-        Err(e) => return Err(e),
-    };
-    let mut t = NftTable {
-        families: BTreeSet::new(),
-        chains: BTreeMap::new(),
-        sets: BTreeMap::new(),
-        intact: true,
-        listing: None,
-    };
-    for family in [nft::FAMILY, nft::BRIDGE_FAMILY] {
-        if read_table(&mut sock, family, want, &mut t)? {
-            t.families.insert(family.to_string());
-        }
-    }
-    if t.families.is_empty() {
+    observe_from(&NftCache::read()?, want)
+}
+
+/// [`observe`], from tables read before (and kept current since).
+pub fn observe_from(
+    cache: &NftCache,
+    want: Option<&NftTable>,
+) -> Result<Option<NftTable>, NftError> {
+    let Some(mut t) = cache.table() else {
         return Ok(None);
-    }
+    };
     let which = nft::chains_to_read(want, &t);
     if which.as_ref().is_none_or(|w| !w.is_empty()) {
         if !available() {

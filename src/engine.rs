@@ -81,12 +81,16 @@ pub fn parse(source: &str, bytes: &[u8]) -> Result<Spec, EngineError> {
     })
 }
 
+/// A spec file's raw text.
+pub fn read(path: &Path) -> Result<Vec<u8>, EngineError> {
+    let source = path.display().to_string();
+    std::fs::read(path).map_err(|e| invalid(&source, "", format!("cannot read the spec: {e}")))
+}
+
 /// Reads and validates a spec file; returns it with its raw text.
 pub fn load(path: &Path) -> Result<(Spec, Vec<u8>), EngineError> {
-    let source = path.display().to_string();
-    let bytes = std::fs::read(path)
-        .map_err(|e| invalid(&source, "", format!("cannot read the spec: {e}")))?;
-    Ok((parse(&source, &bytes)?, bytes))
+    let bytes = read(path)?;
+    Ok((parse(&path.display().to_string(), &bytes)?, bytes))
 }
 
 pub struct Planned {
@@ -110,12 +114,25 @@ pub struct Planned {
 
 /// Observes the host and plans `spec` (a destroy when `None`).
 pub fn plan(spec: Option<&Spec>, scope: &str, source: &str) -> Result<Planned, EngineError> {
+    plan_with(spec, scope, source, None)
+}
+
+/// [`plan`], observing through `watch` (a daemon's cache kept current by the kernel's
+/// notifications) when given.
+pub fn plan_with(
+    spec: Option<&Spec>,
+    scope: &str,
+    source: &str,
+    watch: Option<&mut crate::watch::Watch>,
+) -> Result<Planned, EngineError> {
     let mut observer = Observer::new(scope);
     observer.counters = false;
     let lock = observer.state_dir.lock().map_err(runtime)?;
-    let snap = observer
-        .snapshot(spec)
-        .map_err(|e| runtime(format!("cannot read the host: {e}")))?;
+    let snap = match watch {
+        Some(w) => w.snapshot(&observer, spec),
+        None => observer.snapshot(spec),
+    }
+    .map_err(|e| runtime(format!("cannot read the host: {e}")))?;
     let empty = empty_spec();
     let spec = spec.unwrap_or(&empty);
     let want = desired::desired(spec, &snap).map_err(|errors| EngineError::Invalid {

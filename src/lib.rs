@@ -21,3 +21,4 @@ pub mod spec;
 pub mod state;
 pub mod statedir;
 pub mod status;
+pub mod watch;

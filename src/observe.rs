@@ -27,25 +27,30 @@ pub enum ObserveError {
     State(#[from] StateError),
     #[error(transparent)]
     Tc(#[from] crate::backend::tc::TcError),
+    #[error(transparent)]
+    Events(#[from] crate::backend::events::EventsError),
+}
+
+/// The traffic control each port's mark records, for the ports that have any.
+pub(crate) fn port_tcs(links: &[LinkSnap]) -> Vec<(usize, crate::backend::tc::PortTc)> {
+    links
+        .iter()
+        .enumerate()
+        .filter_map(|(i, l)| {
+            let a = l.alias.as_deref().and_then(parse_alias)?;
+            (a.qos_in.is_some() || a.qos_out.is_some() || a.mirror.is_some()).then(|| {
+                (
+                    i,
+                    crate::apply::port_tc(&l.name, a.qos_in, a.qos_out, a.mirror.clone()),
+                )
+            })
+        })
+        .collect()
 }
 
 /// Marks ports whose live traffic control is not what their mark records.
 fn check_tc(links: &mut [LinkSnap]) -> Result<(), ObserveError> {
-    let mut wanted = Vec::new();
-    let mut at = Vec::new();
-    for (i, l) in links.iter().enumerate() {
-        if let Some(a) = l.alias.as_deref().and_then(parse_alias)
-            && (a.qos_in.is_some() || a.qos_out.is_some() || a.mirror.is_some())
-        {
-            wanted.push(crate::apply::port_tc(
-                &l.name,
-                a.qos_in,
-                a.qos_out,
-                a.mirror.clone(),
-            ));
-            at.push(i);
-        }
-    }
+    let (at, wanted): (Vec<usize>, Vec<_>) = port_tcs(links).into_iter().unzip();
     if wanted.is_empty() {
         return Ok(());
     }
@@ -57,29 +62,58 @@ fn check_tc(links: &mut [LinkSnap]) -> Result<(), ObserveError> {
     Ok(())
 }
 
-/// Reads back the shaping tree of every kvmnet bridge that has one. A bridge without a root
-/// qdisc of its own (`noqueue`, the default) costs nothing.
-fn read_shaping(links: &mut [LinkSnap]) -> Result<(), ObserveError> {
-    use crate::backend::tc;
-    let bridges: Vec<&str> = links
+/// The kvmnet bridges with a root qdisc of their own: those that may have a shaping tree.
+pub(crate) fn shaped_bridges(links: &[LinkSnap]) -> Vec<&str> {
+    links
         .iter()
         .filter(|l| l.kind == "bridge" && l.qdisc.is_some())
         .filter(|l| l.alias.as_deref().and_then(parse_alias).is_some())
         .map(|l| l.name.as_str())
-        .collect();
+        .collect()
+}
+
+/// The shaping trees of `bridges`, read back (`few`: device by device, not from a dump of
+/// every device's qdiscs).
+pub(crate) fn read_shaping_of(
+    t: &mut crate::backend::tc::Tc,
+    bridges: &[&str],
+    few: bool,
+) -> Result<Vec<(String, crate::state::Shaping)>, ObserveError> {
+    use crate::backend::tc;
     if bridges.is_empty() {
-        return Ok(());
+        return Ok(Vec::new());
     }
-    let mut t = tc::Tc::open()?;
     let clock = t.clock();
-    let devs = t.observe_devs(&bridges)?;
+    let devs = if few {
+        t.observe_devs_few(bridges)?
+    } else {
+        t.observe_devs(bridges)?
+    };
+    let mut out = Vec::new();
     for dev in devs {
         let Some(sh) = tc::read_shaping(&dev) else {
             continue;
         };
         let intact = tc::plan_shaping(Some(&sh), &dev, &clock).is_ok_and(|ops| ops.is_empty());
-        if let Some(l) = links.iter_mut().find(|l| l.name == dev.name) {
-            l.shaping = Some(crate::state::Shaping::from_tc(&sh, intact));
+        out.push((
+            dev.name.clone(),
+            crate::state::Shaping::from_tc(&sh, intact),
+        ));
+    }
+    Ok(out)
+}
+
+/// Reads back the shaping tree of every kvmnet bridge that has one. A bridge without a root
+/// qdisc of its own (`noqueue`, the default) costs nothing.
+fn read_shaping(links: &mut [LinkSnap]) -> Result<(), ObserveError> {
+    let bridges = shaped_bridges(links);
+    if bridges.is_empty() {
+        return Ok(());
+    }
+    let mut t = crate::backend::tc::Tc::open()?;
+    for (name, sh) in read_shaping_of(&mut t, &bridges, false)? {
+        if let Some(l) = links.iter_mut().find(|l| l.name == name) {
+            l.shaping = Some(sh);
         }
     }
     Ok(())
@@ -102,6 +136,16 @@ fn read_links_with(nl: &mut Netlink, counters: bool) -> Result<NetnsSnap, Netlin
     } else {
         nl.links_without_stats()?
     };
+    Ok(netns_snap(&links, nl.addrs()?, nl.routes()?, counters))
+}
+
+/// What links, addresses and routes read from the kernel mean in a snapshot.
+pub(crate) fn netns_snap(
+    links: &[LinkInfo],
+    addrs: Vec<crate::backend::netlink::AddrInfo>,
+    routes: Vec<crate::backend::netlink::RouteInfo>,
+    counters: bool,
+) -> NetnsSnap {
     let names: HashMap<u32, String> = links.iter().map(|l| (l.index, l.name.clone())).collect();
     let snaps = links
         .iter()
@@ -113,8 +157,7 @@ fn read_links_with(nl: &mut Netlink, counters: bool) -> Result<NetnsSnap, Netlin
             s
         })
         .collect();
-    let addrs = nl
-        .addrs()?
+    let addrs = addrs
         .into_iter()
         .filter_map(|a| {
             Some(AddrSnap {
@@ -124,8 +167,7 @@ fn read_links_with(nl: &mut Netlink, counters: bool) -> Result<NetnsSnap, Netlin
             })
         })
         .collect();
-    let routes = nl
-        .routes()?
+    let routes = routes
         .into_iter()
         .filter(|r| r.route_type == 1) // unicast only: local/broadcast are the kernel's
         .filter_map(|r| {
@@ -141,12 +183,12 @@ fn read_links_with(nl: &mut Netlink, counters: bool) -> Result<NetnsSnap, Netlin
             })
         })
         .collect();
-    Ok(NetnsSnap {
+    NetnsSnap {
         owned: false,
         links: snaps,
         addrs,
         routes,
-    })
+    }
 }
 
 fn link_snap(l: &LinkInfo, names: &HashMap<u32, String>) -> LinkSnap {
@@ -258,6 +300,18 @@ fn read_netns(name: &str, scope: &str) -> Result<NetnsSnap, ObserveError> {
     Ok(snap)
 }
 
+/// Whether namespace `name`'s loopback carries kvmnet's mark for `scope`.
+fn marked_ours(name: &str, scope: &str) -> bool {
+    let mark = netns_mark(scope);
+    netns::with_netns(name, || -> Result<_, NetlinkError> {
+        Netlink::open()?.link_by_name("lo")
+    })
+    .ok()
+    .and_then(Result::ok)
+    .flatten()
+    .is_some_and(|lo| lo.alias.as_deref() == Some(mark.as_str()))
+}
+
 /// Names under /run/netns (the namespaces `ip netns` knows).
 fn named_namespaces() -> Vec<String> {
     let mut v: Vec<String> = std::fs::read_dir("/run/netns")
@@ -308,7 +362,25 @@ impl Observer {
         } = read_links_with(&mut nl, self.counters)?;
         check_tc(&mut links)?;
         read_shaping(&mut links)?;
-        read_fdb(&mut nl, &mut links)?;
+        let nft = nftables::observe(spec.and_then(crate::nft::table_for).as_ref())?;
+        self.complete(spec, extra_sysctls, &mut nl, links, addrs, routes, nft)
+    }
+
+    /// The rest of a snapshot, around links (with their traffic control), addresses, routes
+    /// and nftables tables read already: what has no change notifications (sysctls, ethtool,
+    /// the state directory, users, other namespaces) is read now.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn complete(
+        &self,
+        spec: Option<&Spec>,
+        extra_sysctls: &BTreeSet<String>,
+        nl: &mut Netlink,
+        mut links: Vec<LinkSnap>,
+        addrs: Vec<AddrSnap>,
+        routes: Vec<RouteSnap>,
+        nft: Option<crate::nft::NftTable>,
+    ) -> Result<Snapshot, ObserveError> {
+        read_fdb(nl, &mut links)?;
 
         // Guest namespaces: those the spec names, those our veth ports point to, and any
         // namespace whose loopback carries our mark for this scope.
@@ -322,7 +394,10 @@ impl Observer {
                 }
             }
         }
-        for l in &links {
+        for l in links
+            .iter()
+            .filter(|l| l.alias.as_deref().is_some_and(|a| a.contains("netns=")))
+        {
             if let Some(ns) = l
                 .alias
                 .as_deref()
@@ -342,8 +417,11 @@ impl Observer {
             if Some(&ns) == current.as_ref() {
                 continue;
             }
-            // Reading another namespace is harmless, but only worth it for candidates: ones
-            // we reference, or ones whose mark we must check. The mark check needs a look.
+            // Namespaces we reference are read whole. Any other is ours only if its loopback
+            // carries our mark: one look at `lo`, not a dump of what may be a busy host.
+            if !guests.contains(&ns) && !marked_ours(&ns, &self.scope) {
+                continue;
+            }
             match read_netns(&ns, &self.scope) {
                 Ok(s) => {
                     if guests.contains(&ns) || s.owned {
@@ -412,7 +490,7 @@ impl Observer {
             addrs,
             routes,
             netns: netns_snaps,
-            nft: nftables::observe(spec.and_then(crate::nft::table_for).as_ref())?,
+            nft,
             sysctls: sysctls.collect(),
             sysctl_readonly,
             sysctl_originals: state.sysctl_originals,

@@ -1,6 +1,7 @@
 //! Kernel I/O: thin wrappers, one per interface the kernel offers.
 
 pub mod ethtool;
+pub mod events;
 pub mod macvtap;
 pub mod netlink;
 pub mod netns;

@@ -813,6 +813,8 @@ pub(crate) struct Msg<'a> {
     pub(crate) ty: u16,
     pub(crate) flags: u16,
     pub(crate) seq: u32,
+    /// The sender's port: for a notification, the socket whose request caused it.
+    pub(crate) pid: u32,
     pub(crate) payload: &'a [u8],
 }
 
@@ -840,6 +842,7 @@ pub(crate) fn messages(mut buf: &[u8]) -> impl Iterator<Item = Msg<'_>> {
             ty: u16_at(buf, 4),
             flags: u16_at(buf, 6),
             seq: u32_at(buf, 8),
+            pid: u32_at(buf, 12),
             payload: &buf[NLMSG_HDRLEN..len],
         };
         let next = (len + 3) & !3;

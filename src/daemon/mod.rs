@@ -17,6 +17,7 @@ use crate::observe::Observer;
 use crate::spec::Spec;
 use crate::statedir::StateDir;
 use crate::status;
+use crate::watch::Watch;
 
 /// The spec the daemon enforces now.
 struct Active {
@@ -34,6 +35,9 @@ struct Shared {
     dhcp_pending: Mutex<Option<Vec<dhcp::Scope>>>,
     dhcp_kick: AtomicBool,
     dhcp: Mutex<Option<dhcp::ServerHandle>>,
+    /// What the host holds, kept current by the kernel's notifications; `None` if the
+    /// subscription failed (then every plan reads the host whole).
+    watch: Mutex<Option<Watch>>,
 }
 
 impl Shared {
@@ -114,12 +118,24 @@ fn block_signals() -> libc::sigset_t {
     }
 }
 
+/// Waits until `fd` has something to read, or `timeout` passes.
+fn wait_readable(fd: &impl std::os::fd::AsRawFd, timeout: Duration) {
+    let mut p = libc::pollfd {
+        fd: fd.as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // SAFETY: one valid pollfd, for the duration of the call.
+    unsafe { libc::poll(&mut p, 1, timeout.as_millis() as libc::c_int) };
+}
+
 fn apply_active(sh: &Shared, action: &str) -> Result<usize, EngineError> {
     let active = sh.active.lock().expect("lock");
-    let p = engine::plan(
+    let p = engine::plan_with(
         Some(&active.spec),
         &sh.scope,
         &sh.spec_path.display().to_string(),
+        sh.watch.lock().expect("lock").as_mut(),
     )?;
     let n = p.plan.steps.len();
     if n == 0 && action == "repair" {
@@ -169,6 +185,7 @@ fn handle(sh: &Shared, req: api::Request) -> api::Response {
             Err(e) => api::Response::error(500, e.to_string()),
         },
         ("POST", "/v1/apply") => apply_request(sh, &req.body),
+        ("GET", "/v1/debug/watch") => watch_check(sh),
         _ => api::Response::error(
             404,
             format!("no such endpoint: {} {}", req.method, req.path),
@@ -189,7 +206,12 @@ fn apply_request(sh: &Shared, body: &Value) -> api::Response {
         Err(e) => return invalid_response(e),
     };
     let mut active = sh.active.lock().expect("lock");
-    let p = match engine::plan(Some(&spec), &sh.scope, &source) {
+    let p = match engine::plan_with(
+        Some(&spec),
+        &sh.scope,
+        &source,
+        sh.watch.lock().expect("lock").as_mut(),
+    ) {
         Ok(p) => p,
         Err(e) => return invalid_response(e),
     };
@@ -224,6 +246,85 @@ fn apply_request(sh: &Shared, body: &Value) -> api::Response {
     api::Response::ok(changes)
 }
 
+/// `GET /v1/debug/watch`: the cached observation against a whole fresh read, for tests and
+/// for anyone who doubts the cache. Lists the links and the other parts that differ.
+fn watch_check(sh: &Shared) -> api::Response {
+    let active = sh.active.lock().expect("lock");
+    let mut watch = sh.watch.lock().expect("lock");
+    let Some(w) = watch.as_mut() else {
+        return api::Response::error(404, "this daemon has no notification cache");
+    };
+    let mut obs = Observer::new(&sh.scope);
+    obs.counters = false;
+    let cached = w.snapshot(&obs, Some(&active.spec));
+    let fresh = obs.snapshot(Some(&active.spec));
+    let (cached, fresh) = match (cached, fresh) {
+        (Ok(c), Ok(f)) => (c, f),
+        (Err(e), _) | (_, Err(e)) => return api::Response::error(500, e.to_string()),
+    };
+    let differences = snapshot_differences(&cached, &fresh);
+    api::Response::ok(json!({
+        "consistent": differences.is_empty(),
+        "differences": differences,
+        "whole_reads": w.whole_reads,
+        "partial_reads": w.partial_reads,
+    }))
+}
+
+/// Where two snapshots differ: `links.NAME` for links, the field name for the rest.
+fn snapshot_differences(
+    a: &crate::snapshot::Snapshot,
+    b: &crate::snapshot::Snapshot,
+) -> Vec<String> {
+    let by_name = |s: &crate::snapshot::Snapshot| -> std::collections::BTreeMap<String, Value> {
+        s.links
+            .iter()
+            .map(|l| {
+                (
+                    l.name.clone(),
+                    serde_json::to_value(l).unwrap_or(Value::Null),
+                )
+            })
+            .collect()
+    };
+    let (la, lb) = (by_name(a), by_name(b));
+    let mut out: Vec<String> = la
+        .keys()
+        .chain(lb.keys())
+        .collect::<std::collections::BTreeSet<_>>()
+        .into_iter()
+        .filter(|n| la.get(*n) != lb.get(*n))
+        .map(|n| {
+            format!(
+                "links.{n}: {} / {}",
+                la.get(n).unwrap_or(&Value::Null),
+                lb.get(n).unwrap_or(&Value::Null)
+            )
+        })
+        .collect();
+    let sort = |s: &crate::snapshot::Snapshot| {
+        let mut v = serde_json::to_value(s).unwrap_or(Value::Null);
+        if let Some(o) = v.as_object_mut() {
+            o.remove("links");
+            for k in ["addrs", "routes"] {
+                if let Some(Value::Array(items)) = o.get_mut(k) {
+                    items.sort_by_key(|x| x.to_string());
+                }
+            }
+        }
+        v
+    };
+    let (va, vb) = (sort(a), sort(b));
+    if let (Some(oa), Some(ob)) = (va.as_object(), vb.as_object()) {
+        for (k, x) in oa {
+            if ob.get(k) != Some(x) {
+                out.push(format!("{k}: {x} / {}", ob.get(k).unwrap_or(&Value::Null)));
+            }
+        }
+    }
+    out
+}
+
 fn invalid_response(e: EngineError) -> api::Response {
     match e {
         EngineError::Invalid { source, errors } => api::Response {
@@ -254,6 +355,23 @@ pub fn run(scope: &str, spec_path: &std::path::Path) -> Result<(), EngineError> 
         dhcp_pending: Mutex::new(None),
         dhcp_kick: AtomicBool::new(false),
         dhcp: Mutex::new(None),
+        watch: Mutex::new(match Watch::open() {
+            Ok(mut w) => {
+                if let Some(ms) = std::env::var("KVMNET_RESYNC_MS")
+                    .ok()
+                    .and_then(|v| v.parse().ok())
+                {
+                    w.resync = Duration::from_millis(ms);
+                }
+                Some(w)
+            }
+            Err(e) => {
+                log(&format!(
+                    "no kernel notifications ({e}): every plan reads the whole host"
+                ));
+                None
+            }
+        }),
     });
     let n = apply_active(&sh, "apply")?;
     log(&format!("applied {}: {n} changes", spec_path.display()));
@@ -274,7 +392,8 @@ pub fn run(scope: &str, spec_path: &std::path::Path) -> Result<(), EngineError> 
             match listener.accept() {
                 Ok((s, _)) => api::serve_one(s, &mut |req| handle(&api_sh, req)),
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                    std::thread::sleep(Duration::from_millis(50));
+                    // Wake for the next client at once; look at the stop flag now and then.
+                    wait_readable(&listener, Duration::from_millis(200));
                 }
                 Err(e) => {
                     log(&format!("API: {e}"));

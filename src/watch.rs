@@ -1,0 +1,261 @@
+//! Observation for the daemon: the host is read whole once, then kept current from the
+//! kernel's change notifications, so planning a one-port change on a host with 1,000 ports
+//! reads that port again, not all of them.
+//!
+//! What the cache holds: links (and, for ports and bridges, whether their traffic control is
+//! what their mark records), addresses, routes, and kvmnet's nftables tables. Notifications
+//! say which link, which device's traffic control, which chain or set changed; only those
+//! are read again. Everything without notifications (sysctls, ethtool settings, the state
+//! directory, users, guest namespaces) is read at every plan as before. If notifications are
+//! lost (a full socket buffer) or `resync` has passed since the last whole read, the host is
+//! read whole again: that also catches the rare change the kernel does not announce (the
+//! owner of a macvtap's character device).
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::time::{Duration, Instant};
+
+use crate::backend::events::{Changes, Events};
+use crate::backend::netlink::{AddrInfo, LinkInfo, Netlink, RouteInfo};
+use crate::backend::nftables::{self, NftCache};
+use crate::backend::tc::{self, PortTc};
+use crate::observe::{self, ObserveError, Observer};
+use crate::snapshot::Snapshot;
+use crate::spec::Spec;
+use crate::state::Shaping;
+
+struct Cache {
+    links: BTreeMap<u32, LinkInfo>,
+    addrs: Vec<AddrInfo>,
+    routes: Vec<RouteInfo>,
+    /// Ports with traffic control, by name.
+    tc: HashMap<String, PortEntry>,
+    /// kvmnet bridges with a shaping tree, read back.
+    shaping: HashMap<String, Option<Shaping>>,
+    nft: NftCache,
+    read_at: Instant,
+}
+
+/// A port with traffic control: what its mark asks for, and whether the kernel has
+/// something else.
+struct PortEntry {
+    want: PortTc,
+    ifb: String,
+    drift: bool,
+}
+
+/// A cache of what the host holds, and the subscription that keeps it current.
+pub struct Watch {
+    events: Events,
+    /// The socket that reads traffic control back; what its reads cause is not a change.
+    tc: tc::Tc,
+    cache: Option<Cache>,
+    /// Read the host whole at least this often.
+    pub resync: Duration,
+    /// Counters for tests and for `status`: whole reads and partial ones.
+    pub whole_reads: u64,
+    pub partial_reads: u64,
+}
+
+fn names_of(links: &BTreeMap<u32, LinkInfo>, indexes: &BTreeSet<u32>) -> BTreeSet<String> {
+    indexes
+        .iter()
+        .filter_map(|i| links.get(i).map(|l| l.name.clone()))
+        .collect()
+}
+
+impl Watch {
+    /// Subscribes in the current network namespace; the first snapshot reads everything.
+    pub fn open() -> Result<Watch, ObserveError> {
+        Ok(Watch {
+            events: Events::open()?,
+            tc: tc::Tc::open()?,
+            cache: None,
+            resync: Duration::from_secs(60),
+            whole_reads: 0,
+            partial_reads: 0,
+        })
+    }
+
+    /// Forget everything: the next snapshot reads the host whole.
+    pub fn invalidate(&mut self) {
+        self.cache = None;
+    }
+
+    /// What `Observer::snapshot` would read now (without traffic counters), from the cache
+    /// brought up to date.
+    pub fn snapshot(
+        &mut self,
+        obs: &Observer,
+        spec: Option<&Spec>,
+    ) -> Result<Snapshot, ObserveError> {
+        // Drain first: whatever changes after this point shows up at the next snapshot.
+        let changes = self.events.drain(&[self.tc.portid()])?;
+        let stale = match &self.cache {
+            None => true,
+            Some(c) => changes.overflow || c.read_at.elapsed() >= self.resync,
+        };
+        let mut nl = Netlink::open()?;
+        if stale {
+            self.cache = Some(read_whole(&mut nl, &mut self.tc)?);
+            self.whole_reads += 1;
+        } else if !changes.is_empty() {
+            let cache = self.cache.as_mut().expect("checked above");
+            update(cache, &mut nl, &mut self.tc, &changes)?;
+            self.partial_reads += 1;
+        }
+        let cache = self.cache.as_ref().expect("read above");
+        let links: Vec<LinkInfo> = cache.links.values().cloned().collect();
+        let snap = observe::netns_snap(&links, cache.addrs.clone(), cache.routes.clone(), false);
+        let mut links = snap.links;
+        // The cache holds exactly the ports with traffic control and the shaped bridges.
+        for l in links.iter_mut() {
+            l.tc_drift = cache.tc.get(&l.name).is_some_and(|e| e.drift);
+            if let Some(Some(sh)) = cache.shaping.get(&l.name) {
+                l.shaping = Some(sh.clone());
+            }
+        }
+        let want = spec.and_then(crate::nft::table_for);
+        let nft = nftables::observe_from(&cache.nft, want.as_ref())?;
+        obs.complete(
+            spec,
+            &BTreeSet::new(),
+            &mut nl,
+            links,
+            snap.addrs,
+            snap.routes,
+            nft,
+        )
+    }
+}
+
+fn read_whole(nl: &mut Netlink, t: &mut tc::Tc) -> Result<Cache, ObserveError> {
+    let read_at = Instant::now();
+    let links: BTreeMap<u32, LinkInfo> = nl
+        .links_without_stats()?
+        .into_iter()
+        .map(|l| (l.index, l))
+        .collect();
+    let addrs = nl.addrs()?;
+    let routes = nl.routes()?;
+    let mut cache = Cache {
+        links,
+        addrs,
+        routes,
+        tc: HashMap::new(),
+        shaping: HashMap::new(),
+        nft: NftCache::read()?,
+        read_at,
+    };
+    refresh_tc(&mut cache, t, None)?;
+    Ok(cache)
+}
+
+/// Reads again what `changes` says changed.
+fn update(
+    cache: &mut Cache,
+    nl: &mut Netlink,
+    t: &mut tc::Tc,
+    changes: &Changes,
+) -> Result<(), ObserveError> {
+    // A device's root qdisc kind is a link fact, but changing it announces only a tc change.
+    let indexes: BTreeSet<u32> = changes.links.union(&changes.tc).copied().collect();
+    // Names the changed devices had before and have now: ports and bridges are found by name.
+    let mut dirty = names_of(&cache.links, &indexes);
+    for &i in &indexes {
+        match nl.link_by_index(i)? {
+            Some(l) => {
+                cache.links.insert(i, l);
+            }
+            None => {
+                cache.links.remove(&i);
+            }
+        }
+    }
+    dirty.extend(names_of(&cache.links, &indexes));
+    if changes.addrs || !changes.links.is_empty() {
+        cache.addrs = nl.addrs()?;
+    }
+    if changes.routes || !changes.links.is_empty() {
+        cache.routes = nl.routes()?;
+    }
+    if !dirty.is_empty() {
+        refresh_tc(cache, t, Some(&dirty))?;
+    }
+    cache.nft.update(&changes.nft, &changes.nft_elements)?;
+    Ok(())
+}
+
+/// Traffic control of the ports and bridges that need it: all of them (`dirty` None), or
+/// those whose devices (the port, its IFB, its mirror target) are in `dirty`. A port's mark
+/// changes only with its link, so the others keep what was read before.
+fn refresh_tc(
+    cache: &mut Cache,
+    t: &mut tc::Tc,
+    dirty: Option<&BTreeSet<String>>,
+) -> Result<(), ObserveError> {
+    let candidates: Vec<LinkInfo> = match dirty {
+        None => {
+            cache.tc.clear();
+            cache.shaping.clear();
+            cache.links.values().cloned().collect()
+        }
+        Some(d) => {
+            let mut names: BTreeSet<&str> = d.iter().map(String::as_str).collect();
+            for (port, entry) in &cache.tc {
+                let mirror = entry.want.mirror_to.as_ref();
+                if d.contains(&entry.ifb) || mirror.is_some_and(|m| d.contains(m)) {
+                    names.insert(port);
+                }
+            }
+            let found: Vec<LinkInfo> = cache
+                .links
+                .values()
+                .filter(|l| names.contains(l.name.as_str()))
+                .cloned()
+                .collect();
+            // Dirty names that are no port or bridge any more lose what was read for them.
+            for n in d {
+                cache.tc.remove(n);
+                cache.shaping.remove(n);
+            }
+            found
+        }
+    };
+    let snaps = observe::netns_snap(&candidates, Vec::new(), Vec::new(), false).links;
+
+    let todo: Vec<PortTc> = observe::port_tcs(&snaps)
+        .into_iter()
+        .map(|(_, p)| p)
+        .collect();
+    if !todo.is_empty() {
+        // Device by device when few change; one dump of every qdisc when many do.
+        let observed = if todo.len() <= 16 {
+            t.observe_few(&todo)?
+        } else {
+            t.observe_many(&todo)?
+        };
+        for (want, o) in todo.into_iter().zip(&observed) {
+            let drift = !tc::matches(&want, o);
+            cache.tc.insert(
+                want.dev.clone(),
+                PortEntry {
+                    ifb: want.ifb_dev(),
+                    want,
+                    drift,
+                },
+            );
+        }
+    }
+
+    let read = observe::shaped_bridges(&snaps);
+    if !read.is_empty() {
+        let mut found: HashMap<String, Shaping> =
+            observe::read_shaping_of(t, &read, read.len() <= 4)?
+                .into_iter()
+                .collect();
+        for b in read {
+            cache.shaping.insert(b.to_string(), found.remove(b));
+        }
+    }
+    Ok(())
+}

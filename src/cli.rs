@@ -100,7 +100,8 @@ const EXIT_RUNTIME: u8 = 1;
 const EXIT_INVALID: u8 = 2;
 
 /// Switch this (still single-threaded) process into the sandbox namespace.
-fn enter(ns: &Option<String>) -> Result<String, EngineError> {
+/// The scope `--netns` names (`host` without it), checked but not entered.
+fn scope_name(ns: &Option<String>) -> Result<String, EngineError> {
     let Some(ns) = ns else {
         return Ok("host".to_string());
     };
@@ -118,11 +119,18 @@ fn enter(ns: &Option<String>) -> Result<String, EngineError> {
             format!("'{ns}' is not a namespace name ([A-Za-z0-9_.-], at most 64)"),
         ));
     }
-    if !netns::exists(ns) {
-        netns::create(ns).map_err(|e| EngineError::Runtime(e.to_string()))?;
-    }
-    netns::enter(ns).map_err(|e| EngineError::Runtime(e.to_string()))?;
     Ok(ns.clone())
+}
+
+fn enter(ns: &Option<String>) -> Result<String, EngineError> {
+    let scope = scope_name(ns)?;
+    if let Some(ns) = ns {
+        if !netns::exists(ns) {
+            netns::create(ns).map_err(|e| EngineError::Runtime(e.to_string()))?;
+        }
+        netns::enter(ns).map_err(|e| EngineError::Runtime(e.to_string()))?;
+    }
+    Ok(scope)
 }
 
 fn fail_after() -> Result<Option<usize>, EngineError> {
@@ -251,17 +259,23 @@ fn apply_cmd(
             )
         })?),
     };
-    let (spec, text) = engine::load(&file).map_err(|e| (e, j))?;
-    let s = enter(&scope.netns).map_err(|e| (e, j))?;
     let source = file.display().to_string();
-    let body = json!({
-        "spec": String::from_utf8_lossy(&text), "source": source,
-        "confirm_within": confirm, "fail_after": fail,
-    });
-    if let Some(r) = via_daemon(&s, "POST", "/v1/apply", &body) {
-        print_changes(&r.map_err(|e| (e, j))?, j);
-        return Ok(());
+    let text = engine::read(&file).map_err(|e| (e, j))?;
+    // A running daemon validates the spec itself (with the same messages), from a cache that
+    // makes a small change to a large spec cheap: parsing it here first would cost as much.
+    if let Ok(utf8) = std::str::from_utf8(&text) {
+        let s = scope_name(&scope.netns).map_err(|e| (e, j))?;
+        let body = json!({
+            "spec": utf8, "source": source,
+            "confirm_within": confirm, "fail_after": fail,
+        });
+        if let Some(r) = via_daemon(&s, "POST", "/v1/apply", &body) {
+            print_changes(&r.map_err(|e| (e, j))?, j);
+            return Ok(());
+        }
     }
+    let spec = engine::parse(&source, &text).map_err(|e| (e, j))?;
+    let s = enter(&scope.netns).map_err(|e| (e, j))?;
     let p = engine::plan(Some(&spec), &s, &source).map_err(|e| (e, j))?;
     let previous_state = p
         .state_dir

@@ -103,9 +103,10 @@ const QUEUES_MAX: i128 = 256;
 const LEASE_MIN: u64 = 60;
 const LEASE_DEFAULT: u64 = 3600;
 
-struct Ctx {
-    errors: Vec<SpecError>,
-    locs: BTreeMap<String, Loc>,
+#[derive(Default)]
+pub(crate) struct Ctx {
+    pub(crate) errors: Vec<SpecError>,
+    pub(crate) locs: BTreeMap<String, Loc>,
 }
 
 impl Ctx {
@@ -119,7 +120,7 @@ impl Ctx {
 }
 
 /// A mapping being read: unknown keys are reported when it is opened.
-struct Obj<'a> {
+pub(crate) struct Obj<'a> {
     path: String,
     loc: Loc,
     entries: &'a [(Key, Node)],
@@ -185,6 +186,10 @@ fn obj<'a>(
 }
 
 impl<'a> Obj<'a> {
+    pub(crate) fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
     fn get(&self, cx: &mut Ctx, name: &str) -> Option<Field<'a>> {
         let (_, node) = self.entries.iter().find(|(k, _)| k.text == name)?;
         let path = join(&self.path, name);
@@ -580,7 +585,8 @@ fn host_hint(net: Ipv4Cidr) -> Ipv4Cidr {
 // ---------------------------------------------------------------------------------------
 // First pass
 
-struct NetDraft {
+#[derive(Clone)]
+pub(crate) struct NetDraft {
     name: String,
     key_loc: Loc,
     path: String,
@@ -611,7 +617,8 @@ struct NetDraft {
     vlan_uplink_loc: Loc,
 }
 
-struct ForwardDraft {
+#[derive(Clone)]
+pub(crate) struct ForwardDraft {
     path: String,
     proto: Proto,
     port: u16,
@@ -620,7 +627,8 @@ struct ForwardDraft {
     to_port: u16,
 }
 
-struct PortDraft {
+#[derive(Clone)]
+pub(crate) struct PortDraft {
     path: String,
     vm: String,
     index: usize,
@@ -647,6 +655,21 @@ struct PortDraft {
     vlans: Vec<(u16, Loc, String)>,
 }
 
+impl PortDraft {
+    /// The same port read from a text that starts `by` lines further down.
+    pub(crate) fn shift_lines(&mut self, by: usize) {
+        for l in [&mut self.name_loc, &mut self.mac_loc, &mut self.ipv4_loc] {
+            l.line += by;
+        }
+        if let Some((_, l, _)) = &mut self.mirror {
+            l.line += by;
+        }
+        for (_, l, _) in &mut self.vlans {
+            l.line += by;
+        }
+    }
+}
+
 pub(crate) fn convert(root: &Node, errors: &mut Vec<SpecError>) -> Option<Spec> {
     let mut cx = Ctx {
         errors: Vec::new(),
@@ -658,6 +681,44 @@ pub(crate) fn convert(root: &Node, errors: &mut Vec<SpecError>) -> Option<Spec> 
 }
 
 fn convert_inner(cx: &mut Ctx, root: &Node) -> Option<Spec> {
+    let (head, vms) = read_head(cx, root)?;
+    let mut ports: Vec<PortDraft> = Vec::new();
+    let mut vm_names: Vec<String> = Vec::new();
+    if let Some(o) = vms {
+        for (key, field) in o.named(cx) {
+            read_vm(cx, key, &field, head.nets.as_deref(), &mut ports);
+            vm_names.push(key.text.clone());
+        }
+    }
+    finish(cx, head, ports, vm_names)
+}
+
+/// Everything of a spec but its VMs, as the first pass read it.
+#[derive(Clone)]
+pub(crate) struct Head {
+    version: Option<u32>,
+    sysctl: Option<Sysctl>,
+    tuning: Option<Tuning>,
+    uplinks: Vec<UplinkDraft>,
+    /// `None`: the networks field itself is broken, so references cannot be checked.
+    pub(crate) nets: Option<Vec<NetDraft>>,
+}
+
+impl Head {
+    /// What reading a VM learns from the networks: the same VM text reads the same way
+    /// under two heads whose networks agree on this.
+    pub(crate) fn vm_context(&self) -> Option<Vec<(String, Option<Mode>, Option<Ipv4Cidr>)>> {
+        self.nets.as_ref().map(|nets| {
+            nets.iter()
+                .map(|n| (n.name.clone(), n.mode, n.ipv4))
+                .collect()
+        })
+    }
+}
+
+/// The first pass over everything but the VMs, which come back unread (`None` when the
+/// vms field is absent or not a mapping).
+pub(crate) fn read_head<'a>(cx: &mut Ctx, root: &'a Node) -> Option<(Head, Option<Obj<'a>>)> {
     let top = match &root.kind {
         Kind::Map(_) => obj(cx, root, "", TOP_FIELDS, "")?,
         Kind::Scalar(s) if s.is_null() => {
@@ -736,17 +797,49 @@ fn convert_inner(cx: &mut Ctx, root: &Node) -> Option<Spec> {
         });
     }
 
-    let mut ports: Vec<PortDraft> = Vec::new();
-    let mut vm_names: Vec<String> = Vec::new();
-    if let Some(f) = top.get(cx, "vms")
-        && let Some(o) = obj_named(cx, &f, "a mapping of VM names to VMs")
-    {
-        for (key, field) in o.named(cx) {
-            read_vm(cx, key, &field, nets.as_deref(), &mut ports);
-            vm_names.push(key.text.clone());
-        }
-    }
+    let vms = top
+        .get(cx, "vms")
+        .and_then(|f| obj_named(cx, &f, "a mapping of VM names to VMs"));
+    Some((
+        Head {
+            version,
+            sysctl,
+            tuning,
+            uplinks,
+            nets,
+        },
+        vms,
+    ))
+}
 
+/// One entry of `vms`, as `read_head`'s mapping hands it out: its path's location is
+/// recorded, its ports are read against the networks and appended to `ports`.
+pub(crate) fn read_vm_entry(
+    cx: &mut Ctx,
+    key: &Key,
+    node: &Node,
+    nets: Option<&[NetDraft]>,
+    ports: &mut Vec<PortDraft>,
+) {
+    let path = join("vms", &key.text);
+    cx.locs.insert(path.clone(), node.loc);
+    read_vm(cx, key, &Field { path, node }, nets, ports);
+}
+
+/// The second pass (rules across the whole spec) and the build of the `Spec`.
+pub(crate) fn finish(
+    cx: &mut Ctx,
+    head: Head,
+    ports: Vec<PortDraft>,
+    vm_names: Vec<String>,
+) -> Option<Spec> {
+    let Head {
+        version,
+        sysctl,
+        tuning,
+        uplinks,
+        nets,
+    } = head;
     cross_checks(cx, nets.as_deref().unwrap_or(&[]), &ports, sysctl.as_ref());
     uplink_checks(cx, nets.as_deref().unwrap_or(&[]), &ports, &uplinks);
 
@@ -773,7 +866,8 @@ fn convert_inner(cx: &mut Ctx, root: &Node) -> Option<Spec> {
     Some(spec)
 }
 
-struct UplinkDraft {
+#[derive(Clone)]
+pub(crate) struct UplinkDraft {
     name: String,
     key_loc: Loc,
     path: String,

@@ -3,7 +3,7 @@
 //! state and the diff. No root needed: the observed host is synthesised in-process from the
 //! desired state, as a host looks once the spec is applied.
 //!
-//!   cargo bench --bench spec
+//!   cargo bench --bench spec [-- WORD]   (WORD: run only the rows naming it)
 
 use std::fmt::Write as _;
 use std::hint::black_box;
@@ -122,8 +122,16 @@ fn time<T>(mut f: impl FnMut() -> T) -> f64 {
 
 fn main() {
     let sizes = [10usize, 1000];
+    // `cargo bench --bench spec -- WORD` runs only the rows whose name contains WORD.
+    let only: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with('-'))
+        .collect();
     let mut rows: Vec<(String, Vec<f64>)> = Vec::new();
     let mut row = |name: &str, f: &mut dyn FnMut(usize) -> f64| {
+        if !only.is_empty() && !only.iter().any(|w| name.contains(w.as_str())) {
+            return;
+        }
         let v = sizes.iter().map(|&n| f(n)).collect();
         rows.push((name.to_string(), v));
     };

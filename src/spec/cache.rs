@@ -12,7 +12,8 @@
 //! tabs or carriage returns); any doubt and any error, anywhere, falls back to the full parse,
 //! so error lists never depend on what was cached.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hasher};
 
 use super::model::Loc;
 use super::validate::{self, Ctx, Head, PortDraft};
@@ -27,13 +28,39 @@ type VmContext = Option<Vec<(String, Option<super::Mode>, Option<super::Ipv4Cidr
 #[derive(Default)]
 pub struct SpecCache {
     /// The head's text (with the VM lines blanked) and what it read as.
-    head: Option<(String, Head, BTreeMap<String, Loc>)>,
+    head: Option<(String, Head, Vec<(String, Loc)>)>,
     context: VmContext,
-    chunks: HashMap<String, Chunk>,
+    chunks: HashMap<String, Chunk, BuildHasherDefault<TextHasher>>,
     /// Counts calls, to drop chunks the latest text no longer has.
     generation: u64,
     /// VM entries read from scratch by the last call; `None` when it took the full parse.
     last_read: Option<usize>,
+}
+
+/// Hashes whole VM entries (hundreds of bytes each, the whole spec every call) eight bytes at
+/// a step. The texts come from the operator's own file, so flooding is no concern.
+#[derive(Default)]
+struct TextHasher(u64);
+
+impl Hasher for TextHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        const K: u64 = 0x517c_c1b7_2722_0a95;
+        let mut h = self.0;
+        let mut words = bytes.chunks_exact(8);
+        for w in &mut words {
+            let mut b = [0u8; 8];
+            b.copy_from_slice(w);
+            h = (h.rotate_left(5) ^ u64::from_le_bytes(b)).wrapping_mul(K);
+        }
+        for &b in words.remainder() {
+            h = (h.rotate_left(5) ^ u64::from(b)).wrapping_mul(K);
+        }
+        self.0 = h;
+    }
+
+    fn finish(&self) -> u64 {
+        self.0
+    }
 }
 
 /// One VM entry read on its own; locations count from the chunk's first line.
@@ -131,6 +158,11 @@ impl SpecCache {
             return None;
         }
 
+        // In about the order of the map they become, which makes building it cheap: the
+        // head's paths come before `vms`, and the entries' paths are sorted within each
+        // entry and follow their VM names.
+        let mut order: Vec<usize> = (0..layout.entries.len()).collect();
+        order.sort_by_key(|&i| layout.entries[i].0);
         let mut locs: Vec<(String, Loc)> = Vec::with_capacity(
             head_locs.len()
                 + layout
@@ -154,15 +186,9 @@ impl SpecCache {
                 col: layout.indent + 1,
             },
         ));
-        let mut ports = Vec::new();
-        let mut names = Vec::with_capacity(layout.entries.len());
-        for &(_, text, line) in &layout.entries {
+        for &i in &order {
+            let (_, text, line) = layout.entries[i];
             let c = self.chunks.get(text)?;
-            for p in &c.ports {
-                let mut p = p.clone();
-                p.shift_lines(line);
-                ports.push(p);
-            }
             locs.extend(c.locs.iter().map(|(k, l)| {
                 (
                     k.clone(),
@@ -172,11 +198,21 @@ impl SpecCache {
                     },
                 )
             }));
+        }
+        let mut ports = Vec::new();
+        let mut names = Vec::with_capacity(layout.entries.len());
+        for &(_, text, line) in &layout.entries {
+            let c = self.chunks.get(text)?;
+            for p in &c.ports {
+                let mut p = p.clone();
+                p.shift_lines(line);
+                ports.push(p);
+            }
             names.push(c.name.clone());
         }
         let mut cx = Ctx {
             errors: Vec::new(),
-            locs: locs.into_iter().collect(),
+            locs,
         };
         let spec = validate::finish(&mut cx, head.clone(), ports, names);
         if cx.errors.is_empty() { spec } else { None }
@@ -185,7 +221,7 @@ impl SpecCache {
 
 /// The head read from the skeleton, if it reads without a single complaint and its `vms`
 /// is the empty value on the line the split found.
-fn read_head(layout: &Layout) -> Option<(Head, BTreeMap<String, Loc>)> {
+fn read_head(layout: &Layout) -> Option<(Head, Vec<(String, Loc)>)> {
     let (root, errors) = yaml::load(&layout.skeleton);
     if !errors.is_empty() {
         return None;
@@ -193,14 +229,16 @@ fn read_head(layout: &Layout) -> Option<(Head, BTreeMap<String, Loc>)> {
     let root = root?;
     let mut cx = Ctx::default();
     let (head, vms) = validate::read_head(&mut cx, &root)?;
-    let vms_here = cx.locs.get("vms")
-        == Some(&Loc {
+    let vms_here = cx.loc_at("vms")
+        == Some(Loc {
             line: layout.vms_line + 1,
             col: 1,
         });
     if !cx.errors.is_empty() || !vms_here || vms.is_none_or(|o| !o.is_empty()) {
         return None;
     }
+    // Stable: of two entries for one path, the later still wins.
+    cx.locs.sort_by(|a, b| a.0.cmp(&b.0));
     Some((head, cx.locs))
 }
 
@@ -237,7 +275,8 @@ fn read_chunk(
     if !cx.errors.is_empty() {
         return None;
     }
-    Some((ports, cx.locs.into_iter().collect()))
+    cx.locs.sort_by(|a, b| a.0.cmp(&b.0));
+    Some((ports, cx.locs))
 }
 
 /// `name:` followed by a blank, a comment or the line's end, where name is a plain scalar

@@ -106,10 +106,22 @@ const LEASE_DEFAULT: u64 = 3600;
 #[derive(Default)]
 pub(crate) struct Ctx {
     pub(crate) errors: Vec<SpecError>,
-    pub(crate) locs: BTreeMap<String, Loc>,
+    /// Where each field path was written, in reading order; a later entry for the same path
+    /// wins, as in the map it becomes. A list, not a map: thousands of paths are recorded
+    /// and only a few ever looked up (to place an error).
+    pub(crate) locs: Vec<(String, Loc)>,
 }
 
 impl Ctx {
+    /// Where `path` was written, if it was.
+    pub(crate) fn loc_at(&self, path: &str) -> Option<Loc> {
+        self.locs
+            .iter()
+            .rev()
+            .find(|(p, _)| p == path)
+            .map(|(_, l)| *l)
+    }
+
     fn err(&mut self, path: &str, loc: Loc, message: impl Into<String>) {
         self.errors.push(SpecError {
             path: path.to_string(),
@@ -193,7 +205,7 @@ impl<'a> Obj<'a> {
     fn get(&self, cx: &mut Ctx, name: &str) -> Option<Field<'a>> {
         let (_, node) = self.entries.iter().find(|(k, _)| k.text == name)?;
         let path = join(&self.path, name);
-        cx.locs.insert(path.clone(), node.loc);
+        cx.locs.push((path.clone(), node.loc));
         Some(Field { path, node })
     }
 
@@ -215,7 +227,7 @@ impl<'a> Obj<'a> {
             .iter()
             .map(|(k, node)| {
                 let path = join(&self.path, &k.text);
-                cx.locs.insert(path.clone(), node.loc);
+                cx.locs.push((path.clone(), node.loc));
                 (k, Field { path, node })
             })
             .collect()
@@ -297,7 +309,7 @@ fn list<'a>(cx: &mut Ctx, f: &Field<'a>, what: &str) -> Option<Vec<Field<'a>>> {
                 .enumerate()
                 .map(|(i, node)| {
                     let path = index(&f.path, i);
-                    cx.locs.insert(path.clone(), node.loc);
+                    cx.locs.push((path.clone(), node.loc));
                     Field { path, node }
                 })
                 .collect(),
@@ -671,10 +683,7 @@ impl PortDraft {
 }
 
 pub(crate) fn convert(root: &Node, errors: &mut Vec<SpecError>) -> Option<Spec> {
-    let mut cx = Ctx {
-        errors: Vec::new(),
-        locs: BTreeMap::new(),
-    };
+    let mut cx = Ctx::default();
     let spec = convert_inner(&mut cx, root);
     errors.append(&mut cx.errors);
     if errors.is_empty() { spec } else { None }
@@ -822,7 +831,7 @@ pub(crate) fn read_vm_entry(
     ports: &mut Vec<PortDraft>,
 ) {
     let path = join("vms", &key.text);
-    cx.locs.insert(path.clone(), node.loc);
+    cx.locs.push((path.clone(), node.loc));
     read_vm(cx, key, &Field { path, node }, nets, ports);
 }
 
@@ -1165,7 +1174,7 @@ fn uplink_checks(cx: &mut Ctx, nets: &[NetDraft], ports: &[PortDraft], uplinks: 
         }
         if let Some(v) = &n.vxlan {
             let path = join(&n.path, "underlay");
-            let loc = cx.locs.get(&path).copied().unwrap_or(n.key_loc);
+            let loc = cx.loc_at(&path).unwrap_or(n.key_loc);
             used(cx, &v.underlay, &path, loc, "the underlay");
         }
         if let Some(v) = n.vlan.as_ref().filter(|_| n.uplink.is_none()) {
@@ -2594,26 +2603,26 @@ fn read_owner(cx: &mut Ctx, f: &Field) -> Option<Owner> {
 fn cross_checks(cx: &mut Ctx, nets: &[NetDraft], ports: &[PortDraft], sysctl: Option<&Sysctl>) {
     check_floors(cx, nets, ports);
     // Every interface kvmnet creates needs a unique name.
-    struct Created {
-        name: String,
+    struct Created<'a> {
+        name: std::borrow::Cow<'a, str>,
         loc: Loc,
-        path: String,
-        what: String,
+        path: LazyPath<'a>,
+        what: What<'a>,
         derived: bool,
     }
-    impl CreatedName for Created {
+    impl CreatedName for Created<'_> {
         fn created_as(&self, name: &str) -> Option<String> {
-            (self.name == name).then(|| self.what.clone())
+            (self.name == name).then(|| self.what.to_string())
         }
     }
     let mut created: Vec<Created> = Vec::new();
     for n in nets {
         if let Some(b) = n.bridge.as_ref().filter(|b| !b.is_empty()) {
             created.push(Created {
-                name: b.clone(),
+                name: b.as_str().into(),
                 loc: n.bridge_loc,
-                path: join(&n.path, "bridge"),
-                what: format!("the bridge of network {}", n.name),
+                path: LazyPath::Join(&n.path, "bridge"),
+                what: What::Bridge(&n.name),
                 derived: n.bridge_derived,
             });
         }
@@ -2621,10 +2630,10 @@ fn cross_checks(cx: &mut Ctx, nets: &[NetDraft], ports: &[PortDraft], sysctl: Op
     for n in nets {
         if let Some(v) = &n.vxlan {
             created.push(Created {
-                name: v.device.clone(),
+                name: v.device.as_str().into(),
                 loc: n.key_loc,
-                path: n.path.clone(),
-                what: format!("the vxlan device of network {}", n.name),
+                path: LazyPath::Plain(&n.path),
+                what: What::Vxlan(&n.name),
                 derived: true,
             });
         }
@@ -2646,10 +2655,10 @@ fn cross_checks(cx: &mut Ctx, nets: &[NetDraft], ports: &[PortDraft], sysctl: Op
         }
         vlan_ids.insert((v.uplink.as_str(), v.id), n);
         created.push(Created {
-            name: v.device.clone(),
+            name: v.device.as_str().into(),
             loc: n.vlan_loc,
-            path: join(&n.path, "vlan"),
-            what: format!("the VLAN {} sub-interface of network {}", v.id, n.name),
+            path: LazyPath::Join(&n.path, "vlan"),
+            what: What::NetVlan(v.id, &n.name),
             derived: true,
         });
     }
@@ -2678,13 +2687,10 @@ fn cross_checks(cx: &mut Ctx, nets: &[NetDraft], ports: &[PortDraft], sysctl: Op
                 );
             } else if let Some(name) = &p.name {
                 created.push(Created {
-                    name: naming::trunk_vlan_name(name, *vid),
+                    name: naming::trunk_vlan_name(name, *vid).into(),
                     loc: *loc,
-                    path: path.clone(),
-                    what: format!(
-                        "the VLAN {vid} sub-interface of port {} of VM {}",
-                        p.index, p.vm
-                    ),
+                    path: LazyPath::Plain(path),
+                    what: What::TrunkVlan(*vid, p.index, &p.vm),
                     derived: true,
                 });
             }
@@ -2696,7 +2702,7 @@ fn cross_checks(cx: &mut Ctx, nets: &[NetDraft], ports: &[PortDraft], sysctl: Op
         let Some(v) = &n.vxlan else { continue };
         if let Some(other) = vnis.get(&(v.vni, v.port)) {
             let path = join(&n.path, "vni");
-            let loc = cx.locs.get(&path).copied().unwrap_or(n.key_loc);
+            let loc = cx.loc_at(&path).unwrap_or(n.key_loc);
             cx.err(
                 &path,
                 loc,
@@ -2712,18 +2718,18 @@ fn cross_checks(cx: &mut Ctx, nets: &[NetDraft], ports: &[PortDraft], sysctl: Op
     for p in ports {
         if let Some(name) = &p.name {
             created.push(Created {
-                name: name.clone(),
+                name: name.as_str().into(),
                 loc: p.name_loc,
-                path: join(&p.path, "name"),
-                what: format!("port {} of VM {}", p.index, p.vm),
+                path: LazyPath::Join(&p.path, "name"),
+                what: What::Port(p.index, &p.vm),
                 derived: p.name_derived,
             });
         }
     }
-    created.sort_by(|a, b| (a.loc, &a.path).cmp(&(b.loc, &b.path)));
-    let mut first: HashMap<&str, usize> = HashMap::new();
+    created.sort_by(|a, b| a.loc.cmp(&b.loc).then_with(|| a.path.cmp(&b.path)));
+    let mut first: HashMap<&str, usize> = HashMap::with_capacity(created.len());
     for (i, c) in created.iter().enumerate() {
-        if let Some(&j) = first.get(c.name.as_str()) {
+        if let Some(&j) = first.get(c.name.as_ref()) {
             let f = &created[j];
             let how = if c.derived {
                 format!(
@@ -2738,14 +2744,14 @@ fn cross_checks(cx: &mut Ctx, nets: &[NetDraft], ports: &[PortDraft], sysctl: Op
             } else {
                 "; every bridge and port kvmnet creates needs its own name"
             };
-            let (path, loc) = (c.path.clone(), c.loc);
+            let (path, loc) = (c.path.get(), c.loc);
             cx.err(
                 &path,
                 loc,
                 format!("{how}{}{fix}", if f.derived { " (derived)" } else { "" }),
             );
         } else {
-            first.insert(c.name.as_str(), i);
+            first.insert(c.name.as_ref(), i);
         }
     }
 
@@ -2820,7 +2826,7 @@ fn cross_checks(cx: &mut Ctx, nets: &[NetDraft], ports: &[PortDraft], sysctl: Op
             );
         } else if let Some(c) = created
             .iter()
-            .find(|c| &c.name == e && c.path.starts_with("vms"))
+            .find(|c| c.name == e.as_str() && c.path.get().starts_with("vms"))
         {
             cx.err(
                 &path,
@@ -2834,14 +2840,15 @@ fn cross_checks(cx: &mut Ctx, nets: &[NetDraft], ports: &[PortDraft], sysctl: Op
     }
 
     // MACs: guests' and bridges' addresses must all differ.
-    let mut macs: Vec<(Mac, Loc, String, String, bool)> = Vec::new();
+    let mut macs: Vec<(Mac, Loc, LazyPath, What, bool)> =
+        Vec::with_capacity(nets.len() + ports.len());
     for n in nets {
         if check_entity_name(&n.name, "network").is_ok() && n.mode != Some(Mode::Direct) {
             macs.push((
                 naming::bridge_mac(&n.name),
                 n.key_loc,
-                n.path.clone(),
-                format!("the bridge of network {}", n.name),
+                LazyPath::Plain(&n.path),
+                What::Bridge(&n.name),
                 true,
             ));
         }
@@ -2851,18 +2858,19 @@ fn cross_checks(cx: &mut Ctx, nets: &[NetDraft], ports: &[PortDraft], sysctl: Op
             macs.push((
                 m,
                 p.mac_loc,
-                join(&p.path, "mac"),
-                format!("port {} of VM {}", p.index, p.vm),
+                LazyPath::Join(&p.path, "mac"),
+                What::Port(p.index, &p.vm),
                 p.mac_derived,
             ));
         }
     }
     // Explicit MACs first, so a clash is blamed on the derived one (which the operator can
     // fix by writing a MAC); then by position.
-    macs.sort_by(|a, b| (a.4, a.1, &a.2).cmp(&(b.4, b.1, &b.2)));
-    let mut seen_mac: HashMap<Mac, usize> = HashMap::new();
+    macs.sort_by(|a, b| (a.4, a.1).cmp(&(b.4, b.1)).then_with(|| a.2.cmp(&b.2)));
+    let mut seen_mac: HashMap<Mac, usize> = HashMap::with_capacity(macs.len());
     for (i, (m, loc, path, what, derived)) in macs.iter().enumerate() {
         if let Some(&j) = seen_mac.get(m) {
+            let path = path.get();
             let fix = if *derived && path.starts_with("vms") {
                 "; set mac explicitly"
             } else {
@@ -2870,7 +2878,7 @@ fn cross_checks(cx: &mut Ctx, nets: &[NetDraft], ports: &[PortDraft], sysctl: Op
             };
             let prefix = if *derived { "the derived MAC" } else { "MAC" };
             cx.err(
-                path,
+                &path,
                 *loc,
                 format!(
                     "{prefix} {m} of {what} is already used by {}{fix}",
@@ -3022,7 +3030,8 @@ fn check_floors(cx: &mut Ctx, nets: &[NetDraft], ports: &[PortDraft]) {
             continue;
         };
         let path = join(&join(&p.path, "qos"), "floor");
-        let loc = cx.locs.get(&path).copied().unwrap_or(p.name_loc);
+        // Looked up only for an error: the list of locations is long.
+        let loc = |cx: &Ctx| cx.loc_at(&path).unwrap_or(p.name_loc);
         let Some((bandwidth, _)) = net.bandwidth else {
             let msg = match net.mode {
                 Some(Mode::Nat | Mode::Routed | Mode::Isolated) | None => format!(
@@ -3035,7 +3044,7 @@ fn check_floors(cx: &mut Ctx, nets: &[NetDraft], ports: &[PortDraft]) {
                     m.as_str()
                 ),
             };
-            cx.err(&path, loc, msg);
+            cx.err(&path, loc(cx), msg);
             continue;
         };
         if let Some(inbound) = p.qos.as_ref().and_then(|q| q.inbound) {
@@ -3043,7 +3052,7 @@ fn check_floors(cx: &mut Ctx, nets: &[NetDraft], ports: &[PortDraft]) {
             if floor > cap {
                 cx.err(
                     &path,
-                    loc,
+                    loc(cx),
                     format!(
                         "the floor ({}) is above this port's own inbound limit ({}); lower the floor or raise qos.inbound",
                         show_rate(floor),
@@ -3058,7 +3067,7 @@ fn check_floors(cx: &mut Ctx, nets: &[NetDraft], ports: &[PortDraft]) {
         if *sum > bandwidth {
             cx.err(
                 &path,
-                loc,
+                loc(cx),
                 format!(
                     "the floors on network {} add up to {} with this one, more than its bandwidth of {}; lower a floor or raise the bandwidth",
                     net.name,
@@ -3136,9 +3145,7 @@ fn direct_checks(
             if let Some(second) = mine.get(1) {
                 cx.err(
                     &join(&second.path, "network"),
-                    cx.locs
-                        .get(&join(&second.path, "network"))
-                        .copied()
+                    cx.loc_at(&join(&second.path, "network"))
                         .unwrap_or(second.name_loc),
                     format!(
                         "network {} is in passthrough mode, which gives its uplink '{u}' to exactly one port, and port {} of VM {} already has it; use direct_mode bridge for several ports",
@@ -3163,6 +3170,67 @@ pub fn show_rate(bps: u64) -> String {
         }
     }
     format!("{bps}bit")
+}
+
+/// What an interface kvmnet creates is, for messages; written out only for an error.
+#[derive(Clone, Copy)]
+enum What<'a> {
+    Bridge(&'a str),
+    Vxlan(&'a str),
+    NetVlan(u16, &'a str),
+    TrunkVlan(u16, usize, &'a str),
+    Port(usize, &'a str),
+}
+
+impl std::fmt::Display for What<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            What::Bridge(n) => write!(f, "the bridge of network {n}"),
+            What::Vxlan(n) => write!(f, "the vxlan device of network {n}"),
+            What::NetVlan(id, n) => write!(f, "the VLAN {id} sub-interface of network {n}"),
+            What::TrunkVlan(vid, i, vm) => {
+                write!(f, "the VLAN {vid} sub-interface of port {i} of VM {vm}")
+            }
+            What::Port(i, vm) => write!(f, "port {i} of VM {vm}"),
+        }
+    }
+}
+
+/// A field path, joined only when it is needed (for an error, or to order two things
+/// written at the same place).
+#[derive(Clone, Copy)]
+enum LazyPath<'a> {
+    Plain(&'a str),
+    Join(&'a str, &'static str),
+}
+
+impl LazyPath<'_> {
+    fn get(&self) -> String {
+        match self {
+            LazyPath::Plain(p) => p.to_string(),
+            LazyPath::Join(p, k) => join(p, k),
+        }
+    }
+}
+
+impl PartialEq for LazyPath<'_> {
+    fn eq(&self, other: &Self) -> bool {
+        self.cmp(other) == std::cmp::Ordering::Equal
+    }
+}
+
+impl Eq for LazyPath<'_> {}
+
+impl PartialOrd for LazyPath<'_> {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for LazyPath<'_> {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.get().cmp(&other.get())
+    }
 }
 
 /// Lets the direct-network checks look at the names the spec creates without knowing the
@@ -3295,7 +3363,7 @@ fn build(
         },
         networks,
         vms,
-        locs: std::mem::take(&mut cx.locs),
+        locs: std::mem::take(&mut cx.locs).into_iter().collect(),
     })
 }
 

@@ -175,6 +175,9 @@ struct Chain {
     name: String,
     hook: Option<String>,
     rules: Vec<String>,
+    /// Rules that already have their hashes, placed before `rules`: the firewall chains of
+    /// ports with the same policy share them.
+    hashed: Vec<NftRule>,
 }
 
 impl Chain {
@@ -183,6 +186,7 @@ impl Chain {
             name: name.to_string(),
             hook: Some(hook_line(ty, hook, priority, true)),
             rules: Vec::new(),
+            hashed: Vec::new(),
         }
     }
     fn regular(name: String) -> Chain {
@@ -190,6 +194,7 @@ impl Chain {
             name,
             hook: None,
             rules: Vec::new(),
+            hashed: Vec::new(),
         }
     }
 }
@@ -323,6 +328,37 @@ fn firewall_parts(spec: &Spec) -> (Vec<Set>, Vec<Chain>) {
         elements: Vec::new(),
     };
     let mut chains = Vec::new();
+    // Most ports of a host share a few policies; a chain's rules depend on its port only
+    // through log prefixes. The rules of recent policies are kept with their hashes.
+    let mut recent: Vec<(&FirewallDirection, bool, Vec<NftRule>)> = Vec::new();
+    fn chain<'a>(
+        recent: &mut Vec<(&'a FirewallDirection, bool, Vec<NftRule>)>,
+        name: String,
+        p: &Port,
+        d: &'a FirewallDirection,
+        inbound: bool,
+    ) -> Chain {
+        if d.rules.iter().any(|r| r.log) {
+            return firewall_chain(name, p, d, inbound);
+        }
+        let mut c = Chain::regular(name);
+        c.hashed = match recent.iter().find(|r| r.1 == inbound && r.0 == d) {
+            Some(r) => r.2.clone(),
+            None => {
+                let rules: Vec<NftRule> = firewall_chain(String::new(), p, d, inbound)
+                    .rules
+                    .into_iter()
+                    .map(NftRule::new)
+                    .collect();
+                if recent.len() == 8 {
+                    recent.remove(0);
+                }
+                recent.push((d, inbound, rules.clone()));
+                rules
+            }
+        };
+        c
+    }
     for vm in spec.vms.values() {
         for p in &vm.ports {
             let (Some(fw), Some(addr)) = (&p.firewall, p.ipv4) else {
@@ -331,12 +367,12 @@ fn firewall_parts(spec: &Spec) -> (Vec<Set>, Vec<Chain>) {
             if let Some(d) = &fw.inbound {
                 let name = format!("in-{}", p.name);
                 fw_in.elements.push(format!("{} : jump {name}", addr.addr));
-                chains.push(firewall_chain(name, p, d, true));
+                chains.push(chain(&mut recent, name, p, d, true));
             }
             if let Some(d) = &fw.outbound {
                 let name = format!("out-{}", p.name);
                 fw_out.elements.push(format!("{} : jump {name}", addr.addr));
-                chains.push(firewall_chain(name, p, d, false));
+                chains.push(chain(&mut recent, name, p, d, false));
             }
         }
     }
@@ -529,7 +565,11 @@ fn build_chains(family: &str, chains: Vec<Chain>) -> impl Iterator<Item = (Strin
                 family: family.to_string(),
                 name: c.name,
                 hook: c.hook,
-                rules: c.rules.into_iter().map(NftRule::new).collect(),
+                rules: c
+                    .hashed
+                    .into_iter()
+                    .chain(c.rules.into_iter().map(NftRule::new))
+                    .collect(),
             },
         )
     })
@@ -555,7 +595,7 @@ pub fn table_for(spec: &Spec) -> Option<NftTable> {
     let (isets, ichains) = inet_parts(spec);
     let inet: Vec<Chain> = ichains
         .into_iter()
-        .filter(|c| !c.rules.is_empty())
+        .filter(|c| !c.rules.is_empty() || !c.hashed.is_empty())
         .collect();
     let (bsets, bchains) = bridge_parts(spec);
     if inet.is_empty() && bchains.is_empty() {

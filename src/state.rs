@@ -499,6 +499,11 @@ pub struct Alias {
     pub home: Option<String>,
 }
 
+/// Whether kvmnet wrote this alias: exactly when [`parse_alias`] reads it.
+pub fn is_kvmnet_alias(alias: &str) -> bool {
+    alias.split_whitespace().next() == Some(MARK)
+}
+
 /// `None` when the alias is not kvmnet's.
 pub fn parse_alias(alias: &str) -> Option<Alias> {
     let mut words = alias.split_whitespace();

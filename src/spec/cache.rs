@@ -199,7 +199,7 @@ impl SpecCache {
                 )
             }));
         }
-        let mut ports = Vec::new();
+        let mut ports = Vec::with_capacity(layout.entries.len());
         let mut names = Vec::with_capacity(layout.entries.len());
         for &(_, text, line) in &layout.entries {
             let c = self.chunks.get(text)?;

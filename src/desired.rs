@@ -1291,7 +1291,7 @@ pub fn observed(snap: &Snapshot, interest: &Interest) -> HostState {
     let sysctl_keys = &interest.sysctls;
     let mut st = HostState::default();
     for l in &snap.links {
-        let Some(alias) = l.alias.as_deref().and_then(parse_alias) else {
+        let Some(mut alias) = l.alias.as_deref().and_then(parse_alias) else {
             continue;
         };
         if let Some(b) = l.bond.as_ref().filter(|_| is_our_bond(l)) {
@@ -1437,8 +1437,8 @@ pub fn observed(snap: &Snapshot, interest: &Interest) -> HostState {
             l.name.clone(),
             PortLink {
                 name: l.name.clone(),
-                vm: alias.vm.clone().unwrap_or_default(),
-                network: alias.network.clone().unwrap_or_default(),
+                vm: alias.vm.take().unwrap_or_default(),
+                network: alias.network.take().unwrap_or_default(),
                 master: l.master.clone(),
                 mac,
                 mtu: l.mtu,
@@ -1446,7 +1446,7 @@ pub fn observed(snap: &Snapshot, interest: &Interest) -> HostState {
                 isolated: l.isolated,
                 qos_in: alias.qos_in,
                 qos_out: alias.qos_out,
-                mirror: alias.mirror.clone(),
+                mirror: alias.mirror.take(),
                 tc_ok: !l.tc_drift,
                 kind,
             },

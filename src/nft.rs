@@ -114,7 +114,35 @@ fn yes() -> bool {
 }
 
 fn key(family: &str, name: &str) -> String {
-    format!("{family} {name}")
+    concat(&[family, " ", name])
+}
+
+/// The parts joined, without the formatting machinery: a table holds a few strings per
+/// port, and a host may have thousands of ports.
+fn concat(parts: &[&str]) -> String {
+    let mut s = String::with_capacity(parts.iter().map(|p| p.len()).sum());
+    for p in parts {
+        s.push_str(p);
+    }
+    s
+}
+
+/// An address in dotted decimal, as `Display` writes it, by hand (see [`concat`]).
+fn ipv4_text(a: std::net::Ipv4Addr) -> String {
+    let mut s = String::with_capacity(15);
+    for (i, o) in a.octets().into_iter().enumerate() {
+        if i > 0 {
+            s.push('.');
+        }
+        if o >= 100 {
+            s.push(char::from(b'0' + o / 100));
+        }
+        if o >= 10 {
+            s.push(char::from(b'0' + o / 10 % 10));
+        }
+        s.push(char::from(b'0' + o % 10));
+    }
+    s
 }
 
 impl NftTable {
@@ -365,13 +393,17 @@ fn firewall_parts(spec: &Spec) -> (Vec<Set>, Vec<Chain>) {
                 continue;
             };
             if let Some(d) = &fw.inbound {
-                let name = format!("in-{}", p.name);
-                fw_in.elements.push(format!("{} : jump {name}", addr.addr));
+                let name = concat(&["in-", &p.name]);
+                fw_in
+                    .elements
+                    .push(concat(&[&ipv4_text(addr.addr), " : jump ", &name]));
                 chains.push(chain(&mut recent, name, p, d, true));
             }
             if let Some(d) = &fw.outbound {
-                let name = format!("out-{}", p.name);
-                fw_out.elements.push(format!("{} : jump {name}", addr.addr));
+                let name = concat(&["out-", &p.name]);
+                fw_out
+                    .elements
+                    .push(concat(&[&ipv4_text(addr.addr), " : jump ", &name]));
                 chains.push(chain(&mut recent, name, p, d, false));
             }
         }
@@ -511,14 +543,17 @@ fn bridge_parts(spec: &Spec) -> (Vec<Set>, Vec<Chain>) {
             // MAC holds on every one of them, its address on the one of its own network.
             let ifaces =
                 std::iter::once(p.name.as_str()).chain(p.trunk.iter().map(|t| t.device.as_str()));
+            let mac = p.mac.to_string();
             for i in ifaces {
-                guarded.elements.push(format!(r#""{i}""#));
-                port_mac.elements.push(format!(r#""{i}" . {}"#, p.mac));
+                guarded.elements.push(concat(&["\"", i, "\""]));
+                port_mac.elements.push(concat(&["\"", i, "\" . ", &mac]));
             }
             if let Some(a) = p.ipv4 {
                 let own = p.own_interface();
-                ip_guarded.elements.push(format!(r#""{own}""#));
-                port_ip.elements.push(format!(r#""{own}" . {}"#, a.addr));
+                ip_guarded.elements.push(concat(&["\"", own, "\""]));
+                port_ip
+                    .elements
+                    .push(concat(&["\"", own, "\" . ", &ipv4_text(a.addr)]));
             }
         }
     }
@@ -608,16 +643,22 @@ pub fn table_for(spec: &Spec) -> Option<NftTable> {
         intact: true,
         listing: None,
     };
+    // Collected rather than inserted one by one: a map built from a list is built in one
+    // pass (a later duplicate key would win either way).
+    let mut chains = Vec::new();
+    let mut sets = Vec::new();
     if !inet.is_empty() {
         t.families.insert(FAMILY.to_string());
-        t.chains.extend(build_chains(FAMILY, inet));
-        t.sets.extend(build_sets(FAMILY, isets));
+        chains.extend(build_chains(FAMILY, inet));
+        sets.extend(build_sets(FAMILY, isets));
     }
     if !bchains.is_empty() {
         t.families.insert(BRIDGE_FAMILY.to_string());
-        t.chains.extend(build_chains(BRIDGE_FAMILY, bchains));
-        t.sets.extend(build_sets(BRIDGE_FAMILY, bsets));
+        chains.extend(build_chains(BRIDGE_FAMILY, bchains));
+        sets.extend(build_sets(BRIDGE_FAMILY, bsets));
     }
+    t.chains = chains.into_iter().collect();
+    t.sets = sets.into_iter().collect();
     Some(t)
 }
 
@@ -1031,6 +1072,15 @@ pub fn parse_listing(text: &str) -> BTreeMap<String, Vec<NftRule>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn hand_written_texts_match_display() {
+        for a in ["0.0.0.0", "10.160.1.2", "192.168.100.255", "1.22.100.9"] {
+            let ip: std::net::Ipv4Addr = a.parse().unwrap();
+            assert_eq!(ipv4_text(ip), ip.to_string());
+        }
+        assert_eq!(concat(&["a", "", "bc"]), "abc");
+    }
 
     #[test]
     fn listing_rules_and_hashes() {

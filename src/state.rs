@@ -511,8 +511,10 @@ pub fn parse_alias(alias: &str) -> Option<Alias> {
         return None;
     }
     let mut a = Alias::default();
-    let words: Vec<&str> = words.collect();
-    if let ["ifb", "of", port] = words.as_slice() {
+    let mut probe = words.clone();
+    if let (Some("ifb"), Some("of"), Some(port), None) =
+        (probe.next(), probe.next(), probe.next(), probe.next())
+    {
         a.ifb_of = Some(port.to_string());
         return Some(a);
     }

@@ -16,19 +16,16 @@ use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
 
 use super::model::Loc;
-use super::validate::{self, Ctx, Head, PortDraft};
+use super::validate::{self, Ctx, Head, Locs, PortDraft, VmContext};
 use super::yaml::{self, Kind};
 use super::{Spec, SpecError};
-
-/// What reading the VM networks need from the head; chunks read under another context are
-/// not reused.
-type VmContext = Option<Vec<(String, Option<super::Mode>, Option<super::Ipv4Cidr>)>>;
 
 /// Parses specs, remembering the parts of the last text it was given.
 #[derive(Default)]
 pub struct SpecCache {
     /// The head's text (with the VM lines blanked) and what it read as.
-    head: Option<(String, Head, Vec<(String, Loc)>)>,
+    head: Option<(String, Head, Locs)>,
+    /// What the cached chunks were read under; chunks read under another are not reused.
     context: VmContext,
     chunks: HashMap<String, Chunk, BuildHasherDefault<TextHasher>>,
     /// Counts calls, to drop chunks the latest text no longer has.
@@ -67,7 +64,7 @@ impl Hasher for TextHasher {
 struct Chunk {
     name: String,
     ports: Vec<PortDraft>,
-    locs: Vec<(String, Loc)>,
+    locs: Locs,
     used: u64,
 }
 
@@ -163,7 +160,7 @@ impl SpecCache {
         // entry and follow their VM names.
         let mut order: Vec<usize> = (0..layout.entries.len()).collect();
         order.sort_by_key(|&i| layout.entries[i].0);
-        let mut locs: Vec<(String, Loc)> = Vec::with_capacity(
+        let mut locs: Locs = Vec::with_capacity(
             head_locs.len()
                 + layout
                     .entries
@@ -221,7 +218,7 @@ impl SpecCache {
 
 /// The head read from the skeleton, if it reads without a single complaint and its `vms`
 /// is the empty value on the line the split found.
-fn read_head(layout: &Layout) -> Option<(Head, Vec<(String, Loc)>)> {
+fn read_head(layout: &Layout) -> Option<(Head, Locs)> {
     let (root, errors) = yaml::load(&layout.skeleton);
     if !errors.is_empty() {
         return None;
@@ -248,7 +245,7 @@ fn read_chunk(
     text: &str,
     indent: usize,
     nets: Option<&[validate::NetDraft]>,
-) -> Option<(Vec<PortDraft>, Vec<(String, Loc)>)> {
+) -> Option<(Vec<PortDraft>, Locs)> {
     let (root, errors) = yaml::load(text);
     if !errors.is_empty() {
         return None;

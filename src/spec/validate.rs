@@ -109,7 +109,7 @@ pub(crate) struct Ctx {
     /// Where each field path was written, in reading order; a later entry for the same path
     /// wins, as in the map it becomes. A list, not a map: thousands of paths are recorded
     /// and only a few ever looked up (to place an error).
-    pub(crate) locs: Vec<(String, Loc)>,
+    pub(crate) locs: Locs,
 }
 
 impl Ctx {
@@ -702,6 +702,13 @@ fn convert_inner(cx: &mut Ctx, root: &Node) -> Option<Spec> {
     finish(cx, head, ports, vm_names)
 }
 
+/// What reading a VM learns from the networks (name, mode, subnet of each); `None` when the
+/// networks field is broken.
+pub(crate) type VmContext = Option<Vec<(String, Option<Mode>, Option<Ipv4Cidr>)>>;
+
+/// Field paths with where each was written.
+pub(crate) type Locs = Vec<(String, Loc)>;
+
 /// Everything of a spec but its VMs, as the first pass read it.
 #[derive(Clone)]
 pub(crate) struct Head {
@@ -716,7 +723,7 @@ pub(crate) struct Head {
 impl Head {
     /// What reading a VM learns from the networks: the same VM text reads the same way
     /// under two heads whose networks agree on this.
-    pub(crate) fn vm_context(&self) -> Option<Vec<(String, Option<Mode>, Option<Ipv4Cidr>)>> {
+    pub(crate) fn vm_context(&self) -> VmContext {
         self.nets.as_ref().map(|nets| {
             nets.iter()
                 .map(|n| (n.name.clone(), n.mode, n.ipv4))

@@ -361,3 +361,84 @@ fn generated_sizes() {
         before = n;
     }
 }
+
+/// Layouts at the edge of what the cache splits: each must read exactly as the full parse
+/// reads it, whether or not the cache takes its fast path.
+#[test]
+fn layout_edge_cases() {
+    let vms: Vec<String> = (0..5).map(vm).collect();
+    let body: String = vms.concat();
+    let cases: Vec<(String, bool)> = vec![
+        // (text, whether the fast path must be taken)
+        (format!("{HEAD}{body}"), true),
+        (
+            format!("{}{body}", HEAD.replace("vms:\n", "vms:   # the guests\n")),
+            true,
+        ),
+        (
+            format!("{HEAD}{body}# the end\n\nhost:\n  tuning: latency\n"),
+            true,
+        ),
+        (format!("{HEAD}{}", body.trim_end()), true),
+        (format!("{HEAD}  # none yet\n"), false),
+        (format!("\u{feff}{HEAD}{body}"), false),
+        (format!("{HEAD}{body}").replace('\n', "\r\n"), false),
+        (format!("{HEAD}  web.1: {{ ports: [] }}\n{body}"), false),
+        (format!("{HEAD}  web_1: {{ ports: [] }}\n{body}"), true),
+        (
+            format!(
+                "{HEAD}  t1:\n    ports:\n      - network: n\n        owner: |\n          qemu\n{body}"
+            ),
+            false,
+        ),
+        (
+            format!(
+                "{HEAD}  t2:\n    ports:\n      - network: n\n        owner: >-\n          qemu\n{body}"
+            ),
+            true,
+        ),
+        (
+            format!("{HEAD}  t3: {{ ports: [ {{ network: n, owner: \"qemu\" }} ] }}\n{body}"),
+            true,
+        ),
+        (
+            format!(
+                "{HEAD}  t4: {{ ports: [ {{ network: n, ipv4: \"10.160.9.\n    9\" }} ] }}\n{body}"
+            ),
+            false,
+        ),
+        (
+            format!("{HEAD}  t5: &x {{ ports: [] }}\n  t6: *x\n{body}"),
+            false,
+        ),
+        (format!("{HEAD}  t7: !!map {{ ports: [] }}\n{body}"), false),
+        (
+            format!("{HEAD}  t8: {{ ports: [], <<: {{}} }}\n{body}"),
+            false,
+        ),
+        (format!("{HEAD}{body}...\n"), false),
+        (format!("%YAML 1.2\n---\n{HEAD}{body}"), false),
+        (format!("{HEAD}{body}vms:\n  z: {{ ports: [] }}\n"), false),
+        (format!("{HEAD}{body}  o0: {{ ports: [] }}\n"), false),
+        (format!("{HEAD}{body}").replace("vms:\n", "vms: \n"), true),
+        (
+            format!(
+                "version: 1\nvms:\n{body}networks:\n  n: {{ mode: nat, bridge: bp-n, ipv4: 10.160.0.1/16 }}\n"
+            ),
+            true,
+        ),
+    ];
+    for (i, (text, fast)) in cases.iter().enumerate() {
+        let mut cache = SpecCache::default();
+        check(&mut cache, text, &format!("case {i}"));
+        let full_ok = spec::parse(text).is_ok();
+        if *fast {
+            assert!(full_ok, "case {i} should be a valid spec");
+            assert!(cache.last_read().is_some(), "case {i}: fast path expected");
+        }
+        // Warm, with the plain spec cached before.
+        let mut warm = SpecCache::default();
+        check(&mut warm, &format!("{HEAD}{body}"), "warm-up");
+        check(&mut warm, text, &format!("case {i}, warm"));
+    }
+}

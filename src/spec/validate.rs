@@ -1083,18 +1083,21 @@ fn read_uplink(cx: &mut Ctx, key: &Key, f: &Field) -> UplinkDraft {
 /// and must not clash; a member belongs to one bond only and is used through its bond, never
 /// directly (a bridge uplink, a NAT egress, a VXLAN underlay).
 fn uplink_checks(cx: &mut Ctx, nets: &[NetDraft], ports: &[PortDraft], uplinks: &[UplinkDraft]) {
-    let mut created: Vec<(&str, String)> = Vec::new();
+    let mut created: Vec<(&str, What)> = Vec::new();
     for n in nets {
         if let Some(b) = &n.bridge {
-            created.push((b, format!("the bridge of network {}", n.name)));
+            created.push((b, What::Bridge(&n.name)));
         }
         if let Some(v) = &n.vxlan {
-            created.push((&v.device, format!("the vxlan device of network {}", n.name)));
+            created.push((&v.device, What::Vxlan(&n.name)));
         }
     }
-    for p in ports {
-        if let Some(name) = &p.name {
-            created.push((name, format!("port {} of VM {}", p.index, p.vm)));
+    // Only uplinks and bond members are looked up here, and there are few of them.
+    if !uplinks.is_empty() {
+        for p in ports {
+            if let Some(name) = &p.name {
+                created.push((name, What::Port(p.index, &p.vm)));
+            }
         }
     }
     for u in uplinks {

@@ -170,6 +170,12 @@ fn edits_of_a_large_spec() {
     text = build(HEAD, &vms, "");
     check_read(&mut cache, &text, Some(1), "error fixed");
 
+    // A typo in the head: the full parse's errors, and the VMs stay cached for the fix.
+    text = build(&HEAD.replace("version: 1", "version: one"), &vms, "");
+    check_read(&mut cache, &text, None, "error in the head");
+    text = build(HEAD, &vms, "");
+    check_read(&mut cache, &text, Some(0), "head fixed");
+
     // An error across VMs (the same address twice) is the full parse's too.
     let dup = vms[5]
         .replace("o", "dup")

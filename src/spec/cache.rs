@@ -30,6 +30,10 @@ pub struct SpecCache {
     chunks: HashMap<String, Chunk, BuildHasherDefault<TextHasher>>,
     /// Counts calls, to drop chunks the latest text no longer has.
     generation: u64,
+    /// The last call that got as far as looking its VM entries up: only such a call knows
+    /// which chunks are stale. (One that stopped earlier, say at a typo in the head, keeps
+    /// them all for the text that fixes it.)
+    looked_up: u64,
     /// VM entries read from scratch by the last call; `None` when it took the full parse.
     last_read: Option<usize>,
 }
@@ -92,7 +96,9 @@ impl SpecCache {
             .and_then(split)
             .and_then(|layout| self.assemble(&layout));
         let generation = self.generation;
-        self.chunks.retain(|_, c| c.used == generation);
+        if self.looked_up == generation {
+            self.chunks.retain(|_, c| c.used == generation);
+        }
         match fast {
             Some(spec) => Ok(spec),
             None => {
@@ -131,6 +137,7 @@ impl SpecCache {
         // Read every new chunk before giving up on a bad one, so an error in one VM does
         // not cost the others their cache entries.
         let mut ok = true;
+        self.looked_up = self.generation;
         for &(name, text, _) in &layout.entries {
             match self.chunks.get_mut(text) {
                 Some(c) => c.used = self.generation,

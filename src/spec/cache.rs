@@ -161,6 +161,11 @@ impl SpecCache {
         if !ok {
             return None;
         }
+        let chunks: Vec<&Chunk> = layout
+            .entries
+            .iter()
+            .map(|e| self.chunks.get(e.1))
+            .collect::<Option<_>>()?;
 
         // In about the order of the map they become, which makes building it cheap: the
         // head's paths come before `vms`, and the entries' paths are sorted within each
@@ -168,12 +173,7 @@ impl SpecCache {
         let mut order: Vec<usize> = (0..layout.entries.len()).collect();
         order.sort_by_key(|&i| layout.entries[i].0);
         let mut locs: Locs = Vec::with_capacity(
-            head_locs.len()
-                + layout
-                    .entries
-                    .iter()
-                    .map(|e| self.chunks.get(e.1).map_or(0, |c| c.locs.len()))
-                    .sum::<usize>(),
+            head_locs.len() + chunks.iter().map(|c| c.locs.len()).sum::<usize>(),
         );
         locs.extend(
             head_locs
@@ -191,8 +191,7 @@ impl SpecCache {
             },
         ));
         for &i in &order {
-            let (_, text, line) = layout.entries[i];
-            let c = self.chunks.get(text)?;
+            let (c, line) = (chunks[i], layout.entries[i].2);
             locs.extend(c.locs.iter().map(|(k, l)| {
                 (
                     k.clone(),
@@ -205,8 +204,7 @@ impl SpecCache {
         }
         let mut ports = Vec::with_capacity(layout.entries.len());
         let mut names = Vec::with_capacity(layout.entries.len());
-        for &(_, text, line) in &layout.entries {
-            let c = self.chunks.get(text)?;
+        for (c, &(_, _, line)) in chunks.iter().zip(&layout.entries) {
             for p in &c.ports {
                 let mut p = p.clone();
                 p.shift_lines(line);

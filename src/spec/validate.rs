@@ -3318,16 +3318,16 @@ fn build(
         };
         networks.insert(network.name.clone(), network);
     }
+    // Each VM's list made at its size: thousands of VMs, most with a port or two.
+    let mut counts: HashMap<&str, usize> = HashMap::with_capacity(vm_names.len());
+    for p in &ports {
+        *counts.entry(p.vm.as_str()).or_default() += 1;
+    }
     let mut vms: BTreeMap<String, Vm> = vm_names
         .into_iter()
         .map(|name| {
-            (
-                name.clone(),
-                Vm {
-                    name,
-                    ports: Vec::new(),
-                },
-            )
+            let ports = Vec::with_capacity(counts.get(name.as_str()).copied().unwrap_or(0));
+            (name.clone(), Vm { name, ports })
         })
         .collect();
     for p in ports {

@@ -5,7 +5,7 @@
 //! guest namespaces that already exist, sysctls' current values. Conflicts with foreign objects
 //! come back as errors that point into the spec, like validation errors.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use crate::backend::tc::FLOOR_CLASS_MIN;
 use crate::nft;
@@ -18,7 +18,7 @@ use crate::spec::{
 use crate::state::{
     Addr, BondLink, BridgeLink, FloorClass, GuestEnd, HostState, MemberLink, PortKind, PortLink,
     Route, ShapeState, Shaping, UplinkLink, VlanLink, VxlanLink, guest_alias, guest_ifname,
-    parse_alias,
+    is_kvmnet_alias, parse_alias,
 };
 
 pub const IP_FORWARD: &str = "net.ipv4.ip_forward";
@@ -27,7 +27,7 @@ pub const BRIDGE_NF: &str = "net.bridge.bridge-nf-call-iptables";
 const DEFAULT_MTU: u32 = 1500;
 
 fn is_ours(l: &LinkSnap) -> bool {
-    l.alias.as_deref().and_then(parse_alias).is_some()
+    l.alias.as_deref().is_some_and(is_kvmnet_alias)
 }
 
 fn is_our_bond(l: &LinkSnap) -> bool {
@@ -622,7 +622,13 @@ fn vlan_link(
 pub fn desired(spec: &Spec, snap: &Snapshot) -> Result<HostState, Vec<SpecError>> {
     let mut errors = Vec::new();
     let mut st = HostState::default();
-    let foreign = |name: &str| snap.link(name).filter(|l| !is_ours(l));
+    // `snap.link` by name without a scan of every link: a host may have thousands of ports.
+    let mut by_name: HashMap<&str, &LinkSnap> = HashMap::with_capacity(snap.links.len());
+    for l in &snap.links {
+        by_name.entry(l.name.as_str()).or_insert(l);
+    }
+    let link = |name: &str| by_name.get(name).copied();
+    let foreign = |name: &str| link(name).filter(|l| !is_ours(l));
     // Per direct network: its uplink, mode, MTU and (passthrough) the uplink's MAC.
     let mut direct: BTreeMap<&str, DirectNet> = BTreeMap::new();
 
@@ -729,7 +735,7 @@ pub fn desired(spec: &Spec, snap: &Snapshot) -> Result<HostState, Vec<SpecError>
                     let mac = snap
                         .link(up)
                         .filter(|_| snap.links.iter().any(|m| m.master.as_ref() == Some(up)))
-                        .or_else(|| snap.link(&b.home))
+                        .or_else(|| link(&b.home))
                         .and_then(|l| l.mac);
                     (
                         mac,
@@ -748,7 +754,7 @@ pub fn desired(spec: &Spec, snap: &Snapshot) -> Result<HostState, Vec<SpecError>
                 if net.mtu.is_none() {
                     mtu = umtu;
                 }
-                let ours = snap.link(&net.bridge).is_some_and(is_ours);
+                let ours = link(&net.bridge).is_some_and(is_ours);
                 if ours {
                     addrs.extend(addrs_of(snap, &net.bridge));
                     routes.extend(movable_routes(&snap.routes, &net.bridge));
@@ -848,7 +854,7 @@ pub fn desired(spec: &Spec, snap: &Snapshot) -> Result<HostState, Vec<SpecError>
         if is_ours(l) || st.members.contains_key(&l.name) {
             continue;
         }
-        if snap.link(m).is_some_and(is_our_bond) {
+        if link(m).is_some_and(is_our_bond) {
             st.members.insert(
                 l.name.clone(),
                 MemberLink {
@@ -875,7 +881,7 @@ pub fn desired(spec: &Spec, snap: &Snapshot) -> Result<HostState, Vec<SpecError>
             .as_deref()
             .and_then(parse_alias)
             .and_then(|a| a.home);
-        let Some(home) = home.filter(|h| snap.link(h).is_some_and(|l| !is_ours(l))) else {
+        let Some(home) = home.filter(|h| link(h).is_some_and(|l| !is_ours(l))) else {
             continue;
         };
         let mut addrs = st
@@ -909,27 +915,32 @@ pub fn desired(spec: &Spec, snap: &Snapshot) -> Result<HostState, Vec<SpecError>
 
     // MTUs kvmnet changed and no longer manages go back to what they were.
     for (k, orig) in &snap.mtu_originals {
-        if !st.mtus.contains_key(k) && snap.link(k).is_some_and(|l| !is_ours(l)) {
+        if !st.mtus.contains_key(k) && link(k).is_some_and(|l| !is_ours(l)) {
             st.mtus.insert(k.clone(), *orig);
         }
     }
 
+    // Built at the end in one pass: cheaper than thousands of inserts into the map.
+    let mut port_links: Vec<(String, PortLink)> = Vec::with_capacity(spec.vms.len());
     let mut guest_names = BTreeSet::new();
     let mut routed_ns = BTreeSet::new();
     for vm in spec.vms.values() {
         for port in &vm.ports {
-            let ppath = format!(
-                "{}[{}]",
-                path_join(&path_join("vms", &vm.name), "ports"),
-                port.index
-            );
+            // Written out only for an error.
+            let ppath = || {
+                format!(
+                    "{}[{}]",
+                    path_join(&path_join("vms", &vm.name), "ports"),
+                    port.index
+                )
+            };
             let Some(net) = spec.networks.get(&port.network) else {
                 continue;
             };
             if foreign(&port.name).is_some() {
                 errors.push(conflict(
                     spec,
-                    format!("{ppath}.name"),
+                    format!("{}.name", ppath()),
                     format!(
                         "interface '{}' already exists and is not managed by kvmnet; choose another port name",
                         port.name
@@ -949,7 +960,7 @@ pub fn desired(spec: &Spec, snap: &Snapshot) -> Result<HostState, Vec<SpecError>
                     None => {
                         errors.push(conflict(
                             spec,
-                            format!("{ppath}.owner"),
+                            format!("{}.owner", ppath()),
                             format!("no user '{name}' on this host"),
                         ));
                         None
@@ -977,7 +988,7 @@ pub fn desired(spec: &Spec, snap: &Snapshot) -> Result<HostState, Vec<SpecError>
                     if !guest_names.insert((ns.clone(), gname.clone())) {
                         errors.push(conflict(
                             spec,
-                            format!("{ppath}.netns"),
+                            format!("{}.netns", ppath()),
                             format!(
                                 "another veth port already puts its {gname} into namespace '{ns}'; give each VM its own namespace"
                             ),
@@ -996,7 +1007,7 @@ pub fn desired(spec: &Spec, snap: &Snapshot) -> Result<HostState, Vec<SpecError>
                         if clash {
                             errors.push(conflict(
                                 spec,
-                                format!("{ppath}.netns"),
+                                format!("{}.netns", ppath()),
                                 format!(
                                     "namespace '{ns}' already has an {gname} that kvmnet did not create"
                                 ),
@@ -1039,7 +1050,7 @@ pub fn desired(spec: &Spec, snap: &Snapshot) -> Result<HostState, Vec<SpecError>
                 if foreign(&t.device).is_some() {
                     errors.push(conflict(
                         spec,
-                        format!("{ppath}.vlans[{i}]"),
+                        format!("{}.vlans[{i}]", ppath()),
                         format!(
                             "interface '{}' (this port's VLAN {} sub-interface) already exists and is not managed by kvmnet",
                             t.device, t.vid
@@ -1064,7 +1075,7 @@ pub fn desired(spec: &Spec, snap: &Snapshot) -> Result<HostState, Vec<SpecError>
                 );
             }
             let native = port.has_native();
-            st.ports.insert(
+            port_links.push((
                 port.name.clone(),
                 PortLink {
                     name: port.name.clone(),
@@ -1094,9 +1105,10 @@ pub fn desired(spec: &Spec, snap: &Snapshot) -> Result<HostState, Vec<SpecError>
                     tc_ok: true,
                     kind,
                 },
-            );
+            ));
         }
     }
+    st.ports = port_links.into_iter().collect();
 
     // ethtool: ports' settings, foreign interfaces' settings, and the originals of foreign
     // settings the spec no longer makes (restored).
@@ -1109,14 +1121,14 @@ pub fn desired(spec: &Spec, snap: &Snapshot) -> Result<HostState, Vec<SpecError>
                 SpecPortKind::Macvtap => "macvtap",
             };
             // What an existing device of the same kind reports is what the new one will.
-            if snap.link(&port.name).is_some_and(|l| l.kind == kind) {
+            if link(&port.name).is_some_and(|l| l.kind == kind) {
                 check_ethtool(spec, snap, &port.name, e, &mut errors);
             }
             st.ethtool.insert(port.name.clone(), e.settings.clone());
         }
     }
     for (dev, e) in &spec.host.ethtool {
-        match snap.link(dev) {
+        match link(dev) {
             None => errors.push(conflict(
                 spec,
                 e.path.clone(),
@@ -1134,7 +1146,7 @@ pub fn desired(spec: &Spec, snap: &Snapshot) -> Result<HostState, Vec<SpecError>
         }
     }
     for (dev, orig) in &snap.ethtool_originals {
-        if snap.link(dev).is_some() {
+        if link(dev).is_some() {
             let w = st.ethtool.entry(dev.clone()).or_default();
             for (k, v) in orig {
                 w.entry(k.clone()).or_insert(*v);
@@ -1146,7 +1158,7 @@ pub fn desired(spec: &Spec, snap: &Snapshot) -> Result<HostState, Vec<SpecError>
 
     for net in spec.networks.values() {
         if let Some(bandwidth) = net.bandwidth_bps {
-            let live = snap.link(&net.bridge).and_then(|l| l.shaping.as_ref());
+            let live = link(&net.bridge).and_then(|l| l.shaping.as_ref());
             st.shaping
                 .insert(net.bridge.clone(), shaping(spec, net, bandwidth, live));
         }
@@ -1281,8 +1293,10 @@ pub fn observed(snap: &Snapshot, interest: &Interest) -> HostState {
     let uplinks = &interest.uplinks;
     let sysctl_keys = &interest.sysctls;
     let mut st = HostState::default();
+    // Built at the end in one pass: cheaper than thousands of inserts into the map.
+    let mut port_links: Vec<(String, PortLink)> = Vec::with_capacity(snap.links.len());
     for l in &snap.links {
-        let Some(alias) = l.alias.as_deref().and_then(parse_alias) else {
+        let Some(mut alias) = l.alias.as_deref().and_then(parse_alias) else {
             continue;
         };
         if let Some(b) = l.bond.as_ref().filter(|_| is_our_bond(l)) {
@@ -1424,12 +1438,12 @@ pub fn observed(snap: &Snapshot, interest: &Interest) -> HostState {
                 multi_queue: false,
             },
         };
-        st.ports.insert(
+        port_links.push((
             l.name.clone(),
             PortLink {
                 name: l.name.clone(),
-                vm: alias.vm.clone().unwrap_or_default(),
-                network: alias.network.clone().unwrap_or_default(),
+                vm: alias.vm.take().unwrap_or_default(),
+                network: alias.network.take().unwrap_or_default(),
                 master: l.master.clone(),
                 mac,
                 mtu: l.mtu,
@@ -1437,12 +1451,13 @@ pub fn observed(snap: &Snapshot, interest: &Interest) -> HostState {
                 isolated: l.isolated,
                 qos_in: alias.qos_in,
                 qos_out: alias.qos_out,
-                mirror: alias.mirror.clone(),
+                mirror: alias.mirror.take(),
                 tc_ok: !l.tc_drift,
                 kind,
             },
-        );
+        ));
     }
+    st.ports = port_links.into_iter().collect();
     for l in &snap.links {
         if is_ours(l) && !is_our_bond(l) {
             continue;

@@ -114,7 +114,35 @@ fn yes() -> bool {
 }
 
 fn key(family: &str, name: &str) -> String {
-    format!("{family} {name}")
+    concat(&[family, " ", name])
+}
+
+/// The parts joined, without the formatting machinery: a table holds a few strings per
+/// port, and a host may have thousands of ports.
+fn concat(parts: &[&str]) -> String {
+    let mut s = String::with_capacity(parts.iter().map(|p| p.len()).sum());
+    for p in parts {
+        s.push_str(p);
+    }
+    s
+}
+
+/// An address in dotted decimal, as `Display` writes it, by hand (see [`concat`]).
+fn ipv4_text(a: std::net::Ipv4Addr) -> String {
+    let mut s = String::with_capacity(15);
+    for (i, o) in a.octets().into_iter().enumerate() {
+        if i > 0 {
+            s.push('.');
+        }
+        if o >= 100 {
+            s.push(char::from(b'0' + o / 100));
+        }
+        if o >= 10 {
+            s.push(char::from(b'0' + o / 10 % 10));
+        }
+        s.push(char::from(b'0' + o % 10));
+    }
+    s
 }
 
 impl NftTable {
@@ -175,6 +203,9 @@ struct Chain {
     name: String,
     hook: Option<String>,
     rules: Vec<String>,
+    /// Rules that already have their hashes, placed before `rules`: the firewall chains of
+    /// ports with the same policy share them.
+    hashed: Vec<NftRule>,
 }
 
 impl Chain {
@@ -183,6 +214,7 @@ impl Chain {
             name: name.to_string(),
             hook: Some(hook_line(ty, hook, priority, true)),
             rules: Vec::new(),
+            hashed: Vec::new(),
         }
     }
     fn regular(name: String) -> Chain {
@@ -190,6 +222,7 @@ impl Chain {
             name,
             hook: None,
             rules: Vec::new(),
+            hashed: Vec::new(),
         }
     }
 }
@@ -323,20 +356,55 @@ fn firewall_parts(spec: &Spec) -> (Vec<Set>, Vec<Chain>) {
         elements: Vec::new(),
     };
     let mut chains = Vec::new();
+    // Most ports of a host share a few policies; a chain's rules depend on its port only
+    // through log prefixes. The rules of recent policies are kept with their hashes.
+    let mut recent: Vec<(&FirewallDirection, bool, Vec<NftRule>)> = Vec::new();
+    fn chain<'a>(
+        recent: &mut Vec<(&'a FirewallDirection, bool, Vec<NftRule>)>,
+        name: String,
+        p: &Port,
+        d: &'a FirewallDirection,
+        inbound: bool,
+    ) -> Chain {
+        if d.rules.iter().any(|r| r.log) {
+            return firewall_chain(name, p, d, inbound);
+        }
+        let mut c = Chain::regular(name);
+        c.hashed = match recent.iter().find(|r| r.1 == inbound && r.0 == d) {
+            Some(r) => r.2.clone(),
+            None => {
+                let rules: Vec<NftRule> = firewall_chain(String::new(), p, d, inbound)
+                    .rules
+                    .into_iter()
+                    .map(NftRule::new)
+                    .collect();
+                if recent.len() == 8 {
+                    recent.remove(0);
+                }
+                recent.push((d, inbound, rules.clone()));
+                rules
+            }
+        };
+        c
+    }
     for vm in spec.vms.values() {
         for p in &vm.ports {
             let (Some(fw), Some(addr)) = (&p.firewall, p.ipv4) else {
                 continue;
             };
             if let Some(d) = &fw.inbound {
-                let name = format!("in-{}", p.name);
-                fw_in.elements.push(format!("{} : jump {name}", addr.addr));
-                chains.push(firewall_chain(name, p, d, true));
+                let name = concat(&["in-", &p.name]);
+                fw_in
+                    .elements
+                    .push(concat(&[&ipv4_text(addr.addr), " : jump ", &name]));
+                chains.push(chain(&mut recent, name, p, d, true));
             }
             if let Some(d) = &fw.outbound {
-                let name = format!("out-{}", p.name);
-                fw_out.elements.push(format!("{} : jump {name}", addr.addr));
-                chains.push(firewall_chain(name, p, d, false));
+                let name = concat(&["out-", &p.name]);
+                fw_out
+                    .elements
+                    .push(concat(&[&ipv4_text(addr.addr), " : jump ", &name]));
+                chains.push(chain(&mut recent, name, p, d, false));
             }
         }
     }
@@ -475,14 +543,17 @@ fn bridge_parts(spec: &Spec) -> (Vec<Set>, Vec<Chain>) {
             // MAC holds on every one of them, its address on the one of its own network.
             let ifaces =
                 std::iter::once(p.name.as_str()).chain(p.trunk.iter().map(|t| t.device.as_str()));
+            let mac = p.mac.to_string();
             for i in ifaces {
-                guarded.elements.push(format!(r#""{i}""#));
-                port_mac.elements.push(format!(r#""{i}" . {}"#, p.mac));
+                guarded.elements.push(concat(&["\"", i, "\""]));
+                port_mac.elements.push(concat(&["\"", i, "\" . ", &mac]));
             }
             if let Some(a) = p.ipv4 {
                 let own = p.own_interface();
-                ip_guarded.elements.push(format!(r#""{own}""#));
-                port_ip.elements.push(format!(r#""{own}" . {}"#, a.addr));
+                ip_guarded.elements.push(concat(&["\"", own, "\""]));
+                port_ip
+                    .elements
+                    .push(concat(&["\"", own, "\" . ", &ipv4_text(a.addr)]));
             }
         }
     }
@@ -529,7 +600,11 @@ fn build_chains(family: &str, chains: Vec<Chain>) -> impl Iterator<Item = (Strin
                 family: family.to_string(),
                 name: c.name,
                 hook: c.hook,
-                rules: c.rules.into_iter().map(NftRule::new).collect(),
+                rules: c
+                    .hashed
+                    .into_iter()
+                    .chain(c.rules.into_iter().map(NftRule::new))
+                    .collect(),
             },
         )
     })
@@ -555,7 +630,7 @@ pub fn table_for(spec: &Spec) -> Option<NftTable> {
     let (isets, ichains) = inet_parts(spec);
     let inet: Vec<Chain> = ichains
         .into_iter()
-        .filter(|c| !c.rules.is_empty())
+        .filter(|c| !c.rules.is_empty() || !c.hashed.is_empty())
         .collect();
     let (bsets, bchains) = bridge_parts(spec);
     if inet.is_empty() && bchains.is_empty() {
@@ -568,16 +643,22 @@ pub fn table_for(spec: &Spec) -> Option<NftTable> {
         intact: true,
         listing: None,
     };
+    // Collected rather than inserted one by one: a map built from a list is built in one
+    // pass (a later duplicate key would win either way).
+    let mut chains = Vec::new();
+    let mut sets = Vec::new();
     if !inet.is_empty() {
         t.families.insert(FAMILY.to_string());
-        t.chains.extend(build_chains(FAMILY, inet));
-        t.sets.extend(build_sets(FAMILY, isets));
+        chains.extend(build_chains(FAMILY, inet));
+        sets.extend(build_sets(FAMILY, isets));
     }
     if !bchains.is_empty() {
         t.families.insert(BRIDGE_FAMILY.to_string());
-        t.chains.extend(build_chains(BRIDGE_FAMILY, bchains));
-        t.sets.extend(build_sets(BRIDGE_FAMILY, bsets));
+        chains.extend(build_chains(BRIDGE_FAMILY, bchains));
+        sets.extend(build_sets(BRIDGE_FAMILY, bsets));
     }
+    t.chains = chains.into_iter().collect();
+    t.sets = sets.into_iter().collect();
     Some(t)
 }
 
@@ -991,6 +1072,15 @@ pub fn parse_listing(text: &str) -> BTreeMap<String, Vec<NftRule>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn hand_written_texts_match_display() {
+        for a in ["0.0.0.0", "10.160.1.2", "192.168.100.255", "1.22.100.9"] {
+            let ip: std::net::Ipv4Addr = a.parse().unwrap();
+            assert_eq!(ipv4_text(ip), ip.to_string());
+        }
+        assert_eq!(concat(&["a", "", "bc"]), "abc");
+    }
 
     #[test]
     fn listing_rules_and_hashes() {

@@ -499,6 +499,11 @@ pub struct Alias {
     pub home: Option<String>,
 }
 
+/// Whether kvmnet wrote this alias: exactly when [`parse_alias`] reads it.
+pub fn is_kvmnet_alias(alias: &str) -> bool {
+    alias.split_whitespace().next() == Some(MARK)
+}
+
 /// `None` when the alias is not kvmnet's.
 pub fn parse_alias(alias: &str) -> Option<Alias> {
     let mut words = alias.split_whitespace();
@@ -506,8 +511,10 @@ pub fn parse_alias(alias: &str) -> Option<Alias> {
         return None;
     }
     let mut a = Alias::default();
-    let words: Vec<&str> = words.collect();
-    if let ["ifb", "of", port] = words.as_slice() {
+    let mut probe = words.clone();
+    if let (Some("ifb"), Some("of"), Some(port), None) =
+        (probe.next(), probe.next(), probe.next(), probe.next())
+    {
         a.ifb_of = Some(port.to_string());
         return Some(a);
     }

@@ -8,11 +8,13 @@
 //! (`[A-Za-z0-9_-]+`, e.g. a sysctl name or a network called `lan.2`) is written in double
 //! quotes; list items are `[i]`. Errors about the file as a whole use the path `(file)`.
 
+mod cache;
 pub mod model;
 pub mod naming;
 mod validate;
 mod yaml;
 
+pub use cache::SpecCache;
 pub use model::*;
 pub use validate::show_rate;
 

@@ -103,12 +103,25 @@ const QUEUES_MAX: i128 = 256;
 const LEASE_MIN: u64 = 60;
 const LEASE_DEFAULT: u64 = 3600;
 
-struct Ctx {
-    errors: Vec<SpecError>,
-    locs: BTreeMap<String, Loc>,
+#[derive(Default)]
+pub(crate) struct Ctx {
+    pub(crate) errors: Vec<SpecError>,
+    /// Where each field path was written, in reading order; a later entry for the same path
+    /// wins, as in the map it becomes. A list, not a map: thousands of paths are recorded
+    /// and only a few ever looked up (to place an error).
+    pub(crate) locs: Locs,
 }
 
 impl Ctx {
+    /// Where `path` was written, if it was.
+    pub(crate) fn loc_at(&self, path: &str) -> Option<Loc> {
+        self.locs
+            .iter()
+            .rev()
+            .find(|(p, _)| p == path)
+            .map(|(_, l)| *l)
+    }
+
     fn err(&mut self, path: &str, loc: Loc, message: impl Into<String>) {
         self.errors.push(SpecError {
             path: path.to_string(),
@@ -119,7 +132,7 @@ impl Ctx {
 }
 
 /// A mapping being read: unknown keys are reported when it is opened.
-struct Obj<'a> {
+pub(crate) struct Obj<'a> {
     path: String,
     loc: Loc,
     entries: &'a [(Key, Node)],
@@ -185,10 +198,14 @@ fn obj<'a>(
 }
 
 impl<'a> Obj<'a> {
+    pub(crate) fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
     fn get(&self, cx: &mut Ctx, name: &str) -> Option<Field<'a>> {
         let (_, node) = self.entries.iter().find(|(k, _)| k.text == name)?;
         let path = join(&self.path, name);
-        cx.locs.insert(path.clone(), node.loc);
+        cx.locs.push((path.clone(), node.loc));
         Some(Field { path, node })
     }
 
@@ -210,7 +227,7 @@ impl<'a> Obj<'a> {
             .iter()
             .map(|(k, node)| {
                 let path = join(&self.path, &k.text);
-                cx.locs.insert(path.clone(), node.loc);
+                cx.locs.push((path.clone(), node.loc));
                 (k, Field { path, node })
             })
             .collect()
@@ -292,7 +309,7 @@ fn list<'a>(cx: &mut Ctx, f: &Field<'a>, what: &str) -> Option<Vec<Field<'a>>> {
                 .enumerate()
                 .map(|(i, node)| {
                     let path = index(&f.path, i);
-                    cx.locs.insert(path.clone(), node.loc);
+                    cx.locs.push((path.clone(), node.loc));
                     Field { path, node }
                 })
                 .collect(),
@@ -580,7 +597,8 @@ fn host_hint(net: Ipv4Cidr) -> Ipv4Cidr {
 // ---------------------------------------------------------------------------------------
 // First pass
 
-struct NetDraft {
+#[derive(Clone)]
+pub(crate) struct NetDraft {
     name: String,
     key_loc: Loc,
     path: String,
@@ -611,7 +629,8 @@ struct NetDraft {
     vlan_uplink_loc: Loc,
 }
 
-struct ForwardDraft {
+#[derive(Clone)]
+pub(crate) struct ForwardDraft {
     path: String,
     proto: Proto,
     port: u16,
@@ -620,7 +639,8 @@ struct ForwardDraft {
     to_port: u16,
 }
 
-struct PortDraft {
+#[derive(Clone)]
+pub(crate) struct PortDraft {
     path: String,
     vm: String,
     index: usize,
@@ -647,17 +667,74 @@ struct PortDraft {
     vlans: Vec<(u16, Loc, String)>,
 }
 
+impl PortDraft {
+    /// The same port read from a text that starts `by` lines further down.
+    pub(crate) fn shift_lines(&mut self, by: usize) {
+        for l in [&mut self.name_loc, &mut self.mac_loc, &mut self.ipv4_loc] {
+            l.line += by;
+        }
+        if let Some((_, l, _)) = &mut self.mirror {
+            l.line += by;
+        }
+        for (_, l, _) in &mut self.vlans {
+            l.line += by;
+        }
+    }
+}
+
 pub(crate) fn convert(root: &Node, errors: &mut Vec<SpecError>) -> Option<Spec> {
-    let mut cx = Ctx {
-        errors: Vec::new(),
-        locs: BTreeMap::new(),
-    };
+    let mut cx = Ctx::default();
     let spec = convert_inner(&mut cx, root);
     errors.append(&mut cx.errors);
     if errors.is_empty() { spec } else { None }
 }
 
 fn convert_inner(cx: &mut Ctx, root: &Node) -> Option<Spec> {
+    let (head, vms) = read_head(cx, root)?;
+    let mut ports: Vec<PortDraft> = Vec::new();
+    let mut vm_names: Vec<String> = Vec::new();
+    if let Some(o) = vms {
+        for (key, field) in o.named(cx) {
+            read_vm(cx, key, &field, head.nets.as_deref(), &mut ports);
+            vm_names.push(key.text.clone());
+        }
+    }
+    finish(cx, head, ports, vm_names)
+}
+
+/// What reading a VM learns from the networks (name, mode, subnet of each); `None` when the
+/// networks field is broken.
+pub(crate) type VmContext = Option<Vec<(String, Option<Mode>, Option<Ipv4Cidr>)>>;
+
+/// Field paths with where each was written.
+pub(crate) type Locs = Vec<(String, Loc)>;
+
+/// Everything of a spec but its VMs, as the first pass read it.
+#[derive(Clone)]
+pub(crate) struct Head {
+    version: Option<u32>,
+    sysctl: Option<Sysctl>,
+    tuning: Option<Tuning>,
+    uplinks: Vec<UplinkDraft>,
+    /// `None`: the networks field itself is broken, so references cannot be checked.
+    pub(crate) nets: Option<Vec<NetDraft>>,
+}
+
+impl Head {
+    /// What reading a VM learns from the networks: the same VM text reads the same way
+    /// under two heads whose networks agree on this.
+    pub(crate) fn vm_context(&self) -> VmContext {
+        self.nets.as_ref().map(|nets| {
+            nets.iter()
+                .map(|n| (n.name.clone(), n.mode, n.ipv4))
+                .collect()
+        })
+    }
+}
+
+/// The first pass over everything but the VMs, which come back unread (`None` when the
+/// vms field is absent or not a mapping).
+pub(crate) fn read_head<'a>(cx: &mut Ctx, root: &'a Node) -> Option<(Head, Option<Obj<'a>>)> {
     let top = match &root.kind {
         Kind::Map(_) => obj(cx, root, "", TOP_FIELDS, "")?,
         Kind::Scalar(s) if s.is_null() => {
@@ -736,17 +813,49 @@ fn convert_inner(cx: &mut Ctx, root: &Node) -> Option<Spec> {
         });
     }
 
-    let mut ports: Vec<PortDraft> = Vec::new();
-    let mut vm_names: Vec<String> = Vec::new();
-    if let Some(f) = top.get(cx, "vms")
-        && let Some(o) = obj_named(cx, &f, "a mapping of VM names to VMs")
-    {
-        for (key, field) in o.named(cx) {
-            read_vm(cx, key, &field, nets.as_deref(), &mut ports);
-            vm_names.push(key.text.clone());
-        }
-    }
+    let vms = top
+        .get(cx, "vms")
+        .and_then(|f| obj_named(cx, &f, "a mapping of VM names to VMs"));
+    Some((
+        Head {
+            version,
+            sysctl,
+            tuning,
+            uplinks,
+            nets,
+        },
+        vms,
+    ))
+}
 
+/// One entry of `vms`, as `read_head`'s mapping hands it out: its path's location is
+/// recorded, its ports are read against the networks and appended to `ports`.
+pub(crate) fn read_vm_entry(
+    cx: &mut Ctx,
+    key: &Key,
+    node: &Node,
+    nets: Option<&[NetDraft]>,
+    ports: &mut Vec<PortDraft>,
+) {
+    let path = join("vms", &key.text);
+    cx.locs.push((path.clone(), node.loc));
+    read_vm(cx, key, &Field { path, node }, nets, ports);
+}
+
+/// The second pass (rules across the whole spec) and the build of the `Spec`.
+pub(crate) fn finish(
+    cx: &mut Ctx,
+    head: Head,
+    ports: Vec<PortDraft>,
+    vm_names: Vec<String>,
+) -> Option<Spec> {
+    let Head {
+        version,
+        sysctl,
+        tuning,
+        uplinks,
+        nets,
+    } = head;
     cross_checks(cx, nets.as_deref().unwrap_or(&[]), &ports, sysctl.as_ref());
     uplink_checks(cx, nets.as_deref().unwrap_or(&[]), &ports, &uplinks);
 
@@ -773,7 +882,8 @@ fn convert_inner(cx: &mut Ctx, root: &Node) -> Option<Spec> {
     Some(spec)
 }
 
-struct UplinkDraft {
+#[derive(Clone)]
+pub(crate) struct UplinkDraft {
     name: String,
     key_loc: Loc,
     path: String,
@@ -973,18 +1083,21 @@ fn read_uplink(cx: &mut Ctx, key: &Key, f: &Field) -> UplinkDraft {
 /// and must not clash; a member belongs to one bond only and is used through its bond, never
 /// directly (a bridge uplink, a NAT egress, a VXLAN underlay).
 fn uplink_checks(cx: &mut Ctx, nets: &[NetDraft], ports: &[PortDraft], uplinks: &[UplinkDraft]) {
-    let mut created: Vec<(&str, String)> = Vec::new();
+    let mut created: Vec<(&str, What)> = Vec::new();
     for n in nets {
         if let Some(b) = &n.bridge {
-            created.push((b, format!("the bridge of network {}", n.name)));
+            created.push((b, What::Bridge(&n.name)));
         }
         if let Some(v) = &n.vxlan {
-            created.push((&v.device, format!("the vxlan device of network {}", n.name)));
+            created.push((&v.device, What::Vxlan(&n.name)));
         }
     }
-    for p in ports {
-        if let Some(name) = &p.name {
-            created.push((name, format!("port {} of VM {}", p.index, p.vm)));
+    // Only uplinks and bond members are looked up here, and there are few of them.
+    if !uplinks.is_empty() {
+        for p in ports {
+            if let Some(name) = &p.name {
+                created.push((name, What::Port(p.index, &p.vm)));
+            }
         }
     }
     for u in uplinks {
@@ -1071,7 +1184,7 @@ fn uplink_checks(cx: &mut Ctx, nets: &[NetDraft], ports: &[PortDraft], uplinks: 
         }
         if let Some(v) = &n.vxlan {
             let path = join(&n.path, "underlay");
-            let loc = cx.locs.get(&path).copied().unwrap_or(n.key_loc);
+            let loc = cx.loc_at(&path).unwrap_or(n.key_loc);
             used(cx, &v.underlay, &path, loc, "the underlay");
         }
         if let Some(v) = n.vlan.as_ref().filter(|_| n.uplink.is_none()) {
@@ -2500,26 +2613,26 @@ fn read_owner(cx: &mut Ctx, f: &Field) -> Option<Owner> {
 fn cross_checks(cx: &mut Ctx, nets: &[NetDraft], ports: &[PortDraft], sysctl: Option<&Sysctl>) {
     check_floors(cx, nets, ports);
     // Every interface kvmnet creates needs a unique name.
-    struct Created {
-        name: String,
+    struct Created<'a> {
+        name: std::borrow::Cow<'a, str>,
         loc: Loc,
-        path: String,
-        what: String,
+        path: LazyPath<'a>,
+        what: What<'a>,
         derived: bool,
     }
-    impl CreatedName for Created {
+    impl CreatedName for Created<'_> {
         fn created_as(&self, name: &str) -> Option<String> {
-            (self.name == name).then(|| self.what.clone())
+            (self.name == name).then(|| self.what.to_string())
         }
     }
     let mut created: Vec<Created> = Vec::new();
     for n in nets {
         if let Some(b) = n.bridge.as_ref().filter(|b| !b.is_empty()) {
             created.push(Created {
-                name: b.clone(),
+                name: b.as_str().into(),
                 loc: n.bridge_loc,
-                path: join(&n.path, "bridge"),
-                what: format!("the bridge of network {}", n.name),
+                path: LazyPath::Join(&n.path, "bridge"),
+                what: What::Bridge(&n.name),
                 derived: n.bridge_derived,
             });
         }
@@ -2527,10 +2640,10 @@ fn cross_checks(cx: &mut Ctx, nets: &[NetDraft], ports: &[PortDraft], sysctl: Op
     for n in nets {
         if let Some(v) = &n.vxlan {
             created.push(Created {
-                name: v.device.clone(),
+                name: v.device.as_str().into(),
                 loc: n.key_loc,
-                path: n.path.clone(),
-                what: format!("the vxlan device of network {}", n.name),
+                path: LazyPath::Plain(&n.path),
+                what: What::Vxlan(&n.name),
                 derived: true,
             });
         }
@@ -2552,10 +2665,10 @@ fn cross_checks(cx: &mut Ctx, nets: &[NetDraft], ports: &[PortDraft], sysctl: Op
         }
         vlan_ids.insert((v.uplink.as_str(), v.id), n);
         created.push(Created {
-            name: v.device.clone(),
+            name: v.device.as_str().into(),
             loc: n.vlan_loc,
-            path: join(&n.path, "vlan"),
-            what: format!("the VLAN {} sub-interface of network {}", v.id, n.name),
+            path: LazyPath::Join(&n.path, "vlan"),
+            what: What::NetVlan(v.id, &n.name),
             derived: true,
         });
     }
@@ -2584,13 +2697,10 @@ fn cross_checks(cx: &mut Ctx, nets: &[NetDraft], ports: &[PortDraft], sysctl: Op
                 );
             } else if let Some(name) = &p.name {
                 created.push(Created {
-                    name: naming::trunk_vlan_name(name, *vid),
+                    name: naming::trunk_vlan_name(name, *vid).into(),
                     loc: *loc,
-                    path: path.clone(),
-                    what: format!(
-                        "the VLAN {vid} sub-interface of port {} of VM {}",
-                        p.index, p.vm
-                    ),
+                    path: LazyPath::Plain(path),
+                    what: What::TrunkVlan(*vid, p.index, &p.vm),
                     derived: true,
                 });
             }
@@ -2602,7 +2712,7 @@ fn cross_checks(cx: &mut Ctx, nets: &[NetDraft], ports: &[PortDraft], sysctl: Op
         let Some(v) = &n.vxlan else { continue };
         if let Some(other) = vnis.get(&(v.vni, v.port)) {
             let path = join(&n.path, "vni");
-            let loc = cx.locs.get(&path).copied().unwrap_or(n.key_loc);
+            let loc = cx.loc_at(&path).unwrap_or(n.key_loc);
             cx.err(
                 &path,
                 loc,
@@ -2618,18 +2728,18 @@ fn cross_checks(cx: &mut Ctx, nets: &[NetDraft], ports: &[PortDraft], sysctl: Op
     for p in ports {
         if let Some(name) = &p.name {
             created.push(Created {
-                name: name.clone(),
+                name: name.as_str().into(),
                 loc: p.name_loc,
-                path: join(&p.path, "name"),
-                what: format!("port {} of VM {}", p.index, p.vm),
+                path: LazyPath::Join(&p.path, "name"),
+                what: What::Port(p.index, &p.vm),
                 derived: p.name_derived,
             });
         }
     }
-    created.sort_by(|a, b| (a.loc, &a.path).cmp(&(b.loc, &b.path)));
-    let mut first: HashMap<&str, usize> = HashMap::new();
+    created.sort_by(|a, b| a.loc.cmp(&b.loc).then_with(|| a.path.cmp(&b.path)));
+    let mut first: HashMap<&str, usize> = HashMap::with_capacity(created.len());
     for (i, c) in created.iter().enumerate() {
-        if let Some(&j) = first.get(c.name.as_str()) {
+        if let Some(&j) = first.get(c.name.as_ref()) {
             let f = &created[j];
             let how = if c.derived {
                 format!(
@@ -2644,14 +2754,14 @@ fn cross_checks(cx: &mut Ctx, nets: &[NetDraft], ports: &[PortDraft], sysctl: Op
             } else {
                 "; every bridge and port kvmnet creates needs its own name"
             };
-            let (path, loc) = (c.path.clone(), c.loc);
+            let (path, loc) = (c.path.get(), c.loc);
             cx.err(
                 &path,
                 loc,
                 format!("{how}{}{fix}", if f.derived { " (derived)" } else { "" }),
             );
         } else {
-            first.insert(c.name.as_str(), i);
+            first.insert(c.name.as_ref(), i);
         }
     }
 
@@ -2726,7 +2836,7 @@ fn cross_checks(cx: &mut Ctx, nets: &[NetDraft], ports: &[PortDraft], sysctl: Op
             );
         } else if let Some(c) = created
             .iter()
-            .find(|c| &c.name == e && c.path.starts_with("vms"))
+            .find(|c| c.name == e.as_str() && c.path.get().starts_with("vms"))
         {
             cx.err(
                 &path,
@@ -2740,14 +2850,15 @@ fn cross_checks(cx: &mut Ctx, nets: &[NetDraft], ports: &[PortDraft], sysctl: Op
     }
 
     // MACs: guests' and bridges' addresses must all differ.
-    let mut macs: Vec<(Mac, Loc, String, String, bool)> = Vec::new();
+    let mut macs: Vec<(Mac, Loc, LazyPath, What, bool)> =
+        Vec::with_capacity(nets.len() + ports.len());
     for n in nets {
         if check_entity_name(&n.name, "network").is_ok() && n.mode != Some(Mode::Direct) {
             macs.push((
                 naming::bridge_mac(&n.name),
                 n.key_loc,
-                n.path.clone(),
-                format!("the bridge of network {}", n.name),
+                LazyPath::Plain(&n.path),
+                What::Bridge(&n.name),
                 true,
             ));
         }
@@ -2757,18 +2868,19 @@ fn cross_checks(cx: &mut Ctx, nets: &[NetDraft], ports: &[PortDraft], sysctl: Op
             macs.push((
                 m,
                 p.mac_loc,
-                join(&p.path, "mac"),
-                format!("port {} of VM {}", p.index, p.vm),
+                LazyPath::Join(&p.path, "mac"),
+                What::Port(p.index, &p.vm),
                 p.mac_derived,
             ));
         }
     }
     // Explicit MACs first, so a clash is blamed on the derived one (which the operator can
     // fix by writing a MAC); then by position.
-    macs.sort_by(|a, b| (a.4, a.1, &a.2).cmp(&(b.4, b.1, &b.2)));
-    let mut seen_mac: HashMap<Mac, usize> = HashMap::new();
+    macs.sort_by(|a, b| (a.4, a.1).cmp(&(b.4, b.1)).then_with(|| a.2.cmp(&b.2)));
+    let mut seen_mac: HashMap<Mac, usize> = HashMap::with_capacity(macs.len());
     for (i, (m, loc, path, what, derived)) in macs.iter().enumerate() {
         if let Some(&j) = seen_mac.get(m) {
+            let path = path.get();
             let fix = if *derived && path.starts_with("vms") {
                 "; set mac explicitly"
             } else {
@@ -2776,7 +2888,7 @@ fn cross_checks(cx: &mut Ctx, nets: &[NetDraft], ports: &[PortDraft], sysctl: Op
             };
             let prefix = if *derived { "the derived MAC" } else { "MAC" };
             cx.err(
-                path,
+                &path,
                 *loc,
                 format!(
                     "{prefix} {m} of {what} is already used by {}{fix}",
@@ -2928,7 +3040,8 @@ fn check_floors(cx: &mut Ctx, nets: &[NetDraft], ports: &[PortDraft]) {
             continue;
         };
         let path = join(&join(&p.path, "qos"), "floor");
-        let loc = cx.locs.get(&path).copied().unwrap_or(p.name_loc);
+        // Looked up only for an error: the list of locations is long.
+        let loc = |cx: &Ctx| cx.loc_at(&path).unwrap_or(p.name_loc);
         let Some((bandwidth, _)) = net.bandwidth else {
             let msg = match net.mode {
                 Some(Mode::Nat | Mode::Routed | Mode::Isolated) | None => format!(
@@ -2941,7 +3054,7 @@ fn check_floors(cx: &mut Ctx, nets: &[NetDraft], ports: &[PortDraft]) {
                     m.as_str()
                 ),
             };
-            cx.err(&path, loc, msg);
+            cx.err(&path, loc(cx), msg);
             continue;
         };
         if let Some(inbound) = p.qos.as_ref().and_then(|q| q.inbound) {
@@ -2949,7 +3062,7 @@ fn check_floors(cx: &mut Ctx, nets: &[NetDraft], ports: &[PortDraft]) {
             if floor > cap {
                 cx.err(
                     &path,
-                    loc,
+                    loc(cx),
                     format!(
                         "the floor ({}) is above this port's own inbound limit ({}); lower the floor or raise qos.inbound",
                         show_rate(floor),
@@ -2964,7 +3077,7 @@ fn check_floors(cx: &mut Ctx, nets: &[NetDraft], ports: &[PortDraft]) {
         if *sum > bandwidth {
             cx.err(
                 &path,
-                loc,
+                loc(cx),
                 format!(
                     "the floors on network {} add up to {} with this one, more than its bandwidth of {}; lower a floor or raise the bandwidth",
                     net.name,
@@ -3042,9 +3155,7 @@ fn direct_checks(
             if let Some(second) = mine.get(1) {
                 cx.err(
                     &join(&second.path, "network"),
-                    cx.locs
-                        .get(&join(&second.path, "network"))
-                        .copied()
+                    cx.loc_at(&join(&second.path, "network"))
                         .unwrap_or(second.name_loc),
                     format!(
                         "network {} is in passthrough mode, which gives its uplink '{u}' to exactly one port, and port {} of VM {} already has it; use direct_mode bridge for several ports",
@@ -3069,6 +3180,67 @@ pub fn show_rate(bps: u64) -> String {
         }
     }
     format!("{bps}bit")
+}
+
+/// What an interface kvmnet creates is, for messages; written out only for an error.
+#[derive(Clone, Copy)]
+enum What<'a> {
+    Bridge(&'a str),
+    Vxlan(&'a str),
+    NetVlan(u16, &'a str),
+    TrunkVlan(u16, usize, &'a str),
+    Port(usize, &'a str),
+}
+
+impl std::fmt::Display for What<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            What::Bridge(n) => write!(f, "the bridge of network {n}"),
+            What::Vxlan(n) => write!(f, "the vxlan device of network {n}"),
+            What::NetVlan(id, n) => write!(f, "the VLAN {id} sub-interface of network {n}"),
+            What::TrunkVlan(vid, i, vm) => {
+                write!(f, "the VLAN {vid} sub-interface of port {i} of VM {vm}")
+            }
+            What::Port(i, vm) => write!(f, "port {i} of VM {vm}"),
+        }
+    }
+}
+
+/// A field path, joined only when it is needed (for an error, or to order two things
+/// written at the same place).
+#[derive(Clone, Copy)]
+enum LazyPath<'a> {
+    Plain(&'a str),
+    Join(&'a str, &'static str),
+}
+
+impl LazyPath<'_> {
+    fn get(&self) -> String {
+        match self {
+            LazyPath::Plain(p) => p.to_string(),
+            LazyPath::Join(p, k) => join(p, k),
+        }
+    }
+}
+
+impl PartialEq for LazyPath<'_> {
+    fn eq(&self, other: &Self) -> bool {
+        self.cmp(other) == std::cmp::Ordering::Equal
+    }
+}
+
+impl Eq for LazyPath<'_> {}
+
+impl PartialOrd for LazyPath<'_> {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for LazyPath<'_> {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.get().cmp(&other.get())
+    }
 }
 
 /// Lets the direct-network checks look at the names the spec creates without knowing the
@@ -3146,16 +3318,16 @@ fn build(
         };
         networks.insert(network.name.clone(), network);
     }
+    // Each VM's list made at its size: thousands of VMs, most with a port or two.
+    let mut counts: HashMap<&str, usize> = HashMap::with_capacity(vm_names.len());
+    for p in &ports {
+        *counts.entry(p.vm.as_str()).or_default() += 1;
+    }
     let mut vms: BTreeMap<String, Vm> = vm_names
         .into_iter()
         .map(|name| {
-            (
-                name.clone(),
-                Vm {
-                    name,
-                    ports: Vec::new(),
-                },
-            )
+            let ports = Vec::with_capacity(counts.get(name.as_str()).copied().unwrap_or(0));
+            (name.clone(), Vm { name, ports })
         })
         .collect();
     for p in ports {
@@ -3201,7 +3373,7 @@ fn build(
         },
         networks,
         vms,
-        locs: std::mem::take(&mut cx.locs),
+        locs: std::mem::take(&mut cx.locs).into_iter().collect(),
     })
 }
 

@@ -8,6 +8,7 @@
 //! location and the load goes on, so the validator still reports the rest of the file.
 
 use std::collections::HashMap;
+use std::fmt::Write as _;
 
 use yaml_rust2::parser::{Event, MarkedEventReceiver, Parser};
 use yaml_rust2::scanner::{Marker, TScalarStyle};
@@ -128,33 +129,47 @@ pub(crate) fn show(s: &str) -> String {
 
 /// One path segment: bare when it is a plain identifier, otherwise quoted
 /// (`host.sysctl."net.core.somaxconn"`, `networks."lan.2".mode`).
-pub(crate) fn seg(s: &str) -> String {
+fn push_seg(out: &mut String, s: &str) {
     if !s.is_empty()
         && s.bytes()
             .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
     {
-        s.to_string()
+        out.push_str(s);
     } else {
-        format!("{s:?}")
+        let _ = write!(out, "{s:?}");
     }
 }
 
+// Paths are made for every field of a spec (each one's location is recorded), so they are
+// put together by hand rather than through `format!`.
 pub(crate) fn join(parent: &str, key: &str) -> String {
-    if parent.is_empty() {
-        seg(key)
-    } else {
-        format!("{parent}.{}", seg(key))
+    let mut out = String::with_capacity(parent.len() + key.len() + 1);
+    if !parent.is_empty() {
+        out.push_str(parent);
+        out.push('.');
     }
+    push_seg(&mut out, key);
+    out
 }
 
 pub(crate) fn index(parent: &str, i: usize) -> String {
-    format!("{parent}[{i}]")
+    let mut out = String::with_capacity(parent.len() + 4);
+    out.push_str(parent);
+    out.push('[');
+    if i < 10 {
+        out.push(char::from(b'0' + i as u8));
+    } else {
+        let _ = write!(out, "{i}");
+    }
+    out.push(']');
+    out
 }
 
+/// Open collections. Their paths are not kept: they are worked out from the stack (see
+/// `Builder::path_at`) only when an error needs one.
 enum Frame {
     Seq {
         loc: Loc,
-        path: String,
         items: Vec<Node>,
         /// Anchor/tag complaints, reported when the collection closes and its location
         /// (a block mapping's first key) is known.
@@ -162,28 +177,30 @@ enum Frame {
     },
     Map {
         loc: Loc,
-        path: String,
         entries: Vec<(Key, Node)>,
         /// The key waiting for its value; `None` inside means the key was rejected
         /// (duplicate or not a scalar) and its value is dropped.
         pending: Option<Option<Key>>,
-        /// Keys seen so far and where, to report duplicates without a quadratic scan.
-        seen: HashMap<String, Loc>,
+        /// Keys seen so far and where, to report duplicates without a quadratic scan; made
+        /// only once the mapping is big enough for a scan of `entries` to cost more.
+        seen: Option<HashMap<String, Loc>>,
         props: Vec<String>,
     },
 }
 
+/// Mappings with fewer entries than this look for duplicate keys by scanning them.
+const SCAN_KEYS: usize = 16;
+
 impl Frame {
-    /// The path of the node that arrives next in this frame.
-    fn child_path(&self) -> String {
+    /// The path of the node that arrives next in this frame, given the frame's own path.
+    fn child_path(&self, path: String) -> String {
         match self {
-            Frame::Seq { path, items, .. } => index(path, items.len()),
+            Frame::Seq { items, .. } => index(&path, items.len()),
             Frame::Map {
-                path,
                 pending: Some(Some(k)),
                 ..
-            } => join(path, &k.text),
-            Frame::Map { path, .. } => path.clone(),
+            } => join(&path, &k.text),
+            Frame::Map { .. } => path,
         }
     }
 }
@@ -204,8 +221,16 @@ impl Builder<'_> {
         self.errors.push(SpecError { path, loc, message });
     }
 
+    /// The path of the collection at `depth` on the stack (`stack.len()`: of the node that
+    /// arrives next).
+    fn path_at(&self, depth: usize) -> String {
+        self.stack[..depth]
+            .iter()
+            .fold(String::new(), |path, f| f.child_path(path))
+    }
+
     fn next_path(&self) -> String {
-        self.stack.last().map(Frame::child_path).unwrap_or_default()
+        self.path_at(self.stack.len())
     }
 
     /// Complaints about anchors and tags on the node that starts here.
@@ -245,7 +270,9 @@ impl Builder<'_> {
 
     /// Hand a finished node to its parent (or make it the document root).
     fn attach(&mut self, mut node: Node) {
-        let mut dup: Option<(String, Loc, String)> = None;
+        // An error about a key: (the key's text to join to the mapping's path, or none for
+        // the mapping's own path), where, what.
+        let mut dup: Option<(Option<String>, Loc, String)> = None;
         match self.stack.last_mut() {
             None => {
                 if self.root.is_none() {
@@ -265,7 +292,6 @@ impl Builder<'_> {
             }
             Some(Frame::Map {
                 loc,
-                path,
                 entries,
                 pending,
                 seen,
@@ -290,9 +316,24 @@ impl Builder<'_> {
                     }
                     match node.kind {
                         Kind::Scalar(s) => {
-                            if let Some(first) = seen.get(&s.text) {
+                            if seen.is_none() && entries.len() >= SCAN_KEYS {
+                                *seen = Some(
+                                    entries
+                                        .iter()
+                                        .map(|(k, _)| (k.text.clone(), k.loc))
+                                        .collect(),
+                                );
+                            }
+                            let first = match seen {
+                                Some(seen) => seen.get(&s.text).copied(),
+                                None => entries
+                                    .iter()
+                                    .find(|(k, _)| k.text == s.text)
+                                    .map(|(k, _)| k.loc),
+                            };
+                            if let Some(first) = first {
                                 dup = Some((
-                                    join(path, &s.text),
+                                    Some(s.text.clone()),
                                     node.loc,
                                     format!(
                                         "duplicate key '{}' (first given at {}); each key may appear only once",
@@ -302,7 +343,9 @@ impl Builder<'_> {
                                 ));
                                 *pending = Some(None);
                             } else {
-                                seen.insert(s.text.clone(), node.loc);
+                                if let Some(seen) = seen {
+                                    seen.insert(s.text.clone(), node.loc);
+                                }
                                 *pending = Some(Some(Key {
                                     text: s.text,
                                     loc: node.loc,
@@ -312,7 +355,7 @@ impl Builder<'_> {
                         Kind::Bad => *pending = Some(None),
                         _ => {
                             dup = Some((
-                                path.clone(),
+                                None,
                                 node.loc,
                                 format!(
                                     "a mapping key must be a plain name, found {}",
@@ -325,7 +368,12 @@ impl Builder<'_> {
                 }
             },
         }
-        if let Some((p, l, m)) = dup {
+        if let Some((key, l, m)) = dup {
+            let path = self.path_at(self.stack.len() - 1);
+            let p = match key {
+                Some(k) => join(&path, &k),
+                None => path,
+            };
             self.err(p, l, m);
         }
     }
@@ -379,9 +427,11 @@ impl MarkedEventReceiver for Builder<'_> {
                 };
                 let props = Self::props(anchor, tag.is_some());
                 let ok = props.is_empty();
-                let p = self.next_path();
-                for m in props {
-                    self.err(p.clone(), loc, m);
+                if !ok {
+                    let p = self.next_path();
+                    for m in props {
+                        self.err(p.clone(), loc, m);
+                    }
                 }
                 let plain = matches!(style, TScalarStyle::Plain);
                 let kind = if ok || self.in_key_position() {
@@ -405,44 +455,33 @@ impl MarkedEventReceiver for Builder<'_> {
                 });
             }
             Event::SequenceStart(anchor, tag) => {
-                let path = self.next_path();
                 self.push(Frame::Seq {
                     loc,
-                    path,
                     items: Vec::new(),
                     props: Self::props(anchor, tag.is_some()),
                 });
             }
             Event::MappingStart(anchor, tag) => {
-                let path = self.next_path();
                 self.push(Frame::Map {
                     loc,
-                    path,
                     entries: Vec::new(),
                     pending: None,
-                    seen: HashMap::new(),
+                    seen: None,
                     props: Self::props(anchor, tag.is_some()),
                 });
             }
             Event::SequenceEnd | Event::MappingEnd => {
-                let (node, path, props) = match self.stack.pop() {
-                    Some(Frame::Seq {
-                        loc,
-                        items,
-                        path,
-                        props,
-                    }) => (
+                let (node, props) = match self.stack.pop() {
+                    Some(Frame::Seq { loc, items, props }) => (
                         Node {
                             loc,
                             kind: Kind::Seq(items),
                         },
-                        path,
                         props,
                     ),
                     Some(Frame::Map {
                         loc,
                         entries,
-                        path,
                         props,
                         ..
                     }) => (
@@ -450,13 +489,16 @@ impl MarkedEventReceiver for Builder<'_> {
                             loc,
                             kind: Kind::Map(entries),
                         },
-                        path,
                         props,
                     ),
                     None => return,
                 };
-                for m in props {
-                    self.err(path.clone(), node.loc, m);
+                if !props.is_empty() {
+                    // The popped collection's path: what its parent expects next.
+                    let path = self.next_path();
+                    for m in props {
+                        self.err(path.clone(), node.loc, m);
+                    }
                 }
                 self.attach(node);
             }
@@ -602,6 +644,39 @@ mod tests {
     }
 
     #[test]
+    fn duplicate_keys_in_big_mappings() {
+        // Past SCAN_KEYS entries, duplicates are found through a map: same answers.
+        let mut text = String::from("m:\n");
+        for i in 0..40 {
+            text.push_str(&format!("  k{i}: {i}\n"));
+        }
+        text.push_str("  k3: x\n  k39: y\n  k40: z\n  k40: w\n");
+        let (root, errs) = load(&text);
+        let got: Vec<(String, Loc, String)> = errs
+            .into_iter()
+            .map(|e| (e.path, e.loc, e.message))
+            .collect();
+        assert_eq!(got.len(), 3, "{got:?}");
+        assert_eq!(got[0].0, "m.k3");
+        assert_eq!(got[0].1, l(42, 3));
+        assert!(got[0].2.contains("first given at 5:3"), "{got:?}");
+        assert_eq!(got[1].0, "m.k39");
+        assert_eq!(got[2].0, "m.k40");
+        assert!(got[2].2.contains("first given at 44:3"), "{got:?}");
+        let Kind::Map(m) = &root.unwrap().kind else {
+            panic!()
+        };
+        let Kind::Map(inner) = &m[0].1.kind else {
+            panic!()
+        };
+        assert_eq!(inner.len(), 41);
+        // Anchors on nested collections name the collection's own path.
+        let (_, errs) = load("a:\n  - x\n  - &n [1]\n  - b: &m {c: 1}\n");
+        let paths: Vec<&str> = errs.iter().map(|e| e.path.as_str()).collect();
+        assert_eq!(paths, ["a[1]", "a[2].b"]);
+    }
+
+    #[test]
     fn syntax_errors_and_documents() {
         let (root, errs) = load("a: [1, 2\n");
         assert!(root.is_none());
@@ -638,7 +713,10 @@ mod tests {
         assert!(!s("", false).is_null());
         assert_eq!(s("True", true).as_bool(), Some(true));
         assert_eq!(s("yes", true).as_bool(), None);
-        assert_eq!(seg("net.core.x"), "\"net.core.x\"");
+        assert_eq!(join("", "net.core.x"), "\"net.core.x\"");
+        assert_eq!(join("a", ""), "a.\"\"");
+        assert_eq!(index("a", 7), "a[7]");
+        assert_eq!(index("a", 1234), "a[1234]");
         assert_eq!(join("a", "b-c_1"), "a.b-c_1");
     }
 }

@@ -1,0 +1,413 @@
+//! Re-parsing a spec that changed in a few VMs without re-reading the others.
+//!
+//! A long-running process sees the same spec again and again, usually with one VM added,
+//! removed or edited. `SpecCache` splits the text into its head (everything but the VM
+//! entries) and one chunk per VM entry, and keeps what the first pass made of each chunk,
+//! keyed by the chunk's exact text. Only new or edited chunks are parsed; the rules across the
+//! whole spec and the build of the `Spec` run over everything each time.
+//!
+//! The result is always what [`super::parse_bytes`] returns for the same bytes. The fast path
+//! is taken only when the layout is plainly splittable (a block mapping at the top, `vms:` on
+//! a line of its own, every VM entry starting with a plain `name:` at one indentation, no
+//! tabs or carriage returns); any doubt and any error, anywhere, falls back to the full parse,
+//! so error lists never depend on what was cached.
+
+use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hasher};
+
+use super::model::Loc;
+use super::validate::{self, Ctx, Head, Locs, PortDraft, VmContext};
+use super::yaml::{self, Kind};
+use super::{Spec, SpecError};
+
+/// Parses specs, remembering the parts of the last text it was given.
+#[derive(Default)]
+pub struct SpecCache {
+    /// The head's text (with the VM lines blanked) and what it read as.
+    head: Option<(String, Head, Locs)>,
+    /// What the cached chunks were read under; chunks read under another are not reused.
+    context: VmContext,
+    chunks: HashMap<String, Chunk, BuildHasherDefault<TextHasher>>,
+    /// Counts calls, to drop chunks the latest text no longer has.
+    generation: u64,
+    /// The last call that got as far as looking its VM entries up: only such a call knows
+    /// which chunks are stale. (One that stopped earlier, say at a typo in the head, keeps
+    /// them all for the text that fixes it.)
+    looked_up: u64,
+    /// VM entries read from scratch by the last call; `None` when it took the full parse.
+    last_read: Option<usize>,
+}
+
+/// Hashes whole VM entries (hundreds of bytes each, the whole spec every call) eight bytes at
+/// a step. The texts come from the operator's own file, so flooding is no concern.
+#[derive(Default)]
+struct TextHasher(u64);
+
+impl Hasher for TextHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        const K: u64 = 0x517c_c1b7_2722_0a95;
+        let mut h = self.0;
+        let mut words = bytes.chunks_exact(8);
+        for w in &mut words {
+            let mut b = [0u8; 8];
+            b.copy_from_slice(w);
+            h = (h.rotate_left(5) ^ u64::from_le_bytes(b)).wrapping_mul(K);
+        }
+        for &b in words.remainder() {
+            h = (h.rotate_left(5) ^ u64::from(b)).wrapping_mul(K);
+        }
+        self.0 = h;
+    }
+
+    fn finish(&self) -> u64 {
+        self.0
+    }
+}
+
+/// One VM entry read on its own; locations count from the chunk's first line.
+struct Chunk {
+    name: String,
+    ports: Vec<PortDraft>,
+    locs: Locs,
+    used: u64,
+}
+
+/// Where the VM entries sit in a text.
+struct Layout<'a> {
+    /// The text the head is read from: the VM lines blanked, so what follows the vms block
+    /// keeps its line numbers.
+    skeleton: String,
+    /// 0-based line of the `vms:` key.
+    vms_line: usize,
+    /// Indentation of the VM keys.
+    indent: usize,
+    /// Each VM entry: its name, its text, its first line (0-based).
+    entries: Vec<(&'a str, &'a str, usize)>,
+}
+
+impl SpecCache {
+    /// Same as [`super::parse_bytes`], reusing what earlier calls read of unchanged VMs.
+    pub fn parse_bytes(&mut self, bytes: &[u8]) -> Result<Spec, Vec<SpecError>> {
+        self.generation += 1;
+        self.last_read = Some(0);
+        let fast = std::str::from_utf8(bytes)
+            .ok()
+            .filter(|t| !t.starts_with('\u{feff}') && !t.trim().is_empty())
+            .and_then(split)
+            .and_then(|layout| self.assemble(&layout));
+        let generation = self.generation;
+        if self.looked_up == generation {
+            self.chunks.retain(|_, c| c.used == generation);
+        }
+        match fast {
+            Some(spec) => Ok(spec),
+            None => {
+                self.last_read = None;
+                super::parse_bytes(bytes)
+            }
+        }
+    }
+
+    /// How many VM entries the last call read from scratch; `None` when it did not use the
+    /// cache at all (a layout it does not split, or an error somewhere).
+    pub fn last_read(&self) -> Option<usize> {
+        self.last_read
+    }
+
+    /// The spec from the head and the chunks, or `None` when anything at all is wrong or
+    /// unusual (the full parse then says what).
+    fn assemble(&mut self, layout: &Layout) -> Option<Spec> {
+        if self
+            .head
+            .as_ref()
+            .is_none_or(|(text, _, _)| *text != layout.skeleton)
+        {
+            self.head = None;
+            let (head, locs) = read_head(layout)?;
+            let context = head.vm_context();
+            if context != self.context {
+                self.chunks.clear();
+                self.context = context;
+            }
+            self.head = Some((layout.skeleton.clone(), head, locs));
+        }
+        let (_, head, head_locs) = self.head.as_ref()?;
+        let nets = head.nets.as_deref();
+
+        // Read every new chunk before giving up on a bad one, so an error in one VM does
+        // not cost the others their cache entries.
+        let mut ok = true;
+        self.looked_up = self.generation;
+        for &(name, text, _) in &layout.entries {
+            match self.chunks.get_mut(text) {
+                Some(c) => c.used = self.generation,
+                None => match read_chunk(name, text, layout.indent, nets) {
+                    Some((ports, locs)) => {
+                        self.last_read = self.last_read.map(|n| n + 1);
+                        self.chunks.insert(
+                            text.to_string(),
+                            Chunk {
+                                name: name.to_string(),
+                                ports,
+                                locs,
+                                used: self.generation,
+                            },
+                        );
+                    }
+                    None => ok = false,
+                },
+            }
+        }
+        if !ok {
+            return None;
+        }
+        let chunks: Vec<&Chunk> = layout
+            .entries
+            .iter()
+            .map(|e| self.chunks.get(e.1))
+            .collect::<Option<_>>()?;
+
+        // In about the order of the map they become, which makes building it cheap: the
+        // head's paths come before `vms`, and the entries' paths are sorted within each
+        // entry and follow their VM names.
+        let mut order: Vec<usize> = (0..layout.entries.len()).collect();
+        order.sort_by_key(|&i| layout.entries[i].0);
+        let mut locs: Locs = Vec::with_capacity(
+            head_locs.len() + chunks.iter().map(|c| c.locs.len()).sum::<usize>(),
+        );
+        locs.extend(
+            head_locs
+                .iter()
+                .filter(|(k, _)| k.as_str() != "vms")
+                .map(|(k, l)| (k.clone(), *l)),
+        );
+        // A block mapping sits where its first key does.
+        let first_line = layout.entries[0].2;
+        locs.push((
+            "vms".to_string(),
+            Loc {
+                line: first_line + 1,
+                col: layout.indent + 1,
+            },
+        ));
+        for &i in &order {
+            let (c, line) = (chunks[i], layout.entries[i].2);
+            locs.extend(c.locs.iter().map(|(k, l)| {
+                (
+                    k.clone(),
+                    Loc {
+                        line: l.line + line,
+                        col: l.col,
+                    },
+                )
+            }));
+        }
+        let mut ports = Vec::with_capacity(layout.entries.len());
+        let mut names = Vec::with_capacity(layout.entries.len());
+        for (c, &(_, _, line)) in chunks.iter().zip(&layout.entries) {
+            for p in &c.ports {
+                let mut p = p.clone();
+                p.shift_lines(line);
+                ports.push(p);
+            }
+            names.push(c.name.clone());
+        }
+        let mut cx = Ctx {
+            errors: Vec::new(),
+            locs,
+        };
+        let spec = validate::finish(&mut cx, head.clone(), ports, names);
+        if cx.errors.is_empty() { spec } else { None }
+    }
+}
+
+/// The head read from the skeleton, if it reads without a single complaint and its `vms`
+/// is the empty value on the line the split found.
+fn read_head(layout: &Layout) -> Option<(Head, Locs)> {
+    let (root, errors) = yaml::load(&layout.skeleton);
+    if !errors.is_empty() {
+        return None;
+    }
+    let root = root?;
+    let mut cx = Ctx::default();
+    let (head, vms) = validate::read_head(&mut cx, &root)?;
+    let vms_here = cx.loc_at("vms")
+        == Some(Loc {
+            line: layout.vms_line + 1,
+            col: 1,
+        });
+    if !cx.errors.is_empty() || !vms_here || vms.is_none_or(|o| !o.is_empty()) {
+        return None;
+    }
+    // Stable: of two entries for one path, the later still wins.
+    cx.locs.sort_by(|a, b| a.0.cmp(&b.0));
+    Some((head, cx.locs))
+}
+
+/// One VM entry's ports and locations, if it reads without a single complaint.
+fn read_chunk(
+    name: &str,
+    text: &str,
+    indent: usize,
+    nets: Option<&[validate::NetDraft]>,
+) -> Option<(Vec<PortDraft>, Locs)> {
+    let (root, errors) = yaml::load(text);
+    if !errors.is_empty() {
+        return None;
+    }
+    let root = root?;
+    let Kind::Map(entries) = &root.kind else {
+        return None;
+    };
+    let [(key, node)] = entries.as_slice() else {
+        return None;
+    };
+    if key.text != name
+        || key.loc
+            != (Loc {
+                line: 1,
+                col: indent + 1,
+            })
+    {
+        return None;
+    }
+    let mut cx = Ctx::default();
+    let mut ports = Vec::new();
+    validate::read_vm_entry(&mut cx, key, node, nets, &mut ports);
+    if !cx.errors.is_empty() {
+        return None;
+    }
+    cx.locs.sort_by(|a, b| a.0.cmp(&b.0));
+    Some((ports, cx.locs))
+}
+
+/// `name:` followed by a blank, a comment or the line's end, where name is a plain scalar
+/// that needs no quoting; the name.
+fn plain_key(line: &str) -> Option<&str> {
+    let colon = line.find(':')?;
+    let (name, rest) = (&line[..colon], &line[colon + 1..]);
+    let plain = !name.is_empty()
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'))
+        && !name.starts_with(['-', '.']);
+    (plain && (rest.is_empty() || rest.starts_with(' '))).then_some(name)
+}
+
+/// Lines holding nothing but spaces, or a comment.
+fn is_filler(line: &str) -> bool {
+    let t = line.trim_start_matches(' ');
+    t.is_empty() || t.starts_with('#')
+}
+
+/// Where the VM entries are, when the layout is plainly a block mapping with a block `vms`
+/// mapping of plain-named entries; `None` for anything else.
+fn split(text: &str) -> Option<Layout<'_>> {
+    if text.bytes().any(|b| matches!(b, b'\r' | b'\t' | 0)) {
+        return None;
+    }
+    // (byte offset, line) for every line, without its '\n'.
+    let mut lines: Vec<(usize, &str)> = Vec::with_capacity(text.len() / 64 + 1);
+    let mut at = 0;
+    for l in text.split('\n') {
+        lines.push((at, l));
+        at += l.len() + 1;
+    }
+    // The top level: a block mapping of plain keys, exactly one of them `vms:` alone.
+    let mut vms_line = None;
+    for (i, (_, l)) in lines.iter().enumerate() {
+        if l.starts_with(' ') || is_filler(l) {
+            continue;
+        }
+        let key = plain_key(l)?;
+        if key == "vms" {
+            let rest = l[4..].trim_start_matches(' ');
+            if vms_line.is_some() || !(rest.is_empty() || rest.starts_with('#')) {
+                return None;
+            }
+            vms_line = Some(i);
+        }
+    }
+    let vms_line = vms_line?;
+    // The vms block: indented lines and fillers up to the next top-level key.
+    let end = lines[vms_line + 1..]
+        .iter()
+        .position(|(_, l)| !l.starts_with(' ') && !is_filler(l))
+        .map_or(lines.len(), |p| vms_line + 1 + p);
+    let mut indent = None;
+    let mut starts: Vec<(usize, &str)> = Vec::new();
+    for (i, (_, l)) in lines.iter().enumerate().take(end).skip(vms_line + 1) {
+        if is_filler(l) {
+            continue;
+        }
+        let n = l.len() - l.trim_start_matches(' ').len();
+        let k = *indent.get_or_insert(n);
+        if n < k {
+            return None;
+        }
+        if n == k {
+            starts.push((i, plain_key(&l[n..])?));
+        }
+    }
+    let indent = indent?;
+    let mut seen = std::collections::HashSet::with_capacity(starts.len());
+    if !starts.iter().all(|(_, name)| seen.insert(*name)) {
+        return None;
+    }
+    let offset = |i: usize| lines.get(i).map_or(text.len(), |(o, _)| *o);
+    let entries: Vec<(&str, &str, usize)> = starts
+        .iter()
+        .enumerate()
+        .map(|(j, &(i, name))| {
+            let next = starts.get(j + 1).map_or(end, |s| s.0);
+            (name, &text[offset(i)..offset(next)], i)
+        })
+        .collect();
+    let first = starts.first()?.0;
+    let mut skeleton = text[..offset(first)].to_string();
+    if end < lines.len() {
+        skeleton.extend(std::iter::repeat_n('\n', end - first));
+        skeleton.push_str(&text[offset(end)..]);
+    }
+    Some(Layout {
+        skeleton,
+        vms_line,
+        indent,
+        entries,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn splits_block_layouts_only() {
+        let t = "version: 1\nvms:\n  # c\n  a: { ports: [] }\n\n  b:\n    ports: []\n# x\nnetworks: {}\n";
+        let l = split(t).unwrap();
+        assert_eq!(l.vms_line, 1);
+        assert_eq!(l.indent, 2);
+        let names: Vec<&str> = l.entries.iter().map(|e| e.0).collect();
+        assert_eq!(names, ["a", "b"]);
+        assert_eq!(l.entries[0].1, "  a: { ports: [] }\n\n");
+        assert_eq!(l.entries[1].1, "  b:\n    ports: []\n# x\n");
+        assert_eq!(l.entries[1].2, 5);
+        assert_eq!(
+            l.skeleton,
+            "version: 1\nvms:\n  # c\n\n\n\n\n\nnetworks: {}\n"
+        );
+        for bad in [
+            "vms: { a: {} }\n",
+            "vms:\n  a: {}\n  a: {}\n",
+            "vms:\n    a: {}\n  b: {}\n",
+            "vms:\n  \"a\": {}\n",
+            "vms:\n\ta: {}\n",
+            "---\nvms:\n  a: {}\n",
+            "vms:\n  a: {}\nvms:\n  b: {}\n",
+            "vms:\n",
+            "{ vms: 1 }\n",
+        ] {
+            assert!(split(bad).is_none(), "{bad:?}");
+        }
+    }
+}

@@ -620,6 +620,15 @@ fn vlan_link(
 }
 
 pub fn desired(spec: &Spec, snap: &Snapshot) -> Result<HostState, Vec<SpecError>> {
+    desired_with_nft(spec, snap, nft::table_for(spec))
+}
+
+/// [`desired`], with the spec's nftables tables ([`nft::table_for`]) made already.
+pub fn desired_with_nft(
+    spec: &Spec,
+    snap: &Snapshot,
+    nft: Option<nft::NftTable>,
+) -> Result<HostState, Vec<SpecError>> {
     let mut errors = Vec::new();
     let mut st = HostState::default();
     // `snap.link` by name without a scan of every link: a host may have thousands of ports.
@@ -1154,7 +1163,7 @@ pub fn desired(spec: &Spec, snap: &Snapshot) -> Result<HostState, Vec<SpecError>
         }
     }
 
-    st.nft = nft::table_for(spec);
+    st.nft = nft;
 
     for net in spec.networks.values() {
         if let Some(bandwidth) = net.bandwidth_bps {

@@ -74,6 +74,21 @@ pub fn spec_hash(text: &[u8]) -> String {
     format!("{:016x}", fnv1a(text))
 }
 
+/// [`parse`] through `cache`, which re-reads only the VM entries that changed since the
+/// texts it saw before (same result, errors included).
+pub fn parse_cached(
+    cache: &mut spec::SpecCache,
+    source: &str,
+    bytes: &[u8],
+) -> Result<Spec, EngineError> {
+    cache
+        .parse_bytes(bytes)
+        .map_err(|errors| EngineError::Invalid {
+            source: source.to_string(),
+            errors,
+        })
+}
+
 pub fn parse(source: &str, bytes: &[u8]) -> Result<Spec, EngineError> {
     spec::parse_bytes(bytes).map_err(|errors| EngineError::Invalid {
         source: source.to_string(),
@@ -110,6 +125,9 @@ pub struct Planned {
     scope: String,
     /// Held from observation to the end of execution.
     _lock: std::fs::File,
+    /// What the plan was made from; freed with it. Freeing what a 1,000-port host planned
+    /// from takes milliseconds: a daemon does it off the request's path.
+    _inputs: Option<Box<(crate::snapshot::Snapshot, HostState)>>,
 }
 
 /// Observes the host and plans `spec` (a destroy when `None`).
@@ -128,16 +146,19 @@ pub fn plan_with(
     let mut observer = Observer::new(scope);
     observer.counters = false;
     let lock = observer.state_dir.lock().map_err(runtime)?;
+    let want_nft = spec.and_then(crate::nft::table_for);
     let snap = match watch {
-        Some(w) => w.snapshot(&observer, spec),
-        None => observer.snapshot(spec),
+        Some(w) => w.snapshot_for(&observer, spec, want_nft.as_ref()),
+        None => observer.snapshot_for(spec, want_nft.as_ref(), &BTreeSet::new()),
     }
     .map_err(|e| runtime(format!("cannot read the host: {e}")))?;
     let empty = empty_spec();
     let spec = spec.unwrap_or(&empty);
-    let want = desired::desired(spec, &snap).map_err(|errors| EngineError::Invalid {
-        source: source.to_string(),
-        errors,
+    let want = desired::desired_with_nft(spec, &snap, want_nft).map_err(|errors| {
+        EngineError::Invalid {
+            source: source.to_string(),
+            errors,
+        }
     })?;
     let have = desired::observed(&snap, &desired::Interest::of(&want));
     let moved = want
@@ -153,8 +174,9 @@ pub fn plan_with(
             (b, m)
         })
         .collect();
+    let plan = plan::diff(&want, &have);
     Ok(Planned {
-        plan: plan::diff(&want, &have),
+        plan,
         previous: have,
         managed: managed_sysctls(spec).into_keys().collect(),
         managed_ethtool: managed_ethtool(spec),
@@ -169,6 +191,7 @@ pub fn plan_with(
         state_dir: observer.state_dir,
         scope: scope.to_string(),
         _lock: lock,
+        _inputs: Some(Box::new((snap, want))),
     })
 }
 
@@ -414,6 +437,7 @@ pub fn revert_if_due(
         state_dir: observer.state_dir,
         scope: scope.to_string(),
         _lock: lock,
+        _inputs: None,
     };
     execute(&planned, "revert", &pending.spec_hash, None)?;
     planned

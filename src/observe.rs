@@ -353,6 +353,17 @@ impl Observer {
         spec: Option<&Spec>,
         extra_sysctls: &BTreeSet<String>,
     ) -> Result<Snapshot, ObserveError> {
+        let want_nft = spec.and_then(crate::nft::table_for);
+        self.snapshot_for(spec, want_nft.as_ref(), extra_sysctls)
+    }
+
+    /// [`Observer::snapshot_with`], given the spec's nftables tables (made already).
+    pub fn snapshot_for(
+        &self,
+        spec: Option<&Spec>,
+        want_nft: Option<&crate::nft::NftTable>,
+        extra_sysctls: &BTreeSet<String>,
+    ) -> Result<Snapshot, ObserveError> {
         let mut nl = Netlink::open()?;
         let NetnsSnap {
             mut links,
@@ -362,7 +373,7 @@ impl Observer {
         } = read_links_with(&mut nl, self.counters)?;
         check_tc(&mut links)?;
         read_shaping(&mut links)?;
-        let nft = nftables::observe(spec.and_then(crate::nft::table_for).as_ref())?;
+        let nft = nftables::observe(want_nft)?;
         self.complete(spec, extra_sysctls, &mut nl, links, addrs, routes, nft)
     }
 

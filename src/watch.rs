@@ -88,6 +88,17 @@ impl Watch {
         obs: &Observer,
         spec: Option<&Spec>,
     ) -> Result<Snapshot, ObserveError> {
+        let want_nft = spec.and_then(crate::nft::table_for);
+        self.snapshot_for(obs, spec, want_nft.as_ref())
+    }
+
+    /// [`Watch::snapshot`], given the spec's nftables tables (made already).
+    pub fn snapshot_for(
+        &mut self,
+        obs: &Observer,
+        spec: Option<&Spec>,
+        want_nft: Option<&crate::nft::NftTable>,
+    ) -> Result<Snapshot, ObserveError> {
         // Drain first: whatever changes after this point shows up at the next snapshot.
         let changes = self.events.drain(&[self.tc.portid()])?;
         let stale = match &self.cache {
@@ -114,8 +125,7 @@ impl Watch {
                 l.shaping = Some(sh.clone());
             }
         }
-        let want = spec.and_then(crate::nft::table_for);
-        let nft = nftables::observe_from(&cache.nft, want.as_ref())?;
+        let nft = nftables::observe_from(&cache.nft, want_nft)?;
         obs.complete(
             spec,
             &BTreeSet::new(),

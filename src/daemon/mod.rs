@@ -38,6 +38,12 @@ struct Shared {
     /// What the host holds, kept current by the kernel's notifications; `None` if the
     /// subscription failed (then every plan reads the host whole).
     watch: Mutex<Option<Watch>>,
+    /// Specs parsed before: a new one is parsed only where its VM entries differ.
+    specs: Mutex<crate::spec::SpecCache>,
+    /// Big values done with (a replaced spec, a finished plan), freed by a thread of their
+    /// own: freeing a 1,000-port spec and what was planned from it takes milliseconds that
+    /// an API client need not wait for.
+    retired: Mutex<std::sync::mpsc::Sender<Box<dyn Send>>>,
 }
 
 impl Shared {
@@ -45,7 +51,13 @@ impl Shared {
     fn set_active(&self, active: &mut Active, spec: Spec, text: Vec<u8>) {
         *self.dhcp_pending.lock().expect("lock") = Some(dhcp::scopes(&spec));
         self.dhcp_kick.store(true, Ordering::SeqCst);
-        *active = Active { spec, text };
+        let old = std::mem::replace(active, Active { spec, text });
+        self.retire(old);
+    }
+
+    fn retire(&self, value: impl Send + 'static) {
+        // If the freeing thread is gone, the value is freed here.
+        let _ = self.retired.lock().expect("lock").send(Box::new(value));
     }
 }
 
@@ -147,11 +159,26 @@ fn apply_active(sh: &Shared, action: &str) -> Result<usize, EngineError> {
         }
     }
     engine::execute(&p, action, &engine::spec_hash(&active.text), None)?;
+    sh.retire(p);
     Ok(n)
 }
 
+/// The daemon's spec file, read and parsed through its cache.
+fn load_cached(
+    specs: &Mutex<crate::spec::SpecCache>,
+    path: &std::path::Path,
+) -> Result<(Spec, Vec<u8>), EngineError> {
+    let text = engine::read(path)?;
+    let spec = engine::parse_cached(
+        &mut specs.lock().expect("lock"),
+        &path.display().to_string(),
+        &text,
+    )?;
+    Ok((spec, text))
+}
+
 fn reload(sh: &Shared) {
-    match engine::load(&sh.spec_path) {
+    match load_cached(&sh.specs, &sh.spec_path) {
         Ok((spec, text)) => {
             sh.set_active(&mut sh.active.lock().expect("lock"), spec, text);
             match apply_active(sh, "apply") {
@@ -201,7 +228,12 @@ fn apply_request(sh: &Shared, body: &Value) -> api::Response {
     };
     let source = body["source"].as_str().unwrap_or("(api)").to_string();
     let confirm = body["confirm_within"].as_u64();
-    let spec = match engine::parse(&source, text.as_bytes()) {
+    let parsed = engine::parse_cached(
+        &mut sh.specs.lock().expect("lock"),
+        &source,
+        text.as_bytes(),
+    );
+    let spec = match parsed {
         Ok(s) => s,
         Err(e) => return invalid_response(e),
     };
@@ -243,6 +275,7 @@ fn apply_request(sh: &Shared, body: &Value) -> api::Response {
         }
     }
     sh.set_active(&mut active, spec, text.as_bytes().to_vec());
+    sh.retire(p);
     api::Response::ok(changes)
 }
 
@@ -344,7 +377,10 @@ fn invalid_response(e: EngineError) -> api::Response {
 /// Runs the daemon until SIGTERM/SIGINT. The caller has already entered the namespace.
 pub fn run(scope: &str, spec_path: &std::path::Path) -> Result<(), EngineError> {
     let sigset = block_signals();
-    let (spec, text) = engine::load(spec_path)?;
+    let specs = Mutex::new(crate::spec::SpecCache::default());
+    let (retired, to_free) = std::sync::mpsc::channel::<Box<dyn Send>>();
+    std::thread::spawn(move || to_free.into_iter().for_each(drop));
+    let (spec, text) = load_cached(&specs, spec_path)?;
     let scopes = dhcp::scopes(&spec);
     let sh = Arc::new(Shared {
         scope: scope.to_string(),
@@ -355,6 +391,8 @@ pub fn run(scope: &str, spec_path: &std::path::Path) -> Result<(), EngineError> 
         dhcp_pending: Mutex::new(None),
         dhcp_kick: AtomicBool::new(false),
         dhcp: Mutex::new(None),
+        specs,
+        retired: Mutex::new(retired),
         watch: Mutex::new(match Watch::open() {
             Ok(mut w) => {
                 if let Some(ms) = std::env::var("KVMNET_RESYNC_MS")

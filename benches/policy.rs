@@ -55,19 +55,23 @@ struct Run {
     /// `kvmnet apply` with a daemon running for the scope: the daemon plans from what it
     /// keeps of the host (current through the kernel's notifications) and applies.
     add_one_daemon_ms: f64,
+    remove_one_daemon_ms: f64,
     gbit: f64,
 }
 
-/// Medians of timed `apply`s of `plus`, each undone by an apply of `base`.
-fn time_adds(kv: &dyn Fn(&[&str]), plus: &str, base: &str, host: &str, n: usize) -> f64 {
-    let mut adds = Vec::new();
+/// Medians of timed `apply`s of `plus` (one port more) and of `base` after it (that port
+/// removed again), in ms.
+fn time_adds(kv: &dyn Fn(&[&str]), plus: &str, base: &str, host: &str, n: usize) -> (f64, f64) {
+    let (mut adds, mut removes) = (Vec::new(), Vec::new());
     for _ in 0..n {
         let t = Instant::now();
         kv(&["apply", plus, "--netns", host]);
         adds.push(t.elapsed().as_secs_f64() * 1e3);
+        let t = Instant::now();
         kv(&["apply", base, "--netns", host]);
+        removes.push(t.elapsed().as_secs_f64() * 1e3);
     }
-    median(adds)
+    (median(adds), median(removes))
 }
 
 fn run(others: usize, dir: &std::path::Path) -> Run {
@@ -96,7 +100,7 @@ fn run(others: usize, dir: &std::path::Path) -> Run {
     let (base_s, plus_s) = (base.to_str().unwrap(), plus.to_str().unwrap());
     kv(&["apply", base_s, "--netns", &host]);
     // Adding one port (and removing it again), timed as the whole command.
-    let add_one_ms = time_adds(&kv, plus_s, base_s, &host, 3);
+    let (add_one_ms, _) = time_adds(&kv, plus_s, base_s, &host, 3);
     // The same with a daemon serving the scope (the CLI hands it the spec).
     let mut daemon = Command::new(env!("CARGO_BIN_EXE_kvmnet"))
         .args(["daemon", "--spec", base_s, "--netns", &host])
@@ -113,7 +117,7 @@ fn run(others: usize, dir: &std::path::Path) -> Run {
     assert!(sock.exists(), "the daemon did not start");
     kv(&["apply", plus_s, "--netns", &host]);
     kv(&["apply", base_s, "--netns", &host]);
-    let add_one_daemon_ms = time_adds(&kv, plus_s, base_s, &host, 7);
+    let (add_one_daemon_ms, remove_one_daemon_ms) = time_adds(&kv, plus_s, base_s, &host, 7);
     // SAFETY: signalling the child we spawned.
     unsafe { libc::kill(daemon.id() as i32, libc::SIGTERM) };
     let _ = daemon.wait();
@@ -145,6 +149,7 @@ fn run(others: usize, dir: &std::path::Path) -> Run {
     Run {
         add_one_ms,
         add_one_daemon_ms,
+        remove_one_daemon_ms,
         gbit: median(rates),
     }
 }
@@ -201,5 +206,9 @@ fn main() {
     println!(
         "| ratio through the daemon (1,000 / 10) | {:.1} (goal: at most 2) |",
         large.add_one_daemon_ms / small.add_one_daemon_ms
+    );
+    println!(
+        "| remove one port through the daemon, 10 / 1,000 ports | {:.1} / {:.1} ms |",
+        small.remove_one_daemon_ms, large.remove_one_daemon_ms
     );
 }

@@ -127,7 +127,13 @@ pub struct Planned {
     _lock: std::fs::File,
     /// What the plan was made from; freed with it. Freeing what a 1,000-port host planned
     /// from takes milliseconds: a daemon does it off the request's path.
-    _inputs: Option<Box<(crate::snapshot::Snapshot, HostState)>>,
+    _inputs: Option<
+        Box<(
+            crate::snapshot::Snapshot,
+            HostState,
+            Option<crate::nft::NftTable>,
+        )>,
+    >,
 }
 
 /// Observes the host and plans `spec` (a destroy when `None`).
@@ -146,8 +152,9 @@ pub fn plan_with(
     let mut observer = Observer::new(scope);
     observer.counters = false;
     let lock = observer.state_dir.lock().map_err(runtime)?;
+    let mut watch = watch;
     let want_nft = spec.and_then(crate::nft::table_for);
-    let snap = match watch {
+    let snap = match watch.as_deref_mut() {
         Some(w) => w.snapshot_for(&observer, spec, want_nft.as_ref()),
         None => observer.snapshot_for(spec, want_nft.as_ref(), &BTreeSet::new()),
     }
@@ -175,6 +182,8 @@ pub fn plan_with(
         })
         .collect();
     let plan = plan::diff(&want, &have);
+    let mut want = want;
+    let remembered = watch.and_then(|w| w.remember(want.nft.take()));
     Ok(Planned {
         plan,
         previous: have,
@@ -191,7 +200,7 @@ pub fn plan_with(
         state_dir: observer.state_dir,
         scope: scope.to_string(),
         _lock: lock,
-        _inputs: Some(Box::new((snap, want))),
+        _inputs: Some(Box::new((snap, want, remembered))),
     })
 }
 

@@ -18,6 +18,7 @@ use crate::backend::events::{Changes, Events};
 use crate::backend::netlink::{AddrInfo, LinkInfo, Netlink, RouteInfo};
 use crate::backend::nftables::{self, NftCache};
 use crate::backend::tc::{self, PortTc};
+use crate::nft::NftTable;
 use crate::observe::{self, ObserveError, Observer};
 use crate::snapshot::Snapshot;
 use crate::spec::Spec;
@@ -49,6 +50,8 @@ pub struct Watch {
     /// The socket that reads traffic control back; what its reads cause is not a change.
     tc: tc::Tc,
     cache: Option<Cache>,
+    /// The nftables tables the last plan wanted: rule texts kvmnet wrote, by hash.
+    made: Option<NftTable>,
     /// Read the host whole at least this often.
     pub resync: Duration,
     /// Counters for tests and for `status`: whole reads and partial ones.
@@ -70,10 +73,17 @@ impl Watch {
             events: Events::open()?,
             tc: tc::Tc::open()?,
             cache: None,
+            made: None,
             resync: Duration::from_secs(60),
             whole_reads: 0,
             partial_reads: 0,
         })
+    }
+
+    /// Remembers the tables a plan wanted (their rule texts save asking `nft` for them when
+    /// those chains change or go); returns the ones remembered before.
+    pub fn remember(&mut self, made: Option<NftTable>) -> Option<NftTable> {
+        std::mem::replace(&mut self.made, made)
     }
 
     /// Forget everything: the next snapshot reads the host whole.
@@ -125,7 +135,7 @@ impl Watch {
                 l.shaping = Some(sh.clone());
             }
         }
-        let nft = nftables::observe_from(&cache.nft, want_nft)?;
+        let nft = nftables::observe_from(&cache.nft, want_nft, self.made.as_ref())?;
         obs.complete(
             spec,
             &BTreeSet::new(),

@@ -1070,18 +1070,38 @@ fn read_texts(t: &mut NftTable, which: Option<Vec<String>>) -> Result<(), NftErr
 /// kvmnet's tables as they are now, or `None` when there are none. `want` (what the spec
 /// asks for) decides which rules are worth reading back as text.
 pub fn observe(want: Option<&NftTable>) -> Result<Option<NftTable>, NftError> {
-    observe_from(&NftCache::read()?, want)
+    observe_from(&NftCache::read()?, want, None)
 }
 
-/// [`observe`], from tables read before (and kept current since).
+/// [`observe`], from tables read before (and kept current since). A chain whose rules carry
+/// the same hashes, in the same order, as in `known` (tables kvmnet made before) takes its
+/// rule texts from there: no need to ask `nft` for what kvmnet itself wrote.
 pub fn observe_from(
     cache: &NftCache,
     want: Option<&NftTable>,
+    known: Option<&NftTable>,
 ) -> Result<Option<NftTable>, NftError> {
     let Some(mut t) = cache.table() else {
         return Ok(None);
     };
-    let which = nft::chains_to_read(want, &t);
+    let mut which = nft::chains_to_read(want, &t);
+    if let (Some(keys), Some(known)) = (which.as_mut(), known) {
+        keys.retain(|k| {
+            let (Some(have), Some(old)) = (t.chains.get_mut(k), known.chains.get(k)) else {
+                return true;
+            };
+            let same = have.rules.len() == old.rules.len()
+                && have
+                    .rules
+                    .iter()
+                    .zip(&old.rules)
+                    .all(|(h, o)| h.hash == o.hash);
+            if same {
+                have.rules.clone_from(&old.rules);
+            }
+            !same
+        });
+    }
     if which.as_ref().is_none_or(|w| !w.is_empty()) {
         if !available() {
             return Err(NftError::Missing(io::Error::new(

@@ -54,7 +54,7 @@ pub struct Watch {
     made: Option<NftTable>,
     /// Read the host whole at least this often.
     pub resync: Duration,
-    /// Counters for tests and for `status`: whole reads and partial ones.
+    /// Whole reads and partial ones so far (shown by `GET /v1/debug/watch`).
     pub whole_reads: u64,
     pub partial_reads: u64,
 }

@@ -582,18 +582,24 @@ impl Kernel {
         results
     }
 
-    /// The IFBs that shaped deleted ports' outbound traffic go with them.
-    fn delete_ifbs(&mut self, ports: &[&PortLink]) {
+    /// Deletes ports, and with them (in the same group deletion: each one waits for the
+    /// kernel's RCU grace period) the IFBs that shaped their outbound traffic.
+    fn delete_ports(&mut self, ports: &[&PortLink]) -> Vec<Result<(), ApplyError>> {
         let ifbs: Vec<String> = ports
             .iter()
             .filter(|p| p.qos_out.is_some())
             .map(|p| tc::ifb_name(&p.name))
             .filter(|n| self.index.contains_key(n) || self.idx(n).is_ok())
             .collect();
-        if !ifbs.is_empty() {
-            let names: Vec<&str> = ifbs.iter().map(String::as_str).collect();
-            let _ = self.delete_links(&names);
-        }
+        let names: Vec<&str> = ports
+            .iter()
+            .map(|p| p.name.as_str())
+            .chain(ifbs.iter().map(String::as_str))
+            .collect();
+        let mut results = self.delete_links(&names);
+        // An IFB that is not there or not kvmnet's is left alone, as before.
+        results.truncate(ports.len());
+        results
     }
 
     fn run_single(&mut self, step: &Step) -> Result<(), ApplyError> {
@@ -694,11 +700,7 @@ impl Kernel {
                 Self::one(&mut self.nl, Request::DelRoute(route_info(route, index)))
             }
             Step::CreatePort(p) => self.create_ports(&[p]).pop().unwrap_or(Ok(())),
-            Step::DeletePort(p) => {
-                let r = self.delete_links(&[&p.name]).pop().unwrap_or(Ok(()));
-                self.delete_ifbs(&[p]);
-                r
-            }
+            Step::DeletePort(p) => self.delete_ports(&[p]).pop().unwrap_or(Ok(())),
             Step::UpdatePort { from, to } => {
                 let index = self.idx(&to.name)?;
                 let master = self.master_index(&to.master)?;
@@ -930,10 +932,7 @@ impl Executor for Kernel {
                         _ => unreachable!("run of DeletePort"),
                     })
                     .collect();
-                let names: Vec<&str> = ports.iter().map(|p| p.name.as_str()).collect();
-                let r = self.delete_links(&names);
-                self.delete_ifbs(&ports);
-                r
+                self.delete_ports(&ports)
             } else {
                 vec![self.run_single(&steps[i])]
             };

@@ -6,9 +6,9 @@
 
 use std::collections::BTreeSet;
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, OwnedFd};
 
-use super::netlink::{attr_string, attrs, messages};
+use super::netlink::{attr_string, attrs, messages, open_socket, sockopt};
 
 #[derive(Debug, thiserror::Error)]
 #[error("cannot {op} for kernel notifications: {source}")]
@@ -108,65 +108,17 @@ impl Socket {
         extra_group: Option<u32>,
     ) -> Result<Socket, EventsError> {
         let err = |op| move |source| EventsError { op, source };
-        // SAFETY: plain syscall; the fd is wrapped right away.
-        let fd = unsafe {
-            libc::socket(
-                libc::AF_NETLINK,
-                libc::SOCK_RAW | libc::SOCK_CLOEXEC | libc::SOCK_NONBLOCK,
-                protocol,
-            )
-        };
-        if fd < 0 {
-            return Err(err("open a netlink socket")(io::Error::last_os_error()));
-        }
-        // SAFETY: fresh descriptor we own.
-        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
         // Room for a burst (a bulk apply notifies thousands of objects) between two drains.
-        let size: libc::c_int = 32 << 20;
-        for opt in [libc::SO_RCVBUFFORCE, libc::SO_RCVBUF] {
-            // SAFETY: valid option value of the right size.
-            let r = unsafe {
-                libc::setsockopt(
-                    fd.as_raw_fd(),
-                    libc::SOL_SOCKET,
-                    opt,
-                    (&size as *const libc::c_int).cast(),
-                    std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-                )
-            };
-            if r == 0 {
-                break;
-            }
-        }
-        // SAFETY: zeroed sockaddr_nl is valid; the groups say what to hear.
-        let mut sa: libc::sockaddr_nl = unsafe { std::mem::zeroed() };
-        sa.nl_family = libc::AF_NETLINK as u16;
-        sa.nl_groups = groups;
-        // SAFETY: sa is a valid sockaddr_nl.
-        let r = unsafe {
-            libc::bind(
-                fd.as_raw_fd(),
-                (&sa as *const libc::sockaddr_nl).cast(),
-                std::mem::size_of::<libc::sockaddr_nl>() as libc::socklen_t,
-            )
-        };
-        if r != 0 {
-            return Err(err("bind a netlink socket")(io::Error::last_os_error()));
-        }
+        let fd = open_socket(protocol, libc::SOCK_NONBLOCK, 32 << 20, groups)
+            .map_err(err("open a netlink socket"))?;
         if let Some(g) = extra_group {
-            // SAFETY: valid option value of the right size.
-            let r = unsafe {
-                libc::setsockopt(
-                    fd.as_raw_fd(),
-                    libc::SOL_NETLINK,
-                    libc::NETLINK_ADD_MEMBERSHIP,
-                    (&g as *const u32).cast(),
-                    std::mem::size_of::<u32>() as libc::socklen_t,
-                )
-            };
-            if r != 0 {
-                return Err(err("join a netlink group")(io::Error::last_os_error()));
-            }
+            sockopt(
+                fd.as_raw_fd(),
+                libc::SOL_NETLINK,
+                libc::NETLINK_ADD_MEMBERSHIP,
+                g as libc::c_int,
+            )
+            .map_err(err("join a netlink group"))?;
         }
         Ok(Socket { fd })
     }

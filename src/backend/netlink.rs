@@ -1147,7 +1147,62 @@ pub struct Netlink {
     window: usize,
 }
 
-fn sockopt(fd: RawFd, level: libc::c_int, opt: libc::c_int, val: libc::c_int) -> io::Result<()> {
+/// A bound netlink socket of `protocol` (`flags` added to its type, e.g. SOCK_NONBLOCK)
+/// listening to the multicast `groups`, with a receive buffer of `rcvbuf` bytes (forced past
+/// the system limit where the caller may).
+pub(crate) fn open_socket(
+    protocol: libc::c_int,
+    flags: libc::c_int,
+    rcvbuf: libc::c_int,
+    groups: u32,
+) -> io::Result<OwnedFd> {
+    // SAFETY: plain syscall; the fd is wrapped right away.
+    let fd = unsafe {
+        libc::socket(
+            libc::AF_NETLINK,
+            libc::SOCK_RAW | libc::SOCK_CLOEXEC | flags,
+            protocol,
+        )
+    };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: fresh descriptor we own.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    if sockopt(
+        fd.as_raw_fd(),
+        libc::SOL_SOCKET,
+        libc::SO_RCVBUFFORCE,
+        rcvbuf,
+    )
+    .is_err()
+    {
+        let _ = sockopt(fd.as_raw_fd(), libc::SOL_SOCKET, libc::SO_RCVBUF, rcvbuf);
+    }
+    // SAFETY: zeroed sockaddr_nl is valid; the groups say what to hear.
+    let mut sa: libc::sockaddr_nl = unsafe { std::mem::zeroed() };
+    sa.nl_family = libc::AF_NETLINK as u16;
+    sa.nl_groups = groups;
+    // SAFETY: sa is a valid sockaddr_nl.
+    let r = unsafe {
+        libc::bind(
+            fd.as_raw_fd(),
+            (&sa as *const libc::sockaddr_nl).cast(),
+            std::mem::size_of::<libc::sockaddr_nl>() as libc::socklen_t,
+        )
+    };
+    if r != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(fd)
+}
+
+pub(crate) fn sockopt(
+    fd: RawFd,
+    level: libc::c_int,
+    opt: libc::c_int,
+    val: libc::c_int,
+) -> io::Result<()> {
     // SAFETY: val is a valid c_int for the given length.
     let r = unsafe {
         libc::setsockopt(

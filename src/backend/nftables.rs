@@ -8,7 +8,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{self, Write as _};
 use std::net::Ipv4Addr;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::process::{Command, Stdio};
 
 use crate::backend::netlink::{Msg, attr_string, attrs, messages, parse_error};
@@ -184,50 +184,9 @@ fn sock_err(op: &'static str) -> impl FnOnce(io::Error) -> NftError {
 
 impl Socket {
     fn open() -> Result<Socket, NftError> {
-        // SAFETY: plain syscall; the fd is wrapped right away.
-        let fd = unsafe {
-            libc::socket(
-                libc::AF_NETLINK,
-                libc::SOCK_RAW | libc::SOCK_CLOEXEC,
-                NETLINK_NETFILTER,
-            )
-        };
-        if fd < 0 {
-            return Err(sock_err("socket")(io::Error::last_os_error()));
-        }
-        // SAFETY: fresh descriptor we own.
-        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
         // Replies to a whole pipeline of requests queue up before we read them.
-        let size: libc::c_int = 8 << 20;
-        for opt in [libc::SO_RCVBUFFORCE, libc::SO_RCVBUF] {
-            // SAFETY: valid option value of the right size.
-            let r = unsafe {
-                libc::setsockopt(
-                    fd.as_raw_fd(),
-                    libc::SOL_SOCKET,
-                    opt,
-                    (&size as *const libc::c_int).cast(),
-                    std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-                )
-            };
-            if r == 0 {
-                break;
-            }
-        }
-        // SAFETY: zeroed sockaddr_nl is a valid "any" address.
-        let mut sa: libc::sockaddr_nl = unsafe { std::mem::zeroed() };
-        sa.nl_family = libc::AF_NETLINK as u16;
-        // SAFETY: sa is a valid sockaddr_nl.
-        let r = unsafe {
-            libc::bind(
-                fd.as_raw_fd(),
-                (&sa as *const libc::sockaddr_nl).cast(),
-                std::mem::size_of::<libc::sockaddr_nl>() as libc::socklen_t,
-            )
-        };
-        if r != 0 {
-            return Err(sock_err("bind")(io::Error::last_os_error()));
-        }
+        let fd = super::netlink::open_socket(NETLINK_NETFILTER, 0, 8 << 20, 0)
+            .map_err(sock_err("socket"))?;
         Ok(Socket {
             fd,
             seq: 0,

@@ -309,3 +309,21 @@ pub fn tcp_source_seen(
     let _ = child.wait();
     String::from_utf8_lossy(&o.stdout).trim().to_string()
 }
+
+/// A `kvmnet daemon` child, stopped (SIGTERM, then SIGKILL after 5 s) when dropped.
+pub struct Daemon(pub std::process::Child);
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        unsafe { libc::kill(self.0.id() as i32, libc::SIGTERM) };
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while std::time::Instant::now() < deadline {
+            if let Ok(Some(_)) = self.0.try_wait() {
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}

@@ -249,11 +249,7 @@ fn refresh_tc(
         .collect();
     if !todo.is_empty() {
         // Device by device when few change; one dump of every qdisc when many do.
-        let observed = if todo.len() <= 16 {
-            t.observe_few(&todo)?
-        } else {
-            t.observe_many(&todo)?
-        };
+        let observed = t.observe_ports(&todo, todo.len() <= 16)?;
         for (want, o) in todo.into_iter().zip(&observed) {
             let drift = !tc::matches(&want, o);
             cache.tc.insert(

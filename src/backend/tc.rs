@@ -2214,28 +2214,6 @@ impl Tc {
         Ok(Some(d))
     }
 
-    /// [`Tc::observe_many`] for a few ports on a host with many: nothing read for all devices.
-    pub fn observe_few(&mut self, ports: &[PortTc]) -> Result<Vec<TcObserved>, TcError> {
-        let mut out = Vec::with_capacity(ports.len());
-        for port in ports {
-            let dev = self.observe_one(&port.dev, true)?;
-            let ifb = self.observe_one(&port.ifb_dev(), true)?;
-            let mut links = BTreeMap::new();
-            if let Some(m) = &port.mirror_to
-                && let Some(l) = self.link(m)?
-            {
-                links.insert(m.clone(), l.ifindex);
-            }
-            out.push(TcObserved {
-                dev,
-                ifb,
-                links,
-                clock: self.clock,
-            });
-        }
-        Ok(out)
-    }
-
     /// [`Tc::observe_devs`], device by device.
     pub fn observe_devs_few(&mut self, names: &[&str]) -> Result<Vec<DevTc>, TcError> {
         let mut out = Vec::new();
@@ -2342,27 +2320,28 @@ impl Tc {
     /// [`Tc::observe`] for many ports at once: the kernel dumps the qdiscs of every device
     /// whatever the request says, so this dumps them once for all ports.
     pub fn observe_many(&mut self, ports: &[PortTc]) -> Result<Vec<TcObserved>, TcError> {
-        // A few ports: asking about their devices beats dumping every device's qdiscs.
-        if ports.len() <= 4 {
-            return self.observe_few(ports);
-        }
-        let qdiscs = self.all_qdiscs()?;
-        // Many ports: one link dump instead of a lookup per device.
-        let all = if ports.len() > 4 {
-            Some(self.all_links()?)
-        } else {
+        self.observe_ports(ports, ports.len() <= 4)
+    }
+
+    /// [`Tc::observe_many`]: with `few`, device by device ([`Tc::qdiscs_of`]); otherwise
+    /// from one dump of every qdisc and one of every link, cheaper for many ports.
+    pub fn observe_ports(
+        &mut self,
+        ports: &[PortTc],
+        few: bool,
+    ) -> Result<Vec<TcObserved>, TcError> {
+        let dumped = if few {
             None
-        };
-        let link = |tc: &mut Tc, name: &str| -> Result<Option<DevTc>, TcError> {
-            match &all {
-                Some(m) => Ok(m.get(name).cloned()),
-                None => tc.link(name),
-            }
+        } else {
+            Some((self.all_qdiscs()?, self.all_links()?))
         };
         let mut out = Vec::with_capacity(ports.len());
         for port in ports {
             let get = |tc: &mut Tc, name: &str| -> Result<Option<DevTc>, TcError> {
-                let Some(mut d) = link(tc, name)? else {
+                let Some((qdiscs, links)) = &dumped else {
+                    return tc.observe_one(name, true);
+                };
+                let Some(mut d) = links.get(name).cloned() else {
                     return Ok(None);
                 };
                 d.qdiscs = qdiscs.get(&d.ifindex).cloned().unwrap_or_default();
@@ -2372,10 +2351,14 @@ impl Tc {
             let dev = get(self, &port.dev)?;
             let ifb = get(self, &port.ifb_dev())?;
             let mut links = BTreeMap::new();
-            if let Some(m) = &port.mirror_to
-                && let Some(l) = link(self, m)?
-            {
-                links.insert(m.clone(), l.ifindex);
+            if let Some(m) = &port.mirror_to {
+                let target = match &dumped {
+                    Some((_, all)) => all.get(m).cloned(),
+                    None => self.link(m)?,
+                };
+                if let Some(l) = target {
+                    links.insert(m.clone(), l.ifindex);
+                }
             }
             out.push(TcObserved {
                 dev,

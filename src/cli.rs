@@ -165,8 +165,24 @@ fn via_daemon(
     body: &Value,
 ) -> Option<Result<Value, EngineError>> {
     let sd = StateDir::for_scope(scope);
-    let r = api::call(&sd.dir, method, path, body)?;
-    Some(match r {
+    Some(daemon_answer(api::call(&sd.dir, method, path, body)?))
+}
+
+/// Like [`via_daemon`], with a spec's text sent as it is (no JSON around it).
+fn spec_via_daemon(
+    scope: &str,
+    path: &str,
+    fields: &[(&str, String)],
+    spec: &[u8],
+) -> Option<Result<Value, EngineError>> {
+    let sd = StateDir::for_scope(scope);
+    Some(daemon_answer(api::call_with_spec(
+        &sd.dir, path, fields, spec,
+    )?))
+}
+
+fn daemon_answer(r: Result<Value, api::ApiError>) -> Result<Value, EngineError> {
+    match r {
         Ok(v) if v.get("errors").is_some() => Err(EngineError::Invalid {
             source: v["source"].as_str().unwrap_or("spec").to_string(),
             errors: v["errors"]
@@ -185,7 +201,7 @@ fn via_daemon(
         }),
         Ok(v) => Ok(v),
         Err(e) => Err(EngineError::Runtime(e.to_string())),
-    })
+    }
 }
 
 fn print_changes(v: &Value, as_json: bool) {
@@ -263,13 +279,12 @@ fn apply_cmd(
     let text = engine::read(&file).map_err(|e| (e, j))?;
     // A running daemon validates the spec itself (with the same messages), from a cache that
     // makes a small change to a large spec cheap: parsing it here first would cost as much.
-    if let Ok(utf8) = std::str::from_utf8(&text) {
+    if std::str::from_utf8(&text).is_ok() {
         let s = scope_name(&scope.netns).map_err(|e| (e, j))?;
-        let body = json!({
-            "spec": utf8, "source": source,
-            "confirm_within": confirm, "fail_after": fail,
-        });
-        if let Some(r) = via_daemon(&s, "POST", "/v1/apply", &body) {
+        let mut fields = vec![("source", source.clone())];
+        fields.extend(confirm.map(|c| ("confirm_within", c.to_string())));
+        fields.extend(fail.map(|f| ("fail_after", f.to_string())));
+        if let Some(r) = spec_via_daemon(&s, "/v1/apply", &fields, &text) {
             print_changes(&r.map_err(|e| (e, j))?, j);
             return Ok(());
         }

@@ -1304,6 +1304,8 @@ pub fn observed(snap: &Snapshot, interest: &Interest) -> HostState {
     let mut st = HostState::default();
     // Built at the end in one pass: cheaper than thousands of inserts into the map.
     let mut port_links: Vec<(String, PortLink)> = Vec::with_capacity(snap.links.len());
+    let names: std::collections::HashSet<&str> =
+        snap.links.iter().map(|l| l.name.as_str()).collect();
     for l in &snap.links {
         let Some(mut alias) = l.alias.as_deref().and_then(parse_alias) else {
             continue;
@@ -1333,7 +1335,7 @@ pub fn observed(snap: &Snapshot, interest: &Interest) -> HostState {
         // An IFB belongs to its port's traffic control; only an orphan is an object of its
         // own (and then one to remove).
         if let Some(port) = &alias.ifb_of
-            && snap.links.iter().any(|x| &x.name == port)
+            && names.contains(port.as_str())
         {
             continue;
         }

@@ -294,16 +294,27 @@ fn full_example() {
     assert!(spec.vms["empty"].ports.is_empty());
 
     // Locations of written values, for later layers' errors.
-    assert_eq!(spec.locs["networks.default.ipv4"], loc(11, 11));
-    assert_eq!(spec.locs["networks.lan.uplink"], loc(30, 13));
-    assert_eq!(spec.locs["vms.web1.ports[0].owner"], loc(39, 16));
-    assert_eq!(spec.locs["vms.web1.ports[1]"], loc(41, 9));
-    assert_eq!(spec.locs["host.sysctl.\"net.core.somaxconn\""], loc(4, 25));
+    assert_eq!(spec.locs.get("networks.default.ipv4").unwrap(), loc(11, 11));
+    assert_eq!(spec.locs.get("networks.lan.uplink").unwrap(), loc(30, 13));
     assert_eq!(
-        spec.locs["networks.default.dhcp.routes[0].via"],
+        spec.locs.get("vms.web1.ports[0].owner").unwrap(),
+        loc(39, 16)
+    );
+    assert_eq!(spec.locs.get("vms.web1.ports[1]").unwrap(), loc(41, 9));
+    assert_eq!(
+        spec.locs.get("host.sysctl.\"net.core.somaxconn\"").unwrap(),
+        loc(4, 25)
+    );
+    assert_eq!(
+        spec.locs
+            .get("networks.default.dhcp.routes[0].via")
+            .unwrap(),
         loc(20, 41)
     );
-    assert_eq!(spec.locs["networks.default.nat.egress"], loc(13, 20));
+    assert_eq!(
+        spec.locs.get("networks.default.nat.egress").unwrap(),
+        loc(13, 20)
+    );
     // Derived values are not in the file: `loc` falls back to the nearest written parent.
     assert!(!spec.locs.contains_key("vms.web1.ports[1].name"));
     assert_eq!(spec.loc("vms.web1.ports[1].name"), loc(41, 9));
@@ -335,7 +346,7 @@ fn minimal_and_empty_sections() {
         b"version: 1\r\nnetworks:\r\n  n:\r\n    mode: routed\r\n    ipv4: 10.1.0.1/16\r\n",
     )
     .unwrap();
-    assert_eq!(spec.locs["networks.n.ipv4"], loc(5, 11));
+    assert_eq!(spec.locs.get("networks.n.ipv4").unwrap(), loc(5, 11));
 }
 
 #[test]
@@ -381,7 +392,10 @@ vms:
     assert_ne!(ports[0].name, ports[1].name);
     assert_eq!(ports[1].ipv4, Some(cidr("10.0.0.9/24")));
     assert_eq!(ports[1].queues, 256);
-    assert_eq!(spec.locs["networks.\"lab.1\".ipv4"], loc(10, 11));
+    assert_eq!(
+        spec.locs.get("networks.\"lab.1\".ipv4").unwrap(),
+        loc(10, 11)
+    );
 
     for (text, secs) in [
         ("90", 90),

@@ -68,7 +68,8 @@ impl Hasher for TextHasher {
 struct Chunk {
     name: String,
     ports: Vec<PortDraft>,
-    locs: Locs,
+    /// Shared with the specs made from it (see [`super::LocMap`]).
+    locs: std::sync::Arc<Locs>,
     used: u64,
 }
 
@@ -149,7 +150,7 @@ impl SpecCache {
                             Chunk {
                                 name: name.to_string(),
                                 ports,
-                                locs,
+                                locs: std::sync::Arc::new(locs),
                                 used: self.generation,
                             },
                         );
@@ -172,9 +173,7 @@ impl SpecCache {
         // entry and follow their VM names.
         let mut order: Vec<usize> = (0..layout.entries.len()).collect();
         order.sort_by_key(|&i| layout.entries[i].0);
-        let mut locs: Locs = Vec::with_capacity(
-            head_locs.len() + chunks.iter().map(|c| c.locs.len()).sum::<usize>(),
-        );
+        let mut locs: Locs = Vec::with_capacity(head_locs.len() + 1);
         locs.extend(
             head_locs
                 .iter()
@@ -190,18 +189,10 @@ impl SpecCache {
                 col: layout.indent + 1,
             },
         ));
-        for &i in &order {
-            let (c, line) = (chunks[i], layout.entries[i].2);
-            locs.extend(c.locs.iter().map(|(k, l)| {
-                (
-                    k.clone(),
-                    Loc {
-                        line: l.line + line,
-                        col: l.col,
-                    },
-                )
-            }));
-        }
+        let parts = order
+            .iter()
+            .map(|&i| (std::sync::Arc::clone(&chunks[i].locs), layout.entries[i].2))
+            .collect();
         let mut ports = Vec::with_capacity(layout.entries.len());
         let mut names = Vec::with_capacity(layout.entries.len());
         for (c, &(_, _, line)) in chunks.iter().zip(&layout.entries) {
@@ -215,6 +206,7 @@ impl SpecCache {
         let mut cx = Ctx {
             errors: Vec::new(),
             locs,
+            parts,
         };
         let spec = validate::finish(&mut cx, head.clone(), ports, names);
         if cx.errors.is_empty() { spec } else { None }

@@ -118,14 +118,15 @@ impl Spec {
         let mut p = path;
         loop {
             if let Some(l) = self.locs.get(p) {
-                return *l;
+                return l;
             }
             if let Some((_, l)) = self
                 .locs
-                .iter()
+                .to_map()
+                .into_iter()
                 .find(|(k, _)| k.contains('"') && k.replace('"', "") == p)
             {
-                return *l;
+                return l;
             }
             match parent_path(p) {
                 Some(q) => p = q,

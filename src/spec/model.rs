@@ -168,7 +168,78 @@ pub struct Spec {
     /// Where each field path (`networks.default.ipv4`, `vms.web1.ports[0].owner`) sits in the
     /// file, so checks that need the live host (a missing uplink, an unknown user) can still
     /// point at the line.
-    pub locs: BTreeMap<String, Loc>,
+    pub locs: LocMap,
+}
+
+/// Paths and their locations, shared: those of one VM entry, with lines counted from the
+/// line the entry starts at.
+pub type LocPart = (std::sync::Arc<Vec<(String, Loc)>>, usize);
+
+/// Field paths and where they were written. Most of it is looked at only to place an error,
+/// so a spec cache shares the parts of unchanged VM entries between specs (with the line
+/// each entry starts at) instead of copying thousands of paths for every spec.
+#[derive(Clone, Debug, Default)]
+pub struct LocMap {
+    map: BTreeMap<String, Loc>,
+    /// Paths with lines counted from `.1` (added to each); a later part wins over an earlier
+    /// one and over `map`, as a later entry wins within a part.
+    parts: Vec<LocPart>,
+}
+
+impl LocMap {
+    pub fn new(map: BTreeMap<String, Loc>, parts: Vec<LocPart>) -> LocMap {
+        LocMap { map, parts }
+    }
+
+    pub fn get(&self, path: &str) -> Option<Loc> {
+        for (part, line) in self.parts.iter().rev() {
+            if let Some((_, l)) = part.iter().rev().find(|(p, _)| p == path) {
+                return Some(Loc {
+                    line: l.line + line,
+                    col: l.col,
+                });
+            }
+        }
+        self.map.get(path).copied()
+    }
+
+    pub fn contains_key(&self, path: &str) -> bool {
+        self.get(path).is_some()
+    }
+
+    /// Every path with its location, in path order.
+    pub fn to_map(&self) -> BTreeMap<String, Loc> {
+        let mut m = self.map.clone();
+        for (part, line) in &self.parts {
+            for (p, l) in part.iter() {
+                m.insert(
+                    p.clone(),
+                    Loc {
+                        line: l.line + line,
+                        col: l.col,
+                    },
+                );
+            }
+        }
+        m
+    }
+}
+
+impl PartialEq for LocMap {
+    fn eq(&self, other: &LocMap) -> bool {
+        self.to_map() == other.to_map()
+    }
+}
+
+impl Eq for LocMap {}
+
+impl From<BTreeMap<String, Loc>> for LocMap {
+    fn from(map: BTreeMap<String, Loc>) -> LocMap {
+        LocMap {
+            map,
+            parts: Vec::new(),
+        }
+    }
 }
 
 impl Spec {

@@ -13,8 +13,8 @@ use super::SpecError;
 use super::model::{Bond, BondMode, LACP_RATES, Uplink, XMIT_HASH_POLICIES};
 use super::model::{
     Dhcp, DhcpRoute, DirectMode, Ethtool, Firewall, FirewallDirection, FirewallRule, Forward, Host,
-    Ipv4Cidr, Loc, Mac, Mode, Network, Owner, Port, PortKind, Proto, Qos, RuleAction, RuleProto,
-    Shape, Spec, Trunk, Tuning, VLAN_ID_MAX, VXLAN_PORT, Vlan, Vm, Vxlan,
+    Ipv4Cidr, Loc, LocMap, Mac, Mode, Network, Owner, Port, PortKind, Proto, Qos, RuleAction,
+    RuleProto, Shape, Spec, Trunk, Tuning, VLAN_ID_MAX, VXLAN_PORT, Vlan, Vm, Vxlan,
 };
 use super::naming;
 use super::yaml::{Key, Kind, Node, index, join, show};
@@ -110,11 +110,21 @@ pub(crate) struct Ctx {
     /// wins, as in the map it becomes. A list, not a map: thousands of paths are recorded
     /// and only a few ever looked up (to place an error).
     pub(crate) locs: Locs,
+    /// More of them, shared with a spec cache: read after `locs` (see [`LocMap`]).
+    pub(crate) parts: Vec<super::model::LocPart>,
 }
 
 impl Ctx {
     /// Where `path` was written, if it was.
     pub(crate) fn loc_at(&self, path: &str) -> Option<Loc> {
+        for (part, line) in self.parts.iter().rev() {
+            if let Some((_, l)) = part.iter().rev().find(|(p, _)| p == path) {
+                return Some(Loc {
+                    line: l.line + line,
+                    col: l.col,
+                });
+            }
+        }
         self.locs
             .iter()
             .rev()
@@ -3373,7 +3383,10 @@ fn build(
         },
         networks,
         vms,
-        locs: std::mem::take(&mut cx.locs).into_iter().collect(),
+        locs: LocMap::new(
+            std::mem::take(&mut cx.locs).into_iter().collect(),
+            std::mem::take(&mut cx.parts),
+        ),
     })
 }
 

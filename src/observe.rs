@@ -147,32 +147,53 @@ pub(crate) fn netns_snap(
     counters: bool,
 ) -> NetnsSnap {
     let names: HashMap<u32, String> = links.iter().map(|l| (l.index, l.name.clone())).collect();
+    let name_of = |i: u32| names.get(&i).cloned();
     let snaps = links
         .iter()
         .map(|l| {
-            let mut s = link_snap(l, &names);
+            let mut s = link_snap(l, &name_of);
             if !counters {
                 s.stats = None;
             }
             s
         })
         .collect();
-    let addrs = addrs
+    NetnsSnap {
+        owned: false,
+        links: snaps,
+        addrs: addr_snaps(addrs, &name_of),
+        routes: route_snaps(routes, &name_of),
+    }
+}
+
+/// Addresses with their devices named (those of unknown devices left out).
+pub(crate) fn addr_snaps(
+    addrs: Vec<crate::backend::netlink::AddrInfo>,
+    name_of: &dyn Fn(u32) -> Option<String>,
+) -> Vec<AddrSnap> {
+    addrs
         .into_iter()
         .filter_map(|a| {
             Some(AddrSnap {
-                dev: names.get(&a.index)?.clone(),
+                dev: name_of(a.index)?,
                 addr: a.addr,
                 broadcast: a.broadcast,
             })
         })
-        .collect();
-    let routes = routes
+        .collect()
+}
+
+/// Unicast routes with their devices named: local and broadcast ones are the kernel's.
+pub(crate) fn route_snaps(
+    routes: Vec<crate::backend::netlink::RouteInfo>,
+    name_of: &dyn Fn(u32) -> Option<String>,
+) -> Vec<RouteSnap> {
+    routes
         .into_iter()
-        .filter(|r| r.route_type == 1) // unicast only: local/broadcast are the kernel's
+        .filter(|r| r.route_type == 1)
         .filter_map(|r| {
             Some(RouteSnap {
-                dev: names.get(&r.oif?)?.clone(),
+                dev: name_of(r.oif?)?,
                 dst: r.dst,
                 gateway: r.gateway,
                 metric: r.priority,
@@ -182,22 +203,17 @@ pub(crate) fn netns_snap(
                 prefsrc: r.prefsrc,
             })
         })
-        .collect();
-    NetnsSnap {
-        owned: false,
-        links: snaps,
-        addrs,
-        routes,
-    }
+        .collect()
 }
 
-fn link_snap(l: &LinkInfo, names: &HashMap<u32, String>) -> LinkSnap {
+/// A link as a snapshot shows it; `name_of` names the links it refers to by index.
+pub(crate) fn link_snap(l: &LinkInfo, name_of: &dyn Fn(u32) -> Option<String>) -> LinkSnap {
     LinkSnap {
         name: l.name.clone(),
         kind: l.kind.clone().unwrap_or_default(),
         mac: l.mac,
         mtu: l.mtu,
-        master: l.master.and_then(|m| names.get(&m).cloned()),
+        master: l.master.and_then(name_of),
         up: l.admin_up,
         oper_up: l.oper_up,
         alias: l.alias.clone().filter(|a| !a.is_empty()),
@@ -213,7 +229,7 @@ fn link_snap(l: &LinkInfo, names: &HashMap<u32, String>) -> LinkSnap {
         }),
         vxlan: l.vxlan.as_ref().map(|v| VxlanSnap {
             vni: v.vni,
-            link: v.link.and_then(|i| names.get(&i).cloned()),
+            link: v.link.and_then(name_of),
             local: v.local,
             group: v.group,
             port: v.port,
@@ -224,7 +240,7 @@ fn link_snap(l: &LinkInfo, names: &HashMap<u32, String>) -> LinkSnap {
         shaping: None,
         // Foreign macvlans count too: a passthrough port needs its uplink alone.
         macvtap: matches!(l.kind.as_deref(), Some("macvtap" | "macvlan")).then(|| MacvtapSnap {
-            link: l.peer_index.and_then(|i| names.get(&i).cloned()),
+            link: l.peer_index.and_then(name_of),
             mode: l.macvlan_mode.and_then(DirectMode::from_kernel),
             dev_owner: (l.kind.as_deref() == Some("macvtap"))
                 .then(|| crate::backend::macvtap::node_owner(&l.name, l.index))
@@ -232,14 +248,14 @@ fn link_snap(l: &LinkInfo, names: &HashMap<u32, String>) -> LinkSnap {
         }),
         vlan: l.vlan_id.map(|id| VlanSnap {
             id,
-            link: l.peer_index.and_then(|i| names.get(&i).cloned()),
+            link: l.peer_index.and_then(name_of),
         }),
-        bond: l.bond.as_ref().map(|b| bond_snap(b, names)),
+        bond: l.bond.as_ref().map(|b| bond_snap(b, name_of)),
     }
 }
 
 /// Option numbers as their kernel names; lacp_rate only where the kernel reports it.
-fn bond_snap(b: &BondOptions, names: &HashMap<u32, String>) -> BondSnap {
+fn bond_snap(b: &BondOptions, name_of: &dyn Fn(u32) -> Option<String>) -> BondSnap {
     let name = |list: &[&str], n: Option<u8>| {
         n.and_then(|n| list.get(usize::from(n)))
             .map_or(String::new(), |s| s.to_string())
@@ -253,7 +269,7 @@ fn bond_snap(b: &BondOptions, names: &HashMap<u32, String>) -> BondSnap {
         lacp_rate: name(&LACP_RATES, b.lacp_rate),
         xmit_hash_policy: name(&XMIT_HASH_POLICIES, b.xmit_hash_policy),
         min_links: b.min_links.unwrap_or(0),
-        primary: b.primary.and_then(|i| names.get(&i).cloned()),
+        primary: b.primary.and_then(name_of),
     }
 }
 

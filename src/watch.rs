@@ -20,12 +20,14 @@ use crate::backend::nftables::{self, NftCache};
 use crate::backend::tc::{self, PortTc};
 use crate::nft::NftTable;
 use crate::observe::{self, ObserveError, Observer};
-use crate::snapshot::Snapshot;
+use crate::snapshot::{AddrSnap, LinkSnap, RouteSnap, Snapshot};
 use crate::spec::Spec;
 use crate::state::Shaping;
 
 struct Cache {
     links: BTreeMap<u32, LinkInfo>,
+    /// `links` as a snapshot shows them (no counters, no traffic control), kept in step.
+    snaps: BTreeMap<u32, LinkSnap>,
     addrs: Vec<AddrInfo>,
     routes: Vec<RouteInfo>,
     /// Ports with traffic control, by name.
@@ -91,6 +93,27 @@ impl Watch {
         self.cache = None;
     }
 
+    /// Brings the cache up to date with the notifications so far (reading the host whole
+    /// the first time, after lost notifications, or once `resync` has passed).
+    fn refresh(&mut self) -> Result<(), ObserveError> {
+        // Drain first: whatever changes after this point shows up at the next refresh.
+        let changes = self.events.drain(&[self.tc.portid()])?;
+        let stale = match &self.cache {
+            None => true,
+            Some(c) => changes.overflow || c.read_at.elapsed() >= self.resync,
+        };
+        if stale {
+            self.cache = None;
+            self.cache = Some(read_whole(&mut Netlink::open()?, &mut self.tc)?);
+            self.whole_reads += 1;
+        } else if !changes.is_empty() {
+            let cache = self.cache.as_mut().expect("checked above");
+            update(cache, &mut Netlink::open()?, &mut self.tc, &changes)?;
+            self.partial_reads += 1;
+        }
+        Ok(())
+    }
+
     /// What `Observer::snapshot` would read now (without traffic counters), from the cache
     /// brought up to date.
     pub fn snapshot(
@@ -109,43 +132,100 @@ impl Watch {
         spec: Option<&Spec>,
         want_nft: Option<&crate::nft::NftTable>,
     ) -> Result<Snapshot, ObserveError> {
-        // Drain first: whatever changes after this point shows up at the next snapshot.
-        let changes = self.events.drain(&[self.tc.portid()])?;
-        let stale = match &self.cache {
-            None => true,
-            Some(c) => changes.overflow || c.read_at.elapsed() >= self.resync,
-        };
-        let mut nl = Netlink::open()?;
-        if stale {
-            self.cache = Some(read_whole(&mut nl, &mut self.tc)?);
-            self.whole_reads += 1;
-        } else if !changes.is_empty() {
-            let cache = self.cache.as_mut().expect("checked above");
-            update(cache, &mut nl, &mut self.tc, &changes)?;
-            self.partial_reads += 1;
-        }
-        let cache = self.cache.as_ref().expect("read above");
-        let links: Vec<LinkInfo> = cache.links.values().cloned().collect();
-        let snap = observe::netns_snap(&links, cache.addrs.clone(), cache.routes.clone(), false);
-        let mut links = snap.links;
-        // The cache holds exactly the ports with traffic control and the shaped bridges.
-        for l in links.iter_mut() {
+        self.refresh()?;
+        let a = assemble(self.cache.as_ref().expect("refreshed"));
+        let nft = nftables::observe_from(a.nft, want_nft, self.made.as_ref())?;
+        obs.complete(
+            spec,
+            &BTreeSet::new(),
+            &mut Netlink::open()?,
+            a.links,
+            a.addrs,
+            a.routes,
+            nft,
+        )
+    }
+}
+
+/// The parts of a snapshot the cache holds, in a snapshot's terms.
+struct Assembled {
+    links: Vec<LinkSnap>,
+    addrs: Vec<AddrSnap>,
+    routes: Vec<RouteSnap>,
+    nft: Option<NftTable>,
+}
+
+fn assemble(cache: &Cache) -> Assembled {
+    let links = cache
+        .snaps
+        .values()
+        .map(|s| {
+            let mut l = s.clone();
+            // The cache holds exactly the ports with traffic control and the shaped bridges.
             l.tc_drift = cache.tc.get(&l.name).is_some_and(|e| e.drift);
             if let Some(Some(sh)) = cache.shaping.get(&l.name) {
                 l.shaping = Some(sh.clone());
             }
-        }
-        let nft = nftables::observe_from(&cache.nft, want_nft, self.made.as_ref())?;
-        obs.complete(
-            spec,
-            &BTreeSet::new(),
-            &mut nl,
-            links,
-            snap.addrs,
-            snap.routes,
-            nft,
-        )
+            // No notification says who owns a macvtap's character device: read at every
+            // snapshot, as a fresh read would (there are few of them).
+            if let Some(m) = l.macvtap.as_mut()
+                && l.kind == "macvtap"
+                && let Some((&i, _)) = cache.links.iter().find(|(_, x)| x.name == l.name)
+            {
+                m.dev_owner = crate::backend::macvtap::node_owner(&l.name, i);
+            }
+            l
+        })
+        .collect();
+    let name_of = |i: u32| cache.links.get(&i).map(|l| l.name.clone());
+    Assembled {
+        links,
+        addrs: observe::addr_snaps(cache.addrs.clone(), &name_of),
+        routes: observe::route_snaps(cache.routes.clone(), &name_of),
+        nft: cache.nft.table(),
     }
+}
+
+/// The links that refer to others by index (master, lower device, bond primary): their
+/// snapshots name those others.
+fn refers_to(l: &LinkInfo, changed: &BTreeSet<u32>) -> bool {
+    [
+        l.master,
+        l.vxlan.as_ref().and_then(|v| v.link),
+        l.peer_index,
+        l.bond.as_ref().and_then(|b| b.primary),
+    ]
+    .into_iter()
+    .flatten()
+    .any(|i| changed.contains(&i))
+}
+
+/// Converts again the links in `changed` and those that refer to them (all when `None`).
+fn convert(cache: &mut Cache, changed: Option<&BTreeSet<u32>>) {
+    let links = &cache.links;
+    let name_of = |i: u32| links.get(&i).map(|l| l.name.clone());
+    match changed {
+        None => {
+            cache.snaps = links
+                .iter()
+                .map(|(&i, l)| (i, snap_of(l, &name_of)))
+                .collect();
+        }
+        Some(changed) => {
+            cache.snaps.retain(|i, _| links.contains_key(i));
+            for (&i, l) in links {
+                if changed.contains(&i) || refers_to(l, changed) {
+                    cache.snaps.insert(i, snap_of(l, &name_of));
+                }
+            }
+        }
+    }
+}
+
+fn snap_of(l: &LinkInfo, name_of: &dyn Fn(u32) -> Option<String>) -> LinkSnap {
+    let mut s = observe::link_snap(l, name_of);
+    s.stats = None;
+    s
 }
 
 fn read_whole(nl: &mut Netlink, t: &mut tc::Tc) -> Result<Cache, ObserveError> {
@@ -159,6 +239,7 @@ fn read_whole(nl: &mut Netlink, t: &mut tc::Tc) -> Result<Cache, ObserveError> {
     let routes = nl.routes()?;
     let mut cache = Cache {
         links,
+        snaps: BTreeMap::new(),
         addrs,
         routes,
         tc: HashMap::new(),
@@ -166,6 +247,7 @@ fn read_whole(nl: &mut Netlink, t: &mut tc::Tc) -> Result<Cache, ObserveError> {
         nft: NftCache::read()?,
         read_at,
     };
+    convert(&mut cache, None);
     refresh_tc(&mut cache, t, None)?;
     Ok(cache)
 }
@@ -192,6 +274,7 @@ fn update(
         }
     }
     dirty.extend(names_of(&cache.links, &indexes));
+    convert(cache, Some(&indexes));
     if changes.addrs || !changes.links.is_empty() {
         cache.addrs = nl.addrs()?;
     }
@@ -213,11 +296,11 @@ fn refresh_tc(
     t: &mut tc::Tc,
     dirty: Option<&BTreeSet<String>>,
 ) -> Result<(), ObserveError> {
-    let candidates: Vec<LinkInfo> = match dirty {
+    let snaps: Vec<LinkSnap> = match dirty {
         None => {
             cache.tc.clear();
             cache.shaping.clear();
-            cache.links.values().cloned().collect()
+            cache.snaps.values().cloned().collect()
         }
         Some(d) => {
             let mut names: BTreeSet<&str> = d.iter().map(String::as_str).collect();
@@ -227,8 +310,8 @@ fn refresh_tc(
                     names.insert(port);
                 }
             }
-            let found: Vec<LinkInfo> = cache
-                .links
+            let found: Vec<LinkSnap> = cache
+                .snaps
                 .values()
                 .filter(|l| names.contains(l.name.as_str()))
                 .cloned()
@@ -241,7 +324,6 @@ fn refresh_tc(
             found
         }
     };
-    let snaps = observe::netns_snap(&candidates, Vec::new(), Vec::new(), false).links;
 
     let todo: Vec<PortTc> = observe::port_tcs(&snaps)
         .into_iter()

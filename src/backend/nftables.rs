@@ -1029,18 +1029,18 @@ fn read_texts(t: &mut NftTable, which: Option<Vec<String>>) -> Result<(), NftErr
 /// kvmnet's tables as they are now, or `None` when there are none. `want` (what the spec
 /// asks for) decides which rules are worth reading back as text.
 pub fn observe(want: Option<&NftTable>) -> Result<Option<NftTable>, NftError> {
-    observe_from(&NftCache::read()?, want, None)
+    observe_from(NftCache::read()?.table(), want, None)
 }
 
-/// [`observe`], from tables read before (and kept current since). A chain whose rules carry
+/// [`observe`], from tables read before (and kept current since: [`NftCache::table`]). A chain whose rules carry
 /// the same hashes, in the same order, as in `known` (tables kvmnet made before) takes its
 /// rule texts from there: no need to ask `nft` for what kvmnet itself wrote.
 pub fn observe_from(
-    cache: &NftCache,
+    table: Option<NftTable>,
     want: Option<&NftTable>,
     known: Option<&NftTable>,
 ) -> Result<Option<NftTable>, NftError> {
-    let Some(mut t) = cache.table() else {
+    let Some(mut t) = table else {
         return Ok(None);
     };
     let mut which = nft::chains_to_read(want, &t);

@@ -275,8 +275,13 @@ fn update(
     }
     dirty.extend(names_of(&cache.links, &indexes));
     convert(cache, Some(&indexes));
-    if changes.addrs || !changes.links.is_empty() {
+    // A device's addresses go with it, announced; only the kernel's own flush of routes
+    // through a device that went away or down is not (so routes are read again).
+    if changes.addrs {
         cache.addrs = nl.addrs()?;
+    } else if !changes.links.is_empty() {
+        let links = &cache.links;
+        cache.addrs.retain(|a| links.contains_key(&a.index));
     }
     if changes.routes || !changes.links.is_empty() {
         cache.routes = nl.routes()?;

@@ -35,6 +35,11 @@ struct Cache {
     /// kvmnet bridges with a shaping tree, read back.
     shaping: HashMap<String, Option<Shaping>>,
     nft: NftCache,
+    /// `nft` as tables, patched as it changes; `None` while a plan has it (see
+    /// [`Watch::give_back`]) or until made again.
+    nft_view: Option<Option<NftTable>>,
+    /// Counts the changes to `nft`: a view lent out comes back only if none happened since.
+    nft_changes: u64,
     read_at: Instant,
 }
 
@@ -52,6 +57,8 @@ pub struct Watch {
     /// The socket that reads traffic control back; what its reads cause is not a change.
     tc: tc::Tc,
     cache: Option<Cache>,
+    /// `nft_changes` when the nft view was lent to a snapshot.
+    lent: Option<u64>,
     /// The nftables tables the last plan wanted: rule texts kvmnet wrote, by hash.
     made: Option<NftTable>,
     /// Read the host whole at least this often.
@@ -75,6 +82,7 @@ impl Watch {
             events: Events::open()?,
             tc: tc::Tc::open()?,
             cache: None,
+            lent: None,
             made: None,
             resync: Duration::from_secs(60),
             whole_reads: 0,
@@ -86,6 +94,27 @@ impl Watch {
     /// those chains change or go); returns the ones remembered before.
     pub fn remember(&mut self, made: Option<NftTable>) -> Option<NftTable> {
         std::mem::replace(&mut self.made, made)
+    }
+
+    /// Takes back the nft tables a snapshot took (as the plan made from it observed them),
+    /// so that the next snapshot need not make them again from the cache: unless the cache
+    /// changed meanwhile, they are still what it holds, but for what was read for the plan
+    /// (rule texts, dropped here since a fresh read would not have them).
+    pub fn give_back(&mut self, tables: Option<NftTable>) {
+        let Some(cache) = self.cache.as_mut() else {
+            return;
+        };
+        if cache.nft_view.is_some() || self.lent != Some(cache.nft_changes) {
+            return;
+        }
+        let mut tables = tables;
+        if let Some(t) = tables.as_mut()
+            && !cache.nft.settle(t)
+        {
+            return;
+        }
+        self.lent = None;
+        cache.nft_view = Some(tables);
     }
 
     /// Forget everything: the next snapshot reads the host whole.
@@ -133,7 +162,9 @@ impl Watch {
         want_nft: Option<&crate::nft::NftTable>,
     ) -> Result<Snapshot, ObserveError> {
         self.refresh()?;
-        let a = assemble(self.cache.as_ref().expect("refreshed"));
+        let cache = self.cache.as_mut().expect("refreshed");
+        self.lent = Some(cache.nft_changes);
+        let a = assemble(cache);
         let nft = nftables::observe_from(a.nft, want_nft, self.made.as_ref())?;
         obs.complete(
             spec,
@@ -155,7 +186,11 @@ struct Assembled {
     nft: Option<NftTable>,
 }
 
-fn assemble(cache: &Cache) -> Assembled {
+fn assemble(cache: &mut Cache) -> Assembled {
+    let nft = match cache.nft_view.take() {
+        Some(view) => view,
+        None => cache.nft.table(),
+    };
     let links = cache
         .snaps
         .values()
@@ -182,7 +217,7 @@ fn assemble(cache: &Cache) -> Assembled {
         links,
         addrs: observe::addr_snaps(cache.addrs.clone(), &name_of),
         routes: observe::route_snaps(cache.routes.clone(), &name_of),
-        nft: cache.nft.table(),
+        nft,
     }
 }
 
@@ -245,6 +280,8 @@ fn read_whole(nl: &mut Netlink, t: &mut tc::Tc) -> Result<Cache, ObserveError> {
         tc: HashMap::new(),
         shaping: HashMap::new(),
         nft: NftCache::read()?,
+        nft_view: None,
+        nft_changes: 0,
         read_at,
     };
     convert(&mut cache, None);
@@ -289,7 +326,13 @@ fn update(
     if !dirty.is_empty() {
         refresh_tc(cache, t, Some(&dirty))?;
     }
-    cache.nft.update(&changes.nft, &changes.nft_elements)?;
+    let touched = cache.nft.update(&changes.nft, &changes.nft_elements)?;
+    if !touched.is_empty() {
+        cache.nft_changes += 1;
+        if let Some(view) = cache.nft_view.as_mut() {
+            cache.nft.patch(view, &touched);
+        }
+    }
     Ok(())
 }
 

@@ -773,6 +773,44 @@ fn open_socket() -> Result<Option<Socket>, NftError> {
     }
 }
 
+/// What [`NftCache::update`] changed: the chains and sets named (by family), elements of
+/// sets (in order), or anything.
+#[derive(Debug, Default)]
+pub struct Touched {
+    pub all: bool,
+    pub chains: BTreeSet<(&'static str, String)>,
+    pub sets: BTreeSet<(&'static str, String)>,
+    pub elements: Vec<(&'static str, String, ElementOp)>,
+}
+
+impl Touched {
+    pub fn is_empty(&self) -> bool {
+        !self.all && self.chains.is_empty() && self.sets.is_empty() && self.elements.is_empty()
+    }
+}
+
+/// Elements added to a set (as nft writes them), or removed (by key; a map's entry goes with
+/// its key).
+#[derive(Debug)]
+pub enum ElementOp {
+    Add(Vec<String>),
+    Remove(Vec<String>),
+}
+
+impl ElementOp {
+    fn apply(&self, elements: &mut BTreeSet<String>) {
+        match self {
+            ElementOp::Add(new) => elements.extend(new.iter().cloned()),
+            ElementOp::Remove(keys) => {
+                for k in keys {
+                    let with_data = format!("{k} : ");
+                    elements.retain(|x| x != k && !x.starts_with(&with_data));
+                }
+            }
+        }
+    }
+}
+
 impl NftCache {
     /// Reads both of kvmnet's tables.
     pub fn read() -> Result<NftCache, NftError> {
@@ -793,10 +831,11 @@ impl NftCache {
         &mut self,
         changes: &BTreeSet<(u8, String, crate::backend::events::NftObject)>,
         element_changes: &[crate::backend::events::ElementChange],
-    ) -> Result<(), NftError> {
+    ) -> Result<Touched, NftError> {
         use crate::backend::events::NftObject;
+        let mut touched = Touched::default();
         let Some(families) = self.families.as_mut() else {
-            return Ok(());
+            return Ok(touched);
         };
         // Element changes of a set that cannot be followed count as a change of the set.
         let mut changes = changes.clone();
@@ -843,22 +882,23 @@ impl NftCache {
             else {
                 continue;
             };
-            if e.added {
-                set.elements
-                    .extend(elements(set.key, std::slice::from_ref(&e.body)));
+            let op = if e.added {
+                ElementOp::Add(
+                    elements(set.key, std::slice::from_ref(&e.body))
+                        .into_iter()
+                        .collect(),
+                )
             } else {
-                for k in element_keys(set.key, &e.body) {
-                    let with_data = format!("{k} : ");
-                    set.elements
-                        .retain(|x| *x != k && !x.starts_with(&with_data));
-                }
-            }
+                ElementOp::Remove(element_keys(set.key, &e.body))
+            };
+            op.apply(&mut set.elements);
+            touched.elements.push((family, e.set.clone(), op));
         }
         if ours.is_empty() {
-            return Ok(());
+            return Ok(touched);
         }
         let Some(mut sock) = open_socket()? else {
-            return Ok(());
+            return Ok(touched);
         };
         for family in [nft::FAMILY, nft::BRIDGE_FAMILY] {
             let fam = family_number(family);
@@ -876,14 +916,27 @@ impl NftCache {
                 .any(|o| matches!(o, NftObject::Table | NftObject::Other));
             let Some(raw) = slot.as_mut().filter(|_| !whole) else {
                 *slot = read_family(&mut sock, family)?;
+                touched.all = true;
                 continue;
             };
             let Some((mark, uses)) = read_table_head(&mut sock, family)? else {
                 *slot = None;
+                touched.all = true;
                 continue;
             };
             raw.mark = mark;
             raw.uses = uses;
+            for o in &objs {
+                match o {
+                    NftObject::Chain(n) | NftObject::Rules(n) => {
+                        touched.chains.insert((family, n.clone()));
+                    }
+                    NftObject::Set(n) | NftObject::Elements(n) => {
+                        touched.sets.insert((family, n.clone()));
+                    }
+                    _ => {}
+                }
+            }
             for o in &objs {
                 match o {
                     NftObject::Chain(name) => match read_chain(&mut sock, family, name)? {
@@ -927,11 +980,123 @@ impl NftCache {
                 }
             }
         }
-        Ok(())
+        Ok(touched)
     }
 
     /// The tables in kvmnet's terms (rule texts not read), or `None` when there are none.
     pub fn table(&self) -> Option<NftTable> {
+        let mut t = self.table_head()?;
+        for (family, raw) in self.families.as_ref()? {
+            let Some(raw) = raw else {
+                continue;
+            };
+            for name in raw.chains.keys() {
+                if let Some(c) = chain_of(family, raw, name) {
+                    t.chains.insert(format!("{family} {name}"), c);
+                }
+            }
+            for name in raw.sets.keys() {
+                if let Some(set) = set_of(family, raw, name) {
+                    t.sets.insert(format!("{family} {name}"), set);
+                }
+            }
+        }
+        Some(t)
+    }
+
+    /// Brings `t` (made by [`NftCache::table`] and patched since) in line with what an update
+    /// `touched`: only those chains and sets are made again.
+    pub fn patch(&self, t: &mut Option<NftTable>, touched: &Touched) {
+        let Some(table) = t.as_mut().filter(|_| !touched.all) else {
+            *t = self.table();
+            return;
+        };
+        let Some(head) = self.table_head() else {
+            *t = None;
+            return;
+        };
+        table.families = head.families;
+        table.intact = head.intact;
+        table.listing = None;
+        let raw_of = |family: &str| {
+            self.families
+                .as_ref()
+                .and_then(|f| f.get(family))
+                .and_then(|r| r.as_ref())
+        };
+        for (family, name) in &touched.chains {
+            let key = format!("{family} {name}");
+            match raw_of(family).and_then(|raw| chain_of(family, raw, name)) {
+                Some(c) => table.chains.insert(key, c),
+                None => table.chains.remove(&key),
+            };
+        }
+        for (family, name) in &touched.sets {
+            let key = format!("{family} {name}");
+            match raw_of(family).and_then(|raw| set_of(family, raw, name)) {
+                Some(set) => table.sets.insert(key, set),
+                None => table.sets.remove(&key),
+            };
+        }
+        // Sets made again above already hold these.
+        for (family, name, op) in &touched.elements {
+            if touched.sets.contains(&(*family, name.clone())) {
+                continue;
+            }
+            match table.sets.get_mut(&format!("{family} {name}")) {
+                Some(set) => op.apply(&mut set.elements),
+                None => {
+                    *t = self.table();
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Makes `t` (tables this cache made, then read further for a plan) what [`NftCache::table`]
+    /// would make now: rule texts dropped, any chain whose rules differ made again. `false`
+    /// when `t` does not hold the same chains and sets (then it is of no use).
+    pub fn settle(&self, t: &mut NftTable) -> bool {
+        let Some(families) = self.families.as_ref() else {
+            return false;
+        };
+        let raws: Vec<(&str, &FamilyRaw)> = families
+            .iter()
+            .filter_map(|(f, r)| Some((*f, r.as_ref()?)))
+            .collect();
+        let (chains, sets) = raws.iter().fold((0, 0), |(c, s), (_, r)| {
+            (c + r.chains.len(), s + r.sets.len())
+        });
+        if t.listing.is_some() || t.chains.len() != chains || t.sets.len() != sets {
+            return false;
+        }
+        for c in t.chains.values_mut() {
+            let Some((family, raw)) = raws.iter().find(|(f, _)| *f == c.family) else {
+                return false;
+            };
+            let Some(want) = raw
+                .rules
+                .get(&c.name)
+                .map(Vec::as_slice)
+                .or_else(|| raw.chains.contains_key(&c.name).then_some(&[][..]))
+            else {
+                return false;
+            };
+            let same = c.rules.len() == want.len()
+                && c.rules.iter().zip(want).all(|(a, b)| a.hash == b.hash);
+            if same {
+                for r in c.rules.iter_mut() {
+                    r.text.clear();
+                }
+            } else if let Some(fresh) = chain_of(family, raw, &c.name) {
+                *c = fresh;
+            }
+        }
+        true
+    }
+
+    /// The tables without their chains and sets: which exist, and whether they are intact.
+    fn table_head(&self) -> Option<NftTable> {
         let mut t = NftTable {
             families: BTreeSet::new(),
             chains: BTreeMap::new(),
@@ -952,35 +1117,33 @@ impl NftCache {
             if raw.uses as usize != raw.chains.len() + raw.sets.len() {
                 t.intact = false;
             }
-            for (name, hook) in &raw.chains {
-                t.chains.insert(
-                    format!("{family} {name}"),
-                    NftChain {
-                        family: family.to_string(),
-                        name: name.clone(),
-                        hook: hook.clone(),
-                        rules: raw.rules.get(name).cloned().unwrap_or_default(),
-                    },
-                );
-            }
             // Rules in a chain the chain dump did not show: the tables changed mid-read.
             if raw.rules.keys().any(|c| !raw.chains.contains_key(c)) {
                 t.intact = false;
             }
-            for (name, s) in &raw.sets {
-                t.sets.insert(
-                    format!("{family} {name}"),
-                    NftSet {
-                        family: family.to_string(),
-                        name: name.clone(),
-                        ty: set_type(s.key, s.data),
-                        elements: s.elements.clone(),
-                    },
-                );
-            }
         }
         (!t.families.is_empty()).then_some(t)
     }
+}
+
+fn chain_of(family: &str, raw: &FamilyRaw, name: &str) -> Option<NftChain> {
+    let hook = raw.chains.get(name)?;
+    Some(NftChain {
+        family: family.to_string(),
+        name: name.to_string(),
+        hook: hook.clone(),
+        rules: raw.rules.get(name).cloned().unwrap_or_default(),
+    })
+}
+
+fn set_of(family: &str, raw: &FamilyRaw, name: &str) -> Option<NftSet> {
+    let s = raw.sets.get(name)?;
+    Some(NftSet {
+        family: family.to_string(),
+        name: name.to_string(),
+        ty: set_type(s.key, s.data),
+        elements: s.elements.clone(),
+    })
 }
 
 /// Puts nft's own text of the rules into `t`: for the chains named, or for all of them

@@ -55,6 +55,15 @@ impl Shared {
         self.retire(old);
     }
 
+    /// Done with a plan: the nft tables it observed go back to the notification cache (the
+    /// next plan need not make them again), the rest to the freeing thread.
+    fn finish(&self, mut p: engine::Planned) {
+        if let Some(w) = self.watch.lock().expect("lock").as_mut() {
+            w.give_back(p.previous.nft.take());
+        }
+        self.retire(p);
+    }
+
     fn retire(&self, value: impl Send + 'static) {
         // If the freeing thread is gone, the value is freed here.
         let _ = self.retired.lock().expect("lock").send(Box::new(value));
@@ -151,6 +160,7 @@ fn apply_active(sh: &Shared, action: &str) -> Result<usize, EngineError> {
     )?;
     let n = p.plan.steps.len();
     if n == 0 && action == "repair" {
+        sh.finish(p);
         return Ok(0);
     }
     if action == "repair" {
@@ -159,7 +169,7 @@ fn apply_active(sh: &Shared, action: &str) -> Result<usize, EngineError> {
         }
     }
     engine::execute(&p, action, &engine::spec_hash(&active.text), None)?;
-    sh.retire(p);
+    sh.finish(p);
     Ok(n)
 }
 
@@ -275,7 +285,7 @@ fn apply_request(sh: &Shared, body: &Value) -> api::Response {
         }
     }
     sh.set_active(&mut active, spec, text.as_bytes().to_vec());
-    sh.retire(p);
+    sh.finish(p);
     api::Response::ok(changes)
 }
 

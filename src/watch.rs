@@ -124,7 +124,7 @@ impl Watch {
 
     /// Brings the cache up to date with the notifications so far (reading the host whole
     /// the first time, after lost notifications, or once `resync` has passed).
-    fn refresh(&mut self) -> Result<(), ObserveError> {
+    pub fn refresh(&mut self) -> Result<(), ObserveError> {
         // Drain first: whatever changes after this point shows up at the next refresh.
         let changes = self.events.drain(&[self.tc.portid()])?;
         let stale = match &self.cache {
@@ -137,7 +137,14 @@ impl Watch {
             self.whole_reads += 1;
         } else if !changes.is_empty() {
             let cache = self.cache.as_mut().expect("checked above");
-            update(cache, &mut Netlink::open()?, &mut self.tc, &changes)?;
+            let updated = Netlink::open()
+                .map_err(ObserveError::from)
+                .and_then(|mut nl| update(cache, &mut nl, &mut self.tc, &changes));
+            if let Err(e) = updated {
+                // Half read, and the notifications are spent: read it all next time.
+                self.cache = None;
+                return Err(e);
+            }
             self.partial_reads += 1;
         }
         Ok(())

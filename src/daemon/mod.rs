@@ -238,11 +238,23 @@ fn apply_request(sh: &Shared, body: &Value) -> api::Response {
     };
     let source = body["source"].as_str().unwrap_or("(api)").to_string();
     let confirm = body["confirm_within"].as_u64();
-    let parsed = engine::parse_cached(
-        &mut sh.specs.lock().expect("lock"),
-        &source,
-        text.as_bytes(),
-    );
+    // The notification cache is brought up to date while the spec is parsed: the two do not
+    // depend on each other, and the client waits for both. (An error here shows again, and
+    // is reported, when the plan reads the cache.)
+    let parsed = std::thread::scope(|scope| {
+        let refresh = scope.spawn(|| {
+            if let Some(w) = sh.watch.lock().expect("lock").as_mut() {
+                let _ = w.refresh();
+            }
+        });
+        let parsed = engine::parse_cached(
+            &mut sh.specs.lock().expect("lock"),
+            &source,
+            text.as_bytes(),
+        );
+        let _ = refresh.join();
+        parsed
+    });
     let spec = match parsed {
         Ok(s) => s,
         Err(e) => return invalid_response(e),

@@ -1299,8 +1299,14 @@ impl Interest {
 /// What kvmnet owns on the host now, read from a snapshot, plus the foreign interfaces of
 /// `interest` (the desired state enslaves them or sets their MTU).
 pub fn observed(snap: &Snapshot, interest: &Interest) -> HostState {
-    let uplinks = &interest.uplinks;
-    let sysctl_keys = &interest.sysctls;
+    let mut st = observed_owned(snap);
+    observed_foreign(snap, interest, &mut st);
+    st
+}
+
+/// The part of [`observed`] that needs no interest: the links kvmnet made (the bulk of the
+/// work on a large host, so a planner may do it while the desired state is being made).
+pub fn observed_owned(snap: &Snapshot) -> HostState {
     let mut st = HostState::default();
     // Built at the end in one pass: cheaper than thousands of inserts into the map.
     let mut port_links: Vec<(String, PortLink)> = Vec::with_capacity(snap.links.len());
@@ -1469,6 +1475,14 @@ pub fn observed(snap: &Snapshot, interest: &Interest) -> HostState {
         ));
     }
     st.ports = port_links.into_iter().collect();
+    st
+}
+
+/// The rest of [`observed`], added to what [`observed_owned`] read: the foreign interfaces
+/// of `interest`, addresses and routes, namespaces, nft tables, ethtool settings, sysctls.
+pub fn observed_foreign(snap: &Snapshot, interest: &Interest, st: &mut HostState) {
+    let uplinks = &interest.uplinks;
+    let sysctl_keys = &interest.sysctls;
     for l in &snap.links {
         if is_ours(l) && !is_our_bond(l) {
             continue;
@@ -1533,5 +1547,4 @@ pub fn observed(snap: &Snapshot, interest: &Interest) -> HostState {
             st.sysctls.insert(k.clone(), normalize_sysctl(v));
         }
     }
-    st
 }

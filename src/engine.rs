@@ -153,25 +153,37 @@ pub fn plan_with(
     observer.counters = false;
     let lock = observer.state_dir.lock().map_err(runtime)?;
     let mut watch = watch;
-    let want_nft = spec.and_then(crate::nft::table_for);
-    let snap = match watch.as_deref_mut() {
-        Some(w) => w.snapshot_for(&observer, spec, want_nft.as_ref()),
-        None => observer.snapshot_for(spec, want_nft.as_ref(), &BTreeSet::new()),
+    let (snap, want_nft) = match watch.as_deref_mut() {
+        Some(w) => w.snapshot_with(&observer, spec, || spec.and_then(crate::nft::table_for)),
+        None => {
+            let want_nft = spec.and_then(crate::nft::table_for);
+            observer
+                .snapshot_for(spec, want_nft.as_ref(), &BTreeSet::new())
+                .map(|snap| (snap, want_nft))
+        }
     }
     .map_err(|e| runtime(format!("cannot read the host: {e}")))?;
     let empty = empty_spec();
     let spec = spec.unwrap_or(&empty);
-    let want = desired::desired_with_nft(spec, &snap, want_nft).map_err(|errors| {
-        EngineError::Invalid {
-            source: source.to_string(),
-            errors,
-        }
-    })?;
     // The observed tables move into the observed state: copying a thousand chains cost more
     // than the rest of `observed` together.
     let mut snap = snap;
     let nft = snap.nft.take();
-    let mut have = desired::observed(&snap, &desired::Interest::of(&want));
+    // What kvmnet owns is read from the snapshot while the desired state is made from it:
+    // on a large host both take milliseconds, and neither needs the other.
+    let (want, mut have) = std::thread::scope(|s| {
+        let owned = s.spawn(|| desired::observed_owned(&snap));
+        let want = desired::desired_with_nft(spec, &snap, want_nft);
+        (
+            want,
+            owned.join().expect("reading the snapshot does not panic"),
+        )
+    });
+    let want = want.map_err(|errors| EngineError::Invalid {
+        source: source.to_string(),
+        errors,
+    })?;
+    desired::observed_foreign(&snap, &desired::Interest::of(&want), &mut have);
     have.nft = nft;
     let moved = want
         .uplinks

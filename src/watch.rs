@@ -161,6 +161,40 @@ impl Watch {
         self.snapshot_for(obs, spec, want_nft.as_ref())
     }
 
+    /// [`Watch::snapshot`], with the spec's nftables tables made by `want` (on a thread of
+    /// its own, while the cache is brought up to date); returns them too.
+    pub fn snapshot_with(
+        &mut self,
+        obs: &Observer,
+        spec: Option<&Spec>,
+        want: impl FnOnce() -> Option<NftTable> + Send,
+    ) -> Result<(Snapshot, Option<NftTable>), ObserveError> {
+        let (made, assembled) = std::thread::scope(|s| {
+            let made = s.spawn(want);
+            let assembled = self.refresh().map(|()| {
+                let cache = self.cache.as_mut().expect("refreshed");
+                self.lent = Some(cache.nft_changes);
+                assemble(cache)
+            });
+            (
+                made.join().expect("making nft tables does not panic"),
+                assembled,
+            )
+        });
+        let a = assembled?;
+        let nft = nftables::observe_from(a.nft, made.as_ref(), self.made.as_ref())?;
+        let snap = obs.complete(
+            spec,
+            &BTreeSet::new(),
+            &mut Netlink::open()?,
+            a.links,
+            a.addrs,
+            a.routes,
+            nft,
+        )?;
+        Ok((snap, made))
+    }
+
     /// [`Watch::snapshot`], given the spec's nftables tables (made already).
     pub fn snapshot_for(
         &mut self,

@@ -169,29 +169,29 @@ impl Watch {
         spec: Option<&Spec>,
         want: impl FnOnce() -> Option<NftTable> + Send,
     ) -> Result<(Snapshot, Option<NftTable>), ObserveError> {
-        let (made, assembled) = std::thread::scope(|s| {
+        // Everything but the nft tables' rule texts (which depend on the tables wanted) is
+        // done while those tables are made.
+        let (made, snap) = std::thread::scope(|s| {
             let made = s.spawn(want);
-            let assembled = self.refresh().map(|()| {
+            let snap = self.refresh().and_then(|()| {
                 let cache = self.cache.as_mut().expect("refreshed");
                 self.lent = Some(cache.nft_changes);
-                assemble(cache)
+                let a = assemble(cache);
+                let snap = obs.complete(
+                    spec,
+                    &BTreeSet::new(),
+                    &mut Netlink::open()?,
+                    a.links,
+                    a.addrs,
+                    a.routes,
+                    None,
+                );
+                snap.map(|s| (s, a.nft))
             });
-            (
-                made.join().expect("making nft tables does not panic"),
-                assembled,
-            )
+            (made.join().expect("making nft tables does not panic"), snap)
         });
-        let a = assembled?;
-        let nft = nftables::observe_from(a.nft, made.as_ref(), self.made.as_ref())?;
-        let snap = obs.complete(
-            spec,
-            &BTreeSet::new(),
-            &mut Netlink::open()?,
-            a.links,
-            a.addrs,
-            a.routes,
-            nft,
-        )?;
+        let (mut snap, nft) = snap?;
+        snap.nft = nftables::observe_from(nft, made.as_ref(), self.made.as_ref())?;
         Ok((snap, made))
     }
 

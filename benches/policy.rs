@@ -3,9 +3,14 @@
 //! firewall and shaping both ways. Needs root and iperf3.
 //!
 //!   cargo bench --bench policy
+//!
+//! The hosts compared (namespaces with 10, 1,000 and 0 other ports) all exist at once, and
+//! their measurements alternate: on a machine whose speed drifts from minute to minute, a
+//! ratio of two figures taken minutes apart says more about the drift than about kvmnet.
 
 use std::fmt::Write as _;
-use std::process::{Command, Stdio};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 fn sh(cmd: &str) -> String {
@@ -49,42 +54,54 @@ fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
-struct Run {
-    /// `kvmnet apply` on its own: reads the whole host, plans, applies.
-    add_one_ms: f64,
-    /// `kvmnet apply` with a daemon running for the scope: the daemon plans from what it
-    /// keeps of the host (current through the kernel's notifications) and applies.
-    add_one_daemon_ms: f64,
-    remove_one_daemon_ms: f64,
-    gbit: f64,
+fn ms(t: Instant) -> f64 {
+    t.elapsed().as_secs_f64() * 1e3
 }
 
-/// Medians of timed `apply`s of `plus` (one port more) and of `base` after it (that port
-/// removed again), in ms.
-fn time_adds(kv: &dyn Fn(&[&str]), plus: &str, base: &str, host: &str, n: usize) -> (f64, f64) {
-    let (mut adds, mut removes) = (Vec::new(), Vec::new());
-    for _ in 0..n {
-        let t = Instant::now();
-        kv(&["apply", plus, "--netns", host]);
-        adds.push(t.elapsed().as_secs_f64() * 1e3);
-        let t = Instant::now();
-        kv(&["apply", base, "--netns", host]);
-        removes.push(t.elapsed().as_secs_f64() * 1e3);
+/// A host (namespace) with two guests and `others` more ports, and the spec with one port
+/// more.
+struct Host {
+    others: usize,
+    dir: PathBuf,
+    ns: String,
+    a: String,
+    b: String,
+    base: String,
+    plus: String,
+    daemon: Option<Child>,
+}
+
+impl Host {
+    fn new(others: usize, dir: &Path) -> Host {
+        let id = format!("{}{others}", std::process::id());
+        let (ns, a, b) = (
+            format!("kvbp{id}"),
+            format!("kvbpa{id}"),
+            format!("kvbpb{id}"),
+        );
+        let base = dir.join(format!("base{others}.yaml"));
+        let plus = dir.join(format!("plus{others}.yaml"));
+        std::fs::write(&base, spec(others, false, &a, &b)).unwrap();
+        std::fs::write(&plus, spec(others, true, &a, &b)).unwrap();
+        let h = Host {
+            others,
+            dir: dir.to_path_buf(),
+            ns,
+            a,
+            b,
+            base: base.to_str().unwrap().to_string(),
+            plus: plus.to_str().unwrap().to_string(),
+            daemon: None,
+        };
+        h.kv(&["apply", &h.base]);
+        h
     }
-    (median(adds), median(removes))
-}
 
-fn run(others: usize, dir: &std::path::Path) -> Run {
-    let id = format!("{}{others}", std::process::id());
-    let (host, a, b) = (
-        format!("kvbp{id}"),
-        format!("kvbpa{id}"),
-        format!("kvbpb{id}"),
-    );
-    let kv = |args: &[&str]| {
+    fn kv(&self, args: &[&str]) {
         let o = Command::new(env!("CARGO_BIN_EXE_kvmnet"))
             .args(args)
-            .env("KVMNET_STATE_DIR", dir)
+            .args(["--netns", &self.ns])
+            .env("KVMNET_STATE_DIR", &self.dir)
             .output()
             .unwrap();
         assert!(
@@ -92,69 +109,80 @@ fn run(others: usize, dir: &std::path::Path) -> Run {
             "{args:?}: {}",
             String::from_utf8_lossy(&o.stderr)
         );
-    };
-    let base = dir.join(format!("base{others}.yaml"));
-    let plus = dir.join(format!("plus{others}.yaml"));
-    std::fs::write(&base, spec(others, false, &a, &b)).unwrap();
-    std::fs::write(&plus, spec(others, true, &a, &b)).unwrap();
-    let (base_s, plus_s) = (base.to_str().unwrap(), plus.to_str().unwrap());
-    kv(&["apply", base_s, "--netns", &host]);
-    // Adding one port (and removing it again), timed as the whole command.
-    let (add_one_ms, _) = time_adds(&kv, plus_s, base_s, &host, 3);
-    // The same with a daemon serving the scope (the CLI hands it the spec).
-    let mut daemon = Command::new(env!("CARGO_BIN_EXE_kvmnet"))
-        .args(["daemon", "--spec", base_s, "--netns", &host])
-        .env("KVMNET_STATE_DIR", dir)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let sock = dir.join(format!("netns-{host}")).join("api.sock");
-    let t = Instant::now();
-    while !sock.exists() && t.elapsed() < Duration::from_secs(60) {
-        std::thread::sleep(Duration::from_millis(50));
     }
-    assert!(sock.exists(), "the daemon did not start");
-    kv(&["apply", plus_s, "--netns", &host]);
-    kv(&["apply", base_s, "--netns", &host]);
-    let (add_one_daemon_ms, remove_one_daemon_ms) = time_adds(&kv, plus_s, base_s, &host, 7);
-    // SAFETY: signalling the child we spawned.
-    unsafe { libc::kill(daemon.id() as i32, libc::SIGTERM) };
-    let _ = daemon.wait();
-    // Guest to guest through the bridge, the firewall of both and the antispoof sets. The
-    // removals above leave the kernel releasing devices for a while: let it finish, so
-    // that it is the per-packet cost that is measured.
-    std::thread::sleep(Duration::from_secs(2));
-    let mut srv = Command::new("ip")
-        .args(["netns", "exec", &b, "iperf3", "-s"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    std::thread::sleep(Duration::from_millis(500));
-    let mut rates = Vec::new();
-    for _ in 0..5 {
+
+    /// One timed `apply` adding a port and one removing it again, in ms.
+    fn add_remove(&self) -> (f64, f64) {
+        let t = Instant::now();
+        self.kv(&["apply", &self.plus]);
+        let add = ms(t);
+        let t = Instant::now();
+        self.kv(&["apply", &self.base]);
+        (add, ms(t))
+    }
+
+    /// Starts a daemon for the host (the CLI then hands it the specs: it plans from what it
+    /// keeps of the host, current through the kernel's notifications).
+    fn start_daemon(&mut self) {
+        let child = Command::new(env!("CARGO_BIN_EXE_kvmnet"))
+            .args(["daemon", "--spec", &self.base, "--netns", &self.ns])
+            .env("KVMNET_STATE_DIR", &self.dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        self.daemon = Some(child);
+        let sock = self.dir.join(format!("netns-{}", self.ns)).join("api.sock");
+        let t = Instant::now();
+        while !sock.exists() && t.elapsed() < Duration::from_secs(60) {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        assert!(sock.exists(), "the daemon did not start");
+        // Once through, so that neither side is cold.
+        self.add_remove();
+    }
+
+    fn stop_daemon(&mut self) {
+        if let Some(mut d) = self.daemon.take() {
+            // SAFETY: signalling the child we spawned.
+            unsafe { libc::kill(d.id() as i32, libc::SIGTERM) };
+            let _ = d.wait();
+        }
+    }
+
+    /// One iperf3 run guest to guest (through the bridge, the firewall of both and the
+    /// antispoof sets), in Gbit/s; the server runs in `b`.
+    fn iperf(&self) -> f64 {
         let out = sh(&format!(
-            "ip netns exec {a} iperf3 -c 10.160.0.3 -t 4 -O 1 -J"
+            "ip netns exec {} iperf3 -c 10.160.0.3 -t 4 -O 1 -J",
+            self.a
         ));
         let v: serde_json::Value = serde_json::from_str(&out).unwrap();
-        rates.push(
-            v["end"]["sum_received"]["bits_per_second"]
-                .as_f64()
-                .unwrap()
-                / 1e9,
-        );
+        v["end"]["sum_received"]["bits_per_second"]
+            .as_f64()
+            .unwrap()
+            / 1e9
     }
-    let _ = srv.kill();
-    let _ = srv.wait();
-    kv(&["destroy", "--netns", &host]);
-    let _ = sh(&format!("ip netns del {host} 2>/dev/null || true"));
-    Run {
-        add_one_ms,
-        add_one_daemon_ms,
-        remove_one_daemon_ms,
-        gbit: median(rates),
+}
+
+impl Drop for Host {
+    fn drop(&mut self) {
+        self.stop_daemon();
+        let _ = Command::new(env!("CARGO_BIN_EXE_kvmnet"))
+            .args(["destroy", "--netns", &self.ns])
+            .env("KVMNET_STATE_DIR", &self.dir)
+            .output();
+        let _ = sh(&format!("ip netns del {} 2>/dev/null || true", self.ns));
     }
+}
+
+fn iperf_server(h: &Host) -> Child {
+    Command::new("ip")
+        .args(["netns", "exec", &h.b, "iperf3", "-s"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap()
 }
 
 fn main() {
@@ -164,54 +192,75 @@ fn main() {
     }
     let dir = std::env::temp_dir().join(format!("kvmnet-bench-policy-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
-    let small = run(10, &dir);
-    let large = run(1000, &dir);
-    let none = run(0, &dir);
+    let mut small = Host::new(10, &dir);
+    let mut large = Host::new(1000, &dir);
+    let none = Host::new(0, &dir);
+
+    // Adding one port (and removing it again), timed as the whole command, alternating
+    // between the hosts: `kvmnet apply` on its own, then with a daemon running for each.
+    let (mut alone_s, mut alone_l) = (Vec::new(), Vec::new());
+    for _ in 0..3 {
+        alone_s.push(small.add_remove().0);
+        alone_l.push(large.add_remove().0);
+    }
+    small.start_daemon();
+    large.start_daemon();
+    let (mut add_s, mut add_l, mut rm_s, mut rm_l) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    for _ in 0..11 {
+        let (a, r) = small.add_remove();
+        add_s.push(a);
+        rm_s.push(r);
+        let (a, r) = large.add_remove();
+        add_l.push(a);
+        rm_l.push(r);
+    }
+    small.stop_daemon();
+    large.stop_daemon();
+
+    // Per-packet cost, alternating between 1,000 other ports and none. The removals above
+    // leave the kernel releasing devices for a while: let it finish first.
+    std::thread::sleep(Duration::from_secs(2));
+    let mut servers = [iperf_server(&large), iperf_server(&none)];
+    std::thread::sleep(Duration::from_millis(500));
+    let (mut gbit_l, mut gbit_0) = (Vec::new(), Vec::new());
+    for _ in 0..5 {
+        gbit_l.push(large.iperf());
+        gbit_0.push(none.iperf());
+    }
+    for s in servers.iter_mut() {
+        let _ = s.kill();
+        let _ = s.wait();
+    }
+    let others = (small.others, large.others, none.others);
+    drop((small, large, none));
     let _ = std::fs::remove_dir_all(&dir);
+
+    let (alone_s, alone_l) = (median(alone_s), median(alone_l));
+    let (add_s, add_l) = (median(add_s), median(add_l));
+    let (rm_s, rm_l) = (median(rm_s), median(rm_l));
+    let (gbit_l, gbit_0) = (median(gbit_l), median(gbit_0));
     println!(
-        "per-port policy at scale (medians: 3 standalone applies, 7 through the daemon, 5 iperf3 runs; every port: antispoof, firewall, shaping both ways)"
+        "per-port policy at scale (hosts with {}, {} and {} other ports, measured in turn; medians: 3 standalone applies, 11 through the daemon, 5 iperf3 runs; every port: antispoof, firewall, shaping both ways)",
+        others.0, others.1, others.2
     );
     println!();
     println!("| what | value |");
     println!("|---|---|");
-    println!(
-        "| iperf3 guest to guest, 0 other ports | {:.2} Gbit/s |",
-        none.gbit
-    );
-    println!(
-        "| iperf3 guest to guest, 1,000 other ports | {:.2} Gbit/s |",
-        large.gbit
-    );
+    println!("| iperf3 guest to guest, 0 other ports | {gbit_0:.2} Gbit/s |");
+    println!("| iperf3 guest to guest, 1,000 other ports | {gbit_l:.2} Gbit/s |");
     println!(
         "| ratio (1,000 / 0) | {:.3} (goal: within 5%) |",
-        large.gbit / none.gbit
+        gbit_l / gbit_0
     );
+    println!("| add one port, host with 10 ports | {alone_s:.0} ms |");
+    println!("| add one port, host with 1,000 ports | {alone_l:.0} ms |");
+    println!("| ratio (1,000 / 10) | {:.1} |", alone_l / alone_s);
+    println!("| add one port through the daemon, host with 10 ports | {add_s:.1} ms |");
+    println!("| add one port through the daemon, host with 1,000 ports | {add_l:.1} ms |");
     println!(
-        "| add one port, host with 10 ports | {:.0} ms |",
-        small.add_one_ms
+        "| ratio through the daemon (1,000 / 10) | {:.2} (goal: at most 2) |",
+        add_l / add_s
     );
-    println!(
-        "| add one port, host with 1,000 ports | {:.0} ms |",
-        large.add_one_ms
-    );
-    println!(
-        "| ratio (1,000 / 10) | {:.1} |",
-        large.add_one_ms / small.add_one_ms
-    );
-    println!(
-        "| add one port through the daemon, host with 10 ports | {:.1} ms |",
-        small.add_one_daemon_ms
-    );
-    println!(
-        "| add one port through the daemon, host with 1,000 ports | {:.1} ms |",
-        large.add_one_daemon_ms
-    );
-    println!(
-        "| ratio through the daemon (1,000 / 10) | {:.1} (goal: at most 2) |",
-        large.add_one_daemon_ms / small.add_one_daemon_ms
-    );
-    println!(
-        "| remove one port through the daemon, 10 / 1,000 ports | {:.1} / {:.1} ms |",
-        small.remove_one_daemon_ms, large.remove_one_daemon_ms
-    );
+    println!("| remove one port through the daemon, 10 / 1,000 ports | {rm_s:.1} / {rm_l:.1} ms |");
 }

@@ -235,9 +235,28 @@ pub fn hook_line(ty: &str, hook: &str, priority: i32, accept: bool) -> String {
 
 /// A named set with its type and elements.
 struct Set {
-    name: &'static str,
+    name: std::borrow::Cow<'static, str>,
     ty: &'static str,
     elements: Vec<String>,
+}
+
+/// The named set a rule's list of single ports lives in, with its elements: one set for every
+/// rule with that list (on any port), where an anonymous set would be one per rule. That
+/// keeps a 1,000-port table to a handful of sets, which matters because `nft` reads every
+/// set of the ruleset before it changes anything. Lists with ranges keep anonymous sets.
+fn port_set(proto: &str, ports: &[(u16, u16)]) -> Option<(String, Vec<String>)> {
+    if ports.len() < 2 || ports.iter().any(|(a, b)| a != b) {
+        return None;
+    }
+    let mut list: Vec<u16> = ports.iter().map(|(a, _)| *a).collect();
+    list.sort_unstable();
+    list.dedup();
+    let elements: Vec<String> = list.iter().map(u16::to_string).collect();
+    let name = format!(
+        "{proto}_ports_{:016x}",
+        fnv1a(elements.join(",").as_bytes())
+    );
+    Some((name, elements))
 }
 
 fn rule_matches(r: &crate::spec::FirewallRule) -> String {
@@ -258,18 +277,22 @@ fn rule_matches(r: &crate::spec::FirewallRule) -> String {
         if r.ports.is_empty() {
             m.push(format!("meta l4proto {p}"));
         } else {
-            let ports: Vec<String> = r
-                .ports
-                .iter()
-                .map(|(a, b)| {
-                    if a == b {
-                        a.to_string()
-                    } else {
-                        format!("{a}-{b}")
-                    }
-                })
-                .collect();
-            m.push(format!("{p} dport {{ {} }}", ports.join(", ")));
+            if let Some((set, _)) = port_set(p, &r.ports) {
+                m.push(format!("{p} dport @{set}"));
+            } else {
+                let ports: Vec<String> = r
+                    .ports
+                    .iter()
+                    .map(|(a, b)| {
+                        if a == b {
+                            a.to_string()
+                        } else {
+                            format!("{a}-{b}")
+                        }
+                    })
+                    .collect();
+                m.push(format!("{p} dport {{ {} }}", ports.join(", ")));
+            }
         }
     }
     if r.proto == RuleProto::Icmp {
@@ -346,15 +369,16 @@ fn firewall_chain(name: String, port: &Port, dir: &FirewallDirection, inbound: b
 /// per-packet cost is one lookup however many ports there are.
 fn firewall_parts(spec: &Spec) -> (Vec<Set>, Vec<Chain>) {
     let mut fw_in = Set {
-        name: "fw_in",
+        name: "fw_in".into(),
         ty: "ipv4_addr : verdict",
         elements: Vec::new(),
     };
     let mut fw_out = Set {
-        name: "fw_out",
+        name: "fw_out".into(),
         ty: "ipv4_addr : verdict",
         elements: Vec::new(),
     };
+    let mut port_sets: BTreeMap<String, Vec<String>> = BTreeMap::new();
     let mut chains = Vec::new();
     // Most ports of a host share a few policies; a chain's rules depend on its port only
     // through log prefixes. The rules of recent policies are kept with their hashes.
@@ -392,6 +416,20 @@ fn firewall_parts(spec: &Spec) -> (Vec<Set>, Vec<Chain>) {
             let (Some(fw), Some(addr)) = (&p.firewall, p.ipv4) else {
                 continue;
             };
+            for d in fw.inbound.iter().chain(&fw.outbound) {
+                for r in &d.rules {
+                    let proto = match r.proto {
+                        RuleProto::Tcp => "tcp",
+                        RuleProto::Udp => "udp",
+                        RuleProto::Icmp | RuleProto::Any => continue,
+                    };
+                    if let Some((name, elements)) = port_set(proto, &r.ports)
+                        && !port_sets.contains_key(&name)
+                    {
+                        port_sets.insert(name, elements);
+                    }
+                }
+            }
             if let Some(d) = &fw.inbound {
                 let name = concat(&["in-", &p.name]);
                 fw_in
@@ -417,7 +455,13 @@ fn firewall_parts(spec: &Spec) -> (Vec<Set>, Vec<Chain>) {
     output.rules.push("ip daddr vmap @fw_in".into());
     chains.push(input);
     chains.push(output);
-    (vec![fw_in, fw_out], chains)
+    let mut sets = vec![fw_in, fw_out];
+    sets.extend(port_sets.into_iter().map(|(name, elements)| Set {
+        name: name.into(),
+        ty: "inet_service",
+        elements,
+    }));
+    (sets, chains)
 }
 
 /// The inet table: per-port firewalls, then forwarding policy and NAT of each network.
@@ -518,22 +562,22 @@ fn inet_parts(spec: &Spec) -> (Vec<Set>, Vec<Chain>) {
 /// number of ports.
 fn bridge_parts(spec: &Spec) -> (Vec<Set>, Vec<Chain>) {
     let mut guarded = Set {
-        name: "guarded",
+        name: "guarded".into(),
         ty: "ifname",
         elements: Vec::new(),
     };
     let mut port_mac = Set {
-        name: "port_mac",
+        name: "port_mac".into(),
         ty: "ifname . ether_addr",
         elements: Vec::new(),
     };
     let mut ip_guarded = Set {
-        name: "ip_guarded",
+        name: "ip_guarded".into(),
         ty: "ifname",
         elements: Vec::new(),
     };
     let mut port_ip = Set {
-        name: "port_ip",
+        name: "port_ip".into(),
         ty: "ifname . ipv4_addr",
         elements: Vec::new(),
     };
@@ -613,7 +657,7 @@ fn build_chains(family: &str, chains: Vec<Chain>) -> impl Iterator<Item = (Strin
 fn build_sets(family: &str, sets: Vec<Set>) -> impl Iterator<Item = (String, NftSet)> {
     sets.into_iter().map(move |s| {
         (
-            key(family, s.name),
+            key(family, &s.name),
             NftSet {
                 family: family.to_string(),
                 name: s.name.to_string(),
@@ -1080,6 +1124,19 @@ mod tests {
             assert_eq!(ipv4_text(ip), ip.to_string());
         }
         assert_eq!(concat(&["a", "", "bc"]), "abc");
+    }
+
+    #[test]
+    fn lists_of_single_ports_share_a_named_set() {
+        let (a, elements) = port_set("tcp", &[(5201, 5201), (22, 22)]).unwrap();
+        assert_eq!(elements, ["22", "5201"]);
+        assert!(a.starts_with("tcp_ports_"));
+        // The same list in another order is the same set; another protocol is not.
+        assert_eq!(port_set("tcp", &[(22, 22), (5201, 5201)]).unwrap().0, a);
+        assert_ne!(port_set("udp", &[(22, 22), (5201, 5201)]).unwrap().0, a);
+        // One port, or a range in the list: no named set.
+        assert!(port_set("tcp", &[(22, 22)]).is_none());
+        assert!(port_set("tcp", &[(22, 22), (8000, 8100)]).is_none());
     }
 
     #[test]

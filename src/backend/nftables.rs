@@ -151,6 +151,7 @@ const NFT_DATA_VERDICT: u32 = 0xffff_ff00;
 const UDATA_COMMENT: u8 = 0;
 /// nft data types of the set keys kvmnet uses, and how concatenations combine them.
 const TYPE_IPADDR: u32 = 7;
+const TYPE_INET_SERVICE: u32 = 13;
 const TYPE_ETHERADDR: u32 = 9;
 const TYPE_IFNAME: u32 = 41;
 const TYPE_BITS: u32 = 6;
@@ -398,6 +399,7 @@ fn type_word(t: u32) -> Option<&'static str> {
         TYPE_IPADDR => Some("ipv4_addr"),
         TYPE_ETHERADDR => Some("ether_addr"),
         TYPE_IFNAME => Some("ifname"),
+        TYPE_INET_SERVICE => Some("inet_service"),
         _ => None,
     }
 }
@@ -427,11 +429,13 @@ fn key_text(key: u32, v: &[u8]) -> String {
     };
     let mut out = Vec::new();
     let mut at = 0;
+    let single = parts.len() == 1;
     for t in parts {
         let len = match t {
             TYPE_IPADDR => 4,
             TYPE_ETHERADDR => 6,
             TYPE_IFNAME => 16,
+            TYPE_INET_SERVICE => 2,
             _ => return hex(),
         };
         let Some(f) = v.get(at..at + len) else {
@@ -439,6 +443,7 @@ fn key_text(key: u32, v: &[u8]) -> String {
         };
         out.push(match t {
             TYPE_IPADDR => Ipv4Addr::new(f[0], f[1], f[2], f[3]).to_string(),
+            TYPE_INET_SERVICE => u16::from_be_bytes([f[0], f[1]]).to_string(),
             TYPE_ETHERADDR => f
                 .iter()
                 .map(|b| format!("{b:02x}"))
@@ -446,7 +451,8 @@ fn key_text(key: u32, v: &[u8]) -> String {
                 .join(":"),
             _ => format!("\"{}\"", attr_string(f)),
         });
-        at += len.div_ceil(4) * 4;
+        // Fields of a concatenation are padded to 4 bytes; a key of one field is not.
+        at += if single { len } else { len.div_ceil(4) * 4 };
     }
     if at != v.len() {
         return hex();
@@ -1253,5 +1259,8 @@ mod tests {
         k[16..22].copy_from_slice(&[0x52, 0x54, 0, 0xaa, 0, 0x10]);
         assert_eq!(key_text(ifname_ether, &k), "\"vm1\" . 52:54:00:aa:00:10");
         assert_eq!(key_text(TYPE_IPADDR, &[192, 0, 2, 1]), "192.0.2.1");
+        // A key of one field is not padded: a port is two bytes.
+        assert_eq!(key_text(TYPE_INET_SERVICE, &[0x14, 0x51]), "5201");
+        assert_eq!(set_type(TYPE_INET_SERVICE, None), "inet_service");
     }
 }

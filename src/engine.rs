@@ -136,6 +136,17 @@ pub struct Planned {
     >,
 }
 
+impl Planned {
+    /// The links of the snapshot the plan was made from (a daemon gives them back to its
+    /// notification cache).
+    pub fn take_snapshot_links(&mut self) -> Vec<crate::snapshot::LinkSnap> {
+        self._inputs
+            .as_mut()
+            .map(|i| std::mem::take(&mut i.0.links))
+            .unwrap_or_default()
+    }
+}
+
 /// Observes the host and plans `spec` (a destroy when `None`).
 pub fn plan(spec: Option<&Spec>, scope: &str, source: &str) -> Result<Planned, EngineError> {
     plan_with(spec, scope, source, None)

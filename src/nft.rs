@@ -379,6 +379,7 @@ fn firewall_parts(spec: &Spec) -> (Vec<Set>, Vec<Chain>) {
         elements: Vec::new(),
     };
     let mut port_sets: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    let mut seen: Vec<&FirewallDirection> = Vec::new();
     let mut chains = Vec::new();
     // Most ports of a host share a few policies; a chain's rules depend on its port only
     // through log prefixes. The rules of recent policies are kept with their hashes.
@@ -417,6 +418,15 @@ fn firewall_parts(spec: &Spec) -> (Vec<Set>, Vec<Chain>) {
                 continue;
             };
             for d in fw.inbound.iter().chain(&fw.outbound) {
+                // Ports of a host share a few policies: the recent ones are not looked at
+                // again (a set found twice is the same set).
+                if seen.contains(&d) {
+                    continue;
+                }
+                if seen.len() == 8 {
+                    seen.remove(0);
+                }
+                seen.push(d);
                 for r in &d.rules {
                     let proto = match r.proto {
                         RuleProto::Tcp => "tcp",

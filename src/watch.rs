@@ -28,6 +28,8 @@ struct Cache {
     links: BTreeMap<u32, LinkInfo>,
     /// `links` as a snapshot shows them (no counters, no traffic control), kept in step.
     snaps: BTreeMap<u32, LinkSnap>,
+    /// While a snapshot has `snaps` (see [`Watch::give_back_links`]): their keys.
+    snaps_out: Option<Vec<u32>>,
     addrs: Vec<AddrInfo>,
     routes: Vec<RouteInfo>,
     /// Ports with traffic control, by name.
@@ -115,6 +117,25 @@ impl Watch {
         }
         self.lent = None;
         cache.nft_view = Some(tables);
+    }
+
+    /// Takes back the links a snapshot took (as the plan made from it left them), so that
+    /// the next snapshot need not convert or copy them again; ignored if the cache changed
+    /// meanwhile. What a snapshot adds to them (traffic-control drift, shaping, macvtap
+    /// owners, VXLAN flood entries) is set again by the next one.
+    pub fn give_back_links(&mut self, links: Vec<LinkSnap>) {
+        let Some(cache) = self.cache.as_mut() else {
+            return;
+        };
+        if cache
+            .snaps_out
+            .as_ref()
+            .is_none_or(|keys| keys.len() != links.len())
+        {
+            return;
+        }
+        let keys = cache.snaps_out.take().expect("checked above");
+        cache.snaps = keys.into_iter().zip(links).collect();
     }
 
     /// Forget everything: the next snapshot reads the host whole.
@@ -232,21 +253,19 @@ fn assemble(cache: &mut Cache) -> Assembled {
         Some(view) => view,
         None => cache.nft.table(),
     };
-    let links = cache
-        .snaps
-        .values()
-        .map(|s| {
-            let mut l = s.clone();
+    ensure_snaps(cache);
+    let snaps = std::mem::take(&mut cache.snaps);
+    cache.snaps_out = Some(snaps.keys().copied().collect());
+    let links = snaps
+        .into_iter()
+        .map(|(i, mut l)| {
             // The cache holds exactly the ports with traffic control and the shaped bridges.
             l.tc_drift = cache.tc.get(&l.name).is_some_and(|e| e.drift);
-            if let Some(Some(sh)) = cache.shaping.get(&l.name) {
-                l.shaping = Some(sh.clone());
-            }
+            l.shaping = cache.shaping.get(&l.name).cloned().flatten();
             // No notification says who owns a macvtap's character device: read at every
             // snapshot, as a fresh read would (there are few of them).
             if let Some(m) = l.macvtap.as_mut()
                 && l.kind == "macvtap"
-                && let Some((&i, _)) = cache.links.iter().find(|(_, x)| x.name == l.name)
             {
                 m.dev_owner = crate::backend::macvtap::node_owner(&l.name, i);
             }
@@ -259,6 +278,13 @@ fn assemble(cache: &mut Cache) -> Assembled {
         addrs: observe::addr_snaps(cache.addrs.clone(), &name_of),
         routes: observe::route_snaps(cache.routes.clone(), &name_of),
         nft,
+    }
+}
+
+/// Makes `snaps` again if a snapshot still has them.
+fn ensure_snaps(cache: &mut Cache) {
+    if cache.snaps_out.take().is_some() {
+        convert(cache, None);
     }
 }
 
@@ -316,6 +342,7 @@ fn read_whole(nl: &mut Netlink, t: &mut tc::Tc) -> Result<Cache, ObserveError> {
     let mut cache = Cache {
         links,
         snaps: BTreeMap::new(),
+        snaps_out: None,
         addrs,
         routes,
         tc: HashMap::new(),
@@ -352,6 +379,7 @@ fn update(
         }
     }
     dirty.extend(names_of(&cache.links, &indexes));
+    ensure_snaps(cache);
     convert(cache, Some(&indexes));
     // A device's addresses go with it, announced; only the kernel's own flush of routes
     // through a device that went away or down is not (so routes are read again).

@@ -55,11 +55,13 @@ impl Shared {
         self.retire(old);
     }
 
-    /// Done with a plan: the nft tables it observed go back to the notification cache (the
-    /// next plan need not make them again), the rest to the freeing thread.
+    /// Done with a plan: the nft tables it observed and the links it was made from go back to
+    /// the notification cache (the next plan need not make them again), the rest to the
+    /// freeing thread.
     fn finish(&self, mut p: engine::Planned) {
         if let Some(w) = self.watch.lock().expect("lock").as_mut() {
             w.give_back(p.previous.nft.take());
+            w.give_back_links(p.take_snapshot_links());
         }
         self.retire(p);
     }

@@ -403,7 +403,14 @@ pub fn run(scope: &str, spec_path: &std::path::Path) -> Result<(), EngineError> 
     let sigset = block_signals();
     let specs = Mutex::new(crate::spec::SpecCache::default());
     let (retired, to_free) = std::sync::mpsc::channel::<Box<dyn Send>>();
-    std::thread::spawn(move || to_free.into_iter().for_each(drop));
+    std::thread::spawn(move || {
+        // Freeing is never urgent: it gives way to requests and to everything else.
+        // SAFETY: setpriority on this thread (a Linux thread id is a PRIO_PROCESS target).
+        unsafe {
+            libc::setpriority(libc::PRIO_PROCESS, libc::gettid() as libc::id_t, 19);
+        }
+        to_free.into_iter().for_each(drop)
+    });
     let (spec, text) = load_cached(&specs, spec_path)?;
     let scopes = dhcp::scopes(&spec);
     let sh = Arc::new(Shared {

@@ -123,8 +123,8 @@ pub struct Planned {
     moved: BTreeMap<String, Moved>,
     pub state_dir: StateDir,
     scope: String,
-    /// Held from observation to the end of execution.
-    _lock: std::fs::File,
+    /// Held from observation to the end of execution (or until [`Planned::unlock`]).
+    _lock: Option<std::fs::File>,
     /// What the plan was made from; freed with it. Freeing what a 1,000-port host planned
     /// from takes milliseconds: a daemon does it off the request's path.
     _inputs: Option<
@@ -137,6 +137,12 @@ pub struct Planned {
 }
 
 impl Planned {
+    /// Lets the next plan of this scope start, before this one is freed (a daemon frees
+    /// plans on a thread of its own, which may get to it late).
+    pub fn unlock(&mut self) {
+        self._lock = None;
+    }
+
     /// The links of the snapshot the plan was made from (a daemon gives them back to its
     /// notification cache).
     pub fn take_snapshot_links(&mut self) -> Vec<crate::snapshot::LinkSnap> {
@@ -227,7 +233,7 @@ pub fn plan_with(
         moved,
         state_dir: observer.state_dir,
         scope: scope.to_string(),
-        _lock: lock,
+        _lock: Some(lock),
         _inputs: Some(Box::new((snap, want, remembered))),
     })
 }
@@ -473,7 +479,7 @@ pub fn revert_if_due(
         moved: BTreeMap::new(),
         state_dir: observer.state_dir,
         scope: scope.to_string(),
-        _lock: lock,
+        _lock: Some(lock),
         _inputs: None,
     };
     execute(&planned, "revert", &pending.spec_hash, None)?;

@@ -63,6 +63,7 @@ impl Shared {
             w.give_back(p.previous.nft.take());
             w.give_back_links(p.take_snapshot_links());
         }
+        p.unlock();
         self.retire(p);
     }
 

@@ -146,6 +146,17 @@ fn ipv4_text(a: std::net::Ipv4Addr) -> String {
 }
 
 impl NftTable {
+    /// No family, no chain, no set; intact.
+    pub fn empty() -> NftTable {
+        NftTable {
+            families: BTreeSet::new(),
+            chains: BTreeMap::new(),
+            sets: BTreeMap::new(),
+            intact: true,
+            listing: None,
+        }
+    }
+
     pub fn rule_count(&self) -> usize {
         self.chains.values().map(|c| c.rules.len()).sum()
     }
@@ -690,13 +701,7 @@ pub fn table_for(spec: &Spec) -> Option<NftTable> {
     if inet.is_empty() && bchains.is_empty() {
         return None;
     }
-    let mut t = NftTable {
-        families: BTreeSet::new(),
-        chains: BTreeMap::new(),
-        sets: BTreeMap::new(),
-        intact: true,
-        listing: None,
-    };
+    let mut t = NftTable::empty();
     // Collected rather than inserted one by one: a map built from a list is built in one
     // pass (a later duplicate key would win either way).
     let mut chains = Vec::new();

@@ -178,8 +178,8 @@ impl Watch {
         obs: &Observer,
         spec: Option<&Spec>,
     ) -> Result<Snapshot, ObserveError> {
-        let want_nft = spec.and_then(crate::nft::table_for);
-        self.snapshot_for(obs, spec, want_nft.as_ref())
+        self.snapshot_with(obs, spec, || spec.and_then(crate::nft::table_for))
+            .map(|(snap, _)| snap)
     }
 
     /// [`Watch::snapshot`], with the spec's nftables tables made by `want` (on a thread of
@@ -214,29 +214,6 @@ impl Watch {
         let (mut snap, nft) = snap?;
         snap.nft = nftables::observe_from(nft, made.as_ref(), self.made.as_ref())?;
         Ok((snap, made))
-    }
-
-    /// [`Watch::snapshot`], given the spec's nftables tables (made already).
-    pub fn snapshot_for(
-        &mut self,
-        obs: &Observer,
-        spec: Option<&Spec>,
-        want_nft: Option<&crate::nft::NftTable>,
-    ) -> Result<Snapshot, ObserveError> {
-        self.refresh()?;
-        let cache = self.cache.as_mut().expect("refreshed");
-        self.lent = Some(cache.nft_changes);
-        let a = assemble(cache);
-        let nft = nftables::observe_from(a.nft, want_nft, self.made.as_ref())?;
-        obs.complete(
-            spec,
-            &BTreeSet::new(),
-            &mut Netlink::open()?,
-            a.links,
-            a.addrs,
-            a.routes,
-            nft,
-        )
     }
 }
 

@@ -1103,13 +1103,7 @@ impl NftCache {
 
     /// The tables without their chains and sets: which exist, and whether they are intact.
     fn table_head(&self) -> Option<NftTable> {
-        let mut t = NftTable {
-            families: BTreeSet::new(),
-            chains: BTreeMap::new(),
-            sets: BTreeMap::new(),
-            intact: true,
-            listing: None,
-        };
+        let mut t = NftTable::empty();
         for (family, raw) in self.families.as_ref()? {
             let Some(raw) = raw else {
                 continue;

@@ -170,6 +170,19 @@ fn configure(
     }
 }
 
+fn set_up(index: u32) -> Request {
+    Request::SetLink {
+        index,
+        name: None,
+        mac: None,
+        mtu: None,
+        master: None,
+        up: Some(true),
+        alias: None,
+        netns_fd: None,
+    }
+}
+
 /// The host end of a port, attached to bridge `master` (0: released).
 fn configure_port(p: &PortLink, index: u32, master: u32) -> Request {
     configure(index, p.mac, p.mtu, Some(master), p.up, p.alias())
@@ -382,7 +395,14 @@ impl Kernel {
                     if r.is_ok() {
                         self.deletable.insert(p.name.clone());
                     }
-                    r.map_err(ApplyError::from)
+                    r.map_err(ApplyError::from).and_then(|()| {
+                        // A bridge port needs no IPv6 of its own; a routed port does (the
+                        // host is the guest's neighbour on it).
+                        if p.master.is_some() {
+                            sysctl::disable_ipv6(&p.name)?;
+                        }
+                        Ok(())
+                    })
                 }
                 PortKind::Veth { .. } | PortKind::Macvtap { .. } => Ok(()),
             });
@@ -447,12 +467,23 @@ impl Kernel {
                             mtu: Some(p.mtu),
                             alias: Some(p.alias()),
                             master: if master == 0 { None } else { Some(master) },
-                            up: p.up,
+                            // A bridge port comes up once its IPv6 is off (as a tap does).
+                            up: p.up && master == 0,
                         },
                     );
                     if r.is_ok() {
                         self.deletable.insert(p.name.clone());
                     }
+                    let r = r.and_then(|()| {
+                        if master != 0 {
+                            sysctl::disable_ipv6(&p.name)?;
+                            if p.up {
+                                let index = self.idx(&p.name)?;
+                                Self::one(&mut self.nl, set_up(index))?;
+                            }
+                        }
+                        Ok(())
+                    });
                     results[i] = r.and_then(|()| self.configure_guest(p, None));
                 }
             }

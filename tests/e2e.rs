@@ -113,6 +113,21 @@ vms:
         "{tap}"
     );
     assert!(tap.contains("master e2e-nat"), "{tap}");
+    // Bridge ports carry frames, not host addresses: no IPv6 of their own (no link-local
+    // address, no routes), while the bridges keep theirs.
+    let v6 = |dev: &str| {
+        ok(&format!(
+            "ip netns exec {host} cat /proc/sys/net/ipv6/conf/{dev}/disable_ipv6"
+        ))
+        .trim()
+        .to_string()
+    };
+    for port in ["e2e-tap", "e2e-n1", "e2e-r1", "e2e-i1"] {
+        assert_eq!(v6(port), "1", "IPv6 on bridge port {port}");
+    }
+    assert_eq!(v6("e2e-nat"), "0", "IPv6 turned off on a bridge");
+    let local = ok(&format!("ip -n {host} -6 route show table all dev e2e-n1"));
+    assert!(local.trim().is_empty(), "routes through a port: {local}");
 
     // Idempotent.
     let again = ns.kvmnet_ok(&["apply", spec.path(), "--netns", &host, "--json"]);

@@ -59,6 +59,20 @@ vms:
         ns.kvmnet_ok(&["plan", spec.path(), "--netns", &host])
             .starts_with("No changes")
     );
+    // The IFB carries frames, not host addresses: made without IPv6, and up.
+    let ifb = ok(&format!("ip -n {host} -o link show type ifb"));
+    let ifb = ifb.split(": ").nth(1).expect("one IFB").trim().to_string();
+    assert_eq!(
+        ok(&format!(
+            "ip netns exec {host} cat /proc/sys/net/ipv6/conf/{ifb}/disable_ipv6"
+        ))
+        .trim(),
+        "1"
+    );
+    assert!(
+        ok(&format!("ip -n {host} link show {ifb}")).contains(",UP"),
+        "IFB not up"
+    );
 
     // To the VM at 100 Mbit/s, from it at 50: within 10%.
     // The shaper counts whole frames; iperf3 reports TCP payload: 1448 of every 1514 bytes.

@@ -1446,8 +1446,9 @@ fn encode_link(b: &mut MsgBuf, op: &TcOp, seqs: &mut impl FnMut() -> u32) {
     let ack = NLM_F_REQUEST | NLM_F_ACK;
     match op {
         TcOp::CreateIfb { name, alias } => {
+            // Made down: it comes up once its IPv6 is off (see `Tc::execute`).
             let s = b.begin(RTM_NEWLINK, ack | NLM_F_CREATE | NLM_F_EXCL, seqs());
-            b.ifinfomsg(0, IFF_UP, IFF_UP);
+            b.ifinfomsg(0, 0, 0);
             b.attr_str(IFLA_IFNAME, name);
             let li = b.nest_begin(IFLA_LINKINFO | NLA_F_NESTED);
             b.attr_str(IFLA_INFO_KIND, "ifb");
@@ -1930,6 +1931,38 @@ impl Tc {
         res
     }
 
+    /// [`crate::backend::sysctl::disable_ipv6`] in this client's network namespace (sysctls
+    /// are written in the calling thread's).
+    fn disable_ipv6(&self, dev: &str) -> Result<(), String> {
+        use std::os::unix::fs::MetadataExt;
+        let same = |a: &File, b: &File| match (a.metadata(), b.metadata()) {
+            (Ok(x), Ok(y)) => x.dev() == y.dev() && x.ino() == y.ino(),
+            _ => false,
+        };
+        let home = File::open("/proc/thread-self/ns/net")
+            .map_err(|e| format!("open the current network namespace: {e}"))?;
+        if same(&home, &self.netns) {
+            return crate::backend::sysctl::disable_ipv6(dev).map_err(|e| e.to_string());
+        }
+        // SAFETY: plain syscalls on descriptors we hold.
+        if unsafe { libc::setns(self.netns.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+            return Err(format!(
+                "enter network namespace: {}",
+                io::Error::last_os_error()
+            ));
+        }
+        let res = crate::backend::sysctl::disable_ipv6(dev).map_err(|e| e.to_string());
+        // SAFETY: as above.
+        if unsafe { libc::setns(home.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+            eprintln!(
+                "fatal: cannot switch back to the original network namespace: {}",
+                io::Error::last_os_error()
+            );
+            std::process::abort();
+        }
+        res
+    }
+
     /// The scheduler clock factors this client computes with.
     pub fn clock(&self) -> Psched {
         self.clock
@@ -2381,6 +2414,29 @@ impl Tc {
             .filter(|&i| matches!(ops[i], TcOp::CreateIfb { .. } | TcOp::SetUp { .. }))
             .collect();
         self.run_link_ops(ops, &round1, &mut errors)?;
+        // The IFBs made, without IPv6 (an IFB carries frames, not host addresses: see
+        // `sysctl::disable_ipv6`), then up.
+        let made: Vec<usize> = round1
+            .iter()
+            .copied()
+            .filter(|&k| errors[k].is_none() && matches!(ops[k], TcOp::CreateIfb { .. }))
+            .collect();
+        let mut ups = Vec::with_capacity(made.len());
+        for &k in &made {
+            let dev = ops[k].dev().to_string();
+            if let Err(e) = self.disable_ipv6(&dev) {
+                errors[k] = Some((libc::EIO, Some(e)));
+            }
+            ups.push(TcOp::SetUp { dev });
+        }
+        let mut up_errors = vec![None; ups.len()];
+        let all: Vec<usize> = (0..ups.len()).collect();
+        self.run_link_ops(&ups, &all, &mut up_errors)?;
+        for (&k, e) in made.iter().zip(up_errors) {
+            if e.is_some() && errors[k].is_none() {
+                errors[k] = e;
+            }
+        }
         // Round 2: tc changes, with names resolved now that the IFBs exist.
         let mut index: HashMap<String, Option<u32>> = HashMap::new();
         for op in ops.iter().filter(|o| !o.is_link_op()) {

@@ -235,6 +235,9 @@ fn write_response(s: &mut UnixStream, resp: &Response) {
 pub fn serve_one(mut s: UnixStream, handler: &mut dyn FnMut(Request) -> Response) {
     let _ = s.set_nonblocking(false);
     let _ = s.set_read_timeout(Some(Duration::from_secs(10)));
+    // A client that stops reading must not hold the daemon (a finished plan waits for the
+    // answer to be written before it lets go of the state directory).
+    let _ = s.set_write_timeout(Some(Duration::from_secs(10)));
     let uid = peer_uid(&s).unwrap_or(u32::MAX);
     if !allowed_uids().contains(&uid) {
         write_response(

@@ -44,6 +44,8 @@ struct Shared {
     /// own: freeing a 1,000-port spec and what was planned from it takes milliseconds that
     /// an API client need not wait for.
     retired: Mutex<std::sync::mpsc::Sender<Box<dyn Send>>>,
+    /// A plan applied for an API client, finished once the client has its answer.
+    finishing: Mutex<Option<engine::Planned>>,
 }
 
 impl Shared {
@@ -59,12 +61,25 @@ impl Shared {
     /// the notification cache (the next plan need not make them again), the rest to the
     /// freeing thread.
     fn finish(&self, mut p: engine::Planned) {
-        if let Some(w) = self.watch.lock().expect("lock").as_mut() {
+        // Never waits for the cache while holding the state directory's lock: a plan on
+        // another thread holds the cache while it waits for that lock. A plan that has the
+        // cache now made its own snapshot and has no use for these.
+        if let Ok(mut watch) = self.watch.try_lock()
+            && let Some(w) = watch.as_mut()
+        {
             w.give_back(p.previous.nft.take());
             w.give_back_links(p.take_snapshot_links());
         }
         p.unlock();
         self.retire(p);
+    }
+
+    /// Finishes the plan an API request left, if any.
+    fn finish_pending(&self) {
+        let pending = self.finishing.lock().expect("lock").take();
+        if let Some(p) = pending {
+            self.finish(p);
+        }
     }
 
     fn retire(&self, value: impl Send + 'static) {
@@ -300,7 +315,10 @@ fn apply_request(sh: &Shared, body: &Value) -> api::Response {
         }
     }
     sh.set_active(&mut active, spec, text.as_bytes().to_vec());
-    sh.finish(p);
+    // Giving the plan's inputs back to the cache takes a millisecond or two at 1,000 ports:
+    // done after the answer is sent (the API thread does it before taking the next client).
+    // Until then the state directory stays locked, as it was while the plan ran.
+    *sh.finishing.lock().expect("lock") = Some(p);
     api::Response::ok(changes)
 }
 
@@ -425,6 +443,7 @@ pub fn run(scope: &str, spec_path: &std::path::Path) -> Result<(), EngineError> 
         dhcp: Mutex::new(None),
         specs,
         retired: Mutex::new(retired),
+        finishing: Mutex::new(None),
         watch: Mutex::new(match Watch::open() {
             Ok(mut w) => {
                 if let Some(ms) = std::env::var("KVMNET_RESYNC_MS")
@@ -460,7 +479,10 @@ pub fn run(scope: &str, spec_path: &std::path::Path) -> Result<(), EngineError> 
     let api_thread = std::thread::spawn(move || {
         while !api_sh.stop.load(Ordering::SeqCst) {
             match listener.accept() {
-                Ok((s, _)) => api::serve_one(s, &mut |req| handle(&api_sh, req)),
+                Ok((s, _)) => {
+                    api::serve_one(s, &mut |req| handle(&api_sh, req));
+                    api_sh.finish_pending();
+                }
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
                     // Wake for the next client at once; look at the stop flag now and then.
                     wait_readable(&listener, Duration::from_millis(200));

@@ -396,8 +396,8 @@ impl Kernel {
                         self.deletable.insert(p.name.clone());
                     }
                     r.map_err(ApplyError::from).and_then(|()| {
-                        // A bridge port needs no IPv6 of its own; a routed port does (the
-                        // host is the guest's neighbour on it).
+                        // A bridge port needs no IPv6 of its own: the host's is on the
+                        // bridge.
                         if p.master.is_some() {
                             sysctl::disable_ipv6(&p.name)?;
                         }

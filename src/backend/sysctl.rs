@@ -40,9 +40,9 @@ pub fn write(key: &str, value: &str) -> Result<(), SysctlError> {
 
 /// Turns IPv6 off on `dev`, a device kvmnet just made and has not brought up. Bridge ports
 /// and IFBs carry frames, not host addresses: without this each one gets a link-local
-/// address and two routes, every later link change walks all of them (at 1,000 ports, 3,000
-/// routes: a millisecond per port added or removed), and the host sends its own IPv6
-/// (DAD, MLD) into the VM's port. A kernel without IPv6 has nothing to turn off.
+/// address and its routes, every later link change walks all of them (at 1,000 ports, 3,000
+/// routes: milliseconds per port added or removed), and the host sends its own IPv6 (DAD,
+/// MLD) into the VM's port. A kernel without IPv6 has nothing to turn off.
 pub fn disable_ipv6(dev: &str) -> Result<(), SysctlError> {
     // Not through `path`: interface names may hold dots, which a dotted key cannot.
     let file = PathBuf::from("/proc/sys/net/ipv6/conf")

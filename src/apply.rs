@@ -171,16 +171,11 @@ fn configure(
 }
 
 fn set_up(index: u32) -> Request {
-    Request::SetLink {
-        index,
-        name: None,
-        mac: None,
-        mtu: None,
-        master: None,
-        up: Some(true),
-        alias: None,
-        netns_fd: None,
+    let mut r = Request::set_link(index);
+    if let Request::SetLink { up, .. } = &mut r {
+        *up = Some(true);
     }
+    r
 }
 
 /// The host end of a port, attached to bridge `master` (0: released).

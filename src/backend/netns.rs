@@ -11,7 +11,7 @@
 use std::ffi::CString;
 use std::fs::{File, OpenOptions};
 use std::io;
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
@@ -307,14 +307,43 @@ pub fn enter(name: &str) -> Result<(), NetnsError> {
 /// `f` panics (the panic is resumed after switching back).
 pub fn with_netns<T>(name: &str, f: impl FnOnce() -> T) -> Result<T, NetnsError> {
     let target = open(name)?;
-    let home: OwnedFd = File::open("/proc/thread-self/ns/net")
-        .map_err(|e| NetnsError::sys("open the current network namespace", e))?
-        .into();
-    setns(&target).map_err(|e| NetnsError::sys(format!("enter network namespace {name}"), e))?;
+    with_netns_fd(target.as_fd(), name, f)
+}
+
+/// [`with_netns`] for the namespace `target` refers to (`what` names it in errors); runs
+/// `f` right here when the thread is in that namespace already.
+pub fn with_netns_fd<T>(
+    target: std::os::fd::BorrowedFd<'_>,
+    what: &str,
+    f: impl FnOnce() -> T,
+) -> Result<T, NetnsError> {
+    use std::os::unix::fs::MetadataExt;
+    let home = File::open("/proc/thread-self/ns/net")
+        .map_err(|e| NetnsError::sys("open the current network namespace", e))?;
+    let target_file = File::from(
+        target
+            .try_clone_to_owned()
+            .map_err(|e| NetnsError::sys("duplicate a namespace descriptor", e))?,
+    );
+    let same = match (home.metadata(), target_file.metadata()) {
+        (Ok(a), Ok(b)) => a.dev() == b.dev() && a.ino() == b.ino(),
+        _ => false,
+    };
+    if same {
+        return Ok(f());
+    }
+    let home: OwnedFd = home.into();
+    // SAFETY: plain syscall on a descriptor the caller holds.
+    if unsafe { libc::setns(target.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+        return Err(NetnsError::sys(
+            format!("enter network namespace {what}"),
+            last_err(),
+        ));
+    }
     let res = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
     if let Err(e) = setns(&home) {
         // Carrying on in the wrong namespace could touch the wrong interfaces.
-        eprintln!("fatal: cannot switch back from network namespace {name}: {e}");
+        eprintln!("fatal: cannot switch back from network namespace {what}: {e}");
         std::process::abort();
     }
     match res {

@@ -1934,33 +1934,12 @@ impl Tc {
     /// [`crate::backend::sysctl::disable_ipv6`] in this client's network namespace (sysctls
     /// are written in the calling thread's).
     fn disable_ipv6(&self, dev: &str) -> Result<(), String> {
-        use std::os::unix::fs::MetadataExt;
-        let same = |a: &File, b: &File| match (a.metadata(), b.metadata()) {
-            (Ok(x), Ok(y)) => x.dev() == y.dev() && x.ino() == y.ino(),
-            _ => false,
-        };
-        let home = File::open("/proc/thread-self/ns/net")
-            .map_err(|e| format!("open the current network namespace: {e}"))?;
-        if same(&home, &self.netns) {
-            return crate::backend::sysctl::disable_ipv6(dev).map_err(|e| e.to_string());
-        }
-        // SAFETY: plain syscalls on descriptors we hold.
-        if unsafe { libc::setns(self.netns.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
-            return Err(format!(
-                "enter network namespace: {}",
-                io::Error::last_os_error()
-            ));
-        }
-        let res = crate::backend::sysctl::disable_ipv6(dev).map_err(|e| e.to_string());
-        // SAFETY: as above.
-        if unsafe { libc::setns(home.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
-            eprintln!(
-                "fatal: cannot switch back to the original network namespace: {}",
-                io::Error::last_os_error()
-            );
-            std::process::abort();
-        }
-        res
+        use std::os::fd::AsFd;
+        crate::backend::netns::with_netns_fd(self.netns.as_fd(), "of the tc client", || {
+            crate::backend::sysctl::disable_ipv6(dev)
+        })
+        .map_err(|e| e.to_string())?
+        .map_err(|e| e.to_string())
     }
 
     /// The scheduler clock factors this client computes with.

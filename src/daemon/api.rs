@@ -150,7 +150,8 @@ fn read_request(s: &mut UnixStream) -> Option<RawRequest> {
 }
 
 /// The JSON object a request stands for: its JSON body, or for a YAML body, `spec` (the body)
-/// with the query's fields (numbers where they read as numbers).
+/// with the query's fields, as strings (a file named `007` stays `007`: [`number`] reads a
+/// numeric field from either form).
 fn request_body(raw: RawRequest) -> Result<Value, String> {
     let yaml = raw.content_type.starts_with("application/yaml")
         || raw.content_type.starts_with("text/yaml");
@@ -165,16 +166,19 @@ fn request_body(raw: RawRequest) -> Result<Value, String> {
     if let Some((_, query)) = raw.target.split_once('?') {
         for pair in query.split('&').filter(|p| !p.is_empty()) {
             let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-            let (k, v) = (percent_decode(k)?, percent_decode(v)?);
-            let v = match v.parse::<u64>() {
-                Ok(n) => json!(n),
-                Err(_) => json!(v),
-            };
-            obj.insert(k, v);
+            obj.insert(percent_decode(k)?, Value::String(percent_decode(v)?));
         }
     }
     obj.insert("spec".into(), Value::String(spec));
     Ok(Value::Object(obj))
+}
+
+/// A numeric field of a request: a JSON number, or a string of digits (the YAML form's query).
+pub fn number(body: &Value, field: &str) -> Option<u64> {
+    match &body[field] {
+        Value::String(s) => s.parse().ok(),
+        v => v.as_u64(),
+    }
 }
 
 fn percent_encode(s: &str) -> String {
@@ -373,8 +377,14 @@ mod tests {
         let v = request_body(raw(&target, "application/yaml", "version: 1\n")).unwrap();
         assert_eq!(
             v,
-            json!({ "spec": "version: 1\n", "source": source, "fail_after": 3 })
+            json!({ "spec": "version: 1\n", "source": source, "fail_after": "3" })
         );
+        assert_eq!(number(&v, "fail_after"), Some(3));
+        assert_eq!(number(&json!({ "fail_after": 3 }), "fail_after"), Some(3));
+        assert_eq!(number(&v, "confirm_within"), None);
+        // A name of digits stays a name.
+        let v = request_body(raw("/v1/apply?source=007", "application/yaml", "")).unwrap();
+        assert_eq!(v["source"], "007");
         let j = request_body(raw("/v1/apply", "application/json", r#"{"spec":"x"}"#)).unwrap();
         assert_eq!(j, json!({ "spec": "x" }));
         assert_eq!(request_body(raw("/v1/x", "", "")).unwrap(), Value::Null);

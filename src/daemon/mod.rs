@@ -255,7 +255,7 @@ fn apply_request(sh: &Shared, body: &Value) -> api::Response {
         return api::Response::error(400, "body needs \"spec\"");
     };
     let source = body["source"].as_str().unwrap_or("(api)").to_string();
-    let confirm = body["confirm_within"].as_u64();
+    let confirm = api::number(body, "confirm_within");
     // The notification cache is brought up to date while the spec is parsed: the two do not
     // depend on each other, and the client waits for both. (An error here shows again, and
     // is reported, when the plan reads the cache.)
@@ -293,7 +293,7 @@ fn apply_request(sh: &Shared, body: &Value) -> api::Response {
         Err(e) => return api::Response::error(500, e.to_string()),
     };
     let action = body["action"].as_str().unwrap_or("apply");
-    let fail_after = body["fail_after"].as_u64().map(|k| k as usize);
+    let fail_after = api::number(body, "fail_after").map(|k| k as usize);
     if let Err(e) = engine::execute(&p, action, &hash, fail_after) {
         return invalid_response(e);
     }

@@ -214,9 +214,6 @@ struct Chain {
     name: String,
     hook: Option<String>,
     rules: Vec<String>,
-    /// Rules that already have their hashes, placed before `rules`: the firewall chains of
-    /// ports with the same policy share them.
-    hashed: Vec<NftRule>,
 }
 
 impl Chain {
@@ -225,7 +222,6 @@ impl Chain {
             name: name.to_string(),
             hook: Some(hook_line(ty, hook, priority, true)),
             rules: Vec::new(),
-            hashed: Vec::new(),
         }
     }
     fn regular(name: String) -> Chain {
@@ -233,7 +229,6 @@ impl Chain {
             name,
             hook: None,
             rules: Vec::new(),
-            hashed: Vec::new(),
         }
     }
 }
@@ -375,9 +370,29 @@ fn firewall_chain(name: String, port: &Port, dir: &FirewallDirection, inbound: b
     c
 }
 
-/// Per-port firewalls: a chain per port and direction, found through maps keyed by the VM's
-/// address (anti-spoofing makes the source address a reliable name for the port), so the
-/// per-packet cost is one lookup however many ports there are.
+/// Whether a direction's chain can serve every port with the same policy: its rules hold no
+/// state of their own (a connection limit, a rate limit or a log prefix is per port).
+fn shareable(d: &FirewallDirection) -> bool {
+    d.rules
+        .iter()
+        .all(|r| !r.log && r.connlimit.is_none() && r.rate.is_none())
+}
+
+/// The name of a chain shared by the ports of one policy: named by its rules, so a changed
+/// policy is a new chain and the ports move to it in one transaction. No port's own chain
+/// can have this name (`in-`/`out-` and a port name).
+fn shared_chain_name(inbound: bool, rules: &[String]) -> String {
+    let word = if inbound { "fw-in-" } else { "fw-out-" };
+    format!("{word}{:016x}", fnv1a(rules.join("\n").as_bytes()))
+}
+
+/// Per-port firewalls: a chain per policy and direction, found through maps keyed by the
+/// VM's address (anti-spoofing makes the source address a reliable name for the port), so
+/// the per-packet cost is one lookup however many ports there are. Ports with the same
+/// policy share its chain (`fw-in-HASH`): adding such a port adds one map element and no
+/// rule, and the ruleset does not grow a chain per port. A policy whose rules keep state
+/// per port (connection limits, rate limits, log prefixes) gets the port's own chain
+/// (`in-PORT`, `out-PORT`).
 fn firewall_parts(spec: &Spec) -> (Vec<Set>, Vec<Chain>) {
     let mut fw_in = Set {
         name: "fw_in".into(),
@@ -392,37 +407,10 @@ fn firewall_parts(spec: &Spec) -> (Vec<Set>, Vec<Chain>) {
     let mut port_sets: BTreeMap<String, Vec<String>> = BTreeMap::new();
     let mut seen: Vec<&FirewallDirection> = Vec::new();
     let mut chains = Vec::new();
-    // Most ports of a host share a few policies; a chain's rules depend on its port only
-    // through log prefixes. The rules of recent policies are kept with their hashes.
-    let mut recent: Vec<(&FirewallDirection, bool, Vec<NftRule>)> = Vec::new();
-    fn chain<'a>(
-        recent: &mut Vec<(&'a FirewallDirection, bool, Vec<NftRule>)>,
-        name: String,
-        p: &Port,
-        d: &'a FirewallDirection,
-        inbound: bool,
-    ) -> Chain {
-        if d.rules.iter().any(|r| r.log) {
-            return firewall_chain(name, p, d, inbound);
-        }
-        let mut c = Chain::regular(name);
-        c.hashed = match recent.iter().find(|r| r.1 == inbound && r.0 == d) {
-            Some(r) => r.2.clone(),
-            None => {
-                let rules: Vec<NftRule> = firewall_chain(String::new(), p, d, inbound)
-                    .rules
-                    .into_iter()
-                    .map(NftRule::new)
-                    .collect();
-                if recent.len() == 8 {
-                    recent.remove(0);
-                }
-                recent.push((d, inbound, rules.clone()));
-                rules
-            }
-        };
-        c
-    }
+    // Shared chains: the names made so far, and the last few policies met with the chain
+    // each jumps to (most ports of a host share a few policies, met again and again).
+    let mut shared: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    let mut recent: Vec<(&FirewallDirection, bool, String)> = Vec::new();
     for vm in spec.vms.values() {
         for p in &vm.ports {
             let (Some(fw), Some(addr)) = (&p.firewall, p.ipv4) else {
@@ -451,19 +439,47 @@ fn firewall_parts(spec: &Spec) -> (Vec<Set>, Vec<Chain>) {
                     }
                 }
             }
-            if let Some(d) = &fw.inbound {
-                let name = concat(&["in-", &p.name]);
-                fw_in
-                    .elements
-                    .push(concat(&[&ipv4_text(addr.addr), " : jump ", &name]));
-                chains.push(chain(&mut recent, name, p, d, true));
-            }
-            if let Some(d) = &fw.outbound {
-                let name = concat(&["out-", &p.name]);
-                fw_out
-                    .elements
-                    .push(concat(&[&ipv4_text(addr.addr), " : jump ", &name]));
-                chains.push(chain(&mut recent, name, p, d, false));
+            for (d, inbound) in [(&fw.inbound, true), (&fw.outbound, false)] {
+                let Some(d) = d else { continue };
+                let (map, own) = if inbound {
+                    (&mut fw_in, "in-")
+                } else {
+                    (&mut fw_out, "out-")
+                };
+                let target = if !shareable(d) {
+                    let name = concat(&[own, &p.name]);
+                    chains.push(firewall_chain(name.clone(), p, d, inbound));
+                    name
+                } else if let Some(r) = recent.iter().find(|r| r.1 == inbound && r.0 == d) {
+                    r.2.clone()
+                } else {
+                    let mut c = firewall_chain(String::new(), p, d, inbound);
+                    c.name = shared_chain_name(inbound, &c.rules);
+                    let name = c.name.clone();
+                    match shared.get(&name) {
+                        None => {
+                            shared.insert(name.clone(), c.rules.clone());
+                            chains.push(c);
+                        }
+                        Some(rules) if *rules == c.rules => {}
+                        // Two policies whose rules hash alike: this one keeps its own chain.
+                        Some(_) => {
+                            c.name = concat(&[own, &p.name]);
+                            let name = c.name.clone();
+                            chains.push(c);
+                            map.elements
+                                .push(concat(&[&ipv4_text(addr.addr), " : jump ", &name]));
+                            continue;
+                        }
+                    }
+                    if recent.len() == 8 {
+                        recent.remove(0);
+                    }
+                    recent.push((d, inbound, name.clone()));
+                    name
+                };
+                map.elements
+                    .push(concat(&[&ipv4_text(addr.addr), " : jump ", &target]));
             }
         }
     }
@@ -665,11 +681,7 @@ fn build_chains(family: &str, chains: Vec<Chain>) -> impl Iterator<Item = (Strin
                 family: family.to_string(),
                 name: c.name,
                 hook: c.hook,
-                rules: c
-                    .hashed
-                    .into_iter()
-                    .chain(c.rules.into_iter().map(NftRule::new))
-                    .collect(),
+                rules: c.rules.into_iter().map(NftRule::new).collect(),
             },
         )
     })
@@ -695,7 +707,7 @@ pub fn table_for(spec: &Spec) -> Option<NftTable> {
     let (isets, ichains) = inet_parts(spec);
     let inet: Vec<Chain> = ichains
         .into_iter()
-        .filter(|c| !c.rules.is_empty() || !c.hashed.is_empty())
+        .filter(|c| !c.rules.is_empty())
         .collect();
     let (bsets, bchains) = bridge_parts(spec);
     if inet.is_empty() && bchains.is_empty() {

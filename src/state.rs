@@ -501,12 +501,12 @@ pub struct Alias {
 
 /// Whether kvmnet wrote this alias: exactly when [`parse_alias`] reads it.
 pub fn is_kvmnet_alias(alias: &str) -> bool {
-    alias.split_whitespace().next() == Some(MARK)
+    alias.split_ascii_whitespace().next() == Some(MARK)
 }
 
 /// `None` when the alias is not kvmnet's.
 pub fn parse_alias(alias: &str) -> Option<Alias> {
-    let mut words = alias.split_whitespace();
+    let mut words = alias.split_ascii_whitespace();
     if words.next() != Some(MARK) {
         return None;
     }

@@ -1,6 +1,8 @@
 //! Adding or removing one port changes only that port's nftables objects: every other chain,
 //! rule and set keeps its kernel handle (a rewrite would renumber them all), connections of
-//! other ports carry on, and drift of a single element or chain is repaired on its own.
+//! other ports carry on, and drift of a single element or chain is repaired on its own. Ports
+//! with one policy share its chain; a port with a policy of per-port state (here a log prefix)
+//! has its own.
 
 mod common;
 use common::*;
@@ -51,6 +53,7 @@ fn listing(host: &str) -> String {
 
 fn spec(a: &str, b: &str, with_new: bool) -> String {
     let fw = "firewall: { inbound: { policy: drop, rules: [ { proto: tcp, ports: [5001] } ] } }";
+    let logged = "firewall: { inbound: { policy: drop, rules: [ { proto: tcp, ports: [5001], log: true } ] } }";
     let mut s = format!(
         r#"version: 1
 networks:
@@ -58,7 +61,7 @@ networks:
 vms:
   a: {{ ports: [ {{ network: n, name: ni-a, kind: veth, netns: {a}, ipv4: 10.66.0.10, {fw} }} ] }}
   b: {{ ports: [ {{ network: n, name: ni-b, kind: veth, netns: {b}, ipv4: 10.66.0.11, {fw} }} ] }}
-  c: {{ ports: [ {{ network: n, name: ni-c, ipv4: 10.66.0.12, {fw} }} ] }}
+  c: {{ ports: [ {{ network: n, name: ni-c, ipv4: 10.66.0.12, {logged} }} ] }}
 "#
     );
     if with_new {
@@ -94,7 +97,26 @@ fn one_port_changes_only_its_own_objects() {
     let plus = SpecFile::new(&spec(&a, &b, true));
     ns.kvmnet_ok(&["apply", base.path(), "--netns", &host]);
     let before = handles(&host);
-    assert!(before.contains_key("inet chain in-ni-a"), "{before:?}");
+    let text = listing(&host);
+    // a and b jump to their policy's chain; c, whose rule logs with its own prefix, to its own.
+    let shared = text
+        .split("10.66.0.10 : jump ")
+        .nth(1)
+        .and_then(|t| t.split([',', ' ', '\n']).next())
+        .expect("a's firewall element")
+        .to_string();
+    assert!(shared.starts_with("fw-in-"), "{text}");
+    assert!(
+        text.contains(&format!("10.66.0.11 : jump {shared}")),
+        "{text}"
+    );
+    assert!(text.contains("10.66.0.12 : jump in-ni-c"), "{text}");
+    assert!(
+        before.contains_key(&format!("inet chain {shared}")),
+        "{before:?}"
+    );
+    assert!(before.contains_key("inet chain in-ni-c"), "{before:?}");
+    assert!(!before.contains_key("inet chain in-ni-a"), "{before:?}");
     assert!(before.contains_key("bridge set port_mac"), "{before:?}");
 
     // A connection to port a, open across the changes that follow.
@@ -116,22 +138,24 @@ fn one_port_changes_only_its_own_objects() {
         .unwrap();
     std::thread::sleep(std::time::Duration::from_millis(500));
 
-    // Adding a port: the plan names its own chain and elements, nothing else of nftables.
+    // Adding a port of a known policy: the plan adds its set elements, and no chain or rule.
     let plan = ns.kvmnet_ok(&["plan", plus.path(), "--netns", &host]);
     let nft_lines: Vec<&str> = plan.lines().filter(|l| l.contains("nftables")).collect();
     assert!(!nft_lines.is_empty(), "{plan}");
     assert!(
-        nft_lines
-            .iter()
-            .all(|l| l.starts_with('+') && l.contains("ni-new")),
+        nft_lines.iter().all(|l| l.starts_with("+ nftables element")
+            && (l.contains("ni-new") || l.contains("10.66.0.20"))),
         "adding a port touches other nftables objects:\n{plan}"
     );
     ns.kvmnet_ok(&["apply", plus.path(), "--netns", &host]);
     let added = handles(&host);
     assert_kept(&before, &added, "adding a port");
-    assert!(added.contains_key("inet chain in-ni-new"), "{added:?}");
+    assert_eq!(added.len(), before.len(), "a chain, rule or set was added");
     let text = listing(&host);
-    assert!(text.contains("10.66.0.20 : jump in-ni-new"), "{text}");
+    assert!(
+        text.contains(&format!("10.66.0.20 : jump {shared}")),
+        "{text}"
+    );
     assert!(text.contains("\"ni-new\""), "{text}");
     let again = ns.kvmnet_ok(&["plan", plus.path(), "--netns", &host]);
     assert!(again.starts_with("No changes"), "{again}");
@@ -155,6 +179,24 @@ fn one_port_changes_only_its_own_objects() {
         "kept",
         "a connection of another port did not survive"
     );
+
+    // The shared chain holds for every port that jumps to it: a port it does not allow is
+    // dropped (a timeout, where a host without the firewall would refuse at once).
+    for (from, to) in [(&b, "10.66.0.10"), (&a, "10.66.0.11")] {
+        let out = std::process::Command::new("ip")
+            .args([
+                "netns", "exec", from, "python3", "-c",
+                &format!("import socket\ntry:\n  socket.create_connection(('{to}',5003),timeout=1.5); print('open')\nexcept TimeoutError: print('dropped')\nexcept ConnectionRefusedError: print('refused')\n"),
+            ])
+            .output()
+            .unwrap();
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout).trim(),
+            "dropped",
+            "{from} -> {to}:5003 got through the shared chain: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
 
     // Drift of one element and one chain: each repaired on its own.
     ok(&format!(
@@ -187,14 +229,14 @@ fn one_port_changes_only_its_own_objects() {
     assert!(again.starts_with("No changes"), "{again}");
 
     // A rule edited by hand (its comment gone) is drift too.
-    let rule = repaired["inet rule in-ni-a 1"].clone();
+    let rule = repaired[&format!("inet rule {shared} 1")].clone();
     ok(&format!(
-        "ip netns exec {host} nft replace rule inet kvmnet in-ni-a handle {rule} ct state established,related return"
+        "ip netns exec {host} nft replace rule inet kvmnet {shared} handle {rule} ct state established,related return"
     ));
     let plan = ns.kvmnet_ok(&["plan", base.path(), "--netns", &host]);
     assert!(
         plan.lines()
-            .any(|l| l.starts_with("~ nftables chain inet in-ni-a")),
+            .any(|l| l.starts_with(&format!("~ nftables chain inet {shared}"))),
         "{plan}"
     );
     ns.kvmnet_ok(&["apply", base.path(), "--netns", &host]);

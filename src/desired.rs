@@ -5,7 +5,9 @@
 //! guest namespaces that already exist, sysctls' current values. Conflicts with foreign objects
 //! come back as errors that point into the spec, like validation errors.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
+
+use foldhash::{HashMap, HashMapExt, HashSet};
 
 use crate::backend::tc::FLOOR_CLASS_MIN;
 use crate::nft;
@@ -1310,8 +1312,7 @@ pub fn observed_owned(snap: &Snapshot) -> HostState {
     let mut st = HostState::default();
     // Built at the end in one pass: cheaper than thousands of inserts into the map.
     let mut port_links: Vec<(String, PortLink)> = Vec::with_capacity(snap.links.len());
-    let names: std::collections::HashSet<&str> =
-        snap.links.iter().map(|l| l.name.as_str()).collect();
+    let names: HashSet<&str> = snap.links.iter().map(|l| l.name.as_str()).collect();
     for l in &snap.links {
         let Some(mut alias) = l.alias.as_deref().and_then(parse_alias) else {
             continue;

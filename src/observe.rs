@@ -2,7 +2,9 @@
 //! runs in, guest namespaces of interest, kvmnet's own nftables table, sysctls of interest.
 //! Read-only: observing never changes anything.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
+
+use foldhash::HashMap;
 
 use crate::backend::netlink::{BondOptions, LinkInfo, Netlink, NetlinkError};
 use crate::backend::{netns, nftables, sysctl, tap};

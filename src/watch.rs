@@ -11,7 +11,9 @@
 //! read whole again: that also catches the rare change the kernel does not announce (the
 //! owner of a macvtap's character device).
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
+
+use foldhash::{HashMap, HashMapExt};
 use std::time::{Duration, Instant};
 
 use crate::backend::events::{Changes, Events};

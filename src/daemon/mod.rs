@@ -256,22 +256,26 @@ fn apply_request(sh: &Shared, body: &Value) -> api::Response {
     };
     let source = body["source"].as_str().unwrap_or("(api)").to_string();
     let confirm = api::number(body, "confirm_within");
-    // The notification cache is brought up to date while the spec is parsed: the two do not
-    // depend on each other, and the client waits for both. (An error here shows again, and
-    // is reported, when the plan reads the cache.)
-    let parsed = std::thread::scope(|scope| {
+    // The notification cache is brought up to date, and the text hashed for the audit log,
+    // while the spec is parsed: none depends on another, and the client waits for all. (An
+    // error here shows again, and is reported, when the plan reads the cache.)
+    let (parsed, hash) = std::thread::scope(|scope| {
         let refresh = scope.spawn(|| {
+            let hash = engine::spec_hash(text.as_bytes());
             if let Some(w) = sh.watch.lock().expect("lock").as_mut() {
                 let _ = w.refresh();
             }
+            hash
         });
         let parsed = engine::parse_cached(
             &mut sh.specs.lock().expect("lock"),
             &source,
             text.as_bytes(),
         );
-        let _ = refresh.join();
-        parsed
+        let hash = refresh
+            .join()
+            .unwrap_or_else(|_| engine::spec_hash(text.as_bytes()));
+        (parsed, hash)
     });
     let spec = match parsed {
         Ok(s) => s,
@@ -287,7 +291,6 @@ fn apply_request(sh: &Shared, body: &Value) -> api::Response {
         Ok(p) => p,
         Err(e) => return invalid_response(e),
     };
-    let hash = engine::spec_hash(text.as_bytes());
     let previous_state = match p.state_dir.load() {
         Ok(s) => s,
         Err(e) => return api::Response::error(500, e.to_string()),

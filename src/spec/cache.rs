@@ -13,6 +13,8 @@
 //! so error lists never depend on what was cached.
 
 use std::collections::HashMap;
+
+use foldhash::{HashSet, HashSetExt};
 use std::hash::{BuildHasherDefault, Hasher};
 
 use super::model::Loc;
@@ -342,7 +344,7 @@ fn split(text: &str) -> Option<Layout<'_>> {
         }
     }
     let indent = indent?;
-    let mut seen = std::collections::HashSet::with_capacity(starts.len());
+    let mut seen = HashSet::with_capacity(starts.len());
     if !starts.iter().all(|(_, name)| seen.insert(*name)) {
         return None;
     }

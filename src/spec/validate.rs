@@ -6,7 +6,9 @@
 //! uplinks, forwarding). A value that failed to parse is simply absent in the second pass,
 //! so one mistake gives one error, not a cascade.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
+
+use foldhash::{HashMap, HashMapExt};
 use std::net::Ipv4Addr;
 
 use super::SpecError;

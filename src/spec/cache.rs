@@ -13,9 +13,9 @@
 //! so error lists never depend on what was cached.
 
 use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hasher};
 
 use foldhash::{HashSet, HashSetExt};
-use std::hash::{BuildHasherDefault, Hasher};
 
 use super::model::Loc;
 use super::validate::{self, Ctx, Head, Locs, PortDraft, VmContext};

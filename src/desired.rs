@@ -26,6 +26,8 @@ use crate::state::{
 pub const IP_FORWARD: &str = "net.ipv4.ip_forward";
 /// Per-port firewalls see bridged traffic only when the bridge hands it to the IP hooks.
 pub const BRIDGE_NF: &str = "net.bridge.bridge-nf-call-iptables";
+/// The same for bridged IPv6: firewalls cover both families.
+pub const BRIDGE_NF6: &str = "net.bridge.bridge-nf-call-ip6tables";
 const DEFAULT_MTU: u32 = 1500;
 
 fn is_ours(l: &LinkSnap) -> bool {
@@ -297,6 +299,7 @@ pub fn managed_sysctls(spec: &Spec) -> BTreeMap<String, String> {
         .any(|p| p.firewall.is_some())
     {
         out.insert(BRIDGE_NF.to_string(), "1".to_string());
+        out.insert(BRIDGE_NF6.to_string(), "1".to_string());
     }
     for (k, v) in &spec.host.sysctl {
         out.insert(k.clone(), normalize_sysctl(v));

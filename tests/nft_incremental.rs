@@ -144,7 +144,10 @@ fn one_port_changes_only_its_own_objects() {
     assert!(!nft_lines.is_empty(), "{plan}");
     assert!(
         nft_lines.iter().all(|l| l.starts_with("+ nftables element")
-            && (l.contains("ni-new") || l.contains("10.66.0.20"))),
+            && (l.contains("ni-new")
+                || l.contains("10.66.0.20")
+                // The new port's link-local address, to its policy's chain.
+                || (l.contains("in_policy6 fe80::") && l.contains(&shared)))),
         "adding a port touches other nftables objects:\n{plan}"
     );
     ns.kvmnet_ok(&["apply", plus.path(), "--netns", &host]);

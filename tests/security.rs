@@ -48,11 +48,13 @@ fn raw(ns: &str, args: &str) {
     let _ = std::fs::remove_file(path);
 }
 
-/// Listens on UDP port 68 in `ns` while `send` runs; returns whether anything arrived.
-fn udp68_receives(ns: &str, send: impl FnOnce()) -> bool {
-    let script = "import socket\ns=socket.socket(socket.AF_INET,socket.SOCK_DGRAM)\ns.setsockopt(socket.SOL_SOCKET,socket.SO_REUSEADDR,1)\ns.setsockopt(socket.SOL_SOCKET,socket.SO_BROADCAST,1)\ns.bind(('0.0.0.0',68))\ns.settimeout(2)\ntry:\n  s.recvfrom(100); print('GOT')\nexcept socket.timeout:\n  print('NONE')\n";
+/// Listens on UDP `port` in `ns` while `send` runs; returns whether anything arrived.
+fn udp_receives(ns: &str, port: u16, send: impl FnOnce()) -> bool {
+    let script = format!(
+        "import socket\ns=socket.socket(socket.AF_INET,socket.SOCK_DGRAM)\ns.setsockopt(socket.SOL_SOCKET,socket.SO_REUSEADDR,1)\ns.setsockopt(socket.SOL_SOCKET,socket.SO_BROADCAST,1)\ns.bind(('0.0.0.0',{port}))\ns.settimeout(2)\ntry:\n  s.recvfrom(100); print('GOT')\nexcept socket.timeout:\n  print('NONE')\n"
+    );
     let child = std::process::Command::new("ip")
-        .args(["netns", "exec", ns, "python3", "-c", script])
+        .args(["netns", "exec", ns, "python3", "-c", &script])
         .stdout(std::process::Stdio::piped())
         .spawn()
         .unwrap();
@@ -144,13 +146,22 @@ vms:
         "host learnt the attacker's claim: {host_gw}"
     );
 
-    // A rogue DHCP server: its offers never reach another guest; other broadcasts do.
+    // A rogue DHCP server: its offers never reach another guest, from port 67 or any other
+    // (clients look only at the destination port); other broadcasts do.
+    for sport in [67, 1067] {
+        assert!(
+            !udp_receives(&b, 68, || raw(
+                &m,
+                &format!("udp {mmac} 10.61.0.12 {sport} 68")
+            )),
+            "rogue DHCP from port {sport} passed"
+        );
+    }
     assert!(
-        !udp68_receives(&b, || raw(&m, &format!("udp {mmac} 10.61.0.12 67 68"))),
-        "rogue DHCP passed"
-    );
-    assert!(
-        udp68_receives(&b, || raw(&m, &format!("udp {mmac} 10.61.0.12 5000 68"))),
+        udp_receives(&b, 5068, || raw(
+            &m,
+            &format!("udp {mmac} 10.61.0.12 5000 5068")
+        )),
         "control broadcast lost"
     );
 

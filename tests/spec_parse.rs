@@ -134,6 +134,8 @@ fn full_example() {
         bandwidth_bps: None,
         direct_mode: None,
         vlan: None,
+        host_access: vec![],
+        ipv6_prefixes: vec![],
     };
     let routed = Network {
         name: "routed1".into(),
@@ -157,6 +159,8 @@ fn full_example() {
         bandwidth_bps: None,
         direct_mode: None,
         vlan: None,
+        host_access: vec![],
+        ipv6_prefixes: vec![],
     };
     let hostonly = Network {
         name: "hostonly".into(),
@@ -173,6 +177,8 @@ fn full_example() {
         bandwidth_bps: None,
         direct_mode: None,
         vlan: None,
+        host_access: vec![],
+        ipv6_prefixes: vec![],
     };
     let lan = Network {
         name: "lan".into(),
@@ -189,6 +195,8 @@ fn full_example() {
         bandwidth_bps: None,
         direct_mode: None,
         vlan: None,
+        host_access: vec![],
+        ipv6_prefixes: vec![],
     };
     assert_eq!(
         spec.networks.keys().collect::<Vec<_>>(),

@@ -5,6 +5,7 @@ pub mod events;
 pub mod macvtap;
 pub mod netlink;
 pub mod netns;
+pub mod nft_words;
 pub mod nftables;
 pub mod sysctl;
 pub mod tap;

@@ -7,11 +7,11 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{self, Write as _};
-use std::net::Ipv4Addr;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::process::{Command, Stdio};
 
 use crate::backend::netlink::{Msg, attr_string, attrs, messages, parse_error};
+use crate::backend::nft_words::{key_text, set_type, typeof_comment, value_text};
 use crate::nft::{self, NftChain, NftChange, NftRule, NftSet, NftTable};
 
 #[derive(Debug, thiserror::Error)]
@@ -145,16 +145,10 @@ const NFTA_VERDICT_CODE: u16 = 1;
 const NFTA_VERDICT_CHAIN: u16 = 2;
 const NFT_SET_ANONYMOUS: u32 = 0x1;
 const NFT_SET_ELEM_INTERVAL_END: u32 = 0x1;
-/// The data type nft gives verdict maps' values.
-const NFT_DATA_VERDICT: u32 = 0xffff_ff00;
-/// libnftnl's user data: (type, length, value) triples; type 0 is the comment everywhere.
+/// libnftnl's user data of a rule or table: (type, length, value) triples; type 0 is the
+/// comment.
 const UDATA_COMMENT: u8 = 0;
-/// nft data types of the set keys kvmnet uses, and how concatenations combine them.
-const TYPE_IPADDR: u32 = 7;
-const TYPE_INET_SERVICE: u32 = 13;
-const TYPE_ETHERADDR: u32 = 9;
-const TYPE_IFNAME: u32 = 41;
-const TYPE_BITS: u32 = 6;
+const NFTA_SET_USERDATA: u16 = 13;
 
 fn be32(p: &[u8]) -> Option<u32> {
     Some(u32::from_be_bytes(p.get(..4)?.try_into().ok()?))
@@ -384,82 +378,6 @@ fn chain_hook(family: u8, p: &[u8]) -> Option<String> {
     Some(nft::hook_line(&ty, &hook_name(family, num), prio, accept))
 }
 
-fn type_names(mut ty: u32) -> Option<Vec<u32>> {
-    let mut v = Vec::new();
-    while ty != 0 {
-        v.push(ty & ((1 << TYPE_BITS) - 1));
-        ty >>= TYPE_BITS;
-    }
-    v.reverse();
-    (!v.is_empty()).then_some(v)
-}
-
-fn type_word(t: u32) -> Option<&'static str> {
-    match t {
-        TYPE_IPADDR => Some("ipv4_addr"),
-        TYPE_ETHERADDR => Some("ether_addr"),
-        TYPE_IFNAME => Some("ifname"),
-        TYPE_INET_SERVICE => Some("inet_service"),
-        _ => None,
-    }
-}
-
-/// A set's type in nft's words; `type N` for types kvmnet does not use.
-fn set_type(key: u32, data: Option<u32>) -> String {
-    let k = match type_names(key) {
-        Some(parts) => parts
-            .iter()
-            .map(|t| type_word(*t).map_or(format!("type {t}"), str::to_string))
-            .collect::<Vec<_>>()
-            .join(" . "),
-        None => format!("type {key}"),
-    };
-    match data {
-        Some(NFT_DATA_VERDICT) => format!("{k} : verdict"),
-        Some(d) => format!("{k} : type {d}"),
-        None => k,
-    }
-}
-
-/// A key in nft's words, field by field (each field padded to 4 bytes); hex when unknown.
-fn key_text(key: u32, v: &[u8]) -> String {
-    let hex = || v.iter().map(|b| format!("{b:02x}")).collect::<String>();
-    let Some(parts) = type_names(key) else {
-        return hex();
-    };
-    let mut out = Vec::new();
-    let mut at = 0;
-    let single = parts.len() == 1;
-    for t in parts {
-        let len = match t {
-            TYPE_IPADDR => 4,
-            TYPE_ETHERADDR => 6,
-            TYPE_IFNAME => 16,
-            TYPE_INET_SERVICE => 2,
-            _ => return hex(),
-        };
-        let Some(f) = v.get(at..at + len) else {
-            return hex();
-        };
-        out.push(match t {
-            TYPE_IPADDR => Ipv4Addr::new(f[0], f[1], f[2], f[3]).to_string(),
-            TYPE_INET_SERVICE => u16::from_be_bytes([f[0], f[1]]).to_string(),
-            TYPE_ETHERADDR => f
-                .iter()
-                .map(|b| format!("{b:02x}"))
-                .collect::<Vec<_>>()
-                .join(":"),
-            _ => format!("\"{}\"", attr_string(f)),
-        });
-        // Fields of a concatenation are padded to 4 bytes; a key of one field is not.
-        at += if single { len } else { len.div_ceil(4) * 4 };
-    }
-    if at != v.len() {
-        return hex();
-    }
-    out.join(" . ")
-}
-
 fn verdict_text(p: &[u8]) -> String {
     let code = attr(p, NFTA_VERDICT_CODE).and_then(be32).map(|c| c as i32);
     let chain = attr(p, NFTA_VERDICT_CHAIN).map(attr_string);
@@ -474,7 +392,8 @@ fn verdict_text(p: &[u8]) -> String {
     }
 }
 
-fn elements(key: u32, dumps: &[Vec<u8>]) -> BTreeSet<String> {
+/// The elements in set-element messages of a set of type `ty`, in nft's words.
+fn elements(ty: &str, dumps: &[Vec<u8>]) -> BTreeSet<String> {
     let mut out = BTreeSet::new();
     for p in dumps {
         let Some(list) = attr(p, NFTA_SET_ELEM_LIST_ELEMENTS) else {
@@ -490,9 +409,12 @@ fn elements(key: u32, dumps: &[Vec<u8>]) -> BTreeSet<String> {
             let Some(k) = attr(e, NFTA_SET_ELEM_KEY).and_then(|k| attr(k, NFTA_DATA_VALUE)) else {
                 continue;
             };
-            let mut text = key_text(key, k);
-            if let Some(v) = attr(e, NFTA_SET_ELEM_DATA).and_then(|d| attr(d, NFTA_DATA_VERDICT)) {
+            let mut text = key_text(ty, k);
+            let data = attr(e, NFTA_SET_ELEM_DATA);
+            if let Some(v) = data.and_then(|d| attr(d, NFTA_DATA_VERDICT)) {
                 text = format!("{text} : {}", verdict_text(v));
+            } else if let Some(v) = data.and_then(|d| attr(d, NFTA_DATA_VALUE)) {
+                text = format!("{text} : {}", value_text(ty, v));
             }
             out.insert(text);
         }
@@ -514,8 +436,8 @@ struct FamilyRaw {
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 struct SetRaw {
-    key: u32,
-    data: Option<u32>,
+    /// In nft's words (see [`nft_words`]).
+    ty: String,
     flags: u32,
     elements: BTreeSet<String>,
 }
@@ -646,14 +568,18 @@ fn set_raw(
     let Some(name) = attr(p, NFTA_SET_NAME).map(attr_string) else {
         return Ok(None);
     };
-    let key = attr(p, NFTA_SET_KEY_TYPE).and_then(be32).unwrap_or(0);
-    let data = attr(p, NFTA_SET_DATA_TYPE).and_then(be32);
-    let elements = read_elements(sock, family, &name, key)?;
+    let ty = match attr(p, NFTA_SET_USERDATA).and_then(typeof_comment) {
+        Some(t) => t,
+        None => set_type(
+            attr(p, NFTA_SET_KEY_TYPE).and_then(be32).unwrap_or(0),
+            attr(p, NFTA_SET_DATA_TYPE).and_then(be32),
+        ),
+    };
+    let elements = read_elements(sock, family, &name, &ty)?;
     Ok(Some((
         name,
         SetRaw {
-            key,
-            data,
+            ty,
             flags,
             elements,
         },
@@ -664,7 +590,7 @@ fn read_elements(
     sock: &mut Socket,
     family: &str,
     set: &str,
-    key: u32,
+    ty: &str,
 ) -> Result<BTreeSet<String>, NftError> {
     let dumps = sock
         .dump(
@@ -677,7 +603,7 @@ fn read_elements(
             ],
         )?
         .unwrap_or_default();
-    Ok(elements(key, &dumps))
+    Ok(elements(ty, &dumps))
 }
 
 /// One named set, read again; `None` when it is gone (or anonymous).
@@ -701,13 +627,13 @@ fn read_set(sock: &mut Socket, family: &str, name: &str) -> Result<Option<SetRaw
 }
 
 /// The keys of the elements in a set-element message, in nft's words.
-fn element_keys(key: u32, body: &[u8]) -> Vec<String> {
+fn element_keys(ty: &str, body: &[u8]) -> Vec<String> {
     let Some(list) = attr(body, NFTA_SET_ELEM_LIST_ELEMENTS) else {
         return Vec::new();
     };
     attrs(list)
         .filter_map(|(_, e)| attr(e, NFTA_SET_ELEM_KEY).and_then(|k| attr(k, NFTA_DATA_VALUE)))
-        .map(|k| key_text(key, k))
+        .map(|k| key_text(ty, k))
         .collect()
 }
 
@@ -890,12 +816,12 @@ impl NftCache {
             };
             let op = if e.added {
                 ElementOp::Add(
-                    elements(set.key, std::slice::from_ref(&e.body))
+                    elements(&set.ty, std::slice::from_ref(&e.body))
                         .into_iter()
                         .collect(),
                 )
             } else {
-                ElementOp::Remove(element_keys(set.key, &e.body))
+                ElementOp::Remove(element_keys(&set.ty, &e.body))
             };
             op.apply(&mut set.elements);
             touched.elements.push((family, e.set.clone(), op));
@@ -979,7 +905,7 @@ impl NftCache {
                     }
                     NftObject::Elements(set) if !objs.contains(&&NftObject::Set(set.clone())) => {
                         if let Some(s) = raw.sets.get_mut(set.as_str()) {
-                            s.elements = read_elements(&mut sock, family, set, s.key)?;
+                            s.elements = read_elements(&mut sock, family, set, &s.ty)?;
                         }
                     }
                     _ => {}
@@ -1141,7 +1067,7 @@ fn set_of(family: &str, raw: &FamilyRaw, name: &str) -> Option<NftSet> {
     Some(NftSet {
         family: family.to_string(),
         name: name.to_string(),
-        ty: set_type(s.key, s.data),
+        ty: s.ty.clone(),
         elements: s.elements.clone(),
     })
 }
@@ -1234,27 +1160,4 @@ pub fn observe_from(
         read_texts(&mut t, which)?;
     }
     Ok(Some(t))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn keys_in_nft_words() {
-        let ifname_ether = (TYPE_IFNAME << TYPE_BITS) | TYPE_ETHERADDR;
-        assert_eq!(set_type(ifname_ether, None), "ifname . ether_addr");
-        assert_eq!(
-            set_type(TYPE_IPADDR, Some(NFT_DATA_VERDICT)),
-            "ipv4_addr : verdict"
-        );
-        let mut k = vec![0u8; 24];
-        k[..3].copy_from_slice(b"vm1");
-        k[16..22].copy_from_slice(&[0x52, 0x54, 0, 0xaa, 0, 0x10]);
-        assert_eq!(key_text(ifname_ether, &k), "\"vm1\" . 52:54:00:aa:00:10");
-        assert_eq!(key_text(TYPE_IPADDR, &[192, 0, 2, 1]), "192.0.2.1");
-        // A key of one field is not padded: a port is two bytes.
-        assert_eq!(key_text(TYPE_INET_SERVICE, &[0x14, 0x51]), "5201");
-        assert_eq!(set_type(TYPE_INET_SERVICE, None), "inet_service");
-    }
 }

@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 
 /// A position in the spec file, 1-based, as editors show it.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -83,6 +83,55 @@ impl std::str::FromStr for Ipv4Cidr {
     }
 }
 
+/// An IPv6 prefix (`2001:db8:7::/64`): the address keeps its host bits.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Ipv6Cidr {
+    pub addr: Ipv6Addr,
+    pub prefix: u8,
+}
+
+impl Ipv6Cidr {
+    /// The prefix with its host bits cleared.
+    pub fn network(&self) -> Ipv6Cidr {
+        let bits = u128::from(self.addr);
+        let mask = if self.prefix == 0 {
+            0
+        } else {
+            u128::MAX << (128 - u32::from(self.prefix))
+        };
+        Ipv6Cidr {
+            addr: Ipv6Addr::from(bits & mask),
+            prefix: self.prefix,
+        }
+    }
+}
+
+impl fmt::Display for Ipv6Cidr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.addr, self.prefix)
+    }
+}
+
+impl std::str::FromStr for Ipv6Cidr {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let (a, p) = s
+            .split_once('/')
+            .ok_or_else(|| format!("'{s}' is not an IPv6 prefix (like 2001:db8:7::/64)"))?;
+        let addr: Ipv6Addr = a
+            .parse()
+            .map_err(|_| format!("'{a}' is not an IPv6 address"))?;
+        let digits = !p.is_empty() && p.len() <= 3 && p.bytes().all(|b| b.is_ascii_digit());
+        let prefix: u8 = p
+            .parse()
+            .ok()
+            .filter(|_| digits && !(p.len() > 1 && p.starts_with('0')))
+            .filter(|p| *p <= 128)
+            .ok_or_else(|| format!("'{p}' is not a prefix length between 0 and 128"))?;
+        Ok(Ipv6Cidr { addr, prefix })
+    }
+}
+
 /// An Ethernet address.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
 pub struct Mac(pub [u8; 6]);
@@ -93,6 +142,25 @@ impl Mac {
     }
     pub fn is_zero(&self) -> bool {
         self.0 == [0; 6]
+    }
+
+    /// The modified EUI-64 interface identifier of this MAC (RFC 4291 appendix A): the
+    /// universal/local bit flipped, ff:fe in the middle.
+    pub fn eui64(&self) -> [u8; 8] {
+        let m = self.0;
+        [m[0] ^ 0x02, m[1], m[2], 0xff, 0xfe, m[3], m[4], m[5]]
+    }
+
+    /// The address SLAAC gives this MAC in a /64 `prefix` (its host bits are ignored).
+    pub fn slaac(&self, prefix: Ipv6Addr) -> Ipv6Addr {
+        let mut o = prefix.octets();
+        o[8..].copy_from_slice(&self.eui64());
+        Ipv6Addr::from(o)
+    }
+
+    /// The link-local address (fe80::/64) a guest forms from this MAC by EUI-64.
+    pub fn link_local(&self) -> Ipv6Addr {
+        self.slaac(Ipv6Addr::new(0xfe80, 0, 0, 0, 0, 0, 0, 0))
     }
 }
 
@@ -439,6 +507,13 @@ pub struct Network {
     pub direct_mode: Option<DirectMode>,
     /// `vlan` mode: the VLAN and the uplink that carries it.
     pub vlan: Option<Vlan>,
+    /// nat, routed and isolated networks: what guests may reach on the host besides DHCP
+    /// and ICMP echo to the gateway (`host_access`), as firewall rules; the rest is dropped.
+    pub host_access: Vec<FirewallRule>,
+    /// bridge, vlan and vxlan networks: the /64 prefixes the LAN's router announces
+    /// (`ipv6_prefixes`); a guarded port may use the SLAAC (EUI-64) address of its MAC in
+    /// each.
+    pub ipv6_prefixes: Vec<Ipv6Cidr>,
 }
 
 /// How macvtap ports on one uplink reach each other (the kernel's macvlan modes).
@@ -728,6 +803,24 @@ pub struct FirewallRule {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn eui64_addresses() {
+        let m: Mac = "52:54:00:12:34:56".parse().unwrap();
+        assert_eq!(m.link_local().to_string(), "fe80::5054:ff:fe12:3456");
+        let p: Ipv6Addr = "2001:db8:7::".parse().unwrap();
+        assert_eq!(m.slaac(p).to_string(), "2001:db8:7:0:5054:ff:fe12:3456");
+        let c: Ipv6Cidr = "2001:db8:7::1/64".parse().unwrap();
+        assert_eq!(c.network().to_string(), "2001:db8:7::/64");
+        for bad in [
+            "2001:db8::/129",
+            "2001:db8::",
+            "2001:db8::/064",
+            "10.0.0.0/8",
+        ] {
+            assert!(bad.parse::<Ipv6Cidr>().is_err(), "{bad}");
+        }
+    }
 
     #[test]
     fn mac_text() {

@@ -15,8 +15,8 @@ use super::SpecError;
 use super::model::{Bond, BondMode, LACP_RATES, Uplink, XMIT_HASH_POLICIES};
 use super::model::{
     Dhcp, DhcpRoute, DirectMode, Ethtool, Firewall, FirewallDirection, FirewallRule, Forward, Host,
-    Ipv4Cidr, Loc, LocMap, Mac, Mode, Network, Owner, Port, PortKind, Proto, Qos, RuleAction,
-    RuleProto, Shape, Spec, Trunk, Tuning, VLAN_ID_MAX, VXLAN_PORT, Vlan, Vm, Vxlan,
+    Ipv4Cidr, Ipv6Cidr, Loc, LocMap, Mac, Mode, Network, Owner, Port, PortKind, Proto, Qos,
+    RuleAction, RuleProto, Shape, Spec, Trunk, Tuning, VLAN_ID_MAX, VXLAN_PORT, Vlan, Vm, Vxlan,
 };
 use super::naming;
 use super::yaml::{Key, Kind, Node, index, join, show};
@@ -64,6 +64,8 @@ const NET_FIELDS: &[&str] = &[
     "bandwidth",
     "direct_mode",
     "vlan",
+    "host_access",
+    "ipv6_prefixes",
 ];
 const VXLAN_FIELDS: &[&str] = &["vni", "underlay", "remotes", "group", "port"];
 const VNI_MAX: i128 = 16_777_215;
@@ -639,6 +641,8 @@ pub(crate) struct NetDraft {
     vlan: Option<Vlan>,
     vlan_loc: Loc,
     vlan_uplink_loc: Loc,
+    host_access: Vec<FirewallRule>,
+    ipv6_prefixes: Vec<Ipv6Cidr>,
 }
 
 #[derive(Clone)]
@@ -1337,6 +1341,8 @@ fn read_network(cx: &mut Ctx, key: &Key, f: &Field) -> NetDraft {
         vlan: None,
         vlan_loc: key.loc,
         vlan_uplink_loc: key.loc,
+        host_access: Vec::new(),
+        ipv6_prefixes: Vec::new(),
     };
     let Some(o) = obj(
         cx,
@@ -1673,6 +1679,12 @@ fn read_network(cx: &mut Ctx, key: &Key, f: &Field) -> NetDraft {
         }
         _ => {}
     }
+    if let Some(hf) = o.get(cx, "host_access") {
+        d.host_access = read_host_access(cx, &hf, mode);
+    }
+    if let Some(pf) = o.get(cx, "ipv6_prefixes") {
+        d.ipv6_prefixes = read_ipv6_prefixes(cx, &pf, mode);
+    }
     if mode == Some(Mode::Vxlan) {
         if name_ok {
             d.vxlan = read_vxlan(cx, &o, &f.path, &key.text);
@@ -1692,6 +1704,74 @@ fn read_network(cx: &mut Ctx, key: &Key, f: &Field) -> NetDraft {
         }
     }
     d
+}
+
+/// `host_access`: what guests of a nat, routed or isolated network may reach on the host,
+/// as firewall rules. Bridge-mode (and other L2) networks are the LAN: the host is not
+/// behind them, so there is nothing to restrict.
+fn read_host_access(cx: &mut Ctx, f: &Field, mode: Option<Mode>) -> Vec<FirewallRule> {
+    if let Some(m) = mode.filter(|m| !matches!(m, Mode::Nat | Mode::Routed | Mode::Isolated)) {
+        cx.err(
+            &f.path,
+            f.loc(),
+            format!(
+                "host_access applies to nat, routed and isolated networks; a {} network is the LAN and guests reach the host there as any LAN host does (remove it)",
+                m.as_str()
+            ),
+        );
+        return Vec::new();
+    }
+    let Some(items) = list(cx, f, "a list of rules like { proto: tcp, ports: [22] }") else {
+        return Vec::new();
+    };
+    items.iter().filter_map(|i| read_rule(cx, i)).collect()
+}
+
+/// `ipv6_prefixes`: the /64 prefixes a LAN's router announces on a bridge, vlan or vxlan
+/// network, so the guard lets guarded ports use their SLAAC addresses in them.
+fn read_ipv6_prefixes(cx: &mut Ctx, f: &Field, mode: Option<Mode>) -> Vec<Ipv6Cidr> {
+    if let Some(m) = mode.filter(|m| !matches!(m, Mode::Bridge | Mode::Vlan | Mode::Vxlan)) {
+        let why = if m == Mode::Direct {
+            "direct ports are not guarded (macvtap bypasses the host's bridge)".to_string()
+        } else {
+            format!("on a {} network kvmnet is the router", m.as_str())
+        };
+        cx.err(
+            &f.path,
+            f.loc(),
+            format!(
+                "ipv6_prefixes applies to bridge, vlan and vxlan networks, whose router is on the LAN; {why} (remove it)"
+            ),
+        );
+        return Vec::new();
+    }
+    let Some(items) = list(cx, f, "a list of IPv6 /64 prefixes like 2001:db8:7::/64") else {
+        return Vec::new();
+    };
+    let mut out: Vec<Ipv6Cidr> = Vec::new();
+    for item in items {
+        let Some(t) = text(cx, &item, "an IPv6 /64 prefix like 2001:db8:7::/64") else {
+            continue;
+        };
+        match t.parse::<Ipv6Cidr>() {
+            Err(m) => cx.err(&item.path, item.loc(), m),
+            Ok(c) if c.prefix != 64 => cx.err(
+                &item.path,
+                item.loc(),
+                format!("{c} is not a /64: SLAAC addresses exist only in /64 prefixes"),
+            ),
+            Ok(c) if c.network() != c => cx.err(
+                &item.path,
+                item.loc(),
+                format!("{c} has host bits set; did you mean {}?", c.network()),
+            ),
+            Ok(c) if out.contains(&c) => {
+                cx.err(&item.path, item.loc(), format!("{c} is listed twice"))
+            }
+            Ok(c) => out.push(c),
+        }
+    }
+    out
 }
 
 /// The vxlan settings of a `mode: vxlan` network; `None` if any of them is wrong (each
@@ -3304,6 +3384,8 @@ fn build(
             vlan: n.vlan.clone(),
             bandwidth_bps: n.bandwidth.map(|b| b.0),
             direct_mode: n.direct_mode.map(|m| m.0),
+            host_access: n.host_access.clone(),
+            ipv6_prefixes: n.ipv6_prefixes.clone(),
             forwards: n
                 .forwards
                 .iter()

@@ -16,8 +16,12 @@ use std::fmt::Write as _;
 
 use serde::{Deserialize, Serialize};
 
+use crate::spec::Spec;
 use crate::spec::naming::fnv1a;
-use crate::spec::{FirewallDirection, Mode, Port, RuleAction, RuleProto, Spec};
+
+mod firewall;
+mod guard;
+mod networks;
 
 pub const FAMILY: &str = "inet";
 pub const BRIDGE_FAMILY: &str = "bridge";
@@ -83,6 +87,17 @@ pub struct NftSet {
 }
 
 impl NftSet {
+    /// The set's type as nft declares it: `type ifname . ether_addr`, or for keys read from
+    /// raw packet bytes `typeof iifname . @th,208,48` with that text as the comment too
+    /// (observation reads the type back from the comment).
+    fn declaration(&self) -> String {
+        if self.ty.starts_with("typeof ") {
+            format!("{}; comment \"{}\"", self.ty, self.ty)
+        } else {
+            format!("type {}", self.ty)
+        }
+    }
+
     fn keyword(&self) -> &'static str {
         if self.ty.contains(" : ") {
             "map"
@@ -178,7 +193,13 @@ impl NftTable {
                 render_chain(&mut t, c);
             }
             for s in self.sets.values().filter(|s| s.family == fam) {
-                let _ = writeln!(t, "\t{} {} {{\n\t\ttype {}", s.keyword(), s.name, s.ty);
+                let _ = writeln!(
+                    t,
+                    "\t{} {} {{\n\t\t{}",
+                    s.keyword(),
+                    s.name,
+                    s.declaration()
+                );
                 if !s.elements.is_empty() {
                     let e: Vec<&str> = s.elements.iter().map(String::as_str).collect();
                     let _ = writeln!(t, "\t\telements = {{ {} }}", e.join(", "));
@@ -210,25 +231,18 @@ fn render_chain(t: &mut String, c: &NftChain) {
 }
 
 /// A chain being built: rules as text until they get their hashes.
-struct Chain {
+pub(crate) struct Chain {
     name: String,
     hook: Option<String>,
     rules: Vec<String>,
 }
 
 impl Chain {
-    fn base(name: &'static str, ty: &str, hook: &str, priority: i32) -> Chain {
-        Chain {
-            name: name.to_string(),
-            hook: Some(hook_line(ty, hook, priority, true)),
-            rules: Vec::new(),
-        }
-    }
-    fn regular(name: String) -> Chain {
+    pub(crate) fn regular(name: String, rules: Vec<String>) -> Chain {
         Chain {
             name,
             hook: None,
-            rules: Vec::new(),
+            rules,
         }
     }
 }
@@ -239,497 +253,179 @@ pub fn hook_line(ty: &str, hook: &str, priority: i32, accept: bool) -> String {
     format!("type {ty} hook {hook} priority {priority}; policy {policy};")
 }
 
-/// A named set with its type and elements.
-struct Set {
+/// A named set or map with its type and elements. A `typeof` type (keys read from raw
+/// packet bytes) is also written as the set's comment: the kernel keeps only the key's
+/// width, and the comment is how observation gets the type back.
+pub(crate) struct Set {
     name: std::borrow::Cow<'static, str>,
     ty: &'static str,
     elements: Vec<String>,
 }
 
-/// The named set a rule's list of single ports lives in, with its elements: one set for every
-/// rule with that list (on any port), where an anonymous set would be one per rule. That
-/// keeps a 1,000-port table to a handful of sets, which matters because `nft` reads every
-/// set of the ruleset before it changes anything. Lists with ranges keep anonymous sets.
-fn port_set(proto: &str, ports: &[(u16, u16)]) -> Option<(String, Vec<String>)> {
-    if ports.len() < 2 || ports.iter().any(|(a, b)| a != b) {
-        return None;
+impl Set {
+    pub(crate) fn new(name: &'static str, ty: &'static str) -> Set {
+        Set {
+            name: name.into(),
+            ty,
+            elements: Vec::new(),
+        }
     }
-    let mut list: Vec<u16> = ports.iter().map(|(a, _)| *a).collect();
-    list.sort_unstable();
-    list.dedup();
-    let elements: Vec<String> = list.iter().map(u16::to_string).collect();
-    let name = format!(
-        "{proto}_ports_{:016x}",
-        fnv1a(elements.join(",").as_bytes())
-    );
-    Some((name, elements))
+
+    fn named(name: String, ty: &'static str, elements: Vec<String>) -> Set {
+        Set {
+            name: name.into(),
+            ty,
+            elements,
+        }
+    }
 }
 
-fn rule_matches(r: &crate::spec::FirewallRule) -> String {
-    let mut m = Vec::new();
-    if let Some(f) = r.from {
-        m.push(format!("ip saddr {f}"));
-    }
-    if let Some(t) = r.to {
-        m.push(format!("ip daddr {t}"));
-    }
-    let l4 = match r.proto {
-        RuleProto::Tcp => Some("tcp"),
-        RuleProto::Udp => Some("udp"),
-        RuleProto::Icmp => None,
-        RuleProto::Any => None,
-    };
-    if let Some(p) = l4 {
-        if r.ports.is_empty() {
-            m.push(format!("meta l4proto {p}"));
-        } else {
-            if let Some((set, _)) = port_set(p, &r.ports) {
-                m.push(format!("{p} dport @{set}"));
-            } else {
-                let ports: Vec<String> = r
-                    .ports
-                    .iter()
-                    .map(|(a, b)| {
-                        if a == b {
-                            a.to_string()
-                        } else {
-                            format!("{a}-{b}")
-                        }
-                    })
-                    .collect();
-                m.push(format!("{p} dport {{ {} }}", ports.join(", ")));
-            }
-        }
-    }
-    if r.proto == RuleProto::Icmp {
-        if r.icmp_types.is_empty() {
-            m.push("meta l4proto icmp".into());
-        } else {
-            m.push(format!("icmp type {{ {} }}", r.icmp_types.join(", ")));
-        }
-    }
-    m.join(" ")
+/// The hooks of kvmnet's base chains. Each feature adds rules to them; within one base
+/// chain the features' rules come in the order of [`table_for`]'s feature list.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub(crate) enum Base {
+    /// bridge, before anything is learnt or forwarded: the guard, the source port's mark.
+    BridgePre,
+    /// bridge forward, before br_netfilter hands bridged IP to the inet hooks (priority -1):
+    /// the destination port's mark.
+    BridgeForward,
+    /// bridge, on the way out: marks of ours that no inet hook consumed are cleared.
+    BridgePost,
+    /// inet prerouting after conntrack and DNAT: firewalls of traffic from VM ports.
+    InetPreFilter,
+    /// inet forward: firewalls of traffic to VM ports, then what may leave and enter each
+    /// network.
+    InetForward,
+    /// inet input: what guests may reach on the host.
+    InetInput,
+    /// inet output: firewalls of traffic the host sends to VM ports.
+    InetOutput,
+    NatPre,
+    NatOutput,
+    NatPost,
 }
 
-/// One direction of one port's firewall, as a chain jumped to from the hooks. Allowing is
-/// `return`, not `accept`: the network's own policy still applies afterwards.
-fn firewall_chain(name: String, port: &Port, dir: &FirewallDirection, inbound: bool) -> Chain {
-    let mut c = Chain::regular(name);
-    let r = &mut c.rules;
-    // ICMP has no connections to speak of (every echo of one ping is "established"), so its
-    // rate limits apply to all matching packets; for tcp/udp they limit new connections.
-    for rule in dir.rules.iter().filter(|x| x.proto == RuleProto::Icmp) {
-        if let Some((n, unit)) = &rule.rate {
-            r.push(format!(
-                "{} limit rate over {n}/{unit} burst {n} packets counter drop",
-                rule_matches(rule)
-            ));
+impl Base {
+    const ALL: [Base; 10] = [
+        Base::BridgePre,
+        Base::BridgeForward,
+        Base::BridgePost,
+        Base::InetPreFilter,
+        Base::InetForward,
+        Base::InetInput,
+        Base::InetOutput,
+        Base::NatPre,
+        Base::NatOutput,
+        Base::NatPost,
+    ];
+
+    /// Family, chain name, type, hook and priority. Names are kept from earlier versions
+    /// where the chain is the same, so an upgrade changes rules, not chains.
+    fn def(self) -> (&'static str, &'static str, &'static str, &'static str, i32) {
+        match self {
+            Base::BridgePre => (BRIDGE_FAMILY, "prerouting", "filter", "prerouting", -300),
+            Base::BridgeForward => (BRIDGE_FAMILY, "forward", "filter", "forward", -200),
+            Base::BridgePost => (BRIDGE_FAMILY, "postrouting", "filter", "postrouting", 0),
+            Base::InetPreFilter => (FAMILY, "pre-filter", "filter", "prerouting", 0),
+            Base::InetForward => (FAMILY, "forward", "filter", "forward", 0),
+            Base::InetInput => (FAMILY, "input", "filter", "input", 0),
+            Base::InetOutput => (FAMILY, "output-filter", "filter", "output", 0),
+            Base::NatPre => (FAMILY, "prerouting", "nat", "prerouting", -100),
+            Base::NatOutput => (FAMILY, "output", "nat", "output", -100),
+            Base::NatPost => (FAMILY, "postrouting", "nat", "postrouting", 100),
         }
     }
-    r.push("ct state established,related return".into());
-    r.push("ct state invalid drop".into());
-    if !inbound {
-        // The VM must always be able to ask for (and renew) its address.
-        r.push("udp dport 67 return".into());
-    }
-    let word = if inbound { "in" } else { "out" };
-    for rule in &dir.rules {
-        let m = rule_matches(rule);
-        let sep = if m.is_empty() { "" } else { " " };
-        if let Some(n) = rule.connlimit {
-            r.push(format!(
-                "{m}{sep}ct state new ct count over {n} counter reject"
-            ));
-        }
-        if let Some((n, unit)) = &rule.rate
-            && rule.proto != RuleProto::Icmp
-        {
-            r.push(format!(
-                "{m}{sep}ct state new limit rate over {n}/{unit} burst {n} packets counter drop"
-            ));
-        }
-        if rule.log {
-            let prefix: String = format!("kvmnet {}/{} {word}: ", port.vm, port.name)
-                .chars()
-                .take(120)
-                .collect();
-            r.push(format!(
-                r#"{m}{sep}limit rate 10/second burst 20 packets log prefix "{prefix}" level info"#
-            ));
-        }
-        let verdict = match rule.action {
-            RuleAction::Accept => "return",
-            RuleAction::Drop => "drop",
-            RuleAction::Reject => "reject",
-        };
-        r.push(format!("{m}{sep}counter {verdict}"));
-    }
-    if !dir.accept_by_default {
-        r.push("counter drop".into());
-    }
-    c
 }
 
-/// Whether a direction's chain can serve every port with the same policy: its rules hold no
-/// state of their own (a connection limit, a rate limit or a log prefix is per port).
-fn shareable(d: &FirewallDirection) -> bool {
-    d.rules
-        .iter()
-        .all(|r| !r.log && r.connlimit.is_none() && r.rate.is_none())
+/// What one feature (guard, firewall, networks) contributes to the ruleset.
+#[derive(Default)]
+pub(crate) struct Parts {
+    /// Named sets and maps, by family.
+    pub(crate) sets: Vec<(&'static str, Set)>,
+    /// Regular chains (jump targets), by family.
+    pub(crate) chains: Vec<(&'static str, Chain)>,
+    /// Rules for the base chains, in order.
+    pub(crate) hooks: Vec<(Base, String)>,
 }
 
-/// The name of a chain shared by the ports of one policy: named by its rules, so a changed
-/// policy is a new chain and the ports move to it in one transaction. No port's own chain
-/// can have this name (`in-`/`out-` and a port name).
-fn shared_chain_name(inbound: bool, rules: &[String]) -> String {
-    let word = if inbound { "fw-in-" } else { "fw-out-" };
-    format!("{word}{:016x}", fnv1a(rules.join("\n").as_bytes()))
+impl Parts {
+    pub(crate) fn hook(&mut self, base: Base, rule: impl Into<String>) {
+        self.hooks.push((base, rule.into()));
+    }
+
+    pub(crate) fn set(&mut self, family: &'static str, set: Set) {
+        self.sets.push((family, set));
+    }
+
+    pub(crate) fn chain(&mut self, family: &'static str, name: String, rules: Vec<String>) {
+        self.chains.push((family, Chain::regular(name, rules)));
+    }
 }
 
-/// Per-port firewalls: a chain per policy and direction, found through maps keyed by the
-/// VM's address (anti-spoofing makes the source address a reliable name for the port), so
-/// the per-packet cost is one lookup however many ports there are. Ports with the same
-/// policy share its chain (`fw-in-HASH`): adding such a port adds one map element and no
-/// rule, and the ruleset does not grow a chain per port. A policy whose rules keep state
-/// per port (connection limits, rate limits, log prefixes) gets the port's own chain
-/// (`in-PORT`, `out-PORT`).
-fn firewall_parts(spec: &Spec) -> (Vec<Set>, Vec<Chain>) {
-    let mut fw_in = Set {
-        name: "fw_in".into(),
-        ty: "ipv4_addr : verdict",
-        elements: Vec::new(),
-    };
-    let mut fw_out = Set {
-        name: "fw_out".into(),
-        ty: "ipv4_addr : verdict",
-        elements: Vec::new(),
-    };
-    let mut port_sets: BTreeMap<String, Vec<String>> = BTreeMap::new();
-    let mut seen: Vec<&FirewallDirection> = Vec::new();
+/// kvmnet's whole ruleset (its `inet` and `bridge` tables) for a spec, or `None` when the
+/// spec needs no rule. Features contribute in a fixed order: the guard first (nothing a
+/// guard drops reaches a firewall), then per-port firewalls, then the networks' policy.
+pub fn table_for(spec: &Spec) -> Option<NftTable> {
+    let features = [
+        guard::parts(spec),
+        firewall::parts(spec),
+        networks::parts(spec),
+    ];
     let mut chains = Vec::new();
-    // Shared chains: the names made so far, and the last few policies met with the chain
-    // each jumps to (most ports of a host share a few policies, met again and again).
-    let mut shared: BTreeMap<String, Vec<String>> = BTreeMap::new();
-    let mut recent: Vec<(&FirewallDirection, bool, String)> = Vec::new();
-    for vm in spec.vms.values() {
-        for p in &vm.ports {
-            let (Some(fw), Some(addr)) = (&p.firewall, p.ipv4) else {
-                continue;
-            };
-            for d in fw.inbound.iter().chain(&fw.outbound) {
-                // Ports of a host share a few policies: the recent ones are not looked at
-                // again (a set found twice is the same set).
-                if seen.contains(&d) {
-                    continue;
-                }
-                if seen.len() == 8 {
-                    seen.remove(0);
-                }
-                seen.push(d);
-                for r in &d.rules {
-                    let proto = match r.proto {
-                        RuleProto::Tcp => "tcp",
-                        RuleProto::Udp => "udp",
-                        RuleProto::Icmp | RuleProto::Any => continue,
-                    };
-                    if let Some((name, elements)) = port_set(proto, &r.ports)
-                        && !port_sets.contains_key(&name)
-                    {
-                        port_sets.insert(name, elements);
-                    }
-                }
-            }
-            for (d, inbound) in [(&fw.inbound, true), (&fw.outbound, false)] {
-                let Some(d) = d else { continue };
-                let (map, own) = if inbound {
-                    (&mut fw_in, "in-")
-                } else {
-                    (&mut fw_out, "out-")
-                };
-                let target = if !shareable(d) {
-                    let name = concat(&[own, &p.name]);
-                    chains.push(firewall_chain(name.clone(), p, d, inbound));
-                    name
-                } else if let Some(r) = recent.iter().find(|r| r.1 == inbound && r.0 == d) {
-                    r.2.clone()
-                } else {
-                    let mut c = firewall_chain(String::new(), p, d, inbound);
-                    c.name = shared_chain_name(inbound, &c.rules);
-                    let name = c.name.clone();
-                    match shared.get(&name) {
-                        None => {
-                            shared.insert(name.clone(), c.rules.clone());
-                            chains.push(c);
-                        }
-                        Some(rules) if *rules == c.rules => {}
-                        // Two policies whose rules hash alike: this one keeps its own chain.
-                        Some(_) => {
-                            c.name = concat(&[own, &p.name]);
-                            let name = c.name.clone();
-                            chains.push(c);
-                            map.elements
-                                .push(concat(&[&ipv4_text(addr.addr), " : jump ", &name]));
-                            continue;
-                        }
-                    }
-                    if recent.len() == 8 {
-                        recent.remove(0);
-                    }
-                    recent.push((d, inbound, name.clone()));
-                    name
-                };
-                map.elements
-                    .push(concat(&[&ipv4_text(addr.addr), " : jump ", &target]));
-            }
+    let mut sets = Vec::new();
+    let mut hooks: BTreeMap<Base, Vec<String>> = BTreeMap::new();
+    for f in features {
+        chains.extend(f.chains);
+        sets.extend(f.sets);
+        for (base, rule) in f.hooks {
+            hooks.entry(base).or_default().push(rule);
         }
+    }
+    for base in Base::ALL {
+        let Some(rules) = hooks.remove(&base) else {
+            continue;
+        };
+        let (family, name, ty, hook, priority) = base.def();
+        chains.push((
+            family,
+            Chain {
+                name: name.to_string(),
+                hook: Some(hook_line(ty, hook, priority, true)),
+                rules,
+            },
+        ));
     }
     if chains.is_empty() {
-        return (Vec::new(), Vec::new());
+        return None;
     }
-    let mut input = Chain::base("input", "filter", "input", 0);
-    input.rules.push("ip saddr vmap @fw_out".into());
-    let mut output = Chain::base("output-filter", "filter", "output", 0);
-    output.rules.push("ip daddr vmap @fw_in".into());
-    chains.push(input);
-    chains.push(output);
-    let mut sets = vec![fw_in, fw_out];
-    sets.extend(port_sets.into_iter().map(|(name, elements)| Set {
-        name: name.into(),
-        ty: "inet_service",
-        elements,
-    }));
-    (sets, chains)
-}
-
-/// The inet table: per-port firewalls, then forwarding policy and NAT of each network.
-fn inet_parts(spec: &Spec) -> (Vec<Set>, Vec<Chain>) {
-    let (sets, mut chains) = firewall_parts(spec);
-    let mut forward = Chain::base("forward", "filter", "forward", 0);
-    if !sets.is_empty() {
-        forward.rules.push("ip saddr vmap @fw_out".into());
-        forward.rules.push("ip daddr vmap @fw_in".into());
-    }
-    let mut postrouting = Chain::base("postrouting", "nat", "postrouting", 100);
-    let mut prerouting = Chain::base("prerouting", "nat", "prerouting", -100);
-    let mut output = Chain::base("output", "nat", "output", -100);
-    for net in spec.networks.values() {
-        if matches!(net.mode, Mode::Vxlan | Mode::Direct | Mode::Vlan) {
-            // L2 segments (an overlay across hosts, an uplink's LAN, a VLAN): no routing, NAT
-            // or forwarding rules of their own.
-            continue;
-        }
-        let Some(gw) = net.ipv4 else { continue };
-        let br = &net.bridge;
-        let subnet = gw.network();
-        let f = &mut forward.rules;
-        // With br_netfilter, traffic between two ports of one bridge also passes this hook
-        // with the bridge as both iif and oif; it must pass in every mode.
-        f.push(format!(r#"iifname "{br}" oifname "{br}" accept"#));
-        match net.mode {
-            Mode::Nat => {
-                let egress_out = match &net.nat_egress {
-                    Some(e) => format!(r#" oifname "{e}""#),
-                    None => String::new(),
-                };
-                let egress_in = match &net.nat_egress {
-                    Some(e) => format!(r#"iifname "{e}" "#),
-                    None => String::new(),
-                };
-                f.push(format!(
-                    r#"iifname "{br}" ip saddr {subnet}{egress_out} accept"#
-                ));
-                f.push(format!(
-                    r#"{egress_in}oifname "{br}" ip daddr {subnet} ct state established,related accept"#
-                ));
-            }
-            Mode::Routed => {
-                f.push(format!(r#"iifname "{br}" ip saddr {subnet} accept"#));
-                f.push(format!(r#"oifname "{br}" ip daddr {subnet} accept"#));
-            }
-            Mode::Isolated | Mode::Bridge | Mode::Vxlan | Mode::Direct | Mode::Vlan => {}
-        }
-        if !net.forwards.is_empty() {
-            // Forwarded ports: connections translated towards a guest may come in.
-            f.push(format!(
-                r#"oifname "{br}" ip daddr {subnet} ct status dnat accept"#
-            ));
-        }
-        for fw in &net.forwards {
-            // To any of the host's own addresses, from outside and from the host itself.
-            let rule = format!(
-                "fib daddr type local {} dport {} dnat ip to {}:{}",
-                fw.proto.as_str(),
-                fw.port,
-                fw.to_ip,
-                fw.to_port
-            );
-            prerouting.rules.push(rule.clone());
-            output.rules.push(rule);
-        }
-        f.push(format!(r#"iifname "{br}" reject"#));
-        f.push(format!(r#"oifname "{br}" reject"#));
-
-        if net.mode == Mode::Nat {
-            let p = &mut postrouting.rules;
-            // No translation towards local multicast and broadcast (DHCP, mDNS, ...).
-            p.push(format!("ip saddr {subnet} ip daddr 224.0.0.0/24 return"));
-            p.push(format!("ip saddr {subnet} ip daddr 255.255.255.255 return"));
-            let out = match &net.nat_egress {
-                Some(e) => format!(r#"oifname "{e}""#),
-                None => format!(r#"oifname != "{br}""#),
-            };
-            p.push(format!(
-                "ip saddr {subnet} ip daddr != {subnet} {out} masquerade"
-            ));
-            if !net.forwards.is_empty() {
-                // A guest reaching a forward of its own network (hairpin): the answer
-                // must come back through the host, not straight from the other guest.
-                p.push(format!(
-                    r#"ip saddr {subnet} oifname "{br}" ct status dnat masquerade"#
-                ));
-            }
-        }
-    }
-    chains.extend([forward, postrouting, prerouting, output]);
-    (sets, chains)
-}
-
-/// The bridge table: anti-spoofing at the bridge, before the bridge learns or forwards
-/// anything. Per-port data lives in sets, so the per-packet cost does not grow with the
-/// number of ports.
-fn bridge_parts(spec: &Spec) -> (Vec<Set>, Vec<Chain>) {
-    let mut guarded = Set {
-        name: "guarded".into(),
-        ty: "ifname",
-        elements: Vec::new(),
-    };
-    let mut port_mac = Set {
-        name: "port_mac".into(),
-        ty: "ifname . ether_addr",
-        elements: Vec::new(),
-    };
-    let mut ip_guarded = Set {
-        name: "ip_guarded".into(),
-        ty: "ifname",
-        elements: Vec::new(),
-    };
-    let mut port_ip = Set {
-        name: "port_ip".into(),
-        ty: "ifname . ipv4_addr",
-        elements: Vec::new(),
-    };
-    for vm in spec.vms.values() {
-        for p in vm.ports.iter().filter(|p| p.antispoof) {
-            // A trunk port's VLANs reach their bridges through its sub-interfaces: the VM's
-            // MAC holds on every one of them, its address on the one of its own network.
-            let ifaces =
-                std::iter::once(p.name.as_str()).chain(p.trunk.iter().map(|t| t.device.as_str()));
-            let mac = p.mac.to_string();
-            for i in ifaces {
-                guarded.elements.push(concat(&["\"", i, "\""]));
-                port_mac.elements.push(concat(&["\"", i, "\" . ", &mac]));
-            }
-            if let Some(a) = p.ipv4 {
-                let own = p.own_interface();
-                ip_guarded.elements.push(concat(&["\"", own, "\""]));
-                port_ip
-                    .elements
-                    .push(concat(&["\"", own, "\" . ", &ipv4_text(a.addr)]));
-            }
-        }
-    }
-    if guarded.elements.is_empty() {
-        return (Vec::new(), Vec::new());
-    }
-    let mut pre = Chain::base("prerouting", "filter", "prerouting", -300);
-    pre.rules.push("iifname @guarded jump antispoof".into());
-    let mut a = Chain::regular("antispoof".to_string());
-    a.rules.extend(
-        [
-            // Only the port's own MAC, in the frame and in ARP.
-            "iifname . ether saddr != @port_mac counter drop",
-            "ether type arp iifname . arp saddr ether != @port_mac counter drop",
-            // ARP probes (sender 0.0.0.0) are how a guest checks an address is free.
-            "ether type arp arp saddr ip 0.0.0.0 accept",
-            "ether type arp iifname @ip_guarded iifname . arp saddr ip != @port_ip counter drop",
-            // A VM never answers as a DHCP server, nor advertises itself as an IPv6 router.
-            "ether type ip udp sport 67 udp dport 68 counter drop",
-            "ether type ip6 icmpv6 type nd-router-advert counter drop",
-            // DHCP from an unconfigured client, then only the port's own address.
-            "ether type ip ip saddr 0.0.0.0 udp sport 68 udp dport 67 accept",
-            "ether type ip iifname @ip_guarded iifname . ip saddr != @port_ip counter drop",
-        ]
-        .map(String::from),
-    );
-    if spec.networks.values().any(|n| n.mode == Mode::Vlan) {
-        // Without VLAN filtering a bridge forwards tagged frames as they are: a VM could
-        // reach another VLAN (a trunk port's sub-interface on this bridge, or a double tag
-        // on the wire) and would bypass the address checks above. A guarded port's VLANs
-        // reach their bridges untagged (trunk sub-interfaces pop the tag first), so any tag
-        // seen here is a VM trying to leave its VLAN.
-        a.rules
-            .insert(0, "ether type { vlan, 8021ad } counter drop".to_string());
-    }
-    (vec![guarded, port_mac, ip_guarded, port_ip], vec![pre, a])
-}
-
-fn build_chains(family: &str, chains: Vec<Chain>) -> impl Iterator<Item = (String, NftChain)> {
-    chains.into_iter().map(move |c| {
-        (
-            key(family, &c.name),
-            NftChain {
+    let mut t = NftTable::empty();
+    t.families = chains.iter().map(|(f, _)| f.to_string()).collect();
+    t.chains = chains
+        .into_iter()
+        .map(|(family, c)| {
+            let chain = NftChain {
                 family: family.to_string(),
                 name: c.name,
                 hook: c.hook,
                 rules: c.rules.into_iter().map(NftRule::new).collect(),
-            },
-        )
-    })
-}
-
-fn build_sets(family: &str, sets: Vec<Set>) -> impl Iterator<Item = (String, NftSet)> {
-    sets.into_iter().map(move |s| {
-        (
-            key(family, &s.name),
-            NftSet {
+            };
+            (key(family, &chain.name), chain)
+        })
+        .collect();
+    // A set is kept only in a family that has chains: a set nobody looks up is no use.
+    t.sets = sets
+        .into_iter()
+        .filter(|(family, _)| t.families.contains(*family))
+        .map(|(family, s)| {
+            let set = NftSet {
                 family: family.to_string(),
                 name: s.name.to_string(),
                 ty: s.ty.to_string(),
                 elements: s.elements.into_iter().collect(),
-            },
-        )
-    })
-}
-
-/// kvmnet's whole ruleset (its `inet` and `bridge` tables) for a spec, or `None` when the
-/// spec needs no rule.
-pub fn table_for(spec: &Spec) -> Option<NftTable> {
-    let (isets, ichains) = inet_parts(spec);
-    let inet: Vec<Chain> = ichains
-        .into_iter()
-        .filter(|c| !c.rules.is_empty())
+            };
+            (key(family, &set.name), set)
+        })
         .collect();
-    let (bsets, bchains) = bridge_parts(spec);
-    if inet.is_empty() && bchains.is_empty() {
-        return None;
-    }
-    let mut t = NftTable::empty();
-    // Collected rather than inserted one by one: a map built from a list is built in one
-    // pass (a later duplicate key would win either way).
-    let mut chains = Vec::new();
-    let mut sets = Vec::new();
-    if !inet.is_empty() {
-        t.families.insert(FAMILY.to_string());
-        chains.extend(build_chains(FAMILY, inet));
-        sets.extend(build_sets(FAMILY, isets));
-    }
-    if !bchains.is_empty() {
-        t.families.insert(BRIDGE_FAMILY.to_string());
-        chains.extend(build_chains(BRIDGE_FAMILY, bchains));
-        sets.extend(build_sets(BRIDGE_FAMILY, bsets));
-    }
-    t.chains = chains.into_iter().collect();
-    t.sets = sets.into_iter().collect();
     Some(t)
 }
 
@@ -939,11 +635,11 @@ impl NftChange {
             AddSet(set) => {
                 let _ = writeln!(
                     s,
-                    "add {} {} {TABLE} {} {{ type {}; }}",
+                    "add {} {} {TABLE} {} {{ {}; }}",
                     set.keyword(),
                     set.family,
                     set.name,
-                    set.ty
+                    set.declaration()
                 );
                 if !set.elements.is_empty() {
                     let e: Vec<&str> = set.elements.iter().map(String::as_str).collect();
@@ -1151,19 +847,6 @@ mod tests {
             assert_eq!(ipv4_text(ip), ip.to_string());
         }
         assert_eq!(concat(&["a", "", "bc"]), "abc");
-    }
-
-    #[test]
-    fn lists_of_single_ports_share_a_named_set() {
-        let (a, elements) = port_set("tcp", &[(5201, 5201), (22, 22)]).unwrap();
-        assert_eq!(elements, ["22", "5201"]);
-        assert!(a.starts_with("tcp_ports_"));
-        // The same list in another order is the same set; another protocol is not.
-        assert_eq!(port_set("tcp", &[(22, 22), (5201, 5201)]).unwrap().0, a);
-        assert_ne!(port_set("udp", &[(22, 22), (5201, 5201)]).unwrap().0, a);
-        // One port, or a range in the list: no named set.
-        assert!(port_set("tcp", &[(22, 22)]).is_none());
-        assert!(port_set("tcp", &[(22, 22), (8000, 8100)]).is_none());
     }
 
     #[test]

@@ -1,0 +1,208 @@
+//! The guard (`antispoof`, on by default): an allow-list of what a guarded port may send,
+//! checked at the bridge before it learns or forwards anything.
+//!
+//! A guarded port may send exactly:
+//! - frames with its own source MAC, untagged, of type ARP, IPv4 or IPv6, not to the IEEE
+//!   reserved group addresses (01:80:c2:00:00:0x: STP, LACP, 802.1X, LLDP...) nor Cisco's
+//!   (01:00:0c:cc:cc:cc/cd: CDP, VTP, PVST);
+//! - ARP whose sender is its MAC and its address (or 0.0.0.0 in a probe);
+//! - IPv4 from its address, or from 0.0.0.0 as a DHCP client (udp 68 -> 67) only; DHCP only
+//!   as a client: a BOOTREQUEST without a relay address whose chaddr is its own MAC;
+//! - IPv6 from the link-local address of its MAC (EUI-64), its SLAAC addresses in the
+//!   network's `ipv6_prefixes`, or from :: for duplicate address detection and multicast
+//!   listener reports; neighbour discovery only about its own addresses (an advertisement's
+//!   target, and the link-layer address option of a solicitation or advertisement, must be
+//!   its own); DHCPv6 only as a client; no router advertisements, redirects or router
+//!   renumbering, and no fragmented ICMPv6 (how RA-guard evasion hides a header).
+//!
+//! Everything else is dropped, whatever its ports or tags. A port without `ipv4` may use any
+//! IPv4 source (its address is not known to the spec: a DHCP pool or the LAN's server);
+//! README's threat model says what that allows. Every drop has its own counter, one rule per
+//! reason. Per-port data lives in sets, so the per-packet cost does not depend on the number
+//! of ports.
+
+use super::{BRIDGE_FAMILY, Base, Parts, Set, concat, ipv4_text};
+use crate::spec::{Mac, Port, PortKind, Spec};
+
+/// Keys read from packet bytes: the link-layer address option of neighbour discovery (right
+/// after the 16-byte target), and a DHCP message's chaddr (28 bytes into the BOOTP header).
+/// nft types such keys by their width only, so one set of MACs serves both lookups.
+const MAC_RAW: &str = "typeof iifname . @th,208,48";
+/// The target address of a neighbour solicitation or advertisement (8 bytes into ICMPv6).
+const ND_TARGET_RAW: &str = "typeof iifname . @th,64,128";
+
+fn hex(bytes: &[u8]) -> String {
+    let mut s = String::with_capacity(2 + 2 * bytes.len());
+    s.push_str("0x");
+    for b in bytes {
+        s.push_str(&format!("{b:02x}"));
+    }
+    s
+}
+
+struct Sets {
+    guarded: Set,
+    port_mac: Set,
+    mac_raw: Set,
+    ip4_pinned: Set,
+    port_ip4: Set,
+    port_ip6: Set,
+    nd_target: Set,
+}
+
+impl Sets {
+    fn new() -> Sets {
+        Sets {
+            guarded: Set::new("guarded", "ifname"),
+            port_mac: Set::new("port_mac", "ifname . ether_addr"),
+            mac_raw: Set::new("mac_raw", MAC_RAW),
+            ip4_pinned: Set::new("ip4_pinned", "ifname"),
+            port_ip4: Set::new("port_ip4", "ifname . ipv4_addr"),
+            port_ip6: Set::new("port_ip6", "ifname . ipv6_addr"),
+            nd_target: Set::new("nd_target", ND_TARGET_RAW),
+        }
+    }
+
+    /// One interface of a guarded port: the port itself, or a trunk's sub-interface (the
+    /// VM's MAC holds on each; the VM's link-local address too, as the guest forms it the
+    /// same way on every VLAN).
+    fn add_interface(&mut self, spec: &Spec, iface: &str, network: &str, mac: Mac) {
+        let q = concat(&["\"", iface, "\""]);
+        self.guarded.elements.push(q.clone());
+        self.port_mac
+            .elements
+            .push(concat(&[&q, " . ", &mac.to_string()]));
+        self.mac_raw
+            .elements
+            .push(concat(&[&q, " . ", &hex(&mac.0)]));
+        let prefixes = spec
+            .networks
+            .get(network)
+            .map(|n| n.ipv6_prefixes.as_slice())
+            .unwrap_or_default();
+        let addrs =
+            std::iter::once(mac.link_local()).chain(prefixes.iter().map(|c| mac.slaac(c.addr)));
+        for a in addrs {
+            self.port_ip6
+                .elements
+                .push(concat(&[&q, " . ", &a.to_string()]));
+            self.nd_target
+                .elements
+                .push(concat(&[&q, " . ", &hex(&a.octets())]));
+        }
+    }
+
+    fn add_port(&mut self, spec: &Spec, p: &Port) {
+        self.add_interface(spec, &p.name, &p.network, p.mac);
+        for t in &p.trunk {
+            self.add_interface(spec, &t.device, &t.network, p.mac);
+        }
+        if let Some(a) = p.ipv4 {
+            let q = concat(&["\"", p.own_interface(), "\""]);
+            self.ip4_pinned.elements.push(q.clone());
+            self.port_ip4
+                .elements
+                .push(concat(&[&q, " . ", &ipv4_text(a.addr)]));
+        }
+    }
+}
+
+fn rules(list: &[&str]) -> Vec<String> {
+    list.iter().map(|r| r.to_string()).collect()
+}
+
+pub(super) fn parts(spec: &Spec) -> Parts {
+    let mut out = Parts::default();
+    let mut sets = Sets::new();
+    // Direct ports are macvtap devices: no bridge sees their traffic.
+    for p in spec
+        .vms
+        .values()
+        .flat_map(|vm| vm.ports.iter())
+        .filter(|p| p.antispoof && p.kind != PortKind::Macvtap)
+    {
+        sets.add_port(spec, p);
+    }
+    if sets.guarded.elements.is_empty() {
+        return out;
+    }
+    out.hook(Base::BridgePre, "iifname @guarded jump guard");
+    out.chain(
+        BRIDGE_FAMILY,
+        "guard".into(),
+        rules(&[
+            "iifname . ether saddr != @port_mac counter drop",
+            // Trunks carry tags on their own sub-interfaces; a tag here is a VM leaving its
+            // network (receivers take a priority tag, VLAN 0, as untagged).
+            "ether type { 8021q, 8021ad, 0x9100 } counter drop",
+            "ether daddr and ff:ff:ff:ff:ff:f0 == 01:80:c2:00:00:00 counter drop",
+            "ether daddr { 01:00:0c:cc:cc:cc, 01:00:0c:cc:cc:cd } counter drop",
+            "ether type vmap { arp : goto guard-arp, ip : goto guard-ip4, ip6 : goto guard-ip6 }",
+            "counter drop",
+        ]),
+    );
+    out.chain(
+        BRIDGE_FAMILY,
+        "guard-arp".into(),
+        rules(&[
+            "arp htype != 1 counter drop",
+            "arp ptype != ip counter drop",
+            "iifname . arp saddr ether != @port_mac counter drop",
+            // A probe (sender 0.0.0.0) is how a guest checks an address is free.
+            "arp operation request arp saddr ip 0.0.0.0 return",
+            "iifname @ip4_pinned iifname . arp saddr ip != @port_ip4 counter drop",
+        ]),
+    );
+    out.chain(
+        BRIDGE_FAMILY,
+        "guard-ip4".into(),
+        rules(&[
+            // Server-side DHCP from any port: clients check only the destination port.
+            "udp sport 67 counter drop",
+            "udp dport 68 counter drop",
+            // To a DHCP server: a request (op 1), not relayed (giaddr 0), for its own MAC.
+            "udp dport 67 @ih,0,8 != 1 counter drop",
+            "udp dport 67 @ih,192,32 != 0 counter drop",
+            "udp dport 67 iifname . @ih,224,48 != @mac_raw counter drop",
+            "ip saddr 0.0.0.0 udp sport 68 udp dport 67 return",
+            "ip saddr 0.0.0.0 counter drop",
+            "iifname @ip4_pinned iifname . ip saddr != @port_ip4 counter drop",
+        ]),
+    );
+    out.chain(
+        BRIDGE_FAMILY,
+        "guard-ip6".into(),
+        rules(&[
+            // Neighbour discovery must never be fragmented (RFC 6980): fragments are how an
+            // RA or a redirect hides its header from a guard.
+            "exthdr frag exists meta l4proto ipv6-icmp counter drop",
+            "icmpv6 type { nd-router-advert, nd-redirect, router-renumbering } counter drop",
+            "udp sport 547 counter drop",
+            "udp dport 546 counter drop",
+            // To a DHCPv6 server: client messages only (not advertise, reply, reconfigure,
+            // relay-forw or relay-repl).
+            "udp dport 547 @ih,0,8 { 2, 7, 10, 12, 13 } counter drop",
+            // Before it has an address: duplicate address detection of its own addresses
+            // and multicast listener reports.
+            "ip6 saddr :: icmpv6 type nd-neighbor-solicit iifname . @th,64,128 @nd_target return",
+            "ip6 saddr :: icmpv6 type { mld-listener-report, mld2-listener-report } return",
+            "ip6 saddr :: counter drop",
+            "iifname . ip6 saddr != @port_ip6 counter drop",
+            "icmpv6 type nd-neighbor-advert iifname . @th,64,128 != @nd_target counter drop",
+            "icmpv6 type { nd-neighbor-solicit, nd-neighbor-advert } @th,192,8 { 1, 2 } iifname . @th,208,48 != @mac_raw counter drop",
+        ]),
+    );
+    let s = sets;
+    for set in [
+        s.guarded,
+        s.port_mac,
+        s.mac_raw,
+        s.ip4_pinned,
+        s.port_ip4,
+        s.port_ip6,
+        s.nd_target,
+    ] {
+        out.set(BRIDGE_FAMILY, set);
+    }
+    out
+}

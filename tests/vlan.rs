@@ -290,7 +290,7 @@ fn vlans_between_two_hypervisors() {
     // the trunk on its own host nor across the wire. The anti-spoofing rule for tagged frames
     // is what stops it.
     let tag_drops = |hv: &mut Hv| -> u64 {
-        let chain = hv.ok("host nft list chain bridge kvmnet antispoof");
+        let chain = hv.ok("host nft list chain bridge kvmnet guard");
         let line = chain
             .lines()
             .find(|l| l.contains("8021ad"))

@@ -99,7 +99,7 @@ fn cache_follows_every_kind_of_change() {
             "an nft chain flushed",
             // The chain of w-a's policy (shared by the ports that have it).
             format!(
-                "ip netns exec {host} nft flush chain inet kvmnet $(ip netns exec {host} nft list map inet kvmnet fw_in | grep -o 'fw-in-[0-9a-f]*' | head -1)"
+                "ip netns exec {host} nft flush chain inet kvmnet $(ip netns exec {host} nft list map inet kvmnet in_policy4 | grep -o 'fw-in-[0-9a-f]*' | head -1)"
             ),
         ),
         (

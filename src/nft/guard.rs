@@ -16,8 +16,8 @@
 //!   renumbering, and no fragmented ICMPv6 (how RA-guard evasion hides a header).
 //!
 //! Everything else is dropped, whatever its ports or tags. A port without `ipv4` may use any
-//! IPv4 source (its address is not known to the spec: a DHCP pool or the LAN's server);
-//! README's threat model says what that allows. Every drop has its own counter, one rule per
+//! IPv4 source (its address is not known to the spec: a DHCP pool or the LAN's server) but
+//! those of pinned ports and gateways; README's threat model says what that allows. Every drop has its own counter, one rule per
 //! reason. Per-port data lives in sets, so the per-packet cost does not depend on the number
 //! of ports.
 
@@ -46,6 +46,7 @@ struct Sets {
     mac_raw: Set,
     ip4_pinned: Set,
     port_ip4: Set,
+    claimed_ip4: Set,
     port_ip6: Set,
     nd_target: Set,
 }
@@ -58,6 +59,7 @@ impl Sets {
             mac_raw: Set::new("mac_raw", MAC_RAW),
             ip4_pinned: Set::new("ip4_pinned", "ifname"),
             port_ip4: Set::new("port_ip4", "ifname . ipv4_addr"),
+            claimed_ip4: Set::new("claimed_ip4", "ipv4_addr"),
             port_ip6: Set::new("port_ip6", "ifname . ipv6_addr"),
             nd_target: Set::new("nd_target", ND_TARGET_RAW),
         }
@@ -103,6 +105,7 @@ impl Sets {
             self.port_ip4
                 .elements
                 .push(concat(&[&q, " . ", &ipv4_text(a.addr)]));
+            self.claimed_ip4.elements.push(ipv4_text(a.addr));
         }
     }
 }
@@ -126,6 +129,13 @@ pub(super) fn parts(spec: &Spec) -> Parts {
     if sets.guarded.elements.is_empty() {
         return out;
     }
+    // A port without ipv4 may not claim a pinned port's address or a gateway's.
+    let gateways = spec.networks.values().filter_map(|n| n.ipv4);
+    sets.claimed_ip4
+        .elements
+        .extend(gateways.map(|g| ipv4_text(g.addr)));
+    sets.claimed_ip4.elements.sort();
+    sets.claimed_ip4.elements.dedup();
     out.hook(Base::BridgePre, "iifname @guarded jump guard");
     out.chain(
         BRIDGE_FAMILY,
@@ -151,6 +161,7 @@ pub(super) fn parts(spec: &Spec) -> Parts {
             // A probe (sender 0.0.0.0) is how a guest checks an address is free.
             "arp operation request arp saddr ip 0.0.0.0 return",
             "iifname @ip4_pinned iifname . arp saddr ip != @port_ip4 counter drop",
+            "iifname != @ip4_pinned arp saddr ip @claimed_ip4 counter drop",
         ]),
     );
     out.chain(
@@ -167,6 +178,7 @@ pub(super) fn parts(spec: &Spec) -> Parts {
             "ip saddr 0.0.0.0 udp sport 68 udp dport 67 return",
             "ip saddr 0.0.0.0 counter drop",
             "iifname @ip4_pinned iifname . ip saddr != @port_ip4 counter drop",
+            "iifname != @ip4_pinned ip saddr @claimed_ip4 counter drop",
         ]),
     );
     out.chain(
@@ -199,6 +211,7 @@ pub(super) fn parts(spec: &Spec) -> Parts {
         s.mac_raw,
         s.ip4_pinned,
         s.port_ip4,
+        s.claimed_ip4,
         s.port_ip6,
         s.nd_target,
     ] {

@@ -2456,23 +2456,8 @@ fn read_port(
     if let Some(ff) = o.get(cx, "firewall")
         && kind != Some(PortKind::Macvtap)
     {
+        // The port is found by its interface: neither an address nor the guard is needed.
         d.firewall = read_firewall(cx, &ff);
-        if let Some(fw) = &d.firewall {
-            if d.ipv4.is_none() && !cx.errors.iter().any(|e| e.path.starts_with(&d.path)) {
-                cx.err(
-                    &ff.path,
-                    ff.loc(),
-                    "a firewall needs the port's ipv4: kvmnet finds the port's traffic by its address",
-                );
-            }
-            if fw.outbound.is_some() && !d.antispoof {
-                cx.err(
-                    &ff.path,
-                    ff.loc(),
-                    "an outbound firewall needs antispoof: without it the VM could send from another address and bypass its rules",
-                );
-            }
-        }
     }
     if let Some(qf) = o.get(cx, "qos")
         && kind != Some(PortKind::Macvtap)

@@ -211,7 +211,7 @@ pub fn fingerprint(ns: &str, sysctls: &[&str]) -> String {
         serde_json::to_string_pretty(&links).unwrap(),
         serde_json::to_string_pretty(&addrs).unwrap(),
         serde_json::to_string_pretty(&routes).unwrap(),
-        String::from_utf8_lossy(&nft.stdout),
+        normalize_nft(&String::from_utf8_lossy(&nft.stdout)),
         {
             // Listed in device-index order, which re-created devices change.
             let mut lines: Vec<String> = String::from_utf8_lossy(&tc.stdout)
@@ -230,6 +230,87 @@ pub fn fingerprint(ns: &str, sysctls: &[&str]) -> String {
         ));
     }
     s
+}
+
+/// nft's listing with the chains, sets and maps of each table in name order and set
+/// elements sorted: nft lists them in the order they were made, and an object removed and
+/// made again (as a rollback does) comes last, though nothing about it changed. Rules keep
+/// their order: it is what they mean.
+pub fn normalize_nft(text: &str) -> String {
+    let mut out = String::new();
+    let mut items: Vec<Vec<String>> = Vec::new();
+    let mut item: Option<Vec<String>> = None;
+    for line in text.lines() {
+        if line.starts_with("table ") {
+            out.push_str(line);
+            out.push('\n');
+            continue;
+        }
+        if line == "}" {
+            items.sort();
+            for i in items.drain(..) {
+                out.push_str(&i.join("\n"));
+                out.push('\n');
+            }
+            out.push_str("}\n");
+            continue;
+        }
+        if line.trim().is_empty() {
+            continue;
+        }
+        match item.as_mut() {
+            Some(lines) => {
+                lines.push(line.to_string());
+                if line == "\t}" {
+                    items.push(sort_elements(item.take().unwrap()));
+                }
+            }
+            None if line.starts_with("\t") && line.ends_with('{') => {
+                item = Some(vec![line.to_string()]);
+            }
+            // Table-level lines (the comment, flags) stay first.
+            None => {
+                out.push_str(line);
+                out.push('\n');
+            }
+        }
+    }
+    out
+}
+
+/// A set's or map's lines with its elements in one sorted line.
+fn sort_elements(lines: Vec<String>) -> Vec<String> {
+    if !(lines[0].starts_with("\tset ") || lines[0].starts_with("\tmap ")) {
+        return lines;
+    }
+    let Some(at) = lines
+        .iter()
+        .position(|l| l.trim_start().starts_with("elements = {"))
+    else {
+        return lines;
+    };
+    let end = lines[at..]
+        .iter()
+        .position(|l| l.trim_end().ends_with('}'))
+        .map_or(lines.len() - 1, |i| at + i);
+    let joined: String = lines[at..=end]
+        .iter()
+        .map(|l| l.trim())
+        .collect::<Vec<_>>()
+        .join(" ");
+    let inner = joined
+        .trim_start_matches("elements = {")
+        .trim_end_matches('}');
+    let mut elements: Vec<String> = inner
+        .split(',')
+        .map(|e| e.trim().to_string())
+        .filter(|e| !e.is_empty())
+        .collect();
+    elements.sort();
+    let mut out = lines[..at].to_vec();
+    out.push(format!("\t\telements = {{ {} }}", elements.join(", ")));
+    out.extend_from_slice(&lines[end + 1..]);
+    out
 }
 
 /// Names of all namespaces whose name starts with `prefix`.

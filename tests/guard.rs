@@ -116,7 +116,8 @@ fn ll(mac: &str) -> String {
 /// The lab: a nat network with victims a and b and attacker m; a bridge network on an uplink
 /// whose far end is namespace `lan` (the physical switch), with attacker n on it.
 struct Lab {
-    ns: Namespaces,
+    /// Removed (with every namespace of the lab) when the lab is dropped.
+    _ns: Namespaces,
     host: String,
     a: String,
     b: String,
@@ -174,7 +175,7 @@ vms:
         );
     }
     Lab {
-        ns,
+        _ns: ns,
         host,
         a,
         b,

@@ -104,7 +104,7 @@ impl Field {
             "mark" => Field::Mark,
             raw if raw.starts_with('@') => {
                 let bits: usize = raw.rsplit(',').next()?.parse().ok()?;
-                (bits % 8 == 0 && bits > 0).then_some(Field::Raw(bits / 8))?
+                (bits.is_multiple_of(8) && bits > 0).then_some(Field::Raw(bits / 8))?
             }
             _ => return None,
         })

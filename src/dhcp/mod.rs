@@ -8,20 +8,62 @@
 //!   its DHCPACK is sent, so a `kill -9` loses none and never hands an address out twice.
 //!
 //! Who a client is: its Ethernet address (`chaddr`). The client identifier (option 61) is
-//! echoed but not used as the key: a VM's port is its identity here, and reservations are
-//! written by MAC.
+//! echoed and recorded with the binding, but it is not the key: a VM's port is its identity
+//! here, and reservations are written by MAC.
 //!
 //! The server is authoritative for its scopes: a request for an address it did not hand out
 //! is answered (ACK when the address is free for that client, NAK otherwise) instead of
 //! ignored, so clients recover at once when the server's state was lost or the spec changed.
 //!
-//! Flood protection (see [`Limits`]): token buckets per client MAC and per source (bridge, or
-//! relay address); clients with a reservation skip the per-source bucket, so a flood of
-//! random MACs cannot crowd them out, and their addresses are never in the pool. Pool offers
-//! are capped (the oldest is recycled), and when the pool runs low new pool clients are
-//! admitted slowly.
+//! # What a guest can forge, and what the server takes from it
+//!
+//! Everything in a DHCP message is written by the sender. On a guarded port (`antispoof`)
+//! the bridge drops client messages whose `chaddr` is not the port's MAC or whose `giaddr` is
+//! set, and IPv4 from other sources, so there `chaddr` names the port. On its own (ports with
+//! `antispoof: false`, and as a second line everywhere) the server holds to these rules:
+//!
+//! - **Who may end a lease.** A RELEASE counts only if it names the lease's MAC, carries the
+//!   client identifier recorded with the binding (if one was), and, unless relayed, comes
+//!   from the released address itself (RFC 2131 4.4.6: the client releases from its address).
+//!   A DECLINE counts only if it names the lease's MAC and client identifier, and arrives
+//!   while the client can still be checking a binding it has just been given: within
+//!   [`Limits::decline_window_secs`] of an ACK that made a new binding (DISCOVER/REQUEST or
+//!   INIT-REBOOT for an address it did not hold bound); a renewal opens no window. Anything
+//!   else is ignored ([`ServerStats::dropped_not_holder`]).
+//! - **Allowances** ([`Limits`]): token buckets. Every client MAC has its own allowance, and
+//!   every bridge a shared one (relayed requests a second shared one per bridge). A packet
+//!   from a reserved MAC within its own allowance is served without touching the shared one,
+//!   so a flood of invented MACs cannot crowd out reservations. A pool MAC's packets are
+//!   always charged to the shared allowance, since anyone can invent MACs. A packet over its
+//!   MAC's allowance is not dropped for that: it may still use the top half of the shared
+//!   allowance. Why: `chaddr` is forgeable, so an allowance keyed by it alone could be spent
+//!   by someone else, and a guest sending a handful of packets a second in a victim's name
+//!   would lock the victim out. Here, to crowd out a client, a sender must push the whole
+//!   bridge's shared allowance below half, which starves every unreserved client alike and
+//!   is what the shared allowance bounds in any case; one MAC hammering (a broken client)
+//!   still cannot take more than half of it.
+//! - **Relays.** A relayed message (`giaddr` set) is served on the bridge it came in on, and
+//!   only if both its relay address (`giaddr`) and its IP source are host addresses of that
+//!   bridge's network that no guest port can hold: not the server's address, not in the pool
+//!   range, not a reservation, and not an address the server has leased (a record kept from
+//!   an earlier range). So a relay is a host on the bridge with a static address outside the
+//!   range, like perfdhcp in the tests; a guest holding a lease cannot pose as one. Relayed
+//!   messages are charged to the bridge's relay allowance whatever their `giaddr`: rotating
+//!   `giaddr` gains nothing. Answers go to `giaddr`, port 67.
+//! - **New bindings** (a pool address the MAC does not hold offered or bound) pass the same
+//!   admission as a DISCOVER, whether they come from a DISCOVER or from a REQUEST that skipped
+//!   it (SELECTING, INIT-REBOOT, a renewal the server has no record of): the offer cap
+//!   (offers hold at most a share of the pool; the oldest is recycled) and, when the pool
+//!   runs low, the low-pool admission rate. A REQUEST thus gets no more than the DISCOVER it
+//!   skipped. Reservations are always answered.
+//! - **Where answers go.** `ciaddr` is used as a destination only when it is a host address
+//!   of the network: an INFORM with another `ciaddr`, or without one from a source outside
+//!   the network, is not answered; an ACK to a request with such a `ciaddr` goes to the
+//!   client's MAC or is broadcast, as if `ciaddr` were 0.
 
 mod engine;
+mod journal;
+mod limit;
 mod net;
 pub mod packet;
 mod store;
@@ -122,10 +164,14 @@ pub struct Lease {
     pub state: String,
     /// The address is this MAC's reservation in the spec.
     pub reserved: bool,
+    /// The client identifier (option 61) the client bound with, as colon-separated hex.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_id: Option<String>,
 }
 
 /// Counters since start. Message counters count requests received and replies sent.
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+#[serde(default)]
 pub struct ServerStats {
     pub received: u64,
     pub discover: u64,
@@ -147,9 +193,17 @@ pub struct ServerStats {
     /// Relayed with a giaddr no scope covers, or that names another network than the bridge
     /// it came in on (a guest cannot draw from another network's pool by forging giaddr).
     pub dropped_no_scope: u64,
-    /// Over the per-MAC rate.
+    /// Relayed from an address that is not a relay's: a guest port's (see "Relays" above),
+    /// the server's own, or none.
+    pub dropped_relay: u64,
+    /// A RELEASE or DECLINE naming a client's lease that did not come from that client (see
+    /// "Who may end a lease" above).
+    pub dropped_not_holder: u64,
+    /// A `ciaddr` (INFORM) or packet source outside the network: no answer is sent there.
+    pub dropped_foreign_ciaddr: u64,
+    /// Over its MAC's allowance while the shared allowance was below half.
     pub dropped_rate_mac: u64,
-    /// Over the per-interface (or per-relay) rate.
+    /// The shared allowance of the bridge (direct or relayed) was used up.
     pub dropped_rate_interface: u64,
     /// No free pool address (or no pool) for a client without a reservation.
     pub dropped_pool_exhausted: u64,
@@ -167,18 +221,23 @@ pub struct ServerStats {
     pub interfaces_waiting: Vec<String>,
 }
 
-/// Rate limits and pool guards. Rates are packets per second.
+/// Rate limits and pool guards. Rates are packets per second; a rate that is not finite is
+/// no limit. See "Flood protection" above for how the allowances combine.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Limits {
+    /// A client MAC's own allowance.
     pub per_mac_rate: f64,
     pub per_mac_burst: f64,
-    /// Per bridge, or per relay address for relayed requests. Reserved clients skip it.
+    /// The shared allowance of a bridge; relayed requests have a second one per bridge.
     pub per_interface_rate: f64,
     pub per_interface_burst: f64,
     /// How long an offered address is held for the client's REQUEST.
     pub offer_hold_secs: u32,
     /// How long a declined address stays out of use.
     pub decline_hold_secs: u32,
+    /// How long after a new binding a DECLINE of it is believed (the client's address
+    /// conflict check, RFC 5227, takes under 10 s).
+    pub decline_window_secs: u32,
     /// At most this share of the pool (percent, at least 8 addresses) is tied up in offers;
     /// beyond it the oldest offer is recycled.
     pub max_offers_percent: u32,
@@ -197,6 +256,7 @@ impl Default for Limits {
             per_interface_burst: 10000.0,
             offer_hold_secs: 30,
             decline_hold_secs: 600,
+            decline_window_secs: 60,
             max_offers_percent: 25,
             low_pool_percent: 10,
             low_pool_admit_rate: 2.0,
@@ -449,7 +509,7 @@ impl Server {
 pub fn read_leases(state_dir: &Path) -> Result<Vec<Lease>, DhcpError> {
     let now = now_unix();
     let mut last: std::collections::BTreeMap<(String, Ipv4Addr), Lease> = Default::default();
-    for l in store::read_journal(state_dir)? {
+    for l in journal::read_journal(state_dir)? {
         last.insert((l.network.clone(), l.ip), l);
     }
     Ok(last

@@ -570,3 +570,76 @@ fn full_disk_loses_no_acknowledged_binding() {
     let nak = other.exchange(&p, Ipv4Addr::BROADCAST).expect("answered");
     assert_eq!(nak.message_type(), Some(MessageType::Nak));
 }
+
+/// yersinia's DHCP starvation (DISCOVERs from random Ethernet sources and `chaddr`s, as fast
+/// as it can) from one guest: offers never hold more than a quarter of the pool, the
+/// reserved guest gets its lease during the attack and a pool guest right after it.
+#[test]
+fn yersinia_dhcp_starvation_fails() {
+    if !privileged() || !have("yersinia") || !have("dhclient") || !have("busybox") {
+        return;
+    }
+    let _load = load_lock();
+    let mut t = Topo::new("ys", "10.96.0.1/24");
+    let (mr, ma, mp) = (
+        "52:54:00:96:00:0a",
+        "52:54:00:96:00:0b",
+        "52:54:00:96:00:0c",
+    );
+    let ns_r = t.add_client("r", mr);
+    let ns_a = t.add_client("a", ma);
+    let ns_p = t.add_client("p", mp);
+    let scope = t.scope(Some(("10.96.0.100", "10.96.0.139")), &[(mr, "10.96.0.10")]);
+    let server = ServerThread::start(&t.server_ns, vec![scope], &t.state_dir, None);
+    let h = server.handle.clone();
+    let work = t.state_dir.join("work");
+    std::fs::create_dir_all(&work).unwrap();
+    let w = work.display();
+    // yersinia stops at the first key on stdin: give it one that stays open, then closes.
+    let attack = t.adopt(spawn_in(
+        &ns_a,
+        "sleep 3 | exec yersinia dhcp -attack 1 -interface eth0 >/dev/null 2>&1",
+    ));
+    std::thread::sleep(Duration::from_millis(500));
+    // The reserved guest: ISC dhclient (its packet socket filters in the kernel; see the
+    // flood test in tests/dhcp.rs).
+    write_script(
+        &work.join("dhclient.sh"),
+        &format!(
+            "env | grep -E '^(reason|new_)' > {w}/dhc.tmp; mv {w}/dhc.tmp {w}/dhclient.$reason"
+        ),
+    );
+    let d = t.adopt(spawn_in(
+        &ns_r,
+        &format!(
+            "exec dhclient -d -1 -sf {w}/dhclient.sh -lf {w}/dhclient.leases -pf {w}/dhclient.pid eth0 2>/dev/null"
+        ),
+    ));
+    let t0 = Instant::now();
+    wait_for(
+        "the reserved guest's lease",
+        Duration::from_secs(10),
+        || work.join("dhclient.BOUND").exists(),
+    );
+    let took = t0.elapsed();
+    let _ = t.child(d).kill();
+    let offers = h
+        .leases()
+        .iter()
+        .filter(|l| l.state == "offered" && !l.reserved)
+        .count();
+    let _ = t.child(attack).wait();
+    let st = h.stats();
+    eprintln!("yersinia: reserved guest bound in {took:?}, {offers} offers held; {st:?}");
+    assert!(st.received > 10_000, "the attack ran: {st:?}");
+    assert!(st.dropped_rate_interface > 0, "{st:?}");
+    assert!(
+        offers <= 10,
+        "offers are capped at a quarter of 40: {offers}"
+    );
+    let bound = std::fs::read_to_string(work.join("dhclient.BOUND")).unwrap();
+    assert!(bound.contains("new_ip_address=10.96.0.10"), "{bound}");
+    // Right after the attack, a pool guest.
+    let ip = one_shot_udhcpc(&ns_p, &work, "p").expect("a pool lease after the attack");
+    assert!(ip.octets()[3] >= 100, "{ip}");
+}

@@ -50,7 +50,7 @@ fn main() {
     );
     let _ = writeln!(
         spec,
-        "  perf: {{ ports: [ {{ network: n, name: bd-perf, kind: veth, netns: {perf}, antispoof: false }} ] }}"
+        "  perf: {{ ports: [ {{ network: n, name: bd-perf, kind: veth, netns: {perf}, antispoof: false, dhcp_client: true }} ] }}"
     );
     for i in 0..ports {
         let _ = writeln!(
@@ -82,7 +82,8 @@ fn main() {
     }
     let pid = daemon.id();
     // perfdhcp relays from its own address: a static one outside the range, not a port's
-    // reservation (the server takes no relayed request from a guest port's address).
+    // reservation (the server takes no relayed request from a guest port's address). The
+    // port leaves its far end's address alone (`dhcp_client`), so it is set here.
     sh(&format!("ip -n {perf} addr add 10.150.0.2/16 dev eth0"));
     // 1,000 clients through perfdhcp, relaying via the gateway address.
     let out = sh(&format!(

@@ -596,9 +596,12 @@ fn yersinia_dhcp_starvation_fails() {
     std::fs::create_dir_all(&work).unwrap();
     let w = work.display();
     // yersinia stops at the first key on stdin: give it one that stays open, then closes.
+    // It writes yersinia.log where it runs.
     let attack = t.adopt(spawn_in(
         &ns_a,
-        "sleep 3 | exec yersinia dhcp -attack 1 -interface eth0 >/dev/null 2>&1",
+        &format!(
+            "cd {w} && sleep 3 | exec yersinia dhcp -attack 1 -interface eth0 >/dev/null 2>&1"
+        ),
     ));
     std::thread::sleep(Duration::from_millis(500));
     // The reserved guest: ISC dhclient (its packet socket filters in the kernel; see the

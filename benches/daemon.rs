@@ -50,7 +50,7 @@ fn main() {
     );
     let _ = writeln!(
         spec,
-        "  perf: {{ ports: [ {{ network: n, name: bd-perf, kind: veth, netns: {perf}, ipv4: 10.150.0.2 }} ] }}"
+        "  perf: {{ ports: [ {{ network: n, name: bd-perf, kind: veth, netns: {perf}, antispoof: false, dhcp_client: true }} ] }}"
     );
     for i in 0..ports {
         let _ = writeln!(
@@ -81,6 +81,10 @@ fn main() {
         std::thread::sleep(Duration::from_millis(100));
     }
     let pid = daemon.id();
+    // perfdhcp relays from its own address: a static one outside the range, not a port's
+    // reservation (the server takes no relayed request from a guest port's address). The
+    // port leaves its far end's address alone (`dhcp_client`), so it is set here.
+    sh(&format!("ip -n {perf} addr add 10.150.0.2/16 dev eth0"));
     // 1,000 clients through perfdhcp, relaying via the gateway address.
     let out = sh(&format!(
         "ip netns exec {perf} perfdhcp -4 -r 250 -p 8 -R {ports} 10.150.0.1 2>&1 || true"

@@ -2,66 +2,19 @@
 //! rate limits and pool guards in front. No sockets here; time is passed in.
 
 use std::collections::HashMap;
-use std::hash::Hash;
 use std::net::Ipv4Addr;
 use std::path::Path;
 use std::time::Instant;
 
+use super::journal::Journal;
+use super::limit::{Allowances, Bucket, Sender, take};
 use super::net::{Dest, Outgoing, Rx};
 use super::packet::{
     BOOTREQUEST, FLAG_BROADCAST, MessageType, Packet, encode_classless_routes, opt,
 };
-use super::store::{Journal, Table};
+use super::store::{Binding, Entry, State, Table};
 use super::{DhcpError, Lease, Limits, Scope, ServerStats};
 use crate::spec::{Ipv4Cidr, Mac};
-
-struct Bucket {
-    tokens: f64,
-    last: Instant,
-}
-
-impl Bucket {
-    fn full(burst: f64, now: Instant) -> Bucket {
-        Bucket {
-            tokens: burst,
-            last: now,
-        }
-    }
-
-    fn take(&mut self, now: Instant, rate: f64, burst: f64) -> bool {
-        let refill = now.saturating_duration_since(self.last).as_secs_f64() * rate;
-        self.tokens = (self.tokens + refill).min(burst);
-        self.last = now;
-        if self.tokens >= 1.0 {
-            self.tokens -= 1.0;
-            true
-        } else {
-            false
-        }
-    }
-}
-
-/// Token bucket per key; a rate that is not finite means no limit.
-fn take<K: Hash + Eq>(
-    map: &mut HashMap<K, Bucket>,
-    key: K,
-    now: Instant,
-    rate: f64,
-    burst: f64,
-) -> bool {
-    !rate.is_finite()
-        || map
-            .entry(key)
-            .or_insert_with(|| Bucket::full(burst, now))
-            .take(now, rate, burst)
-}
-
-/// Forget buckets that have refilled: they would start full anyway.
-fn prune<K>(map: &mut HashMap<K, Bucket>, now: Instant, rate: f64, burst: f64) {
-    map.retain(|_, b| {
-        b.tokens + now.saturating_duration_since(b.last).as_secs_f64() * rate < burst
-    });
-}
 
 pub(crate) struct Engine {
     scopes: Vec<Scope>,
@@ -73,10 +26,7 @@ pub(crate) struct Engine {
     pub stats: ServerStats,
     journal: Journal,
     needs_sync: bool,
-    mac_buckets: HashMap<Mac, Bucket>,
-    iface_buckets: HashMap<String, Bucket>,
-    relay_buckets: HashMap<Ipv4Addr, Bucket>,
-    low_pool_buckets: HashMap<String, Bucket>,
+    allowances: Allowances,
 }
 
 fn ip32(a: Ipv4Addr) -> u32 {
@@ -111,10 +61,7 @@ impl Engine {
             stats: ServerStats::default(),
             journal,
             needs_sync: false,
-            mac_buckets: HashMap::new(),
-            iface_buckets: HashMap::new(),
-            relay_buckets: HashMap::new(),
-            low_pool_buckets: HashMap::new(),
+            allowances: Allowances::default(),
         })
     }
 
@@ -180,20 +127,7 @@ impl Engine {
         for t in self.tables.values_mut() {
             t.sweep(now);
         }
-        let l = &self.limits;
-        prune(&mut self.mac_buckets, mono, l.per_mac_rate, l.per_mac_burst);
-        prune(
-            &mut self.iface_buckets,
-            mono,
-            l.per_interface_rate,
-            l.per_interface_burst,
-        );
-        prune(
-            &mut self.relay_buckets,
-            mono,
-            l.per_interface_rate,
-            l.per_interface_burst,
-        );
+        self.allowances.prune(&self.limits, mono);
         let live: usize = self.tables.values().map(|t| t.entry_count()).sum();
         if self.journal.wants_compaction(live) {
             let mut recs = Vec::with_capacity(live);
@@ -253,45 +187,21 @@ impl Engine {
             self.stats.dropped_no_scope += 1;
             return None;
         };
-        let reserved = self.reserved[si].get(&mac).copied();
-        let l = &self.limits;
-        if reserved.is_none() {
-            let ok = if relayed {
-                take(
-                    &mut self.relay_buckets,
-                    req.giaddr,
-                    mono,
-                    l.per_interface_rate,
-                    l.per_interface_burst,
-                )
-            } else if !l.per_interface_rate.is_finite() {
-                true
-            } else {
-                // Looked up by &str: no allocation per packet.
-                let (rate, burst) = (l.per_interface_rate, l.per_interface_burst);
-                match self.iface_buckets.get_mut(iface) {
-                    Some(b) => b.take(mono, rate, burst),
-                    None => {
-                        let mut b = Bucket::full(burst, mono);
-                        let ok = b.take(mono, rate, burst);
-                        self.iface_buckets.insert(iface.to_string(), b);
-                        ok
-                    }
-                }
-            };
-            if !ok {
-                self.stats.dropped_rate_interface += 1;
-                return None;
-            }
+        if relayed && !self.relay_address_ok(si, req.giaddr, *rx.src.ip()) {
+            self.stats.dropped_relay += 1;
+            return None;
         }
-        if !take(
-            &mut self.mac_buckets,
+        let reserved = self.reserved[si].get(&mac).copied();
+        let from = Sender {
+            bridge: iface,
+            relayed,
             mac,
-            mono,
-            l.per_mac_rate,
-            l.per_mac_burst,
-        ) {
-            self.stats.dropped_rate_mac += 1;
+            reserved: reserved.is_some(),
+        };
+        if !self
+            .allowances
+            .admit(&self.limits, &mut self.stats, &from, mono)
+        {
             return None;
         }
         let mut cx = Cx {
@@ -304,7 +214,7 @@ impl Engine {
             limits: &self.limits,
             journal: &mut self.journal,
             needs_sync: &mut self.needs_sync,
-            low_pool_buckets: &mut self.low_pool_buckets,
+            low_pool_buckets: &mut self.allowances.low_pool,
             req: &req,
             rx,
             mac,
@@ -323,7 +233,7 @@ impl Engine {
                 cx.release();
                 return None;
             }
-            MessageType::Inform => cx.inform(),
+            MessageType::Inform => cx.inform()?,
             _ => {
                 cx.stats.dropped_malformed += 1;
                 return None;
@@ -337,6 +247,34 @@ impl Engine {
             needs_sync,
         })
     }
+}
+
+impl Engine {
+    /// Whether a message relayed with `giaddr` from IP source `src` may be served on scope
+    /// `si`'s bridge: both must be addresses no guest port can hold (see "Relays" in the
+    /// module docs).
+    fn relay_address_ok(&self, si: usize, giaddr: Ipv4Addr, src: Ipv4Addr) -> bool {
+        let s = &self.scopes[si];
+        let Some(t) = self.tables.get(&s.network) else {
+            return false;
+        };
+        let ok = |a: Ipv4Addr| {
+            let ip = ip32(a);
+            is_host_of(s, a)
+                && !t.in_pool_range(ip)
+                && !t.is_reserved_ip(ip)
+                && t.entry(ip).is_none()
+        };
+        ok(giaddr) && ok(src)
+    }
+}
+
+/// A host address of the scope's network other than the server's.
+fn is_host_of(s: &Scope, a: Ipv4Addr) -> bool {
+    s.subnet.contains(a)
+        && a != s.server_ip
+        && a != s.subnet.network().addr
+        && a != s.subnet.broadcast()
 }
 
 /// Encode within the client's maximum message size (option 57, at least 576 bytes with IP
@@ -383,13 +321,19 @@ impl Cx<'_> {
         !self.req.giaddr.is_unspecified()
     }
 
+    /// `ciaddr`, when it is a host address of this network: the only kind an answer is
+    /// sent to.
+    fn ciaddr_here(&self) -> Option<Ipv4Addr> {
+        Some(self.req.ciaddr).filter(|&c| is_host_of(self.scope, c))
+    }
+
     /// RFC 2131 4.1: where an OFFER or ACK goes.
     fn dest(&self, yiaddr: Ipv4Addr) -> Dest {
         let r = self.req;
         if self.relayed() {
             Dest::Relay(r.giaddr)
-        } else if !r.ciaddr.is_unspecified() {
-            Dest::Unicast(r.ciaddr)
+        } else if let Some(ci) = self.ciaddr_here() {
+            Dest::Unicast(ci)
         } else if r.broadcast_flag() || yiaddr.is_unspecified() {
             Dest::Broadcast
         } else {
@@ -519,8 +463,9 @@ impl Cx<'_> {
         Some(true)
     }
 
-    fn request(&mut self) -> Option<Reply> {
-        self.stats.request += 1;
+    /// The address a REQUEST asks for, by client state (RFC 2131 4.3.2); `None` when it is
+    /// not for this server or names none.
+    fn requested_address(&mut self) -> Option<Ipv4Addr> {
         let r = self.req;
         let ciaddr = (!r.ciaddr.is_unspecified()).then_some(r.ciaddr);
         let ip = if let Some(sid) = r.get_ip(opt::SERVER_ID) {
@@ -546,10 +491,16 @@ impl Cx<'_> {
         } else {
             None
         };
-        let Some(ip) = ip else {
+        if ip.is_none() {
             self.stats.dropped_malformed += 1;
-            return None;
-        };
+        }
+        ip
+    }
+
+    fn request(&mut self) -> Option<Reply> {
+        self.stats.request += 1;
+        let r = self.req;
+        let ip = self.requested_address()?;
         let ok = self.scope.subnet.contains(ip)
             && match self.reserved {
                 Some(res) => res == ip,
@@ -563,16 +514,35 @@ impl Cx<'_> {
             };
             return Some(self.nak(&why));
         }
+        // A pool address this MAC does not hold is a new binding, whether or not a DISCOVER
+        // came first: it passes the DISCOVER's admission (offer cap, low-pool rate).
+        if self.reserved.is_none()
+            && !self.table.is_held_by(ip32(ip), &self.mac, self.now)
+            && !self.admit_new()?
+        {
+            return None;
+        }
         let lease = self.scope.lease_secs;
         let expires = if lease == u32::MAX {
             u64::MAX
         } else {
             self.now + u64::from(lease)
         };
-        for rec in self
-            .table
-            .bind(ip32(ip), self.mac, hostname(r), expires, self.now)
-        {
+        // A client checks an address it has just been given (and may DECLINE it); it does
+        // not check one it renews.
+        let probe_until = if self.table.is_bound_to(ip32(ip), &self.mac, self.now) {
+            0
+        } else {
+            self.now + u64::from(self.limits.decline_window_secs)
+        };
+        let b = Binding {
+            mac: self.mac,
+            hostname: hostname(r),
+            client_id: r.get(opt::CLIENT_ID).map(Box::from),
+            expires,
+            probe_until,
+        };
+        for rec in self.table.bind(ip32(ip), b, self.now) {
             self.journal.append(&rec);
         }
         *self.needs_sync = true;
@@ -609,6 +579,16 @@ impl Cx<'_> {
         }
     }
 
+    /// Whether the client identifier of the request matches the one recorded with `e`
+    /// (when one was).
+    fn same_client_id(&self, e: &Entry) -> bool {
+        e.client_id
+            .as_deref()
+            .is_none_or(|id| self.req.get(opt::CLIENT_ID) == Some(id))
+    }
+
+    /// DHCPDECLINE: believed only from the holder of a binding it has just been given (see
+    /// "Who may end a lease" in the module docs).
     fn decline(&mut self) {
         self.stats.decline += 1;
         if !self.for_us() {
@@ -622,262 +602,87 @@ impl Cx<'_> {
             self.stats.dropped_malformed += 1;
             return;
         };
-        let until = self.now + u64::from(self.limits.decline_hold_secs);
-        match self.table.decline(ip32(ip), &self.mac, until, self.now) {
-            Some(rec) => {
-                eprintln!(
-                    "kvmnet dhcp: {} declined {ip} on {} (in use by another host?)",
-                    self.mac, self.scope.network
-                );
-                self.journal.append(&rec);
-            }
-            None => self.stats.ignored += 1,
+        let (mac, now) = (self.mac, self.now);
+        let Some(e) = self
+            .table
+            .entry(ip32(ip))
+            .filter(|e| e.mac == mac && e.holds_at(now))
+        else {
+            self.stats.ignored += 1;
+            return;
+        };
+        if !self.same_client_id(e) || e.state != State::Bound || e.probe_until <= now {
+            self.stats.dropped_not_holder += 1;
+            return;
+        }
+        let until = now + u64::from(self.limits.decline_hold_secs);
+        if let Some(rec) = self.table.decline(ip32(ip), &mac, until, now) {
+            eprintln!(
+                "kvmnet dhcp: {mac} declined {ip} on {} (in use by another host?)",
+                self.scope.network
+            );
+            self.journal.append(&rec);
         }
     }
 
+    /// DHCPRELEASE: believed only from the holder, sent from the released address unless
+    /// relayed (see "Who may end a lease" in the module docs).
     fn release(&mut self) {
         self.stats.release += 1;
         if !self.for_us() {
             return;
         }
-        match self
+        let (ip, mac, now) = (self.req.ciaddr, self.mac, self.now);
+        let Some(e) = self
             .table
-            .release(ip32(self.req.ciaddr), &self.mac, self.now)
-        {
-            Some(rec) => self.journal.append(&rec),
-            None => self.stats.ignored += 1,
+            .entry(ip32(ip))
+            .filter(|e| e.mac == mac && matches!(e.state, State::Bound | State::Offered))
+        else {
+            self.stats.ignored += 1;
+            return;
+        };
+        if !self.same_client_id(e) || (!self.relayed() && *self.rx.src.ip() != ip) {
+            self.stats.dropped_not_holder += 1;
+            return;
+        }
+        if let Some(rec) = self.table.release(ip32(ip), &mac, now) {
+            self.journal.append(&rec);
         }
     }
 
-    /// DHCPINFORM: configuration only; no address, no lease time (RFC 2131 4.3.5).
-    fn inform(&mut self) -> Reply {
+    /// DHCPINFORM: configuration only; no address, no lease time (RFC 2131 4.3.5). Answered
+    /// at `ciaddr` or the packet's source only inside this network.
+    fn inform(&mut self) -> Option<Reply> {
         self.stats.inform += 1;
         let r = self.req;
+        let src = *self.rx.src.ip();
+        let dest = if !r.ciaddr.is_unspecified() {
+            self.ciaddr_here().map(|ci| {
+                if self.relayed() {
+                    Dest::Relay(r.giaddr)
+                } else {
+                    Dest::Unicast(ci)
+                }
+            })
+        } else if self.relayed() {
+            Some(Dest::Relay(r.giaddr))
+        } else if src.is_unspecified() {
+            Some(Dest::Broadcast)
+        } else {
+            is_host_of(self.scope, src).then_some(Dest::Unicast(src))
+        };
+        let Some(dest) = dest else {
+            self.stats.dropped_foreign_ciaddr += 1;
+            return None;
+        };
         let mut p = Packet::reply_to(r, MessageType::Ack);
         p.ciaddr = r.ciaddr;
         self.options(&mut p, false);
         self.stats.ack += 1;
-        let dest = if self.relayed() {
-            Dest::Relay(r.giaddr)
-        } else if !r.ciaddr.is_unspecified() {
-            Dest::Unicast(r.ciaddr)
-        } else if !self.rx.src.ip().is_unspecified() {
-            Dest::Unicast(*self.rx.src.ip())
-        } else {
-            Dest::Broadcast
-        };
-        (p, dest, false)
+        Some((p, dest, false))
     }
 }
 
 #[cfg(test)]
-mod tests {
-    use super::super::Reservation;
-    use super::*;
-    use std::net::SocketAddrV4;
-
-    struct T {
-        e: Engine,
-        dir: std::path::PathBuf,
-        now: u64,
-    }
-
-    impl Drop for T {
-        fn drop(&mut self) {
-            let _ = std::fs::remove_dir_all(&self.dir);
-        }
-    }
-
-    fn scope() -> Scope {
-        Scope {
-            network: "n".into(),
-            interface: "br0".into(),
-            server_ip: Ipv4Addr::new(10, 0, 0, 1),
-            subnet: "10.0.0.0/24".parse().unwrap(),
-            router: Some(Ipv4Addr::new(10, 0, 0, 1)),
-            dns: vec![Ipv4Addr::new(10, 0, 0, 53)],
-            domain: Some("example.test".into()),
-            mtu: Some(1400),
-            lease_secs: 100,
-            routes: vec![(
-                "198.51.100.0/24".parse().unwrap(),
-                Ipv4Addr::new(10, 0, 0, 254),
-            )],
-            pool: Some((Ipv4Addr::new(10, 0, 0, 100), Ipv4Addr::new(10, 0, 0, 101))),
-            reservations: vec![Reservation {
-                mac: Mac([2, 0, 0, 0, 0, 9]),
-                ip: Ipv4Addr::new(10, 0, 0, 9),
-                port: "p9".into(),
-            }],
-        }
-    }
-
-    fn engine(tag: &str) -> T {
-        let dir =
-            std::env::temp_dir().join(format!("kvmnet-dhcp-unit-{tag}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        let mut e = Engine::open(&dir, 1000).unwrap();
-        e.set_scopes(vec![scope()], 1000);
-        T { e, dir, now: 1000 }
-    }
-
-    impl T {
-        fn send(&mut self, p: &Packet) -> Option<(Packet, Dest)> {
-            let rx = Rx {
-                socket: 0,
-                src: SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 68),
-                dst: Ipv4Addr::BROADCAST,
-                data: p.encode(),
-            };
-            let o = self.e.handle("br0", 0, &rx, self.now, Instant::now());
-            assert!(self.e.commit());
-            o.map(|o| (Packet::parse(&o.bytes).unwrap(), o.dest))
-        }
-    }
-
-    fn mac(m: u8) -> Mac {
-        Mac([2, 0, 0, 0, 0, m])
-    }
-
-    fn req(m: u8, kind: MessageType) -> Packet {
-        let mut p = Packet::request(mac(m), u32::from(m), kind);
-        p.set(opt::PARAM_LIST, vec![1, 3, 6, 15, 26, 121]);
-        p
-    }
-
-    #[test]
-    fn dora_options_and_states() {
-        let mut t = engine("dora");
-        let (offer, dest) = t.send(&req(1, MessageType::Discover)).unwrap();
-        assert_eq!(offer.message_type(), Some(MessageType::Offer));
-        let ip = offer.yiaddr;
-        assert_eq!(ip, Ipv4Addr::new(10, 0, 0, 100));
-        assert!(matches!(dest, Dest::Hardware { .. }));
-        assert_eq!(offer.get_u32(opt::LEASE_TIME), Some(100));
-        assert_eq!(offer.get_u32(opt::RENEWAL_T1), Some(50));
-        assert_eq!(offer.get_u32(opt::REBINDING_T2), Some(87));
-        assert_eq!(
-            offer.get_ip(opt::SUBNET_MASK),
-            Some(Ipv4Addr::new(255, 255, 255, 0))
-        );
-        assert_eq!(offer.get_u16(opt::MTU), Some(1400));
-        let routes = super::super::packet::decode_classless_routes(
-            offer.get(opt::CLASSLESS_ROUTES).unwrap(),
-        )
-        .unwrap();
-        assert_eq!(routes.len(), 2);
-        assert_eq!(routes[1].0.prefix, 0, "default route included");
-        let mut r = req(1, MessageType::Request);
-        r.set(opt::SERVER_ID, vec![10, 0, 0, 1]);
-        r.set(opt::REQUESTED_IP, ip.octets().to_vec());
-        let (ack, _) = t.send(&r).unwrap();
-        assert_eq!(ack.message_type(), Some(MessageType::Ack));
-        assert_eq!(t.e.leases(t.now)[0].state, "bound");
-        // Another client asking for that address in INIT-REBOOT is refused.
-        let mut r2 = req(2, MessageType::Request);
-        r2.set(opt::REQUESTED_IP, ip.octets().to_vec());
-        let (nak, dest) = t.send(&r2).unwrap();
-        assert_eq!(nak.message_type(), Some(MessageType::Nak));
-        assert_eq!(dest, Dest::Broadcast);
-        // The pool has one address left; a third client finds none after the second.
-        let (o2, _) = t.send(&req(2, MessageType::Discover)).unwrap();
-        assert_eq!(o2.yiaddr, Ipv4Addr::new(10, 0, 0, 101));
-        assert!(t.send(&req(3, MessageType::Discover)).is_none());
-        assert_eq!(t.e.stats.dropped_pool_exhausted, 1);
-        // The reserved client always gets its address, even asking for another.
-        let mut d9 = req(9, MessageType::Discover);
-        d9.set(opt::REQUESTED_IP, vec![10, 0, 0, 100]);
-        let (o9, _) = t.send(&d9).unwrap();
-        assert_eq!(o9.yiaddr, Ipv4Addr::new(10, 0, 0, 9));
-        // Renewal: unicast to ciaddr.
-        let mut renew = req(1, MessageType::Request);
-        renew.ciaddr = ip;
-        t.now += 60;
-        let (ack, dest) = t.send(&renew).unwrap();
-        assert_eq!(ack.message_type(), Some(MessageType::Ack));
-        assert_eq!(dest, Dest::Unicast(ip));
-        assert_eq!(t.e.leases(t.now)[0].expires_unix, t.now + 100);
-        // Release frees it.
-        let mut rel = req(1, MessageType::Release);
-        rel.ciaddr = ip;
-        rel.set(opt::SERVER_ID, vec![10, 0, 0, 1]);
-        assert!(t.send(&rel).is_none());
-        assert!(
-            t.e.leases(t.now)
-                .iter()
-                .any(|l| l.ip == ip && l.state == "released")
-        );
-        // Restart on the same journal: the release survives, the offer to 2 does not.
-        let (dir, now) = (t.dir.clone(), t.now);
-        let T { e, .. } = &mut t;
-        let placeholder =
-            std::env::temp_dir().join(format!("kvmnet-dhcp-unit-ph-{}", std::process::id()));
-        let old = std::mem::replace(e, Engine::open(&placeholder, now).unwrap());
-        drop(old); // releases the lock on `dir`
-        let _ = std::fs::remove_dir_all(&placeholder);
-        let mut e = Engine::open(&dir, now).unwrap();
-        e.set_scopes(vec![scope()], now);
-        let ls = e.leases(now);
-        assert!(
-            ls.iter().any(|l| l.ip == ip && l.state == "released"),
-            "{ls:?}"
-        );
-        assert!(!ls.iter().any(|l| l.state == "offered"));
-    }
-
-    #[test]
-    fn relayed_only_from_its_own_bridge() {
-        let mut t = engine("relay");
-        let mut other = scope();
-        other.network = "other".into();
-        other.interface = "br1".into();
-        other.server_ip = Ipv4Addr::new(10, 1, 0, 1);
-        other.router = Some(other.server_ip);
-        other.subnet = "10.1.0.0/24".parse().unwrap();
-        other.pool = Some((Ipv4Addr::new(10, 1, 0, 100), Ipv4Addr::new(10, 1, 0, 110)));
-        other.reservations.clear();
-        t.e.set_scopes(vec![scope(), other], t.now);
-        let mut d = req(1, MessageType::Discover);
-        d.giaddr = Ipv4Addr::new(10, 0, 0, 7);
-        d.set(opt::RELAY_AGENT_INFO, vec![1, 1, 7]);
-        let (offer, dest) = t.send(&d).unwrap();
-        assert_eq!(dest, Dest::Relay(Ipv4Addr::new(10, 0, 0, 7)));
-        assert_eq!(offer.giaddr, Ipv4Addr::new(10, 0, 0, 7));
-        assert_eq!(offer.options.last().unwrap().0, opt::RELAY_AGENT_INFO);
-        // A guest on br0 claiming to relay for br1's subnet gets nothing from br1's pool.
-        d.giaddr = Ipv4Addr::new(10, 1, 0, 7);
-        assert!(t.send(&d).is_none());
-        assert_eq!(t.e.stats.dropped_no_scope, 1);
-        // A NAK to a relay carries the broadcast bit.
-        let mut r = req(2, MessageType::Request);
-        r.giaddr = Ipv4Addr::new(10, 0, 0, 7);
-        r.set(opt::REQUESTED_IP, vec![192, 0, 2, 1]);
-        let (nak, dest) = t.send(&r).unwrap();
-        assert_eq!(nak.message_type(), Some(MessageType::Nak));
-        assert!(nak.broadcast_flag());
-        assert_eq!(dest, Dest::Relay(Ipv4Addr::new(10, 0, 0, 7)));
-    }
-
-    #[test]
-    fn inform_and_rate_limit() {
-        let mut t = engine("inform");
-        let mut inf = req(5, MessageType::Inform);
-        inf.ciaddr = Ipv4Addr::new(10, 0, 0, 50);
-        let (ack, dest) = t.send(&inf).unwrap();
-        assert_eq!(ack.message_type(), Some(MessageType::Ack));
-        assert!(ack.yiaddr.is_unspecified());
-        assert!(ack.get(opt::LEASE_TIME).is_none());
-        assert_eq!(ack.get_ips(opt::DNS), vec![Ipv4Addr::new(10, 0, 0, 53)]);
-        assert_eq!(dest, Dest::Unicast(Ipv4Addr::new(10, 0, 0, 50)));
-        assert!(t.e.leases(t.now).is_empty());
-        // One MAC hammering: the bucket (16) runs dry.
-        let mut answered = 0;
-        for _ in 0..40 {
-            if t.send(&inf).is_some() {
-                answered += 1;
-            }
-        }
-        assert!(answered < 20, "{answered}");
-        assert!(t.e.stats.dropped_rate_mac > 0);
-    }
-}
+#[path = "engine_tests.rs"]
+mod tests;

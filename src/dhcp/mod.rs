@@ -8,20 +8,62 @@
 //!   its DHCPACK is sent, so a `kill -9` loses none and never hands an address out twice.
 //!
 //! Who a client is: its Ethernet address (`chaddr`). The client identifier (option 61) is
-//! echoed but not used as the key: a VM's port is its identity here, and reservations are
-//! written by MAC.
+//! echoed and recorded with the binding, but it is not the key: a VM's port is its identity
+//! here, and reservations are written by MAC.
 //!
 //! The server is authoritative for its scopes: a request for an address it did not hand out
 //! is answered (ACK when the address is free for that client, NAK otherwise) instead of
 //! ignored, so clients recover at once when the server's state was lost or the spec changed.
 //!
-//! Flood protection (see [`Limits`]): token buckets per client MAC and per source (bridge, or
-//! relay address); clients with a reservation skip the per-source bucket, so a flood of
-//! random MACs cannot crowd them out, and their addresses are never in the pool. Pool offers
-//! are capped (the oldest is recycled), and when the pool runs low new pool clients are
-//! admitted slowly.
+//! # What a guest can forge, and what the server takes from it
+//!
+//! Everything in a DHCP message is written by the sender. On a guarded port (`antispoof`)
+//! the bridge drops client messages whose `chaddr` is not the port's MAC or whose `giaddr` is
+//! set, and IPv4 from other sources, so there `chaddr` names the port. On its own (ports with
+//! `antispoof: false`, and as a second line everywhere) the server holds to these rules:
+//!
+//! - **Who may end a lease.** A RELEASE counts only if it names the lease's MAC, carries the
+//!   client identifier recorded with the binding (if one was), and, unless relayed, comes
+//!   from the released address itself (RFC 2131 4.4.6: the client releases from its address).
+//!   A DECLINE counts only if it names the lease's MAC and client identifier, and arrives
+//!   while the client can still be checking a binding it has just been given: within
+//!   [`Limits::decline_window_secs`] of an ACK that made a new binding (DISCOVER/REQUEST or
+//!   INIT-REBOOT for an address it did not hold bound); a renewal opens no window. Anything
+//!   else is ignored ([`ServerStats::dropped_not_holder`]).
+//! - **Allowances** ([`Limits`]): token buckets. Every client MAC has its own allowance, and
+//!   every bridge a shared one (relayed requests a second shared one per bridge). A packet
+//!   from a reserved MAC within its own allowance is served without touching the shared one,
+//!   so a flood of invented MACs cannot crowd out reservations. A pool MAC's packets are
+//!   always charged to the shared allowance, since anyone can invent MACs. A packet over its
+//!   MAC's allowance is not dropped for that: it may still use the top half of the shared
+//!   allowance. Why: `chaddr` is forgeable, so an allowance keyed by it alone could be spent
+//!   by someone else, and a guest sending a handful of packets a second in a victim's name
+//!   would lock the victim out. Here, to crowd out a client, a sender must push the whole
+//!   bridge's shared allowance below half, which starves every unreserved client alike and
+//!   is what the shared allowance bounds in any case; one MAC hammering (a broken client)
+//!   still cannot take more than half of it.
+//! - **Relays.** A relayed message (`giaddr` set) is served on the bridge it came in on, and
+//!   only if both its relay address (`giaddr`) and its IP source are host addresses of that
+//!   bridge's network that no guest port can hold: not the server's address, not in the pool
+//!   range, not a reservation, and not an address the server has leased (a record kept from
+//!   an earlier range). So a relay is a host on the bridge with a static address outside the
+//!   range, like perfdhcp in the tests; a guest holding a lease cannot pose as one. Relayed
+//!   messages are charged to the bridge's relay allowance whatever their `giaddr`: rotating
+//!   `giaddr` gains nothing. Answers go to `giaddr`, port 67.
+//! - **New bindings** (a pool address the MAC does not hold offered or bound) pass the same
+//!   admission as a DISCOVER, whether they come from a DISCOVER or from a REQUEST that skipped
+//!   it (SELECTING, INIT-REBOOT, a renewal the server has no record of): the offer cap
+//!   (offers hold at most a share of the pool; the oldest is recycled) and, when the pool
+//!   runs low, the low-pool admission rate. A REQUEST thus gets no more than the DISCOVER it
+//!   skipped. Reservations are always answered.
+//! - **Where answers go.** `ciaddr` is used as a destination only when it is a host address
+//!   of the network: an INFORM with another `ciaddr`, or without one from a source outside
+//!   the network, is not answered; an ACK to a request with such a `ciaddr` goes to the
+//!   client's MAC or is broadcast, as if `ciaddr` were 0.
 
 mod engine;
+mod journal;
+mod limit;
 mod net;
 pub mod packet;
 mod store;
@@ -122,10 +164,14 @@ pub struct Lease {
     pub state: String,
     /// The address is this MAC's reservation in the spec.
     pub reserved: bool,
+    /// The client identifier (option 61) the client bound with, as colon-separated hex.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_id: Option<String>,
 }
 
 /// Counters since start. Message counters count requests received and replies sent.
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+#[serde(default)]
 pub struct ServerStats {
     pub received: u64,
     pub discover: u64,
@@ -147,9 +193,17 @@ pub struct ServerStats {
     /// Relayed with a giaddr no scope covers, or that names another network than the bridge
     /// it came in on (a guest cannot draw from another network's pool by forging giaddr).
     pub dropped_no_scope: u64,
-    /// Over the per-MAC rate.
+    /// Relayed from an address that is not a relay's: a guest port's (see "Relays" above),
+    /// the server's own, or none.
+    pub dropped_relay: u64,
+    /// A RELEASE or DECLINE naming a client's lease that did not come from that client (see
+    /// "Who may end a lease" above).
+    pub dropped_not_holder: u64,
+    /// A `ciaddr` (INFORM) or packet source outside the network: no answer is sent there.
+    pub dropped_foreign_ciaddr: u64,
+    /// Over its MAC's allowance while the shared allowance was below half.
     pub dropped_rate_mac: u64,
-    /// Over the per-interface (or per-relay) rate.
+    /// The shared allowance of the bridge (direct or relayed) was used up.
     pub dropped_rate_interface: u64,
     /// No free pool address (or no pool) for a client without a reservation.
     pub dropped_pool_exhausted: u64,
@@ -167,18 +221,23 @@ pub struct ServerStats {
     pub interfaces_waiting: Vec<String>,
 }
 
-/// Rate limits and pool guards. Rates are packets per second.
+/// Rate limits and pool guards. Rates are packets per second; a rate that is not finite is
+/// no limit. See "Flood protection" above for how the allowances combine.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Limits {
+    /// A client MAC's own allowance.
     pub per_mac_rate: f64,
     pub per_mac_burst: f64,
-    /// Per bridge, or per relay address for relayed requests. Reserved clients skip it.
+    /// The shared allowance of a bridge; relayed requests have a second one per bridge.
     pub per_interface_rate: f64,
     pub per_interface_burst: f64,
     /// How long an offered address is held for the client's REQUEST.
     pub offer_hold_secs: u32,
     /// How long a declined address stays out of use.
     pub decline_hold_secs: u32,
+    /// How long after a new binding a DECLINE of it is believed (the client's address
+    /// conflict check, RFC 5227, takes under 10 s).
+    pub decline_window_secs: u32,
     /// At most this share of the pool (percent, at least 8 addresses) is tied up in offers;
     /// beyond it the oldest offer is recycled.
     pub max_offers_percent: u32,
@@ -197,6 +256,7 @@ impl Default for Limits {
             per_interface_burst: 10000.0,
             offer_hold_secs: 30,
             decline_hold_secs: 600,
+            decline_window_secs: 60,
             max_offers_percent: 25,
             low_pool_percent: 10,
             low_pool_admit_rate: 2.0,
@@ -443,13 +503,96 @@ impl Server {
     }
 }
 
+/// The server without sockets, for fuzzers and property tests: every input is a packet
+/// received on the bridge of one scope (`br0`, 10.0.0.0/24 with the gateway at .1, a pool
+/// .100-.199, a reservation of 02:00:00:00:00:09 at .9), answered as [`Server`] would, with
+/// its journal in `state_dir`. Time is passed in.
+#[doc(hidden)]
+pub struct FuzzServer {
+    engine: Engine,
+    now: u64,
+    mono: Instant,
+}
+
+impl FuzzServer {
+    pub fn open(state_dir: &Path) -> Result<FuzzServer, DhcpError> {
+        let now = 1_000_000;
+        let mut engine = Engine::open(state_dir, now)?;
+        let gw = Ipv4Addr::new(10, 0, 0, 1);
+        engine.set_scopes(
+            vec![Scope {
+                network: "fuzz".into(),
+                interface: "br0".into(),
+                server_ip: gw,
+                subnet: Ipv4Cidr::new(Ipv4Addr::new(10, 0, 0, 0), 24),
+                router: Some(gw),
+                dns: vec![gw],
+                domain: Some("fuzz.example".into()),
+                mtu: Some(1500),
+                lease_secs: 600,
+                routes: vec![(Ipv4Cidr::new(Ipv4Addr::new(198, 51, 100, 0), 24), gw)],
+                pool: Some((Ipv4Addr::new(10, 0, 0, 100), Ipv4Addr::new(10, 0, 0, 199))),
+                reservations: vec![Reservation {
+                    mac: Mac([2, 0, 0, 0, 0, 9]),
+                    ip: Ipv4Addr::new(10, 0, 0, 9),
+                    port: "fuzz9".into(),
+                }],
+            }],
+            now,
+        );
+        Ok(FuzzServer {
+            engine,
+            now,
+            mono: Instant::now(),
+        })
+    }
+
+    /// `advance` seconds pass (with the once-a-second upkeep), then `data` arrives from
+    /// `src` (its IP source; port 67 when it has a `giaddr`, else 68) to `dst`. Returns the
+    /// answer's bytes, if the server would send one.
+    pub fn feed(
+        &mut self,
+        src: Ipv4Addr,
+        dst: Ipv4Addr,
+        data: &[u8],
+        advance: u32,
+    ) -> Option<Vec<u8>> {
+        if advance > 0 {
+            self.now += u64::from(advance);
+            self.mono += Duration::from_secs(u64::from(advance));
+            self.engine.tick(self.now, self.mono);
+        }
+        let port = match packet::Packet::parse(data) {
+            Ok(p) if !p.giaddr.is_unspecified() => packet::SERVER_PORT,
+            _ => packet::CLIENT_PORT,
+        };
+        let rx = net::Rx {
+            socket: 0,
+            src: std::net::SocketAddrV4::new(src, port),
+            dst,
+            data: data.to_vec(),
+        };
+        let out = self.engine.handle("br0", 0, &rx, self.now, self.mono);
+        let durable = self.engine.commit();
+        out.filter(|o| durable || !o.needs_sync).map(|o| o.bytes)
+    }
+
+    pub fn leases(&self) -> Vec<Lease> {
+        self.engine.leases(self.now)
+    }
+
+    pub fn stats(&self) -> ServerStats {
+        self.engine.stats.clone()
+    }
+}
+
 /// Read the leases from a state directory without a running server (for `kvmnet leases`):
 /// the last record per address, without expired ones (releases of the last day stay),
 /// sorted by network and address. Offers are never on disk.
 pub fn read_leases(state_dir: &Path) -> Result<Vec<Lease>, DhcpError> {
     let now = now_unix();
     let mut last: std::collections::BTreeMap<(String, Ipv4Addr), Lease> = Default::default();
-    for l in store::read_journal(state_dir)? {
+    for l in journal::read_journal(state_dir)? {
         last.insert((l.network.clone(), l.ip), l);
     }
     Ok(last
@@ -496,6 +639,70 @@ vms:
       - { network: lan, mac: "52:54:00:00:00:02" }
       - { network: plain, ipv4: 10.8.0.10 }
 "#;
+
+    /// Mutated requests through the whole engine: no panic, every answer parses, and no
+    /// address is ever bound outside the pool or reservations. (A fuzzer drives the same
+    /// entry point for longer.)
+    #[test]
+    fn fuzz_server_survives_mutated_requests() {
+        use packet::{MessageType, Packet, opt};
+        let dir = std::env::temp_dir().join(format!("kvmnet-dhcp-fuzz-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let mut f = FuzzServer::open(&dir).unwrap();
+        let mut x: u64 = 0x2545_f491_4f6c_dd1d;
+        let mut rnd = move || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        let kinds = [
+            MessageType::Discover,
+            MessageType::Request,
+            MessageType::Decline,
+            MessageType::Release,
+            MessageType::Inform,
+        ];
+        for i in 0..3000u32 {
+            let r = rnd().to_be_bytes();
+            let mac = Mac([2, 0, 0, 0, r[0] & 1, r[1] & 15]);
+            let mut p = Packet::request(mac, i, kinds[usize::from(r[2]) % kinds.len()]);
+            p.set(opt::REQUESTED_IP, vec![10, 0, 0, r[3]]);
+            if r[4] & 1 == 1 {
+                p.set(opt::SERVER_ID, vec![10, 0, 0, 1]);
+            }
+            if r[4] & 2 == 2 {
+                p.ciaddr = Ipv4Addr::new(10, 0, 0, r[5]);
+            }
+            if r[4] & 4 == 4 {
+                p.giaddr = Ipv4Addr::new(10, 0, r[6] & 1, r[7]);
+            }
+            let mut bytes = p.encode();
+            for _ in 0..(r[6] & 3) {
+                let at = rnd() as usize % bytes.len();
+                bytes[at] = rnd() as u8;
+            }
+            if r[7] & 7 == 0 {
+                bytes.truncate(rnd() as usize % bytes.len());
+            }
+            let src = Ipv4Addr::new(10, 0, 0, r[5] & 0x0f);
+            if let Some(reply) = f.feed(src, Ipv4Addr::BROADCAST, &bytes, u32::from(r[0] >> 7)) {
+                let q = Packet::parse(&reply).expect("answers parse");
+                assert_eq!(q.op, packet::BOOTREPLY);
+            }
+        }
+        let leases = f.leases();
+        assert!(leases.iter().any(|l| l.state == "bound"), "{:?}", f.stats());
+        for l in &leases {
+            let o = l.ip.octets()[3];
+            assert!(
+                (100..=199).contains(&o) || (o == 9 && l.mac == "02:00:00:00:00:09"),
+                "{l:?}"
+            );
+        }
+        drop(f);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 
     #[test]
     fn scopes_from_spec() {

@@ -1,30 +1,15 @@
-//! Leases: the in-memory table of one network, and the append-only journal that makes it
-//! survive a crash.
-//!
-//! The journal (`leases.journal`) holds one JSON [`Lease`] per line; replaying it in order,
-//! the last line for a (network, address) wins. Every binding is written and `fdatasync`ed
-//! before its DHCPACK leaves (the server batches the packets of one wakeup, so one sync covers
-//! many ACKs). Offers are not written: an offer lost in a crash costs the client one NAK or
-//! one retry, never a double assignment. A torn last line (the process died inside `write`)
-//! is cut off at start; nothing in it was acknowledged. When the journal grows to twice the
-//! live records (and at least 4096 lines) it is rewritten, via a temporary file and rename.
+//! Leases: the in-memory table of one network. The journal that makes it survive a crash is
+//! in `journal`; the table produces the records it writes.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::fs::{File, OpenOptions};
-use std::io::{Read, Write};
 use std::net::Ipv4Addr;
-use std::os::fd::AsRawFd;
-use std::path::{Path, PathBuf};
 
-use super::{DhcpError, Lease, Scope};
+use super::{Lease, Scope};
 use crate::spec::Mac;
 
-pub(crate) const JOURNAL: &str = "leases.journal";
 /// How long released and expired records are kept (in the journal, and shown as released),
 /// so a client that comes back gets its old address again, also after a restart.
 pub(crate) const KEEP_FREED_SECS: u64 = 86_400;
-const LOCK: &str = "leases.lock";
-const COMPACT_MIN_LINES: u64 = 4096;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum State {
@@ -69,8 +54,45 @@ pub(crate) struct Entry {
     /// Unix seconds; `u64::MAX` for an infinite lease.
     pub expires: u64,
     pub hostname: Option<String>,
+    /// The client identifier (option 61) of the request that bound it, if there was one: a
+    /// RELEASE or DECLINE must carry the same.
+    pub client_id: Option<Box<[u8]>>,
+    /// Until when (Unix seconds) the client may still be checking a binding it has just been
+    /// given (RFC 5227 probes, RFC 2131 4.4.1): the only time a DECLINE of it is believed.
+    /// Kept in memory only: after a restart no old binding is declined, and the client's
+    /// next new binding opens the window again.
+    pub probe_until: u64,
     /// Order of pool offers, for evicting the oldest.
     offer_seq: u64,
+}
+
+/// A binding to record.
+pub(crate) struct Binding {
+    pub mac: Mac,
+    pub hostname: Option<String>,
+    pub client_id: Option<Box<[u8]>>,
+    pub expires: u64,
+    /// See [`Entry::probe_until`]; 0 when the client is not about to check the address.
+    pub probe_until: u64,
+}
+
+/// A client identifier as operators (and the journal) see it: hex bytes with colons.
+pub(crate) fn client_id_text(id: &[u8]) -> String {
+    let mut s = String::with_capacity(id.len() * 3);
+    for (i, b) in id.iter().enumerate() {
+        if i > 0 {
+            s.push(':');
+        }
+        s.push_str(&format!("{b:02x}"));
+    }
+    s
+}
+
+fn parse_client_id(s: &str) -> Option<Box<[u8]>> {
+    s.split(':')
+        .map(|h| u8::from_str_radix(h, 16).ok().filter(|_| h.len() == 2))
+        .collect::<Option<Vec<u8>>>()
+        .map(Vec::into_boxed_slice)
 }
 
 impl Entry {
@@ -145,6 +167,8 @@ impl Table {
                 state,
                 expires: l.expires_unix,
                 hostname: l.hostname.clone(),
+                client_id: l.client_id.as_deref().and_then(parse_client_id),
+                probe_until: 0,
                 offer_seq: 0,
             },
         );
@@ -397,6 +421,8 @@ impl Table {
                 state: State::Offered,
                 expires: until,
                 hostname,
+                client_id: None,
+                probe_until: 0,
                 offer_seq: 0,
             },
         );
@@ -425,16 +451,44 @@ impl Table {
         }
     }
 
-    /// Bind `ip` to `mac`; returns the journal records (the binding, and the release of what
-    /// else the MAC held: a client has one address per network).
-    pub fn bind(
-        &mut self,
-        ip: u32,
-        mac: Mac,
-        hostname: Option<String>,
-        expires: u64,
-        now: u64,
-    ) -> Vec<Lease> {
+    /// Whether `mac` holds `ip` bound now.
+    pub fn is_bound_to(&self, ip: u32, mac: &Mac, now: u64) -> bool {
+        self.entries
+            .get(&ip)
+            .is_some_and(|e| e.mac == *mac && e.state == State::Bound && e.expires > now)
+    }
+
+    /// Whether `mac` holds `ip` now, offered or bound.
+    pub fn is_held_by(&self, ip: u32, mac: &Mac, now: u64) -> bool {
+        self.entries.get(&ip).is_some_and(|e| {
+            e.mac == *mac && matches!(e.state, State::Offered | State::Bound) && e.expires > now
+        })
+    }
+
+    pub fn entry(&self, ip: u32) -> Option<&Entry> {
+        self.entries.get(&ip)
+    }
+
+    /// Whether `ip` lies in the pool range (reserved or not): any such address may be a
+    /// guest's at any moment.
+    pub fn in_pool_range(&self, ip: u32) -> bool {
+        self.pool.is_some_and(|(a, b)| a <= ip && ip <= b)
+    }
+
+    pub fn is_reserved_ip(&self, ip: u32) -> bool {
+        self.reserved_ip.contains_key(&ip)
+    }
+
+    /// Bind `ip` as `b` says; returns the journal records (the binding, and the release of
+    /// what else the MAC held: a client has one address per network).
+    pub fn bind(&mut self, ip: u32, b: Binding, now: u64) -> Vec<Lease> {
+        let Binding {
+            mac,
+            hostname,
+            client_id,
+            expires,
+            probe_until,
+        } = b;
         let mut out = Vec::with_capacity(1);
         let others: Vec<u32> = self
             .owned(&mac)
@@ -446,12 +500,10 @@ impl Table {
             self.change_state(old, State::Released, now);
             out.push(self.lease(old).expect("just set"));
         }
-        let hostname = hostname.or_else(|| {
-            self.entries
-                .get(&ip)
-                .filter(|e| e.mac == mac)
-                .and_then(|e| e.hostname.clone())
-        });
+        let same = self.entries.get(&ip).filter(|e| e.mac == mac);
+        let hostname = hostname.or_else(|| same.and_then(|e| e.hostname.clone()));
+        // A renewal does not close a window a new binding opened moments before.
+        let probe_until = probe_until.max(same.map_or(0, |e| e.probe_until));
         self.set(
             ip,
             Entry {
@@ -459,6 +511,8 @@ impl Table {
                 state: State::Bound,
                 expires,
                 hostname,
+                client_id,
+                probe_until,
                 offer_seq: 0,
             },
         );
@@ -496,6 +550,7 @@ impl Table {
             hostname: e.hostname.clone(),
             state: e.state.as_str().to_string(),
             reserved: self.reserved_ip.get(&ip) == Some(&e.mac),
+            client_id: e.client_id.as_deref().map(client_id_text),
         })
     }
 
@@ -531,175 +586,6 @@ impl Table {
     pub fn entry_count(&self) -> usize {
         self.entries.len()
     }
-}
-
-/// Parse journal bytes: the records, the length of the part that ends in a complete line,
-/// and how many complete lines did not parse.
-pub(crate) fn replay(bytes: &[u8]) -> (Vec<Lease>, usize, usize) {
-    let good_len = bytes.iter().rposition(|&b| b == b'\n').map_or(0, |p| p + 1);
-    let mut out = Vec::new();
-    let mut bad = 0;
-    for line in bytes[..good_len].split(|&b| b == b'\n') {
-        if line.iter().all(|b| b.is_ascii_whitespace()) {
-            continue;
-        }
-        match serde_json::from_slice::<Lease>(line) {
-            Ok(l) => out.push(l),
-            Err(_) => bad += 1,
-        }
-    }
-    (out, good_len, bad)
-}
-
-pub(crate) struct Journal {
-    path: PathBuf,
-    dir: PathBuf,
-    file: File,
-    buf: Vec<u8>,
-    lines: u64,
-    _lock: File,
-}
-
-fn state_err(path: &Path, source: std::io::Error) -> DhcpError {
-    DhcpError::State {
-        path: path.display().to_string(),
-        source,
-    }
-}
-
-fn sync_dir(dir: &Path) -> std::io::Result<()> {
-    File::open(dir)?.sync_all()
-}
-
-impl Journal {
-    /// Lock the state directory, read the journal (cutting off a torn last line) and open it
-    /// for appending.
-    pub fn open(dir: &Path) -> Result<(Journal, Vec<Lease>), DhcpError> {
-        std::fs::create_dir_all(dir).map_err(|e| state_err(dir, e))?;
-        let lock_path = dir.join(LOCK);
-        let lock = OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&lock_path)
-            .map_err(|e| state_err(&lock_path, e))?;
-        // SAFETY: plain syscall on an fd we own.
-        if unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
-            return Err(DhcpError::Locked {
-                path: dir.display().to_string(),
-            });
-        }
-        let path = dir.join(JOURNAL);
-        let existed = path.exists();
-        let mut file = OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .read(true)
-            .write(true)
-            .open(&path)
-            .map_err(|e| state_err(&path, e))?;
-        let mut bytes = Vec::new();
-        file.read_to_end(&mut bytes)
-            .map_err(|e| state_err(&path, e))?;
-        let (records, good_len, bad) = replay(&bytes);
-        if bad > 0 {
-            eprintln!(
-                "kvmnet dhcp: {}: skipped {bad} damaged line(s)",
-                path.display()
-            );
-        }
-        if good_len < bytes.len() {
-            // The process died inside a write: that record was never acknowledged.
-            file.set_len(good_len as u64)
-                .and_then(|_| file.sync_data())
-                .map_err(|e| state_err(&path, e))?;
-        }
-        drop(file);
-        let file = OpenOptions::new()
-            .append(true)
-            .open(&path)
-            .map_err(|e| state_err(&path, e))?;
-        if !existed {
-            sync_dir(dir).map_err(|e| state_err(dir, e))?;
-        }
-        let lines = records.len() as u64;
-        Ok((
-            Journal {
-                path,
-                dir: dir.to_path_buf(),
-                file,
-                buf: Vec::new(),
-                lines,
-                _lock: lock,
-            },
-            records,
-        ))
-    }
-
-    pub fn append(&mut self, l: &Lease) {
-        serde_json::to_writer(&mut self.buf, l).expect("a lease serializes");
-        self.buf.push(b'\n');
-        self.lines += 1;
-    }
-
-    pub fn has_pending(&self) -> bool {
-        !self.buf.is_empty()
-    }
-
-    /// Write what was appended; with `sync`, also wait until it is on disk.
-    pub fn flush(&mut self, sync: bool) -> Result<(), DhcpError> {
-        if !self.buf.is_empty() {
-            let r = self.file.write_all(&self.buf);
-            self.buf.clear();
-            r.map_err(|e| state_err(&self.path, e))?;
-        }
-        if sync {
-            self.file
-                .sync_data()
-                .map_err(|e| state_err(&self.path, e))?;
-        }
-        Ok(())
-    }
-
-    pub fn wants_compaction(&self, live: usize) -> bool {
-        self.lines > COMPACT_MIN_LINES && self.lines > 2 * live as u64
-    }
-
-    /// Rewrite the journal with just `live` (after flushing what is pending).
-    pub fn compact(&mut self, live: &[Lease]) -> Result<(), DhcpError> {
-        self.flush(false)?;
-        let tmp = self.dir.join(format!("{JOURNAL}.tmp"));
-        let mut data = Vec::with_capacity(live.len() * 160);
-        for l in live {
-            serde_json::to_writer(&mut data, l).expect("a lease serializes");
-            data.push(b'\n');
-        }
-        let write = || -> std::io::Result<()> {
-            let mut f = File::create(&tmp)?;
-            f.write_all(&data)?;
-            f.sync_all()?;
-            std::fs::rename(&tmp, &self.path)?;
-            sync_dir(&self.dir)
-        };
-        write().map_err(|e| state_err(&tmp, e))?;
-        self.file = OpenOptions::new()
-            .append(true)
-            .open(&self.path)
-            .map_err(|e| state_err(&self.path, e))?;
-        self.lines = live.len() as u64;
-        Ok(())
-    }
-}
-
-/// Read a journal without locking or changing it (a live server may be appending).
-pub(crate) fn read_journal(dir: &Path) -> Result<Vec<Lease>, DhcpError> {
-    let path = dir.join(JOURNAL);
-    let bytes = match std::fs::read(&path) {
-        Ok(b) => b,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(e) => return Err(state_err(&path, e)),
-    };
-    Ok(replay(&bytes).0)
 }
 
 #[cfg(test)]
@@ -742,6 +628,16 @@ mod tests {
         Mac([2, 0, 0, 0, 0, m])
     }
 
+    fn binding(m: u8, hostname: Option<&str>, expires: u64) -> Binding {
+        Binding {
+            mac: mac(m),
+            hostname: hostname.map(str::to_string),
+            client_id: None,
+            expires,
+            probe_until: 0,
+        }
+    }
+
     #[test]
     fn allocation_order_and_reuse() {
         let mut t = Table::new("n");
@@ -755,7 +651,7 @@ mod tests {
         assert_eq!(t.allocate(&mac(1), None, now), Some(a));
         let b = t.allocate(&mac(2), None, now).unwrap();
         assert_eq!(b, ip(12));
-        t.bind(b, mac(2), None, now + 100, now);
+        t.bind(b, binding(2, None, now + 100), now);
         let c = t
             .allocate(&mac(3), Some(Ipv4Addr::new(10, 0, 0, 12)), now)
             .unwrap();
@@ -774,7 +670,7 @@ mod tests {
         t.release(b, &mac(2), now + 40).unwrap();
         assert_eq!(t.allocate(&mac(2), None, now + 41), Some(b));
         // Decline quarantines.
-        t.bind(ip(10), mac(5), None, now + 500, now + 41);
+        t.bind(ip(10), binding(5, None, now + 500), now + 41);
         t.decline(ip(10), &mac(5), now + 1000, now + 42).unwrap();
         assert!(!t.can_assign(&mac(5), ip(10), now + 43));
         assert_ne!(t.allocate(&mac(5), None, now + 43), Some(ip(10)));
@@ -799,7 +695,7 @@ mod tests {
         assert!(t.evict_oldest_offer(1));
         assert_eq!(t.offers_count(), 3);
         assert!(t.held_pool_ip(&mac(1), 1).is_none());
-        let recs = t.bind(ip(11), mac(2), Some("h".into()), 100, 1);
+        let recs = t.bind(ip(11), binding(2, Some("h"), 100), 1);
         // Reload from the records: the binding survives, offers do not.
         let mut u = Table::new("n");
         for r in &recs {
@@ -810,60 +706,5 @@ mod tests {
         assert_eq!(u.free_count(), 9);
         assert!(!u.can_assign(&mac(3), ip(11), 2));
         assert!(u.can_assign(&mac(3), ip(11), 100), "expired at 100");
-    }
-
-    #[test]
-    fn journal_compacts_and_replays() {
-        let dir = std::env::temp_dir().join(format!("kvmnet-dhcp-journal-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        let lease = |i: u32, state: &str| Lease {
-            mac: format!("02:00:00:00:00:{:02x}", i % 4),
-            ip: Ipv4Addr::new(10, 0, 0, 10 + (i % 4) as u8),
-            network: "n".into(),
-            expires_unix: 1000 + u64::from(i),
-            hostname: None,
-            state: state.into(),
-            reserved: false,
-        };
-        {
-            let (mut j, recs) = Journal::open(&dir).unwrap();
-            assert!(recs.is_empty());
-            assert!(matches!(Journal::open(&dir), Err(DhcpError::Locked { .. })));
-            for i in 0..5000 {
-                j.append(&lease(i, "bound"));
-            }
-            j.flush(true).unwrap();
-            assert!(j.wants_compaction(4));
-            let live: Vec<Lease> = (4996..5000).map(|i| lease(i, "bound")).collect();
-            j.compact(&live).unwrap();
-            assert!(!j.wants_compaction(4));
-            j.append(&lease(5000, "released"));
-            j.flush(true).unwrap();
-        }
-        let (_j, recs) = Journal::open(&dir).unwrap();
-        assert_eq!(recs.len(), 5);
-        assert_eq!(recs[4], lease(5000, "released"));
-        assert_eq!(read_journal(&dir).unwrap(), recs);
-        let _ = std::fs::remove_dir_all(&dir);
-    }
-
-    #[test]
-    fn torn_tail_is_ignored() {
-        let l = Lease {
-            mac: "02:00:00:00:00:01".into(),
-            ip: Ipv4Addr::new(10, 0, 0, 10),
-            network: "n".into(),
-            expires_unix: 5,
-            hostname: None,
-            state: "bound".into(),
-            reserved: false,
-        };
-        let mut b = serde_json::to_vec(&l).unwrap();
-        b.push(b'\n');
-        b.extend_from_slice(b"garbage\n");
-        let full = b.len();
-        b.extend_from_slice(br#"{"mac":"02:00"#);
-        let (recs, good, bad) = replay(&b);
-        assert_eq!((recs, good, bad), (vec![l], full, 1));
     }
 }

@@ -60,8 +60,8 @@ pub fn dhcp(data: &[u8]) {
     // dhcproto writes `sname` and `file` as strings even when its message says they hold
     // options (it normalises a malformed option 52 into a valid one, too): kvmnet may then
     // rightly find a truncated option there. Without overload, kvmnet must read it.
-    let dhcproto_msg = dhcproto_message(data)
-        .filter(|m| m.opts().get(v4::OptionCode::OptionOverload).is_none());
+    let dhcproto_msg =
+        dhcproto_message(data).filter(|m| m.opts().get(v4::OptionCode::OptionOverload).is_none());
     if let Some(m) = dhcproto_msg {
         let mut b = Vec::new();
         if m.encode(&mut Encoder::new(&mut b)).is_ok() {
@@ -94,10 +94,18 @@ fn routes_round_trip(d: &[u8]) {
 fn cross_check(bytes: &[u8], p: &Packet) {
     let m = borrowed::Message::new(bytes).expect("dhcproto: too short");
     assert_eq!(
-        (u8::from(m.opcode()), u8::from(m.htype()), m.hlen(), m.hops()),
+        (
+            u8::from(m.opcode()),
+            u8::from(m.htype()),
+            m.hlen(),
+            m.hops()
+        ),
         (p.op, p.htype, p.hlen, p.hops)
     );
-    assert_eq!((m.xid(), m.secs(), u16::from(m.flags())), (p.xid, p.secs, p.flags));
+    assert_eq!(
+        (m.xid(), m.secs(), u16::from(m.flags())),
+        (p.xid, p.secs, p.flags)
+    );
     assert_eq!(
         (m.ciaddr(), m.yiaddr(), m.siaddr(), m.giaddr()),
         (p.ciaddr, p.yiaddr, p.siaddr, p.giaddr)
@@ -253,8 +261,10 @@ fn typed_option(p: &Packet, code: u8, data: &[u8], o: &DhcpOption) {
                     .iter()
                     .map(|(n, via)| (n.addr(), n.prefix_len(), *via))
                     .collect();
-                let ours: Vec<(Ipv4Addr, u8, Ipv4Addr)> =
-                    ours.iter().map(|(n, via)| (n.addr, n.prefix, *via)).collect();
+                let ours: Vec<(Ipv4Addr, u8, Ipv4Addr)> = ours
+                    .iter()
+                    .map(|(n, via)| (n.addr, n.prefix, *via))
+                    .collect();
                 assert_eq!(ours, theirs);
             }
         }

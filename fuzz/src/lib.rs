@@ -24,8 +24,11 @@ pub use api_target::{ApiOutcome, api, api_parse};
 pub use dhcp_target::dhcp;
 pub use spec_target::{spec, spec_cache};
 
+/// A fuzz target: one input, a panic for a bug.
+pub type Target = fn(&[u8]);
+
 /// The targets by name, as `fuzz_targets/` and `fuzz/corpus/` name them.
-pub const TARGETS: [(&str, fn(&[u8])); 4] = [
+pub const TARGETS: [(&str, Target); 4] = [
     ("spec", spec),
     ("spec_cache", spec_cache),
     ("dhcp", dhcp),

@@ -3,7 +3,7 @@
 
 use std::io::{Read, Write};
 use std::net::Shutdown;
-use std::os::unix::net::UnixStream;
+use std::os::unix::net::{UnixListener, UnixStream};
 
 use kvmnet::daemon::api;
 use serde_json::Value;
@@ -104,8 +104,11 @@ fn read_answer(answer: &[u8]) -> (u16, String) {
 }
 
 /// Any connection's bytes: no panic; a request that reaches the handler has a method token
-/// and a path without its query; anything refused is refused with a 4xx and a message.
+/// and a path without its query; anything refused is refused with a 4xx and a message. The
+/// same bytes, read as the fields and spec of a CLI request, make the round trip of
+/// [`cli_round_trip`].
 pub fn api(data: &[u8]) {
+    cli_round_trip(data);
     match api_parse(data) {
         ApiOutcome::Request { method, path, body } => {
             // Today's reader splits the request line at whitespace and passes any other
@@ -127,4 +130,69 @@ pub fn api(data: &[u8]) {
             assert!(!message.is_empty());
         }
     }
+}
+
+/// What the CLI sends reads back as it was sent: `data` is `key NUL value NUL ... spec`, the
+/// client (`api::call_with_spec`, as `kvmnet apply` calls it) sends it to a socket served by
+/// `api::serve_one`, and the handler must see the spec and every field (the last of a
+/// repeated key; `spec` is the body's). A spec that is not UTF-8 is refused with a 400.
+pub fn cli_round_trip(data: &[u8]) {
+    let parts: Vec<String> = data
+        .split(|&b| b == 0)
+        .map(|p| String::from_utf8_lossy(p).into_owned())
+        .collect();
+    let (_, pairs) = parts.split_last().expect("split gives one part at least");
+    let spec = data.rsplit(|&b| b == 0).next().expect("one part at least");
+    let fields: Vec<(&str, String)> = pairs
+        .chunks(2)
+        .take(8)
+        .map(|kv| (kv[0].as_str(), kv.get(1).cloned().unwrap_or_default()))
+        .collect();
+
+    // A directory of this call's own (calls may run in parallel threads), left empty.
+    static CALLS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let dir = std::env::temp_dir().join(format!("kvmnet-fuzz-api-{}-{n}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temporary directory");
+    let sock = api::socket_path(&dir);
+    let _ = std::fs::remove_file(&sock);
+    let listener = UnixListener::bind(&sock).expect("bind");
+    let mut seen = None;
+    let answer = std::thread::scope(|s| {
+        let client = s.spawn(|| api::call_with_spec(&dir, "/v1/apply", &fields, spec));
+        let (conn, _) = listener.accept().expect("accept");
+        api::serve_one(conn, &mut |req: api::Request| {
+            seen = Some(req.body);
+            api::Response::ok(serde_json::json!({}))
+        });
+        client.join().expect("client")
+    });
+    drop(listener);
+    let _ = std::fs::remove_file(&sock);
+    std::fs::remove_dir(&dir).expect("the socket's directory is left empty");
+
+    let answer = answer.expect("the client found the socket");
+    let Ok(text) = std::str::from_utf8(spec) else {
+        assert!(
+            seen.is_none(),
+            "a spec that is not UTF-8 reached the handler"
+        );
+        assert!(
+            matches!(
+                answer,
+                Err(kvmnet::daemon::api::ApiError::Status { status: 400, .. })
+            ),
+            "{answer:?}"
+        );
+        return;
+    };
+    answer.expect("the request was refused");
+    let body = seen.expect("the handler saw the request");
+    assert_eq!(body["spec"], text, "spec");
+    let mut want = serde_json::Map::new();
+    for (k, v) in &fields {
+        want.insert(k.to_string(), Value::String(v.clone()));
+    }
+    want.insert("spec".into(), Value::String(text.to_string()));
+    assert_eq!(body, Value::Object(want), "fields {fields:?}");
 }

@@ -20,7 +20,7 @@ mod dhcp_target;
 pub mod mutate;
 mod spec_target;
 
-pub use api_target::{ApiOutcome, api, api_parse};
+pub use api_target::{ApiOutcome, api, api_parse, cli_round_trip};
 pub use dhcp_target::dhcp;
 pub use spec_target::{spec, spec_cache};
 

@@ -1,0 +1,36 @@
+//! Fuzz targets for kvmnet's parsers and wire codecs, as plain functions of one input.
+//!
+//! The libFuzzer binaries in `fuzz_targets/` call them, and so does the smoke test
+//! (`tests/fuzz_smoke.rs`, which includes this file as a module), so CI runs on stable what
+//! the long runs explore. Every target panics exactly when it finds a bug: a panic in kvmnet,
+//! or a property that does not hold.
+//!
+//! - [`spec`]: `spec::parse_bytes` never panics, its errors are well formed, and a spec it
+//!   accepts goes through the pure layers after it (DHCP scopes, nftables, desired state,
+//!   plan) without a panic.
+//! - [`spec_cache`]: a sequence of texts (NUL-separated) through one `SpecCache` gives, text
+//!   by text, exactly what the full parse gives.
+//! - [`dhcp`]: `Packet::parse` never panics, decode∘encode is the identity on what it
+//!   accepts, and the fields agree with the `dhcproto` crate's reading of the same bytes.
+//! - [`api`]: the daemon's HTTP request reader never panics and answers a malformed request
+//!   with a 4xx.
+
+mod api_target;
+mod dhcp_target;
+pub mod mutate;
+mod spec_target;
+
+pub use api_target::{ApiOutcome, api, api_parse, cli_round_trip};
+pub use dhcp_target::dhcp;
+pub use spec_target::{spec, spec_cache};
+
+/// A fuzz target: one input, a panic for a bug.
+pub type Target = fn(&[u8]);
+
+/// The targets by name, as `fuzz_targets/` and `fuzz/corpus/` name them.
+pub const TARGETS: [(&str, Target); 4] = [
+    ("spec", spec),
+    ("spec_cache", spec_cache),
+    ("dhcp", dhcp),
+    ("api", api),
+];

@@ -4,6 +4,7 @@
 //! Stopping the daemon leaves the networking in place: VMs keep working.
 
 pub mod api;
+pub mod http;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};

@@ -30,8 +30,9 @@ pub struct Cli {
 
 #[derive(clap::Args)]
 struct Scope {
-    /// Operate inside this network namespace (created if missing); nothing outside it is
-    /// touched except guest namespaces the spec names.
+    /// Operate inside this network namespace (`apply` creates it if missing; commands that
+    /// only read or remove refuse one that does not exist); nothing outside it is touched
+    /// except guest namespaces the spec names.
     #[arg(long, value_name = "NS")]
     netns: Option<String>,
     /// Print one JSON object instead of text.
@@ -122,11 +123,27 @@ fn scope_name(ns: &Option<String>) -> Result<String, EngineError> {
     Ok(ns.clone())
 }
 
+/// Enters the scope's namespace, creating it if missing (`apply`, `daemon`).
 fn enter(ns: &Option<String>) -> Result<String, EngineError> {
     let scope = scope_name(ns)?;
     if let Some(ns) = ns {
         if !netns::exists(ns) {
             netns::create(ns).map_err(|e| EngineError::Runtime(e.to_string()))?;
+        }
+        netns::enter(ns).map_err(|e| EngineError::Runtime(e.to_string()))?;
+    }
+    Ok(scope)
+}
+
+/// Enters the scope's namespace, which must exist: commands that only read, or remove what
+/// is there, never create one (a typo in `--netns` is an error, not a new namespace).
+fn enter_existing(ns: &Option<String>) -> Result<String, EngineError> {
+    let scope = scope_name(ns)?;
+    if let Some(ns) = ns {
+        if !netns::exists(ns) {
+            return Err(EngineError::Usage(format!(
+                "no such namespace '{ns}' (--netns); `kvmnet apply` creates it"
+            )));
         }
         netns::enter(ns).map_err(|e| EngineError::Runtime(e.to_string()))?;
     }
@@ -341,7 +358,7 @@ fn run(cli: Cli) -> Result<(), (EngineError, bool)> {
         Command::Plan { file, scope } => {
             let j = scope.json;
             let (spec, _) = engine::load(&file).map_err(|e| (e, j))?;
-            let s = enter(&scope.netns).map_err(|e| (e, j))?;
+            let s = enter_existing(&scope.netns).map_err(|e| (e, j))?;
             let p =
                 engine::plan(Some(&spec), &s, &file.display().to_string()).map_err(|e| (e, j))?;
             print_plan(&p.plan, j, false);
@@ -353,7 +370,7 @@ fn run(cli: Cli) -> Result<(), (EngineError, bool)> {
             confirm_within,
         } => apply_cmd(file, scope, confirm_within),
         Command::Confirm { netns } => {
-            let s = enter(&netns).map_err(|e| (e, false))?;
+            let s = enter_existing(&netns).map_err(|e| (e, false))?;
             let confirmed = match via_daemon(&s, "POST", "/v1/confirm", &Value::Null) {
                 Some(r) => r.map_err(|e| (e, false))?["confirmed"]
                     .as_bool()
@@ -372,7 +389,8 @@ fn run(cli: Cli) -> Result<(), (EngineError, bool)> {
         }
         Command::Destroy { scope } => {
             let j = scope.json;
-            let s = enter(&scope.netns).map_err(|e| (e, j))?;
+            let s = enter_existing(&scope.netns).map_err(|e| (e, j))?;
+            let fail = fail_after().map_err(|e| (e, j))?;
             let body =
                 json!({ "spec": "version: 1\n", "source": "(destroy)", "action": "destroy" });
             if let Some(r) = via_daemon(&s, "POST", "/v1/apply", &body) {
@@ -380,14 +398,13 @@ fn run(cli: Cli) -> Result<(), (EngineError, bool)> {
                 return Ok(());
             }
             let p = engine::plan(None, &s, "(destroy)").map_err(|e| (e, j))?;
-            engine::execute(&p, "destroy", "", fail_after().map_err(|e| (e, j))?)
-                .map_err(|e| (e, j))?;
+            engine::execute(&p, "destroy", "", fail).map_err(|e| (e, j))?;
             print_plan(&p.plan, j, true);
             Ok(())
         }
         Command::Status { scope } => {
             let j = scope.json;
-            let s = enter(&scope.netns).map_err(|e| (e, j))?;
+            let s = enter_existing(&scope.netns).map_err(|e| (e, j))?;
             let v = match via_daemon(&s, "GET", "/v1/status", &Value::Null) {
                 Some(r) => r.map_err(|e| (e, j))?,
                 None => {
@@ -409,7 +426,7 @@ fn run(cli: Cli) -> Result<(), (EngineError, bool)> {
         }
         Command::Leases { scope } => {
             let j = scope.json;
-            let s = enter(&scope.netns).map_err(|e| (e, j))?;
+            let s = enter_existing(&scope.netns).map_err(|e| (e, j))?;
             let v = match via_daemon(&s, "GET", "/v1/leases", &Value::Null) {
                 Some(r) => r.map_err(|e| (e, j))?,
                 None => daemon::read_leases(&s).map_err(|e| (e, j))?,
@@ -452,26 +469,42 @@ fn run(cli: Cli) -> Result<(), (EngineError, bool)> {
             daemon::run(&s, &spec).map_err(|e| (e, false))
         }
         Command::RevertTimer { netns, token } => {
-            let s = enter(&netns).map_err(|e| (e, false))?;
-            loop {
-                let sd = StateDir::for_scope(&s);
-                match engine::load_pending(&sd).map_err(|e| (e, false))? {
-                    Some(p) if p.token == token => {
-                        let now = crate::audit::now_unix();
-                        if now >= p.deadline_unix {
-                            engine::revert_if_due(&s, Some(&token), false)
-                                .map_err(|e| (e, false))?;
-                            return Ok(());
+            let s = enter_existing(&netns).map_err(|e| (e, false))?;
+            revert_timer(&s, &token);
+            Ok(())
+        }
+    }
+}
+
+/// The detached timer: at the deadline it reverts the change with `token`, and goes on trying
+/// (1 s apart, then up to a minute) until the revert succeeds or the change is confirmed or
+/// replaced. Each failed try is in the audit log.
+fn revert_timer(scope: &str, token: &str) {
+    let sd = StateDir::for_scope(scope);
+    let mut backoff = std::time::Duration::from_secs(1);
+    loop {
+        let wait = match engine::load_pending(&sd) {
+            Ok(Some(p)) if p.token == token => {
+                let now = crate::audit::now_unix();
+                if now < p.deadline_unix {
+                    std::time::Duration::from_secs((p.deadline_unix - now).min(1))
+                } else {
+                    match engine::revert_if_due(scope, Some(token), false) {
+                        Ok(_) => return,
+                        Err(_) => {
+                            let wait = backoff;
+                            backoff = (backoff * 2).min(std::time::Duration::from_secs(60));
+                            wait
                         }
-                        std::thread::sleep(std::time::Duration::from_secs(
-                            (p.deadline_unix - now).min(1),
-                        ));
                     }
-                    // Confirmed, or replaced by a newer change with its own timer.
-                    _ => return Ok(()),
                 }
             }
-        }
+            // Confirmed, or replaced by a newer change with its own timer.
+            Ok(_) => return,
+            // Unreadable for now (a disk error): the change still waits for its revert.
+            Err(_) => backoff,
+        };
+        std::thread::sleep(wait);
     }
 }
 
@@ -492,6 +525,13 @@ pub fn main() -> ExitCode {
                     .map(|e| json!({ "path": e.path, "line": e.loc.line, "column": e.loc.col, "message": e.message }))
                     .collect();
                 println!("{}", json!({ "changes": [], "errors": v }));
+            }
+            ExitCode::from(EXIT_INVALID)
+        }
+        Err((EngineError::Usage(msg), as_json)) => {
+            eprintln!("kvmnet: {msg}");
+            if as_json {
+                println!("{}", json!({ "changes": [], "error": msg }));
             }
             ExitCode::from(EXIT_INVALID)
         }

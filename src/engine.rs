@@ -25,6 +25,9 @@ pub enum EngineError {
     },
     /// A failure while reading or changing the host; changes were rolled back.
     Runtime(String),
+    /// A command that cannot run as asked (a namespace that does not exist, a test hook a
+    /// daemon does not take, a change awaiting confirmation): nothing was changed.
+    Usage(String),
 }
 
 impl std::fmt::Display for EngineError {
@@ -40,7 +43,7 @@ impl std::fmt::Display for EngineError {
                 }
                 Ok(())
             }
-            EngineError::Runtime(m) => write!(f, "{m}"),
+            EngineError::Runtime(m) | EngineError::Usage(m) => write!(f, "{m}"),
         }
     }
 }
@@ -371,6 +374,17 @@ pub fn execute(
     spec_hash: &str,
     fail_after: Option<usize>,
 ) -> Result<(), EngineError> {
+    execute_as(p, action, spec_hash, fail_after, audit::own_uid())
+}
+
+/// [`execute`] for the user `uid` (a daemon's API client), as the audit log records it.
+pub fn execute_as(
+    p: &Planned,
+    action: &str,
+    spec_hash: &str,
+    fail_after: Option<usize>,
+    uid: u32,
+) -> Result<(), EngineError> {
     if p.plan.is_empty() {
         let st = p.state_dir.load().map_err(runtime)?;
         if st.moved != p.moved {
@@ -385,6 +399,7 @@ pub fn execute(
                 spec_hash,
                 changes: serde_json::json!([]),
                 result: Ok(()),
+                uid,
             },
         )
         .map_err(runtime);
@@ -447,6 +462,7 @@ pub fn execute(
             spec_hash,
             changes: p.plan.to_json()["changes"].clone(),
             result: outcome.as_ref().map(|_| ()).map_err(String::as_str),
+            uid,
         },
     )
     .map_err(runtime)?;
@@ -470,13 +486,12 @@ fn pending_path(sd: &StateDir) -> std::path::PathBuf {
 }
 
 pub fn save_pending(sd: &StateDir, p: &Pending) -> Result<(), EngineError> {
-    let path = pending_path(sd);
-    let tmp = sd.dir.join("pending-confirm.json.tmp");
-    std::fs::write(&tmp, serde_json::to_vec(p).expect("serializes")).map_err(runtime)?;
-    std::fs::File::open(&tmp)
-        .and_then(|f| f.sync_all())
-        .map_err(runtime)?;
-    std::fs::rename(&tmp, path).map_err(runtime)
+    sd.ensure_private().map_err(runtime)?;
+    crate::statedir::write_atomic(
+        &pending_path(sd),
+        &serde_json::to_vec(p).expect("serializes"),
+    )
+    .map_err(runtime)
 }
 
 pub fn load_pending(sd: &StateDir) -> Result<Option<Pending>, EngineError> {
@@ -491,6 +506,11 @@ pub fn load_pending(sd: &StateDir) -> Result<Option<Pending>, EngineError> {
 
 /// Confirms the pending change, if any. Returns whether there was one.
 pub fn confirm(scope: &str) -> Result<bool, EngineError> {
+    confirm_as(scope, audit::own_uid())
+}
+
+/// [`confirm`] for the user `uid`, as the audit log records it.
+pub fn confirm_as(scope: &str, uid: u32) -> Result<bool, EngineError> {
     let sd = StateDir::for_scope(scope);
     let _lock = sd.lock().map_err(runtime)?;
     let Some(p) = load_pending(&sd)? else {
@@ -504,6 +524,7 @@ pub fn confirm(scope: &str) -> Result<bool, EngineError> {
             spec_hash: &p.spec_hash,
             changes: serde_json::json!([]),
             result: Ok(()),
+            uid,
         },
     )
     .map_err(runtime)?;

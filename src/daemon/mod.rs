@@ -236,11 +236,11 @@ fn handle(sh: &Shared, req: api::Request) -> api::Response {
             sh.reload.store(true, Ordering::SeqCst);
             api::Response::ok(json!({ "reload": "scheduled" }))
         }
-        ("POST", "/v1/confirm") => match engine::confirm(&sh.scope) {
+        ("POST", "/v1/confirm") => match engine::confirm_as(&sh.scope, req.peer_uid) {
             Ok(c) => api::Response::ok(json!({ "confirmed": c })),
             Err(e) => api::Response::error(500, e.to_string()),
         },
-        ("POST", "/v1/apply") => apply_request(sh, &req.body),
+        ("POST", "/v1/apply") => apply_request(sh, &req.body, req.peer_uid),
         ("GET", "/v1/debug/watch") => watch_check(sh),
         _ => api::Response::error(
             404,
@@ -251,7 +251,7 @@ fn handle(sh: &Shared, req: api::Request) -> api::Response {
 
 /// `POST /v1/apply {"spec": TEXT, "source": NAME, "confirm_within": SECS?}`: the daemon
 /// validates, applies and from then on enforces that spec.
-fn apply_request(sh: &Shared, body: &Value) -> api::Response {
+fn apply_request(sh: &Shared, body: &Value, uid: u32) -> api::Response {
     let Some(text) = body["spec"].as_str() else {
         return api::Response::error(400, "body needs \"spec\"");
     };
@@ -298,7 +298,7 @@ fn apply_request(sh: &Shared, body: &Value) -> api::Response {
     };
     let action = body["action"].as_str().unwrap_or("apply");
     let fail_after = api::number(body, "fail_after").map(|k| k as usize);
-    if let Err(e) = engine::execute(&p, action, &hash, fail_after) {
+    if let Err(e) = engine::execute_as(&p, action, &hash, fail_after, uid) {
         return invalid_response(e);
     }
     let changes = p.plan.to_json();
@@ -418,6 +418,7 @@ fn invalid_response(e: EngineError) -> api::Response {
             }),
         },
         EngineError::Runtime(m) => api::Response::error(500, m),
+        EngineError::Usage(m) => api::Response::error(409, m),
     }
 }
 

@@ -150,6 +150,18 @@ fn enter_existing(ns: &Option<String>) -> Result<String, EngineError> {
     Ok(scope)
 }
 
+/// `KVMNET_FAIL_AFTER` (a test hook) is refused while a daemon runs for the scope: the
+/// change would go through the daemon, whose API takes no such hook, and applying beside the
+/// daemon would race it.
+fn refuse_fail_after_with_daemon(scope: &str, fail: Option<usize>) -> Result<(), EngineError> {
+    if fail.is_some() && api::daemon_listening(&StateDir::for_scope(scope).dir) {
+        return Err(EngineError::Usage(
+            "KVMNET_FAIL_AFTER is a test hook for kvmnet without a daemon, and a daemon runs for this scope: stop it, or unset KVMNET_FAIL_AFTER".into(),
+        ));
+    }
+    Ok(())
+}
+
 fn fail_after() -> Result<Option<usize>, EngineError> {
     match std::env::var("KVMNET_FAIL_AFTER") {
         Err(_) => Ok(None),
@@ -298,9 +310,9 @@ fn apply_cmd(
     // makes a small change to a large spec cheap: parsing it here first would cost as much.
     if std::str::from_utf8(&text).is_ok() {
         let s = scope_name(&scope.netns).map_err(|e| (e, j))?;
+        refuse_fail_after_with_daemon(&s, fail).map_err(|e| (e, j))?;
         let mut fields = vec![("source", source.clone())];
         fields.extend(confirm.map(|c| ("confirm_within", c.to_string())));
-        fields.extend(fail.map(|f| ("fail_after", f.to_string())));
         if let Some(r) = spec_via_daemon(&s, "/v1/apply", &fields, &text) {
             print_changes(&r.map_err(|e| (e, j))?, j);
             return Ok(());
@@ -391,6 +403,7 @@ fn run(cli: Cli) -> Result<(), (EngineError, bool)> {
             let j = scope.json;
             let s = enter_existing(&scope.netns).map_err(|e| (e, j))?;
             let fail = fail_after().map_err(|e| (e, j))?;
+            refuse_fail_after_with_daemon(&s, fail).map_err(|e| (e, j))?;
             let body =
                 json!({ "spec": "version: 1\n", "source": "(destroy)", "action": "destroy" });
             if let Some(r) = via_daemon(&s, "POST", "/v1/apply", &body) {

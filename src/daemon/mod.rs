@@ -45,8 +45,6 @@ struct Shared {
     /// own: freeing a 1,000-port spec and what was planned from it takes milliseconds that
     /// an API client need not wait for.
     retired: Mutex<std::sync::mpsc::Sender<Box<dyn Send>>>,
-    /// A plan applied for an API client, finished once the client has its answer.
-    finishing: Mutex<Option<engine::Planned>>,
 }
 
 impl Shared {
@@ -73,14 +71,6 @@ impl Shared {
         }
         p.unlock();
         self.retire(p);
-    }
-
-    /// Finishes the plan an API request left, if any.
-    fn finish_pending(&self) {
-        let pending = self.finishing.lock().expect("lock").take();
-        if let Some(p) = pending {
-            self.finish(p);
-        }
     }
 
     fn retire(&self, value: impl Send + 'static) {
@@ -158,17 +148,6 @@ fn block_signals() -> libc::sigset_t {
     }
 }
 
-/// Waits until `fd` has something to read, or `timeout` passes.
-fn wait_readable(fd: &impl std::os::fd::AsRawFd, timeout: Duration) {
-    let mut p = libc::pollfd {
-        fd: fd.as_raw_fd(),
-        events: libc::POLLIN,
-        revents: 0,
-    };
-    // SAFETY: one valid pollfd, for the duration of the call.
-    unsafe { libc::poll(&mut p, 1, timeout.as_millis() as libc::c_int) };
-}
-
 fn apply_active(sh: &Shared, action: &str) -> Result<usize, EngineError> {
     let active = sh.active.lock().expect("lock");
     let p = engine::plan_with(
@@ -219,44 +198,106 @@ fn reload(sh: &Shared) {
     }
 }
 
-fn handle(sh: &Shared, req: api::Request) -> api::Response {
-    match (req.method.as_str(), req.path.as_str()) {
-        ("GET", "/v1/status") => match Observer::new(&sh.scope).snapshot(None) {
+/// The API's endpoints and the method each takes.
+const ENDPOINTS: &[(&str, &str)] = &[
+    ("/v1/status", "GET"),
+    ("/v1/leases", "GET"),
+    ("/v1/reload", "POST"),
+    ("/v1/confirm", "POST"),
+    ("/v1/apply", "POST"),
+    ("/v1/debug/watch", "GET"),
+];
+
+fn handle(sh: &Arc<Shared>, req: api::Request) -> api::Response {
+    let Some(&(_, method)) = ENDPOINTS.iter().find(|(p, _)| *p == req.path) else {
+        return api::Response::error(404, format!("no such endpoint: {}", req.path));
+    };
+    if req.method != method {
+        let mut r = api::Response::error(
+            405,
+            format!("{} takes {method}, not {}", req.path, req.method),
+        );
+        r.allow = Some(method);
+        return r;
+    }
+    match req.path.as_str() {
+        "/v1/status" => match Observer::new(&sh.scope).snapshot(None) {
             Ok(snap) => api::Response::ok(status::status_json(&snap)),
             Err(e) => api::Response::error(500, e.to_string()),
         },
-        ("GET", "/v1/leases") => match sh.dhcp.lock().expect("lock").as_ref() {
+        "/v1/leases" => match sh.dhcp.lock().expect("lock").as_ref() {
             Some(h) => api::Response::ok(leases_json(&h.leases())),
             None => match read_leases(&sh.scope) {
                 Ok(v) => api::Response::ok(v),
                 Err(e) => api::Response::error(500, e.to_string()),
             },
         },
-        ("POST", "/v1/reload") => {
+        "/v1/reload" => {
             sh.reload.store(true, Ordering::SeqCst);
             api::Response::ok(json!({ "reload": "scheduled" }))
         }
-        ("POST", "/v1/confirm") => match engine::confirm_as(&sh.scope, req.peer_uid) {
+        "/v1/confirm" => match engine::confirm_as(&sh.scope, req.peer_uid) {
             Ok(c) => api::Response::ok(json!({ "confirmed": c })),
             Err(e) => api::Response::error(500, e.to_string()),
         },
-        ("POST", "/v1/apply") => apply_request(sh, &req.body, req.peer_uid),
-        ("GET", "/v1/debug/watch") => watch_check(sh),
-        _ => api::Response::error(
-            404,
-            format!("no such endpoint: {} {}", req.method, req.path),
-        ),
+        "/v1/apply" => apply_request(sh, &req),
+        _ => watch_check(sh),
     }
 }
 
-/// `POST /v1/apply {"spec": TEXT, "source": NAME, "confirm_within": SECS?}`: the daemon
-/// validates, applies and from then on enforces that spec.
-fn apply_request(sh: &Shared, body: &Value, uid: u32) -> api::Response {
+/// What `POST /v1/apply` asks for.
+struct ApplyRequest<'a> {
+    text: &'a str,
+    source: String,
+    confirm: Option<u64>,
+    action: &'static str,
+}
+
+/// Reads `POST /v1/apply {"spec": TEXT, "source": NAME, "confirm_within": SECS?,
+/// "action": "apply"|"destroy"}`. `KVMNET_FAIL_AFTER`'s `fail_after` is a test hook of the
+/// CLI: a client cannot make the daemon fail on purpose.
+fn apply_fields(req: &api::Request) -> Result<ApplyRequest<'_>, api::Response> {
+    if !req.framed {
+        return Err(api::Response::error(
+            411,
+            "POST /v1/apply needs a body with Content-Length or chunked",
+        ));
+    }
+    let body = &req.body;
+    if body.get("fail_after").is_some() {
+        return Err(api::Response::error(
+            400,
+            "fail_after is a test hook of the command line (KVMNET_FAIL_AFTER), not of the API",
+        ));
+    }
     let Some(text) = body["spec"].as_str() else {
-        return api::Response::error(400, "body needs \"spec\"");
+        return Err(api::Response::error(400, "body needs \"spec\""));
     };
-    let source = body["source"].as_str().unwrap_or("(api)").to_string();
-    let confirm = api::number(body, "confirm_within");
+    let action = match body["action"].as_str() {
+        None | Some("apply") => "apply",
+        Some("destroy") => "destroy",
+        Some(a) => {
+            return Err(api::Response::error(
+                400,
+                format!("action '{a}' is not apply or destroy"),
+            ));
+        }
+    };
+    Ok(ApplyRequest {
+        text,
+        source: body["source"].as_str().unwrap_or("(api)").to_string(),
+        confirm: api::number(body, "confirm_within"),
+        action,
+    })
+}
+
+/// `POST /v1/apply`: the daemon validates the spec, applies it and from then on enforces it.
+fn apply_request(sh: &Arc<Shared>, req: &api::Request) -> api::Response {
+    let a = match apply_fields(req) {
+        Ok(a) => a,
+        Err(r) => return r,
+    };
+    let text = a.text;
     // The notification cache is brought up to date, and the text hashed for the audit log,
     // while the spec is parsed: none depends on another, and the client waits for all. (An
     // error here shows again, and is reported, when the plan reads the cache.)
@@ -270,7 +311,7 @@ fn apply_request(sh: &Shared, body: &Value, uid: u32) -> api::Response {
         });
         let parsed = engine::parse_cached(
             &mut sh.specs.lock().expect("lock"),
-            &source,
+            &a.source,
             text.as_bytes(),
         );
         let hash = refresh
@@ -286,7 +327,7 @@ fn apply_request(sh: &Shared, body: &Value, uid: u32) -> api::Response {
     let p = match engine::plan_with(
         Some(&spec),
         &sh.scope,
-        &source,
+        &a.source,
         sh.watch.lock().expect("lock").as_mut(),
     ) {
         Ok(p) => p,
@@ -296,13 +337,11 @@ fn apply_request(sh: &Shared, body: &Value, uid: u32) -> api::Response {
         Ok(s) => s,
         Err(e) => return api::Response::error(500, e.to_string()),
     };
-    let action = body["action"].as_str().unwrap_or("apply");
-    let fail_after = api::number(body, "fail_after").map(|k| k as usize);
-    if let Err(e) = engine::execute_as(&p, action, &hash, fail_after, uid) {
+    if let Err(e) = engine::execute_as(&p, a.action, &hash, None, req.peer_uid) {
         return invalid_response(e);
     }
-    let changes = p.plan.to_json();
-    if let Some(secs) = confirm {
+    let mut resp = api::Response::ok(p.plan.to_json());
+    if let Some(secs) = a.confirm {
         let pending = Pending {
             token: format!(
                 "{:x}",
@@ -315,15 +354,16 @@ fn apply_request(sh: &Shared, body: &Value, uid: u32) -> api::Response {
             spec_hash: hash,
         };
         if let Err(e) = engine::save_pending(&p.state_dir, &pending) {
-            return api::Response::error(500, e.to_string());
+            resp = api::Response::error(500, e.to_string());
         }
     }
     sh.set_active(&mut active, spec, text.as_bytes().to_vec());
     // Giving the plan's inputs back to the cache takes a millisecond or two at 1,000 ports:
-    // done after the answer is sent (the API thread does it before taking the next client).
-    // Until then the state directory stays locked, as it was while the plan ran.
-    *sh.finishing.lock().expect("lock") = Some(p);
-    api::Response::ok(changes)
+    // done after the answer is sent. Until then the state directory stays locked, as it was
+    // while the plan ran.
+    let sh = Arc::clone(sh);
+    resp.after = Some(Box::new(move || sh.finish(p)));
+    resp
 }
 
 /// `GET /v1/debug/watch`: the cached observation against a whole fresh read, for tests and
@@ -407,16 +447,16 @@ fn snapshot_differences(
 
 fn invalid_response(e: EngineError) -> api::Response {
     match e {
-        EngineError::Invalid { source, errors } => api::Response {
-            status: 422,
-            body: json!({
+        EngineError::Invalid { source, errors } => api::Response::with_status(
+            422,
+            json!({
                 "changes": [],
                 "source": source,
                 "errors": errors.iter().map(|e| json!({
                     "path": e.path, "line": e.loc.line, "column": e.loc.col, "message": e.message
                 })).collect::<Vec<_>>()
             }),
-        },
+        ),
         EngineError::Runtime(m) => api::Response::error(500, m),
         EngineError::Usage(m) => api::Response::error(409, m),
     }
@@ -448,7 +488,6 @@ pub fn run(scope: &str, spec_path: &std::path::Path) -> Result<(), EngineError> 
         dhcp: Mutex::new(None),
         specs,
         retired: Mutex::new(retired),
-        finishing: Mutex::new(None),
         watch: Mutex::new(match Watch::open() {
             Ok(mut w) => {
                 if let Some(ms) = std::env::var("KVMNET_RESYNC_MS")
@@ -482,22 +521,12 @@ pub fn run(scope: &str, spec_path: &std::path::Path) -> Result<(), EngineError> 
 
     let api_sh = Arc::clone(&sh);
     let api_thread = std::thread::spawn(move || {
-        while !api_sh.stop.load(Ordering::SeqCst) {
-            match listener.accept() {
-                Ok((s, _)) => {
-                    api::serve_one(s, &mut |req| handle(&api_sh, req));
-                    api_sh.finish_pending();
-                }
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                    // Wake for the next client at once; look at the stop flag now and then.
-                    wait_readable(&listener, Duration::from_millis(200));
-                }
-                Err(e) => {
-                    log(&format!("API: {e}"));
-                    std::thread::sleep(Duration::from_millis(200));
-                }
-            }
-        }
+        let handler_sh = Arc::clone(&api_sh);
+        api::serve(
+            &listener,
+            &api_sh.stop,
+            Arc::new(move |req| handle(&handler_sh, req)),
+        );
     });
 
     let sig_sh = Arc::clone(&sh);

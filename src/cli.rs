@@ -229,6 +229,8 @@ fn daemon_answer(r: Result<Value, api::ApiError>) -> Result<Value, EngineError> 
                 .collect(),
         }),
         Ok(v) => Ok(v),
+        // A conflict (a change awaits confirmation): nothing was changed.
+        Err(api::ApiError::Status { status: 409, body }) => Err(EngineError::Usage(body)),
         Err(e) => Err(EngineError::Runtime(e.to_string())),
     }
 }
@@ -337,6 +339,7 @@ fn apply_cmd(
             previous_state,
             previous_spec: None,
             spec_hash: hash,
+            accepted_seq: None,
         };
         engine::save_pending(&p.state_dir, &pending).map_err(|e| (e, j))?;
         spawn_revert_timer(&scope.netns, &token).map_err(|e| (e, j))?;

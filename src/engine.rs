@@ -479,6 +479,11 @@ pub struct Pending {
     /// The spec a daemon enforced before (it goes back to enforcing it on revert).
     pub previous_spec: Option<String>,
     pub spec_hash: String,
+    /// Through a daemon: the sequence number of the accepted spec this change applied. A
+    /// daemon that starts and finds a newer accepted spec drops the change instead of
+    /// reverting it onto what came after.
+    #[serde(default)]
+    pub accepted_seq: Option<u64>,
 }
 
 fn pending_path(sd: &StateDir) -> std::path::PathBuf {
@@ -511,6 +516,12 @@ pub fn confirm(scope: &str) -> Result<bool, EngineError> {
 
 /// [`confirm`] for the user `uid`, as the audit log records it.
 pub fn confirm_as(scope: &str, uid: u32) -> Result<bool, EngineError> {
+    end_pending(scope, "confirm", uid)
+}
+
+/// Drops the pending change without reverting it (a newer spec was accepted since), as
+/// `action` in the audit log. Returns whether there was one.
+pub fn end_pending(scope: &str, action: &str, uid: u32) -> Result<bool, EngineError> {
     let sd = StateDir::for_scope(scope);
     let _lock = sd.lock().map_err(runtime)?;
     let Some(p) = load_pending(&sd)? else {
@@ -520,7 +531,7 @@ pub fn confirm_as(scope: &str, uid: u32) -> Result<bool, EngineError> {
     audit::append(
         &sd,
         &audit::Entry {
-            action: "confirm",
+            action,
             spec_hash: &p.spec_hash,
             changes: serde_json::json!([]),
             result: Ok(()),
@@ -537,6 +548,18 @@ pub fn revert_if_due(
     scope: &str,
     token: Option<&str>,
     force: bool,
+) -> Result<Option<Pending>, EngineError> {
+    revert_if_due_with(scope, token, force, &mut |_| Ok(()))
+}
+
+/// [`revert_if_due`], calling `before` with the change once it is known to be reverted now,
+/// before anything is touched (under the scope's lock): a daemon records there what it
+/// enforces from then on. An error from `before` leaves everything as it was.
+pub fn revert_if_due_with(
+    scope: &str,
+    token: Option<&str>,
+    force: bool,
+    before: &mut dyn FnMut(&Pending) -> Result<(), EngineError>,
 ) -> Result<Option<Pending>, EngineError> {
     let observer = Observer::new(scope);
     let lock = observer.state_dir.lock().map_err(runtime)?;
@@ -566,6 +589,7 @@ pub fn revert_if_due(
         _lock: Some(lock),
         _inputs: None,
     };
+    before(&pending)?;
     execute(&planned, "revert", &pending.spec_hash, None)?;
     planned
         .state_dir

@@ -188,23 +188,78 @@ pub fn open_private_append(path: &Path) -> std::io::Result<std::fs::File> {
 /// new, whole: written to `PATH.tmp` (0600), synced, renamed over `path`, and the directory
 /// synced (without that the rename itself may not survive a crash).
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    stage(path, bytes)?.commit()
+}
+
+/// The new content of a file, written and synced beside it but not in place yet: the slow
+/// half of [`write_atomic`], which a caller may do while it works out whether to commit.
+/// Dropped without [`Staged::commit`], it is removed.
+#[derive(Debug)]
+pub struct Staged {
+    tmp: PathBuf,
+    path: PathBuf,
+    committed: bool,
+}
+
+/// Writes `bytes` to `PATH.tmp` (0600) and syncs it.
+pub fn stage(path: &Path, bytes: &[u8]) -> std::io::Result<Staged> {
     let mut tmp = path.as_os_str().to_owned();
     tmp.push(".tmp");
-    let tmp = PathBuf::from(tmp);
+    let staged = Staged {
+        tmp: PathBuf::from(tmp),
+        path: path.to_path_buf(),
+        committed: false,
+    };
     let mut f = std::fs::OpenOptions::new()
         .create(true)
         .write(true)
         .truncate(true)
         .mode(0o600)
-        .open(&tmp)?;
+        .open(&staged.tmp)?;
     // An older tmp file may be looser: mode applies only to files created now.
     f.set_permissions(std::fs::Permissions::from_mode(0o600))?;
     f.write_all(bytes)?;
     f.sync_all()?;
-    drop(f);
-    std::fs::rename(&tmp, path)?;
-    let parent = path.parent().unwrap_or(Path::new("."));
-    std::fs::File::open(parent)?.sync_all()
+    Ok(staged)
+}
+
+impl Staged {
+    /// Puts the new content in place: renamed over the file, the directory synced.
+    pub fn commit(self) -> std::io::Result<()> {
+        self.put_in_place()?.sync()
+    }
+
+    /// Renames the new content over the file: every process sees it from now on, and a
+    /// crash of this one cannot take it back; a crash of the machine can until
+    /// [`InPlace::sync`] returns.
+    pub fn put_in_place(mut self) -> std::io::Result<InPlace> {
+        std::fs::rename(&self.tmp, &self.path)?;
+        self.committed = true;
+        Ok(InPlace {
+            dir: self.path.parent().unwrap_or(Path::new(".")).to_path_buf(),
+        })
+    }
+}
+
+/// A renamed file whose directory is not synced yet.
+#[derive(Debug)]
+#[must_use = "the rename survives a power loss only once synced"]
+pub struct InPlace {
+    dir: PathBuf,
+}
+
+impl InPlace {
+    pub fn sync(self) -> std::io::Result<()> {
+        std::fs::File::open(&self.dir)?.sync_all()
+    }
+}
+
+impl Drop for Staged {
+    fn drop(&mut self) {
+        if !self.committed {
+            let _ = std::fs::remove_file(&self.tmp);
+        }
+    }
 }
 
 #[cfg(test)]
@@ -246,6 +301,10 @@ mod tests {
         write_atomic(&sd.dir.join("x"), b"two").unwrap();
         assert_eq!(std::fs::read(sd.dir.join("x")).unwrap(), b"two");
         assert_eq!(mode(&sd.dir.join("x")), 0o600);
+        // Staged and dropped: the file keeps its content, and no temporary file is left.
+        drop(stage(&sd.dir.join("x"), b"three").unwrap());
+        assert_eq!(std::fs::read(sd.dir.join("x")).unwrap(), b"two");
+        assert!(!sd.dir.join("x.tmp").exists());
         drop(sd.lock().unwrap());
         assert_eq!(mode(&sd.dir.join("lock")), 0o600);
         std::fs::remove_dir_all(&base).unwrap();

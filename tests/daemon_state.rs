@@ -147,6 +147,14 @@ fn a_crash_restart_or_a_reload_keeps_what_was_applied_through_the_daemon() {
     );
     assert!(pings(&format!("{guest}b"), "10.97.0.1"));
 
+    // A second daemon for the scope (with another file, which would win) refuses to start,
+    // and changes nothing.
+    let other = SpecFile::new(&spec_text(&guest, &['a']));
+    let o = ns.kvmnet(&["daemon", "--spec", other.path(), "--netns", &host]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("already runs"));
+    assert_eq!(ifindex(&host, "s-b"), Some(b));
+
     // A reload with the file as the daemon last read it keeps the accepted spec too.
     reload_and_wait(&ns, &host, || sighup(&d));
     let sock = scope_dir(&ns, &host).join("api.sock");

@@ -735,6 +735,14 @@ pub fn run(scope: &str, spec_path: &std::path::Path) -> Result<(), EngineError> 
         to_free.into_iter().for_each(drop)
     });
     let state_dir = StateDir::for_scope(scope);
+    // A second daemon would record and apply its --spec file before finding the socket
+    // taken: the first one's accepted spec would be undone.
+    if api::daemon_listening(&state_dir.dir) {
+        return Err(EngineError::Usage(format!(
+            "a daemon already runs for this scope (its API answers on {})",
+            api::socket_path(&state_dir.dir).display()
+        )));
+    }
     // Installs from before kept these readable by everyone.
     state_dir
         .ensure_private()

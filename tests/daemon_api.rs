@@ -260,6 +260,13 @@ fn a_stalled_client_delays_nobody_and_malformed_requests_get_4xx() {
         "y".repeat(70_000)
     );
     assert_eq!(status_of(&raw(&sock, big.as_bytes())), 431);
+    // A user the API does not admit (able to reach the socket) is refused.
+    let o = sh(&format!(
+        "setpriv --reuid 65534 --regid 65534 --clear-groups --inh-caps +dac_override \
+         --ambient-caps +dac_override curl -sS -o /dev/null -w '%{{http_code}}' --unix-socket {s} \
+         http://kvmnet/v1/status"
+    ));
+    assert_eq!(String::from_utf8_lossy(&o.stdout), "403");
     // After all that, the daemon serves as before and has changed nothing.
     assert!(link_exists(&host, "h-a"));
     let o = curl(&format!("-f --unix-socket {s} http://kvmnet/v1/status"));

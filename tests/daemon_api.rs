@@ -267,6 +267,37 @@ fn a_stalled_client_delays_nobody_and_malformed_requests_get_4xx() {
          http://kvmnet/v1/status"
     ));
     assert_eq!(String::from_utf8_lossy(&o.stdout), "403");
+    // 32 clients at once hold every connection: one more is answered 503 at once, and served
+    // again once they are timed out.
+    let mut holders = Command::new("python3")
+        .args([
+            "-c",
+            &format!(
+                "import socket,sys,time\nss=[]\nfor i in range(32):\n  s=socket.socket(socket.AF_UNIX); s.connect('{s}'); s.sendall(b'GET /v1/status HTTP/1.1\\r\\n'); ss.append(s)\nprint('ready'); sys.stdout.flush(); time.sleep(8)\n"
+            ),
+        ])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut ready = [0u8; 6];
+    holders
+        .stdout
+        .as_mut()
+        .unwrap()
+        .read_exact(&mut ready)
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    let o = curl(&format!(
+        "-o /dev/null -w '%{{http_code}}' --unix-socket {s} http://kvmnet/v1/status"
+    ));
+    assert_eq!(String::from_utf8_lossy(&o.stdout), "503");
+    std::thread::sleep(Duration::from_millis(3500));
+    let o = curl(&format!(
+        "-o /dev/null -w '%{{http_code}}' --unix-socket {s} http://kvmnet/v1/status"
+    ));
+    assert_eq!(String::from_utf8_lossy(&o.stdout), "200");
+    let _ = holders.kill();
+    let _ = holders.wait();
     // After all that, the daemon serves as before and has changed nothing.
     assert!(link_exists(&host, "h-a"));
     let o = curl(&format!("-f --unix-socket {s} http://kvmnet/v1/status"));

@@ -36,6 +36,9 @@ pub enum ApiError {
 /// Connections served at once; more are answered 503 at once (a client that stalls holds
 /// one for at most the request timeout).
 const MAX_CONNECTIONS: usize = 32;
+/// Refusals (403, 503) being answered at once, apart from the connections served: a stranger
+/// cannot use those up. Beyond this, a connection to refuse is closed without an answer.
+const MAX_REFUSING: usize = 4;
 
 pub fn socket_path(state_dir: &Path) -> PathBuf {
     state_dir.join("api.sock")
@@ -143,11 +146,11 @@ pub fn daemon_listening(state_dir: &Path) -> bool {
 /// Accepts clients until `stop`, each on a thread of its own: a client that is slow to send
 /// its request delays nobody else.
 pub fn serve(listener: &UnixListener, stop: &AtomicBool, handler: Handler) {
-    let busy = Arc::new(AtomicUsize::new(0));
+    let counts = Counts::default();
     let allowed = allowed_uids();
     while !stop.load(Ordering::SeqCst) {
         match listener.accept() {
-            Ok((s, _)) => accept(s, &allowed, &busy, &handler),
+            Ok((s, _)) => accept(s, &allowed, &counts, &handler),
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
                 // Wake for the next client at once; look at the stop flag now and then.
                 wait_readable(listener, Duration::from_millis(200));
@@ -160,39 +163,48 @@ pub fn serve(listener: &UnixListener, stop: &AtomicBool, handler: Handler) {
     }
 }
 
-/// Counts a connection thread for as long as it lives (panics included).
-struct Busy(Arc<AtomicUsize>);
+/// Threads at work: clients served, and clients being refused.
+#[derive(Default)]
+struct Counts {
+    serving: Arc<AtomicUsize>,
+    refusing: Arc<AtomicUsize>,
+}
 
-impl Drop for Busy {
+/// One thread counted in `count` for as long as it lives (panics included).
+struct Counted(Arc<AtomicUsize>);
+
+impl Counted {
+    /// Counts one more, unless `max` are counted already.
+    fn take(count: &Arc<AtomicUsize>, max: usize) -> Option<Counted> {
+        if count.fetch_add(1, Ordering::SeqCst) >= max {
+            count.fetch_sub(1, Ordering::SeqCst);
+            return None;
+        }
+        Some(Counted(Arc::clone(count)))
+    }
+}
+
+impl Drop for Counted {
     fn drop(&mut self) {
         self.0.fetch_sub(1, Ordering::SeqCst);
     }
 }
 
-fn accept(s: UnixStream, allowed: &[u32], busy: &Arc<AtomicUsize>, handler: &Handler) {
+fn accept(s: UnixStream, allowed: &[u32], counts: &Counts, handler: &Handler) {
     let uid = peer_uid(&s).unwrap_or(u32::MAX);
-    // Refused at once, without a thread: a stranger cannot use up the connections.
     if !allowed.contains(&uid) {
-        refuse(
-            s,
-            Response::error(403, format!("uid {uid} may not use the kvmnet API")),
-        );
-        return;
+        let msg = format!("uid {uid} may not use the kvmnet API");
+        return refuse(s, Response::error(403, msg), counts);
     }
-    if busy.fetch_add(1, Ordering::SeqCst) >= MAX_CONNECTIONS {
-        busy.fetch_sub(1, Ordering::SeqCst);
-        refuse(
-            s,
-            Response::error(503, "too many API clients at once; try again"),
-        );
-        return;
-    }
-    let guard = Busy(Arc::clone(busy));
+    let Some(counted) = Counted::take(&counts.serving, MAX_CONNECTIONS) else {
+        let resp = Response::error(503, "too many API clients at once; try again");
+        return refuse(s, resp, counts);
+    };
     let handler = Arc::clone(handler);
     let spawned = std::thread::Builder::new()
         .name("kvmnet-api".into())
         .spawn(move || {
-            let _guard = guard;
+            let _counted = counted;
             serve_one(s, uid, &*handler);
         });
     if let Err(e) = spawned {
@@ -200,10 +212,29 @@ fn accept(s: UnixStream, allowed: &[u32], busy: &Arc<AtomicUsize>, handler: &Han
     }
 }
 
-/// An answer written without waiting: it fits the socket's buffer, or is dropped.
-fn refuse(mut s: UnixStream, resp: Response) {
-    let _ = s.set_nonblocking(true);
-    write_response(&mut s, &resp);
+/// Answers `resp` on a thread of its own (within [`MAX_REFUSING`]), once the request's head
+/// has arrived (for at most a second): a client that finds the connection closed before it
+/// has sent its request gets a broken pipe, not the answer.
+fn refuse(mut s: UnixStream, resp: Response, counts: &Counts) {
+    let Some(counted) = Counted::take(&counts.refusing, MAX_REFUSING) else {
+        return;
+    };
+    let _ = std::thread::Builder::new()
+        .name("kvmnet-api-refuse".into())
+        .spawn(move || {
+            let _counted = counted;
+            let _ = s.set_nonblocking(false);
+            let _ = s.set_write_timeout(Some(Duration::from_secs(1)));
+            let deadline = Instant::now() + Duration::from_secs(1);
+            let mut buf = Vec::new();
+            while http::head_end(&buf, 0).is_none()
+                && buf.len() <= http::MAX_HEAD
+                && read_more(&mut s, &mut buf, deadline).is_ok()
+            {}
+            write_response(&mut s, &resp);
+            let _ = s.shutdown(std::net::Shutdown::Write);
+            drain(&mut s);
+        });
 }
 
 /// Waits until `fd` has something to read, or `timeout` passes.

@@ -358,16 +358,20 @@ fn prepare(
         // is brought up to date and the text hashed for the audit log, while the spec is
         // parsed: none depends on another, and the client waits for all. (An error in the
         // refresh shows again, and is reported, when the plan reads the cache.)
-        let staging = next.map(|n| scope.spawn(|| accepted::stage(&sh.state_dir.dir, n)));
-        let refresh = scope.spawn(|| {
+        // (One thread for all three: on a busy machine each thread more is a wait more.)
+        let aside = scope.spawn(|| {
+            let staged = next.map(|n| accepted::stage(&sh.state_dir.dir, n));
             let hash = engine::spec_hash(text);
             if let Some(w) = sh.watch.lock().expect("lock").as_mut() {
                 let _ = w.refresh();
             }
-            hash
+            (hash, staged)
         });
         let parsed = engine::parse_cached(&mut sh.specs.lock().expect("lock"), &a.source, text);
-        let hash = refresh.join().unwrap_or_else(|_| engine::spec_hash(text));
+        let (hash, staged) = aside.join().expect("writing a file does not panic");
+        let staged = staged
+            .transpose()
+            .map_err(|e| EngineError::Runtime(e.to_string()))?;
         let spec = parsed?;
         let plan = engine::plan_with(
             Some(&spec),
@@ -375,14 +379,6 @@ fn prepare(
             &a.source,
             sh.watch.lock().expect("lock").as_mut(),
         )?;
-        let staged = match staging {
-            Some(t) => Some(
-                t.join()
-                    .expect("writing a file does not panic")
-                    .map_err(|e| EngineError::Runtime(e.to_string()))?,
-            ),
-            None => None,
-        };
         Ok(Prepared {
             spec,
             hash,

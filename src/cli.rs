@@ -30,8 +30,9 @@ pub struct Cli {
 
 #[derive(clap::Args)]
 struct Scope {
-    /// Operate inside this network namespace (created if missing); nothing outside it is
-    /// touched except guest namespaces the spec names.
+    /// Operate inside this network namespace (`apply` creates it if missing; commands that
+    /// only read or remove refuse one that does not exist); nothing outside it is touched
+    /// except guest namespaces the spec names.
     #[arg(long, value_name = "NS")]
     netns: Option<String>,
     /// Print one JSON object instead of text.
@@ -122,6 +123,7 @@ fn scope_name(ns: &Option<String>) -> Result<String, EngineError> {
     Ok(ns.clone())
 }
 
+/// Enters the scope's namespace, creating it if missing (`apply`, `daemon`).
 fn enter(ns: &Option<String>) -> Result<String, EngineError> {
     let scope = scope_name(ns)?;
     if let Some(ns) = ns {
@@ -131,6 +133,33 @@ fn enter(ns: &Option<String>) -> Result<String, EngineError> {
         netns::enter(ns).map_err(|e| EngineError::Runtime(e.to_string()))?;
     }
     Ok(scope)
+}
+
+/// Enters the scope's namespace, which must exist: commands that only read, or remove what
+/// is there, never create one (a typo in `--netns` is an error, not a new namespace).
+fn enter_existing(ns: &Option<String>) -> Result<String, EngineError> {
+    let scope = scope_name(ns)?;
+    if let Some(ns) = ns {
+        if !netns::exists(ns) {
+            return Err(EngineError::Usage(format!(
+                "no such namespace '{ns}' (--netns); `kvmnet apply` creates it"
+            )));
+        }
+        netns::enter(ns).map_err(|e| EngineError::Runtime(e.to_string()))?;
+    }
+    Ok(scope)
+}
+
+/// `KVMNET_FAIL_AFTER` (a test hook) is refused while a daemon runs for the scope: the
+/// change would go through the daemon, whose API takes no such hook, and applying beside the
+/// daemon would race it.
+fn refuse_fail_after_with_daemon(scope: &str, fail: Option<usize>) -> Result<(), EngineError> {
+    if fail.is_some() && api::daemon_listening(&StateDir::for_scope(scope).dir) {
+        return Err(EngineError::Usage(
+            "KVMNET_FAIL_AFTER is a test hook for kvmnet without a daemon, and a daemon runs for this scope: stop it, or unset KVMNET_FAIL_AFTER".into(),
+        ));
+    }
+    Ok(())
 }
 
 fn fail_after() -> Result<Option<usize>, EngineError> {
@@ -200,6 +229,8 @@ fn daemon_answer(r: Result<Value, api::ApiError>) -> Result<Value, EngineError> 
                 .collect(),
         }),
         Ok(v) => Ok(v),
+        // A conflict (a change awaits confirmation): nothing was changed.
+        Err(api::ApiError::Status { status: 409, body }) => Err(EngineError::Usage(body)),
         Err(e) => Err(EngineError::Runtime(e.to_string())),
     }
 }
@@ -281,9 +312,9 @@ fn apply_cmd(
     // makes a small change to a large spec cheap: parsing it here first would cost as much.
     if std::str::from_utf8(&text).is_ok() {
         let s = scope_name(&scope.netns).map_err(|e| (e, j))?;
+        refuse_fail_after_with_daemon(&s, fail).map_err(|e| (e, j))?;
         let mut fields = vec![("source", source.clone())];
         fields.extend(confirm.map(|c| ("confirm_within", c.to_string())));
-        fields.extend(fail.map(|f| ("fail_after", f.to_string())));
         if let Some(r) = spec_via_daemon(&s, "/v1/apply", &fields, &text) {
             print_changes(&r.map_err(|e| (e, j))?, j);
             return Ok(());
@@ -308,6 +339,7 @@ fn apply_cmd(
             previous_state,
             previous_spec: None,
             spec_hash: hash,
+            accepted_seq: None,
         };
         engine::save_pending(&p.state_dir, &pending).map_err(|e| (e, j))?;
         spawn_revert_timer(&scope.netns, &token).map_err(|e| (e, j))?;
@@ -341,7 +373,7 @@ fn run(cli: Cli) -> Result<(), (EngineError, bool)> {
         Command::Plan { file, scope } => {
             let j = scope.json;
             let (spec, _) = engine::load(&file).map_err(|e| (e, j))?;
-            let s = enter(&scope.netns).map_err(|e| (e, j))?;
+            let s = enter_existing(&scope.netns).map_err(|e| (e, j))?;
             let p =
                 engine::plan(Some(&spec), &s, &file.display().to_string()).map_err(|e| (e, j))?;
             print_plan(&p.plan, j, false);
@@ -353,7 +385,7 @@ fn run(cli: Cli) -> Result<(), (EngineError, bool)> {
             confirm_within,
         } => apply_cmd(file, scope, confirm_within),
         Command::Confirm { netns } => {
-            let s = enter(&netns).map_err(|e| (e, false))?;
+            let s = enter_existing(&netns).map_err(|e| (e, false))?;
             let confirmed = match via_daemon(&s, "POST", "/v1/confirm", &Value::Null) {
                 Some(r) => r.map_err(|e| (e, false))?["confirmed"]
                     .as_bool()
@@ -372,7 +404,9 @@ fn run(cli: Cli) -> Result<(), (EngineError, bool)> {
         }
         Command::Destroy { scope } => {
             let j = scope.json;
-            let s = enter(&scope.netns).map_err(|e| (e, j))?;
+            let s = enter_existing(&scope.netns).map_err(|e| (e, j))?;
+            let fail = fail_after().map_err(|e| (e, j))?;
+            refuse_fail_after_with_daemon(&s, fail).map_err(|e| (e, j))?;
             let body =
                 json!({ "spec": "version: 1\n", "source": "(destroy)", "action": "destroy" });
             if let Some(r) = via_daemon(&s, "POST", "/v1/apply", &body) {
@@ -380,14 +414,13 @@ fn run(cli: Cli) -> Result<(), (EngineError, bool)> {
                 return Ok(());
             }
             let p = engine::plan(None, &s, "(destroy)").map_err(|e| (e, j))?;
-            engine::execute(&p, "destroy", "", fail_after().map_err(|e| (e, j))?)
-                .map_err(|e| (e, j))?;
+            engine::execute(&p, "destroy", "", fail).map_err(|e| (e, j))?;
             print_plan(&p.plan, j, true);
             Ok(())
         }
         Command::Status { scope } => {
             let j = scope.json;
-            let s = enter(&scope.netns).map_err(|e| (e, j))?;
+            let s = enter_existing(&scope.netns).map_err(|e| (e, j))?;
             let v = match via_daemon(&s, "GET", "/v1/status", &Value::Null) {
                 Some(r) => r.map_err(|e| (e, j))?,
                 None => {
@@ -409,7 +442,7 @@ fn run(cli: Cli) -> Result<(), (EngineError, bool)> {
         }
         Command::Leases { scope } => {
             let j = scope.json;
-            let s = enter(&scope.netns).map_err(|e| (e, j))?;
+            let s = enter_existing(&scope.netns).map_err(|e| (e, j))?;
             let v = match via_daemon(&s, "GET", "/v1/leases", &Value::Null) {
                 Some(r) => r.map_err(|e| (e, j))?,
                 None => daemon::read_leases(&s).map_err(|e| (e, j))?,
@@ -452,26 +485,42 @@ fn run(cli: Cli) -> Result<(), (EngineError, bool)> {
             daemon::run(&s, &spec).map_err(|e| (e, false))
         }
         Command::RevertTimer { netns, token } => {
-            let s = enter(&netns).map_err(|e| (e, false))?;
-            loop {
-                let sd = StateDir::for_scope(&s);
-                match engine::load_pending(&sd).map_err(|e| (e, false))? {
-                    Some(p) if p.token == token => {
-                        let now = crate::audit::now_unix();
-                        if now >= p.deadline_unix {
-                            engine::revert_if_due(&s, Some(&token), false)
-                                .map_err(|e| (e, false))?;
-                            return Ok(());
+            let s = enter_existing(&netns).map_err(|e| (e, false))?;
+            revert_timer(&s, &token);
+            Ok(())
+        }
+    }
+}
+
+/// The detached timer: at the deadline it reverts the change with `token`, and goes on trying
+/// (1 s apart, then up to a minute) until the revert succeeds or the change is confirmed or
+/// replaced. Each failed try is in the audit log.
+fn revert_timer(scope: &str, token: &str) {
+    let sd = StateDir::for_scope(scope);
+    let mut backoff = std::time::Duration::from_secs(1);
+    loop {
+        let wait = match engine::load_pending(&sd) {
+            Ok(Some(p)) if p.token == token => {
+                let now = crate::audit::now_unix();
+                if now < p.deadline_unix {
+                    std::time::Duration::from_secs((p.deadline_unix - now).min(1))
+                } else {
+                    match engine::revert_if_due(scope, Some(token), false) {
+                        Ok(_) => return,
+                        Err(_) => {
+                            let wait = backoff;
+                            backoff = (backoff * 2).min(std::time::Duration::from_secs(60));
+                            wait
                         }
-                        std::thread::sleep(std::time::Duration::from_secs(
-                            (p.deadline_unix - now).min(1),
-                        ));
                     }
-                    // Confirmed, or replaced by a newer change with its own timer.
-                    _ => return Ok(()),
                 }
             }
-        }
+            // Confirmed, or replaced by a newer change with its own timer.
+            Ok(_) => return,
+            // Unreadable for now (a disk error): the change still waits for its revert.
+            Err(_) => backoff,
+        };
+        std::thread::sleep(wait);
     }
 }
 
@@ -492,6 +541,13 @@ pub fn main() -> ExitCode {
                     .map(|e| json!({ "path": e.path, "line": e.loc.line, "column": e.loc.col, "message": e.message }))
                     .collect();
                 println!("{}", json!({ "changes": [], "errors": v }));
+            }
+            ExitCode::from(EXIT_INVALID)
+        }
+        Err((EngineError::Usage(msg), as_json)) => {
+            eprintln!("kvmnet: {msg}");
+            if as_json {
+                println!("{}", json!({ "changes": [], "error": msg }));
             }
             ExitCode::from(EXIT_INVALID)
         }

@@ -25,6 +25,9 @@ pub enum EngineError {
     },
     /// A failure while reading or changing the host; changes were rolled back.
     Runtime(String),
+    /// A command that cannot run as asked (a namespace that does not exist, a test hook a
+    /// daemon does not take, a change awaiting confirmation): nothing was changed.
+    Usage(String),
 }
 
 impl std::fmt::Display for EngineError {
@@ -40,7 +43,7 @@ impl std::fmt::Display for EngineError {
                 }
                 Ok(())
             }
-            EngineError::Runtime(m) => write!(f, "{m}"),
+            EngineError::Runtime(m) | EngineError::Usage(m) => write!(f, "{m}"),
         }
     }
 }
@@ -371,6 +374,17 @@ pub fn execute(
     spec_hash: &str,
     fail_after: Option<usize>,
 ) -> Result<(), EngineError> {
+    execute_as(p, action, spec_hash, fail_after, audit::own_uid())
+}
+
+/// [`execute`] for the user `uid` (a daemon's API client), as the audit log records it.
+pub fn execute_as(
+    p: &Planned,
+    action: &str,
+    spec_hash: &str,
+    fail_after: Option<usize>,
+    uid: u32,
+) -> Result<(), EngineError> {
     if p.plan.is_empty() {
         let st = p.state_dir.load().map_err(runtime)?;
         if st.moved != p.moved {
@@ -385,6 +399,7 @@ pub fn execute(
                 spec_hash,
                 changes: serde_json::json!([]),
                 result: Ok(()),
+                uid,
             },
         )
         .map_err(runtime);
@@ -447,6 +462,7 @@ pub fn execute(
             spec_hash,
             changes: p.plan.to_json()["changes"].clone(),
             result: outcome.as_ref().map(|_| ()).map_err(String::as_str),
+            uid,
         },
     )
     .map_err(runtime)?;
@@ -463,6 +479,11 @@ pub struct Pending {
     /// The spec a daemon enforced before (it goes back to enforcing it on revert).
     pub previous_spec: Option<String>,
     pub spec_hash: String,
+    /// Through a daemon: the sequence number of the accepted spec this change applied. A
+    /// daemon that starts and finds a newer accepted spec drops the change instead of
+    /// reverting it onto what came after.
+    #[serde(default)]
+    pub accepted_seq: Option<u64>,
 }
 
 fn pending_path(sd: &StateDir) -> std::path::PathBuf {
@@ -470,13 +491,12 @@ fn pending_path(sd: &StateDir) -> std::path::PathBuf {
 }
 
 pub fn save_pending(sd: &StateDir, p: &Pending) -> Result<(), EngineError> {
-    let path = pending_path(sd);
-    let tmp = sd.dir.join("pending-confirm.json.tmp");
-    std::fs::write(&tmp, serde_json::to_vec(p).expect("serializes")).map_err(runtime)?;
-    std::fs::File::open(&tmp)
-        .and_then(|f| f.sync_all())
-        .map_err(runtime)?;
-    std::fs::rename(&tmp, path).map_err(runtime)
+    sd.ensure_private().map_err(runtime)?;
+    crate::statedir::write_atomic(
+        &pending_path(sd),
+        &serde_json::to_vec(p).expect("serializes"),
+    )
+    .map_err(runtime)
 }
 
 pub fn load_pending(sd: &StateDir) -> Result<Option<Pending>, EngineError> {
@@ -491,6 +511,17 @@ pub fn load_pending(sd: &StateDir) -> Result<Option<Pending>, EngineError> {
 
 /// Confirms the pending change, if any. Returns whether there was one.
 pub fn confirm(scope: &str) -> Result<bool, EngineError> {
+    confirm_as(scope, audit::own_uid())
+}
+
+/// [`confirm`] for the user `uid`, as the audit log records it.
+pub fn confirm_as(scope: &str, uid: u32) -> Result<bool, EngineError> {
+    end_pending(scope, "confirm", uid)
+}
+
+/// Drops the pending change without reverting it (a newer spec was accepted since), as
+/// `action` in the audit log. Returns whether there was one.
+pub fn end_pending(scope: &str, action: &str, uid: u32) -> Result<bool, EngineError> {
     let sd = StateDir::for_scope(scope);
     let _lock = sd.lock().map_err(runtime)?;
     let Some(p) = load_pending(&sd)? else {
@@ -500,10 +531,11 @@ pub fn confirm(scope: &str) -> Result<bool, EngineError> {
     audit::append(
         &sd,
         &audit::Entry {
-            action: "confirm",
+            action,
             spec_hash: &p.spec_hash,
             changes: serde_json::json!([]),
             result: Ok(()),
+            uid,
         },
     )
     .map_err(runtime)?;
@@ -516,6 +548,18 @@ pub fn revert_if_due(
     scope: &str,
     token: Option<&str>,
     force: bool,
+) -> Result<Option<Pending>, EngineError> {
+    revert_if_due_with(scope, token, force, &mut |_| Ok(()))
+}
+
+/// [`revert_if_due`], calling `before` with the change once it is known to be reverted now,
+/// before anything is touched (under the scope's lock): a daemon records there what it
+/// enforces from then on. An error from `before` leaves everything as it was.
+pub fn revert_if_due_with(
+    scope: &str,
+    token: Option<&str>,
+    force: bool,
+    before: &mut dyn FnMut(&Pending) -> Result<(), EngineError>,
 ) -> Result<Option<Pending>, EngineError> {
     let observer = Observer::new(scope);
     let lock = observer.state_dir.lock().map_err(runtime)?;
@@ -545,6 +589,7 @@ pub fn revert_if_due(
         _lock: Some(lock),
         _inputs: None,
     };
+    before(&pending)?;
     execute(&planned, "revert", &pending.spec_hash, None)?;
     planned
         .state_dir

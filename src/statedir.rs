@@ -1,10 +1,14 @@
 //! kvmnet's state directory: only what the kernel cannot hold for us. Today that is the value
 //! each sysctl had before kvmnet first changed it, so destroy can give it back. Everything
 //! else kvmnet owns is recognised from the kernel itself (marks on links and namespaces).
+//!
+//! Nothing in it is for other users: a scope's directory is 0700 and its files 0600 (made
+//! so, and tightened when found looser: installs from before this rule).
 
 use std::collections::BTreeMap;
 use std::io::Write as _;
-use std::path::PathBuf;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
@@ -76,11 +80,12 @@ impl StateDir {
             path: path.display().to_string(),
             source,
         };
-        std::fs::create_dir_all(&self.dir).map_err(io)?;
+        self.ensure_private().map_err(io)?;
         let f = std::fs::OpenOptions::new()
             .create(true)
             .truncate(false)
             .write(true)
+            .mode(0o600)
             .open(&path)
             .map_err(io)?;
         // SAFETY: flock on a descriptor we own; blocks until the other holder finishes.
@@ -116,13 +121,192 @@ impl StateDir {
             path: self.file().display().to_string(),
             source,
         };
-        std::fs::create_dir_all(&self.dir).map_err(io)?;
-        let tmp = self.dir.join("state.json.tmp");
-        let mut f = std::fs::File::create(&tmp).map_err(io)?;
+        self.ensure_private().map_err(io)?;
         let text = serde_json::to_vec_pretty(st).expect("state serializes");
-        f.write_all(&text).map_err(io)?;
-        f.sync_all().map_err(io)?;
-        std::fs::rename(&tmp, self.file()).map_err(io)?;
-        Ok(())
+        write_atomic(&self.file(), &text).map_err(io)
+    }
+
+    /// Makes the scope's directory (0700) if it is missing, and tightens it and everything in
+    /// it when it is looser: one `stat` when it is already right.
+    pub fn ensure_private(&self) -> std::io::Result<()> {
+        match std::fs::metadata(&self.dir) {
+            Ok(m) if m.permissions().mode() & 0o777 == 0o700 => Ok(()),
+            Ok(_) => tighten(&self.dir),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => create_private_dir(&self.dir),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Tightens the scope's directory and everything in it, whatever their modes now.
+    pub fn tighten(&self) -> Result<(), StateError> {
+        tighten(&self.dir).map_err(|source| StateError::Io {
+            path: self.dir.display().to_string(),
+            source,
+        })
+    }
+}
+
+/// Makes `dir` and any missing parent with mode 0700 (an existing parent is left as it is:
+/// `KVMNET_STATE_DIR` may name a directory kvmnet does not own).
+pub fn create_private_dir(dir: &Path) -> std::io::Result<()> {
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)?;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+}
+
+/// `dir` to 0700 and, below it, directories to 0700 and files (sockets included) to 0600.
+/// Symbolic links are left alone: they are not kvmnet's, and chmod would follow them.
+pub fn tighten(dir: &Path) -> std::io::Result<()> {
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        let kind = entry.file_type()?;
+        if kind.is_dir() {
+            tighten(&entry.path())?;
+        } else if !kind.is_symlink() {
+            let mode = entry.metadata()?.permissions().mode();
+            if mode & 0o777 != 0o600 {
+                std::fs::set_permissions(entry.path(), std::fs::Permissions::from_mode(0o600))?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Opens `path` for appending, creating it with mode 0600.
+pub fn open_private_append(path: &Path) -> std::io::Result<std::fs::File> {
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .mode(0o600)
+        .open(path)
+}
+
+/// Replaces `path` with `bytes` so that a crash at any moment leaves the old content or the
+/// new, whole: written to `PATH.tmp` (0600), synced, renamed over `path`, and the directory
+/// synced (without that the rename itself may not survive a crash).
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    stage(path, bytes)?.commit()
+}
+
+/// The new content of a file, written and synced beside it but not in place yet: the slow
+/// half of [`write_atomic`], which a caller may do while it works out whether to commit.
+/// Dropped without [`Staged::commit`], it is removed.
+#[derive(Debug)]
+pub struct Staged {
+    tmp: PathBuf,
+    path: PathBuf,
+    committed: bool,
+}
+
+/// Writes `bytes` to `PATH.tmp` (0600) and syncs it.
+pub fn stage(path: &Path, bytes: &[u8]) -> std::io::Result<Staged> {
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".tmp");
+    let staged = Staged {
+        tmp: PathBuf::from(tmp),
+        path: path.to_path_buf(),
+        committed: false,
+    };
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .write(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&staged.tmp)?;
+    // An older tmp file may be looser: mode applies only to files created now.
+    f.set_permissions(std::fs::Permissions::from_mode(0o600))?;
+    f.write_all(bytes)?;
+    f.sync_all()?;
+    Ok(staged)
+}
+
+impl Staged {
+    /// Puts the new content in place: renamed over the file, the directory synced.
+    pub fn commit(self) -> std::io::Result<()> {
+        self.put_in_place()?.sync()
+    }
+
+    /// Renames the new content over the file: every process sees it from now on, and a
+    /// crash of this one cannot take it back; a crash of the machine can until
+    /// [`InPlace::sync`] returns.
+    pub fn put_in_place(mut self) -> std::io::Result<InPlace> {
+        std::fs::rename(&self.tmp, &self.path)?;
+        self.committed = true;
+        Ok(InPlace {
+            dir: self.path.parent().unwrap_or(Path::new(".")).to_path_buf(),
+        })
+    }
+}
+
+/// A renamed file whose directory is not synced yet.
+#[derive(Debug)]
+#[must_use = "the rename survives a power loss only once synced"]
+pub struct InPlace {
+    dir: PathBuf,
+}
+
+impl InPlace {
+    pub fn sync(self) -> std::io::Result<()> {
+        std::fs::File::open(&self.dir)?.sync_all()
+    }
+}
+
+impl Drop for Staged {
+    fn drop(&mut self) {
+        if !self.committed {
+            let _ = std::fs::remove_file(&self.tmp);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn mode(p: &Path) -> u32 {
+        std::fs::metadata(p).unwrap().permissions().mode() & 0o777
+    }
+
+    #[test]
+    fn a_loose_directory_is_tightened_and_new_files_are_private() {
+        let base = std::env::temp_dir().join(format!("kvmnet-statedir-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&base);
+        let sd = StateDir {
+            dir: base.join("host"),
+        };
+        sd.ensure_private().unwrap();
+        assert_eq!(mode(&sd.dir), 0o700);
+        // An install from before: readable by everyone.
+        std::fs::set_permissions(&sd.dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+        std::fs::create_dir(sd.dir.join("dhcp")).unwrap();
+        std::fs::set_permissions(sd.dir.join("dhcp"), std::fs::Permissions::from_mode(0o755))
+            .unwrap();
+        for f in ["audit.log", "dhcp/leases"] {
+            std::fs::write(sd.dir.join(f), "x").unwrap();
+            std::fs::set_permissions(sd.dir.join(f), std::fs::Permissions::from_mode(0o644))
+                .unwrap();
+        }
+        sd.ensure_private().unwrap();
+        assert_eq!(mode(&sd.dir), 0o700);
+        assert_eq!(mode(&sd.dir.join("dhcp")), 0o700);
+        assert_eq!(mode(&sd.dir.join("audit.log")), 0o600);
+        assert_eq!(mode(&sd.dir.join("dhcp/leases")), 0o600);
+        sd.save(&State::default()).unwrap();
+        assert_eq!(mode(&sd.dir.join("state.json")), 0o600);
+        assert_eq!(sd.load().unwrap(), State::default());
+        write_atomic(&sd.dir.join("x"), b"one").unwrap();
+        write_atomic(&sd.dir.join("x"), b"two").unwrap();
+        assert_eq!(std::fs::read(sd.dir.join("x")).unwrap(), b"two");
+        assert_eq!(mode(&sd.dir.join("x")), 0o600);
+        // Staged and dropped: the file keeps its content, and no temporary file is left.
+        drop(stage(&sd.dir.join("x"), b"three").unwrap());
+        assert_eq!(std::fs::read(sd.dir.join("x")).unwrap(), b"two");
+        assert!(!sd.dir.join("x.tmp").exists());
+        drop(sd.lock().unwrap());
+        assert_eq!(mode(&sd.dir.join("lock")), 0o600);
+        std::fs::remove_dir_all(&base).unwrap();
     }
 }

@@ -108,8 +108,10 @@ fn daemon_repairs_drift_and_serves_the_cli() {
     assert_eq!(o.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&o.stderr).contains("networks.x.mode"));
 
-    // SIGHUP re-reads the spec file the daemon was started with.
-    std::fs::write(&spec.0, spec_text(false)).unwrap();
+    // SIGHUP re-reads the spec file the daemon was started with: edited since the daemon
+    // last read it, it replaces what was applied through the daemon (unedited, it would not:
+    // tests/daemon_state.rs).
+    std::fs::write(&spec.0, format!("{}# edited\n", spec_text(false))).unwrap();
     unsafe { libc::kill(d.0.id() as i32, libc::SIGHUP) };
     wait_until("reload removes d-b", || !link_exists(&host, "d-b"));
 

@@ -8,13 +8,17 @@
 //! of a megabyte, and escaping it into JSON and parsing it back cost more than planning the
 //! one port that changed.
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::os::fd::AsRawFd;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
+
+use super::http::{self, HttpError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
@@ -29,6 +33,13 @@ pub enum ApiError {
     Malformed(String),
 }
 
+/// Connections served at once; more are answered 503 at once (a client that stalls holds
+/// one for at most the request timeout).
+const MAX_CONNECTIONS: usize = 32;
+/// Refusals (403, 503) being answered at once, apart from the connections served: a stranger
+/// cannot use those up. Beyond this, a connection to refuse is closed without an answer.
+const MAX_REFUSING: usize = 4;
+
 pub fn socket_path(state_dir: &Path) -> PathBuf {
     state_dir.join("api.sock")
 }
@@ -38,24 +49,39 @@ pub struct Request {
     pub path: String,
     pub body: Value,
     pub peer_uid: u32,
+    /// The request said how long its body is (Content-Length or chunked).
+    pub framed: bool,
 }
+
+/// Work left once the answer is written (the client does not wait for it).
+pub type After = Box<dyn FnOnce() + Send>;
 
 pub struct Response {
     pub status: u16,
     pub body: Value,
+    /// For 405: the methods the endpoint takes.
+    pub allow: Option<&'static str>,
+    pub after: Option<After>,
 }
 
 impl Response {
     pub fn ok(body: Value) -> Response {
-        Response { status: 200, body }
+        Response::with_status(200, body)
     }
-    pub fn error(status: u16, msg: impl Into<String>) -> Response {
+    pub fn with_status(status: u16, body: Value) -> Response {
         Response {
             status,
-            body: json!({ "error": msg.into() }),
+            body,
+            allow: None,
+            after: None,
         }
     }
+    pub fn error(status: u16, msg: impl Into<String>) -> Response {
+        Response::with_status(status, json!({ "error": msg.into() }))
+    }
 }
+
+pub type Handler = Arc<dyn Fn(Request) -> Response + Send + Sync>;
 
 fn peer_uid(s: &UnixStream) -> Option<u32> {
     let mut cred = libc::ucred {
@@ -84,13 +110,23 @@ fn allowed_uids() -> Vec<u32> {
         .unwrap_or_else(|| vec![0])
 }
 
+/// How long a client has to send its whole request (`KVMNET_API_TIMEOUT_MS`, default 10 s).
+fn request_timeout() -> Duration {
+    Duration::from_millis(
+        std::env::var("KVMNET_API_TIMEOUT_MS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(10_000),
+    )
+}
+
 pub fn bind(state_dir: &Path) -> Result<UnixListener, ApiError> {
     let path = socket_path(state_dir);
     let io = |source| ApiError::Io {
         path: path.display().to_string(),
         source,
     };
-    std::fs::create_dir_all(state_dir).map_err(io)?;
+    crate::statedir::create_private_dir(state_dir).map_err(io)?;
     // A socket file left by a daemon that died: nobody listens there any more.
     if UnixStream::connect(&path).is_err() {
         let _ = std::fs::remove_file(&path);
@@ -102,51 +138,202 @@ pub fn bind(state_dir: &Path) -> Result<UnixListener, ApiError> {
     Ok(l)
 }
 
+/// Whether a daemon listens for this state directory.
+pub fn daemon_listening(state_dir: &Path) -> bool {
+    UnixStream::connect(socket_path(state_dir)).is_ok()
+}
+
+/// Accepts clients until `stop`, each on a thread of its own: a client that is slow to send
+/// its request delays nobody else.
+pub fn serve(listener: &UnixListener, stop: &AtomicBool, handler: Handler) {
+    let counts = Counts::default();
+    let allowed = allowed_uids();
+    while !stop.load(Ordering::SeqCst) {
+        match listener.accept() {
+            Ok((s, _)) => accept(s, &allowed, &counts, &handler),
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                // Wake for the next client at once; look at the stop flag now and then.
+                wait_readable(listener, Duration::from_millis(200));
+            }
+            Err(e) => {
+                eprintln!("kvmnet: API: {e}");
+                std::thread::sleep(Duration::from_millis(200));
+            }
+        }
+    }
+}
+
+/// Threads at work: clients served, and clients being refused.
+#[derive(Default)]
+struct Counts {
+    serving: Arc<AtomicUsize>,
+    refusing: Arc<AtomicUsize>,
+}
+
+/// One thread counted in `count` for as long as it lives (panics included).
+struct Counted(Arc<AtomicUsize>);
+
+impl Counted {
+    /// Counts one more, unless `max` are counted already.
+    fn take(count: &Arc<AtomicUsize>, max: usize) -> Option<Counted> {
+        if count.fetch_add(1, Ordering::SeqCst) >= max {
+            count.fetch_sub(1, Ordering::SeqCst);
+            return None;
+        }
+        Some(Counted(Arc::clone(count)))
+    }
+}
+
+impl Drop for Counted {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+fn accept(s: UnixStream, allowed: &[u32], counts: &Counts, handler: &Handler) {
+    let uid = peer_uid(&s).unwrap_or(u32::MAX);
+    if !allowed.contains(&uid) {
+        let msg = format!("uid {uid} may not use the kvmnet API");
+        return refuse(s, Response::error(403, msg), counts);
+    }
+    let Some(counted) = Counted::take(&counts.serving, MAX_CONNECTIONS) else {
+        let resp = Response::error(503, "too many API clients at once; try again");
+        return refuse(s, resp, counts);
+    };
+    let handler = Arc::clone(handler);
+    let spawned = std::thread::Builder::new()
+        .name("kvmnet-api".into())
+        .spawn(move || {
+            let _counted = counted;
+            serve_one(s, uid, &*handler);
+        });
+    if let Err(e) = spawned {
+        eprintln!("kvmnet: API: cannot start a thread for a client: {e}");
+    }
+}
+
+/// Answers `resp` on a thread of its own (within [`MAX_REFUSING`]), once the request's head
+/// has arrived (for at most a second): a client that finds the connection closed before it
+/// has sent its request gets a broken pipe, not the answer.
+fn refuse(mut s: UnixStream, resp: Response, counts: &Counts) {
+    let Some(counted) = Counted::take(&counts.refusing, MAX_REFUSING) else {
+        return;
+    };
+    let _ = std::thread::Builder::new()
+        .name("kvmnet-api-refuse".into())
+        .spawn(move || {
+            let _counted = counted;
+            let _ = s.set_nonblocking(false);
+            let _ = s.set_write_timeout(Some(Duration::from_secs(1)));
+            let deadline = Instant::now() + Duration::from_secs(1);
+            let mut buf = Vec::new();
+            while http::head_end(&buf, 0).is_none()
+                && buf.len() <= http::MAX_HEAD
+                && read_more(&mut s, &mut buf, deadline).is_ok()
+            {}
+            write_response(&mut s, &resp);
+            let _ = s.shutdown(std::net::Shutdown::Write);
+            drain(&mut s);
+        });
+}
+
+/// Waits until `fd` has something to read, or `timeout` passes.
+fn wait_readable(fd: &impl AsRawFd, timeout: Duration) {
+    let mut p = libc::pollfd {
+        fd: fd.as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // SAFETY: one valid pollfd, for the duration of the call.
+    unsafe { libc::poll(&mut p, 1, timeout.as_millis() as libc::c_int) };
+}
+
+/// Why no request was read.
+enum ReadError {
+    Http(HttpError),
+    Timeout,
+    /// The client closed or broke the connection before sending anything.
+    Gone,
+}
+
+impl From<HttpError> for ReadError {
+    fn from(e: HttpError) -> ReadError {
+        ReadError::Http(e)
+    }
+}
+
+/// Reads more of the request into `buf`, waiting until `deadline` at most.
+fn read_more(s: &mut UnixStream, buf: &mut Vec<u8>, deadline: Instant) -> Result<(), ReadError> {
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(ReadError::Timeout);
+        }
+        let _ = s.set_read_timeout(Some(left));
+        let old = buf.len();
+        buf.resize(old + (64 << 10), 0);
+        let r = s.read(&mut buf[old..]);
+        buf.truncate(old + *r.as_ref().unwrap_or(&0));
+        match r {
+            Ok(0) if old == 0 => return Err(ReadError::Gone),
+            Ok(0) => return Err(ReadError::Http(HttpError::Incomplete)),
+            Ok(_) => return Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
+                return Err(ReadError::Timeout);
+            }
+            Err(_) => return Err(ReadError::Gone),
+        }
+    }
+}
+
+/// One request from `s`: the head, then (after `100 Continue` if the client waits for it)
+/// the body, all within the request timeout.
+fn read_request(s: &mut UnixStream, timeout: Duration) -> Result<http::Request, ReadError> {
+    let deadline = Instant::now() + timeout;
+    let mut buf = Vec::new();
+    let mut scanned = 0;
+    let head_len = loop {
+        if let Some(end) = http::head_end(&buf, scanned) {
+            break end;
+        }
+        if buf.len() > http::MAX_HEAD {
+            return Err(HttpError::HeadTooLarge.into());
+        }
+        scanned = buf.len();
+        read_more(s, &mut buf, deadline)?;
+    };
+    let (head, n) = http::parse_head(&buf[..head_len])?;
+    if let http::Framing::Length(len) = head.framing {
+        buf.reserve(len.saturating_sub(buf.len() - n));
+    }
+    let mut body = http::BodyReader::new(head.framing);
+    body.advance(&buf[n..])?;
+    if !body.done() && head.expect_continue && head.minor == 1 {
+        s.write_all(b"HTTP/1.1 100 Continue\r\n\r\n")
+            .map_err(|_| ReadError::Gone)?;
+    }
+    while !body.done() {
+        read_more(s, &mut buf, deadline)?;
+        body.advance(&buf[n..])?;
+    }
+    Ok(http::Request {
+        head,
+        body: body.into_body(),
+    })
+}
+
 struct RawRequest {
     method: String,
     /// The path with its query string, as sent.
     target: String,
     content_type: String,
     body: Vec<u8>,
-}
-
-fn read_request(s: &mut UnixStream) -> Option<RawRequest> {
-    let mut r = BufReader::new(s.try_clone().ok()?);
-    let mut line = String::new();
-    r.read_line(&mut line).ok()?;
-    let mut parts = line.split_whitespace();
-    let method = parts.next()?.to_string();
-    let target = parts.next()?.to_string();
-    let mut len = 0usize;
-    let mut content_type = String::new();
-    loop {
-        let mut h = String::new();
-        if r.read_line(&mut h).ok()? == 0 {
-            break;
-        }
-        let h = h.trim_end();
-        if h.is_empty() {
-            break;
-        }
-        if let Some((k, v)) = h.split_once(':') {
-            if k.eq_ignore_ascii_case("content-length") {
-                len = v.trim().parse().ok()?;
-            } else if k.eq_ignore_ascii_case("content-type") {
-                content_type = v.trim().to_ascii_lowercase();
-            }
-        }
-    }
-    if len > 16 << 20 {
-        return None;
-    }
-    let mut body = vec![0; len];
-    r.read_exact(&mut body).ok()?;
-    Some(RawRequest {
-        method,
-        target,
-        content_type,
-        body,
-    })
 }
 
 /// The JSON object a request stands for: its JSON body, or for a YAML body, `spec` (the body)
@@ -218,58 +405,106 @@ fn percent_decode(s: &str) -> Result<String, String> {
     String::from_utf8(out).map_err(|_| bad())
 }
 
-fn write_response(s: &mut UnixStream, resp: &Response) {
-    let body = resp.body.to_string();
-    let reason = match resp.status {
+fn reason(status: u16) -> &'static str {
+    match status {
         200 => "OK",
+        400 => "Bad Request",
         403 => "Forbidden",
         404 => "Not Found",
-        422 => "Unprocessable Entity",
+        405 => "Method Not Allowed",
+        408 => "Request Timeout",
+        409 => "Conflict",
+        411 => "Length Required",
+        413 => "Content Too Large",
+        417 => "Expectation Failed",
+        422 => "Unprocessable Content",
+        431 => "Request Header Fields Too Large",
+        500 => "Internal Server Error",
+        501 => "Not Implemented",
+        503 => "Service Unavailable",
+        505 => "HTTP Version Not Supported",
         _ => "Error",
-    };
-    let _ = write!(
-        s,
-        "HTTP/1.1 {} {reason}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        resp.status,
-        body.len()
-    );
+    }
 }
 
-/// Serves one connection with `handler`.
-pub fn serve_one(mut s: UnixStream, handler: &mut dyn FnMut(Request) -> Response) {
-    let _ = s.set_nonblocking(false);
-    let _ = s.set_read_timeout(Some(Duration::from_secs(10)));
-    // A client that stops reading must not hold the daemon (a finished plan waits for the
-    // answer to be written before it lets go of the state directory).
-    let _ = s.set_write_timeout(Some(Duration::from_secs(10)));
-    let uid = peer_uid(&s).unwrap_or(u32::MAX);
-    if !allowed_uids().contains(&uid) {
-        write_response(
-            &mut s,
-            &Response::error(403, format!("uid {uid} may not use the kvmnet API")),
-        );
-        return;
-    }
-    let Some(raw) = read_request(&mut s) else {
-        write_response(&mut s, &Response::error(400, "malformed request"));
-        return;
-    };
-    let method = raw.method.clone();
-    let path = raw.target.split('?').next().unwrap_or("").to_string();
-    let body = match request_body(raw) {
-        Ok(v) => v,
-        Err(e) => {
-            write_response(&mut s, &Response::error(400, e));
-            return;
+fn write_response(s: &mut UnixStream, resp: &Response) {
+    let body = resp.body.to_string();
+    let allow = resp
+        .allow
+        .map_or(String::new(), |a| format!("Allow: {a}\r\n"));
+    let head = format!(
+        "HTTP/1.1 {} {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n{allow}Connection: close\r\n\r\n",
+        resp.status,
+        reason(resp.status),
+        body.len()
+    );
+    let _ = s
+        .write_all(head.as_bytes())
+        .and_then(|_| s.write_all(body.as_bytes()));
+}
+
+/// Reads and drops what a refused client still sends, for a moment: a Unix socket closed
+/// with unread data makes the peer's next read fail (ECONNRESET), and the client might lose
+/// the answer that says what was wrong.
+fn drain(s: &mut UnixStream) {
+    let _ = s.set_read_timeout(Some(Duration::from_millis(200)));
+    let mut sink = [0u8; 8192];
+    let mut left: usize = 1 << 20;
+    while left > 0 {
+        match s.read(&mut sink) {
+            Ok(0) | Err(_) => return,
+            Ok(n) => left = left.saturating_sub(n),
         }
+    }
+}
+
+/// Serves one connection from `uid` with `handler`: one request, one answer, then whatever
+/// the answer left to do.
+fn serve_one(mut s: UnixStream, uid: u32, handler: &(dyn Fn(Request) -> Response + Sync)) {
+    let _ = s.set_nonblocking(false);
+    // A client that stops reading must not hold a thread for ever (nor, before this thread
+    // finishes an apply's plan, the state directory).
+    let _ = s.set_write_timeout(Some(Duration::from_secs(10)));
+    let mut unread = true;
+    let resp = match read_request(&mut s, request_timeout()) {
+        Ok(req) => {
+            unread = false;
+            let framed = req.head.framing != http::Framing::None;
+            let raw = RawRequest {
+                method: req.head.method.clone(),
+                target: req.head.target.clone(),
+                content_type: req
+                    .head
+                    .field("content-type")
+                    .unwrap_or("")
+                    .to_ascii_lowercase(),
+                body: req.body,
+            };
+            let method = raw.method.clone();
+            let path = req.head.path().to_string();
+            match request_body(raw) {
+                Ok(body) => handler(Request {
+                    method,
+                    path,
+                    body,
+                    peer_uid: uid,
+                    framed,
+                }),
+                Err(e) => Response::error(400, e),
+            }
+        }
+        Err(ReadError::Http(e)) => Response::error(e.status(), e.to_string()),
+        Err(ReadError::Timeout) => Response::error(408, "the request did not arrive in time"),
+        Err(ReadError::Gone) => return,
     };
-    let resp = handler(Request {
-        method,
-        path,
-        body,
-        peer_uid: uid,
-    });
     write_response(&mut s, &resp);
+    let _ = s.shutdown(std::net::Shutdown::Write);
+    if unread {
+        drain(&mut s);
+    }
+    if let Some(after) = resp.after {
+        after();
+    }
 }
 
 /// Client side: `None` when no daemon listens for this state directory.
@@ -373,15 +608,21 @@ mod tests {
     #[test]
     fn a_yaml_body_reads_as_the_json_form() {
         let source = "/srv/my specs/100%&done=yes.yaml";
-        let target = format!("/v1/apply?source={}&fail_after=3", percent_encode(source));
+        let target = format!(
+            "/v1/apply?source={}&confirm_within=3",
+            percent_encode(source)
+        );
         let v = request_body(raw(&target, "application/yaml", "version: 1\n")).unwrap();
         assert_eq!(
             v,
-            json!({ "spec": "version: 1\n", "source": source, "fail_after": "3" })
+            json!({ "spec": "version: 1\n", "source": source, "confirm_within": "3" })
         );
-        assert_eq!(number(&v, "fail_after"), Some(3));
-        assert_eq!(number(&json!({ "fail_after": 3 }), "fail_after"), Some(3));
-        assert_eq!(number(&v, "confirm_within"), None);
+        assert_eq!(number(&v, "confirm_within"), Some(3));
+        assert_eq!(
+            number(&json!({ "confirm_within": 3 }), "confirm_within"),
+            Some(3)
+        );
+        assert_eq!(number(&v, "no_such_field"), None);
         // A name of digits stays a name.
         let v = request_body(raw("/v1/apply?source=007", "application/yaml", "")).unwrap();
         assert_eq!(v["source"], "007");

@@ -2,8 +2,13 @@
 //! within a reconcile interval and each repair is logged), re-applies on SIGHUP or an API
 //! request, reverts unconfirmed changes when their time is up, and serves the local API.
 //! Stopping the daemon leaves the networking in place: VMs keep working.
+//!
+//! Every spec it enforces is written to the state directory before it is applied
+//! ([`accepted`]), so that a restart or a reload never undoes what was applied through it.
 
+pub mod accepted;
 pub mod api;
+pub mod http;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -18,16 +23,21 @@ use crate::spec::Spec;
 use crate::statedir::StateDir;
 use crate::status;
 use crate::watch::Watch;
+use accepted::{Accepted, Origin};
 
-/// The spec the daemon enforces now.
+/// The spec the daemon enforces now, and its record in the state directory.
 struct Active {
     spec: Spec,
-    text: Vec<u8>,
+    accepted: Accepted,
 }
 
 struct Shared {
     scope: String,
     spec_path: std::path::PathBuf,
+    /// `spec_path` as accepted specs record it (absolute, when it can be made so).
+    spec_file: String,
+    state_dir: StateDir,
+    /// Always locked before the scope's state directory (plans take that lock).
     active: Mutex<Active>,
     stop: AtomicBool,
     reload: AtomicBool,
@@ -44,17 +54,20 @@ struct Shared {
     /// own: freeing a 1,000-port spec and what was planned from it takes milliseconds that
     /// an API client need not wait for.
     retired: Mutex<std::sync::mpsc::Sender<Box<dyn Send>>>,
-    /// A plan applied for an API client, finished once the client has its answer.
-    finishing: Mutex<Option<engine::Planned>>,
 }
 
 impl Shared {
-    /// Enforce `spec` from now on, and serve the DHCP it declares.
-    fn set_active(&self, active: &mut Active, spec: Spec, text: Vec<u8>) {
+    /// Enforce `spec` (recorded as `accepted`) from now on, and serve the DHCP it declares.
+    fn set_active(&self, active: &mut Active, spec: Spec, accepted: Accepted) {
         *self.dhcp_pending.lock().expect("lock") = Some(dhcp::scopes(&spec));
         self.dhcp_kick.store(true, Ordering::SeqCst);
-        let old = std::mem::replace(active, Active { spec, text });
+        let old = std::mem::replace(active, Active { spec, accepted });
         self.retire(old);
+    }
+
+    /// Records `next` as the accepted spec, before it is applied.
+    fn accept(&self, next: &Accepted) -> Result<(), EngineError> {
+        accepted::save(&self.state_dir.dir, next).map_err(|e| EngineError::Runtime(e.to_string()))
     }
 
     /// Done with a plan: the nft tables it observed and the links it was made from go back to
@@ -72,14 +85,6 @@ impl Shared {
         }
         p.unlock();
         self.retire(p);
-    }
-
-    /// Finishes the plan an API request left, if any.
-    fn finish_pending(&self) {
-        let pending = self.finishing.lock().expect("lock").take();
-        if let Some(p) = pending {
-            self.finish(p);
-        }
     }
 
     fn retire(&self, value: impl Send + 'static) {
@@ -157,17 +162,6 @@ fn block_signals() -> libc::sigset_t {
     }
 }
 
-/// Waits until `fd` has something to read, or `timeout` passes.
-fn wait_readable(fd: &impl std::os::fd::AsRawFd, timeout: Duration) {
-    let mut p = libc::pollfd {
-        fd: fd.as_raw_fd(),
-        events: libc::POLLIN,
-        revents: 0,
-    };
-    // SAFETY: one valid pollfd, for the duration of the call.
-    unsafe { libc::poll(&mut p, 1, timeout.as_millis() as libc::c_int) };
-}
-
 fn apply_active(sh: &Shared, action: &str) -> Result<usize, EngineError> {
     let active = sh.active.lock().expect("lock");
     let p = engine::plan_with(
@@ -186,122 +180,278 @@ fn apply_active(sh: &Shared, action: &str) -> Result<usize, EngineError> {
             log(&format!("repair: {s}"));
         }
     }
-    engine::execute(&p, action, &engine::spec_hash(&active.text), None)?;
+    engine::execute(&p, action, &engine::spec_hash(&active.accepted.text), None)?;
     sh.finish(p);
     Ok(n)
 }
 
-/// The daemon's spec file, read and parsed through its cache.
-fn load_cached(
-    specs: &Mutex<crate::spec::SpecCache>,
-    path: &std::path::Path,
-) -> Result<(Spec, Vec<u8>), EngineError> {
-    let text = engine::read(path)?;
-    let spec = engine::parse_cached(
-        &mut specs.lock().expect("lock"),
-        &path.display().to_string(),
-        &text,
-    )?;
-    Ok((spec, text))
-}
-
+/// SIGHUP or `POST /v1/reload`: the `--spec` file becomes the accepted spec if its content
+/// changed since the daemon last read it; otherwise the accepted spec (which may have come
+/// through the API since) stays. Either way the host is brought to it.
 fn reload(sh: &Shared) {
-    match load_cached(&sh.specs, &sh.spec_path) {
-        Ok((spec, text)) => {
-            sh.set_active(&mut sh.active.lock().expect("lock"), spec, text);
-            match apply_active(sh, "apply") {
-                Ok(n) => log(&format!("reloaded {}: {n} changes", sh.spec_path.display())),
-                Err(e) => log(&format!("reload failed: {e}")),
-            }
-        }
-        Err(e) => log(&format!("reload refused, keeping the current spec:\n{e}")),
+    let text = match engine::read(&sh.spec_path) {
+        Ok(t) => t,
+        Err(e) => return log(&format!("reload refused, keeping the current spec:\n{e}")),
+    };
+    let file_hash = engine::spec_hash(&text);
+    let mut active = sh.active.lock().expect("lock");
+    if !accepted::file_wins(Some(&active.accepted.record), &sh.spec_file, &file_hash) {
+        let source = active.accepted.record.source.clone();
+        drop(active);
+        return match apply_active(sh, "apply") {
+            Ok(n) => log(&format!(
+                "reload: {} is unchanged since it was last read; kept the spec accepted from {source}: {n} changes",
+                sh.spec_path.display()
+            )),
+            Err(e) => log(&format!("reload failed: {e}")),
+        };
+    }
+    if let Err(e) = refuse_while_pending(sh) {
+        return log(&format!("reload refused: {e}"));
+    }
+    let spec = match engine::parse_cached(
+        &mut sh.specs.lock().expect("lock"),
+        &sh.spec_path.display().to_string(),
+        &text,
+    ) {
+        Ok(s) => s,
+        Err(e) => return log(&format!("reload refused, keeping the current spec:\n{e}")),
+    };
+    let mut next = active.accepted.next(Origin::File, &sh.spec_file, text);
+    next.record.spec_file_hash = file_hash;
+    if let Err(e) = sh.accept(&next) {
+        return log(&format!("reload refused, keeping the current spec: {e}"));
+    }
+    sh.set_active(&mut active, spec, next);
+    drop(active);
+    match apply_active(sh, "apply") {
+        Ok(n) => log(&format!("reloaded {}: {n} changes", sh.spec_path.display())),
+        Err(e) => log(&format!("reload failed: {e}")),
     }
 }
 
-fn handle(sh: &Shared, req: api::Request) -> api::Response {
-    match (req.method.as_str(), req.path.as_str()) {
-        ("GET", "/v1/status") => match Observer::new(&sh.scope).snapshot(None) {
+/// A change applied with `--confirm-within` and not yet confirmed holds back every other:
+/// reverting it must not undo a spec accepted after it.
+fn refuse_while_pending(sh: &Shared) -> Result<(), EngineError> {
+    match engine::load_pending(&sh.state_dir)? {
+        None => Ok(()),
+        Some(p) => Err(EngineError::Usage(format!(
+            "a change applied with --confirm-within awaits confirmation (it reverts in {}s): run `kvmnet confirm` to keep it, or wait for its revert",
+            p.deadline_unix.saturating_sub(crate::audit::now_unix())
+        ))),
+    }
+}
+
+/// The API's endpoints and the method each takes.
+const ENDPOINTS: &[(&str, &str)] = &[
+    ("/v1/status", "GET"),
+    ("/v1/leases", "GET"),
+    ("/v1/reload", "POST"),
+    ("/v1/confirm", "POST"),
+    ("/v1/apply", "POST"),
+    ("/v1/debug/watch", "GET"),
+];
+
+fn handle(sh: &Arc<Shared>, req: api::Request) -> api::Response {
+    let Some(&(_, method)) = ENDPOINTS.iter().find(|(p, _)| *p == req.path) else {
+        return api::Response::error(404, format!("no such endpoint: {}", req.path));
+    };
+    if req.method != method {
+        let mut r = api::Response::error(
+            405,
+            format!("{} takes {method}, not {}", req.path, req.method),
+        );
+        r.allow = Some(method);
+        return r;
+    }
+    match req.path.as_str() {
+        "/v1/status" => match Observer::new(&sh.scope).snapshot(None) {
             Ok(snap) => api::Response::ok(status::status_json(&snap)),
             Err(e) => api::Response::error(500, e.to_string()),
         },
-        ("GET", "/v1/leases") => match sh.dhcp.lock().expect("lock").as_ref() {
+        "/v1/leases" => match sh.dhcp.lock().expect("lock").as_ref() {
             Some(h) => api::Response::ok(leases_json(&h.leases())),
             None => match read_leases(&sh.scope) {
                 Ok(v) => api::Response::ok(v),
                 Err(e) => api::Response::error(500, e.to_string()),
             },
         },
-        ("POST", "/v1/reload") => {
+        "/v1/reload" => {
             sh.reload.store(true, Ordering::SeqCst);
             api::Response::ok(json!({ "reload": "scheduled" }))
         }
-        ("POST", "/v1/confirm") => match engine::confirm(&sh.scope) {
+        "/v1/confirm" => match engine::confirm_as(&sh.scope, req.peer_uid) {
             Ok(c) => api::Response::ok(json!({ "confirmed": c })),
             Err(e) => api::Response::error(500, e.to_string()),
         },
-        ("POST", "/v1/apply") => apply_request(sh, &req.body),
-        ("GET", "/v1/debug/watch") => watch_check(sh),
-        _ => api::Response::error(
-            404,
-            format!("no such endpoint: {} {}", req.method, req.path),
-        ),
+        "/v1/apply" => apply_request(sh, &req),
+        _ => watch_check(sh),
     }
 }
 
-/// `POST /v1/apply {"spec": TEXT, "source": NAME, "confirm_within": SECS?}`: the daemon
-/// validates, applies and from then on enforces that spec.
-fn apply_request(sh: &Shared, body: &Value) -> api::Response {
+/// What `POST /v1/apply` asks for.
+struct ApplyRequest<'a> {
+    text: &'a str,
+    source: String,
+    confirm: Option<u64>,
+    action: &'static str,
+}
+
+/// Reads `POST /v1/apply {"spec": TEXT, "source": NAME, "confirm_within": SECS?,
+/// "action": "apply"|"destroy"}`. `KVMNET_FAIL_AFTER`'s `fail_after` is a test hook of the
+/// CLI: a client cannot make the daemon fail on purpose.
+fn apply_fields(req: &api::Request) -> Result<ApplyRequest<'_>, api::Response> {
+    if !req.framed {
+        return Err(api::Response::error(
+            411,
+            "POST /v1/apply needs a body with Content-Length or chunked",
+        ));
+    }
+    let body = &req.body;
+    if body.get("fail_after").is_some() {
+        return Err(api::Response::error(
+            400,
+            "fail_after is a test hook of the command line (KVMNET_FAIL_AFTER), not of the API",
+        ));
+    }
     let Some(text) = body["spec"].as_str() else {
-        return api::Response::error(400, "body needs \"spec\"");
+        return Err(api::Response::error(400, "body needs \"spec\""));
     };
-    let source = body["source"].as_str().unwrap_or("(api)").to_string();
-    let confirm = api::number(body, "confirm_within");
-    // The notification cache is brought up to date, and the text hashed for the audit log,
-    // while the spec is parsed: none depends on another, and the client waits for all. (An
-    // error here shows again, and is reported, when the plan reads the cache.)
-    let (parsed, hash) = std::thread::scope(|scope| {
-        let refresh = scope.spawn(|| {
-            let hash = engine::spec_hash(text.as_bytes());
+    let action = match body["action"].as_str() {
+        None | Some("apply") => "apply",
+        Some("destroy") => "destroy",
+        Some(a) => {
+            return Err(api::Response::error(
+                400,
+                format!("action '{a}' is not apply or destroy"),
+            ));
+        }
+    };
+    Ok(ApplyRequest {
+        text,
+        source: body["source"].as_str().unwrap_or("(api)").to_string(),
+        confirm: api::number(body, "confirm_within"),
+        action,
+    })
+}
+
+/// A spec an API client sent, parsed and planned, and its record written beside the accepted
+/// spec (when it is a new one), ready to be put in place.
+struct Prepared {
+    spec: Spec,
+    hash: String,
+    plan: engine::Planned,
+    staged: Option<crate::statedir::Staged>,
+}
+
+/// Parses and plans `a`, writing `next` (its record, if it is a new spec) meanwhile.
+fn prepare(
+    sh: &Shared,
+    a: &ApplyRequest<'_>,
+    next: Option<&Accepted>,
+) -> Result<Prepared, EngineError> {
+    let text = a.text.as_bytes();
+    std::thread::scope(|scope| {
+        // Syncing a new spec to disk takes milliseconds, and more on a busy disk: it is
+        // written beside the accepted one while the spec is parsed and planned, and put in
+        // place (a rename) only once it is known to be good. Meanwhile the notification cache
+        // is brought up to date and the text hashed for the audit log, while the spec is
+        // parsed: none depends on another, and the client waits for all. (An error in the
+        // refresh shows again, and is reported, when the plan reads the cache.)
+        // (One thread for all three: on a busy machine each thread more is a wait more.)
+        let aside = scope.spawn(|| {
+            let staged = next.map(|n| accepted::stage(&sh.state_dir.dir, n));
+            let hash = engine::spec_hash(text);
             if let Some(w) = sh.watch.lock().expect("lock").as_mut() {
                 let _ = w.refresh();
             }
-            hash
+            (hash, staged)
         });
-        let parsed = engine::parse_cached(
-            &mut sh.specs.lock().expect("lock"),
-            &source,
-            text.as_bytes(),
-        );
-        let hash = refresh
-            .join()
-            .unwrap_or_else(|_| engine::spec_hash(text.as_bytes()));
-        (parsed, hash)
-    });
-    let spec = match parsed {
-        Ok(s) => s,
-        Err(e) => return invalid_response(e),
+        let parsed = engine::parse_cached(&mut sh.specs.lock().expect("lock"), &a.source, text);
+        let (hash, staged) = aside.join().expect("writing a file does not panic");
+        let staged = staged
+            .transpose()
+            .map_err(|e| EngineError::Runtime(e.to_string()))?;
+        let spec = parsed?;
+        let plan = engine::plan_with(
+            Some(&spec),
+            &sh.scope,
+            &a.source,
+            sh.watch.lock().expect("lock").as_mut(),
+        )?;
+        Ok(Prepared {
+            spec,
+            hash,
+            plan,
+            staged,
+        })
+    })
+}
+
+/// `POST /v1/apply`: the daemon validates the spec, records it as accepted, applies it and
+/// from then on enforces it.
+fn apply_request(sh: &Arc<Shared>, req: &api::Request) -> api::Response {
+    let a = match apply_fields(req) {
+        Ok(a) => a,
+        Err(r) => return r,
     };
     let mut active = sh.active.lock().expect("lock");
-    let p = match engine::plan_with(
-        Some(&spec),
-        &sh.scope,
-        &source,
-        sh.watch.lock().expect("lock").as_mut(),
-    ) {
-        Ok(p) => p,
+    if let Err(e) = refuse_while_pending(sh) {
+        return invalid_response(e);
+    }
+    // The same text again is no new spec.
+    let next = (active.accepted.text != a.text.as_bytes()).then(|| {
+        active
+            .accepted
+            .next(Origin::Api, &a.source, a.text.as_bytes().to_vec())
+    });
+    let Prepared {
+        spec,
+        hash,
+        plan: p,
+        staged,
+    } = match prepare(sh, &a, next.as_ref()) {
+        Ok(x) => x,
         Err(e) => return invalid_response(e),
     };
     let previous_state = match p.state_dir.load() {
         Ok(s) => s,
         Err(e) => return api::Response::error(500, e.to_string()),
     };
-    let action = body["action"].as_str().unwrap_or("apply");
-    let fail_after = api::number(body, "fail_after").map(|k| k as usize);
-    if let Err(e) = engine::execute(&p, action, &hash, fail_after) {
+    // Accepted before it is applied: renamed into place first, so that no crash of this
+    // process can leave the host with a spec a restart would undo. The directory's sync,
+    // which makes the rename survive a crash of the machine (the host's networking does not
+    // survive that either), runs while the spec is applied, and the client has its answer
+    // only once both are done. On a busy disk the sync took 10-20 ms, as long as the rest.
+    let in_place = match staged.map(|s| accepted::put_in_place(s, &sh.state_dir.dir)) {
+        Some(Err(e)) => return api::Response::error(500, e.to_string()),
+        Some(Ok(in_place)) => Some(in_place),
+        None => None,
+    };
+    let next = next.unwrap_or_else(|| active.accepted.clone());
+    let (applied, synced) = std::thread::scope(|scope| {
+        let sync = in_place.map(|i| scope.spawn(move || i.sync()));
+        let applied = engine::execute_as(&p, a.action, &hash, None, req.peer_uid);
+        let synced = sync.map(|t| t.join().expect("syncing a directory does not panic"));
+        (applied, synced)
+    });
+    if let Err(e) = applied {
+        // Rolled back: the spec before stays the accepted one.
+        if next.record.seq != active.accepted.record.seq
+            && let Err(e) = sh.accept(&active.accepted)
+        {
+            log(&format!("cannot restore the accepted spec: {e}"));
+        }
         return invalid_response(e);
     }
-    let changes = p.plan.to_json();
-    if let Some(secs) = confirm {
+    let mut resp = api::Response::ok(p.plan.to_json());
+    if let Some(Err(e)) = synced {
+        resp = api::Response::error(
+            500,
+            format!("applied, but the accepted spec could not be synced to disk: {e}"),
+        );
+    }
+    if let Some(secs) = a.confirm {
         let pending = Pending {
             token: format!(
                 "{:x}",
@@ -310,19 +460,21 @@ fn apply_request(sh: &Shared, body: &Value) -> api::Response {
             deadline_unix: crate::audit::now_unix() + secs,
             previous: p.previous.clone(),
             previous_state,
-            previous_spec: Some(String::from_utf8_lossy(&active.text).into_owned()),
+            previous_spec: Some(String::from_utf8_lossy(&active.accepted.text).into_owned()),
             spec_hash: hash,
+            accepted_seq: Some(next.record.seq),
         };
         if let Err(e) = engine::save_pending(&p.state_dir, &pending) {
-            return api::Response::error(500, e.to_string());
+            resp = api::Response::error(500, e.to_string());
         }
     }
-    sh.set_active(&mut active, spec, text.as_bytes().to_vec());
+    sh.set_active(&mut active, spec, next);
     // Giving the plan's inputs back to the cache takes a millisecond or two at 1,000 ports:
-    // done after the answer is sent (the API thread does it before taking the next client).
-    // Until then the state directory stays locked, as it was while the plan ran.
-    *sh.finishing.lock().expect("lock") = Some(p);
-    api::Response::ok(changes)
+    // done after the answer is sent. Until then the state directory stays locked, as it was
+    // while the plan ran.
+    let sh = Arc::clone(sh);
+    resp.after = Some(Box::new(move || sh.finish(p)));
+    resp
 }
 
 /// `GET /v1/debug/watch`: the cached observation against a whole fresh read, for tests and
@@ -406,17 +558,162 @@ fn snapshot_differences(
 
 fn invalid_response(e: EngineError) -> api::Response {
     match e {
-        EngineError::Invalid { source, errors } => api::Response {
-            status: 422,
-            body: json!({
+        EngineError::Invalid { source, errors } => api::Response::with_status(
+            422,
+            json!({
                 "changes": [],
                 "source": source,
                 "errors": errors.iter().map(|e| json!({
                     "path": e.path, "line": e.loc.line, "column": e.loc.col, "message": e.message
                 })).collect::<Vec<_>>()
             }),
-        },
+        ),
         EngineError::Runtime(m) => api::Response::error(500, m),
+        EngineError::Usage(m) => api::Response::error(409, m),
+    }
+}
+
+/// The spec the daemon starts with ([`accepted::file_wins`]): the `--spec` file, recorded as
+/// accepted before anything is applied, or the accepted spec it resumes.
+fn start_spec(
+    sd: &StateDir,
+    specs: &Mutex<crate::spec::SpecCache>,
+    spec_path: &std::path::Path,
+    spec_file: &str,
+) -> Result<(Spec, Accepted), EngineError> {
+    let runtime = |e: accepted::AcceptedError| EngineError::Runtime(e.to_string());
+    let text = engine::read(spec_path)?;
+    let file_hash = engine::spec_hash(&text);
+    let stored = accepted::load(&sd.dir).map_err(runtime)?;
+    let mut cache = specs.lock().expect("lock");
+    if let Some(a) = stored
+        .as_ref()
+        .filter(|a| !accepted::file_wins(Some(&a.record), spec_file, &file_hash))
+    {
+        let source = accepted::path(&sd.dir).display().to_string();
+        let spec = engine::parse_cached(&mut cache, &source, &a.text)?;
+        log(&format!(
+            "resuming the spec accepted from {} (number {}; {} is unchanged since it was last read)",
+            a.record.source,
+            a.record.seq,
+            spec_path.display()
+        ));
+        return Ok((spec, a.clone()));
+    }
+    let spec = engine::parse_cached(&mut cache, &spec_path.display().to_string(), &text)?;
+    let next = Accepted {
+        record: accepted::Record {
+            seq: stored.as_ref().map_or(1, |a| a.record.seq + 1),
+            time_unix: crate::audit::now_unix(),
+            origin: Origin::File,
+            source: spec_file.to_string(),
+            spec_file: spec_file.to_string(),
+            spec_file_hash: file_hash,
+            reverts: None,
+        },
+        text,
+    };
+    accepted::save(&sd.dir, &next).map_err(runtime)?;
+    Ok((spec, next))
+}
+
+/// A change awaiting confirmation when the daemon starts is reverted (at its deadline) only
+/// if it is what the daemon enforces now; a revert that was under way is finished. Returns
+/// whether a revert is due at once.
+fn pending_at_start(sh: &Shared) -> Result<bool, EngineError> {
+    let Some(p) = engine::load_pending(&sh.state_dir)? else {
+        return Ok(false);
+    };
+    let record = sh.active.lock().expect("lock").accepted.record.clone();
+    match accepted::pending_at_start(p.accepted_seq, &record) {
+        accepted::PendingAtStart::Keep => Ok(false),
+        accepted::PendingAtStart::FinishRevert => Ok(true),
+        accepted::PendingAtStart::Drop => {
+            log("a change awaiting confirmation was dropped: a newer spec was accepted since");
+            engine::end_pending(&sh.scope, "discard", crate::audit::own_uid())?;
+            Ok(false)
+        }
+    }
+}
+
+/// Reverts the change awaiting confirmation if its time is up (or at once with `force`); the
+/// spec before it is recorded as accepted first. A revert that fails is tried again at the
+/// next reconcile: the change stays pending until it is reverted or confirmed.
+fn revert_due(sh: &Shared, force: bool) {
+    let mut active = sh.active.lock().expect("lock");
+    let mut reverted_to: Option<(Spec, Accepted)> = None;
+    let current = &active.accepted;
+    let result = engine::revert_if_due_with(&sh.scope, None, force, &mut |p| {
+        let Some(text) = &p.previous_spec else {
+            return Ok(());
+        };
+        let spec = engine::parse("(previous spec)", text.as_bytes())?;
+        if p.accepted_seq.is_some() && current.record.reverts == p.accepted_seq {
+            // Recorded by a daemon that stopped before the revert was done.
+            reverted_to = Some((spec, current.clone()));
+            return Ok(());
+        }
+        let mut next = current.next(Origin::Revert, "(revert)", text.clone().into_bytes());
+        next.record.reverts = p.accepted_seq;
+        sh.accept(&next)?;
+        reverted_to = Some((spec, next));
+        Ok(())
+    });
+    match result {
+        Ok(Some(_)) => {
+            log("confirmation did not come in time: reverted the last change");
+            if let Some((spec, next)) = reverted_to {
+                sh.set_active(&mut active, spec, next);
+            }
+        }
+        Ok(None) => {}
+        Err(e) => log(&format!("revert failed (tried again shortly): {e}")),
+    }
+}
+
+fn open_watch() -> Option<Watch> {
+    match Watch::open() {
+        Ok(mut w) => {
+            if let Some(ms) = std::env::var("KVMNET_RESYNC_MS")
+                .ok()
+                .and_then(|v| v.parse().ok())
+            {
+                w.resync = Duration::from_millis(ms);
+            }
+            Some(w)
+        }
+        Err(e) => {
+            log(&format!(
+                "no kernel notifications ({e}): every plan reads the whole host"
+            ));
+            None
+        }
+    }
+}
+
+/// Reloads when asked; every reconcile interval reverts a change whose confirmation did not
+/// come and repairs drift. Returns once the daemon is told to stop.
+fn reconcile_until_stopped(sh: &Shared) {
+    let interval = Duration::from_millis(
+        std::env::var("KVMNET_RECONCILE_MS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(2000),
+    );
+    let mut next = Instant::now() + interval;
+    while !sh.stop.load(Ordering::SeqCst) {
+        if sh.reload.swap(false, Ordering::SeqCst) {
+            reload(sh);
+            next = Instant::now() + interval;
+        }
+        if Instant::now() >= next {
+            revert_due(sh, false);
+            if let Err(e) = apply_active(sh, "repair") {
+                log(&format!("repair failed: {e}"));
+            }
+            next = Instant::now() + interval;
+        }
+        std::thread::sleep(Duration::from_millis(50));
     }
 }
 
@@ -433,12 +730,35 @@ pub fn run(scope: &str, spec_path: &std::path::Path) -> Result<(), EngineError> 
         }
         to_free.into_iter().for_each(drop)
     });
-    let (spec, text) = load_cached(&specs, spec_path)?;
+    let state_dir = StateDir::for_scope(scope);
+    // A second daemon would record and apply its --spec file before finding the socket
+    // taken: the first one's accepted spec would be undone.
+    if api::daemon_listening(&state_dir.dir) {
+        return Err(EngineError::Usage(format!(
+            "a daemon already runs for this scope (its API answers on {})",
+            api::socket_path(&state_dir.dir).display()
+        )));
+    }
+    // Installs from before kept these readable by everyone.
+    state_dir
+        .ensure_private()
+        .and_then(|()| crate::statedir::create_private_dir(&dhcp_dir(scope)))
+        .map_err(|e| EngineError::Runtime(format!("state directory: {e}")))?;
+    state_dir
+        .tighten()
+        .map_err(|e| EngineError::Runtime(e.to_string()))?;
+    let spec_file = std::fs::canonicalize(spec_path)
+        .unwrap_or_else(|_| spec_path.to_path_buf())
+        .display()
+        .to_string();
+    let (spec, accepted) = start_spec(&state_dir, &specs, spec_path, &spec_file)?;
     let scopes = dhcp::scopes(&spec);
     let sh = Arc::new(Shared {
         scope: scope.to_string(),
         spec_path: spec_path.to_path_buf(),
-        active: Mutex::new(Active { spec, text }),
+        spec_file,
+        state_dir: StateDir::for_scope(scope),
+        active: Mutex::new(Active { spec, accepted }),
         stop: AtomicBool::new(false),
         reload: AtomicBool::new(false),
         dhcp_pending: Mutex::new(None),
@@ -446,56 +766,35 @@ pub fn run(scope: &str, spec_path: &std::path::Path) -> Result<(), EngineError> 
         dhcp: Mutex::new(None),
         specs,
         retired: Mutex::new(retired),
-        finishing: Mutex::new(None),
-        watch: Mutex::new(match Watch::open() {
-            Ok(mut w) => {
-                if let Some(ms) = std::env::var("KVMNET_RESYNC_MS")
-                    .ok()
-                    .and_then(|v| v.parse().ok())
-                {
-                    w.resync = Duration::from_millis(ms);
-                }
-                Some(w)
-            }
-            Err(e) => {
-                log(&format!(
-                    "no kernel notifications ({e}): every plan reads the whole host"
-                ));
-                None
-            }
-        }),
+        watch: Mutex::new(open_watch()),
     });
+    let revert_now = pending_at_start(&sh)?;
     let n = apply_active(&sh, "apply")?;
-    log(&format!("applied {}: {n} changes", spec_path.display()));
+    log(&format!("applied the accepted spec: {n} changes"));
+    if revert_now {
+        revert_due(&sh, true);
+    }
 
     // DHCP, on the bridges the spec just made (threads inherit this thread's namespace).
     let server = dhcp::Server::start(scopes, &dhcp_dir(scope))
         .map_err(|e| EngineError::Runtime(format!("dhcp: {e}")))?;
     *sh.dhcp.lock().expect("lock") = Some(server.handle());
+    // The journal the server just opened may be new, and made with the default mode.
+    state_dir
+        .tighten()
+        .map_err(|e| EngineError::Runtime(e.to_string()))?;
     let dhcp_sh = Arc::clone(&sh);
     let dhcp_thread = std::thread::spawn(move || dhcp_thread(dhcp_sh, server));
 
-    let state_dir = StateDir::for_scope(scope);
     let listener = api::bind(&state_dir.dir).map_err(|e| EngineError::Runtime(e.to_string()))?;
-
     let api_sh = Arc::clone(&sh);
     let api_thread = std::thread::spawn(move || {
-        while !api_sh.stop.load(Ordering::SeqCst) {
-            match listener.accept() {
-                Ok((s, _)) => {
-                    api::serve_one(s, &mut |req| handle(&api_sh, req));
-                    api_sh.finish_pending();
-                }
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                    // Wake for the next client at once; look at the stop flag now and then.
-                    wait_readable(&listener, Duration::from_millis(200));
-                }
-                Err(e) => {
-                    log(&format!("API: {e}"));
-                    std::thread::sleep(Duration::from_millis(200));
-                }
-            }
-        }
+        let handler_sh = Arc::clone(&api_sh);
+        api::serve(
+            &listener,
+            &api_sh.stop,
+            Arc::new(move |req| handle(&handler_sh, req)),
+        );
     });
 
     let sig_sh = Arc::clone(&sh);
@@ -516,42 +815,7 @@ pub fn run(scope: &str, spec_path: &std::path::Path) -> Result<(), EngineError> 
     });
 
     notify("READY=1");
-    let interval = Duration::from_millis(
-        std::env::var("KVMNET_RECONCILE_MS")
-            .ok()
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(2000),
-    );
-    let mut next = Instant::now() + interval;
-    while !sh.stop.load(Ordering::SeqCst) {
-        if sh.reload.swap(false, Ordering::SeqCst) {
-            reload(&sh);
-            next = Instant::now() + interval;
-        }
-        if Instant::now() >= next {
-            match engine::revert_if_due(scope, None, false) {
-                Ok(Some(p)) => {
-                    log("confirmation did not come in time: reverted the last change");
-                    if let Some(text) = p.previous_spec
-                        && let Ok(spec) = engine::parse("(previous spec)", text.as_bytes())
-                    {
-                        sh.set_active(
-                            &mut sh.active.lock().expect("lock"),
-                            spec,
-                            text.into_bytes(),
-                        );
-                    }
-                }
-                Ok(None) => {}
-                Err(e) => log(&format!("revert failed: {e}")),
-            }
-            if let Err(e) = apply_active(&sh, "repair") {
-                log(&format!("repair failed: {e}"));
-            }
-            next = Instant::now() + interval;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    reconcile_until_stopped(&sh);
     notify("STOPPING=1");
     sh.dhcp_kick.store(true, Ordering::SeqCst);
     let _ = dhcp_thread.join();

@@ -459,8 +459,8 @@ fn drain(s: &mut UnixStream) {
 }
 
 /// Serves one connection from `uid` with `handler`: one request, one answer, then whatever
-/// the answer left to do.
-fn serve_one(mut s: UnixStream, uid: u32, handler: &(dyn Fn(Request) -> Response + Sync)) {
+/// the answer left to do. Public for the fuzz targets, which feed it raw connections.
+pub fn serve_one(mut s: UnixStream, uid: u32, handler: &(dyn Fn(Request) -> Response + Sync)) {
     let _ = s.set_nonblocking(false);
     // A client that stops reading must not hold a thread for ever (nor, before this thread
     // finishes an apply's plan, the state directory).

@@ -67,7 +67,92 @@ pub fn empty_spec() -> Spec {
         networks: Default::default(),
         vms: Default::default(),
         locs: Default::default(),
+        identity: Default::default(),
     }
+}
+
+/// Where a host keeps its machine ID: systemd's file, then the D-Bus copy older systems have.
+const MACHINE_ID_FILES: [&str; 2] = ["/etc/machine-id", "/var/lib/dbus/machine-id"];
+
+/// This host's identity for derived MACs in `scope`, read once by the CLI and the daemon:
+/// the machine ID, as systemd's persistent MAC policy uses it. A host without a readable
+/// machine ID uses its host name instead (unique only as far as host names are), and a
+/// warning to show says so.
+pub fn host_identity(scope: &str) -> (spec::HostIdentity, Option<String>) {
+    for f in MACHINE_ID_FILES {
+        if let Some(id) = std::fs::read_to_string(f)
+            .ok()
+            .and_then(|t| spec::HostIdentity::from_machine_id(&t, scope))
+        {
+            return (id, None);
+        }
+    }
+    let name = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+    let name = name.trim();
+    (
+        spec::HostIdentity::from_host_name(name, scope),
+        Some(format!(
+            "no machine ID in {}: derived MACs come from the host name '{name}', so hosts with one name on one network would share them (give each host a machine ID: systemd-machine-id-setup)",
+            MACHINE_ID_FILES.join(" or ")
+        )),
+    )
+}
+
+/// The spec with its derived MACs settled against the ports `snap` shows (see
+/// [`spec::macs`]): a port kvmnet made keeps the MAC it carries when that is one of its own;
+/// one that is not there gets the MAC it was given before, if `remembered` (called only then)
+/// has it. `None` when nothing changes.
+pub fn settle(
+    spec: &Spec,
+    snap: &crate::snapshot::Snapshot,
+    remembered: impl FnOnce() -> BTreeMap<String, spec::Mac>,
+) -> Result<Option<Spec>, EngineError> {
+    let derived: Vec<&str> = spec
+        .vms
+        .values()
+        .flat_map(|v| &v.ports)
+        .filter(|p| p.mac_derived)
+        .map(|p| p.name.as_str())
+        .collect();
+    if derived.is_empty() {
+        return Ok(None);
+    }
+    let ours: foldhash::HashMap<&str, spec::Mac> = snap
+        .links
+        .iter()
+        .filter(|l| {
+            l.alias
+                .as_deref()
+                .is_some_and(crate::state::is_kvmnet_alias)
+        })
+        .filter_map(|l| Some((l.name.as_str(), l.mac?)))
+        .collect();
+    let remembered = if derived.iter().all(|p| ours.contains_key(p)) {
+        BTreeMap::new()
+    } else {
+        remembered()
+    };
+    spec.settle_macs(&|port| ours.get(port).copied(), &|port| {
+        remembered.get(port).copied()
+    })
+    .map_err(|u| {
+        let path = format!(
+            "{}[{}]",
+            spec::path_join(&spec::path_join("vms", &u.vm), "ports"),
+            u.index
+        );
+        EngineError::Invalid {
+            source: "(host)".to_string(),
+            errors: vec![SpecError {
+                loc: spec.loc(&path),
+                message: format!(
+                    "none of this port's {} derived MACs is free on this host; set mac",
+                    spec::macs::CANDIDATES
+                ),
+                path,
+            }],
+        }
+    })
 }
 
 pub fn spec_hash(text: &[u8]) -> String {
@@ -80,17 +165,22 @@ pub fn parse_cached(
     cache: &mut spec::SpecCache,
     source: &str,
     bytes: &[u8],
+    identity: &spec::HostIdentity,
 ) -> Result<Spec, EngineError> {
     cache
-        .parse_bytes(bytes)
+        .parse_bytes(bytes, identity)
         .map_err(|errors| EngineError::Invalid {
             source: source.to_string(),
             errors,
         })
 }
 
-pub fn parse(source: &str, bytes: &[u8]) -> Result<Spec, EngineError> {
-    spec::parse_bytes(bytes).map_err(|errors| EngineError::Invalid {
+pub fn parse(
+    source: &str,
+    bytes: &[u8],
+    identity: &spec::HostIdentity,
+) -> Result<Spec, EngineError> {
+    spec::parse_bytes(bytes, identity).map_err(|errors| EngineError::Invalid {
         source: source.to_string(),
         errors,
     })
@@ -103,13 +193,16 @@ pub fn read(path: &Path) -> Result<Vec<u8>, EngineError> {
 }
 
 /// Reads and validates a spec file; returns it with its raw text.
-pub fn load(path: &Path) -> Result<(Spec, Vec<u8>), EngineError> {
+pub fn load(path: &Path, identity: &spec::HostIdentity) -> Result<(Spec, Vec<u8>), EngineError> {
     let bytes = read(path)?;
-    Ok((parse(&path.display().to_string(), &bytes)?, bytes))
+    Ok((parse(&path.display().to_string(), &bytes, identity)?, bytes))
 }
 
 pub struct Planned {
     pub plan: Plan,
+    /// The spec planned, when settling its derived MACs against the host changed some (see
+    /// [`settle`]): what to enforce from now on in place of the spec given.
+    pub settled: Option<Spec>,
     /// What kvmnet owned before (observed), for reverting a change exactly.
     pub previous: HostState,
     /// sysctls the spec enforces (the other sysctl steps are restores).
@@ -255,11 +348,27 @@ pub fn plan_with(
     let empty = empty_spec();
     let full = spec.unwrap_or(&empty);
     let mut watch = watch;
-    let (snap, want, have) = match watch.as_deref_mut() {
-        Some(w) => inputs_watched(w, &observer, spec, full),
-        None => inputs_read(&observer, spec, full),
+    let mut inputs = |spec: Option<&Spec>, full: &Spec| {
+        match watch.as_deref_mut() {
+            Some(w) => inputs_watched(w, &observer, spec, full),
+            None => inputs_read(&observer, spec, full),
+        }
+        .map_err(|e| runtime(format!("cannot read the host: {e}")))
+    };
+    let (mut snap, mut want, mut have) = inputs(spec, full)?;
+    // Derived MACs, settled against the ports the host has. When that changes one (a port
+    // that still carries an earlier version's MAC, a collision), everything is observed again
+    // for the settled spec: the nft tables are read according to what is wanted. A daemon
+    // enforces the settled spec from then on, so it does this once.
+    let settled = spec
+        .map(|s| settle(s, &snap, BTreeMap::new))
+        .transpose()?
+        .flatten();
+    if let Some(s) = &settled {
+        drop((snap, want, have));
+        (snap, want, have) = inputs(Some(s), s)?;
     }
-    .map_err(|e| runtime(format!("cannot read the host: {e}")))?;
+    // What follows does not depend on MACs.
     let spec = full;
     let want = want.map_err(|errors| EngineError::Invalid {
         source: source.to_string(),
@@ -283,6 +392,7 @@ pub fn plan_with(
     let remembered = watch.and_then(|w| w.remember(want.nft.take()));
     Ok(Planned {
         plan,
+        settled,
         previous: have,
         managed: managed_sysctls(spec).into_keys().collect(),
         managed_ethtool: managed_ethtool(spec),
@@ -535,6 +645,7 @@ pub fn revert_if_due(
     let have = desired::observed(&snap, &desired::Interest::of(prev));
     let planned = Planned {
         plan: plan::diff(prev, &have),
+        settled: None,
         previous: have,
         managed: BTreeSet::new(),
         managed_ethtool: BTreeMap::new(),

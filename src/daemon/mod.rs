@@ -40,6 +40,8 @@ struct Shared {
     watch: Mutex<Option<Watch>>,
     /// Specs parsed before: a new one is parsed only where its VM entries differ.
     specs: Mutex<crate::spec::SpecCache>,
+    /// This host's identity for derived MACs, read at start.
+    identity: crate::spec::HostIdentity,
     /// Big values done with (a replaced spec, a finished plan), freed by a thread of their
     /// own: freeing a 1,000-port spec and what was planned from it takes milliseconds that
     /// an API client need not wait for.
@@ -169,13 +171,18 @@ fn wait_readable(fd: &impl std::os::fd::AsRawFd, timeout: Duration) {
 }
 
 fn apply_active(sh: &Shared, action: &str) -> Result<usize, EngineError> {
-    let active = sh.active.lock().expect("lock");
-    let p = engine::plan_with(
+    let mut active = sh.active.lock().expect("lock");
+    let mut p = engine::plan_with(
         Some(&active.spec),
         &sh.scope,
         &sh.spec_path.display().to_string(),
         sh.watch.lock().expect("lock").as_mut(),
     )?;
+    // Derived MACs settled against the host: enforced (and served DHCP) from now on.
+    if let Some(spec) = p.settled.take() {
+        let text = active.text.clone();
+        sh.set_active(&mut active, spec, text);
+    }
     let n = p.plan.steps.len();
     if n == 0 && action == "repair" {
         sh.finish(p);
@@ -195,18 +202,20 @@ fn apply_active(sh: &Shared, action: &str) -> Result<usize, EngineError> {
 fn load_cached(
     specs: &Mutex<crate::spec::SpecCache>,
     path: &std::path::Path,
+    identity: &crate::spec::HostIdentity,
 ) -> Result<(Spec, Vec<u8>), EngineError> {
     let text = engine::read(path)?;
     let spec = engine::parse_cached(
         &mut specs.lock().expect("lock"),
         &path.display().to_string(),
         &text,
+        identity,
     )?;
     Ok((spec, text))
 }
 
 fn reload(sh: &Shared) {
-    match load_cached(&sh.specs, &sh.spec_path) {
+    match load_cached(&sh.specs, &sh.spec_path, &sh.identity) {
         Ok((spec, text)) => {
             sh.set_active(&mut sh.active.lock().expect("lock"), spec, text);
             match apply_active(sh, "apply") {
@@ -271,6 +280,7 @@ fn apply_request(sh: &Shared, body: &Value) -> api::Response {
             &mut sh.specs.lock().expect("lock"),
             &source,
             text.as_bytes(),
+            &sh.identity,
         );
         let hash = refresh
             .join()
@@ -282,7 +292,7 @@ fn apply_request(sh: &Shared, body: &Value) -> api::Response {
         Err(e) => return invalid_response(e),
     };
     let mut active = sh.active.lock().expect("lock");
-    let p = match engine::plan_with(
+    let mut p = match engine::plan_with(
         Some(&spec),
         &sh.scope,
         &source,
@@ -291,6 +301,7 @@ fn apply_request(sh: &Shared, body: &Value) -> api::Response {
         Ok(p) => p,
         Err(e) => return invalid_response(e),
     };
+    let spec = p.settled.take().unwrap_or(spec);
     let previous_state = match p.state_dir.load() {
         Ok(s) => s,
         Err(e) => return api::Response::error(500, e.to_string()),
@@ -433,7 +444,11 @@ pub fn run(scope: &str, spec_path: &std::path::Path) -> Result<(), EngineError> 
         }
         to_free.into_iter().for_each(drop)
     });
-    let (spec, text) = load_cached(&specs, spec_path)?;
+    let (identity, warning) = engine::host_identity(scope);
+    if let Some(w) = warning {
+        log(&format!("warning: {w}"));
+    }
+    let (spec, text) = load_cached(&specs, spec_path, &identity)?;
     let scopes = dhcp::scopes(&spec);
     let sh = Arc::new(Shared {
         scope: scope.to_string(),
@@ -445,6 +460,7 @@ pub fn run(scope: &str, spec_path: &std::path::Path) -> Result<(), EngineError> 
         dhcp_kick: AtomicBool::new(false),
         dhcp: Mutex::new(None),
         specs,
+        identity,
         retired: Mutex::new(retired),
         finishing: Mutex::new(None),
         watch: Mutex::new(match Watch::open() {
@@ -533,7 +549,8 @@ pub fn run(scope: &str, spec_path: &std::path::Path) -> Result<(), EngineError> 
                 Ok(Some(p)) => {
                     log("confirmation did not come in time: reverted the last change");
                     if let Some(text) = p.previous_spec
-                        && let Ok(spec) = engine::parse("(previous spec)", text.as_bytes())
+                        && let Ok(spec) =
+                            engine::parse("(previous spec)", text.as_bytes(), &sh.identity)
                     {
                         sh.set_active(
                             &mut sh.active.lock().expect("lock"),

@@ -98,6 +98,98 @@ pub fn host_identity(scope: &str) -> (spec::HostIdentity, Option<String>) {
     )
 }
 
+/// The derived MACs given out in a scope, by port, as of the last apply: a port that went
+/// away (a reboot takes every tap) comes back with the MAC its VM was configured with, even
+/// where a collision or an earlier version's derivation made it other than the first
+/// candidate.
+const MACS_FILE: &str = "macs.json";
+
+/// What identifies one version of a file: a file replaced by rename has a new inode.
+type Stamp = (u64, std::time::SystemTime, u64);
+
+/// The record as this process last read or wrote it, with the file's stamp then: a daemon
+/// planning every few seconds reads it again only when another process changed it.
+struct MacsSeen {
+    path: std::path::PathBuf,
+    stamp: Stamp,
+    macs: BTreeMap<String, spec::Mac>,
+}
+
+static MACS_SEEN: std::sync::Mutex<Option<MacsSeen>> = std::sync::Mutex::new(None);
+
+fn stamp(path: &Path) -> Option<Stamp> {
+    use std::os::unix::fs::MetadataExt;
+    let m = std::fs::metadata(path).ok()?;
+    Some((m.ino(), m.modified().ok()?, m.len()))
+}
+
+/// Runs `f` on the record of `sd` (empty when there is none, or it cannot be read: only
+/// memory is lost then, never a port).
+fn with_macs<T>(sd: &StateDir, f: impl FnOnce(&BTreeMap<String, spec::Mac>) -> T) -> T {
+    let path = sd.dir.join(MACS_FILE);
+    let mut seen = MACS_SEEN.lock().unwrap_or_else(|e| e.into_inner());
+    let Some(now) = stamp(&path) else {
+        return f(&BTreeMap::new());
+    };
+    if !seen
+        .as_ref()
+        .is_some_and(|s| s.path == path && s.stamp == now)
+    {
+        let macs = std::fs::read(&path)
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .unwrap_or_default();
+        *seen = Some(MacsSeen {
+            path,
+            stamp: now,
+            macs,
+        });
+    }
+    f(&seen.as_ref().expect("set above").macs)
+}
+
+/// Records `macs` as the derived MACs of `sd`'s scope (written atomically, readable by root
+/// only), unless that is what the record holds.
+fn remember_macs(sd: &StateDir, macs: &BTreeMap<String, spec::Mac>) -> Result<(), EngineError> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    if with_macs(sd, |have| have == macs) {
+        return Ok(());
+    }
+    let path = sd.dir.join(MACS_FILE);
+    let tmp = sd.dir.join(format!("{MACS_FILE}.tmp"));
+    std::fs::create_dir_all(&sd.dir).map_err(runtime)?;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)
+        .map_err(runtime)?;
+    f.write_all(&serde_json::to_vec(macs).expect("MACs serialize"))
+        .and_then(|()| f.sync_all())
+        .map_err(runtime)?;
+    std::fs::rename(&tmp, &path).map_err(runtime)?;
+    if let Some(now) = stamp(&path) {
+        *MACS_SEEN.lock().unwrap_or_else(|e| e.into_inner()) = Some(MacsSeen {
+            path,
+            stamp: now,
+            macs: macs.clone(),
+        });
+    }
+    Ok(())
+}
+
+/// The derived MACs of a spec, by port.
+fn derived_macs(spec: &Spec) -> BTreeMap<String, spec::Mac> {
+    spec.vms
+        .values()
+        .flat_map(|v| &v.ports)
+        .filter(|p| p.mac_derived)
+        .map(|p| (p.name.clone(), p.mac))
+        .collect()
+}
+
 /// The spec with its derived MACs settled against the ports `snap` shows (see
 /// [`spec::macs`]): a port kvmnet made keeps the MAC it carries when that is one of its own;
 /// one that is not there gets the MAC it was given before, if `remembered` (called only then)
@@ -203,6 +295,9 @@ pub struct Planned {
     /// The spec planned, when settling its derived MACs against the host changed some (see
     /// [`settle`]): what to enforce from now on in place of the spec given.
     pub settled: Option<Spec>,
+    /// The derived MACs of the spec planned, recorded once it is applied; `None` for a
+    /// destroy or a revert (the record stays: a port made again later gets its MAC back).
+    derived_macs: Option<BTreeMap<String, spec::Mac>>,
     /// What kvmnet owned before (observed), for reverting a change exactly.
     pub previous: HostState,
     /// sysctls the spec enforces (the other sysctl steps are restores).
@@ -360,14 +455,16 @@ pub fn plan_with(
     // that still carries an earlier version's MAC, a collision), everything is observed again
     // for the settled spec: the nft tables are read according to what is wanted. A daemon
     // enforces the settled spec from then on, so it does this once.
+    let sd = &observer.state_dir;
     let settled = spec
-        .map(|s| settle(s, &snap, BTreeMap::new))
+        .map(|s| settle(s, &snap, || with_macs(sd, BTreeMap::clone)))
         .transpose()?
         .flatten();
     if let Some(s) = &settled {
         drop((snap, want, have));
         (snap, want, have) = inputs(Some(s), s)?;
     }
+    let derived_macs = spec.map(|s| derived_macs(settled.as_ref().unwrap_or(s)));
     // What follows does not depend on MACs.
     let spec = full;
     let want = want.map_err(|errors| EngineError::Invalid {
@@ -393,6 +490,7 @@ pub fn plan_with(
     Ok(Planned {
         plan,
         settled,
+        derived_macs,
         previous: have,
         managed: managed_sysctls(spec).into_keys().collect(),
         managed_ethtool: managed_ethtool(spec),
@@ -482,6 +580,9 @@ pub fn execute(
     fail_after: Option<usize>,
 ) -> Result<(), EngineError> {
     if p.plan.is_empty() {
+        if let Some(m) = &p.derived_macs {
+            remember_macs(&p.state_dir, m)?;
+        }
         let st = p.state_dir.load().map_err(runtime)?;
         if st.moved != p.moved {
             let mut st = st;
@@ -540,6 +641,9 @@ pub fn execute(
             after.moved = p.moved.clone();
             if after != during {
                 sd.save(&after).map_err(runtime)?;
+            }
+            if let Some(m) = &p.derived_macs {
+                remember_macs(sd, m)?;
             }
             Ok(())
         }
@@ -646,6 +750,7 @@ pub fn revert_if_due(
     let planned = Planned {
         plan: plan::diff(prev, &have),
         settled: None,
+        derived_macs: None,
         previous: have,
         managed: BTreeSet::new(),
         managed_ethtool: BTreeMap::new(),

@@ -196,3 +196,66 @@ vms:
     assert!(plan_changes(&ns, spec.path(), &hv).is_empty());
     ns.kvmnet_ok(&["destroy", "--netns", &hv]);
 }
+
+/// The daemon enforces the settled MACs everywhere: a port that kept an earlier version's
+/// MAC gets its DHCP reservation (keyed on that MAC) from a daemon whose spec has no `mac`,
+/// also after a VM is added through its API.
+#[test]
+fn daemon_serves_the_kept_mac() {
+    if !privileged() {
+        return;
+    }
+    let mut ns = Namespaces::new();
+    let host = ns.add("mdd");
+    let guest = ns.reserve("mdg");
+    let old = naming::legacy_vm_mac("a", "h-a");
+    let spec = |mac: &str, more: &str| {
+        SpecFile::new(&format!(
+            "version: 1
+networks:
+  n: {{ mode: nat, bridge: h-n, ipv4: 10.94.0.1/24, dhcp: {{ pool: false }} }}
+vms:
+  a: {{ ports: [ {{ network: n, name: h-a, kind: veth, netns: {guest}, ipv4: 10.94.0.10, dhcp_client: true{mac} }} ] }}
+{more}"
+        ))
+    };
+    let earlier = spec(&format!(", mac: \"{old}\""), "");
+    ns.kvmnet_ok(&["apply", earlier.path(), "--netns", &host]);
+    assert_eq!(mac_of(&guest, "eth0"), old);
+
+    let now = spec("", "");
+    let child = std::process::Command::new(env!("CARGO_BIN_EXE_kvmnet"))
+        .args(["daemon", "--spec", now.path(), "--netns", &host])
+        .env("KVMNET_STATE_DIR", &ns.state_dir)
+        .env("KVMNET_RECONCILE_MS", "300")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let _daemon = Daemon(child);
+    let sock = ns.state_dir.join(format!("netns-{host}")).join("api.sock");
+    for _ in 0..100 {
+        if sock.exists() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    assert!(sock.exists(), "the daemon did not start");
+    let lease = || {
+        ok_in(
+            &guest,
+            "busybox udhcpc -i eth0 -n -q -t 4 -T 1 -s /bin/true 2>&1 || true",
+        )
+    };
+    let got = lease();
+    assert!(got.contains("10.94.0.10"), "no reserved lease: {got}");
+    assert_eq!(mac_of(&guest, "eth0"), old);
+
+    // A VM added through the daemon's API: the port keeps its MAC and its reservation.
+    let more = spec("", "  b: { ports: [ { network: n, name: h-b } ] }\n");
+    ns.kvmnet_ok(&["apply", more.path(), "--netns", &host]);
+    assert!(mac_of(&host, "h-b").0[0] == 0xfe);
+    assert_eq!(mac_of(&guest, "eth0"), old);
+    let got = lease();
+    assert!(got.contains("10.94.0.10"), "no reserved lease: {got}");
+}

@@ -227,24 +227,47 @@ pub fn settle(
     spec.settle_macs(&|port| ours.get(port).copied(), &|port| {
         remembered.get(port).copied()
     })
-    .map_err(|u| {
-        let path = format!(
-            "{}[{}]",
-            spec::path_join(&spec::path_join("vms", &u.vm), "ports"),
-            u.index
-        );
-        EngineError::Invalid {
-            source: "(host)".to_string(),
-            errors: vec![SpecError {
-                loc: spec.loc(&path),
-                message: format!(
-                    "none of this port's {} derived MACs is free on this host; set mac",
-                    spec::macs::CANDIDATES
-                ),
-                path,
-            }],
+    .map_err(|u| unplaced(spec, u))
+}
+
+/// The spec with its derived MACs as recorded at the last apply, before the host is
+/// observed: where they are not the ports' first candidates (an upgraded host, a collision),
+/// the observation then agrees and need not be repeated. `None` when nothing changes.
+fn presettle(spec: &Spec, sd: &StateDir) -> Result<Option<Spec>, EngineError> {
+    if !spec
+        .vms
+        .values()
+        .flat_map(|v| &v.ports)
+        .any(|p| p.mac_derived)
+    {
+        return Ok(None);
+    }
+    with_macs(sd, |m| {
+        if m.is_empty() {
+            return Ok(None);
         }
+        spec.settle_macs(&|_| None, &|port| m.get(port).copied())
     })
+    .map_err(|u| unplaced(spec, u))
+}
+
+fn unplaced(spec: &Spec, u: spec::macs::Unplaced) -> EngineError {
+    let path = format!(
+        "{}[{}]",
+        spec::path_join(&spec::path_join("vms", &u.vm), "ports"),
+        u.index
+    );
+    EngineError::Invalid {
+        source: "(host)".to_string(),
+        errors: vec![SpecError {
+            loc: spec.loc(&path),
+            message: format!(
+                "none of this port's {} derived MACs is free on this host; set mac",
+                spec::macs::CANDIDATES
+            ),
+            path,
+        }],
+    }
 }
 
 pub fn spec_hash(text: &[u8]) -> String {
@@ -450,20 +473,23 @@ pub fn plan_with(
         }
         .map_err(|e| runtime(format!("cannot read the host: {e}")))
     };
-    let (mut snap, mut want, mut have) = inputs(spec, full)?;
-    // Derived MACs, settled against the ports the host has. When that changes one (a port
-    // that still carries an earlier version's MAC, a collision), everything is observed again
-    // for the settled spec: the nft tables are read according to what is wanted. A daemon
-    // enforces the settled spec from then on, so it does this once.
+    // Derived MACs: as recorded at the last apply, then settled against the ports the host
+    // has. When that changes one (a port that is not as recorded), everything is observed
+    // again for the settled spec: the nft tables are read according to what is wanted. A
+    // daemon enforces the settled spec from then on, so it does this once.
     let sd = &observer.state_dir;
-    let settled = spec
+    let presettled = spec.map(|s| presettle(s, sd)).transpose()?.flatten();
+    let given = presettled.as_ref().or(spec);
+    let (mut snap, mut want, mut have) = inputs(given, given.unwrap_or(full))?;
+    let resettled = given
         .map(|s| settle(s, &snap, || with_macs(sd, BTreeMap::clone)))
         .transpose()?
         .flatten();
-    if let Some(s) = &settled {
+    if let Some(s) = &resettled {
         drop((snap, want, have));
         (snap, want, have) = inputs(Some(s), s)?;
     }
+    let settled = resettled.or(presettled);
     let derived_macs = spec.map(|s| derived_macs(settled.as_ref().unwrap_or(s)));
     // What follows does not depend on MACs.
     let spec = full;

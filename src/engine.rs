@@ -251,6 +251,12 @@ fn presettle(spec: &Spec, sd: &StateDir) -> Result<Option<Spec>, EngineError> {
     .map_err(|u| unplaced(spec, u))
 }
 
+/// `spec` with its derived MACs as recorded at `scope`'s last apply: what a daemon serves
+/// DHCP for until its next plan settles them against the host.
+pub fn as_recorded(spec: Spec, scope: &str) -> Result<Spec, EngineError> {
+    Ok(presettle(&spec, &StateDir::for_scope(scope))?.unwrap_or(spec))
+}
+
 fn unplaced(spec: &Spec, u: spec::macs::Unplaced) -> EngineError {
     let path = format!(
         "{}[{}]",

@@ -211,7 +211,7 @@ fn load_cached(
         &text,
         identity,
     )?;
-    Ok((spec, text))
+    Ok((engine::as_recorded(spec, identity.scope())?, text))
 }
 
 fn reload(sh: &Shared) {

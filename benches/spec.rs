@@ -185,16 +185,16 @@ fn main() {
         assert!(!plan::diff(&want_plus, &have).is_empty());
         time(|| plan::diff(&want_plus, &have))
     });
-    row("engine::settle (one VM added)", &mut |n| {
+    row("host_macs::settle (one VM added)", &mut |n| {
         let s = spec::parse(&spec_text(n, false), &id).unwrap();
         let snap = applied(&desired::desired(&s, &fresh(&s)).unwrap());
         let plus = spec::parse(&spec_text(n, true), &id).unwrap();
         assert!(
-            kvmnet::engine::settle(&plus, &snap, Default::default)
+            kvmnet::host_macs::settle(&plus, &snap, Default::default)
                 .unwrap()
                 .is_none()
         );
-        time(|| kvmnet::engine::settle(&plus, &snap, Default::default).unwrap())
+        time(|| kvmnet::host_macs::settle(&plus, &snap, Default::default).unwrap())
     });
     row("desired+observed+diff (one VM added)", &mut |n| {
         let s = spec::parse(&spec_text(n, false), &id).unwrap();

@@ -136,7 +136,7 @@ fn enter(ns: &Option<String>) -> Result<String, EngineError> {
 /// This host's identity for derived MACs in `scope`; a warning on stderr when it is not
 /// the machine ID and `warn` (commands that plan or change the host).
 fn identity(scope: &str, warn: bool) -> crate::spec::HostIdentity {
-    let (id, warning) = engine::host_identity(scope);
+    let (id, warning) = crate::host_macs::host_identity(scope);
     if let Some(w) = warning.filter(|_| warn) {
         eprintln!("kvmnet: warning: {w}");
     }

@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 use crate::apply::{self, Kernel};
 use crate::audit;
 use crate::desired::{self, managed_sysctls};
+use crate::host_macs;
 use crate::observe::Observer;
 use crate::plan::{self, Plan, Step};
 use crate::spec::naming::fnv1a;
@@ -45,7 +46,7 @@ impl std::fmt::Display for EngineError {
     }
 }
 
-fn runtime(e: impl std::fmt::Display) -> EngineError {
+pub(crate) fn runtime(e: impl std::fmt::Display) -> EngineError {
     EngineError::Runtime(e.to_string())
 }
 
@@ -68,211 +69,6 @@ pub fn empty_spec() -> Spec {
         vms: Default::default(),
         locs: Default::default(),
         identity: Default::default(),
-    }
-}
-
-/// Where a host keeps its machine ID: systemd's file, then the D-Bus copy older systems have.
-const MACHINE_ID_FILES: [&str; 2] = ["/etc/machine-id", "/var/lib/dbus/machine-id"];
-
-/// This host's identity for derived MACs in `scope`, read once by the CLI and the daemon:
-/// the machine ID, as systemd's persistent MAC policy uses it. A host without a readable
-/// machine ID uses its host name instead (unique only as far as host names are), and a
-/// warning to show says so.
-pub fn host_identity(scope: &str) -> (spec::HostIdentity, Option<String>) {
-    for f in MACHINE_ID_FILES {
-        if let Some(id) = std::fs::read_to_string(f)
-            .ok()
-            .and_then(|t| spec::HostIdentity::from_machine_id(&t, scope))
-        {
-            return (id, None);
-        }
-    }
-    let name = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
-    let name = name.trim();
-    (
-        spec::HostIdentity::from_host_name(name, scope),
-        Some(format!(
-            "no machine ID in {}: derived MACs come from the host name '{name}', so hosts with one name on one network would share them (give each host a machine ID: systemd-machine-id-setup)",
-            MACHINE_ID_FILES.join(" or ")
-        )),
-    )
-}
-
-/// The derived MACs given out in a scope, by port, as of the last apply: a port that went
-/// away (a reboot takes every tap) comes back with the MAC its VM was configured with, even
-/// where a collision or an earlier version's derivation made it other than the first
-/// candidate.
-const MACS_FILE: &str = "macs.json";
-
-/// What identifies one version of a file: a file replaced by rename has a new inode.
-type Stamp = (u64, std::time::SystemTime, u64);
-
-/// The record as this process last read or wrote it, with the file's stamp then: a daemon
-/// planning every few seconds reads it again only when another process changed it.
-struct MacsSeen {
-    path: std::path::PathBuf,
-    stamp: Stamp,
-    macs: BTreeMap<String, spec::Mac>,
-}
-
-static MACS_SEEN: std::sync::Mutex<Option<MacsSeen>> = std::sync::Mutex::new(None);
-
-fn stamp(path: &Path) -> Option<Stamp> {
-    use std::os::unix::fs::MetadataExt;
-    let m = std::fs::metadata(path).ok()?;
-    Some((m.ino(), m.modified().ok()?, m.len()))
-}
-
-/// Runs `f` on the record of `sd` (empty when there is none, or it cannot be read: only
-/// memory is lost then, never a port).
-fn with_macs<T>(sd: &StateDir, f: impl FnOnce(&BTreeMap<String, spec::Mac>) -> T) -> T {
-    let path = sd.dir.join(MACS_FILE);
-    let mut seen = MACS_SEEN.lock().unwrap_or_else(|e| e.into_inner());
-    let Some(now) = stamp(&path) else {
-        return f(&BTreeMap::new());
-    };
-    if !seen
-        .as_ref()
-        .is_some_and(|s| s.path == path && s.stamp == now)
-    {
-        let macs = std::fs::read(&path)
-            .ok()
-            .and_then(|b| serde_json::from_slice(&b).ok())
-            .unwrap_or_default();
-        *seen = Some(MacsSeen {
-            path,
-            stamp: now,
-            macs,
-        });
-    }
-    f(&seen.as_ref().expect("set above").macs)
-}
-
-/// Records `macs` as the derived MACs of `sd`'s scope (written atomically, readable by root
-/// only), unless that is what the record holds.
-fn remember_macs(sd: &StateDir, macs: &BTreeMap<String, spec::Mac>) -> Result<(), EngineError> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    if with_macs(sd, |have| have == macs) {
-        return Ok(());
-    }
-    let path = sd.dir.join(MACS_FILE);
-    let tmp = sd.dir.join(format!("{MACS_FILE}.tmp"));
-    std::fs::create_dir_all(&sd.dir).map_err(runtime)?;
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&tmp)
-        .map_err(runtime)?;
-    f.write_all(&serde_json::to_vec(macs).expect("MACs serialize"))
-        .and_then(|()| f.sync_all())
-        .map_err(runtime)?;
-    std::fs::rename(&tmp, &path).map_err(runtime)?;
-    if let Some(now) = stamp(&path) {
-        *MACS_SEEN.lock().unwrap_or_else(|e| e.into_inner()) = Some(MacsSeen {
-            path,
-            stamp: now,
-            macs: macs.clone(),
-        });
-    }
-    Ok(())
-}
-
-/// The derived MACs of a spec, by port.
-fn derived_macs(spec: &Spec) -> BTreeMap<String, spec::Mac> {
-    spec.vms
-        .values()
-        .flat_map(|v| &v.ports)
-        .filter(|p| p.mac_derived)
-        .map(|p| (p.name.clone(), p.mac))
-        .collect()
-}
-
-/// The spec with its derived MACs settled against the ports `snap` shows (see
-/// [`spec::macs`]): a port kvmnet made keeps the MAC it carries when that is one of its own;
-/// one that is not there gets the MAC it was given before, if `remembered` (called only then)
-/// has it. `None` when nothing changes.
-pub fn settle(
-    spec: &Spec,
-    snap: &crate::snapshot::Snapshot,
-    remembered: impl FnOnce() -> BTreeMap<String, spec::Mac>,
-) -> Result<Option<Spec>, EngineError> {
-    let derived: Vec<&str> = spec
-        .vms
-        .values()
-        .flat_map(|v| &v.ports)
-        .filter(|p| p.mac_derived)
-        .map(|p| p.name.as_str())
-        .collect();
-    if derived.is_empty() {
-        return Ok(None);
-    }
-    let ours: foldhash::HashMap<&str, spec::Mac> = snap
-        .links
-        .iter()
-        .filter(|l| {
-            l.alias
-                .as_deref()
-                .is_some_and(crate::state::is_kvmnet_alias)
-        })
-        .filter_map(|l| Some((l.name.as_str(), l.mac?)))
-        .collect();
-    let remembered = if derived.iter().all(|p| ours.contains_key(p)) {
-        BTreeMap::new()
-    } else {
-        remembered()
-    };
-    spec.settle_macs(&|port| ours.get(port).copied(), &|port| {
-        remembered.get(port).copied()
-    })
-    .map_err(|u| unplaced(spec, u))
-}
-
-/// The spec with its derived MACs as recorded at the last apply, before the host is
-/// observed: where they are not the ports' first candidates (an upgraded host, a collision),
-/// the observation then agrees and need not be repeated. `None` when nothing changes.
-fn presettle(spec: &Spec, sd: &StateDir) -> Result<Option<Spec>, EngineError> {
-    if !spec
-        .vms
-        .values()
-        .flat_map(|v| &v.ports)
-        .any(|p| p.mac_derived)
-    {
-        return Ok(None);
-    }
-    with_macs(sd, |m| {
-        if m.is_empty() {
-            return Ok(None);
-        }
-        spec.settle_macs(&|_| None, &|port| m.get(port).copied())
-    })
-    .map_err(|u| unplaced(spec, u))
-}
-
-/// `spec` with its derived MACs as recorded at `scope`'s last apply: what a daemon serves
-/// DHCP for until its next plan settles them against the host.
-pub fn as_recorded(spec: Spec, scope: &str) -> Result<Spec, EngineError> {
-    Ok(presettle(&spec, &StateDir::for_scope(scope))?.unwrap_or(spec))
-}
-
-fn unplaced(spec: &Spec, u: spec::macs::Unplaced) -> EngineError {
-    let path = format!(
-        "{}[{}]",
-        spec::path_join(&spec::path_join("vms", &u.vm), "ports"),
-        u.index
-    );
-    EngineError::Invalid {
-        source: "(host)".to_string(),
-        errors: vec![SpecError {
-            loc: spec.loc(&path),
-            message: format!(
-                "none of this port's {} derived MACs is free on this host; set mac",
-                spec::macs::CANDIDATES
-            ),
-            path,
-        }],
     }
 }
 
@@ -322,7 +118,7 @@ pub fn load(path: &Path, identity: &spec::HostIdentity) -> Result<(Spec, Vec<u8>
 pub struct Planned {
     pub plan: Plan,
     /// The spec planned, when settling its derived MACs against the host changed some (see
-    /// [`settle`]): what to enforce from now on in place of the spec given.
+    /// [`host_macs::settle`]): what to enforce from now on in place of the spec given.
     pub settled: Option<Spec>,
     /// The derived MACs of the spec planned, recorded once it is applied; `None` for a
     /// destroy or a revert (the record stays: a port made again later gets its MAC back).
@@ -484,11 +280,14 @@ pub fn plan_with(
     // again for the settled spec: the nft tables are read according to what is wanted. A
     // daemon enforces the settled spec from then on, so it does this once.
     let sd = &observer.state_dir;
-    let presettled = spec.map(|s| presettle(s, sd)).transpose()?.flatten();
+    let presettled = spec
+        .map(|s| host_macs::presettle(s, sd))
+        .transpose()?
+        .flatten();
     let given = presettled.as_ref().or(spec);
     let (mut snap, mut want, mut have) = inputs(given, given.unwrap_or(full))?;
     let resettled = given
-        .map(|s| settle(s, &snap, || with_macs(sd, BTreeMap::clone)))
+        .map(|s| host_macs::settle(s, &snap, || host_macs::recorded(sd)))
         .transpose()?
         .flatten();
     if let Some(s) = &resettled {
@@ -496,7 +295,7 @@ pub fn plan_with(
         (snap, want, have) = inputs(Some(s), s)?;
     }
     let settled = resettled.or(presettled);
-    let derived_macs = spec.map(|s| derived_macs(settled.as_ref().unwrap_or(s)));
+    let derived_macs = spec.map(|s| host_macs::derived(settled.as_ref().unwrap_or(s)));
     // What follows does not depend on MACs.
     let spec = full;
     let want = want.map_err(|errors| EngineError::Invalid {
@@ -613,7 +412,7 @@ pub fn execute(
 ) -> Result<(), EngineError> {
     if p.plan.is_empty() {
         if let Some(m) = &p.derived_macs {
-            remember_macs(&p.state_dir, m)?;
+            host_macs::remember(&p.state_dir, m)?;
         }
         let st = p.state_dir.load().map_err(runtime)?;
         if st.moved != p.moved {
@@ -675,7 +474,7 @@ pub fn execute(
                 sd.save(&after).map_err(runtime)?;
             }
             if let Some(m) = &p.derived_macs {
-                remember_macs(sd, m)?;
+                host_macs::remember(sd, m)?;
             }
             Ok(())
         }

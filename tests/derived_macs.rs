@@ -18,7 +18,7 @@ fn mac_of(ns: &str, dev: &str) -> Mac {
 
 /// The first MAC this host derives for `vm`'s port `port` in `scope`, as kvmnet does.
 fn first_candidate(scope: &str, vm: &str, port: &str) -> Mac {
-    let (id, _) = kvmnet::engine::host_identity(scope);
+    let (id, _) = kvmnet::host_macs::host_identity(scope);
     Candidates::new(&id, vm, port).get(0)
 }
 

@@ -25,7 +25,7 @@ fn settled(spec: spec::Spec, snap: &Snapshot, dir: &Path) -> spec::Spec {
         Ok(t) => serde_json::from_str(&t).expect("macs.json parses"),
         Err(_) => Default::default(),
     };
-    kvmnet::engine::settle(&spec, snap, remembered)
+    kvmnet::host_macs::settle(&spec, snap, remembered)
         .expect("a free MAC for every port")
         .unwrap_or(spec)
 }

@@ -211,7 +211,7 @@ fn load_cached(
         &text,
         identity,
     )?;
-    Ok((engine::as_recorded(spec, identity.scope())?, text))
+    Ok((crate::host_macs::as_recorded(spec, identity.scope())?, text))
 }
 
 fn reload(sh: &Shared) {
@@ -444,7 +444,7 @@ pub fn run(scope: &str, spec_path: &std::path::Path) -> Result<(), EngineError> 
         }
         to_free.into_iter().for_each(drop)
     });
-    let (identity, warning) = engine::host_identity(scope);
+    let (identity, warning) = crate::host_macs::host_identity(scope);
     if let Some(w) = warning {
         log(&format!("warning: {w}"));
     }

@@ -26,8 +26,6 @@
 //! name order. So adding a port never moves an existing one, whatever their names; only an
 //! explicit `mac` (which cannot move) displaces a derived one.
 
-use std::collections::HashMap;
-
 use super::model::{Mac, Mode, Port, Spec};
 use super::naming;
 
@@ -151,7 +149,8 @@ pub struct Candidates<'a> {
 
 impl<'a> Candidates<'a> {
     pub fn new(id: &'a HostIdentity, vm: &str, port: &str) -> Candidates<'a> {
-        let mut message = b"kvmnet port mac v1".to_vec();
+        let mut message = Vec::with_capacity(64);
+        message.extend_from_slice(b"kvmnet port mac v1");
         // Each part with its length, so no two (scope, vm, port) give one message.
         for part in [id.scope.as_str(), vm, port] {
             message.extend_from_slice(&(part.len() as u32).to_le_bytes());
@@ -192,7 +191,8 @@ pub struct Claim {
     /// A MAC known to be one of this port's (from an earlier resolution): recognised without
     /// hashing.
     pub known: Option<Mac>,
-    /// The MAC earlier versions derived for the port: kept when the port carries it.
+    /// The MAC earlier versions derived for the port: kept when the port carries it. (Only
+    /// looked at for an observed or remembered MAC that is not `known`.)
     pub legacy: Mac,
 }
 
@@ -262,89 +262,128 @@ impl Spec {
         observed: &dyn Fn(&str) -> Option<Mac>,
         remembered: &dyn Fn(&str) -> Option<Mac>,
     ) -> Result<Option<Spec>, Unplaced> {
-        let changed: Vec<_> = settled(self, observed, remembered, true)?
-            .into_iter()
-            .filter(|(p, m)| p.mac != *m)
-            .map(|(p, m)| ((p.vm.clone(), p.index), m))
-            .collect();
-        if changed.is_empty() {
+        let macs = settled(self, observed, remembered, true)?;
+        if derived_ports(self).zip(&macs).all(|(p, m)| p.mac == *m) {
             return Ok(None);
         }
         let mut spec = self.clone();
-        set(&mut spec, changed);
+        set(&mut spec, macs);
         Ok(Some(spec))
     }
 
     /// Gives out the derived MACs with nothing observed: what a new host would get.
     pub(crate) fn derive_macs(&mut self) -> Result<(), Unplaced> {
-        let macs: Vec<_> = settled(self, &|_| None, &|_| None, false)?
-            .into_iter()
-            .map(|(p, m)| ((p.vm.clone(), p.index), m))
-            .collect();
+        let macs = settled(self, &|_| None, &|_| None, false)?;
         set(self, macs);
         Ok(())
     }
 }
 
-fn set(spec: &mut Spec, macs: Vec<((String, usize), Mac)>) {
-    for ((vm, i), m) in macs {
-        if let Some(p) = spec.vms.get_mut(&vm).and_then(|v| v.ports.get_mut(i)) {
-            p.mac = m;
-        }
+/// The ports with derived MACs, in the order of the spec's VMs and their ports.
+fn derived_ports(spec: &Spec) -> impl Iterator<Item = &Port> {
+    spec.vms
+        .values()
+        .flat_map(|v| &v.ports)
+        .filter(|p| p.mac_derived)
+}
+
+/// Gives the derived ports `macs`, in [`derived_ports`] order.
+fn set(spec: &mut Spec, macs: Vec<Mac>) {
+    let ports = spec
+        .vms
+        .values_mut()
+        .flat_map(|v| &mut v.ports)
+        .filter(|p| p.mac_derived);
+    for (p, m) in ports.zip(macs) {
+        p.mac = m;
     }
 }
 
-/// Every derived port with its MAC, resolved in port name order. `known`: the spec's own
-/// derived MACs were resolved before (so they are the ports' own).
-fn settled<'s>(
-    spec: &'s Spec,
+/// Candidate `k` of `vm`'s port `port` (see [`Candidates::get`]), made in `buf`: a spec's
+/// ports need one or two each, so nothing is kept per port.
+fn candidate_in(buf: &mut Vec<u8>, id: &HostIdentity, vm: &str, port: &str, k: u32) -> Mac {
+    buf.clear();
+    let mut c = Candidates {
+        key: &id.key,
+        message: std::mem::take(buf),
+    };
+    c.message.extend_from_slice(b"kvmnet port mac v1");
+    for part in [id.scope.as_str(), vm, port] {
+        c.message
+            .extend_from_slice(&(part.len() as u32).to_le_bytes());
+        c.message.extend_from_slice(part.as_bytes());
+    }
+    let m = c.get(k);
+    *buf = c.message;
+    m
+}
+
+/// Every derived port's MAC in [`derived_ports`] order, resolved in port name order.
+/// `known`: the spec's own derived MACs were resolved before (so they are the ports' own).
+fn settled(
+    spec: &Spec,
     observed: &dyn Fn(&str) -> Option<Mac>,
     remembered: &dyn Fn(&str) -> Option<Mac>,
     known: bool,
-) -> Result<Vec<(&'s Port, Mac)>, Unplaced> {
-    let mut fixed: Vec<Mac> = spec
+) -> Result<Vec<Mac>, Unplaced> {
+    let fixed = spec
         .networks
         .values()
         .filter(|n| n.mode != Mode::Direct)
         .map(|n| naming::bridge_mac(&n.name))
-        .collect();
-    let mut derived = Vec::new();
-    for vm in spec.vms.values() {
-        for p in &vm.ports {
-            if p.mac_derived {
-                derived.push(p);
-            } else {
-                fixed.push(p.mac);
-            }
-        }
-    }
-    derived.sort_unstable_by(|a, b| a.name.cmp(&b.name));
-    let claims: Vec<Claim> = derived
+        .chain(
+            spec.vms
+                .values()
+                .flat_map(|v| &v.ports)
+                .filter(|p| !p.mac_derived)
+                .map(|p| p.mac),
+        );
+    let derived: Vec<&Port> = derived_ports(spec).collect();
+    let mut order: Vec<usize> = (0..derived.len()).collect();
+    order.sort_unstable_by(|&a, &b| derived[a].name.cmp(&derived[b].name));
+    let claims: Vec<Claim> = order
         .iter()
-        .map(|p| Claim {
-            observed: observed(&p.name),
-            remembered: remembered(&p.name),
-            known: known.then_some(p.mac),
-            legacy: naming::legacy_vm_mac(&p.vm, &p.name),
+        .map(|&i| {
+            let p = derived[i];
+            let (observed, remembered) = (observed(&p.name), remembered(&p.name));
+            let known = known.then_some(p.mac);
+            // The earlier derivation costs a string: made only where it can matter.
+            let unknown = [observed, remembered]
+                .into_iter()
+                .flatten()
+                .any(|m| known.is_none_or(|k| key(k) != key(m)));
+            Claim {
+                observed,
+                remembered,
+                known,
+                legacy: if unknown {
+                    naming::legacy_vm_mac(&p.vm, &p.name)
+                } else {
+                    Mac::default()
+                },
+            }
         })
         .collect();
-    // Each port's candidates made once, as they are asked for.
-    let mut made: HashMap<usize, Candidates> = HashMap::new();
-    let mut candidate = |i: usize, k: u32| {
-        made.entry(i)
-            .or_insert_with(|| Candidates::new(&spec.identity, &derived[i].vm, &derived[i].name))
-            .get(k)
+    let mut buf = Vec::with_capacity(64);
+    let mut candidate = |j: usize, k: u32| {
+        let p = derived[order[j]];
+        candidate_in(&mut buf, &spec.identity, &p.vm, &p.name, k)
     };
-    let macs = resolve(fixed, &claims, &mut candidate).map_err(|i| Unplaced {
-        vm: derived[i].vm.clone(),
-        index: derived[i].index,
+    let sorted = resolve(fixed, &claims, &mut candidate).map_err(|j| Unplaced {
+        vm: derived[order[j]].vm.clone(),
+        index: derived[order[j]].index,
     })?;
-    Ok(derived.into_iter().zip(macs).collect())
+    let mut macs = vec![Mac::default(); derived.len()];
+    for (j, m) in sorted.into_iter().enumerate() {
+        macs[order[j]] = m;
+    }
+    Ok(macs)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::collections::HashMap;
 
     #[test]
     fn siphash_matches_the_reference_vectors() {

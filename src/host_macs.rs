@@ -19,7 +19,21 @@ const MACHINE_ID_FILES: [&str; 2] = ["/etc/machine-id", "/var/lib/dbus/machine-i
 /// machine ID uses its host name instead (unique only as far as host names are), and a
 /// warning to show says so.
 pub fn host_identity(scope: &str) -> (spec::HostIdentity, Option<String>) {
-    for f in MACHINE_ID_FILES {
+    identity_from(
+        &MACHINE_ID_FILES.map(Path::new),
+        Path::new("/proc/sys/kernel/hostname"),
+        scope,
+    )
+}
+
+/// [`host_identity`] from the first of `machine_id_files` that holds a machine ID, else from
+/// the host name in `hostname_file`.
+fn identity_from(
+    machine_id_files: &[&Path],
+    hostname_file: &Path,
+    scope: &str,
+) -> (spec::HostIdentity, Option<String>) {
+    for f in machine_id_files {
         if let Some(id) = std::fs::read_to_string(f)
             .ok()
             .and_then(|t| spec::HostIdentity::from_machine_id(&t, scope))
@@ -27,13 +41,17 @@ pub fn host_identity(scope: &str) -> (spec::HostIdentity, Option<String>) {
             return (id, None);
         }
     }
-    let name = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+    let name = std::fs::read_to_string(hostname_file).unwrap_or_default();
     let name = name.trim();
+    let files: Vec<String> = machine_id_files
+        .iter()
+        .map(|f| f.display().to_string())
+        .collect();
     (
         spec::HostIdentity::from_host_name(name, scope),
         Some(format!(
             "no machine ID in {}: derived MACs come from the host name '{name}', so hosts with one name on one network would share them (give each host a machine ID: systemd-machine-id-setup)",
-            MACHINE_ID_FILES.join(" or ")
+            files.join(" or ")
         )),
     )
 }
@@ -218,5 +236,43 @@ fn unplaced(spec: &Spec, u: spec::macs::Unplaced) -> EngineError {
             ),
             path,
         }],
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The machine ID first, the D-Bus copy next; the host name (with a warning) only when
+    /// neither holds a machine ID.
+    #[test]
+    fn identity_falls_back_in_order() {
+        let dir = std::env::temp_dir().join(format!("kvmnet-id-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let (etc, dbus, name) = (dir.join("etc"), dir.join("dbus"), dir.join("name"));
+        std::fs::write(&name, "hv7\n").unwrap();
+        let files = [etc.as_path(), dbus.as_path()];
+        let id = |s| spec::HostIdentity::from_machine_id(s, "host").unwrap();
+
+        let (got, warning) = identity_from(&files, &name, "host");
+        assert_eq!(got, spec::HostIdentity::from_host_name("hv7", "host"));
+        assert!(warning.unwrap().contains("'hv7'"));
+
+        std::fs::write(&etc, "uninitialized\n").unwrap();
+        std::fs::write(&dbus, "0123456789abcdef0123456789abcdef\n").unwrap();
+        let (got, warning) = identity_from(&files, &name, "host");
+        assert_eq!(got, id("0123456789abcdef0123456789abcdef"));
+        assert!(warning.is_none());
+
+        std::fs::write(&etc, "fedcba9876543210fedcba9876543210\n").unwrap();
+        assert_eq!(
+            identity_from(&files, &name, "host").0,
+            id("fedcba9876543210fedcba9876543210")
+        );
+        // The scope is part of the identity.
+        let ns1 = identity_from(&files, &name, "ns1").0;
+        assert_eq!(ns1.scope(), "ns1");
+        assert_ne!(ns1, id("fedcba9876543210fedcba9876543210"));
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -123,6 +123,8 @@ fn time<T>(mut f: impl FnMut() -> T) -> (f64, f64) {
 
 fn main() {
     let sizes = [10usize, 1000];
+    // Derived MACs are made for one fixed host.
+    let id = spec::HostIdentity::new([7; 16], "host");
     // `cargo bench --bench spec -- WORD` runs only the rows whose name contains WORD.
     let only: Vec<String> = std::env::args()
         .skip(1)
@@ -138,18 +140,18 @@ fn main() {
     };
     row("spec::parse_bytes", &mut |n| {
         let t = spec_text(n, false);
-        time(|| spec::parse_bytes(t.as_bytes()).unwrap())
+        time(|| spec::parse_bytes(t.as_bytes(), &id).unwrap())
     });
     row("SpecCache, one VM added", &mut |n| {
         let (base, plus) = (spec_text(n, false), spec_text(n, true));
         let mut cache = spec::SpecCache::default();
         // Alternate so every measured call sees a one-VM change against the cached text.
         let mut flip = false;
-        cache.parse_bytes(base.as_bytes()).unwrap();
+        cache.parse_bytes(base.as_bytes(), &id).unwrap();
         time(|| {
             flip = !flip;
             let t = if flip { &plus } else { &base };
-            cache.parse_bytes(t.as_bytes()).unwrap()
+            cache.parse_bytes(t.as_bytes(), &id).unwrap()
         })
     });
     // A host with nothing of kvmnet's yet, whose sysctls exist.
@@ -162,31 +164,42 @@ fn main() {
         ..Default::default()
     };
     row("desired::desired", &mut |n| {
-        let s = spec::parse(&spec_text(n, false)).unwrap();
+        let s = spec::parse(&spec_text(n, false), &id).unwrap();
         let empty = fresh(&s);
         time(|| desired::desired(&s, &empty).unwrap())
     });
     row("desired::observed (applied host)", &mut |n| {
-        let s = spec::parse(&spec_text(n, false)).unwrap();
+        let s = spec::parse(&spec_text(n, false), &id).unwrap();
         let want = desired::desired(&s, &fresh(&s)).unwrap();
         let snap = applied(&want);
         let interest = desired::Interest::of(&want);
         time(|| desired::observed(&snap, &interest))
     });
     row("plan::diff (one VM added)", &mut |n| {
-        let s = spec::parse(&spec_text(n, false)).unwrap();
+        let s = spec::parse(&spec_text(n, false), &id).unwrap();
         let want = desired::desired(&s, &fresh(&s)).unwrap();
         let snap = applied(&want);
-        let plus = spec::parse(&spec_text(n, true)).unwrap();
+        let plus = spec::parse(&spec_text(n, true), &id).unwrap();
         let want_plus = desired::desired(&plus, &snap).unwrap();
         let have = desired::observed(&snap, &desired::Interest::of(&want_plus));
         assert!(!plan::diff(&want_plus, &have).is_empty());
         time(|| plan::diff(&want_plus, &have))
     });
-    row("desired+observed+diff (one VM added)", &mut |n| {
-        let s = spec::parse(&spec_text(n, false)).unwrap();
+    row("host_macs::settle (one VM added)", &mut |n| {
+        let s = spec::parse(&spec_text(n, false), &id).unwrap();
         let snap = applied(&desired::desired(&s, &fresh(&s)).unwrap());
-        let plus = spec::parse(&spec_text(n, true)).unwrap();
+        let plus = spec::parse(&spec_text(n, true), &id).unwrap();
+        assert!(
+            kvmnet::host_macs::settle(&plus, &snap, Default::default)
+                .unwrap()
+                .is_none()
+        );
+        time(|| kvmnet::host_macs::settle(&plus, &snap, Default::default).unwrap())
+    });
+    row("desired+observed+diff (one VM added)", &mut |n| {
+        let s = spec::parse(&spec_text(n, false), &id).unwrap();
+        let snap = applied(&desired::desired(&s, &fresh(&s)).unwrap());
+        let plus = spec::parse(&spec_text(n, true), &id).unwrap();
         time(|| {
             let want = desired::desired(&plus, &snap).unwrap();
             let have = desired::observed(&snap, &desired::Interest::of(&want));

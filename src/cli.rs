@@ -162,6 +162,16 @@ fn refuse_fail_after_with_daemon(scope: &str, fail: Option<usize>) -> Result<(),
     Ok(())
 }
 
+/// This host's identity for derived MACs in `scope`; a warning on stderr when it is not
+/// the machine ID and `warn` (commands that plan or change the host).
+fn identity(scope: &str, warn: bool) -> crate::spec::HostIdentity {
+    let (id, warning) = crate::host_macs::host_identity(scope);
+    if let Some(w) = warning.filter(|_| warn) {
+        eprintln!("kvmnet: warning: {w}");
+    }
+    id
+}
+
 fn fail_after() -> Result<Option<usize>, EngineError> {
     match std::env::var("KVMNET_FAIL_AFTER") {
         Err(_) => Ok(None),
@@ -320,7 +330,8 @@ fn apply_cmd(
             return Ok(());
         }
     }
-    let spec = engine::parse(&source, &text).map_err(|e| (e, j))?;
+    let id = identity(&scope_name(&scope.netns).map_err(|e| (e, j))?, true);
+    let spec = engine::parse(&source, &text, &id).map_err(|e| (e, j))?;
     let s = enter(&scope.netns).map_err(|e| (e, j))?;
     let p = engine::plan(Some(&spec), &s, &source).map_err(|e| (e, j))?;
     let previous_state = p
@@ -359,7 +370,9 @@ fn apply_cmd(
 fn run(cli: Cli) -> Result<(), (EngineError, bool)> {
     match cli.command {
         Command::Validate { file } => {
-            let (spec, _) = engine::load(&file).map_err(|e| (e, false))?;
+            // Whether a spec is valid does not depend on the host: no warning here.
+            let id = identity("host", false);
+            let (spec, _) = engine::load(&file, &id).map_err(|e| (e, false))?;
             let ports: usize = spec.vms.values().map(|v| v.ports.len()).sum();
             println!(
                 "{}: valid ({} networks, {} VMs, {} ports)",
@@ -372,7 +385,8 @@ fn run(cli: Cli) -> Result<(), (EngineError, bool)> {
         }
         Command::Plan { file, scope } => {
             let j = scope.json;
-            let (spec, _) = engine::load(&file).map_err(|e| (e, j))?;
+            let id = identity(&scope_name(&scope.netns).map_err(|e| (e, j))?, true);
+            let (spec, _) = engine::load(&file, &id).map_err(|e| (e, j))?;
             let s = enter_existing(&scope.netns).map_err(|e| (e, j))?;
             let p =
                 engine::plan(Some(&spec), &s, &file.display().to_string()).map_err(|e| (e, j))?;

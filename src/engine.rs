@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 use crate::apply::{self, Kernel};
 use crate::audit;
 use crate::desired::{self, managed_sysctls};
+use crate::host_macs;
 use crate::observe::Observer;
 use crate::plan::{self, Plan, Step};
 use crate::spec::naming::fnv1a;
@@ -48,7 +49,7 @@ impl std::fmt::Display for EngineError {
     }
 }
 
-fn runtime(e: impl std::fmt::Display) -> EngineError {
+pub(crate) fn runtime(e: impl std::fmt::Display) -> EngineError {
     EngineError::Runtime(e.to_string())
 }
 
@@ -70,6 +71,7 @@ pub fn empty_spec() -> Spec {
         networks: Default::default(),
         vms: Default::default(),
         locs: Default::default(),
+        identity: Default::default(),
     }
 }
 
@@ -83,17 +85,22 @@ pub fn parse_cached(
     cache: &mut spec::SpecCache,
     source: &str,
     bytes: &[u8],
+    identity: &spec::HostIdentity,
 ) -> Result<Spec, EngineError> {
     cache
-        .parse_bytes(bytes)
+        .parse_bytes(bytes, identity)
         .map_err(|errors| EngineError::Invalid {
             source: source.to_string(),
             errors,
         })
 }
 
-pub fn parse(source: &str, bytes: &[u8]) -> Result<Spec, EngineError> {
-    spec::parse_bytes(bytes).map_err(|errors| EngineError::Invalid {
+pub fn parse(
+    source: &str,
+    bytes: &[u8],
+    identity: &spec::HostIdentity,
+) -> Result<Spec, EngineError> {
+    spec::parse_bytes(bytes, identity).map_err(|errors| EngineError::Invalid {
         source: source.to_string(),
         errors,
     })
@@ -106,13 +113,19 @@ pub fn read(path: &Path) -> Result<Vec<u8>, EngineError> {
 }
 
 /// Reads and validates a spec file; returns it with its raw text.
-pub fn load(path: &Path) -> Result<(Spec, Vec<u8>), EngineError> {
+pub fn load(path: &Path, identity: &spec::HostIdentity) -> Result<(Spec, Vec<u8>), EngineError> {
     let bytes = read(path)?;
-    Ok((parse(&path.display().to_string(), &bytes)?, bytes))
+    Ok((parse(&path.display().to_string(), &bytes, identity)?, bytes))
 }
 
 pub struct Planned {
     pub plan: Plan,
+    /// The spec planned, when settling its derived MACs against the host changed some (see
+    /// [`host_macs::settle`]): what to enforce from now on in place of the spec given.
+    pub settled: Option<Spec>,
+    /// The derived MACs of the spec planned, recorded once it is applied; `None` for a
+    /// destroy or a revert (the record stays: a port made again later gets its MAC back).
+    derived_macs: Option<BTreeMap<String, spec::Mac>>,
     /// What kvmnet owned before (observed), for reverting a change exactly.
     pub previous: HostState,
     /// sysctls the spec enforces (the other sysctl steps are restores).
@@ -258,11 +271,35 @@ pub fn plan_with(
     let empty = empty_spec();
     let full = spec.unwrap_or(&empty);
     let mut watch = watch;
-    let (snap, want, have) = match watch.as_deref_mut() {
-        Some(w) => inputs_watched(w, &observer, spec, full),
-        None => inputs_read(&observer, spec, full),
+    let mut inputs = |spec: Option<&Spec>, full: &Spec| {
+        match watch.as_deref_mut() {
+            Some(w) => inputs_watched(w, &observer, spec, full),
+            None => inputs_read(&observer, spec, full),
+        }
+        .map_err(|e| runtime(format!("cannot read the host: {e}")))
+    };
+    // Derived MACs: as recorded at the last apply, then settled against the ports the host
+    // has. When that changes one (a port that is not as recorded), everything is observed
+    // again for the settled spec: the nft tables are read according to what is wanted. A
+    // daemon enforces the settled spec from then on, so it does this once.
+    let sd = &observer.state_dir;
+    let presettled = spec
+        .map(|s| host_macs::presettle(s, sd))
+        .transpose()?
+        .flatten();
+    let given = presettled.as_ref().or(spec);
+    let (mut snap, mut want, mut have) = inputs(given, given.unwrap_or(full))?;
+    let resettled = given
+        .map(|s| host_macs::settle(s, &snap, || host_macs::recorded(sd)))
+        .transpose()?
+        .flatten();
+    if let Some(s) = &resettled {
+        drop((snap, want, have));
+        (snap, want, have) = inputs(Some(s), s)?;
     }
-    .map_err(|e| runtime(format!("cannot read the host: {e}")))?;
+    let settled = resettled.or(presettled);
+    let derived_macs = spec.map(|s| host_macs::derived(settled.as_ref().unwrap_or(s)));
+    // What follows does not depend on MACs.
     let spec = full;
     let want = want.map_err(|errors| EngineError::Invalid {
         source: source.to_string(),
@@ -286,6 +323,8 @@ pub fn plan_with(
     let remembered = watch.and_then(|w| w.remember(want.nft.take()));
     Ok(Planned {
         plan,
+        settled,
+        derived_macs,
         previous: have,
         managed: managed_sysctls(spec).into_keys().collect(),
         managed_ethtool: managed_ethtool(spec),
@@ -386,6 +425,9 @@ pub fn execute_as(
     uid: u32,
 ) -> Result<(), EngineError> {
     if p.plan.is_empty() {
+        if let Some(m) = &p.derived_macs {
+            host_macs::remember(&p.state_dir, m)?;
+        }
         let st = p.state_dir.load().map_err(runtime)?;
         if st.moved != p.moved {
             let mut st = st;
@@ -445,6 +487,9 @@ pub fn execute_as(
             after.moved = p.moved.clone();
             if after != during {
                 sd.save(&after).map_err(runtime)?;
+            }
+            if let Some(m) = &p.derived_macs {
+                host_macs::remember(sd, m)?;
             }
             Ok(())
         }
@@ -579,6 +624,8 @@ pub fn revert_if_due_with(
     let have = desired::observed(&snap, &desired::Interest::of(prev));
     let planned = Planned {
         plan: plan::diff(prev, &have),
+        settled: None,
+        derived_macs: None,
         previous: have,
         managed: BTreeSet::new(),
         managed_ethtool: BTreeMap::new(),

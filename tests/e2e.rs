@@ -243,9 +243,10 @@ vms:
         "wan cannot reach the bridged guest"
     );
     let neigh = ok_in(&wan, "ip neigh show 192.0.2.10");
+    let guest_mac = ok_in(&guest, "cat /sys/class/net/eth0/address");
     assert!(
-        neigh.contains("52:54:00"),
-        "guest MAC not learnt on the wan segment: {neigh}"
+        neigh.contains(guest_mac.trim()),
+        "guest MAC {guest_mac} not learnt on the wan segment: {neigh}"
     );
 
     assert_eq!(

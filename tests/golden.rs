@@ -2,6 +2,9 @@
 //! under tests/golden/ with `spec.yaml`, an optional `snapshot.json` (the host as observed;
 //! empty host when absent) and `plan.txt` (the expected plan, or the expected errors).
 //! `UPDATE_GOLDEN=1 cargo test --test golden` rewrites the expectations; review the diff.
+//! Derived MACs are made for one fixed host identity, and settled against the snapshot as a
+//! plan does (ports that exist keep theirs), and against an optional `macs.json` (the MACs the
+//! host remembers giving out).
 
 use std::path::Path;
 
@@ -10,9 +13,26 @@ use kvmnet::plan;
 use kvmnet::snapshot::{AddrSnap, LinkSnap, RouteSnap, Snapshot};
 use kvmnet::spec;
 
+/// The fixed host identity of every case.
+fn id() -> spec::HostIdentity {
+    spec::HostIdentity::from_machine_id("6b766d6e657474657374000000000001", "host").unwrap()
+}
+
+/// The spec with its derived MACs settled against `snap` and the case's `macs.json`, as a
+/// plan has it.
+fn settled(spec: spec::Spec, snap: &Snapshot, dir: &Path) -> spec::Spec {
+    let remembered = || match std::fs::read_to_string(dir.join("macs.json")) {
+        Ok(t) => serde_json::from_str(&t).expect("macs.json parses"),
+        Err(_) => Default::default(),
+    };
+    kvmnet::host_macs::settle(&spec, snap, remembered)
+        .expect("a free MAC for every port")
+        .unwrap_or(spec)
+}
+
 fn run_case(dir: &Path) -> String {
     let text = std::fs::read_to_string(dir.join("spec.yaml")).expect("spec.yaml");
-    let spec = match spec::parse(&text) {
+    let spec = match spec::parse(&text, &id()) {
         Ok(s) => s,
         Err(errs) => {
             return errs
@@ -28,6 +48,7 @@ fn run_case(dir: &Path) -> String {
             ..Default::default()
         },
     };
+    let spec = settled(spec, &snap, dir);
     let want = match desired::desired(&spec, &snap) {
         Ok(w) => w,
         Err(errs) => {
@@ -343,7 +364,7 @@ fn applied_state_plans_no_changes() {
         let Ok(text) = std::fs::read_to_string(dir.join("spec.yaml")) else {
             continue;
         };
-        let Ok(spec) = spec::parse(&text) else {
+        let Ok(spec) = spec::parse(&text, &id()) else {
             continue;
         };
         let base: Snapshot = std::fs::read_to_string(dir.join("snapshot.json"))
@@ -352,6 +373,7 @@ fn applied_state_plans_no_changes() {
                 scope: "host".into(),
                 ..Default::default()
             });
+        let spec = settled(spec, &base, &dir);
         let Ok(want) = desired::desired(&spec, &base) else {
             continue;
         };
@@ -367,7 +389,9 @@ fn applied_state_plans_no_changes() {
             dir.display(),
             p.render()
         );
-        // And planning again from the applied host (desired recomputed) is still empty.
+        // And planning again from the applied host (MACs settled and desired recomputed) is
+        // still empty: settling against the applied host changes no MAC.
+        let spec = settled(spec, &after, &dir);
         let want2 = desired::desired(&spec, &after).expect("desired on applied host");
         let have2 = desired::observed(&after, &desired::Interest::of(&want2));
         let p2 = plan::diff(&want2, &have2);
@@ -392,9 +416,14 @@ fn print_applied_snapshot() {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("tests/golden")
         .join(case);
-    let spec = spec::parse(&std::fs::read_to_string(dir.join("spec.yaml")).unwrap()).unwrap();
+    let spec = spec::parse(
+        &std::fs::read_to_string(dir.join("spec.yaml")).unwrap(),
+        &id(),
+    )
+    .unwrap();
     let base: Snapshot =
         serde_json::from_str(&std::fs::read_to_string(dir.join("snapshot.json")).unwrap()).unwrap();
+    let spec = settled(spec, &base, &dir);
     let want = desired::desired(&spec, &base).unwrap();
     println!(
         "{}",

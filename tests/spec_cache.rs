@@ -5,12 +5,17 @@
 use std::fmt::Write as _;
 use std::path::Path;
 
-use kvmnet::spec::{self, SpecCache};
+use kvmnet::spec::{self, HostIdentity, SpecCache};
+
+/// The host identity derived MACs are made for here.
+fn id() -> HostIdentity {
+    HostIdentity::from_machine_id("6b766d6e657474657374000000000001", "host").unwrap()
+}
 
 /// Parses `text` through the cache and on its own, and insists both agree.
 fn check(cache: &mut SpecCache, text: &str, what: &str) {
-    let got = cache.parse_bytes(text.as_bytes());
-    let want = spec::parse_bytes(text.as_bytes());
+    let got = cache.parse_bytes(text.as_bytes(), &id());
+    let want = spec::parse_bytes(text.as_bytes(), &id());
     assert!(
         got == want,
         "{what}: cache and full parse differ for:\n{text}\n-- cache\n{got:?}\n-- full\n{want:?}"
@@ -56,14 +61,14 @@ fn every_catalogued_spec_parses_the_same() {
     for (name, bytes) in &all {
         let mut fresh = SpecCache::default();
         assert!(
-            fresh.parse_bytes(bytes) == spec::parse_bytes(bytes),
+            fresh.parse_bytes(bytes, &id()) == spec::parse_bytes(bytes, &id()),
             "{name}"
         );
     }
     let mut cache = SpecCache::default();
     for (name, bytes) in all.iter().chain(all.iter().rev()).chain(all.iter()) {
         assert!(
-            cache.parse_bytes(bytes) == spec::parse_bytes(bytes),
+            cache.parse_bytes(bytes, &id()) == spec::parse_bytes(bytes, &id()),
             "{name}"
         );
     }
@@ -71,7 +76,7 @@ fn every_catalogued_spec_parses_the_same() {
     let mut fast = 0;
     for (_, bytes) in &all {
         let mut c = SpecCache::default();
-        if c.parse_bytes(bytes).is_ok() && c.last_read().is_some() {
+        if c.parse_bytes(bytes, &id()).is_ok() && c.last_read().is_some() {
             fast += 1;
         }
     }
@@ -165,7 +170,7 @@ fn edits_of_a_large_spec() {
     vms[200] = good.replace("ipv4: 10.160.", "ipv4: 10.161.");
     text = build(HEAD, &vms, "");
     check_read(&mut cache, &text, None, "error in a VM");
-    assert!(cache.parse_bytes(text.as_bytes()).is_err());
+    assert!(cache.parse_bytes(text.as_bytes(), &id()).is_err());
     vms[200] = good;
     text = build(HEAD, &vms, "");
     check_read(&mut cache, &text, Some(1), "error fixed");
@@ -437,7 +442,7 @@ fn layout_edge_cases() {
     for (i, (text, fast)) in cases.iter().enumerate() {
         let mut cache = SpecCache::default();
         check(&mut cache, text, &format!("case {i}"));
-        let full_ok = spec::parse(text).is_ok();
+        let full_ok = spec::parse(text, &id()).is_ok();
         if *fast {
             assert!(full_ok, "case {i} should be a valid spec");
             assert!(cache.last_read().is_some(), "case {i}: fast path expected");

@@ -4,11 +4,30 @@
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
 
+use kvmnet::spec::macs::Candidates;
 use kvmnet::spec::naming;
 use kvmnet::spec::{
-    Dhcp, DhcpRoute, Ipv4Cidr, Loc, Mac, Mode, Network, Owner, Port, PortKind, Spec, SpecError,
-    parse, parse_bytes,
+    Dhcp, DhcpRoute, HostIdentity, Ipv4Cidr, Loc, Mac, Mode, Network, Owner, Port, PortKind, Spec,
+    SpecError,
 };
+
+/// The fixed host identity these tests derive MACs for.
+fn id() -> HostIdentity {
+    HostIdentity::from_machine_id("6b766d6e657474657374000000000001", "host").unwrap()
+}
+
+fn parse(text: &str) -> Result<Spec, Vec<SpecError>> {
+    kvmnet::spec::parse(text, &id())
+}
+
+fn parse_bytes(bytes: &[u8]) -> Result<Spec, Vec<SpecError>> {
+    kvmnet::spec::parse_bytes(bytes, &id())
+}
+
+/// A port's first derived MAC under [`id`].
+fn derived(vm: &str, port: &str) -> Mac {
+    Candidates::new(&id(), vm, port).get(0)
+}
 
 const FULL: &str = r#"version: 1
 host:
@@ -219,6 +238,7 @@ fn full_example() {
                 name: "web1-eth0".into(),
                 kind: PortKind::Tap,
                 mac: Mac([0x52, 0x54, 0x00, 0xaa, 0x00, 0x10]),
+                mac_derived: false,
                 ipv4: Some(cidr("192.168.122.10/24")),
                 owner: Some(Owner::User("libvirt-qemu".into())),
                 queues: 4,
@@ -237,7 +257,8 @@ fn full_example() {
                 network: "lan".into(),
                 name: "kv-web1-1".into(),
                 kind: PortKind::Tap,
-                mac: naming::vm_mac("web1", "kv-web1-1"),
+                mac: derived("web1", "kv-web1-1"),
+                mac_derived: true,
                 ipv4: Some(cidr("203.0.113.10/24")),
                 owner: Some(Owner::Uid(64055)),
                 queues: 1,
@@ -262,7 +283,8 @@ fn full_example() {
                 network: "hostonly".into(),
                 name: "kv-test1-0".into(),
                 kind: PortKind::Veth,
-                mac: naming::vm_mac("test1", "kv-test1-0"),
+                mac: derived("test1", "kv-test1-0"),
+                mac_derived: true,
                 ipv4: Some(cidr("10.30.0.5/24")),
                 owner: None,
                 queues: 1,
@@ -281,7 +303,8 @@ fn full_example() {
                 network: "routed1".into(),
                 name: "kv-test1-1".into(),
                 kind: PortKind::Tap,
-                mac: naming::vm_mac("test1", "kv-test1-1"),
+                mac: derived("test1", "kv-test1-1"),
+                mac_derived: true,
                 // A bare address takes the network's prefix.
                 ipv4: Some(cidr("10.20.0.7/24")),
                 owner: None,
@@ -297,8 +320,9 @@ fn full_example() {
             },
         ]
     );
-    let derived = test1.ports[0].mac;
-    assert_eq!(&derived.0[..3], &[0x52, 0x54, 0x00]);
+    let m = test1.ports[0].mac;
+    assert_eq!(m.0[0], 0x52);
+    assert_ne!(&m.0[1..3], &[0x54, 0x00]);
     assert!(spec.vms["empty"].ports.is_empty());
 
     // Locations of written values, for later layers' errors.
@@ -707,4 +731,152 @@ networks:
     assert!(s.declared_bond("bond0").is_some());
     assert!(s.declared_bond("eth3").is_none());
     assert_eq!(s.networks["lan"].uplink.as_deref(), Some("bond0"));
+}
+
+/// Every derived MAC of a spec, by port name.
+fn derived_macs(spec: &Spec) -> BTreeMap<String, Mac> {
+    spec.vms
+        .values()
+        .flat_map(|v| &v.ports)
+        .filter(|p| p.mac_derived)
+        .map(|p| (p.name.clone(), p.mac))
+        .collect()
+}
+
+/// 10,000 ports without `mac` validate, each with its own MAC (where 24 hash bits gave two
+/// collisions and an error), all of the derived form, in well under a second.
+#[test]
+fn ten_thousand_ports_without_mac() {
+    let mut text = String::from("version: 1\nnetworks:\n");
+    for n in 0..10 {
+        text.push_str(&format!(
+            "  n{n}: {{ mode: nat, bridge: kb{n}, ipv4: 10.{}.0.1/16 }}\n",
+            100 + n
+        ));
+    }
+    text.push_str("vms:\n");
+    for i in 0..10_000 {
+        let (n, h) = (i / 1000, i % 1000);
+        text.push_str(&format!(
+            "  vm{i}: {{ ports: [ {{ network: n{n}, ipv4: 10.{}.{}.{} }} ] }}\n",
+            100 + n,
+            1 + h / 250,
+            2 + h % 250
+        ));
+    }
+    let start = std::time::Instant::now();
+    let spec = ok(&text);
+    let took = start.elapsed();
+    let macs = derived_macs(&spec);
+    assert_eq!(macs.len(), 10_000);
+    let unique: std::collections::BTreeSet<[u8; 5]> = macs
+        .values()
+        .map(|m| [m.0[1], m.0[2], m.0[3], m.0[4], m.0[5]])
+        .collect();
+    assert_eq!(
+        unique.len(),
+        10_000,
+        "two ports share a MAC (or a host end)"
+    );
+    for m in macs.values() {
+        assert_eq!(m.0[0], 0x52);
+        assert_ne!(m.0[1..3], [0x54, 0x00]);
+    }
+    assert!(took.as_secs_f64() < 2.0, "validating took {took:?}");
+}
+
+/// Two ports whose first candidates are the same MAC (found by search for the tests'
+/// identity): the first in name order takes it, the other its next candidate, with no error.
+/// A written MAC equal to a derived one moves the derived one, never the written one.
+#[test]
+fn colliding_derived_macs_are_resolved() {
+    let shared = derived("c397576", "kv-c397576-0");
+    assert_eq!(derived("c429580", "kv-c429580-0"), shared);
+    let spec = ok("version: 1
+networks: { n: { mode: isolated, ipv4: 10.1.0.1/24 } }
+vms:
+  c429580: { ports: [ { network: n } ] }
+  c397576: { ports: [ { network: n } ] }
+");
+    let macs = derived_macs(&spec);
+    assert_eq!(macs["kv-c397576-0"], shared);
+    assert_eq!(
+        macs["kv-c429580-0"],
+        Candidates::new(&id(), "c429580", "kv-c429580-0").get(1)
+    );
+
+    let spec = ok(&format!(
+        "version: 1
+networks: {{ n: {{ mode: isolated, ipv4: 10.1.0.1/24 }} }}
+vms:
+  a: {{ ports: [ {{ network: n, mac: \"{shared}\" }} ] }}
+  c397576: {{ ports: [ {{ network: n }} ] }}
+"
+    ));
+    assert_eq!(spec.vms["a"].ports[0].mac, shared);
+    assert_eq!(
+        spec.vms["c397576"].ports[0].mac,
+        Candidates::new(&id(), "c397576", "kv-c397576-0").get(1)
+    );
+    // Two written MACs still may not be the same.
+    let e = errs(
+        "version: 1
+networks: { n: { mode: isolated, ipv4: 10.1.0.1/24 } }
+vms:
+  a: { ports: [ { network: n, mac: \"02:00:00:00:00:01\" } ] }
+  b: { ports: [ { network: n, mac: \"02:00:00:00:00:01\" } ] }
+",
+    );
+    assert_eq!(e.len(), 1, "{e:?}");
+    assert_eq!(e[0].path, "vms.b.ports[0].mac");
+    assert!(e[0].message.contains("every MAC must be unique"), "{e:?}");
+}
+
+/// The host and the `--netns` scope are part of every derived MAC: two hosts (or two scopes
+/// of one host) with the same VMs give them different MACs.
+#[test]
+fn derived_macs_differ_per_host_and_scope() {
+    let text = "version: 1
+networks: { n: { mode: isolated, ipv4: 10.1.0.1/24 } }
+vms:
+  web1: { ports: [ { network: n }, { network: n } ] }
+  db1: { ports: [ { network: n } ] }
+";
+    let here = derived_macs(&ok(text));
+    let hosts = [
+        HostIdentity::from_machine_id("6b766d6e657474657374000000000002", "host").unwrap(),
+        HostIdentity::from_machine_id("6b766d6e657474657374000000000001", "sandbox").unwrap(),
+        HostIdentity::from_host_name("hv2", "host"),
+    ];
+    for other in &hosts {
+        let there = derived_macs(&kvmnet::spec::parse(text, other).unwrap());
+        assert_eq!(there.len(), 3);
+        for (port, m) in &here {
+            assert_ne!(there[port], *m, "{port} has one MAC on both");
+        }
+    }
+    // The same host and scope always give the same MACs.
+    assert_eq!(derived_macs(&ok(text)), here);
+}
+
+/// A port whose candidates are all written into other ports cannot be given a MAC: an error
+/// at the port, not a panic or a duplicate.
+#[test]
+fn a_port_without_a_free_mac_is_an_error() {
+    let mut text =
+        String::from("version: 1\nnetworks: { n: { mode: isolated, ipv4: 10.1.0.1/24 } }\nvms:\n");
+    let host = id();
+    let mut c = Candidates::new(&host, "victim", "kv-victim-0");
+    for k in 0..kvmnet::spec::macs::CANDIDATES {
+        text.push_str(&format!(
+            "  p{k}: {{ ports: [ {{ network: n, mac: \"{}\" }} ] }}\n",
+            c.get(k)
+        ));
+    }
+    text.push_str("  victim:\n    ports:\n      - network: n\n");
+    let e = errs(&text);
+    assert_eq!(e.len(), 1, "{e:?}");
+    assert_eq!(e[0].path, "vms.victim.ports[0]");
+    assert_eq!(e[0].loc, loc(70, 9));
+    assert!(e[0].message.contains("set mac"), "{e:?}");
 }

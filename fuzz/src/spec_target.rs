@@ -1,13 +1,18 @@
 //! The spec parser, alone and through the cache.
 
 use kvmnet::snapshot::Snapshot;
-use kvmnet::spec::{self, Spec, SpecCache, SpecError};
+use kvmnet::spec::{self, HostIdentity, Spec, SpecCache, SpecError};
 use kvmnet::state::HostState;
+
+/// A fixed host identity (derived MACs depend on it; any one will do).
+fn id() -> HostIdentity {
+    HostIdentity::new([7; 16], "host")
+}
 
 /// `spec::parse_bytes` on any bytes: no panic; an error list that is well formed; and a spec
 /// it accepts goes through the pure layers that follow without a panic.
 pub fn spec(data: &[u8]) {
-    match spec::parse_bytes(data) {
+    match spec::parse_bytes(data, &id()) {
         Ok(s) => downstream(&s),
         Err(errors) => check_errors(data, &errors),
     }
@@ -20,8 +25,8 @@ pub fn spec_cache(data: &[u8]) {
     let mut cache = SpecCache::default();
     let mut last: &[u8] = &[];
     for text in data.split(|&b| b == 0).take(6) {
-        let got = cache.parse_bytes(text);
-        let want = spec::parse_bytes(text);
+        let got = cache.parse_bytes(text, &id());
+        let want = spec::parse_bytes(text, &id());
         assert!(
             got == want,
             "cache and full parse differ for:\n{}\n-- cache\n{got:?}\n-- full\n{want:?}",
@@ -31,13 +36,13 @@ pub fn spec_cache(data: &[u8]) {
     }
     // The same text again is read from the cache alone, when it was cached at all.
     if cache.last_read().is_some() {
-        let again = cache.parse_bytes(last);
+        let again = cache.parse_bytes(last, &id());
         assert_eq!(
             cache.last_read(),
             Some(0),
             "an unchanged text was read again"
         );
-        assert!(again == spec::parse_bytes(last));
+        assert!(again == spec::parse_bytes(last, &id()));
     }
 }
 

@@ -50,6 +50,8 @@ struct Shared {
     watch: Mutex<Option<Watch>>,
     /// Specs parsed before: a new one is parsed only where its VM entries differ.
     specs: Mutex<crate::spec::SpecCache>,
+    /// This host's identity for derived MACs, read at start.
+    identity: crate::spec::HostIdentity,
     /// Big values done with (a replaced spec, a finished plan), freed by a thread of their
     /// own: freeing a 1,000-port spec and what was planned from it takes milliseconds that
     /// an API client need not wait for.
@@ -163,13 +165,18 @@ fn block_signals() -> libc::sigset_t {
 }
 
 fn apply_active(sh: &Shared, action: &str) -> Result<usize, EngineError> {
-    let active = sh.active.lock().expect("lock");
-    let p = engine::plan_with(
+    let mut active = sh.active.lock().expect("lock");
+    let mut p = engine::plan_with(
         Some(&active.spec),
         &sh.scope,
         &sh.spec_path.display().to_string(),
         sh.watch.lock().expect("lock").as_mut(),
     )?;
+    // Derived MACs settled against the host: enforced (and served DHCP) from now on.
+    if let Some(spec) = p.settled.take() {
+        let accepted = active.accepted.clone();
+        sh.set_active(&mut active, spec, accepted);
+    }
     let n = p.plan.steps.len();
     if n == 0 && action == "repair" {
         sh.finish(p);
@@ -213,7 +220,10 @@ fn reload(sh: &Shared) {
         &mut sh.specs.lock().expect("lock"),
         &sh.spec_path.display().to_string(),
         &text,
-    ) {
+        &sh.identity,
+    )
+    .and_then(|s| crate::host_macs::as_recorded(s, &sh.scope))
+    {
         Ok(s) => s,
         Err(e) => return log(&format!("reload refused, keeping the current spec:\n{e}")),
     };
@@ -367,7 +377,13 @@ fn prepare(
             }
             (hash, staged)
         });
-        let parsed = engine::parse_cached(&mut sh.specs.lock().expect("lock"), &a.source, text);
+        let parsed = engine::parse_cached(
+            &mut sh.specs.lock().expect("lock"),
+            &a.source,
+            text,
+            &sh.identity,
+        )
+        .and_then(|s| crate::host_macs::as_recorded(s, &sh.scope));
         let (hash, staged) = aside.join().expect("writing a file does not panic");
         let staged = staged
             .transpose()
@@ -408,12 +424,13 @@ fn apply_request(sh: &Arc<Shared>, req: &api::Request) -> api::Response {
     let Prepared {
         spec,
         hash,
-        plan: p,
+        plan: mut p,
         staged,
     } = match prepare(sh, &a, next.as_ref()) {
         Ok(x) => x,
         Err(e) => return invalid_response(e),
     };
+    let spec = p.settled.take().unwrap_or(spec);
     let previous_state = match p.state_dir.load() {
         Ok(s) => s,
         Err(e) => return api::Response::error(500, e.to_string()),
@@ -580,6 +597,7 @@ fn start_spec(
     specs: &Mutex<crate::spec::SpecCache>,
     spec_path: &std::path::Path,
     spec_file: &str,
+    identity: &crate::spec::HostIdentity,
 ) -> Result<(Spec, Accepted), EngineError> {
     let runtime = |e: accepted::AcceptedError| EngineError::Runtime(e.to_string());
     let text = engine::read(spec_path)?;
@@ -591,7 +609,8 @@ fn start_spec(
         .filter(|a| !accepted::file_wins(Some(&a.record), spec_file, &file_hash))
     {
         let source = accepted::path(&sd.dir).display().to_string();
-        let spec = engine::parse_cached(&mut cache, &source, &a.text)?;
+        let spec = engine::parse_cached(&mut cache, &source, &a.text, identity)?;
+        let spec = crate::host_macs::as_recorded(spec, identity.scope())?;
         log(&format!(
             "resuming the spec accepted from {} (number {}; {} is unchanged since it was last read)",
             a.record.source,
@@ -600,7 +619,13 @@ fn start_spec(
         ));
         return Ok((spec, a.clone()));
     }
-    let spec = engine::parse_cached(&mut cache, &spec_path.display().to_string(), &text)?;
+    let spec = engine::parse_cached(
+        &mut cache,
+        &spec_path.display().to_string(),
+        &text,
+        identity,
+    )?;
+    let spec = crate::host_macs::as_recorded(spec, identity.scope())?;
     let next = Accepted {
         record: accepted::Record {
             seq: stored.as_ref().map_or(1, |a| a.record.seq + 1),
@@ -647,7 +672,8 @@ fn revert_due(sh: &Shared, force: bool) {
         let Some(text) = &p.previous_spec else {
             return Ok(());
         };
-        let spec = engine::parse("(previous spec)", text.as_bytes())?;
+        let spec = engine::parse("(previous spec)", text.as_bytes(), &sh.identity)
+            .and_then(|s| crate::host_macs::as_recorded(s, &sh.scope))?;
         if p.accepted_seq.is_some() && current.record.reverts == p.accepted_seq {
             // Recorded by a daemon that stopped before the revert was done.
             reverted_to = Some((spec, current.clone()));
@@ -751,7 +777,11 @@ pub fn run(scope: &str, spec_path: &std::path::Path) -> Result<(), EngineError> 
         .unwrap_or_else(|_| spec_path.to_path_buf())
         .display()
         .to_string();
-    let (spec, accepted) = start_spec(&state_dir, &specs, spec_path, &spec_file)?;
+    let (identity, warning) = crate::host_macs::host_identity(scope);
+    if let Some(w) = warning {
+        log(&format!("warning: {w}"));
+    }
+    let (spec, accepted) = start_spec(&state_dir, &specs, spec_path, &spec_file, &identity)?;
     let scopes = dhcp::scopes(&spec);
     let sh = Arc::new(Shared {
         scope: scope.to_string(),
@@ -765,6 +795,7 @@ pub fn run(scope: &str, spec_path: &std::path::Path) -> Result<(), EngineError> 
         dhcp_kick: AtomicBool::new(false),
         dhcp: Mutex::new(None),
         specs,
+        identity,
         retired: Mutex::new(retired),
         watch: Mutex::new(open_watch()),
     });

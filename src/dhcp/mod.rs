@@ -706,7 +706,7 @@ vms:
 
     #[test]
     fn scopes_from_spec() {
-        let spec = crate::spec::parse(SPEC).expect("valid spec");
+        let spec = crate::spec::parse(SPEC, &Default::default()).expect("valid spec");
         let all = scopes(&spec);
         assert_eq!(
             all.iter().map(|s| s.network.as_str()).collect::<Vec<_>>(),

@@ -20,7 +20,7 @@ use foldhash::{HashSet, HashSetExt};
 use super::model::Loc;
 use super::validate::{self, Ctx, Head, Locs, PortDraft, VmContext};
 use super::yaml::{self, Kind};
-use super::{Spec, SpecError};
+use super::{HostIdentity, Spec, SpecError};
 
 /// Parses specs, remembering the parts of the last text it was given.
 #[derive(Default)]
@@ -89,15 +89,20 @@ struct Layout<'a> {
 }
 
 impl SpecCache {
-    /// Same as [`super::parse_bytes`], reusing what earlier calls read of unchanged VMs.
-    pub fn parse_bytes(&mut self, bytes: &[u8]) -> Result<Spec, Vec<SpecError>> {
+    /// Same as [`super::parse_bytes`], reusing what earlier calls read of unchanged VMs. (What
+    /// is kept of a VM entry does not depend on `identity`: MACs are derived afterwards.)
+    pub fn parse_bytes(
+        &mut self,
+        bytes: &[u8],
+        identity: &HostIdentity,
+    ) -> Result<Spec, Vec<SpecError>> {
         self.generation += 1;
         self.last_read = Some(0);
         let fast = std::str::from_utf8(bytes)
             .ok()
             .filter(|t| !t.starts_with('\u{feff}') && !t.trim().is_empty())
             .and_then(split)
-            .and_then(|layout| self.assemble(&layout));
+            .and_then(|layout| self.assemble(&layout, identity));
         let generation = self.generation;
         if self.looked_up == generation {
             self.chunks.retain(|_, c| c.used == generation);
@@ -106,7 +111,7 @@ impl SpecCache {
             Some(spec) => Ok(spec),
             None => {
                 self.last_read = None;
-                super::parse_bytes(bytes)
+                super::parse_bytes(bytes, identity)
             }
         }
     }
@@ -119,7 +124,7 @@ impl SpecCache {
 
     /// The spec from the head and the chunks, or `None` when anything at all is wrong or
     /// unusual (the full parse then says what).
-    fn assemble(&mut self, layout: &Layout) -> Option<Spec> {
+    fn assemble(&mut self, layout: &Layout, identity: &HostIdentity) -> Option<Spec> {
         if self
             .head
             .as_ref()
@@ -210,7 +215,7 @@ impl SpecCache {
             locs,
             parts,
         };
-        let spec = validate::finish(&mut cx, head.clone(), ports, names);
+        let spec = validate::finish(&mut cx, head.clone(), ports, names, identity);
         if cx.errors.is_empty() { spec } else { None }
     }
 }

@@ -9,12 +9,14 @@
 //! quotes; list items are `[i]`. Errors about the file as a whole use the path `(file)`.
 
 mod cache;
+pub mod macs;
 pub mod model;
 pub mod naming;
 mod validate;
 mod yaml;
 
 pub use cache::SpecCache;
+pub use macs::HostIdentity;
 pub use model::*;
 pub use validate::show_rate;
 
@@ -41,7 +43,8 @@ impl SpecError {
 }
 
 /// Parse and validate. Returns every error found (sorted by line, col), not only the first.
-pub fn parse(text: &str) -> Result<Spec, Vec<SpecError>> {
+/// Derived MACs are made for `identity` (see [`macs`]), as a new host would give them out.
+pub fn parse(text: &str, identity: &HostIdentity) -> Result<Spec, Vec<SpecError>> {
     let text = text.strip_prefix('\u{feff}').unwrap_or(text);
     if text.trim().is_empty() {
         return Err(vec![SpecError::file(
@@ -50,7 +53,7 @@ pub fn parse(text: &str) -> Result<Spec, Vec<SpecError>> {
     }
     let (root, mut errors) = yaml::load(text);
     let spec = match root {
-        Some(root) => validate::convert(&root, &mut errors),
+        Some(root) => validate::convert(&root, identity, &mut errors),
         None if errors.is_empty() => {
             errors.push(SpecError::file(
                 "the file holds only comments; a spec needs at least `version: 1`",
@@ -82,7 +85,7 @@ pub fn parse(text: &str) -> Result<Spec, Vec<SpecError>> {
 
 /// Same, from raw file bytes: rejects empty/whitespace-only files and binary / non-UTF-8
 /// input (path `(file)`, loc 1:1).
-pub fn parse_bytes(bytes: &[u8]) -> Result<Spec, Vec<SpecError>> {
+pub fn parse_bytes(bytes: &[u8], identity: &HostIdentity) -> Result<Spec, Vec<SpecError>> {
     if bytes.iter().all(u8::is_ascii_whitespace) {
         return Err(vec![SpecError::file(
             "the file is empty; a spec needs at least `version: 1`",
@@ -94,7 +97,7 @@ pub fn parse_bytes(bytes: &[u8]) -> Result<Spec, Vec<SpecError>> {
         )]);
     }
     match std::str::from_utf8(bytes) {
-        Ok(text) => parse(text),
+        Ok(text) => parse(text, identity),
         Err(e) => Err(vec![SpecError::file(format!(
             "the file is not UTF-8 text (invalid byte at offset {}); save it as UTF-8",
             e.valid_up_to()

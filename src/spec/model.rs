@@ -237,6 +237,8 @@ pub struct Spec {
     /// file, so checks that need the live host (a missing uplink, an unknown user) can still
     /// point at the line.
     pub locs: LocMap,
+    /// The host and scope derived MACs are made for.
+    pub identity: super::macs::HostIdentity,
 }
 
 /// Paths and their locations, shared: those of one VM entry, with lines counted from the
@@ -689,6 +691,8 @@ pub struct Port {
     /// The VM's MAC (given or derived). The host end of the port uses the same address with
     /// its first octet replaced by 0xfe, as libvirt does, so the bridge never takes it.
     pub mac: Mac,
+    /// `mac` was derived (see [`super::macs`]), not written.
+    pub mac_derived: bool,
     /// The VM's address with its prefix: the network's prefix on nat/routed/isolated networks,
     /// the written prefix on `bridge` networks.
     pub ipv4: Option<Ipv4Cidr>,

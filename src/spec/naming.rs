@@ -63,8 +63,10 @@ pub fn port_name(vm: &str, index: usize) -> String {
     fit("kv-", &format!("{vm}-{index}"))
 }
 
-/// 52:54:00 is the prefix QEMU and libvirt use for guest NICs (locally administered, unicast).
-pub fn vm_mac(vm: &str, port_name: &str) -> Mac {
+/// The MAC kvmnet derived for a port before it derived them per host (see [`super::macs`]):
+/// 52:54:00 and 24 bits of VM and port name. Ports that carry it keep it, since their VMs
+/// were started with it.
+pub fn legacy_vm_mac(vm: &str, port_name: &str) -> Mac {
     let h = fnv1a(format!("{vm}/{port_name}").as_bytes()).to_be_bytes();
     Mac([0x52, 0x54, 0x00, h[0], h[1], h[2]])
 }
@@ -126,10 +128,10 @@ mod tests {
 
     #[test]
     fn macs_are_unicast_and_local() {
-        let m = vm_mac("web1", "kv-web1-0");
+        let m = legacy_vm_mac("web1", "kv-web1-0");
         assert!(!m.is_multicast());
         assert_eq!(m.0[0] & 2, 2);
         assert_eq!(host_end_mac(m).0[0], 0xfe);
-        assert_eq!(vm_mac("web1", "kv-web1-0"), m);
+        assert_eq!(legacy_vm_mac("web1", "kv-web1-0"), m);
     }
 }

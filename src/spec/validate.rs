@@ -12,6 +12,7 @@ use foldhash::{HashMap, HashMapExt};
 use std::net::Ipv4Addr;
 
 use super::SpecError;
+use super::macs::HostIdentity;
 use super::model::{Bond, BondMode, LACP_RATES, Uplink, XMIT_HASH_POLICIES};
 use super::model::{
     Dhcp, DhcpRoute, DirectMode, Ethtool, Firewall, FirewallDirection, FirewallRule, Forward, Host,
@@ -698,14 +699,18 @@ impl PortDraft {
     }
 }
 
-pub(crate) fn convert(root: &Node, errors: &mut Vec<SpecError>) -> Option<Spec> {
+pub(crate) fn convert(
+    root: &Node,
+    identity: &HostIdentity,
+    errors: &mut Vec<SpecError>,
+) -> Option<Spec> {
     let mut cx = Ctx::default();
-    let spec = convert_inner(&mut cx, root);
+    let spec = convert_inner(&mut cx, root, identity);
     errors.append(&mut cx.errors);
     if errors.is_empty() { spec } else { None }
 }
 
-fn convert_inner(cx: &mut Ctx, root: &Node) -> Option<Spec> {
+fn convert_inner(cx: &mut Ctx, root: &Node, identity: &HostIdentity) -> Option<Spec> {
     let (head, vms) = read_head(cx, root)?;
     let mut ports: Vec<PortDraft> = Vec::new();
     let mut vm_names: Vec<String> = Vec::new();
@@ -715,7 +720,7 @@ fn convert_inner(cx: &mut Ctx, root: &Node) -> Option<Spec> {
             vm_names.push(key.text.clone());
         }
     }
-    finish(cx, head, ports, vm_names)
+    finish(cx, head, ports, vm_names, identity)
 }
 
 /// What reading a VM learns from the networks (name, mode, subnet of each); `None` when the
@@ -864,6 +869,7 @@ pub(crate) fn finish(
     head: Head,
     ports: Vec<PortDraft>,
     vm_names: Vec<String>,
+    identity: &HostIdentity,
 ) -> Option<Spec> {
     let Head {
         version,
@@ -879,6 +885,20 @@ pub(crate) fn finish(
         return None;
     }
     let mut spec = build(cx, version?, sysctl, nets?, ports, vm_names)?;
+    spec.identity = identity.clone();
+    if let Err(u) = spec.derive_macs() {
+        let path = format!("{}[{}]", join(&join("vms", &u.vm), "ports"), u.index);
+        let loc = spec.loc(&path);
+        cx.err(
+            &path,
+            loc,
+            format!(
+                "none of this port's {} derived MACs is free (other ports hold them); set mac",
+                super::macs::CANDIDATES
+            ),
+        );
+        return None;
+    }
     spec.host.tuning = tuning;
     for d in uplinks {
         let u = d.uplink?;
@@ -2347,10 +2367,8 @@ fn read_port(
                 Err(m) => cx.err(&mf.path, mf.loc(), m),
             }
         }
-    } else if let Some(name) = &d.name
-        && vm_ok
-    {
-        d.mac = Some(naming::vm_mac(vm, name));
+    } else if d.name.is_some() && vm_ok {
+        // Given out once the whole spec is read (see `super::macs`).
         d.mac_derived = true;
     }
 
@@ -2951,24 +2969,19 @@ fn cross_checks(cx: &mut Ctx, nets: &[NetDraft], ports: &[PortDraft], sysctl: Op
             ));
         }
     }
-    // Explicit MACs first, so a clash is blamed on the derived one (which the operator can
-    // fix by writing a MAC); then by position.
+    // Explicit MACs first, so a clash is blamed on the bridge's; then by position. (Derived
+    // ports' MACs are not here: they are given out later, around all of these.)
     macs.sort_by(|a, b| (a.4, a.1).cmp(&(b.4, b.1)).then_with(|| a.2.cmp(&b.2)));
     let mut seen_mac: HashMap<Mac, usize> = HashMap::with_capacity(macs.len());
     for (i, (m, loc, path, what, derived)) in macs.iter().enumerate() {
         if let Some(&j) = seen_mac.get(m) {
             let path = path.get();
-            let fix = if *derived && path.starts_with("vms") {
-                "; set mac explicitly"
-            } else {
-                "; every MAC must be unique"
-            };
             let prefix = if *derived { "the derived MAC" } else { "MAC" };
             cx.err(
                 &path,
                 *loc,
                 format!(
-                    "{prefix} {m} of {what} is already used by {}{fix}",
+                    "{prefix} {m} of {what} is already used by {}; every MAC must be unique",
                     macs[j].3
                 ),
             );
@@ -3426,7 +3439,13 @@ fn build(
             network,
             name,
             kind: p.kind?,
-            mac: p.mac?,
+            // A derived MAC is given out once the spec is built.
+            mac: if p.mac_derived {
+                Mac::default()
+            } else {
+                p.mac?
+            },
+            mac_derived: p.mac_derived,
             ipv4: p.ipv4,
             owner: p.owner,
             queues: p.queues,
@@ -3456,6 +3475,7 @@ fn build(
             std::mem::take(&mut cx.locs).into_iter().collect(),
             std::mem::take(&mut cx.parts),
         ),
+        identity: Default::default(),
     })
 }
 

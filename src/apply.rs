@@ -59,10 +59,22 @@ impl From<macvtap::MacvtapError> for ApplyError {
     }
 }
 
-/// Something that can carry out steps. `run` returns the indices of the steps it completed;
-/// on error, the step that failed may be half done and gets its inverse tried as clean-up.
+/// Where a run of steps stopped.
+#[derive(Debug)]
+pub struct Stopped {
+    /// The steps that were done, in any order.
+    pub done: Vec<usize>,
+    /// The steps that failed, the one reported first. Each may be half done: when several
+    /// requests of one batch were in flight together, any of them may have been refused
+    /// after part of its work (a tap made but not attached, say), so every one gets its
+    /// inverse tried as clean-up, not only the first.
+    pub failed: Vec<usize>,
+    pub error: ApplyError,
+}
+
+/// Something that can carry out steps.
 pub trait Executor {
-    fn run(&mut self, steps: &[Step]) -> Result<(), (Vec<usize>, usize, ApplyError)>;
+    fn run(&mut self, steps: &[Step]) -> Result<(), Stopped>;
 }
 
 #[derive(Debug)]
@@ -81,28 +93,44 @@ pub fn apply(
     fail_after: Option<usize>,
 ) -> Result<(), Failure> {
     let limit = fail_after.unwrap_or(usize::MAX).min(steps.len());
-    let outcome = exec.run(&steps[..limit]);
-    let (done, failed_at, error) = match outcome {
-        Ok(()) if fail_after.is_some_and(|k| k <= steps.len()) => {
-            ((0..limit).collect(), limit, ApplyError::Injected(limit))
-        }
+    let Stopped {
+        mut done,
+        failed,
+        error,
+    } = match exec.run(&steps[..limit]) {
+        Ok(()) if fail_after.is_some_and(|k| k <= steps.len()) => Stopped {
+            done: (0..limit).collect(),
+            failed: Vec::new(),
+            error: ApplyError::Injected(limit),
+        },
         Ok(()) => return Ok(()),
         Err(e) => e,
     };
-    let mut rollback_errors = Vec::new();
-    if failed_at < limit {
-        // Best effort: the failed step may have left something behind.
-        let _ = exec.run(&[steps[failed_at].inverse()]);
+    let failed_at = failed.first().copied().unwrap_or(limit);
+    // Best effort, newest first: a failed step may have left something behind, or nothing
+    // (then its inverse fails, and that is no error of the rollback).
+    let mut failed = failed;
+    failed.sort_unstable();
+    for i in failed.iter().rev() {
+        let _ = exec.run(&[steps[*i].inverse()]);
     }
-    let mut done = done;
     done.sort_unstable();
     let undo: Vec<Step> = done.iter().rev().map(|i| steps[*i].inverse()).collect();
-    if let Err((_, at, e)) = exec.run(&undo) {
-        rollback_errors.push(format!("undo {}: {e}", undo[at]));
-        // Keep going: undo whatever else can be undone, reporting every error.
-        for s in &undo[at + 1..] {
-            if let Err((_, _, e)) = exec.run(std::slice::from_ref(s)) {
-                rollback_errors.push(format!("undo {s}: {e}"));
+    let mut rollback_errors = Vec::new();
+    if let Err(stop) = exec.run(&undo) {
+        let at = stop.failed.first().copied().unwrap_or(0);
+        rollback_errors.push(format!("undo {}: {}", undo[at], stop.error));
+        // Keep going: undo whatever else of the batch and after it can be undone, reporting
+        // every error.
+        let mut rest: Vec<usize> = stop.failed[1..].to_vec();
+        rest.extend(at + 1..undo.len());
+        let undone: std::collections::HashSet<usize> = stop.done.iter().copied().collect();
+        rest.retain(|i| !undone.contains(i));
+        rest.sort_unstable();
+        rest.dedup();
+        for i in rest {
+            if let Err(e) = exec.run(std::slice::from_ref(&undo[i])) {
+                rollback_errors.push(format!("undo {}: {}", undo[i], e.error));
             }
         }
     }
@@ -379,38 +407,68 @@ impl Kernel {
         Ok(())
     }
 
-    fn create_ports(&mut self, ports: &[&PortLink]) -> Vec<Result<(), ApplyError>> {
-        // Taps: make every device first (ioctls), learn their indexes with one dump, then
-        // configure them all in one pipelined netlink batch.
-        let mut results: Vec<Result<(), ApplyError>> = Vec::with_capacity(ports.len());
-        for p in ports {
-            results.push(match &p.kind {
-                PortKind::Tap { owner, multi_queue } => {
-                    let r = tap::create_tap(&p.name, *owner, *multi_queue);
-                    if r.is_ok() {
-                        self.deletable.insert(p.name.clone());
-                    }
-                    r.map_err(ApplyError::from).and_then(|()| {
+    /// Makes taps so that no moment leaves one behind unmarked: each is opened (alive only
+    /// while its descriptor is), given its IPv6 setting and its whole configuration, mark
+    /// included, in one pipelined batch, and only then made persistent. A kill at any point
+    /// leaves either nothing or a marked tap that the next apply repairs or destroy removes.
+    /// In chunks, to stay well under the open-files limit.
+    fn create_taps(&mut self, taps: &[(usize, &PortLink)], results: &mut [Result<(), ApplyError>]) {
+        const CHUNK: usize = 256;
+        for chunk in taps.chunks(CHUNK) {
+            let mut open = Vec::with_capacity(chunk.len());
+            let mut reqs = Vec::with_capacity(chunk.len());
+            for &(i, p) in chunk {
+                let PortKind::Tap { owner, multi_queue } = &p.kind else {
+                    unreachable!("create_taps takes taps");
+                };
+                let made = tap::open_tap(&p.name, *owner, *multi_queue)
+                    .map_err(ApplyError::from)
+                    .and_then(|fd| {
                         // A bridge port needs no IPv6 of its own: the host's is on the
                         // bridge.
                         if p.master.is_some() {
                             sysctl::disable_ipv6(&p.name)?;
                         }
-                        Ok(())
-                    })
+                        let index = tap::index_of(&p.name)
+                            .ok_or_else(|| ApplyError::NoSuchLink(p.name.clone()))?;
+                        let master = self.master_index(&p.master)?;
+                        Ok((fd, index, master))
+                    });
+                match made {
+                    Ok((fd, index, master)) => {
+                        let mut req = configure_port(p, index, master);
+                        if let Request::SetLink { alias, .. } = &mut req {
+                            *alias = Some(p.alias_before_tc());
+                        }
+                        reqs.push(req);
+                        open.push((i, p, fd, index));
+                    }
+                    Err(e) => results[i] = Err(e),
                 }
-                PortKind::Veth { .. } | PortKind::Macvtap { .. } => Ok(()),
-            });
+            }
+            let configured = self.nl.execute(&reqs);
+            for ((i, p, fd, index), r) in open.into_iter().zip(configured) {
+                // Refused (a full bridge, say): the device goes when `fd` closes.
+                results[i] = r
+                    .map_err(ApplyError::from)
+                    .and_then(|()| tap::persist(&fd, &p.name).map_err(ApplyError::from));
+                if results[i].is_ok() {
+                    self.deletable.insert(p.name.clone());
+                    self.index.insert(p.name.clone(), index);
+                }
+            }
         }
-        let names: Vec<&str> = ports.iter().map(|p| p.name.as_str()).collect();
-        if let Err(e) = self.refresh_names(&names) {
-            return ports
-                .iter()
-                .map(|_| Err(ApplyError::NoSuchLink(e.to_string())))
-                .collect();
-        }
-        let mut reqs = Vec::new();
-        let mut owners = Vec::new();
+    }
+
+    fn create_ports(&mut self, ports: &[&PortLink]) -> Vec<Result<(), ApplyError>> {
+        let mut results: Vec<Result<(), ApplyError>> = ports.iter().map(|_| Ok(())).collect();
+        let taps: Vec<(usize, &PortLink)> = ports
+            .iter()
+            .enumerate()
+            .filter(|(_, p)| matches!(p.kind, PortKind::Tap { .. }))
+            .map(|(i, p)| (i, *p))
+            .collect();
+        self.create_taps(&taps, &mut results);
         for (i, p) in ports.iter().enumerate() {
             if results[i].is_err() {
                 continue;
@@ -423,14 +481,7 @@ impl Kernel {
                 }
             };
             match &p.kind {
-                PortKind::Tap { .. } => {
-                    let Some(index) = self.index.get(&p.name).copied() else {
-                        results[i] = Err(ApplyError::NoSuchLink(p.name.clone()));
-                        continue;
-                    };
-                    reqs.push(configure_port(p, index, master));
-                    owners.push(i);
-                }
+                PortKind::Tap { .. } => {}
                 PortKind::Macvtap {
                     uplink,
                     mode,
@@ -460,13 +511,14 @@ impl Kernel {
                             },
                             mac: Some(p.mac),
                             mtu: Some(p.mtu),
-                            alias: Some(p.alias()),
+                            alias: Some(p.alias_before_tc()),
                             master: if master == 0 { None } else { Some(master) },
                             // A bridge port comes up once its IPv6 is off (as a tap does).
                             up: p.up && master == 0,
                         },
                     );
                     if r.is_ok() {
+                        self.index.remove(&p.name);
                         self.deletable.insert(p.name.clone());
                     }
                     let r = r.and_then(|()| {
@@ -483,11 +535,6 @@ impl Kernel {
                 }
             }
         }
-        for (i, r) in owners.into_iter().zip(self.nl.execute(&reqs)) {
-            if let Err(e) = r {
-                results[i] = Err(e.into());
-            }
-        }
         // Traffic control once every port of the batch exists (a mirror needs its target).
         let shaped: Vec<usize> = (0..ports.len())
             .filter(|&i| results[i].is_ok() && ports[i].has_tc())
@@ -496,10 +543,11 @@ impl Kernel {
             let want: Vec<tc::PortTc> = shaped.iter().map(|&i| link_tc(ports[i])).collect();
             if let Err(e) = tc::Tc::open().and_then(|mut t| t.apply_many(&want).map(|_| ())) {
                 let msg = e.to_string();
-                for i in shaped {
+                for &i in &shaped {
                     results[i] = Err(ApplyError::TrafficControl(msg.clone()));
                 }
             }
+            self.record_tc(ports, &shaped, &mut results);
         }
         // Bridge-port flags exist only once a port is enslaved.
         let mut reqs = Vec::new();
@@ -526,6 +574,39 @@ impl Kernel {
         results
     }
 
+    /// The full mark, with the port's shaping and mirror in it, once that traffic control is
+    /// in place: a mark that named them before would make a run killed in between look done.
+    fn record_tc(
+        &mut self,
+        ports: &[&PortLink],
+        shaped: &[usize],
+        results: &mut [Result<(), ApplyError>],
+    ) {
+        let mut reqs = Vec::new();
+        let mut owners = Vec::new();
+        for &i in shaped {
+            if results[i].is_err() {
+                continue;
+            }
+            match self.idx(&ports[i].name) {
+                Ok(index) => {
+                    let mut r = Request::set_link(index);
+                    if let Request::SetLink { alias, .. } = &mut r {
+                        *alias = Some(ports[i].alias());
+                    }
+                    reqs.push(r);
+                    owners.push(i);
+                }
+                Err(e) => results[i] = Err(e),
+            }
+        }
+        for (i, r) in owners.into_iter().zip(self.nl.execute(&reqs)) {
+            if let Err(e) = r {
+                results[i] = Err(e.into());
+            }
+        }
+    }
+
     /// A macvtap on `uplink`, up, with the VM's MAC, and its character device given to
     /// `owner`.
     fn create_macvtap(
@@ -544,7 +625,7 @@ impl Kernel {
             },
             mac: Some(p.mac),
             mtu: Some(p.mtu),
-            alias: Some(p.alias()),
+            alias: Some(p.alias_before_tc()),
             master: None,
             up: p.up,
         })?;
@@ -631,27 +712,23 @@ impl Kernel {
     fn run_single(&mut self, step: &Step) -> Result<(), ApplyError> {
         match step {
             Step::CreateNetns(n) => {
-                netns::create(n)?;
                 let mark = netns_mark(&self.scope);
-                netns::with_netns(n, || -> Result<(), ApplyError> {
-                    let mut nl = Netlink::open()?;
-                    let lo = nl
-                        .link_by_name("lo")?
-                        .ok_or_else(|| ApplyError::NoSuchLink("lo".into()))?;
-                    Self::one(
-                        &mut nl,
-                        Request::SetLink {
-                            index: lo.index,
-                            name: None,
-                            mac: None,
-                            mtu: None,
-                            master: None,
-                            up: Some(true),
-                            alias: Some(mark),
-                            netns_fd: None,
-                        },
-                    )
-                })??;
+                // Marked inside the new namespace before it has a name (see `create_with`).
+                netns::create_with(
+                    n,
+                    Box::new(move || {
+                        let mut nl = Netlink::open().map_err(std::io::Error::other)?;
+                        let lo = nl
+                            .link_by_name("lo")
+                            .map_err(std::io::Error::other)?
+                            .ok_or_else(|| std::io::Error::other("no lo"))?;
+                        let mut req = set_up(lo.index);
+                        if let Request::SetLink { alias, .. } = &mut req {
+                            *alias = Some(mark);
+                        }
+                        Self::one(&mut nl, req).map_err(std::io::Error::other)
+                    }),
+                )?;
                 Ok(())
             }
             Step::DeleteNetns(n) => {
@@ -911,7 +988,7 @@ impl Kernel {
 }
 
 impl Executor for Kernel {
-    fn run(&mut self, steps: &[Step]) -> Result<(), (Vec<usize>, usize, ApplyError)> {
+    fn run(&mut self, steps: &[Step]) -> Result<(), Stopped> {
         let mut done = Vec::new();
         let mut i = 0;
         while i < steps.len() {
@@ -963,16 +1040,23 @@ impl Executor for Kernel {
                 vec![self.run_single(&steps[i])]
             };
             let n = results.len();
+            let mut failed = Vec::new();
             let mut first_err = None;
             for (k, r) in results.into_iter().enumerate() {
                 match r {
                     Ok(()) => done.push(i + k),
-                    Err(e) if first_err.is_none() => first_err = Some((i + k, e)),
-                    Err(_) => {}
+                    Err(e) => {
+                        failed.push(i + k);
+                        first_err.get_or_insert(e);
+                    }
                 }
             }
-            if let Some((at, e)) = first_err {
-                return Err((done, at, e));
+            if let Some(error) = first_err {
+                return Err(Stopped {
+                    done,
+                    failed,
+                    error,
+                });
             }
             i += n;
         }

@@ -330,6 +330,17 @@ impl PortLink {
         a
     }
 
+    /// The mark a port carries until its traffic control is in place (see `alias`).
+    pub fn alias_before_tc(&self) -> String {
+        PortLink {
+            qos_in: None,
+            qos_out: None,
+            mirror: None,
+            ..self.clone()
+        }
+        .alias()
+    }
+
     pub fn has_tc(&self) -> bool {
         self.qos_in.is_some() || self.qos_out.is_some() || self.mirror.is_some()
     }

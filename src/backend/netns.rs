@@ -137,6 +137,18 @@ fn prepare_run_dir() -> Result<(), NetnsError> {
 /// `/proc/thread-self/ns/net` on `/run/netns/NAME` and sets `lo` up. Safe to call from a
 /// multi-threaded program; the calling thread's namespace does not change.
 pub fn create(name: &str) -> Result<(), NetnsError> {
+    create_with(name, Box::new(|| Ok(())))
+}
+
+/// Work done inside a namespace being made, before it gets its name.
+pub type NetnsInit = Box<dyn FnOnce() -> io::Result<()> + Send>;
+
+/// Like [`create`], running `init` inside the new namespace before it is mounted on its
+/// name: whatever `init` marks is there from the first moment anyone can see the namespace,
+/// so a process killed halfway leaves no unmarked namespace behind. An empty placeholder
+/// file with nothing mounted on it (what a create killed before its mount leaves, ours or
+/// `ip netns add`'s) is taken over rather than refused: nothing can be using it.
+pub fn create_with(name: &str, init: NetnsInit) -> Result<(), NetnsError> {
     check_name(name)?;
     prepare_run_dir()?;
     let p = path(name);
@@ -149,6 +161,7 @@ pub fn create(name: &str) -> Result<(), NetnsError> {
         .open(&p)
     {
         Ok(f) => drop(f),
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists && is_placeholder(&p) => {}
         Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
             return Err(NetnsError::Exists {
                 name: name.to_string(),
@@ -165,7 +178,7 @@ pub fn create(name: &str) -> Result<(), NetnsError> {
     let target = p.clone();
     let res = std::thread::Builder::new()
         .name("netns-create".into())
-        .spawn(move || make_ns_on(&owned_name, &target))
+        .spawn(move || make_ns_on(&owned_name, &target, init))
         .map_err(|e| NetnsError::sys(format!("create network namespace {name}: spawn thread"), e))
         .and_then(|h| {
             h.join().unwrap_or_else(|_| {
@@ -184,7 +197,7 @@ pub fn create(name: &str) -> Result<(), NetnsError> {
 }
 
 /// Runs on a throwaway thread: the unshare only affects this thread, which then exits.
-fn make_ns_on(name: &str, target: &Path) -> Result<(), NetnsError> {
+fn make_ns_on(name: &str, target: &Path, init: NetnsInit) -> Result<(), NetnsError> {
     // SAFETY: plain syscall.
     if unsafe { libc::unshare(libc::CLONE_NEWNET) } != 0 {
         return Err(NetnsError::sys(
@@ -192,6 +205,8 @@ fn make_ns_on(name: &str, target: &Path) -> Result<(), NetnsError> {
             last_err(),
         ));
     }
+    set_lo_up().map_err(|e| NetnsError::sys(format!("network namespace {name}: set lo up"), e))?;
+    init().map_err(|e| NetnsError::sys(format!("network namespace {name}: prepare"), e))?;
     let t = cpath(target);
     // SAFETY: valid C strings.
     let r = unsafe {
@@ -212,7 +227,25 @@ fn make_ns_on(name: &str, target: &Path) -> Result<(), NetnsError> {
             last_err(),
         ));
     }
-    set_lo_up().map_err(|e| NetnsError::sys(format!("network namespace {name}: set lo up"), e))
+    Ok(())
+}
+
+/// An empty file with mode 0 and no namespace mounted on it.
+fn is_placeholder(p: &Path) -> bool {
+    const NSFS_MAGIC: i64 = 0x6e73_6673;
+    let Ok(meta) = std::fs::symlink_metadata(p) else {
+        return false;
+    };
+    use std::os::unix::fs::PermissionsExt;
+    if !meta.is_file() || meta.len() != 0 || meta.permissions().mode() & 0o7777 != 0 {
+        return false;
+    }
+    // SAFETY: statfs is plain old data; zeroed is valid, and the path is a valid C string.
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    if unsafe { libc::statfs(cpath(p).as_ptr(), &mut st) } != 0 {
+        return false;
+    }
+    st.f_type as i64 != NSFS_MAGIC
 }
 
 /// Set `lo` up in the calling thread's namespace (SIOCSIFFLAGS on a throwaway socket).

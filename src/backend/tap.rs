@@ -48,11 +48,23 @@ fn valid_ifname(name: &str) -> bool {
             .any(|b| b == b'/' || b == b':' || b == 0 || b.is_ascii_whitespace())
 }
 
-/// Create a persistent tap in the calling thread's network namespace: `IFF_TAP | IFF_NO_PI |
-/// IFF_VNET_HDR` (plus `IFF_MULTI_QUEUE` when `multi_queue`), owned by `owner` when given (so that
-/// user may attach without CAP_NET_ADMIN). Fails with [`TapError::Exists`] if any interface of
-/// that name exists (`IFF_TUN_EXCL`), rather than silently attaching to it.
+/// Create a persistent tap in the calling thread's network namespace: [`open_tap`], then
+/// [`persist`].
 pub fn create_tap(name: &str, owner: Option<u32>, multi_queue: bool) -> Result<(), TapError> {
+    let fd = open_tap(name, owner, multi_queue)?;
+    persist(&fd, name)
+}
+
+/// A tap that lives only as long as the returned descriptor: `IFF_TAP | IFF_NO_PI |
+/// IFF_VNET_HDR` (plus `IFF_MULTI_QUEUE` when `multi_queue`), owned by `owner` when given (so
+/// that user may attach without CAP_NET_ADMIN). Fails with [`TapError::Exists`] if any
+/// interface of that name exists (`IFF_TUN_EXCL`), rather than silently attaching to it.
+///
+/// Why not persistent at once: a tap is made by ioctl, and kvmnet's mark (its alias) can only
+/// be set by a later netlink request. Until [`persist`], the kernel removes the device when
+/// the descriptor closes, so a process killed between the two leaves nothing behind that is
+/// unmarked (and so neither kvmnet's to remove nor anyone else's).
+pub fn open_tap(name: &str, owner: Option<u32>, multi_queue: bool) -> Result<OwnedFd, TapError> {
     if !valid_ifname(name) {
         return Err(TapError::InvalidName(name.to_string()));
     }
@@ -96,12 +108,27 @@ pub fn create_tap(name: &str, owner: Option<u32>, multi_queue: bool) -> Result<(
             ));
         }
     }
-    // Until this succeeds, closing the fd removes the device again, so a failure leaves nothing.
+    Ok(file)
+}
+
+/// Makes the tap behind `fd` (from [`open_tap`]) outlive it.
+pub fn persist(fd: &OwnedFd, name: &str) -> Result<(), TapError> {
     // SAFETY: TUNSETPERSIST takes the flag as the argument value.
-    if unsafe { libc::ioctl(fd, libc::TUNSETPERSIST, 1 as libc::c_ulong) } != 0 {
-        return Err(sys("TUNSETPERSIST", io::Error::last_os_error()));
+    if unsafe { libc::ioctl(fd.as_raw_fd(), libc::TUNSETPERSIST, 1 as libc::c_ulong) } != 0 {
+        return Err(TapError::Sys {
+            op: format!("create tap {name}: TUNSETPERSIST"),
+            source: io::Error::last_os_error(),
+        });
     }
     Ok(())
+}
+
+/// The index of interface `name` in the calling thread's network namespace.
+pub fn index_of(name: &str) -> Option<u32> {
+    let c = CString::new(name).ok()?;
+    // SAFETY: a valid C string.
+    let i = unsafe { libc::if_nametoindex(c.as_ptr()) };
+    (i != 0).then_some(i)
 }
 
 /// A user name's uid (`getpwnam_r`). `None` if there is no such user.

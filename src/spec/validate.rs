@@ -2707,6 +2707,7 @@ fn read_owner(cx: &mut Ctx, f: &Field) -> Option<Owner> {
 
 fn cross_checks(cx: &mut Ctx, nets: &[NetDraft], ports: &[PortDraft], sysctl: Option<&Sysctl>) {
     check_floors(cx, nets, ports);
+    check_bridge_ports(cx, nets, ports);
     // Every interface kvmnet creates needs a unique name.
     struct Created<'a> {
         name: std::borrow::Cow<'a, str>,
@@ -3116,6 +3117,64 @@ fn cross_checks(cx: &mut Ctx, nets: &[NetDraft], ports: &[PortDraft], sysctl: Op
 
 /// `qos.floor` guarantees are shares of their network's `bandwidth`: the network must declare
 /// one, and the floors on it must fit in it.
+/// Ports a Linux bridge can hold: port numbers are 10 bits and 0 is reserved
+/// (`BR_MAX_PORTS` in the kernel's `br_private.h`). One more is refused with EXFULL in the
+/// middle of an apply.
+pub const BRIDGE_MAX_PORTS: usize = 1023;
+
+/// Refuses, at the first port over the limit, a network whose bridge would hold more ports
+/// than the kernel allows: its uplink, VLAN or VXLAN device, its ports that carry it
+/// untagged, and the trunk sub-interfaces of other ports that tag it.
+fn check_bridge_ports(cx: &mut Ctx, nets: &[NetDraft], ports: &[PortDraft]) {
+    let mut count: HashMap<&str, usize> = HashMap::new();
+    for n in nets.iter().filter(|n| n.bridge.is_some()) {
+        let lower = n.uplink.is_some() || n.vlan.is_some() || n.vxlan.is_some();
+        count.insert(n.name.as_str(), usize::from(lower));
+    }
+    let vlan_net = |uplink: &str, vid: u16| {
+        nets.iter().find(|n| {
+            n.vlan
+                .as_ref()
+                .is_some_and(|v| v.uplink == uplink && v.id == vid)
+        })
+    };
+    let mut reported = std::collections::HashSet::new();
+    for p in ports {
+        let Some(own) = p
+            .network
+            .as_deref()
+            .and_then(|name| nets.iter().find(|n| n.name == name))
+        else {
+            continue;
+        };
+        let own_vid = own.vlan.as_ref().map(|v| v.id);
+        let mut on: Vec<&NetDraft> = Vec::new();
+        if own_vid.is_none_or(|id| !p.vlans.iter().any(|v| v.0 == id)) {
+            on.push(own);
+        }
+        if let Some(ov) = &own.vlan {
+            on.extend(p.vlans.iter().filter_map(|v| vlan_net(&ov.uplink, v.0)));
+        }
+        for n in on {
+            let Some(c) = count.get_mut(n.name.as_str()) else {
+                continue;
+            };
+            *c += 1;
+            if *c > BRIDGE_MAX_PORTS && reported.insert(n.name.as_str()) {
+                cx.err(
+                    &p.path,
+                    p.name_loc,
+                    format!(
+                        "network {} would put more than {BRIDGE_MAX_PORTS} ports on bridge '{}', the most a Linux bridge holds (counting its uplink); move some ports to another network",
+                        n.name,
+                        n.bridge.as_deref().unwrap_or_default()
+                    ),
+                );
+            }
+        }
+    }
+}
+
 fn check_floors(cx: &mut Ctx, nets: &[NetDraft], ports: &[PortDraft]) {
     let mut sums: HashMap<&str, u64> = HashMap::new();
     for p in ports {

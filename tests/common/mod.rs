@@ -172,6 +172,10 @@ fn strip_volatile(v: &mut serde_json::Value) {
                 "link_netnsid",
                 "operstate",
                 "flags",
+                // A bridge port's STP state follows its carrier, which a tap gets while kvmnet
+                // holds it open and loses when kvmnet lets go, noticed by the kernel a moment
+                // later: like operstate, not configuration.
+                "state",
                 "addr_info6",
             ] {
                 m.remove(k);

@@ -74,7 +74,7 @@ pub struct Stopped {
 
 /// Something that can carry out steps.
 pub trait Executor {
-    fn run(&mut self, steps: &[Step]) -> Result<(), Stopped>;
+    fn run(&mut self, steps: &[Step]) -> Result<(), Box<Stopped>>;
 }
 
 #[derive(Debug)]
@@ -104,7 +104,7 @@ pub fn apply(
             error: ApplyError::Injected(limit),
         },
         Ok(()) => return Ok(()),
-        Err(e) => e,
+        Err(e) => *e,
     };
     let failed_at = failed.first().copied().unwrap_or(limit);
     // Best effort, newest first: a failed step may have left something behind, or nothing
@@ -416,6 +416,7 @@ impl Kernel {
         const CHUNK: usize = 256;
         for chunk in taps.chunks(CHUNK) {
             let mut open = Vec::with_capacity(chunk.len());
+            let mut masters = HashMap::new();
             let mut reqs = Vec::with_capacity(chunk.len());
             for &(i, p) in chunk {
                 let PortKind::Tap { owner, multi_queue } = &p.kind else {
@@ -437,16 +438,27 @@ impl Kernel {
                 match made {
                     Ok((fd, index, master)) => {
                         let mut req = configure_port(p, index, master);
-                        if let Request::SetLink { alias, .. } = &mut req {
+                        if let Request::SetLink {
+                            alias, up, master, ..
+                        } = &mut req
+                        {
                             *alias = Some(p.alias_before_tc());
+                            *master = None;
+                            // Up only once closed: while kvmnet holds it the tap has carrier,
+                            // and a port that comes up with carrier and loses it a moment
+                            // later costs the bridge an enable and a disable each.
+                            *up = Some(false);
                         }
                         reqs.push(req);
+                        masters.insert(i, master);
                         open.push((i, p, fd, index));
                     }
                     Err(e) => results[i] = Err(e),
                 }
             }
             let configured = self.nl.execute(&reqs);
+            let mut ups = Vec::new();
+            let mut owners = Vec::new();
             for ((i, p, fd, index), r) in open.into_iter().zip(configured) {
                 // Refused (a full bridge, say): the device goes when `fd` closes.
                 results[i] = r
@@ -455,6 +467,18 @@ impl Kernel {
                 if results[i].is_ok() {
                     self.deletable.insert(p.name.clone());
                     self.index.insert(p.name.clone(), index);
+                    let mut r = Request::set_link(index);
+                    if let Request::SetLink { up, master, .. } = &mut r {
+                        *up = Some(p.up);
+                        *master = Some(masters[&i]);
+                    }
+                    ups.push(r);
+                    owners.push(i);
+                }
+            }
+            for (i, r) in owners.into_iter().zip(self.nl.execute(&ups)) {
+                if let Err(e) = r {
+                    results[i] = Err(e.into());
                 }
             }
         }
@@ -988,7 +1012,7 @@ impl Kernel {
 }
 
 impl Executor for Kernel {
-    fn run(&mut self, steps: &[Step]) -> Result<(), Stopped> {
+    fn run(&mut self, steps: &[Step]) -> Result<(), Box<Stopped>> {
         let mut done = Vec::new();
         let mut i = 0;
         while i < steps.len() {
@@ -1052,14 +1076,84 @@ impl Executor for Kernel {
                 }
             }
             if let Some(error) = first_err {
-                return Err(Stopped {
+                return Err(Box::new(Stopped {
                     done,
                     failed,
                     error,
-                });
+                }));
             }
             i += n;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Runs namespace steps in one batch, as the kernel executor runs a run of port steps:
+    /// a step on a name starting `bad` is refused, the others go through.
+    #[derive(Default)]
+    struct Fake {
+        ran: Vec<String>,
+    }
+
+    impl Executor for Fake {
+        fn run(&mut self, steps: &[Step]) -> Result<(), Box<Stopped>> {
+            let (mut done, mut failed) = (Vec::new(), Vec::new());
+            for (i, s) in steps.iter().enumerate() {
+                let (Step::CreateNetns(n) | Step::DeleteNetns(n)) = s else {
+                    unreachable!("namespace steps only");
+                };
+                self.ran.push(s.to_string());
+                if n.starts_with("bad") && matches!(s, Step::CreateNetns(_)) {
+                    failed.push(i);
+                } else {
+                    done.push(i);
+                }
+            }
+            if failed.is_empty() {
+                return Ok(());
+            }
+            Err(Box::new(Stopped {
+                done,
+                failed,
+                error: ApplyError::NoSuchLink("refused".into()),
+            }))
+        }
+    }
+
+    fn ns(names: &[&str]) -> Vec<Step> {
+        names
+            .iter()
+            .map(|n| Step::CreateNetns(n.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn every_refused_step_of_a_batch_is_cleaned_up_then_every_done_one_undone() {
+        let steps = ns(&["a", "b", "bad1", "c", "bad2"]);
+        let mut fake = Fake::default();
+        let f = apply(&mut fake, &steps, None).unwrap_err();
+        assert_eq!(f.step, 3, "the first refusal is the one reported");
+        assert!(f.rollback_errors.is_empty());
+        let undo: Vec<&str> = fake.ran[5..].iter().map(String::as_str).collect();
+        let want: Vec<String> = ["bad2", "bad1", "c", "b", "a"]
+            .iter()
+            .map(|n| Step::DeleteNetns(n.to_string()).to_string())
+            .collect();
+        assert_eq!(undo, want.iter().map(String::as_str).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn an_injected_failure_undoes_exactly_the_steps_before_it() {
+        let steps = ns(&["a", "b", "c"]);
+        let mut fake = Fake::default();
+        let f = apply(&mut fake, &steps, Some(2)).unwrap_err();
+        assert!(matches!(f.error, ApplyError::Injected(2)));
+        assert_eq!(fake.ran.len(), 4, "{:?}", fake.ran);
+        assert_eq!(fake.ran[2], Step::DeleteNetns("b".into()).to_string());
+        assert_eq!(fake.ran[3], Step::DeleteNetns("a".into()).to_string());
     }
 }

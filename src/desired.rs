@@ -1315,7 +1315,19 @@ pub fn observed_owned(snap: &Snapshot) -> HostState {
     let mut st = HostState::default();
     // Built at the end in one pass: cheaper than thousands of inserts into the map.
     let mut port_links: Vec<(String, PortLink)> = Vec::with_capacity(snap.links.len());
-    let names: HashSet<&str> = snap.links.iter().map(|l| l.name.as_str()).collect();
+    // Ports whose mark records outbound shaping: only their IFBs are theirs. Any other IFB
+    // is an orphan to remove, such as one made by an apply killed before it recorded it.
+    let shaped_out: HashSet<&str> = snap
+        .links
+        .iter()
+        .filter(|l| {
+            l.alias
+                .as_deref()
+                .and_then(parse_alias)
+                .is_some_and(|a| a.qos_out.is_some())
+        })
+        .map(|l| l.name.as_str())
+        .collect();
     for l in &snap.links {
         let Some(mut alias) = l.alias.as_deref().and_then(parse_alias) else {
             continue;
@@ -1345,7 +1357,7 @@ pub fn observed_owned(snap: &Snapshot) -> HostState {
         // An IFB belongs to its port's traffic control; only an orphan is an object of its
         // own (and then one to remove).
         if let Some(port) = &alias.ifb_of
-            && names.contains(port.as_str())
+            && shaped_out.contains(port.as_str())
         {
             continue;
         }

@@ -140,7 +140,7 @@ pub struct Planned {
     pub state_dir: StateDir,
     scope: String,
     /// Held from observation to the end of execution (or until [`Planned::unlock`]).
-    _lock: Option<std::fs::File>,
+    _lock: Option<crate::statedir::ScopeLock>,
     /// What the plan was made from; freed with it. Freeing what a 1,000-port host planned
     /// from takes milliseconds: a daemon does it off the request's path.
     _inputs: Option<

@@ -73,7 +73,7 @@ impl StateDir {
 
     /// Holds an exclusive lock on this scope until the returned file is dropped, so two
     /// kvmnet processes never plan and apply over each other.
-    pub fn lock(&self) -> Result<std::fs::File, StateError> {
+    pub fn lock(&self) -> Result<ScopeLock, StateError> {
         use std::os::fd::AsRawFd;
         let path = self.dir.join("lock");
         let io = |source| StateError::Io {
@@ -92,7 +92,8 @@ impl StateDir {
         if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX) } != 0 {
             return Err(io(std::io::Error::last_os_error()));
         }
-        Ok(f)
+        held_locks().push(f.as_raw_fd());
+        Ok(ScopeLock(f))
     }
 
     fn file(&self) -> PathBuf {
@@ -308,5 +309,47 @@ mod tests {
         drop(sd.lock().unwrap());
         assert_eq!(mode(&sd.dir.join("lock")), 0o600);
         std::fs::remove_dir_all(&base).unwrap();
+    }
+}
+
+/// A scope's lock, held while it lives.
+///
+/// Why children inherit it: a change kvmnet hands to a child process (`nft -f`) can outlive a
+/// kvmnet killed while the child runs, and land after the next kvmnet looked at the host. A
+/// child that holds the lock too makes the next one wait until it is done.
+#[derive(Debug)]
+pub struct ScopeLock(std::fs::File);
+
+impl Drop for ScopeLock {
+    fn drop(&mut self) {
+        use std::os::fd::AsRawFd;
+        let fd = self.0.as_raw_fd();
+        held_locks().retain(|l| *l != fd);
+    }
+}
+
+fn held_locks() -> std::sync::MutexGuard<'static, Vec<i32>> {
+    static HELD: std::sync::Mutex<Vec<i32>> = std::sync::Mutex::new(Vec::new());
+    HELD.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Makes `cmd`'s process hold every scope lock this process holds (see [`ScopeLock`]).
+pub fn share_locks_with(cmd: &mut std::process::Command) {
+    use std::os::unix::process::CommandExt;
+    let fds = held_locks().clone();
+    if fds.is_empty() {
+        return;
+    }
+    // SAFETY: between fork and exec the closure only calls fcntl, which is async-signal-safe,
+    // on descriptors this process owns (copied before the fork).
+    unsafe {
+        cmd.pre_exec(move || {
+            for fd in &fds {
+                if libc::fcntl(*fd, libc::F_SETFD, 0) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+            }
+            Ok(())
+        });
     }
 }

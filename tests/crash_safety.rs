@@ -53,6 +53,18 @@ impl Drop for Guests {
     }
 }
 
+/// The first lines where two fingerprints differ (they run to thousands of lines).
+fn first_difference(a: &str, b: &str) -> String {
+    let (a, b): (Vec<&str>, Vec<&str>) = (a.lines().collect(), b.lines().collect());
+    let at = a.iter().zip(&b).take_while(|(x, y)| x == y).count();
+    let from = at.saturating_sub(3);
+    format!(
+        "line {at}:\n--- expected\n{}\n+++ found\n{}",
+        a[from..(at + 6).min(a.len())].join("\n"),
+        b[from..(at + 6).min(b.len())].join("\n")
+    )
+}
+
 fn stderr(o: &std::process::Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
 }
@@ -198,10 +210,11 @@ fn apply_killed_at_any_moment_converges_or_destroys() {
         }
         // And destroy removes everything kvmnet made, killed run or not.
         ns.kvmnet_ok(&["destroy", "--netns", &host]);
-        assert_eq!(
-            pristine,
-            world(&host, &guest),
-            "killed at {pct}% of {full:?}: debris after destroy"
+        let now = world(&host, &guest);
+        assert!(
+            pristine == now,
+            "killed at {pct}% of {full:?}: debris after destroy:\n{}",
+            first_difference(&pristine, &now)
         );
     }
     assert!(

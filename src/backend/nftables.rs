@@ -37,6 +37,7 @@ fn nft() -> Command {
     c.stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
+    crate::statedir::share_locks_with(&mut c);
     c
 }
 

@@ -1,0 +1,810 @@
+//! From the located YAML tree to a checked `Spec`.
+//!
+//! Two passes: the first reads every field (types, formats, per-field rules, rules between
+//! fields of one network or port) and keeps going after a bad value; the second checks the
+//! rules that span the whole spec (unique names and MACs, overlapping subnets, shared
+//! uplinks, forwarding). A value that failed to parse is simply absent in the second pass,
+//! so one mistake gives one error, not a cascade.
+
+use std::collections::BTreeMap;
+
+use foldhash::{HashMap, HashMapExt};
+use std::net::Ipv4Addr;
+
+use super::SpecError;
+use super::macs::HostIdentity;
+use super::model::{Bond, BondMode, LACP_RATES, Uplink, XMIT_HASH_POLICIES};
+use super::model::{
+    Dhcp, DhcpRoute, DirectMode, Ethtool, Firewall, FirewallDirection, FirewallRule, Forward, Host,
+    Ipv4Cidr, Ipv6Cidr, Loc, LocMap, Mac, Mode, Network, Owner, Port, PortKind, Proto, Qos,
+    RuleAction, RuleProto, Shape, Spec, Trunk, Tuning, VLAN_ID_MAX, VXLAN_PORT, Vlan, Vm, Vxlan,
+};
+use super::naming;
+use super::yaml::{Key, Kind, Node, index, join, show};
+
+mod cross;
+mod dhcp;
+mod host;
+mod network;
+mod policy;
+mod port;
+mod values;
+
+use cross::*;
+use dhcp::*;
+use host::*;
+use network::*;
+pub use policy::show_rate;
+use policy::*;
+use port::*;
+use values::*;
+
+const TOP_FIELDS: &[&str] = &["version", "host", "networks", "vms"];
+const HOST_FIELDS: &[&str] = &["sysctl", "tuning", "uplinks"];
+const UPLINK_FIELDS: &[&str] = &[
+    "mode",
+    "members",
+    "lacp_rate",
+    "xmit_hash_policy",
+    "miimon",
+    "min_links",
+    "primary",
+    "mtu",
+    "ethtool",
+];
+/// Settings that make an uplink entry a bond; an entry without them tunes an existing NIC.
+const BOND_FIELDS: &[&str] = &[
+    "mode",
+    "members",
+    "lacp_rate",
+    "xmit_hash_policy",
+    "miimon",
+    "min_links",
+    "primary",
+];
+const BOND_MODES: &str =
+    "802.3ad, active-backup, balance-xor, balance-rr, broadcast, balance-tlb or balance-alb";
+const NET_FIELDS: &[&str] = &[
+    "mode",
+    "bridge",
+    "ipv4",
+    "mtu",
+    "uplink",
+    "nat",
+    "dhcp",
+    "isolate_ports",
+    "forwards",
+    "vni",
+    "underlay",
+    "remotes",
+    "group",
+    "port",
+    "bandwidth",
+    "direct_mode",
+    "vlan",
+    "host_access",
+    "ipv6_prefixes",
+];
+const VXLAN_FIELDS: &[&str] = &["vni", "underlay", "remotes", "group", "port"];
+const VNI_MAX: i128 = 16_777_215;
+const FORWARD_FIELDS: &[&str] = &["proto", "port", "to", "to_port"];
+const NAT_FIELDS: &[&str] = &["egress"];
+const DHCP_FIELDS: &[&str] = &["range", "pool", "lease_time", "dns", "domain", "routes"];
+const ROUTE_FIELDS: &[&str] = &["to", "via"];
+const VM_FIELDS: &[&str] = &["ports"];
+const PORT_FIELDS: &[&str] = &[
+    "network",
+    "name",
+    "kind",
+    "mac",
+    "ipv4",
+    "owner",
+    "queues",
+    "netns",
+    "antispoof",
+    "dhcp_client",
+    "firewall",
+    "qos",
+    "mirror",
+    "ethtool",
+    "vlans",
+];
+const ETHTOOL_FIELDS: &[&str] = &["offloads", "rings", "channels"];
+const OFFLOAD_FIELDS: &[&str] = &["tso", "gso", "gro", "lro", "rx_checksum", "tx_checksum"];
+const RING_FIELDS: &[&str] = &["rx", "tx"];
+const CHANNEL_FIELDS: &[&str] = &["combined", "rx", "tx"];
+const RING_MAX: i128 = 1 << 20;
+const CHANNEL_MAX: i128 = 4096;
+
+const MODES: &str = "nat, routed, isolated, bridge, vlan, vxlan or direct";
+const DIRECT_MODES: &str = "bridge, vepa, private or passthrough";
+const NAME_MAX: usize = 64;
+const MTU_MIN: i128 = 68;
+const MTU_MAX: i128 = 65535;
+const QUEUES_MAX: i128 = 256;
+const LEASE_MIN: u64 = 60;
+const LEASE_DEFAULT: u64 = 3600;
+
+#[derive(Default)]
+pub(crate) struct Ctx {
+    pub(crate) errors: Vec<SpecError>,
+    /// Where each field path was written, in reading order; a later entry for the same path
+    /// wins, as in the map it becomes. A list, not a map: thousands of paths are recorded
+    /// and only a few ever looked up (to place an error).
+    pub(crate) locs: Locs,
+    /// More of them, shared with a spec cache: read after `locs` (see [`LocMap`]).
+    pub(crate) parts: Vec<super::model::LocPart>,
+}
+
+impl Ctx {
+    /// Where `path` was written, if it was.
+    pub(crate) fn loc_at(&self, path: &str) -> Option<Loc> {
+        for (part, line) in self.parts.iter().rev() {
+            if let Some((_, l)) = part.iter().rev().find(|(p, _)| p == path) {
+                return Some(Loc {
+                    line: l.line + line,
+                    col: l.col,
+                });
+            }
+        }
+        self.locs
+            .iter()
+            .rev()
+            .find(|(p, _)| p == path)
+            .map(|(_, l)| *l)
+    }
+
+    fn err(&mut self, path: &str, loc: Loc, message: impl Into<String>) {
+        self.errors.push(SpecError {
+            path: path.to_string(),
+            loc,
+            message: message.into(),
+        });
+    }
+}
+
+/// A mapping being read: unknown keys are reported when it is opened.
+pub(crate) struct Obj<'a> {
+    path: String,
+    loc: Loc,
+    entries: &'a [(Key, Node)],
+}
+
+/// One value together with its path.
+struct Field<'a> {
+    path: String,
+    node: &'a Node,
+}
+
+impl Field<'_> {
+    fn loc(&self) -> Loc {
+        self.node.loc
+    }
+}
+
+fn obj<'a>(
+    cx: &mut Ctx,
+    node: &'a Node,
+    path: &str,
+    allowed: &[&str],
+    what: &str,
+) -> Option<Obj<'a>> {
+    match &node.kind {
+        Kind::Map(entries) => {
+            for (k, _) in entries {
+                if !allowed.contains(&k.text.as_str()) {
+                    cx.err(
+                        &join(path, &k.text),
+                        k.loc,
+                        format!(
+                            "unknown field '{}'; expected one of: {}",
+                            show(&k.text),
+                            allowed.join(", ")
+                        ),
+                    );
+                }
+            }
+            Some(Obj {
+                path: path.to_string(),
+                loc: node.loc,
+                entries,
+            })
+        }
+        // An empty value where a mapping goes (`vms:` with nothing under it) is an empty
+        // mapping, as most YAML tools read it.
+        Kind::Scalar(s) if s.is_null() => Some(Obj {
+            path: path.to_string(),
+            loc: node.loc,
+            entries: &[],
+        }),
+        Kind::Bad => None,
+        _ => {
+            cx.err(
+                path,
+                node.loc,
+                format!("expected {what}, found {}", node.describe()),
+            );
+            None
+        }
+    }
+}
+
+impl<'a> Obj<'a> {
+    pub(crate) fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    fn get(&self, cx: &mut Ctx, name: &str) -> Option<Field<'a>> {
+        let (_, node) = self.entries.iter().find(|(k, _)| k.text == name)?;
+        let path = join(&self.path, name);
+        cx.locs.push((path.clone(), node.loc));
+        Some(Field { path, node })
+    }
+
+    fn required(&self, cx: &mut Ctx, name: &str, hint: &str) -> Option<Field<'a>> {
+        let f = self.get(cx, name);
+        if f.is_none() {
+            cx.err(
+                &join(&self.path, name),
+                self.loc,
+                format!("missing required field '{name}'; {hint}"),
+            );
+        }
+        f
+    }
+
+    /// Entries of a name -> value mapping (networks, vms, sysctl), with their paths.
+    fn named(&self, cx: &mut Ctx) -> Vec<(&'a Key, Field<'a>)> {
+        self.entries
+            .iter()
+            .map(|(k, node)| {
+                let path = join(&self.path, &k.text);
+                cx.locs.push((path.clone(), node.loc));
+                (k, Field { path, node })
+            })
+            .collect()
+    }
+}
+
+/// Any scalar, as written. `what` describes the expected value for messages.
+fn text(cx: &mut Ctx, f: &Field, what: &str) -> Option<String> {
+    match &f.node.kind {
+        Kind::Scalar(s) if s.is_null() => {
+            cx.err(&f.path, f.loc(), format!("missing value; expected {what}"));
+            None
+        }
+        Kind::Scalar(s) => Some(s.text.clone()),
+        Kind::Bad => None,
+        _ => {
+            cx.err(
+                &f.path,
+                f.loc(),
+                format!("expected {what}, found {}", f.node.describe()),
+            );
+            None
+        }
+    }
+}
+
+/// A whole number within `lo..=hi`.
+fn int_in(cx: &mut Ctx, f: &Field, what: &str, lo: i128, hi: i128) -> Option<i128> {
+    let Kind::Scalar(s) = &f.node.kind else {
+        if !matches!(f.node.kind, Kind::Bad) {
+            cx.err(
+                &f.path,
+                f.loc(),
+                format!("expected {what}, found {}", f.node.describe()),
+            );
+        }
+        return None;
+    };
+    let Some(n) = s.as_int() else {
+        cx.err(
+            &f.path,
+            f.loc(),
+            format!("expected {what}, found {}", f.node.describe()),
+        );
+        return None;
+    };
+    if n < lo || n > hi {
+        cx.err(
+            &f.path,
+            f.loc(),
+            format!("{n} is out of range; expected {what}"),
+        );
+        return None;
+    }
+    Some(n)
+}
+
+fn boolean(cx: &mut Ctx, f: &Field) -> Option<bool> {
+    if let Kind::Scalar(s) = &f.node.kind
+        && let Some(b) = s.as_bool()
+    {
+        return Some(b);
+    }
+    if !matches!(f.node.kind, Kind::Bad) {
+        cx.err(
+            &f.path,
+            f.loc(),
+            format!("expected true or false, found {}", f.node.describe()),
+        );
+    }
+    None
+}
+
+fn list<'a>(cx: &mut Ctx, f: &Field<'a>, what: &str) -> Option<Vec<Field<'a>>> {
+    match &f.node.kind {
+        Kind::Seq(items) => Some(
+            items
+                .iter()
+                .enumerate()
+                .map(|(i, node)| {
+                    let path = index(&f.path, i);
+                    cx.locs.push((path.clone(), node.loc));
+                    Field { path, node }
+                })
+                .collect(),
+        ),
+        Kind::Scalar(s) if s.is_null() => Some(Vec::new()),
+        Kind::Bad => None,
+        _ => {
+            cx.err(
+                &f.path,
+                f.loc(),
+                format!("expected {what}, found {}", f.node.describe()),
+            );
+            None
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Names and formats
+
+#[derive(Clone)]
+pub(crate) struct NetDraft {
+    name: String,
+    key_loc: Loc,
+    path: String,
+    mode: Option<Mode>,
+    /// Explicit or derived; `None` when the given name is invalid or the network name is.
+    bridge: Option<String>,
+    /// Where the bridge name was written, or the network's key when derived.
+    bridge_loc: Loc,
+    bridge_derived: bool,
+    /// Set only when the gateway passed every check.
+    ipv4: Option<Ipv4Cidr>,
+    ipv4_loc: Loc,
+    mtu: Option<u32>,
+    uplink: Option<(String, Loc)>,
+    egress: Option<(String, Loc)>,
+    dhcp: Option<Dhcp>,
+    isolate_ports: bool,
+    forwards: Vec<ForwardDraft>,
+    /// `vxlan` mode, set only when every vxlan field passed its checks.
+    vxlan: Option<Vxlan>,
+    /// bits/s, with where it was written.
+    bandwidth: Option<(u64, Loc)>,
+    /// `direct` mode: how its macvtap ports reach each other.
+    direct_mode: Option<(DirectMode, Loc)>,
+    /// `vlan` mode, set only when the VLAN id and the uplink passed their checks.
+    vlan: Option<Vlan>,
+    vlan_loc: Loc,
+    vlan_uplink_loc: Loc,
+    host_access: Vec<FirewallRule>,
+    ipv6_prefixes: Vec<Ipv6Cidr>,
+}
+
+#[derive(Clone)]
+pub(crate) struct ForwardDraft {
+    path: String,
+    proto: Proto,
+    port: u16,
+    to: String,
+    to_loc: Loc,
+    to_port: u16,
+}
+
+#[derive(Clone)]
+pub(crate) struct PortDraft {
+    path: String,
+    vm: String,
+    index: usize,
+    network: Option<String>,
+    name: Option<String>,
+    name_loc: Loc,
+    name_derived: bool,
+    kind: Option<PortKind>,
+    mac: Option<Mac>,
+    mac_loc: Loc,
+    mac_derived: bool,
+    ipv4: Option<Ipv4Cidr>,
+    ipv4_loc: Loc,
+    owner: Option<Owner>,
+    queues: u32,
+    netns: Option<String>,
+    antispoof: bool,
+    dhcp_client: bool,
+    firewall: Option<Firewall>,
+    qos: Option<Qos>,
+    mirror: Option<(String, Loc, String)>,
+    ethtool: Option<Ethtool>,
+    /// `vlans`: each VID with where it was written and its path.
+    vlans: Vec<(u16, Loc, String)>,
+}
+
+impl PortDraft {
+    /// The same port read from a text that starts `by` lines further down.
+    pub(crate) fn shift_lines(&mut self, by: usize) {
+        for l in [&mut self.name_loc, &mut self.mac_loc, &mut self.ipv4_loc] {
+            l.line += by;
+        }
+        if let Some((_, l, _)) = &mut self.mirror {
+            l.line += by;
+        }
+        for (_, l, _) in &mut self.vlans {
+            l.line += by;
+        }
+    }
+}
+
+pub(crate) fn convert(
+    root: &Node,
+    identity: &HostIdentity,
+    errors: &mut Vec<SpecError>,
+) -> Option<Spec> {
+    let mut cx = Ctx::default();
+    let spec = convert_inner(&mut cx, root, identity);
+    errors.append(&mut cx.errors);
+    if errors.is_empty() { spec } else { None }
+}
+
+fn convert_inner(cx: &mut Ctx, root: &Node, identity: &HostIdentity) -> Option<Spec> {
+    let (head, vms) = read_head(cx, root)?;
+    let mut ports: Vec<PortDraft> = Vec::new();
+    let mut vm_names: Vec<String> = Vec::new();
+    if let Some(o) = vms {
+        for (key, field) in o.named(cx) {
+            read_vm(cx, key, &field, head.nets.as_deref(), &mut ports);
+            vm_names.push(key.text.clone());
+        }
+    }
+    finish(cx, head, ports, vm_names, identity)
+}
+
+/// What reading a VM learns from the networks (name, mode, subnet of each); `None` when the
+/// networks field is broken.
+pub(crate) type VmContext = Option<Vec<(String, Option<Mode>, Option<Ipv4Cidr>)>>;
+
+/// Field paths with where each was written.
+pub(crate) type Locs = Vec<(String, Loc)>;
+
+/// Everything of a spec but its VMs, as the first pass read it.
+#[derive(Clone)]
+pub(crate) struct Head {
+    version: Option<u32>,
+    sysctl: Option<Sysctl>,
+    tuning: Option<Tuning>,
+    uplinks: Vec<UplinkDraft>,
+    /// `None`: the networks field itself is broken, so references cannot be checked.
+    pub(crate) nets: Option<Vec<NetDraft>>,
+}
+
+impl Head {
+    /// What reading a VM learns from the networks: the same VM text reads the same way
+    /// under two heads whose networks agree on this.
+    pub(crate) fn vm_context(&self) -> VmContext {
+        self.nets.as_ref().map(|nets| {
+            nets.iter()
+                .map(|n| (n.name.clone(), n.mode, n.ipv4))
+                .collect()
+        })
+    }
+}
+
+/// The first pass over everything but the VMs, which come back unread (`None` when the
+/// vms field is absent or not a mapping).
+pub(crate) fn read_head<'a>(cx: &mut Ctx, root: &'a Node) -> Option<(Head, Option<Obj<'a>>)> {
+    let top = match &root.kind {
+        Kind::Map(_) => obj(cx, root, "", TOP_FIELDS, "")?,
+        Kind::Scalar(s) if s.is_null() => {
+            cx.err(
+                "",
+                root.loc,
+                "the spec is empty; it needs at least `version: 1`",
+            );
+            return None;
+        }
+        Kind::Bad => return None,
+        _ => {
+            cx.err(
+                "",
+                root.loc,
+                format!(
+                    "a spec must be a mapping with the fields version, host, networks and vms; found {}",
+                    root.describe()
+                ),
+            );
+            return None;
+        }
+    };
+
+    let version = match top.required(cx, "version", "start the spec with `version: 1`") {
+        Some(f) => read_version(cx, &f),
+        None => None,
+    };
+
+    let mut sysctl: Option<Sysctl> = None;
+    let mut tuning = None;
+    let mut uplinks: Vec<UplinkDraft> = Vec::new();
+    if let Some(f) = top.get(cx, "host")
+        && let Some(host) = obj(
+            cx,
+            f.node,
+            &f.path,
+            HOST_FIELDS,
+            "a mapping (with sysctl, tuning, uplinks)",
+        )
+    {
+        sysctl = host.get(cx, "sysctl").and_then(|f| read_sysctl(cx, &f));
+        if let Some(uf) = host.get(cx, "uplinks")
+            && let Some(o) = obj_named(cx, &uf, "a mapping of interface names to uplinks")
+        {
+            for (key, field) in o.named(cx) {
+                uplinks.push(read_uplink(cx, key, &field));
+            }
+        }
+        if let Some(tf) = host.get(cx, "tuning") {
+            match text(cx, &tf, "throughput, latency or default").as_deref() {
+                Some("throughput") => tuning = Some(Tuning::Throughput),
+                Some("latency") => tuning = Some(Tuning::Latency),
+                Some("default") | None => {}
+                Some(t) => cx.err(
+                    &tf.path,
+                    tf.loc(),
+                    format!(
+                        "'{}' is not a tuning profile; expected throughput, latency or default",
+                        show(t)
+                    ),
+                ),
+            }
+        }
+    }
+
+    // `None`: the networks field itself is broken, so references cannot be checked.
+    let mut nets: Option<Vec<NetDraft>> = Some(Vec::new());
+    if let Some(f) = top.get(cx, "networks") {
+        nets = obj_named(cx, &f, "a mapping of network names to networks").map(|o| {
+            let entries = o.named(cx);
+            entries
+                .iter()
+                .map(|(key, field)| read_network(cx, key, field))
+                .collect()
+        });
+    }
+
+    let vms = top
+        .get(cx, "vms")
+        .and_then(|f| obj_named(cx, &f, "a mapping of VM names to VMs"));
+    Some((
+        Head {
+            version,
+            sysctl,
+            tuning,
+            uplinks,
+            nets,
+        },
+        vms,
+    ))
+}
+
+/// One entry of `vms`, as `read_head`'s mapping hands it out: its path's location is
+/// recorded, its ports are read against the networks and appended to `ports`.
+pub(crate) fn read_vm_entry(
+    cx: &mut Ctx,
+    key: &Key,
+    node: &Node,
+    nets: Option<&[NetDraft]>,
+    ports: &mut Vec<PortDraft>,
+) {
+    let path = join("vms", &key.text);
+    cx.locs.push((path.clone(), node.loc));
+    read_vm(cx, key, &Field { path, node }, nets, ports);
+}
+
+/// The second pass (rules across the whole spec) and the build of the `Spec`.
+pub(crate) fn finish(
+    cx: &mut Ctx,
+    head: Head,
+    ports: Vec<PortDraft>,
+    vm_names: Vec<String>,
+    identity: &HostIdentity,
+) -> Option<Spec> {
+    let Head {
+        version,
+        sysctl,
+        tuning,
+        uplinks,
+        nets,
+    } = head;
+    cross_checks(cx, nets.as_deref().unwrap_or(&[]), &ports, sysctl.as_ref());
+    uplink_checks(cx, nets.as_deref().unwrap_or(&[]), &ports, &uplinks);
+
+    if !cx.errors.is_empty() {
+        return None;
+    }
+    let mut spec = build(cx, version?, sysctl, nets?, ports, vm_names)?;
+    spec.identity = identity.clone();
+    if let Err(u) = spec.derive_macs() {
+        let path = format!("{}[{}]", join(&join("vms", &u.vm), "ports"), u.index);
+        let loc = spec.loc(&path);
+        cx.err(
+            &path,
+            loc,
+            format!(
+                "none of this port's {} derived MACs is free (other ports hold them); set mac",
+                super::macs::CANDIDATES
+            ),
+        );
+        return None;
+    }
+    spec.host.tuning = tuning;
+    for d in uplinks {
+        let u = d.uplink?;
+        // A bond's ethtool settings are its members': rings, channels and offloads are
+        // properties of the NICs underneath.
+        if let Some(e) = d.ethtool {
+            let targets = match &u.bond {
+                Some(b) => b.members.clone(),
+                None => vec![u.name.clone()],
+            };
+            for t in targets {
+                spec.host.ethtool.insert(t, e.clone());
+            }
+        }
+        spec.host.uplinks.insert(u.name.clone(), u);
+    }
+    Some(spec)
+}
+
+fn build(
+    cx: &mut Ctx,
+    version: u32,
+    sysctl: Option<Sysctl>,
+    nets: Vec<NetDraft>,
+    ports: Vec<PortDraft>,
+    vm_names: Vec<String>,
+) -> Option<Spec> {
+    // (uplink, VLAN id) -> the vlan network serving it; network -> its uplink.
+    let vlan_nets: HashMap<(String, u16), String> = nets
+        .iter()
+        .filter_map(|n| {
+            let v = n.vlan.as_ref()?;
+            Some(((v.uplink.clone(), v.id), n.name.clone()))
+        })
+        .collect();
+    let net_uplink: HashMap<String, String> = nets
+        .iter()
+        .filter_map(|n| Some((n.name.clone(), n.vlan.as_ref()?.uplink.clone())))
+        .collect();
+    let mut networks = BTreeMap::new();
+    for n in nets {
+        if n.mode == Some(Mode::Vxlan) && n.vxlan.is_none() {
+            return None;
+        }
+        if n.mode == Some(Mode::Vlan) && n.vlan.is_none() {
+            return None;
+        }
+        let network = Network {
+            mode: n.mode?,
+            bridge: n.bridge?,
+            ipv4: n.ipv4,
+            mtu: n.mtu,
+            uplink: n.uplink.map(|u| u.0),
+            nat_egress: n.egress.map(|e| e.0),
+            dhcp: n.dhcp,
+            isolate_ports: n.isolate_ports,
+            vxlan: n.vxlan.clone(),
+            vlan: n.vlan.clone(),
+            bandwidth_bps: n.bandwidth.map(|b| b.0),
+            direct_mode: n.direct_mode.map(|m| m.0),
+            host_access: n.host_access.clone(),
+            ipv6_prefixes: n.ipv6_prefixes.clone(),
+            forwards: n
+                .forwards
+                .iter()
+                .map(|f| {
+                    let to_ip = ports
+                        .iter()
+                        .find(|p| {
+                            p.vm == f.to
+                                && p.network.as_deref() == Some(n.name.as_str())
+                                && p.ipv4.is_some()
+                        })
+                        .and_then(|p| p.ipv4)
+                        .map(|a| a.addr)?;
+                    Some(Forward {
+                        proto: f.proto,
+                        port: f.port,
+                        to: f.to.clone(),
+                        to_ip,
+                        to_port: f.to_port,
+                    })
+                })
+                .collect::<Option<Vec<_>>>()?,
+            name: n.name,
+        };
+        networks.insert(network.name.clone(), network);
+    }
+    // Each VM's list made at its size: thousands of VMs, most with a port or two.
+    let mut counts: HashMap<&str, usize> = HashMap::with_capacity(vm_names.len());
+    for p in &ports {
+        *counts.entry(p.vm.as_str()).or_default() += 1;
+    }
+    let mut vms: BTreeMap<String, Vm> = vm_names
+        .into_iter()
+        .map(|name| {
+            let ports = Vec::with_capacity(counts.get(name.as_str()).copied().unwrap_or(0));
+            (name.clone(), Vm { name, ports })
+        })
+        .collect();
+    for p in ports {
+        let name = p.name?;
+        let network = p.network?;
+        let mut trunk = Vec::new();
+        for (vid, _, _) in &p.vlans {
+            let uplink = net_uplink.get(&network)?;
+            trunk.push(Trunk {
+                vid: *vid,
+                network: vlan_nets.get(&(uplink.clone(), *vid))?.clone(),
+                device: naming::trunk_vlan_name(&name, *vid),
+            });
+        }
+        let port = Port {
+            trunk,
+            network,
+            name,
+            kind: p.kind?,
+            // A derived MAC is given out once the spec is built.
+            mac: if p.mac_derived {
+                Mac::default()
+            } else {
+                p.mac?
+            },
+            mac_derived: p.mac_derived,
+            ipv4: p.ipv4,
+            owner: p.owner,
+            queues: p.queues,
+            netns: p.netns,
+            antispoof: p.antispoof,
+            dhcp_client: p.dhcp_client,
+            firewall: p.firewall,
+            qos: p.qos,
+            mirror: p.mirror.map(|m| m.0),
+            ethtool: p.ethtool,
+            index: p.index,
+            vm: p.vm,
+        };
+        vms.get_mut(&port.vm)?.ports.push(port);
+    }
+    Some(Spec {
+        version,
+        host: Host {
+            sysctl: sysctl.map(|s| s.0).unwrap_or_default(),
+            tuning: None,
+            ethtool: BTreeMap::new(),
+            uplinks: BTreeMap::new(),
+        },
+        networks,
+        vms,
+        locs: LocMap::new(
+            std::mem::take(&mut cx.locs).into_iter().collect(),
+            std::mem::take(&mut cx.parts),
+        ),
+        identity: Default::default(),
+    })
+}
+
+// ---------------------------------------------------------------------------------------
+// ethtool settings

@@ -1,5 +1,6 @@
 //! The command line: parse arguments, call the library, render text or JSON. Exit status:
-//! 0 success, 1 runtime failure (after rollback), 2 invalid spec or usage (nothing changed).
+//! 0 success, else the error's kind says ([`crate::engine::ErrorKind::exit_code`]: 1 runtime
+//! failure after rollback, 2 invalid spec, conflict, usage or busy with nothing changed).
 //! When a daemon runs for the scope, changing commands go through its API, so the daemon
 //! enforces what was applied instead of repairing it away.
 
@@ -11,7 +12,7 @@ use serde_json::{Value, json};
 
 use crate::backend::netns;
 use crate::daemon::{self, api};
-use crate::engine::{self, EngineError, Pending};
+use crate::engine::{self, EngineError, ErrorKind, Pending, SpecErrors};
 use crate::observe::Observer;
 use crate::plan::Plan;
 use crate::statedir::StateDir;
@@ -97,9 +98,6 @@ enum Command {
     },
 }
 
-const EXIT_RUNTIME: u8 = 1;
-const EXIT_INVALID: u8 = 2;
-
 /// Switch this (still single-threaded) process into the sandbox namespace.
 /// The scope `--netns` names (`host` without it), checked but not entered.
 fn scope_name(ns: &Option<String>) -> Result<String, EngineError> {
@@ -128,9 +126,9 @@ fn enter(ns: &Option<String>) -> Result<String, EngineError> {
     let scope = scope_name(ns)?;
     if let Some(ns) = ns {
         if !netns::exists(ns) {
-            netns::create(ns).map_err(|e| EngineError::Runtime(e.to_string()))?;
+            netns::create(ns)?;
         }
-        netns::enter(ns).map_err(|e| EngineError::Runtime(e.to_string()))?;
+        netns::enter(ns)?;
     }
     Ok(scope)
 }
@@ -145,7 +143,7 @@ fn enter_existing(ns: &Option<String>) -> Result<String, EngineError> {
                 "no such namespace '{ns}' (--netns); `kvmnet apply` creates it"
             )));
         }
-        netns::enter(ns).map_err(|e| EngineError::Runtime(e.to_string()))?;
+        netns::enter(ns)?;
     }
     Ok(scope)
 }
@@ -220,28 +218,34 @@ fn spec_via_daemon(
     )?))
 }
 
+/// The daemon's answer; an error keeps the kind the daemon gave it ([`ErrorKind`]).
 fn daemon_answer(r: Result<Value, api::ApiError>) -> Result<Value, EngineError> {
     match r {
-        Ok(v) if v.get("errors").is_some() => Err(EngineError::Invalid {
-            source: v["source"].as_str().unwrap_or("spec").to_string(),
-            errors: v["errors"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .map(|e| crate::spec::SpecError {
-                    path: e["path"].as_str().unwrap_or("").to_string(),
-                    loc: crate::spec::Loc {
-                        line: e["line"].as_u64().unwrap_or(1) as usize,
-                        col: e["column"].as_u64().unwrap_or(1) as usize,
-                    },
-                    message: e["message"].as_str().unwrap_or("").to_string(),
-                })
-                .collect(),
-        }),
+        Ok(v) if v.get("errors").is_some() => {
+            let errors = SpecErrors {
+                source: v["source"].as_str().unwrap_or("spec").to_string(),
+                errors: v["errors"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .map(|e| crate::spec::SpecError {
+                        path: e["path"].as_str().unwrap_or("").to_string(),
+                        loc: crate::spec::Loc {
+                            line: e["line"].as_u64().unwrap_or(1) as usize,
+                            col: e["column"].as_u64().unwrap_or(1) as usize,
+                        },
+                        message: e["message"].as_str().unwrap_or("").to_string(),
+                    })
+                    .collect(),
+            };
+            // A daemon from before kinds sent both as invalid.
+            match v["kind"].as_str().and_then(ErrorKind::from_name) {
+                Some(ErrorKind::Conflict) => Err(EngineError::Conflict(errors)),
+                _ => Err(EngineError::Invalid(errors)),
+            }
+        }
         Ok(v) => Ok(v),
-        // A conflict (a change awaits confirmation): nothing was changed.
-        Err(api::ApiError::Status { status: 409, body }) => Err(EngineError::Usage(body)),
-        Err(e) => Err(EngineError::Runtime(e.to_string())),
+        Err(e) => Err(e.into()),
     }
 }
 
@@ -274,7 +278,7 @@ fn print_changes(v: &Value, as_json: bool) {
 /// Starts the detached process that reverts an unconfirmed change at its deadline.
 fn spawn_revert_timer(netns: &Option<String>, token: &str) -> Result<(), EngineError> {
     use std::os::unix::process::CommandExt;
-    let exe = std::env::current_exe().map_err(|e| EngineError::Runtime(e.to_string()))?;
+    let exe = std::env::current_exe().map_err(EngineError::RevertTimer)?;
     let mut c = std::process::Command::new(exe);
     c.arg("revert-timer").arg("--token").arg(token);
     if let Some(ns) = netns {
@@ -291,9 +295,7 @@ fn spawn_revert_timer(netns: &Option<String>, token: &str) -> Result<(), EngineE
             Ok(())
         });
     }
-    c.spawn()
-        .map(|_| ())
-        .map_err(|e| EngineError::Runtime(format!("cannot start the revert timer: {e}")))
+    c.spawn().map(|_| ()).map_err(EngineError::RevertTimer)
 }
 
 fn apply_cmd(
@@ -334,10 +336,7 @@ fn apply_cmd(
     let spec = engine::parse(&source, &text, &id).map_err(|e| (e, j))?;
     let s = enter(&scope.netns).map_err(|e| (e, j))?;
     let p = engine::plan(Some(&spec), &s, &source).map_err(|e| (e, j))?;
-    let previous_state = p
-        .state_dir
-        .load()
-        .map_err(|e| (EngineError::Runtime(e.to_string()), j))?;
+    let previous_state = p.state_dir.load().map_err(|e| (e.into(), j))?;
     let hash = engine::spec_hash(&text);
     engine::execute(&p, "apply", &hash, fail).map_err(|e| (e, j))?;
     print_plan(&p.plan, j, true);
@@ -438,12 +437,9 @@ fn run(cli: Cli) -> Result<(), (EngineError, bool)> {
             let v = match via_daemon(&s, "GET", "/v1/status", &Value::Null) {
                 Some(r) => r.map_err(|e| (e, j))?,
                 None => {
-                    let snap = Observer::new(&s).snapshot(None).map_err(|e| {
-                        (
-                            EngineError::Runtime(format!("cannot read the host: {e}")),
-                            j,
-                        )
-                    })?;
+                    let snap = Observer::new(&s)
+                        .snapshot(None)
+                        .map_err(|e| (e.into(), j))?;
                     status::status_json(&snap)
                 }
             };
@@ -542,35 +538,17 @@ pub fn main() -> ExitCode {
     let cli = Cli::parse();
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
-        Err((EngineError::Invalid { source, errors }, as_json)) => {
-            for e in &errors {
-                eprintln!(
-                    "{source}:{}:{}: {}: {}",
-                    e.loc.line, e.loc.col, e.path, e.message
-                );
+        Err((e, as_json)) => {
+            // Located errors are one line each, as `validate` prints them; the rest one
+            // message.
+            match e.spec_errors() {
+                Some(errors) => eprint!("{errors}"),
+                None => eprintln!("kvmnet: {e}"),
             }
             if as_json {
-                let v: Vec<_> = errors
-                    .iter()
-                    .map(|e| json!({ "path": e.path, "line": e.loc.line, "column": e.loc.col, "message": e.message }))
-                    .collect();
-                println!("{}", json!({ "changes": [], "errors": v }));
+                println!("{}", e.to_json());
             }
-            ExitCode::from(EXIT_INVALID)
-        }
-        Err((EngineError::Usage(msg), as_json)) => {
-            eprintln!("kvmnet: {msg}");
-            if as_json {
-                println!("{}", json!({ "changes": [], "error": msg }));
-            }
-            ExitCode::from(EXIT_INVALID)
-        }
-        Err((EngineError::Runtime(msg), as_json)) => {
-            eprintln!("kvmnet: {msg}");
-            if as_json {
-                println!("{}", json!({ "changes": [], "error": msg }));
-            }
-            ExitCode::from(EXIT_RUNTIME)
+            ExitCode::from(e.kind().exit_code())
         }
     }
 }

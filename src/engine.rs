@@ -17,51 +17,17 @@ use crate::spec::{self, Loc, Spec, SpecError};
 use crate::state::HostState;
 use crate::statedir::{Moved, State, StateDir};
 
-#[derive(Debug)]
-pub enum EngineError {
-    /// Bad input or a conflict with objects kvmnet does not own: nothing was changed.
-    Invalid {
-        source: String,
-        errors: Vec<SpecError>,
-    },
-    /// A failure while reading or changing the host; changes were rolled back.
-    Runtime(String),
-    /// A command that cannot run as asked (a namespace that does not exist, a test hook a
-    /// daemon does not take, a change awaiting confirmation): nothing was changed.
-    Usage(String),
-}
-
-impl std::fmt::Display for EngineError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            EngineError::Invalid { source, errors } => {
-                for e in errors {
-                    writeln!(
-                        f,
-                        "{source}:{}:{}: {}: {}",
-                        e.loc.line, e.loc.col, e.path, e.message
-                    )?;
-                }
-                Ok(())
-            }
-            EngineError::Runtime(m) | EngineError::Usage(m) => write!(f, "{m}"),
-        }
-    }
-}
-
-pub(crate) fn runtime(e: impl std::fmt::Display) -> EngineError {
-    EngineError::Runtime(e.to_string())
-}
+pub use crate::error::{Busy, EngineError, ErrorKind, SpecErrors};
 
 pub fn invalid(source: &str, path: &str, message: String) -> EngineError {
-    EngineError::Invalid {
+    EngineError::Invalid(SpecErrors {
         source: source.to_string(),
         errors: vec![SpecError {
             path: path.to_string(),
             loc: Loc { line: 1, col: 1 },
             message,
         }],
-    }
+    })
 }
 
 pub fn empty_spec() -> Spec {
@@ -87,12 +53,12 @@ pub fn parse_cached(
     bytes: &[u8],
     identity: &spec::HostIdentity,
 ) -> Result<Spec, EngineError> {
-    cache
-        .parse_bytes(bytes, identity)
-        .map_err(|errors| EngineError::Invalid {
+    cache.parse_bytes(bytes, identity).map_err(|errors| {
+        EngineError::Invalid(SpecErrors {
             source: source.to_string(),
             errors,
         })
+    })
 }
 
 pub fn parse(
@@ -100,9 +66,11 @@ pub fn parse(
     bytes: &[u8],
     identity: &spec::HostIdentity,
 ) -> Result<Spec, EngineError> {
-    spec::parse_bytes(bytes, identity).map_err(|errors| EngineError::Invalid {
-        source: source.to_string(),
-        errors,
+    spec::parse_bytes(bytes, identity).map_err(|errors| {
+        EngineError::Invalid(SpecErrors {
+            source: source.to_string(),
+            errors,
+        })
     })
 }
 
@@ -267,7 +235,7 @@ pub fn plan_with(
 ) -> Result<Planned, EngineError> {
     let mut observer = Observer::new(scope);
     observer.counters = false;
-    let lock = observer.state_dir.lock().map_err(runtime)?;
+    let lock = observer.state_dir.lock()?;
     let empty = empty_spec();
     let full = spec.unwrap_or(&empty);
     let mut watch = watch;
@@ -276,7 +244,7 @@ pub fn plan_with(
             Some(w) => inputs_watched(w, &observer, spec, full),
             None => inputs_read(&observer, spec, full),
         }
-        .map_err(|e| runtime(format!("cannot read the host: {e}")))
+        .map_err(EngineError::from)
     };
     // Derived MACs: as recorded at the last apply, then settled against the ports the host
     // has. When that changes one (a port that is not as recorded), everything is observed
@@ -301,9 +269,12 @@ pub fn plan_with(
     let derived_macs = spec.map(|s| host_macs::derived(settled.as_ref().unwrap_or(s)));
     // What follows does not depend on MACs.
     let spec = full;
-    let want = want.map_err(|errors| EngineError::Invalid {
-        source: source.to_string(),
-        errors,
+    // The spec is valid (it parsed): what the desired state refuses is the host's doing.
+    let want = want.map_err(|errors| {
+        EngineError::Conflict(SpecErrors {
+            source: source.to_string(),
+            errors,
+        })
     })?;
     let moved = want
         .uplinks
@@ -385,24 +356,17 @@ pub fn retain_ethtool_originals(
     });
 }
 
-/// The steps of a failed execution and what became of them.
-fn failure_message(steps: &[Step], f: &apply::Failure) -> String {
-    let mut msg = format!(
-        "step {} ({}) failed: {}; the {} steps before it were rolled back",
-        f.step,
-        steps
+/// A failed execution of `steps`: which step failed, why, and what became of the others.
+fn refused(steps: &[Step], f: apply::Failure) -> EngineError {
+    EngineError::KernelRefused {
+        step: f.step,
+        what: steps
             .get(f.step.saturating_sub(1))
             .map_or(String::new(), |s| s.to_string()),
-        f.error,
-        f.step.saturating_sub(1)
-    );
-    if !f.rollback_errors.is_empty() {
-        msg.push_str(&format!(
-            "; ROLLBACK INCOMPLETE, check the host: {}",
-            f.rollback_errors.join("; ")
-        ));
+        error: Box::new(f.error),
+        rolled_back: f.step.saturating_sub(1),
+        rollback_errors: f.rollback_errors,
     }
-    msg
 }
 
 /// Runs a plan, rolling back on failure, and records it in the audit log. `action` names it
@@ -428,11 +392,11 @@ pub fn execute_as(
         if let Some(m) = &p.derived_macs {
             host_macs::remember(&p.state_dir, m)?;
         }
-        let st = p.state_dir.load().map_err(runtime)?;
+        let st = p.state_dir.load()?;
         if st.moved != p.moved {
             let mut st = st;
             st.moved = p.moved.clone();
-            p.state_dir.save(&st).map_err(runtime)?;
+            p.state_dir.save(&st)?;
         }
         return audit::append(
             &p.state_dir,
@@ -444,12 +408,12 @@ pub fn execute_as(
                 uid,
             },
         )
-        .map_err(runtime);
+        .map_err(EngineError::from);
     }
     // Remember first values of sysctls before touching them: written (and synced) before
     // the change, so even a crash mid-apply cannot lose them.
     let sd = &p.state_dir;
-    let before = sd.load().map_err(runtime)?;
+    let before = sd.load()?;
     let mut during = before.clone();
     for s in &p.plan.steps {
         if let Step::SetSysctl { key, from, .. } = s
@@ -472,11 +436,10 @@ pub fn execute_as(
         &mut during.ethtool_originals,
     );
     if during != before {
-        sd.save(&during).map_err(runtime)?;
+        sd.save(&during)?;
     }
-    let mut kernel = Kernel::new(&p.scope).map_err(runtime)?;
-    let result = apply::apply(&mut kernel, &p.plan.steps, fail_after);
-    let outcome = match &result {
+    let mut kernel = Kernel::new(&p.scope).map_err(|e| EngineError::Kernel(Box::new(e)))?;
+    let outcome = match apply::apply(&mut kernel, &p.plan.steps, fail_after) {
         Ok(()) => {
             let mut after = during.clone();
             after.sysctl_originals.retain(|k, _| p.managed.contains(k));
@@ -486,7 +449,7 @@ pub fn execute_as(
                 .retain(|k, _| p.managed_mtus.contains(k));
             after.moved = p.moved.clone();
             if after != during {
-                sd.save(&after).map_err(runtime)?;
+                sd.save(&after)?;
             }
             if let Some(m) = &p.derived_macs {
                 host_macs::remember(sd, m)?;
@@ -497,21 +460,21 @@ pub fn execute_as(
             if during != before {
                 let _ = sd.save(&before);
             }
-            Err(failure_message(&p.plan.steps, f))
+            Err(refused(&p.plan.steps, f))
         }
     };
+    let message = outcome.as_ref().err().map(ToString::to_string);
     audit::append(
         sd,
         &audit::Entry {
             action,
             spec_hash,
             changes: p.plan.to_json()["changes"].clone(),
-            result: outcome.as_ref().map(|_| ()).map_err(String::as_str),
+            result: message.as_deref().map_or(Ok(()), Err),
             uid,
         },
-    )
-    .map_err(runtime)?;
-    outcome.map_err(EngineError::Runtime)
+    )?;
+    outcome
 }
 
 /// A change applied with `--confirm-within`: what to go back to if no confirmation comes.
@@ -536,21 +499,21 @@ fn pending_path(sd: &StateDir) -> std::path::PathBuf {
 }
 
 pub fn save_pending(sd: &StateDir, p: &Pending) -> Result<(), EngineError> {
-    sd.ensure_private().map_err(runtime)?;
+    sd.ensure_private().map_err(EngineError::state_io)?;
     crate::statedir::write_atomic(
         &pending_path(sd),
         &serde_json::to_vec(p).expect("serializes"),
     )
-    .map_err(runtime)
+    .map_err(EngineError::state_io)
 }
 
 pub fn load_pending(sd: &StateDir) -> Result<Option<Pending>, EngineError> {
     match std::fs::read(pending_path(sd)) {
         Ok(b) => serde_json::from_slice(&b)
             .map(Some)
-            .map_err(|e| runtime(format!("pending confirmation file is damaged: {e}"))),
+            .map_err(EngineError::PendingDamaged),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(runtime(e)),
+        Err(e) => Err(EngineError::state_io(e)),
     }
 }
 
@@ -568,11 +531,11 @@ pub fn confirm_as(scope: &str, uid: u32) -> Result<bool, EngineError> {
 /// `action` in the audit log. Returns whether there was one.
 pub fn end_pending(scope: &str, action: &str, uid: u32) -> Result<bool, EngineError> {
     let sd = StateDir::for_scope(scope);
-    let _lock = sd.lock().map_err(runtime)?;
+    let _lock = sd.lock()?;
     let Some(p) = load_pending(&sd)? else {
         return Ok(false);
     };
-    std::fs::remove_file(pending_path(&sd)).map_err(runtime)?;
+    std::fs::remove_file(pending_path(&sd)).map_err(EngineError::state_io)?;
     audit::append(
         &sd,
         &audit::Entry {
@@ -582,8 +545,7 @@ pub fn end_pending(scope: &str, action: &str, uid: u32) -> Result<bool, EngineEr
             result: Ok(()),
             uid,
         },
-    )
-    .map_err(runtime)?;
+    )?;
     Ok(true)
 }
 
@@ -607,7 +569,7 @@ pub fn revert_if_due_with(
     before: &mut dyn FnMut(&Pending) -> Result<(), EngineError>,
 ) -> Result<Option<Pending>, EngineError> {
     let observer = Observer::new(scope);
-    let lock = observer.state_dir.lock().map_err(runtime)?;
+    let lock = observer.state_dir.lock()?;
     let Some(pending) = load_pending(&observer.state_dir)? else {
         return Ok(None);
     };
@@ -618,9 +580,7 @@ pub fn revert_if_due_with(
     }
     let prev = &pending.previous;
     let keys: BTreeSet<String> = prev.sysctls.keys().cloned().collect();
-    let snap = observer
-        .snapshot_with(None, &keys)
-        .map_err(|e| runtime(format!("cannot read the host: {e}")))?;
+    let snap = observer.snapshot_with(None, &keys)?;
     let have = desired::observed(&snap, &desired::Interest::of(prev));
     let planned = Planned {
         plan: plan::diff(prev, &have),
@@ -638,11 +598,8 @@ pub fn revert_if_due_with(
     };
     before(&pending)?;
     execute(&planned, "revert", &pending.spec_hash, None)?;
-    planned
-        .state_dir
-        .save(&pending.previous_state)
-        .map_err(runtime)?;
-    std::fs::remove_file(pending_path(&planned.state_dir)).map_err(runtime)?;
+    planned.state_dir.save(&pending.previous_state)?;
+    std::fs::remove_file(pending_path(&planned.state_dir)).map_err(EngineError::state_io)?;
     Ok(Some(pending))
 }
 

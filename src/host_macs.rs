@@ -6,7 +6,7 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use crate::engine::{EngineError, runtime};
+use crate::engine::{EngineError, SpecErrors};
 use crate::snapshot::Snapshot;
 use crate::spec::{self, Mac, Spec, SpecError};
 use crate::statedir::StateDir;
@@ -121,18 +121,18 @@ pub(crate) fn remember(sd: &StateDir, macs: &BTreeMap<String, Mac>) -> Result<()
     }
     let path = sd.dir.join(MACS_FILE);
     let tmp = sd.dir.join(format!("{MACS_FILE}.tmp"));
-    std::fs::create_dir_all(&sd.dir).map_err(runtime)?;
+    std::fs::create_dir_all(&sd.dir).map_err(EngineError::state_io)?;
     let mut f = std::fs::OpenOptions::new()
         .write(true)
         .create(true)
         .truncate(true)
         .mode(0o600)
         .open(&tmp)
-        .map_err(runtime)?;
+        .map_err(EngineError::state_io)?;
     f.write_all(&serde_json::to_vec(macs).expect("MACs serialize"))
         .and_then(|()| f.sync_all())
-        .map_err(runtime)?;
-    std::fs::rename(&tmp, &path).map_err(runtime)?;
+        .map_err(EngineError::state_io)?;
+    std::fs::rename(&tmp, &path).map_err(EngineError::state_io)?;
     if let Some(now) = stamp(&path) {
         *MACS_SEEN.lock().unwrap_or_else(|e| e.into_inner()) = Some(MacsSeen {
             path,
@@ -226,7 +226,8 @@ fn unplaced(spec: &Spec, u: spec::macs::Unplaced) -> EngineError {
         spec::path_join(&spec::path_join("vms", &u.vm), "ports"),
         u.index
     );
-    EngineError::Invalid {
+    // The spec is valid: it is the ports the host has that leave no MAC free.
+    EngineError::Conflict(SpecErrors {
         source: "(host)".to_string(),
         errors: vec![SpecError {
             loc: spec.loc(&path),
@@ -236,7 +237,7 @@ fn unplaced(spec: &Spec, u: spec::macs::Unplaced) -> EngineError {
             ),
             path,
         }],
-    }
+    })
 }
 
 #[cfg(test)]

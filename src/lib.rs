@@ -12,6 +12,7 @@ pub mod daemon;
 pub mod desired;
 pub mod dhcp;
 pub mod engine;
+pub mod error;
 pub mod host_macs;
 pub mod nft;
 pub mod observe;

@@ -1,7 +1,8 @@
 //! The daemon's API is an HTTP/1.1 server its clients can rely on: curl with chunked uploads
 //! and `Expect: 100-continue`, clients served at once (one that stalls delays nobody), and
-//! malformed requests answered with the right 4xx. `KVMNET_FAIL_AFTER` is a CLI test hook
-//! that never reaches the daemon.
+//! malformed requests answered with the right 4xx. Error bodies name the error's kind, which
+//! the CLI's exit status follows. `KVMNET_FAIL_AFTER` is a CLI test hook that never reaches
+//! the daemon.
 
 mod common;
 use common::*;
@@ -48,6 +49,24 @@ fn status_of(answer: &str) -> u16 {
         .nth(1)
         .and_then(|c| c.parse().ok())
         .unwrap_or_else(|| panic!("no status line in {answer:?}"))
+}
+
+/// POSTs `body` to `/v1/apply` as JSON; the status and the answer's body.
+fn post_apply(sock: &Path, body: &serde_json::Value) -> (u16, serde_json::Value) {
+    let body = body.to_string();
+    let answer = raw(
+        sock,
+        format!(
+            "POST /v1/apply HTTP/1.1\r\nHost: kvmnet\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        )
+        .as_bytes(),
+    );
+    let (_, json) = answer
+        .split_once("\r\n\r\n")
+        .unwrap_or_else(|| panic!("no body in {answer:?}"));
+    let v = serde_json::from_str(json).unwrap_or_else(|e| panic!("{e}: {answer:?}"));
+    (status_of(&answer), v)
 }
 
 fn curl(args: &str) -> std::process::Output {
@@ -321,16 +340,22 @@ fn the_failure_hook_is_the_cli_s_only() {
     // The API refuses the field...
     let body =
         serde_json::json!({ "spec": std::fs::read_to_string(&plus_b.0).unwrap(), "fail_after": 1 });
+    let (status, v) = post_apply(&sock, &body);
+    assert_eq!(status, 400, "{v}");
+    assert_eq!(v["kind"], "usage", "{v}");
+    assert!(v["error"].as_str().unwrap().contains("test hook"), "{v}");
+    assert!(!link_exists(&host, "h-b"));
+    // ... also as a query field of the YAML form (which the CLI sends).
     let answer = raw(
         &sock,
         format!(
-            "POST /v1/apply HTTP/1.1\r\nHost: kvmnet\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
-            body.to_string().len()
+            "POST /v1/apply?fail_after=1 HTTP/1.1\r\nHost: kvmnet\r\nContent-Type: application/yaml\r\nContent-Length: {}\r\n\r\n{}",
+            body["spec"].as_str().unwrap().len(),
+            body["spec"].as_str().unwrap()
         )
         .as_bytes(),
     );
     assert_eq!(status_of(&answer), 400, "{answer}");
-    assert!(answer.contains("test hook"), "{answer}");
     assert!(!link_exists(&host, "h-b"));
     // ... and the CLI refuses the hook while a daemon runs (exit 2, nothing changed).
     for args in [
@@ -354,5 +379,86 @@ fn the_failure_hook_is_the_cli_s_only() {
     );
     assert_eq!(o.status.code(), Some(1));
     assert!(!link_exists(&host, "h-b"));
+    ns.kvmnet_ok(&["destroy", "--netns", &host]);
+}
+
+/// Every error of an apply through the API names its kind beside the fields it always had:
+/// a spec that does not validate, one that does not fit the host, a change refused while
+/// another awaits confirmation. The CLI's exit status follows the kind.
+#[test]
+fn error_bodies_name_their_kind() {
+    if !privileged() {
+        return;
+    }
+    let mut ns = Namespaces::new();
+    let host = ns.add("ek");
+    let spec = SpecFile::new(SPEC);
+    let (_d, sock) = start(&ns, spec.path(), &host);
+
+    // Invalid: located errors, as before, and the kind.
+    let (status, v) = post_apply(
+        &sock,
+        &serde_json::json!({ "spec": "version: 1\nnetworks: { n: { mode: nat, bogus: 1 } }\n", "source": "bad.yaml" }),
+    );
+    assert_eq!(status, 422, "{v}");
+    assert_eq!(v["kind"], "invalid", "{v}");
+    assert_eq!(v["source"], "bad.yaml", "{v}");
+    assert_eq!(v["changes"], serde_json::json!([]), "{v}");
+    assert!(
+        v["errors"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["path"] == "networks.n.bogus"),
+        "{v}"
+    );
+
+    // Conflict: the spec is valid, but a port's name is taken by an interface kvmnet does not
+    // own.
+    assert!(
+        sh(&format!("ip -n {host} link add h-x type bridge"))
+            .status
+            .success()
+    );
+    let taken = format!("{SPEC}  x: {{ ports: [ {{ network: n, name: h-x }} ] }}\n");
+    let (status, v) = post_apply(&sock, &serde_json::json!({ "spec": taken }));
+    assert_eq!(status, 422, "{v}");
+    assert_eq!(v["kind"], "conflict", "{v}");
+    assert!(
+        v["errors"][0]["message"]
+            .as_str()
+            .unwrap()
+            .contains("not managed by kvmnet"),
+        "{v}"
+    );
+    let taken = SpecFile::new(&taken);
+    let o = ns.kvmnet(&["apply", taken.path(), "--netns", &host]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("not managed by kvmnet"));
+    let o = ns.kvmnet(&["apply", taken.path(), "--netns", &host, "--json"]);
+    let cli: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(cli["kind"], "conflict", "{cli}");
+
+    // Busy: a change awaits confirmation; no other is taken meanwhile.
+    let plus_b = format!("{SPEC}  b: {{ ports: [ {{ network: n, name: h-b }} ] }}\n");
+    let (status, v) = post_apply(
+        &sock,
+        &serde_json::json!({ "spec": plus_b, "confirm_within": 120 }),
+    );
+    assert_eq!(status, 200, "{v}");
+    let (status, v) = post_apply(&sock, &serde_json::json!({ "spec": SPEC }));
+    assert_eq!(status, 409, "{v}");
+    assert_eq!(v["kind"], "busy", "{v}");
+    assert!(
+        v["error"].as_str().unwrap().contains("awaits confirmation"),
+        "{v}"
+    );
+    let o = ns.kvmnet(&["apply", spec.path(), "--netns", &host]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("awaits confirmation"));
+    assert!(link_exists(&host, "h-b"));
+
+    ns.kvmnet_ok(&["confirm", "--netns", &host]);
+    drop(_d);
     ns.kvmnet_ok(&["destroy", "--netns", &host]);
 }

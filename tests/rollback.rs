@@ -141,3 +141,34 @@ fn rollback_from_empty_and_from_older_spec() {
         "guest namespaces left behind"
     );
 }
+
+/// A failed apply says why in its kind, not only in its message: `nft` not installed is
+/// `tool_missing`, a refused step `kernel_refused`; both are rolled back (exit 1).
+#[test]
+fn a_missing_nft_is_told_from_a_refused_step() {
+    if !privileged() {
+        return;
+    }
+    let mut ns = Namespaces::new();
+    let host = ns.add("rbnft");
+    let spec = SpecFile::new(
+        "version: 1\nnetworks:\n  n: { mode: nat, bridge: rn0, ipv4: 10.74.0.1/24 }\n\
+         vms:\n  a: { ports: [ { network: n, name: rn-a } ] }\n",
+    );
+    let before = fingerprint(&host, &[]);
+    let apply = ["apply", spec.path(), "--netns", &host, "--json"];
+    for (env, kind) in [
+        (("PATH", "/nonexistent"), "tool_missing"),
+        (("KVMNET_FAIL_AFTER", "2"), "kernel_refused"),
+    ] {
+        let o = ns.kvmnet_env(&apply, &[env]);
+        let stderr = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(1), "{kind}: {stderr}");
+        let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+        assert_eq!(v["kind"], kind, "{v}");
+        assert!(stderr.contains("rolled back"), "{stderr}");
+        assert_eq!(fingerprint(&host, &[]), before, "{kind}");
+    }
+    ns.kvmnet_ok(&["apply", spec.path(), "--netns", &host]);
+    ns.kvmnet_ok(&["destroy", "--netns", &host]);
+}

@@ -19,6 +19,7 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 
 use super::http::{self, HttpError};
+use crate::error::ErrorKind;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
@@ -27,8 +28,13 @@ pub enum ApiError {
         path: String,
         source: std::io::Error,
     },
+    /// `kind` is what the daemon named in its answer (`None` from a daemon before kinds).
     #[error("daemon answered {status}: {body}")]
-    Status { status: u16, body: String },
+    Status {
+        status: u16,
+        kind: Option<ErrorKind>,
+        body: String,
+    },
     #[error("daemon sent a malformed answer: {0}")]
     Malformed(String),
 }
@@ -76,8 +82,18 @@ impl Response {
             after: None,
         }
     }
+    /// A refusal of the HTTP layer (a malformed request, an unknown endpoint...), which
+    /// carries no kind: the status says it all.
     pub fn error(status: u16, msg: impl Into<String>) -> Response {
         Response::with_status(status, json!({ "error": msg.into() }))
+    }
+    /// An error of `kind`: the kind's status, and its name beside the message, for clients
+    /// to act on without reading the message.
+    pub fn failed(kind: ErrorKind, msg: impl Into<String>) -> Response {
+        Response::with_status(
+            kind.http_status(),
+            json!({ "error": msg.into(), "kind": kind.name() }),
+        )
     }
 }
 
@@ -587,6 +603,7 @@ fn exchange_on(
     } else {
         Err(ApiError::Status {
             status,
+            kind: v["kind"].as_str().and_then(ErrorKind::from_name),
             body: v["error"].as_str().unwrap_or(body).to_string(),
         })
     }

@@ -17,7 +17,8 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 
 use crate::dhcp;
-use crate::engine::{self, EngineError, Pending};
+use crate::engine::{self, Busy, EngineError, ErrorKind, Pending};
+use crate::error::observe_kind;
 use crate::observe::Observer;
 use crate::spec::Spec;
 use crate::statedir::StateDir;
@@ -69,7 +70,7 @@ impl Shared {
 
     /// Records `next` as the accepted spec, before it is applied.
     fn accept(&self, next: &Accepted) -> Result<(), EngineError> {
-        accepted::save(&self.state_dir.dir, next).map_err(|e| EngineError::Runtime(e.to_string()))
+        Ok(accepted::save(&self.state_dir.dir, next)?)
     }
 
     /// Done with a plan: the nft tables it observed and the links it was made from go back to
@@ -126,7 +127,7 @@ pub fn leases_json(leases: &[dhcp::Lease]) -> Value {
 pub fn read_leases(scope: &str) -> Result<Value, EngineError> {
     dhcp::read_leases(&dhcp_dir(scope))
         .map(|l| leases_json(&l))
-        .map_err(|e| EngineError::Runtime(e.to_string()))
+        .map_err(EngineError::Leases)
 }
 
 fn log(msg: &str) {
@@ -245,10 +246,10 @@ fn reload(sh: &Shared) {
 fn refuse_while_pending(sh: &Shared) -> Result<(), EngineError> {
     match engine::load_pending(&sh.state_dir)? {
         None => Ok(()),
-        Some(p) => Err(EngineError::Usage(format!(
-            "a change applied with --confirm-within awaits confirmation (it reverts in {}s): run `kvmnet confirm` to keep it, or wait for its revert",
-            p.deadline_unix.saturating_sub(crate::audit::now_unix())
-        ))),
+        Some(p) => Err(Busy::Pending {
+            reverts_in: p.deadline_unix.saturating_sub(crate::audit::now_unix()),
+        }
+        .into()),
     }
 }
 
@@ -277,13 +278,13 @@ fn handle(sh: &Arc<Shared>, req: api::Request) -> api::Response {
     match req.path.as_str() {
         "/v1/status" => match Observer::new(&sh.scope).snapshot(None) {
             Ok(snap) => api::Response::ok(status::status_json(&snap)),
-            Err(e) => api::Response::error(500, e.to_string()),
+            Err(e) => api::Response::failed(observe_kind(&e), e.to_string()),
         },
         "/v1/leases" => match sh.dhcp.lock().expect("lock").as_ref() {
             Some(h) => api::Response::ok(leases_json(&h.leases())),
             None => match read_leases(&sh.scope) {
                 Ok(v) => api::Response::ok(v),
-                Err(e) => api::Response::error(500, e.to_string()),
+                Err(e) => error_response(&e),
             },
         },
         "/v1/reload" => {
@@ -292,7 +293,7 @@ fn handle(sh: &Arc<Shared>, req: api::Request) -> api::Response {
         }
         "/v1/confirm" => match engine::confirm_as(&sh.scope, req.peer_uid) {
             Ok(c) => api::Response::ok(json!({ "confirmed": c })),
-            Err(e) => api::Response::error(500, e.to_string()),
+            Err(e) => error_response(&e),
         },
         "/v1/apply" => apply_request(sh, &req),
         _ => watch_check(sh),
@@ -319,20 +320,23 @@ fn apply_fields(req: &api::Request) -> Result<ApplyRequest<'_>, api::Response> {
     }
     let body = &req.body;
     if body.get("fail_after").is_some() {
-        return Err(api::Response::error(
-            400,
+        return Err(api::Response::failed(
+            ErrorKind::Usage,
             "fail_after is a test hook of the command line (KVMNET_FAIL_AFTER), not of the API",
         ));
     }
     let Some(text) = body["spec"].as_str() else {
-        return Err(api::Response::error(400, "body needs \"spec\""));
+        return Err(api::Response::failed(
+            ErrorKind::Usage,
+            "body needs \"spec\"",
+        ));
     };
     let action = match body["action"].as_str() {
         None | Some("apply") => "apply",
         Some("destroy") => "destroy",
         Some(a) => {
-            return Err(api::Response::error(
-                400,
+            return Err(api::Response::failed(
+                ErrorKind::Usage,
                 format!("action '{a}' is not apply or destroy"),
             ));
         }
@@ -385,9 +389,7 @@ fn prepare(
         )
         .and_then(|s| crate::host_macs::as_recorded(s, &sh.scope));
         let (hash, staged) = aside.join().expect("writing a file does not panic");
-        let staged = staged
-            .transpose()
-            .map_err(|e| EngineError::Runtime(e.to_string()))?;
+        let staged = staged.transpose()?;
         let spec = parsed?;
         let plan = engine::plan_with(
             Some(&spec),
@@ -413,7 +415,7 @@ fn apply_request(sh: &Arc<Shared>, req: &api::Request) -> api::Response {
     };
     let mut active = sh.active.lock().expect("lock");
     if let Err(e) = refuse_while_pending(sh) {
-        return invalid_response(e);
+        return error_response(&e);
     }
     // The same text again is no new spec.
     let next = (active.accepted.text != a.text.as_bytes()).then(|| {
@@ -428,12 +430,12 @@ fn apply_request(sh: &Arc<Shared>, req: &api::Request) -> api::Response {
         staged,
     } = match prepare(sh, &a, next.as_ref()) {
         Ok(x) => x,
-        Err(e) => return invalid_response(e),
+        Err(e) => return error_response(&e),
     };
     let spec = p.settled.take().unwrap_or(spec);
     let previous_state = match p.state_dir.load() {
         Ok(s) => s,
-        Err(e) => return api::Response::error(500, e.to_string()),
+        Err(e) => return error_response(&e.into()),
     };
     // Accepted before it is applied: renamed into place first, so that no crash of this
     // process can leave the host with a spec a restart would undo. The directory's sync,
@@ -441,7 +443,7 @@ fn apply_request(sh: &Arc<Shared>, req: &api::Request) -> api::Response {
     // survive that either), runs while the spec is applied, and the client has its answer
     // only once both are done. On a busy disk the sync took 10-20 ms, as long as the rest.
     let in_place = match staged.map(|s| accepted::put_in_place(s, &sh.state_dir.dir)) {
-        Some(Err(e)) => return api::Response::error(500, e.to_string()),
+        Some(Err(e)) => return error_response(&e.into()),
         Some(Ok(in_place)) => Some(in_place),
         None => None,
     };
@@ -459,12 +461,12 @@ fn apply_request(sh: &Arc<Shared>, req: &api::Request) -> api::Response {
         {
             log(&format!("cannot restore the accepted spec: {e}"));
         }
-        return invalid_response(e);
+        return error_response(&e);
     }
     let mut resp = api::Response::ok(p.plan.to_json());
     if let Some(Err(e)) = synced {
-        resp = api::Response::error(
-            500,
+        resp = api::Response::failed(
+            ErrorKind::State,
             format!("applied, but the accepted spec could not be synced to disk: {e}"),
         );
     }
@@ -482,7 +484,7 @@ fn apply_request(sh: &Arc<Shared>, req: &api::Request) -> api::Response {
             accepted_seq: Some(next.record.seq),
         };
         if let Err(e) = engine::save_pending(&p.state_dir, &pending) {
-            resp = api::Response::error(500, e.to_string());
+            resp = error_response(&e);
         }
     }
     sh.set_active(&mut active, spec, next);
@@ -508,7 +510,9 @@ fn watch_check(sh: &Shared) -> api::Response {
     let fresh = obs.snapshot(Some(&active.spec));
     let (cached, fresh) = match (cached, fresh) {
         (Ok(c), Ok(f)) => (c, f),
-        (Err(e), _) | (_, Err(e)) => return api::Response::error(500, e.to_string()),
+        (Err(e), _) | (_, Err(e)) => {
+            return api::Response::failed(observe_kind(&e), e.to_string());
+        }
     };
     let differences = snapshot_differences(&cached, &fresh);
     api::Response::ok(json!({
@@ -573,20 +577,12 @@ fn snapshot_differences(
     out
 }
 
-fn invalid_response(e: EngineError) -> api::Response {
-    match e {
-        EngineError::Invalid { source, errors } => api::Response::with_status(
-            422,
-            json!({
-                "changes": [],
-                "source": source,
-                "errors": errors.iter().map(|e| json!({
-                    "path": e.path, "line": e.loc.line, "column": e.loc.col, "message": e.message
-                })).collect::<Vec<_>>()
-            }),
-        ),
-        EngineError::Runtime(m) => api::Response::error(500, m),
-        EngineError::Usage(m) => api::Response::error(409, m),
+/// The answer for `e`: its kind's status; located errors for a spec (what the CLI prints
+/// from them), the message otherwise; the kind either way.
+fn error_response(e: &EngineError) -> api::Response {
+    match e.spec_errors() {
+        Some(_) => api::Response::with_status(e.kind().http_status(), e.to_json()),
+        None => api::Response::failed(e.kind(), e.to_string()),
     }
 }
 
@@ -599,10 +595,9 @@ fn start_spec(
     spec_file: &str,
     identity: &crate::spec::HostIdentity,
 ) -> Result<(Spec, Accepted), EngineError> {
-    let runtime = |e: accepted::AcceptedError| EngineError::Runtime(e.to_string());
     let text = engine::read(spec_path)?;
     let file_hash = engine::spec_hash(&text);
-    let stored = accepted::load(&sd.dir).map_err(runtime)?;
+    let stored = accepted::load(&sd.dir)?;
     let mut cache = specs.lock().expect("lock");
     if let Some(a) = stored
         .as_ref()
@@ -638,7 +633,7 @@ fn start_spec(
         },
         text,
     };
-    accepted::save(&sd.dir, &next).map_err(runtime)?;
+    accepted::save(&sd.dir, &next)?;
     Ok((spec, next))
 }
 
@@ -760,19 +755,20 @@ pub fn run(scope: &str, spec_path: &std::path::Path) -> Result<(), EngineError> 
     // A second daemon would record and apply its --spec file before finding the socket
     // taken: the first one's accepted spec would be undone.
     if api::daemon_listening(&state_dir.dir) {
-        return Err(EngineError::Usage(format!(
-            "a daemon already runs for this scope (its API answers on {})",
-            api::socket_path(&state_dir.dir).display()
-        )));
+        return Err(Busy::Daemon {
+            socket: api::socket_path(&state_dir.dir),
+        }
+        .into());
     }
     // Installs from before kept these readable by everyone.
     state_dir
         .ensure_private()
         .and_then(|()| crate::statedir::create_private_dir(&dhcp_dir(scope)))
-        .map_err(|e| EngineError::Runtime(format!("state directory: {e}")))?;
-    state_dir
-        .tighten()
-        .map_err(|e| EngineError::Runtime(e.to_string()))?;
+        .map_err(|source| EngineError::StateIo {
+            context: "state directory: ",
+            source,
+        })?;
+    state_dir.tighten()?;
     let spec_file = std::fs::canonicalize(spec_path)
         .unwrap_or_else(|_| spec_path.to_path_buf())
         .display()
@@ -807,17 +803,14 @@ pub fn run(scope: &str, spec_path: &std::path::Path) -> Result<(), EngineError> 
     }
 
     // DHCP, on the bridges the spec just made (threads inherit this thread's namespace).
-    let server = dhcp::Server::start(scopes, &dhcp_dir(scope))
-        .map_err(|e| EngineError::Runtime(format!("dhcp: {e}")))?;
+    let server = dhcp::Server::start(scopes, &dhcp_dir(scope)).map_err(EngineError::Dhcp)?;
     *sh.dhcp.lock().expect("lock") = Some(server.handle());
     // The journal the server just opened may be new, and made with the default mode.
-    state_dir
-        .tighten()
-        .map_err(|e| EngineError::Runtime(e.to_string()))?;
+    state_dir.tighten()?;
     let dhcp_sh = Arc::clone(&sh);
     let dhcp_thread = std::thread::spawn(move || dhcp_thread(dhcp_sh, server));
 
-    let listener = api::bind(&state_dir.dir).map_err(|e| EngineError::Runtime(e.to_string()))?;
+    let listener = api::bind(&state_dir.dir).map_err(EngineError::Listen)?;
     let api_sh = Arc::clone(&sh);
     let api_thread = std::thread::spawn(move || {
         let handler_sh = Arc::clone(&api_sh);

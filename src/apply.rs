@@ -141,6 +141,12 @@ pub fn apply(
     })
 }
 
+/// Deletes the links of this namespace that a kvmnet made and was killed before it marked
+/// (see [`crate::backend::netlink::HALF_MADE_GROUP`]): one request, nothing when none.
+pub fn remove_half_made() -> Result<(), ApplyError> {
+    Ok(Netlink::open()?.delete_group(crate::backend::netlink::HALF_MADE_GROUP)?)
+}
+
 /// The real thing: netlink, tun ioctls, nft, /proc/sys.
 pub struct Kernel {
     nl: Netlink,

@@ -388,6 +388,10 @@ pub fn execute_as(
     fail_after: Option<usize>,
     uid: u32,
 ) -> Result<(), EngineError> {
+    // What a kvmnet killed mid-apply left half made (invisible to the plan: see
+    // `HALF_MADE_GROUP`) goes first, so that nothing stands in the way of the plan.
+    apply::remove_half_made().map_err(|e| EngineError::Kernel(Box::new(e)))?;
+    remove_placeholders(&p.state_dir)?;
     if p.plan.is_empty() {
         if let Some(m) = &p.derived_macs {
             host_macs::remember(&p.state_dir, m)?;
@@ -429,6 +433,9 @@ pub fn execute_as(
         {
             during.mtu_originals.entry(link.clone()).or_insert(*from);
         }
+        if let Step::CreateNetns(n) = s {
+            during.creating_netns.insert(n.clone());
+        }
     }
     record_ethtool_originals(
         &p.plan.steps,
@@ -448,6 +455,7 @@ pub fn execute_as(
                 .mtu_originals
                 .retain(|k, _| p.managed_mtus.contains(k));
             after.moved = p.moved.clone();
+            after.creating_netns.clear();
             if after != during {
                 sd.save(&after)?;
             }
@@ -475,6 +483,20 @@ pub fn execute_as(
         },
     )?;
     outcome
+}
+
+/// Removes the namespace placeholders an apply killed while creating namespaces left (it
+/// recorded their names first), and forgets the names.
+fn remove_placeholders(sd: &StateDir) -> Result<(), EngineError> {
+    let mut st = sd.load()?;
+    if st.creating_netns.is_empty() {
+        return Ok(());
+    }
+    for n in std::mem::take(&mut st.creating_netns) {
+        crate::backend::netns::remove_placeholder(&n);
+    }
+    sd.save(&st)?;
+    Ok(())
 }
 
 /// A change applied with `--confirm-within`: what to go back to if no confirmation comes.

@@ -336,6 +336,8 @@ fn named_namespaces() -> Vec<String> {
         .map(|rd| {
             rd.filter_map(|e| e.ok())
                 .filter_map(|e| e.file_name().into_string().ok())
+                // A placeholder (a create killed before its mount) is no namespace.
+                .filter(|n| !netns::is_placeholder_named(n))
                 .collect()
         })
         .unwrap_or_default();

@@ -5,7 +5,7 @@
 //! Nothing in it is for other users: a scope's directory is 0700 and its files 0600 (made
 //! so, and tightened when found looser: installs from before this rule).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::io::Write as _;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
@@ -41,6 +41,11 @@ pub struct State {
     /// MTUs host interfaces had before `host.uplinks` first changed them.
     #[serde(default)]
     pub mtu_originals: BTreeMap<String, u32>,
+    /// Namespaces an apply is about to create, written before it does: what a kill between
+    /// the namespace's file and its mount leaves is then known to be kvmnet's (see
+    /// `netns::create_with`), and the next apply or destroy removes it.
+    #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
+    pub creating_netns: BTreeSet<String>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]

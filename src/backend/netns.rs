@@ -50,9 +50,9 @@ pub fn path(name: &str) -> PathBuf {
     Path::new(NETNS_RUN_DIR).join(name)
 }
 
-/// Whether `/run/netns/NAME` exists (it may be a stale file with nothing mounted on it).
+/// Whether namespace NAME exists (a placeholder with nothing mounted on it does not count).
 pub fn exists(name: &str) -> bool {
-    valid_name(name) && path(name).exists()
+    valid_name(name) && path(name).exists() && !is_placeholder(&path(name))
 }
 
 fn valid_name(name: &str) -> bool {
@@ -228,6 +228,17 @@ fn make_ns_on(name: &str, target: &Path, init: NetnsInit) -> Result<(), NetnsErr
         ));
     }
     Ok(())
+}
+
+/// Whether `/run/netns/NAME` is a placeholder: an empty file with mode 0 and no namespace
+/// mounted on it, what a create killed before its mount leaves. Nothing can enter it.
+pub fn is_placeholder_named(name: &str) -> bool {
+    valid_name(name) && is_placeholder(&path(name))
+}
+
+/// Removes placeholder `NAME` (see [`is_placeholder_named`]); false if it is not one.
+pub fn remove_placeholder(name: &str) -> bool {
+    is_placeholder_named(name) && std::fs::remove_file(path(name)).is_ok()
 }
 
 /// An empty file with mode 0 and no namespace mounted on it.

@@ -86,6 +86,7 @@ const NLA_TYPE_MASK: u16 = 0x3fff;
 const IFLA_IFNAME: u16 = 3;
 const IFLA_LINKINFO: u16 = 18;
 const IFLA_IFALIAS: u16 = 20;
+const IFLA_GROUP: u16 = 27;
 const IFLA_INFO_KIND: u16 = 1;
 const IFF_UP: u32 = 0x1;
 const IFNAMSIZ: usize = 16;
@@ -1450,6 +1451,8 @@ fn encode_link(b: &mut MsgBuf, op: &TcOp, seqs: &mut impl FnMut() -> u32) {
             let s = b.begin(RTM_NEWLINK, ack | NLM_F_CREATE | NLM_F_EXCL, seqs());
             b.ifinfomsg(0, 0, 0);
             b.attr_str(IFLA_IFNAME, name);
+            // Born in the half-made group until its mark is set (see `HALF_MADE_GROUP`).
+            b.attr_u32(IFLA_GROUP, crate::backend::netlink::HALF_MADE_GROUP);
             let li = b.nest_begin(IFLA_LINKINFO | NLA_F_NESTED);
             b.attr_str(IFLA_INFO_KIND, "ifb");
             b.nest_end(li);
@@ -1460,6 +1463,7 @@ fn encode_link(b: &mut MsgBuf, op: &TcOp, seqs: &mut impl FnMut() -> u32) {
             b.attr_str(IFLA_IFNAME, name);
             // The alias length is the attribute length: no NUL.
             b.attr(IFLA_IFALIAS, alias.as_bytes());
+            b.attr_u32(IFLA_GROUP, 0);
             b.end(s);
         }
         TcOp::SetUp { dev } => {

@@ -534,6 +534,19 @@ impl Builder<'_> {
         None
     }
 
+    /// `loc`, moved back onto the text where the YAML library placed it past the end of its
+    /// line: it counts a byte order mark inside a line as two columns.
+    fn within_text(&self, loc: Loc) -> Loc {
+        let width = self
+            .lines
+            .get(loc.line.wrapping_sub(1))
+            .map(|l| l.trim_end_matches('\r').chars().count());
+        match width {
+            Some(w) if loc.col > w + 1 => Loc { col: w + 1, ..loc },
+            _ => loc,
+        }
+    }
+
     /// A rejected key would otherwise leave its value without a key.
     fn in_key_position(&self) -> bool {
         matches!(self.stack.last(), Some(Frame::Map { pending: None, .. }))
@@ -563,9 +576,10 @@ pub(crate) fn load(text: &str) -> (Option<Node>, Vec<SpecError>) {
                 }
             }
             Err(e) => {
+                let loc = b.within_text(loc_of(e.marker()));
                 b.err(
                     String::new(),
-                    loc_of(e.marker()),
+                    loc,
                     format!("YAML syntax error: {}", e.info()),
                 );
                 return (None, b.errors);
@@ -584,6 +598,14 @@ mod tests {
 
     fn l(line: usize, col: usize) -> Loc {
         Loc { line, col }
+    }
+
+    #[test]
+    fn a_syntax_error_after_byte_order_marks_inside_a_line_stays_on_the_line() {
+        // Found by fuzzing: the YAML library counts U+FEFF inside a line as two columns.
+        let (_, errors) = load("i: |\n|\n  \u{feff},s   \u{feff},s ");
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        assert_eq!(errors[0].loc, l(3, 13), "{errors:?}");
     }
 
     #[test]

@@ -927,6 +927,14 @@ pub fn desired_with_nft(
         st.routes.insert(b.name.clone(), Vec::new());
     }
 
+    // Interfaces kvmnet brought up and no longer needs up go back down.
+    let needed_up = raised_uplinks(spec);
+    for k in snap.raised.keys() {
+        if !needed_up.contains(k) && link(k).is_some_and(|l| !is_ours(l) && l.up) {
+            st.lower.insert(k.clone());
+        }
+    }
+
     // MTUs kvmnet changed and no longer manages go back to what they were.
     for (k, orig) in &snap.mtu_originals {
         if !st.mtus.contains_key(k) && link(k).is_some_and(|l| !is_ours(l)) {
@@ -1299,6 +1307,16 @@ impl Interest {
             sysctls: st.sysctls.keys().cloned().collect(),
         }
     }
+}
+
+/// The host interfaces `spec` needs up: a VLAN sub-interface cannot come up on a lower
+/// device that is down, so kvmnet brings a vlan network's uplink up (and gives that back
+/// when no vlan network uses it any more).
+pub fn raised_uplinks(spec: &Spec) -> BTreeSet<String> {
+    spec.networks
+        .values()
+        .filter_map(|n| n.vlan.as_ref().map(|v| v.uplink.clone()))
+        .collect()
 }
 
 /// What kvmnet owns on the host now, read from a snapshot, plus the foreign interfaces of

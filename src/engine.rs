@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::apply::{self, Kernel};
 use crate::audit;
+use crate::borrowed::Managed;
 use crate::desired::{self, managed_sysctls};
 use crate::host_macs;
 use crate::observe::Observer;
@@ -96,13 +97,9 @@ pub struct Planned {
     derived_macs: Option<BTreeMap<String, spec::Mac>>,
     /// What kvmnet owned before (observed), for reverting a change exactly.
     pub previous: HostState,
-    /// sysctls the spec enforces (the other sysctl steps are restores).
-    managed: BTreeSet<String>,
-    /// ethtool settings the spec makes on foreign interfaces (interface -> keys): their
-    /// previous values are recorded before the first change.
-    managed_ethtool: BTreeMap<String, BTreeSet<String>>,
-    /// Interfaces whose MTU the spec sets (the other MTU steps are restores).
-    managed_mtus: BTreeSet<String>,
+    /// Settings the spec borrows from the host: their steps record originals first; the
+    /// other steps on such settings are give-backs.
+    managed: Managed,
     /// What bridge-mode bridges hold from their uplinks once this plan is applied.
     moved: BTreeMap<String, Moved>,
     pub state_dir: StateDir,
@@ -297,21 +294,29 @@ pub fn plan_with(
         settled,
         derived_macs,
         previous: have,
-        managed: managed_sysctls(spec).into_keys().collect(),
-        managed_ethtool: managed_ethtool(spec),
-        managed_mtus: spec
-            .host
-            .uplinks
-            .values()
-            .filter(|u| u.bond.is_none() && u.mtu.is_some())
-            .map(|u| u.name.clone())
-            .collect(),
+        managed: managed(spec),
         moved,
         state_dir: observer.state_dir,
         scope: scope.to_string(),
         _lock: Some(lock),
         _inputs: Some(Box::new((snap, want, remembered))),
     })
+}
+
+/// The host settings `spec` borrows.
+pub fn managed(spec: &Spec) -> Managed {
+    Managed {
+        sysctls: managed_sysctls(spec).into_keys().collect(),
+        mtus: spec
+            .host
+            .uplinks
+            .values()
+            .filter(|u| u.bond.is_none() && u.mtu.is_some())
+            .map(|u| u.name.clone())
+            .collect(),
+        ethtool: managed_ethtool(spec),
+        up: desired::raised_uplinks(spec),
+    }
 }
 
 /// The ethtool settings a spec makes on interfaces kvmnet does not own.
@@ -321,39 +326,6 @@ pub fn managed_ethtool(spec: &Spec) -> BTreeMap<String, BTreeSet<String>> {
         .iter()
         .map(|(dev, e)| (dev.clone(), e.settings.keys().cloned().collect()))
         .collect()
-}
-
-/// Adds to `originals` the previous values of the foreign ethtool settings `steps` change,
-/// keeping any value recorded before (the first one is the original).
-pub fn record_ethtool_originals(
-    steps: &[Step],
-    managed: &BTreeMap<String, BTreeSet<String>>,
-    originals: &mut BTreeMap<String, BTreeMap<String, u32>>,
-) {
-    for s in steps {
-        if let Step::SetEthtool { dev, from, .. } = s
-            && let Some(keys) = managed.get(dev)
-        {
-            for (k, v) in from.iter().filter(|(k, _)| keys.contains(*k)) {
-                originals
-                    .entry(dev.clone())
-                    .or_default()
-                    .entry(k.clone())
-                    .or_insert(*v);
-            }
-        }
-    }
-}
-
-/// Keeps only the originals of settings the spec still makes (the others were restored).
-pub fn retain_ethtool_originals(
-    managed: &BTreeMap<String, BTreeSet<String>>,
-    originals: &mut BTreeMap<String, BTreeMap<String, u32>>,
-) {
-    originals.retain(|dev, vals| {
-        vals.retain(|k, _| managed.get(dev).is_some_and(|m| m.contains(k)));
-        !vals.is_empty()
-    });
 }
 
 /// A failed execution of `steps`: which step failed, why, and what became of the others.
@@ -419,29 +391,12 @@ pub fn execute_as(
     let sd = &p.state_dir;
     let before = sd.load()?;
     let mut during = before.clone();
+    during.borrowed.record(&p.plan.steps, &p.managed);
     for s in &p.plan.steps {
-        if let Step::SetSysctl { key, from, .. } = s
-            && p.managed.contains(key)
-        {
-            during
-                .sysctl_originals
-                .entry(key.clone())
-                .or_insert(from.clone());
-        }
-        if let Step::SetMtu { link, from, .. } = s
-            && p.managed_mtus.contains(link)
-        {
-            during.mtu_originals.entry(link.clone()).or_insert(*from);
-        }
         if let Step::CreateNetns(n) = s {
             during.creating_netns.insert(n.clone());
         }
     }
-    record_ethtool_originals(
-        &p.plan.steps,
-        &p.managed_ethtool,
-        &mut during.ethtool_originals,
-    );
     if during != before {
         sd.save(&during)?;
     }
@@ -449,11 +404,7 @@ pub fn execute_as(
     let outcome = match apply::apply(&mut kernel, &p.plan.steps, fail_after) {
         Ok(()) => {
             let mut after = during.clone();
-            after.sysctl_originals.retain(|k, _| p.managed.contains(k));
-            retain_ethtool_originals(&p.managed_ethtool, &mut after.ethtool_originals);
-            after
-                .mtu_originals
-                .retain(|k, _| p.managed_mtus.contains(k));
+            after.borrowed.retain_managed(&p.managed);
             after.moved = p.moved.clone();
             after.creating_netns.clear();
             if after != during {
@@ -609,9 +560,7 @@ pub fn revert_if_due_with(
         settled: None,
         derived_macs: None,
         previous: have,
-        managed: BTreeSet::new(),
-        managed_ethtool: BTreeMap::new(),
-        managed_mtus: BTreeSet::new(),
+        managed: Managed::default(),
         moved: BTreeMap::new(),
         state_dir: observer.state_dir,
         scope: scope.to_string(),
@@ -641,6 +590,7 @@ pub fn parse_duration(s: &str) -> Option<u64> {
 #[cfg(test)]
 mod ethtool_originals_tests {
     use super::*;
+    use crate::borrowed::Borrowed;
 
     fn vals(pairs: &[(&str, u32)]) -> BTreeMap<String, u32> {
         pairs.iter().map(|(k, v)| (k.to_string(), *v)).collect()
@@ -650,17 +600,20 @@ mod ethtool_originals_tests {
     /// what the spec stops setting is forgotten once restored.
     #[test]
     fn first_values_of_foreign_settings_are_kept_until_restored() {
-        let managed = BTreeMap::from([(
-            "eth1".to_string(),
-            BTreeSet::from(["tso".to_string(), "rings.rx".to_string()]),
-        )]);
+        let managed = Managed {
+            ethtool: BTreeMap::from([(
+                "eth1".to_string(),
+                BTreeSet::from(["tso".to_string(), "rings.rx".to_string()]),
+            )]),
+            ..Managed::default()
+        };
         let step = |dev: &str, from: &[(&str, u32)], to: &[(&str, u32)]| Step::SetEthtool {
             dev: dev.into(),
             from: vals(from),
             to: vals(to),
         };
-        let mut originals = BTreeMap::new();
-        record_ethtool_originals(
+        let mut b = Borrowed::default();
+        b.record(
             &[
                 step(
                     "eth1",
@@ -670,27 +623,28 @@ mod ethtool_originals_tests {
                 step("web0", &[("gro", 0)], &[("gro", 1)]),
             ],
             &managed,
-            &mut originals,
         );
         assert_eq!(
-            originals,
+            b.ethtool.0,
             BTreeMap::from([("eth1".to_string(), vals(&[("tso", 1), ("rings.rx", 512)]))])
         );
         // A later change (drift repair, new value) does not overwrite the original.
-        record_ethtool_originals(
+        b.record(
             &[step("eth1", &[("rings.rx", 4096)], &[("rings.rx", 2048)])],
             &managed,
-            &mut originals,
         );
-        assert_eq!(originals["eth1"]["rings.rx"], 512);
+        assert_eq!(b.ethtool["eth1"]["rings.rx"], 512);
         // The spec keeps only tso: rings.rx was restored by the same apply and is forgotten.
-        let now = BTreeMap::from([("eth1".to_string(), BTreeSet::from(["tso".to_string()]))]);
-        retain_ethtool_originals(&now, &mut originals);
+        let now = Managed {
+            ethtool: BTreeMap::from([("eth1".to_string(), BTreeSet::from(["tso".to_string()]))]),
+            ..Managed::default()
+        };
+        b.retain_managed(&now);
         assert_eq!(
-            originals,
+            b.ethtool.0,
             BTreeMap::from([("eth1".to_string(), vals(&[("tso", 1)]))])
         );
-        retain_ethtool_originals(&BTreeMap::new(), &mut originals);
-        assert!(originals.is_empty());
+        b.retain_managed(&Managed::default());
+        assert!(b.ethtool.is_empty());
     }
 }

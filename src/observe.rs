@@ -466,7 +466,7 @@ impl Observer {
 
         let state = self.state_dir.load()?;
         // ethtool: what the spec configures, and foreign interfaces with recorded originals.
-        let mut ethtool_devs: BTreeSet<String> = state.ethtool_originals.keys().cloned().collect();
+        let mut ethtool_devs: BTreeSet<String> = state.borrowed.ethtool.keys().cloned().collect();
         if let Some(spec) = spec {
             ethtool_devs.extend(spec.host.ethtool.keys().cloned());
             for vm in spec.vms.values() {
@@ -489,7 +489,7 @@ impl Observer {
                 );
             }
         }
-        let mut keys: BTreeSet<String> = state.sysctl_originals.keys().cloned().collect();
+        let mut keys: BTreeSet<String> = state.borrowed.sysctls.keys().cloned().collect();
         keys.extend(extra_sysctls.iter().cloned());
         let mut users = BTreeMap::new();
         if let Some(spec) = spec {
@@ -524,12 +524,13 @@ impl Observer {
             nft,
             sysctls: sysctls.collect(),
             sysctl_readonly,
-            sysctl_originals: state.sysctl_originals,
+            sysctl_originals: state.borrowed.sysctls.0,
             moved: state.moved,
-            mtu_originals: state.mtu_originals,
+            mtu_originals: state.borrowed.mtus.0,
+            raised: state.borrowed.up.0,
             users,
             ethtool,
-            ethtool_originals: state.ethtool_originals,
+            ethtool_originals: state.borrowed.ethtool.0,
         })
     }
 }

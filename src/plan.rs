@@ -965,6 +965,13 @@ fn diff_with(want: &HostState, have: &HostState, nft: impl FnOnce() -> NftPlan) 
             to: true,
         });
     }
+    for link in &want.lower {
+        steps.push(Step::SetUp {
+            link: link.clone(),
+            from: true,
+            to: false,
+        });
+    }
     for (name, w) in &want.vlans {
         match have.vlans.get(name) {
             Some(h) if !vlan_stale(name, h) => {}

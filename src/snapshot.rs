@@ -38,6 +38,10 @@ pub struct Snapshot {
     pub ethtool_originals: BTreeMap<String, BTreeMap<String, u32>>,
     /// MTUs host interfaces had before kvmnet first changed them (from the state directory).
     pub mtu_originals: BTreeMap<String, u32>,
+    /// Host interfaces kvmnet brought up, with their original up state (from the state
+    /// directory).
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub raised: BTreeMap<String, bool>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]

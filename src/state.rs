@@ -50,6 +50,10 @@ pub struct HostState {
     /// holds any; once up, there is nothing left to do.
     #[serde(default)]
     pub raise: BTreeSet<String>,
+    /// Foreign interfaces kvmnet brought up (see `raise`) that no spec needs up any more:
+    /// given back, down. Only a desired state holds any.
+    #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
+    pub lower: BTreeSet<String>,
     /// Bonds of `host.uplinks`.
     #[serde(default)]
     pub bonds: BTreeMap<String, BondLink>,

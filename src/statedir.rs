@@ -29,18 +29,13 @@ pub enum StateError {
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct State {
-    pub sysctl_originals: BTreeMap<String, String>,
+    /// Host settings kvmnet changed on objects it does not own, to give back.
+    #[serde(flatten)]
+    pub borrowed: crate::borrowed::Borrowed,
     /// Per bridge of a bridge-mode network and per bond: the uplink or member addresses and routes kvmnet moved onto
     /// it, so one deleted by hand is put back (and returned to the uplink on destroy).
     #[serde(default)]
     pub moved: BTreeMap<String, Moved>,
-    /// Per foreign interface: the value each ethtool setting had before kvmnet first changed
-    /// it, given back on destroy.
-    #[serde(default)]
-    pub ethtool_originals: BTreeMap<String, BTreeMap<String, u32>>,
-    /// MTUs host interfaces had before `host.uplinks` first changed them.
-    #[serde(default)]
-    pub mtu_originals: BTreeMap<String, u32>,
     /// Namespaces an apply is about to create, written before it does: what a kill between
     /// the namespace's file and its mount leaves is then known to be kvmnet's (see
     /// `netns::create_with`), and the next apply or destroy removes it.

@@ -1,0 +1,277 @@
+//! Host settings kvmnet borrows: values it changes on objects it does not own (a sysctl, a
+//! host interface's MTU, ethtool settings or up state), recorded before the first change,
+//! enforced while the spec asks for them, and given back when it stops asking (destroy
+//! included). One mechanism for every kind, so that a new kind is a key type, a line in
+//! [`Managed`] and a line in [`changes`].
+//!
+//! Pure: the engine records from the steps it is about to run and keeps what is still
+//! managed afterwards; the desired state asks [`Originals::to_give_back`] what to restore.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde::{Deserialize, Serialize};
+
+use crate::plan::Step;
+
+/// A recorded original value. The first one recorded wins: later ones are values kvmnet
+/// itself set.
+pub trait Original: Clone {
+    /// Keeps `self` (the older value), adding what only `later` holds.
+    fn keep_first(&mut self, later: Self);
+}
+
+impl Original for String {
+    fn keep_first(&mut self, _: Self) {}
+}
+
+impl Original for u32 {
+    fn keep_first(&mut self, _: Self) {}
+}
+
+impl Original for bool {
+    fn keep_first(&mut self, _: Self) {}
+}
+
+/// Several settings of one object (ethtool keys of a device): each keeps its first value.
+impl Original for BTreeMap<String, u32> {
+    fn keep_first(&mut self, later: Self) {
+        for (k, v) in later {
+            self.entry(k).or_insert(v);
+        }
+    }
+}
+
+/// Original values by key. Serialized as the plain map (the state directory's format).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Originals<V>(pub BTreeMap<String, V>);
+
+impl<V> Default for Originals<V> {
+    fn default() -> Self {
+        Originals(BTreeMap::new())
+    }
+}
+
+impl<V: Original> Originals<V> {
+    /// Notes `before` as `key`'s original, unless one is recorded already.
+    pub fn record(&mut self, key: &str, before: V) {
+        match self.0.get_mut(key) {
+            Some(first) => first.keep_first(before),
+            None => {
+                self.0.insert(key.to_string(), before);
+            }
+        }
+    }
+
+    /// Forgets the originals of keys no longer managed: they have been given back.
+    pub fn retain_managed(&mut self, managed: impl Fn(&str) -> bool) {
+        self.0.retain(|k, _| managed(k));
+    }
+
+    /// Originals of keys the spec no longer manages: what to give back.
+    pub fn to_give_back<'a>(
+        &'a self,
+        managed: impl Fn(&str) -> bool + 'a,
+    ) -> impl Iterator<Item = (&'a String, &'a V)> + 'a {
+        self.0.iter().filter(move |(k, _)| !managed(k))
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl<V> std::ops::Deref for Originals<V> {
+    type Target = BTreeMap<String, V>;
+    fn deref(&self) -> &Self::Target {
+        &self.0
+    }
+}
+
+impl<V> std::ops::DerefMut for Originals<V> {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        &mut self.0
+    }
+}
+
+/// What a spec borrows: the settings it asks for on objects kvmnet does not own.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Managed {
+    pub sysctls: BTreeSet<String>,
+    pub mtus: BTreeSet<String>,
+    /// ethtool keys by device.
+    pub ethtool: BTreeMap<String, BTreeSet<String>>,
+    /// Host interfaces the spec needs up (the uplinks of vlan networks).
+    pub up: BTreeSet<String>,
+}
+
+/// Every kind of borrowed setting, as the state directory keeps them (under the names the
+/// first kinds had there).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Borrowed {
+    #[serde(rename = "sysctl_originals")]
+    pub sysctls: Originals<String>,
+    #[serde(rename = "mtu_originals")]
+    pub mtus: Originals<u32>,
+    #[serde(rename = "ethtool_originals")]
+    pub ethtool: Originals<BTreeMap<String, u32>>,
+    /// Up state (always `false`: kvmnet only brings interfaces up).
+    #[serde(rename = "raised", skip_serializing_if = "Originals::is_empty")]
+    pub up: Originals<bool>,
+}
+
+/// One borrowed setting a step changes, with its value before the step.
+pub enum Change<'a> {
+    Sysctl(&'a str, &'a str),
+    Mtu(&'a str, u32),
+    Ethtool(&'a str, BTreeMap<String, u32>),
+    Up(&'a str, bool),
+}
+
+/// The borrowed settings `step` changes, if `managed` says the spec asks for them.
+pub fn changes<'a>(step: &'a Step, managed: &Managed) -> Option<Change<'a>> {
+    match step {
+        Step::SetSysctl { key, from, .. } if managed.sysctls.contains(key) => {
+            Some(Change::Sysctl(key, from))
+        }
+        Step::SetMtu { link, from, .. } if managed.mtus.contains(link) => {
+            Some(Change::Mtu(link, *from))
+        }
+        Step::SetEthtool { dev, from, .. } => {
+            let keys = managed.ethtool.get(dev)?;
+            let before: BTreeMap<String, u32> = from
+                .iter()
+                .filter(|(k, _)| keys.contains(*k))
+                .map(|(k, v)| (k.clone(), *v))
+                .collect();
+            (!before.is_empty()).then_some(Change::Ethtool(dev, before))
+        }
+        Step::SetUp {
+            link, from: false, ..
+        } if managed.up.contains(link) => Some(Change::Up(link, false)),
+        _ => None,
+    }
+}
+
+impl Borrowed {
+    /// Records the originals of what `steps` change, before they run.
+    pub fn record(&mut self, steps: &[Step], managed: &Managed) {
+        for s in steps {
+            match changes(s, managed) {
+                Some(Change::Sysctl(k, v)) => self.sysctls.record(k, v.to_string()),
+                Some(Change::Mtu(k, v)) => self.mtus.record(k, v),
+                Some(Change::Ethtool(k, v)) => self.ethtool.record(k, v),
+                Some(Change::Up(k, v)) => self.up.record(k, v),
+                None => {}
+            }
+        }
+    }
+
+    /// After a successful apply: only what the spec still borrows stays recorded (the rest
+    /// was given back by that apply).
+    pub fn retain_managed(&mut self, managed: &Managed) {
+        self.sysctls.retain_managed(|k| managed.sysctls.contains(k));
+        self.mtus.retain_managed(|k| managed.mtus.contains(k));
+        self.up.retain_managed(|k| managed.up.contains(k));
+        self.ethtool.0.retain(|dev, vals| {
+            vals.retain(|k, _| managed.ethtool.get(dev).is_some_and(|m| m.contains(k)));
+            !vals.is_empty()
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn managed() -> Managed {
+        Managed {
+            sysctls: ["net.ipv4.ip_forward".to_string()].into(),
+            mtus: ["eth0".to_string()].into(),
+            ethtool: [("eth0".to_string(), ["gro".to_string()].into())].into(),
+            up: ["eth1".to_string()].into(),
+        }
+    }
+
+    #[test]
+    fn the_first_value_is_the_original_and_only_managed_settings_are_recorded() {
+        let mut b = Borrowed::default();
+        let steps = vec![
+            Step::SetSysctl {
+                key: "net.ipv4.ip_forward".into(),
+                from: "0".into(),
+                to: "1".into(),
+            },
+            Step::SetSysctl {
+                key: "net.core.somaxconn".into(),
+                from: "4096".into(),
+                to: "1".into(),
+            },
+            Step::SetUp {
+                link: "eth1".into(),
+                from: false,
+                to: true,
+            },
+            Step::SetUp {
+                link: "eth2".into(),
+                from: false,
+                to: true,
+            },
+        ];
+        b.record(&steps, &managed());
+        b.record(
+            &[Step::SetSysctl {
+                key: "net.ipv4.ip_forward".into(),
+                from: "1".into(),
+                to: "0".into(),
+            }],
+            &managed(),
+        );
+        assert_eq!(
+            b.sysctls.get("net.ipv4.ip_forward").map(String::as_str),
+            Some("0")
+        );
+        assert!(!b.sysctls.contains_key("net.core.somaxconn"));
+        assert_eq!(b.up.get("eth1"), Some(&false));
+        assert!(!b.up.contains_key("eth2"));
+    }
+
+    #[test]
+    fn what_is_no_longer_managed_is_given_back_then_forgotten() {
+        let mut b = Borrowed::default();
+        b.up.record("eth1", false);
+        b.mtus.record("eth0", 1500);
+        let now = Managed {
+            mtus: ["eth0".to_string()].into(),
+            ..Managed::default()
+        };
+        let back: Vec<_> = b.up.to_give_back(|k| now.up.contains(k)).collect();
+        assert_eq!(back, vec![(&"eth1".to_string(), &false)]);
+        assert_eq!(b.mtus.to_give_back(|k| now.mtus.contains(k)).count(), 0);
+        b.retain_managed(&now);
+        assert!(b.up.is_empty());
+        assert_eq!(b.mtus.get("eth0"), Some(&1500));
+    }
+
+    #[test]
+    fn ethtool_keys_of_one_device_each_keep_their_first_value() {
+        let mut o: Originals<BTreeMap<String, u32>> = Originals::default();
+        o.record("eth0", [("gro".to_string(), 1)].into());
+        o.record(
+            "eth0",
+            [("gro".to_string(), 0), ("tso".to_string(), 1)].into(),
+        );
+        assert_eq!(
+            o["eth0"],
+            [("gro".to_string(), 1), ("tso".to_string(), 1)].into()
+        );
+    }
+
+    #[test]
+    fn serialized_as_the_plain_map() {
+        let mut o: Originals<u32> = Originals::default();
+        o.record("eth0", 9000);
+        assert_eq!(serde_json::to_string(&o).unwrap(), r#"{"eth0":9000}"#);
+    }
+}

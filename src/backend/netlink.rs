@@ -20,7 +20,7 @@ use std::io;
 use std::net::Ipv4Addr;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 
-use crate::spec::model::{Ipv4Cidr, Mac};
+use crate::types::{Ipv4Cidr, Mac};
 
 // ---- protocol constants (linux/netlink.h, linux/rtnetlink.h, linux/if_link.h, ...) ----
 

@@ -813,7 +813,7 @@ impl fmt::Display for TcOp {
             } => write!(
                 f,
                 "add filter 1: prio {prio} of {dev}: destination {} to class 1:{class:x}",
-                crate::spec::Mac(*dst_mac)
+                crate::types::Mac(*dst_mac)
             ),
         }
     }

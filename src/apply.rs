@@ -4,9 +4,7 @@
 
 use std::collections::HashMap;
 
-use crate::backend::netlink::{
-    BondOptions, Netlink, NetlinkError, NewLinkKind, Request, RouteInfo,
-};
+use crate::backend::rtnl::{BondOptions, Netlink, NetlinkError, NewLinkKind, Request, RouteInfo};
 use crate::backend::{ethtool, macvtap, netns, nftables, sysctl, tap, tc};
 use crate::observe::netns_mark;
 use crate::plan::Step;

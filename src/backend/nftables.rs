@@ -9,8 +9,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::io::{self, Write as _};
 use std::process::{Command, Stdio};
 
+use super::events::NftObject;
 use super::nfnetlink::{
-    FamilyRaw, NFPROTO_INET, NFT_SET_INTERVAL, NFT_SET_TIMEOUT, element_keys, elements,
+    FamilyRaw, NFPROTO_INET, NFT_SET_INTERVAL, NFT_SET_TIMEOUT, Nfnl, element_keys, elements,
     family_number, open_socket, read_chain, read_family, read_rules, read_set, read_table_head,
 };
 use crate::nft::{self, NftChain, NftChange, NftSet, NftTable};
@@ -164,10 +165,9 @@ impl NftCache {
     /// Reads again what `changes` (notifications: family number, table, object) touched.
     pub fn update(
         &mut self,
-        changes: &BTreeSet<(u8, String, crate::backend::events::NftObject)>,
+        changes: &BTreeSet<(u8, String, NftObject)>,
         element_changes: &[crate::backend::events::ElementChange],
     ) -> Result<Touched, NftError> {
-        use crate::backend::events::NftObject;
         let mut touched = Touched::default();
         let Some(families) = self.families.as_mut() else {
             return Ok(touched);
@@ -261,54 +261,7 @@ impl NftCache {
             };
             raw.mark = mark;
             raw.uses = uses;
-            for o in &objs {
-                match o {
-                    NftObject::Chain(n) | NftObject::Rules(n) => {
-                        touched.chains.insert((family, n.clone()));
-                    }
-                    NftObject::Set(n) => {
-                        touched.sets.insert((family, n.clone()));
-                    }
-                    _ => {}
-                }
-            }
-            for o in &objs {
-                match o {
-                    NftObject::Chain(name) => match read_chain(&mut sock, family, name)? {
-                        Some(hook) => {
-                            raw.chains.insert(name.clone(), hook);
-                        }
-                        None => {
-                            raw.chains.remove(name);
-                            raw.rules.remove(name);
-                        }
-                    },
-                    NftObject::Set(name) => match read_set(&mut sock, family, name)? {
-                        Some(s) => {
-                            raw.sets.insert(name.clone(), s);
-                        }
-                        None => {
-                            raw.sets.remove(name);
-                        }
-                    },
-                    _ => {}
-                }
-            }
-            for o in &objs {
-                match o {
-                    NftObject::Rules(chain) => {
-                        match read_rules(&mut sock, family, Some(chain))?.remove(chain.as_str()) {
-                            Some(r) => {
-                                raw.rules.insert(chain.clone(), r);
-                            }
-                            None => {
-                                raw.rules.remove(chain.as_str());
-                            }
-                        }
-                    }
-                    _ => {}
-                }
-            }
+            reread_objects(&mut sock, family, raw, &objs, &mut touched)?;
         }
         Ok(touched)
     }
@@ -448,6 +401,63 @@ impl NftCache {
         }
         (!t.families.is_empty()).then_some(t)
     }
+}
+
+/// Reads again the chains, sets and rules of `family` that `objs` say changed, into `raw`,
+/// noting them in `touched`.
+fn reread_objects(
+    sock: &mut Nfnl,
+    family: &'static str,
+    raw: &mut FamilyRaw,
+    objs: &[&NftObject],
+    touched: &mut Touched,
+) -> Result<(), NftError> {
+    for o in objs {
+        match o {
+            NftObject::Chain(n) | NftObject::Rules(n) => {
+                touched.chains.insert((family, n.clone()));
+            }
+            NftObject::Set(n) => {
+                touched.sets.insert((family, n.clone()));
+            }
+            _ => {}
+        }
+    }
+    for o in objs {
+        match o {
+            NftObject::Chain(name) => match read_chain(sock, family, name)? {
+                Some(hook) => {
+                    raw.chains.insert(name.clone(), hook);
+                }
+                None => {
+                    raw.chains.remove(name);
+                    raw.rules.remove(name);
+                }
+            },
+            NftObject::Set(name) => match read_set(sock, family, name)? {
+                Some(s) => {
+                    raw.sets.insert(name.clone(), s);
+                }
+                None => {
+                    raw.sets.remove(name);
+                }
+            },
+            _ => {}
+        }
+    }
+    for o in objs {
+        if let NftObject::Rules(chain) = o {
+            match read_rules(sock, family, Some(chain))?.remove(chain.as_str()) {
+                Some(r) => {
+                    raw.rules.insert(chain.clone(), r);
+                }
+                None => {
+                    raw.rules.remove(chain.as_str());
+                }
+            }
+        }
+    }
+    Ok(())
 }
 
 fn chain_of(family: &str, raw: &FamilyRaw, name: &str) -> Option<NftChain> {

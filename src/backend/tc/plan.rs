@@ -30,20 +30,7 @@ pub fn plan(port: &PortTc, obs: &TcObserved) -> Result<Vec<TcOp>, TcError> {
     };
     let ifb = port.ifb_dev();
     check_name(&ifb, "IFB name")?;
-    if let Some(m) = &port.mirror_to {
-        if *m == port.dev || *m == ifb {
-            return Err(TcError::Invalid {
-                what: format!("port {}", port.dev),
-                reason: format!("cannot mirror to {m}: it is the port itself or its IFB"),
-            });
-        }
-        if !obs.links.contains_key(m) {
-            return Err(TcError::NoDevice {
-                what: "mirror target",
-                name: m.clone(),
-            });
-        }
-    }
+    check_mirror(port, obs, &ifb)?;
     let inbound = port.inbound.map(|r| r.htb_params(&obs.clock)).transpose()?;
     let outbound = port
         .outbound
@@ -54,17 +41,7 @@ pub fn plan(port: &PortTc, obs: &TcObserved) -> Result<Vec<TcOp>, TcError> {
         && outbound.is_some()
         && !ifb_ours
     {
-        return Err(TcError::Conflict(match i.kind.as_deref() {
-            Some("ifb") => format!(
-                "IFB {ifb} belongs to another port ({})",
-                i.alias.as_deref().unwrap_or_default()
-            ),
-            kind => format!(
-                "{ifb}, the IFB name of port {}, is taken by a link of kind {}",
-                port.dev,
-                kind.unwrap_or("none")
-            ),
-        }));
+        return Err(ifb_taken(port, &ifb, i));
     }
 
     let mut ops = Vec::new();
@@ -130,6 +107,41 @@ pub fn plan(port: &PortTc, obs: &TcObserved) -> Result<Vec<TcOp>, TcError> {
         ops.push(TcOp::DeleteIfb { name: ifb });
     }
     Ok(ops)
+}
+
+/// A mirror target must exist and be neither the port nor its IFB.
+fn check_mirror(port: &PortTc, obs: &TcObserved, ifb: &str) -> Result<(), TcError> {
+    let Some(m) = &port.mirror_to else {
+        return Ok(());
+    };
+    if *m == port.dev || *m == ifb {
+        return Err(TcError::Invalid {
+            what: format!("port {}", port.dev),
+            reason: format!("cannot mirror to {m}: it is the port itself or its IFB"),
+        });
+    }
+    if !obs.links.contains_key(m) {
+        return Err(TcError::NoDevice {
+            what: "mirror target",
+            name: m.clone(),
+        });
+    }
+    Ok(())
+}
+
+/// The port's IFB name is taken by a link that is not the port's IFB.
+fn ifb_taken(port: &PortTc, ifb: &str, link: &DevTc) -> TcError {
+    TcError::Conflict(match link.kind.as_deref() {
+        Some("ifb") => format!(
+            "IFB {ifb} belongs to another port ({})",
+            link.alias.as_deref().unwrap_or_default()
+        ),
+        kind => format!(
+            "{ifb}, the IFB name of port {}, is taken by a link of kind {}",
+            port.dev,
+            kind.unwrap_or("none")
+        ),
+    })
 }
 
 /// An IFB kvmnet may use and delete for `port`: an IFB that does not name another port in

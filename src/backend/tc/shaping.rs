@@ -185,6 +185,45 @@ pub fn read_shaping(dev: &DevTc) -> Option<Shaping> {
     })
 }
 
+/// A bridge's wanted shaping tree.
+struct Tree<'a> {
+    dev: &'a str,
+    /// (class, parent, parameters), the root's child first.
+    classes: Vec<(u16, u32, HtbParams)>,
+    /// The classifiers: class (and priority) -> the MAC whose frames it takes.
+    filters: BTreeMap<u16, [u8; 6]>,
+}
+
+impl Tree<'_> {
+    /// The ops that make the whole tree on a device without one.
+    fn build(&self, ops: &mut Vec<TcOp>) {
+        let dev = || self.dev.to_string();
+        ops.push(TcOp::AddShapingRoot { dev: dev() });
+        for (class, parent, params) in &self.classes {
+            ops.push(TcOp::SetClass {
+                dev: dev(),
+                class: *class,
+                parent: *parent,
+                params: *params,
+            });
+        }
+        for (class, _, _) in self.classes.iter().skip(1) {
+            ops.push(TcOp::SetClassLeaf {
+                dev: dev(),
+                class: *class,
+            });
+        }
+        for (class, mac) in &self.filters {
+            ops.push(TcOp::AddClassifier {
+                dev: dev(),
+                prio: *class,
+                dst_mac: *mac,
+                class: *class,
+            });
+        }
+    }
+}
+
 /// The ops that give `dev` the tree `want` (none: no shaping), changing only what differs:
 /// adding a VM's floor adds its class, leaf and filter and retunes the default class. Pure.
 pub fn plan_shaping(
@@ -201,49 +240,31 @@ pub fn plan_shaping(
         }
         return Ok(ops);
     };
-    let classes = want.classes(clock)?;
-    let filters: BTreeMap<u16, [u8; 6]> = want.floors.iter().map(|f| (f.class, f.mac)).collect();
-    if filters.len() != want.floors.len() {
+    let tree = Tree {
+        dev: &name,
+        classes: want.classes(clock)?,
+        filters: want.floors.iter().map(|f| (f.class, f.mac)).collect(),
+    };
+    if tree.filters.len() != want.floors.len() {
         return Err(TcError::Invalid {
             what: format!("shaping of {name}"),
             reason: "two floors share a class".into(),
         });
     }
-    let build = |ops: &mut Vec<TcOp>| {
-        ops.push(TcOp::AddShapingRoot { dev: name.clone() });
-        for (class, parent, params) in &classes {
-            ops.push(TcOp::SetClass {
-                dev: name.clone(),
-                class: *class,
-                parent: *parent,
-                params: *params,
-            });
-        }
-        for (class, _, _) in classes.iter().skip(1) {
-            ops.push(TcOp::SetClassLeaf {
-                dev: name.clone(),
-                class: *class,
-            });
-        }
-        for (class, mac) in &filters {
-            ops.push(TcOp::AddClassifier {
-                dev: name.clone(),
-                prio: *class,
-                dst_mac: *mac,
-                class: *class,
-            });
-        }
-    };
     if !is_shaping_root(dev) {
         if root.is_some() {
             ops.push(TcOp::DeleteRoot { dev: name.clone() });
         }
-        build(&mut ops);
+        tree.build(&mut ops);
         return Ok(ops);
     }
-    // Filters: at 1: only our classifiers, one per floor; none anywhere else in the tree.
-    let mut stray: BTreeSet<(u32, u16)> = dev
-        .filters
+    Ok(retune(dev, &tree))
+}
+
+/// Filters in the tree that are not wanted: at 1: only our classifiers, one per floor; none
+/// anywhere else.
+fn stray_filters(dev: &DevTc, filters: &BTreeMap<u16, [u8; 6]>) -> BTreeSet<(u32, u16)> {
+    dev.filters
         .iter()
         .filter(|f| f.parent >> 16 == HTB_HANDLE >> 16)
         .map(|f| (f.parent, f.prio))
@@ -257,28 +278,39 @@ pub fn plan_shaping(
                     })
                 })
         })
-        .collect();
-    // Classes: a class under the wrong parent cannot move; it is deleted and made again.
-    let wanted: BTreeMap<u16, (u32, HtbParams)> =
-        classes.iter().map(|(c, p, h)| (*c, (*p, *h))).collect();
-    let mut delete_classes = Vec::new();
-    let mut set_classes = Vec::new();
+        .collect()
+}
+
+/// Classes of the tree to delete: unwanted, or under the wrong parent (a class cannot
+/// move; it is deleted and made again). None when the top class is wrong: then the whole
+/// tree is rebuilt.
+fn classes_to_delete(dev: &DevTc, classes: &[(u16, u32, HtbParams)]) -> Option<Vec<u16>> {
+    let wanted: BTreeMap<u16, u32> = classes.iter().map(|(c, p, _)| (*c, *p)).collect();
+    let mut delete = Vec::new();
     for c in &dev.classes {
         if c.handle >> 16 != HTB_HANDLE >> 16 {
             continue;
         }
         let minor = (c.handle & 0xffff) as u16;
         match wanted.get(&minor) {
-            Some((parent, _)) if *parent == c.parent && c.kind == "htb" => {}
-            _ if minor == 1 => {
-                // The top class is wrong: rebuild the whole tree.
-                ops.push(TcOp::DeleteRoot { dev: name.clone() });
-                build(&mut ops);
-                return Ok(ops);
-            }
-            _ => delete_classes.push(minor),
+            Some(parent) if *parent == c.parent && c.kind == "htb" => {}
+            _ if minor == 1 => return None,
+            _ => delete.push(minor),
         }
     }
+    Some(delete)
+}
+
+/// The ops that bring the shaping tree on `dev` to `tree`, changing only what differs.
+fn retune(dev: &DevTc, tree: &Tree<'_>) -> Vec<TcOp> {
+    let name = || tree.dev.to_string();
+    let mut ops = Vec::new();
+    let mut stray = stray_filters(dev, &tree.filters);
+    let Some(delete_classes) = classes_to_delete(dev, &tree.classes) else {
+        ops.push(TcOp::DeleteRoot { dev: name() });
+        tree.build(&mut ops);
+        return ops;
+    };
     // A class with filters pointing at it cannot be deleted: those filters go first.
     for f in dev
         .filters
@@ -292,33 +324,32 @@ pub fn plan_shaping(
     }
     for (parent, prio) in &stray {
         ops.push(TcOp::DeleteFilter {
-            dev: name.clone(),
+            dev: name(),
             parent: *parent,
             prio: *prio,
         });
     }
     for c in &delete_classes {
         ops.push(TcOp::DeleteClass {
-            dev: name.clone(),
+            dev: name(),
             class: *c,
         });
     }
-    for (class, parent, params) in &classes {
+    for (class, parent, params) in &tree.classes {
         let live = dev
             .classes
             .iter()
             .find(|k| k.handle == class_handle(*class) && !delete_classes.contains(class));
         if live.is_none_or(|k| k.htb.as_ref() != Some(params)) {
-            set_classes.push(TcOp::SetClass {
-                dev: name.clone(),
+            ops.push(TcOp::SetClass {
+                dev: name(),
                 class: *class,
                 parent: *parent,
                 params: *params,
             });
         }
     }
-    ops.extend(set_classes);
-    for (class, _, _) in classes.iter().skip(1) {
+    for (class, _, _) in tree.classes.iter().skip(1) {
         let leaf_ok = !delete_classes.contains(class)
             && dev.qdiscs.iter().any(|q| {
                 q.parent == class_handle(*class)
@@ -328,22 +359,22 @@ pub fn plan_shaping(
             });
         if !leaf_ok {
             ops.push(TcOp::SetClassLeaf {
-                dev: name.clone(),
+                dev: tree.dev.to_string(),
                 class: *class,
             });
         }
     }
-    for (class, mac) in &filters {
+    for (class, mac) in &tree.filters {
         let present = !stray.contains(&(HTB_HANDLE, *class))
             && dev.entries_at(HTB_HANDLE, *class).next().is_some();
         if !present {
             ops.push(TcOp::AddClassifier {
-                dev: name.clone(),
+                dev: tree.dev.to_string(),
                 prio: *class,
                 dst_mac: *mac,
                 class: *class,
             });
         }
     }
-    Ok(ops)
+    ops
 }

@@ -23,7 +23,6 @@
 //! [`TcObserved`], [`plan`] (pure) diffs it against a [`PortTc`] into [`TcOp`]s, and
 //! [`Tc::execute`] runs them. [`Tc::apply`] chains the three, with replace semantics.
 //!
-//!
 //! Files by concern: `rate` (rates in HTB's units, the scheduler clock), `model` (what
 //! kvmnet asks for, what the kernel has, the ops), `plan` (a port's QoS and mirrors),
 //! `shaping` (a network's bandwidth and floors at its bridge), `encode` (ops as messages),

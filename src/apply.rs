@@ -4,9 +4,7 @@
 
 use std::collections::HashMap;
 
-use crate::backend::netlink::{
-    BondOptions, Netlink, NetlinkError, NewLinkKind, Request, RouteInfo,
-};
+use crate::backend::rtnl::{BondOptions, Netlink, NetlinkError, NewLinkKind, Request, RouteInfo};
 use crate::backend::{ethtool, macvtap, netns, nftables, sysctl, tap, tc};
 use crate::observe::netns_mark;
 use crate::plan::Step;
@@ -142,9 +140,9 @@ pub fn apply(
 }
 
 /// Deletes the links of this namespace that a kvmnet made and was killed before it marked
-/// (see [`crate::backend::netlink::HALF_MADE_GROUP`]): one request, nothing when none.
+/// (see [`crate::backend::rtnl::HALF_MADE_GROUP`]): one request, nothing when none.
 pub fn remove_half_made() -> Result<(), ApplyError> {
-    Ok(Netlink::open()?.delete_group(crate::backend::netlink::HALF_MADE_GROUP)?)
+    Ok(Netlink::open()?.delete_group(crate::backend::rtnl::HALF_MADE_GROUP)?)
 }
 
 /// The real thing: netlink, tun ioctls, nft, /proc/sys.

@@ -24,4 +24,5 @@ pub mod spec;
 pub mod state;
 pub mod statedir;
 pub mod status;
+pub mod types;
 pub mod watch;

@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use foldhash::HashMap;
 
-use crate::backend::netlink::{BondOptions, LinkInfo, Netlink, NetlinkError};
+use crate::backend::rtnl::{BondOptions, LinkInfo, Netlink, NetlinkError};
 use crate::backend::{netns, nftables, sysctl, tap};
 use crate::desired::managed_sysctls;
 use crate::snapshot::{
@@ -144,8 +144,8 @@ fn read_links_with(nl: &mut Netlink, counters: bool) -> Result<NetnsSnap, Netlin
 /// What links, addresses and routes read from the kernel mean in a snapshot.
 pub(crate) fn netns_snap(
     links: &[LinkInfo],
-    addrs: Vec<crate::backend::netlink::AddrInfo>,
-    routes: Vec<crate::backend::netlink::RouteInfo>,
+    addrs: Vec<crate::backend::rtnl::AddrInfo>,
+    routes: Vec<crate::backend::rtnl::RouteInfo>,
     counters: bool,
 ) -> NetnsSnap {
     let names: HashMap<u32, String> = links.iter().map(|l| (l.index, l.name.clone())).collect();
@@ -170,7 +170,7 @@ pub(crate) fn netns_snap(
 
 /// Addresses with their devices named (those of unknown devices left out).
 pub(crate) fn addr_snaps(
-    addrs: Vec<crate::backend::netlink::AddrInfo>,
+    addrs: Vec<crate::backend::rtnl::AddrInfo>,
     name_of: &dyn Fn(u32) -> Option<String>,
 ) -> Vec<AddrSnap> {
     addrs
@@ -187,7 +187,7 @@ pub(crate) fn addr_snaps(
 
 /// Unicast routes with their devices named: local and broadcast ones are the kernel's.
 pub(crate) fn route_snaps(
-    routes: Vec<crate::backend::netlink::RouteInfo>,
+    routes: Vec<crate::backend::rtnl::RouteInfo>,
     name_of: &dyn Fn(u32) -> Option<String>,
 ) -> Vec<RouteSnap> {
     routes

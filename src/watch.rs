@@ -17,8 +17,8 @@ use foldhash::{HashMap, HashMapExt};
 use std::time::{Duration, Instant};
 
 use crate::backend::events::{Changes, Events};
-use crate::backend::netlink::{AddrInfo, LinkInfo, Netlink, RouteInfo};
 use crate::backend::nftables::{self, NftCache};
+use crate::backend::rtnl::{AddrInfo, LinkInfo, Netlink, RouteInfo};
 use crate::backend::tc::{self, PortTc};
 use crate::nft::NftTable;
 use crate::observe::{self, ObserveError, Observer};

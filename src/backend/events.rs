@@ -6,9 +6,16 @@
 
 use std::collections::BTreeSet;
 use std::io;
-use std::os::fd::{AsRawFd, OwnedFd};
 
-use super::netlink::{attr_string, attrs, messages, open_socket, sockopt};
+use super::netlink::consts::{
+    NETLINK_NETFILTER, RTM_DELADDR, RTM_DELLINK, RTM_DELROUTE, RTM_NEWADDR, RTM_NEWLINK,
+    RTM_NEWROUTE,
+};
+use super::netlink::{Options, Socket, attr, attr_string, attrs, messages};
+use super::nfnetlink::{
+    NFNL_SUBSYS_NFTABLES, NFTA_CHAIN_NAME, NFTA_RULE_CHAIN, NFTA_SET_ELEM_LIST_ELEMENTS,
+    NFTA_SET_ELEM_LIST_SET, NFTA_SET_NAME,
+};
 
 #[derive(Debug, thiserror::Error)]
 #[error("cannot {op} for kernel notifications: {source}")]
@@ -21,16 +28,8 @@ const RTMGRP_LINK: u32 = 0x1;
 const RTMGRP_TC: u32 = 0x8;
 const RTMGRP_IPV4_IFADDR: u32 = 0x10;
 const RTMGRP_IPV4_ROUTE: u32 = 0x40;
-const NETLINK_NETFILTER: libc::c_int = 12;
 const NFNLGRP_NFTABLES: u32 = 7;
-const NFNL_SUBSYS_NFTABLES: u16 = 10;
 
-const RTM_NEWLINK: u16 = 16;
-const RTM_DELLINK: u16 = 17;
-const RTM_NEWADDR: u16 = 20;
-const RTM_DELADDR: u16 = 21;
-const RTM_NEWROUTE: u16 = 24;
-const RTM_DELROUTE: u16 = 25;
 /// Qdiscs, classes, filters (36..=47) and tc chains (100..=103).
 fn is_tc(ty: u16) -> bool {
     (36..=47).contains(&ty) || (100..=103).contains(&ty)
@@ -46,8 +45,6 @@ pub enum NftObject {
     Rules(String),
     /// A set (by name) was made or removed.
     Set(String),
-    /// The elements of a set changed.
-    Elements(String),
     /// Anything else kept in the table (stateful objects, flowtables...).
     Other,
 }
@@ -85,80 +82,57 @@ impl Changes {
     pub fn is_empty(&self) -> bool {
         *self == Changes::default()
     }
-
-    pub fn merge(&mut self, other: Changes) {
-        self.overflow |= other.overflow;
-        self.links.extend(other.links);
-        self.addrs |= other.addrs;
-        self.routes |= other.routes;
-        self.tc.extend(other.tc);
-        self.nft.extend(other.nft);
-        self.nft_elements.extend(other.nft_elements);
-    }
 }
 
-struct Socket {
-    fd: OwnedFd,
-}
-
-impl Socket {
-    fn open(
-        protocol: libc::c_int,
-        groups: u32,
-        extra_group: Option<u32>,
-    ) -> Result<Socket, EventsError> {
-        let err = |op| move |source| EventsError { op, source };
+/// A non-blocking socket subscribed to `groups` (and `extra_group`, past the 32 a bind can
+/// name).
+fn subscribe(
+    protocol: libc::c_int,
+    groups: u32,
+    extra_group: Option<u32>,
+) -> Result<Socket, EventsError> {
+    let opts = Options {
+        groups,
+        nonblock: true,
         // Room for a burst (a bulk apply notifies thousands of objects) between two drains.
-        let fd = open_socket(protocol, libc::SOCK_NONBLOCK, 32 << 20, groups)
-            .map_err(err("open a netlink socket"))?;
-        if let Some(g) = extra_group {
-            sockopt(
-                fd.as_raw_fd(),
-                libc::SOL_NETLINK,
-                libc::NETLINK_ADD_MEMBERSHIP,
-                g as libc::c_int,
-            )
-            .map_err(err("join a netlink group"))?;
-        }
-        Ok(Socket { fd })
+        rcvbuf: 32 << 20,
+        sndbuf: None,
+        ext_acks: false,
+        recv_len: 1 << 20,
+    };
+    let sock = Socket::open(protocol, &opts).map_err(|e| EventsError {
+        op: "open a netlink socket",
+        source: e.into_io(),
+    })?;
+    if let Some(g) = extra_group {
+        sock.join_group(g).map_err(|source| EventsError {
+            op: "join a netlink group",
+            source,
+        })?;
     }
+    Ok(sock)
+}
 
-    /// Every queued datagram, handed to `f`; false when some were lost (ENOBUFS).
-    fn drain(&self, buf: &mut [u8], mut f: impl FnMut(&[u8])) -> Result<bool, EventsError> {
-        let mut complete = true;
-        loop {
-            // SAFETY: buf is valid for writing buf.len() bytes.
-            let r = unsafe {
-                libc::recv(
-                    self.fd.as_raw_fd(),
-                    buf.as_mut_ptr().cast(),
-                    buf.len(),
-                    libc::MSG_DONTWAIT | libc::MSG_TRUNC,
-                )
-            };
-            if r < 0 {
-                let e = io::Error::last_os_error();
-                match e.raw_os_error() {
-                    Some(libc::EAGAIN) => return Ok(complete),
-                    Some(libc::EINTR) => continue,
-                    Some(libc::ENOBUFS) => {
-                        complete = false;
-                        continue;
-                    }
-                    _ => {
-                        return Err(EventsError {
-                            op: "read notifications",
-                            source: e,
-                        });
-                    }
-                }
-            }
-            let n = r as usize;
-            if n > buf.len() {
+/// Every datagram queued on `sock`, handed to `f`; false when some were lost (ENOBUFS, or
+/// one too big for the buffer).
+fn drain(sock: &mut Socket, mut f: impl FnMut(&[u8])) -> Result<bool, EventsError> {
+    let mut complete = true;
+    loop {
+        match sock.recv(true) {
+            Ok(n) => f(sock.received(n)),
+            Err(e) if e.raw_os_error() == Some(libc::EAGAIN) => return Ok(complete),
+            Err(e)
+                if e.raw_os_error() == Some(libc::ENOBUFS)
+                    || e.kind() == io::ErrorKind::InvalidData =>
+            {
                 complete = false;
-                continue;
             }
-            f(&buf[..n]);
+            Err(source) => {
+                return Err(EventsError {
+                    op: "read notifications",
+                    source,
+                });
+            }
         }
     }
 }
@@ -168,38 +142,31 @@ pub struct Events {
     route: Socket,
     /// None on a kernel without nfnetlink (then there are no nftables tables to watch).
     nft: Option<Socket>,
-    buf: Vec<u8>,
 }
 
 impl Events {
     pub fn open() -> Result<Events, EventsError> {
-        let route = Socket::open(
+        let route = subscribe(
             libc::NETLINK_ROUTE,
             RTMGRP_LINK | RTMGRP_TC | RTMGRP_IPV4_IFADDR | RTMGRP_IPV4_ROUTE,
             None,
         )?;
-        let nft = match Socket::open(NETLINK_NETFILTER, 0, Some(NFNLGRP_NFTABLES)) {
+        let nft = match subscribe(NETLINK_NETFILTER, 0, Some(NFNLGRP_NFTABLES)) {
             Ok(s) => Some(s),
             Err(e) if e.source.raw_os_error() == Some(libc::EPROTONOSUPPORT) => None,
             Err(e) => return Err(e),
         };
-        Ok(Events {
-            route,
-            nft,
-            buf: vec![0; 1 << 20],
-        })
+        Ok(Events { route, nft })
     }
 
     /// What changed since the last call. Traffic-control notifications caused by the
     /// sockets `readers` (ports of sockets that only read) are not changes.
     pub fn drain(&mut self, readers: &[u32]) -> Result<Changes, EventsError> {
         let mut c = Changes::default();
-        let complete = self
-            .route
-            .drain(&mut self.buf, |d| route_changes(d, readers, &mut c))?;
+        let complete = drain(&mut self.route, |d| route_changes(d, readers, &mut c))?;
         c.overflow |= !complete;
-        if let Some(nft) = &self.nft {
-            let complete = nft.drain(&mut self.buf, |d| nft_changes(d, &mut c))?;
+        if let Some(nft) = &mut self.nft {
+            let complete = drain(nft, |d| nft_changes(d, &mut c))?;
             c.overflow |= !complete;
         }
         Ok(c)
@@ -256,11 +223,6 @@ const NFT_MSG_DESTROYRULE: u16 = 28;
 const NFT_MSG_DESTROYSET: u16 = 29;
 const NFT_MSG_DESTROYSETELEM: u16 = 30;
 const ATTR_TABLE: u16 = 1;
-const NFTA_CHAIN_NAME: u16 = 3;
-const NFTA_RULE_CHAIN: u16 = 2;
-const NFTA_SET_NAME: u16 = 2;
-const NFTA_SET_ELEM_LIST_SET: u16 = 2;
-const NFTA_SET_ELEM_LIST_ELEMENTS: u16 = 3;
 
 fn nft_changes(datagram: &[u8], c: &mut Changes) {
     for m in messages(datagram) {
@@ -275,11 +237,7 @@ fn nft_changes(datagram: &[u8], c: &mut Changes) {
             continue;
         };
         let body = m.payload.get(4..).unwrap_or(&[]);
-        let get = |ty: u16| {
-            attrs(body)
-                .find(|(t, _)| *t == ty)
-                .map(|(_, v)| attr_string(v))
-        };
+        let get = |ty: u16| attr(body, ty).map(attr_string);
         let Some(table) = get(ATTR_TABLE) else {
             continue;
         };

@@ -5,9 +5,6 @@
 //! the calling thread for good, [`with_netns`] moves it for the span of a closure. A netlink or
 //! tun file descriptor opened inside stays bound to that namespace after switching back.
 
-// An API module: the binary need not use every item.
-#![allow(dead_code)]
-
 use std::ffi::CString;
 use std::fs::{File, OpenOptions};
 use std::io;

@@ -7,12 +7,14 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{self, Write as _};
-use std::os::fd::{AsRawFd, OwnedFd};
 use std::process::{Command, Stdio};
 
-use crate::backend::netlink::{Msg, attr_string, attrs, messages, parse_error};
-use crate::backend::nft_words::{key_text, set_type, typeof_comment, value_text};
-use crate::nft::{self, NftChain, NftChange, NftRule, NftSet, NftTable};
+use super::events::NftObject;
+use super::nfnetlink::{
+    FamilyRaw, NFPROTO_INET, NFT_SET_INTERVAL, NFT_SET_TIMEOUT, Nfnl, element_keys, elements,
+    family_number, open_socket, read_chain, read_family, read_rules, read_set, read_table_head,
+};
+use crate::nft::{self, NftChain, NftChange, NftSet, NftTable};
 
 #[derive(Debug, thiserror::Error)]
 pub enum NftError {
@@ -99,611 +101,12 @@ pub fn change(changes: &[&NftChange]) -> Result<(), NftError> {
     run_script(&script)
 }
 
-// ---- nfnetlink ----
-
-const NETLINK_NETFILTER: libc::c_int = 12;
-const NFNL_SUBSYS_NFTABLES: u16 = 10;
-const NFT_MSG_GETTABLE: u16 = 1;
-const NFT_MSG_GETCHAIN: u16 = 4;
-const NFT_MSG_GETRULE: u16 = 7;
-const NFT_MSG_GETSET: u16 = 10;
-const NFT_MSG_GETSETELEM: u16 = 13;
-const NLM_F_REQUEST: u16 = 0x1;
-const NLM_F_DUMP: u16 = 0x300;
-const NLMSG_ERROR: u16 = 2;
-const NLMSG_DONE: u16 = 3;
-const NLM_F_DUMP_INTR: u16 = 0x10;
-const NFPROTO_INET: u8 = 1;
-const NFPROTO_BRIDGE: u8 = 7;
-
-const NFTA_TABLE_NAME: u16 = 1;
-const NFTA_TABLE_USE: u16 = 3;
-const NFTA_TABLE_USERDATA: u16 = 6;
-const NFTA_CHAIN_TABLE: u16 = 1;
-const NFTA_CHAIN_NAME: u16 = 3;
-const NFTA_CHAIN_HOOK: u16 = 4;
-const NFTA_CHAIN_POLICY: u16 = 5;
-const NFTA_CHAIN_TYPE: u16 = 7;
-const NFTA_HOOK_HOOKNUM: u16 = 1;
-const NFTA_HOOK_PRIORITY: u16 = 2;
-const NFTA_RULE_TABLE: u16 = 1;
-const NFTA_RULE_CHAIN: u16 = 2;
-const NFTA_RULE_USERDATA: u16 = 7;
-const NFTA_SET_TABLE: u16 = 1;
-const NFTA_SET_NAME: u16 = 2;
-const NFTA_SET_FLAGS: u16 = 3;
-const NFTA_SET_KEY_TYPE: u16 = 4;
-const NFTA_SET_DATA_TYPE: u16 = 6;
-const NFTA_SET_ELEM_LIST_TABLE: u16 = 1;
-const NFTA_SET_ELEM_LIST_SET: u16 = 2;
-const NFTA_SET_ELEM_LIST_ELEMENTS: u16 = 3;
-const NFTA_SET_ELEM_KEY: u16 = 1;
-const NFTA_SET_ELEM_DATA: u16 = 2;
-const NFTA_SET_ELEM_FLAGS: u16 = 3;
-const NFTA_DATA_VALUE: u16 = 1;
-const NFTA_DATA_VERDICT: u16 = 2;
-const NFTA_VERDICT_CODE: u16 = 1;
-const NFTA_VERDICT_CHAIN: u16 = 2;
-const NFT_SET_ANONYMOUS: u32 = 0x1;
-const NFT_SET_ELEM_INTERVAL_END: u32 = 0x1;
-/// libnftnl's user data of a rule or table: (type, length, value) triples; type 0 is the
-/// comment.
-const UDATA_COMMENT: u8 = 0;
-const NFTA_SET_USERDATA: u16 = 13;
-
-fn be32(p: &[u8]) -> Option<u32> {
-    Some(u32::from_be_bytes(p.get(..4)?.try_into().ok()?))
-}
-
-fn comment(udata: &[u8]) -> Option<String> {
-    let mut p = udata;
-    while p.len() >= 2 {
-        let (ty, len) = (p[0], p[1] as usize);
-        let v = p.get(2..2 + len)?;
-        if ty == UDATA_COMMENT {
-            return Some(attr_string(v));
-        }
-        p = &p[2 + len..];
-    }
-    None
-}
-
-struct Socket {
-    fd: OwnedFd,
-    seq: u32,
-    rbuf: Vec<u8>,
-}
-
-fn sock_err(op: &'static str) -> impl FnOnce(io::Error) -> NftError {
-    move |source| NftError::Socket { op, source }
-}
-
-impl Socket {
-    fn open() -> Result<Socket, NftError> {
-        // Replies to a whole pipeline of requests queue up before we read them.
-        let fd = super::netlink::open_socket(NETLINK_NETFILTER, 0, 8 << 20, 0)
-            .map_err(sock_err("socket"))?;
-        Ok(Socket {
-            fd,
-            seq: 0,
-            rbuf: vec![0; 1 << 20],
-        })
-    }
-
-    /// Appends one request to `buf`; returns its sequence number.
-    fn request(
-        &mut self,
-        buf: &mut Vec<u8>,
-        msg: u16,
-        flags: u16,
-        family: u8,
-        attrs: &[(u16, &str)],
-    ) -> u32 {
-        self.seq += 1;
-        let start = buf.len();
-        buf.extend_from_slice(&0u32.to_ne_bytes());
-        buf.extend_from_slice(&((NFNL_SUBSYS_NFTABLES << 8) | msg).to_ne_bytes());
-        buf.extend_from_slice(&(NLM_F_REQUEST | flags).to_ne_bytes());
-        buf.extend_from_slice(&self.seq.to_ne_bytes());
-        buf.extend_from_slice(&0u32.to_ne_bytes());
-        // nfgenmsg: family, version 0, resource id 0.
-        buf.extend_from_slice(&[family, 0, 0, 0]);
-        for (ty, v) in attrs {
-            let len = 4 + v.len() + 1;
-            buf.extend_from_slice(&(len as u16).to_ne_bytes());
-            buf.extend_from_slice(&ty.to_ne_bytes());
-            buf.extend_from_slice(v.as_bytes());
-            buf.push(0);
-            while !buf.len().is_multiple_of(4) {
-                buf.push(0);
-            }
-        }
-        let len = (buf.len() - start) as u32;
-        buf[start..start + 4].copy_from_slice(&len.to_ne_bytes());
-        self.seq
-    }
-
-    fn send(&self, buf: &[u8]) -> Result<(), NftError> {
-        super::netlink::send_to_kernel(self.fd.as_raw_fd(), buf).map_err(sock_err("send"))
-    }
-
-    fn recv(&mut self) -> Result<usize, NftError> {
-        loop {
-            // SAFETY: rbuf is valid for writing rbuf.len() bytes.
-            let r = unsafe {
-                libc::recv(
-                    self.fd.as_raw_fd(),
-                    self.rbuf.as_mut_ptr().cast(),
-                    self.rbuf.len(),
-                    libc::MSG_TRUNC,
-                )
-            };
-            if r >= 0 {
-                let n = r as usize;
-                if n > self.rbuf.len() {
-                    return Err(sock_err("receive")(io::Error::new(
-                        io::ErrorKind::InvalidData,
-                        "message truncated",
-                    )));
-                }
-                return Ok(n);
-            }
-            let e = io::Error::last_os_error();
-            if e.kind() != io::ErrorKind::Interrupted {
-                return Err(sock_err("receive")(e));
-            }
-        }
-    }
-
-    /// Sends requests already in `buf` (sequence numbers `seqs`, none of them dumps) and
-    /// collects each one's answer: its attributes, or the errno it failed with.
-    fn exchange(
-        &mut self,
-        buf: &[u8],
-        seqs: &[u32],
-    ) -> Result<BTreeMap<u32, Result<Vec<u8>, i32>>, NftError> {
-        let mut out = BTreeMap::new();
-        if seqs.is_empty() {
-            return Ok(out);
-        }
-        self.send(buf)?;
-        while out.len() < seqs.len() {
-            let n = self.recv()?;
-            for m in messages(&self.rbuf[..n]) {
-                if !seqs.contains(&m.seq) {
-                    continue;
-                }
-                if m.ty == NLMSG_ERROR {
-                    let errno = parse_error(&m).map_or(libc::EIO, |e| e.0);
-                    if errno != 0 {
-                        out.insert(m.seq, Err(errno));
-                    }
-                } else {
-                    out.insert(m.seq, Ok(body(&m).to_vec()));
-                }
-            }
-        }
-        Ok(out)
-    }
-
-    /// One dump: the attributes of every message. `None` when the object asked about does
-    /// not exist.
-    fn dump(
-        &mut self,
-        op: &str,
-        msg: u16,
-        family: u8,
-        filter: &[(u16, &str)],
-    ) -> Result<Option<Vec<Vec<u8>>>, NftError> {
-        'retry: for _ in 0..5 {
-            let mut buf = Vec::new();
-            let seq = self.request(&mut buf, msg, NLM_F_DUMP, family, filter);
-            self.send(&buf)?;
-            let mut out = Vec::new();
-            loop {
-                let n = self.recv()?;
-                let mut done = false;
-                let mut interrupted = false;
-                for m in messages(&self.rbuf[..n]) {
-                    if m.seq != seq {
-                        continue;
-                    }
-                    interrupted |= m.flags & NLM_F_DUMP_INTR != 0;
-                    match m.ty {
-                        NLMSG_DONE => done = true,
-                        NLMSG_ERROR => {
-                            let errno = parse_error(&m).map_or(libc::EIO, |e| e.0);
-                            if errno == libc::ENOENT {
-                                return Ok(None);
-                            }
-                            if errno != 0 {
-                                return Err(NftError::Kernel {
-                                    op: op.to_string(),
-                                    message: io::Error::from_raw_os_error(errno).to_string(),
-                                });
-                            }
-                            done = true;
-                        }
-                        _ => out.push(body(&m).to_vec()),
-                    }
-                }
-                if done {
-                    if interrupted {
-                        // The tables changed while being read: read them again.
-                        continue 'retry;
-                    }
-                    return Ok(Some(out));
-                }
-            }
-        }
-        Err(NftError::Kernel {
-            op: op.to_string(),
-            message: "the ruleset kept changing while being read".into(),
-        })
-    }
-}
-
-/// A message's attributes, after the nfgenmsg header.
-fn body<'a>(m: &Msg<'a>) -> &'a [u8] {
-    m.payload.get(4..).unwrap_or(&[])
-}
-
-fn attr(p: &[u8], ty: u16) -> Option<&[u8]> {
-    attrs(p).find(|(t, _)| *t == ty).map(|(_, v)| v)
-}
-
-fn hook_name(family: u8, num: u32) -> String {
-    // The bridge family numbers its hooks like inet (NF_BR_PRE_ROUTING = 0, ...).
-    let _ = family;
-    match num {
-        0 => "prerouting",
-        1 => "input",
-        2 => "forward",
-        3 => "output",
-        4 => "postrouting",
-        5 => "ingress",
-        _ => return format!("hook{num}"),
-    }
-    .to_string()
-}
-
-/// A base chain's header rebuilt from the kernel's answer, in [`nft::hook_line`]'s words.
-fn chain_hook(family: u8, p: &[u8]) -> Option<String> {
-    let hook = attr(p, NFTA_CHAIN_HOOK)?;
-    let num = be32(attr(hook, NFTA_HOOK_HOOKNUM)?)?;
-    let prio = be32(attr(hook, NFTA_HOOK_PRIORITY)?)? as i32;
-    let ty = attr(p, NFTA_CHAIN_TYPE).map_or("filter".to_string(), attr_string);
-    let accept = attr(p, NFTA_CHAIN_POLICY)
-        .and_then(be32)
-        .is_none_or(|v| v == 1);
-    Some(nft::hook_line(&ty, &hook_name(family, num), prio, accept))
-}
-
-fn verdict_text(p: &[u8]) -> String {
-    let code = attr(p, NFTA_VERDICT_CODE).and_then(be32).map(|c| c as i32);
-    let chain = attr(p, NFTA_VERDICT_CHAIN).map(attr_string);
-    match (code, chain) {
-        (Some(-3), Some(c)) => format!("jump {c}"),
-        (Some(-4), Some(c)) => format!("goto {c}"),
-        (Some(0), _) => "drop".into(),
-        (Some(1), _) => "accept".into(),
-        (Some(-5), _) => "return".into(),
-        (Some(-1), _) => "continue".into(),
-        (c, _) => format!("verdict {c:?}"),
-    }
-}
-
-/// The elements in set-element messages of a set of type `ty`, in nft's words.
-fn elements(ty: &str, dumps: &[Vec<u8>]) -> BTreeSet<String> {
-    let mut out = BTreeSet::new();
-    for p in dumps {
-        let Some(list) = attr(p, NFTA_SET_ELEM_LIST_ELEMENTS) else {
-            continue;
-        };
-        for (_, e) in attrs(list) {
-            if attr(e, NFTA_SET_ELEM_FLAGS)
-                .and_then(be32)
-                .is_some_and(|f| f & NFT_SET_ELEM_INTERVAL_END != 0)
-            {
-                continue;
-            }
-            let Some(k) = attr(e, NFTA_SET_ELEM_KEY).and_then(|k| attr(k, NFTA_DATA_VALUE)) else {
-                continue;
-            };
-            let mut text = key_text(ty, k);
-            let data = attr(e, NFTA_SET_ELEM_DATA);
-            if let Some(v) = data.and_then(|d| attr(d, NFTA_DATA_VERDICT)) {
-                text = format!("{text} : {}", verdict_text(v));
-            } else if let Some(v) = data.and_then(|d| attr(d, NFTA_DATA_VALUE)) {
-                text = format!("{text} : {}", value_text(ty, v));
-            }
-            out.insert(text);
-        }
-    }
-    out
-}
-
-/// What the kernel holds in one of kvmnet's tables, as read over nfnetlink: the table's mark
-/// and object count, every chain (with its hook), the rule hashes of each chain, and the
-/// named sets with their elements.
-#[derive(Clone, Debug, PartialEq, Eq)]
-struct FamilyRaw {
-    mark: Option<String>,
-    uses: u32,
-    chains: BTreeMap<String, Option<String>>,
-    rules: BTreeMap<String, Vec<NftRule>>,
-    sets: BTreeMap<String, SetRaw>,
-}
-
-#[derive(Clone, Debug, PartialEq, Eq)]
-struct SetRaw {
-    /// In nft's words (see [`nft_words`]).
-    ty: String,
-    flags: u32,
-    elements: BTreeSet<String>,
-}
-
-/// Interval sets keep an element as two entries, and timed elements leave silently: those
-/// sets are read again rather than followed element by element.
-const NFT_SET_INTERVAL: u32 = 0x4;
-const NFT_SET_TIMEOUT: u32 = 0x10;
-
-fn family_number(family: &str) -> u8 {
-    if family == nft::FAMILY {
-        NFPROTO_INET
-    } else {
-        NFPROTO_BRIDGE
-    }
-}
-
-fn kernel_error(op: String, errno: i32) -> NftError {
-    NftError::Kernel {
-        op,
-        message: io::Error::from_raw_os_error(errno).to_string(),
-    }
-}
-
-/// The table's mark and object count; `None` when it does not exist.
-fn read_table_head(
-    sock: &mut Socket,
-    family: &str,
-) -> Result<Option<(Option<String>, u32)>, NftError> {
-    let mut buf = Vec::new();
-    let seq = sock.request(
-        &mut buf,
-        NFT_MSG_GETTABLE,
-        0,
-        family_number(family),
-        &[(NFTA_TABLE_NAME, nft::TABLE)],
-    );
-    match sock.exchange(&buf, &[seq])?.remove(&seq) {
-        Some(Ok(t)) => Ok(Some((
-            attr(&t, NFTA_TABLE_USERDATA).and_then(comment),
-            attr(&t, NFTA_TABLE_USE).and_then(be32).unwrap_or(0),
-        ))),
-        // No nf_tables here at all: then there is no table either.
-        Some(Err(libc::ENOENT | libc::EOPNOTSUPP | libc::EAFNOSUPPORT)) | None => Ok(None),
-        Some(Err(e)) => Err(kernel_error(
-            format!("read table {family} {}", nft::TABLE),
-            e,
-        )),
-    }
-}
-
-/// Rules of the table (or of one chain), grouped by chain, in order.
-fn read_rules(
-    sock: &mut Socket,
-    family: &str,
-    chain: Option<&str>,
-) -> Result<BTreeMap<String, Vec<NftRule>>, NftError> {
-    let table = nft::TABLE;
-    let mut filter = vec![(NFTA_RULE_TABLE, table)];
-    if let Some(c) = chain {
-        filter.push((NFTA_RULE_CHAIN, c));
-    }
-    let mut rules: BTreeMap<String, Vec<NftRule>> = BTreeMap::new();
-    for p in sock
-        .dump(
-            "list rules",
-            NFT_MSG_GETRULE,
-            family_number(family),
-            &filter,
-        )?
-        .unwrap_or_default()
-    {
-        if attr(&p, NFTA_RULE_TABLE).map(attr_string).as_deref() != Some(table) {
-            continue;
-        }
-        let Some(name) = attr(&p, NFTA_RULE_CHAIN).map(attr_string) else {
-            continue;
-        };
-        if chain.is_some_and(|c| c != name) {
-            continue;
-        }
-        let hash = attr(&p, NFTA_RULE_USERDATA)
-            .and_then(comment)
-            .unwrap_or_default();
-        rules.entry(name).or_default().push(NftRule {
-            hash,
-            text: String::new(),
-        });
-    }
-    Ok(rules)
-}
-
-/// One chain's hook (`Some(None)` for a regular chain); `None` when there is no such chain.
-fn read_chain(
-    sock: &mut Socket,
-    family: &str,
-    name: &str,
-) -> Result<Option<Option<String>>, NftError> {
-    let fam = family_number(family);
-    let mut buf = Vec::new();
-    let seq = sock.request(
-        &mut buf,
-        NFT_MSG_GETCHAIN,
-        0,
-        fam,
-        &[(NFTA_CHAIN_TABLE, nft::TABLE), (NFTA_CHAIN_NAME, name)],
-    );
-    match sock.exchange(&buf, &[seq])?.remove(&seq) {
-        Some(Ok(p)) => Ok(Some(chain_hook(fam, &p))),
-        Some(Err(libc::ENOENT)) | None => Ok(None),
-        Some(Err(e)) => Err(kernel_error(
-            format!("read chain {family} {} {name}", nft::TABLE),
-            e,
-        )),
-    }
-}
-
-/// A named set's type and elements; `None` for an anonymous set (they belong to rules).
-fn set_raw(
-    sock: &mut Socket,
-    family: &str,
-    p: &[u8],
-) -> Result<Option<(String, SetRaw)>, NftError> {
-    let flags = attr(p, NFTA_SET_FLAGS).and_then(be32).unwrap_or(0);
-    if flags & NFT_SET_ANONYMOUS != 0 {
-        return Ok(None);
-    }
-    let Some(name) = attr(p, NFTA_SET_NAME).map(attr_string) else {
-        return Ok(None);
-    };
-    let ty = match attr(p, NFTA_SET_USERDATA).and_then(typeof_comment) {
-        Some(t) => t,
-        None => set_type(
-            attr(p, NFTA_SET_KEY_TYPE).and_then(be32).unwrap_or(0),
-            attr(p, NFTA_SET_DATA_TYPE).and_then(be32),
-        ),
-    };
-    let elements = read_elements(sock, family, &name, &ty)?;
-    Ok(Some((
-        name,
-        SetRaw {
-            ty,
-            flags,
-            elements,
-        },
-    )))
-}
-
-fn read_elements(
-    sock: &mut Socket,
-    family: &str,
-    set: &str,
-    ty: &str,
-) -> Result<BTreeSet<String>, NftError> {
-    let dumps = sock
-        .dump(
-            "list set elements",
-            NFT_MSG_GETSETELEM,
-            family_number(family),
-            &[
-                (NFTA_SET_ELEM_LIST_TABLE, nft::TABLE),
-                (NFTA_SET_ELEM_LIST_SET, set),
-            ],
-        )?
-        .unwrap_or_default();
-    Ok(elements(ty, &dumps))
-}
-
-/// One named set, read again; `None` when it is gone (or anonymous).
-fn read_set(sock: &mut Socket, family: &str, name: &str) -> Result<Option<SetRaw>, NftError> {
-    let mut buf = Vec::new();
-    let seq = sock.request(
-        &mut buf,
-        NFT_MSG_GETSET,
-        0,
-        family_number(family),
-        &[(NFTA_SET_TABLE, nft::TABLE), (NFTA_SET_NAME, name)],
-    );
-    match sock.exchange(&buf, &[seq])?.remove(&seq) {
-        Some(Ok(p)) => Ok(set_raw(sock, family, &p)?.map(|(_, s)| s)),
-        Some(Err(libc::ENOENT)) | None => Ok(None),
-        Some(Err(e)) => Err(kernel_error(
-            format!("read set {family} {} {name}", nft::TABLE),
-            e,
-        )),
-    }
-}
-
-/// The keys of the elements in a set-element message, in nft's words.
-fn element_keys(ty: &str, body: &[u8]) -> Vec<String> {
-    let Some(list) = attr(body, NFTA_SET_ELEM_LIST_ELEMENTS) else {
-        return Vec::new();
-    };
-    attrs(list)
-        .filter_map(|(_, e)| attr(e, NFTA_SET_ELEM_KEY).and_then(|k| attr(k, NFTA_DATA_VALUE)))
-        .map(|k| key_text(ty, k))
-        .collect()
-}
-
-/// One of kvmnet's tables as the kernel has it, or `None` when it does not exist.
-fn read_family(sock: &mut Socket, family: &str) -> Result<Option<FamilyRaw>, NftError> {
-    let Some((mark, uses)) = read_table_head(sock, family)? else {
-        return Ok(None);
-    };
-    let fam = family_number(family);
-    let table = nft::TABLE;
-    // The kernel dumps the chains of every table of the family; ours are picked out.
-    let mut chains = BTreeMap::new();
-    for p in sock
-        .dump(
-            "list chains",
-            NFT_MSG_GETCHAIN,
-            fam,
-            &[(NFTA_CHAIN_TABLE, table)],
-        )?
-        .unwrap_or_default()
-    {
-        if attr(&p, NFTA_CHAIN_TABLE).map(attr_string).as_deref() != Some(table) {
-            continue;
-        }
-        if let Some(name) = attr(&p, NFTA_CHAIN_NAME).map(attr_string) {
-            chains.insert(name, chain_hook(fam, &p));
-        }
-    }
-    let rules = read_rules(sock, family, None)?;
-    let mut sets = BTreeMap::new();
-    for p in sock
-        .dump("list sets", NFT_MSG_GETSET, fam, &[(NFTA_SET_TABLE, table)])?
-        .unwrap_or_default()
-    {
-        if attr(&p, NFTA_SET_TABLE).map(attr_string).as_deref() != Some(table) {
-            continue;
-        }
-        if let Some((name, s)) = set_raw(sock, family, &p)? {
-            sets.insert(name, s);
-        }
-    }
-    Ok(Some(FamilyRaw {
-        mark,
-        uses,
-        chains,
-        rules,
-        sets,
-    }))
-}
-
 /// kvmnet's tables as last read, kept current by [`NftCache::update`] from the kernel's
 /// notifications: one changed chain or set is read again, not the whole tables.
 #[derive(Debug, PartialEq, Eq)]
 pub struct NftCache {
     /// By family name; `None` when the kernel has no nftables at all.
     families: Option<BTreeMap<&'static str, Option<FamilyRaw>>>,
-}
-
-fn open_socket() -> Result<Option<Socket>, NftError> {
-    match Socket::open() {
-        Ok(s) => Ok(Some(s)),
-        // A kernel without nfnetlink has no tables of ours.
-        Err(NftError::Socket { source, .. })
-            if source.raw_os_error() == Some(libc::EPROTONOSUPPORT) =>
-        {
-            Ok(None)
-        }
-        Err(e) => Err(e),
-    }
 }
 
 /// What [`NftCache::update`] changed: the chains and sets named (by family), elements of
@@ -762,10 +165,9 @@ impl NftCache {
     /// Reads again what `changes` (notifications: family number, table, object) touched.
     pub fn update(
         &mut self,
-        changes: &BTreeSet<(u8, String, crate::backend::events::NftObject)>,
+        changes: &BTreeSet<(u8, String, NftObject)>,
         element_changes: &[crate::backend::events::ElementChange],
     ) -> Result<Touched, NftError> {
-        use crate::backend::events::NftObject;
         let mut touched = Touched::default();
         let Some(families) = self.families.as_mut() else {
             return Ok(touched);
@@ -859,59 +261,7 @@ impl NftCache {
             };
             raw.mark = mark;
             raw.uses = uses;
-            for o in &objs {
-                match o {
-                    NftObject::Chain(n) | NftObject::Rules(n) => {
-                        touched.chains.insert((family, n.clone()));
-                    }
-                    NftObject::Set(n) | NftObject::Elements(n) => {
-                        touched.sets.insert((family, n.clone()));
-                    }
-                    _ => {}
-                }
-            }
-            for o in &objs {
-                match o {
-                    NftObject::Chain(name) => match read_chain(&mut sock, family, name)? {
-                        Some(hook) => {
-                            raw.chains.insert(name.clone(), hook);
-                        }
-                        None => {
-                            raw.chains.remove(name);
-                            raw.rules.remove(name);
-                        }
-                    },
-                    NftObject::Set(name) => match read_set(&mut sock, family, name)? {
-                        Some(s) => {
-                            raw.sets.insert(name.clone(), s);
-                        }
-                        None => {
-                            raw.sets.remove(name);
-                        }
-                    },
-                    _ => {}
-                }
-            }
-            for o in &objs {
-                match o {
-                    NftObject::Rules(chain) => {
-                        match read_rules(&mut sock, family, Some(chain))?.remove(chain.as_str()) {
-                            Some(r) => {
-                                raw.rules.insert(chain.clone(), r);
-                            }
-                            None => {
-                                raw.rules.remove(chain.as_str());
-                            }
-                        }
-                    }
-                    NftObject::Elements(set) if !objs.contains(&&NftObject::Set(set.clone())) => {
-                        if let Some(s) = raw.sets.get_mut(set.as_str()) {
-                            s.elements = read_elements(&mut sock, family, set, &s.ty)?;
-                        }
-                    }
-                    _ => {}
-                }
-            }
+            reread_objects(&mut sock, family, raw, &objs, &mut touched)?;
         }
         Ok(touched)
     }
@@ -1051,6 +401,63 @@ impl NftCache {
         }
         (!t.families.is_empty()).then_some(t)
     }
+}
+
+/// Reads again the chains, sets and rules of `family` that `objs` say changed, into `raw`,
+/// noting them in `touched`.
+fn reread_objects(
+    sock: &mut Nfnl,
+    family: &'static str,
+    raw: &mut FamilyRaw,
+    objs: &[&NftObject],
+    touched: &mut Touched,
+) -> Result<(), NftError> {
+    for o in objs {
+        match o {
+            NftObject::Chain(n) | NftObject::Rules(n) => {
+                touched.chains.insert((family, n.clone()));
+            }
+            NftObject::Set(n) => {
+                touched.sets.insert((family, n.clone()));
+            }
+            _ => {}
+        }
+    }
+    for o in objs {
+        match o {
+            NftObject::Chain(name) => match read_chain(sock, family, name)? {
+                Some(hook) => {
+                    raw.chains.insert(name.clone(), hook);
+                }
+                None => {
+                    raw.chains.remove(name);
+                    raw.rules.remove(name);
+                }
+            },
+            NftObject::Set(name) => match read_set(sock, family, name)? {
+                Some(s) => {
+                    raw.sets.insert(name.clone(), s);
+                }
+                None => {
+                    raw.sets.remove(name);
+                }
+            },
+            _ => {}
+        }
+    }
+    for o in objs {
+        if let NftObject::Rules(chain) = o {
+            match read_rules(sock, family, Some(chain))?.remove(chain.as_str()) {
+                Some(r) => {
+                    raw.rules.insert(chain.clone(), r);
+                }
+                None => {
+                    raw.rules.remove(chain.as_str());
+                }
+            }
+        }
+    }
+    Ok(())
 }
 
 fn chain_of(family: &str, raw: &FamilyRaw, name: &str) -> Option<NftChain> {

@@ -3,9 +3,6 @@
 //! `-netdev tap,ifname=NAME,script=no,downscript=no[,queues=N]`; it must ask for multi-queue
 //! exactly when the tap was created multi-queue (QEMU does so for `queues` > 1).
 
-// An API module: the binary need not use every item.
-#![allow(dead_code)]
-
 use std::ffi::CString;
 use std::fs::OpenOptions;
 use std::io;
@@ -46,13 +43,6 @@ fn valid_ifname(name: &str) -> bool {
         && !name
             .bytes()
             .any(|b| b == b'/' || b == b':' || b == 0 || b.is_ascii_whitespace())
-}
-
-/// Create a persistent tap in the calling thread's network namespace: [`open_tap`], then
-/// [`persist`].
-pub fn create_tap(name: &str, owner: Option<u32>, multi_queue: bool) -> Result<(), TapError> {
-    let fd = open_tap(name, owner, multi_queue)?;
-    persist(&fd, name)
 }
 
 /// A tap that lives only as long as the returned descriptor: `IFF_TAP | IFF_NO_PI |

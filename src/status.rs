@@ -146,6 +146,10 @@ fn s(v: &Value) -> String {
     }
 }
 
+#[allow(
+    clippy::too_many_lines,
+    reason = "one section per part of the status, in the order shown"
+)]
 pub fn render(v: &Value) -> String {
     let mut out = String::new();
     let nets = v["networks"].as_array().cloned().unwrap_or_default();

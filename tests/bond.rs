@@ -176,6 +176,10 @@ fn active_slave(b: &str) -> String {
 }
 
 #[test]
+#[allow(
+    clippy::too_many_lines,
+    reason = "one scenario told in order, sharing what it set up"
+)]
 fn lacp_and_active_backup_bonds_between_two_guests() {
     if !privileged() {
         return;

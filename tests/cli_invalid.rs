@@ -28,6 +28,10 @@ fn expectations(text: &str) -> Vec<Expect> {
 }
 
 #[test]
+#[allow(
+    clippy::too_many_lines,
+    reason = "one scenario told in order, sharing what it set up"
+)]
 fn catalogue_is_refused_with_exit_2_and_changes_nothing() {
     if !privileged() {
         return;

@@ -163,6 +163,10 @@ fn stalled_client(sock: &Path) -> std::process::Child {
 }
 
 #[test]
+#[allow(
+    clippy::too_many_lines,
+    reason = "one scenario told in order, sharing what it set up"
+)]
 fn a_stalled_client_delays_nobody_and_malformed_requests_get_4xx() {
     if !privileged() {
         return;

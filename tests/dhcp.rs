@@ -88,6 +88,10 @@ fn env_file(path: &std::path::Path) -> std::collections::BTreeMap<String, String
 /// Test 1: three real clients get their reservations, a fourth MAC a pool address, and the
 /// options arrive as each client reports them.
 #[test]
+#[allow(
+    clippy::too_many_lines,
+    reason = "one scenario told in order, sharing what it set up"
+)]
 fn real_clients_get_reservations_pool_and_options() {
     if !privileged() || !have("busybox") || !have("dhclient") || !have("dhcpcd") {
         return;
@@ -284,6 +288,10 @@ fn bound_ip(h: &kvmnet::dhcp::ServerHandle, mac: &str) -> Option<(Ipv4Addr, Stri
 /// wrong address), INIT-REBOOT, RENEWING (unicast), REBINDING (broadcast), INFORM,
 /// reservations, DECLINE, RELEASE and a relayed exchange.
 #[test]
+#[allow(
+    clippy::too_many_lines,
+    reason = "one scenario told in order, sharing what it set up"
+)]
 fn raw_client_walks_rfc2131_states() {
     if !privileged() {
         return;

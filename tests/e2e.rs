@@ -11,6 +11,10 @@ fn foreign_objects(host: &str) -> String {
 }
 
 #[test]
+#[allow(
+    clippy::too_many_lines,
+    reason = "one scenario told in order, sharing what it set up"
+)]
 fn nat_routed_isolated_networks() {
     if !privileged() {
         return;

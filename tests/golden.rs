@@ -102,6 +102,10 @@ fn golden_cases() {
 }
 
 /// Builds the snapshot a host would show once `want` is in place.
+#[allow(
+    clippy::too_many_lines,
+    reason = "one scenario told in order, sharing what it set up"
+)]
 fn synth(want: &kvmnet::state::HostState, base: &Snapshot) -> Snapshot {
     use kvmnet::state::{PortKind, guest_alias};
     let mut s = Snapshot {

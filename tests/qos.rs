@@ -26,6 +26,10 @@ fn iperf(server_ns: &str, server_ip: &str, client_ns: &str) -> f64 {
 }
 
 #[test]
+#[allow(
+    clippy::too_many_lines,
+    reason = "one scenario told in order, sharing what it set up"
+)]
 fn shaping_both_directions_and_mirroring() {
     if !privileged() {
         return;

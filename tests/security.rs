@@ -74,6 +74,10 @@ fn neigh_mac(ns: &str, ip: &str) -> String {
 }
 
 #[test]
+#[allow(
+    clippy::too_many_lines,
+    reason = "one scenario told in order, sharing what it set up"
+)]
 fn attacks_from_a_guest_are_blocked_and_its_traffic_flows() {
     if !privileged() {
         return;

@@ -114,6 +114,10 @@ fn loc(line: usize, col: usize) -> Loc {
 }
 
 #[test]
+#[allow(
+    clippy::too_many_lines,
+    reason = "one scenario told in order, sharing what it set up"
+)]
 fn full_example() {
     let spec = ok(FULL);
     assert_eq!(spec.version, 1);

@@ -188,6 +188,10 @@ fn assert_converged(tc: &mut Tc, port: &PortTc) {
 }
 
 #[test]
+#[allow(
+    clippy::too_many_lines,
+    reason = "one scenario told in order, sharing what it set up"
+)]
 fn trees_read_back_drift_is_seen_and_repaired() {
     let _g = serial();
     if !privileged() {
@@ -552,6 +556,10 @@ fn strace_sends(text: &str) -> Vec<Vec<u8>> {
 /// Every tc message we send equals what iproute2 sends for the same command (sequence numbers
 /// aside), rate tables included.
 #[test]
+#[allow(
+    clippy::too_many_lines,
+    reason = "one scenario told in order, sharing what it set up"
+)]
 fn messages_equal_iproute2s() {
     let _g = serial();
     if !privileged() || !have("strace") {

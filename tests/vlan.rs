@@ -138,6 +138,10 @@ fn captured(mut c: Child) -> String {
 }
 
 #[test]
+#[allow(
+    clippy::too_many_lines,
+    reason = "one scenario told in order, sharing what it set up"
+)]
 fn vlans_between_two_hypervisors() {
     if !privileged() {
         return;

@@ -58,6 +58,10 @@ fn check(sock: &std::path::Path, what: &str) -> serde_json::Value {
 }
 
 #[test]
+#[allow(
+    clippy::too_many_lines,
+    reason = "one scenario told in order, sharing what it set up"
+)]
 fn cache_follows_every_kind_of_change() {
     if !privileged() {
         return;

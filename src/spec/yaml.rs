@@ -401,6 +401,7 @@ fn dash_before(lines: &[&str], at: Loc) -> Option<Loc> {
 }
 
 impl MarkedEventReceiver for Builder<'_> {
+    #[allow(clippy::too_many_lines, reason = "one arm per YAML event")]
     fn on_event(&mut self, ev: Event, mark: Marker) {
         if self.stop {
             return;

@@ -2,6 +2,7 @@
 
 use super::*;
 
+#[allow(clippy::too_many_lines, reason = "one arm per field of a dhcp block")]
 pub(super) fn read_dhcp(cx: &mut Ctx, f: &Field, subnet: Option<Ipv4Cidr>) -> Option<Dhcp> {
     let o = obj(
         cx,

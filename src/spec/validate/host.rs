@@ -16,6 +16,10 @@ pub(crate) struct UplinkDraft {
     pub(super) ethtool: Option<Ethtool>,
 }
 
+#[allow(
+    clippy::too_many_lines,
+    reason = "one arm per field of an uplink or bond"
+)]
 pub(super) fn read_uplink(cx: &mut Ctx, key: &Key, f: &Field) -> UplinkDraft {
     let before = cx.errors.len();
     let mut d = UplinkDraft {
@@ -202,6 +206,10 @@ pub(super) fn read_uplink(cx: &mut Ctx, key: &Key, f: &Field) -> UplinkDraft {
 /// Uplinks against the rest of the spec: a bond's name is one more interface kvmnet creates
 /// and must not clash; a member belongs to one bond only and is used through its bond, never
 /// directly (a bridge uplink, a NAT egress, a VXLAN underlay).
+#[allow(
+    clippy::too_many_lines,
+    reason = "every rule between uplinks, bonds and the networks on them"
+)]
 pub(super) fn uplink_checks(
     cx: &mut Ctx,
     nets: &[NetDraft],

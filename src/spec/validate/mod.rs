@@ -668,6 +668,10 @@ pub(crate) fn finish(
     Some(spec)
 }
 
+#[allow(
+    clippy::too_many_lines,
+    reason = "assembles the spec from every draft in one place"
+)]
 fn build(
     cx: &mut Ctx,
     version: u32,

@@ -194,6 +194,10 @@ pub(super) fn read_port_range(cx: &mut Ctx, f: &Field) -> Option<(u16, u16)> {
     r
 }
 
+#[allow(
+    clippy::too_many_lines,
+    reason = "one arm per field of a firewall rule"
+)]
 pub(super) fn read_rule(cx: &mut Ctx, f: &Field) -> Option<FirewallRule> {
     let o = obj(
         cx,

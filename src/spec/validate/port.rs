@@ -44,6 +44,10 @@ pub(super) fn read_vm(
     }
 }
 
+#[allow(
+    clippy::too_many_lines,
+    reason = "one arm per port field, checked against its network mode (#14)"
+)]
 pub(super) fn read_port(
     cx: &mut Ctx,
     vm: &str,

@@ -14,6 +14,9 @@ use kvmnet::snapshot::{AddrSnap, LinkSnap, RouteSnap, Snapshot};
 use kvmnet::spec;
 
 /// The fixed host identity of every case.
+#[path = "common/model.rs"]
+mod model;
+
 fn id() -> spec::HostIdentity {
     spec::HostIdentity::from_machine_id("6b766d6e657474657374000000000001", "host").unwrap()
 }
@@ -61,10 +64,12 @@ fn run_case(dir: &Path) -> String {
     let have = desired::observed(&snap, &desired::Interest::of(&want));
     let p = plan::diff(&want, &have);
     let mut out = p.render();
-    // Every plan must be undoable: the inverse of the inverse is the step itself.
+    // Every plan must be undoable: the inverse of the inverse is the step itself, and a
+    // failure at any step leaves a model host as it was.
     for s in &p.steps {
         assert_eq!(&s.inverse().inverse(), s);
     }
+    model::every_failure_rolls_back(&p.steps, dir);
     out.push_str("--- json\n");
     out.push_str(&serde_json::to_string_pretty(&p.to_json()).unwrap());
     out.push('\n');

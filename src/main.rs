@@ -6,5 +6,12 @@
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> std::process::ExitCode {
+    // A command whose output goes to a reader that stops early (`kvmnet status | head`) ends
+    // quietly, as other command-line tools do, instead of panicking on the broken pipe. Not
+    // the daemon: a client that hangs up must cost it one connection, not the process.
+    if std::env::args().nth(1).as_deref() != Some("daemon") {
+        // SAFETY: setting a signal's disposition to the default at start, before any thread.
+        unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
+    }
     kvmnet::cli::main()
 }

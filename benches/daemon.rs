@@ -46,7 +46,7 @@ fn main() {
     let dir = std::env::temp_dir().join(format!("kvmnet-bench-daemon-{id}"));
     std::fs::create_dir_all(&dir).unwrap();
     let mut spec = String::from(
-        "version: 1\nnetworks:\n  n:\n    mode: nat\n    bridge: bd-n\n    ipv4: 10.150.0.1/16\n    dhcp: { range: 10.150.100.0-10.150.120.255, lease_time: 1h }\nvms:\n",
+        "version: 1\nnetworks:\n  n:\n    mode: nat\n    bridge: bd-n\n    ipv4: 10.150.0.1/16\n    dhcp: { range: 10.150.100.0-10.150.120.255, lease_time: 1h }\n    host_access: [ { proto: udp, ports: [67] } ]\nvms:\n",
     );
     let _ = writeln!(
         spec,
@@ -81,7 +81,8 @@ fn main() {
         std::thread::sleep(Duration::from_millis(100));
     }
     let pid = daemon.id();
-    // perfdhcp relays from its own address: a static one outside the range, not a port's
+    // perfdhcp relays from its own address (udp 67 to the gateway, which guests may reach
+    // only where `host_access` lets them: the spec does): a static one outside the range, not a port's
     // reservation (the server takes no relayed request from a guest port's address). The
     // port leaves its far end's address alone (`dhcp_client`), so it is set here.
     sh(&format!("ip -n {perf} addr add 10.150.0.2/16 dev eth0"));

@@ -97,7 +97,7 @@ fn main() {
     std::fs::write(
         &spec,
         format!(
-            "version: 1\nnetworks:\n  n:\n    mode: isolated\n    bridge: bh-n\n    ipv4: 10.170.0.1/16\n    dhcp: {{ range: 10.170.16.0-10.170.255.250, lease_time: 1h }}\nvms:\n  perf: {{ ports: [ {{ network: n, name: bh-perf, kind: veth, netns: {perf}, antispoof: false, dhcp_client: true }} ] }}\n"
+            "version: 1\nnetworks:\n  n:\n    mode: isolated\n    bridge: bh-n\n    ipv4: 10.170.0.1/16\n    dhcp: {{ range: 10.170.16.0-10.170.255.250, lease_time: 1h }}\n    host_access: [ {{ proto: udp, ports: [67] }} ]\nvms:\n  perf: {{ ports: [ {{ network: n, name: bh-perf, kind: veth, netns: {perf}, antispoof: false, dhcp_client: true }} ] }}\n"
         ),
     )
     .unwrap();
@@ -112,7 +112,8 @@ fn main() {
         .spawn()
         .unwrap();
     wait_sock(&dir.join(format!("netns-{host}")).join("api.sock"));
-    // perfdhcp relays from its own address: a static one outside the range, not a port's
+    // perfdhcp relays from its own address (udp 67 to the gateway, which guests may reach
+    // only where `host_access` lets them: the spec does): a static one outside the range, not a port's
     // reservation (the server takes no relayed request from a guest port's address). The
     // port leaves its far end's address alone (`dhcp_client`), so it is set here.
     sh(&format!("ip -n {perf} addr add 10.170.0.2/16 dev eth0"));

@@ -140,9 +140,10 @@ pub fn api(data: &[u8]) {
             let _ = body["spec"].as_str();
         }
         ApiOutcome::Refused { status, message } => {
-            // 4xx, or 505 for a version other than HTTP/1.x (RFC 9110 15.6.6).
+            // 4xx; 501 for a transfer coding other than chunked (RFC 9112 6.1), 505 for a
+            // version other than HTTP/1.x (RFC 9110 15.6.6).
             assert!(
-                (400..500).contains(&status) || status == 505,
+                (400..500).contains(&status) || status == 501 || status == 505,
                 "status {status}: {message}"
             );
             assert!(!message.is_empty());

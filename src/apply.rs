@@ -870,7 +870,7 @@ impl Kernel {
                 self.configure_guest(to, Some(from))
             }
             Step::SetShaping { bridge, to, .. } => {
-                let want = to.as_ref().map(|s| s.tc(bridge));
+                let want = to.as_ref().map(|s| tc::Shaping::of(bridge, s));
                 tc::Tc::open()?.apply_shaping(bridge, want.as_ref())?;
                 Ok(())
             }

@@ -97,10 +97,7 @@ pub(crate) fn read_shaping_of(
             continue;
         };
         let intact = tc::plan_shaping(Some(&sh), &dev, &clock).is_ok_and(|ops| ops.is_empty());
-        out.push((
-            dev.name.clone(),
-            crate::state::Shaping::from_tc(&sh, intact),
-        ));
+        out.push((dev.name.clone(), sh.to_state(intact)));
     }
     Ok(out)
 }

@@ -136,6 +136,10 @@ impl VlanLink {
     }
 }
 
+/// Floor classes (and their filters' priorities) are numbered from here: the classes below
+/// are the tree's own (root, default).
+pub const FLOOR_CLASS_MIN: u16 = 0x10;
+
 /// A network's `bandwidth` and its VMs' floors, as the HTB tree on its bridge holds them.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Shaping {
@@ -156,46 +160,6 @@ pub struct FloorClass {
     pub rate: u64,
     /// The HTB class minor (1:CLASS); also its filter's priority.
     pub class: u16,
-}
-
-impl Shaping {
-    /// What the tc backend builds for this shaping on `bridge`.
-    pub fn tc(&self, bridge: &str) -> crate::backend::tc::Shaping {
-        crate::backend::tc::Shaping {
-            dev: bridge.to_string(),
-            bandwidth: self.bandwidth,
-            floors: self
-                .floors
-                .iter()
-                .map(|(mac, f)| crate::backend::tc::FloorTc {
-                    mac: mac.0,
-                    rate: f.rate,
-                    class: f.class,
-                })
-                .collect(),
-        }
-    }
-
-    /// The shaping a live tree holds, as the backend read it back.
-    pub fn from_tc(tc: &crate::backend::tc::Shaping, intact: bool) -> Shaping {
-        Shaping {
-            bandwidth: tc.bandwidth,
-            floors: tc
-                .floors
-                .iter()
-                .map(|f| {
-                    (
-                        Mac(f.mac),
-                        FloorClass {
-                            rate: f.rate,
-                            class: f.class,
-                        },
-                    )
-                })
-                .collect(),
-            intact,
-        }
-    }
 }
 
 /// ethtool setting key (`tso`, `rings.rx`, ...) to value (offloads 0/1).

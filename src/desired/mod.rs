@@ -9,7 +9,6 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use foldhash::{HashMap, HashMapExt, HashSet};
 
-use crate::backend::tc::FLOOR_CLASS_MIN;
 use crate::nft;
 use crate::snapshot::{LinkSnap, PROTO_KERNEL, RouteSnap, Snapshot, TABLE_LOCAL};
 use crate::spec::naming::{bridge_mac, host_end_mac, overlay_bridge_mac, vlan_bridge_mac};
@@ -18,9 +17,9 @@ use crate::spec::{
     Spec, SpecError, Uplink, VXLAN_OVERHEAD, Vlan, Vxlan, path_join,
 };
 use crate::state::{
-    Addr, BondLink, BridgeLink, FloorClass, GuestEnd, HostState, MemberLink, PortKind, PortLink,
-    Route, ShapeState, Shaping, UplinkLink, VlanLink, VxlanLink, guest_alias, guest_ifname,
-    is_kvmnet_alias, parse_alias,
+    Addr, BondLink, BridgeLink, FLOOR_CLASS_MIN, FloorClass, GuestEnd, HostState, MemberLink,
+    PortKind, PortLink, Route, ShapeState, Shaping, UplinkLink, VlanLink, VxlanLink, guest_alias,
+    guest_ifname, is_kvmnet_alias, parse_alias,
 };
 
 mod links;

@@ -23,8 +23,47 @@ use super::{ETH_P_ALL, HTB_CLASS, HTB_HANDLE, HTB_R2Q, LEAF_LIMIT, TC_H_ROOT, Tc
 
 /// The class of traffic to VMs without a floor.
 pub const SHAPING_DEFAULT_CLASS: u16 = 2;
-/// Floor classes (and their filters' priorities) are numbered from here.
-pub const FLOOR_CLASS_MIN: u16 = 0x10;
+pub use crate::state::FLOOR_CLASS_MIN;
+
+impl Shaping {
+    /// The tree to build on `dev` for the shaping kvmnet wants there.
+    pub fn of(dev: &str, want: &crate::state::Shaping) -> Shaping {
+        Shaping {
+            dev: dev.to_string(),
+            bandwidth: want.bandwidth,
+            floors: want
+                .floors
+                .iter()
+                .map(|(mac, f)| FloorTc {
+                    mac: mac.0,
+                    rate: f.rate,
+                    class: f.class,
+                })
+                .collect(),
+        }
+    }
+
+    /// The shaping this live tree holds, as kvmnet's state records it.
+    pub fn to_state(&self, intact: bool) -> crate::state::Shaping {
+        crate::state::Shaping {
+            bandwidth: self.bandwidth,
+            floors: self
+                .floors
+                .iter()
+                .map(|f| {
+                    (
+                        crate::types::Mac(f.mac),
+                        crate::state::FloorClass {
+                            rate: f.rate,
+                            class: f.class,
+                        },
+                    )
+                })
+                .collect(),
+            intact,
+        }
+    }
+}
 
 /// The wanted shaping tree of a bridge.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]

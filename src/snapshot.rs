@@ -28,7 +28,7 @@ pub struct Snapshot {
     /// Values sysctls had before kvmnet first changed them (from the state directory).
     pub sysctl_originals: BTreeMap<String, String>,
     /// What kvmnet moved from uplinks onto bridges (from the state directory).
-    pub moved: BTreeMap<String, crate::statedir::Moved>,
+    pub moved: BTreeMap<String, crate::state::Moved>,
     /// User names the spec uses as tap owners, resolved; absent when no such user.
     pub users: BTreeMap<String, u32>,
     /// ethtool settings of the interfaces of interest (those the spec configures and those

@@ -136,6 +136,15 @@ impl VlanLink {
     }
 }
 
+/// What kvmnet moved from an uplink (or bond member) onto the bridge (or bond) that took it:
+/// given back on destroy, put back when deleted by hand.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Moved {
+    pub addrs: Vec<Addr>,
+    pub routes: Vec<Route>,
+}
+
 /// Floor classes (and their filters' priorities) are numbered from here: the classes below
 /// are the tree's own (root, default).
 pub const FLOOR_CLASS_MIN: u16 = 0x10;

@@ -43,12 +43,7 @@ pub struct State {
     pub creating_netns: BTreeSet<String>,
 }
 
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(default)]
-pub struct Moved {
-    pub addrs: Vec<crate::state::Addr>,
-    pub routes: Vec<crate::state::Route>,
-}
+pub use crate::state::Moved;
 
 pub struct StateDir {
     pub dir: PathBuf,

@@ -7,22 +7,16 @@
 pub mod apply;
 pub mod audit;
 pub mod backend;
-pub mod borrowed;
 pub mod cli;
 pub mod daemon;
-pub mod desired;
 pub mod dhcp;
 pub mod engine;
 pub mod error;
 pub mod host_macs;
-pub mod nft;
 pub mod observe;
-pub mod plan;
-mod serde_impls;
-pub mod snapshot;
-pub mod spec;
-pub mod state;
 pub mod statedir;
 pub mod status;
-pub mod types;
 pub mod watch;
+
+// The pure core, at the paths the rest of kvmnet has always used.
+pub use kvmnet_core::{borrowed, desired, nft, plan, snapshot, spec, state, types};

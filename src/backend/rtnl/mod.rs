@@ -319,21 +319,9 @@ impl Netlink {
             group = group.wrapping_add(1);
         }
         let failures = self.tag_links(indexes, group);
-        // Delete the group.
-        let mut group_failure = vec![None];
-        self.sbuf.clear();
-        let seq = self.sock.next_seq();
-        let start = self.sbuf.begin(RTM_DELLINK, ACK, seq);
-        self.sbuf.bytes(&ifinfomsg(0, 0, 0));
-        self.sbuf.attr_u32(IFLA_GROUP, group);
-        self.sbuf.end(start);
-        let only = Pending {
-            req: 0,
-            sync: false,
-        };
-        self.send_window(&mut HashMap::from([(seq, only)]), &mut group_failure);
+        let group_failure = self.send_group_delete(group);
         let mut out = self.render(&dels, failures);
-        if group_failure[0].is_some() {
+        if group_failure.is_some() {
             // One by one; put back the group of any link that still exists afterwards.
             let tagged: Vec<usize> = (0..indexes.len()).filter(|&i| out[i].is_ok()).collect();
             let reqs: Vec<Request> = tagged.iter().map(|&i| dels[i].clone()).collect();
@@ -404,9 +392,8 @@ impl Netlink {
         failures
     }
 
-    /// Deletes every link of link group `group` in one request (`ip link delete group N`).
-    /// Ok when the group has none.
-    pub fn delete_group(&mut self, group: u32) -> Result<(), NetlinkError> {
+    /// One RTM_DELLINK for every link of `group`; what went wrong, if anything.
+    fn send_group_delete(&mut self, group: u32) -> Option<Failure> {
         let mut failure = vec![None];
         self.sbuf.clear();
         let seq = self.sock.next_seq();
@@ -419,7 +406,13 @@ impl Netlink {
             sync: false,
         };
         self.send_window(&mut HashMap::from([(seq, only)]), &mut failure);
-        match failure.pop().flatten() {
+        failure.pop().flatten()
+    }
+
+    /// Deletes every link of link group `group` in one request (`ip link delete group N`).
+    /// Ok when the group has none.
+    pub fn delete_group(&mut self, group: u32) -> Result<(), NetlinkError> {
+        match self.send_group_delete(group) {
             None | Some(Failure::Kernel(libc::ENODEV, _, _)) => Ok(()),
             Some(f) => self
                 .render(&[Request::DelLink { index: 0 }], vec![Some(f)])

@@ -24,6 +24,8 @@ use crate::state::{
 
 mod links;
 mod observed;
+#[cfg(test)]
+mod tests;
 mod uplinks;
 
 use links::*;
@@ -443,7 +445,8 @@ pub fn desired_with_nft(
         st.routes.insert(b.name.clone(), Vec::new());
     }
 
-    // Interfaces kvmnet brought up and no longer needs up go back down.
+    // Interfaces kvmnet brought up and no longer needs up go back down; not one another
+    // network still sits on (a direct network's macvtaps, say, need their uplink up).
     let needed_up = raised_uplinks(spec);
     for k in snap.raised.keys() {
         if !needed_up.contains(k) && link(k).is_some_and(|l| !is_ours(l) && l.up) {
@@ -804,11 +807,15 @@ fn shaping(
 }
 
 /// The host interfaces `spec` needs up: a VLAN sub-interface cannot come up on a lower
-/// device that is down, so kvmnet brings a vlan network's uplink up (and gives that back
-/// when no vlan network uses it any more).
+/// device that is down, so kvmnet brings a vlan network's uplink up, and gives that back only
+/// when no network sits on the interface any more (a direct network's macvtaps, a bridge's
+/// uplink or a VXLAN underlay need it up as well).
 pub fn raised_uplinks(spec: &Spec) -> BTreeSet<String> {
-    spec.networks
-        .values()
-        .filter_map(|n| n.vlan.as_ref().map(|v| v.uplink.clone()))
-        .collect()
+    let mut used = BTreeSet::new();
+    for n in spec.networks.values() {
+        used.extend(n.vlan.iter().map(|v| v.uplink.clone()));
+        used.extend(n.uplink.iter().cloned());
+        used.extend(n.vxlan.iter().map(|v| v.underlay.clone()));
+    }
+    used
 }

@@ -315,7 +315,7 @@ pub fn managed(spec: &Spec) -> Managed {
             .map(|u| u.name.clone())
             .collect(),
         ethtool: managed_ethtool(spec),
-        up: desired::raised_uplinks(spec),
+        up: desired::uplinks_in_use(spec),
     }
 }
 

@@ -101,7 +101,8 @@ pub struct Managed {
     pub mtus: BTreeSet<String>,
     /// ethtool keys by device.
     pub ethtool: BTreeMap<String, BTreeSet<String>>,
-    /// Host interfaces the spec needs up (the uplinks of vlan networks).
+    /// Host interfaces a network of the spec sits on: one kvmnet brought up stays up while
+    /// any is listed here.
     pub up: BTreeSet<String>,
 }
 

@@ -447,7 +447,7 @@ pub fn desired_with_nft(
 
     // Interfaces kvmnet brought up and no longer needs up go back down; not one another
     // network still sits on (a direct network's macvtaps, say, need their uplink up).
-    let needed_up = raised_uplinks(spec);
+    let needed_up = uplinks_in_use(spec);
     for k in snap.raised.keys() {
         if !needed_up.contains(k) && link(k).is_some_and(|l| !is_ours(l) && l.up) {
             st.lower.insert(k.clone());
@@ -810,7 +810,7 @@ fn shaping(
 /// device that is down, so kvmnet brings a vlan network's uplink up, and gives that back only
 /// when no network sits on the interface any more (a direct network's macvtaps, a bridge's
 /// uplink or a VXLAN underlay need it up as well).
-pub fn raised_uplinks(spec: &Spec) -> BTreeSet<String> {
+pub fn uplinks_in_use(spec: &Spec) -> BTreeSet<String> {
     let mut used = BTreeSet::new();
     for n in spec.networks.values() {
         used.extend(n.vlan.iter().map(|v| v.uplink.clone()));

@@ -38,5 +38,5 @@ fn an_uplink_kvmnet_raised_stays_up_while_a_direct_network_uses_it() {
     let direct = spec("version: 1\nnetworks:\n  lan:\n    mode: direct\n    uplink: eth1\n");
     let st = desired(&direct, &host()).unwrap();
     assert!(st.lower.is_empty(), "{:?}", st.lower);
-    assert!(raised_uplinks(&direct).contains("eth1"));
+    assert!(uplinks_in_use(&direct).contains("eth1"));
 }

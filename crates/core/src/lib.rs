@@ -6,6 +6,7 @@
 
 pub mod borrowed;
 pub mod desired;
+mod modes;
 pub mod nft;
 pub mod plan;
 mod serde_impls;

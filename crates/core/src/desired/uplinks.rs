@@ -28,7 +28,7 @@ pub fn resolve_uplink<'a>(spec: &Spec, snap: &'a Snapshot, name: &str) -> HostLi
     }
 }
 
-pub(super) fn push_new<T: PartialEq + Clone>(into: &mut Vec<T>, from: &[T]) {
+pub(crate) fn push_new<T: PartialEq + Clone>(into: &mut Vec<T>, from: &[T]) {
     for x in from {
         if !into.contains(x) {
             into.push(x.clone());

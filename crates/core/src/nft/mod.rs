@@ -134,6 +134,11 @@ fn key(family: &str, name: &str) -> String {
 
 /// The parts joined, without the formatting machinery: a table holds a few strings per
 /// port, and a host may have thousands of ports.
+/// An interface name as nft wants it in a rule: quoted.
+pub(crate) fn quoted(name: &str) -> String {
+    concat(&["\"", name, "\""])
+}
+
 fn concat(parts: &[&str]) -> String {
     let mut s = String::with_capacity(parts.iter().map(|p| p.len()).sum());
     for p in parts {

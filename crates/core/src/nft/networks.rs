@@ -15,11 +15,9 @@
 
 use super::firewall::rule_matches;
 use super::{Base, FAMILY, Parts, Set, concat};
-use crate::spec::{FirewallRule, Mode, Network, RuleAction, RuleProto};
+use crate::spec::{FirewallRule, Network, RuleAction, RuleProto};
 
-fn q(name: &str) -> String {
-    concat(&["\"", name, "\""])
-}
+use super::quoted as q;
 
 /// What may leave `net` through the host: rules of `from-NET`.
 fn from_rules(net: &Network) -> Vec<String> {
@@ -35,18 +33,7 @@ fn from_rules(net: &Network) -> Vec<String> {
         r.push(format!("oifname {br} return"));
     }
     if let Some(gw) = net.ipv4 {
-        let subnet = gw.network();
-        match net.mode {
-            Mode::Nat => {
-                let egress = net
-                    .nat_egress
-                    .as_ref()
-                    .map_or(String::new(), |e| format!(" oifname {}", q(e)));
-                r.push(format!("ip saddr {subnet}{egress} return"));
-            }
-            Mode::Routed => r.push(format!("ip saddr {subnet} return")),
-            _ => {}
-        }
+        r.extend(net.mode.behaviour().leaving(net, gw.network()));
     }
     r.push("counter reject".into());
     r
@@ -57,24 +44,7 @@ fn to_rules(net: &Network) -> Vec<String> {
     let br = q(&net.bridge);
     let mut r = vec![format!("iifname {br} return")];
     if let Some(gw) = net.ipv4 {
-        let subnet = gw.network();
-        match net.mode {
-            Mode::Nat => {
-                let egress = net
-                    .nat_egress
-                    .as_ref()
-                    .map_or(String::new(), |e| format!("iifname {} ", q(e)));
-                r.push(format!(
-                    "{egress}ip daddr {subnet} ct state established,related return"
-                ));
-                if !net.forwards.is_empty() {
-                    // Forwarded ports: connections translated towards a guest may come in.
-                    r.push(format!("ip daddr {subnet} ct status dnat return"));
-                }
-            }
-            Mode::Routed => r.push(format!("ip daddr {subnet} return")),
-            _ => {}
-        }
+        r.extend(net.mode.behaviour().entering(net, gw.network()));
     }
     r.push("counter reject".into());
     r
@@ -144,52 +114,6 @@ fn host_rules(net: &Network) -> Vec<String> {
     r
 }
 
-fn nat_rules(net: &Network, out: &mut Parts) {
-    let Some(gw) = net.ipv4 else { return };
-    let br = &net.bridge;
-    let subnet = gw.network();
-    for fw in &net.forwards {
-        // To any of the host's own addresses, from outside and from the host itself.
-        let rule = format!(
-            "fib daddr type local {} dport {} dnat ip to {}:{}",
-            fw.proto.as_str(),
-            fw.port,
-            fw.to_ip,
-            fw.to_port
-        );
-        out.hook(Base::NatPre, rule.clone());
-        out.hook(Base::NatOutput, rule);
-    }
-    // No translation towards local multicast and broadcast (DHCP, mDNS, ...).
-    out.hook(
-        Base::NatPost,
-        format!("ip saddr {subnet} ip daddr 224.0.0.0/24 return"),
-    );
-    out.hook(
-        Base::NatPost,
-        format!("ip saddr {subnet} ip daddr 255.255.255.255 return"),
-    );
-    let egress = match &net.nat_egress {
-        Some(e) => format!("oifname {}", q(e)),
-        None => format!("oifname != {}", q(br)),
-    };
-    out.hook(
-        Base::NatPost,
-        format!("ip saddr {subnet} ip daddr != {subnet} {egress} masquerade"),
-    );
-    if !net.forwards.is_empty() {
-        // A guest reaching a forward of its own network (hairpin): the answer must come back
-        // through the host, not straight from the other guest.
-        out.hook(
-            Base::NatPost,
-            format!(
-                "ip saddr {subnet} oifname {} ct status dnat masquerade",
-                q(br)
-            ),
-        );
-    }
-}
-
 pub(super) fn parts(spec: &crate::spec::Spec) -> Parts {
     let mut out = Parts::default();
     let mut from = Set::new("net_from", "ifname : verdict");
@@ -197,7 +121,7 @@ pub(super) fn parts(spec: &crate::spec::Spec) -> Parts {
     let mut host = Set::new("host_in", "ifname : verdict");
     for (name, net) in &spec.networks {
         // L2 segments of a LAN (an uplink's, a VLAN, an overlay): no routing of their own.
-        if !matches!(net.mode, Mode::Nat | Mode::Routed | Mode::Isolated) {
+        if !net.mode.routed_by_host() {
             continue;
         }
         let br = q(&net.bridge);
@@ -210,8 +134,10 @@ pub(super) fn parts(spec: &crate::spec::Spec) -> Parts {
             set.elements.push(concat(&[&br, " : jump ", &chain]));
             out.chain(FAMILY, chain, rules);
         }
-        if net.mode == Mode::Nat {
-            nat_rules(net, &mut out);
+        if let Some(gw) = net.ipv4 {
+            net.mode
+                .behaviour()
+                .translation(net, gw.network(), &mut out);
         }
     }
     if from.elements.is_empty() {

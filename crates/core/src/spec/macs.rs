@@ -26,7 +26,7 @@
 //! name order. So adding a port never moves an existing one, whatever their names; only an
 //! explicit `mac` (which cannot move) displaces a derived one.
 
-use super::model::{Mac, Mode, Port, Spec};
+use super::model::{Mac, Port, Spec};
 use super::naming;
 
 /// The first octet of every derived MAC.
@@ -329,7 +329,7 @@ fn settled(
     let fixed = spec
         .networks
         .values()
-        .filter(|n| n.mode != Mode::Direct)
+        .filter(|n| n.mode.has_bridge())
         .map(|n| naming::bridge_mac(&n.name))
         .chain(
             spec.vms

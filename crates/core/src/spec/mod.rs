@@ -12,7 +12,7 @@ mod cache;
 pub mod macs;
 pub mod model;
 pub mod naming;
-mod validate;
+pub(crate) mod validate;
 mod yaml;
 
 pub use cache::SpecCache;

@@ -170,7 +170,7 @@ pub(super) fn cross_checks(
     // Uplinks: existing host interfaces, never one kvmnet creates, each enslaved once.
     let mut uplinks: Vec<(&str, Loc, &NetDraft)> = nets
         .iter()
-        .filter(|n| n.mode != Some(Mode::Direct))
+        .filter(|n| n.mode.is_none_or(Mode::has_bridge))
         .filter_map(|n| n.uplink.as_ref().map(|(u, l)| (u.as_str(), *l, n)))
         .collect();
     uplinks.sort_by_key(|u| u.1);
@@ -255,7 +255,7 @@ pub(super) fn cross_checks(
     let mut macs: Vec<(Mac, Loc, LazyPath, What, bool)> =
         Vec::with_capacity(nets.len() + ports.len());
     for n in nets {
-        if check_entity_name(&n.name, "network").is_ok() && n.mode != Some(Mode::Direct) {
+        if check_entity_name(&n.name, "network").is_ok() && n.mode.is_none_or(Mode::has_bridge) {
             macs.push((
                 naming::bridge_mac(&n.name),
                 n.key_loc,
@@ -395,7 +395,7 @@ pub(super) fn cross_checks(
     if let Some((values, where_)) = sysctl {
         let needs: Vec<String> = nets
             .iter()
-            .filter(|n| matches!(n.mode, Some(Mode::Nat | Mode::Routed)))
+            .filter(|n| n.mode.is_some_and(Mode::forwarding))
             .map(|n| format!("{} ({})", n.name, n.mode.map_or("", |m| m.as_str())))
             .collect();
         if !needs.is_empty() {
@@ -556,7 +556,7 @@ pub(super) fn direct_checks(
 ) {
     let mut direct: Vec<&NetDraft> = nets
         .iter()
-        .filter(|n| n.mode == Some(Mode::Direct) && n.uplink.is_some())
+        .filter(|n| n.mode.is_some_and(|m| !m.has_bridge()) && n.uplink.is_some())
         .collect();
     direct.sort_by_key(|n| n.uplink.as_ref().map(|u| u.1));
     for (i, n) in direct.iter().enumerate() {

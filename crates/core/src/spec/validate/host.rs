@@ -329,7 +329,7 @@ pub(super) fn uplink_checks(
                 "the uplink",
             );
         }
-        if n.mode == Some(Mode::Direct)
+        if n.mode.is_some_and(|m| !m.has_bridge())
             && let Some((u, loc)) = &n.uplink
             && uplinks.iter().any(|x| x.is_bond && x.name == *u)
         {
@@ -417,7 +417,7 @@ pub(super) fn read_sysctl(cx: &mut Ctx, f: &Field) -> Option<Sysctl> {
     Some((values, where_))
 }
 
-pub(super) fn read_ifname_field(cx: &mut Ctx, f: &Field, what: &str) -> Option<String> {
+pub(crate) fn read_ifname_field(cx: &mut Ctx, f: &Field, what: &str) -> Option<String> {
     let name = text(cx, f, what)?;
     match check_ifname(&name) {
         Ok(()) => Some(name),

@@ -17,10 +17,10 @@ use super::model::{Bond, BondMode, LACP_RATES, Uplink, XMIT_HASH_POLICIES};
 use super::model::{
     Dhcp, DhcpRoute, DirectMode, Ethtool, Firewall, FirewallDirection, FirewallRule, Forward, Host,
     Ipv4Cidr, Ipv6Cidr, Loc, LocMap, Mac, Mode, Network, Owner, Port, PortKind, Proto, Qos,
-    RuleAction, RuleProto, Shape, Spec, Trunk, Tuning, VLAN_ID_MAX, VXLAN_PORT, Vlan, Vm, Vxlan,
+    RuleAction, RuleProto, Shape, Spec, Trunk, Tuning, VLAN_ID_MAX, Vlan, Vm, Vxlan,
 };
 use super::naming;
-use super::yaml::{Key, Kind, Node, index, join, show};
+use super::yaml::{Key, Kind, Node, index, join};
 
 mod cross;
 mod dhcp;
@@ -30,14 +30,20 @@ mod policy;
 mod port;
 mod values;
 
+pub(crate) use super::yaml::{join as join_path, show};
+use crate::modes::{Fields, Take};
 use cross::*;
 use dhcp::*;
+pub(crate) use host::read_ifname_field;
 use host::*;
+pub(crate) use network::NetReader;
+pub(crate) use network::read_forward;
 use network::*;
 pub use policy::show_rate;
 use policy::*;
 use port::*;
 use values::*;
+pub(crate) use values::{parse_ip, special};
 
 const TOP_FIELDS: &[&str] = &["version", "host", "networks", "vms"];
 const HOST_FIELDS: &[&str] = &["sysctl", "tuning", "uplinks"];
@@ -85,10 +91,10 @@ const NET_FIELDS: &[&str] = &[
     "host_access",
     "ipv6_prefixes",
 ];
-const VXLAN_FIELDS: &[&str] = &["vni", "underlay", "remotes", "group", "port"];
-const VNI_MAX: i128 = 16_777_215;
+pub(crate) const VXLAN_FIELDS: &[&str] = &["vni", "underlay", "remotes", "group", "port"];
+pub(crate) const VNI_MAX: i128 = 16_777_215;
 const FORWARD_FIELDS: &[&str] = &["proto", "port", "to", "to_port"];
-const NAT_FIELDS: &[&str] = &["egress"];
+pub(crate) const NAT_FIELDS: &[&str] = &["egress"];
 const DHCP_FIELDS: &[&str] = &["range", "pool", "lease_time", "dns", "domain", "routes"];
 const ROUTE_FIELDS: &[&str] = &["to", "via"];
 const VM_FIELDS: &[&str] = &["ports"];
@@ -117,7 +123,7 @@ const RING_MAX: i128 = 1 << 20;
 const CHANNEL_MAX: i128 = 4096;
 
 const MODES: &str = "nat, routed, isolated, bridge, vlan, vxlan or direct";
-const DIRECT_MODES: &str = "bridge, vepa, private or passthrough";
+pub(crate) const DIRECT_MODES: &str = "bridge, vepa, private or passthrough";
 const NAME_MAX: usize = 64;
 const MTU_MIN: i128 = 68;
 const MTU_MAX: i128 = 65535;
@@ -154,7 +160,7 @@ impl Ctx {
             .map(|(_, l)| *l)
     }
 
-    fn err(&mut self, path: &str, loc: Loc, message: impl Into<String>) {
+    pub(crate) fn err(&mut self, path: &str, loc: Loc, message: impl Into<String>) {
         self.errors.push(SpecError {
             path: path.to_string(),
             loc,
@@ -165,24 +171,24 @@ impl Ctx {
 
 /// A mapping being read: unknown keys are reported when it is opened.
 pub(crate) struct Obj<'a> {
-    path: String,
-    loc: Loc,
+    pub(crate) path: String,
+    pub(crate) loc: Loc,
     entries: &'a [(Key, Node)],
 }
 
 /// One value together with its path.
-struct Field<'a> {
-    path: String,
-    node: &'a Node,
+pub(crate) struct Field<'a> {
+    pub(crate) path: String,
+    pub(crate) node: &'a Node,
 }
 
 impl Field<'_> {
-    fn loc(&self) -> Loc {
+    pub(crate) fn loc(&self) -> Loc {
         self.node.loc
     }
 }
 
-fn obj<'a>(
+pub(crate) fn obj<'a>(
     cx: &mut Ctx,
     node: &'a Node,
     path: &str,
@@ -234,14 +240,14 @@ impl<'a> Obj<'a> {
         self.entries.is_empty()
     }
 
-    fn get(&self, cx: &mut Ctx, name: &str) -> Option<Field<'a>> {
+    pub(crate) fn get(&self, cx: &mut Ctx, name: &str) -> Option<Field<'a>> {
         let (_, node) = self.entries.iter().find(|(k, _)| k.text == name)?;
         let path = join(&self.path, name);
         cx.locs.push((path.clone(), node.loc));
         Some(Field { path, node })
     }
 
-    fn required(&self, cx: &mut Ctx, name: &str, hint: &str) -> Option<Field<'a>> {
+    pub(crate) fn required(&self, cx: &mut Ctx, name: &str, hint: &str) -> Option<Field<'a>> {
         let f = self.get(cx, name);
         if f.is_none() {
             cx.err(
@@ -267,7 +273,7 @@ impl<'a> Obj<'a> {
 }
 
 /// Any scalar, as written. `what` describes the expected value for messages.
-fn text(cx: &mut Ctx, f: &Field, what: &str) -> Option<String> {
+pub(crate) fn text(cx: &mut Ctx, f: &Field, what: &str) -> Option<String> {
     match &f.node.kind {
         Kind::Scalar(s) if s.is_null() => {
             cx.err(&f.path, f.loc(), format!("missing value; expected {what}"));
@@ -287,7 +293,7 @@ fn text(cx: &mut Ctx, f: &Field, what: &str) -> Option<String> {
 }
 
 /// A whole number within `lo..=hi`.
-fn int_in(cx: &mut Ctx, f: &Field, what: &str, lo: i128, hi: i128) -> Option<i128> {
+pub(crate) fn int_in(cx: &mut Ctx, f: &Field, what: &str, lo: i128, hi: i128) -> Option<i128> {
     let Kind::Scalar(s) = &f.node.kind else {
         if !matches!(f.node.kind, Kind::Bad) {
             cx.err(
@@ -317,7 +323,7 @@ fn int_in(cx: &mut Ctx, f: &Field, what: &str, lo: i128, hi: i128) -> Option<i12
     Some(n)
 }
 
-fn boolean(cx: &mut Ctx, f: &Field) -> Option<bool> {
+pub(crate) fn boolean(cx: &mut Ctx, f: &Field) -> Option<bool> {
     if let Kind::Scalar(s) = &f.node.kind
         && let Some(b) = s.as_bool()
     {
@@ -333,7 +339,7 @@ fn boolean(cx: &mut Ctx, f: &Field) -> Option<bool> {
     None
 }
 
-fn list<'a>(cx: &mut Ctx, f: &Field<'a>, what: &str) -> Option<Vec<Field<'a>>> {
+pub(crate) fn list<'a>(cx: &mut Ctx, f: &Field<'a>, what: &str) -> Option<Vec<Field<'a>>> {
     match &f.node.kind {
         Kind::Seq(items) => Some(
             items
@@ -364,10 +370,10 @@ fn list<'a>(cx: &mut Ctx, f: &Field<'a>, what: &str) -> Option<Vec<Field<'a>>> {
 
 #[derive(Clone)]
 pub(crate) struct NetDraft {
-    name: String,
+    pub(crate) name: String,
     key_loc: Loc,
-    path: String,
-    mode: Option<Mode>,
+    pub(crate) path: String,
+    pub(crate) mode: Option<Mode>,
     /// Explicit or derived; `None` when the given name is invalid or the network name is.
     bridge: Option<String>,
     /// Where the bridge name was written, or the network's key when derived.
@@ -377,30 +383,61 @@ pub(crate) struct NetDraft {
     ipv4: Option<Ipv4Cidr>,
     ipv4_loc: Loc,
     mtu: Option<u32>,
-    uplink: Option<(String, Loc)>,
-    egress: Option<(String, Loc)>,
+    pub(crate) uplink: Option<(String, Loc)>,
+    pub(crate) egress: Option<(String, Loc)>,
     dhcp: Option<Dhcp>,
     isolate_ports: bool,
-    forwards: Vec<ForwardDraft>,
+    pub(crate) forwards: Vec<ForwardDraft>,
     /// `vxlan` mode, set only when every vxlan field passed its checks.
-    vxlan: Option<Vxlan>,
+    pub(crate) vxlan: Option<Vxlan>,
     /// bits/s, with where it was written.
     bandwidth: Option<(u64, Loc)>,
     /// `direct` mode: how its macvtap ports reach each other.
-    direct_mode: Option<(DirectMode, Loc)>,
+    pub(crate) direct_mode: Option<(DirectMode, Loc)>,
     /// `vlan` mode, set only when the VLAN id and the uplink passed their checks.
-    vlan: Option<Vlan>,
-    vlan_loc: Loc,
-    vlan_uplink_loc: Loc,
+    pub(crate) vlan: Option<Vlan>,
+    pub(crate) vlan_loc: Loc,
+    pub(crate) vlan_uplink_loc: Loc,
     host_access: Vec<FirewallRule>,
     ipv6_prefixes: Vec<Ipv6Cidr>,
 }
 
+impl NetDraft {
+    /// A network named by `key` at `path`, before any of its fields is read.
+    fn new(key: &Key, path: &str) -> NetDraft {
+        NetDraft {
+            name: key.text.clone(),
+            key_loc: key.loc,
+            path: path.to_string(),
+            mode: None,
+            bridge: None,
+            bridge_loc: key.loc,
+            bridge_derived: false,
+            ipv4: None,
+            ipv4_loc: key.loc,
+            mtu: None,
+            uplink: None,
+            egress: None,
+            dhcp: None,
+            isolate_ports: false,
+            forwards: Vec::new(),
+            vxlan: None,
+            bandwidth: None,
+            direct_mode: None,
+            vlan: None,
+            vlan_loc: key.loc,
+            vlan_uplink_loc: key.loc,
+            host_access: Vec::new(),
+            ipv6_prefixes: Vec::new(),
+        }
+    }
+}
+
 #[derive(Clone)]
 pub(crate) struct ForwardDraft {
-    path: String,
-    proto: Proto,
-    port: u16,
+    pub(crate) path: String,
+    pub(crate) proto: Proto,
+    pub(crate) port: u16,
     to: String,
     to_loc: Loc,
     to_port: u16,

@@ -128,7 +128,10 @@ pub(super) fn read_port(
         d.name_derived = true;
     }
 
-    let direct = net.as_ref().is_some_and(|n| n.mode == Some(Mode::Direct));
+    let direct = net
+        .as_ref()
+        .and_then(|n| n.mode)
+        .is_some_and(|m| !m.has_bridge());
     if direct {
         d.kind = Some(PortKind::Macvtap);
         // Nothing on a direct port goes through a bridge, so the bridge-based guard has

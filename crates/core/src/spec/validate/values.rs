@@ -169,7 +169,7 @@ pub(super) fn check_user(s: &str) -> Result<(), String> {
     Ok(())
 }
 
-pub(super) fn parse_ip(s: &str) -> Result<Ipv4Addr, String> {
+pub(crate) fn parse_ip(s: &str) -> Result<Ipv4Addr, String> {
     let t = s.trim();
     if !t.is_empty()
         && t.bytes().all(|b| b.is_ascii_digit() || b == b'.')
@@ -245,7 +245,7 @@ pub(super) fn parse_duration(f: &Field) -> Result<u64, String> {
 }
 
 /// Addresses that can never be a gateway or a guest address.
-pub(super) fn special(a: Ipv4Addr) -> Option<&'static str> {
+pub(crate) fn special(a: Ipv4Addr) -> Option<&'static str> {
     if a.is_loopback() {
         Some("a loopback address")
     } else if a.is_multicast() {

@@ -1,0 +1,38 @@
+//! `routed`: a subnet the host routes without translation; the LAN's router needs a route
+//! to it through the host.
+
+use super::nat::GATEWAY;
+use super::{Fields, NetworkMode, Take};
+use crate::spec::{Ipv4Cidr, Mode, Network};
+
+pub(crate) struct Routed;
+
+static FIELDS: Fields = Fields {
+    bridge: Take::Optional,
+    ipv4: Take::Required(GATEWAY),
+    uplink: Take::Elsewhere,
+    dhcp: Take::Optional,
+    isolate_ports: Take::Optional,
+    ipv6_prefixes: Take::Refused("on a routed network kvmnet is the router"),
+    routed_by_host: true,
+    forwarding: true,
+    own: &[],
+};
+
+impl NetworkMode for Routed {
+    fn mode(&self) -> Mode {
+        Mode::Routed
+    }
+
+    fn fields(&self) -> &'static Fields {
+        &FIELDS
+    }
+
+    fn leaving(&self, _net: &Network, subnet: Ipv4Cidr) -> Option<String> {
+        Some(format!("ip saddr {subnet} return"))
+    }
+
+    fn entering(&self, _net: &Network, subnet: Ipv4Cidr) -> Vec<String> {
+        vec![format!("ip daddr {subnet} return")]
+    }
+}

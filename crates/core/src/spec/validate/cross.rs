@@ -499,14 +499,14 @@ pub(super) fn check_floors(cx: &mut Ctx, nets: &[NetDraft], ports: &[PortDraft])
         let loc = |cx: &Ctx| cx.loc_at(&path).unwrap_or(p.name_loc);
         let Some((bandwidth, _)) = net.bandwidth else {
             let msg = match net.mode {
-                Some(Mode::Nat | Mode::Routed | Mode::Isolated) | None => format!(
-                    "a floor is a share of its network's bandwidth; set networks.{}.bandwidth (the total rate the host sends into the network, like 1gbit)",
-                    net.name
-                ),
-                Some(m) => format!(
+                Some(m) if !m.routed_by_host() => format!(
                     "floors apply on nat, routed and isolated networks, where the host routes traffic into the network; on network {} ({}) traffic to the VMs is switched past the host",
                     net.name,
                     m.as_str()
+                ),
+                _ => format!(
+                    "a floor is a share of its network's bandwidth; set networks.{}.bandwidth (the total rate the host sends into the network, like 1gbit)",
+                    net.name
                 ),
             };
             cx.err(&path, loc(cx), msg);

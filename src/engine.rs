@@ -16,7 +16,8 @@ use crate::plan::{self, Plan, Step};
 use crate::spec::naming::fnv1a;
 use crate::spec::{self, Loc, Spec, SpecError};
 use crate::state::HostState;
-use crate::statedir::{Moved, State, StateDir};
+use crate::state::Moved;
+use crate::statedir::{State, StateDir};
 
 pub use crate::error::{Busy, EngineError, ErrorKind, SpecErrors};
 
@@ -98,10 +99,9 @@ pub struct Planned {
     /// What kvmnet owned before (observed), for reverting a change exactly.
     pub previous: HostState,
     /// Settings the spec borrows from the host: their steps record originals first; the
-    /// other steps on such settings are give-backs.
+    /// other steps on such settings are give-backs. Also what bridge-mode bridges and bonds
+    /// hold from their uplinks once this plan is applied.
     managed: Managed,
-    /// What bridge-mode bridges hold from their uplinks once this plan is applied.
-    moved: BTreeMap<String, Moved>,
     pub state_dir: StateDir,
     scope: String,
     /// Held from observation to the end of execution (or until [`Planned::unlock`]).
@@ -273,8 +273,30 @@ pub fn plan_with(
             errors,
         })
     })?;
-    let moved = want
-        .uplinks
+    let managed = Managed {
+        moved: moved_onto(&want),
+        ..managed(spec)
+    };
+    let plan = plan::diff(&want, &have);
+    let mut want = want;
+    let remembered = watch.and_then(|w| w.remember(want.nft.take()));
+    Ok(Planned {
+        plan,
+        settled,
+        derived_macs,
+        previous: have,
+        managed,
+        state_dir: observer.state_dir,
+        scope: scope.to_string(),
+        _lock: Some(lock),
+        _inputs: Some(Box::new((snap, want, remembered))),
+    })
+}
+
+/// What the bridges and bonds of `want` hold from the interfaces they take, by bridge or
+/// bond: the addresses and routes they are to have.
+fn moved_onto(want: &HostState) -> BTreeMap<String, Moved> {
+    want.uplinks
         .values()
         .filter_map(|u| u.master.clone())
         .chain(want.bonds.keys().cloned())
@@ -285,25 +307,11 @@ pub fn plan_with(
             };
             (b, m)
         })
-        .collect();
-    let plan = plan::diff(&want, &have);
-    let mut want = want;
-    let remembered = watch.and_then(|w| w.remember(want.nft.take()));
-    Ok(Planned {
-        plan,
-        settled,
-        derived_macs,
-        previous: have,
-        managed: managed(spec),
-        moved,
-        state_dir: observer.state_dir,
-        scope: scope.to_string(),
-        _lock: Some(lock),
-        _inputs: Some(Box::new((snap, want, remembered))),
-    })
+        .collect()
 }
 
-/// The host settings `spec` borrows.
+/// The host settings `spec` borrows (but for moved addresses, which the desired state
+/// knows: see [`moved_onto`]).
 pub fn managed(spec: &Spec) -> Managed {
     Managed {
         sysctls: managed_sysctls(spec).into_keys().collect(),
@@ -316,6 +324,7 @@ pub fn managed(spec: &Spec) -> Managed {
             .collect(),
         ethtool: managed_ethtool(spec),
         up: desired::uplinks_in_use(spec),
+        moved: BTreeMap::new(),
     }
 }
 
@@ -368,10 +377,8 @@ pub fn execute_as(
         if let Some(m) = &p.derived_macs {
             host_macs::remember(&p.state_dir, m)?;
         }
-        let st = p.state_dir.load()?;
-        if st.moved != p.moved {
-            let mut st = st;
-            st.moved = p.moved.clone();
+        let mut st = p.state_dir.load()?;
+        if st.borrowed.record_moved(&p.managed) {
             p.state_dir.save(&st)?;
         }
         return audit::append(
@@ -405,7 +412,6 @@ pub fn execute_as(
         Ok(()) => {
             let mut after = during.clone();
             after.borrowed.retain_managed(&p.managed);
-            after.moved = p.moved.clone();
             after.creating_netns.clear();
             if after != during {
                 sd.save(&after)?;
@@ -561,7 +567,6 @@ pub fn revert_if_due_with(
         derived_macs: None,
         previous: have,
         managed: Managed::default(),
-        moved: BTreeMap::new(),
         state_dir: observer.state_dir,
         scope: scope.to_string(),
         _lock: Some(lock),

@@ -516,7 +516,7 @@ impl Observer {
             (k, v)
         });
 
-        Ok(Snapshot {
+        let mut snap = Snapshot {
             scope: self.scope.clone(),
             links,
             addrs,
@@ -525,13 +525,11 @@ impl Observer {
             nft,
             sysctls: sysctls.collect(),
             sysctl_readonly,
-            sysctl_originals: state.borrowed.sysctls.0,
-            moved: state.moved,
-            mtu_originals: state.borrowed.mtus.0,
-            raised: state.borrowed.up.0,
             users,
             ethtool,
-            ethtool_originals: state.borrowed.ethtool.0,
-        })
+            ..Snapshot::default()
+        };
+        state.borrowed.fill(&mut snap);
+        Ok(snap)
     }
 }

@@ -42,6 +42,7 @@ pub struct State {
     pub creating_netns: BTreeSet<String>,
 }
 
+#[derive(Clone, Debug)]
 pub struct StateDir {
     pub dir: PathBuf,
 }

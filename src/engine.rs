@@ -6,17 +6,18 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
-use crate::apply::{self, Kernel};
+use crate::apply;
 use crate::audit;
+use crate::backend::seam::{self, Backend};
 use crate::borrowed::Managed;
 use crate::desired::{self, managed_sysctls};
 use crate::host_macs;
-use crate::observe::Observer;
 use crate::plan::{self, Plan, Step};
 use crate::spec::naming::fnv1a;
 use crate::spec::{self, Loc, Spec, SpecError};
 use crate::state::HostState;
-use crate::statedir::{Moved, State, StateDir};
+use crate::state::Moved;
+use crate::statedir::{State, StateDir};
 
 pub use crate::error::{Busy, EngineError, ErrorKind, SpecErrors};
 
@@ -98,10 +99,9 @@ pub struct Planned {
     /// What kvmnet owned before (observed), for reverting a change exactly.
     pub previous: HostState,
     /// Settings the spec borrows from the host: their steps record originals first; the
-    /// other steps on such settings are give-backs.
+    /// other steps on such settings are give-backs. Also what bridge-mode bridges and bonds
+    /// hold from their uplinks once this plan is applied.
     managed: Managed,
-    /// What bridge-mode bridges hold from their uplinks once this plan is applied.
-    moved: BTreeMap<String, Moved>,
     pub state_dir: StateDir,
     scope: String,
     /// Held from observation to the end of execution (or until [`Planned::unlock`]).
@@ -142,41 +142,15 @@ type Inputs = (
     HostState,
 );
 
-/// [`Inputs`] from a fresh read of the host.
-fn inputs_read(
-    observer: &Observer,
-    spec: Option<&Spec>,
-    full: &Spec,
-) -> Result<Inputs, crate::observe::ObserveError> {
-    let want_nft = spec.and_then(crate::nft::table_for);
-    let mut snap = observer.snapshot_for(spec, want_nft.as_ref(), &BTreeSet::new())?;
-    // The observed tables move into the observed state: copying a thousand chains cost more
-    // than the rest of `observed` together.
-    let nft = snap.nft.take();
-    // What kvmnet owns is read from the snapshot while the desired state is made from it:
-    // on a large host both take milliseconds, and neither needs the other.
-    let (want, mut have) = std::thread::scope(|s| {
-        let owned = s.spawn(|| desired::observed_owned(&snap));
-        let want = desired::desired_with_nft(full, &snap, want_nft);
-        (
-            want,
-            owned.join().expect("reading the snapshot does not panic"),
-        )
-    });
-    desired_foreign(&snap, &want, &mut have);
-    have.nft = nft;
-    Ok((snap, want, have))
-}
-
-/// [`Inputs`] from a daemon's notification cache. On a large host the spec's nft tables,
-/// the desired state and what kvmnet owns each take milliseconds, and none needs another:
-/// the tables are made on a thread of their own from the start; once the cache is read,
-/// what kvmnet owns is read on another while this one makes the desired state. (At 1,000
-/// ports, adds through the daemon took 32-36 ms this way in three runs, and 35-40 ms when
-/// the desired state waited for the tables.)
-fn inputs_watched(
-    w: &mut crate::watch::Watch,
-    observer: &Observer,
+/// [`Inputs`] read through `backend`. On a large host the spec's nft tables, the desired
+/// state and what kvmnet owns each take milliseconds, and none needs another: the tables
+/// are made on a thread of their own from the start; once the host is read (but for its
+/// nft tables, which are read according to the tables wanted), what kvmnet owns is read on
+/// another while this one makes the desired state. (At 1,000 ports, adds through the
+/// daemon took 32-36 ms this way in three runs, and 35-40 ms when the desired state waited
+/// for the tables.)
+fn inputs(
+    backend: &mut dyn Backend,
     spec: Option<&Spec>,
     full: &Spec,
 ) -> Result<Inputs, crate::observe::ObserveError> {
@@ -185,17 +159,16 @@ fn inputs_watched(
     let parts = std::thread::scope(|s| {
         let slot_ref = slot_ref;
         let made = s.spawn(|| spec.and_then(crate::nft::table_for));
-        let (snap, view) = w.snapshot_parts(observer, spec)?;
-        let snap = &*slot_ref.insert(snap);
+        let snap = &*slot_ref.insert(backend.observe(spec, &BTreeSet::new())?);
         let owned = s.spawn(move || desired::observed_owned(snap));
         let want = desired::desired_with_nft(full, snap, None);
         let made = made.join().expect("making nft tables does not panic");
         let have = owned.join().expect("reading the snapshot does not panic");
-        Ok::<_, crate::observe::ObserveError>((view, made, want, have))
+        Ok::<_, crate::observe::ObserveError>((made, want, have))
     });
-    let (view, made, mut want, mut have) = parts?;
+    let (made, mut want, mut have) = parts?;
     let snap = slot.expect("observed when the parts are");
-    let nft = w.nft_observed(view, made.as_ref())?;
+    let nft = backend.observe_nft(made.as_ref())?;
     if let Ok(want) = want.as_mut() {
         want.nft = made;
     }
@@ -230,24 +203,26 @@ pub fn plan_with(
     source: &str,
     watch: Option<&mut crate::watch::Watch>,
 ) -> Result<Planned, EngineError> {
-    let mut observer = Observer::new(scope);
-    observer.counters = false;
-    let lock = observer.state_dir.lock()?;
+    plan_on(&mut seam::Kernel::new(scope, watch), spec, source)
+}
+
+/// [`plan`] on `backend`: observed through it, planned by the core.
+pub fn plan_on(
+    backend: &mut dyn Backend,
+    spec: Option<&Spec>,
+    source: &str,
+) -> Result<Planned, EngineError> {
+    let state_dir = backend.state_dir().clone();
+    let lock = state_dir.lock()?;
     let empty = empty_spec();
     let full = spec.unwrap_or(&empty);
-    let mut watch = watch;
-    let mut inputs = |spec: Option<&Spec>, full: &Spec| {
-        match watch.as_deref_mut() {
-            Some(w) => inputs_watched(w, &observer, spec, full),
-            None => inputs_read(&observer, spec, full),
-        }
-        .map_err(EngineError::from)
-    };
+    let mut inputs =
+        |spec: Option<&Spec>, full: &Spec| inputs(backend, spec, full).map_err(EngineError::from);
     // Derived MACs: as recorded at the last apply, then settled against the ports the host
     // has. When that changes one (a port that is not as recorded), everything is observed
     // again for the settled spec: the nft tables are read according to what is wanted. A
     // daemon enforces the settled spec from then on, so it does this once.
-    let sd = &observer.state_dir;
+    let sd = &state_dir;
     let presettled = spec
         .map(|s| host_macs::presettle(s, sd))
         .transpose()?
@@ -273,8 +248,30 @@ pub fn plan_with(
             errors,
         })
     })?;
-    let moved = want
-        .uplinks
+    let managed = Managed {
+        moved: moved_onto(&want),
+        ..managed(spec)
+    };
+    let plan = plan::diff(&want, &have);
+    let mut want = want;
+    let remembered = backend.remember_nft(want.nft.take());
+    Ok(Planned {
+        plan,
+        settled,
+        derived_macs,
+        previous: have,
+        managed,
+        scope: snap.scope.clone(),
+        state_dir,
+        _lock: Some(lock),
+        _inputs: Some(Box::new((snap, want, remembered))),
+    })
+}
+
+/// What the bridges and bonds of `want` hold from the interfaces they take, by bridge or
+/// bond: the addresses and routes they are to have.
+fn moved_onto(want: &HostState) -> BTreeMap<String, Moved> {
+    want.uplinks
         .values()
         .filter_map(|u| u.master.clone())
         .chain(want.bonds.keys().cloned())
@@ -285,25 +282,11 @@ pub fn plan_with(
             };
             (b, m)
         })
-        .collect();
-    let plan = plan::diff(&want, &have);
-    let mut want = want;
-    let remembered = watch.and_then(|w| w.remember(want.nft.take()));
-    Ok(Planned {
-        plan,
-        settled,
-        derived_macs,
-        previous: have,
-        managed: managed(spec),
-        moved,
-        state_dir: observer.state_dir,
-        scope: scope.to_string(),
-        _lock: Some(lock),
-        _inputs: Some(Box::new((snap, want, remembered))),
-    })
+        .collect()
 }
 
-/// The host settings `spec` borrows.
+/// The host settings `spec` borrows (but for moved addresses, which the desired state
+/// knows: see [`moved_onto`]).
 pub fn managed(spec: &Spec) -> Managed {
     Managed {
         sysctls: managed_sysctls(spec).into_keys().collect(),
@@ -316,6 +299,7 @@ pub fn managed(spec: &Spec) -> Managed {
             .collect(),
         ethtool: managed_ethtool(spec),
         up: desired::uplinks_in_use(spec),
+        moved: BTreeMap::new(),
     }
 }
 
@@ -360,18 +344,28 @@ pub fn execute_as(
     fail_after: Option<usize>,
     uid: u32,
 ) -> Result<(), EngineError> {
+    let mut kernel = seam::Kernel::new(&p.scope, None);
+    execute_on(&mut kernel, p, action, spec_hash, fail_after, uid)
+}
+
+/// [`execute_as`] on `backend` (the one the plan was made on).
+pub fn execute_on(
+    backend: &mut dyn Backend,
+    p: &Planned,
+    action: &str,
+    spec_hash: &str,
+    fail_after: Option<usize>,
+    uid: u32,
+) -> Result<(), EngineError> {
     // What a kvmnet killed mid-apply left half made (invisible to the plan: see
     // `HALF_MADE_GROUP`) goes first, so that nothing stands in the way of the plan.
-    apply::remove_half_made().map_err(|e| EngineError::Kernel(Box::new(e)))?;
-    remove_placeholders(&p.state_dir)?;
+    remove_half_made(backend, &p.state_dir)?;
     if p.plan.is_empty() {
         if let Some(m) = &p.derived_macs {
             host_macs::remember(&p.state_dir, m)?;
         }
-        let st = p.state_dir.load()?;
-        if st.moved != p.moved {
-            let mut st = st;
-            st.moved = p.moved.clone();
+        let mut st = p.state_dir.load()?;
+        if st.borrowed.record_moved(&p.managed) {
             p.state_dir.save(&st)?;
         }
         return audit::append(
@@ -400,12 +394,13 @@ pub fn execute_as(
     if during != before {
         sd.save(&during)?;
     }
-    let mut kernel = Kernel::new(&p.scope).map_err(|e| EngineError::Kernel(Box::new(e)))?;
-    let outcome = match apply::apply(&mut kernel, &p.plan.steps, fail_after) {
+    let mut exec = backend
+        .executor()
+        .map_err(|e| EngineError::Kernel(Box::new(e)))?;
+    let outcome = match apply::apply(&mut *exec, &p.plan.steps, fail_after) {
         Ok(()) => {
             let mut after = during.clone();
             after.borrowed.retain_managed(&p.managed);
-            after.moved = p.moved.clone();
             after.creating_netns.clear();
             if after != during {
                 sd.save(&after)?;
@@ -436,16 +431,17 @@ pub fn execute_as(
     outcome
 }
 
-/// Removes the namespace placeholders an apply killed while creating namespaces left (it
-/// recorded their names first), and forgets the names.
-fn remove_placeholders(sd: &StateDir) -> Result<(), EngineError> {
+/// Has `backend` remove what an apply killed midway left half made, the namespace
+/// placeholders included (the apply recorded their names first), and forgets the names.
+fn remove_half_made(backend: &mut dyn Backend, sd: &StateDir) -> Result<(), EngineError> {
     let mut st = sd.load()?;
+    backend
+        .remove_half_made(&st.creating_netns)
+        .map_err(|e| EngineError::Kernel(Box::new(e)))?;
     if st.creating_netns.is_empty() {
         return Ok(());
     }
-    for n in std::mem::take(&mut st.creating_netns) {
-        crate::backend::netns::remove_placeholder(&n);
-    }
+    st.creating_netns.clear();
     sd.save(&st)?;
     Ok(())
 }
@@ -541,9 +537,10 @@ pub fn revert_if_due_with(
     force: bool,
     before: &mut dyn FnMut(&Pending) -> Result<(), EngineError>,
 ) -> Result<Option<Pending>, EngineError> {
-    let observer = Observer::new(scope);
-    let lock = observer.state_dir.lock()?;
-    let Some(pending) = load_pending(&observer.state_dir)? else {
+    let mut kernel = seam::Kernel::new(scope, None);
+    let state_dir = kernel.state_dir().clone();
+    let lock = state_dir.lock()?;
+    let Some(pending) = load_pending(&state_dir)? else {
         return Ok(None);
     };
     if token.is_some_and(|t| t != pending.token)
@@ -553,7 +550,8 @@ pub fn revert_if_due_with(
     }
     let prev = &pending.previous;
     let keys: BTreeSet<String> = prev.sysctls.keys().cloned().collect();
-    let snap = observer.snapshot_with(None, &keys)?;
+    let mut snap = kernel.observe(None, &keys)?;
+    snap.nft = kernel.observe_nft(None)?;
     let have = desired::observed(&snap, &desired::Interest::of(prev));
     let planned = Planned {
         plan: plan::diff(prev, &have),
@@ -561,14 +559,20 @@ pub fn revert_if_due_with(
         derived_macs: None,
         previous: have,
         managed: Managed::default(),
-        moved: BTreeMap::new(),
-        state_dir: observer.state_dir,
+        state_dir,
         scope: scope.to_string(),
         _lock: Some(lock),
         _inputs: None,
     };
     before(&pending)?;
-    execute(&planned, "revert", &pending.spec_hash, None)?;
+    execute_on(
+        &mut kernel,
+        &planned,
+        "revert",
+        &pending.spec_hash,
+        None,
+        audit::own_uid(),
+    )?;
     planned.state_dir.save(&pending.previous_state)?;
     std::fs::remove_file(pending_path(&planned.state_dir)).map_err(EngineError::state_io)?;
     Ok(Some(pending))
@@ -648,3 +652,6 @@ mod ethtool_originals_tests {
         assert!(b.ethtool.is_empty());
     }
 }
+
+#[cfg(test)]
+mod seam_tests;

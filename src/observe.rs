@@ -381,6 +381,18 @@ impl Observer {
         want_nft: Option<&crate::nft::NftTable>,
         extra_sysctls: &BTreeSet<String>,
     ) -> Result<Snapshot, ObserveError> {
+        let mut snap = self.snapshot_but_nft(spec, extra_sysctls)?;
+        snap.nft = nftables::observe(want_nft)?;
+        Ok(snap)
+    }
+
+    /// [`Observer::snapshot_with`] but for the nftables tables (`None`): those are read
+    /// according to the tables wanted ([`nftables::observe`]), which a plan makes meanwhile.
+    pub fn snapshot_but_nft(
+        &self,
+        spec: Option<&Spec>,
+        extra_sysctls: &BTreeSet<String>,
+    ) -> Result<Snapshot, ObserveError> {
         let mut nl = Netlink::open()?;
         let NetnsSnap {
             mut links,
@@ -390,8 +402,7 @@ impl Observer {
         } = read_links_with(&mut nl, self.counters)?;
         check_tc(&mut links)?;
         read_shaping(&mut links)?;
-        let nft = nftables::observe(want_nft)?;
-        self.complete(spec, extra_sysctls, &mut nl, links, addrs, routes, nft)
+        self.complete(spec, extra_sysctls, &mut nl, links, addrs, routes, None)
     }
 
     /// The rest of a snapshot, around links (with their traffic control), addresses, routes
@@ -516,7 +527,7 @@ impl Observer {
             (k, v)
         });
 
-        Ok(Snapshot {
+        let mut snap = Snapshot {
             scope: self.scope.clone(),
             links,
             addrs,
@@ -525,13 +536,11 @@ impl Observer {
             nft,
             sysctls: sysctls.collect(),
             sysctl_readonly,
-            sysctl_originals: state.borrowed.sysctls.0,
-            moved: state.moved,
-            mtu_originals: state.borrowed.mtus.0,
-            raised: state.borrowed.up.0,
             users,
             ethtool,
-            ethtool_originals: state.borrowed.ethtool.0,
-        })
+            ..Snapshot::default()
+        };
+        state.borrowed.fill(&mut snap);
+        Ok(snap)
     }
 }

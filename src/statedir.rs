@@ -5,7 +5,7 @@
 //! Nothing in it is for other users: a scope's directory is 0700 and its files 0600 (made
 //! so, and tightened when found looser: installs from before this rule).
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::io::Write as _;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
@@ -29,13 +29,12 @@ pub enum StateError {
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct State {
-    /// Host settings kvmnet changed on objects it does not own, to give back.
+    /// Host settings kvmnet changed on objects it does not own, to give back; among them,
+    /// per bridge of a bridge-mode network and per bond, the uplink or member addresses and
+    /// routes kvmnet moved onto it, so one deleted by hand is put back (and returned to the
+    /// uplink on destroy).
     #[serde(flatten)]
     pub borrowed: crate::borrowed::Borrowed,
-    /// Per bridge of a bridge-mode network and per bond: the uplink or member addresses and routes kvmnet moved onto
-    /// it, so one deleted by hand is put back (and returned to the uplink on destroy).
-    #[serde(default)]
-    pub moved: BTreeMap<String, Moved>,
     /// Namespaces an apply is about to create, written before it does: what a kill between
     /// the namespace's file and its mount leaves is then known to be kvmnet's (see
     /// `netns::create_with`), and the next apply or destroy removes it.
@@ -43,8 +42,7 @@ pub struct State {
     pub creating_netns: BTreeSet<String>,
 }
 
-pub use crate::state::Moved;
-
+#[derive(Clone, Debug)]
 pub struct StateDir {
     pub dir: PathBuf,
 }
@@ -261,6 +259,37 @@ impl Drop for Staged {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The state file's format is the same since the borrowed settings took in the moved
+    /// addresses: a file written before loads, and is written back the same.
+    #[test]
+    fn a_state_file_from_before_loads_and_saves_the_same() {
+        let old = r#"{
+  "sysctl_originals": {
+    "net.ipv4.ip_forward": "0"
+  },
+  "mtu_originals": {},
+  "ethtool_originals": {},
+  "moved": {
+    "br0": {
+      "addrs": [
+        {
+          "cidr": "192.0.2.10/24",
+          "broadcast": "192.0.2.255"
+        }
+      ],
+      "routes": []
+    }
+  },
+  "creating_netns": [
+    "g1"
+  ]
+}"#;
+        let st: State = serde_json::from_str(old).unwrap();
+        assert_eq!(st.borrowed.moved["br0"].addrs.len(), 1);
+        assert!(st.creating_netns.contains("g1"));
+        assert_eq!(serde_json::to_string_pretty(&st).unwrap(), old);
+    }
 
     fn mode(p: &Path) -> u32 {
         std::fs::metadata(p).unwrap().permissions().mode() & 0o777

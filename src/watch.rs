@@ -196,7 +196,7 @@ impl Watch {
         // done while those tables are made.
         let (made, snap) = std::thread::scope(|s| {
             let made = s.spawn(want);
-            let snap = self.snapshot_parts(obs, spec);
+            let snap = self.snapshot_parts(obs, spec, &BTreeSet::new());
             (made.join().expect("making nft tables does not panic"), snap)
         });
         let (mut snap, view) = snap?;
@@ -207,10 +207,12 @@ impl Watch {
     /// A snapshot but for its nft tables, and the cache's view of those tables: give both
     /// to [`Watch::nft_observed`] with the tables wanted. (Split so that a plan can make
     /// the tables it wants while the rest is observed and its desired state made.)
+    /// `extra_sysctls` are read too (see [`Observer::snapshot_with`]).
     pub fn snapshot_parts(
         &mut self,
         obs: &Observer,
         spec: Option<&Spec>,
+        extra_sysctls: &BTreeSet<String>,
     ) -> Result<(Snapshot, Option<NftTable>), ObserveError> {
         self.refresh()?;
         let cache = self.cache.as_mut().expect("refreshed");
@@ -218,7 +220,7 @@ impl Watch {
         let a = assemble(cache);
         let snap = obs.complete(
             spec,
-            &BTreeSet::new(),
+            extra_sysctls,
             &mut Netlink::open()?,
             a.links,
             a.addrs,

@@ -1,17 +1,25 @@
 //! Host settings kvmnet borrows: values it changes on objects it does not own (a sysctl, a
-//! host interface's MTU, ethtool settings or up state), recorded before the first change,
-//! enforced while the spec asks for them, and given back when it stops asking (destroy
-//! included). One mechanism for every kind, so that a new kind is a key type, a line in
-//! [`Managed`] and a line in [`changes`].
+//! host interface's MTU, ethtool settings or up state, the addresses and routes a bridge or
+//! bond takes from the interface it enslaves), recorded, enforced while the spec asks for
+//! them, and given back when it stops asking (destroy included). One mechanism for every
+//! kind, so that a new kind is a key type, a line in [`Managed`] and a line in [`changes`]
+//! (or, for moved addresses, in [`Borrowed::retain_managed`]).
 //!
 //! Pure: the engine records from the steps it is about to run and keeps what is still
 //! managed afterwards; the desired state asks [`Originals::to_give_back`] what to restore.
+//!
+//! Moved addresses and routes differ in one way: what is recorded is not a value from
+//! before the first change but what the bridge (or bond) holds for the interface it took,
+//! as the plan just applied left it. They are recorded after a successful apply, replacing
+//! the record (a bridge's addresses may grow while it holds them); the desired state puts
+//! back any deleted by hand, and hands them back to the interface when the bridge goes.
 
 use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
 
 use crate::plan::Step;
+use crate::state::Moved;
 
 /// A recorded original value. The first one recorded wins: later ones are values kvmnet
 /// itself set.
@@ -104,6 +112,9 @@ pub struct Managed {
     /// Host interfaces a network of the spec sits on: one kvmnet brought up stays up while
     /// any is listed here.
     pub up: BTreeSet<String>,
+    /// By bridge (of a bridge-mode network) and by bond: the addresses and routes it holds
+    /// from the interfaces it took, once the plan is applied.
+    pub moved: BTreeMap<String, Moved>,
 }
 
 /// Every kind of borrowed setting, as the state directory keeps them (under the names the
@@ -120,6 +131,9 @@ pub struct Borrowed {
     /// Up state (always `false`: kvmnet only brings interfaces up).
     #[serde(rename = "raised", skip_serializing_if = "Originals::is_empty")]
     pub up: Originals<bool>,
+    /// Addresses and routes moved onto a bridge or bond, by bridge or bond (see the module
+    /// doc).
+    pub moved: Originals<Moved>,
 }
 
 /// One borrowed setting a step changes, with its value before the step.
@@ -170,7 +184,8 @@ impl Borrowed {
     }
 
     /// After a successful apply: only what the spec still borrows stays recorded (the rest
-    /// was given back by that apply).
+    /// was given back by that apply), and moved addresses are recorded as the plan left
+    /// them.
     pub fn retain_managed(&mut self, managed: &Managed) {
         self.sysctls.retain_managed(|k| managed.sysctls.contains(k));
         self.mtus.retain_managed(|k| managed.mtus.contains(k));
@@ -179,6 +194,28 @@ impl Borrowed {
             vals.retain(|k, _| managed.ethtool.get(dev).is_some_and(|m| m.contains(k)));
             !vals.is_empty()
         });
+        self.record_moved(managed);
+    }
+
+    /// Hands the recorded settings to `snap`, where the desired state reads them (what to
+    /// give back, what to put back on a bridge).
+    pub fn fill(self, snap: &mut crate::snapshot::Snapshot) {
+        snap.sysctl_originals = self.sysctls.0;
+        snap.mtu_originals = self.mtus.0;
+        snap.ethtool_originals = self.ethtool.0;
+        snap.raised = self.up.0;
+        snap.moved = self.moved.0;
+    }
+
+    /// Records what the bridges and bonds of `managed` hold from the interfaces they took
+    /// (nothing left for those that went: given back). Returns whether that changed the
+    /// record: an apply with nothing to do still records it.
+    pub fn record_moved(&mut self, managed: &Managed) -> bool {
+        if *self.moved == managed.moved {
+            return false;
+        }
+        self.moved = Originals(managed.moved.clone());
+        true
     }
 }
 
@@ -192,6 +229,7 @@ mod tests {
             mtus: ["eth0".to_string()].into(),
             ethtool: [("eth0".to_string(), ["gro".to_string()].into())].into(),
             up: ["eth1".to_string()].into(),
+            moved: BTreeMap::new(),
         }
     }
 
@@ -267,6 +305,61 @@ mod tests {
             o["eth0"],
             [("gro".to_string(), 1), ("tso".to_string(), 1)].into()
         );
+    }
+
+    #[test]
+    fn moved_addresses_are_what_the_plan_leaves_and_go_when_their_bridge_goes() {
+        let moved = |cidr: &str| Moved {
+            addrs: vec![crate::state::Addr::with_standard_broadcast(
+                cidr.parse().unwrap(),
+            )],
+            routes: Vec::new(),
+        };
+        let mut b = Borrowed::default();
+        let mut now = Managed {
+            moved: [("br0".to_string(), moved("192.0.2.10/24"))].into(),
+            ..Managed::default()
+        };
+        // Steps record no moved addresses: those are recorded once the plan is applied.
+        b.record(&[], &now);
+        assert!(b.moved.is_empty());
+        assert!(b.record_moved(&now));
+        assert!(!b.record_moved(&now), "nothing new to record");
+        now.moved.insert("br0".to_string(), moved("192.0.2.11/24"));
+        b.retain_managed(&now);
+        assert_eq!(b.moved["br0"], moved("192.0.2.11/24"));
+        // The bridge went (destroy): the addresses went back to the uplink with it.
+        b.retain_managed(&Managed::default());
+        assert!(b.moved.is_empty());
+    }
+
+    /// A state file written before moved addresses joined the borrowed settings (`moved`
+    /// beside them at the top level) reads the same, and is written the same.
+    #[test]
+    fn a_state_file_with_moved_addresses_reads_as_before() {
+        let old = r#"{
+  "sysctl_originals": {"net.ipv4.ip_forward": "0"},
+  "mtu_originals": {},
+  "ethtool_originals": {},
+  "moved": {
+    "br0": {
+      "addrs": [{"cidr": "192.0.2.10/24", "broadcast": "192.0.2.255"}],
+      "routes": [{"dst": "0.0.0.0/0", "gateway": "192.0.2.1", "metric": null, "table": 254,
+                  "protocol": 3, "scope": 0, "prefsrc": null}]
+    }
+  }
+}"#;
+        let b: Borrowed = serde_json::from_str(old).unwrap();
+        assert_eq!(b.sysctls["net.ipv4.ip_forward"], "0");
+        let br0 = &b.moved["br0"];
+        assert_eq!(br0.addrs[0].cidr.to_string(), "192.0.2.10/24");
+        assert_eq!(br0.routes[0].gateway, Some("192.0.2.1".parse().unwrap()));
+        let again: serde_json::Value = serde_json::to_value(&b).unwrap();
+        let want: serde_json::Value = serde_json::from_str(old).unwrap();
+        assert_eq!(again, want);
+        // One written before bridges took addresses at all has none.
+        let older: Borrowed = serde_json::from_str(r#"{"sysctl_originals": {}}"#).unwrap();
+        assert!(older.moved.is_empty());
     }
 
     #[test]

@@ -20,7 +20,7 @@ use crate::backend::netlink::consts::{
 };
 use crate::backend::netlink::socket::{WINDOW_BYTES, in_netns};
 use crate::backend::netlink::{MsgBuf, Options, Socket};
-use crate::backend::rtnl::{self, LinkInfo, Netlink};
+use crate::backend::rtnl::{self, LinkInfo, Netlink, NetlinkError};
 
 /// Requests per window of tc changes: half of rtnetlink's default, as it always was here.
 /// Link ops go in chunks of half of it, as an IFB's creation is two messages.
@@ -53,10 +53,11 @@ impl Tc {
     /// A socket in the calling thread's network namespace.
     pub fn open() -> Result<Tc, TcError> {
         let sock = Socket::open(libc::NETLINK_ROUTE, &Options::REQUESTS)?;
-        let netns = File::open("/proc/thread-self/ns/net").map_err(|source| TcError::Socket {
-            op: "open the current network namespace",
-            source,
-        })?;
+        let netns =
+            File::open("/proc/thread-self/ns/net").map_err(|source| NetlinkError::Socket {
+                op: "open the current network namespace",
+                source,
+            })?;
         Ok(Tc {
             sock,
             netns,

@@ -39,9 +39,7 @@ mod shaping;
 #[cfg(test)]
 mod tests;
 
-use std::io;
-
-use super::netlink::NetlinkError;
+use super::netlink::{NetlinkError, kernel_err};
 
 pub use client::Tc;
 pub use encode::message_bytes;
@@ -121,22 +119,14 @@ pub const DEFAULT_BURST_MS: u64 = 4;
 
 // ---- errors ----
 
+/// What can go wrong with traffic control. Framing, socket and kernel refusals are the
+/// shared [`NetlinkError`] (in its words: `netlink socket: ...`, `OP: ERROR (kernel: ...)`,
+/// `unexpected netlink reply`); the rest is tc's own.
 #[derive(Debug, thiserror::Error)]
 pub enum TcError {
-    #[error("netlink socket: {op}: {source}")]
-    Socket {
-        op: &'static str,
-        #[source]
-        source: io::Error,
-    },
-    /// The kernel refused a request; `ext` is its extended-ack message when it gave one.
-    #[error("{op}: {source}{}", ext.as_ref().map(|m| format!(" (kernel: {m})")).unwrap_or_default())]
-    Kernel {
-        op: String,
-        #[source]
-        source: io::Error,
-        ext: Option<String>,
-    },
+    /// The socket, the framing or the kernel: a request refused, a reply that made no sense.
+    #[error(transparent)]
+    Netlink(#[from] NetlinkError),
     #[error("{what} {name} does not exist")]
     NoDevice { what: &'static str, name: String },
     /// The port's settings cannot be turned into a tc tree.
@@ -145,15 +135,13 @@ pub enum TcError {
     /// Something already in place that kvmnet will not touch.
     #[error("{0}")]
     Conflict(String),
-    /// A link change through [`crate::backend::rtnl::Netlink`] failed.
+    /// A link change of a tc op (an IFB's) through [`crate::backend::rtnl::Netlink`] failed.
     #[error("{op}: {source}")]
     Link {
         op: String,
         #[source]
         source: NetlinkError,
     },
-    #[error("{op}: unexpected netlink reply: {reason}")]
-    Protocol { op: String, reason: String },
     #[error("{}", .0.iter().map(|e| e.to_string()).collect::<Vec<_>>().join("; "))]
     Many(Vec<TcError>),
 }
@@ -162,20 +150,13 @@ impl TcError {
     /// The errno the kernel or the socket reported, if any.
     pub fn errno(&self) -> Option<i32> {
         match self {
-            TcError::Socket { source, .. } | TcError::Kernel { source, .. } => {
-                source.raw_os_error()
-            }
-            TcError::Link { source, .. } => source.errno(),
+            TcError::Netlink(e) | TcError::Link { source: e, .. } => e.errno(),
             _ => None,
         }
     }
 
     fn kernel(op: String, errno: i32, ext: Option<String>) -> TcError {
-        TcError::Kernel {
-            op,
-            source: io::Error::from_raw_os_error(errno),
-            ext,
-        }
+        TcError::Netlink(kernel_err(op, errno, ext))
     }
 
     fn from_list(mut errors: Vec<TcError>) -> Result<(), TcError> {
@@ -183,27 +164,6 @@ impl TcError {
             0 => Ok(()),
             1 => Err(errors.remove(0)),
             _ => Err(TcError::Many(errors)),
-        }
-    }
-}
-
-/// The framing's and the link lookups' failures, reported in tc's words (the same words).
-impl From<NetlinkError> for TcError {
-    fn from(e: NetlinkError) -> TcError {
-        match e {
-            NetlinkError::Socket { op, source } => TcError::Socket { op, source },
-            NetlinkError::Kernel { op, source, ext } => TcError::Kernel { op, source, ext },
-            NetlinkError::Protocol { op, reason } => TcError::Protocol { op, reason },
-            NetlinkError::Interrupted { op, tries } => TcError::Protocol {
-                op,
-                reason: format!(
-                    "dump kept being interrupted by concurrent changes ({tries} tries)"
-                ),
-            },
-            source => TcError::Link {
-                op: "rtnetlink".into(),
-                source,
-            },
         }
     }
 }

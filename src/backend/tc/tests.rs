@@ -239,3 +239,29 @@ fn bad_rates_are_refused() {
     };
     assert!(r.htb_params(&clock()).is_err());
 }
+
+/// tc's framing failures are the shared netlink error's, in its words, with their errno.
+#[test]
+fn framing_errors_are_the_netlink_errors() {
+    let e = TcError::kernel(
+        "add qdisc htb 1: on tap0".into(),
+        libc::EEXIST,
+        Some("Exclusivity flag on".into()),
+    );
+    assert!(matches!(e, TcError::Netlink(NetlinkError::Kernel { .. })));
+    assert_eq!(e.errno(), Some(libc::EEXIST));
+    assert_eq!(
+        e.to_string(),
+        "add qdisc htb 1: on tap0: File exists (os error 17) (kernel: Exclusivity flag on)"
+    );
+    let interrupted = TcError::from(NetlinkError::Interrupted {
+        op: "list classes of tap0".into(),
+        tries: 3,
+    });
+    assert_eq!(
+        interrupted.to_string(),
+        "list classes of tap0: unexpected netlink reply: dump kept being interrupted by concurrent changes (3 tries)"
+    );
+    let many = TcError::Many(vec![e, interrupted]);
+    assert_eq!(many.errno(), None);
+}

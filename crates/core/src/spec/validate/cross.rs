@@ -2,10 +2,8 @@
 
 use super::*;
 
-#[allow(
-    clippy::too_many_lines,
-    reason = "every whole-spec rule in one pass; to split by rule (#14)"
-)]
+/// Every whole-spec rule, one function each; the errors are sorted by place at the end, so
+/// the order here is only the order of reading.
 pub(super) fn cross_checks(
     cx: &mut Ctx,
     nets: &[NetDraft],
@@ -14,19 +12,41 @@ pub(super) fn cross_checks(
 ) {
     check_floors(cx, nets, ports);
     check_bridge_ports(cx, nets, ports);
-    // Every interface kvmnet creates needs a unique name.
-    struct Created<'a> {
-        name: std::borrow::Cow<'a, str>,
-        loc: Loc,
-        path: LazyPath<'a>,
-        what: What<'a>,
-        derived: bool,
+    let created = created_names(cx, nets, ports);
+    let seen_uplink = check_uplinks(cx, nets, &created);
+    direct_checks(cx, nets, ports, &created, &seen_uplink);
+    check_vlan_uplinks(cx, nets, &created);
+    check_nat_egress(cx, nets, &created, &seen_uplink);
+    check_macs(cx, nets, ports);
+    check_port_addresses(cx, ports);
+    check_subnets(cx, nets);
+    check_mirrors(cx, ports);
+    check_forwards(cx, nets, ports);
+    check_forwarding(cx, nets, sysctl);
+}
+
+/// An interface kvmnet creates, with where its name comes from.
+struct Created<'a> {
+    name: std::borrow::Cow<'a, str>,
+    loc: Loc,
+    path: LazyPath<'a>,
+    what: What<'a>,
+    derived: bool,
+}
+
+impl CreatedName for Created<'_> {
+    fn created_as(&self, name: &str) -> Option<String> {
+        (self.name == name).then(|| self.what.to_string())
     }
-    impl CreatedName for Created<'_> {
-        fn created_as(&self, name: &str) -> Option<String> {
-            (self.name == name).then(|| self.what.to_string())
-        }
-    }
+}
+
+/// Every interface kvmnet creates needs a unique name: bridges, VXLAN and VLAN devices,
+/// trunk sub-interfaces and ports.
+fn created_names<'a>(
+    cx: &mut Ctx,
+    nets: &'a [NetDraft],
+    ports: &'a [PortDraft],
+) -> Vec<Created<'a>> {
     let mut created: Vec<Created> = Vec::new();
     for n in nets {
         if let Some(b) = n.bridge.as_ref().filter(|b| !b.is_empty()) {
@@ -50,83 +70,9 @@ pub(super) fn cross_checks(
             });
         }
     }
-    // One vlan network per VLAN of an uplink; each sub-interface is an interface kvmnet makes.
-    let mut vlan_ids: HashMap<(&str, u16), &NetDraft> = HashMap::new();
-    for n in nets {
-        let Some(v) = &n.vlan else { continue };
-        if let Some(other) = vlan_ids.get(&(v.uplink.as_str(), v.id)) {
-            cx.err(
-                &join(&n.path, "vlan"),
-                n.vlan_loc,
-                format!(
-                    "VLAN {} of uplink '{}' is already network {}; one network per VLAN (ports of both belong on that network)",
-                    v.id, v.uplink, other.name
-                ),
-            );
-            continue;
-        }
-        vlan_ids.insert((v.uplink.as_str(), v.id), n);
-        created.push(Created {
-            name: v.device.as_str().into(),
-            loc: n.vlan_loc,
-            path: LazyPath::Join(&n.path, "vlan"),
-            what: What::NetVlan(v.id, &n.name),
-            derived: true,
-        });
-    }
-    // A trunk port's VLANs: each one served by a vlan network on its own network's uplink.
-    for p in ports {
-        if p.vlans.is_empty() {
-            continue;
-        }
-        let Some(own) = p
-            .network
-            .as_ref()
-            .and_then(|name| nets.iter().find(|n| &n.name == name))
-        else {
-            continue;
-        };
-        let Some(ov) = &own.vlan else { continue };
-        for (vid, loc, path) in &p.vlans {
-            if !vlan_ids.contains_key(&(ov.uplink.as_str(), *vid)) {
-                cx.err(
-                    path,
-                    *loc,
-                    format!(
-                        "no vlan network serves VLAN {vid} on uplink '{}'; define one (mode: vlan, uplink: {}, vlan: {vid}) or remove {vid} from vlans",
-                        ov.uplink, ov.uplink
-                    ),
-                );
-            } else if let Some(name) = &p.name {
-                created.push(Created {
-                    name: naming::trunk_vlan_name(name, *vid).into(),
-                    loc: *loc,
-                    path: LazyPath::Plain(path),
-                    what: What::TrunkVlan(*vid, p.index, &p.vm),
-                    derived: true,
-                });
-            }
-        }
-    }
-    // One VNI per UDP port on a host: the kernel refuses a second device for it.
-    let mut vnis: HashMap<(u32, u16), &NetDraft> = HashMap::new();
-    for n in nets {
-        let Some(v) = &n.vxlan else { continue };
-        if let Some(other) = vnis.get(&(v.vni, v.port)) {
-            let path = join(&n.path, "vni");
-            let loc = cx.loc_at(&path).unwrap_or(n.key_loc);
-            cx.err(
-                &path,
-                loc,
-                format!(
-                    "vni {} on port {} is already used by network {}; every vxlan network needs its own VNI",
-                    v.vni, v.port, other.name
-                ),
-            );
-        } else {
-            vnis.insert((v.vni, v.port), n);
-        }
-    }
+    let vlan_ids = vlan_networks(cx, nets, &mut created);
+    trunk_vlans(cx, nets, ports, &vlan_ids, &mut created);
+    unique_vnis(cx, nets);
     for p in ports {
         if let Some(name) = &p.name {
             created.push(Created {
@@ -167,7 +113,112 @@ pub(super) fn cross_checks(
         }
     }
 
-    // Uplinks: existing host interfaces, never one kvmnet creates, each enslaved once.
+    created
+}
+
+/// One vlan network per VLAN of an uplink; each sub-interface is an interface kvmnet makes.
+fn vlan_networks<'a>(
+    cx: &mut Ctx,
+    nets: &'a [NetDraft],
+    created: &mut Vec<Created<'a>>,
+) -> HashMap<(&'a str, u16), &'a NetDraft> {
+    let mut vlan_ids: HashMap<(&str, u16), &NetDraft> = HashMap::new();
+    for n in nets {
+        let Some(v) = &n.vlan else { continue };
+        if let Some(other) = vlan_ids.get(&(v.uplink.as_str(), v.id)) {
+            cx.err(
+                &join(&n.path, "vlan"),
+                n.vlan_loc,
+                format!(
+                    "VLAN {} of uplink '{}' is already network {}; one network per VLAN (ports of both belong on that network)",
+                    v.id, v.uplink, other.name
+                ),
+            );
+            continue;
+        }
+        vlan_ids.insert((v.uplink.as_str(), v.id), n);
+        created.push(Created {
+            name: v.device.as_str().into(),
+            loc: n.vlan_loc,
+            path: LazyPath::Join(&n.path, "vlan"),
+            what: What::NetVlan(v.id, &n.name),
+            derived: true,
+        });
+    }
+    vlan_ids
+}
+
+/// A trunk port's VLANs: each one served by a vlan network on its own network's uplink.
+fn trunk_vlans<'a>(
+    cx: &mut Ctx,
+    nets: &'a [NetDraft],
+    ports: &'a [PortDraft],
+    vlan_ids: &HashMap<(&'a str, u16), &'a NetDraft>,
+    created: &mut Vec<Created<'a>>,
+) {
+    for p in ports {
+        if p.vlans.is_empty() {
+            continue;
+        }
+        let Some(own) = p
+            .network
+            .as_ref()
+            .and_then(|name| nets.iter().find(|n| &n.name == name))
+        else {
+            continue;
+        };
+        let Some(ov) = &own.vlan else { continue };
+        for (vid, loc, path) in &p.vlans {
+            if !vlan_ids.contains_key(&(ov.uplink.as_str(), *vid)) {
+                cx.err(
+                    path,
+                    *loc,
+                    format!(
+                        "no vlan network serves VLAN {vid} on uplink '{}'; define one (mode: vlan, uplink: {}, vlan: {vid}) or remove {vid} from vlans",
+                        ov.uplink, ov.uplink
+                    ),
+                );
+            } else if let Some(name) = &p.name {
+                created.push(Created {
+                    name: naming::trunk_vlan_name(name, *vid).into(),
+                    loc: *loc,
+                    path: LazyPath::Plain(path),
+                    what: What::TrunkVlan(*vid, p.index, &p.vm),
+                    derived: true,
+                });
+            }
+        }
+    }
+}
+
+/// One VNI per UDP port on a host: the kernel refuses a second device for it.
+fn unique_vnis(cx: &mut Ctx, nets: &[NetDraft]) {
+    let mut vnis: HashMap<(u32, u16), &NetDraft> = HashMap::new();
+    for n in nets {
+        let Some(v) = &n.vxlan else { continue };
+        if let Some(other) = vnis.get(&(v.vni, v.port)) {
+            let path = join(&n.path, "vni");
+            let loc = cx.loc_at(&path).unwrap_or(n.key_loc);
+            cx.err(
+                &path,
+                loc,
+                format!(
+                    "vni {} on port {} is already used by network {}; every vxlan network needs its own VNI",
+                    v.vni, v.port, other.name
+                ),
+            );
+        } else {
+            vnis.insert((v.vni, v.port), n);
+        }
+    }
+}
+
+/// Uplinks: existing host interfaces, never one kvmnet creates, each enslaved once.
+fn check_uplinks<'a>(
+    cx: &mut Ctx,
+    nets: &'a [NetDraft],
+    created: &[Created],
+) -> HashMap<&'a str, &'a NetDraft> {
     let mut uplinks: Vec<(&str, Loc, &NetDraft)> = nets
         .iter()
         .filter(|n| n.mode.is_none_or(Mode::has_bridge))
@@ -201,7 +252,11 @@ pub(super) fn cross_checks(
         }
     }
 
-    direct_checks(cx, nets, ports, &created, &seen_uplink);
+    seen_uplink
+}
+
+/// A vlan network's uplink is an existing host interface.
+fn check_vlan_uplinks(cx: &mut Ctx, nets: &[NetDraft], created: &[Created]) {
     for n in nets {
         let Some(v) = &n.vlan else { continue };
         if let Some(c) = created.iter().find(|c| c.name == v.uplink) {
@@ -215,8 +270,15 @@ pub(super) fn cross_checks(
             );
         }
     }
+}
 
-    // NAT egress: a host interface the traffic really leaves through.
+/// NAT egress: a host interface the traffic really leaves through.
+fn check_nat_egress(
+    cx: &mut Ctx,
+    nets: &[NetDraft],
+    created: &[Created],
+    seen_uplink: &HashMap<&str, &NetDraft>,
+) {
     for n in nets {
         let Some((e, loc)) = &n.egress else { continue };
         let path = join(&join(&n.path, "nat"), "egress");
@@ -250,8 +312,10 @@ pub(super) fn cross_checks(
             );
         }
     }
+}
 
-    // MACs: guests' and bridges' addresses must all differ.
+/// MACs: guests' and bridges' addresses must all differ.
+fn check_macs(cx: &mut Ctx, nets: &[NetDraft], ports: &[PortDraft]) {
     let mut macs: Vec<(Mac, Loc, LazyPath, What, bool)> =
         Vec::with_capacity(nets.len() + ports.len());
     for n in nets {
@@ -296,8 +360,10 @@ pub(super) fn cross_checks(
             seen_mac.insert(*m, i);
         }
     }
+}
 
-    // Port addresses: unique within a network.
+/// Port addresses: unique within a network.
+fn check_port_addresses(cx: &mut Ctx, ports: &[PortDraft]) {
     let mut addrs: Vec<&PortDraft> = ports.iter().filter(|p| p.ipv4.is_some()).collect();
     addrs.sort_by_key(|p| p.ipv4_loc);
     let mut seen_addr: HashMap<(&str, Ipv4Addr), &PortDraft> = HashMap::new();
@@ -318,8 +384,10 @@ pub(super) fn cross_checks(
             seen_addr.insert((net.as_str(), a.addr), p);
         }
     }
+}
 
-    // Subnets of nat/routed/isolated networks must not overlap.
+/// Subnets of nat/routed/isolated networks must not overlap.
+fn check_subnets(cx: &mut Ctx, nets: &[NetDraft]) {
     let mut subnets: Vec<(&NetDraft, Ipv4Cidr)> =
         nets.iter().filter_map(|n| n.ipv4.map(|c| (n, c))).collect();
     subnets.sort_by_key(|(n, _)| n.ipv4_loc);
@@ -337,8 +405,10 @@ pub(super) fn cross_checks(
             );
         }
     }
+}
 
-    // A mirror copies to another port of the spec.
+/// A mirror copies to another port of the spec.
+fn check_mirrors(cx: &mut Ctx, ports: &[PortDraft]) {
     for p in ports {
         if let Some((m, loc, path)) = &p.mirror {
             let target = ports.iter().find(|q| q.name.as_deref() == Some(m.as_str()));
@@ -365,8 +435,10 @@ pub(super) fn cross_checks(
             }
         }
     }
+}
 
-    // A forward needs a VM with an address on its network.
+/// A forward needs a VM with an address on its network.
+fn check_forwards(cx: &mut Ctx, nets: &[NetDraft], ports: &[PortDraft]) {
     for n in nets {
         for fw in &n.forwards {
             let target = ports.iter().find(|p| {
@@ -390,8 +462,10 @@ pub(super) fn cross_checks(
             }
         }
     }
+}
 
-    // Forwarding: nat and routed networks need it.
+/// Forwarding: nat and routed networks need it.
+fn check_forwarding(cx: &mut Ctx, nets: &[NetDraft], sysctl: Option<&Sysctl>) {
     if let Some((values, where_)) = sysctl {
         let needs: Vec<String> = nets
             .iter()
@@ -421,8 +495,6 @@ pub(super) fn cross_checks(
     }
 }
 
-/// `qos.floor` guarantees are shares of their network's `bandwidth`: the network must declare
-/// one, and the floors on it must fit in it.
 /// Ports a Linux bridge can hold: port numbers are 10 bits and 0 is reserved
 /// (`BR_MAX_PORTS` in the kernel's `br_private.h`). One more is refused with EXFULL in the
 /// middle of an apply.
@@ -481,6 +553,8 @@ pub(super) fn check_bridge_ports(cx: &mut Ctx, nets: &[NetDraft], ports: &[PortD
     }
 }
 
+/// `qos.floor` guarantees are shares of their network's `bandwidth`: the network must declare
+/// one, and the floors on it must fit in it.
 pub(super) fn check_floors(cx: &mut Ctx, nets: &[NetDraft], ports: &[PortDraft]) {
     let mut sums: HashMap<&str, u64> = HashMap::new();
     for p in ports {

@@ -44,10 +44,6 @@ pub(super) fn read_vm(
     }
 }
 
-#[allow(
-    clippy::too_many_lines,
-    reason = "one arm per port field, checked against its network mode (#14)"
-)]
 pub(super) fn read_port(
     cx: &mut Ctx,
     vm: &str,
@@ -63,32 +59,58 @@ pub(super) fn read_port(
         PORT_FIELDS,
         "a port (a mapping with network and its settings)",
     )?;
-    let mut d = PortDraft {
-        path: f.path.clone(),
-        vm: vm.to_string(),
-        index,
-        network: None,
-        name: None,
-        name_loc: f.loc(),
-        name_derived: false,
-        kind: Some(PortKind::Tap),
-        mac: None,
-        mac_loc: f.loc(),
-        mac_derived: false,
-        ipv4: None,
-        ipv4_loc: f.loc(),
-        owner: None,
-        queues: 1,
-        netns: None,
-        antispoof: true,
-        dhcp_client: false,
-        firewall: None,
-        qos: None,
-        mirror: None,
-        ethtool: None,
-        vlans: Vec::new(),
-    };
+    let mut d = PortDraft::new(f, vm, index);
+    let net = read_port_network(cx, &o, nets, &mut d);
+    read_port_identity(cx, &o, &mut d, net.as_ref(), (vm, vm_ok));
+    let kind = d.kind;
+    if kind == Some(PortKind::Macvtap) {
+        refuse_for_macvtap(cx, &o);
+    }
+    read_tap_and_veth_fields(cx, &o, &mut d);
+    read_port_policy(cx, &o, &mut d);
+    read_trunk(cx, &o, &mut d, net.as_ref());
+    read_port_netns(cx, &o, &mut d);
+    Some(d)
+}
 
+impl PortDraft {
+    /// Port `index` of `vm` at `f`, before any of its fields is read.
+    fn new(f: &Field, vm: &str, index: usize) -> PortDraft {
+        PortDraft {
+            path: f.path.clone(),
+            vm: vm.to_string(),
+            index,
+            network: None,
+            name: None,
+            name_loc: f.loc(),
+            name_derived: false,
+            kind: Some(PortKind::Tap),
+            mac: None,
+            mac_loc: f.loc(),
+            mac_derived: false,
+            ipv4: None,
+            ipv4_loc: f.loc(),
+            owner: None,
+            queues: 1,
+            netns: None,
+            antispoof: true,
+            dhcp_client: false,
+            firewall: None,
+            qos: None,
+            mirror: None,
+            ethtool: None,
+            vlans: Vec::new(),
+        }
+    }
+}
+
+/// `network`: the network the port joins, when it is one of the spec's.
+fn read_port_network(
+    cx: &mut Ctx,
+    o: &Obj,
+    nets: Option<&[NetDraft]>,
+    d: &mut PortDraft,
+) -> Option<NetRef> {
     let mut net: Option<NetRef> = None;
     if let Some(nf) = o.required(cx, "network", "name the network this port joins")
         && let Some(n) = text(cx, &nf, "a network name")
@@ -120,6 +142,18 @@ pub(super) fn read_port(
         }
     }
 
+    net
+}
+
+/// The port's name, kind (a direct network's ports are macvtaps), MAC and address.
+fn read_port_identity(
+    cx: &mut Ctx,
+    o: &Obj,
+    d: &mut PortDraft,
+    net: Option<&NetRef>,
+    (vm, vm_ok): (&str, bool),
+) {
+    let index = d.index;
     if let Some(nf) = o.get(cx, "name") {
         d.name_loc = nf.loc();
         d.name = read_ifname_field(cx, &nf, "an interface name");
@@ -197,53 +231,58 @@ pub(super) fn read_port(
     if let Some(af) = o.get(cx, "ipv4") {
         d.ipv4_loc = af.loc();
         if let Some(t) = text(cx, &af, "an IPv4 address") {
-            match port_ipv4(&t, net.as_ref(), d.network.as_deref().unwrap_or("")) {
+            match port_ipv4(&t, net, d.network.as_deref().unwrap_or("")) {
                 Ok(a) => d.ipv4 = a,
                 Err(m) => cx.err(&af.path, af.loc(), m),
             }
         }
     }
+}
 
-    let kind = d.kind;
-    if kind == Some(PortKind::Macvtap) {
-        // What a macvtap port cannot do, field by field, each with its reason.
-        let refuse: [(&str, &str); 5] = [
-            (
-                "queues",
-                "a macvtap port needs no queues setting: QEMU opens /dev/tapN once per queue (remove it)",
-            ),
-            (
-                "firewall",
-                "a port on a direct network cannot have a firewall: its traffic never passes through the host's IP or bridge hooks (use a bridge network, or filter in the guest)",
-            ),
-            (
-                "qos",
-                "qos is not supported on direct (macvtap) ports in this version; use a bridge network for shaped ports",
-            ),
-            (
-                "mirror",
-                "mirror is not supported on direct (macvtap) ports in this version; use a bridge network",
-            ),
-            (
-                "dhcp_client",
-                "dhcp_client applies only to veth ports; a VM on a macvtap runs its own DHCP client (remove it)",
-            ),
-        ];
-        for (key, why) in refuse {
-            if let Some(f) = o.get(cx, key) {
-                cx.err(&f.path, f.loc(), why);
-            }
-        }
-        if let Some(af) = o.get(cx, "antispoof")
-            && boolean(cx, &af) == Some(true)
-        {
-            cx.err(
-                &af.path,
-                af.loc(),
-                "anti-spoofing is not enforced on direct (macvtap) ports: their frames never cross a bridge kvmnet guards; remove antispoof (or use a bridge network)",
-            );
+/// What a macvtap port cannot do, field by field, each with its reason.
+fn refuse_for_macvtap(cx: &mut Ctx, o: &Obj) {
+    // What a macvtap port cannot do, field by field, each with its reason.
+    let refuse: [(&str, &str); 5] = [
+        (
+            "queues",
+            "a macvtap port needs no queues setting: QEMU opens /dev/tapN once per queue (remove it)",
+        ),
+        (
+            "firewall",
+            "a port on a direct network cannot have a firewall: its traffic never passes through the host's IP or bridge hooks (use a bridge network, or filter in the guest)",
+        ),
+        (
+            "qos",
+            "qos is not supported on direct (macvtap) ports in this version; use a bridge network for shaped ports",
+        ),
+        (
+            "mirror",
+            "mirror is not supported on direct (macvtap) ports in this version; use a bridge network",
+        ),
+        (
+            "dhcp_client",
+            "dhcp_client applies only to veth ports; a VM on a macvtap runs its own DHCP client (remove it)",
+        ),
+    ];
+    for (key, why) in refuse {
+        if let Some(f) = o.get(cx, key) {
+            cx.err(&f.path, f.loc(), why);
         }
     }
+    if let Some(af) = o.get(cx, "antispoof")
+        && boolean(cx, &af) == Some(true)
+    {
+        cx.err(
+            &af.path,
+            af.loc(),
+            "anti-spoofing is not enforced on direct (macvtap) ports: their frames never cross a bridge kvmnet guards; remove antispoof (or use a bridge network)",
+        );
+    }
+}
+
+/// Fields of tap ports (owner, queues) and veth ports (dhcp_client), and antispoof.
+fn read_tap_and_veth_fields(cx: &mut Ctx, o: &Obj, d: &mut PortDraft) {
+    let kind = d.kind;
     if let Some(of) = o.get(cx, "owner") {
         if kind == Some(PortKind::Veth) {
             cx.err(
@@ -293,6 +332,11 @@ pub(super) fn read_port(
             d.dhcp_client = b;
         }
     }
+}
+
+/// The port's policy: firewall, qos, mirror and ethtool.
+fn read_port_policy(cx: &mut Ctx, o: &Obj, d: &mut PortDraft) {
+    let kind = d.kind;
     if let Some(ff) = o.get(cx, "firewall")
         && kind != Some(PortKind::Macvtap)
     {
@@ -313,8 +357,12 @@ pub(super) fn read_port(
     if let Some(ef) = o.get(cx, "ethtool") {
         d.ethtool = read_ethtool(cx, &ef);
     }
+}
+
+/// `vlans`: the VLANs a trunk port of a vlan network tags.
+fn read_trunk(cx: &mut Ctx, o: &Obj, d: &mut PortDraft, net: Option<&NetRef>) {
     if let Some(vf) = o.get(cx, "vlans") {
-        match net.as_ref().and_then(|n| n.mode) {
+        match net.and_then(|n| n.mode) {
             Some(m) if m != Mode::Vlan => cx.err(
                 &vf.path,
                 vf.loc(),
@@ -351,6 +399,11 @@ pub(super) fn read_port(
             }
         }
     }
+}
+
+/// `netns`: where a veth port's far end goes.
+fn read_port_netns(cx: &mut Ctx, o: &Obj, d: &mut PortDraft) {
+    let kind = d.kind;
     match (o.get(cx, "netns"), kind) {
         (Some(nf), Some(PortKind::Tap)) => {
             cx.err(
@@ -376,14 +429,13 @@ pub(super) fn read_port(
         }
         (None, Some(PortKind::Veth)) => {
             cx.err(
-                &join(&f.path, "netns"),
+                &join(&d.path, "netns"),
                 o.loc,
                 "missing required field 'netns'; a veth port needs the network namespace that receives its far end",
             );
         }
         (None, _) => {}
     }
-    Some(d)
 }
 
 pub(super) fn check_vm_mac(m: Mac) -> Result<Mac, String> {

@@ -21,6 +21,9 @@ mod shaping;
 mod vlan;
 mod vxlan;
 
+#[cfg(test)]
+mod tests;
+
 use std::fmt;
 
 use serde::{Deserialize, Serialize};

@@ -12,7 +12,7 @@ use crate::backend::seam::{self, Backend};
 use crate::borrowed::Managed;
 use crate::desired::{self, managed_sysctls};
 use crate::host_macs;
-use crate::plan::{self, Plan, Step};
+use crate::plan::{self, Change, Plan, Step};
 use crate::spec::naming::fnv1a;
 use crate::spec::{self, Loc, Spec, SpecError};
 use crate::state::HostState;
@@ -387,8 +387,8 @@ pub fn execute_on(
     let mut during = before.clone();
     during.borrowed.record(&p.plan.steps, &p.managed);
     for s in &p.plan.steps {
-        if let Step::CreateNetns(n) = s {
-            during.creating_netns.insert(n.clone());
+        if let Step::Netns(Change::Create(n)) = s {
+            during.creating_netns.insert(n.name.clone());
         }
     }
     if during != before {
@@ -611,10 +611,8 @@ mod ethtool_originals_tests {
             )]),
             ..Managed::default()
         };
-        let step = |dev: &str, from: &[(&str, u32)], to: &[(&str, u32)]| Step::SetEthtool {
-            dev: dev.into(),
-            from: vals(from),
-            to: vals(to),
+        let step = |dev: &str, from: &[(&str, u32)], to: &[(&str, u32)]| {
+            Step::Ethtool(plan::Set::new(dev, vals(from), vals(to)))
         };
         let mut b = Borrowed::default();
         b.record(

@@ -9,6 +9,7 @@ use crate::apply::{ApplyError, Executor, Stopped};
 use crate::backend::sysctl::SysctlError;
 use crate::nft::NftTable;
 use crate::observe::ObserveError;
+use crate::plan::Set;
 use crate::snapshot::Snapshot;
 
 /// A host that has only sysctls, and a kernel that may refuse to change one of them.
@@ -70,7 +71,7 @@ struct FakeKernel<'a>(&'a mut Fake);
 impl Executor for FakeKernel<'_> {
     fn run(&mut self, steps: &[Step]) -> Result<(), Box<Stopped>> {
         for (i, s) in steps.iter().enumerate() {
-            let Step::SetSysctl { key, to, .. } = s else {
+            let Step::Sysctl(Set { name: key, to, .. }) = s else {
                 unreachable!("a host of sysctls only plans sysctls: {s}");
             };
             self.0.log.push(s.to_string());

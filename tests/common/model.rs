@@ -10,7 +10,8 @@ use std::path::Path;
 
 use kvmnet::apply::{self, ApplyError, Executor, Stopped};
 use kvmnet::nft::NftChange;
-use kvmnet::plan::Step;
+use kvmnet::plan::{Change, DevAddr, DevRoute, Fdb, Netns, Set, Setting, Step};
+use kvmnet::state::{BondLink, BridgeLink, PortLink, VlanLink, VxlanLink};
 
 type Facts = BTreeMap<String, String>;
 
@@ -18,7 +19,7 @@ fn js<T: serde::Serialize>(v: &T) -> Option<String> {
     Some(serde_json::to_string(v).expect("steps serialize"))
 }
 
-fn nft_effect(c: &NftChange) -> (String, Option<String>, Option<String>) {
+fn nft_effect(c: &NftChange) -> Effect {
     use NftChange::*;
     match c {
         AddChain(ch) => (format!("chain {} {}", ch.family, ch.name), None, js(ch)),
@@ -39,41 +40,101 @@ fn nft_effect(c: &NftChange) -> (String, Option<String>, Option<String>) {
     }
 }
 
+/// What a fact is called and, present, holds: a device is a link with its settings, an
+/// entry (address, route, flood entry) or a namespace just is.
+trait Fact {
+    fn fact(&self) -> String;
+    fn value(&self) -> Option<String>;
+}
+
+macro_rules! link_fact {
+    ($($t:ty),*) => {$(
+        impl Fact for $t {
+            fn fact(&self) -> String {
+                format!("link {}", self.name)
+            }
+            fn value(&self) -> Option<String> {
+                js(self)
+            }
+        }
+    )*};
+}
+link_fact!(BridgeLink, PortLink, VxlanLink, VlanLink, BondLink);
+
+impl Fact for Netns {
+    fn fact(&self) -> String {
+        format!("netns {}", self.name)
+    }
+    fn value(&self) -> Option<String> {
+        js(&true)
+    }
+}
+
+impl Fact for DevAddr {
+    fn fact(&self) -> String {
+        format!("addr {} {}", self.dev, js(&self.addr).unwrap())
+    }
+    fn value(&self) -> Option<String> {
+        js(&true)
+    }
+}
+
+impl Fact for DevRoute {
+    fn fact(&self) -> String {
+        format!("route {} {}", self.dev, js(&self.route).unwrap())
+    }
+    fn value(&self) -> Option<String> {
+        js(&true)
+    }
+}
+
+impl Fact for Fdb {
+    fn fact(&self) -> String {
+        format!("fdb {} {}", self.dev, self.dst)
+    }
+    fn value(&self) -> Option<String> {
+        js(&true)
+    }
+}
+
+type Effect = (String, Option<String>, Option<String>);
+
+fn change<T: Fact>(c: &Change<T>) -> Effect {
+    match c {
+        Change::Create(x) => (x.fact(), None, x.value()),
+        Change::Delete(x) => (x.fact(), x.value(), None),
+        Change::Update { from, to } => (to.fact(), from.value(), to.value()),
+    }
+}
+
+fn set<S: Setting>(what: &str, s: &Set<S>) -> Effect
+where
+    S::Value: serde::Serialize,
+{
+    (format!("{what} {}", s.name), js(&s.from), js(&s.to))
+}
+
 /// The one fact `s` changes: its name, the value it expects, the value it leaves.
-fn effect(s: &Step) -> (String, Option<String>, Option<String>) {
-    use Step::*;
-    let yes = || js(&true);
+fn effect(s: &Step) -> Effect {
     match s {
-        CreateNetns(n) => (format!("netns {n}"), None, yes()),
-        DeleteNetns(n) => (format!("netns {n}"), yes(), None),
-        CreateBridge(b) => (format!("link {}", b.name), None, js(b)),
-        DeleteBridge(b) => (format!("link {}", b.name), js(b), None),
-        UpdateBridge { from, to } => (format!("link {}", to.name), js(from), js(to)),
-        SetMaster { link, from, to } => (format!("master {link}"), js(from), js(to)),
-        AddAddr { dev, addr } => (format!("addr {dev} {}", js(addr).unwrap()), None, yes()),
-        DelAddr { dev, addr } => (format!("addr {dev} {}", js(addr).unwrap()), yes(), None),
-        AddRoute { dev, route } => (format!("route {dev} {}", js(route).unwrap()), None, yes()),
-        DelRoute { dev, route } => (format!("route {dev} {}", js(route).unwrap()), yes(), None),
-        CreatePort(p) => (format!("link {}", p.name), None, js(p)),
-        DeletePort(p) => (format!("link {}", p.name), js(p), None),
-        UpdatePort { from, to } => (format!("link {}", to.name), js(from), js(to)),
-        SetNft { from, to } => ("nft".into(), js(from), js(to)),
-        Nft(c) => nft_effect(c),
-        SetSysctl { key, from, to } => (format!("sysctl {key}"), js(from), js(to)),
-        CreateVxlan(v) => (format!("link {}", v.name), None, js(v)),
-        DeleteVxlan(v) => (format!("link {}", v.name), js(v), None),
-        AddFdb { dev, dst } => (format!("fdb {dev} {dst}"), None, yes()),
-        DelFdb { dev, dst } => (format!("fdb {dev} {dst}"), yes(), None),
-        SetShaping { bridge, from, to } => (format!("shaping {bridge}"), js(from), js(to)),
-        SetEthtool { dev, from, to } => (format!("ethtool {dev}"), js(from), js(to)),
-        CreateVlan(v) => (format!("link {}", v.name), None, js(v)),
-        DeleteVlan(v) => (format!("link {}", v.name), js(v), None),
-        SetUp { link, from, to } => (format!("up {link}"), js(from), js(to)),
-        CreateBond(b) => (format!("link {}", b.name), None, js(b)),
-        DeleteBond(b) => (format!("link {}", b.name), js(b), None),
-        UpdateBond { from, to } => (format!("link {}", to.name), js(from), js(to)),
-        SetBondMember { link, from, to } => (format!("bond member {link}"), js(from), js(to)),
-        SetMtu { link, from, to } => (format!("mtu {link}"), js(from), js(to)),
+        Step::Netns(c) => change(c),
+        Step::Bridge(c) => change(c),
+        Step::Master(s) => set("master", s),
+        Step::Addr(c) => change(c),
+        Step::Route(c) => change(c),
+        Step::Port(c) => change(c),
+        Step::NftTable(s) => ("nft".into(), js(&s.from), js(&s.to)),
+        Step::Nft(c) => nft_effect(c),
+        Step::Sysctl(s) => set("sysctl", s),
+        Step::Vxlan(c) => change(c),
+        Step::Fdb(c) => change(c),
+        Step::Shaping(s) => set("shaping", s),
+        Step::Ethtool(s) => set("ethtool", s),
+        Step::Vlan(c) => change(c),
+        Step::Up(s) => set("up", s),
+        Step::Bond(c) => change(c),
+        Step::BondMember(s) => set("bond member", s),
+        Step::Mtu(s) => set("mtu", s),
     }
 }
 

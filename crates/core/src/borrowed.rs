@@ -18,7 +18,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
 
-use crate::plan::Step;
+use crate::plan::{Set, Step};
 use crate::state::Moved;
 
 /// A recorded original value. The first one recorded wins: later ones are values kvmnet
@@ -147,13 +147,15 @@ pub enum Change<'a> {
 /// The borrowed settings `step` changes, if `managed` says the spec asks for them.
 pub fn changes<'a>(step: &'a Step, managed: &Managed) -> Option<Change<'a>> {
     match step {
-        Step::SetSysctl { key, from, .. } if managed.sysctls.contains(key) => {
-            Some(Change::Sysctl(key, from))
+        Step::Sysctl(Set { name, from, .. }) if managed.sysctls.contains(name) => {
+            Some(Change::Sysctl(name, from))
         }
-        Step::SetMtu { link, from, .. } if managed.mtus.contains(link) => {
-            Some(Change::Mtu(link, *from))
+        Step::Mtu(Set { name, from, .. }) if managed.mtus.contains(name) => {
+            Some(Change::Mtu(name, *from))
         }
-        Step::SetEthtool { dev, from, .. } => {
+        Step::Ethtool(Set {
+            name: dev, from, ..
+        }) => {
             let keys = managed.ethtool.get(dev)?;
             let before: BTreeMap<String, u32> = from
                 .iter()
@@ -162,9 +164,9 @@ pub fn changes<'a>(step: &'a Step, managed: &Managed) -> Option<Change<'a>> {
                 .collect();
             (!before.is_empty()).then_some(Change::Ethtool(dev, before))
         }
-        Step::SetUp {
-            link, from: false, ..
-        } if managed.up.contains(link) => Some(Change::Up(link, false)),
+        Step::Up(Set {
+            name, from: false, ..
+        }) if managed.up.contains(name) => Some(Change::Up(name, false)),
         _ => None,
     }
 }
@@ -237,34 +239,18 @@ mod tests {
     fn the_first_value_is_the_original_and_only_managed_settings_are_recorded() {
         let mut b = Borrowed::default();
         let steps = vec![
-            Step::SetSysctl {
-                key: "net.ipv4.ip_forward".into(),
-                from: "0".into(),
-                to: "1".into(),
-            },
-            Step::SetSysctl {
-                key: "net.core.somaxconn".into(),
-                from: "4096".into(),
-                to: "1".into(),
-            },
-            Step::SetUp {
-                link: "eth1".into(),
-                from: false,
-                to: true,
-            },
-            Step::SetUp {
-                link: "eth2".into(),
-                from: false,
-                to: true,
-            },
+            Step::Sysctl(Set::new("net.ipv4.ip_forward", "0".into(), "1".into())),
+            Step::Sysctl(Set::new("net.core.somaxconn", "4096".into(), "1".into())),
+            Step::Up(Set::new("eth1", false, true)),
+            Step::Up(Set::new("eth2", false, true)),
         ];
         b.record(&steps, &managed());
         b.record(
-            &[Step::SetSysctl {
-                key: "net.ipv4.ip_forward".into(),
-                from: "1".into(),
-                to: "0".into(),
-            }],
+            &[Step::Sysctl(Set::new(
+                "net.ipv4.ip_forward",
+                "1".into(),
+                "0".into(),
+            ))],
             &managed(),
         );
         assert_eq!(

@@ -2,12 +2,13 @@
 //! to the kernel together (pipelined netlink requests) because that is where the time goes
 //! with many ports. On any failure the steps already done are undone in reverse order.
 
+mod kinds;
+
 use std::collections::HashMap;
 
 use crate::backend::rtnl::{BondOptions, Netlink, NetlinkError, NewLinkKind, Request, RouteInfo};
 use crate::backend::{ethtool, macvtap, netns, nftables, sysctl, tap, tc};
-use crate::observe::netns_mark;
-use crate::plan::Step;
+use crate::plan::{Change, Step};
 use crate::spec::{BondMode, LACP_RATES, XMIT_HASH_POLICIES};
 use crate::state::BondLink;
 use crate::state::{Addr, PortKind, PortLink, Route, ShapeState, guest_alias, parse_alias};
@@ -41,6 +42,8 @@ pub enum ApplyError {
     NotOurs(String),
     #[error("bond {0}: unknown {1} '{2}'")]
     BondOption(String, &'static str, String),
+    #[error("{0}: cannot be changed in place")]
+    InPlace(String),
     #[error("injected failure after step {0} (KVMNET_FAIL_AFTER)")]
     Injected(usize),
 }
@@ -732,287 +735,6 @@ impl Kernel {
         results.truncate(ports.len());
         results
     }
-
-    #[allow(
-        clippy::too_many_lines,
-        reason = "one arm per kind of step; goes when steps become typed changes per object kind (#14)"
-    )]
-    fn run_single(&mut self, step: &Step) -> Result<(), ApplyError> {
-        match step {
-            Step::CreateNetns(n) => {
-                let mark = netns_mark(&self.scope);
-                // Marked inside the new namespace before it has a name (see `create_with`).
-                netns::create_with(
-                    n,
-                    Box::new(move || {
-                        let mut nl = Netlink::open().map_err(std::io::Error::other)?;
-                        let lo = nl
-                            .link_by_name("lo")
-                            .map_err(std::io::Error::other)?
-                            .ok_or_else(|| std::io::Error::other("no lo"))?;
-                        let mut req = set_up(lo.index);
-                        if let Request::SetLink { alias, .. } = &mut req {
-                            *alias = Some(mark);
-                        }
-                        Self::one(&mut nl, req).map_err(std::io::Error::other)
-                    }),
-                )?;
-                Ok(())
-            }
-            Step::DeleteNetns(n) => {
-                self.guests.remove(n);
-                netns::delete(n)?;
-                Ok(())
-            }
-            Step::CreateBridge(b) => {
-                self.create_link(Request::NewLink {
-                    name: b.name.clone(),
-                    kind: NewLinkKind::Bridge,
-                    mac: Some(b.mac),
-                    mtu: Some(b.mtu),
-                    alias: Some(b.alias()),
-                    master: None,
-                    up: b.up,
-                })?;
-                Ok(())
-            }
-            Step::DeleteBridge(b) => self.delete_links(&[&b.name]).pop().unwrap_or(Ok(())),
-            Step::UpdateBridge { to, .. } => {
-                let index = self.idx(&to.name)?;
-                Self::one(
-                    &mut self.nl,
-                    configure(index, to.mac, to.mtu, None, to.up, to.alias()),
-                )
-            }
-            Step::SetMaster { link, to, .. } => {
-                let index = self.idx(link)?;
-                let master = self.master_index(to)?;
-                Self::one(
-                    &mut self.nl,
-                    Request::SetLink {
-                        index,
-                        name: None,
-                        mac: None,
-                        mtu: None,
-                        master: Some(master),
-                        up: None,
-                        alias: None,
-                        netns_fd: None,
-                    },
-                )
-            }
-            Step::AddAddr { dev, addr } => {
-                let index = self.idx(dev)?;
-                Self::one(
-                    &mut self.nl,
-                    Request::NewAddr {
-                        index,
-                        addr: addr.cidr,
-                        broadcast: addr.broadcast,
-                    },
-                )
-            }
-            Step::DelAddr { dev, addr } => {
-                let index = self.idx(dev)?;
-                Self::one(
-                    &mut self.nl,
-                    Request::DelAddr {
-                        index,
-                        addr: addr.cidr,
-                    },
-                )
-            }
-            Step::AddRoute { dev, route } => {
-                let index = self.idx(dev)?;
-                Self::one(&mut self.nl, Request::NewRoute(route_info(route, index)))
-            }
-            Step::DelRoute { dev, route } => {
-                let index = self.idx(dev)?;
-                Self::one(&mut self.nl, Request::DelRoute(route_info(route, index)))
-            }
-            Step::CreatePort(p) => self.create_ports(&[p]).pop().unwrap_or(Ok(())),
-            Step::DeletePort(p) => self.delete_ports(&[p]).pop().unwrap_or(Ok(())),
-            Step::UpdatePort { from, to } => {
-                let index = self.idx(&to.name)?;
-                let master = self.master_index(&to.master)?;
-                Self::one(&mut self.nl, configure_port(to, index, master))?;
-                if to.master.is_some() && (to.isolated != from.isolated || to.master != from.master)
-                {
-                    Self::one(
-                        &mut self.nl,
-                        Request::SetBridgePort {
-                            index,
-                            isolated: to.isolated,
-                        },
-                    )?;
-                }
-                if to.has_tc()
-                    && (!from.tc_ok
-                        || from.qos_in != to.qos_in
-                        || from.qos_out != to.qos_out
-                        || from.mirror != to.mirror)
-                {
-                    tc::Tc::open()?.apply(&link_tc(to))?;
-                } else if !to.has_tc() && from.has_tc() {
-                    let ifb = from.qos_out.map(|_| tc::ifb_name(&from.name));
-                    tc::Tc::open()?.clear(&from.name, ifb.as_deref())?;
-                }
-                if let (
-                    PortKind::Macvtap { owner: old, .. },
-                    PortKind::Macvtap {
-                        owner: Some(uid), ..
-                    },
-                ) = (&from.kind, &to.kind)
-                    && *old != Some(*uid)
-                {
-                    macvtap::set_owner(&to.name, index, *uid)?;
-                }
-                self.configure_guest(to, Some(from))
-            }
-            Step::SetShaping { bridge, to, .. } => {
-                let want = to.as_ref().map(|s| tc::Shaping::of(bridge, s));
-                tc::Tc::open()?.apply_shaping(bridge, want.as_ref())?;
-                Ok(())
-            }
-            Step::SetNft { to, .. } => Ok(nftables::replace(to.as_ref())?),
-            Step::Nft(c) => Ok(nftables::change(&[c])?),
-            Step::SetSysctl { key, to, .. } => Ok(sysctl::write(key, to)?),
-            // Undoing settings of a device made by the same plan: its removal takes them.
-            Step::SetEthtool { to, .. } if to.is_empty() => Ok(()),
-            Step::SetEthtool { dev, to, .. } => Ok(ethtool::set(dev, to)?),
-            Step::CreateVxlan(v) => {
-                let link = self.idx(&v.underlay)?;
-                let master = self.master_index(&v.master)?;
-                self.create_link(Request::NewLink {
-                    name: v.name.clone(),
-                    kind: NewLinkKind::Vxlan {
-                        vni: v.vni,
-                        local: Some(v.local),
-                        link: Some(link),
-                        port: v.port,
-                        group: v.group,
-                        learning: v.learning,
-                    },
-                    mac: None,
-                    mtu: Some(v.mtu),
-                    alias: Some(v.alias()),
-                    master: (master != 0).then_some(master),
-                    up: v.up,
-                })?;
-                Ok(())
-            }
-            Step::DeleteVxlan(v) => self.delete_links(&[&v.name]).pop().unwrap_or(Ok(())),
-            Step::CreateVlan(v) => {
-                let link = self.idx(&v.parent)?;
-                let master = self.master_index(&v.master)?;
-                self.create_link(Request::NewLink {
-                    name: v.name.clone(),
-                    kind: NewLinkKind::Vlan { id: v.vid, link },
-                    mac: None,
-                    mtu: Some(v.mtu),
-                    alias: Some(v.alias()),
-                    master: (master != 0).then_some(master),
-                    up: v.up,
-                })?;
-                if v.isolated && master != 0 {
-                    let index = self.idx(&v.name)?;
-                    Self::one(
-                        &mut self.nl,
-                        Request::SetBridgePort {
-                            index,
-                            isolated: true,
-                        },
-                    )?;
-                }
-                Ok(())
-            }
-            Step::DeleteVlan(v) => self.delete_links(&[&v.name]).pop().unwrap_or(Ok(())),
-            Step::SetUp { link, to, .. } => {
-                let index = self.idx(link)?;
-                let mut req = Request::set_link(index);
-                if let Request::SetLink { up, .. } = &mut req {
-                    *up = Some(*to);
-                }
-                Self::one(&mut self.nl, req)
-            }
-            Step::CreateBond(b) => {
-                self.create_link(Request::NewLink {
-                    name: b.name.clone(),
-                    kind: NewLinkKind::Bond(bond_options(b, true, None)?),
-                    mac: None,
-                    mtu: Some(b.mtu),
-                    alias: Some(b.alias()),
-                    master: None,
-                    up: b.up,
-                })?;
-                Ok(())
-            }
-            Step::DeleteBond(b) => self.delete_links(&[&b.name]).pop().unwrap_or(Ok(())),
-            Step::UpdateBond { from, to } => {
-                let index = self.idx(&to.name)?;
-                let primary = match &to.primary {
-                    Some(p) => self.idx(p)?,
-                    None => 0,
-                };
-                let options = bond_options(to, false, Some(primary))?;
-                // The kernel changes lacp_rate only while the bond is down.
-                let bounce = from.lacp_rate != to.lacp_rate && options.lacp_rate.is_some();
-                if bounce {
-                    let mut down = Request::set_link(index);
-                    if let Request::SetLink { up, .. } = &mut down {
-                        *up = Some(false);
-                    }
-                    Self::one(&mut self.nl, down)?;
-                }
-                Self::one(&mut self.nl, Request::SetBond { index, options })?;
-                let mut set = Request::set_link(index);
-                if let Request::SetLink { mtu, up, alias, .. } = &mut set {
-                    *mtu = Some(to.mtu);
-                    *up = Some(to.up);
-                    *alias = Some(to.alias());
-                }
-                Self::one(&mut self.nl, set)
-            }
-            Step::SetBondMember { link, to, .. } => {
-                let index = self.idx(link)?;
-                let master = self.master_index(to)?;
-                // A member joins or leaves down (the bonding driver refuses to enslave an
-                // interface that is up on older kernels), and comes back up after.
-                for (m, u) in [(None, false), (Some(master), false), (None, true)] {
-                    let mut r = Request::set_link(index);
-                    if let Request::SetLink {
-                        master: rm, up: ru, ..
-                    } = &mut r
-                    {
-                        *rm = m;
-                        if m.is_none() {
-                            *ru = Some(u);
-                        }
-                    }
-                    Self::one(&mut self.nl, r)?;
-                }
-                Ok(())
-            }
-            Step::SetMtu { link, to, .. } => {
-                let index = self.idx(link)?;
-                let mut r = Request::set_link(index);
-                if let Request::SetLink { mtu, .. } = &mut r {
-                    *mtu = Some(*to);
-                }
-                Self::one(&mut self.nl, r)
-            }
-            Step::AddFdb { dev, dst } | Step::DelFdb { dev, dst } => {
-                let index = self.idx(dev)?;
-                let (mac, dst) = (crate::spec::Mac::default(), *dst);
-                let req = if matches!(step, Step::AddFdb { .. }) {
-                    Request::NewFdb { index, mac, dst }
-                } else {
-                    Request::DelFdb { index, mac, dst }
-                };
-                Self::one(&mut self.nl, req)
-            }
-        }
-    }
 }
 
 impl Executor for Kernel {
@@ -1028,8 +750,8 @@ impl Executor for Kernel {
                 }
                 j
             };
-            let creates = run_end(&|s| matches!(s, Step::CreatePort(_)));
-            let deletes = run_end(&|s| matches!(s, Step::DeletePort(_)));
+            let creates = run_end(&|s| matches!(s, Step::Port(Change::Create(_))));
+            let deletes = run_end(&|s| matches!(s, Step::Port(Change::Delete(_))));
             // Changes to kvmnet's nftables tables: one transaction, all or nothing.
             let nft_end = run_end(&|s| matches!(s, Step::Nft(_)));
             let results: Vec<Result<(), ApplyError>> = if nft_end > i + 1 {
@@ -1050,8 +772,8 @@ impl Executor for Kernel {
                 let ports: Vec<&PortLink> = steps[i..creates]
                     .iter()
                     .map(|s| match s {
-                        Step::CreatePort(p) => p,
-                        _ => unreachable!("run of CreatePort"),
+                        Step::Port(Change::Create(p)) => p,
+                        _ => unreachable!("run of port creations"),
                     })
                     .collect();
                 self.create_ports(&ports)
@@ -1059,8 +781,8 @@ impl Executor for Kernel {
                 let ports: Vec<&PortLink> = steps[i..deletes]
                     .iter()
                     .map(|s| match s {
-                        Step::DeletePort(p) => p,
-                        _ => unreachable!("run of DeletePort"),
+                        Step::Port(Change::Delete(p)) => p,
+                        _ => unreachable!("run of port deletions"),
                     })
                     .collect();
                 self.delete_ports(&ports)
@@ -1107,11 +829,11 @@ mod tests {
         fn run(&mut self, steps: &[Step]) -> Result<(), Box<Stopped>> {
             let (mut done, mut failed) = (Vec::new(), Vec::new());
             for (i, s) in steps.iter().enumerate() {
-                let (Step::CreateNetns(n) | Step::DeleteNetns(n)) = s else {
+                let Step::Netns(c) = s else {
                     unreachable!("namespace steps only");
                 };
                 self.ran.push(s.to_string());
-                if n.starts_with("bad") && matches!(s, Step::CreateNetns(_)) {
+                if c.object().name.starts_with("bad") && matches!(c, Change::Create(_)) {
                     failed.push(i);
                 } else {
                     done.push(i);
@@ -1128,10 +850,16 @@ mod tests {
         }
     }
 
+    fn netns(name: &str) -> crate::plan::Netns {
+        crate::plan::Netns {
+            name: name.to_string(),
+        }
+    }
+
     fn ns(names: &[&str]) -> Vec<Step> {
         names
             .iter()
-            .map(|n| Step::CreateNetns(n.to_string()))
+            .map(|n| Step::Netns(Change::Create(netns(n))))
             .collect()
     }
 
@@ -1145,7 +873,7 @@ mod tests {
         let undo: Vec<&str> = fake.ran[5..].iter().map(String::as_str).collect();
         let want: Vec<String> = ["bad2", "bad1", "c", "b", "a"]
             .iter()
-            .map(|n| Step::DeleteNetns(n.to_string()).to_string())
+            .map(|n| Step::Netns(Change::Delete(netns(n))).to_string())
             .collect();
         assert_eq!(undo, want.iter().map(String::as_str).collect::<Vec<_>>());
     }
@@ -1157,7 +885,13 @@ mod tests {
         let f = apply(&mut fake, &steps, Some(2)).unwrap_err();
         assert!(matches!(f.error, ApplyError::Injected(2)));
         assert_eq!(fake.ran.len(), 4, "{:?}", fake.ran);
-        assert_eq!(fake.ran[2], Step::DeleteNetns("b".into()).to_string());
-        assert_eq!(fake.ran[3], Step::DeleteNetns("a".into()).to_string());
+        assert_eq!(
+            fake.ran[2],
+            Step::Netns(Change::Delete(netns("b"))).to_string()
+        );
+        assert_eq!(
+            fake.ran[3],
+            Step::Netns(Change::Delete(netns("a"))).to_string()
+        );
     }
 }

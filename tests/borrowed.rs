@@ -1,7 +1,8 @@
 //! Every host setting kvmnet borrows is given back: an uplink's MTU and ethtool values, the
-//! addresses and routes a bridge takes from its uplink, a vlan network's uplink brought up,
-//! sysctls the spec sets or implies. Each foreign interface and setting is compared before
-//! the first apply, after a spec that drops some of them, and after destroy.
+//! addresses and routes a bridge takes from its uplink, sysctls the spec sets or implies.
+//! Each foreign interface and setting is compared before the first apply, after a spec that
+//! drops some of them, and after destroy. (A vlan network's uplink, brought up and given
+//! back down, needs the 8021q module: `tests/vlan.rs` checks it inside QEMU hypervisors.)
 
 mod common;
 use common::*;
@@ -36,10 +37,6 @@ networks:
     mode: bridge
     bridge: br-lan
     uplink: up0
-  tagged:
-    mode: vlan
-    uplink: trunk0
-    vlan: 20
   out:
     mode: nat
     ipv4: 10.55.0.1/24
@@ -50,7 +47,7 @@ vms:
     )
 }
 
-/// The same host without the vlan network, the sysctl and the uplink's tuning.
+/// The same host without the nat network, the sysctl and the uplink's tuning.
 fn smaller_spec(guest: &str) -> String {
     format!(
         r#"version: 1
@@ -82,7 +79,6 @@ fn destroy_gives_back_every_borrowed_setting() {
          ip -n {host} route add default via 192.0.2.1 metric 50 && \
          ip -n {host} route add 10.99.0.0/16 via 192.0.2.1 && \
          ip link add trunk0 netns {host} type veth peer name trunk1 netns {wan} && \
-         ip -n {host} link add dummy7 type dummy && ip -n {host} link set dummy7 up && \
          ip netns exec {host} sysctl -qw net.ipv4.conf.all.rp_filter=0"
     ));
     let initial = fingerprint(&host, SYSCTLS);
@@ -93,10 +89,19 @@ fn destroy_gives_back_every_borrowed_setting() {
     ns.kvmnet_ok(&["apply", full.path(), "--netns", &host]);
     // Each borrowed setting in force.
     assert!(ok(&format!("ip -n {host} link show up0")).contains("mtu 1400"));
-    assert!(ethtool_k(&host, "up0").contains("tcp-segmentation-offload: off"));
+    // (Read per feature: the kernel's TSO toggle leaves newer TSO bits such as AccECN's to
+    // the device, so ethtool's summary line may still say on.)
+    let offloads = ethtool_k(&host, "up0");
+    assert!(
+        offloads.contains("\ttx-tcp-segmentation: off"),
+        "{offloads}"
+    );
+    assert!(
+        offloads.contains("\ttx-tcp6-segmentation: off"),
+        "{offloads}"
+    );
     assert!(ok(&format!("ip -n {host} -4 addr show br-lan")).contains("192.0.2.2/24"));
     assert!(ok(&format!("ip -n {host} route")).contains("10.99.0.0/16 via 192.0.2.1 dev br-lan"));
-    assert!(is_up(&host, "trunk0"), "the vlan network's uplink is up");
     assert_eq!(sysctl(&host, "net.ipv4.conf.all.rp_filter"), "2");
     assert_eq!(sysctl(&host, "net.ipv4.ip_forward"), "1");
     assert!(pings(&host, "192.0.2.1"), "host lost its connectivity");
@@ -104,7 +109,6 @@ fn destroy_gives_back_every_borrowed_setting() {
     // A spec that stops asking gives back what it no longer asks for, and only that.
     let smaller = SpecFile::new(&smaller_spec(&guest));
     ns.kvmnet_ok(&["apply", smaller.path(), "--netns", &host]);
-    assert!(!is_up(&host, "trunk0"), "trunk0 stayed up");
     assert_eq!(sysctl(&host, "net.ipv4.conf.all.rp_filter"), "0");
     assert_eq!(sysctl(&host, "net.ipv4.ip_forward"), "0");
     assert!(ok(&format!("ip -n {host} link show up0")).contains("mtu 1500"));

@@ -4,7 +4,7 @@
 //! When a daemon runs for the scope, changing commands go through its API, so the daemon
 //! enforces what was applied instead of repairing it away.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
@@ -366,144 +366,159 @@ fn apply_cmd(
     Ok(())
 }
 
-#[allow(
-    clippy::too_many_lines,
-    reason = "one arm per subcommand; to become one function per command (#14)"
-)]
 fn run(cli: Cli) -> Result<(), (EngineError, bool)> {
     match cli.command {
-        Command::Validate { file } => {
-            // Whether a spec is valid does not depend on the host: no warning here.
-            let id = identity("host", false);
-            let (spec, _) = engine::load(&file, &id).map_err(|e| (e, false))?;
-            let ports: usize = spec.vms.values().map(|v| v.ports.len()).sum();
-            println!(
-                "{}: valid ({} networks, {} VMs, {} ports)",
-                file.display(),
-                spec.networks.len(),
-                spec.vms.len(),
-                ports
-            );
-            Ok(())
-        }
-        Command::Plan { file, scope } => {
-            let j = scope.json;
-            let id = identity(&scope_name(&scope.netns).map_err(|e| (e, j))?, true);
-            let (spec, _) = engine::load(&file, &id).map_err(|e| (e, j))?;
-            let s = enter_existing(&scope.netns).map_err(|e| (e, j))?;
-            let p =
-                engine::plan(Some(&spec), &s, &file.display().to_string()).map_err(|e| (e, j))?;
-            print_plan(&p.plan, j, false);
-            Ok(())
-        }
+        Command::Validate { file } => validate_cmd(&file),
+        Command::Plan { file, scope } => plan_cmd(&file, &scope),
         Command::Apply {
             file,
             scope,
             confirm_within,
         } => apply_cmd(file, scope, confirm_within),
-        Command::Confirm { netns } => {
-            let s = enter_existing(&netns).map_err(|e| (e, false))?;
-            let confirmed = match via_daemon(&s, "POST", "/v1/confirm", &Value::Null) {
-                Some(r) => r.map_err(|e| (e, false))?["confirmed"]
-                    .as_bool()
-                    .unwrap_or(false),
-                None => engine::confirm(&s).map_err(|e| (e, false))?,
-            };
-            println!(
-                "{}",
-                if confirmed {
-                    "Confirmed: the change stays."
-                } else {
-                    "Nothing to confirm."
-                }
-            );
-            Ok(())
-        }
-        Command::Destroy { scope } => {
-            let j = scope.json;
-            let s = enter_existing(&scope.netns).map_err(|e| (e, j))?;
-            let fail = fail_after().map_err(|e| (e, j))?;
-            refuse_fail_after_with_daemon(&s, fail).map_err(|e| (e, j))?;
-            let body =
-                json!({ "spec": "version: 1\n", "source": "(destroy)", "action": "destroy" });
-            if let Some(r) = via_daemon(&s, "POST", "/v1/apply", &body) {
-                print_changes(&r.map_err(|e| (e, j))?, j);
-                return Ok(());
-            }
-            let p = engine::plan(None, &s, "(destroy)").map_err(|e| (e, j))?;
-            engine::execute(&p, "destroy", "", fail).map_err(|e| (e, j))?;
-            print_plan(&p.plan, j, true);
-            Ok(())
-        }
-        Command::Status { scope } => {
-            let j = scope.json;
-            let s = enter_existing(&scope.netns).map_err(|e| (e, j))?;
-            let v = match via_daemon(&s, "GET", "/v1/status", &Value::Null) {
-                Some(r) => r.map_err(|e| (e, j))?,
-                None => {
-                    let snap = Observer::new(&s)
-                        .snapshot(None)
-                        .map_err(|e| (e.into(), j))?;
-                    status::status_json(&snap)
-                }
-            };
-            if j {
-                println!("{v}");
-            } else {
-                print!("{}", status::render(&v));
-            }
-            Ok(())
-        }
-        Command::Leases { scope } => {
-            let j = scope.json;
-            let s = enter_existing(&scope.netns).map_err(|e| (e, j))?;
-            let v = match via_daemon(&s, "GET", "/v1/leases", &Value::Null) {
-                Some(r) => r.map_err(|e| (e, j))?,
-                None => daemon::read_leases(&s).map_err(|e| (e, j))?,
-            };
-            if j {
-                println!("{v}");
-            } else {
-                let leases = v["leases"].as_array().cloned().unwrap_or_default();
-                if leases.is_empty() {
-                    println!("No leases.");
-                } else {
-                    println!(
-                        "{:<12} {:<16} {:<18} {:<9} {:<8} {:<10} HOSTNAME",
-                        "NETWORK", "IPV4", "MAC", "STATE", "RESERVED", "EXPIRES"
-                    );
-                }
-                let now = crate::audit::now_unix();
-                for l in leases {
-                    let left = l["expires_unix"].as_u64().unwrap_or(0).saturating_sub(now);
-                    println!(
-                        "{:<12} {:<16} {:<18} {:<9} {:<8} {:<10} {}",
-                        l["network"].as_str().unwrap_or("-"),
-                        l["ip"].as_str().unwrap_or("-"),
-                        l["mac"].as_str().unwrap_or("-"),
-                        l["state"].as_str().unwrap_or("-"),
-                        if l["reserved"].as_bool().unwrap_or(false) {
-                            "yes"
-                        } else {
-                            "no"
-                        },
-                        format!("{left}s"),
-                        l["hostname"].as_str().unwrap_or("-"),
-                    );
-                }
-            }
-            Ok(())
-        }
-        Command::Daemon { spec, netns } => {
-            let s = enter(&netns).map_err(|e| (e, false))?;
-            daemon::run(&s, &spec).map_err(|e| (e, false))
-        }
-        Command::RevertTimer { netns, token } => {
-            let s = enter_existing(&netns).map_err(|e| (e, false))?;
-            revert_timer(&s, &token);
-            Ok(())
-        }
+        Command::Confirm { netns } => confirm_cmd(&netns),
+        Command::Destroy { scope } => destroy_cmd(&scope),
+        Command::Status { scope } => status_cmd(&scope),
+        Command::Leases { scope } => leases_cmd(&scope),
+        Command::Daemon { spec, netns } => daemon_cmd(&spec, &netns),
+        Command::RevertTimer { netns, token } => revert_timer_cmd(&netns, &token),
     }
+}
+
+fn validate_cmd(file: &Path) -> Result<(), (EngineError, bool)> {
+    // Whether a spec is valid does not depend on the host: no warning here.
+    let id = identity("host", false);
+    let (spec, _) = engine::load(file, &id).map_err(|e| (e, false))?;
+    let ports: usize = spec.vms.values().map(|v| v.ports.len()).sum();
+    println!(
+        "{}: valid ({} networks, {} VMs, {} ports)",
+        file.display(),
+        spec.networks.len(),
+        spec.vms.len(),
+        ports
+    );
+    Ok(())
+}
+
+fn plan_cmd(file: &Path, scope: &Scope) -> Result<(), (EngineError, bool)> {
+    let j = scope.json;
+    let id = identity(&scope_name(&scope.netns).map_err(|e| (e, j))?, true);
+    let (spec, _) = engine::load(file, &id).map_err(|e| (e, j))?;
+    let s = enter_existing(&scope.netns).map_err(|e| (e, j))?;
+    let p = engine::plan(Some(&spec), &s, &file.display().to_string()).map_err(|e| (e, j))?;
+    print_plan(&p.plan, j, false);
+    Ok(())
+}
+
+fn confirm_cmd(netns: &Option<String>) -> Result<(), (EngineError, bool)> {
+    let s = enter_existing(netns).map_err(|e| (e, false))?;
+    let confirmed = match via_daemon(&s, "POST", "/v1/confirm", &Value::Null) {
+        Some(r) => r.map_err(|e| (e, false))?["confirmed"]
+            .as_bool()
+            .unwrap_or(false),
+        None => engine::confirm(&s).map_err(|e| (e, false))?,
+    };
+    println!(
+        "{}",
+        if confirmed {
+            "Confirmed: the change stays."
+        } else {
+            "Nothing to confirm."
+        }
+    );
+    Ok(())
+}
+
+fn destroy_cmd(scope: &Scope) -> Result<(), (EngineError, bool)> {
+    let j = scope.json;
+    let s = enter_existing(&scope.netns).map_err(|e| (e, j))?;
+    let fail = fail_after().map_err(|e| (e, j))?;
+    refuse_fail_after_with_daemon(&s, fail).map_err(|e| (e, j))?;
+    let body = json!({ "spec": "version: 1\n", "source": "(destroy)", "action": "destroy" });
+    if let Some(r) = via_daemon(&s, "POST", "/v1/apply", &body) {
+        print_changes(&r.map_err(|e| (e, j))?, j);
+        return Ok(());
+    }
+    let p = engine::plan(None, &s, "(destroy)").map_err(|e| (e, j))?;
+    engine::execute(&p, "destroy", "", fail).map_err(|e| (e, j))?;
+    print_plan(&p.plan, j, true);
+    Ok(())
+}
+
+fn status_cmd(scope: &Scope) -> Result<(), (EngineError, bool)> {
+    let j = scope.json;
+    let s = enter_existing(&scope.netns).map_err(|e| (e, j))?;
+    let v = match via_daemon(&s, "GET", "/v1/status", &Value::Null) {
+        Some(r) => r.map_err(|e| (e, j))?,
+        None => {
+            let snap = Observer::new(&s)
+                .snapshot(None)
+                .map_err(|e| (e.into(), j))?;
+            status::status_json(&snap)
+        }
+    };
+    if j {
+        println!("{v}");
+    } else {
+        print!("{}", status::render(&v));
+    }
+    Ok(())
+}
+
+fn leases_cmd(scope: &Scope) -> Result<(), (EngineError, bool)> {
+    let j = scope.json;
+    let s = enter_existing(&scope.netns).map_err(|e| (e, j))?;
+    let v = match via_daemon(&s, "GET", "/v1/leases", &Value::Null) {
+        Some(r) => r.map_err(|e| (e, j))?,
+        None => daemon::read_leases(&s).map_err(|e| (e, j))?,
+    };
+    if j {
+        println!("{v}");
+    } else {
+        print_leases(&v);
+    }
+    Ok(())
+}
+
+/// The leases as a table, with the time each has left.
+fn print_leases(v: &Value) {
+    let leases = v["leases"].as_array().cloned().unwrap_or_default();
+    if leases.is_empty() {
+        println!("No leases.");
+    } else {
+        println!(
+            "{:<12} {:<16} {:<18} {:<9} {:<8} {:<10} HOSTNAME",
+            "NETWORK", "IPV4", "MAC", "STATE", "RESERVED", "EXPIRES"
+        );
+    }
+    let now = crate::audit::now_unix();
+    for l in leases {
+        let left = l["expires_unix"].as_u64().unwrap_or(0).saturating_sub(now);
+        println!(
+            "{:<12} {:<16} {:<18} {:<9} {:<8} {:<10} {}",
+            l["network"].as_str().unwrap_or("-"),
+            l["ip"].as_str().unwrap_or("-"),
+            l["mac"].as_str().unwrap_or("-"),
+            l["state"].as_str().unwrap_or("-"),
+            if l["reserved"].as_bool().unwrap_or(false) {
+                "yes"
+            } else {
+                "no"
+            },
+            format!("{left}s"),
+            l["hostname"].as_str().unwrap_or("-"),
+        );
+    }
+}
+
+fn daemon_cmd(spec: &Path, netns: &Option<String>) -> Result<(), (EngineError, bool)> {
+    let s = enter(netns).map_err(|e| (e, false))?;
+    daemon::run(&s, spec).map_err(|e| (e, false))
+}
+
+fn revert_timer_cmd(netns: &Option<String>, token: &str) -> Result<(), (EngineError, bool)> {
+    let s = enter_existing(netns).map_err(|e| (e, false))?;
+    revert_timer(&s, token);
+    Ok(())
 }
 
 /// The detached timer: at the deadline it reverts the change with `token`, and goes on trying

@@ -8,6 +8,7 @@ use foldhash::HashMap;
 
 use crate::backend::rtnl::{BondOptions, LinkInfo, Netlink, NetlinkError};
 use crate::backend::{netns, nftables, sysctl, tap};
+use crate::borrowed::Borrowed;
 use crate::desired::managed_sysctls;
 use crate::snapshot::{
     AddrSnap, BondSnap, EthtoolSnap, LinkSnap, MacvtapSnap, NetnsSnap, RouteSnap, Snapshot, Stats,
@@ -409,10 +410,6 @@ impl Observer {
     /// and nftables tables read already: what has no change notifications (sysctls, ethtool,
     /// the state directory, users, other namespaces) is read now.
     #[allow(clippy::too_many_arguments)]
-    #[allow(
-        clippy::too_many_lines,
-        reason = "reads every optional part of the host in one place; to split by object kind (#14)"
-    )]
     pub(crate) fn complete(
         &self,
         spec: Option<&Spec>,
@@ -424,99 +421,11 @@ impl Observer {
         nft: Option<crate::nft::NftTable>,
     ) -> Result<Snapshot, ObserveError> {
         read_fdb(nl, &mut links)?;
-
-        // Guest namespaces: those the spec names, those our veth ports point to, and any
-        // namespace whose loopback carries our mark for this scope.
-        let mut guests: BTreeSet<String> = BTreeSet::new();
-        if let Some(spec) = spec {
-            for vm in spec.vms.values() {
-                for p in &vm.ports {
-                    if let Some(ns) = &p.netns {
-                        guests.insert(ns.clone());
-                    }
-                }
-            }
-        }
-        for l in links
-            .iter()
-            .filter(|l| l.alias.as_deref().is_some_and(|a| a.contains("netns=")))
-        {
-            if let Some(ns) = l
-                .alias
-                .as_deref()
-                .and_then(parse_alias)
-                .and_then(|a| a.netns)
-            {
-                guests.insert(ns);
-            }
-        }
-        let current = if self.scope == "host" {
-            None
-        } else {
-            Some(self.scope.clone())
-        };
-        let mut netns_snaps = BTreeMap::new();
-        for ns in named_namespaces() {
-            if Some(&ns) == current.as_ref() {
-                continue;
-            }
-            // Namespaces we reference are read whole. Any other is ours only if its loopback
-            // carries our mark: one look at `lo`, not a dump of what may be a busy host.
-            if !guests.contains(&ns) && !marked_ours(&ns, &self.scope) {
-                continue;
-            }
-            match read_netns(&ns, &self.scope) {
-                Ok(s) => {
-                    if guests.contains(&ns) || s.owned {
-                        netns_snaps.insert(ns, s);
-                    }
-                }
-                Err(_) if !guests.contains(&ns) => {}
-                Err(e) => return Err(e),
-            }
-        }
-
+        let netns = self.read_guest_namespaces(&referenced_namespaces(spec, &links))?;
         let state = self.state_dir.load()?;
-        // ethtool: what the spec configures, and foreign interfaces with recorded originals.
-        let mut ethtool_devs: BTreeSet<String> = state.borrowed.ethtool.keys().cloned().collect();
-        if let Some(spec) = spec {
-            ethtool_devs.extend(spec.host.ethtool.keys().cloned());
-            for vm in spec.vms.values() {
-                for p in vm.ports.iter().filter(|p| p.ethtool.is_some()) {
-                    ethtool_devs.insert(p.name.clone());
-                }
-            }
-        }
-        let mut ethtool = BTreeMap::new();
-        for dev in ethtool_devs {
-            if links.iter().any(|l| l.name == dev)
-                && let Ok(r) = crate::backend::ethtool::read(&dev)
-            {
-                ethtool.insert(
-                    dev,
-                    EthtoolSnap {
-                        values: r.values,
-                        max: r.max,
-                    },
-                );
-            }
-        }
-        let mut keys: BTreeSet<String> = state.borrowed.sysctls.keys().cloned().collect();
-        keys.extend(extra_sysctls.iter().cloned());
-        let mut users = BTreeMap::new();
-        if let Some(spec) = spec {
-            keys.extend(managed_sysctls(spec).into_keys());
-            for vm in spec.vms.values() {
-                for p in &vm.ports {
-                    if let (PortKind::Tap | PortKind::Macvtap, Some(Owner::User(u))) =
-                        (p.kind, &p.owner)
-                        && let Some(uid) = tap::uid_of(u)
-                    {
-                        users.insert(u.clone(), uid);
-                    }
-                }
-            }
-        }
+        let ethtool = read_ethtool(ethtool_devices(spec, &state.borrowed), &links);
+        let keys = sysctl_keys(spec, &state.borrowed, extra_sysctls);
+        let users = port_owner_uids(spec);
         let sysctl_readonly = keys
             .iter()
             .filter(|k| !sysctl::writable(k))
@@ -532,7 +441,7 @@ impl Observer {
             links,
             addrs,
             routes,
-            netns: netns_snaps,
+            netns,
             nft,
             sysctls: sysctls.collect(),
             sysctl_readonly,
@@ -543,4 +452,133 @@ impl Observer {
         state.borrowed.fill(&mut snap);
         Ok(snap)
     }
+
+    /// The guest namespaces of this scope: those in `referenced`, read whole, and any other
+    /// whose loopback carries our mark for this scope.
+    fn read_guest_namespaces(
+        &self,
+        referenced: &BTreeSet<String>,
+    ) -> Result<BTreeMap<String, NetnsSnap>, ObserveError> {
+        let current = if self.scope == "host" {
+            None
+        } else {
+            Some(self.scope.clone())
+        };
+        let mut netns_snaps = BTreeMap::new();
+        for ns in named_namespaces() {
+            if Some(&ns) == current.as_ref() {
+                continue;
+            }
+            // Namespaces we reference are read whole. Any other is ours only if its loopback
+            // carries our mark: one look at `lo`, not a dump of what may be a busy host.
+            if !referenced.contains(&ns) && !marked_ours(&ns, &self.scope) {
+                continue;
+            }
+            match read_netns(&ns, &self.scope) {
+                Ok(s) => {
+                    if referenced.contains(&ns) || s.owned {
+                        netns_snaps.insert(ns, s);
+                    }
+                }
+                Err(_) if !referenced.contains(&ns) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(netns_snaps)
+    }
+}
+
+/// Guest namespaces kvmnet refers to: those the spec names and those our veth ports point
+/// to. (Others may still be ours: [`Observer::read_guest_namespaces`] looks for the mark.)
+fn referenced_namespaces(spec: Option<&Spec>, links: &[LinkSnap]) -> BTreeSet<String> {
+    let mut guests: BTreeSet<String> = BTreeSet::new();
+    if let Some(spec) = spec {
+        for vm in spec.vms.values() {
+            for p in &vm.ports {
+                if let Some(ns) = &p.netns {
+                    guests.insert(ns.clone());
+                }
+            }
+        }
+    }
+    for l in links
+        .iter()
+        .filter(|l| l.alias.as_deref().is_some_and(|a| a.contains("netns=")))
+    {
+        if let Some(ns) = l
+            .alias
+            .as_deref()
+            .and_then(parse_alias)
+            .and_then(|a| a.netns)
+        {
+            guests.insert(ns);
+        }
+    }
+    guests
+}
+
+/// The interfaces whose ethtool settings matter: what the spec configures, and foreign
+/// interfaces with recorded originals.
+fn ethtool_devices(spec: Option<&Spec>, borrowed: &Borrowed) -> BTreeSet<String> {
+    let mut devs: BTreeSet<String> = borrowed.ethtool.keys().cloned().collect();
+    if let Some(spec) = spec {
+        devs.extend(spec.host.ethtool.keys().cloned());
+        for vm in spec.vms.values() {
+            for p in vm.ports.iter().filter(|p| p.ethtool.is_some()) {
+                devs.insert(p.name.clone());
+            }
+        }
+    }
+    devs
+}
+
+/// The ethtool settings of those of `devs` that exist (one that cannot be read is left out).
+fn read_ethtool(devs: BTreeSet<String>, links: &[LinkSnap]) -> BTreeMap<String, EthtoolSnap> {
+    let mut ethtool = BTreeMap::new();
+    for dev in devs {
+        if links.iter().any(|l| l.name == dev)
+            && let Ok(r) = crate::backend::ethtool::read(&dev)
+        {
+            ethtool.insert(
+                dev,
+                EthtoolSnap {
+                    values: r.values,
+                    max: r.max,
+                },
+            );
+        }
+    }
+    ethtool
+}
+
+/// The sysctls to read: those with recorded originals, `extra`, and those the spec manages.
+fn sysctl_keys(
+    spec: Option<&Spec>,
+    borrowed: &Borrowed,
+    extra: &BTreeSet<String>,
+) -> BTreeSet<String> {
+    let mut keys: BTreeSet<String> = borrowed.sysctls.keys().cloned().collect();
+    keys.extend(extra.iter().cloned());
+    if let Some(spec) = spec {
+        keys.extend(managed_sysctls(spec).into_keys());
+    }
+    keys
+}
+
+/// The uids of the users that own the spec's tap and macvtap ports (unknown users left out).
+fn port_owner_uids(spec: Option<&Spec>) -> BTreeMap<String, u32> {
+    let mut users = BTreeMap::new();
+    let Some(spec) = spec else {
+        return users;
+    };
+    for vm in spec.vms.values() {
+        for p in &vm.ports {
+            if let (PortKind::Tap | PortKind::Macvtap, Some(Owner::User(u))) = (p.kind, &p.owner)
+                && let Some(uid) = tap::uid_of(u)
+            {
+                users.insert(u.clone(), uid);
+            }
+        }
+    }
+    users
 }

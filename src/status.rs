@@ -146,12 +146,8 @@ fn s(v: &Value) -> String {
     }
 }
 
-#[allow(
-    clippy::too_many_lines,
-    reason = "one section per part of the status, in the order shown"
-)]
+/// The status as text: one section per part of the status, in the order shown.
 pub fn render(v: &Value) -> String {
-    let mut out = String::new();
     let nets = v["networks"].as_array().cloned().unwrap_or_default();
     let ports = v["ports"].as_array().cloned().unwrap_or_default();
     let bonds = v["bonds"].as_array().cloned().unwrap_or_default();
@@ -161,9 +157,38 @@ pub fn render(v: &Value) -> String {
             v["scope"].as_str().unwrap_or("this namespace")
         );
     }
+    let mut out = networks_table(&nets);
+    if !ports.is_empty() {
+        out.push('\n');
+        out.push_str(&ports_table(&ports));
+    }
+    if !bonds.is_empty() {
+        out.push('\n');
+        out.push_str(&bonds_table(&bonds));
+    }
+    if let Some(n) = v["nftables"].as_object() {
+        out.push_str(&format!(
+            "\nnftables: table {} with {} rules\n",
+            s(&n["table"]),
+            n["rules"]
+        ));
+    }
+    out
+}
+
+/// Received and sent traffic, as BYTES/PACKETS each.
+fn traffic(counters: &Value) -> (String, String) {
+    (
+        format!("{}/{}", counters["rx_bytes"], counters["rx_packets"]),
+        format!("{}/{}", counters["tx_bytes"], counters["tx_packets"]),
+    )
+}
+
+fn networks_table(nets: &[Value]) -> String {
     let rows: Vec<Vec<String>> = nets
         .iter()
         .map(|n| {
+            let (rx, tx) = traffic(&n["counters"]);
             vec![
                 s(&n["network"]),
                 s(&n["bridge"]),
@@ -172,18 +197,12 @@ pub fn render(v: &Value) -> String {
                 s(&n["uplinks"]),
                 s(&n["mtu"]),
                 s(&n["ports"]),
-                format!(
-                    "{}/{}",
-                    n["counters"]["rx_bytes"], n["counters"]["rx_packets"]
-                ),
-                format!(
-                    "{}/{}",
-                    n["counters"]["tx_bytes"], n["counters"]["tx_packets"]
-                ),
+                rx,
+                tx,
             ]
         })
         .collect();
-    out.push_str(&table(
+    table(
         &[
             "NETWORK",
             "BRIDGE",
@@ -196,82 +215,69 @@ pub fn render(v: &Value) -> String {
             "TX BYTES/PKTS",
         ],
         &rows,
-    ));
-    if !ports.is_empty() {
-        out.push('\n');
-        let rows: Vec<Vec<String>> = ports
-            .iter()
-            .map(|p| {
-                let (gmac, gip) = if p["guest"].is_null() {
-                    ("-".to_string(), "-".to_string())
-                } else {
-                    (s(&p["guest"]["mac"]), s(&p["guest"]["ipv4"]))
-                };
-                vec![
-                    s(&p["port"]),
-                    s(&p["vm"]),
-                    s(&p["network"]),
-                    s(&p["kind"]),
-                    s(&p["bridge"]),
-                    s(&p["state"]),
-                    s(&p["mac"]),
-                    gmac,
-                    gip,
-                    format!(
-                        "{}/{}",
-                        p["counters"]["rx_bytes"], p["counters"]["rx_packets"]
-                    ),
-                    format!(
-                        "{}/{}",
-                        p["counters"]["tx_bytes"], p["counters"]["tx_packets"]
-                    ),
-                ]
-            })
-            .collect();
-        out.push_str(&table(
-            &[
-                "PORT",
-                "VM",
-                "NETWORK",
-                "KIND",
-                "BRIDGE",
-                "STATE",
-                "HOST MAC",
-                "GUEST MAC",
-                "GUEST IPV4",
-                "RX BYTES/PKTS",
-                "TX BYTES/PKTS",
-            ],
-            &rows,
-        ));
-    }
-    if !bonds.is_empty() {
-        out.push('\n');
-        let rows: Vec<Vec<String>> = bonds
-            .iter()
-            .map(|b| {
-                vec![
-                    s(&b["bond"]),
-                    s(&b["mode"]),
-                    s(&b["state"]),
-                    s(&b["members"]),
-                    s(&b["ipv4"]),
-                    s(&b["mtu"]),
-                    s(&b["bridge"]),
-                ]
-            })
-            .collect();
-        out.push_str(&table(
-            &["BOND", "MODE", "STATE", "MEMBERS", "IPV4", "MTU", "BRIDGE"],
-            &rows,
-        ));
-    }
-    if let Some(n) = v["nftables"].as_object() {
-        out.push_str(&format!(
-            "\nnftables: table {} with {} rules\n",
-            s(&n["table"]),
-            n["rules"]
-        ));
-    }
-    out
+    )
+}
+
+fn ports_table(ports: &[Value]) -> String {
+    let rows: Vec<Vec<String>> = ports
+        .iter()
+        .map(|p| {
+            let (gmac, gip) = if p["guest"].is_null() {
+                ("-".to_string(), "-".to_string())
+            } else {
+                (s(&p["guest"]["mac"]), s(&p["guest"]["ipv4"]))
+            };
+            let (rx, tx) = traffic(&p["counters"]);
+            vec![
+                s(&p["port"]),
+                s(&p["vm"]),
+                s(&p["network"]),
+                s(&p["kind"]),
+                s(&p["bridge"]),
+                s(&p["state"]),
+                s(&p["mac"]),
+                gmac,
+                gip,
+                rx,
+                tx,
+            ]
+        })
+        .collect();
+    table(
+        &[
+            "PORT",
+            "VM",
+            "NETWORK",
+            "KIND",
+            "BRIDGE",
+            "STATE",
+            "HOST MAC",
+            "GUEST MAC",
+            "GUEST IPV4",
+            "RX BYTES/PKTS",
+            "TX BYTES/PKTS",
+        ],
+        &rows,
+    )
+}
+
+fn bonds_table(bonds: &[Value]) -> String {
+    let rows: Vec<Vec<String>> = bonds
+        .iter()
+        .map(|b| {
+            vec![
+                s(&b["bond"]),
+                s(&b["mode"]),
+                s(&b["state"]),
+                s(&b["members"]),
+                s(&b["ipv4"]),
+                s(&b["mtu"]),
+                s(&b["bridge"]),
+            ]
+        })
+        .collect();
+    table(
+        &["BOND", "MODE", "STATE", "MEMBERS", "IPV4", "MTU", "BRIDGE"],
+        &rows,
+    )
 }

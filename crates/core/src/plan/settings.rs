@@ -167,6 +167,10 @@ pub(super) fn lower(cx: &mut Cx<'_>, steps: &mut Vec<Step>) {
 /// ethtool settings once every device exists. A device this plan makes starts from its
 /// defaults, whatever the device it replaces had.
 pub(super) fn ethtool(cx: &mut Cx<'_>, steps: &mut Vec<Step>) {
+    // What is made is worked out over every port: not for a host without ethtool settings.
+    if cx.want.ethtool.is_empty() {
+        return;
+    }
     let fresh = port::made(cx);
     for (dev, w) in &cx.want.ethtool {
         let h = cx.have.ethtool.get(dev).filter(|_| !fresh.contains(dev));

@@ -49,6 +49,9 @@ fn stale(cx: &Cx<'_>, remade: &BTreeSet<String>, name: &String, v: &VlanLink) ->
 
 /// They leave before the ports and bridges they hang on...
 pub(super) fn delete(cx: &mut Cx<'_>, steps: &mut Vec<Step>) {
+    if cx.have.vlans.is_empty() {
+        return;
+    }
     let remade = cx.remade_under(Kind::Vlan);
     for (name, h) in &cx.have.vlans {
         if stale(cx, &remade, name, h) {
@@ -59,6 +62,10 @@ pub(super) fn delete(cx: &mut Cx<'_>, steps: &mut Vec<Step>) {
 
 /// ...and come after them.
 pub(super) fn create(cx: &mut Cx<'_>, steps: &mut Vec<Step>) {
+    // What is remade is worked out over every port: not for a host without VLANs.
+    if cx.want.vlans.is_empty() {
+        return;
+    }
     let remade = cx.remade_under(Kind::Vlan);
     for (name, w) in &cx.want.vlans {
         match cx.have.vlans.get(name) {

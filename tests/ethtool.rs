@@ -2,7 +2,8 @@
 //! read back with ethtool(8); drift repaired; settings a device cannot take refused (at plan
 //! time when the device exists, with a rollback when it does not yet); and a foreign
 //! interface's settings, set through the engine as a host uplink section will, given back by
-//! destroy from the originals in the state directory.
+//! destroy from the originals in the state directory; and an offload key taking the whole
+//! group of features ethtool(8) names by it.
 
 mod common;
 use common::*;
@@ -168,4 +169,44 @@ fn ethtool_on_ports_and_foreign_interfaces() {
         !saved.contains("up0"),
         "originals kept after restore: {saved}"
     );
+}
+
+/// `tso: false` means what `ethtool -K DEV tso off` does: every feature ethtool(8) counts as
+/// TSO goes off, the newer ones outside the kernel's legacy TSO mask (AccECN's) included, so
+/// its summary line says off. Destroy gives every one of them back.
+#[test]
+fn tso_off_is_the_whole_group_ethtool_names_tso() {
+    if !privileged() {
+        return;
+    }
+    let mut ns = Namespaces::new();
+    let host = ns.add("tso");
+    ok(&format!(
+        "ip -n {host} link add name tg0 type veth peer name tg1"
+    ));
+    let before = ok_in(&host, "ethtool -k tg0");
+    assert_eq!(feature(&host, "tg0", "tcp-segmentation-offload"), "on");
+    let s = SpecFile::new(
+        "version: 1\nhost: { uplinks: { tg0: { ethtool: { offloads: { tso: false } } } } }\n",
+    );
+    ns.kvmnet_ok(&["apply", s.path(), "--netns", &host]);
+
+    let after = ok_in(&host, "ethtool -k tg0");
+    assert_eq!(feature(&host, "tg0", "tcp-segmentation-offload"), "off");
+    let tso: Vec<&str> = after
+        .lines()
+        .map(str::trim)
+        .filter(|l| l.starts_with("tx-tcp") && l.contains("-segmentation:"))
+        .collect();
+    assert!(tso.len() >= 4, "{after}");
+    assert!(
+        tso.iter()
+            .all(|l| l.split(": ").nth(1).unwrap().starts_with("off")),
+        "{after}"
+    );
+    // Read back as ethtool(8) reads it: nothing left to change.
+    assert_eq!(plan_len(&ns, s.path(), &host), 0);
+
+    ns.kvmnet_ok(&["destroy", "--netns", &host]);
+    assert_eq!(ok_in(&host, "ethtool -k tg0"), before);
 }

@@ -1,12 +1,19 @@
 //! Interface settings through the `SIOCETHTOOL` ioctl, the interface ethtool(8) uses: offload
-//! toggles (the per-feature legacy commands, which the kernel maps onto its feature bits and
-//! refuses with EOPNOTSUPP where the device cannot change them), ring sizes and channel
-//! counts. Settings are named by kvmnet's keys (see [`KEYS`]), values are numbers (offloads
-//! 0/1), so a device's settings are one plain map.
+//! toggles, ring sizes and channel counts. Settings are named by kvmnet's keys (see [`KEYS`]),
+//! values are numbers (offloads 0/1), so a device's settings are one plain map.
+//!
+//! An offload key means what ethtool(8)'s name of it means: the group of named feature bits
+//! its pattern matches ([`features`]), read and set through ETHTOOL_GFEATURES/SFEATURES. Where
+//! the kernel refuses the named interface, or names no feature of a group, the per-feature
+//! legacy commands (ETHTOOL_STSO and the like) stand in.
 
 use std::collections::BTreeMap;
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+
+use features::Features;
+
+mod features;
 
 const SIOCETHTOOL: libc::c_ulong = 0x8946;
 
@@ -94,6 +101,16 @@ impl Sock {
 
     /// One SIOCETHTOOL call on `dev` with `data` (a struct whose first u32 is the command).
     fn call(&self, dev: &str, data: &mut [u32]) -> io::Result<()> {
+        self.call_raw(dev, data.as_mut_ptr().cast())
+    }
+
+    /// The same with a byte buffer, for the commands whose structs mix widths.
+    fn call_bytes(&self, dev: &str, data: &mut [u8]) -> io::Result<()> {
+        self.call_raw(dev, data.as_mut_ptr().cast())
+    }
+
+    /// `data` must point at a buffer as large as the command reads and writes.
+    fn call_raw(&self, dev: &str, data: *mut libc::c_void) -> io::Result<()> {
         #[repr(C)]
         struct IfReq {
             name: [libc::c_char; libc::IFNAMSIZ],
@@ -102,7 +119,7 @@ impl Sock {
         }
         let mut req = IfReq {
             name: [0; libc::IFNAMSIZ],
-            data: data.as_mut_ptr().cast(),
+            data,
             _pad: [0; 16],
         };
         if dev.len() >= libc::IFNAMSIZ || dev.bytes().any(|b| b == 0) {
@@ -118,6 +135,37 @@ impl Sock {
         } else {
             Ok(())
         }
+    }
+
+    /// The device's named features: their names (GSSET_INFO and GSTRINGS of ETH_SS_FEATURES)
+    /// and state (GFEATURES). An error where the kernel refuses any of it.
+    fn features(&self, dev: &str) -> io::Result<Features> {
+        let malformed = || io::Error::from(io::ErrorKind::InvalidData);
+        let mut info = features::sset_info_request();
+        self.call_bytes(dev, &mut info)?;
+        let count = features::sset_count(&info)
+            .ok_or_else(|| io::Error::from_raw_os_error(libc::EOPNOTSUPP))?;
+        let mut strings = features::strings_request(count);
+        self.call_bytes(dev, &mut strings)?;
+        let names = features::parse_strings(&strings).ok_or_else(malformed)?;
+        // As many words as there are names; should the kernel have more, it says how many,
+        // and SFEATURES takes no other number, so ask again with that.
+        let mut words = count.div_ceil(32);
+        for _ in 0..2 {
+            let mut g = features::features_request(words);
+            self.call_bytes(dev, &mut g)?;
+            let (size, blocks) = features::parse_features(&g).ok_or_else(malformed)?;
+            if size == words {
+                return Ok(Features { names, blocks });
+            }
+            words = size;
+        }
+        Err(malformed())
+    }
+
+    fn set_features(&self, dev: &str, words: &[(u32, u32)]) -> io::Result<()> {
+        let mut req = features::set_request(words);
+        self.call_bytes(dev, &mut req)
     }
 
     fn get_value(&self, dev: &str, cmd: u32) -> io::Result<u32> {
@@ -148,6 +196,31 @@ impl Sock {
         self.call(dev, &mut c)?;
         Ok(c)
     }
+}
+
+/// An offload key through the legacy commands: the kernel's fixed mask for it.
+fn legacy_get(s: &Sock, dev: &str, key: &str) -> Option<u32> {
+    if key == "lro" {
+        let f = s.get_value(dev, ETHTOOL_GFLAGS).ok()?;
+        return Some(u32::from(f & ETH_FLAG_LRO != 0));
+    }
+    let (get, _) = offload_cmds(key)?;
+    s.get_value(dev, get).ok().map(|v| u32::from(v != 0))
+}
+
+fn legacy_set(s: &Sock, dev: &str, key: &str, v: u32) -> io::Result<()> {
+    if key == "lro" {
+        // The flags word holds other flags too: change only LRO.
+        let f = s.get_value(dev, ETHTOOL_GFLAGS)?;
+        let f = if v != 0 {
+            f | ETH_FLAG_LRO
+        } else {
+            f & !ETH_FLAG_LRO
+        };
+        return s.set_value(dev, ETHTOOL_SFLAGS, f);
+    }
+    let (_, set) = offload_cmds(key).ok_or_else(|| io::Error::from_raw_os_error(libc::EINVAL))?;
+    s.set_value(dev, set, v)
 }
 
 fn offload_cmds(key: &str) -> Option<(u32, u32)> {
@@ -182,16 +255,15 @@ fn channel_slot(key: &str) -> Option<(usize, usize)> {
 pub fn read(dev: &str) -> io::Result<Readout> {
     let s = Sock::open()?;
     let mut out = Readout::default();
-    for key in KEYS {
-        if let Some((get, _)) = offload_cmds(key)
-            && let Ok(v) = s.get_value(dev, get)
-        {
-            out.values.insert(key.to_string(), u32::from(v != 0));
+    let named = s.features(dev).ok();
+    for key in features::offload_keys() {
+        let v = named
+            .as_ref()
+            .and_then(|f| f.value(key))
+            .or_else(|| legacy_get(&s, dev, key));
+        if let Some(v) = v {
+            out.values.insert(key.to_string(), v);
         }
-    }
-    if let Ok(f) = s.get_value(dev, ETHTOOL_GFLAGS) {
-        out.values
-            .insert("lro".into(), u32::from(f & ETH_FLAG_LRO != 0));
     }
     if let Ok(r) = s.rings(dev) {
         for key in ["rings.rx", "rings.tx"] {
@@ -227,28 +299,64 @@ fn failed(dev: &str, key: &str, e: io::Error) -> EthtoolError {
     }
 }
 
+fn is_offload(key: &str) -> bool {
+    features::offload_keys().any(|k| k == key)
+}
+
+/// Sets the offload keys: those the kernel names features of in one ETHTOOL_SFEATURES call,
+/// every changeable bit of each group; the rest, or all where the named interface is
+/// refused, through the legacy commands. A group the device cannot change fails as the
+/// legacy command does, with EOPNOTSUPP, before anything is changed.
+fn set_offloads(s: &Sock, dev: &str, want: &BTreeMap<String, u32>) -> Result<(), EthtoolError> {
+    if want.is_empty() {
+        return Ok(());
+    }
+    let all = || want.keys().map(String::as_str).collect::<Vec<_>>();
+    let legacy = match s.features(dev) {
+        Err(_) => all(),
+        Ok(f) => {
+            let unsupported = io::Error::from_raw_os_error(libc::EOPNOTSUPP);
+            let features::Request { words, legacy } =
+                f.request(want).map_err(|k| failed(dev, k, unsupported))?;
+            if words.iter().all(|(valid, _)| *valid == 0) {
+                legacy
+            } else {
+                match s.set_features(dev, &words) {
+                    Ok(()) => legacy,
+                    Err(e) if e.raw_os_error() == Some(libc::EOPNOTSUPP) => all(),
+                    Err(e) => {
+                        let named: Vec<&str> =
+                            all().into_iter().filter(|k| !legacy.contains(k)).collect();
+                        return Err(failed(dev, &named.join(", "), e));
+                    }
+                }
+            }
+        }
+    };
+    for key in legacy {
+        legacy_set(s, dev, key, want[key]).map_err(|e| failed(dev, key, e))?;
+    }
+    Ok(())
+}
+
 /// Sets `values` on `dev` (rings and channels each in one call), then reads them back: a
 /// setting the kernel silently declined is an error, not a success.
 pub fn set(dev: &str, values: &BTreeMap<String, u32>) -> Result<(), EthtoolError> {
     let s = Sock::open().map_err(|e| failed(dev, "socket", e))?;
     let mut rings = None;
     let mut channels = None;
+    // Nothing changes when any key is unknown.
+    if let Some(k) = values.keys().find(|k| !KEYS.contains(&k.as_str())) {
+        return Err(EthtoolError::UnknownKey(k.clone()));
+    }
+    let offloads: BTreeMap<String, u32> = values
+        .iter()
+        .filter(|(k, _)| is_offload(k))
+        .map(|(k, v)| (k.clone(), *v))
+        .collect();
+    set_offloads(&s, dev, &offloads)?;
     for (key, &v) in values {
-        if let Some((_, set)) = offload_cmds(key) {
-            s.set_value(dev, set, v).map_err(|e| failed(dev, key, e))?;
-        } else if key == "lro" {
-            // The flags word holds other flags too: change only LRO.
-            let f = s
-                .get_value(dev, ETHTOOL_GFLAGS)
-                .map_err(|e| failed(dev, key, e))?;
-            let f = if v != 0 {
-                f | ETH_FLAG_LRO
-            } else {
-                f & !ETH_FLAG_LRO
-            };
-            s.set_value(dev, ETHTOOL_SFLAGS, f)
-                .map_err(|e| failed(dev, key, e))?;
-        } else if let Some((cur, _)) = ring_slot(key) {
+        if let Some((cur, _)) = ring_slot(key) {
             if rings.is_none() {
                 rings = Some(s.rings(dev).map_err(|e| failed(dev, key, e))?);
             }
@@ -258,8 +366,6 @@ pub fn set(dev: &str, values: &BTreeMap<String, u32>) -> Result<(), EthtoolError
                 channels = Some(s.channels(dev).map_err(|e| failed(dev, key, e))?);
             }
             channels.as_mut().expect("read above")[cur] = v;
-        } else {
-            return Err(EthtoolError::UnknownKey(key.clone()));
         }
     }
     if let Some(mut r) = rings {

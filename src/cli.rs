@@ -44,15 +44,23 @@ struct Scope {
 #[derive(Subcommand)]
 enum Command {
     /// Check a spec and report every error with its field and line:column.
-    Validate { file: PathBuf },
+    Validate {
+        /// The spec (YAML); `-` reads it from standard input.
+        file: PathBuf,
+        /// Print one JSON object instead of text.
+        #[arg(long)]
+        json: bool,
+    },
     /// Show what apply would change.
     Plan {
+        /// The spec (YAML); `-` reads it from standard input.
         file: PathBuf,
         #[command(flatten)]
         scope: Scope,
     },
     /// Make the host match the spec; roll back on failure.
     Apply {
+        /// The spec (YAML); `-` reads it from standard input.
         file: PathBuf,
         #[command(flatten)]
         scope: Scope,
@@ -318,8 +326,7 @@ fn apply_cmd(
             )
         })?),
     };
-    let source = file.display().to_string();
-    let text = engine::read(&file).map_err(|e| (e, j))?;
+    let (source, text) = read_spec(&file).map_err(|e| (e, j))?;
     // A running daemon validates the spec itself (with the same messages), from a cache that
     // makes a small change to a large spec cheap: parsing it here first would cost as much.
     if std::str::from_utf8(&text).is_ok() {
@@ -368,7 +375,7 @@ fn apply_cmd(
 
 fn run(cli: Cli) -> Result<(), (EngineError, bool)> {
     match cli.command {
-        Command::Validate { file } => validate_cmd(&file),
+        Command::Validate { file, json } => validate_cmd(&file, json),
         Command::Plan { file, scope } => plan_cmd(&file, &scope),
         Command::Apply {
             file,
@@ -384,27 +391,53 @@ fn run(cli: Cli) -> Result<(), (EngineError, bool)> {
     }
 }
 
-fn validate_cmd(file: &Path) -> Result<(), (EngineError, bool)> {
+/// The spec's name in messages and its text: the file's, or standard input's for `-`.
+fn read_spec(file: &Path) -> Result<(String, Vec<u8>), EngineError> {
+    if file.as_os_str() != "-" {
+        return Ok((file.display().to_string(), engine::read(file)?));
+    }
+    let mut text = Vec::new();
+    std::io::Read::read_to_end(&mut std::io::stdin().lock(), &mut text).map_err(|error| {
+        EngineError::SpecUnreadable {
+            file: STDIN.to_string(),
+            error,
+        }
+    })?;
+    Ok((STDIN.to_string(), text))
+}
+
+/// What errors call a spec read from standard input (`-`).
+const STDIN: &str = "(stdin)";
+
+fn validate_cmd(file: &Path, j: bool) -> Result<(), (EngineError, bool)> {
     // Whether a spec is valid does not depend on the host: no warning here.
     let id = identity("host", false);
-    let (spec, _) = engine::load(file, &id).map_err(|e| (e, false))?;
+    let (source, text) = read_spec(file).map_err(|e| (e, j))?;
+    let spec = engine::parse(&source, &text, &id).map_err(|e| (e, j))?;
     let ports: usize = spec.vms.values().map(|v| v.ports.len()).sum();
-    println!(
-        "{}: valid ({} networks, {} VMs, {} ports)",
-        file.display(),
-        spec.networks.len(),
-        spec.vms.len(),
-        ports
-    );
+    if j {
+        let v = json!({
+            "valid": true, "source": source, "networks": spec.networks.len(),
+            "vms": spec.vms.len(), "ports": ports,
+        });
+        println!("{v}");
+    } else {
+        println!(
+            "{source}: valid ({} networks, {} VMs, {ports} ports)",
+            spec.networks.len(),
+            spec.vms.len(),
+        );
+    }
     Ok(())
 }
 
 fn plan_cmd(file: &Path, scope: &Scope) -> Result<(), (EngineError, bool)> {
     let j = scope.json;
     let id = identity(&scope_name(&scope.netns).map_err(|e| (e, j))?, true);
-    let (spec, _) = engine::load(file, &id).map_err(|e| (e, j))?;
+    let (source, text) = read_spec(file).map_err(|e| (e, j))?;
+    let spec = engine::parse(&source, &text, &id).map_err(|e| (e, j))?;
     let s = enter_existing(&scope.netns).map_err(|e| (e, j))?;
-    let p = engine::plan(Some(&spec), &s, &file.display().to_string()).map_err(|e| (e, j))?;
+    let p = engine::plan(Some(&spec), &s, &source).map_err(|e| (e, j))?;
     print_plan(&p.plan, j, false);
     Ok(())
 }

@@ -1,6 +1,7 @@
 //! The command line: parse arguments, call the library, render text or JSON. Exit status:
 //! 0 success, else the error's kind says ([`crate::engine::ErrorKind::exit_code`]: 1 runtime
-//! failure after rollback, 2 invalid spec, conflict, usage or busy with nothing changed).
+//! failure after rollback, 2 invalid spec, conflict, usage or busy with nothing changed;
+//! with `plan --detailed-exitcode`, 2 means changes and every error is 1).
 //! When a daemon runs for the scope, changing commands go through its API, so the daemon
 //! enforces what was applied instead of repairing it away.
 
@@ -57,6 +58,10 @@ enum Command {
         file: PathBuf,
         #[command(flatten)]
         scope: Scope,
+        /// Exit 2 when the plan has changes, 0 when it has none, and 1 on any error
+        /// (an invalid spec included), as terraform plan -detailed-exitcode does.
+        #[arg(long)]
+        detailed_exitcode: bool,
     },
     /// Make the host match the spec; roll back on failure.
     Apply {
@@ -78,6 +83,10 @@ enum Command {
     Destroy {
         #[command(flatten)]
         scope: Scope,
+        /// Show what destroy would remove (its plan, rendered as `plan` renders one) and
+        /// change nothing.
+        #[arg(long)]
+        dry_run: bool,
     },
     /// Networks and ports with live state and counters.
     Status {
@@ -373,17 +382,30 @@ fn apply_cmd(
     Ok(())
 }
 
-fn run(cli: Cli) -> Result<(), (EngineError, bool)> {
+/// Runs the command; `Ok(true)` when it showed a plan with changes (for `plan
+/// --detailed-exitcode`).
+fn run(cli: Cli) -> Result<bool, (EngineError, bool)> {
     match cli.command {
+        Command::Plan { file, scope, .. } => plan_cmd(&file, &scope),
+        other => run_other(other).map(|()| false),
+    }
+}
+
+fn run_other(command: Command) -> Result<(), (EngineError, bool)> {
+    match command {
+        // (`run` takes plans, for what they say about changes.)
+        Command::Plan { file, scope, .. } => plan_cmd(&file, &scope).map(drop),
         Command::Validate { file, json } => validate_cmd(&file, json),
-        Command::Plan { file, scope } => plan_cmd(&file, &scope),
         Command::Apply {
             file,
             scope,
             confirm_within,
         } => apply_cmd(file, scope, confirm_within),
         Command::Confirm { netns } => confirm_cmd(&netns),
-        Command::Destroy { scope } => destroy_cmd(&scope),
+        Command::Destroy { scope, dry_run } => match dry_run {
+            true => destroy_dry_run(&scope),
+            false => destroy_cmd(&scope),
+        },
         Command::Status { scope } => status_cmd(&scope),
         Command::Leases { scope } => leases_cmd(&scope),
         Command::Daemon { spec, netns } => daemon_cmd(&spec, &netns),
@@ -431,7 +453,8 @@ fn validate_cmd(file: &Path, j: bool) -> Result<(), (EngineError, bool)> {
     Ok(())
 }
 
-fn plan_cmd(file: &Path, scope: &Scope) -> Result<(), (EngineError, bool)> {
+/// Shows the plan; returns whether it has changes.
+fn plan_cmd(file: &Path, scope: &Scope) -> Result<bool, (EngineError, bool)> {
     let j = scope.json;
     let id = identity(&scope_name(&scope.netns).map_err(|e| (e, j))?, true);
     let (source, text) = read_spec(file).map_err(|e| (e, j))?;
@@ -439,7 +462,7 @@ fn plan_cmd(file: &Path, scope: &Scope) -> Result<(), (EngineError, bool)> {
     let s = enter_existing(&scope.netns).map_err(|e| (e, j))?;
     let p = engine::plan(Some(&spec), &s, &source).map_err(|e| (e, j))?;
     print_plan(&p.plan, j, false);
-    Ok(())
+    Ok(!p.plan.is_empty())
 }
 
 fn confirm_cmd(netns: &Option<String>) -> Result<(), (EngineError, bool)> {
@@ -474,6 +497,16 @@ fn destroy_cmd(scope: &Scope) -> Result<(), (EngineError, bool)> {
     let p = engine::plan(None, &s, "(destroy)").map_err(|e| (e, j))?;
     engine::execute(&p, "destroy", "", fail).map_err(|e| (e, j))?;
     print_plan(&p.plan, j, true);
+    Ok(())
+}
+
+/// `destroy --dry-run`: the plan destroy would carry out, planned here even when a daemon
+/// runs (as `plan` is), and nothing changed.
+fn destroy_dry_run(scope: &Scope) -> Result<(), (EngineError, bool)> {
+    let j = scope.json;
+    let s = enter_existing(&scope.netns).map_err(|e| (e, j))?;
+    let p = engine::plan(None, &s, "(destroy)").map_err(|e| (e, j))?;
+    print_plan(&p.plan, j, false);
     Ok(())
 }
 
@@ -587,9 +620,18 @@ fn revert_timer(scope: &str, token: &str) {
 }
 
 pub fn main() -> ExitCode {
-    let cli = Cli::parse();
+    // With --detailed-exitcode, 2 means "changes": every error, bad usage too, is 1.
+    let detailed = std::env::args_os().any(|a| a == "--detailed-exitcode");
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) if detailed && e.use_stderr() => {
+            let _ = e.print();
+            return ExitCode::FAILURE;
+        }
+        Err(e) => e.exit(),
+    };
     match run(cli) {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(changes) => ExitCode::from(if detailed && changes { 2 } else { 0 }),
         Err((e, as_json)) => {
             // Located errors are one line each, as `validate` prints them; the rest one
             // message.
@@ -600,7 +642,7 @@ pub fn main() -> ExitCode {
             if as_json {
                 println!("{}", e.to_json());
             }
-            ExitCode::from(e.kind().exit_code())
+            ExitCode::from(if detailed { 1 } else { e.kind().exit_code() })
         }
     }
 }

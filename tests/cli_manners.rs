@@ -146,3 +146,115 @@ fn plan_and_apply_read_stdin() {
     );
     ns.kvmnet_ok(&["destroy", "--netns", &host]);
 }
+
+#[test]
+fn plan_detailed_exitcode() {
+    let ns = Namespaces::new();
+    // Errors are 1 with the flag (2 means changes), whatever their kind.
+    let bad = SpecFile::new(INVALID);
+    let o = ns.kvmnet(&["plan", bad.path(), "--detailed-exitcode"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert_eq!(ns.kvmnet(&["plan", bad.path()]).status.code(), Some(2));
+    let o = ns.kvmnet(&["plan", "--detailed-exitcode", "--no-such-flag", bad.path()]);
+    assert_eq!(o.status.code(), Some(1));
+    if !privileged() {
+        return;
+    }
+    let mut ns = ns;
+    let host = ns.add("detail");
+    let o = kvmnet_in(
+        &ns,
+        &["plan", "-", "--netns", &host, "--detailed-exitcode"],
+        VALID,
+    );
+    assert_eq!(
+        o.status.code(),
+        Some(2),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert!(String::from_utf8_lossy(&o.stdout).contains("km-iso"));
+    // Without the flag, changes are still success.
+    let o = kvmnet_in(&ns, &["plan", "-", "--netns", &host], VALID);
+    assert_eq!(o.status.code(), Some(0));
+    kvmnet_in(&ns, &["apply", "-", "--netns", &host], VALID);
+    let o = kvmnet_in(
+        &ns,
+        &["plan", "-", "--netns", &host, "--detailed-exitcode"],
+        VALID,
+    );
+    assert_eq!(
+        o.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    // A namespace that does not exist: an error, so 1.
+    let o = kvmnet_in(
+        &ns,
+        &[
+            "plan",
+            "-",
+            "--netns",
+            &unique("none"),
+            "--detailed-exitcode",
+        ],
+        VALID,
+    );
+    assert_eq!(o.status.code(), Some(1));
+    ns.kvmnet_ok(&["destroy", "--netns", &host]);
+}
+
+#[test]
+fn destroy_dry_run_shows_the_plan_and_changes_nothing() {
+    if !privileged() {
+        return;
+    }
+    let mut ns = Namespaces::new();
+    let host = ns.add("dry");
+    let o = kvmnet_in(&ns, &["apply", "-", "--netns", &host], VALID);
+    assert_eq!(
+        o.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let before = fingerprint(&host, &["net.ipv4.ip_forward"]);
+
+    let text = ns.kvmnet_ok(&["destroy", "--dry-run", "--netns", &host]);
+    let lines: Vec<&str> = text.lines().collect();
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.starts_with('-') && l.contains("km-iso")),
+        "{text}"
+    );
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.starts_with('-') && l.contains("km-a")),
+        "{text}"
+    );
+    assert!(!text.contains("Applied"), "{text}");
+    let v: Value =
+        serde_json::from_str(&ns.kvmnet_ok(&["destroy", "--dry-run", "--netns", &host, "--json"]))
+            .unwrap();
+    let changes = v["changes"].as_array().unwrap();
+    assert!(!changes.is_empty(), "{v}");
+    assert!(
+        changes
+            .iter()
+            .all(|c| c["op"] != "create" && c["op"] != "add"),
+        "{v}"
+    );
+    assert_eq!(fingerprint(&host, &["net.ipv4.ip_forward"]), before);
+
+    // What the dry run showed is what destroy does.
+    let done: Value =
+        serde_json::from_str(&ns.kvmnet_ok(&["destroy", "--netns", &host, "--json"])).unwrap();
+    assert_eq!(done["changes"], v["changes"]);
+    let v: Value =
+        serde_json::from_str(&ns.kvmnet_ok(&["destroy", "--dry-run", "--netns", &host, "--json"]))
+            .unwrap();
+    assert_eq!(v, json!({ "changes": [] }));
+}

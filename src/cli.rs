@@ -8,7 +8,7 @@
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::Parser;
 use serde_json::{Value, json};
 
 use crate::backend::netns;
@@ -19,101 +19,9 @@ use crate::plan::Plan;
 use crate::statedir::StateDir;
 use crate::status;
 
-#[derive(Parser)]
-#[command(
-    name = "kvmnet",
-    version,
-    about = "Declarative networking for KVM hosts"
-)]
-pub struct Cli {
-    #[command(subcommand)]
-    command: Command,
-}
-
-#[derive(clap::Args)]
-struct Scope {
-    /// Operate inside this network namespace (`apply` creates it if missing; commands that
-    /// only read or remove refuse one that does not exist); nothing outside it is touched
-    /// except guest namespaces the spec names.
-    #[arg(long, value_name = "NS")]
-    netns: Option<String>,
-    /// Print one JSON object instead of text.
-    #[arg(long)]
-    json: bool,
-}
-
-#[derive(Subcommand)]
-enum Command {
-    /// Check a spec and report every error with its field and line:column.
-    Validate {
-        /// The spec (YAML); `-` reads it from standard input.
-        file: PathBuf,
-        /// Print one JSON object instead of text.
-        #[arg(long)]
-        json: bool,
-    },
-    /// Show what apply would change.
-    Plan {
-        /// The spec (YAML); `-` reads it from standard input.
-        file: PathBuf,
-        #[command(flatten)]
-        scope: Scope,
-        /// Exit 2 when the plan has changes, 0 when it has none, and 1 on any error
-        /// (an invalid spec included), as terraform plan -detailed-exitcode does.
-        #[arg(long)]
-        detailed_exitcode: bool,
-    },
-    /// Make the host match the spec; roll back on failure.
-    Apply {
-        /// The spec (YAML); `-` reads it from standard input.
-        file: PathBuf,
-        #[command(flatten)]
-        scope: Scope,
-        /// Revert to the exact previous state unless `kvmnet confirm` comes within this
-        /// time (e.g. 60s, 5m): for changes that may cut your own connection.
-        #[arg(long, value_name = "DURATION")]
-        confirm_within: Option<String>,
-    },
-    /// Keep a change applied with --confirm-within.
-    Confirm {
-        #[arg(long, value_name = "NS")]
-        netns: Option<String>,
-    },
-    /// Remove everything kvmnet created, give moved addresses back, restore sysctls.
-    Destroy {
-        #[command(flatten)]
-        scope: Scope,
-        /// Show what destroy would remove (its plan, rendered as `plan` renders one) and
-        /// change nothing.
-        #[arg(long)]
-        dry_run: bool,
-    },
-    /// Networks and ports with live state and counters.
-    Status {
-        #[command(flatten)]
-        scope: Scope,
-    },
-    /// DHCP leases.
-    Leases {
-        #[command(flatten)]
-        scope: Scope,
-    },
-    /// Apply the spec, then keep the host converged, serve DHCP and the local API.
-    Daemon {
-        #[arg(long, value_name = "FILE")]
-        spec: PathBuf,
-        #[arg(long, value_name = "NS")]
-        netns: Option<String>,
-    },
-    /// (internal) The timer behind --confirm-within when no daemon runs.
-    #[command(hide = true)]
-    RevertTimer {
-        #[arg(long)]
-        netns: Option<String>,
-        #[arg(long)]
-        token: String,
-    },
-}
+// The arguments, in a file of their own that build.rs includes too: the man pages and
+// shell completions it generates come from this one definition.
+include!("cli_args.rs");
 
 /// Switch this (still single-threaded) process into the sandbox namespace.
 /// The scope `--netns` names (`host` without it), checked but not entered.
@@ -410,7 +318,43 @@ fn run_other(command: Command) -> Result<(), (EngineError, bool)> {
         Command::Leases { scope } => leases_cmd(&scope),
         Command::Daemon { spec, netns } => daemon_cmd(&spec, &netns),
         Command::RevertTimer { netns, token } => revert_timer_cmd(&netns, &token),
+        Command::Completions { shell } => {
+            print!("{}", generated(COMPLETIONS, &shell));
+            Ok(())
+        }
+        Command::Man { dir } => man_cmd(&dir),
     }
+}
+
+// MAN_PAGES and COMPLETIONS: what build.rs made from the arguments.
+include!(concat!(env!("OUT_DIR"), "/generated_docs.rs"));
+
+/// The generated text named `name` (the build made every name the arguments allow).
+fn generated(table: &[(&str, &'static str)], name: &str) -> &'static str {
+    table
+        .iter()
+        .find(|(n, _)| *n == name)
+        .map_or("", |(_, text)| text)
+}
+
+/// Writes every man page into `dir` (made if missing), and says which.
+fn man_cmd(dir: &Path) -> Result<(), (EngineError, bool)> {
+    let write = |(name, text): &(&str, &str)| {
+        std::fs::create_dir_all(dir)
+            .and_then(|()| std::fs::write(dir.join(name), text))
+            .map_err(|e| {
+                EngineError::Usage(format!(
+                    "cannot write {}: {}",
+                    dir.join(name).display(),
+                    crate::error::io_message(&e)
+                ))
+            })
+    };
+    for page in MAN_PAGES {
+        write(page).map_err(|e| (e, false))?;
+        println!("{}", dir.join(page.0).display());
+    }
+    Ok(())
 }
 
 /// The spec's name in messages and its text: the file's, or standard input's for `-`.

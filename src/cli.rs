@@ -1,13 +1,14 @@
 //! The command line: parse arguments, call the library, render text or JSON. Exit status:
 //! 0 success, else the error's kind says ([`crate::engine::ErrorKind::exit_code`]: 1 runtime
-//! failure after rollback, 2 invalid spec, conflict, usage or busy with nothing changed).
+//! failure after rollback, 2 invalid spec, conflict, usage or busy with nothing changed;
+//! with `plan --detailed-exitcode`, 2 means changes and every error is 1).
 //! When a daemon runs for the scope, changing commands go through its API, so the daemon
 //! enforces what was applied instead of repairing it away.
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::Parser;
 use serde_json::{Value, json};
 
 use crate::backend::netns;
@@ -18,85 +19,9 @@ use crate::plan::Plan;
 use crate::statedir::StateDir;
 use crate::status;
 
-#[derive(Parser)]
-#[command(
-    name = "kvmnet",
-    version,
-    about = "Declarative networking for KVM hosts"
-)]
-pub struct Cli {
-    #[command(subcommand)]
-    command: Command,
-}
-
-#[derive(clap::Args)]
-struct Scope {
-    /// Operate inside this network namespace (`apply` creates it if missing; commands that
-    /// only read or remove refuse one that does not exist); nothing outside it is touched
-    /// except guest namespaces the spec names.
-    #[arg(long, value_name = "NS")]
-    netns: Option<String>,
-    /// Print one JSON object instead of text.
-    #[arg(long)]
-    json: bool,
-}
-
-#[derive(Subcommand)]
-enum Command {
-    /// Check a spec and report every error with its field and line:column.
-    Validate { file: PathBuf },
-    /// Show what apply would change.
-    Plan {
-        file: PathBuf,
-        #[command(flatten)]
-        scope: Scope,
-    },
-    /// Make the host match the spec; roll back on failure.
-    Apply {
-        file: PathBuf,
-        #[command(flatten)]
-        scope: Scope,
-        /// Revert to the exact previous state unless `kvmnet confirm` comes within this
-        /// time (e.g. 60s, 5m): for changes that may cut your own connection.
-        #[arg(long, value_name = "DURATION")]
-        confirm_within: Option<String>,
-    },
-    /// Keep a change applied with --confirm-within.
-    Confirm {
-        #[arg(long, value_name = "NS")]
-        netns: Option<String>,
-    },
-    /// Remove everything kvmnet created, give moved addresses back, restore sysctls.
-    Destroy {
-        #[command(flatten)]
-        scope: Scope,
-    },
-    /// Networks and ports with live state and counters.
-    Status {
-        #[command(flatten)]
-        scope: Scope,
-    },
-    /// DHCP leases.
-    Leases {
-        #[command(flatten)]
-        scope: Scope,
-    },
-    /// Apply the spec, then keep the host converged, serve DHCP and the local API.
-    Daemon {
-        #[arg(long, value_name = "FILE")]
-        spec: PathBuf,
-        #[arg(long, value_name = "NS")]
-        netns: Option<String>,
-    },
-    /// (internal) The timer behind --confirm-within when no daemon runs.
-    #[command(hide = true)]
-    RevertTimer {
-        #[arg(long)]
-        netns: Option<String>,
-        #[arg(long)]
-        token: String,
-    },
-}
+// The arguments, in a file of their own that build.rs includes too: the man pages and
+// shell completions it generates come from this one definition.
+include!("cli_args.rs");
 
 /// Switch this (still single-threaded) process into the sandbox namespace.
 /// The scope `--netns` names (`host` without it), checked but not entered.
@@ -318,8 +243,7 @@ fn apply_cmd(
             )
         })?),
     };
-    let source = file.display().to_string();
-    let text = engine::read(&file).map_err(|e| (e, j))?;
+    let (source, text) = read_spec(&file).map_err(|e| (e, j))?;
     // A running daemon validates the spec itself (with the same messages), from a cache that
     // makes a small change to a large spec cheap: parsing it here first would cost as much.
     if std::str::from_utf8(&text).is_ok() {
@@ -366,47 +290,123 @@ fn apply_cmd(
     Ok(())
 }
 
-fn run(cli: Cli) -> Result<(), (EngineError, bool)> {
+/// Runs the command; `Ok(true)` when it showed a plan with changes (for `plan
+/// --detailed-exitcode`).
+fn run(cli: Cli) -> Result<bool, (EngineError, bool)> {
     match cli.command {
-        Command::Validate { file } => validate_cmd(&file),
-        Command::Plan { file, scope } => plan_cmd(&file, &scope),
+        Command::Plan { file, scope, .. } => plan_cmd(&file, &scope),
+        other => run_other(other).map(|()| false),
+    }
+}
+
+fn run_other(command: Command) -> Result<(), (EngineError, bool)> {
+    match command {
+        // (`run` takes plans, for what they say about changes.)
+        Command::Plan { file, scope, .. } => plan_cmd(&file, &scope).map(drop),
+        Command::Validate { file, json } => validate_cmd(&file, json),
         Command::Apply {
             file,
             scope,
             confirm_within,
         } => apply_cmd(file, scope, confirm_within),
         Command::Confirm { netns } => confirm_cmd(&netns),
-        Command::Destroy { scope } => destroy_cmd(&scope),
+        Command::Destroy { scope, dry_run } => match dry_run {
+            true => destroy_dry_run(&scope),
+            false => destroy_cmd(&scope),
+        },
         Command::Status { scope } => status_cmd(&scope),
         Command::Leases { scope } => leases_cmd(&scope),
         Command::Daemon { spec, netns } => daemon_cmd(&spec, &netns),
         Command::RevertTimer { netns, token } => revert_timer_cmd(&netns, &token),
+        Command::Completions { shell } => {
+            print!("{}", generated(COMPLETIONS, &shell));
+            Ok(())
+        }
+        Command::Man { dir } => man_cmd(&dir),
     }
 }
 
-fn validate_cmd(file: &Path) -> Result<(), (EngineError, bool)> {
-    // Whether a spec is valid does not depend on the host: no warning here.
-    let id = identity("host", false);
-    let (spec, _) = engine::load(file, &id).map_err(|e| (e, false))?;
-    let ports: usize = spec.vms.values().map(|v| v.ports.len()).sum();
-    println!(
-        "{}: valid ({} networks, {} VMs, {} ports)",
-        file.display(),
-        spec.networks.len(),
-        spec.vms.len(),
-        ports
-    );
+// MAN_PAGES and COMPLETIONS: what build.rs made from the arguments.
+include!(concat!(env!("OUT_DIR"), "/generated_docs.rs"));
+
+/// The generated text named `name` (the build made every name the arguments allow).
+fn generated(table: &[(&str, &'static str)], name: &str) -> &'static str {
+    table
+        .iter()
+        .find(|(n, _)| *n == name)
+        .map_or("", |(_, text)| text)
+}
+
+/// Writes every man page into `dir` (made if missing), and says which.
+fn man_cmd(dir: &Path) -> Result<(), (EngineError, bool)> {
+    let write = |(name, text): &(&str, &str)| {
+        std::fs::create_dir_all(dir)
+            .and_then(|()| std::fs::write(dir.join(name), text))
+            .map_err(|e| {
+                EngineError::Usage(format!(
+                    "cannot write {}: {}",
+                    dir.join(name).display(),
+                    crate::error::io_message(&e)
+                ))
+            })
+    };
+    for page in MAN_PAGES {
+        write(page).map_err(|e| (e, false))?;
+        println!("{}", dir.join(page.0).display());
+    }
     Ok(())
 }
 
-fn plan_cmd(file: &Path, scope: &Scope) -> Result<(), (EngineError, bool)> {
+/// The spec's name in messages and its text: the file's, or standard input's for `-`.
+fn read_spec(file: &Path) -> Result<(String, Vec<u8>), EngineError> {
+    if file.as_os_str() != "-" {
+        return Ok((file.display().to_string(), engine::read(file)?));
+    }
+    let mut text = Vec::new();
+    std::io::Read::read_to_end(&mut std::io::stdin().lock(), &mut text).map_err(|error| {
+        EngineError::SpecUnreadable {
+            file: STDIN.to_string(),
+            error,
+        }
+    })?;
+    Ok((STDIN.to_string(), text))
+}
+
+/// What errors call a spec read from standard input (`-`).
+const STDIN: &str = "(stdin)";
+
+fn validate_cmd(file: &Path, j: bool) -> Result<(), (EngineError, bool)> {
+    // Whether a spec is valid does not depend on the host: no warning here.
+    let id = identity("host", false);
+    let (source, text) = read_spec(file).map_err(|e| (e, j))?;
+    let spec = engine::parse(&source, &text, &id).map_err(|e| (e, j))?;
+    let ports: usize = spec.vms.values().map(|v| v.ports.len()).sum();
+    if j {
+        let v = json!({
+            "valid": true, "source": source, "networks": spec.networks.len(),
+            "vms": spec.vms.len(), "ports": ports,
+        });
+        println!("{v}");
+    } else {
+        println!(
+            "{source}: valid ({} networks, {} VMs, {ports} ports)",
+            spec.networks.len(),
+            spec.vms.len(),
+        );
+    }
+    Ok(())
+}
+
+/// Shows the plan; returns whether it has changes.
+fn plan_cmd(file: &Path, scope: &Scope) -> Result<bool, (EngineError, bool)> {
     let j = scope.json;
     let id = identity(&scope_name(&scope.netns).map_err(|e| (e, j))?, true);
-    let (spec, _) = engine::load(file, &id).map_err(|e| (e, j))?;
+    let (source, text) = read_spec(file).map_err(|e| (e, j))?;
+    let spec = engine::parse(&source, &text, &id).map_err(|e| (e, j))?;
     let s = enter_existing(&scope.netns).map_err(|e| (e, j))?;
-    let p = engine::plan(Some(&spec), &s, &file.display().to_string()).map_err(|e| (e, j))?;
+    let p = engine::plan(Some(&spec), &s, &source).map_err(|e| (e, j))?;
     print_plan(&p.plan, j, false);
-    Ok(())
+    Ok(!p.plan.is_empty())
 }
 
 fn confirm_cmd(netns: &Option<String>) -> Result<(), (EngineError, bool)> {
@@ -441,6 +441,16 @@ fn destroy_cmd(scope: &Scope) -> Result<(), (EngineError, bool)> {
     let p = engine::plan(None, &s, "(destroy)").map_err(|e| (e, j))?;
     engine::execute(&p, "destroy", "", fail).map_err(|e| (e, j))?;
     print_plan(&p.plan, j, true);
+    Ok(())
+}
+
+/// `destroy --dry-run`: the plan destroy would carry out, planned here even when a daemon
+/// runs (as `plan` is), and nothing changed.
+fn destroy_dry_run(scope: &Scope) -> Result<(), (EngineError, bool)> {
+    let j = scope.json;
+    let s = enter_existing(&scope.netns).map_err(|e| (e, j))?;
+    let p = engine::plan(None, &s, "(destroy)").map_err(|e| (e, j))?;
+    print_plan(&p.plan, j, false);
     Ok(())
 }
 
@@ -554,9 +564,18 @@ fn revert_timer(scope: &str, token: &str) {
 }
 
 pub fn main() -> ExitCode {
-    let cli = Cli::parse();
+    // With --detailed-exitcode, 2 means "changes": every error, bad usage too, is 1.
+    let detailed = std::env::args_os().any(|a| a == "--detailed-exitcode");
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) if detailed && e.use_stderr() => {
+            let _ = e.print();
+            return ExitCode::FAILURE;
+        }
+        Err(e) => e.exit(),
+    };
     match run(cli) {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(changes) => ExitCode::from(if detailed && changes { 2 } else { 0 }),
         Err((e, as_json)) => {
             // Located errors are one line each, as `validate` prints them; the rest one
             // message.
@@ -567,7 +586,7 @@ pub fn main() -> ExitCode {
             if as_json {
                 println!("{}", e.to_json());
             }
-            ExitCode::from(e.kind().exit_code())
+            ExitCode::from(if detailed { 1 } else { e.kind().exit_code() })
         }
     }
 }

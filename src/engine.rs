@@ -78,8 +78,10 @@ pub fn parse(
 
 /// A spec file's raw text.
 pub fn read(path: &Path) -> Result<Vec<u8>, EngineError> {
-    let source = path.display().to_string();
-    std::fs::read(path).map_err(|e| invalid(&source, "", format!("cannot read the spec: {e}")))
+    std::fs::read(path).map_err(|error| EngineError::SpecUnreadable {
+        file: path.display().to_string(),
+        error,
+    })
 }
 
 /// Reads and validates a spec file; returns it with its raw text.

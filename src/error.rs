@@ -167,6 +167,14 @@ pub enum EngineError {
     Conflict(SpecErrors),
     #[error("{0}")]
     Usage(String),
+    /// The spec file (or standard input) could not be read: an invalid argument, with no
+    /// place in the spec to point at.
+    #[error("cannot read {file}: {}", io_message(.error))]
+    SpecUnreadable {
+        file: String,
+        #[source]
+        error: std::io::Error,
+    },
     #[error(transparent)]
     Busy(#[from] Busy),
     /// Reading the host before a change failed.
@@ -222,6 +230,15 @@ pub enum EngineError {
     Daemon(#[from] ApiError),
 }
 
+/// An I/O error's message without the "(os error N)" the standard library appends.
+pub fn io_message(e: &std::io::Error) -> String {
+    let s = e.to_string();
+    match s.rfind(" (os error ") {
+        Some(i) if s.ends_with(')') => s[..i].to_string(),
+        _ => s,
+    }
+}
+
 fn incomplete(rollback_errors: &[String]) -> String {
     if rollback_errors.is_empty() {
         return String::new();
@@ -246,7 +263,7 @@ fn daemon_message(e: &ApiError) -> String {
 impl EngineError {
     pub fn kind(&self) -> ErrorKind {
         match self {
-            EngineError::Invalid(_) => ErrorKind::Invalid,
+            EngineError::Invalid(_) | EngineError::SpecUnreadable { .. } => ErrorKind::Invalid,
             EngineError::Conflict(_) => ErrorKind::Conflict,
             EngineError::Usage(_) => ErrorKind::Usage,
             EngineError::Busy(_) => ErrorKind::Busy,

@@ -74,7 +74,11 @@ pub(super) fn read_uplink(cx: &mut Ctx, key: &Key, f: &Field) -> UplinkDraft {
                     cx.err(
                         &mf.path,
                         mf.loc(),
-                        format!("'{}' is not a bond mode; expected {BOND_MODES}", show(&t)),
+                        format!(
+                            "'{}' is not a bond mode; expected {BOND_MODES}{}",
+                            show(&t),
+                            super::suggest::did_you_mean(&t, &BondMode::ALL.map(|m| m.as_str()))
+                        ),
                     );
                 }
                 m

@@ -28,6 +28,7 @@ mod host;
 mod network;
 mod policy;
 mod port;
+mod suggest;
 mod values;
 
 pub(crate) use super::yaml::{join as join_path, show};
@@ -203,9 +204,10 @@ pub(crate) fn obj<'a>(
                         &join(path, &k.text),
                         k.loc,
                         format!(
-                            "unknown field '{}'; expected one of: {}",
+                            "unknown field '{}'; expected one of: {}{}",
                             show(&k.text),
-                            allowed.join(", ")
+                            allowed.join(", "),
+                            suggest::did_you_mean(&k.text, allowed)
                         ),
                     );
                 }

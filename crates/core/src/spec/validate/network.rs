@@ -138,7 +138,11 @@ fn read_mode(cx: &mut Ctx, o: &Obj) -> Option<Mode> {
         cx.err(
             &mf.path,
             mf.loc(),
-            format!("'{}' is not a network mode; expected {MODES}", show(&m)),
+            format!(
+                "'{}' is not a network mode; expected {MODES}{}",
+                show(&m),
+                super::suggest::did_you_mean(&m, &crate::modes::ALL.map(|x| x.as_str()))
+            ),
         );
     }
     mode

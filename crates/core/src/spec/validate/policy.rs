@@ -279,9 +279,10 @@ pub(super) fn read_rule(cx: &mut Ctx, f: &Field) -> Option<FirewallRule> {
                             &item.path,
                             item.loc(),
                             format!(
-                                "'{}' is not an ICMP type; expected one of: {}",
+                                "'{}' is not an ICMP type; expected one of: {}{}",
                                 show(&t),
-                                ICMP_TYPES.join(", ")
+                                ICMP_TYPES.join(", "),
+                                super::suggest::did_you_mean(&t, ICMP_TYPES)
                             ),
                         );
                     }

@@ -1,0 +1,185 @@
+// kvmnet's command-line arguments: the one definition that src/cli.rs parses with and
+// build.rs makes the man pages and shell completions from (both `include!` this file, so it
+// names what it uses in full and has no inner attributes).
+
+/// The environment variables every command that finds a scope's state reads.
+macro_rules! env_state_dir {
+    () => {
+        "  KVMNET_STATE_DIR       the state directory (default /var/lib/kvmnet)\n"
+    };
+}
+
+/// The test hook of the commands that change the host.
+macro_rules! env_fail_after {
+    () => {
+        "  KVMNET_FAIL_AFTER      fail right after step K (a test hook of rollback; refused while a daemon runs)\n"
+    };
+}
+
+#[derive(clap::Parser)]
+#[command(
+    name = "kvmnet",
+    version,
+    about = "Declarative networking for KVM hosts",
+    after_help = concat!(
+        "Example:\n  kvmnet plan web.yaml --netns lab\n\n",
+        "Environment:\n",
+        env_state_dir!(),
+        env_fail_after!(),
+        "  (the daemon reads more: kvmnet daemon --help)\n\n",
+        "Exit status: 0 success, 1 runtime failure (rolled back), 2 invalid spec, conflict, usage\n",
+        "or busy, with nothing changed (plan --detailed-exitcode: 2 changes, 1 any error)."
+    )
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(clap::Args)]
+struct Scope {
+    /// Operate inside this network namespace (`apply` creates it if missing; commands that
+    /// only read or remove refuse one that does not exist); nothing outside it is touched
+    /// except guest namespaces the spec names.
+    #[arg(long, value_name = "NS")]
+    netns: Option<String>,
+    /// Print one JSON object instead of text.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(clap::Subcommand)]
+enum Command {
+    /// Check a spec and report every error with its field and line:column.
+    #[command(after_help = concat!(
+        "Example:\n  kvmnet validate web.yaml --json\n\n",
+        "Environment: none (whether a spec is valid does not depend on the host)."
+    ))]
+    Validate {
+        /// The spec (YAML); `-` reads it from standard input.
+        #[arg(value_hint = clap::ValueHint::FilePath)]
+        file: std::path::PathBuf,
+        /// Print one JSON object instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show what apply would change.
+    #[command(after_help = concat!(
+        "Example:\n  kvmnet plan web.yaml --netns lab --detailed-exitcode\n\n",
+        "Environment:\n",
+        env_state_dir!()
+    ))]
+    Plan {
+        /// The spec (YAML); `-` reads it from standard input.
+        #[arg(value_hint = clap::ValueHint::FilePath)]
+        file: std::path::PathBuf,
+        #[command(flatten)]
+        scope: Scope,
+        /// Exit 2 when the plan has changes, 0 when it has none, and 1 on any error
+        /// (an invalid spec included), as terraform plan -detailed-exitcode does.
+        #[arg(long)]
+        detailed_exitcode: bool,
+    },
+    /// Make the host match the spec; roll back on failure.
+    #[command(after_help = concat!(
+        "Example:\n  kvmnet apply web.yaml --confirm-within 60s\n\n",
+        "Environment:\n",
+        env_state_dir!(),
+        env_fail_after!()
+    ))]
+    Apply {
+        /// The spec (YAML); `-` reads it from standard input.
+        #[arg(value_hint = clap::ValueHint::FilePath)]
+        file: std::path::PathBuf,
+        #[command(flatten)]
+        scope: Scope,
+        /// Revert to the exact previous state unless `kvmnet confirm` comes within this
+        /// time (e.g. 60s, 5m): for changes that may cut your own connection.
+        #[arg(long, value_name = "DURATION")]
+        confirm_within: Option<String>,
+    },
+    /// Keep a change applied with --confirm-within.
+    #[command(after_help = concat!(
+        "Example:\n  kvmnet confirm --netns lab\n\n",
+        "Environment:\n",
+        env_state_dir!()
+    ))]
+    Confirm {
+        #[arg(long, value_name = "NS")]
+        netns: Option<String>,
+    },
+    /// Remove everything kvmnet created, give moved addresses back, restore sysctls.
+    #[command(after_help = concat!(
+        "Example:\n  kvmnet destroy --netns lab --dry-run\n\n",
+        "Environment:\n",
+        env_state_dir!(),
+        env_fail_after!()
+    ))]
+    Destroy {
+        #[command(flatten)]
+        scope: Scope,
+        /// Show what destroy would remove (its plan, rendered as `plan` renders one) and
+        /// change nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// Networks and ports with live state and counters.
+    #[command(after_help = concat!(
+        "Example:\n  kvmnet status --netns lab --json\n\n",
+        "Environment:\n",
+        env_state_dir!()
+    ))]
+    Status {
+        #[command(flatten)]
+        scope: Scope,
+    },
+    /// DHCP leases.
+    #[command(after_help = concat!(
+        "Example:\n  kvmnet leases --netns lab\n\n",
+        "Environment:\n",
+        env_state_dir!()
+    ))]
+    Leases {
+        #[command(flatten)]
+        scope: Scope,
+    },
+    /// Apply the spec, then keep the host converged, serve DHCP and the local API.
+    #[command(after_help = concat!(
+        "Example:\n  kvmnet daemon --spec /etc/kvmnet/host.yaml\n\n",
+        "Environment:\n",
+        env_state_dir!(),
+        "  KVMNET_RECONCILE_MS    how often drift is repaired and confirm deadlines checked (2000)\n",
+        "  KVMNET_RESYNC_MS       how often the whole host is read again (60000)\n",
+        "  KVMNET_API_UIDS        user IDs the API answers, comma-separated (0)\n",
+        "  KVMNET_API_TIMEOUT_MS  how long a client has to send its request (10000)\n",
+        "  NOTIFY_SOCKET          systemd's readiness socket (Type=notify)\n"
+    ))]
+    Daemon {
+        #[arg(long, value_name = "FILE", value_hint = clap::ValueHint::FilePath)]
+        spec: std::path::PathBuf,
+        #[arg(long, value_name = "NS")]
+        netns: Option<String>,
+    },
+    /// Print a shell completion script (bash, zsh or fish), made from these arguments when
+    /// kvmnet was built.
+    #[command(after_help = "Example:\n  kvmnet completions bash > /usr/share/bash-completion/completions/kvmnet\n\nEnvironment: none.")]
+    Completions {
+        #[arg(value_parser = ["bash", "zsh", "fish"])]
+        shell: String,
+    },
+    /// Write the man pages (kvmnet.1 and one per command), made from these arguments when
+    /// kvmnet was built, into DIR.
+    #[command(after_help = "Example:\n  kvmnet man /usr/share/man/man1\n\nEnvironment: none.")]
+    Man {
+        #[arg(value_hint = clap::ValueHint::DirPath)]
+        dir: std::path::PathBuf,
+    },
+    /// (internal) The timer behind --confirm-within when no daemon runs.
+    #[command(hide = true)]
+    RevertTimer {
+        #[arg(long)]
+        netns: Option<String>,
+        #[arg(long)]
+        token: String,
+    },
+}

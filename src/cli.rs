@@ -81,6 +81,8 @@ enum Command {
         #[command(flatten)]
         scope: Scope,
     },
+    /// A VM's ports for its launcher: QEMU arguments, libvirt interfaces or cloud-init.
+    Export(crate::export::ExportArgs),
     /// Apply the spec, then keep the host converged, serve DHCP and the local API.
     Daemon {
         #[arg(long, value_name = "FILE")]
@@ -380,6 +382,9 @@ fn run(cli: Cli) -> Result<(), (EngineError, bool)> {
         Command::Status { scope } => status_cmd(&scope),
         Command::Leases { scope } => leases_cmd(&scope),
         Command::Daemon { spec, netns } => daemon_cmd(&spec, &netns),
+        Command::Export(a) => scope_name(&a.netns)
+            .and_then(|s| crate::export::run(&a, &s))
+            .map_err(|e| (e, false)),
         Command::RevertTimer { netns, token } => revert_timer_cmd(&netns, &token),
     }
 }

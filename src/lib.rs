@@ -12,6 +12,7 @@ pub mod daemon;
 pub mod dhcp;
 pub mod engine;
 pub mod error;
+pub mod export;
 pub mod host_macs;
 pub mod observe;
 pub mod statedir;

@@ -15,6 +15,7 @@ pub mod error;
 pub mod export;
 pub mod host_macs;
 pub mod observe;
+pub mod show;
 pub mod statedir;
 pub mod status;
 pub mod watch;

@@ -27,12 +27,10 @@ pub fn record(scope: &str, text: &[u8]) -> Result<(), EngineError> {
     crate::statedir::write_atomic(&applied_path(&sd), text).map_err(EngineError::state_io)
 }
 
-/// After a destroy, no spec is applied in `scope`.
+/// After a destroy, the empty spec is the applied one: it is newer than any accepted spec a
+/// daemon left, which the daemon's next start reads and this destroy does not touch.
 pub fn forget(scope: &str) -> Result<(), EngineError> {
-    match std::fs::remove_file(applied_path(&StateDir::for_scope(scope))) {
-        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(EngineError::state_io(e)),
-        _ => Ok(()),
-    }
+    record(scope, b"version: 1\n")
 }
 
 fn modified(p: &Path) -> Option<std::time::SystemTime> {

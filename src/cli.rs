@@ -263,6 +263,7 @@ fn apply_cmd(
     let previous_state = p.state_dir.load().map_err(|e| (e.into(), j))?;
     let hash = engine::spec_hash(&text);
     engine::execute(&p, "apply", &hash, fail).map_err(|e| (e, j))?;
+    crate::show::record(&s, &text).map_err(|e| (e, j))?;
     print_plan(&p.plan, j, true);
     if let Some(secs) = confirm {
         let token = format!("{:x}{:x}", crate::audit::now_unix(), std::process::id());
@@ -317,6 +318,12 @@ fn run_other(command: Command) -> Result<(), (EngineError, bool)> {
         Command::Status { scope } => status_cmd(&scope),
         Command::Leases { scope } => leases_cmd(&scope),
         Command::Daemon { spec, netns } => daemon_cmd(&spec, &netns),
+        Command::Show { netns } => enter_existing(&netns)
+            .and_then(|s| crate::show::run(&s))
+            .map_err(|e| (e, false)),
+        Command::Export(a) => scope_name(&a.netns)
+            .and_then(|s| crate::export::run(&a, &s))
+            .map_err(|e| (e, false)),
         Command::RevertTimer { netns, token } => revert_timer_cmd(&netns, &token),
         Command::Completions { shell } => {
             print!("{}", generated(COMPLETIONS, &shell));
@@ -440,6 +447,7 @@ fn destroy_cmd(scope: &Scope) -> Result<(), (EngineError, bool)> {
     }
     let p = engine::plan(None, &s, "(destroy)").map_err(|e| (e, j))?;
     engine::execute(&p, "destroy", "", fail).map_err(|e| (e, j))?;
+    crate::show::forget(&s).map_err(|e| (e, j))?;
     print_plan(&p.plan, j, true);
     Ok(())
 }

@@ -143,6 +143,23 @@ enum Command {
         #[command(flatten)]
         scope: Scope,
     },
+    /// What kvmnet owns, as a spec: the one last applied, checked against the live host.
+    #[command(after_help = concat!(
+        "Example:\n  kvmnet show --netns lab > lab.yaml\n\n",
+        "Environment:\n",
+        env_state_dir!()
+    ))]
+    Show {
+        #[arg(long, value_name = "NS")]
+        netns: Option<String>,
+    },
+    /// A VM's ports for its launcher: QEMU arguments, libvirt interfaces or cloud-init.
+    #[command(after_help = concat!(
+        "Example:\n  qemu-system-x86_64 ... $(kvmnet export web1 --format qemu web.yaml)\n\n",
+        "Environment:\n",
+        env_state_dir!()
+    ))]
+    Export(ExportArgs),
     /// Apply the spec, then keep the host converged, serve DHCP and the local API.
     #[command(after_help = concat!(
         "Example:\n  kvmnet daemon --spec /etc/kvmnet/host.yaml\n\n",
@@ -182,4 +199,32 @@ enum Command {
         #[arg(long)]
         token: String,
     },
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+/// What `kvmnet export` writes.
+pub enum ExportFormat {
+    /// `-netdev` and `-device` arguments for qemu-system, one option and its value a line.
+    Qemu,
+    /// libvirt `<interface type='ethernet'>` elements for a domain's `<devices>`.
+    Libvirt,
+    /// A cloud-init network config (version 2).
+    CloudInit,
+}
+
+#[derive(clap::Args)]
+pub struct ExportArgs {
+    /// The VM, by its name in the spec.
+    pub vm: String,
+    /// Only this port (its host-side name); default every port of the VM.
+    #[arg(long, value_name = "NAME")]
+    pub port: Option<String>,
+    #[arg(long, value_enum)]
+    pub format: ExportFormat,
+    /// The spec; default the one the scope's daemon enforces (its accepted spec).
+    #[arg(value_hint = clap::ValueHint::FilePath)]
+    pub file: Option<std::path::PathBuf>,
+    /// The scope whose ports give the MACs (a namespace that does not exist has none yet).
+    #[arg(long, value_name = "NS")]
+    pub netns: Option<String>,
 }

@@ -155,7 +155,7 @@ enum Command {
     },
     /// A VM's ports for its launcher: QEMU arguments, libvirt interfaces or cloud-init.
     #[command(after_help = concat!(
-        "Example:\n  qemu-system-x86_64 ... $(kvmnet export web1 --format qemu web.yaml)\n\n",
+        "Example:\n  kvmnet export web1 --format qemu web.yaml\n  qemu-system-x86_64 ... $(kvmnet export web1 --format qemu web.yaml)\n\n",
         "Environment:\n",
         env_state_dir!()
     ))]

@@ -6,7 +6,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 
 use super::order::Cx;
-use super::{Change, Object, Step, list_diff};
+use super::{Change, Object, Step, per_device_diff};
 use crate::state::Addr;
 
 /// An address on one interface.
@@ -57,23 +57,11 @@ fn step(c: Change<DevAddr>) -> Step {
 
 /// The addresses to remove and to add, interface by interface.
 fn diff(cx: &Cx<'_>) -> (Vec<Step>, Vec<Step>) {
-    let (want, have) = (&cx.want.addrs, &cx.have.addrs);
-    let devs: std::collections::BTreeSet<&String> = want.keys().chain(have.keys()).collect();
-    let empty = Vec::new();
-    let (mut dels, mut adds) = (Vec::new(), Vec::new());
-    for dev in devs {
-        let (d, a) = list_diff(
-            have.get(dev).unwrap_or(&empty),
-            want.get(dev).unwrap_or(&empty),
-        );
-        let on = |addr| DevAddr {
-            dev: dev.clone(),
-            addr,
-        };
-        dels.extend(d.into_iter().map(|a| step(Change::Delete(on(a)))));
-        adds.extend(a.into_iter().map(|a| step(Change::Create(on(a)))));
-    }
-    (dels, adds)
+    let on = |dev: &String, addr| DevAddr {
+        dev: dev.clone(),
+        addr,
+    };
+    per_device_diff(&cx.want.addrs, &cx.have.addrs, on, step)
 }
 
 pub(super) fn delete(cx: &mut Cx<'_>, steps: &mut Vec<Step>) {

@@ -371,6 +371,28 @@ fn list_diff<T: Clone + PartialEq>(have: &[T], want: &[T]) -> (Vec<T>, Vec<T>) {
     (del, add)
 }
 
+/// Entries held per interface (addresses, routes): the steps that remove those found and
+/// not wanted and add those wanted and not found, interface by interface.
+fn per_device_diff<T: Clone + PartialEq, O>(
+    want: &std::collections::BTreeMap<String, Vec<T>>,
+    have: &std::collections::BTreeMap<String, Vec<T>>,
+    on: impl Fn(&String, T) -> O,
+    step: fn(Change<O>) -> Step,
+) -> (Vec<Step>, Vec<Step>) {
+    let devs: std::collections::BTreeSet<&String> = want.keys().chain(have.keys()).collect();
+    let empty = Vec::new();
+    let (mut dels, mut adds) = (Vec::new(), Vec::new());
+    for dev in devs {
+        let (d, a) = list_diff(
+            have.get(dev).unwrap_or(&empty),
+            want.get(dev).unwrap_or(&empty),
+        );
+        dels.extend(d.into_iter().map(|x| step(Change::Delete(on(dev, x)))));
+        adds.extend(a.into_iter().map(|x| step(Change::Create(on(dev, x)))));
+    }
+    (dels, adds)
+}
+
 /// The ordered steps that turn `have` into `want`, in the order [`ORDER`] states.
 ///
 /// Order: namespaces and bridges first; uplinks enslaved or released; routes and addresses

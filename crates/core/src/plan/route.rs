@@ -4,7 +4,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 
 use super::order::Cx;
-use super::{Change, Object, Step, list_diff};
+use super::{Change, Object, Step, per_device_diff};
 use crate::state::Route;
 
 /// A route through one interface.
@@ -34,23 +34,11 @@ fn step(c: Change<DevRoute>) -> Step {
 
 /// The routes to remove and to add, interface by interface.
 fn diff(cx: &Cx<'_>) -> (Vec<Step>, Vec<Step>) {
-    let (want, have) = (&cx.want.routes, &cx.have.routes);
-    let devs: std::collections::BTreeSet<&String> = want.keys().chain(have.keys()).collect();
-    let empty = Vec::new();
-    let (mut dels, mut adds) = (Vec::new(), Vec::new());
-    for dev in devs {
-        let (d, a) = list_diff(
-            have.get(dev).unwrap_or(&empty),
-            want.get(dev).unwrap_or(&empty),
-        );
-        let via = |route| DevRoute {
-            dev: dev.clone(),
-            route,
-        };
-        dels.extend(d.into_iter().map(|r| step(Change::Delete(via(r)))));
-        adds.extend(a.into_iter().map(|r| step(Change::Create(via(r)))));
-    }
-    (dels, adds)
+    let on = |dev: &String, route| DevRoute {
+        dev: dev.clone(),
+        route,
+    };
+    per_device_diff(&cx.want.routes, &cx.have.routes, on, step)
 }
 
 pub(super) fn delete(cx: &mut Cx<'_>, steps: &mut Vec<Step>) {

@@ -222,6 +222,75 @@ fn daemon_lines_carry_priorities_only_for_the_journal() {
     }
 }
 
+/// What a daemon sends to a notify socket until `secs` after its READY=1, with
+/// `WATCHDOG_USEC=400000` and `env`.
+fn notifications(env: &[(&str, &str)], secs: f64) -> Vec<(Duration, String)> {
+    let mut ns = Namespaces::new();
+    let host = ns.add("wdg");
+    let spec = SpecFile::new(&spec_text(false));
+    let path = ns.state_dir.with_extension("notify");
+    let sock = std::os::unix::net::UnixDatagram::bind(&path).unwrap();
+    sock.set_read_timeout(Some(Duration::from_millis(100)))
+        .unwrap();
+    let mut all = vec![
+        ("NOTIFY_SOCKET", path.to_str().unwrap()),
+        ("WATCHDOG_USEC", "400000"),
+    ];
+    all.extend_from_slice(env);
+    let start = Instant::now();
+    let d = start_daemon_with(&ns, spec.path(), &host, Stdio::null(), &all);
+    let mut got = vec![];
+    let mut buf = [0u8; 256];
+    let mut until = start + Duration::from_secs(20);
+    while Instant::now() < until {
+        if let Ok(n) = sock.recv(&mut buf) {
+            if &buf[..n] == b"READY=1" {
+                until = Instant::now() + Duration::from_secs_f64(secs);
+            }
+            got.push((
+                start.elapsed(),
+                String::from_utf8_lossy(&buf[..n]).into_owned(),
+            ));
+        }
+    }
+    drop(d);
+    let _ = std::fs::remove_file(&path);
+    ns.kvmnet_ok(&["destroy", "--netns", &host]);
+    got
+}
+
+#[test]
+fn daemon_pings_the_watchdog_from_its_loop() {
+    if !privileged() {
+        return;
+    }
+    let got = notifications(&[], 1.5);
+    let ready = got
+        .iter()
+        .position(|(_, m)| m == "READY=1")
+        .unwrap_or_else(|| panic!("READY=1 in {got:?}"));
+    let pings: Vec<Duration> = got[ready..]
+        .iter()
+        .filter(|(_, m)| m == "WATCHDOG=1")
+        .map(|(t, _)| *t)
+        .collect();
+    assert!(
+        pings.len() >= 3,
+        "repeated WATCHDOG=1 after READY=1: {got:?}"
+    );
+    // Every 200 ms (half of WATCHDOG_USEC): never a second without one.
+    let since_ready = got[ready].0;
+    assert!(pings[0] - since_ready < Duration::from_secs(1), "{got:?}");
+    for w in pings.windows(2) {
+        assert!(w[1] - w[0] < Duration::from_secs(1), "{got:?}");
+    }
+
+    // WATCHDOG_PID naming another process: that process is the one watched.
+    let got = notifications(&[("WATCHDOG_PID", "1")], 1.0);
+    assert!(got.iter().any(|(_, m)| m == "READY=1"), "{got:?}");
+    assert!(got.iter().all(|(_, m)| m != "WATCHDOG=1"), "{got:?}");
+}
+
 /// A bridge-mode uplink change is the case --confirm-within exists for.
 fn uplink_setup(ns: &mut Namespaces) -> (String, String) {
     let host = ns.add("cfh");

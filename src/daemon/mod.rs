@@ -749,8 +749,22 @@ fn open_watch() -> Option<Watch> {
     }
 }
 
+/// How often systemd's watchdog wants to hear from this process: half of `WATCHDOG_USEC`,
+/// as sd_watchdog_enabled(3) advises, unless `WATCHDOG_PID` names another process.
+fn watchdog_interval(usec: Option<&str>, pid: Option<&str>) -> Option<Duration> {
+    let usec: u64 = usec?.trim().parse().ok().filter(|&u| u > 0)?;
+    if let Some(pid) = pid
+        && pid.trim().parse::<u32>().ok() != Some(std::process::id())
+    {
+        return None;
+    }
+    Some(Duration::from_micros(usec / 2))
+}
+
 /// Reloads when asked; every reconcile interval reverts a change whose confirmation did not
-/// come and repairs drift. Returns once the daemon is told to stop.
+/// come and repairs drift. Returns once the daemon is told to stop. Pings systemd's watchdog
+/// from this loop, so a loop that is stuck (in a plan, or on a lock) stops the pings and
+/// systemd restarts the daemon.
 fn reconcile_until_stopped(sh: &Shared) {
     let interval = Duration::from_millis(
         std::env::var("KVMNET_RECONCILE_MS")
@@ -758,8 +772,19 @@ fn reconcile_until_stopped(sh: &Shared) {
             .and_then(|v| v.parse().ok())
             .unwrap_or(2000),
     );
+    let watchdog = watchdog_interval(
+        std::env::var("WATCHDOG_USEC").ok().as_deref(),
+        std::env::var("WATCHDOG_PID").ok().as_deref(),
+    );
     let mut next = Instant::now() + interval;
+    let mut next_ping = Instant::now();
     while !sh.stop.load(Ordering::SeqCst) {
+        if let Some(every) = watchdog
+            && Instant::now() >= next_ping
+        {
+            notify("WATCHDOG=1");
+            next_ping = Instant::now() + every;
+        }
         if sh.reload.swap(false, Ordering::SeqCst) {
             reload(sh);
             next = Instant::now() + interval;
@@ -887,4 +912,22 @@ pub fn run(scope: &str, spec_path: &std::path::Path) -> Result<(), EngineError> 
     let _ = std::fs::remove_file(api::socket_path(&state_dir.dir));
     log(Level::Info, "stopped; networking left in place");
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn watchdog_pings_at_half_its_timeout_for_this_process_only() {
+        let half = Some(Duration::from_millis(200));
+        assert_eq!(watchdog_interval(Some("400000"), None), half);
+        let me = std::process::id().to_string();
+        assert_eq!(watchdog_interval(Some("400000"), Some(&me)), half);
+        assert_eq!(watchdog_interval(Some("400000"), Some("1")), None);
+        assert_eq!(watchdog_interval(Some("400000"), Some("x")), None);
+        assert_eq!(watchdog_interval(Some("0"), None), None);
+        assert_eq!(watchdog_interval(Some("soon"), None), None);
+        assert_eq!(watchdog_interval(None, Some(&me)), None);
+    }
 }

@@ -14,6 +14,7 @@ use serde_json::{Value, json};
 use crate::backend::netns;
 use crate::daemon::{self, api};
 use crate::engine::{self, EngineError, ErrorKind, Pending, SpecErrors};
+use crate::log::{self, Level};
 use crate::observe::Observer;
 use crate::plan::Plan;
 use crate::statedir::StateDir;
@@ -90,7 +91,7 @@ fn refuse_fail_after_with_daemon(scope: &str, fail: Option<usize>) -> Result<(),
 fn identity(scope: &str, warn: bool) -> crate::spec::HostIdentity {
     let (id, warning) = crate::host_macs::host_identity(scope);
     if let Some(w) = warning.filter(|_| warn) {
-        eprintln!("kvmnet: warning: {w}");
+        crate::log::line(crate::log::Level::Warning, &format!("kvmnet: warning: {w}"));
     }
     id
 }
@@ -588,8 +589,11 @@ pub fn main() -> ExitCode {
             // Located errors are one line each, as `validate` prints them; the rest one
             // message.
             match e.spec_errors() {
-                Some(errors) => eprint!("{errors}"),
-                None => eprintln!("kvmnet: {e}"),
+                Some(errors) => errors
+                    .to_string()
+                    .lines()
+                    .for_each(|l| log::line(Level::Error, l)),
+                None => log::line(Level::Error, &format!("kvmnet: {e}")),
             }
             if as_json {
                 println!("{}", e.to_json());

@@ -169,7 +169,12 @@ enum Command {
         "  KVMNET_RESYNC_MS       how often the whole host is read again (60000)\n",
         "  KVMNET_API_UIDS        user IDs the API answers, comma-separated (0)\n",
         "  KVMNET_API_TIMEOUT_MS  how long a client has to send its request (10000)\n",
-        "  NOTIFY_SOCKET          systemd's readiness socket (Type=notify)\n"
+        "  NOTIFY_SOCKET          systemd's readiness socket (Type=notify)\n",
+        "  WATCHDOG_USEC          set by systemd (WatchdogSec=): the reconcile loop sends\n",
+        "                         WATCHDOG=1 to NOTIFY_SOCKET every half of it\n",
+        "  WATCHDOG_PID           set by systemd: the watchdog pings only if this is our PID\n",
+        "  JOURNAL_STREAM         set by systemd: when stderr is this stream (the journal),\n",
+        "                         lines start with their syslog priority (<3> error .. <7>)\n"
     ))]
     Daemon {
         #[arg(long, value_name = "FILE", value_hint = clap::ValueHint::FilePath)]

@@ -14,6 +14,7 @@ pub mod engine;
 pub mod error;
 pub mod export;
 pub mod host_macs;
+pub mod log;
 pub mod observe;
 pub mod show;
 pub mod statedir;

@@ -8,12 +8,29 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 fn start_daemon(ns: &Namespaces, spec: &str, host: &str) -> Daemon {
+    start_daemon_with(ns, spec, host, Stdio::piped(), &[])
+}
+
+/// The daemon with its stderr on `stderr` and `env` set; none of systemd's variables that
+/// the test's own environment may hold.
+fn start_daemon_with(
+    ns: &Namespaces,
+    spec: &str,
+    host: &str,
+    stderr: Stdio,
+    env: &[(&str, &str)],
+) -> Daemon {
     let child = Command::new(env!("CARGO_BIN_EXE_kvmnet"))
         .args(["daemon", "--spec", spec, "--netns", host])
         .env("KVMNET_STATE_DIR", &ns.state_dir)
         .env("KVMNET_RECONCILE_MS", "300")
+        .env_remove("JOURNAL_STREAM")
+        .env_remove("NOTIFY_SOCKET")
+        .env_remove("WATCHDOG_USEC")
+        .env_remove("WATCHDOG_PID")
+        .envs(env.iter().copied())
         .stdout(Stdio::null())
-        .stderr(Stdio::piped())
+        .stderr(stderr)
         .spawn()
         .unwrap();
     let sock = ns.state_dir.join(format!("netns-{host}")).join("api.sock");
@@ -127,6 +144,151 @@ fn daemon_repairs_drift_and_serves_the_cli() {
         actions.contains(&"apply".to_string()) && actions.last().unwrap() == "destroy",
         "{actions:?}"
     );
+}
+
+/// Runs a daemon with stderr on a file, `JOURNAL_STREAM` naming that file (or not), repairs
+/// a deleted port, refuses an invalid spec on SIGHUP, stops; returns what it wrote.
+fn daemon_log(journal: Option<bool>) -> String {
+    use std::os::unix::fs::MetadataExt;
+    let mut ns = Namespaces::new();
+    let host = ns.add("jrn");
+    let spec = SpecFile::new(&spec_text(false));
+    let log_path = ns.state_dir.with_extension("stderr");
+    let file = std::fs::File::create(&log_path).unwrap();
+    let m = file.metadata().unwrap();
+    // The daemon's own stderr, or another file (stderr redirected away from the journal).
+    let stream = match journal {
+        Some(true) => format!("{}:{}", m.dev(), m.ino()),
+        Some(false) => format!("{}:{}", m.dev(), m.ino() + 1),
+        None => String::new(),
+    };
+    let env: Vec<(&str, &str)> = match journal {
+        Some(_) => vec![("JOURNAL_STREAM", stream.as_str())],
+        None => vec![],
+    };
+    let d = start_daemon_with(&ns, spec.path(), &host, Stdio::from(file), &env);
+    ok(&format!("ip -n {host} link del d-a"));
+    wait_until("port repaired", || link_exists(&host, "d-a"));
+    std::fs::write(&spec.0, "version: 1\nnetworks:\n  x:\n    mode: natt\n").unwrap();
+    unsafe { libc::kill(d.0.id() as i32, libc::SIGHUP) };
+    wait_until("reload refused", || {
+        std::fs::read_to_string(&log_path).is_ok_and(|t| t.contains("natt"))
+    });
+    drop(d);
+    ns.kvmnet_ok(&["destroy", "--netns", &host]);
+    let text = std::fs::read_to_string(&log_path).unwrap();
+    let _ = std::fs::remove_file(&log_path);
+    text
+}
+
+#[test]
+fn daemon_lines_carry_priorities_only_for_the_journal() {
+    if !privileged() {
+        return;
+    }
+    let text = daemon_log(Some(true));
+    for l in text.lines() {
+        assert!(
+            ["<3>", "<4>", "<5>", "<6>", "<7>"]
+                .iter()
+                .any(|p| l.starts_with(p)),
+            "every line has a priority: {l:?} in\n{text}"
+        );
+    }
+    for expected in [
+        "<6>kvmnet: applied the accepted spec",
+        "<5>kvmnet: repair: ",
+        "<4>kvmnet: reload refused, keeping the current spec:",
+        "<6>kvmnet: stopped; networking left in place",
+    ] {
+        assert!(text.contains(expected), "{expected:?} in\n{text}");
+    }
+    // Each line of a message is the journal's line: the spec errors under the refusal too.
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("<4>") && l.contains("networks.x.mode")),
+        "{text}"
+    );
+
+    // Not the journal (no JOURNAL_STREAM, or one naming another file): lines as they were.
+    for journal in [None, Some(false)] {
+        let text = daemon_log(journal);
+        assert!(text.contains("kvmnet: repair: "), "{text}");
+        assert!(text.contains("networks.x.mode"), "{text}");
+        assert!(
+            text.lines().all(|l| !l.starts_with('<')),
+            "no priorities outside the journal ({journal:?}):\n{text}"
+        );
+    }
+}
+
+/// What a daemon sends to a notify socket until `secs` after its READY=1, with
+/// `WATCHDOG_USEC=400000` and `env`.
+fn notifications(env: &[(&str, &str)], secs: f64) -> Vec<(Duration, String)> {
+    let mut ns = Namespaces::new();
+    let host = ns.add("wdg");
+    let spec = SpecFile::new(&spec_text(false));
+    let path = ns.state_dir.with_extension("notify");
+    let sock = std::os::unix::net::UnixDatagram::bind(&path).unwrap();
+    sock.set_read_timeout(Some(Duration::from_millis(100)))
+        .unwrap();
+    let mut all = vec![
+        ("NOTIFY_SOCKET", path.to_str().unwrap()),
+        ("WATCHDOG_USEC", "400000"),
+    ];
+    all.extend_from_slice(env);
+    let start = Instant::now();
+    let d = start_daemon_with(&ns, spec.path(), &host, Stdio::null(), &all);
+    let mut got = vec![];
+    let mut buf = [0u8; 256];
+    let mut until = start + Duration::from_secs(20);
+    while Instant::now() < until {
+        if let Ok(n) = sock.recv(&mut buf) {
+            if &buf[..n] == b"READY=1" {
+                until = Instant::now() + Duration::from_secs_f64(secs);
+            }
+            got.push((
+                start.elapsed(),
+                String::from_utf8_lossy(&buf[..n]).into_owned(),
+            ));
+        }
+    }
+    drop(d);
+    let _ = std::fs::remove_file(&path);
+    ns.kvmnet_ok(&["destroy", "--netns", &host]);
+    got
+}
+
+#[test]
+fn daemon_pings_the_watchdog_from_its_loop() {
+    if !privileged() {
+        return;
+    }
+    let got = notifications(&[], 1.5);
+    let ready = got
+        .iter()
+        .position(|(_, m)| m == "READY=1")
+        .unwrap_or_else(|| panic!("READY=1 in {got:?}"));
+    let pings: Vec<Duration> = got[ready..]
+        .iter()
+        .filter(|(_, m)| m == "WATCHDOG=1")
+        .map(|(t, _)| *t)
+        .collect();
+    assert!(
+        pings.len() >= 3,
+        "repeated WATCHDOG=1 after READY=1: {got:?}"
+    );
+    // Every 200 ms (half of WATCHDOG_USEC): never a second without one.
+    let since_ready = got[ready].0;
+    assert!(pings[0] - since_ready < Duration::from_secs(1), "{got:?}");
+    for w in pings.windows(2) {
+        assert!(w[1] - w[0] < Duration::from_secs(1), "{got:?}");
+    }
+
+    // WATCHDOG_PID naming another process: that process is the one watched.
+    let got = notifications(&[("WATCHDOG_PID", "1")], 1.0);
+    assert!(got.iter().any(|(_, m)| m == "READY=1"), "{got:?}");
+    assert!(got.iter().all(|(_, m)| m != "WATCHDOG=1"), "{got:?}");
 }
 
 /// A bridge-mode uplink change is the case --confirm-within exists for.

@@ -384,7 +384,10 @@ pub fn with_netns_fd<T>(
     let res = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
     if let Err(e) = setns(&home) {
         // Carrying on in the wrong namespace could touch the wrong interfaces.
-        eprintln!("fatal: cannot switch back from network namespace {what}: {e}");
+        crate::log::line(
+            crate::log::Level::Error,
+            &format!("fatal: cannot switch back from network namespace {what}: {e}"),
+        );
         std::process::abort();
     }
     match res {

@@ -20,6 +20,7 @@ use serde_json::{Value, json};
 
 use super::http::{self, HttpError};
 use crate::error::ErrorKind;
+use crate::log::Level;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
@@ -172,7 +173,7 @@ pub fn serve(listener: &UnixListener, stop: &AtomicBool, handler: Handler) {
                 wait_readable(listener, Duration::from_millis(200));
             }
             Err(e) => {
-                eprintln!("kvmnet: API: {e}");
+                crate::log::line(Level::Error, &format!("kvmnet: API: {e}"));
                 std::thread::sleep(Duration::from_millis(200));
             }
         }
@@ -224,7 +225,10 @@ fn accept(s: UnixStream, allowed: &[u32], counts: &Counts, handler: &Handler) {
             serve_one(s, uid, &*handler);
         });
     if let Err(e) = spawned {
-        eprintln!("kvmnet: API: cannot start a thread for a client: {e}");
+        crate::log::line(
+            Level::Error,
+            &format!("kvmnet: API: cannot start a thread for a client: {e}"),
+        );
     }
 }
 

@@ -19,6 +19,7 @@ use serde_json::{Value, json};
 use crate::dhcp;
 use crate::engine::{self, Busy, EngineError, ErrorKind, Pending};
 use crate::error::observe_kind;
+use crate::log::Level;
 use crate::observe::Observer;
 use crate::spec::Spec;
 use crate::statedir::StateDir;
@@ -104,7 +105,7 @@ fn dhcp_dir(scope: &str) -> std::path::PathBuf {
 fn dhcp_thread(sh: Arc<Shared>, mut server: dhcp::Server) {
     loop {
         if let Err(e) = server.run(&sh.dhcp_kick) {
-            log(&format!("dhcp: {e}"));
+            log(Level::Error, &format!("dhcp: {e}"));
             std::thread::sleep(Duration::from_millis(500));
         }
         if sh.stop.load(Ordering::SeqCst) {
@@ -114,7 +115,7 @@ fn dhcp_thread(sh: Arc<Shared>, mut server: dhcp::Server) {
         if let Some(scopes) = sh.dhcp_pending.lock().expect("lock").take()
             && let Err(e) = server.update(scopes)
         {
-            log(&format!("dhcp: {e}"));
+            log(Level::Error, &format!("dhcp: {e}"));
         }
     }
 }
@@ -130,8 +131,9 @@ pub fn read_leases(scope: &str) -> Result<Value, EngineError> {
         .map_err(EngineError::Leases)
 }
 
-fn log(msg: &str) {
-    eprintln!("kvmnet: {msg}");
+/// A daemon line: `kvmnet: MSG`, with its priority when stderr is the journal.
+fn log(level: Level, msg: &str) {
+    crate::log::line(level, &format!("kvmnet: {msg}"));
 }
 
 fn notify(state: &str) {
@@ -185,7 +187,7 @@ fn apply_active(sh: &Shared, action: &str) -> Result<usize, EngineError> {
     }
     if action == "repair" {
         for s in &p.plan.steps {
-            log(&format!("repair: {s}"));
+            log(Level::Notice, &format!("repair: {s}"));
         }
     }
     engine::execute(&p, action, &engine::spec_hash(&active.accepted.text), None)?;
@@ -199,7 +201,12 @@ fn apply_active(sh: &Shared, action: &str) -> Result<usize, EngineError> {
 fn reload(sh: &Shared) {
     let text = match engine::read(&sh.spec_path) {
         Ok(t) => t,
-        Err(e) => return log(&format!("reload refused, keeping the current spec:\n{e}")),
+        Err(e) => {
+            return log(
+                Level::Warning,
+                &format!("reload refused, keeping the current spec:\n{e}"),
+            );
+        }
     };
     let file_hash = engine::spec_hash(&text);
     let mut active = sh.active.lock().expect("lock");
@@ -207,15 +214,18 @@ fn reload(sh: &Shared) {
         let source = active.accepted.record.source.clone();
         drop(active);
         return match apply_active(sh, "apply") {
-            Ok(n) => log(&format!(
-                "reload: {} is unchanged since it was last read; kept the spec accepted from {source}: {n} changes",
-                sh.spec_path.display()
-            )),
-            Err(e) => log(&format!("reload failed: {e}")),
+            Ok(n) => log(
+                Level::Info,
+                &format!(
+                    "reload: {} is unchanged since it was last read; kept the spec accepted from {source}: {n} changes",
+                    sh.spec_path.display()
+                ),
+            ),
+            Err(e) => log(Level::Error, &format!("reload failed: {e}")),
         };
     }
     if let Err(e) = refuse_while_pending(sh) {
-        return log(&format!("reload refused: {e}"));
+        return log(Level::Warning, &format!("reload refused: {e}"));
     }
     let spec = match engine::parse_cached(
         &mut sh.specs.lock().expect("lock"),
@@ -226,18 +236,29 @@ fn reload(sh: &Shared) {
     .and_then(|s| crate::host_macs::as_recorded(s, &sh.scope))
     {
         Ok(s) => s,
-        Err(e) => return log(&format!("reload refused, keeping the current spec:\n{e}")),
+        Err(e) => {
+            return log(
+                Level::Warning,
+                &format!("reload refused, keeping the current spec:\n{e}"),
+            );
+        }
     };
     let mut next = active.accepted.next(Origin::File, &sh.spec_file, text);
     next.record.spec_file_hash = file_hash;
     if let Err(e) = sh.accept(&next) {
-        return log(&format!("reload refused, keeping the current spec: {e}"));
+        return log(
+            Level::Warning,
+            &format!("reload refused, keeping the current spec: {e}"),
+        );
     }
     sh.set_active(&mut active, spec, next);
     drop(active);
     match apply_active(sh, "apply") {
-        Ok(n) => log(&format!("reloaded {}: {n} changes", sh.spec_path.display())),
-        Err(e) => log(&format!("reload failed: {e}")),
+        Ok(n) => log(
+            Level::Info,
+            &format!("reloaded {}: {n} changes", sh.spec_path.display()),
+        ),
+        Err(e) => log(Level::Error, &format!("reload failed: {e}")),
     }
 }
 
@@ -459,7 +480,10 @@ fn apply_request(sh: &Arc<Shared>, req: &api::Request) -> api::Response {
         if next.record.seq != active.accepted.record.seq
             && let Err(e) = sh.accept(&active.accepted)
         {
-            log(&format!("cannot restore the accepted spec: {e}"));
+            log(
+                Level::Error,
+                &format!("cannot restore the accepted spec: {e}"),
+            );
         }
         return error_response(&e);
     }
@@ -606,12 +630,15 @@ fn start_spec(
         let source = accepted::path(&sd.dir).display().to_string();
         let spec = engine::parse_cached(&mut cache, &source, &a.text, identity)?;
         let spec = crate::host_macs::as_recorded(spec, identity.scope())?;
-        log(&format!(
-            "resuming the spec accepted from {} (number {}; {} is unchanged since it was last read)",
-            a.record.source,
-            a.record.seq,
-            spec_path.display()
-        ));
+        log(
+            Level::Info,
+            &format!(
+                "resuming the spec accepted from {} (number {}; {} is unchanged since it was last read)",
+                a.record.source,
+                a.record.seq,
+                spec_path.display()
+            ),
+        );
         return Ok((spec, a.clone()));
     }
     let spec = engine::parse_cached(
@@ -649,7 +676,10 @@ fn pending_at_start(sh: &Shared) -> Result<bool, EngineError> {
         accepted::PendingAtStart::Keep => Ok(false),
         accepted::PendingAtStart::FinishRevert => Ok(true),
         accepted::PendingAtStart::Drop => {
-            log("a change awaiting confirmation was dropped: a newer spec was accepted since");
+            log(
+                Level::Notice,
+                "a change awaiting confirmation was dropped: a newer spec was accepted since",
+            );
             engine::end_pending(&sh.scope, "discard", crate::audit::own_uid())?;
             Ok(false)
         }
@@ -682,13 +712,19 @@ fn revert_due(sh: &Shared, force: bool) {
     });
     match result {
         Ok(Some(_)) => {
-            log("confirmation did not come in time: reverted the last change");
+            log(
+                Level::Warning,
+                "confirmation did not come in time: reverted the last change",
+            );
             if let Some((spec, next)) = reverted_to {
                 sh.set_active(&mut active, spec, next);
             }
         }
         Ok(None) => {}
-        Err(e) => log(&format!("revert failed (tried again shortly): {e}")),
+        Err(e) => log(
+            Level::Error,
+            &format!("revert failed (tried again shortly): {e}"),
+        ),
     }
 }
 
@@ -704,16 +740,31 @@ fn open_watch() -> Option<Watch> {
             Some(w)
         }
         Err(e) => {
-            log(&format!(
-                "no kernel notifications ({e}): every plan reads the whole host"
-            ));
+            log(
+                Level::Warning,
+                &format!("no kernel notifications ({e}): every plan reads the whole host"),
+            );
             None
         }
     }
 }
 
+/// How often systemd's watchdog wants to hear from this process: half of `WATCHDOG_USEC`,
+/// as sd_watchdog_enabled(3) advises, unless `WATCHDOG_PID` names another process.
+fn watchdog_interval(usec: Option<&str>, pid: Option<&str>) -> Option<Duration> {
+    let usec: u64 = usec?.trim().parse().ok().filter(|&u| u > 0)?;
+    if let Some(pid) = pid
+        && pid.trim().parse::<u32>().ok() != Some(std::process::id())
+    {
+        return None;
+    }
+    Some(Duration::from_micros(usec / 2))
+}
+
 /// Reloads when asked; every reconcile interval reverts a change whose confirmation did not
-/// come and repairs drift. Returns once the daemon is told to stop.
+/// come and repairs drift. Returns once the daemon is told to stop. Pings systemd's watchdog
+/// from this loop, so a loop that is stuck (in a plan, or on a lock) stops the pings and
+/// systemd restarts the daemon.
 fn reconcile_until_stopped(sh: &Shared) {
     let interval = Duration::from_millis(
         std::env::var("KVMNET_RECONCILE_MS")
@@ -721,8 +772,19 @@ fn reconcile_until_stopped(sh: &Shared) {
             .and_then(|v| v.parse().ok())
             .unwrap_or(2000),
     );
+    let watchdog = watchdog_interval(
+        std::env::var("WATCHDOG_USEC").ok().as_deref(),
+        std::env::var("WATCHDOG_PID").ok().as_deref(),
+    );
     let mut next = Instant::now() + interval;
+    let mut next_ping = Instant::now();
     while !sh.stop.load(Ordering::SeqCst) {
+        if let Some(every) = watchdog
+            && Instant::now() >= next_ping
+        {
+            notify("WATCHDOG=1");
+            next_ping = Instant::now() + every;
+        }
         if sh.reload.swap(false, Ordering::SeqCst) {
             reload(sh);
             next = Instant::now() + interval;
@@ -730,7 +792,7 @@ fn reconcile_until_stopped(sh: &Shared) {
         if Instant::now() >= next {
             revert_due(sh, false);
             if let Err(e) = apply_active(sh, "repair") {
-                log(&format!("repair failed: {e}"));
+                log(Level::Error, &format!("repair failed: {e}"));
             }
             next = Instant::now() + interval;
         }
@@ -775,7 +837,7 @@ pub fn run(scope: &str, spec_path: &std::path::Path) -> Result<(), EngineError> 
         .to_string();
     let (identity, warning) = crate::host_macs::host_identity(scope);
     if let Some(w) = warning {
-        log(&format!("warning: {w}"));
+        log(Level::Warning, &format!("warning: {w}"));
     }
     let (spec, accepted) = start_spec(&state_dir, &specs, spec_path, &spec_file, &identity)?;
     let scopes = dhcp::scopes(&spec);
@@ -797,7 +859,10 @@ pub fn run(scope: &str, spec_path: &std::path::Path) -> Result<(), EngineError> 
     });
     let revert_now = pending_at_start(&sh)?;
     let n = apply_active(&sh, "apply")?;
-    log(&format!("applied the accepted spec: {n} changes"));
+    log(
+        Level::Info,
+        &format!("applied the accepted spec: {n} changes"),
+    );
     if revert_now {
         revert_due(&sh, true);
     }
@@ -845,6 +910,24 @@ pub fn run(scope: &str, spec_path: &std::path::Path) -> Result<(), EngineError> 
     let _ = dhcp_thread.join();
     let _ = api_thread.join();
     let _ = std::fs::remove_file(api::socket_path(&state_dir.dir));
-    log("stopped; networking left in place");
+    log(Level::Info, "stopped; networking left in place");
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn watchdog_pings_at_half_its_timeout_for_this_process_only() {
+        let half = Some(Duration::from_millis(200));
+        assert_eq!(watchdog_interval(Some("400000"), None), half);
+        let me = std::process::id().to_string();
+        assert_eq!(watchdog_interval(Some("400000"), Some(&me)), half);
+        assert_eq!(watchdog_interval(Some("400000"), Some("1")), None);
+        assert_eq!(watchdog_interval(Some("400000"), Some("x")), None);
+        assert_eq!(watchdog_interval(Some("0"), None), None);
+        assert_eq!(watchdog_interval(Some("soon"), None), None);
+        assert_eq!(watchdog_interval(None, Some(&me)), None);
+    }
 }

@@ -14,6 +14,7 @@ use super::packet::{
 };
 use super::store::{Binding, Entry, State, Table};
 use super::{DhcpError, Lease, Limits, Scope, ServerStats};
+use crate::log::{self, Level};
 use crate::spec::{Ipv4Cidr, Mac};
 
 pub(crate) struct Engine {
@@ -115,7 +116,7 @@ impl Engine {
                 true
             }
             Err(e) => {
-                eprintln!("kvmnet dhcp: {e}");
+                log::line(Level::Error, &format!("kvmnet dhcp: {e}"));
                 self.stats.journal_errors += 1;
                 false
             }
@@ -137,7 +138,7 @@ impl Engine {
             match self.journal.compact(&recs) {
                 Ok(()) => self.stats.journal_compactions += 1,
                 Err(e) => {
-                    eprintln!("kvmnet dhcp: compacting: {e}");
+                    log::line(Level::Error, &format!("kvmnet dhcp: compacting: {e}"));
                     self.stats.journal_errors += 1;
                 }
             }
@@ -617,9 +618,12 @@ impl Cx<'_> {
         }
         let until = now + u64::from(self.limits.decline_hold_secs);
         if let Some(rec) = self.table.decline(ip32(ip), &mac, until, now) {
-            eprintln!(
-                "kvmnet dhcp: {mac} declined {ip} on {} (in use by another host?)",
-                self.scope.network
+            log::line(
+                Level::Warning,
+                &format!(
+                    "kvmnet dhcp: {mac} declined {ip} on {} (in use by another host?)",
+                    self.scope.network
+                ),
             );
             self.journal.append(&rec);
         }

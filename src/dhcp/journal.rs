@@ -153,9 +153,12 @@ impl Journal {
             .map_err(|e| state_err(&path, e))?;
         let (records, good_len, bad) = replay(&bytes);
         if bad > 0 {
-            eprintln!(
-                "kvmnet dhcp: {}: skipped {bad} damaged line(s)",
-                path.display()
+            crate::log::line(
+                crate::log::Level::Warning,
+                &format!(
+                    "kvmnet dhcp: {}: skipped {bad} damaged line(s)",
+                    path.display()
+                ),
             );
         }
         if good_len < bytes.len() {

@@ -465,7 +465,10 @@ impl Server {
         e.tick(now_unix(), Instant::now());
         let err = self.sockets.sync(e.scopes()).err().map(|e| e.to_string());
         if err.is_some() && err != self.last_error {
-            eprintln!("kvmnet dhcp: {}", err.as_deref().unwrap_or_default());
+            crate::log::line(
+                crate::log::Level::Error,
+                &format!("kvmnet dhcp: {}", err.as_deref().unwrap_or_default()),
+            );
         }
         self.last_error = err;
         e.stats.interfaces_waiting = self.sockets.waiting();

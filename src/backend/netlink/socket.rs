@@ -179,9 +179,12 @@ pub(crate) fn in_netns<T, E: From<NetlinkError>>(
     let res = f();
     // SAFETY: as above.
     if unsafe { libc::setns(home.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
-        eprintln!(
-            "fatal: cannot switch back to the original network namespace: {}",
-            io::Error::last_os_error()
+        crate::log::line(
+            crate::log::Level::Error,
+            &format!(
+                "fatal: cannot switch back to the original network namespace: {}",
+                io::Error::last_os_error()
+            ),
         );
         std::process::abort();
     }

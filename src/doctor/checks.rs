@@ -1,0 +1,193 @@
+//! The checks of `kvmnet doctor`, pure: each is a function from the spec in force and a
+//! snapshot of the host facts it needs ([`Facts`]) to results, so each can be tested with
+//! facts written by hand. The I/O that gathers the facts is in the parent module.
+
+use std::collections::BTreeMap;
+
+use crate::desired::IP_FORWARD;
+use crate::spec::Spec;
+
+/// How a check came out.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Status {
+    Ok,
+    Warn,
+    Fail,
+}
+
+impl Status {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Ok => "ok",
+            Status::Warn => "warn",
+            Status::Fail => "fail",
+        }
+    }
+}
+
+/// One result: which check (`id`), about what (`subject`: a sysctl, a device, a table), what
+/// it saw (`message`), and the command or spec change that fixes it (`fix`, empty when ok).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Check {
+    pub id: &'static str,
+    pub status: Status,
+    pub subject: String,
+    pub message: String,
+    pub fix: String,
+}
+
+impl Check {
+    fn ok(id: &'static str, subject: impl Into<String>, message: impl Into<String>) -> Check {
+        Check {
+            id,
+            status: Status::Ok,
+            subject: subject.into(),
+            message: message.into(),
+            fix: String::new(),
+        }
+    }
+
+    fn bad(
+        id: &'static str,
+        status: Status,
+        subject: impl Into<String>,
+        message: impl Into<String>,
+        fix: impl Into<String>,
+    ) -> Check {
+        Check {
+            id,
+            status,
+            subject: subject.into(),
+            message: message.into(),
+            fix: fix.into(),
+        }
+    }
+}
+
+/// What the checks look at on the live host, read in the scope's namespace.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Facts {
+    /// `host` or the namespace kvmnet runs in: fixes run there.
+    pub scope: String,
+    /// The sysctls the checks read; `None` when the key does not exist here.
+    pub sysctls: BTreeMap<String, Option<String>>,
+}
+
+impl Facts {
+    fn sysctl(&self, key: &str) -> Option<&str> {
+        self.sysctls.get(key).and_then(|v| v.as_deref())
+    }
+
+    /// `cmd` as run in the scope (`ip netns exec NS cmd` for a namespace).
+    fn here(&self, cmd: &str) -> String {
+        if self.scope == "host" || self.scope.is_empty() {
+            cmd.to_string()
+        } else {
+            format!("ip netns exec {} {cmd}", self.scope)
+        }
+    }
+}
+
+/// The sysctls [`all`] needs for `spec`.
+pub fn sysctl_keys(_spec: &Spec) -> Vec<String> {
+    vec![IP_FORWARD.to_string()]
+}
+
+/// Every check, in the order the output lists them.
+pub fn all(spec: &Spec, facts: &Facts) -> Vec<Check> {
+    let mut out = Vec::new();
+    out.extend(forwarding(spec, facts));
+    out
+}
+
+/// Networks of `spec` whose mode satisfies `pred`, as `name (mode)`, comma-separated.
+fn networks_where(spec: &Spec, pred: impl Fn(&crate::spec::Network) -> bool) -> String {
+    spec.networks
+        .values()
+        .filter(|n| pred(n))
+        .map(|n| format!("{} ({})", n.name, n.mode.as_str()))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// `forwarding`: nat and routed networks need the host to route IPv4 (net.ipv4.ip_forward).
+pub fn forwarding(spec: &Spec, facts: &Facts) -> Vec<Check> {
+    const ID: &str = "forwarding";
+    let needing = networks_where(spec, |n| n.mode.forwarding());
+    let value = facts.sysctl(IP_FORWARD);
+    if needing.is_empty() {
+        let seen = value.unwrap_or("missing");
+        let msg = format!("{IP_FORWARD} is {seen}; no network routes through this host");
+        return vec![Check::ok(ID, IP_FORWARD, msg)];
+    }
+    match value {
+        Some("1") => vec![Check::ok(
+            ID,
+            IP_FORWARD,
+            format!("{IP_FORWARD} is 1, as {needing} needs"),
+        )],
+        v => vec![Check::bad(
+            ID,
+            Status::Fail,
+            IP_FORWARD,
+            format!(
+                "{IP_FORWARD} is {}, but {needing} routes through this host: guests reach nothing beyond it",
+                v.unwrap_or("missing")
+            ),
+            format!(
+                "{} (or apply the spec again, which sets it)",
+                facts.here(&format!("sysctl -w {IP_FORWARD}=1"))
+            ),
+        )],
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(yaml: &str) -> Spec {
+        let id =
+            crate::spec::HostIdentity::from_machine_id("6b766d6e657474657374000000000001", "host")
+                .unwrap();
+        crate::spec::parse(yaml, &id).unwrap()
+    }
+
+    const NAT: &str =
+        "version: 1\nnetworks:\n  lan:\n    mode: nat\n    bridge: br-lan\n    ipv4: 10.1.0.1/24\n";
+    const ISOLATED: &str = "version: 1\nnetworks:\n  lan:\n    mode: isolated\n    bridge: br-lan\n    ipv4: 10.1.0.1/24\n";
+
+    fn facts(sysctls: &[(&str, Option<&str>)]) -> Facts {
+        Facts {
+            scope: "lab".into(),
+            sysctls: sysctls
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.map(String::from)))
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn forwarding_fails_when_a_nat_network_has_it_off() {
+        let c = forwarding(&spec(NAT), &facts(&[(IP_FORWARD, Some("0"))]));
+        assert_eq!(c.len(), 1);
+        assert_eq!(c[0].status, Status::Fail);
+        assert!(c[0].message.contains("lan (nat)"), "{}", c[0].message);
+        assert!(
+            c[0].fix
+                .starts_with("ip netns exec lab sysctl -w net.ipv4.ip_forward=1"),
+            "{}",
+            c[0].fix
+        );
+        let c = forwarding(&spec(NAT), &facts(&[(IP_FORWARD, Some("1"))]));
+        assert_eq!(c[0].status, Status::Ok);
+    }
+
+    #[test]
+    fn forwarding_is_ok_off_when_no_network_routes() {
+        let c = forwarding(&spec(ISOLATED), &facts(&[(IP_FORWARD, Some("0"))]));
+        assert_eq!(c[0].status, Status::Ok);
+        let c = forwarding(&spec("version: 1\n"), &facts(&[]));
+        assert_eq!(c[0].status, Status::Ok);
+    }
+}

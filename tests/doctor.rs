@@ -1,0 +1,76 @@
+//! `kvmnet doctor`: each check, broken by hand in a sandbox namespace after an apply, says
+//! fail or warn with its id (and the exit status follows failures); put back, it says ok.
+//! Foreign objects a test makes to trip a check are removed by the test itself.
+
+mod common;
+use common::*;
+
+/// doctor --json in `host`: its exit status and its checks.
+fn doctor(ns: &Namespaces, host: &str) -> (i32, Vec<serde_json::Value>) {
+    let o = ns.kvmnet(&["doctor", "--netns", host, "--json"]);
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap_or_else(|e| {
+        panic!(
+            "doctor --json: {e}\nstdout: {}\nstderr: {}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        )
+    });
+    let checks = v["checks"].as_array().cloned().unwrap_or_default();
+    for c in &checks {
+        for k in ["id", "status", "subject", "message", "fix"] {
+            assert!(c[k].is_string(), "{k} in {c}");
+        }
+    }
+    (o.status.code().unwrap_or(-1), checks)
+}
+
+/// The statuses of the checks with `id`.
+fn statuses(checks: &[serde_json::Value], id: &str) -> Vec<String> {
+    checks
+        .iter()
+        .filter(|c| c["id"] == id)
+        .map(|c| c["status"].as_str().unwrap().to_string())
+        .collect()
+}
+
+/// A namespace with an uplink and a default route, as a host has.
+fn host_ns(ns: &mut Namespaces, tag: &str) -> String {
+    let host = ns.add(tag);
+    ok(&format!(
+        "ip -n {host} link add eth0 type veth peer name eth0p && ip -n {host} link set eth0 up && \
+         ip -n {host} link set eth0p up && ip -n {host} addr add 203.0.113.2/24 dev eth0 && \
+         ip -n {host} route add default via 203.0.113.1"
+    ));
+    host
+}
+
+const NAT: &str = "version: 1\nnetworks:\n  n:\n    mode: nat\n    bridge: dr-br\n    ipv4: 10.98.0.1/24\n\
+vms:\n  a:\n    ports: [ { network: n, name: dr-tap } ]\n";
+
+#[test]
+fn forwarding_off_under_a_nat_network_fails() {
+    if !privileged() {
+        return;
+    }
+    let mut ns = Namespaces::new();
+    let host = host_ns(&mut ns, "dfw");
+    let spec = SpecFile::new(NAT);
+    ns.kvmnet_ok(&["apply", spec.path(), "--netns", &host]);
+    let (code, checks) = doctor(&ns, &host);
+    assert_eq!(statuses(&checks, "forwarding"), ["ok"], "{checks:?}");
+    assert_eq!(code, 0, "{checks:?}");
+
+    ok_in(&host, "sysctl -qw net.ipv4.ip_forward=0");
+    let (code, checks) = doctor(&ns, &host);
+    assert_eq!(statuses(&checks, "forwarding"), ["fail"], "{checks:?}");
+    assert_eq!(code, 1);
+    let text =
+        String::from_utf8_lossy(&ns.kvmnet(&["doctor", "--netns", &host]).stdout).into_owned();
+    assert!(text.contains("fail  forwarding"), "{text}");
+    assert!(text.contains("sysctl -w net.ipv4.ip_forward=1"), "{text}");
+
+    ok_in(&host, "sysctl -qw net.ipv4.ip_forward=1");
+    let (code, checks) = doctor(&ns, &host);
+    assert_eq!(statuses(&checks, "forwarding"), ["ok"], "{checks:?}");
+    assert_eq!(code, 0, "{checks:?}");
+}

@@ -74,3 +74,32 @@ fn forwarding_off_under_a_nat_network_fails() {
     assert_eq!(statuses(&checks, "forwarding"), ["ok"], "{checks:?}");
     assert_eq!(code, 0, "{checks:?}");
 }
+
+const FIREWALLED: &str = "version: 1\nnetworks:\n  n:\n    mode: isolated\n    bridge: dr-br\n    ipv4: 10.98.0.1/24\n\
+vms:\n  a:\n    ports:\n      - network: n\n        name: dr-tap\n        firewall: { inbound: { policy: drop } }\n";
+
+#[test]
+fn bridge_netfilter_off_under_a_port_firewall_fails() {
+    if !privileged() {
+        return;
+    }
+    let mut ns = Namespaces::new();
+    let host = host_ns(&mut ns, "dbn");
+    let spec = SpecFile::new(FIREWALLED);
+    ns.kvmnet_ok(&["apply", spec.path(), "--netns", &host]);
+    let (code, checks) = doctor(&ns, &host);
+    assert_eq!(statuses(&checks, "br_netfilter"), ["ok"], "{checks:?}");
+    assert_eq!(code, 0, "{checks:?}");
+
+    ok_in(&host, "sysctl -qw net.bridge.bridge-nf-call-iptables=0");
+    let (code, checks) = doctor(&ns, &host);
+    assert_eq!(statuses(&checks, "br_netfilter"), ["fail"], "{checks:?}");
+    assert_eq!(code, 1);
+    let c = checks.iter().find(|c| c["id"] == "br_netfilter").unwrap();
+    assert!(c["message"].as_str().unwrap().contains("dr-tap"), "{c}");
+
+    ok_in(&host, "sysctl -qw net.bridge.bridge-nf-call-iptables=1");
+    let (code, checks) = doctor(&ns, &host);
+    assert_eq!(statuses(&checks, "br_netfilter"), ["ok"], "{checks:?}");
+    assert_eq!(code, 0, "{checks:?}");
+}

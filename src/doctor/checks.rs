@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 
-use crate::desired::IP_FORWARD;
+use crate::desired::{BRIDGE_NF, IP_FORWARD};
 use crate::spec::Spec;
 
 /// How a check came out.
@@ -90,13 +90,14 @@ impl Facts {
 
 /// The sysctls [`all`] needs for `spec`.
 pub fn sysctl_keys(_spec: &Spec) -> Vec<String> {
-    vec![IP_FORWARD.to_string()]
+    vec![IP_FORWARD.to_string(), BRIDGE_NF.to_string()]
 }
 
 /// Every check, in the order the output lists them.
 pub fn all(spec: &Spec, facts: &Facts) -> Vec<Check> {
     let mut out = Vec::new();
     out.extend(forwarding(spec, facts));
+    out.extend(br_netfilter(spec, facts));
     out
 }
 
@@ -142,6 +143,62 @@ pub fn forwarding(spec: &Spec, facts: &Facts) -> Vec<Check> {
     }
 }
 
+/// Up to three names, and how many more.
+fn some_of(names: &[&str]) -> String {
+    let mut s = names.iter().take(3).copied().collect::<Vec<_>>().join(", ");
+    if names.len() > 3 {
+        s.push_str(&format!(" and {} more", names.len() - 3));
+    }
+    s
+}
+
+/// `br_netfilter`: a port's firewall sees bridged traffic only through br_netfilter, with
+/// net.bridge.bridge-nf-call-iptables on; without the module the key does not exist.
+pub fn br_netfilter(spec: &Spec, facts: &Facts) -> Vec<Check> {
+    const ID: &str = "br_netfilter";
+    let ports: Vec<&str> = spec
+        .vms
+        .values()
+        .flat_map(|v| &v.ports)
+        .filter(|p| p.firewall.is_some())
+        .map(|p| p.name.as_str())
+        .collect();
+    let value = facts.sysctl(BRIDGE_NF);
+    if ports.is_empty() {
+        let seen = value.unwrap_or("missing (br_netfilter not loaded)");
+        let msg = format!("{BRIDGE_NF} is {seen}; no port has a firewall");
+        return vec![Check::ok(ID, BRIDGE_NF, msg)];
+    }
+    let which = format!("the firewall of port {}", some_of(&ports));
+    let (seen, fix) = match value {
+        Some("1") => {
+            let msg = format!("{BRIDGE_NF} is 1, as {which} needs");
+            return vec![Check::ok(ID, BRIDGE_NF, msg)];
+        }
+        None => (
+            "missing (the br_netfilter module is not loaded)".to_string(),
+            format!(
+                "modprobe br_netfilter (on the host), then {} or apply the spec again",
+                facts.here(&format!("sysctl -w {BRIDGE_NF}=1"))
+            ),
+        ),
+        Some(v) => (
+            v.to_string(),
+            format!(
+                "{} (or apply the spec again, which sets it)",
+                facts.here(&format!("sysctl -w {BRIDGE_NF}=1"))
+            ),
+        ),
+    };
+    vec![Check::bad(
+        ID,
+        Status::Fail,
+        BRIDGE_NF,
+        format!("{BRIDGE_NF} is {seen}: {which} does not see bridged traffic"),
+        fix,
+    )]
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -180,6 +237,31 @@ mod tests {
             c[0].fix
         );
         let c = forwarding(&spec(NAT), &facts(&[(IP_FORWARD, Some("1"))]));
+        assert_eq!(c[0].status, Status::Ok);
+    }
+
+    const FIREWALLED: &str = "version: 1\nnetworks:\n  lan:\n    mode: isolated\n    bridge: br-lan\n    ipv4: 10.1.0.1/24\n\
+vms:\n  a:\n    ports:\n      - network: lan\n        name: a-tap\n        firewall: { inbound: { policy: drop } }\n";
+
+    #[test]
+    fn br_netfilter_fails_missing_or_off_under_a_firewall() {
+        let c = br_netfilter(&spec(FIREWALLED), &facts(&[]));
+        assert_eq!(c[0].status, Status::Fail);
+        assert!(
+            c[0].fix.starts_with("modprobe br_netfilter"),
+            "{}",
+            c[0].fix
+        );
+        assert!(c[0].message.contains("a-tap"), "{}", c[0].message);
+        let c = br_netfilter(&spec(FIREWALLED), &facts(&[(BRIDGE_NF, Some("0"))]));
+        assert_eq!(c[0].status, Status::Fail);
+        assert!(
+            c[0].fix
+                .contains("sysctl -w net.bridge.bridge-nf-call-iptables=1")
+        );
+        let c = br_netfilter(&spec(FIREWALLED), &facts(&[(BRIDGE_NF, Some("1"))]));
+        assert_eq!(c[0].status, Status::Ok);
+        let c = br_netfilter(&spec(NAT), &facts(&[(BRIDGE_NF, Some("0"))]));
         assert_eq!(c[0].status, Status::Ok);
     }
 

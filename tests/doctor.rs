@@ -103,3 +103,50 @@ fn bridge_netfilter_off_under_a_port_firewall_fails() {
     assert_eq!(statuses(&checks, "br_netfilter"), ["ok"], "{checks:?}");
     assert_eq!(code, 0, "{checks:?}");
 }
+
+#[test]
+fn a_foreign_forward_chain_dropping_by_policy_warns() {
+    if !privileged() {
+        return;
+    }
+    let mut ns = Namespaces::new();
+    let host = host_ns(&mut ns, "dfd");
+    let spec = SpecFile::new(NAT);
+    ns.kvmnet_ok(&["apply", spec.path(), "--netns", &host]);
+    let (_, checks) = doctor(&ns, &host);
+    assert_eq!(
+        statuses(&checks, "foreign_forward_drop"),
+        ["ok"],
+        "{checks:?}"
+    );
+
+    ok_in(
+        &host,
+        "nft add table ip docker_like && \
+         nft add chain ip docker_like fwd_drop '{ type filter hook forward priority 0; policy drop; }'",
+    );
+    let (code, checks) = doctor(&ns, &host);
+    assert_eq!(
+        statuses(&checks, "foreign_forward_drop"),
+        ["warn"],
+        "{checks:?}"
+    );
+    let c = checks
+        .iter()
+        .find(|c| c["id"] == "foreign_forward_drop")
+        .unwrap();
+    assert_eq!(c["subject"], "ip docker_like fwd_drop", "{c}");
+    assert!(c["fix"].as_str().unwrap().contains("dr-br"), "{c}");
+    // A warning is no failure.
+    assert_eq!(code, 0, "{checks:?}");
+    // doctor changes nothing, foreign objects least of all.
+    assert!(ok_in(&host, "nft list table ip docker_like").contains("policy drop"));
+
+    ok_in(&host, "nft delete table ip docker_like");
+    let (_, checks) = doctor(&ns, &host);
+    assert_eq!(
+        statuses(&checks, "foreign_forward_drop"),
+        ["ok"],
+        "{checks:?}"
+    );
+}

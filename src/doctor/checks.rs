@@ -71,6 +71,12 @@ pub struct Facts {
     pub scope: String,
     /// The sysctls the checks read; `None` when the key does not exist here.
     pub sysctls: BTreeMap<String, Option<String>>,
+    /// Base chains of other tables on the forward hook with policy drop, as
+    /// `(family, table, chain)`; legacy iptables' FORWARD DROP as `("ip", "filter",
+    /// "FORWARD")` too.
+    pub forward_drops: Vec<(String, String, String)>,
+    /// Why the forward chains could not be read, if they could not.
+    pub forward_drops_error: Option<String>,
 }
 
 impl Facts {
@@ -98,6 +104,7 @@ pub fn all(spec: &Spec, facts: &Facts) -> Vec<Check> {
     let mut out = Vec::new();
     out.extend(forwarding(spec, facts));
     out.extend(br_netfilter(spec, facts));
+    out.extend(foreign_forward_drop(spec, facts));
     out
 }
 
@@ -199,6 +206,84 @@ pub fn br_netfilter(spec: &Spec, facts: &Facts) -> Vec<Check> {
     )]
 }
 
+/// The fix for a foreign drop-policy forward chain: accept the spec's bridges in it.
+fn forward_drop_fix(
+    facts: &Facts,
+    (family, table, chain): &(String, String, String),
+    bridges: &[&str],
+) -> String {
+    if table == "filter" && chain == "FORWARD" && family == "ip" {
+        // iptables' (Docker's) FORWARD: Docker keeps DOCKER-USER for rules like these.
+        let rules: Vec<String> = bridges
+            .iter()
+            .flat_map(|b| [format!("-i {b}"), format!("-o {b}")])
+            .map(|r| facts.here(&format!("iptables -I FORWARD {r} -j ACCEPT")))
+            .collect();
+        return format!(
+            "allow the bridges: {} (under Docker, in DOCKER-USER instead of FORWARD)",
+            rules.join("; ")
+        );
+    }
+    let set = format!("{{ {} }}", bridges.join(", "));
+    format!(
+        "allow the bridges: {}; {}, or remove the table if nothing needs it: {}",
+        facts.here(&format!(
+            "nft insert rule {family} {table} {chain} iifname {set} accept"
+        )),
+        facts.here(&format!(
+            "nft insert rule {family} {table} {chain} oifname {set} accept"
+        )),
+        facts.here(&format!("nft delete table {family} {table}"))
+    )
+}
+
+/// `foreign_forward_drop`: another table's forward chain with policy drop (as Docker sets
+/// iptables' FORWARD) drops the guests' routed and bridged traffic unless it accepts it.
+/// kvmnet never touches other tables, so this is a warning with the rules that would help.
+pub fn foreign_forward_drop(spec: &Spec, facts: &Facts) -> Vec<Check> {
+    const ID: &str = "foreign_forward_drop";
+    if let Some(e) = &facts.forward_drops_error {
+        let msg = format!("could not read the forward chains of other tables: {e}");
+        return vec![Check::bad(
+            ID,
+            Status::Warn,
+            "nftables",
+            msg,
+            "nft list ruleset shows them",
+        )];
+    }
+    let bridges: Vec<&str> = spec
+        .networks
+        .values()
+        .map(|n| n.bridge.as_str())
+        .filter(|b| !b.is_empty())
+        .collect();
+    if facts.forward_drops.is_empty() || spec.networks.is_empty() {
+        let msg = match facts.forward_drops.len() {
+            0 => "no other table drops forwarded traffic by policy".to_string(),
+            n => format!("{n} other forward chains drop by policy, but no network is in the spec"),
+        };
+        return vec![Check::ok(ID, "nftables", msg)];
+    }
+    facts
+        .forward_drops
+        .iter()
+        .map(|d| {
+            let (family, table, chain) = d;
+            Check::bad(
+                ID,
+                Status::Warn,
+                format!("{family} {table} {chain}"),
+                format!(
+                    "chain {chain} of table {family} {table} (not kvmnet's) hooks forward with policy drop: \
+                     guests' forwarded traffic it does not accept is dropped"
+                ),
+                forward_drop_fix(facts, d, &bridges),
+            )
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -221,6 +306,7 @@ mod tests {
                 .iter()
                 .map(|(k, v)| (k.to_string(), v.map(String::from)))
                 .collect(),
+            ..Facts::default()
         }
     }
 
@@ -262,6 +348,35 @@ vms:\n  a:\n    ports:\n      - network: lan\n        name: a-tap\n        firew
         let c = br_netfilter(&spec(FIREWALLED), &facts(&[(BRIDGE_NF, Some("1"))]));
         assert_eq!(c[0].status, Status::Ok);
         let c = br_netfilter(&spec(NAT), &facts(&[(BRIDGE_NF, Some("0"))]));
+        assert_eq!(c[0].status, Status::Ok);
+    }
+
+    #[test]
+    fn a_foreign_forward_drop_policy_warns_with_the_bridges() {
+        let drop = |f: &str, t: &str, c: &str| Facts {
+            forward_drops: vec![(f.into(), t.into(), c.into())],
+            ..facts(&[])
+        };
+        let c = foreign_forward_drop(&spec(NAT), &drop("ip", "docker_like", "fwd"));
+        assert_eq!(c.len(), 1);
+        assert_eq!(c[0].status, Status::Warn);
+        assert_eq!(c[0].subject, "ip docker_like fwd");
+        assert!(
+            c[0].fix.contains(
+                "ip netns exec lab nft insert rule ip docker_like fwd iifname { br-lan } accept"
+            ),
+            "{}",
+            c[0].fix
+        );
+        let c = foreign_forward_drop(&spec(NAT), &drop("ip", "filter", "FORWARD"));
+        assert!(
+            c[0].fix.contains("iptables -I FORWARD -i br-lan -j ACCEPT"),
+            "{}",
+            c[0].fix
+        );
+        let c = foreign_forward_drop(&spec(NAT), &facts(&[]));
+        assert_eq!(c[0].status, Status::Ok);
+        let c = foreign_forward_drop(&spec("version: 1\n"), &drop("ip", "filter", "FORWARD"));
         assert_eq!(c[0].status, Status::Ok);
     }
 

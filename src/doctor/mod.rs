@@ -28,10 +28,40 @@ fn gather(scope: &str, spec: &crate::spec::Spec) -> Facts {
             (k, v)
         })
         .collect();
+    let (forward_drops, forward_drops_error) = match forward_drops() {
+        Ok(d) => (d, None),
+        Err(e) => (Vec::new(), Some(e)),
+    };
     Facts {
         scope: scope.to_string(),
         sysctls,
+        forward_drops,
+        forward_drops_error,
     }
+}
+
+/// Other tables' forward chains with policy drop: nftables' (iptables-nft's among them),
+/// and legacy iptables' FORWARD when its filter table is loaded here.
+fn forward_drops() -> Result<Vec<(String, String, String)>, String> {
+    let mut out = crate::backend::nftables::foreign_forward_drops().map_err(|e| e.to_string())?;
+    let legacy = std::fs::read_to_string("/proc/net/ip_tables_names").unwrap_or_default();
+    if legacy.lines().any(|t| t == "filter") {
+        let o = std::process::Command::new("iptables-legacy")
+            .args(["-w", "-S", "FORWARD"])
+            .output()
+            .ok()
+            .filter(|o| o.status.success());
+        let policy_drop = o.is_some_and(|o| {
+            String::from_utf8_lossy(&o.stdout)
+                .lines()
+                .any(|l| l == "-P FORWARD DROP")
+        });
+        if policy_drop {
+            out.push(("ip".into(), "filter".into(), "FORWARD".into()));
+        }
+    }
+    out.dedup();
+    Ok(out)
 }
 
 /// Runs every check in `scope` and prints the results; returns whether any failed.

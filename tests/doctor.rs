@@ -150,3 +150,42 @@ fn a_foreign_forward_chain_dropping_by_policy_warns() {
         "{checks:?}"
     );
 }
+
+#[test]
+fn strict_rp_filter_under_a_routed_network_warns() {
+    if !privileged() {
+        return;
+    }
+    let mut ns = Namespaces::new();
+    let host = host_ns(&mut ns, "drp");
+    let spec = SpecFile::new(&NAT.replace("mode: nat", "mode: routed"));
+    ns.kvmnet_ok(&["apply", spec.path(), "--netns", &host]);
+    ok_in(
+        &host,
+        "sysctl -qw net.ipv4.conf.all.rp_filter=0 net.ipv4.conf.dr-br.rp_filter=0",
+    );
+    let (_, checks) = doctor(&ns, &host);
+    assert_eq!(statuses(&checks, "rp_filter"), ["ok"], "{checks:?}");
+
+    for key in ["all", "dr-br"] {
+        ok_in(
+            &host,
+            &format!("sysctl -qw net.ipv4.conf.{key}.rp_filter=1"),
+        );
+        let (code, checks) = doctor(&ns, &host);
+        assert_eq!(statuses(&checks, "rp_filter"), ["warn"], "{checks:?}");
+        let c = checks.iter().find(|c| c["id"] == "rp_filter").unwrap();
+        assert_eq!(
+            c["subject"],
+            format!("net.ipv4.conf.{key}.rp_filter"),
+            "{c}"
+        );
+        assert_eq!(code, 0, "{checks:?}");
+        ok_in(
+            &host,
+            &format!("sysctl -qw net.ipv4.conf.{key}.rp_filter=0"),
+        );
+    }
+    let (_, checks) = doctor(&ns, &host);
+    assert_eq!(statuses(&checks, "rp_filter"), ["ok"], "{checks:?}");
+}

@@ -95,8 +95,14 @@ impl Facts {
 }
 
 /// The sysctls [`all`] needs for `spec`.
-pub fn sysctl_keys(_spec: &Spec) -> Vec<String> {
-    vec![IP_FORWARD.to_string(), BRIDGE_NF.to_string()]
+pub fn sysctl_keys(spec: &Spec) -> Vec<String> {
+    let mut keys = vec![
+        IP_FORWARD.to_string(),
+        BRIDGE_NF.to_string(),
+        rp_filter_key("all"),
+    ];
+    keys.extend(routed_bridges(spec).map(rp_filter_key));
+    keys
 }
 
 /// Every check, in the order the output lists them.
@@ -105,6 +111,7 @@ pub fn all(spec: &Spec, facts: &Facts) -> Vec<Check> {
     out.extend(forwarding(spec, facts));
     out.extend(br_netfilter(spec, facts));
     out.extend(foreign_forward_drop(spec, facts));
+    out.extend(rp_filter(spec, facts));
     out
 }
 
@@ -284,6 +291,57 @@ pub fn foreign_forward_drop(spec: &Spec, facts: &Facts) -> Vec<Check> {
         .collect()
 }
 
+fn rp_filter_key(dev: &str) -> String {
+    format!("net.ipv4.conf.{dev}.rp_filter")
+}
+
+/// The bridges of the spec's routed networks.
+fn routed_bridges(spec: &Spec) -> impl Iterator<Item = &str> {
+    spec.networks
+        .values()
+        .filter(|n| n.mode == crate::spec::Mode::Routed && !n.bridge.is_empty())
+        .map(|n| n.bridge.as_str())
+}
+
+/// `rp_filter`: strict reverse-path filtering (1; the kernel uses the higher of `all` and
+/// the device's) drops a routed network's packets whenever the route back to their source
+/// is not through the bridge they came in on, as with asymmetric routes.
+pub fn rp_filter(spec: &Spec, facts: &Facts) -> Vec<Check> {
+    const ID: &str = "rp_filter";
+    let bridges: Vec<&str> = routed_bridges(spec).collect();
+    if bridges.is_empty() {
+        let msg = "no routed network: reverse-path filtering is not checked";
+        return vec![Check::ok(ID, rp_filter_key("all"), msg)];
+    }
+    let strict: Vec<String> = std::iter::once("all")
+        .chain(bridges.iter().copied())
+        .map(rp_filter_key)
+        .filter(|k| facts.sysctl(k) == Some("1"))
+        .collect();
+    if strict.is_empty() {
+        let msg = format!(
+            "reverse-path filtering is not strict on {} (nor all)",
+            bridges.join(", ")
+        );
+        return vec![Check::ok(ID, rp_filter_key("all"), msg)];
+    }
+    strict
+        .into_iter()
+        .map(|k| {
+            let msg = format!(
+                "{k} is 1 (strict): packets of routed network bridges {} are dropped when \
+                 the route back to their source is not through the bridge (asymmetric routing)",
+                bridges.join(", ")
+            );
+            let fix = format!(
+                "{} (loose), or set it under host.sysctl in the spec",
+                facts.here(&format!("sysctl -w {k}=2"))
+            );
+            Check::bad(ID, Status::Warn, k, msg, fix)
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -378,6 +436,24 @@ vms:\n  a:\n    ports:\n      - network: lan\n        name: a-tap\n        firew
         assert_eq!(c[0].status, Status::Ok);
         let c = foreign_forward_drop(&spec("version: 1\n"), &drop("ip", "filter", "FORWARD"));
         assert_eq!(c[0].status, Status::Ok);
+    }
+
+    #[test]
+    fn strict_rp_filter_on_a_routed_bridge_or_all_warns() {
+        let routed = spec(&NAT.replace("nat", "routed"));
+        let all = "net.ipv4.conf.all.rp_filter";
+        let br = "net.ipv4.conf.br-lan.rp_filter";
+        let c = rp_filter(&routed, &facts(&[(all, Some("1")), (br, Some("0"))]));
+        assert_eq!(c.len(), 1);
+        assert_eq!((c[0].status, c[0].subject.as_str()), (Status::Warn, all));
+        assert!(c[0].fix.contains("sysctl -w net.ipv4.conf.all.rp_filter=2"));
+        let c = rp_filter(&routed, &facts(&[(all, Some("0")), (br, Some("1"))]));
+        assert_eq!((c[0].status, c[0].subject.as_str()), (Status::Warn, br));
+        let c = rp_filter(&routed, &facts(&[(all, Some("2")), (br, Some("0"))]));
+        assert_eq!(c[0].status, Status::Ok);
+        let c = rp_filter(&spec(NAT), &facts(&[(all, Some("1"))]));
+        assert_eq!(c[0].status, Status::Ok);
+        assert!(sysctl_keys(&routed).contains(&br.to_string()));
     }
 
     #[test]

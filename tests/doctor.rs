@@ -189,3 +189,49 @@ fn strict_rp_filter_under_a_routed_network_warns() {
     let (_, checks) = doctor(&ns, &host);
     assert_eq!(statuses(&checks, "rp_filter"), ["ok"], "{checks:?}");
 }
+
+#[test]
+fn an_uplink_without_carrier_fails_and_a_tap_without_its_vm_warns() {
+    if !privileged() {
+        return;
+    }
+    let mut ns = Namespaces::new();
+    let host = host_ns(&mut ns, "dca");
+    let spec = SpecFile::new(
+        "version: 1\nnetworks:\n  lan:\n    mode: bridge\n    bridge: dr-br\n    uplink: eth0\n\
+         vms:\n  a:\n    ports: [ { network: lan, name: dr-tap } ]\n",
+    );
+    ns.kvmnet_ok(&["apply", spec.path(), "--netns", &host]);
+    let carrier = |checks: &[serde_json::Value]| -> Vec<(String, String)> {
+        checks
+            .iter()
+            .filter(|c| c["id"] == "carrier")
+            .map(|c| {
+                (
+                    c["subject"].as_str().unwrap().into(),
+                    c["status"].as_str().unwrap().into(),
+                )
+            })
+            .collect()
+    };
+    // Nothing holds the tap open: no VM runs, so it has no carrier.
+    let (code, checks) = doctor(&ns, &host);
+    let want = |uplink: &str| {
+        vec![
+            ("eth0".to_string(), uplink.to_string()),
+            ("dr-tap".into(), "warn".into()),
+        ]
+    };
+    assert_eq!(carrier(&checks), want("ok"), "{checks:?}");
+    assert_eq!(code, 0, "{checks:?}");
+
+    ok(&format!("ip -n {host} link set eth0p down"));
+    let (code, checks) = doctor(&ns, &host);
+    assert_eq!(carrier(&checks), want("fail"), "{checks:?}");
+    assert_eq!(code, 1);
+
+    ok(&format!("ip -n {host} link set eth0p up"));
+    let (code, checks) = doctor(&ns, &host);
+    assert_eq!(carrier(&checks), want("ok"), "{checks:?}");
+    assert_eq!(code, 0, "{checks:?}");
+}

@@ -5,7 +5,8 @@
 use std::collections::BTreeMap;
 
 use crate::desired::{BRIDGE_NF, IP_FORWARD};
-use crate::spec::Spec;
+use crate::snapshot::LinkSnap;
+use crate::spec::{Mode, PortKind, Spec};
 
 /// How a check came out.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -77,6 +78,10 @@ pub struct Facts {
     pub forward_drops: Vec<(String, String, String)>,
     /// Why the forward chains could not be read, if they could not.
     pub forward_drops_error: Option<String>,
+    /// The scope's links by name.
+    pub links: BTreeMap<String, LinkSnap>,
+    /// Why the links could not be read, if they could not.
+    pub links_error: Option<String>,
 }
 
 impl Facts {
@@ -112,6 +117,7 @@ pub fn all(spec: &Spec, facts: &Facts) -> Vec<Check> {
     out.extend(br_netfilter(spec, facts));
     out.extend(foreign_forward_drop(spec, facts));
     out.extend(rp_filter(spec, facts));
+    out.extend(carrier(spec, facts));
     out
 }
 
@@ -299,7 +305,7 @@ fn rp_filter_key(dev: &str) -> String {
 fn routed_bridges(spec: &Spec) -> impl Iterator<Item = &str> {
     spec.networks
         .values()
-        .filter(|n| n.mode == crate::spec::Mode::Routed && !n.bridge.is_empty())
+        .filter(|n| n.mode == Mode::Routed && !n.bridge.is_empty())
         .map(|n| n.bridge.as_str())
 }
 
@@ -340,6 +346,109 @@ pub fn rp_filter(spec: &Spec, facts: &Facts) -> Vec<Check> {
             Check::bad(ID, Status::Warn, k, msg, fix)
         })
         .collect()
+}
+
+/// The host interfaces the spec's networks use as uplinks, with the network of each.
+fn uplinks(spec: &Spec) -> BTreeMap<&str, &str> {
+    let mut out = BTreeMap::new();
+    for n in spec.networks.values() {
+        let dev = match n.mode {
+            Mode::Bridge | Mode::Direct => n.uplink.as_deref(),
+            Mode::Vlan => n.vlan.as_ref().map(|v| v.uplink.as_str()),
+            _ => None,
+        };
+        if let Some(d) = dev {
+            out.entry(d).or_insert(n.name.as_str());
+        }
+    }
+    out
+}
+
+/// The uplink `dev` (of network `net`): missing or without carrier fails, since every
+/// guest on it is cut off.
+fn uplink_carrier(facts: &Facts, dev: &str, net: &str) -> Check {
+    const ID: &str = "carrier";
+    let Some(l) = facts.links.get(dev) else {
+        let msg = format!("uplink {dev} of network {net} does not exist");
+        let fix = format!("create {dev}, or change network {net}'s uplink in the spec");
+        return Check::bad(ID, Status::Fail, dev, msg, fix);
+    };
+    if l.oper_up {
+        return Check::ok(
+            ID,
+            dev,
+            format!("uplink {dev} of network {net} has carrier"),
+        );
+    }
+    let (why, fix) = match l.up {
+        false => ("is down", facts.here(&format!("ip link set {dev} up"))),
+        true => (
+            "has no carrier",
+            format!(
+                "check its cable and switch port ({})",
+                facts.here(&format!("ip link show {dev}"))
+            ),
+        ),
+    };
+    let msg =
+        format!("uplink {dev} of network {net} {why}: its guests reach nothing beyond the host");
+    Check::bad(ID, Status::Fail, dev, msg, fix)
+}
+
+/// `carrier`: uplinks without carrier fail; ports without carrier warn (a tap has none
+/// while its VM is not running, which may be intended), and ports with carrier are counted.
+pub fn carrier(spec: &Spec, facts: &Facts) -> Vec<Check> {
+    const ID: &str = "carrier";
+    if let Some(e) = &facts.links_error {
+        let msg = format!("could not read the links: {e}");
+        return vec![Check::bad(
+            ID,
+            Status::Warn,
+            "links",
+            msg,
+            "ip link shows them",
+        )];
+    }
+    let mut out: Vec<Check> = uplinks(spec)
+        .into_iter()
+        .map(|(dev, net)| uplink_carrier(facts, dev, net))
+        .collect();
+    let mut up = 0;
+    for p in spec.vms.values().flat_map(|v| &v.ports) {
+        let (name, vm) = (p.name.as_str(), p.vm.as_str());
+        let (msg, fix) = match facts.links.get(name) {
+            Some(l) if l.oper_up => {
+                up += 1;
+                continue;
+            }
+            None => (
+                format!("port {name} of VM {vm} does not exist"),
+                "apply the spec again (kvmnet plan shows what it would make)".to_string(),
+            ),
+            Some(_) => match p.kind {
+                PortKind::Tap | PortKind::Macvtap => (
+                    format!(
+                        "port {name} of VM {vm} has no carrier: a tap has none while its VM is not running"
+                    ),
+                    format!(
+                        "start VM {vm} with port {name} (kvmnet export {vm} prints its arguments)"
+                    ),
+                ),
+                PortKind::Veth => (
+                    format!("port {name} of VM {vm} has no carrier: its far end is down"),
+                    format!(
+                        "bring the far end up in namespace {}",
+                        p.netns.as_deref().unwrap_or("?")
+                    ),
+                ),
+            },
+        };
+        out.push(Check::bad(ID, Status::Warn, name, msg, fix));
+    }
+    if up > 0 || out.is_empty() {
+        out.push(Check::ok(ID, "ports", format!("{up} ports have carrier")));
+    }
+    out
 }
 
 #[cfg(test)]
@@ -454,6 +563,56 @@ vms:\n  a:\n    ports:\n      - network: lan\n        name: a-tap\n        firew
         let c = rp_filter(&spec(NAT), &facts(&[(all, Some("1"))]));
         assert_eq!(c[0].status, Status::Ok);
         assert!(sysctl_keys(&routed).contains(&br.to_string()));
+    }
+
+    fn link(name: &str, up: bool, oper_up: bool, mtu: u32) -> (String, LinkSnap) {
+        let l = LinkSnap {
+            name: name.into(),
+            up,
+            oper_up,
+            mtu,
+            ..LinkSnap::default()
+        };
+        (name.into(), l)
+    }
+
+    const BRIDGED: &str = "version: 1\nnetworks:\n  lan:\n    mode: bridge\n    bridge: br-lan\n    uplink: eth0\n\
+vms:\n  a:\n    ports: [ { network: lan, name: a-tap } ]\n";
+
+    #[test]
+    fn an_uplink_without_carrier_fails_and_a_port_warns() {
+        let with = |links: Vec<(String, LinkSnap)>| Facts {
+            links: links.into_iter().collect(),
+            ..facts(&[])
+        };
+        let s = spec(BRIDGED);
+        let c = carrier(
+            &s,
+            &with(vec![
+                link("eth0", true, true, 1500),
+                link("a-tap", true, true, 1500),
+            ]),
+        );
+        assert!(c.iter().all(|c| c.status == Status::Ok), "{c:?}");
+        let c = carrier(
+            &s,
+            &with(vec![
+                link("eth0", true, false, 1500),
+                link("a-tap", true, false, 1500),
+            ]),
+        );
+        let got: Vec<_> = c.iter().map(|c| (c.subject.as_str(), c.status)).collect();
+        assert_eq!(got, [("eth0", Status::Fail), ("a-tap", Status::Warn)]);
+        assert!(
+            c[1].message.contains("VM is not running"),
+            "{}",
+            c[1].message
+        );
+        let c = carrier(&s, &with(vec![link("eth0", false, false, 1500)]));
+        assert_eq!(c[0].fix, "ip netns exec lab ip link set eth0 up");
+        assert!(c[1].message.contains("does not exist"));
+        let c = carrier(&s, &with(vec![]));
+        assert_eq!(c[0].status, Status::Fail);
     }
 
     #[test]

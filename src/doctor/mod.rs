@@ -32,12 +32,29 @@ fn gather(scope: &str, spec: &crate::spec::Spec) -> Facts {
         Ok(d) => (d, None),
         Err(e) => (Vec::new(), Some(e)),
     };
+    let (links, links_error) = match links() {
+        Ok(l) => (l, None),
+        Err(e) => (Default::default(), Some(e)),
+    };
     Facts {
         scope: scope.to_string(),
         sysctls,
         forward_drops,
         forward_drops_error,
+        links,
+        links_error,
     }
+}
+
+/// The scope's links by name.
+fn links() -> Result<std::collections::BTreeMap<String, crate::snapshot::LinkSnap>, String> {
+    let mut nl = crate::backend::rtnl::Netlink::open().map_err(|e| e.to_string())?;
+    let snap = crate::observe::read_links(&mut nl).map_err(|e| e.to_string())?;
+    Ok(snap
+        .links
+        .into_iter()
+        .map(|l| (l.name.clone(), l))
+        .collect())
 }
 
 /// Other tables' forward chains with policy drop: nftables' (iptables-nft's among them),

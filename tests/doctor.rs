@@ -235,3 +235,57 @@ fn an_uplink_without_carrier_fails_and_a_tap_without_its_vm_warns() {
     assert_eq!(carrier(&checks), want("ok"), "{checks:?}");
     assert_eq!(code, 0, "{checks:?}");
 }
+
+#[test]
+fn mtu_above_the_bridge_warns_and_a_small_underlay_fails() {
+    if !privileged() {
+        return;
+    }
+    let mut ns = Namespaces::new();
+    let host = host_ns(&mut ns, "dmt");
+    let spec = SpecFile::new(
+        "version: 1\nnetworks:\n  n:\n    mode: isolated\n    bridge: dr-br\n    ipv4: 10.98.0.1/24\n  \
+         ovl:\n    mode: vxlan\n    bridge: dr-ovl\n    vni: 42\n    underlay: eth0\n    remotes: [203.0.113.9]\n\
+         vms:\n  a:\n    ports: [ { network: n, name: dr-tap } ]\n",
+    );
+    ns.kvmnet_ok(&["apply", spec.path(), "--netns", &host]);
+    let mtu = |checks: &[serde_json::Value]| -> Vec<(String, String)> {
+        checks
+            .iter()
+            .filter(|c| c["id"] == "mtu")
+            .map(|c| {
+                (
+                    c["subject"].as_str().unwrap().into(),
+                    c["status"].as_str().unwrap().into(),
+                )
+            })
+            .collect()
+    };
+    let fine = vec![("mtu".to_string(), "ok".to_string())];
+    let (_, checks) = doctor(&ns, &host);
+    assert_eq!(mtu(&checks), fine, "{checks:?}");
+
+    ok(&format!("ip -n {host} link set dr-br mtu 1400"));
+    let (code, checks) = doctor(&ns, &host);
+    assert_eq!(
+        mtu(&checks),
+        [("dr-tap".to_string(), "warn".to_string())],
+        "{checks:?}"
+    );
+    assert_eq!(code, 0, "{checks:?}");
+    ok(&format!("ip -n {host} link set dr-br mtu 1500"));
+
+    ok(&format!("ip -n {host} link set eth0 mtu 1400"));
+    let (code, checks) = doctor(&ns, &host);
+    assert_eq!(
+        mtu(&checks),
+        [("eth0".to_string(), "fail".to_string())],
+        "{checks:?}"
+    );
+    assert_eq!(code, 1);
+    ok(&format!("ip -n {host} link set eth0 mtu 1500"));
+
+    let (code, checks) = doctor(&ns, &host);
+    assert_eq!(mtu(&checks), fine, "{checks:?}");
+    assert_eq!(code, 0, "{checks:?}");
+}

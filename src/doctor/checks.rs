@@ -118,6 +118,7 @@ pub fn all(spec: &Spec, facts: &Facts) -> Vec<Check> {
     out.extend(foreign_forward_drop(spec, facts));
     out.extend(rp_filter(spec, facts));
     out.extend(carrier(spec, facts));
+    out.extend(mtu(spec, facts));
     out
 }
 
@@ -451,6 +452,85 @@ pub fn carrier(spec: &Spec, facts: &Facts) -> Vec<Check> {
     out
 }
 
+/// Ports whose MTU is above their bridge's: the bridge drops the larger frames the VM may
+/// send.
+fn port_mtus(spec: &Spec, facts: &Facts) -> (usize, Vec<Check>) {
+    let mut out = Vec::new();
+    let mut seen = 0;
+    for p in spec.vms.values().flat_map(|v| &v.ports) {
+        let Some(net) = spec.networks.get(&p.network) else {
+            continue;
+        };
+        let (Some(port), Some(br)) = (facts.links.get(&p.name), facts.links.get(&net.bridge))
+        else {
+            continue;
+        };
+        seen += 1;
+        if port.mtu > br.mtu {
+            let msg = format!(
+                "port {} has MTU {} above its bridge {}'s {}: the larger frames its VM sends are dropped",
+                p.name, port.mtu, br.name, br.mtu
+            );
+            let fix = format!(
+                "set networks.{}.mtu in the spec and apply it again, or {}",
+                net.name,
+                facts.here(&format!("ip link set {} mtu {}", p.name, br.mtu))
+            );
+            out.push(Check::bad("mtu", Status::Warn, &p.name, msg, fix));
+        }
+    }
+    (seen, out)
+}
+
+/// VXLAN overlays whose underlay cannot carry a full overlay frame plus the encapsulation.
+fn overlay_mtus(spec: &Spec, facts: &Facts) -> (usize, Vec<Check>) {
+    let mut out = Vec::new();
+    let mut seen = 0;
+    for (n, vx) in spec
+        .networks
+        .values()
+        .filter_map(|n| Some((n, n.vxlan.as_ref()?)))
+    {
+        let overlay = facts.links.get(&vx.device).map(|l| l.mtu).or(n.mtu);
+        let (Some(overlay), Some(under)) = (overlay, facts.links.get(&vx.underlay)) else {
+            continue;
+        };
+        seen += 1;
+        let need = overlay + crate::spec::VXLAN_OVERHEAD;
+        if under.mtu < need {
+            let msg = format!(
+                "underlay {} of overlay {} has MTU {}, below the overlay's {overlay} + {} = {need}: full-size frames are lost",
+                vx.underlay,
+                n.name,
+                under.mtu,
+                crate::spec::VXLAN_OVERHEAD
+            );
+            let fix = format!(
+                "{}, or a smaller networks.{}.mtu in the spec (at most {})",
+                facts.here(&format!("ip link set {} mtu {need}", vx.underlay)),
+                n.name,
+                under.mtu.saturating_sub(crate::spec::VXLAN_OVERHEAD)
+            );
+            out.push(Check::bad("mtu", Status::Fail, &vx.underlay, msg, fix));
+        }
+    }
+    (seen, out)
+}
+
+/// `mtu`: a port's MTU above its bridge's (warn), a VXLAN underlay too small for the
+/// overlay's MTU plus 50 (fail).
+pub fn mtu(spec: &Spec, facts: &Facts) -> Vec<Check> {
+    let (ports, mut out) = port_mtus(spec, facts);
+    let (overlays, more) = overlay_mtus(spec, facts);
+    out.extend(more);
+    if out.is_empty() {
+        let msg =
+            format!("MTUs fit: {ports} ports on bridges, {overlays} overlays on their underlays");
+        out.push(Check::ok("mtu", "mtu", msg));
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -613,6 +693,59 @@ vms:\n  a:\n    ports: [ { network: lan, name: a-tap } ]\n";
         assert!(c[1].message.contains("does not exist"));
         let c = carrier(&s, &with(vec![]));
         assert_eq!(c[0].status, Status::Fail);
+    }
+
+    #[test]
+    fn a_port_above_its_bridge_and_a_small_underlay_are_mtu_problems() {
+        let with = |links: Vec<(String, LinkSnap)>| Facts {
+            links: links.into_iter().collect(),
+            ..facts(&[])
+        };
+        let s = spec(BRIDGED);
+        let c = mtu(
+            &s,
+            &with(vec![
+                link("br-lan", true, true, 1400),
+                link("a-tap", true, true, 1500),
+            ]),
+        );
+        assert_eq!(
+            (c[0].status, c[0].subject.as_str()),
+            (Status::Warn, "a-tap")
+        );
+        let c = mtu(
+            &s,
+            &with(vec![
+                link("br-lan", true, true, 1500),
+                link("a-tap", true, true, 1500),
+            ]),
+        );
+        assert_eq!(c[0].status, Status::Ok, "{c:?}");
+        let vx = spec(
+            "version: 1\nnetworks:\n  ovl:\n    mode: vxlan\n    bridge: br-ovl\n    vni: 42\n    underlay: eth0\n    remotes: [192.0.2.2]\n",
+        );
+        let dev = vx.networks["ovl"].vxlan.as_ref().unwrap().device.clone();
+        let c = mtu(
+            &vx,
+            &with(vec![
+                link(&dev, true, true, 1450),
+                link("eth0", true, true, 1400),
+            ]),
+        );
+        assert_eq!((c[0].status, c[0].subject.as_str()), (Status::Fail, "eth0"));
+        assert!(
+            c[0].fix.contains("ip link set eth0 mtu 1500"),
+            "{}",
+            c[0].fix
+        );
+        let c = mtu(
+            &vx,
+            &with(vec![
+                link(&dev, true, true, 1450),
+                link("eth0", true, true, 1500),
+            ]),
+        );
+        assert_eq!(c[0].status, Status::Ok);
     }
 
     #[test]

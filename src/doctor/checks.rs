@@ -107,6 +107,7 @@ pub fn sysctl_keys(spec: &Spec) -> Vec<String> {
         rp_filter_key("all"),
     ];
     keys.extend(routed_bridges(spec).map(rp_filter_key));
+    keys.extend([CT_COUNT.to_string(), CT_MAX.to_string()]);
     keys
 }
 
@@ -119,6 +120,7 @@ pub fn all(spec: &Spec, facts: &Facts) -> Vec<Check> {
     out.extend(rp_filter(spec, facts));
     out.extend(carrier(spec, facts));
     out.extend(mtu(spec, facts));
+    out.extend(conntrack(facts));
     out
 }
 
@@ -529,6 +531,36 @@ pub fn mtu(spec: &Spec, facts: &Facts) -> Vec<Check> {
         out.push(Check::ok("mtu", "mtu", msg));
     }
     out
+}
+
+const CT_COUNT: &str = "net.netfilter.nf_conntrack_count";
+const CT_MAX: &str = "net.netfilter.nf_conntrack_max";
+
+/// `conntrack`: a connection tracking table more than 90% full; when it is full, new
+/// connections (guests' NAT and firewalled ones among them) are dropped.
+pub fn conntrack(facts: &Facts) -> Vec<Check> {
+    const ID: &str = "conntrack";
+    let num = |k| facts.sysctl(k).and_then(|v| v.parse::<u64>().ok());
+    let (Some(count), Some(max)) = (num(CT_COUNT), num(CT_MAX)) else {
+        let msg = "connection tracking is not loaded here: nothing tracks connections yet";
+        return vec![Check::ok(ID, CT_COUNT, msg)];
+    };
+    let seen = format!("{count} of {max} connections tracked");
+    // count > 0.9 max, in integers.
+    if count * 10 <= max * 9 {
+        return vec![Check::ok(ID, CT_COUNT, seen)];
+    }
+    let msg = format!(
+        "{seen} (over 90%): when the table is full, new connections are dropped \
+         (the kernel logs \"nf_conntrack: table full\")"
+    );
+    let fix = format!(
+        "sysctl -w {CT_MAX}={} on the host (the table is shared by every namespace), or find \
+         what opens so many connections: {}",
+        max.saturating_mul(2),
+        facts.here("conntrack -L")
+    );
+    vec![Check::bad(ID, Status::Warn, CT_COUNT, msg, fix)]
 }
 
 #[cfg(test)]

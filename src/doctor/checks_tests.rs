@@ -215,6 +215,22 @@ fn a_port_above_its_bridge_and_a_small_underlay_are_mtu_problems() {
 }
 
 #[test]
+fn a_conntrack_table_over_nine_tenths_full_warns() {
+    let ct =
+        |count: &str, max: &str| conntrack(&facts(&[(CT_COUNT, Some(count)), (CT_MAX, Some(max))]));
+    let c = ct("901", "1000");
+    assert_eq!(c[0].status, Status::Warn);
+    assert!(c[0].message.contains("901 of 1000"), "{}", c[0].message);
+    assert!(c[0].fix.contains("nf_conntrack_max=2000"), "{}", c[0].fix);
+    assert_eq!(ct("900", "1000")[0].status, Status::Ok);
+    assert_eq!(ct("0", "262144")[0].status, Status::Ok);
+    assert_eq!(
+        conntrack(&facts(&[(CT_COUNT, None), (CT_MAX, None)]))[0].status,
+        Status::Ok
+    );
+}
+
+#[test]
 fn forwarding_is_ok_off_when_no_network_routes() {
     let c = forwarding(&spec(ISOLATED), &facts(&[(IP_FORWARD, Some("0"))]));
     assert_eq!(c[0].status, Status::Ok);

@@ -301,3 +301,47 @@ fn mtu_above_the_bridge_warns_and_a_small_underlay_fails() {
     assert_eq!(mtu(&checks), fine, "{checks:?}");
     assert_eq!(code, 0, "{checks:?}");
 }
+
+#[test]
+fn dhcp_without_a_daemon_fails_and_passes_once_one_runs() {
+    if !privileged() {
+        return;
+    }
+    let mut ns = Namespaces::new();
+    let host = host_ns(&mut ns, "ddm");
+    let spec = SpecFile::new(&NAT.replace(
+        "    ipv4: 10.98.0.1/24\n",
+        "    ipv4: 10.98.0.1/24\n    dhcp: { range: 10.98.0.100-10.98.0.110 }\n",
+    ));
+    ns.kvmnet_ok(&["apply", spec.path(), "--netns", &host]);
+    let (code, checks) = doctor(&ns, &host);
+    assert_eq!(statuses(&checks, "daemon"), ["fail"], "{checks:?}");
+    assert_eq!(code, 1);
+    let c = checks.iter().find(|c| c["id"] == "daemon").unwrap();
+    assert!(
+        c["fix"]
+            .as_str()
+            .unwrap()
+            .contains(&format!("kvmnet daemon --spec FILE --netns {host}")),
+        "{c}"
+    );
+
+    let child = std::process::Command::new(env!("CARGO_BIN_EXE_kvmnet"))
+        .args(["daemon", "--spec", spec.path(), "--netns", &host])
+        .env("KVMNET_STATE_DIR", &ns.state_dir)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let _daemon = Daemon(child);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let (code, checks) = doctor(&ns, &host);
+        if statuses(&checks, "daemon") == ["ok"] {
+            assert_eq!(code, 0, "{checks:?}");
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{checks:?}");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}

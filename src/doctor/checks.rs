@@ -82,6 +82,8 @@ pub struct Facts {
     pub links: BTreeMap<String, LinkSnap>,
     /// Why the links could not be read, if they could not.
     pub links_error: Option<String>,
+    /// A daemon listens for the scope.
+    pub daemon_running: bool,
 }
 
 impl Facts {
@@ -121,6 +123,7 @@ pub fn all(spec: &Spec, facts: &Facts) -> Vec<Check> {
     out.extend(carrier(spec, facts));
     out.extend(mtu(spec, facts));
     out.extend(conntrack(facts));
+    out.extend(daemon(spec, facts));
     out
 }
 
@@ -561,6 +564,36 @@ pub fn conntrack(facts: &Facts) -> Vec<Check> {
         facts.here("conntrack -L")
     );
     vec![Check::bad(ID, Status::Warn, CT_COUNT, msg, fix)]
+}
+
+/// `daemon`: DHCP is served by the daemon only, so a spec with `dhcp` and no daemon for
+/// the scope leaves guests that ask for an address without one.
+pub fn daemon(spec: &Spec, facts: &Facts) -> Vec<Check> {
+    const ID: &str = "daemon";
+    let running = match facts.daemon_running {
+        true => "a daemon runs for this scope",
+        false => "no daemon runs for this scope",
+    };
+    let serving = networks_where(spec, |n| n.dhcp.is_some());
+    if serving.is_empty() {
+        let msg = format!("{running}; no network serves DHCP, so none is needed");
+        return vec![Check::ok(ID, "daemon", msg)];
+    }
+    if facts.daemon_running {
+        let msg = format!("{running}, serving DHCP on {serving}");
+        return vec![Check::ok(ID, "daemon", msg)];
+    }
+    let fix = match facts.scope.as_str() {
+        "host" | "" => {
+            "systemctl enable --now kvmnet (contrib/kvmnet.service), or kvmnet daemon --spec FILE"
+                .to_string()
+        }
+        ns => format!("kvmnet daemon --spec FILE --netns {ns} (FILE: the spec applied)"),
+    };
+    let msg = format!(
+        "{running}, but {serving} has dhcp: only the daemon serves it, so guests get no address"
+    );
+    vec![Check::bad(ID, Status::Fail, "daemon", msg, fix)]
 }
 
 #[cfg(test)]

@@ -231,6 +231,26 @@ fn a_conntrack_table_over_nine_tenths_full_warns() {
 }
 
 #[test]
+fn dhcp_without_a_daemon_fails() {
+    let dhcp = spec(&format!(
+        "{NAT}    dhcp: {{ range: 10.1.0.100-10.1.0.200 }}\n"
+    ));
+    let c = daemon(&dhcp, &facts(&[]));
+    assert_eq!(c[0].status, Status::Fail);
+    assert!(c[0].message.contains("lan (nat)"), "{}", c[0].message);
+    assert_eq!(
+        c[0].fix,
+        "kvmnet daemon --spec FILE --netns lab (FILE: the spec applied)"
+    );
+    let running = Facts {
+        daemon_running: true,
+        ..facts(&[])
+    };
+    assert_eq!(daemon(&dhcp, &running)[0].status, Status::Ok);
+    assert_eq!(daemon(&spec(NAT), &facts(&[]))[0].status, Status::Ok);
+}
+
+#[test]
 fn forwarding_is_ok_off_when_no_network_routes() {
     let c = forwarding(&spec(ISOLATED), &facts(&[(IP_FORWARD, Some("0"))]));
     assert_eq!(c[0].status, Status::Ok);

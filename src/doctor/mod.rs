@@ -43,6 +43,9 @@ fn gather(scope: &str, spec: &crate::spec::Spec) -> Facts {
         forward_drops_error,
         links,
         links_error,
+        daemon_running: crate::daemon::api::daemon_listening(
+            &crate::statedir::StateDir::for_scope(scope).dir,
+        ),
     }
 }
 

@@ -292,19 +292,38 @@ fn apply_cmd(
     Ok(())
 }
 
-/// Runs the command; `Ok(true)` when it showed a plan with changes (for `plan
-/// --detailed-exitcode`).
-fn run(cli: Cli) -> Result<bool, (EngineError, bool)> {
+/// How a command that did its work came out, for the exit status.
+enum Outcome {
+    Done,
+    /// A plan with changes (exit 2 with `plan --detailed-exitcode`).
+    Changes,
+    /// `doctor` found a failing check (exit 1).
+    ChecksFailed,
+}
+
+/// Runs the command.
+fn run(cli: Cli) -> Result<Outcome, (EngineError, bool)> {
     match cli.command {
-        Command::Plan { file, scope, .. } => plan_cmd(&file, &scope),
-        other => run_other(other).map(|()| false),
+        Command::Plan { file, scope, .. } => plan_cmd(&file, &scope).map(|changes| {
+            if changes {
+                Outcome::Changes
+            } else {
+                Outcome::Done
+            }
+        }),
+        Command::Doctor { scope } => doctor_cmd(&scope).map(|failed| match failed {
+            true => Outcome::ChecksFailed,
+            false => Outcome::Done,
+        }),
+        other => run_other(other).map(|()| Outcome::Done),
     }
 }
 
 fn run_other(command: Command) -> Result<(), (EngineError, bool)> {
     match command {
-        // (`run` takes plans, for what they say about changes.)
+        // (`run` takes plans and doctor, for what they say about changes and checks.)
         Command::Plan { file, scope, .. } => plan_cmd(&file, &scope).map(drop),
+        Command::Doctor { scope } => doctor_cmd(&scope).map(drop),
         Command::Validate { file, json } => validate_cmd(&file, json),
         Command::Apply {
             file,
@@ -415,6 +434,13 @@ fn plan_cmd(file: &Path, scope: &Scope) -> Result<bool, (EngineError, bool)> {
     let p = engine::plan(Some(&spec), &s, &source).map_err(|e| (e, j))?;
     print_plan(&p.plan, j, false);
     Ok(!p.plan.is_empty())
+}
+
+/// Runs doctor's checks; returns whether one failed.
+fn doctor_cmd(scope: &Scope) -> Result<bool, (EngineError, bool)> {
+    let j = scope.json;
+    let s = enter_existing(&scope.netns).map_err(|e| (e, j))?;
+    crate::doctor::run(&s, j).map_err(|e| (e, j))
 }
 
 fn confirm_cmd(netns: &Option<String>) -> Result<(), (EngineError, bool)> {
@@ -584,7 +610,9 @@ pub fn main() -> ExitCode {
         Err(e) => e.exit(),
     };
     match run(cli) {
-        Ok(changes) => ExitCode::from(if detailed && changes { 2 } else { 0 }),
+        Ok(Outcome::Changes) if detailed => ExitCode::from(2),
+        Ok(Outcome::ChecksFailed) => ExitCode::FAILURE,
+        Ok(_) => ExitCode::SUCCESS,
         Err((e, as_json)) => {
             // Located errors are one line each, as `validate` prints them; the rest one
             // message.

@@ -153,6 +153,20 @@ enum Command {
         #[arg(long, value_name = "NS")]
         netns: Option<String>,
     },
+    /// Check the live host against the spec in force (the one `show` prints), and say how
+    /// to fix what is wrong.
+    #[command(after_help = concat!(
+        "Each check prints as ok, warn or fail with what it saw and the command or spec change\n",
+        "that fixes it; --json prints {\"checks\": [{\"id\", \"status\", \"subject\", \"message\",\n",
+        "\"fix\"}]}. Exit status: 0 when no check fails (warnings allowed), 1 when one fails.\n\n",
+        "Example:\n  kvmnet doctor --netns lab --json\n\n",
+        "Environment:\n",
+        env_state_dir!()
+    ))]
+    Doctor {
+        #[command(flatten)]
+        scope: Scope,
+    },
     /// A VM's ports for its launcher: QEMU arguments, libvirt interfaces or cloud-init.
     #[command(after_help = concat!(
         "Example:\n  kvmnet export web1 --format qemu web.yaml\n  qemu-system-x86_64 ... $(kvmnet export web1 --format qemu web.yaml)\n\n",

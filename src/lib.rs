@@ -10,6 +10,7 @@ pub mod backend;
 pub mod cli;
 pub mod daemon;
 pub mod dhcp;
+pub mod doctor;
 pub mod engine;
 pub mod error;
 pub mod export;

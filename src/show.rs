@@ -37,8 +37,9 @@ fn modified(p: &Path) -> Option<std::time::SystemTime> {
     std::fs::metadata(p).and_then(|m| m.modified()).ok()
 }
 
-/// The newest recorded spec of `scope` and where it is, or `None`.
-fn recorded(scope: &str) -> Result<Option<(String, Vec<u8>)>, EngineError> {
+/// The newest recorded spec of `scope` and where it is, or `None`: the spec in force, which
+/// `doctor` checks too.
+pub fn recorded(scope: &str) -> Result<Option<(String, Vec<u8>)>, EngineError> {
     let sd = StateDir::for_scope(scope);
     let applied = applied_path(&sd);
     let accepted = crate::daemon::accepted::path(&sd.dir);

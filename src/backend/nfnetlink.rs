@@ -506,3 +506,42 @@ pub(super) fn open_socket() -> Result<Option<Nfnl>, NftError> {
         Err(e) => Err(e),
     }
 }
+
+/// Base chains on the forward hook with policy drop in tables that are not kvmnet's, of
+/// the families that see forwarded or bridged traffic, as `(family, table, chain)`: `doctor`
+/// warns of them (iptables' FORWARD policy DROP, as Docker sets it, is one through
+/// iptables-nft).
+pub fn foreign_forward_drops() -> Result<Vec<(String, String, String)>, NftError> {
+    let Some(mut sock) = open_socket()? else {
+        return Ok(Vec::new());
+    };
+    let mut out = Vec::new();
+    for (family, fam) in [
+        ("ip", 2),
+        ("ip6", 10),
+        ("inet", NFPROTO_INET),
+        ("bridge", NFPROTO_BRIDGE),
+    ] {
+        let chains = match sock.dump("list chains", NFT_MSG_GETCHAIN, fam, &[]) {
+            Ok(c) => c.unwrap_or_default(),
+            // No nf_tables for this family here: no chains either.
+            Err(NftError::Kernel { .. }) => continue,
+            Err(e) => return Err(e),
+        };
+        for p in chains {
+            let table = attr(&p, NFTA_CHAIN_TABLE).map(attr_string);
+            let Some(table) = table.filter(|t| t != nft::TABLE) else {
+                continue;
+            };
+            let hook = attr(&p, NFTA_CHAIN_HOOK);
+            let forward = hook.and_then(|h| attr(h, NFTA_HOOK_HOOKNUM)).and_then(be32) == Some(2);
+            // NF_DROP is 0, NF_ACCEPT 1.
+            let drop = attr(&p, NFTA_CHAIN_POLICY).and_then(be32) == Some(0);
+            let name = attr(&p, NFTA_CHAIN_NAME).map(attr_string);
+            if let (true, true, Some(name)) = (forward, drop, name) {
+                out.push((family.to_string(), table, name));
+            }
+        }
+    }
+    Ok(out)
+}

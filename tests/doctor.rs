@@ -1,0 +1,347 @@
+//! `kvmnet doctor`: each check, broken by hand in a sandbox namespace after an apply, says
+//! fail or warn with its id (and the exit status follows failures); put back, it says ok.
+//! Foreign objects a test makes to trip a check are removed by the test itself.
+
+mod common;
+use common::*;
+
+/// doctor --json in `host`: its exit status and its checks.
+fn doctor(ns: &Namespaces, host: &str) -> (i32, Vec<serde_json::Value>) {
+    let o = ns.kvmnet(&["doctor", "--netns", host, "--json"]);
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap_or_else(|e| {
+        panic!(
+            "doctor --json: {e}\nstdout: {}\nstderr: {}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        )
+    });
+    let checks = v["checks"].as_array().cloned().unwrap_or_default();
+    for c in &checks {
+        for k in ["id", "status", "subject", "message", "fix"] {
+            assert!(c[k].is_string(), "{k} in {c}");
+        }
+    }
+    (o.status.code().unwrap_or(-1), checks)
+}
+
+/// The statuses of the checks with `id`.
+fn statuses(checks: &[serde_json::Value], id: &str) -> Vec<String> {
+    checks
+        .iter()
+        .filter(|c| c["id"] == id)
+        .map(|c| c["status"].as_str().unwrap().to_string())
+        .collect()
+}
+
+/// A namespace with an uplink and a default route, as a host has.
+fn host_ns(ns: &mut Namespaces, tag: &str) -> String {
+    let host = ns.add(tag);
+    ok(&format!(
+        "ip -n {host} link add eth0 type veth peer name eth0p && ip -n {host} link set eth0 up && \
+         ip -n {host} link set eth0p up && ip -n {host} addr add 203.0.113.2/24 dev eth0 && \
+         ip -n {host} route add default via 203.0.113.1"
+    ));
+    host
+}
+
+const NAT: &str = "version: 1\nnetworks:\n  n:\n    mode: nat\n    bridge: dr-br\n    ipv4: 10.98.0.1/24\n\
+vms:\n  a:\n    ports: [ { network: n, name: dr-tap } ]\n";
+
+#[test]
+fn forwarding_off_under_a_nat_network_fails() {
+    if !privileged() {
+        return;
+    }
+    let mut ns = Namespaces::new();
+    let host = host_ns(&mut ns, "dfw");
+    let spec = SpecFile::new(NAT);
+    ns.kvmnet_ok(&["apply", spec.path(), "--netns", &host]);
+    let (code, checks) = doctor(&ns, &host);
+    assert_eq!(statuses(&checks, "forwarding"), ["ok"], "{checks:?}");
+    assert_eq!(code, 0, "{checks:?}");
+
+    ok_in(&host, "sysctl -qw net.ipv4.ip_forward=0");
+    let (code, checks) = doctor(&ns, &host);
+    assert_eq!(statuses(&checks, "forwarding"), ["fail"], "{checks:?}");
+    assert_eq!(code, 1);
+    let text =
+        String::from_utf8_lossy(&ns.kvmnet(&["doctor", "--netns", &host]).stdout).into_owned();
+    assert!(text.contains("fail  forwarding"), "{text}");
+    assert!(text.contains("sysctl -w net.ipv4.ip_forward=1"), "{text}");
+
+    ok_in(&host, "sysctl -qw net.ipv4.ip_forward=1");
+    let (code, checks) = doctor(&ns, &host);
+    assert_eq!(statuses(&checks, "forwarding"), ["ok"], "{checks:?}");
+    assert_eq!(code, 0, "{checks:?}");
+
+    // A nat network tracks connections; this namespace's few are far from the (host-wide,
+    // here read-only) limit, which the unit tests take past nine tenths.
+    assert_eq!(statuses(&checks, "conntrack"), ["ok"], "{checks:?}");
+    let c = checks.iter().find(|c| c["id"] == "conntrack").unwrap();
+    assert!(
+        c["message"]
+            .as_str()
+            .unwrap()
+            .contains("connections tracked"),
+        "{c}"
+    );
+}
+
+const FIREWALLED: &str = "version: 1\nnetworks:\n  n:\n    mode: isolated\n    bridge: dr-br\n    ipv4: 10.98.0.1/24\n\
+vms:\n  a:\n    ports:\n      - network: n\n        name: dr-tap\n        firewall: { inbound: { policy: drop } }\n";
+
+#[test]
+fn bridge_netfilter_off_under_a_port_firewall_fails() {
+    if !privileged() {
+        return;
+    }
+    let mut ns = Namespaces::new();
+    let host = host_ns(&mut ns, "dbn");
+    let spec = SpecFile::new(FIREWALLED);
+    ns.kvmnet_ok(&["apply", spec.path(), "--netns", &host]);
+    let (code, checks) = doctor(&ns, &host);
+    assert_eq!(statuses(&checks, "br_netfilter"), ["ok"], "{checks:?}");
+    assert_eq!(code, 0, "{checks:?}");
+
+    ok_in(&host, "sysctl -qw net.bridge.bridge-nf-call-iptables=0");
+    let (code, checks) = doctor(&ns, &host);
+    assert_eq!(statuses(&checks, "br_netfilter"), ["fail"], "{checks:?}");
+    assert_eq!(code, 1);
+    let c = checks.iter().find(|c| c["id"] == "br_netfilter").unwrap();
+    assert!(c["message"].as_str().unwrap().contains("dr-tap"), "{c}");
+
+    ok_in(&host, "sysctl -qw net.bridge.bridge-nf-call-iptables=1");
+    let (code, checks) = doctor(&ns, &host);
+    assert_eq!(statuses(&checks, "br_netfilter"), ["ok"], "{checks:?}");
+    assert_eq!(code, 0, "{checks:?}");
+}
+
+#[test]
+fn a_foreign_forward_chain_dropping_by_policy_warns() {
+    if !privileged() {
+        return;
+    }
+    let mut ns = Namespaces::new();
+    let host = host_ns(&mut ns, "dfd");
+    let spec = SpecFile::new(NAT);
+    ns.kvmnet_ok(&["apply", spec.path(), "--netns", &host]);
+    let (_, checks) = doctor(&ns, &host);
+    assert_eq!(
+        statuses(&checks, "foreign_forward_drop"),
+        ["ok"],
+        "{checks:?}"
+    );
+
+    ok_in(
+        &host,
+        "nft add table ip docker_like && \
+         nft add chain ip docker_like fwd_drop '{ type filter hook forward priority 0; policy drop; }'",
+    );
+    let (code, checks) = doctor(&ns, &host);
+    assert_eq!(
+        statuses(&checks, "foreign_forward_drop"),
+        ["warn"],
+        "{checks:?}"
+    );
+    let c = checks
+        .iter()
+        .find(|c| c["id"] == "foreign_forward_drop")
+        .unwrap();
+    assert_eq!(c["subject"], "ip docker_like fwd_drop", "{c}");
+    assert!(c["fix"].as_str().unwrap().contains("dr-br"), "{c}");
+    // A warning is no failure.
+    assert_eq!(code, 0, "{checks:?}");
+    // doctor changes nothing, foreign objects least of all.
+    assert!(ok_in(&host, "nft list table ip docker_like").contains("policy drop"));
+
+    ok_in(&host, "nft delete table ip docker_like");
+    let (_, checks) = doctor(&ns, &host);
+    assert_eq!(
+        statuses(&checks, "foreign_forward_drop"),
+        ["ok"],
+        "{checks:?}"
+    );
+}
+
+#[test]
+fn strict_rp_filter_under_a_routed_network_warns() {
+    if !privileged() {
+        return;
+    }
+    let mut ns = Namespaces::new();
+    let host = host_ns(&mut ns, "drp");
+    let spec = SpecFile::new(&NAT.replace("mode: nat", "mode: routed"));
+    ns.kvmnet_ok(&["apply", spec.path(), "--netns", &host]);
+    ok_in(
+        &host,
+        "sysctl -qw net.ipv4.conf.all.rp_filter=0 net.ipv4.conf.dr-br.rp_filter=0",
+    );
+    let (_, checks) = doctor(&ns, &host);
+    assert_eq!(statuses(&checks, "rp_filter"), ["ok"], "{checks:?}");
+
+    for key in ["all", "dr-br"] {
+        ok_in(
+            &host,
+            &format!("sysctl -qw net.ipv4.conf.{key}.rp_filter=1"),
+        );
+        let (code, checks) = doctor(&ns, &host);
+        assert_eq!(statuses(&checks, "rp_filter"), ["warn"], "{checks:?}");
+        let c = checks.iter().find(|c| c["id"] == "rp_filter").unwrap();
+        assert_eq!(
+            c["subject"],
+            format!("net.ipv4.conf.{key}.rp_filter"),
+            "{c}"
+        );
+        assert_eq!(code, 0, "{checks:?}");
+        ok_in(
+            &host,
+            &format!("sysctl -qw net.ipv4.conf.{key}.rp_filter=0"),
+        );
+    }
+    let (_, checks) = doctor(&ns, &host);
+    assert_eq!(statuses(&checks, "rp_filter"), ["ok"], "{checks:?}");
+}
+
+#[test]
+fn an_uplink_without_carrier_fails_and_a_tap_without_its_vm_warns() {
+    if !privileged() {
+        return;
+    }
+    let mut ns = Namespaces::new();
+    let host = host_ns(&mut ns, "dca");
+    let spec = SpecFile::new(
+        "version: 1\nnetworks:\n  lan:\n    mode: bridge\n    bridge: dr-br\n    uplink: eth0\n\
+         vms:\n  a:\n    ports: [ { network: lan, name: dr-tap } ]\n",
+    );
+    ns.kvmnet_ok(&["apply", spec.path(), "--netns", &host]);
+    let carrier = |checks: &[serde_json::Value]| -> Vec<(String, String)> {
+        checks
+            .iter()
+            .filter(|c| c["id"] == "carrier")
+            .map(|c| {
+                (
+                    c["subject"].as_str().unwrap().into(),
+                    c["status"].as_str().unwrap().into(),
+                )
+            })
+            .collect()
+    };
+    // Nothing holds the tap open: no VM runs, so it has no carrier.
+    let (code, checks) = doctor(&ns, &host);
+    let want = |uplink: &str| {
+        vec![
+            ("eth0".to_string(), uplink.to_string()),
+            ("dr-tap".into(), "warn".into()),
+        ]
+    };
+    assert_eq!(carrier(&checks), want("ok"), "{checks:?}");
+    assert_eq!(code, 0, "{checks:?}");
+
+    ok(&format!("ip -n {host} link set eth0p down"));
+    let (code, checks) = doctor(&ns, &host);
+    assert_eq!(carrier(&checks), want("fail"), "{checks:?}");
+    assert_eq!(code, 1);
+
+    ok(&format!("ip -n {host} link set eth0p up"));
+    let (code, checks) = doctor(&ns, &host);
+    assert_eq!(carrier(&checks), want("ok"), "{checks:?}");
+    assert_eq!(code, 0, "{checks:?}");
+}
+
+#[test]
+fn mtu_above_the_bridge_warns_and_a_small_underlay_fails() {
+    if !privileged() {
+        return;
+    }
+    let mut ns = Namespaces::new();
+    let host = host_ns(&mut ns, "dmt");
+    let spec = SpecFile::new(
+        "version: 1\nnetworks:\n  n:\n    mode: isolated\n    bridge: dr-br\n    ipv4: 10.98.0.1/24\n  \
+         ovl:\n    mode: vxlan\n    bridge: dr-ovl\n    vni: 42\n    underlay: eth0\n    remotes: [203.0.113.9]\n\
+         vms:\n  a:\n    ports: [ { network: n, name: dr-tap } ]\n",
+    );
+    ns.kvmnet_ok(&["apply", spec.path(), "--netns", &host]);
+    let mtu = |checks: &[serde_json::Value]| -> Vec<(String, String)> {
+        checks
+            .iter()
+            .filter(|c| c["id"] == "mtu")
+            .map(|c| {
+                (
+                    c["subject"].as_str().unwrap().into(),
+                    c["status"].as_str().unwrap().into(),
+                )
+            })
+            .collect()
+    };
+    let fine = vec![("mtu".to_string(), "ok".to_string())];
+    let (_, checks) = doctor(&ns, &host);
+    assert_eq!(mtu(&checks), fine, "{checks:?}");
+
+    ok(&format!("ip -n {host} link set dr-br mtu 1400"));
+    let (code, checks) = doctor(&ns, &host);
+    assert_eq!(
+        mtu(&checks),
+        [("dr-tap".to_string(), "warn".to_string())],
+        "{checks:?}"
+    );
+    assert_eq!(code, 0, "{checks:?}");
+    ok(&format!("ip -n {host} link set dr-br mtu 1500"));
+
+    ok(&format!("ip -n {host} link set eth0 mtu 1400"));
+    let (code, checks) = doctor(&ns, &host);
+    assert_eq!(
+        mtu(&checks),
+        [("eth0".to_string(), "fail".to_string())],
+        "{checks:?}"
+    );
+    assert_eq!(code, 1);
+    ok(&format!("ip -n {host} link set eth0 mtu 1500"));
+
+    let (code, checks) = doctor(&ns, &host);
+    assert_eq!(mtu(&checks), fine, "{checks:?}");
+    assert_eq!(code, 0, "{checks:?}");
+}
+
+#[test]
+fn dhcp_without_a_daemon_fails_and_passes_once_one_runs() {
+    if !privileged() {
+        return;
+    }
+    let mut ns = Namespaces::new();
+    let host = host_ns(&mut ns, "ddm");
+    let spec = SpecFile::new(&NAT.replace(
+        "    ipv4: 10.98.0.1/24\n",
+        "    ipv4: 10.98.0.1/24\n    dhcp: { range: 10.98.0.100-10.98.0.110 }\n",
+    ));
+    ns.kvmnet_ok(&["apply", spec.path(), "--netns", &host]);
+    let (code, checks) = doctor(&ns, &host);
+    assert_eq!(statuses(&checks, "daemon"), ["fail"], "{checks:?}");
+    assert_eq!(code, 1);
+    let c = checks.iter().find(|c| c["id"] == "daemon").unwrap();
+    assert!(
+        c["fix"]
+            .as_str()
+            .unwrap()
+            .contains(&format!("kvmnet daemon --spec FILE --netns {host}")),
+        "{c}"
+    );
+
+    let child = std::process::Command::new(env!("CARGO_BIN_EXE_kvmnet"))
+        .args(["daemon", "--spec", spec.path(), "--netns", &host])
+        .env("KVMNET_STATE_DIR", &ns.state_dir)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let _daemon = Daemon(child);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let (code, checks) = doctor(&ns, &host);
+        if statuses(&checks, "daemon") == ["ok"] {
+            assert_eq!(code, 0, "{checks:?}");
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{checks:?}");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}

@@ -120,8 +120,8 @@ fn uid_has_user(uid: u32) -> bool {
 
 /// Reads of the forwarding databases [`learned`] makes, and the time between them: a MAC
 /// two guests share moves between their ports as each sends, so one read may see it once.
-const FDB_READS: usize = 5;
-const FDB_GAP: std::time::Duration = std::time::Duration::from_millis(200);
+const FDB_READS: usize = 8;
+const FDB_GAP: std::time::Duration = std::time::Duration::from_millis(120);
 
 /// The MACs `bridges` learned (dynamic entries: not permanent, not static, not a port's
 /// own), as `(bridge, port, mac)`, over [`FDB_READS`] reads.

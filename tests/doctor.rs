@@ -345,3 +345,171 @@ fn dhcp_without_a_daemon_fails_and_passes_once_one_runs() {
         std::thread::sleep(std::time::Duration::from_millis(100));
     }
 }
+
+/// Every result but those of check `id`, as `(id, subject, status)`.
+fn others(checks: &[serde_json::Value], id: &str) -> Vec<(String, String, String)> {
+    checks
+        .iter()
+        .filter(|c| c["id"] != id)
+        .map(|c| {
+            let s = |k: &str| c[k].as_str().unwrap().to_string();
+            (s("id"), s("subject"), s("status"))
+        })
+        .collect()
+}
+
+/// A uid no user has, so the test can own a tap by it: a user deleted after apply, which is
+/// what a user-name owner that is gone looks like, cannot be made without touching the host's
+/// accounts (that case is unit-tested).
+const NO_USER_UID: u32 = 4_000_123;
+
+#[test]
+fn a_tap_owned_by_a_uid_without_a_user_warns() {
+    if !privileged() {
+        return;
+    }
+    if sh(&format!("getent passwd {NO_USER_UID}")).status.success() {
+        return;
+    }
+    let mut ns = Namespaces::new();
+    let host = host_ns(&mut ns, "dto");
+    let spec = SpecFile::new(NAT);
+    ns.kvmnet_ok(&["apply", spec.path(), "--netns", &host]);
+    let (_, before) = doctor(&ns, &host);
+    assert_eq!(statuses(&before, "tap_owner"), ["ok"], "{before:?}");
+
+    let owned = SpecFile::new(&NAT.replace(
+        "name: dr-tap }",
+        &format!("name: dr-tap, owner: {NO_USER_UID} }}"),
+    ));
+    ns.kvmnet_ok(&["apply", owned.path(), "--netns", &host]);
+    let (code, checks) = doctor(&ns, &host);
+    assert_eq!(statuses(&checks, "tap_owner"), ["warn"], "{checks:?}");
+    let c = checks.iter().find(|c| c["id"] == "tap_owner").unwrap();
+    assert!(
+        c["message"]
+            .as_str()
+            .unwrap()
+            .starts_with(&format!("uid {NO_USER_UID} has no user")),
+        "{c}"
+    );
+    assert_eq!(others(&checks, "tap_owner"), others(&before, "tap_owner"));
+    assert_eq!(code, 0, "{checks:?}");
+
+    ns.kvmnet_ok(&["apply", spec.path(), "--netns", &host]);
+    let (_, checks) = doctor(&ns, &host);
+    assert_eq!(statuses(&checks, "tap_owner"), ["ok"], "{checks:?}");
+}
+
+#[test]
+fn devices_report_what_the_host_has() {
+    if !privileged() {
+        return;
+    }
+    let mut ns = Namespaces::new();
+    let host = host_ns(&mut ns, "ddv");
+    let (_, checks) = doctor(&ns, &host);
+    let seen: Vec<(String, String)> = checks
+        .iter()
+        .filter(|c| c["id"] == "devices")
+        .map(|c| {
+            let s = |k: &str| c[k].as_str().unwrap().to_string();
+            (s("subject"), s("status"))
+        })
+        .collect();
+    // Root opens whatever exists, so the check can only say what exists.
+    let want: Vec<(String, String)> = ["/dev/kvm", "/dev/vhost-net"]
+        .iter()
+        .map(|p| {
+            let status = match std::path::Path::new(p).exists() {
+                true => "ok",
+                false => "warn",
+            };
+            (p.to_string(), status.to_string())
+        })
+        .collect();
+    assert_eq!(seen, want, "{checks:?}");
+}
+
+#[test]
+fn lro_is_off_on_a_veth_uplink() {
+    if !privileged() {
+        return;
+    }
+    let mut ns = Namespaces::new();
+    let host = host_ns(&mut ns, "dlr");
+    let spec = SpecFile::new(
+        "version: 1\nnetworks:\n  lan:\n    mode: bridge\n    bridge: dr-br\n    uplink: eth0\n",
+    );
+    ns.kvmnet_ok(&["apply", spec.path(), "--netns", &host]);
+    // veth cannot turn LRO on (the unit tests cover the warning).
+    let (_, checks) = doctor(&ns, &host);
+    assert_eq!(statuses(&checks, "lro"), ["ok"], "{checks:?}");
+    let c = checks.iter().find(|c| c["id"] == "lro").unwrap();
+    assert!(c["message"].as_str().unwrap().contains("eth0"), "{c}");
+}
+
+/// Pings the network's broadcast address from guest `g` every `interval` seconds for about
+/// two seconds, in the background: broadcast, so each ping leaves with the guest's source
+/// MAC at once, whatever the neighbours know (a unicast ping waits on the host's stale
+/// neighbour entry for a while, and sends nothing meanwhile).
+fn ping_from(g: &str, interval: &str, count: &str) -> std::process::Child {
+    std::process::Command::new("ip")
+        .args([
+            "netns", "exec", g, "ping", "-q", "-b", "-w", "2", "-c", count, "-i", interval,
+        ])
+        .arg("10.98.0.255")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap()
+}
+
+#[test]
+fn one_mac_on_two_ports_of_a_bridge_fails() {
+    if !privileged() {
+        return;
+    }
+    let mut ns = Namespaces::new();
+    let host = host_ns(&mut ns, "ddu");
+    let g = ns.reserve("ddg");
+    let (a, b) = (format!("{g}a"), format!("{g}b"));
+    ns.names.extend([a.clone(), b.clone()]);
+    let spec = SpecFile::new(&format!(
+        "version: 1\nnetworks:\n  n:\n    mode: isolated\n    bridge: dr-br\n    ipv4: 10.98.0.1/24\n\
+         vms:\n  a: {{ ports: [ {{ network: n, name: dr-a, kind: veth, netns: {a}, mac: \"52:54:00:98:00:0a\", ipv4: 10.98.0.10 }} ] }}\n  \
+         b: {{ ports: [ {{ network: n, name: dr-b, kind: veth, netns: {b}, mac: \"52:54:00:98:00:0b\", ipv4: 10.98.0.11, antispoof: false }} ] }}\n"
+    ));
+    ns.kvmnet_ok(&["apply", spec.path(), "--netns", &host]);
+    assert!(pings(&a, "10.98.0.1") && pings(&b, "10.98.0.1"));
+    let (_, before) = doctor(&ns, &host);
+    assert_eq!(statuses(&before, "duplicate_mac"), ["ok"], "{before:?}");
+
+    // Anti-spoofing (on by default) drops b's frames from a's MAC at its port, so the
+    // bridge never learns it there: the duplicate the check finds needs it off.
+    ok_in(&b, "ip link set eth0 address 52:54:00:98:00:0a");
+    // At different rates, so that the port the bridge has the MAC on changes at no fixed
+    // phase with doctor's reads.
+    let (mut pa, mut pb) = (ping_from(&a, "0.1", "20"), ping_from(&b, "0.07", "28"));
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    let (code, checks) = doctor(&ns, &host);
+    // Nothing answers a broadcast ping (the host ignores them): only the frames matter.
+    pa.wait().unwrap();
+    pb.wait().unwrap();
+    assert_eq!(statuses(&checks, "duplicate_mac"), ["fail"], "{checks:?}");
+    let c = checks.iter().find(|c| c["id"] == "duplicate_mac").unwrap();
+    assert_eq!(c["subject"], "dr-br 52:54:00:98:00:0a", "{c}");
+    let msg = c["message"].as_str().unwrap();
+    assert!(msg.contains("dr-a") && msg.contains("dr-b"), "{c}");
+    assert_eq!(code, 1);
+    assert_eq!(
+        others(&checks, "duplicate_mac"),
+        others(&before, "duplicate_mac")
+    );
+
+    ok_in(&b, "ip link set eth0 address 52:54:00:98:00:0b");
+    assert!(pings(&b, "10.98.0.1"));
+    let (code, checks) = doctor(&ns, &host);
+    assert_eq!(statuses(&checks, "duplicate_mac"), ["ok"], "{checks:?}");
+    assert_eq!(code, 0, "{checks:?}");
+}

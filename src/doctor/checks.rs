@@ -8,6 +8,12 @@ use crate::desired::{BRIDGE_NF, IP_FORWARD};
 use crate::snapshot::LinkSnap;
 use crate::spec::{Mode, PortKind, Spec};
 
+#[path = "checks_host.rs"]
+mod host;
+pub use host::{
+    DEVICES, Device, bridged_uplinks, devices, duplicate_mac, lro, owner_keys, tap_owner,
+};
+
 /// How a check came out.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Status {
@@ -84,6 +90,16 @@ pub struct Facts {
     pub links_error: Option<String>,
     /// A daemon listens for the scope.
     pub daemon_running: bool,
+    /// The user names the spec's taps are owned by, with their uids (`None`: no such user).
+    pub users: BTreeMap<String, Option<u32>>,
+    /// The uids the spec's taps are owned by, and whether a user has each.
+    pub uids: BTreeMap<u32, bool>,
+    /// The devices of [`DEVICES`], by path.
+    pub devices: BTreeMap<String, Device>,
+    /// LRO of the bridge networks' uplinks, by name (`None`: it could not be read).
+    pub lro: BTreeMap<String, Option<bool>>,
+    /// MACs the bridges learned, as `(bridge, port, mac)`, over a few reads.
+    pub learned: Vec<(String, String, crate::types::Mac)>,
 }
 
 impl Facts {
@@ -124,6 +140,10 @@ pub fn all(spec: &Spec, facts: &Facts) -> Vec<Check> {
     out.extend(mtu(spec, facts));
     out.extend(conntrack(facts));
     out.extend(daemon(spec, facts));
+    out.extend(tap_owner(spec, facts));
+    out.extend(devices(facts));
+    out.extend(lro(spec, facts));
+    out.extend(duplicate_mac(spec, facts));
     out
 }
 

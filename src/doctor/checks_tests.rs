@@ -257,3 +257,121 @@ fn forwarding_is_ok_off_when_no_network_routes() {
     let c = forwarding(&spec("version: 1\n"), &facts(&[]));
     assert_eq!(c[0].status, Status::Ok);
 }
+
+const OWNED: &str = "version: 1\nnetworks:\n  lan:\n    mode: isolated\n    bridge: br-lan\n    ipv4: 10.1.0.1/24\n\
+vms:\n  a:\n    ports:\n      - { network: lan, name: a-tap, owner: alice }\n      - { network: lan, name: a-tap2, owner: 4000123 }\n";
+
+#[test]
+fn a_deleted_owner_fails_and_a_uid_without_user_warns() {
+    let f = |alice: Option<u32>, uid: bool| Facts {
+        users: BTreeMap::from([("alice".to_string(), alice)]),
+        uids: BTreeMap::from([(4000123, uid)]),
+        ..facts(&[])
+    };
+    let c = tap_owner(&spec(OWNED), &f(Some(1000), true));
+    assert_eq!(c.len(), 1);
+    assert_eq!(c[0].status, Status::Ok);
+    let c = tap_owner(&spec(OWNED), &f(None, false));
+    assert_eq!(c.len(), 2, "{c:?}");
+    let alice = c.iter().find(|c| c.subject == "alice").unwrap();
+    assert_eq!(alice.status, Status::Fail);
+    assert!(alice.message.contains("a-tap"), "{}", alice.message);
+    assert!(alice.fix.starts_with("create user alice"), "{}", alice.fix);
+    let uid = c.iter().find(|c| c.subject == "4000123").unwrap();
+    assert_eq!(uid.status, Status::Warn);
+    assert!(
+        uid.message.starts_with("uid 4000123 has no user"),
+        "{}",
+        uid.message
+    );
+}
+
+#[test]
+fn a_missing_or_closed_device_warns() {
+    let f = |kvm: Device, vhost: Device| Facts {
+        devices: BTreeMap::from([
+            ("/dev/kvm".to_string(), kvm),
+            ("/dev/vhost-net".to_string(), vhost),
+        ]),
+        ..facts(&[])
+    };
+    let c = devices(&f(Device::Usable, Device::Usable));
+    assert_eq!(
+        c.iter().map(|c| c.status).collect::<Vec<_>>(),
+        [Status::Ok; 2]
+    );
+    let c = devices(&f(Device::Missing, Device::NoAccess));
+    assert_eq!(
+        c.iter().map(|c| c.status).collect::<Vec<_>>(),
+        [Status::Warn; 2]
+    );
+    assert_eq!(c[0].subject, "/dev/kvm");
+    assert!(
+        c[0].message.contains("without KVM acceleration"),
+        "{}",
+        c[0].message
+    );
+    assert!(c[1].message.contains("without vhost"), "{}", c[1].message);
+    assert!(
+        c[1].message.contains("cannot be opened"),
+        "{}",
+        c[1].message
+    );
+    // Not read at all counts as missing.
+    assert_eq!(devices(&facts(&[]))[0].status, Status::Warn);
+}
+
+#[test]
+fn lro_on_a_bridged_uplink_warns() {
+    let f = |v: Option<bool>| Facts {
+        lro: BTreeMap::from([("eth0".to_string(), v)]),
+        ..facts(&[])
+    };
+    let c = lro(&spec(BRIDGED), &f(Some(true)));
+    assert_eq!(c.len(), 1);
+    assert_eq!(c[0].status, Status::Warn);
+    assert_eq!(c[0].subject, "eth0");
+    assert!(
+        c[0].fix
+            .starts_with("ip netns exec lab ethtool -K eth0 lro off"),
+        "{}",
+        c[0].fix
+    );
+    assert!(
+        c[0].fix
+            .contains("host.uplinks.eth0.ethtool.offloads.lro: false")
+    );
+    for v in [Some(false), None] {
+        assert_eq!(lro(&spec(BRIDGED), &f(v))[0].status, Status::Ok);
+    }
+    // LRO does not matter to a routed uplink.
+    assert_eq!(lro(&spec(NAT), &f(Some(true)))[0].status, Status::Ok);
+}
+
+#[test]
+fn a_mac_learned_on_two_ports_of_a_bridge_fails() {
+    let mac = crate::types::Mac([0x52, 0x54, 0, 0, 0, 1]);
+    let other = crate::types::Mac([0x52, 0x54, 0, 0, 0, 2]);
+    let f = |seen: &[(&str, crate::types::Mac)]| Facts {
+        learned: seen
+            .iter()
+            .map(|(p, m)| ("br-lan".to_string(), p.to_string(), *m))
+            .collect(),
+        ..facts(&[])
+    };
+    let c = duplicate_mac(&spec(NAT), &f(&[("a-tap", mac), ("b-tap", other)]));
+    assert_eq!(c.len(), 1);
+    assert_eq!(c[0].status, Status::Ok);
+    let c = duplicate_mac(
+        &spec(NAT),
+        &f(&[("a-tap", mac), ("b-tap", mac), ("a-tap", other)]),
+    );
+    assert_eq!(c.len(), 1);
+    assert_eq!(c[0].status, Status::Fail);
+    assert_eq!(c[0].subject, "br-lan 52:54:00:00:00:01");
+    assert!(c[0].message.contains("a-tap and b-tap"), "{}", c[0].message);
+    assert!(
+        c[0].fix
+            .contains("ip netns exec lab bridge fdb show br br-lan")
+    );
+}

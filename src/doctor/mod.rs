@@ -41,12 +41,144 @@ fn gather(scope: &str, spec: &crate::spec::Spec) -> Facts {
         sysctls,
         forward_drops,
         forward_drops_error,
-        links,
         links_error,
         daemon_running: crate::daemon::api::daemon_listening(
             &crate::statedir::StateDir::for_scope(scope).dir,
         ),
+        learned: learned(spec, &links),
+        links,
+        ..host_facts(spec)
     }
+}
+
+/// The facts of the checks in `checks_host.rs`.
+fn host_facts(spec: &crate::spec::Spec) -> Facts {
+    let (users, uids) = checks::owner_keys(spec);
+    let devices = checks::DEVICES
+        .iter()
+        .map(|(path, _)| (path.to_string(), device(path)))
+        .collect();
+    let lro = checks::bridged_uplinks(spec)
+        .into_keys()
+        .map(|dev| {
+            let v = crate::backend::ethtool::read(dev)
+                .ok()
+                .and_then(|r| r.values.get("lro").map(|&v| v == 1));
+            (dev.to_string(), v)
+        })
+        .collect();
+    Facts {
+        users: users
+            .into_iter()
+            .map(|u| {
+                let uid = crate::backend::tap::uid_of(&u);
+                (u, uid)
+            })
+            .collect(),
+        uids: uids.into_iter().map(|n| (n, uid_has_user(n))).collect(),
+        devices,
+        lro,
+        ..Facts::default()
+    }
+}
+
+/// How `path` stands: missing, or whether it opens for reading and writing.
+fn device(path: &str) -> checks::Device {
+    if !std::path::Path::new(path).exists() {
+        return checks::Device::Missing;
+    }
+    match std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)
+    {
+        Ok(_) => checks::Device::Usable,
+        Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => checks::Device::NoAccess,
+        // Opening may fail for other reasons (no hardware support behind /dev/kvm): it is there
+        // and allowed, which is what the check is about.
+        Err(_) => checks::Device::Usable,
+    }
+}
+
+/// Whether a passwd entry has `uid` (`getpwuid_r`).
+fn uid_has_user(uid: u32) -> bool {
+    let mut buf: Vec<libc::c_char> = vec![0; 1024];
+    loop {
+        // SAFETY: passwd is plain old data; zeroed is valid.
+        let mut pwd: libc::passwd = unsafe { std::mem::zeroed() };
+        let mut result: *mut libc::passwd = std::ptr::null_mut();
+        // SAFETY: all pointers are valid for the given sizes.
+        let r =
+            unsafe { libc::getpwuid_r(uid, &mut pwd, buf.as_mut_ptr(), buf.len(), &mut result) };
+        if r == libc::ERANGE && buf.len() < (1 << 20) {
+            buf.resize(buf.len() * 4, 0);
+            continue;
+        }
+        return r == 0 && !result.is_null();
+    }
+}
+
+/// Reads of the forwarding databases [`learned`] makes, and the time between them: a MAC
+/// two guests share moves between their ports as each sends, so one read may see it once.
+const FDB_READS: usize = 8;
+const FDB_GAP: std::time::Duration = std::time::Duration::from_millis(120);
+
+/// The MACs `bridges` learned (dynamic entries: not permanent, not static, not a port's
+/// own), as `(bridge, port, mac)`, over [`FDB_READS`] reads.
+fn learned(
+    spec: &crate::spec::Spec,
+    links: &std::collections::BTreeMap<String, crate::snapshot::LinkSnap>,
+) -> Vec<(String, String, crate::types::Mac)> {
+    const NUD_NOARP: u16 = 0x40;
+    const NUD_PERMANENT: u16 = 0x80;
+    const NTF_SELF: u8 = 0x02;
+    let mut out = Vec::new();
+    let Ok(mut nl) = crate::backend::rtnl::Netlink::open() else {
+        return out;
+    };
+    let bridges: Vec<&str> = spec
+        .networks
+        .values()
+        .map(|n| n.bridge.as_str())
+        .filter(|b| !b.is_empty())
+        .collect();
+    if bridges.is_empty() {
+        return out;
+    }
+    for i in 0..FDB_READS {
+        if i > 0 {
+            std::thread::sleep(FDB_GAP);
+        }
+        let Ok(entries) = nl.fdb() else { break };
+        for e in entries {
+            if e.state & (NUD_NOARP | NUD_PERMANENT) != 0 || e.flags & NTF_SELF != 0 {
+                continue;
+            }
+            let Some(port) = name_of(e.index) else {
+                continue;
+            };
+            let Some(br) = links.get(&port).and_then(|l| l.master.clone()) else {
+                continue;
+            };
+            if bridges.contains(&br.as_str()) && !out.contains(&(br.clone(), port.clone(), e.mac)) {
+                out.push((br, port, e.mac));
+            }
+        }
+    }
+    out
+}
+
+/// The name of interface `index`.
+fn name_of(index: u32) -> Option<String> {
+    let mut buf = [0 as libc::c_char; libc::IF_NAMESIZE];
+    // SAFETY: buf holds IF_NAMESIZE bytes, as if_indextoname needs.
+    let p = unsafe { libc::if_indextoname(index, buf.as_mut_ptr()) };
+    if p.is_null() {
+        return None;
+    }
+    // SAFETY: if_indextoname wrote a NUL-terminated name into buf.
+    let s = unsafe { std::ffi::CStr::from_ptr(buf.as_ptr()) };
+    Some(s.to_string_lossy().into_owned())
 }
 
 /// The scope's links by name.

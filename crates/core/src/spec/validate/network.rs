@@ -64,24 +64,7 @@ pub(super) fn read_network(cx: &mut Ctx, key: &Key, f: &Field) -> NetDraft {
         d.mtu = u32::try_from(n).ok();
     }
     read_uplink(cx, &o, &mut d, fields.uplink, word);
-    if let Some(df) = o.get(cx, "dhcp") {
-        match fields.dhcp {
-            Take::Refused(why) => cx.err(&df.path, df.loc(), why),
-            _ if d.mode.is_some() && fields.ipv4 == Take::Optional && !ipv4_given => cx.err(
-                &df.path,
-                df.loc(),
-                format!(
-                    "kvmnet serves DHCP on a {word} network only from the host's address on it; \
-                     set ipv4 (like 10.70.0.1/24) or remove dhcp"
-                ),
-            ),
-            _ => {
-                // Checks against the subnet run only when mode and gateway are sound.
-                let subnet = d.mode.and(d.ipv4);
-                d.dhcp = read_dhcp(cx, &df, subnet);
-            }
-        }
-    }
+    read_network_dhcp(cx, &o, &mut d, fields, ipv4_given);
     if let Some(isf) = o.get(cx, "isolate_ports") {
         match fields.isolate_ports {
             Take::Refused(why) => cx.err(&isf.path, isf.loc(), why),
@@ -128,6 +111,31 @@ pub(super) fn read_network(cx: &mut Ctx, key: &Key, f: &Field) -> NetDraft {
         }
     }
     d
+}
+
+/// `dhcp`: refused by a mode without an address of the host's, and where the mode takes
+/// `ipv4` as optional, only with it (the server answers from it).
+fn read_network_dhcp(cx: &mut Ctx, o: &Obj, d: &mut NetDraft, fields: &Fields, ipv4_given: bool) {
+    let word = d.mode.map_or("", |m| m.as_str());
+    let Some(df) = o.get(cx, "dhcp") else {
+        return;
+    };
+    match fields.dhcp {
+        Take::Refused(why) => cx.err(&df.path, df.loc(), why),
+        _ if d.mode.is_some() && fields.ipv4 == Take::Optional && !ipv4_given => cx.err(
+            &df.path,
+            df.loc(),
+            format!(
+                "kvmnet serves DHCP on a {word} network only from the host's address on it; \
+                 set ipv4 (like 10.70.0.1/24) or remove dhcp"
+            ),
+        ),
+        _ => {
+            // Checks against the subnet run only when mode and gateway are sound.
+            let subnet = d.mode.and(d.ipv4);
+            d.dhcp = read_dhcp(cx, &df, subnet);
+        }
+    }
 }
 
 fn read_mode(cx: &mut Ctx, o: &Obj) -> Option<Mode> {

@@ -350,6 +350,14 @@ fn run_other(command: Command) -> Result<(), (EngineError, bool)> {
             Ok(())
         }
         Command::Man { dir } => man_cmd(&dir),
+        Command::Schema => {
+            let schema = crate::spec::json_schema();
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&schema).unwrap_or_default()
+            );
+            Ok(())
+        }
     }
 }
 

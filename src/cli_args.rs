@@ -196,6 +196,15 @@ enum Command {
         #[arg(long, value_name = "NS")]
         netns: Option<String>,
     },
+    /// Print the spec's JSON Schema (draft-07), made from the validator's own model, for
+    /// editors with a YAML language server.
+    #[command(after_help = concat!(
+        "Example:\n",
+        "  kvmnet schema > /etc/kvmnet/kvmnet.schema.json\n",
+        "  # then, first line of a spec: # yaml-language-server: $schema=/etc/kvmnet/kvmnet.schema.json\n",
+        "\nEnvironment: none."
+    ))]
+    Schema,
     /// Print a shell completion script (bash, zsh or fish), made from these arguments when
     /// kvmnet was built.
     #[command(after_help = "Example:\n  kvmnet completions bash > /usr/share/bash-completion/completions/kvmnet\n\nEnvironment: none.")]

@@ -18,6 +18,7 @@ mod yaml;
 pub use cache::SpecCache;
 pub use macs::HostIdentity;
 pub use model::*;
+pub use validate::schema::json_schema;
 pub use validate::show_rate;
 
 /// The path used for errors about the whole file (empty, binary, YAML syntax).

@@ -28,6 +28,7 @@ mod host;
 mod network;
 mod policy;
 mod port;
+pub(crate) mod schema;
 mod suggest;
 mod values;
 

@@ -284,6 +284,7 @@ fn golden_cases_with_vlans_and_bonds_in_a_guest() {
             "bridge",
             "veth",
             "vxlan",
+            "tun",
             "nf_tables",
             "nft_meta_bridge",
             "nft_reject",

@@ -219,6 +219,18 @@ impl Build<'_> {
                 .bridges
                 .get(&tnet.bridge)
                 .map_or(DEFAULT_MTU, |b| b.mtu);
+            if tmtu > mtu {
+                // A bridge takes the smallest MTU of its ports: the sub-interface (never
+                // above this port's MTU) would pull the VLAN's bridge down for every guest
+                // on it, and the host would never match the spec.
+                self.conflict(
+                    format!("{}.vlans[{i}]", ppath()),
+                    format!(
+                        "VLAN {}'s network '{}' has MTU {tmtu}, more than this port's {mtu}: its sub-interface '{}' would pull bridge '{}' down to {mtu}; give network '{}' mtu: {mtu} (or less), or raise the MTU of this port's network",
+                        t.vid, tnet.name, t.device, tnet.bridge, tnet.name
+                    ),
+                );
+            }
             self.st.vlans.insert(
                 t.device.clone(),
                 VlanLink {

@@ -344,6 +344,9 @@ fn run_other(command: Command) -> Result<(), (EngineError, bool)> {
         Command::Export(a) => scope_name(&a.netns)
             .and_then(|s| crate::export::run(&a, &s))
             .map_err(|e| (e, false)),
+        Command::Import(ImportCommand::Libvirt(a)) => {
+            crate::import::run(&a).map_err(|e| (e, false))
+        }
         Command::RevertTimer { netns, token } => revert_timer_cmd(&netns, &token),
         Command::Completions { shell } => {
             print!("{}", generated(COMPLETIONS, &shell));

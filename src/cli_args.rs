@@ -174,6 +174,15 @@ enum Command {
         env_state_dir!()
     ))]
     Export(ExportArgs),
+    /// Make a spec from another tool's configuration (libvirt's XML), printed on stdout.
+    #[command(
+        subcommand,
+        after_help = concat!(
+            "Example:\n  kvmnet import libvirt default.xml --domain web1.xml > host.yaml\n\n",
+            "Environment: none (the import reads only the files it is given)."
+        )
+    )]
+    Import(ImportCommand),
     /// Apply the spec, then keep the host converged, serve DHCP and the local API.
     #[command(after_help = concat!(
         "Example:\n  kvmnet daemon --spec /etc/kvmnet/host.yaml\n\n",
@@ -255,4 +264,33 @@ pub struct ExportArgs {
     /// The scope whose ports give the MACs (a namespace that does not exist has none yet).
     #[arg(long, value_name = "NS")]
     pub netns: Option<String>,
+}
+
+#[derive(clap::Subcommand)]
+pub enum ImportCommand {
+    /// libvirt network XML (and the interfaces of domain XML) as a kvmnet spec on stdout;
+    /// anything without a faithful mapping is an error naming its element and line (exit 2,
+    /// nothing printed).
+    #[command(after_help = concat!(
+        "Notes (libvirt behaviour kvmnet does not carry over but that changes no address) go to\n",
+        "stderr as `#` lines.\n\n",
+        "Example:\n  kvmnet import libvirt /etc/libvirt/qemu/networks/default.xml --domain web1.xml > host.yaml\n\n",
+        "Environment: none (the import reads only the files it is given)."
+    ))]
+    Libvirt(LibvirtImportArgs),
+}
+
+#[derive(clap::Args)]
+pub struct LibvirtImportArgs {
+    /// Network XML files, as `virsh net-dumpxml --inactive NAME` prints them.
+    #[arg(required = true, value_name = "NETWORK.xml", value_hint = clap::ValueHint::FilePath)]
+    pub networks: Vec<std::path::PathBuf>,
+    /// Domain XML files (`virsh dumpxml --inactive NAME`): each domain is a VM, and its
+    /// interfaces on the imported networks its ports.
+    #[arg(long, value_name = "DOMAIN.xml", num_args = 1.., value_hint = clap::ValueHint::FilePath)]
+    pub domain: Vec<std::path::PathBuf>,
+    /// Where the filters that interfaces' <filterref> name are defined (libvirt's
+    /// /etc/libvirt/nwfilter); clean-traffic needs none.
+    #[arg(long, value_name = "DIR", value_hint = clap::ValueHint::DirPath)]
+    pub nwfilter: Option<std::path::PathBuf>,
 }

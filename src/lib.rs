@@ -15,6 +15,7 @@ pub mod engine;
 pub mod error;
 pub mod export;
 pub mod host_macs;
+pub mod import;
 pub mod log;
 pub mod observe;
 pub mod show;

@@ -88,6 +88,11 @@ fn api() {
     smoke("api");
 }
 
+#[test]
+fn import_libvirt() {
+    smoke("import_libvirt");
+}
+
 /// Every target has a corpus and a test above; a new target cannot be left out.
 #[test]
 fn every_target_is_smoked() {

@@ -19,7 +19,7 @@ pub fn spec(s: &Spec) -> String {
     }
     out.push_str("vms:\n");
     for vm in s.vms.values() {
-        let _ = writeln!(out, "  \"{}\":\n    ports:", vm.name);
+        let _ = writeln!(out, "  {}:\n    ports:", quote(&vm.name));
         for p in &vm.ports {
             port(&mut out, p);
         }
@@ -27,17 +27,37 @@ pub fn spec(s: &Spec) -> String {
     out
 }
 
+/// `s` as a YAML double-quoted scalar: whatever the XML held, the output stays well-formed
+/// YAML (quotes, backslashes and control characters escaped), so a value kvmnet cannot take
+/// is refused by the validator by name instead of breaking the file.
+fn quote(s: &str) -> String {
+    let mut q = String::with_capacity(s.len() + 2);
+    q.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => q.push_str("\\\""),
+            '\\' => q.push_str("\\\\"),
+            c if c.is_control() || c == '\u{feff}' || c == '\u{2028}' || c == '\u{2029}' => {
+                let _ = write!(q, "\\u{:04x}", u32::from(c));
+            }
+            c => q.push(c),
+        }
+    }
+    q.push('"');
+    q
+}
+
 fn network(out: &mut String, n: &Network) {
-    let _ = writeln!(out, "  \"{}\":\n    mode: {}", n.name, n.mode.word());
+    let _ = writeln!(out, "  {}:\n    mode: {}", quote(&n.name), n.mode.word());
     let mut line = |k: &str, v: Option<String>| {
         if let Some(v) = v {
             let _ = writeln!(out, "    {k}: {v}");
         }
     };
-    line("bridge", n.bridge.as_ref().map(|b| format!("\"{b}\"")));
+    line("bridge", n.bridge.as_deref().map(quote));
     line("ipv4", n.ipv4.map(|(a, l)| format!("{a}/{l}")));
     line("mtu", n.mtu.map(|m| m.to_string()));
-    line("uplink", n.uplink.as_ref().map(|u| format!("\"{u}\"")));
+    line("uplink", n.uplink.as_deref().map(quote));
     if let Mode::Direct(m) = n.mode {
         line("direct_mode", Some(m.to_string()));
     }
@@ -45,7 +65,7 @@ fn network(out: &mut String, n: &Network) {
         "nat",
         n.nat_egress
             .as_ref()
-            .map(|e| format!("{{ egress: \"{e}\" }}")),
+            .map(|e| format!("{{ egress: {} }}", quote(e))),
     );
     line("bandwidth", n.bandwidth.clone());
     line("isolate_ports", n.isolate_ports.then(|| "true".to_string()));
@@ -61,20 +81,20 @@ fn network(out: &mut String, n: &Network) {
                 let _ = writeln!(out, "      lease_time: {s}");
             }
             if let Some(dom) = &d.domain {
-                let _ = writeln!(out, "      domain: \"{dom}\"");
+                let _ = writeln!(out, "      domain: {}", quote(dom));
             }
         }
     }
 }
 
 fn port(out: &mut String, p: &Port) {
-    let _ = writeln!(out, "      - network: \"{}\"", p.network);
+    let _ = writeln!(out, "      - network: {}", quote(&p.network));
     let mut line = |k: &str, v: Option<String>| {
         if let Some(v) = v {
             let _ = writeln!(out, "        {k}: {v}");
         }
     };
-    line("name", p.name.as_ref().map(|n| format!("\"{n}\"")));
+    line("name", p.name.as_deref().map(quote));
     line("mac", p.mac.clone());
     line("ipv4", p.ipv4.map(|a| a.to_string()));
     line("antispoof", p.antispoof.map(|a| a.to_string()));

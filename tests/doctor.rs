@@ -513,3 +513,39 @@ fn one_mac_on_two_ports_of_a_bridge_fails() {
     assert_eq!(statuses(&checks, "duplicate_mac"), ["ok"], "{checks:?}");
     assert_eq!(code, 0, "{checks:?}");
 }
+
+#[test]
+fn a_guest_answering_arp_for_the_gateway_fails_unless_the_guard_stops_it() {
+    if !privileged() {
+        return;
+    }
+    let mut ns = Namespaces::new();
+    let host = host_ns(&mut ns, "dga");
+    let (ga, gb) = (ns.reserve("dgaa"), ns.reserve("dgab"));
+    let spec = SpecFile::new(&format!(
+        "version: 1\nnetworks:\n  n:\n    mode: nat\n    bridge: dg-br\n    ipv4: 10.96.0.1/24\n\
+         vms:\n  a:\n    ports: [ {{ network: n, kind: veth, netns: {ga}, ipv4: 10.96.0.10 }} ]\n  \
+         b:\n    ports: [ {{ network: n, kind: veth, netns: {gb}, ipv4: 10.96.0.11, antispoof: false }} ]\n"
+    ));
+    ns.kvmnet_ok(&["apply", spec.path(), "--netns", &host]);
+    let (_, checks) = doctor(&ns, &host);
+    assert_eq!(statuses(&checks, "gateway_arp"), ["ok"], "{checks:?}");
+    // A guarded guest claims the gateway: the guard drops its ARP about an address not its
+    // own, so nobody else is heard answering.
+    ok(&format!("ip -n {ga} addr add 10.96.0.1/32 dev eth0"));
+    let (_, checks) = doctor(&ns, &host);
+    assert_eq!(statuses(&checks, "gateway_arp"), ["ok"], "{checks:?}");
+    // An unguarded one is heard: fail, naming its MAC, and the exit status says so.
+    ok(&format!("ip -n {gb} addr add 10.96.0.1/32 dev eth0"));
+    let mac = ok_in(&gb, "cat /sys/class/net/eth0/address");
+    let (code, checks) = doctor(&ns, &host);
+    assert_eq!(statuses(&checks, "gateway_arp"), ["fail"], "{checks:?}");
+    assert_eq!(code, 1);
+    let c = checks.iter().find(|c| c["id"] == "gateway_arp").unwrap();
+    assert!(c["message"].as_str().unwrap().contains(mac.trim()), "{c}");
+    assert_eq!(statuses(&checks, "forwarding"), ["ok"], "{checks:?}");
+    ok(&format!("ip -n {gb} addr del 10.96.0.1/32 dev eth0"));
+    let (_, checks) = doctor(&ns, &host);
+    assert_eq!(statuses(&checks, "gateway_arp"), ["ok"], "{checks:?}");
+    ns.kvmnet_ok(&["destroy", "--netns", &host]);
+}

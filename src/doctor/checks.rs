@@ -11,7 +11,8 @@ use crate::spec::{Mode, PortKind, Spec};
 #[path = "checks_host.rs"]
 mod host;
 pub use host::{
-    DEVICES, Device, bridged_uplinks, devices, duplicate_mac, lro, owner_keys, tap_owner,
+    DEVICES, Device, bridged_uplinks, devices, duplicate_mac, gateway_arp, gateways, lro,
+    owner_keys, tap_owner,
 };
 
 /// How a check came out.
@@ -100,6 +101,8 @@ pub struct Facts {
     pub lro: BTreeMap<String, Option<bool>>,
     /// MACs the bridges learned, as `(bridge, port, mac)`, over a few reads.
     pub learned: Vec<(String, String, crate::types::Mac)>,
+    /// Who else answered an ARP probe for each bridge's gateway address, by bridge.
+    pub gateway_answers: BTreeMap<String, Result<Vec<crate::types::Mac>, String>>,
 }
 
 impl Facts {
@@ -144,6 +147,7 @@ pub fn all(spec: &Spec, facts: &Facts) -> Vec<Check> {
     out.extend(devices(facts));
     out.extend(lro(spec, facts));
     out.extend(duplicate_mac(spec, facts));
+    out.extend(gateway_arp(spec, facts));
     out
 }
 

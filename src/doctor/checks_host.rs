@@ -206,3 +206,53 @@ pub fn duplicate_mac(spec: &Spec, facts: &Facts) -> Vec<Check> {
     }
     out
 }
+
+/// The gateways of the spec: `(bridge, address, network)` for each network whose bridge
+/// carries a host address.
+pub fn gateways(spec: &Spec) -> Vec<(&str, std::net::Ipv4Addr, &str)> {
+    spec.networks
+        .values()
+        .filter(|n| !n.bridge.is_empty())
+        .filter_map(|n| n.ipv4.map(|c| (n.bridge.as_str(), c.addr, n.name.as_str())))
+        .collect()
+}
+
+/// `gateway_arp`: another host on a network answers ARP for the gateway's address (a guest
+/// configured with it, or an attacker on an unguarded port): guests' traffic to the gateway
+/// goes wherever the last answer pointed.
+pub fn gateway_arp(spec: &Spec, facts: &Facts) -> Vec<Check> {
+    const ID: &str = "gateway_arp";
+    let mut out = Vec::new();
+    for (br, gw, net) in gateways(spec) {
+        let subject = format!("{net} {gw}");
+        match facts.gateway_answers.get(br) {
+            Some(Err(e)) => {
+                let msg = format!("could not probe {br} for {gw}: {e}");
+                let fix = facts.here(&format!("arping -D -I {br} {gw}"));
+                out.push(Check::bad(ID, Status::Warn, subject, msg, fix));
+            }
+            Some(Ok(macs)) if !macs.is_empty() => {
+                let who: Vec<String> = macs.iter().map(ToString::to_string).collect();
+                let msg = format!(
+                    "{} on {br} answer ARP for the gateway {gw}: guests may send their traffic there instead of to the host",
+                    who.join(" and ")
+                );
+                let fix = format!(
+                    "find the port with that MAC ({}) and remove {gw} from that guest; keep antispoof on its port so it cannot claim the gateway",
+                    facts.here(&format!("bridge fdb show br {br}"))
+                );
+                out.push(Check::bad(ID, Status::Fail, subject, msg, fix));
+            }
+            _ => {}
+        }
+    }
+    if out.is_empty() {
+        let n = gateways(spec).len();
+        out.push(Check::ok(
+            ID,
+            "gateways",
+            format!("no other host answers ARP for the {n} gateway addresses"),
+        ));
+    }
+    out
+}

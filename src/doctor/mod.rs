@@ -3,6 +3,7 @@
 //! host facts they look at, in the scope's namespace (the process is in it already), and
 //! prints the results as text or JSON.
 
+mod arp_probe;
 pub mod checks;
 
 use serde_json::json;
@@ -46,9 +47,45 @@ fn gather(scope: &str, spec: &crate::spec::Spec) -> Facts {
             &crate::statedir::StateDir::for_scope(scope).dir,
         ),
         learned: learned(spec, &links),
+        gateway_answers: gateway_answers(spec, &links),
         links,
         ..host_facts(spec)
     }
+}
+
+/// Who else answers ARP for each gateway address, probed on its bridge (up bridges only: a
+/// probe on a down link goes nowhere). The probes run at once, one thread per bridge, so
+/// doctor waits the probe's time once, however many networks there are.
+fn gateway_answers(
+    spec: &crate::spec::Spec,
+    links: &std::collections::BTreeMap<String, crate::snapshot::LinkSnap>,
+) -> std::collections::BTreeMap<String, Result<Vec<crate::types::Mac>, String>> {
+    const WAIT: std::time::Duration = std::time::Duration::from_millis(400);
+    std::thread::scope(|s| {
+        let probes: Vec<_> = checks::gateways(spec)
+            .into_iter()
+            .filter_map(|(br, gw, _)| {
+                let l = links.get(br).filter(|l| l.up)?;
+                let mac = l.mac?;
+                let name = std::ffi::CString::new(br).ok()?;
+                // SAFETY: a valid C string.
+                let ifindex = unsafe { libc::if_nametoindex(name.as_ptr()) };
+                Some((
+                    br,
+                    s.spawn(move || arp_probe::who_answers(ifindex, mac, gw, WAIT)),
+                ))
+            })
+            .collect();
+        probes
+            .into_iter()
+            .map(|(br, h)| {
+                let r = h
+                    .join()
+                    .unwrap_or_else(|_| Err(std::io::Error::other("the probe panicked")));
+                (br.to_string(), r.map_err(|e| e.to_string()))
+            })
+            .collect()
+    })
 }
 
 /// The facts of the checks in `checks_host.rs`.

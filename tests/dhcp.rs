@@ -44,6 +44,7 @@ fn server_child() {
         dns: vec![],
         domain: None,
         mtu: None,
+        live_mtu: None,
         lease_secs: v["lease"].as_u64().unwrap_or(3600) as u32,
         routes: vec![],
         pool: Some((

@@ -441,6 +441,7 @@ fn server_process() {
         dns: vec![],
         domain: None,
         mtu: None,
+        live_mtu: None,
         lease_secs: 3600,
         routes: vec![],
         pool: Some((ip(0), ip(1))),

@@ -549,3 +549,107 @@ fn a_guest_answering_arp_for_the_gateway_fails_unless_the_guard_stops_it() {
     assert_eq!(statuses(&checks, "gateway_arp"), ["ok"], "{checks:?}");
     ns.kvmnet_ok(&["destroy", "--netns", &host]);
 }
+
+#[test]
+fn firewalld_or_ufw_rules_warn_with_the_commands_that_let_the_bridges_through() {
+    if !privileged() {
+        return;
+    }
+    let mut ns = Namespaces::new();
+    let host = host_ns(&mut ns, "dff");
+    let spec = SpecFile::new(NAT);
+    ns.kvmnet_ok(&["apply", spec.path(), "--netns", &host]);
+    let (_, checks) = doctor(&ns, &host);
+    assert_eq!(statuses(&checks, "foreign_firewall"), ["ok"], "{checks:?}");
+    // firewalld's table, as it makes it (its forward chain accepts by policy and rejects
+    // what no zone allows in its rules).
+    ok(&format!(
+        "ip netns exec {host} nft add table inet firewalld && ip netns exec {host} nft add chain inet firewalld \
+         filter_FORWARD '{{ type filter hook forward priority 10; policy accept; }}'"
+    ));
+    let (code, checks) = doctor(&ns, &host);
+    assert_eq!(
+        statuses(&checks, "foreign_firewall"),
+        ["warn"],
+        "{checks:?}"
+    );
+    assert_eq!(code, 0, "a warning is no failure");
+    let c = checks
+        .iter()
+        .find(|c| c["id"] == "foreign_firewall")
+        .unwrap();
+    assert!(
+        c["fix"]
+            .as_str()
+            .unwrap()
+            .contains("--zone=trusted --add-interface=dr-br"),
+        "{c}"
+    );
+    assert_eq!(
+        statuses(&checks, "foreign_forward_drop"),
+        ["ok"],
+        "{checks:?}"
+    );
+    ok(&format!(
+        "ip netns exec {host} nft delete table inet firewalld"
+    ));
+    // ufw's chains, as iptables-nft keeps them.
+    ok(&format!(
+        "ip netns exec {host} nft add table ip filter && ip netns exec {host} nft add chain ip filter ufw-before-forward"
+    ));
+    let (_, checks) = doctor(&ns, &host);
+    let c = checks
+        .iter()
+        .find(|c| c["id"] == "foreign_firewall")
+        .unwrap();
+    assert_eq!(c["status"], "warn", "{c}");
+    assert!(
+        c["fix"]
+            .as_str()
+            .unwrap()
+            .contains("ufw route allow in on dr-br"),
+        "{c}"
+    );
+    ok(&format!("ip netns exec {host} nft delete table ip filter"));
+    let (_, checks) = doctor(&ns, &host);
+    assert_eq!(statuses(&checks, "foreign_firewall"), ["ok"], "{checks:?}");
+    ns.kvmnet_ok(&["destroy", "--netns", &host]);
+}
+
+#[test]
+fn a_bridge_held_below_the_mtu_dhcp_tells_guests_fails() {
+    if !privileged() {
+        return;
+    }
+    let mut ns = Namespaces::new();
+    let host = host_ns(&mut ns, "ddm");
+    let g = ns.reserve("ddmg");
+    let spec = SpecFile::new(&format!(
+        "version: 1\nnetworks:\n  n:\n    mode: nat\n    bridge: dm-br\n    ipv4: 10.95.0.1/24\n    mtu: 1400\n    \
+         dhcp: {{ range: 10.95.0.100-10.95.0.110 }}\n\
+         vms:\n  a:\n    ports: [ {{ network: n, name: dm-a, kind: veth, netns: {g}, ipv4: 10.95.0.10 }} ]\n"
+    ));
+    ns.kvmnet_ok(&["apply", spec.path(), "--netns", &host]);
+    let (_, checks) = doctor(&ns, &host);
+    assert_eq!(statuses(&checks, "dhcp_mtu"), ["ok"], "{checks:?}");
+    // Something else joins the bridge with a smaller MTU: the bridge takes it.
+    ok(&format!(
+        "ip -n {host} link add dm-x type veth peer name dm-xp && ip -n {host} link set dm-x mtu 1200 && \
+         ip -n {host} link set dm-x master dm-br"
+    ));
+    let (code, checks) = doctor(&ns, &host);
+    assert_eq!(statuses(&checks, "dhcp_mtu"), ["fail"], "{checks:?}");
+    assert_eq!(code, 1);
+    let c = checks.iter().find(|c| c["id"] == "dhcp_mtu").unwrap();
+    assert!(
+        c["message"]
+            .as_str()
+            .unwrap()
+            .contains("dm-x holds it down"),
+        "{c}"
+    );
+    ok(&format!("ip -n {host} link del dm-x"));
+    let (_, checks) = doctor(&ns, &host);
+    assert_eq!(statuses(&checks, "dhcp_mtu"), ["ok"], "{checks:?}");
+    ns.kvmnet_ok(&["destroy", "--netns", &host]);
+}

@@ -192,3 +192,54 @@ vms:
     ns.kvmnet_ok(&["destroy", "--netns", &hv]);
     assert_eq!(world(&hv, &guest), before);
 }
+
+/// A VXLAN network with DHCP and no `mtu`: its MTU comes from the underlay (1450 here), and
+/// the daemon tells guests so (option 26); without it they would assume 1500 and the bridge
+/// would drop their full-size frames.
+#[test]
+fn dhcp_tells_guests_the_derived_mtu() {
+    if !privileged() {
+        return;
+    }
+    let mut ns = Namespaces::new();
+    let hv = ns.add("hvm");
+    let g = ns.reserve("vxm");
+    ok(&format!(
+        "ip -n {hv} link add under0 type veth peer name under0p && \
+         ip -n {hv} addr add 192.0.2.1/24 dev under0 && ip -n {hv} link set under0 up && \
+         ip -n {hv} link set under0p up"
+    ));
+    let spec = SpecFile::new(&format!(
+        "version: 1\nnetworks:\n  ov:\n    mode: vxlan\n    vni: 4243\n    underlay: under0\n    \
+         remotes: [192.0.2.2]\n    ipv4: 10.71.0.1/24\n    dhcp: {{ range: 10.71.0.100-10.71.0.110 }}\n\
+         vms:\n  a:\n    ports: [ {{ network: ov, kind: veth, netns: {g}, dhcp_client: true }} ]\n"
+    ));
+    let daemon = std::process::Command::new(env!("CARGO_BIN_EXE_kvmnet"))
+        .args(["daemon", "--spec", spec.path(), "--netns", &hv])
+        .env("KVMNET_STATE_DIR", &ns.state_dir)
+        .env_remove("NOTIFY_SOCKET")
+        .env_remove("JOURNAL_STREAM")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let _daemon = Daemon(daemon);
+    // udhcpc hands the options to its script as variables: the script prints them.
+    let script = std::env::temp_dir().join(format!("{}.sh", unique("vxm")));
+    std::fs::write(&script, "#!/bin/sh\n[ \"$1\" = bound ] && env\ntrue\n").unwrap();
+    ok(&format!("chmod +x {}", script.display()));
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let mut out = String::new();
+    while std::time::Instant::now() < deadline && !out.contains("ip=") {
+        let o = in_ns(
+            &g,
+            &format!(
+                "busybox udhcpc -i eth0 -n -q -t 3 -T 1 -O mtu -s {}",
+                script.display()
+            ),
+        );
+        out = String::from_utf8_lossy(&o.stdout).into_owned();
+    }
+    let _ = std::fs::remove_file(&script);
+    assert!(out.lines().any(|l| l == "mtu=1450"), "{out}");
+}

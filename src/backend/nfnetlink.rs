@@ -507,6 +507,43 @@ pub(super) fn open_socket() -> Result<Option<Nfnl>, NftError> {
     }
 }
 
+/// Other firewall managers whose rules are in nftables here, as `(manager, where)`:
+/// firewalld (its table `inet firewalld`) and ufw (chains `ufw-*`/`ufw6-*`, which iptables-nft
+/// keeps in tables `ip filter` and `ip6 filter`). Each rejects forwarded traffic it was not
+/// told about, whatever their base chains' policies say.
+pub fn foreign_firewalls() -> Result<Vec<(String, String)>, NftError> {
+    let Some(mut sock) = open_socket()? else {
+        return Ok(Vec::new());
+    };
+    let mut out: Vec<(String, String)> = Vec::new();
+    for (family, fam) in [("ip", 2), ("ip6", 10), ("inet", NFPROTO_INET)] {
+        let chains = match sock.dump("list chains", NFT_MSG_GETCHAIN, fam, &[]) {
+            Ok(c) => c.unwrap_or_default(),
+            Err(NftError::Kernel { .. }) => continue,
+            Err(e) => return Err(e),
+        };
+        for p in chains {
+            let table = attr(&p, NFTA_CHAIN_TABLE)
+                .map(attr_string)
+                .unwrap_or_default();
+            let name = attr(&p, NFTA_CHAIN_NAME)
+                .map(attr_string)
+                .unwrap_or_default();
+            let found = if family == "inet" && table == "firewalld" {
+                ("firewalld", format!("table inet firewalld"))
+            } else if name.starts_with("ufw-") || name.starts_with("ufw6-") {
+                ("ufw", format!("chains ufw-* of table {family} {table}"))
+            } else {
+                continue;
+            };
+            if !out.iter().any(|(m, w)| m == found.0 && *w == found.1) {
+                out.push((found.0.to_string(), found.1));
+            }
+        }
+    }
+    Ok(out)
+}
+
 /// Base chains on the forward hook with policy drop in tables that are not kvmnet's, of
 /// the families that see forwarded or bridged traffic, as `(family, table, chain)`: `doctor`
 /// warns of them (iptables' FORWARD policy DROP, as Docker sets it, is one through

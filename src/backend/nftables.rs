@@ -5,7 +5,7 @@
 //! thousands of rules. Rules are read back as text (`nft list`) only where a change has to be
 //! undoable: the chains that change or go away, or everything when the tables get replaced.
 
-pub use super::nfnetlink::foreign_forward_drops;
+pub use super::nfnetlink::{foreign_firewalls, foreign_forward_drops};
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{self, Write as _};
 use std::process::{Command, Stdio};

@@ -92,6 +92,15 @@ impl Engine {
         self.scopes = scopes;
     }
 
+    /// The interfaces' MTUs as the host has them now, by interface name.
+    pub fn set_live_mtus(&mut self, mtus: &[(String, Option<u32>)]) {
+        for s in &mut self.scopes {
+            if let Some((_, m)) = mtus.iter().find(|(i, _)| *i == s.interface) {
+                s.live_mtu = *m;
+            }
+        }
+    }
+
     pub fn leases(&self, now: u64) -> Vec<Lease> {
         let mut out = Vec::new();
         for t in self.tables.values() {
@@ -371,7 +380,7 @@ impl Cx<'_> {
         if let Some(d) = &s.domain {
             p.set(opt::DOMAIN, d.as_bytes().to_vec());
         }
-        if let Some(m) = s.mtu {
+        if let Some(m) = s.mtu.or(s.live_mtu.filter(|&m| m < 1500)) {
             p.set(opt::MTU, (m.clamp(68, 65535) as u16).to_be_bytes().to_vec());
         }
         // RFC 3442: only to clients that ask; such a client ignores option 3, so the default

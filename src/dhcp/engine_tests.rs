@@ -29,6 +29,7 @@ fn scope() -> Scope {
         dns: vec![Ipv4Addr::new(10, 0, 0, 53)],
         domain: Some("example.test".into()),
         mtu: Some(1400),
+        live_mtu: None,
         lease_secs: 100,
         routes: vec![(
             "198.51.100.0/24".parse().unwrap(),
@@ -478,4 +479,37 @@ fn ciaddr_outside_the_network_is_ignored() {
     let (nak, dest) = t.send(&renew).unwrap();
     assert_eq!(nak.message_type(), Some(MessageType::Nak));
     assert_eq!(dest, Dest::Broadcast);
+}
+
+#[test]
+fn without_a_spec_mtu_a_live_mtu_below_1500_is_told() {
+    // The reserved client each time: it gets its address however often it asks.
+    let mut t = engine("livemtu");
+    let mut s = scope();
+    s.mtu = None;
+    t.e.set_scopes(vec![s], t.now);
+    let mtu_of = |t: &mut T, m: u8| {
+        t.send(&req(m, MessageType::Discover))
+            .unwrap()
+            .0
+            .get_u16(opt::MTU)
+    };
+    assert_eq!(mtu_of(&mut t, 9), None, "nothing known: guests keep 1500");
+    t.e.set_live_mtus(&[("br0".into(), Some(1450))]);
+    assert_eq!(
+        mtu_of(&mut t, 9),
+        Some(1450),
+        "a VXLAN network's derived MTU"
+    );
+    t.e.set_live_mtus(&[("br0".into(), Some(9000))]);
+    assert_eq!(
+        mtu_of(&mut t, 9),
+        None,
+        "jumbo bridges are not forced on guests"
+    );
+    let mut s = scope();
+    s.mtu = Some(1400);
+    t.e.set_scopes(vec![s], t.now);
+    t.e.set_live_mtus(&[("br0".into(), Some(1300))]);
+    assert_eq!(mtu_of(&mut t, 9), Some(1400), "the spec's mtu wins");
 }

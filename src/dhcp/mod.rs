@@ -93,7 +93,13 @@ pub struct Scope {
     pub router: Option<Ipv4Addr>,
     pub dns: Vec<Ipv4Addr>,
     pub domain: Option<String>,
+    /// The network's `mtu` from the spec (option 26).
     pub mtu: Option<u32>,
+    /// The interface's MTU as the host has it, read by the server every second. Without an
+    /// `mtu` in the spec, one below 1500 (a VXLAN network's, derived from its underlay) is
+    /// what guests are told: they would assume 1500, and the bridge drops their full-size
+    /// frames.
+    pub live_mtu: Option<u32>,
     /// `u32::MAX` means infinite.
     pub lease_secs: u32,
     /// Classless static routes (option 121): destination, router.
@@ -142,6 +148,7 @@ pub fn scopes(spec: &Spec) -> Vec<Scope> {
             dns: dhcp.dns.clone(),
             domain: dhcp.domain.clone(),
             mtu: net.mtu,
+            live_mtu: None,
             lease_secs: u32::try_from(dhcp.lease_time_secs).unwrap_or(u32::MAX),
             routes: dhcp.routes.iter().map(|r| (r.to, r.via)).collect(),
             pool: if dhcp.pool { dhcp.range } else { None },
@@ -440,6 +447,11 @@ impl Server {
         let mut e = lock(&self.shared);
         for rx in batch.drain() {
             let iface = self.sockets.interface(rx.socket);
+            // The interface's MTU as it is now (one ioctl): a bridge's MTU follows its
+            // ports, so the second-old value of the last tick may be stale after an apply.
+            if let Some(m) = self.sockets.mtu_of(rx.socket) {
+                e.set_live_mtus(&[(iface.to_string(), Some(m))]);
+            }
             match e.handle(iface, rx.socket, &rx, now, mono) {
                 Some(o) if o.needs_sync => acks.push(o),
                 // Offers, NAKs and INFORM answers promise nothing: out at once.
@@ -464,6 +476,7 @@ impl Server {
         let mut e = lock(&self.shared);
         e.tick(now_unix(), Instant::now());
         let err = self.sockets.sync(e.scopes()).err().map(|e| e.to_string());
+        e.set_live_mtus(&self.sockets.mtus());
         if err.is_some() && err != self.last_error {
             crate::log::line(
                 crate::log::Level::Error,
@@ -483,6 +496,7 @@ impl Server {
         let r = self.sockets.sync(&scopes);
         let mut e = lock(&self.shared);
         e.set_scopes(scopes, now_unix());
+        e.set_live_mtus(&self.sockets.mtus());
         e.stats.interfaces_waiting = self.sockets.waiting();
         r
     }
@@ -532,6 +546,7 @@ impl FuzzServer {
                 dns: vec![gw],
                 domain: Some("fuzz.example".into()),
                 mtu: Some(1500),
+                live_mtu: None,
                 lease_secs: 600,
                 routes: vec![(Ipv4Cidr::new(Ipv4Addr::new(198, 51, 100, 0), 24), gw)],
                 pool: Some((Ipv4Addr::new(10, 0, 0, 100), Ipv4Addr::new(10, 0, 0, 199))),

@@ -131,6 +131,23 @@ fn setopt<T>(fd: RawFd, level: libc::c_int, name: libc::c_int, v: &T) -> io::Res
     .map(|_| ())
 }
 
+/// The MTU of interface `name`, asked through socket `fd`.
+fn interface_mtu(fd: RawFd, name: &str) -> Option<u32> {
+    // SAFETY: all-zero is a valid ifreq.
+    let mut ifr: libc::ifreq = unsafe { zeroed() };
+    let bytes = name.as_bytes();
+    if bytes.len() >= ifr.ifr_name.len() {
+        return None;
+    }
+    for (d, s) in ifr.ifr_name.iter_mut().zip(bytes) {
+        *d = *s as libc::c_char;
+    }
+    // SAFETY: a valid ifreq for SIOCGIFMTU, which fills ifru_mtu.
+    let r = unsafe { libc::ioctl(fd, libc::SIOCGIFMTU, &mut ifr) };
+    // SAFETY: the kernel wrote ifru_mtu.
+    (r == 0).then(|| unsafe { ifr.ifr_ifru.ifru_mtu } as u32)
+}
+
 pub(crate) fn ifindex(name: &str) -> Option<u32> {
     let c = std::ffi::CString::new(name).ok()?;
     // SAFETY: valid C string.
@@ -291,6 +308,27 @@ impl Sockets {
             Some(e) => Err(e),
             None => Ok(()),
         }
+    }
+
+    /// The MTU of each open slot's interface (`SIOCGIFMTU` on its own socket, so in its
+    /// namespace), by interface name; `None` where it cannot be read.
+    pub fn mtus(&self) -> Vec<(String, Option<u32>)> {
+        self.slots
+            .iter()
+            .filter_map(|s| {
+                let k = s.sock.as_ref()?;
+                Some((
+                    s.interface.clone(),
+                    interface_mtu(k.udp.as_raw_fd(), &s.interface),
+                ))
+            })
+            .collect()
+    }
+
+    /// The MTU of the interface of slot `socket`, if it is open.
+    pub fn mtu_of(&self, socket: usize) -> Option<u32> {
+        let s = self.slots.get(socket)?;
+        interface_mtu(s.sock.as_ref()?.udp.as_raw_fd(), &s.interface)
     }
 
     pub fn waiting(&self) -> Vec<String> {

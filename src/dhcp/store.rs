@@ -603,6 +603,7 @@ mod tests {
             dns: vec![],
             domain: None,
             mtu: None,
+            live_mtu: None,
             lease_secs: 100,
             routes: vec![],
             pool: Some((

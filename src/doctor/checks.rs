@@ -85,6 +85,10 @@ pub struct Facts {
     pub forward_drops: Vec<(String, String, String)>,
     /// Why the forward chains could not be read, if they could not.
     pub forward_drops_error: Option<String>,
+    /// Other firewall managers with rules here (firewalld, ufw), with where they were seen.
+    pub foreign_firewalls: Vec<(String, String)>,
+    /// Why they could not be read, if they could not.
+    pub foreign_firewalls_error: Option<String>,
     /// The scope's links by name.
     pub links: BTreeMap<String, LinkSnap>,
     /// Why the links could not be read, if they could not.
@@ -138,9 +142,11 @@ pub fn all(spec: &Spec, facts: &Facts) -> Vec<Check> {
     out.extend(forwarding(spec, facts));
     out.extend(br_netfilter(spec, facts));
     out.extend(foreign_forward_drop(spec, facts));
+    out.extend(foreign_firewall(spec, facts));
     out.extend(rp_filter(spec, facts));
     out.extend(carrier(spec, facts));
     out.extend(mtu(spec, facts));
+    out.extend(dhcp_mtu(spec, facts));
     out.extend(conntrack(facts));
     out.extend(daemon(spec, facts));
     out.extend(tap_owner(spec, facts));
@@ -323,6 +329,59 @@ pub fn foreign_forward_drop(spec: &Spec, facts: &Facts) -> Vec<Check> {
                 ),
                 forward_drop_fix(facts, d, &bridges),
             )
+        })
+        .collect()
+}
+
+/// `foreign_firewall`: firewalld or ufw manage rules here. Both reject forwarded traffic they
+/// were not told about (firewalld: interfaces in no zone; ufw: its default routed policy),
+/// whatever the base chains' policies say, so guests behind the host's routing lose it.
+pub fn foreign_firewall(spec: &Spec, facts: &Facts) -> Vec<Check> {
+    const ID: &str = "foreign_firewall";
+    if let Some(e) = &facts.foreign_firewalls_error {
+        let msg = format!("could not read the other tables' chains: {e}");
+        return vec![Check::bad(
+            ID,
+            Status::Warn,
+            "nftables",
+            msg,
+            "nft list ruleset shows them",
+        )];
+    }
+    let found = &facts.foreign_firewalls;
+    let bridges: Vec<&str> = spec
+        .networks
+        .values()
+        .filter(|n| n.mode.routed_by_host())
+        .map(|n| n.bridge.as_str())
+        .collect();
+    if found.is_empty() || bridges.is_empty() {
+        let msg = match found.len() {
+            0 => "neither firewalld nor ufw has rules here".to_string(),
+            _ => {
+                "firewalld or ufw has rules here, but no network is routed by the host".to_string()
+            }
+        };
+        return vec![Check::ok(ID, "firewall managers", msg)];
+    }
+    found
+        .iter()
+        .map(|(manager, seen)| {
+            let fix: Vec<String> = bridges
+                .iter()
+                .map(|b| match manager.as_str() {
+                    "firewalld" => format!(
+                        "firewall-cmd --permanent --zone=trusted --add-interface={b}"
+                    ),
+                    _ => format!("ufw route allow in on {b}; ufw route allow out on {b}"),
+                })
+                .collect();
+            let reload = if manager == "firewalld" { "; firewall-cmd --reload" } else { "" };
+            let msg = format!(
+                "{manager} manages rules here ({seen}): it rejects forwarded traffic it was not told about, so guests of {} may reach nothing beyond the host",
+                bridges.join(", ")
+            );
+            Check::bad(ID, Status::Warn, manager.clone(), msg, format!("{}{reload}", fix.join("; ")))
         })
         .collect()
 }
@@ -565,6 +624,52 @@ const CT_MAX: &str = "net.netfilter.nf_conntrack_max";
 
 /// `conntrack`: a connection tracking table more than 90% full; when it is full, new
 /// connections (guests' NAT and firewalled ones among them) are dropped.
+/// `dhcp_mtu`: the MTU DHCP tells a network's guests (its `mtu`; without one, the bridge's
+/// own when below 1500, else the 1500 guests assume) against what the bridge carries now. A
+/// bridge takes its smallest port's MTU, so one port or lower device below the network's
+/// `mtu` makes every guest send frames the bridge drops.
+pub fn dhcp_mtu(spec: &Spec, facts: &Facts) -> Vec<Check> {
+    const ID: &str = "dhcp_mtu";
+    let mut out = Vec::new();
+    let mut seen = 0;
+    for n in spec
+        .networks
+        .values()
+        .filter(|n| n.dhcp.is_some() && !n.bridge.is_empty())
+    {
+        let Some(live) = facts.links.get(&n.bridge).map(|l| l.mtu) else {
+            continue;
+        };
+        seen += 1;
+        // Without an `mtu`, DHCP tells the bridge's own MTU when it is below 1500 and guests
+        // otherwise assume 1500, which the bridge then carries: nothing can be wrong.
+        let Some(told) = n.mtu.filter(|&m| live < m) else {
+            continue;
+        };
+        let smallest = facts
+            .links
+            .values()
+            .filter(|l| l.master.as_deref() == Some(n.bridge.as_str()) && l.mtu == live)
+            .map(|l| l.name.as_str())
+            .next()
+            .unwrap_or("a port");
+        let msg = format!(
+            "DHCP tells guests of {} MTU {told}, but bridge {} carries {live} ({smallest} holds it down): their full-size frames are dropped",
+            n.name, n.bridge
+        );
+        let fix = format!(
+            "raise {smallest}'s MTU to {told}, or set mtu: {live} on network {} (DHCP then tells guests)",
+            n.name
+        );
+        out.push(Check::bad(ID, Status::Fail, n.name.clone(), msg, fix));
+    }
+    if out.is_empty() {
+        let msg = format!("the MTU DHCP tells guests fits the bridge on all {seen} DHCP networks");
+        out.push(Check::ok(ID, "dhcp", msg));
+    }
+    out
+}
+
 pub fn conntrack(facts: &Facts) -> Vec<Check> {
     const ID: &str = "conntrack";
     let num = |k| facts.sysctl(k).and_then(|v| v.parse::<u64>().ok());

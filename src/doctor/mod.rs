@@ -33,6 +33,11 @@ fn gather(scope: &str, spec: &crate::spec::Spec) -> Facts {
         Ok(d) => (d, None),
         Err(e) => (Vec::new(), Some(e)),
     };
+    let (foreign_firewalls, foreign_firewalls_error) =
+        match crate::backend::nftables::foreign_firewalls() {
+            Ok(f) => (f, None),
+            Err(e) => (Vec::new(), Some(e.to_string())),
+        };
     let (links, links_error) = match links() {
         Ok(l) => (l, None),
         Err(e) => (Default::default(), Some(e)),
@@ -42,6 +47,8 @@ fn gather(scope: &str, spec: &crate::spec::Spec) -> Facts {
         sysctls,
         forward_drops,
         forward_drops_error,
+        foreign_firewalls,
+        foreign_firewalls_error,
         links_error,
         daemon_running: crate::daemon::api::daemon_listening(
             &crate::statedir::StateDir::for_scope(scope).dir,

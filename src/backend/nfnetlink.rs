@@ -530,7 +530,7 @@ pub fn foreign_firewalls() -> Result<Vec<(String, String)>, NftError> {
                 .map(attr_string)
                 .unwrap_or_default();
             let found = if family == "inet" && table == "firewalld" {
-                ("firewalld", format!("table inet firewalld"))
+                ("firewalld", "table inet firewalld".to_string())
             } else if name.starts_with("ufw-") || name.starts_with("ufw6-") {
                 ("ufw", format!("chains ufw-* of table {family} {table}"))
             } else {

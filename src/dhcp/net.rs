@@ -144,8 +144,10 @@ fn interface_mtu(fd: RawFd, name: &str) -> Option<u32> {
     }
     // SAFETY: a valid ifreq for SIOCGIFMTU, which fills ifru_mtu.
     let r = unsafe { libc::ioctl(fd, libc::SIOCGIFMTU, &mut ifr) };
-    // SAFETY: the kernel wrote ifru_mtu.
-    (r == 0).then(|| unsafe { ifr.ifr_ifru.ifru_mtu } as u32)
+    // SAFETY: the union was zeroed, so reading it is defined; on success the kernel wrote
+    // ifru_mtu.
+    let mtu = unsafe { ifr.ifr_ifru.ifru_mtu };
+    (r == 0).then_some(mtu as u32)
 }
 
 pub(crate) fn ifindex(name: &str) -> Option<u32> {

@@ -136,6 +136,7 @@ impl Topo {
             dns: vec![],
             domain: None,
             mtu: None,
+            live_mtu: None,
             lease_secs: 600,
             routes: vec![],
             pool: pool.map(|(a, b)| (a.parse().unwrap(), b.parse().unwrap())),

@@ -16,6 +16,7 @@ pub mod error;
 pub mod export;
 pub mod host_macs;
 pub mod log;
+pub mod metrics;
 pub mod observe;
 pub mod show;
 pub mod statedir;

@@ -337,7 +337,11 @@ fn run_other(command: Command) -> Result<(), (EngineError, bool)> {
         },
         Command::Status { scope } => status_cmd(&scope),
         Command::Leases { scope } => leases_cmd(&scope),
-        Command::Daemon { spec, netns } => daemon_cmd(&spec, &netns),
+        Command::Daemon {
+            spec,
+            netns,
+            metrics_listen,
+        } => daemon_cmd(&spec, &netns, metrics_listen.as_deref()),
         Command::Show { netns } => enter_existing(&netns)
             .and_then(|s| crate::show::run(&s))
             .map_err(|e| (e, false)),
@@ -566,9 +570,19 @@ fn print_leases(v: &Value) {
     }
 }
 
-fn daemon_cmd(spec: &Path, netns: &Option<String>) -> Result<(), (EngineError, bool)> {
+fn daemon_cmd(
+    spec: &Path,
+    netns: &Option<String>,
+    metrics_listen: Option<&str>,
+) -> Result<(), (EngineError, bool)> {
+    // Bound before entering the scope: Prometheus reaches it in the namespace kvmnet was
+    // started in, while the daemon reads counters in its scope's.
+    let listener = metrics_listen
+        .map(crate::metrics::serve::bind)
+        .transpose()
+        .map_err(|e| (EngineError::from(e), false))?;
     let s = enter(netns).map_err(|e| (e, false))?;
-    daemon::run(&s, spec).map_err(|e| (e, false))
+    daemon::run(&s, spec, listener).map_err(|e| (e, false))
 }
 
 fn revert_timer_cmd(netns: &Option<String>, token: &str) -> Result<(), (EngineError, bool)> {

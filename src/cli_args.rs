@@ -185,7 +185,7 @@ enum Command {
     Import(ImportCommand),
     /// Apply the spec, then keep the host converged, serve DHCP and the local API.
     #[command(after_help = concat!(
-        "Example:\n  kvmnet daemon --spec /etc/kvmnet/host.yaml\n\n",
+        "Example:\n  kvmnet daemon --spec /etc/kvmnet/host.yaml --metrics-listen 127.0.0.1:9465\n\n",
         "Environment:\n",
         env_state_dir!(),
         "  KVMNET_RECONCILE_MS    how often drift is repaired and confirm deadlines checked (2000)\n",
@@ -204,6 +204,11 @@ enum Command {
         spec: std::path::PathBuf,
         #[arg(long, value_name = "NS")]
         netns: Option<String>,
+        /// Serve Prometheus metrics read-only over TCP on ADDR:PORT (GET /metrics only; the
+        /// same series are on the API socket). Bound in the namespace kvmnet is started
+        /// in, before it enters --netns: the host's, for a system daemon.
+        #[arg(long, value_name = "ADDR:PORT")]
+        metrics_listen: Option<String>,
     },
     /// Print the spec's JSON Schema (draft-07), made from the validator's own model, for
     /// editors with a YAML language server.

@@ -224,6 +224,9 @@ pub enum EngineError {
     /// The daemon could not listen on its API socket.
     #[error(transparent)]
     Listen(ApiError),
+    /// The daemon could not listen for metrics (`--metrics-listen`).
+    #[error(transparent)]
+    Metrics(#[from] crate::metrics::MetricsError),
     /// What the scope's daemon answered (its kind read from the answer), or why it could not
     /// be asked.
     #[error("{}", daemon_message(.0))]
@@ -269,9 +272,10 @@ impl EngineError {
             EngineError::Busy(_) => ErrorKind::Busy,
             EngineError::Observe(e) => observe_kind(e),
             EngineError::KernelRefused { error, .. } => apply_kind(error),
-            EngineError::Kernel(_) | EngineError::Netns(_) | EngineError::RevertTimer(_) => {
-                ErrorKind::Host
-            }
+            EngineError::Kernel(_)
+            | EngineError::Netns(_)
+            | EngineError::RevertTimer(_)
+            | EngineError::Metrics(_) => ErrorKind::Host,
             EngineError::State(_)
             | EngineError::Accepted(_)
             | EngineError::StateIo { .. }

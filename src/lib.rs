@@ -17,6 +17,7 @@ pub mod export;
 pub mod host_macs;
 pub mod import;
 pub mod log;
+pub mod metrics;
 pub mod observe;
 pub mod show;
 pub mod statedir;

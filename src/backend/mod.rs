@@ -1,6 +1,7 @@
 //! Kernel I/O: thin wrappers, one per interface the kernel offers; and the seam the engine
 //! drives a backend through ([`seam`]), with the kernel as its implementation.
 
+pub mod counters;
 pub mod ethtool;
 pub mod events;
 pub mod macvtap;

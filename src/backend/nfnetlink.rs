@@ -14,11 +14,11 @@ use crate::nft::{self, NftRule};
 pub(crate) const NFNL_SUBSYS_NFTABLES: u16 = 10;
 const NFT_MSG_GETTABLE: u16 = 1;
 const NFT_MSG_GETCHAIN: u16 = 4;
-const NFT_MSG_GETRULE: u16 = 7;
+pub(super) const NFT_MSG_GETRULE: u16 = 7;
 const NFT_MSG_GETSET: u16 = 10;
-const NFT_MSG_GETSETELEM: u16 = 13;
+pub(super) const NFT_MSG_GETSETELEM: u16 = 13;
 pub(super) const NFPROTO_INET: u8 = 1;
-const NFPROTO_BRIDGE: u8 = 7;
+pub(super) const NFPROTO_BRIDGE: u8 = 7;
 
 const NFTA_TABLE_NAME: u16 = 1;
 const NFTA_TABLE_USE: u16 = 3;
@@ -30,7 +30,7 @@ const NFTA_CHAIN_POLICY: u16 = 5;
 const NFTA_CHAIN_TYPE: u16 = 7;
 const NFTA_HOOK_HOOKNUM: u16 = 1;
 const NFTA_HOOK_PRIORITY: u16 = 2;
-const NFTA_RULE_TABLE: u16 = 1;
+pub(super) const NFTA_RULE_TABLE: u16 = 1;
 pub(crate) const NFTA_RULE_CHAIN: u16 = 2;
 const NFTA_RULE_USERDATA: u16 = 7;
 const NFTA_SET_TABLE: u16 = 1;
@@ -38,15 +38,15 @@ pub(crate) const NFTA_SET_NAME: u16 = 2;
 const NFTA_SET_FLAGS: u16 = 3;
 const NFTA_SET_KEY_TYPE: u16 = 4;
 const NFTA_SET_DATA_TYPE: u16 = 6;
-const NFTA_SET_ELEM_LIST_TABLE: u16 = 1;
+pub(super) const NFTA_SET_ELEM_LIST_TABLE: u16 = 1;
 pub(crate) const NFTA_SET_ELEM_LIST_SET: u16 = 2;
 pub(crate) const NFTA_SET_ELEM_LIST_ELEMENTS: u16 = 3;
-const NFTA_SET_ELEM_KEY: u16 = 1;
+pub(super) const NFTA_SET_ELEM_KEY: u16 = 1;
 const NFTA_SET_ELEM_DATA: u16 = 2;
 const NFTA_SET_ELEM_FLAGS: u16 = 3;
-const NFTA_DATA_VALUE: u16 = 1;
-const NFTA_DATA_VERDICT: u16 = 2;
-const NFTA_VERDICT_CODE: u16 = 1;
+pub(super) const NFTA_DATA_VALUE: u16 = 1;
+pub(super) const NFTA_DATA_VERDICT: u16 = 2;
+pub(super) const NFTA_VERDICT_CODE: u16 = 1;
 const NFTA_VERDICT_CHAIN: u16 = 2;
 const NFT_SET_ANONYMOUS: u32 = 0x1;
 const NFT_SET_ELEM_INTERVAL_END: u32 = 0x1;
@@ -55,7 +55,7 @@ const NFT_SET_ELEM_INTERVAL_END: u32 = 0x1;
 const UDATA_COMMENT: u8 = 0;
 const NFTA_SET_USERDATA: u16 = 13;
 
-fn be32(p: &[u8]) -> Option<u32> {
+pub(super) fn be32(p: &[u8]) -> Option<u32> {
     Some(u32::from_be_bytes(p.get(..4)?.try_into().ok()?))
 }
 
@@ -78,7 +78,7 @@ pub(super) struct Nfnl {
 }
 
 /// The nftables error for a failure of the socket or a refusal of the kernel.
-fn nft_err(op: &str, e: NetlinkError) -> NftError {
+pub(super) fn nft_err(op: &str, e: NetlinkError) -> NftError {
     match e {
         NetlinkError::Socket { op, source } => NftError::Socket { op, source },
         NetlinkError::Kernel { source, .. } => NftError::Kernel {
@@ -153,7 +153,7 @@ impl Nfnl {
 
     /// One dump: the attributes of every message. `None` when the object asked about does
     /// not exist.
-    fn dump(
+    pub(super) fn dump(
         &mut self,
         op: &str,
         msg: u16,

@@ -153,6 +153,8 @@ fn layout(ty: &str) -> Option<(Vec<Field>, Option<Field>)> {
         None => (ty, None),
     };
     let key = key.strip_prefix("typeof ").unwrap_or(key);
+    // A set with counters on its elements: the counters are no part of the key.
+    let key = key.strip_suffix("; counter").unwrap_or(key);
     let fields = key
         .split(" . ")
         .map(Field::parse)

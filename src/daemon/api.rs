@@ -69,6 +69,9 @@ pub struct Response {
     /// For 405: the methods the endpoint takes.
     pub allow: Option<&'static str>,
     pub after: Option<After>,
+    /// A body that is not JSON, with its content type (`GET /metrics`); `body` is then
+    /// not sent.
+    pub text: Option<(&'static str, String)>,
 }
 
 impl Response {
@@ -81,7 +84,14 @@ impl Response {
             body,
             allow: None,
             after: None,
+            text: None,
         }
+    }
+    /// A body of `content_type`, not JSON.
+    pub fn text(content_type: &'static str, body: String) -> Response {
+        let mut r = Response::with_status(200, Value::Null);
+        r.text = Some((content_type, body));
+        r
     }
     /// A refusal of the HTTP layer (a malformed request, an unknown endpoint...), which
     /// carries no kind: the status says it all.
@@ -448,12 +458,15 @@ fn reason(status: u16) -> &'static str {
 }
 
 fn write_response(s: &mut UnixStream, resp: &Response) {
-    let body = resp.body.to_string();
+    let (content_type, body) = match &resp.text {
+        Some((t, b)) => (*t, b.clone()),
+        None => ("application/json", resp.body.to_string()),
+    };
     let allow = resp
         .allow
         .map_or(String::new(), |a| format!("Allow: {a}\r\n"));
     let head = format!(
-        "HTTP/1.1 {} {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n{allow}Connection: close\r\n\r\n",
+        "HTTP/1.1 {} {}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\n{allow}Connection: close\r\n\r\n",
         resp.status,
         reason(resp.status),
         body.len()

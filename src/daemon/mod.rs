@@ -20,6 +20,7 @@ use crate::dhcp;
 use crate::engine::{self, Busy, EngineError, ErrorKind, Pending};
 use crate::error::observe_kind;
 use crate::log::Level;
+use crate::metrics::{DaemonMetrics, Format, Operation};
 use crate::observe::Observer;
 use crate::spec::Spec;
 use crate::statedir::StateDir;
@@ -58,6 +59,7 @@ struct Shared {
     /// own: freeing a 1,000-port spec and what was planned from it takes milliseconds that
     /// an API client need not wait for.
     retired: Mutex<std::sync::mpsc::Sender<Box<dyn Send>>>,
+    metrics: DaemonMetrics,
 }
 
 impl Shared {
@@ -65,6 +67,7 @@ impl Shared {
     fn set_active(&self, active: &mut Active, spec: Spec, accepted: Accepted) {
         *self.dhcp_pending.lock().expect("lock") = Some(dhcp::scopes(&spec));
         self.dhcp_kick.store(true, Ordering::SeqCst);
+        self.metrics.set_spec(&spec);
         let old = std::mem::replace(active, Active { spec, accepted });
         self.retire(old);
     }
@@ -167,7 +170,26 @@ fn block_signals() -> libc::sigset_t {
     }
 }
 
+/// Brings the host to the enforced spec (`action` "apply", or "repair" for a reconcile), and
+/// counts it: a repair's duration and the kinds it repaired, an apply's duration, a failure.
 fn apply_active(sh: &Shared, action: &str) -> Result<usize, EngineError> {
+    let started = Instant::now();
+    let r = plan_and_execute(sh, action);
+    let (took, m) = (started.elapsed(), &sh.metrics);
+    match (&r, action) {
+        (Ok((_, kinds)), "repair") => m.reconciled(took, kinds.iter().copied(), true),
+        (Err(_), "repair") => {
+            m.reconciled(took, std::iter::empty(), false);
+            m.failed(Operation::Repair);
+        }
+        (Ok(_), _) => m.applied(took),
+        (Err(_), _) => m.failed(Operation::Apply),
+    }
+    r.map(|(n, _)| n)
+}
+
+/// Plans from the enforced spec and executes: the number of steps and their kinds.
+fn plan_and_execute(sh: &Shared, action: &str) -> Result<(usize, Vec<&'static str>), EngineError> {
     let mut active = sh.active.lock().expect("lock");
     let mut p = engine::plan_with(
         Some(&active.spec),
@@ -183,8 +205,9 @@ fn apply_active(sh: &Shared, action: &str) -> Result<usize, EngineError> {
     let n = p.plan.steps.len();
     if n == 0 && action == "repair" {
         sh.finish(p);
-        return Ok(0);
+        return Ok((0, Vec::new()));
     }
+    let kinds = p.plan.steps.iter().map(|s| s.kind()).collect();
     if action == "repair" {
         for s in &p.plan.steps {
             log(Level::Notice, &format!("repair: {s}"));
@@ -192,7 +215,7 @@ fn apply_active(sh: &Shared, action: &str) -> Result<usize, EngineError> {
     }
     engine::execute(&p, action, &engine::spec_hash(&active.accepted.text), None)?;
     sh.finish(p);
-    Ok(n)
+    Ok((n, kinds))
 }
 
 /// SIGHUP or `POST /v1/reload`: the `--spec` file becomes the accepted spec if its content
@@ -202,6 +225,7 @@ fn reload(sh: &Shared) {
     let text = match engine::read(&sh.spec_path) {
         Ok(t) => t,
         Err(e) => {
+            sh.metrics.failed(Operation::Reload);
             return log(
                 Level::Warning,
                 &format!("reload refused, keeping the current spec:\n{e}"),
@@ -225,6 +249,7 @@ fn reload(sh: &Shared) {
         };
     }
     if let Err(e) = refuse_while_pending(sh) {
+        sh.metrics.failed(Operation::Reload);
         return log(Level::Warning, &format!("reload refused: {e}"));
     }
     let spec = match engine::parse_cached(
@@ -237,6 +262,7 @@ fn reload(sh: &Shared) {
     {
         Ok(s) => s,
         Err(e) => {
+            sh.metrics.failed(Operation::Reload);
             return log(
                 Level::Warning,
                 &format!("reload refused, keeping the current spec:\n{e}"),
@@ -246,6 +272,7 @@ fn reload(sh: &Shared) {
     let mut next = active.accepted.next(Origin::File, &sh.spec_file, text);
     next.record.spec_file_hash = file_hash;
     if let Err(e) = sh.accept(&next) {
+        sh.metrics.failed(Operation::Reload);
         return log(
             Level::Warning,
             &format!("reload refused, keeping the current spec: {e}"),
@@ -276,6 +303,7 @@ fn refuse_while_pending(sh: &Shared) -> Result<(), EngineError> {
 
 /// The API's endpoints and the method each takes.
 const ENDPOINTS: &[(&str, &str)] = &[
+    ("/metrics", "GET"),
     ("/v1/status", "GET"),
     ("/v1/leases", "GET"),
     ("/v1/reload", "POST"),
@@ -317,7 +345,15 @@ fn handle(sh: &Arc<Shared>, req: api::Request) -> api::Response {
             Err(e) => error_response(&e),
         },
         "/v1/apply" => apply_request(sh, &req),
+        "/metrics" => metrics_response(sh, Format::Text),
         _ => watch_check(sh),
+    }
+}
+
+fn metrics_response(sh: &Shared, format: Format) -> api::Response {
+    match sh.metrics.scrape(&sh.dhcp, format) {
+        Ok(t) => api::Response::text(format.content_type(), t),
+        Err(e) => api::Response::error(500, e.to_string()),
     }
 }
 
@@ -471,7 +507,12 @@ fn apply_request(sh: &Arc<Shared>, req: &api::Request) -> api::Response {
     let next = next.unwrap_or_else(|| active.accepted.clone());
     let (applied, synced) = std::thread::scope(|scope| {
         let sync = in_place.map(|i| scope.spawn(move || i.sync()));
+        let started = Instant::now();
         let applied = engine::execute_as(&p, a.action, &hash, None, req.peer_uid);
+        match &applied {
+            Ok(()) => sh.metrics.applied(started.elapsed()),
+            Err(_) => sh.metrics.failed(Operation::Apply),
+        }
         let synced = sync.map(|t| t.join().expect("syncing a directory does not panic"));
         (applied, synced)
     });
@@ -712,6 +753,7 @@ fn revert_due(sh: &Shared, force: bool) {
     });
     match result {
         Ok(Some(_)) => {
+            sh.metrics.reverted();
             log(
                 Level::Warning,
                 "confirmation did not come in time: reverted the last change",
@@ -721,10 +763,13 @@ fn revert_due(sh: &Shared, force: bool) {
             }
         }
         Ok(None) => {}
-        Err(e) => log(
-            Level::Error,
-            &format!("revert failed (tried again shortly): {e}"),
-        ),
+        Err(e) => {
+            sh.metrics.failed(Operation::Revert);
+            log(
+                Level::Error,
+                &format!("revert failed (tried again shortly): {e}"),
+            )
+        }
     }
 }
 
@@ -800,8 +845,39 @@ fn reconcile_until_stopped(sh: &Shared) {
     }
 }
 
+/// SIGHUP asks for a reload; SIGTERM and SIGINT stop the daemon (and this loop).
+fn wait_for_signals(sh: &Shared, sigset: &libc::sigset_t) {
+    loop {
+        let mut sig: libc::c_int = 0;
+        // SAFETY: waits for one of the signals blocked in `run`.
+        if unsafe { libc::sigwait(sigset, &mut sig) } != 0 {
+            continue;
+        }
+        if sig == libc::SIGHUP {
+            sh.reload.store(true, Ordering::SeqCst);
+        } else {
+            sh.stop.store(true, Ordering::SeqCst);
+            break;
+        }
+    }
+}
+
+/// Serves the metrics listener on a thread of its own until the daemon stops.
+fn serve_metrics(sh: &Arc<Shared>, l: std::net::TcpListener) -> std::thread::JoinHandle<()> {
+    let sh = Arc::clone(sh);
+    std::thread::spawn(move || {
+        let s = Arc::clone(&sh);
+        let render: crate::metrics::serve::Render = Arc::new(move |f| s.metrics.scrape(&s.dhcp, f));
+        crate::metrics::serve::serve(&l, &sh.stop, &render);
+    })
+}
+
 /// Runs the daemon until SIGTERM/SIGINT. The caller has already entered the namespace.
-pub fn run(scope: &str, spec_path: &std::path::Path) -> Result<(), EngineError> {
+pub fn run(
+    scope: &str,
+    spec_path: &std::path::Path,
+    metrics_listener: Option<std::net::TcpListener>,
+) -> Result<(), EngineError> {
     let sigset = block_signals();
     let specs = Mutex::new(crate::spec::SpecCache::default());
     let (retired, to_free) = std::sync::mpsc::channel::<Box<dyn Send>>();
@@ -841,6 +917,8 @@ pub fn run(scope: &str, spec_path: &std::path::Path) -> Result<(), EngineError> 
     }
     let (spec, accepted) = start_spec(&state_dir, &specs, spec_path, &spec_file, &identity)?;
     let scopes = dhcp::scopes(&spec);
+    let metrics = DaemonMetrics::default();
+    metrics.set_spec(&spec);
     let sh = Arc::new(Shared {
         scope: scope.to_string(),
         spec_path: spec_path.to_path_buf(),
@@ -856,6 +934,7 @@ pub fn run(scope: &str, spec_path: &std::path::Path) -> Result<(), EngineError> 
         identity,
         retired: Mutex::new(retired),
         watch: Mutex::new(open_watch()),
+        metrics,
     });
     let revert_now = pending_at_start(&sh)?;
     let n = apply_active(&sh, "apply")?;
@@ -886,22 +965,10 @@ pub fn run(scope: &str, spec_path: &std::path::Path) -> Result<(), EngineError> 
         );
     });
 
+    let metrics_thread = metrics_listener.map(|l| serve_metrics(&sh, l));
+
     let sig_sh = Arc::clone(&sh);
-    std::thread::spawn(move || {
-        loop {
-            let mut sig: libc::c_int = 0;
-            // SAFETY: waits for one of the signals blocked above.
-            if unsafe { libc::sigwait(&sigset, &mut sig) } != 0 {
-                continue;
-            }
-            if sig == libc::SIGHUP {
-                sig_sh.reload.store(true, Ordering::SeqCst);
-            } else {
-                sig_sh.stop.store(true, Ordering::SeqCst);
-                break;
-            }
-        }
-    });
+    std::thread::spawn(move || wait_for_signals(&sig_sh, &sigset));
 
     notify("READY=1");
     reconcile_until_stopped(&sh);
@@ -909,6 +976,9 @@ pub fn run(scope: &str, spec_path: &std::path::Path) -> Result<(), EngineError> 
     sh.dhcp_kick.store(true, Ordering::SeqCst);
     let _ = dhcp_thread.join();
     let _ = api_thread.join();
+    if let Some(t) = metrics_thread {
+        let _ = t.join();
+    }
     let _ = std::fs::remove_file(api::socket_path(&state_dir.dir));
     log(Level::Info, "stopped; networking left in place");
     Ok(())

@@ -13,7 +13,7 @@ use super::packet::{
     BOOTREQUEST, FLAG_BROADCAST, MessageType, Packet, encode_classless_routes, opt,
 };
 use super::store::{Binding, Entry, State, Table};
-use super::{DhcpError, Lease, Limits, Scope, ServerStats};
+use super::{DhcpError, Lease, Limits, NetworkCounters, NetworkStats, Scope, ServerStats};
 use crate::log::{self, Level};
 use crate::spec::{Ipv4Cidr, Mac};
 
@@ -25,6 +25,9 @@ pub(crate) struct Engine {
     tables: HashMap<String, Table>,
     pub limits: Limits,
     pub stats: ServerStats,
+    /// Per network: messages by type, NAKs (metrics). Kept while the network goes away and
+    /// comes back, as counters must not go down.
+    by_network: HashMap<String, NetworkCounters>,
     journal: Journal,
     needs_sync: bool,
     allowances: Allowances,
@@ -60,6 +63,7 @@ impl Engine {
             tables,
             limits: Limits::default(),
             stats: ServerStats::default(),
+            by_network: HashMap::new(),
             journal,
             needs_sync: false,
             allowances: Allowances::default(),
@@ -99,6 +103,32 @@ impl Engine {
                 s.live_mtu = *m;
             }
         }
+    }
+
+    /// Counts for scope `si`'s network (metrics).
+    fn count(&mut self, si: usize, f: impl FnOnce(&mut NetworkCounters)) {
+        let network = self.scopes[si].network.as_str();
+        if !self.by_network.contains_key(network) {
+            self.by_network
+                .insert(network.to_string(), NetworkCounters::default());
+        }
+        f(self.by_network.get_mut(network).expect("just inserted"));
+    }
+
+    /// Each served network's counters and pool: a copy, taken in microseconds.
+    pub fn network_stats(&self) -> Vec<NetworkStats> {
+        self.scopes
+            .iter()
+            .map(|s| {
+                let t = self.tables.get(&s.network);
+                NetworkStats {
+                    network: s.network.clone(),
+                    counters: self.by_network.get(&s.network).cloned().unwrap_or_default(),
+                    pool_size: t.map_or(0, Table::pool_size),
+                    pool_free: t.map_or(0, Table::free_count),
+                }
+            })
+            .collect()
     }
 
     pub fn leases(&self, now: u64) -> Vec<Lease> {
@@ -214,6 +244,7 @@ impl Engine {
         {
             return None;
         }
+        self.count(si, |c| c.count(kind));
         let mut cx = Cx {
             scope: &self.scopes[si],
             table: self
@@ -249,6 +280,9 @@ impl Engine {
                 return None;
             }
         };
+        if reply.message_type() == Some(MessageType::Nak) {
+            self.count(si, |c| c.nak += 1);
+        }
         let bytes = fit(reply, &req);
         Some(Outgoing {
             socket,

@@ -228,6 +228,57 @@ pub struct ServerStats {
     pub interfaces_waiting: Vec<String>,
 }
 
+/// One network's DHCP messages since the daemon started (metrics): requests received by
+/// message type, and NAKs sent.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct NetworkCounters {
+    pub discover: u64,
+    pub request: u64,
+    pub decline: u64,
+    pub release: u64,
+    pub inform: u64,
+    /// Any other message type a client sent (not answered).
+    pub other: u64,
+    pub nak: u64,
+}
+
+impl NetworkCounters {
+    fn count(&mut self, kind: packet::MessageType) {
+        use packet::MessageType as M;
+        match kind {
+            M::Discover => self.discover += 1,
+            M::Request => self.request += 1,
+            M::Decline => self.decline += 1,
+            M::Release => self.release += 1,
+            M::Inform => self.inform += 1,
+            _ => self.other += 1,
+        }
+    }
+
+    /// The requests by message type, as metrics label them.
+    pub fn by_type(&self) -> [(&'static str, u64); 6] {
+        [
+            ("discover", self.discover),
+            ("request", self.request),
+            ("decline", self.decline),
+            ("release", self.release),
+            ("inform", self.inform),
+            ("other", self.other),
+        ]
+    }
+}
+
+/// A served network's counters and pool, as [`ServerHandle::network_stats`] copies them.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NetworkStats {
+    pub network: String,
+    pub counters: NetworkCounters,
+    /// Addresses in the range (reservations inside it included), 0 without a pool.
+    pub pool_size: u64,
+    /// Pool addresses neither leased, offered, declined nor reserved.
+    pub pool_free: u64,
+}
+
 /// Rate limits and pool guards. Rates are packets per second; a rate that is not finite is
 /// no limit. See "Flood protection" above for how the allowances combine.
 #[derive(Clone, Debug, PartialEq)]
@@ -397,6 +448,11 @@ impl ServerHandle {
     }
     pub fn stats(&self) -> ServerStats {
         lock(&self.shared).stats.clone()
+    }
+    /// Per network counters and pool, copied under the lock (held for microseconds: the
+    /// server is never kept waiting by a scrape).
+    pub fn network_stats(&self) -> Vec<NetworkStats> {
+        lock(&self.shared).network_stats()
     }
 }
 

@@ -21,7 +21,7 @@ use std::os::fd::RawFd;
 
 pub(crate) use consts::{
     IFF_UP, IFLA_EXT_MASK, IFLA_GROUP, IFLA_IFALIAS, IFLA_IFNAME, IFLA_INFO_KIND, IFLA_LINKINFO,
-    IFNAMSIZ, RTEXT_FILTER_SKIP_STATS,
+    IFLA_STATS64, IFNAMSIZ, RTEXT_FILTER_SKIP_STATS,
 };
 pub(crate) use encode::{ACK, CREATE, ifinfomsg};
 pub use request::{NewLinkKind, Request};

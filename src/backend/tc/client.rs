@@ -6,7 +6,7 @@ use std::fs::File;
 use std::os::fd::{AsRawFd, RawFd};
 
 use super::encode::{encode_link, encode_tc, tcmsg};
-use super::model::{Class, DevTc, PortTc, Qdisc, TcObserved, TcOp, parent_name};
+use super::model::{Class, DevTc, PortTc, Qdisc, Stats, TcObserved, TcOp, parent_name};
 use super::parse::{parse_class, parse_filter, parse_qdisc};
 use super::plan::{check_name, clear_ops, plan};
 use super::rate::Psched;
@@ -204,6 +204,19 @@ impl Tc {
             }
         }
         Ok(out)
+    }
+
+    /// The statistics of every device's root qdisc, by ifindex, from one dump (metrics:
+    /// shaping drops and overlimits).
+    pub fn root_qdisc_stats(&mut self) -> Result<HashMap<u32, Stats>, TcError> {
+        Ok(self
+            .all_qdiscs()?
+            .into_iter()
+            .filter_map(|(i, qs)| {
+                let root = qs.into_iter().find(|q| q.parent == TC_H_ROOT)?;
+                Some((i, root.stats))
+            })
+            .collect())
     }
 
     /// Every link, by name, from one dump: cheaper than a lookup per name for many ports.

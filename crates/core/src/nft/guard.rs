@@ -20,6 +20,13 @@
 //! those of pinned ports and gateways; README's threat model says what that allows. Every drop has its own counter, one rule per
 //! reason. Per-port data lives in sets, so the per-packet cost does not depend on the number
 //! of ports.
+//!
+//! Each drop rule goes to the drop chain of its reason (`guard-drop-ip`, ...), where the
+//! input interface is looked up in that reason's counting set (`drops_ip`: every guarded
+//! interface, each element with a counter) before the frame is dropped. That gives a drop
+//! count per port and reason for one hash lookup per *dropped* frame; frames the guard lets
+//! through never reach it. A drop chain ends in a plain drop, so an interface missing from a
+//! counting set is still dropped, only not counted.
 
 use super::{BRIDGE_FAMILY, Base, Parts, Set, concat, ipv4_text};
 use crate::spec::{Mac, Port, PortKind, Spec};
@@ -40,8 +47,92 @@ fn hex(bytes: &[u8]) -> String {
     s
 }
 
+/// Why the guard dropped a frame: the `reason` of its drop counters.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Reason {
+    /// A source MAC that is not the port's (Ethernet, or a DHCP request's chaddr).
+    Mac,
+    /// An IPv4 or IPv6 source address that is not the port's.
+    Ip,
+    /// ARP that is not about the port's own MAC and address.
+    Arp,
+    /// IPv6 neighbour discovery about addresses or MACs that are not the port's.
+    Nd,
+    /// DHCP or DHCPv6 other than as a client (server or relay messages).
+    DhcpServer,
+    /// Router advertisements, redirects, router renumbering, fragmented ICMPv6.
+    Ra,
+    /// VLAN-tagged frames.
+    Tagged,
+    /// Frames to the IEEE and Cisco reserved group addresses (STP, LLDP, CDP...).
+    ReservedMulticast,
+    /// An EtherType other than ARP, IPv4 and IPv6.
+    Other,
+}
+
+impl Reason {
+    pub const ALL: [Reason; 9] = [
+        Reason::Mac,
+        Reason::Ip,
+        Reason::Arp,
+        Reason::Nd,
+        Reason::DhcpServer,
+        Reason::Ra,
+        Reason::Tagged,
+        Reason::ReservedMulticast,
+        Reason::Other,
+    ];
+
+    /// The label value, as metrics show it.
+    pub fn word(self) -> &'static str {
+        match self {
+            Reason::Mac => "mac",
+            Reason::Ip => "ip",
+            Reason::Arp => "arp",
+            Reason::Nd => "nd",
+            Reason::DhcpServer => "dhcp-server",
+            Reason::Ra => "ra",
+            Reason::Tagged => "tagged",
+            Reason::ReservedMulticast => "reserved-multicast",
+            Reason::Other => "other",
+        }
+    }
+
+    /// The counting set of the reason, in the `bridge kvmnet` table: one element with a
+    /// counter per guarded interface.
+    pub fn set(self) -> &'static str {
+        match self {
+            Reason::Mac => "drops_mac",
+            Reason::Ip => "drops_ip",
+            Reason::Arp => "drops_arp",
+            Reason::Nd => "drops_nd",
+            Reason::DhcpServer => "drops_dhcp_server",
+            Reason::Ra => "drops_ra",
+            Reason::Tagged => "drops_tagged",
+            Reason::ReservedMulticast => "drops_reserved_multicast",
+            Reason::Other => "drops_other",
+        }
+    }
+
+    fn chain(self) -> String {
+        concat(&["guard-drop-", self.word()])
+    }
+}
+
+/// The type of the counting sets. The comment carries `counter` too (see `NftSet`), so
+/// observation reads back a set with counters as one.
+const COUNTING: &str = "typeof iifname; counter";
+
+/// A guard rule that drops what `matches` matches, counted for `reason`.
+fn drop_for(matches: &str, reason: Reason) -> String {
+    let sep = if matches.is_empty() { "" } else { " " };
+    concat(&[matches, sep, "counter goto ", &reason.chain()])
+}
+
 struct Sets {
     guarded: Set,
+    /// Per reason, in the order of [`Reason::ALL`].
+    drops: Vec<Set>,
     port_mac: Set,
     mac_raw: Set,
     ip4_pinned: Set,
@@ -55,6 +146,10 @@ impl Sets {
     fn new() -> Sets {
         Sets {
             guarded: Set::new("guarded", "ifname"),
+            drops: Reason::ALL
+                .iter()
+                .map(|r| Set::new(r.set(), COUNTING))
+                .collect(),
             port_mac: Set::new("port_mac", "ifname . ether_addr"),
             mac_raw: Set::new("mac_raw", MAC_RAW),
             ip4_pinned: Set::new("ip4_pinned", "ifname"),
@@ -71,6 +166,9 @@ impl Sets {
     fn add_interface(&mut self, spec: &Spec, iface: &str, network: &str, mac: Mac) {
         let q = concat(&["\"", iface, "\""]);
         self.guarded.elements.push(q.clone());
+        for d in &mut self.drops {
+            d.elements.push(q.clone());
+        }
         self.port_mac
             .elements
             .push(concat(&[&q, " . ", &mac.to_string()]));
@@ -110,10 +208,6 @@ impl Sets {
     }
 }
 
-fn rules(list: &[&str]) -> Vec<String> {
-    list.iter().map(|r| r.to_string()).collect()
-}
-
 pub(super) fn parts(spec: &Spec) -> Parts {
     let mut out = Parts::default();
     let mut sets = Sets::new();
@@ -137,74 +231,11 @@ pub(super) fn parts(spec: &Spec) -> Parts {
     sets.claimed_ip4.elements.sort();
     sets.claimed_ip4.elements.dedup();
     out.hook(Base::BridgePre, "iifname @guarded jump guard");
-    out.chain(
-        BRIDGE_FAMILY,
-        "guard".into(),
-        rules(&[
-            "iifname . ether saddr != @port_mac counter drop",
-            // Trunks carry tags on their own sub-interfaces; a tag here is a VM leaving its
-            // network (receivers take a priority tag, VLAN 0, as untagged).
-            "ether type { 8021q, 8021ad, 0x9100 } counter drop",
-            "ether daddr and ff:ff:ff:ff:ff:f0 == 01:80:c2:00:00:00 counter drop",
-            "ether daddr { 01:00:0c:cc:cc:cc, 01:00:0c:cc:cc:cd } counter drop",
-            "ether type vmap { arp : goto guard-arp, ip : goto guard-ip4, ip6 : goto guard-ip6 }",
-            "counter drop",
-        ]),
-    );
-    out.chain(
-        BRIDGE_FAMILY,
-        "guard-arp".into(),
-        rules(&[
-            "arp htype != 1 counter drop",
-            "arp ptype != ip counter drop",
-            "iifname . arp saddr ether != @port_mac counter drop",
-            // A probe (sender 0.0.0.0) is how a guest checks an address is free.
-            "arp operation request arp saddr ip 0.0.0.0 return",
-            "iifname @ip4_pinned iifname . arp saddr ip != @port_ip4 counter drop",
-            "iifname != @ip4_pinned arp saddr ip @claimed_ip4 counter drop",
-        ]),
-    );
-    out.chain(
-        BRIDGE_FAMILY,
-        "guard-ip4".into(),
-        rules(&[
-            // Server-side DHCP from any port: clients check only the destination port.
-            "udp sport 67 counter drop",
-            "udp dport 68 counter drop",
-            // To a DHCP server: a request (op 1), not relayed (giaddr 0), for its own MAC.
-            "udp dport 67 @ih,0,8 != 1 counter drop",
-            "udp dport 67 @ih,192,32 != 0 counter drop",
-            "udp dport 67 iifname . @ih,224,48 != @mac_raw counter drop",
-            "ip saddr 0.0.0.0 udp sport 68 udp dport 67 return",
-            "ip saddr 0.0.0.0 counter drop",
-            "iifname @ip4_pinned iifname . ip saddr != @port_ip4 counter drop",
-            "iifname != @ip4_pinned ip saddr @claimed_ip4 counter drop",
-        ]),
-    );
-    out.chain(
-        BRIDGE_FAMILY,
-        "guard-ip6".into(),
-        rules(&[
-            // Neighbour discovery must never be fragmented (RFC 6980): fragments are how an
-            // RA or a redirect hides its header from a guard.
-            "exthdr frag exists meta l4proto ipv6-icmp counter drop",
-            "icmpv6 type { nd-router-advert, nd-redirect, router-renumbering } counter drop",
-            "udp sport 547 counter drop",
-            "udp dport 546 counter drop",
-            // To a DHCPv6 server: client messages only (not advertise, reply, reconfigure,
-            // relay-forw or relay-repl).
-            "udp dport 547 @ih,0,8 { 2, 7, 10, 12, 13 } counter drop",
-            // Before it has an address: duplicate address detection of its own addresses
-            // and multicast listener reports.
-            "ip6 saddr :: icmpv6 type nd-neighbor-solicit iifname . @th,64,128 @nd_target return",
-            "ip6 saddr :: icmpv6 type { mld-listener-report, mld2-listener-report } return",
-            "ip6 saddr :: counter drop",
-            "iifname . ip6 saddr != @port_ip6 counter drop",
-            "icmpv6 type nd-neighbor-advert iifname . @th,64,128 != @nd_target counter drop",
-            "icmpv6 type { nd-neighbor-solicit, nd-neighbor-advert } @th,192,8 { 1, 2 } iifname . @th,208,48 != @mac_raw counter drop",
-        ]),
-    );
+    chains(&mut out);
     let s = sets;
+    for set in s.drops {
+        out.set(BRIDGE_FAMILY, set);
+    }
     for set in [
         s.guarded,
         s.port_mac,
@@ -218,4 +249,96 @@ pub(super) fn parts(spec: &Spec) -> Parts {
         out.set(BRIDGE_FAMILY, set);
     }
     out
+}
+
+/// The guard's chains: the checks, by the frame's type, and a drop chain per reason.
+fn chains(out: &mut Parts) {
+    out.chain(
+        BRIDGE_FAMILY,
+        "guard".into(),
+        vec![
+            drop_for("iifname . ether saddr != @port_mac", Reason::Mac),
+            // Trunks carry tags on their own sub-interfaces; a tag here is a VM leaving its
+            // network (receivers take a priority tag, VLAN 0, as untagged).
+            drop_for("ether type { 8021q, 8021ad, 0x9100 }", Reason::Tagged),
+            drop_for(
+                "ether daddr and ff:ff:ff:ff:ff:f0 == 01:80:c2:00:00:00",
+                Reason::ReservedMulticast,
+            ),
+            drop_for(
+                "ether daddr { 01:00:0c:cc:cc:cc, 01:00:0c:cc:cc:cd }",
+                Reason::ReservedMulticast,
+            ),
+            "ether type vmap { arp : goto guard-arp, ip : goto guard-ip4, ip6 : goto guard-ip6 }"
+                .into(),
+            drop_for("", Reason::Other),
+        ],
+    );
+    out.chain(
+        BRIDGE_FAMILY,
+        "guard-arp".into(),
+        vec![
+            drop_for("arp htype != 1", Reason::Arp),
+            drop_for("arp ptype != ip", Reason::Arp),
+            drop_for("iifname . arp saddr ether != @port_mac", Reason::Arp),
+            // A probe (sender 0.0.0.0) is how a guest checks an address is free.
+            "arp operation request arp saddr ip 0.0.0.0 return".into(),
+            drop_for(
+                "iifname @ip4_pinned iifname . arp saddr ip != @port_ip4",
+                Reason::Arp,
+            ),
+            drop_for(
+                "iifname != @ip4_pinned arp saddr ip @claimed_ip4",
+                Reason::Arp,
+            ),
+        ],
+    );
+    out.chain(
+        BRIDGE_FAMILY,
+        "guard-ip4".into(),
+        vec![
+            // Server-side DHCP from any port: clients check only the destination port.
+            drop_for("udp sport 67", Reason::DhcpServer),
+            drop_for("udp dport 68", Reason::DhcpServer),
+            // To a DHCP server: a request (op 1), not relayed (giaddr 0), for its own MAC.
+            drop_for("udp dport 67 @ih,0,8 != 1", Reason::DhcpServer),
+            drop_for("udp dport 67 @ih,192,32 != 0", Reason::DhcpServer),
+            drop_for("udp dport 67 iifname . @ih,224,48 != @mac_raw", Reason::Mac),
+            "ip saddr 0.0.0.0 udp sport 68 udp dport 67 return".into(),
+            drop_for("ip saddr 0.0.0.0", Reason::Ip),
+            drop_for(
+                "iifname @ip4_pinned iifname . ip saddr != @port_ip4",
+                Reason::Ip,
+            ),
+            drop_for("iifname != @ip4_pinned ip saddr @claimed_ip4", Reason::Ip),
+        ],
+    );
+    out.chain(
+        BRIDGE_FAMILY,
+        "guard-ip6".into(),
+        vec![
+            // Neighbour discovery must never be fragmented (RFC 6980): fragments are how an
+            // RA or a redirect hides its header from a guard.
+            drop_for("exthdr frag exists meta l4proto ipv6-icmp", Reason::Ra),
+            drop_for("icmpv6 type { nd-router-advert, nd-redirect, router-renumbering }", Reason::Ra),
+            drop_for("udp sport 547", Reason::DhcpServer),
+            drop_for("udp dport 546", Reason::DhcpServer),
+            // To a DHCPv6 server: client messages only (not advertise, reply, reconfigure,
+            // relay-forw or relay-repl).
+            drop_for("udp dport 547 @ih,0,8 { 2, 7, 10, 12, 13 }", Reason::DhcpServer),
+            // Before it has an address: duplicate address detection of its own addresses
+            // and multicast listener reports.
+            "ip6 saddr :: icmpv6 type nd-neighbor-solicit iifname . @th,64,128 @nd_target return".into(),
+            "ip6 saddr :: icmpv6 type { mld-listener-report, mld2-listener-report } return".into(),
+            drop_for("ip6 saddr ::", Reason::Ip),
+            drop_for("iifname . ip6 saddr != @port_ip6", Reason::Ip),
+            drop_for("icmpv6 type nd-neighbor-advert iifname . @th,64,128 != @nd_target", Reason::Nd),
+            drop_for("icmpv6 type { nd-neighbor-solicit, nd-neighbor-advert } @th,192,8 { 1, 2 } iifname . @th,208,48 != @mac_raw", Reason::Nd),
+         ],
+    );
+    for r in Reason::ALL {
+        // Counted where the set has the interface; dropped either way.
+        let count = concat(&["iifname @", r.set(), " drop"]);
+        out.chain(BRIDGE_FAMILY, r.chain(), vec![count, "drop".into()]);
+    }
 }

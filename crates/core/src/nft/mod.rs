@@ -23,6 +23,8 @@ mod firewall;
 mod guard;
 mod networks;
 
+pub use guard::Reason as GuardDropReason;
+
 pub const FAMILY: &str = "inet";
 pub const BRIDGE_FAMILY: &str = "bridge";
 pub const TABLE: &str = "kvmnet";
@@ -81,7 +83,8 @@ impl NftChain {
 pub struct NftSet {
     pub family: String,
     pub name: String,
-    /// `ifname . ether_addr`, `ipv4_addr : verdict`, ...
+    /// `ifname . ether_addr`, `ipv4_addr : verdict`, ...; `typeof iifname; counter` for a
+    /// set whose elements each carry a counter (the guard's drop counts).
     pub ty: String,
     pub elements: BTreeSet<String>,
 }

@@ -653,3 +653,42 @@ fn a_bridge_held_below_the_mtu_dhcp_tells_guests_fails() {
     assert_eq!(statuses(&checks, "dhcp_mtu"), ["ok"], "{checks:?}");
     ns.kvmnet_ok(&["destroy", "--netns", &host]);
 }
+
+/// `doctor` on a host with 1,000 ports: a measurement, not a test (it asserts nothing about
+/// time). Run it with `cargo test --release --test doctor -- --ignored --nocapture at_1000`.
+#[test]
+#[ignore]
+fn doctor_at_1000_ports() {
+    if !privileged() {
+        return;
+    }
+    use std::fmt::Write as _;
+    let mut ns = Namespaces::new();
+    let host = host_ns(&mut ns, "dk");
+    let mut text = String::from(
+        "version: 1\nnetworks:\n  n: { mode: nat, bridge: dk-n, ipv4: 10.162.0.1/16, dhcp: { range: 10.162.200.1-10.162.250.250 } }\nvms:\n",
+    );
+    for i in 0..1000 {
+        let _ = writeln!(
+            text,
+            "  k{i}: {{ ports: [ {{ network: n, name: dk{i}, ipv4: 10.162.{}.{}, firewall: {{ inbound: {{ policy: drop, rules: [ {{ proto: tcp, ports: [22] }} ] }} }} }} ] }}",
+            1 + i / 250,
+            2 + i % 250
+        );
+    }
+    let spec = SpecFile::new(&text);
+    ns.kvmnet_ok(&["apply", spec.path(), "--netns", &host]);
+    let mut times = Vec::new();
+    for _ in 0..7 {
+        let t = std::time::Instant::now();
+        let (_, checks) = doctor(&ns, &host);
+        times.push(t.elapsed().as_secs_f64() * 1e3);
+        assert!(checks.len() > 10);
+    }
+    times.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    eprintln!(
+        "doctor at 1,000 ports: median {:.0} ms, min {:.0} ms, max {:.0} ms (7 runs)",
+        times[3], times[0], times[6]
+    );
+    ns.kvmnet_ok(&["destroy", "--netns", &host]);
+}

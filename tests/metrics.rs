@@ -332,24 +332,66 @@ fn scrape_cost_at_1000_ports() {
         ticks * 1000.0 / 100.0
     };
     let cpu_before = cpu();
+    let (times, size) = timed_scrapes(&host, LISTEN);
+    let cpu_ms = (cpu() - cpu_before) / 21.0;
+    let lines = scrape(&host, "/metrics").lines().count();
+    eprintln!(
+        "scrape at 1,000 ports: median {:.1} ms, min {:.1} ms, max {:.1} ms, daemon CPU {cpu_ms:.1} ms a scrape (user and kernel, all threads; {size} bytes, {lines} lines, 21 scrapes)",
+        times[10], times[0], times[20]
+    );
+    node_exporter_reference(&host);
+}
+
+/// 21 scrapes of `http://ADDR/metrics` from inside `host`: the sorted wall times (ms) and
+/// the size of the last.
+fn timed_scrapes(host: &str, addr: &str) -> (Vec<f64>, usize) {
     let mut times = Vec::new();
     let mut size = 0;
     for _ in 0..21 {
         let out = ok_in(
-            &host,
+            host,
             &format!(
-                "curl -sSf -o /dev/null -w '%{{time_total}} %{{size_download}}' http://{LISTEN}/metrics"
+                "curl -sSf -o /dev/null -w '%{{time_total}} %{{size_download}}' http://{addr}/metrics"
             ),
         );
         let mut w = out.split(' ');
         times.push(w.next().unwrap().parse::<f64>().unwrap() * 1e3);
         size = w.next().unwrap().parse::<usize>().unwrap();
     }
-    let cpu_ms = (cpu() - cpu_before) / 21.0;
     times.sort_by(|a, b| a.partial_cmp(b).unwrap());
-    let lines = scrape(&host, "/metrics").lines().count();
+    (times, size)
+}
+
+/// The reference: node_exporter (Debian's prometheus-node-exporter) scraping the same
+/// namespace's interfaces (its netdev and netclass collectors only), timed the same way.
+fn node_exporter_reference(host: &str) {
+    if sh("command -v prometheus-node-exporter").status.code() != Some(0) {
+        eprintln!("node_exporter reference: prometheus-node-exporter is not installed");
+        return;
+    }
+    const NE: &str = "127.0.0.1:9109";
+    let child = std::process::Command::new("ip")
+        .args(["netns", "exec", host, "prometheus-node-exporter"])
+        .args([
+            &format!("--web.listen-address={NE}"),
+            "--collector.disable-defaults",
+        ])
+        .args(["--collector.netdev", "--collector.netclass"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let _ne = Daemon(child);
+    let up = (0..100).any(|_| {
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        in_ns(host, &format!("curl -sf -o /dev/null http://{NE}/metrics"))
+            .status
+            .success()
+    });
+    assert!(up, "node_exporter did not start");
+    let (times, size) = timed_scrapes(host, NE);
     eprintln!(
-        "scrape at 1,000 ports: median {:.1} ms, min {:.1} ms, max {:.1} ms, daemon CPU {cpu_ms:.1} ms a scrape (user and kernel, all threads; {size} bytes, {lines} lines, 21 scrapes)",
+        "node_exporter (netdev and netclass) on the same interfaces: median {:.1} ms, min {:.1} ms, max {:.1} ms ({size} bytes, 21 scrapes)",
         times[10], times[0], times[20]
     );
 }

@@ -370,14 +370,20 @@ impl Throwaway {
             .map_err(|e| PortsError::Restore(Box::new(e)))
     }
 
+    /// Applies the spec in force again, a second time if the first fails: the second plans
+    /// from the host as the first left it (a port someone removed meanwhile makes the first
+    /// plan fail and roll back).
     fn put_back(&self) -> Result<(), EngineError> {
-        apply(
-            &self.scope,
-            &self.spec,
-            &self.source,
-            &self.text,
-            "bench-restore",
-        )
+        let once = || {
+            apply(
+                &self.scope,
+                &self.spec,
+                &self.source,
+                &self.text,
+                "bench-restore",
+            )
+        };
+        once().or_else(|_| once())
     }
 }
 

@@ -81,7 +81,8 @@ pub const SETTLED: f64 = 0.10;
 pub const SETTLED_LOSS_POINTS: f64 = 1.0;
 
 impl Knobs {
-    /// The default run takes about 45 s with two configurations; `--quick` about 25 s.
+    /// The default run takes 40 to 65 s with two configurations (3 to 5 rounds of about 13 s);
+    /// `--quick` about 25 s.
     pub fn new(quick: bool, duration: Option<u32>) -> Result<Knobs, BenchError> {
         let secs = duration.unwrap_or(1);
         if !(1..=60).contains(&secs) {
@@ -101,7 +102,7 @@ impl Knobs {
                 udp_rates: vec![100 * M, 500 * M, 1000 * M, 2000 * M],
                 round_trips: 10_000,
                 min_rounds: 3,
-                max_rounds: 7,
+                max_rounds: 5,
             },
         })
     }

@@ -21,7 +21,7 @@ use crate::backend::netns::{self, NetnsError};
 /// iperf3's port (TCP control and data, UDP data) and the latency loop's, on the server end.
 pub const IPERF_PORT: u16 = 5201;
 pub const LATENCY_PORT: u16 = 5202;
-/// kvmnet's own sender uses the latency loop's port (TCP bulk) and iperf3's (UDP).
+/// kvmnet's own sender: TCP bulk on the port after the latency loop's, UDP on iperf3's.
 const OWN_TCP_PORT: u16 = LATENCY_PORT + 1;
 
 #[derive(Debug, thiserror::Error)]

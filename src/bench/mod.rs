@@ -193,6 +193,9 @@ pub struct Bench {
     pub configs: Vec<Config>,
 }
 
+/// What the report says the "without policy" ports carry.
+const NO_POLICY: &str = "none (antispoof: false, no firewall)";
+
 /// Runs `kvmnet bench` in `scope` (the process is in its namespace already).
 pub fn run(scope: &str, opts: &Options) -> Result<(), BenchError> {
     let knobs = Knobs::new(opts.quick, opts.duration)?;
@@ -213,9 +216,7 @@ pub fn run(scope: &str, opts: &Options) -> Result<(), BenchError> {
             let t = ports::Throwaway::make(scope, opts.network.as_deref())?;
             let configs = vec![
                 Config::new("with policy", ports::POLICY_WORDS, t.with_policy.clone()),
-                Config::new("without policy", "none (antispoof: false, no firewall)", {
-                    t.without_policy.clone()
-                }),
+                Config::new("without policy", NO_POLICY, t.without_policy.clone()),
             ];
             let network = Some(t.network.clone());
             // Measured first, restored second: an error measuring restores on drop.

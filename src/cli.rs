@@ -345,6 +345,24 @@ fn run_other(command: Command) -> Result<(), (EngineError, bool)> {
         Command::Show { netns } => enter_existing(&netns)
             .and_then(|s| crate::show::run(&s))
             .map_err(|e| (e, false)),
+        Command::Bench {
+            scope,
+            network,
+            between,
+            quick,
+            duration,
+            svg,
+        } => {
+            let opts = crate::bench::Options {
+                network,
+                between: between.and_then(|v| Some((v.first()?.clone(), v.get(1)?.clone()))),
+                quick,
+                duration,
+                json: scope.json,
+                svg,
+            };
+            bench_cmd(&scope, &opts)
+        }
         Command::Export(a) => scope_name(&a.netns)
             .and_then(|s| crate::export::run(&a, &s))
             .map_err(|e| (e, false)),
@@ -568,6 +586,13 @@ fn print_leases(v: &Value) {
             l["hostname"].as_str().unwrap_or("-"),
         );
     }
+}
+
+/// Runs `kvmnet bench` in the scope, which must exist.
+fn bench_cmd(scope: &Scope, opts: &crate::bench::Options) -> Result<(), (EngineError, bool)> {
+    let j = scope.json;
+    let s = enter_existing(&scope.netns).map_err(|e| (e, j))?;
+    crate::bench::run(&s, opts).map_err(|e| (EngineError::Bench(Box::new(e)), j))
 }
 
 fn daemon_cmd(

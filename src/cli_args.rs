@@ -167,6 +167,40 @@ enum Command {
         #[command(flatten)]
         scope: Scope,
     },
+    /// Measure the data path between two ports: TCP throughput (1 and 4 streams), UDP loss
+    /// at stepped rates and request/response latency, with and without the ports' policy.
+    #[command(after_help = concat!(
+        "Without --between, bench adds two pairs of throwaway veth ports to the spec in force on one\n",
+        "network (one pair with the guard and a firewall, one with no policy), applies that, measures,\n",
+        "and applies the spec in force again, also after an error or ctrl-C; it refuses while a daemon\n",
+        "runs for the scope. Each figure is the median of rounds repeated until the spread settles,\n",
+        "with its interquartile range. iperf3 sends the bulk traffic when installed; else kvmnet's own\n",
+        "sender does, and the report says so.\n\n",
+        "Example:\n  kvmnet bench --netns lab --svg bench.svg\n\n",
+        "Environment:\n",
+        env_state_dir!()
+    ))]
+    Bench {
+        #[command(flatten)]
+        scope: Scope,
+        /// The network for the throwaway ports (nat, routed or isolated); default the first
+        /// one, by name, whose ports may reach each other.
+        #[arg(long, value_name = "NET", conflicts_with = "between")]
+        network: Option<String>,
+        /// Measure from VM A's first veth port to VM B's, as they are (taps are refused:
+        /// their far end is inside the VM).
+        #[arg(long, num_args = 2, value_names = ["A", "B"])]
+        between: Option<Vec<String>>,
+        /// Three rounds of shorter runs (two UDP rates, 2,000 round trips): about 25 s.
+        #[arg(long)]
+        quick: bool,
+        /// Seconds of each bulk run (1 to 60, default 1).
+        #[arg(long, value_name = "SECONDS")]
+        duration: Option<u32>,
+        /// Also draw the results (throughput per configuration, latency distribution) as SVG.
+        #[arg(long, value_name = "FILE", value_hint = clap::ValueHint::FilePath)]
+        svg: Option<std::path::PathBuf>,
+    },
     /// A VM's ports for its launcher: QEMU arguments, libvirt interfaces or cloud-init.
     #[command(after_help = concat!(
         "Example:\n  kvmnet export web1 --format qemu web.yaml\n  qemu-system-x86_64 ... $(kvmnet export web1 --format qemu web.yaml)\n\n",

@@ -231,6 +231,9 @@ pub enum EngineError {
     /// be asked.
     #[error("{}", daemon_message(.0))]
     Daemon(#[from] ApiError),
+    /// `kvmnet bench` failed (its kind says whether anything was measured or changed).
+    #[error(transparent)]
+    Bench(Box<crate::bench::BenchError>),
 }
 
 /// An I/O error's message without the "(os error N)" the standard library appends.
@@ -283,6 +286,7 @@ impl EngineError {
             | EngineError::Listen(_) => ErrorKind::State,
             EngineError::Dhcp(e) | EngineError::Leases(e) => dhcp_kind(e),
             EngineError::Daemon(e) => api_kind(e),
+            EngineError::Bench(e) => e.kind(),
         }
     }
 

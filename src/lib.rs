@@ -7,6 +7,7 @@
 pub mod apply;
 pub mod audit;
 pub mod backend;
+pub mod bench;
 pub mod cli;
 pub mod daemon;
 pub mod dhcp;

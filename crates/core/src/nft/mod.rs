@@ -23,6 +23,9 @@ mod firewall;
 mod guard;
 mod networks;
 
+// `kvmnet trace` words its hops with the rules as they are written here.
+pub(crate) use firewall::rule_matches;
+
 pub const FAMILY: &str = "inet";
 pub const BRIDGE_FAMILY: &str = "bridge";
 pub const TABLE: &str = "kvmnet";

@@ -256,7 +256,7 @@ impl<'a> Walk<'a> {
                 RuleAction::Drop => (Verdict::Drop, "drop"),
                 RuleAction::Reject => (Verdict::Reject, "reject"),
             };
-            let rule = format!("{word} rule {j} of {}", port_label(port));
+            let rule = format!("{word} rule {j} of {}: {}", port_label(port), describe(r));
             let nft = Some((chain, Some(rule_text(r, word_v))));
             return self.hop(
                 stage,
@@ -615,7 +615,11 @@ impl<'a> Walk<'a> {
             RuleAction::Drop => (Verdict::Drop, "drop"),
             RuleAction::Reject => (Verdict::Reject, "reject"),
         };
-        let why = format!("host_access rule {k} of network {}", net.name);
+        let why = format!(
+            "host_access rule {k} of network {}: {}",
+            net.name,
+            describe(r)
+        );
         Some((
             verdict,
             why,
@@ -696,4 +700,49 @@ fn rule_text(r: &FirewallRule, verdict: &str) -> String {
     let m = rule_matches(r).into_iter().next().unwrap_or_default();
     let sep = if m.is_empty() { "" } else { " " };
     format!("{m}{sep}counter {verdict}")
+}
+
+/// A rule in the spec's words: `tcp 22,80 from 10.0.0.0/8 accept`.
+fn describe(r: &FirewallRule) -> String {
+    let mut w = vec![
+        match r.proto {
+            RuleProto::Tcp => "tcp",
+            RuleProto::Udp => "udp",
+            RuleProto::Icmp => "icmp",
+            RuleProto::Any => "any",
+        }
+        .to_string(),
+    ];
+    if !r.ports.is_empty() {
+        let ports: Vec<String> = r
+            .ports
+            .iter()
+            .map(|(a, b)| {
+                if a == b {
+                    a.to_string()
+                } else {
+                    format!("{a}-{b}")
+                }
+            })
+            .collect();
+        w.push(ports.join(","));
+    }
+    if !r.icmp_types.is_empty() {
+        w.push(r.icmp_types.join(","));
+    }
+    if let Some(f) = r.from {
+        w.push(format!("from {f}"));
+    }
+    if let Some(t) = r.to {
+        w.push(format!("to {t}"));
+    }
+    w.push(
+        match r.action {
+            RuleAction::Accept => "accept",
+            RuleAction::Drop => "drop",
+            RuleAction::Reject => "reject",
+        }
+        .to_string(),
+    );
+    w.join(" ")
 }

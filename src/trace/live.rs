@@ -443,8 +443,9 @@ fn parse_event(line: &str) -> Option<Event> {
         let i = r.rfind(" (verdict ")?;
         let verdict = r[i + 10..].trim_end().trim_end_matches(')').to_string();
         let text = clean_rule(&r[..i]);
-        // A reject is a drop to the kernel; the rule says which it was.
-        let verdict = if verdict == "drop" && text.ends_with("reject") {
+        // A reject is a drop to the kernel; the rule says which it was (nft lists an IPv4
+        // one as `reject with icmp port-unreachable`).
+        let verdict = if verdict == "drop" && text.split(' ').any(|w| w == "reject") {
             "reject".to_string()
         } else {
             verdict
@@ -580,6 +581,8 @@ mod tests {
                 verdict: "reject".into()
             })
         );
+        let l = "trace id 1 inet kvmnet fw-in-1 rule ip saddr 10.96.0.0/24 udp dport 53 counter packets 1 bytes 29 reject with icmp port-unreachable comment \"0a\" (verdict drop)";
+        assert_eq!(parse_event(l).unwrap().verdict, "reject");
         let l = "trace id 309d1671 inet kvmnet forward rule iifname vmap @net_from (verdict jump from-n)";
         assert_eq!(parse_event(l).unwrap().verdict, "jump from-n");
         let l = "trace id 309d1671 inet kvmnet pf policy accept ";

@@ -1,7 +1,8 @@
 //! `kvmnet trace` against real traffic: for a matrix of sources, destinations and protocols,
 //! the verdict (and the stage that decides it) the trace prints is what a real ping, TCP
 //! connect or UDP echo meets, and `--live` reads the same verdict from the kernel. The
-//! matrix stops packets at every stage and lets others through.
+//! matrix stops packets at every stage and lets others through; an interrupt during
+//! `--live` leaves no trace table behind.
 
 mod common;
 use common::*;
@@ -118,6 +119,10 @@ const CASES: &[Case] = &[
     // A port forward, from another network and from an isolated one.
     ("r", "host", "10.96.0.1", "tcp/2222", "accept", "arrive"),
     ("c", "host", "10.97.0.1", "tcp/2222", "reject", "leaving"),
+    // A forward back onto the network it comes from (hairpin), and an isolated guest's
+    // gateway.
+    ("a", "host", "10.95.0.1", "tcp/2222", "accept", "arrive"),
+    ("c", "host", "10.97.0.1", "icmp", "accept", "arrive"),
 ];
 
 fn spec(g: &str) -> String {
@@ -285,6 +290,23 @@ fn trace_agrees_with_real_traffic_and_the_kernel() {
             .code(),
         Some(2)
     );
+
+    // An interrupt while the probe is out ends the command once its table is gone.
+    let mut live = Command::new(env!("CARGO_BIN_EXE_kvmnet"))
+        .args(["trace", "a", "b", "--netns", &host, "--live"])
+        .env("KVMNET_STATE_DIR", &ns.state_dir)
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(600));
+    let during = ok(&format!("ip netns exec {host} nft list tables"));
+    ok(&format!("kill -INT {}", live.id()));
+    let status = live.wait().unwrap();
+    assert!(
+        during.contains("kvmnet-trace"),
+        "no trace table while probing: {during}"
+    );
+    assert!(!status.success(), "the interrupt was lost: {status:?}");
 
     // Nothing of the trace is left: kvmnet's two tables, no trace table.
     let tables = ok(&format!("ip netns exec {host} nft list tables"));

@@ -315,3 +315,53 @@ fn arguments() {
     ));
     assert!(destination(&s, a, "o/1").is_err());
 }
+
+const LAN_SPEC: &str = r#"version: 1
+networks:
+  office: { mode: bridge, bridge: t-office, uplink: eth9 }
+  dmz: { mode: direct, uplink: eth8, direct_mode: private }
+vms:
+  p: { ports: [ { network: office, name: t-p, kind: veth, netns: x, ipv4: 192.168.1.50/24 } ] }
+  q:
+    ports:
+      - network: office
+        name: t-q
+        ipv4: 192.168.1.51/24
+        firewall: { inbound: { policy: drop, rules: [ { proto: tcp, ports: [443] } ] } }
+  m: { ports: [ { network: dmz, ipv4: 192.168.2.10/24 } ] }
+  n: { ports: [ { network: dmz, ipv4: 192.168.2.11/24 } ] }
+"#;
+
+fn lan_spec() -> Spec {
+    let id = crate::spec::HostIdentity::from_machine_id("6b766d6e657474657374000000000001", "host")
+        .unwrap();
+    crate::spec::parse(LAN_SPEC, &id).unwrap()
+}
+
+#[test]
+fn a_lan_segment_meets_the_firewalls_and_nothing_of_the_hosts_routing() {
+    let s = lan_spec();
+    let t = run(&s, "p", "q", "tcp/443");
+    assert_eq!(outcome(&t), (Verdict::Accept, "arrive"));
+    assert!(t.hops.iter().all(|h| h.stage != Stage::Leaving));
+    assert_eq!(
+        outcome(&run(&s, "p", "q", "tcp/22")),
+        (Verdict::Drop, "firewall-in")
+    );
+    // Beyond its own ports, a LAN segment's traffic is the LAN's.
+    let t = run(&s, "p", "192.168.1.1", "icmp");
+    assert_eq!(outcome(&t), (Verdict::Accept, "arrive"));
+    assert!(t.hops.last().unwrap().rule.contains("goes to the LAN"));
+}
+
+#[test]
+fn macvtap_ports_meet_no_rule_only_their_mode() {
+    let s = lan_spec();
+    let t = run(&s, "m", "n", "icmp");
+    assert_eq!(outcome(&t), (Verdict::Drop, "routing"));
+    assert!(t.hops[0].rule.contains("private"));
+    assert_eq!(t.nft_verdict(), Verdict::Accept);
+    let t = run(&s, "m", "8.8.8.8", "icmp");
+    assert_eq!(stages(&t), [("arrive", "accept")]);
+    assert!(t.hops[0].rule.contains("no kvmnet rule sees it"));
+}

@@ -185,6 +185,71 @@ fn trace_json(ns: &Namespaces, args: &[&str]) -> (Option<i32>, serde_json::Value
     (o.status.code(), v)
 }
 
+/// One case of the matrix: the trace's verdict and stage, its exit status, real traffic
+/// and `--live`. Returns what disagreed.
+fn check(ns: &Namespaces, host: &str, g: &str, case: &Case) -> Vec<String> {
+    let &(from, dest, ip, proto, verdict, stage) = case;
+    let name = format!("{from} -> {dest} {proto}");
+    let mut failures = Vec::new();
+    let (code, v) = trace_json(ns, &["trace", from, dest, proto, "--netns", host, "--json"]);
+    let stopped = v["stopped_at"].as_str().unwrap_or("arrive");
+    if (v["verdict"].as_str(), stopped) != (Some(verdict), stage) {
+        failures.push(format!(
+            "{name}: trace says {} at {stopped}, expected {verdict} at {stage}",
+            v["verdict"]
+        ));
+    }
+    let want_code = if verdict == "accept" { 0 } else { 1 };
+    if code != Some(want_code) {
+        failures.push(format!("{name}: exit {code:?}, expected {want_code}"));
+    }
+    // Real traffic: ICMP and UDP see a reject as silence.
+    let seen = real(&format!("{g}{from}"), ip, proto);
+    let expect_seen = match (verdict, proto.starts_with("tcp")) {
+        ("reject", false) => "drop",
+        (v, _) => v,
+    };
+    if seen != expect_seen {
+        failures.push(format!(
+            "{name}: real traffic met {seen}, trace says {verdict}"
+        ));
+    }
+    let live = [
+        "trace", from, dest, proto, "--netns", host, "--json", "--live",
+    ];
+    let (code, v) = trace_json(ns, &live);
+    if v["live"]["agree"] != serde_json::json!(true) || code != Some(want_code) {
+        failures.push(format!(
+            "{name}: --live (exit {code:?}): {}",
+            v["live"]["summary"]
+        ));
+    }
+    failures
+}
+
+/// An interrupt while the probe is out ends the command once its table is gone.
+fn interrupt_during_live(ns: &Namespaces, host: &str) {
+    let mut live = Command::new(env!("CARGO_BIN_EXE_kvmnet"))
+        .args(["trace", "a", "b", "--netns", host, "--live"])
+        .env("KVMNET_STATE_DIR", &ns.state_dir)
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(600));
+    let during = ok(&format!("ip netns exec {host} nft list tables"));
+    ok(&format!("kill -INT {}", live.id()));
+    let status = live.wait().unwrap();
+    assert!(
+        during.contains("kvmnet-trace"),
+        "no trace table while probing: {during}"
+    );
+    assert!(!status.success(), "the interrupt was lost: {status:?}");
+    // Nothing of the trace is left: kvmnet's two tables, no trace table.
+    let tables = ok(&format!("ip netns exec {host} nft list tables"));
+    assert_eq!(tables.lines().count(), 2, "{tables}");
+    assert!(!tables.contains("kvmnet-trace"), "{tables}");
+}
+
 #[test]
 fn trace_agrees_with_real_traffic_and_the_kernel() {
     if !privileged() {
@@ -208,53 +273,14 @@ fn trace_agrees_with_real_traffic_and_the_kernel() {
         listen(&wan, &[80], &[5300]),
     ]);
     std::thread::sleep(std::time::Duration::from_millis(500));
-
-    let mut failures = Vec::new();
-    for &(from, dest, ip, proto, verdict, stage) in CASES {
-        let case = format!("{from} -> {dest} {proto}");
-        let (code, v) = trace_json(
-            &ns,
-            &["trace", from, dest, proto, "--netns", &host, "--json"],
-        );
-        let stopped = v["stopped_at"].as_str().unwrap_or("arrive");
-        if (v["verdict"].as_str(), stopped) != (Some(verdict), stage) {
-            failures.push(format!(
-                "{case}: trace says {} at {stopped}, expected {verdict} at {stage}",
-                v["verdict"]
-            ));
-        }
-        let want_code = if verdict == "accept" { 0 } else { 1 };
-        if code != Some(want_code) {
-            failures.push(format!("{case}: exit {code:?}, expected {want_code}"));
-        }
-        // Real traffic: ICMP and UDP see a reject as silence.
-        let seen = real(&format!("{g}{from}"), ip, proto);
-        let expect_seen = match (verdict, proto.starts_with("tcp")) {
-            ("reject", false) => "drop",
-            (v, _) => v,
-        };
-        if seen != expect_seen {
-            failures.push(format!(
-                "{case}: real traffic met {seen}, trace says {verdict}"
-            ));
-        }
-        let (code, v) = trace_json(
-            &ns,
-            &[
-                "trace", from, dest, proto, "--netns", &host, "--json", "--live",
-            ],
-        );
-        if v["live"]["agree"] != serde_json::json!(true) || code != Some(want_code) {
-            failures.push(format!(
-                "{case}: --live (exit {code:?}): {}",
-                v["live"]["summary"]
-            ));
-        }
-    }
+    let failures: Vec<String> = CASES
+        .iter()
+        .flat_map(|c| check(&ns, &host, &g, c))
+        .collect();
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 
     // The text form names each hop's rule and spec line; --spec traces a file.
-    let text = ns.kvmnet_ok(&[
+    let args = [
         "trace",
         "a",
         "b",
@@ -263,7 +289,8 @@ fn trace_agrees_with_real_traffic_and_the_kernel() {
         s.path(),
         "--netns",
         &host,
-    ]);
+    ];
+    let text = ns.kvmnet_ok(&args);
     let fw_in = text.lines().find(|l| l.starts_with("firewall-in")).unwrap();
     assert!(fw_in.contains("tcp dport { 22 } counter return"), "{text}");
     assert!(fw_in.ends_with(&format!("({}:36:17)", s.path())), "{text}");
@@ -278,39 +305,14 @@ fn trace_agrees_with_real_traffic_and_the_kernel() {
     assert!(String::from_utf8_lossy(&o.stderr).contains("tap"));
     ns.kvmnet_ok(&["trace", "t", "b", "--netns", &host]);
     // Bad input is exit 2.
-    assert_eq!(
-        ns.kvmnet(&["trace", "a", "nobody", "--netns", &host])
-            .status
-            .code(),
-        Some(2)
-    );
-    assert_eq!(
-        ns.kvmnet(&["trace", "a", "b", "sctp/1", "--netns", &host])
-            .status
-            .code(),
-        Some(2)
-    );
-
-    // An interrupt while the probe is out ends the command once its table is gone.
-    let mut live = Command::new(env!("CARGO_BIN_EXE_kvmnet"))
-        .args(["trace", "a", "b", "--netns", &host, "--live"])
-        .env("KVMNET_STATE_DIR", &ns.state_dir)
-        .stdout(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    std::thread::sleep(std::time::Duration::from_millis(600));
-    let during = ok(&format!("ip netns exec {host} nft list tables"));
-    ok(&format!("kill -INT {}", live.id()));
-    let status = live.wait().unwrap();
-    assert!(
-        during.contains("kvmnet-trace"),
-        "no trace table while probing: {during}"
-    );
-    assert!(!status.success(), "the interrupt was lost: {status:?}");
-
-    // Nothing of the trace is left: kvmnet's two tables, no trace table.
-    let tables = ok(&format!("ip netns exec {host} nft list tables"));
-    assert_eq!(tables.lines().count(), 2, "{tables}");
-    assert!(!tables.contains("kvmnet-trace"), "{tables}");
+    for bad in [
+        ["a", "nobody", "icmp"],
+        ["a", "b", "sctp/1"],
+        ["zz", "b", "icmp"],
+    ] {
+        let o = ns.kvmnet(&["trace", bad[0], bad[1], bad[2], "--netns", &host]);
+        assert_eq!(o.status.code(), Some(2), "{bad:?}");
+    }
+    interrupt_during_live(&ns, &host);
     ns.kvmnet_ok(&["destroy", "--netns", &host]);
 }

@@ -46,6 +46,8 @@ pub enum TraceError {
     NoAddress(String),
     #[error("'{0}' is not a destination: give VM[/PORT], an IPv4 address, or host")]
     BadDestination(String),
+    #[error("{0} has no ipv4 in the spec: give its address instead, if it has one")]
+    DestinationWithoutAddress(String),
     #[error("'{0}' is not a protocol: give icmp, tcp/PORT or udp/PORT")]
     BadProtocol(String),
     #[error("host: network '{0}' has no gateway address; give one of the host's addresses")]
@@ -186,14 +188,19 @@ pub fn destination<'a>(spec: &'a Spec, from: &Port, arg: &str) -> Result<Dest<'a
         return Err(TraceError::BadDestination(arg.to_string()));
     }
     let p = match arg.split_once('/') {
-        Some(_) => source(spec, arg)?,
+        Some(_) => match source(spec, arg) {
+            Err(TraceError::NoAddress(p)) => {
+                return Err(TraceError::DestinationWithoutAddress(p));
+            }
+            r => r?,
+        },
         None => {
             let vm = &spec.vms[arg];
             let with_addr = || vm.ports.iter().filter(|p| p.ipv4.is_some());
             with_addr()
                 .find(|p| p.network == from.network)
                 .or_else(|| with_addr().next())
-                .ok_or_else(|| TraceError::NoAddress(format!("VM '{arg}'")))?
+                .ok_or_else(|| TraceError::DestinationWithoutAddress(format!("VM '{arg}'")))?
         }
     };
     Ok(Dest::Port(p))

@@ -313,7 +313,10 @@ fn arguments() {
         destination(&s, a, "nope"),
         Err(TraceError::BadDestination(_))
     ));
-    assert!(destination(&s, a, "o/1").is_err());
+    assert_eq!(
+        destination(&s, a, "o/1"),
+        Err(TraceError::DestinationWithoutAddress("o/1 (t-o1)".into()))
+    );
 }
 
 const LAN_SPEC: &str = r#"version: 1

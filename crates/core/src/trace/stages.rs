@@ -425,8 +425,9 @@ impl<'a> Walk<'a> {
             None,
             Some(net_path(from)),
         );
+        // The inbound firewall of routed traffic is found by destination address, whatever
+        // the route: a port on a LAN segment reached through the host meets it too.
         if let Dest::Port(p) = self.dest
-            && to.is_some()
             && self.firewall(p, true)
         {
             return;

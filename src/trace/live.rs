@@ -498,10 +498,21 @@ pub fn compare(model: &Trace, k: &Kernel) -> Comparison {
     let model_chain = model.stopped_by().and_then(|h| h.chain.clone());
     let kernel_chain = k.stop().map(|e| e.chain.clone());
     let outside = model.verdict().stops() && want == Verdict::Accept;
+    // The model's rule may hand the packet to the chain that drops it (`goto CHAIN`).
+    let handed_to = |c: &str| {
+        let name = c.split_once(' ').map_or(c, |(_, n)| n);
+        model
+            .stopped_by()
+            .and_then(|h| h.nft.as_deref())
+            .is_some_and(|r| {
+                r.ends_with(&format!("goto {name}")) || r.ends_with(&format!("jump {name}"))
+            })
+    };
+    let same_chain = model_chain == kernel_chain || kernel_chain.as_deref().is_some_and(handed_to);
     let agree = if k.events.is_empty() {
         outside
     } else {
-        want == got && model_chain == kernel_chain
+        want == got && same_chain
     };
     let kernel_words = match (k.events.is_empty(), k.stop()) {
         (true, _) => "the kernel's rules never saw the probe".to_string(),
@@ -589,6 +600,58 @@ mod tests {
         assert_eq!(parse_event(l).unwrap().verdict, "accept");
         assert!(parse_event("trace id 1 bridge kvmnet-trace-1 probe policy accept").is_none());
         assert!(parse_event("trace id 1 inet kvmnet pf packet: iif \"br0\"").is_none());
+    }
+
+    fn event(chain: &str, rule: &str, verdict: &str) -> Event {
+        Event {
+            chain: chain.into(),
+            rule: Some(rule.into()),
+            verdict: verdict.into(),
+        }
+    }
+
+    fn stopped(chain: &str, nft: &str, verdict: Verdict) -> Trace {
+        use kvmnet_core::trace::{Hop, Stage};
+        Trace {
+            hops: vec![Hop {
+                stage: Stage::Guard,
+                verdict,
+                rule: String::new(),
+                chain: Some(chain.into()),
+                nft: Some(nft.into()),
+                field: None,
+                loc: None,
+            }],
+        }
+    }
+
+    #[test]
+    fn model_and_kernel_agree_on_verdict_and_chain() {
+        let model = stopped(
+            "bridge guard-ip4",
+            "udp dport 68 counter drop",
+            Verdict::Drop,
+        );
+        let k = |chain: &str, verdict: &str| Kernel {
+            from_ns: "g".into(),
+            events: vec![event(chain, "x", verdict)],
+        };
+        assert!(compare(&model, &k("bridge guard-ip4", "drop")).agree);
+        assert!(!compare(&model, &k("bridge guard-ip4", "reject")).agree);
+        assert!(!compare(&model, &k("inet forward", "drop")).agree);
+        // A rule that hands the packet to a chain that counts and drops it.
+        let counted = stopped(
+            "bridge guard-ip4",
+            "udp dport 68 counter goto guard-drop-dhcp-server",
+            Verdict::Drop,
+        );
+        assert!(compare(&counted, &k("bridge guard-drop-dhcp-server", "drop")).agree);
+        // Nothing seen agrees only with a stop outside nftables.
+        let none = Kernel {
+            from_ns: "g".into(),
+            events: vec![],
+        };
+        assert!(!compare(&model, &none).agree);
     }
 
     #[test]

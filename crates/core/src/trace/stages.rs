@@ -143,7 +143,7 @@ impl<'a> Walk<'a> {
         let chain = "bridge guard-ip4".to_string();
         if self.l4 == L4::Udp(68) {
             let rule = "udp/68 is a DHCP client's port: only a DHCP server sends to it, and a guarded port may not be one".to_string();
-            let nft = Some((chain, Some("udp dport 68 counter drop".to_string())));
+            let nft = Some((chain, self.guard_rule("udp dport 68 ")));
             return self.hop(Stage::Guard, Verdict::Drop, rule, nft, field);
         }
         let mut rule = format!(
@@ -162,6 +162,17 @@ impl<'a> Walk<'a> {
             Some((chain, None)),
             field,
         )
+    }
+
+    /// The rule of `guard-ip4` that starts with `start`, as the ruleset has it (it drops
+    /// there, or hands the packet to a chain that counts the drop and drops it).
+    fn guard_rule(&self, start: &str) -> Option<String> {
+        let chain = self.table.as_ref()?.chains.get("bridge guard-ip4")?;
+        chain
+            .rules
+            .iter()
+            .find(|r| r.text.starts_with(start))
+            .map(|r| r.text.clone())
     }
 
     /// Port forwards (inet nat prerouting): a tcp/udp packet to one of the host's addresses

@@ -299,6 +299,8 @@ enum Outcome {
     Changes,
     /// `doctor` found a failing check (exit 1).
     ChecksFailed,
+    /// `trace`: the packet does not get there, or `--live` disagrees (exit 1).
+    Stopped,
 }
 
 /// Runs the command.
@@ -315,6 +317,10 @@ fn run(cli: Cli) -> Result<Outcome, (EngineError, bool)> {
             true => Outcome::ChecksFailed,
             false => Outcome::Done,
         }),
+        Command::Trace(a) => trace_cmd(&a).map(|reached| match reached {
+            true => Outcome::Done,
+            false => Outcome::Stopped,
+        }),
         other => run_other(other).map(|()| Outcome::Done),
     }
 }
@@ -324,6 +330,7 @@ fn run_other(command: Command) -> Result<(), (EngineError, bool)> {
         // (`run` takes plans and doctor, for what they say about changes and checks.)
         Command::Plan { file, scope, .. } => plan_cmd(&file, &scope).map(drop),
         Command::Doctor { scope } => doctor_cmd(&scope).map(drop),
+        Command::Trace(a) => trace_cmd(&a).map(drop),
         Command::Validate { file, json } => validate_cmd(&file, json),
         Command::Apply {
             file,
@@ -474,6 +481,11 @@ fn doctor_cmd(scope: &Scope) -> Result<bool, (EngineError, bool)> {
     let j = scope.json;
     let s = enter_existing(&scope.netns).map_err(|e| (e, j))?;
     crate::doctor::run(&s, j).map_err(|e| (e, j))
+}
+
+fn trace_cmd(a: &TraceArgs) -> Result<bool, (EngineError, bool)> {
+    let s = enter_existing(&a.netns).map_err(|e| (e, a.json))?;
+    crate::trace::run(a, &s).map_err(|e| (e, a.json))
 }
 
 fn confirm_cmd(netns: &Option<String>) -> Result<(), (EngineError, bool)> {
@@ -661,7 +673,7 @@ pub fn main() -> ExitCode {
     };
     match run(cli) {
         Ok(Outcome::Changes) if detailed => ExitCode::from(2),
-        Ok(Outcome::ChecksFailed) => ExitCode::FAILURE,
+        Ok(Outcome::ChecksFailed | Outcome::Stopped) => ExitCode::FAILURE,
         Ok(_) => ExitCode::SUCCESS,
         Err((e, as_json)) => {
             // Located errors are one line each, as `validate` prints them; the rest one

@@ -201,6 +201,22 @@ enum Command {
         #[arg(long, value_name = "FILE", value_hint = clap::ValueHint::FilePath)]
         svg: Option<std::path::PathBuf>,
     },
+    /// Would a packet from a VM's port get to DEST, and if not, which rule stops it: each hop
+    /// with the rule that decided it and the spec line that rule came from.
+    #[command(after_help = concat!(
+        "DEST is VM[/PORT], an IPv4 address, or host (the gateway of the source's network); the\n",
+        "protocol is icmp (an echo request, the default), tcp/PORT (a SYN) or udp/PORT. The spec\n",
+        "traced is the one in force (the one `show` prints) unless --spec names one. --live also\n",
+        "sends the packet from a veth port's namespace and reads the kernel's verdicts with\n",
+        "nftables tracing. --json prints {\"verdict\", \"hops\": [{\"stage\", \"verdict\", \"rule\",\n",
+        "\"at\", ...}], \"live\"}.\n\n",
+        "Exit status: 0 the packet gets there, 1 it is stopped (or --live disagrees with the model,\n",
+        "or could not run), 2 bad input.\n\n",
+        "Example:\n  kvmnet trace web1 db1 tcp/5432 --netns lab\n\n",
+        "Environment:\n",
+        env_state_dir!()
+    ))]
+    Trace(TraceArgs),
     /// A VM's ports for its launcher: QEMU arguments, libvirt interfaces or cloud-init.
     #[command(after_help = concat!(
         "Example:\n  kvmnet export web1 --format qemu web.yaml\n  qemu-system-x86_64 ... $(kvmnet export web1 --format qemu web.yaml)\n\n",
@@ -275,6 +291,32 @@ enum Command {
         #[arg(long)]
         token: String,
     },
+}
+
+#[derive(clap::Args)]
+pub struct TraceArgs {
+    /// The source: VM (its first port) or VM/PORT (the port's name or index).
+    #[arg(value_name = "VM[/PORT]")]
+    pub from: String,
+    /// VM[/PORT], an IPv4 address, or host.
+    #[arg(value_name = "DEST")]
+    pub to: String,
+    /// icmp, tcp/PORT or udp/PORT.
+    #[arg(value_name = "PROTO", default_value = "icmp")]
+    pub proto: String,
+    /// Trace through this spec instead of the one in force.
+    #[arg(long, value_name = "FILE", value_hint = clap::ValueHint::FilePath)]
+    pub spec: Option<std::path::PathBuf>,
+    /// Also send the packet from the source port's namespace (veth ports only) and compare
+    /// the kernel's verdicts, read with nftables tracing, with the model's.
+    #[arg(long)]
+    pub live: bool,
+    /// The scope (network namespace) whose spec and kernel to trace.
+    #[arg(long, value_name = "NS")]
+    pub netns: Option<String>,
+    /// Print one JSON object instead of text.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]

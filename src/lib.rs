@@ -23,6 +23,7 @@ pub mod observe;
 pub mod show;
 pub mod statedir;
 pub mod status;
+pub mod trace;
 pub mod watch;
 
 // The pure core, at the paths the rest of kvmnet has always used.

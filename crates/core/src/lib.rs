@@ -13,4 +13,5 @@ mod serde_impls;
 pub mod snapshot;
 pub mod spec;
 pub mod state;
+pub mod trace;
 pub mod types;

@@ -337,13 +337,45 @@ fn dhcp_without_a_daemon_fails_and_passes_once_one_runs() {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
     loop {
         let (code, checks) = doctor(&ns, &host);
-        if statuses(&checks, "daemon") == ["ok"] {
+        if statuses(&checks, "daemon") == ["ok"] && statuses(&checks, "dhcp_probe") == ["ok"] {
             assert_eq!(code, 0, "{checks:?}");
+            let c = checks.iter().find(|c| c["id"] == "dhcp_probe").unwrap();
+            assert!(
+                c["message"]
+                    .as_str()
+                    .unwrap()
+                    .contains("offer of 10.98.0.10"),
+                "{c}"
+            );
             break;
         }
         assert!(std::time::Instant::now() < deadline, "{checks:?}");
         std::thread::sleep(std::time::Duration::from_millis(100));
     }
+    // The probe leaves nothing: its offer given back (released: the address is free), no
+    // link, no namespace.
+    let leases = ns.kvmnet_ok(&["leases", "--netns", &host, "--json"]);
+    let v: serde_json::Value = serde_json::from_str(&leases).unwrap();
+    for l in v["leases"].as_array().unwrap() {
+        assert_eq!(l["state"], "released", "{leases}");
+    }
+    assert!(!ok(&format!("ip -n {host} -o link")).contains("kvp"));
+    assert!(namespaces_with("kvmnet-probe").is_empty());
+
+    // A foreign table drops DHCP on its way to the host: the daemon runs, but nobody gets
+    // an answer.
+    ok(&format!(
+        "ip netns exec {host} nft add table inet blockdhcp && ip netns exec {host} nft add chain inet blockdhcp in          '{{ type filter hook input priority -500; policy accept; }}' &&          ip netns exec {host} nft add rule inet blockdhcp in udp dport 67 drop"
+    ));
+    let (code, checks) = doctor(&ns, &host);
+    assert_eq!(statuses(&checks, "dhcp_probe"), ["fail"], "{checks:?}");
+    assert_eq!(statuses(&checks, "daemon"), ["ok"], "{checks:?}");
+    assert_eq!(code, 1);
+    ok(&format!(
+        "ip netns exec {host} nft delete table inet blockdhcp"
+    ));
+    let (_, checks) = doctor(&ns, &host);
+    assert_eq!(statuses(&checks, "dhcp_probe"), ["ok"], "{checks:?}");
 }
 
 /// Every result but those of check `id`, as `(id, subject, status)`.

@@ -65,6 +65,7 @@ mod engine;
 mod journal;
 mod limit;
 mod net;
+pub(crate) use net::{ifindex, ip_udp_ports};
 pub mod packet;
 mod store;
 

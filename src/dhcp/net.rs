@@ -510,6 +510,17 @@ fn checksum(chunks: &[&[u8]]) -> u16 {
 
 /// IPv4 + UDP around `payload`, from `src`:67 to `dst`:68.
 pub(crate) fn ip_udp(src: Ipv4Addr, dst: Ipv4Addr, payload: &[u8]) -> Vec<u8> {
+    ip_udp_ports(src, dst, (SERVER_PORT, CLIENT_PORT), payload)
+}
+
+/// IPv4 + UDP around `payload`, from `src`:`ports.0` to `dst`:`ports.1` (a client's
+/// request too: doctor's probe).
+pub(crate) fn ip_udp_ports(
+    src: Ipv4Addr,
+    dst: Ipv4Addr,
+    ports: (u16, u16),
+    payload: &[u8],
+) -> Vec<u8> {
     let udp_len = 8 + payload.len();
     let total = 20 + udp_len;
     let mut f = Vec::with_capacity(total);
@@ -522,8 +533,8 @@ pub(crate) fn ip_udp(src: Ipv4Addr, dst: Ipv4Addr, payload: &[u8]) -> Vec<u8> {
     let c = checksum(&[&f[..20]]);
     f[10..12].copy_from_slice(&c.to_be_bytes());
     let mut udp = Vec::with_capacity(8);
-    udp.extend_from_slice(&SERVER_PORT.to_be_bytes());
-    udp.extend_from_slice(&CLIENT_PORT.to_be_bytes());
+    udp.extend_from_slice(&ports.0.to_be_bytes());
+    udp.extend_from_slice(&ports.1.to_be_bytes());
     udp.extend_from_slice(&(udp_len as u16).to_be_bytes());
     udp.extend_from_slice(&[0, 0]);
     let pseudo = [

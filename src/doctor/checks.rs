@@ -105,6 +105,9 @@ pub struct Facts {
     pub lro: BTreeMap<String, Option<bool>>,
     /// MACs the bridges learned, as `(bridge, port, mac)`, over a few reads.
     pub learned: Vec<(String, String, crate::types::Mac)>,
+    /// What a DHCPDISCOVER on each DHCP network's bridge got back (the offered address, or
+    /// nothing), by network; probed only while a daemon runs.
+    pub dhcp_answers: BTreeMap<String, Result<Option<std::net::Ipv4Addr>, String>>,
     /// Who else answered an ARP probe for each bridge's gateway address, by bridge.
     pub gateway_answers: BTreeMap<String, Result<Vec<crate::types::Mac>, String>>,
 }
@@ -149,6 +152,7 @@ pub fn all(spec: &Spec, facts: &Facts) -> Vec<Check> {
     out.extend(dhcp_mtu(spec, facts));
     out.extend(conntrack(facts));
     out.extend(daemon(spec, facts));
+    out.extend(dhcp_probe(spec, facts));
     out.extend(tap_owner(spec, facts));
     out.extend(devices(facts));
     out.extend(lro(spec, facts));
@@ -723,6 +727,43 @@ pub fn daemon(spec: &Spec, facts: &Facts) -> Vec<Check> {
         "{running}, but {serving} has dhcp: only the daemon serves it, so guests get no address"
     );
     vec![Check::bad(ID, Status::Fail, "daemon", msg, fix)]
+}
+
+/// `dhcp_probe`: a DHCPDISCOVER from a throwaway client on each DHCP network's bridge gets
+/// an OFFER from the daemon (only an offer: no lease is made).
+pub fn dhcp_probe(spec: &Spec, facts: &Facts) -> Vec<Check> {
+    const ID: &str = "dhcp_probe";
+    let serving: Vec<&str> = spec
+        .networks
+        .values()
+        .filter(|n| n.dhcp.is_some())
+        .map(|n| n.name.as_str())
+        .collect();
+    if serving.is_empty() || !facts.daemon_running {
+        let why = if serving.is_empty() {
+            "no network serves DHCP"
+        } else {
+            "no daemon runs (see daemon)"
+        };
+        return vec![Check::ok(ID, "dhcp", format!("not probed: {why}"))];
+    }
+    let mut out = Vec::new();
+    for net in serving {
+        let subject = net.to_string();
+        match facts.dhcp_answers.get(net) {
+            Some(Ok(Some(a))) => out.push(Check::ok(ID, subject, format!("a DHCPDISCOVER on {net} got an offer of {a}"))),
+            Some(Ok(None)) => out.push(Check::bad(
+                ID,
+                Status::Fail,
+                subject,
+                format!("a DHCPDISCOVER on {net} got no offer within 0.7 s: guests that ask get no address"),
+                format!("see the daemon's log for dhcp lines ({}), and kvmnet leases for a full pool", facts.here("journalctl -u kvmnet")),
+            )),
+            Some(Err(e)) => out.push(Check::bad(ID, Status::Warn, subject, format!("could not probe {net}: {e}"), "")),
+            None => out.push(Check::bad(ID, Status::Warn, subject, format!("{net} was not probed: its bridge is missing or down (see carrier)"), "")),
+        }
+    }
+    out
 }
 
 #[cfg(test)]

@@ -5,6 +5,7 @@
 
 mod arp_probe;
 pub mod checks;
+mod dhcp_probe;
 
 use serde_json::json;
 
@@ -44,10 +45,17 @@ fn gather(scope: &str, spec: &crate::spec::Spec) -> Facts {
     };
     // The two checks that wait (the forwarding databases read over time, the ARP probes'
     // answers) wait at once.
-    let (learned, gateway_answers) = std::thread::scope(|s| {
+    let daemon_running =
+        crate::daemon::api::daemon_listening(&crate::statedir::StateDir::for_scope(scope).dir);
+    let (learned, gateway_answers, dhcp_answers) = std::thread::scope(|s| {
         let arp = s.spawn(|| gateway_answers(spec, &links));
+        let dhcp = s.spawn(|| dhcp_answers(spec, &links, daemon_running));
         let learned = learned(spec, &links);
-        (learned, arp.join().unwrap_or_default())
+        (
+            learned,
+            arp.join().unwrap_or_default(),
+            dhcp.join().unwrap_or_default(),
+        )
     });
     Facts {
         scope: scope.to_string(),
@@ -57,14 +65,54 @@ fn gather(scope: &str, spec: &crate::spec::Spec) -> Facts {
         foreign_firewalls,
         foreign_firewalls_error,
         links_error,
-        daemon_running: crate::daemon::api::daemon_listening(
-            &crate::statedir::StateDir::for_scope(scope).dir,
-        ),
+        daemon_running,
+        dhcp_answers,
         learned,
         gateway_answers,
         links,
         ..host_facts(spec)
     }
+}
+
+/// What a DHCPDISCOVER on each DHCP network's (up) bridge gets back, probed at once, while
+/// a daemon runs: the server is the daemon's.
+fn dhcp_answers(
+    spec: &crate::spec::Spec,
+    links: &std::collections::BTreeMap<String, crate::snapshot::LinkSnap>,
+    daemon_running: bool,
+) -> std::collections::BTreeMap<String, dhcp_probe::Outcome> {
+    const WAIT: std::time::Duration = std::time::Duration::from_millis(700);
+    if !daemon_running {
+        return Default::default();
+    }
+    let nets: Vec<(usize, &crate::spec::Network)> = spec
+        .networks
+        .values()
+        .filter(|n| n.dhcp.is_some() && links.get(&n.bridge).is_some_and(|l| l.up))
+        .enumerate()
+        .collect();
+    std::thread::scope(|s| {
+        let probes: Vec<_> = nets
+            .into_iter()
+            .map(|(i, n)| {
+                // Locally administered, and this process's own: no guest has it.
+                let pid = std::process::id().to_be_bytes();
+                let mac = crate::types::Mac([0x02, 0x6b, pid[2], pid[3], (i >> 8) as u8, i as u8]);
+                let h = s.spawn(move || dhcp_probe::probe(&n.bridge, i, mac, WAIT));
+                (n.name.clone(), h)
+            })
+            .collect();
+        probes
+            .into_iter()
+            .map(|(name, h)| {
+                (
+                    name,
+                    h.join()
+                        .unwrap_or_else(|_| Err("the probe panicked".into())),
+                )
+            })
+            .collect()
+    })
 }
 
 /// Who else answers ARP for each gateway address, probed on its bridge (up bridges only: a

@@ -6,7 +6,6 @@
 
 use std::collections::HashMap;
 
-use super::netlink::attr::u64_at;
 use super::netlink::consts::RTM_GETLINK;
 use super::netlink::{NetlinkError, Options, Socket, attr, attr_string, attrs};
 use super::nfnetlink::{
@@ -16,7 +15,7 @@ use super::nfnetlink::{
     NFTA_VERDICT_CODE, Nfnl, be32, open_socket,
 };
 use super::nftables::NftError;
-use super::rtnl::{IFLA_IFNAME, IFLA_STATS64, LinkStats, ifinfomsg};
+use super::rtnl::{IFLA_IFNAME, IFLA_STATS64, LinkStats, ifinfomsg, parse_stats64};
 use super::tc::{Stats, Tc, TcError};
 use crate::nft;
 
@@ -58,17 +57,7 @@ fn link_counters(p: &[u8]) -> Option<(String, (u32, LinkStats))> {
     let rest = p.get(16..)?;
     let name = attr(rest, IFLA_IFNAME).map(attr_string)?;
     let v = attr(rest, IFLA_STATS64).filter(|v| v.len() >= 64)?;
-    let s = LinkStats {
-        rx_packets: u64_at(v, 0),
-        tx_packets: u64_at(v, 8),
-        rx_bytes: u64_at(v, 16),
-        tx_bytes: u64_at(v, 24),
-        rx_errors: u64_at(v, 32),
-        tx_errors: u64_at(v, 40),
-        rx_dropped: u64_at(v, 48),
-        tx_dropped: u64_at(v, 56),
-    };
-    Some((name, (index, s)))
+    Some((name, (index, parse_stats64(v))))
 }
 
 /// Statistics of every link's root qdisc, by ifindex.

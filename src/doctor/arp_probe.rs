@@ -4,10 +4,10 @@
 //! link, so only the link's other hosts see it.
 
 use std::io;
-use std::mem::{size_of, zeroed};
 use std::net::Ipv4Addr;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use super::packet_socket::PacketSocket;
 
 use crate::types::Mac;
 
@@ -42,25 +42,6 @@ fn reply_from(payload: &[u8], target: Ipv4Addr) -> Option<Mac> {
     Some(Mac(m))
 }
 
-fn sockaddr(ifindex: u32, dst: [u8; 6]) -> libc::sockaddr_ll {
-    // SAFETY: all-zero is a valid sockaddr_ll.
-    let mut sll: libc::sockaddr_ll = unsafe { zeroed() };
-    sll.sll_family = libc::AF_PACKET as u16;
-    sll.sll_protocol = ETH_P_ARP.to_be();
-    sll.sll_ifindex = ifindex as i32;
-    sll.sll_halen = 6;
-    sll.sll_addr[..6].copy_from_slice(&dst);
-    sll
-}
-
-fn cvt(r: libc::c_int) -> io::Result<libc::c_int> {
-    if r < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(r)
-    }
-}
-
 /// The MACs (other than `mac`, the link's own) that answer a probe for `target` on link
 /// `ifindex` within `wait`, each once, in the order they answered.
 pub fn who_answers(
@@ -69,83 +50,23 @@ pub fn who_answers(
     target: Ipv4Addr,
     wait: Duration,
 ) -> io::Result<Vec<Mac>> {
-    // SAFETY: plain syscall.
-    let fd = cvt(unsafe {
-        libc::socket(
-            libc::AF_PACKET,
-            libc::SOCK_DGRAM | libc::SOCK_CLOEXEC,
-            i32::from(ETH_P_ARP.to_be()),
-        )
-    })?;
-    // SAFETY: fresh descriptor, owned from here on.
-    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-    let bound = sockaddr(ifindex, [0; 6]);
-    // SAFETY: valid sockaddr_ll of the given size.
-    cvt(unsafe {
-        libc::bind(
-            fd.as_raw_fd(),
-            (&bound as *const libc::sockaddr_ll).cast(),
-            size_of::<libc::sockaddr_ll>() as libc::socklen_t,
-        )
-    })?;
+    let sock = PacketSocket::open(ifindex, ETH_P_ARP)?;
     let frame = probe_frame(mac, target);
-    let to = sockaddr(ifindex, [0xff; 6]);
     // Two probes, as RFC 5227 sends more than one: a lost frame must not hide a conflict.
     let mut seen = Vec::new();
     for _ in 0..2 {
-        // SAFETY: valid buffer and address.
-        cvt(unsafe {
-            libc::sendto(
-                fd.as_raw_fd(),
-                frame.as_ptr().cast(),
-                frame.len(),
-                0,
-                (&to as *const libc::sockaddr_ll).cast(),
-                size_of::<libc::sockaddr_ll>() as libc::socklen_t,
-            ) as libc::c_int
+        sock.send([0xff; 6], &frame)?;
+        sock.read_until(wait / 2, |payload, _| {
+            if let Some(m) = reply_from(payload, target)
+                && m != mac
+                && !seen.contains(&m)
+            {
+                seen.push(m);
+            }
+            None::<()>
         })?;
-        gather(&fd, mac, target, wait / 2, &mut seen)?;
     }
     Ok(seen)
-}
-
-/// Reads replies about `target` for `wait`, adding each new sender but `own` to `seen`.
-fn gather(
-    fd: &OwnedFd,
-    own: Mac,
-    target: Ipv4Addr,
-    wait: Duration,
-    seen: &mut Vec<Mac>,
-) -> io::Result<()> {
-    let deadline = Instant::now() + wait;
-    let mut buf = [0u8; 128];
-    loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        if left.is_zero() {
-            return Ok(());
-        }
-        let mut pfd = libc::pollfd {
-            fd: fd.as_raw_fd(),
-            events: libc::POLLIN,
-            revents: 0,
-        };
-        let ms = left.as_millis().clamp(1, 10_000) as libc::c_int;
-        // SAFETY: one valid pollfd.
-        if cvt(unsafe { libc::poll(&mut pfd, 1, ms) })? == 0 {
-            return Ok(());
-        }
-        // SAFETY: valid buffer of the given length.
-        let n = unsafe { libc::recv(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
-        if n < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        if let Some(m) = reply_from(&buf[..n as usize], target)
-            && m != own
-            && !seen.contains(&m)
-        {
-            seen.push(m);
-        }
-    }
 }
 
 #[cfg(test)]

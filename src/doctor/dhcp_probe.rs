@@ -10,12 +10,13 @@
 //! offered address for its client a while otherwise).
 
 use std::io;
-use std::mem::{size_of, zeroed};
 use std::net::Ipv4Addr;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::AsRawFd;
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
+use super::packet_socket::PacketSocket;
+use crate::dhcp::ip_udp_ports;
 use crate::dhcp::packet::{MessageType, Packet, opt};
 use crate::types::Mac;
 
@@ -87,74 +88,28 @@ pub fn probe(bridge: &str, tag: usize, mac: Mac, wait: Duration) -> Outcome {
     })
 }
 
-fn cvt(r: libc::c_int) -> io::Result<libc::c_int> {
-    if r < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(r)
-    }
-}
-
-fn sockaddr(ifindex: u32) -> libc::sockaddr_ll {
-    // SAFETY: all-zero is a valid sockaddr_ll.
-    let mut sll: libc::sockaddr_ll = unsafe { zeroed() };
-    sll.sll_family = libc::AF_PACKET as u16;
-    sll.sll_protocol = ETH_P_IP.to_be();
-    sll.sll_ifindex = ifindex as i32;
-    sll.sll_halen = 6;
-    sll.sll_addr[..6].copy_from_slice(&[0xff; 6]);
-    sll
-}
-
 /// Sends the DISCOVER from `dev` and waits for the OFFER with `xid`.
 fn discover(dev: &str, mac: Mac, xid: u32, wait: Duration) -> io::Result<Option<Ipv4Addr>> {
     let ifindex = crate::dhcp::ifindex(dev).ok_or_else(|| io::Error::other("no probe link"))?;
-    // SAFETY: plain syscall.
-    let fd = cvt(unsafe {
-        libc::socket(
-            libc::AF_PACKET,
-            libc::SOCK_DGRAM | libc::SOCK_CLOEXEC,
-            i32::from(ETH_P_IP.to_be()),
-        )
-    })?;
-    // SAFETY: fresh descriptor, owned from here on.
-    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-    let sll = sockaddr(ifindex);
-    // SAFETY: valid sockaddr_ll of the given size.
-    cvt(unsafe {
-        libc::bind(
-            fd.as_raw_fd(),
-            (&sll as *const libc::sockaddr_ll).cast(),
-            size_of::<libc::sockaddr_ll>() as libc::socklen_t,
-        )
-    })?;
+    let sock = PacketSocket::open(ifindex, ETH_P_IP)?;
     let mut p = Packet::request(mac, xid, MessageType::Discover);
     p.flags = 0x8000; // broadcast the answer: the client has no address yet
-    let frame = crate::dhcp::ip_udp_ports(
-        Ipv4Addr::UNSPECIFIED,
-        Ipv4Addr::BROADCAST,
-        (68, 67),
-        &p.encode(),
-    );
-    // SAFETY: valid buffer and address.
-    let sent = unsafe {
-        libc::sendto(
-            fd.as_raw_fd(),
-            frame.as_ptr().cast(),
-            frame.len(),
-            0,
-            (&sll as *const libc::sockaddr_ll).cast(),
-            size_of::<libc::sockaddr_ll>() as libc::socklen_t,
-        )
-    };
-    if sent < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    let Some(o) = offer(&fd, xid, wait)? else {
+    let unspecified = Ipv4Addr::UNSPECIFIED;
+    let frame = ip_udp_ports(unspecified, Ipv4Addr::BROADCAST, (68, 67), &p.encode());
+    sock.send([0xff; 6], &frame)?;
+    let offer = sock.read_until(wait, |payload, from| {
+        let (addr, server) = offered(payload, xid)?;
+        Some(Offer {
+            addr,
+            server,
+            server_mac: from,
+        })
+    })?;
+    let Some(o) = offer else {
         return Ok(None);
     };
     // Best effort: an offer not given back only holds its address until it times out.
-    let _ = release(&fd, ifindex, mac, xid, &o);
+    let _ = release(&sock, mac, xid, &o);
     Ok(Some(o.addr))
 }
 
@@ -167,76 +122,14 @@ struct Offer {
 
 /// A RELEASE of the offered address, unicast to the server from that address, as the
 /// server takes one from the client holding it.
-fn release(fd: &OwnedFd, ifindex: u32, mac: Mac, xid: u32, o: &Offer) -> io::Result<()> {
+fn release(sock: &PacketSocket, mac: Mac, xid: u32, o: &Offer) -> io::Result<()> {
     let mut r = Packet::request(mac, xid.wrapping_add(1), MessageType::Release);
     r.ciaddr = o.addr;
     r.set(opt::SERVER_ID, o.server.octets().to_vec());
-    let frame = crate::dhcp::ip_udp_ports(o.addr, o.server, (68, 67), &r.encode());
-    let mut to = sockaddr(ifindex);
-    to.sll_addr[..6].copy_from_slice(&o.server_mac);
-    // SAFETY: valid buffer and address.
-    let n = unsafe {
-        libc::sendto(
-            fd.as_raw_fd(),
-            frame.as_ptr().cast(),
-            frame.len(),
-            0,
-            (&to as *const libc::sockaddr_ll).cast(),
-            size_of::<libc::sockaddr_ll>() as libc::socklen_t,
-        )
-    };
-    if n < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(())
-}
-
-/// The first OFFER with `xid` read from `fd` within `wait`.
-fn offer(fd: &OwnedFd, xid: u32, wait: Duration) -> io::Result<Option<Offer>> {
-    let deadline = Instant::now() + wait;
-    let mut buf = vec![0u8; 2048];
-    loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        if left.is_zero() {
-            return Ok(None);
-        }
-        let mut pfd = libc::pollfd {
-            fd: fd.as_raw_fd(),
-            events: libc::POLLIN,
-            revents: 0,
-        };
-        let ms = left.as_millis().clamp(1, 10_000) as libc::c_int;
-        // SAFETY: one valid pollfd.
-        if cvt(unsafe { libc::poll(&mut pfd, 1, ms) })? == 0 {
-            return Ok(None);
-        }
-        // SAFETY: all-zero is a valid sockaddr_ll.
-        let mut from: libc::sockaddr_ll = unsafe { zeroed() };
-        let mut len = size_of::<libc::sockaddr_ll>() as libc::socklen_t;
-        // SAFETY: valid buffer and address of the given lengths.
-        let n = unsafe {
-            libc::recvfrom(
-                fd.as_raw_fd(),
-                buf.as_mut_ptr().cast(),
-                buf.len(),
-                0,
-                (&mut from as *mut libc::sockaddr_ll).cast(),
-                &mut len,
-            )
-        };
-        if n < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        if let Some((addr, server)) = offered(&buf[..n as usize], xid) {
-            let mut server_mac = [0u8; 6];
-            server_mac.copy_from_slice(&from.sll_addr[..6]);
-            return Ok(Some(Offer {
-                addr,
-                server,
-                server_mac,
-            }));
-        }
-    }
+    sock.send(
+        o.server_mac,
+        &ip_udp_ports(o.addr, o.server, (68, 67), &r.encode()),
+    )
 }
 
 /// The offered address and the server's identifier, if `ipv4` is a UDP datagram to port 68

@@ -6,6 +6,7 @@
 mod arp_probe;
 pub mod checks;
 mod dhcp_probe;
+mod packet_socket;
 
 use serde_json::json;
 

@@ -10,6 +10,7 @@
 mod consts;
 mod encode;
 mod parse;
+pub(crate) use parse::parse_stats64;
 mod request;
 #[cfg(test)]
 mod tests;

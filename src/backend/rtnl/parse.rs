@@ -76,7 +76,7 @@ pub(crate) fn parse_link(p: &[u8]) -> Option<LinkInfo> {
 
 /// `struct rtnl_link_stats64`: rx_packets, tx_packets, rx_bytes, tx_bytes, rx_errors,
 /// tx_errors, rx_dropped, tx_dropped, ...
-fn parse_stats64(v: &[u8]) -> LinkStats {
+pub(crate) fn parse_stats64(v: &[u8]) -> LinkStats {
     LinkStats {
         rx_packets: u64_at(v, 0),
         tx_packets: u64_at(v, 8),

@@ -81,6 +81,20 @@ fn l4_word(p: RuleProto) -> Option<&'static str> {
     }
 }
 
+/// Port ranges as nft and the spec write them: `22`, `8000-8100`.
+pub(crate) fn port_ranges(ports: &[(u16, u16)]) -> Vec<String> {
+    ports
+        .iter()
+        .map(|(a, b)| {
+            if a == b {
+                a.to_string()
+            } else {
+                format!("{a}-{b}")
+            }
+        })
+        .collect()
+}
+
 /// The match parts of one rule, once per family it covers: a rule with an IPv4 `from`/`to`
 /// is IPv4 only; an ICMP rule is written for ICMP and for ICMPv6 (with the types that have
 /// an ICMPv6 counterpart); anything else is one match for both families.
@@ -99,17 +113,7 @@ pub(crate) fn rule_matches(r: &FirewallRule) -> Vec<String> {
         } else if let Some((set, _)) = port_set(p, &r.ports) {
             m.push(format!("{p} dport @{set}"));
         } else {
-            let ports: Vec<String> = r
-                .ports
-                .iter()
-                .map(|(a, b)| {
-                    if a == b {
-                        a.to_string()
-                    } else {
-                        format!("{a}-{b}")
-                    }
-                })
-                .collect();
+            let ports = port_ranges(&r.ports);
             m.push(format!("{p} dport {{ {} }}", ports.join(", ")));
         }
     }

@@ -25,7 +25,7 @@ mod networks;
 
 pub use guard::Reason as GuardDropReason;
 // `kvmnet trace` words its hops with the rules as they are written here.
-pub(crate) use firewall::rule_matches;
+pub(crate) use firewall::{port_ranges, rule_matches};
 
 pub const FAMILY: &str = "inet";
 pub const BRIDGE_FAMILY: &str = "bridge";

@@ -726,18 +726,7 @@ fn describe(r: &FirewallRule) -> String {
         .to_string(),
     ];
     if !r.ports.is_empty() {
-        let ports: Vec<String> = r
-            .ports
-            .iter()
-            .map(|(a, b)| {
-                if a == b {
-                    a.to_string()
-                } else {
-                    format!("{a}-{b}")
-                }
-            })
-            .collect();
-        w.push(ports.join(","));
+        w.push(crate::nft::port_ranges(&r.ports).join(","));
     }
     if !r.icmp_types.is_empty() {
         w.push(r.icmp_types.join(","));

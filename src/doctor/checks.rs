@@ -290,20 +290,25 @@ fn forward_drop_fix(
     )
 }
 
+/// The warning of a check whose nftables facts could not be read.
+fn unreadable_tables(id: &'static str, what: &str, e: &str) -> Vec<Check> {
+    let msg = format!("could not read {what}: {e}");
+    vec![Check::bad(
+        id,
+        Status::Warn,
+        "nftables",
+        msg,
+        "nft list ruleset shows them",
+    )]
+}
+
 /// `foreign_forward_drop`: another table's forward chain with policy drop (as Docker sets
 /// iptables' FORWARD) drops the guests' routed and bridged traffic unless it accepts it.
 /// kvmnet never touches other tables, so this is a warning with the rules that would help.
 pub fn foreign_forward_drop(spec: &Spec, facts: &Facts) -> Vec<Check> {
     const ID: &str = "foreign_forward_drop";
     if let Some(e) = &facts.forward_drops_error {
-        let msg = format!("could not read the forward chains of other tables: {e}");
-        return vec![Check::bad(
-            ID,
-            Status::Warn,
-            "nftables",
-            msg,
-            "nft list ruleset shows them",
-        )];
+        return unreadable_tables(ID, "the forward chains of other tables", e);
     }
     let bridges: Vec<&str> = spec
         .networks
@@ -343,14 +348,7 @@ pub fn foreign_forward_drop(spec: &Spec, facts: &Facts) -> Vec<Check> {
 pub fn foreign_firewall(spec: &Spec, facts: &Facts) -> Vec<Check> {
     const ID: &str = "foreign_firewall";
     if let Some(e) = &facts.foreign_firewalls_error {
-        let msg = format!("could not read the other tables' chains: {e}");
-        return vec![Check::bad(
-            ID,
-            Status::Warn,
-            "nftables",
-            msg,
-            "nft list ruleset shows them",
-        )];
+        return unreadable_tables(ID, "the other tables' chains", e);
     }
     let found = &facts.foreign_firewalls;
     let bridges: Vec<&str> = spec

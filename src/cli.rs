@@ -425,7 +425,7 @@ fn man_cmd(dir: &Path) -> Result<(), (EngineError, bool)> {
 }
 
 /// The spec's name in messages and its text: the file's, or standard input's for `-`.
-fn read_spec(file: &Path) -> Result<(String, Vec<u8>), EngineError> {
+pub(crate) fn read_spec(file: &Path) -> Result<(String, Vec<u8>), EngineError> {
     if file.as_os_str() != "-" {
         return Ok((file.display().to_string(), engine::read(file)?));
     }

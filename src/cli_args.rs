@@ -304,7 +304,7 @@ pub struct TraceArgs {
     /// icmp, tcp/PORT or udp/PORT.
     #[arg(value_name = "PROTO", default_value = "icmp")]
     pub proto: String,
-    /// Trace through this spec instead of the one in force.
+    /// Trace through this spec instead of the one in force (`-`: standard input).
     #[arg(long, value_name = "FILE", value_hint = clap::ValueHint::FilePath)]
     pub spec: Option<std::path::PathBuf>,
     /// Also send the packet from the source port's namespace (veth ports only) and compare

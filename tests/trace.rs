@@ -299,6 +299,24 @@ fn trace_agrees_with_real_traffic_and_the_kernel() {
         "{text}"
     );
 
+    // The same spec from standard input: the same hops, its lines named as stdin's.
+    let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_kvmnet"))
+        .args(["trace", "a", "b", "tcp/22", "--spec", "-", "--netns", &host])
+        .env("KVMNET_STATE_DIR", &ns.state_dir)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::io::Write::write_all(
+        &mut c.stdin.take().unwrap(),
+        &std::fs::read(s.path()).unwrap(),
+    )
+    .unwrap();
+    let o = c.wait_with_output().unwrap();
+    let piped = String::from_utf8_lossy(&o.stdout);
+    assert!(o.status.success(), "{piped}");
+    assert_eq!(piped, text.replace(s.path(), "(stdin)"));
+
     // A tap's far end belongs to QEMU: --live refuses, the model still answers.
     let o = ns.kvmnet(&["trace", "t", "b", "--netns", &host, "--live"]);
     assert_eq!(o.status.code(), Some(2));

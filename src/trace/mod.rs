@@ -13,7 +13,7 @@ pub mod live;
 /// Runs the trace; true when the packet gets there (and, with `--live`, the kernel agrees).
 pub fn run(a: &TraceArgs, scope: &str) -> Result<bool, EngineError> {
     let (source, text) = match &a.spec {
-        Some(f) => (f.display().to_string(), engine::read(f)?),
+        Some(f) => crate::cli::read_spec(f)?,
         None => crate::show::recorded(scope)?.ok_or_else(|| {
             EngineError::Usage(
                 "no spec was applied in this scope: apply one, or give one with --spec".into(),

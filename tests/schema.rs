@@ -55,7 +55,10 @@ fn spec_json(text: &str) -> Value {
 fn schema_errors(docs: &[(String, Value)]) -> Vec<(String, String)> {
     let schema = kvmnet(&["schema"]);
     assert!(schema.status.success());
-    let dir = std::env::temp_dir().join(format!("kvmnet-schema-{}", std::process::id()));
+    // One folder per call: the tests run at once, in one process.
+    static CALLS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let n = CALLS.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    let dir = std::env::temp_dir().join(format!("kvmnet-schema-{}-{n}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let schema_path = dir.join("schema.json");
     std::fs::write(&schema_path, &schema.stdout).unwrap();

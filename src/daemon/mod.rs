@@ -873,13 +873,8 @@ fn serve_metrics(sh: &Arc<Shared>, l: std::net::TcpListener) -> std::thread::Joi
 }
 
 /// Runs the daemon until SIGTERM/SIGINT. The caller has already entered the namespace.
-pub fn run(
-    scope: &str,
-    spec_path: &std::path::Path,
-    metrics_listener: Option<std::net::TcpListener>,
-) -> Result<(), EngineError> {
-    let sigset = block_signals();
-    let specs = Mutex::new(crate::spec::SpecCache::default());
+/// A thread that frees what is sent to it, at the lowest priority.
+fn freeing_thread() -> std::sync::mpsc::Sender<Box<dyn Send>> {
     let (retired, to_free) = std::sync::mpsc::channel::<Box<dyn Send>>();
     std::thread::spawn(move || {
         // Freeing is never urgent: it gives way to requests and to everything else.
@@ -889,6 +884,11 @@ pub fn run(
         }
         to_free.into_iter().for_each(drop)
     });
+    retired
+}
+
+/// The scope's state directory, private, with no daemon serving it yet.
+fn private_state_dir(scope: &str) -> Result<StateDir, EngineError> {
     let state_dir = StateDir::for_scope(scope);
     // A second daemon would record and apply its --spec file before finding the socket
     // taken: the first one's accepted spec would be undone.
@@ -907,6 +907,18 @@ pub fn run(
             source,
         })?;
     state_dir.tighten()?;
+    Ok(state_dir)
+}
+
+pub fn run(
+    scope: &str,
+    spec_path: &std::path::Path,
+    metrics_listener: Option<std::net::TcpListener>,
+) -> Result<(), EngineError> {
+    let sigset = block_signals();
+    let specs = Mutex::new(crate::spec::SpecCache::default());
+    let retired = freeing_thread();
+    let state_dir = private_state_dir(scope)?;
     let spec_file = std::fs::canonicalize(spec_path)
         .unwrap_or_else(|_| spec_path.to_path_buf())
         .display()

@@ -194,39 +194,9 @@ impl Engine {
         mono: Instant,
     ) -> Option<Outgoing> {
         self.stats.received += 1;
-        let req = match Packet::parse(&rx.data) {
-            Ok(p) if p.op == BOOTREQUEST => p,
-            _ => {
-                self.stats.dropped_malformed += 1;
-                return None;
-            }
-        };
-        let (Some(mac), Some(kind)) = (req.mac(), req.message_type()) else {
-            self.stats.dropped_malformed += 1;
-            return None;
-        };
-        if mac.is_zero() || mac.is_multicast() {
-            self.stats.dropped_malformed += 1;
-            return None;
-        }
+        let (req, mac, kind) = self.request(rx)?;
         let relayed = !req.giaddr.is_unspecified();
-        let here = self.by_iface.get(iface).copied();
-        let si = if relayed {
-            self.stats.relayed += 1;
-            // The relay's address names the client's subnet. Every scope is a local bridge,
-            // so a real relay for it sits on that bridge: one that names another network
-            // is a guest forging giaddr to reach another pool.
-            self.scopes
-                .iter()
-                .position(|s| s.subnet.contains(req.giaddr))
-                .filter(|&si| Some(si) == here)
-        } else {
-            here
-        };
-        let Some(si) = si else {
-            self.stats.dropped_no_scope += 1;
-            return None;
-        };
+        let si = self.scope_of(iface, &req)?;
         if relayed && !self.relay_address_ok(si, req.giaddr, *rx.src.ip()) {
             self.stats.dropped_relay += 1;
             return None;
@@ -294,6 +264,48 @@ impl Engine {
 }
 
 impl Engine {
+    /// A client request as it must be to be served: a BOOTREQUEST with a message type, from a
+    /// unicast MAC that is not all zeros.
+    fn request(&mut self, rx: &Rx) -> Option<(Packet, Mac, MessageType)> {
+        let req = match Packet::parse(&rx.data) {
+            Ok(p) if p.op == BOOTREQUEST => p,
+            _ => {
+                self.stats.dropped_malformed += 1;
+                return None;
+            }
+        };
+        let (Some(mac), Some(kind)) = (req.mac(), req.message_type()) else {
+            self.stats.dropped_malformed += 1;
+            return None;
+        };
+        if mac.is_zero() || mac.is_multicast() {
+            self.stats.dropped_malformed += 1;
+            return None;
+        }
+        Some((req, mac, kind))
+    }
+
+    /// The scope that serves `req` received on `iface`.
+    fn scope_of(&mut self, iface: &str, req: &Packet) -> Option<usize> {
+        let here = self.by_iface.get(iface).copied();
+        let si = if req.giaddr.is_unspecified() {
+            here
+        } else {
+            self.stats.relayed += 1;
+            // The relay's address names the client's subnet. Every scope is a local bridge,
+            // so a real relay for it sits on that bridge: one that names another network
+            // is a guest forging giaddr to reach another pool.
+            self.scopes
+                .iter()
+                .position(|s| s.subnet.contains(req.giaddr))
+                .filter(|&si| Some(si) == here)
+        };
+        if si.is_none() {
+            self.stats.dropped_no_scope += 1;
+        }
+        si
+    }
+
     /// Whether a message relayed with `giaddr` from IP source `src` may be served on scope
     /// `si`'s bridge: both must be addresses no guest port can hold (see "Relays" in the
     /// module docs).

@@ -290,6 +290,15 @@ fn forward_drop_fix(
     )
 }
 
+/// The bridges of the spec's networks (a direct network has none).
+pub fn spec_bridges(spec: &Spec) -> Vec<&str> {
+    spec.networks
+        .values()
+        .map(|n| n.bridge.as_str())
+        .filter(|b| !b.is_empty())
+        .collect()
+}
+
 /// The warning of a check whose nftables facts could not be read.
 fn unreadable_tables(id: &'static str, what: &str, e: &str) -> Vec<Check> {
     let msg = format!("could not read {what}: {e}");
@@ -310,12 +319,7 @@ pub fn foreign_forward_drop(spec: &Spec, facts: &Facts) -> Vec<Check> {
     if let Some(e) = &facts.forward_drops_error {
         return unreadable_tables(ID, "the forward chains of other tables", e);
     }
-    let bridges: Vec<&str> = spec
-        .networks
-        .values()
-        .map(|n| n.bridge.as_str())
-        .filter(|b| !b.is_empty())
-        .collect();
+    let bridges = spec_bridges(spec);
     if facts.forward_drops.is_empty() || spec.networks.is_empty() {
         let msg = match facts.forward_drops.len() {
             0 => "no other table drops forwarded traffic by policy".to_string(),

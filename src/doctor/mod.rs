@@ -239,12 +239,7 @@ fn learned(
     let Ok(mut nl) = crate::backend::rtnl::Netlink::open() else {
         return out;
     };
-    let bridges: Vec<&str> = spec
-        .networks
-        .values()
-        .map(|n| n.bridge.as_str())
-        .filter(|b| !b.is_empty())
-        .collect();
+    let bridges = checks::spec_bridges(spec);
     if bridges.is_empty() {
         return out;
     }

@@ -93,6 +93,11 @@ fn import_libvirt() {
     smoke("import_libvirt");
 }
 
+#[test]
+fn ovsdb() {
+    smoke("ovsdb");
+}
+
 /// Every target has a corpus and a test above; a new target cannot be left out.
 #[test]
 fn every_target_is_smoked() {

@@ -16,26 +16,31 @@
 //!   with a 4xx.
 //! - [`import_libvirt`]: libvirt network and domain XML never panic the import, and what it
 //!   accepts is a spec kvmnet takes.
+//! - [`ovsdb`]: OVSDB monitor updates and values from a server never panic the client's
+//!   replica, and values survive a write and a read.
 
 mod api_target;
 mod dhcp_target;
 mod import_target;
 pub mod mutate;
+mod ovsdb_target;
 mod spec_target;
 
 pub use api_target::{ApiOutcome, api, api_parse, cli_round_trip};
 pub use dhcp_target::dhcp;
 pub use import_target::import_libvirt;
+pub use ovsdb_target::ovsdb;
 pub use spec_target::{spec, spec_cache};
 
 /// A fuzz target: one input, a panic for a bug.
 pub type Target = fn(&[u8]);
 
 /// The targets by name, as `fuzz_targets/` and `fuzz/corpus/` name them.
-pub const TARGETS: [(&str, Target); 5] = [
+pub const TARGETS: [(&str, Target); 6] = [
     ("spec", spec),
     ("spec_cache", spec_cache),
     ("dhcp", dhcp),
     ("api", api),
     ("import_libvirt", import_libvirt),
+    ("ovsdb", ovsdb),
 ];

@@ -10,7 +10,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use kvmnet::ovn::ovsdb::{Atom, Client, Datum, OvsdbError, Remote, Replica};
+use kvmnet::ovn::ovsdb::{Atom, Client, Datum, OvsdbError, Remote, Replica, Row};
+use kvmnet::ovn::owned::{OWNER_KEY, OwnedError, Wanted, converge, converge_ops};
 use serde_json::json;
 
 const SCHEMA: &str = "/usr/share/ovn/ovn-nb.ovsschema";
@@ -323,4 +324,192 @@ fn cluster_follows_the_leader() {
         c.wait_until(WAIT, |r| r.row("Logical_Switch", &before).is_some()
             && r.row("Logical_Switch", &after).is_some())
     );
+}
+
+fn wanted(names: &[&str], dns: &str) -> Vec<Wanted> {
+    names
+        .iter()
+        .map(|n| Wanted {
+            name: n.to_string(),
+            columns: Row::from([("other_config".to_string(), Datum::map([("subnet", dns)]))]),
+            external_ids: vec![("kvmnet-network".into(), n.to_string())],
+        })
+        .collect()
+}
+
+/// Converges host-a's switches to `names`.
+fn switches(c: &Client, names: &[&str]) -> Result<bool, OwnedError> {
+    converge(c, "Logical_Switch", "host-a", &wanted(names, "10.0.0.0/24"))
+}
+
+fn names(r: &Replica) -> Vec<String> {
+    let mut v: Vec<String> = r
+        .table("Logical_Switch")
+        .filter_map(|(_, row)| {
+            row.get("name")
+                .and_then(Datum::single)
+                .and_then(Atom::as_str)
+        })
+        .map(String::from)
+        .collect();
+    v.sort();
+    v
+}
+
+/// Marked rows converge to what is wanted, hand edits are repaired, foreign rows are never
+/// touched (nor shadowed by a name), and two writers converging at once make no duplicate.
+#[test]
+fn owned_rows_converge_without_touching_foreign_ones() {
+    if !tools_present() {
+        return;
+    }
+    let mut lab = Lab::new("owned");
+    lab.tool(&["create", lab.path("nb.db").to_str().unwrap(), SCHEMA]);
+    lab.start(0, "nb.db");
+    lab.nbctl(
+        0,
+        &[
+            "ls-add",
+            "foreign",
+            "--",
+            "set",
+            "Logical_Switch",
+            "foreign",
+            "other_config:subnet=198.51.100.0/24",
+        ],
+    );
+    let foreign_before = lab.nbctl(0, &["list", "Logical_Switch", "foreign"]);
+
+    let client = || {
+        let mut c = Client::connect(&[lab.remote(0)], DB, WAIT).unwrap();
+        c.monitor(&[("Logical_Switch", &[])]).unwrap();
+        c
+    };
+    let c = client();
+    assert!(switches(&c, &["a", "b"]).unwrap());
+    assert!(!switches(&c, &["a", "b"]).unwrap());
+    assert_eq!(names(&c.replica()), ["a", "b", "foreign"]);
+    let owner = lab.nbctl(
+        0,
+        &[
+            "get",
+            "Logical_Switch",
+            "a",
+            &format!("external_ids:{OWNER_KEY}"),
+        ],
+    );
+    assert_eq!(owner, "host-a");
+
+    // A hand edit of a marked row is repaired; a row no longer wanted goes.
+    lab.nbctl(
+        0,
+        &[
+            "set",
+            "Logical_Switch",
+            "a",
+            "other_config:subnet=192.0.2.0/24",
+        ],
+    );
+    assert!(
+        c.wait_until(WAIT, |r| r.table("Logical_Switch").any(|(_, row)| row
+            .get("other_config")
+            .and_then(|d| d.get("subnet"))
+            == Some("192.0.2.0/24")))
+    );
+    assert!(switches(&c, &["a"]).unwrap());
+    assert_eq!(
+        lab.nbctl(0, &["get", "Logical_Switch", "a", "other_config:subnet"]),
+        "\"10.0.0.0/24\""
+    );
+    assert!(c.wait_until(WAIT, |r| names(r) == ["a", "foreign"]));
+
+    // A wanted name that a foreign row holds is refused, and nothing changes.
+    let err = switches(&c, &["a", "foreign"]).unwrap_err();
+    assert!(matches!(err, OwnedError::Foreign { .. }), "{err}");
+    assert_eq!(
+        lab.nbctl(0, &["list", "Logical_Switch", "foreign"]),
+        foreign_before
+    );
+
+    stale_view_is_refused(&lab, &client);
+    concurrent_writers_converge(&lab, &client);
+    assert_eq!(
+        lab.nbctl(0, &["list", "Logical_Switch", "foreign"]),
+        foreign_before
+    );
+}
+
+fn stale_view_is_refused(lab: &Lab, client: &dyn Fn() -> Client) {
+    // A transaction made from a view another writer has since changed is refused whole: the
+    // second of two hosts inserting the same row does not duplicate it.
+    let (c1, c2) = (client(), client());
+    let stale = converge_ops(
+        &c1.replica(),
+        "Logical_Switch",
+        "race",
+        &wanted(&["x"], "10.2.0.0/24"),
+    )
+    .unwrap();
+    assert!(
+        converge(
+            &c2,
+            "Logical_Switch",
+            "race",
+            &wanted(&["x"], "10.2.0.0/24")
+        )
+        .unwrap()
+    );
+    let err = c1.transact(stale).unwrap_err();
+    assert!(matches!(err, OvsdbError::Txn { index: 0, .. }), "{err}");
+    assert_eq!(
+        lab.nbctl(
+            0,
+            &[
+                "--bare",
+                "--columns=name",
+                "find",
+                "Logical_Switch",
+                "name=x"
+            ]
+        ),
+        "x"
+    );
+    assert!(
+        !converge(
+            &c1,
+            "Logical_Switch",
+            "race",
+            &wanted(&["x"], "10.2.0.0/24")
+        )
+        .unwrap()
+    );
+}
+
+fn concurrent_writers_converge(lab: &Lab, client: &dyn Fn() -> Client) {
+    // Two writers at once, round after round: never a duplicate.
+    for round in 0..10 {
+        let want: Vec<String> = (0..5).map(|i| format!("r{round}-{i}")).collect();
+        let want: Vec<&str> = want.iter().map(String::as_str).collect();
+        let (c1, c2) = (client(), client());
+        let w = wanted(&want, "10.1.0.0/24");
+        std::thread::scope(|s| {
+            let t1 = s.spawn(|| converge(&c1, "Logical_Switch", "shared", &w).unwrap());
+            let t2 = s.spawn(|| converge(&c2, "Logical_Switch", "shared", &w).unwrap());
+            t1.join().unwrap();
+            t2.join().unwrap();
+        });
+        let listed = lab.nbctl(
+            0,
+            &[
+                "--bare",
+                "--columns=name",
+                "find",
+                "Logical_Switch",
+                "external_ids:kvmnet-owner=shared",
+            ],
+        );
+        let mut got: Vec<&str> = listed.split_whitespace().collect();
+        got.sort();
+        assert_eq!(got, want, "round {round}");
+    }
 }

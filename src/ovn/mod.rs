@@ -2,5 +2,8 @@
 //!
 //! - [`ovsdb`]: the OVSDB protocol (RFC 7047) kvmnet speaks to the Northbound database and
 //!   to each chassis's Open_vSwitch database.
+//! - [`owned`]: kvmnet's rows, marked in `external_ids`, made to match what is wanted
+//!   without touching anyone else's, and without duplicates when two hosts apply at once.
 
 pub mod ovsdb;
+pub mod owned;

@@ -60,6 +60,16 @@ impl Replica {
         self.tables.get(name).into_iter().flat_map(|t| t.iter())
     }
 
+    /// How a column's values compare and change: by its type in the schema (a column the
+    /// schema does not have counts as a scalar).
+    pub fn kind(&self, table: &str, column: &str) -> ColumnKind {
+        self.kinds
+            .get(table)
+            .and_then(|k| k.get(column))
+            .copied()
+            .unwrap_or(ColumnKind::Scalar)
+    }
+
     pub fn row(&self, table: &str, uuid: &str) -> Option<&Row> {
         self.tables.get(table)?.get(uuid)
     }

@@ -1,0 +1,298 @@
+//! A real OVN deployment for tests, built the way an operator installs it: central NB and SB
+//! databases with ovn-northd, and per chassis an Open_vSwitch database, ovs-vswitchd and
+//! ovn-controller. Every daemon runs from its own folder with its own pid, socket and log
+//! files; chassis are namespaces joined by an underlay bridge in a namespace of their own.
+//! Everything is stopped and removed when the lab is dropped, test passed or not.
+//!
+//! What these machines need (see the OVN notes in the design brief): only the userspace
+//! (netdev) datapath works; ovs-vswitchd and ovn-controller run inside the chassis
+//! namespace; the tunnel endpoint address sits on an OVS bridge (`br-phy`) holding the
+//! underlay port, with the peers' MACs pinned (`tnl/arp/set`) so no first packet is lost;
+//! the underlay's MTU is 1600 so Geneve's 58 bytes fit under a 1500-byte guest MTU; guest
+//! veth ends need `tx off`, since the netdev datapath forwards partial checksums unfilled.
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use crate::common::{Namespaces, ok, ok_in, pings, unique};
+
+pub struct Chassis {
+    /// The chassis name (`system-id`): `hv1`, `hv2`, ...
+    pub name: String,
+    /// Its namespace.
+    pub ns: String,
+    pub dir: PathBuf,
+    /// Its tunnel endpoint on the underlay.
+    pub encap_ip: String,
+}
+
+pub struct OvnLab {
+    pub dir: PathBuf,
+    pub chassis: Vec<Chassis>,
+    /// Pid files of every daemon, in the order they are stopped.
+    pidfiles: Vec<PathBuf>,
+    pub ns: Namespaces,
+}
+
+/// Whether the OVN and OVS programs are installed; under CI their absence fails the test.
+pub fn ovn_present() -> bool {
+    let ok = [
+        "ovsdb-server",
+        "ovs-vswitchd",
+        "ovn-controller",
+        "ovn-northd",
+        "ovn-nbctl",
+    ]
+    .iter()
+    .all(|p| {
+        std::process::Command::new(p)
+            .arg("--version")
+            .output()
+            .is_ok()
+    });
+    if !ok && std::env::var_os("CI").is_some() {
+        panic!("openvswitch-switch, ovn-central and ovn-host must be installed under CI");
+    }
+    ok
+}
+
+fn wait_for(what: &str, timeout: Duration, mut ready: impl FnMut() -> bool) {
+    let t = Instant::now();
+    while !ready() {
+        assert!(t.elapsed() < timeout, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+impl OvnLab {
+    /// Central databases and northd, and `n` chassis on one underlay.
+    pub fn start(n: usize) -> OvnLab {
+        let dir = std::env::temp_dir().join(unique("ovn"));
+        std::fs::create_dir_all(dir.join("central")).unwrap();
+        let mut lab = OvnLab {
+            dir,
+            chassis: Vec::new(),
+            pidfiles: Vec::new(),
+            ns: Namespaces::new(),
+        };
+        lab.start_central();
+        let underlay = lab.ns.add("ul");
+        ok_in(&underlay, "ip link add ul type bridge && ip link set ul up");
+        for i in 1..=n {
+            lab.start_chassis(i, &underlay);
+        }
+        lab.pin_tunnel_neighbours();
+        for c in &lab.chassis {
+            let name = c.name.clone();
+            lab.sbctl(&format!("--timeout=30 wait-until Chassis {name}"));
+        }
+        lab
+    }
+
+    pub fn nb(&self) -> String {
+        format!("unix:{}", self.dir.join("central/nb.sock").display())
+    }
+
+    pub fn sb(&self) -> String {
+        format!("unix:{}", self.dir.join("central/sb.sock").display())
+    }
+
+    pub fn nbctl(&self, args: &str) -> String {
+        ok(&format!("ovn-nbctl --timeout=30 --db={} {args}", self.nb()))
+    }
+
+    pub fn sbctl(&self, args: &str) -> String {
+        ok(&format!("ovn-sbctl --timeout=30 --db={} {args}", self.sb()))
+    }
+
+    /// `ovs-vsctl` on chassis `i` (from 1).
+    pub fn vsctl(&self, i: usize, args: &str) -> String {
+        let db = self.chassis[i - 1].dir.join("db.sock");
+        ok(&format!(
+            "ovs-vsctl --timeout=20 --db=unix:{} {args}",
+            db.display()
+        ))
+    }
+
+    /// A daemon started detached, its pid file remembered for the teardown.
+    fn daemon(&mut self, netns: Option<&str>, env: &str, cmd: String, pidfile: PathBuf) {
+        let prefix = netns
+            .map(|n| format!("ip netns exec {n} "))
+            .unwrap_or_default();
+        ok(&format!(
+            "{prefix}env {env} {cmd} --detach --no-chdir --pidfile={}",
+            pidfile.display()
+        ));
+        self.pidfiles.insert(0, pidfile);
+    }
+
+    fn start_central(&mut self) {
+        let c = self.dir.join("central");
+        for (db, schema) in [("nb", "ovn-nb"), ("sb", "ovn-sb")] {
+            ok(&format!(
+                "ovsdb-tool create {0}/{db}.db /usr/share/ovn/{schema}.ovsschema",
+                c.display()
+            ));
+            let cmd = format!(
+                "ovsdb-server --unixctl={0}/{db}.ctl --log-file={0}/{db}.log --remote=punix:{0}/{db}.sock {0}/{db}.db",
+                c.display()
+            );
+            self.daemon(None, "", cmd, c.join(format!("{db}.pid")));
+        }
+        self.nbctl("init");
+        self.sbctl("init");
+        let cmd = format!(
+            "ovn-northd --unixctl={0}/northd.ctl --log-file={0}/northd.log --ovnnb-db={1} --ovnsb-db={2}",
+            c.display(),
+            self.nb(),
+            self.sb()
+        );
+        self.daemon(None, "", cmd, c.join("northd.pid"));
+    }
+
+    fn start_chassis(&mut self, i: usize, underlay: &str) {
+        let name = format!("hv{i}");
+        let ns = self.ns.add(&name);
+        let d = self.dir.join(&name);
+        std::fs::create_dir_all(&d).unwrap();
+        let encap_ip = format!("172.31.0.{i}");
+        // The underlay: a veth from the chassis to the underlay bridge.
+        ok(&format!(
+            "ip -n {underlay} link add u{i} mtu 1600 type veth peer name phy netns {ns} mtu 1600 \
+             && ip -n {underlay} link set u{i} master ul up && ip -n {ns} link set phy up"
+        ));
+        ok(&format!(
+            "ovsdb-tool create {0}/conf.db /usr/share/openvswitch/vswitch.ovsschema",
+            d.display()
+        ));
+        let cmd = format!(
+            "ovsdb-server --unixctl={0}/ovsdb-server.ctl --log-file={0}/ovsdb-server.log --remote=punix:{0}/db.sock {0}/conf.db",
+            d.display()
+        );
+        self.daemon(None, "", cmd, d.join("ovsdb-server.pid"));
+        self.chassis.push(Chassis {
+            name: name.clone(),
+            ns: ns.clone(),
+            dir: d.clone(),
+            encap_ip: encap_ip.clone(),
+        });
+        self.vsctl(i, "--no-wait init");
+        let env = format!(
+            "OVS_RUNDIR={0} OVS_LOGDIR={0} OVS_DBDIR={0} OVN_RUNDIR={0}",
+            d.display()
+        );
+        let cmd = format!(
+            "ovs-vswitchd --unixctl={0}/ovs-vswitchd.ctl --log-file={0}/ovs-vswitchd.log unix:{0}/db.sock",
+            d.display()
+        );
+        self.daemon(Some(&ns), &env, cmd, d.join("ovs-vswitchd.pid"));
+        self.vsctl(
+            i,
+            &format!(
+                "add-br br-phy -- set bridge br-phy datapath_type=netdev fail_mode=standalone \
+                 other_config:hwaddr=02:00:00:00:00:{i:02x} -- add-port br-phy phy"
+            ),
+        );
+        ok_in(
+            &ns,
+            &format!("ip addr add {encap_ip}/24 dev br-phy && ip link set br-phy up"),
+        );
+        let cmd = format!(
+            "ovn-controller --log-file={0}/ovn-controller.log unix:{0}/db.sock",
+            d.display()
+        );
+        self.vsctl(
+            i,
+            &format!(
+                "add-br br-int -- set bridge br-int datapath_type=netdev fail_mode=secure \
+                 other_config:disable-in-band=true -- set open_vswitch . external_ids:system-id={name} \
+                 external_ids:ovn-remote={} external_ids:ovn-encap-type=geneve \
+                 external_ids:ovn-encap-ip={encap_ip} external_ids:ovn-bridge=br-int \
+                 external_ids:ovn-bridge-datapath-type=netdev",
+                self.sb()
+            ),
+        );
+        self.daemon(Some(&ns), &env, cmd, d.join("ovn-controller.pid"));
+    }
+
+    /// Every chassis knows every other's underlay MAC before the first tunnelled packet.
+    fn pin_tunnel_neighbours(&self) {
+        for a in &self.chassis {
+            for (j, b) in self.chassis.iter().enumerate() {
+                if a.name != b.name {
+                    ok(&format!(
+                        "ovs-appctl -t {}/ovs-vswitchd.ctl tnl/arp/set br-phy {} 02:00:00:00:00:{:02x}",
+                        a.dir.display(),
+                        b.encap_ip,
+                        j + 1
+                    ));
+                }
+            }
+        }
+    }
+
+    /// A guest namespace plugged into chassis `i`'s br-int as logical port `iface_id`, with
+    /// `mac` and `cidr` on its eth0; returns the namespace.
+    pub fn plug(&mut self, i: usize, iface_id: &str, mac: &str, cidr: &str) -> String {
+        let vm = self.ns.add(iface_id);
+        let ch = &self.chassis[i - 1];
+        let port = format!("p-{iface_id}");
+        ok(&format!(
+            "ip -n {} link add {port} type veth peer name eth0 netns {vm} && ip -n {} link set {port} up",
+            ch.ns, ch.ns
+        ));
+        ok_in(
+            &vm,
+            &format!(
+                "ip link set eth0 address {mac} up && ip addr add {cidr} dev eth0 && ethtool -K eth0 tx off >/dev/null"
+            ),
+        );
+        self.vsctl(
+            i,
+            &format!(
+                "add-port br-int {port} -- set interface {port} external_ids:iface-id={iface_id}"
+            ),
+        );
+        vm
+    }
+
+    /// Waits until logical switch port `lsp` is bound and up.
+    pub fn wait_up(&self, lsp: &str) {
+        self.nbctl(&format!("wait-until Logical_Switch_Port {lsp} up=true"));
+        self.nbctl("--wait=hv sync");
+    }
+}
+
+impl Drop for OvnLab {
+    fn drop(&mut self) {
+        for pf in &self.pidfiles {
+            let Ok(pid) = std::fs::read_to_string(pf) else {
+                continue;
+            };
+            let pid: i32 = pid.trim().parse().unwrap_or(0);
+            if pid <= 0 {
+                continue;
+            }
+            unsafe { libc::kill(pid, libc::SIGTERM) };
+            let gone = || !std::path::Path::new(&format!("/proc/{pid}")).exists();
+            let t = Instant::now();
+            while !gone() && t.elapsed() < Duration::from_secs(5) {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            if !gone() {
+                unsafe { libc::kill(pid, libc::SIGKILL) };
+            }
+        }
+        // The namespaces go with `ns`; the folder (databases, logs) last.
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Waits until `ns` can ping `ip`.
+pub fn wait_ping(ns: &str, ip: &str) {
+    wait_for(
+        &format!("{ns} to reach {ip}"),
+        Duration::from_secs(20),
+        || pings(ns, ip),
+    );
+}

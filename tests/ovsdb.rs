@@ -11,7 +11,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use kvmnet::ovn::ovsdb::{Atom, Client, Datum, OvsdbError, Remote, Replica, Row};
-use kvmnet::ovn::owned::{OWNER_KEY, OwnedError, Wanted, converge, converge_ops};
+use kvmnet::ovn::owned::{OWNER_KEY, OwnedError, Parent, Wanted, converge, converge_ops};
 use serde_json::json;
 
 const SCHEMA: &str = "/usr/share/ovn/ovn-nb.ovsschema";
@@ -339,7 +339,13 @@ fn wanted(names: &[&str], dns: &str) -> Vec<Wanted> {
 
 /// Converges host-a's switches to `names`.
 fn switches(c: &Client, names: &[&str]) -> Result<bool, OwnedError> {
-    converge(c, "Logical_Switch", "host-a", &wanted(names, "10.0.0.0/24"))
+    converge(
+        c,
+        "Logical_Switch",
+        "host-a",
+        &wanted(names, "10.0.0.0/24"),
+        None,
+    )
 }
 
 fn names(r: &Replica) -> Vec<String> {
@@ -442,47 +448,25 @@ fn owned_rows_converge_without_touching_foreign_ones() {
 fn stale_view_is_refused(lab: &Lab, client: &dyn Fn() -> Client) {
     // A transaction made from a view another writer has since changed is refused whole: the
     // second of two hosts inserting the same row does not duplicate it.
+    let want = wanted(&["x"], "10.2.0.0/24");
+    let race = |c: &Client| converge(c, "Logical_Switch", "race", &want, None).unwrap();
     let (c1, c2) = (client(), client());
-    let stale = converge_ops(
-        &c1.replica(),
-        "Logical_Switch",
-        "race",
-        &wanted(&["x"], "10.2.0.0/24"),
-    )
-    .unwrap();
-    assert!(
-        converge(
-            &c2,
-            "Logical_Switch",
-            "race",
-            &wanted(&["x"], "10.2.0.0/24")
-        )
-        .unwrap()
-    );
+    let stale = converge_ops(&c1.replica(), "Logical_Switch", "race", &want, None).unwrap();
+    assert!(race(&c2));
     let err = c1.transact(stale).unwrap_err();
     assert!(matches!(err, OvsdbError::Txn { index: 0, .. }), "{err}");
-    assert_eq!(
-        lab.nbctl(
-            0,
-            &[
-                "--bare",
-                "--columns=name",
-                "find",
-                "Logical_Switch",
-                "name=x"
-            ]
-        ),
-        "x"
-    );
-    assert!(
-        !converge(
-            &c1,
+    let found = lab.nbctl(
+        0,
+        &[
+            "--bare",
+            "--columns=name",
+            "find",
             "Logical_Switch",
-            "race",
-            &wanted(&["x"], "10.2.0.0/24")
-        )
-        .unwrap()
+            "name=x",
+        ],
     );
+    assert_eq!(found, "x");
+    assert!(!race(&c1));
 }
 
 fn concurrent_writers_converge(lab: &Lab, client: &dyn Fn() -> Client) {
@@ -493,8 +477,8 @@ fn concurrent_writers_converge(lab: &Lab, client: &dyn Fn() -> Client) {
         let (c1, c2) = (client(), client());
         let w = wanted(&want, "10.1.0.0/24");
         std::thread::scope(|s| {
-            let t1 = s.spawn(|| converge(&c1, "Logical_Switch", "shared", &w).unwrap());
-            let t2 = s.spawn(|| converge(&c2, "Logical_Switch", "shared", &w).unwrap());
+            let t1 = s.spawn(|| converge(&c1, "Logical_Switch", "shared", &w, None).unwrap());
+            let t2 = s.spawn(|| converge(&c2, "Logical_Switch", "shared", &w, None).unwrap());
             t1.join().unwrap();
             t2.join().unwrap();
         });
@@ -512,4 +496,86 @@ fn concurrent_writers_converge(lab: &Lab, client: &dyn Fn() -> Client) {
         got.sort();
         assert_eq!(got, want, "round {round}");
     }
+}
+
+/// Rows under a parent (a switch's ports): inserted into it and taken out of it in the
+/// converging transaction, another switch's ports (marked or foreign) left alone.
+#[test]
+fn owned_children_converge_under_their_parent() {
+    if !tools_present() {
+        return;
+    }
+    let mut lab = Lab::new("children");
+    lab.tool(&["create", lab.path("nb.db").to_str().unwrap(), SCHEMA]);
+    lab.start(0, "nb.db");
+    lab.nbctl(0, &["ls-add", "foreign", "--", "lsp-add", "foreign", "f1"]);
+    let mut c = Client::connect(&[lab.remote(0)], DB, WAIT).unwrap();
+    c.monitor(&[("Logical_Switch", &[]), ("Logical_Switch_Port", &[])])
+        .unwrap();
+    assert!(switches(&c, &["s1", "s2"]).unwrap());
+    let uuid_of = |name: &str| {
+        let r = c.replica();
+        switch_named(&r, name).map(|(u, _)| u.clone()).unwrap()
+    };
+    let (s1, s2) = (uuid_of("s1"), uuid_of("s2"));
+    let ports = |parent: &str, names: &[&str]| {
+        let p = Parent {
+            table: "Logical_Switch",
+            uuid: parent,
+            column: "ports",
+        };
+        let want: Vec<Wanted> = names
+            .iter()
+            .map(|n| Wanted {
+                name: n.to_string(),
+                columns: Row::from([(
+                    "addresses".to_string(),
+                    Datum::atom(Atom::str(format!(
+                        "52:54:00:00:00:0{} 10.0.0.{}",
+                        n.len(),
+                        n.len()
+                    ))),
+                )]),
+                external_ids: Vec::new(),
+            })
+            .collect();
+        converge(&c, "Logical_Switch_Port", "host-a", &want, Some(&p)).unwrap()
+    };
+    assert!(ports(&s1, &["a", "bb"]));
+    assert!(ports(&s2, &["ccc"]));
+    assert!(!ports(&s1, &["a", "bb"]));
+    let listed = |ls: &str| lab.nbctl(0, &["lsp-list", ls]);
+    assert!(listed("s1").contains("(a)") && listed("s1").contains("(bb)"));
+    assert!(listed("s2").contains("(ccc)"));
+    // Dropping a port takes it out of its switch and out of the table; s2's stays.
+    assert!(ports(&s1, &["a"]));
+    assert!(!listed("s1").contains("(bb)"));
+    assert_eq!(
+        lab.nbctl(
+            0,
+            &[
+                "--bare",
+                "--columns=name",
+                "find",
+                "Logical_Switch_Port",
+                "name=bb"
+            ]
+        ),
+        ""
+    );
+    assert!(listed("s2").contains("(ccc)"));
+    assert!(listed("foreign").contains("(f1)"));
+    // A port name a foreign switch's port holds is refused.
+    let p = Parent {
+        table: "Logical_Switch",
+        uuid: &s1,
+        column: "ports",
+    };
+    let clash = vec![Wanted {
+        name: "f1".into(),
+        columns: Row::new(),
+        external_ids: Vec::new(),
+    }];
+    let err = converge(&c, "Logical_Switch_Port", "host-a", &clash, Some(&p)).unwrap_err();
+    assert!(matches!(err, OwnedError::Foreign { .. }), "{err}");
 }

@@ -90,28 +90,63 @@ fn by_uuid(uuid: &str) -> Value {
     json!([["_uuid", "==", ["uuid", uuid]]])
 }
 
+/// The row whose reference column holds the rows being converged (a switch's `ports`, a
+/// bridge's `ports`): rows are inserted into it and taken out of it, and only the rows it
+/// holds count as the ones to converge.
+#[derive(Clone, Copy, Debug)]
+pub struct Parent<'a> {
+    pub table: &'a str,
+    pub uuid: &'a str,
+    pub column: &'a str,
+}
+
+impl Parent<'_> {
+    fn holds(&self, replica: &Replica, uuid: &str) -> bool {
+        replica
+            .row(self.table, self.uuid)
+            .and_then(|r| r.get(self.column))
+            .is_some_and(|d| d.atoms().any(|a| a.as_uuid() == Some(uuid)))
+    }
+
+    fn mutate(&self, how: &str, refs: Value) -> Value {
+        json!({"op": "mutate", "table": self.table, "where": by_uuid(self.uuid),
+            "mutations": [[self.column, how, ["set", [refs]]]]})
+    }
+}
+
 /// The operations that make `table` hold exactly `wanted` among the rows marked with
-/// `owner`, starting with the `wait` on the marked rows the replica shows. Only the `wait`
-/// when nothing differs.
+/// `owner` (under `parent`, when given), starting with the `wait` on the table's marked rows
+/// the replica shows. Only the `wait` when nothing differs.
 pub fn converge_ops(
     replica: &Replica,
     table: &str,
     owner: &str,
     wanted: &[Wanted],
+    parent: Option<&Parent>,
 ) -> Result<Vec<Value>, OwnedError> {
-    let mut ours: Vec<(&String, &Row)> = replica
+    let mut marked: Vec<(&String, &Row)> = replica
         .table(table)
         .filter(|(_, r)| owner_of(r) == Some(owner))
         .collect();
-    ours.sort_by(|a, b| a.0.cmp(b.0));
-    let seen: Vec<Value> = ours
+    marked.sort_by(|a, b| a.0.cmp(b.0));
+    let seen: Vec<Value> = marked
         .iter()
         .map(|(u, _)| json!({"_uuid": ["uuid", u]}))
+        .collect();
+    let ours: Vec<(&String, &Row)> = marked
+        .into_iter()
+        .filter(|(u, _)| parent.is_none_or(|p| p.holds(replica, u)))
         .collect();
     let mut ops = vec![json!({"op": "wait", "timeout": 0, "table": table,
         "where": [["external_ids", "includes", ["map", [[OWNER_KEY, owner]]]]],
         "columns": ["_uuid"], "until": "==", "rows": seen})];
-    for w in wanted {
+    let remove = |ops: &mut Vec<Value>, uuid: &str| {
+        if let Some(p) = parent {
+            ops.push(p.mutate("delete", json!(["uuid", uuid])));
+        }
+        ops.push(json!({"op": "delete", "table": table, "where": by_uuid(uuid)}));
+    };
+    for (i, w) in wanted.iter().enumerate() {
         let mut mine = ours
             .iter()
             .filter(|(_, r)| name_of(r) == Some(w.name.as_str()));
@@ -140,37 +175,49 @@ pub fn converge_ops(
                         name: w.name.clone(),
                     });
                 }
-                ops.push(json!({"op": "insert", "table": table, "row": row_json(&want)}));
+                let named = format!("row{i}");
+                ops.push(
+                    json!({"op": "insert", "table": table, "row": row_json(&want),
+                    "uuid-name": named}),
+                );
+                if let Some(p) = parent {
+                    ops.push(p.mutate("insert", json!(["named-uuid", named])));
+                }
             }
         }
         // Duplicates (of an earlier writer that did not wait): the first by UUID stays.
         for (uuid, _) in mine {
-            ops.push(json!({"op": "delete", "table": table, "where": by_uuid(uuid)}));
+            remove(&mut ops, uuid);
         }
     }
     for (uuid, row) in &ours {
         let name = name_of(row).unwrap_or_default();
         if !wanted.iter().any(|w| w.name == name) {
-            ops.push(json!({"op": "delete", "table": table, "where": by_uuid(uuid)}));
+            remove(&mut ops, uuid);
         }
     }
     Ok(ops)
 }
 
-/// Makes `table` hold exactly `wanted` among `owner`'s rows (see the module's comment);
-/// whether anything had to change. The client must monitor `table`.
+/// Makes `table` hold exactly `wanted` among `owner`'s rows, under `parent` when given (see
+/// the module's comment); whether anything had to change. The client must monitor `table`
+/// (and the parent's table).
 pub fn converge(
     client: &Client,
     table: &str,
     owner: &str,
     wanted: &[Wanted],
+    parent: Option<&Parent>,
 ) -> Result<bool, OwnedError> {
     const TRIES: u32 = 20;
     let mut changed = false;
     for _ in 0..TRIES {
         let (ops, generation) = {
             let r = client.replica();
-            (converge_ops(&r, table, owner, wanted)?, r.generation)
+            (
+                converge_ops(&r, table, owner, wanted, parent)?,
+                r.generation,
+            )
         };
         if ops.len() == 1 {
             return Ok(changed);

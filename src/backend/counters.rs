@@ -1,7 +1,8 @@
 //! The kernel's counters that metrics show, each kind read in one dump whatever the number of
 //! ports: link statistics (one RTM_GETLINK dump), root qdisc statistics (one RTM_GETQDISC
-//! dump), the guard's per-port drop counters (one element dump per reason) and the packet
-//! counters of the firewall's drop and reject rules (one rule dump of `inet kvmnet`).
+//! dump), the guard's per-port drop counters (one element dump per reason), the firewall's
+//! per-port drop and reject counters (one element dump per counting set) and the packet
+//! counters of the firewall's drop and reject rules, per chain (one rule dump of `inet kvmnet`).
 //! Reading never resets a counter.
 
 use std::collections::HashMap;
@@ -12,8 +13,9 @@ use super::nfnetlink::{
     NFPROTO_BRIDGE, NFPROTO_INET, NFT_MSG_GETRULE, NFT_MSG_GETSETELEM, NFTA_DATA_VALUE,
     NFTA_DATA_VERDICT, NFTA_RULE_CHAIN, NFTA_RULE_TABLE, NFTA_SET_ELEM_KEY,
     NFTA_SET_ELEM_LIST_ELEMENTS, NFTA_SET_ELEM_LIST_SET, NFTA_SET_ELEM_LIST_TABLE,
-    NFTA_VERDICT_CODE, Nfnl, be32, open_socket,
+    NFTA_VERDICT_CHAIN, NFTA_VERDICT_CODE, Nfnl, be32, open_socket,
 };
+use super::nft_words::key_text;
 use super::nftables::NftError;
 use super::rtnl::{IFLA_IFNAME, IFLA_STATS64, LinkStats, ifinfomsg, parse_stats64};
 use super::tc::{Stats, Tc, TcError};
@@ -30,6 +32,8 @@ const NFTA_COUNTER_PACKETS: u16 = 2;
 const NFTA_IMMEDIATE_DATA: u16 = 2;
 /// `NF_DROP`: the verdict code of a drop.
 const NF_DROP: u32 = 0;
+/// `NFT_GOTO` (-4): the firewall's drops and rejects go to its counting chains.
+const NFT_GOTO: u32 = 0xffff_fffc;
 
 #[derive(Debug, thiserror::Error)]
 pub enum CounterError {
@@ -82,29 +86,59 @@ pub struct Dropped {
 /// Packets counted by the guard in each of the counting sets named, by interface, in the
 /// order of `sets`. A missing table or set counts nothing.
 pub fn guard_drops(sets: &[&str]) -> Result<Vec<HashMap<String, u64>>, CounterError> {
+    counting_sets(NFPROTO_BRIDGE, sets, "list guard drop counters", |_, k| {
+        attr_string(k)
+    })
+}
+
+/// Packets counted by the firewall in each of its counting sets, given with their types, by
+/// key as nft writes it (`0x4b12abcd`, `192.0.2.10`, `fe80::...`), in the order of `sets`.
+pub fn firewall_drops(sets: &[(&str, &str)]) -> Result<Vec<HashMap<String, u64>>, CounterError> {
+    let names: Vec<&str> = sets.iter().map(|(n, _)| *n).collect();
+    counting_sets(
+        NFPROTO_INET,
+        &names,
+        "list firewall drop counters",
+        |i, k| key_text(sets[i].1, k),
+    )
+}
+
+/// Each counting set's packets by key, with `key(set index, key bytes)` naming the keys.
+fn counting_sets(
+    family: u8,
+    sets: &[&str],
+    what: &'static str,
+    key: impl Fn(usize, &[u8]) -> String,
+) -> Result<Vec<HashMap<String, u64>>, CounterError> {
     let Some(mut sock) = open_socket()? else {
         return Ok(vec![HashMap::new(); sets.len()]);
     };
     let mut out = Vec::with_capacity(sets.len());
-    for &set in sets {
+    for (i, &set) in sets.iter().enumerate() {
         let dumps = sock
             .dump(
-                "list guard drop counters",
+                what,
                 NFT_MSG_GETSETELEM,
-                NFPROTO_BRIDGE,
+                family,
                 &[
                     (NFTA_SET_ELEM_LIST_TABLE, nft::TABLE),
                     (NFTA_SET_ELEM_LIST_SET, set),
                 ],
             )?
             .unwrap_or_default();
-        out.push(dumps.iter().flat_map(|d| element_counters(d)).collect());
+        out.push(
+            dumps
+                .iter()
+                .flat_map(|d| element_counters(d))
+                .map(|(k, n)| (key(i, k), n))
+                .collect(),
+        );
     }
     Ok(out)
 }
 
-/// The interface and packet count of each element of a set-element message.
-fn element_counters(body: &[u8]) -> Vec<(String, u64)> {
+/// The key and packet count of each element of a set-element message.
+fn element_counters(body: &[u8]) -> Vec<(&[u8], u64)> {
     let Some(list) = attr(body, NFTA_SET_ELEM_LIST_ELEMENTS) else {
         return Vec::new();
     };
@@ -118,7 +152,7 @@ fn element_counters(body: &[u8]) -> Vec<(String, u64)> {
                     attrs(attr(e, NFTA_SET_ELEM_EXPRESSIONS)?).find_map(|(_, x)| counter_packets(x))
                 }
             }?;
-            Some((attr_string(key), packets))
+            Some((key, packets))
         })
         .collect()
 }
@@ -184,14 +218,22 @@ fn rule_counter(exprs: &[u8]) -> Option<(Verdict, u64)> {
             Some("counter") => packets = counter_packets(x),
             Some("reject") => verdict = Some(Verdict::Reject),
             Some("immediate") => {
-                let code = attr(x, NFTA_EXPR_DATA)
+                let v = attr(x, NFTA_EXPR_DATA)
                     .and_then(|d| attr(d, NFTA_IMMEDIATE_DATA))
-                    .and_then(|d| attr(d, NFTA_DATA_VERDICT))
-                    .and_then(|v| attr(v, NFTA_VERDICT_CODE))
-                    .and_then(be32);
-                if code == Some(NF_DROP) {
-                    verdict = Some(Verdict::Drop);
-                }
+                    .and_then(|d| attr(d, NFTA_DATA_VERDICT));
+                let code = v.and_then(|v| attr(v, NFTA_VERDICT_CODE)).and_then(be32);
+                let chain = v.and_then(|v| attr(v, NFTA_VERDICT_CHAIN)).map(attr_string);
+                verdict = match (code, chain.as_deref()) {
+                    (Some(NF_DROP), _) => Some(Verdict::Drop),
+                    // `goto fw-in-drop`, `goto fw-out-reject`: the counting chains.
+                    (Some(NFT_GOTO), Some(c)) if c.starts_with("fw-") && c.ends_with("-drop") => {
+                        Some(Verdict::Drop)
+                    }
+                    (Some(NFT_GOTO), Some(c)) if c.starts_with("fw-") && c.ends_with("-reject") => {
+                        Some(Verdict::Reject)
+                    }
+                    _ => verdict,
+                };
             }
             _ => {}
         }
@@ -234,10 +276,11 @@ mod tests {
         let two = [key, nla(NFTA_SET_ELEM_EXPRESSIONS, &listed)].concat();
         let list = [nla(NFTA_LIST_ELEM, &one), nla(NFTA_LIST_ELEM, &two)].concat();
         let body = nla(NFTA_SET_ELEM_LIST_ELEMENTS, &list);
-        assert_eq!(
-            element_counters(&body),
-            [("vm1-0".to_string(), 7), ("vm1-0".to_string(), 3)]
-        );
+        let read: Vec<(String, u64)> = element_counters(&body)
+            .into_iter()
+            .map(|(k, n)| (attr_string(k), n))
+            .collect();
+        assert_eq!(read, [("vm1-0".to_string(), 7), ("vm1-0".to_string(), 3)]);
     }
 
     #[test]
@@ -266,6 +309,28 @@ mod tests {
             rule_counter(&rule(&[counter(2), reject])),
             Some((Verdict::Reject, 2))
         );
+        let goto = |chain: &[u8]| {
+            let v = [
+                nla(NFTA_VERDICT_CODE, &NFT_GOTO.to_be_bytes()),
+                nla(NFTA_VERDICT_CHAIN, chain),
+            ]
+            .concat();
+            let data = nla(NFTA_IMMEDIATE_DATA, &nla(NFTA_DATA_VERDICT, &v));
+            [
+                nla(NFTA_EXPR_NAME, b"immediate\0"),
+                nla(NFTA_EXPR_DATA, &data),
+            ]
+            .concat()
+        };
+        assert_eq!(
+            rule_counter(&rule(&[counter(6), goto(b"fw-in-drop\0")])),
+            Some((Verdict::Drop, 6))
+        );
+        assert_eq!(
+            rule_counter(&rule(&[counter(1), goto(b"fw-out-reject\0")])),
+            Some((Verdict::Reject, 1))
+        );
+        assert_eq!(rule_counter(&rule(&[counter(1), goto(b"in-x\0")])), None);
         // Uncounted drops, and counted accepts, are not drops to report.
         assert_eq!(rule_counter(&rule(&[drop])), None);
         assert_eq!(rule_counter(&rule(&[counter(4)])), None);

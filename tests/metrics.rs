@@ -156,6 +156,46 @@ fn query(host: &str, query: &str) -> serde_json::Value {
     serde_json::from_slice(&o.stdout).unwrap_or(serde_json::Value::Null)
 }
 
+/// Firewall drops on b show on b only, though a has the same policy and so the same chain:
+/// the host tries a port b's inbound policy drops (routed to b, so counted by b's address),
+/// then a does over the bridge (counted by b's mark).
+fn firewall_counted_per_port(host: &str, a: &str) {
+    let a_port = "network=\"mlab\",vm=\"a\",port=\"m-a\",direction=\"inbound\"";
+    let b_port = "network=\"mlab\",vm=\"b\",port=\"m-b\",direction=\"inbound\"";
+    let read = |family: &str, labels: &str| {
+        let text = scrape(host, "/metrics");
+        sample(&text, &format!("{family}{{{labels}}}"))
+            .unwrap_or_else(|| panic!("no {family}{{{labels}}}:\n{text}"))
+    };
+    let drops = |labels: &str| read("kvmnet_firewall_drops_total", labels);
+    let _ = in_ns(host, "timeout 2 bash -c \"echo > /dev/tcp/10.73.0.11/80\"");
+    let routed = drops(b_port);
+    // A SYN and at least one retransmission.
+    assert!(routed >= 2.0, "{routed} firewall drops on b, routed");
+    let _ = in_ns(a, "timeout 2 bash -c \"echo > /dev/tcp/10.73.0.11/81\"");
+    let bridged = drops(b_port);
+    assert!(
+        bridged >= routed + 2.0,
+        "{bridged} drops on b after a's, {routed} before"
+    );
+    assert_eq!(
+        drops(a_port),
+        0.0,
+        "a shares b's policy chain but dropped nothing"
+    );
+    assert_eq!(read("kvmnet_firewall_rejects_total", b_port), 0.0);
+    let text = scrape(host, "/metrics");
+    let policy = text
+        .lines()
+        .find(|l| l.starts_with("kvmnet_firewall_policy_drops_total{policy=\"fw-in-"))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse::<f64>().ok());
+    assert!(
+        policy.is_some_and(|p| p >= 4.0),
+        "the shared chain counts what b dropped:\n{text}"
+    );
+}
+
 #[test]
 fn prometheus_scrapes_guard_drops_port_counters_and_dhcp() {
     if !privileged() {
@@ -177,11 +217,7 @@ fn prometheus_scrapes_guard_drops_port_counters_and_dhcp() {
         &a,
         "ip addr add 10.73.0.99/24 dev eth0 && for i in 1 2 3; do ping -c 1 -W 1 -I 10.73.0.99 10.73.0.1; done; true",
     );
-    // Firewall drops on b only, though a has the same policy and so the same chain: the host
-    // tries a port b's inbound policy drops (routed to b: counted by b's address), and so
-    // does a over the bridge (counted by b's mark).
-    let _ = in_ns(&host, "timeout 2 bash -c \"echo > /dev/tcp/10.73.0.11/80\"");
-    let _ = in_ns(&a, "timeout 2 bash -c \"echo > /dev/tcp/10.73.0.11/81\"");
+    firewall_counted_per_port(&host, &a);
     // DHCP: a discover from the guest (no lease is kept: the guest has a static address).
     let _ = in_ns(&a, "timeout 5 busybox udhcpc -i eth0 -n -q -s /bin/true");
 
@@ -215,27 +251,6 @@ fn prometheus_scrapes_guard_drops_port_counters_and_dhcp() {
     let inbound = |l: &str| format!("{l},direction=\"inbound\"");
     counter("kvmnet_shaping_drops_total", &inbound(b_port));
     counter("kvmnet_shaping_overlimits_total", &inbound(b_port));
-    // A SYN and its retransmissions from each of the host and a.
-    let b_drops = counter("kvmnet_firewall_drops_total", &inbound(b_port));
-    assert!(b_drops >= 2.0, "{b_drops} firewall drops on b:\n{text}");
-    assert_eq!(
-        counter("kvmnet_firewall_drops_total", &inbound(a_port)),
-        0.0,
-        "a shares b's policy chain but dropped nothing:\n{text}"
-    );
-    assert_eq!(
-        counter("kvmnet_firewall_rejects_total", &inbound(b_port)),
-        0.0
-    );
-    let policy = text
-        .lines()
-        .find(|l| l.starts_with("kvmnet_firewall_policy_drops_total{policy=\"fw-in-"))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse::<f64>().ok());
-    assert!(
-        policy.is_some_and(|p| p >= 2.0),
-        "the shared chain counts what b dropped:\n{text}"
-    );
     assert_eq!(
         sample(&text, "kvmnet_dhcp_pool_addresses{network=\"mlab\"}"),
         Some(100.0)

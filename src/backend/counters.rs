@@ -15,7 +15,6 @@ use super::nfnetlink::{
     NFTA_SET_ELEM_LIST_ELEMENTS, NFTA_SET_ELEM_LIST_SET, NFTA_SET_ELEM_LIST_TABLE,
     NFTA_VERDICT_CHAIN, NFTA_VERDICT_CODE, Nfnl, be32, open_socket,
 };
-use super::nft_words::key_text;
 use super::nftables::NftError;
 use super::rtnl::{IFLA_IFNAME, IFLA_STATS64, LinkStats, ifinfomsg, parse_stats64};
 use super::tc::{Stats, Tc, TcError};
@@ -86,55 +85,67 @@ pub struct Dropped {
 /// Packets counted by the guard in each of the counting sets named, by interface, in the
 /// order of `sets`. A missing table or set counts nothing.
 pub fn guard_drops(sets: &[&str]) -> Result<Vec<HashMap<String, u64>>, CounterError> {
-    counting_sets(NFPROTO_BRIDGE, sets, "list guard drop counters", |_, k| {
-        attr_string(k)
-    })
-}
-
-/// Packets counted by the firewall in each of its counting sets, given with their types, by
-/// key as nft writes it (`0x4b12abcd`, `192.0.2.10`, `fe80::...`), in the order of `sets`.
-pub fn firewall_drops(sets: &[(&str, &str)]) -> Result<Vec<HashMap<String, u64>>, CounterError> {
-    let names: Vec<&str> = sets.iter().map(|(n, _)| *n).collect();
-    counting_sets(
-        NFPROTO_INET,
-        &names,
-        "list firewall drop counters",
-        |i, k| key_text(sets[i].1, k),
-    )
-}
-
-/// Each counting set's packets by key, with `key(set index, key bytes)` naming the keys.
-fn counting_sets(
-    family: u8,
-    sets: &[&str],
-    what: &'static str,
-    key: impl Fn(usize, &[u8]) -> String,
-) -> Result<Vec<HashMap<String, u64>>, CounterError> {
     let Some(mut sock) = open_socket()? else {
         return Ok(vec![HashMap::new(); sets.len()]);
     };
     let mut out = Vec::with_capacity(sets.len());
-    for (i, &set) in sets.iter().enumerate() {
-        let dumps = sock
-            .dump(
-                what,
-                NFT_MSG_GETSETELEM,
-                family,
-                &[
-                    (NFTA_SET_ELEM_LIST_TABLE, nft::TABLE),
-                    (NFTA_SET_ELEM_LIST_SET, set),
-                ],
-            )?
-            .unwrap_or_default();
+    for &set in sets {
+        let dumps = set_dump(&mut sock, NFPROTO_BRIDGE, set, "list guard drop counters")?;
         out.push(
             dumps
                 .iter()
                 .flat_map(|d| element_counters(d))
-                .map(|(k, n)| (key(i, k), n))
+                .map(|(k, n)| (attr_string(k), n))
                 .collect(),
         );
     }
     Ok(out)
+}
+
+/// Packets counted by the firewall in each of its counting sets named, by key (as
+/// [`raw_key`] packs its bytes: a mark in host order, an address in network order), in the
+/// order of `sets`. Keys are compared as numbers, not written out: a scrape at 1,000 ports
+/// reads some 3,000 of them.
+pub fn firewall_drops(sets: &[&str]) -> Result<Vec<HashMap<u128, u64>>, CounterError> {
+    let Some(mut sock) = open_socket()? else {
+        return Ok(vec![HashMap::new(); sets.len()]);
+    };
+    let mut out = Vec::with_capacity(sets.len());
+    for &set in sets {
+        let dumps = set_dump(&mut sock, NFPROTO_INET, set, "list firewall drop counters")?;
+        out.push(
+            dumps
+                .iter()
+                .flat_map(|d| element_counters(d))
+                .map(|(k, n)| (raw_key(k), n))
+                .collect(),
+        );
+    }
+    Ok(out)
+}
+
+/// A set key of at most 16 bytes as one number, its bytes in order.
+pub fn raw_key(bytes: &[u8]) -> u128 {
+    bytes.iter().fold(0, |k, b| (k << 8) | u128::from(*b))
+}
+
+fn set_dump(
+    sock: &mut Nfnl,
+    family: u8,
+    set: &str,
+    what: &'static str,
+) -> Result<Vec<Vec<u8>>, NftError> {
+    Ok(sock
+        .dump(
+            what,
+            NFT_MSG_GETSETELEM,
+            family,
+            &[
+                (NFTA_SET_ELEM_LIST_TABLE, nft::TABLE),
+                (NFTA_SET_ELEM_LIST_SET, set),
+            ],
+        )?
+        .unwrap_or_default())
 }
 
 /// The key and packet count of each element of a set-element message.

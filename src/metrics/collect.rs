@@ -19,7 +19,7 @@ use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::registry::Registry;
 
 use super::PortInfo;
-use crate::backend::counters::{self, CounterError, Dropped};
+use crate::backend::counters::{self, CounterError, Dropped, raw_key};
 use crate::backend::rtnl::LinkStats;
 use crate::backend::tc::{Stats, ifb_name};
 use crate::dhcp::{NetworkStats, ServerHandle};
@@ -42,7 +42,7 @@ struct Read {
     /// Packets the firewall's drop and reject rules counted, by chain.
     firewall: Option<HashMap<String, Dropped>>,
     /// Per counting set, in the order of [`FW_SETS`]: key -> packets.
-    firewall_ports: Option<Vec<HashMap<String, u64>>>,
+    firewall_ports: Option<Vec<HashMap<u128, u64>>>,
     up: Vec<(&'static str, bool)>,
 }
 
@@ -73,7 +73,7 @@ const FW_SETS: [(bool, bool, CountedBy); 8] = [
 /// that run one after the other on one thread).
 type FirewallRead = (
     Result<HashMap<String, Dropped>, CounterError>,
-    Option<Result<Vec<HashMap<String, u64>>, CounterError>>,
+    Option<Result<Vec<HashMap<u128, u64>>, CounterError>>,
 );
 
 fn read_firewall(firewalled: bool) -> FirewallRead {
@@ -81,9 +81,9 @@ fn read_firewall(firewalled: bool) -> FirewallRead {
     // chain is counted per port below, as every port is.
     let chains = counters::rule_drops(|c| c.starts_with("fw-in-") || c.starts_with("fw-out-"));
     let ports = firewalled.then(|| {
-        let sets: Vec<(&str, &str)> = FW_SETS
+        let sets: Vec<&str> = FW_SETS
             .iter()
-            .map(|&(i, r, k)| (counting_set(i, r, k), k.ty()))
+            .map(|&(i, r, k)| counting_set(i, r, k))
             .collect();
         counters::firewall_drops(&sets)
     });
@@ -303,7 +303,7 @@ impl Read {
     fn firewall_ports(
         &self,
         enc: &mut DescriptorEncoder,
-        sets: &[HashMap<String, u64>],
+        sets: &[HashMap<u128, u64>],
     ) -> fmt::Result {
         let mut rows = Vec::new();
         for p in self.ports.iter() {
@@ -321,10 +321,20 @@ impl Read {
                         continue;
                     }
                     let n: u64 = match key {
-                        CountedBy::Mark => set.get(&fw.mark).copied().unwrap_or(0),
-                        CountedBy::Ipv4 => fw.ipv4.iter().filter_map(|a| set.get(a)).sum(),
-                        CountedBy::Ipv6 => fw.ipv6.iter().filter_map(|a| set.get(a)).sum(),
-                    };
+                        // Keys as the kernel keeps them: a mark in host order, addresses in
+                        // network order.
+                        CountedBy::Mark => set.get(&raw_key(&fw.mark.to_ne_bytes())).copied(),
+                        CountedBy::Ipv4 => fw
+                            .ipv4
+                            .and_then(|a| set.get(&raw_key(&a.octets())).copied()),
+                        CountedBy::Ipv6 => Some(
+                            fw.ipv6
+                                .iter()
+                                .filter_map(|a| set.get(&raw_key(&a.octets())))
+                                .sum(),
+                        ),
+                    }
+                    .unwrap_or(0);
                     if reject {
                         d.rejects += n;
                     } else {

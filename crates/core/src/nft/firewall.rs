@@ -458,18 +458,17 @@ impl CountedBy {
     }
 }
 
-/// Where the firewall counts one port's drops and rejects: its keys in the counting sets,
-/// as nft writes them.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+/// Where the firewall counts one port's drops and rejects: its keys in the counting sets.
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct FirewallCounted {
-    /// The port's mark (`0x4b......`), its key in the sets counted by mark.
-    pub mark: String,
+    /// The port's mark, its key in the sets counted by mark.
+    pub mark: u32,
     pub inbound: bool,
     pub outbound: bool,
     /// Its IPv4 address, if it has one, and its IPv6 addresses: keys of inbound traffic
     /// routed to it.
-    pub ipv4: Option<String>,
-    pub ipv6: Vec<String>,
+    pub ipv4: Option<std::net::Ipv4Addr>,
+    pub ipv6: Vec<std::net::Ipv6Addr>,
 }
 
 /// Every firewalled port's counting keys, by interface.
@@ -490,16 +489,22 @@ pub fn counted(spec: &Spec) -> BTreeMap<String, FirewallCounted> {
         .iter()
         .map(|p| {
             let fw = p.firewall.as_ref().expect("filtered on");
-            let (ipv4, ipv6) = if fw.inbound.is_some() {
-                port_addresses(spec, p)
-            } else {
-                (None, Vec::new())
-            };
+            let inbound = fw.inbound.is_some();
+            // As `port_addresses` writes them into the sets.
+            let prefixes = spec
+                .networks
+                .get(&p.network)
+                .map(|n| n.ipv6_prefixes.as_slice())
+                .unwrap_or_default();
+            let ipv6 = std::iter::once(p.mac.link_local())
+                .chain(prefixes.iter().map(|c| p.mac.slaac(c.addr)))
+                .filter(|_| inbound)
+                .collect();
             let c = FirewallCounted {
-                mark: mark_text(ids[p.own_interface()]),
-                inbound: fw.inbound.is_some(),
+                mark: ids[p.own_interface()],
+                inbound,
                 outbound: fw.outbound.is_some(),
-                ipv4,
+                ipv4: p.ipv4.map(|a| a.addr).filter(|_| inbound),
                 ipv6,
             };
             (p.own_interface().to_string(), c)

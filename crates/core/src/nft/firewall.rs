@@ -700,4 +700,75 @@ mod tests {
             before
         );
     }
+
+    /// Two ports sharing one inbound policy, one with an outbound rule that rejects: each has
+    /// its own mark, in the maps and in the counting sets, and `counted` (what metrics read
+    /// by) names exactly those elements.
+    #[test]
+    fn ports_of_a_shared_policy_are_counted_apart() {
+        const SPEC: &str = r#"version: 1
+networks:
+  n: { mode: bridge, bridge: fc-n, uplink: fc-up, ipv6_prefixes: [2001:db8:1::/64] }
+vms:
+  a: { ports: [ { network: n, name: fc-a, ipv4: 192.0.2.10/24, firewall: { inbound: { policy: drop, rules: [ { proto: tcp, ports: [22] } ] } } } ] }
+  b:
+    ports:
+      - network: n
+        name: fc-b
+        ipv4: 192.0.2.11/24
+        firewall:
+          inbound: { policy: drop, rules: [ { proto: tcp, ports: [22] } ] }
+          outbound: { rules: [ { proto: tcp, ports: [25], action: reject } ] }
+"#;
+        let id =
+            crate::spec::HostIdentity::from_machine_id("6b766d6e657474657374000000000002", "h")
+                .unwrap();
+        let spec = crate::spec::parse(SPEC, &id).unwrap();
+        let t = super::super::table_for(&spec).unwrap();
+        let set = |name: &str| &t.sets[&format!("inet {name}")].elements;
+        let c = counted(&spec);
+        let (a, b) = (&c["fc-a"], &c["fc-b"]);
+        assert_ne!(a.mark, b.mark);
+        assert!(!a.outbound && a.inbound && b.outbound && b.inbound);
+        for p in [a, b] {
+            let m = mark_text(p.mark);
+            assert!(set("fw_in_drops").contains(&m));
+            assert!(
+                set("in_policy")
+                    .iter()
+                    .any(|e| e.starts_with(&format!("{m} : jump fw-in-")))
+            );
+            assert!(set("fw_in_drops4").contains(&p.ipv4.unwrap().to_string()));
+            assert_eq!(p.ipv6.len(), 2, "link-local and SLAAC");
+            for v6 in &p.ipv6 {
+                assert!(set("fw_in_drops6").contains(&v6.to_string()), "{v6}");
+            }
+        }
+        // Both inbound policies are one chain.
+        let chain = |m: u32| {
+            set("in_policy")
+                .iter()
+                .find_map(|e| e.strip_prefix(&format!("{} : jump ", mark_text(m))))
+                .unwrap()
+                .to_string()
+        };
+        assert_eq!(chain(a.mark), chain(b.mark));
+        // Only b rejects, outbound; its rule goes to the counting chain.
+        assert_eq!(set("fw_out_rejects").len(), 1);
+        assert!(set("fw_out_rejects").contains(&mark_text(b.mark)));
+        assert!(!t.sets.contains_key("inet fw_in_rejects"));
+        let reject = &t.chains["inet fw-out-reject"].rules;
+        assert_eq!(reject.last().unwrap().text, "reject");
+        let drop = &t.chains["inet fw-in-drop"].rules;
+        let texts: Vec<&str> = drop.iter().map(|r| r.text.as_str()).collect();
+        assert_eq!(
+            texts,
+            [
+                "meta mark @fw_in_drops drop",
+                "ip daddr @fw_in_drops4 drop",
+                "ip6 daddr @fw_in_drops6 drop",
+                "drop"
+            ]
+        );
+    }
 }

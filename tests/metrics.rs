@@ -70,7 +70,7 @@ networks:
     ipv4: 10.73.0.1/24
     dhcp: {{ range: 10.73.0.100-10.73.0.199 }}
 vms:
-  a: {{ ports: [ {{ network: mlab, name: m-a, kind: veth, netns: {a}, mac: "{A_MAC}", ipv4: 10.73.0.10 }} ] }}
+  a: {{ ports: [ {{ network: mlab, name: m-a, kind: veth, netns: {a}, mac: "{A_MAC}", ipv4: 10.73.0.10, firewall: {{ inbound: {FW} }} }} ] }}
   b:
     ports:
       - network: mlab
@@ -80,13 +80,13 @@ vms:
         mac: "{B_MAC}"
         ipv4: 10.73.0.11
         qos: {{ inbound: {{ rate: 10mbit }} }}
-        firewall:
-          inbound:
-            policy: drop
-            rules: [ {{ proto: icmp, log: true }} ]
+        firewall: {{ inbound: {FW} }}
 "#
     ))
 }
+
+/// The inbound policy of both ports: one chain, shared (no rule keeps per-port state).
+const FW: &str = "{ policy: drop, rules: [ { proto: icmp } ] }";
 
 /// The daemon started in the scope's namespace `host`, so that its listener is bound there
 /// too. With nsenter, not `ip netns exec`: that would also give it a mount namespace of its
@@ -156,6 +156,61 @@ fn query(host: &str, query: &str) -> serde_json::Value {
     serde_json::from_slice(&o.stdout).unwrap_or(serde_json::Value::Null)
 }
 
+/// Firewall drops on b show on b only, though a has the same policy and so the same chain:
+/// the host tries a port b's inbound policy drops (routed to b, so counted by b's address),
+/// then a does over the bridge (counted by b's mark).
+fn firewall_counted_per_port(host: &str, a: &str) {
+    let a_port = "network=\"mlab\",vm=\"a\",port=\"m-a\",direction=\"inbound\"";
+    let b_port = "network=\"mlab\",vm=\"b\",port=\"m-b\",direction=\"inbound\"";
+    let read = |family: &str, labels: &str| {
+        let text = scrape(host, "/metrics");
+        sample(&text, &format!("{family}{{{labels}}}"))
+            .unwrap_or_else(|| panic!("no {family}{{{labels}}}:\n{text}"))
+    };
+    let drops = |labels: &str| read("kvmnet_firewall_drops_total", labels);
+    let _ = in_ns(host, "timeout 2 bash -c \"echo > /dev/tcp/10.73.0.11/80\"");
+    let routed = drops(b_port);
+    // A SYN and at least one retransmission.
+    assert!(routed >= 2.0, "{routed} firewall drops on b, routed");
+    let _ = in_ns(a, "timeout 2 bash -c \"echo > /dev/tcp/10.73.0.11/81\"");
+    let bridged = drops(b_port);
+    assert!(
+        bridged >= routed + 2.0,
+        "{bridged} drops on b after a's, {routed} before"
+    );
+    assert_eq!(
+        drops(a_port),
+        0.0,
+        "a shares b's policy chain but dropped nothing"
+    );
+    assert_eq!(read("kvmnet_firewall_rejects_total", b_port), 0.0);
+    let text = scrape(host, "/metrics");
+    let policy = text
+        .lines()
+        .find(|l| l.starts_with("kvmnet_firewall_policy_drops_total{policy=\"fw-in-"))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse::<f64>().ok());
+    assert!(
+        policy.is_some_and(|p| p >= 4.0),
+        "the shared chain counts what b dropped:\n{text}"
+    );
+}
+
+/// A real Prometheus sees the firewall's drops per port: b's, and none on a that shares its
+/// policy.
+fn prometheus_sees_firewall_drops(host: &str) {
+    let fw = |port: &str| {
+        let q = format!("kvmnet_firewall_drops_total{{port=\"{port}\",direction=\"inbound\"}}");
+        query(host, &q)["data"]["result"][0]["value"][1]
+            .as_str()
+            .and_then(|s| s.parse::<f64>().ok())
+    };
+    wait_until("Prometheus to scrape b's firewall drops", 30, || {
+        fw("m-b").is_some_and(|n| n >= 4.0)
+    });
+    assert_eq!(fw("m-a"), Some(0.0));
+}
+
 #[test]
 fn prometheus_scrapes_guard_drops_port_counters_and_dhcp() {
     if !privileged() {
@@ -177,9 +232,7 @@ fn prometheus_scrapes_guard_drops_port_counters_and_dhcp() {
         &a,
         "ip addr add 10.73.0.99/24 dev eth0 && for i in 1 2 3; do ping -c 1 -W 1 -I 10.73.0.99 10.73.0.1; done; true",
     );
-    // A firewall drop: the host tries a port b's inbound policy drops (a log rule gives b a
-    // chain of its own, counted per port).
-    let _ = in_ns(&host, "timeout 2 bash -c \"echo > /dev/tcp/10.73.0.11/80\"");
+    firewall_counted_per_port(&host, &a);
     // DHCP: a discover from the guest (no lease is kept: the guest has a static address).
     let _ = in_ns(&a, "timeout 5 busybox udhcpc -i eth0 -n -q -s /bin/true");
 
@@ -213,7 +266,6 @@ fn prometheus_scrapes_guard_drops_port_counters_and_dhcp() {
     let inbound = |l: &str| format!("{l},direction=\"inbound\"");
     counter("kvmnet_shaping_drops_total", &inbound(b_port));
     counter("kvmnet_shaping_overlimits_total", &inbound(b_port));
-    assert!(counter("kvmnet_firewall_drops_total", &inbound(b_port)) >= 1.0);
     assert_eq!(
         sample(&text, "kvmnet_dhcp_pool_addresses{network=\"mlab\"}"),
         Some(100.0)
@@ -266,6 +318,7 @@ fn prometheus_scrapes_guard_drops_port_counters_and_dhcp() {
             .and_then(|s| s.parse::<f64>().ok())
             .is_some_and(|n| n >= 3.0)
     });
+    prometheus_sees_firewall_drops(&host);
     let up = query(&host, "up{job=\"kvmnet\"}");
     assert_eq!(up["data"]["result"][0]["value"][1], "1", "{up}");
 }

@@ -72,6 +72,16 @@ vms:
     s
 }
 
+/// A process killed (and reaped) when dropped, so a failed assertion leaves no server behind.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// Every handle of `before` is still there with the same number.
 fn assert_kept(before: &BTreeMap<String, String>, after: &BTreeMap<String, String>, when: &str) {
     for (k, h) in before {
@@ -124,13 +134,13 @@ fn one_port_changes_only_its_own_objects() {
     assert!(before.contains_key("bridge set port_mac"), "{before:?}");
 
     // A connection to port a, open across the changes that follow.
-    let mut server = std::process::Command::new("ip")
+    let mut server = KillOnDrop(std::process::Command::new("ip")
         .args([
             "netns", "exec", &a, "python3", "-c",
             "import socket\ns=socket.socket(); s.setsockopt(socket.SOL_SOCKET,socket.SO_REUSEADDR,1); s.bind(('0.0.0.0',5001)); s.listen(4)\nc,_=s.accept()\nwhile True:\n  d=c.recv(100)\n  if not d: break\n  c.sendall(d)\n",
         ])
         .spawn()
-        .unwrap();
+        .unwrap());
     std::thread::sleep(std::time::Duration::from_millis(500));
     let client = std::process::Command::new("ip")
         .args([
@@ -146,13 +156,29 @@ fn one_port_changes_only_its_own_objects() {
     let plan = ns.kvmnet_ok(&["plan", plus.path(), "--netns", &host]);
     let nft_lines: Vec<&str> = plan.lines().filter(|l| l.contains("nftables")).collect();
     assert!(!nft_lines.is_empty(), "{plan}");
+    // The new port's own mark, which its policy map and drop counters are keyed by.
+    let mark = plan
+        .split("in_mark \"ni-new\" : ")
+        .nth(1)
+        .and_then(|t| t.split_whitespace().next())
+        .unwrap_or_else(|| panic!("no mark for the new port:\n{plan}"))
+        .to_string();
     assert!(
         nft_lines.iter().all(|l| l.starts_with("+ nftables element")
             && (l.contains("ni-new")
                 || l.contains("10.66.0.20")
-                // The new port's link-local address, to its policy's chain.
-                || (l.contains("in_policy6 fe80::") && l.contains(&shared)))),
+                || l.contains(&format!("in_policy {mark} : jump {shared}"))
+                || l.ends_with(&format!("fw_in_drops {mark}"))
+                // The new port's link-local address, to its policy's chain and counted.
+                || (l.contains("in_policy6 fe80::") && l.contains(&shared))
+                || l.contains("fw_in_drops6 fe80::"))),
         "adding a port touches other nftables objects:\n{plan}"
+    );
+    assert!(
+        nft_lines
+            .iter()
+            .any(|l| l.contains(&format!("in_policy {mark} : jump {shared}"))),
+        "{plan}"
     );
     ns.kvmnet_ok(&["apply", plus.path(), "--netns", &host]);
     let added = handles(&host);
@@ -179,8 +205,8 @@ fn one_port_changes_only_its_own_objects() {
     );
 
     let out = client.wait_with_output().unwrap();
-    let _ = server.kill();
-    let _ = server.wait();
+    let _ = server.0.kill();
+    let _ = server.0.wait();
     assert_eq!(
         String::from_utf8_lossy(&out.stdout).trim(),
         "kept",

@@ -47,7 +47,7 @@ const NFTA_SET_ELEM_FLAGS: u16 = 3;
 pub(super) const NFTA_DATA_VALUE: u16 = 1;
 pub(super) const NFTA_DATA_VERDICT: u16 = 2;
 pub(super) const NFTA_VERDICT_CODE: u16 = 1;
-const NFTA_VERDICT_CHAIN: u16 = 2;
+pub(super) const NFTA_VERDICT_CHAIN: u16 = 2;
 const NFT_SET_ANONYMOUS: u32 = 0x1;
 const NFT_SET_ELEM_INTERVAL_END: u32 = 0x1;
 /// libnftnl's user data of a rule or table: (type, length, value) triples; type 0 is the

@@ -97,11 +97,11 @@ impl Field {
     fn parse(word: &str) -> Option<Field> {
         Some(match word {
             "ifname" | "iifname" | "oifname" => Field::Ifname,
-            "ipv4_addr" => Field::Ipv4,
-            "ipv6_addr" => Field::Ipv6,
+            "ipv4_addr" | "ip daddr" => Field::Ipv4,
+            "ipv6_addr" | "ip6 daddr" => Field::Ipv6,
             "ether_addr" => Field::Ether,
             "inet_service" => Field::Service,
-            "mark" => Field::Mark,
+            "mark" | "meta mark" => Field::Mark,
             raw if raw.starts_with('@') => {
                 let bits: usize = raw.rsplit(',').next()?.parse().ok()?;
                 (bits.is_multiple_of(8) && bits > 0).then_some(Field::Raw(bits / 8))?
@@ -246,6 +246,17 @@ mod tests {
             "0x4b000001"
         );
         assert_eq!(key_text("type 99", &[1, 2]), "0102");
+        // The firewall's counting sets, typed by the expressions they are looked up by.
+        let mark = 0x4b00_0001u32.to_ne_bytes();
+        assert_eq!(key_text("typeof meta mark; counter", &mark), "0x4b000001");
+        assert_eq!(
+            key_text("typeof ip daddr; counter", &[192, 0, 2, 1]),
+            "192.0.2.1"
+        );
+        assert_eq!(
+            key_text("typeof ip6 daddr; counter", &ll.octets()),
+            "fe80::5054:ff:feaa:10"
+        );
     }
 
     #[test]

@@ -19,12 +19,12 @@ use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::registry::Registry;
 
 use super::PortInfo;
-use crate::backend::counters::{self, CounterError, Dropped};
+use crate::backend::counters::{self, CounterError, Dropped, raw_key};
 use crate::backend::rtnl::LinkStats;
 use crate::backend::tc::{Stats, ifb_name};
 use crate::dhcp::{NetworkStats, ServerHandle};
 use crate::log::Level;
-use crate::nft::GuardDropReason;
+use crate::nft::{CountedBy, GuardDropReason, counting_set};
 
 type Links = HashMap<String, (u32, LinkStats)>;
 /// A family of link counters: name, help, and its counter of a link.
@@ -39,7 +39,10 @@ struct Read {
     qdiscs: Option<HashMap<u32, Stats>>,
     /// Per reason, in the order of [`GuardDropReason::ALL`]: interface -> packets.
     guard: Option<Vec<HashMap<String, u64>>>,
+    /// Packets the firewall's drop and reject rules counted, by chain.
     firewall: Option<HashMap<String, Dropped>>,
+    /// Per counting set, in the order of [`FW_SETS`]: key -> packets.
+    firewall_ports: Option<Vec<HashMap<u128, u64>>>,
     up: Vec<(&'static str, bool)>,
 }
 
@@ -53,21 +56,50 @@ fn record<T>(
         .ok()
 }
 
+/// The firewall's counting sets: (inbound, reject, what the port is looked up by). Traffic
+/// routed to a port carries no mark of ours and is counted by its destination address.
+const FW_SETS: [(bool, bool, CountedBy); 8] = [
+    (false, false, CountedBy::Mark),
+    (false, true, CountedBy::Mark),
+    (true, false, CountedBy::Mark),
+    (true, false, CountedBy::Ipv4),
+    (true, false, CountedBy::Ipv6),
+    (true, true, CountedBy::Mark),
+    (true, true, CountedBy::Ipv4),
+    (true, true, CountedBy::Ipv6),
+];
+
+/// The shared firewall chains' drops and rejects, and every firewalled port's (two dumps
+/// that run one after the other on one thread).
+type FirewallRead = (
+    Result<HashMap<String, Dropped>, CounterError>,
+    Option<Result<Vec<HashMap<u128, u64>>, CounterError>>,
+);
+
+fn read_firewall(firewalled: bool) -> FirewallRead {
+    // Shared chains are `fw-in-` and `fw-out-` and a hash of their rules; a port's own
+    // chain is counted per port below, as every port is.
+    let chains = counters::rule_drops(|c| c.starts_with("fw-in-") || c.starts_with("fw-out-"));
+    let ports = firewalled.then(|| {
+        let sets: Vec<&str> = FW_SETS
+            .iter()
+            .map(|&(i, r, k)| counting_set(i, r, k))
+            .collect();
+        counters::firewall_drops(&sets)
+    });
+    (chains, ports)
+}
+
 /// Registers the per-port series, read now. The four sources are read at once, each on a
 /// thread of its own (threads start in this thread's namespace, the scope's).
 pub(super) fn ports(r: &mut Registry, ports: Arc<Vec<PortInfo>>) {
     let guarded = ports.iter().any(|p| !p.guarded.is_empty());
+    let firewalled = ports.iter().any(|p| p.firewall.is_some());
     let sets: Vec<&str> = GuardDropReason::ALL.iter().map(|r| r.set()).collect();
-    let (links, qdiscs, guard, firewall) = std::thread::scope(|s| {
+    let (links, qdiscs, guard, (firewall, firewall_ports)) = std::thread::scope(|s| {
         let qdiscs = s.spawn(counters::root_qdisc_stats);
         let guard = s.spawn(|| guarded.then(|| counters::guard_drops(&sets)));
-        let firewall = s.spawn(|| {
-            counters::rule_drops(|c| {
-                ["in-", "out-", "fw-in-", "fw-out-"]
-                    .iter()
-                    .any(|p| c.starts_with(p))
-            })
-        });
+        let firewall = s.spawn(|| read_firewall(firewalled));
         let links = counters::link_stats();
         let join = "reading counters does not panic";
         (
@@ -83,6 +115,7 @@ pub(super) fn ports(r: &mut Registry, ports: Arc<Vec<PortInfo>>) {
         qdiscs: record(&mut up, "qdiscs", qdiscs),
         guard: guard.and_then(|g| record(&mut up, "guard", g)),
         firewall: record(&mut up, "firewall", firewall),
+        firewall_ports: firewall_ports.and_then(|f| record(&mut up, "firewall_ports", f)),
         ports,
         up,
     };
@@ -139,6 +172,9 @@ impl Collector for Read {
         }
         if let Some(g) = &self.guard {
             self.guard_drops(&mut enc, g)?;
+        }
+        if let Some(f) = &self.firewall_ports {
+            self.firewall_ports(&mut enc, f)?;
         }
         if let Some(f) = &self.firewall {
             self.firewall(&mut enc, f)?;
@@ -261,21 +297,73 @@ impl Read {
         )
     }
 
+    /// Every firewalled port's drops and rejects by direction, whether its chain is shared
+    /// or its own: the sum of its elements in the counting sets (by its mark, and inbound by
+    /// its addresses too).
+    fn firewall_ports(
+        &self,
+        enc: &mut DescriptorEncoder,
+        sets: &[HashMap<u128, u64>],
+    ) -> fmt::Result {
+        let mut rows = Vec::new();
+        for p in self.ports.iter() {
+            let Some(fw) = &p.firewall else { continue };
+            for (inbound, on, direction) in [
+                (true, fw.inbound, "inbound"),
+                (false, fw.outbound, "outbound"),
+            ] {
+                if !on {
+                    continue;
+                }
+                let mut d = Dropped::default();
+                for (&(i, reject, key), set) in FW_SETS.iter().zip(sets) {
+                    if i != inbound {
+                        continue;
+                    }
+                    let n: u64 = match key {
+                        // Keys as the kernel keeps them: a mark in host order, addresses in
+                        // network order.
+                        CountedBy::Mark => set.get(&raw_key(&fw.mark.to_ne_bytes())).copied(),
+                        CountedBy::Ipv4 => fw
+                            .ipv4
+                            .and_then(|a| set.get(&raw_key(&a.octets())).copied()),
+                        CountedBy::Ipv6 => Some(
+                            fw.ipv6
+                                .iter()
+                                .filter_map(|a| set.get(&raw_key(&a.octets())))
+                                .sum(),
+                        ),
+                    }
+                    .unwrap_or(0);
+                    if reject {
+                        d.rejects += n;
+                    } else {
+                        d.drops += n;
+                    }
+                }
+                rows.push((with(p, "direction", direction), d));
+            }
+        }
+        counters(
+            enc,
+            "firewall_drops",
+            "Packets the port's firewall dropped, by direction (inbound: to the VM)",
+            rows.iter().map(|(l, d)| (*l, d.drops)),
+        )?;
+        counters(
+            enc,
+            "firewall_rejects",
+            "Packets the port's firewall rejected, by direction (inbound: to the VM)",
+            rows.iter().map(|(l, d)| (*l, d.rejects)),
+        )
+    }
+
+    /// Per shared chain: what the ports of one policy dropped and rejected together.
     fn firewall(
         &self,
         enc: &mut DescriptorEncoder,
         chains: &HashMap<String, Dropped>,
     ) -> fmt::Result {
-        // A port's own chains are `in-PORT` and `out-PORT`; shared ones `fw-in-` and `fw-out-`
-        // and a hash of their rules.
-        let mut own = Vec::new();
-        for p in self.ports.iter() {
-            for (direction, prefix) in [("inbound", "in-"), ("outbound", "out-")] {
-                if let Some(d) = chains.get(&[prefix, p.port.as_str()].concat()) {
-                    own.push((with(p, "direction", direction), *d));
-                }
-            }
-        }
         let shared: Vec<_> = chains
             .iter()
             .filter_map(|(c, d)| {
@@ -289,18 +377,6 @@ impl Read {
                 Some(([("policy", c.as_str()), ("direction", direction)], *d))
             })
             .collect();
-        counters(
-            enc,
-            "firewall_drops",
-            "Packets a port's own firewall chain dropped, by direction (inbound: to the VM)",
-            own.iter().map(|(l, d)| (*l, d.drops)),
-        )?;
-        counters(
-            enc,
-            "firewall_rejects",
-            "Packets a port's own firewall chain rejected, by direction",
-            own.iter().map(|(l, d)| (*l, d.rejects)),
-        )?;
         counters(
             enc,
             "firewall_policy_drops",

@@ -23,6 +23,7 @@ use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::{Registry, Unit};
 
 use crate::dhcp::ServerHandle;
+use crate::nft::FirewallCounted;
 use crate::spec::{PortKind, Spec};
 
 pub use format::{Format, negotiate};
@@ -52,10 +53,13 @@ pub(crate) struct PortInfo {
     /// Shaped towards the VM (the port's root qdisc) and from it (its IFB's).
     pub shaped_in: bool,
     pub shaped_out: bool,
+    /// Where the firewall counts the port's drops and rejects; `None` without a firewall.
+    pub firewall: Option<FirewallCounted>,
 }
 
 /// The ports of `spec`, as a scrape labels them.
 pub(crate) fn ports_of(spec: &Spec) -> Vec<PortInfo> {
+    let mut firewalled = crate::nft::firewall_counted(spec);
     spec.vms
         .values()
         .flat_map(|vm| vm.ports.iter())
@@ -75,6 +79,7 @@ pub(crate) fn ports_of(spec: &Spec) -> Vec<PortInfo> {
                 guarded,
                 shaped_in: qos.is_some_and(|q| q.inbound.is_some()),
                 shaped_out: qos.is_some_and(|q| q.outbound.is_some()),
+                firewall: firewalled.remove(p.own_interface()),
             }
         })
         .collect()

@@ -2,30 +2,39 @@
 //!
 //! A port is found by its interface, not by an address, so a port without `ipv4` has a
 //! firewall too. The bridge knows the interface; the stateful checks need conntrack, which
-//! runs in the inet hooks. A mark carries the port across:
+//! runs in the inet hooks. A mark carries the port across: every firewalled port has a mark
+//! of its own (`0x4b` in the top byte, the port's id below), in both directions.
 //!
-//! - from a port: the bridge's prerouting hook marks the frame with the id of the port's
-//!   outbound chain (`out_mark`, by input interface); inet prerouting (after conntrack and
-//!   DNAT, for routed traffic and, through br_netfilter, for bridged traffic) jumps through
-//!   `out_policy` by that mark and clears it. Everything a VM sends, to the host included,
-//!   passes its outbound chain.
-//! - to a port over the bridge: the bridge's forward hook marks the frame with the id of the
-//!   output port's inbound chain (`in_mark`, by output interface) before br_netfilter's inet
-//!   forward hook (bridge priority -1), which jumps through `in_policy`.
+//! - from a port: the bridge's prerouting hook marks the frame with the port's mark
+//!   (`out_mark`, by input interface); inet prerouting (after conntrack and DNAT, for routed
+//!   traffic and, through br_netfilter, for bridged traffic) jumps through `out_policy`, which
+//!   sends each port's mark to the port's outbound chain, and clears the mark. Everything a
+//!   VM sends, to the host included, passes its outbound chain.
+//! - to a port over the bridge: the bridge's forward hook marks the frame with the output
+//!   port's mark (`in_mark`, by output interface) before br_netfilter's inet forward hook
+//!   (bridge priority -1), which jumps through `in_policy`.
 //! - to a port through the host's routing (from another network, from outside, from the
 //!   host itself): the output port is chosen by the bridge only after the inet hooks, so the
 //!   port is found by its destination address (`in_policy4`, `in_policy6`: its `ipv4`, the
 //!   EUI-64 link-local address of its MAC and its SLAAC addresses). The guard makes those
-//!   addresses the port's own.
+//!   addresses the port's own. The packet's mark is left alone (it may be the host's own).
 //!
-//! Marks are `0x4b` in the top byte and a chain id below; kvmnet clears such marks once
-//! used, and the bridge's postrouting hook clears any left (a host without br_netfilter never
-//! reaches the inet hooks with bridged traffic). Without br_netfilter, traffic between two
-//! ports of one bridge is not firewalled (README says so).
+//! kvmnet clears its marks once used, and the bridge's postrouting hook clears any left (a
+//! host without br_netfilter never reaches the inet hooks with bridged traffic). Without
+//! br_netfilter, traffic between two ports of one bridge is not firewalled (README says so).
 //!
 //! Ports with the same rules in one direction share one chain (`fw-in-HASH`); a direction
 //! whose rules keep per-port state (log prefix, connection or rate limit) gets the port's own
 //! chain (`in-PORT`). Adding a port of a known policy adds map elements only.
+//!
+//! Every drop and reject of a firewall chain goes to its direction's drop or reject chain
+//! (`fw-in-drop`, `fw-out-reject`, ...), where the port is looked up in a counting set (each
+//! element with a counter) before the packet is dropped or rejected: by its mark
+//! (`fw_in_drops`), or for traffic routed to it, which carries no mark of ours, by its
+//! destination address (`fw_in_drops4`, `fw_in_drops6`). That counts drops and rejects per
+//! port, shared chain or not, for one hash lookup per *dropped* packet; packets let through
+//! never reach those chains. They end in a plain drop or reject, so a packet whose port is
+//! in no counting set is still dropped, only not counted (as the guard's drop chains do).
 
 use std::collections::BTreeMap;
 
@@ -146,32 +155,50 @@ pub(crate) fn rule_matches(r: &FirewallRule) -> Vec<String> {
     out
 }
 
+/// The chain every drop of a direction's firewall chains goes to: it counts the drop for the
+/// port and drops.
+fn drop_chain(inbound: bool) -> &'static str {
+    if inbound { "fw-in-drop" } else { "fw-out-drop" }
+}
+
+/// The chain every reject of a direction goes to.
+fn reject_chain(inbound: bool) -> &'static str {
+    if inbound {
+        "fw-in-reject"
+    } else {
+        "fw-out-reject"
+    }
+}
+
 /// A rule's action as a verdict inside a firewall chain: allowing is `return`, so the
-/// network's own policy still applies afterwards.
-fn verdict(a: RuleAction) -> &'static str {
+/// network's own policy still applies afterwards; dropping and rejecting go to the counting
+/// chains.
+pub(crate) fn verdict(a: RuleAction, inbound: bool) -> String {
     match a {
-        RuleAction::Accept => "return",
-        RuleAction::Drop => "drop",
-        RuleAction::Reject => "reject",
+        RuleAction::Accept => "return".into(),
+        RuleAction::Drop => concat(&["goto ", drop_chain(inbound)]),
+        RuleAction::Reject => concat(&["goto ", reject_chain(inbound)]),
     }
 }
 
 /// The rules of one direction of one port's firewall.
 fn firewall_rules(port: &Port, dir: &FirewallDirection, inbound: bool) -> Vec<String> {
     let mut r = Vec::new();
+    let drop = verdict(RuleAction::Drop, inbound);
+    let reject = verdict(RuleAction::Reject, inbound);
     // ICMP has no connections to speak of (every echo of one ping is "established"), so its
     // rate limits apply to all matching packets; for tcp/udp they limit new connections.
     for rule in dir.rules.iter().filter(|x| x.proto == RuleProto::Icmp) {
         if let Some((n, unit)) = &rule.rate {
             for m in rule_matches(rule) {
                 r.push(format!(
-                    "{m} limit rate over {n}/{unit} burst {n} packets counter drop"
+                    "{m} limit rate over {n}/{unit} burst {n} packets counter {drop}"
                 ));
             }
         }
     }
     r.push("ct state established,related return".into());
-    r.push("ct state invalid drop".into());
+    r.push(format!("ct state invalid {drop}"));
     r.push(IPV6_PLUMBING.into());
     if !inbound {
         // The VM must always be able to ask for (and renew) its address: from the DHCP
@@ -185,14 +212,14 @@ fn firewall_rules(port: &Port, dir: &FirewallDirection, inbound: bool) -> Vec<St
             let sep = if m.is_empty() { "" } else { " " };
             if let Some(n) = rule.connlimit {
                 r.push(format!(
-                    "{m}{sep}ct state new ct count over {n} counter reject"
+                    "{m}{sep}ct state new ct count over {n} counter {reject}"
                 ));
             }
             if let Some((n, unit)) = &rule.rate
                 && rule.proto != RuleProto::Icmp
             {
                 r.push(format!(
-                    "{m}{sep}ct state new limit rate over {n}/{unit} burst {n} packets counter drop"
+                    "{m}{sep}ct state new limit rate over {n}/{unit} burst {n} packets counter {drop}"
                 ));
             }
             if rule.log {
@@ -204,11 +231,11 @@ fn firewall_rules(port: &Port, dir: &FirewallDirection, inbound: bool) -> Vec<St
                     r#"{m}{sep}limit rate 10/second burst 20 packets log prefix "{prefix}" level info"#
                 ));
             }
-            r.push(format!("{m}{sep}counter {}", verdict(rule.action)));
+            r.push(format!("{m}{sep}counter {}", verdict(rule.action, inbound)));
         }
     }
     if !dir.accept_by_default {
-        r.push("counter drop".into());
+        r.push(format!("counter {drop}"));
     }
     r
 }
@@ -280,22 +307,23 @@ impl Direction {
         recent.push((d, name.clone()));
         name
     }
+}
 
-    /// Mark ids for the chains: the chain name's hash in the low 24 bits, the next free
-    /// value on a collision (chains in name order), so a chain keeps its id when others
-    /// come and go.
-    fn ids(&self) -> BTreeMap<&str, u32> {
-        let mut taken = std::collections::BTreeSet::new();
-        let mut out = BTreeMap::new();
-        for name in self.chains.keys() {
-            let mut id = (fnv1a(name.as_bytes()) as u32) & 0x00ff_ffff;
-            while !taken.insert(id) {
-                id = (id + 1) & 0x00ff_ffff;
-            }
-            out.insert(name.as_str(), MARK_TAG | id);
+/// Each firewalled port's mark, by interface: the interface name's hash in the low 24 bits,
+/// the next free value on a collision (interfaces in name order), so a port keeps its mark
+/// when others come and go.
+fn port_ids<'a>(ifaces: impl Iterator<Item = &'a str>) -> BTreeMap<&'a str, u32> {
+    let sorted: std::collections::BTreeSet<&str> = ifaces.collect();
+    let mut taken = std::collections::BTreeSet::new();
+    let mut out = BTreeMap::new();
+    for name in sorted {
+        let mut id = (fnv1a(name.as_bytes()) as u32) & 0x00ff_ffff;
+        while !taken.insert(id) {
+            id = (id + 1) & 0x00ff_ffff;
         }
-        out
+        out.insert(name, MARK_TAG | id);
     }
+    out
 }
 
 /// The addresses traffic routed to `p` is addressed to: its IPv4 address, the link-local
@@ -367,8 +395,15 @@ pub(super) fn parts(spec: &Spec) -> Parts {
     for (name, elements) in port_sets {
         out.set(FAMILY, Set::named(name, "inet_service", elements));
     }
-    direction_parts(&mut out, &outbound, false);
-    direction_parts(&mut out, &inbound, true);
+    let ids = port_ids(
+        outbound
+            .ports
+            .iter()
+            .chain(&inbound.ports)
+            .map(|(i, _)| i.as_str()),
+    );
+    direction_parts(&mut out, &outbound, false, &ids);
+    direction_parts(&mut out, &inbound, true, &ids);
     // Marks that no inet hook consumed (bridged traffic on a host without br_netfilter)
     // do not leave the bridge.
     out.hook(
@@ -381,12 +416,143 @@ pub(super) fn parts(spec: &Spec) -> Parts {
     out
 }
 
+/// The counting sets of one direction's drops or rejects, by what they look the port up by.
+/// Names are `fw_in_drops`, `fw_in_drops4`, `fw_in_drops6`, `fw_out_rejects`, ...
+pub fn counting_set(inbound: bool, reject: bool, key: CountedBy) -> &'static str {
+    match (inbound, reject, key) {
+        (false, false, _) => "fw_out_drops",
+        (false, true, _) => "fw_out_rejects",
+        (true, false, CountedBy::Mark) => "fw_in_drops",
+        (true, false, CountedBy::Ipv4) => "fw_in_drops4",
+        (true, false, CountedBy::Ipv6) => "fw_in_drops6",
+        (true, true, CountedBy::Mark) => "fw_in_rejects",
+        (true, true, CountedBy::Ipv4) => "fw_in_rejects4",
+        (true, true, CountedBy::Ipv6) => "fw_in_rejects6",
+    }
+}
+
+/// What a counting set looks a port up by.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CountedBy {
+    Mark,
+    Ipv4,
+    Ipv6,
+}
+
+impl CountedBy {
+    /// The counting set's type as kvmnet declares it (and reads keys back by).
+    pub fn ty(self) -> &'static str {
+        match self {
+            CountedBy::Mark => "typeof meta mark; counter",
+            CountedBy::Ipv4 => "typeof ip daddr; counter",
+            CountedBy::Ipv6 => "typeof ip6 daddr; counter",
+        }
+    }
+
+    fn lookup(self) -> &'static str {
+        match self {
+            CountedBy::Mark => "meta mark @",
+            CountedBy::Ipv4 => "ip daddr @",
+            CountedBy::Ipv6 => "ip6 daddr @",
+        }
+    }
+}
+
+/// Where the firewall counts one port's drops and rejects: its keys in the counting sets.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FirewallCounted {
+    /// The port's mark, its key in the sets counted by mark.
+    pub mark: u32,
+    pub inbound: bool,
+    pub outbound: bool,
+    /// Its IPv4 address, if it has one, and its IPv6 addresses: keys of inbound traffic
+    /// routed to it.
+    pub ipv4: Option<std::net::Ipv4Addr>,
+    pub ipv6: Vec<std::net::Ipv6Addr>,
+}
+
+/// Every firewalled port's counting keys, by interface.
+pub fn counted(spec: &Spec) -> BTreeMap<String, FirewallCounted> {
+    let ports: Vec<&Port> = spec
+        .vms
+        .values()
+        .flat_map(|vm| vm.ports.iter())
+        .filter(|p| p.kind != PortKind::Macvtap)
+        .filter(|p| {
+            p.firewall
+                .as_ref()
+                .is_some_and(|f| f.inbound.is_some() || f.outbound.is_some())
+        })
+        .collect();
+    let ids = port_ids(ports.iter().map(|p| p.own_interface()));
+    ports
+        .iter()
+        .map(|p| {
+            let fw = p.firewall.as_ref().expect("filtered on");
+            let inbound = fw.inbound.is_some();
+            // As `port_addresses` writes them into the sets.
+            let prefixes = spec
+                .networks
+                .get(&p.network)
+                .map(|n| n.ipv6_prefixes.as_slice())
+                .unwrap_or_default();
+            let ipv6 = std::iter::once(p.mac.link_local())
+                .chain(prefixes.iter().map(|c| p.mac.slaac(c.addr)))
+                .filter(|_| inbound)
+                .collect();
+            let c = FirewallCounted {
+                mark: ids[p.own_interface()],
+                inbound,
+                outbound: fw.outbound.is_some(),
+                ipv4: p.ipv4.map(|a| a.addr).filter(|_| inbound),
+                ipv6,
+            };
+            (p.own_interface().to_string(), c)
+        })
+        .collect()
+}
+
+/// A drop or reject chain of one direction and its counting sets: the port is looked up by
+/// its mark, then (inbound, for routed traffic) by its address; a plain verdict ends it.
+fn counting_parts(out: &mut Parts, d: &Direction, inbound: bool, reject: bool, ids: &Ids) {
+    let keys: &[CountedBy] = if inbound {
+        &[CountedBy::Mark, CountedBy::Ipv4, CountedBy::Ipv6]
+    } else {
+        &[CountedBy::Mark]
+    };
+    let word = if reject { "reject" } else { "drop" };
+    let mut rules = Vec::new();
+    for &key in keys {
+        let name = counting_set(inbound, reject, key);
+        let mut set = Set::new(name, key.ty());
+        set.elements = match key {
+            CountedBy::Mark => d
+                .ports
+                .iter()
+                .map(|(iface, _)| mark_text(ids[iface.as_str()]))
+                .collect(),
+            CountedBy::Ipv4 => d.addrs4.iter().map(|(a, _)| a.clone()).collect(),
+            CountedBy::Ipv6 => d.addrs6.iter().map(|(a, _)| a.clone()).collect(),
+        };
+        out.set(FAMILY, set);
+        rules.push(concat(&[key.lookup(), name, " ", word]));
+    }
+    rules.push(word.to_string());
+    let chain = if reject {
+        reject_chain(inbound)
+    } else {
+        drop_chain(inbound)
+    };
+    out.chain(FAMILY, chain.to_string(), rules);
+}
+
+type Ids<'a> = BTreeMap<&'a str, u32>;
+
 /// The chains, maps and hook rules of one direction.
-fn direction_parts(out: &mut Parts, d: &Direction, inbound: bool) {
+fn direction_parts(out: &mut Parts, d: &Direction, inbound: bool, ids: &Ids) {
     if d.chains.is_empty() {
         return;
     }
-    let ids = d.ids();
     let jump = |chain: &str| concat(&[" : jump ", chain]);
     let (mark_map, policy) = if inbound {
         ("in_mark", "in_policy")
@@ -397,17 +563,28 @@ fn direction_parts(out: &mut Parts, d: &Direction, inbound: bool) {
     marks.elements = d
         .ports
         .iter()
-        .map(|(iface, chain)| concat(&["\"", iface, "\" : ", &mark_text(ids[chain.as_str()])]))
+        .map(|(iface, _)| concat(&["\"", iface, "\" : ", &mark_text(ids[iface.as_str()])]))
         .collect();
     out.set(BRIDGE_FAMILY, marks);
     let mut by_id = Set::new(policy, "mark : verdict");
-    by_id.elements = ids
+    by_id.elements = d
+        .ports
         .iter()
-        .map(|(chain, id)| concat(&[&mark_text(*id), &jump(chain)]))
+        .map(|(iface, chain)| concat(&[&mark_text(ids[iface.as_str()]), &jump(chain)]))
         .collect();
     out.set(FAMILY, by_id);
     for (name, rules) in &d.chains {
         out.chain(FAMILY, name.clone(), rules.clone());
+    }
+    counting_parts(out, d, inbound, false, ids);
+    // The reject chain and its sets only where some rule of the direction rejects.
+    let goto_reject = verdict(RuleAction::Reject, inbound);
+    if d.chains
+        .values()
+        .flatten()
+        .any(|r| r.ends_with(&goto_reject))
+    {
+        counting_parts(out, d, inbound, true, ids);
     }
     let clear = format!(
         "meta mark and {MARK_MASK} == {} meta mark set 0x0",
@@ -513,15 +690,85 @@ mod tests {
     }
 
     #[test]
-    fn chain_ids_are_stable_and_distinct() {
-        let mut d = Direction::default();
-        d.chains.insert("fw-in-a".into(), vec![]);
-        d.chains.insert("fw-in-b".into(), vec![]);
-        let ids = d.ids();
-        assert_ne!(ids["fw-in-a"], ids["fw-in-b"]);
+    fn port_marks_are_stable_and_distinct() {
+        let ids = port_ids(["vm-a", "vm-b"].into_iter());
+        assert_ne!(ids["vm-a"], ids["vm-b"]);
         assert!(ids.values().all(|i| i & 0xff00_0000 == MARK_TAG));
-        let before = ids["fw-in-a"];
-        d.chains.insert("fw-in-c".into(), vec![]);
-        assert_eq!(d.ids()["fw-in-a"], before);
+        let before = ids["vm-a"];
+        assert_eq!(
+            port_ids(["vm-c", "vm-a", "vm-b"].into_iter())["vm-a"],
+            before
+        );
+    }
+
+    /// Two ports sharing one inbound policy, one with an outbound rule that rejects: each has
+    /// its own mark, in the maps and in the counting sets, and `counted` (what metrics read
+    /// by) names exactly those elements.
+    #[test]
+    fn ports_of_a_shared_policy_are_counted_apart() {
+        const SPEC: &str = r#"version: 1
+networks:
+  n: { mode: bridge, bridge: fc-n, uplink: fc-up, ipv6_prefixes: [2001:db8:1::/64] }
+vms:
+  a: { ports: [ { network: n, name: fc-a, ipv4: 192.0.2.10/24, firewall: { inbound: { policy: drop, rules: [ { proto: tcp, ports: [22] } ] } } } ] }
+  b:
+    ports:
+      - network: n
+        name: fc-b
+        ipv4: 192.0.2.11/24
+        firewall:
+          inbound: { policy: drop, rules: [ { proto: tcp, ports: [22] } ] }
+          outbound: { rules: [ { proto: tcp, ports: [25], action: reject } ] }
+"#;
+        let id =
+            crate::spec::HostIdentity::from_machine_id("6b766d6e657474657374000000000002", "h")
+                .unwrap();
+        let spec = crate::spec::parse(SPEC, &id).unwrap();
+        let t = super::super::table_for(&spec).unwrap();
+        let set = |name: &str| &t.sets[&format!("inet {name}")].elements;
+        let c = counted(&spec);
+        let (a, b) = (&c["fc-a"], &c["fc-b"]);
+        assert_ne!(a.mark, b.mark);
+        assert!(!a.outbound && a.inbound && b.outbound && b.inbound);
+        for p in [a, b] {
+            let m = mark_text(p.mark);
+            assert!(set("fw_in_drops").contains(&m));
+            assert!(
+                set("in_policy")
+                    .iter()
+                    .any(|e| e.starts_with(&format!("{m} : jump fw-in-")))
+            );
+            assert!(set("fw_in_drops4").contains(&p.ipv4.unwrap().to_string()));
+            assert_eq!(p.ipv6.len(), 2, "link-local and SLAAC");
+            for v6 in &p.ipv6 {
+                assert!(set("fw_in_drops6").contains(&v6.to_string()), "{v6}");
+            }
+        }
+        // Both inbound policies are one chain.
+        let chain = |m: u32| {
+            set("in_policy")
+                .iter()
+                .find_map(|e| e.strip_prefix(&format!("{} : jump ", mark_text(m))))
+                .unwrap()
+                .to_string()
+        };
+        assert_eq!(chain(a.mark), chain(b.mark));
+        // Only b rejects, outbound; its rule goes to the counting chain.
+        assert_eq!(set("fw_out_rejects").len(), 1);
+        assert!(set("fw_out_rejects").contains(&mark_text(b.mark)));
+        assert!(!t.sets.contains_key("inet fw_in_rejects"));
+        let reject = &t.chains["inet fw-out-reject"].rules;
+        assert_eq!(reject.last().unwrap().text, "reject");
+        let drop = &t.chains["inet fw-in-drop"].rules;
+        let texts: Vec<&str> = drop.iter().map(|r| r.text.as_str()).collect();
+        assert_eq!(
+            texts,
+            [
+                "meta mark @fw_in_drops drop",
+                "ip daddr @fw_in_drops4 drop",
+                "ip6 daddr @fw_in_drops6 drop",
+                "drop"
+            ]
+        );
     }
 }

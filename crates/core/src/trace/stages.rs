@@ -4,7 +4,7 @@
 use std::net::Ipv4Addr;
 
 use super::{Dest, Hop, L4, Packet, Stage, Trace, Verdict, by_address, port_label};
-use crate::nft::{NftTable, quoted, rule_matches, table_for};
+use crate::nft::{NftTable, firewall_verdict, quoted, rule_matches, table_for};
 use crate::spec::{
     DirectMode, FirewallRule, Mode, Network, Port, PortKind, RuleAction, RuleProto, Spec,
 };
@@ -262,13 +262,15 @@ impl<'a> Walk<'a> {
             if !hits(r, saddr, daddr, self.l4) {
                 continue;
             }
-            let (verdict, word_v) = match r.action {
-                RuleAction::Accept => (Verdict::Accept, "return"),
-                RuleAction::Drop => (Verdict::Drop, "drop"),
-                RuleAction::Reject => (Verdict::Reject, "reject"),
+            let verdict = match r.action {
+                RuleAction::Accept => Verdict::Accept,
+                RuleAction::Drop => Verdict::Drop,
+                RuleAction::Reject => Verdict::Reject,
             };
+            // Drops and rejects go to the direction's counting chain (`goto fw-in-drop`).
+            let word_v = firewall_verdict(r.action, inbound);
             let rule = format!("{word} rule {j} of {}: {}", port_label(port), describe(r));
-            let nft = Some((chain, Some(rule_text(r, word_v))));
+            let nft = Some((chain, Some(rule_text(r, &word_v))));
             return self.hop(
                 stage,
                 verdict,
@@ -289,7 +291,8 @@ impl<'a> Walk<'a> {
                 "no {word} rule of {} matches; policy drop",
                 port_label(port)
             );
-            let nft = Some((chain, Some("counter drop".to_string())));
+            let drop = firewall_verdict(RuleAction::Drop, inbound);
+            let nft = Some((chain, Some(format!("counter {drop}"))));
             self.hop(stage, Verdict::Drop, rule, nft, field)
         }
     }

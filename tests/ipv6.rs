@@ -85,7 +85,7 @@ fn pings6(ns: &str, ip: &str, from: Option<&str>) -> bool {
 
 /// The IPv6 source the wan namespace sees for a ping from `client` (with source `from`).
 fn source_seen6(wan: &str, client: &str, from: Option<&str>) -> String {
-    let mut dump = std::process::Command::new("ip")
+    let dump = std::process::Command::new("ip")
         .args([
             "netns",
             "exec",

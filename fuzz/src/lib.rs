@@ -22,8 +22,8 @@
 mod api_target;
 mod dhcp_target;
 mod import_target;
-mod ra_target;
 pub mod mutate;
+mod ra_target;
 mod spec_target;
 
 pub use api_target::{ApiOutcome, api, api_parse, cli_round_trip};

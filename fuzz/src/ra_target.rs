@@ -19,7 +19,10 @@ pub fn ra_rs(data: &[u8]) {
     let mut at = 8;
     while at < msg.len() {
         let len = usize::from(msg[at + 1]) * 8;
-        assert!(len > 0 && at + len <= msg.len(), "options do not tile the message");
+        assert!(
+            len > 0 && at + len <= msg.len(),
+            "options do not tile the message"
+        );
         at += len;
     }
     assert_eq!(at, msg.len());

@@ -274,15 +274,17 @@ fn run(pending: &Mutex<Option<Vec<Scope>>>, stop: &AtomicBool) {
                 l.send(false);
             }
         }
+        // Without networks to serve, only new scopes and the stop flag matter: a daemon
+        // without IPv6 networks wakes once a second for them, not five times.
+        let cap = Duration::from_millis(if live.is_empty() { 1000 } else { 200 });
         let next = live
             .values()
             .map(|l| l.schedule.due())
             .min()
-            .unwrap_or(now + Duration::from_millis(200));
+            .unwrap_or(now + cap);
         wait(
             &live,
-            next.saturating_duration_since(Instant::now())
-                .min(Duration::from_millis(200)),
+            next.saturating_duration_since(Instant::now()).min(cap),
         );
     }
     for l in live.values_mut() {

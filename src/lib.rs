@@ -21,6 +21,7 @@ pub mod log;
 pub mod metrics;
 pub mod observe;
 pub mod ovn;
+pub mod ra;
 pub mod show;
 pub mod statedir;
 pub mod status;

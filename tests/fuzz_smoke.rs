@@ -84,6 +84,11 @@ fn dhcp() {
 }
 
 #[test]
+fn ra_rs() {
+    smoke("ra_rs");
+}
+
+#[test]
 fn api() {
     smoke("api");
 }

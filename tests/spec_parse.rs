@@ -159,6 +159,7 @@ fn full_example() {
         vlan: None,
         host_access: vec![],
         ipv6_prefixes: vec![],
+        ipv6: None,
     };
     let routed = Network {
         name: "routed1".into(),
@@ -184,6 +185,7 @@ fn full_example() {
         vlan: None,
         host_access: vec![],
         ipv6_prefixes: vec![],
+        ipv6: None,
     };
     let hostonly = Network {
         name: "hostonly".into(),
@@ -202,6 +204,7 @@ fn full_example() {
         vlan: None,
         host_access: vec![],
         ipv6_prefixes: vec![],
+        ipv6: None,
     };
     let lan = Network {
         name: "lan".into(),
@@ -220,6 +223,7 @@ fn full_example() {
         vlan: None,
         host_access: vec![],
         ipv6_prefixes: vec![],
+        ipv6: None,
     };
     assert_eq!(
         spec.networks.keys().collect::<Vec<_>>(),
@@ -244,6 +248,7 @@ fn full_example() {
                 mac: Mac([0x52, 0x54, 0x00, 0xaa, 0x00, 0x10]),
                 mac_derived: false,
                 ipv4: Some(cidr("192.168.122.10/24")),
+                ipv6: None,
                 owner: Some(Owner::User("libvirt-qemu".into())),
                 queues: 4,
                 netns: None,
@@ -264,6 +269,7 @@ fn full_example() {
                 mac: derived("web1", "kv-web1-1"),
                 mac_derived: true,
                 ipv4: Some(cidr("203.0.113.10/24")),
+                ipv6: None,
                 owner: Some(Owner::Uid(64055)),
                 queues: 1,
                 netns: None,
@@ -290,6 +296,7 @@ fn full_example() {
                 mac: derived("test1", "kv-test1-0"),
                 mac_derived: true,
                 ipv4: Some(cidr("10.30.0.5/24")),
+                ipv6: None,
                 owner: None,
                 queues: 1,
                 netns: Some("guest1".into()),
@@ -311,6 +318,7 @@ fn full_example() {
                 mac_derived: true,
                 // A bare address takes the network's prefix.
                 ipv4: Some(cidr("10.20.0.7/24")),
+                ipv6: None,
                 owner: None,
                 queues: 1,
                 netns: None,

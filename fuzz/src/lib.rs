@@ -18,29 +18,34 @@
 //!   accepts is a spec kvmnet takes.
 //! - [`ovsdb`]: OVSDB monitor updates and values from a server never panic the client's
 //!   replica, and values survive a write and a read.
+//! - [`ra_rs`]: the router solicitation parser never panics and accepts only well-formed
+//!   solicitations, which read the same written back.
 
 mod api_target;
 mod dhcp_target;
 mod import_target;
 pub mod mutate;
 mod ovsdb_target;
+mod ra_target;
 mod spec_target;
 
 pub use api_target::{ApiOutcome, api, api_parse, cli_round_trip};
 pub use dhcp_target::dhcp;
 pub use import_target::import_libvirt;
 pub use ovsdb_target::ovsdb;
+pub use ra_target::ra_rs;
 pub use spec_target::{spec, spec_cache};
 
 /// A fuzz target: one input, a panic for a bug.
 pub type Target = fn(&[u8]);
 
 /// The targets by name, as `fuzz_targets/` and `fuzz/corpus/` name them.
-pub const TARGETS: [(&str, Target); 6] = [
+pub const TARGETS: [(&str, Target); 7] = [
     ("spec", spec),
     ("spec_cache", spec_cache),
     ("dhcp", dhcp),
     ("api", api),
     ("import_libvirt", import_libvirt),
     ("ovsdb", ovsdb),
+    ("ra_rs", ra_rs),
 ];

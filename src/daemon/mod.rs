@@ -48,6 +48,8 @@ struct Shared {
     dhcp_pending: Mutex<Option<Vec<dhcp::Scope>>>,
     dhcp_kick: AtomicBool,
     dhcp: Mutex<Option<dhcp::ServerHandle>>,
+    /// Router advertisements on the bridges of networks with `ipv6`, once started.
+    ra: Mutex<Option<crate::ra::Service>>,
     /// What the host holds, kept current by the kernel's notifications; `None` if the
     /// subscription failed (then every plan reads the host whole).
     watch: Mutex<Option<Watch>>,
@@ -67,6 +69,9 @@ impl Shared {
     fn set_active(&self, active: &mut Active, spec: Spec, accepted: Accepted) {
         *self.dhcp_pending.lock().expect("lock") = Some(dhcp::scopes(&spec));
         self.dhcp_kick.store(true, Ordering::SeqCst);
+        if let Some(ra) = self.ra.lock().expect("lock").as_ref() {
+            ra.update(crate::ra::scopes(&spec));
+        }
         self.metrics.set_spec(&spec);
         let old = std::mem::replace(active, Active { spec, accepted });
         self.retire(old);
@@ -942,6 +947,7 @@ pub fn run(
         dhcp_pending: Mutex::new(None),
         dhcp_kick: AtomicBool::new(false),
         dhcp: Mutex::new(None),
+        ra: Mutex::new(None),
         specs,
         identity,
         retired: Mutex::new(retired),
@@ -965,6 +971,12 @@ pub fn run(
     state_dir.tighten()?;
     let dhcp_sh = Arc::clone(&sh);
     let dhcp_thread = std::thread::spawn(move || dhcp_thread(dhcp_sh, server));
+    {
+        // Locked in this order everywhere: the active spec, then the advertiser.
+        let active = sh.active.lock().expect("lock");
+        *sh.ra.lock().expect("lock") =
+            Some(crate::ra::Service::start(crate::ra::scopes(&active.spec)));
+    }
 
     let listener = api::bind(&state_dir.dir).map_err(EngineError::Listen)?;
     let api_sh = Arc::clone(&sh);
@@ -987,6 +999,9 @@ pub fn run(
     notify("STOPPING=1");
     sh.dhcp_kick.store(true, Ordering::SeqCst);
     let _ = dhcp_thread.join();
+    if let Some(mut ra) = sh.ra.lock().expect("lock").take() {
+        ra.stop();
+    }
     let _ = api_thread.join();
     if let Some(t) = metrics_thread {
         let _ = t.join();

@@ -23,6 +23,7 @@ pub(super) fn cross_checks(
     check_mirrors(cx, ports);
     check_forwards(cx, nets, ports);
     check_forwarding(cx, nets, sysctl);
+    super::ipv6::check_ipv6(cx, nets, ports, sysctl);
 }
 
 /// An interface kvmnet creates, with where its name comes from.

@@ -489,15 +489,11 @@ pub fn counted(spec: &Spec) -> BTreeMap<String, FirewallCounted> {
             let fw = p.firewall.as_ref().expect("filtered on");
             let inbound = fw.inbound.is_some();
             // As `port_addresses` writes them into the sets.
-            let prefixes = spec
-                .networks
-                .get(&p.network)
-                .map(|n| n.ipv6_prefixes.as_slice())
-                .unwrap_or_default();
-            let ipv6 = std::iter::once(p.mac.link_local())
-                .chain(prefixes.iter().map(|c| p.mac.slaac(c.addr)))
-                .filter(|_| inbound)
-                .collect();
+            let ipv6 = if inbound {
+                p.ipv6_addresses(spec)
+            } else {
+                Vec::new()
+            };
             let c = FirewallCounted {
                 mark: ids[p.own_interface()],
                 inbound,
@@ -714,6 +710,7 @@ vms:
       - network: n
         name: fc-b
         ipv4: 192.0.2.11/24
+        ipv6: 2001:db8:1::b
         firewall:
           inbound: { policy: drop, rules: [ { proto: tcp, ports: [22] } ] }
           outbound: { rules: [ { proto: tcp, ports: [25], action: reject } ] }
@@ -737,11 +734,22 @@ vms:
                     .any(|e| e.starts_with(&format!("{m} : jump fw-in-")))
             );
             assert!(set("fw_in_drops4").contains(&p.ipv4.unwrap().to_string()));
-            assert_eq!(p.ipv6.len(), 2, "link-local and SLAAC");
             for v6 in &p.ipv6 {
                 assert!(set("fw_in_drops6").contains(&v6.to_string()), "{v6}");
             }
         }
+        // Link-local and SLAAC each, and b's declared address: every element of the set
+        // is a port's, so a drop routed to any of them is counted on its port.
+        assert_eq!((a.ipv6.len(), b.ipv6.len()), (2, 3));
+        let keys: std::collections::BTreeSet<String> = a
+            .ipv6
+            .iter()
+            .chain(&b.ipv6)
+            .map(ToString::to_string)
+            .collect();
+        let elements: std::collections::BTreeSet<String> =
+            set("fw_in_drops6").iter().cloned().collect();
+        assert_eq!(keys, elements);
         // Both inbound policies are one chain.
         let chain = |m: u32| {
             set("in_policy")

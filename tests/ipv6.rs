@@ -55,7 +55,7 @@ networks:
 vms:
   a: {{ ports: [ {{ network: nat6, name: v6a, kind: veth, netns: {g}a, mac: "{A_MAC}", ipv4: 10.61.0.10, ipv6: "fd00:61::10" }} ] }}
   b: {{ ports: [ {{ network: nat6, name: v6b, kind: veth, netns: {g}b, mac: "{B_MAC}", ipv4: 10.61.0.11 }} ] }}
-  r: {{ ports: [ {{ network: rt6, name: v6r, kind: veth, netns: {g}r, mac: "{R_MAC}", ipv4: 10.62.0.10, firewall: {{ inbound: {{ policy: drop }} }} }} ] }}
+  r: {{ ports: [ {{ network: rt6, name: v6r, kind: veth, netns: {g}r, mac: "{R_MAC}", ipv4: 10.62.0.10, firewall: {{ inbound: {{ policy: drop, rules: [ {{ proto: icmp, from: "2001:db8:99::3" }} ] }} }} }} ] }}
   r2: {{ ports: [ {{ network: rt6, name: v6r2, kind: veth, netns: {g}s, mac: "{R2_MAC}", ipv4: 10.62.0.11 }} ] }}
   i: {{ ports: [ {{ network: iso6, name: v6i, kind: veth, netns: {g}i, mac: "{I_MAC}", ipv4: 10.63.0.10 }} ] }}
 "#
@@ -235,10 +235,16 @@ fn ipv6_networks_with_real_peers() {
     assert!(!pings6(&wan, &i6, None));
 
     // An inbound drop policy over IPv6: the wan host reaches r2 but not r, while r's own
-    // traffic out is answered.
+    // traffic out is answered. r's one rule lets ICMP in from one IPv6 address (`from`):
+    // the wan host's second address gets through, its first still does not.
     assert!(pings6(&wan, &s6, None));
     assert!(!pings6(&wan, &r6, None));
     assert!(pings6(&gr, WAN, None));
+    ok(&format!(
+        "ip -n {wan} addr add 2001:db8:99::3/64 dev eth0 nodad"
+    ));
+    assert!(pings6(&wan, &r6, Some("2001:db8:99::3")));
+    assert!(!pings6(&wan, &r6, Some(WAN)));
 
     guard_attacks(&host, &ga, &gb, &a6, &b6, &ll);
 

@@ -69,6 +69,45 @@ impl std::str::FromStr for Ipv4Cidr {
     }
 }
 
+/// An address match of either family (a firewall rule's `from`/`to`): `10.0.0.0/8`,
+/// `2001:db8::/32`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum IpCidr {
+    V4(Ipv4Cidr),
+    V6(Ipv6Cidr),
+}
+
+impl IpCidr {
+    pub fn is_v6(&self) -> bool {
+        matches!(self, IpCidr::V6(_))
+    }
+
+    /// Whether an IPv4 address is inside (never, for an IPv6 prefix).
+    pub fn contains_v4(&self, a: Ipv4Addr) -> bool {
+        match self {
+            IpCidr::V4(c) => c.contains(a),
+            IpCidr::V6(_) => false,
+        }
+    }
+
+    /// nftables' word for the family's header: `ip` or `ip6`.
+    pub fn nft_header(&self) -> &'static str {
+        match self {
+            IpCidr::V4(_) => "ip",
+            IpCidr::V6(_) => "ip6",
+        }
+    }
+}
+
+impl fmt::Display for IpCidr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            IpCidr::V4(c) => c.fmt(f),
+            IpCidr::V6(c) => c.fmt(f),
+        }
+    }
+}
+
 /// An IPv6 prefix (`2001:db8:7::/64`): the address keeps its host bits.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Ipv6Cidr {

@@ -40,23 +40,14 @@ use std::collections::BTreeMap;
 
 use super::{BRIDGE_FAMILY, Base, FAMILY, Parts, Set, concat, ipv4_text};
 use crate::spec::naming::fnv1a;
-use crate::spec::{FirewallDirection, FirewallRule, Port, PortKind, RuleAction, RuleProto, Spec};
+use crate::spec::{
+    FirewallDirection, FirewallRule, Port, PortKind, RuleAction, RuleProto, Spec,
+    icmpv6_counterpart,
+};
 
 /// The top byte of every mark kvmnet sets.
 pub(crate) const MARK_TAG: u32 = 0x4b00_0000;
 const MARK_MASK: &str = "0xff000000";
-
-/// ICMP type names with an ICMPv6 counterpart: a rule about them covers both families.
-const ICMP_V6: &[(&str, &str)] = &[
-    ("echo-reply", "echo-reply"),
-    ("destination-unreachable", "destination-unreachable"),
-    ("echo-request", "echo-request"),
-    ("time-exceeded", "time-exceeded"),
-    ("parameter-problem", "parameter-problem"),
-    ("router-advertisement", "nd-router-advert"),
-    ("router-solicitation", "nd-router-solicit"),
-    ("redirect", "nd-redirect"),
-];
 
 /// IPv6 cannot work without neighbour discovery (its ARP) and multicast listener reports:
 /// a firewall lets them through whatever its policy, as an IPv4 firewall never sees ARP.
@@ -104,18 +95,19 @@ pub(crate) fn port_ranges(ports: &[(u16, u16)]) -> Vec<String> {
         .collect()
 }
 
-/// The match parts of one rule, once per family it covers: a rule with an IPv4 `from`/`to`
-/// is IPv4 only; an ICMP rule is written for ICMP and for ICMPv6 (with the types that have
-/// an ICMPv6 counterpart); anything else is one match for both families.
+/// The match parts of one rule, once per family it covers: a rule with a `from`/`to` covers
+/// that address's family only; an ICMP rule is written for ICMP and for ICMPv6 (with the
+/// types that have an ICMPv6 counterpart); anything else is one match for both families.
 pub(crate) fn rule_matches(r: &FirewallRule) -> Vec<String> {
     let mut m = Vec::new();
     if let Some(f) = r.from {
-        m.push(format!("ip saddr {f}"));
+        m.push(format!("{} saddr {f}", f.nft_header()));
     }
     if let Some(t) = r.to {
-        m.push(format!("ip daddr {t}"));
+        m.push(format!("{} daddr {t}", t.nft_header()));
     }
-    let v4_only = r.from.is_some() || r.to.is_some();
+    // The validator refuses a rule whose from and to are of two families.
+    let family_v6 = r.from.or(r.to).map(|c| c.is_v6());
     if let Some(p) = l4_word(r.proto) {
         if r.ports.is_empty() {
             m.push(format!("meta l4proto {p}"));
@@ -137,20 +129,25 @@ pub(crate) fn rule_matches(r: &FirewallRule) -> Vec<String> {
             format!("{base} {extra}")
         }
     };
+    let (v4, v6) = (family_v6 != Some(true), family_v6 != Some(false));
     if r.icmp_types.is_empty() {
-        if v4_only {
-            return vec![with("meta l4proto icmp".into())];
-        }
-        return vec![with("meta l4proto { icmp, ipv6-icmp }".into())];
+        return match (v4, v6) {
+            (true, false) => vec![with("meta l4proto icmp".into())],
+            (false, true) => vec![with("meta l4proto ipv6-icmp".into())],
+            _ => vec![with("meta l4proto { icmp, ipv6-icmp }".into())],
+        };
     }
-    let mut out = vec![with(format!("icmp type {{ {} }}", r.icmp_types.join(", ")))];
-    let v6: Vec<&str> = r
+    let mut out = Vec::new();
+    if v4 {
+        out.push(with(format!("icmp type {{ {} }}", r.icmp_types.join(", "))));
+    }
+    let types6: Vec<&str> = r
         .icmp_types
         .iter()
-        .filter_map(|t| ICMP_V6.iter().find(|(v4, _)| v4 == t).map(|(_, v6)| *v6))
+        .filter_map(|t| icmpv6_counterpart(t))
         .collect();
-    if !v4_only && !v6.is_empty() {
-        out.push(with(format!("icmpv6 type {{ {} }}", v6.join(", "))));
+    if v6 && !types6.is_empty() {
+        out.push(with(format!("icmpv6 type {{ {} }}", types6.join(", "))));
     }
     out
 }
@@ -658,7 +655,7 @@ mod tests {
     }
 
     #[test]
-    fn rules_cover_both_families_unless_an_ipv4_prefix_says_otherwise() {
+    fn rules_cover_both_families_unless_a_prefix_says_otherwise() {
         let mut tcp = rule(RuleProto::Tcp);
         tcp.ports = vec![(22, 22)];
         assert_eq!(rule_matches(&tcp), ["tcp dport { 22 }"]);
@@ -671,7 +668,7 @@ mod tests {
                 "icmpv6 type { echo-request }"
             ]
         );
-        ping.from = Some("10.0.0.0/8".parse().unwrap());
+        ping.from = Some(crate::types::IpCidr::V4("10.0.0.0/8".parse().unwrap()));
         assert_eq!(
             rule_matches(&ping),
             ["ip saddr 10.0.0.0/8 icmp type { echo-request, timestamp-request }"]
@@ -681,6 +678,20 @@ mod tests {
             ["meta l4proto { icmp, ipv6-icmp }"]
         );
         assert_eq!(rule_matches(&rule(RuleProto::Any)), [""]);
+        // An IPv6 prefix: IPv6 only, ICMP types by their ICMPv6 names.
+        ping.from = Some(crate::types::IpCidr::V6("2001:db8::/32".parse().unwrap()));
+        assert_eq!(
+            rule_matches(&ping),
+            ["ip6 saddr 2001:db8::/32 icmpv6 type { echo-request }"]
+        );
+        let mut any6 = rule(RuleProto::Icmp);
+        any6.to = Some(crate::types::IpCidr::V6("fd00::/8".parse().unwrap()));
+        assert_eq!(
+            rule_matches(&any6),
+            ["ip6 daddr fd00::/8 meta l4proto ipv6-icmp"]
+        );
+        tcp.to = any6.to;
+        assert_eq!(rule_matches(&tcp), ["ip6 daddr fd00::/8 tcp dport { 22 }"]);
     }
 
     #[test]

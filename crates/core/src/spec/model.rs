@@ -20,7 +20,7 @@ impl fmt::Display for Loc {
 }
 
 // Addresses and MACs are shared with layers that must not depend on the spec.
-pub use crate::types::{Ipv4Cidr, Ipv6Cidr, Mac};
+pub use crate::types::{IpCidr, Ipv4Cidr, Ipv6Cidr, Mac};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Mode {
@@ -617,6 +617,24 @@ pub enum RuleAction {
     Reject,
 }
 
+/// ICMP type names with an ICMPv6 counterpart, as nft names each: a rule about them covers
+/// both families.
+pub const ICMP_V6: &[(&str, &str)] = &[
+    ("echo-reply", "echo-reply"),
+    ("destination-unreachable", "destination-unreachable"),
+    ("echo-request", "echo-request"),
+    ("time-exceeded", "time-exceeded"),
+    ("parameter-problem", "parameter-problem"),
+    ("router-advertisement", "nd-router-advert"),
+    ("router-solicitation", "nd-router-solicit"),
+    ("redirect", "nd-redirect"),
+];
+
+/// The ICMPv6 name of an ICMP type, where there is one.
+pub fn icmpv6_counterpart(t: &str) -> Option<&'static str> {
+    ICMP_V6.iter().find(|(v4, _)| *v4 == t).map(|(_, v6)| *v6)
+}
+
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct FirewallRule {
     pub proto: RuleProto,
@@ -624,8 +642,9 @@ pub struct FirewallRule {
     pub ports: Vec<(u16, u16)>,
     /// Source and destination address matches (`from` is the remote side of inbound
     /// traffic, `to` the remote side of outbound traffic).
-    pub from: Option<Ipv4Cidr>,
-    pub to: Option<Ipv4Cidr>,
+    /// Either family; a rule with one matches only that family.
+    pub from: Option<IpCidr>,
+    pub to: Option<IpCidr>,
     /// ICMP type names as nft knows them (echo-request, ...).
     pub icmp_types: Vec<String>,
     /// At most this many connections at once match the rule; more are rejected.

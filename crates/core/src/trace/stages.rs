@@ -706,8 +706,8 @@ fn hits(r: &FirewallRule, saddr: Ipv4Addr, daddr: Ipv4Addr, l4: L4) -> bool {
             .is_some_and(|d| r.ports.iter().any(|(a, b)| (*a..=*b).contains(&d)));
     proto
         && ports
-        && r.from.is_none_or(|c| c.contains(saddr))
-        && r.to.is_none_or(|c| c.contains(daddr))
+        && r.from.is_none_or(|c| c.contains_v4(saddr))
+        && r.to.is_none_or(|c| c.contains_v4(daddr))
 }
 
 /// The deciding rule of a firewall or `host_access` rule, for IPv4, as kvmnet writes it.

@@ -1,6 +1,7 @@
 //! A port's policy features: firewall, shaping, offloads.
 
 use super::*;
+use crate::spec::{IpCidr, icmpv6_counterpart};
 
 /// A rate in the largest unit that divides it: 1gbit, 250mbit, 1500kbit, 12bit.
 pub fn show_rate(bps: u64) -> String {
@@ -247,24 +248,19 @@ pub(super) fn read_rule(cx: &mut Ctx, f: &Field) -> Option<FirewallRule> {
         }
     }
     for (name, slot) in [("from", &mut r.from), ("to", &mut r.to)] {
-        if let Some(af) = o.get(cx, name)
-            && let Some(t) = text(cx, &af, "an IPv4 network like 10.0.0.0/8")
-        {
-            let parsed = if t.contains('/') {
-                parse_cidr(&t)
-            } else {
-                parse_ip(&t).map(|a| Ipv4Cidr::new(a, 32))
-            };
-            match parsed {
-                Ok(c) if c.network() == c => *slot = Some(c),
-                Ok(c) => cx.err(
-                    &af.path,
-                    af.loc(),
-                    format!("{c} has host bits set; did you mean {}?", c.network()),
-                ),
-                Err(m) => cx.err(&af.path, af.loc(), m),
-            }
+        if let Some(af) = o.get(cx, name) {
+            *slot = read_addr_match(cx, &af);
         }
+    }
+    if let (Some(f), Some(t)) = (r.from, r.to)
+        && f.is_v6() != t.is_v6()
+        && let Some(tf) = o.get(cx, "to")
+    {
+        cx.err(
+            &tf.path,
+            tf.loc(),
+            format!("from {f} and to {t} are of two families, so the rule could match nothing: write one rule per family"),
+        );
     }
     if let Some(tf) = o.get(cx, "icmp_types") {
         if r.proto != RuleProto::Icmp {
@@ -289,6 +285,17 @@ pub(super) fn read_rule(cx: &mut Ctx, f: &Field) -> Option<FirewallRule> {
                 }
             }
         }
+    }
+    if r.from.or(r.to).is_some_and(|c| c.is_v6())
+        && !r.icmp_types.is_empty()
+        && !r.icmp_types.iter().any(|t| icmpv6_counterpart(t).is_some())
+        && let Some(tf) = o.get(cx, "icmp_types")
+    {
+        cx.err(
+            &tf.path,
+            tf.loc(),
+            "none of these ICMP types has an ICMPv6 counterpart, and the rule's from/to is IPv6: it could match nothing",
+        );
     }
     if let Some(cf) = o.get(cx, "connlimit") {
         r.connlimit = int_in(
@@ -488,4 +495,48 @@ pub(super) fn read_qos(cx: &mut Ctx, f: &Field) -> Option<Qos> {
         }
     }
     Some(q)
+}
+
+/// A rule's `from` or `to`: an IPv4 or IPv6 network, or one address (a /32 or /128).
+fn read_addr_match(cx: &mut Ctx, af: &Field) -> Option<IpCidr> {
+    let t = text(
+        cx,
+        af,
+        "an IPv4 or IPv6 network like 10.0.0.0/8 or 2001:db8::/32",
+    )?;
+    let parsed = if t.contains(':') {
+        let c = if t.contains('/') {
+            t.parse::<Ipv6Cidr>()
+        } else {
+            t.parse::<std::net::Ipv6Addr>()
+                .map(|a| Ipv6Cidr {
+                    addr: a,
+                    prefix: 128,
+                })
+                .map_err(|_| format!("'{}' is not an IPv6 address", show(&t)))
+        };
+        c.map(|c| (IpCidr::V6(c), IpCidr::V6(c.network())))
+    } else {
+        let c = if t.contains('/') {
+            parse_cidr(&t)
+        } else {
+            parse_ip(&t).map(|a| Ipv4Cidr::new(a, 32))
+        };
+        c.map(|c| (IpCidr::V4(c), IpCidr::V4(c.network())))
+    };
+    match parsed {
+        Ok((c, net)) if c == net => Some(c),
+        Ok((c, net)) => {
+            cx.err(
+                &af.path,
+                af.loc(),
+                format!("{c} has host bits set; did you mean {net}?"),
+            );
+            None
+        }
+        Err(m) => {
+            cx.err(&af.path, af.loc(), m);
+            None
+        }
+    }
 }

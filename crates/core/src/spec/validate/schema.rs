@@ -315,8 +315,8 @@ impl Shapes {
             vec![
                 ("proto", enumeration(["tcp", "udp", "icmp", "any"])),
                 ("ports", list_of(port)),
-                ("from", string("An IPv4 address or network.")),
-                ("to", string("An IPv4 address or network.")),
+                ("from", string("An IPv4 or IPv6 address or network.")),
+                ("to", string("An IPv4 or IPv6 address or network.")),
                 (
                     "icmp_types",
                     list_of(enumeration(ICMP_TYPES.iter().copied())),

@@ -159,6 +159,7 @@ fn full_example() {
         vlan: None,
         host_access: vec![],
         ipv6_prefixes: vec![],
+        dns: None,
     };
     let routed = Network {
         name: "routed1".into(),
@@ -184,6 +185,7 @@ fn full_example() {
         vlan: None,
         host_access: vec![],
         ipv6_prefixes: vec![],
+        dns: None,
     };
     let hostonly = Network {
         name: "hostonly".into(),
@@ -202,6 +204,7 @@ fn full_example() {
         vlan: None,
         host_access: vec![],
         ipv6_prefixes: vec![],
+        dns: None,
     };
     let lan = Network {
         name: "lan".into(),
@@ -220,6 +223,7 @@ fn full_example() {
         vlan: None,
         host_access: vec![],
         ipv6_prefixes: vec![],
+        dns: None,
     };
     assert_eq!(
         spec.networks.keys().collect::<Vec<_>>(),

@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 
 use crate::dhcp;
+use crate::dns;
 use crate::engine::{self, Busy, EngineError, ErrorKind, Pending};
 use crate::error::observe_kind;
 use crate::log::Level;
@@ -48,6 +49,10 @@ struct Shared {
     dhcp_pending: Mutex<Option<Vec<dhcp::Scope>>>,
     dhcp_kick: AtomicBool,
     dhcp: Mutex<Option<dhcp::ServerHandle>>,
+    /// DNS zones waiting for the DNS thread, which `dns_kick` wakes.
+    dns_pending: Mutex<Option<Vec<dns::Zone>>>,
+    dns_kick: AtomicBool,
+    dns: Mutex<Option<dns::ServerHandle>>,
     /// What the host holds, kept current by the kernel's notifications; `None` if the
     /// subscription failed (then every plan reads the host whole).
     watch: Mutex<Option<Watch>>,
@@ -67,6 +72,8 @@ impl Shared {
     fn set_active(&self, active: &mut Active, spec: Spec, accepted: Accepted) {
         *self.dhcp_pending.lock().expect("lock") = Some(dhcp::scopes(&spec));
         self.dhcp_kick.store(true, Ordering::SeqCst);
+        *self.dns_pending.lock().expect("lock") = Some(dns::zones(&spec));
+        self.dns_kick.store(true, Ordering::SeqCst);
         self.metrics.set_spec(&spec);
         let old = std::mem::replace(active, Active { spec, accepted });
         self.retire(old);
@@ -119,6 +126,24 @@ fn dhcp_thread(sh: Arc<Shared>, mut server: dhcp::Server) {
             && let Err(e) = server.update(scopes)
         {
             log(Level::Error, &format!("dhcp: {e}"));
+        }
+    }
+}
+
+/// The DNS service's thread: one poll loop for every listener, client connection and
+/// upstream query; new zones are taken when kicked (the sockets stay on this thread).
+fn dns_thread(sh: Arc<Shared>, mut server: dns::Server) {
+    loop {
+        if let Err(e) = server.run(&sh.dns_kick) {
+            log(Level::Error, &format!("dns: {e}"));
+            std::thread::sleep(Duration::from_millis(500));
+        }
+        if sh.stop.load(Ordering::SeqCst) {
+            return;
+        }
+        sh.dns_kick.store(false, Ordering::SeqCst);
+        if let Some(zones) = sh.dns_pending.lock().expect("lock").take() {
+            server.update(zones);
         }
     }
 }
@@ -351,7 +376,7 @@ fn handle(sh: &Arc<Shared>, req: api::Request) -> api::Response {
 }
 
 fn metrics_response(sh: &Shared, format: Format) -> api::Response {
-    match sh.metrics.scrape(&sh.dhcp, format) {
+    match sh.metrics.scrape(&sh.dhcp, &sh.dns, format) {
         Ok(t) => api::Response::text(format.content_type(), t),
         Err(e) => api::Response::error(500, e.to_string()),
     }
@@ -867,7 +892,8 @@ fn serve_metrics(sh: &Arc<Shared>, l: std::net::TcpListener) -> std::thread::Joi
     let sh = Arc::clone(sh);
     std::thread::spawn(move || {
         let s = Arc::clone(&sh);
-        let render: crate::metrics::serve::Render = Arc::new(move |f| s.metrics.scrape(&s.dhcp, f));
+        let render: crate::metrics::serve::Render =
+            Arc::new(move |f| s.metrics.scrape(&s.dhcp, &s.dns, f));
         crate::metrics::serve::serve(&l, &sh.stop, &render);
     })
 }
@@ -929,6 +955,7 @@ pub fn run(
     }
     let (spec, accepted) = start_spec(&state_dir, &specs, spec_path, &spec_file, &identity)?;
     let scopes = dhcp::scopes(&spec);
+    let zones = dns::zones(&spec);
     let metrics = DaemonMetrics::default();
     metrics.set_spec(&spec);
     let sh = Arc::new(Shared {
@@ -942,6 +969,9 @@ pub fn run(
         dhcp_pending: Mutex::new(None),
         dhcp_kick: AtomicBool::new(false),
         dhcp: Mutex::new(None),
+        dns_pending: Mutex::new(None),
+        dns_kick: AtomicBool::new(false),
+        dns: Mutex::new(None),
         specs,
         identity,
         retired: Mutex::new(retired),
@@ -966,6 +996,12 @@ pub fn run(
     let dhcp_sh = Arc::clone(&sh);
     let dhcp_thread = std::thread::spawn(move || dhcp_thread(dhcp_sh, server));
 
+    // DNS on the gateways of networks with `dns` (same namespace, same way).
+    let dns_server = dns::Server::start(zones).map_err(EngineError::Dns)?;
+    *sh.dns.lock().expect("lock") = Some(dns_server.handle());
+    let dns_sh = Arc::clone(&sh);
+    let dns_thread = std::thread::spawn(move || dns_thread(dns_sh, dns_server));
+
     let listener = api::bind(&state_dir.dir).map_err(EngineError::Listen)?;
     let api_sh = Arc::clone(&sh);
     let api_thread = std::thread::spawn(move || {
@@ -986,7 +1022,9 @@ pub fn run(
     reconcile_until_stopped(&sh);
     notify("STOPPING=1");
     sh.dhcp_kick.store(true, Ordering::SeqCst);
+    sh.dns_kick.store(true, Ordering::SeqCst);
     let _ = dhcp_thread.join();
+    let _ = dns_thread.join();
     let _ = api_thread.join();
     if let Some(t) = metrics_thread {
         let _ = t.join();

@@ -63,7 +63,7 @@
 
 mod engine;
 mod journal;
-mod limit;
+pub(crate) mod limit;
 mod net;
 pub(crate) use net::{ifindex, ip_udp_ports};
 pub mod packet;
@@ -119,7 +119,9 @@ pub struct Reservation {
 }
 
 /// The scopes a spec asks for: networks with `dhcp:` and a gateway address; reservations
-/// from the ports on that network that have an `ipv4`. Pure and deterministic (networks by
+/// from the ports on that network that have an `ipv4`. A network with `dns` and no
+/// `dhcp.dns` hands out the gateway as DNS server, and its `dns.domain` when `dhcp` has no
+/// `domain`. Pure and deterministic (networks by
 /// name, ports in VM and list order).
 pub fn scopes(spec: &Spec) -> Vec<Scope> {
     let mut out = Vec::new();
@@ -146,8 +148,11 @@ pub fn scopes(spec: &Spec) -> Vec<Scope> {
             server_ip: gw.addr,
             subnet: gw.network(),
             router: Some(gw.addr),
-            dns: dhcp.dns.clone(),
-            domain: dhcp.domain.clone(),
+            dns: dns_servers(dhcp, net),
+            domain: dhcp
+                .domain
+                .clone()
+                .or_else(|| net.dns.as_ref()?.domain.clone()),
             mtu: net.mtu,
             live_mtu: None,
             lease_secs: u32::try_from(dhcp.lease_time_secs).unwrap_or(u32::MAX),
@@ -157,6 +162,15 @@ pub fn scopes(spec: &Spec) -> Vec<Scope> {
         });
     }
     out
+}
+
+/// The DNS servers handed out (option 6): those `dhcp.dns` lists; without a list, the
+/// gateway where kvmnet answers DNS there (`dns`); else none.
+fn dns_servers(dhcp: &crate::spec::Dhcp, net: &crate::spec::Network) -> Vec<Ipv4Addr> {
+    if !dhcp.dns.is_empty() || net.dns.is_none() {
+        return dhcp.dns.clone();
+    }
+    net.ipv4.map(|g| g.addr).into_iter().collect()
 }
 
 /// One lease as kept in the journal and shown to operators.

@@ -342,6 +342,8 @@ pub struct Network {
     /// (`ipv6_prefixes`); a guarded port may use the SLAAC (EUI-64) address of its MAC in
     /// each.
     pub ipv6_prefixes: Vec<Ipv6Cidr>,
+    /// nat, routed and isolated networks: the DNS service on the gateway (`dns`).
+    pub dns: Option<super::dns::Dns>,
 }
 
 /// How macvtap ports on one uplink reach each other (the kernel's macvlan modes).

@@ -23,6 +23,7 @@ pub(super) fn cross_checks(
     check_mirrors(cx, ports);
     check_forwards(cx, nets, ports);
     check_forwarding(cx, nets, sysctl);
+    check_dns(cx, nets, ports);
 }
 
 /// An interface kvmnet creates, with where its name comes from.

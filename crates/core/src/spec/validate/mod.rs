@@ -24,6 +24,7 @@ use super::yaml::{Key, Kind, Node, index, join};
 
 mod cross;
 mod dhcp;
+mod dns;
 mod host;
 mod network;
 mod policy;
@@ -36,6 +37,7 @@ pub(crate) use super::yaml::{join as join_path, show};
 use crate::modes::{Fields, Take};
 use cross::*;
 use dhcp::*;
+use dns::*;
 pub(crate) use host::read_ifname_field;
 use host::*;
 pub(crate) use network::NetReader;
@@ -92,6 +94,7 @@ const NET_FIELDS: &[&str] = &[
     "vlan",
     "host_access",
     "ipv6_prefixes",
+    "dns",
 ];
 pub(crate) const VXLAN_FIELDS: &[&str] = &["vni", "underlay", "remotes", "group", "port"];
 pub(crate) const VNI_MAX: i128 = 16_777_215;
@@ -403,6 +406,8 @@ pub(crate) struct NetDraft {
     pub(crate) vlan_uplink_loc: Loc,
     host_access: Vec<FirewallRule>,
     ipv6_prefixes: Vec<Ipv6Cidr>,
+    /// `dns`, with where each record's name was written (for the duplicate check).
+    pub(crate) dns: Option<DnsDraft>,
 }
 
 impl NetDraft {
@@ -432,6 +437,7 @@ impl NetDraft {
             vlan_uplink_loc: key.loc,
             host_access: Vec::new(),
             ipv6_prefixes: Vec::new(),
+            dns: None,
         }
     }
 }
@@ -755,6 +761,7 @@ fn build(
             direct_mode: n.direct_mode.map(|m| m.0),
             host_access: n.host_access.clone(),
             ipv6_prefixes: n.ipv6_prefixes.clone(),
+            dns: n.dns.as_ref().map(|d| d.dns.clone()),
             forwards: n
                 .forwards
                 .iter()

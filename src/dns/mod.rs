@@ -29,6 +29,8 @@
 
 mod cache;
 mod engine;
+#[cfg(test)]
+mod engine_tests;
 mod net;
 mod resolv;
 mod zone;

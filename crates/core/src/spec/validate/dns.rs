@@ -159,6 +159,7 @@ fn read_records(cx: &mut Ctx, f: &Field, d: &mut DnsDraft) -> bool {
             }]),
         };
         let mut addrs = Vec::new();
+        let before = cx.errors.len();
         for item in items.unwrap_or_default() {
             let r = text(cx, &item, "an IPv4 or IPv6 address").map(|t| dns_address(&t, "address"));
             match r {
@@ -169,7 +170,7 @@ fn read_records(cx: &mut Ctx, f: &Field, d: &mut DnsDraft) -> bool {
             }
         }
         if addrs.is_empty() {
-            if !matches!(field.node.kind, Kind::Bad) {
+            if !matches!(field.node.kind, Kind::Bad) && cx.errors.len() == before {
                 cx.err(
                     &field.path,
                     field.loc(),

@@ -84,6 +84,11 @@ fn dhcp() {
 }
 
 #[test]
+fn dns() {
+    smoke("dns");
+}
+
+#[test]
 fn api() {
     smoke("api");
 }

@@ -30,7 +30,10 @@ fn engine(rate: u32) -> Engine {
             domain: Some("t".into()),
             names: big,
             subnets: vec!["10.0.0.1/16".parse().unwrap()],
-            forwarders: Some(vec!["192.0.2.53".parse().unwrap(), "192.0.2.54".parse().unwrap()]),
+            forwarders: Some(vec![
+                "192.0.2.53".parse().unwrap(),
+                "192.0.2.54".parse().unwrap(),
+            ]),
             rate_limit: rate,
         }],
         1,
@@ -67,9 +70,12 @@ fn replies(out: &[Out]) -> Vec<Message> {
 
 fn asked(out: &[Out]) -> Option<(u64, SocketAddr, Message, bool)> {
     out.iter().find_map(|o| match o {
-        Out::Ask { token, server, bytes, tcp } => {
-            Some((*token, *server, Message::from_vec(bytes).unwrap(), *tcp))
-        }
+        Out::Ask {
+            token,
+            server,
+            bytes,
+            tcp,
+        } => Some((*token, *server, Message::from_vec(bytes).unwrap(), *tcp)),
         _ => None,
     })
 }
@@ -94,7 +100,10 @@ fn identical_questions_share_one_upstream_query_then_the_cache() {
     let first = e.query(client(10, Via::Udp(1)), &query("www.example.", 1, false), t);
     let (token, server, q, tcp) = asked(&first).expect("forwarded");
     assert_eq!((server.to_string().as_str(), tcp), ("192.0.2.53:53", false));
-    assert!(e.query(client(11, Via::Udp(1)), &query("WWW.example.", 2, false), t).is_empty());
+    assert!(
+        e.query(client(11, Via::Udp(1)), &query("WWW.example.", 2, false), t)
+            .is_empty()
+    );
     // A forged answer with the wrong ID is ignored.
     let mut forged = Message::from_vec(&answer_to(&q, 300, false)).unwrap();
     forged.metadata.id ^= 1;
@@ -104,7 +113,11 @@ fn identical_questions_share_one_upstream_query_then_the_cache() {
     assert_eq!(r.len(), 2, "both waiters answered");
     assert_eq!((r[0].metadata.id, r[1].metadata.id), (1, 2));
     let later = t + Duration::from_secs(100);
-    let hit = replies(&e.query(client(12, Via::Udp(1)), &query("www.example.", 3, false), later));
+    let hit = replies(&e.query(
+        client(12, Via::Udp(1)),
+        &query("www.example.", 3, false),
+        later,
+    ));
     assert_eq!(hit[0].answers[0].ttl, 200, "TTL counted down");
     assert_eq!(e.network_counters()[0].1.cache_hits, 1);
 }
@@ -132,20 +145,33 @@ fn truncated_upstream_answers_are_asked_again_over_tcp_then_other_servers_then_s
 fn a_client_over_its_allowance_or_its_pending_share_is_dropped_alone() {
     let (mut e, t) = (engine(5), Instant::now());
     let served = (0..20)
-        .filter(|i| !e.query(client(10, Via::Udp(1)), &query("big.t.", *i, false), t).is_empty())
+        .filter(|i| {
+            !e.query(client(10, Via::Udp(1)), &query("big.t.", *i, false), t)
+                .is_empty()
+        })
         .count();
     assert_eq!(served, 5, "the burst is one second's worth");
-    assert!(!e.query(client(11, Via::Udp(1)), &query("big.t.", 1, false), t).is_empty());
+    assert!(
+        !e.query(client(11, Via::Udp(1)), &query("big.t.", 1, false), t)
+            .is_empty()
+    );
     assert_eq!(e.network_counters()[0].1.dropped_rate, 15);
 
     let (mut e, t) = (engine(100_000), Instant::now());
     let cap = Limits::default().pending_per_client;
     for i in 0..cap + 10 {
-        e.query(client(10, Via::Udp(1)), &query(&format!("n{i}.example."), 1, false), t);
+        e.query(
+            client(10, Via::Udp(1)),
+            &query(&format!("n{i}.example."), 1, false),
+            t,
+        );
     }
     assert_eq!(e.network_counters()[0].1.dropped_pending, 10);
     let other = e.query(client(11, Via::Udp(1)), &query("x.example.", 1, false), t);
-    assert!(asked(&other).is_some(), "another client still gets its question forwarded");
+    assert!(
+        asked(&other).is_some(),
+        "another client still gets its question forwarded"
+    );
 }
 
 #[test]
@@ -154,7 +180,10 @@ fn big_answers_are_truncated_over_udp_only() {
     let udp = replies(&e.query(client(10, Via::Udp(1)), &query("big.t.", 1, false), t));
     assert!(udp[0].metadata.truncation && udp[0].answers.is_empty());
     let edns = replies(&e.query(client(10, Via::Udp(1)), &query("big.t.", 2, true), t));
-    assert!(edns[0].metadata.truncation, "100 A records exceed 1232 bytes too");
+    assert!(
+        edns[0].metadata.truncation,
+        "100 A records exceed 1232 bytes too"
+    );
     let tcp = replies(&e.query(client(10, Via::Tcp(1)), &query("big.t.", 3, false), t));
     assert_eq!(tcp[0].answers.len(), 100);
     assert!(tcp[0].metadata.authoritative);

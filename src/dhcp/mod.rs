@@ -793,6 +793,37 @@ vms:
         let _ = std::fs::remove_dir_all(&dir);
     }
 
+    /// A network with `dns` hands out the gateway (and its domain) unless `dhcp` says
+    /// otherwise.
+    #[test]
+    fn dns_networks_hand_out_the_gateway() {
+        let text = r#"
+version: 1
+networks:
+  a:
+    mode: nat
+    ipv4: 10.9.0.1/24
+    dhcp: { range: 10.9.0.100-10.9.0.199 }
+    dns: { domain: vm.test }
+  b:
+    mode: nat
+    ipv4: 10.8.0.1/24
+    dhcp: { range: 10.8.0.100-10.8.0.199, dns: [192.0.2.53], domain: b.test }
+    dns: { domain: vm.test }
+  c:
+    mode: nat
+    ipv4: 10.7.0.1/24
+    dhcp: { range: 10.7.0.100-10.7.0.199 }
+"#;
+        let spec = crate::spec::parse(text, &Default::default()).expect("valid spec");
+        let all = scopes(&spec);
+        assert_eq!(all[0].dns, vec![Ipv4Addr::new(10, 9, 0, 1)]);
+        assert_eq!(all[0].domain.as_deref(), Some("vm.test"));
+        assert_eq!(all[1].dns, vec![Ipv4Addr::new(192, 0, 2, 53)]);
+        assert_eq!(all[1].domain.as_deref(), Some("b.test"));
+        assert!(all[2].dns.is_empty() && all[2].domain.is_none());
+    }
+
     #[test]
     fn scopes_from_spec() {
         let spec = crate::spec::parse(SPEC, &Default::default()).expect("valid spec");

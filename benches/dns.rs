@@ -176,6 +176,11 @@ fn main() {
         );
         std::thread::sleep(Duration::from_millis(200));
     }
+    measure(&host, &guest, &state);
+}
+
+/// dnsmasq beside the daemon, then each server with each set of names.
+fn measure(host: &str, guest: &str, state: &std::path::Path) {
     let hosts: Vec<String> = (0..100)
         .map(|i| format!("--host-record=r{i}.vm.test,10.66.1.{}", i + 1))
         .collect();
@@ -183,7 +188,7 @@ fn main() {
         "ip",
         "netns",
         "exec",
-        &host,
+        host,
         "dnsmasq",
         "-k",
         "--no-resolv",

@@ -31,6 +31,7 @@ mod cache;
 mod engine;
 #[cfg(test)]
 mod engine_tests;
+mod mmsg;
 mod net;
 mod resolv;
 mod zone;

@@ -85,7 +85,7 @@ fn setopt<T>(fd: RawFd, level: libc::c_int, name: libc::c_int, v: &T) -> io::Res
     .map(|_| ())
 }
 
-fn sockaddr(a: SocketAddr) -> (libc::sockaddr_storage, libc::socklen_t) {
+pub(crate) fn sockaddr(a: SocketAddr) -> (libc::sockaddr_storage, libc::socklen_t) {
     // SAFETY: all-zero is a valid sockaddr_storage, large enough for either family.
     let mut ss: libc::sockaddr_storage = unsafe { zeroed() };
     match a {
@@ -109,7 +109,7 @@ fn sockaddr(a: SocketAddr) -> (libc::sockaddr_storage, libc::socklen_t) {
     }
 }
 
-fn from_sockaddr(ss: &libc::sockaddr_storage) -> Option<SocketAddr> {
+pub(crate) fn from_sockaddr(ss: &libc::sockaddr_storage) -> Option<SocketAddr> {
     match i32::from(ss.ss_family) {
         libc::AF_INET => {
             // SAFETY: the family says it is a sockaddr_in.
@@ -211,26 +211,6 @@ fn recv_from(fd: RawFd, buf: &mut [u8]) -> io::Result<Option<(usize, SocketAddr)
         };
     }
     Ok(from_sockaddr(&ss).map(|a| (n as usize, a)))
-}
-
-fn send_to(fd: RawFd, data: &[u8], to: SocketAddr) -> io::Result<()> {
-    let (ss, len) = sockaddr(to);
-    // SAFETY: valid buffer and address.
-    let n = unsafe {
-        libc::sendto(
-            fd,
-            data.as_ptr().cast(),
-            data.len(),
-            libc::MSG_DONTWAIT,
-            (&ss as *const libc::sockaddr_storage).cast(),
-            len,
-        )
-    };
-    if n < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(())
-    }
 }
 
 fn read_some(fd: RawFd, buf: &mut Vec<u8>) -> io::Result<usize> {
@@ -438,19 +418,13 @@ impl Sockets {
 
     fn read_udp(&mut self, i: usize, rx: &mut Vec<Rx>) {
         let l = &self.listeners[i];
-        let mut buf = [0u8; 4096];
-        for _ in 0..BATCH {
-            match recv_from(l.udp.as_raw_fd(), &mut buf) {
-                Ok(Some((n, addr))) => rx.push(Rx::Query {
-                    client: Client {
-                        zone: l.zone,
-                        addr,
-                        via: Via::Udp(l.id),
-                    },
-                    data: buf[..n].to_vec(),
-                }),
-                _ => break,
-            }
+        for (addr, data) in super::mmsg::recv_batch(l.udp.as_raw_fd(), BATCH) {
+            let client = Client {
+                zone: l.zone,
+                addr,
+                via: Via::Udp(l.id),
+            };
+            rx.push(Rx::Query { client, data });
         }
     }
 
@@ -629,17 +603,15 @@ impl Sockets {
     /// Returns the number of answers that could not be sent.
     pub fn send(&mut self, out: Vec<Out>, rx: &mut Vec<Rx>) -> u64 {
         let mut errors = 0;
+        // UDP answers by listener, sent in batches at the end.
+        let mut udp: Vec<(usize, Vec<(SocketAddr, Vec<u8>)>)> = Vec::new();
         for o in out {
             match o {
                 Out::Reply { client, bytes } => match client.via {
-                    Via::Udp(id) => {
-                        let sent = self
-                            .listeners
-                            .iter()
-                            .find(|l| l.id == id)
-                            .map(|l| send_to(l.udp.as_raw_fd(), &bytes, client.addr));
-                        errors += u64::from(!matches!(sent, Some(Ok(()))));
-                    }
+                    Via::Udp(id) => match udp.iter_mut().find(|(l, _)| *l == id) {
+                        Some((_, v)) => v.push((client.addr, bytes)),
+                        None => udp.push((id, vec![(client.addr, bytes)])),
+                    },
                     Via::Tcp(id) => {
                         if let Some(c) = self.conns.get_mut(&id) {
                             c.wbuf.extend_from_slice(&framed(&bytes));
@@ -664,6 +636,12 @@ impl Sockets {
                 Out::Done { token } => {
                     self.upstream.remove(&token);
                 }
+            }
+        }
+        for (id, items) in udp {
+            match self.listeners.iter().find(|l| l.id == id) {
+                Some(l) => errors += super::mmsg::send_batch(l.udp.as_raw_fd(), &items),
+                None => errors += items.len() as u64,
             }
         }
         errors

@@ -18,6 +18,9 @@ const BATCH: usize = 64;
 /// A DNS message over TCP is at most this long (its length is 16 bits).
 const TCP_MAX: usize = 65_535 + 2;
 
+/// A datagram and where it goes.
+type Datagram = (SocketAddr, Vec<u8>);
+
 pub(crate) enum Rx {
     Query { client: Client, data: Vec<u8> },
     Upstream { token: u64, data: Vec<u8> },
@@ -604,7 +607,7 @@ impl Sockets {
     pub fn send(&mut self, out: Vec<Out>, rx: &mut Vec<Rx>) -> u64 {
         let mut errors = 0;
         // UDP answers by listener, sent in batches at the end.
-        let mut udp: Vec<(usize, Vec<(SocketAddr, Vec<u8>)>)> = Vec::new();
+        let mut udp: Vec<(usize, Vec<Datagram>)> = Vec::new();
         for o in out {
             match o {
                 Out::Reply { client, bytes } => match client.via {

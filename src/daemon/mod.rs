@@ -9,6 +9,7 @@
 pub mod accepted;
 pub mod api;
 pub mod http;
+mod services;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -28,6 +29,7 @@ use crate::statedir::StateDir;
 use crate::status;
 use crate::watch::Watch;
 use accepted::{Accepted, Origin};
+use services::{dhcp_thread, dns_thread};
 
 /// The spec the daemon enforces now, and its record in the state directory.
 struct Active {
@@ -109,43 +111,6 @@ impl Shared {
 
 fn dhcp_dir(scope: &str) -> std::path::PathBuf {
     StateDir::for_scope(scope).dir.join("dhcp")
-}
-
-/// The DHCP server's thread: serves until stopped, taking new scopes when kicked.
-fn dhcp_thread(sh: Arc<Shared>, mut server: dhcp::Server) {
-    loop {
-        if let Err(e) = server.run(&sh.dhcp_kick) {
-            log(Level::Error, &format!("dhcp: {e}"));
-            std::thread::sleep(Duration::from_millis(500));
-        }
-        if sh.stop.load(Ordering::SeqCst) {
-            return;
-        }
-        sh.dhcp_kick.store(false, Ordering::SeqCst);
-        if let Some(scopes) = sh.dhcp_pending.lock().expect("lock").take()
-            && let Err(e) = server.update(scopes)
-        {
-            log(Level::Error, &format!("dhcp: {e}"));
-        }
-    }
-}
-
-/// The DNS service's thread: one poll loop for every listener, client connection and
-/// upstream query; new zones are taken when kicked (the sockets stay on this thread).
-fn dns_thread(sh: Arc<Shared>, mut server: dns::Server) {
-    loop {
-        if let Err(e) = server.run(&sh.dns_kick) {
-            log(Level::Error, &format!("dns: {e}"));
-            std::thread::sleep(Duration::from_millis(500));
-        }
-        if sh.stop.load(Ordering::SeqCst) {
-            return;
-        }
-        sh.dns_kick.store(false, Ordering::SeqCst);
-        if let Some(zones) = sh.dns_pending.lock().expect("lock").take() {
-            server.update(zones);
-        }
-    }
 }
 
 /// Leases from the running server, or from the journal when no daemon runs.

@@ -216,6 +216,9 @@ pub enum EngineError {
     /// The daemon's DHCP server could not start.
     #[error("dhcp: {0}")]
     Dhcp(#[source] DhcpError),
+    /// The daemon's DNS service could not start.
+    #[error("dns: {0}")]
+    Dns(#[source] crate::dns::DnsError),
     /// The DHCP lease journal could not be read.
     #[error(transparent)]
     Leases(DhcpError),
@@ -278,7 +281,8 @@ impl EngineError {
             EngineError::Kernel(_)
             | EngineError::Netns(_)
             | EngineError::RevertTimer(_)
-            | EngineError::Metrics(_) => ErrorKind::Host,
+            | EngineError::Metrics(_)
+            | EngineError::Dns(_) => ErrorKind::Host,
             EngineError::State(_)
             | EngineError::Accepted(_)
             | EngineError::StateIo { .. }

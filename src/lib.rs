@@ -11,6 +11,7 @@ pub mod bench;
 pub mod cli;
 pub mod daemon;
 pub mod dhcp;
+pub mod dns;
 pub mod doctor;
 pub mod engine;
 pub mod error;

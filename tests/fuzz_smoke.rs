@@ -89,6 +89,11 @@ fn ra_rs() {
 }
 
 #[test]
+fn dns() {
+    smoke("dns");
+}
+
+#[test]
 fn api() {
     smoke("api");
 }

@@ -160,6 +160,7 @@ fn full_example() {
         host_access: vec![],
         ipv6_prefixes: vec![],
         ipv6: None,
+        dns: None,
     };
     let routed = Network {
         name: "routed1".into(),
@@ -186,6 +187,7 @@ fn full_example() {
         host_access: vec![],
         ipv6_prefixes: vec![],
         ipv6: None,
+        dns: None,
     };
     let hostonly = Network {
         name: "hostonly".into(),
@@ -205,6 +207,7 @@ fn full_example() {
         host_access: vec![],
         ipv6_prefixes: vec![],
         ipv6: None,
+        dns: None,
     };
     let lan = Network {
         name: "lan".into(),
@@ -224,6 +227,7 @@ fn full_example() {
         host_access: vec![],
         ipv6_prefixes: vec![],
         ipv6: None,
+        dns: None,
     };
     assert_eq!(
         spec.networks.keys().collect::<Vec<_>>(),

@@ -12,6 +12,8 @@
 //!   by text, exactly what the full parse gives.
 //! - [`dhcp`]: `Packet::parse` never panics, decode∘encode is the identity on what it
 //!   accepts, and the fields agree with the `dhcproto` crate's reading of the same bytes.
+//! - [`dns`]: the DNS service's engine answers any query and any upstream answer with
+//!   well-formed responses that carry the query's ID and fit in UDP.
 //! - [`api`]: the daemon's HTTP request reader never panics and answers a malformed request
 //!   with a 4xx.
 //! - [`import_libvirt`]: libvirt network and domain XML never panic the import, and what it
@@ -23,6 +25,7 @@
 
 mod api_target;
 mod dhcp_target;
+mod dns_target;
 mod import_target;
 pub mod mutate;
 mod ovsdb_target;
@@ -31,6 +34,7 @@ mod spec_target;
 
 pub use api_target::{ApiOutcome, api, api_parse, cli_round_trip};
 pub use dhcp_target::dhcp;
+pub use dns_target::dns;
 pub use import_target::import_libvirt;
 pub use ovsdb_target::ovsdb;
 pub use ra_target::ra_rs;
@@ -40,10 +44,11 @@ pub use spec_target::{spec, spec_cache};
 pub type Target = fn(&[u8]);
 
 /// The targets by name, as `fuzz_targets/` and `fuzz/corpus/` name them.
-pub const TARGETS: [(&str, Target); 7] = [
+pub const TARGETS: [(&str, Target); 8] = [
     ("spec", spec),
     ("spec_cache", spec_cache),
     ("dhcp", dhcp),
+    ("dns", dns),
     ("api", api),
     ("import_libvirt", import_libvirt),
     ("ovsdb", ovsdb),

@@ -9,6 +9,7 @@
 pub mod accepted;
 pub mod api;
 pub mod http;
+mod services;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -17,6 +18,7 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 
 use crate::dhcp;
+use crate::dns;
 use crate::engine::{self, Busy, EngineError, ErrorKind, Pending};
 use crate::error::observe_kind;
 use crate::log::Level;
@@ -27,6 +29,7 @@ use crate::statedir::StateDir;
 use crate::status;
 use crate::watch::Watch;
 use accepted::{Accepted, Origin};
+use services::{dhcp_thread, dns_thread};
 
 /// The spec the daemon enforces now, and its record in the state directory.
 struct Active {
@@ -50,6 +53,10 @@ struct Shared {
     dhcp: Mutex<Option<dhcp::ServerHandle>>,
     /// Router advertisements on the bridges of networks with `ipv6`, once started.
     ra: Mutex<Option<crate::ra::Service>>,
+    /// DNS zones waiting for the DNS thread, which `dns_kick` wakes.
+    dns_pending: Mutex<Option<Vec<dns::Zone>>>,
+    dns_kick: AtomicBool,
+    dns: Mutex<Option<dns::ServerHandle>>,
     /// What the host holds, kept current by the kernel's notifications; `None` if the
     /// subscription failed (then every plan reads the host whole).
     watch: Mutex<Option<Watch>>,
@@ -72,6 +79,8 @@ impl Shared {
         if let Some(ra) = self.ra.lock().expect("lock").as_ref() {
             ra.update(crate::ra::scopes(&spec));
         }
+        *self.dns_pending.lock().expect("lock") = Some(dns::zones(&spec));
+        self.dns_kick.store(true, Ordering::SeqCst);
         self.metrics.set_spec(&spec);
         let old = std::mem::replace(active, Active { spec, accepted });
         self.retire(old);
@@ -107,25 +116,6 @@ impl Shared {
 
 fn dhcp_dir(scope: &str) -> std::path::PathBuf {
     StateDir::for_scope(scope).dir.join("dhcp")
-}
-
-/// The DHCP server's thread: serves until stopped, taking new scopes when kicked.
-fn dhcp_thread(sh: Arc<Shared>, mut server: dhcp::Server) {
-    loop {
-        if let Err(e) = server.run(&sh.dhcp_kick) {
-            log(Level::Error, &format!("dhcp: {e}"));
-            std::thread::sleep(Duration::from_millis(500));
-        }
-        if sh.stop.load(Ordering::SeqCst) {
-            return;
-        }
-        sh.dhcp_kick.store(false, Ordering::SeqCst);
-        if let Some(scopes) = sh.dhcp_pending.lock().expect("lock").take()
-            && let Err(e) = server.update(scopes)
-        {
-            log(Level::Error, &format!("dhcp: {e}"));
-        }
-    }
 }
 
 /// Leases from the running server, or from the journal when no daemon runs.
@@ -356,7 +346,7 @@ fn handle(sh: &Arc<Shared>, req: api::Request) -> api::Response {
 }
 
 fn metrics_response(sh: &Shared, format: Format) -> api::Response {
-    match sh.metrics.scrape(&sh.dhcp, format) {
+    match sh.metrics.scrape(&sh.dhcp, &sh.dns, format) {
         Ok(t) => api::Response::text(format.content_type(), t),
         Err(e) => api::Response::error(500, e.to_string()),
     }
@@ -872,7 +862,8 @@ fn serve_metrics(sh: &Arc<Shared>, l: std::net::TcpListener) -> std::thread::Joi
     let sh = Arc::clone(sh);
     std::thread::spawn(move || {
         let s = Arc::clone(&sh);
-        let render: crate::metrics::serve::Render = Arc::new(move |f| s.metrics.scrape(&s.dhcp, f));
+        let render: crate::metrics::serve::Render =
+            Arc::new(move |f| s.metrics.scrape(&s.dhcp, &s.dns, f));
         crate::metrics::serve::serve(&l, &sh.stop, &render);
     })
 }
@@ -934,6 +925,7 @@ pub fn run(
     }
     let (spec, accepted) = start_spec(&state_dir, &specs, spec_path, &spec_file, &identity)?;
     let scopes = dhcp::scopes(&spec);
+    let zones = dns::zones(&spec);
     let metrics = DaemonMetrics::default();
     metrics.set_spec(&spec);
     let sh = Arc::new(Shared {
@@ -948,6 +940,9 @@ pub fn run(
         dhcp_kick: AtomicBool::new(false),
         dhcp: Mutex::new(None),
         ra: Mutex::new(None),
+        dns_pending: Mutex::new(None),
+        dns_kick: AtomicBool::new(false),
+        dns: Mutex::new(None),
         specs,
         identity,
         retired: Mutex::new(retired),
@@ -978,6 +973,12 @@ pub fn run(
             Some(crate::ra::Service::start(crate::ra::scopes(&active.spec)));
     }
 
+    // DNS on the gateways of networks with `dns` (same namespace, same way).
+    let dns_server = dns::Server::start(zones).map_err(EngineError::Dns)?;
+    *sh.dns.lock().expect("lock") = Some(dns_server.handle());
+    let dns_sh = Arc::clone(&sh);
+    let dns_thread = std::thread::spawn(move || dns_thread(dns_sh, dns_server));
+
     let listener = api::bind(&state_dir.dir).map_err(EngineError::Listen)?;
     let api_sh = Arc::clone(&sh);
     let api_thread = std::thread::spawn(move || {
@@ -998,10 +999,12 @@ pub fn run(
     reconcile_until_stopped(&sh);
     notify("STOPPING=1");
     sh.dhcp_kick.store(true, Ordering::SeqCst);
+    sh.dns_kick.store(true, Ordering::SeqCst);
     let _ = dhcp_thread.join();
     if let Some(mut ra) = sh.ra.lock().expect("lock").take() {
         ra.stop();
     }
+    let _ = dns_thread.join();
     let _ = api_thread.join();
     if let Some(t) = metrics_thread {
         let _ = t.join();

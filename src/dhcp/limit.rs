@@ -28,6 +28,11 @@ impl Bucket {
         self.last = now;
     }
 
+    /// Whether the bucket has refilled by `now` (it would start full anyway).
+    pub(crate) fn is_full(&self, now: Instant, rate: f64, burst: f64) -> bool {
+        self.tokens + now.saturating_duration_since(self.last).as_secs_f64() * rate >= burst
+    }
+
     /// Take a token if more than `floor` would be left.
     fn take_above(&mut self, now: Instant, rate: f64, burst: f64, floor: f64) -> bool {
         self.refill(now, rate, burst);

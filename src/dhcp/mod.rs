@@ -63,7 +63,7 @@
 
 mod engine;
 mod journal;
-mod limit;
+pub(crate) mod limit;
 mod net;
 pub(crate) use net::{ifindex, ip_udp_ports};
 pub mod packet;
@@ -119,7 +119,9 @@ pub struct Reservation {
 }
 
 /// The scopes a spec asks for: networks with `dhcp:` and a gateway address; reservations
-/// from the ports on that network that have an `ipv4`. Pure and deterministic (networks by
+/// from the ports on that network that have an `ipv4`. A network with `dns` and no
+/// `dhcp.dns` hands out the gateway as DNS server, and its `dns.domain` when `dhcp` has no
+/// `domain`. Pure and deterministic (networks by
 /// name, ports in VM and list order).
 pub fn scopes(spec: &Spec) -> Vec<Scope> {
     let mut out = Vec::new();
@@ -146,8 +148,11 @@ pub fn scopes(spec: &Spec) -> Vec<Scope> {
             server_ip: gw.addr,
             subnet: gw.network(),
             router: Some(gw.addr),
-            dns: dhcp.dns.clone(),
-            domain: dhcp.domain.clone(),
+            dns: dns_servers(dhcp, net),
+            domain: dhcp
+                .domain
+                .clone()
+                .or_else(|| net.dns.as_ref()?.domain.clone()),
             mtu: net.mtu,
             live_mtu: None,
             lease_secs: u32::try_from(dhcp.lease_time_secs).unwrap_or(u32::MAX),
@@ -157,6 +162,15 @@ pub fn scopes(spec: &Spec) -> Vec<Scope> {
         });
     }
     out
+}
+
+/// The DNS servers handed out (option 6): those `dhcp.dns` lists; without a list, the
+/// gateway where kvmnet answers DNS there (`dns`); else none.
+fn dns_servers(dhcp: &crate::spec::Dhcp, net: &crate::spec::Network) -> Vec<Ipv4Addr> {
+    if !dhcp.dns.is_empty() || net.dns.is_none() {
+        return dhcp.dns.clone();
+    }
+    net.ipv4.map(|g| g.addr).into_iter().collect()
 }
 
 /// One lease as kept in the journal and shown to operators.
@@ -777,6 +791,37 @@ vms:
         }
         drop(f);
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// A network with `dns` hands out the gateway (and its domain) unless `dhcp` says
+    /// otherwise.
+    #[test]
+    fn dns_networks_hand_out_the_gateway() {
+        let text = r#"
+version: 1
+networks:
+  a:
+    mode: nat
+    ipv4: 10.9.0.1/24
+    dhcp: { range: 10.9.0.100-10.9.0.199 }
+    dns: { domain: vm.test }
+  b:
+    mode: nat
+    ipv4: 10.8.0.1/24
+    dhcp: { range: 10.8.0.100-10.8.0.199, dns: [192.0.2.53], domain: b.test }
+    dns: { domain: vm.test }
+  c:
+    mode: nat
+    ipv4: 10.7.0.1/24
+    dhcp: { range: 10.7.0.100-10.7.0.199 }
+"#;
+        let spec = crate::spec::parse(text, &Default::default()).expect("valid spec");
+        let all = scopes(&spec);
+        assert_eq!(all[0].dns, vec![Ipv4Addr::new(10, 9, 0, 1)]);
+        assert_eq!(all[0].domain.as_deref(), Some("vm.test"));
+        assert_eq!(all[1].dns, vec![Ipv4Addr::new(192, 0, 2, 53)]);
+        assert_eq!(all[1].domain.as_deref(), Some("b.test"));
+        assert!(all[2].dns.is_empty() && all[2].domain.is_none());
     }
 
     #[test]

@@ -437,3 +437,48 @@ impl Collector for Dhcp {
         )
     }
 }
+
+/// The DNS service's per-network counters, copied under its lock.
+#[derive(Debug)]
+struct Dns(Vec<crate::dns::NetworkStats>);
+
+/// Registers the per-network DNS series: queries, how they were answered, cache hits.
+pub(super) fn dns(r: &mut Registry, h: &crate::dns::ServerHandle) {
+    r.register_collector(Box::new(Dns(h.network_stats())));
+}
+
+impl Collector for Dns {
+    fn encode(&self, mut enc: DescriptorEncoder) -> fmt::Result {
+        let net = |n: &crate::dns::NetworkStats| [("network", n.network.clone())];
+        counters(
+            &mut enc,
+            "dns_queries",
+            "DNS queries received from guests (UDP and TCP)",
+            self.0.iter().map(|n| (net(n), n.counters.queries)),
+        )?;
+        counters(
+            &mut enc,
+            "dns_cache_hits",
+            "DNS queries answered from the cache of forwarded answers",
+            self.0.iter().map(|n| (net(n), n.counters.cache_hits)),
+        )?;
+        let outcomes = self.0.iter().flat_map(|n| {
+            let c = &n.counters;
+            [
+                ("local", c.local),
+                ("cache", c.cache_hits),
+                ("forwarded", c.forwarded),
+                ("failed", c.failed),
+                ("rate_limited", c.dropped_rate),
+                ("too_many_pending", c.dropped_pending),
+            ]
+            .map(|(how, v)| ([("network", n.network.as_str()), ("outcome", how)], v))
+        });
+        counters(
+            &mut enc,
+            "dns_answers",
+            "DNS queries by outcome: answered from the network's names, from the cache, forwarded upstream, failed (SERVFAIL or REFUSED), or dropped",
+            outcomes,
+        )
+    }
+}

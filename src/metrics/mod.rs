@@ -4,7 +4,8 @@
 //! Two kinds of series. The daemon's own (applies, repairs, reverts, failures, durations,
 //! drift) are counted where they happen and kept in [`DaemonMetrics`]. Everything about
 //! ports and networks is read from the kernel (link statistics, qdisc statistics, nftables
-//! counters) and from the DHCP server's copy of its counters at each scrape ([`collect`]):
+//! counters) and from the DHCP server's and the DNS service's copies of their counters at
+//! each scrape ([`collect`]):
 //! nothing is counted twice, and a scrape costs a few dumps whatever the number of ports.
 //! The families and their labels are listed in README, "Metrics".
 
@@ -273,21 +274,35 @@ impl DaemonMetrics {
     pub fn scrape(
         &self,
         dhcp: &Mutex<Option<ServerHandle>>,
+        dns: &Mutex<Option<crate::dns::ServerHandle>>,
         format: Format,
     ) -> Result<String, MetricsError> {
         let handle = dhcp.lock().expect("lock").clone();
-        Ok(format.write(self.render(handle.as_ref())?))
+        let dns = dns.lock().expect("lock").clone();
+        Ok(format.write(self.render_with(handle.as_ref(), dns.as_ref())?))
     }
 
     /// Every series, as OpenMetrics text: the daemon's own, then what the kernel and the
     /// DHCP server count now.
     pub fn render(&self, dhcp: Option<&ServerHandle>) -> Result<String, MetricsError> {
+        self.render_with(dhcp, None)
+    }
+
+    /// [`DaemonMetrics::render`], with the DNS service's counters too.
+    pub fn render_with(
+        &self,
+        dhcp: Option<&ServerHandle>,
+        dns: Option<&crate::dns::ServerHandle>,
+    ) -> Result<String, MetricsError> {
         let mut r = Registry::with_prefix("kvmnet");
         self.register(&mut r);
         let ports = Arc::clone(&self.ports.lock().expect("lock"));
         collect::ports(&mut r, ports);
         if let Some(h) = dhcp {
             collect::dhcp(&mut r, h);
+        }
+        if let Some(h) = dns {
+            collect::dns(&mut r, h);
         }
         let mut out = String::with_capacity(64 * 1024);
         prometheus_client::encoding::text::encode(&mut out, &r)?;

@@ -8,8 +8,8 @@
 //! depend on the order of names. Traffic between two ports of one bridge (seen here through
 //! br_netfilter, or routed back by the host) is decided by `from-NET` alone.
 //!
-//! Guests reach the host (`input`, through `host_in` -> `host-NET`) only for DHCP, ICMP
-//! echo to the gateway, the IPv6 neighbour discovery the bridge needs, and what the
+//! Guests reach the host (`input`, through `host_in` -> `host-NET`) only for DHCP, DNS to
+//! the gateway where the network has `dns`, ICMP echo to the gateway, the IPv6 neighbour discovery the bridge needs, and what the
 //! network's `host_access` lists. Bridge, vlan, vxlan and direct networks are L2 segments
 //! of a LAN: none of this applies to them.
 
@@ -94,6 +94,21 @@ fn host_access_rules(rule: &FirewallRule) -> Vec<String> {
     out
 }
 
+/// DNS to the gateway's addresses (UDP and TCP 53), only where kvmnet answers it (`dns`):
+/// elsewhere nothing listens, and a guest has no business with the host's port 53.
+fn dns_rules(net: &Network) -> Vec<String> {
+    if net.dns.is_none() {
+        return Vec::new();
+    }
+    crate::spec::dns::listen_addrs(net)
+        .iter()
+        .map(|a| {
+            let family = if a.is_ipv4() { "ip" } else { "ip6" };
+            format!("{family} daddr {a} meta l4proto {{ tcp, udp }} th dport 53 accept")
+        })
+        .collect()
+}
+
 /// What guests of `net` may reach on the host: rules of `host-NET`.
 fn host_rules(net: &Network) -> Vec<String> {
     let mut r = vec![
@@ -111,6 +126,7 @@ fn host_rules(net: &Network) -> Vec<String> {
             gw.addr
         ));
     }
+    r.extend(dns_rules(net));
     // The gateway's IPv6 addresses: the bridge's link-local one, and its `ipv6`.
     r.push("ip6 daddr fe80::/64 icmpv6 type echo-request accept".into());
     if let Some(v6) = net.ipv6 {

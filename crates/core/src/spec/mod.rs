@@ -10,6 +10,7 @@
 
 mod cache;
 pub mod ipv6;
+pub mod dns;
 pub mod macs;
 pub mod model;
 pub mod naming;
@@ -18,6 +19,7 @@ mod yaml;
 
 pub use cache::SpecCache;
 pub use ipv6::{NetIpv6, Ra, RaMode};
+pub use dns::{DNS_RATE_DEFAULT, Dns};
 pub use macs::HostIdentity;
 pub use model::*;
 pub use validate::schema::json_schema;

@@ -345,6 +345,8 @@ pub struct Network {
     /// nat, routed and isolated networks: the gateway's IPv6 address and prefix (`ipv6`),
     /// with the network's router advertisements and NAT66 (see [`super::ipv6`]).
     pub ipv6: Option<super::NetIpv6>,
+    /// nat, routed and isolated networks: the DNS service on the gateway (`dns`).
+    pub dns: Option<super::dns::Dns>,
 }
 
 /// How macvtap ports on one uplink reach each other (the kernel's macvlan modes).

@@ -11,7 +11,7 @@
 //!    network (`from-NET`) and enter the destination network (`to-NET`);
 //! 6. inet nat postrouting: masquerade;
 //! 7. or, for traffic to the host, inet input: what the network's guests may reach there
-//!    (`host-NET`: DHCP, ping of the gateway, `host_access`).
+//!    (`host-NET`: DHCP, DNS and ping of the gateway, `host_access`).
 //!
 //! The packet is the first of a new connection (conntrack state `new`): replies and the rest
 //! of an accepted connection always pass every chain. Rate and connection limits are taken as

@@ -590,6 +590,16 @@ impl<'a> Walk<'a> {
                 format!("ip daddr {addr} icmp type echo-request accept"),
                 format!("{np}.ipv4"),
             ))
+        } else if matches!(self.l4, L4::Udp(53) | L4::Tcp(53))
+            && net.dns.is_some()
+            && gw == Some(addr)
+        {
+            Some((
+                Verdict::Accept,
+                "kvmnet answers DNS on the gateway".to_string(),
+                format!("ip daddr {addr} meta l4proto {{ tcp, udp }} th dport 53 accept"),
+                format!("{np}.dns"),
+            ))
         } else {
             self.host_access(net, addr)
         };

@@ -14,7 +14,7 @@ networks:
       - { proto: tcp, ports: [25], action: reject }
       - { proto: udp, ports: [5353], from: 10.70.0.11 }
   iso: { mode: isolated, bridge: t-iso, ipv4: 10.71.0.1/24, isolate_ports: true }
-  rt: { mode: routed, bridge: t-rt, ipv4: 10.72.0.1/24 }
+  rt: { mode: routed, bridge: t-rt, ipv4: 10.72.0.1/24, dns: {} }
   out: { mode: nat, bridge: t-out, ipv4: 10.73.0.1/24, nat: { egress: wan0 } }
 vms:
   a:
@@ -129,6 +129,25 @@ fn a_ping_between_neighbours_passes_every_stage_in_order() {
     // The guard's default points at the port.
     assert_eq!(t.hops[0].field.as_deref(), Some("vms.a.ports[0]"));
     assert_eq!(t.nft_verdict(), Verdict::Accept);
+}
+
+/// DNS to the gateway is let in where the network has `dns`, over UDP and TCP, and
+/// nowhere else.
+#[test]
+fn dns_to_the_gateway_only_where_the_network_has_dns() {
+    let s = spec();
+    for proto in ["udp/53", "tcp/53"] {
+        let t = run(&s, "r", "10.72.0.1", proto);
+        let hop = t
+            .hops
+            .iter()
+            .find(|h| h.stage == Stage::HostAccess)
+            .unwrap();
+        assert_eq!(hop.verdict, Verdict::Accept, "{:#?}", t.hops);
+        assert_eq!(hop.field.as_deref(), Some("networks.rt.dns"));
+    }
+    let t = run(&s, "c", "10.71.0.1", "udp/53");
+    assert_eq!(outcome(&t), (Verdict::Drop, "host-access"), "{:#?}", t.hops);
 }
 
 #[test]

@@ -24,6 +24,7 @@ use super::yaml::{Key, Kind, Node, index, join};
 
 mod cross;
 mod dhcp;
+mod dns;
 mod host;
 pub(crate) mod ipv6;
 mod network;
@@ -37,6 +38,7 @@ pub(crate) use super::yaml::{join as join_path, show};
 use crate::modes::{Fields, Take};
 use cross::*;
 use dhcp::*;
+use dns::*;
 pub(crate) use host::read_ifname_field;
 use host::*;
 pub(crate) use network::NetReader;
@@ -95,6 +97,7 @@ const NET_FIELDS: &[&str] = &[
     "ipv6_prefixes",
     "ipv6",
     "ra",
+    "dns",
 ];
 pub(crate) const VXLAN_FIELDS: &[&str] = &["vni", "underlay", "remotes", "group", "port"];
 pub(crate) const VNI_MAX: i128 = 16_777_215;
@@ -409,6 +412,8 @@ pub(crate) struct NetDraft {
     ipv6_prefixes: Vec<Ipv6Cidr>,
     /// `ipv6`, `ra` and `nat.ipv6`.
     pub(crate) v6: ipv6::V6Draft,
+    /// `dns`, with where each record's name was written (for the duplicate check).
+    pub(crate) dns: Option<DnsDraft>,
 }
 
 impl NetDraft {
@@ -442,6 +447,7 @@ impl NetDraft {
                 loc: key.loc,
                 ..Default::default()
             },
+            dns: None,
         }
     }
 }
@@ -777,6 +783,7 @@ fn build(
                 ra: n.v6.ra,
                 nat66: n.mode == Some(Mode::Nat) && n.v6.nat66.is_none_or(|x| x.0),
             }),
+            dns: n.dns.as_ref().map(|d| d.dns.clone()),
             forwards: n
                 .forwards
                 .iter()

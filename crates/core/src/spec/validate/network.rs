@@ -93,6 +93,10 @@ pub(super) fn read_network(cx: &mut Ctx, key: &Key, f: &Field) -> NetDraft {
             _ => read_ipv6_prefixes(cx, &pf),
         };
     }
+    if let Some(df) = o.get(cx, "dns") {
+        let refused = (!fields.routed_by_host).then_some(word);
+        d.dns = read_dns(cx, &df, refused);
+    }
     if let Some(mode) = d.mode {
         refuse_other_modes_fields(cx, &o, mode);
     }

@@ -140,6 +140,7 @@ impl Shapes {
 
     fn network(&mut self) -> Value {
         let dhcp = self.dhcp();
+        let dns = self.dns();
         let forward = self.object(
             "a forward",
             FORWARD_FIELDS,
@@ -214,6 +215,7 @@ impl Shapes {
                     string("The gateway's IPv6 address on the bridge with the network's prefix, like fd00:122::1/64."),
                 ),
                 ("ra", ra),
+                ("dns", dns),
             ],
             &["mode"],
         );
@@ -241,6 +243,34 @@ impl Shapes {
                 ("dns", list_of(ipv4())),
                 ("domain", string("The domain name handed to clients.")),
                 ("routes", list_of(route)),
+            ],
+            &[],
+        )
+    }
+
+    fn dns(&mut self) -> Value {
+        let addr = string("An IPv4 or IPv6 address.");
+        self.object(
+            "dns",
+            super::dns::DNS_FIELDS,
+            vec![
+                (
+                    "domain",
+                    string("VM names and records answer under it, like vm.test."),
+                ),
+                ("forwarders", list_of(addr.clone())),
+                (
+                    "records",
+                    json!({
+                        "type": "object",
+                        "description": "Name -> an address or a list of addresses.",
+                        "additionalProperties": {"anyOf": [addr.clone(), list_of(addr)]},
+                    }),
+                ),
+                (
+                    "rate_limit",
+                    json!({"type": ["integer", "string"], "description": "Queries per second per client, like 500/second."}),
+                ),
             ],
             &[],
         )
@@ -421,7 +451,7 @@ fn mode_rows() -> Vec<Value> {
                 refused.extend(own.iter().filter(|k| !row.own.contains(k)));
             }
             if !row.routed_by_host {
-                refused.extend(["bandwidth", "host_access"]);
+                refused.extend(["bandwidth", "host_access", "dns"]);
             }
             refused.sort_unstable();
             refused.dedup();

@@ -42,6 +42,7 @@ networks:
     ipv6: fd00:61::1/64
     ra: {{ mode: slaac, lifetime: 30m }}
     dhcp: {{ pool: false, domain: vm.test }}
+    dns: {{ domain: vm.test, forwarders: [2001:db8:99::2] }}
   rt6:
     mode: routed
     bridge: v6rt
@@ -220,6 +221,16 @@ fn ipv6_networks_with_real_peers() {
     );
     assert!(ra.contains("DNS search list          : vm.test"), "{ra}");
     assert!(ra.contains(&format!("from {ll}")), "{ra}");
+    // With `dns:`, the RAs name the gateway's IPv6 address as the resolver (RDNSS), and the
+    // service answers there: a VM's declared IPv6 address as AAAA, over IPv6.
+    assert!(ra.contains("Recursive DNS server     : fd00:61::1"), "{ra}");
+    let aaaa = ok_in(
+        &ga,
+        "dig +short +time=2 +tries=2 @fd00:61::1 a.vm.test AAAA",
+    );
+    assert_eq!(aaaa.trim(), "fd00:61::10");
+    let a = ok_in(&gb, "dig +short +time=2 +tries=2 @fd00:61::1 b.vm.test A");
+    assert_eq!(a.trim(), "10.61.0.11");
 
     // NAT66: the wan host sees the host's address; the routed network is seen as it is.
     assert_eq!(source_seen6(&wan, &ga, None), "2001:db8:99::1");

@@ -79,18 +79,19 @@ impl Scope {
     }
 }
 
-/// The DNS a network's RAs carry: (RDNSS servers, DNSSL domains). DNSSL names the DHCP
-/// `domain` when one is set. RDNSS needs an IPv6 resolver for the guests: once a network can
-/// have a `dns:` service, its gateway's `ipv6` address goes here (the DHCP `dns` servers are
-/// IPv4 and cannot).
+/// The DNS a network's RAs carry: (RDNSS servers, DNSSL domains). With a `dns:` service, the
+/// gateway's `ipv6` address is the RDNSS server (the service listens there) and its
+/// `domain` the search domain; otherwise DNSSL names the DHCP `domain` when one is set, and
+/// there is no RDNSS (the DHCP `dns` servers are IPv4 and cannot be one).
 pub fn dns_options(net: &Network) -> (Vec<Ipv6Addr>, Vec<String>) {
-    let dnssl = net
-        .dhcp
-        .as_ref()
-        .and_then(|d| d.domain.clone())
-        .into_iter()
-        .collect();
-    (Vec::new(), dnssl)
+    let dhcp_domain = net.dhcp.as_ref().and_then(|d| d.domain.clone());
+    match (&net.dns, &net.ipv6) {
+        (Some(dns), Some(v6)) => (
+            vec![v6.gateway.addr],
+            dns.domain.clone().or(dhcp_domain).into_iter().collect(),
+        ),
+        _ => (Vec::new(), dhcp_domain.into_iter().collect()),
+    }
 }
 
 /// One scope per network the host routes that has `ipv6`.

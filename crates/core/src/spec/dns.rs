@@ -61,6 +61,11 @@ pub fn names(spec: &Spec, network: &str) -> Vec<(String, IpAddr)> {
             if let Some(a) = p.ipv4 {
                 out.push((qualify(&vm.name, domain), IpAddr::V4(a.addr)));
             }
+            // The declared address only: a SLAAC address is the guest's choice (privacy
+            // or stable addresses instead of EUI-64), so answering it could be wrong.
+            if let Some(a) = p.ipv6 {
+                out.push((qualify(&vm.name, domain), IpAddr::V6(a)));
+            }
         }
     }
     for (name, addrs) in &dns.records {
@@ -71,10 +76,11 @@ pub fn names(spec: &Spec, network: &str) -> Vec<(String, IpAddr)> {
     out
 }
 
-/// The addresses the network's DNS service listens on: its gateway's (the IPv6 gateway
-/// joins here once networks have one).
+/// The addresses the network's DNS service listens on: its gateway's, of both families.
 pub fn listen_addrs(net: &Network) -> Vec<IpAddr> {
-    net.ipv4.iter().map(|c| IpAddr::V4(c.addr)).collect()
+    let v4 = net.ipv4.iter().map(|c| IpAddr::V4(c.addr));
+    let v6 = net.ipv6.iter().map(|v| IpAddr::V6(v.gateway.addr));
+    v4.chain(v6).collect()
 }
 
 /// Why `label` cannot be a DNS label of a name kvmnet answers, if it cannot: letters,

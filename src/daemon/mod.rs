@@ -8,6 +8,7 @@
 
 pub mod accepted;
 pub mod api;
+mod dhcp6;
 pub mod http;
 
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -48,6 +49,8 @@ struct Shared {
     dhcp_pending: Mutex<Option<Vec<dhcp::Scope>>>,
     dhcp_kick: AtomicBool,
     dhcp: Mutex<Option<dhcp::ServerHandle>>,
+    /// The DHCPv6 server's thread, scopes and handle.
+    v6: dhcp6::V6,
     /// What the host holds, kept current by the kernel's notifications; `None` if the
     /// subscription failed (then every plan reads the host whole).
     watch: Mutex<Option<Watch>>,
@@ -67,6 +70,7 @@ impl Shared {
     fn set_active(&self, active: &mut Active, spec: Spec, accepted: Accepted) {
         *self.dhcp_pending.lock().expect("lock") = Some(dhcp::scopes(&spec));
         self.dhcp_kick.store(true, Ordering::SeqCst);
+        self.v6.set_spec(&spec);
         self.metrics.set_spec(&spec);
         let old = std::mem::replace(active, Active { spec, accepted });
         self.retire(old);
@@ -123,15 +127,19 @@ fn dhcp_thread(sh: Arc<Shared>, mut server: dhcp::Server) {
     }
 }
 
-/// Leases from the running server, or from the journal when no daemon runs.
-pub fn leases_json(leases: &[dhcp::Lease]) -> Value {
-    json!({ "leases": leases })
+/// Leases from the running servers, or from the journals when no daemon runs: DHCPv4's,
+/// then DHCPv6's (with their `duid` and `iaid`), in one list.
+pub fn leases_json(leases: &[dhcp::Lease], leases6: &[dhcp::v6::Lease6]) -> Value {
+    let mut all: Vec<Value> = leases.iter().map(|l| json!(l)).collect();
+    all.extend(leases6.iter().map(|l| json!(l)));
+    json!({ "leases": all })
 }
 
 pub fn read_leases(scope: &str) -> Result<Value, EngineError> {
-    dhcp::read_leases(&dhcp_dir(scope))
-        .map(|l| leases_json(&l))
-        .map_err(EngineError::Leases)
+    let dir = dhcp_dir(scope);
+    let v4 = dhcp::read_leases(&dir).map_err(EngineError::Leases)?;
+    let v6 = dhcp::v6::read_leases(&dir).map_err(EngineError::Leases)?;
+    Ok(leases_json(&v4, &v6))
 }
 
 /// A daemon line: `kvmnet: MSG`, with its priority when stderr is the journal.
@@ -330,7 +338,10 @@ fn handle(sh: &Arc<Shared>, req: api::Request) -> api::Response {
             Err(e) => api::Response::failed(observe_kind(&e), e.to_string()),
         },
         "/v1/leases" => match sh.dhcp.lock().expect("lock").as_ref() {
-            Some(h) => api::Response::ok(leases_json(&h.leases())),
+            Some(h) => {
+                let v6 = sh.v6.leases().unwrap_or_default();
+                api::Response::ok(leases_json(&h.leases(), &v6))
+            }
             None => match read_leases(&sh.scope) {
                 Ok(v) => api::Response::ok(v),
                 Err(e) => error_response(&e),
@@ -942,6 +953,7 @@ pub fn run(
         dhcp_pending: Mutex::new(None),
         dhcp_kick: AtomicBool::new(false),
         dhcp: Mutex::new(None),
+        v6: dhcp6::V6::default(),
         specs,
         identity,
         retired: Mutex::new(retired),
@@ -965,6 +977,10 @@ pub fn run(
     state_dir.tighten()?;
     let dhcp_sh = Arc::clone(&sh);
     let dhcp_thread = std::thread::spawn(move || dhcp_thread(dhcp_sh, server));
+    let spec = sh.active.lock().expect("lock").spec.clone();
+    let dhcp6_thread = dhcp6::start(&sh, &spec, &dhcp_dir(scope))?;
+    drop(spec);
+    state_dir.tighten()?;
 
     let listener = api::bind(&state_dir.dir).map_err(EngineError::Listen)?;
     let api_sh = Arc::clone(&sh);
@@ -986,7 +1002,9 @@ pub fn run(
     reconcile_until_stopped(&sh);
     notify("STOPPING=1");
     sh.dhcp_kick.store(true, Ordering::SeqCst);
+    sh.v6.wake();
     let _ = dhcp_thread.join();
+    let _ = dhcp6_thread.join();
     let _ = api_thread.join();
     if let Some(t) = metrics_thread {
         let _ = t.join();

@@ -386,7 +386,10 @@ mod tests {
         {
             let (mut j, recs) = Journal::<Lease>::open(&d.0).unwrap();
             assert!(recs.is_empty());
-            assert!(matches!(Journal::<Lease>::open(&d.0), Err(DhcpError::Locked { .. })));
+            assert!(matches!(
+                Journal::<Lease>::open(&d.0),
+                Err(DhcpError::Locked { .. })
+            ));
             for i in 0..5000 {
                 j.append(&lease(i, "bound"));
             }

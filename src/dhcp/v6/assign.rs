@@ -23,12 +23,7 @@ fn ia_addr(addr: Ipv6Addr, life: u32) -> DhcpOption {
 
 impl Engine {
     /// Solicit, Request, Renew, Rebind: the answer and whether it waits for a journal sync.
-    pub(super) fn assign(
-        &mut self,
-        req: &Req,
-        now: u64,
-        mono: Instant,
-    ) -> Option<(Message, bool)> {
+    pub(super) fn assign(&mut self, req: &Req, now: u64, mono: Instant) -> Option<(Message, bool)> {
         let kind = req.msg.msg_type();
         let rapid =
             kind == MessageType::Solicit && req.msg.opts().get(OptionCode::RapidCommit).is_some();
@@ -185,10 +180,7 @@ impl Engine {
         let mut opts = DhcpOptions::new();
         let ip = Ipv6Addr::from(ip);
         opts.insert(ia_addr(ip, secs));
-        if matches!(
-            req.msg.msg_type(),
-            MessageType::Renew | MessageType::Rebind
-        ) {
+        if matches!(req.msg.msg_type(), MessageType::Renew | MessageType::Rebind) {
             for old in ia_addrs(ia).filter(|a| *a != ip) {
                 opts.insert(ia_addr(old, 0));
             }

@@ -312,12 +312,7 @@ impl Engine {
     }
 
     /// RFC 8415 16: what each message type must and must not carry.
-    fn check(
-        &mut self,
-        si: usize,
-        mac: Mac,
-        msg: Message,
-    ) -> Option<Req> {
+    fn check(&mut self, si: usize, mac: Mac, msg: Message) -> Option<Req> {
         use MessageType as M;
         let kind = msg.msg_type();
         let (server_id, client_id) = match kind {
@@ -359,12 +354,7 @@ impl Engine {
             self.stats.dropped_malformed += 1;
             return None;
         }
-        Some(Req {
-            msg,
-            si,
-            mac,
-            duid,
-        })
+        Some(Req { msg, si, mac, duid })
     }
 
     /// A Reply or Advertise to `req` with the server and client identifiers.
@@ -436,12 +426,13 @@ impl Engine {
                 });
             }
             if !any {
-                m.opts_mut()
-                    .insert(DhcpOption::IANA(no_binding(ia.id, "no binding for this IA")));
+                m.opts_mut().insert(DhcpOption::IANA(no_binding(
+                    ia.id,
+                    "no binding for this IA",
+                )));
             }
         }
-        m.opts_mut()
-            .insert(status(Status::Success, "released"));
+        m.opts_mut().insert(status(Status::Success, "released"));
         m
     }
 
@@ -460,12 +451,13 @@ impl Engine {
                 });
             }
             if !any {
-                m.opts_mut()
-                    .insert(DhcpOption::IANA(no_binding(ia.id, "no binding for this IA")));
+                m.opts_mut().insert(DhcpOption::IANA(no_binding(
+                    ia.id,
+                    "no binding for this IA",
+                )));
             }
         }
-        m.opts_mut()
-            .insert(status(Status::Success, "declined"));
+        m.opts_mut().insert(status(Status::Success, "declined"));
         m
     }
 
@@ -511,4 +503,3 @@ mod assign;
 #[cfg(test)]
 #[path = "engine_tests.rs"]
 mod tests;
-

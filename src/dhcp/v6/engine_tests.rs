@@ -52,7 +52,10 @@ fn with_ia(mut m: Message, iaid: u32, addr: Option<Ipv6Addr>) -> Message {
 
 fn send(f: &mut FuzzServer6, mac: Mac, m: &Message) -> Option<Message> {
     let (dest, bytes) = f.feed(LL, mac, &m.to_vec().unwrap(), 0)?;
-    assert_eq!(dest, LL, "answers go back to the client's link-local address");
+    assert_eq!(
+        dest, LL,
+        "answers go back to the client's link-local address"
+    );
     Some(Message::from_bytes(&bytes).expect("answers parse"))
 }
 
@@ -74,8 +77,12 @@ fn a(s: &str) -> Ipv6Addr {
 /// Solicit, Request, Renew, Release from the holder: the whole life of a pool lease.
 fn bind(f: &mut FuzzServer6, mac: Mac, client: &[u8], iaid: u32) -> Ipv6Addr {
     let sid = f.server_duid();
-    let adv = send(f, mac, &with_ia(msg(MessageType::Solicit, client, None), iaid, None))
-        .expect("advertised");
+    let adv = send(
+        f,
+        mac,
+        &with_ia(msg(MessageType::Solicit, client, None), iaid, None),
+    )
+    .expect("advertised");
     assert_eq!(adv.msg_type(), MessageType::Advertise);
     let offered = addr_of(&adv).expect("an address");
     let rep = send(
@@ -180,24 +187,55 @@ fn rapid_commit_information_request_confirm_and_prefix_delegation() {
     );
     assert!(r.opts().get(OptionCode::DomainSearchList).is_some());
 
-    let ok = with_ia(msg(MessageType::Confirm, &duid(3), None), 1, Some(a("fd00:db8::1234")));
-    assert_eq!(status_of(send(&mut f, MAC, &ok).unwrap().opts()), Some(Status::Success));
-    let off = with_ia(msg(MessageType::Confirm, &duid(3), None), 1, Some(a("fd00:dead::1")));
-    assert_eq!(status_of(send(&mut f, MAC, &off).unwrap().opts()), Some(Status::NotOnLink));
+    let ok = with_ia(
+        msg(MessageType::Confirm, &duid(3), None),
+        1,
+        Some(a("fd00:db8::1234")),
+    );
+    assert_eq!(
+        status_of(send(&mut f, MAC, &ok).unwrap().opts()),
+        Some(Status::Success)
+    );
+    let off = with_ia(
+        msg(MessageType::Confirm, &duid(3), None),
+        1,
+        Some(a("fd00:dead::1")),
+    );
+    assert_eq!(
+        status_of(send(&mut f, MAC, &off).unwrap().opts()),
+        Some(Status::NotOnLink)
+    );
 }
 
 #[test]
 fn server_identifiers_and_sources_are_checked() {
     let d = dir("sid");
     let mut f = FuzzServer6::open(&d.0).unwrap();
-    let req = with_ia(msg(MessageType::Request, &duid(1), Some(&[0, 3, 9])), 1, None);
-    assert!(send(&mut f, MAC, &req).is_none(), "another server's Request");
-    let sol = with_ia(msg(MessageType::Solicit, &duid(1), Some(&f.server_duid())), 1, None);
-    assert!(send(&mut f, MAC, &sol).is_none(), "a Solicit may not name a server");
+    let req = with_ia(
+        msg(MessageType::Request, &duid(1), Some(&[0, 3, 9])),
+        1,
+        None,
+    );
+    assert!(
+        send(&mut f, MAC, &req).is_none(),
+        "another server's Request"
+    );
+    let sol = with_ia(
+        msg(MessageType::Solicit, &duid(1), Some(&f.server_duid())),
+        1,
+        None,
+    );
+    assert!(
+        send(&mut f, MAC, &sol).is_none(),
+        "a Solicit may not name a server"
+    );
     let bytes = with_ia(msg(MessageType::Solicit, &duid(1), None), 1, None)
         .to_vec()
         .unwrap();
-    assert!(f.feed(a("fd00:db8::77"), MAC, &bytes, 0).is_none(), "not link-local");
+    assert!(
+        f.feed(a("fd00:db8::77"), MAC, &bytes, 0).is_none(),
+        "not link-local"
+    );
     assert_eq!(f.stats().dropped_server_id, 2);
     assert_eq!(f.stats().dropped_source, 1);
 }
@@ -209,7 +247,11 @@ fn a_guarded_port_cannot_drain_the_pool_with_invented_duids() {
     let guarded = Mac([2, 0, 0, 0, 0, 0x0a]);
     let mut got = 0;
     for i in 0..40u8 {
-        let adv = send(&mut f, guarded, &with_ia(msg(MessageType::Solicit, &duid(i), None), 1, None));
+        let adv = send(
+            &mut f,
+            guarded,
+            &with_ia(msg(MessageType::Solicit, &duid(i), None), 1, None),
+        );
         if adv.as_ref().and_then(addr_of).is_some() {
             got += 1;
         }
@@ -229,8 +271,20 @@ fn decline_only_while_new() {
     assert!(late.is_some());
     assert_eq!(f.leases()[0].state, "bound", "too late to decline");
     let ip2 = bind(&mut f, MAC, &duid(2), 1);
-    send(&mut f, MAC, &with_ia(msg(MessageType::Decline, &duid(2), Some(&sid)), 1, Some(ip2)));
-    assert!(f.leases().iter().any(|l| l.ip == ip2 && l.state == "declined"));
+    send(
+        &mut f,
+        MAC,
+        &with_ia(
+            msg(MessageType::Decline, &duid(2), Some(&sid)),
+            1,
+            Some(ip2),
+        ),
+    );
+    assert!(
+        f.leases()
+            .iter()
+            .any(|l| l.ip == ip2 && l.state == "declined")
+    );
 }
 
 /// Mutated messages through the whole engine: no panic, answers parse, and nothing is bound
@@ -262,7 +316,11 @@ fn survives_mutated_messages() {
         let kind = kinds[usize::from(r[0]) % kinds.len()];
         let server = (r[1] & 1 == 1).then_some(sid.as_slice());
         let hint = Ipv6Addr::new(0xfd00, 0xdb8, 0, 0, 0, 0, 0, 0x1000 + u16::from(r[2]));
-        let mut m = with_ia(msg(kind, &duid(r[3] & 7), server), u32::from(r[4] & 1), Some(hint));
+        let mut m = with_ia(
+            msg(kind, &duid(r[3] & 7), server),
+            u32::from(r[4] & 1),
+            Some(hint),
+        );
         if r[5] & 1 == 1 {
             m.opts_mut().insert(DhcpOption::RapidCommit);
         }

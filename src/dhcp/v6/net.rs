@@ -363,7 +363,10 @@ impl Sockets {
             if e.kind() == io::ErrorKind::Interrupted {
                 return Ok(());
             }
-            return Err(Dhcp6Error::Io { op: "poll", source: e });
+            return Err(Dhcp6Error::Io {
+                op: "poll",
+                source: e,
+            });
         }
         for (k, p) in fds.iter().enumerate() {
             if p.revents == 0 {

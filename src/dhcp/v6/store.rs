@@ -335,9 +335,7 @@ impl Table {
             let keep = match e.state {
                 State::Offered => false,
                 State::Bound | State::Declined => true,
-                State::Released | State::Expired => {
-                    e.expires.saturating_add(KEEP_FREED_SECS) > now
-                }
+                State::Released | State::Expired => e.expires.saturating_add(KEEP_FREED_SECS) > now,
             };
             if keep {
                 out.push(self.record(*ip, e));

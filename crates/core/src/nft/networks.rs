@@ -88,6 +88,11 @@ fn host_access_rules(rule: &FirewallRule) -> Vec<String> {
     out
 }
 
+/// Whether the daemon's DHCPv6 server serves `net` (see `kvmnet::dhcp::v6::scopes`).
+fn serves_dhcp6(net: &Network) -> bool {
+    net.dhcp.is_some()
+}
+
 /// What guests of `net` may reach on the host: rules of `host-NET`.
 fn host_rules(net: &Network) -> Vec<String> {
     let mut r = vec![
@@ -98,6 +103,10 @@ fn host_rules(net: &Network) -> Vec<String> {
     ];
     if net.dhcp.is_some() {
         r.push("udp sport 68 udp dport 67 accept".into());
+    }
+    if serves_dhcp6(net) {
+        // The DHCPv6 server's clients: link-local to the servers' group, 546 -> 547.
+        r.push("ip6 saddr fe80::/10 ip6 daddr ff02::1:2 udp sport 546 udp dport 547 accept".into());
     }
     if let Some(gw) = net.ipv4 {
         r.push(format!(

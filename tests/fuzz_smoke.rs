@@ -84,6 +84,11 @@ fn dhcp() {
 }
 
 #[test]
+fn dhcp6() {
+    smoke("dhcp6");
+}
+
+#[test]
 fn api() {
     smoke("api");
 }

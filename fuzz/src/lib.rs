@@ -12,12 +12,16 @@
 //!   by text, exactly what the full parse gives.
 //! - [`dhcp`]: `Packet::parse` never panics, decode∘encode is the identity on what it
 //!   accepts, and the fields agree with the `dhcproto` crate's reading of the same bytes.
+//! - [`dhcp6`]: the DHCPv6 server's engine takes any message without a panic, answers only
+//!   with Advertise or Reply, binds nothing outside its pool and reservation, and `dhcproto`
+//!   (its wire format) reads back what it writes.
 //! - [`api`]: the daemon's HTTP request reader never panics and answers a malformed request
 //!   with a 4xx.
 //! - [`import_libvirt`]: libvirt network and domain XML never panic the import, and what it
 //!   accepts is a spec kvmnet takes.
 
 mod api_target;
+mod dhcp6_target;
 mod dhcp_target;
 mod import_target;
 pub mod mutate;
@@ -25,6 +29,7 @@ mod spec_target;
 
 pub use api_target::{ApiOutcome, api, api_parse, cli_round_trip};
 pub use dhcp_target::dhcp;
+pub use dhcp6_target::dhcp6;
 pub use import_target::import_libvirt;
 pub use spec_target::{spec, spec_cache};
 
@@ -32,10 +37,11 @@ pub use spec_target::{spec, spec_cache};
 pub type Target = fn(&[u8]);
 
 /// The targets by name, as `fuzz_targets/` and `fuzz/corpus/` name them.
-pub const TARGETS: [(&str, Target); 5] = [
+pub const TARGETS: [(&str, Target); 6] = [
     ("spec", spec),
     ("spec_cache", spec_cache),
     ("dhcp", dhcp),
+    ("dhcp6", dhcp6),
     ("api", api),
     ("import_libvirt", import_libvirt),
 ];

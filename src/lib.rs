@@ -20,6 +20,7 @@ pub mod import;
 pub mod log;
 pub mod metrics;
 pub mod observe;
+pub mod ra;
 pub mod show;
 pub mod statedir;
 pub mod status;

@@ -11,8 +11,8 @@ use crate::backend::{netns, nftables, sysctl, tap};
 use crate::borrowed::Borrowed;
 use crate::desired::managed_sysctls;
 use crate::snapshot::{
-    AddrSnap, BondSnap, EthtoolSnap, LinkSnap, MacvtapSnap, NetnsSnap, RouteSnap, Snapshot, Stats,
-    VlanSnap, VxlanSnap,
+    Addr6Snap, AddrSnap, BondSnap, EthtoolSnap, LinkSnap, MacvtapSnap, NetnsSnap, RouteSnap,
+    Snapshot, Stats, VlanSnap, VxlanSnap,
 };
 use crate::spec::{BondMode, DirectMode, LACP_RATES, Owner, PortKind, Spec, XMIT_HASH_POLICIES};
 use crate::state::{MARK, parse_alias};
@@ -164,6 +164,27 @@ pub(crate) fn netns_snap(
         addrs: addr_snaps(addrs, &name_of),
         routes: route_snaps(routes, &name_of),
     }
+}
+
+/// Global IPv6 addresses, named. Read at every snapshot: a host has few (the gateway
+/// addresses of kvmnet's bridges, an uplink's), so each device is looked up by index.
+fn read_addrs6(nl: &mut Netlink) -> Result<Vec<Addr6Snap>, ObserveError> {
+    let mut names: std::collections::HashMap<u32, Option<String>> =
+        std::collections::HashMap::new();
+    let mut out = Vec::new();
+    for (i, addr) in nl.addrs6()? {
+        if !names.contains_key(&i) {
+            let name = nl.link_by_index(i)?.map(|l| l.name);
+            names.insert(i, name);
+        }
+        if let Some(Some(dev)) = names.get(&i) {
+            out.push(Addr6Snap {
+                dev: dev.clone(),
+                addr,
+            });
+        }
+    }
+    Ok(out)
 }
 
 /// Addresses with their devices named (those of unknown devices left out).
@@ -436,10 +457,12 @@ impl Observer {
             (k, v)
         });
 
+        let addrs6 = read_addrs6(nl)?;
         let mut snap = Snapshot {
             scope: self.scope.clone(),
             links,
             addrs,
+            addrs6,
             routes,
             netns,
             nft,

@@ -161,6 +161,7 @@ fn full_example() {
         vlan: None,
         host_access: vec![],
         ipv6_prefixes: vec![],
+        ipv6: None,
     };
     let routed = Network {
         name: "routed1".into(),
@@ -188,6 +189,7 @@ fn full_example() {
         vlan: None,
         host_access: vec![],
         ipv6_prefixes: vec![],
+        ipv6: None,
     };
     let hostonly = Network {
         name: "hostonly".into(),
@@ -206,6 +208,7 @@ fn full_example() {
         vlan: None,
         host_access: vec![],
         ipv6_prefixes: vec![],
+        ipv6: None,
     };
     let lan = Network {
         name: "lan".into(),
@@ -224,6 +227,7 @@ fn full_example() {
         vlan: None,
         host_access: vec![],
         ipv6_prefixes: vec![],
+        ipv6: None,
     };
     assert_eq!(
         spec.networks.keys().collect::<Vec<_>>(),
@@ -248,6 +252,7 @@ fn full_example() {
                 mac: Mac([0x52, 0x54, 0x00, 0xaa, 0x00, 0x10]),
                 mac_derived: false,
                 ipv4: Some(cidr("192.168.122.10/24")),
+                ipv6: None,
                 owner: Some(Owner::User("libvirt-qemu".into())),
                 queues: 4,
                 netns: None,

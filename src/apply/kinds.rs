@@ -7,7 +7,8 @@ use crate::backend::rtnl::{Netlink, NewLinkKind, Request};
 use crate::backend::{ethtool, macvtap, netns, nftables, sysctl, tc};
 use crate::observe::netns_mark;
 use crate::plan::{
-    BondMember, Change, DevAddr, DevRoute, Fdb, LinkUp, Master, Mtu, Netns, Object, Set, Step,
+    BondMember, Change, DevAddr, DevAddr6, DevRoute, Fdb, LinkUp, Master, Mtu, Netns, Object, Set,
+    Step,
 };
 use crate::state::{BondLink, BridgeLink, PortKind, PortLink, VlanLink, VxlanLink};
 
@@ -23,6 +24,7 @@ impl Kernel {
             Step::Bridge(c) => self.bridge(c),
             Step::Master(s) => self.master(s),
             Step::Addr(c) => self.addr(c),
+            Step::Addr6(c) => self.addr6(c),
             Step::Route(c) => self.route(c),
             Step::Port(Change::Create(p)) => self.create_ports(&[p]).pop().unwrap_or(Ok(())),
             Step::Port(Change::Delete(p)) => self.delete_ports(&[p]).pop().unwrap_or(Ok(())),
@@ -124,6 +126,22 @@ impl Kernel {
                 netns_fd: None,
             },
         )
+    }
+
+    fn addr6(&mut self, c: &Change<DevAddr6>) -> Result<(), ApplyError> {
+        let index = self.idx(&c.object().dev)?;
+        let req = match c {
+            Change::Create(a) => Request::NewAddr6 {
+                index,
+                addr: a.addr,
+            },
+            Change::Delete(a) => Request::DelAddr6 {
+                index,
+                addr: a.addr,
+            },
+            Change::Update { to, .. } => return Err(in_place(to)),
+        };
+        Self::one(&mut self.nl, req)
     }
 
     fn addr(&mut self, c: &Change<DevAddr>) -> Result<(), ApplyError> {

@@ -28,6 +28,8 @@ const RTMGRP_LINK: u32 = 0x1;
 const RTMGRP_TC: u32 = 0x8;
 const RTMGRP_IPV4_IFADDR: u32 = 0x10;
 const RTMGRP_IPV4_ROUTE: u32 = 0x40;
+/// A bridge's IPv6 gateway address removed by hand is drift like an IPv4 one.
+const RTMGRP_IPV6_IFADDR: u32 = 0x100;
 const NFNLGRP_NFTABLES: u32 = 7;
 
 /// Qdiscs, classes, filters (36..=47) and tc chains (100..=103).
@@ -148,7 +150,7 @@ impl Events {
     pub fn open() -> Result<Events, EventsError> {
         let route = subscribe(
             libc::NETLINK_ROUTE,
-            RTMGRP_LINK | RTMGRP_TC | RTMGRP_IPV4_IFADDR | RTMGRP_IPV4_ROUTE,
+            RTMGRP_LINK | RTMGRP_TC | RTMGRP_IPV4_IFADDR | RTMGRP_IPV4_ROUTE | RTMGRP_IPV6_IFADDR,
             None,
         )?;
         let nft = match subscribe(NETLINK_NETFILTER, 0, Some(NFNLGRP_NFTABLES)) {

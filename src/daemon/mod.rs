@@ -51,6 +51,8 @@ struct Shared {
     dhcp: Mutex<Option<dhcp::ServerHandle>>,
     /// The DHCPv6 server's thread, scopes and handle.
     v6: dhcp6::V6,
+    /// Router advertisements on the bridges of networks with `ipv6`, once started.
+    ra: Mutex<Option<crate::ra::Service>>,
     /// What the host holds, kept current by the kernel's notifications; `None` if the
     /// subscription failed (then every plan reads the host whole).
     watch: Mutex<Option<Watch>>,
@@ -71,6 +73,9 @@ impl Shared {
         *self.dhcp_pending.lock().expect("lock") = Some(dhcp::scopes(&spec));
         self.dhcp_kick.store(true, Ordering::SeqCst);
         self.v6.set_spec(&spec);
+        if let Some(ra) = self.ra.lock().expect("lock").as_ref() {
+            ra.update(crate::ra::scopes(&spec));
+        }
         self.metrics.set_spec(&spec);
         let old = std::mem::replace(active, Active { spec, accepted });
         self.retire(old);
@@ -954,6 +959,7 @@ pub fn run(
         dhcp_kick: AtomicBool::new(false),
         dhcp: Mutex::new(None),
         v6: dhcp6::V6::default(),
+        ra: Mutex::new(None),
         specs,
         identity,
         retired: Mutex::new(retired),
@@ -977,9 +983,17 @@ pub fn run(
     state_dir.tighten()?;
     let dhcp_sh = Arc::clone(&sh);
     let dhcp_thread = std::thread::spawn(move || dhcp_thread(dhcp_sh, server));
-    let spec = sh.active.lock().expect("lock").spec.clone();
-    let dhcp6_thread = dhcp6::start(&sh, &spec, &dhcp_dir(scope))?;
-    drop(spec);
+    {
+        // Locked in this order everywhere: the active spec, then the advertiser.
+        let active = sh.active.lock().expect("lock");
+        *sh.ra.lock().expect("lock") =
+            Some(crate::ra::Service::start(crate::ra::scopes(&active.spec)));
+    }
+    let dhcp6_thread = {
+        let active = sh.active.lock().expect("lock");
+        dhcp6::start(&sh, &active.spec, &dhcp_dir(scope))?
+    };
+    // The DHCPv6 journal and DUID may be new.
     state_dir.tighten()?;
 
     let listener = api::bind(&state_dir.dir).map_err(EngineError::Listen)?;
@@ -1005,6 +1019,9 @@ pub fn run(
     sh.v6.wake();
     let _ = dhcp_thread.join();
     let _ = dhcp6_thread.join();
+    if let Some(mut ra) = sh.ra.lock().expect("lock").take() {
+        ra.stop();
+    }
     let _ = api_thread.join();
     if let Some(t) = metrics_thread {
         let _ = t.join();

@@ -3,7 +3,7 @@
 use serde::de::Error as _;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-use crate::spec::{Ipv4Cidr, Mac};
+use crate::spec::{Ipv4Cidr, Ipv6Cidr, Mac};
 
 macro_rules! as_text {
     ($t:ty) => {
@@ -23,3 +23,4 @@ macro_rules! as_text {
 
 as_text!(Mac);
 as_text!(Ipv4Cidr);
+as_text!(Ipv6Cidr);

@@ -17,6 +17,9 @@ pub struct Snapshot {
     pub scope: String,
     pub links: Vec<LinkSnap>,
     pub addrs: Vec<AddrSnap>,
+    /// Global IPv6 addresses (link-local ones are the kernel's), by device.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub addrs6: Vec<Addr6Snap>,
     pub routes: Vec<RouteSnap>,
     /// Guest namespaces looked at: those the spec names and those kvmnet's ports point to.
     pub netns: BTreeMap<String, NetnsSnap>,
@@ -147,6 +150,13 @@ pub struct AddrSnap {
     pub addr: Ipv4Cidr,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub broadcast: Option<Ipv4Addr>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Addr6Snap {
+    pub dev: String,
+    pub addr: crate::spec::Ipv6Cidr,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

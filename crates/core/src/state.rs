@@ -24,6 +24,10 @@ pub struct HostState {
     pub ports: BTreeMap<String, PortLink>,
     /// IPv4 addresses of bridges and uplinks, in the order they were added.
     pub addrs: BTreeMap<String, Vec<Addr>>,
+    /// IPv6 addresses kvmnet puts on its bridges (the gateway's `ipv6`); the kernel adds
+    /// the prefix route with each.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub addrs6: BTreeMap<String, Vec<crate::spec::Ipv6Cidr>>,
     /// Non-kernel IPv4 routes through bridges and uplinks.
     pub routes: BTreeMap<String, Vec<Route>>,
     pub nft: Option<NftTable>,

@@ -64,6 +64,8 @@ pub(crate) const IFA_BROADCAST: u16 = 4;
 pub(crate) const IFA_CACHEINFO: u16 = 6;
 pub(crate) const IFA_FLAGS: u16 = 8;
 pub(crate) const IFA_F_PERMANENT: u32 = 0x80;
+/// No duplicate address detection: the address is usable at once.
+pub(crate) const IFA_F_NODAD: u32 = 0x02;
 pub(crate) const INFINITY_LIFE_TIME: u32 = u32::MAX;
 
 pub(crate) const RTA_DST: u16 = 1;

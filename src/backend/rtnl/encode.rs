@@ -5,15 +5,16 @@ use std::os::fd::RawFd;
 
 use super::HALF_MADE_GROUP;
 use super::consts::{
-    AF_BRIDGE, IFA_ADDRESS, IFA_BROADCAST, IFA_LOCAL, IFF_UP, IFLA_ADDRESS, IFLA_BOND_AD_LACP_RATE,
-    IFLA_BOND_MIIMON, IFLA_BOND_MIN_LINKS, IFLA_BOND_MODE, IFLA_BOND_PRIMARY,
-    IFLA_BOND_XMIT_HASH_POLICY, IFLA_BRPORT_ISOLATED, IFLA_EXT_MASK, IFLA_GROUP, IFLA_IFALIAS,
-    IFLA_IFNAME, IFLA_INFO_DATA, IFLA_INFO_KIND, IFLA_INFO_SLAVE_DATA, IFLA_INFO_SLAVE_KIND,
-    IFLA_LINK, IFLA_LINKINFO, IFLA_MACVLAN_MODE, IFLA_MASTER, IFLA_MTU, IFLA_NET_NS_FD,
-    IFLA_VLAN_ID, IFLA_VXLAN_GROUP, IFLA_VXLAN_ID, IFLA_VXLAN_LEARNING, IFLA_VXLAN_LINK,
-    IFLA_VXLAN_LOCAL, IFLA_VXLAN_PORT, NDA_DST, NDA_LLADDR, NTF_SELF, NUD_NOARP, NUD_PERMANENT,
-    RT_SCOPE_UNIVERSE, RT_TABLE_MAIN, RTA_DST, RTA_GATEWAY, RTA_OIF, RTA_PREFSRC, RTA_PRIORITY,
-    RTA_TABLE, RTEXT_FILTER_SKIP_STATS, RTN_UNICAST, VETH_INFO_PEER,
+    AF_BRIDGE, IFA_ADDRESS, IFA_BROADCAST, IFA_F_NODAD, IFA_F_PERMANENT, IFA_FLAGS, IFA_LOCAL,
+    IFF_UP, IFLA_ADDRESS, IFLA_BOND_AD_LACP_RATE, IFLA_BOND_MIIMON, IFLA_BOND_MIN_LINKS,
+    IFLA_BOND_MODE, IFLA_BOND_PRIMARY, IFLA_BOND_XMIT_HASH_POLICY, IFLA_BRPORT_ISOLATED,
+    IFLA_EXT_MASK, IFLA_GROUP, IFLA_IFALIAS, IFLA_IFNAME, IFLA_INFO_DATA, IFLA_INFO_KIND,
+    IFLA_INFO_SLAVE_DATA, IFLA_INFO_SLAVE_KIND, IFLA_LINK, IFLA_LINKINFO, IFLA_MACVLAN_MODE,
+    IFLA_MASTER, IFLA_MTU, IFLA_NET_NS_FD, IFLA_VLAN_ID, IFLA_VXLAN_GROUP, IFLA_VXLAN_ID,
+    IFLA_VXLAN_LEARNING, IFLA_VXLAN_LINK, IFLA_VXLAN_LOCAL, IFLA_VXLAN_PORT, NDA_DST, NDA_LLADDR,
+    NTF_SELF, NUD_NOARP, NUD_PERMANENT, RT_SCOPE_UNIVERSE, RT_TABLE_MAIN, RTA_DST, RTA_GATEWAY,
+    RTA_OIF, RTA_PREFSRC, RTA_PRIORITY, RTA_TABLE, RTEXT_FILTER_SKIP_STATS, RTN_UNICAST,
+    VETH_INFO_PEER,
 };
 use super::request::{NewLinkKind, Request, validate};
 use super::types::{BondOptions, RouteInfo};
@@ -144,6 +145,7 @@ pub(super) fn encode(
             b.end(start);
         }
         Request::NewAddr { .. } | Request::DelAddr { .. } => addr(b, number(false), req),
+        Request::NewAddr6 { .. } | Request::DelAddr6 { .. } => addr6(b, number(false), req),
         Request::NewFdb { .. } | Request::DelFdb { .. } => fdb(b, number(false), req),
         Request::NewRoute(r) => route(b, number(false), r, true),
         Request::DelRoute(r) => route(b, number(false), r, false),
@@ -355,6 +357,30 @@ fn addr(b: &mut MsgBuf, seq: u32, req: &Request) {
         b.attr(IFA_BROADCAST, &brd.octets());
     }
     b.end(start);
+}
+
+/// RTM_NEWADDR or RTM_DELADDR of an IPv6 address.
+fn addr6(b: &mut MsgBuf, seq: u32, req: &Request) {
+    let (ty, flags, index, addr) = match req {
+        Request::NewAddr6 { index, addr } => (RTM_NEWADDR, CREATE, index, addr),
+        Request::DelAddr6 { index, addr } => (RTM_DELADDR, ACK, index, addr),
+        _ => unreachable!("addr6 encodes NewAddr6 and DelAddr6 only"),
+    };
+    let start = b.begin(ty, flags, seq);
+    b.bytes(&ifaddrmsg6(addr.prefix, *index));
+    b.attr(IFA_LOCAL, &addr.addr.octets());
+    b.attr(IFA_ADDRESS, &addr.addr.octets());
+    if ty == RTM_NEWADDR {
+        b.attr_u32(IFA_FLAGS, IFA_F_NODAD | IFA_F_PERMANENT);
+    }
+    b.end(start);
+}
+
+/// `struct ifaddrmsg` of an IPv6 address.
+pub(super) fn ifaddrmsg6(prefix: u8, index: u32) -> [u8; 8] {
+    let mut h = ifaddrmsg(prefix, index);
+    h[0] = libc::AF_INET6 as u8;
+    h
 }
 
 /// RTM_NEWNEIGH (append) or RTM_DELNEIGH of a bridge-family FDB entry.

@@ -41,7 +41,7 @@ pub const HALF_MADE_GROUP: u32 = 0x4b76_6e00;
 
 use self::consts::AF_BRIDGE;
 use self::encode::{Deferred, Pending, encode, ifaddrmsg, ndmsg, rtmsg, set_alias_by_name};
-use self::parse::{parse_addr, parse_fdb, parse_link, parse_route};
+use self::parse::{parse_addr, parse_addr6, parse_fdb, parse_link, parse_route};
 use self::request::check_ifname;
 use crate::backend::netlink::attr::u32_at;
 use crate::backend::netlink::consts::{
@@ -186,6 +186,16 @@ impl Netlink {
             .sock
             .dump("list IPv4 addresses", RTM_GETADDR, &ifaddrmsg(0, 0))?;
         Ok(dumped.iter().filter_map(|p| parse_addr(p)).collect())
+    }
+
+    /// All global IPv6 addresses: (link index, address).
+    pub fn addrs6(&mut self) -> Result<Vec<(u32, crate::spec::Ipv6Cidr)>, NetlinkError> {
+        let dumped = self.sock.dump(
+            "list IPv6 addresses",
+            RTM_GETADDR,
+            &encode::ifaddrmsg6(0, 0),
+        )?;
+        Ok(dumped.iter().filter_map(|p| parse_addr6(p)).collect())
     }
 
     /// All IPv4 routes of all tables (local and broadcast routes of table 255 included).

@@ -235,6 +235,30 @@ pub(super) fn parse_addr(p: &[u8]) -> Option<AddrInfo> {
     })
 }
 
+/// A global IPv6 address (link-local and other scopes are the kernel's own).
+pub(super) fn parse_addr6(p: &[u8]) -> Option<(u32, crate::spec::Ipv6Cidr)> {
+    if p.len() < 8 || p[0] != libc::AF_INET6 as u8 || p[3] != super::consts::RT_SCOPE_UNIVERSE {
+        return None;
+    }
+    let (prefix, index) = (p[1], u32_at(p, 4));
+    let (mut local, mut address) = (None, None);
+    for (ty, v) in attrs(&p[8..]) {
+        let a = <[u8; 16]>::try_from(v).ok().map(std::net::Ipv6Addr::from);
+        match ty {
+            IFA_LOCAL => local = a,
+            IFA_ADDRESS => address = a,
+            _ => {}
+        }
+    }
+    Some((
+        index,
+        crate::spec::Ipv6Cidr {
+            addr: local.or(address)?,
+            prefix,
+        },
+    ))
+}
+
 pub(super) fn parse_route(p: &[u8]) -> Option<RouteInfo> {
     if p.len() < 12 || p[0] != libc::AF_INET as u8 {
         return None;

@@ -95,6 +95,15 @@ pub enum Request {
         index: u32,
         addr: Ipv4Cidr,
     },
+    /// An IPv6 address, without duplicate address detection (`ip addr add A/P nodad`).
+    NewAddr6 {
+        index: u32,
+        addr: crate::spec::Ipv6Cidr,
+    },
+    DelAddr6 {
+        index: u32,
+        addr: crate::spec::Ipv6Cidr,
+    },
     NewRoute(RouteInfo),
     DelRoute(RouteInfo),
     /// `bridge fdb append MAC dev LINK dst DST self permanent` (NLM_F_CREATE|NLM_F_APPEND:
@@ -136,6 +145,8 @@ impl Request {
             | Request::SetBond { index, .. }
             | Request::NewAddr { index, .. }
             | Request::DelAddr { index, .. }
+            | Request::NewAddr6 { index, .. }
+            | Request::DelAddr6 { index, .. }
             | Request::NewFdb { index, .. }
             | Request::DelFdb { index, .. } => Some(*index),
             Request::NewRoute(r) | Request::DelRoute(r) => r.oif,
@@ -212,6 +223,12 @@ impl Request {
                 format!("add address {addr} to link {}", link(*index))
             }
             Request::DelAddr { index, addr } => {
+                format!("delete address {addr} from link {}", link(*index))
+            }
+            Request::NewAddr6 { index, addr } => {
+                format!("add address {addr} to link {}", link(*index))
+            }
+            Request::DelAddr6 { index, addr } => {
                 format!("delete address {addr} from link {}", link(*index))
             }
             Request::NewRoute(r) => format!("add route {}", describe_route(r, name)),
@@ -308,6 +325,11 @@ pub(super) fn validate(req: &Request) -> Result<(), String> {
         Request::NewAddr { addr, .. } | Request::DelAddr { addr, .. } => {
             if addr.prefix > 32 {
                 return Err(format!("prefix length {} is over 32", addr.prefix));
+            }
+        }
+        Request::NewAddr6 { addr, .. } | Request::DelAddr6 { addr, .. } => {
+            if addr.prefix > 128 {
+                return Err(format!("prefix length {} is over 128", addr.prefix));
             }
         }
         Request::NewRoute(r) | Request::DelRoute(r) => {

@@ -68,7 +68,7 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 
 use crate::dhcp::DhcpError;
-use crate::spec::{Ipv6Cidr, Mac};
+use crate::spec::{Ipv6Cidr, Mac, Spec};
 use engine::Engine;
 
 /// What the server hands out on one network (one bridge).
@@ -540,7 +540,52 @@ fn fuzz_scope() -> Scope6 {
     }
 }
 
-/// TEMPORARY until the network `ipv6` lands.
-pub fn scopes(_spec: &crate::spec::Spec) -> Vec<Scope6> {
-    Vec::new()
+/// A lease's length on a network without a `dhcp:` block (DHCPv4's default).
+const LEASE_DEFAULT_SECS: u32 = 3600;
+
+/// The DHCPv6 scopes a spec asks for: one per network with `ipv6` and either a `dhcp:` block
+/// or an RA mode that hands addresses out by DHCPv6. Addresses (IA_NA) are served when the RA
+/// mode says so (`dhcpv6`, `slaac+dhcpv6`); information-request (DNS) in every mode.
+/// Reservations: the ports on the network with an `ipv6`, by MAC. Pure and deterministic.
+pub fn scopes(spec: &Spec) -> Vec<Scope6> {
+    let mut out = Vec::new();
+    for (name, net) in &spec.networks {
+        let Some(v6) = net.ipv6 else { continue };
+        let managed = v6.ra.mode.managed();
+        if net.dhcp.is_none() && !managed {
+            continue;
+        }
+        let ports = || {
+            spec.vms
+                .values()
+                .flat_map(|vm| vm.ports.iter())
+                .filter(|p| &p.network == name)
+        };
+        let reservations = ports()
+            .filter_map(|p| {
+                p.ipv6.map(|ip| Reservation6 {
+                    mac: p.mac,
+                    ip,
+                    port: p.name.clone(),
+                })
+            })
+            .collect();
+        let dhcp = net.dhcp.as_ref();
+        out.push(Scope6 {
+            network: name.clone(),
+            interface: net.bridge.clone(),
+            server_ip: v6.gateway.addr,
+            prefix: v6.prefix(),
+            dns: dhcp.map(|d| d.dns6.clone()).unwrap_or_default(),
+            domains: dhcp.and_then(|d| d.domain.clone()).into_iter().collect(),
+            lease_secs: dhcp.map_or(LEASE_DEFAULT_SECS, |d| {
+                u32::try_from(d.lease_time_secs).unwrap_or(u32::MAX)
+            }),
+            pool: dhcp.and_then(|d| d.range6).filter(|_| managed),
+            reservations,
+            guarded_macs: ports().filter(|p| p.antispoof).map(|p| p.mac).collect(),
+            addresses: managed,
+        });
+    }
+    out
 }

@@ -40,6 +40,10 @@ use uplinks::*;
 pub use uplinks::{HostLink, resolve_uplink};
 
 pub const IP_FORWARD: &str = "net.ipv4.ip_forward";
+/// IPv6 forwarding, for nat and routed networks with `ipv6`. Turning it on makes the host
+/// ignore RAs on interfaces whose accept_ra is 1 (README says what that means for an uplink
+/// configured by SLAAC).
+pub const IP6_FORWARD: &str = "net.ipv6.conf.all.forwarding";
 /// Per-port firewalls see bridged traffic only when the bridge hands it to the IP hooks.
 pub const BRIDGE_NF: &str = "net.bridge.bridge-nf-call-iptables";
 /// The same for bridged IPv6: firewalls cover both families.

@@ -38,6 +38,10 @@ impl Build<'_> {
             },
         );
         self.st.addrs.insert(net.bridge.clone(), br.addrs);
+        let v6: Vec<_> = net.ipv6.iter().map(|v| v.gateway).collect();
+        if !v6.is_empty() {
+            self.st.addrs6.insert(net.bridge.clone(), v6);
+        }
         self.st.routes.insert(net.bridge.clone(), br.routes);
     }
 }

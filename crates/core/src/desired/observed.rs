@@ -288,6 +288,14 @@ pub fn observed_foreign(snap: &Snapshot, interest: &Interest, st: &mut HostState
         .chain(st.members.keys())
         .cloned()
         .collect();
+    // Only kvmnet's bridges: an uplink's own IPv6 is the host's, never moved or managed.
+    for a in snap
+        .addrs6
+        .iter()
+        .filter(|a| st.bridges.contains_key(&a.dev))
+    {
+        st.addrs6.entry(a.dev.clone()).or_default().push(a.addr);
+    }
     for d in devs {
         st.addrs.insert(d.clone(), addrs_of(snap, &d));
         st.routes

@@ -34,6 +34,13 @@ pub fn managed_sysctls(spec: &Spec) -> BTreeMap<String, String> {
         out.insert(IP_FORWARD.to_string(), "1".to_string());
     }
     if spec
+        .networks
+        .values()
+        .any(|n| n.mode.forwarding() && n.ipv6.is_some())
+    {
+        out.insert(IP6_FORWARD.to_string(), "1".to_string());
+    }
+    if spec
         .vms
         .values()
         .flat_map(|v| &v.ports)

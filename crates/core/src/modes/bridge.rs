@@ -11,6 +11,9 @@ use crate::state::UplinkLink;
 
 pub(crate) struct Bridge;
 
+/// Why a network whose router is on the LAN takes no gateway address of its own.
+pub(super) const LAN_V6: &str = "ipv6 (a gateway address) applies to nat, routed and isolated networks, where kvmnet is the router; here the LAN's router announces: list its prefixes in ipv6_prefixes";
+
 static FIELDS: Fields = Fields {
     bridge: Take::Optional,
     ipv4: Take::Refused(
@@ -24,6 +27,7 @@ static FIELDS: Fields = Fields {
     ),
     isolate_ports: Take::Optional,
     ipv6_prefixes: Take::Optional,
+    ipv6: Take::Refused(LAN_V6),
     routed_by_host: false,
     forwarding: false,
     own: &[],

@@ -29,6 +29,9 @@ static FIELDS: Fields = Fields {
     ipv6_prefixes: Take::Refused(
         "direct ports are not guarded (macvtap bypasses the host's bridge)",
     ),
+    ipv6: Take::Refused(
+        "ipv6 (a gateway address) applies to nat, routed and isolated networks; a direct network's guests sit on the uplink's LAN, whose router serves them",
+    ),
     routed_by_host: false,
     forwarding: false,
     own: &["direct_mode"],

@@ -14,6 +14,7 @@ static FIELDS: Fields = Fields {
     dhcp: Take::Optional,
     isolate_ports: Take::Optional,
     ipv6_prefixes: Take::Refused("on a isolated network kvmnet is the router"),
+    ipv6: Take::Optional,
     routed_by_host: true,
     forwarding: false,
     own: &[],

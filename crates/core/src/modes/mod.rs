@@ -10,7 +10,7 @@
 use crate::desired::{BridgeDraft, Build};
 use crate::nft::Parts;
 use crate::spec::validate::NetReader;
-use crate::spec::{Ipv4Cidr, Mode, Network};
+use crate::spec::{Ipv4Cidr, Ipv6Cidr, Mode, Network};
 
 mod bridge;
 mod direct;
@@ -49,6 +49,9 @@ pub(crate) struct Fields {
     pub isolate_ports: Take,
     /// `ipv6_prefixes`: `Optional` on L2 segments of a LAN; `Refused(why)` elsewhere.
     pub ipv6_prefixes: Take,
+    /// `ipv6` (the gateway's address and prefix) and with it `ra`: `Optional` where kvmnet
+    /// is the router; `Refused(why)` on L2 segments of a LAN.
+    pub ipv6: Take,
     /// The host is the network's router (nat, routed, isolated): `bandwidth`, floors and
     /// `host_access` apply, and the firewall's per-network chains exist.
     pub routed_by_host: bool,
@@ -91,6 +94,19 @@ pub(crate) trait NetworkMode: Sync {
 
     /// Routed networks: address translation (nat's masquerade and port forwards).
     fn translation(&self, _net: &Network, _subnet: Ipv4Cidr, _out: &mut Parts) {}
+
+    /// [`NetworkMode::leaving`] for the network's IPv6 prefix.
+    fn leaving6(&self, _net: &Network, _prefix: Ipv6Cidr) -> Option<String> {
+        None
+    }
+
+    /// [`NetworkMode::entering`] for the network's IPv6 prefix.
+    fn entering6(&self, _net: &Network, _prefix: Ipv6Cidr) -> Vec<String> {
+        Vec::new()
+    }
+
+    /// [`NetworkMode::translation`] for the network's IPv6 prefix (NAT66).
+    fn translation6(&self, _net: &Network, _prefix: Ipv6Cidr, _out: &mut Parts) {}
 
     /// The message for one of this mode's own fields ([`Fields::own`]) given on a network
     /// of mode `here`.

@@ -3,7 +3,7 @@
 
 use super::nat::GATEWAY;
 use super::{Fields, NetworkMode, Take};
-use crate::spec::{Ipv4Cidr, Mode, Network};
+use crate::spec::{Ipv4Cidr, Ipv6Cidr, Mode, Network};
 
 pub(crate) struct Routed;
 
@@ -14,6 +14,7 @@ static FIELDS: Fields = Fields {
     dhcp: Take::Optional,
     isolate_ports: Take::Optional,
     ipv6_prefixes: Take::Refused("on a routed network kvmnet is the router"),
+    ipv6: Take::Optional,
     routed_by_host: true,
     forwarding: true,
     own: &[],
@@ -34,5 +35,13 @@ impl NetworkMode for Routed {
 
     fn entering(&self, _net: &Network, subnet: Ipv4Cidr) -> Vec<String> {
         vec![format!("ip daddr {subnet} return")]
+    }
+
+    fn leaving6(&self, _net: &Network, prefix: Ipv6Cidr) -> Option<String> {
+        Some(format!("ip6 saddr {prefix} return"))
+    }
+
+    fn entering6(&self, _net: &Network, prefix: Ipv6Cidr) -> Vec<String> {
+        vec![format!("ip6 daddr {prefix} return")]
     }
 }

@@ -21,6 +21,7 @@ static FIELDS: Fields = Fields {
     dhcp: Take::Optional,
     isolate_ports: Take::Optional,
     ipv6_prefixes: Take::Optional,
+    ipv6: Take::Refused(super::bridge::LAN_V6),
     routed_by_host: false,
     forwarding: false,
     own: VXLAN_FIELDS,

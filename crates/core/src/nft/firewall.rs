@@ -306,17 +306,15 @@ impl Direction {
 }
 
 /// The addresses traffic routed to `p` is addressed to: its IPv4 address, the link-local
-/// address of its MAC and its SLAAC address in each of its network's IPv6 prefixes.
+/// address of its MAC, its SLAAC address in each of its network's IPv6 prefixes (its own
+/// and the LAN's) and its declared `ipv6`.
 fn port_addresses(spec: &Spec, p: &Port) -> (Option<String>, Vec<String>) {
     let v4 = p.ipv4.map(|a| ipv4_text(a.addr));
-    let mut v6 = vec![p.mac.link_local().to_string()];
-    if let Some(net) = spec.networks.get(&p.network) {
-        v6.extend(
-            net.ipv6_prefixes
-                .iter()
-                .map(|c| p.mac.slaac(c.addr).to_string()),
-        );
-    }
+    let v6 = p
+        .ipv6_addresses(spec)
+        .into_iter()
+        .map(|a| a.to_string())
+        .collect();
     (v4, v6)
 }
 

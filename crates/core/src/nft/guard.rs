@@ -175,13 +175,15 @@ impl Sets {
         self.mac_raw
             .elements
             .push(concat(&[&q, " . ", &hex(&mac.0)]));
-        let prefixes = spec
+        let addrs = spec
             .networks
             .get(network)
-            .map(|n| n.ipv6_prefixes.as_slice())
-            .unwrap_or_default();
-        let addrs =
-            std::iter::once(mac.link_local()).chain(prefixes.iter().map(|c| mac.slaac(c.addr)));
+            .map(|n| {
+                let own = std::iter::once(mac.link_local());
+                own.chain(n.slaac_prefixes().map(|c| mac.slaac(c.addr)))
+                    .collect::<Vec<_>>()
+            })
+            .unwrap_or_else(|| vec![mac.link_local()]);
         for a in addrs {
             self.port_ip6
                 .elements
@@ -196,6 +198,21 @@ impl Sets {
         self.add_interface(spec, &p.name, &p.network, p.mac);
         for t in &p.trunk {
             self.add_interface(spec, &t.device, &t.network, p.mac);
+        }
+        let slaac = |a| {
+            spec.networks
+                .get(&p.network)
+                .is_some_and(|n| n.slaac_prefixes().any(|c| p.mac.slaac(c.addr) == a))
+        };
+        if let Some(a) = p.ipv6.filter(|a| !slaac(*a)) {
+            // The declared address holds on the port's own network only.
+            let q = concat(&["\"", p.own_interface(), "\""]);
+            self.port_ip6
+                .elements
+                .push(concat(&[&q, " . ", &a.to_string()]));
+            self.nd_target
+                .elements
+                .push(concat(&[&q, " . ", &hex(&a.octets())]));
         }
         if let Some(a) = p.ipv4 {
             let q = concat(&["\"", p.own_interface(), "\""]);

@@ -35,6 +35,9 @@ fn from_rules(net: &Network) -> Vec<String> {
     if let Some(gw) = net.ipv4 {
         r.extend(net.mode.behaviour().leaving(net, gw.network()));
     }
+    if let Some(v6) = net.ipv6 {
+        r.extend(net.mode.behaviour().leaving6(net, v6.prefix()));
+    }
     r.push("counter reject".into());
     r
 }
@@ -45,6 +48,9 @@ fn to_rules(net: &Network) -> Vec<String> {
     let mut r = vec![format!("iifname {br} return")];
     if let Some(gw) = net.ipv4 {
         r.extend(net.mode.behaviour().entering(net, gw.network()));
+    }
+    if let Some(v6) = net.ipv6 {
+        r.extend(net.mode.behaviour().entering6(net, v6.prefix()));
     }
     r.push("counter reject".into());
     r
@@ -90,7 +96,8 @@ fn host_access_rules(rule: &FirewallRule) -> Vec<String> {
 
 /// Whether the daemon's DHCPv6 server serves `net` (see `kvmnet::dhcp::v6::scopes`).
 fn serves_dhcp6(net: &Network) -> bool {
-    net.dhcp.is_some()
+    net.ipv6
+        .is_some_and(|v6| net.dhcp.is_some() || v6.ra.mode.managed())
 }
 
 /// What guests of `net` may reach on the host: rules of `host-NET`.
@@ -114,8 +121,14 @@ fn host_rules(net: &Network) -> Vec<String> {
             gw.addr
         ));
     }
-    // The gateway's IPv6 address is the bridge's link-local one.
+    // The gateway's IPv6 addresses: the bridge's link-local one, and its `ipv6`.
     r.push("ip6 daddr fe80::/64 icmpv6 type echo-request accept".into());
+    if let Some(v6) = net.ipv6 {
+        r.push(format!(
+            "ip6 daddr {} icmpv6 type echo-request accept",
+            v6.gateway.addr
+        ));
+    }
     for rule in &net.host_access {
         r.extend(host_access_rules(rule));
     }
@@ -147,6 +160,11 @@ pub(super) fn parts(spec: &crate::spec::Spec) -> Parts {
             net.mode
                 .behaviour()
                 .translation(net, gw.network(), &mut out);
+        }
+        if let Some(v6) = net.ipv6 {
+            net.mode
+                .behaviour()
+                .translation6(net, v6.prefix(), &mut out);
         }
     }
     if from.elements.is_empty() {

@@ -9,6 +9,7 @@
 //! object made again, are the two tables of `order.rs` ([`ORDER`], [`CASCADES`]).
 
 mod addr;
+mod addr6;
 mod bond;
 mod bridge;
 mod netns;
@@ -33,6 +34,7 @@ use crate::nft::NftChange;
 use crate::state::{BondLink, BridgeLink, HostState, PortLink, VlanLink, VxlanLink};
 
 pub use addr::DevAddr;
+pub use addr6::DevAddr6;
 pub use bond::BondMember;
 pub use netns::Netns;
 pub use nft::Ruleset;
@@ -242,6 +244,8 @@ steps! {
     /// Enslave a foreign uplink to a bridge, or release it.
     Master(Set<Master>),
     Addr(Change<DevAddr>),
+    /// A bridge's IPv6 gateway address.
+    Addr6(Change<DevAddr6>),
     Route(Change<DevRoute>),
     Port(Change<PortLink>),
     /// kvmnet's nftables tables replaced whole.

@@ -4,7 +4,7 @@ use std::borrow::Cow;
 use std::collections::BTreeSet;
 
 use super::{Kind, Plan, Step};
-use super::{addr, bond, bridge, netns, nft, port, route, settings, shaping, vlan, vxlan};
+use super::{addr, addr6, bond, bridge, netns, nft, port, route, settings, shaping, vlan, vxlan};
 use crate::nft::NftPlan;
 use crate::state::HostState;
 
@@ -82,6 +82,7 @@ pub const ORDER: &[Phase] = &[
         route::delete,
     ),
     phase("old addresses out", &[K::Addr], addr::delete),
+    phase("old IPv6 addresses out", &[K::Addr6], addr6::delete),
     phase(
         "primaries cleared of bonds that go, before they lose their members",
         &[K::Bond],
@@ -94,6 +95,7 @@ pub const ORDER: &[Phase] = &[
     ),
     phase("bonds changed (a primary set)", &[K::Bond], bond::update),
     phase("new addresses", &[K::Addr], addr::add),
+    phase("new IPv6 addresses", &[K::Addr6], addr6::add),
     phase("new routes, once addresses are in", &[K::Route], route::add),
     phase(
         "the firewall, before any port comes up",

@@ -9,6 +9,7 @@
 //! quotes; list items are `[i]`. Errors about the file as a whole use the path `(file)`.
 
 mod cache;
+pub mod ipv6;
 pub mod macs;
 pub mod model;
 pub mod naming;
@@ -16,6 +17,7 @@ pub(crate) mod validate;
 mod yaml;
 
 pub use cache::SpecCache;
+pub use ipv6::{NetIpv6, Ra, RaMode};
 pub use macs::HostIdentity;
 pub use model::*;
 pub use validate::schema::json_schema;

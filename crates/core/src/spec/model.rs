@@ -342,6 +342,9 @@ pub struct Network {
     /// (`ipv6_prefixes`); a guarded port may use the SLAAC (EUI-64) address of its MAC in
     /// each.
     pub ipv6_prefixes: Vec<Ipv6Cidr>,
+    /// nat, routed and isolated networks: the gateway's IPv6 address and prefix (`ipv6`),
+    /// with the network's router advertisements and NAT66 (see [`super::ipv6`]).
+    pub ipv6: Option<super::NetIpv6>,
 }
 
 /// How macvtap ports on one uplink reach each other (the kernel's macvlan modes).
@@ -464,6 +467,8 @@ pub struct Forward {
     /// The VM it goes to, and the address of that VM's port on this network.
     pub to: String,
     pub to_ip: Ipv4Addr,
+    /// The same port's declared `ipv6`, on a network with `ipv6`: forwarded for IPv6 too.
+    pub to_ip6: Option<std::net::Ipv6Addr>,
     pub to_port: u16,
 }
 
@@ -526,6 +531,8 @@ pub struct Port {
     /// The VM's address with its prefix: the network's prefix on nat/routed/isolated networks,
     /// the written prefix on `bridge` networks.
     pub ipv4: Option<Ipv4Cidr>,
+    /// A static IPv6 address on a network with `ipv6` (set inside a veth's namespace).
+    pub ipv6: Option<std::net::Ipv6Addr>,
     pub owner: Option<Owner>,
     pub queues: u32,
     /// veth: the namespace that receives the far end.

@@ -23,6 +23,8 @@ pub(super) fn cross_checks(
     check_mirrors(cx, ports);
     check_forwards(cx, nets, ports);
     check_forwarding(cx, nets, sysctl);
+    super::ipv6::check_ipv6(cx, nets, ports, sysctl);
+    super::dhcp6::check_dhcp6(cx, nets, ports);
 }
 
 /// An interface kvmnet creates, with where its name comes from.

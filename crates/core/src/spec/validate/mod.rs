@@ -24,7 +24,9 @@ use super::yaml::{Key, Kind, Node, index, join};
 
 mod cross;
 mod dhcp;
+mod dhcp6;
 mod host;
+pub(crate) mod ipv6;
 mod network;
 mod policy;
 mod port;
@@ -92,11 +94,13 @@ const NET_FIELDS: &[&str] = &[
     "vlan",
     "host_access",
     "ipv6_prefixes",
+    "ipv6",
+    "ra",
 ];
 pub(crate) const VXLAN_FIELDS: &[&str] = &["vni", "underlay", "remotes", "group", "port"];
 pub(crate) const VNI_MAX: i128 = 16_777_215;
 const FORWARD_FIELDS: &[&str] = &["proto", "port", "to", "to_port"];
-pub(crate) const NAT_FIELDS: &[&str] = &["egress"];
+pub(crate) const NAT_FIELDS: &[&str] = &["egress", "ipv6"];
 const DHCP_FIELDS: &[&str] = &[
     "range",
     "pool",
@@ -115,6 +119,7 @@ const PORT_FIELDS: &[&str] = &[
     "kind",
     "mac",
     "ipv4",
+    "ipv6",
     "owner",
     "queues",
     "netns",
@@ -412,6 +417,8 @@ pub(crate) struct NetDraft {
     pub(crate) vlan_uplink_loc: Loc,
     host_access: Vec<FirewallRule>,
     ipv6_prefixes: Vec<Ipv6Cidr>,
+    /// `ipv6`, `ra` and `nat.ipv6`.
+    pub(crate) v6: ipv6::V6Draft,
 }
 
 impl NetDraft {
@@ -441,6 +448,10 @@ impl NetDraft {
             vlan_uplink_loc: key.loc,
             host_access: Vec::new(),
             ipv6_prefixes: Vec::new(),
+            v6: ipv6::V6Draft {
+                loc: key.loc,
+                ..Default::default()
+            },
         }
     }
 }
@@ -470,6 +481,8 @@ pub(crate) struct PortDraft {
     mac_derived: bool,
     ipv4: Option<Ipv4Cidr>,
     ipv4_loc: Loc,
+    ipv6: Option<std::net::Ipv6Addr>,
+    ipv6_loc: Loc,
     owner: Option<Owner>,
     queues: u32,
     netns: Option<String>,
@@ -486,7 +499,12 @@ pub(crate) struct PortDraft {
 impl PortDraft {
     /// The same port read from a text that starts `by` lines further down.
     pub(crate) fn shift_lines(&mut self, by: usize) {
-        for l in [&mut self.name_loc, &mut self.mac_loc, &mut self.ipv4_loc] {
+        for l in [
+            &mut self.name_loc,
+            &mut self.mac_loc,
+            &mut self.ipv4_loc,
+            &mut self.ipv6_loc,
+        ] {
             l.line += by;
         }
         if let Some((_, l, _)) = &mut self.mirror {
@@ -764,24 +782,27 @@ fn build(
             direct_mode: n.direct_mode.map(|m| m.0),
             host_access: n.host_access.clone(),
             ipv6_prefixes: n.ipv6_prefixes.clone(),
+            ipv6: n.v6.gateway.map(|gateway| crate::spec::NetIpv6 {
+                gateway,
+                ra: n.v6.ra,
+                nat66: n.mode == Some(Mode::Nat) && n.v6.nat66.is_none_or(|x| x.0),
+            }),
             forwards: n
                 .forwards
                 .iter()
                 .map(|f| {
-                    let to_ip = ports
-                        .iter()
-                        .find(|p| {
-                            p.vm == f.to
-                                && p.network.as_deref() == Some(n.name.as_str())
-                                && p.ipv4.is_some()
-                        })
-                        .and_then(|p| p.ipv4)
-                        .map(|a| a.addr)?;
+                    let target = ports.iter().find(|p| {
+                        p.vm == f.to
+                            && p.network.as_deref() == Some(n.name.as_str())
+                            && p.ipv4.is_some()
+                    })?;
                     Some(Forward {
                         proto: f.proto,
                         port: f.port,
                         to: f.to.clone(),
-                        to_ip,
+                        to_ip: target.ipv4?.addr,
+                        // Forwarded for IPv6 too when the target declares its address.
+                        to_ip6: target.ipv6.filter(|_| n.v6.gateway.is_some()),
                         to_port: f.to_port,
                     })
                 })
@@ -827,6 +848,7 @@ fn build(
             },
             mac_derived: p.mac_derived,
             ipv4: p.ipv4,
+            ipv6: p.ipv6,
             owner: p.owner,
             queues: p.queues,
             netns: p.netns,

@@ -23,6 +23,7 @@ const ANY_MODE: Fields = Fields {
     dhcp: Take::Optional,
     isolate_ports: Take::Optional,
     ipv6_prefixes: Take::Optional,
+    ipv6: Take::Optional,
     routed_by_host: true,
     forwarding: false,
     own: &[],
@@ -52,6 +53,7 @@ pub(super) fn read_network(cx: &mut Ctx, key: &Key, f: &Field) -> NetDraft {
 
     read_bridge(cx, &o, &mut d, fields.bridge, name_ok.then_some(key));
     let ipv4_given = read_gateway(cx, &o, &mut d, fields.ipv4, word);
+    super::ipv6::read_network_ipv6(cx, &o, &mut d, fields.ipv6, word);
     if let Some(mf) = o.get(cx, "mtu")
         && let Some(n) = int_in(
             cx,

@@ -62,6 +62,7 @@ pub(super) fn read_port(
     let mut d = PortDraft::new(f, vm, index);
     let net = read_port_network(cx, &o, nets, &mut d);
     read_port_identity(cx, &o, &mut d, net.as_ref(), (vm, vm_ok));
+    super::ipv6::read_port_ipv6(cx, &o, &mut d, nets);
     let kind = d.kind;
     if kind == Some(PortKind::Macvtap) {
         refuse_for_macvtap(cx, &o);
@@ -90,6 +91,8 @@ impl PortDraft {
             mac_derived: false,
             ipv4: None,
             ipv4_loc: f.loc(),
+            ipv6: None,
+            ipv6_loc: f.loc(),
             owner: None,
             queues: 1,
             netns: None,

@@ -154,7 +154,27 @@ impl Shapes {
             ],
             &["proto", "port", "to"],
         );
-        let nat = self.object("nat", NAT_FIELDS, vec![("egress", ifname())], &[]);
+        let nat = self.object(
+            "nat",
+            NAT_FIELDS,
+            vec![
+                ("egress", ifname()),
+                (
+                    "ipv6",
+                    json!({"type": "boolean", "description": "Masquerade IPv6 leaving the host (NAT66); default true."}),
+                ),
+            ],
+            &[],
+        );
+        let ra = self.object(
+            "ra",
+            ipv6::RA_FIELDS,
+            vec![
+                ("mode", enumeration(["slaac", "dhcpv6", "slaac+dhcpv6"])),
+                ("lifetime", duration()),
+            ],
+            &[],
+        );
         let rule = self.rule();
         let modes = modes::ALL.iter().map(|m| m.as_str());
         let mut net = self.object(
@@ -189,6 +209,11 @@ impl Shapes {
                     "ipv6_prefixes",
                     list_of(string("An IPv6 prefix, like 2001:db8:7::/64.")),
                 ),
+                (
+                    "ipv6",
+                    string("The gateway's IPv6 address on the bridge with the network's prefix, like fd00:122::1/64."),
+                ),
+                ("ra", ra),
             ],
             &["mode"],
         );
@@ -249,6 +274,10 @@ impl Shapes {
                 ("kind", enumeration(["tap", "veth"])),
                 ("mac", mac()),
                 ("ipv4", string("The VM's address (with its prefix on bridge networks).")),
+                (
+                    "ipv6",
+                    string("A static IPv6 address inside the network's prefix, like fd00:122::10."),
+                ),
                 ("owner", json!({"type": ["string", "integer"], "description": "User name or uid allowed to open the tap."})),
                 ("queues", int(1, QUEUES_MAX)),
                 ("netns", string("veth: the namespace that gets the far end.")),
@@ -379,6 +408,8 @@ fn mode_rows() -> Vec<Value> {
                 ("dhcp", row.dhcp),
                 ("isolate_ports", row.isolate_ports),
                 ("ipv6_prefixes", row.ipv6_prefixes),
+                ("ipv6", row.ipv6),
+                ("ra", row.ipv6),
             ];
             let required: Vec<&str> = grid
                 .iter()

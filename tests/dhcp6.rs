@@ -308,3 +308,195 @@ fn real_clients_get_reservations_pool_addresses_and_dns() {
         "{leases:?}"
     );
 }
+
+/// Waits until `dev` in `ns` has a link-local address that is no longer tentative.
+fn link_local_ready(ns: &str, dev: &str) {
+    wait_for("a link-local address", Duration::from_secs(15), || {
+        let o = in_ns(ns, &format!("ip -6 addr show dev {dev} scope link"));
+        let t = String::from_utf8_lossy(&o.stdout).to_string();
+        t.contains("fe80") && !t.contains("tentative")
+    });
+}
+
+fn start_daemon(ns: &common::Namespaces, spec: &str, host: &str) -> common::Daemon {
+    let child = std::process::Command::new(env!("CARGO_BIN_EXE_kvmnet"))
+        .args(["daemon", "--spec", spec, "--netns", host])
+        .env("KVMNET_STATE_DIR", &ns.state_dir)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let sock = ns.state_dir.join(format!("netns-{host}")).join("api.sock");
+    wait_for("the daemon's API socket", Duration::from_secs(30), || {
+        sock.exists()
+    });
+    common::Daemon(child)
+}
+
+/// `kvmnet leases --json`: the DHCPv6 leases as (address, state, mac).
+fn leases6(ns: &common::Namespaces, host: &str) -> Vec<(Ipv6Addr, String, String)> {
+    let out = ns.kvmnet_ok(&["leases", "--netns", host, "--json"]);
+    let v: serde_json::Value = serde_json::from_str(&out).expect("leases JSON");
+    v["leases"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|l| l["duid"].is_string())
+        .map(|l| {
+            (
+                l["ip"].as_str().unwrap().parse().unwrap(),
+                l["state"].as_str().unwrap().to_string(),
+                l["mac"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect()
+}
+
+/// The address `dhclient -6` got, from its BOUND6 event.
+fn bound6(work: &Path) -> Ipv6Addr {
+    let env = env_of(&work.join("dhc.BOUND6"));
+    env.lines()
+        .find_map(|l| l.strip_prefix("new_ip6_address="))
+        .unwrap_or_else(|| panic!("no address in {env}"))
+        .parse()
+        .unwrap()
+}
+
+/// Through `kvmnet daemon` on a spec: the reservation and pool addresses, `kvmnet leases`,
+/// a `kill -9` of the daemon that loses no binding and gives none twice, Release; and a
+/// guest that sends DHCPv6 server messages to another guest is stopped by the guard while
+/// its own DHCPv6 works.
+#[test]
+fn daemon_serves_dhcp6_durably_and_the_guard_stops_rogue_servers() {
+    if !privileged() || !have("dhclient") || !have("python3") {
+        return;
+    }
+    let mut ns = common::Namespaces::new();
+    let host = ns.add("d6h");
+    let g: Vec<String> = ["d6a", "d6b", "d6c"].iter().map(|t| ns.reserve(t)).collect();
+    let spec = common::SpecFile::new(&format!(
+        "version: 1
+networks:
+  n:
+    mode: isolated
+    bridge: d6-br
+    ipv4: 10.96.0.1/24
+    ipv6: fd00:db8:96::1/64
+    ra: {{ mode: dhcpv6 }}
+    dhcp: {{ range6: fd00:db8:96::1000-fd00:db8:96::10ff, dns6: [fd00:db8:96::1] }}
+vms:
+  a: {{ ports: [ {{ network: n, name: d6-a, kind: veth, netns: {a}, mac: \"02:00:5e:00:96:0a\", ipv6: \"fd00:db8:96::10\" }} ] }}
+  b: {{ ports: [ {{ network: n, name: d6-b, kind: veth, netns: {b}, mac: \"02:00:5e:00:96:0b\" }} ] }}
+  c: {{ ports: [ {{ network: n, name: d6-c, kind: veth, netns: {c}, mac: \"02:00:5e:00:96:0c\" }} ] }}
+",
+        a = g[0],
+        b = g[1],
+        c = g[2]
+    ));
+    let daemon = start_daemon(&ns, spec.path(), &host);
+    for guest in &g {
+        link_local_ready(guest, "eth0");
+    }
+    let work = ns.state_dir.join("work");
+    let dirs: Vec<PathBuf> = ["a", "b", "c", "b2"].iter().map(|d| work.join(d)).collect();
+    for d in &dirs {
+        std::fs::create_dir_all(d).unwrap();
+    }
+    let get = |guest: &str, w: &Path| {
+        let out = dhclient6(guest, w, "");
+        assert!(out.status.success(), "dhclient -6 in {guest}: {out:?}");
+        bound6(w)
+    };
+    let resv: Ipv6Addr = "fd00:db8:96::10".parse().unwrap();
+    assert_eq!(get(&g[0], &dirs[0]), resv, "the reservation, by the port's MAC");
+    let pool_b = get(&g[1], &dirs[1]);
+    assert!(pool_b.segments()[7] >= 0x1000 && pool_b.segments()[7] <= 0x10ff);
+    let leases = leases6(&ns, &host);
+    assert!(leases.contains(&(resv, "bound".into(), "02:00:5e:00:96:0a".into())), "{leases:?}");
+    assert!(leases.contains(&(pool_b, "bound".into(), "02:00:5e:00:96:0b".into())), "{leases:?}");
+    let table = ns.kvmnet_ok(&["leases", "--netns", &host]);
+    assert!(table.contains(&pool_b.to_string()), "{table}");
+
+    // kill -9: the bindings were on disk before their Replies.
+    let mut daemon = daemon;
+    unsafe { libc::kill(daemon.0.id() as i32, libc::SIGKILL) };
+    let _ = daemon.0.wait();
+    drop(daemon);
+    let _ = std::fs::remove_file(ns.state_dir.join(format!("netns-{host}")).join("api.sock"));
+    let _daemon = start_daemon(&ns, spec.path(), &host);
+    let leases = leases6(&ns, &host);
+    assert!(leases.contains(&(pool_b, "bound".into(), "02:00:5e:00:96:0b".into())), "{leases:?}");
+    let pool_c = get(&g[2], &dirs[2]);
+    assert!(pool_c != pool_b && pool_c != resv, "never handed out twice");
+    // b, with its DUID (kept in its lease file), gets its address again.
+    assert_eq!(get(&g[1], &dirs[1]), pool_b);
+
+    // Release frees it.
+    let out = in_ns(
+        &g[1],
+        &format!(
+            "timeout 20 dhclient -6 -r -sf {s} -lf {w}/dhc.leases -pf {w}/dhc.pid eth0",
+            s = dirs[1].join("dhc.sh").display(),
+            w = dirs[1].display()
+        ),
+    );
+    assert!(out.status.success(), "dhclient -6 -r: {out:?}");
+    wait_for("the release", Duration::from_secs(5), || {
+        leases6(&ns, &host).contains(&(pool_b, "released".into(), "02:00:5e:00:96:0b".into()))
+    });
+
+    rogue_server_is_dropped(&g[2], &g[1], &dirs[3]);
+}
+
+/// Guest `rogue` sends DHCPv6 Advertise and Reply messages (UDP 547 -> 546) to `victim`'s
+/// link-local address: none arrive. The same sender's datagrams on other ports do, and the
+/// victim's own DHCPv6 still works.
+fn rogue_server_is_dropped(rogue: &str, victim: &str, work: &Path) {
+    let ll = |ns: &str| {
+        let o = in_ns(ns, "ip -6 -o addr show dev eth0 scope link");
+        let t = String::from_utf8_lossy(&o.stdout).to_string();
+        t.split_whitespace()
+            .find(|w| w.starts_with("fe80"))
+            .unwrap()
+            .split('/')
+            .next()
+            .unwrap()
+            .to_string()
+    };
+    let victim_ll = ll(victim);
+    let listen = |port: u16| {
+        std::process::Command::new("ip")
+            .args(["netns", "exec", victim, "python3", "-c"])
+            .arg(format!(
+                "import socket\ns=socket.socket(socket.AF_INET6,socket.SOCK_DGRAM)\n\
+                 s.setsockopt(socket.SOL_SOCKET,socket.SO_REUSEADDR,1)\n\
+                 s.bind(('::',{port}))\ns.settimeout(4)\nn=0\n\
+                 try:\n  while True:\n    s.recv(2048); n+=1\nexcept Exception: pass\nprint(n)"
+            ))
+            .output()
+    };
+    let send = |sport: u16, dport: u16| {
+        let out = in_ns(
+            rogue,
+            &format!(
+                "python3 -c \"import socket,time\ns=socket.socket(socket.AF_INET6,socket.SOCK_DGRAM)\n\
+                 s.bind(('::',{sport}))\ntime.sleep(1)\n\
+                 [s.sendto(bytes([t,1,2,3]),('{victim_ll}%eth0',{dport})) for t in (2,7,2,7,2,7)]\""
+            ),
+        );
+        assert!(out.status.success(), "{out:?}");
+    };
+    for (sport, dport, want) in [(547u16, 546u16, "0"), (40547, 40546, "6")] {
+        let got = std::thread::scope(|s| {
+            let l = s.spawn(|| listen(dport));
+            send(sport, dport);
+            l.join().unwrap().expect("listener")
+        });
+        let n = String::from_utf8_lossy(&got.stdout).trim().to_string();
+        assert_eq!(n, want, "{sport} -> {dport}: {got:?}");
+    }
+    // The rogue's own DHCPv6 client traffic passes.
+    std::fs::create_dir_all(work).unwrap();
+    let out = dhclient6(rogue, work, "-S");
+    assert!(out.status.success(), "dhclient -6 -S: {out:?}");
+}

@@ -182,6 +182,49 @@ fn dhclient6(ns: &str, work: &Path, extra: &str) -> std::process::Output {
     )
 }
 
+/// dhcpcd, DHCPv6 only and without waiting for an RA: the address it got.
+fn dhcpcd6(ns: &str, wc: &Path) -> Ipv6Addr {
+    std::fs::create_dir_all(wc).unwrap();
+    let script = hook(wc, "dcd");
+    let conf = "noipv6rs\nia_na 1\nnooption rapid_commit\n";
+    std::fs::write(wc.join("dhcpcd.conf"), conf).unwrap();
+    // Its lease database is global (/var/lib/dhcpcd): a tmpfs in this mount namespace.
+    let out = in_ns(
+        ns,
+        &format!(
+            "mount -t tmpfs kvmnet-test /var/lib/dhcpcd; \
+             timeout 30 dhcpcd -f {w}/dhcpcd.conf -6 -1 -B -t 20 -c {s} eth0",
+            w = wc.display(),
+            s = script.display()
+        ),
+    );
+    assert!(out.status.success(), "dhcpcd: {out:?}");
+    let env = env_of(&wc.join("dcd.BOUND6"));
+    env.lines()
+        .find_map(|l| l.strip_prefix("new_dhcp6_ia_na1_ia_addr1="))
+        .unwrap_or_else(|| panic!("no address in {env}"))
+        .parse()
+        .unwrap()
+}
+
+/// Information-request (dhclient -6 -S): DNS servers and the domain list.
+fn information_request(ns: &str, wi: &Path) {
+    std::fs::create_dir_all(wi).unwrap();
+    let out = dhclient6(ns, wi, "-S");
+    assert!(out.status.success(), "dhclient -6 -S: {out:?}");
+    let env = std::fs::read_dir(wi)
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().starts_with("dhc."))
+        .map(|e| env_of(&e.path()))
+        .collect::<String>();
+    assert!(
+        env.contains(&format!("new_dhcp6_name_servers={PREFIX}53")),
+        "{env}"
+    );
+    assert!(env.contains("new_dhcp6_domain_search=v6.example"), "{env}");
+}
+
 #[test]
 fn real_clients_get_reservations_pool_addresses_and_dns() {
     if !privileged() || !have("dhclient") || !have("dhcpcd") {
@@ -226,33 +269,7 @@ fn real_clients_get_reservations_pool_addresses_and_dns() {
         .unwrap();
     assert!((scope.pool.unwrap().0..=scope.pool.unwrap().1).contains(&pool_b));
 
-    // dhcpcd (DHCPv6 only, without waiting for an RA): another pool address.
-    let wc = work.join("c");
-    std::fs::create_dir_all(&wc).unwrap();
-    let script = hook(&wc, "dcd");
-    std::fs::write(
-        wc.join("dhcpcd.conf"),
-        "noipv6rs\nia_na 1\nnooption rapid_commit\n",
-    )
-    .unwrap();
-    let out = in_ns(
-        &c,
-        &format!(
-            "mount -t tmpfs kvmnet-test /var/lib/dhcpcd; \
-             timeout 30 dhcpcd -f {w}/dhcpcd.conf -6 -1 -B -t 20 -c {s} eth0",
-            w = wc.display(),
-            s = script.display()
-        ),
-    );
-    assert!(out.status.success(), "dhcpcd: {out:?}");
-    let env = env_of(&wc.join("dcd.BOUND6"));
-    assert!(env.contains("new_dhcp6_ia_na1_ia_addr1="), "{env}");
-    let pool_c = env
-        .lines()
-        .find_map(|l| l.strip_prefix("new_dhcp6_ia_na1_ia_addr1="))
-        .unwrap()
-        .parse::<Ipv6Addr>()
-        .unwrap();
+    let pool_c = dhcpcd6(&c, &work.join("c"));
     assert_ne!(pool_c, pool_b, "never the same address twice");
 
     let leases = server.leases();
@@ -265,22 +282,7 @@ fn real_clients_get_reservations_pool_addresses_and_dns() {
             .any(|l| l.ip == resv && l.reserved && l.mac == resv_mac)
     );
 
-    // Information-request (dhclient -6 -S): DNS servers and the domain list.
-    let wi = work.join("i");
-    std::fs::create_dir_all(&wi).unwrap();
-    let out = dhclient6(&b, &wi, "-S");
-    assert!(out.status.success(), "dhclient -6 -S: {out:?}");
-    let env = std::fs::read_dir(&wi)
-        .unwrap()
-        .filter_map(|e| e.ok())
-        .filter(|e| e.file_name().to_string_lossy().starts_with("dhc."))
-        .map(|e| env_of(&e.path()))
-        .collect::<String>();
-    assert!(
-        env.contains(&format!("new_dhcp6_name_servers={PREFIX}53")),
-        "{env}"
-    );
-    assert!(env.contains("new_dhcp6_domain_search=v6.example"), "{env}");
+    information_request(&b, &work.join("i"));
 
     // Release (dhclient -6 -r) frees the pool address.
     let out = in_ns(
@@ -373,7 +375,10 @@ fn daemon_serves_dhcp6_durably_and_the_guard_stops_rogue_servers() {
     }
     let mut ns = common::Namespaces::new();
     let host = ns.add("d6h");
-    let g: Vec<String> = ["d6a", "d6b", "d6c"].iter().map(|t| ns.reserve(t)).collect();
+    let g: Vec<String> = ["d6a", "d6b", "d6c"]
+        .iter()
+        .map(|t| ns.reserve(t))
+        .collect();
     let spec = common::SpecFile::new(&format!(
         "version: 1
 networks:
@@ -408,12 +413,22 @@ vms:
         bound6(w)
     };
     let resv: Ipv6Addr = "fd00:db8:96::10".parse().unwrap();
-    assert_eq!(get(&g[0], &dirs[0]), resv, "the reservation, by the port's MAC");
+    assert_eq!(
+        get(&g[0], &dirs[0]),
+        resv,
+        "the reservation, by the port's MAC"
+    );
     let pool_b = get(&g[1], &dirs[1]);
     assert!(pool_b.segments()[7] >= 0x1000 && pool_b.segments()[7] <= 0x10ff);
     let leases = leases6(&ns, &host);
-    assert!(leases.contains(&(resv, "bound".into(), "02:00:5e:00:96:0a".into())), "{leases:?}");
-    assert!(leases.contains(&(pool_b, "bound".into(), "02:00:5e:00:96:0b".into())), "{leases:?}");
+    assert!(
+        leases.contains(&(resv, "bound".into(), "02:00:5e:00:96:0a".into())),
+        "{leases:?}"
+    );
+    assert!(
+        leases.contains(&(pool_b, "bound".into(), "02:00:5e:00:96:0b".into())),
+        "{leases:?}"
+    );
     let table = ns.kvmnet_ok(&["leases", "--netns", &host]);
     assert!(table.contains(&pool_b.to_string()), "{table}");
 
@@ -425,7 +440,10 @@ vms:
     let _ = std::fs::remove_file(ns.state_dir.join(format!("netns-{host}")).join("api.sock"));
     let _daemon = start_daemon(&ns, spec.path(), &host);
     let leases = leases6(&ns, &host);
-    assert!(leases.contains(&(pool_b, "bound".into(), "02:00:5e:00:96:0b".into())), "{leases:?}");
+    assert!(
+        leases.contains(&(pool_b, "bound".into(), "02:00:5e:00:96:0b".into())),
+        "{leases:?}"
+    );
     let pool_c = get(&g[2], &dirs[2]);
     assert!(pool_c != pool_b && pool_c != resv, "never handed out twice");
     // b, with its DUID (kept in its lease file), gets its address again.

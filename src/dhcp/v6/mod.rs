@@ -589,3 +589,69 @@ pub fn scopes(spec: &Spec) -> Vec<Scope6> {
     }
     out
 }
+
+#[cfg(test)]
+mod scope_tests {
+    use super::*;
+
+    const SPEC: &str = r#"
+version: 1
+networks:
+  managed:
+    mode: nat
+    bridge: kvbr-m
+    ipv4: 10.9.0.1/24
+    ipv6: fd00:9::1/64
+    ra: { mode: slaac+dhcpv6 }
+    dhcp: { range6: "fd00:9::1000-fd00:9::1fff", dns6: ["fd00:9::53"], domain: m.example, lease_time: 2h }
+  slaac:
+    mode: isolated
+    ipv4: 10.8.0.1/24
+    ipv6: fd00:8::1/64
+    dhcp: { dns6: ["fd00:8::53"] }
+  v4only:
+    mode: isolated
+    ipv4: 10.7.0.1/24
+    dhcp: {}
+vms:
+  a:
+    ports:
+      - { network: managed, name: a0, mac: "52:54:00:00:00:01", ipv6: "fd00:9::10" }
+      - { network: managed, name: a1, mac: "52:54:00:00:00:02", antispoof: false }
+"#;
+
+    #[test]
+    fn scopes_from_spec() {
+        let spec = crate::spec::parse(SPEC, &Default::default()).expect("valid spec");
+        let s = scopes(&spec);
+        assert_eq!(
+            s.iter().map(|s| s.network.as_str()).collect::<Vec<_>>(),
+            ["managed", "slaac"],
+            "networks with ipv6 only"
+        );
+        let m = &s[0];
+        assert!(m.addresses);
+        assert_eq!(m.interface, "kvbr-m");
+        assert_eq!(m.prefix.to_string(), "fd00:9::/64");
+        assert_eq!(m.lease_secs, 7200);
+        assert_eq!(m.dns, vec!["fd00:9::53".parse::<Ipv6Addr>().unwrap()]);
+        assert_eq!(m.domains, vec!["m.example".to_string()]);
+        assert_eq!(
+            m.pool,
+            Some((
+                "fd00:9::1000".parse().unwrap(),
+                "fd00:9::1fff".parse().unwrap()
+            ))
+        );
+        assert_eq!(m.reservations.len(), 1);
+        assert_eq!(
+            m.reservations[0].ip,
+            "fd00:9::10".parse::<Ipv6Addr>().unwrap()
+        );
+        assert_eq!(m.guarded_macs, vec![Mac([0x52, 0x54, 0, 0, 0, 1])]);
+        let sl = &s[1];
+        assert!(!sl.addresses, "ra mode slaac: information-request only");
+        assert_eq!(sl.pool, None);
+        assert_eq!(sl.dns.len(), 1);
+    }
+}

@@ -39,14 +39,25 @@ fn tap(i: usize) -> String {
     format!("bt{i}")
 }
 
-fn spec(ports: usize) -> String {
+/// With `v6`, the network has `ipv6` and every port a declared `ipv6` address
+/// (`KVMNET_BENCH_IPV6=1`).
+fn spec(ports: usize, v6: bool) -> String {
     let mut s = String::from(
-        "version: 1\nnetworks:\n  default:\n    mode: nat\n    bridge: virbr0\n    ipv4: 10.200.0.1/16\nvms:\n",
+        "version: 1\nnetworks:\n  default:\n    mode: nat\n    bridge: virbr0\n    ipv4: 10.200.0.1/16\n",
     );
+    if v6 {
+        s.push_str("    ipv6: fd00:200::1/64\n");
+    }
+    s.push_str("vms:\n");
     for i in 0..ports {
+        let addr = if v6 {
+            format!(", ipv6: \"fd00:200::{:x}\"", i + 16)
+        } else {
+            String::new()
+        };
         let _ = writeln!(
             s,
-            "  vm{i}:\n    ports: [ {{ network: default, name: {} }} ]",
+            "  vm{i}:\n    ports: [ {{ network: default, name: {}{addr} }} ]",
             tap(i)
         );
     }
@@ -54,10 +65,13 @@ fn spec(ports: usize) -> String {
 }
 
 /// The same objects kvmnet creates, as an iproute2 batch and an nft script.
-fn baseline(ports: usize, nft_rules: &str) -> (String, String) {
+fn baseline(ports: usize, nft_rules: &str, v6: bool) -> (String, String) {
     let mut ip = String::from(
         "link add virbr0 type bridge\nlink set virbr0 address 52:54:00:22:78:4e mtu 1500 alias \"kvmnet network=default\" up\naddr add 10.200.0.1/16 brd + dev virbr0\n",
     );
+    if v6 {
+        ip.push_str("addr add fd00:200::1/64 dev virbr0 nodad\n");
+    }
     for i in 0..ports {
         let t = tap(i);
         let _ = writeln!(ip, "tuntap add dev {t} mode tap vnet_hdr");
@@ -88,7 +102,8 @@ fn main() {
     let dir = std::env::temp_dir().join(format!("kvmnet-bench-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let spec_path = dir.join("spec.yaml");
-    std::fs::write(&spec_path, spec(ports)).unwrap();
+    let v6 = std::env::var("KVMNET_BENCH_IPV6").is_ok_and(|v| v == "1");
+    std::fs::write(&spec_path, spec(ports, v6)).unwrap();
     let state = dir.join("state");
 
     let mut kv_apply = Vec::new();
@@ -121,16 +136,21 @@ fn main() {
 
         let ns = format!("kvbase{}-{r}", std::process::id());
         sh(&format!("ip netns add {ns}"));
-        let (ip, nft) = baseline(ports, &nft_text);
+        let (ip, nft) = baseline(ports, &nft_text, v6);
         let ipf = dir.join("batch.ip");
         let nftf = dir.join("rules.nft");
         std::fs::write(&ipf, ip).unwrap();
         std::fs::write(&nftf, nft).unwrap();
         let t = Instant::now();
         sh(&format!(
-            "ip -n {ns} -batch {} && ip netns exec {ns} nft -f {} && ip netns exec {ns} sysctl -qw net.ipv4.ip_forward=1",
+            "ip -n {ns} -batch {} && ip netns exec {ns} nft -f {} && ip netns exec {ns} sysctl -qw net.ipv4.ip_forward=1{}",
             ipf.display(),
-            nftf.display()
+            nftf.display(),
+            if v6 {
+                " net.ipv6.conf.all.forwarding=1"
+            } else {
+                ""
+            }
         ));
         base.push(t.elapsed());
         sh(&format!("ip netns del {ns}"));
@@ -143,7 +163,12 @@ fn main() {
         median(base),
     );
     println!(
-        "apply of one NAT network with {ports} tap ports, median of {rounds} rounds, fresh namespace each"
+        "apply of one NAT network{} with {ports} tap ports, median of {rounds} rounds, fresh namespace each",
+        if v6 {
+            " with IPv6 (every port with an ipv6)"
+        } else {
+            ""
+        }
     );
     println!();
     println!("| what | time |");

@@ -27,23 +27,36 @@ fn spec(others: usize, extra: bool, a: &str, b: &str) -> String {
     let fw =
         "firewall: { inbound: { policy: drop, rules: [ { proto: tcp, ports: [22, 5201] } ] } }";
     let q = "qos: { inbound: { rate: 5gbit }, outbound: { rate: 5gbit } }";
-    let mut s = String::from(
-        "version: 1\nnetworks:\n  n: { mode: nat, bridge: bp-n, ipv4: 10.160.0.1/16 }\nvms:\n",
+    // KVMNET_BENCH_IPV6=1: the network has IPv6 and every port a declared address.
+    let v6 = std::env::var("KVMNET_BENCH_IPV6").is_ok_and(|v| v == "1");
+    let net6 = if v6 { ", ipv6: fd00:160::1/64" } else { "" };
+    let addr6 = |n: usize| {
+        if v6 {
+            format!("ipv6: \"fd00:160::{n:x}\", ")
+        } else {
+            String::new()
+        }
+    };
+    let mut s = format!(
+        "version: 1\nnetworks:\n  n: {{ mode: nat, bridge: bp-n, ipv4: 10.160.0.1/16{net6} }}\nvms:\n",
     );
     let _ = writeln!(
         s,
-        "  a: {{ ports: [ {{ network: n, name: bp-a, kind: veth, netns: {a}, ipv4: 10.160.0.2, {fw} }} ] }}"
+        "  a: {{ ports: [ {{ network: n, name: bp-a, kind: veth, netns: {a}, ipv4: 10.160.0.2, {}{fw} }} ] }}",
+        addr6(2)
     );
     let _ = writeln!(
         s,
-        "  b: {{ ports: [ {{ network: n, name: bp-b, kind: veth, netns: {b}, ipv4: 10.160.0.3, {fw} }} ] }}"
+        "  b: {{ ports: [ {{ network: n, name: bp-b, kind: veth, netns: {b}, ipv4: 10.160.0.3, {}{fw} }} ] }}",
+        addr6(3)
     );
     for i in 0..others + usize::from(extra) {
         let _ = writeln!(
             s,
-            "  o{i}: {{ ports: [ {{ network: n, name: bpo{i}, ipv4: 10.160.{}.{}, {fw}, {q} }} ] }}",
+            "  o{i}: {{ ports: [ {{ network: n, name: bpo{i}, ipv4: 10.160.{}.{}, {}{fw}, {q} }} ] }}",
             1 + i / 250,
-            2 + i % 250
+            2 + i % 250,
+            addr6(0x100 + i)
         );
     }
     s

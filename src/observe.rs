@@ -173,9 +173,8 @@ fn read_addrs6(nl: &mut Netlink) -> Result<Vec<Addr6Snap>, ObserveError> {
         std::collections::HashMap::new();
     let mut out = Vec::new();
     for (i, addr) in nl.addrs6()? {
-        if !names.contains_key(&i) {
-            let name = nl.link_by_index(i)?.map(|l| l.name);
-            names.insert(i, name);
+        if let std::collections::hash_map::Entry::Vacant(e) = names.entry(i) {
+            e.insert(nl.link_by_index(i)?.map(|l| l.name));
         }
         if let Some(Some(dev)) = names.get(&i) {
             out.push(Addr6Snap {

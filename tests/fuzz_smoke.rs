@@ -89,6 +89,11 @@ fn dhcp6() {
 }
 
 #[test]
+fn ra_rs() {
+    smoke("ra_rs");
+}
+
+#[test]
 fn api() {
     smoke("api");
 }

@@ -326,6 +326,14 @@ fn synth(want: &kvmnet::state::HostState, base: &Snapshot) -> Snapshot {
             });
         }
     }
+    for (dev, addrs) in &want.addrs6 {
+        for a in addrs {
+            s.addrs6.push(kvmnet::snapshot::Addr6Snap {
+                dev: dev.clone(),
+                addr: *a,
+            });
+        }
+    }
     for (dev, routes) in &want.routes {
         for r in routes {
             s.routes.push(RouteSnap {

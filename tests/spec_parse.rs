@@ -273,6 +273,7 @@ fn full_example() {
                 mac: derived("web1", "kv-web1-1"),
                 mac_derived: true,
                 ipv4: Some(cidr("203.0.113.10/24")),
+                ipv6: None,
                 owner: Some(Owner::Uid(64055)),
                 queues: 1,
                 netns: None,
@@ -299,6 +300,7 @@ fn full_example() {
                 mac: derived("test1", "kv-test1-0"),
                 mac_derived: true,
                 ipv4: Some(cidr("10.30.0.5/24")),
+                ipv6: None,
                 owner: None,
                 queues: 1,
                 netns: Some("guest1".into()),
@@ -320,6 +322,7 @@ fn full_example() {
                 mac_derived: true,
                 // A bare address takes the network's prefix.
                 ipv4: Some(cidr("10.20.0.7/24")),
+                ipv6: None,
                 owner: None,
                 queues: 1,
                 netns: None,

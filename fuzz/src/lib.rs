@@ -19,29 +19,34 @@
 //!   with a 4xx.
 //! - [`import_libvirt`]: libvirt network and domain XML never panic the import, and what it
 //!   accepts is a spec kvmnet takes.
+//! - [`ra_rs`]: the router solicitation parser never panics and accepts only well-formed
+//!   solicitations, which read the same written back.
 
 mod api_target;
 mod dhcp6_target;
 mod dhcp_target;
 mod import_target;
 pub mod mutate;
+mod ra_target;
 mod spec_target;
 
 pub use api_target::{ApiOutcome, api, api_parse, cli_round_trip};
 pub use dhcp_target::dhcp;
 pub use dhcp6_target::dhcp6;
 pub use import_target::import_libvirt;
+pub use ra_target::ra_rs;
 pub use spec_target::{spec, spec_cache};
 
 /// A fuzz target: one input, a panic for a bug.
 pub type Target = fn(&[u8]);
 
 /// The targets by name, as `fuzz_targets/` and `fuzz/corpus/` name them.
-pub const TARGETS: [(&str, Target); 6] = [
+pub const TARGETS: [(&str, Target); 7] = [
     ("spec", spec),
     ("spec_cache", spec_cache),
     ("dhcp", dhcp),
     ("dhcp6", dhcp6),
     ("api", api),
     ("import_libvirt", import_libvirt),
+    ("ra_rs", ra_rs),
 ];

@@ -173,11 +173,11 @@ impl Live {
     /// Reads every waiting solicitation into the schedule.
     fn receive(&mut self, now: Instant, rng: &mut Rng) {
         let Some(s) = &self.sock else { return };
-        while let Ok(Some((src, hops, msg))) = s.recv() {
-            if hops != Some(255) {
+        while let Ok(Some(rx)) = s.recv() {
+            if rx.hops != Some(255) {
                 continue;
             }
-            if wire::parse_rs(&msg, src.is_unspecified()).is_ok() {
+            if wire::parse_rs(&rx.msg, rx.src.is_unspecified()).is_ok() {
                 self.schedule.solicited(now, rng.unit());
             }
         }

@@ -15,6 +15,14 @@ const ALL_ROUTERS: Ipv6Addr = Ipv6Addr::new(0xff02, 0, 0, 0, 0, 0, 0, 2);
 /// `ICMP6_FILTER` (linux/icmpv6.h), a socket option of level IPPROTO_ICMPV6.
 const ICMP6_FILTER: libc::c_int = 1;
 
+/// An ICMPv6 message as it arrived.
+pub(crate) struct Received {
+    pub(crate) src: Ipv6Addr,
+    /// The IPv6 header's hop limit (255 unless a router forwarded it).
+    pub(crate) hops: Option<u8>,
+    pub(crate) msg: Vec<u8>,
+}
+
 pub(crate) struct Sock {
     fd: OwnedFd,
     pub(crate) ifindex: u32,
@@ -124,9 +132,8 @@ impl Sock {
         Ok(())
     }
 
-    /// One received message: (source, hop limit, ICMPv6 message), or `None` when nothing
-    /// is waiting.
-    pub(crate) fn recv(&self) -> io::Result<Option<(Ipv6Addr, Option<u8>, Vec<u8>)>> {
+    /// One received message, or `None` when nothing is waiting.
+    pub(crate) fn recv(&self) -> io::Result<Option<Received>> {
         let mut buf = vec![0u8; 1500];
         let mut control = [0u64; 16];
         // SAFETY: zeroed structures are valid; pointers set below are live for the call.
@@ -165,7 +172,11 @@ impl Sock {
                 c = libc::CMSG_NXTHDR(&msg, c);
             }
         }
-        Ok(Some((Ipv6Addr::from(from.sin6_addr.s6_addr), hops, buf)))
+        Ok(Some(Received {
+            src: Ipv6Addr::from(from.sin6_addr.s6_addr),
+            hops,
+            msg: buf,
+        }))
     }
 }
 
@@ -185,9 +196,11 @@ pub(crate) fn mac_and_mtu(fd: RawFd, name: &str) -> (Option<Mac>, Option<u32>) {
         ])
     });
     // SAFETY: SIOCGIFMTU fills ifr_mtu of a live ifreq.
-    let mtu = (unsafe { libc::ioctl(fd, libc::SIOCGIFMTU, &mut req) } == 0)
+    let mtu = if unsafe { libc::ioctl(fd, libc::SIOCGIFMTU, &mut req) } == 0 {
         // SAFETY: the union member the ioctl filled.
-        .then(|| unsafe { req.ifr_ifru.ifru_mtu })
-        .and_then(|m| u32::try_from(m).ok());
+        u32::try_from(unsafe { req.ifr_ifru.ifru_mtu }).ok()
+    } else {
+        None
+    };
     (mac, mtu)
 }

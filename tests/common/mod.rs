@@ -236,6 +236,22 @@ pub fn fingerprint(ns: &str, sysctls: &[&str]) -> String {
     s
 }
 
+/// What of IPv6 kvmnet could change in a namespace, besides nftables (see [`fingerprint`]):
+/// global addresses, routes of all tables, and forwarding.
+pub fn fingerprint6(ns: &str) -> String {
+    let addrs = json_of(&format!("ip -n {ns} -6 -j addr show scope global"));
+    let routes = json_of(&format!("ip -n {ns} -6 -j route show table all"));
+    let fwd = sh(&format!(
+        "ip netns exec {ns} sysctl -n net.ipv6.conf.all.forwarding"
+    ));
+    format!(
+        "addrs6 {}\nroutes6 {}\nforwarding6 {}",
+        serde_json::to_string_pretty(&addrs).unwrap(),
+        serde_json::to_string_pretty(&routes).unwrap(),
+        String::from_utf8_lossy(&fwd.stdout)
+    )
+}
+
 /// nft's listing with the chains, sets and maps of each table in name order and set
 /// elements sorted: nft lists them in the order they were made, and an object removed and
 /// made again (as a rollback does) comes last, though nothing about it changed. Rules keep

@@ -10,7 +10,7 @@ use std::path::Path;
 
 use kvmnet::apply::{self, ApplyError, Executor, Stopped};
 use kvmnet::nft::NftChange;
-use kvmnet::plan::{Change, DevAddr, DevRoute, Fdb, Netns, Set, Setting, Step};
+use kvmnet::plan::{Change, DevAddr, DevAddr6, DevRoute, Fdb, Netns, Set, Setting, Step};
 use kvmnet::state::{BondLink, BridgeLink, PortLink, VlanLink, VxlanLink};
 
 type Facts = BTreeMap<String, String>;
@@ -79,6 +79,15 @@ impl Fact for DevAddr {
     }
 }
 
+impl Fact for DevAddr6 {
+    fn fact(&self) -> String {
+        format!("addr6 {} {}", self.dev, self.addr)
+    }
+    fn value(&self) -> Option<String> {
+        js(&true)
+    }
+}
+
 impl Fact for DevRoute {
     fn fact(&self) -> String {
         format!("route {} {}", self.dev, js(&self.route).unwrap())
@@ -121,6 +130,7 @@ fn effect(s: &Step) -> Effect {
         Step::Bridge(c) => change(c),
         Step::Master(s) => set("master", s),
         Step::Addr(c) => change(c),
+        Step::Addr6(c) => change(c),
         Step::Route(c) => change(c),
         Step::Port(c) => change(c),
         Step::NftTable(s) => ("nft".into(), js(&s.from), js(&s.to)),

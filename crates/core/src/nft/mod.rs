@@ -847,6 +847,9 @@ pub fn parse_listing(text: &str) -> BTreeMap<String, Vec<NftRule>> {
 }
 
 #[cfg(test)]
+mod v6_tests;
+
+#[cfg(test)]
 mod tests {
     use super::*;
 

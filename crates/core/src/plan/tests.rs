@@ -298,6 +298,10 @@ fn first_steps() -> Vec<Step> {
         Step::Addr(Create(addr_on(addr()))),
         Step::Addr(Delete(addr_on(addr()))),
         Step::Addr(Create(addr_on(plain))),
+        Step::Addr6(Create(DevAddr6 {
+            dev: "kv-web".into(),
+            addr: "fd00:122::1/64".parse().unwrap(),
+        })),
         Step::Route(Create(route_on())),
         Step::Route(Delete(route_on())),
         Step::Port(Create(tap())),
@@ -443,6 +447,10 @@ const EXPECTED: &[(&str, &str)] = &[
     (
         r#"+ address 10.0.0.1/24 dev kv-web"#,
         r#"{"address":"10.0.0.1/24","broadcast":"10.0.0.255","dev":"kv-web","kind":"address","name":"10.0.0.1/24 dev kv-web","op":"add"}"#,
+    ),
+    (
+        r#"+ address fd00:122::1/64 dev kv-web"#,
+        r#"{"address":"fd00:122::1/64","dev":"kv-web","kind":"address","name":"fd00:122::1/64 dev kv-web","op":"add"}"#,
     ),
     (
         r#"+ route default via 10.0.0.254 metric 100 dev kv-web"#,

@@ -142,9 +142,9 @@ pub(super) fn check_gateway6(c: Ipv6Cidr, mode: RaMode) -> Result<Ipv6Cidr, Stri
     }
     if mode.autonomous() && c.prefix != 64 {
         return Err(format!(
-            "{c} is not a /64: guests form SLAAC addresses (ra mode {}) only in /64 prefixes; use {}/64",
+            "{c} is not a /64: guests form SLAAC addresses (ra mode {}) only in /64 prefixes; use {}",
             mode.as_str(),
-            Ipv6Cidr { prefix: 64, ..c }.network().addr
+            Ipv6Cidr { prefix: 64, ..c }
         ));
     }
     if !(48..=120).contains(&c.prefix) {

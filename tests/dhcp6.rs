@@ -364,7 +364,8 @@ fn bound6(work: &Path) -> Ipv6Addr {
         .unwrap()
 }
 
-/// Through `kvmnet daemon` on a spec: the reservation and pool addresses, `kvmnet leases`,
+/// Through `kvmnet daemon` on a spec: the reservation (to a port whose outbound firewall
+/// policy is drop: DHCPv6 client messages still pass) and pool addresses, `kvmnet leases`,
 /// a `kill -9` of the daemon that loses no binding and gives none twice, Release; and a
 /// guest that sends DHCPv6 server messages to another guest is stopped by the guard while
 /// its own DHCPv6 works.
@@ -390,7 +391,7 @@ networks:
     ra: {{ mode: dhcpv6 }}
     dhcp: {{ range6: fd00:db8:96::1000-fd00:db8:96::10ff, dns6: [fd00:db8:96::1] }}
 vms:
-  a: {{ ports: [ {{ network: n, name: d6-a, kind: veth, netns: {a}, mac: \"02:00:5e:00:96:0a\", ipv6: \"fd00:db8:96::10\" }} ] }}
+  a: {{ ports: [ {{ network: n, name: d6-a, kind: veth, netns: {a}, mac: \"02:00:5e:00:96:0a\", ipv6: \"fd00:db8:96::10\", firewall: {{ outbound: {{ policy: drop }} }} }} ] }}
   b: {{ ports: [ {{ network: n, name: d6-b, kind: veth, netns: {b}, mac: \"02:00:5e:00:96:0b\" }} ] }}
   c: {{ ports: [ {{ network: n, name: d6-c, kind: veth, netns: {c}, mac: \"02:00:5e:00:96:0c\" }} ] }}
 ",

@@ -569,22 +569,22 @@ fn leases_cmd(scope: &Scope) -> Result<(), (EngineError, bool)> {
     Ok(())
 }
 
-/// The leases as a table, with the time each has left.
+/// The leases (DHCPv4 and DHCPv6) as a table, with the time each has left.
 fn print_leases(v: &Value) {
     let leases = v["leases"].as_array().cloned().unwrap_or_default();
     if leases.is_empty() {
         println!("No leases.");
     } else {
         println!(
-            "{:<12} {:<16} {:<18} {:<9} {:<8} {:<10} HOSTNAME",
-            "NETWORK", "IPV4", "MAC", "STATE", "RESERVED", "EXPIRES"
+            "{:<12} {:<24} {:<18} {:<9} {:<8} {:<10} HOSTNAME",
+            "NETWORK", "ADDRESS", "MAC", "STATE", "RESERVED", "EXPIRES"
         );
     }
     let now = crate::audit::now_unix();
     for l in leases {
         let left = l["expires_unix"].as_u64().unwrap_or(0).saturating_sub(now);
         println!(
-            "{:<12} {:<16} {:<18} {:<9} {:<8} {:<10} {}",
+            "{:<12} {:<24} {:<18} {:<9} {:<8} {:<10} {}",
             l["network"].as_str().unwrap_or("-"),
             l["ip"].as_str().unwrap_or("-"),
             l["mac"].as_str().unwrap_or("-"),

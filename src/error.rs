@@ -219,6 +219,9 @@ pub enum EngineError {
     /// The daemon's DNS service could not start.
     #[error("dns: {0}")]
     Dns(#[source] crate::dns::DnsError),
+    /// The daemon's DHCPv6 server could not start.
+    #[error("dhcp6: {0}")]
+    Dhcp6(#[source] crate::dhcp::v6::Dhcp6Error),
     /// The DHCP lease journal could not be read.
     #[error(transparent)]
     Leases(DhcpError),
@@ -289,6 +292,8 @@ impl EngineError {
             | EngineError::PendingDamaged(_)
             | EngineError::Listen(_) => ErrorKind::State,
             EngineError::Dhcp(e) | EngineError::Leases(e) => dhcp_kind(e),
+            EngineError::Dhcp6(crate::dhcp::v6::Dhcp6Error::State(e)) => dhcp_kind(e),
+            EngineError::Dhcp6(_) => ErrorKind::Host,
             EngineError::Daemon(e) => api_kind(e),
             EngineError::Bench(e) => e.kind(),
         }

@@ -84,6 +84,11 @@ fn dhcp() {
 }
 
 #[test]
+fn dhcp6() {
+    smoke("dhcp6");
+}
+
+#[test]
 fn ra_rs() {
     smoke("ra_rs");
 }

@@ -14,6 +14,9 @@
 //!   accepts, and the fields agree with the `dhcproto` crate's reading of the same bytes.
 //! - [`dns`]: the DNS service's engine answers any query and any upstream answer with
 //!   well-formed responses that carry the query's ID and fit in UDP.
+//! - [`dhcp6`]: the DHCPv6 server's engine takes any message without a panic, answers only
+//!   with Advertise or Reply, binds nothing outside its pool and reservation, and `dhcproto`
+//!   (its wire format) reads back what it writes.
 //! - [`api`]: the daemon's HTTP request reader never panics and answers a malformed request
 //!   with a 4xx.
 //! - [`import_libvirt`]: libvirt network and domain XML never panic the import, and what it
@@ -24,6 +27,7 @@
 //!   solicitations, which read the same written back.
 
 mod api_target;
+mod dhcp6_target;
 mod dhcp_target;
 mod dns_target;
 mod import_target;
@@ -35,6 +39,7 @@ mod spec_target;
 pub use api_target::{ApiOutcome, api, api_parse, cli_round_trip};
 pub use dhcp_target::dhcp;
 pub use dns_target::dns;
+pub use dhcp6_target::dhcp6;
 pub use import_target::import_libvirt;
 pub use ovsdb_target::ovsdb;
 pub use ra_target::ra_rs;
@@ -44,11 +49,12 @@ pub use spec_target::{spec, spec_cache};
 pub type Target = fn(&[u8]);
 
 /// The targets by name, as `fuzz_targets/` and `fuzz/corpus/` name them.
-pub const TARGETS: [(&str, Target); 8] = [
+pub const TARGETS: [(&str, Target); 9] = [
     ("spec", spec),
     ("spec_cache", spec_cache),
     ("dhcp", dhcp),
     ("dns", dns),
+    ("dhcp6", dhcp6),
     ("api", api),
     ("import_libvirt", import_libvirt),
     ("ovsdb", ovsdb),

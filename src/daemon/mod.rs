@@ -8,6 +8,7 @@
 
 pub mod accepted;
 pub mod api;
+mod dhcp6;
 pub mod http;
 mod services;
 
@@ -51,6 +52,8 @@ struct Shared {
     dhcp_pending: Mutex<Option<Vec<dhcp::Scope>>>,
     dhcp_kick: AtomicBool,
     dhcp: Mutex<Option<dhcp::ServerHandle>>,
+    /// The DHCPv6 server's thread, scopes and handle.
+    v6: dhcp6::V6,
     /// Router advertisements on the bridges of networks with `ipv6`, once started.
     ra: Mutex<Option<crate::ra::Service>>,
     /// DNS zones waiting for the DNS thread, which `dns_kick` wakes.
@@ -76,6 +79,7 @@ impl Shared {
     fn set_active(&self, active: &mut Active, spec: Spec, accepted: Accepted) {
         *self.dhcp_pending.lock().expect("lock") = Some(dhcp::scopes(&spec));
         self.dhcp_kick.store(true, Ordering::SeqCst);
+        self.v6.set_spec(&spec);
         if let Some(ra) = self.ra.lock().expect("lock").as_ref() {
             ra.update(crate::ra::scopes(&spec));
         }
@@ -118,15 +122,19 @@ fn dhcp_dir(scope: &str) -> std::path::PathBuf {
     StateDir::for_scope(scope).dir.join("dhcp")
 }
 
-/// Leases from the running server, or from the journal when no daemon runs.
-pub fn leases_json(leases: &[dhcp::Lease]) -> Value {
-    json!({ "leases": leases })
+/// Leases from the running servers, or from the journals when no daemon runs: DHCPv4's,
+/// then DHCPv6's (with their `duid` and `iaid`), in one list.
+pub fn leases_json(leases: &[dhcp::Lease], leases6: &[dhcp::v6::Lease6]) -> Value {
+    let mut all: Vec<Value> = leases.iter().map(|l| json!(l)).collect();
+    all.extend(leases6.iter().map(|l| json!(l)));
+    json!({ "leases": all })
 }
 
 pub fn read_leases(scope: &str) -> Result<Value, EngineError> {
-    dhcp::read_leases(&dhcp_dir(scope))
-        .map(|l| leases_json(&l))
-        .map_err(EngineError::Leases)
+    let dir = dhcp_dir(scope);
+    let v4 = dhcp::read_leases(&dir).map_err(EngineError::Leases)?;
+    let v6 = dhcp::v6::read_leases(&dir).map_err(EngineError::Leases)?;
+    Ok(leases_json(&v4, &v6))
 }
 
 /// A daemon line: `kvmnet: MSG`, with its priority when stderr is the journal.
@@ -325,7 +333,10 @@ fn handle(sh: &Arc<Shared>, req: api::Request) -> api::Response {
             Err(e) => api::Response::failed(observe_kind(&e), e.to_string()),
         },
         "/v1/leases" => match sh.dhcp.lock().expect("lock").as_ref() {
-            Some(h) => api::Response::ok(leases_json(&h.leases())),
+            Some(h) => {
+                let v6 = sh.v6.leases().unwrap_or_default();
+                api::Response::ok(leases_json(&h.leases(), &v6))
+            }
             None => match read_leases(&sh.scope) {
                 Ok(v) => api::Response::ok(v),
                 Err(e) => error_response(&e),
@@ -939,6 +950,7 @@ pub fn run(
         dhcp_pending: Mutex::new(None),
         dhcp_kick: AtomicBool::new(false),
         dhcp: Mutex::new(None),
+        v6: dhcp6::V6::default(),
         ra: Mutex::new(None),
         dns_pending: Mutex::new(None),
         dns_kick: AtomicBool::new(false),
@@ -972,6 +984,12 @@ pub fn run(
         *sh.ra.lock().expect("lock") =
             Some(crate::ra::Service::start(crate::ra::scopes(&active.spec)));
     }
+    let dhcp6_thread = {
+        let active = sh.active.lock().expect("lock");
+        dhcp6::start(&sh, &active.spec, &dhcp_dir(scope))?
+    };
+    // The DHCPv6 journal and DUID may be new.
+    state_dir.tighten()?;
 
     // DNS on the gateways of networks with `dns` (same namespace, same way).
     let dns_server = dns::Server::start(zones).map_err(EngineError::Dns)?;
@@ -1000,7 +1018,9 @@ pub fn run(
     notify("STOPPING=1");
     sh.dhcp_kick.store(true, Ordering::SeqCst);
     sh.dns_kick.store(true, Ordering::SeqCst);
+    sh.v6.wake();
     let _ = dhcp_thread.join();
+    let _ = dhcp6_thread.join();
     if let Some(mut ra) = sh.ra.lock().expect("lock").take() {
         ra.stop();
     }

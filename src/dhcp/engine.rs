@@ -28,7 +28,7 @@ pub(crate) struct Engine {
     /// Per network: messages by type, NAKs (metrics). Kept while the network goes away and
     /// comes back, as counters must not go down.
     by_network: HashMap<String, NetworkCounters>,
-    journal: Journal,
+    journal: Journal<Lease>,
     needs_sync: bool,
     allowances: Allowances,
 }
@@ -45,7 +45,7 @@ fn hostname(p: &Packet) -> Option<String> {
 
 impl Engine {
     pub fn open(state_dir: &Path, now: u64) -> Result<Engine, DhcpError> {
-        let (journal, records) = Journal::open(state_dir)?;
+        let (journal, records) = Journal::<Lease>::open(state_dir)?;
         let mut tables: HashMap<String, Table> = HashMap::new();
         for r in &records {
             tables
@@ -359,7 +359,7 @@ struct Cx<'a> {
     table: &'a mut Table,
     stats: &'a mut ServerStats,
     limits: &'a Limits,
-    journal: &'a mut Journal,
+    journal: &'a mut Journal<Lease>,
     needs_sync: &'a mut bool,
     low_pool_buckets: &'a mut HashMap<String, Bucket>,
     req: &'a Packet,

@@ -1,6 +1,7 @@
 //! The append-only lease journal that makes the lease table survive a crash.
 //!
-//! `leases.journal` holds one JSON [`Lease`] per line; replaying it in order, the last line
+//! `leases.journal` holds one JSON record per line (a [`super::Lease`] for DHCPv4; the DHCPv6
+//! server keeps its own journal of the same shape in a directory of its own); replaying it in order, the last line
 //! for a (network, address) wins. Every binding is written and `fdatasync`ed before its
 //! DHCPACK leaves (the server batches the packets of one wakeup, so one sync covers many
 //! ACKs). Offers are not written: an offer lost in a crash costs the client one NAK or one
@@ -28,7 +29,12 @@ use std::os::fd::AsRawFd;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
-use super::{DhcpError, Lease};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use super::DhcpError;
+#[cfg(test)]
+use super::Lease;
 
 pub(crate) const JOURNAL: &str = "leases.journal";
 const LOCK: &str = "leases.lock";
@@ -38,7 +44,7 @@ const DIR_MODE: u32 = 0o700;
 
 /// Parse journal bytes: the records, the length of the part that ends in a complete line,
 /// and how many complete lines did not parse.
-pub(crate) fn replay(bytes: &[u8]) -> (Vec<Lease>, usize, usize) {
+pub(crate) fn replay<R: DeserializeOwned>(bytes: &[u8]) -> (Vec<R>, usize, usize) {
     let good_len = bytes.iter().rposition(|&b| b == b'\n').map_or(0, |p| p + 1);
     let mut out = Vec::new();
     let mut bad = 0;
@@ -46,7 +52,7 @@ pub(crate) fn replay(bytes: &[u8]) -> (Vec<Lease>, usize, usize) {
         if line.iter().all(|b| b.is_ascii_whitespace()) {
             continue;
         }
-        match serde_json::from_slice::<Lease>(line) {
+        match serde_json::from_slice::<R>(line) {
             Ok(l) => out.push(l),
             Err(_) => bad += 1,
         }
@@ -76,7 +82,7 @@ pub(crate) struct Faults {
     pub space: Option<u64>,
 }
 
-pub(crate) struct Journal {
+pub(crate) struct Journal<R> {
     path: PathBuf,
     dir: PathBuf,
     file: File,
@@ -93,6 +99,7 @@ pub(crate) struct Journal {
     #[cfg(test)]
     pub faults: Faults,
     _lock: File,
+    _record: std::marker::PhantomData<fn(R)>,
 }
 
 fn state_err(path: &Path, source: std::io::Error) -> DhcpError {
@@ -116,10 +123,10 @@ fn open_append(path: &Path) -> std::io::Result<File> {
     OpenOptions::new().append(true).open(path)
 }
 
-impl Journal {
+impl<R: Serialize + DeserializeOwned> Journal<R> {
     /// Lock the state directory, read the journal (cutting off a torn last line) and open it
     /// for appending.
-    pub fn open(dir: &Path) -> Result<(Journal, Vec<Lease>), DhcpError> {
+    pub fn open(dir: &Path) -> Result<(Journal<R>, Vec<R>), DhcpError> {
         std::fs::DirBuilder::new()
             .recursive(true)
             .mode(DIR_MODE)
@@ -187,12 +194,13 @@ impl Journal {
                 #[cfg(test)]
                 faults: Faults::default(),
                 _lock: lock,
+                _record: std::marker::PhantomData,
             },
             records,
         ))
     }
 
-    pub fn append(&mut self, l: &Lease) {
+    pub fn append(&mut self, l: &R) {
         serde_json::to_writer(&mut self.buf, l).expect("a lease serializes");
         self.buf.push(b'\n');
         self.lines += 1;
@@ -292,7 +300,7 @@ impl Journal {
     }
 
     /// Rewrite the journal with just `live` (after flushing what is pending).
-    pub fn compact(&mut self, live: &[Lease]) -> Result<(), DhcpError> {
+    pub fn compact(&mut self, live: &[R]) -> Result<(), DhcpError> {
         self.flush(false)?;
         let tmp = self.dir.join(format!("{JOURNAL}.tmp"));
         let mut data = Vec::with_capacity(live.len() * 160);
@@ -330,7 +338,7 @@ fn sync_dir(dir: &Path) -> std::io::Result<()> {
 }
 
 /// Read a journal without locking or changing it (a live server may be appending).
-pub(crate) fn read_journal(dir: &Path) -> Result<Vec<Lease>, DhcpError> {
+pub(crate) fn read_journal<R: DeserializeOwned>(dir: &Path) -> Result<Vec<R>, DhcpError> {
     let path = dir.join(JOURNAL);
     let bytes = match std::fs::read(&path) {
         Ok(b) => b,
@@ -376,9 +384,12 @@ mod tests {
     fn journal_compacts_and_replays() {
         let d = dir("journal");
         {
-            let (mut j, recs) = Journal::open(&d.0).unwrap();
+            let (mut j, recs) = Journal::<Lease>::open(&d.0).unwrap();
             assert!(recs.is_empty());
-            assert!(matches!(Journal::open(&d.0), Err(DhcpError::Locked { .. })));
+            assert!(matches!(
+                Journal::<Lease>::open(&d.0),
+                Err(DhcpError::Locked { .. })
+            ));
             for i in 0..5000 {
                 j.append(&lease(i, "bound"));
             }
@@ -390,10 +401,10 @@ mod tests {
             j.append(&lease(5000, "released"));
             j.flush(true).unwrap();
         }
-        let (_j, recs) = Journal::open(&d.0).unwrap();
+        let (_j, recs) = Journal::<Lease>::open(&d.0).unwrap();
         assert_eq!(recs.len(), 5);
         assert_eq!(recs[4], lease(5000, "released"));
-        assert_eq!(read_journal(&d.0).unwrap(), recs);
+        assert_eq!(read_journal::<Lease>(&d.0).unwrap(), recs);
         // Nothing in the state directory is readable by others.
         let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode(&d.0), 0o700);
@@ -407,7 +418,7 @@ mod tests {
         std::fs::create_dir_all(&d.0).unwrap();
         std::fs::write(d.0.join(JOURNAL), b"").unwrap();
         std::fs::set_permissions(d.0.join(JOURNAL), Permissions::from_mode(0o644)).unwrap();
-        let _j = Journal::open(&d.0).unwrap();
+        let _j = Journal::<Lease>::open(&d.0).unwrap();
         let m = std::fs::metadata(d.0.join(JOURNAL)).unwrap().permissions();
         assert_eq!(m.mode() & 0o777, 0o600);
     }
@@ -429,7 +440,7 @@ mod tests {
     #[test]
     fn short_write_is_cut_back() {
         let d = dir("short");
-        let (mut j, _) = Journal::open(&d.0).unwrap();
+        let (mut j, _) = Journal::<Lease>::open(&d.0).unwrap();
         j.append(&lease(1, "bound"));
         j.flush(true).unwrap();
         let good = std::fs::metadata(d.0.join(JOURNAL)).unwrap().len();
@@ -445,7 +456,7 @@ mod tests {
         j.append(&lease(3, "bound"));
         j.flush(true).unwrap();
         drop(j);
-        let (_j, recs) = Journal::open(&d.0).unwrap();
+        let (_j, recs) = Journal::<Lease>::open(&d.0).unwrap();
         assert_eq!(recs, vec![lease(1, "bound"), lease(3, "bound")]);
     }
 
@@ -454,7 +465,7 @@ mod tests {
     #[test]
     fn compaction_with_failed_directory_sync() {
         let d = dir("dirsync");
-        let (mut j, _) = Journal::open(&d.0).unwrap();
+        let (mut j, _) = Journal::<Lease>::open(&d.0).unwrap();
         for i in 0..8 {
             j.append(&lease(i, "bound"));
         }
@@ -471,7 +482,7 @@ mod tests {
         j.append(&lease(10, "bound"));
         j.flush(true).unwrap();
         drop(j);
-        let (_j, recs) = Journal::open(&d.0).unwrap();
+        let (_j, recs) = Journal::<Lease>::open(&d.0).unwrap();
         assert_eq!(
             recs,
             vec![lease(7, "bound"), lease(9, "released"), lease(10, "bound")],
@@ -483,7 +494,7 @@ mod tests {
     #[test]
     fn compaction_with_failed_reopen() {
         let d = dir("reopen");
-        let (mut j, _) = Journal::open(&d.0).unwrap();
+        let (mut j, _) = Journal::<Lease>::open(&d.0).unwrap();
         for i in 0..8 {
             j.append(&lease(i, "bound"));
         }
@@ -496,7 +507,7 @@ mod tests {
         j.append(&lease(12, "bound"));
         j.flush(true).unwrap();
         drop(j);
-        let (_j, recs) = Journal::open(&d.0).unwrap();
+        let (_j, recs) = Journal::<Lease>::open(&d.0).unwrap();
         assert_eq!(recs, vec![lease(6, "bound"), lease(12, "bound")]);
     }
 }

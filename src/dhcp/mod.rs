@@ -68,6 +68,7 @@ mod net;
 pub(crate) use net::{ifindex, ip_udp_ports};
 pub mod packet;
 mod store;
+pub mod v6;
 
 use std::collections::HashSet;
 use std::net::Ipv4Addr;
@@ -681,7 +682,7 @@ impl FuzzServer {
 pub fn read_leases(state_dir: &Path) -> Result<Vec<Lease>, DhcpError> {
     let now = now_unix();
     let mut last: std::collections::BTreeMap<(String, Ipv4Addr), Lease> = Default::default();
-    for l in journal::read_journal(state_dir)? {
+    for l in journal::read_journal::<Lease>(state_dir)? {
         last.insert((l.network.clone(), l.ip), l);
     }
     Ok(last

@@ -22,7 +22,7 @@ pub(crate) enum State {
 }
 
 impl State {
-    fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             State::Offered => "offered",
             State::Bound => "bound",
@@ -31,7 +31,7 @@ impl State {
             State::Expired => "expired",
         }
     }
-    fn parse(s: &str) -> Option<State> {
+    pub(crate) fn parse(s: &str) -> Option<State> {
         Some(match s {
             "offered" => State::Offered,
             "bound" => State::Bound,
@@ -42,7 +42,7 @@ impl State {
         })
     }
     /// Whether the state keeps the address from others until `expires`.
-    fn holds(self) -> bool {
+    pub(crate) fn holds(self) -> bool {
         matches!(self, State::Offered | State::Bound | State::Declined)
     }
 }
@@ -88,7 +88,7 @@ pub(crate) fn client_id_text(id: &[u8]) -> String {
     s
 }
 
-fn parse_client_id(s: &str) -> Option<Box<[u8]>> {
+pub(crate) fn parse_client_id(s: &str) -> Option<Box<[u8]>> {
     s.split(':')
         .map(|h| u8::from_str_radix(h, 16).ok().filter(|_| h.len() == 2))
         .collect::<Option<Vec<u8>>>()

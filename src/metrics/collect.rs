@@ -482,3 +482,42 @@ impl Collector for Dns {
         )
     }
 }
+
+#[derive(Debug)]
+struct Dhcp6(Vec<crate::dhcp::v6::NetworkStats6>);
+
+/// Registers the per-network DHCPv6 series: requests by message type, the pool's size and
+/// free addresses (both saturate at 2^63: a range6 may span a /64).
+pub(super) fn dhcp6(r: &mut Registry, h: &crate::dhcp::v6::ServerHandle6) {
+    r.register_collector(Box::new(Dhcp6(h.network_stats())));
+}
+
+impl Collector for Dhcp6 {
+    fn encode(&self, mut enc: DescriptorEncoder) -> fmt::Result {
+        let net = |n: &crate::dhcp::v6::NetworkStats6| [("network", n.network.clone())];
+        let requests = self.0.iter().flat_map(|n| {
+            n.counters
+                .by_type()
+                .map(|(ty, v)| ([("network", n.network.as_str()), ("type", ty)], v))
+        });
+        counters(
+            &mut enc,
+            "dhcp6_requests",
+            "DHCPv6 messages received from clients, by message type",
+            requests,
+        )?;
+        let count = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
+        gauges(
+            &mut enc,
+            "dhcp6_pool_addresses",
+            "Addresses in the network's DHCPv6 range (0: no pool)",
+            self.0.iter().map(|n| (net(n), count(n.pool_size))),
+        )?;
+        gauges(
+            &mut enc,
+            "dhcp6_pool_free_addresses",
+            "Addresses of the DHCPv6 pool free to hand out",
+            self.0.iter().map(|n| (net(n), count(n.pool_free))),
+        )
+    }
+}

@@ -122,6 +122,8 @@ pub struct DaemonMetrics {
     started: Instant,
     /// The enforced spec's ports, replaced whole when the spec changes.
     ports: Mutex<Arc<Vec<PortInfo>>>,
+    /// The DHCPv6 server, once the daemon has started it.
+    dhcp6: Mutex<Option<crate::dhcp::v6::ServerHandle6>>,
 }
 
 impl Default for DaemonMetrics {
@@ -139,6 +141,7 @@ impl Default for DaemonMetrics {
             last_reconcile_ms: AtomicU64::new(0),
             started: Instant::now(),
             ports: Mutex::new(Arc::new(Vec::new())),
+            dhcp6: Mutex::new(None),
         }
     }
 }
@@ -154,6 +157,11 @@ impl DaemonMetrics {
     pub fn set_spec(&self, spec: &Spec) {
         let ports = Arc::new(ports_of(spec));
         *self.ports.lock().expect("lock") = ports;
+    }
+
+    /// The DHCPv6 server whose counters scrapes include.
+    pub fn set_dhcp6(&self, h: crate::dhcp::v6::ServerHandle6) {
+        *self.dhcp6.lock().expect("lock") = Some(h);
     }
 
     /// A spec applied (at start, by reload, through the API), and how long it took.
@@ -303,6 +311,10 @@ impl DaemonMetrics {
         }
         if let Some(h) = dns {
             collect::dns(&mut r, h);
+        }
+        let v6 = self.dhcp6.lock().expect("lock").clone();
+        if let Some(h) = v6 {
+            collect::dhcp6(&mut r, &h);
         }
         let mut out = String::with_capacity(64 * 1024);
         prometheus_client::encoding::text::encode(&mut out, &r)?;

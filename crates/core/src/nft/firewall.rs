@@ -179,6 +179,10 @@ pub(crate) fn verdict(a: RuleAction, inbound: bool) -> String {
 }
 
 /// The rules of one direction of one port's firewall.
+/// A DHCPv6 client message as it leaves a guest: link-local source, to ff02::1:2, 546 -> 547.
+pub(super) const DHCP6_CLIENT: &str =
+    "ip6 saddr fe80::/10 ip6 daddr ff02::1:2 udp sport 546 udp dport 547 return";
+
 fn firewall_rules(port: &Port, dir: &FirewallDirection, inbound: bool) -> Vec<String> {
     let mut r = Vec::new();
     let drop = verdict(RuleAction::Drop, inbound);
@@ -202,6 +206,9 @@ fn firewall_rules(port: &Port, dir: &FirewallDirection, inbound: bool) -> Vec<St
         // client port to the server port of the host (or broadcast), nowhere else, so a
         // drop policy is no tunnel to the outside.
         r.push("udp sport 68 udp dport 67 fib daddr type { local, broadcast } return".into());
+        // DHCPv6 likewise: from its link-local address to the servers' group on its link
+        // (the host's DHCPv6 server answers there), client port to server port only.
+        r.push(DHCP6_CLIENT.into());
     }
     let word = if inbound { "in" } else { "out" };
     for rule in &dir.rules {

@@ -109,6 +109,12 @@ fn dns_rules(net: &Network) -> Vec<String> {
         .collect()
 }
 
+/// Whether the daemon's DHCPv6 server serves `net` (see `kvmnet::dhcp::v6::scopes`).
+fn serves_dhcp6(net: &Network) -> bool {
+    net.ipv6
+        .is_some_and(|v6| net.dhcp.is_some() || v6.ra.mode.managed())
+}
+
 /// What guests of `net` may reach on the host: rules of `host-NET`.
 fn host_rules(net: &Network) -> Vec<String> {
     let mut r = vec![
@@ -119,6 +125,10 @@ fn host_rules(net: &Network) -> Vec<String> {
     ];
     if net.dhcp.is_some() {
         r.push("udp sport 68 udp dport 67 accept".into());
+    }
+    if serves_dhcp6(net) {
+        // The DHCPv6 server's clients: link-local to the servers' group, 546 -> 547.
+        r.push("ip6 saddr fe80::/10 ip6 daddr ff02::1:2 udp sport 546 udp dport 547 accept".into());
     }
     if let Some(gw) = net.ipv4 {
         r.push(format!(

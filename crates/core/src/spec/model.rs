@@ -484,6 +484,10 @@ pub struct Dhcp {
     pub dns: Vec<Ipv4Addr>,
     pub domain: Option<String>,
     pub routes: Vec<DhcpRoute>,
+    /// The DHCPv6 pool (`range6`), inclusive, inside the network's `ipv6` prefix.
+    pub range6: Option<(std::net::Ipv6Addr, std::net::Ipv6Addr)>,
+    /// DNS servers DHCPv6 hands out (`dns6`, option 23).
+    pub dns6: Vec<std::net::Ipv6Addr>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]

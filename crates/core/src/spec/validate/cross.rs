@@ -25,6 +25,7 @@ pub(super) fn cross_checks(
     check_forwarding(cx, nets, sysctl);
     super::ipv6::check_ipv6(cx, nets, ports, sysctl);
     check_dns(cx, nets, ports);
+    super::dhcp6::check_dhcp6(cx, nets, ports);
 }
 
 /// An interface kvmnet creates, with where its name comes from.

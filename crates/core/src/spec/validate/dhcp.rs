@@ -19,6 +19,8 @@ pub(super) fn read_dhcp(cx: &mut Ctx, f: &Field, subnet: Option<Ipv4Cidr>) -> Op
         dns: Vec::new(),
         domain: None,
         routes: Vec::new(),
+        range6: None,
+        dns6: Vec::new(),
     };
 
     if let Some(rf) = o.get(cx, "range") {
@@ -137,7 +139,73 @@ pub(super) fn read_dhcp(cx: &mut Ctx, f: &Field, subnet: Option<Ipv4Cidr>) -> Op
             None => ok = false,
         }
     }
+    ok &= read_v6(cx, &o, &mut dhcp);
     ok.then_some(dhcp)
+}
+
+/// `range6` and `dns6`: their syntax. Where they must lie (the network's `ipv6` prefix, the
+/// gateway, static addresses, the RA mode) is checked with the network (`check_range6`).
+fn read_v6(cx: &mut Ctx, o: &Obj<'_>, dhcp: &mut Dhcp) -> bool {
+    let mut ok = true;
+    if let Some(rf) = o.get(cx, "range6") {
+        let hint = "an IPv6 address range like fd00:122::1000-fd00:122::1fff";
+        match text(cx, &rf, hint).map(|t| parse_range6(&t)) {
+            Some(Ok(r)) => dhcp.range6 = Some(r),
+            Some(Err(m)) => {
+                cx.err(&rf.path, rf.loc(), m);
+                ok = false;
+            }
+            None => ok = false,
+        }
+    }
+    if let Some(df) = o.get(cx, "dns6") {
+        match list(cx, &df, "a list of IPv6 addresses") {
+            Some(items) => {
+                for item in items {
+                    match text(cx, &item, "an IPv6 address").map(|t| parse_ip6(&t)) {
+                        Some(Ok(a)) if a.is_unspecified() || a.is_multicast() => {
+                            cx.err(
+                                &item.path,
+                                item.loc(),
+                                format!("DNS server {a} is not a unicast address"),
+                            );
+                            ok = false;
+                        }
+                        Some(Ok(a)) => dhcp.dns6.push(a),
+                        Some(Err(m)) => {
+                            cx.err(&item.path, item.loc(), m);
+                            ok = false;
+                        }
+                        None => ok = false,
+                    }
+                }
+            }
+            None => ok = false,
+        }
+    }
+    ok
+}
+
+fn parse_ip6(s: &str) -> Result<Ipv6Addr, String> {
+    s.trim()
+        .parse()
+        .map_err(|_| format!("'{}' is not an IPv6 address (like fd00:122::10)", show(s)))
+}
+
+pub(super) fn parse_range6(t: &str) -> Result<(Ipv6Addr, Ipv6Addr), String> {
+    let Some((a, b)) = t.split_once('-') else {
+        return Err(format!(
+            "'{}' is not an address range; expected START-END like fd00:122::1000-fd00:122::1fff",
+            show(t)
+        ));
+    };
+    let (a, b) = (parse_ip6(a)?, parse_ip6(b)?);
+    if a > b {
+        return Err(format!(
+            "the range {a}-{b} is backwards; its start must not be after its end"
+        ));
+    }
+    Ok((a, b))
 }
 
 pub(super) fn parse_range(t: &str) -> Result<(Ipv4Addr, Ipv4Addr), String> {

@@ -95,16 +95,6 @@ fn read_ra(cx: &mut Ctx, f: &Field) -> Option<Ra> {
                 mf.loc(),
                 format!("'{}' is not an RA mode; expected {RA_MODES}", show(&m)),
             ),
-            // The flags for these modes are right (see RaMode), but guests told to ask DHCPv6
-            // would ask a server kvmnet does not run yet: refused rather than half working.
-            Some(m) if m.managed() => cx.err(
-                &mf.path,
-                mf.loc(),
-                format!(
-                    "ra mode {} needs a DHCPv6 server, which kvmnet does not run yet; use slaac",
-                    m.as_str()
-                ),
-            ),
             Some(m) => ra.mode = m,
         }
     }

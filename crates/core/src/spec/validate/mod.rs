@@ -9,7 +9,7 @@
 use std::collections::BTreeMap;
 
 use foldhash::{HashMap, HashMapExt};
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 
 use super::SpecError;
 use super::macs::HostIdentity;
@@ -25,6 +25,7 @@ use super::yaml::{Key, Kind, Node, index, join};
 mod cross;
 mod dhcp;
 mod dns;
+mod dhcp6;
 mod host;
 pub(crate) mod ipv6;
 mod network;
@@ -103,7 +104,16 @@ pub(crate) const VXLAN_FIELDS: &[&str] = &["vni", "underlay", "remotes", "group"
 pub(crate) const VNI_MAX: i128 = 16_777_215;
 const FORWARD_FIELDS: &[&str] = &["proto", "port", "to", "to_port"];
 pub(crate) const NAT_FIELDS: &[&str] = &["egress", "ipv6"];
-const DHCP_FIELDS: &[&str] = &["range", "pool", "lease_time", "dns", "domain", "routes"];
+const DHCP_FIELDS: &[&str] = &[
+    "range",
+    "pool",
+    "lease_time",
+    "dns",
+    "domain",
+    "routes",
+    "range6",
+    "dns6",
+];
 const ROUTE_FIELDS: &[&str] = &["to", "via"];
 const VM_FIELDS: &[&str] = &["ports"];
 const PORT_FIELDS: &[&str] = &[

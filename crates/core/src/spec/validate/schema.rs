@@ -243,6 +243,11 @@ impl Shapes {
                 ("dns", list_of(ipv4())),
                 ("domain", string("The domain name handed to clients.")),
                 ("routes", list_of(route)),
+                (
+                    "range6",
+                    string("First-last address of the DHCPv6 pool, like fd00:122::1000-fd00:122::1fff."),
+                ),
+                ("dns6", list_of(string("An IPv6 address."))),
             ],
             &[],
         )

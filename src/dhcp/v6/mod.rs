@@ -576,8 +576,17 @@ pub fn scopes(spec: &Spec) -> Vec<Scope6> {
             interface: net.bridge.clone(),
             server_ip: v6.gateway.addr,
             prefix: v6.prefix(),
-            dns: dhcp.map(|d| d.dns6.clone()).unwrap_or_default(),
-            domains: dhcp.and_then(|d| d.domain.clone()).into_iter().collect(),
+            // With a `dns:` service and no `dns6` of their own, guests are told the gateway,
+            // where the service answers, and its domain (as DHCPv4 and the RAs tell them).
+            dns: match dhcp.map(|d| d.dns6.clone()).unwrap_or_default() {
+                d if d.is_empty() && net.dns.is_some() => vec![v6.gateway.addr],
+                d => d,
+            },
+            domains: dhcp
+                .and_then(|d| d.domain.clone())
+                .or_else(|| net.dns.as_ref().and_then(|d| d.domain.clone()))
+                .into_iter()
+                .collect(),
             lease_secs: dhcp.map_or(LEASE_DEFAULT_SECS, |d| {
                 u32::try_from(d.lease_time_secs).unwrap_or(u32::MAX)
             }),
@@ -613,6 +622,12 @@ networks:
     mode: isolated
     ipv4: 10.7.0.1/24
     dhcp: {}
+  named:
+    mode: isolated
+    ipv4: 10.6.0.1/24
+    ipv6: fd00:6::1/64
+    dhcp: {}
+    dns: { domain: n.example }
 vms:
   a:
     ports:
@@ -626,7 +641,7 @@ vms:
         let s = scopes(&spec);
         assert_eq!(
             s.iter().map(|s| s.network.as_str()).collect::<Vec<_>>(),
-            ["managed", "slaac"],
+            ["managed", "named", "slaac"],
             "networks with ipv6 only"
         );
         let m = &s[0];
@@ -649,7 +664,11 @@ vms:
             "fd00:9::10".parse::<Ipv6Addr>().unwrap()
         );
         assert_eq!(m.guarded_macs, vec![Mac([0x52, 0x54, 0, 0, 0, 1])]);
-        let sl = &s[1];
+        // A dns: service and no dns6: the gateway and the service's domain.
+        let n = &s[1];
+        assert_eq!(n.dns, vec!["fd00:6::1".parse::<Ipv6Addr>().unwrap()]);
+        assert_eq!(n.domains, vec!["n.example".to_string()]);
+        let sl = &s[2];
         assert!(!sl.addresses, "ra mode slaac: information-request only");
         assert_eq!(sl.pool, None);
         assert_eq!(sl.dns.len(), 1);

@@ -38,8 +38,8 @@ mod spec_target;
 
 pub use api_target::{ApiOutcome, api, api_parse, cli_round_trip};
 pub use dhcp_target::dhcp;
-pub use dns_target::dns;
 pub use dhcp6_target::dhcp6;
+pub use dns_target::dns;
 pub use import_target::import_libvirt;
 pub use ovsdb_target::ovsdb;
 pub use ra_target::ra_rs;

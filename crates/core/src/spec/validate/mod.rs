@@ -24,8 +24,8 @@ use super::yaml::{Key, Kind, Node, index, join};
 
 mod cross;
 mod dhcp;
-mod dns;
 mod dhcp6;
+mod dns;
 mod host;
 pub(crate) mod ipv6;
 mod network;

@@ -201,36 +201,7 @@ fn ipv6_networks_with_real_peers() {
     let routes = ok_in(&ga, "ip -6 route show default");
     assert!(routes.contains(&format!("via {ll} dev eth0")), "{routes}");
 
-    // rdisc6 reads the prefix, the MTU and the DNS search list (DHCP's domain).
-    let ra = ok_in(&ga, "rdisc6 -1 -w 3000 eth0");
-    assert!(
-        ra.contains("Prefix                   : fd00:61::/64"),
-        "{ra}"
-    );
-    assert!(
-        ra.contains("Autonomous address conf.:          Yes"),
-        "{ra}"
-    );
-    assert!(
-        ra.contains("MTU                      :         1500 bytes"),
-        "{ra}"
-    );
-    assert!(
-        ra.contains("Stateful address conf.    :           No"),
-        "{ra}"
-    );
-    assert!(ra.contains("DNS search list          : vm.test"), "{ra}");
-    assert!(ra.contains(&format!("from {ll}")), "{ra}");
-    // With `dns:`, the RAs name the gateway's IPv6 address as the resolver (RDNSS), and the
-    // service answers there: a VM's declared IPv6 address as AAAA, over IPv6.
-    assert!(ra.contains("Recursive DNS server     : fd00:61::1"), "{ra}");
-    let aaaa = ok_in(
-        &ga,
-        "dig +short +time=2 +tries=2 @fd00:61::1 a.vm.test AAAA",
-    );
-    assert_eq!(aaaa.trim(), "fd00:61::10");
-    let a = ok_in(&gb, "dig +short +time=2 +tries=2 @fd00:61::1 b.vm.test A");
-    assert_eq!(a.trim(), "10.61.0.11");
+    ra_and_dns(&ga, &gb, &ll);
 
     // NAT66: the wan host sees the host's address; the routed network is seen as it is.
     assert_eq!(source_seen6(&wan, &ga, None), "2001:db8:99::1");
@@ -278,6 +249,37 @@ fn ipv6_networks_with_real_peers() {
 }
 
 /// Guest b attacks a's and the gateway's IPv6 and fails, while its own IPv6 flows.
+/// What guests learn from the RAs (rdisc6), and the DNS service they name, over IPv6.
+fn ra_and_dns(ga: &str, gb: &str, ll: &str) {
+    // rdisc6 reads the prefix, the MTU and the DNS search list (DHCP's domain).
+    let ra = ok_in(ga, "rdisc6 -1 -w 3000 eth0");
+    assert!(
+        ra.contains("Prefix                   : fd00:61::/64"),
+        "{ra}"
+    );
+    assert!(
+        ra.contains("Autonomous address conf.:          Yes"),
+        "{ra}"
+    );
+    assert!(
+        ra.contains("MTU                      :         1500 bytes"),
+        "{ra}"
+    );
+    assert!(
+        ra.contains("Stateful address conf.    :           No"),
+        "{ra}"
+    );
+    assert!(ra.contains("DNS search list          : vm.test"), "{ra}");
+    assert!(ra.contains(&format!("from {ll}")), "{ra}");
+    // With `dns:`, the RAs name the gateway's IPv6 address as the resolver (RDNSS), and the
+    // service answers there: a VM's declared IPv6 address as AAAA, over IPv6.
+    assert!(ra.contains("Recursive DNS server     : fd00:61::1"), "{ra}");
+    let aaaa = ok_in(ga, "dig +short +time=2 +tries=2 @fd00:61::1 a.vm.test AAAA");
+    assert_eq!(aaaa.trim(), "fd00:61::10");
+    let a = ok_in(gb, "dig +short +time=2 +tries=2 @fd00:61::1 b.vm.test A");
+    assert_eq!(a.trim(), "10.61.0.11");
+}
+
 fn guard_attacks(host: &str, ga: &str, gb: &str, a6: &str, b6: &str, ll: &str) {
     // A forged source: another guest's address, and an undeclared one.
     ok_in(gb, &format!("ip -6 addr add {a6}/128 dev eth0 nodad"));

@@ -718,6 +718,52 @@ fn incremental(want: &NftTable, have: &NftTable) -> bool {
             .all(|(k, s)| have.sets.get(k).is_none_or(|h| h.ty == s.ty))
 }
 
+/// The chains a chain's rules jump or go to.
+fn jump_targets(c: &NftChain) -> impl Iterator<Item = &str> {
+    c.rules.iter().flat_map(|r| {
+        let words: Vec<&str> = r.text.split_whitespace().collect();
+        let targets: Vec<&str> = words
+            .windows(2)
+            .filter(|w| w[0] == "jump" || w[0] == "goto")
+            .map(|w| w[1])
+            .collect();
+        targets
+    })
+}
+
+/// `chains` in an order where each comes after the chains of the list it jumps or goes to
+/// (nft refuses a rule naming a chain that does not exist yet, and the deletion of a chain
+/// something still jumps to), chains with a hook last: the counting chains (`fw-in-drop`)
+/// before the policy chains that go to them, whatever their names.
+fn targets_first(mut chains: Vec<&NftChain>) -> Vec<&NftChain> {
+    chains.sort_by_key(|c| c.hook.is_some());
+    let listed: BTreeSet<(String, String)> = chains
+        .iter()
+        .map(|c| (c.family.clone(), c.name.clone()))
+        .collect();
+    let mut placed: BTreeSet<(String, String)> = BTreeSet::new();
+    let mut out = Vec::with_capacity(chains.len());
+    while !chains.is_empty() {
+        let before = chains.len();
+        chains.retain(|c| {
+            let ready = jump_targets(c).all(|t| {
+                let key = (c.family.clone(), t.to_string());
+                !listed.contains(&key) || placed.contains(&key) || t == c.name
+            });
+            if ready {
+                placed.insert((c.family.clone(), c.name.clone()));
+                out.push(*c);
+            }
+            !ready
+        });
+        if chains.len() == before {
+            // A cycle (kvmnet writes none): keep the rest as they are.
+            out.append(&mut chains);
+        }
+    }
+    out
+}
+
 pub fn diff(want: Option<&NftTable>, have: Option<&NftTable>) -> NftPlan {
     let (want, have) = match (want, have) {
         (None, None) => return NftPlan::Nothing,
@@ -769,14 +815,15 @@ pub fn diff(want: Option<&NftTable>, have: Option<&NftTable>) -> NftPlan {
         .map(|(_, c)| c)
         .collect();
     // Jump targets before the chains that jump; removed in the opposite order.
-    add_chains.sort_by_key(|c| c.hook.is_some());
-    let mut del_chains: Vec<&NftChain> = have
+    add_chains = targets_first(add_chains);
+    let del_chains: Vec<&NftChain> = have
         .chains
         .iter()
         .filter(|(k, _)| !want.chains.contains_key(*k))
         .map(|(_, c)| c)
         .collect();
-    del_chains.sort_by_key(|c| c.hook.is_none());
+    let mut del_chains = targets_first(del_chains);
+    del_chains.reverse();
     let updates = want.chains.iter().filter_map(|(k, w)| {
         let h = have.chains.get(k)?;
         (!w.same(h)).then(|| NftChange::UpdateChain {
@@ -890,6 +937,66 @@ mod tests {
             hook: None,
             rules: rules.iter().map(|r| NftRule::new(r.to_string())).collect(),
         }
+    }
+
+    /// A new policy chain that goes to a new counting chain: nft refuses the rule unless the
+    /// counting chain exists first, whatever the names' order; deletion runs the other way.
+    #[test]
+    fn chains_are_added_after_the_chains_they_go_to() {
+        let empty = NftTable {
+            families: [FAMILY.to_string()].into(),
+            chains: BTreeMap::new(),
+            sets: BTreeMap::new(),
+            intact: true,
+            listing: None,
+        };
+        let mut w = empty.clone();
+        for c in [
+            chain(
+                "fw-out-1",
+                &[
+                    "ct state invalid goto fw-out-drop",
+                    "counter goto fw-out-reject",
+                ],
+            ),
+            chain("fw-out-drop", &["drop"]),
+            chain("fw-out-reject", &["reject"]),
+            chain("a-caller", &["jump fw-out-1"]),
+        ] {
+            w.chains.insert(format!("inet {}", c.name), c);
+        }
+        let names = |plan: NftPlan, add: bool| -> Vec<String> {
+            let NftPlan::Changes(c) = plan else {
+                panic!("expected changes")
+            };
+            c.iter()
+                .filter_map(|c| match c {
+                    NftChange::AddChain(c) if add => Some(c.name.clone()),
+                    NftChange::DelChain(c) if !add => Some(c.name.clone()),
+                    _ => None,
+                })
+                .collect()
+        };
+        let added = names(diff(Some(&w), Some(&empty)), true);
+        let at = |n: &str, v: &[String]| v.iter().position(|x| x == n).unwrap();
+        assert!(
+            at("fw-out-drop", &added) < at("fw-out-1", &added),
+            "{added:?}"
+        );
+        assert!(
+            at("fw-out-reject", &added) < at("fw-out-1", &added),
+            "{added:?}"
+        );
+        assert!(at("fw-out-1", &added) < at("a-caller", &added), "{added:?}");
+        let removed = names(diff(Some(&empty), Some(&w)), false);
+        assert!(
+            at("a-caller", &removed) < at("fw-out-1", &removed),
+            "{removed:?}"
+        );
+        assert!(
+            at("fw-out-1", &removed) < at("fw-out-drop", &removed),
+            "{removed:?}"
+        );
     }
 
     #[test]

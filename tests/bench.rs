@@ -254,6 +254,16 @@ fn interrupted_bench_leaves_nothing(
     assert_eq!(namespaces_with("kvmnet-bench-"), namespaces);
 }
 
+/// A child killed when dropped (a failed assertion must not leave a bench running).
+struct Killed(std::process::Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// The child's output, killing it after 60 s (a bench that hangs fails the test).
 fn wait_for(child: &mut std::process::Child) -> std::process::Output {
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -318,6 +328,36 @@ fn beside_a_daemon_lent_ports_and_between_two_vms() {
     assert_eq!(state_files(&ns, &host), state);
     assert_eq!(namespaces_with("kvmnet-bench-"), namespaces);
     interrupted_bench_leaves_nothing(&ns, &host, &before, &state, &namespaces);
+
+    // An apply through the daemon meanwhile wins: the ports go, and bench says why it fails.
+    let child = Command::new(env!("CARGO_BIN_EXE_kvmnet"))
+        .args(["bench", "--netns", &host, "--quick", "--json"])
+        .env("KVMNET_STATE_DIR", &ns.state_dir)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut child = Killed(child);
+    wait_until("bench's ports", || {
+        sh(&format!("ip -n {host} link show kvbench-nb"))
+            .status
+            .success()
+    });
+    ns.kvmnet_ok(&["apply", spec.path(), "--netns", &host]);
+    assert!(
+        !sh(&format!("ip -n {host} link show kvbench-nb"))
+            .status
+            .success()
+    );
+    let o = wait_for(&mut child.0);
+    assert!(!o.status.success(), "{o:?}");
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("the daemon removed bench's ports"),
+        "{o:?}"
+    );
+    assert_eq!(config(&host), before);
+    assert_eq!(state_files(&ns, &host), state);
+    assert_eq!(namespaces_with("kvmnet-bench-"), namespaces);
 
     let o = ns.kvmnet(&[
         "bench",

@@ -70,9 +70,19 @@ impl DaemonLease {
         })
     }
 
-    /// Whether the daemon dropped the ports before bench was done.
+    /// Whether the daemon dropped the ports before bench was done: what the refreshing
+    /// thread found, or else what the daemon says now (a failed measurement may be the
+    /// first sign, before the next refresh).
     pub fn lost(&self) -> bool {
-        self.lost.load(Ordering::SeqCst)
+        if self.lost.load(Ordering::SeqCst) || self.refresher.is_none() {
+            return self.lost.load(Ordering::SeqCst);
+        }
+        let body = json!({ "lease": self.id, "lease_secs": LEASE_SECS });
+        let gone = matches!(
+            api::call(&self.dir, "POST", "/v1/ephemeral/refresh", &body),
+            Some(Err(ApiError::Status { status: 404, .. }))
+        );
+        self.lost.fetch_or(gone, Ordering::SeqCst) || gone
     }
 
     /// Stops refreshing and asks the daemon to remove the ports (once: later calls do
@@ -114,6 +124,8 @@ fn refresh_until_stopped(dir: &Path, id: &str, stop: &AtomicBool, lost: &AtomicB
             // The lease is gone: the ports are (or are about to be) removed.
             Some(Err(ApiError::Status { status: 404, .. })) => {
                 lost.store(true, Ordering::SeqCst);
+                // Measuring on ports that went away would wait on lost connections.
+                super::measure::STOP.store(true, Ordering::Relaxed);
                 return;
             }
             // A daemon restarting, or busy: tried again soon, within the lease.

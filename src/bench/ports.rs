@@ -304,7 +304,7 @@ enum How {
     /// bench, through the engine: the spec in force and where it came from.
     Direct {
         scope: String,
-        spec: Spec,
+        spec: Box<Spec>,
         source: String,
         text: Vec<u8>,
     },
@@ -389,7 +389,7 @@ impl Throwaway {
         let t = Throwaway {
             how: How::Direct {
                 scope: scope.to_string(),
-                spec: spec.clone(),
+                spec: Box::new(spec.clone()),
                 source,
                 text,
             },

@@ -78,6 +78,17 @@ struct Shared {
     metrics: DaemonMetrics,
 }
 
+impl Active {
+    /// The accepted spec enforced as it is, without ephemeral VMs.
+    fn new(spec: Spec, accepted: Accepted) -> Active {
+        Active {
+            spec,
+            accepted,
+            lease: None,
+        }
+    }
+}
+
 impl Shared {
     /// Enforce `spec` (recorded as `accepted`) from now on, and serve the DHCP it declares.
     fn set_active(&self, active: &mut Active, spec: Spec, accepted: Accepted) {
@@ -91,14 +102,7 @@ impl Shared {
         self.dns_kick.store(true, Ordering::SeqCst);
         self.metrics.set_spec(&spec);
         ephemeral::drop_lease(self, active, "a new spec was accepted");
-        let old = std::mem::replace(
-            active,
-            Active {
-                spec,
-                accepted,
-                lease: None,
-            },
-        );
+        let old = std::mem::replace(active, Active::new(spec, accepted));
         self.retire(old);
     }
 
@@ -975,11 +979,7 @@ pub fn run(
         spec_path: spec_path.to_path_buf(),
         spec_file,
         state_dir: StateDir::for_scope(scope),
-        active: Mutex::new(Active {
-            spec,
-            accepted,
-            lease: None,
-        }),
+        active: Mutex::new(Active::new(spec, accepted)),
         stop: AtomicBool::new(false),
         reload: AtomicBool::new(false),
         dhcp_pending: Mutex::new(None),

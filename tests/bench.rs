@@ -1,7 +1,8 @@
 //! `kvmnet bench` in a namespace the test makes: throwaway ports with and without policy
 //! measured and removed again (the host, its state and its namespaces as before, also after
-//! ctrl-C), `--between` two VMs' veth ports while a daemon runs (its accepted spec
-//! untouched), and a clear refusal for a tap. No timing is asserted: only that every figure
+//! ctrl-C), the same beside a running daemon (which lends the ports for a lease, its
+//! accepted spec untouched), `--between` two VMs' veth ports, and a clear refusal for a
+//! tap. No timing is asserted: only that every figure
 //! is there and sane.
 
 mod common;
@@ -218,9 +219,19 @@ fn throwaway_ports_are_measured_and_removed() {
             .contains("No changes")
     );
 
-    // Interrupted once its ports exist: it puts the host back before it exits.
+    interrupted_bench_leaves_nothing(&ns, &host, &before, &state, &namespaces);
+}
+
+/// A bench interrupted once its ports exist puts the host back before it exits.
+fn interrupted_bench_leaves_nothing(
+    ns: &Namespaces,
+    host: &str,
+    before: &str,
+    state: &[(String, Option<Vec<u8>>)],
+    namespaces: &[String],
+) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_kvmnet"))
-        .args(["bench", "--netns", &host, "--quick", "--json"])
+        .args(["bench", "--netns", host, "--quick", "--json"])
         .env("KVMNET_STATE_DIR", &ns.state_dir)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -238,9 +249,19 @@ fn throwaway_ports_are_measured_and_removed() {
         String::from_utf8_lossy(&o.stderr).contains("interrupted"),
         "{o:?}"
     );
-    assert_eq!(config(&host), before);
-    assert_eq!(state_files(&ns, &host), state);
+    assert_eq!(config(host), before);
+    assert_eq!(state_files(ns, host), state);
     assert_eq!(namespaces_with("kvmnet-bench-"), namespaces);
+}
+
+/// A child killed when dropped (a failed assertion must not leave a bench running).
+struct Killed(std::process::Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }
 
 /// The child's output, killing it after 60 s (a bench that hangs fails the test).
@@ -265,7 +286,7 @@ fn wait_for(child: &mut std::process::Child) -> std::process::Output {
 }
 
 #[test]
-fn between_two_vms_beside_a_daemon_and_no_taps() {
+fn beside_a_daemon_lent_ports_and_between_two_vms() {
     if !privileged() {
         return;
     }
@@ -298,13 +319,45 @@ fn between_two_vms_beside_a_daemon_and_no_taps() {
             .any(|(f, t)| f == "accepted-spec.yaml" && t.is_some())
     );
 
-    // Throwaway ports would be drift to the daemon: refused, nothing changed.
-    let o = ns.kvmnet(&["bench", "--netns", &host, "--quick"]);
-    assert_eq!(o.status.code(), Some(2), "{o:?}");
+    // Throwaway ports lent by the daemon for a lease: measured, then gone, and the
+    // accepted spec never held them.
+    let namespaces = namespaces_with("kvmnet-bench-");
+    let v = stdout_json(&ns.kvmnet(&["bench", "--netns", &host, "--quick", "--json"]));
+    check_report(&v, &["with policy", "without policy"]);
+    assert_eq!(config(&host), before);
+    assert_eq!(state_files(&ns, &host), state);
+    assert_eq!(namespaces_with("kvmnet-bench-"), namespaces);
+    interrupted_bench_leaves_nothing(&ns, &host, &before, &state, &namespaces);
+
+    // An apply through the daemon meanwhile wins: the ports go, and bench says why it fails.
+    let child = Command::new(env!("CARGO_BIN_EXE_kvmnet"))
+        .args(["bench", "--netns", &host, "--quick", "--json"])
+        .env("KVMNET_STATE_DIR", &ns.state_dir)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut child = Killed(child);
+    wait_until("bench's ports", || {
+        sh(&format!("ip -n {host} link show kvbench-nb"))
+            .status
+            .success()
+    });
+    ns.kvmnet_ok(&["apply", spec.path(), "--netns", &host]);
     assert!(
-        String::from_utf8_lossy(&o.stderr).contains("a daemon runs"),
+        !sh(&format!("ip -n {host} link show kvbench-nb"))
+            .status
+            .success()
+    );
+    let o = wait_for(&mut child.0);
+    assert!(!o.status.success(), "{o:?}");
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("the daemon removed bench's ports"),
         "{o:?}"
     );
+    assert_eq!(config(&host), before);
+    assert_eq!(state_files(&ns, &host), state);
+    assert_eq!(namespaces_with("kvmnet-bench-"), namespaces);
 
     let o = ns.kvmnet(&[
         "bench",

@@ -214,15 +214,61 @@ fn iperf3(test: Test, from: &Endpoint, to: &Endpoint, secs: u32) -> Result<f64, 
             std::thread::sleep(Duration::from_millis(200));
             check_stop()?;
         }
-        let out = spawn_in(&from.netns, &mut c)?
-            .wait_with_output()
-            .map_err(|e| failed(e.to_string()))?;
+        let out = wait_or_stop(spawn_in(&from.netns, &mut c)?, &failed)?;
         match read_iperf3(test, &out.stdout) {
             Ok(v) => return Ok(v),
             Err(e) => last = e,
         }
     }
     Err(failed(last))
+}
+
+/// The child's output once it exits, or `Interrupted` (the child killed) once [`STOP`] is
+/// set: an iperf3 whose ports went away (a daemon took back lent ports) would otherwise wait
+/// for its lost connection for minutes.
+fn wait_or_stop(
+    mut child: Child,
+    failed: &dyn Fn(String) -> MeasureError,
+) -> Result<std::process::Output, MeasureError> {
+    let reader = |pipe: Option<Box<dyn Read + Send>>| {
+        std::thread::spawn(move || {
+            let mut out = Vec::new();
+            if let Some(mut p) = pipe {
+                let _ = p.read_to_end(&mut out);
+            }
+            out
+        })
+    };
+    let stdout = reader(
+        child
+            .stdout
+            .take()
+            .map(|p| Box::new(p) as Box<dyn Read + Send>),
+    );
+    let stderr = reader(
+        child
+            .stderr
+            .take()
+            .map(|p| Box::new(p) as Box<dyn Read + Send>),
+    );
+    let status = loop {
+        match child.try_wait() {
+            Ok(Some(status)) => break status,
+            Ok(None) => {}
+            Err(e) => return Err(failed(e.to_string())),
+        }
+        if STOP.load(Ordering::Relaxed) {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(MeasureError::Interrupted);
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    Ok(std::process::Output {
+        status,
+        stdout: stdout.join().unwrap_or_default(),
+        stderr: stderr.join().unwrap_or_default(),
+    })
 }
 
 /// The figure of one iperf3 `-J` report, or its error message.

@@ -13,6 +13,7 @@
 //! run: iperf3 or kvmnet's own sender, the latency loop), `stats` (pure), `report` (text
 //! and JSON) and `plot` (SVG).
 
+pub mod lease;
 pub mod measure;
 pub mod plot;
 pub mod ports;
@@ -45,7 +46,12 @@ impl BenchError {
         use PortsError as P;
         match self {
             BenchError::Ports(P::Engine(e)) => e.kind(),
-            BenchError::Ports(P::Daemon | P::Pending) => ErrorKind::Busy,
+            BenchError::Ports(P::Daemon(e)) => match e.as_ref() {
+                crate::daemon::api::ApiError::Status { kind: Some(k), .. } => *k,
+                _ => ErrorKind::Daemon,
+            },
+            BenchError::Ports(P::Pending) => ErrorKind::Busy,
+            BenchError::Ports(P::DaemonGone | P::Lost) => ErrorKind::Daemon,
             BenchError::Ports(P::Drift(_)) => ErrorKind::Conflict,
             BenchError::Ports(P::Restore(_) | P::Yaml(_)) => ErrorKind::Host,
             BenchError::Ports(_) | BenchError::Duration => ErrorKind::Usage,
@@ -220,7 +226,10 @@ pub fn run(scope: &str, opts: &Options) -> Result<(), BenchError> {
             ];
             let network = Some(t.network.clone());
             // Measured first, restored second: an error measuring restores on drop.
-            let bench = measure_all(tool, network, configs, &knobs, opts.json)?;
+            let bench = measure_all(tool, network, configs, &knobs, opts.json);
+            // Ports a daemon dropped explain a failed measurement better than its symptom.
+            t.check()?;
+            let bench = bench?;
             t.restore()?;
             bench
         }

@@ -9,6 +9,10 @@
 //! nftables elements and any sysctl the firewall borrowed. A [`Throwaway`] that is dropped
 //! without [`Throwaway::restore`] (an error, a signal, a panic) restores on drop. Nothing of
 //! this is recorded as the applied spec: the spec in force stays what it was.
+//!
+//! When a daemon runs for the scope, it is the daemon that applies: bench sends it the
+//! combined spec as ephemeral VMs on a lease ([`super::lease`]), which it enforces without
+//! accepting, and releases them afterwards.
 
 use std::collections::BTreeSet;
 use std::net::Ipv4Addr;
@@ -16,6 +20,7 @@ use std::net::Ipv4Addr;
 use serde_json::json;
 use yaml_rust2::{Yaml, YamlEmitter, YamlLoader};
 
+use super::lease::DaemonLease;
 use super::measure::{Endpoint, IPERF_PORT, LATENCY_PORT};
 use crate::engine::{self, EngineError};
 use crate::spec::{Mode, Network, PortKind, Spec};
@@ -51,10 +56,14 @@ pub enum PortsError {
         "the host does not match the spec in force ({0} changes; `kvmnet show` prints the spec and `kvmnet plan` of it lists them): after the bench it would match the spec, not be as it was. Apply the spec first"
     )]
     Drift(usize),
+    #[error("the scope's daemon refused bench's ports: {0}")]
+    Daemon(Box<crate::daemon::api::ApiError>),
+    #[error("the scope's daemon stopped answering")]
+    DaemonGone,
     #[error(
-        "a daemon runs for this scope: it enforces its accepted spec and would remove throwaway ports as drift, and bench leaves that spec alone. Use --between A B with two VMs' veth ports, or stop the daemon for the bench"
+        "the daemon removed bench's ports before bench was done (a spec was applied or reloaded through it, or it restarted): the measurement is incomplete"
     )]
-    Daemon,
+    Lost,
     #[error(
         "a change applied with --confirm-within awaits confirmation: confirm it or let it revert first"
     )]
@@ -290,13 +299,23 @@ fn apply(
     engine::execute(&p, action, &engine::spec_hash(text), None)
 }
 
+/// Who applies the ports and puts the spec back.
+enum How {
+    /// bench, through the engine: the spec in force and where it came from.
+    Direct {
+        scope: String,
+        spec: Box<Spec>,
+        source: String,
+        text: Vec<u8>,
+    },
+    /// The scope's daemon, for a lease.
+    Daemon(DaemonLease),
+}
+
 /// Throwaway ports applied in a scope; the spec in force is applied again when restored or
 /// dropped.
 pub struct Throwaway {
-    scope: String,
-    spec: Spec,
-    source: String,
-    text: Vec<u8>,
+    how: How,
     restored: bool,
     /// The network's name, bridge and subnet, for the report.
     pub network: String,
@@ -306,20 +325,33 @@ pub struct Throwaway {
 }
 
 impl Throwaway {
-    /// Adds the four ports on `network` (or the first that can take them) and applies.
+    /// Adds the four ports on `network` (or the first that can take them) and applies, or
+    /// has the scope's daemon apply them for a lease.
     pub fn make(scope: &str, network: Option<&str>) -> Result<Throwaway, PortsError> {
         let sd = StateDir::for_scope(scope);
-        if crate::daemon::api::daemon_listening(&sd.dir) {
-            return Err(PortsError::Daemon);
-        }
         if engine::load_pending(&sd)?.is_some() {
             return Err(PortsError::Pending);
         }
-        let (spec, source, text) = in_force(scope)?;
-        let drift = engine::plan(Some(&spec), scope, &source)?.plan.steps.len();
-        if drift > 0 {
-            return Err(PortsError::Drift(drift));
-        }
+        let daemon = crate::daemon::api::daemon_listening(&sd.dir);
+        let (spec, source, text) = match daemon {
+            // The daemon's accepted spec: what it enforces, and what it checks bench built on.
+            true => {
+                let a = crate::daemon::accepted::load(&sd.dir)
+                    .map_err(EngineError::from)?
+                    .ok_or(PortsError::NoSpec)?;
+                let (id, _) = crate::host_macs::host_identity(scope);
+                let source = "(accepted spec)".to_string();
+                (engine::parse(&source, &a.text, &id)?, source, a.text)
+            }
+            false => {
+                let (spec, source, text) = in_force(scope)?;
+                let drift = engine::plan(Some(&spec), scope, &source)?.plan.steps.len();
+                if drift > 0 {
+                    return Err(PortsError::Drift(drift));
+                }
+                (spec, source, text)
+            }
+        };
         let net = choose(&spec, network)?;
         let addrs = free_addrs(&spec, net, TAGS.len())?;
         let planned: Vec<Planned> = TAGS
@@ -328,29 +360,43 @@ impl Throwaway {
             .map(|(&(tag, policy), addr)| Planned { tag, policy, addr })
             .collect();
         let bench_text = with_ports(&text, &net.name, &planned)?;
-        let (id, _) = crate::host_macs::host_identity(scope);
-        let bench_spec = engine::parse("(bench)", bench_text.as_bytes(), &id)?;
         let end = |i: usize| Endpoint {
             port: format!("kvbench-{}", planned[i].tag),
             netns: netns_name(planned[i].tag),
             addr: planned[i].addr,
         };
+        let network = format!(
+            "{} (bridge {}, {})",
+            net.name,
+            net.bridge,
+            net.ipv4
+                .map(|c| c.network().to_string())
+                .unwrap_or_default()
+        );
+        let (with_policy, without_policy) = ((end(0), end(1)), (end(2), end(3)));
+        if daemon {
+            let lease = DaemonLease::begin(&sd.dir, &bench_text, &engine::spec_hash(&text))?;
+            return Ok(Throwaway {
+                how: How::Daemon(lease),
+                restored: false,
+                network,
+                with_policy,
+                without_policy,
+            });
+        }
+        let (id, _) = crate::host_macs::host_identity(scope);
+        let bench_spec = engine::parse("(bench)", bench_text.as_bytes(), &id)?;
         let t = Throwaway {
-            scope: scope.to_string(),
-            network: format!(
-                "{} (bridge {}, {})",
-                net.name,
-                net.bridge,
-                net.ipv4
-                    .map(|c| c.network().to_string())
-                    .unwrap_or_default()
-            ),
-            with_policy: (end(0), end(1)),
-            without_policy: (end(2), end(3)),
-            spec: spec.clone(),
-            source,
-            text,
+            how: How::Direct {
+                scope: scope.to_string(),
+                spec: Box::new(spec.clone()),
+                source,
+                text,
+            },
             restored: false,
+            network,
+            with_policy,
+            without_policy,
         };
         // From here on, a failure restores (the guard is made before the apply).
         apply(
@@ -363,27 +409,39 @@ impl Throwaway {
         Ok(t)
     }
 
+    /// Whether the ports are still there: a daemon may have dropped them.
+    pub fn check(&self) -> Result<(), PortsError> {
+        match &self.how {
+            How::Daemon(l) if l.lost() => Err(PortsError::Lost),
+            _ => Ok(()),
+        }
+    }
+
     /// Applies the spec in force again: bench's ports and namespaces are removed.
     pub fn restore(mut self) -> Result<(), PortsError> {
         self.restored = true;
-        self.put_back()
-            .map_err(|e| PortsError::Restore(Box::new(e)))
+        let lost = self.check();
+        self.put_back()?;
+        lost
     }
 
     /// Applies the spec in force again, a second time if the first fails: the second plans
     /// from the host as the first left it (a port someone removed meanwhile makes the first
     /// plan fail and roll back).
-    fn put_back(&self) -> Result<(), EngineError> {
-        let once = || {
-            apply(
-                &self.scope,
-                &self.spec,
-                &self.source,
-                &self.text,
-                "bench-restore",
-            )
+    fn put_back(&mut self) -> Result<(), PortsError> {
+        let (scope, spec, source, text) = match &mut self.how {
+            How::Daemon(lease) => return lease.release(),
+            How::Direct {
+                scope,
+                spec,
+                source,
+                text,
+            } => (scope, spec, source, text),
         };
-        once().or_else(|_| once())
+        let once = || apply(scope, spec, source, text, "bench-restore");
+        once()
+            .or_else(|_| once())
+            .map_err(|e| PortsError::Restore(Box::new(e)))
     }
 }
 
@@ -393,10 +451,7 @@ impl Drop for Throwaway {
             return;
         }
         if let Err(e) = self.put_back() {
-            crate::log::line(
-                crate::log::Level::Error,
-                &format!("kvmnet: {}", PortsError::Restore(Box::new(e))),
-            );
+            crate::log::line(crate::log::Level::Error, &format!("kvmnet: {e}"));
         }
     }
 }

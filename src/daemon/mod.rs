@@ -9,6 +9,7 @@
 pub mod accepted;
 pub mod api;
 mod dhcp6;
+pub mod ephemeral;
 pub mod http;
 mod services;
 
@@ -36,6 +37,9 @@ use services::{dhcp_thread, dns_thread};
 struct Active {
     spec: Spec,
     accepted: Accepted,
+    /// Ephemeral VMs in force: then `spec` is the accepted spec with them added, and the
+    /// lease holds the accepted spec's own parsed form.
+    lease: Option<ephemeral::Lease>,
 }
 
 struct Shared {
@@ -74,6 +78,17 @@ struct Shared {
     metrics: DaemonMetrics,
 }
 
+impl Active {
+    /// The accepted spec enforced as it is, without ephemeral VMs.
+    fn new(spec: Spec, accepted: Accepted) -> Active {
+        Active {
+            spec,
+            accepted,
+            lease: None,
+        }
+    }
+}
+
 impl Shared {
     /// Enforce `spec` (recorded as `accepted`) from now on, and serve the DHCP it declares.
     fn set_active(&self, active: &mut Active, spec: Spec, accepted: Accepted) {
@@ -86,7 +101,8 @@ impl Shared {
         *self.dns_pending.lock().expect("lock") = Some(dns::zones(&spec));
         self.dns_kick.store(true, Ordering::SeqCst);
         self.metrics.set_spec(&spec);
-        let old = std::mem::replace(active, Active { spec, accepted });
+        ephemeral::drop_lease(self, active, "a new spec was accepted");
+        let old = std::mem::replace(active, Active::new(spec, accepted));
         self.retire(old);
     }
 
@@ -193,7 +209,15 @@ fn apply_active(sh: &Shared, action: &str) -> Result<usize, EngineError> {
 
 /// Plans from the enforced spec and executes: the number of steps and their kinds.
 fn plan_and_execute(sh: &Shared, action: &str) -> Result<(usize, Vec<&'static str>), EngineError> {
-    let mut active = sh.active.lock().expect("lock");
+    execute_active(sh, &mut sh.active.lock().expect("lock"), action)
+}
+
+/// [`plan_and_execute`] with the enforced spec already locked.
+fn execute_active(
+    sh: &Shared,
+    active: &mut Active,
+    action: &str,
+) -> Result<(usize, Vec<&'static str>), EngineError> {
     let mut p = engine::plan_with(
         Some(&active.spec),
         &sh.scope,
@@ -203,7 +227,10 @@ fn plan_and_execute(sh: &Shared, action: &str) -> Result<(usize, Vec<&'static st
     // Derived MACs settled against the host: enforced (and served DHCP) from now on.
     if let Some(spec) = p.settled.take() {
         let accepted = active.accepted.clone();
-        sh.set_active(&mut active, spec, accepted);
+        // The same spec, settled: ephemeral VMs in it stay.
+        let lease = active.lease.take();
+        sh.set_active(active, spec, accepted);
+        active.lease = lease;
     }
     let n = p.plan.steps.len();
     if n == 0 && action == "repair" {
@@ -239,6 +266,7 @@ fn reload(sh: &Shared) {
     let mut active = sh.active.lock().expect("lock");
     if !accepted::file_wins(Some(&active.accepted.record), &sh.spec_file, &file_hash) {
         let source = active.accepted.record.source.clone();
+        ephemeral::drop_lease(sh, &mut active, "reloaded");
         drop(active);
         return match apply_active(sh, "apply") {
             Ok(n) => log(
@@ -312,6 +340,9 @@ const ENDPOINTS: &[(&str, &str)] = &[
     ("/v1/reload", "POST"),
     ("/v1/confirm", "POST"),
     ("/v1/apply", "POST"),
+    ("/v1/ephemeral", "POST"),
+    ("/v1/ephemeral/refresh", "POST"),
+    ("/v1/ephemeral/release", "POST"),
     ("/v1/debug/watch", "GET"),
 ];
 
@@ -351,6 +382,9 @@ fn handle(sh: &Arc<Shared>, req: api::Request) -> api::Response {
             Err(e) => error_response(&e),
         },
         "/v1/apply" => apply_request(sh, &req),
+        "/v1/ephemeral" => ephemeral::begin(sh, &req),
+        "/v1/ephemeral/refresh" => ephemeral::refresh(sh, &req),
+        "/v1/ephemeral/release" => ephemeral::release(sh, &req),
         "/metrics" => metrics_response(sh, Format::Text),
         _ => watch_check(sh),
     }
@@ -841,6 +875,7 @@ fn reconcile_until_stopped(sh: &Shared) {
             next = Instant::now() + interval;
         }
         if Instant::now() >= next {
+            ephemeral::expire_due(sh);
             revert_due(sh, false);
             if let Err(e) = apply_active(sh, "repair") {
                 log(Level::Error, &format!("repair failed: {e}"));
@@ -944,7 +979,7 @@ pub fn run(
         spec_path: spec_path.to_path_buf(),
         spec_file,
         state_dir: StateDir::for_scope(scope),
-        active: Mutex::new(Active { spec, accepted }),
+        active: Mutex::new(Active::new(spec, accepted)),
         stop: AtomicBool::new(false),
         reload: AtomicBool::new(false),
         dhcp_pending: Mutex::new(None),

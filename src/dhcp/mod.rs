@@ -65,7 +65,7 @@ mod engine;
 mod journal;
 pub(crate) mod limit;
 mod net;
-pub(crate) use net::{ifindex, ip_udp_ports};
+pub(crate) use net::{cvt, ifindex, ip_udp_ports, setopt};
 pub mod packet;
 mod store;
 pub mod v6;

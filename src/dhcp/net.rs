@@ -109,7 +109,9 @@ fn err<'a>(interface: &'a str, op: &'static str) -> impl FnOnce(io::Error) -> Dh
     }
 }
 
-fn cvt(r: libc::c_int) -> io::Result<libc::c_int> {
+/// A libc call's return value as an `io::Result` (negative: the error in `errno`). Shared
+/// by the daemon's socket code (DHCP, DHCPv6, DNS, RAs).
+pub(crate) fn cvt(r: libc::c_int) -> io::Result<libc::c_int> {
     if r < 0 {
         Err(io::Error::last_os_error())
     } else {
@@ -117,7 +119,8 @@ fn cvt(r: libc::c_int) -> io::Result<libc::c_int> {
     }
 }
 
-fn setopt<T>(fd: RawFd, level: libc::c_int, name: libc::c_int, v: &T) -> io::Result<()> {
+/// `setsockopt` with a typed value.
+pub(crate) fn setopt<T>(fd: RawFd, level: libc::c_int, name: libc::c_int, v: &T) -> io::Result<()> {
     // SAFETY: `v` points to a live value of the size given.
     cvt(unsafe {
         libc::setsockopt(

@@ -18,7 +18,7 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::time::Duration;
 
 use super::{Dhcp6Error, Scope6};
-use crate::dhcp::ifindex;
+use crate::dhcp::{cvt, ifindex, setopt};
 use crate::spec::Mac;
 
 pub(crate) const SERVER_PORT: u16 = 547;
@@ -63,28 +63,6 @@ fn err<'a>(interface: &'a str, op: &'static str) -> impl FnOnce(io::Error) -> Dh
         op,
         source,
     }
-}
-
-fn cvt(r: libc::c_int) -> io::Result<libc::c_int> {
-    if r < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(r)
-    }
-}
-
-fn setopt<T>(fd: RawFd, level: libc::c_int, name: libc::c_int, v: &T) -> io::Result<()> {
-    // SAFETY: `v` points to a live value of the size given.
-    cvt(unsafe {
-        libc::setsockopt(
-            fd,
-            level,
-            name,
-            (v as *const T).cast(),
-            size_of::<T>() as libc::socklen_t,
-        )
-    })
-    .map(|_| ())
 }
 
 fn socket(domain: libc::c_int, kind: libc::c_int, proto: libc::c_int) -> io::Result<OwnedFd> {

@@ -258,7 +258,8 @@ fn apply_cmd(
         }
     }
     let id = identity(&scope_name(&scope.netns).map_err(|e| (e, j))?, true);
-    let spec = engine::parse(&source, &text, &id).map_err(|e| (e, j))?;
+    let mut spec = engine::parse(&source, &text, &id).map_err(|e| (e, j))?;
+    engine::settle_chassis(&mut spec, scope.chassis.as_deref());
     let s = enter(&scope.netns).map_err(|e| (e, j))?;
     let p = engine::plan(Some(&spec), &s, &source).map_err(|e| (e, j))?;
     let previous_state = p.state_dir.load().map_err(|e| (e.into(), j))?;
@@ -469,7 +470,8 @@ fn plan_cmd(file: &Path, scope: &Scope) -> Result<bool, (EngineError, bool)> {
     let j = scope.json;
     let id = identity(&scope_name(&scope.netns).map_err(|e| (e, j))?, true);
     let (source, text) = read_spec(file).map_err(|e| (e, j))?;
-    let spec = engine::parse(&source, &text, &id).map_err(|e| (e, j))?;
+    let mut spec = engine::parse(&source, &text, &id).map_err(|e| (e, j))?;
+    engine::settle_chassis(&mut spec, scope.chassis.as_deref());
     let s = enter_existing(&scope.netns).map_err(|e| (e, j))?;
     let p = engine::plan(Some(&spec), &s, &source).map_err(|e| (e, j))?;
     print_plan(&p.plan, j, false);

@@ -46,6 +46,10 @@ struct Scope {
     /// Print one JSON object instead of text.
     #[arg(long)]
     json: bool,
+    /// The OVN chassis this host is (a name under ovn.chassis); default: the Open_vSwitch
+    /// system-id, else the hostname. Only specs with OVN networks use it.
+    #[arg(long, value_name = "NAME")]
+    chassis: Option<String>,
 }
 
 #[derive(clap::Subcommand)]

@@ -40,6 +40,7 @@ pub fn empty_spec() -> Spec {
         vms: Default::default(),
         locs: Default::default(),
         identity: Default::default(),
+        ovn: None,
     }
 }
 
@@ -90,6 +91,23 @@ pub fn load(path: &Path, identity: &spec::HostIdentity) -> Result<(Spec, Vec<u8>
     Ok((parse(&path.display().to_string(), &bytes, identity)?, bytes))
 }
 
+/// Which OVN chassis this host is, for a spec with OVN networks: `flag` (`--chassis`),
+/// else the hostname. Whether the name is one of `ovn.chassis` is the plan's to say: a
+/// host that is none carries no VM ports, but still writes the Northbound rows.
+pub fn settle_chassis(spec: &mut Spec, flag: Option<&str>) {
+    let Some(ovn) = spec.ovn.as_mut() else {
+        return;
+    };
+    if ovn.local.is_none() {
+        ovn.local = Some(match flag {
+            Some(f) => f.to_string(),
+            None => std::fs::read_to_string("/proc/sys/kernel/hostname")
+                .map(|h| h.trim().to_string())
+                .unwrap_or_default(),
+        });
+    }
+}
+
 pub struct Planned {
     pub plan: Plan,
     /// The spec planned, when settling its derived MACs against the host changed some (see
@@ -106,6 +124,9 @@ pub struct Planned {
     managed: Managed,
     pub state_dir: StateDir,
     scope: String,
+    /// The OVN Northbound database the plan's row changes go to, and whether kvmnet has
+    /// rows there once it is applied (the state directory records where they are).
+    nb: Option<(String, bool)>,
     /// Held from observation to the end of execution (or until [`Planned::unlock`]).
     _lock: Option<crate::statedir::ScopeLock>,
     /// What the plan was made from; freed with it. Freeing what a 1,000-port host planned
@@ -255,6 +276,7 @@ pub fn plan_on(
         ..managed(spec)
     };
     let plan = plan::diff(&want, &have);
+    let nb = backend.nb_remote().map(|r| (r, !want.nb.is_empty()));
     let mut want = want;
     let remembered = backend.remember_nft(want.nft.take());
     Ok(Planned {
@@ -264,6 +286,7 @@ pub fn plan_on(
         previous: have,
         managed,
         scope: snap.scope.clone(),
+        nb,
         state_dir,
         _lock: Some(lock),
         _inputs: Some(Box::new((snap, want, remembered))),
@@ -346,7 +369,7 @@ pub fn execute_as(
     fail_after: Option<usize>,
     uid: u32,
 ) -> Result<(), EngineError> {
-    let mut kernel = seam::Kernel::new(&p.scope, None);
+    let mut kernel = seam::Kernel::new(&p.scope, None).with_nb(p.nb.as_ref().map(|n| n.0.clone()));
     execute_on(&mut kernel, p, action, spec_hash, fail_after, uid)
 }
 
@@ -367,6 +390,11 @@ pub fn execute_on(
             host_macs::remember(&p.state_dir, m)?;
         }
         let mut st = p.state_dir.load()?;
+        let nb = p.nb.as_ref().and_then(|(r, left)| left.then(|| r.clone()));
+        if p.nb.is_some() && st.ovn_nb != nb {
+            st.ovn_nb = nb;
+            p.state_dir.save(&st)?;
+        }
         if st.borrowed.record_moved(&p.managed) {
             p.state_dir.save(&st)?;
         }
@@ -404,6 +432,9 @@ pub fn execute_on(
             let mut after = during.clone();
             after.borrowed.retain_managed(&p.managed);
             after.creating_netns.clear();
+            if let Some((remote, left)) = &p.nb {
+                after.ovn_nb = left.then(|| remote.clone());
+            }
             if after != during {
                 sd.save(&after)?;
             }
@@ -563,6 +594,7 @@ pub fn revert_if_due_with(
         managed: Managed::default(),
         state_dir,
         scope: scope.to_string(),
+        nb: kernel.nb_remote().map(|r| (r, !prev.nb.is_empty())),
         _lock: Some(lock),
         _inputs: None,
     };

@@ -30,4 +30,6 @@ pub mod trace;
 pub mod watch;
 
 // The pure core, at the paths the rest of kvmnet has always used.
+/// The core's OVN rows (`crate::ovn` is the shell's OVN backend).
+pub use kvmnet_core::ovn as ovn_core;
 pub use kvmnet_core::{borrowed, desired, nft, plan, snapshot, spec, state, types};

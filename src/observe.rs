@@ -32,6 +32,15 @@ pub enum ObserveError {
     Tc(#[from] crate::backend::tc::TcError),
     #[error(transparent)]
     Events(#[from] crate::backend::events::EventsError),
+    /// Boxed: its messages carry a remote and names.
+    #[error(transparent)]
+    Nb(Box<crate::ovn::nb::NbError>),
+}
+
+impl From<crate::ovn::nb::NbError> for ObserveError {
+    fn from(e: crate::ovn::nb::NbError) -> Self {
+        ObserveError::Nb(Box::new(e))
+    }
 }
 
 /// The traffic control each port's mark records, for the ports that have any.

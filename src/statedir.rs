@@ -40,6 +40,10 @@ pub struct State {
     /// `netns::create_with`), and the next apply or destroy removes it.
     #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
     pub creating_netns: BTreeSet<String>,
+    /// The OVN Northbound database holding rows this scope applied: a destroy, or a spec
+    /// with no OVN part any more, removes them there.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ovn_nb: Option<String>,
 }
 
 #[derive(Clone, Debug)]

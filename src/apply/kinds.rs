@@ -47,6 +47,7 @@ impl Kernel {
             Step::Bond(c) => self.bond(c),
             Step::BondMember(s) => self.bond_member(s),
             Step::Mtu(s) => self.mtu(s),
+            Step::Nb(c) => self.nb_rows(&[c]),
         }
     }
 

@@ -46,6 +46,17 @@ pub enum ApplyError {
     InPlace(String),
     #[error("injected failure after step {0} (KVMNET_FAIL_AFTER)")]
     Injected(usize),
+    /// Boxed, like the others carrying names.
+    #[error(transparent)]
+    Nb(Box<crate::ovn::nb::NbError>),
+    #[error("the plan changes OVN Northbound rows but names no Northbound database")]
+    NoNb,
+}
+
+impl From<crate::ovn::nb::NbError> for ApplyError {
+    fn from(e: crate::ovn::nb::NbError) -> Self {
+        ApplyError::Nb(Box::new(e))
+    }
 }
 
 impl From<ethtool::EthtoolError> for ApplyError {
@@ -156,6 +167,8 @@ pub struct Kernel {
     index: HashMap<String, u32>,
     /// Links that carry kvmnet's mark, or that this run created: the only ones it may delete.
     deletable: std::collections::HashSet<String>,
+    /// The OVN Northbound database the plan's row changes go to.
+    nb: Option<String>,
 }
 
 /// The traffic control a port's record asks for, in the tc backend's terms.
@@ -278,7 +291,20 @@ impl Kernel {
             guests: HashMap::new(),
             index: HashMap::new(),
             deletable: Default::default(),
+            nb: None,
         })
+    }
+
+    /// Sends the plan's OVN Northbound row changes to `remotes`.
+    pub fn with_nb(mut self, remotes: Option<String>) -> Kernel {
+        self.nb = remotes;
+        self
+    }
+
+    /// Row changes of OVN's Northbound database, as one transaction.
+    fn nb_rows(&self, changes: &[&Change<kvmnet_core::ovn::NbRow>]) -> Result<(), ApplyError> {
+        let remotes = self.nb.as_deref().ok_or(ApplyError::NoNb)?;
+        Ok(crate::ovn::nb::execute(remotes, changes)?)
     }
 
     /// Learns afresh the indexes of `names` (and whether kvmnet marked them): one lookup each
@@ -754,7 +780,21 @@ impl Executor for Kernel {
             let deletes = run_end(&|s| matches!(s, Step::Port(Change::Delete(_))));
             // Changes to kvmnet's nftables tables: one transaction, all or nothing.
             let nft_end = run_end(&|s| matches!(s, Step::Nft(_)));
-            let results: Vec<Result<(), ApplyError>> = if nft_end > i + 1 {
+            // OVN Northbound rows: one transaction too.
+            let nb_end = run_end(&|s| matches!(s, Step::Nb(_)));
+            let results: Vec<Result<(), ApplyError>> = if nb_end > i {
+                let changes: Vec<&Change<kvmnet_core::ovn::NbRow>> = steps[i..nb_end]
+                    .iter()
+                    .map(|s| match s {
+                        Step::Nb(c) => c,
+                        _ => unreachable!("run of Nb"),
+                    })
+                    .collect();
+                match self.nb_rows(&changes) {
+                    Ok(()) => changes.iter().map(|_| Ok(())).collect(),
+                    Err(e) => vec![Err(e)],
+                }
+            } else if nft_end > i + 1 {
                 let changes: Vec<&crate::nft::NftChange> = steps[i..nft_end]
                     .iter()
                     .map(|s| match s {

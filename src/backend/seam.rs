@@ -83,6 +83,12 @@ pub trait Backend {
 
     /// What runs the steps of a plan (and their inverses on rollback).
     fn executor(&mut self) -> Result<Box<dyn Executor + '_>, ApplyError>;
+
+    /// The OVN Northbound database the last observation read kvmnet's rows from, if any:
+    /// where the plan's row changes go.
+    fn nb_remote(&self) -> Option<String> {
+        None
+    }
 }
 
 /// The kernel of the namespace kvmnet runs in: netlink, tun ioctls, nft, /proc/sys.
@@ -93,6 +99,8 @@ pub struct Kernel<'w> {
     /// The cache's view of the nftables tables, from [`Backend::observe`] to
     /// [`Backend::observe_nft`].
     nft_view: Option<Option<NftTable>>,
+    /// The OVN Northbound database: the spec's, else the one the state directory records.
+    nb: Option<String>,
 }
 
 impl<'w> Kernel<'w> {
@@ -105,7 +113,14 @@ impl<'w> Kernel<'w> {
             observer,
             watch,
             nft_view: None,
+            nb: None,
         }
+    }
+
+    /// Sends a plan's OVN Northbound row changes to `remotes` (the plan's own).
+    pub fn with_nb(mut self, remotes: Option<String>) -> Self {
+        self.nb = remotes;
+        self
     }
 }
 
@@ -119,14 +134,24 @@ impl Backend for Kernel<'_> {
         spec: Option<&Spec>,
         extra_sysctls: &BTreeSet<String>,
     ) -> Result<Snapshot, ObserveError> {
-        match self.watch.as_deref_mut() {
+        let mut snap = match self.watch.as_deref_mut() {
             Some(w) => {
                 let (snap, view) = w.snapshot_parts(&self.observer, spec, extra_sysctls)?;
                 self.nft_view = Some(view);
-                Ok(snap)
+                snap
             }
-            None => self.observer.snapshot_but_nft(spec, extra_sysctls),
+            None => self.observer.snapshot_but_nft(spec, extra_sysctls)?,
+        };
+        // kvmnet's Northbound rows: where the spec says OVN is, else where the rows the
+        // last apply left are (so that they go when the spec no longer has them).
+        self.nb = match spec.and_then(|s| s.ovn.as_ref()) {
+            Some(o) => Some(o.nb.clone()),
+            None => self.observer.state_dir.load()?.ovn_nb,
+        };
+        if let Some(r) = &self.nb {
+            snap.nb = crate::ovn::nb::observe(r)?;
         }
+        Ok(snap)
     }
 
     fn observe_nft(&mut self, want: Option<&NftTable>) -> Result<Option<NftTable>, ObserveError> {
@@ -152,6 +177,12 @@ impl Backend for Kernel<'_> {
     }
 
     fn executor(&mut self) -> Result<Box<dyn Executor + '_>, ApplyError> {
-        Ok(Box::new(apply::Kernel::new(&self.observer.scope)?))
+        Ok(Box::new(
+            apply::Kernel::new(&self.observer.scope)?.with_nb(self.nb.clone()),
+        ))
+    }
+
+    fn nb_remote(&self) -> Option<String> {
+        self.nb.clone()
     }
 }

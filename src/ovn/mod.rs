@@ -2,8 +2,11 @@
 //!
 //! - [`ovsdb`]: the OVSDB protocol (RFC 7047) kvmnet speaks to the Northbound database and
 //!   to each chassis's Open_vSwitch database.
+//! - [`nb`]: kvmnet's Northbound rows read as the core's rows, and a plan's row changes
+//!   written as one transaction.
 //! - [`owned`]: kvmnet's rows, marked in `external_ids`, made to match what is wanted
 //!   without touching anyone else's, and without duplicates when two hosts apply at once.
 
+pub mod nb;
 pub mod ovsdb;
 pub mod owned;

@@ -61,6 +61,15 @@ macro_rules! link_fact {
 }
 link_fact!(BridgeLink, PortLink, VxlanLink, VlanLink, BondLink);
 
+impl Fact for kvmnet::ovn_core::NbRow {
+    fn fact(&self) -> String {
+        format!("nb {}", self.id())
+    }
+    fn value(&self) -> Option<String> {
+        js(self)
+    }
+}
+
 impl Fact for Netns {
     fn fact(&self) -> String {
         format!("netns {}", self.name)
@@ -145,6 +154,7 @@ fn effect(s: &Step) -> Effect {
         Step::Bond(c) => change(c),
         Step::BondMember(s) => set("bond member", s),
         Step::Mtu(s) => set("mtu", s),
+        Step::Nb(c) => change(c),
     }
 }
 

@@ -8,6 +8,7 @@ pub mod borrowed;
 pub mod desired;
 mod modes;
 pub mod nft;
+pub mod ovn;
 pub mod plan;
 mod serde_impls;
 pub mod snapshot;

@@ -45,6 +45,10 @@ pub struct Snapshot {
     /// directory).
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     pub raised: BTreeMap<String, bool>,
+    /// kvmnet's rows in OVN's Northbound database, with the columns it sets (empty when
+    /// the spec has no OVN part and none was applied).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub nb: Vec<crate::ovn::NbRow>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]

@@ -69,6 +69,9 @@ pub struct HostState {
     /// being restored).
     #[serde(default)]
     pub mtus: BTreeMap<String, u32>,
+    /// kvmnet's rows in OVN's Northbound database, by [`crate::ovn::NbRow::id`].
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub nb: BTreeMap<String, crate::ovn::NbRow>,
 }
 
 /// A bond. Options are kept by their kernel names; ones a mode does not have are empty (the

@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 use serde_json::Value;
 
 use super::OvsdbError;
-use super::datum::{ColumnKind, Datum};
+use super::datum::{Atom, ColumnKind, Datum};
 
 /// A row: column name to value. Columns at their default value may be absent (the server
 /// omits them from initial and insert updates).
@@ -27,6 +27,9 @@ pub struct Replica {
     pub last_txn: String,
     /// Column kinds of the monitored tables, from the schema: how a `modify` applies.
     kinds: BTreeMap<String, BTreeMap<String, ColumnKind>>,
+    /// The default atom of each scalar column, by table: a monitor leaves a column at its
+    /// default out of the rows it sends.
+    defaults: BTreeMap<String, BTreeMap<String, Atom>>,
     /// Incremented on every change: waiters compare it.
     pub generation: u64,
 }
@@ -35,6 +38,7 @@ impl Replica {
     /// An empty replica for the tables of `schema` (a `get_schema` result) named in `tables`.
     pub fn new(schema: &Value, tables: &[&str]) -> Result<Replica, OvsdbError> {
         let mut kinds = BTreeMap::new();
+        let mut defaults = BTreeMap::new();
         for t in tables {
             let cols = schema["tables"][*t]["columns"]
                 .as_object()
@@ -44,6 +48,12 @@ impl Replica {
                 .map(|(name, c)| (name.clone(), ColumnKind::of_type(&c["type"])))
                 .collect();
             kinds.insert(t.to_string(), k);
+            let d = cols
+                .iter()
+                .filter(|(_, c)| ColumnKind::of_type(&c["type"]) == ColumnKind::Scalar)
+                .filter_map(|(name, c)| Some((name.clone(), scalar_default(&c["type"])?)))
+                .collect();
+            defaults.insert(t.to_string(), d);
         }
         Ok(Replica {
             tables: tables
@@ -52,6 +62,7 @@ impl Replica {
                 .collect(),
             last_txn: ZERO_TXN.to_string(),
             kinds,
+            defaults,
             generation: 0,
         })
     }
@@ -68,6 +79,12 @@ impl Replica {
             .and_then(|k| k.get(column))
             .copied()
             .unwrap_or(ColumnKind::Scalar)
+    }
+
+    /// A scalar column's value when a row leaves it out: its type's default (RFC 7047
+    /// section 5.2.1: "", 0, false).
+    pub fn default_of(&self, table: &str, column: &str) -> Option<&Atom> {
+        self.defaults.get(table)?.get(column)
     }
 
     pub fn row(&self, table: &str, uuid: &str) -> Option<&Row> {
@@ -175,4 +192,23 @@ mod tests {
         assert!(r.apply(&json!([1]), None).is_err());
         assert!(Replica::new(&schema(), &["Nope"]).is_err());
     }
+}
+
+/// The default atom of a scalar column's type, when it has one a row may leave out.
+fn scalar_default(t: &Value) -> Option<Atom> {
+    let base = match t {
+        Value::String(s) => s.as_str(),
+        Value::Object(o) => match &o["key"] {
+            Value::String(s) => s.as_str(),
+            k => k["type"].as_str()?,
+        },
+        _ => return None,
+    };
+    Some(match base {
+        "string" => Atom::str(""),
+        "integer" => Atom::Integer(0),
+        "boolean" => Atom::Boolean(false),
+        "real" => Atom::Real(0.0),
+        _ => return None,
+    })
 }

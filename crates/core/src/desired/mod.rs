@@ -192,6 +192,12 @@ pub fn desired_with_nft(
     b.release_bonds();
     b.give_back();
     b.ports();
+    if let Some(o) = &spec.ovn {
+        b.st.nb = crate::ovn::model::rows(o)
+            .into_iter()
+            .map(|r| (r.id(), r))
+            .collect();
+    }
     b.ethtool();
     b.st.nft = nft;
     b.floors();

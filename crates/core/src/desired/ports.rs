@@ -28,6 +28,27 @@ impl Build<'_> {
             }
         }
         self.st.ports = port_links.into_iter().collect();
+        if let Some(ovn) = &spec.ovn {
+            self.ovn_ports(ovn);
+        }
+    }
+
+    /// The ports of VMs on this chassis on OVN networks: devices like any other, on no
+    /// bridge (the chassis's Open vSwitch takes them), at the overlay's MTU.
+    fn ovn_ports(&mut self, ovn: &crate::spec::Ovn) {
+        let mut ends = GuestEnds::default();
+        for p in ovn.local_ports() {
+            let Some(net) = ovn.networks.get(&p.port.network) else {
+                continue;
+            };
+            let vm = crate::spec::Vm {
+                name: p.port.vm.clone(),
+                ports: Vec::new(),
+            };
+            if let Some(link) = self.port(&vm, &p.port, net, &mut ends) {
+                self.st.ports.insert(p.port.name.clone(), link);
+            }
+        }
     }
 
     /// One port and its trunk; `None` for a macvtap whose network failed its checks (which
@@ -58,9 +79,14 @@ impl Build<'_> {
             );
         }
         let dnet = self.direct.get(net.name.as_str()).cloned();
-        let mtu = match &dnet {
-            Some(d) => d.mtu,
-            None => self
+        let on_ovn = spec
+            .ovn
+            .as_ref()
+            .filter(|o| o.networks.contains_key(&net.name));
+        let mtu = match (&dnet, on_ovn) {
+            (Some(d), _) => d.mtu,
+            (None, Some(o)) => o.guest_mtu(net),
+            (None, None) => self
                 .st
                 .bridges
                 .get(&net.bridge)
@@ -106,7 +132,7 @@ impl Build<'_> {
             name: port.name.clone(),
             vm: vm.name.clone(),
             network: net.name.clone(),
-            master: (!direct && native).then(|| net.bridge.clone()),
+            master: (!direct && native && on_ovn.is_none()).then(|| net.bridge.clone()),
             // A macvtap is the VM's NIC itself on the uplink's segment: it carries the VM's
             // MAC (in passthrough, the uplink's, which it inherits).
             mac: if direct {
@@ -116,7 +142,8 @@ impl Build<'_> {
             },
             mtu,
             up: true,
-            isolated: net.isolate_ports && native,
+            // On OVN, isolation is the switch's (ACLs), not a bridge port flag.
+            isolated: net.isolate_ports && native && on_ovn.is_none(),
             qos_in: port
                 .qos
                 .as_ref()

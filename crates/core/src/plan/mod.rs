@@ -12,6 +12,7 @@ mod addr;
 mod addr6;
 mod bond;
 mod bridge;
+mod nb;
 mod netns;
 mod nft;
 mod order;
@@ -271,6 +272,9 @@ steps! {
     BondMember(Set<BondMember>),
     /// MTU of a host interface that `host.uplinks` tunes.
     Mtu(Set<Mtu>),
+    /// One of kvmnet's rows in OVN's Northbound database; all of a plan's run as one
+    /// transaction.
+    Nb(Change<crate::ovn::NbRow>),
 }
 
 impl Step {

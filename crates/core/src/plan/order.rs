@@ -4,7 +4,9 @@ use std::borrow::Cow;
 use std::collections::BTreeSet;
 
 use super::{Kind, Plan, Step};
-use super::{addr, addr6, bond, bridge, netns, nft, port, route, settings, shaping, vlan, vxlan};
+use super::{
+    addr, addr6, bond, bridge, nb, netns, nft, port, route, settings, shaping, vlan, vxlan,
+};
 use crate::nft::NftPlan;
 use crate::state::HostState;
 
@@ -41,6 +43,11 @@ use Kind as K;
 
 /// The order of a plan, first to last.
 pub const ORDER: &[Phase] = &[
+    phase(
+        "OVN Northbound rows (one transaction), before this chassis's ports bind to them",
+        &[K::Nb],
+        nb::changes,
+    ),
     phase("namespaces made", &[K::Netns], netns::create),
     phase(
         "NIC MTUs (a bridge or VXLAN device on top was planned with the new MTU)",

@@ -14,6 +14,7 @@ pub mod ipv6;
 pub mod macs;
 pub mod model;
 pub mod naming;
+pub mod ovn;
 pub(crate) mod validate;
 mod yaml;
 
@@ -22,6 +23,7 @@ pub use dns::{DNS_RATE_DEFAULT, Dns};
 pub use ipv6::{NetIpv6, Ra, RaMode};
 pub use macs::HostIdentity;
 pub use model::*;
+pub use ovn::{NetBackend, Ovn, OvnPort};
 pub use validate::schema::json_schema;
 pub use validate::show_rate;
 

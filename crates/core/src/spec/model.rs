@@ -65,6 +65,8 @@ pub struct Spec {
     pub locs: LocMap,
     /// The host and scope derived MACs are made for.
     pub identity: super::macs::HostIdentity,
+    /// The `ovn` section, with the networks on OVN and their VM ports (see [`super::ovn`]).
+    pub ovn: Option<super::ovn::Ovn>,
 }
 
 /// Paths and their locations, shared: those of one VM entry, with lines counted from the

@@ -29,6 +29,7 @@ mod dns;
 mod host;
 pub(crate) mod ipv6;
 mod network;
+mod ovn;
 mod policy;
 mod port;
 pub(crate) mod schema;
@@ -51,8 +52,8 @@ use port::*;
 use values::*;
 pub(crate) use values::{parse_ip, special};
 
-const TOP_FIELDS: &[&str] = &["version", "host", "networks", "vms"];
-const HOST_FIELDS: &[&str] = &["sysctl", "tuning", "uplinks"];
+const TOP_FIELDS: &[&str] = &["version", "host", "networks", "vms", "ovn"];
+const HOST_FIELDS: &[&str] = &["sysctl", "tuning", "uplinks", "backend"];
 const UPLINK_FIELDS: &[&str] = &[
     "mode",
     "members",
@@ -99,6 +100,7 @@ const NET_FIELDS: &[&str] = &[
     "ipv6",
     "ra",
     "dns",
+    "backend",
 ];
 pub(crate) const VXLAN_FIELDS: &[&str] = &["vni", "underlay", "remotes", "group", "port"];
 pub(crate) const VNI_MAX: i128 = 16_777_215;
@@ -115,7 +117,7 @@ const DHCP_FIELDS: &[&str] = &[
     "dns6",
 ];
 const ROUTE_FIELDS: &[&str] = &["to", "via"];
-const VM_FIELDS: &[&str] = &["ports"];
+const VM_FIELDS: &[&str] = &["ports", "host"];
 const PORT_FIELDS: &[&str] = &[
     "network",
     "name",
@@ -424,6 +426,8 @@ pub(crate) struct NetDraft {
     pub(crate) v6: ipv6::V6Draft,
     /// `dns`, with where each record's name was written (for the duplicate check).
     pub(crate) dns: Option<DnsDraft>,
+    /// `backend`, with where it was written.
+    pub(crate) backend: Option<(crate::spec::NetBackend, Loc)>,
 }
 
 impl NetDraft {
@@ -458,6 +462,7 @@ impl NetDraft {
                 ..Default::default()
             },
             dns: None,
+            backend: None,
         }
     }
 }
@@ -500,6 +505,8 @@ pub(crate) struct PortDraft {
     ethtool: Option<Ethtool>,
     /// `vlans`: each VID with where it was written and its path.
     vlans: Vec<(u16, Loc, String)>,
+    /// The VM's `host` (the chassis it runs on), with where it was written.
+    pub(crate) host: Option<(String, Loc)>,
 }
 
 impl PortDraft {
@@ -517,6 +524,9 @@ impl PortDraft {
             l.line += by;
         }
         for (_, l, _) in &mut self.vlans {
+            l.line += by;
+        }
+        if let Some((_, l)) = &mut self.host {
             l.line += by;
         }
     }
@@ -562,6 +572,8 @@ pub(crate) struct Head {
     uplinks: Vec<UplinkDraft>,
     /// `None`: the networks field itself is broken, so references cannot be checked.
     pub(crate) nets: Option<Vec<NetDraft>>,
+    ovn: Option<ovn::OvnDraft>,
+    host_backend: Option<(crate::spec::NetBackend, Loc)>,
 }
 
 impl Head {
@@ -611,6 +623,7 @@ pub(crate) fn read_head<'a>(cx: &mut Ctx, root: &'a Node) -> Option<(Head, Optio
     let mut sysctl: Option<Sysctl> = None;
     let mut tuning = None;
     let mut uplinks: Vec<UplinkDraft> = Vec::new();
+    let mut host_backend = None;
     if let Some(f) = top.get(cx, "host")
         && let Some(host) = obj(
             cx,
@@ -621,6 +634,9 @@ pub(crate) fn read_head<'a>(cx: &mut Ctx, root: &'a Node) -> Option<(Head, Optio
         )
     {
         sysctl = host.get(cx, "sysctl").and_then(|f| read_sysctl(cx, &f));
+        host_backend = host
+            .get(cx, "backend")
+            .and_then(|f| ovn::read_backend(cx, &f));
         if let Some(uf) = host.get(cx, "uplinks")
             && let Some(o) = obj_named(cx, &uf, "a mapping of interface names to uplinks")
         {
@@ -657,6 +673,7 @@ pub(crate) fn read_head<'a>(cx: &mut Ctx, root: &'a Node) -> Option<(Head, Optio
         });
     }
 
+    let ovn = top.get(cx, "ovn").and_then(|f| ovn::read_ovn(cx, &f));
     let vms = top
         .get(cx, "vms")
         .and_then(|f| obj_named(cx, &f, "a mapping of VM names to VMs"));
@@ -667,6 +684,8 @@ pub(crate) fn read_head<'a>(cx: &mut Ctx, root: &'a Node) -> Option<(Head, Optio
             tuning,
             uplinks,
             nets,
+            ovn,
+            host_backend,
         },
         vms,
     ))
@@ -700,8 +719,21 @@ pub(crate) fn finish(
         tuning,
         uplinks,
         nets,
+        ovn,
+        host_backend,
     } = head;
     cross_checks(cx, nets.as_deref().unwrap_or(&[]), &ports, sysctl.as_ref());
+    let ovn_nets = ovn::ovn_checks(
+        cx,
+        ovn.as_ref(),
+        host_backend,
+        nets.as_deref().unwrap_or(&[]),
+        &ports,
+    );
+    let hosts: BTreeMap<String, String> = ports
+        .iter()
+        .filter_map(|p| Some((p.vm.clone(), p.host.as_ref()?.0.clone())))
+        .collect();
     uplink_checks(cx, nets.as_deref().unwrap_or(&[]), &ports, &uplinks);
 
     if !cx.errors.is_empty() {
@@ -722,6 +754,7 @@ pub(crate) fn finish(
         );
         return None;
     }
+    ovn::finish_ovn(&mut spec, ovn, &ovn_nets, &hosts);
     spec.host.tuning = tuning;
     for d in uplinks {
         let u = d.uplink?;
@@ -885,6 +918,7 @@ fn build(
             std::mem::take(&mut cx.parts),
         ),
         identity: Default::default(),
+        ovn: None,
     })
 }
 

@@ -48,6 +48,9 @@ pub(super) fn read_network(cx: &mut Ctx, key: &Key, f: &Field) -> NetDraft {
         return d;
     };
     d.mode = read_mode(cx, &o);
+    d.backend = o
+        .get(cx, "backend")
+        .and_then(|f| super::ovn::read_backend(cx, &f));
     let fields = d.mode.map_or(&ANY_MODE, |m| m.behaviour().fields());
     let word = d.mode.map_or("", |m| m.as_str());
 

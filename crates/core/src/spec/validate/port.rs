@@ -31,6 +31,10 @@ pub(super) fn read_vm(
     ) else {
         return;
     };
+    let host = o.get(cx, "host").and_then(|hf| {
+        let h = text(cx, &hf, "the name of a chassis under ovn.chassis")?;
+        Some((h, hf.loc()))
+    });
     let Some(pf) = o.required(cx, "ports", "list the VM's ports (ports: [] for none)") else {
         return;
     };
@@ -38,7 +42,8 @@ pub(super) fn read_vm(
         return;
     };
     for (i, item) in items.iter().enumerate() {
-        if let Some(p) = read_port(cx, &key.text, name_ok, i, item, nets) {
+        if let Some(mut p) = read_port(cx, &key.text, name_ok, i, item, nets) {
+            p.host.clone_from(&host);
             ports.push(p);
         }
     }
@@ -103,6 +108,7 @@ impl PortDraft {
             mirror: None,
             ethtool: None,
             vlans: Vec::new(),
+            host: None,
         }
     }
 }

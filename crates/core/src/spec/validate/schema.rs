@@ -31,6 +31,7 @@ pub(crate) fn build() -> (Value, Vec<String>) {
     let network = s.network();
     let vm = s.vm();
     let host = s.host();
+    let ovn = s.ovn();
     let top = s.object(
         "the spec",
         TOP_FIELDS,
@@ -42,6 +43,7 @@ pub(crate) fn build() -> (Value, Vec<String>) {
             ("host", host),
             ("networks", names_to(network, "Network name -> network.")),
             ("vms", names_to(vm, "VM name -> VM.")),
+            ("ovn", ovn),
         ],
         &["version"],
     );
@@ -126,6 +128,7 @@ impl Shapes {
             vec![
                 ("sysctl", sysctl),
                 ("tuning", enumeration(["throughput", "latency", "default"])),
+                ("backend", backend()),
                 (
                     "uplinks",
                     names_to(
@@ -216,6 +219,7 @@ impl Shapes {
                 ),
                 ("ra", ra),
                 ("dns", dns),
+                ("backend", backend()),
             ],
             &["mode"],
         );
@@ -281,12 +285,67 @@ impl Shapes {
         )
     }
 
+    fn ovn(&mut self) -> Value {
+        let chassis = self.object(
+            "a chassis",
+            ovn::CHASSIS_FIELDS,
+            vec![
+                ("encap_ip", ipv4()),
+                ("gateway", int(1, 32767)),
+                (
+                    "ovs",
+                    remote("This chassis's Open_vSwitch database, when not ovn.ovs."),
+                ),
+            ],
+            &["encap_ip"],
+        );
+        let external = self.object(
+            "ovn.external",
+            ovn::EXTERNAL_FIELDS,
+            vec![
+                ("uplink", ifname()),
+                (
+                    "ipv4",
+                    cidr4("The gateway router's address on the external network."),
+                ),
+                ("next_hop", ipv4()),
+            ],
+            &["uplink", "ipv4", "next_hop"],
+        );
+        self.object(
+            "ovn",
+            ovn::OVN_FIELDS,
+            vec![
+                (
+                    "nb",
+                    remote("The Northbound database (a comma-separated list: a cluster)."),
+                ),
+                (
+                    "sb",
+                    remote("The Southbound database, written into each chassis's ovn-remote."),
+                ),
+                ("ovs", remote("This host's Open_vSwitch database.")),
+                ("datapath", enumeration(ovn::DATAPATHS.iter().copied())),
+                ("encap", enumeration(ovn::ENCAPS.iter().copied())),
+                ("chassis", names_to(chassis, "Chassis name -> chassis.")),
+                ("external", external),
+            ],
+            &["nb", "sb", "chassis"],
+        )
+    }
+
     fn vm(&mut self) -> Value {
         let port = self.port();
         self.object(
             "a VM",
             VM_FIELDS,
-            vec![("ports", list_of(port))],
+            vec![
+                ("ports", list_of(port)),
+                (
+                    "host",
+                    string("The chassis (a name under ovn.chassis) the VM runs on: where its ports on OVN networks are bound."),
+                ),
+            ],
             &["ports"],
         )
     }
@@ -502,6 +561,16 @@ fn boolean() -> Value {
 
 fn string(description: &str) -> Value {
     json!({"type": "string", "description": description})
+}
+
+fn backend() -> Value {
+    json!({"type": "string", "enum": ovn::BACKENDS, "description": "kernel (this host's bridges) or ovn (OVN's logical switches)."})
+}
+
+fn remote(description: &str) -> Value {
+    string(&format!(
+        "{description} unix:PATH, tcp:HOST:PORT or ssl:HOST:PORT."
+    ))
 }
 
 fn ifname() -> Value {

@@ -1,0 +1,233 @@
+//! OVN's Northbound rows as plain data: what the spec's OVN networks are there ([`model`]),
+//! and rows as observed, in one shape so the plan compares them like any other object.
+//!
+//! A row is known by its table and a key of kvmnet's (`external_ids:kvmnet-key`), not by
+//! its UUID: every host that applies the spec computes the same keys, so they converge on
+//! the same rows. References between kvmnet's rows are by key too ([`NbVal::Ref`]); the
+//! shell turns them into UUIDs (or named UUIDs of rows made in the same transaction).
+//!
+//! Rows of tables that are not roots (a switch's ports, a router's NAT rules, a port
+//! group's ACLs) live only while a row refers to them: [`NbRow::parent`] names that row and
+//! its column, which the shell mutates (never overwrites), so ports others put on
+//! kvmnet's switches stay.
+
+pub mod model;
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+/// The `external_ids` key marking a row as kvmnet's; its value names the deployment.
+pub const OWNER_KEY: &str = "kvmnet-owner";
+/// The `external_ids` key holding a row's key.
+pub const KEY_KEY: &str = "kvmnet-key";
+/// The owner value kvmnet writes: every host applying a spec writes the same.
+pub const OWNER: &str = "kvmnet";
+
+/// A column's value. Sets are kept sorted, so equal sets compare equal.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub enum NbVal {
+    Str(String),
+    Int(i64),
+    Bool(bool),
+    /// A kvmnet row of `table`, by key.
+    Ref {
+        table: String,
+        key: String,
+    },
+    /// A row that is not kvmnet's, by UUID (only ever observed).
+    Uuid(String),
+    Set(Vec<NbVal>),
+    Map(BTreeMap<String, String>),
+}
+
+impl NbVal {
+    pub fn str(s: impl Into<String>) -> NbVal {
+        NbVal::Str(s.into())
+    }
+
+    /// A set of strings, sorted.
+    pub fn strs<S: Into<String>>(items: impl IntoIterator<Item = S>) -> NbVal {
+        NbVal::set(items.into_iter().map(|s| NbVal::Str(s.into())))
+    }
+
+    pub fn set(items: impl IntoIterator<Item = NbVal>) -> NbVal {
+        let mut v: Vec<NbVal> = items.into_iter().collect();
+        v.sort();
+        v.dedup();
+        NbVal::Set(v)
+    }
+
+    pub fn map<K: Into<String>, V: Into<String>>(pairs: impl IntoIterator<Item = (K, V)>) -> NbVal {
+        NbVal::Map(
+            pairs
+                .into_iter()
+                .map(|(k, v)| (k.into(), v.into()))
+                .collect(),
+        )
+    }
+
+    pub fn reference(table: &str, key: impl Into<String>) -> NbVal {
+        NbVal::Ref {
+            table: table.to_string(),
+            key: key.into(),
+        }
+    }
+}
+
+impl std::fmt::Display for NbVal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            NbVal::Str(s) => write!(f, "{s:?}"),
+            NbVal::Int(i) => write!(f, "{i}"),
+            NbVal::Bool(b) => write!(f, "{b}"),
+            NbVal::Ref { table, key } => write!(f, "{table}:{key}"),
+            NbVal::Uuid(u) => write!(f, "{u}"),
+            NbVal::Set(v) => {
+                write!(f, "[")?;
+                for (i, x) in v.iter().enumerate() {
+                    if i > 0 {
+                        write!(f, ", ")?;
+                    }
+                    write!(f, "{x}")?;
+                }
+                write!(f, "]")
+            }
+            NbVal::Map(m) => {
+                write!(f, "{{")?;
+                for (i, (k, v)) in m.iter().enumerate() {
+                    if i > 0 {
+                        write!(f, ", ")?;
+                    }
+                    write!(f, "{k}={v}")?;
+                }
+                write!(f, "}}")
+            }
+        }
+    }
+}
+
+/// The row whose column refers to a row of a table that is not a root.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct NbParent {
+    pub table: String,
+    pub key: String,
+    pub column: String,
+}
+
+/// One kvmnet row: its table, key, the columns kvmnet sets (every column of
+/// [`columns_of`] its table), and its parent when its table is not a root.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NbRow {
+    pub table: String,
+    pub key: String,
+    pub columns: BTreeMap<String, NbVal>,
+    pub parent: Option<NbParent>,
+}
+
+impl NbRow {
+    /// The key a host state holds the row under: unique across tables.
+    pub fn id(&self) -> String {
+        format!("{} {}", self.table, self.key)
+    }
+
+    /// The `name` column, where the table has one.
+    pub fn name(&self) -> Option<&str> {
+        match self.columns.get("name") {
+            Some(NbVal::Str(s)) => Some(s),
+            _ => None,
+        }
+    }
+}
+
+/// What kvmnet writes of each table it uses: (table, columns compared and set, the columns
+/// holding its children, which are mutated instead). The shell monitors exactly these.
+pub const TABLES: &[(&str, &[&str], &[&str])] = &[
+    ("Logical_Switch", &["name", "other_config"], &["ports"]),
+    (
+        "Logical_Switch_Port",
+        &[
+            "name",
+            "type",
+            "addresses",
+            "port_security",
+            "options",
+            "dhcpv4_options",
+        ],
+        &[],
+    ),
+    ("DHCP_Options", &["cidr", "options"], &[]),
+    (
+        "Logical_Router",
+        &["name"],
+        &["ports", "nat", "static_routes"],
+    ),
+    (
+        "Logical_Router_Port",
+        &["name", "mac", "networks", "ha_chassis_group"],
+        &[],
+    ),
+    ("HA_Chassis_Group", &["name"], &["ha_chassis"]),
+    ("HA_Chassis", &["chassis_name", "priority"], &[]),
+    ("NAT", &["type", "logical_ip", "external_ip"], &[]),
+    (
+        "Logical_Router_Static_Route",
+        &["ip_prefix", "nexthop"],
+        &[],
+    ),
+    ("Port_Group", &["name", "ports"], &["acls"]),
+    (
+        "ACL",
+        &["direction", "priority", "match", "action", "log", "name"],
+        &[],
+    ),
+];
+
+/// The columns kvmnet sets in `table` (empty for a table it does not use).
+pub fn columns_of(table: &str) -> &'static [&'static str] {
+    TABLES
+        .iter()
+        .find(|(t, _, _)| *t == table)
+        .map_or(&[], |(_, c, _)| c)
+}
+
+/// The columns of `table` that hold kvmnet's children.
+pub fn children_of(table: &str) -> &'static [&'static str] {
+    TABLES
+        .iter()
+        .find(|(t, _, _)| *t == table)
+        .map_or(&[], |(_, _, c)| c)
+}
+
+/// The table a reference column points into.
+pub fn ref_table(table: &str, column: &str) -> Option<&'static str> {
+    Some(match (table, column) {
+        ("Logical_Switch", "ports") | ("Port_Group", "ports") => "Logical_Switch_Port",
+        ("Logical_Switch_Port", "dhcpv4_options") => "DHCP_Options",
+        ("Logical_Router", "ports") => "Logical_Router_Port",
+        ("Logical_Router", "nat") => "NAT",
+        ("Logical_Router", "static_routes") => "Logical_Router_Static_Route",
+        ("Logical_Router_Port", "ha_chassis_group") => "HA_Chassis_Group",
+        ("HA_Chassis_Group", "ha_chassis") => "HA_Chassis",
+        ("Port_Group", "acls") => "ACL",
+        _ => return None,
+    })
+}
+
+/// The word a plan shows for a row of `table`.
+pub fn kind_of(table: &str) -> &'static str {
+    match table {
+        "Logical_Switch" => "ovn-switch",
+        "Logical_Switch_Port" => "ovn-port",
+        "DHCP_Options" => "ovn-dhcp",
+        "Logical_Router" => "ovn-router",
+        "Logical_Router_Port" => "ovn-router-port",
+        "HA_Chassis_Group" => "ovn-gateway-group",
+        "HA_Chassis" => "ovn-gateway-chassis",
+        "NAT" => "ovn-nat",
+        "Logical_Router_Static_Route" => "ovn-route",
+        "Port_Group" => "ovn-port-group",
+        "ACL" => "ovn-acl",
+        _ => "ovn-row",
+    }
+}

@@ -1,0 +1,614 @@
+//! The spec's OVN networks as Northbound rows. Pure: the same spec gives the same rows on
+//! every host.
+//!
+//! - Each network is a logical switch named as the network. Its VM ports are logical
+//!   switch ports named as the port's device (the chassis binds them by `iface-id`), with
+//!   `MAC IP` addresses and the same as port security (none with `antispoof: false`).
+//! - Pool addresses: OVN's DHCP answers a port only with an address its `addresses` names,
+//!   so a port without `ipv4` on a network with a DHCP pool gets one picked here from its
+//!   MAC (the same on every host, and stable as other ports come and go).
+//! - nat and routed networks hang on one logical router, `kvmnet`, through a router port
+//!   holding the gateway address. nat networks leave through the router's port on the
+//!   external switch (a localnet port on physical network `kvmnet-ext`), bound to the
+//!   gateway chassis by an HA chassis group, with SNAT to `ovn.external.ipv4`.
+//! - Firewalls are ACLs on one port group per distinct firewall, as the kernel shares one
+//!   chain per policy: a new port of a known policy only joins the group.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::Ipv4Addr;
+
+use super::{NbParent, NbRow, NbVal};
+use crate::spec::model::{
+    Firewall, FirewallDirection, FirewallRule, Ipv4Cidr, Mac, Mode, Network, RuleAction, RuleProto,
+};
+use crate::spec::ovn::{EXTERNAL_PHYSNET, Ovn, OvnPort};
+
+/// The logical router all nat and routed networks hang on.
+pub const ROUTER: &str = "kvmnet";
+/// The external switch nat networks leave by.
+pub const EXTERNAL_SWITCH: &str = "kvmnet-ext";
+const EXTERNAL_KEY: &str = "ext";
+const GATEWAY_GROUP: &str = "kvmnet-gw";
+/// ACL priorities: isolation over rules over the DHCP allowance over a policy's drop.
+const PRIO_ISOLATE: i64 = 3000;
+const PRIO_DHCP: i64 = 2900;
+const PRIO_RULES: i64 = 2000;
+const PRIO_POLICY: i64 = 1000;
+
+struct Rows(Vec<NbRow>);
+
+impl Rows {
+    fn add(
+        &mut self,
+        table: &str,
+        key: impl Into<String>,
+        cols: Vec<(&str, NbVal)>,
+        parent: Option<(&str, &str, &str)>,
+    ) {
+        self.0.push(NbRow {
+            table: table.to_string(),
+            key: key.into(),
+            columns: cols.into_iter().map(|(k, v)| (k.to_string(), v)).collect(),
+            parent: parent.map(|(t, k, c)| NbParent {
+                table: t.to_string(),
+                key: k.to_string(),
+                column: c.to_string(),
+            }),
+        });
+    }
+}
+
+/// A MAC of kvmnet's router ports: locally administered, from the port's name.
+pub fn router_mac(name: &str) -> Mac {
+    let h = fnv(name.as_bytes());
+    let b = h.to_be_bytes();
+    Mac([0x0a, 0x6b, b[0], b[1], b[2], b[3]])
+}
+
+fn fnv(bytes: &[u8]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in bytes {
+        h ^= u64::from(*b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    h
+}
+
+/// Every Northbound row the spec's OVN part wants.
+pub fn rows(ovn: &Ovn) -> Vec<NbRow> {
+    let mut r = Rows(Vec::new());
+    let routed: Vec<&Network> = ovn
+        .networks
+        .values()
+        .filter(|n| matches!(n.mode, Mode::Nat | Mode::Routed))
+        .collect();
+    if !routed.is_empty() {
+        router(&mut r, ovn, &routed);
+    }
+    for net in ovn.networks.values() {
+        let ports: Vec<&OvnPort> = ovn
+            .ports
+            .iter()
+            .filter(|p| p.port.network == net.name)
+            .collect();
+        switch(&mut r, ovn, net, &ports);
+        if net.isolate_ports {
+            isolation(&mut r, net, &ports);
+        }
+    }
+    firewalls(&mut r, ovn);
+    r.0
+}
+
+fn switch(r: &mut Rows, ovn: &Ovn, net: &Network, ports: &[&OvnPort]) {
+    r.add(
+        "Logical_Switch",
+        &net.name,
+        vec![
+            ("name", NbVal::str(&net.name)),
+            ("other_config", NbVal::map::<&str, &str>([])),
+        ],
+        None,
+    );
+    let parent = Some(("Logical_Switch", net.name.as_str(), "ports"));
+    let dhcp = net.dhcp.is_some() && net.ipv4.is_some();
+    if dhcp {
+        dhcp_options(r, ovn, net);
+    }
+    let addrs = addresses(net, ports);
+    for p in ports {
+        let port = &p.port;
+        let addr = match addrs.get(&port.name) {
+            Some(a) => format!("{} {a}", port.mac),
+            None => port.mac.to_string(),
+        };
+        r.add(
+            "Logical_Switch_Port",
+            &port.name,
+            vec![
+                ("name", NbVal::str(&port.name)),
+                ("type", NbVal::str("")),
+                ("addresses", NbVal::strs([addr.clone()])),
+                ("port_security", NbVal::strs(port.antispoof.then_some(addr))),
+                ("options", NbVal::map::<&str, &str>([])),
+                (
+                    "dhcpv4_options",
+                    NbVal::set(dhcp.then(|| NbVal::reference("DHCP_Options", &net.name))),
+                ),
+            ],
+            parent,
+        );
+    }
+    if matches!(net.mode, Mode::Nat | Mode::Routed) {
+        router_port_lsp(r, &net.name, &net.name, parent);
+    }
+}
+
+/// The switch's port towards the router, and nothing else of the router.
+fn router_port_lsp(
+    r: &mut Rows,
+    switch_key: &str,
+    lrp_key: &str,
+    parent: Option<(&str, &str, &str)>,
+) {
+    let _ = switch_key;
+    r.add(
+        "Logical_Switch_Port",
+        format!("kvmnet-rp-{lrp_key}"),
+        vec![
+            ("name", NbVal::str(format!("kvmnet-rp-{lrp_key}"))),
+            ("type", NbVal::str("router")),
+            ("addresses", NbVal::strs(["router"])),
+            ("port_security", NbVal::strs::<&str>([])),
+            (
+                "options",
+                NbVal::map([("router-port", format!("kvmnet-lrp-{lrp_key}"))]),
+            ),
+            ("dhcpv4_options", NbVal::set([])),
+        ],
+        parent,
+    );
+}
+
+/// Each port's IPv4 address: the declared one, else one of the pool picked from its MAC.
+fn addresses(net: &Network, ports: &[&OvnPort]) -> BTreeMap<String, Ipv4Addr> {
+    let mut out = BTreeMap::new();
+    let mut taken: BTreeSet<Ipv4Addr> = net.ipv4.iter().map(|c| c.addr).collect();
+    for p in ports {
+        if let Some(a) = p.port.ipv4 {
+            out.insert(p.port.name.clone(), a.addr);
+            taken.insert(a.addr);
+        }
+    }
+    let Some((first, last)) = net.dhcp.as_ref().filter(|d| d.pool).and_then(|d| d.range) else {
+        return out;
+    };
+    let (lo, hi) = (u32::from(first), u32::from(last));
+    let size = u64::from(hi - lo) + 1;
+    // In name order, so the pick of each port depends only on the ports before it that
+    // collide with it: rare in a pool larger than its ports.
+    for p in ports.iter().filter(|p| p.port.ipv4.is_none()) {
+        let start = fnv(&p.port.mac.0) % size;
+        let free = (0..size)
+            .map(|i| Ipv4Addr::from(lo + ((start + i) % size) as u32))
+            .find(|a| !taken.contains(a));
+        if let Some(a) = free {
+            taken.insert(a);
+            out.insert(p.port.name.clone(), a);
+        }
+    }
+    out
+}
+
+fn dhcp_options(r: &mut Rows, ovn: &Ovn, net: &Network) {
+    let (Some(d), Some(gw)) = (&net.dhcp, net.ipv4) else {
+        return;
+    };
+    let mut o: BTreeMap<String, String> = BTreeMap::new();
+    o.insert("lease_time".into(), d.lease_time_secs.to_string());
+    o.insert("server_id".into(), gw.addr.to_string());
+    o.insert(
+        "server_mac".into(),
+        router_mac(&format!("kvmnet-lrp-{}", net.name)).to_string(),
+    );
+    o.insert("mtu".into(), ovn.guest_mtu(net).to_string());
+    if matches!(net.mode, Mode::Nat | Mode::Routed) {
+        o.insert("router".into(), gw.addr.to_string());
+    }
+    if !d.dns.is_empty() {
+        let list: Vec<String> = d.dns.iter().map(ToString::to_string).collect();
+        o.insert("dns_server".into(), format!("{{{}}}", list.join(", ")));
+    }
+    if let Some(dom) = &d.domain {
+        o.insert("domain_name".into(), format!("\"{dom}\""));
+    }
+    if !d.routes.is_empty() {
+        let list: Vec<String> = d
+            .routes
+            .iter()
+            .map(|rt| format!("{}, {}", rt.to.network(), rt.via))
+            .collect();
+        o.insert(
+            "classless_static_route".into(),
+            format!("{{{}}}", list.join(", ")),
+        );
+    }
+    r.add(
+        "DHCP_Options",
+        &net.name,
+        vec![("cidr", NbVal::str(subnet(gw))), ("options", NbVal::Map(o))],
+        None,
+    );
+}
+
+fn subnet(c: Ipv4Cidr) -> String {
+    c.network().to_string()
+}
+
+fn router(r: &mut Rows, ovn: &Ovn, nets: &[&Network]) {
+    r.add(
+        "Logical_Router",
+        ROUTER,
+        vec![("name", NbVal::str(ROUTER))],
+        None,
+    );
+    let parent = Some(("Logical_Router", ROUTER, "ports"));
+    for net in nets {
+        let Some(gw) = net.ipv4 else { continue };
+        let name = format!("kvmnet-lrp-{}", net.name);
+        r.add(
+            "Logical_Router_Port",
+            &net.name,
+            vec![
+                ("name", NbVal::str(&name)),
+                ("mac", NbVal::str(router_mac(&name).to_string())),
+                ("networks", NbVal::strs([gw.to_string()])),
+                ("ha_chassis_group", NbVal::set([])),
+            ],
+            parent,
+        );
+    }
+    let nat: Vec<&&Network> = nets.iter().filter(|n| n.mode == Mode::Nat).collect();
+    let Some(ext) = ovn.external.as_ref().filter(|_| !nat.is_empty()) else {
+        return;
+    };
+    external(r, ovn, ext);
+    for net in nat {
+        let Some(gw) = net.ipv4 else { continue };
+        r.add(
+            "NAT",
+            format!("snat-{}", net.name),
+            vec![
+                ("type", NbVal::str("snat")),
+                ("logical_ip", NbVal::str(subnet(gw))),
+                ("external_ip", NbVal::str(ext.ipv4.addr.to_string())),
+            ],
+            Some(("Logical_Router", ROUTER, "nat")),
+        );
+    }
+}
+
+/// The external switch with its localnet port, the router's gateway port on it (bound to
+/// the gateway chassis by priority) and the default route.
+fn external(r: &mut Rows, ovn: &Ovn, ext: &crate::spec::ovn::External) {
+    r.add(
+        "Logical_Switch",
+        EXTERNAL_SWITCH,
+        vec![
+            ("name", NbVal::str(EXTERNAL_SWITCH)),
+            ("other_config", NbVal::map::<&str, &str>([])),
+        ],
+        None,
+    );
+    let parent = Some(("Logical_Switch", EXTERNAL_SWITCH, "ports"));
+    r.add(
+        "Logical_Switch_Port",
+        "kvmnet-ln-ext",
+        vec![
+            ("name", NbVal::str("kvmnet-ln-ext")),
+            ("type", NbVal::str("localnet")),
+            ("addresses", NbVal::strs(["unknown"])),
+            ("port_security", NbVal::strs::<&str>([])),
+            ("options", NbVal::map([("network_name", EXTERNAL_PHYSNET)])),
+            ("dhcpv4_options", NbVal::set([])),
+        ],
+        parent,
+    );
+    router_port_lsp(r, EXTERNAL_SWITCH, EXTERNAL_KEY, parent);
+    r.add(
+        "HA_Chassis_Group",
+        GATEWAY_GROUP,
+        vec![("name", NbVal::str(GATEWAY_GROUP))],
+        None,
+    );
+    for (name, c) in &ovn.chassis {
+        let Some(prio) = c.gateway else { continue };
+        r.add(
+            "HA_Chassis",
+            name,
+            vec![
+                ("chassis_name", NbVal::str(name)),
+                ("priority", NbVal::Int(i64::from(prio))),
+            ],
+            Some(("HA_Chassis_Group", GATEWAY_GROUP, "ha_chassis")),
+        );
+    }
+    let name = format!("kvmnet-lrp-{EXTERNAL_KEY}");
+    r.add(
+        "Logical_Router_Port",
+        EXTERNAL_KEY,
+        vec![
+            ("name", NbVal::str(&name)),
+            ("mac", NbVal::str(router_mac(&name).to_string())),
+            ("networks", NbVal::strs([ext.ipv4.to_string()])),
+            (
+                "ha_chassis_group",
+                NbVal::set([NbVal::reference("HA_Chassis_Group", GATEWAY_GROUP)]),
+            ),
+        ],
+        Some(("Logical_Router", ROUTER, "ports")),
+    );
+    r.add(
+        "Logical_Router_Static_Route",
+        "default",
+        vec![
+            ("ip_prefix", NbVal::str("0.0.0.0/0")),
+            ("nexthop", NbVal::str(ext.next_hop.to_string())),
+        ],
+        Some(("Logical_Router", ROUTER, "static_routes")),
+    );
+}
+
+/// A port group name: OVN takes letters, digits and '_'.
+fn group_name(prefix: &str, text: &str) -> String {
+    format!("{prefix}_{:08x}", fnv(text.as_bytes()) as u32)
+}
+
+fn isolation(r: &mut Rows, net: &Network, ports: &[&OvnPort]) {
+    let pg = group_name("kvmnet_iso", &net.name);
+    r.add(
+        "Port_Group",
+        &pg,
+        vec![
+            ("name", NbVal::str(&pg)),
+            (
+                "ports",
+                NbVal::set(
+                    ports
+                        .iter()
+                        .map(|p| NbVal::reference("Logical_Switch_Port", &p.port.name)),
+                ),
+            ),
+        ],
+        None,
+    );
+    acl(
+        r,
+        &pg,
+        0,
+        ("to-lport", PRIO_ISOLATE),
+        format!("inport == @{pg} && outport == @{pg}"),
+        ("drop", false),
+    );
+}
+
+fn acl(
+    r: &mut Rows,
+    pg: &str,
+    n: usize,
+    (dir, prio): (&str, i64),
+    m: String,
+    (action, log): (&str, bool),
+) {
+    let key = format!("{pg}/{n}");
+    r.add(
+        "ACL",
+        &key,
+        vec![
+            ("direction", NbVal::str(dir)),
+            ("priority", NbVal::Int(prio)),
+            ("match", NbVal::str(m)),
+            ("action", NbVal::str(action)),
+            ("log", NbVal::Bool(log)),
+            ("name", NbVal::strs(log.then(|| format!("kvmnet-{key}")))),
+        ],
+        Some(("Port_Group", pg, "acls")),
+    );
+}
+
+/// One port group per distinct firewall (with whether its network serves DHCP, which an
+/// outbound drop must let through), holding its ports, with its ACLs.
+fn firewalls(r: &mut Rows, ovn: &Ovn) {
+    let mut groups: BTreeMap<String, (&Firewall, bool, Vec<&str>)> = BTreeMap::new();
+    for p in &ovn.ports {
+        let Some(fw) = &p.port.firewall else { continue };
+        let dhcp = ovn
+            .networks
+            .get(&p.port.network)
+            .is_some_and(|n| n.dhcp.is_some());
+        let pg = group_name("kvmnet_fw", &format!("{fw:?}/{dhcp}"));
+        groups
+            .entry(pg)
+            .or_insert((fw, dhcp, Vec::new()))
+            .2
+            .push(&p.port.name);
+    }
+    for (pg, (fw, dhcp, ports)) in groups {
+        r.add(
+            "Port_Group",
+            &pg,
+            vec![
+                ("name", NbVal::str(&pg)),
+                (
+                    "ports",
+                    NbVal::set(
+                        ports
+                            .iter()
+                            .map(|p| NbVal::reference("Logical_Switch_Port", *p)),
+                    ),
+                ),
+            ],
+            None,
+        );
+        let mut n = 0;
+        if let Some(d) = &fw.inbound {
+            direction(r, &pg, &mut n, d, true);
+        }
+        if let Some(d) = &fw.outbound {
+            if dhcp && !d.accept_by_default {
+                acl(
+                    r,
+                    &pg,
+                    n,
+                    ("from-lport", PRIO_DHCP),
+                    format!("inport == @{pg} && udp.src == 68 && udp.dst == 67"),
+                    ("allow", false),
+                );
+                n += 1;
+            }
+            direction(r, &pg, &mut n, d, false);
+        }
+    }
+}
+
+/// One direction's rules (first written, highest priority) and its policy.
+fn direction(r: &mut Rows, pg: &str, n: &mut usize, d: &FirewallDirection, inbound: bool) {
+    let (dir, port) = if inbound {
+        ("to-lport", format!("outport == @{pg}"))
+    } else {
+        ("from-lport", format!("inport == @{pg}"))
+    };
+    for (i, rule) in d.rules.iter().enumerate() {
+        let m = format!("{port} && {}", rule_match(rule, inbound));
+        let action = match rule.action {
+            RuleAction::Accept => "allow-related",
+            RuleAction::Drop => "drop",
+            RuleAction::Reject => "reject",
+        };
+        acl(
+            r,
+            pg,
+            *n,
+            (dir, PRIO_RULES - i as i64),
+            m,
+            (action, rule.log),
+        );
+        *n += 1;
+    }
+    if !d.accept_by_default {
+        acl(
+            r,
+            pg,
+            *n,
+            (dir, PRIO_POLICY),
+            format!("{port} && ip"),
+            ("drop", false),
+        );
+        *n += 1;
+    }
+}
+
+/// ICMP type numbers of the names rules take, for IPv4 and IPv6.
+fn icmp_numbers(name: &str) -> (Option<u8>, Option<u8>) {
+    match name {
+        "echo-reply" => (Some(0), Some(129)),
+        "destination-unreachable" => (Some(3), Some(1)),
+        "redirect" => (Some(5), Some(137)),
+        "echo-request" => (Some(8), Some(128)),
+        "router-advertisement" => (Some(9), Some(134)),
+        "router-solicitation" => (Some(10), Some(133)),
+        "time-exceeded" => (Some(11), Some(3)),
+        "parameter-problem" => (Some(12), Some(4)),
+        "timestamp-request" => (Some(13), None),
+        "timestamp-reply" => (Some(14), None),
+        _ => (None, None),
+    }
+}
+
+/// An ACL match for one rule, after the port part. The remote side is `from` inbound and
+/// `to` outbound; a rule without one covers both families.
+fn rule_match(rule: &FirewallRule, inbound: bool) -> String {
+    let remote = if inbound { rule.from } else { rule.to };
+    let side = if inbound { "src" } else { "dst" };
+    let mut parts: Vec<String> = Vec::new();
+    let fam = match remote {
+        Some(crate::types::IpCidr::V4(c)) => {
+            parts.push(format!("ip4.{side} == {}", subnet(c)));
+            Some(4)
+        }
+        Some(crate::types::IpCidr::V6(c)) => {
+            parts.push(format!("ip6.{side} == {}", c.network()));
+            Some(6)
+        }
+        None => None,
+    };
+    match rule.proto {
+        RuleProto::Tcp | RuleProto::Udp => {
+            let p = if rule.proto == RuleProto::Tcp {
+                "tcp"
+            } else {
+                "udp"
+            };
+            parts.push(p.to_string());
+            if !rule.ports.is_empty() {
+                let alts: Vec<String> = rule
+                    .ports
+                    .iter()
+                    .map(|(a, b)| {
+                        if a == b {
+                            format!("{p}.dst == {a}")
+                        } else {
+                            format!("({p}.dst >= {a} && {p}.dst <= {b})")
+                        }
+                    })
+                    .collect();
+                parts.push(format!("({})", alts.join(" || ")));
+            }
+        }
+        RuleProto::Icmp => parts.push(icmp_match(&rule.icmp_types, fam)),
+        RuleProto::Any => {
+            if fam.is_none() {
+                parts.push("ip".into());
+            }
+        }
+    }
+    parts.join(" && ")
+}
+
+/// ICMP of one family or both; a family none of whose types has a number there is left
+/// out (a rule about `timestamp-request` is IPv4's only).
+fn icmp_match(types: &[String], fam: Option<u8>) -> String {
+    let one = |v: u8| {
+        let (proto, nums): (&str, Vec<u8>) = if v == 4 {
+            (
+                "icmp4",
+                types.iter().filter_map(|t| icmp_numbers(t).0).collect(),
+            )
+        } else {
+            (
+                "icmp6",
+                types.iter().filter_map(|t| icmp_numbers(t).1).collect(),
+            )
+        };
+        if types.is_empty() {
+            Some(proto.to_string())
+        } else if nums.is_empty() {
+            None
+        } else {
+            let list: Vec<String> = nums.iter().map(ToString::to_string).collect();
+            Some(format!(
+                "({proto} && {proto}.type == {{{}}})",
+                list.join(", ")
+            ))
+        }
+    };
+    let alts: Vec<String> = match fam {
+        Some(v) => one(v).into_iter().collect(),
+        None => [one(4), one(6)].into_iter().flatten().collect(),
+    };
+    match alts.len() {
+        0 => "0".into(),
+        1 => alts.into_iter().next().unwrap_or_default(),
+        _ => format!("({})", alts.join(" || ")),
+    }
+}

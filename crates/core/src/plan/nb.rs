@@ -1,0 +1,103 @@
+//! kvmnet's rows in OVN's Northbound database. The shell runs every such step of a plan
+//! as one OVSDB transaction: all of them happen, or none.
+
+use std::fmt;
+
+use serde_json::{Map, Value, json};
+
+use super::order::Cx;
+use super::{Change, Object, Step};
+use crate::ovn::{NbRow, TABLES, columns_of, kind_of};
+
+impl Object for NbRow {
+    const OPS: [&'static str; 2] = ["add", "remove"];
+    fn kind(&self) -> &'static str {
+        kind_of(&self.table)
+    }
+    fn name(&self) -> String {
+        self.key.clone()
+    }
+    fn fields(&self, o: &mut Map<String, Value>) {
+        o.insert("table".into(), json!(self.table));
+        let cols: Map<String, Value> = self
+            .columns
+            .iter()
+            .map(|(k, v)| (k.clone(), json!(v.to_string())))
+            .collect();
+        o.insert("columns".into(), Value::Object(cols));
+    }
+    fn created(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let shown: Vec<String> = self
+            .columns
+            .iter()
+            .filter(|(k, v)| *k != "name" && !is_empty(v))
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect();
+        if !shown.is_empty() {
+            write!(f, " ({})", shown.join(" "))?;
+        }
+        Ok(())
+    }
+    fn changes(from: &Self, to: &Self) -> Vec<(&'static str, String, String)> {
+        let mut out = Vec::new();
+        for c in columns_of(&to.table) {
+            let (a, b) = (from.columns.get(*c), to.columns.get(*c));
+            if a != b {
+                let show =
+                    |v: Option<&crate::ovn::NbVal>| v.map_or(String::new(), ToString::to_string);
+                out.push((*c, show(a), show(b)));
+            }
+        }
+        if from.parent != to.parent {
+            let show = |p: &Option<crate::ovn::NbParent>| {
+                p.as_ref()
+                    .map_or(String::new(), |p| format!("{} {}", p.table, p.key))
+            };
+            out.push(("parent", show(&from.parent), show(&to.parent)));
+        }
+        out
+    }
+}
+
+fn is_empty(v: &crate::ovn::NbVal) -> bool {
+    match v {
+        crate::ovn::NbVal::Set(s) => s.is_empty(),
+        crate::ovn::NbVal::Map(m) => m.is_empty(),
+        crate::ovn::NbVal::Str(s) => s.is_empty(),
+        _ => false,
+    }
+}
+
+/// The position of a row's table in [`TABLES`]: a plan lists rows table by table.
+fn rank(r: &NbRow) -> usize {
+    TABLES
+        .iter()
+        .position(|(t, _, _)| *t == r.table)
+        .unwrap_or(usize::MAX)
+}
+
+/// Rows added, changed and removed, table by table.
+pub(super) fn changes(cx: &mut Cx<'_>, steps: &mut Vec<Step>) {
+    let (want, have) = (&cx.want.nb, &cx.have.nb);
+    let mut out: Vec<(usize, Step)> = Vec::new();
+    for (id, w) in want {
+        match have.get(id) {
+            None => out.push((rank(w), Step::Nb(Change::Create(w.clone())))),
+            Some(h) if h != w => out.push((
+                rank(w),
+                Step::Nb(Change::Update {
+                    from: h.clone(),
+                    to: w.clone(),
+                }),
+            )),
+            Some(_) => {}
+        }
+    }
+    for (id, h) in have {
+        if !want.contains_key(id) {
+            out.push((rank(h), Step::Nb(Change::Delete(h.clone()))));
+        }
+    }
+    out.sort_by_key(|(r, _)| *r);
+    steps.extend(out.into_iter().map(|(_, s)| s));
+}

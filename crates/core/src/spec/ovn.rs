@@ -1,0 +1,137 @@
+//! The spec's `ovn` section and its networks: the same networks and VM ports, put on OVN's
+//! logical switches and routers across hypervisors instead of this host's bridges.
+//!
+//! A network with `backend: ovn` (or any network, when `host.backend: ovn`) is taken out of
+//! [`Spec::networks`] once the spec is read, with the VM ports on it: the kernel's layers
+//! never see them. What this host does for them is only its chassis part (the ports of the
+//! VMs whose `host` is this chassis, attached to `br-int`); the rest is rows in OVN's
+//! Northbound database, the same on every host that applies the spec.
+
+use std::collections::BTreeMap;
+use std::net::Ipv4Addr;
+
+use super::model::{Ipv4Cidr, Network, Port, Spec};
+
+/// The Open_vSwitch database when `ovn.ovs` is not given: where the distribution's
+/// ovsdb-server listens.
+pub const OVS_DEFAULT: &str = "unix:/run/openvswitch/db.sock";
+/// The physical network name the nat networks' external switch uses, mapped to `br-ex` on
+/// gateway chassis (`ovn-bridge-mappings`).
+pub const EXTERNAL_PHYSNET: &str = "kvmnet-ext";
+/// What Geneve (with OVN's option TLVs) takes from the underlay's MTU, and VXLAN.
+pub const GENEVE_OVERHEAD: u32 = 58;
+pub const VXLAN_OVERHEAD: u32 = 50;
+
+/// Which backend carries a network.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum NetBackend {
+    /// This host's bridges, nftables and tc.
+    #[default]
+    Kernel,
+    /// OVN's logical switches and routers.
+    Ovn,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Ovn {
+    /// The Northbound database: one remote, or a comma-separated list (a Raft cluster).
+    pub nb: String,
+    /// The Southbound database, written into each chassis's `ovn-remote`.
+    pub sb: String,
+    /// This host's Open_vSwitch database (a chassis's own `ovs` wins).
+    pub ovs: String,
+    /// `system` (the kernel module) or `netdev` (the userspace datapath).
+    pub datapath: String,
+    /// `geneve` or `vxlan`.
+    pub encap: String,
+    pub chassis: BTreeMap<String, Chassis>,
+    pub external: Option<External>,
+    /// The networks on OVN, by name (none of them is in [`Spec::networks`]).
+    pub networks: BTreeMap<String, Network>,
+    /// The VM ports on OVN networks, in VM then port order.
+    pub ports: Vec<OvnPort>,
+    /// The chassis this host is, once the engine knows (`--chassis`, else the Open_vSwitch
+    /// `system-id`, else the hostname); `None` while only the Northbound part is planned.
+    pub local: Option<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Chassis {
+    /// The tunnel endpoint (`ovn-encap-ip`).
+    pub encap_ip: Ipv4Addr,
+    /// Priority for hosting the nat networks' gateway (an HA chassis group member); `None`:
+    /// never a gateway.
+    pub gateway: Option<u32>,
+    /// This chassis's Open_vSwitch database, when it is not `ovn.ovs`.
+    pub ovs: Option<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct External {
+    /// The interface each gateway chassis puts in `br-ex`.
+    pub uplink: String,
+    /// The gateway router's address on the external network: the nat networks' SNAT source.
+    pub ipv4: Ipv4Cidr,
+    pub next_hop: Ipv4Addr,
+}
+
+/// A VM port on an OVN network, with the chassis its VM runs on.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OvnPort {
+    pub host: String,
+    pub port: Port,
+}
+
+impl Ovn {
+    /// The MTU guests of OVN networks get: the network's own, else the underlay's (1500)
+    /// less what the tunnel takes.
+    pub fn guest_mtu(&self, net: &Network) -> u32 {
+        let overhead = if self.encap == "vxlan" {
+            VXLAN_OVERHEAD
+        } else {
+            GENEVE_OVERHEAD
+        };
+        net.mtu.unwrap_or(1500 - overhead)
+    }
+
+    /// The ports this host carries: those of VMs whose `host` is the local chassis.
+    pub fn local_ports(&self) -> impl Iterator<Item = &OvnPort> {
+        self.ports
+            .iter()
+            .filter(|p| self.local.as_deref() == Some(p.host.as_str()))
+    }
+
+    /// The Open_vSwitch database of chassis `name`.
+    pub fn ovs_of(&self, name: &str) -> &str {
+        self.chassis
+            .get(name)
+            .and_then(|c| c.ovs.as_deref())
+            .unwrap_or(&self.ovs)
+    }
+}
+
+impl Spec {
+    /// Moves the networks `backend` says are OVN's, and the VM ports on them, into
+    /// `self.ovn` (which must be set when any is). Called once the spec is built and its
+    /// MACs are derived, so OVN ports get their MACs the same way.
+    pub(crate) fn split_ovn(&mut self, ovn_nets: &[String], hosts: &BTreeMap<String, String>) {
+        let Some(ovn) = self.ovn.as_mut() else {
+            return;
+        };
+        for name in ovn_nets {
+            if let Some(n) = self.networks.remove(name) {
+                ovn.networks.insert(name.clone(), n);
+            }
+        }
+        for vm in self.vms.values_mut() {
+            let (on_ovn, kernel): (Vec<Port>, Vec<Port>) = std::mem::take(&mut vm.ports)
+                .into_iter()
+                .partition(|p| ovn.networks.contains_key(&p.network));
+            vm.ports = kernel;
+            for port in on_ovn {
+                let host = hosts.get(&vm.name).cloned().unwrap_or_default();
+                ovn.ports.push(OvnPort { host, port });
+            }
+        }
+    }
+}

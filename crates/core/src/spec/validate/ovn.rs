@@ -1,0 +1,473 @@
+//! The `ovn` section, `backend` (of a network, and `host.backend` for all), a VM's `host`,
+//! and what OVN networks refuse: the settings OVN has no counterpart for, or that kvmnet
+//! does not put on OVN yet, each refused at its line with the reason.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use super::*;
+use crate::spec::ovn::{Chassis, External, NetBackend, OVS_DEFAULT, Ovn};
+
+pub(super) const OVN_FIELDS: &[&str] = &[
+    "nb", "sb", "ovs", "datapath", "encap", "chassis", "external",
+];
+pub(super) const CHASSIS_FIELDS: &[&str] = &["encap_ip", "gateway", "ovs"];
+pub(super) const EXTERNAL_FIELDS: &[&str] = &["uplink", "ipv4", "next_hop"];
+pub(super) const BACKENDS: &[&str] = &["kernel", "ovn"];
+pub(super) const DATAPATHS: &[&str] = &["system", "netdev"];
+pub(super) const ENCAPS: &[&str] = &["geneve", "vxlan"];
+
+/// Network fields an OVN network refuses, with why.
+const NET_REFUSED: &[(&str, &str)] = &[
+    (
+        "bridge",
+        "an OVN network is a logical switch, not a bridge of this host",
+    ),
+    (
+        "uplink",
+        "OVN networks leave through ovn.external on the gateway chassis",
+    ),
+    (
+        "nat",
+        "OVN networks leave through ovn.external on the gateway chassis",
+    ),
+    ("bandwidth", "kvmnet does not shape OVN networks yet"),
+    (
+        "host_access",
+        "the host is not the gateway of an OVN network",
+    ),
+    ("forwards", "kvmnet does not put port forwards on OVN yet"),
+    ("ipv6", "kvmnet puts only IPv4 on OVN networks so far"),
+    ("ra", "kvmnet puts only IPv4 on OVN networks so far"),
+    (
+        "ipv6_prefixes",
+        "kvmnet puts only IPv4 on OVN networks so far",
+    ),
+    (
+        "dns",
+        "kvmnet does not put DNS records on OVN yet; use dhcp.dns",
+    ),
+    (
+        "dhcp.range6",
+        "kvmnet puts only IPv4 on OVN networks so far",
+    ),
+    ("dhcp.dns6", "kvmnet puts only IPv4 on OVN networks so far"),
+];
+
+/// Port fields a port on an OVN network refuses, with why.
+const PORT_REFUSED: &[(&str, &str)] = &[
+    ("qos", "kvmnet does not police OVN ports yet"),
+    ("mirror", "kvmnet does not put OVN Mirror rows in place yet"),
+    (
+        "vlans",
+        "a trunk is a host object; OVN ports are access ports",
+    ),
+    ("ipv6", "kvmnet puts only IPv4 on OVN networks so far"),
+    (
+        "ethtool",
+        "an OVN port's device belongs to the chassis's Open vSwitch",
+    ),
+];
+
+/// `ovn` as read.
+#[derive(Clone)]
+pub(crate) struct OvnDraft {
+    ovn: Ovn,
+    path: String,
+    loc: Loc,
+}
+
+fn word(cx: &mut Ctx, f: &Field, allowed: &[&str]) -> Option<String> {
+    let t = text(cx, f, &allowed.join(" or "))?;
+    if allowed.contains(&t.as_str()) {
+        Some(t)
+    } else {
+        cx.err(
+            &f.path,
+            f.loc(),
+            format!("'{}' is not one of {}", show(&t), allowed.join(", ")),
+        );
+        None
+    }
+}
+
+/// `backend`, of a network or of `host`.
+pub(super) fn read_backend(cx: &mut Ctx, f: &Field) -> Option<(NetBackend, Loc)> {
+    let b = match word(cx, f, BACKENDS)?.as_str() {
+        "ovn" => NetBackend::Ovn,
+        _ => NetBackend::Kernel,
+    };
+    Some((b, f.loc()))
+}
+
+/// A remote list (`unix:PATH`, `tcp:HOST:PORT`, `ssl:HOST:PORT`, comma-separated).
+fn remote(cx: &mut Ctx, f: &Field) -> Option<String> {
+    let t = text(cx, f, "an OVSDB remote like unix:/run/ovn/ovnnb_db.sock")?;
+    let bad = t.split(',').map(str::trim).find(|r| {
+        !(r.strip_prefix("unix:").is_some_and(|p| !p.is_empty())
+            || ["tcp:", "ssl:"].iter().any(|p| {
+                r.strip_prefix(p)
+                    .and_then(|hp| hp.rsplit_once(':'))
+                    .is_some_and(|(h, port)| !h.is_empty() && port.parse::<u16>().is_ok())
+            }))
+    });
+    match bad {
+        Some(b) => {
+            cx.err(
+                &f.path,
+                f.loc(),
+                format!(
+                    "'{}' is not an OVSDB remote; expected unix:PATH, tcp:HOST:PORT or ssl:HOST:PORT (a comma-separated list for a cluster)",
+                    show(b)
+                ),
+            );
+            None
+        }
+        None => Some(t),
+    }
+}
+
+pub(super) fn read_ovn(cx: &mut Ctx, f: &Field) -> Option<OvnDraft> {
+    let o = obj(
+        cx,
+        f.node,
+        &f.path,
+        OVN_FIELDS,
+        "a mapping with nb, sb and chassis",
+    )?;
+    let nb = o.required(
+        cx,
+        "nb",
+        "name the Northbound database, like unix:/run/ovn/ovnnb_db.sock",
+    );
+    let sb = o.required(
+        cx,
+        "sb",
+        "name the Southbound database, like unix:/run/ovn/ovnsb_db.sock",
+    );
+    let nb = nb.and_then(|f| remote(cx, &f));
+    let sb = sb.and_then(|f| remote(cx, &f));
+    let ovs = match o.get(cx, "ovs") {
+        Some(f) => remote(cx, &f),
+        None => Some(OVS_DEFAULT.to_string()),
+    };
+    let datapath = match o.get(cx, "datapath") {
+        Some(f) => word(cx, &f, DATAPATHS),
+        None => Some("system".to_string()),
+    };
+    let encap = match o.get(cx, "encap") {
+        Some(f) => word(cx, &f, ENCAPS),
+        None => Some("geneve".to_string()),
+    };
+    let chassis = o
+        .required(
+            cx,
+            "chassis",
+            "list every hypervisor: NAME: { encap_ip: ADDRESS }",
+        )
+        .and_then(|f| read_chassis(cx, &f));
+    let external = match o.get(cx, "external") {
+        Some(f) => Some(read_external(cx, &f)?),
+        None => None,
+    };
+    Some(OvnDraft {
+        ovn: Ovn {
+            nb: nb?,
+            sb: sb?,
+            ovs: ovs?,
+            datapath: datapath?,
+            encap: encap?,
+            chassis: chassis?,
+            external,
+            networks: BTreeMap::new(),
+            ports: Vec::new(),
+            local: None,
+        },
+        path: f.path.clone(),
+        loc: f.loc(),
+    })
+}
+
+fn read_chassis(cx: &mut Ctx, f: &Field) -> Option<BTreeMap<String, Chassis>> {
+    let o = host::obj_named(cx, f, "a mapping of chassis names to chassis")?;
+    let mut out = BTreeMap::new();
+    let mut ips: BTreeMap<Ipv4Addr, String> = BTreeMap::new();
+    let mut ok = true;
+    for (key, cf) in o.named(cx) {
+        let Some(c) = obj(
+            cx,
+            cf.node,
+            &cf.path,
+            CHASSIS_FIELDS,
+            "a chassis (encap_ip, gateway)",
+        ) else {
+            ok = false;
+            continue;
+        };
+        let ip = c
+            .required(cx, "encap_ip", "give the chassis's tunnel endpoint address")
+            .and_then(|f| {
+                let t = text(cx, &f, "an IPv4 address")?;
+                match parse_ip(&t) {
+                    Ok(a) => {
+                        if let Some(other) = ips.insert(a, key.text.clone()) {
+                            cx.err(
+                                &f.path,
+                                f.loc(),
+                                format!("chassis '{other}' has this encap_ip too"),
+                            );
+                        }
+                        Some(a)
+                    }
+                    Err(m) => {
+                        cx.err(&f.path, f.loc(), m);
+                        None
+                    }
+                }
+            });
+        let gateway = match c.get(cx, "gateway") {
+            Some(g) => int_in(cx, &g, "a gateway priority from 1 to 32767", 1, 32767)
+                .map(|n| Some(n as u32)),
+            None => Some(None),
+        };
+        let ovs = match c.get(cx, "ovs") {
+            Some(g) => remote(cx, &g).map(Some),
+            None => Some(None),
+        };
+        match (ip, gateway, ovs) {
+            (Some(encap_ip), Some(gateway), Some(ovs)) => {
+                out.insert(
+                    key.text.clone(),
+                    Chassis {
+                        encap_ip,
+                        gateway,
+                        ovs,
+                    },
+                );
+            }
+            _ => ok = false,
+        }
+    }
+    ok.then_some(out)
+}
+
+fn read_external(cx: &mut Ctx, f: &Field) -> Option<External> {
+    let o = obj(
+        cx,
+        f.node,
+        &f.path,
+        EXTERNAL_FIELDS,
+        "a mapping with uplink, ipv4 and next_hop",
+    )?;
+    let uplink = o
+        .required(
+            cx,
+            "uplink",
+            "name the interface gateway chassis put in br-ex",
+        )
+        .and_then(|f| {
+            let t = text(cx, &f, "an interface name")?;
+            check_ifname(&t)
+                .map_err(|m| cx.err(&f.path, f.loc(), m))
+                .ok()?;
+            Some(t)
+        });
+    let ipv4 = o
+        .required(
+            cx,
+            "ipv4",
+            "give the gateway router's address there, like 192.168.100.1/24",
+        )
+        .and_then(|f| {
+            let t = text(cx, &f, "an address with its prefix")?;
+            parse_cidr(&t).map_err(|m| cx.err(&f.path, f.loc(), m)).ok()
+        });
+    let next_hop = o
+        .required(cx, "next_hop", "give the external network's router")
+        .and_then(|f| {
+            let t = text(cx, &f, "an IPv4 address")?;
+            let a = parse_ip(&t).map_err(|m| cx.err(&f.path, f.loc(), m)).ok()?;
+            if let Some(c) = ipv4
+                && !c.contains(a)
+            {
+                cx.err(
+                    &f.path,
+                    f.loc(),
+                    format!("{a} is not in {c}, the external network"),
+                );
+                return None;
+            }
+            Some(a)
+        });
+    Some(External {
+        uplink: uplink?,
+        ipv4: ipv4?,
+        next_hop: next_hop?,
+    })
+}
+
+/// Which networks are OVN's, checked against `ovn` and what OVN refuses; their names.
+pub(super) fn ovn_checks(
+    cx: &mut Ctx,
+    draft: Option<&OvnDraft>,
+    host_backend: Option<(NetBackend, Loc)>,
+    nets: &[NetDraft],
+    ports: &[PortDraft],
+) -> Vec<String> {
+    let mut names = Vec::new();
+    for n in nets {
+        let (backend, loc) = n
+            .backend
+            .or(host_backend)
+            .unwrap_or((NetBackend::Kernel, n.key_loc));
+        if backend != NetBackend::Ovn {
+            continue;
+        }
+        names.push(n.name.clone());
+        let Some(d) = draft else {
+            cx.err(
+                &join(&n.path, "backend"),
+                loc,
+                "an OVN network needs the ovn section (nb, sb, chassis) to say where OVN is",
+            );
+            continue;
+        };
+        check_network(cx, d, n);
+    }
+    let on_ovn: BTreeSet<&str> = names.iter().map(String::as_str).collect();
+    if let Some(d) = draft {
+        for p in ports
+            .iter()
+            .filter(|p| p.network.as_deref().is_some_and(|n| on_ovn.contains(n)))
+        {
+            check_port(cx, d, p);
+        }
+    }
+    names
+}
+
+fn check_network(cx: &mut Ctx, d: &OvnDraft, n: &NetDraft) {
+    let mode_path = join(&n.path, "mode");
+    let mode_loc = cx.loc_at(&mode_path).unwrap_or(n.key_loc);
+    match n.mode {
+        Some(Mode::Nat | Mode::Routed | Mode::Isolated) | None => {}
+        Some(m @ (Mode::Bridge | Mode::Vlan)) => cx.err(
+            &mode_path,
+            mode_loc,
+            format!(
+                "kvmnet does not put {} (provider) networks on OVN yet; use nat, routed or isolated, or backend: kernel",
+                m.as_str()
+            ),
+        ),
+        Some(Mode::Vxlan) => cx.err(
+            &mode_path,
+            mode_loc,
+            "OVN's own overlay replaces VXLAN networks: use mode nat, routed or isolated on OVN, or backend: kernel",
+        ),
+        Some(Mode::Direct) => cx.err(
+            &mode_path,
+            mode_loc,
+            "a direct network is macvtaps on this host's uplink, which OVN does not carry: use backend: kernel",
+        ),
+    }
+    for (field, why) in NET_REFUSED {
+        let path = join(&n.path, field);
+        if let Some(loc) = cx.loc_at(&path) {
+            // `bridge` is derived when not written: only a written one is refused.
+            if *field == "bridge" && n.bridge_derived {
+                continue;
+            }
+            cx.err(
+                &path,
+                loc,
+                format!("{field} is not taken on OVN networks: {why} (remove it)"),
+            );
+        }
+    }
+    if matches!(n.mode, Some(Mode::Nat)) {
+        match &d.ovn.external {
+            None => cx.err(
+                &mode_path,
+                mode_loc,
+                "a nat network on OVN leaves through ovn.external: add it (uplink, ipv4, next_hop)",
+            ),
+            Some(_) if !d.ovn.chassis.values().any(|c| c.gateway.is_some()) => cx.err(
+                &join(&d.path, "chassis"),
+                d.loc,
+                "a nat network on OVN needs a gateway chassis: give at least one chassis a gateway priority",
+            ),
+            Some(_) => {}
+        }
+    }
+}
+
+fn check_port(cx: &mut Ctx, d: &OvnDraft, p: &PortDraft) {
+    let net = p.network.as_deref().unwrap_or_default();
+    match &p.host {
+        None => cx.err(
+            &p.path,
+            cx.loc_at(&p.path).unwrap_or_default(),
+            format!(
+                "network '{net}' is on OVN: set host on VM '{}' to the chassis it runs on (one of {})",
+                p.vm,
+                d.ovn.chassis.keys().cloned().collect::<Vec<_>>().join(", ")
+            ),
+        ),
+        Some((h, loc)) if !d.ovn.chassis.contains_key(h) => cx.err(
+            &join(&join("vms", &p.vm), "host"),
+            *loc,
+            format!(
+                "'{}' is not a chassis of ovn.chassis ({})",
+                show(h),
+                d.ovn.chassis.keys().cloned().collect::<Vec<_>>().join(", ")
+            ),
+        ),
+        Some(_) => {}
+    }
+    if p.kind == Some(PortKind::Macvtap) {
+        return;
+    }
+    for (field, why) in PORT_REFUSED {
+        let path = join(&p.path, field);
+        if let Some(loc) = cx.loc_at(&path) {
+            cx.err(
+                &path,
+                loc,
+                format!("{field} is not taken on OVN ports: {why} (remove it)"),
+            );
+        }
+    }
+    let Some(fw) = &p.firewall else {
+        return;
+    };
+    for (dir, fd) in [("inbound", &fw.inbound), ("outbound", &fw.outbound)] {
+        let Some(fd) = fd else { continue };
+        for (i, r) in fd.rules.iter().enumerate() {
+            let rpath = format!("{}.firewall.{dir}.rules[{i}]", p.path);
+            if r.connlimit.is_some() {
+                let path = join(&rpath, "connlimit");
+                let loc = cx.loc_at(&path).unwrap_or_default();
+                cx.err(&path, loc, "connlimit has no OVN equivalent (OVN ACLs cannot count a port's connections); remove it on OVN networks");
+            }
+            if r.rate.is_some() {
+                let path = join(&rpath, "rate");
+                let loc = cx.loc_at(&path).unwrap_or_default();
+                cx.err(
+                    &path,
+                    loc,
+                    "kvmnet does not put ACL meters for rate on OVN yet; remove it on OVN networks",
+                );
+            }
+        }
+    }
+}
+
+/// `ovn` as the spec holds it, once built.
+pub(super) fn finish_ovn(
+    spec: &mut Spec,
+    draft: Option<OvnDraft>,
+    nets: &[String],
+    hosts: &BTreeMap<String, String>,
+) {
+    spec.ovn = draft.map(|d| d.ovn);
+    spec.split_ovn(nets, hosts);
+}

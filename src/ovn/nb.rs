@@ -1,0 +1,475 @@
+//! kvmnet's rows in the Northbound database: read as the core's [`NbRow`]s, and a plan's
+//! row changes written as one transaction.
+//!
+//! A process keeps one monitored connection per Northbound remote ([`with_client`]): a
+//! daemon's reconcile reads its replica instead of the database, and a change of one row
+//! at 10,000 costs what it costs at 10.
+//!
+//! **Two appliers at once.** A transaction starts with a `wait` per table that kvmnet's
+//! rows there are the ones the replica shows. When another host changed them meanwhile,
+//! the server refuses the whole transaction; the replica catches up and the changes are
+//! worked out again from what they are meant to leave (a row made, changed to a value,
+//! or gone), so two hosts applying one spec end with one copy of each row.
+
+use std::collections::BTreeMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+use super::ovsdb::{Atom, Client, ColumnKind, Datum, OvsdbError, Remote, Replica, Row};
+use crate::plan::Change;
+use kvmnet_core::ovn::{
+    KEY_KEY, NbParent, NbRow, NbVal, OWNER, OWNER_KEY, TABLES, children_of, columns_of, ref_table,
+};
+
+const DB: &str = "OVN_Northbound";
+const TIMEOUT: Duration = Duration::from_secs(10);
+const TRIES: u32 = 20;
+
+#[derive(Debug, thiserror::Error)]
+pub enum NbError {
+    #[error("OVN Northbound database {remote}: {source}")]
+    Ovsdb {
+        remote: String,
+        #[source]
+        source: OvsdbError,
+    },
+    #[error(
+        "{table} {name:?} exists in the Northbound database and is not kvmnet's (no external_ids:{OWNER_KEY}): rename the network or port, or remove the other row"
+    )]
+    Foreign { table: String, name: String },
+    #[error(
+        "{table} {key}: refers to {to}, which is neither in the database nor made by this change"
+    )]
+    Dangling {
+        table: String,
+        key: String,
+        to: String,
+    },
+    #[error("other writers kept changing kvmnet's Northbound rows; gave up after {TRIES} tries")]
+    Contended,
+}
+
+static CLIENTS: Mutex<BTreeMap<String, Client>> = Mutex::new(BTreeMap::new());
+
+/// Runs `f` on the monitored connection to `remotes`, made (or made again, when the one
+/// kept was lost) first.
+fn with_client<R>(
+    remotes: &str,
+    f: impl FnOnce(&Client) -> Result<R, NbError>,
+) -> Result<R, NbError> {
+    let err = |source| NbError::Ovsdb {
+        remote: remotes.to_string(),
+        source,
+    };
+    let mut clients = CLIENTS.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(c) = clients.get_mut(remotes)
+        && c.ensure_connected().is_err()
+    {
+        clients.remove(remotes);
+    }
+    if !clients.contains_key(remotes) {
+        let list = Remote::parse_list(remotes).map_err(err)?;
+        let mut c = Client::connect(&list, DB, TIMEOUT).map_err(err)?;
+        let mut cols: Vec<(&str, Vec<&str>)> = Vec::new();
+        for (t, c, children) in TABLES {
+            let mut v: Vec<&str> = c.to_vec();
+            v.extend(children.iter());
+            v.push("external_ids");
+            cols.push((t, v));
+        }
+        let tables: Vec<(&str, &[&str])> = cols.iter().map(|(t, c)| (*t, c.as_slice())).collect();
+        c.monitor(&tables).map_err(err)?;
+        clients.insert(remotes.to_string(), c);
+    }
+    let c = clients.get(remotes).expect("connected above");
+    let out = f(c);
+    if let Err(NbError::Ovsdb { .. }) = &out {
+        clients.remove(remotes);
+    }
+    out
+}
+
+/// kvmnet's rows as the database holds them.
+pub fn observe(remotes: &str) -> Result<Vec<NbRow>, NbError> {
+    with_client(remotes, |c| Ok(Owned::of(&c.replica()).rows))
+}
+
+/// kvmnet's rows in a replica: as the core sees them, and where each is.
+struct Owned {
+    rows: Vec<NbRow>,
+    /// (table, key) -> UUID.
+    uuids: BTreeMap<(String, String), String>,
+    /// Per table, the UUIDs of kvmnet's rows (what each transaction's `wait` expects).
+    by_table: BTreeMap<&'static str, Vec<String>>,
+}
+
+fn key_of(row: &Row) -> Option<&str> {
+    let ids = row.get("external_ids")?;
+    (ids.get(OWNER_KEY) == Some(OWNER)).then(|| ids.get(KEY_KEY))?
+}
+
+impl Owned {
+    fn of(r: &Replica) -> Owned {
+        let mut uuids = BTreeMap::new();
+        let mut by_table: BTreeMap<&'static str, Vec<String>> = BTreeMap::new();
+        let mut keys: BTreeMap<String, (String, String)> = BTreeMap::new();
+        for (t, _, _) in TABLES {
+            let list = by_table.entry(t).or_default();
+            for (uuid, row) in r.table(t) {
+                if let Some(k) = key_of(row) {
+                    uuids.insert((t.to_string(), k.to_string()), uuid.clone());
+                    keys.insert(uuid.clone(), (t.to_string(), k.to_string()));
+                    list.push(uuid.clone());
+                }
+            }
+            list.sort();
+        }
+        // Each child's parent: the kvmnet row whose child column holds it.
+        let mut parents: BTreeMap<String, NbParent> = BTreeMap::new();
+        for (t, _, children) in TABLES {
+            for (uuid, row) in r.table(t) {
+                let Some((_, key)) = keys.get(uuid) else {
+                    continue;
+                };
+                for col in *children {
+                    for a in row.get(*col).into_iter().flat_map(Datum::atoms) {
+                        if let Some(u) = a.as_uuid() {
+                            parents.insert(
+                                u.to_string(),
+                                NbParent {
+                                    table: t.to_string(),
+                                    key: key.clone(),
+                                    column: col.to_string(),
+                                },
+                            );
+                        }
+                    }
+                }
+            }
+        }
+        let mut rows = Vec::new();
+        for (uuid, (t, key)) in &keys {
+            let Some(row) = r.row(t, uuid) else { continue };
+            let columns = columns_of(t)
+                .iter()
+                .map(|c| (c.to_string(), to_val(r, t, c, row.get(*c), &keys)))
+                .collect();
+            rows.push(NbRow {
+                table: t.clone(),
+                key: key.clone(),
+                columns,
+                parent: parents.get(uuid).cloned(),
+            });
+        }
+        Owned {
+            rows,
+            uuids,
+            by_table,
+        }
+    }
+
+    fn row(&self, table: &str, key: &str) -> Option<&NbRow> {
+        self.rows.iter().find(|r| r.table == table && r.key == key)
+    }
+}
+
+fn atom_val(a: &Atom, keys: &BTreeMap<String, (String, String)>) -> NbVal {
+    match a {
+        Atom::Integer(i) => NbVal::Int(*i),
+        Atom::Boolean(b) => NbVal::Bool(*b),
+        Atom::String(s) => NbVal::Str(s.clone()),
+        Atom::Real(f) => NbVal::Str(f.to_string()),
+        Atom::Uuid(u) | Atom::NamedUuid(u) => match keys.get(u) {
+            Some((t, k)) => NbVal::reference(t, k),
+            None => NbVal::Uuid(u.clone()),
+        },
+    }
+}
+
+/// A column's value as the core writes it: maps as maps, sets (references among them) as
+/// sorted sets, scalars bare.
+fn to_val(
+    r: &Replica,
+    table: &str,
+    col: &str,
+    d: Option<&Datum>,
+    keys: &BTreeMap<String, (String, String)>,
+) -> NbVal {
+    let kind = r.kind(table, col);
+    match d {
+        Some(Datum::Map(m)) => NbVal::Map(
+            m.iter()
+                .filter_map(|(k, v)| Some((k.as_str()?.to_string(), v.as_str()?.to_string())))
+                .collect(),
+        ),
+        None if kind == ColumnKind::Map => NbVal::Map(BTreeMap::new()),
+        None if kind == ColumnKind::Scalar => r
+            .default_of(table, col)
+            .map_or(NbVal::Set(Vec::new()), |a| atom_val(a, keys)),
+        Some(Datum::Set(s)) if kind == ColumnKind::Set || ref_table(table, col).is_some() => {
+            NbVal::set(s.iter().map(|a| atom_val(a, keys)))
+        }
+        Some(Datum::Set(s)) => s
+            .iter()
+            .next()
+            .map_or(NbVal::Set(Vec::new()), |a| atom_val(a, keys)),
+        None => NbVal::Set(Vec::new()),
+    }
+}
+
+/// A core value as an OVSDB datum, references resolved by `refer`.
+fn to_datum(v: &NbVal, refer: &dyn Fn(&str, &str) -> Option<Atom>) -> Result<Datum, String> {
+    let atom = |v: &NbVal| -> Result<Atom, String> {
+        Ok(match v {
+            NbVal::Str(s) => Atom::String(s.clone()),
+            NbVal::Int(i) => Atom::Integer(*i),
+            NbVal::Bool(b) => Atom::Boolean(*b),
+            NbVal::Uuid(u) => Atom::Uuid(u.clone()),
+            NbVal::Ref { table, key } => {
+                refer(table, key).ok_or_else(|| format!("{table} {key}"))?
+            }
+            NbVal::Set(_) | NbVal::Map(_) => return Err("a nested value".into()),
+        })
+    };
+    Ok(match v {
+        NbVal::Set(items) => Datum::Set(items.iter().map(atom).collect::<Result<_, _>>()?),
+        NbVal::Map(m) => Datum::map(m.clone()),
+        other => Datum::atom(atom(other)?),
+    })
+}
+
+fn by_uuid(u: &str) -> Value {
+    json!([["_uuid", "==", ["uuid", u]]])
+}
+
+fn uuid_ref(a: &Atom) -> Value {
+    match a {
+        Atom::NamedUuid(n) => json!(["named-uuid", n]),
+        Atom::Uuid(u) => json!(["uuid", u]),
+        other => other.to_json(),
+    }
+}
+
+/// Carries out a plan's row changes as one transaction (see the module's comment).
+pub fn execute(remotes: &str, changes: &[&Change<NbRow>]) -> Result<(), NbError> {
+    with_client(remotes, |c| {
+        for _ in 0..TRIES {
+            let (ops, generation) = {
+                let r = c.replica();
+                (ops_for(&r, changes)?, r.generation)
+            };
+            let Some(ops) = ops else { return Ok(()) };
+            match c.transact(ops) {
+                Ok(_) => {
+                    // The replica shows the change before the next plan reads it.
+                    c.wait_until(Duration::from_secs(5), |r| r.generation != generation);
+                    return Ok(());
+                }
+                // A `wait` failed: another writer changed kvmnet's rows meanwhile.
+                Err(OvsdbError::Txn { error, .. }) if error == "timed out" => {
+                    let deadline = Instant::now() + Duration::from_secs(2);
+                    c.wait_until(deadline - Instant::now(), |r| r.generation != generation);
+                }
+                Err(source) => {
+                    return Err(NbError::Ovsdb {
+                        remote: remotes.to_string(),
+                        source,
+                    });
+                }
+            }
+        }
+        Err(NbError::Contended)
+    })
+}
+
+/// The operations that leave kvmnet's rows as `changes` mean them to be, from what the
+/// replica shows; `None` when it shows that already.
+fn ops_for(r: &Replica, changes: &[&Change<NbRow>]) -> Result<Option<Vec<Value>>, NbError> {
+    let owned = Owned::of(r);
+    // What the rows are to be: each change's result, over what is there.
+    let mut target: BTreeMap<(String, String), Option<&NbRow>> = BTreeMap::new();
+    for ch in changes {
+        let (row, keep) = match ch {
+            Change::Create(x) | Change::Update { to: x, .. } => (x, true),
+            Change::Delete(x) => (x, false),
+        };
+        target.insert((row.table.clone(), row.key.clone()), keep.then_some(row));
+    }
+    let mut inserts: Vec<&NbRow> = Vec::new();
+    let mut updates: Vec<(&NbRow, &NbRow)> = Vec::new();
+    let mut deletes: Vec<&NbRow> = Vec::new();
+    for ((t, k), want) in &target {
+        match (owned.row(t, k), want) {
+            (None, Some(w)) => inserts.push(w),
+            (Some(h), Some(w)) if h != *w => updates.push((h, w)),
+            (Some(h), None) => deletes.push(h),
+            _ => {}
+        }
+    }
+    if inserts.is_empty() && updates.is_empty() && deletes.is_empty() {
+        return Ok(None);
+    }
+    for w in &inserts {
+        if let Some(name) = w.name()
+            && r.table(&w.table).any(|(_, row)| {
+                key_of(row).is_none()
+                    && row
+                        .get("name")
+                        .and_then(Datum::single)
+                        .and_then(Atom::as_str)
+                        == Some(name)
+            })
+        {
+            return Err(NbError::Foreign {
+                table: w.table.clone(),
+                name: name.to_string(),
+            });
+        }
+    }
+    let named: BTreeMap<(String, String), String> = inserts
+        .iter()
+        .enumerate()
+        .map(|(i, w)| ((w.table.clone(), w.key.clone()), format!("row{i}")))
+        .collect();
+    let refer = |t: &str, k: &str| -> Option<Atom> {
+        let id = (t.to_string(), k.to_string());
+        if let Some(n) = named.get(&id) {
+            return Some(Atom::NamedUuid(n.clone()));
+        }
+        let gone = matches!(target.get(&id), Some(None));
+        owned
+            .uuids
+            .get(&id)
+            .filter(|_| !gone)
+            .map(|u| Atom::Uuid(u.clone()))
+    };
+    let mut ops = waits(&owned);
+    let dangling = |row: &NbRow, to: String| NbError::Dangling {
+        table: row.table.clone(),
+        key: row.key.clone(),
+        to,
+    };
+    for (i, w) in inserts.iter().enumerate() {
+        let mut row = serde_json::Map::new();
+        for (c, v) in &w.columns {
+            row.insert(
+                c.clone(),
+                to_datum(v, &refer).map_err(|to| dangling(w, to))?.to_json(),
+            );
+        }
+        row.insert(
+            "external_ids".into(),
+            Datum::map([(OWNER_KEY, OWNER), (KEY_KEY, w.key.as_str())]).to_json(),
+        );
+        ops.push(
+            json!({"op": "insert", "table": w.table, "row": row, "uuid-name": format!("row{i}")}),
+        );
+    }
+    for (h, w) in &updates {
+        let uuid = &owned.uuids[&(w.table.clone(), w.key.clone())];
+        let mut row = serde_json::Map::new();
+        for (c, v) in &w.columns {
+            if h.columns.get(c) != Some(v) {
+                row.insert(
+                    c.clone(),
+                    to_datum(v, &refer).map_err(|to| dangling(w, to))?.to_json(),
+                );
+            }
+        }
+        if !row.is_empty() {
+            ops.push(json!({"op": "update", "table": w.table, "where": by_uuid(uuid), "row": row}));
+        }
+    }
+    links(&owned, &refer, &inserts, &updates, &deletes, &mut ops)?;
+    for h in &deletes {
+        let uuid = &owned.uuids[&(h.table.clone(), h.key.clone())];
+        ops.push(json!({"op": "delete", "table": h.table, "where": by_uuid(uuid)}));
+    }
+    Ok(Some(ops))
+}
+
+/// One `wait` per table: kvmnet's rows there are the ones the replica shows.
+fn waits(owned: &Owned) -> Vec<Value> {
+    owned
+        .by_table
+        .iter()
+        .map(|(t, uuids)| {
+            let rows: Vec<Value> = uuids
+                .iter()
+                .map(|u| json!({"_uuid": ["uuid", u]}))
+                .collect();
+            json!({"op": "wait", "timeout": 0, "table": t,
+                "where": [["external_ids", "includes", ["map", [[OWNER_KEY, OWNER]]]]],
+                "columns": ["_uuid"], "until": "==", "rows": rows})
+        })
+        .collect()
+}
+
+/// Children joined to their parents and taken off them, by mutation: a parent's other
+/// children (another's ports on kvmnet's switch) stay.
+fn links(
+    owned: &Owned,
+    refer: &dyn Fn(&str, &str) -> Option<Atom>,
+    inserts: &[&NbRow],
+    updates: &[(&NbRow, &NbRow)],
+    deletes: &[&NbRow],
+    ops: &mut Vec<Value>,
+) -> Result<(), NbError> {
+    let mut join: Vec<(&NbParent, &NbRow)> = Vec::new();
+    let mut leave: Vec<(&NbParent, &NbRow)> = Vec::new();
+    for w in inserts {
+        if let Some(p) = &w.parent {
+            join.push((p, w));
+        }
+    }
+    for (h, w) in updates {
+        if h.parent != w.parent {
+            if let Some(p) = &h.parent {
+                leave.push((p, h));
+            }
+            if let Some(p) = &w.parent {
+                join.push((p, w));
+            }
+        }
+    }
+    for h in deletes {
+        if let Some(p) = &h.parent {
+            leave.push((p, h));
+        }
+    }
+    let mutate = |p: &NbParent, child: &NbRow, how: &str| -> Result<Option<Value>, NbError> {
+        debug_assert!(children_of(&p.table).contains(&p.column.as_str()));
+        let Some(parent) = refer(&p.table, &p.key) else {
+            // The parent goes too: its children go with it.
+            return Ok(None);
+        };
+        let me = refer(&child.table, &child.key).or_else(|| {
+            owned
+                .uuids
+                .get(&(child.table.clone(), child.key.clone()))
+                .map(|u| Atom::Uuid(u.clone()))
+        });
+        let me = me.ok_or_else(|| NbError::Dangling {
+            table: child.table.clone(),
+            key: child.key.clone(),
+            to: format!("{} {}", p.table, p.key),
+        })?;
+        let target = match &parent {
+            Atom::NamedUuid(n) => json!([["_uuid", "==", ["named-uuid", n]]]),
+            other => json!([["_uuid", "==", uuid_ref(other)]]),
+        };
+        Ok(Some(
+            json!({"op": "mutate", "table": p.table, "where": target,
+            "mutations": [[p.column, how, ["set", [uuid_ref(&me)]]]]}),
+        ))
+    };
+    for (p, c) in leave {
+        ops.extend(mutate(p, c, "delete")?);
+    }
+    for (p, c) in join {
+        ops.extend(mutate(p, c, "insert")?);
+    }
+    Ok(())
+}

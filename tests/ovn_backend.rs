@@ -1,0 +1,217 @@
+//! The OVN backend on a real two-chassis OVN (tests/common/ovn_lab.rs): one spec applied on
+//! each chassis writes the Northbound rows once and binds each VM's port where its `host`
+//! says. Guests on the two chassis ping and connect across the tunnel; OVN's DHCP gives a
+//! pool guest the address the plan picked and the overlay's MTU; the firewall's allowed port
+//! connects and another does not; a forged source is dropped; a row edited by hand is
+//! repaired; a failed apply leaves the Northbound database as it was; destroy leaves exactly
+//! the rows that were there before (a foreign switch among them).
+
+mod common;
+use common::*;
+#[path = "common/ovn_lab.rs"]
+mod ovn_lab;
+use ovn_lab::{OvnLab, ovn_present, wait_ping};
+
+/// Every Northbound row of the tables kvmnet writes, as `ovn-nbctl` lists them (UUIDs and
+/// volatile columns out): what must be byte-identical before an apply and after a destroy.
+fn nb_rows(lab: &OvnLab) -> String {
+    let mut out = String::new();
+    for t in [
+        "Logical_Switch",
+        "Logical_Switch_Port",
+        "DHCP_Options",
+        "Logical_Router",
+        "Logical_Router_Port",
+        "NAT",
+        "Port_Group",
+        "ACL",
+        "HA_Chassis_Group",
+    ] {
+        out.push_str(&format!(
+            "{t}: {}\n",
+            lab.nbctl(&format!("--bare --columns=_uuid,external_ids list {t}"))
+                .split_whitespace()
+                .collect::<Vec<_>>()
+                .join(" ")
+        ));
+    }
+    out
+}
+
+fn spec(lab: &OvnLab, a_ns: &str, b_ns: &str) -> String {
+    format!(
+        r#"version: 1
+ovn:
+  nb: {nb}
+  sb: {sb}
+  datapath: netdev
+  chassis:
+    hv1: {{ encap_ip: 172.31.0.1 }}
+    hv2: {{ encap_ip: 172.31.0.2 }}
+networks:
+  web:
+    backend: ovn
+    mode: routed
+    ipv4: 10.80.0.1/24
+    dhcp: {{ range: 10.80.0.100-10.80.0.200, dns: [10.80.0.1] }}
+vms:
+  a:
+    host: hv1
+    ports:
+      - network: web
+        name: ova
+        kind: veth
+        netns: {a_ns}
+        mac: "52:54:00:80:00:0a"
+        ipv4: 10.80.0.10
+        firewall: {{ inbound: {{ policy: drop, rules: [ {{ proto: tcp, ports: [22] }}, {{ proto: icmp }} ] }} }}
+  b:
+    host: hv2
+    ports:
+      - network: web
+        name: ovb
+        kind: veth
+        netns: {b_ns}
+        mac: "52:54:00:80:00:0b"
+        dhcp_client: true
+"#,
+        nb = lab.nb(),
+        sb = lab.sb(),
+    )
+}
+
+/// Binds a port kvmnet made on chassis `i` to br-int.
+fn attach(lab: &OvnLab, i: usize, port: &str) {
+    lab.vsctl(
+        i,
+        &format!("--may-exist add-port br-int {port} -- set interface {port} external_ids:iface-id={port}"),
+    );
+}
+
+#[test]
+fn one_spec_on_two_chassis() {
+    if !privileged() || !ovn_present() {
+        return;
+    }
+    let mut lab = OvnLab::start(2);
+    // Someone else's switch, there before kvmnet and after it.
+    lab.nbctl("ls-add foreign -- set logical_switch foreign external_ids:team=infra");
+    let before = nb_rows(&lab);
+    let a_ns = lab.ns.reserve("ova");
+    let b_ns = lab.ns.reserve("ovb");
+    let file = SpecFile::new(&spec(&lab, &a_ns, &b_ns));
+    let hv = |i: usize| lab.chassis[i - 1].ns.clone();
+    let kvm = |i: usize, args: &[&str]| {
+        let mut a: Vec<&str> = args.to_vec();
+        let ns = hv(i);
+        let ch = format!("hv{i}");
+        a.extend(["--netns", &ns, "--chassis", &ch]);
+        lab.ns.kvmnet(&a)
+    };
+    let okk = |i: usize, args: &[&str]| {
+        let o = kvm(i, args);
+        assert!(
+            o.status.success(),
+            "kvmnet {args:?} on hv{i}: {}\n{}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        );
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    };
+
+    // A failure injected after the last step: everything is undone, the Northbound
+    // transaction included.
+    let plan = okk(1, &["plan", file.path(), "--json"]);
+    let steps = serde_json::from_str::<serde_json::Value>(&plan).unwrap()["changes"]
+        .as_array()
+        .map_or(0, Vec::len);
+    let o = lab.ns.kvmnet_env(
+        &["apply", file.path(), "--netns", &hv(1), "--chassis", "hv1"],
+        &[("KVMNET_FAIL_AFTER", &steps.to_string())],
+    );
+    assert!(!o.status.success(), "an injected failure fails the apply");
+    assert_eq!(
+        nb_rows(&lab),
+        before,
+        "a rolled-back apply leaves NB as it was"
+    );
+
+    let first = okk(1, &["apply", file.path()]);
+    assert!(first.contains("ovn-switch web"), "{first}");
+    // The second chassis finds the rows made: only its own port is its change.
+    let second = okk(2, &["apply", file.path()]);
+    assert!(!second.contains("ovn-"), "NB rows are made once: {second}");
+    assert_eq!(
+        lab.nbctl("--bare --columns=name find Logical_Switch name=web")
+            .lines()
+            .filter(|l| !l.is_empty())
+            .count(),
+        1
+    );
+    attach(&lab, 1, "ova");
+    attach(&lab, 2, "ovb");
+    ok_in(&a_ns, "ethtool -K eth0 tx off >/dev/null");
+    ok_in(&b_ns, "ethtool -K eth0 tx off >/dev/null");
+    lab.wait_up("ova");
+    lab.wait_up("ovb");
+
+    // OVN's DHCP gives b the address the plan picked for it, and the overlay's MTU.
+    let picked = lab.nbctl("get Logical_Switch_Port ovb addresses");
+    let addr = picked
+        .split_whitespace()
+        .nth(1)
+        .expect("an address")
+        .trim_matches(|c| c == '[' || c == ']' || c == '"')
+        .to_string();
+    let script = lab.dir.join("udhcpc.sh");
+    std::fs::write(
+        &script,
+        format!(
+            "#!/bin/sh\n[ \"$1\" = bound ] || exit 0\nip addr add $ip/$mask dev $interface\necho \"ip=$ip mtu=$mtu router=$router\" > {}\n",
+            lab.dir.join("lease").display()
+        ),
+    )
+    .unwrap();
+    ok(&format!("chmod +x {}", script.display()));
+    ok_in(
+        &b_ns,
+        &format!(
+            "busybox udhcpc -f -q -n -t 5 -T 1 -i eth0 -O mtu -s {}",
+            script.display()
+        ),
+    );
+    let lease = std::fs::read_to_string(lab.dir.join("lease")).unwrap();
+    assert!(
+        lease.contains(&format!("ip={addr} mtu=1442 router=10.80.0.1")),
+        "OVN's DHCP answered {lease}, not {addr} with the overlay's MTU"
+    );
+
+    wait_ping(&b_ns, "10.80.0.10");
+    // The firewall: 22 is allowed in, 80 is not.
+    assert_eq!(tcp_source_seen(&a_ns, 22, &b_ns, "10.80.0.10", 22), addr);
+    assert_eq!(tcp_source_seen(&a_ns, 80, &b_ns, "10.80.0.10", 80), "");
+    // A forged source from b is dropped by port security, while its own address flows.
+    ok_in(&b_ns, "ip addr add 10.80.0.77/24 dev eth0");
+    assert!(
+        !in_ns(&b_ns, "ping -c2 -W1 -I 10.80.0.77 10.80.0.10")
+            .status
+            .success()
+    );
+    assert!(pings(&b_ns, "10.80.0.10"));
+
+    // Idempotent; a row changed by hand is put back.
+    assert!(okk(1, &["plan", file.path()]).contains("No changes"));
+    lab.nbctl("lsp-set-port-security ova");
+    let plan = okk(1, &["plan", file.path()]);
+    assert!(plan.contains("ovn-port ova"), "{plan}");
+    okk(1, &["apply", file.path()]);
+    assert!(okk(2, &["plan", file.path()]).contains("No changes"));
+
+    okk(2, &["destroy"]);
+    okk(1, &["destroy"]);
+    assert_eq!(
+        nb_rows(&lab),
+        before,
+        "destroy leaves exactly the rows that were there"
+    );
+}

@@ -35,6 +35,7 @@ fn engine(rate: u32) -> Engine {
                 "192.0.2.54".parse().unwrap(),
             ]),
             rate_limit: rate,
+            lease_ports: Vec::new(),
         }],
         1,
     );

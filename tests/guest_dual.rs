@@ -138,7 +138,7 @@ vms:
             assert_eq!(code, 0, "nslookup {q} {server}:\n{out}");
             answers(&out)
         };
-        assert_eq!(ask(&mut g, "guest.vm.test"), [ip4.clone()], "via {server}");
+        assert_eq!(ask(&mut g, "guest.vm.test"), [ip4.as_str()], "via {server}");
         let w = ask(&mut g, "web.vm.test");
         assert!(
             w.contains(&"198.51.100.10".to_string()) && w.contains(&"fd00:db8:67::10".to_string()),

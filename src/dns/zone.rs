@@ -34,6 +34,17 @@ fn live(until: Option<Instant>, now: Instant) -> bool {
     until.is_none_or(|u| u > now)
 }
 
+/// The leased values still live at `now`, with their TTLs.
+fn live_with_ttl<T: Clone>(
+    v: Option<&Until<T>>,
+    now: Instant,
+) -> impl Iterator<Item = (T, u32)> + '_ {
+    v.into_iter()
+        .flatten()
+        .filter(move |(_, u)| live(*u, now))
+        .map(move |(x, u)| (x.clone(), lease_ttl(*u, now)))
+}
+
 /// The TTL of a leased name: what is left of the lease, at most [`LOCAL_TTL`], at least
 /// 1 (0 would forbid caching the answer even for the query that asked).
 fn lease_ttl(until: Option<Instant>, now: Instant) -> u32 {
@@ -173,25 +184,13 @@ impl ZoneData {
     pub fn answer(&self, qname: &Name, qtype: RecordType, now: Instant) -> Option<LocalAnswer> {
         let apex = self.owner(qname)?;
         let mut answers = Vec::new();
-        let declared = |a: &IpAddr| (*a, LOCAL_TTL);
-        let leased =
-            |(a, u): &(IpAddr, Option<Instant>)| live(*u, now).then(|| (*a, lease_ttl(*u, now)));
         let addrs: Vec<(IpAddr, u32)> = (self.forward.get(qname).into_iter().flatten())
-            .map(declared)
-            .chain(
-                self.leased
-                    .get(qname)
-                    .into_iter()
-                    .flatten()
-                    .filter_map(leased),
-            )
+            .map(|a| (*a, LOCAL_TTL))
+            .chain(live_with_ttl(self.leased.get(qname), now))
             .collect();
         let ptrs: Vec<(Name, u32)> = (self.reverse.get(qname).into_iter().flatten())
             .map(|n| (n.clone(), LOCAL_TTL))
-            .chain(
-                (self.leased_reverse.get(qname).into_iter().flatten())
-                    .filter_map(|(n, u)| live(*u, now).then(|| (n.clone(), lease_ttl(*u, now)))),
-            )
+            .chain(live_with_ttl(self.leased_reverse.get(qname), now))
             .collect();
         for (a, ttl) in &addrs {
             let rdata = match (a, qtype) {

@@ -200,6 +200,11 @@ vms:
         short(&web, "AAAA pool1.vm.test").is_empty()
     });
     assert_eq!(
+        status(&web, &format!("-x {v6}")),
+        "NXDOMAIN",
+        "the prefix's reverse names stay here"
+    );
+    assert_eq!(
         short(&web, "pool1.vm.test"),
         ip1,
         "the IPv4 lease still counts"

@@ -30,6 +30,7 @@ fn engine(rate: u32) -> Engine {
             domain: Some("t".into()),
             names: big,
             subnets: vec!["10.0.0.1/16".parse().unwrap()],
+            subnets6: Vec::new(),
             forwarders: Some(vec![
                 "192.0.2.53".parse().unwrap(),
                 "192.0.2.54".parse().unwrap(),

@@ -61,7 +61,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use crate::spec::{Ipv4Cidr, Mac, Spec};
+use crate::spec::{Ipv4Cidr, Ipv6Cidr, Mac, Spec};
 use engine::Engine;
 
 /// What the service answers on one network.
@@ -77,6 +77,9 @@ pub struct Zone {
     pub names: Vec<(String, IpAddr)>,
     /// Subnets whose reverse names this zone answers (NXDOMAIN for unknown addresses).
     pub subnets: Vec<Ipv4Cidr>,
+    /// The IPv6 prefix likewise (ip6.arpa): pool and SLAAC addresses that name no one are
+    /// NXDOMAIN here, not asked upstream.
+    pub subnets6: Vec<Ipv6Cidr>,
     /// `None`: the host's resolvers.
     pub forwarders: Option<Vec<IpAddr>>,
     /// Queries per second per client.
@@ -143,6 +146,7 @@ pub fn zones(spec: &Spec) -> Vec<Zone> {
                 domain: dns.domain.clone(),
                 names: crate::spec::dns::names(spec, name),
                 subnets: net.ipv4.iter().copied().collect(),
+                subnets6: net.ipv6.iter().map(|v| v.prefix()).collect(),
                 forwarders: dns.forwarders.clone(),
                 rate_limit: dns.rate_limit,
                 lease_ports: lease_ports(spec, name, dns.domain.as_deref()),
@@ -513,6 +517,7 @@ impl FuzzServer {
                 domain: Some("fuzz.test".into()),
                 names: vec![("web1.fuzz.test.".into(), "10.0.0.10".parse().expect("addr"))],
                 subnets: vec!["10.0.0.1/24".parse().expect("net")],
+                subnets6: Vec::new(),
                 forwarders: Some(vec!["192.0.2.53".parse().expect("addr")]),
                 rate_limit: u32::MAX,
                 lease_ports: Vec::new(),

@@ -12,7 +12,7 @@ use hickory_proto::rr::rdata::{A, AAAA, PTR, SOA};
 use hickory_proto::rr::{Name, RData, Record, RecordType};
 
 use super::Zone;
-use crate::spec::{Ipv4Cidr, Mac};
+use crate::spec::{Ipv4Cidr, Ipv6Cidr, Mac};
 
 /// TTL of local answers: VMs come and go with the spec, and guests should notice soon.
 pub const LOCAL_TTL: u32 = 60;
@@ -73,6 +73,7 @@ pub struct ZoneData {
     /// The IPv4 subnets whose reverse names are this zone's (every address in them is
     /// answered here, NXDOMAIN when no one has it, so private addresses never leak out).
     subnets: Vec<Ipv4Cidr>,
+    subnets6: Vec<Ipv6Cidr>,
     serial: u32,
 }
 
@@ -113,6 +114,7 @@ impl ZoneData {
             leased: HashMap::new(),
             leased_reverse: HashMap::new(),
             subnets: z.subnets.clone(),
+            subnets6: z.subnets6.clone(),
             serial,
         };
         data.add_leases(z, leases);
@@ -174,6 +176,10 @@ impl ZoneData {
         }
         if self.reverse.contains_key(q) || self.leased_reverse.contains_key(q) {
             return Some(reverse_owner(q));
+        }
+        if let Some(v6) = reverse_v6(q) {
+            let net = self.subnets6.iter().find(|n| in_prefix(**n, v6))?;
+            return Some(Some(reverse_apex6(v6, *net)));
         }
         let v4 = reverse_v4(q)?;
         let net = self.subnets.iter().find(|n| n.contains(v4))?;
@@ -256,6 +262,44 @@ fn reverse_v4(q: &Name) -> Option<std::net::Ipv4Addr> {
     Some(std::net::Ipv4Addr::new(*a, *b, *c, *d))
 }
 
+/// The address a 32-nibble `...ip6.arpa.` name stands for.
+fn reverse_v6(q: &Name) -> Option<std::net::Ipv6Addr> {
+    let s = q.to_ascii().to_ascii_lowercase();
+    let rest = s.strip_suffix(".ip6.arpa.")?;
+    let nibbles: Vec<u32> = rest
+        .split('.')
+        .map(|p| (p.len() == 1).then(|| p.chars().next()?.to_digit(16))?)
+        .collect::<Option<_>>()?;
+    if nibbles.len() != 32 {
+        return None;
+    }
+    let bits = nibbles
+        .iter()
+        .rev()
+        .fold(0u128, |acc, n| (acc << 4) | u128::from(*n));
+    Some(std::net::Ipv6Addr::from(bits))
+}
+
+fn in_prefix(net: Ipv6Cidr, a: std::net::Ipv6Addr) -> bool {
+    Ipv6Cidr {
+        addr: a,
+        prefix: net.prefix,
+    }
+    .network()
+        == net.network()
+}
+
+/// The reverse zone of `a` in `net`: its nibbles down to the prefix (rounded up, so the
+/// zone stays inside the prefix).
+fn reverse_apex6(a: std::net::Ipv6Addr, net: Ipv6Cidr) -> Name {
+    let mut n = Name::from(a);
+    let drop = 32 - usize::from(net.prefix.div_ceil(4).clamp(1, 31));
+    for _ in 0..drop {
+        n = n.base_name();
+    }
+    n
+}
+
 /// The apex of a reverse name a record gave (the /24 or the /64 it sits in).
 fn reverse_owner(q: &Name) -> Option<Name> {
     let labels = usize::from(q.num_labels());
@@ -284,6 +328,7 @@ mod tests {
                 ("a.b.vm.test.".into(), "10.0.0.11".parse().unwrap()),
             ],
             subnets: vec!["10.0.0.1/24".parse().unwrap()],
+            subnets6: vec!["fd00::/64".parse().unwrap()],
             forwarders: None,
             rate_limit: 10,
             lease_ports: Vec::new(),
@@ -327,6 +372,18 @@ mod tests {
         let v6: std::net::Ipv6Addr = "fd00::50".parse().unwrap();
         let ptr6 = z.answer(&Name::from(v6), RecordType::PTR, now).unwrap();
         assert_eq!(ptr6.answers.len(), 1);
+        // Unknown addresses of the IPv6 prefix are NXDOMAIN under the prefix's reverse
+        // zone; others are not this zone's.
+        let v6: std::net::Ipv6Addr = "fd00::99".parse().unwrap();
+        let nx6 = z.answer(&Name::from(v6), RecordType::PTR, now).unwrap();
+        assert_eq!(nx6.rcode, ResponseCode::NXDomain);
+        assert_eq!(
+            nx6.authority[0].name,
+            n("0.0.0.0.0.0.0.0.0.0.0.0.0.0.d.f.ip6.arpa.")
+        );
+        let out6: std::net::Ipv6Addr = "2001:db8::1".parse().unwrap();
+        assert!(z.answer(&Name::from(out6), RecordType::PTR, now).is_none());
+        assert!(z.answer(&n("1.ip6.arpa."), RecordType::PTR, now).is_none());
         assert!(
             z.answer(&n("www.example.test."), RecordType::A, now)
                 .is_none()
@@ -356,6 +413,7 @@ mod tests {
             domain: Some("vm.test".into()),
             names: vec![("web1.vm.test.".into(), "10.0.0.10".parse().unwrap())],
             subnets: vec!["10.0.0.1/24".parse().unwrap()],
+            subnets6: vec!["fd00::/64".parse().unwrap()],
             forwarders: None,
             rate_limit: 10,
             lease_ports: vec![
@@ -440,6 +498,12 @@ mod tests {
             .answer(&n("101.0.0.10.in-addr.arpa."), RecordType::PTR, after)
             .unwrap();
         assert_eq!(ptr.rcode, ResponseCode::NXDomain);
+        let gone6 = lease_zone(&[lease(2, "fd00::1001", soon)]);
+        let v6: std::net::Ipv6Addr = "fd00::1001".parse().unwrap();
+        let ptr6 = gone6
+            .answer(&Name::from(v6), RecordType::PTR, after)
+            .unwrap();
+        assert_eq!(ptr6.rcode, ResponseCode::NXDomain);
         let only_v4 = lease_zone(&[lease(2, "10.0.0.101", soon)]);
         let gone = only_v4
             .answer(&n("pool1.vm.test."), RecordType::A, after)

@@ -31,7 +31,7 @@ use crate::statedir::StateDir;
 use crate::status;
 use crate::watch::Watch;
 use accepted::{Accepted, Origin};
-use services::{dhcp_thread, dns_thread};
+use services::{dhcp_thread, dns_thread, lease_source};
 
 /// The spec the daemon enforces now, and its record in the state directory.
 struct Active {
@@ -1027,7 +1027,8 @@ pub fn run(
     state_dir.tighten()?;
 
     // DNS on the gateways of networks with `dns` (same namespace, same way).
-    let dns_server = dns::Server::start(zones).map_err(EngineError::Dns)?;
+    let mut dns_server = dns::Server::start(zones).map_err(EngineError::Dns)?;
+    dns_server.set_lease_source(lease_source(&sh));
     *sh.dns.lock().expect("lock") = Some(dns_server.handle());
     let dns_sh = Arc::clone(&sh);
     let dns_thread = std::thread::spawn(move || dns_thread(dns_sh, dns_server));

@@ -44,3 +44,27 @@ pub(super) fn dns_thread(sh: Arc<Shared>, mut server: dns::Server) {
         }
     }
 }
+
+/// What the DNS service reads the leases from: the bound leases of both DHCP servers,
+/// MACs as the spec writes them (a record whose MAC does not parse names nothing).
+pub(super) fn lease_source(sh: &Arc<Shared>) -> dns::LeaseSource {
+    let sh = Arc::clone(sh);
+    Box::new(move || {
+        let v4 = sh.dhcp.lock().expect("lock").clone().map(|h| h.leases());
+        let v4 = v4.into_iter().flatten().filter(|l| l.state == "bound");
+        let v6 = sh.v6.leases().into_iter().flatten();
+        let v6 = v6.filter(|l| l.state == "bound");
+        let all = v4
+            .map(|l| (l.network, l.mac, std::net::IpAddr::V4(l.ip), l.expires_unix))
+            .chain(v6.map(|l| (l.network, l.mac, std::net::IpAddr::V6(l.ip), l.expires_unix)));
+        all.filter_map(|(network, mac, ip, expires_unix)| {
+            Some(dns::Leased {
+                network,
+                mac: mac.parse().ok()?,
+                ip,
+                expires_unix,
+            })
+        })
+        .collect()
+    })
+}

@@ -12,8 +12,8 @@ use hickory_proto::op::{Edns, Message, MessageType, OpCode, Query, ResponseCode}
 use hickory_proto::rr::{DNSClass, Record, RecordType};
 
 use super::cache::{Cache, Key};
-use super::zone::ZoneData;
-use super::{Client, Limits, NetworkCounters, Out, Stats, Via, Zone};
+use super::zone::{LeaseAt, ZoneData};
+use super::{Client, Leased, Limits, NetworkCounters, Out, Stats, Via, Zone};
 use crate::dhcp::limit::{Bucket, take};
 
 /// The UDP payload size kvmnet offers and asks for (the DNS flag day 2020 value: no IP
@@ -49,6 +49,9 @@ struct Pending {
 
 pub(crate) struct Engine {
     zones: Vec<ZoneState>,
+    /// The bound leases last handed over, kept for zones set later.
+    leases: Vec<LeaseAt>,
+    serial: u32,
     /// The host's resolvers, for zones without `forwarders`.
     host_resolvers: Vec<IpAddr>,
     cache: Cache,
@@ -73,6 +76,8 @@ impl Engine {
     pub fn new(limits: Limits, random: Box<dyn FnMut() -> u16 + Send>) -> Engine {
         Engine {
             zones: Vec::new(),
+            leases: Vec::new(),
+            serial: 0,
             host_resolvers: Vec::new(),
             cache: Cache::new(
                 limits.cache_entries,
@@ -92,6 +97,7 @@ impl Engine {
 
     /// Replaces the zones (counters of networks that stay are kept).
     pub fn set_zones(&mut self, zones: Vec<Zone>, serial: u32) {
+        self.serial = serial;
         let mut old: HashMap<String, NetworkCounters> = self
             .zones
             .drain(..)
@@ -100,11 +106,48 @@ impl Engine {
         self.zones = zones
             .into_iter()
             .map(|z| ZoneState {
-                data: ZoneData::new(&z, serial),
+                data: ZoneData::new(&z, serial, &self.leases),
                 counters: old.remove(&z.network).unwrap_or_default(),
                 zone: z,
             })
             .collect();
+    }
+
+    /// The DHCP servers' bound leases as they are at `now_unix` (wall clock) = `now`;
+    /// the zones' leased names follow. False when nothing changed.
+    pub fn set_leases(&mut self, leases: &[Leased], now_unix: u64, now: Instant) -> bool {
+        let at: Vec<LeaseAt> = leases
+            .iter()
+            .map(|l| LeaseAt {
+                network: l.network.clone(),
+                mac: l.mac,
+                ip: l.ip,
+                until: (l.expires_unix != u64::MAX).then(|| {
+                    let left = l.expires_unix.saturating_sub(now_unix);
+                    now + std::time::Duration::from_secs(left)
+                }),
+            })
+            .collect();
+        // The same leases a second later differ only in their `until` by the clocks'
+        // drift: not worth rebuilding the zones for.
+        let same = at.len() == self.leases.len()
+            && at.iter().zip(&self.leases).all(|(a, b)| {
+                (&a.network, a.mac, a.ip) == (&b.network, b.mac, b.ip)
+                    && match (a.until, b.until) {
+                        (Some(x), Some(y)) => {
+                            x.max(y) - x.min(y) < std::time::Duration::from_secs(2)
+                        }
+                        (x, y) => x == y,
+                    }
+            });
+        if same {
+            return false;
+        }
+        self.leases = at;
+        for z in &mut self.zones {
+            z.data = ZoneData::new(&z.zone, self.serial, &self.leases);
+        }
+        true
     }
 
     pub fn zones(&self) -> impl Iterator<Item = &Zone> {
@@ -194,7 +237,7 @@ impl Engine {
         }
         let waiter = w(q.clone());
         let zs = &mut self.zones[client.zone];
-        if let Some(a) = zs.data.answer(q.name(), q.query_type()) {
+        if let Some(a) = zs.data.answer(q.name(), q.query_type(), now) {
             zs.counters.local += 1;
             return vec![reply(
                 &waiter,

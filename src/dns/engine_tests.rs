@@ -30,11 +30,13 @@ fn engine(rate: u32) -> Engine {
             domain: Some("t".into()),
             names: big,
             subnets: vec!["10.0.0.1/16".parse().unwrap()],
+            subnets6: Vec::new(),
             forwarders: Some(vec![
                 "192.0.2.53".parse().unwrap(),
                 "192.0.2.54".parse().unwrap(),
             ]),
             rate_limit: rate,
+            lease_ports: Vec::new(),
         }],
         1,
     );
@@ -187,4 +189,58 @@ fn big_answers_are_truncated_over_udp_only() {
     let tcp = replies(&e.query(client(10, Via::Tcp(1)), &query("big.t.", 3, false), t));
     assert_eq!(tcp[0].answers.len(), 100);
     assert!(tcp[0].metadata.authoritative);
+}
+
+/// Leases handed over become names (their expiry converted from the wall clock to the
+/// engine's), survive new zones, and go when the next hand-over lacks them; the same
+/// leases again change nothing.
+#[test]
+fn leases_follow_the_hand_overs_and_survive_new_zones() {
+    use super::{LeasePort, Leased};
+    let mac = crate::spec::Mac([0x52, 0x54, 0, 0, 0, 7]);
+    let zone = |e: &mut Engine| {
+        let mut z: Vec<Zone> = e.zones().cloned().collect();
+        z[0].lease_ports = vec![LeasePort {
+            mac,
+            name: "pool7.t.".into(),
+            v4_declared: false,
+            v6_declared: false,
+        }];
+        e.set_zones(z, 2);
+    };
+    let (mut e, t) = (engine(1000), Instant::now());
+    zone(&mut e);
+    let ask = |e: &mut Engine, at: Instant| {
+        let out = e.query(client(10, Via::Udp(0)), &query("pool7.t.", 1, false), at);
+        let m = replies(&out).remove(0);
+        (
+            m.metadata.response_code,
+            m.answers.iter().map(|r| r.ttl).collect::<Vec<_>>(),
+        )
+    };
+    assert_eq!(ask(&mut e, t).0, ResponseCode::NXDomain);
+    let lease = Leased {
+        network: "n".into(),
+        mac,
+        ip: "10.0.0.150".parse().unwrap(),
+        expires_unix: 1_000_030,
+    };
+    assert!(e.set_leases(std::slice::from_ref(&lease), 1_000_000, t));
+    assert!(!e.set_leases(
+        std::slice::from_ref(&lease),
+        1_000_001,
+        t + Duration::from_secs(1)
+    ));
+    assert_eq!(ask(&mut e, t), (ResponseCode::NoError, vec![30]));
+    zone(&mut e);
+    assert_eq!(
+        ask(&mut e, t + Duration::from_secs(25)),
+        (ResponseCode::NoError, vec![5])
+    );
+    assert_eq!(
+        ask(&mut e, t + Duration::from_secs(31)).0,
+        ResponseCode::NXDomain
+    );
+    assert!(e.set_leases(&[], 1_000_002, t));
+    assert_eq!(ask(&mut e, t).0, ResponseCode::NXDomain);
 }

@@ -7,6 +7,8 @@
 //!   cache that honours TTLs and negative caching (RFC 2308), and forwards misses to the
 //!   network's `forwarders` (the host's own resolvers by default), joining identical
 //!   questions into one upstream query. Messages are read and written with hickory-proto.
+//! - Names of VMs whose ports take their addresses from a pool come from the DHCP servers'
+//!   leases ([`Leased`], handed over by the daemon once a second): see "Leased names".
 //! - [`Server`] runs it on one thread with `poll`: listeners per network, one connected UDP
 //!   socket per upstream attempt (a fresh source port and a random ID each: an off-path
 //!   forger has to guess both), TCP to the upstream when its UDP answer is truncated.
@@ -18,6 +20,24 @@
 //! for the gateway's address that arrives on any other interface (an uplink: Linux accepts
 //! any local address on any interface) matches no socket and is never answered; the
 //! guests' nftables rules allow port 53 to the gateway only on networks with `dns`.
+//!
+//! # Leased names
+//!
+//! A VM port without a declared address of a family gets one from the DHCPv4 (DHCPv6)
+//! pool; its VM answers as `VM.DOMAIN` with that address (A, AAAA) and the address's PTR
+//! names the VM, the way libvirt's dnsmasq does. Only the spec says which name a lease
+//! gets: the lease's MAC must be a port of that VM on that network (written or derived in
+//! the spec), and a name a client sends (DHCP option 12 or 81, DHCPv6's FQDN) is never
+//! used, so a guest cannot claim another VM's name. On guarded ports the bridge holds a
+//! guest to its own MAC, so a lease names the port it came from. A VM with a declared
+//! address of a family keeps it: its leases of that family give no name.
+//!
+//! Only bound leases count, until they expire, are released or move: the daemon hands
+//! the servers' current leases over once a second, and the engine drops a lease at its
+//! expiry even between hand-overs. Their TTL is the lease's remaining time capped at
+//! [`zone::LOCAL_TTL`]: a resolver must not keep an address past the lease that gave
+//! it (another guest may get it next), and a renewal to another address or a release
+//! shows within a minute.
 //!
 //! # Fairness
 //!
@@ -41,7 +61,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use crate::spec::{Ipv4Cidr, Spec};
+use crate::spec::{Ipv4Cidr, Ipv6Cidr, Mac, Spec};
 use engine::Engine;
 
 /// What the service answers on one network.
@@ -57,10 +77,56 @@ pub struct Zone {
     pub names: Vec<(String, IpAddr)>,
     /// Subnets whose reverse names this zone answers (NXDOMAIN for unknown addresses).
     pub subnets: Vec<Ipv4Cidr>,
+    /// The IPv6 prefix likewise (ip6.arpa): pool and SLAAC addresses that name no one are
+    /// NXDOMAIN here, not asked upstream.
+    pub subnets6: Vec<Ipv6Cidr>,
     /// `None`: the host's resolvers.
     pub forwarders: Option<Vec<IpAddr>>,
     /// Queries per second per client.
     pub rate_limit: u32,
+    /// The ports on the network whose leases give their VM a name.
+    pub lease_ports: Vec<LeasePort>,
+}
+
+/// A port whose leased addresses answer for its VM's name.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LeasePort {
+    pub mac: Mac,
+    /// The VM's fully qualified name (`VM.DOMAIN.`).
+    pub name: String,
+    /// The VM has a declared address of the family on this network: it wins, leases of
+    /// that family give no name.
+    pub v4_declared: bool,
+    pub v6_declared: bool,
+}
+
+/// An address a DHCP server has bound (state `bound`; not offered, released, declined).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Leased {
+    pub network: String,
+    pub mac: Mac,
+    pub ip: IpAddr,
+    /// Unix seconds; `u64::MAX`: infinite.
+    pub expires_unix: u64,
+}
+
+/// The ports of `network` whose leases name their VM: every port of a VM on it (its MAC
+/// from the spec), with whether that VM declares an address of each family there. Pure.
+fn lease_ports(spec: &Spec, network: &str, domain: Option<&str>) -> Vec<LeasePort> {
+    let mut out = Vec::new();
+    for vm in spec.vms.values() {
+        let ports: Vec<_> = vm.ports.iter().filter(|p| p.network == network).collect();
+        let v4_declared = ports.iter().any(|p| p.ipv4.is_some());
+        let v6_declared = ports.iter().any(|p| p.ipv6.is_some());
+        let name = crate::spec::dns::qualify(&vm.name, domain);
+        out.extend(ports.iter().map(|p| LeasePort {
+            mac: p.mac,
+            name: name.clone(),
+            v4_declared,
+            v6_declared,
+        }));
+    }
+    out
 }
 
 /// The zones a spec asks for: networks with `dns` and a gateway. Pure; by network name.
@@ -80,8 +146,10 @@ pub fn zones(spec: &Spec) -> Vec<Zone> {
                 domain: dns.domain.clone(),
                 names: crate::spec::dns::names(spec, name),
                 subnets: net.ipv4.iter().copied().collect(),
+                subnets6: net.ipv6.iter().map(|v| v.prefix()).collect(),
                 forwarders: dns.forwarders.clone(),
                 rate_limit: dns.rate_limit,
+                lease_ports: lease_ports(spec, name, dns.domain.as_deref()),
             })
         })
         .collect()
@@ -236,16 +304,23 @@ fn random_id() -> u16 {
     u16::from_ne_bytes(b)
 }
 
-fn serial() -> u32 {
-    let s = std::time::SystemTime::now()
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs());
-    s as u32
+        .map_or(0, |d| d.as_secs())
 }
+
+fn serial() -> u32 {
+    unix_now() as u32
+}
+
+/// Where the service reads the DHCP servers' bound leases from (the daemon's handles).
+pub type LeaseSource = Box<dyn FnMut() -> Vec<Leased> + Send>;
 
 /// A running DNS service. Create it in the network namespace whose bridges it serves.
 pub struct Server {
     shared: Arc<Mutex<Engine>>,
+    leases: Option<LeaseSource>,
     sockets: net::Sockets,
     resolv: resolv::Watch,
     last_tick: Instant,
@@ -287,6 +362,7 @@ impl Server {
         engine.stats.listeners_waiting = sockets.waiting();
         let mut s = Server {
             shared: Arc::new(Mutex::new(engine)),
+            leases: None,
             sockets,
             resolv,
             last_tick: Instant::now(),
@@ -306,6 +382,21 @@ impl Server {
         lock(&self.shared).limits = limits;
     }
 
+    /// Read bound leases from `source` now and once a second from now on: VM ports with
+    /// pool addresses answer by name (see "Leased names" above).
+    pub fn set_lease_source(&mut self, source: LeaseSource) {
+        self.leases = Some(source);
+        self.pull_leases();
+    }
+
+    fn pull_leases(&mut self) {
+        if let Some(f) = &mut self.leases {
+            let leases = f();
+            let now_unix = unix_now();
+            lock(&self.shared).set_leases(&leases, now_unix, Instant::now());
+        }
+    }
+
     /// Replaces the zones (spec re-applied): listeners of removed networks close, new ones
     /// open. Call it on the thread that runs [`Server::run`] (the sockets go into its
     /// namespace).
@@ -316,6 +407,7 @@ impl Server {
         e.stats.listeners_waiting = self.sockets.waiting();
         drop(e);
         self.report(r.err());
+        self.pull_leases();
     }
 
     fn report(&mut self, err: Option<DnsError>) {
@@ -373,6 +465,7 @@ impl Server {
     /// resolvers re-read when `/etc/resolv.conf` changed.
     fn tick(&mut self) {
         self.last_tick = Instant::now();
+        self.pull_leases();
         let now = Instant::now();
         let zones: Vec<Zone> = {
             let mut e = lock(&self.shared);
@@ -424,8 +517,10 @@ impl FuzzServer {
                 domain: Some("fuzz.test".into()),
                 names: vec![("web1.fuzz.test.".into(), "10.0.0.10".parse().expect("addr"))],
                 subnets: vec!["10.0.0.1/24".parse().expect("net")],
+                subnets6: Vec::new(),
                 forwarders: Some(vec!["192.0.2.53".parse().expect("addr")]),
                 rate_limit: u32::MAX,
+                lease_ports: Vec::new(),
             }],
             1,
         );

@@ -2,8 +2,11 @@
 //!
 //! - [`ovsdb`]: the OVSDB protocol (RFC 7047) kvmnet speaks to the Northbound database and
 //!   to each chassis's Open_vSwitch database.
+//! - [`chassis`]: this host's Open_vSwitch database made an OVN chassis (external_ids,
+//!   br-int, br-ex, VM ports), borrowing what it does not own.
 //! - [`owned`]: kvmnet's rows, marked in `external_ids`, made to match what is wanted
 //!   without touching anyone else's, and without duplicates when two hosts apply at once.
 
+pub mod chassis;
 pub mod ovsdb;
 pub mod owned;

@@ -9,7 +9,8 @@
 //! operator and ovn-controller left (a foreign `external_ids` key, a foreign bridge, a
 //! foreign port on a `br-int` ovn-controller made) is untouched by converge and by remove;
 //! a converged chassis converges again with no step and no transaction (counted in the
-//! database's own log); remove restores the borrowed keys exactly (a prior `ovn-encap-ip`
+//! database's own log); two appliers converging one chassis at once both succeed without
+//! duplicating anything; remove restores the borrowed keys exactly (a prior `ovn-encap-ip`
 //! back, keys that did not exist deleted) and takes away the bridge kvmnet made.
 
 mod common;
@@ -84,17 +85,11 @@ fn view(lab: &OvnLab, i: usize) -> String {
     v
 }
 
-#[test]
-fn bare_chassis_converged_bound_and_given_back() {
-    if !privileged() || !ovn_present() {
-        return;
-    }
-    let mut lab = OvnLab::start_bare(2);
+/// hv1 as a host with OVN installed and in use by someone else too: ovn-controller
+/// running (it makes br-int), a foreign port on br-int, a foreign bridge, a foreign key,
+/// and an ovn-encap-ip from an earlier setup. Returns both chassis's views.
+fn foreign_setup(lab: &mut OvnLab) -> [String; 2] {
     let hv1 = lab.chassis[0].ns.clone();
-
-    // hv1 as a host with OVN installed and in use by someone else too: ovn-controller
-    // running (it makes br-int), a foreign port on br-int, a foreign bridge, a foreign key,
-    // and an ovn-encap-ip from an earlier setup.
     lab.start_controller(1);
     lab.vsctl(1, "--timeout=10 wait-until Bridge br-int");
     ok_in(
@@ -107,8 +102,13 @@ fn bare_chassis_converged_bound_and_given_back() {
          -- add-port br-int fp0 -- set interface fp0 external_ids:iface-id=someone-else \
          -- add-br br-foreign -- set bridge br-foreign datapath_type=netdev -- add-port br-foreign fx0",
     );
-    let before = [view(&lab, 1), view(&lab, 2)];
+    [view(lab, 1), view(lab, 2)]
+}
 
+/// Guests vm1 and vm3 on hv1, vm2 on hv2; hv1's uplink ext0 to an external namespace; in NB,
+/// switch ls1 (vm1, vm2) and switch ext (vm3 and a localnet port on physnet kvmnet-ext).
+fn guests(lab: &mut OvnLab) -> [String; 3] {
+    let hv1 = lab.chassis[0].ns.clone();
     let vm1 = lab.guest(1, "vm1", "00:00:00:00:02:01", "10.0.0.11/24");
     let vm2 = lab.guest(2, "vm2", "00:00:00:00:02:02", "10.0.0.12/24");
     let vm3 = lab.guest(1, "vm3", "00:00:00:00:02:03", "192.0.2.10/24");
@@ -128,6 +128,69 @@ fn bare_chassis_converged_bound_and_given_back() {
          -- lsp-add ext ln -- lsp-set-type ln localnet -- lsp-set-addresses ln unknown \
          -- lsp-set-options ln network_name=kvmnet-ext",
     );
+    [vm1, vm2, vm3]
+}
+
+/// Two appliers converge hv2 at once (two hosts applying one spec, say): both succeed and
+/// hv2 holds one br-int and one port, where without the `wait`s the later transaction would
+/// insert them again and fail on the names' uniqueness. `o2` gets what either recorded.
+fn converge_concurrently(lab: &OvnLab, w2: &ChassisWanted, o2: &mut ChassisOriginals) {
+    let (c2, c2b) = (connect(lab, 2), connect(lab, 2));
+    let twice = std::thread::scope(|s| {
+        let other = s.spawn(|| {
+            let mut o = ChassisOriginals::default();
+            chassis::converge(&c2b, OWNER, w2, &mut o).map(|_| o)
+        });
+        let mine = chassis::converge(&c2, OWNER, w2, o2);
+        (mine, other.join().unwrap())
+    });
+    let (Ok(_), Ok(other)) = twice else {
+        panic!("{twice:?}");
+    };
+    for (k, v) in other.external_ids {
+        o2.external_ids.entry(k).or_insert(v);
+    }
+    assert_eq!(
+        lab.vsctl(2, "--bare --columns=name find Port name=p-vm2")
+            .trim(),
+        "p-vm2"
+    );
+    assert_eq!(lab.vsctl(2, "list-br").split_whitespace().count(), 2);
+}
+
+/// Both chassis register with their tunnel endpoints; ports bind; guests ping across; the
+/// gateway chassis's br-ex holds the uplink, the physnet maps to it, and a guest on a
+/// localnet switch reaches the external network.
+fn check_bound(lab: &OvnLab, [vm1, vm2, vm3]: &[String; 3]) {
+    for c in ["hv1", "hv2"] {
+        lab.sbctl(&format!("wait-until Chassis {c}"));
+    }
+    let encaps = lab.sbctl("--bare --columns=chassis_name,ip list Encap");
+    for (c, ip) in [("hv1", "172.31.0.1"), ("hv2", "172.31.0.2")] {
+        let pair = format!("{c}\n{ip}");
+        assert!(encaps.contains(&pair), "{pair} not in {encaps}");
+    }
+    for vm in ["vm1", "vm2", "vm3"] {
+        lab.wait_up(vm);
+    }
+    wait_ping(vm1, "10.0.0.12");
+    assert!(pings(vm2, "10.0.0.11"));
+    assert_eq!(ports(lab, 1, "br-ex"), ["ext0"]);
+    assert_eq!(
+        get(lab, "Open_vSwitch . external_ids:ovn-bridge-mappings"),
+        "\"kvmnet-ext:br-ex\""
+    );
+    wait_ping(vm3, "192.0.2.254");
+}
+
+#[test]
+fn bare_chassis_converged_bound_and_given_back() {
+    if !privileged() || !ovn_present() {
+        return;
+    }
+    let mut lab = OvnLab::start_bare(2);
+    let before = foreign_setup(&mut lab);
+    let vms = guests(&mut lab);
 
     let w1 = wanted(&lab, 1, &["vm1", "vm3"], Some("ext0"));
     let w2 = wanted(&lab, 2, &["vm2"], None);
@@ -158,7 +221,7 @@ fn bare_chassis_converged_bound_and_given_back() {
 
     let done = chassis::converge(&c1, OWNER, &w1, &mut o1).unwrap();
     assert_eq!(done, s1);
-    chassis::converge(&c2, OWNER, &w2, &mut o2).unwrap();
+    converge_concurrently(&lab, &w2, &mut o2);
     // hv2's ovn-controller starts after kvmnet made its br-int (a host being set up).
     lab.start_controller(2);
     assert_eq!(
@@ -167,29 +230,7 @@ fn bare_chassis_converged_bound_and_given_back() {
     );
     assert_eq!(o1.external_ids.get("system-id"), Some(&None));
     assert!(!o1.external_ids.contains_key("site"));
-
-    // Both chassis register with their tunnel endpoints; ports bind; guests ping across.
-    for c in ["hv1", "hv2"] {
-        lab.sbctl(&format!("wait-until Chassis {c}"));
-    }
-    let encaps = lab.sbctl("--bare --columns=chassis_name,ip list Encap");
-    for (c, ip) in [("hv1", "172.31.0.1"), ("hv2", "172.31.0.2")] {
-        let pair = format!("{c}\n{ip}");
-        assert!(encaps.contains(&pair), "{pair} not in {encaps}");
-    }
-    for vm in ["vm1", "vm2", "vm3"] {
-        lab.wait_up(vm);
-    }
-    wait_ping(&vm1, "10.0.0.12");
-    assert!(pings(&vm2, "10.0.0.11"));
-    // The gateway chassis: br-ex holds the uplink, the physnet maps to it, and a guest on a
-    // localnet switch reaches the external network.
-    assert_eq!(ports(&lab, 1, "br-ex"), ["ext0"]);
-    assert_eq!(
-        get(&lab, "Open_vSwitch . external_ids:ovn-bridge-mappings"),
-        "\"kvmnet-ext:br-ex\""
-    );
-    wait_ping(&vm3, "192.0.2.254");
+    check_bound(&lab, &vms);
 
     // What is not kvmnet's is as it was.
     assert_eq!(ports(&lab, 1, "br-foreign"), ["fx0"]);

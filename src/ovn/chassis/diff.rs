@@ -11,6 +11,7 @@ use crate::ovn::owned::OWNER_KEY;
 
 /// The steps, the operations (the `waits` first ones are preconditions), and the originals
 /// as they are once the operations are committed.
+#[derive(Debug)]
 pub struct Diff {
     pub steps: Vec<String>,
     pub ops: Vec<Value>,

@@ -9,7 +9,8 @@
 //! operator and ovn-controller left (a foreign `external_ids` key, a foreign bridge, a
 //! foreign port on a `br-int` ovn-controller made) is untouched by converge and by remove;
 //! a converged chassis converges again with no step and no transaction (counted in the
-//! database's own log); two appliers converging one chassis at once both succeed without
+//! database's own log); a port whose interface does not exist is reported and a port no
+//! longer wanted removed; two appliers converging one chassis at once both succeed without
 //! duplicating anything; remove restores the borrowed keys exactly (a prior `ovn-encap-ip`
 //! back, keys that did not exist deleted) and takes away the bridge kvmnet made.
 
@@ -183,6 +184,31 @@ fn check_bound(lab: &OvnLab, [vm1, vm2, vm3]: &[String; 3]) {
     wait_ping(vm3, "192.0.2.254");
 }
 
+/// A port whose interface the kernel side did not make is reported; a port of kvmnet's no
+/// longer wanted is taken off br-int.
+fn missing_interface_reported(lab: &OvnLab, w2: &ChassisWanted, o2: &mut ChassisOriginals) {
+    let c2 = connect(lab, 2);
+    let errors = |r: &kvmnet::ovn::ovsdb::Replica| chassis::port_errors(r, OWNER).unwrap();
+    assert_eq!(errors(&c2.replica()), Vec::<String>::new());
+    let mut w = w2.clone();
+    w.ports.push(ChassisPort {
+        ifname: "p-absent".into(),
+        iface_id: "absent".into(),
+    });
+    chassis::converge(&c2, OWNER, &w, o2).unwrap();
+    c2.wait_until(Duration::from_secs(10), |r| !errors(r).is_empty());
+    let e = errors(&c2.replica());
+    assert!(
+        e.len() == 1 && e[0].contains("p-absent") && e[0].contains("No such device"),
+        "{e:?}"
+    );
+    assert_eq!(
+        chassis::converge(&c2, OWNER, w2, o2).unwrap(),
+        ["ovs: remove port p-absent from br-int"]
+    );
+    assert_eq!(ports(lab, 2, "br-int"), ["p-vm2"]);
+}
+
 #[test]
 fn bare_chassis_converged_bound_and_given_back() {
     if !privileged() || !ovn_present() {
@@ -231,6 +257,7 @@ fn bare_chassis_converged_bound_and_given_back() {
     assert_eq!(o1.external_ids.get("system-id"), Some(&None));
     assert!(!o1.external_ids.contains_key("site"));
     check_bound(&lab, &vms);
+    missing_interface_reported(&lab, &w2, &mut o2);
 
     // What is not kvmnet's is as it was.
     assert_eq!(ports(&lab, 1, "br-foreign"), ["fx0"]);

@@ -383,6 +383,7 @@ fn ports_diff(
             return Err(ChassisError::ForeignPort {
                 port: p.name.clone(),
                 bridge: s.bridge.clone(),
+                owner: s.owner.clone(),
             });
         }
         if s.bridge.as_deref() != Some(p.bridge.as_str()) {

@@ -61,12 +61,15 @@ pub enum ChassisError {
     )]
     NoRoot,
     #[error(
-        "port {port:?} exists{} and is not kvmnet's (no external_ids:kvmnet-owner): rename the VM port, or remove the other port by hand",
-        bridge.as_deref().map(|b| format!(" on bridge {b}")).unwrap_or_default()
+        "port {port:?} exists{} and is not this spec's ({}): rename the VM port, or remove the other port by hand",
+        bridge.as_deref().map(|b| format!(" on bridge {b}")).unwrap_or_default(),
+        owner.as_deref().map(|o| format!("external_ids:kvmnet-owner is {o}")).unwrap_or_else(|| "no external_ids:kvmnet-owner".into())
     )]
     ForeignPort {
         port: String,
         bridge: Option<String>,
+        /// Another kvmnet spec's mark, if it has one.
+        owner: Option<String>,
     },
     #[error("chassis setting {field}: {why}")]
     Invalid { field: String, why: String },
@@ -187,6 +190,7 @@ pub fn steps(
     wanted: &ChassisWanted,
     originals: &ChassisOriginals,
 ) -> Result<Vec<String>, ChassisError> {
+    validate(wanted)?;
     let obs = observed::Observed::read(replica)?;
     Ok(diff::diff(&obs, owner, Some(wanted), originals)?.steps)
 }
@@ -199,6 +203,22 @@ pub fn removal_steps(
 ) -> Result<Vec<String>, ChassisError> {
     let obs = observed::Observed::read(replica)?;
     Ok(diff::diff(&obs, owner, None, originals)?.steps)
+}
+
+/// Problems ovs-vswitchd reports with kvmnet's ports (`owner`'s), one line each, such as an
+/// interface it could not open (`could not open network device tap-x (No such device)`:
+/// the kernel side did not make it). Empty when it reports none.
+pub fn port_errors(replica: &Replica, owner: &str) -> Result<Vec<String>, ChassisError> {
+    let obs = observed::Observed::read(replica)?;
+    Ok(obs
+        .ports
+        .iter()
+        .filter(|(_, p)| p.owner.as_deref() == Some(owner))
+        .filter_map(|(name, p)| {
+            let e = p.iface_error.as_ref()?;
+            Some(format!("ovs: port {name}: {e}"))
+        })
+        .collect())
 }
 
 /// Makes the chassis's database what `wanted` says (the client from [`connect`]). Records

@@ -25,7 +25,7 @@ pub const MONITORED: &[(&str, &[&str])] = &[
         ],
     ),
     ("Port", &["name", "interfaces", "external_ids"]),
-    ("Interface", &["name", "type", "external_ids"]),
+    ("Interface", &["name", "type", "external_ids", "error"]),
 ];
 
 #[derive(Clone, Debug)]
@@ -50,6 +50,8 @@ pub struct PortSeen {
     pub ovn_made: bool,
     /// The `iface-id` of its interface named like the port, and that interface's UUID.
     pub iface: Option<(String, Option<String>)>,
+    /// What ovs-vswitchd says is wrong with that interface (its `error` column).
+    pub iface_error: Option<String>,
     pub interfaces_datum: Datum,
     pub external_ids_datum: Datum,
 }
@@ -142,8 +144,10 @@ impl Observed {
             let ids = string_map(p.get("external_ids"));
             let iface = uuids(p.get("interfaces")).into_iter().find_map(|i| {
                 let row = r.row("Interface", &i)?;
-                (text(row, "name").as_deref() == Some(name.as_str()))
-                    .then(|| (i.clone(), string_map(row.get("external_ids"))))
+                (text(row, "name").as_deref() == Some(name.as_str())).then(|| {
+                    let ids = string_map(row.get("external_ids"));
+                    (i.clone(), ids, text(row, "error"))
+                })
             });
             obs.ports.insert(
                 name,
@@ -152,7 +156,8 @@ impl Observed {
                     owner: ids.get(OWNER_KEY).cloned(),
                     bridge: holder.get(uuid).cloned(),
                     ovn_made: ids.keys().any(|k| k.starts_with("ovn-")),
-                    iface: iface.map(|(u, ids)| (u, ids.get(IFACE_ID).cloned())),
+                    iface_error: iface.as_ref().and_then(|(_, _, e)| e.clone()),
+                    iface: iface.map(|(u, ids, _)| (u, ids.get(IFACE_ID).cloned())),
                     interfaces_datum: column(p, "interfaces", ColumnKind::Set),
                     external_ids_datum: column(p, "external_ids", ColumnKind::Map),
                 },

@@ -245,8 +245,10 @@ fn bare_chassis_converged_bound_and_given_back() {
     assert_eq!(kvmnet_commits(&lab, 1) + kvmnet_commits(&lab, 2), 0);
     assert_eq!([view(&lab, 1), view(&lab, 2)], before);
 
+    let planned = chassis::plan(&c1.replica(), OWNER, &w1, &o1).unwrap();
     let done = chassis::converge(&c1, OWNER, &w1, &mut o1).unwrap();
     assert_eq!(done, s1);
+    assert_eq!(planned.originals, o1);
     converge_concurrently(&lab, &w2, &mut o2);
     // hv2's ovn-controller starts after kvmnet made its br-int (a host being set up).
     lab.start_controller(2);

@@ -8,7 +8,7 @@
 //!   `ovn-bridge-datapath-type`, and `ovn-bridge-mappings` on a gateway chassis), `br-int`,
 //!   `br-ex` with the uplink on a gateway chassis, and the VM ports (existing kernel
 //!   interfaces) to attach to `br-int` with `external_ids:iface-id`.
-//! - [`steps`] / [`removal_steps`] say what [`converge`] / [`remove`] would change, as
+//! - [`plan`] (and [`steps`]) / [`removal_steps`] say what [`converge`] / [`remove`] would change, as
 //!   human-readable lines (empty: nothing to do). Pure: they read a [`Replica`].
 //! - [`converge`] makes the database match in one transaction, its first operations `wait`s
 //!   that what the diff read is unchanged: a concurrent writer makes it read again and retry
@@ -183,16 +183,40 @@ pub fn connect(remotes: &[Remote], timeout: Duration) -> Result<Client, ChassisE
     Ok(client)
 }
 
-/// What [`converge`] would change, one line per change; empty when the chassis matches.
+/// What [`converge`] would do, read from the replica without changing anything.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ChassisPlan {
+    /// One line per change; empty when the chassis matches.
+    pub steps: Vec<String>,
+    /// `originals` as they will be once the steps are applied (the prior values of the keys
+    /// they change recorded, those given back forgotten): store this before converging, so
+    /// that a crash midway cannot lose a prior value.
+    pub originals: ChassisOriginals,
+}
+
+pub fn plan(
+    replica: &Replica,
+    owner: &str,
+    wanted: &ChassisWanted,
+    originals: &ChassisOriginals,
+) -> Result<ChassisPlan, ChassisError> {
+    validate(wanted)?;
+    let obs = observed::Observed::read(replica)?;
+    let d = diff::diff(&obs, owner, Some(wanted), originals)?;
+    Ok(ChassisPlan {
+        steps: d.steps,
+        originals: d.originals,
+    })
+}
+
+/// [`plan`]'s steps.
 pub fn steps(
     replica: &Replica,
     owner: &str,
     wanted: &ChassisWanted,
     originals: &ChassisOriginals,
 ) -> Result<Vec<String>, ChassisError> {
-    validate(wanted)?;
-    let obs = observed::Observed::read(replica)?;
-    Ok(diff::diff(&obs, owner, Some(wanted), originals)?.steps)
+    plan(replica, owner, wanted, originals).map(|p| p.steps)
 }
 
 /// What [`remove`] would change; empty when nothing of kvmnet's is left.
@@ -224,9 +248,8 @@ pub fn port_errors(replica: &Replica, owner: &str) -> Result<Vec<String>, Chassi
 /// Makes the chassis's database what `wanted` says (the client from [`connect`]). Records
 /// into `originals` the prior values of the keys it changes, and forgets those it gave back:
 /// store it afterwards, whether this succeeded or not (and, to survive a crash in between,
-/// also before: [`steps`] changes nothing, but the originals a run will record are the
-/// current values of the keys it lists). Returns the steps it applied (empty: nothing had
-/// to change).
+/// [`plan`]'s `originals` before). Returns the steps it applied (empty: nothing had to
+/// change).
 pub fn converge(
     client: &Client,
     owner: &str,

@@ -4,9 +4,12 @@
 //!   to each chassis's Open_vSwitch database.
 //! - [`nb`]: kvmnet's Northbound rows read as the core's rows, and a plan's row changes
 //!   written as one transaction.
+//! - [`chassis`]: this host's Open_vSwitch database made an OVN chassis (external_ids,
+//!   br-int, br-ex, VM ports), borrowing what it does not own.
 //! - [`owned`]: kvmnet's rows, marked in `external_ids`, made to match what is wanted
 //!   without touching anyone else's, and without duplicates when two hosts apply at once.
 
+pub mod chassis;
 pub mod nb;
 pub mod ovsdb;
 pub mod owned;

@@ -10,6 +10,12 @@
 //! underlay port, with the peers' MACs pinned (`tnl/arp/set`) so no first packet is lost;
 //! the underlay's MTU is 1600 so Geneve's 58 bytes fit under a 1500-byte guest MTU; guest
 //! veth ends need `tx off`, since the netdev datapath forwards partial checksums unfilled.
+//!
+//! [`OvnLab::start`] configures each chassis for OVN the way an operator's `ovs-vsctl` would
+//! (`external_ids`, `br-int`); [`OvnLab::start_bare`] leaves that out, for tests of the code
+//! that does it, and starts no ovn-controller until [`OvnLab::start_controller`] (which on
+//! a bare chassis makes `br-int` at once, as it does on a freshly installed host).
+#![allow(dead_code)]
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -65,8 +71,20 @@ fn wait_for(what: &str, timeout: Duration, mut ready: impl FnMut() -> bool) {
 }
 
 impl OvnLab {
-    /// Central databases and northd, and `n` chassis on one underlay.
+    /// Central databases and northd, and `n` chassis on one underlay, configured for OVN
+    /// and registered in the Southbound database.
     pub fn start(n: usize) -> OvnLab {
+        OvnLab::start_with(n, false)
+    }
+
+    /// Like [`OvnLab::start`], but every chassis is bare: its Open_vSwitch database holds
+    /// the underlay bridge (`br-phy`) only, no `external_ids` for OVN and no `br-int`, and
+    /// ovn-controller is not started.
+    pub fn start_bare(n: usize) -> OvnLab {
+        OvnLab::start_with(n, true)
+    }
+
+    fn start_with(n: usize, bare: bool) -> OvnLab {
         let dir = std::env::temp_dir().join(unique("ovn"));
         std::fs::create_dir_all(dir.join("central")).unwrap();
         let mut lab = OvnLab {
@@ -79,9 +97,12 @@ impl OvnLab {
         let underlay = lab.ns.add("ul");
         ok_in(&underlay, "ip link add ul type bridge && ip link set ul up");
         for i in 1..=n {
-            lab.start_chassis(i, &underlay);
+            lab.start_chassis(i, &underlay, bare);
         }
         lab.pin_tunnel_neighbours();
+        if bare {
+            return lab;
+        }
         for c in &lab.chassis {
             let name = c.name.clone();
             lab.sbctl(&format!("--timeout=30 wait-until Chassis {name}"));
@@ -105,12 +126,16 @@ impl OvnLab {
         ok(&format!("ovn-sbctl --timeout=30 --db={} {args}", self.sb()))
     }
 
+    /// Chassis `i`'s (from 1) Open_vSwitch database, as a remote.
+    pub fn ovs_db(&self, i: usize) -> String {
+        format!("unix:{}", self.chassis[i - 1].dir.join("db.sock").display())
+    }
+
     /// `ovs-vsctl` on chassis `i` (from 1).
     pub fn vsctl(&self, i: usize, args: &str) -> String {
-        let db = self.chassis[i - 1].dir.join("db.sock");
         ok(&format!(
-            "ovs-vsctl --timeout=20 --db=unix:{} {args}",
-            db.display()
+            "ovs-vsctl --timeout=20 --db={} {args}",
+            self.ovs_db(i)
         ))
     }
 
@@ -150,7 +175,7 @@ impl OvnLab {
         self.daemon(None, "", cmd, c.join("northd.pid"));
     }
 
-    fn start_chassis(&mut self, i: usize, underlay: &str) {
+    fn start_chassis(&mut self, i: usize, underlay: &str, bare: bool) {
         let name = format!("hv{i}");
         let ns = self.ns.add(&name);
         let d = self.dir.join(&name);
@@ -197,10 +222,9 @@ impl OvnLab {
             &ns,
             &format!("ip addr add {encap_ip}/24 dev br-phy && ip link set br-phy up"),
         );
-        let cmd = format!(
-            "ovn-controller --log-file={0}/ovn-controller.log unix:{0}/db.sock",
-            d.display()
-        );
+        if bare {
+            return;
+        }
         self.vsctl(
             i,
             &format!(
@@ -212,7 +236,31 @@ impl OvnLab {
                 self.sb()
             ),
         );
+        self.start_controller(i);
+    }
+
+    /// Starts ovn-controller on chassis `i` (from 1); a bare chassis needs it called.
+    pub fn start_controller(&mut self, i: usize) {
+        let (ns, d) = (
+            self.chassis[i - 1].ns.clone(),
+            self.chassis[i - 1].dir.clone(),
+        );
+        let env = format!(
+            "OVS_RUNDIR={0} OVS_LOGDIR={0} OVS_DBDIR={0} OVN_RUNDIR={0}",
+            d.display()
+        );
+        let cmd = format!(
+            "ovn-controller --log-file={0}/ovn-controller.log unix:{0}/db.sock",
+            d.display()
+        );
         self.daemon(Some(&ns), &env, cmd, d.join("ovn-controller.pid"));
+    }
+
+    /// Stops chassis `i`'s ovn-controller (a bare chassis's would make br-int again).
+    pub fn stop_controller(&mut self, i: usize) {
+        let pf = self.chassis[i - 1].dir.join("ovn-controller.pid");
+        stop(&pf);
+        self.pidfiles.retain(|p| p != &pf);
     }
 
     /// Every chassis knows every other's underlay MAC before the first tunnelled packet.
@@ -234,9 +282,23 @@ impl OvnLab {
     /// A guest namespace plugged into chassis `i`'s br-int as logical port `iface_id`, with
     /// `mac` and `cidr` on its eth0; returns the namespace.
     pub fn plug(&mut self, i: usize, iface_id: &str, mac: &str, cidr: &str) -> String {
-        let vm = self.ns.add(iface_id);
-        let ch = &self.chassis[i - 1];
+        let vm = self.guest(i, iface_id, mac, cidr);
         let port = format!("p-{iface_id}");
+        self.vsctl(
+            i,
+            &format!(
+                "add-port br-int {port} -- set interface {port} external_ids:iface-id={iface_id}"
+            ),
+        );
+        vm
+    }
+
+    /// A guest namespace whose eth0 (`mac`, `cidr`) is a veth to `p-NAME` in chassis `i`'s
+    /// namespace, not attached to any bridge; returns the namespace.
+    pub fn guest(&mut self, i: usize, name: &str, mac: &str, cidr: &str) -> String {
+        let vm = self.ns.add(name);
+        let ch = &self.chassis[i - 1];
+        let port = format!("p-{name}");
         ok(&format!(
             "ip -n {} link add {port} type veth peer name eth0 netns {vm} && ip -n {} link set {port} up",
             ch.ns, ch.ns
@@ -245,12 +307,6 @@ impl OvnLab {
             &vm,
             &format!(
                 "ip link set eth0 address {mac} up && ip addr add {cidr} dev eth0 && ethtool -K eth0 tx off >/dev/null"
-            ),
-        );
-        self.vsctl(
-            i,
-            &format!(
-                "add-port br-int {port} -- set interface {port} external_ids:iface-id={iface_id}"
             ),
         );
         vm
@@ -266,25 +322,30 @@ impl OvnLab {
 impl Drop for OvnLab {
     fn drop(&mut self) {
         for pf in &self.pidfiles {
-            let Ok(pid) = std::fs::read_to_string(pf) else {
-                continue;
-            };
-            let pid: i32 = pid.trim().parse().unwrap_or(0);
-            if pid <= 0 {
-                continue;
-            }
-            unsafe { libc::kill(pid, libc::SIGTERM) };
-            let gone = || !std::path::Path::new(&format!("/proc/{pid}")).exists();
-            let t = Instant::now();
-            while !gone() && t.elapsed() < Duration::from_secs(5) {
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            if !gone() {
-                unsafe { libc::kill(pid, libc::SIGKILL) };
-            }
+            stop(pf);
         }
         // The namespaces go with `ns`; the folder (databases, logs) last.
         let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Stops the daemon of pid file `pf`: SIGTERM, SIGKILL after 5 s.
+fn stop(pf: &std::path::Path) {
+    let Ok(pid) = std::fs::read_to_string(pf) else {
+        return;
+    };
+    let pid: i32 = pid.trim().parse().unwrap_or(0);
+    if pid <= 0 {
+        return;
+    }
+    unsafe { libc::kill(pid, libc::SIGTERM) };
+    let gone = || !std::path::Path::new(&format!("/proc/{pid}")).exists();
+    let t = Instant::now();
+    while !gone() && t.elapsed() < Duration::from_secs(5) {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    if !gone() {
+        unsafe { libc::kill(pid, libc::SIGKILL) };
     }
 }
 

@@ -35,6 +35,14 @@ pub enum ObserveError {
     /// Boxed: its messages carry a remote and names.
     #[error(transparent)]
     Nb(Box<crate::ovn::nb::NbError>),
+    #[error(transparent)]
+    Chassis(Box<crate::ovn::local::LocalError>),
+}
+
+impl From<crate::ovn::local::LocalError> for ObserveError {
+    fn from(e: crate::ovn::local::LocalError) -> Self {
+        ObserveError::Chassis(Box::new(e))
+    }
 }
 
 impl From<crate::ovn::nb::NbError> for ObserveError {

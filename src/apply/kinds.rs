@@ -48,6 +48,10 @@ impl Kernel {
             Step::BondMember(s) => self.bond_member(s),
             Step::Mtu(s) => self.mtu(s),
             Step::Nb(c) => self.nb_rows(&[c]),
+            Step::Chassis(s) => Ok(crate::ovn::local::apply(
+                &crate::statedir::StateDir::for_scope(&self.scope),
+                s.to.as_ref(),
+            )?),
         }
     }
 

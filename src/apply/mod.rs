@@ -51,6 +51,14 @@ pub enum ApplyError {
     Nb(Box<crate::ovn::nb::NbError>),
     #[error("the plan changes OVN Northbound rows but names no Northbound database")]
     NoNb,
+    #[error(transparent)]
+    Chassis(Box<crate::ovn::local::LocalError>),
+}
+
+impl From<crate::ovn::local::LocalError> for ApplyError {
+    fn from(e: crate::ovn::local::LocalError) -> Self {
+        ApplyError::Chassis(Box::new(e))
+    }
 }
 
 impl From<crate::ovn::nb::NbError> for ApplyError {

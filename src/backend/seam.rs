@@ -151,6 +151,7 @@ impl Backend for Kernel<'_> {
         if let Some(r) = &self.nb {
             snap.nb = crate::ovn::nb::observe(r)?;
         }
+        snap.chassis = crate::ovn::local::observe(&self.observer.state_dir)?;
         Ok(snap)
     }
 

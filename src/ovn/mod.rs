@@ -6,10 +6,13 @@
 //!   written as one transaction.
 //! - [`chassis`]: this host's Open_vSwitch database made an OVN chassis (external_ids,
 //!   br-int, br-ex, VM ports), borrowing what it does not own.
+//! - [`local`]: the chassis as the engine sees it: what kvmnet made it, and a plan's
+//!   chassis step carried out.
 //! - [`owned`]: kvmnet's rows, marked in `external_ids`, made to match what is wanted
 //!   without touching anyone else's, and without duplicates when two hosts apply at once.
 
 pub mod chassis;
+pub mod local;
 pub mod nb;
 pub mod ovsdb;
 pub mod owned;

@@ -155,6 +155,7 @@ fn effect(s: &Step) -> Effect {
         Step::BondMember(s) => set("bond member", s),
         Step::Mtu(s) => set("mtu", s),
         Step::Nb(c) => change(c),
+        Step::Chassis(s) => set("chassis", s),
     }
 }
 

@@ -49,6 +49,10 @@ pub struct Snapshot {
     /// the spec has no OVN part and none was applied).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub nb: Vec<crate::ovn::NbRow>,
+    /// This host as an OVN chassis, as kvmnet last made it (from the state directory), with
+    /// whether its Open_vSwitch database still matches.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub chassis: Option<crate::ovn::ChassisConf>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]

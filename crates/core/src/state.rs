@@ -72,6 +72,9 @@ pub struct HostState {
     /// kvmnet's rows in OVN's Northbound database, by [`crate::ovn::NbRow::id`].
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub nb: BTreeMap<String, crate::ovn::NbRow>,
+    /// This host as an OVN chassis.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub chassis: Option<crate::ovn::ChassisConf>,
 }
 
 /// A bond. Options are kept by their kernel names; ones a mode does not have are empty (the

@@ -197,6 +197,7 @@ pub fn desired_with_nft(
             .into_iter()
             .map(|r| (r.id(), r))
             .collect();
+        b.st.chassis = crate::ovn::model::chassis_conf(o);
     }
     b.ethtool();
     b.st.nft = nft;

@@ -76,6 +76,7 @@ pub fn observed_owned(snap: &Snapshot) -> HostState {
     }
     st.ports = port_links.into_iter().collect();
     st.nb = snap.nb.iter().map(|r| (r.id(), r.clone())).collect();
+    st.chassis.clone_from(&snap.chassis);
     st
 }
 

@@ -107,6 +107,29 @@ impl std::fmt::Display for NbVal {
     }
 }
 
+/// What this host is as an OVN chassis: its Open_vSwitch database's `external_ids`, the
+/// gateway's uplink in `br-ex`, and the VM ports it binds on `br-int`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChassisConf {
+    /// The chassis name (`system-id`).
+    pub name: String,
+    /// Its Open_vSwitch database.
+    pub ovs: String,
+    /// The Southbound database (`ovn-remote`).
+    pub sb: String,
+    pub encap: String,
+    pub encap_ip: std::net::Ipv4Addr,
+    pub datapath: String,
+    /// On a gateway chassis: the interface put in `br-ex`.
+    pub gateway_uplink: Option<String>,
+    /// Device -> logical switch port (`iface-id`).
+    pub ports: BTreeMap<String, String>,
+    /// Observed only: the database is not as this was applied (edited by hand, or by
+    /// another tool), so a plan converges it again.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub drifted: bool,
+}
+
 /// The row whose column refers to a row of a table that is not a root.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct NbParent {

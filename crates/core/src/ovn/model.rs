@@ -612,3 +612,26 @@ fn icmp_match(types: &[String], fam: Option<u8>) -> String {
         _ => format!("({})", alts.join(" || ")),
     }
 }
+
+/// This host as a chassis, when the spec names it among `ovn.chassis`.
+pub fn chassis_conf(ovn: &Ovn) -> Option<super::ChassisConf> {
+    let name = ovn.local.as_deref()?;
+    let c = ovn.chassis.get(name)?;
+    Some(super::ChassisConf {
+        name: name.to_string(),
+        ovs: ovn.ovs_of(name).to_string(),
+        sb: ovn.sb.clone(),
+        encap: ovn.encap.clone(),
+        encap_ip: c.encap_ip,
+        datapath: ovn.datapath.clone(),
+        gateway_uplink: c
+            .gateway
+            .and(ovn.external.as_ref())
+            .map(|e| e.uplink.clone()),
+        ports: ovn
+            .local_ports()
+            .map(|p| (p.port.name.clone(), p.port.name.clone()))
+            .collect(),
+        drifted: false,
+    })
+}

@@ -37,6 +37,7 @@ use crate::state::{BondLink, BridgeLink, HostState, PortLink, VlanLink, VxlanLin
 pub use addr::DevAddr;
 pub use addr6::DevAddr6;
 pub use bond::BondMember;
+pub use nb::Chassis;
 pub use netns::Netns;
 pub use nft::Ruleset;
 pub use order::{CASCADES, Cascade, ORDER, Phase};
@@ -275,6 +276,8 @@ steps! {
     /// One of kvmnet's rows in OVN's Northbound database; all of a plan's run as one
     /// transaction.
     Nb(Change<crate::ovn::NbRow>),
+    /// This host as an OVN chassis (its Open_vSwitch database), in one transaction.
+    Chassis(Set<Chassis>),
 }
 
 impl Step {

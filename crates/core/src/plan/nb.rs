@@ -7,7 +7,8 @@ use serde_json::{Map, Value, json};
 
 use super::order::Cx;
 use super::{Change, Object, Step};
-use crate::ovn::{NbRow, TABLES, columns_of, kind_of};
+use super::{Set, Setting};
+use crate::ovn::{ChassisConf, NbRow, TABLES, columns_of, kind_of};
 
 impl Object for NbRow {
     const OPS: [&'static str; 2] = ["add", "remove"];
@@ -100,4 +101,58 @@ pub(super) fn changes(cx: &mut Cx<'_>, steps: &mut Vec<Step>) {
     }
     out.sort_by_key(|(r, _)| *r);
     steps.extend(out.into_iter().map(|(_, s)| s));
+}
+
+/// This host as an OVN chassis: made, changed (or repaired), or given back.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Chassis;
+
+impl Setting for Chassis {
+    type Value = Option<ChassisConf>;
+    const KIND: &'static str = "ovn-chassis";
+    fn op(from: &Self::Value, to: &Self::Value) -> &'static str {
+        match (from, to) {
+            (None, Some(_)) => "add",
+            (Some(_), None) => "remove",
+            _ => "set",
+        }
+    }
+    fn value(v: &Self::Value) -> Value {
+        json!(v)
+    }
+    fn detail(from: &Self::Value, to: &Self::Value, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let show = |c: &ChassisConf| {
+            format!(
+                "encap {} {}, {} port(s){}",
+                c.encap,
+                c.encap_ip,
+                c.ports.len(),
+                c.gateway_uplink
+                    .as_ref()
+                    .map_or(String::new(), |u| format!(", gateway via {u}")),
+            )
+        };
+        let drifted = if from.as_ref().is_some_and(|h| h.drifted) {
+            "; the database drifted"
+        } else {
+            ""
+        };
+        match (from, to) {
+            (_, Some(t)) => write!(f, " ({}{drifted})", show(t)),
+            (Some(h), None) => write!(f, " ({})", show(h)),
+            (None, None) => Ok(()),
+        }
+    }
+}
+
+/// The chassis made, repaired or given back, once its ports exist.
+pub(super) fn chassis(cx: &mut Cx<'_>, steps: &mut Vec<Step>) {
+    let (want, have) = (&cx.want.chassis, &cx.have.chassis);
+    if want != have {
+        let name = want
+            .as_ref()
+            .or(have.as_ref())
+            .map_or(String::new(), |c| c.name.clone());
+        steps.push(Step::Chassis(Set::new(name, have.clone(), want.clone())));
+    }
 }

@@ -121,6 +121,11 @@ pub const ORDER: &[Phase] = &[
         port::changes,
     ),
     phase(
+        "this host as an OVN chassis, once its VM ports exist (and before they go)",
+        &[K::Chassis],
+        nb::chassis,
+    ),
+    phase(
         "vlan networks' uplinks brought up",
         &[K::Up],
         settings::raise,

@@ -153,6 +153,25 @@ fn read_row(v: &Value) -> Option<Row> {
         .collect()
 }
 
+/// The default atom of a scalar column's type, when it has one a row may leave out.
+fn scalar_default(t: &Value) -> Option<Atom> {
+    let base = match t {
+        Value::String(s) => s.as_str(),
+        Value::Object(o) => match &o["key"] {
+            Value::String(s) => s.as_str(),
+            k => k["type"].as_str()?,
+        },
+        _ => return None,
+    };
+    Some(match base {
+        "string" => Atom::str(""),
+        "integer" => Atom::Integer(0),
+        "boolean" => Atom::Boolean(false),
+        "real" => Atom::Real(0.0),
+        _ => return None,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -192,23 +211,4 @@ mod tests {
         assert!(r.apply(&json!([1]), None).is_err());
         assert!(Replica::new(&schema(), &["Nope"]).is_err());
     }
-}
-
-/// The default atom of a scalar column's type, when it has one a row may leave out.
-fn scalar_default(t: &Value) -> Option<Atom> {
-    let base = match t {
-        Value::String(s) => s.as_str(),
-        Value::Object(o) => match &o["key"] {
-            Value::String(s) => s.as_str(),
-            k => k["type"].as_str()?,
-        },
-        _ => return None,
-    };
-    Some(match base {
-        "string" => Atom::str(""),
-        "integer" => Atom::Integer(0),
-        "boolean" => Atom::Boolean(false),
-        "real" => Atom::Real(0.0),
-        _ => return None,
-    })
 }

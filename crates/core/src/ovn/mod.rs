@@ -75,6 +75,21 @@ impl NbVal {
     }
 }
 
+impl NbVal {
+    /// As plain JSON: sets as arrays, maps as objects, references as `Table:key`.
+    pub fn to_json(&self) -> serde_json::Value {
+        use serde_json::{Value, json};
+        match self {
+            NbVal::Str(s) | NbVal::Uuid(s) => json!(s),
+            NbVal::Int(i) => json!(i),
+            NbVal::Bool(b) => json!(b),
+            NbVal::Ref { table, key } => json!(format!("{table}:{key}")),
+            NbVal::Set(v) => Value::Array(v.iter().map(NbVal::to_json).collect()),
+            NbVal::Map(m) => json!(m),
+        }
+    }
+}
+
 impl std::fmt::Display for NbVal {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {

@@ -23,7 +23,7 @@ impl Object for NbRow {
         let cols: Map<String, Value> = self
             .columns
             .iter()
-            .map(|(k, v)| (k.clone(), json!(v.to_string())))
+            .map(|(k, v)| (k.clone(), v.to_json()))
             .collect();
         o.insert("columns".into(), Value::Object(cols));
     }

@@ -402,7 +402,45 @@ fn more_steps() -> Vec<Step> {
         Step::BondMember(Set::new("eth1", None, some("bond0"))),
         Step::BondMember(Set::new("eth1", some("bond0"), None)),
         Step::Mtu(Set::new("eth1", 1500, 9000)),
+        Step::Nb(Create(nb_port("52:54:00:00:00:10 10.0.0.10"))),
+        Step::Nb(Update {
+            from: nb_port(""),
+            to: nb_port("52:54:00:00:00:10 10.0.0.10"),
+        }),
+        Step::Chassis(Set::new(
+            "hv1",
+            None,
+            Some(crate::ovn::ChassisConf {
+                name: "hv1".into(),
+                ovs: "unix:/run/openvswitch/db.sock".into(),
+                sb: "tcp:192.0.2.1:6642".into(),
+                encap: "geneve".into(),
+                encap_ip: "192.0.2.11".parse().unwrap(),
+                datapath: "system".into(),
+                gateway_uplink: None,
+                ports: [("vm1".to_string(), "vm1".to_string())].into(),
+                drifted: false,
+            }),
+        )),
     ]
+}
+
+fn nb_port(addr: &str) -> crate::ovn::NbRow {
+    use crate::ovn::NbVal;
+    crate::ovn::NbRow {
+        table: "Logical_Switch_Port".into(),
+        key: "vm1".into(),
+        columns: [
+            ("name".to_string(), NbVal::str("vm1")),
+            ("addresses".to_string(), NbVal::strs([addr])),
+        ]
+        .into(),
+        parent: Some(crate::ovn::NbParent {
+            table: "Logical_Switch".into(),
+            key: "web".into(),
+            column: "ports".into(),
+        }),
+    }
 }
 
 /// Text and JSON of each step of `steps()`, as the plan showed them before steps became
@@ -603,6 +641,18 @@ const EXPECTED: &[(&str, &str)] = &[
     (
         r#"~ mtu eth1: 1500 -> 9000"#,
         r#"{"from":1500,"kind":"mtu","name":"eth1","op":"set","to":9000}"#,
+    ),
+    (
+        r#"+ ovn-port vm1 (addresses=["52:54:00:00:00:10 10.0.0.10"])"#,
+        r#"{"columns":{"addresses":["52:54:00:00:00:10 10.0.0.10"],"name":"vm1"},"kind":"ovn-port","name":"vm1","op":"add","table":"Logical_Switch_Port"}"#,
+    ),
+    (
+        r#"~ ovn-port vm1: addresses [""] -> ["52:54:00:00:00:10 10.0.0.10"]"#,
+        r#"{"changes":{"addresses":{"from":"[\"\"]","to":"[\"52:54:00:00:00:10 10.0.0.10\"]"}},"kind":"ovn-port","name":"vm1","op":"update"}"#,
+    ),
+    (
+        r#"+ ovn-chassis hv1 (encap geneve 192.0.2.11, 1 port(s))"#,
+        r#"{"from":null,"kind":"ovn-chassis","name":"hv1","op":"add","to":{"datapath":"system","encap":"geneve","encap_ip":"192.0.2.11","gateway_uplink":null,"name":"hv1","ovs":"unix:/run/openvswitch/db.sock","ports":{"vm1":"vm1"},"sb":"tcp:192.0.2.1:6642"}}"#,
     ),
 ];
 

@@ -6,12 +6,16 @@ mod kinds;
 
 use std::collections::HashMap;
 
-use crate::backend::rtnl::{BondOptions, Netlink, NetlinkError, NewLinkKind, Request, RouteInfo};
+use crate::backend::rtnl::{
+    BondOptions, Netlink, NetlinkError, NewLinkKind, Request, Route6Info, RouteInfo,
+};
 use crate::backend::{ethtool, macvtap, netns, nftables, sysctl, tap, tc};
 use crate::plan::{Change, Step};
 use crate::spec::{BondMode, LACP_RATES, XMIT_HASH_POLICIES};
 use crate::state::BondLink;
-use crate::state::{Addr, PortKind, PortLink, Route, ShapeState, guest_alias, parse_alias};
+use crate::state::{
+    Addr, GuestEnd, PortKind, PortLink, Route, ShapeState, guest_alias, parse_alias,
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApplyError {
@@ -256,6 +260,36 @@ fn bond_options(
     })
 }
 
+/// What takes a veth far end's IPv6 from `old` (as found; `None` for a new far end) to
+/// `new`, in three steps run in this order among the IPv4 ones: the old default route
+/// removed, the address changed, the new default route added (its gateway is on-link
+/// through the prefix route the kernel adds with the address). The address is added
+/// without duplicate address detection, like the gateway's on the bridge: kvmnet has
+/// checked it is unique on the network (the guard keeps other guests from claiming it), and
+/// a tentative address could not be a source for the second or so DAD takes, where the
+/// IPv4 one works at once.
+fn guest_requests6(index: u32, old: Option<&GuestEnd>, new: &GuestEnd) -> [Vec<Request>; 3] {
+    let (old_addr, old_gw) = (old.and_then(|g| g.addr6), old.and_then(|g| g.gateway6));
+    let mut out: [Vec<Request>; 3] = Default::default();
+    if old_gw != new.gateway6 {
+        if let Some(gw) = old_gw {
+            out[0].push(Request::DelRoute6(Route6Info::default_via(gw, index)));
+        }
+        if let Some(gw) = new.gateway6 {
+            out[2].push(Request::NewRoute6(Route6Info::default_via(gw, index)));
+        }
+    }
+    if old_addr != new.addr6 {
+        if let Some(addr) = old_addr {
+            out[1].push(Request::DelAddr6 { index, addr });
+        }
+        if let Some(addr) = new.addr6 {
+            out[1].push(Request::NewAddr6 { index, addr });
+        }
+    }
+    out
+}
+
 fn route_info(route: &Route, oif: u32) -> RouteInfo {
     RouteInfo {
         table: route.table,
@@ -388,6 +422,9 @@ impl Kernel {
         {
             reqs.push(Request::DelRoute(default(gw)));
         }
+        let [del6, addrs6, add6] = guest_requests6(link.index, old.as_ref(), guest);
+        reqs.extend(del6);
+        reqs.extend(addrs6);
         if old_addr != guest.addr {
             if let Some(a) = old_addr {
                 reqs.push(Request::DelAddr {
@@ -408,6 +445,7 @@ impl Kernel {
         {
             reqs.push(Request::NewRoute(default(gw)));
         }
+        reqs.extend(add6);
         for r in nl.execute(&reqs) {
             r?;
         }

@@ -901,6 +901,39 @@ mod tests {
             .collect()
     }
 
+    /// A far end's IPv6 changes in order (the old route out, the addresses, the new route
+    /// in: a gateway is on-link only once its prefix's address is there), and an update
+    /// undone runs the other way round.
+    #[test]
+    fn guest_ipv6_requests_take_the_old_route_out_first() {
+        let end = |a: Option<&str>, g: Option<&str>| GuestEnd {
+            name: "eth0".into(),
+            mac: Default::default(),
+            mtu: 1500,
+            up: true,
+            addr: None,
+            gateway: None,
+            addr6: a.map(|a| a.parse().unwrap()),
+            gateway6: g.map(|g| g.parse().unwrap()),
+            dhcp: false,
+        };
+        let none = end(None, None);
+        let set = end(Some("fd00:64::10/64"), Some("fd00:64::1"));
+        let [del, addrs, add] = guest_requests6(7, None, &set);
+        assert!(del.is_empty());
+        assert!(matches!(&addrs[..], [Request::NewAddr6 { index: 7, .. }]));
+        assert!(matches!(&add[..], [Request::NewRoute6(r)] if r.oif == Some(7)));
+        let [del, addrs, add] = guest_requests6(7, Some(&set), &none);
+        assert!(matches!(&del[..], [Request::DelRoute6(_)]));
+        assert!(matches!(&addrs[..], [Request::DelAddr6 { .. }]));
+        assert!(add.is_empty());
+        assert!(
+            guest_requests6(7, Some(&set), &set)
+                .iter()
+                .all(Vec::is_empty)
+        );
+    }
+
     #[test]
     fn every_refused_step_of_a_batch_is_cleaned_up_then_every_done_one_undone() {
         let steps = ns(&["a", "b", "bad1", "c", "bad2"]);

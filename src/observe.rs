@@ -6,13 +6,13 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use foldhash::HashMap;
 
-use crate::backend::rtnl::{BondOptions, LinkInfo, Netlink, NetlinkError};
+use crate::backend::rtnl::{BondOptions, LinkInfo, Netlink, NetlinkError, RTPROT_RA};
 use crate::backend::{netns, nftables, sysctl, tap};
 use crate::borrowed::Borrowed;
 use crate::desired::managed_sysctls;
 use crate::snapshot::{
-    Addr6Snap, AddrSnap, BondSnap, EthtoolSnap, LinkSnap, MacvtapSnap, NetnsSnap, RouteSnap,
-    Snapshot, Stats, VlanSnap, VxlanSnap,
+    Addr6Snap, AddrSnap, BondSnap, EthtoolSnap, LinkSnap, MacvtapSnap, NetnsSnap, Route6Snap,
+    RouteSnap, Snapshot, Stats, VlanSnap, VxlanSnap,
 };
 use crate::spec::{BondMode, DirectMode, LACP_RATES, Owner, PortKind, Spec, XMIT_HASH_POLICIES};
 use crate::state::{MARK, parse_alias};
@@ -180,7 +180,44 @@ pub(crate) fn netns_snap(
         links: snaps,
         addrs: addr_snaps(addrs, &name_of),
         routes: route_snaps(routes, &name_of),
+        addrs6: Vec::new(),
+        routes6: Vec::new(),
     }
+}
+
+/// [`read_links`] of a guest namespace, with what kvmnet sets of IPv6 on a veth port's far
+/// end: permanent global addresses and IPv6 default routes, but those the kernel learns from
+/// router advertisements (SLAAC's and a DHCPv6 client's are the guest's own).
+fn read_guest_links(nl: &mut Netlink) -> Result<NetnsSnap, NetlinkError> {
+    let links = nl.links()?;
+    let mut snap = netns_snap(&links, nl.addrs()?, nl.routes()?, true);
+    let names: HashMap<u32, &str> = links.iter().map(|l| (l.index, l.name.as_str())).collect();
+    let name_of = |i: u32| names.get(&i).map(|n| n.to_string());
+    snap.addrs6 = nl
+        .permanent_addrs6()?
+        .into_iter()
+        .filter_map(|(i, addr)| {
+            Some(Addr6Snap {
+                dev: name_of(i)?,
+                addr,
+            })
+        })
+        .collect();
+    snap.routes6 = nl
+        .routes6()?
+        .into_iter()
+        .filter(|r| r.dst.prefix == 0 && r.route_type == 1 && r.protocol != RTPROT_RA)
+        .filter_map(|r| {
+            Some(Route6Snap {
+                dev: name_of(r.oif?)?,
+                dst: r.dst,
+                gateway: r.gateway,
+                table: r.table,
+                protocol: r.protocol,
+            })
+        })
+        .collect();
+    Ok(snap)
 }
 
 /// Global IPv6 addresses, named. Read at every snapshot: a host has few (the gateway
@@ -343,7 +380,7 @@ fn read_fdb(nl: &mut Netlink, links: &mut [LinkSnap]) -> Result<(), NetlinkError
 fn read_netns(name: &str, scope: &str) -> Result<NetnsSnap, ObserveError> {
     let mut snap = netns::with_netns(name, || -> Result<_, NetlinkError> {
         let mut nl = Netlink::open()?;
-        read_links(&mut nl)
+        read_guest_links(&mut nl)
     })??;
     let mark = netns_mark(scope);
     snap.owned = snap

@@ -519,3 +519,195 @@ fn rogue_server_is_dropped(rogue: &str, victim: &str, work: &Path) {
     let out = dhclient6(rogue, work, "-S");
     assert!(out.status.success(), "dhclient -6 -S: {out:?}");
 }
+
+/// Like [`hook`], and on BOUND6 sets the address as Debian's dhclient-script does (`ip -6
+/// addr replace ADDRESS dev IF scope global valid_lft ... preferred_lft ...`, a /128); the
+/// rest of that script (resolv.conf) would touch the machine's files.
+fn configuring_hook(dir: &Path, name: &str) -> PathBuf {
+    let p = hook(dir, name);
+    let mut s = std::fs::read_to_string(&p).unwrap();
+    s.push_str(
+        "case \"$reason\" in BOUND6|RENEW6|REBIND6) [ -n \"$new_ip6_address\" ] && \
+         ip -6 addr replace \"$new_ip6_address\" dev \"$interface\" scope global \
+         valid_lft \"$new_max_life\" preferred_lft \"$new_preferred_life\";; esac\n",
+    );
+    std::fs::write(&p, s).unwrap();
+    p
+}
+
+/// The MAC in `ns`'s neighbour entry for `ip` ("" when there is none).
+fn neigh_mac(ns: &str, ip: &str) -> String {
+    let o = in_ns(ns, &format!("ip -6 neigh show {ip}"));
+    String::from_utf8_lossy(&o.stdout)
+        .split_whitespace()
+        .skip_while(|w| *w != "lladdr")
+        .nth(1)
+        .unwrap_or("")
+        .to_string()
+}
+
+fn ping6_from(ns: &str, from: &str, to: &str) -> bool {
+    in_ns(
+        ns,
+        &format!(
+            "ping -6 -c1 -W1 -I {from} {to} >/dev/null 2>&1 || ping -6 -c2 -W1 -I {from} {to}"
+        ),
+    )
+    .status
+    .success()
+}
+
+/// Sets `addr` (a /128, no DAD) on `ns`'s eth0, runs `f`, and takes it away again. With
+/// lifetimes, like a DHCPv6 client's: a far end's permanent addresses are kvmnet's, and the
+/// daemon would take one the spec does not have away.
+fn with_addr<T>(ns: &str, addr: &str, f: impl FnOnce() -> T) -> T {
+    ok(&format!(
+        "ip netns exec {ns} ip -6 addr add {addr}/128 dev eth0 valid_lft 600 preferred_lft 600 nodad"
+    ));
+    let out = f();
+    ok(&format!(
+        "ip netns exec {ns} ip -6 addr del {addr}/128 dev eth0"
+    ));
+    out
+}
+
+const P_MAC: &str = "02:00:5e:00:97:0a";
+const Q_MAC: &str = "02:00:5e:00:97:0b";
+const GW6: &str = "fd00:db8:97::1";
+const Q6: &str = "fd00:db8:97::20";
+
+/// The guard lets a guarded port without `ipv6` use the pool address DHCPv6 gave it:
+/// `dhclient -6` in guest p gets one, and p pings the gateway from it and answers the host's
+/// neighbour solicitations for it. The same guest still cannot send from q's declared
+/// address or from an address outside the pool, nor advertise q's address (thc-ipv6's
+/// parasite6 and a crafted override advertisement); and q, which declares `ipv6`, may not
+/// use the pool.
+#[test]
+fn a_guarded_port_uses_its_dhcpv6_pool_address_and_nothing_else() {
+    if !privileged() || !have("dhclient") || !have("atk6-parasite6") || !have("/usr/bin/python3") {
+        return;
+    }
+    let mut ns = common::Namespaces::new();
+    let host = ns.add("p6h");
+    let p = ns.add("p6p");
+    let q = ns.add("p6q");
+    let spec = common::SpecFile::new(&format!(
+        "version: 1
+networks:
+  n:
+    mode: isolated
+    bridge: p6-br
+    ipv4: 10.97.0.1/24
+    ipv6: {GW6}/64
+    ra: {{ mode: dhcpv6 }}
+    dhcp: {{ range6: fd00:db8:97::1000-fd00:db8:97::10ff }}
+vms:
+  p: {{ ports: [ {{ network: n, name: p6-p, kind: veth, netns: {p}, mac: \"{P_MAC}\" }} ] }}
+  q: {{ ports: [ {{ network: n, name: p6-q, kind: veth, netns: {q}, mac: \"{Q_MAC}\", ipv6: \"{Q6}\" }} ] }}
+"
+    ));
+    let _daemon = start_daemon(&ns, spec.path(), &host);
+    for guest in [&p, &q] {
+        link_local_ready(guest, "eth0");
+    }
+    let work = ns.state_dir.join("work");
+    std::fs::create_dir_all(&work).unwrap();
+    let script = configuring_hook(&work, "dhc");
+    let w = work.display();
+    let out = in_ns(
+        &p,
+        &format!(
+            "timeout 30 dhclient -6 -1 -sf {} -lf {w}/dhc.leases -pf {w}/dhc.pid eth0",
+            script.display()
+        ),
+    );
+    assert!(out.status.success(), "dhclient -6: {out:?}");
+    let x = bound6(&work);
+    assert!((0x1000..=0x10ff).contains(&x.segments()[7]), "{x}");
+    let x = x.to_string();
+    wait_for("the pool address usable", Duration::from_secs(10), || {
+        let o = in_ns(&p, "ip -6 addr show dev eth0 scope global");
+        let t = String::from_utf8_lossy(&o.stdout).to_string();
+        t.contains(&x) && !t.contains("tentative")
+    });
+    wait_for(
+        "a route to the gateway (the RAs)",
+        Duration::from_secs(20),
+        || {
+            in_ns(&p, &format!("ip -6 route get {GW6}"))
+                .status
+                .success()
+        },
+    );
+
+    // Legitimate: from the pool address to the gateway, and the host finding it by ND.
+    assert!(ping6_from(&p, &x, GW6), "p cannot use its DHCPv6 address");
+    let _ = in_ns(&host, "ip -6 neigh flush dev p6-br");
+    assert!(
+        in_ns(&host, &format!("ping -6 -c2 -W1 {x}"))
+            .status
+            .success(),
+        "the host cannot reach p's DHCPv6 address"
+    );
+
+    // Forged sources: q's declared address, and one of the prefix outside the pool.
+    assert!(!with_addr(&p, Q6, || ping6_from(&p, Q6, GW6)));
+    assert!(!with_addr(&p, "fd00:db8:97::99", || ping6_from(
+        &p,
+        "fd00:db8:97::99",
+        GW6
+    )));
+    // q declares its address: the pool is not its.
+    let other = if x.ends_with("10fe") {
+        "fd00:db8:97::10fd"
+    } else {
+        "fd00:db8:97::10fe"
+    };
+    assert!(!with_addr(&q, other, || ping6_from(&q, other, GW6)));
+    assert!(ping6_from(&q, Q6, GW6), "q's own address works");
+
+    nd_spoofing_of_q_fails(&host, &p, &q);
+    assert!(ping6_from(&p, &x, GW6), "p's pool address still works");
+}
+
+/// p claims q's address with parasite6 (an advertisement with p's MAC for every
+/// solicitation) and with a crafted unsolicited override advertisement: the host and q keep
+/// their true neighbours.
+fn nd_spoofing_of_q_fails(host: &str, p: &str, q: &str) {
+    let mut parasite = std::process::Command::new("ip")
+        .args(["netns", "exec", p, "atk6-parasite6", "eth0"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_secs(1));
+    let _ = in_ns(host, "ip -6 neigh flush dev p6-br");
+    let _ = in_ns(q, "ip -6 neigh flush dev eth0");
+    assert!(
+        in_ns(host, &format!("ping -6 -c2 -W1 {Q6}"))
+            .status
+            .success()
+    );
+    assert!(ping6_from(q, Q6, GW6));
+    std::thread::sleep(Duration::from_secs(1));
+    let _ = parasite.kill();
+    let _ = parasite.wait();
+    assert_eq!(neigh_mac(host, Q6), Q_MAC, "the host learned p's MAC for q");
+    let gw_mac = neigh_mac(q, GW6);
+    assert!(
+        !gw_mac.is_empty() && gw_mac != P_MAC,
+        "q's gateway is at {gw_mac}"
+    );
+
+    let frames = common::manifest_dir().join("tests/common/frames.py");
+    ok(&format!(
+        "ip netns exec {p} /usr/bin/python3 {} na {P_MAC} {Q6} ff02::1 33:33:00:00:00:01",
+        frames.display()
+    ));
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(
+        neigh_mac(host, Q6),
+        Q_MAC,
+        "an override advertisement moved q"
+    );
+}

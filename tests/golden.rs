@@ -258,6 +258,21 @@ fn synth(want: &kvmnet::state::HostState, base: &Snapshot) -> Snapshot {
                         prefsrc: None,
                     });
                 }
+                if let Some(a) = guest.addr6 {
+                    g.addrs6.push(kvmnet::snapshot::Addr6Snap {
+                        dev: guest.name.clone(),
+                        addr: a,
+                    });
+                }
+                if let Some(gw) = guest.gateway6 {
+                    g.routes6.push(kvmnet::snapshot::Route6Snap {
+                        dev: guest.name.clone(),
+                        dst: "::/0".parse().unwrap(),
+                        gateway: Some(gw),
+                        table: 254,
+                        protocol: 3,
+                    });
+                }
             }
         }
         s.links.push(l);

@@ -206,9 +206,9 @@ fn ipv6_networks_with_real_peers() {
     // NAT66: the wan host sees the host's address; the routed network is seen as it is.
     assert_eq!(source_seen6(&wan, &ga, None), "2001:db8:99::1");
     assert_eq!(source_seen6(&wan, &gr, None), r6);
-    // The declared static address is the guest's to use (set in the guest, as a tap
-    // guest's own configuration would).
-    ok_in(&ga, "ip -6 addr add fd00:61::10/64 dev eth0 nodad");
+    // The declared static address is the guest's to use (kvmnet sets it on a veth far end,
+    // as a tap guest's own configuration would).
+    assert!(has_addr(&ga, "fd00:61::10"));
     assert!(pings6(&ga, WAN, Some("fd00:61::10")));
 
     // Isolated: the gateway answers, nothing is forwarded.
@@ -281,9 +281,12 @@ fn ra_and_dns(ga: &str, gb: &str, ll: &str) {
 }
 
 fn guard_attacks(host: &str, ga: &str, gb: &str, a6: &str, b6: &str, ll: &str) {
-    // A forged source: another guest's address, and an undeclared one.
-    ok_in(gb, &format!("ip -6 addr add {a6}/128 dev eth0 nodad"));
-    ok_in(gb, "ip -6 addr add fd00:61::99/64 dev eth0 nodad");
+    // A forged source: another guest's address, and an undeclared one. With lifetimes, as
+    // SLAAC and DHCPv6 set theirs: the far end's permanent addresses are kvmnet's, and the
+    // daemon would put them back as the spec has them.
+    let lft = "valid_lft 600 preferred_lft 600 nodad";
+    ok_in(gb, &format!("ip -6 addr add {a6}/128 dev eth0 {lft}"));
+    ok_in(gb, &format!("ip -6 addr add fd00:61::99/64 dev eth0 {lft}"));
     assert!(!pings6(gb, WAN, Some(a6)));
     assert!(!pings6(gb, WAN, Some("fd00:61::99")));
     assert!(pings6(gb, WAN, Some(b6)));
@@ -397,4 +400,114 @@ fn ipv6_rollback_and_destroy_leave_the_host_as_it_was() {
 
     ns.kvmnet_ok(&["destroy", "--netns", &host]);
     assert_eq!(world(), before);
+}
+
+/// Two veth ports of one VM in guest namespace `g` (made by the test, so destroy leaves it):
+/// one on a nat network, one on an isolated one; each declares `ipv6` when `v6` is set.
+fn veth_spec(g: &str, v6: bool) -> String {
+    let (a6, b6) = if v6 {
+        (", ipv6: \"fd00:64::10\"", ", ipv6: \"fd00:65::10\"")
+    } else {
+        ("", "")
+    };
+    format!(
+        r#"version: 1
+networks:
+  n:
+    mode: nat
+    bridge: v6vn
+    ipv4: 10.64.0.1/24
+    ipv6: fd00:64::1/64
+  q:
+    mode: isolated
+    bridge: v6vq
+    ipv4: 10.65.0.1/24
+    ipv6: fd00:65::1/64
+vms:
+  a:
+    ports:
+      - {{ network: n, name: v6va, kind: veth, netns: {g}, mac: "52:54:00:64:00:0a", ipv4: 10.64.0.10{a6} }}
+      - {{ network: q, name: v6vb, kind: veth, netns: {g}, mac: "52:54:00:64:00:0b"{b6} }}
+"#
+    )
+}
+
+fn default_routes6(ns: &str) -> String {
+    ok_in(ns, "ip -6 route show default")
+}
+
+/// A veth port's declared `ipv6` is set on its far end: the address with the network's
+/// prefix length (usable at once: no DAD), and the namespace's IPv6 default route via the
+/// gateway (once per namespace, like IPv4's). No daemon runs, so no RA teaches the guest
+/// anything: what it has is kvmnet's. A failed apply takes it back exactly; deleted by hand,
+/// the next apply repairs it; destroy removes it.
+#[test]
+fn veth_guests_get_their_declared_ipv6() {
+    if !privileged() {
+        return;
+    }
+    let mut ns = Namespaces::new();
+    let host = ns.add("v6vh");
+    let g = ns.add("v6vg");
+    let plain = SpecFile::new(&veth_spec(&g, false));
+    let spec = SpecFile::new(&veth_spec(&g, true));
+    ns.kvmnet_ok(&["apply", plain.path(), "--netns", &host]);
+    assert!(!default_routes6(&g).contains("fd00:64::1"));
+    let before = fingerprint6(&g);
+
+    // Every failure on the way to the IPv6 spec leaves the guest as it was.
+    let out = ns.kvmnet_ok(&["plan", spec.path(), "--netns", &host, "--json"]);
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let n = v["changes"].as_array().unwrap().len();
+    assert!(
+        out.contains("ipv6 fd00:64::10/64 gateway6 fd00:64::1"),
+        "{out}"
+    );
+    for k in 1..=n {
+        let ks = k.to_string();
+        let o = ns.kvmnet_env(
+            &["apply", spec.path(), "--netns", &host],
+            &[("KVMNET_FAIL_AFTER", ks.as_str())],
+        );
+        assert_eq!(o.status.code(), Some(1), "K={k}");
+        assert_eq!(fingerprint6(&g), before, "K={k} of {n}: guest differs");
+    }
+
+    ns.kvmnet_ok(&["apply", spec.path(), "--netns", &host]);
+    let addrs = ok_in(&g, "ip -6 addr show scope global");
+    assert!(addrs.contains("inet6 fd00:64::10/64"), "{addrs}");
+    assert!(addrs.contains("inet6 fd00:65::10/64"), "{addrs}");
+    assert!(!addrs.contains("tentative"), "{addrs}");
+    let routes = default_routes6(&g);
+    assert!(
+        routes.contains("default via fd00:64::1 dev eth0"),
+        "{routes}"
+    );
+    // One default route per namespace: the isolated port has its address only.
+    assert!(!routes.contains("eth1"), "{routes}");
+    assert!(pings6(&g, "fd00:64::1", None));
+    assert!(pings6(&g, "fd00:65::1", None));
+    assert!(pings6(&host, "fd00:64::10", None));
+    let applied = fingerprint6(&g);
+
+    // Drift: the address and the default route deleted in the guest come back.
+    ok_in(&g, "ip -6 route del default via fd00:64::1 dev eth0");
+    ok_in(&g, "ip -6 addr del fd00:64::10/64 dev eth0");
+    assert!(!pings6(&g, "fd00:64::1", None));
+    let plan = ns.kvmnet_ok(&["plan", spec.path(), "--netns", &host]);
+    assert!(plan.contains("~ veth v6va: guest"), "{plan}");
+    assert!(
+        plan.contains("gateway 10.64.0.1 -> mac")
+            && plan.contains("ipv6 fd00:64::10/64 gateway6 fd00:64::1"),
+        "{plan}"
+    );
+    ns.kvmnet_ok(&["apply", spec.path(), "--netns", &host]);
+    assert_eq!(fingerprint6(&g), applied);
+    assert!(pings6(&g, "fd00:64::1", None));
+    let again = ns.kvmnet_ok(&["plan", spec.path(), "--netns", &host]);
+    assert!(again.starts_with("No changes"), "{again}");
+
+    ns.kvmnet_ok(&["destroy", "--netns", &host]);
+    assert!(ok_in(&g, "ip -6 addr show scope global").is_empty());
+    assert!(default_routes6(&g).is_empty());
 }

@@ -6,12 +6,16 @@ mod kinds;
 
 use std::collections::HashMap;
 
-use crate::backend::rtnl::{BondOptions, Netlink, NetlinkError, NewLinkKind, Request, RouteInfo};
+use crate::backend::rtnl::{
+    BondOptions, Netlink, NetlinkError, NewLinkKind, Request, Route6Info, RouteInfo,
+};
 use crate::backend::{ethtool, macvtap, netns, nftables, sysctl, tap, tc};
 use crate::plan::{Change, Step};
 use crate::spec::{BondMode, LACP_RATES, XMIT_HASH_POLICIES};
 use crate::state::BondLink;
-use crate::state::{Addr, PortKind, PortLink, Route, ShapeState, guest_alias, parse_alias};
+use crate::state::{
+    Addr, GuestEnd, PortKind, PortLink, Route, ShapeState, guest_alias, parse_alias,
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApplyError {
@@ -277,6 +281,36 @@ fn bond_options(
     })
 }
 
+/// What takes a veth far end's IPv6 from `old` (as found; `None` for a new far end) to
+/// `new`, in three steps run in this order among the IPv4 ones: the old default route
+/// removed, the address changed, the new default route added (its gateway is on-link
+/// through the prefix route the kernel adds with the address). The address is added
+/// without duplicate address detection, like the gateway's on the bridge: kvmnet has
+/// checked it is unique on the network (the guard keeps other guests from claiming it), and
+/// a tentative address could not be a source for the second or so DAD takes, where the
+/// IPv4 one works at once.
+fn guest_requests6(index: u32, old: Option<&GuestEnd>, new: &GuestEnd) -> [Vec<Request>; 3] {
+    let (old_addr, old_gw) = (old.and_then(|g| g.addr6), old.and_then(|g| g.gateway6));
+    let mut out: [Vec<Request>; 3] = Default::default();
+    if old_gw != new.gateway6 {
+        if let Some(gw) = old_gw {
+            out[0].push(Request::DelRoute6(Route6Info::default_via(gw, index)));
+        }
+        if let Some(gw) = new.gateway6 {
+            out[2].push(Request::NewRoute6(Route6Info::default_via(gw, index)));
+        }
+    }
+    if old_addr != new.addr6 {
+        if let Some(addr) = old_addr {
+            out[1].push(Request::DelAddr6 { index, addr });
+        }
+        if let Some(addr) = new.addr6 {
+            out[1].push(Request::NewAddr6 { index, addr });
+        }
+    }
+    out
+}
+
 fn route_info(route: &Route, oif: u32) -> RouteInfo {
     RouteInfo {
         table: route.table,
@@ -422,6 +456,9 @@ impl Kernel {
         {
             reqs.push(Request::DelRoute(default(gw)));
         }
+        let [del6, addrs6, add6] = guest_requests6(link.index, old.as_ref(), guest);
+        reqs.extend(del6);
+        reqs.extend(addrs6);
         if old_addr != guest.addr {
             if let Some(a) = old_addr {
                 reqs.push(Request::DelAddr {
@@ -442,6 +479,7 @@ impl Kernel {
         {
             reqs.push(Request::NewRoute(default(gw)));
         }
+        reqs.extend(add6);
         for r in nl.execute(&reqs) {
             r?;
         }
@@ -909,6 +947,39 @@ mod tests {
             .iter()
             .map(|n| Step::Netns(Change::Create(netns(n))))
             .collect()
+    }
+
+    /// A far end's IPv6 changes in order (the old route out, the addresses, the new route
+    /// in: a gateway is on-link only once its prefix's address is there), and an update
+    /// undone runs the other way round.
+    #[test]
+    fn guest_ipv6_requests_take_the_old_route_out_first() {
+        let end = |a: Option<&str>, g: Option<&str>| GuestEnd {
+            name: "eth0".into(),
+            mac: Default::default(),
+            mtu: 1500,
+            up: true,
+            addr: None,
+            gateway: None,
+            addr6: a.map(|a| a.parse().unwrap()),
+            gateway6: g.map(|g| g.parse().unwrap()),
+            dhcp: false,
+        };
+        let none = end(None, None);
+        let set = end(Some("fd00:64::10/64"), Some("fd00:64::1"));
+        let [del, addrs, add] = guest_requests6(7, None, &set);
+        assert!(del.is_empty());
+        assert!(matches!(&addrs[..], [Request::NewAddr6 { index: 7, .. }]));
+        assert!(matches!(&add[..], [Request::NewRoute6(r)] if r.oif == Some(7)));
+        let [del, addrs, add] = guest_requests6(7, Some(&set), &none);
+        assert!(matches!(&del[..], [Request::DelRoute6(_)]));
+        assert!(matches!(&addrs[..], [Request::DelAddr6 { .. }]));
+        assert!(add.is_empty());
+        assert!(
+            guest_requests6(7, Some(&set), &set)
+                .iter()
+                .all(Vec::is_empty)
+        );
     }
 
     #[test]

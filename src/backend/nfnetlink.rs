@@ -7,7 +7,7 @@ use std::io;
 
 use super::netlink::consts::{NETLINK_NETFILTER, NLM_F_REQUEST};
 use super::netlink::{MsgBuf, NetlinkError, Options, Socket, attr, attr_string, attrs};
-use super::nft_words::{key_text, set_type, typeof_comment, value_text};
+use super::nft_words::{key_text, range_text, set_type, typeof_comment, value_text};
 use super::nftables::NftError;
 use crate::nft::{self, NftRule};
 
@@ -44,6 +44,8 @@ pub(crate) const NFTA_SET_ELEM_LIST_ELEMENTS: u16 = 3;
 pub(super) const NFTA_SET_ELEM_KEY: u16 = 1;
 const NFTA_SET_ELEM_DATA: u16 = 2;
 const NFTA_SET_ELEM_FLAGS: u16 = 3;
+/// The last key of a range in a set with a concatenated interval key.
+const NFTA_SET_ELEM_KEY_END: u16 = 10;
 pub(super) const NFTA_DATA_VALUE: u16 = 1;
 pub(super) const NFTA_DATA_VERDICT: u16 = 2;
 pub(super) const NFTA_VERDICT_CODE: u16 = 1;
@@ -231,7 +233,8 @@ pub(super) fn elements(ty: &str, dumps: &[Vec<u8>]) -> BTreeSet<String> {
             let Some(k) = attr(e, NFTA_SET_ELEM_KEY).and_then(|k| attr(k, NFTA_DATA_VALUE)) else {
                 continue;
             };
-            let mut text = key_text(ty, k);
+            let end = attr(e, NFTA_SET_ELEM_KEY_END).and_then(|k| attr(k, NFTA_DATA_VALUE));
+            let mut text = range_text(ty, k, end);
             let data = attr(e, NFTA_SET_ELEM_DATA);
             if let Some(v) = data.and_then(|d| attr(d, NFTA_DATA_VERDICT)) {
                 text = format!("{text} : {}", verdict_text(v));

@@ -98,7 +98,7 @@ impl Field {
         Some(match word {
             "ifname" | "iifname" | "oifname" => Field::Ifname,
             "ipv4_addr" | "ip daddr" => Field::Ipv4,
-            "ipv6_addr" | "ip6 daddr" => Field::Ipv6,
+            "ipv6_addr" | "ip6 daddr" | "ip6 saddr" => Field::Ipv6,
             "ether_addr" => Field::Ether,
             "inet_service" => Field::Service,
             "mark" | "meta mark" => Field::Mark,
@@ -153,8 +153,9 @@ fn layout(ty: &str) -> Option<(Vec<Field>, Option<Field>)> {
         None => (ty, None),
     };
     let key = key.strip_prefix("typeof ").unwrap_or(key);
-    // A set with counters on its elements: the counters are no part of the key.
+    // A set with counters on its elements, or of ranges: neither is part of the key.
     let key = key.strip_suffix("; counter").unwrap_or(key);
+    let key = key.strip_suffix("; flags interval").unwrap_or(key);
     let fields = key
         .split(" . ")
         .map(Field::parse)
@@ -173,17 +174,30 @@ fn hex(v: &[u8]) -> String {
 /// A key of a set of type `ty`, in nft's words, field by field; hex when the type is not
 /// one kvmnet uses or the bytes do not fit it.
 pub(crate) fn key_text(ty: &str, v: &[u8]) -> String {
+    range_text(ty, v, None)
+}
+
+/// An element of an interval set with a concatenated key (the kernel keeps its first and
+/// last key): each field as one value where both keys agree, else as `FIRST-LAST`, the way
+/// kvmnet writes it (`"vm1" . fd00::1000-fd00::1fff`). An element of one value has a last
+/// key equal to its first.
+pub(crate) fn range_text(ty: &str, v: &[u8], end: Option<&[u8]>) -> String {
     let Some((fields, _)) = layout(ty) else {
         return hex(v);
     };
+    let end = end.filter(|e| e.len() == v.len()).unwrap_or(v);
     let single = fields.len() == 1;
     let mut out = Vec::with_capacity(fields.len());
     let mut at = 0;
     for f in fields {
-        let Some(bytes) = v.get(at..at + f.len()) else {
+        let (Some(bytes), Some(last)) = (v.get(at..at + f.len()), end.get(at..at + f.len())) else {
             return hex(v);
         };
-        out.push(f.text(bytes));
+        if bytes == last {
+            out.push(f.text(bytes));
+        } else {
+            out.push(format!("{}-{}", f.text(bytes), f.text(last)));
+        }
         // Fields of a concatenation are padded to 4 bytes; a key of one field is not.
         at += if single {
             f.len()
@@ -256,6 +270,34 @@ mod tests {
         assert_eq!(
             key_text("typeof ip6 daddr; counter", &ll.octets()),
             "fe80::5054:ff:feaa:10"
+        );
+    }
+
+    #[test]
+    fn ranges_of_concatenated_interval_sets() {
+        let ty = "typeof iifname . ip6 saddr; flags interval";
+        let lo: Ipv6Addr = "fd00:122::1000".parse().unwrap();
+        let hi: Ipv6Addr = "fd00:122::1fff".parse().unwrap();
+        let key = |a: Ipv6Addr| {
+            let mut k = vec![0u8; 32];
+            k[..3].copy_from_slice(b"vm1");
+            k[16..].copy_from_slice(&a.octets());
+            k
+        };
+        assert_eq!(
+            range_text(ty, &key(lo), Some(&key(hi))),
+            "\"vm1\" . fd00:122::1000-fd00:122::1fff"
+        );
+        // One address: its last key is its first.
+        assert_eq!(
+            range_text(ty, &key(lo), Some(&key(lo))),
+            "\"vm1\" . fd00:122::1000"
+        );
+        assert_eq!(range_text(ty, &key(lo), None), "\"vm1\" . fd00:122::1000");
+        let raw = "typeof iifname . @th,64,128; flags interval";
+        assert_eq!(
+            range_text(raw, &key(lo), Some(&key(hi))),
+            "\"vm1\" . 0xfd000122000000000000000000001000-0xfd000122000000000000000000001fff"
         );
     }
 

@@ -206,6 +206,25 @@ pub struct NetnsSnap {
     pub links: Vec<LinkSnap>,
     pub addrs: Vec<AddrSnap>,
     pub routes: Vec<RouteSnap>,
+    /// Permanent global IPv6 addresses: those set by hand or by kvmnet, not the ones SLAAC or
+    /// a DHCPv6 client add with lifetimes.
+    pub addrs6: Vec<Addr6Snap>,
+    /// IPv6 default routes, but those the kernel learns from router advertisements.
+    pub routes6: Vec<Route6Snap>,
+}
+
+/// An IPv6 route as a guest namespace's snapshot shows it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Route6Snap {
+    pub dev: String,
+    pub dst: crate::spec::Ipv6Cidr,
+    #[serde(default)]
+    pub gateway: Option<std::net::Ipv6Addr>,
+    #[serde(default = "main_table")]
+    pub table: u32,
+    #[serde(default = "boot_proto")]
+    pub protocol: u8,
 }
 
 impl Snapshot {

@@ -401,7 +401,14 @@ pub struct GuestEnd {
     pub up: bool,
     pub addr: Option<Ipv4Cidr>,
     pub gateway: Option<Ipv4Addr>,
-    /// A DHCP client in the namespace owns the address and default route: kvmnet leaves
+    /// The port's `ipv6`, with the prefix length of the network prefix it lies in (added
+    /// permanent and without duplicate address detection).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub addr6: Option<crate::spec::Ipv6Cidr>,
+    /// The IPv6 default route's gateway: the network's gateway address.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gateway6: Option<std::net::Ipv6Addr>,
+    /// A DHCP client in the namespace owns the addresses and default routes: kvmnet leaves
     /// them alone (and so does not observe them either).
     #[serde(default)]
     pub dhcp: bool,

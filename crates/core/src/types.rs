@@ -116,6 +116,16 @@ pub struct Ipv6Cidr {
 }
 
 impl Ipv6Cidr {
+    /// Whether `a` lies in the prefix.
+    pub fn contains(&self, a: Ipv6Addr) -> bool {
+        self.network()
+            == Ipv6Cidr {
+                addr: a,
+                prefix: self.prefix,
+            }
+            .network()
+    }
+
     /// The prefix with its host bits cleared.
     pub fn network(&self) -> Ipv6Cidr {
         let bits = u128::from(self.addr);

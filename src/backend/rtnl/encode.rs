@@ -17,7 +17,7 @@ use super::consts::{
     VETH_INFO_PEER,
 };
 use super::request::{NewLinkKind, Request, validate};
-use super::types::{BondOptions, RouteInfo};
+use super::types::{BondOptions, Route6Info, RouteInfo};
 use crate::backend::netlink::MsgBuf;
 use crate::backend::netlink::consts::{
     NLM_F_ACK, NLM_F_APPEND, NLM_F_CREATE, NLM_F_EXCL, NLM_F_REQUEST, RTM_DELADDR, RTM_DELLINK,
@@ -149,6 +149,8 @@ pub(super) fn encode(
         Request::NewFdb { .. } | Request::DelFdb { .. } => fdb(b, number(false), req),
         Request::NewRoute(r) => route(b, number(false), r, true),
         Request::DelRoute(r) => route(b, number(false), r, false),
+        Request::NewRoute6(r) => route6(b, number(false), r, true),
+        Request::DelRoute6(r) => route6(b, number(false), r, false),
     }
     Ok(())
 }
@@ -441,6 +443,35 @@ fn route(b: &mut MsgBuf, seq: u32, r: &RouteInfo, new: bool) {
         b.attr(RTA_PREFSRC, &s.octets());
     }
     b.end(start);
+}
+
+/// RTM_NEWROUTE (`new`) or RTM_DELROUTE of an IPv6 route.
+fn route6(b: &mut MsgBuf, seq: u32, r: &Route6Info, new: bool) {
+    let (ty, flags) = if new {
+        (RTM_NEWROUTE, CREATE)
+    } else {
+        (RTM_DELROUTE, ACK)
+    };
+    let start = b.begin(ty, flags, seq);
+    b.bytes(&rtmsg6(r.dst.prefix, r.protocol, r.route_type));
+    b.attr_u32(RTA_TABLE, r.table);
+    if r.dst.prefix > 0 {
+        b.attr(RTA_DST, &r.dst.network().addr.octets());
+    }
+    if let Some(g) = r.gateway {
+        b.attr(RTA_GATEWAY, &g.octets());
+    }
+    if let Some(o) = r.oif {
+        b.attr_u32(RTA_OIF, o);
+    }
+    b.end(start);
+}
+
+/// `struct rtmsg` of an IPv6 route in the table RTA_TABLE names (0 here), scope universe.
+pub(super) fn rtmsg6(dst_len: u8, protocol: u8, ty: u8) -> [u8; 12] {
+    let mut h = rtmsg(dst_len, 0, protocol, RT_SCOPE_UNIVERSE, ty);
+    h[0] = libc::AF_INET6 as u8;
+    h
 }
 
 impl BondOptions {

@@ -27,7 +27,8 @@ pub(crate) use consts::{
 pub(crate) use encode::{ACK, CREATE, ifinfomsg};
 pub use request::{NewLinkKind, Request};
 pub use types::{
-    AddrInfo, BondOptions, FdbEntry, LinkInfo, LinkStats, RouteInfo, TunInfo, VxlanInfo,
+    AddrInfo, BondOptions, FdbEntry, LinkInfo, LinkStats, RTPROT_RA, Route6Info, RouteInfo,
+    TunInfo, VxlanInfo,
 };
 
 pub use crate::backend::netlink::NetlinkError;
@@ -41,7 +42,7 @@ pub const HALF_MADE_GROUP: u32 = 0x4b76_6e00;
 
 use self::consts::AF_BRIDGE;
 use self::encode::{Deferred, Pending, encode, ifaddrmsg, ndmsg, rtmsg, set_alias_by_name};
-use self::parse::{parse_addr, parse_addr6, parse_fdb, parse_link, parse_route};
+use self::parse::{parse_addr, parse_addr6, parse_fdb, parse_link, parse_route, parse_route6};
 use self::request::check_ifname;
 use crate::backend::netlink::attr::u32_at;
 use crate::backend::netlink::consts::{
@@ -196,6 +197,30 @@ impl Netlink {
             &encode::ifaddrmsg6(0, 0),
         )?;
         Ok(dumped.iter().filter_map(|p| parse_addr6(p)).collect())
+    }
+
+    /// Permanent global IPv6 addresses (set by hand or by kvmnet, not by SLAAC or a DHCPv6
+    /// client, which give theirs lifetimes): (link index, address).
+    pub fn permanent_addrs6(&mut self) -> Result<Vec<(u32, crate::spec::Ipv6Cidr)>, NetlinkError> {
+        let dumped = self.sock.dump(
+            "list IPv6 addresses",
+            RTM_GETADDR,
+            &encode::ifaddrmsg6(0, 0),
+        )?;
+        Ok(dumped
+            .iter()
+            .filter_map(|p| parse::parse_addr6_flags(p))
+            .filter(|(_, _, flags)| flags & consts::IFA_F_PERMANENT != 0)
+            .map(|(i, a, _)| (i, a))
+            .collect())
+    }
+
+    /// All IPv6 routes of all tables.
+    pub fn routes6(&mut self) -> Result<Vec<Route6Info>, NetlinkError> {
+        let dumped = self
+            .sock
+            .dump("list IPv6 routes", RTM_GETROUTE, &encode::rtmsg6(0, 0, 0))?;
+        Ok(dumped.iter().filter_map(|p| parse_route6(p)).collect())
     }
 
     /// All IPv4 routes of all tables (local and broadcast routes of table 255 included).

@@ -15,7 +15,7 @@ use super::consts::{
     NDA_DST, NDA_LLADDR, RTA_DST, RTA_GATEWAY, RTA_OIF, RTA_PREFSRC, RTA_PRIORITY, RTA_TABLE,
 };
 use super::types::{
-    AddrInfo, BondOptions, FdbEntry, LinkInfo, LinkStats, RouteInfo, TunInfo, VxlanInfo,
+    AddrInfo, BondOptions, FdbEntry, LinkInfo, LinkStats, Route6Info, RouteInfo, TunInfo, VxlanInfo,
 };
 use crate::backend::netlink::attr::{u16_at, u32_at, u64_at};
 use crate::backend::netlink::{attr, attr_ipv4, attr_string, attr_u8, attr_u32, attrs};
@@ -237,16 +237,24 @@ pub(super) fn parse_addr(p: &[u8]) -> Option<AddrInfo> {
 
 /// A global IPv6 address (link-local and other scopes are the kernel's own).
 pub(super) fn parse_addr6(p: &[u8]) -> Option<(u32, crate::spec::Ipv6Cidr)> {
+    parse_addr6_flags(p).map(|(i, a, _)| (i, a))
+}
+
+/// [`parse_addr6`] with the address's flags (`IFA_F_*`).
+pub(super) fn parse_addr6_flags(p: &[u8]) -> Option<(u32, crate::spec::Ipv6Cidr, u32)> {
     if p.len() < 8 || p[0] != libc::AF_INET6 as u8 || p[3] != super::consts::RT_SCOPE_UNIVERSE {
         return None;
     }
     let (prefix, index) = (p[1], u32_at(p, 4));
+    // The header holds the low 8 bits; IFA_FLAGS, when sent, all of them.
+    let mut flags = u32::from(p[2]);
     let (mut local, mut address) = (None, None);
     for (ty, v) in attrs(&p[8..]) {
         let a = <[u8; 16]>::try_from(v).ok().map(std::net::Ipv6Addr::from);
         match ty {
             IFA_LOCAL => local = a,
             IFA_ADDRESS => address = a,
+            IFA_FLAGS => flags = attr_u32(v).unwrap_or(flags),
             _ => {}
         }
     }
@@ -256,7 +264,37 @@ pub(super) fn parse_addr6(p: &[u8]) -> Option<(u32, crate::spec::Ipv6Cidr)> {
             addr: local.or(address)?,
             prefix,
         },
+        flags,
     ))
+}
+
+/// An IPv6 route (RTA_MULTIPATH routes come without gateway and device).
+pub(super) fn parse_route6(p: &[u8]) -> Option<Route6Info> {
+    if p.len() < 12 || p[0] != libc::AF_INET6 as u8 {
+        return None;
+    }
+    let mut r = Route6Info {
+        dst: crate::spec::Ipv6Cidr {
+            addr: std::net::Ipv6Addr::UNSPECIFIED,
+            prefix: p[1],
+        },
+        gateway: None,
+        oif: None,
+        protocol: p[5],
+        table: u32::from(p[4]),
+        route_type: p[7],
+    };
+    for (ty, v) in attrs(&p[12..]) {
+        let a = <[u8; 16]>::try_from(v).ok().map(std::net::Ipv6Addr::from);
+        match ty {
+            RTA_DST => r.dst.addr = a.unwrap_or(r.dst.addr),
+            RTA_GATEWAY => r.gateway = a,
+            RTA_OIF => r.oif = attr_u32(v),
+            RTA_TABLE => r.table = attr_u32(v).unwrap_or(r.table),
+            _ => {}
+        }
+    }
+    Some(r)
 }
 
 pub(super) fn parse_route(p: &[u8]) -> Option<RouteInfo> {

@@ -5,7 +5,7 @@ use std::net::Ipv4Addr;
 use std::os::fd::RawFd;
 
 use super::consts::{IFALIASZ, IFNAMSIZ, RT_TABLE_MAIN};
-use super::types::{BondOptions, RouteInfo};
+use super::types::{BondOptions, Route6Info, RouteInfo};
 use crate::types::{Ipv4Cidr, Mac};
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -106,6 +106,8 @@ pub enum Request {
     },
     NewRoute(RouteInfo),
     DelRoute(RouteInfo),
+    NewRoute6(Route6Info),
+    DelRoute6(Route6Info),
     /// `bridge fdb append MAC dev LINK dst DST self permanent` (NLM_F_CREATE|NLM_F_APPEND:
     /// the all-zeros MAC may carry many destinations).
     NewFdb {
@@ -150,6 +152,7 @@ impl Request {
             | Request::NewFdb { index, .. }
             | Request::DelFdb { index, .. } => Some(*index),
             Request::NewRoute(r) | Request::DelRoute(r) => r.oif,
+            Request::NewRoute6(r) | Request::DelRoute6(r) => r.oif,
             Request::NewLink { .. } => None,
         }
     }
@@ -233,6 +236,8 @@ impl Request {
             }
             Request::NewRoute(r) => format!("add route {}", describe_route(r, name)),
             Request::DelRoute(r) => format!("delete route {}", describe_route(r, name)),
+            Request::NewRoute6(r) => format!("add route {}", describe_route6(r, name)),
+            Request::DelRoute6(r) => format!("delete route {}", describe_route6(r, name)),
             Request::NewFdb { index, mac, dst } => {
                 format!("add fdb entry {mac} dst {dst} to link {}", link(*index))
             }
@@ -272,6 +277,27 @@ fn describe_route(r: &RouteInfo, oif_name: Option<&str>) -> String {
     );
     if let Some(p) = r.priority {
         let _ = write!(s, " metric {p}");
+    }
+    s
+}
+
+fn describe_route6(r: &Route6Info, oif_name: Option<&str>) -> String {
+    let mut s = if r.dst.prefix == 0 {
+        "default".to_string()
+    } else {
+        r.dst.to_string()
+    };
+    if let Some(g) = r.gateway {
+        let _ = write!(s, " via {g}");
+    }
+    match (r.oif, oif_name) {
+        (Some(o), Some(n)) => {
+            let _ = write!(s, " dev {n} (index {o})");
+        }
+        (Some(o), None) => {
+            let _ = write!(s, " dev index {o}");
+        }
+        (None, _) => {}
     }
     s
 }
@@ -335,6 +361,11 @@ pub(super) fn validate(req: &Request) -> Result<(), String> {
         Request::NewRoute(r) | Request::DelRoute(r) => {
             if r.dst.prefix > 32 {
                 return Err(format!("prefix length {} is over 32", r.dst.prefix));
+            }
+        }
+        Request::NewRoute6(r) | Request::DelRoute6(r) => {
+            if r.dst.prefix > 128 {
+                return Err(format!("prefix length {} is over 128", r.dst.prefix));
             }
         }
         Request::DelLink { .. }

@@ -135,6 +135,40 @@ pub struct RouteInfo {
     pub prefsrc: Option<Ipv4Addr>,
 }
 
+/// An IPv6 unicast route of the main table (what kvmnet sets of IPv6 routes: a veth far
+/// end's default route). `protocol` as for [`RouteInfo`]; the kernel gives routes it learns
+/// from router advertisements [`RTPROT_RA`].
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Route6Info {
+    pub dst: crate::types::Ipv6Cidr,
+    pub gateway: Option<std::net::Ipv6Addr>,
+    pub oif: Option<u32>,
+    pub protocol: u8,
+    pub table: u32,
+    pub route_type: u8,
+}
+
+impl Route6Info {
+    /// The default route out of `oif` via `gateway`, as `ip -6 route add default via G dev
+    /// D` makes it.
+    pub fn default_via(gateway: std::net::Ipv6Addr, oif: u32) -> Route6Info {
+        Route6Info {
+            dst: crate::types::Ipv6Cidr {
+                addr: std::net::Ipv6Addr::UNSPECIFIED,
+                prefix: 0,
+            },
+            gateway: Some(gateway),
+            oif: Some(oif),
+            protocol: RTPROT_BOOT,
+            table: RT_TABLE_MAIN,
+            route_type: RTN_UNICAST,
+        }
+    }
+}
+
+/// Route protocol of what the kernel learns from router advertisements.
+pub const RTPROT_RA: u8 = 9;
+
 impl RouteInfo {
     /// A unicast route in the main table to `dst` via `gateway`, as `ip route add` makes it.
     pub fn via(dst: Ipv4Cidr, gateway: Ipv4Addr) -> RouteInfo {

@@ -207,6 +207,8 @@ fn port_kind(snap: &Snapshot, l: &LinkSnap, alias: &Alias) -> PortKind {
                     up: false,
                     addr: None,
                     gateway: None,
+                    addr6: None,
+                    gateway6: None,
                     dhcp: alias.dhcp,
                 }),
             }
@@ -221,7 +223,9 @@ fn port_kind(snap: &Snapshot, l: &LinkSnap, alias: &Alias) -> PortKind {
 }
 
 /// The far end of veth port `port` in guest namespace `netns`, found by its mark; its
-/// address and default route only when kvmnet configures them (no `dhcp`).
+/// addresses and default routes only when kvmnet configures them (no `dhcp`). Of IPv6, the
+/// snapshot holds only permanent addresses and routes not learnt from router
+/// advertisements: what SLAAC and DHCPv6 clients add is the guest's own.
 fn guest_end(snap: &Snapshot, netns: &str, port: &str, dhcp: bool) -> Option<GuestEnd> {
     let g = snap.netns.get(netns)?;
     let mark = guest_alias(port);
@@ -232,6 +236,12 @@ fn guest_end(snap: &Snapshot, netns: &str, port: &str, dhcp: bool) -> Option<Gue
         .iter()
         .find(|r| r.dev == link.name && r.dst.prefix == 0 && r.table == 254)
         .and_then(|r| r.gateway);
+    let addr6 = g.addrs6.iter().find(|a| a.dev == link.name).map(|a| a.addr);
+    let gateway6 = g
+        .routes6
+        .iter()
+        .find(|r| r.dev == link.name && r.dst.prefix == 0 && r.table == 254)
+        .and_then(|r| r.gateway);
     Some(GuestEnd {
         name: link.name.clone(),
         mac: link.mac.unwrap_or_default(),
@@ -239,6 +249,8 @@ fn guest_end(snap: &Snapshot, netns: &str, port: &str, dhcp: bool) -> Option<Gue
         up: link.up,
         addr: addr.filter(|_| !dhcp),
         gateway: gateway.filter(|_| !dhcp),
+        addr6: addr6.filter(|_| !dhcp),
+        gateway6: gateway6.filter(|_| !dhcp),
         dhcp,
     })
 }

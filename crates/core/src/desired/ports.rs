@@ -4,11 +4,12 @@
 use super::*;
 
 /// Far ends of veth ports already placed: one name per namespace, and the namespaces
-/// that have their default route.
+/// that have their default route, per family.
 #[derive(Default)]
 struct GuestEnds {
     names: BTreeSet<(String, String)>,
     routed: BTreeSet<String>,
+    routed6: BTreeSet<String>,
 }
 
 impl Build<'_> {
@@ -208,6 +209,14 @@ impl Build<'_> {
             (Some(gw), Some(_)) if ends.routed.insert(ns.clone()) => Some(gw.addr),
             _ => None,
         };
+        // IPv6 alike, via the gateway's own address: it is in the spec (the bridge's
+        // link-local address follows the bridge's MAC) and on-link through the prefix route
+        // the kernel adds with the port's address. Networks of the LAN's router
+        // (`ipv6_prefixes`) have no gateway of kvmnet's: their router announces itself.
+        let gateway6 = match (net.ipv6, port.ipv6) {
+            (Some(v6), Some(_)) if ends.routed6.insert(ns.clone()) => Some(v6.gateway.addr),
+            _ => None,
+        };
         // A trunk that tags its own VLAN carries nothing untagged: the VM addresses its VLAN
         // sub-interfaces itself.
         let configured = !port.dhcp_client && port.has_native();
@@ -221,6 +230,8 @@ impl Build<'_> {
                 // A DHCP client in the namespace configures it instead.
                 addr: port.ipv4.filter(|_| configured),
                 gateway: gateway.filter(|_| configured),
+                addr6: port.ipv6_cidr(net).filter(|_| configured),
+                gateway6: gateway6.filter(|_| configured),
                 dhcp: port.dhcp_client,
             },
         }

@@ -9,7 +9,9 @@
 //! - IPv4 from its address, or from 0.0.0.0 as a DHCP client (udp 68 -> 67) only; DHCP only
 //!   as a client: a BOOTREQUEST without a relay address whose chaddr is its own MAC;
 //! - IPv6 from the link-local address of its MAC (EUI-64), its SLAAC addresses in the
-//!   network's `ipv6_prefixes`, or from :: for duplicate address detection and multicast
+//!   network's SLAAC prefixes (`ipv6_prefixes`, and its `ipv6` prefix when RAs allow SLAAC),
+//!   its declared `ipv6` or, without one, any address of the network's DHCPv6 pool (the
+//!   `range6` the server hands out), or from :: for duplicate address detection and multicast
 //!   listener reports; neighbour discovery only about its own addresses (an advertisement's
 //!   target, and the link-layer address option of a solicitation or advertisement, must be
 //!   its own); DHCPv6 only as a client; no router advertisements, redirects or router
@@ -37,6 +39,13 @@ use crate::spec::{Mac, Port, PortKind, Spec};
 const MAC_RAW: &str = "typeof iifname . @th,208,48";
 /// The target address of a neighbour solicitation or advertisement (8 bytes into ICMPv6).
 const ND_TARGET_RAW: &str = "typeof iifname . @th,64,128";
+/// The DHCPv6 pools of ports without `ipv6`, as ranges: by source address and by neighbour
+/// discovery target. Interval sets with a concatenated key are the kernel's pipapo sets,
+/// whose lookups cost more than a hash's; they hold one element per such port, and only
+/// frames whose source is none of the port's exact addresses (the hash sets, looked up
+/// first) reach them.
+const POOL_IP6: &str = "typeof iifname . ip6 saddr; flags interval";
+const POOL_ND_TARGET: &str = "typeof iifname . @th,64,128; flags interval";
 
 fn hex(bytes: &[u8]) -> String {
     let mut s = String::with_capacity(2 + 2 * bytes.len());
@@ -140,6 +149,8 @@ struct Sets {
     claimed_ip4: Set,
     port_ip6: Set,
     nd_target: Set,
+    pool_ip6: Set,
+    pool_nd_target: Set,
 }
 
 impl Sets {
@@ -157,13 +168,16 @@ impl Sets {
             claimed_ip4: Set::new("claimed_ip4", "ipv4_addr"),
             port_ip6: Set::new("port_ip6", "ifname . ipv6_addr"),
             nd_target: Set::new("nd_target", ND_TARGET_RAW),
+            pool_ip6: Set::new("pool_ip6", POOL_IP6),
+            pool_nd_target: Set::new("pool_nd_target", POOL_ND_TARGET),
         }
     }
 
     /// One interface of a guarded port: the port itself, or a trunk's sub-interface (the
     /// VM's MAC holds on each; the VM's link-local address too, as the guest forms it the
-    /// same way on every VLAN).
-    fn add_interface(&mut self, spec: &Spec, iface: &str, network: &str, mac: Mac) {
+    /// same way on every VLAN). Unless the interface is `pinned6` (its port declares `ipv6`
+    /// on this network), the network's DHCPv6 pool is its too.
+    fn add_interface(&mut self, spec: &Spec, iface: &str, network: &str, mac: Mac, pinned6: bool) {
         let q = concat(&["\"", iface, "\""]);
         self.guarded.elements.push(q.clone());
         for d in &mut self.drops {
@@ -175,15 +189,33 @@ impl Sets {
         self.mac_raw
             .elements
             .push(concat(&[&q, " . ", &hex(&mac.0)]));
-        let addrs = spec
-            .networks
-            .get(network)
+        let net = spec.networks.get(network);
+        let addrs = net
             .map(|n| {
                 let own = std::iter::once(mac.link_local());
                 own.chain(n.slaac_prefixes().map(|c| mac.slaac(c.addr)))
                     .collect::<Vec<_>>()
             })
             .unwrap_or_else(|| vec![mac.link_local()]);
+        if let Some((lo, hi)) = net.and_then(|n| n.dhcp6_pool()).filter(|_| !pinned6) {
+            // As DHCPv4 does for a port without `ipv4`: the port may use any address of the
+            // pool (the server's binding is not known when the ruleset is written). Static
+            // addresses and the gateway are never in it (validate sees to that).
+            self.pool_ip6.elements.push(concat(&[
+                &q,
+                " . ",
+                &lo.to_string(),
+                "-",
+                &hi.to_string(),
+            ]));
+            self.pool_nd_target.elements.push(concat(&[
+                &q,
+                " . ",
+                &hex(&lo.octets()),
+                "-",
+                &hex(&hi.octets()),
+            ]));
+        }
         for a in addrs {
             self.port_ip6
                 .elements
@@ -195,9 +227,18 @@ impl Sets {
     }
 
     fn add_port(&mut self, spec: &Spec, p: &Port) {
-        self.add_interface(spec, &p.name, &p.network, p.mac);
+        // Pinned like `ipv4` (`ip4_pinned`): on the port's own interface only.
+        let own = p.own_interface();
+        self.add_interface(
+            spec,
+            &p.name,
+            &p.network,
+            p.mac,
+            p.ipv6.is_some() && own == p.name,
+        );
         for t in &p.trunk {
-            self.add_interface(spec, &t.device, &t.network, p.mac);
+            let pinned6 = p.ipv6.is_some() && own == t.device;
+            self.add_interface(spec, &t.device, &t.network, p.mac, pinned6);
         }
         let slaac = |a| {
             spec.networks
@@ -262,6 +303,8 @@ pub(super) fn parts(spec: &Spec) -> Parts {
         s.claimed_ip4,
         s.port_ip6,
         s.nd_target,
+        s.pool_ip6,
+        s.pool_nd_target,
     ] {
         out.set(BRIDGE_FAMILY, set);
     }
@@ -346,10 +389,13 @@ fn chains(out: &mut Parts) {
             // Before it has an address: duplicate address detection of its own addresses
             // and multicast listener reports.
             "ip6 saddr :: icmpv6 type nd-neighbor-solicit iifname . @th,64,128 @nd_target return".into(),
+            "ip6 saddr :: icmpv6 type nd-neighbor-solicit iifname . @th,64,128 @pool_nd_target return".into(),
             "ip6 saddr :: icmpv6 type { mld-listener-report, mld2-listener-report } return".into(),
             drop_for("ip6 saddr ::", Reason::Ip),
-            drop_for("iifname . ip6 saddr != @port_ip6", Reason::Ip),
-            drop_for("icmpv6 type nd-neighbor-advert iifname . @th,64,128 != @nd_target", Reason::Nd),
+            // Its exact addresses (a hash lookup) first; its DHCPv6 pool only when none is
+            // the source.
+            drop_for("iifname . ip6 saddr != @port_ip6 iifname . ip6 saddr != @pool_ip6", Reason::Ip),
+            drop_for("icmpv6 type nd-neighbor-advert iifname . @th,64,128 != @nd_target iifname . @th,64,128 != @pool_nd_target", Reason::Nd),
             drop_for("icmpv6 type { nd-neighbor-solicit, nd-neighbor-advert } @th,192,8 { 1, 2 } iifname . @th,208,48 != @mac_raw", Reason::Nd),
          ],
     );

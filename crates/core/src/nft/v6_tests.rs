@@ -4,11 +4,15 @@
 
 use super::*;
 
-fn text(yaml: &str) -> String {
+fn table(yaml: &str) -> NftTable {
     let id = crate::spec::HostIdentity::from_machine_id("6b766d6e657474657374000000000001", "host")
         .unwrap();
     let spec = crate::spec::parse(yaml, &id).unwrap_or_else(|e| panic!("{e:?}"));
-    table_for(&spec).expect("a table").text()
+    table_for(&spec).expect("a table")
+}
+
+fn text(yaml: &str) -> String {
+    table(yaml).text()
 }
 
 fn spec(mode: &str, extra: &str) -> String {
@@ -96,4 +100,53 @@ fn the_guard_and_the_firewall_know_the_ports_ipv6_addresses() {
     }
     // Nothing else of the prefix.
     assert!(!t.contains("\"a0\" . fd00:9::11"));
+}
+
+/// A port without `ipv6` may use the DHCPv6 pool the server hands out, by source and as
+/// neighbour discovery target; a port that declares one may not, and neither may any port
+/// where RAs send guests to SLAAC only (the server hands out no pool there).
+#[test]
+fn the_guard_allows_the_dhcpv6_pool_to_ports_without_ipv6() {
+    let pool = "    ra: { mode: dhcpv6 }\n    dhcp: { range6: fd00:9::1000-fd00:9::1fff }\n";
+    let b = "      - { network: n, name: b0, mac: \"52:54:00:00:00:0b\" }\n";
+    let t = text(&format!("{}{b}", spec("nat", pool)));
+    assert!(t.contains("\"b0\" . fd00:9::1000-fd00:9::1fff"), "{t}");
+    assert!(
+        t.contains(
+            "\"b0\" . 0xfd000009000000000000000000001000-0xfd000009000000000000000000001fff"
+        ),
+        "{t}"
+    );
+    assert!(
+        !t.contains("\"a0\" . fd00:9::1000-"),
+        "a0 declares its ipv6: {t}"
+    );
+    assert!(t.contains("typeof iifname . ip6 saddr; flags interval"));
+    let g = chain(&t, "guard-ip6");
+    assert!(g.contains(&"iifname . ip6 saddr != @port_ip6 iifname . ip6 saddr != @pool_ip6 counter goto guard-drop-ip"));
+    assert!(g.contains(
+        &"ip6 saddr :: icmpv6 type nd-neighbor-solicit iifname . @th,64,128 @pool_nd_target return"
+    ));
+    // Where RAs say SLAAC only, there is no pool to allow.
+    let slaac = text(&format!(
+        "{}{b}",
+        spec("nat", "    dhcp: { pool: false }\n")
+    ));
+    assert!(!slaac.contains("\"b0\" . fd00:9::1000"), "{slaac}");
+    // Adding such a port adds set elements, nothing else.
+    let (one, two) = (
+        table(&spec("nat", pool)),
+        table(&format!("{}{b}", spec("nat", pool))),
+    );
+    let NftPlan::Changes(c) = diff(Some(&two), Some(&one)) else {
+        panic!("changes expected")
+    };
+    assert!(
+        c.iter().all(|c| matches!(c, NftChange::AddElement { .. })),
+        "{c:?}"
+    );
+    assert!(
+        c.iter()
+            .any(|c| matches!(c, NftChange::AddElement { set, .. } if set == "pool_ip6"))
+    );
 }

@@ -47,6 +47,13 @@ impl Object for PortLink {
                     "guest_gateway".into(),
                     json!(guest.gateway.map(|a| a.to_string())),
                 );
+                // Only where there is IPv6, so an IPv4-only port reads as it always did.
+                if let Some(a) = guest.addr6 {
+                    o.insert("guest_ipv6".into(), json!(a.to_string()));
+                }
+                if let Some(a) = guest.gateway6 {
+                    o.insert("guest_gateway6".into(), json!(a.to_string()));
+                }
             }
         }
     }
@@ -91,6 +98,9 @@ impl Object for PortLink {
                 write!(f, ", guest {netns}/{} mac {}", guest.name, guest.mac)?;
                 if let Some(a) = guest.addr {
                     write!(f, " ipv4 {a}")?;
+                }
+                if let Some(a) = guest.addr6 {
+                    write!(f, " ipv6 {a}")?;
                 }
             }
         }
@@ -143,14 +153,25 @@ fn qos_word(p: &PortLink) -> String {
 
 fn guest_word(p: &PortLink) -> String {
     match &p.kind {
-        PortKind::Veth { guest, .. } => format!(
-            "mac {} mtu {} up {} ipv4 {} gateway {}",
-            guest.mac,
-            guest.mtu,
-            guest.up,
-            guest.addr.map_or("-".into(), |x| x.to_string()),
-            guest.gateway.map_or("-".into(), |x| x.to_string())
-        ),
+        PortKind::Veth { guest, .. } => {
+            let mut w = format!(
+                "mac {} mtu {} up {} ipv4 {} gateway {}",
+                guest.mac,
+                guest.mtu,
+                guest.up,
+                guest.addr.map_or("-".into(), |x| x.to_string()),
+                guest.gateway.map_or("-".into(), |x| x.to_string())
+            );
+            // Only where there is IPv6, so an IPv4-only port reads as it always did.
+            if guest.addr6.is_some() || guest.gateway6.is_some() {
+                w.push_str(&format!(
+                    " ipv6 {} gateway6 {}",
+                    guest.addr6.map_or("-".into(), |x| x.to_string()),
+                    guest.gateway6.map_or("-".into(), |x| x.to_string())
+                ));
+            }
+            w
+        }
         PortKind::Tap { .. } | PortKind::Macvtap { .. } => String::new(),
     }
 }

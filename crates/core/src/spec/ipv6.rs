@@ -103,9 +103,32 @@ impl Network {
             .map(|v| v.prefix());
         self.ipv6_prefixes.iter().copied().chain(own)
     }
+
+    /// The DHCPv6 pool (`dhcp.range6`, inclusive) when the network's DHCPv6 server hands
+    /// addresses out of it (RA mode `dhcpv6` or `slaac+dhcpv6`): what a guarded port without
+    /// `ipv6` may use, as a port without `ipv4` may use what DHCPv4 gives it.
+    pub fn dhcp6_pool(&self) -> Option<(Ipv6Addr, Ipv6Addr)> {
+        self.ipv6.filter(|v| v.ra.mode.managed())?;
+        self.dhcp.as_ref()?.range6
+    }
 }
 
 impl Port {
+    /// The port's `ipv6` with the length of the network prefix it lies in (the network's
+    /// `ipv6`, or one of its `ipv6_prefixes`), as a guest configures it on its interface.
+    pub fn ipv6_cidr(&self, net: &Network) -> Option<Ipv6Cidr> {
+        let a = self.ipv6?;
+        let own = net.ipv6.map(|v| v.prefix());
+        let prefix = own
+            .into_iter()
+            .chain(net.ipv6_prefixes.iter().copied())
+            .find(|c| c.contains(a))?;
+        Some(Ipv6Cidr {
+            addr: a,
+            prefix: prefix.prefix,
+        })
+    }
+
     /// Every IPv6 address the port may use as a source and answers on: its link-local
     /// address, its SLAAC address in each of its network's SLAAC prefixes, and its
     /// declared `ipv6`.

@@ -92,7 +92,8 @@ pub fn load(path: &Path, identity: &spec::HostIdentity) -> Result<(Spec, Vec<u8>
 }
 
 /// Which OVN chassis this host is, for a spec with OVN networks: `flag` (`--chassis`),
-/// else the hostname. Whether the name is one of `ovn.chassis` is the plan's to say: a
+/// else the `system-id` of this host's Open_vSwitch database (`ovn.ovs`), else the
+/// hostname. Whether the name is one of `ovn.chassis` is the plan's to say: a
 /// host that is none carries no VM ports, but still writes the Northbound rows.
 pub fn settle_chassis(spec: &mut Spec, flag: Option<&str>) {
     let Some(ovn) = spec.ovn.as_mut() else {
@@ -101,9 +102,11 @@ pub fn settle_chassis(spec: &mut Spec, flag: Option<&str>) {
     if ovn.local.is_none() {
         ovn.local = Some(match flag {
             Some(f) => f.to_string(),
-            None => std::fs::read_to_string("/proc/sys/kernel/hostname")
-                .map(|h| h.trim().to_string())
-                .unwrap_or_default(),
+            None => crate::ovn::local::system_id(&ovn.ovs).unwrap_or_else(|| {
+                std::fs::read_to_string("/proc/sys/kernel/hostname")
+                    .map(|h| h.trim().to_string())
+                    .unwrap_or_default()
+            }),
         });
     }
 }

@@ -171,3 +171,13 @@ pub fn apply(sd: &StateDir, to: Option<&ChassisConf>) -> Result<(), LocalError> 
         }
     }
 }
+
+/// The `system-id` of the Open_vSwitch database at `ovs`, when one answers and has one:
+/// the chassis name ovn-controller registers this host under.
+pub fn system_id(ovs: &str) -> Option<String> {
+    let remotes = Remote::parse_list(ovs).ok()?;
+    let client = chassis::connect(&remotes, Duration::from_secs(2)).ok()?;
+    let r = client.replica();
+    r.table(chassis::DATABASE)
+        .find_map(|(_, row)| row.get("external_ids")?.get("system-id").map(String::from))
+}

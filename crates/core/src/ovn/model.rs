@@ -635,3 +635,180 @@ pub fn chassis_conf(ovn: &Ovn) -> Option<super::ChassisConf> {
         drifted: false,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::spec::{HostIdentity, parse};
+
+    const SPEC: &str = r#"version: 1
+ovn:
+  nb: tcp:192.0.2.1:6641
+  sb: tcp:192.0.2.1:6642
+  chassis:
+    hv1: { encap_ip: 192.0.2.11, gateway: 2 }
+    hv2: { encap_ip: 192.0.2.12, gateway: 1 }
+    hv3: { encap_ip: 192.0.2.13 }
+  external: { uplink: eth1, ipv4: 198.51.100.2/24, next_hop: 198.51.100.1 }
+networks:
+  web:
+    backend: ovn
+    mode: nat
+    ipv4: 10.80.0.1/24
+    isolate_ports: true
+    dhcp: { range: 10.80.0.100-10.80.0.109, dns: [10.80.0.1] }
+  lab:
+    backend: ovn
+    mode: isolated
+    ipv4: 10.81.0.1/24
+vms:
+  a:
+    host: hv1
+    ports:
+      - { network: web, name: pa, mac: "52:54:00:00:00:0a", ipv4: 10.80.0.10, firewall: { inbound: { policy: drop, rules: [ { proto: tcp, ports: [22, 8000-8080] } ] } } }
+  b:
+    host: hv3
+    ports:
+      - { network: web, name: pb, mac: "52:54:00:00:00:0b", firewall: { inbound: { policy: drop, rules: [ { proto: tcp, ports: [22, 8000-8080] } ] } } }
+      - { network: lab, name: pb2, mac: "52:54:00:00:00:0c", antispoof: false }
+"#;
+
+    fn rows_of(text: &str, local: &str) -> (Vec<NbRow>, Option<crate::ovn::ChassisConf>) {
+        let mut spec = parse(text, &HostIdentity::default()).expect("valid");
+        let ovn = spec.ovn.as_mut().expect("ovn");
+        ovn.local = Some(local.to_string());
+        (rows(ovn), chassis_conf(ovn))
+    }
+
+    fn find<'a>(rows: &'a [NbRow], table: &str, key: &str) -> &'a NbRow {
+        rows.iter()
+            .find(|r| r.table == table && r.key == key)
+            .unwrap_or_else(|| panic!("no {table} {key}"))
+    }
+
+    #[test]
+    fn ports_carry_addresses_port_security_and_dhcp() {
+        let (rows, _) = rows_of(SPEC, "hv1");
+        let pa = find(&rows, "Logical_Switch_Port", "pa");
+        assert_eq!(
+            pa.columns["addresses"],
+            NbVal::strs(["52:54:00:00:00:0a 10.80.0.10"])
+        );
+        assert_eq!(pa.columns["port_security"], pa.columns["addresses"]);
+        assert_eq!(
+            pa.columns["dhcpv4_options"],
+            NbVal::set([NbVal::reference("DHCP_Options", "web")])
+        );
+        // A pool port gets an address of the pool, the same each time.
+        let NbVal::Set(a) = &find(&rows, "Logical_Switch_Port", "pb").columns["addresses"] else {
+            panic!()
+        };
+        let NbVal::Str(a) = &a[0] else { panic!() };
+        let ip: Ipv4Addr = a.split(' ').nth(1).unwrap().parse().unwrap();
+        assert!(
+            (u32::from(ip) & 0xff) >= 100 && (u32::from(ip) & 0xff) <= 109,
+            "{a}"
+        );
+        assert_eq!(rows_of(SPEC, "hv2").0, rows);
+        // antispoof: false leaves port security off.
+        let pb2 = find(&rows, "Logical_Switch_Port", "pb2");
+        assert_eq!(pb2.columns["port_security"], NbVal::Set(Vec::new()));
+        let dhcp = find(&rows, "DHCP_Options", "web");
+        let NbVal::Map(o) = &dhcp.columns["options"] else {
+            panic!()
+        };
+        assert_eq!(o["router"], "10.80.0.1");
+        assert_eq!(o["mtu"], "1442");
+        assert_eq!(o["dns_server"], "{10.80.0.1}");
+    }
+
+    #[test]
+    fn pool_picks_never_collide_and_skip_declared_addresses() {
+        let mut text = SPEC.to_string();
+        for i in 0..9 {
+            text.push_str(&format!(
+                "  p{i}:\n    host: hv2\n    ports:\n      - {{ network: web, name: pp{i}, mac: \"52:54:00:00:01:{i:02x}\" }}\n"
+            ));
+        }
+        let (rows, _) = rows_of(&text, "hv2");
+        let addrs: BTreeSet<String> = rows
+            .iter()
+            .filter(|r| r.table == "Logical_Switch_Port" && r.key.starts_with('p'))
+            .filter_map(|r| match &r.columns["addresses"] {
+                NbVal::Set(v) => match v.first() {
+                    Some(NbVal::Str(s)) => s.split(' ').nth(1).map(String::from),
+                    _ => None,
+                },
+                _ => None,
+            })
+            .collect();
+        // pa's declared .10 and ten pool ports in a pool of ten: all distinct.
+        assert_eq!(addrs.len(), 11, "{addrs:?}");
+    }
+
+    #[test]
+    fn nat_goes_through_the_gateway_group_and_firewalls_share_a_group() {
+        let (rows, _) = rows_of(SPEC, "hv1");
+        let nat = find(&rows, "NAT", "snat-web");
+        assert_eq!(nat.columns["logical_ip"], NbVal::str("10.80.0.0/24"));
+        assert_eq!(nat.columns["external_ip"], NbVal::str("198.51.100.2"));
+        assert_eq!(
+            find(&rows, "HA_Chassis", "hv1").columns["priority"],
+            NbVal::Int(2)
+        );
+        assert!(
+            !rows
+                .iter()
+                .any(|r| r.table == "HA_Chassis" && r.key == "hv3")
+        );
+        // The isolated network has no router port.
+        assert!(
+            !rows
+                .iter()
+                .any(|r| r.table == "Logical_Router_Port" && r.key == "lab")
+        );
+        // a and b have the same firewall: one group holding both.
+        let groups: Vec<&NbRow> = rows
+            .iter()
+            .filter(|r| r.table == "Port_Group" && r.key.starts_with("kvmnet_fw"))
+            .collect();
+        assert_eq!(groups.len(), 1);
+        assert_eq!(
+            groups[0].columns["ports"],
+            NbVal::set([
+                NbVal::reference("Logical_Switch_Port", "pa"),
+                NbVal::reference("Logical_Switch_Port", "pb"),
+            ])
+        );
+        let pg = &groups[0].key;
+        let rule = find(&rows, "ACL", &format!("{pg}/0"));
+        assert_eq!(
+            rule.columns["match"],
+            NbVal::str(format!(
+                "outport == @{pg} && tcp && (tcp.dst == 22 || (tcp.dst >= 8000 && tcp.dst <= 8080))"
+            ))
+        );
+        assert_eq!(rule.columns["action"], NbVal::str("allow-related"));
+        let policy = find(&rows, "ACL", &format!("{pg}/1"));
+        assert_eq!(policy.columns["action"], NbVal::str("drop"));
+        // Every row of a table that is not a root has a parent among the rows.
+        for r in &rows {
+            if let Some(p) = &r.parent {
+                find(&rows, &p.table, &p.key);
+            }
+        }
+    }
+
+    #[test]
+    fn the_chassis_binds_only_its_vms_ports() {
+        let (_, hv1) = rows_of(SPEC, "hv1");
+        let hv1 = hv1.expect("hv1 is a chassis");
+        assert_eq!(hv1.ports.keys().collect::<Vec<_>>(), ["pa"]);
+        assert_eq!(hv1.gateway_uplink.as_deref(), Some("eth1"));
+        let (_, hv3) = rows_of(SPEC, "hv3");
+        let hv3 = hv3.expect("hv3 is a chassis");
+        assert_eq!(hv3.ports.keys().collect::<Vec<_>>(), ["pb", "pb2"]);
+        assert_eq!(hv3.gateway_uplink, None);
+        assert!(rows_of(SPEC, "elsewhere").1.is_none());
+    }
+}

@@ -64,7 +64,7 @@ fn fixes(checks: &[serde_json::Value], id: &str) -> String {
 /// bridge has carrier (and its link-local address to advertise from), as with a VM running.
 fn spec(g: &str) -> String {
     format!(
-        "version: 1\nnetworks:\n  n:\n    mode: nat\n    bridge: d6-br\n    ipv4: 10.99.0.1/24\n    ipv6: fd00:99::1/64\n    dns: {{ domain: d6.test }}\n\
+        "version: 1\nnetworks:\n  n:\n    mode: nat\n    bridge: d6-br\n    ipv4: 10.99.0.1/24\n    ipv6: fd00:99::1/64\n    ra: {{ mode: slaac+dhcpv6 }}\n    dns: {{ domain: d6.test }}\n\
 vms:\n  a:\n    ports: [ {{ network: n, name: d6-v, kind: veth, netns: {g}a, ipv6: \"fd00:99::10\" }} ]\n"
     )
 }
@@ -101,13 +101,20 @@ fn healthy(checks: &[serde_json::Value]) -> bool {
             "forwarding6",
             "accept_ra",
             "ra_probe",
+            "dhcp6_probe",
             "dns_probe",
             "daemon",
         ],
     )
 }
 
-const V6: &[&str] = &["forwarding6", "accept_ra", "ra_probe", "dns_probe"];
+const V6: &[&str] = &[
+    "forwarding6",
+    "accept_ra",
+    "ra_probe",
+    "dhcp6_probe",
+    "dns_probe",
+];
 
 /// A foreign nft table with one rule in `hook`, ahead of kvmnet's.
 fn block(host: &str, table: &str, hook: &str, rule: &str) {
@@ -177,7 +184,8 @@ fn ipv6_checks_name_what_is_broken() {
     assert!(namespaces_with("kvmnet-probe").is_empty());
 }
 
-/// The daemon's RAs and DNS answers dropped by a foreign table: each probe fails alone.
+/// The daemon's RAs, DHCPv6 and DNS answers dropped by a foreign table: each probe fails
+/// alone.
 fn services_blocked(ns: &Namespaces, host: &str, good: &[serde_json::Value]) {
     // The daemon's RAs never leave the host: the probe sees none. (It counts any RA the
     // daemon sends on the bridge while it listens: the answer to its solicitation, at most
@@ -194,6 +202,20 @@ fn services_blocked(ns: &Namespaces, host: &str, good: &[serde_json::Value]) {
     assert_eq!(others(&checks, &["ra_probe"]), others(good, &["ra_probe"]));
     ok(&format!(
         "ip netns exec {host} nft delete table inet blockra"
+    ));
+
+    // The DHCPv6 server's replies never leave the host (it reads requests with a packet
+    // socket, ahead of any input rule).
+    block(host, "blockdhcp6", "output", "udp sport 547 drop");
+    let (code, checks) = doctor(ns, host);
+    assert_eq!(statuses(&checks, "dhcp6_probe"), ["fail"], "{checks:#?}");
+    assert_eq!(code, 1);
+    assert_eq!(
+        others(&checks, &["dhcp6_probe"]),
+        others(good, &["dhcp6_probe"])
+    );
+    ok(&format!(
+        "ip netns exec {host} nft delete table inet blockdhcp6"
     ));
 
     // DNS queries never reach the service.

@@ -161,6 +161,7 @@ pub fn all(spec: &Spec, facts: &Facts) -> Vec<Check> {
     out.extend(daemon(spec, facts));
     out.extend(dhcp_probe(spec, facts));
     out.extend(v6::ra_probe(spec, facts));
+    out.extend(v6::dhcp6_probe(spec, facts));
     out.extend(v6::dns_probe(spec, facts));
     out.extend(tap_owner(spec, facts));
     out.extend(devices(facts));

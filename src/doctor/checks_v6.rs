@@ -40,6 +40,15 @@ pub type DnsAnswers = Vec<(IpAddr, Result<bool, String>)>;
 pub struct Probes6 {
     pub ra: BTreeMap<String, Result<Option<Vec<crate::types::Ipv6Cidr>>, String>>,
     pub dns: BTreeMap<String, DnsAnswers>,
+    /// Whether an Information-request got the DHCPv6 server's Reply, by network.
+    pub dhcp6: BTreeMap<String, Result<bool, String>>,
+}
+
+/// Whether the daemon's DHCPv6 server serves `n` (as `kvmnet::dhcp::v6::scopes` decides).
+pub fn serves_dhcp6(n: &Network) -> bool {
+    n.mode.routed_by_host()
+        && n.ipv6
+            .is_some_and(|v| n.dhcp.is_some() || v.ra.mode.managed())
 }
 
 /// Every IPv6 check, in the order the output lists them.
@@ -47,6 +56,7 @@ pub fn all(spec: &Spec, facts: &Facts) -> Vec<Check> {
     let mut out = forwarding6(spec, facts);
     out.extend(accept_ra(spec, facts));
     out.extend(ra_probe(spec, facts));
+    out.extend(dhcp6_probe(spec, facts));
     out.extend(dns_probe(spec, facts));
     out
 }
@@ -239,6 +249,38 @@ pub fn ra_probe(spec: &Spec, facts: &Facts) -> Vec<Check> {
     out
 }
 
+/// `dhcp6_probe`: an Information-request from a throwaway client on the bridge of each
+/// network the DHCPv6 server serves gets its Reply (no address is bound).
+pub fn dhcp6_probe(spec: &Spec, facts: &Facts) -> Vec<Check> {
+    const ID: &str = "dhcp6_probe";
+    let nets: Vec<&Network> = spec.networks.values().filter(|n| serves_dhcp6(n)).collect();
+    if nets.is_empty() || !facts.daemon_running {
+        let why = if nets.is_empty() {
+            "no network serves DHCPv6"
+        } else {
+            "no daemon runs (see daemon)"
+        };
+        return vec![Check::ok(ID, "dhcp6", format!("not probed: {why}"))];
+    }
+    nets.into_iter()
+        .map(|n| {
+            let (name, subject) = (&n.name, n.name.clone());
+            match facts.probes6.dhcp6.get(name) {
+                Some(Ok(true)) => Check::ok(ID, subject, format!("an Information-request on {name} got a Reply")),
+                Some(Ok(false)) => Check::bad(
+                    ID,
+                    Status::Fail,
+                    subject,
+                    format!("an Information-request on {name} got no Reply within 0.7 s: guests get no DHCPv6 address or DNS servers"),
+                    format!("see the daemon's log for dhcp6 lines ({})", facts.here("journalctl -u kvmnet")),
+                ),
+                Some(Err(e)) => Check::bad(ID, Status::Warn, subject, format!("could not probe {name}: {e}"), ""),
+                None => Check::bad(ID, Status::Warn, subject, format!("{name} was not probed: its bridge is missing, down or without carrier (see carrier)"), ""),
+            }
+        })
+        .collect()
+}
+
 /// `dns_probe`: a query from the host to each address the DNS service listens on (the
 /// gateway's, both families) gets an answer. The service answers the host itself, so no
 /// client on the bridge is needed.
@@ -391,5 +433,17 @@ mod tests {
             dns_probe(&s, &f)[0].message,
             "not probed: no network has dns"
         );
+        // A slaac network without dhcp has no DHCPv6 server; with a DHCPv6 mode it has one.
+        assert_eq!(
+            dhcp6_probe(&s, &f)[0].message,
+            "not probed: no network serves DHCPv6"
+        );
+        let m = SPEC.replace(
+            "ipv6: \"fd00:9::1/64\"",
+            "ipv6: \"fd00:9::1/64\", ra: { mode: dhcpv6 }, dhcp: { range6: fd00:9::100-fd00:9::1ff }",
+        );
+        let managed = crate::spec::parse(&m, &Default::default()).unwrap();
+        f.probes6.dhcp6.insert("n".into(), Ok(false));
+        assert_eq!(dhcp6_probe(&managed, &f)[0].status, Status::Fail);
     }
 }

@@ -135,9 +135,29 @@ fn probes6(
                 (n.name.clone(), probes)
             })
             .collect();
+        let dhcp6: Vec<_> = spec
+            .networks
+            .values()
+            .filter(|n| checks::v6::serves_dhcp6(n))
+            .filter_map(|n| {
+                let l = links.get(&n.bridge).filter(|l| l.up && l.oper_up)?;
+                Some((n, l.mac?))
+            })
+            .enumerate()
+            .map(|(i, (n, br_mac))| {
+                let pid = std::process::id().to_be_bytes();
+                let mac = crate::types::Mac([0x02, 0x6d, pid[2], pid[3], (i >> 8) as u8, i as u8]);
+                let h = s.spawn(move || probe6::dhcp6(&n.bridge, br_mac, i, mac, DNS_WAIT));
+                (n.name.clone(), h)
+            })
+            .collect();
         let panicked = "the probe panicked".to_string();
         checks::v6::Probes6 {
             ra: ra
+                .into_iter()
+                .map(|(n, h)| (n, h.join().unwrap_or_else(|_| Err(panicked.clone()))))
+                .collect(),
+            dhcp6: dhcp6
                 .into_iter()
                 .map(|(n, h)| (n, h.join().unwrap_or_else(|_| Err(panicked.clone()))))
                 .collect(),

@@ -64,11 +64,11 @@ pub fn ra(bridge: &str, bridge_mac: Mac, tag: usize, mac: Mac, wait: Duration) -
     .map_err(|e| e.to_string())
 }
 
-fn setopt(fd: &OwnedFd, level: i32, name: i32, v: i32) -> io::Result<()> {
+fn setopt(fd: std::os::fd::RawFd, level: i32, name: i32, v: i32) -> io::Result<()> {
     // SAFETY: an int option of the size given.
     cvt(unsafe {
         libc::setsockopt(
-            fd.as_raw_fd(),
+            fd,
             level,
             name,
             (&v as *const i32).cast(),
@@ -76,6 +76,74 @@ fn setopt(fd: &OwnedFd, level: i32, name: i32, v: i32) -> io::Result<()> {
         )
     })
     .map(|_| ())
+}
+
+/// Asks the DHCPv6 server on `bridge` (whose MAC is `bridge_mac`) for its configuration
+/// (Information-request, which the daemon answers in every RA mode and which binds no
+/// address) from a client with MAC `mac`, and waits `wait` for the Reply to leave the host
+/// on the bridge.
+pub fn dhcp6(
+    bridge: &str,
+    bridge_mac: Mac,
+    tag: usize,
+    mac: Mac,
+    wait: Duration,
+) -> Result<bool, String> {
+    use dhcproto::Encodable;
+    use dhcproto::v6::{DhcpOption, Message, MessageType};
+    let ifindex = crate::dhcp::ifindex(bridge).ok_or_else(|| format!("no link {bridge}"))?;
+    let sock = PacketSocket::open(ifindex, ETH_P_ALL).map_err(|e| e.to_string())?;
+    let xid = [0x6b, mac.0[4], mac.0[5]];
+    let mut m = Message::new_with_id(MessageType::InformationRequest, xid);
+    // DUID-LL (type 3, hardware type 1) of the client's MAC.
+    let mut duid = vec![0, 3, 0, 1];
+    duid.extend(mac.0);
+    m.opts_mut().insert(DhcpOption::ClientId(duid));
+    let q = m.to_vec().map_err(|e| e.to_string())?;
+    let c = Client::attach(
+        bridge,
+        &format!("d{tag}"),
+        mac,
+        &[
+            "net.ipv6.conf.all.accept_dad=0",
+            "net.ipv6.conf.{peer}.accept_dad=0",
+        ],
+    )?;
+    c.run(|peer| ask_servers(peer, &q).map_err(|e| e.to_string()))?;
+    let got = sock
+        .read_until(wait, |ip6, from| {
+            let reply = from == bridge_mac.0
+                && ip6.len() >= 52
+                && ip6[0] >> 4 == 6
+                && ip6[6] == libc::IPPROTO_UDP as u8
+                && ip6[40..44] == [2, 35, 2, 34] // 547 -> 546
+                && ip6[48] == 7
+                && ip6[49..52] == xid;
+            reply.then_some(())
+        })
+        .map_err(|e| e.to_string())?;
+    drop(c);
+    Ok(got.is_some())
+}
+
+/// Sends `msg` from `dev`'s port 546 to the DHCPv6 servers' group (ff02::1:2, port 547).
+fn ask_servers(dev: &str, msg: &[u8]) -> io::Result<()> {
+    let ifindex = crate::dhcp::ifindex(dev).ok_or_else(|| io::Error::other("no probe link"))?;
+    let s = UdpSocket::bind("[::]:546")?;
+    let to = std::net::SocketAddrV6::new(
+        "ff02::1:2".parse().unwrap_or(Ipv6Addr::UNSPECIFIED),
+        547,
+        0,
+        ifindex,
+    );
+    setopt(
+        s.as_raw_fd(),
+        libc::IPPROTO_IPV6,
+        libc::IPV6_MULTICAST_IF,
+        ifindex as i32,
+    )?;
+    s.send_to(msg, to)?;
+    Ok(())
 }
 
 /// Sends a router solicitation to all routers from `dev`.
@@ -92,9 +160,14 @@ fn solicit(dev: &str) -> io::Result<()> {
     // SAFETY: a fresh descriptor, owned from here on.
     let fd = unsafe { OwnedFd::from_raw_fd(fd) };
     // Neighbour discovery travels with hop limit 255 (RFC 4861 6.1.1).
-    setopt(&fd, libc::IPPROTO_IPV6, libc::IPV6_MULTICAST_HOPS, 255)?;
     setopt(
-        &fd,
+        fd.as_raw_fd(),
+        libc::IPPROTO_IPV6,
+        libc::IPV6_MULTICAST_HOPS,
+        255,
+    )?;
+    setopt(
+        fd.as_raw_fd(),
         libc::IPPROTO_IPV6,
         libc::IPV6_MULTICAST_IF,
         ifindex as i32,

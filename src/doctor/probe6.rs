@@ -142,8 +142,18 @@ fn ask_servers(dev: &str, msg: &[u8]) -> io::Result<()> {
         libc::IPV6_MULTICAST_IF,
         ifindex as i32,
     )?;
-    s.send_to(msg, to)?;
-    Ok(())
+    // The link-local address to send from appears once the link has carrier, a moment
+    // after the port joins the bridge.
+    let mut tries = 0;
+    loop {
+        match s.send_to(msg, to) {
+            Err(e) if e.kind() == io::ErrorKind::AddrNotAvailable && tries < 50 => {
+                tries += 1;
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            r => return r.map(|_| ()),
+        }
+    }
 }
 
 /// Sends a router solicitation to all routers from `dev`.
@@ -182,17 +192,28 @@ fn solicit(dev: &str) -> io::Result<()> {
     to.sin6_scope_id = ifindex;
     // The kernel fills in an ICMPv6 raw socket's checksum.
     let rs = [RS, 0, 0, 0, 0, 0, 0, 0];
-    // SAFETY: a buffer and a sockaddr_in6 of the sizes given.
-    cvt(unsafe {
-        libc::sendto(
-            fd.as_raw_fd(),
-            rs.as_ptr().cast(),
-            rs.len(),
-            0,
-            (&to as *const libc::sockaddr_in6).cast(),
-            size_of::<libc::sockaddr_in6>() as libc::socklen_t,
-        ) as libc::c_int
-    })?;
+    // As in `ask_servers`: the address to send from appears with the link's carrier.
+    let mut tries = 0;
+    loop {
+        // SAFETY: a buffer and a sockaddr_in6 of the sizes given.
+        let r = cvt(unsafe {
+            libc::sendto(
+                fd.as_raw_fd(),
+                rs.as_ptr().cast(),
+                rs.len(),
+                0,
+                (&to as *const libc::sockaddr_in6).cast(),
+                size_of::<libc::sockaddr_in6>() as libc::socklen_t,
+            ) as libc::c_int
+        });
+        match r {
+            Err(e) if e.kind() == io::ErrorKind::AddrNotAvailable && tries < 50 => {
+                tries += 1;
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            r => break r.map(|_| ())?,
+        }
+    }
     Ok(())
 }
 

@@ -302,12 +302,21 @@ pub struct TraceArgs {
     /// The source: VM (its first port) or VM/PORT (the port's name or index).
     #[arg(value_name = "VM[/PORT]")]
     pub from: String,
-    /// VM[/PORT], an IPv4 address, or host.
+    /// VM[/PORT], an IPv4 or IPv6 address, or host.
     #[arg(value_name = "DEST")]
     pub to: String,
-    /// icmp, tcp/PORT or udp/PORT.
+    /// icmp, tcp/PORT, udp/PORT, icmpv6 or icmpv6/TYPE (nd-neighbor-solicit,
+    /// nd-neighbor-advert, nd-router-solicit, nd-router-advert, nd-redirect, ...).
     #[arg(value_name = "PROTO", default_value = "icmp")]
     pub proto: String,
+    /// IPv6: the destination VM's or the gateway's IPv6 address, sent from the port's
+    /// `ipv6` (else its SLAAC address).
+    #[arg(short = '6', long)]
+    pub ipv6: bool,
+    /// The source address the packet carries instead of the port's own (what a guest
+    /// sending from another address meets); its family is the packet's.
+    #[arg(long, value_name = "ADDR")]
+    pub source: Option<std::net::IpAddr>,
     /// Trace through this spec instead of the one in force (`-`: standard input).
     #[arg(long, value_name = "FILE", value_hint = clap::ValueHint::FilePath)]
     pub spec: Option<std::path::PathBuf>,

@@ -267,10 +267,12 @@ fn ci_port(net: &Network, p: &Port, mtu: Option<u32>) -> String {
         p.mac, p.index
     );
     let routed = matches!(net.mode, Mode::Nat | Mode::Routed | Mode::Isolated);
+    let mut addresses = Vec::new();
+    let mut routes = Vec::new();
     match p.ipv4 {
         Some(a) => {
-            s.push_str(&format!("    dhcp4: false\n    addresses: [\"{a}\"]\n"));
-            let mut routes = Vec::new();
+            s.push_str("    dhcp4: false\n");
+            addresses.push(a.to_string());
             if let (true, Some(gw)) = (routed, net.ipv4) {
                 routes.push(format!("{{to: \"0.0.0.0/0\", via: \"{}\"}}", gw.addr));
             }
@@ -281,13 +283,6 @@ fn ci_port(net: &Network, p: &Port, mtu: Option<u32>) -> String {
                     r.via
                 ));
             }
-            if !routes.is_empty() {
-                s.push_str("    routes:\n");
-                for r in routes {
-                    s.push_str(&format!("      - {r}\n"));
-                }
-            }
-            s.push_str(&ci_nameservers(net));
         }
         // A network without kvmnet's DHCP that is a LAN segment has the LAN's server.
         None => {
@@ -295,25 +290,78 @@ fn ci_port(net: &Network, p: &Port, mtu: Option<u32>) -> String {
             s.push_str(&format!("    dhcp4: {dhcp}\n"));
         }
     }
+    s.push_str(&ci_ipv6(net, p, routed, &mut addresses));
+    if !addresses.is_empty() {
+        let a: Vec<String> = addresses.iter().map(|a| format!("\"{a}\"")).collect();
+        s.push_str(&format!("    addresses: [{}]\n", a.join(", ")));
+    }
+    if !routes.is_empty() {
+        s.push_str("    routes:\n");
+        for r in routes {
+            s.push_str(&format!("      - {r}\n"));
+        }
+    }
+    if !addresses.is_empty() {
+        s.push_str(&ci_nameservers(net));
+    }
     if let Some(m) = net.mtu.or(mtu) {
         s.push_str(&format!("    mtu: {m}\n"));
     }
     s
 }
 
-fn ci_nameservers(net: &Network) -> String {
-    let Some(d) = &net.dhcp else {
+/// A port's IPv6: `dhcp6` and `accept-ra` lines, its declared `ipv6` pushed onto
+/// `addresses`, and then the gateway as `gateway6`. A network kvmnet advertises
+/// (`ipv6`) has the daemon's RAs; a LAN segment with `ipv6_prefixes` has its router's. A
+/// guest asks DHCPv6 for an address only when the RAs say addresses come from it (`ra.mode`
+/// `dhcpv6` or `slaac+dhcpv6`) and it has none written here.
+fn ci_ipv6(net: &Network, p: &Port, routed: bool, addresses: &mut Vec<String>) -> String {
+    let own = net.ipv6.filter(|_| routed);
+    if own.is_none() && net.ipv6_prefixes.is_empty() {
         return String::new();
-    };
-    if d.dns.is_empty() && d.domain.is_none() {
+    }
+    let managed = own.is_some_and(|v| v.ra.mode.managed());
+    let dhcp6 = managed && p.ipv6.is_none();
+    let mut s = format!("    dhcp6: {dhcp6}\n    accept-ra: true\n");
+    if let (Some(a), Some(v6)) = (p.ipv6, own) {
+        addresses.push(format!("{a}/{}", v6.gateway.prefix));
+        // `gateway6`, not a route `to: ::/0`: cloud-init before 23 reads a /0 IPv6 route as
+        // a /64 one (and refuses `to: default`).
+        s.push_str(&format!("    gateway6: \"{}\"\n", v6.gateway.addr));
+    }
+    s
+}
+
+/// The resolvers a guest with static addresses is told, as the daemon tells the others:
+/// `dhcp.dns` and `dhcp.dns6`, or the gateway's addresses where kvmnet answers DNS (`dns`);
+/// the search domain is `dhcp.domain`, else the DNS service's `domain`.
+fn ci_nameservers(net: &Network) -> String {
+    let dhcp = net.dhcp.as_ref();
+    let mut servers: Vec<String> = dhcp
+        .map(|d| d.dns.iter().map(|a| a.to_string()).collect())
+        .unwrap_or_default();
+    if servers.is_empty() && net.dns.is_some() {
+        servers.extend(net.ipv4.map(|g| g.addr.to_string()));
+    }
+    let mut servers6: Vec<String> = dhcp
+        .map(|d| d.dns6.iter().map(|a| a.to_string()).collect())
+        .unwrap_or_default();
+    if servers6.is_empty() && net.dns.is_some() {
+        servers6.extend(net.ipv6.map(|v| v.gateway.addr.to_string()));
+    }
+    servers.extend(servers6);
+    let domain = dhcp
+        .and_then(|d| d.domain.clone())
+        .or_else(|| net.dns.as_ref().and_then(|d| d.domain.clone()));
+    if servers.is_empty() && domain.is_none() {
         return String::new();
     }
     let mut s = "    nameservers:\n".to_string();
-    if !d.dns.is_empty() {
-        let dns: Vec<String> = d.dns.iter().map(|a| format!("\"{a}\"")).collect();
+    if !servers.is_empty() {
+        let dns: Vec<String> = servers.iter().map(|a| format!("\"{a}\"")).collect();
         s.push_str(&format!("      addresses: [{}]\n", dns.join(", ")));
     }
-    if let Some(dom) = &d.domain {
+    if let Some(dom) = &domain {
         s.push_str(&format!("      search: [\"{dom}\"]\n"));
     }
     s

@@ -17,12 +17,16 @@ networks:
     mode: nat
     bridge: ex-br
     ipv4: 10.96.0.1/24
+    ipv6: fd00:96::1/64
+    ra: { mode: slaac+dhcpv6 }
     mtu: 1400
     dhcp:
       range: 10.96.0.100-10.96.0.150
+      range6: fd00:96::1000-fd00:96::1fff
       dns: [10.96.0.1]
       domain: example.test
       routes: [ { to: 10.9.0.0/16, via: 10.96.0.5 } ]
+    dns: { domain: vm.test }
   lan:
     mode: direct
     uplink: eth9
@@ -31,7 +35,7 @@ vms:
     ports: [ { network: default, name: ex-tap } ]
   web:
     ports:
-      - { network: default, name: web-eth0, ipv4: 10.96.0.10, queues: 4 }
+      - { network: default, name: web-eth0, ipv4: 10.96.0.10, ipv6: "fd00:96::10", queues: 4 }
       - { network: default, name: web-veth, kind: veth, netns: webns }
       - { network: lan, name: web-mv }
       - { network: default, name: web-eth3 }
@@ -168,10 +172,25 @@ fn cloud_init_reads_the_network_config() {
     assert_eq!(s(&eth0["nameservers"]["addresses"][0]), "10.96.0.1");
     assert_eq!(s(&eth0["nameservers"]["search"][0]), "example.test");
     assert_eq!(eth0["mtu"].as_i64(), Some(1400));
-    // No veth (port 1); the direct port and the port without an address use DHCP.
+    // IPv6: the declared address with the prefix's length, the default route via the
+    // gateway, the gateway as resolver (the network's `dns:` service, no `dns6`), RAs on.
+    assert_eq!(s(&eth0["addresses"][1]), "fd00:96::10/64");
+    assert_eq!(s(&eth0["gateway6"]), "fd00:96::1");
+    assert_eq!(s(&eth0["nameservers"]["addresses"][1]), "fd00:96::1");
+    assert_eq!(eth0["dhcp6"].as_bool(), Some(false), "{yaml}");
+    assert_eq!(eth0["accept-ra"].as_bool(), Some(true), "{yaml}");
+    // No veth (port 1); the direct port and the port without an address use DHCP, the
+    // latter DHCPv6 too (ra.mode slaac+dhcpv6 hands addresses out by DHCPv6).
     assert!(v["ethernets"]["eth1"].is_badvalue(), "{yaml}");
     assert_eq!(v["ethernets"]["eth2"]["dhcp4"].as_bool(), Some(true));
+    assert!(v["ethernets"]["eth2"]["dhcp6"].is_badvalue(), "{yaml}");
     assert_eq!(v["ethernets"]["eth3"]["dhcp4"].as_bool(), Some(true));
+    assert_eq!(
+        v["ethernets"]["eth3"]["dhcp6"].as_bool(),
+        Some(true),
+        "{yaml}"
+    );
+    assert_eq!(v["ethernets"]["eth3"]["accept-ra"].as_bool(), Some(true));
 
     // cloud-init's own parser renders it (to systemd-networkd files).
     let dir = std::env::temp_dir().join(unique("ci"));
@@ -208,8 +227,17 @@ fn cloud_init_reads_the_network_config() {
         "Gateway=10.96.0.1",
         "DNS=10.96.0.1",
         "MTUBytes=1400",
+        "Address=fd00:96::10/64",
+        "Gateway=fd00:96::1",
+        "DNS=10.96.0.1 fd00:96::1",
     ] {
         assert!(eth0.contains(want), "{want}:\n{eth0}");
+    }
+    let eth3 = std::fs::read_to_string(out.join("etc/systemd/network/10-cloud-init-eth3.network"))
+        .unwrap();
+    // cloud-init's networkd renderer writes accept-ra only for an interface with DHCPv6.
+    for want in ["DHCP=yes", "IPv6AcceptRA=True"] {
+        assert!(eth3.contains(want), "{want}:\n{eth3}");
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
@@ -265,13 +293,64 @@ fn qemu_with_the_exported_arguments_gets_its_lease() {
         leases.contains(&mac) && leases.contains(ip.trim_end_matches("/24")),
         "{mac} {ip}: {leases}"
     );
+    exported_ipv6_works_in_the_guest(&ns, &host, &spec, &mut g);
     g.shutdown(Duration::from_secs(30));
     drop(daemon);
     ns.kvmnet_ok(&["destroy", "--netns", &host]);
 }
 
+/// The guest configured as the exported cloud-init config says (its declared `ipv6`, the
+/// default route and the resolver over IPv6) reaches its gateway through the guard and has
+/// its name answered; the spec then plans to no changes.
+fn exported_ipv6_works_in_the_guest(
+    ns: &Namespaces,
+    host: &str,
+    spec: &SpecFile,
+    g: &mut guest::Guest,
+) {
+    let ci = ns.kvmnet_ok(&[
+        "export",
+        "guest",
+        "--format",
+        "cloud-init",
+        "--netns",
+        host,
+        spec.path(),
+    ]);
+    let v = &yaml_rust2::YamlLoader::load_from_str(&ci).unwrap()[0];
+    let eth0 = &v["ethernets"]["eth0"];
+    let addr = eth0["addresses"][0]
+        .as_str()
+        .unwrap_or_else(|| panic!("{ci}"));
+    assert_eq!(addr, "fd00:96::20/64", "{ci}");
+    let gw = eth0["gateway6"].as_str().unwrap();
+    let ns6 = eth0["nameservers"]["addresses"][1].as_str().unwrap();
+    let t = Duration::from_secs(30);
+    g.run_ok(&format!("ip -6 addr add {addr} dev eth0"), t);
+    // Past duplicate address detection before the address is used.
+    g.run_ok("sleep 3", t);
+    g.run_ok(&format!("ip -6 route replace default via {gw} dev eth0"), t);
+    let (code, out) = g.run(&format!("ping -c 2 -W 5 {gw}"), t);
+    assert_eq!(code, 0, "ping over IPv6 from {addr}: {out}");
+    let (code, out) = g.run(&format!("nslookup -type=AAAA guest.vm.test {ns6}"), t);
+    assert!(
+        code == 0 && out.contains("fd00:96::20"),
+        "the exported resolver {ns6} answers the guest's name: {out}"
+    );
+    let plan = ns.kvmnet(&["plan", spec.path(), "--netns", host, "--detailed-exitcode"]);
+    assert_eq!(
+        plan.status.code(),
+        Some(0),
+        "the dual-stack spec plans to no changes: {}{}",
+        String::from_utf8_lossy(&plan.stdout),
+        String::from_utf8_lossy(&plan.stderr)
+    );
+}
+
 /// The guest's network alone: a nat network with DHCP and one tap with a derived MAC.
 fn guest_spec() -> String {
     let (networks, _) = SPEC.split_once("  lan:").unwrap();
-    format!("{networks}vms:\n  guest:\n    ports: [ {{ network: default, name: ex-tap }} ]\n")
+    format!(
+        "{networks}vms:\n  guest:\n    ports: [ {{ network: default, name: ex-tap, ipv6: \"fd00:96::20\" }} ]\n"
+    )
 }

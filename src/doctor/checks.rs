@@ -10,6 +10,8 @@ use crate::spec::{Mode, PortKind, Spec};
 
 #[path = "checks_host.rs"]
 mod host;
+#[path = "checks_v6.rs"]
+pub mod v6;
 pub use host::{
     DEVICES, Device, bridged_uplinks, devices, duplicate_mac, gateway_arp, gateways, lro,
     owner_keys, tap_owner,
@@ -110,6 +112,8 @@ pub struct Facts {
     pub dhcp_answers: BTreeMap<String, Result<Option<std::net::Ipv4Addr>, String>>,
     /// Who else answered an ARP probe for each bridge's gateway address, by bridge.
     pub gateway_answers: BTreeMap<String, Result<Vec<crate::types::Mac>, String>>,
+    /// What the router solicitation and DNS probes saw; probed only while a daemon runs.
+    pub probes6: v6::Probes6,
 }
 
 impl Facts {
@@ -136,6 +140,7 @@ pub fn sysctl_keys(spec: &Spec) -> Vec<String> {
     ];
     keys.extend(routed_bridges(spec).map(rp_filter_key));
     keys.extend([CT_COUNT.to_string(), CT_MAX.to_string()]);
+    keys.extend(v6::sysctl_keys(spec));
     keys
 }
 
@@ -143,6 +148,8 @@ pub fn sysctl_keys(spec: &Spec) -> Vec<String> {
 pub fn all(spec: &Spec, facts: &Facts) -> Vec<Check> {
     let mut out = Vec::new();
     out.extend(forwarding(spec, facts));
+    out.extend(v6::forwarding6(spec, facts));
+    out.extend(v6::accept_ra(spec, facts));
     out.extend(br_netfilter(spec, facts));
     out.extend(foreign_forward_drop(spec, facts));
     out.extend(foreign_firewall(spec, facts));
@@ -153,6 +160,9 @@ pub fn all(spec: &Spec, facts: &Facts) -> Vec<Check> {
     out.extend(conntrack(facts));
     out.extend(daemon(spec, facts));
     out.extend(dhcp_probe(spec, facts));
+    out.extend(v6::ra_probe(spec, facts));
+    out.extend(v6::dhcp6_probe(spec, facts));
+    out.extend(v6::dns_probe(spec, facts));
     out.extend(tap_owner(spec, facts));
     out.extend(devices(facts));
     out.extend(lro(spec, facts));
@@ -701,21 +711,27 @@ pub fn conntrack(facts: &Facts) -> Vec<Check> {
     vec![Check::bad(ID, Status::Warn, CT_COUNT, msg, fix)]
 }
 
-/// `daemon`: DHCP is served by the daemon only, so a spec with `dhcp` and no daemon for
-/// the scope leaves guests that ask for an address without one.
+/// Whether the daemon serves `n`: DHCP, DNS, or router advertisements (a network the host
+/// routes with `ipv6`).
+fn daemon_serves(n: &crate::spec::Network) -> bool {
+    n.dhcp.is_some() || n.dns.is_some() || (n.mode.routed_by_host() && n.ipv6.is_some())
+}
+
+/// `daemon`: DHCP, DNS and router advertisements are served by the daemon only, so a spec
+/// with them and no daemon for the scope leaves guests without addresses or names.
 pub fn daemon(spec: &Spec, facts: &Facts) -> Vec<Check> {
     const ID: &str = "daemon";
     let running = match facts.daemon_running {
         true => "a daemon runs for this scope",
         false => "no daemon runs for this scope",
     };
-    let serving = networks_where(spec, |n| n.dhcp.is_some());
+    let serving = networks_where(spec, daemon_serves);
     if serving.is_empty() {
-        let msg = format!("{running}; no network serves DHCP, so none is needed");
+        let msg = format!("{running}; no network serves DHCP, DNS or RAs, so none is needed");
         return vec![Check::ok(ID, "daemon", msg)];
     }
     if facts.daemon_running {
-        let msg = format!("{running}, serving DHCP on {serving}");
+        let msg = format!("{running}, serving DHCP, DNS or RAs on {serving}");
         return vec![Check::ok(ID, "daemon", msg)];
     }
     let fix = match facts.scope.as_str() {
@@ -726,7 +742,7 @@ pub fn daemon(spec: &Spec, facts: &Facts) -> Vec<Check> {
         ns => format!("kvmnet daemon --spec FILE --netns {ns} (FILE: the spec applied)"),
     };
     let msg = format!(
-        "{running}, but {serving} has dhcp: only the daemon serves it, so guests get no address"
+        "{running}, but {serving} has dhcp, dns or ipv6: only the daemon serves DHCP, DNS and RAs, so guests get no address or name"
     );
     vec![Check::bad(ID, Status::Fail, "daemon", msg, fix)]
 }

@@ -41,10 +41,12 @@ fn ip(args: &[&str]) -> Result<(), String> {
     }
 }
 
-/// The veth pair and namespace of one probe, removed when dropped.
-struct Client {
+/// The veth pair and namespace of one probe, removed when dropped: `port` on the bridge,
+/// `peer` in `netns`.
+pub(super) struct Client {
     port: String,
     netns: String,
+    pub(super) peer: String,
 }
 
 impl Drop for Client {
@@ -57,35 +59,69 @@ impl Drop for Client {
 /// Probes `bridge` (its server identifier: `server`) with client MAC `mac`: the OFFER's
 /// address, `None` when nothing answered within `wait`.
 pub fn probe(bridge: &str, tag: usize, mac: Mac, wait: Duration) -> Outcome {
-    let id = format!("{:x}{tag}", std::process::id());
-    let c = Client {
-        port: format!("kvp{id}").chars().take(15).collect(),
-        netns: format!("kvmnet-probe-{id}"),
-    };
-    let peer: String = format!("kvq{id}").chars().take(15).collect();
-    ip(&["netns", "add", &c.netns])?;
-    ip(&[
-        "link", "add", &c.port, "type", "veth", "peer", "name", &peer,
-    ])?;
-    ip(&["link", "set", &peer, "netns", &c.netns])?;
-    let ns = format!("/run/netns/{}", c.netns);
-    let m = mac.to_string();
-    ip(&["-n", &c.netns, "link", "set", &peer, "address", &m, "up"])?;
-    ip(&["link", "set", &c.port, "master", bridge, "up"])?;
+    let c = Client::attach(bridge, &format!("{tag}"), mac, &[])?;
     let xid = u32::from_be_bytes([mac.0[2], mac.0[3], mac.0[4], mac.0[5]]);
-    // The namespace is entered by a thread of its own: setns moves only the calling thread.
-    std::thread::scope(|s| {
-        s.spawn(|| {
-            let f = std::fs::File::open(&ns).map_err(|e| format!("{ns}: {e}"))?;
-            // SAFETY: a namespace file descriptor; only this thread moves.
-            if unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
-                return Err(format!("enter {ns}: {}", io::Error::last_os_error()));
+    c.run(|peer| discover(peer, mac, xid, wait).map_err(|e| e.to_string()))
+}
+
+impl Client {
+    /// A client on `bridge` with MAC `mac` (`tag` tells apart a process's probes), its end
+    /// up after the sysctls `before_up` (`KEY=VALUE` of its namespace, `{peer}` in KEY
+    /// standing for its interface) are set.
+    pub(super) fn attach(
+        bridge: &str,
+        tag: &str,
+        mac: Mac,
+        before_up: &[&str],
+    ) -> Result<Client, String> {
+        let id = format!("{:x}{tag}", std::process::id());
+        let c = Client {
+            port: format!("kvp{id}").chars().take(15).collect(),
+            netns: format!("kvmnet-probe-{id}"),
+            peer: format!("kvq{id}").chars().take(15).collect(),
+        };
+        ip(&["netns", "add", &c.netns])?;
+        ip(&[
+            "link", "add", &c.port, "type", "veth", "peer", "name", &c.peer,
+        ])?;
+        ip(&["link", "set", &c.peer, "netns", &c.netns])?;
+        for kv in before_up {
+            // `{peer}` stands for the client's interface.
+            let kv = kv.replace("{peer}", &c.peer);
+            let o = Command::new("ip")
+                .args(["netns", "exec", &c.netns, "sysctl", "-qw", &kv])
+                .output()
+                .map_err(|e| format!("cannot run sysctl: {e}"))?;
+            if !o.status.success() {
+                return Err(format!("sysctl {kv} in the probe's namespace failed"));
             }
-            discover(&peer, mac, xid, wait).map_err(|e| e.to_string())
+        }
+        let m = mac.to_string();
+        ip(&["-n", &c.netns, "link", "set", &c.peer, "address", &m, "up"])?;
+        ip(&["link", "set", &c.port, "master", bridge, "up"])?;
+        Ok(c)
+    }
+
+    /// Runs `f` (given the client's interface) in the client's namespace, on a thread of
+    /// its own: setns moves only the calling thread.
+    pub(super) fn run<T: Send>(
+        &self,
+        f: impl FnOnce(&str) -> Result<T, String> + Send,
+    ) -> Result<T, String> {
+        let ns = format!("/run/netns/{}", self.netns);
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                let file = std::fs::File::open(&ns).map_err(|e| format!("{ns}: {e}"))?;
+                // SAFETY: a namespace file descriptor; only this thread moves.
+                if unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+                    return Err(format!("enter {ns}: {}", io::Error::last_os_error()));
+                }
+                f(&self.peer)
+            })
+            .join()
+            .unwrap_or_else(|_| Err("the probe panicked".into()))
         })
-        .join()
-        .unwrap_or_else(|_| Err("the probe panicked".into()))
-    })
+    }
 }
 
 /// Sends the DISCOVER from `dev` and waits for the OFFER with `xid`.

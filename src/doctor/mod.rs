@@ -7,6 +7,7 @@ mod arp_probe;
 pub mod checks;
 mod dhcp_probe;
 mod packet_socket;
+mod probe6;
 
 use serde_json::json;
 
@@ -48,14 +49,16 @@ fn gather(scope: &str, spec: &crate::spec::Spec) -> Facts {
     // answers) wait at once.
     let daemon_running =
         crate::daemon::api::daemon_listening(&crate::statedir::StateDir::for_scope(scope).dir);
-    let (learned, gateway_answers, dhcp_answers) = std::thread::scope(|s| {
+    let (learned, gateway_answers, dhcp_answers, probes6) = std::thread::scope(|s| {
         let arp = s.spawn(|| gateway_answers(spec, &links));
         let dhcp = s.spawn(|| dhcp_answers(spec, &links, daemon_running));
+        let v6 = s.spawn(|| probes6(spec, &links, daemon_running));
         let learned = learned(spec, &links);
         (
             learned,
             arp.join().unwrap_or_default(),
             dhcp.join().unwrap_or_default(),
+            v6.join().unwrap_or_default(),
         )
     });
     Facts {
@@ -70,9 +73,106 @@ fn gather(scope: &str, spec: &crate::spec::Spec) -> Facts {
         dhcp_answers,
         learned,
         gateway_answers,
+        probes6,
         links,
         ..host_facts(spec)
     }
+}
+
+/// The RA probes (each IPv6 network's up bridge) and DNS probes (each address a `dns`
+/// network's service listens on), all at once, while a daemon runs.
+fn probes6(
+    spec: &crate::spec::Spec,
+    links: &std::collections::BTreeMap<String, crate::snapshot::LinkSnap>,
+    daemon_running: bool,
+) -> checks::v6::Probes6 {
+    // A router sends at most one RA per 3 s (RFC 4861 10, MIN_DELAY_BETWEEN_RAS): one sent
+    // just before the solicitation delays the answer that long. The probe ends at the first.
+    const RA_WAIT: std::time::Duration = std::time::Duration::from_millis(3500);
+    const DNS_WAIT: std::time::Duration = std::time::Duration::from_millis(700);
+    if !daemon_running {
+        return Default::default();
+    }
+    let ra_nets: Vec<(usize, (&crate::spec::Network, crate::types::Mac))> = spec
+        .networks
+        .values()
+        .filter(|n| n.mode.routed_by_host() && n.ipv6.is_some())
+        .filter_map(|n| {
+            let l = links.get(&n.bridge).filter(|l| l.up && l.oper_up)?;
+            Some((n, l.mac?))
+        })
+        .enumerate()
+        .collect();
+    std::thread::scope(|s| {
+        let ra: Vec<_> = ra_nets
+            .into_iter()
+            .map(|(i, (n, br_mac))| {
+                // Locally administered, this process's own, apart from the DHCP probes'.
+                let pid = std::process::id().to_be_bytes();
+                let mac = crate::types::Mac([0x02, 0x6c, pid[2], pid[3], (i >> 8) as u8, i as u8]);
+                let h = s.spawn(move || probe6::ra(&n.bridge, br_mac, i, mac, RA_WAIT));
+                (n.name.clone(), h)
+            })
+            .collect();
+        let dns: Vec<_> = spec
+            .networks
+            .values()
+            .filter(|n| n.dns.is_some())
+            .map(|n| {
+                let addrs = crate::spec::dns::listen_addrs(n);
+                // What is asked: the PTR of the IPv4 gateway, which the service answers from
+                // its own zone (an IPv6 reverse name it may ask upstream, which can be slow).
+                let ask = n.ipv4.map(|g| std::net::IpAddr::V4(g.addr));
+                let probes: Vec<_> = addrs
+                    .into_iter()
+                    .enumerate()
+                    .map(|(i, a)| {
+                        let id = (std::process::id() as u16).wrapping_add(i as u16);
+                        let q = ask.unwrap_or(a);
+                        (a, s.spawn(move || probe6::dns(a, q, id, DNS_WAIT)))
+                    })
+                    .collect();
+                (n.name.clone(), probes)
+            })
+            .collect();
+        let dhcp6: Vec<_> = spec
+            .networks
+            .values()
+            .filter(|n| checks::v6::serves_dhcp6(n))
+            .filter_map(|n| {
+                let l = links.get(&n.bridge).filter(|l| l.up && l.oper_up)?;
+                Some((n, l.mac?))
+            })
+            .enumerate()
+            .map(|(i, (n, br_mac))| {
+                let pid = std::process::id().to_be_bytes();
+                let mac = crate::types::Mac([0x02, 0x6d, pid[2], pid[3], (i >> 8) as u8, i as u8]);
+                let h = s.spawn(move || probe6::dhcp6(&n.bridge, br_mac, i, mac, DNS_WAIT));
+                (n.name.clone(), h)
+            })
+            .collect();
+        let panicked = "the probe panicked".to_string();
+        checks::v6::Probes6 {
+            ra: ra
+                .into_iter()
+                .map(|(n, h)| (n, h.join().unwrap_or_else(|_| Err(panicked.clone()))))
+                .collect(),
+            dhcp6: dhcp6
+                .into_iter()
+                .map(|(n, h)| (n, h.join().unwrap_or_else(|_| Err(panicked.clone()))))
+                .collect(),
+            dns: dns
+                .into_iter()
+                .map(|(n, ps)| {
+                    let r = ps
+                        .into_iter()
+                        .map(|(a, h)| (a, h.join().unwrap_or_else(|_| Err(panicked.clone()))))
+                        .collect();
+                    (n, r)
+                })
+                .collect(),
+        }
+    })
 }
 
 /// What a DHCPDISCOVER on each DHCP network's (up) bridge gets back, probed at once, while

@@ -232,9 +232,9 @@ struct TraceTable(String);
 impl TraceTable {
     fn add(p: &Packet<'_>, id: u16) -> Result<TraceTable, LiveError> {
         let name = format!("kvmnet-trace-{}", std::process::id());
-        let saddr = p.src.ipv4.map_or(Ipv4Addr::UNSPECIFIED, |a| a.addr);
+        let saddr = p.saddr;
         let l4 = match p.l4 {
-            L4::Icmp => format!("icmp type echo-request icmp id {id}"),
+            L4::Icmp | L4::Icmpv6(_) => format!("icmp type echo-request icmp id {id}"),
             L4::Tcp(d) => format!("tcp sport {id} tcp dport {d}"),
             L4::Udp(d) => format!("udp sport {} udp dport {d}", udp_sport(p.l4, id)),
         };
@@ -285,10 +285,16 @@ fn udp_sport(l4: L4, id: u16) -> u16 {
 /// Sends the probe from inside `ns`; the socket is kept (returned) until the trace is read,
 /// so a TCP connection attempt is not cut short.
 fn send(ns: &str, p: &Packet<'_>, id: u16) -> Result<OwnedFd, LiveError> {
-    let daddr = p.dest.addr();
+    // The caller refuses IPv6 packets: the probes are IPv4 sockets.
+    let std::net::IpAddr::V4(daddr) = p.dest.addr() else {
+        return Err(LiveError::Send {
+            ns: ns.to_string(),
+            error: std::io::Error::other("an IPv6 packet: --live sends IPv4 probes only"),
+        });
+    };
     let mac = p.src.mac.0;
     let r = netns::with_netns(ns, || match p.l4 {
-        L4::Icmp => ping(daddr, id),
+        L4::Icmp | L4::Icmpv6(_) => ping(daddr, id),
         L4::Tcp(d) => syn(daddr, id, d),
         L4::Udp(67) => datagram(daddr, 68, 67, &dhcp_request(mac)),
         L4::Udp(d) => datagram(daddr, id, d, b"kvmnet trace probe"),

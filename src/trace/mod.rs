@@ -6,7 +6,7 @@ use serde_json::{Value, json};
 
 use crate::cli::TraceArgs;
 use crate::engine::{self, EngineError};
-use kvmnet_core::trace::{self as model, Hop, L4, Packet, Trace, Verdict};
+use kvmnet_core::trace::{self as model, Hop, Packet, Trace, Verdict};
 
 pub mod live;
 
@@ -23,10 +23,16 @@ pub fn run(a: &TraceArgs, scope: &str) -> Result<bool, EngineError> {
     let (id, _) = crate::host_macs::host_identity(scope);
     let spec = engine::parse(&source, &text, &id)?;
     let usage = |e: model::TraceError| EngineError::Usage(e.to_string());
-    let src = model::source(&spec, &a.from).map_err(usage)?;
-    let dest = model::destination(&spec, src, &a.to).map_err(usage)?;
-    let l4 = L4::parse(&a.proto).map_err(usage)?;
-    let packet = Packet { src, dest, l4 };
+    let opts = model::Options {
+        ipv6: a.ipv6,
+        source: a.source,
+    };
+    let packet = model::packet(&spec, &a.from, &a.to, &a.proto, opts).map_err(usage)?;
+    if a.live && (packet.v6() || a.source.is_some()) {
+        return Err(EngineError::Usage(
+            "--live sends IPv4 probes from the port's own address only: trace an IPv6 or --source packet without it".into(),
+        ));
+    }
     let trace = model::walk(&spec, &packet);
     let kernel = if a.live {
         Some(live::run(&packet)?)
@@ -56,9 +62,9 @@ pub fn run(a: &TraceArgs, scope: &str) -> Result<bool, EngineError> {
 
 /// `a/0 (t-a) 10.0.0.10 -> b/0 (t-b) 10.0.0.11 tcp/22`.
 fn headline(p: &Packet<'_>) -> String {
-    let from = p.src.ipv4.map(|a| a.addr.to_string()).unwrap_or_default();
+    let from = p.saddr;
     let to = match &p.dest {
-        model::Dest::Port(d) => format!("{} {}", model::port_label(d), p.dest.addr()),
+        model::Dest::Port(d, a) => format!("{} {a}", model::port_label(d)),
         model::Dest::Host(a) => format!("the host {a}"),
         model::Dest::Addr(a) => a.to_string(),
     };

@@ -52,7 +52,7 @@ const MARK_MASK: &str = "0xff000000";
 /// IPv6 cannot work without neighbour discovery (its ARP) and multicast listener reports:
 /// a firewall lets them through whatever its policy, as an IPv4 firewall never sees ARP.
 /// What a guest may say in them is the guard's business.
-const IPV6_PLUMBING: &str = "icmpv6 type { nd-neighbor-solicit, nd-neighbor-advert, nd-router-solicit, nd-router-advert, mld-listener-query, mld-listener-report, mld-listener-reduction, mld2-listener-report } return";
+pub(crate) const IPV6_PLUMBING: &str = "icmpv6 type { nd-neighbor-solicit, nd-neighbor-advert, nd-router-solicit, nd-router-advert, mld-listener-query, mld-listener-report, mld-listener-reduction, mld2-listener-report } return";
 
 /// The named set a rule's list of single ports lives in, with its elements: one set for every
 /// rule with that list (on any port), where an anonymous set would be one per rule. That

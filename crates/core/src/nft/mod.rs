@@ -26,7 +26,7 @@ mod networks;
 pub use guard::Reason as GuardDropReason;
 // `kvmnet trace` words its hops with the rules as they are written here.
 pub use firewall::{CountedBy, FirewallCounted, counted as firewall_counted, counting_set};
-pub(crate) use firewall::{port_ranges, rule_matches, verdict as firewall_verdict};
+pub(crate) use firewall::{IPV6_PLUMBING, port_ranges, rule_matches, verdict as firewall_verdict};
 
 pub const FAMILY: &str = "inet";
 pub const BRIDGE_FAMILY: &str = "bridge";

@@ -13,6 +13,11 @@
 //! 7. or, for traffic to the host, inet input: what the network's guests may reach there
 //!    (`host-NET`: DHCP, DNS and ping of the gateway, `host_access`).
 //!
+//! IPv6 packets take the same stages: the guard's `guard-ip6` (what a guarded port may send
+//! from, neighbour discovery only about its own addresses, no RAs or DHCPv6 server
+//! messages), the firewalls' IPv6 rules (a rule with an IPv4 `from`/`to` never matches
+//! them), the networks' IPv6 prefixes, NAT66 and the host's IPv6 input rules.
+//!
 //! The packet is the first of a new connection (conntrack state `new`): replies and the rest
 //! of an accepted connection always pass every chain. Rate and connection limits are taken as
 //! not exceeded (a first packet is under them). The rule text each hop names is the rule as
@@ -20,7 +25,7 @@
 //! cited rule is in the generated ruleset.
 
 use std::fmt;
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv6Addr};
 
 use serde::Serialize;
 
@@ -29,6 +34,9 @@ use crate::spec::{Loc, Port, Spec};
 mod stages;
 #[cfg(test)]
 mod tests;
+mod v6;
+#[cfg(test)]
+mod v6_tests;
 
 pub use stages::walk;
 
@@ -41,32 +49,66 @@ pub enum TraceError {
     #[error("VM '{0}' has no ports")]
     NoPorts(String),
     #[error(
-        "{0} has no ipv4 in the spec, so what it sends from is not known (trace needs a pinned address)"
+        "{0} has no {1} in the spec, so what it sends from is not known (trace needs a pinned address, or one given with --source)"
     )]
-    NoAddress(String),
-    #[error("'{0}' is not a destination: give VM[/PORT], an IPv4 address, or host")]
+    NoAddress(String, &'static str),
+    #[error("'{0}' is not a destination: give VM[/PORT], an IPv4 or IPv6 address, or host")]
     BadDestination(String),
-    #[error("{0} has no ipv4 in the spec: give its address instead, if it has one")]
-    DestinationWithoutAddress(String),
-    #[error("'{0}' is not a protocol: give icmp, tcp/PORT or udp/PORT")]
+    #[error("{0} has no {1} in the spec: give its address instead, if it has one")]
+    DestinationWithoutAddress(String, &'static str),
+    #[error(
+        "'{0}' is not a protocol: give icmp, tcp/PORT, udp/PORT, icmpv6 or icmpv6/TYPE (TYPE one of {types})",
+        types = ICMP6_TYPES.join(", ")
+    )]
     BadProtocol(String),
-    #[error("host: network '{0}' has no gateway address; give one of the host's addresses")]
-    NoGateway(String),
+    #[error("host: network '{0}' has no {1} gateway address; give one of the host's addresses")]
+    NoGateway(String, &'static str),
+    #[error("the source {0} and the destination {1} are of two address families")]
+    TwoFamilies(String, String),
+    #[error("{0} is IPv6 only: give an IPv6 destination, or -6")]
+    Icmp6OverIpv4(String),
 }
 
-/// What the packet carries above IPv4. ICMP is an echo request (a ping); TCP a SYN.
+/// The ICMPv6 types trace takes (`icmpv6/TYPE`), by their nftables names: echo and the
+/// neighbour discovery messages the guard and the firewalls decide on.
+pub const ICMP6_TYPES: [&str; 9] = [
+    "echo-request",
+    "nd-router-solicit",
+    "nd-router-advert",
+    "nd-neighbor-solicit",
+    "nd-neighbor-advert",
+    "nd-redirect",
+    "router-renumbering",
+    "mld-listener-report",
+    "mld2-listener-report",
+];
+
+/// What the packet carries above IP. ICMP is an echo request (a ping); TCP a SYN; ICMPv6
+/// one of [`ICMP6_TYPES`] (a neighbour discovery message is about its sender's own address:
+/// its target is the source address).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase", tag = "proto", content = "port")]
 pub enum L4 {
     Icmp,
     Tcp(u16),
     Udp(u16),
+    Icmpv6(&'static str),
 }
 
 impl L4 {
     /// `icmp`, `tcp/22`, `udp/53`.
     pub fn parse(s: &str) -> Result<L4, TraceError> {
         let bad = || TraceError::BadProtocol(s.to_string());
+        if s == "icmpv6" {
+            return Ok(L4::Icmpv6("echo-request"));
+        }
+        if let Some(t) = s.strip_prefix("icmpv6/") {
+            return ICMP6_TYPES
+                .into_iter()
+                .find(|x| *x == t)
+                .map(L4::Icmpv6)
+                .ok_or_else(bad);
+        }
         let (word, port) = match s.split_once('/') {
             Some((w, p)) => (
                 w,
@@ -84,16 +126,24 @@ impl L4 {
 
     pub fn dport(&self) -> Option<u16> {
         match self {
-            L4::Icmp => None,
+            L4::Icmp | L4::Icmpv6(_) => None,
             L4::Tcp(p) | L4::Udp(p) => Some(*p),
         }
     }
 
     fn with_dport(self, port: u16) -> L4 {
         match self {
-            L4::Icmp => L4::Icmp,
+            L4::Icmp | L4::Icmpv6(_) => self,
             L4::Tcp(_) => L4::Tcp(port),
             L4::Udp(_) => L4::Udp(port),
+        }
+    }
+
+    /// The same packet in `v6`'s family: a ping over IPv6 is an ICMPv6 echo request.
+    fn for_family(self, v6: bool) -> L4 {
+        match self {
+            L4::Icmp if v6 => L4::Icmpv6("echo-request"),
+            l4 => l4,
         }
     }
 }
@@ -104,6 +154,7 @@ impl fmt::Display for L4 {
             L4::Icmp => write!(f, "icmp echo-request"),
             L4::Tcp(p) => write!(f, "tcp/{p}"),
             L4::Udp(p) => write!(f, "udp/{p}"),
+            L4::Icmpv6(t) => write!(f, "icmpv6 {t}"),
         }
     }
 }
@@ -111,19 +162,18 @@ impl fmt::Display for L4 {
 /// Where the packet is addressed.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Dest<'a> {
-    /// A VM's port (its `ipv4`).
-    Port(&'a Port),
+    /// A VM's port, at its address of the packet's family.
+    Port(&'a Port, IpAddr),
     /// One of the host's own addresses (a gateway).
-    Host(Ipv4Addr),
+    Host(IpAddr),
     /// Any other address: outside the host, or in a network's subnet with no port there.
-    Addr(Ipv4Addr),
+    Addr(IpAddr),
 }
 
 impl Dest<'_> {
-    pub fn addr(&self) -> Ipv4Addr {
+    pub fn addr(&self) -> IpAddr {
         match self {
-            Dest::Port(p) => p.ipv4.map_or(Ipv4Addr::UNSPECIFIED, |a| a.addr),
-            Dest::Host(a) | Dest::Addr(a) => *a,
+            Dest::Port(_, a) | Dest::Host(a) | Dest::Addr(a) => *a,
         }
     }
 }
@@ -132,8 +182,84 @@ impl Dest<'_> {
 #[derive(Clone, Debug)]
 pub struct Packet<'a> {
     pub src: &'a Port,
+    /// The source address it carries: the port's own, or one given (`--source`) to see
+    /// what a guest sending from another address meets.
+    pub saddr: IpAddr,
     pub dest: Dest<'a>,
     pub l4: L4,
+}
+
+impl Packet<'_> {
+    pub fn v6(&self) -> bool {
+        self.saddr.is_ipv6()
+    }
+}
+
+/// How the packet is chosen beyond source, destination and protocol.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Options {
+    /// IPv6 where the destination (a VM or `host`) leaves the family open.
+    pub ipv6: bool,
+    /// The source address the packet carries, instead of the port's own.
+    pub source: Option<IpAddr>,
+}
+
+/// A port's address in one family: its `ipv4`; its `ipv6`, else the SLAAC address of its
+/// MAC in its network's prefix (what the guest forms by itself).
+pub fn port_addr(spec: &Spec, p: &Port, v6: bool) -> Option<IpAddr> {
+    if !v6 {
+        return p.ipv4.map(|a| IpAddr::V4(a.addr));
+    }
+    let slaac = || {
+        let net = spec.networks.get(&p.network)?;
+        let c = net.slaac_prefixes().next()?;
+        Some(p.mac.slaac(c.addr))
+    };
+    p.ipv6.or_else(slaac).map(IpAddr::V6)
+}
+
+fn family(v6: bool) -> &'static str {
+    if v6 { "ipv6" } else { "ipv4" }
+}
+
+/// The packet `kvmnet trace FROM TO PROTO` means. Its family: that of `--source` or of an
+/// address given as destination, else IPv6 with `-6`, for `icmpv6`, or from a port with
+/// no `ipv4`; IPv4 otherwise.
+pub fn packet<'a>(
+    spec: &'a Spec,
+    from: &str,
+    to: &str,
+    proto: &str,
+    opts: Options,
+) -> Result<Packet<'a>, TraceError> {
+    let src = source(spec, from)?;
+    let l4 = L4::parse(proto)?;
+    let literal = to.parse::<IpAddr>().ok();
+    if let (Some(s), Some(d)) = (opts.source, literal)
+        && s.is_ipv6() != d.is_ipv6()
+    {
+        return Err(TraceError::TwoFamilies(s.to_string(), d.to_string()));
+    }
+    let v6 = opts
+        .source
+        .or(literal)
+        .map(|a| a.is_ipv6())
+        .unwrap_or(opts.ipv6 || matches!(l4, L4::Icmpv6(_)) || src.ipv4.is_none());
+    if !v6 && matches!(l4, L4::Icmpv6(_)) {
+        return Err(TraceError::Icmp6OverIpv4(l4.to_string()));
+    }
+    let saddr = match opts.source {
+        Some(a) => a,
+        None => port_addr(spec, src, v6)
+            .ok_or_else(|| TraceError::NoAddress(port_label(src), family(v6)))?,
+    };
+    let dest = destination(spec, src, to, v6)?;
+    Ok(Packet {
+        src,
+        saddr,
+        dest,
+        l4: l4.for_family(v6),
+    })
 }
 
 /// `VM` (its first port) or `VM/PORT` (the port's name or index).
@@ -160,24 +286,29 @@ pub fn source<'a>(spec: &'a Spec, arg: &str) -> Result<&'a Port, TraceError> {
                 port: p.to_string(),
             })?,
     };
-    if p.ipv4.is_none() {
-        return Err(TraceError::NoAddress(port_label(p)));
-    }
     Ok(p)
 }
 
-/// `VM[/PORT]`, an IPv4 address, or `host` (the gateway of the source's network). A VM
-/// without `/PORT` is reached at its port on the source's network if it has one, else at its
-/// first port with an address.
-pub fn destination<'a>(spec: &'a Spec, from: &Port, arg: &str) -> Result<Dest<'a>, TraceError> {
+/// `VM[/PORT]`, an address, or `host` (the gateway of the source's network), in the family
+/// `v6` says. A VM without `/PORT` is reached at its port on the source's network if it
+/// has an address there, else at its first port with an address.
+pub fn destination<'a>(
+    spec: &'a Spec,
+    from: &Port,
+    arg: &str,
+    v6: bool,
+) -> Result<Dest<'a>, TraceError> {
     if arg == "host" {
         let net = spec.networks.get(&from.network);
-        return net
-            .and_then(|n| n.ipv4)
-            .map(|g| Dest::Host(g.addr))
-            .ok_or_else(|| TraceError::NoGateway(from.network.clone()));
+        let gw = net.and_then(|n| match v6 {
+            false => n.ipv4.map(|g| IpAddr::V4(g.addr)),
+            true => n.ipv6.map(|g| IpAddr::V6(g.gateway.addr)),
+        });
+        return gw
+            .map(Dest::Host)
+            .ok_or_else(|| TraceError::NoGateway(from.network.clone(), family(v6)));
     }
-    if let Ok(ip) = arg.parse::<Ipv4Addr>() {
+    if let Ok(ip) = arg.parse::<IpAddr>() {
         return Ok(by_address(spec, ip));
     }
     let looks_like_vm = arg
@@ -187,43 +318,60 @@ pub fn destination<'a>(spec: &'a Spec, from: &Port, arg: &str) -> Result<Dest<'a
     if !looks_like_vm {
         return Err(TraceError::BadDestination(arg.to_string()));
     }
-    let p = match arg.split_once('/') {
-        Some(_) => match source(spec, arg) {
-            Err(TraceError::NoAddress(p)) => {
-                return Err(TraceError::DestinationWithoutAddress(p));
-            }
-            r => r?,
-        },
+    let (p, a) = match arg.split_once('/') {
+        Some(_) => {
+            let p = source(spec, arg)?;
+            let a = port_addr(spec, p, v6)
+                .ok_or_else(|| TraceError::DestinationWithoutAddress(port_label(p), family(v6)))?;
+            (p, a)
+        }
         None => {
             let vm = &spec.vms[arg];
-            let with_addr = || vm.ports.iter().filter(|p| p.ipv4.is_some());
+            let with_addr = || {
+                vm.ports
+                    .iter()
+                    .filter_map(|p| port_addr(spec, p, v6).map(|a| (p, a)))
+            };
             with_addr()
-                .find(|p| p.network == from.network)
+                .find(|(p, _)| p.network == from.network)
                 .or_else(|| with_addr().next())
-                .ok_or_else(|| TraceError::DestinationWithoutAddress(format!("VM '{arg}'")))?
+                .ok_or_else(|| {
+                    TraceError::DestinationWithoutAddress(format!("VM '{arg}'"), family(v6))
+                })?
         }
     };
-    Ok(Dest::Port(p))
+    Ok(Dest::Port(p, a))
 }
 
-/// What an address is to the spec: a port's, a gateway's, or neither.
-pub fn by_address(spec: &Spec, ip: Ipv4Addr) -> Dest<'_> {
+/// What an address is to the spec: a port's (its `ipv4`, its `ipv6` or its SLAAC address),
+/// a gateway's, or neither.
+pub fn by_address(spec: &Spec, ip: IpAddr) -> Dest<'_> {
     if let Some(p) = spec
         .vms
         .values()
         .flat_map(|v| &v.ports)
-        .find(|p| p.ipv4.is_some_and(|a| a.addr == ip))
+        .find(|p| port_addr(spec, p, ip.is_ipv6()) == Some(ip))
     {
-        return Dest::Port(p);
+        return Dest::Port(p, ip);
     }
-    if spec
-        .networks
-        .values()
-        .any(|n| n.ipv4.is_some_and(|g| g.addr == ip))
-    {
+    let gateway = |n: &crate::spec::Network| match ip {
+        IpAddr::V4(a) => n.ipv4.is_some_and(|g| g.addr == a),
+        IpAddr::V6(a) => n.ipv6.is_some_and(|g| g.gateway.addr == a),
+    };
+    if spec.networks.values().any(gateway) {
         return Dest::Host(ip);
     }
     Dest::Addr(ip)
+}
+
+/// Whether `a` is in the prefix `c`.
+pub(crate) fn in_prefix6(c: crate::types::Ipv6Cidr, a: Ipv6Addr) -> bool {
+    crate::types::Ipv6Cidr {
+        addr: a,
+        prefix: c.prefix,
+    }
+    .network()
+        == c.network()
 }
 
 /// `web1/0 (w-web1)`.

@@ -1,9 +1,9 @@
 //! The walk itself: one method per stage, each mirroring the chain kvmnet writes for it
 //! (`crate::nft`, `crate::modes`), in the order the kernel runs them.
 
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr};
 
-use super::{Dest, Hop, L4, Packet, Stage, Trace, Verdict, by_address, port_label};
+use super::{Dest, Hop, L4, Packet, Stage, Trace, Verdict, by_address, in_prefix6, port_label};
 use crate::nft::{NftTable, firewall_verdict, quoted, rule_matches, table_for};
 use crate::spec::{
     DirectMode, FirewallRule, Mode, Network, Port, PortKind, RuleAction, RuleProto, Spec,
@@ -15,7 +15,9 @@ pub fn walk(spec: &Spec, packet: &Packet<'_>) -> Trace {
         spec,
         table: table_for(spec),
         src: packet.src,
-        saddr: packet.src.ipv4.map_or(Ipv4Addr::UNSPECIFIED, |a| a.addr),
+        saddr: packet.saddr,
+        v6: packet.v6(),
+        daddr: packet.dest.addr(),
         dest: packet.dest.clone(),
         l4: packet.l4,
         dnat: false,
@@ -25,32 +27,35 @@ pub fn walk(spec: &Spec, packet: &Packet<'_>) -> Trace {
     Trace { hops: w.hops }
 }
 
-struct Walk<'a> {
-    spec: &'a Spec,
-    table: Option<NftTable>,
-    src: &'a Port,
-    saddr: Ipv4Addr,
+pub(super) struct Walk<'a> {
+    pub(super) spec: &'a Spec,
+    pub(super) table: Option<NftTable>,
+    pub(super) src: &'a Port,
+    pub(super) saddr: IpAddr,
+    /// An IPv6 packet.
+    pub(super) v6: bool,
+    pub(super) daddr: IpAddr,
     dest: Dest<'a>,
-    l4: L4,
+    pub(super) l4: L4,
     /// A port forward translated the destination.
     dnat: bool,
     hops: Vec<Hop>,
 }
 
 /// A hop's nftables side: the chain (`inet from-nat`) and the rule, if a rule decided it.
-type Nft = Option<(String, Option<String>)>;
+pub(super) type Nft = Option<(String, Option<String>)>;
 
-fn port_path(p: &Port) -> String {
+pub(super) fn port_path(p: &Port) -> String {
     format!("vms.{}.ports[{}]", p.vm, p.index)
 }
 
-fn net_path(n: &Network) -> String {
+pub(super) fn net_path(n: &Network) -> String {
     format!("networks.{}", n.name)
 }
 
 impl<'a> Walk<'a> {
     /// Records a hop; true when it stops the packet.
-    fn hop(
+    pub(super) fn hop(
         &mut self,
         stage: Stage,
         verdict: Verdict,
@@ -82,8 +87,22 @@ impl<'a> Walk<'a> {
         verdict.stops()
     }
 
-    fn daddr(&self) -> Ipv4Addr {
-        self.dest.addr()
+    fn daddr(&self) -> IpAddr {
+        self.daddr
+    }
+
+    /// What finds the neighbour of an address: ARP or neighbour solicitation.
+    fn resolution(&self) -> &'static str {
+        if self.v6 {
+            "neighbour solicitation"
+        } else {
+            "ARP"
+        }
+    }
+
+    /// The network field of the packet's family's addresses.
+    fn family_field(&self, n: &Network) -> String {
+        format!("{}.{}", net_path(n), if self.v6 { "ipv6" } else { "ipv4" })
     }
 
     fn network(&self, name: &str) -> Option<&'a Network> {
@@ -121,14 +140,17 @@ impl<'a> Walk<'a> {
 
     /// The routed network the destination address is in, if any.
     fn dest_network(&self) -> Option<&'a Network> {
-        if let Dest::Port(p) = self.dest {
+        if let Dest::Port(p, _) = self.dest {
             return self.network(&p.network).filter(|n| n.mode.routed_by_host());
         }
         let d = self.daddr();
-        self.spec
-            .networks
-            .values()
-            .find(|n| n.mode.routed_by_host() && n.ipv4.is_some_and(|g| g.network().contains(d)))
+        self.spec.networks.values().find(|n| {
+            n.mode.routed_by_host()
+                && match d {
+                    IpAddr::V4(a) => n.ipv4.is_some_and(|g| g.network().contains(a)),
+                    IpAddr::V6(a) => n.ipv6.is_some_and(|v| in_prefix6(v.prefix(), a)),
+                }
+        })
     }
 
     /// The bridge's guard (`guard`, `guard-ip4`): the packet is the port's own, so only what
@@ -140,11 +162,17 @@ impl<'a> Walk<'a> {
             let rule = format!("{} is not guarded (antispoof: false)", port_label(src));
             return self.hop(Stage::Guard, Verdict::Accept, rule, None, field);
         }
+        let IpAddr::V4(saddr) = self.saddr else {
+            return self.guard6(field);
+        };
         let chain = "bridge guard-ip4".to_string();
         if self.l4 == L4::Udp(68) {
             let rule = "udp/68 is a DHCP client's port: only a DHCP server sends to it, and a guarded port may not be one".to_string();
-            let nft = Some((chain, self.guard_rule("udp dport 68 ")));
+            let nft = Some((chain, self.guard_rule("guard-ip4", "udp dport 68 ")));
             return self.hop(Stage::Guard, Verdict::Drop, rule, nft, field);
+        }
+        if src.ipv4.is_none_or(|a| a.addr != saddr) {
+            return self.guard_source4(saddr, field);
         }
         let mut rule = format!(
             "{} sends from its own MAC {} and address {}",
@@ -164,10 +192,70 @@ impl<'a> Walk<'a> {
         )
     }
 
-    /// The rule of `guard-ip4` that starts with `start`, as the ruleset has it (it drops
-    /// there, or hands the packet to a chain that counts the drop and drops it).
-    fn guard_rule(&self, start: &str) -> Option<String> {
-        let chain = self.table.as_ref()?.chains.get("bridge guard-ip4")?;
+    /// An IPv4 source other than the port's `ipv4`: a DHCP client's 0.0.0.0, an address a
+    /// port without `ipv4` may use (not claimed by a pinned port or a gateway), or a forgery.
+    fn guard_source4(&mut self, saddr: Ipv4Addr, field: Option<String>) -> bool {
+        let src = self.src;
+        let chain = "bridge guard-ip4".to_string();
+        let claimed = || {
+            let ports = self.spec.vms.values().flat_map(|v| &v.ports);
+            let mut pinned = ports.filter_map(|p| p.ipv4);
+            let mut gateways = self.spec.networks.values().filter_map(|n| n.ipv4);
+            pinned.any(|a| a.addr == saddr) || gateways.any(|g| g.addr == saddr)
+        };
+        let (verdict, rule, start) = if saddr.is_unspecified() && self.l4 == L4::Udp(67) {
+            (
+                Verdict::Accept,
+                "a DHCP client asks from 0.0.0.0 before it has an address".to_string(),
+                "ip saddr 0.0.0.0 udp sport 68 udp dport 67 return",
+            )
+        } else if saddr.is_unspecified() {
+            (
+                Verdict::Drop,
+                "0.0.0.0 is a source for DHCP requests only".to_string(),
+                "ip saddr 0.0.0.0 counter",
+            )
+        } else if let Some(a) = src.ipv4 {
+            (
+                Verdict::Drop,
+                format!(
+                    "{} may send from its ipv4 {} only, not {saddr}",
+                    port_label(src),
+                    a.addr
+                ),
+                "iifname @ip4_pinned iifname . ip saddr != @port_ip4",
+            )
+        } else if claimed() {
+            (
+                Verdict::Drop,
+                format!("{saddr} is another port's ipv4 or a gateway's address"),
+                "iifname != @ip4_pinned ip saddr @claimed_ip4",
+            )
+        } else {
+            let rule = format!(
+                "{} has no ipv4 in the spec: it may send from {saddr}, which no port or gateway claims (a DHCP lease)",
+                port_label(src)
+            );
+            return self.hop(
+                Stage::Guard,
+                Verdict::Accept,
+                rule,
+                Some((chain, None)),
+                field,
+            );
+        };
+        let nft = Some((chain, self.guard_rule("guard-ip4", start)));
+        self.hop(Stage::Guard, verdict, rule, nft, field)
+    }
+
+    /// The rule of a guard chain (`guard-ip4`) that starts with `start`, as the ruleset has
+    /// it (it drops there, or hands the packet to a chain that counts the drop and drops it).
+    pub(super) fn guard_rule(&self, chain: &str, start: &str) -> Option<String> {
+        let chain = self
+            .table
+            .as_ref()?
+            .chains
+            .get(&format!("bridge {chain}"))?;
         chain
             .rules
             .iter()
@@ -186,25 +274,41 @@ impl<'a> Walk<'a> {
             _ => "udp",
         };
         let spec = self.spec;
+        let v6 = self.v6;
         let hit = spec.networks.values().find_map(|n| {
             n.forwards
                 .iter()
                 .enumerate()
-                .find(|(_, f)| f.proto.as_str() == word && f.port == dport)
+                .find(|(_, f)| {
+                    f.proto.as_str() == word && f.port == dport && (!v6 || f.to_ip6.is_some())
+                })
                 .map(|(i, f)| (n, i, f))
         });
         let Some((net, i, fw)) = hit else {
             return;
         };
-        let nft = format!(
-            "fib daddr type local {word} dport {dport} dnat ip to {}:{}",
-            fw.to_ip, fw.to_port
-        );
+        let (to, nft) = match fw.to_ip6.filter(|_| v6) {
+            Some(a) => (
+                IpAddr::V6(a),
+                format!(
+                    "fib daddr type local {word} dport {dport} dnat ip6 to [{a}]:{}",
+                    fw.to_port
+                ),
+            ),
+            None => (
+                IpAddr::V4(fw.to_ip),
+                format!(
+                    "fib daddr type local {word} dport {dport} dnat ip to {}:{}",
+                    fw.to_ip, fw.to_port
+                ),
+            ),
+        };
         let rule = format!(
-            "port forward {word}/{dport} of the host goes to {} {}:{}",
-            fw.to, fw.to_ip, fw.to_port
+            "port forward {word}/{dport} of the host goes to {} {to} port {}",
+            fw.to, fw.to_port
         );
-        self.dest = by_address(spec, fw.to_ip);
+        self.dest = by_address(spec, to);
+        self.daddr = to;
         self.l4 = self.l4.with_dport(fw.to_port);
         self.dnat = true;
         let field = Some(format!("{}.forwards[{i}]", net_path(net)));
@@ -250,8 +354,16 @@ impl<'a> Walk<'a> {
             let rule = format!("{} has no {word} firewall", port_label(port));
             return self.hop(stage, Verdict::Accept, rule, None, None);
         };
-        let local = matches!(self.dest, Dest::Host(_)) || self.daddr().is_broadcast();
-        if !inbound && self.l4 == L4::Udp(67) && local {
+        let broadcast = matches!(self.daddr(), IpAddr::V4(a) if a.is_broadcast());
+        let local = matches!(self.dest, Dest::Host(_)) || broadcast;
+        if let L4::Icmpv6(t) = self.l4
+            && super::v6::PLUMBING.contains(&t)
+        {
+            let rule = format!("IPv6 needs neighbour discovery: {t} passes every firewall");
+            let nft = Some((chain, Some(crate::nft::IPV6_PLUMBING.to_string())));
+            return self.hop(stage, Verdict::Accept, rule, nft, Some(base));
+        }
+        if !self.v6 && !inbound && self.l4 == L4::Udp(67) && local {
             let nft = "udp sport 68 udp dport 67 fib daddr type { local, broadcast } return";
             let rule = "a DHCP request to the host always leaves the port".to_string();
             let nft = Some((chain, Some(nft.to_string())));
@@ -270,7 +382,7 @@ impl<'a> Walk<'a> {
             // Drops and rejects go to the direction's counting chain (`goto fw-in-drop`).
             let word_v = firewall_verdict(r.action, inbound);
             let rule = format!("{word} rule {j} of {}: {}", port_label(port), describe(r));
-            let nft = Some((chain, Some(rule_text(r, &word_v))));
+            let nft = Some((chain, Some(rule_text(r, &word_v, self.v6))));
             return self.hop(
                 stage,
                 verdict,
@@ -299,7 +411,7 @@ impl<'a> Walk<'a> {
 
     /// A network the host does not route (bridge, vlan, vxlan): a segment of a LAN.
     fn lan(&mut self, net: &'a Network) {
-        let same = matches!(self.dest, Dest::Port(p) if p.network == net.name);
+        let same = matches!(self.dest, Dest::Port(p, _) if p.network == net.name);
         if same {
             let rule = format!("bridged on {} (network {})", net.bridge, net.name);
             self.hop(
@@ -309,7 +421,7 @@ impl<'a> Walk<'a> {
                 None,
                 Some(net_path(net)),
             );
-            if let Dest::Port(p) = self.dest
+            if let Dest::Port(p, _) = self.dest
                 && self.firewall(p, true)
             {
                 return;
@@ -337,7 +449,7 @@ impl<'a> Walk<'a> {
         let mode = net.direct_mode.unwrap_or(DirectMode::Bridge);
         let field = Some(net_path(net));
         let uplink = net.uplink.clone().unwrap_or_default();
-        let same = matches!(self.dest, Dest::Port(p) if p.network == net.name);
+        let same = matches!(self.dest, Dest::Port(p, _) if p.network == net.name);
         if same && mode == DirectMode::Private {
             let rule =
                 format!("macvtap mode private on {uplink}: its ports never reach each other");
@@ -362,10 +474,11 @@ impl<'a> Walk<'a> {
     fn same_bridge(&mut self, net: &'a Network) {
         if let Dest::Addr(a) = self.dest {
             let rule = format!(
-                "no port of network {} has {a}: nothing answers ARP for it",
-                net.name
+                "no port of network {} has {a}: nothing answers {} for it",
+                net.name,
+                self.resolution()
             );
-            let field = Some(format!("{}.ipv4", net_path(net)));
+            let field = Some(self.family_field(net));
             self.hop(Stage::Routing, Verdict::Drop, rule, None, field);
             return;
         }
@@ -386,7 +499,7 @@ impl<'a> Walk<'a> {
             self.hop(Stage::IsolatePorts, Verdict::Drop, rule, None, field);
             return;
         }
-        if let Dest::Port(p) = self.dest
+        if let Dest::Port(p, _) = self.dest
             && self.firewall(p, true)
         {
             return;
@@ -441,7 +554,7 @@ impl<'a> Walk<'a> {
         );
         // The inbound firewall of routed traffic is found by destination address, whatever
         // the route: a port on a LAN segment reached through the host meets it too.
-        if let Dest::Port(p) = self.dest
+        if let Dest::Port(p, _) = self.dest
             && self.firewall(p, true)
         {
             return;
@@ -462,9 +575,13 @@ impl<'a> Walk<'a> {
     fn leaving(&mut self, net: &'a Network, to: Option<&'a Network>) -> bool {
         let chain = format!("inet from-{}", net.name);
         let mode = format!("{}.mode", net_path(net));
-        let rule = net
-            .ipv4
-            .and_then(|g| net.mode.behaviour().leaving(net, g.network()));
+        let rule = if self.v6 {
+            net.ipv6
+                .and_then(|v| net.mode.behaviour().leaving6(net, v.prefix()))
+        } else {
+            net.ipv4
+                .and_then(|g| net.mode.behaviour().leaving(net, g.network()))
+        };
         if let Some(r) = rule {
             // nat with `nat.egress` leaves only through that interface: taken to be the way
             // out of the host, never another network's bridge.
@@ -489,6 +606,10 @@ impl<'a> Walk<'a> {
                 "network {} is isolated: nothing leaves it through the host",
                 net.name
             ),
+            _ if self.v6 && net.ipv6.is_none() => format!(
+                "network {} has no ipv6: no IPv6 leaves it through the host",
+                net.name
+            ),
             _ => format!(
                 "network {} leaves only through its nat egress {}",
                 net.name,
@@ -507,10 +628,15 @@ impl<'a> Walk<'a> {
     fn entering(&mut self, net: &'a Network) -> bool {
         let chain = format!("inet to-{}", net.name);
         let mode = format!("{}.mode", net_path(net));
-        let rules = net
-            .ipv4
-            .map(|g| net.mode.behaviour().entering(net, g.network()))
-            .unwrap_or_default();
+        let rules = if self.v6 {
+            net.ipv6
+                .map(|v| net.mode.behaviour().entering6(net, v.prefix()))
+                .unwrap_or_default()
+        } else {
+            net.ipv4
+                .map(|g| net.mode.behaviour().entering(net, g.network()))
+                .unwrap_or_default()
+        };
         for r in rules {
             // A new connection is not established; `ct status dnat` is a port forward;
             // anything else lets the network's subnet in.
@@ -554,16 +680,26 @@ impl<'a> Walk<'a> {
 
     /// inet nat postrouting: a nat network's guests leave with the host's address.
     fn masquerade(&mut self, net: &'a Network, to: Option<&'a Network>) {
-        let (Mode::Nat, Some(gw)) = (net.mode, net.ipv4) else {
+        if net.mode != Mode::Nat {
             return;
-        };
-        let subnet = gw.network();
+        }
         let egress = match &net.nat_egress {
             Some(e) if to.is_none() => format!("oifname {}", quoted(e)),
             Some(_) => return,
             None => format!("oifname != {}", quoted(&net.bridge)),
         };
-        let nft = format!("ip saddr {subnet} ip daddr != {subnet} {egress} masquerade");
+        let nft = match (self.v6, net.ipv4, net.ipv6) {
+            (false, Some(gw), _) => {
+                let subnet = gw.network();
+                format!("ip saddr {subnet} ip daddr != {subnet} {egress} masquerade")
+            }
+            // NAT66, unless `nat: { ipv6: false }` routes the prefix untranslated.
+            (true, _, Some(v)) if v.nat66 => {
+                let p = v.prefix();
+                format!("ip6 saddr {p} ip6 daddr != {p} ip6 daddr != ff00::/8 {egress} masquerade")
+            }
+            _ => return,
+        };
         let why =
             "masquerade: it leaves with the host's address on the outgoing interface".to_string();
         let field = Some(format!("{}.mode", net_path(net)));
@@ -572,11 +708,14 @@ impl<'a> Walk<'a> {
     }
 
     /// inet input through `host-NET`: what the network's guests may reach on the host.
-    fn host(&mut self, net: &'a Network, addr: Ipv4Addr) {
+    fn host(&mut self, net: &'a Network, addr: IpAddr) {
         let chain = format!("inet host-{}", net.name);
         let np = net_path(net);
-        let gw = net.ipv4.map(|g| g.addr);
-        let hit = if self.l4 == L4::Udp(67) && net.dhcp.is_some() {
+        let gw = net.ipv4.map(|g| IpAddr::V4(g.addr));
+        let hit = if self.v6 {
+            self.host6(net, addr)
+                .or_else(|| self.host_access(net, addr))
+        } else if self.l4 == L4::Udp(67) && net.dhcp.is_some() {
             Some((
                 Verdict::Accept,
                 "DHCP to the host is always allowed".to_string(),
@@ -625,10 +764,10 @@ impl<'a> Walk<'a> {
     }
 
     /// The first `host_access` rule that matches: verdict, words, nft rule, field.
-    fn host_access(
+    pub(super) fn host_access(
         &self,
         net: &Network,
-        addr: Ipv4Addr,
+        addr: IpAddr,
     ) -> Option<(Verdict, String, String, String)> {
         let (k, r) = net
             .host_access
@@ -648,7 +787,7 @@ impl<'a> Walk<'a> {
         Some((
             verdict,
             why,
-            rule_text(r, word),
+            rule_text(r, word, self.v6),
             format!("{}.host_access[{k}]", net_path(net)),
         ))
     }
@@ -656,7 +795,7 @@ impl<'a> Walk<'a> {
     /// Where the packet ends up once every rule let it through.
     fn arrive(&mut self) {
         let (verdict, rule) = match self.dest {
-            Dest::Port(p) => (
+            Dest::Port(p, _) => (
                 Verdict::Accept,
                 format!("arrives at {} {} {}", port_label(p), self.daddr(), self.l4),
             ),
@@ -664,8 +803,9 @@ impl<'a> Walk<'a> {
                 Some(n) => (
                     Verdict::Drop,
                     format!(
-                        "no port of network {} has {a}: nothing answers ARP for it",
-                        n.name
+                        "no port of network {} has {a}: nothing answers {} for it",
+                        n.name,
+                        self.resolution()
                     ),
                 ),
                 None => (
@@ -683,7 +823,7 @@ impl<'a> Walk<'a> {
             Stage::Arrive
         };
         let field = match self.dest {
-            Dest::Port(p) => Some(port_path(p)),
+            Dest::Port(p, _) => Some(port_path(p)),
             _ => None,
         };
         self.hop(stage, verdict, rule, None, field);
@@ -698,17 +838,23 @@ fn parent(path: &str) -> Option<String> {
     path.rfind('.').map(|i| path[..i].to_string())
 }
 
-/// Whether a firewall or `host_access` rule matches the packet (IPv4, a new connection, rate
-/// and connection limits not exceeded).
-fn hits(r: &FirewallRule, saddr: Ipv4Addr, daddr: Ipv4Addr, l4: L4) -> bool {
-    let proto = match r.proto {
-        RuleProto::Any => true,
-        RuleProto::Tcp => matches!(l4, L4::Tcp(_)),
-        RuleProto::Udp => matches!(l4, L4::Udp(_)),
-        RuleProto::Icmp => {
-            l4 == L4::Icmp
-                && (r.icmp_types.is_empty() || r.icmp_types.iter().any(|t| t == "echo-request"))
+/// Whether a firewall or `host_access` rule matches the packet (a new connection, rate and
+/// connection limits not exceeded). An ICMP rule's types match ICMPv6 by their ICMPv6
+/// counterparts; a rule with an address of one family never matches the other.
+fn hits(r: &FirewallRule, saddr: IpAddr, daddr: IpAddr, l4: L4) -> bool {
+    let proto = match (r.proto, l4) {
+        (RuleProto::Any, _) => true,
+        (RuleProto::Tcp, L4::Tcp(_)) | (RuleProto::Udp, L4::Udp(_)) => true,
+        (RuleProto::Icmp, L4::Icmp) => {
+            r.icmp_types.is_empty() || r.icmp_types.iter().any(|t| t == "echo-request")
         }
+        (RuleProto::Icmp, L4::Icmpv6(t)) => {
+            r.icmp_types.is_empty()
+                || r.icmp_types
+                    .iter()
+                    .any(|x| crate::spec::icmpv6_counterpart(x) == Some(t))
+        }
+        _ => false,
     };
     let ports = r.ports.is_empty()
         || l4
@@ -716,13 +862,26 @@ fn hits(r: &FirewallRule, saddr: Ipv4Addr, daddr: Ipv4Addr, l4: L4) -> bool {
             .is_some_and(|d| r.ports.iter().any(|(a, b)| (*a..=*b).contains(&d)));
     proto
         && ports
-        && r.from.is_none_or(|c| c.contains_v4(saddr))
-        && r.to.is_none_or(|c| c.contains_v4(daddr))
+        && r.from.is_none_or(|c| contains(c, saddr))
+        && r.to.is_none_or(|c| contains(c, daddr))
 }
 
-/// The deciding rule of a firewall or `host_access` rule, for IPv4, as kvmnet writes it.
-fn rule_text(r: &FirewallRule, verdict: &str) -> String {
-    let m = rule_matches(r).into_iter().next().unwrap_or_default();
+fn contains(c: crate::types::IpCidr, a: IpAddr) -> bool {
+    match (c, a) {
+        (crate::types::IpCidr::V6(c), IpAddr::V6(a)) => in_prefix6(c, a),
+        (c, IpAddr::V4(a)) => c.contains_v4(a),
+        _ => false,
+    }
+}
+
+/// The deciding rule of a firewall or `host_access` rule as kvmnet writes it for the
+/// packet's family: a rule covering both families with ICMP types is written once per
+/// family, IPv4's first.
+fn rule_text(r: &FirewallRule, verdict: &str, v6: bool) -> String {
+    let all = rule_matches(r);
+    let m = if v6 { all.last() } else { all.first() }
+        .cloned()
+        .unwrap_or_default();
     let sep = if m.is_empty() { "" } else { " " };
     format!("{m}{sep}counter {verdict}")
 }

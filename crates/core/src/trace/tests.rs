@@ -52,22 +52,14 @@ fn spec() -> Spec {
 }
 
 fn run(spec: &Spec, from: &str, to: &str, proto: &str) -> Trace {
-    let src = source(spec, from).unwrap();
-    let dest = destination(spec, src, to).unwrap();
-    let t = walk(
-        spec,
-        &Packet {
-            src,
-            dest,
-            l4: L4::parse(proto).unwrap(),
-        },
-    );
+    let p = packet(spec, from, to, proto, Options::default()).unwrap();
+    let t = walk(spec, &p);
     cited_rules_exist(spec, &t);
     t
 }
 
 /// Every rule a hop cites is a rule of the chain it names, as kvmnet writes the ruleset.
-fn cited_rules_exist(spec: &Spec, t: &Trace) {
+pub(super) fn cited_rules_exist(spec: &Spec, t: &Trace) {
     let table = table_for(spec).unwrap();
     for h in &t.hops {
         let (Some(chain), Some(rule)) = (&h.chain, &h.nft) else {
@@ -315,26 +307,39 @@ fn arguments() {
         Err(TraceError::UnknownPort { .. })
     ));
     assert_eq!(
-        source(&s, "o/1").unwrap_err(),
-        TraceError::NoAddress("o/1 (t-o1)".into())
+        packet(&s, "o/1", "a", "icmp", Options::default()).unwrap_err(),
+        TraceError::NoAddress("o/1 (t-o1)".into(), "ipv6")
+    );
+    assert_eq!(
+        packet(&s, "o/1", "10.70.0.10", "icmp", Options::default()).unwrap_err(),
+        TraceError::NoAddress("o/1 (t-o1)".into(), "ipv4")
     );
     assert_eq!(source(&s, "o/t-o").unwrap().name, "t-o");
     let a = source(&s, "a").unwrap();
     assert_eq!(
-        destination(&s, a, "host"),
+        destination(&s, a, "host", false),
         Ok(Dest::Host("10.70.0.1".parse().unwrap()))
     );
-    assert!(matches!(destination(&s, a, "10.72.0.10"), Ok(Dest::Port(p)) if p.vm == "r"));
-    assert!(matches!(destination(&s, a, "10.72.0.1"), Ok(Dest::Host(_))));
-    assert!(matches!(destination(&s, a, "1.2.3.4"), Ok(Dest::Addr(_))));
-    assert!(matches!(destination(&s, a, "o"), Ok(Dest::Port(p)) if p.name == "t-o"));
+    assert!(matches!(destination(&s, a, "10.72.0.10", false), Ok(Dest::Port(p, _)) if p.vm == "r"));
     assert!(matches!(
-        destination(&s, a, "nope"),
+        destination(&s, a, "10.72.0.1", false),
+        Ok(Dest::Host(_))
+    ));
+    assert!(matches!(
+        destination(&s, a, "1.2.3.4", false),
+        Ok(Dest::Addr(_))
+    ));
+    assert!(matches!(destination(&s, a, "o", false), Ok(Dest::Port(p, _)) if p.name == "t-o"));
+    assert!(matches!(
+        destination(&s, a, "nope", false),
         Err(TraceError::BadDestination(_))
     ));
     assert_eq!(
-        destination(&s, a, "o/1"),
-        Err(TraceError::DestinationWithoutAddress("o/1 (t-o1)".into()))
+        destination(&s, a, "o/1", false),
+        Err(TraceError::DestinationWithoutAddress(
+            "o/1 (t-o1)".into(),
+            "ipv4"
+        ))
     );
 }
 

@@ -450,17 +450,22 @@ fn validate_cmd(file: &Path, j: bool) -> Result<(), (EngineError, bool)> {
     let id = identity("host", false);
     let (source, text) = read_spec(file).map_err(|e| (e, j))?;
     let spec = engine::parse(&source, &text, &id).map_err(|e| (e, j))?;
-    let ports: usize = spec.vms.values().map(|v| v.ports.len()).sum();
+    // OVN networks and their ports live in spec.ovn: counted too.
+    let ovn = spec
+        .ovn
+        .as_ref()
+        .map_or((0, 0), |o| (o.networks.len(), o.ports.len()));
+    let ports: usize = spec.vms.values().map(|v| v.ports.len()).sum::<usize>() + ovn.1;
+    let networks = spec.networks.len() + ovn.0;
     if j {
         let v = json!({
-            "valid": true, "source": source, "networks": spec.networks.len(),
+            "valid": true, "source": source, "networks": networks,
             "vms": spec.vms.len(), "ports": ports,
         });
         println!("{v}");
     } else {
         println!(
-            "{source}: valid ({} networks, {} VMs, {ports} ports)",
-            spec.networks.len(),
+            "{source}: valid ({networks} networks, {} VMs, {ports} ports)",
             spec.vms.len(),
         );
     }

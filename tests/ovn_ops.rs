@@ -137,29 +137,8 @@ fn status_doctor_and_daemon_on_two_chassis() {
     let a_ns = lab.ns.reserve("opa");
     let b_ns = lab.ns.reserve("opb");
     let file = SpecFile::new(&spec(&lab, &a_ns, &b_ns));
-    let hv = |i: usize| lab.chassis[i - 1].ns.clone();
-    let kvm = |i: usize, args: &[&str], chassis: Option<&str>| {
-        let mut a: Vec<&str> = args.to_vec();
-        let ns = hv(i);
-        a.extend(["--netns", &ns]);
-        if let Some(c) = chassis {
-            a.extend(["--chassis", c]);
-        }
-        lab.ns.kvmnet(&a)
-    };
-    let okk = |i: usize, args: &[&str]| {
-        let ch = format!("hv{i}");
-        let o = kvm(i, args, Some(&ch));
-        assert!(
-            o.status.success(),
-            "kvmnet {args:?} on hv{i}: {}\n{}",
-            stdout(&o),
-            String::from_utf8_lossy(&o.stderr)
-        );
-        stdout(&o)
-    };
-    okk(1, &["apply", file.path()]);
-    okk(2, &["apply", file.path()]);
+    okk(&lab, 1, &["apply", file.path()]);
+    okk(&lab, 2, &["apply", file.path()]);
     for ns in [&a_ns, &b_ns] {
         ok_in(ns, "ethtool -K eth0 tx off >/dev/null");
     }
@@ -167,8 +146,17 @@ fn status_doctor_and_daemon_on_two_chassis() {
     lab.wait_up("opb");
     wait_ping(&b_ns, "10.81.0.10");
 
-    // status: each port's chassis and up, the network's logical flows as OVN counts them.
-    let v: serde_json::Value = serde_json::from_str(&okk(1, &["status", "--json"])).unwrap();
+    check_status(&lab);
+    doctor_healthy(&lab);
+    let _d1 = start_daemon(&lab, 1, file.path(), Some("hv1"));
+    let _d2 = start_daemon(&lab, 2, file.path(), None);
+    daemons_repair(&lab, file.path(), &b_ns);
+    doctor_names_stopped_controller(&mut lab);
+}
+
+/// status: each port's chassis and up, the network's logical flows as OVN counts them.
+fn check_status(lab: &OvnLab) {
+    let v: serde_json::Value = serde_json::from_str(&okk(lab, 1, &["status", "--json"])).unwrap();
     let o = &v["ovn"];
     assert_eq!(o["chassis"], "hv1", "{v}");
     let net = o["networks"]
@@ -179,7 +167,7 @@ fn status_doctor_and_daemon_on_two_chassis() {
         .unwrap_or_else(|| panic!("opsnet in {v}"));
     let flows = net["flows"].as_u64().unwrap();
     assert!(flows > 0);
-    assert_eq!(flows, lflows(&lab, "opsnet"), "{v}");
+    assert_eq!(flows, lflows(lab, "opsnet"), "{v}");
     let port = |name: &str| {
         net["ports"]
             .as_array()
@@ -200,7 +188,7 @@ fn status_doctor_and_daemon_on_two_chassis() {
         serde_json::json!([]),
         "no kernel network here"
     );
-    let text = okk(2, &["status"]);
+    let text = okk(lab, 2, &["status"]);
     assert!(
         text.contains("OVN NETWORK")
             && text
@@ -208,10 +196,12 @@ fn status_doctor_and_daemon_on_two_chassis() {
                 .any(|l| l.starts_with("opb ") && l.contains("hv2") && l.contains("true")),
         "{text}"
     );
+}
 
-    // doctor: healthy chassis pass every OVN check.
+/// doctor: healthy chassis pass every OVN check.
+fn doctor_healthy(lab: &OvnLab) {
     for i in [1, 2] {
-        let (_, checks) = doctor(&lab, i);
+        let (_, checks) = doctor(lab, i);
         let ovn = ovn_checks(&checks);
         for id in [
             "ovn-nb",
@@ -229,21 +219,22 @@ fn status_doctor_and_daemon_on_two_chassis() {
         }
         assert!(ovn.iter().all(|c| c["status"] == "ok"), "hv{i}: {ovn:?}");
     }
+}
 
-    // Daemons: hv1's told its chassis, hv2's finds it in what the last apply recorded.
-    let _d1 = start_daemon(&lab, 1, file.path(), Some("hv1"));
-    let _d2 = start_daemon(&lab, 2, file.path(), None);
+/// Daemons (hv1's told its chassis, hv2's finding it in what the last apply recorded)
+/// take `apply --chassis` and repair drift.
+fn daemons_repair(lab: &OvnLab, file: &str, b_ns: &str) {
     // `apply --chassis` reaches the daemon: another chassis than its own is refused.
-    let o = kvm(1, &["apply", file.path()], Some("hv2"));
+    let o = kvm(lab, 1, &["apply", file], Some("hv2"));
     assert_eq!(o.status.code(), Some(2), "{}", stdout(&o));
     assert!(
         String::from_utf8_lossy(&o.stderr).contains("this daemon is OVN chassis hv1, not hv2"),
         "{}",
         String::from_utf8_lossy(&o.stderr)
     );
-    okk(1, &["apply", file.path()]);
+    okk(lab, 1, &["apply", file]);
     // status through the daemon shows the OVN part too.
-    let v: serde_json::Value = serde_json::from_str(&okk(2, &["status", "--json"])).unwrap();
+    let v: serde_json::Value = serde_json::from_str(&okk(lab, 2, &["status", "--json"])).unwrap();
     assert_eq!(v["ovn"]["chassis"], "hv2", "{v}");
 
     // A row edited by hand is repaired within the reconcile interval...
@@ -260,7 +251,7 @@ fn status_doctor_and_daemon_on_two_chassis() {
             == "opb"
     });
     lab.wait_up("opb");
-    wait_ping(&b_ns, "10.81.0.10");
+    wait_ping(b_ns, "10.81.0.10");
     // ... and hv2's daemon, chassis hv2, puts its port back on br-int.
     lab.vsctl(2, "del-port br-int opb");
     wait_until("the daemon to put opb back on br-int", 15, || {
@@ -269,11 +260,13 @@ fn status_doctor_and_daemon_on_two_chassis() {
             .any(|l| l == "opb")
     });
     lab.wait_up("opb");
-    wait_ping(&b_ns, "10.81.0.10");
+    wait_ping(b_ns, "10.81.0.10");
+}
 
-    // doctor names a stopped ovn-controller, and the service to start.
+/// doctor names a stopped ovn-controller, and the service to start.
+fn doctor_names_stopped_controller(lab: &mut OvnLab) {
     lab.stop_controller(2);
-    let (code, checks) = doctor(&lab, 2);
+    let (code, checks) = doctor(lab, 2);
     assert_eq!(code, 1, "{checks:?}");
     let c = checks
         .iter()
@@ -285,9 +278,31 @@ fn status_doctor_and_daemon_on_two_chassis() {
         c["fix"].as_str().unwrap().contains("systemctl start"),
         "{c}"
     );
-    let (_, checks) = doctor(&lab, 1);
+    let (_, checks) = doctor(lab, 1);
     assert!(
         ovn_checks(&checks).iter().all(|c| c["status"] == "ok"),
         "{checks:?}"
     );
+}
+
+/// kvmnet on chassis `i` with `--chassis hvI`, which must succeed; its stdout.
+fn okk(lab: &OvnLab, i: usize, args: &[&str]) -> String {
+    let o = kvm(lab, i, args, Some(&format!("hv{i}")));
+    assert!(
+        o.status.success(),
+        "kvmnet {args:?} on hv{i}: {}\n{}",
+        stdout(&o),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    stdout(&o)
+}
+
+fn kvm(lab: &OvnLab, i: usize, args: &[&str], chassis: Option<&str>) -> std::process::Output {
+    let mut a: Vec<&str> = args.to_vec();
+    let ns = lab.chassis[i - 1].ns.clone();
+    a.extend(["--netns", &ns]);
+    if let Some(c) = chassis {
+        a.extend(["--chassis", c]);
+    }
+    lab.ns.kvmnet(&a)
 }

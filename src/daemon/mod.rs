@@ -981,6 +981,15 @@ fn private_state_dir(scope: &str) -> Result<StateDir, EngineError> {
     Ok(state_dir)
 }
 
+/// This host's identity for derived MACs, a warning logged when it is not the machine's.
+fn host_identity(scope: &str) -> crate::spec::HostIdentity {
+    let (identity, warning) = crate::host_macs::host_identity(scope);
+    if let Some(w) = warning {
+        log(Level::Warning, &format!("warning: {w}"));
+    }
+    identity
+}
+
 /// The OVN chassis this daemon's host is, for specs with OVN networks: `--chassis`, else
 /// the chassis kvmnet last made this host (recorded by an apply, `kvmnet apply --chassis`
 /// among them), else the hostname. One name for the daemon's life: a spec sent with
@@ -1009,14 +1018,9 @@ pub fn run(
         .unwrap_or_else(|_| spec_path.to_path_buf())
         .display()
         .to_string();
-    let (identity, warning) = crate::host_macs::host_identity(scope);
-    if let Some(w) = warning {
-        log(Level::Warning, &format!("warning: {w}"));
-    }
-    let chassis = this_chassis(&state_dir, chassis);
-    let (spec, accepted) = start_spec(
-        &state_dir, &specs, spec_path, &spec_file, &identity, &chassis,
-    )?;
+    let identity = host_identity(scope);
+    let ch = this_chassis(&state_dir, chassis);
+    let (spec, accepted) = start_spec(&state_dir, &specs, spec_path, &spec_file, &identity, &ch)?;
     let scopes = dhcp::scopes(&spec);
     let zones = dns::zones(&spec);
     let metrics = DaemonMetrics::default();
@@ -1039,7 +1043,7 @@ pub fn run(
         dns: Mutex::new(None),
         specs,
         identity,
-        chassis,
+        chassis: ch,
         retired: Mutex::new(retired),
         watch: Mutex::new(open_watch()),
         metrics,

@@ -116,9 +116,9 @@ fn port_json(lsp: &Map<String, Value>, bindings: &BTreeMap<String, String>) -> V
 
 /// The Southbound's view: each logical port's chassis (by name), and each switch's
 /// logical flow count (by the Northbound switch's UUID).
-fn southbound(
-    c: &Client,
-) -> Result<(BTreeMap<String, String>, BTreeMap<String, usize>), OvsdbError> {
+type Southbound = (BTreeMap<String, String>, BTreeMap<String, usize>);
+
+fn southbound(c: &Client) -> Result<Southbound, OvsdbError> {
     let chassis: BTreeMap<String, String> = select(c, "Chassis", json!([]), &["name"])?
         .iter()
         .map(|r| (uuid(r), text(r, "name").unwrap_or_default()))

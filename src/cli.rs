@@ -251,6 +251,7 @@ fn apply_cmd(
         let s = scope_name(&scope.netns).map_err(|e| (e, j))?;
         refuse_fail_after_with_daemon(&s, fail).map_err(|e| (e, j))?;
         let mut fields = vec![("source", source.clone())];
+        fields.extend(scope.chassis.clone().map(|c| ("chassis", c)));
         fields.extend(confirm.map(|c| ("confirm_within", c.to_string())));
         if let Some(r) = spec_via_daemon(&s, "/v1/apply", &fields, &text) {
             print_changes(&r.map_err(|e| (e, j))?, j);
@@ -349,7 +350,8 @@ fn run_other(command: Command) -> Result<(), (EngineError, bool)> {
             spec,
             netns,
             metrics_listen,
-        } => daemon_cmd(&spec, &netns, metrics_listen.as_deref()),
+            chassis,
+        } => daemon_cmd(&spec, &netns, metrics_listen.as_deref(), chassis.as_deref()),
         Command::Show { netns } => enter_existing(&netns)
             .and_then(|s| crate::show::run(&s))
             .map_err(|e| (e, false)),
@@ -448,17 +450,22 @@ fn validate_cmd(file: &Path, j: bool) -> Result<(), (EngineError, bool)> {
     let id = identity("host", false);
     let (source, text) = read_spec(file).map_err(|e| (e, j))?;
     let spec = engine::parse(&source, &text, &id).map_err(|e| (e, j))?;
-    let ports: usize = spec.vms.values().map(|v| v.ports.len()).sum();
+    // OVN networks and their ports live in spec.ovn: counted too.
+    let ovn = spec
+        .ovn
+        .as_ref()
+        .map_or((0, 0), |o| (o.networks.len(), o.ports.len()));
+    let ports: usize = spec.vms.values().map(|v| v.ports.len()).sum::<usize>() + ovn.1;
+    let networks = spec.networks.len() + ovn.0;
     if j {
         let v = json!({
-            "valid": true, "source": source, "networks": spec.networks.len(),
+            "valid": true, "source": source, "networks": networks,
             "vms": spec.vms.len(), "ports": ports,
         });
         println!("{v}");
     } else {
         println!(
-            "{source}: valid ({} networks, {} VMs, {ports} ports)",
-            spec.networks.len(),
+            "{source}: valid ({networks} networks, {} VMs, {ports} ports)",
             spec.vms.len(),
         );
     }
@@ -482,7 +489,7 @@ fn plan_cmd(file: &Path, scope: &Scope) -> Result<bool, (EngineError, bool)> {
 fn doctor_cmd(scope: &Scope) -> Result<bool, (EngineError, bool)> {
     let j = scope.json;
     let s = enter_existing(&scope.netns).map_err(|e| (e, j))?;
-    crate::doctor::run(&s, j).map_err(|e| (e, j))
+    crate::doctor::run(&s, j, scope.chassis.as_deref()).map_err(|e| (e, j))
 }
 
 fn trace_cmd(a: &TraceArgs) -> Result<bool, (EngineError, bool)> {
@@ -545,7 +552,7 @@ fn status_cmd(scope: &Scope) -> Result<(), (EngineError, bool)> {
             let snap = Observer::new(&s)
                 .snapshot(None)
                 .map_err(|e| (e.into(), j))?;
-            status::status_json(&snap)
+            status::with_ovn(status::status_json(&snap), crate::ovn::report::status(&s))
         }
     };
     if j {
@@ -613,6 +620,7 @@ fn daemon_cmd(
     spec: &Path,
     netns: &Option<String>,
     metrics_listen: Option<&str>,
+    chassis: Option<&str>,
 ) -> Result<(), (EngineError, bool)> {
     // Bound before entering the scope: Prometheus reaches it in the namespace kvmnet was
     // started in, while the daemon reads counters in its scope's.
@@ -621,7 +629,7 @@ fn daemon_cmd(
         .transpose()
         .map_err(|e| (EngineError::from(e), false))?;
     let s = enter(netns).map_err(|e| (e, false))?;
-    daemon::run(&s, spec, listener).map_err(|e| (e, false))
+    daemon::run(&s, spec, listener, chassis).map_err(|e| (e, false))
 }
 
 fn revert_timer_cmd(netns: &Option<String>, token: &str) -> Result<(), (EngineError, bool)> {

@@ -263,6 +263,11 @@ enum Command {
         /// in, before it enters --netns: the host's, for a system daemon.
         #[arg(long, value_name = "ADDR:PORT")]
         metrics_listen: Option<String>,
+        /// The OVN chassis this host is (a name under ovn.chassis), for specs with OVN
+        /// networks; default: the chassis an earlier apply made this host, else the
+        /// hostname. `kvmnet apply --chassis` through the daemon must name the same.
+        #[arg(long, value_name = "NAME")]
+        chassis: Option<String>,
     },
     /// Print the spec's JSON Schema (draft-07), made from the validator's own model, for
     /// editors with a YAML language server.

@@ -102,13 +102,16 @@ pub fn settle_chassis(spec: &mut Spec, flag: Option<&str>) {
     if ovn.local.is_none() {
         ovn.local = Some(match flag {
             Some(f) => f.to_string(),
-            None => crate::ovn::local::system_id(&ovn.ovs).unwrap_or_else(|| {
-                std::fs::read_to_string("/proc/sys/kernel/hostname")
-                    .map(|h| h.trim().to_string())
-                    .unwrap_or_default()
-            }),
+            None => crate::ovn::local::system_id(&ovn.ovs).unwrap_or_else(hostname),
         });
     }
+}
+
+/// This host's name, the chassis name when none is given.
+pub fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_default()
 }
 
 pub struct Planned {

@@ -1,5 +1,7 @@
 //! `kvmnet status`: what kvmnet owns here, with live state and counters. Needs no spec: every
-//! object is recognised by its mark.
+//! object is recognised by its mark. OVN networks are added by [`with_ovn`] from what OVN's
+//! databases say (see `ovn::report`): each VM port's chassis and `up`, each network's logical
+//! flow count, and the problems ovs-vswitchd reports with this chassis's ports.
 
 use serde_json::{Value, json};
 
@@ -111,6 +113,14 @@ pub fn status_json(snap: &Snapshot) -> Value {
     })
 }
 
+/// `v` with the OVN part (`ovn` key) when kvmnet has anything on OVN; unchanged otherwise.
+pub fn with_ovn(mut v: Value, ovn: Option<Value>) -> Value {
+    if let (Some(o), Some(obj)) = (ovn, v.as_object_mut()) {
+        obj.insert("ovn".into(), o);
+    }
+    v
+}
+
 fn table(header: &[&str], rows: &[Vec<String>]) -> String {
     let mut w: Vec<usize> = header.iter().map(|h| h.len()).collect();
     for r in rows {
@@ -151,7 +161,11 @@ pub fn render(v: &Value) -> String {
     let nets = v["networks"].as_array().cloned().unwrap_or_default();
     let ports = v["ports"].as_array().cloned().unwrap_or_default();
     let bonds = v["bonds"].as_array().cloned().unwrap_or_default();
+    let ovn = v.get("ovn").filter(|o| o.is_object());
     if nets.is_empty() && ports.is_empty() && bonds.is_empty() {
+        if let Some(o) = ovn {
+            return ovn_render(o);
+        }
         return format!(
             "kvmnet manages nothing in {}.\n",
             v["scope"].as_str().unwrap_or("this namespace")
@@ -172,6 +186,67 @@ pub fn render(v: &Value) -> String {
             s(&n["table"]),
             n["rules"]
         ));
+    }
+    if let Some(o) = ovn {
+        out.push('\n');
+        out.push_str(&ovn_render(o));
+    }
+    out
+}
+
+/// The OVN part: its networks, their VM ports as OVN binds them, and what could not be
+/// read or is wrong.
+fn ovn_render(o: &Value) -> String {
+    let nets = o["networks"].as_array().cloned().unwrap_or_default();
+    let rows: Vec<Vec<String>> = nets
+        .iter()
+        .map(|n| {
+            vec![
+                s(&n["network"]),
+                s(&n["flows"]),
+                n["ports"].as_array().map_or(0, Vec::len).to_string(),
+            ]
+        })
+        .collect();
+    let mut out = format!(
+        "OVN: northbound {}, southbound {}, this chassis {}\n",
+        s(&o["nb"]),
+        s(&o["sb"]),
+        s(&o["chassis"])
+    );
+    out.push_str(&table(&["OVN NETWORK", "FLOWS", "PORTS"], &rows));
+    let ports: Vec<Vec<String>> = nets
+        .iter()
+        .flat_map(|n| {
+            let net = s(&n["network"]);
+            n["ports"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default()
+                .into_iter()
+                .map(move |p| {
+                    vec![
+                        s(&p["port"]),
+                        net.clone(),
+                        s(&p["chassis"]),
+                        s(&p["up"]),
+                        s(&p["addresses"]),
+                    ]
+                })
+        })
+        .collect();
+    if !ports.is_empty() {
+        out.push('\n');
+        out.push_str(&table(
+            &["OVN PORT", "NETWORK", "CHASSIS", "UP", "ADDRESSES"],
+            &ports,
+        ));
+    }
+    for e in o["port_errors"].as_array().into_iter().flatten() {
+        out.push_str(&format!("chassis port error: {}\n", s(e)));
+    }
+    for e in o["errors"].as_array().into_iter().flatten() {
+        out.push_str(&format!("could not read: {}\n", s(e)));
     }
     out
 }

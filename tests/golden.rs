@@ -118,6 +118,8 @@ fn synth(want: &kvmnet::state::HostState, base: &Snapshot) -> Snapshot {
         users: base.users.clone(),
         sysctl_originals: base.sysctl_originals.clone(),
         mtu_originals: base.mtu_originals.clone(),
+        // The Northbound database as the OVN rows' steps leave it.
+        nb: want.nb.values().cloned().collect(),
         ..Default::default()
     };
     // Foreign interfaces kvmnet touches, as they end up.

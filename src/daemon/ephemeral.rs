@@ -164,7 +164,7 @@ pub(super) fn begin(sh: &Shared, req: &api::Request) -> api::Response {
         Err(e) => return api::Response::failed(ErrorKind::Usage, e.to_string()),
     };
     let spec = match engine::parse("(ephemeral)", text.as_bytes(), &sh.identity) {
-        Ok(s) => s,
+        Ok(s) => sh.settled(s),
         Err(e) => return error_response(&e),
     };
     let id = format!(

@@ -71,6 +71,8 @@ struct Shared {
     specs: Mutex<crate::spec::SpecCache>,
     /// This host's identity for derived MACs, read at start.
     identity: crate::spec::HostIdentity,
+    /// The OVN chassis this host is ([`this_chassis`]), settled into every spec enforced.
+    chassis: String,
     /// Big values done with (a replaced spec, a finished plan), freed by a thread of their
     /// own: freeing a 1,000-port spec and what was planned from it takes milliseconds that
     /// an API client need not wait for.
@@ -90,6 +92,12 @@ impl Active {
 }
 
 impl Shared {
+    /// `spec` with this host's chassis settled (specs with OVN networks only).
+    fn settled(&self, mut spec: Spec) -> Spec {
+        engine::settle_chassis(&mut spec, Some(&self.chassis));
+        spec
+    }
+
     /// Enforce `spec` (recorded as `accepted`) from now on, and serve the DHCP it declares.
     fn set_active(&self, active: &mut Active, spec: Spec, accepted: Accepted) {
         *self.dhcp_pending.lock().expect("lock") = Some(dhcp::scopes(&spec));
@@ -290,6 +298,7 @@ fn reload(sh: &Shared) {
         &sh.identity,
     )
     .and_then(|s| crate::host_macs::as_recorded(s, &sh.scope))
+    .map(|s| sh.settled(s))
     {
         Ok(s) => s,
         Err(e) => {
@@ -360,7 +369,10 @@ fn handle(sh: &Arc<Shared>, req: api::Request) -> api::Response {
     }
     match req.path.as_str() {
         "/v1/status" => match Observer::new(&sh.scope).snapshot(None) {
-            Ok(snap) => api::Response::ok(status::status_json(&snap)),
+            Ok(snap) => api::Response::ok(status::with_ovn(
+                status::status_json(&snap),
+                crate::ovn::report::status(&sh.scope),
+            )),
             Err(e) => api::Response::failed(observe_kind(&e), e.to_string()),
         },
         "/v1/leases" => match sh.dhcp.lock().expect("lock").as_ref() {
@@ -406,9 +418,13 @@ struct ApplyRequest<'a> {
 }
 
 /// Reads `POST /v1/apply {"spec": TEXT, "source": NAME, "confirm_within": SECS?,
-/// "action": "apply"|"destroy"}`. `KVMNET_FAIL_AFTER`'s `fail_after` is a test hook of the
+/// "action": "apply"|"destroy", "chassis": NAME?}` (`chassis`, from `--chassis`, must be
+/// the daemon's own). `KVMNET_FAIL_AFTER`'s `fail_after` is a test hook of the
 /// CLI: a client cannot make the daemon fail on purpose.
-fn apply_fields(req: &api::Request) -> Result<ApplyRequest<'_>, api::Response> {
+fn apply_fields<'a>(
+    req: &'a api::Request,
+    chassis: &str,
+) -> Result<ApplyRequest<'a>, api::Response> {
     if !req.framed {
         return Err(api::Response::error(
             411,
@@ -420,6 +436,14 @@ fn apply_fields(req: &api::Request) -> Result<ApplyRequest<'_>, api::Response> {
         return Err(api::Response::failed(
             ErrorKind::Usage,
             "fail_after is a test hook of the command line (KVMNET_FAIL_AFTER), not of the API",
+        ));
+    }
+    if let Some(c) = body["chassis"].as_str().filter(|c| *c != chassis) {
+        return Err(api::Response::failed(
+            ErrorKind::Usage,
+            format!(
+                "this daemon is OVN chassis {chassis}, not {c}: restart it with --chassis {c}, or apply without --chassis"
+            ),
         ));
     }
     let Some(text) = body["spec"].as_str() else {
@@ -484,7 +508,8 @@ fn prepare(
             text,
             &sh.identity,
         )
-        .and_then(|s| crate::host_macs::as_recorded(s, &sh.scope));
+        .and_then(|s| crate::host_macs::as_recorded(s, &sh.scope))
+        .map(|s| sh.settled(s));
         let (hash, staged) = aside.join().expect("writing a file does not panic");
         let staged = staged.transpose()?;
         let spec = parsed?;
@@ -506,7 +531,7 @@ fn prepare(
 /// `POST /v1/apply`: the daemon validates the spec, records it as accepted, applies it and
 /// from then on enforces it.
 fn apply_request(sh: &Arc<Shared>, req: &api::Request) -> api::Response {
-    let a = match apply_fields(req) {
+    let a = match apply_fields(req, &sh.chassis) {
         Ok(a) => a,
         Err(r) => return r,
     };
@@ -699,6 +724,7 @@ fn start_spec(
     spec_path: &std::path::Path,
     spec_file: &str,
     identity: &crate::spec::HostIdentity,
+    chassis: &str,
 ) -> Result<(Spec, Accepted), EngineError> {
     let text = engine::read(spec_path)?;
     let file_hash = engine::spec_hash(&text);
@@ -710,7 +736,8 @@ fn start_spec(
     {
         let source = accepted::path(&sd.dir).display().to_string();
         let spec = engine::parse_cached(&mut cache, &source, &a.text, identity)?;
-        let spec = crate::host_macs::as_recorded(spec, identity.scope())?;
+        let mut spec = crate::host_macs::as_recorded(spec, identity.scope())?;
+        engine::settle_chassis(&mut spec, Some(chassis));
         log(
             Level::Info,
             &format!(
@@ -728,7 +755,8 @@ fn start_spec(
         &text,
         identity,
     )?;
-    let spec = crate::host_macs::as_recorded(spec, identity.scope())?;
+    let mut spec = crate::host_macs::as_recorded(spec, identity.scope())?;
+    engine::settle_chassis(&mut spec, Some(chassis));
     let next = Accepted {
         record: accepted::Record {
             seq: stored.as_ref().map_or(1, |a| a.record.seq + 1),
@@ -779,7 +807,8 @@ fn revert_due(sh: &Shared, force: bool) {
             return Ok(());
         };
         let spec = engine::parse("(previous spec)", text.as_bytes(), &sh.identity)
-            .and_then(|s| crate::host_macs::as_recorded(s, &sh.scope))?;
+            .and_then(|s| crate::host_macs::as_recorded(s, &sh.scope))
+            .map(|s| sh.settled(s))?;
         if p.accepted_seq.is_some() && current.record.reverts == p.accepted_seq {
             // Recorded by a daemon that stopped before the revert was done.
             reverted_to = Some((spec, current.clone()));
@@ -952,10 +981,34 @@ fn private_state_dir(scope: &str) -> Result<StateDir, EngineError> {
     Ok(state_dir)
 }
 
+/// This host's identity for derived MACs, a warning logged when it is not the machine's.
+fn host_identity(scope: &str) -> crate::spec::HostIdentity {
+    let (identity, warning) = crate::host_macs::host_identity(scope);
+    if let Some(w) = warning {
+        log(Level::Warning, &format!("warning: {w}"));
+    }
+    identity
+}
+
+/// The OVN chassis this daemon's host is, for specs with OVN networks: `--chassis`, else
+/// the chassis kvmnet last made this host (recorded by an apply, `kvmnet apply --chassis`
+/// among them), else the hostname. One name for the daemon's life: a spec sent with
+/// another is refused rather than moving the host to another chassis behind its back.
+fn this_chassis(sd: &StateDir, flag: Option<&str>) -> String {
+    if let Some(f) = flag {
+        return f.to_string();
+    }
+    if let Some(c) = crate::ovn::local::recorded(sd) {
+        return c.name;
+    }
+    engine::hostname()
+}
+
 pub fn run(
     scope: &str,
     spec_path: &std::path::Path,
     metrics_listener: Option<std::net::TcpListener>,
+    chassis: Option<&str>,
 ) -> Result<(), EngineError> {
     let sigset = block_signals();
     let specs = Mutex::new(crate::spec::SpecCache::default());
@@ -965,11 +1018,9 @@ pub fn run(
         .unwrap_or_else(|_| spec_path.to_path_buf())
         .display()
         .to_string();
-    let (identity, warning) = crate::host_macs::host_identity(scope);
-    if let Some(w) = warning {
-        log(Level::Warning, &format!("warning: {w}"));
-    }
-    let (spec, accepted) = start_spec(&state_dir, &specs, spec_path, &spec_file, &identity)?;
+    let identity = host_identity(scope);
+    let ch = this_chassis(&state_dir, chassis);
+    let (spec, accepted) = start_spec(&state_dir, &specs, spec_path, &spec_file, &identity, &ch)?;
     let scopes = dhcp::scopes(&spec);
     let zones = dns::zones(&spec);
     let metrics = DaemonMetrics::default();
@@ -992,6 +1043,7 @@ pub fn run(
         dns: Mutex::new(None),
         specs,
         identity,
+        chassis: ch,
         retired: Mutex::new(retired),
         watch: Mutex::new(open_watch()),
         metrics,

@@ -12,6 +12,8 @@ use crate::spec::{Mode, PortKind, Spec};
 mod host;
 #[path = "checks_v6.rs"]
 pub mod v6;
+#[path = "checks_ovn.rs"]
+mod ovn;
 pub use host::{
     DEVICES, Device, bridged_uplinks, devices, duplicate_mac, gateway_arp, gateways, lro,
     owner_keys, tap_owner,
@@ -47,6 +49,23 @@ pub struct Check {
 }
 
 impl Check {
+    /// A result of any status (the OVN checks' constructor).
+    fn with(
+        id: &'static str,
+        status: Status,
+        subject: impl Into<String>,
+        message: impl Into<String>,
+        fix: impl Into<String>,
+    ) -> Check {
+        Check {
+            id,
+            status,
+            subject: subject.into(),
+            message: message.into(),
+            fix: fix.into(),
+        }
+    }
+
     fn ok(id: &'static str, subject: impl Into<String>, message: impl Into<String>) -> Check {
         Check {
             id,
@@ -114,6 +133,8 @@ pub struct Facts {
     pub gateway_answers: BTreeMap<String, Result<Vec<crate::types::Mac>, String>>,
     /// What the router solicitation and DNS probes saw; probed only while a daemon runs.
     pub probes6: v6::Probes6,
+    /// What the OVN checks look at, when the spec has OVN networks.
+    pub ovn: Option<crate::ovn::report::OvnFacts>,
 }
 
 impl Facts {
@@ -168,6 +189,7 @@ pub fn all(spec: &Spec, facts: &Facts) -> Vec<Check> {
     out.extend(lro(spec, facts));
     out.extend(duplicate_mac(spec, facts));
     out.extend(gateway_arp(spec, facts));
+    out.extend(ovn::ovn(facts));
     out
 }
 

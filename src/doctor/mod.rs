@@ -75,6 +75,11 @@ fn gather(scope: &str, spec: &crate::spec::Spec) -> Facts {
         gateway_answers,
         probes6,
         links,
+        ovn: spec
+            .ovn
+            .as_ref()
+            .filter(|o| !o.networks.is_empty())
+            .map(|o| crate::ovn::report::facts(scope, o)),
         ..host_facts(spec)
     }
 }
@@ -415,8 +420,13 @@ fn forward_drops() -> Result<Vec<(String, String, String)>, String> {
 }
 
 /// Runs every check in `scope` and prints the results; returns whether any failed.
-pub fn run(scope: &str, as_json: bool) -> Result<bool, EngineError> {
-    let (source, spec) = spec_in_force(scope)?;
+pub fn run(scope: &str, as_json: bool, chassis: Option<&str>) -> Result<bool, EngineError> {
+    let (source, mut spec) = spec_in_force(scope)?;
+    // `--chassis` names this host's chassis; without it the OVN checks take the one kvmnet
+    // last made this host.
+    if let Some(o) = spec.ovn.as_mut() {
+        o.local = chassis.map(String::from);
+    }
     let facts = gather(scope, &spec);
     let results = checks::all(&spec, &facts);
     if as_json {

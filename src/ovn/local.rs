@@ -117,6 +117,12 @@ fn connect(c: &ChassisConf) -> Result<super::ovsdb::Client, LocalError> {
     chassis::connect(&remotes, TIMEOUT).map_err(err)
 }
 
+/// The chassis kvmnet last made this host, as recorded (the database not read); `None`
+/// when there is none or the record cannot be read.
+pub fn recorded(sd: &StateDir) -> Option<ChassisConf> {
+    load(sd).ok()?.conf
+}
+
 /// The chassis as kvmnet last made it, `drifted` when its database no longer matches;
 /// `None` when kvmnet has not made this host a chassis.
 pub fn observe(sd: &StateDir) -> Result<Option<ChassisConf>, LocalError> {

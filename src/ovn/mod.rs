@@ -8,6 +8,8 @@
 //!   br-int, br-ex, VM ports), borrowing what it does not own.
 //! - [`local`]: the chassis as the engine sees it: what kvmnet made it, and a plan's
 //!   chassis step carried out.
+//! - [`report`]: what OVN says of kvmnet's networks and this chassis, for `status` and
+//!   `doctor`.
 //! - [`owned`]: kvmnet's rows, marked in `external_ids`, made to match what is wanted
 //!   without touching anyone else's, and without duplicates when two hosts apply at once.
 
@@ -16,3 +18,4 @@ pub mod local;
 pub mod nb;
 pub mod ovsdb;
 pub mod owned;
+pub mod report;

@@ -324,11 +324,14 @@ pub(super) fn ovn_checks(
         }
         names.push(n.name.clone());
         let Some(d) = draft else {
-            cx.err(
-                &join(&n.path, "backend"),
-                loc,
-                "an OVN network needs the ovn section (nb, sb, chassis) to say where OVN is",
-            );
+            // A written ovn section that did not validate has said what is wrong already.
+            if cx.loc_at("ovn").is_none() {
+                cx.err(
+                    &join(&n.path, "backend"),
+                    loc,
+                    "an OVN network needs the ovn section (nb, sb, chassis) to say where OVN is",
+                );
+            }
             continue;
         };
         check_network(cx, d, n);

@@ -1,0 +1,365 @@
+//! What OVN itself says about kvmnet's networks and this chassis, for `status` and `doctor`.
+//!
+//! Read with one-shot `select`s, not a monitor: a status is one read, and a replica of the
+//! Southbound's logical flows would cost far more than counting them. Where everything is
+//! comes from the scope's state directory (the Northbound remote kvmnet has rows in, and the
+//! chassis record with its Southbound and Open_vSwitch databases), so `status` needs no spec.
+
+use std::collections::BTreeMap;
+use std::net::Ipv4Addr;
+use std::time::Duration;
+
+use kvmnet_core::ovn::{ChassisConf, OWNER, OWNER_KEY};
+use serde_json::{Map, Value, json};
+
+use super::ovsdb::{Atom, Client, Datum, OvsdbError, Remote};
+use crate::statedir::StateDir;
+
+const TIMEOUT: Duration = Duration::from_secs(5);
+const NB: &str = "OVN_Northbound";
+const SB: &str = "OVN_Southbound";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ReportError {
+    #[error("{db} at {remote}: {source}")]
+    Db {
+        db: &'static str,
+        remote: String,
+        #[source]
+        source: OvsdbError,
+    },
+}
+
+fn connect(remote: &str, db: &'static str) -> Result<Client, ReportError> {
+    let err = |source| ReportError::Db {
+        db,
+        remote: remote.to_string(),
+        source,
+    };
+    let list = Remote::parse_list(remote).map_err(err)?;
+    let c = Client::connect(&list, db, TIMEOUT).map_err(err)?;
+    c.echo().map_err(err)?;
+    Ok(c)
+}
+
+type Rows = Vec<Map<String, Value>>;
+
+fn select(c: &Client, table: &str, cond: Value, cols: &[&str]) -> Result<Rows, OvsdbError> {
+    let mut cols = cols.to_vec();
+    cols.push("_uuid");
+    let r = c.transact(vec![
+        json!({ "op": "select", "table": table, "where": cond, "columns": cols }),
+    ])?;
+    Ok(r.first()
+        .and_then(|x| x["rows"].as_array())
+        .map(|rows| rows.iter().filter_map(|r| r.as_object().cloned()).collect())
+        .unwrap_or_default())
+}
+
+fn datum(row: &Map<String, Value>, col: &str) -> Option<Datum> {
+    row.get(col).and_then(Datum::from_json)
+}
+
+fn atoms(row: &Map<String, Value>, col: &str) -> Vec<Atom> {
+    datum(row, col).map_or_else(Vec::new, |d| d.atoms().cloned().collect())
+}
+
+fn uuid(row: &Map<String, Value>) -> String {
+    atoms(row, "_uuid")
+        .first()
+        .and_then(|a| a.as_uuid().map(String::from))
+        .unwrap_or_default()
+}
+
+fn text(row: &Map<String, Value>, col: &str) -> Option<String> {
+    atoms(row, col)
+        .first()
+        .and_then(|a| a.as_str().map(String::from))
+}
+
+fn refs(row: &Map<String, Value>, col: &str) -> Vec<String> {
+    atoms(row, col)
+        .iter()
+        .filter_map(|a| a.as_uuid().map(String::from))
+        .collect()
+}
+
+fn owned() -> Value {
+    json!([["external_ids", "includes", ["map", [[OWNER_KEY, OWNER]]]]])
+}
+
+/// Where kvmnet's OVN part of `scope` is: the Northbound remote it has rows in, and what it
+/// made this host as a chassis.
+pub struct Whereabouts {
+    pub nb: Option<String>,
+    pub chassis: Option<ChassisConf>,
+}
+
+pub fn whereabouts(scope: &str) -> Whereabouts {
+    let sd = StateDir::for_scope(scope);
+    Whereabouts {
+        nb: sd.load().ok().and_then(|s| s.ovn_nb),
+        chassis: super::local::recorded(&sd),
+    }
+}
+
+/// One VM port of an OVN network as OVN sees it.
+fn port_json(lsp: &Map<String, Value>, bindings: &BTreeMap<String, String>) -> Value {
+    let name = text(lsp, "name").unwrap_or_default();
+    let up = atoms(lsp, "up").first().and_then(Atom::as_bool);
+    let addresses: Vec<String> = atoms(lsp, "addresses")
+        .iter()
+        .filter_map(|a| a.as_str().map(String::from))
+        .collect();
+    json!({ "port": name, "chassis": bindings.get(&name), "up": up, "addresses": addresses })
+}
+
+/// The Southbound's view: each logical port's chassis (by name), and each switch's
+/// logical flow count (by the Northbound switch's UUID).
+type Southbound = (BTreeMap<String, String>, BTreeMap<String, usize>);
+
+fn southbound(c: &Client) -> Result<Southbound, OvsdbError> {
+    let chassis: BTreeMap<String, String> = select(c, "Chassis", json!([]), &["name"])?
+        .iter()
+        .map(|r| (uuid(r), text(r, "name").unwrap_or_default()))
+        .collect();
+    let bindings = select(c, "Port_Binding", json!([]), &["logical_port", "chassis"])?
+        .iter()
+        .filter_map(|r| {
+            let ch = refs(r, "chassis")
+                .first()
+                .and_then(|u| chassis.get(u))
+                .cloned()?;
+            Some((text(r, "logical_port")?, ch))
+        })
+        .collect();
+    let groups = select(c, "Logical_DP_Group", json!([]), &["datapaths"])?;
+    let mut flows = BTreeMap::new();
+    for dp in select(c, "Datapath_Binding", json!([]), &["external_ids"])? {
+        let Some(ls) =
+            datum(&dp, "external_ids").and_then(|d| d.get("logical-switch").map(String::from))
+        else {
+            continue;
+        };
+        let id = uuid(&dp);
+        let mut n = select(
+            c,
+            "Logical_Flow",
+            json!([["logical_datapath", "==", ["uuid", id]]]),
+            &[],
+        )?
+        .len();
+        // Flows shared by several datapaths sit in a datapath group instead.
+        for g in groups.iter().filter(|g| refs(g, "datapaths").contains(&id)) {
+            n += select(
+                c,
+                "Logical_Flow",
+                json!([["logical_dp_group", "==", ["uuid", uuid(g)]]]),
+                &[],
+            )?
+            .len();
+        }
+        flows.insert(ls, n);
+    }
+    Ok((bindings, flows))
+}
+
+/// The `ovn` part of `kvmnet status --json`, or `None` when kvmnet has nothing on OVN in
+/// `scope`. What could not be read is listed under `errors`, the rest still shown.
+pub fn status(scope: &str) -> Option<Value> {
+    let w = whereabouts(scope);
+    if w.nb.is_none() && w.chassis.is_none() {
+        return None;
+    }
+    let mut errors = Vec::new();
+    let sb = w.chassis.as_ref().map(|c| c.sb.clone());
+    let (bindings, flows) = match sb.as_deref().map(|r| connect(r, SB)) {
+        Some(Ok(c)) => southbound(&c).unwrap_or_else(|e| {
+            errors.push(format!("{SB}: {e}"));
+            Default::default()
+        }),
+        Some(Err(e)) => {
+            errors.push(e.to_string());
+            Default::default()
+        }
+        None => Default::default(),
+    };
+    let mut networks = Vec::new();
+    if let Some(nb) = &w.nb {
+        match connect(nb, NB).and_then(|c| {
+            northbound(&c, &bindings, &flows).map_err(|source| ReportError::Db {
+                db: NB,
+                remote: nb.clone(),
+                source,
+            })
+        }) {
+            Ok(n) => networks = n,
+            Err(e) => errors.push(e.to_string()),
+        }
+    }
+    let port_errors = match &w.chassis {
+        Some(c) => chassis_port_errors(&c.ovs).unwrap_or_else(|e| {
+            errors.push(e);
+            Vec::new()
+        }),
+        None => Vec::new(),
+    };
+    Some(json!({
+        "nb": w.nb, "sb": sb, "chassis": w.chassis.as_ref().map(|c| c.name.clone()),
+        "networks": networks, "port_errors": port_errors, "errors": errors,
+    }))
+}
+
+/// kvmnet's logical switches with their VM ports, joined with the Southbound's view.
+fn northbound(
+    c: &Client,
+    bindings: &BTreeMap<String, String>,
+    flows: &BTreeMap<String, usize>,
+) -> Result<Vec<Value>, OvsdbError> {
+    let ports: BTreeMap<String, Map<String, Value>> = select(
+        c,
+        "Logical_Switch_Port",
+        owned(),
+        &["name", "type", "up", "addresses"],
+    )?
+    .into_iter()
+    .map(|r| (uuid(&r), r))
+    .collect();
+    let mut out = Vec::new();
+    for ls in select(c, "Logical_Switch", owned(), &["name", "ports"])? {
+        let vm_ports: Vec<Value> = refs(&ls, "ports")
+            .iter()
+            .filter_map(|u| ports.get(u))
+            // VM ports have no type; router and localnet ports are the switch's own.
+            .filter(|p| text(p, "type").unwrap_or_default().is_empty())
+            .map(|p| port_json(p, bindings))
+            .collect();
+        let id = uuid(&ls);
+        out.push(json!({
+            "network": text(&ls, "name"), "flows": flows.get(&id), "ports": vm_ports,
+        }));
+    }
+    Ok(out)
+}
+
+/// What ovs-vswitchd reports wrong with kvmnet's ports on this chassis.
+fn chassis_port_errors(ovs: &str) -> Result<Vec<String>, String> {
+    let err = |e: String| format!("Open_vSwitch database {ovs}: {e}");
+    let remotes = Remote::parse_list(ovs).map_err(|e| err(e.to_string()))?;
+    let client = super::chassis::connect(&remotes, TIMEOUT).map_err(|e| err(e.to_string()))?;
+    super::chassis::port_errors(&client.replica(), OWNER).map_err(|e| err(e.to_string()))
+}
+
+/// What `kvmnet doctor` checks of OVN, read on this host.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct OvnFacts {
+    /// This host's chassis name, and whether the spec lists it under `ovn.chassis`.
+    pub chassis: String,
+    pub listed: bool,
+    pub nb: String,
+    pub nb_error: Option<String>,
+    pub sb: String,
+    pub sb_error: Option<String>,
+    pub ovs: String,
+    pub ovs_error: Option<String>,
+    /// The Southbound has a `Chassis` row of this name (`None`: it could not be read).
+    pub registered: Option<bool>,
+    /// ovn-controller's pid file, and the live ovn-controller it names (`Err`: why none).
+    pub controller_pidfile: String,
+    pub controller: Option<Result<u32, String>>,
+    pub port_errors: Vec<String>,
+    /// The spec's tunnel endpoint for this chassis, and whether an interface here has it.
+    pub encap_ip: Option<Ipv4Addr>,
+    pub encap_here: bool,
+}
+
+/// Where ovn-controller's pid file is: `$OVN_RUNDIR` as OVN's own tools read it, else the
+/// distributions' `/run/ovn`.
+fn controller_pidfile() -> std::path::PathBuf {
+    std::env::var_os("OVN_RUNDIR")
+        .map_or_else(|| "/run/ovn".into(), std::path::PathBuf::from)
+        .join("ovn-controller.pid")
+}
+
+fn controller_alive(pidfile: &std::path::Path) -> Result<u32, String> {
+    let text = std::fs::read_to_string(pidfile)
+        .map_err(|e| format!("no pid file {}: {e}", pidfile.display()))?;
+    let pid: u32 = text
+        .trim()
+        .parse()
+        .map_err(|_| format!("{} holds no pid", pidfile.display()))?;
+    match std::fs::read_to_string(format!("/proc/{pid}/comm")) {
+        Ok(c) if c.trim() == "ovn-controller" => Ok(pid),
+        _ => Err(format!(
+            "pid {pid} of {} is not a running ovn-controller",
+            pidfile.display()
+        )),
+    }
+}
+
+/// The IPv4 addresses on this namespace's interfaces.
+fn local_ipv4() -> Vec<Ipv4Addr> {
+    let mut out = Vec::new();
+    let mut head: *mut libc::ifaddrs = std::ptr::null_mut();
+    // SAFETY: getifaddrs fills `head` with a list freed below; each entry is read only
+    // while the list lives, and its address only when its family says it is IPv4.
+    unsafe {
+        if libc::getifaddrs(&mut head) != 0 {
+            return out;
+        }
+        let mut p = head;
+        while !p.is_null() {
+            let a = (*p).ifa_addr;
+            if !a.is_null() && i32::from((*a).sa_family) == libc::AF_INET {
+                let sin = &*(a as *const libc::sockaddr_in);
+                out.push(Ipv4Addr::from(u32::from_be(sin.sin_addr.s_addr)));
+            }
+            p = (*p).ifa_next;
+        }
+        libc::freeifaddrs(head);
+    }
+    out
+}
+
+/// Reads what doctor checks of the spec's OVN part, for the chassis this host is: the one
+/// kvmnet last made it, else the hostname.
+pub fn facts(scope: &str, ovn: &crate::spec::Ovn) -> OvnFacts {
+    let recorded = whereabouts(scope).chassis;
+    let chassis = match (&ovn.local, &recorded) {
+        (Some(l), _) => l.clone(),
+        (None, Some(c)) => c.name.clone(),
+        (None, None) => crate::engine::hostname(),
+    };
+    let listed = ovn.chassis.contains_key(&chassis);
+    let ovs = ovn.ovs_of(&chassis).to_string();
+    let nb_error = connect(&ovn.nb, NB).err().map(|e| e.to_string());
+    let (sb_error, registered) = match connect(&ovn.sb, SB) {
+        Ok(c) => match select(&c, "Chassis", json!([["name", "==", chassis]]), &["name"]) {
+            Ok(rows) => (None, Some(!rows.is_empty())),
+            Err(e) => (Some(e.to_string()), None),
+        },
+        Err(e) => (Some(e.to_string()), None),
+    };
+    let (ovs_error, port_errors) = match chassis_port_errors(&ovs) {
+        Ok(p) => (None, p),
+        Err(e) => (Some(e), Vec::new()),
+    };
+    let pidfile = controller_pidfile();
+    let encap_ip = ovn.chassis.get(&chassis).map(|c| c.encap_ip);
+    OvnFacts {
+        listed,
+        nb: ovn.nb.clone(),
+        nb_error,
+        sb: ovn.sb.clone(),
+        sb_error,
+        ovs,
+        ovs_error,
+        registered,
+        controller_pidfile: pidfile.display().to_string(),
+        controller: listed.then(|| controller_alive(&pidfile)),
+        port_errors,
+        encap_here: encap_ip.is_some_and(|ip| local_ipv4().contains(&ip)),
+        encap_ip,
+        chassis,
+    }
+}

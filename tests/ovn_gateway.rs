@@ -271,6 +271,7 @@ fn nat_gateway_failover_and_isolation() {
     // The uplink is in br-ex on the gateway chassis only.
     assert_eq!(lab.vsctl(1, "port-to-br xup").trim(), "br-ex");
     assert_eq!(lab.vsctl(2, "port-to-br xup").trim(), "br-ex");
+    assert!(lab.vsctl(3, "list-br").lines().all(|b| b != "br-ex"));
     for g in [&a_ns, &b_ns] {
         ok_in(
             g,

@@ -387,9 +387,24 @@ fn isolation(r: &mut Rows, net: &Network, ports: &[&OvnPort]) {
         &pg,
         0,
         ("to-lport", PRIO_ISOLATE),
-        format!("inport == @{pg} && outport == @{pg}"),
+        isolation_match(&pg, ports),
         ("drop", false),
     );
+}
+
+/// What the isolation ACL drops: frames to a port of the group from another's MAC.
+/// Not `inport == @pg`: ovn-controller expands a port group to the ports bound on its own
+/// chassis, so a to-lport ACL (run where the destination is) never sees a remote inport in
+/// the group. Not `outport == @pg` alone either: OVN's ARP and DHCP responders answer with
+/// `outport = inport`, so that would drop a port's replies from its own gateway. A port
+/// with antispoof off could forge another MAC past this; port security is what holds it.
+fn isolation_match(pg: &str, ports: &[&OvnPort]) -> String {
+    let macs: BTreeSet<String> = ports.iter().map(|p| p.port.mac.to_string()).collect();
+    if macs.is_empty() {
+        return "0".into();
+    }
+    let macs: Vec<String> = macs.into_iter().collect();
+    format!("outport == @{pg} && eth.src == {{{}}}", macs.join(", "))
 }
 
 fn acl(
@@ -810,5 +825,20 @@ vms:
         assert_eq!(hv3.ports.keys().collect::<Vec<_>>(), ["pb", "pb2"]);
         assert_eq!(hv3.gateway_uplink, None);
         assert!(rows_of(SPEC, "elsewhere").1.is_none());
+    }
+
+    /// The isolation ACL names the ports' MACs, not `inport == @pg` (which ovn-controller
+    /// narrows to its own chassis's ports), and leaves OVN's own answers (`outport = inport`
+    /// from the router's MAC) alone.
+    #[test]
+    fn isolation_drops_by_source_mac_to_the_group() {
+        let (rows, _) = rows_of(SPEC, "hv1");
+        let pg = group_name("kvmnet_iso", "web");
+        assert_eq!(
+            find(&rows, "ACL", &format!("{pg}/0")).columns["match"],
+            NbVal::str(format!(
+                "outport == @{pg} && eth.src == {{52:54:00:00:00:0a, 52:54:00:00:00:0b}}"
+            ))
+        );
     }
 }

@@ -326,9 +326,11 @@ fn kvmnet_round(dir: &Path, ports: usize, r: usize) -> (Round, Duration, Duratio
     let sp = dir.join(format!("k{r}.yaml"));
     std::fs::write(&sp, spec(&c, ports)).unwrap();
     let ns = format!("ovnb{}-{r}", std::process::id());
-    let kvmnet = env!("CARGO_BIN_EXE_kvmnet");
+    // Another build (the one before a change) by KVMNET_BENCH_KVMNET.
+    let kvmnet =
+        std::env::var("KVMNET_BENCH_KVMNET").unwrap_or_else(|_| env!("CARGO_BIN_EXE_kvmnet").into());
     let run = |spec: &Path| {
-        let mut k = Command::new(kvmnet);
+        let mut k = Command::new(&kvmnet);
         k.args(["apply", spec.to_str().unwrap(), "--netns", &ns])
             .args(["--chassis", "nobody"])
             .env("KVMNET_STATE_DIR", dir.join(format!("state{r}")));
@@ -343,7 +345,7 @@ fn kvmnet_round(dir: &Path, ports: usize, r: usize) -> (Round, Duration, Duratio
     std::fs::write(&sp, spec(&c, ports + 1)).unwrap();
     let one = timed(&mut run(&sp));
     assert_eq!(c.count("Logical_Switch_Port"), ports + 1 + NETS);
-    let _ = Command::new(kvmnet)
+    let _ = Command::new(&kvmnet)
         .args(["destroy", "--netns", &ns])
         .env("KVMNET_STATE_DIR", dir.join(format!("state{r}")))
         .output();

@@ -200,7 +200,11 @@ fn acls(k: usize, pg: &str) -> Vec<(u32, String, &'static str)> {
             (2000, m("tcp && (tcp.dst == 22)"), "allow-related"),
             (1999, m("(icmp4 || icmp6)"), "allow-related"),
         ],
-        1 => vec![(2000, m("tcp && (tcp.dst == 80 || tcp.dst == 443)"), "allow-related")],
+        1 => vec![(
+            2000,
+            m("tcp && (tcp.dst == 80 || tcp.dst == 443)"),
+            "allow-related",
+        )],
         2 => vec![
             (2000, m("tcp && (tcp.dst == 5432)"), "allow-related"),
             (1999, m("udp && (udp.dst == 53)"), "allow-related"),
@@ -298,8 +302,18 @@ fn port_args(i: usize, dhcp: &str) -> Vec<String> {
     v.extend(ext(&p.name));
     v.extend(
         [
-            "--", "add", "Logical_Switch", &format!("n{}", p.net), "ports", &id, "--", "add",
-            "Port_Group", &format!("kvmnet_fw_{}", p.policy), "ports", &id,
+            "--",
+            "add",
+            "Logical_Switch",
+            &format!("n{}", p.net),
+            "ports",
+            &id,
+            "--",
+            "add",
+            "Port_Group",
+            &format!("kvmnet_fw_{}", p.policy),
+            "ports",
+            &id,
         ]
         .map(String::from),
     );
@@ -327,8 +341,8 @@ fn kvmnet_round(dir: &Path, ports: usize, r: usize) -> (Round, Duration, Duratio
     std::fs::write(&sp, spec(&c, ports)).unwrap();
     let ns = format!("ovnb{}-{r}", std::process::id());
     // Another build (the one before a change) by KVMNET_BENCH_KVMNET.
-    let kvmnet =
-        std::env::var("KVMNET_BENCH_KVMNET").unwrap_or_else(|_| env!("CARGO_BIN_EXE_kvmnet").into());
+    let kvmnet = std::env::var("KVMNET_BENCH_KVMNET")
+        .unwrap_or_else(|_| env!("CARGO_BIN_EXE_kvmnet").into());
     let run = |spec: &Path| {
         let mut k = Command::new(&kvmnet);
         k.args(["apply", spec.to_str().unwrap(), "--netns", &ns])
@@ -428,7 +442,10 @@ fn main() {
     }
     let (kw, bw, sw) = (median(kw), median(bw), median(sw));
     let sep_all = sw.mul_f64(ports as f64 / separate as f64);
-    println!("{ports} ports on {NETS} OVN networks, {} firewall policies, DHCP; median of {rounds} rounds", POLICIES.len());
+    println!(
+        "{ports} ports on {NETS} OVN networks, {} firewall policies, DHCP; median of {rounds} rounds",
+        POLICIES.len()
+    );
     println!(
         "  kvmnet apply (NB transaction)     {:>9}  settle (northd -> SB) {:>9}  ({:.2}x the batched call)",
         ms(kw),
@@ -448,7 +465,10 @@ fn main() {
         sep_all.as_secs_f64(),
         sep_all.as_secs_f64() / kw.as_secs_f64()
     );
-    println!("  kvmnet apply, nothing to do       {:>9}", ms(median(knoop)));
+    println!(
+        "  kvmnet apply, nothing to do       {:>9}",
+        ms(median(knoop))
+    );
     let (big, small) = (median(kone), median(small_one));
     println!(
         "  one VM port more: at {ports} {:>9}, at 10 {:>9} ({:.2}x)",

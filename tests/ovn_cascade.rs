@@ -56,7 +56,12 @@ fn usage(pf: &std::path::Path) -> (u64, f64) {
         .unwrap_or(0);
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
     // Fields after the command's closing parenthesis: utime and stime are the 12th and 13th.
-    let f: Vec<&str> = stat.rsplit_once(')').unwrap().1.split_whitespace().collect();
+    let f: Vec<&str> = stat
+        .rsplit_once(')')
+        .unwrap()
+        .1
+        .split_whitespace()
+        .collect();
     let ticks: u64 = f[11].parse::<u64>().unwrap() + f[12].parse::<u64>().unwrap();
     let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
     (rss, ticks as f64 / hz)
@@ -66,7 +71,10 @@ fn usage(pf: &std::path::Path) -> (u64, f64) {
 fn poll(what: &str, mut ready: impl FnMut() -> bool) {
     let t = Instant::now();
     while !ready() {
-        assert!(t.elapsed() < Duration::from_secs(30), "timed out waiting for {what}");
+        assert!(
+            t.elapsed() < Duration::from_secs(30),
+            "timed out waiting for {what}"
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
 }
@@ -127,7 +135,9 @@ fn every_chassis_reaches_the_reference_vm() {
     for i in 1..=n {
         let ns = lab.chassis[i - 1].ns.clone();
         let ch = format!("hv{i}");
-        let o = lab.ns.kvmnet(&["apply", file.path(), "--netns", &ns, "--chassis", &ch]);
+        let o = lab
+            .ns
+            .kvmnet(&["apply", file.path(), "--netns", &ns, "--chassis", &ch]);
         assert!(
             o.status.success(),
             "apply on {ch}: {}{}",
@@ -139,7 +149,9 @@ fn every_chassis_reaches_the_reference_vm() {
         ok_in(g, "ethtool -K eth0 tx off >/dev/null");
         let lsp = format!("casc{}", i - 1);
         poll(&format!("{lsp} up"), || {
-            lab.nbctl(&format!("get Logical_Switch_Port {lsp} up")).trim() == "true"
+            lab.nbctl(&format!("get Logical_Switch_Port {lsp} up"))
+                .trim()
+                == "true"
         });
         to_up.push(done.elapsed());
         if i > 1 {

@@ -93,7 +93,9 @@ fn with_client<R>(
 
 /// kvmnet's rows as the database holds them.
 pub fn observe(remotes: &str) -> Result<Vec<NbRow>, NbError> {
-    with_client(remotes, |c| Ok(Owned::of(&c.replica()).rows.into_values().collect()))
+    with_client(remotes, |c| {
+        Ok(Owned::of(&c.replica()).rows.into_values().collect())
+    })
 }
 
 /// kvmnet's rows in a replica: as the core sees them, and where each is.

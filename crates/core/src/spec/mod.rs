@@ -210,7 +210,8 @@ mod tests {
         assert!(ovn.is_ok(), "{:?}", ovn.err());
         let errs = parse(&spec("kernel"), &id).unwrap_err();
         assert!(
-            errs.iter().any(|e| e.to_string().contains("more than 1023 ports")),
+            errs.iter()
+                .any(|e| e.to_string().contains("more than 1023 ports")),
             "{errs:?}"
         );
     }

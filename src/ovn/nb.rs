@@ -93,12 +93,15 @@ fn with_client<R>(
 
 /// kvmnet's rows as the database holds them.
 pub fn observe(remotes: &str) -> Result<Vec<NbRow>, NbError> {
-    with_client(remotes, |c| Ok(Owned::of(&c.replica()).rows))
+    with_client(remotes, |c| {
+        Ok(Owned::of(&c.replica()).rows.into_values().collect())
+    })
 }
 
 /// kvmnet's rows in a replica: as the core sees them, and where each is.
 struct Owned {
-    rows: Vec<NbRow>,
+    /// kvmnet's rows by (table, key): a plan of thousands of ports looks each one up.
+    rows: BTreeMap<(String, String), NbRow>,
     /// (table, key) -> UUID.
     uuids: BTreeMap<(String, String), String>,
     /// Per table, the UUIDs of kvmnet's rows (what each transaction's `wait` expects).
@@ -149,19 +152,20 @@ impl Owned {
                 }
             }
         }
-        let mut rows = Vec::new();
+        let mut rows = BTreeMap::new();
         for (uuid, (t, key)) in &keys {
             let Some(row) = r.row(t, uuid) else { continue };
             let columns = columns_of(t)
                 .iter()
                 .map(|c| (c.to_string(), to_val(r, t, c, row.get(*c), &keys)))
                 .collect();
-            rows.push(NbRow {
+            let row = NbRow {
                 table: t.clone(),
                 key: key.clone(),
                 columns,
                 parent: parents.get(uuid).cloned(),
-            });
+            };
+            rows.insert((t.clone(), key.clone()), row);
         }
         Owned {
             rows,
@@ -171,7 +175,7 @@ impl Owned {
     }
 
     fn row(&self, table: &str, key: &str) -> Option<&NbRow> {
-        self.rows.iter().find(|r| r.table == table && r.key == key)
+        self.rows.get(&(table.to_string(), key.to_string()))
     }
 }
 
@@ -311,17 +315,18 @@ fn ops_for(r: &Replica, changes: &[&Change<NbRow>]) -> Result<Option<Vec<Value>>
     if inserts.is_empty() && updates.is_empty() && deletes.is_empty() {
         return Ok(None);
     }
+    // Names of rows kvmnet does not own, per table an insert goes to: read once, not once
+    // per insert.
+    let mut foreign: BTreeMap<&str, std::collections::BTreeSet<&str>> = BTreeMap::new();
     for w in &inserts {
-        if let Some(name) = w.name()
-            && r.table(&w.table).any(|(_, row)| {
-                key_of(row).is_none()
-                    && row
-                        .get("name")
-                        .and_then(Datum::single)
-                        .and_then(Atom::as_str)
-                        == Some(name)
-            })
-        {
+        let Some(name) = w.name() else { continue };
+        let names = foreign.entry(w.table.as_str()).or_insert_with(|| {
+            r.table(&w.table)
+                .filter(|(_, row)| key_of(row).is_none())
+                .filter_map(|(_, row)| row.get("name").and_then(Datum::single)?.as_str())
+                .collect()
+        });
+        if names.contains(name) {
             return Err(NbError::Foreign {
                 table: w.table.clone(),
                 name: name.to_string(),
@@ -439,37 +444,44 @@ fn links(
             leave.push((p, h));
         }
     }
-    let mutate = |p: &NbParent, child: &NbRow, how: &str| -> Result<Option<Value>, NbError> {
-        debug_assert!(children_of(&p.table).contains(&p.column.as_str()));
-        let Some(parent) = refer(&p.table, &p.key) else {
-            // The parent goes too: its children go with it.
-            return Ok(None);
-        };
-        let me = refer(&child.table, &child.key).or_else(|| {
-            owned
-                .uuids
-                .get(&(child.table.clone(), child.key.clone()))
-                .map(|u| Atom::Uuid(u.clone()))
-        });
-        let me = me.ok_or_else(|| NbError::Dangling {
-            table: child.table.clone(),
-            key: child.key.clone(),
-            to: format!("{} {}", p.table, p.key),
-        })?;
-        let target = match &parent {
-            Atom::NamedUuid(n) => json!([["_uuid", "==", ["named-uuid", n]]]),
-            other => json!([["_uuid", "==", uuid_ref(other)]]),
-        };
-        Ok(Some(
-            json!({"op": "mutate", "table": p.table, "where": target,
-            "mutations": [[p.column, how, ["set", [uuid_ref(&me)]]]]}),
-        ))
+    // One mutation per parent column and direction, holding every child: thousands of
+    // ports joining one switch are one set union in the server, not one each.
+    type Grouped = BTreeMap<(String, String, String), (Value, Vec<Value>)>;
+    let group = |pairs: Vec<(&NbParent, &NbRow)>| -> Result<Grouped, NbError> {
+        let mut g: Grouped = BTreeMap::new();
+        for (p, child) in pairs {
+            debug_assert!(children_of(&p.table).contains(&p.column.as_str()));
+            let Some(parent) = refer(&p.table, &p.key) else {
+                // The parent goes too: its children go with it.
+                continue;
+            };
+            let me = refer(&child.table, &child.key).or_else(|| {
+                owned
+                    .uuids
+                    .get(&(child.table.clone(), child.key.clone()))
+                    .map(|u| Atom::Uuid(u.clone()))
+            });
+            let me = me.ok_or_else(|| NbError::Dangling {
+                table: child.table.clone(),
+                key: child.key.clone(),
+                to: format!("{} {}", p.table, p.key),
+            })?;
+            let target = match &parent {
+                Atom::NamedUuid(n) => json!([["_uuid", "==", ["named-uuid", n]]]),
+                other => json!([["_uuid", "==", uuid_ref(other)]]),
+            };
+            g.entry((p.table.clone(), p.key.clone(), p.column.clone()))
+                .or_insert_with(|| (target, Vec::new()))
+                .1
+                .push(uuid_ref(&me));
+        }
+        Ok(g)
     };
-    for (p, c) in leave {
-        ops.extend(mutate(p, c, "delete")?);
-    }
-    for (p, c) in join {
-        ops.extend(mutate(p, c, "insert")?);
+    for (pairs, how) in [(leave, "delete"), (join, "insert")] {
+        for ((table, _, column), (target, refs)) in group(pairs)? {
+            ops.push(json!({"op": "mutate", "table": table, "where": target,
+                "mutations": [[column, how, ["set", refs]]]}));
+        }
     }
     Ok(())
 }

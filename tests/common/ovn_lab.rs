@@ -321,9 +321,8 @@ impl OvnLab {
 
 impl Drop for OvnLab {
     fn drop(&mut self) {
-        for pf in &self.pidfiles {
-            stop(pf);
-        }
+        // All at once: one by one, a lab of 20 chassis took two minutes to stop.
+        stop_all(&self.pidfiles);
         // The namespaces go with `ns`; the folder (databases, logs) last.
         let _ = std::fs::remove_dir_all(&self.dir);
     }
@@ -331,21 +330,27 @@ impl Drop for OvnLab {
 
 /// Stops the daemon of pid file `pf`: SIGTERM, SIGKILL after 5 s.
 fn stop(pf: &std::path::Path) {
-    let Ok(pid) = std::fs::read_to_string(pf) else {
-        return;
-    };
-    let pid: i32 = pid.trim().parse().unwrap_or(0);
-    if pid <= 0 {
-        return;
+    stop_all(std::slice::from_ref(&pf.to_path_buf()));
+}
+
+/// Stops the daemons of pid files `pfs` together: SIGTERM to each, SIGKILL to those still
+/// there 5 s later.
+fn stop_all(pfs: &[PathBuf]) {
+    let pids: Vec<i32> = pfs
+        .iter()
+        .filter_map(|pf| std::fs::read_to_string(pf).ok()?.trim().parse().ok())
+        .filter(|pid| *pid > 0)
+        .collect();
+    for pid in &pids {
+        unsafe { libc::kill(*pid, libc::SIGTERM) };
     }
-    unsafe { libc::kill(pid, libc::SIGTERM) };
-    let gone = || !std::path::Path::new(&format!("/proc/{pid}")).exists();
+    let gone = |pid: &i32| !std::path::Path::new(&format!("/proc/{pid}")).exists();
     let t = Instant::now();
-    while !gone() && t.elapsed() < Duration::from_secs(5) {
+    while !pids.iter().all(gone) && t.elapsed() < Duration::from_secs(5) {
         std::thread::sleep(Duration::from_millis(20));
     }
-    if !gone() {
-        unsafe { libc::kill(pid, libc::SIGKILL) };
+    for pid in pids.iter().filter(|p| !gone(p)) {
+        unsafe { libc::kill(*pid, libc::SIGKILL) };
     }
 }
 

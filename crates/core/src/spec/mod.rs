@@ -185,4 +185,34 @@ mod tests {
         assert_eq!(parent_path("version"), None);
         assert_eq!(parent_path("\"a.b\""), None);
     }
+
+    /// 1,200 ports on one network: refused on a Linux bridge (1,023 at most), taken on an
+    /// OVN network, whose logical switch has no such limit.
+    #[test]
+    fn bridge_port_limit_is_the_kernel_backend_only() {
+        let spec = |backend: &str| {
+            let mut s = format!(
+                "version: 1\novn:\n  nb: tcp:192.0.2.1:6641\n  sb: tcp:192.0.2.1:6642\n  \
+                 chassis:\n    hv1: {{ encap_ip: 192.0.2.11 }}\nnetworks:\n  web:\n    \
+                 backend: {backend}\n    mode: routed\n    ipv4: 10.80.0.1/16\nvms:\n"
+            );
+            for i in 0..1200 {
+                s.push_str(&format!(
+                    "  vm{i}:\n    host: hv1\n    ports: [ {{ network: web, name: p{i}, ipv4: 10.80.{}.{} }} ]\n",
+                    1 + i / 250,
+                    2 + i % 250
+                ));
+            }
+            s
+        };
+        let id = HostIdentity::default();
+        let ovn = parse(&spec("ovn"), &id);
+        assert!(ovn.is_ok(), "{:?}", ovn.err());
+        let errs = parse(&spec("kernel"), &id).unwrap_err();
+        assert!(
+            errs.iter()
+                .any(|e| e.to_string().contains("more than 1023 ports")),
+            "{errs:?}"
+        );
+    }
 }

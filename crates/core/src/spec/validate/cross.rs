@@ -9,9 +9,10 @@ pub(super) fn cross_checks(
     nets: &[NetDraft],
     ports: &[PortDraft],
     sysctl: Option<&Sysctl>,
+    ovn_nets: &[String],
 ) {
     check_floors(cx, nets, ports);
-    check_bridge_ports(cx, nets, ports);
+    check_bridge_ports(cx, nets, ports, ovn_nets);
     let created = created_names(cx, nets, ports);
     let seen_uplink = check_uplinks(cx, nets, &created);
     direct_checks(cx, nets, ports, &created, &seen_uplink);
@@ -505,10 +506,17 @@ pub const BRIDGE_MAX_PORTS: usize = 1023;
 
 /// Refuses, at the first port over the limit, a network whose bridge would hold more ports
 /// than the kernel allows: its uplink, VLAN or VXLAN device, its ports that carry it
-/// untagged, and the trunk sub-interfaces of other ports that tag it.
-pub(super) fn check_bridge_ports(cx: &mut Ctx, nets: &[NetDraft], ports: &[PortDraft]) {
+/// untagged, and the trunk sub-interfaces of other ports that tag it. An OVN network is a
+/// logical switch, no Linux bridge: it has no such limit.
+pub(super) fn check_bridge_ports(
+    cx: &mut Ctx,
+    nets: &[NetDraft],
+    ports: &[PortDraft],
+    ovn_nets: &[String],
+) {
     let mut count: HashMap<&str, usize> = HashMap::new();
-    for n in nets.iter().filter(|n| n.bridge.is_some()) {
+    let linux = |n: &&NetDraft| n.bridge.is_some() && !ovn_nets.contains(&n.name);
+    for n in nets.iter().filter(linux) {
         let lower = n.uplink.is_some() || n.vlan.is_some() || n.vxlan.is_some();
         count.insert(n.name.as_str(), usize::from(lower));
     }

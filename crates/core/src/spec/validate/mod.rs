@@ -181,6 +181,23 @@ impl Ctx {
             .map(|(_, l)| *l)
     }
 
+    /// Every written path and where, as [`Ctx::loc_at`] finds them: for checks that ask
+    /// about fields of every port, which one lookup each would make quadratic.
+    pub(crate) fn loc_index(&self) -> std::collections::HashMap<String, Loc> {
+        let mut index: std::collections::HashMap<String, Loc> =
+            self.locs.iter().map(|(p, l)| (p.clone(), *l)).collect();
+        for (part, line) in &self.parts {
+            for (p, l) in part.iter() {
+                let loc = Loc {
+                    line: l.line + line,
+                    col: l.col,
+                };
+                index.insert(p.clone(), loc);
+            }
+        }
+        index
+    }
+
     pub(crate) fn err(&mut self, path: &str, loc: Loc, message: impl Into<String>) {
         self.errors.push(SpecError {
             path: path.to_string(),
@@ -722,13 +739,19 @@ pub(crate) fn finish(
         ovn,
         host_backend,
     } = head;
-    cross_checks(cx, nets.as_deref().unwrap_or(&[]), &ports, sysctl.as_ref());
     let ovn_nets = ovn::ovn_checks(
         cx,
         ovn.as_ref(),
         host_backend,
         nets.as_deref().unwrap_or(&[]),
         &ports,
+    );
+    cross_checks(
+        cx,
+        nets.as_deref().unwrap_or(&[]),
+        &ports,
+        sysctl.as_ref(),
+        &ovn_nets,
     );
     let hosts: BTreeMap<String, String> = ports
         .iter()

@@ -305,6 +305,9 @@ fn read_external(cx: &mut Ctx, f: &Field) -> Option<External> {
     })
 }
 
+/// Where each path was written (see `Ctx::loc_index`).
+type Index = std::collections::HashMap<String, Loc>;
+
 /// Which networks are OVN's, checked against `ovn` and what OVN refuses; their names.
 pub(super) fn ovn_checks(
     cx: &mut Ctx,
@@ -314,6 +317,7 @@ pub(super) fn ovn_checks(
     ports: &[PortDraft],
 ) -> Vec<String> {
     let mut names = Vec::new();
+    let at = cx.loc_index();
     for n in nets {
         let (backend, loc) = n
             .backend
@@ -334,7 +338,7 @@ pub(super) fn ovn_checks(
             }
             continue;
         };
-        check_network(cx, d, n);
+        check_network(cx, &at, d, n);
     }
     let on_ovn: BTreeSet<&str> = names.iter().map(String::as_str).collect();
     if let Some(d) = draft {
@@ -342,15 +346,15 @@ pub(super) fn ovn_checks(
             .iter()
             .filter(|p| p.network.as_deref().is_some_and(|n| on_ovn.contains(n)))
         {
-            check_port(cx, d, p);
+            check_port(cx, &at, d, p);
         }
     }
     names
 }
 
-fn check_network(cx: &mut Ctx, d: &OvnDraft, n: &NetDraft) {
+fn check_network(cx: &mut Ctx, at: &Index, d: &OvnDraft, n: &NetDraft) {
     let mode_path = join(&n.path, "mode");
-    let mode_loc = cx.loc_at(&mode_path).unwrap_or(n.key_loc);
+    let mode_loc = at.get(mode_path.as_str()).copied().unwrap_or(n.key_loc);
     match n.mode {
         Some(Mode::Nat | Mode::Routed | Mode::Isolated) | None => {}
         Some(m @ (Mode::Bridge | Mode::Vlan)) => cx.err(
@@ -374,7 +378,7 @@ fn check_network(cx: &mut Ctx, d: &OvnDraft, n: &NetDraft) {
     }
     for (field, why) in NET_REFUSED {
         let path = join(&n.path, field);
-        if let Some(loc) = cx.loc_at(&path) {
+        if let Some(loc) = at.get(path.as_str()).copied() {
             // `bridge` is derived when not written: only a written one is refused.
             if *field == "bridge" && n.bridge_derived {
                 continue;
@@ -403,12 +407,12 @@ fn check_network(cx: &mut Ctx, d: &OvnDraft, n: &NetDraft) {
     }
 }
 
-fn check_port(cx: &mut Ctx, d: &OvnDraft, p: &PortDraft) {
+fn check_port(cx: &mut Ctx, at: &Index, d: &OvnDraft, p: &PortDraft) {
     let net = p.network.as_deref().unwrap_or_default();
     match &p.host {
         None => cx.err(
             &p.path,
-            cx.loc_at(&p.path).unwrap_or_default(),
+            at.get(p.path.as_str()).copied().unwrap_or_default(),
             format!(
                 "network '{net}' is on OVN: set host on VM '{}' to the chassis it runs on (one of {})",
                 p.vm,
@@ -431,7 +435,7 @@ fn check_port(cx: &mut Ctx, d: &OvnDraft, p: &PortDraft) {
     }
     for (field, why) in PORT_REFUSED {
         let path = join(&p.path, field);
-        if let Some(loc) = cx.loc_at(&path) {
+        if let Some(loc) = at.get(path.as_str()).copied() {
             cx.err(
                 &path,
                 loc,
@@ -448,12 +452,12 @@ fn check_port(cx: &mut Ctx, d: &OvnDraft, p: &PortDraft) {
             let rpath = format!("{}.firewall.{dir}.rules[{i}]", p.path);
             if r.connlimit.is_some() {
                 let path = join(&rpath, "connlimit");
-                let loc = cx.loc_at(&path).unwrap_or_default();
+                let loc = at.get(path.as_str()).copied().unwrap_or_default();
                 cx.err(&path, loc, "connlimit has no OVN equivalent (OVN ACLs cannot count a port's connections); remove it on OVN networks");
             }
             if r.rate.is_some() {
                 let path = join(&rpath, "rate");
-                let loc = cx.loc_at(&path).unwrap_or_default();
+                let loc = at.get(path.as_str()).copied().unwrap_or_default();
                 cx.err(
                     &path,
                     loc,

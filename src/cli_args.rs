@@ -165,7 +165,8 @@ enum Command {
         "\"fix\"}]}. Exit status: 0 when no check fails (warnings allowed), 1 when one fails.\n\n",
         "Example:\n  kvmnet doctor --netns lab --json\n\n",
         "Environment:\n",
-        env_state_dir!()
+        env_state_dir!(),
+        "  OVN_RUNDIR             where ovn-controller's pid file is (default /run/ovn)\n"
     ))]
     Doctor {
         #[command(flatten)]

@@ -65,6 +65,7 @@ vms:
         mac: "52:54:00:80:00:0a"
         ipv4: 10.80.0.10
         firewall: {{ inbound: {{ policy: drop, rules: [ {{ proto: tcp, ports: [22] }}, {{ proto: icmp }} ] }} }}
+        qos: {{ outbound: {{ rate: 20mbit }} }}
   b:
     host: hv2
     ports:
@@ -128,6 +129,51 @@ fn guests_across(lab: &OvnLab, a_ns: &str, b_ns: &str) {
             .success()
     );
     assert!(pings(b_ns, "10.80.0.10"));
+}
+
+/// iperf3's receiver rate, in Mbit/s, of `client_ns` sending to `ip` for 2 s (on port 22,
+/// which a's firewall lets in).
+fn mbits(server_ns: &str, client_ns: &str, ip: &str) -> f64 {
+    let mut server = std::process::Command::new("ip")
+        .args([
+            "netns", "exec", server_ns, "timeout", "15", "iperf3", "-s", "-1", "-p", "22",
+        ])
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .expect("iperf3 runs");
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let out = in_ns(
+        client_ns,
+        &format!("timeout 10 iperf3 -c {ip} -p 22 -t 2 -J"),
+    );
+    let _ = server.wait();
+    let out = String::from_utf8_lossy(&out.stdout).into_owned();
+    let v: serde_json::Value = serde_json::from_str(&out).expect("iperf3 JSON");
+    v["end"]["sum_received"]["bits_per_second"]
+        .as_f64()
+        .expect("a rate")
+        / 1e6
+}
+
+/// a's outbound `qos` is an OVN meter: a sends at no more than its rate, while b, which
+/// has none, sends to a faster.
+fn policed(a_ns: &str, b_ns: &str) {
+    let b_ip = ok_in(b_ns, "ip -4 -o addr show dev eth0")
+        .split_whitespace()
+        .nth(3)
+        .and_then(|c| c.split('/').next())
+        .expect("b's address")
+        .to_string();
+    let out = mbits(b_ns, a_ns, &b_ip);
+    let back = mbits(a_ns, b_ns, "10.80.0.10");
+    assert!(
+        out < 24.0,
+        "a sent at {out:.1} Mbit/s past its 20mbit meter"
+    );
+    assert!(
+        back > 2.0 * out,
+        "unmetered b sent at {back:.1} Mbit/s, metered a at {out:.1}"
+    );
 }
 
 #[test]
@@ -207,6 +253,7 @@ fn one_spec_on_two_chassis() {
     lab.wait_up("ovb");
 
     guests_across(&lab, &a_ns, &b_ns);
+    policed(&a_ns, &b_ns);
 
     // Idempotent; a row changed by hand is put back.
     assert!(okk(1, &["plan", file.path()]).contains("No changes"));

@@ -278,7 +278,7 @@ fn ipv6_trace_agrees_with_real_traffic() {
     let text = String::from_utf8_lossy(&text);
     assert!(
         text.contains(
-            "[bridge guard-ip6: iifname . ip6 saddr != @port_ip6 counter goto guard-drop-ip]"
+            "[bridge guard-ip6: iifname . ip6 saddr != @port_ip6 iifname . ip6 saddr != @pool_ip6 counter goto guard-drop-ip]"
         ),
         "{text}"
     );

@@ -10,10 +10,10 @@ use crate::spec::{Mode, PortKind, Spec};
 
 #[path = "checks_host.rs"]
 mod host;
-#[path = "checks_v6.rs"]
-pub mod v6;
 #[path = "checks_ovn.rs"]
 mod ovn;
+#[path = "checks_v6.rs"]
+pub mod v6;
 pub use host::{
     DEVICES, Device, bridged_uplinks, devices, duplicate_mac, gateway_arp, gateways, lro,
     owner_keys, tap_owner,

@@ -203,6 +203,11 @@ fn to_val(
 ) -> NbVal {
     let kind = r.kind(table, col);
     match d {
+        Some(Datum::Map(m)) if m.values().any(|v| v.as_i64().is_some()) => NbVal::IntMap(
+            m.iter()
+                .filter_map(|(k, v)| Some((k.as_str()?.to_string(), v.as_i64()?)))
+                .collect(),
+        ),
         Some(Datum::Map(m)) => NbVal::Map(
             m.iter()
                 .filter_map(|(k, v)| Some((k.as_str()?.to_string(), v.as_str()?.to_string())))
@@ -234,12 +239,19 @@ fn to_datum(v: &NbVal, refer: &dyn Fn(&str, &str) -> Option<Atom>) -> Result<Dat
             NbVal::Ref { table, key } => {
                 refer(table, key).ok_or_else(|| format!("{table} {key}"))?
             }
-            NbVal::Set(_) | NbVal::Map(_) => return Err("a nested value".into()),
+            NbVal::Set(_) | NbVal::Map(_) | NbVal::IntMap(_) => {
+                return Err("a nested value".into());
+            }
         })
     };
     Ok(match v {
         NbVal::Set(items) => Datum::Set(items.iter().map(atom).collect::<Result<_, _>>()?),
         NbVal::Map(m) => Datum::map(m.clone()),
+        NbVal::IntMap(m) => Datum::Map(
+            m.iter()
+                .map(|(k, v)| (Atom::str(k.clone()), Atom::Integer(*v)))
+                .collect(),
+        ),
         other => Datum::atom(atom(other)?),
     })
 }

@@ -39,6 +39,8 @@ pub enum NbVal {
     Uuid(String),
     Set(Vec<NbVal>),
     Map(BTreeMap<String, String>),
+    /// A map of integers (a QoS row's `bandwidth`); an empty map is always [`NbVal::Map`].
+    IntMap(BTreeMap<String, i64>),
 }
 
 impl NbVal {
@@ -86,6 +88,7 @@ impl NbVal {
             NbVal::Ref { table, key } => json!(format!("{table}:{key}")),
             NbVal::Set(v) => Value::Array(v.iter().map(NbVal::to_json).collect()),
             NbVal::Map(m) => json!(m),
+            NbVal::IntMap(m) => json!(m),
         }
     }
 }
@@ -109,14 +112,12 @@ impl std::fmt::Display for NbVal {
                 write!(f, "]")
             }
             NbVal::Map(m) => {
-                write!(f, "{{")?;
-                for (i, (k, v)) in m.iter().enumerate() {
-                    if i > 0 {
-                        write!(f, ", ")?;
-                    }
-                    write!(f, "{k}={v}")?;
-                }
-                write!(f, "}}")
+                let pairs: Vec<String> = m.iter().map(|(k, v)| format!("{k}={v}")).collect();
+                write!(f, "{{{}}}", pairs.join(", "))
+            }
+            NbVal::IntMap(m) => {
+                let pairs: Vec<String> = m.iter().map(|(k, v)| format!("{k}={v}")).collect();
+                write!(f, "{{{}}}", pairs.join(", "))
             }
         }
     }
@@ -181,7 +182,11 @@ impl NbRow {
 /// What kvmnet writes of each table it uses: (table, columns compared and set, the columns
 /// holding its children, which are mutated instead). The shell monitors exactly these.
 pub const TABLES: &[(&str, &[&str], &[&str])] = &[
-    ("Logical_Switch", &["name", "other_config"], &["ports"]),
+    (
+        "Logical_Switch",
+        &["name", "other_config"],
+        &["ports", "qos_rules"],
+    ),
     (
         "Logical_Switch_Port",
         &[
@@ -195,6 +200,11 @@ pub const TABLES: &[(&str, &[&str], &[&str])] = &[
         &[],
     ),
     ("DHCP_Options", &["cidr", "options"], &[]),
+    (
+        "QoS",
+        &["priority", "direction", "match", "action", "bandwidth"],
+        &[],
+    ),
     (
         "Logical_Router",
         &["name"],
@@ -242,6 +252,7 @@ pub fn ref_table(table: &str, column: &str) -> Option<&'static str> {
     Some(match (table, column) {
         ("Logical_Switch", "ports") | ("Port_Group", "ports") => "Logical_Switch_Port",
         ("Logical_Switch_Port", "dhcpv4_options") => "DHCP_Options",
+        ("Logical_Switch", "qos_rules") => "QoS",
         ("Logical_Router", "ports") => "Logical_Router_Port",
         ("Logical_Router", "nat") => "NAT",
         ("Logical_Router", "static_routes") => "Logical_Router_Static_Route",
@@ -258,6 +269,7 @@ pub fn kind_of(table: &str) -> &'static str {
         "Logical_Switch" => "ovn-switch",
         "Logical_Switch_Port" => "ovn-port",
         "DHCP_Options" => "ovn-dhcp",
+        "QoS" => "ovn-qos",
         "Logical_Router" => "ovn-router",
         "Logical_Router_Port" => "ovn-router-port",
         "HA_Chassis_Group" => "ovn-gateway-group",

@@ -142,6 +142,49 @@ fn switch(r: &mut Rows, ovn: &Ovn, net: &Network, ports: &[&OvnPort]) {
     if matches!(net.mode, Mode::Nat | Mode::Routed) {
         router_port_lsp(r, &net.name, &net.name, parent);
     }
+    for p in ports {
+        qos(r, net, &p.port);
+    }
+}
+
+/// A port's `qos` as meters on its switch: traffic over the rate is dropped (policed), not
+/// queued as the kernel backend's shaping does. OVN meters take kbps and kbits.
+fn qos(r: &mut Rows, net: &Network, port: &crate::spec::model::Port) {
+    let Some(q) = &port.qos else { return };
+    for (dir, shape, side) in [
+        ("to-lport", &q.inbound, "outport"),
+        ("from-lport", &q.outbound, "inport"),
+    ] {
+        let Some(s) = shape else { continue };
+        let kbps = (s.rate_bps / 1000).max(1);
+        // Without a written burst, a fifth of a second at the rate: a policer with less
+        // than a few TCP windows of burst starves the flows it meters.
+        let burst = s
+            .burst_bytes
+            .map_or(kbps / 5, |b| u64::from(b) * 8 / 1000)
+            .max(100);
+        r.add(
+            "QoS",
+            format!("{}/{dir}", port.name),
+            vec![
+                ("priority", NbVal::Int(100)),
+                ("direction", NbVal::str(dir)),
+                ("match", NbVal::str(format!("{side} == \"{}\"", port.name))),
+                ("action", NbVal::map::<&str, &str>([])),
+                (
+                    "bandwidth",
+                    NbVal::IntMap(
+                        [
+                            ("rate".to_string(), kbps as i64),
+                            ("burst".to_string(), burst as i64),
+                        ]
+                        .into(),
+                    ),
+                ),
+            ],
+            Some(("Logical_Switch", net.name.as_str(), "qos_rules")),
+        );
+    }
 }
 
 /// The switch's port towards the router, and nothing else of the router.

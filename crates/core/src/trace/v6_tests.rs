@@ -78,7 +78,7 @@ fn a_forged_ipv6_source_stops_at_the_guard() {
         (
             "guard",
             Verdict::Drop,
-            Some("iifname . ip6 saddr != @port_ip6 counter goto guard-drop-ip".into())
+            Some("iifname . ip6 saddr != @port_ip6 iifname . ip6 saddr != @pool_ip6 counter goto guard-drop-ip".into())
         ),
         "{t:#?}"
     );

@@ -55,7 +55,15 @@ const NET_REFUSED: &[(&str, &str)] = &[
 
 /// Port fields a port on an OVN network refuses, with why.
 const PORT_REFUSED: &[(&str, &str)] = &[
-    ("qos", "kvmnet does not police OVN ports yet"),
+    ("qos.floor", "OVN meters police a rate; they guarantee none"),
+    (
+        "qos.inbound.ceil",
+        "OVN meters police one rate; there is nothing to borrow up to",
+    ),
+    (
+        "qos.outbound.ceil",
+        "OVN meters police one rate; there is nothing to borrow up to",
+    ),
     ("mirror", "kvmnet does not put OVN Mirror rows in place yet"),
     (
         "vlans",

@@ -23,6 +23,10 @@ fn planning_the_shown_spec_of_every_example_changes_nothing() {
     files.sort();
     assert!(files.len() >= 5);
     for f in files {
+        // An OVN spec needs real OVN daemons: tests/ovn_backend.rs applies one on a lab.
+        if f.file_name().is_some_and(|n| n == "ovn.yaml") {
+            continue;
+        }
         if f.file_name().is_some_and(|n| n == "vlan.yaml") && !has_8021q() {
             eprintln!("{}: no 8021q in this kernel, not applied", f.display());
             continue;

@@ -85,7 +85,8 @@ struct Case {
     conflict: bool,
 }
 
-/// The golden cases whose spec validates.
+/// The golden cases whose spec validates, but those with OVN networks: their plans need
+/// real OVN daemons, and tests/ovn_backend.rs applies such a spec on a lab.
 fn cases() -> Vec<Case> {
     let mut dirs: Vec<PathBuf> = std::fs::read_dir(manifest_dir().join("tests/golden"))
         .unwrap()
@@ -93,6 +94,11 @@ fn cases() -> Vec<Case> {
         .collect();
     dirs.sort();
     dirs.into_iter()
+        .filter(|d| {
+            !std::fs::read_to_string(d.join("spec.yaml"))
+                .unwrap_or_default()
+                .contains("\novn:")
+        })
         .filter(|d| {
             let v = std::process::Command::new(KVMNET)
                 .args(["validate", d.join("spec.yaml").to_str().unwrap()])

@@ -140,7 +140,7 @@ fn switch(r: &mut Rows, ovn: &Ovn, net: &Network, ports: &[&OvnPort]) {
         );
     }
     if matches!(net.mode, Mode::Nat | Mode::Routed) {
-        router_port_lsp(r, &net.name, &net.name, parent);
+        router_port_lsp(r, &net.name, parent);
     }
     for p in ports {
         qos(r, net, &p.port);
@@ -187,14 +187,8 @@ fn qos(r: &mut Rows, net: &Network, port: &crate::spec::model::Port) {
     }
 }
 
-/// The switch's port towards the router, and nothing else of the router.
-fn router_port_lsp(
-    r: &mut Rows,
-    switch_key: &str,
-    lrp_key: &str,
-    parent: Option<(&str, &str, &str)>,
-) {
-    let _ = switch_key;
+/// The switch's port towards the router port `kvmnet-lrp-LRP_KEY`.
+fn router_port_lsp(r: &mut Rows, lrp_key: &str, parent: Option<(&str, &str, &str)>) {
     r.add(
         "Logical_Switch_Port",
         format!("kvmnet-rp-{lrp_key}"),
@@ -357,7 +351,7 @@ fn external(r: &mut Rows, ovn: &Ovn, ext: &crate::spec::ovn::External) {
         ],
         parent,
     );
-    router_port_lsp(r, EXTERNAL_SWITCH, EXTERNAL_KEY, parent);
+    router_port_lsp(r, EXTERNAL_KEY, parent);
     r.add(
         "HA_Chassis_Group",
         GATEWAY_GROUP,

@@ -385,7 +385,9 @@ fn check_network(cx: &mut Ctx, at: &Index, d: &OvnDraft, n: &NetDraft) {
         ),
     }
     for (field, why) in NET_REFUSED {
-        let path = join(&n.path, field);
+        let path = field
+            .split('.')
+            .fold(n.path.clone(), |p, seg| join(&p, seg));
         if let Some(loc) = at.get(path.as_str()).copied() {
             // `bridge` is derived when not written: only a written one is refused.
             if *field == "bridge" && n.bridge_derived {
@@ -442,7 +444,10 @@ fn check_port(cx: &mut Ctx, at: &Index, d: &OvnDraft, p: &PortDraft) {
         return;
     }
     for (field, why) in PORT_REFUSED {
-        let path = join(&p.path, field);
+        // A dotted field is a path of its own keys (`dhcp.range6`), not one quoted key.
+        let path = field
+            .split('.')
+            .fold(p.path.clone(), |p, seg| join(&p, seg));
         if let Some(loc) = at.get(path.as_str()).copied() {
             cx.err(
                 &path,

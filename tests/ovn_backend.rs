@@ -12,32 +12,6 @@ use common::*;
 mod ovn_lab;
 use ovn_lab::{OvnLab, ovn_present, wait_ping};
 
-/// Every Northbound row of the tables kvmnet writes, as `ovn-nbctl` lists them (UUIDs and
-/// volatile columns out): what must be byte-identical before an apply and after a destroy.
-fn nb_rows(lab: &OvnLab) -> String {
-    let mut out = String::new();
-    for t in [
-        "Logical_Switch",
-        "Logical_Switch_Port",
-        "DHCP_Options",
-        "Logical_Router",
-        "Logical_Router_Port",
-        "NAT",
-        "Port_Group",
-        "ACL",
-        "HA_Chassis_Group",
-    ] {
-        out.push_str(&format!(
-            "{t}: {}\n",
-            lab.nbctl(&format!("--bare --columns=_uuid,external_ids list {t}"))
-                .split_whitespace()
-                .collect::<Vec<_>>()
-                .join(" ")
-        ));
-    }
-    out
-}
-
 fn spec(lab: &OvnLab, a_ns: &str, b_ns: &str) -> String {
     format!(
         r#"version: 1
@@ -188,7 +162,7 @@ fn one_spec_on_two_chassis() {
     lab.start_controller(2);
     // Someone else's switch, there before kvmnet and after it.
     lab.nbctl("ls-add foreign -- set logical_switch foreign external_ids:team=infra");
-    let before = nb_rows(&lab);
+    let before = lab.nb_rows();
     let a_ns = lab.ns.reserve("ova");
     let b_ns = lab.ns.reserve("ovb");
     let file = SpecFile::new(&spec(&lab, &a_ns, &b_ns));
@@ -223,7 +197,7 @@ fn one_spec_on_two_chassis() {
     );
     assert!(!o.status.success(), "an injected failure fails the apply");
     assert_eq!(
-        nb_rows(&lab),
+        lab.nb_rows(),
         before,
         "a rolled-back apply leaves NB as it was"
     );
@@ -277,7 +251,7 @@ fn one_spec_on_two_chassis() {
     okk(2, &["destroy"]);
     okk(1, &["destroy"]);
     assert_eq!(
-        nb_rows(&lab),
+        lab.nb_rows(),
         before,
         "destroy leaves exactly the rows that were there"
     );

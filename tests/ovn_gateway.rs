@@ -21,34 +21,6 @@ const FAR: &str = "203.0.113.10";
 const SNAT: &str = "198.51.100.1";
 const NEXT_HOP: &str = "198.51.100.254";
 
-/// Every Northbound row of the tables kvmnet writes (UUIDs and `external_ids` only): what
-/// must be identical before an apply and after a destroy.
-fn nb_rows(lab: &OvnLab) -> String {
-    let mut out = String::new();
-    for t in [
-        "Logical_Switch",
-        "Logical_Switch_Port",
-        "DHCP_Options",
-        "Logical_Router",
-        "Logical_Router_Port",
-        "Logical_Router_Static_Route",
-        "NAT",
-        "Port_Group",
-        "ACL",
-        "HA_Chassis_Group",
-        "HA_Chassis",
-    ] {
-        out.push_str(&format!(
-            "{t}: {}\n",
-            lab.nbctl(&format!("--bare --columns=_uuid,external_ids list {t}"))
-                .split_whitespace()
-                .collect::<Vec<_>>()
-                .join(" ")
-        ));
-    }
-    out
-}
-
 fn spec(lab: &OvnLab, a_ns: &str, b_ns: &str) -> String {
     format!(
         r#"version: 1
@@ -260,7 +232,7 @@ fn nat_gateway_failover_and_isolation() {
     for i in 1..=3 {
         lab.start_controller(i);
     }
-    let before = nb_rows(&lab);
+    let before = lab.nb_rows();
     let far = external(&mut lab, &[1, 2]);
     let a_ns = lab.ns.reserve("gwa");
     let b_ns = lab.ns.reserve("gwb");
@@ -342,7 +314,7 @@ fn nat_gateway_failover_and_isolation() {
         kvm(&lab, i, &["destroy"]);
     }
     assert_eq!(
-        nb_rows(&lab),
+        lab.nb_rows(),
         before,
         "destroy leaves exactly the rows that were there"
     );

@@ -131,6 +131,35 @@ impl OvnLab {
         format!("unix:{}", self.chassis[i - 1].dir.join("db.sock").display())
     }
 
+    /// Every Northbound row of the tables kvmnet writes (UUIDs and `external_ids` only):
+    /// what must be identical before an apply and after a destroy.
+    pub fn nb_rows(&self) -> String {
+        let mut out = String::new();
+        for t in [
+            "Logical_Switch",
+            "Logical_Switch_Port",
+            "DHCP_Options",
+            "QoS",
+            "Logical_Router",
+            "Logical_Router_Port",
+            "Logical_Router_Static_Route",
+            "NAT",
+            "Port_Group",
+            "ACL",
+            "HA_Chassis_Group",
+            "HA_Chassis",
+        ] {
+            out.push_str(&format!(
+                "{t}: {}\n",
+                self.nbctl(&format!("--bare --columns=_uuid,external_ids list {t}"))
+                    .split_whitespace()
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            ));
+        }
+        out
+    }
+
     /// `ovs-vsctl` on chassis `i` (from 1).
     pub fn vsctl(&self, i: usize, args: &str) -> String {
         ok(&format!(

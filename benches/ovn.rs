@@ -367,6 +367,63 @@ fn kvmnet_round(dir: &Path, ports: usize, r: usize) -> (Round, Duration, Duratio
     (Round { write, settle }, noop, one)
 }
 
+/// One VM port more through a running `kvmnet daemon` (which keeps its monitored Northbound
+/// view and the parsed spec between applies): the median of `KVMNET_BENCH_ONE` adds, each
+/// undone by an apply of the base spec, after one untimed add and remove.
+fn daemon_one(dir: &Path, ports: usize, r: usize) -> Duration {
+    let c = Central::start(dir.join(format!("d{r}")));
+    let (base, plus) = (
+        dir.join(format!("d{r}.yaml")),
+        dir.join(format!("d{r}+.yaml")),
+    );
+    std::fs::write(&base, spec(&c, ports)).unwrap();
+    std::fs::write(&plus, spec(&c, ports + 1)).unwrap();
+    let ns = format!("ovnd{}-{r}", std::process::id());
+    let state = dir.join(format!("dstate{r}"));
+    let kvmnet = std::env::var("KVMNET_BENCH_KVMNET")
+        .unwrap_or_else(|_| env!("CARGO_BIN_EXE_kvmnet").into());
+    let cli = |spec: &Path| {
+        let mut k = Command::new(&kvmnet);
+        k.args(["apply", spec.to_str().unwrap(), "--netns", &ns])
+            .args(["--chassis", "nobody"])
+            .env("KVMNET_STATE_DIR", &state);
+        k
+    };
+    let mut daemon = Command::new(&kvmnet)
+        .args(["daemon", "--spec", base.to_str().unwrap(), "--netns", &ns])
+        .args(["--chassis", "nobody"])
+        .env("KVMNET_STATE_DIR", &state)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let sock = state.join(format!("netns-{ns}")).join("api.sock");
+    let t = Instant::now();
+    while !sock.exists() && t.elapsed() < Duration::from_secs(300) {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(sock.exists(), "the daemon did not start");
+    // The daemon has applied the base spec once its API answers an apply of it.
+    timed(&mut cli(&base));
+    timed(&mut cli(&plus));
+    timed(&mut cli(&base));
+    let mut adds = vec![];
+    for _ in 0..env_or("KVMNET_BENCH_ONE", 5) {
+        adds.push(timed(&mut cli(&plus)));
+        assert_eq!(c.count("Logical_Switch_Port"), ports + 1 + NETS);
+        timed(&mut cli(&base));
+    }
+    // SAFETY: signalling the child this function spawned.
+    unsafe { libc::kill(daemon.id() as i32, libc::SIGTERM) };
+    let _ = daemon.wait();
+    let _ = Command::new(&kvmnet)
+        .args(["destroy", "--netns", &ns])
+        .env("KVMNET_STATE_DIR", &state)
+        .output();
+    let _ = Command::new("ip").args(["netns", "del", &ns]).output();
+    median(adds)
+}
+
 fn batched_round(dir: &Path, ports: usize, r: usize) -> Round {
     let c = Central::start(dir.join(format!("b{r}")));
     let mut args = base_args();
@@ -414,6 +471,8 @@ fn main() {
     let ports = env_or("KVMNET_BENCH_PORTS", 10_000);
     let rounds = env_or("KVMNET_BENCH_ROUNDS", 3);
     let separate = env_or("KVMNET_BENCH_SEPARATE", 500).min(ports);
+    // KVMNET_BENCH_ONLY=daemon: only the daemon's one port more.
+    let daemon_only = std::env::var("KVMNET_BENCH_ONLY").is_ok_and(|v| v == "daemon");
     raise_arg_max();
     let dir = std::env::temp_dir().join(format!("kvmnet-ovnbench-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
@@ -425,7 +484,13 @@ fn main() {
     let (mut kw, mut ks, mut knoop, mut kone) = (vec![], vec![], vec![], vec![]);
     let (mut bw, mut bs, mut sw, mut ss) = (vec![], vec![], vec![], vec![]);
     let mut small_one = vec![];
+    let (mut d_big, mut d_small) = (vec![], vec![]);
     for r in 0..rounds {
+        d_big.push(daemon_one(&dir, ports, r));
+        d_small.push(daemon_one(&dir, 10, 100 + r));
+        if daemon_only {
+            continue;
+        }
         let (k, noop, one) = kvmnet_round(&dir, ports, r);
         kw.push(k.write);
         ks.push(k.settle);
@@ -439,6 +504,16 @@ fn main() {
         ss.push(s.settle);
         let (_, _, one) = kvmnet_round(&dir, 10, 100 + r);
         small_one.push(one);
+    }
+    if daemon_only {
+        let (big, small) = (median(d_big), median(d_small));
+        println!(
+            "one VM port more through the daemon: at {ports} {}, at 10 {} ({:.2}x)",
+            ms(big),
+            ms(small),
+            big.as_secs_f64() / small.as_secs_f64()
+        );
+        return;
     }
     let (kw, bw, sw) = (median(kw), median(bw), median(sw));
     let sep_all = sw.mul_f64(ports as f64 / separate as f64);
@@ -472,6 +547,13 @@ fn main() {
     let (big, small) = (median(kone), median(small_one));
     println!(
         "  one VM port more: at {ports} {:>9}, at 10 {:>9} ({:.2}x)",
+        ms(big),
+        ms(small),
+        big.as_secs_f64() / small.as_secs_f64()
+    );
+    let (big, small) = (median(d_big), median(d_small));
+    println!(
+        "  one VM port more through the daemon: at {ports} {:>9}, at 10 {:>9} ({:.2}x)",
         ms(big),
         ms(small),
         big.as_secs_f64() / small.as_secs_f64()

@@ -16,6 +16,7 @@
 pub mod chassis;
 pub mod local;
 pub mod nb;
+mod nb_view;
 pub mod ovsdb;
 pub mod owned;
 pub mod report;

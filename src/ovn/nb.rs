@@ -17,11 +17,10 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-use super::ovsdb::{Atom, Client, ColumnKind, Datum, OvsdbError, Remote, Replica, Row};
+use super::nb_view::{Owned, key_of};
+use super::ovsdb::{Atom, Client, Datum, OvsdbError, Remote, Replica};
 use crate::plan::Change;
-use kvmnet_core::ovn::{
-    KEY_KEY, NbParent, NbRow, NbVal, OWNER, OWNER_KEY, TABLES, children_of, columns_of, ref_table,
-};
+use kvmnet_core::ovn::{KEY_KEY, NbParent, NbRow, NbVal, OWNER, OWNER_KEY, TABLES, children_of};
 
 const DB: &str = "OVN_Northbound";
 const TIMEOUT: Duration = Duration::from_secs(10);
@@ -51,13 +50,30 @@ pub enum NbError {
     Contended,
 }
 
-static CLIENTS: Mutex<BTreeMap<String, Client>> = Mutex::new(BTreeMap::new());
+/// A monitored connection, and the view of kvmnet's rows kept from its replica.
+struct Kept {
+    client: Client,
+    owned: Owned,
+}
+
+impl Kept {
+    /// Runs `f` on the replica as it is now and kvmnet's rows in it, the view first
+    /// brought up to date with what changed since it was last used.
+    fn now<R>(&mut self, f: impl FnOnce(&Replica, &Owned) -> R) -> R {
+        let mut r = self.client.replica();
+        let touched = r.take_touched();
+        self.owned.update(&r, touched);
+        f(&r, &self.owned)
+    }
+}
+
+static CLIENTS: Mutex<BTreeMap<String, Kept>> = Mutex::new(BTreeMap::new());
 
 /// Runs `f` on the monitored connection to `remotes`, made (or made again, when the one
 /// kept was lost) first.
 fn with_client<R>(
     remotes: &str,
-    f: impl FnOnce(&Client) -> Result<R, NbError>,
+    f: impl FnOnce(&mut Kept) -> Result<R, NbError>,
 ) -> Result<R, NbError> {
     let err = |source| NbError::Ovsdb {
         remote: remotes.to_string(),
@@ -65,7 +81,7 @@ fn with_client<R>(
     };
     let mut clients = CLIENTS.lock().unwrap_or_else(|e| e.into_inner());
     if let Some(c) = clients.get_mut(remotes)
-        && c.ensure_connected().is_err()
+        && c.client.ensure_connected().is_err()
     {
         clients.remove(remotes);
     }
@@ -81,9 +97,11 @@ fn with_client<R>(
         }
         let tables: Vec<(&str, &[&str])> = cols.iter().map(|(t, c)| (*t, c.as_slice())).collect();
         c.monitor(&tables).map_err(err)?;
-        clients.insert(remotes.to_string(), c);
+        c.replica().track();
+        let owned = Owned::default();
+        clients.insert(remotes.to_string(), Kept { client: c, owned });
     }
-    let c = clients.get(remotes).expect("connected above");
+    let c = clients.get_mut(remotes).expect("connected above");
     let out = f(c);
     if let Err(NbError::Ovsdb { .. }) = &out {
         clients.remove(remotes);
@@ -93,139 +111,9 @@ fn with_client<R>(
 
 /// kvmnet's rows as the database holds them.
 pub fn observe(remotes: &str) -> Result<Vec<NbRow>, NbError> {
-    with_client(remotes, |c| {
-        Ok(Owned::of(&c.replica()).rows.into_values().collect())
+    with_client(remotes, |k| {
+        Ok(k.now(|_, owned| owned.rows.values().cloned().collect()))
     })
-}
-
-/// kvmnet's rows in a replica: as the core sees them, and where each is.
-struct Owned {
-    /// kvmnet's rows by (table, key): a plan of thousands of ports looks each one up.
-    rows: BTreeMap<(String, String), NbRow>,
-    /// (table, key) -> UUID.
-    uuids: BTreeMap<(String, String), String>,
-    /// Per table, the UUIDs of kvmnet's rows (what each transaction's `wait` expects).
-    by_table: BTreeMap<&'static str, Vec<String>>,
-}
-
-fn key_of(row: &Row) -> Option<&str> {
-    let ids = row.get("external_ids")?;
-    (ids.get(OWNER_KEY) == Some(OWNER)).then(|| ids.get(KEY_KEY))?
-}
-
-impl Owned {
-    fn of(r: &Replica) -> Owned {
-        let mut uuids = BTreeMap::new();
-        let mut by_table: BTreeMap<&'static str, Vec<String>> = BTreeMap::new();
-        let mut keys: BTreeMap<String, (String, String)> = BTreeMap::new();
-        for (t, _, _) in TABLES {
-            let list = by_table.entry(t).or_default();
-            for (uuid, row) in r.table(t) {
-                if let Some(k) = key_of(row) {
-                    uuids.insert((t.to_string(), k.to_string()), uuid.clone());
-                    keys.insert(uuid.clone(), (t.to_string(), k.to_string()));
-                    list.push(uuid.clone());
-                }
-            }
-            list.sort();
-        }
-        // Each child's parent: the kvmnet row whose child column holds it.
-        let mut parents: BTreeMap<String, NbParent> = BTreeMap::new();
-        for (t, _, children) in TABLES {
-            for (uuid, row) in r.table(t) {
-                let Some((_, key)) = keys.get(uuid) else {
-                    continue;
-                };
-                for col in *children {
-                    for a in row.get(*col).into_iter().flat_map(Datum::atoms) {
-                        if let Some(u) = a.as_uuid() {
-                            parents.insert(
-                                u.to_string(),
-                                NbParent {
-                                    table: t.to_string(),
-                                    key: key.clone(),
-                                    column: col.to_string(),
-                                },
-                            );
-                        }
-                    }
-                }
-            }
-        }
-        let mut rows = BTreeMap::new();
-        for (uuid, (t, key)) in &keys {
-            let Some(row) = r.row(t, uuid) else { continue };
-            let columns = columns_of(t)
-                .iter()
-                .map(|c| (c.to_string(), to_val(r, t, c, row.get(*c), &keys)))
-                .collect();
-            let row = NbRow {
-                table: t.clone(),
-                key: key.clone(),
-                columns,
-                parent: parents.get(uuid).cloned(),
-            };
-            rows.insert((t.clone(), key.clone()), row);
-        }
-        Owned {
-            rows,
-            uuids,
-            by_table,
-        }
-    }
-
-    fn row(&self, table: &str, key: &str) -> Option<&NbRow> {
-        self.rows.get(&(table.to_string(), key.to_string()))
-    }
-}
-
-fn atom_val(a: &Atom, keys: &BTreeMap<String, (String, String)>) -> NbVal {
-    match a {
-        Atom::Integer(i) => NbVal::Int(*i),
-        Atom::Boolean(b) => NbVal::Bool(*b),
-        Atom::String(s) => NbVal::Str(s.clone()),
-        Atom::Real(f) => NbVal::Str(f.to_string()),
-        Atom::Uuid(u) | Atom::NamedUuid(u) => match keys.get(u) {
-            Some((t, k)) => NbVal::reference(t, k),
-            None => NbVal::Uuid(u.clone()),
-        },
-    }
-}
-
-/// A column's value as the core writes it: maps as maps, sets (references among them) as
-/// sorted sets, scalars bare.
-fn to_val(
-    r: &Replica,
-    table: &str,
-    col: &str,
-    d: Option<&Datum>,
-    keys: &BTreeMap<String, (String, String)>,
-) -> NbVal {
-    let kind = r.kind(table, col);
-    match d {
-        Some(Datum::Map(m)) if m.values().any(|v| v.as_i64().is_some()) => NbVal::IntMap(
-            m.iter()
-                .filter_map(|(k, v)| Some((k.as_str()?.to_string(), v.as_i64()?)))
-                .collect(),
-        ),
-        Some(Datum::Map(m)) => NbVal::Map(
-            m.iter()
-                .filter_map(|(k, v)| Some((k.as_str()?.to_string(), v.as_str()?.to_string())))
-                .collect(),
-        ),
-        None if kind == ColumnKind::Map => NbVal::Map(BTreeMap::new()),
-        None if kind == ColumnKind::Scalar => r
-            .default_of(table, col)
-            .map_or(NbVal::Set(Vec::new()), |a| atom_val(a, keys)),
-        Some(Datum::Set(s)) if kind == ColumnKind::Set || ref_table(table, col).is_some() => {
-            NbVal::set(s.iter().map(|a| atom_val(a, keys)))
-        }
-        Some(Datum::Set(s)) => s
-            .iter()
-            .next()
-            .map_or(NbVal::Set(Vec::new()), |a| atom_val(a, keys)),
-        None => NbVal::Set(Vec::new()),
-    }
 }
 
 /// A core value as an OVSDB datum, references resolved by `refer`.
@@ -270,12 +158,11 @@ fn uuid_ref(a: &Atom) -> Value {
 
 /// Carries out a plan's row changes as one transaction (see the module's comment).
 pub fn execute(remotes: &str, changes: &[&Change<NbRow>]) -> Result<(), NbError> {
-    with_client(remotes, |c| {
+    with_client(remotes, |k| {
         for _ in 0..TRIES {
-            let (ops, generation) = {
-                let r = c.replica();
-                (ops_for(&r, changes)?, r.generation)
-            };
+            let (ops, generation) =
+                k.now(|r, owned| Ok((ops_for(r, owned, changes)?, r.generation)))?;
+            let c = &k.client;
             let Some(ops) = ops else { return Ok(()) };
             match c.transact(ops) {
                 Ok(_) => {
@@ -302,8 +189,11 @@ pub fn execute(remotes: &str, changes: &[&Change<NbRow>]) -> Result<(), NbError>
 
 /// The operations that leave kvmnet's rows as `changes` mean them to be, from what the
 /// replica shows; `None` when it shows that already.
-fn ops_for(r: &Replica, changes: &[&Change<NbRow>]) -> Result<Option<Vec<Value>>, NbError> {
-    let owned = Owned::of(r);
+fn ops_for(
+    r: &Replica,
+    owned: &Owned,
+    changes: &[&Change<NbRow>],
+) -> Result<Option<Vec<Value>>, NbError> {
     // What the rows are to be: each change's result, over what is there.
     let mut target: BTreeMap<(String, String), Option<&NbRow>> = BTreeMap::new();
     for ch in changes {
@@ -362,7 +252,7 @@ fn ops_for(r: &Replica, changes: &[&Change<NbRow>]) -> Result<Option<Vec<Value>>
             .filter(|_| !gone)
             .map(|u| Atom::Uuid(u.clone()))
     };
-    let mut ops = waits(&owned);
+    let mut ops = waits(owned);
     let dangling = |row: &NbRow, to: String| NbError::Dangling {
         table: row.table.clone(),
         key: row.key.clone(),
@@ -399,7 +289,7 @@ fn ops_for(r: &Replica, changes: &[&Change<NbRow>]) -> Result<Option<Vec<Value>>
             ops.push(json!({"op": "update", "table": w.table, "where": by_uuid(uuid), "row": row}));
         }
     }
-    links(&owned, &refer, &inserts, &updates, &deletes, &mut ops)?;
+    links(owned, &refer, &inserts, &updates, &deletes, &mut ops)?;
     for h in &deletes {
         let uuid = &owned.uuids[&(h.table.clone(), h.key.clone())];
         ops.push(json!({"op": "delete", "table": h.table, "where": by_uuid(uuid)}));

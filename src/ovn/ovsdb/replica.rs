@@ -32,6 +32,19 @@ pub struct Replica {
     defaults: BTreeMap<String, BTreeMap<String, Atom>>,
     /// Incremented on every change: waiters compare it.
     pub generation: u64,
+    /// The rows changed since [`Replica::take_touched`] last ran, once [`Replica::track`]
+    /// asked for them: what a view built on the replica has to look at again.
+    touched: Option<Touched>,
+}
+
+/// Rows changed since a view of the replica was last brought up to date.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Touched {
+    /// Everything may have changed (the replica was cleared, or nothing was taken yet):
+    /// build the view again.
+    pub all: bool,
+    /// (table, UUID) of each row inserted, modified or deleted.
+    pub rows: std::collections::BTreeSet<(String, String)>,
 }
 
 impl Replica {
@@ -64,7 +77,28 @@ impl Replica {
             kinds,
             defaults,
             generation: 0,
+            touched: None,
         })
+    }
+
+    /// Starts keeping the rows that change, for one view built on the replica (the first
+    /// [`Replica::take_touched`] says: everything).
+    pub fn track(&mut self) {
+        self.touched = Some(Touched {
+            all: true,
+            rows: Default::default(),
+        });
+    }
+
+    /// The rows changed since the last call (everything, when not tracked).
+    pub fn take_touched(&mut self) -> Touched {
+        match &mut self.touched {
+            Some(t) => std::mem::take(t),
+            None => Touched {
+                all: true,
+                rows: Default::default(),
+            },
+        }
     }
 
     pub fn table(&self, name: &str) -> impl Iterator<Item = (&String, &Row)> {
@@ -96,6 +130,10 @@ impl Replica {
         for rows in self.tables.values_mut() {
             rows.clear();
         }
+        if let Some(t) = &mut self.touched {
+            t.all = true;
+            t.rows.clear();
+        }
         self.generation += 1;
     }
 
@@ -112,6 +150,9 @@ impl Replica {
                     .as_object()
                     .and_then(|o| o.iter().next())
                     .ok_or_else(|| bad("empty row update"))?;
+                if let Some(t) = self.touched.as_mut().filter(|t| !t.all) {
+                    t.rows.insert((table.clone(), uuid.clone()));
+                }
                 match op.as_str() {
                     "initial" | "insert" => {
                         stored.insert(uuid.clone(), read_row(body).ok_or_else(|| bad("row"))?);

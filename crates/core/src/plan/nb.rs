@@ -44,9 +44,8 @@ impl Object for NbRow {
         for c in columns_of(&to.table) {
             let (a, b) = (from.columns.get(*c), to.columns.get(*c));
             if a != b {
-                let show =
-                    |v: Option<&crate::ovn::NbVal>| v.map_or(String::new(), ToString::to_string);
-                out.push((*c, show(a), show(b)));
+                let (a, b) = shown_apart(a, b);
+                out.push((*c, a, b));
             }
         }
         if from.parent != to.parent {
@@ -58,6 +57,33 @@ impl Object for NbRow {
         }
         out
     }
+}
+
+/// Sets sharing more than this many members show only their differences.
+const SHARED_SHOWN: usize = 8;
+
+/// Two values of a column, as a change shows them. Two large sets (a switch's 2,500 ports,
+/// one joining) show what differs and how many members they share: the plan, `--json` and
+/// the audit log line of one port more stay one port long.
+fn shown_apart(a: Option<&crate::ovn::NbVal>, b: Option<&crate::ovn::NbVal>) -> (String, String) {
+    use crate::ovn::NbVal;
+    if let (Some(NbVal::Set(x)), Some(NbVal::Set(y))) = (a, b) {
+        let shared = x.iter().filter(|v| y.binary_search(v).is_ok()).count();
+        if shared > SHARED_SHOWN {
+            let only = |s: &[NbVal], other: &[NbVal]| {
+                let mut parts: Vec<String> = s
+                    .iter()
+                    .filter(|v| other.binary_search(v).is_err())
+                    .map(ToString::to_string)
+                    .collect();
+                parts.push(format!("... {shared} shared"));
+                format!("[{}]", parts.join(", "))
+            };
+            return (only(x, y), only(y, x));
+        }
+    }
+    let show = |v: Option<&NbVal>| v.map_or(String::new(), ToString::to_string);
+    (show(a), show(b))
 }
 
 fn is_empty(v: &crate::ovn::NbVal) -> bool {

@@ -834,3 +834,41 @@ fn a_port_made_again_remakes_the_vlans_on_it() {
     assert!(remade[2].starts_with("+ tap kt-vm1-0"));
     assert!(remade[3].starts_with("+ vlan kt-vm1-0.7"));
 }
+
+/// A port joining a port group of many shows as that port, not as the group's whole list
+/// twice: the plan of one port more stays one port long at 10,000.
+#[test]
+fn a_large_set_shows_only_what_differs() {
+    use crate::ovn::{NbRow, NbVal};
+    let switch = |n: usize| NbRow {
+        table: "Port_Group".into(),
+        key: "fw".into(),
+        columns: [
+            ("name".to_string(), NbVal::str("fw")),
+            (
+                "ports".to_string(),
+                NbVal::set(
+                    (0..n).map(|i| NbVal::reference("Logical_Switch_Port", format!("p{i}"))),
+                ),
+            ),
+        ]
+        .into(),
+        parent: None,
+    };
+    let step = Step::Nb(Change::Update {
+        from: switch(2500),
+        to: switch(2501),
+    });
+    assert_eq!(
+        step.to_string(),
+        "~ ovn-port-group fw: ports [... 2500 shared] -> [Logical_Switch_Port:p2500, ... 2500 shared]"
+    );
+    // A few shared members are still shown whole.
+    let step = Step::Nb(Change::Update {
+        from: switch(2),
+        to: switch(3),
+    });
+    assert!(step.to_string().ends_with(
+        "ports [Logical_Switch_Port:p0, Logical_Switch_Port:p1] -> [Logical_Switch_Port:p0, Logical_Switch_Port:p1, Logical_Switch_Port:p2]"
+    ));
+}

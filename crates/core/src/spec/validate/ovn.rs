@@ -314,7 +314,7 @@ fn read_external(cx: &mut Ctx, f: &Field) -> Option<External> {
 }
 
 /// Where each path was written (see `Ctx::loc_index`).
-type Index = std::collections::HashMap<String, Loc>;
+type Index = super::LocIndex;
 
 /// Which networks are OVN's, checked against `ovn` and what OVN refuses; their names.
 pub(super) fn ovn_checks(
@@ -362,7 +362,7 @@ pub(super) fn ovn_checks(
 
 fn check_network(cx: &mut Ctx, at: &Index, d: &OvnDraft, n: &NetDraft) {
     let mode_path = join(&n.path, "mode");
-    let mode_loc = at.get(mode_path.as_str()).copied().unwrap_or(n.key_loc);
+    let mode_loc = at.get(mode_path.as_str()).unwrap_or(n.key_loc);
     match n.mode {
         Some(Mode::Nat | Mode::Routed | Mode::Isolated) | None => {}
         Some(m @ (Mode::Bridge | Mode::Vlan)) => cx.err(
@@ -388,7 +388,7 @@ fn check_network(cx: &mut Ctx, at: &Index, d: &OvnDraft, n: &NetDraft) {
         let path = field
             .split('.')
             .fold(n.path.clone(), |p, seg| join(&p, seg));
-        if let Some(loc) = at.get(path.as_str()).copied() {
+        if let Some(loc) = at.get(path.as_str()) {
             // `bridge` is derived when not written: only a written one is refused.
             if *field == "bridge" && n.bridge_derived {
                 continue;
@@ -422,7 +422,7 @@ fn check_port(cx: &mut Ctx, at: &Index, d: &OvnDraft, p: &PortDraft) {
     match &p.host {
         None => cx.err(
             &p.path,
-            at.get(p.path.as_str()).copied().unwrap_or_default(),
+            at.get(p.path.as_str()).unwrap_or_default(),
             format!(
                 "network '{net}' is on OVN: set host on VM '{}' to the chassis it runs on (one of {})",
                 p.vm,
@@ -448,7 +448,7 @@ fn check_port(cx: &mut Ctx, at: &Index, d: &OvnDraft, p: &PortDraft) {
         let path = field
             .split('.')
             .fold(p.path.clone(), |p, seg| join(&p, seg));
-        if let Some(loc) = at.get(path.as_str()).copied() {
+        if let Some(loc) = at.get(path.as_str()) {
             cx.err(
                 &path,
                 loc,
@@ -465,12 +465,12 @@ fn check_port(cx: &mut Ctx, at: &Index, d: &OvnDraft, p: &PortDraft) {
             let rpath = format!("{}.firewall.{dir}.rules[{i}]", p.path);
             if r.connlimit.is_some() {
                 let path = join(&rpath, "connlimit");
-                let loc = at.get(path.as_str()).copied().unwrap_or_default();
+                let loc = at.get(path.as_str()).unwrap_or_default();
                 cx.err(&path, loc, "connlimit has no OVN equivalent (OVN ACLs cannot count a port's connections); remove it on OVN networks");
             }
             if r.rate.is_some() {
                 let path = join(&rpath, "rate");
-                let loc = at.get(path.as_str()).copied().unwrap_or_default();
+                let loc = at.get(path.as_str()).unwrap_or_default();
                 cx.err(
                     &path,
                     loc,

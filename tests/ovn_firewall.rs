@@ -164,7 +164,10 @@ fn from_is_an_address_set(lab: &OvnLab, ns: &[String; 3]) {
 fn log_is_metered(lab: &OvnLab, ns: &[String; 3]) {
     let [a, b, _] = ns;
     let meter = lab.nbctl("--bare --columns=name,unit,fair list Meter");
-    assert!(meter.contains("kvmnet_acl_log") && meter.contains("pktps"), "{meter}");
+    assert!(
+        meter.contains("kvmnet_acl_log") && meter.contains("pktps"),
+        "{meter}"
+    );
     let (sent, got) = udp_flood(a, b, 0.2, 10);
     assert!(sent > 0 && got == sent, "{got} of {sent} arrived");
     let t = Instant::now();

@@ -16,7 +16,6 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-
 use super::NbVal;
 use super::model::{Rows, group_name, subnet};
 use crate::spec::model::{Firewall, FirewallDirection, FirewallRule, RuleAction, RuleProto};
@@ -118,7 +117,10 @@ pub(super) fn firewalls(r: &mut Rows, ovn: &Ovn) {
         }
     }
     address_sets(r, &sets);
-    if r.0.iter().any(|row| row.columns.get("log") == Some(&NbVal::Bool(true))) {
+    if r.0
+        .iter()
+        .any(|row| row.columns.get("log") == Some(&NbVal::Bool(true)))
+    {
         log_meter(r);
     }
 }
@@ -390,8 +392,7 @@ vms:
             "{m:?}"
         );
         assert!(
-            m.iter()
-                .any(|m| m.ends_with(&format!("ip6.dst == ${v6}"))),
+            m.iter().any(|m| m.ends_with(&format!("ip6.dst == ${v6}"))),
             "{m:?}"
         );
         // No address is written into a match.
@@ -406,7 +407,11 @@ vms:
 "#,
         );
         assert!(of(&quiet, "Meter").is_empty() && of(&quiet, "Meter_Band").is_empty());
-        assert!(of(&quiet, "ACL").iter().all(|a| a.columns["meter"] == NbVal::Set(vec![])));
+        assert!(
+            of(&quiet, "ACL")
+                .iter()
+                .all(|a| a.columns["meter"] == NbVal::Set(vec![]))
+        );
 
         let rows = rows_of(
             r#"      - { network: web, name: p1, mac: "52:54:00:00:00:01", firewall: { inbound: { policy: drop, rules: [ { proto: icmp, log: true }, { proto: tcp, ports: [22] } ] } } }

@@ -9,7 +9,8 @@
 //! Rows of tables that are not roots (a switch's ports, a router's NAT rules, a port
 //! group's ACLs) live only while a row refers to them: [`NbRow::parent`] names that row and
 //! its column, which the shell mutates (never overwrites), so ports others put on
-//! kvmnet's switches stay.
+//! kvmnet's switches stay. A meter's band is the exception: `bands` must hold one from the
+//! meter's insert on, so it is an ordinary column of the meter, referring to its band.
 
 pub mod firewall;
 pub mod model;

@@ -26,9 +26,8 @@ pub const ROUTER: &str = "kvmnet";
 pub const EXTERNAL_SWITCH: &str = "kvmnet-ext";
 const EXTERNAL_KEY: &str = "ext";
 const GATEWAY_GROUP: &str = "kvmnet-gw";
-/// ACL priorities: isolation over rules over the DHCP allowance over a policy's drop.
-/// (The firewall's priorities, under it, are in [`super::firewall`].)
-pub(super) const PRIO_ISOLATE: i64 = 3000;
+/// The isolation ACL's priority: over every firewall ACL (see [`super::firewall`]).
+const PRIO_ISOLATE: i64 = 3000;
 
 pub(super) struct Rows(pub(super) Vec<NbRow>);
 
@@ -60,7 +59,7 @@ pub fn router_mac(name: &str) -> Mac {
     Mac([0x0a, 0x6b, b[0], b[1], b[2], b[3]])
 }
 
-pub(super) fn fnv(bytes: &[u8]) -> u64 {
+fn fnv(bytes: &[u8]) -> u64 {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
     for b in bytes {
         h ^= u64::from(*b);

@@ -146,6 +146,9 @@ impl OvnLab {
             "NAT",
             "Port_Group",
             "ACL",
+            "Address_Set",
+            "Meter",
+            "Meter_Band",
             "HA_Chassis_Group",
             "HA_Chassis",
         ] {

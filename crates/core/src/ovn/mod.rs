@@ -9,8 +9,10 @@
 //! Rows of tables that are not roots (a switch's ports, a router's NAT rules, a port
 //! group's ACLs) live only while a row refers to them: [`NbRow::parent`] names that row and
 //! its column, which the shell mutates (never overwrites), so ports others put on
-//! kvmnet's switches stay.
+//! kvmnet's switches stay. A meter's band is the exception: `bands` must hold one from the
+//! meter's insert on, so it is an ordinary column of the meter, referring to its band.
 
+pub mod firewall;
 pub mod model;
 
 use std::collections::BTreeMap;
@@ -226,9 +228,22 @@ pub const TABLES: &[(&str, &[&str], &[&str])] = &[
     ("Port_Group", &["name", "ports"], &["acls"]),
     (
         "ACL",
-        &["direction", "priority", "match", "action", "log", "name"],
+        &[
+            "direction",
+            "priority",
+            "match",
+            "action",
+            "log",
+            "name",
+            "meter",
+        ],
         &[],
     ),
+    ("Address_Set", &["name", "addresses"], &[]),
+    // Meter_Band is not a root table, but no child column holds it: its meter's `bands`
+    // (set of one or more) is written with the meter, in the same insert.
+    ("Meter", &["name", "unit", "bands", "fair"], &[]),
+    ("Meter_Band", &["action", "rate", "burst_size"], &[]),
 ];
 
 /// The columns kvmnet sets in `table` (empty for a table it does not use).
@@ -259,6 +274,7 @@ pub fn ref_table(table: &str, column: &str) -> Option<&'static str> {
         ("Logical_Router_Port", "ha_chassis_group") => "HA_Chassis_Group",
         ("HA_Chassis_Group", "ha_chassis") => "HA_Chassis",
         ("Port_Group", "acls") => "ACL",
+        ("Meter", "bands") => "Meter_Band",
         _ => return None,
     })
 }
@@ -278,6 +294,9 @@ pub fn kind_of(table: &str) -> &'static str {
         "Logical_Router_Static_Route" => "ovn-route",
         "Port_Group" => "ovn-port-group",
         "ACL" => "ovn-acl",
+        "Address_Set" => "ovn-address-set",
+        "Meter" => "ovn-meter",
+        "Meter_Band" => "ovn-meter-band",
         _ => "ovn-row",
     }
 }

@@ -11,16 +11,13 @@
 //!   holding the gateway address. nat networks leave through the router's port on the
 //!   external switch (a localnet port on physical network `kvmnet-ext`), bound to the
 //!   gateway chassis by an HA chassis group, with SNAT to `ovn.external.ipv4`.
-//! - Firewalls are ACLs on one port group per distinct firewall, as the kernel shares one
-//!   chain per policy: a new port of a known policy only joins the group.
+//! - Firewalls are ACLs on one port group per distinct firewall ([`super::firewall`]).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
 
 use super::{NbParent, NbRow, NbVal};
-use crate::spec::model::{
-    Firewall, FirewallDirection, FirewallRule, Ipv4Cidr, Mac, Mode, Network, RuleAction, RuleProto,
-};
+use crate::spec::model::{Ipv4Cidr, Mac, Mode, Network};
 use crate::spec::ovn::{EXTERNAL_PHYSNET, Ovn, OvnPort};
 
 /// The logical router all nat and routed networks hang on.
@@ -29,16 +26,13 @@ pub const ROUTER: &str = "kvmnet";
 pub const EXTERNAL_SWITCH: &str = "kvmnet-ext";
 const EXTERNAL_KEY: &str = "ext";
 const GATEWAY_GROUP: &str = "kvmnet-gw";
-/// ACL priorities: isolation over rules over the DHCP allowance over a policy's drop.
+/// The isolation ACL's priority: over every firewall ACL (see [`super::firewall`]).
 const PRIO_ISOLATE: i64 = 3000;
-const PRIO_DHCP: i64 = 2900;
-const PRIO_RULES: i64 = 2000;
-const PRIO_POLICY: i64 = 1000;
 
-struct Rows(Vec<NbRow>);
+pub(super) struct Rows(pub(super) Vec<NbRow>);
 
 impl Rows {
-    fn add(
+    pub(super) fn add(
         &mut self,
         table: &str,
         key: impl Into<String>,
@@ -96,7 +90,7 @@ pub fn rows(ovn: &Ovn) -> Vec<NbRow> {
             isolation(&mut r, net, &ports);
         }
     }
-    firewalls(&mut r, ovn);
+    super::firewall::firewalls(&mut r, ovn);
     r.0
 }
 
@@ -278,7 +272,7 @@ fn dhcp_options(r: &mut Rows, ovn: &Ovn, net: &Network) {
     );
 }
 
-fn subnet(c: Ipv4Cidr) -> String {
+pub(super) fn subnet(c: Ipv4Cidr) -> String {
     c.network().to_string()
 }
 
@@ -397,7 +391,7 @@ fn external(r: &mut Rows, ovn: &Ovn, ext: &crate::spec::ovn::External) {
 }
 
 /// A port group name: OVN takes letters, digits and '_'.
-fn group_name(prefix: &str, text: &str) -> String {
+pub(super) fn group_name(prefix: &str, text: &str) -> String {
     format!("{prefix}_{:08x}", fnv(text.as_bytes()) as u32)
 }
 
@@ -419,7 +413,7 @@ fn isolation(r: &mut Rows, net: &Network, ports: &[&OvnPort]) {
         ],
         None,
     );
-    acl(
+    super::firewall::acl(
         r,
         &pg,
         0,
@@ -442,227 +436,6 @@ fn isolation_match(pg: &str, ports: &[&OvnPort]) -> String {
     }
     let macs: Vec<String> = macs.into_iter().collect();
     format!("outport == @{pg} && eth.src == {{{}}}", macs.join(", "))
-}
-
-fn acl(
-    r: &mut Rows,
-    pg: &str,
-    n: usize,
-    (dir, prio): (&str, i64),
-    m: String,
-    (action, log): (&str, bool),
-) {
-    let key = format!("{pg}/{n}");
-    r.add(
-        "ACL",
-        &key,
-        vec![
-            ("direction", NbVal::str(dir)),
-            ("priority", NbVal::Int(prio)),
-            ("match", NbVal::str(m)),
-            ("action", NbVal::str(action)),
-            ("log", NbVal::Bool(log)),
-            ("name", NbVal::strs(log.then(|| format!("kvmnet-{key}")))),
-        ],
-        Some(("Port_Group", pg, "acls")),
-    );
-}
-
-/// One port group per distinct firewall (with whether its network serves DHCP, which an
-/// outbound drop must let through), holding its ports, with its ACLs.
-fn firewalls(r: &mut Rows, ovn: &Ovn) {
-    let mut groups: BTreeMap<String, (&Firewall, bool, Vec<&str>)> = BTreeMap::new();
-    for p in &ovn.ports {
-        let Some(fw) = &p.port.firewall else { continue };
-        let dhcp = ovn
-            .networks
-            .get(&p.port.network)
-            .is_some_and(|n| n.dhcp.is_some());
-        let pg = group_name("kvmnet_fw", &format!("{fw:?}/{dhcp}"));
-        groups
-            .entry(pg)
-            .or_insert((fw, dhcp, Vec::new()))
-            .2
-            .push(&p.port.name);
-    }
-    for (pg, (fw, dhcp, ports)) in groups {
-        r.add(
-            "Port_Group",
-            &pg,
-            vec![
-                ("name", NbVal::str(&pg)),
-                (
-                    "ports",
-                    NbVal::set(
-                        ports
-                            .iter()
-                            .map(|p| NbVal::reference("Logical_Switch_Port", *p)),
-                    ),
-                ),
-            ],
-            None,
-        );
-        let mut n = 0;
-        if let Some(d) = &fw.inbound {
-            direction(r, &pg, &mut n, d, true);
-        }
-        if let Some(d) = &fw.outbound {
-            if dhcp && !d.accept_by_default {
-                acl(
-                    r,
-                    &pg,
-                    n,
-                    ("from-lport", PRIO_DHCP),
-                    format!("inport == @{pg} && udp.src == 68 && udp.dst == 67"),
-                    ("allow", false),
-                );
-                n += 1;
-            }
-            direction(r, &pg, &mut n, d, false);
-        }
-    }
-}
-
-/// One direction's rules (first written, highest priority) and its policy.
-fn direction(r: &mut Rows, pg: &str, n: &mut usize, d: &FirewallDirection, inbound: bool) {
-    let (dir, port) = if inbound {
-        ("to-lport", format!("outport == @{pg}"))
-    } else {
-        ("from-lport", format!("inport == @{pg}"))
-    };
-    for (i, rule) in d.rules.iter().enumerate() {
-        let m = format!("{port} && {}", rule_match(rule, inbound));
-        let action = match rule.action {
-            RuleAction::Accept => "allow-related",
-            RuleAction::Drop => "drop",
-            RuleAction::Reject => "reject",
-        };
-        acl(
-            r,
-            pg,
-            *n,
-            (dir, PRIO_RULES - i as i64),
-            m,
-            (action, rule.log),
-        );
-        *n += 1;
-    }
-    if !d.accept_by_default {
-        acl(
-            r,
-            pg,
-            *n,
-            (dir, PRIO_POLICY),
-            format!("{port} && ip"),
-            ("drop", false),
-        );
-        *n += 1;
-    }
-}
-
-/// ICMP type numbers of the names rules take, for IPv4 and IPv6.
-fn icmp_numbers(name: &str) -> (Option<u8>, Option<u8>) {
-    match name {
-        "echo-reply" => (Some(0), Some(129)),
-        "destination-unreachable" => (Some(3), Some(1)),
-        "redirect" => (Some(5), Some(137)),
-        "echo-request" => (Some(8), Some(128)),
-        "router-advertisement" => (Some(9), Some(134)),
-        "router-solicitation" => (Some(10), Some(133)),
-        "time-exceeded" => (Some(11), Some(3)),
-        "parameter-problem" => (Some(12), Some(4)),
-        "timestamp-request" => (Some(13), None),
-        "timestamp-reply" => (Some(14), None),
-        _ => (None, None),
-    }
-}
-
-/// An ACL match for one rule, after the port part. The remote side is `from` inbound and
-/// `to` outbound; a rule without one covers both families.
-fn rule_match(rule: &FirewallRule, inbound: bool) -> String {
-    let remote = if inbound { rule.from } else { rule.to };
-    let side = if inbound { "src" } else { "dst" };
-    let mut parts: Vec<String> = Vec::new();
-    let fam = match remote {
-        Some(crate::types::IpCidr::V4(c)) => {
-            parts.push(format!("ip4.{side} == {}", subnet(c)));
-            Some(4)
-        }
-        Some(crate::types::IpCidr::V6(c)) => {
-            parts.push(format!("ip6.{side} == {}", c.network()));
-            Some(6)
-        }
-        None => None,
-    };
-    match rule.proto {
-        RuleProto::Tcp | RuleProto::Udp => {
-            let p = if rule.proto == RuleProto::Tcp {
-                "tcp"
-            } else {
-                "udp"
-            };
-            parts.push(p.to_string());
-            if !rule.ports.is_empty() {
-                let alts: Vec<String> = rule
-                    .ports
-                    .iter()
-                    .map(|(a, b)| {
-                        if a == b {
-                            format!("{p}.dst == {a}")
-                        } else {
-                            format!("({p}.dst >= {a} && {p}.dst <= {b})")
-                        }
-                    })
-                    .collect();
-                parts.push(format!("({})", alts.join(" || ")));
-            }
-        }
-        RuleProto::Icmp => parts.push(icmp_match(&rule.icmp_types, fam)),
-        RuleProto::Any => {
-            if fam.is_none() {
-                parts.push("ip".into());
-            }
-        }
-    }
-    parts.join(" && ")
-}
-
-/// ICMP of one family or both; a family none of whose types has a number there is left
-/// out (a rule about `timestamp-request` is IPv4's only).
-fn icmp_match(types: &[String], fam: Option<u8>) -> String {
-    let one = |v: u8| {
-        let (proto, nums): (&str, Vec<u8>) = if v == 4 {
-            (
-                "icmp4",
-                types.iter().filter_map(|t| icmp_numbers(t).0).collect(),
-            )
-        } else {
-            (
-                "icmp6",
-                types.iter().filter_map(|t| icmp_numbers(t).1).collect(),
-            )
-        };
-        if types.is_empty() {
-            Some(proto.to_string())
-        } else if nums.is_empty() {
-            None
-        } else {
-            let list: Vec<String> = nums.iter().map(ToString::to_string).collect();
-            Some(format!(
-                "({proto} && {proto}.type == {{{}}})",
-                list.join(", ")
-            ))
-        }
-    };
-    let alts: Vec<String> = match fam {
-        Some(v) => one(v).into_iter().collect(),
-        None => [one(4), one(6)].into_iter().flatten().collect(),
-    };
-    match alts.len() {
-        0 => "0".into(),
-        1 => alts.into_iter().next().unwrap_or_default(),
-        _ => format!("({})", alts.join(" || ")),
-    }
 }
 
 /// This host as a chassis, when the spec names it among `ovn.chassis`.

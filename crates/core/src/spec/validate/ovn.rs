@@ -474,7 +474,7 @@ fn check_port(cx: &mut Ctx, at: &Index, d: &OvnDraft, p: &PortDraft) {
                 cx.err(
                     &path,
                     loc,
-                    "kvmnet does not put ACL meters for rate on OVN yet; remove it on OVN networks",
+                    "rate has no OVN equivalent (an ACL's meter limits only its log lines, and OVN polices traffic in kbps, not in packets or connections); remove it on OVN networks",
                 );
             }
         }

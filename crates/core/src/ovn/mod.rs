@@ -11,6 +11,8 @@
 //! its column, which the shell mutates (never overwrites), so ports others put on
 //! kvmnet's switches stay.
 
+pub mod dns;
+pub mod forwards;
 pub mod model;
 
 use std::collections::BTreeMap;
@@ -185,7 +187,7 @@ pub const TABLES: &[(&str, &[&str], &[&str])] = &[
     (
         "Logical_Switch",
         &["name", "other_config"],
-        &["ports", "qos_rules"],
+        &["ports", "qos_rules", "dns_records"],
     ),
     (
         "Logical_Switch_Port",
@@ -208,7 +210,7 @@ pub const TABLES: &[(&str, &[&str], &[&str])] = &[
     (
         "Logical_Router",
         &["name"],
-        &["ports", "nat", "static_routes"],
+        &["ports", "nat", "static_routes", "load_balancer"],
     ),
     (
         "Logical_Router_Port",
@@ -223,6 +225,12 @@ pub const TABLES: &[(&str, &[&str], &[&str])] = &[
         &["ip_prefix", "nexthop"],
         &[],
     ),
+    (
+        "Load_Balancer",
+        &["name", "vips", "protocol", "options"],
+        &[],
+    ),
+    ("DNS", &["records"], &[]),
     ("Port_Group", &["name", "ports"], &["acls"]),
     (
         "ACL",
@@ -259,6 +267,8 @@ pub fn ref_table(table: &str, column: &str) -> Option<&'static str> {
         ("Logical_Router_Port", "ha_chassis_group") => "HA_Chassis_Group",
         ("HA_Chassis_Group", "ha_chassis") => "HA_Chassis",
         ("Port_Group", "acls") => "ACL",
+        ("Logical_Router", "load_balancer") => "Load_Balancer",
+        ("Logical_Switch", "dns_records") => "DNS",
         _ => return None,
     })
 }
@@ -278,6 +288,8 @@ pub fn kind_of(table: &str) -> &'static str {
         "Logical_Router_Static_Route" => "ovn-route",
         "Port_Group" => "ovn-port-group",
         "ACL" => "ovn-acl",
+        "Load_Balancer" => "ovn-forward",
+        "DNS" => "ovn-dns",
         _ => "ovn-row",
     }
 }

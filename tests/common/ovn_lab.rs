@@ -148,6 +148,8 @@ impl OvnLab {
             "ACL",
             "HA_Chassis_Group",
             "HA_Chassis",
+            "Load_Balancer",
+            "DNS",
         ] {
             out.push_str(&format!(
                 "{t}: {}\n",

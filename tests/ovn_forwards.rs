@@ -15,9 +15,14 @@
 //!   names reach the forwarder; sent to the gateway, a name OVN does not hold gets no
 //!   answer at all.
 //! - Rows changed by hand are planned and put back; destroy leaves NB as it was.
-//! - The active gateway dies: the new one announces the router's address (gratuitous ARP,
-//!   `nat-addresses=router`), the external bridge moves the router's MAC to hv1's link,
-//!   and the far host reaches the forward again with nothing sent by the guests meanwhile.
+//! - The active gateway dies: the new one announces the router's address (gratuitous ARP),
+//!   the external bridge moves the router's MAC to hv1's link, and the far host reaches the
+//!   forward again with nothing sent by the guests meanwhile. The MAC does not change (a
+//!   distributed gateway port has one MAC on every chassis); what moves is where the
+//!   external network finds it. Here the SNAT address and the forwards' VIPs are the
+//!   gateway port's own address, which ovn-controller announces for the port it claims
+//!   with or without `nat-addresses=router` (a run without the option passes too); the
+//!   option adds NAT and load balancer addresses other than the port's own.
 
 mod common;
 use common::*;
@@ -467,13 +472,9 @@ fn forwards_dns_and_gateway_announcements() {
     }
     wait_active(&lab, "hv2");
 
-    eprintln!("phase forwards");
     forwards(&a_ns, &b_ns, &far);
-    eprintln!("phase dhcp_and_dns");
     dhcp_and_dns(&lab, &a_ns, &c_ns);
-    eprintln!("phase drift");
     drift(&lab, &file, &a_ns, &far);
-    eprintln!("phase failover");
     failover(&lab, &x, &a_ns, &far);
 
     for i in [3, 2, 1] {

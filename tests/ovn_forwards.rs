@@ -196,7 +196,10 @@ fn dnsmasq(far: &str) -> Proc {
     );
     let t = Instant::now();
     while !dig(far, FAR, "far.example").contains("203.0.113.77") {
-        assert!(t.elapsed() < Duration::from_secs(10), "dnsmasq did not start");
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "dnsmasq did not start"
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
     p
@@ -207,11 +210,7 @@ fn dnsmasq(far: &str) -> Proc {
 /// an OPT record unanswered and passes it on.
 fn dig(ns: &str, server: &str, q: &str) -> String {
     String::from_utf8_lossy(
-        &in_ns(
-            ns,
-            &format!("dig +noedns +time=2 +tries=1 @{server} {q}"),
-        )
-        .stdout,
+        &in_ns(ns, &format!("dig +noedns +time=2 +tries=1 @{server} {q}")).stdout,
     )
     .into_owned()
 }
@@ -294,7 +293,11 @@ fn forwards(a_ns: &str, b_ns: &str, far: &str) {
     }
     // Not forwarded: the guests' own ports, and a port a listens on.
     for port in [22, 80, 2223] {
-        assert_eq!(connect(far, SNAT, port), None, "port {port} is not forwarded");
+        assert_eq!(
+            connect(far, SNAT, port),
+            None,
+            "port {port} is not forwarded"
+        );
     }
     // Nor are the guests reachable by their own addresses from outside.
     assert_eq!(connect(far, "10.82.0.10", 22), None);
@@ -335,7 +338,11 @@ fn dhcp_and_dns(lab: &OvnLab, a_ns: &str, c_ns: &str) {
         assert_eq!(answer(ns, server, "B.vm.test"), "10.82.0.11", "{server}");
         assert_eq!(answer(ns, server, "c.vm.test"), c_ip, "{server}");
         assert_eq!(answer(ns, server, "api.vm.test"), "10.82.0.50", "{server}");
-        assert_eq!(answer(ns, server, "-x 10.82.0.11"), "b.vm.test.", "{server}");
+        assert_eq!(
+            answer(ns, server, "-x 10.82.0.11"),
+            "b.vm.test.",
+            "{server}"
+        );
     }
     // The guest's own resolver (glibc), set up from its lease: `a` is searched under the
     // domain and answered by OVN (the forwarder would say 203.0.113.66).
@@ -414,7 +421,16 @@ fn failover(lab: &OvnLab, x: &str, a_ns: &str, far: &str) {
     let mut garp = spawn_in(
         x,
         &[
-            "timeout", "40", "tcpdump", "-n", "-l", "-e", "-c", "1", "-i", "x1",
+            "timeout",
+            "40",
+            "tcpdump",
+            "-n",
+            "-l",
+            "-e",
+            "-c",
+            "1",
+            "-i",
+            "x1",
             &format!("arp and ether src {mac}"),
         ],
     );

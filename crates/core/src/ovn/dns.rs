@@ -86,7 +86,8 @@ pub fn row(net: &Network, vms: &BTreeMap<String, Vec<Ipv4Addr>>) -> Option<NbRow
             continue;
         }
         for a in addrs {
-            ptr.entry(reverse(IpAddr::V4(*a))).or_insert_with(|| n.clone());
+            ptr.entry(reverse(IpAddr::V4(*a)))
+                .or_insert_with(|| n.clone());
         }
         fwd.insert(n, addrs.iter().map(|a| IpAddr::V4(*a)).collect());
     }

@@ -205,10 +205,8 @@ fn qos(r: &mut Rows, net: &Network, port: &crate::spec::model::Port) {
 
 /// The switch's port towards the router port `kvmnet-lrp-LRP_KEY`.
 fn router_port_lsp(r: &mut Rows, lrp_key: &str, parent: Option<(&str, &str, &str)>) {
-    let mut options = BTreeMap::from([(
-        "router-port".to_string(),
-        format!("kvmnet-lrp-{lrp_key}"),
-    )]);
+    let mut options =
+        BTreeMap::from([("router-port".to_string(), format!("kvmnet-lrp-{lrp_key}"))]);
     if lrp_key == EXTERNAL_KEY {
         // The active gateway chassis announces the router's address, SNAT and forwards
         // (gratuitous ARP through the localnet port) when it takes the gateway port over,

@@ -6,9 +6,9 @@
 //! behind it running a DNS server (dnsmasq) that the network names as its forwarder. Guest
 //! a is on hv3, b on hv1, c (a pool address, from OVN's DHCP) on hv3.
 //!
-//! - The far host reaches a's port 22 at `external.ipv4:2222` and b's port 80 at `:8080`
-//!   (the guests see the far host's address); ports not forwarded do not connect, and
-//!   `:8080` reaches b only, though a listens on 80 too.
+//! - The far host reaches a's port 22 at `external.ipv4:2222`, b's port 80 at `:8080` and
+//!   b's UDP port 53 at `:5353` (the guests see the far host's address); ports not
+//!   forwarded do not connect, and `:8080` reaches b only, though a listens on 80 too.
 //! - c's DHCP lease names the forwarder and the domain; from a guest, OVN answers the VMs'
 //!   names (declared and picked addresses), a record and a PTR whatever server is asked
 //!   (the forwarder's own answer for a VM name is different, so the answer is OVN's); other
@@ -58,6 +58,7 @@ networks:
     forwards:
       - {{ proto: tcp, port: 2222, to: a, to_port: 22 }}
       - {{ proto: tcp, port: 8080, to: b, to_port: 80 }}
+      - {{ proto: udp, port: 5353, to: b, to_port: 53 }}
     dns:
       domain: vm.test
       forwarders: [{FAR}]
@@ -113,6 +114,25 @@ fn listen(ns: &str, port: u16, tag: &str) -> Proc {
         "import socket\ns=socket.socket()\ns.setsockopt(socket.SOL_SOCKET,socket.SO_REUSEADDR,1)\ns.bind(('0.0.0.0',{port}))\ns.listen(8)\nwhile True:\n  c,a=s.accept(); c.sendall(('{tag} '+a[0]).encode()); c.close()\n"
     );
     spawn_in(ns, &["python3", "-c", &py])
+}
+
+/// A UDP service in `ns` on `port` that answers each datagram with `TAG CLIENT_ADDRESS`.
+fn listen_udp(ns: &str, port: u16, tag: &str) -> Proc {
+    let py = format!(
+        "import socket\ns=socket.socket(socket.AF_INET,socket.SOCK_DGRAM)\ns.bind(('0.0.0.0',{port}))\nwhile True:\n  d,a=s.recvfrom(100); s.sendto(('{tag} '+a[0]).encode(),a)\n"
+    );
+    spawn_in(ns, &["python3", "-c", &py])
+}
+
+/// Datagrams from `ns` to `ip:port` until one is answered (at most 10 tries): the answer.
+fn ask_udp(ns: &str, ip: &str, port: u16) -> Option<String> {
+    let py = format!(
+        "import socket,sys\ns=socket.socket(socket.AF_INET,socket.SOCK_DGRAM)\ns.settimeout(1)\nfor i in range(10):\n  s.sendto(b'hi',('{ip}',{port}))\n  try:\n    print(s.recv(100).decode()); sys.exit(0)\n  except OSError:\n    pass\nsys.exit(1)\n"
+    );
+    let o = in_ns(ns, &format!("python3 -c \"{py}\""));
+    o.status
+        .success()
+        .then(|| String::from_utf8_lossy(&o.stdout).trim().to_string())
 }
 
 /// One connection from `ns` to `ip:port` within 2 s: what the service said, if it answered.
@@ -291,6 +311,9 @@ fn forwards(a_ns: &str, b_ns: &str, far: &str) {
     for _ in 0..5 {
         assert_eq!(connect(far, SNAT, 8080), Some(format!("b {FAR}")));
     }
+    // UDP goes by its own load balancer.
+    let _b53 = listen_udp(b_ns, 53, "b");
+    assert_eq!(ask_udp(far, SNAT, 5353), Some(format!("b {FAR}")));
     // Not forwarded: the guests' own ports, and a port a listens on.
     for port in [22, 80, 2223] {
         assert_eq!(

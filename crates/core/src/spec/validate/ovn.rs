@@ -348,7 +348,7 @@ pub(super) fn ovn_checks(
         check_network(cx, &at, d, n);
     }
     let on_ovn: BTreeSet<&str> = names.iter().map(String::as_str).collect();
-    check_forwards(cx, &at, nets, &on_ovn);
+    check_forwards(cx, nets, &on_ovn);
     if let Some(d) = draft {
         for p in ports
             .iter()
@@ -400,7 +400,7 @@ fn check_network(cx: &mut Ctx, at: &Index, d: &OvnDraft, n: &NetDraft) {
             );
         }
     }
-    check_dns(cx, at, n);
+    check_dns(cx, n);
     if matches!(n.mode, Some(Mode::Nat)) {
         match &d.ovn.external {
             None => cx.err(
@@ -419,11 +419,11 @@ fn check_network(cx: &mut Ctx, at: &Index, d: &OvnDraft, n: &NetDraft) {
 }
 
 /// `dns` on OVN: what OVN's DNS cannot do (see `ovn::dns`).
-fn check_dns(cx: &mut Ctx, at: &Index, n: &NetDraft) {
+fn check_dns(cx: &mut Ctx, n: &NetDraft) {
     let Some(dns) = &n.dns else { return };
     let path = join(&n.path, "dns");
     if n.mode == Some(Mode::Isolated) {
-        let loc = at.get(path.as_str()).copied().unwrap_or(n.key_loc);
+        let loc = cx.loc_at(&path).unwrap_or(n.key_loc);
         cx.err(
             &path,
             loc,
@@ -445,13 +445,13 @@ fn check_dns(cx: &mut Ctx, at: &Index, n: &NetDraft) {
 
 /// Forwards of OVN nat networks share one address (`ovn.external.ipv4`): a protocol's
 /// port can go to one VM only.
-fn check_forwards(cx: &mut Ctx, at: &Index, nets: &[NetDraft], on_ovn: &BTreeSet<&str>) {
+fn check_forwards(cx: &mut Ctx, nets: &[NetDraft], on_ovn: &BTreeSet<&str>) {
     let mut seen: BTreeMap<(Proto, u16), String> = BTreeMap::new();
     for n in nets.iter().filter(|n| on_ovn.contains(n.name.as_str())) {
         for f in &n.forwards {
             let path = join(&f.path, "port");
             if let Some(other) = seen.insert((f.proto, f.port), f.path.clone()) {
-                let loc = at.get(path.as_str()).copied().unwrap_or_default();
+                let loc = cx.loc_at(&path).unwrap_or_default();
                 cx.err(
                     &path,
                     loc,

@@ -151,6 +151,8 @@ impl OvnLab {
             "Meter_Band",
             "HA_Chassis_Group",
             "HA_Chassis",
+            "Load_Balancer",
+            "DNS",
         ] {
             out.push_str(&format!(
                 "{t}: {}\n",

@@ -13,6 +13,8 @@
 //! meter's insert on, so it is an ordinary column of the meter, referring to its band.
 
 pub mod firewall;
+pub mod dns;
+pub mod forwards;
 pub mod model;
 
 use std::collections::BTreeMap;
@@ -187,7 +189,7 @@ pub const TABLES: &[(&str, &[&str], &[&str])] = &[
     (
         "Logical_Switch",
         &["name", "other_config"],
-        &["ports", "qos_rules"],
+        &["ports", "qos_rules", "dns_records"],
     ),
     (
         "Logical_Switch_Port",
@@ -210,7 +212,7 @@ pub const TABLES: &[(&str, &[&str], &[&str])] = &[
     (
         "Logical_Router",
         &["name"],
-        &["ports", "nat", "static_routes"],
+        &["ports", "nat", "static_routes", "load_balancer"],
     ),
     (
         "Logical_Router_Port",
@@ -225,6 +227,12 @@ pub const TABLES: &[(&str, &[&str], &[&str])] = &[
         &["ip_prefix", "nexthop"],
         &[],
     ),
+    (
+        "Load_Balancer",
+        &["name", "vips", "protocol", "options"],
+        &[],
+    ),
+    ("DNS", &["records"], &[]),
     ("Port_Group", &["name", "ports"], &["acls"]),
     (
         "ACL",
@@ -275,6 +283,8 @@ pub fn ref_table(table: &str, column: &str) -> Option<&'static str> {
         ("HA_Chassis_Group", "ha_chassis") => "HA_Chassis",
         ("Port_Group", "acls") => "ACL",
         ("Meter", "bands") => "Meter_Band",
+        ("Logical_Router", "load_balancer") => "Load_Balancer",
+        ("Logical_Switch", "dns_records") => "DNS",
         _ => return None,
     })
 }
@@ -297,6 +307,8 @@ pub fn kind_of(table: &str) -> &'static str {
         "Address_Set" => "ovn-address-set",
         "Meter" => "ovn-meter",
         "Meter_Band" => "ovn-meter-band",
+        "Load_Balancer" => "ovn-forward",
+        "DNS" => "ovn-dns",
         _ => "ovn-row",
     }
 }

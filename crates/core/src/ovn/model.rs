@@ -89,9 +89,25 @@ pub fn rows(ovn: &Ovn) -> Vec<NbRow> {
         if net.isolate_ports {
             isolation(&mut r, net, &ports);
         }
+        r.0.extend(super::dns::row(net, &vm_addresses(net, &ports)));
     }
     super::firewall::firewalls(&mut r, ovn);
+    if !routed.is_empty() {
+        r.0.extend(super::forwards::rows(ovn));
+    }
     r.0
+}
+
+/// Each VM's addresses on `net` (declared or picked), for its DNS names.
+fn vm_addresses(net: &Network, ports: &[&OvnPort]) -> BTreeMap<String, Vec<Ipv4Addr>> {
+    let addrs = addresses(net, ports);
+    let mut out: BTreeMap<String, Vec<Ipv4Addr>> = BTreeMap::new();
+    for p in ports {
+        if let Some(a) = addrs.get(&p.port.name) {
+            out.entry(p.port.vm.clone()).or_default().push(*a);
+        }
+    }
+    out
 }
 
 fn switch(r: &mut Rows, ovn: &Ovn, net: &Network, ports: &[&OvnPort]) {
@@ -183,6 +199,14 @@ fn qos(r: &mut Rows, net: &Network, port: &crate::spec::model::Port) {
 
 /// The switch's port towards the router port `kvmnet-lrp-LRP_KEY`.
 fn router_port_lsp(r: &mut Rows, lrp_key: &str, parent: Option<(&str, &str, &str)>) {
+    let mut options =
+        BTreeMap::from([("router-port".to_string(), format!("kvmnet-lrp-{lrp_key}"))]);
+    if lrp_key == EXTERNAL_KEY {
+        // The active gateway chassis announces the router's address, SNAT and forwards
+        // (gratuitous ARP through the localnet port) when it takes the gateway port over,
+        // so the external network's switches learn where the port's MAC now is.
+        options.insert("nat-addresses".into(), "router".into());
+    }
     r.add(
         "Logical_Switch_Port",
         format!("kvmnet-rp-{lrp_key}"),
@@ -191,10 +215,7 @@ fn router_port_lsp(r: &mut Rows, lrp_key: &str, parent: Option<(&str, &str, &str
             ("type", NbVal::str("router")),
             ("addresses", NbVal::strs(["router"])),
             ("port_security", NbVal::strs::<&str>([])),
-            (
-                "options",
-                NbVal::map([("router-port", format!("kvmnet-lrp-{lrp_key}"))]),
-            ),
+            ("options", NbVal::Map(options)),
             ("dhcpv4_options", NbVal::set([])),
         ],
         parent,
@@ -246,11 +267,12 @@ fn dhcp_options(r: &mut Rows, ovn: &Ovn, net: &Network) {
     if matches!(net.mode, Mode::Nat | Mode::Routed) {
         o.insert("router".into(), gw.addr.to_string());
     }
-    if !d.dns.is_empty() {
-        let list: Vec<String> = d.dns.iter().map(ToString::to_string).collect();
+    let dns = super::dns::dhcp_servers(net);
+    if !dns.is_empty() {
+        let list: Vec<String> = dns.iter().map(ToString::to_string).collect();
         o.insert("dns_server".into(), format!("{{{}}}", list.join(", ")));
     }
-    if let Some(dom) = &d.domain {
+    if let Some(dom) = super::dns::dhcp_domain(net) {
         o.insert("domain_name".into(), format!("\"{dom}\""));
     }
     if !d.routes.is_empty() {

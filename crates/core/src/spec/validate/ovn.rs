@@ -35,7 +35,6 @@ const NET_REFUSED: &[(&str, &str)] = &[
         "host_access",
         "the host is not the gateway of an OVN network",
     ),
-    ("forwards", "kvmnet does not put port forwards on OVN yet"),
     ("ipv6", "kvmnet puts only IPv4 on OVN networks so far"),
     ("ra", "kvmnet puts only IPv4 on OVN networks so far"),
     (
@@ -43,8 +42,8 @@ const NET_REFUSED: &[(&str, &str)] = &[
         "kvmnet puts only IPv4 on OVN networks so far",
     ),
     (
-        "dns",
-        "kvmnet does not put DNS records on OVN yet; use dhcp.dns",
+        "dns.rate_limit",
+        "ovn-controller answers OVN's DNS and cannot limit queries per client",
     ),
     (
         "dhcp.range6",
@@ -349,6 +348,7 @@ pub(super) fn ovn_checks(
         check_network(cx, &at, d, n);
     }
     let on_ovn: BTreeSet<&str> = names.iter().map(String::as_str).collect();
+    check_forwards(cx, nets, &on_ovn);
     if let Some(d) = draft {
         for p in ports
             .iter()
@@ -400,6 +400,7 @@ fn check_network(cx: &mut Ctx, at: &Index, d: &OvnDraft, n: &NetDraft) {
             );
         }
     }
+    check_dns(cx, n);
     if matches!(n.mode, Some(Mode::Nat)) {
         match &d.ovn.external {
             None => cx.err(
@@ -413,6 +414,54 @@ fn check_network(cx: &mut Ctx, at: &Index, d: &OvnDraft, n: &NetDraft) {
                 "a nat network on OVN needs a gateway chassis: give at least one chassis a gateway priority",
             ),
             Some(_) => {}
+        }
+    }
+}
+
+/// `dns` on OVN: what OVN's DNS cannot do (see `ovn::dns`).
+fn check_dns(cx: &mut Ctx, n: &NetDraft) {
+    let Some(dns) = &n.dns else { return };
+    let path = join(&n.path, "dns");
+    if n.mode == Some(Mode::Isolated) {
+        let loc = cx.loc_at(&path).unwrap_or(n.key_loc);
+        cx.err(
+            &path,
+            loc,
+            "dns is not taken on isolated OVN networks: OVN answers the queries a guest sends towards a router or a server, and an isolated network has neither (use nat or routed, or remove it)",
+        );
+    }
+    for (a, fpath, loc) in &dns.forwarders {
+        if a.is_ipv6() {
+            cx.err(
+                fpath,
+                *loc,
+                format!(
+                    "{a} is IPv6: an OVN network's DHCP hands out forwarders as IPv4 DNS servers, and kvmnet puts only IPv4 on OVN networks so far (name an IPv4 server)"
+                ),
+            );
+        }
+    }
+}
+
+/// Forwards of OVN nat networks share one address (`ovn.external.ipv4`): a protocol's
+/// port can go to one VM only.
+fn check_forwards(cx: &mut Ctx, nets: &[NetDraft], on_ovn: &BTreeSet<&str>) {
+    let mut seen: BTreeMap<(Proto, u16), String> = BTreeMap::new();
+    for n in nets.iter().filter(|n| on_ovn.contains(n.name.as_str())) {
+        for f in &n.forwards {
+            let path = join(&f.path, "port");
+            if let Some(other) = seen.insert((f.proto, f.port), f.path.clone()) {
+                let loc = cx.loc_at(&path).unwrap_or_default();
+                cx.err(
+                    &path,
+                    loc,
+                    format!(
+                        "{} port {} is forwarded by {other} already: OVN nat networks share ovn.external.ipv4, so a port goes to one VM",
+                        f.proto.as_str(),
+                        f.port
+                    ),
+                );
+            }
         }
     }
 }

@@ -1,0 +1,122 @@
+//! nat networks' `forwards` as Northbound rows: one `Load_Balancer` per protocol on the
+//! router `kvmnet`, each forward a VIP `external.ipv4:port` going to `VM_ADDRESS:to_port`.
+//! Pure, like [`super::model`].
+//!
+//! A load balancer rather than a `dnat_and_snat` NAT row: NAT rows translate addresses
+//! only, so `2222 -> 22` could not be said, and a `dnat_and_snat` of `external.ipv4` would
+//! take every port of the address (the SNAT source of all guests) to one VM. A VIP is one
+//! address and port: other ports of `external.ipv4` stay the router's, as the kernel
+//! backend forwards only the ports written. On a router with a distributed gateway port,
+//! OVN applies the load balancer on the active gateway chassis and sends the replies back
+//! there to be translated, so the forward moves with the gateway on failover. The client's
+//! address is kept (no SNAT), as the kernel backend's DNAT keeps it.
+
+use std::collections::BTreeMap;
+
+use super::{NbParent, NbRow, NbVal};
+use crate::spec::model::{Mode, Proto};
+use crate::spec::ovn::Ovn;
+
+/// The load balancer holding the forwards of `proto`: its key and name.
+pub fn lb_name(proto: Proto) -> String {
+    format!("kvmnet-fwd-{}", proto.as_str())
+}
+
+/// The load balancers of every nat network's forwards, on the router `kvmnet`; none
+/// without `ovn.external` (validation refuses a nat network without it).
+pub fn rows(ovn: &Ovn) -> Vec<NbRow> {
+    let Some(ext) = &ovn.external else {
+        return Vec::new();
+    };
+    let mut vips: BTreeMap<Proto, BTreeMap<String, String>> = BTreeMap::new();
+    for net in ovn.networks.values().filter(|n| n.mode == Mode::Nat) {
+        for f in &net.forwards {
+            vips.entry(f.proto).or_default().insert(
+                format!("{}:{}", ext.ipv4.addr, f.port),
+                format!("{}:{}", f.to_ip, f.to_port),
+            );
+        }
+    }
+    vips.into_iter()
+        .map(|(proto, vips)| {
+            let name = lb_name(proto);
+            NbRow {
+                table: "Load_Balancer".into(),
+                key: name.clone(),
+                columns: [
+                    ("name", NbVal::str(&name)),
+                    ("vips", NbVal::Map(vips)),
+                    ("protocol", NbVal::strs([proto.as_str()])),
+                    ("options", NbVal::map::<&str, &str>([])),
+                ]
+                .into_iter()
+                .map(|(k, v)| (k.to_string(), v))
+                .collect(),
+                parent: Some(NbParent {
+                    table: "Logical_Router".into(),
+                    key: super::model::ROUTER.into(),
+                    column: "load_balancer".into(),
+                }),
+            }
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::spec::{HostIdentity, parse};
+
+    const SPEC: &str = r#"version: 1
+ovn:
+  nb: unix:/run/ovn/ovnnb_db.sock
+  sb: unix:/run/ovn/ovnsb_db.sock
+  chassis:
+    hv1: { encap_ip: 192.0.2.11, gateway: 1 }
+  external: { uplink: eth1, ipv4: 198.51.100.2/24, next_hop: 198.51.100.1 }
+networks:
+  web:
+    backend: ovn
+    mode: nat
+    ipv4: 10.80.0.1/24
+    forwards:
+      - { proto: tcp, port: 2222, to: a, to_port: 22 }
+      - { proto: tcp, port: 8080, to: b, to_port: 80 }
+      - { proto: udp, port: 5353, to: a, to_port: 53 }
+vms:
+  a:
+    host: hv1
+    ports: [ { network: web, ipv4: 10.80.0.10 } ]
+  b:
+    host: hv1
+    ports: [ { network: web, ipv4: 10.80.0.11 } ]
+"#;
+
+    #[test]
+    fn one_load_balancer_per_protocol_on_the_router() {
+        let spec = parse(SPEC, &HostIdentity::default()).expect("valid");
+        let rows = rows(spec.ovn.as_ref().expect("ovn"));
+        assert_eq!(rows.len(), 2);
+        let tcp = &rows[0];
+        assert_eq!(tcp.key, "kvmnet-fwd-tcp");
+        assert_eq!(
+            tcp.columns["vips"],
+            NbVal::map([
+                ("198.51.100.2:2222", "10.80.0.10:22"),
+                ("198.51.100.2:8080", "10.80.0.11:80"),
+            ])
+        );
+        assert_eq!(tcp.columns["protocol"], NbVal::strs(["tcp"]));
+        assert_eq!(
+            tcp.parent.as_ref().map(|p| p.column.as_str()),
+            Some("load_balancer")
+        );
+        assert_eq!(
+            rows[1].columns["vips"],
+            NbVal::map([("198.51.100.2:5353", "10.80.0.10:53")])
+        );
+        // The model carries them, on the router it makes.
+        let all = super::super::model::rows(spec.ovn.as_ref().expect("ovn"));
+        assert!(all.iter().any(|r| r.table == "Load_Balancer"));
+    }
+}

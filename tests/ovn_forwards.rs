@@ -1,0 +1,527 @@
+//! `forwards` and `dns` on a nat network on a real three-chassis OVN
+//! (tests/common/ovn_lab.rs), and the external side learning where the gateway went.
+//!
+//! hv1 and hv2 are gateway chassis (priorities 1 and 2) whose `ovn.external.uplink` is a
+//! veth into a bridge in an "external" namespace holding the next hop, with a far host
+//! behind it running a DNS server (dnsmasq) that the network names as its forwarder. Guest
+//! a is on hv3, b on hv1, c (a pool address, from OVN's DHCP) on hv3.
+//!
+//! - The far host reaches a's port 22 at `external.ipv4:2222`, b's port 80 at `:8080` and
+//!   b's UDP port 53 at `:5353` (the guests see the far host's address); ports not
+//!   forwarded do not connect, and `:8080` reaches b only, though a listens on 80 too.
+//! - c's DHCP lease names the forwarder and the domain; from a guest, OVN answers the VMs'
+//!   names (declared and picked addresses), a record and a PTR whatever server is asked
+//!   (the forwarder's own answer for a VM name is different, so the answer is OVN's); other
+//!   names reach the forwarder; sent to the gateway, a name OVN does not hold gets no
+//!   answer at all.
+//! - Rows changed by hand are planned and put back; destroy leaves NB as it was.
+//! - The active gateway dies: the new one announces the router's address (gratuitous ARP),
+//!   the external bridge moves the router's MAC to hv1's link, and the far host reaches the
+//!   forward again with nothing sent by the guests meanwhile. The MAC does not change (a
+//!   distributed gateway port has one MAC on every chassis); what moves is where the
+//!   external network finds it. Here the SNAT address and the forwards' VIPs are the
+//!   gateway port's own address, which ovn-controller announces for the port it claims
+//!   with or without `nat-addresses=router` (a run without the option passes too); the
+//!   option adds NAT and load balancer addresses other than the port's own.
+
+mod common;
+use common::*;
+#[path = "common/ovn_lab.rs"]
+mod ovn_lab;
+use ovn_lab::{OvnLab, ovn_present};
+
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+const FAR: &str = "203.0.113.10";
+const SNAT: &str = "198.51.100.1";
+const NEXT_HOP: &str = "198.51.100.254";
+
+fn spec(lab: &OvnLab, a_ns: &str, b_ns: &str, c_ns: &str) -> String {
+    format!(
+        r#"version: 1
+ovn:
+  nb: {nb}
+  sb: {sb}
+  datapath: netdev
+  chassis:
+    hv1: {{ encap_ip: 172.31.0.1, gateway: 1, ovs: "{ovs1}" }}
+    hv2: {{ encap_ip: 172.31.0.2, gateway: 2, ovs: "{ovs2}" }}
+    hv3: {{ encap_ip: 172.31.0.3, ovs: "{ovs3}" }}
+  external: {{ uplink: xup, ipv4: {SNAT}/24, next_hop: {NEXT_HOP} }}
+networks:
+  web:
+    backend: ovn
+    mode: nat
+    ipv4: 10.82.0.1/24
+    dhcp: {{ range: 10.82.0.100-10.82.0.109 }}
+    forwards:
+      - {{ proto: tcp, port: 2222, to: a, to_port: 22 }}
+      - {{ proto: tcp, port: 8080, to: b, to_port: 80 }}
+      - {{ proto: udp, port: 5353, to: b, to_port: 53 }}
+    dns:
+      domain: vm.test
+      forwarders: [{FAR}]
+      records: {{ api: 10.82.0.50 }}
+vms:
+  a:
+    host: hv3
+    ports:
+      - {{ network: web, name: fwa, kind: veth, netns: {a_ns}, mac: "52:54:00:82:00:0a", ipv4: 10.82.0.10 }}
+  b:
+    host: hv1
+    ports:
+      - {{ network: web, name: fwb, kind: veth, netns: {b_ns}, mac: "52:54:00:82:00:0b", ipv4: 10.82.0.11 }}
+  c:
+    host: hv3
+    ports:
+      - {{ network: web, name: fwc, kind: veth, netns: {c_ns}, mac: "52:54:00:82:00:0c" }}
+"#,
+        nb = lab.nb(),
+        sb = lab.sb(),
+        ovs1 = lab.ovs_db(1),
+        ovs2 = lab.ovs_db(2),
+        ovs3 = lab.ovs_db(3),
+    )
+}
+
+/// A child process stopped when dropped (listeners, dnsmasq, tcpdump).
+struct Proc(Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn spawn_in(ns: &str, args: &[&str]) -> Proc {
+    let mut a = vec!["netns", "exec", ns];
+    a.extend(args);
+    Proc(
+        Command::new("ip")
+            .args(&a)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("runs"),
+    )
+}
+
+/// A TCP service in `ns` on `port` that tells each client `TAG CLIENT_ADDRESS`.
+fn listen(ns: &str, port: u16, tag: &str) -> Proc {
+    let py = format!(
+        "import socket\ns=socket.socket()\ns.setsockopt(socket.SOL_SOCKET,socket.SO_REUSEADDR,1)\ns.bind(('0.0.0.0',{port}))\ns.listen(8)\nwhile True:\n  c,a=s.accept(); c.sendall(('{tag} '+a[0]).encode()); c.close()\n"
+    );
+    spawn_in(ns, &["python3", "-c", &py])
+}
+
+/// A UDP service in `ns` on `port` that answers each datagram with `TAG CLIENT_ADDRESS`.
+fn listen_udp(ns: &str, port: u16, tag: &str) -> Proc {
+    let py = format!(
+        "import socket\ns=socket.socket(socket.AF_INET,socket.SOCK_DGRAM)\ns.bind(('0.0.0.0',{port}))\nwhile True:\n  d,a=s.recvfrom(100); s.sendto(('{tag} '+a[0]).encode(),a)\n"
+    );
+    spawn_in(ns, &["python3", "-c", &py])
+}
+
+/// Datagrams from `ns` to `ip:port` until one is answered (at most 10 tries): the answer.
+fn ask_udp(ns: &str, ip: &str, port: u16) -> Option<String> {
+    let py = format!(
+        "import socket,sys\ns=socket.socket(socket.AF_INET,socket.SOCK_DGRAM)\ns.settimeout(1)\nfor i in range(10):\n  s.sendto(b'hi',('{ip}',{port}))\n  try:\n    print(s.recv(100).decode()); sys.exit(0)\n  except OSError:\n    pass\nsys.exit(1)\n"
+    );
+    let o = in_ns(ns, &format!("python3 -c \"{py}\""));
+    o.status
+        .success()
+        .then(|| String::from_utf8_lossy(&o.stdout).trim().to_string())
+}
+
+/// One connection from `ns` to `ip:port` within 2 s: what the service said, if it answered.
+fn connect(ns: &str, ip: &str, port: u16) -> Option<String> {
+    let py = format!(
+        "import socket,sys\ntry:\n  c=socket.create_connection(('{ip}',{port}),timeout=2); print(c.recv(100).decode())\nexcept OSError:\n  sys.exit(1)\n"
+    );
+    let o = in_ns(ns, &format!("python3 -c \"{py}\""));
+    o.status
+        .success()
+        .then(|| String::from_utf8_lossy(&o.stdout).trim().to_string())
+}
+
+/// Connects until the service answers (flows take a moment after an apply), at most 20 s.
+fn connect_soon(ns: &str, ip: &str, port: u16) -> String {
+    let t = Instant::now();
+    loop {
+        if let Some(s) = connect(ns, ip, port) {
+            return s;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(20),
+            "{ns} never reached {ip}:{port}"
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    }
+}
+
+/// The external side (as tests/ovn_gateway.rs builds it): a router namespace with bridge
+/// `xbr` holding the next hop and veth `xI` to each gateway chassis's `xup`, and the far
+/// host behind it. Returns (router namespace, far host's namespace).
+fn external(lab: &mut OvnLab, gateways: &[usize]) -> (String, String) {
+    let x = lab.ns.add("fwext");
+    let far = lab.ns.add("fwfar");
+    ok_in(
+        &x,
+        &format!(
+            "ip link add xbr type bridge && ip addr add {NEXT_HOP}/24 dev xbr && ip link set xbr up \
+             && sysctl -qw net.ipv4.ip_forward=1"
+        ),
+    );
+    ok(&format!(
+        "ip -n {x} link add xf type veth peer name eth0 netns {far} \
+         && ip -n {x} addr add 203.0.113.1/24 dev xf && ip -n {x} link set xf up \
+         && ip -n {far} addr add {FAR}/24 dev eth0 && ip -n {far} link set eth0 up \
+         && ip -n {far} route add default via 203.0.113.1"
+    ));
+    for &i in gateways {
+        let ch = lab.chassis[i - 1].ns.clone();
+        ok(&format!(
+            "ip -n {x} link add x{i} type veth peer name xup netns {ch} \
+             && ip -n {x} link set x{i} master xbr up && ip -n {ch} link set xup up \
+             && ip netns exec {x} ethtool -K x{i} tx off >/dev/null \
+             && ip netns exec {ch} ethtool -K xup tx off >/dev/null"
+        ));
+    }
+    (x, far)
+}
+
+/// The far host's DNS server: it knows `far.example`, answers `a.vm.test` with an address
+/// that is not a's (so an answer with a's is OVN's), and says NXDOMAIN for the rest of
+/// `vm.test`.
+fn dnsmasq(far: &str) -> Proc {
+    let p = spawn_in(
+        far,
+        &[
+            "dnsmasq",
+            "-k",
+            "-C",
+            "/dev/null",
+            "--no-resolv",
+            "--no-hosts",
+            "--bind-interfaces",
+            &format!("--listen-address={FAR}"),
+            "--address=/far.example/203.0.113.77",
+            "--address=/a.vm.test/203.0.113.66",
+            "--local=/vm.test/",
+            "--pid-file=",
+            "--user=root",
+        ],
+    );
+    let t = Instant::now();
+    while !dig(far, FAR, "far.example").contains("203.0.113.77") {
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "dnsmasq did not start"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    p
+}
+
+/// `dig` from `ns` to `server` (`-x ADDRESS` for a reverse lookup): its full output.
+/// Without EDNS, as glibc's resolver asks: OVN 23.03's ovn-controller leaves a query with
+/// an OPT record unanswered and passes it on.
+fn dig(ns: &str, server: &str, q: &str) -> String {
+    String::from_utf8_lossy(
+        &in_ns(ns, &format!("dig +noedns +time=2 +tries=1 @{server} {q}")).stdout,
+    )
+    .into_owned()
+}
+
+/// The answer section's data (`dig +short`) of a query for `q`.
+fn answer(ns: &str, server: &str, q: &str) -> String {
+    String::from_utf8_lossy(
+        &in_ns(
+            ns,
+            &format!("dig +short +noedns +time=2 +tries=1 @{server} {q}"),
+        )
+        .stdout,
+    )
+    .trim()
+    .to_string()
+}
+
+/// `/etc/netns/NS/resolv.conf`, which `ip netns exec NS` puts over `/etc/resolv.conf`:
+/// a guest's own resolver configuration, removed when dropped.
+struct NetnsResolv(std::path::PathBuf);
+
+impl NetnsResolv {
+    fn new(ns: &str, text: &str) -> NetnsResolv {
+        let dir = std::path::PathBuf::from(format!("/etc/netns/{ns}"));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("resolv.conf"), text).unwrap();
+        NetnsResolv(dir)
+    }
+}
+
+impl Drop for NetnsResolv {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// kvmnet as chassis `i` (from 1), in its namespace; must succeed.
+fn kvm(lab: &OvnLab, i: usize, args: &[&str]) -> String {
+    let mut a: Vec<&str> = args.to_vec();
+    let (ns, ch) = (lab.chassis[i - 1].ns.clone(), format!("hv{i}"));
+    a.extend(["--netns", &ns, "--chassis", &ch]);
+    lab.ns.kvmnet_ok(&a)
+}
+
+/// The chassis whose ovn-controller holds the router's gateway port (`cr-` binding).
+fn active_gateway(lab: &OvnLab) -> String {
+    let uuid =
+        lab.sbctl("--bare --columns=chassis find Port_Binding logical_port=cr-kvmnet-lrp-ext");
+    let uuid = uuid.trim();
+    if uuid.is_empty() {
+        return String::new();
+    }
+    lab.sbctl(&format!("--bare get Chassis {uuid} name"))
+        .trim()
+        .to_string()
+}
+
+fn wait_active(lab: &OvnLab, name: &str) {
+    let t = Instant::now();
+    while active_gateway(lab) != name {
+        assert!(
+            t.elapsed() < Duration::from_secs(30),
+            "the gateway port is on {:?}, not {name}",
+            active_gateway(lab)
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// The far host reaches a and b through the forwards only, and is seen as itself.
+fn forwards(a_ns: &str, b_ns: &str, far: &str) {
+    let _a22 = listen(a_ns, 22, "a");
+    let _a80 = listen(a_ns, 80, "a");
+    let _a2223 = listen(a_ns, 2223, "a");
+    let _b80 = listen(b_ns, 80, "b");
+    assert_eq!(connect_soon(far, SNAT, 2222), format!("a {FAR}"));
+    assert_eq!(connect_soon(far, SNAT, 8080), format!("b {FAR}"));
+    for _ in 0..5 {
+        assert_eq!(connect(far, SNAT, 8080), Some(format!("b {FAR}")));
+    }
+    // UDP goes by its own load balancer.
+    let _b53 = listen_udp(b_ns, 53, "b");
+    assert_eq!(ask_udp(far, SNAT, 5353), Some(format!("b {FAR}")));
+    // Not forwarded: the guests' own ports, and a port a listens on.
+    for port in [22, 80, 2223] {
+        assert_eq!(
+            connect(far, SNAT, port),
+            None,
+            "port {port} is not forwarded"
+        );
+    }
+    // Nor are the guests reachable by their own addresses from outside.
+    assert_eq!(connect(far, "10.82.0.10", 22), None);
+}
+
+/// c leases from OVN's DHCP, which names the forwarder and the domain; OVN answers the
+/// spec's names whichever server is asked, the forwarder the rest.
+fn dhcp_and_dns(lab: &OvnLab, a_ns: &str, c_ns: &str) {
+    let script = lab.dir.join("fw-udhcpc.sh");
+    std::fs::write(
+        &script,
+        format!(
+            "#!/bin/sh\n[ \"$1\" = bound ] || exit 0\nip addr add $ip/$mask dev $interface\nip route replace default via $router\necho \"ip=$ip dns=$dns domain=$domain\" > {}\n",
+            lab.dir.join("fw-lease").display()
+        ),
+    )
+    .unwrap();
+    ok(&format!("chmod +x {}", script.display()));
+    ok_in(
+        c_ns,
+        &format!(
+            "busybox udhcpc -f -q -n -t 5 -T 1 -i eth0 -O dns -O domain -s {}",
+            script.display()
+        ),
+    );
+    let lease = std::fs::read_to_string(lab.dir.join("fw-lease")).unwrap();
+    let c_ip = lease
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("ip="))
+        .expect("an address")
+        .to_string();
+    assert!(
+        lease.contains(&format!("dns={FAR} domain=vm.test")),
+        "{lease}"
+    );
+    for (ns, server) in [(a_ns, "10.82.0.1"), (a_ns, FAR), (c_ns, FAR)] {
+        assert_eq!(answer(ns, server, "a.vm.test"), "10.82.0.10", "{server}");
+        assert_eq!(answer(ns, server, "B.vm.test"), "10.82.0.11", "{server}");
+        assert_eq!(answer(ns, server, "c.vm.test"), c_ip, "{server}");
+        assert_eq!(answer(ns, server, "api.vm.test"), "10.82.0.50", "{server}");
+        assert_eq!(
+            answer(ns, server, "-x 10.82.0.11"),
+            "b.vm.test.",
+            "{server}"
+        );
+    }
+    // The guest's own resolver (glibc), set up from its lease: `a` is searched under the
+    // domain and answered by OVN (the forwarder would say 203.0.113.66).
+    let _resolv = NetnsResolv::new(c_ns, &format!("nameserver {FAR}\nsearch vm.test\n"));
+    let hosts = ok_in(c_ns, "getent ahostsv4 a");
+    assert!(hosts.starts_with("10.82.0.10 "), "{hosts}");
+    // Other names go on to the server asked: the forwarder answers them (SNAT'd out).
+    assert_eq!(answer(c_ns, FAR, "far.example"), "203.0.113.77");
+    assert!(dig(a_ns, FAR, "nope.vm.test").contains("status: NXDOMAIN"));
+    // Asked of the gateway, a name OVN does not hold gets no DNS answer at all.
+    let out = dig(a_ns, "10.82.0.1", "nope.vm.test");
+    assert!(!out.contains("status:"), "{out}");
+}
+
+/// Rows changed by hand are planned and put back.
+fn drift(lab: &OvnLab, file: &SpecFile, a_ns: &str, far: &str) {
+    assert!(kvm(lab, 1, &["plan", file.path()]).contains("No changes"));
+    lab.nbctl("lb-del kvmnet-fwd-tcp");
+    let uuid = lab.nbctl("--bare --columns=_uuid find DNS external_ids:kvmnet-key=web");
+    lab.nbctl(&format!(
+        "set DNS {} records:a.vm.test=10.82.0.99",
+        uuid.trim()
+    ));
+    let plan = kvm(lab, 1, &["plan", file.path()]);
+    assert!(
+        plan.contains("ovn-forward kvmnet-fwd-tcp") && plan.contains("ovn-dns web"),
+        "{plan}"
+    );
+    kvm(lab, 1, &["apply", file.path()]);
+    assert!(kvm(lab, 2, &["plan", file.path()]).contains("No changes"));
+    lab.nbctl("--wait=hv sync");
+    let _a22 = listen(a_ns, 22, "a");
+    assert_eq!(connect_soon(far, SNAT, 2222), format!("a {FAR}"));
+    assert_eq!(answer(a_ns, "10.82.0.1", "a.vm.test"), "10.82.0.10");
+}
+
+/// The bridge port `xbr` in `x` forwards `mac` to.
+fn fdb_port(x: &str, mac: &str) -> String {
+    ok_in(x, "bridge fdb show br xbr")
+        .lines()
+        .find(|l| l.starts_with(mac) && !l.contains("permanent"))
+        .and_then(|l| l.split_whitespace().nth(2).map(String::from))
+        .unwrap_or_default()
+}
+
+/// Kills a daemon of chassis `i` as a crash would (as tests/ovn_gateway.rs does).
+fn crash(lab: &OvnLab, i: usize, daemon: &str) {
+    let pf = lab.chassis[i - 1].dir.join(format!("{daemon}.pid"));
+    let pid: i32 = std::fs::read_to_string(&pf)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    unsafe { libc::kill(pid, libc::SIGKILL) };
+    let _ = std::fs::remove_file(&pf);
+    while std::path::Path::new(&format!("/proc/{pid}")).exists() {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// hv2 dies; hv1 takes the gateway port and announces the router's address, so the
+/// external bridge learns the router's MAC is now behind hv1's link before any guest
+/// sends anything, and the far host reaches the forward again. The MAC itself does not
+/// change (a distributed gateway port keeps its MAC on every chassis): what moves is where
+/// the external network finds it.
+fn failover(lab: &OvnLab, x: &str, a_ns: &str, far: &str) {
+    let mac = lab
+        .nbctl("get Logical_Router_Port kvmnet-lrp-ext mac")
+        .trim()
+        .trim_matches('"')
+        .to_string();
+    assert_eq!(fdb_port(x, &mac), "x2", "the router's MAC is behind hv2");
+    let neigh = ok_in(x, &format!("ip neigh show {SNAT}"));
+    assert!(neigh.contains(&mac), "{neigh}");
+    let _a22 = listen(a_ns, 22, "a");
+    let mut garp = spawn_in(
+        x,
+        &[
+            "timeout",
+            "40",
+            "tcpdump",
+            "-n",
+            "-l",
+            "-e",
+            "-c",
+            "1",
+            "-i",
+            "x1",
+            &format!("arp and ether src {mac}"),
+        ],
+    );
+    std::thread::sleep(Duration::from_secs(1));
+    crash(lab, 2, "ovs-vswitchd");
+    wait_active(lab, "hv1");
+    let mut seen = String::new();
+    std::io::Read::read_to_string(garp.0.stdout.as_mut().unwrap(), &mut seen).unwrap();
+    assert!(
+        seen.contains(&format!("Reply {SNAT} is-at {mac}"))
+            || seen.contains(&format!("Request who-has {SNAT} tell {SNAT}")),
+        "no gratuitous ARP for {SNAT} from hv1: {seen:?}"
+    );
+    let t = Instant::now();
+    while fdb_port(x, &mac) != "x1" {
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "the external bridge still sends the router's MAC to {}",
+            fdb_port(x, &mac)
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(ok_in(x, &format!("ip neigh show {SNAT}")).contains(&mac));
+    assert_eq!(connect_soon(far, SNAT, 2222), format!("a {FAR}"));
+}
+
+#[test]
+fn forwards_dns_and_gateway_announcements() {
+    if !privileged() || !ovn_present() {
+        return;
+    }
+    let mut lab = OvnLab::start_bare(3);
+    for i in 1..=3 {
+        lab.start_controller(i);
+    }
+    let before = lab.nb_rows();
+    let (x, far) = external(&mut lab, &[1, 2]);
+    let _dns = dnsmasq(&far);
+    let a_ns = lab.ns.reserve("fwa");
+    let b_ns = lab.ns.reserve("fwb");
+    let c_ns = lab.ns.reserve("fwc");
+    let file = SpecFile::new(&spec(&lab, &a_ns, &b_ns, &c_ns));
+    for i in 1..=3 {
+        kvm(&lab, i, &["apply", file.path()]);
+    }
+    for g in [&a_ns, &b_ns] {
+        ok_in(
+            g,
+            "ethtool -K eth0 tx off >/dev/null && ip route replace default via 10.82.0.1",
+        );
+    }
+    ok_in(&c_ns, "ethtool -K eth0 tx off >/dev/null");
+    for p in ["fwa", "fwb", "fwc"] {
+        lab.wait_up(p);
+    }
+    wait_active(&lab, "hv2");
+
+    forwards(&a_ns, &b_ns, &far);
+    dhcp_and_dns(&lab, &a_ns, &c_ns);
+    drift(&lab, &file, &a_ns, &far);
+    failover(&lab, &x, &a_ns, &far);
+
+    for i in [3, 2, 1] {
+        kvm(&lab, i, &["destroy"]);
+    }
+    assert_eq!(
+        lab.nb_rows(),
+        before,
+        "destroy leaves exactly the rows that were there"
+    );
+}

@@ -11,6 +11,8 @@
 //!   holding the gateway address. nat networks leave through the router's port on the
 //!   external switch (a localnet port on physical network `kvmnet-ext`), bound to the
 //!   gateway chassis by an HA chassis group, with SNAT to `ovn.external.ipv4`.
+//! - bridge and vlan networks are provider networks: a localnet port on the switch (see
+//!   [`super::provider`]).
 //! - Firewalls are ACLs on one port group per distinct firewall ([`super::firewall`]).
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -129,6 +131,7 @@ fn switch(r: &mut Rows, ovn: &Ovn, net: &Network, ports: &[&OvnPort]) {
                     "dhcpv4_options",
                     NbVal::set(dhcp.then(|| NbVal::reference("DHCP_Options", &net.name))),
                 ),
+                ("tag", NbVal::set([])),
             ],
             parent,
         );
@@ -136,6 +139,7 @@ fn switch(r: &mut Rows, ovn: &Ovn, net: &Network, ports: &[&OvnPort]) {
     if matches!(net.mode, Mode::Nat | Mode::Routed) {
         router_port_lsp(r, &net.name, parent);
     }
+    r.0.extend(super::provider::localnet_port(net));
     for p in ports {
         qos(r, net, &p.port);
     }
@@ -196,6 +200,7 @@ fn router_port_lsp(r: &mut Rows, lrp_key: &str, parent: Option<(&str, &str, &str
                 NbVal::map([("router-port", format!("kvmnet-lrp-{lrp_key}"))]),
             ),
             ("dhcpv4_options", NbVal::set([])),
+            ("tag", NbVal::set([])),
         ],
         parent,
     );
@@ -342,6 +347,7 @@ fn external(r: &mut Rows, ovn: &Ovn, ext: &crate::spec::ovn::External) {
             ("port_security", NbVal::strs::<&str>([])),
             ("options", NbVal::map([("network_name", EXTERNAL_PHYSNET)])),
             ("dhcpv4_options", NbVal::set([])),
+            ("tag", NbVal::set([])),
         ],
         parent,
     );
@@ -453,6 +459,7 @@ pub fn chassis_conf(ovn: &Ovn) -> Option<super::ChassisConf> {
             .gateway
             .and(ovn.external.as_ref())
             .map(|e| e.uplink.clone()),
+        provider_uplinks: super::provider::uplinks(ovn),
         ports: ovn
             .local_ports()
             .map(|p| (p.port.name.clone(), p.port.name.clone()))

@@ -5,7 +5,8 @@
 //! physical hosts of their network, and each other through the segment (not the tunnel);
 //! the vlan network's frames are tagged 100 on the wire and VLAN 200's host, in the same
 //! subnet, is out of reach; OVN's DHCP leases on the vlan network with the segment's MTU; a
-//! forged source is dropped while the guest's own flows. destroy gives the uplinks back (out
+//! forged source is dropped while the guest's own flows; drift (the uplink out of its
+//! bridge, the tag changed by hand) is repaired by the next apply. destroy gives the uplinks back (out
 //! of every bridge, the bridges gone), puts `ovn-bridge-mappings` back as it was (another
 //! tool's mapping kept), and leaves the Northbound rows exactly as before, a foreign switch
 //! among them.
@@ -251,6 +252,32 @@ fn forged_source_dropped(g: &Guests) {
     assert!(pings(&g.la, LAN_HOST));
 }
 
+/// Drift is seen and repaired by the next apply: the uplink taken out of its bridge by
+/// hand, and the localnet port's tag changed by hand.
+fn repaired(lab: &OvnLab, g: &Guests, file: &SpecFile) {
+    lab.vsctl(1, "del-port kvpn-pup pup");
+    lab.nbctl("set Logical_Switch_Port kvmnet-ln-v100 tag=300");
+    assert!(
+        !pings(&g.va, V100_HOST),
+        "VLAN 100 reached with the uplink out"
+    );
+    let out = kvm(lab, 1, &["plan", file.path()]);
+    assert!(
+        out.contains("ovn-chassis hv1")
+            && out.contains("ovn-port kvmnet-ln-v100: tag [300] -> [100]"),
+        "the plan does not repair the drift:\n{out}"
+    );
+    kvm(lab, 1, &["apply", file.path()]);
+    assert_eq!(lab.vsctl(1, "port-to-br pup").trim(), "kvpn-pup");
+    assert_eq!(
+        lab.nbctl("get Logical_Switch_Port kvmnet-ln-v100 tag")
+            .trim(),
+        "100"
+    );
+    wait_ping(&g.va, V100_HOST);
+    wait_ping(&g.vb, V100_HOST);
+}
+
 #[test]
 fn provider_networks_bridge_and_vlan() {
     if !privileged() || !ovn_present() {
@@ -318,6 +345,8 @@ fn provider_networks_bridge_and_vlan() {
             "hv{i} still has changes:\n{out}"
         );
     }
+
+    repaired(&lab, &g, &file);
 
     for i in [2, 1] {
         kvm(&lab, i, &["destroy"]);

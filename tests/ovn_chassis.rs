@@ -37,6 +37,7 @@ fn wanted(lab: &OvnLab, i: usize, ports: &[&str], uplink: Option<&str>) -> Chass
         encap_ip: lab.chassis[i - 1].encap_ip.parse().unwrap(),
         datapath_type: DatapathType::Netdev,
         gateway: uplink.map(GatewayUplink::new),
+        providers: Vec::new(),
         ports: ports
             .iter()
             .map(|vm| ChassisPort {

@@ -96,6 +96,11 @@ fn wanted(c: &ChassisConf) -> ChassisWanted {
             DatapathType::System
         },
         gateway: c.gateway_uplink.as_ref().map(GatewayUplink::new),
+        providers: c
+            .provider_uplinks
+            .iter()
+            .map(|u| GatewayUplink::provider(u))
+            .collect(),
         ports: c
             .ports
             .iter()

@@ -73,22 +73,35 @@ fn set(refs: &[Value]) -> Value {
     json!(["set", refs])
 }
 
-/// `ovn-bridge-mappings` with `physnet` mapped to `bridge`, others' mappings kept in place.
-pub fn merge_mapping(current: Option<&str>, physnet: &str, bridge: &str) -> String {
-    let ours = format!("{physnet}:{bridge}");
+/// Whether a physical network name is one kvmnet maps (its nat networks' or a provider
+/// uplink's).
+fn is_kvmnets(physnet: &str) -> bool {
+    physnet == super::PHYSNET || physnet.starts_with(kvmnet_core::ovn::provider::PHYSNET_PREFIX)
+}
+
+/// `ovn-bridge-mappings` with each of `ours` (physnet, bridge) mapped, kvmnet's mappings no
+/// longer wanted taken out, and others' mappings kept in place.
+pub fn merge_mappings(current: Option<&str>, ours: &[(&str, &str)]) -> String {
     let mut list: Vec<String> = current
         .unwrap_or_default()
         .split(',')
         .map(str::trim)
         .filter(|s| !s.is_empty())
+        .filter(|m| {
+            let p = m.split(':').next().unwrap_or_default();
+            !is_kvmnets(p) || ours.iter().any(|(o, _)| *o == p)
+        })
         .map(String::from)
         .collect();
-    match list
-        .iter_mut()
-        .find(|m| m.split(':').next() == Some(physnet))
-    {
-        Some(m) => *m = ours,
-        None => list.push(ours),
+    for (physnet, bridge) in ours {
+        let want = format!("{physnet}:{bridge}");
+        match list
+            .iter_mut()
+            .find(|m| m.split(':').next() == Some(*physnet))
+        {
+            Some(m) => *m = want,
+            None => list.push(want),
+        }
     }
     list.join(",")
 }
@@ -102,11 +115,15 @@ fn wanted_keys(w: &ChassisWanted, obs: &Observed) -> Vec<(String, String)> {
         ("ovn-bridge", INTEGRATION_BRIDGE.into()),
         ("ovn-bridge-datapath-type", w.datapath_type.as_str().into()),
     ];
-    if let Some(g) = &w.gateway {
+    let ours: Vec<(&str, &str)> = w
+        .uplinks()
+        .map(|g| (g.physnet.as_str(), g.bridge.as_str()))
+        .collect();
+    if !ours.is_empty() {
         let current = obs.external_ids.get("ovn-bridge-mappings");
         keys.push((
             "ovn-bridge-mappings",
-            merge_mapping(current.map(String::as_str), &g.physnet, &g.bridge),
+            merge_mappings(current.map(String::as_str), &ours),
         ));
     }
     keys.into_iter().map(|(k, v)| (k.to_string(), v)).collect()
@@ -122,7 +139,7 @@ fn wanted_bridges(w: Option<&ChassisWanted>) -> Vec<BridgeWant> {
         secure: true,
         datapath,
     }];
-    b.extend(w.gateway.as_ref().map(|g| BridgeWant {
+    b.extend(w.uplinks().map(|g| BridgeWant {
         name: g.bridge.clone(),
         secure: false,
         datapath,
@@ -160,7 +177,7 @@ fn wanted_ports(
         kind: "",
         iface_id: Some(p.iface_id.clone()),
     }));
-    ports.extend(w.gateway.as_ref().map(|g| PortWant {
+    ports.extend(w.uplinks().map(|g| PortWant {
         name: g.uplink.clone(),
         bridge: g.bridge.clone(),
         kind: "",

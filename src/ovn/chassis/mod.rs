@@ -5,9 +5,10 @@
 //!
 //! - [`ChassisWanted`] says what this chassis should be: the `external_ids` ovn-controller
 //!   reads (`system-id`, `ovn-remote`, `ovn-encap-type`, `ovn-encap-ip`, `ovn-bridge`,
-//!   `ovn-bridge-datapath-type`, and `ovn-bridge-mappings` on a gateway chassis), `br-int`,
-//!   `br-ex` with the uplink on a gateway chassis, and the VM ports (existing kernel
-//!   interfaces) to attach to `br-int` with `external_ids:iface-id`.
+//!   `ovn-bridge-datapath-type`, and `ovn-bridge-mappings` on a gateway chassis or one with
+//!   provider networks), `br-int`, `br-ex` with the uplink on a gateway chassis, a bridge per
+//!   provider network uplink holding it, and the VM ports (existing kernel interfaces) to
+//!   attach to `br-int` with `external_ids:iface-id`.
 //! - [`plan`] (and [`steps`]) / [`removal_steps`] say what [`converge`] / [`remove`] would change, as
 //!   human-readable lines (empty: nothing to do). Pure: they read a [`Replica`].
 //! - [`converge`] makes the database match in one transaction, its first operations `wait`s
@@ -22,7 +23,9 @@
 //!   first changed it is recorded in [`ChassisOriginals`], which the caller keeps (the
 //!   engine's state directory) and hands back; [`remove`] (or a converge that stops wanting
 //!   a key) puts the value back, or deletes the key if it did not exist.
-//! - `br-int` and `br-ex` are made by kvmnet, marked with `external_ids:kvmnet-owner`,
+//! - `ovn-bridge-mappings` is kept as others wrote it, kvmnet's physical networks
+//!   (`kvmnet-ext`, `kvmnet-pn-*`) added, and those no longer wanted taken out.
+//! - `br-int`, `br-ex` and the provider bridges are made by kvmnet, marked with `external_ids:kvmnet-owner`,
 //!   unless they exist (ovn-controller or the distribution made them): then they are
 //!   borrowed, left in place on removal, and only kvmnet's ports on them are removed.
 //! - Ports (and their interfaces) kvmnet adds carry the mark; a port of anyone else is never
@@ -117,7 +120,8 @@ impl DatapathType {
     }
 }
 
-/// A gateway chassis's way out: `bridge` holds `uplink`, and `physnet` maps to `bridge`.
+/// A way out of the chassis onto a physical network: `bridge` holds `uplink`, and `physnet`
+/// maps to `bridge`. A gateway chassis's (`br-ex`), and one per provider network uplink.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct GatewayUplink {
     pub physnet: String,
@@ -132,6 +136,17 @@ impl GatewayUplink {
         GatewayUplink {
             physnet: PHYSNET.into(),
             bridge: EXTERNAL_BRIDGE.into(),
+            uplink: uplink.into(),
+        }
+    }
+
+    /// A provider networks' uplink: physnet `kvmnet-pn-UPLINK` on its own bridge (see
+    /// [`kvmnet_core::ovn::provider`]).
+    pub fn provider(uplink: &str) -> GatewayUplink {
+        use kvmnet_core::ovn::provider;
+        GatewayUplink {
+            physnet: provider::physnet(uplink),
+            bridge: provider::bridge(uplink),
             uplink: uplink.into(),
         }
     }
@@ -156,7 +171,16 @@ pub struct ChassisWanted {
     pub encap_ip: IpAddr,
     pub datapath_type: DatapathType,
     pub gateway: Option<GatewayUplink>,
+    /// The provider networks' uplinks, each in its own bridge, on every chassis.
+    pub providers: Vec<GatewayUplink>,
     pub ports: Vec<ChassisPort>,
+}
+
+impl ChassisWanted {
+    /// Every uplink: the gateway's, then the provider networks'.
+    pub fn uplinks(&self) -> impl Iterator<Item = &GatewayUplink> {
+        self.gateway.iter().chain(&self.providers)
+    }
 }
 
 /// The values the root row's `external_ids` keys had before kvmnet first changed them
@@ -334,9 +358,9 @@ fn validate(w: &ChassisWanted) -> Result<(), ChassisError> {
         return bad("ovn_remote", "must not be empty".into());
     }
     let mut names: Vec<&str> = w.ports.iter().map(|p| p.ifname.as_str()).collect();
-    names.extend(w.gateway.as_ref().map(|g| g.uplink.as_str()));
+    names.extend(w.uplinks().map(|g| g.uplink.as_str()));
     let bridges: Vec<&str> = std::iter::once(INTEGRATION_BRIDGE)
-        .chain(w.gateway.as_ref().map(|g| g.bridge.as_str()))
+        .chain(w.uplinks().map(|g| g.bridge.as_str()))
         .collect();
     for (i, n) in names.iter().enumerate() {
         if n.is_empty() || n.len() > 15 || n.contains(['/', ' ']) {
@@ -349,11 +373,11 @@ fn validate(w: &ChassisWanted) -> Result<(), ChassisError> {
             return bad("ports", format!("{n} is the name of a bridge kvmnet uses"));
         }
     }
-    if let Some(g) = &w.gateway {
-        if g.bridge == INTEGRATION_BRIDGE {
+    for (i, g) in w.uplinks().enumerate() {
+        if g.bridge == INTEGRATION_BRIDGE || bridges[1..=i].contains(&g.bridge.as_str()) {
             return bad(
                 "gateway.bridge",
-                format!("must not be {INTEGRATION_BRIDGE}"),
+                format!("{} is another bridge's name", g.bridge),
             );
         }
         if g.physnet.is_empty() || g.physnet.contains([',', ':']) {

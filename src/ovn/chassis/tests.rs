@@ -2,7 +2,7 @@
 
 use serde_json::{Value, json};
 
-use super::diff::{diff, merge_mapping};
+use super::diff::{diff, merge_mappings};
 use super::observed::Observed;
 use super::*;
 
@@ -121,6 +121,7 @@ fn wanted(ports: &[(&str, &str)], uplink: Option<&str>) -> ChassisWanted {
         encap_ip: "192.0.2.11".parse().unwrap(),
         datapath_type: DatapathType::Netdev,
         gateway: uplink.map(GatewayUplink::new),
+        providers: Vec::new(),
         ports: ports
             .iter()
             .map(|(i, id)| ChassisPort {
@@ -258,11 +259,47 @@ fn a_gateway_borrows_an_existing_br_ex_and_merges_its_mapping() {
             "ovs: add port eth1 to br-ex",
         ]
     );
-    assert_eq!(merge_mapping(None, "n", "b"), "n:b");
+    assert_eq!(merge_mappings(None, &[("n", "b")]), "n:b");
     assert_eq!(
-        merge_mapping(Some("a:x, n:old ,c:z"), "n", "b"),
+        merge_mappings(Some("a:x, n:old ,c:z"), &[("n", "b")]),
         "a:x,n:b,c:z"
     );
+    // kvmnet's mappings no longer wanted go; others' stay.
+    assert_eq!(
+        merge_mappings(
+            Some("a:x,kvmnet-ext:br-ex,kvmnet-pn-eth2:kvpn-eth2"),
+            &[("kvmnet-pn-eth1", "kvpn-eth1")]
+        ),
+        "a:x,kvmnet-pn-eth1:kvpn-eth1"
+    );
+}
+
+/// Every chassis with provider networks holds each uplink in a bridge of its own, and maps
+/// its physical network there beside the gateway's.
+#[test]
+fn provider_uplinks_get_bridges_and_mappings() {
+    let obs = converged().observed();
+    let mut w = wanted(&[("tap-a", "a-web-0")], Some("eth1"));
+    w.providers = vec![GatewayUplink::provider("eth2")];
+    let d = diff(&obs, OWNER, Some(&w), &ChassisOriginals::default()).unwrap();
+    assert_eq!(
+        d.steps,
+        [
+            "ovs: set Open_vSwitch external_ids:ovn-bridge-mappings=kvmnet-ext:br-ex,kvmnet-pn-eth2:kvpn-eth2",
+            "ovs: add bridge br-ex (datapath_type netdev)",
+            "ovs: add bridge kvpn-eth2 (datapath_type netdev)",
+            "ovs: add port br-ex to br-ex",
+            "ovs: add port kvpn-eth2 to kvpn-eth2",
+            "ovs: add port eth1 to br-ex",
+            "ovs: add port eth2 to kvpn-eth2",
+        ]
+    );
+    // A provider uplink that is also the gateway's is refused before anything changes.
+    w.providers = vec![GatewayUplink::provider("eth1")];
+    assert!(matches!(
+        super::validate(&w),
+        Err(ChassisError::Invalid { .. })
+    ));
 }
 
 #[test]

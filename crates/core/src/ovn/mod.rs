@@ -16,6 +16,7 @@ pub mod firewall;
 pub mod dns;
 pub mod forwards;
 pub mod model;
+pub mod provider;
 
 use std::collections::BTreeMap;
 
@@ -128,7 +129,8 @@ impl std::fmt::Display for NbVal {
 }
 
 /// What this host is as an OVN chassis: its Open_vSwitch database's `external_ids`, the
-/// gateway's uplink in `br-ex`, and the VM ports it binds on `br-int`.
+/// gateway's uplink in `br-ex`, the provider networks' uplinks, and the VM ports it binds on
+/// `br-int`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ChassisConf {
     /// The chassis name (`system-id`).
@@ -142,6 +144,10 @@ pub struct ChassisConf {
     pub datapath: String,
     /// On a gateway chassis: the interface put in `br-ex`.
     pub gateway_uplink: Option<String>,
+    /// The uplinks of the provider (`bridge` and `vlan`) networks, each put in a bridge of
+    /// its own (see [`provider`]), on every chassis.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeSet::is_empty")]
+    pub provider_uplinks: std::collections::BTreeSet<String>,
     /// Device -> logical switch port (`iface-id`).
     pub ports: BTreeMap<String, String>,
     /// Observed only: the database is not as this was applied (edited by hand, or by
@@ -200,6 +206,7 @@ pub const TABLES: &[(&str, &[&str], &[&str])] = &[
             "port_security",
             "options",
             "dhcpv4_options",
+            "tag",
         ],
         &[],
     ),

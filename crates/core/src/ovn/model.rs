@@ -11,6 +11,8 @@
 //!   holding the gateway address. nat networks leave through the router's port on the
 //!   external switch (a localnet port on physical network `kvmnet-ext`), bound to the
 //!   gateway chassis by an HA chassis group, with SNAT to `ovn.external.ipv4`.
+//! - bridge and vlan networks are provider networks: a localnet port on the switch (see
+//!   [`super::provider`]).
 //! - Firewalls are ACLs on one port group per distinct firewall ([`super::firewall`]).
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -145,6 +147,7 @@ fn switch(r: &mut Rows, ovn: &Ovn, net: &Network, ports: &[&OvnPort]) {
                     "dhcpv4_options",
                     NbVal::set(dhcp.then(|| NbVal::reference("DHCP_Options", &net.name))),
                 ),
+                ("tag", NbVal::set([])),
             ],
             parent,
         );
@@ -152,6 +155,7 @@ fn switch(r: &mut Rows, ovn: &Ovn, net: &Network, ports: &[&OvnPort]) {
     if matches!(net.mode, Mode::Nat | Mode::Routed) {
         router_port_lsp(r, &net.name, parent);
     }
+    r.0.extend(super::provider::localnet_port(net));
     for p in ports {
         qos(r, net, &p.port);
     }
@@ -217,6 +221,7 @@ fn router_port_lsp(r: &mut Rows, lrp_key: &str, parent: Option<(&str, &str, &str
             ("port_security", NbVal::strs::<&str>([])),
             ("options", NbVal::Map(options)),
             ("dhcpv4_options", NbVal::set([])),
+            ("tag", NbVal::set([])),
         ],
         parent,
     );
@@ -364,6 +369,7 @@ fn external(r: &mut Rows, ovn: &Ovn, ext: &crate::spec::ovn::External) {
             ("port_security", NbVal::strs::<&str>([])),
             ("options", NbVal::map([("network_name", EXTERNAL_PHYSNET)])),
             ("dhcpv4_options", NbVal::set([])),
+            ("tag", NbVal::set([])),
         ],
         parent,
     );
@@ -475,6 +481,7 @@ pub fn chassis_conf(ovn: &Ovn) -> Option<super::ChassisConf> {
             .gateway
             .and(ovn.external.as_ref())
             .map(|e| e.uplink.clone()),
+        provider_uplinks: super::provider::uplinks(ovn),
         ports: ovn
             .local_ports()
             .map(|p| (p.port.name.clone(), p.port.name.clone()))

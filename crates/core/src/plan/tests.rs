@@ -422,6 +422,7 @@ fn more_steps() -> Vec<Step> {
                 encap_ip: "192.0.2.11".parse().unwrap(),
                 datapath: "system".into(),
                 gateway_uplink: None,
+                provider_uplinks: Default::default(),
                 ports: [("vm1".to_string(), "vm1".to_string())].into(),
                 drifted: false,
             }),

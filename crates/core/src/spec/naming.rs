@@ -18,7 +18,7 @@ pub fn fnv1a(data: &[u8]) -> u64 {
 
 /// `prefix` + `body`, or when that is too long, `prefix` + as much of `body` as fits + a short
 /// hash of the whole body, so distinct long names stay distinct.
-fn fit(prefix: &str, body: &str) -> String {
+pub(crate) fn fit(prefix: &str, body: &str) -> String {
     let full = format!("{prefix}{body}");
     if full.len() <= IFNAME_MAX {
         return full;

@@ -84,8 +84,12 @@ pub struct OvnPort {
 
 impl Ovn {
     /// The MTU guests of OVN networks get: the network's own, else the underlay's (1500)
-    /// less what the tunnel takes.
+    /// less what the tunnel takes; a provider network's guests are on their segment, with
+    /// no tunnel in between.
     pub fn guest_mtu(&self, net: &Network) -> u32 {
+        if crate::ovn::provider::is_provider(net) {
+            return net.mtu.unwrap_or(1500);
+        }
         let overhead = if self.encap == "vxlan" {
             VXLAN_OVERHEAD
         } else {

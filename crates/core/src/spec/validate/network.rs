@@ -131,14 +131,24 @@ fn read_network_dhcp(cx: &mut Ctx, o: &Obj, d: &mut NetDraft, fields: &Fields, i
     };
     match fields.dhcp {
         Take::Refused(why) => cx.err(&df.path, df.loc(), why),
-        _ if d.mode.is_some() && fields.ipv4 == Take::Optional && !ipv4_given => cx.err(
-            &df.path,
-            df.loc(),
-            format!(
-                "kvmnet serves DHCP on a {word} network only from the host's address on it; \
-                 set ipv4 (like 10.70.0.1/24) or remove dhcp"
-            ),
-        ),
+        _ if d.mode.is_some() && fields.ipv4 == Take::Optional && !ipv4_given => {
+            let from = if d
+                .backend
+                .is_some_and(|(b, _)| b == crate::spec::NetBackend::Ovn)
+            {
+                "OVN's DHCP answers on a {word} network only from the network's ipv4 address (no host holds it)"
+            } else {
+                "kvmnet serves DHCP on a {word} network only from the host's address on it"
+            };
+            cx.err(
+                &df.path,
+                df.loc(),
+                format!(
+                    "{}; set ipv4 (like 10.70.0.1/24) or remove dhcp",
+                    from.replace("{word}", word)
+                ),
+            )
+        }
         _ => {
             // Checks against the subnet run only when mode and gateway are sound.
             let subnet = d.mode.and(d.ipv4);

@@ -1,6 +1,8 @@
 //! The `ovn` section, `backend` (of a network, and `host.backend` for all), a VM's `host`,
 //! and what OVN networks refuse: the settings OVN has no counterpart for, or that kvmnet
-//! does not put on OVN yet, each refused at its line with the reason.
+//! does not put on OVN yet, each refused at its line with the reason. A provider (`bridge`
+//! or `vlan`) network's uplink is taken by every chassis's Open vSwitch, so no kernel
+//! network and not `ovn.external` may use it too.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -21,10 +23,6 @@ const NET_REFUSED: &[(&str, &str)] = &[
     (
         "bridge",
         "an OVN network is a logical switch, not a bridge of this host",
-    ),
-    (
-        "uplink",
-        "OVN networks leave through ovn.external on the gateway chassis",
     ),
     (
         "nat",
@@ -350,6 +348,7 @@ pub(super) fn ovn_checks(
     let on_ovn: BTreeSet<&str> = names.iter().map(String::as_str).collect();
     check_forwards(cx, nets, &on_ovn);
     if let Some(d) = draft {
+        check_provider_uplinks(cx, d, nets, &on_ovn);
         for p in ports
             .iter()
             .filter(|p| p.network.as_deref().is_some_and(|n| on_ovn.contains(n)))
@@ -364,15 +363,7 @@ fn check_network(cx: &mut Ctx, at: &Index, d: &OvnDraft, n: &NetDraft) {
     let mode_path = join(&n.path, "mode");
     let mode_loc = at.get(mode_path.as_str()).unwrap_or(n.key_loc);
     match n.mode {
-        Some(Mode::Nat | Mode::Routed | Mode::Isolated) | None => {}
-        Some(m @ (Mode::Bridge | Mode::Vlan)) => cx.err(
-            &mode_path,
-            mode_loc,
-            format!(
-                "kvmnet does not put {} (provider) networks on OVN yet; use nat, routed or isolated, or backend: kernel",
-                m.as_str()
-            ),
-        ),
+        Some(Mode::Nat | Mode::Routed | Mode::Isolated | Mode::Bridge | Mode::Vlan) | None => {}
         Some(Mode::Vxlan) => cx.err(
             &mode_path,
             mode_loc,
@@ -438,6 +429,51 @@ fn check_dns(cx: &mut Ctx, n: &NetDraft) {
                 format!(
                     "{a} is IPv6: an OVN network's DHCP hands out forwarders as IPv4 DNS servers, and kvmnet puts only IPv4 on OVN networks so far (name an IPv4 server)"
                 ),
+            );
+        }
+    }
+}
+
+/// Where a network's uplink was written, and the interface: a bridge or direct network's
+/// `uplink`, or a vlan network's.
+fn uplink_at(n: &NetDraft) -> Option<(&str, Loc)> {
+    if let Some(v) = &n.vlan {
+        return Some((v.uplink.as_str(), n.vlan_uplink_loc));
+    }
+    n.uplink.as_ref().map(|(u, l)| (u.as_str(), *l))
+}
+
+/// An OVN provider network's uplink belongs to the chassis's Open vSwitch: a kernel network
+/// enslaving it (or a VLAN or macvtap on it) would never see a frame, and `ovn.external`'s
+/// uplink sits in `br-ex` already.
+fn check_provider_uplinks(cx: &mut Ctx, d: &OvnDraft, nets: &[NetDraft], on_ovn: &BTreeSet<&str>) {
+    let provider: BTreeMap<&str, &str> = nets
+        .iter()
+        .filter(|n| on_ovn.contains(n.name.as_str()))
+        .filter(|n| matches!(n.mode, Some(Mode::Bridge | Mode::Vlan)))
+        .filter_map(|n| uplink_at(n).map(|(u, _)| (u, n.name.as_str())))
+        .collect();
+    for n in nets {
+        let Some((u, loc)) = uplink_at(n) else {
+            continue;
+        };
+        let Some(ovn_net) = provider.get(u) else {
+            continue;
+        };
+        let path = join(&n.path, "uplink");
+        if on_ovn.contains(n.name.as_str()) {
+            if d.ovn.external.as_ref().is_some_and(|e| e.uplink == u) {
+                cx.err(
+                    &path,
+                    loc,
+                    format!("{u} is ovn.external.uplink, which gateway chassis put in br-ex; a provider network needs an interface of its own"),
+                );
+            }
+        } else {
+            cx.err(
+                &path,
+                loc,
+                format!("{u} is the uplink of OVN network '{ovn_net}', which every chassis puts in an Open vSwitch bridge; a kernel network cannot use it too"),
             );
         }
     }

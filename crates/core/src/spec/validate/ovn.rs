@@ -61,7 +61,10 @@ const PORT_REFUSED: &[(&str, &str)] = &[
         "qos.outbound.ceil",
         "OVN meters police one rate; there is nothing to borrow up to",
     ),
-    ("mirror", "kvmnet does not put OVN Mirror rows in place yet"),
+    (
+        "mirror",
+        "OVN's Mirror rows (OVN 23.03) send a port's traffic only to a GRE or ERSPAN tunnel endpoint, not to another port",
+    ),
     (
         "vlans",
         "a trunk is a host object; OVN ports are access ports",

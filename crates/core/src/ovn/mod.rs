@@ -12,8 +12,8 @@
 //! kvmnet's switches stay. A meter's band is the exception: `bands` must hold one from the
 //! meter's insert on, so it is an ordinary column of the meter, referring to its band.
 
-pub mod firewall;
 pub mod dns;
+pub mod firewall;
 pub mod forwards;
 pub mod model;
 pub mod provider;

@@ -109,9 +109,8 @@ fn two_hosts_applying_at_once_make_one_copy_of_each_row() {
                 .collect();
             assert!(dup.is_empty(), "round {round}: {table} twice: {dup:?}");
         }
-        let groups = lab.nbctl(&format!(
-            "--bare --columns=ports find Port_Group external_ids:kvmnet-owner=kvmnet"
-        ));
+        let groups =
+            lab.nbctl("--bare --columns=ports find Port_Group external_ids:kvmnet-owner=kvmnet");
         assert_eq!(
             groups.split_whitespace().count(),
             ports,

@@ -370,7 +370,7 @@ fn check_network(cx: &mut Ctx, at: &Index, d: &OvnDraft, n: &NetDraft) {
         Some(Mode::Vxlan) => cx.err(
             &mode_path,
             mode_loc,
-            "OVN's own overlay replaces VXLAN networks: use mode nat, routed or isolated on OVN, or backend: kernel",
+            "OVN's own overlay replaces VXLAN networks: use mode nat, routed or isolated on OVN (or bridge or vlan for a provider network), or backend: kernel",
         ),
         Some(Mode::Direct) => cx.err(
             &mode_path,

@@ -14,15 +14,7 @@ use ovn_lab::{OvnLab, ovn_present, wait_ping};
 
 fn spec(lab: &OvnLab, a_ns: &str, b_ns: &str) -> String {
     format!(
-        r#"version: 1
-ovn:
-  nb: {nb}
-  sb: {sb}
-  datapath: netdev
-  chassis:
-    hv1: {{ encap_ip: 172.31.0.1, ovs: "{ovs1}" }}
-    hv2: {{ encap_ip: 172.31.0.2, ovs: "{ovs2}" }}
-networks:
+        r#"{head}networks:
   web:
     backend: ovn
     mode: routed
@@ -50,10 +42,7 @@ vms:
         mac: "52:54:00:80:00:0b"
         dhcp_client: true
 "#,
-        nb = lab.nb(),
-        sb = lab.sb(),
-        ovs1 = lab.ovs_db(1),
-        ovs2 = lab.ovs_db(2),
+        head = lab.spec_head(2, &[], ""),
     )
 }
 
@@ -61,31 +50,14 @@ vms:
 /// allows, and no further; a forged source from b is dropped.
 fn guests_across(lab: &OvnLab, a_ns: &str, b_ns: &str) {
     // OVN's DHCP gives b the address the plan picked for it, and the overlay's MTU.
-    let picked = lab.nbctl("get Logical_Switch_Port ovb addresses");
-    let addr = picked
-        .split_whitespace()
-        .nth(1)
-        .expect("an address")
-        .trim_matches(|c| c == '[' || c == ']' || c == '"')
-        .to_string();
-    let script = lab.dir.join("udhcpc.sh");
-    std::fs::write(
-        &script,
-        format!(
-            "#!/bin/sh\n[ \"$1\" = bound ] || exit 0\nip addr add $ip/$mask dev $interface\necho \"ip=$ip mtu=$mtu router=$router\" > {}\n",
-            lab.dir.join("lease").display()
-        ),
-    )
-    .unwrap();
-    ok(&format!("chmod +x {}", script.display()));
-    ok_in(
+    let addr = lab.picked("ovb");
+    let lease = lab.udhcpc(
         b_ns,
-        &format!(
-            "busybox udhcpc -f -q -n -t 5 -T 1 -i eth0 -O mtu -s {}",
-            script.display()
-        ),
+        "eth0",
+        &["mtu"],
+        "ip=$ip mtu=$mtu router=$router",
+        false,
     );
-    let lease = std::fs::read_to_string(lab.dir.join("lease")).unwrap();
     assert!(
         lease.contains(&format!("ip={addr} mtu=1442 router=10.80.0.1")),
         "OVN's DHCP answered {lease}, not {addr} with the overlay's MTU"

@@ -19,15 +19,7 @@ const LOG_BURST: usize = 10;
 
 fn spec(lab: &OvnLab, ns: &[String; 3], from: &str) -> String {
     format!(
-        r#"version: 1
-ovn:
-  nb: {nb}
-  sb: {sb}
-  datapath: netdev
-  chassis:
-    hv1: {{ encap_ip: 172.31.0.1, ovs: "{ovs1}" }}
-    hv2: {{ encap_ip: 172.31.0.2, ovs: "{ovs2}" }}
-networks:
+        r#"{head}networks:
   fwnet:
     backend: ovn
     mode: isolated
@@ -58,10 +50,7 @@ vms:
     ports:
       - {{ network: fwnet, name: fwc, kind: veth, netns: {c}, mac: "52:54:00:82:00:0c", ipv4: 10.82.0.12 }}
 "#,
-        nb = lab.nb(),
-        sb = lab.sb(),
-        ovs1 = lab.ovs_db(1),
-        ovs2 = lab.ovs_db(2),
+        head = lab.spec_head(2, &[], ""),
         a = ns[0],
         b = ns[1],
         c = ns[2],

@@ -28,28 +28,14 @@ mod common;
 use common::*;
 #[path = "common/ovn_lab.rs"]
 mod ovn_lab;
-use ovn_lab::{OvnLab, ovn_present};
+use ovn_lab::{EXT_FAR as FAR, EXT_SNAT as SNAT, OvnLab, ovn_present};
 
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-const FAR: &str = "203.0.113.10";
-const SNAT: &str = "198.51.100.1";
-const NEXT_HOP: &str = "198.51.100.254";
-
 fn spec(lab: &OvnLab, a_ns: &str, b_ns: &str, c_ns: &str) -> String {
     format!(
-        r#"version: 1
-ovn:
-  nb: {nb}
-  sb: {sb}
-  datapath: netdev
-  chassis:
-    hv1: {{ encap_ip: 172.31.0.1, gateway: 1, ovs: "{ovs1}" }}
-    hv2: {{ encap_ip: 172.31.0.2, gateway: 2, ovs: "{ovs2}" }}
-    hv3: {{ encap_ip: 172.31.0.3, ovs: "{ovs3}" }}
-  external: {{ uplink: xup, ipv4: {SNAT}/24, next_hop: {NEXT_HOP} }}
-networks:
+        r#"{head}networks:
   web:
     backend: ovn
     mode: nat
@@ -77,11 +63,7 @@ vms:
     ports:
       - {{ network: web, name: fwc, kind: veth, netns: {c_ns}, mac: "52:54:00:82:00:0c" }}
 "#,
-        nb = lab.nb(),
-        sb = lab.sb(),
-        ovs1 = lab.ovs_db(1),
-        ovs2 = lab.ovs_db(2),
-        ovs3 = lab.ovs_db(3),
+        head = lab.spec_head(3, &[(1, 1), (2, 2)], &OvnLab::external_section("xup")),
     )
 }
 
@@ -159,37 +141,6 @@ fn connect_soon(ns: &str, ip: &str, port: u16) -> String {
         );
         std::thread::sleep(Duration::from_millis(300));
     }
-}
-
-/// The external side (as tests/ovn_gateway.rs builds it): a router namespace with bridge
-/// `xbr` holding the next hop and veth `xI` to each gateway chassis's `xup`, and the far
-/// host behind it. Returns (router namespace, far host's namespace).
-fn external(lab: &mut OvnLab, gateways: &[usize]) -> (String, String) {
-    let x = lab.ns.add("fwext");
-    let far = lab.ns.add("fwfar");
-    ok_in(
-        &x,
-        &format!(
-            "ip link add xbr type bridge && ip addr add {NEXT_HOP}/24 dev xbr && ip link set xbr up \
-             && sysctl -qw net.ipv4.ip_forward=1"
-        ),
-    );
-    ok(&format!(
-        "ip -n {x} link add xf type veth peer name eth0 netns {far} \
-         && ip -n {x} addr add 203.0.113.1/24 dev xf && ip -n {x} link set xf up \
-         && ip -n {far} addr add {FAR}/24 dev eth0 && ip -n {far} link set eth0 up \
-         && ip -n {far} route add default via 203.0.113.1"
-    ));
-    for &i in gateways {
-        let ch = lab.chassis[i - 1].ns.clone();
-        ok(&format!(
-            "ip -n {x} link add x{i} type veth peer name xup netns {ch} \
-             && ip -n {x} link set x{i} master xbr up && ip -n {ch} link set xup up \
-             && ip netns exec {x} ethtool -K x{i} tx off >/dev/null \
-             && ip netns exec {ch} ethtool -K xup tx off >/dev/null"
-        ));
-    }
-    (x, far)
 }
 
 /// The far host's DNS server: it knows `far.example`, answers `a.vm.test` with an address
@@ -329,24 +280,13 @@ fn forwards(a_ns: &str, b_ns: &str, far: &str) {
 /// c leases from OVN's DHCP, which names the forwarder and the domain; OVN answers the
 /// spec's names whichever server is asked, the forwarder the rest.
 fn dhcp_and_dns(lab: &OvnLab, a_ns: &str, c_ns: &str) {
-    let script = lab.dir.join("fw-udhcpc.sh");
-    std::fs::write(
-        &script,
-        format!(
-            "#!/bin/sh\n[ \"$1\" = bound ] || exit 0\nip addr add $ip/$mask dev $interface\nip route replace default via $router\necho \"ip=$ip dns=$dns domain=$domain\" > {}\n",
-            lab.dir.join("fw-lease").display()
-        ),
-    )
-    .unwrap();
-    ok(&format!("chmod +x {}", script.display()));
-    ok_in(
+    let lease = lab.udhcpc(
         c_ns,
-        &format!(
-            "busybox udhcpc -f -q -n -t 5 -T 1 -i eth0 -O dns -O domain -s {}",
-            script.display()
-        ),
+        "eth0",
+        &["dns", "domain"],
+        "ip=$ip dns=$dns domain=$domain",
+        true,
     );
-    let lease = std::fs::read_to_string(lab.dir.join("fw-lease")).unwrap();
     let c_ip = lease
         .split_whitespace()
         .find_map(|w| w.strip_prefix("ip="))
@@ -490,7 +430,7 @@ fn forwards_dns_and_gateway_announcements() {
         lab.start_controller(i);
     }
     let before = lab.nb_rows();
-    let (x, far) = external(&mut lab, &[1, 2]);
+    let (x, far) = lab.external(&[1, 2]);
     let _dns = dnsmasq(&far);
     let a_ns = lab.ns.reserve("fwa");
     let b_ns = lab.ns.reserve("fwb");

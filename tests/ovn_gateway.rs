@@ -10,30 +10,15 @@ mod common;
 use common::*;
 #[path = "common/ovn_lab.rs"]
 mod ovn_lab;
-use ovn_lab::{OvnLab, ovn_present, wait_ping};
+use ovn_lab::{EXT_FAR as FAR, EXT_SNAT as SNAT, OvnLab, ovn_present, wait_ping};
 
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-/// The external host the guests talk to (behind the next hop), and the SNAT address.
-const FAR: &str = "203.0.113.10";
-const SNAT: &str = "198.51.100.1";
-const NEXT_HOP: &str = "198.51.100.254";
-
 fn spec(lab: &OvnLab, a_ns: &str, b_ns: &str) -> String {
     format!(
-        r#"version: 1
-ovn:
-  nb: {nb}
-  sb: {sb}
-  datapath: netdev
-  chassis:
-    hv1: {{ encap_ip: 172.31.0.1, gateway: 1, ovs: "{ovs1}" }}
-    hv2: {{ encap_ip: 172.31.0.2, gateway: 2, ovs: "{ovs2}" }}
-    hv3: {{ encap_ip: 172.31.0.3, ovs: "{ovs3}" }}
-  external: {{ uplink: xup, ipv4: {SNAT}/24, next_hop: {NEXT_HOP} }}
-networks:
+        r#"{head}networks:
   web:
     backend: ovn
     mode: nat
@@ -49,45 +34,8 @@ vms:
     ports:
       - {{ network: web, name: gwb, kind: veth, netns: {b_ns}, mac: "52:54:00:81:00:0b", ipv4: 10.81.0.11 }}
 "#,
-        nb = lab.nb(),
-        sb = lab.sb(),
-        ovs1 = lab.ovs_db(1),
-        ovs2 = lab.ovs_db(2),
-        ovs3 = lab.ovs_db(3),
+        head = lab.spec_head(3, &[(1, 1), (2, 2)], &OvnLab::external_section("xup")),
     )
-}
-
-/// The external side: a router namespace with a bridge holding the next hop and a veth
-/// `xup` into each gateway chassis's namespace (the uplink kvmnet puts into br-ex there),
-/// and the far host's namespace behind that router, which has no route to the guests'
-/// subnet. Returns the far host's namespace.
-fn external(lab: &mut OvnLab, gateways: &[usize]) -> String {
-    let x = lab.ns.add("ext");
-    let far = lab.ns.add("far");
-    ok_in(
-        &x,
-        &format!(
-            "ip link add xbr type bridge && ip addr add {NEXT_HOP}/24 dev xbr && ip link set xbr up \
-             && sysctl -qw net.ipv4.ip_forward=1"
-        ),
-    );
-    ok(&format!(
-        "ip -n {x} link add xf type veth peer name eth0 netns {far} \
-         && ip -n {x} addr add 203.0.113.1/24 dev xf && ip -n {x} link set xf up \
-         && ip -n {far} addr add {FAR}/24 dev eth0 && ip -n {far} link set eth0 up \
-         && ip -n {far} route add default via 203.0.113.1"
-    ));
-    for &i in gateways {
-        let ch = lab.chassis[i - 1].ns.clone();
-        // `tx off` on both ends: the netdev datapath forwards partial checksums unfilled.
-        ok(&format!(
-            "ip -n {x} link add x{i} type veth peer name xup netns {ch} \
-             && ip -n {x} link set x{i} master xbr up && ip -n {ch} link set xup up \
-             && ip netns exec {x} ethtool -K x{i} tx off >/dev/null \
-             && ip netns exec {ch} ethtool -K xup tx off >/dev/null"
-        ));
-    }
-    far
 }
 
 /// The chassis whose ovn-controller holds the router's gateway port (`cr-` binding).
@@ -233,7 +181,7 @@ fn nat_gateway_failover_and_isolation() {
         lab.start_controller(i);
     }
     let before = lab.nb_rows();
-    let far = external(&mut lab, &[1, 2]);
+    let (_, far) = lab.external(&[1, 2]);
     let a_ns = lab.ns.reserve("gwa");
     let b_ns = lab.ns.reserve("gwb");
     let file = SpecFile::new(&spec(&lab, &a_ns, &b_ns));

@@ -17,15 +17,7 @@ use std::time::{Duration, Instant};
 
 fn spec(lab: &OvnLab, a_ns: &str, b_ns: &str) -> String {
     format!(
-        r#"version: 1
-ovn:
-  nb: {nb}
-  sb: {sb}
-  datapath: netdev
-  chassis:
-    hv1: {{ encap_ip: {ip1}, ovs: "{ovs1}" }}
-    hv2: {{ encap_ip: {ip2}, ovs: "{ovs2}" }}
-networks:
+        r#"{head}networks:
   opsnet:
     backend: ovn
     mode: routed
@@ -40,12 +32,7 @@ vms:
     ports:
       - {{ network: opsnet, name: opb, kind: veth, netns: {b_ns}, mac: "52:54:00:81:00:0b", ipv4: 10.81.0.11 }}
 "#,
-        nb = lab.nb(),
-        sb = lab.sb(),
-        ip1 = lab.chassis[0].encap_ip,
-        ip2 = lab.chassis[1].encap_ip,
-        ovs1 = lab.ovs_db(1),
-        ovs2 = lab.ovs_db(2),
+        head = lab.spec_head(2, &[], ""),
     )
 }
 

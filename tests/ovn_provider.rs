@@ -28,15 +28,7 @@ const V200_HOST: &str = "198.51.100.2";
 
 fn spec(lab: &OvnLab, g: &Guests) -> String {
     format!(
-        r#"version: 1
-ovn:
-  nb: {nb}
-  sb: {sb}
-  datapath: netdev
-  chassis:
-    hv1: {{ encap_ip: 172.31.0.1, ovs: "{ovs1}" }}
-    hv2: {{ encap_ip: 172.31.0.2, ovs: "{ovs2}" }}
-networks:
+        r#"{head}networks:
   lan:
     backend: ovn
     mode: bridge
@@ -60,10 +52,7 @@ vms:
       - {{ network: lan, name: plb, kind: veth, netns: {lb}, mac: "52:54:00:90:00:0b", ipv4: 192.0.2.11/24 }}
       - {{ network: v100, name: pvb, kind: veth, netns: {vb}, mac: "52:54:00:91:00:0b", dhcp_client: true }}
 "#,
-        nb = lab.nb(),
-        sb = lab.sb(),
-        ovs1 = lab.ovs_db(1),
-        ovs2 = lab.ovs_db(2),
+        head = lab.spec_head(2, &[], ""),
         la = g.la,
         va = g.va,
         lb = g.lb,
@@ -163,31 +152,14 @@ fn kvm(lab: &OvnLab, i: usize, args: &[&str]) -> String {
 /// b's vlan port leases its address from OVN's DHCP on the localnet switch: the one the
 /// plan picked, with the segment's MTU (no tunnel) and no router (the LAN has its own).
 fn lease(lab: &OvnLab, vb: &str) -> String {
-    let picked = lab.nbctl("get Logical_Switch_Port pvb addresses");
-    let addr = picked
-        .split_whitespace()
-        .nth(1)
-        .expect("an address")
-        .trim_matches(|c| c == '[' || c == ']' || c == '"')
-        .to_string();
-    let script = lab.dir.join("udhcpc.sh");
-    std::fs::write(
-        &script,
-        format!(
-            "#!/bin/sh\n[ \"$1\" = bound ] || exit 0\nip addr add $ip/$mask dev $interface\necho \"ip=$ip mtu=$mtu router=$router\" > {}\n",
-            lab.dir.join("lease").display()
-        ),
-    )
-    .unwrap();
-    ok(&format!("chmod +x {}", script.display()));
-    ok_in(
+    let addr = lab.picked("pvb");
+    let lease = lab.udhcpc(
         vb,
-        &format!(
-            "busybox udhcpc -f -q -n -t 5 -T 1 -i eth1 -O mtu -s {}",
-            script.display()
-        ),
+        "eth1",
+        &["mtu"],
+        "ip=$ip mtu=$mtu router=$router",
+        false,
     );
-    let lease = std::fs::read_to_string(lab.dir.join("lease")).unwrap();
     assert!(
         lease.contains(&format!("ip={addr} mtu=1500 router=\n")),
         "OVN's DHCP answered {lease}, not {addr} with the segment's MTU and no router"

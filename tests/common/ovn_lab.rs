@@ -396,3 +396,131 @@ pub fn wait_ping(ns: &str, ip: &str) {
         || pings(ns, ip),
     );
 }
+
+/// The external network of the lab's nat tests (`OvnLab::external`): a far host, the
+/// address kvmnet's router takes there (the SNAT source), and the next hop.
+pub const EXT_FAR: &str = "203.0.113.10";
+pub const EXT_SNAT: &str = "198.51.100.1";
+pub const EXT_NEXT_HOP: &str = "198.51.100.254";
+
+/// What the tests' specs and guests share.
+impl OvnLab {
+    /// The head of a test's spec: `version` and `ovn` with the lab's databases, the
+    /// userspace datapath and the first `chassis` chassis (each its tunnel endpoint and
+    /// Open_vSwitch database; `gateways` gives (chassis number, priority)), then `extra`
+    /// (more of `ovn`, two spaces in: `external`, say).
+    pub fn spec_head(&self, chassis: usize, gateways: &[(usize, u16)], extra: &str) -> String {
+        let mut s = format!(
+            "version: 1\novn:\n  nb: {}\n  sb: {}\n  datapath: netdev\n  chassis:\n",
+            self.nb(),
+            self.sb()
+        );
+        for (i, c) in self.chassis.iter().take(chassis).enumerate() {
+            let gateway = gateways
+                .iter()
+                .find(|(n, _)| *n == i + 1)
+                .map_or(String::new(), |(_, p)| format!("gateway: {p}, "));
+            s.push_str(&format!(
+                "    {}: {{ encap_ip: {}, {gateway}ovs: \"{}\" }}\n",
+                c.name,
+                c.encap_ip,
+                self.ovs_db(i + 1)
+            ));
+        }
+        s.push_str(extra);
+        s
+    }
+
+    /// `external` of the head for the external side [`OvnLab::external`] builds.
+    pub fn external_section(uplink: &str) -> String {
+        format!(
+            "  external: {{ uplink: {uplink}, ipv4: {EXT_SNAT}/24, next_hop: {EXT_NEXT_HOP} }}\n"
+        )
+    }
+
+    /// The external side of a nat network: a router namespace with bridge `xbr` holding the
+    /// next hop and a veth `xI` to each gateway chassis's `xup` (the uplink kvmnet puts
+    /// into br-ex there), and the far host behind that router, which has no route to the
+    /// guests' subnet. Returns (router namespace, far host's namespace).
+    pub fn external(&mut self, gateways: &[usize]) -> (String, String) {
+        let x = self.ns.add("ext");
+        let far = self.ns.add("far");
+        ok_in(
+            &x,
+            &format!(
+                "ip link add xbr type bridge && ip addr add {EXT_NEXT_HOP}/24 dev xbr && ip link set xbr up \
+                 && sysctl -qw net.ipv4.ip_forward=1"
+            ),
+        );
+        ok(&format!(
+            "ip -n {x} link add xf type veth peer name eth0 netns {far} \
+             && ip -n {x} addr add 203.0.113.1/24 dev xf && ip -n {x} link set xf up \
+             && ip -n {far} addr add {EXT_FAR}/24 dev eth0 && ip -n {far} link set eth0 up \
+             && ip -n {far} route add default via 203.0.113.1"
+        ));
+        for &i in gateways {
+            let ch = self.chassis[i - 1].ns.clone();
+            // `tx off` on both ends: the netdev datapath forwards partial checksums unfilled.
+            ok(&format!(
+                "ip -n {x} link add x{i} type veth peer name xup netns {ch} \
+                 && ip -n {x} link set x{i} master xbr up && ip -n {ch} link set xup up \
+                 && ip netns exec {x} ethtool -K x{i} tx off >/dev/null \
+                 && ip netns exec {ch} ethtool -K xup tx off >/dev/null"
+            ));
+        }
+        (x, far)
+    }
+
+    /// The address kvmnet picked for logical port `lsp` (the second word of its
+    /// `addresses`): what OVN's DHCP gives the port.
+    pub fn picked(&self, lsp: &str) -> String {
+        self.nbctl(&format!("get Logical_Switch_Port {lsp} addresses"))
+            .split_whitespace()
+            .nth(1)
+            .expect("an address")
+            .trim_matches(|c| c == '[' || c == ']' || c == '"')
+            .to_string()
+    }
+
+    /// One busybox `udhcpc` lease on `iface` in `ns`, asking for `options` (`-O`): the
+    /// address is put on `iface` (and, with `route`, the router made the default route),
+    /// and `record` (shell words over udhcpc's variables, like `ip=$ip mtu=$mtu`) is
+    /// returned as the script wrote it.
+    pub fn udhcpc(
+        &self,
+        ns: &str,
+        iface: &str,
+        options: &[&str],
+        record: &str,
+        route: bool,
+    ) -> String {
+        let tag = unique("lease");
+        let (script, lease) = (
+            self.dir.join(format!("{tag}.sh")),
+            self.dir.join(format!("{tag}.txt")),
+        );
+        let route = if route {
+            "ip route replace default via $router\n"
+        } else {
+            ""
+        };
+        std::fs::write(
+            &script,
+            format!(
+                "#!/bin/sh\n[ \"$1\" = bound ] || exit 0\nip addr add $ip/$mask dev $interface\n{route}echo \"{record}\" > {}\n",
+                lease.display()
+            ),
+        )
+        .unwrap();
+        ok(&format!("chmod +x {}", script.display()));
+        let opts: String = options.iter().map(|o| format!(" -O {o}")).collect();
+        ok_in(
+            ns,
+            &format!(
+                "busybox udhcpc -f -q -n -t 5 -T 1 -i {iface}{opts} -s {}",
+                script.display()
+            ),
+        );
+        std::fs::read_to_string(lease).unwrap()
+    }
+}

@@ -226,31 +226,6 @@ fn kvm(lab: &OvnLab, i: usize, args: &[&str]) -> String {
     lab.ns.kvmnet_ok(&a)
 }
 
-/// The chassis whose ovn-controller holds the router's gateway port (`cr-` binding).
-fn active_gateway(lab: &OvnLab) -> String {
-    let uuid =
-        lab.sbctl("--bare --columns=chassis find Port_Binding logical_port=cr-kvmnet-lrp-ext");
-    let uuid = uuid.trim();
-    if uuid.is_empty() {
-        return String::new();
-    }
-    lab.sbctl(&format!("--bare get Chassis {uuid} name"))
-        .trim()
-        .to_string()
-}
-
-fn wait_active(lab: &OvnLab, name: &str) {
-    let t = Instant::now();
-    while active_gateway(lab) != name {
-        assert!(
-            t.elapsed() < Duration::from_secs(30),
-            "the gateway port is on {:?}, not {name}",
-            active_gateway(lab)
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
 /// The far host reaches a and b through the forwards only, and is seen as itself.
 fn forwards(a_ns: &str, b_ns: &str, far: &str) {
     let _a22 = listen(a_ns, 22, "a");
@@ -399,7 +374,7 @@ fn failover(lab: &OvnLab, x: &str, a_ns: &str, far: &str) {
     );
     std::thread::sleep(Duration::from_secs(1));
     crash(lab, 2, "ovs-vswitchd");
-    wait_active(lab, "hv1");
+    lab.wait_active("hv1");
     let mut seen = String::new();
     std::io::Read::read_to_string(garp.0.stdout.as_mut().unwrap(), &mut seen).unwrap();
     assert!(
@@ -449,7 +424,7 @@ fn forwards_dns_and_gateway_announcements() {
     for p in ["fwa", "fwb", "fwc"] {
         lab.wait_up(p);
     }
-    wait_active(&lab, "hv2");
+    lab.wait_active("hv2");
 
     forwards(&a_ns, &b_ns, &far);
     dhcp_and_dns(&lab, &a_ns, &c_ns);

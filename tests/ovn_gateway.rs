@@ -38,31 +38,6 @@ vms:
     )
 }
 
-/// The chassis whose ovn-controller holds the router's gateway port (`cr-` binding).
-fn active_gateway(lab: &OvnLab) -> String {
-    let uuid =
-        lab.sbctl("--bare --columns=chassis find Port_Binding logical_port=cr-kvmnet-lrp-ext");
-    let uuid = uuid.trim();
-    if uuid.is_empty() {
-        return String::new();
-    }
-    lab.sbctl(&format!("--bare get Chassis {uuid} name"))
-        .trim()
-        .to_string()
-}
-
-fn wait_active(lab: &OvnLab, name: &str) {
-    let t = Instant::now();
-    while active_gateway(lab) != name {
-        assert!(
-            t.elapsed() < Duration::from_secs(20),
-            "the gateway port is on {:?}, not {name}",
-            active_gateway(lab)
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
 /// Kills a daemon of chassis `i` as a crash would (SIGKILL, no cleanup); its pid file goes
 /// too, so the lab's teardown signals no process that may have taken the pid since.
 fn crash(lab: &OvnLab, i: usize, daemon: &str) {
@@ -201,7 +176,7 @@ fn nat_gateway_failover_and_isolation() {
     lab.wait_up("gwa");
     lab.wait_up("gwb");
     // The higher priority holds the gateway port.
-    wait_active(&lab, "hv2");
+    lab.wait_active("hv2");
     // OVN's tunnel BFD intervals (default 1000 ms, 3 missed: ~3 s to notice a dead
     // gateway), set by hand to compare in BENCHMARKS.md; kvmnet leaves NB_Global alone.
     let bfd = std::env::var("OVN_GATEWAY_BFD_MS").unwrap_or_default();
@@ -234,7 +209,7 @@ fn nat_gateway_failover_and_isolation() {
         gaps.len() >= 10 && gaps.iter().all(|g| *g < 0.5),
         "pings flow while hv2's ovn-controller is down: {gaps:?}"
     );
-    assert_eq!(active_gateway(&lab), "hv2");
+    assert_eq!(lab.active_gateway(), "hv2");
 
     // Failover: hv2's ovs-vswitchd dies too (the host is gone); BFD on the tunnels tells
     // hv1 and hv3, and hv1 takes the gateway port over.
@@ -253,7 +228,7 @@ fn nat_gateway_failover_and_isolation() {
         },
         (back - t0) * 1000.0
     );
-    wait_active(&lab, "hv1");
+    lab.wait_active("hv1");
     assert_eq!(source_seen(&far, FAR, &a_ns), SNAT, "SNAT moved to hv1");
     assert_eq!(source_seen(&far, FAR, &b_ns), SNAT);
 

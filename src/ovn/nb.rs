@@ -189,6 +189,28 @@ pub fn execute(remotes: &str, changes: &[&Change<NbRow>]) -> Result<(), NbError>
     })
 }
 
+/// Refuses an insert whose name a row kvmnet does not own has already. The names are read
+/// once per table an insert goes to, not once per insert.
+fn refuse_foreign(r: &Replica, inserts: &[&NbRow]) -> Result<(), NbError> {
+    let mut foreign: BTreeMap<&str, std::collections::BTreeSet<&str>> = BTreeMap::new();
+    for w in inserts {
+        let Some(name) = w.name() else { continue };
+        let names = foreign.entry(w.table.as_str()).or_insert_with(|| {
+            r.table(&w.table)
+                .filter(|(_, row)| key_of(row).is_none())
+                .filter_map(|(_, row)| row.get("name").and_then(Datum::single)?.as_str())
+                .collect()
+        });
+        if names.contains(name) {
+            return Err(NbError::Foreign {
+                table: w.table.clone(),
+                name: name.to_string(),
+            });
+        }
+    }
+    Ok(())
+}
+
 /// The operations that leave kvmnet's rows as `changes` mean them to be, from what the
 /// replica shows; `None` when it shows that already.
 fn ops_for(
@@ -219,24 +241,7 @@ fn ops_for(
     if inserts.is_empty() && updates.is_empty() && deletes.is_empty() {
         return Ok(None);
     }
-    // Names of rows kvmnet does not own, per table an insert goes to: read once, not once
-    // per insert.
-    let mut foreign: BTreeMap<&str, std::collections::BTreeSet<&str>> = BTreeMap::new();
-    for w in &inserts {
-        let Some(name) = w.name() else { continue };
-        let names = foreign.entry(w.table.as_str()).or_insert_with(|| {
-            r.table(&w.table)
-                .filter(|(_, row)| key_of(row).is_none())
-                .filter_map(|(_, row)| row.get("name").and_then(Datum::single)?.as_str())
-                .collect()
-        });
-        if names.contains(name) {
-            return Err(NbError::Foreign {
-                table: w.table.clone(),
-                name: name.to_string(),
-            });
-        }
-    }
+    refuse_foreign(r, &inserts)?;
     let named: BTreeMap<(String, String), String> = inserts
         .iter()
         .enumerate()

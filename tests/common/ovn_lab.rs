@@ -523,4 +523,31 @@ impl OvnLab {
         );
         std::fs::read_to_string(lease).unwrap()
     }
+
+    /// The chassis whose ovn-controller holds the router's gateway port (its `cr-`
+    /// binding); empty while none does.
+    pub fn active_gateway(&self) -> String {
+        let uuid =
+            self.sbctl("--bare --columns=chassis find Port_Binding logical_port=cr-kvmnet-lrp-ext");
+        let uuid = uuid.trim();
+        if uuid.is_empty() {
+            return String::new();
+        }
+        self.sbctl(&format!("--bare get Chassis {uuid} name"))
+            .trim()
+            .to_string()
+    }
+
+    /// Waits (30 s at most) until chassis `name` holds the gateway port.
+    pub fn wait_active(&self, name: &str) {
+        let t = Instant::now();
+        while self.active_gateway() != name {
+            assert!(
+                t.elapsed() < Duration::from_secs(30),
+                "the gateway port is on {:?}, not {name}",
+                self.active_gateway()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
 }

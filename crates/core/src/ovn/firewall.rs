@@ -66,37 +66,28 @@ pub(super) fn acl(
 /// outbound drop must let through), holding its ports, with its ACLs.
 pub(super) fn firewalls(r: &mut Rows, ovn: &Ovn) {
     let mut groups: BTreeMap<String, (&Firewall, bool, Vec<&str>)> = BTreeMap::new();
+    // The name is a hash of the firewall's text, made once per distinct firewall: thousands
+    // of ports share a handful.
+    let mut names: foldhash::HashMap<(&Firewall, bool), String> = Default::default();
     for p in &ovn.ports {
         let Some(fw) = &p.port.firewall else { continue };
         let dhcp = ovn
             .networks
             .get(&p.port.network)
             .is_some_and(|n| n.dhcp.is_some());
-        let pg = group_name("kvmnet_fw", &format!("{fw:?}/{dhcp}"));
-        groups
-            .entry(pg)
-            .or_insert((fw, dhcp, Vec::new()))
-            .2
-            .push(&p.port.name);
+        let pg = names
+            .entry((fw, dhcp))
+            .or_insert_with(|| group_name("kvmnet_fw", &format!("{fw:?}/{dhcp}")));
+        match groups.get_mut(pg.as_str()) {
+            Some(g) => g.2.push(&p.port.name),
+            None => {
+                groups.insert(pg.clone(), (fw, dhcp, vec![&p.port.name]));
+            }
+        }
     }
     let mut sets = BTreeSet::new();
     for (pg, (fw, dhcp, ports)) in groups {
-        r.add(
-            "Port_Group",
-            &pg,
-            vec![
-                ("name", NbVal::str(&pg)),
-                (
-                    "ports",
-                    NbVal::set(
-                        ports
-                            .iter()
-                            .map(|p| NbVal::reference("Logical_Switch_Port", *p)),
-                    ),
-                ),
-            ],
-            None,
-        );
+        super::model::port_group(r, &pg, ports);
         let mut n = 0;
         if let Some(d) = &fw.inbound {
             direction(r, (&pg, &mut n), d, true, &mut sets);

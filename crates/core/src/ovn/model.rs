@@ -423,24 +423,29 @@ pub(super) fn group_name(prefix: &str, text: &str) -> String {
     format!("{prefix}_{:08x}", fnv(text.as_bytes()) as u32)
 }
 
-fn isolation(r: &mut Rows, net: &Network, ports: &[&OvnPort]) {
-    let pg = group_name("kvmnet_iso", &net.name);
+/// A `Port_Group` named `pg` holding the switch ports named `ports`.
+pub(super) fn port_group<'a>(r: &mut Rows, pg: &str, ports: impl IntoIterator<Item = &'a str>) {
     r.add(
         "Port_Group",
-        &pg,
+        pg,
         vec![
-            ("name", NbVal::str(&pg)),
+            ("name", NbVal::str(pg)),
             (
                 "ports",
                 NbVal::set(
                     ports
-                        .iter()
-                        .map(|p| NbVal::reference("Logical_Switch_Port", &p.port.name)),
+                        .into_iter()
+                        .map(|p| NbVal::reference("Logical_Switch_Port", p)),
                 ),
             ),
         ],
         None,
     );
+}
+
+fn isolation(r: &mut Rows, net: &Network, ports: &[&OvnPort]) {
+    let pg = group_name("kvmnet_iso", &net.name);
+    port_group(r, &pg, ports.iter().map(|p| p.port.name.as_str()));
     super::firewall::acl(
         r,
         &pg,

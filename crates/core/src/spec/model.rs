@@ -595,7 +595,7 @@ pub struct Shape {
     pub burst_bytes: Option<u32>,
 }
 
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
 pub struct Firewall {
     /// Traffic to the VM.
     pub inbound: Option<FirewallDirection>,
@@ -603,14 +603,14 @@ pub struct Firewall {
     pub outbound: Option<FirewallDirection>,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct FirewallDirection {
     /// What happens to traffic no rule decides: `true` accept, `false` drop.
     pub accept_by_default: bool,
     pub rules: Vec<FirewallRule>,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum RuleProto {
     Tcp,
     Udp,
@@ -618,7 +618,7 @@ pub enum RuleProto {
     Any,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum RuleAction {
     Accept,
     Drop,
@@ -643,7 +643,7 @@ pub fn icmpv6_counterpart(t: &str) -> Option<&'static str> {
     ICMP_V6.iter().find(|(v4, _)| *v4 == t).map(|(_, v6)| *v6)
 }
 
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct FirewallRule {
     pub proto: RuleProto,
     /// Destination ports (inclusive ranges), tcp/udp only.

@@ -215,14 +215,35 @@ pub(crate) struct LocIndex {
 impl LocIndex {
     /// Where `path` was written, if it was; a part wins over the head, as in [`Ctx::loc_at`].
     pub(crate) fn get(&self, path: &str) -> Option<Loc> {
+        self.scope(path).get(path)
+    }
+
+    /// The part that holds `path` and every path below it (the VM entry's), for many lookups
+    /// under one path without finding the part again each time.
+    pub(crate) fn scope(&self, path: &str) -> LocScope<'_> {
         let prefixes = path
             .match_indices(['.', '['])
             .map(|(i, _)| &path[..i])
             .chain(std::iter::once(path));
-        for prefix in prefixes {
-            let Some((part, line)) = self.parts.get(prefix) else {
-                continue;
-            };
+        let part = prefixes
+            .filter_map(|prefix| self.parts.get(prefix))
+            .next()
+            .map(|(part, line)| (part.as_slice(), *line));
+        LocScope { index: self, part }
+    }
+}
+
+/// [`LocIndex`] narrowed to the paths of one VM entry (or to the head's, for a spec read
+/// whole).
+pub(crate) struct LocScope<'a> {
+    index: &'a LocIndex,
+    part: Option<(&'a [(String, Loc)], usize)>,
+}
+
+impl LocScope<'_> {
+    /// Where `path`, a path in this scope, was written, if it was.
+    pub(crate) fn get(&self, path: &str) -> Option<Loc> {
+        if let Some((part, line)) = self.part {
             // Sorted by path, stably: the last of equal paths is the one written last.
             let end = part.partition_point(|(p, _)| p.as_str() <= path);
             if let Some((_, l)) = end
@@ -236,7 +257,7 @@ impl LocIndex {
                 });
             }
         }
-        self.head.get(path).copied()
+        self.index.head.get(path).copied()
     }
 }
 

@@ -506,6 +506,8 @@ fn check_forwards(cx: &mut Ctx, nets: &[NetDraft], on_ovn: &BTreeSet<&str>) {
 }
 
 fn check_port(cx: &mut Ctx, at: &Index, d: &OvnDraft, p: &PortDraft) {
+    // Every path below is the port's: its VM entry is found once, not once a field.
+    let at = at.scope(&p.path);
     let net = p.network.as_deref().unwrap_or_default();
     match &p.host {
         None => cx.err(
@@ -531,11 +533,15 @@ fn check_port(cx: &mut Ctx, at: &Index, d: &OvnDraft, p: &PortDraft) {
     if p.kind == Some(PortKind::Macvtap) {
         return;
     }
+    let mut path = String::with_capacity(p.path.len() + 24);
     for (field, why) in PORT_REFUSED {
-        // A dotted field is a path of its own keys (`dhcp.range6`), not one quoted key.
-        let path = field
-            .split('.')
-            .fold(p.path.clone(), |p, seg| join(&p, seg));
+        // A dotted field is a path of its own keys (`qos.floor`), not one quoted key.
+        path.clear();
+        path.push_str(&p.path);
+        for seg in field.split('.') {
+            path.push('.');
+            path.push_str(seg);
+        }
         if let Some(loc) = at.get(path.as_str()) {
             cx.err(
                 &path,
@@ -550,6 +556,9 @@ fn check_port(cx: &mut Ctx, at: &Index, d: &OvnDraft, p: &PortDraft) {
     for (dir, fd) in [("inbound", &fw.inbound), ("outbound", &fw.outbound)] {
         let Some(fd) = fd else { continue };
         for (i, r) in fd.rules.iter().enumerate() {
+            if r.connlimit.is_none() && r.rate.is_none() {
+                continue;
+            }
             let rpath = format!("{}.firewall.{dir}.rules[{i}]", p.path);
             if r.connlimit.is_some() {
                 let path = join(&rpath, "connlimit");

@@ -453,3 +453,35 @@ fn layout_edge_cases() {
         check(&mut warm, text, &format!("case {i}, warm"));
     }
 }
+
+/// A field OVN ports refuse, written in a VM entry the cache reads on its own (the only error
+/// of the spec, so no other error sends the cache to the full parse): refused all the same.
+#[test]
+fn ovn_refusals_inside_cached_entries() {
+    let head = "version: 1\novn:\n  nb: unix:/run/ovn/ovnnb_db.sock\n  sb: unix:/run/ovn/ovnsb_db.sock\n  \
+                chassis:\n    hv1: { encap_ip: 172.31.0.1 }\nnetworks:\n  w: { backend: ovn, mode: isolated, ipv4: 10.170.0.1/16 }\nvms:\n";
+    let vm = |i: usize, extra: &str| {
+        format!(
+            "  v{i}:\n    host: hv1\n    ports:\n      - {{ network: w, ipv4: 10.170.{}.{}{extra} }}\n",
+            1 + i / 250,
+            2 + i % 250
+        )
+    };
+    let vms: Vec<String> = (0..50).map(|i| vm(i, "")).collect();
+    let mut cache = SpecCache::default();
+    check_read(&mut cache, &build(head, &vms, ""), Some(50), "valid");
+    for extra in [
+        ", ethtool: { channels: { combined: 2 } }",
+        ", qos: { inbound: { rate: 10mbit, ceil: 20mbit } }",
+        ", qos: { outbound: { rate: 10mbit, ceil: 20mbit } }",
+    ] {
+        let mut edited = vms.clone();
+        edited[25] = vm(25, extra);
+        let text = build(head, &edited, "");
+        check(&mut cache, &text, extra);
+        assert!(
+            spec::parse_bytes(text.as_bytes(), &id()).is_err(),
+            "{extra} is refused"
+        );
+    }
+}

@@ -81,17 +81,21 @@ pub fn rows(ovn: &Ovn) -> Vec<NbRow> {
     if !routed.is_empty() {
         router(&mut r, ovn, &routed);
     }
+    // Each network's ports, in one pass: a spec may have hundreds of networks.
+    let mut by_net: BTreeMap<&str, Vec<&OvnPort>> = BTreeMap::new();
+    for p in &ovn.ports {
+        by_net.entry(p.port.network.as_str()).or_default().push(p);
+    }
     for net in ovn.networks.values() {
-        let ports: Vec<&OvnPort> = ovn
-            .ports
-            .iter()
-            .filter(|p| p.port.network == net.name)
-            .collect();
-        switch(&mut r, ovn, net, &ports);
+        let ports = by_net.remove(net.name.as_str()).unwrap_or_default();
+        let addrs = addresses(net, &ports);
+        switch(&mut r, ovn, net, &ports, &addrs);
         if net.isolate_ports {
             isolation(&mut r, net, &ports);
         }
-        r.0.extend(super::dns::row(net, &vm_addresses(net, &ports)));
+        if net.dns.is_some() {
+            r.0.extend(super::dns::row(net, &vm_addresses(&ports, &addrs)));
+        }
     }
     super::firewall::firewalls(&mut r, ovn);
     if !routed.is_empty() {
@@ -101,8 +105,10 @@ pub fn rows(ovn: &Ovn) -> Vec<NbRow> {
 }
 
 /// Each VM's addresses on `net` (declared or picked), for its DNS names.
-fn vm_addresses(net: &Network, ports: &[&OvnPort]) -> BTreeMap<String, Vec<Ipv4Addr>> {
-    let addrs = addresses(net, ports);
+fn vm_addresses(
+    ports: &[&OvnPort],
+    addrs: &BTreeMap<String, Ipv4Addr>,
+) -> BTreeMap<String, Vec<Ipv4Addr>> {
     let mut out: BTreeMap<String, Vec<Ipv4Addr>> = BTreeMap::new();
     for p in ports {
         if let Some(a) = addrs.get(&p.port.name) {
@@ -112,7 +118,13 @@ fn vm_addresses(net: &Network, ports: &[&OvnPort]) -> BTreeMap<String, Vec<Ipv4A
     out
 }
 
-fn switch(r: &mut Rows, ovn: &Ovn, net: &Network, ports: &[&OvnPort]) {
+fn switch(
+    r: &mut Rows,
+    ovn: &Ovn,
+    net: &Network,
+    ports: &[&OvnPort],
+    addrs: &BTreeMap<String, Ipv4Addr>,
+) {
     r.add(
         "Logical_Switch",
         &net.name,
@@ -127,7 +139,6 @@ fn switch(r: &mut Rows, ovn: &Ovn, net: &Network, ports: &[&OvnPort]) {
     if dhcp {
         dhcp_options(r, ovn, net);
     }
-    let addrs = addresses(net, ports);
     for p in ports {
         let port = &p.port;
         let addr = match addrs.get(&port.name) {

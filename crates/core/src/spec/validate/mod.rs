@@ -240,7 +240,25 @@ pub(crate) struct LocScope<'a> {
     part: Option<(&'a [(String, Loc)], usize)>,
 }
 
-impl LocScope<'_> {
+impl<'a> LocScope<'a> {
+    /// Each path written below `path` (as `path.REST`: REST with where it was written), when
+    /// a part holds them; `None` for a spec read whole, whose paths only the head has.
+    pub(crate) fn below(&self, path: &'a str) -> Option<impl Iterator<Item = (&'a str, Loc)>> {
+        let (part, line) = self.part?;
+        // Sorted by path: the paths below `path` are one run, after `path` itself.
+        let start = part.partition_point(|(p, _)| p.as_str() <= path);
+        Some(part[start..].iter().map_while(move |(p, l)| {
+            let rest = p.strip_prefix(path)?.strip_prefix('.')?;
+            Some((
+                rest,
+                Loc {
+                    line: l.line + line,
+                    col: l.col,
+                },
+            ))
+        }))
+    }
+
     /// Where `path`, a path in this scope, was written, if it was.
     pub(crate) fn get(&self, path: &str) -> Option<Loc> {
         if let Some((part, line)) = self.part {

@@ -533,18 +533,32 @@ fn check_port(cx: &mut Ctx, at: &Index, d: &OvnDraft, p: &PortDraft) {
     if p.kind == Some(PortKind::Macvtap) {
         return;
     }
-    let mut path = String::with_capacity(p.path.len() + 24);
-    for (field, why) in PORT_REFUSED {
+    // Where each refused field was written (the last time), if it was.
+    let mut written = [None; PORT_REFUSED.len()];
+    let dotted = |field: &str| {
         // A dotted field is a path of its own keys (`qos.floor`), not one quoted key.
-        path.clear();
-        path.push_str(&p.path);
-        for seg in field.split('.') {
-            path.push('.');
-            path.push_str(seg);
+        field
+            .split('.')
+            .fold(p.path.clone(), |p, seg| join(&p, seg))
+    };
+    match at.below(&p.path) {
+        Some(fields) => {
+            for (rest, loc) in fields {
+                if let Some(i) = PORT_REFUSED.iter().position(|(f, _)| *f == rest) {
+                    written[i] = Some(loc);
+                }
+            }
         }
-        if let Some(loc) = at.get(path.as_str()) {
+        None => {
+            for (w, (field, _)) in written.iter_mut().zip(PORT_REFUSED) {
+                *w = at.get(&dotted(field));
+            }
+        }
+    }
+    for (loc, (field, why)) in written.into_iter().zip(PORT_REFUSED) {
+        if let Some(loc) = loc {
             cx.err(
-                &path,
+                &dotted(field),
                 loc,
                 format!("{field} is not taken on OVN ports: {why} (remove it)"),
             );

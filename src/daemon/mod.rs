@@ -468,14 +468,22 @@ fn serve_metrics(sh: &Arc<Shared>, l: std::net::TcpListener) -> std::thread::Joi
     })
 }
 
-/// Runs the daemon until SIGTERM/SIGINT. The caller has already entered the namespace.
-pub fn run(
+/// The daemon at start: its shared state, its private state directory, and the DHCP scopes
+/// and DNS zones of the spec it starts with (its services start on them once the first
+/// apply has made the bridges).
+struct Started {
+    sh: Arc<Shared>,
+    state_dir: StateDir,
+    scopes: Vec<dhcp::Scope>,
+    zones: Vec<dns::Zone>,
+}
+
+/// The daemon's shared state, from the spec it starts with ([`start_spec`]).
+fn start_shared(
     scope: &str,
     spec_path: &std::path::Path,
-    metrics_listener: Option<std::net::TcpListener>,
     chassis: Option<&str>,
-) -> Result<(), EngineError> {
-    let sigset = block_signals();
+) -> Result<Started, EngineError> {
     let specs = Mutex::new(crate::spec::SpecCache::default());
     let retired = freeing_thread();
     let state_dir = private_state_dir(scope)?;
@@ -513,22 +521,50 @@ pub fn run(
         watch: Mutex::new(open_watch()),
         metrics,
     });
-    let revert_now = pending_at_start(&sh)?;
-    let n = apply_active(&sh, "apply")?;
+    Ok(Started {
+        sh,
+        state_dir,
+        scopes,
+        zones,
+    })
+}
+
+/// The first apply of the accepted spec, then the revert of a change whose confirmation
+/// was already due.
+fn converge_at_start(sh: &Shared) -> Result<(), EngineError> {
+    let revert_now = pending_at_start(sh)?;
+    let n = apply_active(sh, "apply")?;
     log(
         Level::Info,
         &format!("applied the accepted spec: {n} changes"),
     );
     if revert_now {
-        revert_due(&sh, true);
+        revert_due(sh, true);
     }
+    Ok(())
+}
 
-    // DHCP, on the bridges the spec just made (threads inherit this thread's namespace).
-    let server = dhcp::Server::start(scopes, &dhcp_dir(scope)).map_err(EngineError::Dhcp)?;
+/// The threads that serve until the daemon stops, joined in this order when it does.
+struct Threads {
+    dhcp: std::thread::JoinHandle<()>,
+    dhcp6: std::thread::JoinHandle<()>,
+    dns: std::thread::JoinHandle<()>,
+    api: std::thread::JoinHandle<()>,
+    metrics: Option<std::thread::JoinHandle<()>>,
+}
+
+/// DHCPv4, router advertisements and DHCPv6, on the bridges the spec just made (threads
+/// inherit this thread's namespace): the DHCPv4 and DHCPv6 threads.
+fn start_dhcp(
+    sh: &Arc<Shared>,
+    state_dir: &StateDir,
+    scopes: Vec<dhcp::Scope>,
+) -> Result<(std::thread::JoinHandle<()>, std::thread::JoinHandle<()>), EngineError> {
+    let server = dhcp::Server::start(scopes, &dhcp_dir(&sh.scope)).map_err(EngineError::Dhcp)?;
     *sh.dhcp.lock().expect("lock") = Some(server.handle());
     // The journal the server just opened may be new, and made with the default mode.
     state_dir.tighten()?;
-    let dhcp_sh = Arc::clone(&sh);
+    let dhcp_sh = Arc::clone(sh);
     let dhcp_thread = std::thread::spawn(move || dhcp_thread(dhcp_sh, server));
     {
         // Locked in this order everywhere: the active spec, then the advertiser.
@@ -538,20 +574,33 @@ pub fn run(
     }
     let dhcp6_thread = {
         let active = sh.active.lock().expect("lock");
-        dhcp6::start(&sh, &active.spec, &dhcp_dir(scope))?
+        dhcp6::start(sh, &active.spec, &dhcp_dir(&sh.scope))?
     };
     // The DHCPv6 journal and DUID may be new.
     state_dir.tighten()?;
+    Ok((dhcp_thread, dhcp6_thread))
+}
 
-    // DNS on the gateways of networks with `dns` (same namespace, same way).
+/// DHCP, DNS (on the gateways of networks with `dns`, same namespace, same way), the local
+/// API, the metrics listener if there is one, and the thread that waits for signals.
+fn start_services(
+    sh: &Arc<Shared>,
+    state_dir: &StateDir,
+    scopes: Vec<dhcp::Scope>,
+    zones: Vec<dns::Zone>,
+    metrics_listener: Option<std::net::TcpListener>,
+    sigset: libc::sigset_t,
+) -> Result<Threads, EngineError> {
+    let (dhcp_thread, dhcp6_thread) = start_dhcp(sh, state_dir, scopes)?;
+
     let mut dns_server = dns::Server::start(zones).map_err(EngineError::Dns)?;
-    dns_server.set_lease_source(lease_source(&sh));
+    dns_server.set_lease_source(lease_source(sh));
     *sh.dns.lock().expect("lock") = Some(dns_server.handle());
-    let dns_sh = Arc::clone(&sh);
+    let dns_sh = Arc::clone(sh);
     let dns_thread = std::thread::spawn(move || dns_thread(dns_sh, dns_server));
 
     let listener = api::bind(&state_dir.dir).map_err(EngineError::Listen)?;
-    let api_sh = Arc::clone(&sh);
+    let api_sh = Arc::clone(sh);
     let api_thread = std::thread::spawn(move || {
         let handler_sh = Arc::clone(&api_sh);
         api::serve(
@@ -561,27 +610,57 @@ pub fn run(
         );
     });
 
-    let metrics_thread = metrics_listener.map(|l| serve_metrics(&sh, l));
+    let metrics_thread = metrics_listener.map(|l| serve_metrics(sh, l));
 
-    let sig_sh = Arc::clone(&sh);
+    let sig_sh = Arc::clone(sh);
     std::thread::spawn(move || wait_for_signals(&sig_sh, &sigset));
+    Ok(Threads {
+        dhcp: dhcp_thread,
+        dhcp6: dhcp6_thread,
+        dns: dns_thread,
+        api: api_thread,
+        metrics: metrics_thread,
+    })
+}
+
+/// Wakes the service threads to see that the daemon stops, and waits for each.
+fn stop_services(sh: &Shared, threads: Threads) {
+    sh.dhcp_kick.store(true, Ordering::SeqCst);
+    sh.dns_kick.store(true, Ordering::SeqCst);
+    sh.v6.wake();
+    let _ = threads.dhcp.join();
+    let _ = threads.dhcp6.join();
+    if let Some(mut ra) = sh.ra.lock().expect("lock").take() {
+        ra.stop();
+    }
+    let _ = threads.dns.join();
+    let _ = threads.api.join();
+    if let Some(t) = threads.metrics {
+        let _ = t.join();
+    }
+}
+
+/// Runs the daemon until SIGTERM/SIGINT. The caller has already entered the namespace.
+pub fn run(
+    scope: &str,
+    spec_path: &std::path::Path,
+    metrics_listener: Option<std::net::TcpListener>,
+    chassis: Option<&str>,
+) -> Result<(), EngineError> {
+    let sigset = block_signals();
+    let Started {
+        sh,
+        state_dir,
+        scopes,
+        zones,
+    } = start_shared(scope, spec_path, chassis)?;
+    converge_at_start(&sh)?;
+    let threads = start_services(&sh, &state_dir, scopes, zones, metrics_listener, sigset)?;
 
     notify("READY=1");
     reconcile_until_stopped(&sh);
     notify("STOPPING=1");
-    sh.dhcp_kick.store(true, Ordering::SeqCst);
-    sh.dns_kick.store(true, Ordering::SeqCst);
-    sh.v6.wake();
-    let _ = dhcp_thread.join();
-    let _ = dhcp6_thread.join();
-    if let Some(mut ra) = sh.ra.lock().expect("lock").take() {
-        ra.stop();
-    }
-    let _ = dns_thread.join();
-    let _ = api_thread.join();
-    if let Some(t) = metrics_thread {
-        let _ = t.join();
-    }
+    stop_services(&sh, threads);
     let _ = std::fs::remove_file(api::socket_path(&state_dir.dir));
     log(Level::Info, "stopped; networking left in place");
     Ok(())

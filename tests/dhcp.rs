@@ -10,8 +10,8 @@ use std::net::Ipv4Addr;
 use std::time::Duration;
 
 use common_dhcp::*;
-use kvmnet::dhcp::packet::{MessageType, opt};
 use kvmnet::dhcp::Limits;
+use kvmnet::dhcp::packet::{MessageType, opt};
 
 /// Not a test on its own: with `KVMNET_DHCP_TEST_SERVER` set (by the kill -9 test, which
 /// re-executes this binary), it becomes the server process ([`serve_as_child`]).

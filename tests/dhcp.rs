@@ -10,80 +10,14 @@ use std::net::Ipv4Addr;
 use std::time::Duration;
 
 use common_dhcp::*;
+use kvmnet::dhcp::Limits;
 use kvmnet::dhcp::packet::{MessageType, opt};
-use kvmnet::dhcp::{Limits, Scope, Server};
-
-/// Reservation number `i` of a synthetic scope: MAC 02:00:00:00:hi:lo, address in the
-/// gateway's /16 at .100.0 upwards.
-fn reserved_host(gw: kvmnet::spec::Ipv4Cidr, i: u32) -> kvmnet::dhcp::Reservation {
-    let o = gw.addr.octets();
-    kvmnet::dhcp::Reservation {
-        mac: kvmnet::spec::Mac([2, 0, 0, 0, (i >> 8) as u8, i as u8]),
-        ip: Ipv4Addr::new(o[0], o[1], 100 + (i / 250) as u8, 1 + (i % 250) as u8),
-        port: format!("vm{i}"),
-    }
-}
 
 /// Not a test on its own: with `KVMNET_DHCP_TEST_SERVER` set (by the kill -9 test, which
-/// re-executes this binary), it becomes the server process. The value is JSON:
-/// `{"ns": .., "dir": .., "scope": {"gw": "10.1.0.1/16", "pool": [a, b], "lease": secs}}`.
+/// re-executes this binary), it becomes the server process ([`serve_as_child`]).
 #[test]
 fn server_child() {
-    let Ok(cfg) = std::env::var("KVMNET_DHCP_TEST_SERVER") else {
-        return;
-    };
-    let v: serde_json::Value = serde_json::from_str(&cfg).expect("config JSON");
-    let s = |k: &str| v[k].as_str().expect("string field").to_string();
-    let gw: kvmnet::spec::Ipv4Cidr = v["gw"].as_str().unwrap().parse().unwrap();
-    let scope = Scope {
-        network: "test".into(),
-        interface: "br0".into(),
-        server_ip: gw.addr,
-        subnet: gw.network(),
-        router: Some(gw.addr),
-        dns: vec![],
-        domain: None,
-        mtu: None,
-        live_mtu: None,
-        lease_secs: v["lease"].as_u64().unwrap_or(3600) as u32,
-        routes: vec![],
-        pool: Some((
-            v["pool"][0].as_str().unwrap().parse().unwrap(),
-            v["pool"][1].as_str().unwrap().parse().unwrap(),
-        )),
-        reservations: (0..v["reservations"].as_u64().unwrap_or(0) as u32)
-            .map(|i| reserved_host(gw, i))
-            .collect(),
-    };
-    kvmnet::backend::netns::enter(&s("ns")).expect("enter namespace");
-    let mut server = Server::start(vec![scope], std::path::Path::new(&s("dir"))).expect("start");
-    if v["unlimited"].as_bool().unwrap_or(false) {
-        server.set_limits(Limits {
-            per_mac_rate: f64::INFINITY,
-            per_interface_rate: f64::INFINITY,
-            ..Limits::default()
-        });
-    }
-    println!("SERVER READY");
-    let stop = std::sync::atomic::AtomicBool::new(false);
-    server.run(&stop).expect("run");
-}
-
-fn write_script(path: &std::path::Path, body: &str) {
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::write(path, format!("#!/bin/sh\n{body}\n")).unwrap();
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755)).unwrap();
-}
-
-/// `KEY=value` lines of a file a client script wrote (scripts write a temporary file and
-/// rename it, so a file that exists is complete).
-fn env_file(path: &std::path::Path) -> std::collections::BTreeMap<String, String> {
-    std::fs::read_to_string(path)
-        .unwrap_or_default()
-        .lines()
-        .filter_map(|l| l.split_once('='))
-        .map(|(k, v)| (k.to_string(), v.trim_matches('\'').to_string()))
-        .collect()
+    serve_as_child();
 }
 
 /// Test 1: three real clients get their reservations, a fourth MAC a pool address, and the
@@ -276,13 +210,6 @@ fn real_clients_get_reservations_pool_and_options() {
         "{on_disk:?}"
     );
     drop(server);
-}
-
-fn bound_ip(h: &kvmnet::dhcp::ServerHandle, mac: &str) -> Option<(Ipv4Addr, String, u64)> {
-    h.leases()
-        .into_iter()
-        .find(|l| l.mac == mac)
-        .map(|l| (l.ip, l.state, l.expires_unix))
 }
 
 /// Test 2: the RFC 2131 states with a raw client: SELECTING (ours, another server's, the
@@ -569,30 +496,6 @@ fn leases_and_offers_expire() {
     drop(server);
 }
 
-/// Sends DISCOVERs with random client MACs from `ns` as fast as it can until `stop`;
-/// returns how many it sent. Like dhcpstarv, minus the spoofed Ethernet source (the server
-/// sees only chaddr either way).
-fn flood(
-    ns: &str,
-    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
-) -> std::thread::JoinHandle<u64> {
-    let c = RawClient::new(ns, "52:54:00:ff:ff:ff");
-    std::thread::spawn(move || {
-        let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
-        let mut n = 0u64;
-        let dst = std::net::SocketAddrV4::new(Ipv4Addr::BROADCAST, 67);
-        while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-            let r = rng.next().to_be_bytes();
-            let m = kvmnet::spec::Mac([0x02, r[1], r[2], r[3], r[4], r[5]]);
-            let p = kvmnet::dhcp::packet::Packet::request(m, r[6] as u32, MessageType::Discover);
-            if c.sock.send_to(&p.encode(), dst).is_ok() {
-                n += 1;
-            }
-        }
-        n
-    })
-}
-
 /// Test 5: a DISCOVER flood with random MACs from one guest neither keeps another guest
 /// from its reservation nor ties up the pool in offers.
 #[test]
@@ -675,35 +578,6 @@ fn discover_flood_does_not_starve_reservations() {
     drop(server);
 }
 
-/// A server namespace with `br0` at `.1/16` and a client namespace at `.2/16` for perfdhcp,
-/// which relays (giaddr = its own address) when given the server's address.
-fn perf_topo(tag: &str, net: &str) -> (Topo, String) {
-    let mut t = Topo::new(tag, &format!("{net}.0.1/16"));
-    let ns = t.add_client("perf", "52:54:00:00:00:02");
-    ok(&format!("ip -n {ns} addr add {net}.0.2/16 dev eth0"));
-    (t, ns)
-}
-
-fn perf_scope(t: &Topo, net: &str) -> Scope {
-    let mut s = t.scope(
-        Some((&format!("{net}.1.0"), &format!("{net}.254.254"))),
-        &[],
-    );
-    s.lease_secs = 3600;
-    s
-}
-
-fn perfdhcp(ns: &str, rate: u32, secs: u32, clients: u32, server: Ipv4Addr) -> (Perf, String) {
-    let o = in_ns(
-        ns,
-        // -W: after the last send, wait for answers still in flight (else they count as
-        // drops).
-        &format!("perfdhcp -4 -r {rate} -p {secs} -R {clients} -W 1000000 {server} 2>&1"),
-    );
-    let out = String::from_utf8_lossy(&o.stdout).into_owned();
-    (parse_perfdhcp(&out), out)
-}
-
 /// Test 3: perfdhcp, relaying through the server address, loses no exchange at 200/s.
 #[test]
 fn perfdhcp_relay_no_loss() {
@@ -734,70 +608,6 @@ fn perfdhcp_relay_no_loss() {
         .count();
     assert!(bound as u64 >= p.received[1] * 9 / 10, "{bound} bound");
     drop(server);
-}
-
-/// The server as a child process (this test binary re-executed), for kill -9.
-fn spawn_server_process(t: &mut Topo, gw: &str, pool: (&str, &str)) -> usize {
-    spawn_server_process_with(t, gw, pool, 0)
-}
-
-fn spawn_server_process_with(
-    t: &mut Topo,
-    gw: &str,
-    pool: (&str, &str),
-    reservations: u32,
-) -> usize {
-    use std::io::BufRead;
-    let cfg = serde_json::json!({
-        "ns": t.server_ns,
-        "dir": t.state_dir,
-        "gw": gw,
-        "pool": [pool.0, pool.1],
-        "lease": 3600,
-        "reservations": reservations,
-    });
-    let mut c = std::process::Command::new(std::env::current_exe().unwrap())
-        .args(["server_child", "--exact", "--nocapture", "--test-threads=1"])
-        .env("KVMNET_DHCP_TEST_SERVER", cfg.to_string())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::inherit())
-        .spawn()
-        .expect("re-exec the test binary as the server");
-    let out = c.stdout.take().unwrap();
-    let i = t.adopt(c);
-    let mut lines = std::io::BufReader::new(out).lines();
-    loop {
-        match lines.next() {
-            Some(Ok(l)) if l.contains("SERVER READY") => break,
-            Some(Ok(_)) => continue,
-            _ => panic!("the server process did not start"),
-        }
-    }
-    // Keep draining its output so it never blocks on a full pipe.
-    std::thread::spawn(move || for _ in lines {});
-    i
-}
-
-/// Raw clients with fresh MACs doing DORA until `stop`; every (MAC, address) ACKed.
-fn ack_recorder(
-    ns: &str,
-    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
-    server: Ipv4Addr,
-    seed: u64,
-) -> std::thread::JoinHandle<Vec<(String, Ipv4Addr)>> {
-    let mut c = RawClient::new(ns, "52:54:00:00:00:01");
-    std::thread::spawn(move || {
-        let mut rng = Rng(seed);
-        let mut acked = Vec::new();
-        while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-            let r = rng.next().to_be_bytes();
-            c.mac = kvmnet::spec::Mac([0x52, 0x54, r[0], r[1], r[2], r[3]]);
-            if let Some((ip, _)) = c.dora(server) {
-                acked.push((c.mac.to_string(), ip));
-            }
-        }
-        acked
-    })
 }
 
 /// Test 4: SIGKILL under perfdhcp load loses no acknowledged lease, and the restarted
@@ -1004,15 +814,6 @@ fn bench_perfdhcp() {
             None => println!("{name:>24}: lost exchanges at every rate tried"),
         }
     }
-}
-
-fn rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap()
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        .unwrap()
 }
 
 /// Not run by default: resident memory of the server process with 1,000 reservations (all

@@ -16,12 +16,6 @@ use common_dhcp::*;
 use kvmnet::dhcp::packet::{MessageType, Packet, opt};
 use kvmnet::dhcp::{Limits, ServerHandle};
 
-fn write_script(path: &Path, body: &str) {
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::write(path, format!("#!/bin/sh\n{body}\n")).unwrap();
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755)).unwrap();
-}
-
 /// busybox udhcpc in `ns`, running on (it renews on SIGUSR1) with a script that configures
 /// the address and logs each event as `EVENT IP` to `log`; its pid and the log.
 fn udhcpc_forever(t: &mut Topo, ns: &str, work: &Path, tag: &str) -> (u32, PathBuf) {

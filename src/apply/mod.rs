@@ -2,20 +2,18 @@
 //! to the kernel together (pipelined netlink requests) because that is where the time goes
 //! with many ports. On any failure the steps already done are undone in reverse order.
 
+mod guest;
 mod kinds;
+mod ports;
 
 use std::collections::HashMap;
 
-use crate::backend::rtnl::{
-    BondOptions, Netlink, NetlinkError, NewLinkKind, Request, Route6Info, RouteInfo,
-};
+use crate::backend::rtnl::{BondOptions, Netlink, NetlinkError, Request, RouteInfo};
 use crate::backend::{ethtool, macvtap, netns, nftables, sysctl, tap, tc};
 use crate::plan::{Change, Step};
 use crate::spec::{BondMode, LACP_RATES, XMIT_HASH_POLICIES};
 use crate::state::BondLink;
-use crate::state::{
-    Addr, GuestEnd, PortKind, PortLink, Route, ShapeState, guest_alias, parse_alias,
-};
+use crate::state::{PortLink, Route, ShapeState, parse_alias};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApplyError {
@@ -281,36 +279,6 @@ fn bond_options(
     })
 }
 
-/// What takes a veth far end's IPv6 from `old` (as found; `None` for a new far end) to
-/// `new`, in three steps run in this order among the IPv4 ones: the old default route
-/// removed, the address changed, the new default route added (its gateway is on-link
-/// through the prefix route the kernel adds with the address). The address is added
-/// without duplicate address detection, like the gateway's on the bridge: kvmnet has
-/// checked it is unique on the network (the guard keeps other guests from claiming it), and
-/// a tentative address could not be a source for the second or so DAD takes, where the
-/// IPv4 one works at once.
-fn guest_requests6(index: u32, old: Option<&GuestEnd>, new: &GuestEnd) -> [Vec<Request>; 3] {
-    let (old_addr, old_gw) = (old.and_then(|g| g.addr6), old.and_then(|g| g.gateway6));
-    let mut out: [Vec<Request>; 3] = Default::default();
-    if old_gw != new.gateway6 {
-        if let Some(gw) = old_gw {
-            out[0].push(Request::DelRoute6(Route6Info::default_via(gw, index)));
-        }
-        if let Some(gw) = new.gateway6 {
-            out[2].push(Request::NewRoute6(Route6Info::default_via(gw, index)));
-        }
-    }
-    if old_addr != new.addr6 {
-        if let Some(addr) = old_addr {
-            out[1].push(Request::DelAddr6 { index, addr });
-        }
-        if let Some(addr) = new.addr6 {
-            out[1].push(Request::NewAddr6 { index, addr });
-        }
-    }
-    out
-}
-
 fn route_info(route: &Route, oif: u32) -> RouteInfo {
     RouteInfo {
         table: route.table,
@@ -413,328 +381,6 @@ impl Kernel {
         }
     }
 
-    /// Sets the guest end of a veth port to `to`, from `from` when known.
-    fn configure_guest(
-        &mut self,
-        port: &PortLink,
-        from: Option<&PortLink>,
-    ) -> Result<(), ApplyError> {
-        let PortKind::Veth { netns: ns, guest } = &port.kind else {
-            return Ok(());
-        };
-        let old = from.and_then(|f| match &f.kind {
-            PortKind::Veth { guest, .. } => Some(guest.clone()),
-            PortKind::Tap { .. } | PortKind::Macvtap { .. } => None,
-        });
-        let nl = self.guest(ns)?;
-        let link = nl
-            .link_by_name(&guest.name)?
-            .ok_or_else(|| ApplyError::NoSuchLink(format!("{ns}/{}", guest.name)))?;
-        let mut reqs = vec![configure(
-            link.index,
-            guest.mac,
-            guest.mtu,
-            None,
-            guest.up,
-            guest_alias(&port.name),
-        )];
-        let old_addr = old.as_ref().and_then(|g| g.addr);
-        let old_gw = old.as_ref().and_then(|g| g.gateway);
-        let default = |gw| RouteInfo {
-            table: 254,
-            dst: crate::spec::Ipv4Cidr::new(std::net::Ipv4Addr::UNSPECIFIED, 0),
-            gateway: Some(gw),
-            oif: Some(link.index),
-            protocol: 3,
-            scope: 0,
-            route_type: 1,
-            priority: None,
-            prefsrc: None,
-        };
-        if old_gw != guest.gateway
-            && let Some(gw) = old_gw
-        {
-            reqs.push(Request::DelRoute(default(gw)));
-        }
-        let [del6, addrs6, add6] = guest_requests6(link.index, old.as_ref(), guest);
-        reqs.extend(del6);
-        reqs.extend(addrs6);
-        if old_addr != guest.addr {
-            if let Some(a) = old_addr {
-                reqs.push(Request::DelAddr {
-                    index: link.index,
-                    addr: a,
-                });
-            }
-            if let Some(a) = guest.addr {
-                reqs.push(Request::NewAddr {
-                    index: link.index,
-                    addr: a,
-                    broadcast: Addr::with_standard_broadcast(a).broadcast,
-                });
-            }
-        }
-        if old_gw != guest.gateway
-            && let Some(gw) = guest.gateway
-        {
-            reqs.push(Request::NewRoute(default(gw)));
-        }
-        reqs.extend(add6);
-        for r in nl.execute(&reqs) {
-            r?;
-        }
-        Ok(())
-    }
-
-    /// Makes taps so that no moment leaves one behind unmarked: each is opened (alive only
-    /// while its descriptor is), given its IPv6 setting and its whole configuration, mark
-    /// included, in one pipelined batch, and only then made persistent. A kill at any point
-    /// leaves either nothing or a marked tap that the next apply repairs or destroy removes.
-    /// In chunks, to stay well under the open-files limit.
-    fn create_taps(&mut self, taps: &[(usize, &PortLink)], results: &mut [Result<(), ApplyError>]) {
-        const CHUNK: usize = 256;
-        for chunk in taps.chunks(CHUNK) {
-            let mut open = Vec::with_capacity(chunk.len());
-            let mut masters = HashMap::new();
-            let mut reqs = Vec::with_capacity(chunk.len());
-            for &(i, p) in chunk {
-                let PortKind::Tap { owner, multi_queue } = &p.kind else {
-                    unreachable!("create_taps takes taps");
-                };
-                let made = tap::open_tap(&p.name, *owner, *multi_queue)
-                    .map_err(ApplyError::from)
-                    .and_then(|fd| {
-                        // A bridge port needs no IPv6 of its own: the host's is on the
-                        // bridge.
-                        if p.master.is_some() {
-                            sysctl::disable_ipv6(&p.name)?;
-                        }
-                        let index = tap::index_of(&p.name)
-                            .ok_or_else(|| ApplyError::NoSuchLink(p.name.clone()))?;
-                        let master = self.master_index(&p.master)?;
-                        Ok((fd, index, master))
-                    });
-                match made {
-                    Ok((fd, index, master)) => {
-                        let mut req = configure_port(p, index, master);
-                        if let Request::SetLink {
-                            alias, up, master, ..
-                        } = &mut req
-                        {
-                            *alias = Some(p.alias_before_tc());
-                            *master = None;
-                            // Up only once closed: while kvmnet holds it the tap has carrier,
-                            // and a port that comes up with carrier and loses it a moment
-                            // later costs the bridge an enable and a disable each.
-                            *up = Some(false);
-                        }
-                        reqs.push(req);
-                        masters.insert(i, master);
-                        open.push((i, p, fd, index));
-                    }
-                    Err(e) => results[i] = Err(e),
-                }
-            }
-            let configured = self.nl.execute(&reqs);
-            let mut ups = Vec::new();
-            let mut owners = Vec::new();
-            for ((i, p, fd, index), r) in open.into_iter().zip(configured) {
-                // Refused (a full bridge, say): the device goes when `fd` closes.
-                results[i] = r
-                    .map_err(ApplyError::from)
-                    .and_then(|()| tap::persist(&fd, &p.name).map_err(ApplyError::from));
-                if results[i].is_ok() {
-                    self.deletable.insert(p.name.clone());
-                    self.index.insert(p.name.clone(), index);
-                    let mut r = Request::set_link(index);
-                    if let Request::SetLink { up, master, .. } = &mut r {
-                        *up = Some(p.up);
-                        *master = Some(masters[&i]);
-                    }
-                    ups.push(r);
-                    owners.push(i);
-                }
-            }
-            for (i, r) in owners.into_iter().zip(self.nl.execute(&ups)) {
-                if let Err(e) = r {
-                    results[i] = Err(e.into());
-                }
-            }
-        }
-    }
-
-    fn create_ports(&mut self, ports: &[&PortLink]) -> Vec<Result<(), ApplyError>> {
-        let mut results: Vec<Result<(), ApplyError>> = ports.iter().map(|_| Ok(())).collect();
-        let taps: Vec<(usize, &PortLink)> = ports
-            .iter()
-            .enumerate()
-            .filter(|(_, p)| matches!(p.kind, PortKind::Tap { .. }))
-            .map(|(i, p)| (i, *p))
-            .collect();
-        self.create_taps(&taps, &mut results);
-        for (i, p) in ports.iter().enumerate() {
-            if results[i].is_err() {
-                continue;
-            }
-            let master = match self.master_index(&p.master) {
-                Ok(m) => m,
-                Err(e) => {
-                    results[i] = Err(e);
-                    continue;
-                }
-            };
-            match &p.kind {
-                PortKind::Tap { .. } => {}
-                PortKind::Macvtap {
-                    uplink,
-                    mode,
-                    owner,
-                } => {
-                    results[i] = self.create_macvtap(p, uplink, *mode, *owner);
-                }
-                PortKind::Veth { .. } => results[i] = self.create_veth(p, master),
-            }
-        }
-        // Traffic control once every port of the batch exists (a mirror needs its target).
-        let shaped: Vec<usize> = (0..ports.len())
-            .filter(|&i| results[i].is_ok() && ports[i].has_tc())
-            .collect();
-        if !shaped.is_empty() {
-            let want: Vec<tc::PortTc> = shaped.iter().map(|&i| link_tc(ports[i])).collect();
-            if let Err(e) = tc::Tc::open().and_then(|mut t| t.apply_many(&want).map(|_| ())) {
-                let msg = e.to_string();
-                for &i in &shaped {
-                    results[i] = Err(ApplyError::TrafficControl(msg.clone()));
-                }
-            }
-            self.record_tc(ports, &shaped, &mut results);
-        }
-        // Bridge-port flags exist only once a port is enslaved.
-        let mut reqs = Vec::new();
-        let mut owners = Vec::new();
-        for (i, p) in ports.iter().enumerate() {
-            if results[i].is_ok() && p.isolated && p.master.is_some() {
-                match self.idx(&p.name) {
-                    Ok(index) => {
-                        reqs.push(Request::SetBridgePort {
-                            index,
-                            isolated: true,
-                        });
-                        owners.push(i);
-                    }
-                    Err(e) => results[i] = Err(e),
-                }
-            }
-        }
-        for (i, r) in owners.into_iter().zip(self.nl.execute(&reqs)) {
-            if let Err(e) = r {
-                results[i] = Err(e.into());
-            }
-        }
-        results
-    }
-
-    /// A veth port: both ends in one request (the far end into its namespace), then the host
-    /// end's IPv6 off and up on its bridge, then the far end's addresses.
-    fn create_veth(&mut self, p: &PortLink, master: u32) -> Result<(), ApplyError> {
-        let PortKind::Veth { netns: ns, guest } = &p.kind else {
-            unreachable!("create_veth takes veths");
-        };
-        let fd = netns::open(ns)?;
-        use std::os::fd::AsRawFd;
-        Self::one(
-            &mut self.nl,
-            Request::NewLink {
-                name: p.name.clone(),
-                kind: NewLinkKind::Veth {
-                    peer_name: guest.name.clone(),
-                    peer_mac: Some(guest.mac),
-                    peer_mtu: Some(guest.mtu),
-                    peer_alias: Some(guest_alias(&p.name)),
-                    peer_netns_fd: Some(fd.as_raw_fd()),
-                },
-                mac: Some(p.mac),
-                mtu: Some(p.mtu),
-                alias: Some(p.alias_before_tc()),
-                master: if master == 0 { None } else { Some(master) },
-                // A bridge port comes up once its IPv6 is off (as a tap does).
-                up: p.up && master == 0,
-            },
-        )?;
-        self.index.remove(&p.name);
-        self.deletable.insert(p.name.clone());
-        if master != 0 {
-            sysctl::disable_ipv6(&p.name)?;
-            if p.up {
-                let index = self.idx(&p.name)?;
-                Self::one(&mut self.nl, set_up(index))?;
-            }
-        }
-        self.configure_guest(p, None)
-    }
-
-    /// The full mark, with the port's shaping and mirror in it, once that traffic control is
-    /// in place: a mark that named them before would make a run killed in between look done.
-    fn record_tc(
-        &mut self,
-        ports: &[&PortLink],
-        shaped: &[usize],
-        results: &mut [Result<(), ApplyError>],
-    ) {
-        let mut reqs = Vec::new();
-        let mut owners = Vec::new();
-        for &i in shaped {
-            if results[i].is_err() {
-                continue;
-            }
-            match self.idx(&ports[i].name) {
-                Ok(index) => {
-                    let mut r = Request::set_link(index);
-                    if let Request::SetLink { alias, .. } = &mut r {
-                        *alias = Some(ports[i].alias());
-                    }
-                    reqs.push(r);
-                    owners.push(i);
-                }
-                Err(e) => results[i] = Err(e),
-            }
-        }
-        for (i, r) in owners.into_iter().zip(self.nl.execute(&reqs)) {
-            if let Err(e) = r {
-                results[i] = Err(e.into());
-            }
-        }
-    }
-
-    /// A macvtap on `uplink`, up, with the VM's MAC, and its character device given to
-    /// `owner`.
-    fn create_macvtap(
-        &mut self,
-        p: &PortLink,
-        uplink: &str,
-        mode: crate::spec::DirectMode,
-        owner: Option<u32>,
-    ) -> Result<(), ApplyError> {
-        let lower = self.idx(uplink)?;
-        self.create_link(Request::NewLink {
-            name: p.name.clone(),
-            kind: NewLinkKind::Macvtap {
-                lower,
-                mode: mode.kernel_value(),
-            },
-            mac: Some(p.mac),
-            mtu: Some(p.mtu),
-            alias: Some(p.alias_before_tc()),
-            master: None,
-            up: p.up,
-        })?;
-        if let Some(uid) = owner {
-            let index = self.idx(&p.name)?;
-            macvtap::set_owner(&p.name, index, uid)?;
-        }
-        Ok(())
-    }
-
     /// Makes a link kvmnet owns from `RTM_NEWLINK` (which, made here, an undo may delete).
     fn create_link(&mut self, req: Request) -> Result<(), ApplyError> {
         let Request::NewLink { name, .. } = &req else {
@@ -785,26 +431,6 @@ impl Kernel {
         for n in names {
             self.index.remove(*n);
         }
-        results
-    }
-
-    /// Deletes ports, and with them (in the same group deletion: each one waits for the
-    /// kernel's RCU grace period) the IFBs that shaped their outbound traffic.
-    fn delete_ports(&mut self, ports: &[&PortLink]) -> Vec<Result<(), ApplyError>> {
-        let ifbs: Vec<String> = ports
-            .iter()
-            .filter(|p| p.qos_out.is_some())
-            .map(|p| tc::ifb_name(&p.name))
-            .filter(|n| self.index.contains_key(n) || self.idx(n).is_ok())
-            .collect();
-        let names: Vec<&str> = ports
-            .iter()
-            .map(|p| p.name.as_str())
-            .chain(ifbs.iter().map(String::as_str))
-            .collect();
-        let mut results = self.delete_links(&names);
-        // An IFB that is not there or not kvmnet's is left alone, as before.
-        results.truncate(ports.len());
         results
     }
 }
@@ -947,39 +573,6 @@ mod tests {
             .iter()
             .map(|n| Step::Netns(Change::Create(netns(n))))
             .collect()
-    }
-
-    /// A far end's IPv6 changes in order (the old route out, the addresses, the new route
-    /// in: a gateway is on-link only once its prefix's address is there), and an update
-    /// undone runs the other way round.
-    #[test]
-    fn guest_ipv6_requests_take_the_old_route_out_first() {
-        let end = |a: Option<&str>, g: Option<&str>| GuestEnd {
-            name: "eth0".into(),
-            mac: Default::default(),
-            mtu: 1500,
-            up: true,
-            addr: None,
-            gateway: None,
-            addr6: a.map(|a| a.parse().unwrap()),
-            gateway6: g.map(|g| g.parse().unwrap()),
-            dhcp: false,
-        };
-        let none = end(None, None);
-        let set = end(Some("fd00:64::10/64"), Some("fd00:64::1"));
-        let [del, addrs, add] = guest_requests6(7, None, &set);
-        assert!(del.is_empty());
-        assert!(matches!(&addrs[..], [Request::NewAddr6 { index: 7, .. }]));
-        assert!(matches!(&add[..], [Request::NewRoute6(r)] if r.oif == Some(7)));
-        let [del, addrs, add] = guest_requests6(7, Some(&set), &none);
-        assert!(matches!(&del[..], [Request::DelRoute6(_)]));
-        assert!(matches!(&addrs[..], [Request::DelAddr6 { .. }]));
-        assert!(add.is_empty());
-        assert!(
-            guest_requests6(7, Some(&set), &set)
-                .iter()
-                .all(Vec::is_empty)
-        );
     }
 
     #[test]

@@ -175,24 +175,7 @@ impl NftCache {
         };
         // Element changes of a set that cannot be followed count as a change of the set.
         let mut changes = changes.clone();
-        let mut followed = Vec::new();
-        for e in element_changes.iter().filter(|e| e.table == nft::TABLE) {
-            let family = if e.family == NFPROTO_INET {
-                nft::FAMILY
-            } else {
-                nft::BRIDGE_FAMILY
-            };
-            let plain = families
-                .get(family)
-                .and_then(|f| f.as_ref())
-                .and_then(|f| f.sets.get(&e.set))
-                .is_some_and(|s| s.flags & (NFT_SET_INTERVAL | NFT_SET_TIMEOUT) == 0);
-            if plain {
-                followed.push((family, e));
-            } else {
-                changes.insert((e.family, e.table.clone(), NftObject::Set(e.set.clone())));
-            }
-        }
+        let followed = followable(families, &mut changes, element_changes);
         let ours: Vec<&(u8, String, NftObject)> =
             changes.iter().filter(|(_, t, _)| t == nft::TABLE).collect();
         let reread: BTreeSet<(u8, &str)> = ours
@@ -202,34 +185,7 @@ impl NftCache {
                 _ => None,
             })
             .collect();
-        // Followed element by element, unless the set (or its table) is read again below.
-        for (family, e) in followed {
-            let fam = family_number(family);
-            let whole = ours
-                .iter()
-                .any(|(f, _, o)| *f == fam && matches!(o, NftObject::Table | NftObject::Other));
-            if whole || reread.contains(&(fam, e.set.as_str())) {
-                continue;
-            }
-            let Some(set) = families
-                .get_mut(family)
-                .and_then(|f| f.as_mut())
-                .and_then(|f| f.sets.get_mut(&e.set))
-            else {
-                continue;
-            };
-            let op = if e.added {
-                ElementOp::Add(
-                    elements(&set.ty, std::slice::from_ref(&e.body))
-                        .into_iter()
-                        .collect(),
-                )
-            } else {
-                ElementOp::Remove(element_keys(&set.ty, &e.body))
-            };
-            op.apply(&mut set.elements);
-            touched.elements.push((family, e.set.clone(), op));
-        }
+        follow_elements(families, followed, &ours, &reread, &mut touched);
         if ours.is_empty() {
             return Ok(touched);
         }
@@ -401,6 +357,73 @@ impl NftCache {
             }
         }
         (!t.families.is_empty()).then_some(t)
+    }
+}
+
+/// Element notifications of kvmnet's tables that can be followed one by one: those of plain
+/// sets. A set with intervals or timeouts cannot be: its change joins `changes` instead, and
+/// the set is read again.
+fn followable<'e>(
+    families: &BTreeMap<&'static str, Option<FamilyRaw>>,
+    changes: &mut BTreeSet<(u8, String, NftObject)>,
+    element_changes: &'e [crate::backend::events::ElementChange],
+) -> Vec<(&'static str, &'e crate::backend::events::ElementChange)> {
+    let mut followed = Vec::new();
+    for e in element_changes.iter().filter(|e| e.table == nft::TABLE) {
+        let family = if e.family == NFPROTO_INET {
+            nft::FAMILY
+        } else {
+            nft::BRIDGE_FAMILY
+        };
+        let plain = families
+            .get(family)
+            .and_then(|f| f.as_ref())
+            .and_then(|f| f.sets.get(&e.set))
+            .is_some_and(|s| s.flags & (NFT_SET_INTERVAL | NFT_SET_TIMEOUT) == 0);
+        if plain {
+            followed.push((family, e));
+        } else {
+            changes.insert((e.family, e.table.clone(), NftObject::Set(e.set.clone())));
+        }
+    }
+    followed
+}
+
+/// Applies `followed` element by element to the cached sets, unless the set (`reread`) or
+/// its whole table (in `ours`) is read again anyway.
+fn follow_elements(
+    families: &mut BTreeMap<&'static str, Option<FamilyRaw>>,
+    followed: Vec<(&'static str, &crate::backend::events::ElementChange)>,
+    ours: &[&(u8, String, NftObject)],
+    reread: &BTreeSet<(u8, &str)>,
+    touched: &mut Touched,
+) {
+    for (family, e) in followed {
+        let fam = family_number(family);
+        let whole = ours
+            .iter()
+            .any(|(f, _, o)| *f == fam && matches!(o, NftObject::Table | NftObject::Other));
+        if whole || reread.contains(&(fam, e.set.as_str())) {
+            continue;
+        }
+        let Some(set) = families
+            .get_mut(family)
+            .and_then(|f| f.as_mut())
+            .and_then(|f| f.sets.get_mut(&e.set))
+        else {
+            continue;
+        };
+        let op = if e.added {
+            ElementOp::Add(
+                elements(&set.ty, std::slice::from_ref(&e.body))
+                    .into_iter()
+                    .collect(),
+            )
+        } else {
+            ElementOp::Remove(element_keys(&set.ty, &e.body))
+        };
+        op.apply(&mut set.elements);
+        touched.elements.push((family, e.set.clone(), op));
     }
 }
 

@@ -8,10 +8,15 @@
 
 pub mod accepted;
 pub mod api;
+mod apply_request;
+mod debug_watch;
 mod dhcp6;
 pub mod ephemeral;
 pub mod http;
+mod pending;
 mod services;
+mod start;
+mod systemd;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -21,7 +26,7 @@ use serde_json::{Value, json};
 
 use crate::dhcp;
 use crate::dns;
-use crate::engine::{self, Busy, EngineError, ErrorKind, Pending};
+use crate::engine::{self, EngineError};
 use crate::error::observe_kind;
 use crate::log::Level;
 use crate::metrics::{DaemonMetrics, Format, Operation};
@@ -31,7 +36,14 @@ use crate::statedir::StateDir;
 use crate::status;
 use crate::watch::Watch;
 use accepted::{Accepted, Origin};
+use apply_request::apply_request;
+use debug_watch::watch_check;
+use pending::{pending_at_start, refuse_while_pending, revert_due};
 use services::{dhcp_thread, dns_thread, lease_source};
+use start::{
+    freeing_thread, host_identity, open_watch, private_state_dir, start_spec, this_chassis,
+};
+use systemd::{notify, watchdog_interval};
 
 /// The spec the daemon enforces now, and its record in the state directory.
 struct Active {
@@ -164,24 +176,6 @@ pub fn read_leases(scope: &str) -> Result<Value, EngineError> {
 /// A daemon line: `kvmnet: MSG`, with its priority when stderr is the journal.
 fn log(level: Level, msg: &str) {
     crate::log::line(level, &format!("kvmnet: {msg}"));
-}
-
-fn notify(state: &str) {
-    let Some(path) = std::env::var_os("NOTIFY_SOCKET") else {
-        return;
-    };
-    let sock = match std::os::unix::net::UnixDatagram::unbound() {
-        Ok(s) => s,
-        Err(_) => return,
-    };
-    let p = path.to_string_lossy();
-    let _ = if let Some(name) = p.strip_prefix('@') {
-        use std::os::linux::net::SocketAddrExt;
-        std::os::unix::net::SocketAddr::from_abstract_name(name.as_bytes())
-            .and_then(|a| sock.send_to_addr(state.as_bytes(), &a))
-    } else {
-        sock.send_to(state.as_bytes(), &*p)
-    };
 }
 
 fn block_signals() -> libc::sigset_t {
@@ -329,18 +323,6 @@ fn reload(sh: &Shared) {
     }
 }
 
-/// A change applied with `--confirm-within` and not yet confirmed holds back every other:
-/// reverting it must not undo a spec accepted after it.
-fn refuse_while_pending(sh: &Shared) -> Result<(), EngineError> {
-    match engine::load_pending(&sh.state_dir)? {
-        None => Ok(()),
-        Some(p) => Err(Busy::Pending {
-            reverts_in: p.deadline_unix.saturating_sub(crate::audit::now_unix()),
-        }
-        .into()),
-    }
-}
-
 /// The API's endpoints and the method each takes.
 const ENDPOINTS: &[(&str, &str)] = &[
     ("/metrics", "GET"),
@@ -409,304 +391,6 @@ fn metrics_response(sh: &Shared, format: Format) -> api::Response {
     }
 }
 
-/// What `POST /v1/apply` asks for.
-struct ApplyRequest<'a> {
-    text: &'a str,
-    source: String,
-    confirm: Option<u64>,
-    action: &'static str,
-}
-
-/// Reads `POST /v1/apply {"spec": TEXT, "source": NAME, "confirm_within": SECS?,
-/// "action": "apply"|"destroy", "chassis": NAME?}` (`chassis`, from `--chassis`, must be
-/// the daemon's own). `KVMNET_FAIL_AFTER`'s `fail_after` is a test hook of the
-/// CLI: a client cannot make the daemon fail on purpose.
-fn apply_fields<'a>(
-    req: &'a api::Request,
-    chassis: &str,
-) -> Result<ApplyRequest<'a>, api::Response> {
-    if !req.framed {
-        return Err(api::Response::error(
-            411,
-            "POST /v1/apply needs a body with Content-Length or chunked",
-        ));
-    }
-    let body = &req.body;
-    if body.get("fail_after").is_some() {
-        return Err(api::Response::failed(
-            ErrorKind::Usage,
-            "fail_after is a test hook of the command line (KVMNET_FAIL_AFTER), not of the API",
-        ));
-    }
-    if let Some(c) = body["chassis"].as_str().filter(|c| *c != chassis) {
-        return Err(api::Response::failed(
-            ErrorKind::Usage,
-            format!(
-                "this daemon is OVN chassis {chassis}, not {c}: restart it with --chassis {c}, or apply without --chassis"
-            ),
-        ));
-    }
-    let Some(text) = body["spec"].as_str() else {
-        return Err(api::Response::failed(
-            ErrorKind::Usage,
-            "body needs \"spec\"",
-        ));
-    };
-    let action = match body["action"].as_str() {
-        None | Some("apply") => "apply",
-        Some("destroy") => "destroy",
-        Some(a) => {
-            return Err(api::Response::failed(
-                ErrorKind::Usage,
-                format!("action '{a}' is not apply or destroy"),
-            ));
-        }
-    };
-    Ok(ApplyRequest {
-        text,
-        source: body["source"].as_str().unwrap_or("(api)").to_string(),
-        confirm: api::number(body, "confirm_within"),
-        action,
-    })
-}
-
-/// A spec an API client sent, parsed and planned, and its record written beside the accepted
-/// spec (when it is a new one), ready to be put in place.
-struct Prepared {
-    spec: Spec,
-    hash: String,
-    plan: engine::Planned,
-    staged: Option<crate::statedir::Staged>,
-}
-
-/// Parses and plans `a`, writing `next` (its record, if it is a new spec) meanwhile.
-fn prepare(
-    sh: &Shared,
-    a: &ApplyRequest<'_>,
-    next: Option<&Accepted>,
-) -> Result<Prepared, EngineError> {
-    let text = a.text.as_bytes();
-    std::thread::scope(|scope| {
-        // Syncing a new spec to disk takes milliseconds, and more on a busy disk: it is
-        // written beside the accepted one while the spec is parsed and planned, and put in
-        // place (a rename) only once it is known to be good. Meanwhile the notification cache
-        // is brought up to date and the text hashed for the audit log, while the spec is
-        // parsed: none depends on another, and the client waits for all. (An error in the
-        // refresh shows again, and is reported, when the plan reads the cache.)
-        // (One thread for all three: on a busy machine each thread more is a wait more.)
-        let aside = scope.spawn(|| {
-            let staged = next.map(|n| accepted::stage(&sh.state_dir.dir, n));
-            let hash = engine::spec_hash(text);
-            if let Some(w) = sh.watch.lock().expect("lock").as_mut() {
-                let _ = w.refresh();
-            }
-            (hash, staged)
-        });
-        let parsed = engine::parse_cached(
-            &mut sh.specs.lock().expect("lock"),
-            &a.source,
-            text,
-            &sh.identity,
-        )
-        .and_then(|s| crate::host_macs::as_recorded(s, &sh.scope))
-        .map(|s| sh.settled(s));
-        let (hash, staged) = aside.join().expect("writing a file does not panic");
-        let staged = staged.transpose()?;
-        let spec = parsed?;
-        let plan = engine::plan_with(
-            Some(&spec),
-            &sh.scope,
-            &a.source,
-            sh.watch.lock().expect("lock").as_mut(),
-        )?;
-        Ok(Prepared {
-            spec,
-            hash,
-            plan,
-            staged,
-        })
-    })
-}
-
-/// `POST /v1/apply`: the daemon validates the spec, records it as accepted, applies it and
-/// from then on enforces it.
-fn apply_request(sh: &Arc<Shared>, req: &api::Request) -> api::Response {
-    let a = match apply_fields(req, &sh.chassis) {
-        Ok(a) => a,
-        Err(r) => return r,
-    };
-    let mut active = sh.active.lock().expect("lock");
-    if let Err(e) = refuse_while_pending(sh) {
-        return error_response(&e);
-    }
-    // The same text again is no new spec.
-    let next = (active.accepted.text != a.text.as_bytes()).then(|| {
-        active
-            .accepted
-            .next(Origin::Api, &a.source, a.text.as_bytes().to_vec())
-    });
-    let Prepared {
-        spec,
-        hash,
-        plan: mut p,
-        staged,
-    } = match prepare(sh, &a, next.as_ref()) {
-        Ok(x) => x,
-        Err(e) => return error_response(&e),
-    };
-    let spec = p.settled.take().unwrap_or(spec);
-    let previous_state = match p.state_dir.load() {
-        Ok(s) => s,
-        Err(e) => return error_response(&e.into()),
-    };
-    // Accepted before it is applied: renamed into place first, so that no crash of this
-    // process can leave the host with a spec a restart would undo. The directory's sync,
-    // which makes the rename survive a crash of the machine (the host's networking does not
-    // survive that either), runs while the spec is applied, and the client has its answer
-    // only once both are done. On a busy disk the sync took 10-20 ms, as long as the rest.
-    let in_place = match staged.map(|s| accepted::put_in_place(s, &sh.state_dir.dir)) {
-        Some(Err(e)) => return error_response(&e.into()),
-        Some(Ok(in_place)) => Some(in_place),
-        None => None,
-    };
-    let next = next.unwrap_or_else(|| active.accepted.clone());
-    let (applied, synced) = std::thread::scope(|scope| {
-        let sync = in_place.map(|i| scope.spawn(move || i.sync()));
-        let started = Instant::now();
-        let applied = engine::execute_as(&p, a.action, &hash, None, req.peer_uid);
-        match &applied {
-            Ok(()) => sh.metrics.applied(started.elapsed()),
-            Err(_) => sh.metrics.failed(Operation::Apply),
-        }
-        let synced = sync.map(|t| t.join().expect("syncing a directory does not panic"));
-        (applied, synced)
-    });
-    if let Err(e) = applied {
-        // Rolled back: the spec before stays the accepted one.
-        if next.record.seq != active.accepted.record.seq
-            && let Err(e) = sh.accept(&active.accepted)
-        {
-            log(
-                Level::Error,
-                &format!("cannot restore the accepted spec: {e}"),
-            );
-        }
-        return error_response(&e);
-    }
-    let mut resp = api::Response::ok(p.plan.to_json());
-    if let Some(Err(e)) = synced {
-        resp = api::Response::failed(
-            ErrorKind::State,
-            format!("applied, but the accepted spec could not be synced to disk: {e}"),
-        );
-    }
-    if let Some(secs) = a.confirm {
-        let pending = Pending {
-            token: format!(
-                "{:x}",
-                crate::audit::now_unix() ^ u64::from(std::process::id())
-            ),
-            deadline_unix: crate::audit::now_unix() + secs,
-            previous: p.previous.clone(),
-            previous_state,
-            previous_spec: Some(String::from_utf8_lossy(&active.accepted.text).into_owned()),
-            spec_hash: hash,
-            accepted_seq: Some(next.record.seq),
-        };
-        if let Err(e) = engine::save_pending(&p.state_dir, &pending) {
-            resp = error_response(&e);
-        }
-    }
-    sh.set_active(&mut active, spec, next);
-    // Giving the plan's inputs back to the cache takes a millisecond or two at 1,000 ports:
-    // done after the answer is sent. Until then the state directory stays locked, as it was
-    // while the plan ran.
-    let sh = Arc::clone(sh);
-    resp.after = Some(Box::new(move || sh.finish(p)));
-    resp
-}
-
-/// `GET /v1/debug/watch`: the cached observation against a whole fresh read, for tests and
-/// for anyone who doubts the cache. Lists the links and the other parts that differ.
-fn watch_check(sh: &Shared) -> api::Response {
-    let active = sh.active.lock().expect("lock");
-    let mut watch = sh.watch.lock().expect("lock");
-    let Some(w) = watch.as_mut() else {
-        return api::Response::error(404, "this daemon has no notification cache");
-    };
-    let mut obs = Observer::new(&sh.scope);
-    obs.counters = false;
-    let cached = w.snapshot(&obs, Some(&active.spec));
-    let fresh = obs.snapshot(Some(&active.spec));
-    let (cached, fresh) = match (cached, fresh) {
-        (Ok(c), Ok(f)) => (c, f),
-        (Err(e), _) | (_, Err(e)) => {
-            return api::Response::failed(observe_kind(&e), e.to_string());
-        }
-    };
-    let differences = snapshot_differences(&cached, &fresh);
-    api::Response::ok(json!({
-        "consistent": differences.is_empty(),
-        "differences": differences,
-        "whole_reads": w.whole_reads,
-        "partial_reads": w.partial_reads,
-    }))
-}
-
-/// Where two snapshots differ: `links.NAME` for links, the field name for the rest.
-fn snapshot_differences(
-    a: &crate::snapshot::Snapshot,
-    b: &crate::snapshot::Snapshot,
-) -> Vec<String> {
-    let by_name = |s: &crate::snapshot::Snapshot| -> std::collections::BTreeMap<String, Value> {
-        s.links
-            .iter()
-            .map(|l| {
-                (
-                    l.name.clone(),
-                    serde_json::to_value(l).unwrap_or(Value::Null),
-                )
-            })
-            .collect()
-    };
-    let (la, lb) = (by_name(a), by_name(b));
-    let mut out: Vec<String> = la
-        .keys()
-        .chain(lb.keys())
-        .collect::<std::collections::BTreeSet<_>>()
-        .into_iter()
-        .filter(|n| la.get(*n) != lb.get(*n))
-        .map(|n| {
-            format!(
-                "links.{n}: {} / {}",
-                la.get(n).unwrap_or(&Value::Null),
-                lb.get(n).unwrap_or(&Value::Null)
-            )
-        })
-        .collect();
-    let sort = |s: &crate::snapshot::Snapshot| {
-        let mut v = serde_json::to_value(s).unwrap_or(Value::Null);
-        if let Some(o) = v.as_object_mut() {
-            o.remove("links");
-            for k in ["addrs", "routes"] {
-                if let Some(Value::Array(items)) = o.get_mut(k) {
-                    items.sort_by_key(|x| x.to_string());
-                }
-            }
-        }
-        v
-    };
-    let (va, vb) = (sort(a), sort(b));
-    if let (Some(oa), Some(ob)) = (va.as_object(), vb.as_object()) {
-        for (k, x) in oa {
-            if ob.get(k) != Some(x) {
-                out.push(format!("{k}: {x} / {}", ob.get(k).unwrap_or(&Value::Null)));
-            }
-        }
-    }
-    out
-}
-
 /// The answer for `e`: its kind's status; located errors for a spec (what the CLI prints
 /// from them), the message otherwise; the kind either way.
 fn error_response(e: &EngineError) -> api::Response {
@@ -714,165 +398,6 @@ fn error_response(e: &EngineError) -> api::Response {
         Some(_) => api::Response::with_status(e.kind().http_status(), e.to_json()),
         None => api::Response::failed(e.kind(), e.to_string()),
     }
-}
-
-/// The spec the daemon starts with ([`accepted::file_wins`]): the `--spec` file, recorded as
-/// accepted before anything is applied, or the accepted spec it resumes.
-fn start_spec(
-    sd: &StateDir,
-    specs: &Mutex<crate::spec::SpecCache>,
-    spec_path: &std::path::Path,
-    spec_file: &str,
-    identity: &crate::spec::HostIdentity,
-    chassis: &str,
-) -> Result<(Spec, Accepted), EngineError> {
-    let text = engine::read(spec_path)?;
-    let file_hash = engine::spec_hash(&text);
-    let stored = accepted::load(&sd.dir)?;
-    let mut cache = specs.lock().expect("lock");
-    if let Some(a) = stored
-        .as_ref()
-        .filter(|a| !accepted::file_wins(Some(&a.record), spec_file, &file_hash))
-    {
-        let source = accepted::path(&sd.dir).display().to_string();
-        let spec = engine::parse_cached(&mut cache, &source, &a.text, identity)?;
-        let mut spec = crate::host_macs::as_recorded(spec, identity.scope())?;
-        engine::settle_chassis(&mut spec, Some(chassis));
-        log(
-            Level::Info,
-            &format!(
-                "resuming the spec accepted from {} (number {}; {} is unchanged since it was last read)",
-                a.record.source,
-                a.record.seq,
-                spec_path.display()
-            ),
-        );
-        return Ok((spec, a.clone()));
-    }
-    let spec = engine::parse_cached(
-        &mut cache,
-        &spec_path.display().to_string(),
-        &text,
-        identity,
-    )?;
-    let mut spec = crate::host_macs::as_recorded(spec, identity.scope())?;
-    engine::settle_chassis(&mut spec, Some(chassis));
-    let next = Accepted {
-        record: accepted::Record {
-            seq: stored.as_ref().map_or(1, |a| a.record.seq + 1),
-            time_unix: crate::audit::now_unix(),
-            origin: Origin::File,
-            source: spec_file.to_string(),
-            spec_file: spec_file.to_string(),
-            spec_file_hash: file_hash,
-            reverts: None,
-        },
-        text,
-    };
-    accepted::save(&sd.dir, &next)?;
-    Ok((spec, next))
-}
-
-/// A change awaiting confirmation when the daemon starts is reverted (at its deadline) only
-/// if it is what the daemon enforces now; a revert that was under way is finished. Returns
-/// whether a revert is due at once.
-fn pending_at_start(sh: &Shared) -> Result<bool, EngineError> {
-    let Some(p) = engine::load_pending(&sh.state_dir)? else {
-        return Ok(false);
-    };
-    let record = sh.active.lock().expect("lock").accepted.record.clone();
-    match accepted::pending_at_start(p.accepted_seq, &record) {
-        accepted::PendingAtStart::Keep => Ok(false),
-        accepted::PendingAtStart::FinishRevert => Ok(true),
-        accepted::PendingAtStart::Drop => {
-            log(
-                Level::Notice,
-                "a change awaiting confirmation was dropped: a newer spec was accepted since",
-            );
-            engine::end_pending(&sh.scope, "discard", crate::audit::own_uid())?;
-            Ok(false)
-        }
-    }
-}
-
-/// Reverts the change awaiting confirmation if its time is up (or at once with `force`); the
-/// spec before it is recorded as accepted first. A revert that fails is tried again at the
-/// next reconcile: the change stays pending until it is reverted or confirmed.
-fn revert_due(sh: &Shared, force: bool) {
-    let mut active = sh.active.lock().expect("lock");
-    let mut reverted_to: Option<(Spec, Accepted)> = None;
-    let current = &active.accepted;
-    let result = engine::revert_if_due_with(&sh.scope, None, force, &mut |p| {
-        let Some(text) = &p.previous_spec else {
-            return Ok(());
-        };
-        let spec = engine::parse("(previous spec)", text.as_bytes(), &sh.identity)
-            .and_then(|s| crate::host_macs::as_recorded(s, &sh.scope))
-            .map(|s| sh.settled(s))?;
-        if p.accepted_seq.is_some() && current.record.reverts == p.accepted_seq {
-            // Recorded by a daemon that stopped before the revert was done.
-            reverted_to = Some((spec, current.clone()));
-            return Ok(());
-        }
-        let mut next = current.next(Origin::Revert, "(revert)", text.clone().into_bytes());
-        next.record.reverts = p.accepted_seq;
-        sh.accept(&next)?;
-        reverted_to = Some((spec, next));
-        Ok(())
-    });
-    match result {
-        Ok(Some(_)) => {
-            sh.metrics.reverted();
-            log(
-                Level::Warning,
-                "confirmation did not come in time: reverted the last change",
-            );
-            if let Some((spec, next)) = reverted_to {
-                sh.set_active(&mut active, spec, next);
-            }
-        }
-        Ok(None) => {}
-        Err(e) => {
-            sh.metrics.failed(Operation::Revert);
-            log(
-                Level::Error,
-                &format!("revert failed (tried again shortly): {e}"),
-            )
-        }
-    }
-}
-
-fn open_watch() -> Option<Watch> {
-    match Watch::open() {
-        Ok(mut w) => {
-            if let Some(ms) = std::env::var("KVMNET_RESYNC_MS")
-                .ok()
-                .and_then(|v| v.parse().ok())
-            {
-                w.resync = Duration::from_millis(ms);
-            }
-            Some(w)
-        }
-        Err(e) => {
-            log(
-                Level::Warning,
-                &format!("no kernel notifications ({e}): every plan reads the whole host"),
-            );
-            None
-        }
-    }
-}
-
-/// How often systemd's watchdog wants to hear from this process: half of `WATCHDOG_USEC`,
-/// as sd_watchdog_enabled(3) advises, unless `WATCHDOG_PID` names another process.
-fn watchdog_interval(usec: Option<&str>, pid: Option<&str>) -> Option<Duration> {
-    let usec: u64 = usec?.trim().parse().ok().filter(|&u| u > 0)?;
-    if let Some(pid) = pid
-        && pid.trim().parse::<u32>().ok() != Some(std::process::id())
-    {
-        return None;
-    }
-    Some(Duration::from_micros(usec / 2))
 }
 
 /// Reloads when asked; every reconcile interval reverts a change whose confirmation did not
@@ -943,74 +468,22 @@ fn serve_metrics(sh: &Arc<Shared>, l: std::net::TcpListener) -> std::thread::Joi
     })
 }
 
-/// Runs the daemon until SIGTERM/SIGINT. The caller has already entered the namespace.
-/// A thread that frees what is sent to it, at the lowest priority.
-fn freeing_thread() -> std::sync::mpsc::Sender<Box<dyn Send>> {
-    let (retired, to_free) = std::sync::mpsc::channel::<Box<dyn Send>>();
-    std::thread::spawn(move || {
-        // Freeing is never urgent: it gives way to requests and to everything else.
-        // SAFETY: setpriority on this thread (a Linux thread id is a PRIO_PROCESS target).
-        unsafe {
-            libc::setpriority(libc::PRIO_PROCESS, libc::gettid() as libc::id_t, 19);
-        }
-        to_free.into_iter().for_each(drop)
-    });
-    retired
+/// The daemon at start: its shared state, its private state directory, and the DHCP scopes
+/// and DNS zones of the spec it starts with (its services start on them once the first
+/// apply has made the bridges).
+struct Started {
+    sh: Arc<Shared>,
+    state_dir: StateDir,
+    scopes: Vec<dhcp::Scope>,
+    zones: Vec<dns::Zone>,
 }
 
-/// The scope's state directory, private, with no daemon serving it yet.
-fn private_state_dir(scope: &str) -> Result<StateDir, EngineError> {
-    let state_dir = StateDir::for_scope(scope);
-    // A second daemon would record and apply its --spec file before finding the socket
-    // taken: the first one's accepted spec would be undone.
-    if api::daemon_listening(&state_dir.dir) {
-        return Err(Busy::Daemon {
-            socket: api::socket_path(&state_dir.dir),
-        }
-        .into());
-    }
-    // Installs from before kept these readable by everyone.
-    state_dir
-        .ensure_private()
-        .and_then(|()| crate::statedir::create_private_dir(&dhcp_dir(scope)))
-        .map_err(|source| EngineError::StateIo {
-            context: "state directory: ",
-            source,
-        })?;
-    state_dir.tighten()?;
-    Ok(state_dir)
-}
-
-/// This host's identity for derived MACs, a warning logged when it is not the machine's.
-fn host_identity(scope: &str) -> crate::spec::HostIdentity {
-    let (identity, warning) = crate::host_macs::host_identity(scope);
-    if let Some(w) = warning {
-        log(Level::Warning, &format!("warning: {w}"));
-    }
-    identity
-}
-
-/// The OVN chassis this daemon's host is, for specs with OVN networks: `--chassis`, else
-/// the chassis kvmnet last made this host (recorded by an apply, `kvmnet apply --chassis`
-/// among them), else the hostname. One name for the daemon's life: a spec sent with
-/// another is refused rather than moving the host to another chassis behind its back.
-fn this_chassis(sd: &StateDir, flag: Option<&str>) -> String {
-    if let Some(f) = flag {
-        return f.to_string();
-    }
-    if let Some(c) = crate::ovn::local::recorded(sd) {
-        return c.name;
-    }
-    engine::hostname()
-}
-
-pub fn run(
+/// The daemon's shared state, from the spec it starts with ([`start_spec`]).
+fn start_shared(
     scope: &str,
     spec_path: &std::path::Path,
-    metrics_listener: Option<std::net::TcpListener>,
     chassis: Option<&str>,
-) -> Result<(), EngineError> {
-    let sigset = block_signals();
+) -> Result<Started, EngineError> {
     let specs = Mutex::new(crate::spec::SpecCache::default());
     let retired = freeing_thread();
     let state_dir = private_state_dir(scope)?;
@@ -1048,22 +521,50 @@ pub fn run(
         watch: Mutex::new(open_watch()),
         metrics,
     });
-    let revert_now = pending_at_start(&sh)?;
-    let n = apply_active(&sh, "apply")?;
+    Ok(Started {
+        sh,
+        state_dir,
+        scopes,
+        zones,
+    })
+}
+
+/// The first apply of the accepted spec, then the revert of a change whose confirmation
+/// was already due.
+fn converge_at_start(sh: &Shared) -> Result<(), EngineError> {
+    let revert_now = pending_at_start(sh)?;
+    let n = apply_active(sh, "apply")?;
     log(
         Level::Info,
         &format!("applied the accepted spec: {n} changes"),
     );
     if revert_now {
-        revert_due(&sh, true);
+        revert_due(sh, true);
     }
+    Ok(())
+}
 
-    // DHCP, on the bridges the spec just made (threads inherit this thread's namespace).
-    let server = dhcp::Server::start(scopes, &dhcp_dir(scope)).map_err(EngineError::Dhcp)?;
+/// The threads that serve until the daemon stops, joined in this order when it does.
+struct Threads {
+    dhcp: std::thread::JoinHandle<()>,
+    dhcp6: std::thread::JoinHandle<()>,
+    dns: std::thread::JoinHandle<()>,
+    api: std::thread::JoinHandle<()>,
+    metrics: Option<std::thread::JoinHandle<()>>,
+}
+
+/// DHCPv4, router advertisements and DHCPv6, on the bridges the spec just made (threads
+/// inherit this thread's namespace): the DHCPv4 and DHCPv6 threads.
+fn start_dhcp(
+    sh: &Arc<Shared>,
+    state_dir: &StateDir,
+    scopes: Vec<dhcp::Scope>,
+) -> Result<(std::thread::JoinHandle<()>, std::thread::JoinHandle<()>), EngineError> {
+    let server = dhcp::Server::start(scopes, &dhcp_dir(&sh.scope)).map_err(EngineError::Dhcp)?;
     *sh.dhcp.lock().expect("lock") = Some(server.handle());
     // The journal the server just opened may be new, and made with the default mode.
     state_dir.tighten()?;
-    let dhcp_sh = Arc::clone(&sh);
+    let dhcp_sh = Arc::clone(sh);
     let dhcp_thread = std::thread::spawn(move || dhcp_thread(dhcp_sh, server));
     {
         // Locked in this order everywhere: the active spec, then the advertiser.
@@ -1073,20 +574,33 @@ pub fn run(
     }
     let dhcp6_thread = {
         let active = sh.active.lock().expect("lock");
-        dhcp6::start(&sh, &active.spec, &dhcp_dir(scope))?
+        dhcp6::start(sh, &active.spec, &dhcp_dir(&sh.scope))?
     };
     // The DHCPv6 journal and DUID may be new.
     state_dir.tighten()?;
+    Ok((dhcp_thread, dhcp6_thread))
+}
 
-    // DNS on the gateways of networks with `dns` (same namespace, same way).
+/// DHCP, DNS (on the gateways of networks with `dns`, same namespace, same way), the local
+/// API, the metrics listener if there is one, and the thread that waits for signals.
+fn start_services(
+    sh: &Arc<Shared>,
+    state_dir: &StateDir,
+    scopes: Vec<dhcp::Scope>,
+    zones: Vec<dns::Zone>,
+    metrics_listener: Option<std::net::TcpListener>,
+    sigset: libc::sigset_t,
+) -> Result<Threads, EngineError> {
+    let (dhcp_thread, dhcp6_thread) = start_dhcp(sh, state_dir, scopes)?;
+
     let mut dns_server = dns::Server::start(zones).map_err(EngineError::Dns)?;
-    dns_server.set_lease_source(lease_source(&sh));
+    dns_server.set_lease_source(lease_source(sh));
     *sh.dns.lock().expect("lock") = Some(dns_server.handle());
-    let dns_sh = Arc::clone(&sh);
+    let dns_sh = Arc::clone(sh);
     let dns_thread = std::thread::spawn(move || dns_thread(dns_sh, dns_server));
 
     let listener = api::bind(&state_dir.dir).map_err(EngineError::Listen)?;
-    let api_sh = Arc::clone(&sh);
+    let api_sh = Arc::clone(sh);
     let api_thread = std::thread::spawn(move || {
         let handler_sh = Arc::clone(&api_sh);
         api::serve(
@@ -1096,46 +610,58 @@ pub fn run(
         );
     });
 
-    let metrics_thread = metrics_listener.map(|l| serve_metrics(&sh, l));
+    let metrics_thread = metrics_listener.map(|l| serve_metrics(sh, l));
 
-    let sig_sh = Arc::clone(&sh);
+    let sig_sh = Arc::clone(sh);
     std::thread::spawn(move || wait_for_signals(&sig_sh, &sigset));
+    Ok(Threads {
+        dhcp: dhcp_thread,
+        dhcp6: dhcp6_thread,
+        dns: dns_thread,
+        api: api_thread,
+        metrics: metrics_thread,
+    })
+}
+
+/// Wakes the service threads to see that the daemon stops, and waits for each.
+fn stop_services(sh: &Shared, threads: Threads) {
+    sh.dhcp_kick.store(true, Ordering::SeqCst);
+    sh.dns_kick.store(true, Ordering::SeqCst);
+    sh.v6.wake();
+    let _ = threads.dhcp.join();
+    let _ = threads.dhcp6.join();
+    if let Some(mut ra) = sh.ra.lock().expect("lock").take() {
+        ra.stop();
+    }
+    let _ = threads.dns.join();
+    let _ = threads.api.join();
+    if let Some(t) = threads.metrics {
+        let _ = t.join();
+    }
+}
+
+/// Runs the daemon until SIGTERM/SIGINT. The caller has already entered the namespace.
+pub fn run(
+    scope: &str,
+    spec_path: &std::path::Path,
+    metrics_listener: Option<std::net::TcpListener>,
+    chassis: Option<&str>,
+) -> Result<(), EngineError> {
+    let sigset = block_signals();
+    let Started {
+        sh,
+        state_dir,
+        scopes,
+        zones,
+    } = start_shared(scope, spec_path, chassis)?;
+    converge_at_start(&sh)?;
+    let threads = start_services(&sh, &state_dir, scopes, zones, metrics_listener, sigset)?;
 
     notify("READY=1");
     reconcile_until_stopped(&sh);
     notify("STOPPING=1");
-    sh.dhcp_kick.store(true, Ordering::SeqCst);
-    sh.dns_kick.store(true, Ordering::SeqCst);
-    sh.v6.wake();
-    let _ = dhcp_thread.join();
-    let _ = dhcp6_thread.join();
-    if let Some(mut ra) = sh.ra.lock().expect("lock").take() {
-        ra.stop();
-    }
-    let _ = dns_thread.join();
-    let _ = api_thread.join();
-    if let Some(t) = metrics_thread {
-        let _ = t.join();
-    }
+    stop_services(&sh, threads);
     let _ = std::fs::remove_file(api::socket_path(&state_dir.dir));
     log(Level::Info, "stopped; networking left in place");
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn watchdog_pings_at_half_its_timeout_for_this_process_only() {
-        let half = Some(Duration::from_millis(200));
-        assert_eq!(watchdog_interval(Some("400000"), None), half);
-        let me = std::process::id().to_string();
-        assert_eq!(watchdog_interval(Some("400000"), Some(&me)), half);
-        assert_eq!(watchdog_interval(Some("400000"), Some("1")), None);
-        assert_eq!(watchdog_interval(Some("400000"), Some("x")), None);
-        assert_eq!(watchdog_interval(Some("0"), None), None);
-        assert_eq!(watchdog_interval(Some("soon"), None), None);
-        assert_eq!(watchdog_interval(None, Some(&me)), None);
-    }
 }

@@ -20,6 +20,14 @@ use kvmnet::spec::{Ipv4Cidr, Mac};
 // Root check and shell helpers are the suite's common ones.
 pub use crate::common::{ok, privileged, sh};
 
+mod child;
+mod load;
+mod scripts;
+
+// A test binary that imports by name (dhcp6.rs) uses none of these.
+#[allow(unused_imports, reason = "each test binary uses a part of these")]
+pub use {child::*, load::*, scripts::*};
+
 /// A tool the test needs; with CI set it must be installed.
 pub fn have(tool: &str) -> bool {
     let ok = Command::new("sh")
@@ -238,6 +246,14 @@ impl Drop for ServerThread {
             let _ = j.join();
         }
     }
+}
+
+/// The address, state and expiry of the lease `h` holds for `mac`.
+pub fn bound_ip(h: &ServerHandle, mac: &str) -> Option<(Ipv4Addr, String, u64)> {
+    h.leases()
+        .into_iter()
+        .find(|l| l.mac == mac)
+        .map(|l| (l.ip, l.state, l.expires_unix))
 }
 
 /// Run `cmd` in `ns` with a shell; the child's output goes to the test's stderr unless

@@ -61,7 +61,7 @@ impl Build<'_> {
         net: &Network,
         ends: &mut GuestEnds,
     ) -> Option<PortLink> {
-        let (spec, snap) = (self.spec, self.snap);
+        let spec = self.spec;
         // Written out only for an error.
         let ppath = || {
             format!(
@@ -84,30 +84,8 @@ impl Build<'_> {
             .ovn
             .as_ref()
             .filter(|o| o.networks.contains_key(&net.name));
-        let mtu = match (&dnet, on_ovn) {
-            (Some(d), _) => d.mtu,
-            (None, Some(o)) => o.guest_mtu(net),
-            (None, None) => self
-                .st
-                .bridges
-                .get(&net.bridge)
-                .map_or(DEFAULT_MTU, |b| b.mtu),
-        };
-        let owner = match &port.owner {
-            None => None,
-            Some(Owner::Uid(u)) => Some(*u),
-            Some(Owner::User(name)) => match snap.users.get(name) {
-                Some(u) => Some(*u),
-                None => {
-                    self.errors.push(conflict(
-                        spec,
-                        format!("{}.owner", ppath()),
-                        format!("no user '{name}' on this host"),
-                    ));
-                    None
-                }
-            },
-        };
+        let mtu = self.port_mtu(net, dnet.as_ref(), on_ovn);
+        let owner = self.owner_uid(port, &ppath);
         let passthrough_mac = dnet.as_ref().and_then(|d| d.passthrough_mac);
         let kind = match port.kind {
             SpecPortKind::Tap => PortKind::Tap {
@@ -159,6 +137,45 @@ impl Build<'_> {
             tc_ok: true,
             kind,
         })
+    }
+
+    /// The uid a port's `owner` names (a user looked up on this host); a conflict, and
+    /// `None`, when there is no such user.
+    fn owner_uid(&mut self, port: &crate::spec::Port, ppath: &dyn Fn() -> String) -> Option<u32> {
+        let (spec, snap) = (self.spec, self.snap);
+        match &port.owner {
+            None => None,
+            Some(Owner::Uid(u)) => Some(*u),
+            Some(Owner::User(name)) => match snap.users.get(name) {
+                Some(u) => Some(*u),
+                None => {
+                    self.errors.push(conflict(
+                        spec,
+                        format!("{}.owner", ppath()),
+                        format!("no user '{name}' on this host"),
+                    ));
+                    None
+                }
+            },
+        }
+    }
+
+    /// A port's MTU: its direct network's, the OVN network's for guests, else its bridge's.
+    fn port_mtu(
+        &self,
+        net: &Network,
+        dnet: Option<&DirectNet>,
+        on_ovn: Option<&crate::spec::Ovn>,
+    ) -> u32 {
+        match (dnet, on_ovn) {
+            (Some(d), _) => d.mtu,
+            (None, Some(o)) => o.guest_mtu(net),
+            (None, None) => self
+                .st
+                .bridges
+                .get(&net.bridge)
+                .map_or(DEFAULT_MTU, |b| b.mtu),
+        }
     }
 
     /// A veth port: its far end in the VM's namespace (made when kvmnet may own it), with the

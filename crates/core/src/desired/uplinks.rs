@@ -62,16 +62,11 @@ pub(super) fn bond_state(
             ),
         ));
     }
-    let mut addrs = Vec::new();
-    let mut routes = Vec::new();
-    if existing.is_some_and(is_our_bond) {
-        addrs = addrs_of(snap, &u.name);
-        routes = movable_routes(&snap.routes, &u.name);
-        if let Some(m) = snap.moved.get(&u.name) {
-            push_new(&mut addrs, &m.addrs);
-            push_new(&mut routes, &m.routes);
-        }
-    }
+    let (mut addrs, mut routes) = if existing.is_some_and(is_our_bond) {
+        bond_holds(snap, &u.name)
+    } else {
+        (Vec::new(), Vec::new())
+    };
     for (i, m) in b.members.iter().enumerate() {
         let mpath = format!("{}[{i}]", path_join(&path, "members"));
         match snap.link(m) {
@@ -122,30 +117,44 @@ pub(super) fn bond_state(
     if errors.len() != before {
         return;
     }
-    st.bonds.insert(
-        u.name.clone(),
-        BondLink {
-            name: u.name.clone(),
-            mode: b.mode.as_str().to_string(),
-            miimon: b.miimon.unwrap_or(MIIMON_DEFAULT),
-            lacp_rate: if b.mode == BondMode::Lacp {
-                b.lacp_rate.clone().unwrap_or_else(|| "slow".to_string())
-            } else {
-                String::new()
-            },
-            xmit_hash_policy: b
-                .xmit_hash_policy
-                .clone()
-                .unwrap_or_else(|| "layer2".to_string()),
-            min_links: b.min_links.unwrap_or(0),
-            primary: b.primary.clone(),
-            mtu: u.mtu.unwrap_or(DEFAULT_MTU),
-            home: b.members[0].clone(),
-            up: true,
-        },
-    );
+    st.bonds.insert(u.name.clone(), bond_link(u, b));
     st.addrs.insert(u.name.clone(), addrs);
     st.routes.insert(u.name.clone(), routes);
+}
+
+/// What kvmnet's bond `name` holds already, and what was moved onto it before and has
+/// since been deleted by hand: its addresses and its routes.
+fn bond_holds(snap: &Snapshot, name: &str) -> (Vec<Addr>, Vec<Route>) {
+    let mut addrs = addrs_of(snap, name);
+    let mut routes = movable_routes(&snap.routes, name);
+    if let Some(m) = snap.moved.get(name) {
+        push_new(&mut addrs, &m.addrs);
+        push_new(&mut routes, &m.routes);
+    }
+    (addrs, routes)
+}
+
+/// The bond `u` declares, with the kernel's defaults where it leaves a setting out.
+fn bond_link(u: &Uplink, b: &crate::spec::Bond) -> BondLink {
+    BondLink {
+        name: u.name.clone(),
+        mode: b.mode.as_str().to_string(),
+        miimon: b.miimon.unwrap_or(MIIMON_DEFAULT),
+        lacp_rate: if b.mode == BondMode::Lacp {
+            b.lacp_rate.clone().unwrap_or_else(|| "slow".to_string())
+        } else {
+            String::new()
+        },
+        xmit_hash_policy: b
+            .xmit_hash_policy
+            .clone()
+            .unwrap_or_else(|| "layer2".to_string()),
+        min_links: b.min_links.unwrap_or(0),
+        primary: b.primary.clone(),
+        mtu: u.mtu.unwrap_or(DEFAULT_MTU),
+        home: b.members[0].clone(),
+        up: true,
+    }
 }
 
 /// An existing NIC that `host.uplinks` only tunes.

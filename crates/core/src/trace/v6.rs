@@ -125,36 +125,7 @@ impl Walk<'_> {
             _ => {}
         }
         if saddr.is_unspecified() {
-            return match self.l4 {
-                L4::Icmpv6("nd-neighbor-solicit") => {
-                    let rule = format!(
-                        "duplicate address detection from :: (taken to be about an address of {label})"
-                    );
-                    self.guard6_hop(
-                        Verdict::Accept,
-                        rule,
-                        "ip6 saddr :: icmpv6 type nd-neighbor-solicit",
-                        field,
-                    )
-                }
-                L4::Icmpv6("mld-listener-report" | "mld2-listener-report") => {
-                    let rule =
-                        "a multicast listener report from :: (before the port has an address)"
-                            .to_string();
-                    self.guard6_hop(
-                        Verdict::Accept,
-                        rule,
-                        "ip6 saddr :: icmpv6 type { mld",
-                        field,
-                    )
-                }
-                _ => {
-                    let rule =
-                        ":: is a source for duplicate address detection and listener reports only"
-                            .to_string();
-                    self.guard6_hop(Verdict::Drop, rule, "ip6 saddr :: counter", field)
-                }
-            };
+            return self.guard6_unspecified(&label, field);
         }
         if !self.guard_allows6(saddr) {
             let rule = format!(
@@ -177,6 +148,40 @@ impl Walk<'_> {
         }
         let nft = Some(("bridge guard-ip6".to_string(), None));
         self.hop(Stage::Guard, Verdict::Accept, rule, nft, field)
+    }
+
+    /// `guard-ip6` on a packet from `::`: duplicate address detection and listener reports
+    /// pass (about an address of `label`), anything else is dropped.
+    fn guard6_unspecified(&mut self, label: &str, field: Option<String>) -> bool {
+        match self.l4 {
+            L4::Icmpv6("nd-neighbor-solicit") => {
+                let rule = format!(
+                    "duplicate address detection from :: (taken to be about an address of {label})"
+                );
+                self.guard6_hop(
+                    Verdict::Accept,
+                    rule,
+                    "ip6 saddr :: icmpv6 type nd-neighbor-solicit",
+                    field,
+                )
+            }
+            L4::Icmpv6("mld-listener-report" | "mld2-listener-report") => {
+                let rule = "a multicast listener report from :: (before the port has an address)"
+                    .to_string();
+                self.guard6_hop(
+                    Verdict::Accept,
+                    rule,
+                    "ip6 saddr :: icmpv6 type { mld",
+                    field,
+                )
+            }
+            _ => {
+                let rule =
+                    ":: is a source for duplicate address detection and listener reports only"
+                        .to_string();
+                self.guard6_hop(Verdict::Drop, rule, "ip6 saddr :: counter", field)
+            }
+        }
     }
 
     /// The host's own IPv6 rules of `host-NET` before `host_access`: neighbour discovery,

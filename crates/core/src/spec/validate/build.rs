@@ -1,0 +1,183 @@
+//! The second half of the first pass: the `Spec` assembled from the drafts the readers made,
+//! each network with its port forwards and each VM with its ports (trunks resolved to their
+//! vlan networks). Apart from `mod.rs`, which reads; this only puts together what was read,
+//! and gives `None` where a draft lacks what an error was already reported for.
+
+use std::collections::BTreeMap;
+
+use foldhash::{HashMap, HashMapExt};
+
+use super::{Ctx, NetDraft, PortDraft, Sysctl};
+use crate::spec::model::{Forward, Host, LocMap, Mac, Mode, Network, Port, Spec, Trunk, Vm};
+use crate::spec::naming;
+
+/// The spec from every draft, once each has been read and checked: `None` when a draft
+/// lacks what an error was already reported for.
+pub(super) fn build(
+    cx: &mut Ctx,
+    version: u32,
+    sysctl: Option<Sysctl>,
+    nets: Vec<NetDraft>,
+    ports: Vec<PortDraft>,
+    vm_names: Vec<String>,
+) -> Option<Spec> {
+    // (uplink, VLAN id) -> the vlan network serving it; network -> its uplink.
+    let vlan_nets: HashMap<(String, u16), String> = nets
+        .iter()
+        .filter_map(|n| {
+            let v = n.vlan.as_ref()?;
+            Some(((v.uplink.clone(), v.id), n.name.clone()))
+        })
+        .collect();
+    let net_uplink: HashMap<String, String> = nets
+        .iter()
+        .filter_map(|n| Some((n.name.clone(), n.vlan.as_ref()?.uplink.clone())))
+        .collect();
+    let mut networks = BTreeMap::new();
+    for n in nets {
+        let network = build_network(n, &ports)?;
+        networks.insert(network.name.clone(), network);
+    }
+    let vms = build_vms(vm_names, ports, &net_uplink, &vlan_nets)?;
+    Some(Spec {
+        version,
+        host: Host {
+            sysctl: sysctl.map(|s| s.0).unwrap_or_default(),
+            tuning: None,
+            ethtool: BTreeMap::new(),
+            uplinks: BTreeMap::new(),
+        },
+        networks,
+        vms,
+        locs: LocMap::new(
+            std::mem::take(&mut cx.locs).into_iter().collect(),
+            std::mem::take(&mut cx.parts),
+        ),
+        identity: Default::default(),
+        ovn: None,
+    })
+}
+
+/// A network from its draft; its port forwards go to the ports of `ports` they name.
+fn build_network(n: NetDraft, ports: &[PortDraft]) -> Option<Network> {
+    if n.mode == Some(Mode::Vxlan) && n.vxlan.is_none() {
+        return None;
+    }
+    if n.mode == Some(Mode::Vlan) && n.vlan.is_none() {
+        return None;
+    }
+    Some(Network {
+        mode: n.mode?,
+        bridge: n.bridge?,
+        ipv4: n.ipv4,
+        mtu: n.mtu,
+        uplink: n.uplink.map(|u| u.0),
+        nat_egress: n.egress.map(|e| e.0),
+        dhcp: n.dhcp,
+        isolate_ports: n.isolate_ports,
+        vxlan: n.vxlan.clone(),
+        vlan: n.vlan.clone(),
+        bandwidth_bps: n.bandwidth.map(|b| b.0),
+        direct_mode: n.direct_mode.map(|m| m.0),
+        host_access: n.host_access.clone(),
+        ipv6_prefixes: n.ipv6_prefixes.clone(),
+        ipv6: n.v6.gateway.map(|gateway| crate::spec::NetIpv6 {
+            gateway,
+            ra: n.v6.ra,
+            nat66: n.mode == Some(Mode::Nat) && n.v6.nat66.is_none_or(|x| x.0),
+        }),
+        dns: n.dns.as_ref().map(|d| d.dns.clone()),
+        forwards: n
+            .forwards
+            .iter()
+            .map(|f| {
+                let target = ports.iter().find(|p| {
+                    p.vm == f.to
+                        && p.network.as_deref() == Some(n.name.as_str())
+                        && p.ipv4.is_some()
+                })?;
+                Some(Forward {
+                    proto: f.proto,
+                    port: f.port,
+                    to: f.to.clone(),
+                    to_ip: target.ipv4?.addr,
+                    // Forwarded for IPv6 too when the target declares its address.
+                    to_ip6: target.ipv6.filter(|_| n.v6.gateway.is_some()),
+                    to_port: f.to_port,
+                })
+            })
+            .collect::<Option<Vec<_>>>()?,
+        name: n.name,
+    })
+}
+
+/// The VMs, each with its ports in the order they were read.
+fn build_vms(
+    vm_names: Vec<String>,
+    ports: Vec<PortDraft>,
+    net_uplink: &HashMap<String, String>,
+    vlan_nets: &HashMap<(String, u16), String>,
+) -> Option<BTreeMap<String, Vm>> {
+    // Each VM's list made at its size: thousands of VMs, most with a port or two.
+    let mut counts: HashMap<&str, usize> = HashMap::with_capacity(vm_names.len());
+    for p in &ports {
+        *counts.entry(p.vm.as_str()).or_default() += 1;
+    }
+    let mut vms: BTreeMap<String, Vm> = vm_names
+        .into_iter()
+        .map(|name| {
+            let ports = Vec::with_capacity(counts.get(name.as_str()).copied().unwrap_or(0));
+            (name.clone(), Vm { name, ports })
+        })
+        .collect();
+    for p in ports {
+        let port = build_port(p, net_uplink, vlan_nets)?;
+        vms.get_mut(&port.vm)?.ports.push(port);
+    }
+    Some(vms)
+}
+
+/// A port from its draft; its trunk's VLANs go to the vlan networks of its network's uplink.
+fn build_port(
+    p: PortDraft,
+    net_uplink: &HashMap<String, String>,
+    vlan_nets: &HashMap<(String, u16), String>,
+) -> Option<Port> {
+    let name = p.name?;
+    let network = p.network?;
+    let mut trunk = Vec::new();
+    for (vid, _, _) in &p.vlans {
+        let uplink = net_uplink.get(&network)?;
+        trunk.push(Trunk {
+            vid: *vid,
+            network: vlan_nets.get(&(uplink.clone(), *vid))?.clone(),
+            device: naming::trunk_vlan_name(&name, *vid),
+        });
+    }
+    Some(Port {
+        trunk,
+        network,
+        name,
+        kind: p.kind?,
+        // A derived MAC is given out once the spec is built.
+        mac: if p.mac_derived {
+            Mac::default()
+        } else {
+            p.mac?
+        },
+        mac_derived: p.mac_derived,
+        ipv4: p.ipv4,
+        ipv6: p.ipv6,
+        owner: p.owner,
+        queues: p.queues,
+        netns: p.netns,
+        antispoof: p.antispoof,
+        dhcp_client: p.dhcp_client,
+        firewall: p.firewall,
+        qos: p.qos,
+        mirror: p.mirror.map(|m| m.0),
+        ethtool: p.ethtool,
+        index: p.index,
+        vm: p.vm,
+    })
+}

@@ -1,7 +1,9 @@
 //! `kvmnet status`: what kvmnet owns here, with live state and counters. Needs no spec: every
 //! object is recognised by its mark. OVN networks are added by [`with_ovn`] from what OVN's
 //! databases say (see `ovn::report`): each VM port's chassis and `up`, each network's logical
-//! flow count, and the problems ovs-vswitchd reports with this chassis's ports.
+//! flow count, each provider networks' uplink on this chassis (its bridge, whether it is in
+//! it, whether its physical network is mapped), and the problems ovs-vswitchd reports with
+//! this chassis's ports.
 
 use serde_json::{Value, json};
 
@@ -194,8 +196,8 @@ pub fn render(v: &Value) -> String {
     out
 }
 
-/// The OVN part: its networks, their VM ports as OVN binds them, and what could not be
-/// read or is wrong.
+/// The OVN part: its networks, their VM ports as OVN binds them, this chassis's provider
+/// uplinks, and what could not be read or is wrong.
 fn ovn_render(o: &Value) -> String {
     let nets = o["networks"].as_array().cloned().unwrap_or_default();
     let rows: Vec<Vec<String>> = nets
@@ -240,6 +242,35 @@ fn ovn_render(o: &Value) -> String {
         out.push_str(&table(
             &["OVN PORT", "NETWORK", "CHASSIS", "UP", "ADDRESSES"],
             &ports,
+        ));
+    }
+    let uplinks: Vec<Vec<String>> = o["providers"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|p| {
+            vec![
+                s(&p["uplink"]),
+                s(&p["bridge"]),
+                s(&p["physnet"]),
+                s(&p["device"]),
+                s(&p["in_bridge"]),
+                s(&p["mapped"]),
+            ]
+        })
+        .collect();
+    if !uplinks.is_empty() {
+        out.push('\n');
+        out.push_str(&table(
+            &[
+                "OVN UPLINK",
+                "BRIDGE",
+                "PHYSNET",
+                "DEVICE",
+                "IN BRIDGE",
+                "MAPPED",
+            ],
+            &uplinks,
         ));
     }
     for e in o["port_errors"].as_array().into_iter().flatten() {
@@ -355,4 +386,25 @@ fn bonds_table(bonds: &[Value]) -> String {
         &["BOND", "MODE", "STATE", "MEMBERS", "IPV4", "MTU", "BRIDGE"],
         &rows,
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ovn_provider_uplinks_are_a_table_of_their_own() {
+        let v = json!({"scope": "host", "networks": [], "ports": [], "bonds": [],
+            "ovn": {"nb": "unix:/nb", "sb": "unix:/sb", "chassis": "hv1", "networks": [],
+                "providers": [{"uplink": "pup", "bridge": "kvpn-pup", "physnet": "kvmnet-pn-pup",
+                    "device": true, "in_bridge": false, "held_by": null, "mapped": null,
+                    "mapped_to": null}],
+                "port_errors": [], "errors": []}});
+        let text = render(&v);
+        assert!(
+            text.contains("OVN UPLINK  BRIDGE    PHYSNET        DEVICE  IN BRIDGE  MAPPED\n")
+                && text.contains("pup         kvpn-pup  kvmnet-pn-pup  true    false      -\n"),
+            "{text}"
+        );
+    }
 }

@@ -1,5 +1,5 @@
 //! Port forwards on a NAT network: from the wan, from the host itself, and from another guest
-//! of the same network (hairpin).
+//! of the same network (hairpin); not from the guest a forward leads to.
 
 mod common;
 use common::*;
@@ -52,6 +52,10 @@ vms:
         tcp_source_seen(&web, 22, &other, "203.0.113.1", 2222),
         "10.63.0.1"
     );
+    // Not from the guest the forward leads to: the connection is translated back onto the
+    // port it came in by, and the bridge sends no frame back out of its own port (no
+    // hairpin mode, which would also reflect the guest's broadcasts to it).
+    assert_eq!(tcp_source_seen(&web, 22, &web, "203.0.113.1", 2222), "");
     // Ports that are not forwarded stay closed.
     assert_eq!(tcp_source_seen(&web, 23, &wan, "203.0.113.1", 23), "");
 

@@ -9,6 +9,8 @@
 //! - The far host reaches a's port 22 at `external.ipv4:2222`, b's port 80 at `:8080` and
 //!   b's UDP port 53 at `:5353` (the guests see the far host's address); ports not
 //!   forwarded do not connect, and `:8080` reaches b only, though a listens on 80 too.
+//! - Guests reach the forwards at `external.ipv4` too (hairpin), another guest's and their
+//!   own, through the gateway chassis, seen as `external.ipv4`; again after failover.
 //! - c's DHCP lease names the forwarder and the domain; from a guest, OVN answers the VMs'
 //!   names (declared and picked addresses), a record and a PTR whatever server is asked
 //!   (the forwarder's own answer for a VM name is different, so the answer is OVN's); other
@@ -252,6 +254,27 @@ fn forwards(a_ns: &str, b_ns: &str, far: &str) {
     assert_eq!(connect(far, "10.82.0.10", 22), None);
 }
 
+/// Guests of the network reach its forwards at `external.ipv4` too (hairpin), from any
+/// chassis, to another guest and to themselves. OVN's router takes a guest's packet to the
+/// active gateway chassis, where it leaves by the SNAT (as any packet to an outside address
+/// does) and comes straight back to the load balancer: the guest reached is shown
+/// `external.ipv4` as the client, where the kernel backend shows the gateway. The far host
+/// is still seen as itself.
+fn hairpin(a_ns: &str, b_ns: &str, far: &str) {
+    let _a22 = listen(a_ns, 22, "a");
+    let _b80 = listen(b_ns, 80, "b");
+    let _b53 = listen_udp(b_ns, 53, "b");
+    // a is on hv3, b on hv1; the gateway is active on hv2.
+    assert_eq!(connect_soon(a_ns, SNAT, 8080), format!("b {SNAT}"));
+    assert_eq!(connect_soon(b_ns, SNAT, 2222), format!("a {SNAT}"));
+    assert_eq!(ask_udp(a_ns, SNAT, 5353), Some(format!("b {SNAT}")));
+    assert_eq!(connect_soon(a_ns, SNAT, 2222), format!("a {SNAT}"));
+    assert_eq!(connect_soon(b_ns, SNAT, 8080), format!("b {SNAT}"));
+    // Ports that are not forwarded stay closed from inside too.
+    assert_eq!(connect(a_ns, SNAT, 80), None);
+    assert_eq!(connect(far, SNAT, 2222), Some(format!("a {FAR}")));
+}
+
 /// c leases from OVN's DHCP, which names the forwarder and the domain; OVN answers the
 /// spec's names whichever server is asked, the forwarder the rest.
 fn dhcp_and_dns(lab: &OvnLab, a_ns: &str, c_ns: &str) {
@@ -393,6 +416,8 @@ fn failover(lab: &OvnLab, x: &str, a_ns: &str, far: &str) {
     }
     assert!(ok_in(x, &format!("ip neigh show {SNAT}")).contains(&mac));
     assert_eq!(connect_soon(far, SNAT, 2222), format!("a {FAR}"));
+    // The hairpin moved with the gateway: a reaches its own forward through hv1 now.
+    assert_eq!(connect_soon(a_ns, SNAT, 2222), format!("a {SNAT}"));
 }
 
 #[test]
@@ -427,6 +452,7 @@ fn forwards_dns_and_gateway_announcements() {
     lab.wait_active("hv2");
 
     forwards(&a_ns, &b_ns, &far);
+    hairpin(&a_ns, &b_ns, &far);
     dhcp_and_dns(&lab, &a_ns, &c_ns);
     drift(&lab, &file, &a_ns, &far);
     failover(&lab, &x, &a_ns, &far);

@@ -5,8 +5,10 @@
 //! physical hosts of their network, and each other through the segment (not the tunnel);
 //! the vlan network's frames are tagged 100 on the wire and VLAN 200's host, in the same
 //! subnet, is out of reach; OVN's DHCP leases on the vlan network with the segment's MTU; a
-//! forged source is dropped while the guest's own flows; drift (the uplink out of its
-//! bridge, the tag changed by hand) is repaired by the next apply. destroy gives the uplinks back (out
+//! forged source is dropped while the guest's own flows; `status` shows the uplink in its
+//! bridge and mapped, and `doctor`'s `ovn-provider` passes; an uplink renamed away fails it;
+//! drift (the uplink out of its bridge, the mapping removed, the tag changed by hand) is
+//! named by doctor with its fix, shown by status, and repaired by the next apply. destroy gives the uplinks back (out
 //! of every bridge, the bridges gone), puts `ovn-bridge-mappings` back as it was (another
 //! tool's mapping kept), and leaves the Northbound rows exactly as before, a foreign switch
 //! among them.
@@ -224,10 +226,158 @@ fn forged_source_dropped(g: &Guests) {
     assert!(pings(&g.la, LAN_HOST));
 }
 
+/// `kvmnet doctor --json` as chassis `i`, with OVN's run directory where the lab's
+/// ovn-controller keeps its pid file: (exit code, the `ovn-provider` results).
+fn doctor(lab: &OvnLab, i: usize) -> (i32, Vec<serde_json::Value>) {
+    let ns = lab.chassis[i - 1].ns.clone();
+    let rundir = lab.chassis[i - 1].dir.display().to_string();
+    let ch = format!("hv{i}");
+    let o = lab.ns.kvmnet_env(
+        &["doctor", "--netns", &ns, "--chassis", &ch, "--json"],
+        &[("OVN_RUNDIR", &rundir)],
+    );
+    let out = String::from_utf8_lossy(&o.stdout).into_owned();
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap_or_else(|e| {
+        panic!(
+            "doctor's JSON: {e}: {out}{}",
+            String::from_utf8_lossy(&o.stderr)
+        )
+    });
+    let checks = v["checks"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|c| c["id"] == "ovn-provider")
+        .cloned()
+        .collect();
+    (o.status.code().unwrap_or(-1), checks)
+}
+
+/// `kvmnet status` of chassis `i`: `--json`'s provider uplink `pup`, and the text.
+fn status(lab: &OvnLab, i: usize) -> (serde_json::Value, String) {
+    let ns = lab.chassis[i - 1].ns.clone();
+    let v: serde_json::Value =
+        serde_json::from_str(&lab.ns.kvmnet_ok(&["status", "--json", "--netns", &ns])).unwrap();
+    let p = v["ovn"]["providers"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|p| p["uplink"] == "pup")
+        .cloned()
+        .unwrap_or_else(|| panic!("no provider uplink pup in {v}"));
+    (p, lab.ns.kvmnet_ok(&["status", "--netns", &ns]))
+}
+
+/// The status line of uplink `pup` in the text output, split in words.
+fn status_row(text: &str) -> Vec<String> {
+    text.lines()
+        .find(|l| l.starts_with("pup "))
+        .unwrap_or_else(|| panic!("no row for pup:\n{text}"))
+        .split_whitespace()
+        .map(String::from)
+        .collect()
+}
+
+/// On healthy chassis, doctor passes `ovn-provider` and status shows the uplink in its
+/// bridge and mapped; an uplink gone from the host (renamed on hv2) fails with its fix.
+fn provider_reported(lab: &OvnLab) {
+    for i in 1..=2 {
+        let (_, checks) = doctor(lab, i);
+        assert_eq!(checks.len(), 1, "hv{i}: {checks:?}");
+        assert_eq!(checks[0]["status"], "ok", "hv{i}: {checks:?}");
+        assert!(
+            checks[0]["message"].as_str().unwrap().contains("lan, v100"),
+            "{checks:?}"
+        );
+        let (p, text) = status(lab, i);
+        assert_eq!(
+            p,
+            serde_json::json!({"uplink": "pup", "bridge": "kvpn-pup",
+                "physnet": "kvmnet-pn-pup", "device": true, "in_bridge": true,
+                "held_by": "kvpn-pup", "mapped": true, "mapped_to": "kvpn-pup"})
+        );
+        assert_eq!(
+            status_row(&text),
+            ["pup", "kvpn-pup", "kvmnet-pn-pup", "true", "true", "true"],
+            "{text}"
+        );
+    }
+    let ch = lab.chassis[1].ns.clone();
+    ok_in(&ch, "ip link set pup down && ip link set pup name pupgone");
+    let (code, checks) = doctor(lab, 2);
+    ok_in(&ch, "ip link set pupgone name pup && ip link set pup up");
+    assert_eq!(code, 1, "{checks:?}");
+    let c = checks
+        .iter()
+        .find(|c| c["status"] == "fail")
+        .unwrap_or_else(|| panic!("{checks:?}"));
+    assert!(
+        c["message"]
+            .as_str()
+            .unwrap()
+            .contains("the uplink pup does not exist on chassis hv2"),
+        "{c}"
+    );
+    assert!(
+        c["fix"]
+            .as_str()
+            .unwrap()
+            .contains(&format!("ip netns exec {ch} ip link")),
+        "{c}"
+    );
+}
+
+/// The uplink taken out of its bridge and the mapping removed by hand: doctor fails each
+/// with its fix, status shows both, and (in [`repaired`]) apply puts them back.
+fn provider_broken(lab: &OvnLab) {
+    let (code, checks) = doctor(lab, 1);
+    assert_eq!(code, 1, "{checks:?}");
+    let failed = |what: &str| {
+        checks
+            .iter()
+            .find(|c| c["status"] == "fail" && c["message"].as_str().unwrap().contains(what))
+            .unwrap_or_else(|| panic!("no failure saying {what:?}: {checks:?}"))
+            .clone()
+    };
+    let out = failed("not in its Open vSwitch bridge kvpn-pup (it is in no bridge)");
+    let db = lab.ovs_db(1);
+    assert!(
+        out["fix"]
+            .as_str()
+            .unwrap()
+            .contains(&format!("ovs-vsctl --db={db} add-port kvpn-pup pup")),
+        "{out}"
+    );
+    let unmapped = failed("does not map kvmnet-pn-pup to kvpn-pup (it has no kvmnet-pn-pup)");
+    assert!(
+        unmapped["fix"].as_str().unwrap().contains(
+            "set open_vswitch . external_ids:ovn-bridge-mappings=\"other:br-other,kvmnet-pn-pup:kvpn-pup\""
+        ),
+        "{unmapped}"
+    );
+    let (p, text) = status(lab, 1);
+    assert_eq!(p["device"], true, "{p}");
+    assert_eq!(p["in_bridge"], false, "{p}");
+    assert_eq!(p["held_by"], serde_json::Value::Null, "{p}");
+    assert_eq!(p["mapped"], false, "{p}");
+    assert_eq!(
+        status_row(&text),
+        ["pup", "kvpn-pup", "kvmnet-pn-pup", "true", "false", "false"],
+        "{text}"
+    );
+    // hv2 was not touched.
+    assert_eq!(doctor(lab, 2).1[0]["status"], "ok");
+}
+
 /// Drift is seen and repaired by the next apply: the uplink taken out of its bridge by
 /// hand, and the localnet port's tag changed by hand.
 fn repaired(lab: &OvnLab, g: &Guests, file: &SpecFile) {
     lab.vsctl(1, "del-port kvpn-pup pup");
+    lab.vsctl(
+        1,
+        "set open_vswitch . external_ids:ovn-bridge-mappings=other:br-other",
+    );
+    provider_broken(lab);
     lab.nbctl("set Logical_Switch_Port kvmnet-ln-v100 tag=300");
     assert!(
         !pings(&g.va, V100_HOST),
@@ -241,6 +391,17 @@ fn repaired(lab: &OvnLab, g: &Guests, file: &SpecFile) {
     );
     kvm(lab, 1, &["apply", file.path()]);
     assert_eq!(lab.vsctl(1, "port-to-br pup").trim(), "kvpn-pup");
+    assert_eq!(
+        lab.vsctl(1, "get open_vswitch . external_ids:ovn-bridge-mappings")
+            .trim()
+            .trim_matches('"'),
+        "other:br-other,kvmnet-pn-pup:kvpn-pup"
+    );
+    let (_, checks) = doctor(lab, 1);
+    assert!(
+        checks.len() == 1 && checks[0]["status"] == "ok",
+        "{checks:?}"
+    );
     assert_eq!(
         lab.nbctl("get Logical_Switch_Port kvmnet-ln-v100 tag")
             .trim(),
@@ -318,6 +479,7 @@ fn provider_networks_bridge_and_vlan() {
         );
     }
 
+    provider_reported(&lab);
     repaired(&lab, &g, &file);
 
     for i in [2, 1] {

@@ -4,7 +4,7 @@
 //! distribution's services do), so each failure names the service to start or the fix.
 
 use super::{Check, Facts, Status};
-use crate::ovn::report::OvnFacts;
+use crate::ovn::report::{OvnFacts, ProviderFacts};
 
 const NB_FIX: &str = "start the central OVN databases: systemctl start ovn-central (Debian, Ubuntu) or ovn-northd (RHEL, Fedora); or correct ovn.nb";
 const SB_FIX: &str = "start the central OVN databases: systemctl start ovn-central (Debian, Ubuntu) or ovn-northd (RHEL, Fedora); or correct ovn.sb";
@@ -126,6 +126,132 @@ fn encap(o: &OvnFacts) -> Vec<Check> {
     }]
 }
 
+/// `ovs-vsctl` for this chassis's database: `--db` only when it is not the default.
+fn vsctl(o: &OvnFacts, args: &str) -> String {
+    if o.ovs == kvmnet_core::spec::ovn::OVS_DEFAULT {
+        format!("ovs-vsctl {args}")
+    } else {
+        format!("ovs-vsctl --db={} {args}", o.ovs)
+    }
+}
+
+/// `mappings` with `physnet` mapped to `bridge` (an entry for it replaced), others kept.
+fn mapped(mappings: Option<&str>, physnet: &str, bridge: &str) -> String {
+    let mut list: Vec<&str> = mappings
+        .unwrap_or_default()
+        .split(',')
+        .map(str::trim)
+        .filter(|m| !m.is_empty() && m.split(':').next() != Some(physnet))
+        .collect();
+    let ours = format!("{physnet}:{bridge}");
+    list.push(&ours);
+    list.join(",")
+}
+
+/// What is wrong with one provider uplink: the interface missing, not a port of its
+/// bridge, or its physical network not mapped to that bridge; each a failure with its fix.
+fn provider_problems(f: &Facts, o: &OvnFacts, p: &ProviderFacts) -> Vec<(String, String)> {
+    let (u, br, ch) = (&p.uplink, &p.bridge, &o.chassis);
+    let mut out = Vec::new();
+    if !p.device {
+        out.push((
+            format!("the uplink {u} does not exist on chassis {ch}: its provider networks' guests reach nothing beyond this chassis"),
+            format!(
+                "create or rename the interface {u} on this host ({}), or change the networks' uplink; then kvmnet apply",
+                f.here("ip link")
+            ),
+        ));
+    }
+    let Some(seen) = &p.seen else {
+        return out;
+    };
+    if p.in_bridge() == Some(false) {
+        let (where_, fix) = match (&seen.held_by, seen.bridge_exists) {
+            (Some(other), _) => (
+                format!("it is a port of {other}"),
+                format!(
+                    "{}, then kvmnet apply",
+                    vsctl(o, &format!("del-port {other} {u}"))
+                ),
+            ),
+            (None, false) => (
+                format!("the bridge {br} does not exist"),
+                "kvmnet apply (it makes the bridge and puts the uplink in it)".to_string(),
+            ),
+            (None, true) => (
+                "it is in no bridge".to_string(),
+                format!(
+                    "kvmnet apply (it puts {u} back), or by hand: {}",
+                    vsctl(o, &format!("add-port {br} {u}"))
+                ),
+            ),
+        };
+        out.push((
+            format!("the uplink {u} is not in its Open vSwitch bridge {br} ({where_}): its provider networks' guests reach nothing beyond this chassis"),
+            fix,
+        ));
+    }
+    if p.mapped() == Some(false) {
+        let now = match &seen.mapped_to {
+            Some(b) => format!("it maps {} to {b}", p.physnet),
+            None => format!("it has no {}", p.physnet),
+        };
+        out.push((
+            format!(
+                "ovn-bridge-mappings does not map {} to {br} ({now}): ovn-controller connects no localnet port to the uplink {u}",
+                p.physnet
+            ),
+            format!(
+                "kvmnet apply, or by hand: {}",
+                vsctl(
+                    o,
+                    &format!(
+                        "set open_vswitch . external_ids:ovn-bridge-mappings=\"{}\"",
+                        mapped(o.mappings.as_deref(), &p.physnet, br)
+                    )
+                )
+            ),
+        ));
+    }
+    out
+}
+
+/// `ovn-provider`: each provider networks' uplink exists, is a port of its bridge, and its
+/// physical network is mapped to that bridge.
+fn providers(f: &Facts, o: &OvnFacts) -> Vec<Check> {
+    let mut out = Vec::new();
+    for p in &o.providers {
+        let problems = provider_problems(f, o, p);
+        if problems.is_empty() {
+            let how = if p.seen.is_some() {
+                format!(
+                    "is in its Open vSwitch bridge {} and {} maps to it",
+                    p.bridge, p.physnet
+                )
+            } else {
+                "exists (the Open_vSwitch database could not be read)".to_string()
+            };
+            out.push(Check::with(
+                "ovn-provider",
+                Status::Ok,
+                &p.uplink,
+                format!("the uplink {} of {} {how}", p.uplink, p.networks.join(", ")),
+                "",
+            ));
+        }
+        for (message, fix) in problems {
+            out.push(Check::with(
+                "ovn-provider",
+                Status::Fail,
+                &p.uplink,
+                message,
+                fix,
+            ));
+        }
+    }
+    out
+}
+
 /// The OVN checks, when the spec in force has OVN networks.
 pub fn ovn(facts: &Facts) -> Vec<Check> {
     let Some(o) = &facts.ovn else {
@@ -169,12 +295,14 @@ pub fn ovn(facts: &Facts) -> Vec<Check> {
     out.extend(controller(o));
     out.extend(ports(o));
     out.extend(encap(o));
+    out.extend(providers(facts, o));
     out
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::ovn::chassis::UplinkSeen;
 
     fn healthy() -> OvnFacts {
         OvnFacts {
@@ -189,6 +317,132 @@ mod tests {
             encap_here: true,
             ..OvnFacts::default()
         }
+    }
+
+    fn provider(seen: UplinkSeen, device: bool) -> OvnFacts {
+        OvnFacts {
+            ovs: "unix:/lab/db.sock".into(),
+            mappings: Some("other:br-o,kvmnet-pn-pup:kvpn-pup".into()),
+            providers: vec![ProviderFacts {
+                uplink: "pup".into(),
+                bridge: "kvpn-pup".into(),
+                physnet: "kvmnet-pn-pup".into(),
+                networks: vec!["lan".into(), "v100".into()],
+                device,
+                seen: Some(seen),
+            }],
+            ..healthy()
+        }
+    }
+
+    fn good() -> UplinkSeen {
+        UplinkSeen {
+            held_by: Some("kvpn-pup".into()),
+            bridge_exists: true,
+            mapped_to: Some("kvpn-pup".into()),
+        }
+    }
+
+    fn provider_checks(o: OvnFacts) -> Vec<Check> {
+        ovn(&Facts {
+            scope: "hv1ns".into(),
+            ovn: Some(o),
+            ..Facts::default()
+        })
+        .into_iter()
+        .filter(|c| c.id == "ovn-provider")
+        .collect()
+    }
+
+    #[test]
+    fn a_provider_uplink_in_its_bridge_and_mapped_passes() {
+        let c = provider_checks(provider(good(), true));
+        assert_eq!(c.len(), 1);
+        assert_eq!(c[0].status, Status::Ok);
+        assert_eq!(c[0].subject, "pup");
+        assert!(c[0].message.contains("lan, v100"), "{}", c[0].message);
+        assert!(
+            provider_checks(healthy()).is_empty(),
+            "no provider networks"
+        );
+    }
+
+    #[test]
+    fn each_provider_problem_fails_with_its_fix() {
+        let gone = provider_checks(provider(good(), false));
+        assert_eq!(gone.len(), 1);
+        assert_eq!(gone[0].status, Status::Fail);
+        assert!(gone[0].message.contains("pup does not exist"));
+        assert!(
+            gone[0].fix.contains("ip netns exec hv1ns ip link"),
+            "{}",
+            gone[0].fix
+        );
+
+        let out = provider_checks(provider(
+            UplinkSeen {
+                held_by: None,
+                ..good()
+            },
+            true,
+        ));
+        assert_eq!(out.len(), 1);
+        assert_eq!(out[0].status, Status::Fail);
+        assert!(
+            out[0]
+                .message
+                .contains("not in its Open vSwitch bridge kvpn-pup (it is in no bridge)")
+        );
+        assert!(
+            out[0]
+                .fix
+                .contains("ovs-vsctl --db=unix:/lab/db.sock add-port kvpn-pup pup"),
+            "{}",
+            out[0].fix
+        );
+        let other = provider_checks(provider(
+            UplinkSeen {
+                held_by: Some("br-o".into()),
+                bridge_exists: false,
+                ..good()
+            },
+            true,
+        ));
+        assert!(other[0].message.contains("it is a port of br-o"));
+        assert!(other[0].fix.contains("del-port br-o pup"));
+
+        let mut unmapped = provider(
+            UplinkSeen {
+                mapped_to: None,
+                ..good()
+            },
+            true,
+        );
+        unmapped.mappings = Some("other:br-o".into());
+        let out = provider_checks(unmapped);
+        assert_eq!(out.len(), 1);
+        assert_eq!(out[0].status, Status::Fail);
+        assert!(
+            out[0]
+                .message
+                .contains("does not map kvmnet-pn-pup to kvpn-pup (it has no kvmnet-pn-pup)")
+        );
+        assert!(
+            out[0].fix.ends_with(
+                "set open_vswitch . external_ids:ovn-bridge-mappings=\"other:br-o,kvmnet-pn-pup:kvpn-pup\""
+            ),
+            "{}",
+            out[0].fix
+        );
+        // Mapped elsewhere: the entry is replaced, not added twice.
+        assert_eq!(
+            mapped(
+                Some("kvmnet-pn-pup:br-x,other:br-o"),
+                "kvmnet-pn-pup",
+                "kvpn-pup"
+            ),
+            "other:br-o,kvmnet-pn-pup:kvpn-pup"
+        );
     }
 
     fn run(o: OvnFacts) -> Vec<Check> {

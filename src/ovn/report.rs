@@ -12,6 +12,7 @@ use std::time::Duration;
 use kvmnet_core::ovn::{ChassisConf, OWNER, OWNER_KEY};
 use serde_json::{Map, Value, json};
 
+use super::chassis::{GatewayUplink, UplinkSeen};
 use super::ovsdb::{Atom, Client, Datum, OvsdbError, Remote};
 use crate::statedir::StateDir;
 
@@ -197,16 +198,29 @@ pub fn status(scope: &str) -> Option<Value> {
             Err(e) => errors.push(e.to_string()),
         }
     }
-    let port_errors = match &w.chassis {
-        Some(c) => chassis_port_errors(&c.ovs).unwrap_or_else(|e| {
-            errors.push(e);
-            Vec::new()
-        }),
-        None => Vec::new(),
+    let (port_errors, providers) = match &w.chassis {
+        Some(c) => {
+            let uplinks: BTreeMap<String, Vec<String>> = c
+                .provider_uplinks
+                .iter()
+                .map(|u| (u.clone(), Vec::new()))
+                .collect();
+            let view = chassis_view(&c.ovs, &uplinks);
+            let view = view.map_err(|e| errors.push(e)).ok();
+            (
+                view.as_ref()
+                    .map(|v| v.port_errors.clone())
+                    .unwrap_or_default(),
+                providers(&uplinks, view.as_ref()),
+            )
+        }
+        None => Default::default(),
     };
+    let providers: Vec<Value> = providers.iter().map(ProviderFacts::to_json).collect();
     Some(json!({
         "nb": w.nb, "sb": sb, "chassis": w.chassis.as_ref().map(|c| c.name.clone()),
-        "networks": networks, "port_errors": port_errors, "errors": errors,
+        "networks": networks, "providers": providers, "port_errors": port_errors,
+        "errors": errors,
     }))
 }
 
@@ -242,12 +256,100 @@ fn northbound(
     Ok(out)
 }
 
-/// What ovs-vswitchd reports wrong with kvmnet's ports on this chassis.
-fn chassis_port_errors(ovs: &str) -> Result<Vec<String>, String> {
+/// What this chassis's Open_vSwitch database says: ovs-vswitchd's errors on kvmnet's ports,
+/// the current `ovn-bridge-mappings`, and where each provider uplink stands.
+struct ChassisView {
+    port_errors: Vec<String>,
+    mappings: Option<String>,
+    uplinks: Vec<UplinkSeen>,
+}
+
+/// Reads [`ChassisView`] for the provider uplinks `uplinks` (their names are the keys).
+fn chassis_view(ovs: &str, uplinks: &BTreeMap<String, Vec<String>>) -> Result<ChassisView, String> {
     let err = |e: String| format!("Open_vSwitch database {ovs}: {e}");
     let remotes = Remote::parse_list(ovs).map_err(|e| err(e.to_string()))?;
     let client = super::chassis::connect(&remotes, TIMEOUT).map_err(|e| err(e.to_string()))?;
-    super::chassis::port_errors(&client.replica(), OWNER).map_err(|e| err(e.to_string()))
+    let r = client.replica();
+    let ups: Vec<GatewayUplink> = uplinks.keys().map(|u| GatewayUplink::provider(u)).collect();
+    let read = || -> Result<ChassisView, super::chassis::ChassisError> {
+        Ok(ChassisView {
+            port_errors: super::chassis::port_errors(&r, OWNER)?,
+            mappings: super::chassis::bridge_mappings(&r)?,
+            uplinks: super::chassis::uplinks_seen(&r, &ups)?,
+        })
+    };
+    read().map_err(|e| err(e.to_string()))
+}
+
+/// A provider networks' uplink on this chassis: what kvmnet puts it in and maps, and how it
+/// stands.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ProviderFacts {
+    pub uplink: String,
+    pub bridge: String,
+    pub physnet: String,
+    /// The spec's networks on it (doctor's; `status` reads no spec).
+    pub networks: Vec<String>,
+    /// Whether an interface of the uplink's name exists in this namespace.
+    pub device: bool,
+    /// What the Open_vSwitch database says (`None`: it could not be read).
+    pub seen: Option<UplinkSeen>,
+}
+
+impl ProviderFacts {
+    /// Whether the uplink is a port of its own bridge.
+    pub fn in_bridge(&self) -> Option<bool> {
+        let s = self.seen.as_ref()?;
+        Some(s.held_by.as_deref() == Some(self.bridge.as_str()))
+    }
+
+    /// Whether `ovn-bridge-mappings` maps the uplink's physical network to its bridge.
+    pub fn mapped(&self) -> Option<bool> {
+        let s = self.seen.as_ref()?;
+        Some(s.mapped_to.as_deref() == Some(self.bridge.as_str()))
+    }
+
+    /// One entry of `status --json`'s `ovn.providers`.
+    pub fn to_json(&self) -> Value {
+        let seen = self.seen.as_ref();
+        json!({
+            "uplink": self.uplink, "bridge": self.bridge, "physnet": self.physnet,
+            "device": self.device, "in_bridge": self.in_bridge(),
+            "held_by": seen.and_then(|s| s.held_by.clone()), "mapped": self.mapped(),
+            "mapped_to": seen.and_then(|s| s.mapped_to.clone()),
+        })
+    }
+}
+
+/// Whether an interface named `name` exists in this process's network namespace.
+fn device_exists(name: &str) -> bool {
+    let Ok(c) = std::ffi::CString::new(name) else {
+        return false;
+    };
+    // SAFETY: `c` is a NUL-terminated string that outlives the call, which only reads it.
+    unsafe { libc::if_nametoindex(c.as_ptr()) != 0 }
+}
+
+/// The provider uplinks (with their networks), joined with what the database says.
+fn providers(
+    uplinks: &BTreeMap<String, Vec<String>>,
+    view: Option<&ChassisView>,
+) -> Vec<ProviderFacts> {
+    uplinks
+        .iter()
+        .enumerate()
+        .map(|(i, (u, nets))| {
+            let g = GatewayUplink::provider(u);
+            ProviderFacts {
+                device: device_exists(u),
+                seen: view.and_then(|v| v.uplinks.get(i).cloned()),
+                networks: nets.clone(),
+                uplink: g.uplink,
+                bridge: g.bridge,
+                physnet: g.physnet,
+            }
+        })
+        .collect()
 }
 
 /// What `kvmnet doctor` checks of OVN, read on this host.
@@ -268,6 +370,10 @@ pub struct OvnFacts {
     pub controller_pidfile: String,
     pub controller: Option<Result<u32, String>>,
     pub port_errors: Vec<String>,
+    /// `ovn-bridge-mappings` as it is now (`None`: not set, or not read).
+    pub mappings: Option<String>,
+    /// The provider networks' uplinks this chassis holds (none when it is not listed).
+    pub providers: Vec<ProviderFacts>,
     /// The spec's tunnel endpoint for this chassis, and whether an interface here has it.
     pub encap_ip: Option<Ipv4Addr>,
     pub encap_here: bool,
@@ -340,10 +446,25 @@ pub fn facts(scope: &str, ovn: &crate::spec::Ovn) -> OvnFacts {
         },
         Err(e) => (Some(e.to_string()), None),
     };
-    let (ovs_error, port_errors) = match chassis_port_errors(&ovs) {
-        Ok(p) => (None, p),
-        Err(e) => (Some(e), Vec::new()),
+    // Every listed chassis holds every provider uplink (as `chassis_conf` makes it).
+    let mut uplinks: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    if listed {
+        for n in ovn.networks.values() {
+            if let Some(u) = kvmnet_core::ovn::provider::uplink_of(n) {
+                uplinks
+                    .entry(u.to_string())
+                    .or_default()
+                    .push(n.name.clone());
+            }
+        }
+    }
+    let (ovs_error, view) = match chassis_view(&ovs, &uplinks) {
+        Ok(v) => (None, Some(v)),
+        Err(e) => (Some(e), None),
     };
+    let providers = providers(&uplinks, view.as_ref());
+    let (port_errors, mappings) =
+        view.map_or_else(Default::default, |v| (v.port_errors, v.mappings));
     let pidfile = controller_pidfile();
     let encap_ip = ovn.chassis.get(&chassis).map(|c| c.encap_ip);
     OvnFacts {
@@ -358,6 +479,8 @@ pub fn facts(scope: &str, ovn: &crate::spec::Ovn) -> OvnFacts {
         controller_pidfile: pidfile.display().to_string(),
         controller: listed.then(|| controller_alive(&pidfile)),
         port_errors,
+        mappings,
+        providers,
         encap_here: encap_ip.is_some_and(|ip| local_ipv4().contains(&ip)),
         encap_ip,
         chassis,

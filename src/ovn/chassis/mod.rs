@@ -269,6 +269,49 @@ pub fn port_errors(replica: &Replica, owner: &str) -> Result<Vec<String>, Chassi
         .collect())
 }
 
+/// How an uplink (a provider networks', or the gateway's) stands in the chassis's database.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct UplinkSeen {
+    /// The bridge holding a port of the uplink's name (`None`: no bridge does).
+    pub held_by: Option<String>,
+    /// Whether the uplink's own bridge exists.
+    pub bridge_exists: bool,
+    /// The bridge `ovn-bridge-mappings` maps the uplink's physical network to (`None`:
+    /// the mapping has no entry for it).
+    pub mapped_to: Option<String>,
+}
+
+/// The root row's `ovn-bridge-mappings` as it is now (`None`: the key is not set).
+pub fn bridge_mappings(replica: &Replica) -> Result<Option<String>, ChassisError> {
+    let obs = observed::Observed::read(replica)?;
+    Ok(obs.external_ids.get("ovn-bridge-mappings").cloned())
+}
+
+/// Where each of `uplinks` stands: which bridge holds it, and where its physical network
+/// is mapped. Pure: read from the replica, for `status` and `doctor`.
+pub fn uplinks_seen(
+    replica: &Replica,
+    uplinks: &[GatewayUplink],
+) -> Result<Vec<UplinkSeen>, ChassisError> {
+    let obs = observed::Observed::read(replica)?;
+    let mappings = obs
+        .external_ids
+        .get("ovn-bridge-mappings")
+        .cloned()
+        .unwrap_or_default();
+    Ok(uplinks
+        .iter()
+        .map(|g| UplinkSeen {
+            held_by: obs.ports.get(&g.uplink).and_then(|p| p.bridge.clone()),
+            bridge_exists: obs.bridges.contains_key(&g.bridge),
+            mapped_to: mappings.split(',').find_map(|m| {
+                let (physnet, bridge) = m.trim().split_once(':')?;
+                (physnet == g.physnet).then(|| bridge.to_string())
+            }),
+        })
+        .collect())
+}
+
 /// Makes the chassis's database what `wanted` says (the client from [`connect`]). Records
 /// into `originals` the prior values of the keys it changes, and forgets those it gave back:
 /// store it afterwards, whether this succeeded or not (and, to survive a crash in between,

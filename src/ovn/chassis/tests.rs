@@ -105,11 +105,15 @@ impl Db {
         )
     }
 
-    fn observed(self) -> Observed {
+    fn replica(self) -> Replica {
         let tables = ["Open_vSwitch", "Bridge", "Port", "Interface"];
         let mut r = Replica::new(&schema(), &tables).unwrap();
         r.apply(&Value::Object(self.updates), None).unwrap();
-        Observed::read(&r).unwrap()
+        r
+    }
+
+    fn observed(self) -> Observed {
+        Observed::read(&self.replica()).unwrap()
     }
 }
 
@@ -300,6 +304,50 @@ fn provider_uplinks_get_bridges_and_mappings() {
         super::validate(&w),
         Err(ChassisError::Invalid { .. })
     ));
+}
+
+#[test]
+fn uplinks_seen_say_which_bridge_holds_each_and_where_it_is_mapped() {
+    let ids = [("ovn-bridge-mappings", "other:br-o,kvmnet-pn-eth2:kvpn-eth2")];
+    let ups = [
+        GatewayUplink::provider("eth2"),
+        GatewayUplink::provider("eth3"),
+        GatewayUplink::provider("eth4"),
+    ];
+    // eth2 in its bridge and mapped; eth3 in a bridge of another's, its own bridge missing,
+    // unmapped; eth4 in no bridge, its bridge there.
+    let r = Db::new(&ids, &[10, 11, 12])
+        .bridge("kvpn-eth2", 10, Some(OWNER), &[20])
+        .bridge("br-o", 11, None, &[21])
+        .bridge("kvpn-eth4", 12, Some(OWNER), &[])
+        .port("eth2", 20, Some(OWNER), &[])
+        .port("eth3", 21, None, &[])
+        .replica();
+    let seen = uplinks_seen(&r, &ups).unwrap();
+    assert_eq!(
+        seen,
+        [
+            UplinkSeen {
+                held_by: Some("kvpn-eth2".into()),
+                bridge_exists: true,
+                mapped_to: Some("kvpn-eth2".into()),
+            },
+            UplinkSeen {
+                held_by: Some("br-o".into()),
+                bridge_exists: false,
+                mapped_to: None,
+            },
+            UplinkSeen {
+                held_by: None,
+                bridge_exists: true,
+                mapped_to: None,
+            },
+        ]
+    );
+    assert_eq!(
+        bridge_mappings(&r).unwrap().as_deref(),
+        Some("other:br-o,kvmnet-pn-eth2:kvpn-eth2")
+    );
 }
 
 #[test]

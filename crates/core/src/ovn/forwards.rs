@@ -10,6 +10,13 @@
 //! OVN applies the load balancer on the active gateway chassis and sends the replies back
 //! there to be translated, so the forward moves with the gateway on failover. The client's
 //! address is kept (no SNAT), as the kernel backend's DNAT keeps it.
+//!
+//! Guests reach the forwards at `external.ipv4` too (hairpin) with nothing more: their
+//! packet is routed to the gateway port like any packet to an outside address, leaves by
+//! the SNAT on the active gateway chassis and comes back to the load balancer there, so the
+//! guest reached sees `external.ipv4` as the client, and a guest reaching its own forward
+//! works as well (tests/ovn_forwards.rs). So the router needs no `lb_force_snat_ip`,
+//! which would hide outside clients' addresses too.
 
 use std::collections::BTreeMap;
 

@@ -1,5 +1,5 @@
 //! Port forwards on a NAT network: from the wan, from the host itself, and from another guest
-//! of the same network (hairpin); not from the guest a forward leads to.
+//! of the same network (hairpin); from the guest a forward leads to only without br_netfilter.
 
 mod common;
 use common::*;
@@ -52,10 +52,22 @@ vms:
         tcp_source_seen(&web, 22, &other, "203.0.113.1", 2222),
         "10.63.0.1"
     );
-    // Not from the guest the forward leads to: the connection is translated back onto the
-    // port it came in by, and the bridge sends no frame back out of its own port (no
-    // hairpin mode, which would also reflect the guest's broadcasts to it).
-    assert_eq!(tcp_source_seen(&web, 22, &web, "203.0.113.1", 2222), "");
+    // From the guest the forward leads to: only when the host routes the translated packet
+    // back (masqueraded through the gateway). With br_netfilter calling the IP hooks for
+    // bridged traffic, the kernel bridges it back onto the port it came in by instead, and
+    // a bridge sends no frame back out of its own port (no hairpin mode, which would also
+    // reflect the guest's broadcasts to it and fail its IPv6 duplicate address detection).
+    let brnf = "/proc/sys/net/bridge/bridge-nf-call-iptables";
+    let with_brnf = |on: u8| ok_in(&host, &format!("echo {on} > {brnf}"));
+    if in_ns(&host, &format!("test -e {brnf}")).status.success() {
+        with_brnf(1);
+        assert_eq!(tcp_source_seen(&web, 22, &web, "203.0.113.1", 2222), "");
+        with_brnf(0);
+    }
+    assert_eq!(
+        tcp_source_seen(&web, 22, &web, "203.0.113.1", 2222),
+        "10.63.0.1"
+    );
     // Ports that are not forwarded stay closed.
     assert_eq!(tcp_source_seen(&web, 23, &wan, "203.0.113.1", 23), "");
 

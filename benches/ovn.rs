@@ -513,6 +513,7 @@ fn main() {
             ms(small),
             big.as_secs_f64() / small.as_secs_f64()
         );
+        let _ = std::fs::remove_dir_all(&dir);
         return;
     }
     let (kw, bw, sw) = (median(kw), median(bw), median(sw));

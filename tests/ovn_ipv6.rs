@@ -3,7 +3,8 @@
 //! form their SLAAC addresses from OVN's RA (with the overlay's MTU) and ping each other
 //! across the tunnel, and a guest of a second routed network through the router; a static
 //! `ipv6` works on a routed and on an isolated network. A guest's forged IPv6 source is
-//! dropped while its own flows; a firewall with `policy: drop` lets ICMPv6 echo and TCP 22
+//! dropped while its own flows, and its SLAAC address passes port security because kvmnet
+//! lists it there (taken out by hand, the guest's IPv6 is dropped until an apply); a firewall with `policy: drop` lets ICMPv6 echo and TCP 22
 //! in over IPv6 and not TCP 80, while neighbour discovery still works. OVN's RAs reach the
 //! guests; so do a guest's own (a limit of OVN 23.03 README states, checked here).
 
@@ -243,6 +244,27 @@ fn traffic(ns: &[String; 5]) {
     assert!(pings6(b, C_STATIC));
 }
 
+/// b's SLAAC address passes port security because kvmnet lists it: with b's port security
+/// set by hand to its MAC and IPv4 only, b's IPv6 is dropped; the plan names the port and
+/// an apply puts the address back.
+fn slaac_in_port_security(lab: &OvnLab, ns: &[String; 5], file: &SpecFile) {
+    let b = &ns[1];
+    lab.nbctl(&format!(
+        "--wait=hv lsp-set-port-security v6b \"{B_MAC} 10.86.0.11\""
+    ));
+    assert!(
+        !in_ns(b, &format!("ping -6 -c2 -W1 {A_SLAAC}"))
+            .status
+            .success(),
+        "b's IPv6 passed a port security listing only IPv4"
+    );
+    let plan = kvm(lab, 2, &["plan", file.path()]);
+    assert!(plan.contains("ovn-port v6b"), "{plan}");
+    kvm(lab, 2, &["apply", file.path()]);
+    lab.nbctl("--wait=hv sync");
+    wait("b's IPv6 back", 10, || pings6(b, A_SLAAC));
+}
+
 /// The router advertisements a's eth0 hears while b announces itself as a router with
 /// thc-ipv6's fake_router6 and a solicits OVN's: tcpdump's lines.
 fn ras_heard(a: &str, b: &str) -> String {
@@ -334,6 +356,7 @@ fn ipv6_on_ovn_routed_and_isolated_networks() {
 
     slaac(&lab, &ns);
     traffic(&ns);
+    slaac_in_port_security(&lab, &ns, &file);
     router_advertisements(&ns);
 
     for i in [1, 2] {

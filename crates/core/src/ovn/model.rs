@@ -283,9 +283,12 @@ fn addresses(net: &Network, ports: &[&OvnPort]) -> BTreeMap<String, Ipv4Addr> {
     out
 }
 
-/// The global IPv6 addresses port `port` may use on `net`: its SLAAC address in the prefix
-/// the network's router port announces (routed networks, a /64) and its declared `ipv6`.
-/// OVN's port security lets the link-local address of the port's MAC through by itself.
+/// The IPv6 addresses port `port` may use on `net`: its SLAAC address in the prefix the
+/// network's router port announces (routed networks, a /64) and its declared `ipv6`. OVN's
+/// port security lets the link-local address of the port's MAC through by itself once one
+/// is listed; a port with neither on a network with IPv6 lists that link-local address, so
+/// it keeps IPv6 on the link as the kernel backend's guard lets it (an IPv4-only port
+/// security entry drops all IPv6).
 pub fn ipv6_addresses(net: &Network, port: &crate::spec::model::Port) -> Vec<Ipv6Addr> {
     let mut out = Vec::new();
     if matches!(net.mode, Mode::Nat | Mode::Routed) {
@@ -295,6 +298,9 @@ pub fn ipv6_addresses(net: &Network, port: &crate::spec::model::Port) -> Vec<Ipv
         && !out.contains(&a)
     {
         out.push(a);
+    }
+    if out.is_empty() && net.ipv6.is_some() {
+        out.push(port.mac.link_local());
     }
     out
 }
@@ -774,6 +780,7 @@ vms:
       - { network: web, name: pa, mac: "52:54:00:00:00:0a", ipv4: 10.80.0.10 }
       - { network: web, name: ps, mac: "52:54:00:00:00:0c", ipv4: 10.80.0.12, ipv6: "fd00:80::12" }
       - { network: lab, name: pl, mac: "52:54:00:00:00:0b", ipv4: 10.81.0.11, ipv6: "fd00:81::11" }
+      - { network: lab, name: pk, mac: "52:54:00:00:00:0d", ipv4: 10.81.0.13 }
 "#;
 
     /// A routed network's router port holds the IPv6 gateway and announces the prefix
@@ -804,6 +811,7 @@ vms:
                 "52:54:00:00:00:0c 10.80.0.12 fd00:80::5054:ff:fe00:c fd00:80::12",
             ),
             ("pl", "52:54:00:00:00:0b 10.81.0.11 fd00:81::11"),
+            ("pk", "52:54:00:00:00:0d 10.81.0.13 fe80::5054:ff:fe00:d"),
         ] {
             let p = find(&rows, "Logical_Switch_Port", port);
             assert_eq!(p.columns["addresses"], NbVal::strs([want]), "{port}");

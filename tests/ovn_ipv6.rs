@@ -5,7 +5,8 @@
 //! `ipv6` works on a routed and on an isolated network. A guest's forged IPv6 source is
 //! dropped while its own flows, and its SLAAC address passes port security because kvmnet
 //! lists it there (taken out by hand, the guest's IPv6 is dropped until an apply); a firewall with `policy: drop` lets ICMPv6 echo and TCP 22
-//! in over IPv6 and not TCP 80, while neighbour discovery still works. OVN's RAs reach the
+//! in over IPv6 and not TCP 80, while neighbour discovery still works. OVN's DNS answers a
+//! VM's declared IPv6 address (AAAA and PTR). OVN's RAs reach the
 //! guests; so do a guest's own (a limit of OVN 23.03 README states, checked here).
 
 mod common;
@@ -42,6 +43,7 @@ fn spec(lab: &OvnLab, ns: &[String; 5]) -> String {
     ipv4: 10.87.0.1/24
     ipv6: fd00:87::1/64
     ra: {{ mode: slaac }}
+    dns: {{ domain: six.test }}
   sixi:
     backend: ovn
     mode: isolated
@@ -244,6 +246,21 @@ fn traffic(ns: &[String; 5]) {
     assert!(pings6(b, C_STATIC));
 }
 
+/// OVN's DNS answers a VM's declared IPv6 address (AAAA, and its PTR), asked over IPv6.
+fn dns_aaaa(ns: &[String; 5]) {
+    let c = &ns[2];
+    let aaaa = ok_in(
+        c,
+        "dig +noedns +short +time=2 +tries=3 @fd00:87::1 AAAA c.six.test",
+    );
+    assert_eq!(aaaa.trim(), C_STATIC, "AAAA of c");
+    let ptr = ok_in(
+        c,
+        &format!("dig +noedns +short +time=2 +tries=3 @fd00:87::1 -x {C_STATIC}"),
+    );
+    assert_eq!(ptr.trim(), "c.six.test.", "PTR of c's IPv6 address");
+}
+
 /// b's SLAAC address passes port security because kvmnet lists it: with b's port security
 /// set by hand to its MAC and IPv4 only, b's IPv6 is dropped; the plan names the port and
 /// an apply puts the address back.
@@ -357,6 +374,7 @@ fn ipv6_on_ovn_routed_and_isolated_networks() {
     slaac(&lab, &ns);
     traffic(&ns);
     slaac_in_port_security(&lab, &ns, &file);
+    dns_aaaa(&ns);
     router_advertisements(&ns);
 
     for i in [1, 2] {

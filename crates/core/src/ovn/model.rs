@@ -24,7 +24,7 @@
 //!   send from its link-local address, which is where RAs come from.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::{Ipv4Addr, Ipv6Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use super::{NbParent, NbRow, NbVal};
 use crate::spec::model::{Ipv4Cidr, Mac, Mode, Network};
@@ -116,15 +116,26 @@ pub fn rows(ovn: &Ovn) -> Vec<NbRow> {
     r.0
 }
 
-/// Each VM's addresses on `net` (declared or picked), for its DNS names.
+/// Each VM's addresses on `net`, for its DNS names: IPv4 declared or picked, and the
+/// declared `ipv6` (not a SLAAC address: the guest may form another, as the kernel
+/// backend's DNS says).
 fn vm_addresses(
     ports: &[&OvnPort],
     addrs: &BTreeMap<String, Ipv4Addr>,
-) -> BTreeMap<String, Vec<Ipv4Addr>> {
-    let mut out: BTreeMap<String, Vec<Ipv4Addr>> = BTreeMap::new();
+) -> BTreeMap<String, Vec<IpAddr>> {
+    let mut out: BTreeMap<String, Vec<IpAddr>> = BTreeMap::new();
     for p in ports {
         if let Some(a) = addrs.get(&p.port.name) {
-            out.entry(p.port.vm.clone()).or_default().push(*a);
+            out.entry(p.port.vm.clone())
+                .or_default()
+                .push(IpAddr::V4(*a));
+        }
+    }
+    for p in ports {
+        if let Some(a) = p.port.ipv6 {
+            out.entry(p.port.vm.clone())
+                .or_default()
+                .push(IpAddr::V6(a));
         }
     }
     out

@@ -70,7 +70,7 @@ fn reverse(a: IpAddr) -> String {
 /// addresses, declared or picked from the pool) and each record, forward and reverse. A
 /// name a record holds is not taken by a VM with a pool address (validation refuses one
 /// that a declared address has). `None` without `dns`.
-pub fn row(net: &Network, vms: &BTreeMap<String, Vec<Ipv4Addr>>) -> Option<NbRow> {
+pub fn row(net: &Network, vms: &BTreeMap<String, Vec<IpAddr>>) -> Option<NbRow> {
     let dns = net.dns.as_ref()?;
     let domain = dns.domain.as_deref();
     // OVN looks names up without the final dot.
@@ -86,10 +86,9 @@ pub fn row(net: &Network, vms: &BTreeMap<String, Vec<Ipv4Addr>>) -> Option<NbRow
             continue;
         }
         for a in addrs {
-            ptr.entry(reverse(IpAddr::V4(*a)))
-                .or_insert_with(|| n.clone());
+            ptr.entry(reverse(*a)).or_insert_with(|| n.clone());
         }
-        fwd.insert(n, addrs.iter().map(|a| IpAddr::V4(*a)).collect());
+        fwd.insert(n, addrs.clone());
     }
     for (n, addrs) in &fwd {
         for a in addrs {

@@ -223,7 +223,13 @@ pub const TABLES: &[(&str, &[&str], &[&str])] = &[
     ),
     (
         "Logical_Router_Port",
-        &["name", "mac", "networks", "ha_chassis_group"],
+        &[
+            "name",
+            "mac",
+            "networks",
+            "ha_chassis_group",
+            "ipv6_ra_configs",
+        ],
         &[],
     ),
     ("HA_Chassis_Group", &["name"], &["ha_chassis"]),

@@ -14,9 +14,17 @@
 //! - bridge and vlan networks are provider networks: a localnet port on the switch (see
 //!   [`super::provider`]).
 //! - Firewalls are ACLs on one port group per distinct firewall ([`super::firewall`]).
+//! - IPv6 (routed and isolated networks): a routed network's router port holds the `ipv6`
+//!   gateway too and announces the prefix for SLAAC (`ipv6_ra_configs`); a port's SLAAC
+//!   address (from its MAC, in that prefix) and its declared `ipv6` are in its `addresses`
+//!   and port security, as the kernel backend's guard lets a port use exactly those. An
+//!   isolated network has no router, so no RAs: its ports take static addresses only.
+//!   There is no guard against guests' router advertisements: OVN 23.03's ACL stages pass
+//!   all neighbour discovery (RAs included) over any ACL, and port security lets a port
+//!   send from its link-local address, which is where RAs come from.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use super::{NbParent, NbRow, NbVal};
 use crate::spec::model::{Ipv4Cidr, Mac, Mode, Network};
@@ -30,6 +38,10 @@ const EXTERNAL_KEY: &str = "ext";
 const GATEWAY_GROUP: &str = "kvmnet-gw";
 /// The isolation ACL's priority: over every firewall ACL (see [`super::firewall`]).
 const PRIO_ISOLATE: i64 = 3000;
+/// Unsolicited RAs of a router port: at most this many seconds apart, at least a third of
+/// it, as the kernel backend's daemon announces with its default router lifetime.
+const RA_MAX_INTERVAL: u32 = 600;
+const RA_MIN_INTERVAL: u32 = 200;
 
 pub(super) struct Rows(pub(super) Vec<NbRow>);
 
@@ -104,15 +116,26 @@ pub fn rows(ovn: &Ovn) -> Vec<NbRow> {
     r.0
 }
 
-/// Each VM's addresses on `net` (declared or picked), for its DNS names.
+/// Each VM's addresses on `net`, for its DNS names: IPv4 declared or picked, and the
+/// declared `ipv6` (not a SLAAC address: the guest may form another, as the kernel
+/// backend's DNS says).
 fn vm_addresses(
     ports: &[&OvnPort],
     addrs: &BTreeMap<String, Ipv4Addr>,
-) -> BTreeMap<String, Vec<Ipv4Addr>> {
-    let mut out: BTreeMap<String, Vec<Ipv4Addr>> = BTreeMap::new();
+) -> BTreeMap<String, Vec<IpAddr>> {
+    let mut out: BTreeMap<String, Vec<IpAddr>> = BTreeMap::new();
     for p in ports {
         if let Some(a) = addrs.get(&p.port.name) {
-            out.entry(p.port.vm.clone()).or_default().push(*a);
+            out.entry(p.port.vm.clone())
+                .or_default()
+                .push(IpAddr::V4(*a));
+        }
+    }
+    for p in ports {
+        if let Some(a) = p.port.ipv6 {
+            out.entry(p.port.vm.clone())
+                .or_default()
+                .push(IpAddr::V6(a));
         }
     }
     out
@@ -141,10 +164,13 @@ fn switch(
     }
     for p in ports {
         let port = &p.port;
-        let addr = match addrs.get(&port.name) {
+        let mut addr = match addrs.get(&port.name) {
             Some(a) => format!("{} {a}", port.mac),
             None => port.mac.to_string(),
         };
+        for a in ipv6_addresses(net, port) {
+            addr.push_str(&format!(" {a}"));
+        }
         r.add(
             "Logical_Switch_Port",
             &port.name,
@@ -268,6 +294,28 @@ fn addresses(net: &Network, ports: &[&OvnPort]) -> BTreeMap<String, Ipv4Addr> {
     out
 }
 
+/// The IPv6 addresses port `port` may use on `net`: its SLAAC address in the prefix the
+/// network's router port announces (routed networks, a /64) and its declared `ipv6`. OVN's
+/// port security lets the link-local address of the port's MAC through by itself once one
+/// is listed; a port with neither on a network with IPv6 lists that link-local address, so
+/// it keeps IPv6 on the link as the kernel backend's guard lets it (an IPv4-only port
+/// security entry drops all IPv6).
+pub fn ipv6_addresses(net: &Network, port: &crate::spec::model::Port) -> Vec<Ipv6Addr> {
+    let mut out = Vec::new();
+    if matches!(net.mode, Mode::Nat | Mode::Routed) {
+        out.extend(net.slaac_prefixes().map(|c| port.mac.slaac(c.addr)));
+    }
+    if let Some(a) = port.ipv6
+        && !out.contains(&a)
+    {
+        out.push(a);
+    }
+    if out.is_empty() && net.ipv6.is_some() {
+        out.push(port.mac.link_local());
+    }
+    out
+}
+
 fn dhcp_options(r: &mut Rows, ovn: &Ovn, net: &Network) {
     let (Some(d), Some(gw)) = (&net.dhcp, net.ipv4) else {
         return;
@@ -323,7 +371,11 @@ fn router(r: &mut Rows, ovn: &Ovn, nets: &[&Network]) {
     );
     let parent = Some(("Logical_Router", ROUTER, "ports"));
     for net in nets {
-        let Some(gw) = net.ipv4 else { continue };
+        let mut networks: Vec<String> = net.ipv4.iter().map(ToString::to_string).collect();
+        networks.extend(net.ipv6.map(|v| v.gateway.to_string()));
+        if networks.is_empty() {
+            continue;
+        }
         let name = format!("kvmnet-lrp-{}", net.name);
         r.add(
             "Logical_Router_Port",
@@ -331,8 +383,9 @@ fn router(r: &mut Rows, ovn: &Ovn, nets: &[&Network]) {
             vec![
                 ("name", NbVal::str(&name)),
                 ("mac", NbVal::str(router_mac(&name).to_string())),
-                ("networks", NbVal::strs([gw.to_string()])),
+                ("networks", NbVal::strs(networks)),
                 ("ha_chassis_group", NbVal::set([])),
+                ("ipv6_ra_configs", ra_configs(ovn, net)),
             ],
             parent,
         );
@@ -355,6 +408,22 @@ fn router(r: &mut Rows, ovn: &Ovn, nets: &[&Network]) {
             Some(("Logical_Router", ROUTER, "nat")),
         );
     }
+}
+
+/// A router port's router advertisements: SLAAC (the only `ra.mode` validation lets
+/// through on OVN), unsolicited ones as well as answers to solicitations, and the overlay's
+/// MTU, as OVN's DHCP hands it out. None on a network without IPv6.
+fn ra_configs(ovn: &Ovn, net: &Network) -> NbVal {
+    if net.ipv6.is_none() {
+        return NbVal::map::<&str, &str>([]);
+    }
+    NbVal::map([
+        ("address_mode", "slaac".to_string()),
+        ("send_periodic", "true".to_string()),
+        ("max_interval", RA_MAX_INTERVAL.to_string()),
+        ("min_interval", RA_MIN_INTERVAL.to_string()),
+        ("mtu", ovn.guest_mtu(net).to_string()),
+    ])
 }
 
 /// The external switch with its localnet port, the router's gateway port on it (bound to
@@ -415,6 +484,7 @@ fn external(r: &mut Rows, ovn: &Ovn, ext: &crate::spec::ovn::External) {
                 "ha_chassis_group",
                 NbVal::set([NbVal::reference("HA_Chassis_Group", GATEWAY_GROUP)]),
             ),
+            ("ipv6_ra_configs", NbVal::map::<&str, &str>([])),
         ],
         Some(("Logical_Router", ROUTER, "ports")),
     );
@@ -694,6 +764,74 @@ vms:
             NbVal::str(format!(
                 "outport == @{pg} && eth.src == {{52:54:00:00:00:0a, 52:54:00:00:00:0b}}"
             ))
+        );
+    }
+
+    const SPEC6: &str = r#"version: 1
+ovn:
+  nb: tcp:192.0.2.1:6641
+  sb: tcp:192.0.2.1:6642
+  chassis:
+    hv1: { encap_ip: 192.0.2.11 }
+networks:
+  web:
+    backend: ovn
+    mode: routed
+    ipv4: 10.80.0.1/24
+    ipv6: fd00:80::1/64
+  lab:
+    backend: ovn
+    mode: isolated
+    ipv4: 10.81.0.1/24
+    ipv6: fd00:81::1/64
+vms:
+  a:
+    host: hv1
+    ports:
+      - { network: web, name: pa, mac: "52:54:00:00:00:0a", ipv4: 10.80.0.10 }
+      - { network: web, name: ps, mac: "52:54:00:00:00:0c", ipv4: 10.80.0.12, ipv6: "fd00:80::12" }
+      - { network: lab, name: pl, mac: "52:54:00:00:00:0b", ipv4: 10.81.0.11, ipv6: "fd00:81::11" }
+      - { network: lab, name: pk, mac: "52:54:00:00:00:0d", ipv4: 10.81.0.13 }
+"#;
+
+    /// A routed network's router port holds the IPv6 gateway and announces the prefix
+    /// for SLAAC with the overlay's MTU; a port's SLAAC address (and its declared one) are
+    /// its addresses and port security; an isolated network's ports have no SLAAC address.
+    #[test]
+    fn ipv6_router_port_announces_slaac_and_ports_list_their_addresses() {
+        let (rows, _) = rows_of(SPEC6, "hv1");
+        let lrp = find(&rows, "Logical_Router_Port", "web");
+        assert_eq!(
+            lrp.columns["networks"],
+            NbVal::strs(["10.80.0.1/24", "fd00:80::1/64"])
+        );
+        assert_eq!(
+            lrp.columns["ipv6_ra_configs"],
+            NbVal::map([
+                ("address_mode", "slaac"),
+                ("send_periodic", "true"),
+                ("max_interval", "600"),
+                ("min_interval", "200"),
+                ("mtu", "1442"),
+            ])
+        );
+        for (port, want) in [
+            ("pa", "52:54:00:00:00:0a 10.80.0.10 fd00:80::5054:ff:fe00:a"),
+            (
+                "ps",
+                "52:54:00:00:00:0c 10.80.0.12 fd00:80::5054:ff:fe00:c fd00:80::12",
+            ),
+            ("pl", "52:54:00:00:00:0b 10.81.0.11 fd00:81::11"),
+            ("pk", "52:54:00:00:00:0d 10.81.0.13 fe80::5054:ff:fe00:d"),
+        ] {
+            let p = find(&rows, "Logical_Switch_Port", port);
+            assert_eq!(p.columns["addresses"], NbVal::strs([want]), "{port}");
+            assert_eq!(p.columns["port_security"], NbVal::strs([want]), "{port}");
+        }
+        assert!(
+            !rows
+                .iter()
+                .any(|r| r.table == "Logical_Router_Port" && r.key == "lab")
         );
     }
 }

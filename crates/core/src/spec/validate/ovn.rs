@@ -7,6 +7,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use super::*;
+use crate::spec::RaMode;
 use crate::spec::ovn::{Chassis, External, NetBackend, OVS_DEFAULT, Ovn};
 
 pub(super) const OVN_FIELDS: &[&str] = &[
@@ -33,11 +34,13 @@ const NET_REFUSED: &[(&str, &str)] = &[
         "host_access",
         "the host is not the gateway of an OVN network",
     ),
-    ("ipv6", "kvmnet puts only IPv4 on OVN networks so far"),
-    ("ra", "kvmnet puts only IPv4 on OVN networks so far"),
     (
         "ipv6_prefixes",
-        "kvmnet puts only IPv4 on OVN networks so far",
+        "kvmnet does not put the LAN router's SLAAC addresses into an OVN provider port's port security yet, so the port could use none of them",
+    ),
+    (
+        "ra.lifetime",
+        "OVN 23.03's router advertisements have no router lifetime setting",
     ),
     (
         "dns.rate_limit",
@@ -45,9 +48,12 @@ const NET_REFUSED: &[(&str, &str)] = &[
     ),
     (
         "dhcp.range6",
-        "kvmnet puts only IPv4 on OVN networks so far",
+        "kvmnet does not write OVN's DHCPv6 options yet; guests take SLAAC or static ipv6 addresses",
     ),
-    ("dhcp.dns6", "kvmnet puts only IPv4 on OVN networks so far"),
+    (
+        "dhcp.dns6",
+        "kvmnet does not write OVN's DHCPv6 options yet; guests take SLAAC or static ipv6 addresses",
+    ),
 ];
 
 /// Port fields a port on an OVN network refuses, with why.
@@ -69,7 +75,6 @@ const PORT_REFUSED: &[(&str, &str)] = &[
         "vlans",
         "a trunk is a host object; OVN ports are access ports",
     ),
-    ("ipv6", "kvmnet puts only IPv4 on OVN networks so far"),
     (
         "ethtool",
         "an OVN port's device belongs to the chassis's Open vSwitch",
@@ -395,6 +400,7 @@ fn check_network(cx: &mut Ctx, at: &Index, d: &OvnDraft, n: &NetDraft) {
         }
     }
     check_dns(cx, n);
+    check_ipv6(cx, at, n);
     if matches!(n.mode, Some(Mode::Nat)) {
         match &d.ovn.external {
             None => cx.err(
@@ -409,6 +415,45 @@ fn check_network(cx: &mut Ctx, at: &Index, d: &OvnDraft, n: &NetDraft) {
             ),
             Some(_) => {}
         }
+    }
+}
+
+/// `ipv6` and `ra` on OVN (see `ovn::model`): a routed network's router port announces
+/// SLAAC; an isolated network has no router, so no `ra`; a nat network's IPv6 would leave
+/// through NAT66, which `ovn.external` cannot do yet.
+fn check_ipv6(cx: &mut Ctx, at: &Index, n: &NetDraft) {
+    let ipv6 = join(&n.path, "ipv6");
+    if n.mode == Some(Mode::Nat)
+        && let Some(loc) = at.get(ipv6.as_str())
+    {
+        cx.err(
+            &ipv6,
+            loc,
+            "ipv6 is not taken on OVN nat networks: a nat network masquerades IPv6 out of its uplink (NAT66), and ovn.external has no IPv6 address or next hop yet (use mode routed, or backend: kernel)",
+        );
+    }
+    let ra = join(&n.path, "ra");
+    if n.mode == Some(Mode::Isolated)
+        && let Some(loc) = at.get(ra.as_str())
+    {
+        cx.err(
+            &ra,
+            loc,
+            "ra is not taken on isolated OVN networks: an isolated network has no router to advertise, so its ports take static ipv6 addresses only (remove it)",
+        );
+    }
+    let mode = join(&ra, "mode");
+    if n.v6.ra.mode != RaMode::Slaac
+        && let Some(loc) = at.get(mode.as_str())
+    {
+        cx.err(
+            &mode,
+            loc,
+            format!(
+                "ra.mode {} is not taken on OVN networks: OVN answers DHCPv6 only from DHCPv6 options, which kvmnet does not write yet (use slaac)",
+                n.v6.ra.mode.as_str()
+            ),
+        );
     }
 }
 
@@ -430,7 +475,7 @@ fn check_dns(cx: &mut Ctx, n: &NetDraft) {
                 fpath,
                 *loc,
                 format!(
-                    "{a} is IPv6: an OVN network's DHCP hands out forwarders as IPv4 DNS servers, and kvmnet puts only IPv4 on OVN networks so far (name an IPv4 server)"
+                    "{a} is IPv6: an OVN network's DHCP hands out forwarders as IPv4 DNS servers, and kvmnet writes no DHCPv6 options on OVN yet (name an IPv4 server)"
                 ),
             );
         }

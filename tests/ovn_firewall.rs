@@ -57,22 +57,6 @@ vms:
     )
 }
 
-/// kvmnet `args` on chassis `i`, which must succeed; its output.
-fn kvm(lab: &OvnLab, i: usize, args: &[&str]) -> String {
-    let mut a: Vec<&str> = args.to_vec();
-    let ns = lab.chassis[i - 1].ns.clone();
-    let ch = format!("hv{i}");
-    a.extend(["--netns", &ns, "--chassis", &ch]);
-    let o = lab.ns.kvmnet(&a);
-    assert!(
-        o.status.success(),
-        "kvmnet {args:?} on hv{i}: {}\n{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    );
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
-
 /// Lines of every chassis's ovn-controller log that are ACL log lines of a UDP packet to
 /// port 9000.
 fn log_lines(lab: &OvnLab) -> Vec<String> {
@@ -134,8 +118,8 @@ fn from_is_an_address_set(lab: &OvnLab, ns: &[String; 3]) {
 
     let wider = SpecFile::new(&spec(lab, ns, "10.82.0.8/29"));
     let lsp = lab.nbctl("--bare --columns=_uuid list Logical_Switch_Port");
-    eprintln!("{}", kvm(lab, 1, &["plan", wider.path()]));
-    kvm(lab, 1, &["apply", wider.path()]);
+    eprintln!("{}", lab.kvm(1, &["plan", wider.path()]));
+    lab.kvm(1, &["apply", wider.path()]);
     lab.nbctl("--wait=hv sync");
     let set = lab.nbctl("--bare --columns=addresses list Address_Set");
     assert_eq!(set.trim(), "10.82.0.8/29", "one set, the new one");
@@ -207,9 +191,9 @@ fn log_is_metered(lab: &OvnLab, ns: &[String; 3]) {
     );
     eprintln!("without the meter: {sent} hits, {unmetered} log lines");
     let file = SpecFile::new(&spec(lab, ns, "10.82.0.11/32"));
-    assert!(kvm(lab, 1, &["plan", file.path()]).contains("meter"));
-    kvm(lab, 1, &["apply", file.path()]);
-    assert!(kvm(lab, 1, &["plan", file.path()]).contains("No changes"));
+    assert!(lab.kvm(1, &["plan", file.path()]).contains("meter"));
+    lab.kvm(1, &["apply", file.path()]);
+    assert!(lab.kvm(1, &["plan", file.path()]).contains("No changes"));
 }
 
 #[test]
@@ -227,8 +211,8 @@ fn firewall_address_sets_and_metered_logs() {
         lab.ns.reserve("fwc"),
     ];
     let file = SpecFile::new(&spec(&lab, &ns, "10.82.0.11/32"));
-    kvm(&lab, 1, &["apply", file.path()]);
-    kvm(&lab, 2, &["apply", file.path()]);
+    lab.kvm(1, &["apply", file.path()]);
+    lab.kvm(2, &["apply", file.path()]);
     lab.sbctl("--timeout=30 wait-until Chassis hv1");
     lab.sbctl("--timeout=30 wait-until Chassis hv2");
     for (n, lsp) in ns.iter().zip(["fwa", "fwb", "fwc"]) {
@@ -239,8 +223,8 @@ fn firewall_address_sets_and_metered_logs() {
     log_is_metered(&lab, &ns);
     from_is_an_address_set(&lab, &ns);
 
-    kvm(&lab, 2, &["destroy"]);
-    kvm(&lab, 1, &["destroy"]);
+    lab.kvm(2, &["destroy"]);
+    lab.kvm(1, &["destroy"]);
     assert_eq!(
         lab.nb_rows(),
         before,

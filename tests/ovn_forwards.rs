@@ -220,14 +220,6 @@ impl Drop for NetnsResolv {
     }
 }
 
-/// kvmnet as chassis `i` (from 1), in its namespace; must succeed.
-fn kvm(lab: &OvnLab, i: usize, args: &[&str]) -> String {
-    let mut a: Vec<&str> = args.to_vec();
-    let (ns, ch) = (lab.chassis[i - 1].ns.clone(), format!("hv{i}"));
-    a.extend(["--netns", &ns, "--chassis", &ch]);
-    lab.ns.kvmnet_ok(&a)
-}
-
 /// The far host reaches a and b through the forwards only, and is seen as itself.
 fn forwards(a_ns: &str, b_ns: &str, far: &str) {
     let _a22 = listen(a_ns, 22, "a");
@@ -320,20 +312,20 @@ fn dhcp_and_dns(lab: &OvnLab, a_ns: &str, c_ns: &str) {
 
 /// Rows changed by hand are planned and put back.
 fn drift(lab: &OvnLab, file: &SpecFile, a_ns: &str, far: &str) {
-    assert!(kvm(lab, 1, &["plan", file.path()]).contains("No changes"));
+    assert!(lab.kvm(1, &["plan", file.path()]).contains("No changes"));
     lab.nbctl("lb-del kvmnet-fwd-tcp");
     let uuid = lab.nbctl("--bare --columns=_uuid find DNS external_ids:kvmnet-key=web");
     lab.nbctl(&format!(
         "set DNS {} records:a.vm.test=10.82.0.99",
         uuid.trim()
     ));
-    let plan = kvm(lab, 1, &["plan", file.path()]);
+    let plan = lab.kvm(1, &["plan", file.path()]);
     assert!(
         plan.contains("ovn-forward kvmnet-fwd-tcp") && plan.contains("ovn-dns web"),
         "{plan}"
     );
-    kvm(lab, 1, &["apply", file.path()]);
-    assert!(kvm(lab, 2, &["plan", file.path()]).contains("No changes"));
+    lab.kvm(1, &["apply", file.path()]);
+    assert!(lab.kvm(2, &["plan", file.path()]).contains("No changes"));
     lab.nbctl("--wait=hv sync");
     let _a22 = listen(a_ns, 22, "a");
     assert_eq!(connect_soon(far, SNAT, 2222), format!("a {FAR}"));
@@ -437,7 +429,7 @@ fn forwards_dns_and_gateway_announcements() {
     let c_ns = lab.ns.reserve("fwc");
     let file = SpecFile::new(&spec(&lab, &a_ns, &b_ns, &c_ns));
     for i in 1..=3 {
-        kvm(&lab, i, &["apply", file.path()]);
+        lab.kvm(i, &["apply", file.path()]);
     }
     for g in [&a_ns, &b_ns] {
         ok_in(
@@ -458,7 +450,7 @@ fn forwards_dns_and_gateway_announcements() {
     failover(&lab, &x, &a_ns, &far);
 
     for i in [3, 2, 1] {
-        kvm(&lab, i, &["destroy"]);
+        lab.kvm(i, &["destroy"]);
     }
     assert_eq!(
         lab.nb_rows(),

@@ -138,14 +138,6 @@ fn nat_and_isolation(far: &str, a_ns: &str, b_ns: &str) {
     assert_eq!(tcp_source_seen(b_ns, 22, a_ns, "10.81.0.11", 22), "");
 }
 
-/// kvmnet as chassis `i` (from 1), run in its namespace; must succeed.
-fn kvm(lab: &OvnLab, i: usize, args: &[&str]) -> String {
-    let mut a: Vec<&str> = args.to_vec();
-    let (ns, ch) = (lab.chassis[i - 1].ns.clone(), format!("hv{i}"));
-    a.extend(["--netns", &ns, "--chassis", &ch]);
-    lab.ns.kvmnet_ok(&a)
-}
-
 #[test]
 fn nat_gateway_failover_and_isolation() {
     if !privileged() || !ovn_present() {
@@ -161,7 +153,7 @@ fn nat_gateway_failover_and_isolation() {
     let b_ns = lab.ns.reserve("gwb");
     let file = SpecFile::new(&spec(&lab, &a_ns, &b_ns));
     for i in 1..=3 {
-        kvm(&lab, i, &["apply", file.path()]);
+        lab.kvm(i, &["apply", file.path()]);
     }
     // The uplink is in br-ex on the gateway chassis only.
     assert_eq!(lab.vsctl(1, "port-to-br xup").trim(), "br-ex");
@@ -234,7 +226,7 @@ fn nat_gateway_failover_and_isolation() {
 
     // Destroy on every chassis (hv2's database is still there; its daemons are not).
     for i in [3, 2, 1] {
-        kvm(&lab, i, &["destroy"]);
+        lab.kvm(i, &["destroy"]);
     }
     assert_eq!(
         lab.nb_rows(),

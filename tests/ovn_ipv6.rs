@@ -109,22 +109,6 @@ vms:
     )
 }
 
-/// kvmnet `args` on chassis `i`, which must succeed; its output.
-fn kvm(lab: &OvnLab, i: usize, args: &[&str]) -> String {
-    let mut a: Vec<&str> = args.to_vec();
-    let ns = lab.chassis[i - 1].ns.clone();
-    let ch = format!("hv{i}");
-    a.extend(["--netns", &ns, "--chassis", &ch]);
-    let o = lab.ns.kvmnet(&a);
-    assert!(
-        o.status.success(),
-        "kvmnet {args:?} on hv{i}: {}\n{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    );
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
-
 fn pings6(ns: &str, ip: &str) -> bool {
     in_ns(
         ns,
@@ -275,9 +259,9 @@ fn slaac_in_port_security(lab: &OvnLab, ns: &[String; 5], file: &SpecFile) {
             .success(),
         "b's IPv6 passed a port security listing only IPv4"
     );
-    let plan = kvm(lab, 2, &["plan", file.path()]);
+    let plan = lab.kvm(2, &["plan", file.path()]);
     assert!(plan.contains("ovn-port v6b"), "{plan}");
-    kvm(lab, 2, &["apply", file.path()]);
+    lab.kvm(2, &["apply", file.path()]);
     lab.nbctl("--wait=hv sync");
     wait("b's IPv6 back", 10, || pings6(b, A_SLAAC));
 }
@@ -362,8 +346,8 @@ fn ipv6_on_ovn_routed_and_isolated_networks() {
         lab.ns.reserve("v6e"),
     ];
     let file = SpecFile::new(&spec(&lab, &ns));
-    kvm(&lab, 1, &["apply", file.path()]);
-    kvm(&lab, 2, &["apply", file.path()]);
+    lab.kvm(1, &["apply", file.path()]);
+    lab.kvm(2, &["apply", file.path()]);
     lab.sbctl("--timeout=30 wait-until Chassis hv1");
     lab.sbctl("--timeout=30 wait-until Chassis hv2");
     for (n, lsp) in ns.iter().zip(["v6a", "v6b", "v6c", "v6d", "v6e"]) {
@@ -378,11 +362,11 @@ fn ipv6_on_ovn_routed_and_isolated_networks() {
     router_advertisements(&ns);
 
     for i in [1, 2] {
-        let plan = kvm(&lab, i, &["plan", file.path()]);
+        let plan = lab.kvm(i, &["plan", file.path()]);
         assert!(plan.contains("No changes"), "hv{i}: {plan}");
     }
-    kvm(&lab, 2, &["destroy"]);
-    kvm(&lab, 1, &["destroy"]);
+    lab.kvm(2, &["destroy"]);
+    lab.kvm(1, &["destroy"]);
     assert_eq!(
         lab.nb_rows(),
         before,

@@ -143,14 +143,6 @@ fn captured(c: Child) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-/// kvmnet as chassis `i` (from 1), run in its namespace; must succeed.
-fn kvm(lab: &OvnLab, i: usize, args: &[&str]) -> String {
-    let mut a: Vec<&str> = args.to_vec();
-    let (ns, ch) = (lab.chassis[i - 1].ns.clone(), format!("hv{i}"));
-    a.extend(["--netns", &ns, "--chassis", &ch]);
-    lab.ns.kvmnet_ok(&a)
-}
-
 /// b's vlan port leases its address from OVN's DHCP on the localnet switch: the one the
 /// plan picked, with the segment's MTU (no tunnel) and no router (the LAN has its own).
 fn lease(lab: &OvnLab, vb: &str) -> String {
@@ -383,13 +375,13 @@ fn repaired(lab: &OvnLab, g: &Guests, file: &SpecFile) {
         !pings(&g.va, V100_HOST),
         "VLAN 100 reached with the uplink out"
     );
-    let out = kvm(lab, 1, &["plan", file.path()]);
+    let out = lab.kvm(1, &["plan", file.path()]);
     assert!(
         out.contains("ovn-chassis hv1")
             && out.contains("ovn-port kvmnet-ln-v100: tag [300] -> [100]"),
         "the plan does not repair the drift:\n{out}"
     );
-    kvm(lab, 1, &["apply", file.path()]);
+    lab.kvm(1, &["apply", file.path()]);
     assert_eq!(lab.vsctl(1, "port-to-br pup").trim(), "kvpn-pup");
     assert_eq!(
         lab.vsctl(1, "get open_vswitch . external_ids:ovn-bridge-mappings")
@@ -437,7 +429,7 @@ fn provider_networks_bridge_and_vlan() {
     };
     let file = SpecFile::new(&spec(&lab, &g));
     for i in 1..=2 {
-        kvm(&lab, i, &["apply", file.path()]);
+        lab.kvm(i, &["apply", file.path()]);
     }
     // Each chassis (neither a gateway) holds the uplink in one bridge for both networks.
     for i in 1..=2 {
@@ -472,7 +464,7 @@ fn provider_networks_bridge_and_vlan() {
 
     // A second apply finds nothing to change, on either chassis.
     for i in 1..=2 {
-        let out = kvm(&lab, i, &["plan", file.path()]);
+        let out = lab.kvm(i, &["plan", file.path()]);
         assert!(
             out.contains("No changes"),
             "hv{i} still has changes:\n{out}"
@@ -483,7 +475,7 @@ fn provider_networks_bridge_and_vlan() {
     repaired(&lab, &g, &file);
 
     for i in [2, 1] {
-        kvm(&lab, i, &["destroy"]);
+        lab.kvm(i, &["destroy"]);
     }
     assert_eq!(
         lab.nb_rows(),

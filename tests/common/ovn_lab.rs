@@ -471,6 +471,14 @@ impl OvnLab {
         (x, far)
     }
 
+    /// kvmnet `args` as chassis `i` (from 1), in its namespace; must succeed. Its output.
+    pub fn kvm(&self, i: usize, args: &[&str]) -> String {
+        let mut a: Vec<&str> = args.to_vec();
+        let (ns, ch) = (self.chassis[i - 1].ns.clone(), format!("hv{i}"));
+        a.extend(["--netns", &ns, "--chassis", &ch]);
+        self.ns.kvmnet_ok(&a)
+    }
+
     /// The address kvmnet picked for logical port `lsp` (the second word of its
     /// `addresses`): what OVN's DHCP gives the port.
     pub fn picked(&self, lsp: &str) -> String {

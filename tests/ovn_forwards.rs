@@ -341,21 +341,6 @@ fn fdb_port(x: &str, mac: &str) -> String {
         .unwrap_or_default()
 }
 
-/// Kills a daemon of chassis `i` as a crash would (as tests/ovn_gateway.rs does).
-fn crash(lab: &OvnLab, i: usize, daemon: &str) {
-    let pf = lab.chassis[i - 1].dir.join(format!("{daemon}.pid"));
-    let pid: i32 = std::fs::read_to_string(&pf)
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap();
-    unsafe { libc::kill(pid, libc::SIGKILL) };
-    let _ = std::fs::remove_file(&pf);
-    while std::path::Path::new(&format!("/proc/{pid}")).exists() {
-        std::thread::sleep(Duration::from_millis(10));
-    }
-}
-
 /// hv2 dies; hv1 takes the gateway port and announces the router's address, so the
 /// external bridge learns the router's MAC is now behind hv1's link before any guest
 /// sends anything, and the far host reaches the forward again. The MAC itself does not
@@ -388,7 +373,7 @@ fn failover(lab: &OvnLab, x: &str, a_ns: &str, far: &str) {
         ],
     );
     std::thread::sleep(Duration::from_secs(1));
-    crash(lab, 2, "ovs-vswitchd");
+    lab.crash(2, "ovs-vswitchd");
     lab.wait_active("hv1");
     let mut seen = String::new();
     std::io::Read::read_to_string(garp.0.stdout.as_mut().unwrap(), &mut seen).unwrap();

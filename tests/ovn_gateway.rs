@@ -38,22 +38,6 @@ vms:
     )
 }
 
-/// Kills a daemon of chassis `i` as a crash would (SIGKILL, no cleanup); its pid file goes
-/// too, so the lab's teardown signals no process that may have taken the pid since.
-fn crash(lab: &OvnLab, i: usize, daemon: &str) {
-    let pf = lab.chassis[i - 1].dir.join(format!("{daemon}.pid"));
-    let pid: i32 = std::fs::read_to_string(&pf)
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap();
-    unsafe { libc::kill(pid, libc::SIGKILL) };
-    let _ = std::fs::remove_file(&pf);
-    while std::path::Path::new(&format!("/proc/{pid}")).exists() {
-        std::thread::sleep(Duration::from_millis(10));
-    }
-}
-
 fn now() -> f64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -206,7 +190,7 @@ fn nat_gateway_failover_and_isolation() {
     // Failover: hv2's ovs-vswitchd dies too (the host is gone); BFD on the tunnels tells
     // hv1 and hv3, and hv1 takes the gateway port over.
     let t0 = now();
-    crash(&lab, 2, "ovs-vswitchd");
+    lab.crash(2, "ovs-vswitchd");
     let back = pinger
         .first_after(t0, Duration::from_secs(30))
         .expect("the far host is reached again through hv1");

@@ -471,6 +471,23 @@ impl OvnLab {
         (x, far)
     }
 
+    /// Kills a daemon of chassis `i` (from 1) as a crash would (SIGKILL, no cleanup); its
+    /// pid file goes too, so the teardown signals no process that may have taken the pid.
+    pub fn crash(&self, i: usize, daemon: &str) {
+        let pf = self.chassis[i - 1].dir.join(format!("{daemon}.pid"));
+        let pid: i32 = std::fs::read_to_string(&pf)
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
+        // SAFETY: signalling a lab daemon by the pid its own pid file names.
+        unsafe { libc::kill(pid, libc::SIGKILL) };
+        let _ = std::fs::remove_file(&pf);
+        while std::path::Path::new(&format!("/proc/{pid}")).exists() {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
     /// kvmnet `args` as chassis `i` (from 1), in its namespace; must succeed. Its output.
     pub fn kvm(&self, i: usize, args: &[&str]) -> String {
         let mut a: Vec<&str> = args.to_vec();

@@ -14,6 +14,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
+use common::{dhclient6, env_of, hook};
 use common_dhcp::{have, in_ns, ok, privileged, unique, wait_for};
 use kvmnet::backend::netns;
 use kvmnet::dhcp::v6::{Lease6, Reservation6, Scope6, Server6, ServerHandle6};
@@ -150,36 +151,6 @@ impl Drop for Running {
             let _ = t.join();
         }
     }
-}
-
-/// A script for dhclient/dhcpcd that records each event's environment in `dir/NAME.REASON`.
-fn hook(dir: &Path, name: &str) -> PathBuf {
-    let p = dir.join(format!("{name}.sh"));
-    let d = dir.display();
-    std::fs::write(
-        &p,
-        format!("#!/bin/sh\nenv | grep -E '^(reason|new_)' > {d}/{name}.tmp; mv {d}/{name}.tmp {d}/{name}.$reason\n"),
-    )
-    .unwrap();
-    ok(&format!("chmod +x {}", p.display()));
-    p
-}
-
-fn env_of(p: &Path) -> String {
-    std::fs::read_to_string(p).unwrap_or_default()
-}
-
-/// `dhclient -6` once (-1) in `ns` (stateless with `-S`); its events land in `work`.
-fn dhclient6(ns: &str, work: &Path, extra: &str) -> std::process::Output {
-    let script = hook(work, "dhc");
-    let w = work.display();
-    in_ns(
-        ns,
-        &format!(
-            "timeout 30 dhclient -6 -1 {extra} -sf {} -lf {w}/dhc.leases -pf {w}/dhc.pid eth0",
-            script.display()
-        ),
-    )
 }
 
 /// dhcpcd, DHCPv6 only and without waiting for an RA: the address it got.

@@ -428,3 +428,33 @@ impl Drop for Daemon {
         let _ = self.0.wait();
     }
 }
+
+/// A script for dhclient/dhcpcd that records each event's environment in `dir/NAME.REASON`.
+pub fn hook(dir: &Path, name: &str) -> PathBuf {
+    let p = dir.join(format!("{name}.sh"));
+    let d = dir.display();
+    std::fs::write(
+        &p,
+        format!("#!/bin/sh\nenv | grep -E '^(reason|new_)' > {d}/{name}.tmp; mv {d}/{name}.tmp {d}/{name}.$reason\n"),
+    )
+    .unwrap();
+    ok(&format!("chmod +x {}", p.display()));
+    p
+}
+
+pub fn env_of(p: &Path) -> String {
+    std::fs::read_to_string(p).unwrap_or_default()
+}
+
+/// `dhclient -6` once (-1) in `ns` (stateless with `-S`); its events land in `work`.
+pub fn dhclient6(ns: &str, work: &Path, extra: &str) -> std::process::Output {
+    let script = hook(work, "dhc");
+    let w = work.display();
+    in_ns(
+        ns,
+        &format!(
+            "timeout 30 dhclient -6 -1 {extra} -sf {} -lf {w}/dhc.leases -pf {w}/dhc.pid eth0",
+            script.display()
+        ),
+    )
+}

@@ -7,7 +7,10 @@
 //! lists it there (taken out by hand, the guest's IPv6 is dropped until an apply); a firewall with `policy: drop` lets ICMPv6 echo and TCP 22
 //! in over IPv6 and not TCP 80, while neighbour discovery still works. OVN's DNS answers a
 //! VM's declared IPv6 address (AAAA and PTR). OVN's RAs reach the
-//! guests; so do a guest's own (a limit of OVN 23.03 README states, checked here).
+//! guests; so do a guest's own (a limit of OVN 23.03 README states, checked here). With
+//! `ra.mode: dhcpv6`, OVN's DHCPv6 gives ISC dhclient the address kvmnet picked (or the
+//! declared one), and port security holds the guest to it; `dns6` on a SLAAC network
+//! answers Information-requests; `dns` puts the resolver and search list in the RAs.
 
 mod common;
 use common::*;
@@ -25,11 +28,13 @@ const A_SLAAC: &str = "fd00:86::5054:ff:fe86:a";
 const B_SLAAC: &str = "fd00:86::5054:ff:fe86:b";
 const B_LL: &str = "fe80::5054:ff:fe86:b";
 const C_STATIC: &str = "fd00:87::12";
+const F_MAC: &str = "52:54:00:89:00:0f";
+const G_STATIC: &str = "fd00:89::77";
 /// The link-local address of the router port kvmnet-lrp-six (its MAC is kvmnet's, from
 /// the port's name).
 const ROUTER_LL: &str = "fe80::86b:28ff:fe5a:ca97";
 
-fn spec(lab: &OvnLab, ns: &[String; 5]) -> String {
+fn spec(lab: &OvnLab, ns: &[String; 7]) -> String {
     format!(
         r#"{head}networks:
   six:
@@ -37,6 +42,7 @@ fn spec(lab: &OvnLab, ns: &[String; 5]) -> String {
     mode: routed
     ipv4: 10.86.0.1/24
     ipv6: fd00:86::1/64
+    dhcp: {{ dns6: ["fd00:86::53"] }}
   sixb:
     backend: ovn
     mode: routed
@@ -49,7 +55,7 @@ fn spec(lab: &OvnLab, ns: &[String; 5]) -> String {
     mode: isolated
     ipv4: 10.88.0.1/24
     ipv6: fd00:88::1/64
-vms:
+{sixd}vms:
   a:
     host: hv1
     ports:
@@ -99,13 +105,51 @@ vms:
         mac: "52:54:00:88:00:0e"
         ipv4: 10.88.0.14
         ipv6: "fd00:88::e"
-"#,
+{dhcp6_vms}"#,
         head = lab.spec_head(2, &[], ""),
         a = ns[0],
         b = ns[1],
         c = ns[2],
         d = ns[3],
         e = ns[4],
+        sixd = DHCPV6_NETWORK,
+        dhcp6_vms = dhcp6_vms(&ns[5], &ns[6]),
+    )
+}
+
+/// A routed network whose guests take their address from DHCPv6.
+const DHCPV6_NETWORK: &str = r#"  sixd:
+    backend: ovn
+    mode: routed
+    ipv4: 10.89.0.1/24
+    ipv6: fd00:89::1/64
+    ra: { mode: dhcpv6 }
+    dhcp: { range6: "fd00:89::100-fd00:89::1ff", dns6: ["fd00:89::53"], domain: d6.test }
+"#;
+
+/// f (an address from the pool) and g (its declared one) on `sixd`, in namespaces f and g.
+fn dhcp6_vms(f: &str, g: &str) -> String {
+    format!(
+        r#"  f:
+    host: hv1
+    ports:
+      - network: sixd
+        name: v6f
+        kind: veth
+        netns: {f}
+        mac: "{F_MAC}"
+        ipv4: 10.89.0.15
+  g:
+    host: hv2
+    ports:
+      - network: sixd
+        name: v6g
+        kind: veth
+        netns: {g}
+        mac: "52:54:00:89:00:10"
+        ipv4: 10.89.0.16
+        ipv6: "{G_STATIC}"
+"#
     )
 }
 
@@ -160,7 +204,7 @@ fn tcp6_source_seen(server_ns: &str, client_ns: &str, ip: &str, port: u16) -> St
 
 /// OVN's RA, solicited with rdisc6, announces the prefix and the overlay's MTU; the guests
 /// form their SLAAC addresses from it.
-fn slaac(lab: &OvnLab, ns: &[String; 5]) {
+fn slaac(lab: &OvnLab, ns: &[String; 7]) {
     let ra = lab.nbctl("get Logical_Router_Port kvmnet-lrp-six ipv6_ra_configs");
     assert!(
         ra.contains("address_mode=slaac") && ra.contains("send_periodic=\"true\""),
@@ -191,8 +235,8 @@ fn slaac(lab: &OvnLab, ns: &[String; 5]) {
 }
 
 /// Routing, a static address, the firewall, a forged source.
-fn traffic(ns: &[String; 5]) {
-    let [a, b, c, d, e] = ns;
+fn traffic(ns: &[String; 7]) {
+    let [a, b, c, d, e, ..] = ns;
     // Across the tunnel on one network, and through the router to the other.
     wait("b to reach a over IPv6", 20, || pings6(b, A_SLAAC));
     assert!(pings6(b, C_STATIC), "b reaches c's static address");
@@ -231,7 +275,7 @@ fn traffic(ns: &[String; 5]) {
 }
 
 /// OVN's DNS answers a VM's declared IPv6 address (AAAA, and its PTR), asked over IPv6.
-fn dns_aaaa(ns: &[String; 5]) {
+fn dns_aaaa(ns: &[String; 7]) {
     let c = &ns[2];
     let aaaa = ok_in(
         c,
@@ -248,7 +292,7 @@ fn dns_aaaa(ns: &[String; 5]) {
 /// b's SLAAC address passes port security because kvmnet lists it: with b's port security
 /// set by hand to its MAC and IPv4 only, b's IPv6 is dropped; the plan names the port and
 /// an apply puts the address back.
-fn slaac_in_port_security(lab: &OvnLab, ns: &[String; 5], file: &SpecFile) {
+fn slaac_in_port_security(lab: &OvnLab, ns: &[String; 7], file: &SpecFile) {
     let b = &ns[1];
     lab.nbctl(&format!(
         "--wait=hv lsp-set-port-security v6b \"{B_MAC} 10.86.0.11\""
@@ -315,7 +359,7 @@ fn ras_heard(a: &str, b: &str) -> String {
 /// flow of priority 65532 in each ACL stage) and port security lets a port send from its
 /// link-local address, so kvmnet has no guard against them on OVN (README, "OVN"). This
 /// checks that limit as README states it: it fails when OVN stops passing them.
-fn router_advertisements(ns: &[String; 5]) {
+fn router_advertisements(ns: &[String; 7]) {
     let (a, b) = (&ns[0], &ns[1]);
     let heard = ras_heard(a, b);
     eprintln!("a heard:\n{heard}");
@@ -326,6 +370,123 @@ fn router_advertisements(ns: &[String; 5]) {
     assert!(
         heard.contains(&format!("{B_LL} > ")),
         "b's RA no longer reaches a: OVN drops guests' RAs now; README's limit is out of date: {heard}"
+    );
+}
+
+/// A directory for the DHCPv6 clients' leases and events, removed on drop.
+struct Work(std::path::PathBuf);
+
+impl Work {
+    fn new() -> Work {
+        let d = std::env::temp_dir().join(unique("ovn6-dhcp"));
+        std::fs::create_dir_all(&d).unwrap();
+        Work(d)
+    }
+}
+
+impl Drop for Work {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// `dhclient -6` (stateless with `-S`) once in `ns`, stopped once it has its answer (it
+/// stays in the background otherwise): the environment of its events.
+fn dhcp6_events(ns: &str, work: &std::path::Path, tag: &str, extra: &str) -> String {
+    let w = work.join(tag);
+    std::fs::create_dir_all(&w).unwrap();
+    let out = dhclient6(ns, &w, extra);
+    let _ = in_ns(
+        ns,
+        &format!("kill $(cat {}/dhc.pid) 2>/dev/null", w.display()),
+    );
+    assert!(out.status.success(), "dhclient -6 {extra} in {ns}: {out:?}");
+    std::fs::read_dir(&w)
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().starts_with("dhc."))
+        .map(|e| env_of(&e.path()))
+        .collect()
+}
+
+/// `ra.mode: dhcpv6` on OVN: the router port's RA tells guests to take their address from
+/// DHCPv6 and forms none by SLAAC; OVN's DHCPv6 gives f the address kvmnet picked for it
+/// from `range6` (the one its port lists) and g its declared `ipv6`, with `dns6` and the
+/// domain; f reaches g from that address, and not from another address of the pool.
+fn dhcpv6_stateful(lab: &OvnLab, ns: &[String; 7], work: &std::path::Path) {
+    let (f, g) = (&ns[5], &ns[6]);
+    wait("f's link-local address", 10, || {
+        has_addr6(f, "fe80::5054:ff:fe89:f")
+    });
+    let ra = ok_in(f, "rdisc6 -1 -r 3 -w 1000 eth0");
+    eprintln!("OVN's RA on sixd: {ra}");
+    let flag = |name: &str| {
+        ra.lines()
+            .find(|l| l.trim_start().starts_with(name))
+            .map(|l| l.rsplit(':').next().unwrap_or("").trim().to_string())
+            .unwrap_or_default()
+    };
+    assert_eq!(flag("Stateful address conf."), "Yes", "{ra}");
+    assert_eq!(flag("Autonomous address conf."), "No", "{ra}");
+    let listed = lab.nbctl("get Logical_Switch_Port v6f addresses");
+    let picked = listed
+        .split([' ', '"', '[', ']'])
+        .find(|w| w.starts_with("fd00:89::"))
+        .unwrap_or_else(|| panic!("no DHCPv6 address in {listed}"))
+        .to_string();
+    let env = dhcp6_events(f, work, "f", "");
+    assert!(env.contains(&format!("new_ip6_address={picked}")), "{env}");
+    assert!(env.contains("new_dhcp6_name_servers=fd00:89::53"), "{env}");
+    assert!(env.contains("d6.test"), "{env}");
+    let env = dhcp6_events(g, work, "g", "");
+    assert!(
+        env.contains(&format!("new_ip6_address={G_STATIC}")),
+        "{env}"
+    );
+    // SLAAC stays off: no address of the prefix but what DHCPv6 gave.
+    std::thread::sleep(Duration::from_secs(1));
+    let addrs = ok_in(f, "ip -6 -o addr show dev eth0 scope global");
+    assert!(
+        !addrs.contains("fd00:89::"),
+        "f formed an address itself: {addrs}"
+    );
+    // As a DHCPv6 client adds it: with lifetimes (kvmnet leaves such addresses to the guest).
+    let lft = "valid_lft 600 preferred_lft 600 nodad";
+    ok_in(f, &format!("ip -6 addr add {picked}/64 dev eth0 {lft}"));
+    wait("f to reach g from its DHCPv6 address", 20, || {
+        pings6(f, G_STATIC)
+    });
+    let other = if picked == "fd00:89::1fe" {
+        "fd00:89::1fd"
+    } else {
+        "fd00:89::1fe"
+    };
+    ok_in(f, &format!("ip -6 addr add {other}/64 dev eth0 {lft}"));
+    let forged = in_ns(f, &format!("ping -6 -c2 -W1 -I {other} {G_STATIC}"));
+    assert!(
+        !forged.status.success(),
+        "f reached g from {other}, a pool address not its own"
+    );
+    let own = in_ns(f, &format!("ping -6 -c2 -W1 -I {picked} {G_STATIC}"));
+    assert!(own.status.success(), "f's own address still works: {own:?}");
+}
+
+/// `dhcp.dns6` on a SLAAC network: OVN answers a guest's Information-request with the
+/// servers (stateless DHCPv6). A network with `dns` announces the gateway as resolver and
+/// its domain as search list in its RAs, as the kernel backend's do.
+fn dhcpv6_stateless_and_rdnss(ns: &[String; 7], work: &std::path::Path) {
+    let env = dhcp6_events(&ns[0], work, "a", "-S");
+    assert!(env.contains("new_dhcp6_name_servers=fd00:86::53"), "{env}");
+    let ra = ok_in(&ns[2], "rdisc6 -1 -r 3 -w 1000 eth0");
+    assert!(
+        ra.lines()
+            .any(|l| l.contains("Recursive DNS server") && l.contains("fd00:87::1")),
+        "{ra}"
+    );
+    assert!(
+        ra.lines()
+            .any(|l| l.contains("DNS search list") && l.contains("six.test")),
+        "{ra}"
     );
 }
 
@@ -344,13 +505,18 @@ fn ipv6_on_ovn_routed_and_isolated_networks() {
         lab.ns.reserve("v6c"),
         lab.ns.reserve("v6d"),
         lab.ns.reserve("v6e"),
+        lab.ns.reserve("v6f"),
+        lab.ns.reserve("v6g"),
     ];
     let file = SpecFile::new(&spec(&lab, &ns));
     lab.kvm(1, &["apply", file.path()]);
     lab.kvm(2, &["apply", file.path()]);
     lab.sbctl("--timeout=30 wait-until Chassis hv1");
     lab.sbctl("--timeout=30 wait-until Chassis hv2");
-    for (n, lsp) in ns.iter().zip(["v6a", "v6b", "v6c", "v6d", "v6e"]) {
+    for (n, lsp) in ns
+        .iter()
+        .zip(["v6a", "v6b", "v6c", "v6d", "v6e", "v6f", "v6g"])
+    {
         ok_in(n, "ethtool -K eth0 tx off >/dev/null");
         lab.wait_up(lsp);
     }
@@ -360,6 +526,9 @@ fn ipv6_on_ovn_routed_and_isolated_networks() {
     slaac_in_port_security(&lab, &ns, &file);
     dns_aaaa(&ns);
     router_advertisements(&ns);
+    let work = Work::new();
+    dhcpv6_stateful(&lab, &ns, &work.0);
+    dhcpv6_stateless_and_rdnss(&ns, &work.0);
 
     for i in [1, 2] {
         let plan = lab.kvm(i, &["plan", file.path()]);

@@ -206,6 +206,7 @@ pub const TABLES: &[(&str, &[&str], &[&str])] = &[
             "port_security",
             "options",
             "dhcpv4_options",
+            "dhcpv6_options",
             "tag",
         ],
         &[],
@@ -287,7 +288,7 @@ pub fn children_of(table: &str) -> &'static [&'static str] {
 pub fn ref_table(table: &str, column: &str) -> Option<&'static str> {
     Some(match (table, column) {
         ("Logical_Switch", "ports") | ("Port_Group", "ports") => "Logical_Switch_Port",
-        ("Logical_Switch_Port", "dhcpv4_options") => "DHCP_Options",
+        ("Logical_Switch_Port", "dhcpv4_options" | "dhcpv6_options") => "DHCP_Options",
         ("Logical_Switch", "qos_rules") => "QoS",
         ("Logical_Router", "ports") => "Logical_Router_Port",
         ("Logical_Router", "nat") => "NAT",

@@ -19,6 +19,9 @@
 //!   address (from its MAC, in that prefix) and its declared `ipv6` are in its `addresses`
 //!   and port security, as the kernel backend's guard lets a port use exactly those. An
 //!   isolated network has no router, so no RAs: its ports take static addresses only.
+//!   With `ra.mode: dhcpv6` the router port sends guests to DHCPv6 instead, and each port
+//!   lists its one DHCPv6 address (declared, or picked from `range6` as IPv4 pool addresses
+//!   are) in place of a SLAAC one: OVN's DHCPv6 answers with the addresses a port lists.
 //!   There is no guard against guests' router advertisements: OVN 23.03's ACL stages pass
 //!   all neighbour discovery (RAs included) over any ACL, and port security lets a port
 //!   send from its link-local address, which is where RAs come from.
@@ -100,7 +103,10 @@ pub fn rows(ovn: &Ovn) -> Vec<NbRow> {
     }
     for net in ovn.networks.values() {
         let ports = by_net.remove(net.name.as_str()).unwrap_or_default();
-        let addrs = addresses(net, &ports);
+        let addrs = Picked {
+            v4: addresses(net, &ports),
+            v6: addresses6(net, &ports),
+        };
         switch(&mut r, ovn, net, &ports, &addrs);
         if net.isolate_ports {
             isolation(&mut r, net, &ports);
@@ -116,23 +122,29 @@ pub fn rows(ovn: &Ovn) -> Vec<NbRow> {
     r.0
 }
 
+/// Each port's addresses on its network, by port name, where kvmnet says them (declared)
+/// or picks them (from the DHCP pools): OVN's DHCP answers a port only with an address
+/// its `addresses` lists.
+struct Picked {
+    v4: BTreeMap<String, Ipv4Addr>,
+    /// The port's DHCPv6 address (RA mode `dhcpv6`): its `ipv6`, else one of `range6`.
+    v6: BTreeMap<String, Ipv6Addr>,
+}
+
 /// Each VM's addresses on `net`, for its DNS names: IPv4 declared or picked, and the
-/// declared `ipv6` (not a SLAAC address: the guest may form another, as the kernel
-/// backend's DNS says).
-fn vm_addresses(
-    ports: &[&OvnPort],
-    addrs: &BTreeMap<String, Ipv4Addr>,
-) -> BTreeMap<String, Vec<IpAddr>> {
+/// declared `ipv6` or the DHCPv6 address picked for it (not a SLAAC address: the guest may
+/// form another, as the kernel backend's DNS says).
+fn vm_addresses(ports: &[&OvnPort], addrs: &Picked) -> BTreeMap<String, Vec<IpAddr>> {
     let mut out: BTreeMap<String, Vec<IpAddr>> = BTreeMap::new();
     for p in ports {
-        if let Some(a) = addrs.get(&p.port.name) {
+        if let Some(a) = addrs.v4.get(&p.port.name) {
             out.entry(p.port.vm.clone())
                 .or_default()
                 .push(IpAddr::V4(*a));
         }
     }
     for p in ports {
-        if let Some(a) = p.port.ipv6 {
+        if let Some(a) = p.port.ipv6.or_else(|| addrs.v6.get(&p.port.name).copied()) {
             out.entry(p.port.vm.clone())
                 .or_default()
                 .push(IpAddr::V6(a));
@@ -141,13 +153,7 @@ fn vm_addresses(
     out
 }
 
-fn switch(
-    r: &mut Rows,
-    ovn: &Ovn,
-    net: &Network,
-    ports: &[&OvnPort],
-    addrs: &BTreeMap<String, Ipv4Addr>,
-) {
+fn switch(r: &mut Rows, ovn: &Ovn, net: &Network, ports: &[&OvnPort], addrs: &Picked) {
     r.add(
         "Logical_Switch",
         &net.name,
@@ -162,13 +168,14 @@ fn switch(
     if dhcp {
         dhcp_options(r, ovn, net);
     }
+    let dhcp6 = dhcp6_options(r, net);
     for p in ports {
         let port = &p.port;
-        let mut addr = match addrs.get(&port.name) {
+        let mut addr = match addrs.v4.get(&port.name) {
             Some(a) => format!("{} {a}", port.mac),
             None => port.mac.to_string(),
         };
-        for a in ipv6_addresses(net, port) {
+        for a in ipv6_addresses(net, port, addrs.v6.get(&port.name).copied()) {
             addr.push_str(&format!(" {a}"));
         }
         r.add(
@@ -183,6 +190,14 @@ fn switch(
                 (
                     "dhcpv4_options",
                     NbVal::set(dhcp.then(|| NbVal::reference("DHCP_Options", &net.name))),
+                ),
+                (
+                    "dhcpv6_options",
+                    NbVal::set(
+                        dhcp6
+                            .as_deref()
+                            .map(|k| NbVal::reference("DHCP_Options", k)),
+                    ),
                 ),
                 ("tag", NbVal::set([])),
             ],
@@ -258,6 +273,7 @@ fn router_port_lsp(r: &mut Rows, lrp_key: &str, parent: Option<(&str, &str, &str
             ("port_security", NbVal::strs::<&str>([])),
             ("options", NbVal::Map(options)),
             ("dhcpv4_options", NbVal::set([])),
+            ("dhcpv6_options", NbVal::set([])),
             ("tag", NbVal::set([])),
         ],
         parent,
@@ -294,18 +310,58 @@ fn addresses(net: &Network, ports: &[&OvnPort]) -> BTreeMap<String, Ipv4Addr> {
     out
 }
 
+/// Each port's DHCPv6 address on `net` when its router port tells guests to take their
+/// address from DHCPv6 (`ra.mode: dhcpv6`): the declared `ipv6`, else one of `range6`
+/// picked from its MAC as IPv4 pool addresses are (the same on every host, stable as other
+/// ports come and go, never another port's or the gateway's).
+fn addresses6(net: &Network, ports: &[&OvnPort]) -> BTreeMap<String, Ipv6Addr> {
+    let mut out = BTreeMap::new();
+    if net.mode != Mode::Routed || net.ipv6.is_none_or(|v| !v.ra.mode.managed()) {
+        return out;
+    }
+    let mut taken: BTreeSet<Ipv6Addr> = net.ipv6.iter().map(|v| v.gateway.addr).collect();
+    for p in ports {
+        if let Some(a) = p.port.ipv6 {
+            out.insert(p.port.name.clone(), a);
+            taken.insert(a);
+        }
+    }
+    let Some((first, last)) = net.dhcp6_pool() else {
+        return out;
+    };
+    let (lo, hi) = (u128::from(first), u128::from(last));
+    let size = hi - lo + 1;
+    for p in ports.iter().filter(|p| p.port.ipv6.is_none()) {
+        let start = u128::from(fnv(&p.port.mac.0)) % size;
+        // At most `taken` addresses are in the way: a free one is no further on.
+        let free = (0..size.min(taken.len() as u128 + 1))
+            .map(|i| Ipv6Addr::from(lo + (start + i) % size))
+            .find(|a| !taken.contains(a));
+        if let Some(a) = free {
+            taken.insert(a);
+            out.insert(p.port.name.clone(), a);
+        }
+    }
+    out
+}
+
 /// The IPv6 addresses port `port` may use on `net`: its SLAAC address in the prefix the
-/// network's router port announces (routed networks, a /64) and its declared `ipv6`. OVN's
-/// port security lets the link-local address of the port's MAC through by itself once one
-/// is listed; a port with neither on a network with IPv6 lists that link-local address, so
-/// it keeps IPv6 on the link as the kernel backend's guard lets it (an IPv4-only port
-/// security entry drops all IPv6).
-pub fn ipv6_addresses(net: &Network, port: &crate::spec::model::Port) -> Vec<Ipv6Addr> {
+/// network's router port announces (routed networks, a /64, when guests form SLAAC
+/// addresses) and its declared `ipv6`, or, with `ra.mode: dhcpv6`, the address DHCPv6
+/// gives it (`dhcp6`: declared or picked). OVN's port security lets the link-local address
+/// of the port's MAC through by itself once one is listed; a port with none on a network
+/// with IPv6 lists that link-local address, so it keeps IPv6 on the link as the kernel
+/// backend's guard lets it (an IPv4-only port security entry drops all IPv6).
+pub fn ipv6_addresses(
+    net: &Network,
+    port: &crate::spec::model::Port,
+    dhcp6: Option<Ipv6Addr>,
+) -> Vec<Ipv6Addr> {
     let mut out = Vec::new();
     if matches!(net.mode, Mode::Nat | Mode::Routed) {
         out.extend(net.slaac_prefixes().map(|c| port.mac.slaac(c.addr)));
     }
-    if let Some(a) = port.ipv6
+    if let Some(a) = port.ipv6.or(dhcp6)
         && !out.contains(&a)
     {
         out.push(a);
@@ -356,6 +412,59 @@ fn dhcp_options(r: &mut Rows, ovn: &Ovn, net: &Network) {
         vec![("cidr", NbVal::str(subnet(gw))), ("options", NbVal::Map(o))],
         None,
     );
+}
+
+/// `net`'s DHCPv6 options (key `NET/v6`, in the table OVN keeps DHCPv4's in), when its
+/// router port sends guests to DHCPv6: for their address (`ra.mode: dhcpv6`, stateful), or
+/// only for DNS (`dhcp.dns6` with SLAAC: stateless, answering the Information-requests a
+/// guest sends, as the kernel backend's DHCPv6 server does). The server is the router
+/// port: its MAC is `server_id`, and OVN answers from that MAC's link-local address. DNS
+/// servers are `dhcp.dns6`, else the gateway when the network has `dns` (OVN answers
+/// there); the search list is the DHCP domain. Its key, when written.
+fn dhcp6_options(r: &mut Rows, net: &Network) -> Option<String> {
+    let v6 = net.ipv6.filter(|_| net.mode == Mode::Routed)?;
+    let dns6 = net
+        .dhcp
+        .as_ref()
+        .map(|d| d.dns6.as_slice())
+        .unwrap_or_default();
+    let stateful = v6.ra.mode.managed();
+    if !stateful && dns6.is_empty() {
+        return None;
+    }
+    let mut o: BTreeMap<String, String> = BTreeMap::new();
+    o.insert(
+        "server_id".into(),
+        router_mac(&format!("kvmnet-lrp-{}", net.name)).to_string(),
+    );
+    if !stateful {
+        o.insert("dhcpv6_stateless".into(), "true".into());
+    }
+    let servers: Vec<String> = if dns6.is_empty() {
+        net.dns
+            .iter()
+            .map(|_| v6.gateway.addr.to_string())
+            .collect()
+    } else {
+        dns6.iter().map(ToString::to_string).collect()
+    };
+    if !servers.is_empty() {
+        o.insert("dns_server".into(), format!("{{{}}}", servers.join(", ")));
+    }
+    if let Some(dom) = super::dns::dhcp_domain(net) {
+        o.insert("domain_search".into(), format!("\"{dom}\""));
+    }
+    let key = format!("{}/v6", net.name);
+    r.add(
+        "DHCP_Options",
+        &key,
+        vec![
+            ("cidr", NbVal::str(v6.prefix().to_string())),
+            ("options", NbVal::Map(o)),
+        ],
+        None,
+    );
+    Some(key)
 }
 
 pub(super) fn subnet(c: Ipv4Cidr) -> String {
@@ -410,20 +519,39 @@ fn router(r: &mut Rows, ovn: &Ovn, nets: &[&Network]) {
     }
 }
 
-/// A router port's router advertisements: SLAAC (the only `ra.mode` validation lets
-/// through on OVN), unsolicited ones as well as answers to solicitations, and the overlay's
-/// MTU, as OVN's DHCP hands it out. None on a network without IPv6.
+/// A router port's router advertisements: SLAAC, or DHCPv6 for addresses (`ra.mode:
+/// dhcpv6`: OVN's `dhcpv6_stateful` sets the M flag and clears the prefix's A flag, as the
+/// kernel backend's RA does), unsolicited ones as well as answers to solicitations, and the
+/// overlay's MTU, as OVN's DHCP hands it out. None on a network without IPv6.
 fn ra_configs(ovn: &Ovn, net: &Network) -> NbVal {
-    if net.ipv6.is_none() {
+    let Some(v6) = net.ipv6 else {
         return NbVal::map::<&str, &str>([]);
-    }
-    NbVal::map([
-        ("address_mode", "slaac".to_string()),
+    };
+    // Validation refuses slaac+dhcpv6: OVN's RAs cannot say A and M at once.
+    let mode = if v6.ra.mode.managed() {
+        "dhcpv6_stateful"
+    } else {
+        "slaac"
+    };
+    let mut m = vec![
+        ("address_mode", mode.to_string()),
         ("send_periodic", "true".to_string()),
         ("max_interval", RA_MAX_INTERVAL.to_string()),
         ("min_interval", RA_MIN_INTERVAL.to_string()),
         ("mtu", ovn.guest_mtu(net).to_string()),
-    ])
+    ];
+    // As the kernel backend's RAs: with `dns`, the gateway as resolver (OVN answers there)
+    // and `dns.domain` as the search list; else the DHCP domain alone.
+    if net.dns.is_some() {
+        m.push(("rdnss", v6.gateway.addr.to_string()));
+    }
+    let dnssl = net
+        .dns
+        .as_ref()
+        .and_then(|d| d.domain.as_deref())
+        .or_else(|| net.dhcp.as_ref()?.domain.as_deref());
+    m.extend(dnssl.map(|d| ("dnssl", d.to_string())));
+    NbVal::map(m)
 }
 
 /// The external switch with its localnet port, the router's gateway port on it (bound to
@@ -449,6 +577,7 @@ fn external(r: &mut Rows, ovn: &Ovn, ext: &crate::spec::ovn::External) {
             ("port_security", NbVal::strs::<&str>([])),
             ("options", NbVal::map([("network_name", EXTERNAL_PHYSNET)])),
             ("dhcpv4_options", NbVal::set([])),
+            ("dhcpv6_options", NbVal::set([])),
             ("tag", NbVal::set([])),
         ],
         parent,
@@ -833,5 +962,62 @@ vms:
                 .iter()
                 .any(|r| r.table == "Logical_Router_Port" && r.key == "lab")
         );
+    }
+
+    /// `ra.mode: dhcpv6`: the router port announces DHCPv6 for addresses, and each port's
+    /// one IPv6 address (besides its link-local one) is its DHCPv6 address: the declared
+    /// one, or one of `range6` picked from its MAC, never another's or the gateway's. OVN
+    /// answers DHCPv6 with each address of the prefix a port lists, so a SLAAC address
+    /// there would be a second answer.
+    #[test]
+    fn dhcpv6_ports_list_their_dhcpv6_address_only() {
+        let mut text = SPEC6.replace(
+            "    ipv6: fd00:80::1/64\n",
+            "    ipv6: fd00:80::1/64\n    ra: { mode: dhcpv6 }\n    dhcp: { range6: \"fd00:80::2-fd00:80::5\", dns6: [\"fd00:80::53\"] }\n",
+        );
+        for i in 0..3 {
+            text.push_str(&format!(
+                "      - {{ network: web, name: pd{i}, mac: \"52:54:00:00:02:{i:02x}\" }}\n"
+            ));
+        }
+        let (rows, _) = rows_of(&text, "hv1");
+        let lrp = find(&rows, "Logical_Router_Port", "web");
+        let NbVal::Map(ra) = &lrp.columns["ipv6_ra_configs"] else {
+            panic!("{lrp:?}")
+        };
+        assert_eq!(ra["address_mode"], "dhcpv6_stateful");
+        let dhcp6 = find(&rows, "DHCP_Options", "web/v6");
+        assert_eq!(dhcp6.columns["cidr"], NbVal::str("fd00:80::/64"));
+        let NbVal::Map(o) = &dhcp6.columns["options"] else {
+            panic!("{dhcp6:?}")
+        };
+        assert_eq!(o["server_id"], router_mac("kvmnet-lrp-web").to_string());
+        assert_eq!(o["dns_server"], "{fd00:80::53}");
+        assert!(!o.contains_key("dhcpv6_stateless"));
+        let mut seen = BTreeSet::new();
+        for port in ["pa", "ps", "pd0", "pd1", "pd2"] {
+            let p = find(&rows, "Logical_Switch_Port", port);
+            assert_eq!(
+                p.columns["dhcpv6_options"],
+                NbVal::set([NbVal::reference("DHCP_Options", "web/v6")])
+            );
+            let NbVal::Set(a) = &p.columns["addresses"] else {
+                panic!("{p:?}")
+            };
+            let [NbVal::Str(a)] = a.as_slice() else {
+                panic!("{p:?}")
+            };
+            let v6: Vec<Ipv6Addr> = a.split(' ').filter_map(|w| w.parse().ok()).collect();
+            assert_eq!(v6.len(), 1, "{port}: {a}");
+            if port == "ps" {
+                assert_eq!(v6[0], "fd00:80::12".parse::<Ipv6Addr>().unwrap());
+            } else {
+                assert!(v6[0] >= "fd00:80::2".parse::<Ipv6Addr>().unwrap(), "{a}");
+                assert!(v6[0] <= "fd00:80::5".parse::<Ipv6Addr>().unwrap(), "{a}");
+            }
+            assert!(seen.insert(v6[0]), "{port}: {a} taken twice");
+        }
+        // Four ports without ipv6 in a pool of four, and ps's own: all distinct.
+        assert_eq!(seen.len(), 5);
     }
 }

@@ -71,6 +71,7 @@ pub fn localnet_port(net: &Network) -> Option<NbRow> {
         ("port_security", NbVal::strs::<&str>([])),
         ("options", NbVal::map([("network_name", physnet(uplink))])),
         ("dhcpv4_options", NbVal::set([])),
+        ("dhcpv6_options", NbVal::set([])),
         ("tag", NbVal::set(tag)),
     ];
     Some(NbRow {

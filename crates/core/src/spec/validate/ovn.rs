@@ -46,14 +46,6 @@ const NET_REFUSED: &[(&str, &str)] = &[
         "dns.rate_limit",
         "ovn-controller answers OVN's DNS and cannot limit queries per client",
     ),
-    (
-        "dhcp.range6",
-        "kvmnet does not write OVN's DHCPv6 options yet; guests take SLAAC or static ipv6 addresses",
-    ),
-    (
-        "dhcp.dns6",
-        "kvmnet does not write OVN's DHCPv6 options yet; guests take SLAAC or static ipv6 addresses",
-    ),
 ];
 
 /// Port fields a port on an OVN network refuses, with why.
@@ -418,9 +410,10 @@ fn check_network(cx: &mut Ctx, at: &Index, d: &OvnDraft, n: &NetDraft) {
     }
 }
 
-/// `ipv6` and `ra` on OVN (see `ovn::model`): a routed network's router port announces
-/// SLAAC; an isolated network has no router, so no `ra`; a nat network's IPv6 would leave
-/// through NAT66, which `ovn.external` cannot do yet.
+/// `ipv6`, `ra` and DHCPv6 on OVN (see `ovn::model`): a routed network's router port
+/// announces SLAAC or DHCPv6, and OVN's DHCPv6 answers for it; an isolated network has no
+/// router, so no `ra` and no DHCPv6; a nat network's IPv6 would leave through NAT66, which
+/// `ovn.external` cannot do yet.
 fn check_ipv6(cx: &mut Ctx, at: &Index, n: &NetDraft) {
     let ipv6 = join(&n.path, "ipv6");
     if n.mode == Some(Mode::Nat)
@@ -443,17 +436,29 @@ fn check_ipv6(cx: &mut Ctx, at: &Index, n: &NetDraft) {
         );
     }
     let mode = join(&ra, "mode");
-    if n.v6.ra.mode != RaMode::Slaac
+    if n.v6.ra.mode == RaMode::SlaacDhcpv6
         && let Some(loc) = at.get(mode.as_str())
     {
         cx.err(
             &mode,
             loc,
-            format!(
-                "ra.mode {} is not taken on OVN networks: OVN answers DHCPv6 only from DHCPv6 options, which kvmnet does not write yet (use slaac)",
-                n.v6.ra.mode.as_str()
-            ),
+            "ra.mode slaac+dhcpv6 is not taken on OVN networks: OVN's router advertisements tell guests either to form SLAAC addresses (slaac) or to take their address from DHCPv6 (dhcpv6), never both (use one of them)",
         );
+    }
+    // OVN's DHCPv6 answers from the network's router port: a routed network's.
+    if n.mode != Some(Mode::Routed) {
+        for field in ["range6", "dns6"] {
+            let path = join(&join(&n.path, "dhcp"), field);
+            if let Some(loc) = at.get(path.as_str()) {
+                cx.err(
+                    &path,
+                    loc,
+                    format!(
+                        "dhcp.{field} is taken on routed OVN networks only: OVN answers DHCPv6 for the router port that announces the prefix, and only a routed network has one with IPv6 (remove it)"
+                    ),
+                );
+            }
+        }
     }
 }
 
@@ -475,7 +480,7 @@ fn check_dns(cx: &mut Ctx, n: &NetDraft) {
                 fpath,
                 *loc,
                 format!(
-                    "{a} is IPv6: an OVN network's DHCP hands out forwarders as IPv4 DNS servers, and kvmnet writes no DHCPv6 options on OVN yet (name an IPv4 server)"
+                    "{a} is IPv6: an OVN network's DHCP hands out forwarders as IPv4 DNS servers (name an IPv4 server, and an IPv6 one in dhcp.dns6)"
                 ),
             );
         }

@@ -248,6 +248,13 @@ fn traffic(ns: &[String; 7]) {
     );
     wait("d to reach e over IPv6", 20, || pings6(d, "fd00:88::e"));
     assert!(pings6(e, "fd00:88::d"));
+    // No router holds an isolated OVN network's gateway address: no default route to it,
+    // while a routed network's guest has one.
+    for family in ["-4", "-6"] {
+        let routes = ok_in(d, &format!("ip {family} route show default"));
+        assert!(routes.trim().is_empty(), "d: {routes}");
+    }
+    assert!(ok_in(c, "ip -4 route show default").contains("via 10.87.0.1"));
 
     // c's firewall: 22 in over IPv6 (through the router), 80 not; the source seen is b's
     // SLAAC address.

@@ -102,7 +102,13 @@ impl Build<'_> {
                     owner: Some(owner.unwrap_or(0)),
                 }
             }
-            SpecPortKind::Veth => self.veth(port, net, mtu, ends, &ppath),
+            SpecPortKind::Veth => {
+                // On OVN only nat and routed networks have a router holding the gateway
+                // address: an isolated or provider network's is no one's to route through.
+                let router = on_ovn.is_none()
+                    || matches!(net.mode, crate::spec::Mode::Nat | crate::spec::Mode::Routed);
+                self.veth(port, net, mtu, router, ends, &ppath)
+            }
         };
         self.trunk(port, mtu, &ppath);
         let direct = dnet.is_some();
@@ -179,13 +185,14 @@ impl Build<'_> {
     }
 
     /// A veth port: its far end in the VM's namespace (made when kvmnet may own it), with the
-    /// port's address and, for the first port of a namespace that can have one, its default
-    /// route.
+    /// port's address and, for the first port of a namespace that can have one (`router`:
+    /// its network has a gateway that routes), its default route.
     fn veth(
         &mut self,
         port: &crate::spec::Port,
         net: &Network,
         mtu: u32,
+        router: bool,
         ends: &mut GuestEnds,
         ppath: &dyn Fn() -> String,
     ) -> PortKind {
@@ -223,7 +230,7 @@ impl Build<'_> {
         }
         // One default route per namespace: the first port that can have one.
         let gateway = match (net.ipv4, port.ipv4) {
-            (Some(gw), Some(_)) if ends.routed.insert(ns.clone()) => Some(gw.addr),
+            (Some(gw), Some(_)) if router && ends.routed.insert(ns.clone()) => Some(gw.addr),
             _ => None,
         };
         // IPv6 alike, via the gateway's own address: it is in the spec (the bridge's
@@ -231,7 +238,9 @@ impl Build<'_> {
         // the kernel adds with the port's address. Networks of the LAN's router
         // (`ipv6_prefixes`) have no gateway of kvmnet's: their router announces itself.
         let gateway6 = match (net.ipv6, port.ipv6) {
-            (Some(v6), Some(_)) if ends.routed6.insert(ns.clone()) => Some(v6.gateway.addr),
+            (Some(v6), Some(_)) if router && ends.routed6.insert(ns.clone()) => {
+                Some(v6.gateway.addr)
+            }
             _ => None,
         };
         // A trunk that tags its own VLAN carries nothing untagged: the VM addresses its VLAN

@@ -244,34 +244,43 @@ fn ovn_render(o: &Value) -> String {
             &ports,
         ));
     }
-    let uplinks: Vec<Vec<String>> = o["providers"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .map(|p| {
-            vec![
-                s(&p["uplink"]),
-                s(&p["bridge"]),
-                s(&p["physnet"]),
-                s(&p["device"]),
-                s(&p["in_bridge"]),
-                s(&p["mapped"]),
-            ]
-        })
-        .collect();
-    if !uplinks.is_empty() {
-        out.push('\n');
-        out.push_str(&table(
-            &[
-                "OVN UPLINK",
-                "BRIDGE",
-                "PHYSNET",
-                "DEVICE",
-                "IN BRIDGE",
-                "MAPPED",
-            ],
-            &uplinks,
-        ));
+    let uplink = |p: &Value| {
+        vec![
+            s(&p["uplink"]),
+            s(&p["bridge"]),
+            s(&p["physnet"]),
+            s(&p["device"]),
+            s(&p["in_bridge"]),
+            s(&p["mapped"]),
+        ]
+    };
+    // The gateway's uplink (on a gateway chassis), then the provider networks'.
+    for (first, rows) in [
+        (
+            "OVN GATEWAY UPLINK",
+            o["gateway_uplink"]
+                .as_object()
+                .map(|_| uplink(&o["gateway_uplink"]))
+                .into_iter()
+                .collect::<Vec<_>>(),
+        ),
+        (
+            "OVN UPLINK",
+            o["providers"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(uplink)
+                .collect(),
+        ),
+    ] {
+        if !rows.is_empty() {
+            out.push('\n');
+            out.push_str(&table(
+                &[first, "BRIDGE", "PHYSNET", "DEVICE", "IN BRIDGE", "MAPPED"],
+                &rows,
+            ));
+        }
     }
     for e in o["port_errors"].as_array().into_iter().flatten() {
         out.push_str(&format!("chassis port error: {}\n", s(e)));
@@ -399,11 +408,20 @@ mod tests {
                 "providers": [{"uplink": "pup", "bridge": "kvpn-pup", "physnet": "kvmnet-pn-pup",
                     "device": true, "in_bridge": false, "held_by": null, "mapped": null,
                     "mapped_to": null}],
+                "gateway_uplink": {"uplink": "eth1", "bridge": "br-ex", "physnet": "kvmnet-ext",
+                    "device": true, "in_bridge": true, "held_by": "br-ex", "mapped": true,
+                    "mapped_to": "br-ex"},
                 "port_errors": [], "errors": []}});
         let text = render(&v);
         assert!(
             text.contains("OVN UPLINK  BRIDGE    PHYSNET        DEVICE  IN BRIDGE  MAPPED\n")
                 && text.contains("pup         kvpn-pup  kvmnet-pn-pup  true    false      -\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("OVN GATEWAY UPLINK  BRIDGE  PHYSNET     DEVICE  IN BRIDGE  MAPPED\n")
+                && text
+                    .contains("eth1                br-ex   kvmnet-ext  true    true       true\n"),
             "{text}"
         );
     }

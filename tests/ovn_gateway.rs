@@ -4,7 +4,9 @@
 //! on hv1 share one `isolate_ports` network. The guests reach the external host, which sees
 //! the SNAT address, not theirs; they cannot reach each other but reach their gateway; when
 //! the active gateway chassis dies the other takes the SNAT over (the outage is measured and
-//! printed); destroy on every chassis leaves the Northbound rows as they were.
+//! printed); status and doctor show a gateway's uplink, and doctor fails it (with its fix)
+//! once it is out of `br-ex`; destroy on every chassis leaves the Northbound rows as they
+//! were.
 
 mod common;
 use common::*;
@@ -122,6 +124,52 @@ fn nat_and_isolation(far: &str, a_ns: &str, b_ns: &str) {
     assert_eq!(tcp_source_seen(b_ns, 22, a_ns, "10.81.0.11", 22), "");
 }
 
+/// `status --json`'s gateway uplink on chassis `i` (null on a chassis that is no gateway).
+fn gateway_uplink_status(lab: &OvnLab, i: usize) -> serde_json::Value {
+    let ns = lab.chassis[i - 1].ns.clone();
+    let out = lab.ns.kvmnet_ok(&["status", "--json", "--netns", &ns]);
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    v["ovn"]["gateway_uplink"].clone()
+}
+
+/// The standby gateway hv1's uplink: status shows it in `br-ex` and mapped, and doctor
+/// passes `ovn-gateway-uplink`; taken out of `br-ex` by hand, doctor fails it with its fix
+/// and status shows it out; the next apply puts it back. hv3 is no gateway: none shown.
+fn gateway_uplink_reported(lab: &OvnLab, file: &SpecFile) {
+    assert_eq!(
+        gateway_uplink_status(lab, 1),
+        serde_json::json!({"uplink": "xup", "bridge": "br-ex", "physnet": "kvmnet-ext",
+            "device": true, "in_bridge": true, "held_by": "br-ex", "mapped": true,
+            "mapped_to": "br-ex"})
+    );
+    assert!(gateway_uplink_status(lab, 3).is_null());
+    assert!(lab.doctor(3, "ovn-gateway-uplink").1.is_empty());
+    let (_, checks) = lab.doctor(1, "ovn-gateway-uplink");
+    assert!(
+        checks.len() == 1 && checks[0]["status"] == "ok",
+        "{checks:?}"
+    );
+    lab.vsctl(1, "del-port br-ex xup");
+    let (code, checks) = lab.doctor(1, "ovn-gateway-uplink");
+    assert_eq!(code, 1, "{checks:?}");
+    let c = &checks[0];
+    assert_eq!(c["status"], "fail", "{c}");
+    assert!(
+        c["message"].as_str().unwrap().contains(
+            "the uplink xup is not in its Open vSwitch bridge br-ex (it is in no bridge)"
+        ),
+        "{c}"
+    );
+    assert!(
+        c["fix"].as_str().unwrap().contains("add-port br-ex xup"),
+        "{c}"
+    );
+    assert_eq!(gateway_uplink_status(lab, 1)["in_bridge"], false);
+    lab.kvm(1, &["apply", file.path()]);
+    assert_eq!(lab.vsctl(1, "port-to-br xup").trim(), "br-ex");
+    assert_eq!(lab.doctor(1, "ovn-gateway-uplink").1[0]["status"], "ok");
+}
+
 #[test]
 fn nat_gateway_failover_and_isolation() {
     if !privileged() || !ovn_present() {
@@ -164,6 +212,7 @@ fn nat_gateway_failover_and_isolation() {
     }
 
     nat_and_isolation(&far, &a_ns, &b_ns);
+    gateway_uplink_reported(&lab, &file);
 
     // hv2's ovn-controller stopping is no outage: its ovs-vswitchd keeps forwarding with
     // the flows it has, BFD stays up, and hv2 keeps the gateway port.

@@ -218,33 +218,6 @@ fn forged_source_dropped(g: &Guests) {
     assert!(pings(&g.la, LAN_HOST));
 }
 
-/// `kvmnet doctor --json` as chassis `i`, with OVN's run directory where the lab's
-/// ovn-controller keeps its pid file: (exit code, the `ovn-provider` results).
-fn doctor(lab: &OvnLab, i: usize) -> (i32, Vec<serde_json::Value>) {
-    let ns = lab.chassis[i - 1].ns.clone();
-    let rundir = lab.chassis[i - 1].dir.display().to_string();
-    let ch = format!("hv{i}");
-    let o = lab.ns.kvmnet_env(
-        &["doctor", "--netns", &ns, "--chassis", &ch, "--json"],
-        &[("OVN_RUNDIR", &rundir)],
-    );
-    let out = String::from_utf8_lossy(&o.stdout).into_owned();
-    let v: serde_json::Value = serde_json::from_str(&out).unwrap_or_else(|e| {
-        panic!(
-            "doctor's JSON: {e}: {out}{}",
-            String::from_utf8_lossy(&o.stderr)
-        )
-    });
-    let checks = v["checks"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter(|c| c["id"] == "ovn-provider")
-        .cloned()
-        .collect();
-    (o.status.code().unwrap_or(-1), checks)
-}
-
 /// `kvmnet status` of chassis `i`: `--json`'s provider uplink `pup`, and the text.
 fn status(lab: &OvnLab, i: usize) -> (serde_json::Value, String) {
     let ns = lab.chassis[i - 1].ns.clone();
@@ -274,7 +247,7 @@ fn status_row(text: &str) -> Vec<String> {
 /// bridge and mapped; an uplink gone from the host (renamed on hv2) fails with its fix.
 fn provider_reported(lab: &OvnLab) {
     for i in 1..=2 {
-        let (_, checks) = doctor(lab, i);
+        let (_, checks) = lab.doctor(i, "ovn-provider");
         assert_eq!(checks.len(), 1, "hv{i}: {checks:?}");
         assert_eq!(checks[0]["status"], "ok", "hv{i}: {checks:?}");
         assert!(
@@ -296,7 +269,7 @@ fn provider_reported(lab: &OvnLab) {
     }
     let ch = lab.chassis[1].ns.clone();
     ok_in(&ch, "ip link set pup down && ip link set pup name pupgone");
-    let (code, checks) = doctor(lab, 2);
+    let (code, checks) = lab.doctor(2, "ovn-provider");
     ok_in(&ch, "ip link set pupgone name pup && ip link set pup up");
     assert_eq!(code, 1, "{checks:?}");
     let c = checks
@@ -322,7 +295,7 @@ fn provider_reported(lab: &OvnLab) {
 /// The uplink taken out of its bridge and the mapping removed by hand: doctor fails each
 /// with its fix, status shows both, and (in [`repaired`]) apply puts them back.
 fn provider_broken(lab: &OvnLab) {
-    let (code, checks) = doctor(lab, 1);
+    let (code, checks) = lab.doctor(1, "ovn-provider");
     assert_eq!(code, 1, "{checks:?}");
     let failed = |what: &str| {
         checks
@@ -358,7 +331,7 @@ fn provider_broken(lab: &OvnLab) {
         "{text}"
     );
     // hv2 was not touched.
-    assert_eq!(doctor(lab, 2).1[0]["status"], "ok");
+    assert_eq!(lab.doctor(2, "ovn-provider").1[0]["status"], "ok");
 }
 
 /// Drift is seen and repaired by the next apply: the uplink taken out of its bridge by
@@ -389,7 +362,7 @@ fn repaired(lab: &OvnLab, g: &Guests, file: &SpecFile) {
             .trim_matches('"'),
         "other:br-other,kvmnet-pn-pup:kvpn-pup"
     );
-    let (_, checks) = doctor(lab, 1);
+    let (_, checks) = lab.doctor(1, "ovn-provider");
     assert!(
         checks.len() == 1 && checks[0]["status"] == "ok",
         "{checks:?}"

@@ -148,16 +148,41 @@ fn mapped(mappings: Option<&str>, physnet: &str, bridge: &str) -> String {
     list.join(",")
 }
 
-/// What is wrong with one provider uplink: the interface missing, not a port of its
-/// bridge, or its physical network not mapped to that bridge; each a failure with its fix.
-fn provider_problems(f: &Facts, o: &OvnFacts, p: &ProviderFacts) -> Vec<(String, String)> {
+/// What an uplink that does not work costs: a provider uplink's, or the gateway's.
+fn consequence(p: &ProviderFacts, gateway: bool) -> &'static str {
+    match (gateway, p.networks.is_empty()) {
+        (false, _) => "its provider networks' guests reach nothing beyond this chassis",
+        (true, false) => {
+            "the nat networks leave by nothing here while this chassis holds the gateway (OVN moves the gateway only when this chassis stops answering over the tunnels, not when its uplink fails)"
+        }
+        (true, true) => {
+            "nat networks would leave by nothing here while this chassis holds the gateway"
+        }
+    }
+}
+
+/// What is wrong with one uplink (a provider networks', or the gateway's): the interface
+/// missing, not a port of its bridge, or its physical network not mapped to that bridge;
+/// each a failure with its fix.
+fn provider_problems(
+    f: &Facts,
+    o: &OvnFacts,
+    p: &ProviderFacts,
+    gateway: bool,
+) -> Vec<(String, String)> {
     let (u, br, ch) = (&p.uplink, &p.bridge, &o.chassis);
+    let costs = consequence(p, gateway);
     let mut out = Vec::new();
     if !p.device {
+        let change = if gateway {
+            "ovn.external.uplink"
+        } else {
+            "the networks' uplink"
+        };
         out.push((
-            format!("the uplink {u} does not exist on chassis {ch}: its provider networks' guests reach nothing beyond this chassis"),
+            format!("the uplink {u} does not exist on chassis {ch}: {costs}"),
             format!(
-                "create or rename the interface {u} on this host ({}), or change the networks' uplink; then kvmnet apply",
+                "create or rename the interface {u} on this host ({}), or change {change}; then kvmnet apply",
                 f.here("ip link")
             ),
         ));
@@ -187,7 +212,7 @@ fn provider_problems(f: &Facts, o: &OvnFacts, p: &ProviderFacts) -> Vec<(String,
             ),
         };
         out.push((
-            format!("the uplink {u} is not in its Open vSwitch bridge {br} ({where_}): its provider networks' guests reach nothing beyond this chassis"),
+            format!("the uplink {u} is not in its Open vSwitch bridge {br} ({where_}): {costs}"),
             fix,
         ));
     }
@@ -217,11 +242,19 @@ fn provider_problems(f: &Facts, o: &OvnFacts, p: &ProviderFacts) -> Vec<(String,
 }
 
 /// `ovn-provider`: each provider networks' uplink exists, is a port of its bridge, and its
-/// physical network is mapped to that bridge.
+/// physical network is mapped to that bridge. `ovn-gateway-uplink`: the same of the
+/// gateway's uplink (`ovn.external.uplink` in `br-ex`, `kvmnet-ext`) on a gateway chassis.
 fn providers(f: &Facts, o: &OvnFacts) -> Vec<Check> {
+    let gateway = o.gateway_uplink.iter().map(|p| (p, true));
+    let providers = o.providers.iter().map(|p| (p, false));
     let mut out = Vec::new();
-    for p in &o.providers {
-        let problems = provider_problems(f, o, p);
+    for (p, is_gateway) in gateway.chain(providers) {
+        let (id, of) = if is_gateway {
+            ("ovn-gateway-uplink", "the gateway's uplink")
+        } else {
+            ("ovn-provider", "the uplink")
+        };
+        let problems = provider_problems(f, o, p, is_gateway);
         if problems.is_empty() {
             let how = if p.seen.is_some() {
                 format!(
@@ -231,22 +264,21 @@ fn providers(f: &Facts, o: &OvnFacts) -> Vec<Check> {
             } else {
                 "exists (the Open_vSwitch database could not be read)".to_string()
             };
+            let nets = if p.networks.is_empty() {
+                String::new()
+            } else {
+                format!(" of {}", p.networks.join(", "))
+            };
             out.push(Check::with(
-                "ovn-provider",
+                id,
                 Status::Ok,
                 &p.uplink,
-                format!("the uplink {} of {} {how}", p.uplink, p.networks.join(", ")),
+                format!("{of} {}{nets} {how}", p.uplink),
                 "",
             ));
         }
         for (message, fix) in problems {
-            out.push(Check::with(
-                "ovn-provider",
-                Status::Fail,
-                &p.uplink,
-                message,
-                fix,
-            ));
+            out.push(Check::with(id, Status::Fail, &p.uplink, message, fix));
         }
     }
     out
@@ -365,6 +397,58 @@ mod tests {
             provider_checks(healthy()).is_empty(),
             "no provider networks"
         );
+    }
+
+    /// The gateway's uplink is checked as a provider's, under its own id and with what its
+    /// failure costs: the nat networks' way out.
+    #[test]
+    fn the_gateway_uplink_is_checked_under_its_own_id() {
+        let gateway = |seen: UplinkSeen| OvnFacts {
+            mappings: Some("kvmnet-ext:br-ex".into()),
+            gateway_uplink: Some(ProviderFacts {
+                uplink: "eth1".into(),
+                bridge: "br-ex".into(),
+                physnet: "kvmnet-ext".into(),
+                networks: vec!["web".into()],
+                device: true,
+                seen: Some(seen),
+            }),
+            ..healthy()
+        };
+        let checks = |o| {
+            ovn(&Facts {
+                ovn: Some(o),
+                ..Facts::default()
+            })
+            .into_iter()
+            .filter(|c| c.id == "ovn-gateway-uplink")
+            .collect::<Vec<_>>()
+        };
+        let held = UplinkSeen {
+            held_by: Some("br-ex".into()),
+            bridge_exists: true,
+            mapped_to: Some("br-ex".into()),
+        };
+        let ok = checks(gateway(held.clone()));
+        assert_eq!(ok.len(), 1);
+        assert_eq!(ok[0].status, Status::Ok);
+        assert!(ok[0].message.contains("eth1 of web"), "{}", ok[0].message);
+        let out = checks(gateway(UplinkSeen {
+            held_by: None,
+            ..held
+        }));
+        assert_eq!(out.len(), 1);
+        assert_eq!(out[0].status, Status::Fail);
+        assert!(
+            out[0]
+                .message
+                .contains("not in its Open vSwitch bridge br-ex")
+                && out[0].message.contains("nat networks leave by nothing"),
+            "{}",
+            out[0].message
+        );
+        assert!(out[0].fix.contains("add-port br-ex eth1"), "{}", out[0].fix);
+        assert!(provider_checks(gateway(good())).is_empty());
     }
 
     #[test]

@@ -10,6 +10,7 @@ use std::net::Ipv4Addr;
 use std::time::Duration;
 
 use kvmnet_core::ovn::{ChassisConf, OWNER, OWNER_KEY};
+use kvmnet_core::spec::Mode;
 use serde_json::{Map, Value, json};
 
 use super::chassis::{GatewayUplink, UplinkSeen};
@@ -198,20 +199,23 @@ pub fn status(scope: &str) -> Option<Value> {
             Err(e) => errors.push(e.to_string()),
         }
     }
-    let (port_errors, providers) = match &w.chassis {
+    let (port_errors, (gateway, providers)) = match &w.chassis {
         Some(c) => {
-            let uplinks: BTreeMap<String, Vec<String>> = c
-                .provider_uplinks
-                .iter()
-                .map(|u| (u.clone(), Vec::new()))
-                .collect();
+            let uplinks = Uplinks {
+                gateway: c.gateway_uplink.as_ref().map(|u| (u.clone(), Vec::new())),
+                providers: c
+                    .provider_uplinks
+                    .iter()
+                    .map(|u| (u.clone(), Vec::new()))
+                    .collect(),
+            };
             let view = chassis_view(&c.ovs, &uplinks);
             let view = view.map_err(|e| errors.push(e)).ok();
             (
                 view.as_ref()
                     .map(|v| v.port_errors.clone())
                     .unwrap_or_default(),
-                providers(&uplinks, view.as_ref()),
+                uplinks.facts(view.as_ref()),
             )
         }
         None => Default::default(),
@@ -219,8 +223,8 @@ pub fn status(scope: &str) -> Option<Value> {
     let providers: Vec<Value> = providers.iter().map(ProviderFacts::to_json).collect();
     Some(json!({
         "nb": w.nb, "sb": sb, "chassis": w.chassis.as_ref().map(|c| c.name.clone()),
-        "networks": networks, "providers": providers, "port_errors": port_errors,
-        "errors": errors,
+        "networks": networks, "gateway_uplink": gateway.as_ref().map(ProviderFacts::to_json),
+        "providers": providers, "port_errors": port_errors, "errors": errors,
     }))
 }
 
@@ -264,13 +268,56 @@ struct ChassisView {
     uplinks: Vec<UplinkSeen>,
 }
 
-/// Reads [`ChassisView`] for the provider uplinks `uplinks` (their names are the keys).
-fn chassis_view(ovs: &str, uplinks: &BTreeMap<String, Vec<String>>) -> Result<ChassisView, String> {
+/// The uplinks a chassis holds, each with the spec's networks on it (doctor's; `status`
+/// reads no spec): the gateway's (`ovn.external.uplink`, on a gateway chassis: the nat
+/// networks leave by it) and the provider networks'.
+#[derive(Default)]
+struct Uplinks {
+    gateway: Option<(String, Vec<String>)>,
+    providers: BTreeMap<String, Vec<String>>,
+}
+
+impl Uplinks {
+    /// Each uplink's bridge and physical network, the gateway's first.
+    fn named(&self) -> Vec<(GatewayUplink, &[String])> {
+        let gateway = self
+            .gateway
+            .iter()
+            .map(|(u, nets)| (GatewayUplink::new(u), nets.as_slice()));
+        let providers = self
+            .providers
+            .iter()
+            .map(|(u, nets)| (GatewayUplink::provider(u), nets.as_slice()));
+        gateway.chain(providers).collect()
+    }
+
+    /// The uplinks joined with what the database says: the gateway's, and the providers'.
+    fn facts(&self, view: Option<&ChassisView>) -> (Option<ProviderFacts>, Vec<ProviderFacts>) {
+        let mut all: Vec<ProviderFacts> = self
+            .named()
+            .into_iter()
+            .enumerate()
+            .map(|(i, (g, nets))| ProviderFacts {
+                device: device_exists(&g.uplink),
+                seen: view.and_then(|v| v.uplinks.get(i).cloned()),
+                networks: nets.to_vec(),
+                uplink: g.uplink,
+                bridge: g.bridge,
+                physnet: g.physnet,
+            })
+            .collect();
+        let gateway = self.gateway.is_some().then(|| all.remove(0));
+        (gateway, all)
+    }
+}
+
+/// Reads [`ChassisView`] for `uplinks`.
+fn chassis_view(ovs: &str, uplinks: &Uplinks) -> Result<ChassisView, String> {
     let err = |e: String| format!("Open_vSwitch database {ovs}: {e}");
     let remotes = Remote::parse_list(ovs).map_err(|e| err(e.to_string()))?;
     let client = super::chassis::connect(&remotes, TIMEOUT).map_err(|e| err(e.to_string()))?;
     let r = client.replica();
-    let ups: Vec<GatewayUplink> = uplinks.keys().map(|u| GatewayUplink::provider(u)).collect();
+    let ups: Vec<GatewayUplink> = uplinks.named().into_iter().map(|(g, _)| g).collect();
     let read = || -> Result<ChassisView, super::chassis::ChassisError> {
         Ok(ChassisView {
             port_errors: super::chassis::port_errors(&r, OWNER)?,
@@ -281,8 +328,8 @@ fn chassis_view(ovs: &str, uplinks: &BTreeMap<String, Vec<String>>) -> Result<Ch
     read().map_err(|e| err(e.to_string()))
 }
 
-/// A provider networks' uplink on this chassis: what kvmnet puts it in and maps, and how it
-/// stands.
+/// An uplink on this chassis (a provider networks', or the gateway's): what kvmnet puts it
+/// in and maps, and how it stands.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ProviderFacts {
     pub uplink: String,
@@ -309,7 +356,7 @@ impl ProviderFacts {
         Some(s.mapped_to.as_deref() == Some(self.bridge.as_str()))
     }
 
-    /// One entry of `status --json`'s `ovn.providers`.
+    /// One entry of `status --json`'s `ovn.providers` (or its `ovn.gateway_uplink`).
     pub fn to_json(&self) -> Value {
         let seen = self.seen.as_ref();
         json!({
@@ -328,28 +375,6 @@ fn device_exists(name: &str) -> bool {
     };
     // SAFETY: `c` is a NUL-terminated string that outlives the call, which only reads it.
     unsafe { libc::if_nametoindex(c.as_ptr()) != 0 }
-}
-
-/// The provider uplinks (with their networks), joined with what the database says.
-fn providers(
-    uplinks: &BTreeMap<String, Vec<String>>,
-    view: Option<&ChassisView>,
-) -> Vec<ProviderFacts> {
-    uplinks
-        .iter()
-        .enumerate()
-        .map(|(i, (u, nets))| {
-            let g = GatewayUplink::provider(u);
-            ProviderFacts {
-                device: device_exists(u),
-                seen: view.and_then(|v| v.uplinks.get(i).cloned()),
-                networks: nets.clone(),
-                uplink: g.uplink,
-                bridge: g.bridge,
-                physnet: g.physnet,
-            }
-        })
-        .collect()
 }
 
 /// What `kvmnet doctor` checks of OVN, read on this host.
@@ -374,6 +399,8 @@ pub struct OvnFacts {
     pub mappings: Option<String>,
     /// The provider networks' uplinks this chassis holds (none when it is not listed).
     pub providers: Vec<ProviderFacts>,
+    /// The gateway's uplink, on a gateway chassis of a spec with `ovn.external`.
+    pub gateway_uplink: Option<ProviderFacts>,
     /// The spec's tunnel endpoint for this chassis, and whether an interface here has it.
     pub encap_ip: Option<Ipv4Addr>,
     pub encap_here: bool,
@@ -446,23 +473,30 @@ pub fn facts(scope: &str, ovn: &crate::spec::Ovn) -> OvnFacts {
         },
         Err(e) => (Some(e.to_string()), None),
     };
-    // Every listed chassis holds every provider uplink (as `chassis_conf` makes it).
-    let mut uplinks: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    // Every listed chassis holds every provider uplink, and a gateway chassis the gateway's
+    // (as `chassis_conf` makes them).
+    let mut uplinks = Uplinks::default();
     if listed {
         for n in ovn.networks.values() {
             if let Some(u) = kvmnet_core::ovn::provider::uplink_of(n) {
                 uplinks
+                    .providers
                     .entry(u.to_string())
                     .or_default()
                     .push(n.name.clone());
             }
         }
+        let gateway = ovn.chassis.get(&chassis).and_then(|c| c.gateway);
+        uplinks.gateway = gateway.and(ovn.external.as_ref()).map(|e| {
+            let nat = ovn.networks.values().filter(|n| n.mode == Mode::Nat);
+            (e.uplink.clone(), nat.map(|n| n.name.clone()).collect())
+        });
     }
     let (ovs_error, view) = match chassis_view(&ovs, &uplinks) {
         Ok(v) => (None, Some(v)),
         Err(e) => (Some(e), None),
     };
-    let providers = providers(&uplinks, view.as_ref());
+    let (gateway_uplink, providers) = uplinks.facts(view.as_ref());
     let (port_errors, mappings) =
         view.map_or_else(Default::default, |v| (v.port_errors, v.mappings));
     let pidfile = controller_pidfile();
@@ -481,6 +515,7 @@ pub fn facts(scope: &str, ovn: &crate::spec::Ovn) -> OvnFacts {
         port_errors,
         mappings,
         providers,
+        gateway_uplink,
         encap_here: encap_ip.is_some_and(|ip| local_ipv4().contains(&ip)),
         encap_ip,
         chassis,

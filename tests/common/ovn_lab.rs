@@ -496,6 +496,33 @@ impl OvnLab {
         self.ns.kvmnet_ok(&a)
     }
 
+    /// `kvmnet doctor --json` as chassis `i`, with OVN's run directory where the lab's
+    /// ovn-controller keeps its pid file: (exit code, the results of check `id`).
+    pub fn doctor(&self, i: usize, id: &str) -> (i32, Vec<serde_json::Value>) {
+        let ns = self.chassis[i - 1].ns.clone();
+        let rundir = self.chassis[i - 1].dir.display().to_string();
+        let ch = format!("hv{i}");
+        let o = self.ns.kvmnet_env(
+            &["doctor", "--netns", &ns, "--chassis", &ch, "--json"],
+            &[("OVN_RUNDIR", &rundir)],
+        );
+        let out = String::from_utf8_lossy(&o.stdout).into_owned();
+        let v: serde_json::Value = serde_json::from_str(&out).unwrap_or_else(|e| {
+            panic!(
+                "doctor's JSON: {e}: {out}{}",
+                String::from_utf8_lossy(&o.stderr)
+            )
+        });
+        let checks = v["checks"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|c| c["id"] == id)
+            .cloned()
+            .collect();
+        (o.status.code().unwrap_or(-1), checks)
+    }
+
     /// The address kvmnet picked for logical port `lsp` (the second word of its
     /// `addresses`): what OVN's DHCP gives the port.
     pub fn picked(&self, lsp: &str) -> String {

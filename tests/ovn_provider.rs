@@ -5,7 +5,8 @@
 //! physical hosts of their network, and each other through the segment (not the tunnel);
 //! the vlan network's frames are tagged 100 on the wire and VLAN 200's host, in the same
 //! subnet, is out of reach; OVN's DHCP leases on the vlan network with the segment's MTU; a
-//! forged source is dropped while the guest's own flows; `status` shows the uplink in its
+//! forged source is dropped while the guest's own flows, over IPv6 as well, from the SLAAC
+//! addresses guests form from the LAN router's RAs (`ipv6_prefixes`); `status` shows the uplink in its
 //! bridge and mapped, and `doctor`'s `ovn-provider` passes; an uplink renamed away fails it;
 //! drift (the uplink out of its bridge, the mapping removed, the tag changed by hand) is
 //! named by doctor with its fix, shown by status, and repaired by the next apply. destroy gives the uplinks back (out
@@ -27,6 +28,8 @@ use std::time::Duration;
 const LAN_HOST: &str = "192.0.2.1";
 const V100_HOST: &str = "198.51.100.1";
 const V200_HOST: &str = "198.51.100.2";
+/// The LAN's IPv6 prefix (without its `::/64`), which the LAN's router announces.
+const LAN6: &str = "2001:db8:90";
 
 fn spec(lab: &OvnLab, g: &Guests) -> String {
     format!(
@@ -35,6 +38,7 @@ fn spec(lab: &OvnLab, g: &Guests) -> String {
     backend: ovn
     mode: bridge
     uplink: pup
+    ipv6_prefixes: ["{LAN6}::/64"]
   v100:
     backend: ovn
     mode: vlan
@@ -216,6 +220,66 @@ fn forged_source_dropped(g: &Guests) {
         "a forged source reached the LAN"
     );
     assert!(pings(&g.la, LAN_HOST));
+}
+
+/// IPv6 from the LAN's router (`ipv6_prefixes`): with thc-ipv6's `fake_router6` on the LAN
+/// host announcing the prefix, guests on both chassis form their SLAAC addresses (which
+/// kvmnet lists in their port security) and reach the LAN host; an address of the prefix
+/// that is not a's is dropped, while a's own flows.
+fn lan_router_ipv6(g: &Guests, lan_host: &str) {
+    let router_addr = format!("{LAN6}::1");
+    ok_in(
+        lan_host,
+        &format!("ip -6 addr add {router_addr}/64 dev eth0 nodad"),
+    );
+    let mut router = Command::new("ip")
+        .args(["netns", "exec", lan_host, "timeout", "60"])
+        .args(["atk6-fake_router6", "eth0", &format!("{LAN6}::/64")])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("fake_router6 runs");
+    let slaac = |ns: &str, host: &str| {
+        let t = std::time::Instant::now();
+        // One zero group: written out, as `ip` (RFC 5952) shows it.
+        let want = format!("{LAN6}:0:5054:ff:fe90:{host}/64");
+        loop {
+            let a = ok_in(ns, "ip -6 -o addr show dev eth0 scope global");
+            if a.contains(&want) && !a.contains("tentative") {
+                break;
+            }
+            assert!(
+                t.elapsed() < Duration::from_secs(30),
+                "{ns}: no SLAAC {want} from the LAN's router: {a}"
+            );
+            std::thread::sleep(Duration::from_millis(300));
+        }
+        want.trim_end_matches("/64").to_string()
+    };
+    let (a6, b6) = (slaac(&g.la, "a"), slaac(&g.lb, "b"));
+    let ping6 = |ns: &str, from: &str, to: &str| {
+        in_ns(ns, &format!("ping -6 -c2 -W1 -I {from} {to}"))
+            .status
+            .success()
+    };
+    assert!(ping6(&g.la, &a6, &router_addr), "a reaches the LAN host");
+    assert!(ping6(&g.lb, &b6, &router_addr), "b reaches the LAN host");
+    assert!(ping6(&g.la, &a6, &b6), "a reaches b on the segment");
+    let forged = format!("{LAN6}::77");
+    ok_in(
+        &g.la,
+        &format!("ip -6 addr add {forged}/64 dev eth0 nodad valid_lft 600 preferred_lft 600"),
+    );
+    assert!(
+        !ping6(&g.la, &forged, &router_addr),
+        "a forged IPv6 source reached the LAN"
+    );
+    assert!(
+        ping6(&g.la, &a6, &router_addr),
+        "a's own address still works"
+    );
+    let _ = router.kill();
+    let _ = router.wait();
 }
 
 /// `kvmnet status` of chassis `i`: `--json`'s provider uplink `pup`, and the text.
@@ -434,6 +498,7 @@ fn provider_networks_bridge_and_vlan() {
 
     on_the_segment(&lab, &g, &phys, &hosts);
     forged_source_dropped(&g);
+    lan_router_ipv6(&g, &hosts[0]);
 
     // A second apply finds nothing to change, on either chassis.
     for i in 1..=2 {

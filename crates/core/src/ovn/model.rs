@@ -347,7 +347,8 @@ fn addresses6(net: &Network, ports: &[&OvnPort]) -> BTreeMap<String, Ipv6Addr> {
 
 /// The IPv6 addresses port `port` may use on `net`: its SLAAC address in the prefix the
 /// network's router port announces (routed networks, a /64, when guests form SLAAC
-/// addresses) and its declared `ipv6`, or, with `ra.mode: dhcpv6`, the address DHCPv6
+/// addresses) or in each prefix the LAN's router announces (`ipv6_prefixes` of a provider
+/// network), and its declared `ipv6`, or, with `ra.mode: dhcpv6`, the address DHCPv6
 /// gives it (`dhcp6`: declared or picked). OVN's port security lets the link-local address
 /// of the port's MAC through by itself once one is listed; a port with none on a network
 /// with IPv6 lists that link-local address, so it keeps IPv6 on the link as the kernel
@@ -358,7 +359,9 @@ pub fn ipv6_addresses(
     dhcp6: Option<Ipv6Addr>,
 ) -> Vec<Ipv6Addr> {
     let mut out = Vec::new();
-    if matches!(net.mode, Mode::Nat | Mode::Routed) {
+    // An isolated network announces no prefix; a provider network's LAN router announces
+    // its `ipv6_prefixes`.
+    if net.mode != Mode::Isolated {
         out.extend(net.slaac_prefixes().map(|c| port.mac.slaac(c.addr)));
     }
     if let Some(a) = port.ipv6.or(dhcp6)

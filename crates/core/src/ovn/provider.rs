@@ -179,4 +179,26 @@ vms:
         assert!(long.len() <= 15 && long.starts_with("kvpn-"), "{long}");
         assert_ne!(long, bridge("enp129s0f1np2"));
     }
+
+    /// A port on a provider network with `ipv6_prefixes` lists its SLAAC address in each:
+    /// the LAN's router announces them, and port security would drop the address otherwise.
+    #[test]
+    fn provider_ports_list_their_slaac_addresses_in_the_lans_prefixes() {
+        let text = SPEC.replace(
+            "    uplink: eth1\n  v100:",
+            "    uplink: eth1\n    ipv6_prefixes: [\"2001:db8:1::/64\"]\n  v100:",
+        ) + "      - { network: lan, name: pl, mac: \"52:54:00:00:00:0b\" }\n";
+        let mut spec = parse(&text, &HostIdentity::default()).expect("valid");
+        let ovn = spec.ovn.as_mut().expect("ovn");
+        ovn.local = Some("hv1".into());
+        let rows = rows(ovn);
+        let want = NbVal::strs(["52:54:00:00:00:0b 2001:db8:1:0:5054:ff:fe00:b"]);
+        assert_eq!(row(&rows, "pl").columns["addresses"], want);
+        assert_eq!(row(&rows, "pl").columns["port_security"], want);
+        // Without prefixes, a provider port lists no IPv6 address of its own.
+        assert_eq!(
+            row(&rows, "pa").columns["addresses"],
+            NbVal::strs(["52:54:00:00:00:0a 198.51.100.10"])
+        );
+    }
 }

@@ -35,10 +35,6 @@ const NET_REFUSED: &[(&str, &str)] = &[
         "the host is not the gateway of an OVN network",
     ),
     (
-        "ipv6_prefixes",
-        "kvmnet does not put the LAN router's SLAAC addresses into an OVN provider port's port security yet, so the port could use none of them",
-    ),
-    (
         "ra.lifetime",
         "OVN 23.03's router advertisements have no router lifetime setting",
     ),

@@ -12,7 +12,10 @@ mod common;
 use common::*;
 #[path = "common/ovn_lab.rs"]
 mod ovn_lab;
-use ovn_lab::{EXT_FAR as FAR, EXT_SNAT as SNAT, OvnLab, ovn_present, wait_ping};
+use ovn_lab::{
+    EXT_FAR as FAR, EXT_SNAT as SNAT, EXT6_FAR as FAR6, EXT6_SNAT as SNAT6, OvnLab, ovn_present,
+    wait_ping,
+};
 
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
@@ -25,6 +28,7 @@ fn spec(lab: &OvnLab, a_ns: &str, b_ns: &str) -> String {
     backend: ovn
     mode: nat
     ipv4: 10.81.0.1/24
+    ipv6: fd00:81::1/64
     isolate_ports: true
 vms:
   a:
@@ -36,7 +40,7 @@ vms:
     ports:
       - {{ network: web, name: gwb, kind: veth, netns: {b_ns}, mac: "52:54:00:81:00:0b", ipv4: 10.81.0.11 }}
 "#,
-        head = lab.spec_head(3, &[(1, 1), (2, 2)], &OvnLab::external_section("xup")),
+        head = lab.spec_head(3, &[(1, 1), (2, 2)], &OvnLab::external_section6("xup")),
     )
 }
 
@@ -170,6 +174,32 @@ fn gateway_uplink_reported(lab: &OvnLab, file: &SpecFile) {
     assert_eq!(lab.doctor(1, "ovn-gateway-uplink").1[0]["status"], "ok");
 }
 
+/// NAT66: both guests form their SLAAC addresses from the router port's RA and reach the
+/// far host over IPv6, which sees the gateway's external IPv6 address, not theirs.
+fn nat66(far: &str, a_ns: &str, b_ns: &str) {
+    for (g, host) in [(a_ns, "a"), (b_ns, "b")] {
+        let slaac = format!("fd00:81::5054:ff:fe81:{host}/64");
+        let t = Instant::now();
+        loop {
+            let a = ok_in(g, "ip -6 -o addr show dev eth0 scope global");
+            if a.contains(&slaac) && !a.contains("tentative") {
+                break;
+            }
+            assert!(
+                t.elapsed() < Duration::from_secs(20),
+                "{g}: no SLAAC {slaac}: {a}"
+            );
+            // The RA answers a solicitation; the periodic ones come minutes apart.
+            let _ = in_ns(g, "rdisc6 -1 -r 1 -w 500 eth0 >/dev/null");
+        }
+        assert_eq!(
+            source_seen(far, FAR6, g),
+            SNAT6,
+            "{g}: NAT66 to the far host"
+        );
+    }
+}
+
 #[test]
 fn nat_gateway_failover_and_isolation() {
     if !privileged() || !ovn_present() {
@@ -212,6 +242,7 @@ fn nat_gateway_failover_and_isolation() {
     }
 
     nat_and_isolation(&far, &a_ns, &b_ns);
+    nat66(&far, &a_ns, &b_ns);
     gateway_uplink_reported(&lab, &file);
 
     // hv2's ovn-controller stopping is no outage: its ovs-vswitchd keeps forwarding with

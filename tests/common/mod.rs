@@ -355,15 +355,20 @@ pub fn manifest_dir() -> &'static Path {
 /// the client (NAT or not).
 pub fn source_seen(server_ns: &str, server_ip: &str, client_ns: &str) -> String {
     let port = 20000 + (COUNTER.fetch_add(1, Ordering::SeqCst) % 20000);
+    let (family, any) = if server_ip.contains(':') {
+        ("AF_INET6", "::")
+    } else {
+        ("AF_INET", "0.0.0.0")
+    };
     let server = format!(
-        "import socket\ns=socket.socket(socket.AF_INET,socket.SOCK_DGRAM)\ns.bind(('0.0.0.0',{port}))\ns.settimeout(20)\nd,a=s.recvfrom(100)\ns.sendto(a[0].encode(),a)\n"
+        "import socket\ns=socket.socket(socket.{family},socket.SOCK_DGRAM)\ns.bind(('{any}',{port}))\ns.settimeout(20)\nd,a=s.recvfrom(100)\ns.sendto(a[0].encode(),a)\n"
     );
     let mut child = Command::new("ip")
         .args(["netns", "exec", server_ns, "python3", "-c", &server])
         .spawn()
         .expect("python3 runs");
     let client = format!(
-        "import socket,sys\ns=socket.socket(socket.AF_INET,socket.SOCK_DGRAM)\ns.settimeout(1)\nfor i in range(10):\n  s.sendto(b'x',('{server_ip}',{port}))\n  try:\n    print(s.recvfrom(100)[0].decode()); sys.exit(0)\n  except socket.timeout:\n    pass\nsys.exit(1)\n"
+        "import socket,sys\ns=socket.socket(socket.{family},socket.SOCK_DGRAM)\ns.settimeout(1)\nfor i in range(10):\n  s.sendto(b'x',('{server_ip}',{port}))\n  try:\n    print(s.recvfrom(100)[0].decode()); sys.exit(0)\n  except socket.timeout:\n    pass\nsys.exit(1)\n"
     );
     let o = Command::new("ip")
         .args(["netns", "exec", client_ns, "python3", "-c", &client])

@@ -402,6 +402,10 @@ pub fn wait_ping(ns: &str, ip: &str) {
 pub const EXT_FAR: &str = "203.0.113.10";
 pub const EXT_SNAT: &str = "198.51.100.1";
 pub const EXT_NEXT_HOP: &str = "198.51.100.254";
+/// The same for IPv6 (NAT66): the far host, the gateway's SNAT address, the next hop.
+pub const EXT6_FAR: &str = "2001:db8:f0::10";
+pub const EXT6_SNAT: &str = "2001:db8:ff::1";
+pub const EXT6_NEXT_HOP: &str = "2001:db8:ff::fe";
 
 /// What the tests' specs and guests share.
 impl OvnLab {
@@ -438,6 +442,13 @@ impl OvnLab {
         )
     }
 
+    /// [`Self::external_section`] with IPv6 too: nat networks' IPv6 leaves by NAT66.
+    pub fn external_section6(uplink: &str) -> String {
+        format!(
+            "  external: {{ uplink: {uplink}, ipv4: {EXT_SNAT}/24, next_hop: {EXT_NEXT_HOP}, ipv6: \"{EXT6_SNAT}/64\", next_hop6: \"{EXT6_NEXT_HOP}\" }}\n"
+        )
+    }
+
     /// The external side of a nat network: a router namespace with bridge `xbr` holding the
     /// next hop and a veth `xI` to each gateway chassis's `xup` (the uplink kvmnet puts
     /// into br-ex there), and the far host behind that router, which has no route to the
@@ -449,14 +460,18 @@ impl OvnLab {
             &x,
             &format!(
                 "ip link add xbr type bridge && ip addr add {EXT_NEXT_HOP}/24 dev xbr && ip link set xbr up \
-                 && sysctl -qw net.ipv4.ip_forward=1"
+                 && ip -6 addr add {EXT6_NEXT_HOP}/64 dev xbr nodad \
+                 && sysctl -qw net.ipv4.ip_forward=1 net.ipv6.conf.all.forwarding=1"
             ),
         );
         ok(&format!(
             "ip -n {x} link add xf type veth peer name eth0 netns {far} \
              && ip -n {x} addr add 203.0.113.1/24 dev xf && ip -n {x} link set xf up \
              && ip -n {far} addr add {EXT_FAR}/24 dev eth0 && ip -n {far} link set eth0 up \
-             && ip -n {far} route add default via 203.0.113.1"
+             && ip -n {far} route add default via 203.0.113.1 \
+             && ip -n {x} -6 addr add 2001:db8:f0::1/64 dev xf nodad \
+             && ip -n {far} -6 addr add {EXT6_FAR}/64 dev eth0 nodad \
+             && ip -n {far} -6 route add default via 2001:db8:f0::1"
         ));
         for &i in gateways {
             let ch = self.chassis[i - 1].ns.clone();

@@ -508,18 +508,33 @@ fn router(r: &mut Rows, ovn: &Ovn, nets: &[&Network]) {
     };
     external(r, ovn, ext);
     for net in nat {
-        let Some(gw) = net.ipv4 else { continue };
-        r.add(
-            "NAT",
-            format!("snat-{}", net.name),
-            vec![
-                ("type", NbVal::str("snat")),
-                ("logical_ip", NbVal::str(subnet(gw))),
-                ("external_ip", NbVal::str(ext.ipv4.addr.to_string())),
-            ],
-            Some(("Logical_Router", ROUTER, "nat")),
-        );
+        if let Some(gw) = net.ipv4 {
+            snat(
+                r,
+                format!("snat-{}", net.name),
+                subnet(gw),
+                ext.ipv4.addr.into(),
+            );
+        }
+        // NAT66: the network's prefix leaves as the external IPv6 address.
+        if let (Some(v6), Some((ext6, _))) = (net.ipv6, ext.ipv6) {
+            let prefix = v6.prefix().to_string();
+            snat(r, format!("snat6-{}", net.name), prefix, ext6.addr.into());
+        }
     }
+}
+
+fn snat(r: &mut Rows, key: String, logical_ip: String, external_ip: IpAddr) {
+    r.add(
+        "NAT",
+        key,
+        vec![
+            ("type", NbVal::str("snat")),
+            ("logical_ip", NbVal::str(logical_ip)),
+            ("external_ip", NbVal::str(external_ip.to_string())),
+        ],
+        Some(("Logical_Router", ROUTER, "nat")),
+    );
 }
 
 /// A router port's router advertisements: SLAAC, or DHCPv6 for addresses (`ra.mode:
@@ -611,7 +626,13 @@ fn external(r: &mut Rows, ovn: &Ovn, ext: &crate::spec::ovn::External) {
         vec![
             ("name", NbVal::str(&name)),
             ("mac", NbVal::str(router_mac(&name).to_string())),
-            ("networks", NbVal::strs([ext.ipv4.to_string()])),
+            (
+                "networks",
+                NbVal::strs(
+                    std::iter::once(ext.ipv4.to_string())
+                        .chain(ext.ipv6.map(|(c, _)| c.to_string())),
+                ),
+            ),
             (
                 "ha_chassis_group",
                 NbVal::set([NbVal::reference("HA_Chassis_Group", GATEWAY_GROUP)]),
@@ -629,6 +650,17 @@ fn external(r: &mut Rows, ovn: &Ovn, ext: &crate::spec::ovn::External) {
         ],
         Some(("Logical_Router", ROUTER, "static_routes")),
     );
+    if let Some((_, hop6)) = ext.ipv6 {
+        r.add(
+            "Logical_Router_Static_Route",
+            "default6",
+            vec![
+                ("ip_prefix", NbVal::str("::/0")),
+                ("nexthop", NbVal::str(hop6.to_string())),
+            ],
+            Some(("Logical_Router", ROUTER, "static_routes")),
+        );
+    }
 }
 
 /// A port group name: OVN takes letters, digits and '_'.

@@ -73,6 +73,9 @@ pub struct External {
     /// The gateway router's address on the external network: the nat networks' SNAT source.
     pub ipv4: Ipv4Cidr,
     pub next_hop: Ipv4Addr,
+    /// The gateway router's IPv6 address there (`ipv6`), the nat networks' IPv6 SNAT
+    /// source, and the external router's (`next_hop6`); both or neither.
+    pub ipv6: Option<(super::Ipv6Cidr, std::net::Ipv6Addr)>,
 }
 
 /// A VM port on an OVN network, with the chassis its VM runs on.

@@ -14,7 +14,7 @@ pub(super) const OVN_FIELDS: &[&str] = &[
     "nb", "sb", "ovs", "datapath", "encap", "chassis", "external",
 ];
 pub(super) const CHASSIS_FIELDS: &[&str] = &["encap_ip", "gateway", "ovs"];
-pub(super) const EXTERNAL_FIELDS: &[&str] = &["uplink", "ipv4", "next_hop"];
+pub(super) const EXTERNAL_FIELDS: &[&str] = &["uplink", "ipv4", "next_hop", "ipv6", "next_hop6"];
 pub(super) const BACKENDS: &[&str] = &["kernel", "ovn"];
 pub(super) const DATAPATHS: &[&str] = &["system", "netdev"];
 pub(super) const ENCAPS: &[&str] = &["geneve", "vxlan"];
@@ -299,11 +299,65 @@ fn read_external(cx: &mut Ctx, f: &Field) -> Option<External> {
             }
             Some(a)
         });
+    let ipv6 = read_external6(cx, &o);
     Some(External {
         uplink: uplink?,
         ipv4: ipv4?,
         next_hop: next_hop?,
+        ipv6: ipv6?,
     })
+}
+
+/// `ipv6` and `next_hop6` of `ovn.external`: both or neither, the next hop inside the
+/// prefix. `None` when either is wrong (said), `Some(None)` when neither is written.
+fn read_external6(cx: &mut Ctx, o: &super::Obj) -> Option<Option<(Ipv6Cidr, Ipv6Addr)>> {
+    let (Some(af), Some(nf)) = (o.get(cx, "ipv6"), o.get(cx, "next_hop6")) else {
+        for (have, miss, hint) in [
+            (
+                "ipv6",
+                "next_hop6",
+                "give the external network's IPv6 router",
+            ),
+            (
+                "next_hop6",
+                "ipv6",
+                "give the gateway router's IPv6 address there, like 2001:db8:100::1/64",
+            ),
+        ] {
+            if let Some(f) = o.get(cx, have) {
+                cx.err(
+                    &f.path,
+                    f.loc(),
+                    format!("{have} needs {miss} beside it: {hint}"),
+                );
+                return None;
+            }
+        }
+        return Some(None);
+    };
+    let ipv6 = text(cx, &af, "an IPv6 address with its prefix")?;
+    let ipv6: Ipv6Cidr = ipv6
+        .parse()
+        .map_err(|m: String| cx.err(&af.path, af.loc(), m))
+        .ok()?;
+    let hop = text(cx, &nf, "an IPv6 address")?;
+    let Ok(hop) = hop.parse::<Ipv6Addr>() else {
+        cx.err(
+            &nf.path,
+            nf.loc(),
+            format!("'{hop}' is not an IPv6 address"),
+        );
+        return None;
+    };
+    if !super::ipv6::contains6(ipv6, hop) || hop == ipv6.addr {
+        cx.err(
+            &nf.path,
+            nf.loc(),
+            format!("{hop} is not another address of {ipv6}, the external network"),
+        );
+        return None;
+    }
+    Some(Some((ipv6, hop)))
 }
 
 /// Where each path was written (see `Ctx::loc_index`).
@@ -388,7 +442,8 @@ fn check_network(cx: &mut Ctx, at: &Index, d: &OvnDraft, n: &NetDraft) {
         }
     }
     check_dns(cx, n);
-    check_ipv6(cx, at, n);
+    let external6 = d.ovn.external.as_ref().is_some_and(|e| e.ipv6.is_some());
+    check_ipv6(cx, at, n, external6);
     if matches!(n.mode, Some(Mode::Nat)) {
         match &d.ovn.external {
             None => cx.err(
@@ -408,17 +463,18 @@ fn check_network(cx: &mut Ctx, at: &Index, d: &OvnDraft, n: &NetDraft) {
 
 /// `ipv6`, `ra` and DHCPv6 on OVN (see `ovn::model`): a routed network's router port
 /// announces SLAAC or DHCPv6, and OVN's DHCPv6 answers for it; an isolated network has no
-/// router, so no `ra` and no DHCPv6; a nat network's IPv6 would leave through NAT66, which
-/// `ovn.external` cannot do yet.
-fn check_ipv6(cx: &mut Ctx, at: &Index, n: &NetDraft) {
+/// router, so no `ra` and no DHCPv6; a nat network's IPv6 leaves through NAT66 to
+/// `ovn.external.ipv6`, so it needs one.
+fn check_ipv6(cx: &mut Ctx, at: &Index, n: &NetDraft, external6: bool) {
     let ipv6 = join(&n.path, "ipv6");
     if n.mode == Some(Mode::Nat)
+        && !external6
         && let Some(loc) = at.get(ipv6.as_str())
     {
         cx.err(
             &ipv6,
             loc,
-            "ipv6 is not taken on OVN nat networks: a nat network masquerades IPv6 out of its uplink (NAT66), and ovn.external has no IPv6 address or next hop yet (use mode routed, or backend: kernel)",
+            "ipv6 on an OVN nat network needs ovn.external's ipv6 and next_hop6: its IPv6 leaves masqueraded to that address (NAT66), through that router (add them, or use mode routed)",
         );
     }
     let ra = join(&n.path, "ra");
@@ -450,7 +506,7 @@ fn check_ipv6(cx: &mut Ctx, at: &Index, n: &NetDraft) {
                     &path,
                     loc,
                     format!(
-                        "dhcp.{field} is taken on routed OVN networks only: OVN answers DHCPv6 for the router port that announces the prefix, and only a routed network has one with IPv6 (remove it)"
+                        "dhcp.{field} is taken on routed OVN networks only: kvmnet writes OVN's DHCPv6 options for a routed network's router port (remove it)"
                     ),
                 );
             }

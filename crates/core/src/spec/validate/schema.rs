@@ -309,6 +309,11 @@ impl Shapes {
                     cidr4("The gateway router's address on the external network."),
                 ),
                 ("next_hop", ipv4()),
+                (
+                    "ipv6",
+                    string("The gateway router's IPv6 address on the external network, with its prefix: the nat networks' IPv6 SNAT source (with next_hop6)."),
+                ),
+                ("next_hop6", string("The external network's IPv6 router (with ipv6).")),
             ],
             &["uplink", "ipv4", "next_hop"],
         );

@@ -178,20 +178,9 @@ fn gateway_uplink_reported(lab: &OvnLab, file: &SpecFile) {
 /// far host over IPv6, which sees the gateway's external IPv6 address, not theirs.
 fn nat66(far: &str, a_ns: &str, b_ns: &str) {
     for (g, host) in [(a_ns, "a"), (b_ns, "b")] {
+        // The RA answers a solicitation; the periodic ones come minutes apart.
         let slaac = format!("fd00:81::5054:ff:fe81:{host}/64");
-        let t = Instant::now();
-        loop {
-            let a = ok_in(g, "ip -6 -o addr show dev eth0 scope global");
-            if a.contains(&slaac) && !a.contains("tentative") {
-                break;
-            }
-            assert!(
-                t.elapsed() < Duration::from_secs(20),
-                "{g}: no SLAAC {slaac}: {a}"
-            );
-            // The RA answers a solicitation; the periodic ones come minutes apart.
-            let _ = in_ns(g, "rdisc6 -1 -r 1 -w 500 eth0 >/dev/null");
-        }
+        wait_addr6(g, &slaac, 20, "rdisc6 -1 -r 1 -w 500 eth0 >/dev/null");
         assert_eq!(
             source_seen(far, FAR6, g),
             SNAT6,

@@ -240,21 +240,10 @@ fn lan_router_ipv6(g: &Guests, lan_host: &str) {
         .spawn()
         .expect("fake_router6 runs");
     let slaac = |ns: &str, host: &str| {
-        let t = std::time::Instant::now();
         // One zero group: written out, as `ip` (RFC 5952) shows it.
-        let want = format!("{LAN6}:0:5054:ff:fe90:{host}/64");
-        loop {
-            let a = ok_in(ns, "ip -6 -o addr show dev eth0 scope global");
-            if a.contains(&want) && !a.contains("tentative") {
-                break;
-            }
-            assert!(
-                t.elapsed() < Duration::from_secs(30),
-                "{ns}: no SLAAC {want} from the LAN's router: {a}"
-            );
-            std::thread::sleep(Duration::from_millis(300));
-        }
-        want.trim_end_matches("/64").to_string()
+        let want = format!("{LAN6}:0:5054:ff:fe90:{host}");
+        wait_addr6(ns, &format!("{want}/64"), 30, "true");
+        want
     };
     let (a6, b6) = (slaac(&g.la, "a"), slaac(&g.lb, "b"));
     let ping6 = |ns: &str, from: &str, to: &str| {

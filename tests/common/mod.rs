@@ -463,3 +463,24 @@ pub fn dhclient6(ns: &str, work: &Path, extra: &str) -> std::process::Output {
         ),
     )
 }
+
+/// Waits until `ns`'s eth0 holds global IPv6 address `addr` (with its prefix, as `ip`
+/// shows it) out of duplicate address detection, running `poke` (a shell command, such as
+/// a router solicitation) between looks; fails after `secs` seconds.
+pub fn wait_addr6(ns: &str, addr: &str, secs: u64, poke: &str) {
+    let t = std::time::Instant::now();
+    loop {
+        let a = ok_in(ns, "ip -6 -o addr show dev eth0 scope global");
+        if a.lines()
+            .any(|l| l.contains(&format!(" {addr} ")) && !l.contains("tentative"))
+        {
+            return;
+        }
+        assert!(
+            t.elapsed() < std::time::Duration::from_secs(secs),
+            "{ns}: no {addr}: {a}"
+        );
+        let _ = in_ns(ns, poke);
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+}

@@ -6,7 +6,8 @@
 //! behind it running a DNS server (dnsmasq) that the network names as its forwarder. Guest
 //! a is on hv3, b on hv1, c (a pool address, from OVN's DHCP) on hv3.
 //!
-//! - The far host reaches a's port 22 at `external.ipv4:2222`, b's port 80 at `:8080` and
+//! - The far host reaches a's port 22 at `external.ipv4:2222` (and over IPv6 at
+//!   `[external.ipv6]:2222`, a declaring `ipv6`), b's port 80 at `:8080` and
 //!   b's UDP port 53 at `:5353` (the guests see the far host's address); ports not
 //!   forwarded do not connect, and `:8080` reaches b only, though a listens on 80 too.
 //! - Guests reach the forwards at `external.ipv4` too (hairpin), another guest's and their
@@ -30,7 +31,9 @@ mod common;
 use common::*;
 #[path = "common/ovn_lab.rs"]
 mod ovn_lab;
-use ovn_lab::{EXT_FAR as FAR, EXT_SNAT as SNAT, OvnLab, ovn_present};
+use ovn_lab::{
+    EXT_FAR as FAR, EXT_SNAT as SNAT, EXT6_FAR as FAR6, EXT6_SNAT as SNAT6, OvnLab, ovn_present,
+};
 
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -42,6 +45,7 @@ fn spec(lab: &OvnLab, a_ns: &str, b_ns: &str, c_ns: &str) -> String {
     backend: ovn
     mode: nat
     ipv4: 10.82.0.1/24
+    ipv6: fd00:82::1/64
     dhcp: {{ range: 10.82.0.100-10.82.0.109 }}
     forwards:
       - {{ proto: tcp, port: 2222, to: a, to_port: 22 }}
@@ -55,7 +59,7 @@ vms:
   a:
     host: hv3
     ports:
-      - {{ network: web, name: fwa, kind: veth, netns: {a_ns}, mac: "52:54:00:82:00:0a", ipv4: 10.82.0.10 }}
+      - {{ network: web, name: fwa, kind: veth, netns: {a_ns}, mac: "52:54:00:82:00:0a", ipv4: 10.82.0.10, ipv6: "fd00:82::a" }}
   b:
     host: hv1
     ports:
@@ -65,7 +69,7 @@ vms:
     ports:
       - {{ network: web, name: fwc, kind: veth, netns: {c_ns}, mac: "52:54:00:82:00:0c" }}
 "#,
-        head = lab.spec_head(3, &[(1, 1), (2, 2)], &OvnLab::external_section("xup")),
+        head = lab.spec_head(3, &[(1, 1), (2, 2)], &OvnLab::external_section6("xup")),
     )
 }
 
@@ -96,6 +100,14 @@ fn spawn_in(ns: &str, args: &[&str]) -> Proc {
 fn listen(ns: &str, port: u16, tag: &str) -> Proc {
     let py = format!(
         "import socket\ns=socket.socket()\ns.setsockopt(socket.SOL_SOCKET,socket.SO_REUSEADDR,1)\ns.bind(('0.0.0.0',{port}))\ns.listen(8)\nwhile True:\n  c,a=s.accept(); c.sendall(('{tag} '+a[0]).encode()); c.close()\n"
+    );
+    spawn_in(ns, &["python3", "-c", &py])
+}
+
+/// [`listen`] over IPv6 only, beside an IPv4 one on the same port.
+fn listen6(ns: &str, port: u16, tag: &str) -> Proc {
+    let py = format!(
+        "import socket\ns=socket.socket(socket.AF_INET6)\ns.setsockopt(socket.IPPROTO_IPV6,socket.IPV6_V6ONLY,1)\ns.setsockopt(socket.SOL_SOCKET,socket.SO_REUSEADDR,1)\ns.bind(('::',{port}))\ns.listen(8)\nwhile True:\n  c,a=s.accept(); c.sendall(('{tag} '+a[0]).encode()); c.close()\n"
     );
     spawn_in(ns, &["python3", "-c", &py])
 }
@@ -244,6 +256,13 @@ fn forwards(a_ns: &str, b_ns: &str, far: &str) {
     }
     // Nor are the guests reachable by their own addresses from outside.
     assert_eq!(connect(far, "10.82.0.10", 22), None);
+    // Over IPv6 (NAT66's external address), to a's declared ipv6, the client's address
+    // kept; b declares none, so its forward is IPv4 only.
+    let _a22v6 = listen6(a_ns, 22, "a6");
+    let _b80v6 = listen6(b_ns, 80, "b6");
+    assert_eq!(connect_soon(far, SNAT6, 2222), format!("a6 {FAR6}"));
+    assert_eq!(connect(far, SNAT6, 8080), None, "b has no IPv6 forward");
+    assert_eq!(connect(far, SNAT6, 22), None, "port 22 is not forwarded");
 }
 
 /// Guests of the network reach its forwards at `external.ipv4` too (hairpin), from any

@@ -1,6 +1,7 @@
 //! nat networks' `forwards` as Northbound rows: one `Load_Balancer` per protocol on the
-//! router `kvmnet`, each forward a VIP `external.ipv4:port` going to `VM_ADDRESS:to_port`.
-//! Pure, like [`super::model`].
+//! router `kvmnet`, each forward a VIP `external.ipv4:port` going to `VM_ADDRESS:to_port`,
+//! and, with `external.ipv6` and a VM port that declares `ipv6`, `[external.ipv6]:port`
+//! going to `[VM_IPV6]:to_port`. Pure, like [`super::model`].
 //!
 //! A load balancer rather than a `dnat_and_snat` NAT row: NAT rows translate addresses
 //! only, so `2222 -> 22` could not be said, and a `dnat_and_snat` of `external.ipv4` would
@@ -38,10 +39,18 @@ pub fn rows(ovn: &Ovn) -> Vec<NbRow> {
     let mut vips: BTreeMap<Proto, BTreeMap<String, String>> = BTreeMap::new();
     for net in ovn.networks.values().filter(|n| n.mode == Mode::Nat) {
         for f in &net.forwards {
-            vips.entry(f.proto).or_default().insert(
+            let lb = vips.entry(f.proto).or_default();
+            lb.insert(
                 format!("{}:{}", ext.ipv4.addr, f.port),
                 format!("{}:{}", f.to_ip, f.to_port),
             );
+            // Over IPv6 too, to the port's declared `ipv6`, as the kernel backend forwards.
+            if let (Some((ext6, _)), Some(to6)) = (ext.ipv6, f.to_ip6) {
+                lb.insert(
+                    format!("[{}]:{}", ext6.addr, f.port),
+                    format!("[{to6}]:{}", f.to_port),
+                );
+            }
         }
     }
     vips.into_iter()
@@ -121,6 +130,27 @@ vms:
         assert_eq!(
             rows[1].columns["vips"],
             NbVal::map([("198.51.100.2:5353", "10.80.0.10:53")])
+        );
+        // With external IPv6 and a's declared ipv6, a's forwards are IPv6 VIPs too.
+        let text = SPEC
+            .replace(
+                "next_hop: 198.51.100.1 }",
+                "next_hop: 198.51.100.1, ipv6: \"2001:db8:1::2/64\", next_hop6: \"2001:db8:1::1\" }",
+            )
+            .replace("    ipv4: 10.80.0.1/24\n", "    ipv4: 10.80.0.1/24\n    ipv6: fd00:80::1/64\n")
+            .replace(
+                "ports: [ { network: web, ipv4: 10.80.0.10 } ]",
+                "ports: [ { network: web, ipv4: 10.80.0.10, ipv6: \"fd00:80::10\" } ]",
+            );
+        let six = parse(&text, &HostIdentity::default()).expect("valid");
+        let six = super::rows(six.ovn.as_ref().expect("ovn"));
+        assert_eq!(
+            six[0].columns["vips"],
+            NbVal::map([
+                ("198.51.100.2:2222", "10.80.0.10:22"),
+                ("198.51.100.2:8080", "10.80.0.11:80"),
+                ("[2001:db8:1::2]:2222", "[fd00:80::10]:22"),
+            ])
         );
         // The model carries them, on the router it makes.
         let all = super::super::model::rows(spec.ovn.as_ref().expect("ovn"));

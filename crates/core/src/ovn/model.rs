@@ -14,10 +14,11 @@
 //! - bridge and vlan networks are provider networks: a localnet port on the switch (see
 //!   [`super::provider`]).
 //! - Firewalls are ACLs on one port group per distinct firewall ([`super::firewall`]).
-//! - IPv6 (routed and isolated networks): a routed network's router port holds the `ipv6`
-//!   gateway too and announces the prefix for SLAAC (`ipv6_ra_configs`); a port's SLAAC
-//!   address (from its MAC, in that prefix) and its declared `ipv6` are in its `addresses`
-//!   and port security, as the kernel backend's guard lets a port use exactly those. An
+//! - IPv6 (routed, nat and isolated networks): a routed or nat network's router port holds
+//!   the `ipv6` gateway too and announces the prefix for SLAAC (`ipv6_ra_configs`); a
+//!   port's SLAAC address (from its MAC, in that prefix) and its declared `ipv6` are in its
+//!   `addresses` and port security, as the kernel backend's guard lets a port use exactly
+//!   those. An
 //!   isolated network has no router, so no RAs: its ports take static addresses only.
 //!   With `ra.mode: dhcpv6` the router port sends guests to DHCPv6 instead, and each port
 //!   lists its one DHCPv6 address (declared, or picked from `range6` as IPv4 pool addresses
@@ -316,7 +317,8 @@ fn addresses(net: &Network, ports: &[&OvnPort]) -> BTreeMap<String, Ipv4Addr> {
 /// ports come and go, never another port's or the gateway's).
 fn addresses6(net: &Network, ports: &[&OvnPort]) -> BTreeMap<String, Ipv6Addr> {
     let mut out = BTreeMap::new();
-    if net.mode != Mode::Routed || net.ipv6.is_none_or(|v| !v.ra.mode.managed()) {
+    let routed = matches!(net.mode, Mode::Nat | Mode::Routed);
+    if !routed || net.ipv6.is_none_or(|v| !v.ra.mode.managed()) {
         return out;
     }
     let mut taken: BTreeSet<Ipv6Addr> = net.ipv6.iter().map(|v| v.gateway.addr).collect();
@@ -418,14 +420,16 @@ fn dhcp_options(r: &mut Rows, ovn: &Ovn, net: &Network) {
 }
 
 /// `net`'s DHCPv6 options (key `NET/v6`, in the table OVN keeps DHCPv4's in), when its
-/// router port sends guests to DHCPv6: for their address (`ra.mode: dhcpv6`, stateful), or
+/// router port (a routed or nat network's) sends guests to DHCPv6: for their address (`ra.mode: dhcpv6`, stateful), or
 /// only for DNS (`dhcp.dns6` with SLAAC: stateless, answering the Information-requests a
 /// guest sends, as the kernel backend's DHCPv6 server does). The server is the router
 /// port: its MAC is `server_id`, and OVN answers from that MAC's link-local address. DNS
 /// servers are `dhcp.dns6`, else the gateway when the network has `dns` (OVN answers
 /// there); the search list is the DHCP domain. Its key, when written.
 fn dhcp6_options(r: &mut Rows, net: &Network) -> Option<String> {
-    let v6 = net.ipv6.filter(|_| net.mode == Mode::Routed)?;
+    let v6 = net
+        .ipv6
+        .filter(|_| matches!(net.mode, Mode::Nat | Mode::Routed))?;
     let dns6 = net
         .dhcp
         .as_ref()

@@ -461,8 +461,8 @@ fn check_network(cx: &mut Ctx, at: &Index, d: &OvnDraft, n: &NetDraft) {
     }
 }
 
-/// `ipv6`, `ra` and DHCPv6 on OVN (see `ovn::model`): a routed network's router port
-/// announces SLAAC or DHCPv6, and OVN's DHCPv6 answers for it; an isolated network has no
+/// `ipv6`, `ra` and DHCPv6 on OVN (see `ovn::model`): a routed or nat network's router
+/// port announces SLAAC or DHCPv6, and OVN's DHCPv6 answers for it; an isolated network has no
 /// router, so no `ra` and no DHCPv6; a nat network's IPv6 leaves through NAT66 to
 /// `ovn.external.ipv6`, so it needs one.
 fn check_ipv6(cx: &mut Ctx, at: &Index, n: &NetDraft, external6: bool) {
@@ -497,8 +497,8 @@ fn check_ipv6(cx: &mut Ctx, at: &Index, n: &NetDraft, external6: bool) {
             "ra.mode slaac+dhcpv6 is not taken on OVN networks: OVN's router advertisements tell guests either to form SLAAC addresses (slaac) or to take their address from DHCPv6 (dhcpv6), never both (use one of them)",
         );
     }
-    // OVN's DHCPv6 answers from the network's router port: a routed network's.
-    if n.mode != Some(Mode::Routed) {
+    // OVN's DHCPv6 answers from the network's router port: a routed or nat network's.
+    if !matches!(n.mode, Some(Mode::Routed | Mode::Nat)) {
         for field in ["range6", "dns6"] {
             let path = join(&join(&n.path, "dhcp"), field);
             if let Some(loc) = at.get(path.as_str()) {
@@ -506,7 +506,7 @@ fn check_ipv6(cx: &mut Ctx, at: &Index, n: &NetDraft, external6: bool) {
                     &path,
                     loc,
                     format!(
-                        "dhcp.{field} is taken on routed OVN networks only: kvmnet writes OVN's DHCPv6 options for a routed network's router port (remove it)"
+                        "dhcp.{field} is taken on routed and nat OVN networks only: OVN answers DHCPv6 for the router port that announces the prefix, and other networks have none (remove it)"
                     ),
                 );
             }

@@ -99,6 +99,7 @@ pub fn settle_chassis(spec: &mut Spec, flag: Option<&str>) {
     let Some(ovn) = spec.ovn.as_mut() else {
         return;
     };
+    crate::ovn::ovsdb::tls::configure(ovn.ssl.as_ref());
     if ovn.local.is_none() {
         ovn.local = Some(match flag {
             Some(f) => f.to_string(),
@@ -405,8 +406,12 @@ pub fn execute_on(
         }
         let mut st = p.state_dir.load()?;
         let nb = p.nb.as_ref().and_then(|(r, left)| left.then(|| r.clone()));
-        if p.nb.is_some() && st.ovn_nb != nb {
+        let ssl = nb
+            .as_ref()
+            .and_then(|_| crate::ovn::ovsdb::tls::configured());
+        if p.nb.is_some() && (st.ovn_nb != nb || st.ovn_ssl != ssl) {
             st.ovn_nb = nb;
+            st.ovn_ssl = ssl;
             p.state_dir.save(&st)?;
         }
         if st.borrowed.record_moved(&p.managed) {
@@ -448,6 +453,10 @@ pub fn execute_on(
             after.creating_netns.clear();
             if let Some((remote, left)) = &p.nb {
                 after.ovn_nb = left.then(|| remote.clone());
+                after.ovn_ssl = after
+                    .ovn_nb
+                    .as_ref()
+                    .and_then(|_| crate::ovn::ovsdb::tls::configured());
             }
             if after != during {
                 sd.save(&after)?;

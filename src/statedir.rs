@@ -44,6 +44,10 @@ pub struct State {
     /// with no OVN part any more, removes them there.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ovn_nb: Option<String>,
+    /// What an `ssl:` Northbound database there is reached with (`ovn.ssl`), for a destroy
+    /// or a status without the spec.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ovn_ssl: Option<crate::spec::ovn::Ssl>,
 }
 
 #[derive(Clone, Debug)]

@@ -45,6 +45,7 @@ fn wanted(lab: &OvnLab, i: usize, ports: &[&str], uplink: Option<&str>) -> Chass
                 iface_id: vm.to_string(),
             })
             .collect(),
+        ssl: None,
     }
 }
 

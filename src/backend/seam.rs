@@ -146,7 +146,13 @@ impl Backend for Kernel<'_> {
         // last apply left are (so that they go when the spec no longer has them).
         self.nb = match spec.and_then(|s| s.ovn.as_ref()) {
             Some(o) => Some(o.nb.clone()),
-            None => self.observer.state_dir.load()?.ovn_nb,
+            None => {
+                let st = self.observer.state_dir.load()?;
+                if st.ovn_ssl.is_some() {
+                    crate::ovn::ovsdb::tls::configure(st.ovn_ssl.as_ref());
+                }
+                st.ovn_nb
+            }
         };
         if let Some(r) = &self.nb {
             snap.nb = crate::ovn::nb::observe(r)?;

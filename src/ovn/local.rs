@@ -109,6 +109,7 @@ fn wanted(c: &ChassisConf) -> ChassisWanted {
                 iface_id: iface_id.clone(),
             })
             .collect(),
+        ssl: c.ssl.clone(),
     }
 }
 

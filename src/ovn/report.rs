@@ -99,8 +99,14 @@ pub struct Whereabouts {
 
 pub fn whereabouts(scope: &str) -> Whereabouts {
     let sd = StateDir::for_scope(scope);
+    let st = sd.load().ok();
+    if let Some(ssl) = st.as_ref().and_then(|s| s.ovn_ssl.as_ref())
+        && super::ovsdb::tls::configured().is_none()
+    {
+        super::ovsdb::tls::configure(Some(ssl));
+    }
     Whereabouts {
-        nb: sd.load().ok().and_then(|s| s.ovn_nb),
+        nb: st.and_then(|s| s.ovn_nb),
         chassis: super::local::recorded(&sd),
     }
 }
@@ -457,6 +463,7 @@ fn local_ipv4() -> Vec<Ipv4Addr> {
 /// Reads what doctor checks of the spec's OVN part, for the chassis this host is: the one
 /// kvmnet last made it, else the hostname.
 pub fn facts(scope: &str, ovn: &crate::spec::Ovn) -> OvnFacts {
+    super::ovsdb::tls::configure(ovn.ssl.as_ref());
     let recorded = whereabouts(scope).chassis;
     let chassis = match (&ovn.local, &recorded) {
         (Some(l), _) => l.clone(),

@@ -32,8 +32,14 @@ pub struct Chassis {
     pub encap_ip: String,
 }
 
+/// Where the central databases listen for TLS in a lab made by [`OvnLab::start_bare_ssl`]:
+/// on the underlay, NB on port 6641 and SB on 6642.
+pub const CENTRAL_IP: &str = "172.31.0.250";
+
 pub struct OvnLab {
     pub dir: PathBuf,
+    /// The OVS PKI of a lab whose databases speak TLS (see [`OvnLab::start_bare_ssl`]).
+    pub pki: Option<PathBuf>,
     pub chassis: Vec<Chassis>,
     /// Pid files of every daemon, in the order they are stopped.
     pidfiles: Vec<PathBuf>,
@@ -74,28 +80,39 @@ impl OvnLab {
     /// Central databases and northd, and `n` chassis on one underlay, configured for OVN
     /// and registered in the Southbound database.
     pub fn start(n: usize) -> OvnLab {
-        OvnLab::start_with(n, false)
+        OvnLab::start_with(n, false, false)
     }
 
     /// Like [`OvnLab::start`], but every chassis is bare: its Open_vSwitch database holds
     /// the underlay bridge (`br-phy`) only, no `external_ids` for OVN and no `br-int`, and
     /// ovn-controller is not started.
     pub fn start_bare(n: usize) -> OvnLab {
-        OvnLab::start_with(n, true)
+        OvnLab::start_with(n, true, false)
     }
 
-    fn start_with(n: usize, bare: bool) -> OvnLab {
+    /// [`OvnLab::start_bare`], the central databases in a namespace of their own on the
+    /// underlay, listening for TLS there too (`pssl:`, at [`CENTRAL_IP`]), with certificates
+    /// of a fresh OVS PKI (`ovs-pki`, in [`OvnLab::pki`]): `central` for the databases and
+    /// `hv` for the chassis, both signed by its `switchca`. Its `controllerca` signed
+    /// neither.
+    pub fn start_bare_ssl(n: usize) -> OvnLab {
+        OvnLab::start_with(n, true, true)
+    }
+
+    fn start_with(n: usize, bare: bool, ssl: bool) -> OvnLab {
         let dir = std::env::temp_dir().join(unique("ovn"));
         std::fs::create_dir_all(dir.join("central")).unwrap();
         let mut lab = OvnLab {
             dir,
+            pki: None,
             chassis: Vec::new(),
             pidfiles: Vec::new(),
             ns: Namespaces::new(),
         };
-        lab.start_central();
         let underlay = lab.ns.add("ul");
         ok_in(&underlay, "ip link add ul type bridge && ip link set ul up");
+        let central = ssl.then(|| lab.central_on(&underlay));
+        lab.start_central(central.as_deref());
         for i in 1..=n {
             lab.start_chassis(i, &underlay, bare);
         }
@@ -185,18 +202,52 @@ impl OvnLab {
         self.pidfiles.insert(0, pidfile);
     }
 
-    fn start_central(&mut self) {
+    /// A PKI, and a namespace for the central databases with [`CENTRAL_IP`] on the
+    /// underlay; returns the namespace.
+    fn central_on(&mut self, underlay: &str) -> String {
+        let pki = self.dir.join("pki");
+        let ovs_pki = format!("ovs-pki --dir={0}/ca --log={0}/ovs-pki.log", pki.display());
+        std::fs::create_dir_all(&pki).unwrap();
+        ok(&format!("{ovs_pki} init --force >/dev/null"));
+        for name in ["central", "hv"] {
+            ok(&format!(
+                "cd {} && {ovs_pki} req+sign {name} switch >/dev/null",
+                pki.display()
+            ));
+        }
+        self.pki = Some(pki);
+        let ns = self.ns.add("ctl");
+        ok(&format!(
+            "ip -n {underlay} link add uc mtu 1600 type veth peer name eth0 netns {ns} mtu 1600 \
+             && ip -n {underlay} link set uc master ul up \
+             && ip -n {ns} addr add {CENTRAL_IP}/24 dev eth0 && ip -n {ns} link set eth0 up \
+             && ip -n {ns} link set lo up \
+             && ip netns exec {ns} ethtool -K eth0 tx off >/dev/null"
+        ));
+        ns
+    }
+
+    /// NB and SB with northd; in namespace `netns` and listening for TLS there too, when
+    /// given.
+    fn start_central(&mut self, netns: Option<&str>) {
         let c = self.dir.join("central");
-        for (db, schema) in [("nb", "ovn-nb"), ("sb", "ovn-sb")] {
+        for (db, schema, port) in [("nb", "ovn-nb", 6641), ("sb", "ovn-sb", 6642)] {
             ok(&format!(
                 "ovsdb-tool create {0}/{db}.db /usr/share/ovn/{schema}.ovsschema",
                 c.display()
             ));
-            let cmd = format!(
+            let mut cmd = format!(
                 "ovsdb-server --unixctl={0}/{db}.ctl --log-file={0}/{db}.log --remote=punix:{0}/{db}.sock {0}/{db}.db",
                 c.display()
             );
-            self.daemon(None, "", cmd, c.join(format!("{db}.pid")));
+            if let Some(pki) = self.pki.as_ref().filter(|_| netns.is_some()) {
+                cmd.push_str(&format!(
+                    " --remote=pssl:{port}:{CENTRAL_IP} --private-key={0}/central-privkey.pem \
+                     --certificate={0}/central-cert.pem --ca-cert={0}/ca/switchca/cacert.pem",
+                    pki.display()
+                ));
+            }
+            self.daemon(netns, "", cmd, c.join(format!("{db}.pid")));
         }
         self.nbctl("init");
         self.sbctl("init");

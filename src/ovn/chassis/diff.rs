@@ -63,6 +63,9 @@ struct Edits {
     ids_out: Vec<String>,
     ids_in: Vec<(String, String)>,
     root_bridges_out: Vec<String>,
+    /// The root's `ssl`: the row inserted as `ssl` goes in, this row goes out.
+    ssl_in: bool,
+    ssl_out: Option<String>,
 }
 
 fn by_uuid(u: &str) -> Value {
@@ -198,6 +201,7 @@ pub fn diff(
     let mut edits = Edits::default();
     let mut originals = originals.clone();
     keys(obs, wanted, &mut originals, &mut steps, &mut edits);
+    ssl(obs, owner, wanted, &mut steps, &mut edits);
     let bridges = wanted_bridges(wanted);
     let ports = wanted_ports(wanted, &bridges, obs, owner);
     let gone = bridges_diff(obs, owner, &bridges, &mut steps, &mut edits);
@@ -276,6 +280,60 @@ fn keys(
             }
             None => steps.push(format!("ovs: remove Open_vSwitch external_ids:{key}{was}")),
         }
+    }
+}
+
+/// The root's `SSL` row: made when wanted and there is none, kvmnet's kept to the files
+/// wanted, kvmnet's no longer wanted taken out (the row, which nothing else refers to, goes
+/// with it). Another's row is left alone.
+fn ssl(
+    obs: &Observed,
+    owner: &str,
+    wanted: Option<&ChassisWanted>,
+    steps: &mut Vec<String>,
+    edits: &mut Edits,
+) {
+    let want = wanted
+        .and_then(|w| w.ssl.as_ref())
+        .map(|s| [&s.private_key, &s.certificate, &s.ca_cert].map(|p| p.display().to_string()));
+    let ours = obs
+        .ssl
+        .as_ref()
+        .filter(|s| s.owner.as_deref() == Some(owner));
+    let row = |files: &[String; 3]| json!({"private_key": files[0], "certificate": files[1], "ca_cert": files[2]});
+    match (&obs.ssl, ours, want) {
+        (None, _, Some(files)) => {
+            steps.push(format!(
+                "ovs: set Open_vSwitch ssl (private_key={}, certificate={}, ca_cert={})",
+                files[0], files[1], files[2]
+            ));
+            let mut r = row(&files);
+            r["external_ids"] = json!(["map", [[OWNER_KEY, owner]]]);
+            edits
+                .inserts
+                .push(json!({"op": "insert", "table": "SSL", "uuid-name": "ssl", "row": r}));
+            edits.ssl_in = true;
+        }
+        (_, Some(seen), Some(files))
+            if seen
+                .files
+                .iter()
+                .zip(&files)
+                .any(|(s, f)| s.as_ref() != Some(f)) =>
+        {
+            steps.push(format!(
+                "ovs: update Open_vSwitch ssl (private_key={}, certificate={}, ca_cert={})",
+                files[0], files[1], files[2]
+            ));
+            edits.others.push(
+                json!({"op": "update", "table": "SSL", "where": by_uuid(&seen.uuid), "row": row(&files)}),
+            );
+        }
+        (_, Some(seen), None) => {
+            steps.push("ovs: remove Open_vSwitch ssl".to_string());
+            edits.ssl_out = Some(seen.uuid.clone());
+        }
+        _ => {}
     }
 }
 
@@ -512,6 +570,16 @@ impl Edits {
         }
         if !new_refs.is_empty() {
             m.push(json!(["bridges", "insert", set(&new_refs)]));
+        }
+        if let Some(u) = &self.ssl_out {
+            m.push(json!(["ssl", "delete", set(&[json!(["uuid", u])])]));
+        }
+        if self.ssl_in {
+            m.push(json!([
+                "ssl",
+                "insert",
+                set(&[json!(["named-uuid", "ssl"])])
+            ]));
         }
         if !m.is_empty() {
             ops.push(json!({"op": "mutate", "table": "Open_vSwitch",

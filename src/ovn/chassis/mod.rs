@@ -30,6 +30,9 @@
 //!   borrowed, left in place on removal, and only kvmnet's ports on them are removed.
 //! - Ports (and their interfaces) kvmnet adds carry the mark; a port of anyone else is never
 //!   changed, and a wanted port whose name a foreign port has is refused.
+//! - The root's `SSL` row (what ovn-controller reaches an `ssl:` Southbound database with):
+//!   made by kvmnet, with the mark, when there is none; an `SSL` row someone else set is
+//!   left as it is, and ovn-controller connects with its files.
 //!
 //! Every transaction kvmnet commits carries the comment `kvmnet: chassis OWNER`, so the
 //! database's log (`ovsdb-tool show-log`) says which changes were kvmnet's.
@@ -174,6 +177,9 @@ pub struct ChassisWanted {
     /// The provider networks' uplinks, each in its own bridge, on every chassis.
     pub providers: Vec<GatewayUplink>,
     pub ports: Vec<ChassisPort>,
+    /// The files ovn-controller reaches an `ssl:` Southbound database with (the `SSL` row
+    /// of the database's root); `None`: kvmnet sets none.
+    pub ssl: Option<kvmnet_core::spec::ovn::Ssl>,
 }
 
 impl ChassisWanted {

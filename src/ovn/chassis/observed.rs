@@ -12,7 +12,11 @@ use crate::ovn::owned::OWNER_KEY;
 
 /// The tables (and the columns of each) the chassis client monitors.
 pub const MONITORED: &[(&str, &[&str])] = &[
-    ("Open_vSwitch", &["external_ids", "bridges"]),
+    ("Open_vSwitch", &["external_ids", "bridges", "ssl"]),
+    (
+        "SSL",
+        &["private_key", "certificate", "ca_cert", "external_ids"],
+    ),
     (
         "Bridge",
         &[
@@ -57,6 +61,14 @@ pub struct PortSeen {
 }
 
 /// What the converge reads.
+/// The root's `SSL` row.
+#[derive(Clone, Debug)]
+pub struct SslSeen {
+    pub uuid: String,
+    pub owner: Option<String>,
+    pub files: [Option<String>; 3],
+}
+
 #[derive(Clone, Debug)]
 pub struct Observed {
     pub root: String,
@@ -65,6 +77,7 @@ pub struct Observed {
     pub bridges_datum: Datum,
     pub bridges: BTreeMap<String, BridgeSeen>,
     pub ports: BTreeMap<String, PortSeen>,
+    pub ssl: Option<SslSeen>,
 }
 
 fn text(row: &Row, col: &str) -> Option<String> {
@@ -112,6 +125,14 @@ impl Observed {
             bridges_datum: column(row, "bridges", ColumnKind::Set),
             bridges: BTreeMap::new(),
             ports: BTreeMap::new(),
+            ssl: uuids(row.get("ssl")).first().and_then(|u| {
+                let s = r.table("SSL").find(|(id, _)| *id == u)?.1;
+                Some(SslSeen {
+                    uuid: u.clone(),
+                    owner: string_map(s.get("external_ids")).remove(OWNER_KEY),
+                    files: ["private_key", "certificate", "ca_cert"].map(|c| text(s, c)),
+                })
+            }),
         };
         let mut holder: BTreeMap<String, String> = BTreeMap::new();
         for (uuid, b) in r.table("Bridge") {

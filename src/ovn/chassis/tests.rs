@@ -13,7 +13,10 @@ fn schema() -> Value {
     let refs = json!({"key": "uuid", "min": 0, "max": "unlimited"});
     let opt = json!({"key": "string", "min": 0, "max": 1});
     json!({"tables": {
-        "Open_vSwitch": {"columns": {"external_ids": {"type": map}, "bridges": {"type": refs}}},
+        "Open_vSwitch": {"columns": {"external_ids": {"type": map}, "bridges": {"type": refs},
+            "ssl": {"type": {"key": "uuid", "min": 0, "max": 1}}}},
+        "SSL": {"columns": {"private_key": {"type": "string"}, "certificate": {"type": "string"},
+            "ca_cert": {"type": "string"}, "external_ids": {"type": map}}},
         "Bridge": {"columns": {"name": {"type": "string"}, "ports": {"type": refs},
             "external_ids": {"type": map}, "datapath_type": {"type": "string"},
             "fail_mode": {"type": opt}, "other_config": {"type": map}}},
@@ -105,8 +108,20 @@ impl Db {
         )
     }
 
+    /// The root's `SSL` row: `owner`'s, naming `dir`'s files.
+    fn ssl(mut self, owner: Option<&str>, dir: &str) -> Db {
+        self.updates["Open_vSwitch"][uuid(1)]["initial"]["ssl"] = json!(["uuid", uuid(90)]);
+        let ids: Vec<(&str, &str)> = owner.map(|o| ("kvmnet-owner", o)).into_iter().collect();
+        self.row(
+            "SSL",
+            90,
+            json!({"private_key": format!("{dir}/key.pem"), "certificate": format!("{dir}/cert.pem"),
+                "ca_cert": format!("{dir}/ca.pem"), "external_ids": map(&ids)}),
+        )
+    }
+
     fn replica(self) -> Replica {
-        let tables = ["Open_vSwitch", "Bridge", "Port", "Interface"];
+        let tables = ["Open_vSwitch", "Bridge", "Port", "Interface", "SSL"];
         let mut r = Replica::new(&schema(), &tables).unwrap();
         r.apply(&Value::Object(self.updates), None).unwrap();
         r
@@ -133,6 +148,7 @@ fn wanted(ports: &[(&str, &str)], uplink: Option<&str>) -> ChassisWanted {
                 iface_id: id.to_string(),
             })
             .collect(),
+        ssl: None,
     }
 }
 
@@ -440,4 +456,79 @@ fn originals_keep_their_state_directory_form() {
         serde_json::from_str::<ChassisOriginals>("{}").unwrap(),
         ChassisOriginals::default()
     );
+}
+
+fn with_ssl(dir: &str) -> ChassisWanted {
+    ChassisWanted {
+        ssl: Some(kvmnet_core::spec::ovn::Ssl {
+            private_key: format!("{dir}/key.pem").into(),
+            certificate: format!("{dir}/cert.pem").into(),
+            ca_cert: format!("{dir}/ca.pem").into(),
+        }),
+        ..wanted(&[("tap-a", "a-web-0")], None)
+    }
+}
+
+/// The root's `SSL` row (an `ssl:` Southbound database): made with the mark when there is
+/// none, kvmnet's kept to the files wanted and taken out when no longer wanted, another's
+/// left alone whatever it names.
+#[test]
+fn the_ssl_row_is_made_kept_and_taken_back_and_anothers_is_left() {
+    let ori = ChassisOriginals::default();
+    let d = diff(&converged().observed(), OWNER, Some(&with_ssl("/k")), &ori).unwrap();
+    assert_eq!(
+        d.steps,
+        [
+            "ovs: set Open_vSwitch ssl (private_key=/k/key.pem, certificate=/k/cert.pem, ca_cert=/k/ca.pem)"
+        ]
+    );
+    let ops = ops_text(&d.ops[d.waits..]);
+    assert!(
+        ops.contains(r#""table":"SSL""#) && ops.contains("kvmnet-owner"),
+        "{ops}"
+    );
+    assert!(
+        ops.contains(r#"["ssl","insert",["set",[["named-uuid","ssl"]]]]"#),
+        "{ops}"
+    );
+
+    let ours = || converged().ssl(Some(OWNER), "/k").observed();
+    assert!(
+        diff(&ours(), OWNER, Some(&with_ssl("/k")), &ori)
+            .unwrap()
+            .steps
+            .is_empty()
+    );
+    let moved = diff(&ours(), OWNER, Some(&with_ssl("/n")), &ori).unwrap();
+    assert_eq!(
+        moved.steps,
+        [
+            "ovs: update Open_vSwitch ssl (private_key=/n/key.pem, certificate=/n/cert.pem, ca_cert=/n/ca.pem)"
+        ]
+    );
+    let gone = diff(&ours(), OWNER, None, &ori).unwrap();
+    assert!(
+        gone.steps
+            .contains(&"ovs: remove Open_vSwitch ssl".to_string()),
+        "{:?}",
+        gone.steps
+    );
+    let plain = diff(
+        &ours(),
+        OWNER,
+        Some(&wanted(&[("tap-a", "a-web-0")], None)),
+        &ori,
+    )
+    .unwrap();
+    assert_eq!(plain.steps, ["ovs: remove Open_vSwitch ssl"]);
+
+    let theirs = || converged().ssl(None, "/o").observed();
+    assert!(
+        diff(&theirs(), OWNER, Some(&with_ssl("/k")), &ori)
+            .unwrap()
+            .steps
+            .is_empty()
+    );
+    let left = diff(&theirs(), OWNER, None, &ori).unwrap();
+    assert!(!ops_text(&left.ops).contains(r#""ssl""#), "{:?}", left.ops);
 }

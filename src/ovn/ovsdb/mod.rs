@@ -2,7 +2,7 @@
 //! what the OVN backend speaks to the Northbound database and to a chassis's Open_vSwitch
 //! database.
 //!
-//! - [`Remote`]: where a database is (`unix:PATH`, `tcp:HOST:PORT`, or a comma-separated
+//! - [`Remote`]: where a database is (`unix:PATH`, `tcp:HOST:PORT`, `ssl:HOST:PORT`, or a comma-separated
 //!   list of them for a Raft cluster).
 //! - [`Client`]: a connection to the cluster's leader, `transact`, and a [`Replica`] of the
 //!   monitored tables kept current by the server's notifications. After a lost connection,
@@ -19,6 +19,7 @@
 pub mod datum;
 pub mod replica;
 pub mod rpc;
+pub mod tls;
 
 use std::fmt;
 use std::path::PathBuf;
@@ -68,6 +69,8 @@ pub enum Remote {
     Unix(PathBuf),
     /// `host:port` as `TcpStream::connect` takes it (`[::1]:6641` for IPv6).
     Tcp(String),
+    /// The same, over TLS with the process's files (see [`tls`]).
+    Ssl(String),
 }
 
 impl Remote {
@@ -100,21 +103,24 @@ impl Remote {
             }
             return Ok(Remote::Unix(PathBuf::from(path)));
         }
-        if let Some(hp) = text.strip_prefix("tcp:") {
+        for (prefix, make) in [
+            ("tcp:", Remote::Tcp as fn(String) -> Remote),
+            ("ssl:", Remote::Ssl),
+        ] {
+            let Some(hp) = text.strip_prefix(prefix) else {
+                continue;
+            };
             let port_ok = hp
                 .rsplit_once(':')
                 .is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok_and(|p| p > 0));
             if !port_ok {
-                return Err(bad("tcp: needs HOST:PORT (an IPv6 host in brackets)"));
+                return Err(bad(&format!(
+                    "{prefix} needs HOST:PORT (an IPv6 host in brackets)"
+                )));
             }
-            return Ok(Remote::Tcp(hp.to_string()));
+            return Ok(make(hp.to_string()));
         }
-        if text.starts_with("ssl:") {
-            return Err(bad(
-                "ssl: remotes are not supported yet: use unix: or tcp: (tunnelled if the path needs TLS)",
-            ));
-        }
-        Err(bad("a remote is unix:PATH or tcp:HOST:PORT"))
+        Err(bad("a remote is unix:PATH, tcp:HOST:PORT or ssl:HOST:PORT"))
     }
 }
 
@@ -123,6 +129,7 @@ impl fmt::Display for Remote {
         match self {
             Remote::Unix(p) => write!(f, "unix:{}", p.display()),
             Remote::Tcp(a) => write!(f, "tcp:{a}"),
+            Remote::Ssl(a) => write!(f, "ssl:{a}"),
         }
     }
 }
@@ -382,11 +389,16 @@ mod tests {
             "tcp:1.2.3.4",
             "tcp::6641",
             "tcp:h:0",
-            "ssl:h:6641",
+            "ssl:h",
             "h:6641",
         ] {
             assert!(Remote::parse_list(bad).is_err(), "{bad}");
         }
         assert_eq!(Remote::Tcp("h:1".into()).to_string(), "tcp:h:1");
+        assert_eq!(
+            Remote::parse("ssl:192.0.2.1:6641").unwrap(),
+            Remote::Ssl("192.0.2.1:6641".into())
+        );
+        assert_eq!(Remote::Ssl("h:1".into()).to_string(), "ssl:h:1");
     }
 }

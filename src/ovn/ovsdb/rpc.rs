@@ -38,17 +38,19 @@ type Pending = Arc<Mutex<HashMap<u64, Waiter>>>;
 enum Stream {
     Unix(UnixStream),
     Tcp(TcpStream),
+    Tls(super::tls::TlsStream),
 }
 
 impl Stream {
-    fn connect(remote: &Remote) -> Result<Stream, OvsdbError> {
+    fn connect(remote: &Remote, timeout: Duration) -> Result<Stream, OvsdbError> {
         let connected = match remote {
             Remote::Unix(path) => UnixStream::connect(path).map(Stream::Unix),
-            Remote::Tcp(addr) => TcpStream::connect(addr).map(|s| {
+            Remote::Tcp(addr) => connect_tcp(addr, timeout).map(|s| {
                 // Requests are small and each waits for its reply.
                 let _ = s.set_nodelay(true);
                 Stream::Tcp(s)
             }),
+            Remote::Ssl(addr) => super::tls::TlsStream::connect(addr, timeout).map(Stream::Tls),
         };
         connected.map_err(|source| OvsdbError::Connect {
             remote: remote.to_string(),
@@ -60,6 +62,7 @@ impl Stream {
         Ok(match self {
             Stream::Unix(s) => (Box::new(s.try_clone()?), Box::new(s.try_clone()?)),
             Stream::Tcp(s) => (Box::new(s.try_clone()?), Box::new(s.try_clone()?)),
+            Stream::Tls(s) => (Box::new(s.try_clone()?), Box::new(s.try_clone()?)),
         })
     }
 
@@ -67,8 +70,26 @@ impl Stream {
         let _ = match self {
             Stream::Unix(s) => s.shutdown(std::net::Shutdown::Both),
             Stream::Tcp(s) => s.shutdown(std::net::Shutdown::Both),
+            Stream::Tls(s) => {
+                s.shutdown();
+                Ok(())
+            }
         };
     }
+}
+
+/// A TCP connection to `addr` (`host:port`), given up after `timeout` per address it names:
+/// an unreachable server is an error within seconds, not after the kernel's retries.
+pub(super) fn connect_tcp(addr: &str, timeout: Duration) -> std::io::Result<TcpStream> {
+    use std::net::ToSocketAddrs;
+    let mut last = None;
+    for a in addr.to_socket_addrs()? {
+        match TcpStream::connect_timeout(&a, timeout) {
+            Ok(s) => return Ok(s),
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(last.unwrap_or_else(|| std::io::Error::other(format!("{addr}: no address"))))
 }
 
 /// A live connection. Dropping it closes the socket and joins the reader.
@@ -89,7 +110,7 @@ impl Connection {
         timeout: Duration,
         on_notify: NotificationHandler,
     ) -> Result<Connection, OvsdbError> {
-        let stream = Stream::connect(remote)?;
+        let stream = Stream::connect(remote, timeout)?;
         let (read, write) = stream.split().map_err(OvsdbError::Io)?;
         let writer = Arc::new(Mutex::new(write));
         let pending: Pending = Arc::default();

@@ -150,6 +150,10 @@ pub struct ChassisConf {
     pub provider_uplinks: std::collections::BTreeSet<String>,
     /// Device -> logical switch port (`iface-id`).
     pub ports: BTreeMap<String, String>,
+    /// What ovn-controller reaches an `ssl:` Southbound database with: the Open_vSwitch
+    /// database's `SSL` row, which ovn-controller reads.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ssl: Option<crate::spec::ovn::Ssl>,
     /// Observed only: the database is not as this was applied (edited by hand, or by
     /// another tool), so a plan converges it again.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]

@@ -740,6 +740,10 @@ pub fn chassis_conf(ovn: &Ovn) -> Option<super::ChassisConf> {
             .local_ports()
             .map(|p| (p.port.name.clone(), p.port.name.clone()))
             .collect(),
+        ssl: ovn
+            .ssl
+            .clone()
+            .filter(|_| ovn.sb.split(',').any(|r| r.trim().starts_with("ssl:"))),
         drifted: false,
     })
 }

@@ -424,6 +424,7 @@ fn more_steps() -> Vec<Step> {
                 gateway_uplink: None,
                 provider_uplinks: Default::default(),
                 ports: [("vm1".to_string(), "vm1".to_string())].into(),
+                ssl: None,
                 drifted: false,
             }),
         )),

@@ -46,6 +46,8 @@ pub struct Ovn {
     pub encap: String,
     pub chassis: BTreeMap<String, Chassis>,
     pub external: Option<External>,
+    /// The files of `ssl:` remotes (`ovn.ssl`).
+    pub ssl: Option<Ssl>,
     /// The networks on OVN, by name (none of them is in [`Spec::networks`]).
     pub networks: BTreeMap<String, Network>,
     /// The VM ports on OVN networks, in VM then port order.
@@ -76,6 +78,18 @@ pub struct External {
     /// The gateway router's IPv6 address there (`ipv6`), the nat networks' IPv6 SNAT
     /// source, and the external router's (`next_hop6`); both or neither.
     pub ipv6: Option<(super::Ipv6Cidr, std::net::Ipv6Addr)>,
+}
+
+/// What an `ssl:` remote is reached with (`ovn.ssl`), as OVS's own tools take it
+/// (`--private-key`, `--certificate`, `--ca-cert`): this host's key and certificate, and the
+/// CA certificate the servers' certificates must chain to. The spec is the same on every
+/// host: the paths are, each host's files its own. Also what a chassis's ovn-controller
+/// reaches an `ssl:` Southbound database with (the Open_vSwitch database's `SSL` row).
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Ssl {
+    pub private_key: std::path::PathBuf,
+    pub certificate: std::path::PathBuf,
+    pub ca_cert: std::path::PathBuf,
 }
 
 /// A VM port on an OVN network, with the chassis its VM runs on.

@@ -8,11 +8,12 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use super::*;
 use crate::spec::RaMode;
-use crate::spec::ovn::{Chassis, External, NetBackend, OVS_DEFAULT, Ovn};
+use crate::spec::ovn::{Chassis, External, NetBackend, OVS_DEFAULT, Ovn, Ssl};
 
 pub(super) const OVN_FIELDS: &[&str] = &[
-    "nb", "sb", "ovs", "datapath", "encap", "chassis", "external",
+    "nb", "sb", "ovs", "datapath", "encap", "chassis", "external", "ssl",
 ];
+pub(super) const SSL_FIELDS: &[&str] = &["private_key", "certificate", "ca_cert"];
 pub(super) const CHASSIS_FIELDS: &[&str] = &["encap_ip", "gateway", "ovs"];
 pub(super) const EXTERNAL_FIELDS: &[&str] = &["uplink", "ipv4", "next_hop", "ipv6", "next_hop6"];
 pub(super) const BACKENDS: &[&str] = &["kernel", "ovn"];
@@ -145,6 +146,15 @@ pub(super) fn read_ovn(cx: &mut Ctx, f: &Field) -> Option<OvnDraft> {
         "sb",
         "name the Southbound database, like unix:/run/ovn/ovnsb_db.sock",
     );
+    let ssl = match o.get(cx, "ssl") {
+        Some(f) => Some(read_ssl(cx, &f)?),
+        None => None,
+    };
+    let remote = |cx: &mut Ctx, f: &Field| {
+        let r = remote(cx, f)?;
+        needs_ssl(cx, f, &r, ssl.is_some());
+        Some(r)
+    };
     let nb = nb.and_then(|f| remote(cx, &f));
     let sb = sb.and_then(|f| remote(cx, &f));
     let ovs = match o.get(cx, "ovs") {
@@ -165,7 +175,7 @@ pub(super) fn read_ovn(cx: &mut Ctx, f: &Field) -> Option<OvnDraft> {
             "chassis",
             "list every hypervisor: NAME: { encap_ip: ADDRESS }",
         )
-        .and_then(|f| read_chassis(cx, &f));
+        .and_then(|f| read_chassis(cx, &f, ssl.is_some()));
     let external = match o.get(cx, "external") {
         Some(f) => Some(read_external(cx, &f)?),
         None => None,
@@ -179,6 +189,7 @@ pub(super) fn read_ovn(cx: &mut Ctx, f: &Field) -> Option<OvnDraft> {
             encap: encap?,
             chassis: chassis?,
             external,
+            ssl,
             networks: BTreeMap::new(),
             ports: Vec::new(),
             local: None,
@@ -188,7 +199,54 @@ pub(super) fn read_ovn(cx: &mut Ctx, f: &Field) -> Option<OvnDraft> {
     })
 }
 
-fn read_chassis(cx: &mut Ctx, f: &Field) -> Option<BTreeMap<String, Chassis>> {
+/// An `ssl:` remote without `ovn.ssl` is refused at the remote: there is nothing to reach it
+/// with.
+fn needs_ssl(cx: &mut Ctx, f: &Field, remotes: &str, have_ssl: bool) {
+    if !have_ssl && remotes.split(',').any(|r| r.trim().starts_with("ssl:")) {
+        cx.err(
+            &f.path,
+            f.loc(),
+            "an ssl: remote needs ovn.ssl: { private_key: FILE, certificate: FILE, ca_cert: FILE } (this host's key and certificate, and the CA the servers' certificates are signed by)",
+        );
+    }
+}
+
+/// `ovn.ssl`: three absolute paths.
+fn read_ssl(cx: &mut Ctx, f: &Field) -> Option<Ssl> {
+    let o = obj(
+        cx,
+        f.node,
+        &f.path,
+        SSL_FIELDS,
+        "a mapping with private_key, certificate and ca_cert",
+    )?;
+    let mut file = |key: &str, what: &str| {
+        let f = o.required(cx, key, &format!("give the path of {what} (PEM)"))?;
+        let t = text(cx, &f, "an absolute file path")?;
+        if !t.starts_with('/') {
+            cx.err(
+                &f.path,
+                f.loc(),
+                format!("'{}' is not an absolute path", show(&t)),
+            );
+            return None;
+        }
+        Some(std::path::PathBuf::from(t))
+    };
+    let private_key = file("private_key", "this host's private key");
+    let certificate = file("certificate", "this host's certificate");
+    let ca_cert = file(
+        "ca_cert",
+        "the CA certificate the servers' certificates are signed by",
+    );
+    Some(Ssl {
+        private_key: private_key?,
+        certificate: certificate?,
+        ca_cert: ca_cert?,
+    })
+}
+
+fn read_chassis(cx: &mut Ctx, f: &Field, have_ssl: bool) -> Option<BTreeMap<String, Chassis>> {
     let o = host::obj_named(cx, f, "a mapping of chassis names to chassis")?;
     let mut out = BTreeMap::new();
     let mut ips: BTreeMap<Ipv4Addr, String> = BTreeMap::new();
@@ -231,7 +289,9 @@ fn read_chassis(cx: &mut Ctx, f: &Field) -> Option<BTreeMap<String, Chassis>> {
             None => Some(None),
         };
         let ovs = match c.get(cx, "ovs") {
-            Some(g) => remote(cx, &g).map(Some),
+            Some(g) => remote(cx, &g)
+                .inspect(|r| needs_ssl(cx, &g, r, have_ssl))
+                .map(Some),
             None => Some(None),
         };
         match (ip, gateway, ovs) {

@@ -317,6 +317,22 @@ impl Shapes {
             ],
             &["uplink", "ipv4", "next_hop"],
         );
+        let ssl = self.object(
+            "ovn.ssl",
+            ovn::SSL_FIELDS,
+            vec![
+                (
+                    "private_key",
+                    string("This host's private key (PEM): the same path on every host."),
+                ),
+                ("certificate", string("This host's certificate (PEM).")),
+                (
+                    "ca_cert",
+                    string("The CA certificate the databases' certificates are signed by (PEM)."),
+                ),
+            ],
+            &["private_key", "certificate", "ca_cert"],
+        );
         self.object(
             "ovn",
             ovn::OVN_FIELDS,
@@ -334,6 +350,7 @@ impl Shapes {
                 ("encap", enumeration(ovn::ENCAPS.iter().copied())),
                 ("chassis", names_to(chassis, "Chassis name -> chassis.")),
                 ("external", external),
+                ("ssl", ssl),
             ],
             &["nb", "sb", "chassis"],
         )

@@ -4,7 +4,9 @@
 //! on hv1 share one `isolate_ports` network. The guests reach the external host, which sees
 //! the SNAT address, not theirs; they cannot reach each other but reach their gateway; when
 //! the active gateway chassis dies the other takes the SNAT over (the outage is measured and
-//! printed); status and doctor show a gateway's uplink, and doctor fails it (with its fix)
+//! printed); a guest on a second nat network takes its address from OVN's DHCPv6
+//! (`ra.mode: dhcpv6`) and reaches the far host from it through NAT66; status and doctor
+//! show a gateway's uplink, and doctor fails it (with its fix)
 //! once it is out of `br-ex`; destroy on every chassis leaves the Northbound rows as they
 //! were.
 
@@ -21,7 +23,7 @@ use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-fn spec(lab: &OvnLab, a_ns: &str, b_ns: &str) -> String {
+fn spec(lab: &OvnLab, a_ns: &str, b_ns: &str, c_ns: &str) -> String {
     format!(
         r#"{head}networks:
   web:
@@ -30,7 +32,18 @@ fn spec(lab: &OvnLab, a_ns: &str, b_ns: &str) -> String {
     ipv4: 10.81.0.1/24
     ipv6: fd00:81::1/64
     isolate_ports: true
+  six:
+    backend: ovn
+    mode: nat
+    ipv4: 10.82.0.1/24
+    ipv6: fd00:82::1/64
+    ra: {{ mode: dhcpv6 }}
+    dhcp: {{ range6: "fd00:82::100-fd00:82::1ff" }}
 vms:
+  c:
+    host: hv3
+    ports:
+      - {{ network: six, name: gwc, kind: veth, netns: {c_ns}, mac: "52:54:00:82:00:0c", ipv4: 10.82.0.12 }}
   a:
     host: hv3
     ports:
@@ -189,6 +202,71 @@ fn nat66(far: &str, a_ns: &str, b_ns: &str) {
     }
 }
 
+/// DHCPv6 on a nat network (`ra.mode: dhcpv6`): OVN's DHCPv6 gives c the address kvmnet
+/// picked from `range6` (the one its port lists), and c reaches the far host from it, which
+/// sees the gateway's external IPv6 address.
+fn dhcpv6_behind_nat66(lab: &OvnLab, far: &str, c_ns: &str) {
+    let listed = lab.nbctl("get Logical_Switch_Port gwc addresses");
+    let picked = listed
+        .split([' ', '"', '[', ']'])
+        .find(|w| w.starts_with("fd00:82::"))
+        .unwrap_or_else(|| panic!("no DHCPv6 address in {listed}"))
+        .to_string();
+    let work = std::env::temp_dir().join(unique("ovn-gw-dhcp6"));
+    std::fs::create_dir_all(&work).unwrap();
+    // Its link-local address first: dhclient sends from it.
+    wait_addr6_ll(c_ns);
+    let out = dhclient6(c_ns, &work, "");
+    let _ = in_ns(
+        c_ns,
+        &format!("kill $(cat {}/dhc.pid) 2>/dev/null", work.display()),
+    );
+    let env: String = std::fs::read_dir(&work)
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().starts_with("dhc."))
+        .map(|e| env_of(&e.path()))
+        .collect();
+    let _ = std::fs::remove_dir_all(&work);
+    assert!(out.status.success(), "dhclient -6: {out:?}");
+    assert!(env.contains(&format!("new_ip6_address={picked}")), "{env}");
+    ok_in(
+        c_ns,
+        &format!("ip -6 addr add {picked}/64 dev eth0 valid_lft 600 preferred_lft 600 nodad"),
+    );
+    // The default route comes from the router port's RA (the M flag, no prefix to form an
+    // address from): solicited, since OVN's periodic ones come minutes apart.
+    let t = Instant::now();
+    while !ok_in(c_ns, "ip -6 route show default").contains("via fe80::") {
+        assert!(
+            t.elapsed() < Duration::from_secs(20),
+            "{c_ns}: no IPv6 default route"
+        );
+        let _ = in_ns(c_ns, "rdisc6 -1 -r 1 -w 500 eth0 >/dev/null");
+    }
+    wait_ping(c_ns, FAR6);
+    assert_eq!(
+        source_seen(far, FAR6, c_ns),
+        SNAT6,
+        "NAT66 from the DHCPv6 address"
+    );
+}
+
+/// Until `ns`'s eth0 has its link-local address out of duplicate address detection.
+fn wait_addr6_ll(ns: &str) {
+    let t = Instant::now();
+    while !ok_in(ns, "ip -6 -o addr show dev eth0 scope link")
+        .lines()
+        .any(|l| !l.contains("tentative") && l.contains("fe80::"))
+    {
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "{ns}: no link-local address"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
 #[test]
 fn nat_gateway_failover_and_isolation() {
     if !privileged() || !ovn_present() {
@@ -202,7 +280,8 @@ fn nat_gateway_failover_and_isolation() {
     let (_, far) = lab.external(&[1, 2]);
     let a_ns = lab.ns.reserve("gwa");
     let b_ns = lab.ns.reserve("gwb");
-    let file = SpecFile::new(&spec(&lab, &a_ns, &b_ns));
+    let c_ns = lab.ns.reserve("gwc");
+    let file = SpecFile::new(&spec(&lab, &a_ns, &b_ns, &c_ns));
     for i in 1..=3 {
         lab.kvm(i, &["apply", file.path()]);
     }
@@ -216,8 +295,10 @@ fn nat_gateway_failover_and_isolation() {
             "ethtool -K eth0 tx off >/dev/null && ip route replace default via 10.81.0.1",
         );
     }
+    ok_in(&c_ns, "ethtool -K eth0 tx off >/dev/null");
     lab.wait_up("gwa");
     lab.wait_up("gwb");
+    lab.wait_up("gwc");
     // The higher priority holds the gateway port.
     lab.wait_active("hv2");
     // OVN's tunnel BFD intervals (default 1000 ms, 3 missed: ~3 s to notice a dead
@@ -232,6 +313,7 @@ fn nat_gateway_failover_and_isolation() {
 
     nat_and_isolation(&far, &a_ns, &b_ns);
     nat66(&far, &a_ns, &b_ns);
+    dhcpv6_behind_nat66(&lab, &far, &c_ns);
     gateway_uplink_reported(&lab, &file);
 
     // hv2's ovn-controller stopping is no outage: its ovs-vswitchd keeps forwarding with

@@ -6,7 +6,7 @@
 //! the `ssl:` Southbound database with an `SSL` row of its own, which ovn-controller picks
 //! up: the ports come up and the guests ping. A CA that did not sign the databases'
 //! certificate is refused at the handshake, and a key file that is not there is named, each
-//! with nothing changed; status and destroy, which run without the spec, reach the database
+//! with nothing changed; a daemon repairs a row edited by hand over TLS; status and destroy, which run without the spec, reach the database
 //! with what the state directory recorded; destroy takes kvmnet's `SSL` row back and leaves
 //! the Northbound database as it was (another's switch in it).
 
@@ -15,6 +15,8 @@ use common::*;
 #[path = "common/ovn_lab.rs"]
 mod ovn_lab;
 use ovn_lab::{CENTRAL_IP, OvnLab, ovn_present, wait_ping};
+
+use std::time::{Duration, Instant};
 
 /// The spec: both databases over TLS, with `ca` as the CA certificate and `key` as the
 /// private key (files of the lab's PKI).
@@ -137,6 +139,8 @@ fn nb_and_sb_over_tls() {
     assert!(ports.contains(r#""up":true"#), "{status}");
     assert!(ports.contains(r#""chassis":"hv1""#), "{status}");
 
+    daemon_repairs_over_tls(&lab, &file, &hv);
+
     lab.ns
         .kvmnet_ok(&["destroy", "--netns", &hv, "--chassis", "hv1"]);
     assert_eq!(
@@ -149,4 +153,43 @@ fn nb_and_sb_over_tls() {
         "",
         "and takes its SSL row back"
     );
+}
+
+/// A daemon keeps its monitored view of the Northbound database over TLS: a port's port
+/// security cleared by hand is put back within its reconcile interval.
+fn daemon_repairs_over_tls(lab: &OvnLab, file: &SpecFile, hv: &str) {
+    let child = std::process::Command::new(env!("CARGO_BIN_EXE_kvmnet"))
+        .args(["daemon", "--spec", file.path(), "--netns", hv])
+        .args(["--chassis", "hv1"])
+        .env("KVMNET_STATE_DIR", &lab.ns.state_dir)
+        .env("KVMNET_RECONCILE_MS", "300")
+        .env_remove("NOTIFY_SOCKET")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let _daemon = Daemon(child);
+    let sock = lab
+        .ns
+        .state_dir
+        .join(format!("netns-{hv}"))
+        .join("api.sock");
+    let until = |what: &str, ok: &dyn Fn() -> bool| {
+        let t = Instant::now();
+        while !ok() {
+            assert!(t.elapsed() < Duration::from_secs(20), "timed out: {what}");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    };
+    until("the daemon's API socket", &|| sock.exists());
+    // Through the daemon: nothing to change.
+    let out = lab
+        .ns
+        .kvmnet_ok(&["apply", file.path(), "--netns", hv, "--chassis", "hv1"]);
+    assert!(!out.contains("ovn-port"), "{out}");
+    lab.nbctl("lsp-set-port-security sa");
+    until("the daemon to restore sa's port security", &|| {
+        lab.nbctl("get Logical_Switch_Port sa port_security")
+            .contains("10.86.0.10")
+    });
 }

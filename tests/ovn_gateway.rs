@@ -5,7 +5,8 @@
 //! the SNAT address, not theirs; they cannot reach each other but reach their gateway; when
 //! the active gateway chassis dies the other takes the SNAT over (the outage is measured and
 //! printed); a guest on a second nat network takes its address from OVN's DHCPv6
-//! (`ra.mode: dhcpv6`) and reaches the far host from it through NAT66; status and doctor
+//! (`ra.mode: dhcpv6`) and reaches the far host from it through NAT66; a guest on a routed
+//! network leaves through the same gateway and is seen by its own address; status and doctor
 //! show a gateway's uplink, and doctor fails it (with its fix)
 //! once it is out of `br-ex`; destroy on every chassis leaves the Northbound rows as they
 //! were.
@@ -23,7 +24,7 @@ use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-fn spec(lab: &OvnLab, a_ns: &str, b_ns: &str, c_ns: &str) -> String {
+fn spec(lab: &OvnLab, a_ns: &str, b_ns: &str, c_ns: &str, d_ns: &str) -> String {
     format!(
         r#"{head}networks:
   web:
@@ -39,7 +40,15 @@ fn spec(lab: &OvnLab, a_ns: &str, b_ns: &str, c_ns: &str) -> String {
     ipv6: fd00:82::1/64
     ra: {{ mode: dhcpv6 }}
     dhcp: {{ range6: "fd00:82::100-fd00:82::1ff" }}
+  lan:
+    backend: ovn
+    mode: routed
+    ipv4: 10.83.0.1/24
 vms:
+  d:
+    host: hv3
+    ports:
+      - {{ network: lan, name: gwd, kind: veth, netns: {d_ns}, mac: "52:54:00:83:00:0d", ipv4: 10.83.0.13 }}
   c:
     host: hv3
     ports:
@@ -277,11 +286,14 @@ fn nat_gateway_failover_and_isolation() {
         lab.start_controller(i);
     }
     let before = lab.nb_rows();
-    let (_, far) = lab.external(&[1, 2]);
+    let (ext, far) = lab.external(&[1, 2]);
+    // The external network routes the routed network's subnet back to kvmnet's router.
+    ok_in(&ext, &format!("ip route add 10.83.0.0/24 via {SNAT}"));
     let a_ns = lab.ns.reserve("gwa");
     let b_ns = lab.ns.reserve("gwb");
     let c_ns = lab.ns.reserve("gwc");
-    let file = SpecFile::new(&spec(&lab, &a_ns, &b_ns, &c_ns));
+    let d_ns = lab.ns.reserve("gwd");
+    let file = SpecFile::new(&spec(&lab, &a_ns, &b_ns, &c_ns, &d_ns));
     for i in 1..=3 {
         lab.kvm(i, &["apply", file.path()]);
     }
@@ -296,9 +308,14 @@ fn nat_gateway_failover_and_isolation() {
         );
     }
     ok_in(&c_ns, "ethtool -K eth0 tx off >/dev/null");
+    ok_in(
+        &d_ns,
+        "ethtool -K eth0 tx off >/dev/null && ip route replace default via 10.83.0.1",
+    );
     lab.wait_up("gwa");
     lab.wait_up("gwb");
     lab.wait_up("gwc");
+    lab.wait_up("gwd");
     // The higher priority holds the gateway port.
     lab.wait_active("hv2");
     // OVN's tunnel BFD intervals (default 1000 ms, 3 missed: ~3 s to notice a dead
@@ -314,6 +331,13 @@ fn nat_gateway_failover_and_isolation() {
     nat_and_isolation(&far, &a_ns, &b_ns);
     nat66(&far, &a_ns, &b_ns);
     dhcpv6_behind_nat66(&lab, &far, &c_ns);
+    // A routed network leaves through the same gateway, with its own address (no NAT).
+    wait_ping(&d_ns, FAR);
+    assert_eq!(
+        source_seen(&far, FAR, &d_ns),
+        "10.83.0.13",
+        "routed: no NAT"
+    );
     gateway_uplink_reported(&lab, &file);
 
     // hv2's ovn-controller stopping is no outage: its ovs-vswitchd keeps forwarding with

@@ -506,11 +506,14 @@ fn router(r: &mut Rows, ovn: &Ovn, nets: &[&Network]) {
             parent,
         );
     }
-    let nat: Vec<&&Network> = nets.iter().filter(|n| n.mode == Mode::Nat).collect();
-    let Some(ext) = ovn.external.as_ref().filter(|_| !nat.is_empty()) else {
+    // Routed networks leave through the external port too, unchanged (the external network
+    // routes their subnets back to `external.ipv4`), as the kernel backend's routed mode
+    // routes without NAT; nat networks leave masqueraded.
+    let Some(ext) = ovn.external.as_ref() else {
         return;
     };
     external(r, ovn, ext);
+    let nat = nets.iter().filter(|n| n.mode == Mode::Nat);
     for net in nat {
         if let Some(gw) = net.ipv4 {
             snat(

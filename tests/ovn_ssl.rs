@@ -18,10 +18,25 @@ use ovn_lab::{CENTRAL_IP, OvnLab, ovn_present, wait_ping};
 
 use std::time::{Duration, Instant};
 
+/// VMs on a chassis that does not run: rows enough that the transaction and the monitor's
+/// replies span many TLS records each way.
+const FAR_VMS: usize = 400;
+
 /// The spec: both databases over TLS, with `ca` as the CA certificate and `key` as the
 /// private key (files of the lab's PKI).
 fn spec(lab: &OvnLab, key: &str, ca: &str, a_ns: &str, b_ns: &str) -> String {
     let pki = lab.pki.as_ref().expect("a TLS lab").display().to_string();
+    let far: String = (0..FAR_VMS)
+        .map(|i| {
+            format!(
+                "  f{i}:\n    host: hv9\n    ports:\n      - {{ network: far, mac: \"52:54:00:87:{:02x}:{:02x}\", ipv4: 10.87.{}.{} }}\n",
+                i / 256,
+                i % 256,
+                i / 250,
+                i % 250 + 2
+            )
+        })
+        .collect();
     format!(
         r#"version: 1
 ovn:
@@ -35,12 +50,18 @@ ovn:
     ca_cert: {pki}/ca/{ca}/cacert.pem
   chassis:
     hv1: {{ encap_ip: 172.31.0.1 }}
+    hv9: {{ encap_ip: 172.31.0.9 }}
 networks:
   web:
     backend: ovn
     mode: isolated
     ipv4: 10.86.0.1/24
+  far:
+    backend: ovn
+    mode: isolated
+    ipv4: 10.87.0.1/16
 vms:
+{far}
   a:
     host: hv1
     ports:
@@ -135,9 +156,24 @@ fn nb_and_sb_over_tls() {
         v["ovn"]["errors"].as_array().is_none_or(Vec::is_empty),
         "{status}"
     );
-    let ports = v["ovn"]["networks"][0]["ports"].to_string();
-    assert!(ports.contains(r#""up":true"#), "{status}");
-    assert!(ports.contains(r#""chassis":"hv1""#), "{status}");
+    let nets = v["ovn"]["networks"].as_array().cloned().unwrap_or_default();
+    let web = nets
+        .iter()
+        .find(|n| n["network"] == "web")
+        .expect("web in status");
+    let ports = web["ports"].as_array().cloned().unwrap_or_default();
+    assert!(
+        ports.len() == 2
+            && ports
+                .iter()
+                .all(|p| p["up"] == true && p["chassis"] == "hv1"),
+        "{web}"
+    );
+    let far = nets
+        .iter()
+        .find(|n| n["network"] == "far")
+        .expect("far in status");
+    assert_eq!(far["ports"].as_array().map(Vec::len), Some(FAR_VMS));
 
     daemon_repairs_over_tls(&lab, &file, &hv);
 

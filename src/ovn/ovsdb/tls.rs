@@ -154,6 +154,11 @@ pub struct TlsStream {
     sock: TcpStream,
     tls: Arc<Mutex<ClientConnection>>,
     send: Arc<Mutex<()>>,
+    /// What the reading half read off the socket and the TLS state has not taken yet:
+    /// `raw[taken..filled]`.
+    raw: Vec<u8>,
+    taken: usize,
+    filled: usize,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -192,6 +197,9 @@ impl TlsStream {
             sock,
             tls: Arc::new(Mutex::new(tls)),
             send: Arc::default(),
+            raw: Vec::new(),
+            taken: 0,
+            filled: 0,
         })
     }
 
@@ -201,6 +209,9 @@ impl TlsStream {
             sock: self.sock.try_clone()?,
             tls: self.tls.clone(),
             send: self.send.clone(),
+            raw: Vec::new(),
+            taken: 0,
+            filled: 0,
         })
     }
 
@@ -221,7 +232,9 @@ impl TlsStream {
 
 impl Read for TlsStream {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let mut raw = vec![0u8; 16 * 1024];
+        if self.raw.is_empty() {
+            self.raw = vec![0u8; 16 * 1024];
+        }
         loop {
             {
                 let _send = lock(&self.send);
@@ -237,17 +250,22 @@ impl Read for TlsStream {
                 };
                 (&self.sock).write_all(&out)?;
             }
-            // The socket is read without the TLS state locked: writers go on meanwhile.
-            let n = (&self.sock).read(&mut raw)?;
-            if n == 0 {
-                return Ok(0);
+            if self.taken == self.filled {
+                // The socket is read without the TLS state locked: writers go on meanwhile.
+                let n = (&self.sock).read(&mut self.raw)?;
+                if n == 0 {
+                    return Ok(0);
+                }
+                (self.taken, self.filled) = (0, n);
             }
+            // One step at a time, the plaintext handed out between steps: the TLS state
+            // holds a bounded amount of it, and refuses more records past that.
             let mut tls = lock(&self.tls);
-            let mut rest = &raw[..n];
-            while !rest.is_empty() {
-                tls.read_tls(&mut rest)?;
-                tls.process_new_packets().map_err(failed)?;
-            }
+            let mut rest = &self.raw[self.taken..self.filled];
+            let before = rest.len();
+            tls.read_tls(&mut rest)?;
+            self.taken += before - rest.len();
+            tls.process_new_packets().map_err(failed)?;
         }
     }
 }

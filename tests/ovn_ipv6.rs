@@ -397,25 +397,6 @@ impl Drop for Work {
     }
 }
 
-/// `dhclient -6` (stateless with `-S`) once in `ns`, stopped once it has its answer (it
-/// stays in the background otherwise): the environment of its events.
-fn dhcp6_events(ns: &str, work: &std::path::Path, tag: &str, extra: &str) -> String {
-    let w = work.join(tag);
-    std::fs::create_dir_all(&w).unwrap();
-    let out = dhclient6(ns, &w, extra);
-    let _ = in_ns(
-        ns,
-        &format!("kill $(cat {}/dhc.pid) 2>/dev/null", w.display()),
-    );
-    assert!(out.status.success(), "dhclient -6 {extra} in {ns}: {out:?}");
-    std::fs::read_dir(&w)
-        .unwrap()
-        .filter_map(|e| e.ok())
-        .filter(|e| e.file_name().to_string_lossy().starts_with("dhc."))
-        .map(|e| env_of(&e.path()))
-        .collect()
-}
-
 /// `ra.mode: dhcpv6` on OVN: the router port's RA tells guests to take their address from
 /// DHCPv6 and forms none by SLAAC; OVN's DHCPv6 gives f the address kvmnet picked for it
 /// from `range6` (the one its port lists) and g its declared `ipv6`, with `dns6` and the

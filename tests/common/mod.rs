@@ -464,6 +464,25 @@ pub fn dhclient6(ns: &str, work: &Path, extra: &str) -> std::process::Output {
     )
 }
 
+/// `dhclient -6` (stateless with `-S`) once in `ns`, stopped once it has its answer (it
+/// stays in the background otherwise): the environment of its events.
+pub fn dhcp6_events(ns: &str, work: &std::path::Path, tag: &str, extra: &str) -> String {
+    let w = work.join(tag);
+    std::fs::create_dir_all(&w).unwrap();
+    let out = dhclient6(ns, &w, extra);
+    let _ = in_ns(
+        ns,
+        &format!("kill $(cat {}/dhc.pid) 2>/dev/null", w.display()),
+    );
+    assert!(out.status.success(), "dhclient -6 {extra} in {ns}: {out:?}");
+    std::fs::read_dir(&w)
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().starts_with("dhc."))
+        .map(|e| env_of(&e.path()))
+        .collect()
+}
+
 /// Waits until `ns`'s eth0 holds global IPv6 address `addr` (with its prefix, as `ip`
 /// shows it) out of duplicate address detection, running `poke` (a shell command, such as
 /// a router solicitation) between looks; fails after `secs` seconds.

@@ -60,15 +60,16 @@ pub struct PortSeen {
     pub external_ids_datum: Datum,
 }
 
-/// What the converge reads.
 /// The root's `SSL` row.
 #[derive(Clone, Debug)]
 pub struct SslSeen {
     pub uuid: String,
     pub owner: Option<String>,
+    /// `private_key`, `certificate`, `ca_cert`.
     pub files: [Option<String>; 3],
 }
 
+/// What the converge reads.
 #[derive(Clone, Debug)]
 pub struct Observed {
     pub root: String,

@@ -259,8 +259,8 @@ fn ovn_render(o: &Value) -> String {
         (
             "OVN GATEWAY UPLINK",
             o["gateway_uplink"]
-                .as_object()
-                .map(|_| uplink(&o["gateway_uplink"]))
+                .is_object()
+                .then(|| uplink(&o["gateway_uplink"]))
                 .into_iter()
                 .collect::<Vec<_>>(),
         ),

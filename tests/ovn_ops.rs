@@ -12,7 +12,6 @@ use common::*;
 mod ovn_lab;
 use ovn_lab::{OvnLab, ovn_present, wait_ping};
 
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 fn spec(lab: &OvnLab, a_ns: &str, b_ns: &str) -> String {
@@ -86,33 +85,6 @@ fn lflows(lab: &OvnLab, ls: &str) -> u64 {
         .count() as u64
 }
 
-fn start_daemon(lab: &OvnLab, i: usize, file: &str, chassis: Option<&str>) -> Daemon {
-    let ns = lab.chassis[i - 1].ns.clone();
-    let mut args = vec!["daemon", "--spec", file, "--netns", &ns];
-    if let Some(c) = chassis {
-        args.extend(["--chassis", c]);
-    }
-    let child = Command::new(env!("CARGO_BIN_EXE_kvmnet"))
-        .args(&args)
-        .env("KVMNET_STATE_DIR", &lab.ns.state_dir)
-        .env("KVMNET_RECONCILE_MS", "300")
-        .env_remove("JOURNAL_STREAM")
-        .env_remove("NOTIFY_SOCKET")
-        .env_remove("WATCHDOG_USEC")
-        .env_remove("WATCHDOG_PID")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let sock = lab
-        .ns
-        .state_dir
-        .join(format!("netns-{ns}"))
-        .join("api.sock");
-    wait_until("the daemon's API socket", 30, || sock.exists());
-    Daemon(child)
-}
-
 #[test]
 fn status_doctor_and_daemon_on_two_chassis() {
     if !privileged() || !ovn_present() {
@@ -135,8 +107,8 @@ fn status_doctor_and_daemon_on_two_chassis() {
 
     check_status(&lab);
     doctor_healthy(&lab);
-    let _d1 = start_daemon(&lab, 1, file.path(), Some("hv1"));
-    let _d2 = start_daemon(&lab, 2, file.path(), None);
+    let _d1 = lab.start_daemon(1, file.path(), Some("hv1"));
+    let _d2 = lab.start_daemon(2, file.path(), None);
     daemons_repair(&lab, file.path(), &b_ns);
     doctor_names_stopped_controller(&mut lab);
 }

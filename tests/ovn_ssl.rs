@@ -14,9 +14,9 @@ mod common;
 use common::*;
 #[path = "common/ovn_lab.rs"]
 mod ovn_lab;
-use ovn_lab::{CENTRAL_IP, OvnLab, ovn_present, wait_ping};
+use ovn_lab::{CENTRAL_IP, OvnLab, ovn_present, wait_for, wait_ping};
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// VMs on a chassis that does not run: rows enough that the transaction and the monitor's
 /// replies span many TLS records each way.
@@ -194,38 +194,19 @@ fn nb_and_sb_over_tls() {
 /// A daemon keeps its monitored view of the Northbound database over TLS: a port's port
 /// security cleared by hand is put back within its reconcile interval.
 fn daemon_repairs_over_tls(lab: &OvnLab, file: &SpecFile, hv: &str) {
-    let child = std::process::Command::new(env!("CARGO_BIN_EXE_kvmnet"))
-        .args(["daemon", "--spec", file.path(), "--netns", hv])
-        .args(["--chassis", "hv1"])
-        .env("KVMNET_STATE_DIR", &lab.ns.state_dir)
-        .env("KVMNET_RECONCILE_MS", "300")
-        .env_remove("NOTIFY_SOCKET")
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    let _daemon = Daemon(child);
-    let sock = lab
-        .ns
-        .state_dir
-        .join(format!("netns-{hv}"))
-        .join("api.sock");
-    let until = |what: &str, ok: &dyn Fn() -> bool| {
-        let t = Instant::now();
-        while !ok() {
-            assert!(t.elapsed() < Duration::from_secs(20), "timed out: {what}");
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    };
-    until("the daemon's API socket", &|| sock.exists());
+    let _daemon = lab.start_daemon(1, file.path(), Some("hv1"));
     // Through the daemon: nothing to change.
     let out = lab
         .ns
         .kvmnet_ok(&["apply", file.path(), "--netns", hv, "--chassis", "hv1"]);
     assert!(!out.contains("ovn-port"), "{out}");
     lab.nbctl("lsp-set-port-security sa");
-    until("the daemon to restore sa's port security", &|| {
-        lab.nbctl("get Logical_Switch_Port sa port_security")
-            .contains("10.86.0.10")
-    });
+    wait_for(
+        "the daemon to restore sa's port security",
+        Duration::from_secs(20),
+        || {
+            lab.nbctl("get Logical_Switch_Port sa port_security")
+                .contains("10.86.0.10")
+        },
+    );
 }

@@ -153,10 +153,10 @@ fn consequence(p: &ProviderFacts, gateway: bool) -> &'static str {
     match (gateway, p.networks.is_empty()) {
         (false, _) => "its provider networks' guests reach nothing beyond this chassis",
         (true, false) => {
-            "the nat networks leave by nothing here while this chassis holds the gateway (OVN moves the gateway only when this chassis stops answering over the tunnels, not when its uplink fails)"
+            "the nat networks leave by nothing here, nor do routed ones, while this chassis holds the gateway (OVN moves the gateway only when this chassis stops answering over the tunnels, not when its uplink fails)"
         }
         (true, true) => {
-            "nat networks would leave by nothing here while this chassis holds the gateway"
+            "nat and routed networks would leave by nothing here while this chassis holds the gateway"
         }
     }
 }

@@ -495,8 +495,12 @@ pub fn facts(scope: &str, ovn: &crate::spec::Ovn) -> OvnFacts {
         }
         let gateway = ovn.chassis.get(&chassis).and_then(|c| c.gateway);
         uplinks.gateway = gateway.and(ovn.external.as_ref()).map(|e| {
-            let nat = ovn.networks.values().filter(|n| n.mode == Mode::Nat);
-            (e.uplink.clone(), nat.map(|n| n.name.clone()).collect())
+            // nat networks leave by it, and routed ones too (unchanged).
+            let out = ovn
+                .networks
+                .values()
+                .filter(|n| matches!(n.mode, Mode::Nat | Mode::Routed));
+            (e.uplink.clone(), out.map(|n| n.name.clone()).collect())
         });
     }
     let (ovs_error, view) = match chassis_view(&ovs, &uplinks) {

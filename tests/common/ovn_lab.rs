@@ -20,7 +20,7 @@
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use crate::common::{Namespaces, ok, ok_in, pings, unique};
+use crate::common::{Daemon, Namespaces, ok, ok_in, pings, unique};
 
 pub struct Chassis {
     /// The chassis name (`system-id`): `hv1`, `hv2`, ...
@@ -68,7 +68,8 @@ pub fn ovn_present() -> bool {
     ok
 }
 
-fn wait_for(what: &str, timeout: Duration, mut ready: impl FnMut() -> bool) {
+/// Polls `ready` every 50 ms until it holds; fails the test after `timeout`.
+pub fn wait_for(what: &str, timeout: Duration, mut ready: impl FnMut() -> bool) {
     let t = Instant::now();
     while !ready() {
         assert!(t.elapsed() < timeout, "timed out waiting for {what}");
@@ -552,6 +553,38 @@ impl OvnLab {
         while std::path::Path::new(&format!("/proc/{pid}")).exists() {
             std::thread::sleep(Duration::from_millis(10));
         }
+    }
+
+    /// `kvmnet daemon --spec FILE` as chassis `i` (from 1), in its namespace, told its
+    /// chassis by `--chassis` when given, repairing drift every 300 ms; returned once its API
+    /// socket is there.
+    pub fn start_daemon(&self, i: usize, file: &str, chassis: Option<&str>) -> Daemon {
+        let ns = self.chassis[i - 1].ns.clone();
+        let mut args = vec!["daemon", "--spec", file, "--netns", &ns];
+        if let Some(c) = chassis {
+            args.extend(["--chassis", c]);
+        }
+        let child = std::process::Command::new(env!("CARGO_BIN_EXE_kvmnet"))
+            .args(&args)
+            .env("KVMNET_STATE_DIR", &self.ns.state_dir)
+            .env("KVMNET_RECONCILE_MS", "300")
+            .env_remove("JOURNAL_STREAM")
+            .env_remove("NOTIFY_SOCKET")
+            .env_remove("WATCHDOG_USEC")
+            .env_remove("WATCHDOG_PID")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let sock = self
+            .ns
+            .state_dir
+            .join(format!("netns-{ns}"))
+            .join("api.sock");
+        wait_for("the daemon's API socket", Duration::from_secs(30), || {
+            sock.exists()
+        });
+        Daemon(child)
     }
 
     /// kvmnet `args` as chassis `i` (from 1), in its namespace; must succeed. Its output.

@@ -70,6 +70,12 @@ impl Rows {
     }
 }
 
+/// Whether `net` hangs on the router `kvmnet` (nat and routed networks): it has a router
+/// port holding its gateway, announcing its IPv6 prefix and answering its DHCPv6.
+fn on_router(net: &Network) -> bool {
+    matches!(net.mode, Mode::Nat | Mode::Routed)
+}
+
 /// A MAC of kvmnet's router ports: locally administered, from the port's name.
 pub fn router_mac(name: &str) -> Mac {
     let h = fnv(name.as_bytes());
@@ -89,11 +95,7 @@ fn fnv(bytes: &[u8]) -> u64 {
 /// Every Northbound row the spec's OVN part wants.
 pub fn rows(ovn: &Ovn) -> Vec<NbRow> {
     let mut r = Rows(Vec::new());
-    let routed: Vec<&Network> = ovn
-        .networks
-        .values()
-        .filter(|n| matches!(n.mode, Mode::Nat | Mode::Routed))
-        .collect();
+    let routed: Vec<&Network> = ovn.networks.values().filter(|n| on_router(n)).collect();
     if !routed.is_empty() {
         router(&mut r, ovn, &routed);
     }
@@ -205,7 +207,7 @@ fn switch(r: &mut Rows, ovn: &Ovn, net: &Network, ports: &[&OvnPort], addrs: &Pi
             parent,
         );
     }
-    if matches!(net.mode, Mode::Nat | Mode::Routed) {
+    if on_router(net) {
         router_port_lsp(r, &net.name, parent);
     }
     r.0.extend(super::provider::localnet_port(net));
@@ -317,8 +319,7 @@ fn addresses(net: &Network, ports: &[&OvnPort]) -> BTreeMap<String, Ipv4Addr> {
 /// ports come and go, never another port's or the gateway's).
 fn addresses6(net: &Network, ports: &[&OvnPort]) -> BTreeMap<String, Ipv6Addr> {
     let mut out = BTreeMap::new();
-    let routed = matches!(net.mode, Mode::Nat | Mode::Routed);
-    if !routed || net.ipv6.is_none_or(|v| !v.ra.mode.managed()) {
+    if !on_router(net) || net.ipv6.is_none_or(|v| !v.ra.mode.managed()) {
         return out;
     }
     let mut taken: BTreeSet<Ipv6Addr> = net.ipv6.iter().map(|v| v.gateway.addr).collect();
@@ -389,7 +390,7 @@ fn dhcp_options(r: &mut Rows, ovn: &Ovn, net: &Network) {
         router_mac(&format!("kvmnet-lrp-{}", net.name)).to_string(),
     );
     o.insert("mtu".into(), ovn.guest_mtu(net).to_string());
-    if matches!(net.mode, Mode::Nat | Mode::Routed) {
+    if on_router(net) {
         o.insert("router".into(), gw.addr.to_string());
     }
     let dns = super::dns::dhcp_servers(net);
@@ -427,9 +428,7 @@ fn dhcp_options(r: &mut Rows, ovn: &Ovn, net: &Network) {
 /// servers are `dhcp.dns6`, else the gateway when the network has `dns` (OVN answers
 /// there); the search list is the DHCP domain. Its key, when written.
 fn dhcp6_options(r: &mut Rows, net: &Network) -> Option<String> {
-    let v6 = net
-        .ipv6
-        .filter(|_| matches!(net.mode, Mode::Nat | Mode::Routed))?;
+    let v6 = net.ipv6.filter(|_| on_router(net))?;
     let dns6 = net
         .dhcp
         .as_ref()
@@ -746,7 +745,7 @@ pub fn chassis_conf(ovn: &Ovn) -> Option<super::ChassisConf> {
         ssl: ovn
             .ssl
             .clone()
-            .filter(|_| ovn.sb.split(',').any(|r| r.trim().starts_with("ssl:"))),
+            .filter(|_| crate::spec::ovn::has_ssl(&ovn.sb)),
         drifted: false,
     })
 }

@@ -92,6 +92,12 @@ pub struct Ssl {
     pub ca_cert: std::path::PathBuf,
 }
 
+/// Whether a remote list (`ovn.nb`, `ovn.sb`, an `ovs`) has an `ssl:` remote: one that
+/// needs [`Ssl`].
+pub fn has_ssl(remotes: &str) -> bool {
+    remotes.split(',').any(|r| r.trim().starts_with("ssl:"))
+}
+
 /// A VM port on an OVN network, with the chassis its VM runs on.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct OvnPort {

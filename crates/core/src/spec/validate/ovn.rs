@@ -202,7 +202,7 @@ pub(super) fn read_ovn(cx: &mut Ctx, f: &Field) -> Option<OvnDraft> {
 /// An `ssl:` remote without `ovn.ssl` is refused at the remote: there is nothing to reach it
 /// with.
 fn needs_ssl(cx: &mut Ctx, f: &Field, remotes: &str, have_ssl: bool) {
-    if !have_ssl && remotes.split(',').any(|r| r.trim().starts_with("ssl:")) {
+    if !have_ssl && crate::spec::ovn::has_ssl(remotes) {
         cx.err(
             &f.path,
             f.loc(),

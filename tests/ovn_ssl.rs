@@ -6,7 +6,9 @@
 //! the `ssl:` Southbound database with an `SSL` row of its own, which ovn-controller picks
 //! up: the ports come up and the guests ping. A CA that did not sign the databases'
 //! certificate is refused at the handshake, and a key file that is not there is named, each
-//! with nothing changed; a daemon repairs a row edited by hand over TLS; status and destroy, which run without the spec, reach the database
+//! with nothing changed; a daemon repairs a row edited by hand over TLS; doctor's `ovn-tls`
+//! warns of a certificate about to expire and fails another key's; status and destroy,
+//! which run without the spec, reach the database
 //! with what the state directory recorded; destroy takes kvmnet's `SSL` row back and leaves
 //! the Northbound database as it was (another's switch in it).
 
@@ -147,10 +149,31 @@ fn nb_and_sb_over_tls() {
 
     let o = run(&file, "plan");
     assert!(text(&o).contains("No changes"), "{}", text(&o));
-    // Without the spec: status reads both databases with the recorded files.
+    status_without_the_spec(&lab, &hv);
+
+    daemon_repairs_over_tls(&lab, &file, &hv);
+    doctor_examines_the_files(&lab);
+
+    lab.ns
+        .kvmnet_ok(&["destroy", "--netns", &hv, "--chassis", "hv1"]);
+    assert_eq!(
+        lab.nb_rows(),
+        before,
+        "destroy over TLS leaves NB as it was"
+    );
+    assert_eq!(
+        lab.vsctl(1, "get-ssl").trim(),
+        "",
+        "and takes its SSL row back"
+    );
+}
+
+/// Without the spec: status reads both databases with the files the state directory
+/// recorded, and shows both ports up on hv1 and the far ones.
+fn status_without_the_spec(lab: &OvnLab, hv: &str) {
     let status = lab
         .ns
-        .kvmnet_ok(&["status", "--json", "--netns", &hv, "--chassis", "hv1"]);
+        .kvmnet_ok(&["status", "--json", "--netns", hv, "--chassis", "hv1"]);
     let v: serde_json::Value = serde_json::from_str(&status).unwrap();
     assert!(
         v["ovn"]["errors"].as_array().is_none_or(Vec::is_empty),
@@ -174,21 +197,6 @@ fn nb_and_sb_over_tls() {
         .find(|n| n["network"] == "far")
         .expect("far in status");
     assert_eq!(far["ports"].as_array().map(Vec::len), Some(FAR_VMS));
-
-    daemon_repairs_over_tls(&lab, &file, &hv);
-
-    lab.ns
-        .kvmnet_ok(&["destroy", "--netns", &hv, "--chassis", "hv1"]);
-    assert_eq!(
-        lab.nb_rows(),
-        before,
-        "destroy over TLS leaves NB as it was"
-    );
-    assert_eq!(
-        lab.vsctl(1, "get-ssl").trim(),
-        "",
-        "and takes its SSL row back"
-    );
 }
 
 /// A daemon keeps its monitored view of the Northbound database over TLS: a port's port
@@ -209,4 +217,58 @@ fn daemon_repairs_over_tls(lab: &OvnLab, file: &SpecFile, hv: &str) {
                 .contains("10.86.0.10")
         },
     );
+}
+
+/// doctor's `ovn-tls` on the files of the spec in force: ok as the PKI made them; a
+/// certificate signed for 10 days in their place (an X.509 v3 one, as TLS libraries
+/// require) is warned of with its days left; the
+/// databases' certificate there (not the key's) fails, naming the file. The files are put
+/// back after.
+fn doctor_examines_the_files(lab: &OvnLab) {
+    let pki = lab.pki.as_ref().expect("a TLS lab");
+    let status = |why: &str| {
+        let (_, checks) = lab.doctor(1, "ovn-tls");
+        assert_eq!(checks.len(), 1, "{why}: {checks:?}");
+        checks[0].clone()
+    };
+    let made = status("as made");
+    assert_eq!(made["status"], "ok", "{made}");
+
+    let cert = pki.join("hv-cert.pem");
+    let kept = std::fs::read(&cert).unwrap();
+    let short = pki.join("short-cert.pem");
+    let ca = pki.join("ca/switchca");
+    ok(&format!(
+        "openssl req -new -key {p}/hv-privkey.pem -subj '/CN=hv short' -out {p}/short.req 2>/dev/null && \
+         echo basicConstraints=CA:FALSE > {p}/short.ext && \
+         openssl x509 -req -in {p}/short.req -CA {ca}/cacert.pem -CAkey {ca}/private/cakey.pem \
+         -CAcreateserial -CAserial {p}/short.srl -extfile {p}/short.ext -days 10 -out {short} 2>/dev/null",
+        p = pki.display(),
+        ca = ca.display(),
+        short = short.display()
+    ));
+    std::fs::copy(&short, &cert).unwrap();
+    let soon = status("a 10-day certificate");
+    std::fs::write(&cert, &kept).unwrap();
+    assert_eq!(soon["status"], "warn", "{soon}");
+    assert!(
+        soon["message"]
+            .as_str()
+            .unwrap()
+            .contains("expires in 10 day(s)"),
+        "{soon}"
+    );
+
+    std::fs::copy(pki.join("central-cert.pem"), &cert).unwrap();
+    let other = status("another key's certificate");
+    std::fs::write(&cert, &kept).unwrap();
+    assert_eq!(other["status"], "fail", "{other}");
+    assert!(
+        other["message"]
+            .as_str()
+            .unwrap()
+            .contains(&cert.display().to_string()),
+        "{other}"
+    );
+    assert_eq!(status("put back")["status"], "ok");
 }

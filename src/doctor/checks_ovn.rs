@@ -328,7 +328,41 @@ pub fn ovn(facts: &Facts) -> Vec<Check> {
     out.extend(ports(o));
     out.extend(encap(o));
     out.extend(providers(facts, o));
+    out.extend(tls(o));
     out
+}
+
+/// `ovn.ssl`'s files: usable, signed by `ca_cert`, and not about to expire.
+fn tls(o: &OvnFacts) -> Option<Check> {
+    use crate::ovn::ovsdb::tls_files::{EXPIRY_WARN_DAYS, FilesStand};
+    const RENEW: &str = "renew the certificate (ovs-pki req+sign, or your CA) at ovn.ssl.certificate: OVS's daemons read a changed certificate file again, and kvmnet reads it at each connection";
+    let (status, message, fix) = match o.tls.as_ref()? {
+        FilesStand::Good => (
+            Status::Ok,
+            format!(
+                "ovn.ssl: the key is the certificate's, which ca_cert signed and which is valid for {EXPIRY_WARN_DAYS} days more at least"
+            ),
+            "",
+        ),
+        FilesStand::ExpiresSoon { days } => (
+            Status::Warn,
+            format!(
+                "ovn.ssl: the certificate expires in {days} day(s); then this host can no longer reach the ssl: databases"
+            ),
+            RENEW,
+        ),
+        FilesStand::OtherIssuer(why) => (
+            Status::Warn,
+            format!("ovn.ssl: {why}; the databases accept it only if their own CA signed it"),
+            "use a certificate signed by the CA of ovn.ssl.ca_cert, as an OVS PKI signs every certificate with one CA",
+        ),
+        FilesStand::Unusable(why) => (
+            Status::Fail,
+            format!("ovn.ssl: {why}"),
+            "fix the file named (ovn.ssl's private_key, certificate and ca_cert are PEM files readable by root; the key must be the certificate's)",
+        ),
+    };
+    Some(Check::with("ovn-tls", status, &o.chassis, message, fix))
 }
 
 #[cfg(test)]
@@ -384,6 +418,36 @@ mod tests {
         .into_iter()
         .filter(|c| c.id == "ovn-provider")
         .collect()
+    }
+
+    #[test]
+    fn tls_files_are_checked_when_the_spec_has_them() {
+        use crate::ovn::ovsdb::tls_files::FilesStand;
+        let tls = |stand: Option<FilesStand>| {
+            ovn(&Facts {
+                ovn: Some(OvnFacts {
+                    tls: stand,
+                    ..healthy()
+                }),
+                ..Facts::default()
+            })
+            .into_iter()
+            .filter(|c| c.id == "ovn-tls")
+            .collect::<Vec<_>>()
+        };
+        assert!(tls(None).is_empty(), "no ovn.ssl, no check");
+        assert_eq!(tls(Some(FilesStand::Good))[0].status, Status::Ok);
+        let soon = &tls(Some(FilesStand::ExpiresSoon { days: 9 }))[0];
+        assert_eq!(soon.status, Status::Warn);
+        assert!(soon.message.contains("in 9 day(s)"), "{}", soon.message);
+        assert!(soon.fix.contains("renew"), "{}", soon.fix);
+        let other = &tls(Some(FilesStand::OtherIssuer("x".into())))[0];
+        assert_eq!(other.status, Status::Warn);
+        let bad = &tls(Some(FilesStand::Unusable(
+            "certificate /c.pem: expired".into(),
+        )))[0];
+        assert_eq!(bad.status, Status::Fail);
+        assert!(bad.message.contains("/c.pem"), "{}", bad.message);
     }
 
     #[test]

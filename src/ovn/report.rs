@@ -410,6 +410,8 @@ pub struct OvnFacts {
     /// The spec's tunnel endpoint for this chassis, and whether an interface here has it.
     pub encap_ip: Option<Ipv4Addr>,
     pub encap_here: bool,
+    /// How `ovn.ssl`'s files stand, when the spec has them.
+    pub tls: Option<super::ovsdb::tls_files::FilesStand>,
 }
 
 /// Where ovn-controller's pid file is: `$OVN_RUNDIR` as OVN's own tools read it, else the
@@ -530,5 +532,9 @@ pub fn facts(scope: &str, ovn: &crate::spec::Ovn) -> OvnFacts {
         encap_here: encap_ip.is_some_and(|ip| local_ipv4().contains(&ip)),
         encap_ip,
         chassis,
+        tls: ovn
+            .ssl
+            .as_ref()
+            .map(|s| super::ovsdb::tls_files::examine(s, std::time::SystemTime::now())),
     }
 }

@@ -20,6 +20,7 @@ pub mod datum;
 pub mod replica;
 pub mod rpc;
 pub mod tls;
+pub mod tls_files;
 
 use std::fmt;
 use std::path::PathBuf;

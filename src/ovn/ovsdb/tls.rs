@@ -56,46 +56,83 @@ fn client_config() -> io::Result<Arc<ClientConfig>> {
             "an ssl: remote needs ovn.ssl (private_key, certificate, ca_cert)",
         ));
     };
-    // ring, not aws-lc-rs: no C build needing cmake. rustls marks it deprecated for having
-    // no post-quantum key exchange; ovsdb-server (OpenSSL 3.0 here) offers none either.
-    #[allow(deprecated)]
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut roots = rustls::RootCertStore::empty();
-    let ca = |e: &dyn std::fmt::Display| failed(format!("ca_cert {}: {e}", ssl.ca_cert.display()));
-    for c in CertificateDer::pem_file_iter(&ssl.ca_cert).map_err(|e| ca(&e))? {
-        roots.add(c.map_err(|e| ca(&e))?).map_err(|e| ca(&e))?;
-    }
-    if roots.is_empty() {
-        return Err(ca(&"no certificate in the file"));
-    }
-    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&ssl.certificate)
-        .and_then(|i| i.collect())
-        .map_err(|e| failed(format!("certificate {}: {e}", ssl.certificate.display())))?;
-    if chain.is_empty() {
-        return Err(failed(format!(
-            "certificate {}: no certificate in the file",
-            ssl.certificate.display()
-        )));
-    }
-    let key = PrivateKeyDer::from_pem_file(&ssl.private_key)
-        .map_err(|e| failed(format!("private_key {}: {e}", ssl.private_key.display())))?;
-    let webpki = WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider.clone())
-        .build()
-        .map_err(|e| ca(&e))?;
-    let config = ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(failed)?
-        .dangerous()
-        .with_custom_certificate_verifier(Arc::new(ByCa(webpki)))
-        .with_client_auth_cert(chain, key)
-        .map_err(|e| {
-            failed(format!(
-                "private_key {} and certificate {}: {e}",
-                ssl.private_key.display(),
+    Files::read(&ssl)?.config()
+}
+
+/// `ovn.ssl`'s files, read and parsed.
+pub(crate) struct Files<'a> {
+    ssl: &'a Ssl,
+    provider: Arc<rustls::crypto::CryptoProvider>,
+    pub(crate) roots: Arc<rustls::RootCertStore>,
+    /// The certificate file's chain: this host's certificate first.
+    pub(crate) chain: Vec<CertificateDer<'static>>,
+    key: PrivateKeyDer<'static>,
+}
+
+impl<'a> Files<'a> {
+    /// Reads the three files; an error names the file and says what is wrong with it.
+    pub(crate) fn read(ssl: &'a Ssl) -> io::Result<Files<'a>> {
+        // ring, not aws-lc-rs: no C build needing cmake. rustls marks it deprecated for
+        // having no post-quantum key exchange; ovsdb-server (OpenSSL 3.0 here) offers none
+        // either.
+        #[allow(deprecated)]
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let mut roots = rustls::RootCertStore::empty();
+        let ca =
+            |e: &dyn std::fmt::Display| failed(format!("ca_cert {}: {e}", ssl.ca_cert.display()));
+        for c in CertificateDer::pem_file_iter(&ssl.ca_cert).map_err(|e| ca(&e))? {
+            roots.add(c.map_err(|e| ca(&e))?).map_err(|e| ca(&e))?;
+        }
+        if roots.is_empty() {
+            return Err(ca(&"no certificate in the file"));
+        }
+        let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&ssl.certificate)
+            .and_then(|i| i.collect())
+            .map_err(|e| failed(format!("certificate {}: {e}", ssl.certificate.display())))?;
+        if chain.is_empty() {
+            return Err(failed(format!(
+                "certificate {}: no certificate in the file",
                 ssl.certificate.display()
-            ))
-        })?;
-    Ok(Arc::new(config))
+            )));
+        }
+        let key = PrivateKeyDer::from_pem_file(&ssl.private_key)
+            .map_err(|e| failed(format!("private_key {}: {e}", ssl.private_key.display())))?;
+        Ok(Files {
+            ssl,
+            provider,
+            roots: Arc::new(roots),
+            chain,
+            key,
+        })
+    }
+
+    pub(crate) fn provider(&self) -> Arc<rustls::crypto::CryptoProvider> {
+        self.provider.clone()
+    }
+
+    /// The client configuration: refused when the key is not the certificate's.
+    pub(crate) fn config(self) -> io::Result<Arc<ClientConfig>> {
+        let ssl = self.ssl;
+        let ca =
+            |e: &dyn std::fmt::Display| failed(format!("ca_cert {}: {e}", ssl.ca_cert.display()));
+        let webpki = WebPkiServerVerifier::builder_with_provider(self.roots, self.provider.clone())
+            .build()
+            .map_err(|e| ca(&e))?;
+        let config = ClientConfig::builder_with_provider(self.provider)
+            .with_safe_default_protocol_versions()
+            .map_err(failed)?
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(ByCa(webpki)))
+            .with_client_auth_cert(self.chain, self.key)
+            .map_err(|e| {
+                failed(format!(
+                    "private_key {} and certificate {}: {e}",
+                    ssl.private_key.display(),
+                    ssl.certificate.display()
+                ))
+            })?;
+        Ok(Arc::new(config))
+    }
 }
 
 /// WebPKI's verification of the chain to the CA, without its check of the name (see the

@@ -115,7 +115,7 @@ fn with_client<R>(
 }
 
 /// kvmnet's rows as the database holds them.
-pub fn observe(remotes: &str) -> Result<Vec<NbRow>, NbError> {
+pub fn observe(remotes: &str) -> Result<Vec<std::sync::Arc<NbRow>>, NbError> {
     with_client(remotes, |k| {
         Ok(k.now(|_, owned| owned.rows.values().cloned().collect()))
     })

@@ -48,7 +48,7 @@ pub struct Snapshot {
     /// kvmnet's rows in OVN's Northbound database, with the columns it sets (empty when
     /// the spec has no OVN part and none was applied).
     #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub nb: Vec<crate::ovn::NbRow>,
+    pub nb: Vec<std::sync::Arc<crate::ovn::NbRow>>,
     /// This host as an OVN chassis, as kvmnet last made it (from the state directory), with
     /// whether its Open_vSwitch database still matches.
     #[serde(skip_serializing_if = "Option::is_none")]

@@ -71,7 +71,8 @@ pub struct HostState {
     pub mtus: BTreeMap<String, u32>,
     /// kvmnet's rows in OVN's Northbound database, by [`crate::ovn::NbRow::id`].
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub nb: BTreeMap<String, crate::ovn::NbRow>,
+    /// Shared, not copied: a daemon's view of the database holds the same rows.
+    pub nb: BTreeMap<String, std::sync::Arc<crate::ovn::NbRow>>,
     /// This host as an OVN chassis.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub chassis: Option<crate::ovn::ChassisConf>,

@@ -195,7 +195,7 @@ pub fn desired_with_nft(
     if let Some(o) = &spec.ovn {
         b.st.nb = crate::ovn::model::rows(o)
             .into_iter()
-            .map(|r| (r.id(), r))
+            .map(|r| (r.id(), std::sync::Arc::new(r)))
             .collect();
         b.st.chassis = crate::ovn::model::chassis_conf(o);
     }

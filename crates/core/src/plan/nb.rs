@@ -109,12 +109,12 @@ pub(super) fn changes(cx: &mut Cx<'_>, steps: &mut Vec<Step>) {
     let mut out: Vec<(usize, Step)> = Vec::new();
     for (id, w) in want {
         match have.get(id) {
-            None => out.push((rank(w), Step::Nb(Change::Create(w.clone())))),
+            None => out.push((rank(w), Step::Nb(Change::Create(NbRow::clone(w))))),
             Some(h) if h != w => out.push((
                 rank(w),
                 Step::Nb(Change::Update {
-                    from: h.clone(),
-                    to: w.clone(),
+                    from: NbRow::clone(h),
+                    to: NbRow::clone(w),
                 }),
             )),
             Some(_) => {}
@@ -122,7 +122,7 @@ pub(super) fn changes(cx: &mut Cx<'_>, steps: &mut Vec<Step>) {
     }
     for (id, h) in have {
         if !want.contains_key(id) {
-            out.push((rank(h), Step::Nb(Change::Delete(h.clone()))));
+            out.push((rank(h), Step::Nb(Change::Delete(NbRow::clone(h)))));
         }
     }
     out.sort_by_key(|(r, _)| *r);

@@ -247,28 +247,27 @@ fn doctor_examines_the_files(lab: &OvnLab) {
         ca = ca.display(),
         short = short.display()
     ));
-    std::fs::copy(&short, &cert).unwrap();
-    let soon = status("a 10-day certificate");
-    std::fs::write(&cert, &kept).unwrap();
-    assert_eq!(soon["status"], "warn", "{soon}");
-    assert!(
-        soon["message"]
-            .as_str()
-            .unwrap()
-            .contains("expires in 10 day(s)"),
-        "{soon}"
+    // The check with `from` in the certificate's place, the certificate put back after.
+    let with_cert = |from: &std::path::Path, why: &str| {
+        std::fs::copy(from, &cert).unwrap();
+        let check = status(why);
+        std::fs::write(&cert, &kept).unwrap();
+        check
+    };
+    let says = |check: &serde_json::Value, st: &str, text: &str| {
+        assert_eq!(check["status"], st, "{check}");
+        let message = check["message"].as_str().unwrap_or_default();
+        assert!(message.contains(text), "{check}");
+    };
+    says(
+        &with_cert(&short, "a 10-day certificate"),
+        "warn",
+        "expires in 10 day(s)",
     );
-
-    std::fs::copy(pki.join("central-cert.pem"), &cert).unwrap();
-    let other = status("another key's certificate");
-    std::fs::write(&cert, &kept).unwrap();
-    assert_eq!(other["status"], "fail", "{other}");
-    assert!(
-        other["message"]
-            .as_str()
-            .unwrap()
-            .contains(&cert.display().to_string()),
-        "{other}"
+    says(
+        &with_cert(&pki.join("central-cert.pem"), "another key's certificate"),
+        "fail",
+        &cert.display().to_string(),
     );
     assert_eq!(status("put back")["status"], "ok");
 }

@@ -14,8 +14,8 @@
 //! stops being, or changes key in place can change how other rows read, so then the view
 //! is built again whole.
 
-use std::sync::Arc;
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 
 use foldhash::{HashMap, HashSet};
 
@@ -206,7 +206,8 @@ impl Owned {
             columns,
             parent: self.parents.get(uuid).cloned(),
         };
-        self.rows.insert((t.to_string(), key.clone()), Arc::new(row));
+        self.rows
+            .insert((t.to_string(), key.clone()), Arc::new(row));
     }
 
     pub(super) fn row(&self, table: &str, key: &str) -> Option<&NbRow> {

@@ -199,7 +199,8 @@ fn inputs(
             have.nb = nb.into_iter().map(|r| (r.id(), r)).collect();
             have
         });
-        let want = desired::desired_with_nft(full, snap, None);
+        let rows = full.ovn.as_ref().and_then(|o| backend.nb_wanted(o));
+        let want = desired::desired_with_rows(full, snap, None, rows);
         let made = made.join().expect("making nft tables does not panic");
         let have = owned.join().expect("reading the snapshot does not panic");
         Ok::<_, crate::observe::ObserveError>((made, want, have))
@@ -290,9 +291,10 @@ pub fn plan_on(
         moved: moved_onto(&want),
         ..managed(spec)
     };
+    let mut want = want;
+    backend.nb_adopt(&mut want.nb, &have.nb);
     let plan = plan::diff(&want, &have);
     let nb = backend.nb_remote().map(|r| (r, !want.nb.is_empty()));
-    let mut want = want;
     let remembered = backend.remember_nft(want.nft.take());
     Ok(Planned {
         plan,

@@ -74,6 +74,8 @@ pub struct Watch {
     /// Whole reads and partial ones so far (shown by `GET /v1/debug/watch`).
     pub whole_reads: u64,
     pub partial_reads: u64,
+    /// The Northbound rows the last plans wanted, made again only where the spec changed.
+    pub nb_rows: kvmnet_core::ovn::memo::RowsMemo,
 }
 
 fn names_of(links: &BTreeMap<u32, LinkInfo>, indexes: &BTreeSet<u32>) -> BTreeSet<String> {
@@ -95,6 +97,7 @@ impl Watch {
             resync: Duration::from_secs(60),
             whole_reads: 0,
             partial_reads: 0,
+            nb_rows: Default::default(),
         })
     }
 

@@ -47,6 +47,7 @@ use crate::snapshot::Snapshot;
 use crate::spec::Spec;
 use crate::statedir::StateDir;
 use crate::watch::Watch;
+use kvmnet_core::ovn::memo::RowMap;
 
 #[cfg(doc)]
 use crate::{borrowed::Borrowed, plan::Step};
@@ -89,6 +90,16 @@ pub trait Backend {
     fn nb_remote(&self) -> Option<String> {
         None
     }
+
+    /// The Northbound rows `ovn` wants, when this backend keeps what it made for the plans
+    /// before (`None`: the desired state makes them anew).
+    fn nb_wanted(&mut self, _ovn: &kvmnet_core::spec::ovn::Ovn) -> Option<RowMap> {
+        None
+    }
+
+    /// Once observed: the wanted rows equal to observed ones take the observed copies, where
+    /// this backend keeps rows between plans (see [`kvmnet_core::ovn::memo`]).
+    fn nb_adopt(&mut self, _want: &mut RowMap, _have: &RowMap) {}
 }
 
 /// The kernel of the namespace kvmnet runs in: netlink, tun ioctls, nft, /proc/sys.
@@ -191,5 +202,15 @@ impl Backend for Kernel<'_> {
 
     fn nb_remote(&self) -> Option<String> {
         self.nb.clone()
+    }
+
+    fn nb_wanted(&mut self, ovn: &kvmnet_core::spec::ovn::Ovn) -> Option<RowMap> {
+        self.watch.as_deref_mut().map(|w| w.nb_rows.rows(ovn))
+    }
+
+    fn nb_adopt(&mut self, want: &mut RowMap, have: &RowMap) {
+        if let Some(w) = self.watch.as_deref_mut() {
+            w.nb_rows.adopt(want, have);
+        }
     }
 }

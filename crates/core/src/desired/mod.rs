@@ -172,6 +172,17 @@ pub fn desired_with_nft(
     snap: &Snapshot,
     nft: Option<nft::NftTable>,
 ) -> Result<HostState, Vec<SpecError>> {
+    desired_with_rows(spec, snap, nft, None)
+}
+
+/// [`desired_with_nft`], with the spec's Northbound rows made already when `nb` is given (a
+/// daemon's [`crate::ovn::memo::RowsMemo`] makes again only what changed).
+pub fn desired_with_rows(
+    spec: &Spec,
+    snap: &Snapshot,
+    nft: Option<nft::NftTable>,
+    nb: Option<crate::ovn::memo::RowMap>,
+) -> Result<HostState, Vec<SpecError>> {
     let mut b = Build {
         spec,
         snap,
@@ -193,10 +204,12 @@ pub fn desired_with_nft(
     b.give_back();
     b.ports();
     if let Some(o) = &spec.ovn {
-        b.st.nb = crate::ovn::model::rows(o)
-            .into_iter()
-            .map(|r| (r.id(), std::sync::Arc::new(r)))
-            .collect();
+        b.st.nb = nb.unwrap_or_else(|| {
+            crate::ovn::model::rows(o)
+                .into_iter()
+                .map(|r| (r.id(), std::sync::Arc::new(r)))
+                .collect()
+        });
         b.st.chassis = crate::ovn::model::chassis_conf(o);
     }
     b.ethtool();

@@ -15,6 +15,7 @@
 pub mod dns;
 pub mod firewall;
 pub mod forwards;
+pub mod memo;
 pub mod model;
 pub mod provider;
 

@@ -94,32 +94,62 @@ fn fnv(bytes: &[u8]) -> u64 {
 
 /// Every Northbound row the spec's OVN part wants.
 pub fn rows(ovn: &Ovn) -> Vec<NbRow> {
+    let mut out = router_rows(ovn);
+    for (net, ports) in by_network(ovn) {
+        out.extend(network_rows(ovn, net, &ports));
+    }
+    out.extend(tail_rows(ovn));
+    out
+}
+
+/// The rows before the networks' ([`rows`] lists them first): the router of the nat and
+/// routed networks.
+pub(super) fn router_rows(ovn: &Ovn) -> Vec<NbRow> {
     let mut r = Rows(Vec::new());
     let routed: Vec<&Network> = ovn.networks.values().filter(|n| on_router(n)).collect();
     if !routed.is_empty() {
         router(&mut r, ovn, &routed);
     }
-    // Each network's ports, in one pass: a spec may have hundreds of networks.
+    r.0
+}
+
+/// Each network with its ports, in one pass: a spec may have hundreds of networks.
+pub(super) fn by_network(ovn: &Ovn) -> Vec<(&Network, Vec<&OvnPort>)> {
     let mut by_net: BTreeMap<&str, Vec<&OvnPort>> = BTreeMap::new();
     for p in &ovn.ports {
         by_net.entry(p.port.network.as_str()).or_default().push(p);
     }
-    for net in ovn.networks.values() {
-        let ports = by_net.remove(net.name.as_str()).unwrap_or_default();
-        let addrs = Picked {
-            v4: addresses(net, &ports),
-            v6: addresses6(net, &ports),
-        };
-        switch(&mut r, ovn, net, &ports, &addrs);
-        if net.isolate_ports {
-            isolation(&mut r, net, &ports);
-        }
-        if net.dns.is_some() {
-            r.0.extend(super::dns::row(net, &vm_addresses(&ports, &addrs)));
-        }
+    ovn.networks
+        .values()
+        .map(|net| (net, by_net.remove(net.name.as_str()).unwrap_or_default()))
+        .collect()
+}
+
+/// One network's rows: its switch and ports, their QoS, its isolation and DNS. A function of
+/// the spec's OVN part but its ports, the network and its own ports (which
+/// [`super::memo::RowsMemo`] relies on).
+pub(super) fn network_rows(ovn: &Ovn, net: &Network, ports: &[&OvnPort]) -> Vec<NbRow> {
+    let mut r = Rows(Vec::new());
+    let addrs = Picked {
+        v4: addresses(net, ports),
+        v6: addresses6(net, ports),
+    };
+    switch(&mut r, ovn, net, ports, &addrs);
+    if net.isolate_ports {
+        isolation(&mut r, net, ports);
     }
+    if net.dns.is_some() {
+        r.0.extend(super::dns::row(net, &vm_addresses(ports, &addrs)));
+    }
+    r.0
+}
+
+/// The rows after the networks': the firewalls' port groups, ACLs and address sets, and
+/// the forwards' load balancers and NAT.
+pub(super) fn tail_rows(ovn: &Ovn) -> Vec<NbRow> {
+    let mut r = Rows(Vec::new());
     super::firewall::firewalls(&mut r, ovn);
-    if !routed.is_empty() {
+    if ovn.networks.values().any(on_router) {
         r.0.extend(super::forwards::rows(ovn));
     }
     r.0

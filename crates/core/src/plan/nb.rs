@@ -105,26 +105,46 @@ fn rank(r: &NbRow) -> usize {
 
 /// Rows added, changed and removed, table by table.
 pub(super) fn changes(cx: &mut Cx<'_>, steps: &mut Vec<Step>) {
+    use std::cmp::Ordering;
     let (want, have) = (&cx.want.nb, &cx.have.nb);
     let mut out: Vec<(usize, Step)> = Vec::new();
-    for (id, w) in want {
-        match have.get(id) {
-            None => out.push((rank(w), Step::Nb(Change::Create(NbRow::clone(w))))),
-            Some(h) if h != w => out.push((
-                rank(w),
-                Step::Nb(Change::Update {
-                    from: NbRow::clone(h),
-                    to: NbRow::clone(w),
-                }),
-            )),
-            Some(_) => {}
+    let mut gone: Vec<(usize, Step)> = Vec::new();
+    // Both maps are sorted by id: one walk through the two, not a lookup of each row in the
+    // other map (40,000 lookups of 20,000 at 10,000 ports). A row the view and the wanted
+    // rows share (the same `Arc`) compares equal without a look inside.
+    let (mut w, mut h) = (want.iter().peekable(), have.iter().peekable());
+    loop {
+        let order = match (w.peek(), h.peek()) {
+            (None, None) => break,
+            (Some(_), None) => Ordering::Less,
+            (None, Some(_)) => Ordering::Greater,
+            (Some((wid, _)), Some((hid, _))) => wid.cmp(hid),
+        };
+        match order {
+            Ordering::Less => {
+                let (_, wr) = w.next().expect("peeked");
+                out.push((rank(wr), Step::Nb(Change::Create(NbRow::clone(wr)))));
+            }
+            Ordering::Greater => {
+                let (_, hr) = h.next().expect("peeked");
+                gone.push((rank(hr), Step::Nb(Change::Delete(NbRow::clone(hr)))));
+            }
+            Ordering::Equal => {
+                let ((_, wr), (_, hr)) = (w.next().expect("peeked"), h.next().expect("peeked"));
+                if hr != wr {
+                    out.push((
+                        rank(wr),
+                        Step::Nb(Change::Update {
+                            from: NbRow::clone(hr),
+                            to: NbRow::clone(wr),
+                        }),
+                    ));
+                }
+            }
         }
     }
-    for (id, h) in have {
-        if !want.contains_key(id) {
-            out.push((rank(h), Step::Nb(Change::Delete(NbRow::clone(h)))));
-        }
-    }
+    // Deletions after the rest of their table, as they always were.
+    out.extend(gone);
     out.sort_by_key(|(r, _)| *r);
     steps.extend(out.into_iter().map(|(_, s)| s));
 }

@@ -485,3 +485,52 @@ fn ovn_refusals_inside_cached_entries() {
         );
     }
 }
+
+/// Entries the cache holds passed the OVN port checks under one set of chassis and OVN
+/// networks; when the head changes either, they are checked again: a VM whose chassis left
+/// `ovn.chassis`, and a field OVN refuses on a network that moved to OVN, are refused as a
+/// full parse refuses them.
+#[test]
+fn cached_ovn_ports_are_checked_again_when_the_head_changes() {
+    let head = |chassis: &str, k_backend: &str| {
+        format!(
+            "version: 1\novn:\n  nb: unix:/run/ovn/ovnnb_db.sock\n  sb: unix:/run/ovn/ovnsb_db.sock\n  \
+             chassis:\n{chassis}networks:\n  w: {{ backend: ovn, mode: isolated, ipv4: 10.171.0.1/16 }}\n  \
+             k: {{ backend: {k_backend}, mode: isolated, ipv4: 10.172.0.1/16 }}\nvms:\n"
+        )
+    };
+    let both = "    hv1: { encap_ip: 172.31.0.1 }\n    hv2: { encap_ip: 172.31.0.2 }\n";
+    let one = "    hv1: { encap_ip: 172.31.0.1 }\n";
+    let mut vms: Vec<String> = (0..40)
+        .map(|i| {
+            format!(
+                "  v{i}:\n    host: hv{}\n    ports:\n      - {{ network: w, ipv4: 10.171.1.{} }}\n",
+                1 + i % 2,
+                i + 2
+            )
+        })
+        .collect();
+    vms.push(
+        "  q:\n    host: hv1\n    ports:\n      - { network: k, ipv4: 10.172.1.2, qos: { inbound: { rate: 10mbit, ceil: 20mbit } } }\n"
+            .into(),
+    );
+    let mut cache = SpecCache::default();
+    let valid = build(&head(both, "kernel"), &vms, "");
+    check_read(&mut cache, &valid, Some(41), "valid");
+    check_read(&mut cache, &valid, Some(0), "again, all cached");
+    for (text, what) in [
+        (
+            build(&head(one, "kernel"), &vms, ""),
+            "hv2 left ovn.chassis",
+        ),
+        (build(&head(both, "ovn"), &vms, ""), "k moved to OVN"),
+    ] {
+        check(&mut cache, &text, what);
+        assert!(
+            spec::parse_bytes(text.as_bytes(), &id()).is_err(),
+            "{what}: refused"
+        );
+        // And back: valid again, from the cache.
+        check(&mut cache, &valid, what);
+    }
+}

@@ -216,7 +216,19 @@ impl SpecCache {
             parts,
         };
         let spec = validate::finish(&mut cx, head.clone(), ports, names, identity);
-        if cx.errors.is_empty() { spec } else { None }
+        if !cx.errors.is_empty() {
+            return None;
+        }
+        // Every port passed: its entry's ports need no OVN port checks under this stamp.
+        if let (Some(_), Some(stamp)) = (&spec, head.ovn_stamp()) {
+            let generation = self.generation;
+            for c in self.chunks.values_mut().filter(|c| c.used == generation) {
+                for p in &mut c.ports {
+                    p.ovn_clean = stamp;
+                }
+            }
+        }
+        spec
     }
 }
 

@@ -598,6 +598,10 @@ pub(crate) struct PortDraft {
     vlans: Vec<(u16, Loc, String)>,
     /// The VM's `host` (the chassis it runs on), with where it was written.
     pub(crate) host: Option<(String, Loc)>,
+    /// What [`ovn::ovn_stamp`] gave for the spec in which this port, read from a spec
+    /// cache's VM entry, passed the checks of an OVN port (0: none known). Those checks read
+    /// the port and what the stamp covers, so under the same stamp they pass again.
+    pub(crate) ovn_clean: u64,
 }
 
 impl PortDraft {
@@ -668,6 +672,16 @@ pub(crate) struct Head {
 }
 
 impl Head {
+    /// See [`ovn::ovn_stamp`]: `None` when the spec has no OVN part.
+    pub(crate) fn ovn_stamp(&self) -> Option<u64> {
+        let draft = self.ovn.as_ref()?;
+        Some(ovn::ovn_stamp(
+            draft,
+            self.host_backend,
+            self.nets.as_deref().unwrap_or(&[]),
+        ))
+    }
+
     /// What reading a VM learns from the networks: the same VM text reads the same way
     /// under two heads whose networks agree on this.
     pub(crate) fn vm_context(&self) -> VmContext {

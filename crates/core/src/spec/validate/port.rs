@@ -109,6 +109,7 @@ impl PortDraft {
             ethtool: None,
             vlans: Vec::new(),
             host: None,
+            ovn_clean: 0,
         }
     }
 }

@@ -129,19 +129,40 @@ pub(super) fn by_network(ovn: &Ovn) -> Vec<(&Network, Vec<&OvnPort>)> {
 /// the spec's OVN part but its ports, the network and its own ports (which
 /// [`super::memo::RowsMemo`] relies on).
 pub(super) fn network_rows(ovn: &Ovn, net: &Network, ports: &[&OvnPort]) -> Vec<NbRow> {
+    let (mut rows, addrs, switch) = network_parts(ovn, net, ports);
+    for p in ports {
+        rows.extend(port_rows(net, &p.port, &addrs, &switch));
+    }
+    rows
+}
+
+/// What a network's ports' own rows take from their switch: its DHCP options.
+pub(super) struct SwitchOptions {
+    dhcp: bool,
+    dhcp6: Option<String>,
+}
+
+/// A network's rows but its ports' own ([`port_rows`]): its switch, DHCP options, router
+/// and localnet ports, isolation and DNS; with the addresses picked for its ports and what
+/// their rows take from the switch.
+pub(super) fn network_parts(
+    ovn: &Ovn,
+    net: &Network,
+    ports: &[&OvnPort],
+) -> (Vec<NbRow>, Picked, SwitchOptions) {
     let mut r = Rows(Vec::new());
     let addrs = Picked {
         v4: addresses(net, ports),
         v6: addresses6(net, ports),
     };
-    switch(&mut r, ovn, net, ports, &addrs);
+    let switch = switch(&mut r, ovn, net);
     if net.isolate_ports {
         isolation(&mut r, net, ports);
     }
     if net.dns.is_some() {
         r.0.extend(super::dns::row(net, &vm_addresses(ports, &addrs)));
     }
-    r.0
+    (r.0, addrs, switch)
 }
 
 /// The rows after the networks': the firewalls' port groups, ACLs and address sets, and
@@ -158,10 +179,17 @@ pub(super) fn tail_rows(ovn: &Ovn) -> Vec<NbRow> {
 /// Each port's addresses on its network, by port name, where kvmnet says them (declared)
 /// or picks them (from the DHCP pools): OVN's DHCP answers a port only with an address
 /// its `addresses` lists.
-struct Picked {
+pub(super) struct Picked {
     v4: BTreeMap<String, Ipv4Addr>,
     /// The port's DHCPv6 address (RA mode `dhcpv6`): its `ipv6`, else one of `range6`.
     v6: BTreeMap<String, Ipv6Addr>,
+}
+
+impl Picked {
+    /// What was picked for port `name`: all of its rows read of the picks.
+    pub(super) fn of(&self, name: &str) -> (Option<Ipv4Addr>, Option<Ipv6Addr>) {
+        (self.v4.get(name).copied(), self.v6.get(name).copied())
+    }
 }
 
 /// Each VM's addresses on `net`, for its DNS names: IPv4 declared or picked, and the
@@ -186,7 +214,8 @@ fn vm_addresses(ports: &[&OvnPort], addrs: &Picked) -> BTreeMap<String, Vec<IpAd
     out
 }
 
-fn switch(r: &mut Rows, ovn: &Ovn, net: &Network, ports: &[&OvnPort], addrs: &Picked) {
+/// A network's switch, its DHCP options, and its router and localnet ports.
+fn switch(r: &mut Rows, ovn: &Ovn, net: &Network) -> SwitchOptions {
     r.add(
         "Logical_Switch",
         &net.name,
@@ -196,54 +225,71 @@ fn switch(r: &mut Rows, ovn: &Ovn, net: &Network, ports: &[&OvnPort], addrs: &Pi
         ],
         None,
     );
-    let parent = Some(("Logical_Switch", net.name.as_str(), "ports"));
     let dhcp = net.dhcp.is_some() && net.ipv4.is_some();
     if dhcp {
         dhcp_options(r, ovn, net);
     }
     let dhcp6 = dhcp6_options(r, net);
-    for p in ports {
-        let port = &p.port;
-        let mut addr = match addrs.v4.get(&port.name) {
-            Some(a) => format!("{} {a}", port.mac),
-            None => port.mac.to_string(),
-        };
-        for a in ipv6_addresses(net, port, addrs.v6.get(&port.name).copied()) {
-            addr.push_str(&format!(" {a}"));
-        }
-        r.add(
-            "Logical_Switch_Port",
-            &port.name,
-            vec![
-                ("name", NbVal::str(&port.name)),
-                ("type", NbVal::str("")),
-                ("addresses", NbVal::strs([addr.clone()])),
-                ("port_security", NbVal::strs(port.antispoof.then_some(addr))),
-                ("options", NbVal::map::<&str, &str>([])),
-                (
-                    "dhcpv4_options",
-                    NbVal::set(dhcp.then(|| NbVal::reference("DHCP_Options", &net.name))),
-                ),
-                (
-                    "dhcpv6_options",
-                    NbVal::set(
-                        dhcp6
-                            .as_deref()
-                            .map(|k| NbVal::reference("DHCP_Options", k)),
-                    ),
-                ),
-                ("tag", NbVal::set([])),
-            ],
-            parent,
+    if on_router(net) {
+        router_port_lsp(
+            r,
+            &net.name,
+            Some(("Logical_Switch", net.name.as_str(), "ports")),
         );
     }
-    if on_router(net) {
-        router_port_lsp(r, &net.name, parent);
-    }
     r.0.extend(super::provider::localnet_port(net));
-    for p in ports {
-        qos(r, net, &p.port);
+    SwitchOptions { dhcp, dhcp6 }
+}
+
+/// A VM port's own rows: its logical switch port and its QoS. A function of the network,
+/// the port, what was picked for it ([`Picked::of`]) and the switch's options.
+pub(super) fn port_rows(
+    net: &Network,
+    port: &crate::spec::model::Port,
+    addrs: &Picked,
+    switch: &SwitchOptions,
+) -> Vec<NbRow> {
+    let mut r = Rows(Vec::new());
+    let (v4, v6) = addrs.of(&port.name);
+    let mut addr = match v4 {
+        Some(a) => format!("{} {a}", port.mac),
+        None => port.mac.to_string(),
+    };
+    for a in ipv6_addresses(net, port, v6) {
+        addr.push_str(&format!(" {a}"));
     }
+    r.add(
+        "Logical_Switch_Port",
+        &port.name,
+        vec![
+            ("name", NbVal::str(&port.name)),
+            ("type", NbVal::str("")),
+            ("addresses", NbVal::strs([addr.clone()])),
+            ("port_security", NbVal::strs(port.antispoof.then_some(addr))),
+            ("options", NbVal::map::<&str, &str>([])),
+            (
+                "dhcpv4_options",
+                NbVal::set(
+                    switch
+                        .dhcp
+                        .then(|| NbVal::reference("DHCP_Options", &net.name)),
+                ),
+            ),
+            (
+                "dhcpv6_options",
+                NbVal::set(
+                    switch
+                        .dhcp6
+                        .as_deref()
+                        .map(|k| NbVal::reference("DHCP_Options", k)),
+                ),
+            ),
+            ("tag", NbVal::set([])),
+        ],
+        Some(("Logical_Switch", net.name.as_str(), "ports")),
+    );
+    qos(&mut r, net, port);
+    r.0
 }
 
 /// A port's `qos` as meters on its switch: traffic over the rate is dropped (policed), not

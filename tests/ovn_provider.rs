@@ -232,13 +232,15 @@ fn lan_router_ipv6(g: &Guests, lan_host: &str) {
         lan_host,
         &format!("ip -6 addr add {router_addr}/64 dev eth0 nodad"),
     );
-    let mut router = Command::new("ip")
-        .args(["netns", "exec", lan_host, "timeout", "60"])
-        .args(["atk6-fake_router6", "eth0", &format!("{LAN6}::/64")])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("fake_router6 runs");
+    let _router = Bounded(
+        Command::new("ip")
+            .args(["netns", "exec", lan_host, "timeout", "60"])
+            .args(["atk6-fake_router6", "eth0", &format!("{LAN6}::/64")])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("fake_router6 runs"),
+    );
     let slaac = |ns: &str, host: &str| {
         // One zero group: written out, as `ip` (RFC 5952) shows it.
         let want = format!("{LAN6}:0:5054:ff:fe90:{host}");
@@ -267,8 +269,19 @@ fn lan_router_ipv6(g: &Guests, lan_host: &str) {
         ping6(&g.la, &a6, &router_addr),
         "a's own address still works"
     );
-    let _ = router.kill();
-    let _ = router.wait();
+}
+
+/// A command under `timeout`, stopped when dropped (the test passed or failed) with SIGTERM,
+/// which `timeout` passes on to it. SIGKILL would stop `timeout` alone and leave the command
+/// running with nothing left to bound it: a fake_router6 outlived a CI run that way.
+struct Bounded(std::process::Child);
+
+impl Drop for Bounded {
+    fn drop(&mut self) {
+        // SAFETY: signalling the child this test spawned, not yet waited for.
+        unsafe { libc::kill(self.0.id() as i32, libc::SIGTERM) };
+        let _ = self.0.wait();
+    }
 }
 
 /// `kvmnet status` of chassis `i`: `--json`'s provider uplink `pup`, and the text.

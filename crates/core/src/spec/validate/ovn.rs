@@ -423,6 +423,9 @@ fn read_external6(cx: &mut Ctx, o: &super::Obj) -> Option<Option<(Ipv6Cidr, Ipv6
 /// Where each path was written (see `Ctx::loc_index`).
 type Index = super::LocIndex;
 
+/// How kvmnet's own logical switch ports' names start (`kvmnet-rp-NET`, `kvmnet-ln-NET`).
+const OWN_PREFIX: &str = "kvmnet-";
+
 /// Where network `n` is: its own `backend`, else `host.backend`, else the kernel; with
 /// where that was said.
 fn backend_of(n: &NetDraft, host_backend: Option<(NetBackend, Loc)>) -> (NetBackend, Loc) {
@@ -720,6 +723,18 @@ fn check_port(cx: &mut Ctx, at: &Index, d: &OvnDraft, p: &PortDraft) {
             ),
         ),
         Some(_) => {}
+    }
+    // kvmnet names its own logical switch ports (router and localnet ports) so: a VM port
+    // of such a name would take one's place, and the network would lose its router.
+    if let Some(name) = p.name.as_deref().filter(|n| n.starts_with(OWN_PREFIX)) {
+        cx.err(
+            &join(&p.path, "name"),
+            p.name_loc,
+            format!(
+                "'{}': on OVN, names starting with {OWN_PREFIX} are kvmnet's own logical switch ports (router and localnet ports); rename the port",
+                show(name)
+            ),
+        );
     }
     if p.kind == Some(PortKind::Macvtap) {
         return;

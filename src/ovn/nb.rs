@@ -342,7 +342,29 @@ fn ops_for(
             json!({"op": "insert", "table": w.table, "row": row, "uuid-name": format!("row{i}")}),
         );
     }
-    for (h, w) in &updates {
+    update_ops(owned, &refer, &updates, &mut ops)?;
+    links(owned, &refer, &inserts, &updates, &deletes, &mut ops)?;
+    for h in &deletes {
+        let uuid = &owned.uuids[&(h.table.clone(), h.key.clone())];
+        ops.push(json!({"op": "delete", "table": h.table, "where": by_uuid(uuid)}));
+    }
+    Ok(Some(ops))
+}
+
+/// The changed rows' operations: an `update` of the columns that differ, and a `mutate` of
+/// the large sets among them (see [`set_mutations`]).
+fn update_ops(
+    owned: &Owned,
+    refer: &dyn Fn(&str, &str) -> Option<Atom>,
+    updates: &[(&NbRow, &NbRow)],
+    ops: &mut Vec<Value>,
+) -> Result<(), NbError> {
+    let dangling = |row: &NbRow, to: String| NbError::Dangling {
+        table: row.table.clone(),
+        key: row.key.clone(),
+        to,
+    };
+    for (h, w) in updates {
         let uuid = &owned.uuids[&(w.table.clone(), w.key.clone())];
         let mut row = serde_json::Map::new();
         let mut mutations = Vec::new();
@@ -351,12 +373,12 @@ fn ops_for(
             if before == Some(v) {
                 continue;
             }
-            match set_mutations(c, before, v, owned, &refer).map_err(|to| dangling(w, to))? {
+            match set_mutations(c, before, v, owned, refer).map_err(|to| dangling(w, to))? {
                 Some(m) => mutations.extend(m),
                 None => {
                     row.insert(
                         c.clone(),
-                        to_datum(v, &refer).map_err(|to| dangling(w, to))?.to_json(),
+                        to_datum(v, refer).map_err(|to| dangling(w, to))?.to_json(),
                     );
                 }
             }
@@ -368,12 +390,7 @@ fn ops_for(
             ops.push(json!({"op": "mutate", "table": w.table, "where": by_uuid(uuid), "mutations": mutations}));
         }
     }
-    links(owned, &refer, &inserts, &updates, &deletes, &mut ops)?;
-    for h in &deletes {
-        let uuid = &owned.uuids[&(h.table.clone(), h.key.clone())];
-        ops.push(json!({"op": "delete", "table": h.table, "where": by_uuid(uuid)}));
-    }
-    Ok(Some(ops))
+    Ok(())
 }
 
 /// The tables whose `name` the Northbound schema indexes: the server itself refuses a

@@ -122,23 +122,31 @@ impl SpecCache {
         self.last_read
     }
 
-    /// The spec from the head and the chunks, or `None` when anything at all is wrong or
-    /// unusual (the full parse then says what).
-    fn assemble(&mut self, layout: &Layout, identity: &HostIdentity) -> Option<Spec> {
+    /// Reads the head again when its text changed; the cached chunks go when what a VM entry
+    /// reads of the head changed with it. `None` when the head does not read cleanly.
+    fn refresh_head(&mut self, layout: &Layout) -> Option<()> {
         if self
             .head
             .as_ref()
-            .is_none_or(|(text, _, _)| *text != layout.skeleton)
+            .is_some_and(|(text, _, _)| *text == layout.skeleton)
         {
-            self.head = None;
-            let (head, locs) = read_head(layout)?;
-            let context = head.vm_context();
-            if context != self.context {
-                self.chunks.clear();
-                self.context = context;
-            }
-            self.head = Some((layout.skeleton.clone(), head, locs));
+            return Some(());
         }
+        self.head = None;
+        let (head, locs) = read_head(layout)?;
+        let context = head.vm_context();
+        if context != self.context {
+            self.chunks.clear();
+            self.context = context;
+        }
+        self.head = Some((layout.skeleton.clone(), head, locs));
+        Some(())
+    }
+
+    /// The spec from the head and the chunks, or `None` when anything at all is wrong or
+    /// unusual (the full parse then says what).
+    fn assemble(&mut self, layout: &Layout, identity: &HostIdentity) -> Option<Spec> {
+        self.refresh_head(layout)?;
         let (_, head, head_locs) = self.head.as_ref()?;
         let nets = head.nets.as_deref();
 

@@ -467,7 +467,8 @@ pub(super) fn ovn_checks(
     ports: &[PortDraft],
 ) -> Vec<String> {
     let mut names = Vec::new();
-    let at = cx.loc_index();
+    // The networks' paths are in the head; the parts go in only when a port is checked.
+    let mut at = cx.head_index();
     for n in nets {
         let (backend, loc) = backend_of(n, host_backend);
         if backend != NetBackend::Ovn {
@@ -492,9 +493,20 @@ pub(super) fn ovn_checks(
     if let Some(d) = draft {
         check_provider_uplinks(cx, d, nets, &on_ovn);
         let stamp = ovn_stamp(d, host_backend, nets);
-        for p in ports.iter().filter(|p| {
+        let due = |p: &&PortDraft| {
             p.ovn_clean != stamp && p.network.as_deref().is_some_and(|n| on_ovn.contains(n))
-        }) {
+        };
+        // Only the parts of the VMs checked: one new VM among 10,000 is one part, not
+        // 10,000 copied into the index.
+        let vms: BTreeSet<String> = ports
+            .iter()
+            .filter(due)
+            .map(|p| join("vms", &p.vm))
+            .collect();
+        if !vms.is_empty() {
+            at.add_parts(cx, |first| vms.contains(first));
+        }
+        for p in ports.iter().filter(due) {
             check_port(cx, &at, d, p);
         }
     }

@@ -25,6 +25,11 @@
 //! that rebooted) get that one back, then the new ports take their first free candidate, in
 //! name order. So adding a port never moves an existing one, whatever their names; only an
 //! explicit `mac` (which cannot move) displaces a derived one.
+//!
+//! Ports on OVN networks are the exception: every chassis writes the same Northbound rows,
+//! so their MACs are derived from the VM's and the port's names under a key that is the same
+//! everywhere, and resolved among the OVN ports alone, from the spec alone (see
+//! [`derive_ovn_macs`]).
 
 use super::model::{Mac, Port, Spec};
 use super::naming;
@@ -271,12 +276,59 @@ impl Spec {
         Ok(Some(spec))
     }
 
-    /// Gives out the derived MACs with nothing observed: what a new host would get.
+    /// Gives out the derived MACs with nothing observed: what a new host would get. The
+    /// ports on OVN networks (already in `self.ovn`) get theirs from [`derive_ovn_macs`].
     pub(crate) fn derive_macs(&mut self) -> Result<(), Unplaced> {
         let macs = settled(self, &|_| None, &|_| None, false)?;
         set(self, macs);
+        if let Some(ovn) = self.ovn.as_mut() {
+            derive_ovn_macs(&mut ovn.ports)?;
+        }
         Ok(())
     }
+}
+
+/// The key OVN ports' derived MACs are hashed with: the same on every chassis.
+const OVN_KEY: [u8; 16] = *b"kvmnet ovn ports";
+
+/// Gives the ports on OVN networks that have no `mac` their derived MACs. Every chassis
+/// applies the same spec and writes the same Northbound rows, so a port's MAC (in its
+/// switch port's `addresses` and `port_security`, and picking its DHCP address) must come
+/// out the same on each: it is made from the VM's and the port's names alone, not from
+/// this host's machine ID and scope, and collisions are resolved among the OVN ports only
+/// (one overlay; the host's bridges are other segments), in port name order, with nothing
+/// observed on the host taken into account.
+fn derive_ovn_macs(ports: &mut [super::ovn::OvnPort]) -> Result<(), Unplaced> {
+    let id = HostIdentity::new(OVN_KEY, "ovn");
+    let fixed: Vec<Mac> = ports
+        .iter()
+        .filter(|p| !p.port.mac_derived)
+        .map(|p| p.port.mac)
+        .collect();
+    let mut order: Vec<usize> = (0..ports.len())
+        .filter(|&i| ports[i].port.mac_derived)
+        .collect();
+    order.sort_unstable_by(|&a, &b| ports[a].port.name.cmp(&ports[b].port.name));
+    let nothing = Claim {
+        observed: None,
+        remembered: None,
+        known: None,
+        legacy: Mac::default(),
+    };
+    let claims = vec![nothing; order.len()];
+    let mut buf = Vec::with_capacity(64);
+    let macs = resolve(fixed, &claims, &mut |j, k| {
+        let p = &ports[order[j]].port;
+        candidate_in(&mut buf, &id, &p.vm, &p.name, k)
+    })
+    .map_err(|j| Unplaced {
+        vm: ports[order[j]].port.vm.clone(),
+        index: ports[order[j]].port.index,
+    })?;
+    for (j, m) in macs.into_iter().enumerate() {
+        ports[order[j]].port.mac = m;
+    }
+    Ok(())
 }
 
 /// The ports with derived MACs, in the order of the spec's VMs and their ports.
@@ -594,5 +646,46 @@ mod tests {
             legacy: legacy(1),
         }];
         assert_eq!(resolve(fixed, &claims, &mut |_, k| tiny(1, k)), Err(0));
+    }
+
+    /// Two hosts (and two scopes of one) derive different MACs for their kernel ports, and the
+    /// same for the ports on OVN networks, which every chassis writes into one database.
+    #[test]
+    fn ovn_ports_derive_the_same_mac_on_every_host() {
+        let text = "version: 1\novn:\n  nb: tcp:192.0.2.1:6641\n  sb: tcp:192.0.2.1:6642\n  \
+                    chassis:\n    hv1: { encap_ip: 172.31.0.1 }\n    hv2: { encap_ip: 172.31.0.2 }\n\
+                    networks:\n  web: { backend: ovn, mode: isolated, ipv4: 10.80.0.1/24 }\n  \
+                    lan: { mode: isolated, ipv4: 10.81.0.1/24 }\nvms:\n  a:\n    host: hv1\n    ports:\n      \
+                    - { network: web }\n      - { network: lan }\n  b:\n    host: hv2\n    \
+                    ports:\n      - { network: web }\n      \
+                    - { network: web, mac: \"52:54:00:00:00:01\" }\n";
+        let hosts = [
+            HostIdentity::from_machine_id("3d1219c7c4c5404aaa1f6d2a48adfda4", "host").unwrap(),
+            HostIdentity::from_machine_id("77f0bd7bba1b4c4b8b3e8b6f7e0d2a11", "host").unwrap(),
+            HostIdentity::from_machine_id("77f0bd7bba1b4c4b8b3e8b6f7e0d2a11", "ns1").unwrap(),
+        ];
+        let specs: Vec<Spec> = hosts
+            .iter()
+            .map(|id| crate::spec::parse(text, id).unwrap())
+            .collect();
+        let ovn_macs = |s: &Spec| -> Vec<(String, Mac, bool)> {
+            let ovn = s.ovn.as_ref().unwrap();
+            ovn.ports
+                .iter()
+                .map(|p| (p.port.name.clone(), p.port.mac, p.port.mac_derived))
+                .collect()
+        };
+        let first = ovn_macs(&specs[0]);
+        assert_eq!(first.len(), 3);
+        assert!(first.iter().filter(|p| p.2).all(|p| p.1.0[0] == PREFIX));
+        let derived: Vec<Mac> = first.iter().filter(|p| p.2).map(|p| p.1).collect();
+        assert_eq!(derived.len(), 2);
+        assert_ne!(derived[0], derived[1]);
+        for s in &specs[1..] {
+            assert_eq!(ovn_macs(s), first);
+        }
+        let lan = |s: &Spec| s.vms["a"].ports[0].mac;
+        assert_ne!(lan(&specs[0]), lan(&specs[1]));
+        assert_ne!(lan(&specs[1]), lan(&specs[2]));
     }
 }

@@ -139,8 +139,8 @@ impl Ovn {
 
 impl Spec {
     /// Moves the networks `backend` says are OVN's, and the VM ports on them, into
-    /// `self.ovn` (which must be set when any is). Called once the spec is built and its
-    /// MACs are derived, so OVN ports get their MACs the same way.
+    /// `self.ovn` (which must be set when any is). Called once the spec is built, before
+    /// its MACs are derived: OVN ports get theirs apart, the same on every chassis.
     pub(crate) fn split_ovn(&mut self, ovn_nets: &[String], hosts: &BTreeMap<String, String>) {
         let Some(ovn) = self.ovn.as_mut() else {
             return;

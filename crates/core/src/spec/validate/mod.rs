@@ -183,17 +183,11 @@ impl Ctx {
             .map(|(_, l)| *l)
     }
 
-    /// Every written path and where, as [`Ctx::loc_at`] finds them: for checks that ask
-    /// about fields of every port, which one lookup each would make quadratic.
-    pub(crate) fn loc_index(&self) -> LocIndex {
-        let mut index = self.head_index();
-        index.add_parts(self, |_| true);
-        index
-    }
-
-    /// [`Ctx::loc_index`] without the parts a spec cache shares, which hold only paths
-    /// under `vms`: enough for the paths of the other sections, and at 10,000 VM entries
-    /// 10,000 keys less to copy.
+    /// Every written path and where, as [`Ctx::loc_at`] finds them, for checks that ask
+    /// about many fields (one lookup each would make them quadratic); but for the parts a
+    /// spec cache shares, which hold only paths under `vms` (see [`LocIndex::add_parts`]):
+    /// enough for the paths of the other sections, and at 10,000 VM entries 10,000 keys
+    /// less to copy.
     pub(crate) fn head_index(&self) -> LocIndex {
         LocIndex {
             head: self.locs.iter().map(|(p, l)| (p.clone(), *l)).collect(),
@@ -871,6 +865,8 @@ pub(crate) fn finish(
     }
     let mut spec = build(cx, version?, sysctl, nets?, ports, vm_names)?;
     spec.identity = identity.clone();
+    // OVN ports first leave the VMs: their MACs are derived apart (see `derive_macs`).
+    ovn::finish_ovn(&mut spec, ovn, &ovn_nets, &hosts);
     if let Err(u) = spec.derive_macs() {
         let path = format!("{}[{}]", join(&join("vms", &u.vm), "ports"), u.index);
         let loc = spec.loc(&path);
@@ -884,7 +880,6 @@ pub(crate) fn finish(
         );
         return None;
     }
-    ovn::finish_ovn(&mut spec, ovn, &ovn_nets, &hosts);
     spec.host.tuning = tuning;
     for d in uplinks {
         let u = d.uplink?;

@@ -420,7 +420,7 @@ fn read_external6(cx: &mut Ctx, o: &super::Obj) -> Option<Option<(Ipv6Cidr, Ipv6
     Some(Some((ipv6, hop)))
 }
 
-/// Where each path was written (see `Ctx::loc_index`).
+/// Where each path was written (see `Ctx::head_index`).
 type Index = super::LocIndex;
 
 /// How kvmnet's own logical switch ports' names start (`kvmnet-rp-NET`, `kvmnet-ln-NET`).

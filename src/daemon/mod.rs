@@ -492,8 +492,21 @@ fn start_shared(
         .display()
         .to_string();
     let identity = host_identity(scope);
-    let ch = this_chassis(&state_dir, chassis);
-    let (spec, accepted) = start_spec(&state_dir, &specs, spec_path, &spec_file, &identity, &ch)?;
+    let known = this_chassis(&state_dir, chassis);
+    let (spec, accepted) = start_spec(
+        &state_dir,
+        &specs,
+        spec_path,
+        &spec_file,
+        &identity,
+        known.as_deref(),
+    )?;
+    let ch = spec
+        .ovn
+        .as_ref()
+        .and_then(|o| o.local.clone())
+        .or(known)
+        .unwrap_or_else(engine::hostname);
     let scopes = dhcp::scopes(&spec);
     let zones = dns::zones(&spec);
     let metrics = DaemonMetrics::default();

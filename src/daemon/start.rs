@@ -22,7 +22,7 @@ pub(super) fn start_spec(
     spec_path: &std::path::Path,
     spec_file: &str,
     identity: &crate::spec::HostIdentity,
-    chassis: &str,
+    chassis: Option<&str>,
 ) -> Result<(Spec, Accepted), EngineError> {
     let text = engine::read(spec_path)?;
     let file_hash = engine::spec_hash(&text);
@@ -35,7 +35,7 @@ pub(super) fn start_spec(
         let source = accepted::path(&sd.dir).display().to_string();
         let spec = engine::parse_cached(&mut cache, &source, &a.text, identity)?;
         let mut spec = crate::host_macs::as_recorded(spec, identity.scope())?;
-        engine::settle_chassis(&mut spec, Some(chassis));
+        engine::settle_chassis(&mut spec, chassis);
         log(
             Level::Info,
             &format!(
@@ -54,7 +54,7 @@ pub(super) fn start_spec(
         identity,
     )?;
     let mut spec = crate::host_macs::as_recorded(spec, identity.scope())?;
-    engine::settle_chassis(&mut spec, Some(chassis));
+    engine::settle_chassis(&mut spec, chassis);
     let next = Accepted {
         record: accepted::Record {
             seq: stored.as_ref().map_or(1, |a| a.record.seq + 1),
@@ -103,18 +103,15 @@ pub(super) fn host_identity(scope: &str) -> crate::spec::HostIdentity {
     identity
 }
 
-/// The OVN chassis this daemon's host is, for specs with OVN networks: `--chassis`, else
-/// the chassis kvmnet last made this host (recorded by an apply, `kvmnet apply --chassis`
-/// among them), else the hostname. One name for the daemon's life: a spec sent with
-/// another is refused rather than moving the host to another chassis behind its back.
-pub(super) fn this_chassis(sd: &StateDir, flag: Option<&str>) -> String {
-    if let Some(f) = flag {
-        return f.to_string();
-    }
-    if let Some(c) = crate::ovn::local::recorded(sd) {
-        return c.name;
-    }
-    engine::hostname()
+/// The OVN chassis this daemon's host is, for specs with OVN networks, when known before
+/// the spec is read: `--chassis`, else the chassis kvmnet last made this host (recorded by
+/// an apply, `kvmnet apply --chassis` among them). Else the spec the daemon starts with
+/// settles it as `kvmnet apply` does: the `system-id` of the Open_vSwitch database it
+/// names, else the hostname. One name for the daemon's life: a spec sent with another is
+/// refused rather than moving the host to another chassis behind its back.
+pub(super) fn this_chassis(sd: &StateDir, flag: Option<&str>) -> Option<String> {
+    flag.map(str::to_string)
+        .or_else(|| crate::ovn::local::recorded(sd).map(|c| c.name))
 }
 
 pub(super) fn open_watch() -> Option<Watch> {

@@ -463,14 +463,15 @@ fn local_ipv4() -> Vec<Ipv4Addr> {
 }
 
 /// Reads what doctor checks of the spec's OVN part, for the chassis this host is: the one
-/// kvmnet last made it, else the hostname.
+/// `--chassis` names, else the one kvmnet last made it, else (as `kvmnet apply` settles
+/// it) the `system-id` of its Open_vSwitch database, else the hostname.
 pub fn facts(scope: &str, ovn: &crate::spec::Ovn) -> OvnFacts {
     super::ovsdb::tls::configure(ovn.ssl.as_ref());
     let recorded = whereabouts(scope).chassis;
     let chassis = match (&ovn.local, &recorded) {
         (Some(l), _) => l.clone(),
         (None, Some(c)) => c.name.clone(),
-        (None, None) => crate::engine::hostname(),
+        (None, None) => super::local::system_id(&ovn.ovs).unwrap_or_else(crate::engine::hostname),
     };
     let listed = ovn.chassis.contains_key(&chassis);
     let ovs = ovn.ovs_of(&chassis).to_string();

@@ -215,4 +215,29 @@ mod tests {
             "{errs:?}"
         );
     }
+
+    /// `nb` and `sb` as YAML lists (a cluster's servers) read as the comma-separated form;
+    /// a bad member is named at its own line:column, an empty list refused.
+    #[test]
+    fn ovn_remotes_as_lists() {
+        let spec = |nb: &str| {
+            format!(
+                "version: 1\novn:\n  nb: {nb}\n  sb: tcp:192.0.2.1:6642\n  \
+                 chassis:\n    hv1: {{ encap_ip: 192.0.2.11 }}\nnetworks: {{}}\n"
+            )
+        };
+        let id = HostIdentity::default();
+        let listed = parse(&spec("[tcp:192.0.2.1:6641, \"tcp:192.0.2.2:6641\"]"), &id).unwrap();
+        let joined = parse(&spec("\"tcp:192.0.2.1:6641,tcp:192.0.2.2:6641\""), &id).unwrap();
+        assert_eq!(listed.ovn, joined.ovn);
+        assert_eq!(
+            listed.ovn.unwrap().nb,
+            "tcp:192.0.2.1:6641,tcp:192.0.2.2:6641"
+        );
+        let errs = parse(&spec("[tcp:192.0.2.1:6641, tcp:192.0.2.2]"), &id).unwrap_err();
+        assert_eq!(errs[0].path, "ovn.nb[1]", "{errs:?}");
+        assert_eq!((errs[0].loc.line, errs[0].loc.col), (3, 28), "{errs:?}");
+        let errs = parse(&spec("[]"), &id).unwrap_err();
+        assert_eq!(errs[0].path, "ovn.nb", "{errs:?}");
+    }
 }

@@ -101,8 +101,31 @@ pub(super) fn read_backend(cx: &mut Ctx, f: &Field) -> Option<(NetBackend, Loc)>
     Some((b, f.loc()))
 }
 
-/// A remote list (`unix:PATH`, `tcp:HOST:PORT`, `ssl:HOST:PORT`, comma-separated).
+/// A remote list (`unix:PATH`, `tcp:HOST:PORT`, `ssl:HOST:PORT`): one remote, a
+/// comma-separated list of them, or a YAML list (a cluster's servers), as one
+/// comma-separated string.
 fn remote(cx: &mut Ctx, f: &Field) -> Option<String> {
+    if let Kind::Seq(_) = f.node.kind {
+        let items = list(cx, f, "a list of OVSDB remotes")?;
+        if items.is_empty() {
+            cx.err(
+                &f.path,
+                f.loc(),
+                "an empty list names no database; give at least one remote",
+            );
+            return None;
+        }
+        let each: Vec<Option<String>> = items.iter().map(|i| remote_text(cx, i)).collect();
+        return each
+            .into_iter()
+            .collect::<Option<Vec<_>>>()
+            .map(|r| r.join(","));
+    }
+    remote_text(cx, f)
+}
+
+/// One scalar of remotes (comma-separated).
+fn remote_text(cx: &mut Ctx, f: &Field) -> Option<String> {
     let t = text(cx, f, "an OVSDB remote like unix:/run/ovn/ovnnb_db.sock")?;
     let bad = t.split(',').map(str::trim).find(|r| {
         !(r.strip_prefix("unix:").is_some_and(|p| !p.is_empty())
@@ -118,7 +141,7 @@ fn remote(cx: &mut Ctx, f: &Field) -> Option<String> {
                 &f.path,
                 f.loc(),
                 format!(
-                    "'{}' is not an OVSDB remote; expected unix:PATH, tcp:HOST:PORT or ssl:HOST:PORT (a comma-separated list for a cluster)",
+                    "'{}' is not an OVSDB remote; expected unix:PATH, tcp:HOST:PORT or ssl:HOST:PORT (a list, or a comma-separated one, for a cluster)",
                     show(b)
                 ),
             );

@@ -590,9 +590,10 @@ fn backend() -> Value {
 }
 
 fn remote(description: &str) -> Value {
-    string(&format!(
+    let one = string(&format!(
         "{description} unix:PATH, tcp:HOST:PORT or ssl:HOST:PORT."
-    ))
+    ));
+    json!({"anyOf": [one, {"type": "array", "items": {"type": "string"}, "minItems": 1}]})
 }
 
 fn ifname() -> Value {

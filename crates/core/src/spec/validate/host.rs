@@ -219,6 +219,7 @@ pub(super) fn uplink_checks(
     nets: &[NetDraft],
     ports: &[PortDraft],
     uplinks: &[UplinkDraft],
+    ovn_nets: &[String],
 ) {
     let mut created: Vec<(&str, What)> = Vec::new();
     for n in nets {
@@ -307,7 +308,10 @@ pub(super) fn uplink_checks(
         }
     };
     for n in nets {
-        if let Some((u, loc)) = &n.uplink {
+        // An OVN network takes no bond at all (`ovn::check_bonds` says so).
+        if let Some((u, loc)) = &n.uplink
+            && !ovn_nets.contains(&n.name)
+        {
             used(cx, u, &join(&n.path, "uplink"), *loc, "the uplink");
         }
         if let Some((e, loc)) = &n.egress {

@@ -858,7 +858,20 @@ pub(crate) fn finish(
         .iter()
         .filter_map(|p| Some((p.vm.clone(), p.host.as_ref()?.0.clone())))
         .collect();
-    uplink_checks(cx, nets.as_deref().unwrap_or(&[]), &ports, &uplinks);
+    uplink_checks(
+        cx,
+        nets.as_deref().unwrap_or(&[]),
+        &ports,
+        &uplinks,
+        &ovn_nets,
+    );
+    ovn::check_bonds(
+        cx,
+        ovn.as_ref(),
+        nets.as_deref().unwrap_or(&[]),
+        &ovn_nets,
+        &uplinks,
+    );
 
     if !cx.errors.is_empty() {
         return None;

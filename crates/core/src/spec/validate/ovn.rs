@@ -711,6 +711,53 @@ fn check_provider_uplinks(cx: &mut Ctx, d: &OvnDraft, nets: &[NetDraft], on_ovn:
     }
 }
 
+/// Bonds stay host objects (`host.uplinks`, made by the kernel backend): an OVN network's
+/// uplink, and `ovn.external.uplink`, which every chassis (or every gateway chassis) puts
+/// in an Open vSwitch bridge, are neither a bond nor one of its members.
+pub(super) fn check_bonds(
+    cx: &mut Ctx,
+    draft: Option<&OvnDraft>,
+    nets: &[NetDraft],
+    ovn_nets: &[String],
+    uplinks: &[super::host::UplinkDraft],
+) {
+    let bonds: Vec<&super::host::UplinkDraft> = uplinks.iter().filter(|u| u.is_bond).collect();
+    if bonds.is_empty() {
+        return;
+    }
+    let bond_of = |name: &str| {
+        bonds.iter().find_map(|b| {
+            if b.name == name {
+                Some(format!("{name} is a bond of host.uplinks"))
+            } else {
+                b.members
+                    .iter()
+                    .any(|m| m.0 == name)
+                    .then(|| format!("{name} is a member of bond {}", b.name))
+            }
+        })
+    };
+    const WHY: &str = "bonds stay host objects, which OVN does not take into its bridges; give it an interface of its own, or put this network on backend: kernel";
+    for n in nets.iter().filter(|n| ovn_nets.contains(&n.name)) {
+        if let Some((u, loc)) = uplink_at(n)
+            && let Some(what) = bond_of(u)
+        {
+            cx.err(&join(&n.path, "uplink"), loc, format!("{what}: {WHY}"));
+        }
+    }
+    if let Some(e) = draft.and_then(|d| d.ovn.external.as_ref())
+        && let Some(what) = bond_of(&e.uplink)
+    {
+        let path = "ovn.external.uplink";
+        let loc = cx.loc_at(path).unwrap_or_default();
+        cx.err(
+            path,
+            loc,
+            format!("{what}: bonds stay host objects, which OVN does not take into br-ex; give the gateway chassis an interface of its own"),
+        );
+    }
+}
+
 /// Forwards of OVN nat networks share one address (`ovn.external.ipv4`): a protocol's
 /// port can go to one VM only.
 fn check_forwards(cx: &mut Ctx, nets: &[NetDraft], on_ovn: &BTreeSet<&str>) {

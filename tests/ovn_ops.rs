@@ -57,7 +57,7 @@ fn doctor(lab: &OvnLab, i: usize) -> (i32, Vec<serde_json::Value>) {
     let rundir = lab.chassis[i - 1].dir.display().to_string();
     let o = lab.ns.kvmnet_env(
         &["doctor", "--netns", &ns, "--json"],
-        &[("OVN_RUNDIR", &rundir)],
+        &[("OVN_RUNDIR", &rundir), ("OVS_RUNDIR", &rundir)],
     );
     let v: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap_or_else(|e| {
         panic!(
@@ -167,6 +167,7 @@ fn doctor_healthy(lab: &OvnLab) {
             "ovn-sb",
             "ovn-ovs",
             "ovn-controller",
+            "ovn-vswitchd",
             "ovn-chassis",
             "ovn-ports",
             "ovn-encap-ip",

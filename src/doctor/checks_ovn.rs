@@ -1,5 +1,6 @@
 //! doctor's checks of the spec's OVN part, pure: the databases answer, ovn-controller runs
-//! for this chassis and is registered, ovs-vswitchd reports no problem with kvmnet's ports,
+//! for this chassis and is registered, ovs-vswitchd runs and reports no problem with
+//! kvmnet's ports,
 //! and the tunnel endpoint is on this host. kvmnet never starts OVS or OVN daemons (the
 //! distribution's services do), so each failure names the service to start or the fix.
 
@@ -9,6 +10,7 @@ use crate::ovn::report::{OvnFacts, ProviderFacts};
 const NB_FIX: &str = "start the central OVN databases: systemctl start ovn-central (Debian, Ubuntu) or ovn-northd (RHEL, Fedora); or correct ovn.nb";
 const SB_FIX: &str = "start the central OVN databases: systemctl start ovn-central (Debian, Ubuntu) or ovn-northd (RHEL, Fedora); or correct ovn.sb";
 const OVS_FIX: &str = "start Open vSwitch: systemctl start openvswitch-switch (Debian, Ubuntu) or openvswitch (RHEL, Fedora); or correct ovn.ovs (or the chassis's ovs)";
+const VSWITCHD_FIX: &str = "start Open vSwitch: systemctl start openvswitch-switch (Debian, Ubuntu) or openvswitch (RHEL, Fedora)";
 const CONTROLLER_FIX: &str = "start ovn-controller: systemctl start ovn-host (Debian, Ubuntu) or ovn-controller (RHEL, Fedora)";
 
 fn db(id: &'static str, what: &str, remote: &str, error: &Option<String>, fix: &str) -> Check {
@@ -73,6 +75,30 @@ fn controller(o: &OvnFacts) -> Vec<Check> {
         None => {}
     }
     out
+}
+
+/// ovs-vswitchd, checked on a chassis whose Open_vSwitch database is a local socket (a
+/// remote one's switch runs on another machine).
+fn vswitchd(o: &OvnFacts) -> Option<Check> {
+    let ch = &o.chassis;
+    Some(match o.vswitchd.as_ref()? {
+        Ok(pid) => Check::with(
+            "ovn-vswitchd",
+            Status::Ok,
+            ch,
+            format!("ovs-vswitchd runs for chassis {ch} (pid {pid})"),
+            "",
+        ),
+        Err(why) => Check::with(
+            "ovn-vswitchd",
+            Status::Fail,
+            ch,
+            format!(
+                "ovs-vswitchd is not running for chassis {ch}: {why}; no port of br-int carries traffic"
+            ),
+            VSWITCHD_FIX,
+        ),
+    })
 }
 
 fn ports(o: &OvnFacts) -> Vec<Check> {
@@ -325,6 +351,7 @@ pub fn ovn(facts: &Facts) -> Vec<Check> {
         ));
     }
     out.extend(controller(o));
+    out.extend(vswitchd(o));
     out.extend(ports(o));
     out.extend(encap(o));
     out.extend(providers(facts, o));
@@ -379,6 +406,7 @@ mod tests {
             ovs: "unix:/ovs".into(),
             registered: Some(true),
             controller: Some(Ok(42)),
+            vswitchd: Some(Ok(41)),
             encap_ip: Some("172.31.0.1".parse().unwrap()),
             encap_here: true,
             ..OvnFacts::default()
@@ -611,6 +639,13 @@ mod tests {
         let c = down.iter().find(|c| c.id == "ovn-controller").unwrap();
         assert_eq!(c.status, Status::Fail);
         assert!(c.fix.contains("systemctl start ovn-host"));
+        let down = run(OvnFacts {
+            vswitchd: Some(Err("no pid file".into())),
+            ..healthy()
+        });
+        let c = down.iter().find(|c| c.id == "ovn-vswitchd").unwrap();
+        assert_eq!(c.status, Status::Fail);
+        assert!(c.fix.contains("systemctl start openvswitch-switch"));
         let nb = run(OvnFacts {
             nb_error: Some("refused".into()),
             ..healthy()

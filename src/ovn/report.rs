@@ -400,6 +400,8 @@ pub struct OvnFacts {
     /// ovn-controller's pid file, and the live ovn-controller it names (`Err`: why none).
     pub controller_pidfile: String,
     pub controller: Option<Result<u32, String>>,
+    /// The same of ovs-vswitchd, which makes the ports kvmnet attaches to `br-int` real.
+    pub vswitchd: Option<Result<u32, String>>,
     pub port_errors: Vec<String>,
     /// `ovn-bridge-mappings` as it is now (`None`: not set, or not read).
     pub mappings: Option<String>,
@@ -422,7 +424,16 @@ fn controller_pidfile() -> std::path::PathBuf {
         .join("ovn-controller.pid")
 }
 
-fn controller_alive(pidfile: &std::path::Path) -> Result<u32, String> {
+/// Where ovs-vswitchd's pid file is: `$OVS_RUNDIR` as OVS's own tools read it, else the
+/// distributions' `/run/openvswitch`.
+fn vswitchd_pidfile() -> std::path::PathBuf {
+    std::env::var_os("OVS_RUNDIR")
+        .map_or_else(|| "/run/openvswitch".into(), std::path::PathBuf::from)
+        .join("ovs-vswitchd.pid")
+}
+
+/// The pid in `pidfile`, if a process named `name` runs under it (`Err`: why not).
+fn alive(pidfile: &std::path::Path, name: &str) -> Result<u32, String> {
     let text = std::fs::read_to_string(pidfile)
         .map_err(|e| format!("no pid file {}: {e}", pidfile.display()))?;
     let pid: u32 = text
@@ -430,9 +441,9 @@ fn controller_alive(pidfile: &std::path::Path) -> Result<u32, String> {
         .parse()
         .map_err(|_| format!("{} holds no pid", pidfile.display()))?;
     match std::fs::read_to_string(format!("/proc/{pid}/comm")) {
-        Ok(c) if c.trim() == "ovn-controller" => Ok(pid),
+        Ok(c) if c.trim() == name => Ok(pid),
         _ => Err(format!(
-            "pid {pid} of {} is not a running ovn-controller",
+            "pid {pid} of {} is not a running {name}",
             pidfile.display()
         )),
     }
@@ -514,6 +525,10 @@ pub fn facts(scope: &str, ovn: &crate::spec::Ovn) -> OvnFacts {
     let (port_errors, mappings) =
         view.map_or_else(Default::default, |v| (v.port_errors, v.mappings));
     let pidfile = controller_pidfile();
+    // Open vSwitch's own database answering says nothing of its switch daemon: only an
+    // ovs-vswitchd makes the ports kvmnet attaches carry traffic.
+    let vswitchd =
+        (listed && ovs.starts_with("unix:")).then(|| alive(&vswitchd_pidfile(), "ovs-vswitchd"));
     let encap_ip = ovn.chassis.get(&chassis).map(|c| c.encap_ip);
     OvnFacts {
         listed,
@@ -525,7 +540,8 @@ pub fn facts(scope: &str, ovn: &crate::spec::Ovn) -> OvnFacts {
         ovs_error,
         registered,
         controller_pidfile: pidfile.display().to_string(),
-        controller: listed.then(|| controller_alive(&pidfile)),
+        controller: listed.then(|| alive(&pidfile, "ovn-controller")),
+        vswitchd,
         port_errors,
         mappings,
         providers,

@@ -603,7 +603,7 @@ impl OvnLab {
         let ch = format!("hv{i}");
         let o = self.ns.kvmnet_env(
             &["doctor", "--netns", &ns, "--chassis", &ch, "--json"],
-            &[("OVN_RUNDIR", &rundir)],
+            &[("OVN_RUNDIR", &rundir), ("OVS_RUNDIR", &rundir)],
         );
         let out = String::from_utf8_lossy(&o.stdout).into_owned();
         let v: serde_json::Value = serde_json::from_str(&out).unwrap_or_else(|e| {

@@ -122,6 +122,44 @@ fn policed(a_ns: &str, b_ns: &str) {
     );
 }
 
+/// A failure in the Northbound transaction itself (the server refuses it), and one injected
+/// after the last step (the local part): nothing of the apply is left, in NB either.
+fn injected_failures_roll_back(lab: &OvnLab, file: &str, ns: &str, before: &str) {
+    let plan = lab
+        .ns
+        .kvmnet_ok(&["plan", file, "--json", "--netns", ns, "--chassis", "hv1"]);
+    let changes = serde_json::from_str::<serde_json::Value>(&plan).unwrap()["changes"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    let first_nb = changes
+        .iter()
+        .position(|c| c.get("table").is_some())
+        .expect("Northbound changes in the plan");
+    let apply_failing_after = |k: usize| {
+        lab.ns.kvmnet_env(
+            &["apply", file, "--netns", ns, "--chassis", "hv1"],
+            &[("KVMNET_FAIL_AFTER", &k.to_string())],
+        )
+    };
+    let o = apply_failing_after(first_nb + 3);
+    assert!(!o.status.success(), "a refused transaction fails the apply");
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("aborted"), "the server's refusal: {err}");
+    assert_eq!(
+        lab.nb_rows(),
+        before,
+        "a refused transaction leaves NB as it was"
+    );
+    let o = apply_failing_after(changes.len());
+    assert!(!o.status.success(), "an injected failure fails the apply");
+    assert_eq!(
+        lab.nb_rows(),
+        before,
+        "a rolled-back apply leaves NB as it was"
+    );
+}
+
 #[test]
 fn one_spec_on_two_chassis() {
     if !privileged() || !ovn_present() {
@@ -157,22 +195,7 @@ fn one_spec_on_two_chassis() {
         String::from_utf8_lossy(&o.stdout).into_owned()
     };
 
-    // A failure injected after the last step: everything is undone, the Northbound
-    // transaction included.
-    let plan = okk(1, &["plan", file.path(), "--json"]);
-    let steps = serde_json::from_str::<serde_json::Value>(&plan).unwrap()["changes"]
-        .as_array()
-        .map_or(0, Vec::len);
-    let o = lab.ns.kvmnet_env(
-        &["apply", file.path(), "--netns", &hv(1), "--chassis", "hv1"],
-        &[("KVMNET_FAIL_AFTER", &steps.to_string())],
-    );
-    assert!(!o.status.success(), "an injected failure fails the apply");
-    assert_eq!(
-        lab.nb_rows(),
-        before,
-        "a rolled-back apply leaves NB as it was"
-    );
+    injected_failures_roll_back(&lab, file.path(), &hv(1), &before);
 
     let first = okk(1, &["apply", file.path()]);
     assert!(first.contains("ovn-switch web"), "{first}");

@@ -97,6 +97,11 @@ pub struct Stopped {
 /// Something that can carry out steps.
 pub trait Executor {
     fn run(&mut self, steps: &[Step]) -> Result<(), Box<Stopped>>;
+
+    /// For `KVMNET_FAIL_AFTER` inside a run of Northbound changes: the next Northbound
+    /// transaction is sent with an `abort` after its operations, so that the database
+    /// itself refuses all of it. (Executors without a database ignore it.)
+    fn abort_next_nb(&mut self) {}
 }
 
 #[derive(Debug)]
@@ -114,7 +119,17 @@ pub fn apply(
     steps: &[Step],
     fail_after: Option<usize>,
 ) -> Result<(), Failure> {
-    let limit = fail_after.unwrap_or(usize::MAX).min(steps.len());
+    let mut limit = fail_after.unwrap_or(usize::MAX).min(steps.len());
+    // A failure injected within one Northbound transaction's changes is the database's: the
+    // transaction goes whole (a part of it may name rows the rest makes) and the server
+    // refuses it (see `abort_next_nb`).
+    let nb = |i: usize| matches!(steps.get(i), Some(Step::Nb(_)));
+    if fail_after.is_some() && limit > 0 && nb(limit - 1) && nb(limit) {
+        exec.abort_next_nb();
+        while nb(limit) {
+            limit += 1;
+        }
+    }
     let Stopped {
         mut done,
         failed,
@@ -179,6 +194,8 @@ pub struct Kernel {
     deletable: std::collections::HashSet<String>,
     /// The OVN Northbound database the plan's row changes go to.
     nb: Option<String>,
+    /// The next Northbound transaction ends with an `abort` (see `Executor::abort_next_nb`).
+    abort_nb: std::cell::Cell<bool>,
 }
 
 /// The traffic control a port's record asks for, in the tc backend's terms.
@@ -302,6 +319,7 @@ impl Kernel {
             index: HashMap::new(),
             deletable: Default::default(),
             nb: None,
+            abort_nb: Default::default(),
         })
     }
 
@@ -314,7 +332,11 @@ impl Kernel {
     /// Row changes of OVN's Northbound database, as one transaction.
     fn nb_rows(&self, changes: &[&Change<kvmnet_core::ovn::NbRow>]) -> Result<(), ApplyError> {
         let remotes = self.nb.as_deref().ok_or(ApplyError::NoNb)?;
-        Ok(crate::ovn::nb::execute(remotes, changes)?)
+        Ok(crate::ovn::nb::execute(
+            remotes,
+            changes,
+            self.abort_nb.take(),
+        )?)
     }
 
     /// Learns afresh the indexes of `names` (and whether kvmnet marked them): one lookup each
@@ -436,6 +458,10 @@ impl Kernel {
 }
 
 impl Executor for Kernel {
+    fn abort_next_nb(&mut self) {
+        self.abort_nb.set(true);
+    }
+
     fn run(&mut self, steps: &[Step]) -> Result<(), Box<Stopped>> {
         let mut done = Vec::new();
         let mut i = 0;

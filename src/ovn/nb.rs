@@ -212,14 +212,21 @@ fn uuid_ref(a: &Atom) -> Value {
     }
 }
 
-/// Carries out a plan's row changes as one transaction (see the module's comment).
-pub fn execute(remotes: &str, changes: &[&Change<NbRow>]) -> Result<(), NbError> {
+/// Carries out a plan's row changes as one transaction (see the module's comment); `abort`
+/// ends it with an `abort` operation, which the server answers by refusing all of it (a
+/// test's injected failure).
+pub fn execute(remotes: &str, changes: &[&Change<NbRow>], abort: bool) -> Result<(), NbError> {
     with_client(remotes, |k| {
         for _ in 0..TRIES {
             let (ops, generation) =
                 k.now(|r, owned| Ok((ops_for(r, owned, changes)?, r.generation)))?;
             let c = &k.client;
-            let Some(ops) = ops else { return Ok(()) };
+            let Some(mut ops) = ops else { return Ok(()) };
+            if abort {
+                // A test's injected failure (`KVMNET_FAIL_AFTER`): the server undoes the
+                // operations before it and answers "aborted".
+                ops.push(json!({"op": "abort"}));
+            }
             match c.transact(ops) {
                 Ok(_) => {
                     // The replica shows the change before the next plan reads it.

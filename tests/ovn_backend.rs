@@ -3,8 +3,10 @@
 //! says. Guests on the two chassis ping and connect across the tunnel; OVN's DHCP gives a
 //! pool guest the address the plan picked and the overlay's MTU; the firewall's allowed port
 //! connects and another does not; a forged source is dropped; a row edited by hand is
-//! repaired; a failed apply leaves the Northbound database as it was; destroy leaves exactly
-//! the rows that were there before (a foreign switch among them).
+//! repaired; a failed apply, or a transaction the database refuses, leaves the Northbound
+//! database as it was; another's port added to kvmnet's switch is no drift, and destroy
+//! refuses to take it along; destroy leaves exactly the rows that were there before (a
+//! foreign switch among them).
 
 mod common;
 use common::*;
@@ -243,6 +245,7 @@ fn one_spec_on_two_chassis() {
     assert!(pings(&b_ns, "10.80.0.10"));
     assert!(okk(2, &["plan", file.path()]).contains("No changes"));
 
+    foreign_port_on_kvmnets_switch(&lab, file.path(), &hv(2));
     okk(2, &["destroy"]);
     okk(1, &["destroy"]);
     assert_eq!(
@@ -250,4 +253,32 @@ fn one_spec_on_two_chassis() {
         before,
         "destroy leaves exactly the rows that were there"
     );
+}
+
+/// Someone else's port added to kvmnet's switch: kvmnet plans nothing for it, and refuses to
+/// delete the switch (which would take the port with it) until it is gone.
+fn foreign_port_on_kvmnets_switch(lab: &OvnLab, file: &str, ns: &str) {
+    lab.nbctl("lsp-add web intruder -- lsp-set-addresses intruder unknown");
+    let kvm = |args: &[&str]| {
+        let mut a = args.to_vec();
+        a.extend(["--netns", ns, "--chassis", "hv2"]);
+        lab.ns.kvmnet(&a)
+    };
+    let plan = kvm(&["plan", file]);
+    assert!(
+        String::from_utf8_lossy(&plan.stdout).contains("No changes"),
+        "another's port on kvmnet's switch is no drift: {}",
+        String::from_utf8_lossy(&plan.stdout)
+    );
+    let rows = lab.nb_rows();
+    let o = kvm(&["destroy"]);
+    assert!(
+        !o.status.success(),
+        "destroy refuses to take the port along"
+    );
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("intruder"), "{err}");
+    assert_eq!(lab.nb_rows(), rows, "a refused destroy leaves NB as it was");
+    assert!(lab.nbctl("lsp-list web").contains("intruder"));
+    lab.nbctl("lsp-del intruder");
 }

@@ -44,6 +44,15 @@ pub enum NbError {
     )]
     Foreign { table: String, name: String },
     #[error(
+        "{table} {key} holds {child_table} {child:?}, which is not kvmnet's (no external_ids:{OWNER_KEY}): removing it would take that row with it; remove the other row first (or take it off), then apply again"
+    )]
+    ForeignChild {
+        table: String,
+        key: String,
+        child_table: String,
+        child: String,
+    },
+    #[error(
         "{table} {key}: refers to {to}, which is neither in the database nor made by this change"
     )]
     Dangling {
@@ -279,6 +288,40 @@ fn refuse_foreign(r: &Replica, inserts: &[&NbRow]) -> Result<(), NbError> {
     Ok(())
 }
 
+/// Refuses to delete a row of kvmnet's that holds a row kvmnet did not make: a switch
+/// another's port was added to, a router another's route or NAT was. Its children are
+/// deleted with it (they are not root rows), so the delete would take the other row too.
+fn refuse_foreign_children(r: &Replica, owned: &Owned, deletes: &[&NbRow]) -> Result<(), NbError> {
+    for h in deletes {
+        let Some(row) = owned
+            .uuids
+            .get(&(h.table.clone(), h.key.clone()))
+            .and_then(|u| r.row(&h.table, u))
+        else {
+            continue;
+        };
+        for column in children_of(&h.table) {
+            let Some(child_table) = kvmnet_core::ovn::ref_table(&h.table, column) else {
+                continue;
+            };
+            let children = row.get(*column).into_iter().flat_map(Datum::atoms);
+            for u in children.filter_map(Atom::as_uuid) {
+                let Some(child) = r.row(child_table, u).filter(|c| key_of(c).is_none()) else {
+                    continue;
+                };
+                let name = child.get("name").and_then(Datum::single);
+                return Err(NbError::ForeignChild {
+                    table: h.table.clone(),
+                    key: h.key.clone(),
+                    child_table: child_table.to_string(),
+                    child: name.and_then(Atom::as_str).unwrap_or(u).to_string(),
+                });
+            }
+        }
+    }
+    Ok(())
+}
+
 /// The operations that leave kvmnet's rows as `changes` mean them to be, from what the
 /// replica shows; `None` when it shows that already.
 fn ops_for(
@@ -310,6 +353,7 @@ fn ops_for(
         return Ok(None);
     }
     refuse_foreign(r, &inserts)?;
+    refuse_foreign_children(r, owned, &deletes)?;
     let named: BTreeMap<(String, String), String> = inserts
         .iter()
         .enumerate()

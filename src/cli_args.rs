@@ -166,7 +166,8 @@ enum Command {
         "Example:\n  kvmnet doctor --netns lab --json\n\n",
         "Environment:\n",
         env_state_dir!(),
-        "  OVN_RUNDIR             where ovn-controller's pid file is (default /run/ovn)\n"
+        "  OVN_RUNDIR             where ovn-controller's pid file is (default /run/ovn)\n",
+        "  OVS_RUNDIR             where ovs-vswitchd's pid file is (default /run/openvswitch)\n"
     ))]
     Doctor {
         #[command(flatten)]

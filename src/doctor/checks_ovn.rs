@@ -133,23 +133,40 @@ fn encap(o: &OvnFacts) -> Vec<Check> {
         return Vec::new();
     };
     let ch = &o.chassis;
-    vec![if o.encap_here {
-        Check::with(
-            "ovn-encap-ip",
-            Status::Ok,
-            ch,
-            format!("the tunnel endpoint {ip} of chassis {ch} is on this host"),
-            "",
-        )
-    } else {
-        Check::with(
-            "ovn-encap-ip",
-            Status::Fail,
-            ch,
-            format!("the tunnel endpoint {ip} of chassis {ch} is on no interface here"),
-            format!("ip addr add {ip}/PREFIX dev UNDERLAY, or correct ovn.chassis.{ch}.encap_ip"),
-        )
-    }]
+    let under = o.underlay_mtu;
+    vec![
+        if let Some((dev, mtu)) = o.encap_dev.as_ref().filter(|d| d.1 != 0 && d.1 < under) {
+            Check::with(
+                "ovn-encap-ip",
+                Status::Fail,
+                ch,
+                format!(
+                    "the tunnel endpoint {ip} of chassis {ch} is on {dev}, whose MTU is {mtu}, less than ovn.underlay_mtu {under}: guests' full-size frames do not cross the tunnel"
+                ),
+                format!(
+                    "ip link set {dev} mtu {under} (and the underlay's switches), or lower ovn.underlay_mtu to {mtu}"
+                ),
+            )
+        } else if o.encap_here {
+            Check::with(
+                "ovn-encap-ip",
+                Status::Ok,
+                ch,
+                format!("the tunnel endpoint {ip} of chassis {ch} is on this host"),
+                "",
+            )
+        } else {
+            Check::with(
+                "ovn-encap-ip",
+                Status::Fail,
+                ch,
+                format!("the tunnel endpoint {ip} of chassis {ch} is on no interface here"),
+                format!(
+                    "ip addr add {ip}/PREFIX dev UNDERLAY, or correct ovn.chassis.{ch}.encap_ip"
+                ),
+            )
+        },
+    ]
 }
 
 /// `ovs-vsctl` for this chassis's database: `--db` only when it is not the default.
@@ -409,6 +426,8 @@ mod tests {
             vswitchd: Some(Ok(41)),
             encap_ip: Some("172.31.0.1".parse().unwrap()),
             encap_here: true,
+            encap_dev: Some(("eth1".into(), 1500)),
+            underlay_mtu: 1500,
             ..OvnFacts::default()
         }
     }
@@ -654,6 +673,13 @@ mod tests {
             nb.iter()
                 .any(|c| c.id == "ovn-nb" && c.status == Status::Fail)
         );
+        let small = run(OvnFacts {
+            encap_dev: Some(("eth1".into(), 1400)),
+            ..healthy()
+        });
+        let c = small.iter().find(|c| c.id == "ovn-encap-ip").unwrap();
+        assert_eq!(c.status, Status::Fail, "{c:?}");
+        assert!(c.message.contains("1400") && c.fix.contains("ip link set eth1 mtu 1500"));
         let enc = run(OvnFacts {
             encap_here: false,
             ..healthy()

@@ -412,6 +412,10 @@ pub struct OvnFacts {
     /// The spec's tunnel endpoint for this chassis, and whether an interface here has it.
     pub encap_ip: Option<Ipv4Addr>,
     pub encap_here: bool,
+    /// The interface that has it, and its MTU; with the MTU the spec says the underlay
+    /// carries (`ovn.underlay_mtu`).
+    pub encap_dev: Option<(String, u32)>,
+    pub underlay_mtu: u32,
     /// How `ovn.ssl`'s files stand, when the spec has them.
     pub tls: Option<super::ovsdb::tls_files::FilesStand>,
 }
@@ -449,8 +453,19 @@ fn alive(pidfile: &std::path::Path, name: &str) -> Result<u32, String> {
     }
 }
 
-/// The IPv4 addresses on this namespace's interfaces.
-fn local_ipv4() -> Vec<Ipv4Addr> {
+/// The interface of this namespace that holds `ip`, and its MTU (`None`: none holds it;
+/// an MTU of 0: it could not be read).
+fn endpoint(ip: Ipv4Addr) -> Option<(String, u32)> {
+    let name = local_ipv4().into_iter().find(|(a, _)| *a == ip)?.1;
+    let mtu = crate::backend::rtnl::Netlink::open()
+        .ok()
+        .and_then(|mut nl| nl.link_by_name(&name).ok().flatten())
+        .map_or(0, |l| l.mtu);
+    Some((name, mtu))
+}
+
+/// The IPv4 addresses on this namespace's interfaces, with the interface of each.
+fn local_ipv4() -> Vec<(Ipv4Addr, String)> {
     let mut out = Vec::new();
     let mut head: *mut libc::ifaddrs = std::ptr::null_mut();
     // SAFETY: getifaddrs fills `head` with a list freed below; each entry is read only
@@ -464,7 +479,10 @@ fn local_ipv4() -> Vec<Ipv4Addr> {
             let a = (*p).ifa_addr;
             if !a.is_null() && i32::from((*a).sa_family) == libc::AF_INET {
                 let sin = &*(a as *const libc::sockaddr_in);
-                out.push(Ipv4Addr::from(u32::from_be(sin.sin_addr.s_addr)));
+                let name = std::ffi::CStr::from_ptr((*p).ifa_name)
+                    .to_string_lossy()
+                    .into_owned();
+                out.push((Ipv4Addr::from(u32::from_be(sin.sin_addr.s_addr)), name));
             }
             p = (*p).ifa_next;
         }
@@ -530,6 +548,7 @@ pub fn facts(scope: &str, ovn: &crate::spec::Ovn) -> OvnFacts {
     let vswitchd =
         (listed && ovs.starts_with("unix:")).then(|| alive(&vswitchd_pidfile(), "ovs-vswitchd"));
     let encap_ip = ovn.chassis.get(&chassis).map(|c| c.encap_ip);
+    let encap_dev = encap_ip.and_then(endpoint);
     OvnFacts {
         listed,
         nb: ovn.nb.clone(),
@@ -546,7 +565,9 @@ pub fn facts(scope: &str, ovn: &crate::spec::Ovn) -> OvnFacts {
         mappings,
         providers,
         gateway_uplink,
-        encap_here: encap_ip.is_some_and(|ip| local_ipv4().contains(&ip)),
+        encap_dev: encap_dev.clone(),
+        encap_here: encap_dev.is_some(),
+        underlay_mtu: ovn.underlay_mtu,
         encap_ip,
         chassis,
         tls: ovn

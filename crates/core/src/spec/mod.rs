@@ -240,4 +240,30 @@ mod tests {
         let errs = parse(&spec("[]"), &id).unwrap_err();
         assert_eq!(errs[0].path, "ovn.nb", "{errs:?}");
     }
+
+    /// Guests of an overlay network get the underlay's MTU less the tunnel's bytes: 1442 over
+    /// Ethernet with Geneve, 8950 over a 9000-byte underlay with VXLAN, where a network's
+    /// `mtu` of 8950 fits and one of 8951 does not.
+    #[test]
+    fn ovn_guest_mtu_follows_the_underlay() {
+        let spec = |extra: &str, mtu: &str| {
+            format!(
+                "version: 1\novn:\n  nb: tcp:192.0.2.1:6641\n  sb: tcp:192.0.2.1:6642\n{extra}  \
+                 chassis:\n    hv1: {{ encap_ip: 192.0.2.11 }}\nnetworks:\n  web:\n    \
+                 backend: ovn\n    mode: routed\n    ipv4: 10.80.0.1/24\n{mtu}"
+            )
+        };
+        let id = HostIdentity::default();
+        let mtu_of = |text: &str| {
+            let s = parse(text, &id).unwrap();
+            let o = s.ovn.unwrap();
+            o.guest_mtu(&o.networks["web"])
+        };
+        assert_eq!(mtu_of(&spec("", "")), 1442);
+        let jumbo = "  underlay_mtu: 9000\n  encap: vxlan\n";
+        assert_eq!(mtu_of(&spec(jumbo, "")), 8950);
+        assert_eq!(mtu_of(&spec(jumbo, "    mtu: 8950\n")), 8950);
+        let errs = parse(&spec(jumbo, "    mtu: 8951\n"), &id).unwrap_err();
+        assert!(errs[0].message.contains("at most 8950"), "{errs:?}");
+    }
 }

@@ -44,6 +44,9 @@ pub struct Ovn {
     pub datapath: String,
     /// `geneve` or `vxlan`.
     pub encap: String,
+    /// The MTU of the underlay the tunnels cross (`underlay_mtu`, default 1500): what the
+    /// tunnel leaves of it is the overlay networks' guests' MTU.
+    pub underlay_mtu: u32,
     pub chassis: BTreeMap<String, Chassis>,
     pub external: Option<External>,
     /// The files of `ssl:` remotes (`ovn.ssl`).
@@ -92,6 +95,18 @@ pub struct Ssl {
     pub ca_cert: std::path::PathBuf,
 }
 
+/// What the tunnel of `encap` (`geneve`, `vxlan`) adds to a guest's frame.
+pub fn encap_overhead(encap: &str) -> u32 {
+    if encap == "vxlan" {
+        VXLAN_OVERHEAD
+    } else {
+        GENEVE_OVERHEAD
+    }
+}
+
+/// The underlay's MTU when `ovn.underlay_mtu` is not given: Ethernet's.
+pub const UNDERLAY_MTU_DEFAULT: u32 = 1500;
+
 /// Whether a remote list (`ovn.nb`, `ovn.sb`, an `ovs`) has an `ssl:` remote: one that
 /// needs [`Ssl`].
 pub fn has_ssl(remotes: &str) -> bool {
@@ -106,19 +121,21 @@ pub struct OvnPort {
 }
 
 impl Ovn {
-    /// The MTU guests of OVN networks get: the network's own, else the underlay's (1500)
-    /// less what the tunnel takes; a provider network's guests are on their segment, with
-    /// no tunnel in between.
+    /// The MTU guests of OVN networks get: the network's own, else the underlay's
+    /// (`underlay_mtu`) less what the tunnel takes; a provider network's guests are on their
+    /// segment, with no tunnel in between.
     pub fn guest_mtu(&self, net: &Network) -> u32 {
         if crate::ovn::provider::is_provider(net) {
             return net.mtu.unwrap_or(1500);
         }
-        let overhead = if self.encap == "vxlan" {
-            VXLAN_OVERHEAD
-        } else {
-            GENEVE_OVERHEAD
-        };
-        net.mtu.unwrap_or(1500 - overhead)
+        net.mtu.unwrap_or(self.tunnel_room())
+    }
+
+    /// The largest guest frame's MTU the tunnels carry: the underlay's less the
+    /// encapsulation.
+    pub fn tunnel_room(&self) -> u32 {
+        self.underlay_mtu
+            .saturating_sub(encap_overhead(&self.encap))
     }
 
     /// The ports this host carries: those of VMs whose `host` is the local chassis.

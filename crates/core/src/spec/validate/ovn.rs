@@ -11,8 +11,18 @@ use crate::spec::RaMode;
 use crate::spec::ovn::{Chassis, External, NetBackend, OVS_DEFAULT, Ovn, Ssl};
 
 pub(super) const OVN_FIELDS: &[&str] = &[
-    "nb", "sb", "ovs", "datapath", "encap", "chassis", "external", "ssl",
+    "nb",
+    "sb",
+    "ovs",
+    "datapath",
+    "encap",
+    "underlay_mtu",
+    "chassis",
+    "external",
+    "ssl",
 ];
+/// The least `ovn.underlay_mtu`: IPv6's minimum link MTU, so a tunnel over IPv6 works too.
+const UNDERLAY_MTU_MIN: i128 = 1280;
 pub(super) const SSL_FIELDS: &[&str] = &["private_key", "certificate", "ca_cert"];
 pub(super) const CHASSIS_FIELDS: &[&str] = &["encap_ip", "gateway", "ovs"];
 pub(super) const EXTERNAL_FIELDS: &[&str] = &["uplink", "ipv4", "next_hop", "ipv6", "next_hop6"];
@@ -192,6 +202,17 @@ pub(super) fn read_ovn(cx: &mut Ctx, f: &Field) -> Option<OvnDraft> {
         Some(f) => word(cx, &f, ENCAPS),
         None => Some("geneve".to_string()),
     };
+    let underlay_mtu = match o.get(cx, "underlay_mtu") {
+        Some(f) => int_in(
+            cx,
+            &f,
+            &format!("an MTU between {UNDERLAY_MTU_MIN} and {MTU_MAX}"),
+            UNDERLAY_MTU_MIN,
+            MTU_MAX,
+        )
+        .and_then(|n| u32::try_from(n).ok()),
+        None => Some(crate::spec::ovn::UNDERLAY_MTU_DEFAULT),
+    };
     let chassis = o
         .required(
             cx,
@@ -210,6 +231,7 @@ pub(super) fn read_ovn(cx: &mut Ctx, f: &Field) -> Option<OvnDraft> {
             ovs: ovs?,
             datapath: datapath?,
             encap: encap?,
+            underlay_mtu: underlay_mtu?,
             chassis: chassis?,
             external,
             ssl,
@@ -569,6 +591,7 @@ fn check_network(cx: &mut Ctx, at: &Index, d: &OvnDraft, n: &NetDraft) {
         }
     }
     check_dns(cx, n);
+    check_mtu(cx, at, d, n);
     let external6 = d.ovn.external.as_ref().is_some_and(|e| e.ipv6.is_some());
     check_ipv6(cx, at, n, external6);
     if matches!(n.mode, Some(Mode::Nat)) {
@@ -592,6 +615,30 @@ fn check_network(cx: &mut Ctx, at: &Index, d: &OvnDraft, n: &NetDraft) {
 /// port announces SLAAC or DHCPv6, and OVN's DHCPv6 answers for it; an isolated network has no
 /// router, so no `ra` and no DHCPv6; a nat network's IPv6 leaves through NAT66 to
 /// `ovn.external.ipv6`, so it needs one.
+/// An overlay network's `mtu` fits in the tunnel: what the underlay's MTU leaves after
+/// the encapsulation. (A provider network's guests are on their own segment.)
+fn check_mtu(cx: &mut Ctx, at: &Index, d: &OvnDraft, n: &NetDraft) {
+    let Some(mtu) = n.mtu else { return };
+    if matches!(n.mode, Some(Mode::Bridge | Mode::Vlan)) {
+        return;
+    }
+    let room = d.ovn.tunnel_room();
+    if mtu > room {
+        let path = join(&n.path, "mtu");
+        let loc = at.get(path.as_str()).unwrap_or(n.key_loc);
+        cx.err(
+            &path,
+            loc,
+            format!(
+                "mtu {mtu} does not fit in the tunnel: {} adds {} bytes to an underlay of {} (ovn.underlay_mtu), so at most {room}; lower mtu, or raise ovn.underlay_mtu if the underlay carries more",
+                d.ovn.encap,
+                crate::spec::ovn::encap_overhead(&d.ovn.encap),
+                d.ovn.underlay_mtu
+            ),
+        );
+    }
+}
+
 fn check_ipv6(cx: &mut Ctx, at: &Index, n: &NetDraft, external6: bool) {
     let ipv6 = join(&n.path, "ipv6");
     if n.mode == Some(Mode::Nat)

@@ -339,7 +339,9 @@ impl Shapes {
             vec![
                 (
                     "nb",
-                    remote("The Northbound database (a comma-separated list: a cluster)."),
+                    remote(
+                        "The Northbound database (a list, or a comma-separated one: a cluster).",
+                    ),
                 ),
                 (
                     "sb",
@@ -348,6 +350,7 @@ impl Shapes {
                 ("ovs", remote("This host's Open_vSwitch database.")),
                 ("datapath", enumeration(ovn::DATAPATHS.iter().copied())),
                 ("encap", enumeration(ovn::ENCAPS.iter().copied())),
+                ("underlay_mtu", int(1280, 65535)),
                 ("chassis", names_to(chassis, "Chassis name -> chassis.")),
                 ("external", external),
                 ("ssl", ssl),

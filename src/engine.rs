@@ -134,6 +134,9 @@ pub struct Planned {
     /// The OVN Northbound database the plan's row changes go to, and whether kvmnet has
     /// rows there once it is applied (the state directory records where they are).
     nb: Option<(String, bool)>,
+    /// The spec's OVN Southbound database, recorded beside the Northbound one: `status`
+    /// without the spec reads each port's chassis and the logical flows there.
+    sb: Option<String>,
     /// Held from observation to the end of execution (or until [`Planned::unlock`]).
     _lock: Option<crate::statedir::ScopeLock>,
     /// What the plan was made from; freed with it. Freeing what a 1,000-port host planned
@@ -295,6 +298,7 @@ pub fn plan_on(
     backend.nb_adopt(&mut want.nb, &have.nb);
     let plan = plan::diff(&want, &have);
     let nb = backend.nb_remote().map(|r| (r, !want.nb.is_empty()));
+    let sb = spec.ovn.as_ref().map(|o| o.sb.clone());
     let remembered = backend.remember_nft(want.nft.take());
     Ok(Planned {
         plan,
@@ -304,6 +308,7 @@ pub fn plan_on(
         managed,
         scope: snap.scope.clone(),
         nb,
+        sb,
         state_dir,
         _lock: Some(lock),
         _inputs: Some(Box::new((snap, want, remembered))),
@@ -407,13 +412,9 @@ pub fn execute_on(
             host_macs::remember(&p.state_dir, m)?;
         }
         let mut st = p.state_dir.load()?;
-        let nb = p.nb.as_ref().and_then(|(r, left)| left.then(|| r.clone()));
-        let ssl = nb
-            .as_ref()
-            .and_then(|_| crate::ovn::ovsdb::tls::configured());
-        if p.nb.is_some() && (st.ovn_nb != nb || st.ovn_ssl != ssl) {
-            st.ovn_nb = nb;
-            st.ovn_ssl = ssl;
+        let was = st.clone();
+        record_ovn(&mut st, p);
+        if st != was {
             p.state_dir.save(&st)?;
         }
         if st.borrowed.record_moved(&p.managed) {
@@ -453,13 +454,7 @@ pub fn execute_on(
             let mut after = during.clone();
             after.borrowed.retain_managed(&p.managed);
             after.creating_netns.clear();
-            if let Some((remote, left)) = &p.nb {
-                after.ovn_nb = left.then(|| remote.clone());
-                after.ovn_ssl = after
-                    .ovn_nb
-                    .as_ref()
-                    .and_then(|_| crate::ovn::ovsdb::tls::configured());
-            }
+            record_ovn(&mut after, p);
             if after != during {
                 sd.save(&after)?;
             }
@@ -487,6 +482,25 @@ pub fn execute_on(
         },
     )?;
     outcome
+}
+
+/// Where kvmnet's OVN rows are once `p` is applied, into `st`: the Northbound database
+/// when rows are left there, what reaches it over TLS, and the Southbound database (kept
+/// as recorded by a plan that does not know it: a revert's).
+fn record_ovn(st: &mut State, p: &Planned) {
+    let Some((remote, left)) = &p.nb else {
+        return;
+    };
+    st.ovn_nb = left.then(|| remote.clone());
+    st.ovn_ssl = st
+        .ovn_nb
+        .as_ref()
+        .and_then(|_| crate::ovn::ovsdb::tls::configured());
+    st.ovn_sb = match (&st.ovn_nb, &p.sb) {
+        (None, _) => None,
+        (Some(_), Some(sb)) => Some(sb.clone()),
+        (Some(_), None) => st.ovn_sb.take(),
+    };
 }
 
 /// Has `backend` remove what an apply killed midway left half made, the namespace
@@ -620,6 +634,7 @@ pub fn revert_if_due_with(
         state_dir,
         scope: scope.to_string(),
         nb: kernel.nb_remote().map(|r| (r, !prev.nb.is_empty())),
+        sb: None,
         _lock: Some(lock),
         _inputs: None,
     };

@@ -48,6 +48,10 @@ pub struct State {
     /// or a status without the spec.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ovn_ssl: Option<crate::spec::ovn::Ssl>,
+    /// The OVN Southbound database of the spec those rows are from, for a status without
+    /// the spec on a host that is no chassis (a chassis records its own).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ovn_sb: Option<String>,
 }
 
 #[derive(Clone, Debug)]

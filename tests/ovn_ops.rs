@@ -1,10 +1,11 @@
 //! Operating the OVN backend on a real two-chassis OVN (tests/common/ovn_lab.rs): `status`
 //! shows where each port is bound, whether it is up and how many logical flows each network
-//! has (the count `ovn-sbctl lflow-list` shows); `doctor` passes on healthy chassis and names
-//! a stopped ovn-controller with the service to start; daemons on both chassis (one told its
-//! chassis, one finding it where the last apply recorded it) repair Northbound rows edited
-//! or deleted by hand and a port taken off br-int, and `apply --chassis` through a daemon
-//! reaches it.
+//! has (the count `ovn-sbctl lflow-list` shows), on a chassis and on a host that is none
+//! (from the Southbound database its apply recorded); `doctor` passes on healthy chassis and
+//! names a stopped ovn-controller with the service to start; daemons on both chassis (one
+//! told its chassis, one finding it where the last apply recorded it) repair Northbound rows
+//! edited or deleted by hand and a port taken off br-int, and `apply --chassis` through a
+//! daemon reaches it.
 
 mod common;
 use common::*;
@@ -106,6 +107,7 @@ fn status_doctor_and_daemon_on_two_chassis() {
     wait_ping(&b_ns, "10.81.0.10");
 
     check_status(&lab);
+    status_on_no_chassis(&mut lab, file.path());
     doctor_healthy(&lab);
     let _d1 = lab.start_daemon(1, file.path(), Some("hv1"));
     let _d2 = lab.start_daemon(2, file.path(), None);
@@ -155,6 +157,28 @@ fn check_status(lab: &OvnLab) {
                 .any(|l| l.starts_with("opb ") && l.contains("hv2") && l.contains("true")),
         "{text}"
     );
+}
+
+/// A host that is no chassis (one that only writes the Northbound rows) shows, without the
+/// spec, each port's chassis and `up` and the flows, from the Southbound database its last
+/// apply recorded.
+fn status_on_no_chassis(lab: &mut OvnLab, file: &str) {
+    let ns = lab.ns.add("opn");
+    lab.ns
+        .kvmnet_ok(&["apply", file, "--netns", &ns, "--chassis", "nobody"]);
+    let out = lab.ns.kvmnet_ok(&["status", "--json", "--netns", &ns]);
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let net = v["ovn"]["networks"]
+        .as_array()
+        .and_then(|n| n.iter().find(|n| n["network"] == "opsnet"))
+        .unwrap_or_else(|| panic!("opsnet in {v}"));
+    assert!(net["flows"].as_u64().is_some_and(|f| f > 0), "{v}");
+    let opa = net["ports"]
+        .as_array()
+        .and_then(|p| p.iter().find(|p| p["port"] == "opa"))
+        .unwrap_or_else(|| panic!("opa in {v}"));
+    assert_eq!(opa["chassis"], "hv1", "{v}");
+    assert_eq!(opa["up"], true, "{v}");
 }
 
 /// doctor: healthy chassis pass every OVN check.

@@ -94,6 +94,8 @@ fn owned() -> Value {
 /// made this host as a chassis.
 pub struct Whereabouts {
     pub nb: Option<String>,
+    /// The Southbound database the last apply's spec named (a chassis's own record wins).
+    pub sb: Option<String>,
     pub chassis: Option<ChassisConf>,
 }
 
@@ -105,8 +107,10 @@ pub fn whereabouts(scope: &str) -> Whereabouts {
     {
         super::ovsdb::tls::configure(Some(ssl));
     }
+    let st = st.unwrap_or_default();
     Whereabouts {
-        nb: st.and_then(|s| s.ovn_nb),
+        nb: st.ovn_nb,
+        sb: st.ovn_sb,
         chassis: super::local::recorded(&sd),
     }
 }
@@ -180,7 +184,7 @@ pub fn status(scope: &str) -> Option<Value> {
         return None;
     }
     let mut errors = Vec::new();
-    let sb = w.chassis.as_ref().map(|c| c.sb.clone());
+    let sb = w.chassis.as_ref().map(|c| c.sb.clone()).or(w.sb);
     let (bindings, flows) = match sb.as_deref().map(|r| connect(r, SB)) {
         Some(Ok(c)) => southbound(&c).unwrap_or_else(|e| {
             errors.push(format!("{SB}: {e}"));

@@ -258,9 +258,10 @@ fn apply_cmd(
             return Ok(());
         }
     }
-    let id = identity(&scope_name(&scope.netns).map_err(|e| (e, j))?, true);
+    let name = scope_name(&scope.netns).map_err(|e| (e, j))?;
+    let id = identity(&name, true);
     let mut spec = engine::parse(&source, &text, &id).map_err(|e| (e, j))?;
-    engine::settle_chassis(&mut spec, scope.chassis.as_deref());
+    engine::settle_chassis(&mut spec, chassis_of(&scope, &name).as_deref());
     let s = enter(&scope.netns).map_err(|e| (e, j))?;
     let p = engine::plan(Some(&spec), &s, &source).map_err(|e| (e, j))?;
     let previous_state = p.state_dir.load().map_err(|e| (e.into(), j))?;
@@ -472,13 +473,24 @@ fn validate_cmd(file: &Path, j: bool) -> Result<(), (EngineError, bool)> {
     Ok(())
 }
 
+/// The chassis a command is for: `--chassis`, else the one kvmnet last made this host
+/// (recorded in the scope's state directory). Open vSwitch's service sets `system-id` back
+/// to its own (`system-id.conf`) at every start: a host kvmnet made chassis hv1 stays hv1
+/// until told otherwise, and only a host kvmnet never made a chassis goes by `system-id`.
+fn chassis_of(scope: &Scope, name: &str) -> Option<String> {
+    scope.chassis.clone().or_else(|| {
+        crate::ovn::local::recorded(&crate::statedir::StateDir::for_scope(name)).map(|c| c.name)
+    })
+}
+
 /// Shows the plan; returns whether it has changes.
 fn plan_cmd(file: &Path, scope: &Scope) -> Result<bool, (EngineError, bool)> {
     let j = scope.json;
-    let id = identity(&scope_name(&scope.netns).map_err(|e| (e, j))?, true);
+    let name = scope_name(&scope.netns).map_err(|e| (e, j))?;
+    let id = identity(&name, true);
     let (source, text) = read_spec(file).map_err(|e| (e, j))?;
     let mut spec = engine::parse(&source, &text, &id).map_err(|e| (e, j))?;
-    engine::settle_chassis(&mut spec, scope.chassis.as_deref());
+    engine::settle_chassis(&mut spec, chassis_of(scope, &name).as_deref());
     let s = enter_existing(&scope.netns).map_err(|e| (e, j))?;
     let p = engine::plan(Some(&spec), &s, &source).map_err(|e| (e, j))?;
     print_plan(&p.plan, j, false);

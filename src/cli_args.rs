@@ -167,7 +167,8 @@ enum Command {
         "Environment:\n",
         env_state_dir!(),
         "  OVN_RUNDIR             where ovn-controller's pid file is (default /run/ovn)\n",
-        "  OVS_RUNDIR             where ovs-vswitchd's pid file is (default /run/openvswitch)\n"
+        "  OVS_RUNDIR             where ovs-vswitchd's pid file is (default /run/openvswitch)\n",
+        "  OVS_SYSCONFDIR         where openvswitch/system-id.conf is (default /etc)\n"
     ))]
     Doctor {
         #[command(flatten)]

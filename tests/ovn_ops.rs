@@ -56,9 +56,14 @@ fn stdout(o: &std::process::Output) -> String {
 fn doctor(lab: &OvnLab, i: usize) -> (i32, Vec<serde_json::Value>) {
     let ns = lab.chassis[i - 1].ns.clone();
     let rundir = lab.chassis[i - 1].dir.display().to_string();
+    let etc = lab.sysconfdir(i);
     let o = lab.ns.kvmnet_env(
         &["doctor", "--netns", &ns, "--json"],
-        &[("OVN_RUNDIR", &rundir), ("OVS_RUNDIR", &rundir)],
+        &[
+            ("OVN_RUNDIR", &rundir),
+            ("OVS_RUNDIR", &rundir),
+            ("OVS_SYSCONFDIR", &etc),
+        ],
     );
     let v: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap_or_else(|e| {
         panic!(
@@ -192,6 +197,7 @@ fn doctor_healthy(lab: &OvnLab) {
             "ovn-ovs",
             "ovn-controller",
             "ovn-vswitchd",
+            "ovn-system-id",
             "ovn-chassis",
             "ovn-ports",
             "ovn-encap-ip",
@@ -249,6 +255,17 @@ fn daemons_repair(lab: &OvnLab, file: &str, b_ns: &str) {
 
 /// doctor names a stopped ovn-controller, and the service to start.
 fn doctor_names_stopped_controller(lab: &mut OvnLab) {
+    // Open vSwitch's service would set another system-id at its next start: a warning.
+    let conf = format!("{}/openvswitch/system-id.conf", lab.sysconfdir(2));
+    std::fs::write(&conf, "0b7c1f9e-5d2e-4a7b-9c1e-2f3a4b5c6d7e\n").unwrap();
+    let (code, checks) = doctor(lab, 2);
+    let c = checks
+        .iter()
+        .find(|c| c["id"] == "ovn-system-id")
+        .unwrap_or_else(|| panic!("{checks:?}"));
+    assert_eq!((code, &c["status"]), (0, &serde_json::json!("warn")), "{c}");
+    assert_eq!(c["fix"], format!("echo hv2 > {conf}"), "{c}");
+    std::fs::write(&conf, "hv2\n").unwrap();
     lab.stop_controller(2);
     let (code, checks) = doctor(lab, 2);
     assert_eq!(code, 1, "{checks:?}");

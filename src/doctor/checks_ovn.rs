@@ -77,6 +77,38 @@ fn controller(o: &OvnFacts) -> Vec<Check> {
     out
 }
 
+/// The `system-id` Open vSwitch's service sets at its next start: when it is not this
+/// chassis's name, a reboot has ovn-controller register under another name (a new
+/// chassis, holding none of this one's ports) until kvmnet sets it again.
+fn system_id(o: &OvnFacts) -> Option<Check> {
+    let ch = &o.chassis;
+    let (path, id) = o.next_system_id.as_ref()?;
+    let (status, message) = match id {
+        Some(id) if id == ch => (
+            Status::Ok,
+            format!("Open vSwitch keeps system-id {ch} across restarts ({path})"),
+        ),
+        Some(id) => (
+            Status::Warn,
+            format!(
+                "Open vSwitch's service sets system-id {id} ({path}) at its next start, not {ch}: ovn-controller then registers as {id} until kvmnet sets {ch} again"
+            ),
+        ),
+        None => (
+            Status::Warn,
+            format!(
+                "{path} does not exist: Open vSwitch's service makes a random system-id at its next start, not {ch}, and ovn-controller registers under it until kvmnet sets {ch} again"
+            ),
+        ),
+    };
+    let fix = if status == Status::Ok {
+        String::new()
+    } else {
+        format!("echo {ch} > {path}")
+    };
+    Some(Check::with("ovn-system-id", status, ch, message, fix))
+}
+
 /// ovs-vswitchd, checked on a chassis whose Open_vSwitch database is a local socket (a
 /// remote one's switch runs on another machine).
 fn vswitchd(o: &OvnFacts) -> Option<Check> {
@@ -369,6 +401,7 @@ pub fn ovn(facts: &Facts) -> Vec<Check> {
     }
     out.extend(controller(o));
     out.extend(vswitchd(o));
+    out.extend(system_id(o));
     out.extend(ports(o));
     out.extend(encap(o));
     out.extend(providers(facts, o));
@@ -424,6 +457,7 @@ mod tests {
             registered: Some(true),
             controller: Some(Ok(42)),
             vswitchd: Some(Ok(41)),
+            next_system_id: Some(("/etc/openvswitch/system-id.conf".into(), Some("hv1".into()))),
             encap_ip: Some("172.31.0.1".parse().unwrap()),
             encap_here: true,
             encap_dev: Some(("eth1".into(), 1500)),
@@ -663,6 +697,16 @@ mod tests {
             ..healthy()
         });
         let c = down.iter().find(|c| c.id == "ovn-vswitchd").unwrap();
+        assert_eq!(c.status, Status::Fail);
+        for next in [Some("0b7c1f9e".to_string()), None] {
+            let warned = run(OvnFacts {
+                next_system_id: Some(("/etc/openvswitch/system-id.conf".into(), next)),
+                ..healthy()
+            });
+            let c = warned.iter().find(|c| c.id == "ovn-system-id").unwrap();
+            assert_eq!(c.status, Status::Warn, "{c:?}");
+            assert_eq!(c.fix, "echo hv1 > /etc/openvswitch/system-id.conf");
+        }
         assert_eq!(c.status, Status::Fail);
         assert!(c.fix.contains("systemctl start openvswitch-switch"));
         let nb = run(OvnFacts {

@@ -406,6 +406,10 @@ pub struct OvnFacts {
     pub controller: Option<Result<u32, String>>,
     /// The same of ovs-vswitchd, which makes the ports kvmnet attaches to `br-int` real.
     pub vswitchd: Option<Result<u32, String>>,
+    /// Where `system-id.conf` is, and the `system-id` Open vSwitch's service sets from it
+    /// at its next start (`None`: there is none, and it makes a random one), on a chassis
+    /// under `ovn.chassis` whose database is a local socket.
+    pub next_system_id: Option<(String, Option<String>)>,
     pub port_errors: Vec<String>,
     /// `ovn-bridge-mappings` as it is now (`None`: not set, or not read).
     pub mappings: Option<String>,
@@ -438,6 +442,18 @@ fn vswitchd_pidfile() -> std::path::PathBuf {
     std::env::var_os("OVS_RUNDIR")
         .map_or_else(|| "/run/openvswitch".into(), std::path::PathBuf::from)
         .join("ovs-vswitchd.pid")
+}
+
+/// Where `system-id.conf` is (`$OVS_SYSCONFDIR/openvswitch`, default `/etc/openvswitch`),
+/// and what it holds: the `system-id` the distributions' `ovs-ctl --system-id=random` sets
+/// at every start of the database (`None`: it cannot be read).
+fn next_system_id() -> (String, Option<String>) {
+    let path = std::path::PathBuf::from(
+        std::env::var_os("OVS_SYSCONFDIR").unwrap_or_else(|| "/etc".into()),
+    )
+    .join("openvswitch/system-id.conf");
+    let id = std::fs::read_to_string(&path).ok();
+    (path.display().to_string(), id.map(|t| t.trim().to_string()))
 }
 
 /// The pid in `pidfile`, if a process named `name` runs under it (`Err`: why not).
@@ -549,8 +565,9 @@ pub fn facts(scope: &str, ovn: &crate::spec::Ovn) -> OvnFacts {
     let pidfile = controller_pidfile();
     // Open vSwitch's own database answering says nothing of its switch daemon: only an
     // ovs-vswitchd makes the ports kvmnet attaches carry traffic.
-    let vswitchd =
-        (listed && ovs.starts_with("unix:")).then(|| alive(&vswitchd_pidfile(), "ovs-vswitchd"));
+    let local = listed && ovs.starts_with("unix:");
+    let vswitchd = local.then(|| alive(&vswitchd_pidfile(), "ovs-vswitchd"));
+    let next_system_id = local.then(next_system_id);
     let encap_ip = ovn.chassis.get(&chassis).map(|c| c.encap_ip);
     let encap_dev = encap_ip.and_then(endpoint);
     OvnFacts {
@@ -565,6 +582,7 @@ pub fn facts(scope: &str, ovn: &crate::spec::Ovn) -> OvnFacts {
         controller_pidfile: pidfile.display().to_string(),
         controller: listed.then(|| alive(&pidfile, "ovn-controller")),
         vswitchd,
+        next_system_id,
         port_errors,
         mappings,
         providers,

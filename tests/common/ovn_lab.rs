@@ -595,15 +595,32 @@ impl OvnLab {
         self.ns.kvmnet_ok(&a)
     }
 
+    /// Chassis `i`'s `OVS_SYSCONFDIR`: its `openvswitch/system-id.conf` says `hvI`, as an
+    /// operator who keeps the chassis name across restarts writes it (made on first use).
+    pub fn sysconfdir(&self, i: usize) -> String {
+        let etc = self.chassis[i - 1].dir.join("etc");
+        let conf = etc.join("openvswitch/system-id.conf");
+        if !conf.exists() {
+            std::fs::create_dir_all(etc.join("openvswitch")).unwrap();
+            std::fs::write(&conf, format!("hv{i}\n")).unwrap();
+        }
+        etc.display().to_string()
+    }
+
     /// `kvmnet doctor --json` as chassis `i`, with OVN's run directory where the lab's
     /// ovn-controller keeps its pid file: (exit code, the results of check `id`).
     pub fn doctor(&self, i: usize, id: &str) -> (i32, Vec<serde_json::Value>) {
         let ns = self.chassis[i - 1].ns.clone();
         let rundir = self.chassis[i - 1].dir.display().to_string();
+        let etc = self.sysconfdir(i);
         let ch = format!("hv{i}");
         let o = self.ns.kvmnet_env(
             &["doctor", "--netns", &ns, "--chassis", &ch, "--json"],
-            &[("OVN_RUNDIR", &rundir), ("OVS_RUNDIR", &rundir)],
+            &[
+                ("OVN_RUNDIR", &rundir),
+                ("OVS_RUNDIR", &rundir),
+                ("OVS_SYSCONFDIR", &etc),
+            ],
         );
         let out = String::from_utf8_lossy(&o.stdout).into_owned();
         let v: serde_json::Value = serde_json::from_str(&out).unwrap_or_else(|e| {

@@ -1,8 +1,9 @@
 //! doctor's checks of the spec's OVN part, pure: the databases answer, ovn-controller runs
 //! for this chassis and is registered, ovs-vswitchd runs and reports no problem with
-//! kvmnet's ports,
-//! and the tunnel endpoint is on this host. kvmnet never starts OVS or OVN daemons (the
-//! distribution's services do), so each failure names the service to start or the fix.
+//! kvmnet's ports, Open vSwitch keeps the chassis name across restarts, and the tunnel
+//! endpoint is on this host, on an interface that carries the underlay's MTU. kvmnet never
+//! starts OVS or OVN daemons (the distribution's services do), so each failure names the
+//! service to start or the fix.
 
 use super::{Check, Facts, Status};
 use crate::ovn::report::{OvnFacts, ProviderFacts};

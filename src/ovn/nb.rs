@@ -44,7 +44,7 @@ pub enum NbError {
     )]
     Foreign { table: String, name: String },
     #[error(
-        "{table} {key} holds {child_table} {child:?}, which is not kvmnet's (no external_ids:{OWNER_KEY}): removing it would take that row with it; remove the other row first (or take it off), then apply again"
+        "{table} {key} holds {child_table} {child:?}, which is not kvmnet's (no external_ids:{OWNER_KEY}): deleting it would delete that row too; remove that row (or take it off), then run this again"
     )]
     ForeignChild {
         table: String,

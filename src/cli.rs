@@ -473,14 +473,12 @@ fn validate_cmd(file: &Path, j: bool) -> Result<(), (EngineError, bool)> {
     Ok(())
 }
 
-/// The chassis a command is for: `--chassis`, else the one kvmnet last made this host
-/// (recorded in the scope's state directory). Open vSwitch's service sets `system-id` back
-/// to its own (`system-id.conf`) at every start: a host kvmnet made chassis hv1 stays hv1
-/// until told otherwise, and only a host kvmnet never made a chassis goes by `system-id`.
+/// The chassis a command in scope `name` is for, before the spec settles it.
 fn chassis_of(scope: &Scope, name: &str) -> Option<String> {
-    scope.chassis.clone().or_else(|| {
-        crate::ovn::local::recorded(&crate::statedir::StateDir::for_scope(name)).map(|c| c.name)
-    })
+    crate::ovn::local::flagged_or_recorded(
+        &crate::statedir::StateDir::for_scope(name),
+        scope.chassis.as_deref(),
+    )
 }
 
 /// Shows the plan; returns whether it has changes.

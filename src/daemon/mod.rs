@@ -40,9 +40,7 @@ use apply_request::apply_request;
 use debug_watch::watch_check;
 use pending::{pending_at_start, refuse_while_pending, revert_due};
 use services::{dhcp_thread, dns_thread, lease_source};
-use start::{
-    freeing_thread, host_identity, open_watch, private_state_dir, start_spec, this_chassis,
-};
+use start::{freeing_thread, host_identity, open_watch, private_state_dir, start_spec};
 use systemd::{notify, watchdog_interval};
 
 /// The spec the daemon enforces now, and its record in the state directory.
@@ -83,7 +81,8 @@ struct Shared {
     specs: Mutex<crate::spec::SpecCache>,
     /// This host's identity for derived MACs, read at start.
     identity: crate::spec::HostIdentity,
-    /// The OVN chassis this host is ([`this_chassis`]), settled into every spec enforced.
+    /// The OVN chassis this host is (`--chassis`, the recorded one, else as the spec
+    /// settles it), settled into every spec enforced.
     chassis: String,
     /// Big values done with (a replaced spec, a finished plan), freed by a thread of their
     /// own: freeing a 1,000-port spec and what was planned from it takes milliseconds that
@@ -492,7 +491,11 @@ fn start_shared(
         .display()
         .to_string();
     let identity = host_identity(scope);
-    let known = this_chassis(&state_dir, chassis);
+    // The OVN chassis this host is, for specs with OVN networks: as `kvmnet apply` takes it
+    // (`--chassis`, the recorded one, the `system-id` of the spec's Open_vSwitch database,
+    // the hostname). One name for the daemon's life: a spec sent with another is refused
+    // rather than moving the host to another chassis behind its back.
+    let known = crate::ovn::local::flagged_or_recorded(&state_dir, chassis);
     let (spec, accepted) = start_spec(
         &state_dir,
         &specs,

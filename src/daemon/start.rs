@@ -103,17 +103,6 @@ pub(super) fn host_identity(scope: &str) -> crate::spec::HostIdentity {
     identity
 }
 
-/// The OVN chassis this daemon's host is, for specs with OVN networks, when known before
-/// the spec is read: `--chassis`, else the chassis kvmnet last made this host (recorded by
-/// an apply, `kvmnet apply --chassis` among them). Else the spec the daemon starts with
-/// settles it as `kvmnet apply` does: the `system-id` of the Open_vSwitch database it
-/// names, else the hostname. One name for the daemon's life: a spec sent with another is
-/// refused rather than moving the host to another chassis behind its back.
-pub(super) fn this_chassis(sd: &StateDir, flag: Option<&str>) -> Option<String> {
-    flag.map(str::to_string)
-        .or_else(|| crate::ovn::local::recorded(sd).map(|c| c.name))
-}
-
 pub(super) fn open_watch() -> Option<Watch> {
     match Watch::open() {
         Ok(mut w) => {

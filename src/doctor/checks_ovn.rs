@@ -180,7 +180,7 @@ fn encap(o: &OvnFacts) -> Vec<Check> {
                     "ip link set {dev} mtu {under} (and the underlay's switches), or lower ovn.underlay_mtu to {mtu}"
                 ),
             )
-        } else if o.encap_here {
+        } else if o.encap_dev.is_some() {
             Check::with(
                 "ovn-encap-ip",
                 Status::Ok,
@@ -460,7 +460,6 @@ mod tests {
             vswitchd: Some(Ok(41)),
             next_system_id: Some(("/etc/openvswitch/system-id.conf".into(), Some("hv1".into()))),
             encap_ip: Some("172.31.0.1".parse().unwrap()),
-            encap_here: true,
             encap_dev: Some(("eth1".into(), 1500)),
             underlay_mtu: 1500,
             ..OvnFacts::default()
@@ -726,7 +725,7 @@ mod tests {
         assert_eq!(c.status, Status::Fail, "{c:?}");
         assert!(c.message.contains("1400") && c.fix.contains("ip link set eth1 mtu 1500"));
         let enc = run(OvnFacts {
-            encap_here: false,
+            encap_dev: None,
             ..healthy()
         });
         assert!(

@@ -129,6 +129,16 @@ pub fn recorded(sd: &StateDir) -> Option<ChassisConf> {
     load(sd).ok()?.conf
 }
 
+/// The chassis a command or daemon is for before the spec settles it: `flag`
+/// (`--chassis`), else the chassis kvmnet last made this host. Open vSwitch's service sets
+/// `system-id` back to its own (`system-id.conf`) at every start, so a host kvmnet made
+/// chassis hv1 stays hv1 until told otherwise; only a host kvmnet never made a chassis goes
+/// by `system-id` (see `engine::settle_chassis`).
+pub fn flagged_or_recorded(sd: &StateDir, flag: Option<&str>) -> Option<String> {
+    flag.map(str::to_string)
+        .or_else(|| recorded(sd).map(|c| c.name))
+}
+
 /// The chassis as kvmnet last made it, `drifted` when its database no longer matches;
 /// `None` when kvmnet has not made this host a chassis.
 pub fn observe(sd: &StateDir) -> Result<Option<ChassisConf>, LocalError> {

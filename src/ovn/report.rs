@@ -417,11 +417,10 @@ pub struct OvnFacts {
     pub providers: Vec<ProviderFacts>,
     /// The gateway's uplink, on a gateway chassis of a spec with `ovn.external`.
     pub gateway_uplink: Option<ProviderFacts>,
-    /// The spec's tunnel endpoint for this chassis, and whether an interface here has it.
+    /// The spec's tunnel endpoint for this chassis.
     pub encap_ip: Option<Ipv4Addr>,
-    pub encap_here: bool,
-    /// The interface that has it, and its MTU; with the MTU the spec says the underlay
-    /// carries (`ovn.underlay_mtu`).
+    /// The interface here that has it, and its MTU (`None`: none has it); with the MTU the
+    /// spec says the underlay carries (`ovn.underlay_mtu`).
     pub encap_dev: Option<(String, u32)>,
     pub underlay_mtu: u32,
     /// How `ovn.ssl`'s files stand, when the spec has them.
@@ -587,8 +586,7 @@ pub fn facts(scope: &str, ovn: &crate::spec::Ovn) -> OvnFacts {
         mappings,
         providers,
         gateway_uplink,
-        encap_dev: encap_dev.clone(),
-        encap_here: encap_dev.is_some(),
+        encap_dev,
         underlay_mtu: ovn.underlay_mtu,
         encap_ip,
         chassis,

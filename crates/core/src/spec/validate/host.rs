@@ -209,11 +209,8 @@ pub(super) fn read_uplink(cx: &mut Ctx, key: &Key, f: &Field) -> UplinkDraft {
 
 /// Uplinks against the rest of the spec: a bond's name is one more interface kvmnet creates
 /// and must not clash; a member belongs to one bond only and is used through its bond, never
-/// directly (a bridge uplink, a NAT egress, a VXLAN underlay).
-#[allow(
-    clippy::too_many_lines,
-    reason = "every rule between uplinks, bonds and the networks on them"
-)]
+/// directly (a bridge uplink, a NAT egress, a VXLAN underlay). OVN networks take no bond at
+/// all: `ovn::check_bonds` says so for them.
 pub(super) fn uplink_checks(
     cx: &mut Ctx,
     nets: &[NetDraft],
@@ -221,6 +218,32 @@ pub(super) fn uplink_checks(
     uplinks: &[UplinkDraft],
     ovn_nets: &[String],
 ) {
+    let created = created_interfaces(nets, ports, uplinks);
+    for u in uplinks {
+        if let Some((_, what)) = created.iter().find(|(c, _)| *c == u.name) {
+            cx.err(
+                &u.path,
+                u.key_loc,
+                format!(
+                    "'{}' is {what}, an interface kvmnet creates; an uplink is a bond or an existing host interface",
+                    u.name
+                ),
+            );
+        }
+    }
+    let owner = member_checks(cx, uplinks, &created);
+    for n in nets.iter().filter(|n| !ovn_nets.contains(&n.name)) {
+        network_uses(cx, n, uplinks, &owner);
+    }
+}
+
+/// The interfaces kvmnet creates: bridges, VXLAN devices and (when there are uplinks to
+/// compare them with, which is rare) the ports.
+fn created_interfaces<'a>(
+    nets: &'a [NetDraft],
+    ports: &'a [PortDraft],
+    uplinks: &[UplinkDraft],
+) -> Vec<(&'a str, What<'a>)> {
     let mut created: Vec<(&str, What)> = Vec::new();
     for n in nets {
         if let Some(b) = &n.bridge {
@@ -238,18 +261,16 @@ pub(super) fn uplink_checks(
             }
         }
     }
-    for u in uplinks {
-        if let Some((_, what)) = created.iter().find(|(c, _)| *c == u.name) {
-            cx.err(
-                &u.path,
-                u.key_loc,
-                format!(
-                    "'{}' is {what}, an interface kvmnet creates; an uplink is a bond or an existing host interface",
-                    u.name
-                ),
-            );
-        }
-    }
+    created
+}
+
+/// Each bond member: in one bond only, no uplink entry itself and no interface kvmnet
+/// creates. Gives each member's bond.
+fn member_checks<'a>(
+    cx: &mut Ctx,
+    uplinks: &'a [UplinkDraft],
+    created: &[(&str, What)],
+) -> HashMap<&'a str, &'a UplinkDraft> {
     let mut owner: HashMap<&str, &UplinkDraft> = HashMap::new();
     let mut all: Vec<(&str, Loc, &str, &UplinkDraft)> = uplinks
         .iter()
@@ -295,6 +316,17 @@ pub(super) fn uplink_checks(
             );
         }
     }
+    owner
+}
+
+/// A kernel network's interfaces from the host (uplink, NAT egress, VXLAN underlay) are
+/// bonds, not their members; and a macvtap network does not sit on a bond kvmnet builds.
+fn network_uses(
+    cx: &mut Ctx,
+    n: &NetDraft,
+    uplinks: &[UplinkDraft],
+    owner: &HashMap<&str, &UplinkDraft>,
+) {
     let used = |cx: &mut Ctx, name: &str, path: &str, loc: Loc, role: &str| {
         if let Some(b) = owner.get(name) {
             cx.err(
@@ -307,48 +339,43 @@ pub(super) fn uplink_checks(
             );
         }
     };
-    for n in nets {
-        // An OVN network takes no bond at all (`ovn::check_bonds` says so).
-        if let Some((u, loc)) = &n.uplink
-            && !ovn_nets.contains(&n.name)
-        {
-            used(cx, u, &join(&n.path, "uplink"), *loc, "the uplink");
-        }
-        if let Some((e, loc)) = &n.egress {
-            used(
-                cx,
-                e,
-                &join(&join(&n.path, "nat"), "egress"),
-                *loc,
-                "the egress",
-            );
-        }
-        if let Some(v) = &n.vxlan {
-            let path = join(&n.path, "underlay");
-            let loc = cx.loc_at(&path).unwrap_or(n.key_loc);
-            used(cx, &v.underlay, &path, loc, "the underlay");
-        }
-        if let Some(v) = n.vlan.as_ref().filter(|_| n.uplink.is_none()) {
-            used(
-                cx,
-                &v.uplink,
-                &join(&n.path, "uplink"),
-                n.vlan_uplink_loc,
-                "the uplink",
-            );
-        }
-        if n.mode.is_some_and(|m| !m.has_bridge())
-            && let Some((u, loc)) = &n.uplink
-            && uplinks.iter().any(|x| x.is_bond && x.name == *u)
-        {
-            cx.err(
-                &join(&n.path, "uplink"),
-                *loc,
-                format!(
-                    "'{u}' is a bond of host.uplinks; macvtap ports on a bond kvmnet builds are not supported (use a bridge or vlan network on the bond, or a host interface)"
-                ),
-            );
-        }
+    if let Some((u, loc)) = &n.uplink {
+        used(cx, u, &join(&n.path, "uplink"), *loc, "the uplink");
+    }
+    if let Some((e, loc)) = &n.egress {
+        used(
+            cx,
+            e,
+            &join(&join(&n.path, "nat"), "egress"),
+            *loc,
+            "the egress",
+        );
+    }
+    if let Some(v) = &n.vxlan {
+        let path = join(&n.path, "underlay");
+        let loc = cx.loc_at(&path).unwrap_or(n.key_loc);
+        used(cx, &v.underlay, &path, loc, "the underlay");
+    }
+    if let Some(v) = n.vlan.as_ref().filter(|_| n.uplink.is_none()) {
+        used(
+            cx,
+            &v.uplink,
+            &join(&n.path, "uplink"),
+            n.vlan_uplink_loc,
+            "the uplink",
+        );
+    }
+    if n.mode.is_some_and(|m| !m.has_bridge())
+        && let Some((u, loc)) = &n.uplink
+        && uplinks.iter().any(|x| x.is_bond && x.name == *u)
+    {
+        cx.err(
+            &join(&n.path, "uplink"),
+            *loc,
+            format!(
+                "'{u}' is a bond of host.uplinks; macvtap ports on a bond kvmnet builds are not supported (use a bridge or vlan network on the bond, or a host interface)"
+            ),
+        );
     }
 }
 

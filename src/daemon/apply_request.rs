@@ -198,7 +198,7 @@ pub(super) fn apply_request(sh: &Arc<Shared>, req: &api::Request) -> api::Respon
         }
         return error_response(&e);
     }
-    let mut resp = api::Response::ok(p.plan.to_json());
+    let mut resp = api::Response::ok(p.plan_json().clone());
     if let Some(Err(e)) = synced {
         resp = api::Response::failed(
             ErrorKind::State,

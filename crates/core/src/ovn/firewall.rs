@@ -15,6 +15,7 @@
 //!   packets or connections.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 
 use super::NbVal;
 use super::model::{Rows, group_name, subnet};
@@ -67,17 +68,23 @@ pub(super) fn acl(
 pub(super) fn firewalls(r: &mut Rows, ovn: &Ovn) {
     let mut groups: BTreeMap<String, (&Firewall, bool, Vec<&str>)> = BTreeMap::new();
     // The name is a hash of the firewall's text, made once per distinct firewall: thousands
-    // of ports share a handful.
+    // of ports share a handful. A spec cache shares one copy of each between its ports, so
+    // a port's is looked up by its address first (hashing each port's firewall took a
+    // fifth of the time of making 10,000 ports' rows).
     let mut names: foldhash::HashMap<(&Firewall, bool), String> = Default::default();
+    let mut known: foldhash::HashMap<(*const Firewall, bool), String> = Default::default();
     for p in &ovn.ports {
         let Some(fw) = &p.port.firewall else { continue };
         let dhcp = ovn
             .networks
             .get(&p.port.network)
             .is_some_and(|n| n.dhcp.is_some());
-        let pg = names
-            .entry((fw, dhcp))
-            .or_insert_with(|| group_name("kvmnet_fw", &format!("{fw:?}/{dhcp}")));
+        let pg = known.entry((Arc::as_ptr(fw), dhcp)).or_insert_with(|| {
+            names
+                .entry((fw, dhcp))
+                .or_insert_with(|| group_name("kvmnet_fw", &format!("{fw:?}/{dhcp}")))
+                .clone()
+        });
         match groups.get_mut(pg.as_str()) {
             Some(g) => g.2.push(&p.port.name),
             None => {

@@ -14,6 +14,8 @@
 
 use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
 use foldhash::{HashSet, HashSetExt};
 
@@ -29,7 +31,8 @@ pub struct SpecCache {
     head: Option<(String, Head, Locs)>,
     /// What the cached chunks were read under; chunks read under another are not reused.
     context: VmContext,
-    chunks: HashMap<String, Chunk, BuildHasherDefault<TextHasher>>,
+    /// Shared with the call that uses them, which looks each up once.
+    chunks: HashMap<String, Arc<Chunk>, BuildHasherDefault<TextHasher>>,
     /// Counts calls, to drop chunks the latest text no longer has.
     generation: u64,
     /// The last call that got as far as looking its VM entries up: only such a call knows
@@ -38,6 +41,8 @@ pub struct SpecCache {
     looked_up: u64,
     /// VM entries read from scratch by the last call; `None` when it took the full parse.
     last_read: Option<usize>,
+    /// One copy of each distinct firewall the cached ports have, shared by them all.
+    firewalls: HashSet<Arc<super::model::Firewall>>,
 }
 
 /// Hashes whole VM entries (hundreds of bytes each, the whole spec every call) eight bytes at
@@ -71,8 +76,9 @@ struct Chunk {
     name: String,
     ports: Vec<PortDraft>,
     /// Shared with the specs made from it (see [`super::LocMap`]).
-    locs: std::sync::Arc<Locs>,
-    used: u64,
+    locs: Arc<Locs>,
+    /// The last call whose text has this entry.
+    used: AtomicU64,
 }
 
 /// Where the VM entries sit in a text.
@@ -105,7 +111,9 @@ impl SpecCache {
             .and_then(|layout| self.assemble(&layout, identity));
         let generation = self.generation;
         if self.looked_up == generation {
-            self.chunks.retain(|_, c| c.used == generation);
+            self.chunks
+                .retain(|_, c| c.used.load(Relaxed) == generation);
+            self.firewalls.retain(|f| Arc::strong_count(f) > 1);
         }
         match fast {
             Some(spec) => Ok(spec),
@@ -154,21 +162,27 @@ impl SpecCache {
         // not cost the others their cache entries.
         let mut ok = true;
         self.looked_up = self.generation;
+        let mut chunks: Vec<Arc<Chunk>> = Vec::with_capacity(layout.entries.len());
         for &(name, text, _) in &layout.entries {
-            match self.chunks.get_mut(text) {
-                Some(c) => c.used = self.generation,
+            match self.chunks.get(text) {
+                Some(c) => {
+                    c.used.store(self.generation, Relaxed);
+                    chunks.push(Arc::clone(c));
+                }
                 None => match read_chunk(name, text, layout.indent, nets) {
-                    Some((ports, locs)) => {
+                    Some((mut ports, locs)) => {
+                        for p in &mut ports {
+                            p.share_firewall(&mut self.firewalls);
+                        }
                         self.last_read = self.last_read.map(|n| n + 1);
-                        self.chunks.insert(
-                            text.to_string(),
-                            Chunk {
-                                name: name.to_string(),
-                                ports,
-                                locs: std::sync::Arc::new(locs),
-                                used: self.generation,
-                            },
-                        );
+                        let c = Arc::new(Chunk {
+                            name: name.to_string(),
+                            ports,
+                            locs: Arc::new(locs),
+                            used: AtomicU64::new(self.generation),
+                        });
+                        chunks.push(Arc::clone(&c));
+                        self.chunks.insert(text.to_string(), c);
                     }
                     None => ok = false,
                 },
@@ -177,11 +191,6 @@ impl SpecCache {
         if !ok {
             return None;
         }
-        let chunks: Vec<&Chunk> = layout
-            .entries
-            .iter()
-            .map(|e| self.chunks.get(e.1))
-            .collect::<Option<_>>()?;
 
         // In about the order of the map they become, which makes building it cheap: the
         // head's paths come before `vms`, and the entries' paths are sorted within each
@@ -206,7 +215,7 @@ impl SpecCache {
         ));
         let parts = order
             .iter()
-            .map(|&i| (std::sync::Arc::clone(&chunks[i].locs), layout.entries[i].2))
+            .map(|&i| (Arc::clone(&chunks[i].locs), layout.entries[i].2))
             .collect();
         let mut ports = Vec::with_capacity(layout.entries.len());
         let mut names = Vec::with_capacity(layout.entries.len());
@@ -223,6 +232,7 @@ impl SpecCache {
             locs,
             parts,
         };
+        drop(chunks);
         let spec = validate::finish(&mut cx, head.clone(), ports, names, identity);
         if !cx.errors.is_empty() {
             return None;
@@ -230,7 +240,12 @@ impl SpecCache {
         // Every port passed: its entry's ports need no OVN port checks under this stamp.
         if let (Some(_), Some(stamp)) = (&spec, head.ovn_stamp()) {
             let generation = self.generation;
-            for c in self.chunks.values_mut().filter(|c| c.used == generation) {
+            let used = self.chunks.values_mut();
+            // Each is this cache's alone again: the call's own references are gone.
+            for c in used.filter_map(Arc::get_mut) {
+                if *c.used.get_mut() != generation {
+                    continue;
+                }
                 for p in &mut c.ports {
                     p.ovn_clean = stamp;
                 }

@@ -546,8 +546,9 @@ pub struct Port {
     pub antispoof: bool,
     /// veth: leave the far end unaddressed, for a DHCP client in the namespace.
     pub dhcp_client: bool,
-    /// Stateful per-port firewall, directions as the VM sees them.
-    pub firewall: Option<Firewall>,
+    /// Stateful per-port firewall, directions as the VM sees them. Shared: thousands of
+    /// ports may have one each, and every spec a daemon parses copies every port.
+    pub firewall: Option<std::sync::Arc<Firewall>>,
     /// Traffic shaping, directions as the VM sees them.
     pub qos: Option<Qos>,
     /// Copy this port's traffic, both ways, to the port with this (host-side) name.

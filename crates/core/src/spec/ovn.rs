@@ -116,7 +116,8 @@ pub fn has_ssl(remotes: &str) -> bool {
 /// A VM port on an OVN network, with the chassis its VM runs on.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct OvnPort {
-    pub host: String,
+    /// Shared by the VM's ports (and between the specs a daemon parses).
+    pub host: std::sync::Arc<str>,
     pub port: Port,
 }
 
@@ -142,7 +143,7 @@ impl Ovn {
     pub fn local_ports(&self) -> impl Iterator<Item = &OvnPort> {
         self.ports
             .iter()
-            .filter(|p| self.local.as_deref() == Some(p.host.as_str()))
+            .filter(|p| self.local.as_deref() == Some(&*p.host))
     }
 
     /// The Open_vSwitch database of chassis `name`.
@@ -158,7 +159,12 @@ impl Spec {
     /// Moves the networks `backend` says are OVN's, and the VM ports on them, into
     /// `self.ovn` (which must be set when any is). Called once the spec is built, before
     /// its MACs are derived: OVN ports get theirs apart, the same on every chassis.
-    pub(crate) fn split_ovn(&mut self, ovn_nets: &[String], hosts: &BTreeMap<String, String>) {
+    /// `hosts`: each VM's chassis (a VM without one gets the empty name).
+    pub(crate) fn split_ovn(
+        &mut self,
+        ovn_nets: &[String],
+        hosts: foldhash::HashMap<String, std::sync::Arc<str>>,
+    ) {
         let Some(ovn) = self.ovn.as_mut() else {
             return;
         };
@@ -167,13 +173,23 @@ impl Spec {
                 ovn.networks.insert(name.clone(), n);
             }
         }
+        ovn.ports.reserve(self.vms.len());
         for vm in self.vms.values_mut() {
-            let (on_ovn, kernel): (Vec<Port>, Vec<Port>) = std::mem::take(&mut vm.ports)
-                .into_iter()
-                .partition(|p| ovn.networks.contains_key(&p.network));
-            vm.ports = kernel;
+            // Most VMs have their ports all on one side: they are moved, not sorted out
+            // one by one into new lists (10,000 VMs each with a port on OVN).
+            let on = |p: &Port| ovn.networks.contains_key(&p.network);
+            let on_ovn = match vm.ports.iter().filter(|p| on(p)).count() {
+                0 => continue,
+                n if n == vm.ports.len() => std::mem::take(&mut vm.ports),
+                _ => {
+                    let (on_ovn, kernel) = std::mem::take(&mut vm.ports).into_iter().partition(on);
+                    vm.ports = kernel;
+                    on_ovn
+                }
+            };
+            let host = hosts.get(&vm.name).cloned().unwrap_or_else(|| "".into());
             for port in on_ovn {
-                let host = hosts.get(&vm.name).cloned().unwrap_or_default();
+                let host = std::sync::Arc::clone(&host);
                 ovn.ports.push(OvnPort { host, port });
             }
         }

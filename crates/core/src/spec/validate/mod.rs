@@ -583,7 +583,7 @@ pub(crate) struct ForwardDraft {
 
 #[derive(Clone)]
 pub(crate) struct PortDraft {
-    path: String,
+    path: std::sync::Arc<str>,
     vm: String,
     index: usize,
     network: Option<String>,
@@ -603,14 +603,14 @@ pub(crate) struct PortDraft {
     netns: Option<String>,
     antispoof: bool,
     dhcp_client: bool,
-    firewall: Option<Firewall>,
+    firewall: Option<std::sync::Arc<Firewall>>,
     qos: Option<Qos>,
     mirror: Option<(String, Loc, String)>,
     ethtool: Option<Ethtool>,
     /// `vlans`: each VID with where it was written and its path.
     vlans: Vec<(u16, Loc, String)>,
     /// The VM's `host` (the chassis it runs on), with where it was written.
-    pub(crate) host: Option<(String, Loc)>,
+    pub(crate) host: Option<(std::sync::Arc<str>, Loc)>,
     /// What [`ovn::ovn_stamp`] gave for the spec in which this port, read from a spec
     /// cache's VM entry, passed the checks of an OVN port (0: none known). Those checks read
     /// the port and what the stamp covers, so under the same stamp they pass again.
@@ -618,6 +618,23 @@ pub(crate) struct PortDraft {
 }
 
 impl PortDraft {
+    /// Shares the port's firewall with the ports of `firewalls` that have an equal one
+    /// (which the OVN model then finds by address: see `ovn::firewall`).
+    pub(crate) fn share_firewall(
+        &mut self,
+        firewalls: &mut foldhash::HashSet<std::sync::Arc<Firewall>>,
+    ) {
+        if let Some(fw) = self.firewall.take() {
+            self.firewall = Some(match firewalls.get(&fw) {
+                Some(same) => std::sync::Arc::clone(same),
+                None => {
+                    firewalls.insert(std::sync::Arc::clone(&fw));
+                    fw
+                }
+            });
+        }
+    }
+
     /// The same port read from a text that starts `by` lines further down.
     pub(crate) fn shift_lines(&mut self, by: usize) {
         for l in [
@@ -827,7 +844,7 @@ pub(crate) fn read_vm_entry(
 pub(crate) fn finish(
     cx: &mut Ctx,
     head: Head,
-    ports: Vec<PortDraft>,
+    mut ports: Vec<PortDraft>,
     vm_names: Vec<String>,
     identity: &HostIdentity,
 ) -> Option<Spec> {
@@ -854,10 +871,15 @@ pub(crate) fn finish(
         sysctl.as_ref(),
         &ovn_nets,
     );
-    let hosts: BTreeMap<String, String> = ports
-        .iter()
-        .filter_map(|p| Some((p.vm.clone(), p.host.as_ref()?.0.clone())))
-        .collect();
+    // Each VM's chassis, taken out of its ports' drafts (the checks that read it are done).
+    let mut hosts: HashMap<String, std::sync::Arc<str>> = HashMap::new();
+    for p in &mut ports {
+        if let Some((host, _)) = p.host.take()
+            && !hosts.contains_key(&p.vm)
+        {
+            hosts.insert(p.vm.clone(), host);
+        }
+    }
     uplink_checks(
         cx,
         nets.as_deref().unwrap_or(&[]),
@@ -879,7 +901,7 @@ pub(crate) fn finish(
     let mut spec = build(cx, version?, sysctl, nets?, ports, vm_names)?;
     spec.identity = identity.clone();
     // OVN ports first leave the VMs: their MACs are derived apart (see `derive_macs`).
-    ovn::finish_ovn(&mut spec, ovn, &ovn_nets, &hosts);
+    ovn::finish_ovn(&mut spec, ovn, &ovn_nets, hosts);
     if let Err(u) = spec.derive_macs() {
         let path = format!("{}[{}]", join(&join("vms", &u.vm), "ports"), u.index);
         let loc = spec.loc(&path);

@@ -835,14 +835,14 @@ fn check_port(cx: &mut Ctx, at: &Index, d: &OvnDraft, p: &PortDraft) {
     match &p.host {
         None => cx.err(
             &p.path,
-            at.get(p.path.as_str()).unwrap_or_default(),
+            at.get(&p.path).unwrap_or_default(),
             format!(
                 "network '{net}' is on OVN: set host on VM '{}' to the chassis it runs on (one of {})",
                 p.vm,
                 d.ovn.chassis.keys().cloned().collect::<Vec<_>>().join(", ")
             ),
         ),
-        Some((h, loc)) if !d.ovn.chassis.contains_key(h) => cx.err(
+        Some((h, loc)) if !d.ovn.chassis.contains_key(&**h) => cx.err(
             &join(&join("vms", &p.vm), "host"),
             *loc,
             format!(
@@ -874,7 +874,7 @@ fn check_port(cx: &mut Ctx, at: &Index, d: &OvnDraft, p: &PortDraft) {
         // A dotted field is a path of its own keys (`qos.floor`), not one quoted key.
         field
             .split('.')
-            .fold(p.path.clone(), |p, seg| join(&p, seg))
+            .fold(p.path.to_string(), |p, seg| join(&p, seg))
     };
     match at.below(&p.path) {
         Some(fields) => {
@@ -932,7 +932,7 @@ pub(super) fn finish_ovn(
     spec: &mut Spec,
     draft: Option<OvnDraft>,
     nets: &[String],
-    hosts: &BTreeMap<String, String>,
+    hosts: foldhash::HashMap<String, std::sync::Arc<str>>,
 ) {
     spec.ovn = draft.map(|d| d.ovn);
     spec.split_ovn(nets, hosts);

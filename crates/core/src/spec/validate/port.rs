@@ -33,7 +33,7 @@ pub(super) fn read_vm(
     };
     let host = o.get(cx, "host").and_then(|hf| {
         let h = text(cx, &hf, "the name of a chassis under ovn.chassis")?;
-        Some((h, hf.loc()))
+        Some((std::sync::Arc::<str>::from(h), hf.loc()))
     });
     let Some(pf) = o.required(cx, "ports", "list the VM's ports (ports: [] for none)") else {
         return;
@@ -83,7 +83,7 @@ impl PortDraft {
     /// Port `index` of `vm` at `f`, before any of its fields is read.
     fn new(f: &Field, vm: &str, index: usize) -> PortDraft {
         PortDraft {
-            path: f.path.clone(),
+            path: f.path.as_str().into(),
             vm: vm.to_string(),
             index,
             network: None,
@@ -351,7 +351,7 @@ fn read_port_policy(cx: &mut Ctx, o: &Obj, d: &mut PortDraft) {
         && kind != Some(PortKind::Macvtap)
     {
         // The port is found by its interface: neither an address nor the guard is needed.
-        d.firewall = read_firewall(cx, &ff);
+        d.firewall = read_firewall(cx, &ff).map(std::sync::Arc::new);
     }
     if let Some(qf) = o.get(cx, "qos")
         && kind != Some(PortKind::Macvtap)

@@ -16,10 +16,8 @@ pub(crate) struct UplinkDraft {
     pub(super) ethtool: Option<Ethtool>,
 }
 
-#[allow(
-    clippy::too_many_lines,
-    reason = "one arm per field of an uplink or bond"
-)]
+/// One entry of `host.uplinks`: an existing interface (its `mtu` and `ethtool`) or a bond
+/// kvmnet makes (any bond field makes it one).
 pub(super) fn read_uplink(cx: &mut Ctx, key: &Key, f: &Field) -> UplinkDraft {
     let before = cx.errors.len();
     let mut d = UplinkDraft {
@@ -63,140 +61,13 @@ pub(super) fn read_uplink(cx: &mut Ctx, key: &Key, f: &Field) -> UplinkDraft {
     d.is_bond = BOND_FIELDS
         .iter()
         .any(|k| o.entries.iter().any(|(x, _)| x.text == *k));
-    let mut bond = None;
-    if d.is_bond {
-        let mode = o
-            .required(cx, "mode", &format!("a bond needs its mode: {BOND_MODES}"))
-            .and_then(|mf| {
-                let t = text(cx, &mf, BOND_MODES)?;
-                let m = BondMode::parse(&t);
-                if m.is_none() {
-                    cx.err(
-                        &mf.path,
-                        mf.loc(),
-                        format!(
-                            "'{}' is not a bond mode; expected {BOND_MODES}{}",
-                            show(&t),
-                            super::suggest::did_you_mean(&t, &BondMode::ALL.map(|m| m.as_str()))
-                        ),
-                    );
-                }
-                m
-            });
-        if let Some(mf) = o.required(
-            cx,
-            "members",
-            "a bond needs the host interfaces it joins, like members: [eth1, eth2]",
-        ) && let Some(items) = list(cx, &mf, "a list of interface names")
-        {
-            if items.is_empty() {
-                cx.err(
-                    &mf.path,
-                    mf.loc(),
-                    "members is empty; list the host interfaces the bond joins, like [eth1, eth2]",
-                );
-            }
-            for item in items {
-                let Some(m) = read_ifname_field(cx, &item, "an interface name") else {
-                    continue;
-                };
-                if d.members.iter().any(|(x, _, _)| *x == m) {
-                    cx.err(
-                        &item.path,
-                        item.loc(),
-                        format!("member '{m}' is listed twice"),
-                    );
-                } else if m == d.name {
-                    cx.err(
-                        &item.path,
-                        item.loc(),
-                        format!(
-                            "'{m}' is the bond itself; a bond's members are other host interfaces"
-                        ),
-                    );
-                } else {
-                    d.members.push((m, item.loc(), item.path.clone()));
-                }
-            }
-        }
-        let only = |cx: &mut Ctx, field: &str, ok: bool, modes: &str| -> Option<Field<'_>> {
-            let f = o.get(cx, field)?;
-            match mode {
-                Some(m) if !ok => {
-                    cx.err(
-                        &f.path,
-                        f.loc(),
-                        format!(
-                            "{field} applies only to mode {modes}; a bond in mode {} has no {field} (remove it)",
-                            m.as_str()
-                        ),
-                    );
-                    None
-                }
-                _ => Some(f),
-            }
-        };
-        let choice = |cx: &mut Ctx, f: &Field, names: &[&str], what: &str| -> Option<String> {
-            let expected = names.join(", ");
-            let t = text(cx, f, &expected)?;
-            if names.contains(&t.as_str()) {
-                Some(t)
-            } else {
-                cx.err(
-                    &f.path,
-                    f.loc(),
-                    format!("'{}' is not a {what}; expected {expected}", show(&t)),
-                );
-                None
-            }
-        };
-        let lacp = mode == Some(BondMode::Lacp);
-        let lacp_rate = only(cx, "lacp_rate", lacp || mode.is_none(), "802.3ad")
-            .and_then(|f| choice(cx, &f, &LACP_RATES, "lacp_rate"));
-        let xmit_hash_policy = only(
-            cx,
-            "xmit_hash_policy",
-            mode.is_none_or(|m| m.hashes()),
-            "802.3ad or balance-xor",
-        )
-        .and_then(|f| choice(cx, &f, &XMIT_HASH_POLICIES, "transmit hash policy"));
-        let min_links = only(cx, "min_links", lacp || mode.is_none(), "802.3ad")
-            .and_then(|f| int_in(cx, &f, "a number of members between 0 and 1024", 0, 1024))
-            .and_then(|n| u32::try_from(n).ok());
-        let miimon = o
-            .get(cx, "miimon")
-            .and_then(|f| int_in(cx, &f, "milliseconds between 1 and 60000", 1, 60_000))
-            .and_then(|n| u32::try_from(n).ok());
-        let primary = only(
-            cx,
-            "primary",
-            mode.is_none_or(|m| m.has_primary()),
-            "active-backup, balance-tlb or balance-alb",
-        )
-        .and_then(|f| {
-            let p = read_ifname_field(cx, &f, "the member that is active whenever it is up")?;
-            if !d.members.iter().any(|(m, _, _)| *m == p) {
-                cx.err(
-                    &f.path,
-                    f.loc(),
-                    format!("primary '{p}' is not a member of this bond; name one of its members"),
-                );
-                return None;
-            }
-            Some(p)
-        });
-        if let Some(m) = mode {
-            bond = Some(Bond {
-                mode: m,
-                members: d.members.iter().map(|(m, _, _)| m.clone()).collect(),
-                lacp_rate,
-                xmit_hash_policy,
-                miimon,
-                min_links,
-                primary,
-            });
-        }
-    }
+    let bond = if d.is_bond {
+        let mode = read_bond_mode(cx, &o);
+        read_bond_members(cx, &o, &mut d);
+        read_bond_options(cx, &o, mode, &d.members)
+    } else {
+        None
+    };
     if cx.errors.len() == before && name_ok {
         d.uplink = Some(Uplink {
             name: d.name.clone(),
@@ -205,6 +76,153 @@ pub(super) fn read_uplink(cx: &mut Ctx, key: &Key, f: &Field) -> UplinkDraft {
         });
     }
     d
+}
+
+/// A bond's required `mode`.
+fn read_bond_mode(cx: &mut Ctx, o: &Obj) -> Option<BondMode> {
+    o.required(cx, "mode", &format!("a bond needs its mode: {BOND_MODES}"))
+        .and_then(|mf| {
+            let t = text(cx, &mf, BOND_MODES)?;
+            let m = BondMode::parse(&t);
+            if m.is_none() {
+                cx.err(
+                    &mf.path,
+                    mf.loc(),
+                    format!(
+                        "'{}' is not a bond mode; expected {BOND_MODES}{}",
+                        show(&t),
+                        super::suggest::did_you_mean(&t, &BondMode::ALL.map(|m| m.as_str()))
+                    ),
+                );
+            }
+            m
+        })
+}
+
+/// A bond's required `members`, into `d`: each once, none the bond itself.
+fn read_bond_members(cx: &mut Ctx, o: &Obj, d: &mut UplinkDraft) {
+    let Some(mf) = o.required(
+        cx,
+        "members",
+        "a bond needs the host interfaces it joins, like members: [eth1, eth2]",
+    ) else {
+        return;
+    };
+    let Some(items) = list(cx, &mf, "a list of interface names") else {
+        return;
+    };
+    if items.is_empty() {
+        cx.err(
+            &mf.path,
+            mf.loc(),
+            "members is empty; list the host interfaces the bond joins, like [eth1, eth2]",
+        );
+    }
+    for item in items {
+        let Some(m) = read_ifname_field(cx, &item, "an interface name") else {
+            continue;
+        };
+        if d.members.iter().any(|(x, _, _)| *x == m) {
+            cx.err(
+                &item.path,
+                item.loc(),
+                format!("member '{m}' is listed twice"),
+            );
+        } else if m == d.name {
+            cx.err(
+                &item.path,
+                item.loc(),
+                format!("'{m}' is the bond itself; a bond's members are other host interfaces"),
+            );
+        } else {
+            d.members.push((m, item.loc(), item.path.clone()));
+        }
+    }
+}
+
+/// A bond's optional settings, each refused in a `mode` it does not apply to; the bond,
+/// when its mode was read.
+fn read_bond_options(
+    cx: &mut Ctx,
+    o: &Obj,
+    mode: Option<BondMode>,
+    members: &[(String, Loc, String)],
+) -> Option<Bond> {
+    let only = |cx: &mut Ctx, field: &str, ok: bool, modes: &str| -> Option<Field<'_>> {
+        let f = o.get(cx, field)?;
+        match mode {
+            Some(m) if !ok => {
+                cx.err(
+                    &f.path,
+                    f.loc(),
+                    format!(
+                        "{field} applies only to mode {modes}; a bond in mode {} has no {field} (remove it)",
+                        m.as_str()
+                    ),
+                );
+                None
+            }
+            _ => Some(f),
+        }
+    };
+    let choice = |cx: &mut Ctx, f: &Field, names: &[&str], what: &str| -> Option<String> {
+        let expected = names.join(", ");
+        let t = text(cx, f, &expected)?;
+        if names.contains(&t.as_str()) {
+            Some(t)
+        } else {
+            cx.err(
+                &f.path,
+                f.loc(),
+                format!("'{}' is not a {what}; expected {expected}", show(&t)),
+            );
+            None
+        }
+    };
+    let lacp = mode == Some(BondMode::Lacp);
+    let lacp_rate = only(cx, "lacp_rate", lacp || mode.is_none(), "802.3ad")
+        .and_then(|f| choice(cx, &f, &LACP_RATES, "lacp_rate"));
+    let xmit_hash_policy = only(
+        cx,
+        "xmit_hash_policy",
+        mode.is_none_or(|m| m.hashes()),
+        "802.3ad or balance-xor",
+    )
+    .and_then(|f| choice(cx, &f, &XMIT_HASH_POLICIES, "transmit hash policy"));
+    let min_links = only(cx, "min_links", lacp || mode.is_none(), "802.3ad")
+        .and_then(|f| int_in(cx, &f, "a number of members between 0 and 1024", 0, 1024))
+        .and_then(|n| u32::try_from(n).ok());
+    let miimon = o
+        .get(cx, "miimon")
+        .and_then(|f| int_in(cx, &f, "milliseconds between 1 and 60000", 1, 60_000))
+        .and_then(|n| u32::try_from(n).ok());
+    let primary = only(
+        cx,
+        "primary",
+        mode.is_none_or(|m| m.has_primary()),
+        "active-backup, balance-tlb or balance-alb",
+    )
+    .and_then(|f| {
+        let p = read_ifname_field(cx, &f, "the member that is active whenever it is up")?;
+        if !members.iter().any(|(m, _, _)| *m == p) {
+            cx.err(
+                &f.path,
+                f.loc(),
+                format!("primary '{p}' is not a member of this bond; name one of its members"),
+            );
+            return None;
+        }
+        Some(p)
+    });
+    mode.map(|mode| Bond {
+        mode,
+        members: members.iter().map(|(m, _, _)| m.clone()).collect(),
+        lacp_rate,
+        xmit_hash_policy,
+        miimon,
+        min_links,
+        primary,
+    })
 }
 
 /// Uplinks against the rest of the spec: a bond's name is one more interface kvmnet creates

@@ -199,6 +199,21 @@ fn one_spec_on_two_chassis() {
 
     injected_failures_roll_back(&lab, file.path(), &hv(1), &before);
 
+    // A switch of the network's name that kvmnet did not make: refused, nothing written.
+    lab.nbctl("ls-add web");
+    let with_web = lab.nb_rows();
+    let o = kvm(1, &["apply", file.path()]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success(), "a foreign switch named web is refused");
+    assert!(
+        err.contains(
+            "Logical_Switch \"web\" exists in the Northbound database and is not kvmnet's"
+        ),
+        "{err}"
+    );
+    assert_eq!(lab.nb_rows(), with_web, "a refused apply writes nothing");
+    lab.nbctl("ls-del web");
+
     let first = okk(1, &["apply", file.path()]);
     assert!(first.contains("ovn-switch web"), "{first}");
     // The second chassis finds the rows made: only its own port is its change.

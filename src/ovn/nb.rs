@@ -266,19 +266,12 @@ pub fn execute(remotes: &str, changes: &[&Change<NbRow>], abort: bool) -> Result
     })
 }
 
-/// Refuses an insert whose name a row kvmnet does not own has already. The names are read
-/// once per table an insert goes to, not once per insert.
-fn refuse_foreign(r: &Replica, inserts: &[&NbRow]) -> Result<(), NbError> {
-    let mut foreign: BTreeMap<&str, std::collections::BTreeSet<&str>> = BTreeMap::new();
+/// Refuses an insert whose name a row kvmnet does not own has already (the view keeps
+/// those names: see `Owned::foreign`).
+fn refuse_foreign(owned: &Owned, inserts: &[&NbRow]) -> Result<(), NbError> {
     for w in inserts {
         let Some(name) = w.name() else { continue };
-        let names = foreign.entry(w.table.as_str()).or_insert_with(|| {
-            r.table(&w.table)
-                .filter(|(_, row)| key_of(row).is_none())
-                .filter_map(|(_, row)| row.get("name").and_then(Datum::single)?.as_str())
-                .collect()
-        });
-        if names.contains(name) {
+        if owned.foreign_named(&w.table, name) {
             return Err(NbError::Foreign {
                 table: w.table.clone(),
                 name: name.to_string(),
@@ -352,7 +345,7 @@ fn ops_for(
     if inserts.is_empty() && updates.is_empty() && deletes.is_empty() {
         return Ok(None);
     }
-    refuse_foreign(r, &inserts)?;
+    refuse_foreign(owned, &inserts)?;
     refuse_foreign_children(r, owned, &deletes)?;
     let named: BTreeMap<(String, String), String> = inserts
         .iter()

@@ -534,3 +534,34 @@ fn cached_ovn_ports_are_checked_again_when_the_head_changes() {
         check(&mut cache, &valid, what);
     }
 }
+
+/// A trunk's VLANs are the head's: when a VLAN id moves to another network, the cached
+/// entry is not read again (the networks' names, modes and subnets are as they were), but
+/// its port is built again, its trunk now joining the other network.
+#[test]
+fn cached_trunks_follow_the_vlans_of_the_head() {
+    let head = |lab: u16, dmz: u16| {
+        format!(
+            "version: 1\nnetworks:\n  office: {{ mode: vlan, uplink: eth0, vlan: 10, ipv4: 10.10.0.1/24 }}\n  \
+             lab: {{ mode: vlan, uplink: eth0, vlan: {lab} }}\n  dmz: {{ mode: vlan, uplink: eth0, vlan: {dmz} }}\nvms:\n"
+        )
+    };
+    let vms = vec![
+        "  router:\n    ports:\n      - { network: office, name: rt, ipv4: 10.10.0.2, vlans: [20] }\n"
+            .to_string(),
+        "  desk:\n    ports:\n      - { network: office, ipv4: 10.10.0.11 }\n".to_string(),
+    ];
+    let mut cache = SpecCache::default();
+    let trunk_of = |text: &str, cache: &mut SpecCache| {
+        let s = cache.parse_bytes(text.as_bytes(), &id()).unwrap();
+        s.vms["router"].ports[0].trunk[0].network.clone()
+    };
+    let before = build(&head(20, 30), &vms, "");
+    check_read(&mut cache, &before, Some(2), "first");
+    assert_eq!(trunk_of(&before, &mut cache), "lab");
+    let swapped = build(&head(30, 20), &vms, "");
+    check_read(&mut cache, &swapped, Some(0), "VLAN ids swapped");
+    assert_eq!(trunk_of(&swapped, &mut cache), "dmz");
+    check_read(&mut cache, &before, Some(0), "and back");
+    assert_eq!(trunk_of(&before, &mut cache), "lab");
+}

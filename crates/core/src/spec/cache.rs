@@ -3,8 +3,10 @@
 //! A long-running process sees the same spec again and again, usually with one VM added,
 //! removed or edited. `SpecCache` splits the text into its head (everything but the VM
 //! entries) and one chunk per VM entry, and keeps what the first pass made of each chunk,
-//! keyed by the chunk's exact text. Only new or edited chunks are parsed; the rules across the
-//! whole spec and the build of the `Spec` run over everything each time.
+//! keyed by the chunk's exact text. Only new or edited chunks are parsed, and their ports
+//! built; the rules across the whole spec run over everything each time. The ports built
+//! are shared with the specs made (`Arc`), so that what compares successive specs (the OVN
+//! rows' memo) finds an unchanged VM's ports to be the same copies.
 //!
 //! The result is always what [`super::parse_bytes`] returns for the same bytes. The fast path
 //! is taken only when the layout is plainly splittable (a block mapping at the top, `vms:` on
@@ -14,13 +16,13 @@
 
 use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Mutex};
 
 use foldhash::{HashSet, HashSetExt};
 
-use super::model::Loc;
-use super::validate::{self, Ctx, Head, Locs, PortDraft, VmContext};
+use super::model::{Loc, Port};
+use super::validate::{self, Ctx, Head, Locs, PortBuilder, PortDraft, VmContext};
 use super::yaml::{self, Kind};
 use super::{HostIdentity, Spec, SpecError};
 
@@ -29,6 +31,9 @@ use super::{HostIdentity, Spec, SpecError};
 pub struct SpecCache {
     /// The head's text (with the VM lines blanked) and what it read as.
     head: Option<(String, Head, Locs)>,
+    /// Counts the heads read: the ports a chunk built under another head are built again
+    /// (a trunk's VLAN networks are the head's).
+    head_read: u64,
     /// What the cached chunks were read under; chunks read under another are not reused.
     context: VmContext,
     /// Shared with the call that uses them, which looks each up once.
@@ -79,6 +84,24 @@ struct Chunk {
     locs: Arc<Locs>,
     /// The last call whose text has this entry.
     used: AtomicU64,
+    /// The ports built from `ports`, with the head they were built under (`head_read`):
+    /// shared with the specs made from them, so that an unchanged entry's ports are the
+    /// same copies from one spec to the next.
+    built: Mutex<Option<(u64, Vec<Arc<Port>>)>>,
+}
+
+impl Chunk {
+    /// Appends to `out` the entry's ports built under head `head` (by `builder`), built now
+    /// if they were not; `None` when one does not build.
+    fn built_into(&self, head: u64, builder: &PortBuilder, out: &mut Vec<Arc<Port>>) -> Option<()> {
+        let mut built = self.built.lock().unwrap_or_else(|e| e.into_inner());
+        if built.as_ref().is_none_or(|(h, _)| *h != head) {
+            let ports = self.ports.iter().map(|p| builder.port(p).map(Arc::new));
+            *built = Some((head, ports.collect::<Option<_>>()?));
+        }
+        out.extend(built.as_ref()?.1.iter().cloned());
+        Some(())
+    }
 }
 
 /// Where the VM entries sit in a text.
@@ -141,6 +164,7 @@ impl SpecCache {
             return Some(());
         }
         self.head = None;
+        self.head_read += 1;
         let (head, locs) = read_head(layout)?;
         let context = head.vm_context();
         if context != self.context {
@@ -180,6 +204,7 @@ impl SpecCache {
                             ports,
                             locs: Arc::new(locs),
                             used: AtomicU64::new(self.generation),
+                            built: Mutex::new(None),
                         });
                         chunks.push(Arc::clone(&c));
                         self.chunks.insert(text.to_string(), c);
@@ -217,14 +242,16 @@ impl SpecCache {
             .iter()
             .map(|&i| (Arc::clone(&chunks[i].locs), layout.entries[i].2))
             .collect();
-        let mut ports = Vec::with_capacity(layout.entries.len());
+        // The drafts are checked where they are: their locations count from their entry's
+        // first line, but any error at all sends the text to the full parse, which says
+        // where. The ports are built once per entry (and head), and shared.
+        let builder = PortBuilder::new(nets.unwrap_or(&[]));
+        let mut drafts: Vec<&PortDraft> = Vec::with_capacity(layout.entries.len());
+        let mut built: Vec<Arc<Port>> = Vec::with_capacity(layout.entries.len());
         let mut names = Vec::with_capacity(layout.entries.len());
-        for (c, &(_, _, line)) in chunks.iter().zip(&layout.entries) {
-            for p in &c.ports {
-                let mut p = p.clone();
-                p.shift_lines(line);
-                ports.push(p);
-            }
+        for c in &chunks {
+            drafts.extend(&c.ports);
+            c.built_into(self.head_read, &builder, &mut built)?;
             names.push(c.name.clone());
         }
         let mut cx = Ctx {
@@ -232,8 +259,9 @@ impl SpecCache {
             locs,
             parts,
         };
+        let spec = validate::finish(&mut cx, head.clone(), &drafts, Some(built), names, identity);
+        drop(drafts);
         drop(chunks);
-        let spec = validate::finish(&mut cx, head.clone(), ports, names, identity);
         if !cx.errors.is_empty() {
             return None;
         }

@@ -326,7 +326,8 @@ fn derive_ovn_macs(ports: &mut [super::ovn::OvnPort]) -> Result<(), Unplaced> {
         index: ports[order[j]].port.index,
     })?;
     for (j, m) in macs.into_iter().enumerate() {
-        ports[order[j]].port.mac = m;
+        // A port shared with a spec cache is copied first: the cache's stays unmade.
+        std::sync::Arc::make_mut(&mut ports[order[j]].port).mac = m;
     }
     Ok(())
 }

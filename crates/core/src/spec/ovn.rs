@@ -118,7 +118,10 @@ pub fn has_ssl(remotes: &str) -> bool {
 pub struct OvnPort {
     /// Shared by the VM's ports (and between the specs a daemon parses).
     pub host: std::sync::Arc<str>,
-    pub port: Port,
+    /// Shared between the specs a daemon parses (see [`super::SpecCache`]): an unchanged VM
+    /// entry's ports are the same copies from one spec to the next, so what compares them
+    /// (the rows' memo, at 10,000 ports) compares two pointers.
+    pub port: std::sync::Arc<Port>,
 }
 
 impl Ovn {
@@ -156,15 +159,11 @@ impl Ovn {
 }
 
 impl Spec {
-    /// Moves the networks `backend` says are OVN's, and the VM ports on them, into
-    /// `self.ovn` (which must be set when any is). Called once the spec is built, before
-    /// its MACs are derived: OVN ports get theirs apart, the same on every chassis.
-    /// `hosts`: each VM's chassis (a VM without one gets the empty name).
-    pub(crate) fn split_ovn(
-        &mut self,
-        ovn_nets: &[String],
-        hosts: foldhash::HashMap<String, std::sync::Arc<str>>,
-    ) {
+    /// Moves the networks `backend` says are OVN's into `self.ovn` (which must be set when
+    /// any is), with `ports`, the VM ports on them (built apart from the VMs' own: see
+    /// `validate::build`). Called once the spec is built, before its MACs are derived: OVN
+    /// ports get theirs apart, the same on every chassis.
+    pub(crate) fn split_ovn(&mut self, ovn_nets: &[String], ports: Vec<OvnPort>) {
         let Some(ovn) = self.ovn.as_mut() else {
             return;
         };
@@ -173,25 +172,6 @@ impl Spec {
                 ovn.networks.insert(name.clone(), n);
             }
         }
-        ovn.ports.reserve(self.vms.len());
-        for vm in self.vms.values_mut() {
-            // Most VMs have their ports all on one side: they are moved, not sorted out
-            // one by one into new lists (10,000 VMs each with a port on OVN).
-            let on = |p: &Port| ovn.networks.contains_key(&p.network);
-            let on_ovn = match vm.ports.iter().filter(|p| on(p)).count() {
-                0 => continue,
-                n if n == vm.ports.len() => std::mem::take(&mut vm.ports),
-                _ => {
-                    let (on_ovn, kernel) = std::mem::take(&mut vm.ports).into_iter().partition(on);
-                    vm.ports = kernel;
-                    on_ovn
-                }
-            };
-            let host = hosts.get(&vm.name).cloned().unwrap_or_else(|| "".into());
-            for port in on_ovn {
-                let host = std::sync::Arc::clone(&host);
-                ovn.ports.push(OvnPort { host, port });
-            }
-        }
+        ovn.ports = ports;
     }
 }

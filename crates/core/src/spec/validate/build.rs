@@ -4,42 +4,44 @@
 //! and gives `None` where a draft lacks what an error was already reported for.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use foldhash::{HashMap, HashMapExt};
 
 use super::{Ctx, NetDraft, PortDraft, Sysctl};
 use crate::spec::model::{Forward, Host, LocMap, Mac, Mode, Network, Port, Spec, Trunk, Vm};
 use crate::spec::naming;
+use crate::spec::ovn::OvnPort;
 
-/// The spec from every draft, once each has been read and checked: `None` when a draft
-/// lacks what an error was already reported for.
+/// The ports, drafted and built, and where they go: the VMs keep those on the kernel's
+/// networks; those on OVN's (`ovn_nets`) go to the `ovn` section, each with its VM's
+/// chassis (`hosts`).
+pub(super) struct Ports<'a> {
+    pub(super) drafts: &'a [&'a PortDraft],
+    /// Built from `drafts`, in their order.
+    pub(super) built: Vec<Arc<Port>>,
+    pub(super) ovn_nets: &'a [String],
+    pub(super) hosts: HashMap<&'a str, Arc<str>>,
+}
+
+/// The spec from every draft, once each has been read and checked; and the ports on OVN
+/// networks, in VM then port order. `None` when a draft lacks what an error was already
+/// reported for.
 pub(super) fn build(
     cx: &mut Ctx,
     version: u32,
     sysctl: Option<Sysctl>,
     nets: Vec<NetDraft>,
-    ports: Vec<PortDraft>,
+    ports: Ports,
     vm_names: Vec<String>,
-) -> Option<Spec> {
-    // (uplink, VLAN id) -> the vlan network serving it; network -> its uplink.
-    let vlan_nets: HashMap<(String, u16), String> = nets
-        .iter()
-        .filter_map(|n| {
-            let v = n.vlan.as_ref()?;
-            Some(((v.uplink.clone(), v.id), n.name.clone()))
-        })
-        .collect();
-    let net_uplink: HashMap<String, String> = nets
-        .iter()
-        .filter_map(|n| Some((n.name.clone(), n.vlan.as_ref()?.uplink.clone())))
-        .collect();
+) -> Option<(Spec, Vec<OvnPort>)> {
     let mut networks = BTreeMap::new();
     for n in nets {
-        let network = build_network(n, &ports)?;
+        let network = build_network(n, ports.drafts)?;
         networks.insert(network.name.clone(), network);
     }
-    let vms = build_vms(vm_names, ports, &net_uplink, &vlan_nets)?;
-    Some(Spec {
+    let (vms, ovn_ports) = build_vms(vm_names, ports)?;
+    let spec = Spec {
         version,
         host: Host {
             sysctl: sysctl.map(|s| s.0).unwrap_or_default(),
@@ -55,11 +57,12 @@ pub(super) fn build(
         ),
         identity: Default::default(),
         ovn: None,
-    })
+    };
+    Some((spec, ovn_ports))
 }
 
 /// A network from its draft; its port forwards go to the ports of `ports` they name.
-fn build_network(n: NetDraft, ports: &[PortDraft]) -> Option<Network> {
+fn build_network(n: NetDraft, ports: &[&PortDraft]) -> Option<Network> {
     if n.mode == Some(Mode::Vxlan) && n.vxlan.is_none() {
         return None;
     }
@@ -111,16 +114,14 @@ fn build_network(n: NetDraft, ports: &[PortDraft]) -> Option<Network> {
     })
 }
 
-/// The VMs, each with its ports in the order they were read.
-fn build_vms(
-    vm_names: Vec<String>,
-    ports: Vec<PortDraft>,
-    net_uplink: &HashMap<String, String>,
-    vlan_nets: &HashMap<(String, u16), String>,
-) -> Option<BTreeMap<String, Vm>> {
+/// The VMs, each with its kernel ports in the order they were read; and the ports on OVN
+/// networks, in VM then port order.
+fn build_vms(vm_names: Vec<String>, split: Ports) -> Option<(BTreeMap<String, Vm>, Vec<OvnPort>)> {
+    let ports = split.built;
+    let on_ovn = |p: &Port| split.ovn_nets.contains(&p.network);
     // Each VM's list made at its size: thousands of VMs, most with a port or two.
     let mut counts: HashMap<&str, usize> = HashMap::with_capacity(vm_names.len());
-    for p in &ports {
+    for p in ports.iter().filter(|p| !on_ovn(p)) {
         *counts.entry(p.vm.as_str()).or_default() += 1;
     }
     let mut vms: BTreeMap<String, Vm> = vm_names
@@ -130,54 +131,103 @@ fn build_vms(
             (name.clone(), Vm { name, ports })
         })
         .collect();
+    let mut ovn = Vec::new();
     for p in ports {
-        let port = build_port(p, net_uplink, vlan_nets)?;
+        if !vms.contains_key(&p.vm) {
+            return None;
+        }
+        if on_ovn(&p) {
+            ovn.push(p);
+            continue;
+        }
+        // Built for this spec alone (a full parse), the port is moved; shared with a spec
+        // cache, copied.
+        let port = Arc::try_unwrap(p).unwrap_or_else(|p| (*p).clone());
         vms.get_mut(&port.vm)?.ports.push(port);
     }
-    Some(vms)
+    // Stable: each VM's ports stay in their order.
+    ovn.sort_by(|a, b| a.vm.cmp(&b.vm));
+    let empty: Arc<str> = Arc::from("");
+    let ovn = ovn
+        .into_iter()
+        .map(|port| {
+            let host = split.hosts.get(port.vm.as_str()).unwrap_or(&empty);
+            OvnPort {
+                host: Arc::clone(host),
+                port,
+            }
+        })
+        .collect();
+    Some((vms, ovn))
 }
 
-/// A port from its draft; its trunk's VLANs go to the vlan networks of its network's uplink.
-fn build_port(
-    p: PortDraft,
-    net_uplink: &HashMap<String, String>,
-    vlan_nets: &HashMap<(String, u16), String>,
-) -> Option<Port> {
-    let name = p.name?;
-    let network = p.network?;
-    let mut trunk = Vec::new();
-    for (vid, _, _) in &p.vlans {
-        let uplink = net_uplink.get(&network)?;
-        trunk.push(Trunk {
-            vid: *vid,
-            network: vlan_nets.get(&(uplink.clone(), *vid))?.clone(),
-            device: naming::trunk_vlan_name(&name, *vid),
-        });
+/// Builds ports from their drafts, each trunk's VLANs resolved to the vlan networks of its
+/// network's uplink. A spec cache keeps what it built of each VM entry for the next spec
+/// with the same networks.
+pub(crate) struct PortBuilder {
+    /// Network -> its uplink.
+    net_uplink: HashMap<String, String>,
+    /// (uplink, VLAN id) -> the vlan network serving it.
+    vlan_nets: HashMap<(String, u16), String>,
+}
+
+impl PortBuilder {
+    pub(crate) fn new(nets: &[NetDraft]) -> PortBuilder {
+        let vlan_nets = nets
+            .iter()
+            .filter_map(|n| {
+                let v = n.vlan.as_ref()?;
+                Some(((v.uplink.clone(), v.id), n.name.clone()))
+            })
+            .collect();
+        let net_uplink = nets
+            .iter()
+            .filter_map(|n| Some((n.name.clone(), n.vlan.as_ref()?.uplink.clone())))
+            .collect();
+        PortBuilder {
+            net_uplink,
+            vlan_nets,
+        }
     }
-    Some(Port {
-        trunk,
-        network,
-        name,
-        kind: p.kind?,
-        // A derived MAC is given out once the spec is built.
-        mac: if p.mac_derived {
-            Mac::default()
-        } else {
-            p.mac?
-        },
-        mac_derived: p.mac_derived,
-        ipv4: p.ipv4,
-        ipv6: p.ipv6,
-        owner: p.owner,
-        queues: p.queues,
-        netns: p.netns,
-        antispoof: p.antispoof,
-        dhcp_client: p.dhcp_client,
-        firewall: p.firewall,
-        qos: p.qos,
-        mirror: p.mirror.map(|m| m.0),
-        ethtool: p.ethtool,
-        index: p.index,
-        vm: p.vm,
-    })
+
+    /// A port from its draft; `None` when the draft lacks what an error was reported for.
+    pub(crate) fn port(&self, p: &PortDraft) -> Option<Port> {
+        let name = p.name.clone()?;
+        let network = p.network.clone()?;
+        let mut trunk = Vec::new();
+        for (vid, _, _) in &p.vlans {
+            let uplink = self.net_uplink.get(&network)?;
+            trunk.push(Trunk {
+                vid: *vid,
+                network: self.vlan_nets.get(&(uplink.clone(), *vid))?.clone(),
+                device: naming::trunk_vlan_name(&name, *vid),
+            });
+        }
+        Some(Port {
+            trunk,
+            network,
+            name,
+            kind: p.kind?,
+            // A derived MAC is given out once the spec is built.
+            mac: if p.mac_derived {
+                Mac::default()
+            } else {
+                p.mac?
+            },
+            mac_derived: p.mac_derived,
+            ipv4: p.ipv4,
+            ipv6: p.ipv6,
+            owner: p.owner.clone(),
+            queues: p.queues,
+            netns: p.netns.clone(),
+            antispoof: p.antispoof,
+            dhcp_client: p.dhcp_client,
+            firewall: p.firewall.clone(),
+            qos: p.qos.clone(),
+            mirror: p.mirror.as_ref().map(|m| m.0.clone()),
+            ethtool: p.ethtool.clone(),
+            index: p.index,
+            vm: p.vm.clone(),
+        })
+    }
 }

@@ -7,7 +7,7 @@ use super::*;
 pub(super) fn cross_checks(
     cx: &mut Ctx,
     nets: &[NetDraft],
-    ports: &[PortDraft],
+    ports: &[&PortDraft],
     sysctl: Option<&Sysctl>,
     ovn_nets: &[String],
 ) {
@@ -49,7 +49,7 @@ impl CreatedName for Created<'_> {
 fn created_names<'a>(
     cx: &mut Ctx,
     nets: &'a [NetDraft],
-    ports: &'a [PortDraft],
+    ports: &'a [&'a PortDraft],
 ) -> Vec<Created<'a>> {
     let mut created: Vec<Created> = Vec::new();
     for n in nets {
@@ -156,7 +156,7 @@ fn vlan_networks<'a>(
 fn trunk_vlans<'a>(
     cx: &mut Ctx,
     nets: &'a [NetDraft],
-    ports: &'a [PortDraft],
+    ports: &'a [&'a PortDraft],
     vlan_ids: &HashMap<(&'a str, u16), &'a NetDraft>,
     created: &mut Vec<Created<'a>>,
 ) {
@@ -319,7 +319,7 @@ fn check_nat_egress(
 }
 
 /// MACs: guests' and bridges' addresses must all differ.
-fn check_macs(cx: &mut Ctx, nets: &[NetDraft], ports: &[PortDraft]) {
+fn check_macs(cx: &mut Ctx, nets: &[NetDraft], ports: &[&PortDraft]) {
     let mut macs: Vec<(Mac, Loc, LazyPath, What, bool)> =
         Vec::with_capacity(nets.len() + ports.len());
     for n in nets {
@@ -367,8 +367,8 @@ fn check_macs(cx: &mut Ctx, nets: &[NetDraft], ports: &[PortDraft]) {
 }
 
 /// Port addresses: unique within a network.
-fn check_port_addresses(cx: &mut Ctx, ports: &[PortDraft]) {
-    let mut addrs: Vec<&PortDraft> = ports.iter().filter(|p| p.ipv4.is_some()).collect();
+fn check_port_addresses(cx: &mut Ctx, ports: &[&PortDraft]) {
+    let mut addrs: Vec<&PortDraft> = ports.iter().copied().filter(|p| p.ipv4.is_some()).collect();
     addrs.sort_by_key(|p| p.ipv4_loc);
     let mut seen_addr: HashMap<(&str, Ipv4Addr), &PortDraft> = HashMap::new();
     for p in addrs {
@@ -412,7 +412,7 @@ fn check_subnets(cx: &mut Ctx, nets: &[NetDraft]) {
 }
 
 /// A mirror copies to another port of the spec.
-fn check_mirrors(cx: &mut Ctx, ports: &[PortDraft]) {
+fn check_mirrors(cx: &mut Ctx, ports: &[&PortDraft]) {
     for p in ports {
         if let Some((m, loc, path)) = &p.mirror {
             let target = ports.iter().find(|q| q.name.as_deref() == Some(m.as_str()));
@@ -442,7 +442,7 @@ fn check_mirrors(cx: &mut Ctx, ports: &[PortDraft]) {
 }
 
 /// A forward needs a VM with an address on its network.
-fn check_forwards(cx: &mut Ctx, nets: &[NetDraft], ports: &[PortDraft]) {
+fn check_forwards(cx: &mut Ctx, nets: &[NetDraft], ports: &[&PortDraft]) {
     for n in nets {
         for fw in &n.forwards {
             let target = ports.iter().find(|p| {
@@ -511,7 +511,7 @@ pub const BRIDGE_MAX_PORTS: usize = 1023;
 pub(super) fn check_bridge_ports(
     cx: &mut Ctx,
     nets: &[NetDraft],
-    ports: &[PortDraft],
+    ports: &[&PortDraft],
     ovn_nets: &[String],
 ) {
     let mut count: HashMap<&str, usize> = HashMap::new();
@@ -566,7 +566,7 @@ pub(super) fn check_bridge_ports(
 
 /// `qos.floor` guarantees are shares of their network's `bandwidth`: the network must declare
 /// one, and the floors on it must fit in it.
-pub(super) fn check_floors(cx: &mut Ctx, nets: &[NetDraft], ports: &[PortDraft]) {
+pub(super) fn check_floors(cx: &mut Ctx, nets: &[NetDraft], ports: &[&PortDraft]) {
     let mut sums: HashMap<&str, u64> = HashMap::new();
     for p in ports {
         let Some(floor) = p.qos.as_ref().and_then(|q| q.floor_bps) else {
@@ -635,7 +635,7 @@ pub(super) fn check_floors(cx: &mut Ctx, nets: &[NetDraft], ports: &[PortDraft])
 pub(super) fn direct_checks(
     cx: &mut Ctx,
     nets: &[NetDraft],
-    ports: &[PortDraft],
+    ports: &[&PortDraft],
     created: &[impl CreatedName],
     bridged: &HashMap<&str, &NetDraft>,
 ) {
@@ -690,6 +690,7 @@ pub(super) fn direct_checks(
         if mode == Some(DirectMode::Passthrough) {
             let mine: Vec<&PortDraft> = ports
                 .iter()
+                .copied()
                 .filter(|p| p.network.as_deref() == Some(n.name.as_str()))
                 .collect();
             if let Some(second) = mine.get(1) {

@@ -5,7 +5,7 @@
 use super::ipv6::contains6;
 use super::*;
 
-pub(super) fn check_dhcp6(cx: &mut Ctx, nets: &[NetDraft], ports: &[PortDraft]) {
+pub(super) fn check_dhcp6(cx: &mut Ctx, nets: &[NetDraft], ports: &[&PortDraft]) {
     for n in nets {
         check_network(cx, n, ports);
     }
@@ -30,7 +30,7 @@ pub(super) fn check_dhcp6(cx: &mut Ctx, nets: &[NetDraft], ports: &[PortDraft]) 
     }
 }
 
-fn check_network(cx: &mut Ctx, n: &NetDraft, ports: &[PortDraft]) {
+fn check_network(cx: &mut Ctx, n: &NetDraft, ports: &[&PortDraft]) {
     let dhcp = n.dhcp.as_ref();
     let dhcp_path = join(&n.path, "dhcp");
     let at = |cx: &Ctx, key: &str| -> (String, Loc) {

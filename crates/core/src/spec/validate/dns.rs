@@ -190,7 +190,7 @@ fn read_records(cx: &mut Ctx, f: &Field, d: &mut DnsDraft) -> bool {
 /// Names answered twice on one network (a VM's and a record's, two VMs' or two records'
 /// that differ only in case), VM names that are no DNS names, and forwarders that are the
 /// gateway of a network kvmnet serves DNS on (a query would go round in a loop).
-pub(super) fn check_dns(cx: &mut Ctx, nets: &[NetDraft], ports: &[PortDraft]) {
+pub(super) fn check_dns(cx: &mut Ctx, nets: &[NetDraft], ports: &[&PortDraft]) {
     let gateways: Vec<(IpAddr, &str)> = nets
         .iter()
         .filter(|n| n.dns.is_some())

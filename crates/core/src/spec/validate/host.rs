@@ -232,7 +232,7 @@ fn read_bond_options(
 pub(super) fn uplink_checks(
     cx: &mut Ctx,
     nets: &[NetDraft],
-    ports: &[PortDraft],
+    ports: &[&PortDraft],
     uplinks: &[UplinkDraft],
     ovn_nets: &[String],
 ) {
@@ -259,7 +259,7 @@ pub(super) fn uplink_checks(
 /// compare them with, which is rare) the ports.
 fn created_interfaces<'a>(
     nets: &'a [NetDraft],
-    ports: &'a [PortDraft],
+    ports: &'a [&'a PortDraft],
     uplinks: &[UplinkDraft],
 ) -> Vec<(&'a str, What<'a>)> {
     let mut created: Vec<(&str, What)> = Vec::new();

@@ -257,7 +257,7 @@ fn overlaps6(a: Ipv6Cidr, b: Ipv6Cidr) -> bool {
 pub(super) fn check_ipv6(
     cx: &mut Ctx,
     nets: &[NetDraft],
-    ports: &[PortDraft],
+    ports: &[&PortDraft],
     sysctl: Option<&Sysctl>,
 ) {
     check_prefixes(cx, nets);
@@ -298,8 +298,8 @@ fn check_prefixes(cx: &mut Ctx, nets: &[NetDraft]) {
 }
 
 /// A port's `ipv6` is used once per network.
-fn check_port_ipv6(cx: &mut Ctx, ports: &[PortDraft]) {
-    let mut with: Vec<&PortDraft> = ports.iter().filter(|p| p.ipv6.is_some()).collect();
+fn check_port_ipv6(cx: &mut Ctx, ports: &[&PortDraft]) {
+    let mut with: Vec<&PortDraft> = ports.iter().copied().filter(|p| p.ipv6.is_some()).collect();
     with.sort_by_key(|p| p.ipv6_loc);
     let mut seen: HashMap<(&str, Ipv6Addr), &PortDraft> = HashMap::new();
     for p in with {

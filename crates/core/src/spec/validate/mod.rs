@@ -39,6 +39,7 @@ mod values;
 
 pub(crate) use super::yaml::{join as join_path, show};
 use crate::modes::{Fields, Take};
+pub(crate) use build::PortBuilder;
 use build::build;
 use cross::*;
 use dhcp::*;
@@ -634,27 +635,6 @@ impl PortDraft {
             });
         }
     }
-
-    /// The same port read from a text that starts `by` lines further down.
-    pub(crate) fn shift_lines(&mut self, by: usize) {
-        for l in [
-            &mut self.name_loc,
-            &mut self.mac_loc,
-            &mut self.ipv4_loc,
-            &mut self.ipv6_loc,
-        ] {
-            l.line += by;
-        }
-        if let Some((_, l, _)) = &mut self.mirror {
-            l.line += by;
-        }
-        for (_, l, _) in &mut self.vlans {
-            l.line += by;
-        }
-        if let Some((_, l)) = &mut self.host {
-            l.line += by;
-        }
-    }
 }
 
 pub(crate) fn convert(
@@ -678,7 +658,8 @@ fn convert_inner(cx: &mut Ctx, root: &Node, identity: &HostIdentity) -> Option<S
             vm_names.push(key.text.clone());
         }
     }
-    finish(cx, head, ports, vm_names, identity)
+    let drafts: Vec<&PortDraft> = ports.iter().collect();
+    finish(cx, head, &drafts, None, vm_names, identity)
 }
 
 /// What reading a VM learns from the networks (name, mode, subnet of each); `None` when the
@@ -841,10 +822,13 @@ pub(crate) fn read_vm_entry(
 }
 
 /// The second pass (rules across the whole spec) and the build of the `Spec`.
+/// `built`: the ports of `ports`, in their order, when a spec cache has them built already;
+/// `None`: built here.
 pub(crate) fn finish(
     cx: &mut Ctx,
     head: Head,
-    mut ports: Vec<PortDraft>,
+    ports: &[&PortDraft],
+    built: Option<Vec<std::sync::Arc<super::model::Port>>>,
     vm_names: Vec<String>,
     identity: &HostIdentity,
 ) -> Option<Spec> {
@@ -862,28 +846,19 @@ pub(crate) fn finish(
         ovn.as_ref(),
         host_backend,
         nets.as_deref().unwrap_or(&[]),
-        &ports,
+        ports,
     );
     cross_checks(
         cx,
         nets.as_deref().unwrap_or(&[]),
-        &ports,
+        ports,
         sysctl.as_ref(),
         &ovn_nets,
     );
-    // Each VM's chassis, taken out of its ports' drafts (the checks that read it are done).
-    let mut hosts: HashMap<String, std::sync::Arc<str>> = HashMap::new();
-    for p in &mut ports {
-        if let Some((host, _)) = p.host.take()
-            && !hosts.contains_key(&p.vm)
-        {
-            hosts.insert(p.vm.clone(), host);
-        }
-    }
     uplink_checks(
         cx,
         nets.as_deref().unwrap_or(&[]),
-        &ports,
+        ports,
         &uplinks,
         &ovn_nets,
     );
@@ -898,10 +873,28 @@ pub(crate) fn finish(
     if !cx.errors.is_empty() {
         return None;
     }
-    let mut spec = build(cx, version?, sysctl, nets?, ports, vm_names)?;
+    let nets = nets?;
+    let built = match built {
+        Some(b) => b,
+        None => {
+            let builder = build::PortBuilder::new(&nets);
+            let built = ports
+                .iter()
+                .map(|p| builder.port(p).map(std::sync::Arc::new));
+            built.collect::<Option<Vec<_>>>()?
+        }
+    };
+    // OVN ports are kept apart from the VMs: their MACs are derived apart (see
+    // `derive_macs`).
+    let ports = build::Ports {
+        drafts: ports,
+        built,
+        ovn_nets: if ovn.is_some() { &ovn_nets } else { &[] },
+        hosts: vm_hosts(ports),
+    };
+    let (mut spec, ovn_ports) = build(cx, version?, sysctl, nets, ports, vm_names)?;
     spec.identity = identity.clone();
-    // OVN ports first leave the VMs: their MACs are derived apart (see `derive_macs`).
-    ovn::finish_ovn(&mut spec, ovn, &ovn_nets, hosts);
+    ovn::finish_ovn(&mut spec, ovn, &ovn_nets, ovn_ports);
     if let Err(u) = spec.derive_macs() {
         let path = format!("{}[{}]", join(&join("vms", &u.vm), "ports"), u.index);
         let loc = spec.loc(&path);
@@ -932,6 +925,19 @@ pub(crate) fn finish(
         spec.host.uplinks.insert(u.name.clone(), u);
     }
     Some(spec)
+}
+
+/// Each VM's chassis (`host`), from its ports' drafts.
+fn vm_hosts<'a>(ports: &[&'a PortDraft]) -> HashMap<&'a str, std::sync::Arc<str>> {
+    let mut hosts: HashMap<&str, std::sync::Arc<str>> = HashMap::new();
+    for p in ports {
+        if let Some((host, _)) = &p.host {
+            hosts
+                .entry(p.vm.as_str())
+                .or_insert_with(|| std::sync::Arc::clone(host));
+        }
+    }
+    hosts
 }
 
 // ---------------------------------------------------------------------------------------

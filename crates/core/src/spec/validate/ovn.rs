@@ -509,7 +509,7 @@ pub(super) fn ovn_checks(
     draft: Option<&OvnDraft>,
     host_backend: Option<(NetBackend, Loc)>,
     nets: &[NetDraft],
-    ports: &[PortDraft],
+    ports: &[&PortDraft],
 ) -> Vec<String> {
     let mut names = Vec::new();
     // The networks' paths are in the head; the parts go in only when a port is checked.
@@ -538,7 +538,7 @@ pub(super) fn ovn_checks(
     if let Some(d) = draft {
         check_provider_uplinks(cx, d, nets, &on_ovn);
         let stamp = ovn_stamp(d, host_backend, nets);
-        let due = |p: &&PortDraft| {
+        let due = |p: &&&PortDraft| {
             p.ovn_clean != stamp && p.network.as_deref().is_some_and(|n| on_ovn.contains(n))
         };
         // Only the parts of the VMs checked: one new VM among 10,000 is one part, not
@@ -932,8 +932,8 @@ pub(super) fn finish_ovn(
     spec: &mut Spec,
     draft: Option<OvnDraft>,
     nets: &[String],
-    hosts: foldhash::HashMap<String, std::sync::Arc<str>>,
+    ports: Vec<crate::spec::ovn::OvnPort>,
 ) {
     spec.ovn = draft.map(|d| d.ovn);
-    spec.split_ovn(nets, hosts);
+    spec.split_ovn(nets, ports);
 }

@@ -764,8 +764,28 @@ impl PartialOrd for LazyPath<'_> {
 }
 
 impl Ord for LazyPath<'_> {
+    /// As the paths' texts compare, without making them: sorting 10,000 ports written at
+    /// one place each (a spec cache's entries, each counted from its own first line) made
+    /// two paths per comparison, half of the checks' time.
     fn cmp(&self, other: &Self) -> std::cmp::Ordering {
-        self.get().cmp(&other.get())
+        self.bytes().cmp(other.bytes())
+    }
+}
+
+impl LazyPath<'_> {
+    /// The path's text, byte by byte: a `Join`'s key is one of the checks' own plain field
+    /// names, which `join` writes as they are.
+    fn bytes(&self) -> impl Iterator<Item = u8> + '_ {
+        let (parent, key) = match *self {
+            LazyPath::Plain(p) => (p, ""),
+            LazyPath::Join(p, k) => {
+                debug_assert!(k.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_'));
+                (p, k)
+            }
+        };
+        let dot = matches!(self, LazyPath::Join(..)) && !parent.is_empty();
+        let dot = dot.then_some(b'.');
+        parent.bytes().chain(dot).chain(key.bytes())
     }
 }
 
@@ -776,3 +796,30 @@ pub(super) trait CreatedName {
 }
 
 // ---------------------------------------------------------------------------------------
+
+#[cfg(test)]
+mod tests {
+    use super::LazyPath;
+
+    #[test]
+    fn lazy_paths_compare_as_their_texts() {
+        let paths = [
+            LazyPath::Plain(""),
+            LazyPath::Plain("vms.a.ports[0]"),
+            LazyPath::Plain("vms.a.ports[0].mac"),
+            LazyPath::Join("vms.a.ports[0]", "mac"),
+            LazyPath::Join("vms.a.ports[0]", "name"),
+            LazyPath::Join("vms.a.ports[10]", "mac"),
+            LazyPath::Join("vms.a", "name"),
+            LazyPath::Join("", "mac"),
+            LazyPath::Plain("mac"),
+            LazyPath::Plain("networks.web"),
+            LazyPath::Join("networks.web", "bridge"),
+        ];
+        for a in &paths {
+            for b in &paths {
+                assert_eq!(a.cmp(b), a.get().cmp(&b.get()), "{} {}", a.get(), b.get());
+            }
+        }
+    }
+}

@@ -249,7 +249,8 @@ impl SpecCache {
         let mut drafts: Vec<&PortDraft> = Vec::with_capacity(layout.entries.len());
         let mut built: Vec<Arc<Port>> = Vec::with_capacity(layout.entries.len());
         let mut names = Vec::with_capacity(layout.entries.len());
-        for c in &chunks {
+        // In VM name order, as the spec lists its VMs and their OVN ports.
+        for c in order.iter().map(|&i| &chunks[i]) {
             drafts.extend(&c.ports);
             c.built_into(self.head_read, &builder, &mut built)?;
             names.push(c.name.clone());

@@ -133,9 +133,6 @@ fn build_vms(vm_names: Vec<String>, split: Ports) -> Option<(BTreeMap<String, Vm
         .collect();
     let mut ovn = Vec::new();
     for p in ports {
-        if !vms.contains_key(&p.vm) {
-            return None;
-        }
         if on_ovn(&p) {
             ovn.push(p);
             continue;
@@ -145,7 +142,7 @@ fn build_vms(vm_names: Vec<String>, split: Ports) -> Option<(BTreeMap<String, Vm
         let port = Arc::try_unwrap(p).unwrap_or_else(|p| (*p).clone());
         vms.get_mut(&port.vm)?.ports.push(port);
     }
-    // Stable: each VM's ports stay in their order.
+    // Stable: each VM's ports stay in their order. (A spec cache's come sorted already.)
     ovn.sort_by(|a, b| a.vm.cmp(&b.vm));
     let empty: Arc<str> = Arc::from("");
     let ovn = ovn

@@ -208,7 +208,7 @@ fn inputs(
         let snap = &*slot_ref.insert(observed);
         let owned = s.spawn(move || {
             let mut have = desired::observed_owned(snap);
-            have.nb = nb.into_iter().map(|r| (r.id(), r)).collect();
+            have.nb = nb;
             have
         });
         let rows = full.ovn.as_ref().and_then(|o| backend.nb_wanted(o));

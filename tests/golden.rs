@@ -119,7 +119,7 @@ fn synth(want: &kvmnet::state::HostState, base: &Snapshot) -> Snapshot {
         sysctl_originals: base.sysctl_originals.clone(),
         mtu_originals: base.mtu_originals.clone(),
         // The Northbound database as the OVN rows' steps leave it.
-        nb: want.nb.values().cloned().collect(),
+        nb: want.nb.clone(),
         ..Default::default()
     };
     // Foreign interfaces kvmnet touches, as they end up.

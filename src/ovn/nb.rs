@@ -124,10 +124,8 @@ fn with_client<R>(
 }
 
 /// kvmnet's rows as the database holds them.
-pub fn observe(remotes: &str) -> Result<Vec<std::sync::Arc<NbRow>>, NbError> {
-    with_client(remotes, |k| {
-        Ok(k.now(|_, owned| owned.rows.values().cloned().collect()))
-    })
+pub fn observe(remotes: &str) -> Result<kvmnet_core::ovn::memo::RowMap, NbError> {
+    with_client(remotes, |k| Ok(k.now(|_, owned| owned.by_id.clone())))
 }
 
 /// A core value that is one atom (not a set or a map), references resolved by `refer`.
@@ -187,10 +185,12 @@ fn set_mutations(
         // A member leaving is named as the server has it, also when its row goes in the
         // same transaction (`refer` has no name for that one).
         let atom = match v {
-            NbVal::Ref { table, key } => match owned.uuids.get(&(table.clone(), key.clone())) {
-                Some(u) => Atom::Uuid(u.clone()),
-                None => return Ok(None),
-            },
+            NbVal::Ref { table, key } => {
+                match owned.uuids.get(&(table.to_string(), key.to_string())) {
+                    Some(u) => Atom::Uuid(u.clone()),
+                    None => return Ok(None),
+                }
+            }
             other => to_atom(other, refer)?,
         };
         gone.push(uuid_ref(&atom));

@@ -47,8 +47,13 @@ pub struct Snapshot {
     pub raised: BTreeMap<String, bool>,
     /// kvmnet's rows in OVN's Northbound database, with the columns it sets (empty when
     /// the spec has no OVN part and none was applied).
-    #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub nb: Vec<std::sync::Arc<crate::ovn::NbRow>>,
+    /// By [`crate::ovn::NbRow::id`], written as a list of rows (as it always was).
+    #[serde(
+        skip_serializing_if = "BTreeMap::is_empty",
+        default,
+        with = "rows_as_list"
+    )]
+    pub nb: crate::ovn::memo::RowMap,
     /// This host as an OVN chassis, as kvmnet last made it (from the state directory), with
     /// whether its Open_vSwitch database still matches.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -230,5 +235,24 @@ pub struct Route6Snap {
 impl Snapshot {
     pub fn link(&self, name: &str) -> Option<&LinkSnap> {
         self.links.iter().find(|l| l.name == name)
+    }
+}
+
+/// A row map as the list of its rows: the ids are the rows' own (table and key).
+mod rows_as_list {
+    use std::sync::Arc;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    use crate::ovn::NbRow;
+    use crate::ovn::memo::RowMap;
+
+    pub fn serialize<S: Serializer>(rows: &RowMap, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_seq(rows.values())
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<RowMap, D::Error> {
+        let rows = Vec::<Arc<NbRow>>::deserialize(d)?;
+        Ok(rows.into_iter().map(|r| (r.id().into(), r)).collect())
     }
 }

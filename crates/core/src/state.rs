@@ -72,7 +72,7 @@ pub struct HostState {
     /// kvmnet's rows in OVN's Northbound database, by [`crate::ovn::NbRow::id`].
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     /// Shared, not copied: a daemon's view of the database holds the same rows.
-    pub nb: BTreeMap<String, std::sync::Arc<crate::ovn::NbRow>>,
+    pub nb: crate::ovn::memo::RowMap,
     /// This host as an OVN chassis.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub chassis: Option<crate::ovn::ChassisConf>,

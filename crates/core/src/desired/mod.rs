@@ -207,7 +207,7 @@ pub fn desired_with_rows(
         b.st.nb = nb.unwrap_or_else(|| {
             crate::ovn::model::rows(o)
                 .into_iter()
-                .map(|r| (r.id(), std::sync::Arc::new(r)))
+                .map(|r| (r.id().into(), std::sync::Arc::new(r)))
                 .collect()
         });
         b.st.chassis = crate::ovn::model::chassis_conf(o);

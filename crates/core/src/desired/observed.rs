@@ -75,7 +75,7 @@ pub fn observed_owned(snap: &Snapshot) -> HostState {
         port_links.push((l.name.clone(), port_link(snap, l, alias)));
     }
     st.ports = port_links.into_iter().collect();
-    st.nb = snap.nb.iter().map(|r| (r.id(), r.clone())).collect();
+    st.nb = snap.nb.clone();
     st.chassis.clone_from(&snap.chassis);
     st
 }

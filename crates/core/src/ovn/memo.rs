@@ -22,8 +22,9 @@ use super::NbRow;
 use super::model;
 use crate::spec::ovn::{Ovn, OvnPort};
 
-/// The rows by id, as a host state holds them.
-pub type RowMap = BTreeMap<String, Arc<NbRow>>;
+/// The rows by id, as a host state holds them. The ids are shared: copying the map (a
+/// daemon's view of the database hands one to every plan) copies no text.
+pub type RowMap = BTreeMap<Arc<str>, Arc<NbRow>>;
 
 /// What [`RowsMemo::rows`] made last (see the module's comment).
 #[derive(Default)]
@@ -33,12 +34,12 @@ pub struct RowsMemo {
     /// Each network's ports and rows (by id, in the order the model lists them).
     nets: HashMap<String, Kept>,
     /// Where each kept row is: its network and its place there.
-    places: HashMap<String, (String, usize)>,
+    places: HashMap<Arc<str>, (Arc<str>, usize)>,
 }
 
 struct Kept {
     ports: Vec<OvnPort>,
-    rows: Vec<(String, Arc<NbRow>)>,
+    rows: Vec<(Arc<str>, Arc<NbRow>)>,
     /// Each port's own rows (where in `rows`), with what was picked for it.
     own: HashMap<String, (Picks, std::ops::Range<usize>)>,
 }
@@ -92,8 +93,8 @@ impl RowsMemo {
             self.places.clear();
             self.head = Some(head);
         }
-        let fresh = |rows: Vec<NbRow>| rows.into_iter().map(|r| (r.id(), Arc::new(r)));
-        let mut all: Vec<(String, Arc<NbRow>)> = fresh(model::router_rows(ovn)).collect();
+        let fresh = |rows: Vec<NbRow>| rows.into_iter().map(|r| (r.id().into(), Arc::new(r)));
+        let mut all: Vec<(Arc<str>, Arc<NbRow>)> = fresh(model::router_rows(ovn)).collect();
         let nets = model::by_network(ovn);
         for (net, ports) in &nets {
             if !self
@@ -109,7 +110,7 @@ impl RowsMemo {
             let named: std::collections::HashSet<&str> =
                 nets.iter().map(|(n, _)| n.name.as_str()).collect();
             self.nets.retain(|n, _| named.contains(n.as_str()));
-            self.places.retain(|_, (n, _)| named.contains(n.as_str()));
+            self.places.retain(|_, (n, _)| named.contains(&**n));
         }
         all.extend(fresh(model::tail_rows(ovn)));
         // Sorted runs, merged: and of two rows of one id, the later one, as `collect` keeps.
@@ -136,17 +137,17 @@ impl RowsMemo {
             .map(|p| (p.port.name.as_str(), p))
             .collect();
         let before: HashMap<&str, &Arc<NbRow>> =
-            old.rows.iter().map(|(id, r)| (id.as_str(), r)).collect();
+            old.rows.iter().map(|(id, r)| (&**id, r)).collect();
         let keep = |r: NbRow| {
-            let id = r.id();
-            let row = match before.get(id.as_str()) {
+            let id: Arc<str> = r.id().into();
+            let row = match before.get(&*id) {
                 Some(b) if ***b == r => Arc::clone(b),
                 _ => Arc::new(r),
             };
             (id, row)
         };
         let (shared, addrs, switch) = model::network_parts(ovn, net, ports);
-        let mut rows: Vec<(String, Arc<NbRow>)> = shared.into_iter().map(keep).collect();
+        let mut rows: Vec<(Arc<str>, Arc<NbRow>)> = shared.into_iter().map(keep).collect();
         let mut own = HashMap::with_capacity(ports.len());
         for p in ports {
             let name = p.port.name.as_str();
@@ -166,8 +167,9 @@ impl RowsMemo {
             }
             own.insert(name.to_string(), (picks, start..rows.len()));
         }
+        let name: Arc<str> = net.name.as_str().into();
         for (i, (id, _)) in rows.iter().enumerate() {
-            self.places.insert(id.clone(), (net.name.clone(), i));
+            self.places.insert(Arc::clone(id), (Arc::clone(&name), i));
         }
         let ports = ports.iter().map(|p| (*p).clone()).collect();
         self.nets
@@ -188,7 +190,7 @@ impl RowsMemo {
             }
             *w = Arc::clone(hr);
             if let Some((net, i)) = self.places.get(id)
-                && let Some(k) = self.nets.get_mut(net)
+                && let Some(k) = self.nets.get_mut(&**net)
                 && let Some(slot) = k.rows.get_mut(*i)
             {
                 slot.1 = Arc::clone(hr);
@@ -239,7 +241,7 @@ vms:
     fn made(ovn: &Ovn) -> RowMap {
         model::rows(ovn)
             .into_iter()
-            .map(|r| (r.id(), Arc::new(r)))
+            .map(|r| (r.id().into(), Arc::new(r)))
             .collect()
     }
 
@@ -273,7 +275,7 @@ vms:
         let lan_port = "Logical_Switch_Port v0-lan";
         let kept = second
             .iter()
-            .filter(|(id, _)| id.as_str() == lan_port || id.contains("lan"))
+            .filter(|(id, _)| &***id == lan_port || id.contains("lan"))
             .filter(|(id, r)| have.get(*id).is_some_and(|h| Arc::ptr_eq(h, r)))
             .count();
         assert!(

@@ -37,9 +37,11 @@ pub enum NbVal {
     Int(i64),
     Bool(bool),
     /// A kvmnet row of `table`, by key.
+    /// Shared: a view of the database reads a port group's or a switch's 2,500 members
+    /// again whenever one joins, each a copy of the reference it keeps for the row.
     Ref {
-        table: String,
-        key: String,
+        table: std::sync::Arc<str>,
+        key: std::sync::Arc<str>,
     },
     /// A row that is not kvmnet's, by UUID (only ever observed).
     Uuid(String),
@@ -77,8 +79,8 @@ impl NbVal {
 
     pub fn reference(table: &str, key: impl Into<String>) -> NbVal {
         NbVal::Ref {
-            table: table.to_string(),
-            key: key.into(),
+            table: table.into(),
+            key: key.into().into(),
         }
     }
 }

@@ -46,7 +46,9 @@ pub(super) struct Owned {
     /// to it reads as.
     refs: HashMap<String, NbVal>,
     /// A child's UUID -> the kvmnet row whose child column holds it.
-    parents: HashMap<String, NbParent>,
+    /// (Shared by a parent's children: a switch's 2,500 ports are read again as children
+    /// whenever one joins.)
+    parents: HashMap<String, Arc<NbParent>>,
     /// A kvmnet parent's UUID -> the children its child columns hold.
     kids: HashMap<String, Vec<String>>,
     /// Every row of the tables kvmnet writes, kvmnet's or not.
@@ -122,7 +124,7 @@ impl Owned {
         let mut redo: BTreeSet<(String, String)> = BTreeSet::new();
         // The parent each child of a touched row had: only children whose parent changed
         // are read again (a port joining a switch of 2,500 leaves the 2,500 as they were).
-        let mut had: HashMap<String, NbParent> = HashMap::default();
+        let mut had: HashMap<String, Arc<NbParent>> = HashMap::default();
         for (t, uuid) in &rows {
             had.extend(self.drop_kids(uuid));
             self.refs.remove(*uuid);
@@ -209,14 +211,14 @@ impl Owned {
         };
         let mut kids = Vec::new();
         for col in children_of(t) {
+            let parent = Arc::new(NbParent {
+                table: t.to_string(),
+                key: key.clone(),
+                column: col.to_string(),
+            });
             for a in row.get(*col).into_iter().flat_map(Datum::atoms) {
                 if let Some(u) = a.as_uuid() {
-                    let parent = NbParent {
-                        table: t.to_string(),
-                        key: key.clone(),
-                        column: col.to_string(),
-                    };
-                    self.parents.insert(u.to_string(), parent);
+                    self.parents.insert(u.to_string(), Arc::clone(&parent));
                     kids.push(u.to_string());
                 }
             }
@@ -226,7 +228,7 @@ impl Owned {
     }
 
     /// Forgets the children `uuid` held; each with the parent it had.
-    fn drop_kids(&mut self, uuid: &str) -> Vec<(String, NbParent)> {
+    fn drop_kids(&mut self, uuid: &str) -> Vec<(String, Arc<NbParent>)> {
         let Some(kids) = self.kids.remove(uuid) else {
             return Vec::new();
         };
@@ -259,7 +261,7 @@ impl Owned {
             table: t.to_string(),
             key: key.clone(),
             columns,
-            parent: self.parents.get(uuid).cloned(),
+            parent: self.parents.get(uuid).map(|p| NbParent::clone(p)),
         };
         let row = Arc::new(row);
         self.by_id.insert(row.id().into(), Arc::clone(&row));

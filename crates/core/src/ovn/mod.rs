@@ -77,10 +77,18 @@ impl NbVal {
         )
     }
 
-    pub fn reference(table: &str, key: impl Into<String>) -> NbVal {
+    /// A reference to kvmnet's row `key` of `table`. (The tables kvmnet writes have one
+    /// shared name each: a port group's 2,500 members made a copy of it each.)
+    pub fn reference(table: &str, key: impl AsRef<str>) -> NbVal {
+        static NAMES: std::sync::OnceLock<Vec<std::sync::Arc<str>>> = std::sync::OnceLock::new();
+        let names = NAMES.get_or_init(|| TABLES.iter().map(|(t, _, _)| (*t).into()).collect());
+        let table = match names.iter().find(|n| ***n == *table) {
+            Some(n) => std::sync::Arc::clone(n),
+            None => table.into(),
+        };
         NbVal::Ref {
-            table: table.into(),
-            key: key.into().into(),
+            table,
+            key: key.as_ref().into(),
         }
     }
 }

@@ -16,6 +16,10 @@
 //!
 //!   cargo bench --bench ovn                        # 10,000 ports, 3 rounds
 //!   KVMNET_BENCH_PORTS=1000 KVMNET_BENCH_ROUNDS=1 cargo bench --bench ovn
+//!
+//! The one port more through a daemon alone: `KVMNET_BENCH_ONLY=daemon`, with
+//! `KVMNET_BENCH_ONE` adds per round (5); `KVMNET_BENCH_SETTLED=1` has each add wait, untimed,
+//! for ovn-northd to settle the change before it; `KVMNET_BENCH_KVMNET` runs another build.
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
@@ -408,7 +412,14 @@ fn daemon_one(dir: &Path, ports: usize, r: usize) -> Duration {
     timed(&mut cli(&plus));
     timed(&mut cli(&base));
     let mut adds = vec![];
+    // KVMNET_BENCH_SETTLED=1: each add waits (untimed) for ovn-northd to have settled the
+    // change before it, as on a host where VMs are not added back to back; otherwise northd,
+    // still working through the last change, competes with the add for the CPUs.
+    let settled = std::env::var("KVMNET_BENCH_SETTLED").is_ok_and(|v| v == "1");
     for _ in 0..env_or("KVMNET_BENCH_ONE", 5) {
+        if settled {
+            c.sync();
+        }
         adds.push(timed(&mut cli(&plus)));
         assert_eq!(c.count("Logical_Switch_Port"), ports + 1 + NETS);
         timed(&mut cli(&base));

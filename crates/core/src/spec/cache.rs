@@ -96,8 +96,7 @@ impl Chunk {
     fn built_into(&self, head: u64, builder: &PortBuilder, out: &mut Vec<Arc<Port>>) -> Option<()> {
         let mut built = self.built.lock().unwrap_or_else(|e| e.into_inner());
         if built.as_ref().is_none_or(|(h, _)| *h != head) {
-            let ports = self.ports.iter().map(|p| builder.port(p).map(Arc::new));
-            *built = Some((head, ports.collect::<Option<_>>()?));
+            *built = Some((head, builder.ports(&self.ports)?));
         }
         out.extend(built.as_ref()?.1.iter().cloned());
         Some(())
@@ -179,69 +178,13 @@ impl SpecCache {
     /// unusual (the full parse then says what).
     fn assemble(&mut self, layout: &Layout, identity: &HostIdentity) -> Option<Spec> {
         self.refresh_head(layout)?;
+        let chunks = self.look_up(layout)?;
         let (_, head, head_locs) = self.head.as_ref()?;
         let nets = head.nets.as_deref();
 
-        // Read every new chunk before giving up on a bad one, so an error in one VM does
-        // not cost the others their cache entries.
-        let mut ok = true;
-        self.looked_up = self.generation;
-        let mut chunks: Vec<Arc<Chunk>> = Vec::with_capacity(layout.entries.len());
-        for &(name, text, _) in &layout.entries {
-            match self.chunks.get(text) {
-                Some(c) => {
-                    c.used.store(self.generation, Relaxed);
-                    chunks.push(Arc::clone(c));
-                }
-                None => match read_chunk(name, text, layout.indent, nets) {
-                    Some((mut ports, locs)) => {
-                        for p in &mut ports {
-                            p.share_firewall(&mut self.firewalls);
-                        }
-                        self.last_read = self.last_read.map(|n| n + 1);
-                        let c = Arc::new(Chunk {
-                            name: name.to_string(),
-                            ports,
-                            locs: Arc::new(locs),
-                            used: AtomicU64::new(self.generation),
-                            built: Mutex::new(None),
-                        });
-                        chunks.push(Arc::clone(&c));
-                        self.chunks.insert(text.to_string(), c);
-                    }
-                    None => ok = false,
-                },
-            }
-        }
-        if !ok {
-            return None;
-        }
-
-        // In about the order of the map they become, which makes building it cheap: the
-        // head's paths come before `vms`, and the entries' paths are sorted within each
-        // entry and follow their VM names.
         let mut order: Vec<usize> = (0..layout.entries.len()).collect();
         order.sort_by_key(|&i| layout.entries[i].0);
-        let mut locs: Locs = Vec::with_capacity(head_locs.len() + 1);
-        locs.extend(
-            head_locs
-                .iter()
-                .filter(|(k, _)| k.as_str() != "vms")
-                .map(|(k, l)| (k.clone(), *l)),
-        );
-        // A block mapping sits where its first key does.
-        let first_line = layout.entries[0].2;
-        locs.push((
-            "vms".to_string(),
-            Loc {
-                line: first_line + 1,
-                col: layout.indent + 1,
-            },
-        ));
-        let parts = order
-            .iter()
-            .map(|&i| (Arc::clone(&chunks[i].locs), layout.entries[i].2))
-            .collect();
+        let (locs, parts) = vm_locs(head_locs, layout, &order, &chunks);
         // The drafts are checked where they are: their locations count from their entry's
         // first line, but any error at all sends the text to the full parse, which says
         // where. The ports are built once per entry (and head), and shared.
@@ -268,20 +211,92 @@ impl SpecCache {
         }
         // Every port passed: its entry's ports need no OVN port checks under this stamp.
         if let (Some(_), Some(stamp)) = (&spec, head.ovn_stamp()) {
-            let generation = self.generation;
-            let used = self.chunks.values_mut();
-            // Each is this cache's alone again: the call's own references are gone.
-            for c in used.filter_map(Arc::get_mut) {
-                if *c.used.get_mut() != generation {
-                    continue;
-                }
-                for p in &mut c.ports {
-                    p.ovn_clean = stamp;
-                }
-            }
+            self.mark_ovn_clean(stamp);
         }
         spec
     }
+
+    /// Each VM entry of `layout`, from the cache or read now (and cached); `None` when one
+    /// does not read cleanly. Every new entry is read before giving up on a bad one, so an
+    /// error in one VM does not cost the others their cache entries.
+    fn look_up(&mut self, layout: &Layout) -> Option<Vec<Arc<Chunk>>> {
+        let nets = self.head.as_ref()?.1.nets.as_deref();
+        let mut ok = true;
+        self.looked_up = self.generation;
+        let mut chunks: Vec<Arc<Chunk>> = Vec::with_capacity(layout.entries.len());
+        for &(name, text, _) in &layout.entries {
+            if let Some(c) = self.chunks.get(text) {
+                c.used.store(self.generation, Relaxed);
+                chunks.push(Arc::clone(c));
+                continue;
+            }
+            let Some((mut ports, locs)) = read_chunk(name, text, layout.indent, nets) else {
+                ok = false;
+                continue;
+            };
+            for p in &mut ports {
+                p.share_firewall(&mut self.firewalls);
+            }
+            self.last_read = self.last_read.map(|n| n + 1);
+            let c = Arc::new(Chunk {
+                name: name.to_string(),
+                ports,
+                locs: Arc::new(locs),
+                used: AtomicU64::new(self.generation),
+                built: Mutex::new(None),
+            });
+            chunks.push(Arc::clone(&c));
+            self.chunks.insert(text.to_string(), c);
+        }
+        ok.then_some(chunks)
+    }
+
+    /// Marks the ports of this call's entries as having passed the OVN port checks under
+    /// `stamp`. Each is this cache's alone again: the call's own references are gone.
+    fn mark_ovn_clean(&mut self, stamp: u64) {
+        let generation = self.generation;
+        for c in self.chunks.values_mut().filter_map(Arc::get_mut) {
+            if *c.used.get_mut() != generation {
+                continue;
+            }
+            for p in &mut c.ports {
+                p.ovn_clean = stamp;
+            }
+        }
+    }
+}
+
+/// The spec's locations: the head's, then each VM entry's as a part of its own (`order`:
+/// the entries by name). In about the order of the map they become, which makes building
+/// it cheap: the head's paths come before `vms`, and the entries' paths are sorted within
+/// each entry and follow their VM names.
+fn vm_locs(
+    head_locs: &Locs,
+    layout: &Layout,
+    order: &[usize],
+    chunks: &[Arc<Chunk>],
+) -> (Locs, Vec<super::model::LocPart>) {
+    let mut locs: Locs = Vec::with_capacity(head_locs.len() + 1);
+    locs.extend(
+        head_locs
+            .iter()
+            .filter(|(k, _)| k.as_str() != "vms")
+            .map(|(k, l)| (k.clone(), *l)),
+    );
+    // A block mapping sits where its first key does.
+    let first_line = layout.entries[0].2;
+    locs.push((
+        "vms".to_string(),
+        Loc {
+            line: first_line + 1,
+            col: layout.indent + 1,
+        },
+    ));
+    let parts = order
+        .iter()
+        .map(|&i| (Arc::clone(&chunks[i].locs), layout.entries[i].2))
+        .collect();
+    (locs, parts)
 }
 
 /// The head read from the skeleton, if it reads without a single complaint and its `vms`

@@ -187,6 +187,17 @@ impl PortBuilder {
         }
     }
 
+    /// The ports of `drafts`, in their order; `None` when one does not build.
+    pub(crate) fn ports<'a>(
+        &self,
+        drafts: impl IntoIterator<Item = &'a PortDraft>,
+    ) -> Option<Vec<Arc<Port>>> {
+        drafts
+            .into_iter()
+            .map(|p| self.port(p).map(Arc::new))
+            .collect()
+    }
+
     /// A port from its draft; `None` when the draft lacks what an error was reported for.
     pub(crate) fn port(&self, p: &PortDraft) -> Option<Port> {
         let name = p.name.clone()?;

@@ -876,13 +876,7 @@ pub(crate) fn finish(
     let nets = nets?;
     let built = match built {
         Some(b) => b,
-        None => {
-            let builder = build::PortBuilder::new(&nets);
-            let built = ports
-                .iter()
-                .map(|p| builder.port(p).map(std::sync::Arc::new));
-            built.collect::<Option<Vec<_>>>()?
-        }
+        None => build::PortBuilder::new(&nets).ports(ports.iter().copied())?,
     };
     // OVN ports are kept apart from the VMs: their MACs are derived apart (see
     // `derive_macs`).
@@ -909,6 +903,13 @@ pub(crate) fn finish(
         return None;
     }
     spec.host.tuning = tuning;
+    put_uplinks(&mut spec, uplinks)?;
+    Some(spec)
+}
+
+/// The uplinks into `spec.host`, each with its ethtool settings; `None` when a draft lacks
+/// what an error was already reported for.
+fn put_uplinks(spec: &mut Spec, uplinks: Vec<UplinkDraft>) -> Option<()> {
     for d in uplinks {
         let u = d.uplink?;
         // A bond's ethtool settings are its members': rings, channels and offloads are
@@ -924,7 +925,7 @@ pub(crate) fn finish(
         }
         spec.host.uplinks.insert(u.name.clone(), u);
     }
-    Some(spec)
+    Some(())
 }
 
 /// Each VM's chassis (`host`), from its ports' drafts.

@@ -29,12 +29,9 @@ use kvmnet_core::ovn::{
 /// kvmnet's rows in a replica: as the core sees them, and where each is.
 #[derive(Default)]
 pub(super) struct Owned {
-    /// kvmnet's rows by (table, key): a plan of thousands of ports looks each one up.
-    /// Shared with the plans made from the view: a plan's copy of 20,000 rows is 20,000
-    /// reference counts, not 20,000 rows copied and freed.
-    pub(super) rows: BTreeMap<(String, String), Arc<NbRow>>,
-    /// The same rows by id ([`NbRow::id`]), as a plan reads them: copied for each plan, so
-    /// kept apart rather than made from `rows` each time (20,000 ids at 10,000 ports).
+    /// kvmnet's rows by id ([`NbRow::id`]), as a plan reads them. Shared with the plans
+    /// made from the view: a plan's copy of 20,000 rows is 20,000 reference counts, not
+    /// 20,000 rows (nor ids) copied and freed.
     pub(super) by_id: RowMap,
     /// (table, key) -> UUID.
     pub(super) uuids: BTreeMap<(String, String), String>,
@@ -129,9 +126,7 @@ impl Owned {
             had.extend(self.drop_kids(uuid));
             self.refs.remove(*uuid);
             if let Some((_, key)) = self.keys.remove(*uuid) {
-                if let Some(row) = self.rows.remove(&(t.to_string(), key.clone())) {
-                    self.by_id.remove(row.id().as_str());
-                }
+                self.by_id.remove(NbRow::id_of(t, &key).as_str());
                 self.uuids.remove(&(t.to_string(), key));
                 self.by_table.entry(t).or_default().remove(*uuid);
             }
@@ -264,13 +259,12 @@ impl Owned {
             parent: self.parents.get(uuid).map(|p| NbParent::clone(p)),
         };
         let row = Arc::new(row);
-        self.by_id.insert(row.id().into(), Arc::clone(&row));
-        self.rows.insert((t.to_string(), key.clone()), row);
+        self.by_id.insert(row.id().into(), row);
     }
 
     pub(super) fn row(&self, table: &str, key: &str) -> Option<&NbRow> {
-        self.rows
-            .get(&(table.to_string(), key.to_string()))
+        self.by_id
+            .get(NbRow::id_of(table, key).as_str())
             .map(|r| &**r)
     }
 }
@@ -373,8 +367,7 @@ mod tests {
     }
 
     fn same(a: &Owned, b: &Owned) -> bool {
-        a.rows == b.rows
-            && a.by_id.values().eq(a.rows.values())
+        a.by_id == b.by_id
             && a.uuids == b.uuids
             && a.refs == b.refs
             && a.by_table == b.by_table

@@ -192,7 +192,12 @@ pub struct NbRow {
 impl NbRow {
     /// The key a host state holds the row under: unique across tables.
     pub fn id(&self) -> String {
-        format!("{} {}", self.table, self.key)
+        NbRow::id_of(&self.table, &self.key)
+    }
+
+    /// The id of row `key` of `table` (see [`NbRow::id`]).
+    pub fn id_of(table: &str, key: &str) -> String {
+        format!("{table} {key}")
     }
 
     /// The `name` column, where the table has one.

@@ -175,13 +175,12 @@ fn set_mutations(
     let (Some(NbVal::Set(was)), NbVal::Set(now)) = (before, after) else {
         return Ok(None);
     };
-    // Both lists are sorted (the core's sets and the view's alike).
-    let shared = was.iter().filter(|v| now.binary_search(v).is_ok()).count();
+    let (shared, leaving, joining) = sorted_diff(was, now);
     if shared <= MUTATE_PAST {
         return Ok(None);
     }
     let mut gone = Vec::new();
-    for v in was.iter().filter(|v| now.binary_search(v).is_err()) {
+    for v in leaving {
         // A member leaving is named as the server has it, also when its row goes in the
         // same transaction (`refer` has no name for that one).
         let atom = match v {
@@ -196,7 +195,7 @@ fn set_mutations(
         gone.push(uuid_ref(&atom));
     }
     let mut new = Vec::new();
-    for v in now.iter().filter(|v| was.binary_search(v).is_err()) {
+    for v in joining {
         new.push(uuid_ref(&to_atom(v, refer)?));
     }
     let mut out = Vec::new();
@@ -207,6 +206,34 @@ fn set_mutations(
         out.push(json!([column, "insert", ["set", new]]));
     }
     Ok(Some(out))
+}
+
+/// Of two sorted sets (the core's and the view's alike are sorted, without repeats): how
+/// many members they share, those only `was` has, and those only `now` has. One walk over
+/// both: a port group of 2,500 searched member by member, three times, took 0.3 ms.
+fn sorted_diff<'a>(was: &'a [NbVal], now: &'a [NbVal]) -> (usize, Vec<&'a NbVal>, Vec<&'a NbVal>) {
+    let (mut i, mut j, mut shared) = (0, 0, 0);
+    let (mut only_was, mut only_now) = (Vec::new(), Vec::new());
+    while i < was.len() && j < now.len() {
+        match was[i].cmp(&now[j]) {
+            std::cmp::Ordering::Less => {
+                only_was.push(&was[i]);
+                i += 1;
+            }
+            std::cmp::Ordering::Greater => {
+                only_now.push(&now[j]);
+                j += 1;
+            }
+            std::cmp::Ordering::Equal => {
+                shared += 1;
+                i += 1;
+                j += 1;
+            }
+        }
+    }
+    only_was.extend(&was[i..]);
+    only_now.extend(&now[j..]);
+    (shared, only_was, only_now)
 }
 
 fn by_uuid(u: &str) -> Value {
@@ -648,5 +675,43 @@ mod tests {
                 .unwrap()
                 .is_none()
         );
+    }
+
+    /// The walk gives what searching each member in the other set gives, for sets that
+    /// overlap at the start, the end, the middle, not at all, and where one is empty.
+    #[test]
+    fn sorted_diff_is_the_members_searched() {
+        let of = |r: std::ops::Range<u32>, skip: u32| -> Vec<NbVal> {
+            let NbVal::Set(v) = ports(r.filter(|i| i % skip != 1).map(|i| format!("p{i:03}")))
+            else {
+                unreachable!()
+            };
+            v
+        };
+        let cases = [
+            (of(0..50, 7), of(10..60, 5)),
+            (of(0..30, 3), of(40..70, 3)),
+            (of(0..30, 2), Vec::new()),
+            (Vec::new(), of(5..9, 9)),
+            (of(0..100, 11), of(0..100, 13)),
+        ];
+        for (was, now) in &cases {
+            let (shared, gone, new) = sorted_diff(was, now);
+            let searched = |a: &[NbVal], b: &[NbVal], found: bool| -> Vec<NbVal> {
+                a.iter()
+                    .filter(|v| b.binary_search(v).is_ok() == found)
+                    .cloned()
+                    .collect()
+            };
+            assert_eq!(shared, searched(was, now, true).len());
+            assert_eq!(
+                gone.into_iter().cloned().collect::<Vec<_>>(),
+                searched(was, now, false)
+            );
+            assert_eq!(
+                new.into_iter().cloned().collect::<Vec<_>>(),
+                searched(now, was, false)
+            );
+        }
     }
 }

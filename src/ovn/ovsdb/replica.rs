@@ -45,6 +45,33 @@ pub struct Touched {
     pub all: bool,
     /// (table, UUID) of each row inserted, modified or deleted.
     pub rows: std::collections::BTreeSet<(String, String)>,
+    /// For each of `rows`, the differences (column, difference) it was modified by, in
+    /// order, when it was only modified (and not too often): a view can then change what
+    /// it holds of the row by the members that came and went, where reading a port group of
+    /// 2,500 again took a millisecond. `None` for a row inserted or deleted meanwhile.
+    pub diffs: BTreeMap<(String, String), Option<Diffs>>,
+}
+
+/// A row's modifications: each (column, difference), in order.
+pub type Diffs = Vec<(String, Datum)>;
+
+/// Past this many differences kept for one row, the row counts as changed whole: a row an
+/// operator's script edits in a loop does not hold every edit until the next plan.
+const DIFFS_KEPT: usize = 16;
+
+impl Touched {
+    /// Records an update of `table`'s row `uuid`: `diff` for a modify, `None` otherwise.
+    fn record(&mut self, table: &str, uuid: &str, diff: Option<&Row>) {
+        let id = (table.to_string(), uuid.to_string());
+        self.rows.insert(id.clone());
+        let kept = self.diffs.entry(id).or_insert_with(|| Some(Vec::new()));
+        match (kept.as_mut(), diff) {
+            (Some(v), Some(d)) if v.len() + d.len() <= DIFFS_KEPT => {
+                v.extend(d.iter().map(|(c, d)| (c.clone(), d.clone())));
+            }
+            _ => *kept = None,
+        }
+    }
 }
 
 impl Replica {
@@ -86,7 +113,7 @@ impl Replica {
     pub fn track(&mut self) {
         self.touched = Some(Touched {
             all: true,
-            rows: Default::default(),
+            ..Default::default()
         });
     }
 
@@ -96,7 +123,7 @@ impl Replica {
             Some(t) => std::mem::take(t),
             None => Touched {
                 all: true,
-                rows: Default::default(),
+                ..Default::default()
             },
         }
     }
@@ -133,6 +160,7 @@ impl Replica {
         if let Some(t) = &mut self.touched {
             t.all = true;
             t.rows.clear();
+            t.diffs.clear();
         }
         self.generation += 1;
     }
@@ -150,15 +178,19 @@ impl Replica {
                     .as_object()
                     .and_then(|o| o.iter().next())
                     .ok_or_else(|| bad("empty row update"))?;
-                if let Some(t) = self.touched.as_mut().filter(|t| !t.all) {
-                    t.rows.insert((table.clone(), uuid.clone()));
-                }
+                let touched = self.touched.as_mut().filter(|t| !t.all);
                 match op.as_str() {
                     "initial" | "insert" => {
                         stored.insert(uuid.clone(), read_row(body).ok_or_else(|| bad("row"))?);
+                        if let Some(t) = touched {
+                            t.record(table, uuid, None);
+                        }
                     }
                     "modify" => {
                         let diff = read_row(body).ok_or_else(|| bad("row"))?;
+                        if let Some(t) = touched {
+                            t.record(table, uuid, Some(&diff));
+                        }
                         let row = stored.entry(uuid.clone()).or_default();
                         for (col, d) in diff {
                             let kind = kinds.get(&col).copied().unwrap_or(ColumnKind::Scalar);
@@ -174,6 +206,9 @@ impl Replica {
                     }
                     "delete" => {
                         stored.remove(uuid);
+                        if let Some(t) = touched {
+                            t.record(table, uuid, None);
+                        }
                     }
                     other => return Err(bad(&format!("unknown row update {other}"))),
                 }

@@ -615,7 +615,28 @@ pub(crate) struct PortDraft {
     /// What [`ovn::ovn_stamp`] gave for the spec in which this port, read from a spec
     /// cache's VM entry, passed the checks of an OVN port (0: none known). Those checks read
     /// the port and what the stamp covers, so under the same stamp they pass again.
-    pub(crate) ovn_clean: u64,
+    pub(crate) ovn_clean: OvnClean,
+}
+
+/// [`PortDraft::ovn_clean`]: set through the shared entry a spec cache keeps (the cache's
+/// last layout holds the entries too, so none is the cache's alone to change).
+#[derive(Debug, Default)]
+pub(crate) struct OvnClean(std::sync::atomic::AtomicU64);
+
+impl OvnClean {
+    pub(crate) fn get(&self) -> u64 {
+        self.0.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    pub(crate) fn set(&self, stamp: u64) {
+        self.0.store(stamp, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+impl Clone for OvnClean {
+    fn clone(&self) -> Self {
+        OvnClean(self.get().into())
+    }
 }
 
 impl PortDraft {

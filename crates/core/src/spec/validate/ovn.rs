@@ -539,7 +539,7 @@ pub(super) fn ovn_checks(
         check_provider_uplinks(cx, d, nets, &on_ovn);
         let stamp = ovn_stamp(d, host_backend, nets);
         let due = |p: &&&PortDraft| {
-            p.ovn_clean != stamp && p.network.as_deref().is_some_and(|n| on_ovn.contains(n))
+            p.ovn_clean.get() != stamp && p.network.as_deref().is_some_and(|n| on_ovn.contains(n))
         };
         // Only the parts of the VMs checked: one new VM among 10,000 is one part, not
         // 10,000 copied into the index.

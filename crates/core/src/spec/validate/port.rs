@@ -109,7 +109,7 @@ impl PortDraft {
             ethtool: None,
             vlans: Vec::new(),
             host: None,
-            ovn_clean: 0,
+            ovn_clean: Default::default(),
         }
     }
 }

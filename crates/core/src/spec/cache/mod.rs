@@ -14,6 +14,8 @@
 //! tabs or carriage returns); any doubt and any error, anywhere, falls back to the full parse,
 //! so error lists never depend on what was cached.
 
+mod patch;
+
 use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
@@ -48,6 +50,14 @@ pub struct SpecCache {
     last_read: Option<usize>,
     /// One copy of each distinct firewall the cached ports have, shared by them all.
     firewalls: HashSet<Arc<super::model::Firewall>>,
+    /// The last text split, from which the next one's layout is worked out when only some
+    /// VM entries changed (see `patch`).
+    last: Option<patch::Last>,
+    /// Counts the times the chunks were dropped for a new context: a layout's chunks are
+    /// reused only in the epoch they were read in.
+    epoch: u64,
+    /// The OVN stamp every entry of the last call was marked clean under (0: none).
+    marked: u64,
 }
 
 /// Hashes whole VM entries (hundreds of bytes each, the whole spec every call) eight bytes at
@@ -114,6 +124,21 @@ struct Layout<'a> {
     indent: usize,
     /// Each VM entry: its name, its text, its first line (0-based).
     entries: Vec<(&'a str, &'a str, usize)>,
+    /// Byte offsets: where the first entry starts, where the vms block ends.
+    first: usize,
+    block_end: usize,
+    /// Lines from the first entry's to the block's end.
+    block_lines: usize,
+    /// Worked out from the last layout (see `patch`): each entry's chunk, when the last
+    /// text had the entry, read in epoch `reuse_epoch`. Empty from [`split`].
+    reuse: Vec<Option<Arc<Chunk>>>,
+    reuse_epoch: u64,
+    /// The entries' names, when the last layout had them.
+    names: Option<foldhash::HashSet<Box<str>>>,
+    /// The texts of the last layout's entries this one no longer has.
+    gone: Vec<String>,
+    /// The last layout's copy of its text, to hold this one's.
+    buffer: Option<String>,
 }
 
 impl SpecCache {
@@ -129,14 +154,16 @@ impl SpecCache {
         let fast = std::str::from_utf8(bytes)
             .ok()
             .filter(|t| !t.starts_with('\u{feff}') && !t.trim().is_empty())
-            .and_then(split)
-            .and_then(|layout| self.assemble(&layout, identity));
+            .and_then(|t| {
+                let layout = patch::patch(&mut self.last, t).or_else(|| split(t))?;
+                self.assemble(layout, t, identity)
+            });
         let generation = self.generation;
         if self.looked_up == generation {
             self.chunks
                 .retain(|_, c| c.used.load(Relaxed) == generation);
-            self.firewalls.retain(|f| Arc::strong_count(f) > 1);
         }
+        self.firewalls.retain(|f| Arc::strong_count(f) > 1);
         match fast {
             Some(spec) => Ok(spec),
             None => {
@@ -168,6 +195,7 @@ impl SpecCache {
         let context = head.vm_context();
         if context != self.context {
             self.chunks.clear();
+            self.epoch += 1;
             self.context = context;
         }
         self.head = Some((layout.skeleton.clone(), head, locs));
@@ -176,15 +204,22 @@ impl SpecCache {
 
     /// The spec from the head and the chunks, or `None` when anything at all is wrong or
     /// unusual (the full parse then says what).
-    fn assemble(&mut self, layout: &Layout, identity: &HostIdentity) -> Option<Spec> {
-        self.refresh_head(layout)?;
-        let chunks = self.look_up(layout)?;
+    /// `text` is the layout's, which the next call's layout is worked out from.
+    fn assemble(
+        &mut self,
+        mut layout: Layout,
+        text: &str,
+        identity: &HostIdentity,
+    ) -> Option<Spec> {
+        self.refresh_head(&layout)?;
+        let reuse = std::mem::take(&mut layout.reuse);
+        let (chunks, fresh) = self.look_up(&layout, reuse)?;
         let (_, head, head_locs) = self.head.as_ref()?;
         let nets = head.nets.as_deref();
 
         let mut order: Vec<usize> = (0..layout.entries.len()).collect();
         order.sort_by_key(|&i| layout.entries[i].0);
-        let (locs, parts) = vm_locs(head_locs, layout, &order, &chunks);
+        let (locs, parts) = vm_locs(head_locs, &layout, &order, &chunks);
         // The drafts are checked where they are: their locations count from their entry's
         // first line, but any error at all sends the text to the full parse, which says
         // where. The ports are built once per entry (and head), and shared.
@@ -205,13 +240,16 @@ impl SpecCache {
         };
         let spec = validate::finish(&mut cx, head.clone(), &drafts, Some(built), names, identity);
         drop(drafts);
-        drop(chunks);
+        let stamp = head.ovn_stamp();
+        let clean = cx.errors.is_empty() && spec.is_some();
+        // Every port passed: its entry's ports need no OVN port checks under this stamp.
+        match stamp {
+            Some(stamp) if clean => self.mark_ovn_clean(&chunks, &fresh, stamp),
+            _ => self.marked = 0,
+        }
+        self.last = Some(patch::Last::new(text, layout, chunks, self.epoch));
         if !cx.errors.is_empty() {
             return None;
-        }
-        // Every port passed: its entry's ports need no OVN port checks under this stamp.
-        if let (Some(_), Some(stamp)) = (&spec, head.ovn_stamp()) {
-            self.mark_ovn_clean(stamp);
         }
         spec
     }
@@ -219,12 +257,30 @@ impl SpecCache {
     /// Each VM entry of `layout`, from the cache or read now (and cached); `None` when one
     /// does not read cleanly. Every new entry is read before giving up on a bad one, so an
     /// error in one VM does not cost the others their cache entries.
-    fn look_up(&mut self, layout: &Layout) -> Option<Vec<Arc<Chunk>>> {
+    /// `reuse`: the entries' chunks the last layout had (see [`Layout::reuse`]), taken as
+    /// they are. Also which entries were looked up (not reused).
+    fn look_up(
+        &mut self,
+        layout: &Layout,
+        mut reuse: Vec<Option<Arc<Chunk>>>,
+    ) -> Option<(Vec<Arc<Chunk>>, Vec<bool>)> {
         let nets = self.head.as_ref()?.1.nets.as_deref();
         let mut ok = true;
-        self.looked_up = self.generation;
+        let reusing = !reuse.is_empty() && layout.reuse_epoch == self.epoch;
+        if !reusing {
+            // Only a call that looks every entry up knows which cached ones are stale.
+            reuse.clear();
+            self.looked_up = self.generation;
+        }
         let mut chunks: Vec<Arc<Chunk>> = Vec::with_capacity(layout.entries.len());
-        for &(name, text, _) in &layout.entries {
+        let mut fresh = Vec::with_capacity(layout.entries.len());
+        for (i, &(name, text, _)) in layout.entries.iter().enumerate() {
+            if let Some(c) = reuse.get_mut(i).and_then(Option::take) {
+                chunks.push(c);
+                fresh.push(false);
+                continue;
+            }
+            fresh.push(true);
             if let Some(c) = self.chunks.get(text) {
                 c.used.store(self.generation, Relaxed);
                 chunks.push(Arc::clone(c));
@@ -248,21 +304,35 @@ impl SpecCache {
             chunks.push(Arc::clone(&c));
             self.chunks.insert(text.to_string(), c);
         }
-        ok.then_some(chunks)
+        if reusing {
+            // The entries the change replaced go, unless the new text has them again.
+            let again: foldhash::HashSet<&str> = layout
+                .entries
+                .iter()
+                .zip(&fresh)
+                .filter(|(_, f)| **f)
+                .map(|(e, _)| e.1)
+                .collect();
+            for t in layout.gone.iter().filter(|t| !again.contains(t.as_str())) {
+                self.chunks.remove(t.as_str());
+            }
+        }
+        ok.then_some((chunks, fresh))
     }
 
     /// Marks the ports of this call's entries as having passed the OVN port checks under
-    /// `stamp`. Each is this cache's alone again: the call's own references are gone.
-    fn mark_ovn_clean(&mut self, stamp: u64) {
-        let generation = self.generation;
-        for c in self.chunks.values_mut().filter_map(Arc::get_mut) {
-            if *c.used.get_mut() != generation {
-                continue;
-            }
-            for p in &mut c.ports {
-                p.ovn_clean = stamp;
+    /// `stamp`: those looked up, and the others too when the last call's were marked under
+    /// another stamp (or not at all).
+    fn mark_ovn_clean(&mut self, chunks: &[Arc<Chunk>], fresh: &[bool], stamp: u64) {
+        let all = self.marked != stamp;
+        for (c, f) in chunks.iter().zip(fresh) {
+            if all || *f {
+                for p in &c.ports {
+                    p.ovn_clean.set(stamp);
+                }
             }
         }
+        self.marked = stamp;
     }
 }
 
@@ -452,6 +522,14 @@ fn split(text: &str) -> Option<Layout<'_>> {
         vms_line,
         indent,
         entries,
+        first: offset(first),
+        block_end: offset(end),
+        block_lines: end - first,
+        reuse: Vec::new(),
+        reuse_epoch: 0,
+        names: None,
+        gone: Vec::new(),
+        buffer: None,
     })
 }
 

@@ -239,11 +239,31 @@ impl Staged {
     /// crash of this one cannot take it back; a crash of the machine can until
     /// [`InPlace::sync`] returns.
     pub fn put_in_place(mut self) -> std::io::Result<InPlace> {
+        let replaced = self.keep_replaced();
         std::fs::rename(&self.tmp, &self.path)?;
         self.committed = true;
         Ok(InPlace {
             dir: self.path.parent().unwrap_or(Path::new(".")).to_path_buf(),
+            replaced,
         })
+    }
+
+    /// A large file about to be replaced, linked to `PATH.old` so that the rename does not
+    /// free it: freeing a 1.7 MB spec's pages took 0.7 ms inside the rename, on the way to
+    /// the apply; [`InPlace`] removes it after (where a daemon syncs, beside the apply).
+    fn keep_replaced(&self) -> Option<PathBuf> {
+        const LARGE: u64 = 256 << 10;
+        let size = std::fs::metadata(&self.path).ok()?.len();
+        if size < LARGE {
+            return None;
+        }
+        let mut old = self.path.as_os_str().to_owned();
+        old.push(".old");
+        let old = PathBuf::from(old);
+        // One a crash left behind goes first.
+        let _ = std::fs::remove_file(&old);
+        std::fs::hard_link(&self.path, &old).ok()?;
+        Some(old)
     }
 }
 
@@ -252,11 +272,27 @@ impl Staged {
 #[must_use = "the rename survives a power loss only once synced"]
 pub struct InPlace {
     dir: PathBuf,
+    /// The replaced file's other name, removed once synced (or dropped).
+    replaced: Option<PathBuf>,
 }
 
 impl InPlace {
-    pub fn sync(self) -> std::io::Result<()> {
-        std::fs::File::open(&self.dir)?.sync_all()
+    pub fn sync(mut self) -> std::io::Result<()> {
+        let synced = std::fs::File::open(&self.dir)?.sync_all();
+        self.remove_replaced();
+        synced
+    }
+
+    fn remove_replaced(&mut self) {
+        if let Some(old) = self.replaced.take() {
+            let _ = std::fs::remove_file(old);
+        }
+    }
+}
+
+impl Drop for InPlace {
+    fn drop(&mut self) {
+        self.remove_replaced();
     }
 }
 
@@ -344,6 +380,37 @@ mod tests {
         assert!(!sd.dir.join("x.tmp").exists());
         drop(sd.lock().unwrap());
         assert_eq!(mode(&sd.dir.join("lock")), 0o600);
+        std::fs::remove_dir_all(&base).unwrap();
+    }
+
+    /// A large file replaced keeps a second name until the rename is synced (or the value
+    /// dropped), then none; one a crash left behind is replaced.
+    #[test]
+    fn a_large_file_replaced_is_freed_after_the_rename() {
+        let base = std::env::temp_dir().join(format!("kvmnet-replaced-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&base);
+        std::fs::create_dir_all(&base).unwrap();
+        let (p, old) = (base.join("spec"), base.join("spec.old"));
+        let large = |b: u8| vec![b; 300 << 10];
+        write_atomic(&p, &large(b'a')).unwrap();
+        std::fs::write(&old, b"left by a crash").unwrap();
+        let in_place = stage(&p, &large(b'b')).unwrap().put_in_place().unwrap();
+        assert_eq!(std::fs::read(&p).unwrap(), large(b'b'));
+        assert_eq!(
+            std::fs::read(&old).unwrap(),
+            large(b'a'),
+            "the replaced file"
+        );
+        in_place.sync().unwrap();
+        assert!(!old.exists());
+        drop(stage(&p, &large(b'c')).unwrap().put_in_place().unwrap());
+        assert!(!old.exists());
+        assert_eq!(std::fs::read(&p).unwrap(), large(b'c'));
+        // A small file is renamed over as it is.
+        write_atomic(&p, b"small").unwrap();
+        let in_place = stage(&p, b"smaller").unwrap().put_in_place().unwrap();
+        assert!(!old.exists());
+        in_place.sync().unwrap();
         std::fs::remove_dir_all(&base).unwrap();
     }
 }

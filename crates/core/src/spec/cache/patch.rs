@@ -307,7 +307,7 @@ mod tests {
     }
 
     fn vm(i: usize) -> String {
-        if i % 3 == 0 {
+        if i.is_multiple_of(3) {
             format!("  v{i}:\n    # a comment\n    ports:\n      - {{ network: n }}\n\n")
         } else {
             format!("  v{i}: {{ ports: [ {{ network: n }} ] }}\n")

@@ -52,7 +52,9 @@ fn created_names<'a>(
     nets: &'a [NetDraft],
     ports: &'a [&'a PortDraft],
 ) -> Vec<Created<'a>> {
-    let mut created: Vec<Created> = Vec::new();
+    // Sized up front: grown from empty, the list of 10,000 ports' names (a hundred bytes
+    // each) was copied again and again, 1.5 ms of every parse.
+    let mut created: Vec<Created> = Vec::with_capacity(2 * nets.len() + ports.len());
     for n in nets {
         if let Some(b) = n.bridge.as_ref().filter(|b| !b.is_empty()) {
             created.push(Created {
@@ -331,18 +333,32 @@ fn check_nat_egress(
 
 /// MACs: guests' and bridges' addresses must all differ.
 fn check_macs(cx: &mut Ctx, nets: &[NetDraft], ports: &[&PortDraft]) {
+    // Without a clash there is no one to blame, and no order to put them in: the MACs are
+    // only counted (the list below, of 10,000 ports, took half a millisecond).
+    let bridged = |n: &&NetDraft| {
+        check_entity_name(&n.name, "network").is_ok() && n.mode.is_none_or(Mode::has_bridge)
+    };
+    let mut distinct: HashSet<Mac> = HashSet::with_capacity(nets.len() + ports.len());
+    let all = nets
+        .iter()
+        .filter(bridged)
+        .map(|n| naming::bridge_mac(&n.name));
+    if all
+        .chain(ports.iter().filter_map(|p| p.mac))
+        .all(|m| distinct.insert(m))
+    {
+        return;
+    }
     let mut macs: Vec<(Mac, Loc, LazyPath, What, bool)> =
         Vec::with_capacity(nets.len() + ports.len());
-    for n in nets {
-        if check_entity_name(&n.name, "network").is_ok() && n.mode.is_none_or(Mode::has_bridge) {
-            macs.push((
-                naming::bridge_mac(&n.name),
-                n.key_loc,
-                LazyPath::Plain(&n.path),
-                What::Bridge(&n.name),
-                true,
-            ));
-        }
+    for n in nets.iter().filter(bridged) {
+        macs.push((
+            naming::bridge_mac(&n.name),
+            n.key_loc,
+            LazyPath::Plain(&n.path),
+            What::Bridge(&n.name),
+            true,
+        ));
     }
     for p in ports {
         if let Some(m) = p.mac {
@@ -354,11 +370,6 @@ fn check_macs(cx: &mut Ctx, nets: &[NetDraft], ports: &[&PortDraft]) {
                 p.mac_derived,
             ));
         }
-    }
-    // Without a clash there is no one to blame, and no order to put them in.
-    let mut distinct: HashSet<Mac> = HashSet::with_capacity(macs.len());
-    if macs.iter().all(|m| distinct.insert(m.0)) {
-        return;
     }
     // Explicit MACs first, so a clash is blamed on the bridge's; then by position. (Derived
     // ports' MACs are not here: they are given out later, around all of these.)
@@ -384,6 +395,15 @@ fn check_macs(cx: &mut Ctx, nets: &[NetDraft], ports: &[&PortDraft]) {
 
 /// Port addresses: unique within a network.
 fn check_port_addresses(cx: &mut Ctx, ports: &[&PortDraft]) {
+    // Put in order (to blame the later of two) only when two share an address, as with
+    // names and MACs: sorting 10,000 ports took more than half a millisecond.
+    let mut distinct: HashSet<(&str, Ipv4Addr)> = HashSet::with_capacity(ports.len());
+    let placed = ports
+        .iter()
+        .filter_map(|p| Some((p.network.as_deref()?, p.ipv4?.addr)));
+    if placed.into_iter().all(|k| distinct.insert(k)) {
+        return;
+    }
     let mut addrs: Vec<&PortDraft> = ports.iter().copied().filter(|p| p.ipv4.is_some()).collect();
     addrs.sort_by_key(|p| p.ipv4_loc);
     let mut seen_addr: HashMap<(&str, Ipv4Addr), &PortDraft> = HashMap::new();
@@ -552,6 +572,10 @@ pub(super) fn check_bridge_ports(
         else {
             continue;
         };
+        // On no counted bridge, through no VLAN (an OVN port): nothing to count.
+        if own.vlan.is_none() && !count.contains_key(own.name.as_str()) {
+            continue;
+        }
         let own_vid = own.vlan.as_ref().map(|v| v.id);
         let mut on: Vec<&NetDraft> = Vec::new();
         if own_vid.is_none_or(|id| !p.vlans.iter().any(|v| v.0 == id)) {

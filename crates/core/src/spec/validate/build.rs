@@ -15,13 +15,12 @@ use crate::spec::ovn::OvnPort;
 
 /// The ports, drafted and built, and where they go: the VMs keep those on the kernel's
 /// networks; those on OVN's (`ovn_nets`) go to the `ovn` section, each with its VM's
-/// chassis (`hosts`).
+/// chassis (its drafts' `host`).
 pub(super) struct Ports<'a> {
     pub(super) drafts: &'a [&'a PortDraft],
     /// Built from `drafts`, in their order.
     pub(super) built: Vec<Arc<Port>>,
     pub(super) ovn_nets: &'a [String],
-    pub(super) hosts: HashMap<&'a str, Arc<str>>,
 }
 
 /// The spec from every draft, once each has been read and checked; and the ports on OVN
@@ -132,9 +131,12 @@ fn build_vms(vm_names: Vec<String>, split: Ports) -> Option<(BTreeMap<String, Vm
         })
         .collect();
     let mut ovn = Vec::new();
-    for p in ports {
+    // A port's chassis is its VM's `host`, which each of the VM's drafts holds.
+    let empty: Arc<str> = Arc::from("");
+    let hosts = split.drafts.iter().map(|d| d.host.as_ref().map(|h| &h.0));
+    for (p, host) in ports.into_iter().zip(hosts) {
         if on_ovn(&p) {
-            ovn.push(p);
+            ovn.push((p, host.unwrap_or(&empty)));
             continue;
         }
         // Built for this spec alone (a full parse), the port is moved; shared with a spec
@@ -143,16 +145,12 @@ fn build_vms(vm_names: Vec<String>, split: Ports) -> Option<(BTreeMap<String, Vm
         vms.get_mut(&port.vm)?.ports.push(port);
     }
     // Stable: each VM's ports stay in their order. (A spec cache's come sorted already.)
-    ovn.sort_by(|a, b| a.vm.cmp(&b.vm));
-    let empty: Arc<str> = Arc::from("");
+    ovn.sort_by(|a, b| a.0.vm.cmp(&b.0.vm));
     let ovn = ovn
         .into_iter()
-        .map(|port| {
-            let host = split.hosts.get(port.vm.as_str()).unwrap_or(&empty);
-            OvnPort {
-                host: Arc::clone(host),
-                port,
-            }
+        .map(|(port, host)| OvnPort {
+            host: Arc::clone(host),
+            port,
         })
         .collect();
     Some((vms, ovn))

@@ -905,7 +905,6 @@ pub(crate) fn finish(
         drafts: ports,
         built,
         ovn_nets: if ovn.is_some() { &ovn_nets } else { &[] },
-        hosts: vm_hosts(ports),
     };
     let (mut spec, ovn_ports) = build(cx, version?, sysctl, nets, ports, vm_names)?;
     spec.identity = identity.clone();
@@ -947,19 +946,6 @@ fn put_uplinks(spec: &mut Spec, uplinks: Vec<UplinkDraft>) -> Option<()> {
         spec.host.uplinks.insert(u.name.clone(), u);
     }
     Some(())
-}
-
-/// Each VM's chassis (`host`), from its ports' drafts.
-fn vm_hosts<'a>(ports: &[&'a PortDraft]) -> HashMap<&'a str, std::sync::Arc<str>> {
-    let mut hosts: HashMap<&str, std::sync::Arc<str>> = HashMap::new();
-    for p in ports {
-        if let Some((host, _)) = &p.host {
-            hosts
-                .entry(p.vm.as_str())
-                .or_insert_with(|| std::sync::Arc::clone(host));
-        }
-    }
-    hosts
 }
 
 // ---------------------------------------------------------------------------------------

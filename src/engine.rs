@@ -48,6 +48,47 @@ pub fn spec_hash(text: &[u8]) -> String {
     format!("{:016x}", fnv1a(text))
 }
 
+/// [`spec_hash`] of texts that mostly start as the last one did (a daemon's specs, one VM
+/// added at a time): the hash's state is kept every [`SpecHasher::STEP`] bytes of the last
+/// text, and a text is hashed on from the last one before its first change. FNV-1a goes a
+/// byte at a time: 1.7 MB took 2-3 ms of a core beside every apply.
+#[derive(Default)]
+pub struct SpecHasher {
+    text: Vec<u8>,
+    /// `states[i]`: the state after the first `i * STEP` bytes of `text`.
+    states: Vec<u64>,
+}
+
+impl SpecHasher {
+    const STEP: usize = 64 << 10;
+
+    pub fn hash(&mut self, text: &[u8]) -> String {
+        let same = self
+            .text
+            .chunks(Self::STEP)
+            .zip(text.chunks(Self::STEP))
+            .take_while(|(a, b)| a.len() == Self::STEP && a == b)
+            .count();
+        self.states.truncate(same + 1);
+        if self.states.is_empty() {
+            self.states.push(crate::spec::naming::FNV1A_BASIS);
+        }
+        let kept = self.states.len() - 1;
+        let mut h = self.states[kept];
+        for step in text[kept * Self::STEP..].chunks(Self::STEP) {
+            h = crate::spec::naming::fnv1a_from(h, step);
+            if step.len() == Self::STEP {
+                self.states.push(h);
+            }
+        }
+        if self.text != text {
+            self.text.clear();
+            self.text.extend_from_slice(text);
+        }
+        format!("{h:016x}")
+    }
+}
+
 /// [`parse`] through `cache`, which re-reads only the VM entries that changed since the
 /// texts it saw before (same result, errors included).
 pub fn parse_cached(
@@ -738,3 +779,28 @@ mod ethtool_originals_tests {
 
 #[cfg(test)]
 mod seam_tests;
+
+#[cfg(test)]
+mod spec_hasher_tests {
+    use super::*;
+
+    /// Edits at the start, the middle and the end of texts across several steps, the same
+    /// text again, a shorter one, an empty one: always `spec_hash`.
+    #[test]
+    fn hashes_as_spec_hash() {
+        let base: Vec<u8> = (0..300_000u32).map(|i| b'a' + (i % 23) as u8).collect();
+        let mut texts = vec![base.clone(), base.clone()];
+        for at in [0, 65_535, 65_536, 131_073, 299_999] {
+            let mut t = base.clone();
+            t[at] = b'!';
+            texts.push(t);
+        }
+        let mut longer = base.clone();
+        longer.extend_from_slice(b"  v9: {}\n");
+        texts.extend([longer, base[..200_000].to_vec(), Vec::new(), base.clone()]);
+        let mut h = SpecHasher::default();
+        for (i, t) in texts.iter().enumerate() {
+            assert_eq!(h.hash(t), spec_hash(t), "text {i}");
+        }
+    }
+}

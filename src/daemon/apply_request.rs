@@ -101,7 +101,7 @@ fn prepare(
         // (One thread for all three: on a busy machine each thread more is a wait more.)
         let aside = scope.spawn(|| {
             let staged = next.map(|n| accepted::stage(&sh.state_dir.dir, n));
-            let hash = engine::spec_hash(text);
+            let hash = sh.hasher.lock().expect("lock").hash(text);
             if let Some(w) = sh.watch.lock().expect("lock").as_mut() {
                 let _ = w.refresh();
             }

@@ -79,6 +79,8 @@ struct Shared {
     watch: Mutex<Option<Watch>>,
     /// Specs parsed before: a new one is parsed only where its VM entries differ.
     specs: Mutex<crate::spec::SpecCache>,
+    /// Hashes the specs sent for the audit log, on from where the last one's start was.
+    hasher: Mutex<engine::SpecHasher>,
     /// This host's identity for derived MACs, read at start.
     identity: crate::spec::HostIdentity,
     /// The OVN chassis this host is (`--chassis`, the recorded one, else as the spec
@@ -531,6 +533,7 @@ fn start_shared(
         dns_kick: AtomicBool::new(false),
         dns: Mutex::new(None),
         specs,
+        hasher: Mutex::default(),
         identity,
         chassis: ch,
         retired: Mutex::new(retired),

@@ -8,7 +8,15 @@ pub const IFNAME_MAX: usize = 15;
 
 /// FNV-1a: tiny, dependency-free, and fixed forever (std's hasher may change between releases).
 pub fn fnv1a(data: &[u8]) -> u64 {
-    let mut h: u64 = 0xcbf29ce484222325;
+    fnv1a_from(FNV1A_BASIS, data)
+}
+
+/// FNV-1a's state before any byte.
+pub const FNV1A_BASIS: u64 = 0xcbf29ce484222325;
+
+/// FNV-1a from state `h` (what [`fnv1a`] had after the bytes before `data`): the hash of a
+/// text goes on from where that of its start stopped.
+pub fn fnv1a_from(mut h: u64, data: &[u8]) -> u64 {
     for b in data {
         h ^= u64::from(*b);
         h = h.wrapping_mul(0x100000001b3);

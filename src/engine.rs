@@ -207,6 +207,15 @@ impl Planned {
         self._lock = None;
     }
 
+    /// The Northbound rows the plan wanted (a daemon gives them back to the rows' memo that
+    /// made them: see `RowsMemo::give_back`).
+    pub fn take_wanted_nb(&mut self) -> kvmnet_core::ovn::memo::RowMap {
+        self._inputs
+            .as_mut()
+            .map(|i| std::mem::take(&mut i.1.nb))
+            .unwrap_or_default()
+    }
+
     /// The links of the snapshot the plan was made from (a daemon gives them back to its
     /// notification cache).
     pub fn take_snapshot_links(&mut self) -> Vec<crate::snapshot::LinkSnap> {

@@ -144,6 +144,10 @@ impl Shared {
         {
             w.give_back(p.previous.nft.take());
             w.give_back_links(p.take_snapshot_links());
+            let wanted = p.take_wanted_nb();
+            if !wanted.is_empty() {
+                w.nb_rows.give_back(wanted);
+            }
         }
         p.unlock();
         self.retire(p);

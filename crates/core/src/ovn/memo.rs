@@ -402,26 +402,36 @@ vms:
             .collect()
     }
 
+    const FW: &str =
+        ", firewall: { inbound: { policy: drop, rules: [ { proto: tcp, ports: [22] } ] } }";
+
+    /// Thirty VMs, a third on lan, each with a firewall.
+    fn thirty_vms() -> Vec<(usize, &'static str, &'static str)> {
+        (0..30)
+            .map(|i| (i, if i % 3 == 0 { "lan" } else { "web" }, FW))
+            .collect()
+    }
+
+    /// What the database holds after a plan: the same rows, its own copies.
+    fn copies(rows: &RowMap) -> RowMap {
+        rows.iter()
+            .map(|(id, r)| (id.clone(), Arc::new(NbRow::clone(r))))
+            .collect()
+    }
+
     /// Through adds, removals, a firewall edited, a network emptied and the head changed,
     /// the memo gives what the model gives; rows that did not change keep their copy, and
     /// adopted copies are kept.
     #[test]
     fn gives_what_the_model_gives() {
-        let fw =
-            ", firewall: { inbound: { policy: drop, rules: [ { proto: tcp, ports: [22] } ] } }";
-        let mut vms: Vec<(usize, &str, &str)> = (0..30)
-            .map(|i| (i, if i % 3 == 0 { "lan" } else { "web" }, fw))
-            .collect();
+        let mut vms = thirty_vms();
         let mut memo = RowsMemo::default();
         let first = memo.rows(&spec(HEAD, &vms));
         assert_eq!(first, made(&spec(HEAD, &vms)));
 
         // What the database holds: equal rows, other copies. Adopted, they are what the
         // next call gives for unchanged networks.
-        let have: RowMap = first
-            .iter()
-            .map(|(id, r)| (id.clone(), Arc::new(NbRow::clone(r))))
-            .collect();
+        let have: RowMap = copies(&first);
         let mut want = first.clone();
         memo.adopt(&mut want, &have);
         assert!(want.iter().all(|(id, r)| Arc::ptr_eq(r, &have[id])));
@@ -461,10 +471,7 @@ vms:
         let mut memo = RowsMemo::default();
         let mut want = memo.rows(&spec(HEAD, &vms));
         memo.adopt(&mut want, &RowMap::new());
-        let have: RowMap = want
-            .iter()
-            .map(|(id, r)| (id.clone(), Arc::new(NbRow::clone(r))))
-            .collect();
+        let have: RowMap = copies(&want);
         let mut again = memo.rows(&spec(HEAD, &vms));
         memo.adopt(&mut again, &have);
         assert!(again.iter().all(|(id, r)| Arc::ptr_eq(r, &have[id])));
@@ -499,21 +506,17 @@ vms:
     /// and a head changed; with the database's copies adopted between calls.
     #[test]
     fn a_map_given_back_is_changed_in_place() {
-        let fw =
-            ", firewall: { inbound: { policy: drop, rules: [ { proto: tcp, ports: [22] } ] } }";
-        let mut vms: Vec<(usize, &str, &str)> = (0..30)
-            .map(|i| (i, if i % 3 == 0 { "lan" } else { "web" }, fw))
-            .collect();
+        let mut vms = thirty_vms();
         let mut memo = RowsMemo::default();
         let mut have = RowMap::new();
         let mut calls = 0;
         for step in 0..9 {
             match step {
-                1 => vms.push((30, "web", fw)),
+                1 => vms.push((30, "web", FW)),
                 2 => vms.retain(|v| v.0 != 4),
                 3 => vms[2].2 = "",
                 4 => vms.retain(|v| v.1 != "lan"),
-                5 => vms.extend((40..45).map(|i| (i, "lan", fw))),
+                5 => vms.extend((40..45).map(|i| (i, "lan", FW))),
                 7 => vms.push((50, "web", "")),
                 _ => {}
             }
@@ -528,10 +531,7 @@ vms:
             assert_eq!(want, made(&ovn), "step {step}");
             memo.adopt(&mut want, &have);
             // The database takes the plan: its own copies of the rows.
-            have = want
-                .iter()
-                .map(|(id, r)| (id.clone(), Arc::new(NbRow::clone(r))))
-                .collect();
+            have = copies(&want);
             memo.give_back(want);
         }
         // Every call but the first and the one after the head changed was a change.

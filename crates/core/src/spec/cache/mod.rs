@@ -4,7 +4,9 @@
 //! removed or edited. `SpecCache` splits the text into its head (everything but the VM
 //! entries) and one chunk per VM entry, and keeps what the first pass made of each chunk,
 //! keyed by the chunk's exact text. Only new or edited chunks are parsed, and their ports
-//! built; the rules across the whole spec run over everything each time. The ports built
+//! built; the rules across the whole spec run over everything each time. Where a text
+//! differs from the last one only inside its VM entries, its layout is worked out from the
+//! last one's (see `patch`): the text is not split again, nor its entries hashed. The ports built
 //! are shared with the specs made (`Arc`), so that what compares successive specs (the OVN
 //! rows' memo) finds an unchanged VM's ports to be the same copies.
 //!
@@ -203,8 +205,8 @@ impl SpecCache {
     }
 
     /// The spec from the head and the chunks, or `None` when anything at all is wrong or
-    /// unusual (the full parse then says what).
-    /// `text` is the layout's, which the next call's layout is worked out from.
+    /// unusual (the full parse then says what). `text` is the layout's: the next call's
+    /// layout is worked out from it.
     fn assemble(
         &mut self,
         mut layout: Layout,

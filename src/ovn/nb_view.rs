@@ -98,14 +98,14 @@ impl Owned {
             *self = Owned::of(r);
             return;
         }
-        let rows: Vec<(&'static str, &String)> = touched
+        let rows: Vec<(&'static str, &String, Option<&Diffs>)> = touched
             .rows
             .iter()
-            .filter_map(|(t, u)| Some((table_name(t)?, u)))
+            .filter_map(|((t, u), d)| Some((table_name(t)?, u, d.as_ref())))
             .collect();
         // A row that became kvmnet's, stopped being, or changed key in place changes how
         // others read: build again (an operator's hand edit, not a plan's work).
-        for (t, uuid) in &rows {
+        for (t, uuid, _) in &rows {
             let now = r.row(t, uuid).map(key_of);
             let before = self.keys.get(*uuid).map(|(_, k)| k.as_str());
             let flipped = match (now, before) {
@@ -120,7 +120,7 @@ impl Owned {
         }
         // kvmnet's rows that were only modified change by their differences (see
         // `modify_in_place`); the others are read again whole.
-        let (modified, rows) = self.split_modified(r, rows, &touched.diffs);
+        let (modified, rows) = self.split_modified(r, rows);
         let toggled = self.toggled_kids(&modified);
         let members_before = self.members_before(&modified);
         let mut redo: BTreeSet<(String, String)> = BTreeSet::new();
@@ -173,24 +173,20 @@ impl Owned {
         }
     }
 
-    /// Splits `rows` into kvmnet's rows that were only modified (with their differences),
-    /// and the others.
+    /// Splits `rows` (each with its differences, when it was only modified) into kvmnet's
+    /// rows that were only modified, and the others.
     #[allow(clippy::type_complexity)]
     fn split_modified<'a>(
         &self,
         r: &Replica,
-        rows: Vec<(&'static str, &'a String)>,
-        diffs: &'a BTreeMap<(String, String), Option<Diffs>>,
+        rows: Vec<(&'static str, &'a String, Option<&'a Diffs>)>,
     ) -> (
         Vec<(&'static str, &'a str, &'a Diffs)>,
         Vec<(&'static str, &'a String)>,
     ) {
         let mut modified = Vec::new();
         let mut whole = Vec::new();
-        for (t, uuid) in rows {
-            let d = diffs
-                .get(&(t.to_string(), uuid.clone()))
-                .and_then(Option::as_ref);
+        for (t, uuid, d) in rows {
             let in_view = self
                 .keys
                 .get(uuid)

@@ -43,13 +43,12 @@ pub struct Touched {
     /// Everything may have changed (the replica was cleared, or nothing was taken yet):
     /// build the view again.
     pub all: bool,
-    /// (table, UUID) of each row inserted, modified or deleted.
-    pub rows: std::collections::BTreeSet<(String, String)>,
-    /// For each of `rows`, the differences (column, difference) it was modified by, in
-    /// order, when it was only modified (and not too often): a view can then change what
-    /// it holds of the row by the members that came and went, where reading a port group of
-    /// 2,500 again took a millisecond. `None` for a row inserted or deleted meanwhile.
-    pub diffs: BTreeMap<(String, String), Option<Diffs>>,
+    /// (table, UUID) of each row inserted, modified or deleted, with the differences
+    /// (column, difference) it was modified by, in order, when it was only modified (and
+    /// not too often): a view can then change what it holds of the row by the members that
+    /// came and went, where reading a port group of 2,500 again took a millisecond. `None`
+    /// for a row inserted or deleted meanwhile.
+    pub rows: BTreeMap<(String, String), Option<Diffs>>,
 }
 
 /// A row's modifications: each (column, difference), in order.
@@ -63,8 +62,7 @@ impl Touched {
     /// Records an update of `table`'s row `uuid`: `diff` for a modify, `None` otherwise.
     fn record(&mut self, table: &str, uuid: &str, diff: Option<&Row>) {
         let id = (table.to_string(), uuid.to_string());
-        self.rows.insert(id.clone());
-        let kept = self.diffs.entry(id).or_insert_with(|| Some(Vec::new()));
+        let kept = self.rows.entry(id).or_insert_with(|| Some(Vec::new()));
         match (kept.as_mut(), diff) {
             (Some(v), Some(d)) if v.len() + d.len() <= DIFFS_KEPT => {
                 v.extend(d.iter().map(|(c, d)| (c.clone(), d.clone())));
@@ -160,7 +158,6 @@ impl Replica {
         if let Some(t) = &mut self.touched {
             t.all = true;
             t.rows.clear();
-            t.diffs.clear();
         }
         self.generation += 1;
     }

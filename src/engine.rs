@@ -81,10 +81,9 @@ impl SpecHasher {
                 self.states.push(h);
             }
         }
-        if self.text != text {
-            self.text.clear();
-            self.text.extend_from_slice(text);
-        }
+        // The text kept: what it shares with this one stays.
+        self.text.truncate(kept * Self::STEP);
+        self.text.extend_from_slice(&text[kept * Self::STEP..]);
         format!("{h:016x}")
     }
 }

@@ -412,6 +412,15 @@ vms:
             .collect()
     }
 
+    /// The head, its isolation turned off when `changed`.
+    fn head_at(changed: bool) -> String {
+        if changed {
+            HEAD.replace("isolate_ports: true", "isolate_ports: false")
+        } else {
+            HEAD.to_string()
+        }
+    }
+
     /// What the database holds after a plan: the same rows, its own copies.
     fn copies(rows: &RowMap) -> RowMap {
         rows.iter()
@@ -491,11 +500,7 @@ vms:
                 2 => vms.retain(|v| v.1 != "lan"),
                 _ => {}
             }
-            let head = if step == 3 {
-                HEAD.replace("isolate_ports: true", "isolate_ports: false")
-            } else {
-                HEAD.to_string()
-            };
+            let head = head_at(step == 3);
             let ovn = spec(&head, &vms);
             assert_eq!(memo.rows(&ovn), made(&ovn), "step {step}");
         }
@@ -520,11 +525,7 @@ vms:
                 7 => vms.push((50, "web", "")),
                 _ => {}
             }
-            let head = if step == 8 {
-                HEAD.replace("isolate_ports: true", "isolate_ports: false")
-            } else {
-                HEAD.to_string()
-            };
+            let head = head_at(step == 8);
             let ovn = spec(&head, &vms);
             let mut want = memo.rows(&ovn);
             calls += 1;

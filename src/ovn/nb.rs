@@ -25,7 +25,9 @@ use serde_json::{Value, json};
 use super::nb_view::{Owned, key_of};
 use super::ovsdb::{Atom, Client, Datum, OvsdbError, Remote, Replica};
 use crate::plan::Change;
-use kvmnet_core::ovn::{KEY_KEY, NbParent, NbRow, NbVal, OWNER, OWNER_KEY, TABLES, children_of};
+use kvmnet_core::ovn::{
+    KEY_KEY, NbParent, NbRow, NbVal, OWNER, OWNER_KEY, TABLES, children_of, sorted_diff,
+};
 
 const DB: &str = "OVN_Northbound";
 const TIMEOUT: Duration = Duration::from_secs(10);
@@ -206,34 +208,6 @@ fn set_mutations(
         out.push(json!([column, "insert", ["set", new]]));
     }
     Ok(Some(out))
-}
-
-/// Of two sorted sets (the core's and the view's alike are sorted, without repeats): how
-/// many members they share, those only `was` has, and those only `now` has. One walk over
-/// both: a port group of 2,500 searched member by member, three times, took 0.3 ms.
-fn sorted_diff<'a>(was: &'a [NbVal], now: &'a [NbVal]) -> (usize, Vec<&'a NbVal>, Vec<&'a NbVal>) {
-    let (mut i, mut j, mut shared) = (0, 0, 0);
-    let (mut only_was, mut only_now) = (Vec::new(), Vec::new());
-    while i < was.len() && j < now.len() {
-        match was[i].cmp(&now[j]) {
-            std::cmp::Ordering::Less => {
-                only_was.push(&was[i]);
-                i += 1;
-            }
-            std::cmp::Ordering::Greater => {
-                only_now.push(&now[j]);
-                j += 1;
-            }
-            std::cmp::Ordering::Equal => {
-                shared += 1;
-                i += 1;
-                j += 1;
-            }
-        }
-    }
-    only_was.extend(&was[i..]);
-    only_now.extend(&now[j..]);
-    (shared, only_was, only_now)
 }
 
 fn by_uuid(u: &str) -> Value {

@@ -346,3 +346,35 @@ pub fn kind_of(table: &str) -> &'static str {
         _ => "ovn-row",
     }
 }
+
+/// Of two sorted sets (the core's and a view's alike are sorted, without repeats, as
+/// [`NbVal::set`] makes them): how many members they share, those only `was` has, and those
+/// only `now` has. One walk over both: a port group of 2,500 searched member by member, three
+/// times, took 0.3 ms.
+pub fn sorted_diff<'a>(
+    was: &'a [NbVal],
+    now: &'a [NbVal],
+) -> (usize, Vec<&'a NbVal>, Vec<&'a NbVal>) {
+    let (mut i, mut j, mut shared) = (0, 0, 0);
+    let (mut only_was, mut only_now) = (Vec::new(), Vec::new());
+    while i < was.len() && j < now.len() {
+        match was[i].cmp(&now[j]) {
+            std::cmp::Ordering::Less => {
+                only_was.push(&was[i]);
+                i += 1;
+            }
+            std::cmp::Ordering::Greater => {
+                only_now.push(&now[j]);
+                j += 1;
+            }
+            std::cmp::Ordering::Equal => {
+                shared += 1;
+                i += 1;
+                j += 1;
+            }
+        }
+    }
+    only_was.extend(&was[i..]);
+    only_now.extend(&now[j..]);
+    (shared, only_was, only_now)
+}

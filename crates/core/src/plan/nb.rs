@@ -2,6 +2,7 @@
 //! as one OVSDB transaction: all of them happen, or none.
 
 use std::fmt;
+use std::sync::Arc;
 
 use serde_json::{Map, Value, json};
 
@@ -64,22 +65,20 @@ const SHARED_SHOWN: usize = 8;
 
 /// Two values of a column, as a change shows them. Two large sets (a switch's 2,500 ports,
 /// one joining) show what differs and how many members they share: the plan, `--json` and
-/// the audit log line of one port more stay one port long.
+/// the audit log line of one port more stay one port long. (Found in one walk over both
+/// sorted sets: each member searched in the other, three times over, took a millisecond of
+/// each apply at 10,000 ports.)
 fn shown_apart(a: Option<&crate::ovn::NbVal>, b: Option<&crate::ovn::NbVal>) -> (String, String) {
     use crate::ovn::NbVal;
     if let (Some(NbVal::Set(x)), Some(NbVal::Set(y))) = (a, b) {
-        let shared = x.iter().filter(|v| y.binary_search(v).is_ok()).count();
+        let (shared, only_x, only_y) = crate::ovn::sorted_diff(x, y);
         if shared > SHARED_SHOWN {
-            let only = |s: &[NbVal], other: &[NbVal]| {
-                let mut parts: Vec<String> = s
-                    .iter()
-                    .filter(|v| other.binary_search(v).is_err())
-                    .map(ToString::to_string)
-                    .collect();
+            let only = |s: Vec<&NbVal>| {
+                let mut parts: Vec<String> = s.into_iter().map(ToString::to_string).collect();
                 parts.push(format!("... {shared} shared"));
                 format!("[{}]", parts.join(", "))
             };
-            return (only(x, y), only(y, x));
+            return (only(only_x), only(only_y));
         }
     }
     let show = |v: Option<&NbVal>| v.map_or(String::new(), ToString::to_string);
@@ -111,14 +110,22 @@ pub(super) fn changes(cx: &mut Cx<'_>, steps: &mut Vec<Step>) {
     let mut gone: Vec<(usize, Step)> = Vec::new();
     // Both maps are sorted by id: one walk through the two, not a lookup of each row in the
     // other map (40,000 lookups of 20,000 at 10,000 ports). A row the view and the wanted
-    // rows share (the same `Arc`) compares equal without a look inside.
+    // rows share (the same `Arc`) compares equal without a look inside, and has one id:
+    // comparing 20,000 pairs of ids took a third of a millisecond.
     let (mut w, mut h) = (want.iter().peekable(), have.iter().peekable());
     loop {
         let order = match (w.peek(), h.peek()) {
             (None, None) => break,
             (Some(_), None) => Ordering::Less,
             (None, Some(_)) => Ordering::Greater,
-            (Some((wid, _)), Some((hid, _))) => wid.cmp(hid),
+            (Some((wid, wr)), Some((hid, hr))) => {
+                if Arc::ptr_eq(wr, hr) || Arc::ptr_eq(wid, hid) {
+                    debug_assert_eq!(wid, hid, "one row, one id");
+                    Ordering::Equal
+                } else {
+                    wid.cmp(hid)
+                }
+            }
         };
         match order {
             Ordering::Less => {

@@ -17,8 +17,8 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
-use super::NbVal;
 use super::model::{Rows, group_name, subnet};
+use super::{NbRow, NbVal};
 use crate::spec::model::{Firewall, FirewallDirection, FirewallRule, RuleAction, RuleProto};
 use crate::spec::ovn::Ovn;
 use crate::types::IpCidr;
@@ -66,7 +66,25 @@ pub(super) fn acl(
 /// One port group per distinct firewall (with whether its network serves DHCP, which an
 /// outbound drop must let through), holding its ports, with its ACLs.
 pub(super) fn firewalls(r: &mut Rows, ovn: &Ovn) {
-    let mut groups: BTreeMap<String, (&Firewall, bool, Vec<&str>)> = BTreeMap::new();
+    let mut sets = BTreeSet::new();
+    for g in groups(ovn) {
+        r.0.extend(g.rows(&mut sets));
+    }
+    r.0.extend(shared_rows(&sets, r.0.iter()));
+}
+
+/// A distinct firewall's port group: its name, the firewall, whether its network serves
+/// DHCP, and its ports (in the spec's order).
+pub(super) struct Group<'a> {
+    pub(super) name: String,
+    fw: &'a Firewall,
+    dhcp: bool,
+    pub(super) ports: Vec<&'a str>,
+}
+
+/// The port groups of the spec's firewalls, by name.
+pub(super) fn groups(ovn: &Ovn) -> Vec<Group<'_>> {
+    let mut groups: BTreeMap<String, Group> = BTreeMap::new();
     // The name is a hash of the firewall's text, made once per distinct firewall: thousands
     // of ports share a handful. A spec cache shares one copy of each between its ports, so
     // a port's is looked up by its address first (hashing each port's firewall took a
@@ -86,24 +104,37 @@ pub(super) fn firewalls(r: &mut Rows, ovn: &Ovn) {
                 .clone()
         });
         match groups.get_mut(pg.as_str()) {
-            Some(g) => g.2.push(&p.port.name),
+            Some(g) => g.ports.push(&p.port.name),
             None => {
-                groups.insert(pg.clone(), (fw, dhcp, vec![&p.port.name]));
+                let g = Group {
+                    name: pg.clone(),
+                    fw,
+                    dhcp,
+                    ports: vec![&p.port.name],
+                };
+                groups.insert(pg.clone(), g);
             }
         }
     }
-    let mut sets = BTreeSet::new();
-    for (pg, (fw, dhcp, ports)) in groups {
-        super::model::port_group(r, &pg, ports);
+    groups.into_values().collect()
+}
+
+impl Group<'_> {
+    /// The group's rows: the port group and its ACLs; the address sets its rules name go
+    /// into `sets`.
+    pub(super) fn rows(&self, sets: &mut BTreeSet<String>) -> Vec<NbRow> {
+        let mut r = Rows(Vec::new());
+        let pg = self.name.as_str();
+        super::model::port_group(&mut r, pg, self.ports.iter().copied());
         let mut n = 0;
-        if let Some(d) = &fw.inbound {
-            direction(r, (&pg, &mut n), d, true, &mut sets);
+        if let Some(d) = &self.fw.inbound {
+            direction(&mut r, (pg, &mut n), d, true, sets);
         }
-        if let Some(d) = &fw.outbound {
-            if dhcp && !d.accept_by_default {
+        if let Some(d) = &self.fw.outbound {
+            if self.dhcp && !d.accept_by_default {
                 acl(
-                    r,
-                    &pg,
+                    &mut r,
+                    pg,
                     n,
                     ("from-lport", PRIO_DHCP),
                     format!("inport == @{pg} && udp.src == 68 && udp.dst == 67"),
@@ -111,16 +142,24 @@ pub(super) fn firewalls(r: &mut Rows, ovn: &Ovn) {
                 );
                 n += 1;
             }
-            direction(r, (&pg, &mut n), d, false, &mut sets);
+            direction(&mut r, (pg, &mut n), d, false, sets);
         }
+        r.0
     }
-    address_sets(r, &sets);
-    if r.0
-        .iter()
-        .any(|row| row.columns.get("log") == Some(&NbVal::Bool(true)))
-    {
-        log_meter(r);
+}
+
+/// The rows the groups share: the address sets `sets`, and the meter of log lines when one
+/// of the groups' rows `made` logs.
+pub(super) fn shared_rows<'a>(
+    sets: &BTreeSet<String>,
+    mut made: impl Iterator<Item = &'a NbRow>,
+) -> Vec<NbRow> {
+    let mut r = Rows(Vec::new());
+    address_sets(&mut r, sets);
+    if made.any(|row| row.columns.get("log") == Some(&NbVal::Bool(true))) {
+        log_meter(&mut r);
     }
+    r.0
 }
 
 /// The `Address_Set` a rule's remote address is in: named from the address (OVN takes

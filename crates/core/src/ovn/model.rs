@@ -170,10 +170,17 @@ pub(super) fn network_parts(
 pub(super) fn tail_rows(ovn: &Ovn) -> Vec<NbRow> {
     let mut r = Rows(Vec::new());
     super::firewall::firewalls(&mut r, ovn);
-    if ovn.networks.values().any(on_router) {
-        r.0.extend(super::forwards::rows(ovn));
-    }
+    r.0.extend(forward_rows(ovn));
     r.0
+}
+
+/// The rows of the networks' `forwards` (the last of [`tail_rows`]).
+pub(super) fn forward_rows(ovn: &Ovn) -> Vec<NbRow> {
+    if ovn.networks.values().any(on_router) {
+        super::forwards::rows(ovn)
+    } else {
+        Vec::new()
+    }
 }
 
 /// Each port's addresses on its network, by port name, where kvmnet says them (declared)

@@ -471,7 +471,7 @@ fn separate_round(dir: &Path, n: usize, r: usize) -> Round {
 }
 
 fn ms(d: Duration) -> String {
-    format!("{:.0} ms", d.as_secs_f64() * 1000.0)
+    format!("{:.1} ms", d.as_secs_f64() * 1000.0)
 }
 
 fn main() {

@@ -224,6 +224,18 @@ fn spawn_revert_timer(netns: &Option<String>, token: &str) -> Result<(), EngineE
     c.spawn().map(|_| ()).map_err(EngineError::RevertTimer)
 }
 
+/// The query fields of an apply through the daemon.
+fn apply_fields(
+    source: String,
+    scope: &Scope,
+    confirm: Option<u64>,
+) -> Vec<(&'static str, String)> {
+    let mut fields = vec![("source", source)];
+    fields.extend(scope.chassis.clone().map(|c| ("chassis", c)));
+    fields.extend(confirm.map(|c| ("confirm_within", c.to_string())));
+    fields
+}
+
 fn apply_cmd(
     file: PathBuf,
     scope: Scope,
@@ -244,15 +256,25 @@ fn apply_cmd(
             )
         })?),
     };
-    let (source, text) = read_spec(&file).map_err(|e| (e, j))?;
     // A running daemon validates the spec itself (with the same messages), from a cache that
     // makes a small change to a large spec cheap: parsing it here first would cost as much.
-    if std::str::from_utf8(&text).is_ok() {
+    // A file goes to it as it is read; a spec the daemon cannot take (not UTF-8) is read
+    // again below, where the error is said.
+    if file.as_os_str() != "-" {
         let s = scope_name(&scope.netns).map_err(|e| (e, j))?;
         refuse_fail_after_with_daemon(&s, fail).map_err(|e| (e, j))?;
-        let mut fields = vec![("source", source.clone())];
-        fields.extend(scope.chassis.clone().map(|c| ("chassis", c)));
-        fields.extend(confirm.map(|c| ("confirm_within", c.to_string())));
+        let fields = apply_fields(file.display().to_string(), &scope, confirm);
+        let sd = StateDir::for_scope(&s);
+        if let Some(r) = api::call_with_spec_file(&sd.dir, "/v1/apply", &fields, &file) {
+            print_changes(&daemon_answer(r).map_err(|e| (e, j))?, j);
+            return Ok(());
+        }
+    }
+    let (source, text) = read_spec(&file).map_err(|e| (e, j))?;
+    if file.as_os_str() == "-" && std::str::from_utf8(&text).is_ok() {
+        let s = scope_name(&scope.netns).map_err(|e| (e, j))?;
+        refuse_fail_after_with_daemon(&s, fail).map_err(|e| (e, j))?;
+        let fields = apply_fields(source.clone(), &scope, confirm);
         if let Some(r) = spec_via_daemon(&s, "/v1/apply", &fields, &text) {
             print_changes(&r.map_err(|e| (e, j))?, j);
             return Ok(());

@@ -124,6 +124,16 @@ fn daemon_repairs_drift_and_serves_the_cli() {
     let o = ns.kvmnet(&["apply", bad.path(), "--netns", &host]);
     assert_eq!(o.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&o.stderr).contains("networks.x.mode"));
+    // So is a file that is not UTF-8, which the CLI stops sending when it reads the bad
+    // byte: the daemon refuses the cut body, and the CLI says what is wrong.
+    let not_utf8 = SpecFile::new("");
+    let mut bytes = spec_text(true).into_bytes();
+    bytes.extend(b"# caf\xe9\n");
+    std::fs::write(&not_utf8.0, bytes).unwrap();
+    let o = ns.kvmnet(&["apply", not_utf8.path(), "--netns", &host]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("not UTF-8"));
+    assert!(link_exists(&host, "d-b"), "the spec applied before stays");
 
     // SIGHUP re-reads the spec file the daemon was started with: edited since the daemon
     // last read it, it replaces what was applied through the daemon (unedited, it would not:

@@ -409,6 +409,11 @@ impl RowsMemo {
                 k.ports.len() == g.ports.len() && k.ports.iter().zip(&g.ports).all(|(a, b)| a == b)
             });
             if !same {
+                // The rows the group had out of the places first: the ones made now mostly
+                // have the same ids.
+                if let Some(old) = self.groups.remove(&name) {
+                    self.unplace(&old.rows, &name);
+                }
                 let mut made_sets = BTreeSet::new();
                 let rows = fresh(g.rows(&mut made_sets));
                 self.fresh.extend(rows.iter().map(|(id, _)| Arc::clone(id)));
@@ -422,9 +427,7 @@ impl RowsMemo {
                     sets: made_sets,
                     rows,
                 };
-                if let Some(old) = self.groups.insert(Arc::clone(&name), kept) {
-                    self.unplace(&old.rows, &name);
-                }
+                self.groups.insert(Arc::clone(&name), kept);
             }
             let k = &self.groups[&name];
             sets.extend(k.sets.iter().cloned());
@@ -671,6 +674,29 @@ vms:
         assert!(
             kept_as_adopted("Port_Group kvmnet_fw") && kept_as_adopted("ACL kvmnet_fw"),
             "firewall groups kept as adopted"
+        );
+        // A group made again (a port joined it) is kept as adopted too, once the database
+        // has it.
+        vms.push((31, "web", FW));
+        let mut fourth = memo.rows(&spec(HEAD, &vms));
+        memo.adopt(&mut fourth, &have);
+        // The database's copies after: its own of the rows that did not change.
+        let have: RowMap = fourth
+            .iter()
+            .map(|(id, r)| match have.get(id).filter(|h| Arc::ptr_eq(h, r)) {
+                Some(h) => (id.clone(), Arc::clone(h)),
+                None => (id.clone(), Arc::new(NbRow::clone(r))),
+            })
+            .collect();
+        let mut fifth = memo.rows(&spec(HEAD, &vms));
+        memo.adopt(&mut fifth, &have);
+        let sixth = memo.rows(&spec(HEAD, &vms));
+        let mut groups = sixth
+            .iter()
+            .filter(|(id, _)| id.starts_with("Port_Group kvmnet_fw"));
+        assert!(
+            groups.clone().count() > 0 && groups.all(|(id, r)| Arc::ptr_eq(r, &have[id])),
+            "a group made again kept as adopted"
         );
 
         for step in 0..4 {

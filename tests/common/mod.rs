@@ -397,8 +397,11 @@ pub fn tcp_source_seen(
     ip: &str,
     dport: u16,
 ) -> String {
+    // The server listens for as long as the client tries (20 tries of up to 1.2 s), and is
+    // stopped when the client gives up: listening only 8 s, a rule that took longer than
+    // that to reach the chassis on a loaded machine read as a connection refused.
     let server = format!(
-        "import socket\ns=socket.socket()\ns.setsockopt(socket.SOL_SOCKET,socket.SO_REUSEADDR,1)\ns.bind(('0.0.0.0',{port}))\ns.listen(4)\ns.settimeout(8)\ntry:\n  c,a=s.accept(); c.sendall(a[0].encode()); c.close()\nexcept socket.timeout:\n  pass\n"
+        "import socket\ns=socket.socket()\ns.setsockopt(socket.SOL_SOCKET,socket.SO_REUSEADDR,1)\ns.bind(('0.0.0.0',{port}))\ns.listen(4)\ns.settimeout(30)\ntry:\n  c,a=s.accept(); c.sendall(a[0].encode()); c.close()\nexcept socket.timeout:\n  pass\n"
     );
     let mut child = Command::new("ip")
         .args(["netns", "exec", server_ns, "python3", "-c", &server])

@@ -587,16 +587,12 @@ pub fn call_with_spec_file(
     let mut f = std::fs::File::open(file).ok()?;
     let len = f.metadata().ok()?.len();
     let mut s = UnixStream::connect(socket_path(state_dir)).ok()?;
-    let io = |source| ApiError::Io {
-        path: "api.sock".into(),
-        source,
-    };
     let head = format!(
         "POST {} HTTP/1.1\r\nHost: kvmnet\r\nContent-Type: application/yaml\r\nContent-Length: {len}\r\n\r\n",
         target(path, fields)
     );
     if let Err(e) = s.write_all(head.as_bytes()) {
-        return Some(Err(io(e)));
+        return Some(Err(socket_io(e)));
     }
     let mut buf = vec![0u8; 64 * 1024];
     // `carry`: the first bytes of a character the last block ended inside of.
@@ -617,7 +613,7 @@ pub fn call_with_spec_file(
             return None;
         }
         if let Err(e) = s.write_all(&buf[..whole]) {
-            return Some(Err(io(e)));
+            return Some(Err(socket_io(e)));
         }
         buf.copy_within(whole..filled, 0);
         carry = filled - whole;
@@ -626,6 +622,14 @@ pub fn call_with_spec_file(
         return None;
     }
     Some(read_response(&mut s))
+}
+
+/// An error on the daemon's socket.
+fn socket_io(source: std::io::Error) -> ApiError {
+    ApiError::Io {
+        path: "api.sock".into(),
+        source,
+    }
 }
 
 /// `path` with `fields` as its query string.
@@ -660,28 +664,20 @@ fn exchange_on(
     content_type: &str,
     body: &[u8],
 ) -> Result<Value, ApiError> {
-    let io = |source| ApiError::Io {
-        path: "api.sock".into(),
-        source,
-    };
     let head = format!(
         "{method} {target} HTTP/1.1\r\nHost: kvmnet\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\n\r\n",
         body.len()
     );
-    s.write_all(head.as_bytes()).map_err(io)?;
-    s.write_all(body).map_err(io)?;
+    s.write_all(head.as_bytes()).map_err(socket_io)?;
+    s.write_all(body).map_err(socket_io)?;
     read_response(s)
 }
 
 /// A daemon's answer to the request sent on `s`: the whole of it, the daemon closing the
 /// connection after it.
 fn read_response(s: &mut UnixStream) -> Result<Value, ApiError> {
-    let io = |source| ApiError::Io {
-        path: "api.sock".into(),
-        source,
-    };
     let mut resp = String::new();
-    s.read_to_string(&mut resp).map_err(io)?;
+    s.read_to_string(&mut resp).map_err(socket_io)?;
     let (head, body) = resp
         .split_once("\r\n\r\n")
         .ok_or_else(|| ApiError::Malformed(resp.clone()))?;

@@ -34,6 +34,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use super::{NbParent, NbRow, NbVal};
 use crate::spec::model::{Ipv4Cidr, Mac, Mode, Network};
+use crate::spec::naming::fnv1a;
 use crate::spec::ovn::{EXTERNAL_PHYSNET, Ovn, OvnPort};
 
 /// The logical router all nat and routed networks hang on.
@@ -80,18 +81,9 @@ fn on_router(net: &Network) -> bool {
 
 /// A MAC of kvmnet's router ports: locally administered, from the port's name.
 pub fn router_mac(name: &str) -> Mac {
-    let h = fnv(name.as_bytes());
+    let h = fnv1a(name.as_bytes());
     let b = h.to_be_bytes();
     Mac([0x0a, 0x6b, b[0], b[1], b[2], b[3]])
-}
-
-fn fnv(bytes: &[u8]) -> u64 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in bytes {
-        h ^= u64::from(*b);
-        h = h.wrapping_mul(0x0100_0000_01b3);
-    }
-    h
 }
 
 /// Every Northbound row the spec's OVN part wants.
@@ -391,7 +383,7 @@ fn addresses<'a>(net: &Network, ports: &[&'a OvnPort]) -> HashMap<&'a str, Ipv4A
     // In name order, so the pick of each port depends only on the ports before it that
     // collide with it: rare in a pool larger than its ports.
     for p in ports.iter().filter(|p| p.port.ipv4.is_none()) {
-        let start = fnv(&p.port.mac.0) % size;
+        let start = fnv1a(&p.port.mac.0) % size;
         let free = (0..size)
             .map(|i| Ipv4Addr::from(lo + ((start + i) % size) as u32))
             .find(|a| !taken.contains(a));
@@ -425,7 +417,7 @@ fn addresses6<'a>(net: &Network, ports: &[&'a OvnPort]) -> HashMap<&'a str, Ipv6
     let (lo, hi) = (u128::from(first), u128::from(last));
     let size = hi - lo + 1;
     for p in ports.iter().filter(|p| p.port.ipv6.is_none()) {
-        let start = u128::from(fnv(&p.port.mac.0)) % size;
+        let start = u128::from(fnv1a(&p.port.mac.0)) % size;
         // At most `taken` addresses are in the way: a free one is no further on.
         let free = (0..size.min(taken.len() as u128 + 1))
             .map(|i| Ipv6Addr::from(lo + (start + i) % size))
@@ -761,7 +753,7 @@ fn external(r: &mut Rows, ovn: &Ovn, ext: &crate::spec::ovn::External) {
 
 /// A port group name: OVN takes letters, digits and '_'.
 pub(super) fn group_name(prefix: &str, text: &str) -> String {
-    format!("{prefix}_{:08x}", fnv(text.as_bytes()) as u32)
+    format!("{prefix}_{:08x}", fnv1a(text.as_bytes()) as u32)
 }
 
 /// A `Port_Group` named `pg` holding the switch ports named `ports`.

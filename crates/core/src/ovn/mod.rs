@@ -18,6 +18,7 @@ pub mod forwards;
 pub mod memo;
 pub mod model;
 pub mod provider;
+mod router;
 
 use std::collections::BTreeMap;
 

@@ -10,7 +10,8 @@
 //! - nat and routed networks hang on one logical router, `kvmnet`, through a router port
 //!   holding the gateway address. nat networks leave through the router's port on the
 //!   external switch (a localnet port on physical network `kvmnet-ext`), bound to the
-//!   gateway chassis by an HA chassis group, with SNAT to `ovn.external.ipv4`.
+//!   gateway chassis by an HA chassis group, with SNAT to `ovn.external.ipv4` (see
+//!   the `router` module).
 //! - bridge and vlan networks are provider networks: a localnet port on the switch (see
 //!   [`super::provider`]).
 //! - Firewalls are ACLs on one port group per distinct firewall ([`super::firewall`]).
@@ -35,20 +36,16 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use super::{NbParent, NbRow, NbVal};
 use crate::spec::model::{Ipv4Cidr, Mac, Mode, Network};
 use crate::spec::naming::fnv1a;
-use crate::spec::ovn::{EXTERNAL_PHYSNET, Ovn, OvnPort};
+use crate::spec::ovn::{Ovn, OvnPort};
 
 /// The logical router all nat and routed networks hang on.
 pub const ROUTER: &str = "kvmnet";
 /// The external switch nat networks leave by.
 pub const EXTERNAL_SWITCH: &str = "kvmnet-ext";
-const EXTERNAL_KEY: &str = "ext";
-const GATEWAY_GROUP: &str = "kvmnet-gw";
+/// The router port on the external switch, by its row key.
+pub(super) const EXTERNAL_KEY: &str = "ext";
 /// The isolation ACL's priority: over every firewall ACL (see [`super::firewall`]).
 const PRIO_ISOLATE: i64 = 3000;
-/// Unsolicited RAs of a router port: at most this many seconds apart, at least a third of
-/// it, as the kernel backend's daemon announces with its default router lifetime.
-const RA_MAX_INTERVAL: u32 = 600;
-const RA_MIN_INTERVAL: u32 = 200;
 
 pub(super) struct Rows(pub(super) Vec<NbRow>);
 
@@ -75,7 +72,7 @@ impl Rows {
 
 /// Whether `net` hangs on the router `kvmnet` (nat and routed networks): it has a router
 /// port holding its gateway, announcing its IPv6 prefix and answering its DHCPv6.
-fn on_router(net: &Network) -> bool {
+pub(super) fn on_router(net: &Network) -> bool {
     matches!(net.mode, Mode::Nat | Mode::Routed)
 }
 
@@ -102,7 +99,7 @@ pub(super) fn router_rows(ovn: &Ovn) -> Vec<NbRow> {
     let mut r = Rows(Vec::new());
     let routed: Vec<&Network> = ovn.networks.values().filter(|n| on_router(n)).collect();
     if !routed.is_empty() {
-        router(&mut r, ovn, &routed);
+        super::router::router(&mut r, ovn, &routed);
     }
     r.0
 }
@@ -339,7 +336,7 @@ fn qos(r: &mut Rows, net: &Network, port: &crate::spec::model::Port) {
 }
 
 /// The switch's port towards the router port `kvmnet-lrp-LRP_KEY`.
-fn router_port_lsp(r: &mut Rows, lrp_key: &str, parent: Option<(&str, &str, &str)>) {
+pub(super) fn router_port_lsp(r: &mut Rows, lrp_key: &str, parent: Option<(&str, &str, &str)>) {
     let mut options =
         BTreeMap::from([("router-port".to_string(), format!("kvmnet-lrp-{lrp_key}"))]);
     if lrp_key == EXTERNAL_KEY {
@@ -557,198 +554,6 @@ fn dhcp6_options(r: &mut Rows, net: &Network) -> Option<String> {
 
 pub(super) fn subnet(c: Ipv4Cidr) -> String {
     c.network().to_string()
-}
-
-fn router(r: &mut Rows, ovn: &Ovn, nets: &[&Network]) {
-    r.add(
-        "Logical_Router",
-        ROUTER,
-        vec![("name", NbVal::str(ROUTER))],
-        None,
-    );
-    let parent = Some(("Logical_Router", ROUTER, "ports"));
-    for net in nets {
-        let mut networks: Vec<String> = net.ipv4.iter().map(ToString::to_string).collect();
-        networks.extend(net.ipv6.map(|v| v.gateway.to_string()));
-        if networks.is_empty() {
-            continue;
-        }
-        let name = format!("kvmnet-lrp-{}", net.name);
-        r.add(
-            "Logical_Router_Port",
-            &net.name,
-            vec![
-                ("name", NbVal::str(&name)),
-                ("mac", NbVal::str(router_mac(&name).to_string())),
-                ("networks", NbVal::strs(networks)),
-                ("ha_chassis_group", NbVal::set([])),
-                ("ipv6_ra_configs", ra_configs(ovn, net)),
-            ],
-            parent,
-        );
-    }
-    // Routed networks leave through the external port too, unchanged (the external network
-    // routes their subnets back to `external.ipv4`), as the kernel backend's routed mode
-    // routes without NAT; nat networks leave masqueraded.
-    let Some(ext) = ovn.external.as_ref() else {
-        return;
-    };
-    external(r, ovn, ext);
-    let nat = nets.iter().filter(|n| n.mode == Mode::Nat);
-    for net in nat {
-        if let Some(gw) = net.ipv4 {
-            snat(
-                r,
-                format!("snat-{}", net.name),
-                subnet(gw),
-                ext.ipv4.addr.into(),
-            );
-        }
-        // NAT66: the network's prefix leaves as the external IPv6 address.
-        if let (Some(v6), Some((ext6, _))) = (net.ipv6, ext.ipv6) {
-            let prefix = v6.prefix().to_string();
-            snat(r, format!("snat6-{}", net.name), prefix, ext6.addr.into());
-        }
-    }
-}
-
-fn snat(r: &mut Rows, key: String, logical_ip: String, external_ip: IpAddr) {
-    r.add(
-        "NAT",
-        key,
-        vec![
-            ("type", NbVal::str("snat")),
-            ("logical_ip", NbVal::str(logical_ip)),
-            ("external_ip", NbVal::str(external_ip.to_string())),
-        ],
-        Some(("Logical_Router", ROUTER, "nat")),
-    );
-}
-
-/// A router port's router advertisements: SLAAC, or DHCPv6 for addresses (`ra.mode:
-/// dhcpv6`: OVN's `dhcpv6_stateful` sets the M flag and clears the prefix's A flag, as the
-/// kernel backend's RA does), unsolicited ones as well as answers to solicitations, and the
-/// overlay's MTU, as OVN's DHCP hands it out. None on a network without IPv6.
-fn ra_configs(ovn: &Ovn, net: &Network) -> NbVal {
-    let Some(v6) = net.ipv6 else {
-        return NbVal::map::<&str, &str>([]);
-    };
-    // Validation refuses slaac+dhcpv6: OVN's RAs cannot say A and M at once.
-    let mode = if v6.ra.mode.managed() {
-        "dhcpv6_stateful"
-    } else {
-        "slaac"
-    };
-    let mut m = vec![
-        ("address_mode", mode.to_string()),
-        ("send_periodic", "true".to_string()),
-        ("max_interval", RA_MAX_INTERVAL.to_string()),
-        ("min_interval", RA_MIN_INTERVAL.to_string()),
-        ("mtu", ovn.guest_mtu(net).to_string()),
-    ];
-    // As the kernel backend's RAs: with `dns`, the gateway as resolver (OVN answers there)
-    // and `dns.domain` as the search list; else the DHCP domain alone.
-    if net.dns.is_some() {
-        m.push(("rdnss", v6.gateway.addr.to_string()));
-    }
-    let dnssl = net
-        .dns
-        .as_ref()
-        .and_then(|d| d.domain.as_deref())
-        .or_else(|| net.dhcp.as_ref()?.domain.as_deref());
-    m.extend(dnssl.map(|d| ("dnssl", d.to_string())));
-    NbVal::map(m)
-}
-
-/// The external switch with its localnet port, the router's gateway port on it (bound to
-/// the gateway chassis by priority) and the default route.
-fn external(r: &mut Rows, ovn: &Ovn, ext: &crate::spec::ovn::External) {
-    r.add(
-        "Logical_Switch",
-        EXTERNAL_SWITCH,
-        vec![
-            ("name", NbVal::str(EXTERNAL_SWITCH)),
-            ("other_config", NbVal::map::<&str, &str>([])),
-        ],
-        None,
-    );
-    let parent = Some(("Logical_Switch", EXTERNAL_SWITCH, "ports"));
-    r.add(
-        "Logical_Switch_Port",
-        "kvmnet-ln-ext",
-        vec![
-            ("name", NbVal::str("kvmnet-ln-ext")),
-            ("type", NbVal::str("localnet")),
-            ("addresses", NbVal::strs(["unknown"])),
-            ("port_security", NbVal::strs::<&str>([])),
-            ("options", NbVal::map([("network_name", EXTERNAL_PHYSNET)])),
-            ("dhcpv4_options", NbVal::set([])),
-            ("dhcpv6_options", NbVal::set([])),
-            ("tag", NbVal::set([])),
-        ],
-        parent,
-    );
-    router_port_lsp(r, EXTERNAL_KEY, parent);
-    r.add(
-        "HA_Chassis_Group",
-        GATEWAY_GROUP,
-        vec![("name", NbVal::str(GATEWAY_GROUP))],
-        None,
-    );
-    for (name, c) in &ovn.chassis {
-        let Some(prio) = c.gateway else { continue };
-        r.add(
-            "HA_Chassis",
-            name,
-            vec![
-                ("chassis_name", NbVal::str(name)),
-                ("priority", NbVal::Int(i64::from(prio))),
-            ],
-            Some(("HA_Chassis_Group", GATEWAY_GROUP, "ha_chassis")),
-        );
-    }
-    let name = format!("kvmnet-lrp-{EXTERNAL_KEY}");
-    r.add(
-        "Logical_Router_Port",
-        EXTERNAL_KEY,
-        vec![
-            ("name", NbVal::str(&name)),
-            ("mac", NbVal::str(router_mac(&name).to_string())),
-            (
-                "networks",
-                NbVal::strs(
-                    std::iter::once(ext.ipv4.to_string())
-                        .chain(ext.ipv6.map(|(c, _)| c.to_string())),
-                ),
-            ),
-            (
-                "ha_chassis_group",
-                NbVal::set([NbVal::reference("HA_Chassis_Group", GATEWAY_GROUP)]),
-            ),
-            ("ipv6_ra_configs", NbVal::map::<&str, &str>([])),
-        ],
-        Some(("Logical_Router", ROUTER, "ports")),
-    );
-    r.add(
-        "Logical_Router_Static_Route",
-        "default",
-        vec![
-            ("ip_prefix", NbVal::str("0.0.0.0/0")),
-            ("nexthop", NbVal::str(ext.next_hop.to_string())),
-        ],
-        Some(("Logical_Router", ROUTER, "static_routes")),
-    );
-    if let Some((_, hop6)) = ext.ipv6 {
-        r.add(
-            "Logical_Router_Static_Route",
-            "default6",
-            vec![
-                ("ip_prefix", NbVal::str("::/0")),
-                ("nexthop", NbVal::str(hop6.to_string())),
-            ],
-            Some(("Logical_Router", ROUTER, "static_routes")),
-        );
-    }
 }
 
 /// A port group name: OVN takes letters, digits and '_'.

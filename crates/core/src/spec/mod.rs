@@ -186,6 +186,57 @@ mod tests {
         assert_eq!(parent_path("\"a.b\""), None);
     }
 
+    /// Every bad field of a `dhcp` block and of a firewall rule is named in one pass, at its
+    /// own path and line, with what was expected.
+    #[test]
+    fn bad_dhcp_and_rule_fields_each_named() {
+        let text = "version: 1\nnetworks:\n  n:\n    mode: nat\n    ipv4: 10.9.0.1/24\n    \
+                    dhcp:\n      range: 10.9.0.1-10.9.0.9\n      lease_time: 10s\n      \
+                    dns: [0.0.0.0]\n      domain: 'a b'\nvms:\n  a:\n    ports:\n      - \
+                    network: n\n        firewall:\n          inbound:\n            \
+                    policy: drop\n            rules:\n              - { proto: sctp }\n              \
+                    - { proto: udp, icmp_types: [echo-request] }\n              \
+                    - { proto: icmp, icmp_types: [timestamp-request], from: 2001:db8::/32 }\n              \
+                    - { rate: 5/week, action: allow }\n              \
+                    - { from: 10.0.0.0/8, to: 2001:db8::/32, proto: tcp, ports: [22] }\n";
+        let errors = parse(text, &HostIdentity::default()).unwrap_err();
+        let got: Vec<(String, usize, &str)> = errors
+            .iter()
+            .map(|e| (e.path.clone(), e.loc.line, e.message.as_str()))
+            .collect();
+        let rules = "vms.a.ports[0].firewall.inbound.rules";
+        for (path, line, says) in [
+            ("networks.n.dhcp.range", 7, "contains the gateway"),
+            ("networks.n.dhcp.lease_time", 8, "too short"),
+            (
+                "networks.n.dhcp.dns[0]",
+                9,
+                "DNS server 0.0.0.0 is in 0.0.0.0/8",
+            ),
+            ("networks.n.dhcp.domain", 10, "not a valid domain name"),
+            (&format!("{rules}[0].proto"), 19, "'sctp' is not a protocol"),
+            (&format!("{rules}[1].icmp_types"), 20, "need proto: icmp"),
+            (
+                &format!("{rules}[2].icmp_types"),
+                21,
+                "has an ICMPv6 counterpart",
+            ),
+            (&format!("{rules}[3].rate"), 22, "is not a rate"),
+            (
+                &format!("{rules}[3].action"),
+                22,
+                "'allow' is not an action",
+            ),
+            (&format!("{rules}[4].to"), 23, "two families"),
+        ] {
+            assert!(
+                got.iter()
+                    .any(|(p, l, m)| p == path && *l == line && m.contains(says)),
+                "{path} at line {line} saying {says:?}: {got:#?}"
+            );
+        }
+    }
+
     /// 1,200 ports on one network: refused on a Linux bridge (1,023 at most), taken on an
     /// OVN network, whose logical switch has no such limit.
     #[test]

@@ -270,9 +270,7 @@ impl Builder<'_> {
 
     /// Hand a finished node to its parent (or make it the document root).
     fn attach(&mut self, mut node: Node) {
-        // An error about a key: (the key's text to join to the mapping's path, or none for
-        // the mapping's own path), where, what.
-        let mut dup: Option<(Option<String>, Loc, String)> = None;
+        let mut dup: Option<KeyError> = None;
         match self.stack.last_mut() {
             None => {
                 if self.root.is_none() {
@@ -309,63 +307,7 @@ impl Builder<'_> {
                     entries.push((key, node));
                 }
                 Some(None) => {}
-                None => {
-                    if entries.is_empty() && node.loc < *loc {
-                        // A block mapping's start marker sits after its first key.
-                        *loc = node.loc;
-                    }
-                    match node.kind {
-                        Kind::Scalar(s) => {
-                            if seen.is_none() && entries.len() >= SCAN_KEYS {
-                                *seen = Some(
-                                    entries
-                                        .iter()
-                                        .map(|(k, _)| (k.text.clone(), k.loc))
-                                        .collect(),
-                                );
-                            }
-                            let first = match seen {
-                                Some(seen) => seen.get(&s.text).copied(),
-                                None => entries
-                                    .iter()
-                                    .find(|(k, _)| k.text == s.text)
-                                    .map(|(k, _)| k.loc),
-                            };
-                            if let Some(first) = first {
-                                dup = Some((
-                                    Some(s.text.clone()),
-                                    node.loc,
-                                    format!(
-                                        "duplicate key '{}' (first given at {}); each key may appear only once",
-                                        show(&s.text),
-                                        first
-                                    ),
-                                ));
-                                *pending = Some(None);
-                            } else {
-                                if let Some(seen) = seen {
-                                    seen.insert(s.text.clone(), node.loc);
-                                }
-                                *pending = Some(Some(Key {
-                                    text: s.text,
-                                    loc: node.loc,
-                                }));
-                            }
-                        }
-                        Kind::Bad => *pending = Some(None),
-                        _ => {
-                            dup = Some((
-                                None,
-                                node.loc,
-                                format!(
-                                    "a mapping key must be a plain name, found {}",
-                                    node.describe()
-                                ),
-                            ));
-                            *pending = Some(None);
-                        }
-                    }
-                }
+                None => dup = take_key(node, loc, entries, pending, seen),
             },
         }
         if let Some((key, l, m)) = dup {
@@ -377,6 +319,78 @@ impl Builder<'_> {
             self.err(p, l, m);
         }
     }
+}
+
+/// An error about a key: the key's text to join to the mapping's path (none: the mapping's
+/// own path), where, what.
+type KeyError = (Option<String>, Loc, String);
+
+/// A mapping's next key, `node`, made its pending key unless it repeats one (or is no plain
+/// scalar): then its value is to be dropped, and the error is returned.
+fn take_key(
+    node: Node,
+    loc: &mut Loc,
+    entries: &[(Key, Node)],
+    pending: &mut Option<Option<Key>>,
+    seen: &mut Option<HashMap<String, Loc>>,
+) -> Option<KeyError> {
+    if entries.is_empty() && node.loc < *loc {
+        // A block mapping's start marker sits after its first key.
+        *loc = node.loc;
+    }
+    let s = match node.kind {
+        Kind::Scalar(s) => s,
+        Kind::Bad => {
+            *pending = Some(None);
+            return None;
+        }
+        _ => {
+            *pending = Some(None);
+            return Some((
+                None,
+                node.loc,
+                format!(
+                    "a mapping key must be a plain name, found {}",
+                    node.describe()
+                ),
+            ));
+        }
+    };
+    if seen.is_none() && entries.len() >= SCAN_KEYS {
+        *seen = Some(
+            entries
+                .iter()
+                .map(|(k, _)| (k.text.clone(), k.loc))
+                .collect(),
+        );
+    }
+    let first = match seen {
+        Some(seen) => seen.get(&s.text).copied(),
+        None => entries
+            .iter()
+            .find(|(k, _)| k.text == s.text)
+            .map(|(k, _)| k.loc),
+    };
+    if let Some(first) = first {
+        *pending = Some(None);
+        return Some((
+            Some(s.text.clone()),
+            node.loc,
+            format!(
+                "duplicate key '{}' (first given at {}); each key may appear only once",
+                show(&s.text),
+                first
+            ),
+        ));
+    }
+    if let Some(seen) = seen {
+        seen.insert(s.text.clone(), node.loc);
+    }
+    *pending = Some(Some(Key {
+        text: s.text,
+        loc: node.loc,
+    }));
+    None
 }
 
 /// The dash of an empty block sequence item whose marker sits at the next token `at`: the

@@ -2,7 +2,6 @@
 
 use super::*;
 
-#[allow(clippy::too_many_lines, reason = "one arm per field of a dhcp block")]
 pub(super) fn read_dhcp(cx: &mut Ctx, f: &Field, subnet: Option<Ipv4Cidr>) -> Option<Dhcp> {
     let o = obj(
         cx,
@@ -22,97 +21,27 @@ pub(super) fn read_dhcp(cx: &mut Ctx, f: &Field, subnet: Option<Ipv4Cidr>) -> Op
         range6: None,
         dns6: Vec::new(),
     };
-
+    // Each field read apart: a bad one is reported and the others still read, so one pass
+    // names every mistake in the block.
     if let Some(rf) = o.get(cx, "range") {
-        ok &= (|| {
-            let t = text(cx, &rf, "an address range like 192.168.122.100-192.168.122.254")?;
-            let r = parse_range(&t).and_then(|(a, b)| {
-                if let Some(net) = subnet {
-                    check_in_subnet(a, net, "range start")?;
-                    check_in_subnet(b, net, "range end")?;
-                    if (a..=b).contains(&net.addr) {
-                        return Err(format!(
-                            "the range {a}-{b} contains the gateway {}; keep the gateway out of the pool",
-                            net.addr
-                        ));
-                    }
-                }
-                Ok((a, b))
-            });
-            match r {
-                Ok(r) => {
-                    dhcp.range = Some(r);
-                    Some(())
-                }
-                Err(m) => {
-                    cx.err(&rf.path, rf.loc(), m);
-                    None
-                }
-            }
-        })()
-        .is_some();
+        dhcp.range = read_pool_range(cx, &rf, subnet);
+        ok &= dhcp.range.is_some();
     }
-
     if let Some(pf) = o.get(cx, "pool") {
         match boolean(cx, &pf) {
             Some(b) => dhcp.pool = b,
             None => ok = false,
         }
     }
-
     if let Some(lf) = o.get(cx, "lease_time") {
-        match parse_duration(&lf) {
-            Ok(s) if s < LEASE_MIN => {
-                cx.err(
-                    &lf.path,
-                    lf.loc(),
-                    format!("a lease of {s}s is too short; use at least 60s"),
-                );
-                ok = false;
-            }
-            Ok(s) if s > u64::from(u32::MAX - 1) => {
-                cx.err(
-                    &lf.path,
-                    lf.loc(),
-                    format!("a lease of {s}s is longer than DHCP can express (136 years)"),
-                );
-                ok = false;
-            }
-            Ok(s) => dhcp.lease_time_secs = s,
-            Err(m) => {
-                if !matches!(lf.node.kind, Kind::Bad) {
-                    cx.err(&lf.path, lf.loc(), m);
-                }
-                ok = false;
-            }
-        }
-    }
-
-    if let Some(df) = o.get(cx, "dns") {
-        match list(cx, &df, "a list of IPv4 addresses") {
-            Some(items) => {
-                for item in items {
-                    let Some(t) = text(cx, &item, "an IPv4 address") else {
-                        ok = false;
-                        continue;
-                    };
-                    match parse_ip(&t).and_then(|a| match special(a) {
-                        Some(w) if !a.is_loopback() => Err(format!("DNS server {a} is {w}")),
-                        _ if a.is_unspecified() => Err(format!("DNS server {a} is unspecified")),
-                        _ => Ok(a),
-                    }) {
-                        Ok(a) => dhcp.dns.push(a),
-                        Err(m) => {
-                            cx.err(&item.path, item.loc(), m);
-                            ok = false;
-                        }
-                    }
-                }
-            }
+        match read_lease_time(cx, &lf) {
+            Some(s) => dhcp.lease_time_secs = s,
             None => ok = false,
         }
     }
-
+    if let Some(df) = o.get(cx, "dns") {
+        ok &= read_dns_servers(cx, &df, &mut dhcp.dns);
+    }
     if let Some(nf) = o.get(cx, "domain") {
         match text(cx, &nf, "a DNS domain name like example.test") {
             Some(t) => match check_domain(&t) {
@@ -125,7 +54,6 @@ pub(super) fn read_dhcp(cx: &mut Ctx, f: &Field, subnet: Option<Ipv4Cidr>) -> Op
             None => ok = false,
         }
     }
-
     if let Some(rf) = o.get(cx, "routes") {
         match list(cx, &rf, "a list of routes ({ to: NET/LEN, via: ADDR })") {
             Some(items) => {
@@ -141,6 +69,76 @@ pub(super) fn read_dhcp(cx: &mut Ctx, f: &Field, subnet: Option<Ipv4Cidr>) -> Op
     }
     ok &= read_v6(cx, &o, &mut dhcp);
     ok.then_some(dhcp)
+}
+
+/// `range`: two addresses in the network's subnet, the gateway outside them.
+fn read_pool_range(
+    cx: &mut Ctx,
+    rf: &Field,
+    subnet: Option<Ipv4Cidr>,
+) -> Option<(Ipv4Addr, Ipv4Addr)> {
+    let t = text(
+        cx,
+        rf,
+        "an address range like 192.168.122.100-192.168.122.254",
+    )?;
+    let r = parse_range(&t).and_then(|(a, b)| {
+        if let Some(net) = subnet {
+            check_in_subnet(a, net, "range start")?;
+            check_in_subnet(b, net, "range end")?;
+            if (a..=b).contains(&net.addr) {
+                return Err(format!(
+                    "the range {a}-{b} contains the gateway {}; keep the gateway out of the pool",
+                    net.addr
+                ));
+            }
+        }
+        Ok((a, b))
+    });
+    r.map_err(|m| cx.err(&rf.path, rf.loc(), m)).ok()
+}
+
+/// `lease_time`: a duration DHCP can express, of a minute at least.
+fn read_lease_time(cx: &mut Ctx, lf: &Field) -> Option<u64> {
+    let why = match parse_duration(lf) {
+        Ok(s) if s < LEASE_MIN => format!("a lease of {s}s is too short; use at least 60s"),
+        Ok(s) if s > u64::from(u32::MAX - 1) => {
+            format!("a lease of {s}s is longer than DHCP can express (136 years)")
+        }
+        Ok(s) => return Some(s),
+        // A node that did not read as YAML was reported where it was read.
+        Err(_) if matches!(lf.node.kind, Kind::Bad) => return None,
+        Err(m) => m,
+    };
+    cx.err(&lf.path, lf.loc(), why);
+    None
+}
+
+/// `dns`: IPv4 addresses a guest can ask (not unspecified, nor special unless loopback),
+/// pushed to `out`; false when any is not.
+fn read_dns_servers(cx: &mut Ctx, df: &Field, out: &mut Vec<Ipv4Addr>) -> bool {
+    let Some(items) = list(cx, df, "a list of IPv4 addresses") else {
+        return false;
+    };
+    let mut ok = true;
+    for item in items {
+        let Some(t) = text(cx, &item, "an IPv4 address") else {
+            ok = false;
+            continue;
+        };
+        match parse_ip(&t).and_then(|a| match special(a) {
+            Some(w) if !a.is_loopback() => Err(format!("DNS server {a} is {w}")),
+            _ if a.is_unspecified() => Err(format!("DNS server {a} is unspecified")),
+            _ => Ok(a),
+        }) {
+            Ok(a) => out.push(a),
+            Err(m) => {
+                cx.err(&item.path, item.loc(), m);
+                ok = false;
+            }
+        }
+    }
+    ok
 }
 
 /// `range6` and `dns6`: their syntax. Where they must lie (the network's `ipv6` prefix, the

@@ -195,10 +195,6 @@ pub(super) fn read_port_range(cx: &mut Ctx, f: &Field) -> Option<(u16, u16)> {
     r
 }
 
-#[allow(
-    clippy::too_many_lines,
-    reason = "one arm per field of a firewall rule"
-)]
 pub(super) fn read_rule(cx: &mut Ctx, f: &Field) -> Option<FirewallRule> {
     let o = obj(
         cx,
@@ -220,21 +216,7 @@ pub(super) fn read_rule(cx: &mut Ctx, f: &Field) -> Option<FirewallRule> {
         log: false,
     };
     if let Some(pf) = o.get(cx, "proto") {
-        match text(cx, &pf, "tcp, udp, icmp or any").as_deref() {
-            Some("tcp") => r.proto = RuleProto::Tcp,
-            Some("udp") => r.proto = RuleProto::Udp,
-            Some("icmp") => r.proto = RuleProto::Icmp,
-            Some("any") => r.proto = RuleProto::Any,
-            Some(p) => cx.err(
-                &pf.path,
-                pf.loc(),
-                format!(
-                    "'{}' is not a protocol; expected tcp, udp, icmp or any",
-                    show(p)
-                ),
-            ),
-            None => {}
-        }
+        r.proto = rule_proto(cx, &pf).unwrap_or(r.proto);
     }
     if let Some(pf) = o.get(cx, "ports") {
         if !matches!(r.proto, RuleProto::Tcp | RuleProto::Udp) {
@@ -247,6 +229,54 @@ pub(super) fn read_rule(cx: &mut Ctx, f: &Field) -> Option<FirewallRule> {
             }
         }
     }
+    rule_addresses(cx, &o, &mut r);
+    rule_icmp_types(cx, &o, &mut r);
+    if let Some(cf) = o.get(cx, "connlimit") {
+        r.connlimit = int_in(
+            cx,
+            &cf,
+            "a connection count between 1 and 1000000",
+            1,
+            1_000_000,
+        )
+        .map(|n| n as u32);
+    }
+    if let Some(rf) = o.get(cx, "rate") {
+        r.rate = rule_rate(cx, &rf);
+    }
+    if let Some(af) = o.get(cx, "action") {
+        r.action = rule_action(cx, &af).unwrap_or(r.action);
+    }
+    if let Some(lf) = o.get(cx, "log")
+        && let Some(b) = boolean(cx, &lf)
+    {
+        r.log = b;
+    }
+    (cx.errors.len() == errors_before).then_some(r)
+}
+
+fn rule_proto(cx: &mut Ctx, pf: &Field) -> Option<RuleProto> {
+    match text(cx, pf, "tcp, udp, icmp or any").as_deref()? {
+        "tcp" => Some(RuleProto::Tcp),
+        "udp" => Some(RuleProto::Udp),
+        "icmp" => Some(RuleProto::Icmp),
+        "any" => Some(RuleProto::Any),
+        p => {
+            cx.err(
+                &pf.path,
+                pf.loc(),
+                format!(
+                    "'{}' is not a protocol; expected tcp, udp, icmp or any",
+                    show(p)
+                ),
+            );
+            None
+        }
+    }
+}
+
+/// `from` and `to`, which must be of one family when both are given.
+fn rule_addresses(cx: &mut Ctx, o: &Obj, r: &mut FirewallRule) {
     for (name, slot) in [("from", &mut r.from), ("to", &mut r.to)] {
         if let Some(af) = o.get(cx, name) {
             *slot = read_addr_match(cx, &af);
@@ -262,34 +292,40 @@ pub(super) fn read_rule(cx: &mut Ctx, f: &Field) -> Option<FirewallRule> {
             format!("from {f} and to {t} are of two families, so the rule could match nothing: write one rule per family"),
         );
     }
-    if let Some(tf) = o.get(cx, "icmp_types") {
-        if r.proto != RuleProto::Icmp {
-            cx.err(&tf.path, tf.loc(), "icmp_types need proto: icmp");
-        } else if let Some(items) = list(cx, &tf, "a list of ICMP type names") {
-            for item in items {
-                if let Some(t) = text(cx, &item, "an ICMP type name") {
-                    if ICMP_TYPES.contains(&t.as_str()) {
-                        r.icmp_types.push(t);
-                    } else {
-                        cx.err(
-                            &item.path,
-                            item.loc(),
-                            format!(
-                                "'{}' is not an ICMP type; expected one of: {}{}",
-                                show(&t),
-                                ICMP_TYPES.join(", "),
-                                super::suggest::did_you_mean(&t, ICMP_TYPES)
-                            ),
-                        );
-                    }
-                }
+}
+
+/// `icmp_types` (with `proto: icmp`), by name; an IPv6 rule needs one with an ICMPv6
+/// counterpart. After [`rule_addresses`], whose family it checks against.
+fn rule_icmp_types(cx: &mut Ctx, o: &Obj, r: &mut FirewallRule) {
+    let Some(tf) = o.get(cx, "icmp_types") else {
+        return;
+    };
+    if r.proto != RuleProto::Icmp {
+        cx.err(&tf.path, tf.loc(), "icmp_types need proto: icmp");
+    } else if let Some(items) = list(cx, &tf, "a list of ICMP type names") {
+        for item in items {
+            let Some(t) = text(cx, &item, "an ICMP type name") else {
+                continue;
+            };
+            if ICMP_TYPES.contains(&t.as_str()) {
+                r.icmp_types.push(t);
+            } else {
+                cx.err(
+                    &item.path,
+                    item.loc(),
+                    format!(
+                        "'{}' is not an ICMP type; expected one of: {}{}",
+                        show(&t),
+                        ICMP_TYPES.join(", "),
+                        super::suggest::did_you_mean(&t, ICMP_TYPES)
+                    ),
+                );
             }
         }
     }
     if r.from.or(r.to).is_some_and(|c| c.is_v6())
         && !r.icmp_types.is_empty()
         && !r.icmp_types.iter().any(|t| icmpv6_counterpart(t).is_some())
-        && let Some(tf) = o.get(cx, "icmp_types")
     {
         cx.err(
             &tf.path,
@@ -297,60 +333,48 @@ pub(super) fn read_rule(cx: &mut Ctx, f: &Field) -> Option<FirewallRule> {
             "none of these ICMP types has an ICMPv6 counterpart, and the rule's from/to is IPv6: it could match nothing",
         );
     }
-    if let Some(cf) = o.get(cx, "connlimit") {
-        r.connlimit = int_in(
-            cx,
-            &cf,
-            "a connection count between 1 and 1000000",
-            1,
-            1_000_000,
-        )
-        .map(|n| n as u32);
-    }
-    if let Some(rf) = o.get(cx, "rate")
-        && let Some(t) = text(cx, &rf, "a rate like 10/second")
-    {
-        let parsed = t.split_once('/').and_then(|(n, u)| {
-            let n: u32 = n.trim().parse().ok().filter(|n| *n > 0)?;
-            let u = u.trim();
-            ["second", "minute", "hour", "day"]
-                .contains(&u)
-                .then(|| (n, u.to_string()))
-        });
-        match parsed {
-            Some(p) => r.rate = Some(p),
-            None => cx.err(
-                &rf.path,
-                rf.loc(),
-                format!(
-                    "'{}' is not a rate; expected N/second, N/minute, N/hour or N/day",
-                    show(&t)
-                ),
+}
+
+/// `rate: N/second` (or minute, hour, day).
+fn rule_rate(cx: &mut Ctx, rf: &Field) -> Option<(u32, String)> {
+    let t = text(cx, rf, "a rate like 10/second")?;
+    let parsed = t.split_once('/').and_then(|(n, u)| {
+        let n: u32 = n.trim().parse().ok().filter(|n| *n > 0)?;
+        let u = u.trim();
+        ["second", "minute", "hour", "day"]
+            .contains(&u)
+            .then(|| (n, u.to_string()))
+    });
+    if parsed.is_none() {
+        cx.err(
+            &rf.path,
+            rf.loc(),
+            format!(
+                "'{}' is not a rate; expected N/second, N/minute, N/hour or N/day",
+                show(&t)
             ),
-        }
+        );
     }
-    if let Some(af) = o.get(cx, "action") {
-        match text(cx, &af, "accept, drop or reject").as_deref() {
-            Some("accept") => r.action = RuleAction::Accept,
-            Some("drop") => r.action = RuleAction::Drop,
-            Some("reject") => r.action = RuleAction::Reject,
-            Some(a) => cx.err(
+    parsed
+}
+
+fn rule_action(cx: &mut Ctx, af: &Field) -> Option<RuleAction> {
+    match text(cx, af, "accept, drop or reject").as_deref()? {
+        "accept" => Some(RuleAction::Accept),
+        "drop" => Some(RuleAction::Drop),
+        "reject" => Some(RuleAction::Reject),
+        a => {
+            cx.err(
                 &af.path,
                 af.loc(),
                 format!(
                     "'{}' is not an action; expected accept, drop or reject",
                     show(a)
                 ),
-            ),
-            None => {}
+            );
+            None
         }
     }
-    if let Some(lf) = o.get(cx, "log")
-        && let Some(b) = boolean(cx, &lf)
-    {
-        r.log = b;
-    }
-    (cx.errors.len() == errors_before).then_some(r)
 }
 
 // ---------------------------------------------------------------------------------------

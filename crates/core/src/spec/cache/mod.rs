@@ -162,8 +162,12 @@ impl SpecCache {
             });
         let generation = self.generation;
         if self.looked_up == generation {
+            // Those the last layout holds stay too (held there as well: more than one
+            // count). A call that failed after its lookup keeps the layout before, and the
+            // next text is worked out from that one: an entry of it the cache had dropped
+            // would be read again, once taken over from the layout and then looked up.
             self.chunks
-                .retain(|_, c| c.used.load(Relaxed) == generation);
+                .retain(|_, c| c.used.load(Relaxed) == generation || Arc::strong_count(c) > 1);
         }
         self.firewalls.retain(|f| Arc::strong_count(f) > 1);
         match fast {

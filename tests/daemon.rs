@@ -119,6 +119,22 @@ fn daemon_repairs_drift_and_serves_the_cli() {
     assert!(link_exists(&host, "d-b"));
     ok(&format!("ip -n {host} link del d-b"));
     wait_until("new spec enforced", || link_exists(&host, "d-b"));
+    // A large spec replaced through the daemon: the one it replaces, kept under another name
+    // while the apply runs (freeing it is left for after the answer), does not stay.
+    let scope_dir = ns.state_dir.join(format!("netns-{host}"));
+    let padded = |tag: &str| format!("{}#{}\n", spec_text(true), tag.repeat(300 << 10));
+    for tag in ["a", "b"] {
+        let large = SpecFile::new(&padded(tag));
+        ns.kvmnet_ok(&["apply", large.path(), "--netns", &host]);
+    }
+    let accepted = std::fs::read_to_string(scope_dir.join("accepted-spec.yaml")).unwrap();
+    assert!(
+        accepted.starts_with(&padded("b")),
+        "the last spec is the accepted one"
+    );
+    wait_until("the replaced spec removed", || {
+        !scope_dir.join("accepted-spec.yaml.old").exists()
+    });
     // Invalid specs are refused through the daemon too, with exit 2.
     let bad = SpecFile::new("version: 1\nnetworks:\n  x:\n    mode: natt\n");
     let o = ns.kvmnet(&["apply", bad.path(), "--netns", &host]);

@@ -176,7 +176,8 @@ pub(super) fn apply_request(sh: &Arc<Shared>, req: &api::Request) -> api::Respon
     };
     let next = next.unwrap_or_else(|| active.accepted.clone());
     let (applied, synced) = std::thread::scope(|scope| {
-        let sync = in_place.map(|i| scope.spawn(move || i.sync()));
+        // The spec replaced is removed only after the answer (see `InPlace::sync_dir`).
+        let sync = in_place.map(|i| scope.spawn(move || (i.sync_dir(), i)));
         let started = Instant::now();
         let applied = engine::execute_as(&p, a.action, &hash, None, req.peer_uid);
         match &applied {
@@ -186,6 +187,7 @@ pub(super) fn apply_request(sh: &Arc<Shared>, req: &api::Request) -> api::Respon
         let synced = sync.map(|t| t.join().expect("syncing a directory does not panic"));
         (applied, synced)
     });
+    let (synced, replaced) = synced.unzip();
     if let Err(e) = applied {
         // Rolled back: the spec before stays the accepted one.
         if next.record.seq != active.accepted.record.seq
@@ -227,6 +229,11 @@ pub(super) fn apply_request(sh: &Arc<Shared>, req: &api::Request) -> api::Respon
     // done after the answer is sent. Until then the state directory stays locked, as it was
     // while the plan ran.
     let sh = Arc::clone(sh);
-    resp.after = Some(Box::new(move || sh.finish(p)));
+    resp.after = Some(Box::new(move || {
+        // Before the plan, and the state directory's lock with it, goes: the next apply
+        // links the spec it replaces to the same name only once it holds that lock.
+        drop(replaced);
+        sh.finish(p);
+    }));
     resp
 }

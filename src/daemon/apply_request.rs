@@ -230,8 +230,8 @@ pub(super) fn apply_request(sh: &Arc<Shared>, req: &api::Request) -> api::Respon
     // while the plan ran.
     let sh = Arc::clone(sh);
     resp.after = Some(Box::new(move || {
-        // Before the plan, and the state directory's lock with it, goes: the next apply
-        // links the spec it replaces to the same name only once it holds that lock.
+        // Removed before the plan goes, and the state directory's lock with it: the next
+        // apply links the spec it replaces to that same name only once it holds the lock.
         drop(replaced);
         sh.finish(p);
     }));

@@ -13,6 +13,7 @@ use crate::engine::{self, EngineError, ErrorKind, Pending};
 use crate::log::Level;
 use crate::metrics::Operation;
 use crate::spec::Spec;
+use crate::statedir::InPlace;
 
 /// What `POST /v1/apply` asks for.
 struct ApplyRequest<'a> {
@@ -175,19 +176,7 @@ pub(super) fn apply_request(sh: &Arc<Shared>, req: &api::Request) -> api::Respon
         None => None,
     };
     let next = next.unwrap_or_else(|| active.accepted.clone());
-    let (applied, synced) = std::thread::scope(|scope| {
-        // The spec replaced is removed only after the answer (see `InPlace::sync_dir`).
-        let sync = in_place.map(|i| scope.spawn(move || (i.sync_dir(), i)));
-        let started = Instant::now();
-        let applied = engine::execute_as(&p, a.action, &hash, None, req.peer_uid);
-        match &applied {
-            Ok(()) => sh.metrics.applied(started.elapsed()),
-            Err(_) => sh.metrics.failed(Operation::Apply),
-        }
-        let synced = sync.map(|t| t.join().expect("syncing a directory does not panic"));
-        (applied, synced)
-    });
-    let (synced, replaced) = synced.unzip();
+    let (applied, synced, replaced) = execute_while_syncing(sh, &p, &a, &hash, req, in_place);
     if let Err(e) = applied {
         // Rolled back: the spec before stays the accepted one.
         if next.record.seq != active.accepted.record.seq
@@ -236,4 +225,33 @@ pub(super) fn apply_request(sh: &Arc<Shared>, req: &api::Request) -> api::Respon
         sh.finish(p);
     }));
     resp
+}
+
+/// Applies `p`, the accepted spec's directory synced meanwhile (when a new spec was put in
+/// place): what the apply and the sync came to, and the replaced spec's other name, which
+/// the caller removes after the answer (see `InPlace::sync_dir`).
+fn execute_while_syncing(
+    sh: &Shared,
+    p: &engine::Planned,
+    a: &ApplyRequest<'_>,
+    hash: &str,
+    req: &api::Request,
+    in_place: Option<InPlace>,
+) -> (
+    Result<(), EngineError>,
+    Option<std::io::Result<()>>,
+    Option<InPlace>,
+) {
+    std::thread::scope(|scope| {
+        let sync = in_place.map(|i| scope.spawn(move || (i.sync_dir(), i)));
+        let started = Instant::now();
+        let applied = engine::execute_as(p, a.action, hash, None, req.peer_uid);
+        match &applied {
+            Ok(()) => sh.metrics.applied(started.elapsed()),
+            Err(_) => sh.metrics.failed(Operation::Apply),
+        }
+        let synced = sync.map(|t| t.join().expect("syncing a directory does not panic"));
+        let (synced, replaced) = synced.unzip();
+        (applied, synced, replaced)
+    })
 }

@@ -415,7 +415,6 @@ fn dash_before(lines: &[&str], at: Loc) -> Option<Loc> {
 }
 
 impl MarkedEventReceiver for Builder<'_> {
-    #[allow(clippy::too_many_lines, reason = "one arm per YAML event")]
     fn on_event(&mut self, ev: Event, mark: Marker) {
         if self.stop {
             return;
@@ -435,26 +434,7 @@ impl MarkedEventReceiver for Builder<'_> {
                 }
             }
             Event::Scalar(text, style, anchor, tag) => {
-                let loc = if matches!(style, TScalarStyle::Literal | TScalarStyle::Folded) {
-                    self.block_indicator(loc).unwrap_or(loc)
-                } else {
-                    loc
-                };
-                let props = Self::props(anchor, tag.is_some());
-                let ok = props.is_empty();
-                if !ok {
-                    let p = self.next_path();
-                    for m in props {
-                        self.err(p.clone(), loc, m);
-                    }
-                }
-                let plain = matches!(style, TScalarStyle::Plain);
-                let kind = if ok || self.in_key_position() {
-                    Kind::Scalar(Scalar { text, plain })
-                } else {
-                    Kind::Bad
-                };
-                self.attach(Node { loc, kind });
+                self.scalar(text, style, anchor, tag.is_some(), loc);
             }
             Event::Alias(_) => {
                 let p = self.next_path();
@@ -485,44 +465,73 @@ impl MarkedEventReceiver for Builder<'_> {
                     props: Self::props(anchor, tag.is_some()),
                 });
             }
-            Event::SequenceEnd | Event::MappingEnd => {
-                let (node, props) = match self.stack.pop() {
-                    Some(Frame::Seq { loc, items, props }) => (
-                        Node {
-                            loc,
-                            kind: Kind::Seq(items),
-                        },
-                        props,
-                    ),
-                    Some(Frame::Map {
-                        loc,
-                        entries,
-                        props,
-                        ..
-                    }) => (
-                        Node {
-                            loc,
-                            kind: Kind::Map(entries),
-                        },
-                        props,
-                    ),
-                    None => return,
-                };
-                if !props.is_empty() {
-                    // The popped collection's path: what its parent expects next.
-                    let path = self.next_path();
-                    for m in props {
-                        self.err(path.clone(), node.loc, m);
-                    }
-                }
-                self.attach(node);
-            }
+            Event::SequenceEnd | Event::MappingEnd => self.end_collection(),
             Event::Nothing | Event::StreamStart | Event::StreamEnd | Event::DocumentEnd => {}
         }
     }
 }
 
 impl Builder<'_> {
+    /// A scalar, refused when it carries an anchor or a tag (kept as a key where one is
+    /// due, so that the mapping's other keys still read).
+    fn scalar(&mut self, text: String, style: TScalarStyle, anchor: usize, tagged: bool, loc: Loc) {
+        let loc = if matches!(style, TScalarStyle::Literal | TScalarStyle::Folded) {
+            self.block_indicator(loc).unwrap_or(loc)
+        } else {
+            loc
+        };
+        let props = Self::props(anchor, tagged);
+        let ok = props.is_empty();
+        if !ok {
+            let p = self.next_path();
+            for m in props {
+                self.err(p.clone(), loc, m);
+            }
+        }
+        let plain = matches!(style, TScalarStyle::Plain);
+        let kind = if ok || self.in_key_position() {
+            Kind::Scalar(Scalar { text, plain })
+        } else {
+            Kind::Bad
+        };
+        self.attach(Node { loc, kind });
+    }
+
+    /// The collection ending, handed to its parent, with what was wrong with its anchor or
+    /// tag reported now that its place is known.
+    fn end_collection(&mut self) {
+        let (node, props) = match self.stack.pop() {
+            Some(Frame::Seq { loc, items, props }) => (
+                Node {
+                    loc,
+                    kind: Kind::Seq(items),
+                },
+                props,
+            ),
+            Some(Frame::Map {
+                loc,
+                entries,
+                props,
+                ..
+            }) => (
+                Node {
+                    loc,
+                    kind: Kind::Map(entries),
+                },
+                props,
+            ),
+            None => return,
+        };
+        if !props.is_empty() {
+            // The popped collection's path: what its parent expects next.
+            let path = self.next_path();
+            for m in props {
+                self.err(path.clone(), node.loc, m);
+            }
+        }
+        self.attach(node);
+    }
+
     /// A block scalar's marker points at its first content line; the operator looks for
     /// the `|` or `>` that starts it, at the end of the nearest non-blank line above.
     fn block_indicator(&self, content: Loc) -> Option<Loc> {

@@ -541,17 +541,14 @@ pub(super) fn ovn_checks(
         let due = |p: &&&PortDraft| {
             p.ovn_clean.get() != stamp && p.network.as_deref().is_some_and(|n| on_ovn.contains(n))
         };
+        let due: Vec<&PortDraft> = ports.iter().filter(due).copied().collect();
         // Only the parts of the VMs checked: one new VM among 10,000 is one part, not
         // 10,000 copied into the index.
-        let vms: BTreeSet<String> = ports
-            .iter()
-            .filter(due)
-            .map(|p| join("vms", &p.vm))
-            .collect();
+        let vms: BTreeSet<String> = due.iter().map(|p| join("vms", &p.vm)).collect();
         if !vms.is_empty() {
-            at.add_parts(cx, |first| vms.contains(first));
+            at.add_parts(cx, &vms);
         }
-        for p in ports.iter().filter(due) {
+        for p in due {
             check_port(cx, &at, d, p);
         }
     }

@@ -31,6 +31,7 @@ pub(super) fn cross_checks(
 }
 
 /// An interface kvmnet creates, with where its name comes from.
+#[derive(Clone)]
 struct Created<'a> {
     name: std::borrow::Cow<'a, str>,
     loc: Loc,
@@ -39,9 +40,45 @@ struct Created<'a> {
     derived: bool,
 }
 
-impl CreatedName for Created<'_> {
-    fn created_as(&self, name: &str) -> Option<String> {
-        (self.name == name).then(|| self.what.to_string())
+/// Every interface kvmnet creates, to be looked up by name.
+struct CreatedNames<'a> {
+    /// Bridges, VXLAN and VLAN devices and trunk sub-interfaces; and, when two names clash,
+    /// the ports too, all in the order of where they were written.
+    listed: Vec<Created<'a>>,
+    /// Without a clash, the ports by name: not copied into `listed` (10,000 ports' entries,
+    /// a hundred bytes each, took most of a millisecond of every parse).
+    ports: HashMap<&'a str, &'a PortDraft>,
+}
+
+impl<'a> CreatedNames<'a> {
+    /// The first interface named `name`, in the order of `listed` then the ports (names
+    /// are unique when the ports are not listed, so then there is only one).
+    fn find(&self, name: &str) -> Option<Created<'a>> {
+        self.find_where(name, |_| true)
+    }
+
+    /// The first interface named `name` that `also` takes (of two that clash, the other one
+    /// may be the one wanted).
+    fn find_where(&self, name: &str, also: impl Fn(&Created) -> bool) -> Option<Created<'a>> {
+        self.listed
+            .iter()
+            .find(|c| c.name == name && also(c))
+            .cloned()
+            .or_else(|| {
+                let p = self.ports.get(name)?;
+                Some(port_created(p)).filter(|c| also(c))
+            })
+    }
+}
+
+/// A port's interface, when it has a name.
+fn port_created<'a>(p: &'a PortDraft) -> Created<'a> {
+    Created {
+        name: p.name.as_deref().unwrap_or_default().into(),
+        loc: p.name_loc,
+        path: LazyPath::Join(&p.path, "name"),
+        what: What::Port(p.index, &p.vm),
+        derived: p.name_derived,
     }
 }
 
@@ -51,10 +88,8 @@ fn created_names<'a>(
     cx: &mut Ctx,
     nets: &'a [NetDraft],
     ports: &'a [&'a PortDraft],
-) -> Vec<Created<'a>> {
-    // Sized up front: grown from empty, the list of 10,000 ports' names (a hundred bytes
-    // each) was copied again and again, 1.5 ms of every parse.
-    let mut created: Vec<Created> = Vec::with_capacity(2 * nets.len() + ports.len());
+) -> CreatedNames<'a> {
+    let mut created: Vec<Created> = Vec::new();
     for n in nets {
         if let Some(b) = n.bridge.as_ref().filter(|b| !b.is_empty()) {
             created.push(Created {
@@ -80,27 +115,28 @@ fn created_names<'a>(
     let vlan_ids = vlan_networks(cx, nets, &mut created);
     trunk_vlans(cx, nets, ports, &vlan_ids, &mut created);
     unique_vnis(cx, nets);
-    for p in ports {
-        if let Some(name) = &p.name {
-            created.push(Created {
-                name: name.as_str().into(),
-                loc: p.name_loc,
-                path: LazyPath::Join(&p.path, "name"),
-                what: What::Port(p.index, &p.vm),
-                derived: p.name_derived,
-            });
-        }
-    }
     // Put in order (to blame the later of two) only when two share a name: with none, no
     // order shows (the names are unique, so a search by name finds the one), and sorting
     // 10,000 ports' names took a few milliseconds of every parse.
+    let named = || ports.iter().filter(|p| p.name.is_some());
+    let mut by_name: HashMap<&str, &PortDraft> = HashMap::with_capacity(ports.len());
     let clash = {
-        let mut names: HashSet<&str> = HashSet::with_capacity(created.len());
-        !created.iter().all(|c| names.insert(c.name.as_ref()))
+        let mut listed: HashSet<&str> = HashSet::with_capacity(created.len());
+        !named().all(|p| {
+            by_name
+                .insert(p.name.as_deref().unwrap_or_default(), p)
+                .is_none()
+        }) || !created
+            .iter()
+            .all(|c| listed.insert(c.name.as_ref()) && !by_name.contains_key(c.name.as_ref()))
     };
     if !clash {
-        return created;
+        return CreatedNames {
+            listed: created,
+            ports: by_name,
+        };
     }
+    created.extend(named().map(|p| port_created(p)));
     created.sort_by(|a, b| a.loc.cmp(&b.loc).then_with(|| a.path.cmp(&b.path)));
     let mut first: HashMap<&str, usize> = HashMap::with_capacity(created.len());
     for (i, c) in created.iter().enumerate() {
@@ -129,8 +165,10 @@ fn created_names<'a>(
             first.insert(c.name.as_ref(), i);
         }
     }
-
-    created
+    CreatedNames {
+        listed: created,
+        ports: HashMap::new(),
+    }
 }
 
 /// One vlan network per VLAN of an uplink; each sub-interface is an interface kvmnet makes.
@@ -234,7 +272,7 @@ fn unique_vnis(cx: &mut Ctx, nets: &[NetDraft]) {
 fn check_uplinks<'a>(
     cx: &mut Ctx,
     nets: &'a [NetDraft],
-    created: &[Created],
+    created: &CreatedNames,
 ) -> HashMap<&'a str, &'a NetDraft> {
     let mut uplinks: Vec<(&str, Loc, &NetDraft)> = nets
         .iter()
@@ -245,7 +283,7 @@ fn check_uplinks<'a>(
     let mut seen_uplink: HashMap<&str, &NetDraft> = HashMap::new();
     for (u, loc, n) in &uplinks {
         let path = join(&n.path, "uplink");
-        if let Some(c) = created.iter().find(|c| c.name == *u) {
+        if let Some(c) = created.find(u) {
             cx.err(
                 &path,
                 *loc,
@@ -273,10 +311,10 @@ fn check_uplinks<'a>(
 }
 
 /// A vlan network's uplink is an existing host interface.
-fn check_vlan_uplinks(cx: &mut Ctx, nets: &[NetDraft], created: &[Created]) {
+fn check_vlan_uplinks(cx: &mut Ctx, nets: &[NetDraft], created: &CreatedNames) {
     for n in nets {
         let Some(v) = &n.vlan else { continue };
-        if let Some(c) = created.iter().find(|c| c.name == v.uplink) {
+        if let Some(c) = created.find(&v.uplink) {
             cx.err(
                 &join(&n.path, "uplink"),
                 n.vlan_uplink_loc,
@@ -293,7 +331,7 @@ fn check_vlan_uplinks(cx: &mut Ctx, nets: &[NetDraft], created: &[Created]) {
 fn check_nat_egress(
     cx: &mut Ctx,
     nets: &[NetDraft],
-    created: &[Created],
+    created: &CreatedNames,
     seen_uplink: &HashMap<&str, &NetDraft>,
 ) {
     for n in nets {
@@ -315,10 +353,7 @@ fn check_nat_egress(
                 *loc,
                 format!("'{e}' is this network's own bridge; egress names the host interface towards the outside, like eth0"),
             );
-        } else if let Some(c) = created
-            .iter()
-            .find(|c| c.name == e.as_str() && c.path.get().starts_with("vms"))
-        {
+        } else if let Some(c) = created.find_where(e, |c| c.path.get().starts_with("vms")) {
             cx.err(
                 &path,
                 *loc,
@@ -672,11 +707,11 @@ pub(super) fn check_floors(cx: &mut Ctx, nets: &[NetDraft], ports: &[&PortDraft]
 /// Direct networks: the uplink is a host interface no bridge of the spec takes (the kernel
 /// gives a device to a bridge or to macvlans, not both), and passthrough has the uplink to
 /// itself: one network, one port.
-pub(super) fn direct_checks(
+fn direct_checks(
     cx: &mut Ctx,
     nets: &[NetDraft],
     ports: &[&PortDraft],
-    created: &[impl CreatedName],
+    created: &CreatedNames,
     bridged: &HashMap<&str, &NetDraft>,
 ) {
     let mut direct: Vec<&NetDraft> = nets
@@ -687,7 +722,7 @@ pub(super) fn direct_checks(
     for (i, n) in direct.iter().enumerate() {
         let Some((u, loc)) = &n.uplink else { continue };
         let path = join(&n.path, "uplink");
-        if let Some(what) = created.iter().find_map(|c| c.created_as(u)) {
+        if let Some(what) = created.find(u).map(|c| c.what) {
             cx.err(
                 &path,
                 *loc,
@@ -827,12 +862,6 @@ impl LazyPath<'_> {
         let dot = dot.then_some(b'.');
         parent.bytes().chain(dot).chain(key.bytes())
     }
-}
-
-/// Lets the direct-network checks look at the names the spec creates without knowing the
-/// first pass's local types.
-pub(super) trait CreatedName {
-    fn created_as(&self, name: &str) -> Option<String>;
 }
 
 // ---------------------------------------------------------------------------------------

@@ -149,6 +149,15 @@ impl Shared {
                 w.nb_rows.give_back(wanted);
             }
         }
+        // The view of the Northbound database shares its rows' map with the plan until one
+        // of the two changes: let go of the plan's copy now, so that the view, brought up to
+        // date at the next plan, changes the map in place rather than copying it whole.
+        let observed = std::mem::take(&mut p.previous.nb);
+        if observed.is_shared() {
+            drop(observed);
+        } else {
+            self.retire(observed);
+        }
         p.unlock();
         self.retire(p);
     }

@@ -223,7 +223,9 @@ pub(super) fn apply_request(sh: &Arc<Shared>, req: &api::Request) -> api::Respon
         // CPU the client wants for its answer. The name is only there to keep the rename
         // from freeing the file's blocks: should the next apply link the spec it replaces to
         // it first, that link goes instead, and only that apply's rename costs more.
-        sh.retire(replaced);
+        if let Some(replaced) = replaced {
+            sh.retire(replaced);
+        }
         sh.finish(p);
     }));
     resp

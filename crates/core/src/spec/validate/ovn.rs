@@ -538,10 +538,10 @@ pub(super) fn ovn_checks(
     if let Some(d) = draft {
         check_provider_uplinks(cx, d, nets, &on_ovn);
         let stamp = ovn_stamp(d, host_backend, nets);
-        let due = |p: &&&PortDraft| {
+        let is_due = |p: &&&PortDraft| {
             p.ovn_clean.get() != stamp && p.network.as_deref().is_some_and(|n| on_ovn.contains(n))
         };
-        let due: Vec<&PortDraft> = ports.iter().filter(due).copied().collect();
+        let due: Vec<&PortDraft> = ports.iter().filter(is_due).copied().collect();
         // Only the parts of the VMs checked: one new VM among 10,000 is one part, not
         // 10,000 copied into the index.
         let vms: BTreeSet<String> = due.iter().map(|p| join("vms", &p.vm)).collect();
